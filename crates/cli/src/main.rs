@@ -1,0 +1,77 @@
+//! The `vmedia` binary: parse the command line, hand the work to a domain crate, map the
+//! outcome to an exit code. No format logic lives here.
+
+mod boot;
+mod disk;
+mod iso;
+mod mkisofs;
+mod netboot;
+mod progress;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// One tool for the media that virtual machines start from.
+#[derive(Parser)]
+#[command(
+    name = "vmedia",
+    version,
+    about = "Make, check and convert disc images and virtual disks, boot VMs from them, serve network boot",
+    after_help = "Examples:\n  vmedia iso create ./tree -o out.iso --volume-id MYDISC\n  vmedia mkisofs -o out.iso -R -J -V MYDISC ./tree\n  vmedia iso ls out.iso -l\n  vmedia disk convert -O vmdk -o subformat=streamOptimized disk.raw disk.vmdk\n  vmedia boot --cdrom out.iso --expect 'login:'\n\nExit codes: 0 success, 1 failure, 2 usage error; see each command's --help for its own codes."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make, inspect, extract, verify and repack ISO 9660 disc images
+    #[command(subcommand)]
+    Iso(iso::IsoCommand),
+    /// Write an ISO image with xorriso -as mkisofs / genisoimage options
+    #[command(disable_help_flag = true)]
+    Mkisofs(mkisofs::Args),
+    /// Create, inspect, check, compare and convert virtual disks (qemu-img commands)
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
+    /// Boot a VM from an ISO, a disk or the network and wait for a console marker
+    Boot(boot::Args),
+    /// Managed virtual machines: create, start, stop, media, console
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Network boot server (DHCP/proxyDHCP, TFTP, HTTP, iPXE)
+    #[command(subcommand)]
+    Netboot(netboot::NetbootCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Iso(cmd) => iso::run(cmd),
+        Command::Mkisofs(args) => mkisofs::run(args),
+        Command::Disk(cmd) => disk::run(cmd),
+        Command::Boot(args) => boot::run(args),
+        Command::Vm(cmd) => vm::run(cmd),
+        Command::Netboot(cmd) => netboot::run(cmd),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => report(&err),
+    }
+}
+
+/// Prints the whole error chain; a broken pipe (e.g. `vmedia iso cat ... | head`) exits quietly.
+fn report(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(io_err) = cause.downcast_ref::<std::io::Error>() {
+            if io_err.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    eprintln!("vmedia: error: {err:#}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,14 @@
+//! `vmedia mkisofs`: PENDING, being written (replace this whole file).
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("vmedia mkisofs is not available in this build yet")
+}

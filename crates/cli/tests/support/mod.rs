@@ -1,0 +1,280 @@
+//! Shared test support: the vmedia binary, peer-tool checks, bootable payload fixtures built
+//! once per machine (cached under CARGO_TARGET_TMPDIR), and a QEMU runner that waits for a
+//! serial-console marker.
+//!
+//! Every integration test file does `mod support;` and uses what it needs.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What the test initramfs prints on the serial console once userspace runs.
+pub const BOOT_MARKER: &str = "VMEDIA-BOOT-OK";
+
+/// The vmedia binary under test.
+pub fn vmedia() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmedia"))
+}
+
+/// Runs a command, panicking with its full output when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs a command and returns (exit code, stdout, stderr) without judging it.
+pub fn run_any(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Fails loudly when a peer program is missing: `make test` installs them (scripts/setup.sh).
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("required tool {name} is not installed; run `bash scripts/setup.sh` (make test does)");
+}
+
+/// A folder for cached fixtures shared by all tests of this build.
+pub fn fixture_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vmedia-fixtures");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `build` once per machine for fixture `name` (a directory under `fixture_root`), holding
+/// an exclusive lock so parallel tests and test binaries wait for one builder. The directory
+/// appears under its final name only when `build` succeeded.
+pub fn cached_fixture(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let root = fixture_root();
+    let final_dir = root.join(name);
+    let lock_path = root.join(format!("{name}.lock"));
+    let lock = fs::OpenOptions::new().create(true).write(true).open(&lock_path).unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    if !final_dir.exists() {
+        let tmp = root.join(format!("{name}.building"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
+        build(&tmp);
+        fs::rename(&tmp, &final_dir).unwrap();
+    }
+    drop(lock);
+    final_dir
+}
+
+/// A Debian kernel and a busybox initramfs whose /init prints `BOOT_MARKER` and powers off.
+pub struct Payload {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Builds (once) the kernel + initramfs payload from the linux-image-amd64 and busybox-static
+/// packages.
+pub fn payload() -> Payload {
+    let dir = cached_fixture("payload", |dir| {
+        let kernel = newest_kernel();
+        fs::copy(&kernel, dir.join("vmlinuz")).unwrap();
+        let root = dir.join("initramfs-root");
+        for sub in ["bin", "sbin", "proc", "sys", "dev", "mnt", "cdrom"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        fs::copy(require_tool("busybox"), root.join("bin/busybox")).unwrap();
+        let init = format!(
+            "#!/bin/busybox sh\n\
+             /bin/busybox --install -s /bin\n\
+             mount -t proc proc /proc\n\
+             mount -t sysfs sys /sys\n\
+             mount -t devtmpfs dev /dev 2>/dev/null\n\
+             echo\n\
+             echo {BOOT_MARKER}\n\
+             for f in /sys/block/sr*/size /sys/block/vd*/size /sys/block/sd*/size; do [ -e \"$f\" ] && echo \"BLOCKDEV $f $(cat $f)\"; done\n\
+             if grep -q vmedia.shell /proc/cmdline; then exec sh; fi\n\
+             poweroff -f\n"
+        );
+        fs::write(root.join("init"), init).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("cd initramfs-root && find . | cpio -o -H newc --quiet | gzip -1 > ../initrd.gz")
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the initramfs failed (need cpio and gzip)");
+        fs::remove_dir_all(&root).unwrap();
+    });
+    Payload { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.gz") }
+}
+
+fn newest_kernel() -> PathBuf {
+    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
+        .expect("/boot missing: install linux-image-amd64 (scripts/setup.sh)")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .collect();
+    kernels.sort();
+    kernels
+        .pop()
+        .expect("no /boot/vmlinuz-*: install linux-image-amd64 (scripts/setup.sh)")
+}
+
+/// OVMF firmware files (code, vars template) from Debian's ovmf package.
+pub fn ovmf() -> (PathBuf, PathBuf) {
+    for (code, vars) in [
+        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ] {
+        if Path::new(code).exists() && Path::new(vars).exists() {
+            return (code.into(), vars.into());
+        }
+    }
+    panic!("OVMF not installed: run scripts/setup.sh");
+}
+
+/// Firmware for a test VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// Boots QEMU (TCG, no display) with `args`, waits up to `timeout` for `marker` on the serial
+/// console, then kills the VM. Returns the console output; panics with the console tail on
+/// time-out or if QEMU exits first.
+pub fn qemu_boot(firmware: Firmware, args: &[&str], marker: &str, timeout: Duration) -> String {
+    let qemu = require_tool("qemu-system-x86_64");
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-monitor", "none"]);
+    cmd.args(["-serial", "stdio"]);
+    if firmware == Firmware::Uefi {
+        let (code, vars) = ovmf();
+        let vars_copy = scratch.path().join("vars.fd");
+        fs::copy(vars, &vars_copy).unwrap();
+        cmd.arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+        cmd.arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()));
+    }
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("cannot start qemu-system-x86_64");
+    let result = wait_for_marker(&mut child, marker, timeout);
+    let _ = child.kill();
+    let _ = child.wait();
+    match result {
+        Ok(log) => log,
+        Err(log) => {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            let tail: String = log.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("QEMU {cmd:?} did not print {marker:?} within {timeout:?}\n--- console tail\n{tail}\n--- qemu stderr\n{stderr}");
+        }
+    }
+}
+
+fn wait_for_marker(child: &mut Child, marker: &str, timeout: Duration) -> Result<String, String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut log = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(log);
+        }
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&String::from_utf8_lossy(&line));
+                if log.contains(marker) {
+                    return Ok(log);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => return Err(log),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(log),
+        }
+    }
+}
+
+/// SHA-256 of a file via sha256sum (keeps the tests free of extra crates).
+pub fn sha256_file(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// A shared sample image from ../shared/testdata/images, decompressed (once) into the fixture
+/// cache. `name` is the stored path, e.g. "dfvfs/ext2.vmdk.xz"; the result has the extension
+/// stripped.
+pub fn shared_sample(name: &str) -> PathBuf {
+    let src = shared_images_dir().join(name);
+    assert!(src.exists(), "shared sample {} is missing", src.display());
+    let (stem, tool) = if let Some(s) = name.strip_suffix(".xz") {
+        (s, Some("xz"))
+    } else if let Some(s) = name.strip_suffix(".bz2") {
+        (s, Some("bzip2"))
+    } else if let Some(s) = name.strip_suffix(".gz") {
+        (s, Some("gzip"))
+    } else {
+        (name, None)
+    };
+    let key = stem.replace('/', "__");
+    let dir = cached_fixture(&format!("sample-{key}"), |dir| {
+        let out = dir.join(Path::new(stem).file_name().unwrap());
+        match tool {
+            Some(t) => {
+                let data = run_ok(Command::new(t).arg("-dc").arg(&src)).stdout;
+                fs::write(&out, data).unwrap();
+            }
+            None => {
+                fs::copy(&src, &out).unwrap();
+            }
+        }
+    });
+    dir.join(Path::new(stem).file_name().unwrap())
+}
+
+/// ../shared/testdata/images, found from the workspace root.
+pub fn shared_images_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap().parent().unwrap();
+    let dir = root.parent().unwrap().join("shared/testdata/images");
+    assert!(dir.exists(), "{} not found: CI clones the project beside ../shared", dir.display());
+    dir
+}

@@ -1,0 +1,1 @@
+//! Virtual disk formats: raw, VMDK, VHD, VHDX and qcow2, with qemu-img compatible operations.

@@ -1,0 +1,1 @@
+//! Network boot server: proxy/full DHCP, TFTP with option extensions, HTTP, iPXE scripts.

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need on a fresh Debian 12 machine, and nothing
+# that is already there. Safe to run again.
+set -euo pipefail
+
+need_root() { if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get)"; exit 1; fi; }
+
+# Debian packages: payloads for bootable fixtures and the peer programs the tests compare with.
+PACKAGES=(
+  qemu-system-x86 ovmf seabios ipxe-qemu
+  xorriso genisoimage p7zip-full libarchive-tools isomd5sum
+  dnsmasq-base atftp atftpd tftp-hpa curl wrk nginx
+  linux-image-amd64 busybox-static isolinux syslinux syslinux-common pxelinux
+  grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools
+  debian-installer-12-netboot-amd64
+  cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# qemu-img must come from the same QEMU build as qemu-system-x86: installing the system
+# emulator alone would remove a newer preinstalled qemu-utils.
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed" \
+   || ! command -v qemu-img >/dev/null; then
+  missing+=(qemu-utils)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  need_root
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  args=()
+  for p in "${missing[@]}"; do
+    if [ "$p" = qemu-utils ]; then
+      ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+      args+=("qemu-utils=$ver")
+    else
+      args+=("$p")
+    fi
+  done
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
+fi
+
+# Rust tools.
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install Rust (rustup) first"; exit 1
+fi
+echo "setup: ok"
