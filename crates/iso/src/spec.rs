@@ -1,0 +1,1 @@
+//! `IsoSpec`: everything the writer needs to know about the image to make.

@@ -1,0 +1,1 @@
+//! Writing ISO 9660 images from an `IsoSpec`.
