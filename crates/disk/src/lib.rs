@@ -1,1 +1,13 @@
 //! Virtual disk formats: raw, VMDK, VHD, VHDX and qcow2, with qemu-img compatible operations.
+//!
+//! Architecture invariant: this crate prints nothing, knows nothing about QEMU processes or
+//! ISO file systems, and never opens a file an image names (backing file, extent, parent)
+//! unless the caller's open options allow it.
+
+pub mod image;
+pub mod profile;
+pub mod qcow2;
+pub mod raw;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;

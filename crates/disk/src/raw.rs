@@ -1,0 +1,1 @@
+//! raw images (sparse-aware).

@@ -1,0 +1,1 @@
+//! VHD: fixed, dynamic and differencing images (footer, dynamic header, BAT, parent locators).

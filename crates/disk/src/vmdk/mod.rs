@@ -1,0 +1,1 @@
+//! VMDK: descriptor, sparse extents (hosted sparse, streamOptimized), flat and ZERO extents, delta chains.
