@@ -4,6 +4,7 @@
 //! ISO file systems, and never opens a file an image names (backing file, extent, parent)
 //! unless the caller's open options allow it.
 
+pub mod error;
 pub mod image;
 pub mod profile;
 pub mod qcow2;
@@ -11,3 +12,9 @@ pub mod raw;
 pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
+
+pub use error::{DiskError, Result};
+pub use image::{
+    BackingRef, BlockKind, BlockStatus, CheckReport, ClusterCompressor, CreateOptions, DiskImage,
+    Format, HostOffset, ImageInfo, ImageWriter, Measurement, OpenOptions, ReferencePolicy, Sectors,
+};
