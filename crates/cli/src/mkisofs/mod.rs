@@ -46,6 +46,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(Failure::Usage(e)) => return Ok(usage_failure(&e)),
         Err(Failure::Other(e)) => return Err(e),
     };
+    for dropped in &inv.dropped {
+        eprintln!("vmedia mkisofs: warning: left out Mac-only option {dropped} ({})", options::DROP_HFSPLUS);
+    }
     if inv.verbose {
         for no_op in &inv.no_ops {
             eprintln!("vmedia mkisofs: {no_op}: accepted, no effect (as in xorriso)");
@@ -295,8 +298,13 @@ Program
 Accepted with no effect (as in the peers): -cache-inodes, -no-cache-inodes, --no_rc,
   --no-emul-toc, -input-charset/-output-charset utf-8, -checksum_algorithm_iso LIST
   (it only feeds jigdo output)
+vmedia only
+  --drop-hfsplus          leave out the Mac-only HFS+/APM options (-hfsplus, -apm-block-size,
+                          -hfsplus-file-creator-type, -hfs-bless-by, -isohybrid-apm-hfsplus...)
+                          that grub-mkrescue and debian-cd pass, with a warning; without it
+                          they are refused
 Refused (not implemented): multi-session (-M, -C), zisofs (-z), TRANS.TBL (-T), HFS+ and
-  Apple partition maps (-hfsplus..., -isohybrid-apm-hfsplus), jigdo, non-x86 boot
+  Apple partition maps (see --drop-hfsplus), jigdo, non-x86 boot
   (SPARC, MIPS, PowerPC, HP-PA, Alpha), ACLs and xattrs, --gpt_disk_guid, -eltorito-selcrit
 
 Examples:

@@ -180,6 +180,8 @@ pub struct Invocation {
     pub version: bool,
     /// Options accepted as no-ops, kept so `-v` can say so.
     pub no_ops: Vec<String>,
+    /// Mac-only HFS+/APM options left out on request (`--drop-hfsplus`), to be reported.
+    pub dropped: Vec<String>,
 }
 
 impl Default for Invocation {
@@ -238,6 +240,7 @@ impl Default for Invocation {
             help: false,
             version: false,
             no_ops: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 }
@@ -255,16 +258,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("T", "TRANS.TBL files are not written"),
     ("translation-table", "TRANS.TBL files are not written"),
     ("table-name", "TRANS.TBL files are not written"),
-    ("hfsplus", "HFS+ hybrid filesystems are not written"),
-    ("hfsplus-serial-no", "HFS+ hybrid filesystems are not written"),
-    ("hfsplus-block-size", "HFS+ hybrid filesystems are not written"),
-    ("apm-block-size", "Apple partition maps are not written"),
-    ("hfsplus-file-creator-type", "HFS+ hybrid filesystems are not written"),
-    ("hfs-bless-by", "HFS+ hybrid filesystems are not written"),
-    ("hfs-bless", "HFS+ hybrid filesystems are not written"),
-    ("hide-hfsplus", "HFS+ hybrid filesystems are not written"),
-    ("hide-hfsplus-list", "HFS+ hybrid filesystems are not written"),
-    ("appended_part_as_apm", "Apple partition maps are not written"),
     ("chrp-boot-part", "CHRP (PowerPC) boot is not supported"),
     ("chrp-boot", "CHRP (PowerPC) boot is not supported"),
     ("prep-boot-part", "PReP (PowerPC) boot is not supported"),
@@ -309,8 +302,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("hide-joliet-list", "-hide-joliet-list is not supported; use -hide-joliet PATTERN"),
     ("application_use", "--application_use is not supported"),
     ("rr_reloc_dir", "-rr_reloc_dir is not supported (use -hide-rr-moved for .rr_moved)"),
-    ("isohybrid-gpt-hfsplus", "HFS+ hybrid filesystems are not written"),
-    ("isohybrid-apm-hfsplus", "Apple partition maps are not written"),
     ("part_like_isohybrid", "-part_like_isohybrid is not supported"),
     ("partition_hd_cyl", "MBR CHS geometry is fixed (-partition_hd_cyl is not supported)"),
     ("partition_sec_hd", "MBR CHS geometry is fixed (-partition_sec_hd is not supported)"),
@@ -327,6 +318,27 @@ const REFUSED: &[(&str, &str)] = &[
     ("gui", "-gui is not supported"),
 ];
 
+/// The Mac-only HFS+ / Apple-partition-map options and how many values each takes. They are
+/// refused unless the vmedia-only `--drop-hfsplus` asks to leave them out (grub-mkrescue and
+/// debian-cd pass them for Intel Macs; the image then boots everywhere else).
+const HFSPLUS_OPTIONS: &[(&str, usize)] = &[
+    ("hfsplus", 0),
+    ("hfsplus-serial-no", 1),
+    ("hfsplus-block-size", 1),
+    ("apm-block-size", 1),
+    ("hfsplus-file-creator-type", 3),
+    ("hfs-bless-by", 2),
+    ("hfs-bless", 1),
+    ("hide-hfsplus", 1),
+    ("hide-hfsplus-list", 1),
+    ("isohybrid-apm-hfsplus", 0),
+    ("isohybrid-gpt-hfsplus", 0),
+    ("appended_part_as_apm", 0),
+];
+
+/// The vmedia-only switch that leaves out the options in `HFSPLUS_OPTIONS`.
+pub const DROP_HFSPLUS: &str = "--drop-hfsplus";
+
 /// Options that xorriso/genisoimage also treat as having no effect on the image.
 const NO_OP_FLAGS: &[&str] = &[
     // Hard links are always detected; these only tuned genisoimage's inode cache.
@@ -342,6 +354,10 @@ const NO_OP_FLAGS: &[&str] = &[
 pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
     let mut inv = Invocation::default();
     let mut boot = BootBuilder::default();
+    let drop_hfsplus = args.iter().any(|a| a.as_bytes() == DROP_HFSPLUS.as_bytes());
+    let kept: Vec<OsString> =
+        args.iter().filter(|a| a.as_bytes() != DROP_HFSPLUS.as_bytes()).cloned().collect();
+    let args = &kept[..];
     let mut words = Words { args, pos: 0 };
     skip_emulation_prefix(&mut words);
     while let Some(arg) = words.next() {
@@ -361,6 +377,22 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
             usage(format!("option {} is not valid UTF-8", arg.to_string_lossy()))
         })?;
         let (name, inline_value) = split_option(text)?;
+        if let Some((_, arity)) = HFSPLUS_OPTIONS.iter().find(|(n, _)| *n == name) {
+            if !drop_hfsplus {
+                return Err(usage(format!(
+                    "unsupported option {text}: HFS+ and Apple partition maps (Intel Mac boot) \
+                     are not written; add {DROP_HFSPLUS} to leave the Mac-only options out"
+                )));
+            }
+            let mut dropped = text.to_string();
+            for _ in 0..*arity {
+                let v = words.next().ok_or_else(|| usage(format!("option {text} needs a value")))?;
+                dropped.push(' ');
+                dropped.push_str(&v.to_string_lossy());
+            }
+            inv.dropped.push(dropped);
+            continue;
+        }
         apply(&mut inv, &mut boot, &mut words, text, name, inline_value)?;
     }
     inv.boot = boot.finish()?;
@@ -1074,8 +1106,25 @@ mod tests {
 
     #[test]
     fn known_unsupported_option_names_the_reason() {
+        let e = err("-z -o x.iso dir");
+        assert!(e.contains("-z") && e.contains("zisofs"), "{e}");
+    }
+
+    #[test]
+    fn hfsplus_options_are_refused_by_name() {
         let e = err("-hfsplus -o x.iso dir");
-        assert!(e.contains("-hfsplus") && e.contains("HFS+"), "{e}");
+        assert!(e.contains("-hfsplus") && e.contains("--drop-hfsplus"), "{e}");
+        assert!(err("-isohybrid-apm-hfsplus -o x.iso dir").contains("-isohybrid-apm-hfsplus"));
+    }
+
+    #[test]
+    fn drop_hfsplus_skips_mac_options_with_their_values() {
+        let inv = ok("--drop-hfsplus -as mkisofs -hfsplus -apm-block-size 2048 \
+             -hfsplus-file-creator-type chrp tbxj /System/Library/CoreServices/.disk_label \
+             -hfs-bless-by i /System/Library/CoreServices/boot.efi -o x.iso dir");
+        assert_eq!(inv.dropped.len(), 4);
+        assert_eq!(inv.grafts.len(), 1);
+        assert_eq!(inv.output, Some(PathBuf::from("x.iso")));
     }
 
     #[test]
