@@ -1,14 +1,423 @@
-//! `vmedia boot`: PENDING, being written (replace this whole file).
+//! `vmedia boot`: start a VM from ISOs, disks or the network, wait for a console marker, print
+//! the boot timeline, power off. Also the VM options `vmedia vm create` shares.
 
-use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<OsString>,
+use anyhow::{bail, Context};
+use vmedia_boot::media::{self, DiskFormat};
+use vmedia_boot::run::{self, BootReport, BootRequest, Outcome};
+use vmedia_boot::spec::{self, Accel, BootDevice, CdromSlot, Disk, Firmware, Net, VmSpec};
+
+/// Exit codes of `vmedia boot` (documented in --help).
+pub const EXIT_TIMEOUT: u8 = 4;
+pub const EXIT_VM_ENDED: u8 = 5;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Longest wait accepted: a week; beyond that it is a typo.
+const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// What a VM is made of (shared by `vmedia boot` and `vmedia vm create`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct VmOptions {
+    /// An ISO in a CD drive (repeat for more drives; slots in order from 0)
+    #[arg(long, value_name = "IMG")]
+    pub cdrom: Vec<PathBuf>,
+    /// A disk image, read-only to the guest; IMG,rw makes it writable, IMG,format=vmdk names
+    /// the format (detected otherwise: raw, qcow2, vmdk, vhd, vhdx)
+    #[arg(long, value_name = "IMG[,rw][,format=F]")]
+    pub disk: Vec<String>,
+    /// A disk image the guest may write to
+    #[arg(long, value_name = "IMG")]
+    pub disk_rw: Vec<PathBuf>,
+    /// Network: none, user (QEMU's NAT with DHCP/TFTP) or bridge=BR
+    #[arg(long, value_name = "user|bridge=BR|none")]
+    pub net: Option<String>,
+    /// Folder served by the user network's built-in TFTP server (implies --net user)
+    #[arg(long, value_name = "DIR")]
+    pub tftp: Option<PathBuf>,
+    /// Boot file announced by the user network's DHCP (e.g. pxelinux.0)
+    #[arg(long, value_name = "FILE")]
+    pub bootfile: Option<String>,
+    /// Firmware
+    #[arg(long, value_enum)]
+    pub firmware: Option<FirmwareArg>,
+    /// Boot order, e.g. cdrom,disk,net (per-device bootindex, honoured by SeaBIOS and OVMF)
+    #[arg(long, value_name = "LIST")]
+    pub boot: Option<String>,
+    /// Guest memory (MiB, or with a G suffix)
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Virtual CPUs
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Accelerator: auto uses KVM only when a probe shows it boots Linux on this host
+    #[arg(long, value_enum)]
+    pub accel: Option<AccelArg>,
+    /// Extra empty CD drives, for media inserted later (vmedia vm insert)
+    #[arg(long, value_name = "N")]
+    pub cdrom_slots: Option<usize>,
+    /// Boot this kernel directly (no boot loader)
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd for --kernel
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel
+    #[arg(long, value_name = "TEXT", requires = "kernel", allow_hyphen_values = true)]
+    pub append: Option<String>,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("vmedia boot is not available in this build yet")
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum FirmwareArg {
+    Bios,
+    Uefi,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  vmedia boot --cdrom debian.iso --expect 'login:' --timeout 600
+  vmedia boot --cdrom live.iso --direct --expect 'login:'
+  vmedia boot --disk disk.vmdk --firmware uefi --expect 'Welcome'
+  vmedia boot --net user --tftp ./tftp --bootfile pxelinux.0 --boot net --expect 'login:'
+  vmedia boot --kernel vmlinuz --initrd initrd.gz --append 'console=ttyS0' --expect 'BOOT-OK' --json
+
+Disks are read-only to the guest unless given with --disk-rw or IMG,rw; their format is detected
+by vmedia and passed to QEMU explicitly. The timeline (VM started, first firmware output,
+firmware hand-over, first kernel output, marker) goes to stdout; the whole serial console is
+written to --console-log (default: a new file in the temporary folder).
+
+Exit codes: 0 marker seen, 1 error before the VM ran, 2 usage error, 4 time-out,
+5 the VM ended (powered off, crashed, kernel panic) before the marker, 130 interrupted.
+No QEMU process is left behind on any path.")]
+pub struct Args {
+    #[command(flatten)]
+    pub vm: VmOptions,
+    /// Boot the Linux kernel, initrd and command line found in the --cdrom ISO's
+    /// isolinux/GRUB configuration directly (the ISO stays attached as a CD)
+    #[arg(long)]
+    pub direct: bool,
+    /// Regular expression that means "booted" on the serial console (matched within a line)
+    #[arg(long, value_name = "REGEX")]
+    pub expect: String,
+    /// Seconds to wait for the marker
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    pub timeout: u64,
+    /// Write the serial console here
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// Replace an existing --console-log file
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_signal: libc::c_int) {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP stop the VM in order instead of killing vmedia mid-way.
+pub fn install_stop_signals() -> &'static AtomicBool {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+    &CANCEL
+}
+
+/// Builds a VM spec from the options (media checked, formats detected, paths made absolute).
+pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
+    let mut spec = VmSpec::new(name);
+    if let Some(firmware) = options.firmware {
+        spec.firmware = match firmware {
+            FirmwareArg::Bios => Firmware::Bios,
+            FirmwareArg::Uefi => Firmware::Uefi,
+        };
+    }
+    if let Some(memory) = &options.memory {
+        spec.memory_mib = spec::parse_memory(memory)?;
+    }
+    if let Some(cpus) = options.cpus {
+        spec.cpus = cpus;
+    }
+    if let Some(accel) = options.accel {
+        spec.accel = match accel {
+            AccelArg::Auto => Accel::Auto,
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+        };
+    }
+    if let Some(order) = &options.boot {
+        spec.boot_order = BootDevice::parse_order(order)?;
+    }
+    for iso in &options.cdrom {
+        media::check_cdrom_image(iso)?;
+        spec.cdroms.push(CdromSlot { medium: Some(media::absolute(iso)?) });
+    }
+    for _ in 0..options.cdrom_slots.unwrap_or(0) {
+        if spec.cdroms.len() >= spec::MAX_CDROM_SLOTS {
+            bail!(
+                "{} CD drives asked for; at most {}",
+                options.cdrom.len() + options.cdrom_slots.unwrap_or(0),
+                spec::MAX_CDROM_SLOTS
+            );
+        }
+        spec.cdroms.push(CdromSlot::default());
+    }
+    for text in &options.disk {
+        spec.disks.push(parse_disk(text)?);
+    }
+    for path in &options.disk_rw {
+        let format = media::detect_disk_format(path)?;
+        spec.disks.push(Disk { path: media::absolute(path)?, format, writable: true });
+    }
+    spec.net = parse_net(options)?;
+    if let Some(kernel) = &options.kernel {
+        spec.kernel = Some(spec::DirectKernel {
+            kernel: media::absolute(kernel)?,
+            initrd: options.initrd.as_deref().map(media::absolute).transpose()?,
+            append: options.append.clone().unwrap_or_default(),
+        });
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// `IMG`, `IMG,rw`, `IMG,format=vmdk`, `IMG,ro,format=raw`. A path that itself contains commas
+/// is taken whole when the suffixes are not options.
+fn parse_disk(text: &str) -> anyhow::Result<Disk> {
+    let mut parts = text.split(',');
+    let path_part = parts.next().unwrap_or_default();
+    let mut writable = false;
+    let mut format = None;
+    let mut all_options = true;
+    for option in parts {
+        match option {
+            "rw" => writable = true,
+            "ro" => writable = false,
+            _ if option.starts_with("format=") => {
+                let name = &option["format=".len()..];
+                format = Some(DiskFormat::parse(name).with_context(|| {
+                    format!("--disk {text}: unknown format {name:?} (raw, qcow2, vmdk, vhd, vhdx)")
+                })?);
+            }
+            _ => all_options = false,
+        }
+    }
+    let path = if all_options { Path::new(path_part) } else { Path::new(text) };
+    if !all_options {
+        writable = false;
+        format = None;
+    }
+    let detected = media::detect_disk_format(path)?;
+    let format = format.unwrap_or(detected);
+    Ok(Disk { path: media::absolute(path)?, format, writable })
+}
+
+fn parse_net(options: &VmOptions) -> anyhow::Result<Net> {
+    let wants_tftp = options.tftp.is_some() || options.bootfile.is_some();
+    let tftp = options.tftp.as_deref().map(media::absolute).transpose()?;
+    match options.net.as_deref() {
+        None if wants_tftp => Ok(Net::User { tftp, bootfile: options.bootfile.clone() }),
+        None | Some("none") => {
+            if wants_tftp {
+                bail!("--tftp/--bootfile need --net user");
+            }
+            Ok(Net::None)
+        }
+        Some("user") => Ok(Net::User { tftp, bootfile: options.bootfile.clone() }),
+        Some(other) => match other.strip_prefix("bridge=") {
+            Some(bridge) if !wants_tftp => Ok(Net::Bridge { bridge: bridge.to_string() }),
+            Some(_) => bail!("--tftp/--bootfile work with --net user only"),
+            None => bail!("--net {other:?}: use user, bridge=BR or none"),
+        },
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cancel = install_stop_signals();
+    if args.timeout == 0 || args.timeout > MAX_TIMEOUT_SECS {
+        bail!("--timeout {} is outside 1..={MAX_TIMEOUT_SECS} seconds", args.timeout);
+    }
+    let marker = vmedia_boot::console::compile_marker(&args.expect)?;
+    let name = format!("boot-{}", std::process::id());
+    let mut spec = build_spec(&name, &args.vm)?;
+    let _extracted = if args.direct {
+        if spec.kernel.is_some() {
+            bail!("--direct takes the kernel from the ISO; do not give --kernel too");
+        }
+        let iso = spec
+            .cdroms
+            .iter()
+            .find_map(|slot| slot.medium.clone())
+            .context("--direct needs a Linux ISO given with --cdrom")?;
+        let found = vmedia_boot::direct::extract(&iso)?;
+        spec.kernel = Some(found.kernel.clone());
+        Some(found)
+    } else {
+        None
+    };
+    if spec.cdroms.is_empty() && spec.disks.is_empty() && spec.net == Net::None && spec.kernel.is_none() {
+        bail!("nothing to boot: give --cdrom, --disk, --net or --kernel");
+    }
+    let state_dir = vmedia_boot::store::state_dir()?;
+    let (accel, note) = vmedia_boot::kvm::resolve_accel(spec.accel, &state_dir);
+    if let Some(note) = note {
+        eprintln!("vmedia: note: {note}");
+    }
+    let (console_log_path, console_log) = open_console_log(args.console_log.as_deref(), &name, args.force)?;
+    let request = BootRequest {
+        spec,
+        accel,
+        marker,
+        timeout: Duration::from_secs(args.timeout),
+        console_log,
+        console_log_path,
+    };
+    let report = run::boot(request, cancel)?;
+    print_report(&report, &args)?;
+    Ok(ExitCode::from(match report.outcome {
+        Outcome::Booted => 0,
+        Outcome::TimedOut => EXIT_TIMEOUT,
+        Outcome::Exited | Outcome::Panicked => EXIT_VM_ENDED,
+        Outcome::Cancelled => EXIT_INTERRUPTED,
+    }))
+}
+
+fn open_console_log(
+    requested: Option<&Path>,
+    name: &str,
+    force: bool,
+) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    // The console log is written live (so `tail -f` works), not through AtomicFile: a partial
+    // log of an interrupted boot is exactly what the user needs to see.
+    let (path, create_new) = match requested {
+        Some(path) => (path.to_path_buf(), !force),
+        None => (std::env::temp_dir().join(format!("vmedia-{name}.log")), false),
+    };
+    let mut options = OpenOptions::new();
+    options.write(true);
+    if create_new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    let file = options.open(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!("{} already exists; pass --force to replace it", path.display())
+        } else {
+            anyhow::Error::new(e).context(format!("cannot write the console log {}", path.display()))
+        }
+    })?;
+    Ok((path, file))
+}
+
+fn seconds(d: Option<Duration>) -> serde_json::Value {
+    d.map(|d| serde_json::json!((d.as_secs_f64() * 1000.0).round() / 1000.0))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn print_report(report: &BootReport, args: &Args) -> anyhow::Result<()> {
+    let t = &report.timeline;
+    if args.json {
+        let value = serde_json::json!({
+            "outcome": report.outcome,
+            "accel": report.accel,
+            "timeline": {
+                "vm_started": 0.0,
+                "first_firmware_output": seconds(t.first_output),
+                "firmware_handover": seconds(t.firmware_handover),
+                "first_kernel_output": seconds(t.kernel_output),
+                "marker": seconds(t.marker),
+                "guest_panic": seconds(t.guest_panic),
+            },
+            "marker_text": t.marker_text,
+            "total_seconds": seconds(Some(report.total)),
+            "console_log": report.console_log,
+            "console_tail": if report.outcome == Outcome::Booted { None } else { Some(&report.console_tail) },
+            "qemu_exit": report.qemu_exit,
+            "qemu_command": report.command,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("boot timeline ({}):", report.accel);
+        let line = |label: &str, at: Option<Duration>| match at {
+            Some(at) => println!("  {:>8.3} s  {label}", at.as_secs_f64()),
+            None => println!("  {:>8}    {label}: not seen", "-"),
+        };
+        line("VM started", Some(Duration::ZERO));
+        line("first firmware output", t.first_output);
+        line("firmware handed over to the boot loader/kernel", t.firmware_handover);
+        line("first kernel output", t.kernel_output);
+        match (&t.marker, &t.marker_text) {
+            (Some(at), Some(text)) => line(&format!("marker {text:?}"), Some(*at)),
+            _ => line(&format!("marker /{}/", args.expect), None),
+        }
+        println!("console log: {}", report.console_log.display());
+    }
+    let ended = |what: String| {
+        eprintln!("vmedia: {what}");
+        if !report.console_tail.is_empty() {
+            eprintln!("--- last console lines\n{}\n---", report.console_tail);
+        }
+        if !report.qemu_stderr.trim().is_empty() {
+            eprintln!("--- QEMU said\n{}---", report.qemu_stderr);
+        }
+    };
+    match report.outcome {
+        Outcome::Booted => {}
+        Outcome::TimedOut => ended(format!(
+            "time-out: /{}/ did not appear on the console within {} s; the VM was stopped",
+            args.expect, args.timeout
+        )),
+        Outcome::Exited => ended(format!(
+            "the VM ended ({}) after {:.1} s before /{}/ appeared",
+            report.qemu_exit.as_deref().unwrap_or("QEMU exited"),
+            report.total.as_secs_f64(),
+            args.expect
+        )),
+        Outcome::Panicked => ended(format!(
+            "the guest kernel panicked after {:.1} s; the VM was stopped",
+            report.total.as_secs_f64()
+        )),
+        Outcome::Cancelled => ended("interrupted; the VM was stopped".into()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options_are_split_from_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let disk = parse_disk(&format!("{},rw,format=qcow2", img.display())).unwrap();
+        assert!(disk.writable);
+        assert_eq!(disk.format, DiskFormat::Qcow2);
+        let disk = parse_disk(&img.display().to_string()).unwrap();
+        assert!(!disk.writable);
+        assert_eq!(disk.format, DiskFormat::Raw);
+    }
 }

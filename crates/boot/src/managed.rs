@@ -1,0 +1,583 @@
+//! Managed VMs: a folder per VM under `<state>/vms/NAME` holding `vm.toml` (readable, the
+//! source of truth for what the VM is), and while it runs a daemonised QEMU with `qmp.sock`,
+//! `serial.sock` (interactive console), `serial.log` (everything the console printed) and
+//! `qemu.pid`. Whether a VM runs is always read from the live process, never from a flag in a
+//! file, so a guest that powers itself off simply shows as stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use vmedia_io::{AtomicFile, OverwritePolicy};
+
+use crate::error::{BootError, Result};
+use crate::media;
+use crate::qemu::{self, cdrom_id, command_line, find_ovmf, Launch, ResolvedAccel, SerialTarget};
+use crate::qmp::Qmp;
+use crate::spec::{validate_name, BootDevice, Firmware, Net, VmSpec};
+
+/// Linux limits unix socket paths to 108 bytes including the terminator.
+const MAX_SOCKET_PATH: usize = 107;
+/// How long `start` waits for a daemonised QEMU's QMP socket to answer.
+const QMP_READY_WAIT: Duration = Duration::from_secs(10);
+/// A QEMU that does not finish daemonising within this has hung during set-up.
+const DAEMONIZE_WAIT: Duration = Duration::from_secs(60);
+const CONFIG_FILE: &str = "vm.toml";
+
+/// What is stored for a managed VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// The device class the next start boots from first, once (then cleared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_once: Option<BootDevice>,
+    #[serde(flatten)]
+    pub spec: VmSpec,
+}
+
+/// A VM's live state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum VmState {
+    Stopped,
+    Running { pid: u32 },
+}
+
+/// What `start` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartReport {
+    pub pid: u32,
+    pub accel: &'static str,
+    pub boot_order: Vec<BootDevice>,
+    pub one_time: Option<BootDevice>,
+    pub serial_socket: PathBuf,
+    pub serial_log: PathBuf,
+    pub notes: Vec<String>,
+}
+
+/// How `stop` ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopHow {
+    AlreadyStopped,
+    PoweredDown,
+    Forced,
+}
+
+/// The VM folders under the state folder.
+pub struct VmStore {
+    root: PathBuf,
+}
+
+impl VmStore {
+    pub fn new(state_dir: &Path) -> VmStore {
+        VmStore { root: state_dir.join("vms") }
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn config_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join(CONFIG_FILE)
+    }
+
+    pub fn qmp_socket(&self, name: &str) -> PathBuf {
+        self.dir(name).join("qmp.sock")
+    }
+    pub fn serial_socket(&self, name: &str) -> PathBuf {
+        self.dir(name).join("serial.sock")
+    }
+    pub fn serial_log(&self, name: &str) -> PathBuf {
+        self.dir(name).join("serial.log")
+    }
+    fn pidfile(&self, name: &str) -> PathBuf {
+        self.dir(name).join("qemu.pid")
+    }
+    fn uefi_vars(&self, name: &str) -> PathBuf {
+        self.dir(name).join("OVMF_VARS.fd")
+    }
+
+    /// Stores a new VM; an existing one is refused.
+    pub fn create(&self, spec: &VmSpec) -> Result<PathBuf> {
+        spec.validate()?;
+        let dir = self.dir(&spec.name);
+        let socket = self.serial_socket(&spec.name);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(BootError::Vm {
+                name: spec.name.clone(),
+                reason: format!(
+                    "would need socket path {} over Linux's {MAX_SOCKET_PATH}-byte limit; use a shorter name or VMEDIA_HOME",
+                    socket.display()
+                ),
+            });
+        }
+        if self.config_path(&spec.name).exists() {
+            return Err(BootError::Vm {
+                name: spec.name.clone(),
+                reason: format!("already exists ({}); remove it with vmedia vm rm", dir.display()),
+            });
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| BootError::io(&dir, e))?;
+        self.save(&VmConfig { boot_once: None, spec: spec.clone() }, OverwritePolicy::Refuse)?;
+        Ok(self.config_path(&spec.name))
+    }
+
+    pub fn load(&self, name: &str) -> Result<VmConfig> {
+        validate_name(name)?;
+        let path = self.config_path(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BootError::Vm {
+                    name: name.into(),
+                    reason: "does not exist (vmedia vm list shows the VMs; vmedia vm create makes one)".into(),
+                })
+            }
+            Err(e) => return Err(BootError::io(&path, e)),
+        };
+        let config: VmConfig = toml::from_str(&text).map_err(|e| BootError::Config {
+            file: path.clone(),
+            line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(0),
+            reason: e.message().to_string(),
+        })?;
+        if config.spec.name != name {
+            return Err(BootError::Config {
+                file: path,
+                line: 0,
+                reason: format!("name = {:?} does not match the folder {name:?}", config.spec.name),
+            });
+        }
+        config.spec.validate()?;
+        Ok(config)
+    }
+
+    pub fn save(&self, config: &VmConfig, policy: OverwritePolicy) -> Result<()> {
+        let path = self.config_path(&config.spec.name);
+        let text = toml::to_string_pretty(config)
+            .map_err(|e| BootError::Invalid(format!("cannot encode {}: {e}", path.display())))?;
+        let mut file = AtomicFile::create(&path, policy).map_err(|e| BootError::io(&path, e))?;
+        use std::io::Write;
+        file.file_mut()
+            .write_all(format!("# vmedia VM; edit while it is stopped\n{text}").as_bytes())
+            .map_err(|e| BootError::io(&path, e))?;
+        file.commit().map_err(|e| BootError::io(&path, e))
+    }
+
+    /// Names of the stored VMs, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(BootError::io(&self.root, e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(CONFIG_FILE).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Running when the pid in qemu.pid is alive and is the QEMU serving this VM's QMP socket
+    /// (a reused pid of another program does not count).
+    pub fn state(&self, name: &str) -> VmState {
+        let Ok(text) = std::fs::read_to_string(self.pidfile(name)) else { return VmState::Stopped };
+        let Ok(pid) = text.trim().parse::<u32>() else { return VmState::Stopped };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return VmState::Stopped };
+        let socket = self.qmp_socket(name);
+        let needle = socket.to_string_lossy().replace(',', ",,");
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(&needle) && !is_zombie(pid) {
+            VmState::Running { pid }
+        } else {
+            VmState::Stopped
+        }
+    }
+
+    fn running_pid(&self, name: &str) -> Option<u32> {
+        match self.state(name) {
+            VmState::Running { pid } => Some(pid),
+            VmState::Stopped => None,
+        }
+    }
+
+    fn require_running(&self, name: &str) -> Result<u32> {
+        self.running_pid(name).ok_or_else(|| BootError::Vm {
+            name: name.into(),
+            reason: "is not running (vmedia vm start starts it)".into(),
+        })
+    }
+
+    /// Connects to a running VM's QMP.
+    pub fn qmp(&self, name: &str) -> Result<Qmp> {
+        self.require_running(name)?;
+        Qmp::connect(&self.qmp_socket(name), Duration::from_secs(5))
+    }
+
+    /// Starts the VM in the background and returns once QEMU runs it.
+    pub fn start(&self, name: &str, accel: ResolvedAccel) -> Result<StartReport> {
+        let mut config = self.load(name)?;
+        if let Some(pid) = self.running_pid(name) {
+            return Err(BootError::Vm { name: name.into(), reason: format!("is already running (pid {pid})") });
+        }
+        check_media(&config.spec)?;
+        let dir = self.dir(name);
+        let vars = if config.spec.firmware == Firmware::Uefi {
+            let vars = self.uefi_vars(name);
+            if !vars.exists() {
+                let (_, template) = find_ovmf()?;
+                std::fs::copy(&template, &vars).map_err(|e| BootError::io(&template, e))?;
+            }
+            Some(vars)
+        } else {
+            None
+        };
+        for stale in [self.qmp_socket(name), self.serial_socket(name), self.pidfile(name)] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let stored_order = config.spec.boot_order.clone();
+        let one_time = config.boot_once;
+        let order = match one_time {
+            Some(first) => {
+                let mut order = vec![first];
+                order.extend(stored_order.iter().copied().filter(|d| *d != first));
+                order
+            }
+            None => stored_order.clone(),
+        };
+        let launch = Launch {
+            spec: &config.spec,
+            accel,
+            boot_order: order.clone(),
+            serial: SerialTarget::Socket { path: self.serial_socket(name), log: self.serial_log(name) },
+            qmp_socket: self.qmp_socket(name),
+            uefi_vars: vars,
+            pidfile: Some(self.pidfile(name)),
+            no_reboot: false,
+        };
+        let args = command_line(&launch)?;
+        let mut command = Command::new(qemu::qemu_program());
+        command.args(&args).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command.spawn().map_err(|source| BootError::Spawn { program, source })?;
+        let stderr = child.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut stderr) = stderr {
+                use std::io::Read;
+                let _ = stderr.by_ref().take(64 * 1024).read_to_string(&mut text);
+            }
+            text
+        });
+        let deadline = Instant::now() + DAEMONIZE_WAIT;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BootError::QemuFailed { message: "QEMU did not finish starting within 60 s".into() });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = reader.join().unwrap_or_default();
+        if !status.success() {
+            return Err(BootError::QemuFailed { message: stderr.trim().to_string() });
+        }
+        let pid = self.require_running(name).map_err(|_| BootError::QemuFailed {
+            message: format!("QEMU daemonised but is not running (it may have exited at once): {}", stderr.trim()),
+        })?;
+        let mut notes = Vec::new();
+        if one_time.is_some() {
+            config.boot_once = None;
+            self.save(&config, OverwritePolicy::Replace)?;
+            // The firmware already read this boot's order; setting the stored order now makes
+            // a reboot inside this run use it again (QEMU rebuilds the order on reset).
+            if let Err(e) = self.restore_boot_order(name, &config.spec, &order, &stored_order) {
+                notes.push(format!(
+                    "a guest reboot during this run repeats the one-time device ({e}); the next start uses the stored order"
+                ));
+            }
+        }
+        let _ = Qmp::connect(&self.qmp_socket(name), QMP_READY_WAIT)?;
+        Ok(StartReport {
+            pid,
+            accel: match accel {
+                ResolvedAccel::Kvm => "kvm",
+                ResolvedAccel::Tcg => "tcg",
+            },
+            boot_order: order,
+            one_time,
+            serial_socket: self.serial_socket(name),
+            serial_log: self.serial_log(name),
+            notes,
+        })
+    }
+
+    fn restore_boot_order(&self, name: &str, spec: &VmSpec, current: &[BootDevice], stored: &[BootDevice]) -> Result<()> {
+        let mut qmp = Qmp::connect(&self.qmp_socket(name), QMP_READY_WAIT)?;
+        let now = qemu::boot_indexes(spec, current);
+        let wanted = qemu::boot_indexes(spec, stored);
+        let devices = |ix: &qemu::BootIndexes| {
+            let mut all: Vec<(String, Option<u32>)> = Vec::new();
+            all.extend(ix.cdroms.iter().enumerate().map(|(n, i)| (cdrom_id(n), *i)));
+            all.extend(ix.disks.iter().enumerate().map(|(n, i)| (format!("disk{n}"), *i)));
+            if spec.net != Net::None {
+                all.push(("nic0".to_string(), ix.net));
+            }
+            all
+        };
+        let set = |qmp: &mut Qmp, id: &str, value: i64| {
+            qmp.execute(
+                "qom-set",
+                Some(json!({"path": format!("/machine/peripheral/{id}"), "property": "bootindex", "value": value})),
+            )
+        };
+        // Clear first: QEMU refuses two devices with the same index at any moment.
+        for (id, index) in devices(&now) {
+            if index.is_some() {
+                set(&mut qmp, &id, -1)?;
+            }
+        }
+        for (id, index) in devices(&wanted) {
+            if let Some(index) = index {
+                set(&mut qmp, &id, i64::from(index))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// ACPI power button, then force after `grace`.
+    pub fn stop(&self, name: &str, grace: Duration) -> Result<StopHow> {
+        self.load(name)?;
+        let Some(pid) = self.running_pid(name) else { return Ok(StopHow::AlreadyStopped) };
+        if let Ok(mut qmp) = Qmp::connect(&self.qmp_socket(name), Duration::from_secs(2)) {
+            let _ = qmp.execute("system_powerdown", None);
+        }
+        if wait_gone(pid, grace) {
+            return Ok(StopHow::PoweredDown);
+        }
+        self.kill(name)?;
+        Ok(StopHow::Forced)
+    }
+
+    /// Ends QEMU at once (QMP quit, then SIGKILL).
+    pub fn kill(&self, name: &str) -> Result<StopHow> {
+        self.load(name)?;
+        let Some(pid) = self.running_pid(name) else { return Ok(StopHow::AlreadyStopped) };
+        if let Ok(mut qmp) = Qmp::connect(&self.qmp_socket(name), Duration::from_secs(1)) {
+            let _ = qmp.execute("quit", None);
+        }
+        if !wait_gone(pid, Duration::from_secs(3)) {
+            // SAFETY: pid was verified to be this VM's QEMU just above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            wait_gone(pid, Duration::from_secs(5));
+        }
+        Ok(StopHow::Forced)
+    }
+
+    /// Deletes a stopped VM's folder (its own files only; media are never touched).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        self.load(name)?;
+        if let Some(pid) = self.running_pid(name) {
+            return Err(BootError::Vm {
+                name: name.into(),
+                reason: format!("is running (pid {pid}); stop or kill it first, or pass --force"),
+            });
+        }
+        let dir = self.dir(name);
+        for file in [CONFIG_FILE, "qmp.sock", "serial.sock", "serial.log", "qemu.pid", "OVMF_VARS.fd"] {
+            let path = dir.join(file);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BootError::io(&path, e)),
+            }
+        }
+        std::fs::remove_dir(&dir).map_err(|e| BootError::io(&dir, e))
+    }
+
+    /// Records a one-time boot device for the next start.
+    pub fn boot_once(&self, name: &str, device: BootDevice) -> Result<()> {
+        let mut config = self.load(name)?;
+        let spec = &config.spec;
+        let present = match device {
+            BootDevice::Cdrom => spec.cdroms.iter().any(|c| c.medium.is_some()),
+            BootDevice::Disk => !spec.disks.is_empty(),
+            BootDevice::Net => spec.net != Net::None,
+        };
+        if !present {
+            return Err(BootError::Vm { name: name.into(), reason: format!("has no {device} to boot from") });
+        }
+        config.boot_once = Some(device);
+        self.save(&config, OverwritePolicy::Replace)
+    }
+
+    /// Puts `image` in CD slot `slot`: live through QMP when running, and in vm.toml either way.
+    /// Returns true when the running guest got it.
+    pub fn insert(&self, name: &str, slot: usize, image: &Path) -> Result<bool> {
+        let mut config = self.load(name)?;
+        check_slot(name, &config.spec, slot)?;
+        media::check_cdrom_image(image)?;
+        let image = media::absolute(image)?;
+        let live = self.running_pid(name).is_some();
+        if live {
+            let mut qmp = self.qmp(name)?;
+            let filename = image.to_str().ok_or_else(|| BootError::Invalid(format!("{}: QEMU needs UTF-8 paths", image.display())))?;
+            qmp.execute(
+                "blockdev-change-medium",
+                Some(json!({"id": cdrom_id(slot), "filename": filename, "format": "raw", "read-only-mode": "read-only"})),
+            )
+            .map_err(|e| tray_error(name, slot, e))?;
+        }
+        config.spec.cdroms[slot].medium = Some(image);
+        self.save(&config, OverwritePolicy::Replace)?;
+        Ok(live)
+    }
+
+    /// Removes the medium from CD slot `slot`; `force` ejects even when the guest locked the
+    /// tray.
+    pub fn eject(&self, name: &str, slot: usize, force: bool) -> Result<bool> {
+        let mut config = self.load(name)?;
+        check_slot(name, &config.spec, slot)?;
+        let live = self.running_pid(name).is_some();
+        if live {
+            let mut qmp = self.qmp(name)?;
+            qmp.execute("eject", Some(json!({"id": cdrom_id(slot), "force": force})))
+                .map_err(|e| tray_error(name, slot, e))?;
+        }
+        config.spec.cdroms[slot].medium = None;
+        self.save(&config, OverwritePolicy::Replace)?;
+        Ok(live)
+    }
+
+    /// QEMU's own run status ("running", "paused", "shutdown"...) of a running VM.
+    pub fn status(&self, name: &str) -> Option<String> {
+        let mut qmp = self.qmp(name).ok()?;
+        let answer = qmp.execute("query-status", None).ok()?;
+        answer.get("status").and_then(|s| s.as_str()).map(str::to_string)
+    }
+}
+
+fn check_slot(name: &str, spec: &VmSpec, slot: usize) -> Result<()> {
+    if slot >= spec.cdroms.len() {
+        return Err(BootError::Vm {
+            name: name.into(),
+            reason: format!(
+                "has {} CD slot(s) (0..{}), no slot {slot}; create it with --cdrom-slots",
+                spec.cdroms.len(),
+                spec.cdroms.len().saturating_sub(1)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Turns QEMU's tray-lock refusal into advice.
+fn tray_error(name: &str, slot: usize, error: BootError) -> BootError {
+    let text = error.to_string();
+    if text.contains("locked") || text.contains("Tray") || text.contains("tray") {
+        return BootError::Vm {
+            name: name.into(),
+            reason: format!(
+                "the guest holds the tray of CD slot {slot} locked (a mounted disc or a program using the drive); \
+                 it was asked to release it: unmount it in the guest and retry, or pass --force to eject anyway ({text})"
+            ),
+        };
+    }
+    error
+}
+
+/// Every stored medium must still be there before QEMU starts.
+fn check_media(spec: &VmSpec) -> Result<()> {
+    for slot in spec.cdroms.iter().filter_map(|s| s.medium.as_ref()) {
+        media::check_cdrom_image(slot)?;
+    }
+    for disk in &spec.disks {
+        std::fs::metadata(&disk.path).map_err(|e| BootError::io(&disk.path, e))?;
+    }
+    if let Some(kernel) = &spec.kernel {
+        std::fs::metadata(&kernel.kernel).map_err(|e| BootError::io(&kernel.kernel, e))?;
+    }
+    Ok(())
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::CdromSlot;
+
+    #[test]
+    fn create_load_round_trip_and_refuse_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::new(dir.path());
+        let mut spec = VmSpec::new("lab1");
+        spec.cdroms = vec![CdromSlot::default()];
+        store.create(&spec).unwrap();
+        assert_eq!(store.load("lab1").unwrap().spec, spec);
+        assert!(store.create(&spec).unwrap_err().to_string().contains("already exists"));
+        assert_eq!(store.list().unwrap(), vec!["lab1"]);
+        assert_eq!(store.state("lab1"), VmState::Stopped);
+    }
+
+    #[test]
+    fn boot_once_needs_such_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::new(dir.path());
+        store.create(&VmSpec::new("nonet")).unwrap();
+        assert!(store.boot_once("nonet", BootDevice::Net).unwrap_err().to_string().contains("no net"));
+    }
+
+    #[test]
+    fn slot_out_of_range_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::new(dir.path());
+        store.create(&VmSpec::new("one")).unwrap();
+        let err = store.eject("one", 3, false).unwrap_err().to_string();
+        assert!(err.contains("no slot 3"), "{err}");
+    }
+
+    #[test]
+    fn stale_pidfile_of_another_process_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::new(dir.path());
+        store.create(&VmSpec::new("stale")).unwrap();
+        std::fs::write(store.pidfile("stale"), std::process::id().to_string()).unwrap();
+        assert_eq!(store.state("stale"), VmState::Stopped);
+    }
+
+    #[test]
+    fn hand_edited_config_with_wrong_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::new(dir.path());
+        store.create(&VmSpec::new("a")).unwrap();
+        let path = store.config_path("a");
+        let text = std::fs::read_to_string(&path).unwrap().replace("name = \"a\"", "name = \"b\"");
+        std::fs::write(&path, text).unwrap();
+        assert!(store.load("a").unwrap_err().to_string().contains("does not match"));
+    }
+}

@@ -1,0 +1,199 @@
+//! `vmedia boot`: one VM in the foreground, watched on its serial console until a marker, a
+//! time-out, an exit or a cancel; QEMU never outlives the run.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use regex::bytes::Regex;
+use serde::Serialize;
+
+use crate::console::{ConsoleWatch, Timeline};
+use crate::error::{BootError, Result};
+use crate::process::{describe_exit, Guarded};
+use crate::qemu::{command_line, find_ovmf, qemu_program, Launch, ResolvedAccel, SerialTarget};
+use crate::spec::{Firmware, VmSpec};
+
+/// QEMU's own error output kept for the report (it is short unless something loops).
+const MAX_QEMU_STDERR: usize = 64 * 1024;
+/// How long QEMU gets to exit cleanly after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often the cancel flag is checked while the console is quiet.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Console lines quoted in a failure report.
+pub const TAIL_LINES: usize = 25;
+
+/// A foreground boot to run.
+pub struct BootRequest {
+    pub spec: VmSpec,
+    pub accel: ResolvedAccel,
+    pub marker: Regex,
+    pub timeout: Duration,
+    /// Every console byte is appended here as it arrives.
+    pub console_log: File,
+    pub console_log_path: PathBuf,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The marker appeared.
+    Booted,
+    /// The time ran out first.
+    TimedOut,
+    /// QEMU ended (guest powered off, rebooted under -no-reboot, QEMU error) first.
+    Exited,
+    /// The guest kernel panicked.
+    Panicked,
+    /// SIGINT/SIGTERM arrived.
+    Cancelled,
+}
+
+/// Everything the CLI reports about a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    pub outcome: Outcome,
+    pub timeline: Timeline,
+    pub accel: &'static str,
+    pub console_log: PathBuf,
+    pub console_tail: String,
+    /// How QEMU ended when it ended by itself.
+    pub qemu_exit: Option<String>,
+    pub qemu_stderr: String,
+    /// The whole QEMU command line, for reproducing by hand.
+    pub command: Vec<String>,
+    pub total: Duration,
+}
+
+/// Boots, waits, stops. Errors are for failures to start at all; everything after QEMU runs is
+/// an `Outcome`.
+pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
+    let scratch = tempfile::Builder::new()
+        .prefix("vmedia-boot-")
+        .tempdir()
+        .map_err(|e| BootError::io(std::env::temp_dir(), e))?;
+    let uefi_vars = if request.spec.firmware == Firmware::Uefi {
+        let (_, template) = find_ovmf()?;
+        let vars = scratch.path().join("OVMF_VARS.fd");
+        std::fs::copy(&template, &vars).map_err(|e| BootError::io(&template, e))?;
+        Some(vars)
+    } else {
+        None
+    };
+    let launch = Launch {
+        spec: &request.spec,
+        accel: request.accel,
+        boot_order: request.spec.boot_order.clone(),
+        serial: SerialTarget::Stdio,
+        qmp_socket: scratch.path().join("qmp.sock"),
+        uefi_vars,
+        pidfile: None,
+        no_reboot: true,
+    };
+    let args = command_line(&launch)?;
+    let program = qemu_program();
+    let mut command_text = vec![program.to_string_lossy().into_owned()];
+    command_text.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+
+    let mut command = Command::new(&program);
+    command.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut qemu = Guarded::spawn(&mut command)?;
+    let stdout = qemu.child_mut().stdout.take().expect("piped stdout");
+    let stderr = qemu.child_mut().stderr.take().expect("piped stderr");
+    let console = spawn_reader(stdout);
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.take(MAX_QEMU_STDERR as u64).read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    });
+
+    let mut watch = ConsoleWatch::new(request.marker.clone(), start);
+    let mut log = request.console_log;
+    let deadline = start + request.timeout;
+    let outcome = loop {
+        if cancel.load(Ordering::SeqCst) {
+            break Outcome::Cancelled;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Outcome::TimedOut;
+        }
+        match console.recv_timeout(left.min(POLL_INTERVAL)) {
+            Ok((chunk, at)) => {
+                log.write_all(&chunk)
+                    .map_err(|e| BootError::io(&request.console_log_path, e))?;
+                if watch.feed(&chunk, at) {
+                    break Outcome::Booted;
+                }
+                if watch.timeline().guest_panic.is_some() {
+                    // Give the panic message a moment to finish printing for the tail.
+                    drain(&console, &mut watch, &mut log, Duration::from_millis(300));
+                    break Outcome::Panicked;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Outcome::Exited,
+        }
+    };
+    let total = start.elapsed();
+    let qemu_exit = if outcome == Outcome::Exited {
+        qemu.wait_for(Duration::from_secs(2)).map(|s| describe_exit(&s))
+    } else {
+        qemu.stop(STOP_GRACE);
+        None
+    };
+    drop(qemu);
+    let _ = log.flush();
+    let qemu_stderr = stderr_reader.join().unwrap_or_default();
+    Ok(BootReport {
+        outcome,
+        timeline: watch.timeline().clone(),
+        accel: match request.accel {
+            ResolvedAccel::Kvm => "kvm",
+            ResolvedAccel::Tcg => "tcg",
+        },
+        console_log: request.console_log_path,
+        console_tail: watch.tail(TAIL_LINES),
+        qemu_exit,
+        qemu_stderr,
+        command: command_text,
+        total,
+    })
+}
+
+type Chunk = (Vec<u8>, Instant);
+
+/// Reads the console pipe on its own thread, stamping each chunk with its arrival time.
+fn spawn_reader(mut source: impl Read + Send + 'static) -> mpsc::Receiver<Chunk> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if sender.send((buf[..n].to_vec(), Instant::now())).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+    receiver
+}
+
+fn drain(console: &mpsc::Receiver<Chunk>, watch: &mut ConsoleWatch, log: &mut File, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while let Ok((chunk, at)) = console.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let _ = log.write_all(&chunk);
+        watch.feed(&chunk, at);
+    }
+}
