@@ -24,8 +24,11 @@ const MAX_SECTORS_PER_CLUSTER: u64 = 64;
 /// The three FAT variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum FatType {
+    #[serde(rename = "FAT12")]
     Fat12,
+    #[serde(rename = "FAT16")]
     Fat16,
+    #[serde(rename = "FAT32")]
     Fat32,
 }
 

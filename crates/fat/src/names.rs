@@ -81,6 +81,13 @@ pub fn store_name(name: &str, taken: &mut HashSet<[u8; 11]>) -> Result<StoredNam
             return Ok(StoredName { short: exact, long: None });
         }
     }
+    // A name that only differs from its 8.3 form in case keeps that form as alias, without a
+    // numeric tail (as Windows and mtools do); the long name preserves the case.
+    if let Some(upper) = exact_short_name(&name.to_ascii_uppercase()) {
+        if taken.insert(upper) {
+            return Ok(StoredName { short: upper, long: Some(units) });
+        }
+    }
     let (base, ext) = alias_basis(name);
     for tail in 1..=MAX_ALIAS_TAIL {
         let suffix = format!("~{tail}");
@@ -199,8 +206,15 @@ mod tests {
     fn lowercase_names_get_a_long_name_and_alias() {
         let mut taken = HashSet::new();
         let stored = store_name("grub.cfg", &mut taken).unwrap();
-        assert_eq!(&stored.short, b"GRUB~1  CFG");
+        assert_eq!(&stored.short, b"GRUB    CFG");
         assert_eq!(stored.long.as_deref(), Some(&"grub.cfg".encode_utf16().collect::<Vec<_>>()[..]));
+    }
+
+    #[test]
+    fn case_only_collision_falls_back_to_a_tail() {
+        let mut taken = HashSet::new();
+        store_name("GRUB.CFG", &mut taken).unwrap();
+        assert_eq!(&store_name("grub.cfg", &mut taken).unwrap().short, b"GRUB~1  CFG");
     }
 
     #[test]

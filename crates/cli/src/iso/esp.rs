@@ -1,13 +1,179 @@
-//! PENDING: being written (replace this whole file).
+//! `vmedia iso esp`: a FAT EFI system partition image from a folder.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use vmedia_fat::{FatImage, FatOptions, FatType};
+use vmedia_io::{AtomicFile, OverwritePolicy};
+
+use crate::progress::Bar;
+
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  vmedia iso esp ./esp-tree -o esp.img
+  vmedia iso esp ./esp-tree -o esp.img --label EFI --date 2024-01-01 --json
+  vmedia iso esp ./esp-tree -o esp.img --size 64M --fat-type 32 --force
+  SOURCE_DATE_EPOCH=1700000000 vmedia iso esp ./esp-tree -o esp.img
+
+The tree is copied as is: put the loader at EFI/BOOT/BOOTX64.EFI for removable-media boot.
+Without --size the image is the smallest FAT12/16/32 volume holding the tree plus 1/8 (at least
+256 KiB) free space. With --date (or SOURCE_DATE_EPOCH) every timestamp and the serial number
+come from that date, so the same tree always gives the same bytes.")]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<std::ffi::OsString>,
+    /// Folder whose contents become the volume's root
+    source: PathBuf,
+    /// Image file to write
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Volume label (up to 11 characters)
+    #[arg(long, default_value = "EFI")]
+    label: String,
+    /// Exact image size: bytes or with a K/M/G suffix (binary units)
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// FAT type: 12, 16 or 32 (default: whichever gives the smallest image)
+    #[arg(long)]
+    fat_type: Option<FatType>,
+    /// Timestamp for every entry: Unix seconds, or YYYY-MM-DD[THH:MM:SS] in UTC
+    /// (default: $SOURCE_DATE_EPOCH, else each file's own time)
+    #[arg(long, value_parser = parse_date)]
+    date: Option<i64>,
+    /// Volume serial number in hex, e.g. 1234ABCD (default: derived from --date)
+    #[arg(long, value_parser = parse_serial)]
+    volume_id: Option<u32>,
+    /// Replace the output file if it exists
+    #[arg(long)]
+    force: bool,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+    /// No progress bar
+    #[arg(short, long)]
+    quiet: bool,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not available in this build yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let date = match args.date {
+        Some(d) => Some(d),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => Some(v.trim().parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not Unix seconds"))?),
+            Err(_) => None,
+        },
+    };
+    let opts = FatOptions {
+        label: Some(args.label.clone()),
+        volume_id: args.volume_id,
+        date,
+        size: args.size,
+        fat_type: args.fat_type,
+    };
+    let plan = FatImage::plan(&args.source, &opts)
+        .with_context(|| format!("planning a FAT image of {}", args.source.display()))?;
+    let policy = if args.force { OverwritePolicy::Replace } else { OverwritePolicy::Refuse };
+    let out = AtomicFile::create(&args.output, policy)?;
+    let bar = Bar::bytes(args.quiet || args.json);
+    let summary = plan
+        .write_to_file(out.file(), &bar)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    bar.finish();
+    out.commit().with_context(|| format!("saving {}", args.output.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{}: {:?}, {} bytes, {} files in {} folders, {} of {} clusters of {} bytes free, serial {:04X}-{:04X}, label {}",
+            args.output.display(),
+            summary.fat_type,
+            summary.size_bytes,
+            summary.files,
+            summary.directories,
+            summary.free_clusters,
+            summary.cluster_count,
+            summary.cluster_bytes,
+            summary.volume_id >> 16,
+            summary.volume_id & 0xFFFF,
+            summary.label
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let value: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KIB" => 10,
+        "M" | "MIB" => 20,
+        "G" | "GIB" => 30,
+        _ => return Err(format!("unknown size unit {unit:?} (use K, M or G)")),
+    };
+    value.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_serial(text: &str) -> Result<u32, String> {
+    let hex: String = text.chars().filter(|&c| c != '-').collect();
+    u32::from_str_radix(hex.trim_start_matches("0x"), 16).map_err(|_| format!("{text:?} is not a hex serial like 1234-ABCD"))
+}
+
+/// Unix seconds, `@seconds`, `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS[Z]` (UTC).
+fn parse_date(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.trim_start_matches('@').parse::<i64>() {
+        return Ok(seconds);
+    }
+    let bad = || format!("{text:?} is not a date (Unix seconds or YYYY-MM-DD[THH:MM:SS])");
+    let text = text.trim_end_matches('Z');
+    let (day, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00"));
+    let parts: Vec<i64> = day.split('-').map(|p| p.parse::<i64>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    let clock: Vec<i64> = time.split(':').map(|p| p.parse::<i64>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    let (&[year, month, dom], &[hour, minute, second]) = (parts.as_slice(), clock.as_slice()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&dom) || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad());
+    }
+    Ok(days_from_civil(year, month, dom) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_binary_suffixes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1474560"), Ok(1_474_560));
+        assert!(parse_size("3X").is_err());
+    }
+
+    #[test]
+    fn dates_parse_in_utc() {
+        assert_eq!(parse_date("1700000000"), Ok(1_700_000_000));
+        assert_eq!(parse_date("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
+        assert_eq!(parse_date("1970-01-02"), Ok(86_400));
+        assert!(parse_date("yesterday").is_err());
+    }
+
+    #[test]
+    fn serials_parse_as_hex() {
+        assert_eq!(parse_serial("1234-ABCD"), Ok(0x1234_ABCD));
+        assert!(parse_serial("xyz").is_err());
+    }
 }

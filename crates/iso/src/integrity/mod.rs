@@ -390,28 +390,25 @@ fn check_fragments(
     let per_fragment = chars_per_fragment(record.fragment_count);
     let fragment_size = plan.length / plan.fragment_count.saturating_add(1);
     let sums = sums.as_bytes();
-    let mut expected_text = String::new();
-    let mut actual_text = String::new();
-    let mut first_bad = None;
     for (index, state) in outcome.checkpoints.iter().enumerate() {
         let Some(state) = state else { continue };
         let actual = appdata::fragment_chars(state, per_fragment);
         let start = (index - 1) * per_fragment;
         let expected = sums.get(start..start + actual.len()).unwrap_or(&[]);
-        expected_text.push_str(&String::from_utf8_lossy(expected));
-        actual_text.push_str(&String::from_utf8_lossy(&actual));
-        if expected != actual.as_slice() && first_bad.is_none() {
-            first_bad = Some(BadFragment {
+        if expected != actual.as_slice() {
+            // Later checkpoints all differ once one has, so the first one is the news.
+            let bad = BadFragment {
                 index: index as u64,
                 checkpoint_offset: checkpoint_end(index as u64, fragment_size, plan.length),
-            });
+            };
+            let mismatch = CheckOutcome::Mismatch {
+                expected: format!("fragment {index}: {}", String::from_utf8_lossy(expected)),
+                actual: format!("fragment {index}: {}", String::from_utf8_lossy(&actual)),
+            };
+            return (mismatch, Some(bad));
         }
     }
-    if first_bad.is_some() {
-        (CheckOutcome::Mismatch { expected: expected_text, actual: actual_text }, first_bad)
-    } else {
-        (CheckOutcome::Ok, None)
-    }
+    (CheckOutcome::Ok, None)
 }
 
 /// The byte offset where checkisomd5 takes checkpoint `k`: the end of the 32 KiB step during
