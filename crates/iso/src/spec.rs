@@ -415,10 +415,10 @@ pub enum LoadSize {
 pub struct HybridSpec {
     /// The boot code for the system area (first 32 KiB), with its semantics.
     pub system_area: Option<SystemArea>,
-    /// `-partition_offset N`: the ISO 9660 filesystem also starts at 512-byte sector N
-    /// (Debian/Ubuntu use 16): a second volume descriptor set and directory tree whose
-    /// addresses are relative to that sector, so partition 1 can be mounted on its own.
-    /// 0 = off.
+    /// `-partition_offset N`: the ISO 9660 filesystem also starts at 2048-byte block N
+    /// (Debian/Ubuntu use 16), as xorriso does: a second volume descriptor set and directory
+    /// tree whose addresses are relative to that block, so MBR partition 1 (starting there)
+    /// can be mounted on its own. 0 = off.
     pub partition_offset: u32,
     /// `-isohybrid-gpt-basdat`: a GPT with the ISO as a Basic Data partition and each EFI
     /// boot image as an EFI System partition, plus the backup GPT at the end.

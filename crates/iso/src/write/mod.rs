@@ -12,28 +12,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use vmedia_io::{AtomicFile, OverwritePolicy, Progress};
 
-/// A fully laid out image: every address and the final size are known.
-#[derive(Debug)]
-pub struct Plan {
-    sectors: u64,
-}
+mod eltorito;
+mod emit;
+mod hybrid;
+mod layout;
+mod names;
+mod rrip;
+mod tree;
 
-impl Plan {
-    /// Image size in 2048-byte sectors.
-    pub fn sectors(&self) -> u64 {
-        self.sectors
-    }
-
-    /// Writes the planned image into `file`.
-    pub fn write_to(
-        &self,
-        _file: &mut File,
-        _name: &Path,
-        _progress: &dyn Progress,
-    ) -> Result<WriteReport, WriteError> {
-        Err(WriteError::InvalidSpec { field: "writer", reason: "the ISO writer engine is being landed; API only in this commit".into() })
-    }
-}
+pub use layout::Plan;
 
 /// Size of an ISO 9660 logical sector.
 pub const SECTOR_SIZE: u64 = 2048;
@@ -154,8 +141,7 @@ pub enum WriteError {
 /// Scans, names and lays out `spec` without writing anything: the result knows every
 /// address and the final size (`-print-size`).
 pub fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, WriteError> {
-    let _ = (spec, progress);
-    Err(WriteError::InvalidSpec { field: "writer", reason: "the ISO writer engine is being landed; API only in this commit".into() })
+    layout::plan(spec, progress)
 }
 
 /// Writes the image described by `spec` to `out`, under a temporary name renamed into place
@@ -203,6 +189,5 @@ fn implant_integrity(
     name: &Path,
     progress: &dyn Progress,
 ) -> Result<Option<IntegrityReport>, WriteError> {
-    let _ = (spec, file, name, progress);
-    Ok(None)
+    emit::implant_integrity(spec, file, name, progress)
 }

@@ -1,0 +1,782 @@
+//! Emit stage: volume descriptors, path tables, directory records (with Rock Ridge), the boot
+//! catalog and system area, then the file data, streamed by a bounded parallel reader ahead
+//! of one sequential writer. All-zero ranges are left as holes, so sparse inputs stay sparse.
+
+use super::layout::{self, EntryKind, Hierarchy, MetaSet, Plan, MAX_EXTENT_BYTES};
+use super::rrip::{self, CeArea};
+use super::tree::{self, DataId, DataSource, NodeId, NodeKind, Tree};
+use super::{BootReport, IntegrityReport, WriteError, WriteReport, SECTOR_SIZE};
+use crate::spec::{IsoSpec, RockRidgeMode};
+use rayon::prelude::*;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use vmedia_io::Progress;
+
+/// Files at least this big are streamed in chunks instead of batched with others.
+const BIG_FILE: u64 = 8 << 20;
+/// Bytes of small files read together (in parallel) and written with one call.
+const WINDOW_BYTES: u64 = 16 << 20;
+/// Chunk size for big files: large writes, bounded memory.
+const CHUNK_BYTES: u64 = 8 << 20;
+/// Chunks in flight between the reader and the writer (bounds memory to ~3 windows).
+const PIPELINE_DEPTH: usize = 3;
+/// The largest directory record.
+const MAX_RECORD: usize = 255;
+
+/// Everything needed to serialise directory records.
+pub(crate) struct MeasureCtx<'a> {
+    tree: &'a Tree,
+    rr: Option<RockRidgeMode>,
+    spec: &'a IsoSpec,
+    serial: &'a [u32],
+}
+
+/// Addresses used while serialising one hierarchy of one set (all zero when measuring).
+struct Addrs<'a> {
+    base: u32,
+    dir_lba: &'a [u32],
+    dir_sectors: &'a [u32],
+    data_lba: &'a [u32],
+    catalog_lba: u32,
+}
+
+impl<'a> MeasureCtx<'a> {
+    pub fn new(
+        tree: &'a Tree,
+        _iso: &'a Hierarchy,
+        _joliet: Option<&'a Hierarchy>,
+        rr: Option<RockRidgeMode>,
+        spec: &'a IsoSpec,
+        serial: &'a [u32],
+        _now: i64,
+    ) -> Self {
+        MeasureCtx { tree, rr, spec, serial }
+    }
+
+    /// (directory sectors, continuation sectors) per folder.
+    pub fn dir_sizes(&self, h: &Hierarchy) -> Result<Vec<(u32, u32)>, WriteError> {
+        let zeros = vec![0u32; h.dirs.len()];
+        let data_zero = vec![0u32; self.tree.data.len()];
+        let addrs = Addrs { base: 0, dir_lba: &zeros, dir_sectors: &zeros, data_lba: &data_zero, catalog_lba: 0 };
+        h.dirs
+            .par_iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let (bytes, ce) = self.serialize_dir(h, i, &addrs, 0);
+                Ok(((bytes.len() as u64 / SECTOR_SIZE) as u32, ce.sectors()))
+            })
+            .collect()
+    }
+
+    fn rr_attrs(&self, node: NodeId, is_dir: bool) -> (u32, u32, u32) {
+        let m = &self.tree.nodes[node].meta;
+        let mut mode = m.mode;
+        let (mut uid, mut gid) = (m.uid, m.gid);
+        if let NodeKind::Catalog = self.tree.nodes[node].kind {
+            mode = tree::S_IFREG | 0o444;
+        }
+        if self.rr == Some(RockRidgeMode::Rational) {
+            uid = 0;
+            gid = 0;
+            let kind = mode & tree::S_IFMT;
+            let mut perm = mode & 0o777;
+            perm |= 0o444;
+            if is_dir || perm & 0o111 != 0 {
+                perm |= 0o111;
+            }
+            perm &= !0o222;
+            mode = kind | perm;
+        }
+        let o = &self.spec.ownership;
+        if let Some(u) = o.uid {
+            uid = u;
+        }
+        if let Some(g) = o.gid {
+            gid = g;
+        }
+        let kind = mode & tree::S_IFMT;
+        if is_dir {
+            if let Some(dm) = o.dir_mode {
+                mode = kind | (dm & 0o7777);
+            }
+        } else if let Some(fm) = o.file_mode {
+            if kind != tree::S_IFLNK {
+                mode = kind | (fm & 0o7777);
+            }
+        }
+        (mode, uid, gid)
+    }
+
+    /// Rock Ridge entries of one record (the CE entry is added by `rrip::pack`).
+    fn rr_entries(&self, h: &Hierarchy, node: NodeId, role: Role, addrs: &Addrs<'_>, first_root: bool) -> Vec<Vec<u8>> {
+        let n = &self.tree.nodes[node];
+        let mut out = Vec::new();
+        let is_dir = matches!(role, Role::Dot(_) | Role::DotDot(_) | Role::Dir(_));
+        if first_root {
+            out.push(rrip::sp());
+        }
+        let (mode, uid, gid) = self.rr_attrs(node, is_dir);
+        let nlink = match role {
+            Role::Dot(d) | Role::DotDot(d) | Role::Dir(d) => 2 + h.dirs[d].subdirs,
+            Role::Leaf => match n.kind {
+                NodeKind::File(data) => self.tree.data[data].links.max(1),
+                _ => 1,
+            },
+            Role::Placeholder(_) => 1,
+        };
+        let mut flags = 0x01 | 0x80;
+        let mut tail: Vec<Vec<u8>> = Vec::new();
+        let mode = if let Role::Placeholder(_) = role { tree::S_IFDIR | (mode & 0o7777) } else { mode };
+        tail.push(rrip::px(mode, nlink, uid, gid, self.serial[node]));
+        tail.push(rrip::tf(n.meta.mtime, n.meta.atime, n.meta.ctime));
+        if let Role::Leaf | Role::Dir(_) | Role::Placeholder(_) = role {
+            flags |= 0x08;
+        }
+        match (&n.kind, role) {
+            (NodeKind::Symlink(target), Role::Leaf) => {
+                flags |= 0x04;
+                tail.extend(rrip::sl(target));
+            }
+            (NodeKind::Device(rdev), Role::Leaf) => {
+                flags |= 0x02;
+                tail.push(rrip::pn(*rdev));
+            }
+            _ => {}
+        }
+        match role {
+            Role::Placeholder(c) => {
+                flags |= 0x10;
+                tail.push(rrip::cl(addrs.dir_lba[c].wrapping_sub(addrs.base)));
+            }
+            Role::DotDot(d) => {
+                // `d` is the folder whose ".." this is; PL names its original parent.
+                let _ = d;
+            }
+            _ => {}
+        }
+        out.push(rrip::rr(flags));
+        out.extend(tail);
+        out
+    }
+
+    /// Serialises folder `di` of `h`: its sectors, and its continuation area.
+    fn serialize_dir(&self, h: &Hierarchy, di: usize, addrs: &Addrs<'_>, ce_lba: u32) -> (Vec<u8>, CeArea) {
+        let dir = &h.dirs[di];
+        let rr = self.rr.is_some() && !h.joliet;
+        let mut ce = CeArea::new(ce_lba.wrapping_sub(addrs.base));
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity(dir.entries.len() + 2);
+        let date_of = |node: NodeId| rrip::dir_date(self.tree.nodes[node].meta.mtime);
+        let dir_extent = |d: usize| (addrs.dir_lba[d].wrapping_sub(addrs.base), u64::from(addrs.dir_sectors[d]) * SECTOR_SIZE);
+        // "." and "..".
+        for (ident, target, role_node, role) in [
+            (0u8, di, dir.node, Role::Dot(di)),
+            (1u8, dir.parent, h.dirs[dir.parent].node, Role::DotDot(dir.parent)),
+        ] {
+            let (lba, size) = dir_extent(target);
+            let mut su = Vec::new();
+            if rr {
+                let first_root = di == 0 && ident == 0;
+                su = self.rr_entries(h, role_node, role, addrs, first_root);
+                if ident == 1 {
+                    if let Some(orig) = dir.original_parent {
+                        su.push(rrip::pl(addrs.dir_lba[orig].wrapping_sub(addrs.base)));
+                        if let Some(rr_flags) = su.iter_mut().find(|e| &e[..2] == b"RR") {
+                            rr_flags[4] |= 0x20;
+                        }
+                    }
+                }
+                if first_root {
+                    su.push(rrip::er());
+                }
+            }
+            let room = MAX_RECORD - 1 - layout::record_len(1, 0);
+            let su = if rr { rrip::pack(&su, room, &mut ce) } else { su.concat() };
+            records.push(dir_record(&[ident], lba, size, 0x02, date_of(role_node), &su));
+        }
+        for e in &dir.entries {
+            let node = e.node;
+            let (role, extents, flags): (Role, Vec<(u32, u64)>, u8) = match e.kind {
+                EntryKind::Dir(c) => (Role::Dir(c), vec![dir_extent(c)], 0x02),
+                EntryKind::Placeholder(c) => (Role::Placeholder(c), vec![(dir_extent(c).0, 0)], 0x00),
+                EntryKind::File(d) => {
+                    let size = self.tree.data[d].size;
+                    let lba = if size == 0 { 0 } else { addrs.data_lba[d].wrapping_sub(addrs.base) };
+                    (Role::Leaf, file_extents(lba, size), 0x00)
+                }
+                EntryKind::Catalog => (Role::Leaf, vec![(addrs.catalog_lba.wrapping_sub(addrs.base), SECTOR_SIZE)], 0x00),
+                EntryKind::Special => (Role::Leaf, vec![(0, 0)], 0x00),
+            };
+            let su_entries = if rr {
+                let mut v = self.rr_entries(h, node, role, addrs, false);
+                v.extend(rrip::nm(e.rr_name.as_bytes()));
+                if e.relocated {
+                    v.push(rrip::re());
+                    if let Some(rr_flags) = v.iter_mut().find(|x| &x[..2] == b"RR") {
+                        rr_flags[4] |= 0x40;
+                    }
+                }
+                v
+            } else {
+                Vec::new()
+            };
+            let last = extents.len() - 1;
+            let date = date_of(node);
+            for (k, (lba, size)) in extents.into_iter().enumerate() {
+                let room = MAX_RECORD - 1 - layout::record_len(e.ident.len(), 0);
+                let su = if rr { rrip::pack(&su_entries, room, &mut ce) } else { Vec::new() };
+                let f = if k < last { flags | 0x80 } else { flags };
+                records.push(dir_record(&e.ident, lba, size, f, date, &su));
+            }
+        }
+        let mut out: Vec<u8> = Vec::with_capacity(records.iter().map(Vec::len).sum::<usize>() + 2048);
+        let sector = SECTOR_SIZE as usize;
+        for r in records {
+            let used = out.len() % sector;
+            if used + r.len() > sector {
+                out.resize(out.len() + sector - used, 0);
+            }
+            out.extend_from_slice(&r);
+        }
+        let padded = out.len().div_ceil(sector).max(1) * sector;
+        out.resize(padded, 0);
+        (out, ce)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Dot(usize),
+    DotDot(usize),
+    Dir(usize),
+    Placeholder(usize),
+    Leaf,
+}
+
+/// Splits a file into extents below 4 GiB (multi-extent files, ISO level 3).
+fn file_extents(lba: u32, size: u64) -> Vec<(u32, u64)> {
+    if size <= u64::from(u32::MAX) {
+        return vec![(lba, size)];
+    }
+    let mut out = Vec::new();
+    let mut left = size;
+    let mut at = lba;
+    while left > 0 {
+        let n = left.min(MAX_EXTENT_BYTES);
+        out.push((at, n));
+        at = at.wrapping_add((MAX_EXTENT_BYTES / SECTOR_SIZE) as u32);
+        left -= n;
+    }
+    out
+}
+
+fn both32(v: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&v.to_le_bytes());
+    b[4..].copy_from_slice(&v.to_be_bytes());
+    b
+}
+
+fn both16(v: u16) -> [u8; 4] {
+    let mut b = [0u8; 4];
+    b[..2].copy_from_slice(&v.to_le_bytes());
+    b[2..].copy_from_slice(&v.to_be_bytes());
+    b
+}
+
+/// One ECMA-119 9.1 directory record.
+pub(crate) fn dir_record(ident: &[u8], lba: u32, size: u64, flags: u8, date: [u8; 7], su: &[u8]) -> Vec<u8> {
+    let len = layout::record_len(ident.len(), su.len());
+    let mut r = vec![0u8; len];
+    r[0] = len as u8;
+    r[2..10].copy_from_slice(&both32(lba));
+    r[10..18].copy_from_slice(&both32(size as u32));
+    r[18..25].copy_from_slice(&date);
+    r[25] = flags;
+    r[28..32].copy_from_slice(&both16(1));
+    r[32] = ident.len() as u8;
+    r[33..33 + ident.len()].copy_from_slice(ident);
+    let su_at = 33 + ident.len() + usize::from(ident.len() % 2 == 0);
+    r[su_at..su_at + su.len()].copy_from_slice(su);
+    r
+}
+
+/// The 17-byte volume descriptor date "YYYYMMDDHHMMSScc" + UTC offset.
+fn vd_date(unix: i64) -> [u8; 17] {
+    let (y, mo, d, h, mi, s) = rrip::civil(unix);
+    let text = format!("{:04}{:02}{:02}{:02}{:02}{:02}00", y.clamp(0, 9999), mo, d, h, mi, s);
+    let mut out = [0u8; 17];
+    out[..16].copy_from_slice(text.as_bytes());
+    out
+}
+
+fn put_str(buf: &mut [u8], value: &str, joliet: bool) {
+    if joliet {
+        let mut units = value.encode_utf16();
+        for pair in buf.chunks_mut(2) {
+            let u = units.next().unwrap_or(0x20);
+            if pair.len() == 2 {
+                pair.copy_from_slice(&u.to_be_bytes());
+            } else {
+                pair[0] = 0;
+            }
+        }
+    } else {
+        let b = value.as_bytes();
+        for (i, slot) in buf.iter_mut().enumerate() {
+            *slot = b.get(i).copied().unwrap_or(b' ');
+        }
+    }
+}
+
+impl Plan {
+    fn ctx(&self) -> MeasureCtx<'_> {
+        MeasureCtx { tree: &self.tree, rr: self.rr, spec: &self.spec, serial: &self.serial }
+    }
+
+    /// A primary (type 1) or Joliet supplementary (type 2) volume descriptor for `set`.
+    fn volume_descriptor(&self, set: &MetaSet, joliet: bool) -> Vec<u8> {
+        let mut vd = vec![0u8; SECTOR_SIZE as usize];
+        vd[0] = if joliet { 2 } else { 1 };
+        vd[1..6].copy_from_slice(b"CD001");
+        vd[6] = 1;
+        let v = &self.spec.volume;
+        put_str(&mut vd[8..40], v.system_id.as_deref().unwrap_or("LINUX"), joliet);
+        put_str(&mut vd[40..72], v.volume_id.as_deref().unwrap_or("CDROM"), joliet);
+        vd[80..88].copy_from_slice(&both32(self.volume_sectors - set.base));
+        if joliet {
+            vd[88..91].copy_from_slice(b"%/E");
+        }
+        vd[120..124].copy_from_slice(&both16(1));
+        vd[124..128].copy_from_slice(&both16(1));
+        vd[128..132].copy_from_slice(&both16(SECTOR_SIZE as u16));
+        let (pt_bytes, l, m, dir_lba, dir_sectors, root_node) = if joliet {
+            (set.joliet_path_table_bytes, set.joliet_path_l, set.joliet_path_m, &set.joliet_dir_lba, &set.joliet_dir_sectors, self.joliet.as_ref().map(|j| j.dirs[0].node))
+        } else {
+            (set.iso_path_table_bytes, set.iso_path_l, set.iso_path_m, &set.iso_dir_lba, &set.iso_dir_sectors, Some(self.iso.dirs[0].node))
+        };
+        vd[132..140].copy_from_slice(&both32(pt_bytes));
+        vd[140..144].copy_from_slice(&(l - set.base).to_le_bytes());
+        vd[148..152].copy_from_slice(&(m - set.base).to_be_bytes());
+        let date = rrip::dir_date(self.tree.nodes[root_node.unwrap_or(0)].meta.mtime);
+        let root = dir_record(&[0], dir_lba[0] - set.base, u64::from(dir_sectors[0]) * SECTOR_SIZE, 0x02, date, &[]);
+        vd[156..190].copy_from_slice(&root);
+        put_str(&mut vd[190..318], v.volume_set_id.as_deref().unwrap_or(""), joliet);
+        put_str(&mut vd[318..446], v.publisher.as_deref().unwrap_or(""), joliet);
+        put_str(&mut vd[446..574], v.preparer.as_deref().unwrap_or("VMEDIA"), joliet);
+        put_str(&mut vd[574..702], v.application.as_deref().unwrap_or(""), joliet);
+        put_str(&mut vd[702..739], v.copyright_file.as_deref().unwrap_or(""), joliet);
+        put_str(&mut vd[739..776], v.abstract_file.as_deref().unwrap_or(""), joliet);
+        put_str(&mut vd[776..813], v.biblio_file.as_deref().unwrap_or(""), joliet);
+        let now = vd_date(self.now);
+        vd[813..830].copy_from_slice(&now);
+        match &v.modification_date {
+            Some(m) => {
+                vd[830..846].copy_from_slice(m.as_bytes());
+                vd[846] = 0;
+            }
+            None => vd[830..847].copy_from_slice(&now),
+        }
+        vd[847..863].copy_from_slice(b"0000000000000000");
+        vd[864..881].copy_from_slice(&now);
+        vd[881] = 1;
+        for b in &mut vd[883..1395] {
+            *b = b' ';
+        }
+        vd
+    }
+
+    /// All metadata sectors [0, data_start) as one buffer.
+    fn metadata(&self) -> Vec<u8> {
+        let sector = SECTOR_SIZE as usize;
+        let mut buf = vec![0u8; self.data_start as usize * sector];
+        let sa = self.hybrid.system_area();
+        buf[..sa.len()].copy_from_slice(&sa);
+        let ctx = self.ctx();
+        for set in &self.sets {
+            let mut at = set.vd_lba as usize * sector;
+            let mut put = |buf: &mut Vec<u8>, bytes: &[u8]| {
+                buf[at..at + bytes.len()].copy_from_slice(bytes);
+                at += sector;
+            };
+            put(&mut buf, &self.volume_descriptor(set, false));
+            if let Some(c) = self.catalog_lba {
+                put(&mut buf, &super::eltorito::boot_record(c - set.base));
+            }
+            if self.joliet.is_some() {
+                put(&mut buf, &self.volume_descriptor(set, true));
+            }
+            let mut term = vec![0u8; sector];
+            term[0] = 255;
+            term[1..6].copy_from_slice(b"CD001");
+            term[6] = 1;
+            put(&mut buf, &term);
+            let mut write_at = |lba: u32, bytes: &[u8]| {
+                let o = lba as usize * sector;
+                buf[o..o + bytes.len()].copy_from_slice(bytes);
+            };
+            write_at(set.iso_path_l, &layout::path_table(&self.iso, &set.iso_dir_lba, set.base, false));
+            write_at(set.iso_path_m, &layout::path_table(&self.iso, &set.iso_dir_lba, set.base, true));
+            if let Some(j) = &self.joliet {
+                write_at(set.joliet_path_l, &layout::path_table(j, &set.joliet_dir_lba, set.base, false));
+                write_at(set.joliet_path_m, &layout::path_table(j, &set.joliet_dir_lba, set.base, true));
+            }
+            let addrs = Addrs {
+                base: set.base,
+                dir_lba: &set.iso_dir_lba,
+                dir_sectors: &set.iso_dir_sectors,
+                data_lba: &self.data_lba,
+                catalog_lba: self.catalog_lba.unwrap_or(0),
+            };
+            let iso_dirs: Vec<(Vec<u8>, CeArea)> = (0..self.iso.dirs.len())
+                .into_par_iter()
+                .map(|i| ctx.serialize_dir(&self.iso, i, &addrs, set.iso_ce_lba[i]))
+                .collect();
+            for (i, (bytes, ce)) in iso_dirs.into_iter().enumerate() {
+                write_at(set.iso_dir_lba[i], &bytes);
+                if !ce.bytes.is_empty() {
+                    write_at(set.iso_ce_lba[i], &ce.bytes);
+                }
+            }
+            if let Some(j) = &self.joliet {
+                let jaddrs = Addrs { dir_lba: &set.joliet_dir_lba, dir_sectors: &set.joliet_dir_sectors, ..addrs };
+                let jdirs: Vec<(Vec<u8>, CeArea)> =
+                    (0..j.dirs.len()).into_par_iter().map(|i| ctx.serialize_dir(j, i, &jaddrs, 0)).collect();
+                for (i, (bytes, _)) in jdirs.into_iter().enumerate() {
+                    write_at(set.joliet_dir_lba[i], &bytes);
+                }
+            }
+        }
+        if let (Some(c), Some(b)) = (self.catalog_lba, &self.boot) {
+            let o = c as usize * sector;
+            buf[o..o + sector].copy_from_slice(&b.catalog());
+        }
+        buf
+    }
+
+    /// Writes the planned image into `file` (which is truncated to the image size first).
+    pub fn write_to(&self, file: &mut File, name: &Path, progress: &dyn Progress) -> Result<WriteReport, WriteError> {
+        let werr = |offset: u64| move |source: std::io::Error| WriteError::Write { path: name.to_path_buf(), offset, source };
+        file.set_len(0).map_err(werr(0))?;
+        file.set_len(self.image_bytes).map_err(werr(0))?;
+        let data_bytes: u64 = self.data_order.iter().map(|&d| self.tree.data[d].size).sum();
+        progress.phase("writing");
+        progress.set_total(data_bytes + u64::from(self.data_start) * SECTOR_SIZE);
+        let meta = self.metadata();
+        file.write_all_at(&meta, 0).map_err(werr(0))?;
+        progress.advance(meta.len() as u64);
+        drop(meta);
+        self.write_data(file, name, progress)?;
+        for a in &self.hybrid.appended {
+            let offset = a.start_512 * 512;
+            match super::hybrid::HybridPlan::appended_source(a) {
+                (_, Some(bytes)) => file.write_all_at(bytes, offset).map_err(werr(offset))?,
+                (Some(path), _) => copy_host_range(file, name, &path, 0, a.size, offset)?,
+                (None, None) => {}
+            }
+        }
+        if let Some((offset, bytes)) = self.hybrid.backup_gpt() {
+            file.write_all_at(&bytes, offset).map_err(werr(offset))?;
+        }
+        Ok(self.report(name, data_bytes))
+    }
+
+    fn report(&self, name: &Path, data_bytes: u64) -> WriteReport {
+        let files = self
+            .tree
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| matches!(n.kind, NodeKind::File(_)) && self.reachable(*i))
+            .count() as u64;
+        WriteReport {
+            path: name.to_path_buf(),
+            bytes: self.image_bytes,
+            sectors: self.sectors(),
+            files,
+            directories: self.iso.dirs.len() as u64,
+            data_bytes,
+            boot_catalog_lba: self.catalog_lba,
+            boot_entries: self
+                .boot
+                .as_ref()
+                .map(|b| {
+                    b.items
+                        .iter()
+                        .map(|i| BootReport { platform: i.entry.platform, image_lba: i.lba, image_bytes: i.bytes, load_sectors: i.load_sectors })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            partitions: self.hybrid.report(),
+            integrity: None,
+        }
+    }
+
+    fn reachable(&self, mut id: NodeId) -> bool {
+        while id != tree::ROOT {
+            let parent = self.tree.nodes[id].parent;
+            let name = &self.tree.nodes[id].name;
+            match &self.tree.nodes[parent].kind {
+                NodeKind::Dir(c) if c.get(name) == Some(&id) => {}
+                _ => return false,
+            }
+            id = parent;
+        }
+        true
+    }
+
+    /// Streams file data: a reader thread fills windows (small files read in parallel) and
+    /// chunks (big files), the calling thread writes them in order.
+    fn write_data(&self, file: &File, name: &Path, progress: &dyn Progress) -> Result<(), WriteError> {
+        let (tx, rx) = mpsc::sync_channel::<Result<(u64, Vec<u8>), WriteError>>(PIPELINE_DEPTH);
+        std::thread::scope(|scope| {
+            scope.spawn(move || self.read_data(&tx));
+            for job in rx {
+                let (offset, buf) = job?;
+                if !is_zero(&buf) {
+                    file.write_all_at(&buf, offset).map_err(|source| WriteError::Write { path: name.to_path_buf(), offset, source })?;
+                }
+                progress.advance(buf.len() as u64);
+            }
+            Ok(())
+        })
+    }
+
+    fn read_data(&self, tx: &mpsc::SyncSender<Result<(u64, Vec<u8>), WriteError>>) {
+        let order: Vec<DataId> = self.data_order.iter().copied().filter(|&d| self.tree.data[d].size > 0).collect();
+        let mut i = 0;
+        while i < order.len() {
+            let d = order[i];
+            let size = self.tree.data[d].size;
+            if size >= BIG_FILE && !self.boot.as_ref().is_some_and(|b| b.needs_patch(d)) {
+                if !self.stream_big(d, tx) {
+                    return;
+                }
+                i += 1;
+                continue;
+            }
+            // A window of consecutive small files.
+            let start = i;
+            let mut bytes = 0u64;
+            while i < order.len() {
+                let s = self.tree.data[order[i]].size;
+                let patched = self.boot.as_ref().is_some_and(|b| b.needs_patch(order[i]));
+                if (s >= BIG_FILE && !patched) || (bytes > 0 && bytes + s > WINDOW_BYTES) {
+                    break;
+                }
+                bytes += s.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+                i += 1;
+            }
+            let items = &order[start..i];
+            let result = self.read_window(items);
+            if tx.send(result).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn read_window(&self, items: &[DataId]) -> Result<(u64, Vec<u8>), WriteError> {
+        let first_lba = u64::from(self.data_lba[items[0]]);
+        let last = items[items.len() - 1];
+        let end = u64::from(self.data_lba[last]) * SECTOR_SIZE + self.tree.data[last].size;
+        let len = (end - first_lba * SECTOR_SIZE) as usize;
+        let mut buf = vec![0u8; len];
+        // Carve the buffer into one slice per file (they are consecutive and non-overlapping).
+        let mut slices: Vec<(DataId, &mut [u8])> = Vec::with_capacity(items.len());
+        let mut rest: &mut [u8] = &mut buf;
+        let mut pos = first_lba * SECTOR_SIZE;
+        for &d in items {
+            let at = u64::from(self.data_lba[d]) * SECTOR_SIZE;
+            let skip = (at - pos) as usize;
+            let tail = std::mem::take(&mut rest);
+            let (_, tail) = tail.split_at_mut(skip);
+            let size = self.tree.data[d].size as usize;
+            let (mine, tail) = tail.split_at_mut(size);
+            slices.push((d, mine));
+            rest = tail;
+            pos = at + size as u64;
+        }
+        slices.into_par_iter().try_for_each(|(d, slice)| {
+            self.read_item(d, 0, slice)?;
+            if let Some(b) = &self.boot {
+                if b.needs_patch(d) {
+                    b.patch(d, slice, 16);
+                }
+            }
+            Ok::<(), WriteError>(())
+        })?;
+        Ok((first_lba * SECTOR_SIZE, buf))
+    }
+
+    /// Fills `buf` with the item's bytes from `offset`.
+    fn read_item(&self, d: DataId, offset: u64, buf: &mut [u8]) -> Result<(), WriteError> {
+        let item = &self.tree.data[d];
+        match &item.source {
+            DataSource::Mem(bytes) => {
+                let o = offset as usize;
+                buf.copy_from_slice(&bytes[o..o + buf.len()]);
+                Ok(())
+            }
+            DataSource::Host(path) => read_exact_from(path, offset, buf),
+            DataSource::Range { path, offset: base } => read_exact_from(path, base + offset, buf),
+        }
+    }
+
+    /// Streams one big file in chunks, skipping holes of sparse sources.
+    fn stream_big(&self, d: DataId, tx: &mpsc::SyncSender<Result<(u64, Vec<u8>), WriteError>>) -> bool {
+        let item = &self.tree.data[d];
+        let base = u64::from(self.data_lba[d]) * SECTOR_SIZE;
+        let (path, src_base) = match &item.source {
+            DataSource::Host(p) => (p.clone(), 0),
+            DataSource::Range { path, offset } => (path.clone(), *offset),
+            DataSource::Mem(_) => {
+                let r = self.read_window(&[d]);
+                return tx.send(r).is_ok();
+            }
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(source) => {
+                let _ = tx.send(Err(WriteError::Read { path, source }));
+                return false;
+            }
+        };
+        let mut pos = 0u64;
+        while pos < item.size {
+            // Skip a hole in the source: the output already reads as zeros there.
+            if let Some(next_data) = seek_data(&file, src_base + pos) {
+                let next = next_data.saturating_sub(src_base);
+                if next > pos {
+                    let skip = (next - pos).min(item.size - pos) / SECTOR_SIZE * SECTOR_SIZE;
+                    if skip > 0 {
+                        pos += skip;
+                        continue;
+                    }
+                }
+            }
+            let n = (item.size - pos).min(CHUNK_BYTES) as usize;
+            let mut buf = vec![0u8; n];
+            let r = file.read_exact_at(&mut buf, src_base + pos).map_err(|source| WriteError::Read { path: path.clone(), source });
+            let job = r.map(|()| (base + pos, buf));
+            let failed = job.is_err();
+            if tx.send(job).is_err() || failed {
+                return false;
+            }
+            pos += n as u64;
+        }
+        true
+    }
+}
+
+/// The next offset holding data at or after `offset` (SEEK_DATA), or None when unknown.
+fn seek_data(file: &File, offset: u64) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let off = i64::try_from(offset).ok()?;
+    // SAFETY: lseek on a valid open descriptor has no memory effects.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+    if r < 0 {
+        // ENXIO: no data after offset (the rest is a hole).
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            return Some(u64::MAX);
+        }
+        return None;
+    }
+    Some(r as u64)
+}
+
+fn read_exact_from(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), WriteError> {
+    let f = File::open(path).map_err(|source| WriteError::Read { path: path.to_path_buf(), source })?;
+    f.read_exact_at(buf, offset).map_err(|source| {
+        let source = if source.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(source.kind(), "the file became shorter while the image was written")
+        } else {
+            source
+        };
+        WriteError::Read { path: path.to_path_buf(), source }
+    })
+}
+
+fn copy_host_range(out: &File, name: &Path, path: &PathBuf, src: u64, len: u64, dst: u64) -> Result<(), WriteError> {
+    let f = File::open(path).map_err(|source| WriteError::Read { path: path.clone(), source })?;
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(CHUNK_BYTES) as usize;
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, src + pos).map_err(|source| WriteError::Read { path: path.clone(), source })?;
+        if !is_zero(&buf) {
+            out.write_all_at(&buf, dst + pos).map_err(|source| WriteError::Write { path: name.to_path_buf(), offset: dst + pos, source })?;
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    // OR-folding fixed chunks vectorises well and stops at the first non-zero chunk.
+    buf.chunks(4096).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Runs `vmedia_iso::integrity` on the finished image when the spec asks for it.
+pub(crate) fn implant_integrity(spec: &IsoSpec, file: &File, name: &Path, progress: &dyn Progress) -> Result<Option<IntegrityReport>, WriteError> {
+    let i = &spec.integrity;
+    if !i.md5 && !i.sha256 && i.signing_key.is_none() {
+        return Ok(None);
+    }
+    let fail = |e: crate::integrity::IntegrityError| WriteError::Integrity { path: name.to_path_buf(), source: Box::new(e) };
+    let signing_key = match &i.signing_key {
+        Some(p) => Some(crate::integrity::load_signing_key(p).map_err(fail)?),
+        None => None,
+    };
+    let opts = crate::integrity::ImplantOptions { md5: i.md5, sha256: i.sha256, signing_key };
+    let implant = crate::integrity::implant_file(file, &opts, progress).map_err(fail)?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Ok(Some(IntegrityReport {
+        md5: implant.md5.map(|d| hex(&d)),
+        sha256: implant.sha256.map(|d| hex(&d)),
+        signed: implant.signed,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_record_layout_matches_ecma119() {
+        let r = dir_record(b"A.TXT;1", 0x1234, 5, 0, [120, 1, 2, 3, 4, 5, 0], &[]);
+        assert_eq!(r.len(), 40);
+        assert_eq!(r[0], 40);
+        assert_eq!(&r[2..10], &[0x34, 0x12, 0, 0, 0, 0, 0x12, 0x34]);
+        assert_eq!(&r[10..18], &[5, 0, 0, 0, 0, 0, 0, 5]);
+        assert_eq!(r[32], 7);
+        assert_eq!(&r[33..40], b"A.TXT;1");
+    }
+
+    #[test]
+    fn big_files_split_into_sector_aligned_extents() {
+        let e = file_extents(100, 5 << 30);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0], (100, MAX_EXTENT_BYTES));
+        assert_eq!(e[1].0, 100 + (MAX_EXTENT_BYTES / 2048) as u32);
+        assert_eq!(e[0].1 + e[1].1, 5 << 30);
+        assert_eq!(file_extents(7, 4096), vec![(7, 4096)]);
+    }
+
+    #[test]
+    fn vd_dates_are_utc_text() {
+        assert_eq!(&vd_date(1_700_000_000)[..16], b"2023111422132000");
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 1000]));
+        let mut v = vec![0u8; 1000];
+        v[999] = 1;
+        assert!(!is_zero(&v));
+        v[999] = 0;
+        v[3] = 1;
+        assert!(!is_zero(&v));
+    }
+}
