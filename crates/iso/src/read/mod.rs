@@ -12,6 +12,7 @@ mod eltorito;
 mod error;
 mod file;
 mod partition;
+pub mod rip;
 mod susp;
 mod volume;
 
@@ -185,7 +186,7 @@ pub struct Entry {
     /// Size in bytes as the user sees it (uncompressed for zisofs files).
     pub size: u64,
     /// st_mode: file type and permission bits (synthesized when there is no Rock Ridge:
-    /// 0555 for directories, 0444 for files, as xorriso shows).
+    /// 0555, as xorriso and Linux show).
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -586,7 +587,7 @@ impl IsoImage {
                 iso_name,
                 kind: if rec.flags & FLAG_DIRECTORY != 0 { EntryKind::Directory } else { EntryKind::File },
                 size: extent.length,
-                mode: if rec.flags & FLAG_DIRECTORY != 0 { S_IFDIR | 0o555 } else { S_IFREG | 0o444 },
+                mode: if rec.flags & FLAG_DIRECTORY != 0 { S_IFDIR | 0o555 } else { S_IFREG | 0o555 },
                 uid: 0,
                 gid: 0,
                 nlink: 1,
