@@ -1,0 +1,344 @@
+//! What each machine did, step by step: DHCP exchanges, files fetched, bytes sent, finished,
+//! failed or stalled. The server records here; the CLI prints each event as one log line and
+//! `/_vmedia/status` serves a snapshot as JSON.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Steps remembered per machine; older ones are dropped (the log keeps everything).
+pub const MAX_STEPS: usize = 64;
+/// Transfers remembered per machine.
+pub const MAX_TRANSFERS: usize = 32;
+/// Machines remembered; a scan of a /16 must not grow memory without bound.
+pub const MAX_MACHINES: usize = 4096;
+/// A running transfer without progress for this long is reported as stalled.
+pub const STALL_AFTER_MS: u64 = 5_000;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One log event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub time_ms: u64,
+    /// "dhcp", "tftp", "http" or "server".
+    pub kind: String,
+    /// MAC address when known, else the client's IP address.
+    pub client: String,
+    pub message: String,
+}
+
+impl Event {
+    /// `2026-11-21T09:30:01.123Z tftp 52:54:00:12:34:56 message`.
+    pub fn log_line(&self) -> String {
+        format!("{} {} {} {}", format_time(self.time_ms), self.kind, self.client, self.message)
+    }
+}
+
+/// RFC 3339 UTC time from milliseconds since the epoch.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil-from-days (proleptic Gregorian), valid for any date after 1970.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// A file transfer as shown in the status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferView {
+    pub id: u64,
+    pub protocol: String,
+    pub file: String,
+    pub size: u64,
+    pub bytes_sent: u64,
+    /// "running", "stalled", "done" or "failed".
+    pub state: String,
+    pub error: Option<String>,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// A machine as shown in the status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineView {
+    pub client: String,
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    pub arch: Option<u16>,
+    pub last_seen_ms: u64,
+    /// The latest step, e.g. "tftp pxelinux.0 done" or "dhcp ACK 10.0.0.50".
+    pub last_step: String,
+    pub steps: Vec<Event>,
+    pub transfers: Vec<TransferView>,
+}
+
+/// The whole status document served at `/_vmedia/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub server_started_ms: u64,
+    pub now_ms: u64,
+    pub machines: Vec<MachineView>,
+}
+
+struct TransferRecord {
+    id: u64,
+    protocol: &'static str,
+    file: String,
+    size: u64,
+    progress: Arc<TransferProgress>,
+    outcome: Option<Result<(), String>>,
+    started_ms: u64,
+}
+
+/// Lock-free progress counters a running transfer updates.
+#[derive(Debug, Default)]
+pub struct TransferProgress {
+    pub bytes: AtomicU64,
+    pub updated_ms: AtomicU64,
+}
+
+impl TransferProgress {
+    pub fn set(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.updated_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct MachineRecord {
+    mac: Option<String>,
+    ip: Option<IpAddr>,
+    arch: Option<u16>,
+    last_seen_ms: u64,
+    steps: VecDeque<Event>,
+    transfers: VecDeque<TransferRecord>,
+}
+
+#[derive(Default)]
+struct Inner {
+    machines: BTreeMap<String, MachineRecord>,
+    ip_to_mac: HashMap<IpAddr, String>,
+    next_id: u64,
+}
+
+/// Where events go besides the status table (the CLI prints them).
+pub type EventSink = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// The shared status board.
+pub struct Status {
+    inner: Mutex<Inner>,
+    sink: EventSink,
+    started_ms: u64,
+}
+
+impl Status {
+    pub fn new(sink: EventSink) -> Status {
+        Status { inner: Mutex::new(Inner::default()), sink, started_ms: now_ms() }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// The key a client is filed under: its MAC when we have seen it in DHCP, else its IP.
+    pub fn client_key(&self, ip: IpAddr) -> String {
+        self.with(|inner| inner.ip_to_mac.get(&ip).cloned().unwrap_or_else(|| ip.to_string()))
+    }
+
+    fn record<'a>(inner: &'a mut Inner, key: &str) -> Option<&'a mut MachineRecord> {
+        if !inner.machines.contains_key(key) && inner.machines.len() >= MAX_MACHINES {
+            // Forget the machine seen longest ago.
+            let oldest = inner.machines.iter().min_by_key(|(_, m)| m.last_seen_ms).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                inner.machines.remove(&k);
+            }
+        }
+        let rec = inner.machines.entry(key.to_string()).or_default();
+        rec.last_seen_ms = now_ms();
+        Some(rec)
+    }
+
+    /// Records an event for a client and passes it to the sink.
+    pub fn event(&self, kind: &str, client: &str, message: String) {
+        let event = Event { time_ms: now_ms(), kind: kind.to_string(), client: client.to_string(), message };
+        self.with(|inner| {
+            if let Some(rec) = Self::record(inner, client) {
+                if rec.steps.len() >= MAX_STEPS {
+                    rec.steps.pop_front();
+                }
+                rec.steps.push_back(event.clone());
+            }
+        });
+        (self.sink)(&event);
+    }
+
+    /// A DHCP step from a known MAC; `ip` is the address it has or was given.
+    pub fn dhcp(&self, mac: &str, ip: Option<IpAddr>, arch: Option<u16>, message: String) {
+        self.with(|inner| {
+            if let Some(ip) = ip {
+                inner.ip_to_mac.insert(ip, mac.to_string());
+            }
+            if let Some(rec) = Self::record(inner, mac) {
+                rec.mac = Some(mac.to_string());
+                if ip.is_some() {
+                    rec.ip = ip;
+                }
+                if arch.is_some() {
+                    rec.arch = arch;
+                }
+            }
+        });
+        self.event("dhcp", mac, message);
+    }
+
+    /// Starts tracking a transfer; returns its id and progress counters.
+    pub fn transfer_start(&self, protocol: &'static str, client: IpAddr, file: &str, size: u64, detail: &str) -> (u64, Arc<TransferProgress>, String) {
+        let progress = Arc::new(TransferProgress::default());
+        progress.set(0);
+        let (id, key) = self.with(|inner| {
+            inner.next_id += 1;
+            let id = inner.next_id;
+            let key = inner.ip_to_mac.get(&client).cloned().unwrap_or_else(|| client.to_string());
+            if let Some(rec) = Self::record(inner, &key) {
+                rec.ip.get_or_insert(client);
+                if rec.transfers.len() >= MAX_TRANSFERS {
+                    rec.transfers.pop_front();
+                }
+                rec.transfers.push_back(TransferRecord {
+                    id,
+                    protocol,
+                    file: file.to_string(),
+                    size,
+                    progress: progress.clone(),
+                    outcome: None,
+                    started_ms: now_ms(),
+                });
+            }
+            (id, key)
+        });
+        self.event(protocol, &key, format!("send {file} ({size} bytes){detail}"));
+        (id, progress, key)
+    }
+
+    /// Marks a transfer finished or failed.
+    pub fn transfer_end(&self, key: &str, id: u64, outcome: Result<(), String>, summary: String) {
+        self.with(|inner| {
+            if let Some(rec) = inner.machines.get_mut(key) {
+                if let Some(t) = rec.transfers.iter_mut().find(|t| t.id == id) {
+                    t.outcome = Some(outcome.clone());
+                }
+            }
+        });
+        let protocol = self.with(|inner| {
+            inner.machines.get(key).and_then(|m| m.transfers.iter().find(|t| t.id == id)).map(|t| t.protocol).unwrap_or("tftp")
+        });
+        self.event(protocol, key, summary);
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let now = now_ms();
+        let machines = self.with(|inner| {
+            inner
+                .machines
+                .iter()
+                .map(|(key, m)| {
+                    let transfers: Vec<TransferView> = m
+                        .transfers
+                        .iter()
+                        .map(|t| {
+                            let updated = t.progress.updated_ms.load(Ordering::Relaxed);
+                            let (state, error) = match &t.outcome {
+                                Some(Ok(())) => ("done", None),
+                                Some(Err(e)) => ("failed", Some(e.clone())),
+                                None if now.saturating_sub(updated) > STALL_AFTER_MS => ("stalled", None),
+                                None => ("running", None),
+                            };
+                            TransferView {
+                                id: t.id,
+                                protocol: t.protocol.to_string(),
+                                file: t.file.clone(),
+                                size: t.size,
+                                bytes_sent: t.progress.bytes.load(Ordering::Relaxed),
+                                state: state.to_string(),
+                                error,
+                                started_ms: t.started_ms,
+                                updated_ms: updated,
+                            }
+                        })
+                        .collect();
+                    let last_step = match (transfers.last(), m.steps.back()) {
+                        (Some(t), Some(s)) if t.updated_ms >= s.time_ms => {
+                            format!("{} {} {} ({}/{} bytes)", t.protocol, t.file, t.state, t.bytes_sent, t.size)
+                        }
+                        (_, Some(s)) => format!("{} {}", s.kind, s.message),
+                        (Some(t), None) => format!("{} {} {}", t.protocol, t.file, t.state),
+                        (None, None) => String::new(),
+                    };
+                    MachineView {
+                        client: key.clone(),
+                        mac: m.mac.clone(),
+                        ip: m.ip.map(|i| i.to_string()),
+                        arch: m.arch,
+                        last_seen_ms: m.last_seen_ms,
+                        last_step,
+                        steps: m.steps.iter().cloned().collect(),
+                        transfers,
+                    }
+                })
+                .collect()
+        });
+        StatusSnapshot { server_started_ms: self.started_ms, now_ms: now, machines }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formats_as_rfc3339() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+    }
+
+    #[test]
+    fn transfers_are_filed_under_the_mac_learned_from_dhcp() {
+        let status = Status::new(Box::new(|_| {}));
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        status.dhcp("52:54:00:00:00:01", Some(ip), Some(0), "ACK".into());
+        let (id, progress, key) = status.transfer_start("tftp", ip, "pxelinux.0", 10, "");
+        assert_eq!(key, "52:54:00:00:00:01");
+        progress.set(10);
+        status.transfer_end(&key, id, Ok(()), "done".into());
+        let snap = status.snapshot();
+        assert_eq!(snap.machines.len(), 1);
+        assert_eq!(snap.machines[0].transfers[0].state, "done");
+        assert_eq!(snap.machines[0].transfers[0].bytes_sent, 10);
+    }
+}
