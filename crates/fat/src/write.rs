@@ -99,7 +99,7 @@ pub fn write_image(image: &FatImage, sink: &mut dyn Sink, progress: &dyn Progres
         Run { start: 0, count: 0 }
     };
     let now = image.date.unwrap_or_else(unix_now);
-    let root = place(&image.root, root_run, 0, now, &mut next, cluster, &dir_clusters);
+    let root = place(&image.root, root_run, 0, true, now, &mut next, cluster, &dir_clusters);
     let used = next - FIRST_CLUSTER;
     if used > geometry.cluster_count {
         // The plan already checked this; reaching it means the plan and the writer disagree.
@@ -151,10 +151,12 @@ fn write(sink: &mut dyn Sink, data: &[u8], offset: u64) -> Result<(), FatError> 
     sink.write_at(data, offset).map_err(|source| FatError::Write { offset, source })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn place<'a>(
     dir: &'a Dir,
     run: Run,
     parent_start: u64,
+    is_root: bool,
     mtime: i64,
     next: &mut u64,
     cluster: u64,
@@ -179,7 +181,9 @@ fn place<'a>(
         .zip(runs)
         .map(|(child, child_run)| match &child.kind {
             NodeKind::Dir(sub) => {
-                let placed = place(sub, child_run, run.start, child.mtime, next, cluster, dir_clusters);
+                // `..` names the root as cluster 0, even on FAT32 where the root has a cluster.
+                let parent = if is_root { 0 } else { run.start };
+                let placed = place(sub, child_run, parent, false, child.mtime, next, cluster, dir_clusters);
                 (child_run, Some(placed))
             }
             NodeKind::File { .. } => (child_run, None),
