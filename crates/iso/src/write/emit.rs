@@ -534,9 +534,7 @@ impl Plan {
             scope.spawn(move || self.read_data(&tx));
             for job in rx {
                 let (offset, buf) = job?;
-                if !is_zero(&buf) {
-                    file.write_all_at(&buf, offset).map_err(|source| WriteError::Write { path: name.to_path_buf(), offset, source })?;
-                }
+                write_skipping_zeros(file, name, &buf, offset)?;
                 progress.advance(buf.len() as u64);
             }
             Ok(())
@@ -705,10 +703,40 @@ fn copy_host_range(out: &File, name: &Path, path: &PathBuf, src: u64, len: u64, 
         let n = (len - pos).min(CHUNK_BYTES) as usize;
         let mut buf = vec![0u8; n];
         f.read_exact_at(&mut buf, src + pos).map_err(|source| WriteError::Read { path: path.clone(), source })?;
-        if !is_zero(&buf) {
-            out.write_all_at(&buf, dst + pos).map_err(|source| WriteError::Write { path: name.to_path_buf(), offset: dst + pos, source })?;
-        }
+        write_skipping_zeros(out, name, &buf, dst + pos)?;
         pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Holes are left at this granularity: the file system block size of common file systems
+/// times 16, small enough to keep sparse inputs sparse, large enough for few write calls.
+const HOLE_BLOCK: usize = 64 << 10;
+
+/// Writes the non-zero runs of `buf` at `offset`; all-zero blocks stay holes (the output was
+/// sized with set_len, so they read as zeros).
+fn write_skipping_zeros(out: &File, name: &Path, buf: &[u8], offset: u64) -> Result<(), WriteError> {
+    let mut run_start: Option<usize> = None;
+    let mut at = 0usize;
+    let flush = |from: usize, to: usize| {
+        let o = offset + from as u64;
+        out.write_all_at(&buf[from..to], o).map_err(|source| WriteError::Write { path: name.to_path_buf(), offset: o, source })
+    };
+    while at < buf.len() {
+        let end = (at + HOLE_BLOCK).min(buf.len());
+        let zero = is_zero(&buf[at..end]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(s)) => {
+                flush(s, at)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(s) = run_start {
+        flush(s, buf.len())?;
     }
     Ok(())
 }

@@ -478,7 +478,8 @@ fn serials(tree: &Tree) -> Vec<u32> {
 /// renumbered breadth-first so the order is the path-table order.
 fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, relocate: bool) -> Result<Hierarchy, WriteError> {
     let joliet_max = if spec.naming.joliet_long { names::JOLIET_LONG_MAX } else { names::JOLIET_MAX };
-    let versions = !(spec.naming.omit_version_numbers || spec.naming.untranslated_filenames);
+    // Joliet names carry no ";1" (genisoimage and xorriso both omit it; readers show it).
+    let versions = false;
     let mut dirs: Vec<Dir> = vec![Dir { node: ROOT, parent: 0, ident: vec![0], entries: Vec::new(), original_parent: None, subdirs: 0 }];
     // (dir index, iso depth) work list, depth-first.
     let mut work: Vec<(usize, usize)> = vec![(0, 1)];
