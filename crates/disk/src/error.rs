@@ -49,12 +49,20 @@ pub enum DiskError {
 
     /// A valid feature that this build does not implement.
     #[error("{}: unsupported {format} feature: {feature}", path.display())]
-    Unsupported { path: PathBuf, format: &'static str, feature: String },
+    Unsupported {
+        path: PathBuf,
+        format: &'static str,
+        feature: String,
+    },
 
     /// A file named inside an image (backing file, extent, parent) that the open options
     /// do not allow to be followed.
     #[error("{}: refers to {} which is {reason}; pass --allow-references any (or VMEDIA_ALLOW_REFERENCES=any) to follow it", path.display(), reference.display())]
-    Reference { path: PathBuf, reference: PathBuf, reason: &'static str },
+    Reference {
+        path: PathBuf,
+        reference: PathBuf,
+        reason: &'static str,
+    },
 
     /// A backing/parent chain that comes back to a file already in it, or is too deep.
     #[error("{}: backing chain loop or too deep: {}", path.display(), chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]
@@ -62,11 +70,20 @@ pub enum DiskError {
 
     /// A -o option (or other creation parameter) that the format rejects.
     #[error("invalid option {key}={value}: {reason}")]
-    InvalidOption { key: String, value: String, reason: String },
+    InvalidOption {
+        key: String,
+        value: String,
+        reason: String,
+    },
 
     /// A guest read or write outside the virtual disk.
     #[error("{}: guest range {offset:#x}+{len:#x} is outside the virtual size {size:#x}", path.display())]
-    OutOfRange { path: PathBuf, offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
 
     /// A format name that is not known.
     #[error("unknown disk format {0:?} (known: raw, qcow2, vmdk, vpc (alias vhd), vhdx)")]
@@ -74,13 +91,21 @@ pub enum DiskError {
 
     /// An operation that the format does not support (e.g. resize of a VMDK).
     #[error("{}: {operation} is not supported for {format} images", path.display())]
-    NotSupportedFor { path: PathBuf, format: &'static str, operation: &'static str },
+    NotSupportedFor {
+        path: PathBuf,
+        format: &'static str,
+        operation: &'static str,
+    },
 }
 
 impl DiskError {
     /// An I/O error at `offset` in `path`.
     pub fn io(path: impl Into<PathBuf>, offset: u64, source: std::io::Error) -> DiskError {
-        DiskError::Io { path: path.into(), offset, source }
+        DiskError::Io {
+            path: path.into(),
+            offset,
+            source,
+        }
     }
 
     /// A corrupt-structure error.
@@ -91,6 +116,12 @@ impl DiskError {
         field: &'static str,
         reason: impl Into<String>,
     ) -> DiskError {
-        DiskError::Corrupt { path: path.into(), format, offset, field, reason: reason.into() }
+        DiskError::Corrupt {
+            path: path.into(),
+            format,
+            offset,
+            field,
+            reason: reason.into(),
+        }
     }
 }

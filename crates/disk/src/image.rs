@@ -57,7 +57,13 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 5] = [Format::Raw, Format::Qcow2, Format::Vmdk, Format::Vhd, Format::Vhdx];
+    pub const ALL: [Format; 5] = [
+        Format::Raw,
+        Format::Qcow2,
+        Format::Vmdk,
+        Format::Vhd,
+        Format::Vhdx,
+    ];
 
     /// qemu-img's name: "raw", "qcow2", "vmdk", "vpc", "vhdx".
     pub fn qemu_name(self) -> &'static str {
@@ -194,9 +200,15 @@ pub struct ImageInfo {
     pub snapshots: Vec<SnapshotInfo>,
     #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
     pub backing_filename: Option<String>,
-    #[serde(rename = "full-backing-filename", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "full-backing-filename",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub full_backing_filename: Option<String>,
-    #[serde(rename = "backing-filename-format", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "backing-filename-format",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backing_filename_format: Option<String>,
     /// `{"type": "<fmt>", "data": {...}}` exactly as qemu-img prints it.
     #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
@@ -228,7 +240,9 @@ impl ImageInfo {
 /// Bytes the file occupies on disk (st_blocks * 512), qemu-img's "actual-size".
 pub fn allocated_size(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().and_then(|m| m.blocks().checked_mul(512))
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| m.blocks().checked_mul(512))
 }
 
 /// The result of a consistency check; serializes like `qemu-img check --output json`.
@@ -240,9 +254,15 @@ pub struct CheckReport {
     pub total_clusters: Option<u64>,
     #[serde(rename = "allocated-clusters", skip_serializing_if = "Option::is_none")]
     pub allocated_clusters: Option<u64>,
-    #[serde(rename = "fragmented-clusters", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "fragmented-clusters",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fragmented_clusters: Option<u64>,
-    #[serde(rename = "compressed-clusters", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "compressed-clusters",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub compressed_clusters: Option<u64>,
     #[serde(rename = "check-errors")]
     pub check_errors: u64,
@@ -435,11 +455,15 @@ pub fn probe_windows(source: &dyn ReadAt, path: &Path) -> Result<(Vec<u8>, Vec<u
     let size = source.size().map_err(|e| DiskError::io(path, 0, e))?;
     let head_len = size.min(PROBE_HEAD_LEN as u64) as usize;
     let mut head = vec![0u8; head_len];
-    source.read_exact_at(&mut head, 0).map_err(|e| DiskError::io(path, 0, e))?;
+    source
+        .read_exact_at(&mut head, 0)
+        .map_err(|e| DiskError::io(path, 0, e))?;
     let tail_len = size.min(PROBE_TAIL_LEN as u64) as usize;
     let mut tail = vec![0u8; tail_len];
     let tail_start = size - tail_len as u64;
-    source.read_exact_at(&mut tail, tail_start).map_err(|e| DiskError::io(path, tail_start, e))?;
+    source
+        .read_exact_at(&mut tail, tail_start)
+        .map_err(|e| DiskError::io(path, tail_start, e))?;
     Ok((head, tail))
 }
 
@@ -449,9 +473,16 @@ pub fn probe(head: &[u8], tail: &[u8]) -> Format {
         Format::Qcow2
     } else if head.starts_with(b"vhdxfile") {
         Format::Vhdx
-    } else if head.starts_with(b"KDMV") || head.starts_with(b"COWD") || looks_like_vmdk_descriptor(head) {
+    } else if head.starts_with(b"KDMV")
+        || head.starts_with(b"COWD")
+        || looks_like_vmdk_descriptor(head)
+    {
         Format::Vmdk
-    } else if head.starts_with(b"conectix") || tail.get(tail.len().saturating_sub(512)..).is_some_and(|t| t.starts_with(b"conectix")) {
+    } else if head.starts_with(b"conectix")
+        || tail
+            .get(tail.len().saturating_sub(512)..)
+            .is_some_and(|t| t.starts_with(b"conectix"))
+    {
         Format::Vhd
     } else {
         Format::Raw
@@ -473,20 +504,28 @@ fn looks_like_vmdk_descriptor(head: &[u8]) -> bool {
     let text = &head[..head.len().min(1024)];
     let needle_a = b"# Disk DescriptorFile";
     let needle_b = b"createType=";
-    text.windows(needle_a.len()).any(|w| w == needle_a) || text.windows(needle_b.len()).any(|w| w == needle_b)
+    text.windows(needle_a.len()).any(|w| w == needle_a)
+        || text.windows(needle_b.len()).any(|w| w == needle_b)
 }
 
 /// Opens an image file: probes the format unless `opts.format` names it, then opens its chain
 /// as the options allow.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    let file = std::fs::File::open(path)
-        .map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "open", source })?;
+    let file = std::fs::File::open(path).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "open",
+        source,
+    })?;
     let source: Arc<dyn ReadAt> = Arc::new(file);
     open_source(path, source, opts)
 }
 
 /// Opens an already opened source named `path` (the path resolves relative references).
-pub fn open_source(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+pub fn open_source(
+    path: &Path,
+    source: Arc<dyn ReadAt>,
+    opts: &OpenOptions,
+) -> Result<Box<dyn DiskImage>> {
     let format = match opts.format {
         Some(f) => f,
         None => {
@@ -531,7 +570,11 @@ pub fn open_reference(
         chain.push(canonical(referrer));
     }
     chain.push(canonical(&target));
-    let child = OpenOptions { format, chain, ..opts.clone() };
+    let child = OpenOptions {
+        format,
+        chain,
+        ..opts.clone()
+    };
     open(&target, &child)
 }
 
@@ -567,7 +610,10 @@ pub fn check_reference(referrer: &Path, name: &str, opts: &OpenOptions) -> Resul
     }
     if chain.contains(&canon) || chain.len() >= MAX_CHAIN_DEPTH {
         chain.push(canon);
-        return Err(DiskError::BackingLoop { path: referrer.to_path_buf(), chain });
+        return Err(DiskError::BackingLoop {
+            path: referrer.to_path_buf(),
+            chain,
+        });
     }
     Ok(target)
 }
@@ -575,7 +621,9 @@ pub fn check_reference(referrer: &Path, name: &str, opts: &OpenOptions) -> Resul
 /// The canonical path when the file exists, else the path made absolute.
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| {
-        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
     })
 }
 
@@ -606,7 +654,7 @@ pub fn allocated_bytes(image: &dyn DiskImage) -> Result<u64> {
     let mut offset = 0u64;
     let mut total = 0u64;
     while offset < size {
-        let (len, data) = chain_status(image, offset, size - offset)?;
+        let (len, data) = chain_data_status(image, offset, size - offset)?;
         if data {
             total += len;
         }
@@ -616,14 +664,15 @@ pub fn allocated_bytes(image: &dyn DiskImage) -> Result<u64> {
 }
 
 /// Status through the whole chain: (len, true when some layer stores non-zero data).
-fn chain_status(image: &dyn DiskImage, offset: u64, len: u64) -> Result<(u64, bool)> {
+pub fn chain_data_status(image: &dyn DiskImage, offset: u64, len: u64) -> Result<(u64, bool)> {
     let status = image.block_status(offset, len)?;
     match status.kind {
         BlockKind::Data => Ok((status.len, true)),
         BlockKind::Zero => Ok((status.len, false)),
         BlockKind::Unallocated => match image.backing() {
             Some(b) if offset < b.virtual_size() => {
-                let (l, d) = chain_status(b, offset, status.len.min(b.virtual_size() - offset))?;
+                let (l, d) =
+                    chain_data_status(b, offset, status.len.min(b.virtual_size() - offset))?;
                 Ok((l, d))
             }
             _ => Ok((status.len, false)),
@@ -666,7 +715,10 @@ mod tests {
             check_reference(&top, "../x.qcow2", &opts),
             Err(DiskError::Reference { .. })
         ));
-        let any = OpenOptions { references: ReferencePolicy::Any, ..OpenOptions::default() };
+        let any = OpenOptions {
+            references: ReferencePolicy::Any,
+            ..OpenOptions::default()
+        };
         assert!(check_reference(&top, "/etc/passwd", &any).is_ok());
     }
 

@@ -4,8 +4,12 @@
 //! ISO file systems, and never opens a file an image names (backing file, extent, parent)
 //! unless the caller's open options allow it.
 
+pub mod compare;
+pub mod convert;
 pub mod error;
 pub mod image;
+pub mod map;
+pub mod modify;
 pub mod profile;
 pub mod qcow2;
 pub mod raw;

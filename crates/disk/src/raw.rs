@@ -31,10 +31,21 @@ pub struct RawImage {
     seek_handle: Option<File>,
 }
 
-pub fn open(path: &Path, source: Arc<dyn ReadAt>, _opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    path: &Path,
+    source: Arc<dyn ReadAt>,
+    _opts: &OpenOptions,
+) -> Result<Box<dyn DiskImage>> {
     let size = source.size().map_err(|e| DiskError::io(path, 0, e))?;
-    let seek_handle = File::open(path).ok().filter(|f| f.metadata().map(|m| m.is_file()).unwrap_or(false));
-    Ok(Box::new(RawImage { path: path.to_path_buf(), source, size, seek_handle }))
+    let seek_handle = File::open(path)
+        .ok()
+        .filter(|f| f.metadata().map(|m| m.is_file()).unwrap_or(false));
+    Ok(Box::new(RawImage {
+        path: path.to_path_buf(),
+        source,
+        size,
+        seek_handle,
+    }))
 }
 
 /// lseek with SEEK_DATA / SEEK_HOLE; None when the file system cannot tell (then all is data).
@@ -72,24 +83,37 @@ impl DiskImage for RawImage {
                 size: self.size,
             });
         }
-        self.source.read_exact_at(buf, guest_offset).map_err(|e| DiskError::io(&self.path, guest_offset, e))
+        self.source
+            .read_exact_at(buf, guest_offset)
+            .map_err(|e| DiskError::io(&self.path, guest_offset, e))
     }
     fn block_status(&self, guest_offset: u64, len: u64) -> Result<BlockStatus> {
         let len = len.min(self.size.saturating_sub(guest_offset)).max(1);
-        let data = BlockStatus { len, kind: BlockKind::Data, host_offset: Some(HostOffset(guest_offset)) };
-        let Some(file) = &self.seek_handle else { return Ok(data) };
+        let data = BlockStatus {
+            len,
+            kind: BlockKind::Data,
+            host_offset: Some(HostOffset(guest_offset)),
+        };
+        let Some(file) = &self.seek_handle else {
+            return Ok(data);
+        };
         match seek(file, guest_offset, libc::SEEK_DATA) {
             None => Ok(data),
-            Some(Err(_)) => Ok(BlockStatus { len, kind: BlockKind::Zero, host_offset: Some(HostOffset(guest_offset)) }),
+            Some(Err(_)) => Ok(BlockStatus {
+                len,
+                kind: BlockKind::Zero,
+                host_offset: Some(HostOffset(guest_offset)),
+            }),
             Some(Ok(data_start)) if data_start > guest_offset => Ok(BlockStatus {
                 len: (data_start - guest_offset).min(len),
                 kind: BlockKind::Zero,
                 host_offset: Some(HostOffset(guest_offset)),
             }),
             Some(Ok(_)) => match seek(file, guest_offset, libc::SEEK_HOLE) {
-                Some(Ok(hole)) if hole > guest_offset => {
-                    Ok(BlockStatus { len: (hole - guest_offset).min(len), ..data })
-                }
+                Some(Ok(hole)) if hole > guest_offset => Ok(BlockStatus {
+                    len: (hole - guest_offset).min(len),
+                    ..data
+                }),
                 _ => Ok(data),
             },
         }
@@ -98,7 +122,11 @@ impl DiskImage for RawImage {
         Ok(ImageInfo::basic(&self.path, Format::Raw, self.size))
     }
     fn check(&self, _progress: &dyn Progress) -> Result<crate::image::CheckReport> {
-        Err(DiskError::NotSupportedFor { path: self.path.clone(), format: "raw", operation: "check" })
+        Err(DiskError::NotSupportedFor {
+            path: self.path.clone(),
+            format: "raw",
+            operation: "check",
+        })
     }
 }
 
@@ -119,7 +147,11 @@ pub struct RawWriter {
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>> {
     opts.reject_unknown_options(&["preallocation", "size"])?;
     if opts.backing.is_some() {
-        return Err(DiskError::NotSupportedFor { path: path.to_path_buf(), format: "raw", operation: "a backing file" });
+        return Err(DiskError::NotSupportedFor {
+            path: path.to_path_buf(),
+            format: "raw",
+            operation: "a backing file",
+        });
     }
     let prealloc = match opts.options.get("preallocation").map(String::as_str) {
         None | Some("off") => Preallocation::Off,
@@ -133,10 +165,15 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
             })
         }
     };
-    let file = AtomicFile::create(path, opts.overwrite)
-        .map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "create", source })?;
+    let file = AtomicFile::create(path, opts.overwrite).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "create",
+        source,
+    })?;
     let size = opts.virtual_size;
-    file.file().set_len(size).map_err(|e| DiskError::io(file.temp_path(), size, e))?;
+    file.file()
+        .set_len(size)
+        .map_err(|e| DiskError::io(file.temp_path(), size, e))?;
     match prealloc {
         Preallocation::Off => {}
         Preallocation::Falloc => {
@@ -148,7 +185,11 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
             // SAFETY: fallocate on a descriptor we own; no memory is passed.
             let r = unsafe { libc::posix_fallocate(file.file().as_raw_fd(), 0, len) };
             if r != 0 {
-                return Err(DiskError::io(file.temp_path(), 0, std::io::Error::from_raw_os_error(r)));
+                return Err(DiskError::io(
+                    file.temp_path(),
+                    0,
+                    std::io::Error::from_raw_os_error(r),
+                ));
             }
         }
         Preallocation::Full => {
@@ -156,7 +197,9 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
             let mut offset = 0u64;
             while offset < size {
                 let n = (size - offset).min(zeros.len() as u64) as usize;
-                file.file().write_all_at(&zeros[..n], offset).map_err(|e| DiskError::io(file.temp_path(), offset, e))?;
+                file.file()
+                    .write_all_at(&zeros[..n], offset)
+                    .map_err(|e| DiskError::io(file.temp_path(), offset, e))?;
                 offset += n as u64;
             }
         }
@@ -169,7 +212,10 @@ impl ImageWriter for RawWriter {
         RAW_WRITE_GRANULARITY
     }
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        if guest_offset.checked_add(data.len() as u64).is_none_or(|e| e > self.size) {
+        if guest_offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
             return Err(DiskError::OutOfRange {
                 path: self.file.final_path().to_path_buf(),
                 offset: guest_offset,
@@ -177,18 +223,31 @@ impl ImageWriter for RawWriter {
                 size: self.size,
             });
         }
-        self.file.file().write_all_at(data, guest_offset).map_err(|e| DiskError::io(self.file.temp_path(), guest_offset, e))
+        self.file
+            .file()
+            .write_all_at(data, guest_offset)
+            .map_err(|e| DiskError::io(self.file.temp_path(), guest_offset, e))
     }
     fn finish(self: Box<Self>) -> Result<()> {
         let path = self.file.final_path().to_path_buf();
-        self.file.commit().map_err(|source| DiskError::Open { path, action: "finish", source })
+        self.file.commit().map_err(|source| DiskError::Open {
+            path,
+            action: "finish",
+            source,
+        })
     }
 }
 
 /// A raw image needs exactly its virtual size.
 pub fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> Result<Measurement> {
-    let size = source.map(|s| s.virtual_size()).unwrap_or(opts.virtual_size);
-    Ok(Measurement { required: size, fully_allocated: size, bitmaps: 0 })
+    let size = source
+        .map(|s| s.virtual_size())
+        .unwrap_or(opts.virtual_size);
+    Ok(Measurement {
+        required: size,
+        fully_allocated: size,
+        bitmaps: 0,
+    })
 }
 
 #[cfg(test)]
@@ -216,6 +275,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = CreateOptions::new(Format::Raw, 4096);
         opts.options.insert("cluster_size".into(), "65536".into());
-        assert!(matches!(create(&dir.path().join("x"), &opts), Err(DiskError::InvalidOption { .. })));
+        assert!(matches!(
+            create(&dir.path().join("x"), &opts),
+            Err(DiskError::InvalidOption { .. })
+        ));
     }
 }

@@ -1,17 +1,198 @@
-//! `vmedia disk ...`: PENDING, being written (replace this whole file). qemu-img's subcommands.
+//! `vmedia disk ...`: qemu-img's subcommands with its options, output and exit codes, plus
+//! `wrap-iso`. Each command lives in its own file; shared option parsing lives here.
 
+mod check;
+mod compare;
+mod convert;
+mod create;
+mod info;
+mod map;
+mod measure;
+mod modify;
 mod wrap;
 
+use std::path::Path;
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use vmedia_disk::image::{self, CreateOptions, DiskImage, Format, OpenOptions, ReferencePolicy};
 
 #[derive(clap::Subcommand)]
 pub enum DiskCommand {
+    /// Create a new disk image (qemu-img create)
+    Create(create::Args),
+    /// Show an image's format, sizes, backing file and format details (qemu-img info)
+    Info(info::Args),
+    /// Check an image's metadata for corruption and leaks (qemu-img check)
+    Check(check::Args),
+    /// Compare the guest contents of two images (qemu-img compare)
+    Compare(compare::Args),
+    /// Convert images between raw, qcow2, vmdk, vpc (VHD) and vhdx (qemu-img convert)
+    Convert(convert::Args),
+    /// Show which guest ranges are allocated, zero or in a backing file (qemu-img map)
+    Map(map::Args),
+    /// Compute the file size a new image needs (qemu-img measure)
+    Measure(measure::Args),
+    /// Write an overlay's data into its backing file (qemu-img commit)
+    Commit(modify::CommitArgs),
+    /// Change the backing file of an overlay (qemu-img rebase)
+    Rebase(modify::RebaseArgs),
+    /// Grow or shrink an image's virtual size (qemu-img resize)
+    Resize(modify::ResizeArgs),
     /// Make a VMDK whose flat extent is an ISO file (nothing copied)
     WrapIso(wrap::Args),
 }
 
 pub fn run(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        DiskCommand::Create(a) => create::run(a),
+        DiskCommand::Info(a) => info::run(a),
+        DiskCommand::Check(a) => check::run(a),
+        DiskCommand::Compare(a) => compare::run(a),
+        DiskCommand::Convert(a) => convert::run(a),
+        DiskCommand::Map(a) => map::run(a),
+        DiskCommand::Measure(a) => measure::run(a),
+        DiskCommand::Commit(a) => modify::run_commit(a),
+        DiskCommand::Rebase(a) => modify::run_rebase(a),
+        DiskCommand::Resize(a) => modify::run_resize(a),
         DiskCommand::WrapIso(a) => wrap::run(a),
+    }
+}
+
+/// Options every command that opens images shares.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RefArgs {
+    /// Which files named inside an image (backing files, extents, parents) may be opened:
+    /// same-folder (default: only beside the image), any, none. Env: VMEDIA_ALLOW_REFERENCES
+    #[arg(long = "allow-references", value_name = "POLICY")]
+    pub allow_references: Option<String>,
+    /// Accepted for qemu-img compatibility: vmedia takes no image locks, so sharing is always on
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+}
+
+impl RefArgs {
+    pub fn policy(&self) -> anyhow::Result<ReferencePolicy> {
+        let from_env = std::env::var("VMEDIA_ALLOW_REFERENCES").ok();
+        match self.allow_references.as_deref().or(from_env.as_deref()) {
+            None => Ok(ReferencePolicy::SameFolder),
+            Some(name) => ReferencePolicy::from_name(name)
+                .with_context(|| format!("--allow-references {name:?}: expected same-folder, any or none")),
+        }
+    }
+
+    pub fn open_options(&self, format: Option<Format>) -> anyhow::Result<OpenOptions> {
+        Ok(OpenOptions { references: self.policy()?, format, ..OpenOptions::default() })
+    }
+}
+
+/// Parses a -f/-O/-F format name.
+pub fn parse_format(name: Option<&str>) -> anyhow::Result<Option<Format>> {
+    name.map(|n| Format::from_name(n).map_err(anyhow::Error::from)).transpose()
+}
+
+/// Opens an image with the shared options.
+pub fn open_image(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn DiskImage>> {
+    image::open(path, opts).with_context(|| format!("Could not open '{}'", path.display()))
+}
+
+/// Parses qemu-img -o "k=v,k2=v2" lists (several -o are merged; ",," escapes a comma).
+pub fn parse_o_options(lists: &[String], into: &mut CreateOptions) -> anyhow::Result<()> {
+    for list in lists {
+        let mut items = Vec::new();
+        let mut cur = String::new();
+        let mut chars = list.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    cur.push(',');
+                } else {
+                    items.push(std::mem::take(&mut cur));
+                }
+            } else {
+                cur.push(c);
+            }
+        }
+        items.push(cur);
+        for item in items.into_iter().filter(|i| !i.is_empty()) {
+            let Some((k, v)) = item.split_once('=') else {
+                // qemu treats a bare key as key=on.
+                into.options.insert(item, "on".into());
+                continue;
+            };
+            into.options.insert(k.to_string(), v.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Parses a qemu-img size with optional k/M/G/T suffix.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    match vmedia_disk::qcow2::writer::parse_size(text) {
+        Some(v) => Ok(v),
+        None => bail!("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes: {text:?}"),
+    }
+}
+
+/// qemu's human size: three significant digits and a binary unit ("1.5 GiB", "196 KiB").
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{bytes} B");
+    }
+    let digits = if value >= 100.0 { 0 } else if value >= 10.0 { 1 } else { 2 };
+    let mut s = format!("{value:.digits$}");
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{s} {}", UNITS[unit])
+}
+
+/// Prints JSON the way qemu-img does (4-space indent).
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    value.serialize(&mut ser)?;
+    out.push(b'\n');
+    use std::io::Write;
+    std::io::stdout().write_all(&out)?;
+    Ok(())
+}
+
+/// --output human|json.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_size_matches_qemu_style() {
+        assert_eq!(human_size(67108864), "64 MiB");
+        assert_eq!(human_size(200704), "196 KiB");
+        assert_eq!(human_size(1610612736), "1.5 GiB");
+        assert_eq!(human_size(512), "512 B");
+    }
+
+    #[test]
+    fn o_options_split_and_escape() {
+        let mut o = CreateOptions::new(Format::Qcow2, 0);
+        parse_o_options(&["cluster_size=4k,compat=0.10".into(), "backing_file=a,,b".into()], &mut o).unwrap();
+        assert_eq!(o.options["cluster_size"], "4k");
+        assert_eq!(o.options["compat"], "0.10");
+        assert_eq!(o.options["backing_file"], "a,b");
     }
 }

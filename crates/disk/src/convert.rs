@@ -1,0 +1,324 @@
+//! The convert engine: reads one or more source images (concatenated), skips what is known or
+//! found to be zero, compresses clusters on worker threads when the output asks for it, and
+//! feeds the writer in guest order while the next batch is being read.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use vmedia_io::Progress;
+
+use crate::error::{DiskError, Result};
+use crate::image::{chain_data_status, BlockKind, ClusterCompressor, DiskImage, ImageWriter};
+
+/// Guest bytes handled per batch: large enough to amortize thread hand-off, small enough that
+/// two batches in flight stay a few tens of MiB.
+pub const BATCH_BYTES: u64 = 16 << 20;
+/// Batches computed ahead of the writer.
+const PIPELINE_DEPTH: usize = 2;
+
+/// Options of `convert` that affect the data path.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// -S: zero runs at least this long (and aligned to it) become holes/unallocated; 0 writes
+    /// every byte.
+    pub sparse_size: u64,
+    /// Worker threads (-m); 0 = all cores.
+    pub threads: usize,
+    /// The output has a backing file (-B): ranges not allocated in the sources' top layer are
+    /// left unallocated so they read through to it.
+    pub target_has_backing: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            sparse_size: 4096,
+            threads: 0,
+            target_has_backing: false,
+        }
+    }
+}
+
+/// Sources seen as one guest disk, one after another.
+pub struct Concat<'a> {
+    parts: Vec<(u64, &'a dyn DiskImage)>,
+    size: u64,
+}
+
+impl<'a> Concat<'a> {
+    pub fn new(images: &'a [Box<dyn DiskImage>]) -> Result<Concat<'a>> {
+        let mut parts = Vec::with_capacity(images.len());
+        let mut size = 0u64;
+        for img in images {
+            parts.push((size, img.as_ref()));
+            size = size
+                .checked_add(img.virtual_size())
+                .ok_or_else(|| DiskError::OutOfRange {
+                    path: img.path().to_path_buf(),
+                    offset: size,
+                    len: img.virtual_size(),
+                    size: u64::MAX,
+                })?;
+        }
+        Ok(Concat { parts, size })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn part_at(&self, offset: u64) -> Option<(u64, &'a dyn DiskImage)> {
+        let i = self.parts.partition_point(|(start, _)| *start <= offset);
+        let (start, img) = *self.parts.get(i.checked_sub(1)?)?;
+        (offset < start + img.virtual_size()).then_some((start, img))
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let Some((start, img)) = self.part_at(pos) else {
+                buf[done..].fill(0);
+                return Ok(());
+            };
+            let n = ((start + img.virtual_size() - pos) as usize).min(buf.len() - done);
+            img.read_at(&mut buf[done..done + n], pos - start)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// (len, kind): Data = must be read, Zero = reads as zero, Unallocated = not in the top
+    /// layer (only reported when `top_only`).
+    fn status(&self, offset: u64, len: u64, top_only: bool) -> Result<(u64, BlockKind)> {
+        let Some((start, img)) = self.part_at(offset) else {
+            return Ok((len, BlockKind::Zero));
+        };
+        let local = offset - start;
+        let room = (img.virtual_size() - local).min(len);
+        if top_only {
+            let s = img.block_status(local, room)?;
+            return Ok((s.len, s.kind));
+        }
+        let (n, data) = chain_data_status(img, local, room)?;
+        Ok((
+            n,
+            if data {
+                BlockKind::Data
+            } else {
+                BlockKind::Zero
+            },
+        ))
+    }
+}
+
+/// One unit of output.
+enum Piece {
+    Data(Vec<u8>),
+    Compressed(Vec<u8>),
+    Zero,
+    Skip,
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    let (prefix, words, suffix) = unsafe { buf.align_to::<u128>() };
+    prefix.iter().all(|&b| b == 0)
+        && suffix.iter().all(|&b| b == 0)
+        && words.iter().all(|&w| w == 0)
+}
+
+/// Copies `source` into `writer` and finishes it.
+pub fn convert(
+    source: &Concat<'_>,
+    mut writer: Box<dyn ImageWriter>,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let size = source.size();
+    let cluster = writer.cluster_size();
+    let compressor: Option<Arc<dyn ClusterCompressor>> = writer.compressor();
+    // The unit of decisions: a cluster, or the -S size when that is larger.
+    let unit = if compressor.is_some() || opts.sparse_size <= cluster {
+        cluster
+    } else {
+        opts.sparse_size.div_ceil(cluster) * cluster
+    };
+    let batch = (BATCH_BYTES / unit).max(1) * unit;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| DiskError::InvalidOption {
+            key: "-m".into(),
+            value: threads.to_string(),
+            reason: e.to_string(),
+        })?;
+    progress.set_total(size);
+    let (tx, rx) = mpsc::sync_channel::<Result<(u64, Vec<Piece>)>>(PIPELINE_DEPTH);
+    let detect_zero = opts.sparse_size > 0;
+    std::thread::scope(|scope| -> Result<()> {
+        let pool = &pool;
+        let compressor = &compressor;
+        let producer = scope.spawn(move || {
+            let mut offset = 0u64;
+            while offset < size {
+                let end = (offset + batch).min(size);
+                let result = plan_batch(source, offset, end, unit, opts.target_has_backing)
+                    .and_then(|plan| {
+                        pool.install(|| {
+                            plan.into_par_iter()
+                                .map(|(start, need)| {
+                                    make_piece(
+                                        source,
+                                        start,
+                                        (start + unit).min(end),
+                                        unit,
+                                        need,
+                                        detect_zero,
+                                        compressor.as_deref(),
+                                    )
+                                })
+                                .collect::<Result<Vec<Piece>>>()
+                        })
+                    });
+                let failed = result.is_err();
+                if tx.send(result.map(|p| (offset, p))).is_err() || failed {
+                    return;
+                }
+                offset = end;
+            }
+        });
+        let rx = rx;
+        let writer_result = write_batches(&rx, writer.as_mut(), size, unit, progress);
+        // Dropping the receiver makes a producer blocked on `send` give up.
+        drop(rx);
+        let _ = producer.join();
+        writer_result
+    })?;
+    writer.finish()
+}
+
+/// Consumes computed batches in order and hands them to the writer.
+fn write_batches(
+    rx: &mpsc::Receiver<Result<(u64, Vec<Piece>)>>,
+    writer: &mut dyn ImageWriter,
+    size: u64,
+    unit: u64,
+    progress: &dyn Progress,
+) -> Result<()> {
+    for message in rx.iter() {
+        let (batch_start, pieces) = message?;
+        let mut pending: Option<(u64, Vec<u8>)> = None;
+        let mut pos = batch_start;
+        for piece in pieces {
+            let len = unit.min(size - pos);
+            match piece {
+                Piece::Data(bytes) => match &mut pending {
+                    Some((_, buf)) if buf.len() < (8 << 20) => buf.extend_from_slice(&bytes),
+                    _ => {
+                        if let Some((at, buf)) = pending.take() {
+                            writer.write_at(at, &buf)?;
+                        }
+                        pending = Some((pos, bytes));
+                    }
+                },
+                other => {
+                    if let Some((at, buf)) = pending.take() {
+                        writer.write_at(at, &buf)?;
+                    }
+                    match other {
+                        Piece::Compressed(bytes) => writer.write_compressed(pos, &bytes)?,
+                        Piece::Zero => writer.write_zeroes(pos, len)?,
+                        _ => {}
+                    }
+                }
+            }
+            pos += len;
+        }
+        if let Some((at, buf)) = pending.take() {
+            writer.write_at(at, &buf)?;
+        }
+        progress.advance(pos - batch_start);
+    }
+    Ok(())
+}
+
+/// For each unit of `[start, end)`: (unit start, what to do) where what is Some(kind) when the
+/// unit need not be read.
+fn plan_batch(
+    source: &Concat<'_>,
+    start: u64,
+    end: u64,
+    unit: u64,
+    top_only: bool,
+) -> Result<Vec<(u64, Option<BlockKind>)>> {
+    let mut plan = Vec::with_capacity(((end - start) / unit + 1) as usize);
+    let mut runs: Vec<(u64, u64, BlockKind)> = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let (len, kind) = source.status(pos, end - pos, top_only)?;
+        let len = len.max(1);
+        match runs.last_mut() {
+            Some(last) if last.2 == kind && last.1 == pos => last.1 += len,
+            _ => runs.push((pos, pos + len, kind)),
+        }
+        pos += len;
+    }
+    let mut run_index = 0usize;
+    let mut u = start;
+    while u < end {
+        let u_end = (u + unit).min(end);
+        while runs[run_index].1 <= u {
+            run_index += 1;
+        }
+        let (_, r_end, kind) = runs[run_index];
+        let known = if r_end >= u_end && kind != BlockKind::Data {
+            Some(kind)
+        } else {
+            None
+        };
+        plan.push((u, known));
+        u = u_end;
+    }
+    Ok(plan)
+}
+
+fn make_piece(
+    source: &Concat<'_>,
+    start: u64,
+    end: u64,
+    unit: u64,
+    known: Option<BlockKind>,
+    detect_zero: bool,
+    compressor: Option<&dyn ClusterCompressor>,
+) -> Result<Piece> {
+    match known {
+        Some(BlockKind::Unallocated) => return Ok(Piece::Skip),
+        Some(_) if detect_zero => return Ok(Piece::Zero),
+        _ => {}
+    }
+    let mut buf = vec![0u8; (end - start) as usize];
+    if known.is_none() {
+        source.read_at(&mut buf, start)?;
+    }
+    if detect_zero && is_zero(&buf) {
+        return Ok(Piece::Zero);
+    }
+    if let Some(c) = compressor {
+        // A short last cluster is compressed zero-padded: readers inflate whole clusters.
+        let data_len = buf.len();
+        buf.resize(unit as usize, 0);
+        if let Some(out) = c.compress_cluster(&buf)? {
+            return Ok(Piece::Compressed(out));
+        }
+        buf.truncate(data_len);
+    }
+    Ok(Piece::Data(buf))
+}

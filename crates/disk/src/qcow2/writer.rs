@@ -1,0 +1,708 @@
+//! Writing new qcow2 images (create and convert output): data clusters are appended in guest
+//! order, compressed clusters are packed byte-tight as qemu packs them, and the L2 tables, L1
+//! table and refcount structures are laid out after the data when the image is finished, so
+//! every refcount is exact (`qemu-img check` finds no leak and no corruption).
+
+use std::cell::RefCell;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use vmedia_io::AtomicFile;
+
+use super::header::{
+    Compression, Header, COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, MAX_CLUSTER_BITS,
+    MAX_L1_BYTES, MAX_VIRTUAL_SIZE, MIN_CLUSTER_BITS,
+};
+use super::reader::{compressed_entry, OFLAG_COPIED, OFLAG_ZERO};
+use crate::error::{DiskError, Result};
+use crate::image::{ClusterCompressor, CreateOptions, Format, ImageWriter, Measurement};
+
+/// Default cluster size, as qemu.
+pub const DEFAULT_CLUSTER_BITS: u32 = 16;
+/// zlib level for compressed clusters: level 1 keeps output within a few percent of qemu's
+/// level-6 output on disk data while compressing several times faster.
+pub const ZLIB_LEVEL: u32 = 1;
+/// zstd level for compressed clusters (qemu uses zstd's default, 3; 1 is faster at similar size).
+pub const ZSTD_LEVEL: i32 = 1;
+/// qemu inflates with a 4 KiB window (windowBits -12): our deflate streams must not reach further.
+pub const DEFLATE_WINDOW_BITS: u8 = 12;
+/// Compressed bytes are gathered and written in pieces of this size.
+const PACK_FLUSH: usize = 4 << 20;
+
+/// Options of `qemu-img create -f qcow2` that vmedia implements.
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "size",
+    "compat",
+    "cluster_size",
+    "compression_type",
+    "lazy_refcounts",
+    "refcount_bits",
+    "backing_file",
+    "backing_fmt",
+    "preallocation",
+    "extended_l2",
+];
+
+/// Parsed, validated qcow2 creation parameters.
+#[derive(Debug, Clone)]
+pub struct Qcow2Params {
+    pub version: u32,
+    pub cluster_bits: u32,
+    pub compression: Compression,
+    pub lazy_refcounts: bool,
+    pub refcount_order: u32,
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> DiskError {
+    DiskError::InvalidOption {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(invalid(key, value, "expected on or off")),
+    }
+}
+
+/// Parses a qemu size ("64k", "1M", "2G", plain bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_lowercase() {
+                'b' => 1,
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                't' => 1 << 40,
+                'p' => 1 << 50,
+                'e' => 1 << 60,
+                _ => return None,
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    if let Ok(v) = num.parse::<u64>() {
+        return v.checked_mul(mult);
+    }
+    let f: f64 = num.parse().ok()?;
+    if !(f >= 0.0) {
+        return None;
+    }
+    let v = f * mult as f64;
+    if v > u64::MAX as f64 {
+        return None;
+    }
+    Some(v as u64)
+}
+
+impl Qcow2Params {
+    pub fn from_options(opts: &CreateOptions) -> Result<Qcow2Params> {
+        opts.reject_unknown_options(KNOWN_OPTIONS)?;
+        let o = &opts.options;
+        let version = match o.get("compat").map(String::as_str) {
+            None | Some("1.1") | Some("v3") => 3,
+            Some("0.10") | Some("v2") => 2,
+            Some(other) => return Err(invalid("compat", other, "expected 0.10 (v2) or 1.1 (v3)")),
+        };
+        let cluster_bits = match o.get("cluster_size") {
+            None => DEFAULT_CLUSTER_BITS,
+            Some(v) => {
+                let size = parse_size(v).ok_or_else(|| invalid("cluster_size", v, "not a size"))?;
+                if !size.is_power_of_two()
+                    || !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&size.trailing_zeros())
+                {
+                    return Err(invalid(
+                        "cluster_size",
+                        v,
+                        "must be a power of two between 512 and 2M",
+                    ));
+                }
+                size.trailing_zeros()
+            }
+        };
+        let compression = match o.get("compression_type").map(String::as_str) {
+            None | Some("zlib") => Compression::Zlib,
+            Some("zstd") => Compression::Zstd,
+            Some(other) => return Err(invalid("compression_type", other, "expected zlib or zstd")),
+        };
+        if compression == Compression::Zstd && version == 2 {
+            return Err(invalid("compression_type", "zstd", "requires compat=1.1"));
+        }
+        let lazy_refcounts = match o.get("lazy_refcounts") {
+            None => false,
+            Some(v) => parse_bool("lazy_refcounts", v)?,
+        };
+        if lazy_refcounts && version == 2 {
+            return Err(invalid("lazy_refcounts", "on", "requires compat=1.1"));
+        }
+        let refcount_order = match o.get("refcount_bits") {
+            None => 4,
+            Some(v) => {
+                let bits: u32 = v
+                    .parse()
+                    .map_err(|_| invalid("refcount_bits", v, "not a number"))?;
+                if !bits.is_power_of_two() || bits > 64 {
+                    return Err(invalid(
+                        "refcount_bits",
+                        v,
+                        "must be a power of two up to 64",
+                    ));
+                }
+                if version == 2 && bits != 16 {
+                    return Err(invalid("refcount_bits", v, "compat=0.10 only supports 16"));
+                }
+                bits.trailing_zeros()
+            }
+        };
+        if let Some(v) = o.get("preallocation") {
+            if v != "off" {
+                return Err(invalid(
+                    "preallocation",
+                    v,
+                    "vmedia writes qcow2 images with preallocation=off only",
+                ));
+            }
+        }
+        if let Some(v) = o.get("extended_l2") {
+            if parse_bool("extended_l2", v)? {
+                return Err(invalid(
+                    "extended_l2",
+                    v,
+                    "vmedia reads extended L2 entries but writes standard ones",
+                ));
+            }
+        }
+        Ok(Qcow2Params {
+            version,
+            cluster_bits,
+            compression,
+            lazy_refcounts,
+            refcount_order,
+        })
+    }
+}
+
+/// Backing file name and format from CreateOptions or -o backing_file/backing_fmt.
+fn backing_of(opts: &CreateOptions) -> Result<Option<(String, Option<String>)>> {
+    let from_o = opts.options.get("backing_file").cloned();
+    let fmt_o = opts.options.get("backing_fmt").cloned();
+    let (name, fmt) = match (&opts.backing, from_o) {
+        (Some((n, f)), _) => (
+            Some(n.clone()),
+            f.map(|f| f.qemu_name().to_string()).or(fmt_o),
+        ),
+        (None, Some(n)) => (Some(n), fmt_o),
+        (None, None) => (None, None),
+    };
+    if let Some(f) = &fmt {
+        Format::from_name(f)?;
+    }
+    Ok(name.map(|n| (n, fmt)))
+}
+
+/// Compresses clusters for qcow2 (raw deflate with a 4 KiB window, or a zstd frame).
+pub struct Qcow2Compressor {
+    compression: Compression,
+    cluster_size: usize,
+}
+
+thread_local! {
+    static DEFLATE: RefCell<Option<flate2::Compress>> = const { RefCell::new(None) };
+}
+
+impl ClusterCompressor for Qcow2Compressor {
+    fn compress_cluster(&self, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        // qemu stores a cluster uncompressed when it does not shrink below a cluster.
+        let limit = self.cluster_size - 1;
+        match self.compression {
+            Compression::Zlib => DEFLATE.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                let c = slot.get_or_insert_with(|| {
+                    flate2::Compress::new_with_window_bits(
+                        flate2::Compression::new(ZLIB_LEVEL),
+                        false,
+                        DEFLATE_WINDOW_BITS,
+                    )
+                });
+                c.reset();
+                let mut out = Vec::with_capacity(limit);
+                match c.compress_vec(data, &mut out, flate2::FlushCompress::Finish) {
+                    Ok(flate2::Status::StreamEnd) if out.len() < limit => Ok(Some(out)),
+                    _ => Ok(None),
+                }
+            }),
+            Compression::Zstd => match zstd::bulk::compress(data, ZSTD_LEVEL) {
+                Ok(out) if out.len() < limit => Ok(Some(out)),
+                _ => Ok(None),
+            },
+        }
+    }
+}
+
+/// A qcow2 image being written.
+pub struct Qcow2Writer {
+    file: AtomicFile,
+    header: Header,
+    cluster_size: u64,
+    /// L2 tables by L1 index, allocated on first use.
+    l2: Vec<Option<Box<[u64]>>>,
+    /// Next free host byte (compressed data is packed byte-granular).
+    next_free: u64,
+    /// References per host cluster.
+    refcounts: Vec<u64>,
+    compressor: Option<Arc<Qcow2Compressor>>,
+    /// Compressed bytes not yet written, starting at host offset `pack_start`.
+    pack: Vec<u8>,
+    pack_start: u64,
+    has_backing: bool,
+}
+
+pub fn create(path: &Path, opts: &CreateOptions) -> Result<Qcow2Writer> {
+    let p = Qcow2Params::from_options(opts)?;
+    if opts.virtual_size > MAX_VIRTUAL_SIZE {
+        return Err(invalid(
+            "size",
+            &opts.virtual_size.to_string(),
+            "above qcow2's maximum virtual size (2^61)",
+        ));
+    }
+    let cluster_size = 1u64 << p.cluster_bits;
+    let l2_span = cluster_size * (cluster_size / 8);
+    let l1_size = opts.virtual_size.div_ceil(l2_span);
+    if l1_size * 8 > MAX_L1_BYTES {
+        return Err(invalid(
+            "size",
+            &opts.virtual_size.to_string(),
+            "needs an L1 table above qemu's 32 MiB limit; use a larger cluster_size",
+        ));
+    }
+    let backing = backing_of(opts)?;
+    let mut incompatible = 0;
+    if p.compression == Compression::Zstd {
+        incompatible |= INCOMPAT_COMPRESSION;
+    }
+    let header = Header {
+        version: p.version,
+        backing_file_offset: 0,
+        backing_file_size: 0,
+        cluster_bits: p.cluster_bits,
+        size: opts.virtual_size,
+        crypt_method: 0,
+        l1_size: l1_size as u32,
+        l1_table_offset: 0,
+        refcount_table_offset: 0,
+        refcount_table_clusters: 0,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible_features: incompatible,
+        compatible_features: if p.lazy_refcounts {
+            COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
+        autoclear_features: 0,
+        refcount_order: p.refcount_order,
+        header_length: 0,
+        compression: p.compression,
+        backing_file: backing.as_ref().map(|b| b.0.clone()),
+        backing_format: backing.as_ref().and_then(|b| b.1.clone()),
+        data_file: None,
+        used_len: 0,
+    };
+    let file = AtomicFile::create(path, opts.overwrite).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "create",
+        source,
+    })?;
+    let mut probe = header.clone();
+    if probe.emit().len() as u64 > cluster_size {
+        return Err(invalid(
+            "backing_file",
+            "",
+            "the header and backing file name do not fit in one cluster",
+        ));
+    }
+    let compressor = opts.compress.then(|| {
+        Arc::new(Qcow2Compressor {
+            compression: p.compression,
+            cluster_size: cluster_size as usize,
+        })
+    });
+    Ok(Qcow2Writer {
+        file,
+        header,
+        cluster_size,
+        l2: (0..l1_size).map(|_| None).collect(),
+        next_free: cluster_size,
+        refcounts: vec![1],
+        compressor,
+        pack: Vec::new(),
+        pack_start: 0,
+        has_backing: backing.is_some(),
+    })
+}
+
+impl Qcow2Writer {
+    fn io(&self, offset: u64, e: std::io::Error) -> DiskError {
+        DiskError::io(self.file.temp_path(), offset, e)
+    }
+
+    fn add_ref(&mut self, host_offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = host_offset / self.cluster_size;
+        let last = (host_offset + len - 1) / self.cluster_size;
+        if self.refcounts.len() <= last as usize {
+            self.refcounts.resize(last as usize + 1, 0);
+        }
+        for c in first..=last {
+            self.refcounts[c as usize] += 1;
+        }
+    }
+
+    fn set_l2(&mut self, guest_offset: u64, entry: u64) {
+        let cluster_index = guest_offset / self.cluster_size;
+        let per_table = self.cluster_size / 8;
+        let l1_index = (cluster_index / per_table) as usize;
+        let table = self.l2[l1_index]
+            .get_or_insert_with(|| vec![0u64; per_table as usize].into_boxed_slice());
+        table[(cluster_index % per_table) as usize] = entry;
+    }
+
+    fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let at = self.pack_start;
+        self.file
+            .file()
+            .write_all_at(&self.pack, at)
+            .map_err(|e| self.io(at, e))?;
+        self.pack_start += self.pack.len() as u64;
+        self.pack.clear();
+        Ok(())
+    }
+
+    /// Moves the allocation point to a cluster boundary (after packed compressed data).
+    fn align(&mut self) -> Result<()> {
+        self.flush_pack()?;
+        self.next_free = self.next_free.div_ceil(self.cluster_size) * self.cluster_size;
+        Ok(())
+    }
+
+    fn check_range(&self, guest_offset: u64, len: u64) -> Result<()> {
+        if guest_offset % self.cluster_size != 0
+            || guest_offset
+                .checked_add(len)
+                .is_none_or(|e| e > self.header.size)
+        {
+            return Err(DiskError::OutOfRange {
+                path: self.file.final_path().to_path_buf(),
+                offset: guest_offset,
+                len,
+                size: self.header.size,
+            });
+        }
+        Ok(())
+    }
+
+    fn alloc_clusters(&mut self, count: u64) -> u64 {
+        let at = self.next_free;
+        self.next_free += count * self.cluster_size;
+        self.add_ref(at, count * self.cluster_size);
+        at
+    }
+
+    fn set_refcount_entry(block: &mut [u8], index: u64, value: u64, order: u32) {
+        let bits = 1u64 << order;
+        let bit_pos = index * bits;
+        let byte = (bit_pos / 8) as usize;
+        match bits {
+            1 | 2 | 4 => {
+                let shift = bit_pos % 8;
+                let mask = (((1u64 << bits) - 1) << shift) as u8;
+                block[byte] = (block[byte] & !mask) | (((value << shift) as u8) & mask);
+            }
+            8 => block[byte] = value as u8,
+            16 => block[byte..byte + 2].copy_from_slice(&(value as u16).to_be_bytes()),
+            32 => block[byte..byte + 4].copy_from_slice(&(value as u32).to_be_bytes()),
+            _ => block[byte..byte + 8].copy_from_slice(&value.to_be_bytes()),
+        }
+    }
+}
+
+impl ImageWriter for Qcow2Writer {
+    fn cluster_size(&self) -> u64 {
+        self.cluster_size
+    }
+
+    fn compressor(&self) -> Option<Arc<dyn ClusterCompressor>> {
+        self.compressor
+            .clone()
+            .map(|c| c as Arc<dyn ClusterCompressor>)
+    }
+
+    fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(guest_offset, data.len() as u64)?;
+        self.align()?;
+        let host = self.next_free;
+        self.file
+            .file()
+            .write_all_at(data, host)
+            .map_err(|e| self.io(host, e))?;
+        let clusters = (data.len() as u64).div_ceil(self.cluster_size);
+        self.alloc_clusters(clusters);
+        for i in 0..clusters {
+            let h = host + i * self.cluster_size;
+            self.set_l2(guest_offset + i * self.cluster_size, h | OFLAG_COPIED);
+        }
+        self.pack_start = self.next_free;
+        Ok(())
+    }
+
+    fn write_zeroes(&mut self, guest_offset: u64, len: u64) -> Result<()> {
+        if !self.has_backing {
+            return Ok(());
+        }
+        self.check_range(guest_offset, len)?;
+        // Over a backing file, zeros must hide the backing data.
+        if self.header.version >= 3 {
+            let mut off = guest_offset;
+            while off < guest_offset + len {
+                self.set_l2(off, OFLAG_ZERO);
+                off += self.cluster_size;
+            }
+            Ok(())
+        } else {
+            let zeros = vec![0u8; (len.min(4 << 20)) as usize];
+            let mut off = guest_offset;
+            while off < guest_offset + len {
+                let n = (guest_offset + len - off).min(zeros.len() as u64);
+                self.write_at(off, &zeros[..n as usize])?;
+                off += n;
+            }
+            Ok(())
+        }
+    }
+
+    fn write_compressed(&mut self, guest_offset: u64, compressed: &[u8]) -> Result<()> {
+        self.check_range(guest_offset, 1)?;
+        if self.pack.is_empty() {
+            self.pack_start = self.next_free;
+        }
+        let host = self.next_free;
+        let len = compressed.len() as u64;
+        self.pack.extend_from_slice(compressed);
+        self.next_free += len;
+        self.add_ref(host, len);
+        self.set_l2(
+            guest_offset,
+            compressed_entry(host, len, self.header.cluster_bits),
+        );
+        if self.pack.len() >= PACK_FLUSH {
+            self.flush_pack()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.align()?;
+        let cs = self.cluster_size;
+        // L2 tables.
+        let mut l1 = vec![0u64; self.l2.len()];
+        let tables: Vec<(usize, Box<[u64]>)> = self
+            .l2
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, t)| t.take().map(|t| (i, t)))
+            .collect();
+        let mut l2_writes = Vec::with_capacity(tables.len());
+        for (i, table) in tables {
+            let at = self.alloc_clusters(1);
+            l1[i] = at | OFLAG_COPIED;
+            l2_writes.push((at, table));
+        }
+        // L1 table (at least one cluster, as qemu).
+        let l1_clusters = ((l1.len() as u64) * 8).div_ceil(cs).max(1);
+        let l1_offset = self.alloc_clusters(l1_clusters);
+        // Refcount blocks and table: find the fixed point where they count themselves.
+        let per_block = cs * 8 / (1u64 << self.header.refcount_order);
+        let base = self.next_free / cs;
+        let (mut blocks, mut table) = (0u64, 0u64);
+        loop {
+            let total = base + blocks + table;
+            let b = total.div_ceil(per_block);
+            let t = (b * 8).div_ceil(cs).max(1);
+            if b == blocks && t == table {
+                break;
+            }
+            blocks = b;
+            table = t;
+        }
+        let blocks_offset = self.alloc_clusters(blocks);
+        let table_offset = self.alloc_clusters(table);
+        // Write everything.
+        for (at, t) in &l2_writes {
+            let bytes: Vec<u8> = t.iter().flat_map(|e| e.to_be_bytes()).collect();
+            self.file
+                .file()
+                .write_all_at(&bytes, *at)
+                .map_err(|e| self.io(*at, e))?;
+        }
+        let mut l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+        l1_bytes.resize((l1_clusters * cs) as usize, 0);
+        self.file
+            .file()
+            .write_all_at(&l1_bytes, l1_offset)
+            .map_err(|e| self.io(l1_offset, e))?;
+        let mut reftable = vec![0u8; (table * cs) as usize];
+        for b in 0..blocks {
+            let mut block = vec![0u8; cs as usize];
+            let first = b * per_block;
+            for i in 0..per_block {
+                let cluster = first + i;
+                let value = self.refcounts.get(cluster as usize).copied().unwrap_or(0);
+                if value != 0 {
+                    Self::set_refcount_entry(&mut block, i, value, self.header.refcount_order);
+                }
+            }
+            let at = blocks_offset + b * cs;
+            self.file
+                .file()
+                .write_all_at(&block, at)
+                .map_err(|e| self.io(at, e))?;
+            reftable[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&at.to_be_bytes());
+        }
+        self.file
+            .file()
+            .write_all_at(&reftable, table_offset)
+            .map_err(|e| self.io(table_offset, e))?;
+        self.header.l1_table_offset = l1_offset;
+        self.header.refcount_table_offset = table_offset;
+        self.header.refcount_table_clusters = table as u32;
+        let header_bytes = self.header.emit();
+        self.file
+            .file()
+            .write_all_at(&header_bytes, 0)
+            .map_err(|e| self.io(0, e))?;
+        self.file
+            .file()
+            .set_len(self.next_free)
+            .map_err(|e| self.io(self.next_free, e))?;
+        let path = self.file.final_path().to_path_buf();
+        self.file.commit().map_err(|source| DiskError::Open {
+            path,
+            action: "finish",
+            source,
+        })
+    }
+}
+
+/// qemu's formula for the refcount metadata a file of `clusters` clusters needs.
+fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: u32) -> u64 {
+    let per_table_cluster = cluster_size / 8;
+    let per_block = cluster_size * 8 / (1u64 << refcount_order);
+    let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
+    loop {
+        let last = n;
+        blocks = (clusters + table + blocks).div_ceil(per_block);
+        table = blocks.div_ceil(per_table_cluster);
+        n = clusters + blocks + table;
+        if n == last {
+            return (blocks + table) * cluster_size;
+        }
+    }
+}
+
+/// qemu's size of a fully allocated image (metadata for every cluster plus the data).
+fn prealloc_size(total: u64, cluster_size: u64, refcount_order: u32) -> u64 {
+    let aligned = total.div_ceil(cluster_size) * cluster_size;
+    let per_l2 = cluster_size / 8;
+    let mut meta = cluster_size;
+    let nl2e = (aligned / cluster_size).div_ceil(per_l2) * per_l2;
+    meta += nl2e * 8;
+    let nl1e = (nl2e * 8 / cluster_size).div_ceil(cluster_size / 8) * (cluster_size / 8);
+    meta += nl1e * 8;
+    meta += refcount_metadata_size(
+        (meta + aligned) / cluster_size,
+        cluster_size,
+        refcount_order,
+    );
+    meta + aligned
+}
+
+/// qemu-img measure for qcow2.
+pub fn measure(
+    opts: &CreateOptions,
+    source: Option<&dyn crate::image::DiskImage>,
+) -> Result<Measurement> {
+    let p = Qcow2Params::from_options(opts)?;
+    let cs = 1u64 << p.cluster_bits;
+    let size = source
+        .map(|s| s.virtual_size())
+        .unwrap_or(opts.virtual_size);
+    let virtual_aligned = size.div_ceil(512) * 512;
+    let mut required = 0u64;
+    if let Some(src) = source {
+        let mut offset = 0u64;
+        while offset < size {
+            let (len, data) = crate::image::chain_data_status(src, offset, size - offset)?;
+            let mut pnum = len;
+            if data {
+                pnum = (offset + pnum).div_ceil(cs) * cs - offset;
+                required += offset % cs + pnum;
+            }
+            offset += pnum;
+        }
+    }
+    let fully = prealloc_size(virtual_aligned, cs, p.refcount_order);
+    Ok(Measurement {
+        required: fully - virtual_aligned.div_ceil(cs) * cs + required,
+        fully_allocated: fully,
+        bitmaps: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measure_matches_qemu_for_1g() {
+        let m = measure(&CreateOptions::new(Format::Qcow2, 1 << 30), None).unwrap();
+        assert_eq!(m.required, 393216);
+        assert_eq!(m.fully_allocated, 1074135040);
+    }
+
+    #[test]
+    fn sizes_parse_like_qemu() {
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("1.5M"), Some(1572864));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn unknown_cluster_size_is_rejected() {
+        let mut o = CreateOptions::new(Format::Qcow2, 1 << 20);
+        o.options.insert("cluster_size".into(), "3000".into());
+        assert!(Qcow2Params::from_options(&o).is_err());
+    }
+
+    #[test]
+    fn zstd_needs_v3() {
+        let mut o = CreateOptions::new(Format::Qcow2, 1 << 20);
+        o.options.insert("compression_type".into(), "zstd".into());
+        o.options.insert("compat".into(), "0.10".into());
+        assert!(Qcow2Params::from_options(&o).is_err());
+    }
+}
