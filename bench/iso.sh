@@ -87,7 +87,7 @@ xorriso_md5() { # xorriso --md5 plus checkisomd5's implanted MD5, the peer way t
   xorriso -as mkisofs -quiet --md5 -R -J -o "$1" "$2" && implantisomd5 "$1"
 }
 
-vmedia_extract() { "$VMEDIA" iso extract "$1" -o "$2"; }
+vmedia_extract() { "$VMEDIA" iso extract -q "$1" "$2"; }
 
 for tree in small big; do
   src="$WORK/$tree"

@@ -158,6 +158,8 @@ fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
     spec.volume.system_id = args.system_id.clone();
     spec.volume.volume_set_id = args.volume_set.clone();
     spec.naming.iso_level = args.iso_level;
+    // Deep folders stay where they are, as xorriso does by default.
+    spec.naming.no_deep_relocation = true;
     spec.naming.joliet = !args.no_joliet;
     spec.naming.joliet_long = !args.no_joliet;
     spec.naming.rock_ridge = if args.no_rock_ridge {

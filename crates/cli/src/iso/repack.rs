@@ -247,6 +247,7 @@ fn build_spec(
     // GRUB finds its own disc by the volume modification date ("UUID"): keep it exactly.
     spec.volume.modification_date = fields.modification.as_ref().map(volume_date_digits);
     spec.naming.iso_level = 3;
+    spec.naming.no_deep_relocation = true;
     spec.naming.joliet = volume.joliet.is_some();
     spec.naming.joliet_long = volume.joliet.is_some();
     spec.naming.rock_ridge = volume.rock_ridge.as_ref().map(|_| RockRidgeMode::Faithful);

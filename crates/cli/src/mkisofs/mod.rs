@@ -124,7 +124,9 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
     naming.untranslated_filenames = inv.names.untranslated_filenames;
     naming.full_iso9660_filenames = inv.names.full_iso9660_filenames;
     naming.max_iso9660_filenames = inv.names.max_iso9660_filenames;
-    naming.no_deep_relocation = inv.names.no_deep_relocation;
+    // xorriso -as mkisofs has -D on by default: deep folders stay in place unless
+    // -rr_reloc_dir / -hide-rr-moved ask for relocation (then -D still wins).
+    naming.no_deep_relocation = inv.names.no_deep_relocation || !inv.names.deep_relocation;
     naming.hide_rr_moved = inv.names.hide_rr_moved;
 
     for graft in &inv.grafts {
@@ -265,7 +267,9 @@ Trees and names
   -J, -joliet; -joliet-long        Joliet tree (64 / 103 characters)
   -iso-level 1..4         default 1; files of 4 GiB or more need 3
   -l, -d, -N, -L, -U, -allow-lowercase, -relaxed-filenames, -allow-multidot,
-  -max-iso9660-filenames, -D, -hide-rr-moved      ISO 9660 name relaxations as mkisofs
+  -max-iso9660-filenames                ISO 9660 name relaxations as mkisofs
+  -D (default, as xorriso), -rr_reloc_dir rr_moved|.rr_moved, -hide-rr-moved
+                          relocate folders deeper than 8 levels (ECMA-119 strict readers)
   -uid N, -gid N, -file-mode MODE, -dir-mode MODE  ownership overrides
   -pad (default) / -no-pad
 Volume

@@ -92,7 +92,11 @@ pub struct NameRules {
     pub untranslated_filenames: bool,
     pub allow_leading_dots: bool,
     pub allow_multidot: bool,
+    /// `-D`: never relocate deep folders (xorriso's default; wins over the two below).
     pub no_deep_relocation: bool,
+    /// `-rr_reloc_dir rr_moved` / `-hide-rr-moved`: relocate folders deeper than 8 levels.
+    pub deep_relocation: bool,
+    /// Relocate into `/.rr_moved` (`-hide-rr-moved`, `-rr_reloc_dir .rr_moved`).
     pub hide_rr_moved: bool,
 }
 
@@ -301,7 +305,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("hide-list", "-hide-list is not supported; use -hide PATTERN"),
     ("hide-joliet-list", "-hide-joliet-list is not supported; use -hide-joliet PATTERN"),
     ("application_use", "--application_use is not supported"),
-    ("rr_reloc_dir", "-rr_reloc_dir is not supported (use -hide-rr-moved for .rr_moved)"),
     ("part_like_isohybrid", "-part_like_isohybrid is not supported"),
     ("partition_hd_cyl", "MBR CHS geometry is fixed (-partition_hd_cyl is not supported)"),
     ("partition_sec_hd", "MBR CHS geometry is fixed (-partition_sec_hd is not supported)"),
@@ -747,7 +750,21 @@ fn apply<'a>(
         }
         "hide-rr-moved" => {
             flag(inline)?;
+            inv.names.deep_relocation = true;
             inv.names.hide_rr_moved = true;
+        }
+        "rr_reloc_dir" => {
+            let dir = value_str(words, option, inline)?;
+            match dir.trim_start_matches('/') {
+                "rr_moved" => inv.names.hide_rr_moved = false,
+                ".rr_moved" => inv.names.hide_rr_moved = true,
+                other => {
+                    return Err(usage(format!(
+                        "{option} {other}: only rr_moved and .rr_moved are supported"
+                    )))
+                }
+            }
+            inv.names.deep_relocation = true;
         }
         "uid" => inv.uid = Some(parse_id(value_str(words, option, inline)?, option, false)?),
         "gid" => inv.gid = Some(parse_id(value_str(words, option, inline)?, option, true)?),
@@ -1255,6 +1272,15 @@ mod tests {
     #[test]
     fn rationalized_rock_ridge_wins_over_plain() {
         assert_eq!(ok("-r -R -o x.iso d").rock_ridge, RockRidge::Rationalized);
+    }
+
+    #[test]
+    fn deep_relocation_is_off_unless_asked_for() {
+        assert!(!ok("-R -o x.iso d").names.deep_relocation);
+        let inv = ok("-rr_reloc_dir /rr_moved -o x.iso d");
+        assert!(inv.names.deep_relocation && !inv.names.hide_rr_moved);
+        assert!(ok("-hide-rr-moved -o x.iso d").names.hide_rr_moved);
+        assert!(err("-rr_reloc_dir deep -o x.iso d").contains("rr_moved"));
     }
 
     #[test]
