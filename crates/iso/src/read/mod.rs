@@ -554,7 +554,7 @@ impl IsoImage {
                 continue;
             }
             let iso_name = if self.joliet_tree {
-                volume::ucs2_field(rec.name)
+                volume::ucs2_name(rec.name)
             } else {
                 String::from_utf8_lossy(rec.name).into_owned()
             };

@@ -66,6 +66,7 @@ pub(crate) struct SystemUse {
 struct SymlinkBuilder {
     target: String,
     need_separator: bool,
+    started: bool,
 }
 
 /// Parses the system use area `area` of the record at `record_offset`, following CE fields.
@@ -252,7 +253,8 @@ pub(crate) fn parse_system_use(
         out.name = Some(String::from_utf8_lossy(&name_bytes).into_owned());
     }
     if let Some(l) = link {
-        out.symlink = Some(l.target);
+        // A link made of the ROOT component alone points at "/".
+        out.symlink = Some(if l.target.is_empty() && l.started { "/".to_string() } else { l.target });
     }
     Ok(out)
 }
@@ -265,7 +267,7 @@ fn parse_symlink(
     if data.is_empty() {
         return Err(ReadError::corrupt(entry_offset, "SL entry", "no flags byte"));
     }
-    let builder = link.get_or_insert(SymlinkBuilder { target: String::new(), need_separator: false });
+    let builder = link.get_or_insert(SymlinkBuilder { target: String::new(), need_separator: false, started: false });
     let mut pos = 1usize;
     while pos < data.len() {
         if pos + 2 > data.len() {
@@ -280,23 +282,22 @@ fn parse_symlink(
                 format!("{len} bytes past the end of the SL entry"),
             ));
         };
+        // Components are joined with "/" as xorriso and Linux do; a ROOT component is an
+        // empty name, so a leading one yields "/x" and an inner one "a//x".
         let text: std::borrow::Cow<str> = if flags & 0x02 != 0 {
             ".".into()
         } else if flags & 0x04 != 0 {
             "..".into()
         } else if flags & 0x08 != 0 {
-            builder.target.clear();
-            builder.target.push('/');
-            builder.need_separator = false;
-            pos += 2 + len;
-            continue;
+            "".into()
         } else {
             String::from_utf8_lossy(content)
         };
-        if builder.need_separator {
+        if builder.started && builder.need_separator {
             builder.target.push('/');
         }
         builder.target.push_str(&text);
+        builder.started = true;
         builder.need_separator = flags & 0x01 == 0;
         if builder.target.len() > MAX_SYMLINK_TARGET_BYTES {
             return Err(ReadError::limit(
@@ -379,6 +380,16 @@ mod tests {
         let data = b"\x00\x08\x00\x00\x03usr\x01\x02li\x00\x01b";
         let su = parse_system_use(&source(), &entry(b"SL", data), 0).unwrap();
         assert_eq!(su.symlink.as_deref(), Some("/usr/lib"));
+    }
+
+    #[test]
+    fn sl_inner_root_components_double_the_slash() {
+        // ".", ROOT, ROOT, "file" reads as ".///file" (xorriso shows the same).
+        let data = b"\x00\x02\x00\x08\x00\x08\x00\x00\x04file";
+        let su = parse_system_use(&source(), &entry(b"SL", data), 0).unwrap();
+        assert_eq!(su.symlink.as_deref(), Some(".///file"));
+        let su = parse_system_use(&source(), &entry(b"SL", b"\x00\x08\x00"), 0).unwrap();
+        assert_eq!(su.symlink.as_deref(), Some("/"));
     }
 
     #[test]

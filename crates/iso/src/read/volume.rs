@@ -159,11 +159,15 @@ pub(crate) fn ascii_field(b: &[u8]) -> String {
     text.trim_end_matches([' ', '\0']).to_string()
 }
 
-/// A Joliet identifier: UCS-2 big-endian (UTF-16 accepted), trailing spaces removed.
+/// A Joliet descriptor field: UCS-2 big-endian, trailing spaces removed.
 pub(crate) fn ucs2_field(b: &[u8]) -> String {
+    ucs2_name(b).trim_end_matches([' ', '\0']).to_string()
+}
+
+/// A Joliet file name: UCS-2 big-endian (UTF-16 surrogates accepted), kept as recorded.
+pub(crate) fn ucs2_name(b: &[u8]) -> String {
     let units: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
-    let text = String::from_utf16_lossy(&units);
-    text.trim_end_matches([' ', '\0']).to_string()
+    String::from_utf16_lossy(&units)
 }
 
 /// What kind of volume descriptor sits at a sector.
