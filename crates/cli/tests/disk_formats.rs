@@ -53,3 +53,198 @@ fn shared_samples_read_like_qemu() {
         check_sample_matches_qemu(name, format);
     }
 }
+
+/// Every subformat vmedia writes: (format, options, qemu-img format name, qemu supports check).
+const WRITTEN: &[(vmedia_disk::Format, &[(&str, &str)], &str, bool)] = &[
+    (vmedia_disk::Format::Vmdk, &[], "vmdk", true),
+    (vmedia_disk::Format::Vmdk, &[("subformat", "monolithicFlat")], "vmdk", true),
+    (vmedia_disk::Format::Vmdk, &[("subformat", "twoGbMaxExtentSparse")], "vmdk", true),
+    (vmedia_disk::Format::Vmdk, &[("subformat", "twoGbMaxExtentFlat")], "vmdk", true),
+    (vmedia_disk::Format::Vmdk, &[("subformat", "streamOptimized")], "vmdk", true),
+    (vmedia_disk::Format::Vmdk, &[("subformat", "streamOptimized"), ("adapter_type", "lsilogic"), ("hwversion", "7")], "vmdk", true),
+    (vmedia_disk::Format::Vhd, &[], "vpc", false),
+    (vmedia_disk::Format::Vhd, &[("subformat", "fixed")], "vpc", false),
+    (vmedia_disk::Format::Vhd, &[("subformat", "fixed"), ("force_size", "on")], "vpc", false),
+    (vmedia_disk::Format::Vhd, &[("force_size", "on")], "vpc", false),
+    (vmedia_disk::Format::Vhdx, &[], "vhdx", true),
+    (vmedia_disk::Format::Vhdx, &[("subformat", "fixed")], "vhdx", true),
+    (vmedia_disk::Format::Vhdx, &[("block_size", "1M")], "vhdx", true),
+];
+
+#[test]
+fn every_written_subformat_passes_qemu_check_and_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("source.raw");
+    // 37 MiB + 5 sectors: not a whole number of grains, blocks or CHS cylinders.
+    patterned_raw(&raw, (37 << 20) + 5 * 512, 3);
+    let src = open_default(&raw);
+    for (i, (format, options, qemu_name, checkable)) in WRITTEN.iter().enumerate() {
+        let ext = match format { vmedia_disk::Format::Vmdk => "vmdk", vmedia_disk::Format::Vhd => "vhd", _ => "vhdx" };
+        let out = dir.path().join(format!("out{i}.{ext}"));
+        lib_convert(src.as_ref(), &out, *format, options, None);
+        if *checkable {
+            assert_qemu_check(&out, qemu_name);
+        }
+        assert_qemu_identical(&raw, "raw", &out, qemu_name);
+        // And vmedia reads back what it wrote.
+        let back = open_default(&out);
+        let ours = dir.path().join(format!("back{i}.raw"));
+        dump_raw(back.as_ref(), &ours);
+        assert_qemu_identical(&raw, "raw", &ours, "raw");
+        let info = qemu_info_json(&out, qemu_name);
+        assert_eq!(info["virtual-size"].as_u64().unwrap(), back.virtual_size(), "{options:?}: virtual size disagrees with qemu-img");
+    }
+}
+
+/// What qemu-img writes: (qemu-img -O format, -o options).
+const QEMU_WRITTEN: &[(&str, &str)] = &[
+    ("vmdk", "subformat=monolithicSparse"),
+    ("vmdk", "subformat=monolithicFlat"),
+    ("vmdk", "subformat=twoGbMaxExtentSparse"),
+    ("vmdk", "subformat=twoGbMaxExtentFlat"),
+    ("vmdk", "subformat=streamOptimized"),
+    ("vmdk", "subformat=monolithicSparse,zeroed_grain=on"),
+    ("vpc", "subformat=dynamic"),
+    ("vpc", "subformat=fixed"),
+    ("vpc", "subformat=dynamic,force_size=on"),
+    ("vhdx", "subformat=dynamic"),
+    ("vhdx", "subformat=fixed"),
+    ("vhdx", "subformat=dynamic,block_size=1M"),
+];
+
+#[test]
+fn images_qemu_img_writes_read_back_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("source.raw");
+    patterned_raw(&raw, (21 << 20) + 3 * 512, 9);
+    for (i, (fmt, opts)) in QEMU_WRITTEN.iter().enumerate() {
+        let out = dir.path().join(format!("q{i}.{fmt}"));
+        run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", fmt, "-o", opts]).arg(&raw).arg(&out));
+        let img = open_default(&out);
+        let qemu_size = qemu_info_json(&out, fmt)["virtual-size"].as_u64().unwrap();
+        assert_eq!(img.virtual_size(), qemu_size, "{fmt} {opts}: virtual size");
+        let ours = dir.path().join(format!("ours{i}.raw"));
+        dump_raw(img.as_ref(), &ours);
+        assert_qemu_identical(&ours, "raw", &out, fmt);
+        let theirs = dir.path().join(format!("theirs{i}.raw"));
+        qemu_to_raw(&out, Some(fmt), &theirs);
+        assert!(files_equal(&ours, &theirs), "{fmt} {opts}: raw conversions differ");
+    }
+}
+
+/// Three raw states of a disk: base, base with changes, and with more changes (some zeroing
+/// data the base had, some at unaligned sector offsets).
+fn three_states(dir: &Path) -> [std::path::PathBuf; 3] {
+    let base = dir.join("state0.raw");
+    patterned_raw(&base, 12 << 20, 1);
+    let mid = dir.join("state1.raw");
+    std::fs::copy(&base, &mid).unwrap();
+    poke(&mid, 3 * 512, 1024, 0xa1);
+    poke(&mid, (5 << 20) + 7 * 512, 70_000 / 512 * 512, 0xa2);
+    poke(&mid, 0, 512, 0);
+    let top = dir.join("state2.raw");
+    std::fs::copy(&mid, &top).unwrap();
+    poke(&top, (5 << 20) + 20 * 512, 4096, 0xb3);
+    poke(&top, (9 << 20) + 512, 300_032, 0xb4);
+    poke(&top, 655_360 + 4096, 8192, 0);
+    [base, mid, top]
+}
+
+fn chain_test(format: vmedia_disk::Format, ext: &str, qemu_name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let states = three_states(dir.path());
+    let names = [format!("base.{ext}"), format!("mid.{ext}"), format!("top.{ext}")];
+    let paths: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
+    lib_convert(open_default(&states[0]).as_ref(), &paths[0], format, &[], None);
+    for level in 1..3 {
+        let wanted = open_default(&states[level]);
+        let below = open_default(&paths[level - 1]);
+        lib_delta(wanted.as_ref(), below.as_ref(), &paths[level], format, &names[level - 1]);
+    }
+    for level in 0..3 {
+        let img = open_default(&paths[level]);
+        let ours = dir.path().join(format!("read{level}.raw"));
+        dump_raw(img.as_ref(), &ours);
+        assert_qemu_identical(&ours, "raw", &states[level], "raw");
+        if level > 0 {
+            assert!(img.backing().is_some(), "{} has no parent opened", names[level]);
+        }
+    }
+    // The top layer stores only what changed: much smaller than the base.
+    use std::os::unix::fs::MetadataExt;
+    let top_len = std::fs::metadata(&paths[2]).unwrap().blocks() * 512;
+    let base_len = std::fs::metadata(&paths[0]).unwrap().blocks() * 512;
+    assert!(top_len < base_len, "the top delta ({top_len} bytes) is not smaller than the base ({base_len})");
+    // qemu-img 7.2 reads no VHD or VHDX parent (it reads a differencing VHD as if it had no
+    // parent and refuses differencing VHDX), so it can only vouch for the base there.
+    assert_qemu_identical(&paths[0], qemu_name, &states[0], "raw");
+    if qemu_name == "vmdk" {
+        for level in 0..3 {
+            assert_qemu_check(&paths[level], qemu_name);
+            assert_qemu_identical(&paths[level], qemu_name, &states[level], "raw");
+        }
+    }
+}
+
+#[test]
+fn vmdk_three_level_delta_chain() {
+    chain_test(vmedia_disk::Format::Vmdk, "vmdk", "vmdk");
+}
+
+#[test]
+fn vhd_three_level_differencing_chain() {
+    chain_test(vmedia_disk::Format::Vhd, "vhd", "vpc");
+}
+
+#[test]
+fn vhdx_three_level_differencing_chain() {
+    chain_test(vmedia_disk::Format::Vhdx, "vhdx", "vhdx");
+}
+
+#[test]
+fn qemu_written_vmdk_delta_chain_reads_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vmdk");
+    let raw = dir.path().join("seed.raw");
+    patterned_raw(&raw, 8 << 20, 5);
+    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vmdk"]).arg(&raw).arg(&base));
+    let qemu_io = require_tool("qemu-io");
+    let mut below = "base.vmdk".to_string();
+    for (level, writes) in [(1, ["write -P 0xaa 512 4096", "write -z 1M 128k"]), (2, ["write -P 0xbb 600k 70k", "write -P 0xcc 7M 1M"])] {
+        let name = format!("delta{level}.vmdk");
+        let path = dir.path().join(&name);
+        run_ok(std::process::Command::new(qemu_img()).current_dir(dir.path()).args(["create", "-f", "vmdk", "-b", &below, "-F", "vmdk", &name]));
+        for w in writes {
+            run_ok(std::process::Command::new(&qemu_io).args(["-f", "vmdk", "-c", w]).arg(&path));
+        }
+        below = name;
+    }
+    let top = dir.path().join("delta2.vmdk");
+    let img = open_default(&top);
+    assert_eq!(img.backing().and_then(|b| b.backing()).map(|b| b.path().file_name().unwrap().to_owned()), Some("base.vmdk".into()));
+    let ours = dir.path().join("ours.raw");
+    dump_raw(img.as_ref(), &ours);
+    let theirs = dir.path().join("theirs.raw");
+    qemu_to_raw(&top, Some("vmdk"), &theirs);
+    assert!(files_equal(&ours, &theirs), "vmedia reads qemu's delta chain differently");
+    let report = img.check(&vmedia_io::NoProgress).unwrap();
+    assert_eq!(report.check_errors + report.corruptions, 0, "{:?}", report.messages);
+}
+
+#[test]
+fn dirty_log_vhdx_is_replayed_in_memory_like_qemu_check_repairs_it() {
+    let sample = shared_sample("qemu-iotests/iotest-dirtylog-10G-4M.vhdx.bz2");
+    let before = sha256_file(&sample);
+    let dir = tempfile::tempdir().unwrap();
+    let img = open_default(&sample);
+    let info = img.info().unwrap();
+    assert!(info.format_specific.as_ref().unwrap()["data"]["log-replayed-entries"].as_u64().unwrap() > 0, "the log was not replayed");
+    let ours = dir.path().join("ours.raw");
+    dump_raw(img.as_ref(), &ours);
+    assert_eq!(sha256_file(&sample), before, "opening the dirty image modified it");
+    // qemu replays the log only on a writable open (check -r all): do that on a copy.
+    let copy = dir.path().join("copy.vhdx");
+    std::fs::copy(&sample, &copy).unwrap();
+    run_ok(std::process::Command::new(qemu_img()).args(["check", "-r", "all", "-f", "vhdx"]).arg(&copy));
+    assert_qemu_identical(&ours, "raw", &copy, "vhdx");
+}

@@ -186,3 +186,56 @@ pub fn patterned_raw(path: &Path, size: u64, seed: u8) {
         i += 1;
     }
 }
+
+/// Writes into a new delta image (over `backing`, a name relative to `dst`) only what differs
+/// between `wanted` and the backing image's content, as `qemu-img convert -B` does.
+pub fn lib_delta(wanted: &dyn DiskImage, backing_img: &dyn DiskImage, dst: &Path, format: Format, backing: &str) {
+    let mut opts = CreateOptions::new(format, wanted.virtual_size());
+    opts.backing = Some((backing.to_string(), Some(format)));
+    let create = match format {
+        Format::Vmdk => vmedia_disk::vmdk::create,
+        Format::Vhd => vmedia_disk::vhd::create,
+        Format::Vhdx => vmedia_disk::vhdx::create,
+        _ => image::create,
+    };
+    let mut writer = create(dst, &opts).unwrap_or_else(|e| panic!("create {}: {e}", dst.display()));
+    // Compare at sector granularity inside 64 KiB pieces so partial blocks are exercised.
+    let piece = 64 * 1024u64;
+    let size = wanted.virtual_size();
+    let mut a = vec![0u8; piece as usize];
+    let mut b = vec![0u8; piece as usize];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(piece) as usize;
+        wanted.read_at(&mut a[..n], at).unwrap();
+        backing_img.read_at(&mut b[..n], at).unwrap();
+        let mut s = 0usize;
+        while s < n {
+            let e = (s + 512).min(n);
+            if a[s..e] != b[s..e] {
+                // Extend the run of differing sectors.
+                let mut end = e;
+                while end < n && a[end..(end + 512).min(n)] != b[end..(end + 512).min(n)] {
+                    end = (end + 512).min(n);
+                }
+                if a[s..end].iter().all(|x| *x == 0) {
+                    writer.write_zeroes(at + s as u64, (end - s) as u64).unwrap();
+                } else {
+                    writer.write_at(at + s as u64, &a[s..end]).unwrap();
+                }
+                s = end;
+            } else {
+                s = e;
+            }
+        }
+        at += n as u64;
+    }
+    writer.finish().unwrap_or_else(|e| panic!("finish {}: {e}", dst.display()));
+}
+
+/// Overwrites `len` bytes at `at` in a raw file with `fill` (0 makes a zeroed range).
+pub fn poke(path: &Path, at: u64, len: usize, fill: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![fill; len], at).unwrap();
+}

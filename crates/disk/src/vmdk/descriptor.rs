@@ -110,7 +110,9 @@ pub struct Descriptor {
 
 fn unquote(v: &str) -> &str {
     let v = v.trim();
-    v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v)
+    v.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(v)
 }
 
 impl Descriptor {
@@ -127,7 +129,10 @@ impl Descriptor {
         if bytes.len() > MAX_DESCRIPTOR_BYTES {
             return Err(Error::Descriptor {
                 line: 0,
-                reason: format!("{} bytes is more than the limit {MAX_DESCRIPTOR_BYTES}", bytes.len()),
+                reason: format!(
+                    "{} bytes is more than the limit {MAX_DESCRIPTOR_BYTES}",
+                    bytes.len()
+                ),
             });
         }
         let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
@@ -138,7 +143,10 @@ impl Descriptor {
             if raw_line.len() > MAX_LINE_BYTES {
                 return Err(Error::Descriptor {
                     line: line_no,
-                    reason: format!("line of {} bytes is longer than the limit {MAX_LINE_BYTES}", raw_line.len()),
+                    reason: format!(
+                        "line of {} bytes is longer than the limit {MAX_LINE_BYTES}",
+                        raw_line.len()
+                    ),
                 });
             }
             let line = raw_line.trim().trim_start_matches('\u{feff}');
@@ -163,25 +171,40 @@ impl Descriptor {
                 });
             };
             if d.entries.len() >= MAX_KEYS {
-                return Err(Error::Descriptor { line: line_no, reason: format!("more than {MAX_KEYS} keys") });
+                return Err(Error::Descriptor {
+                    line: line_no,
+                    reason: format!("more than {MAX_KEYS} keys"),
+                });
             }
-            d.entries.push((key.trim().to_string(), unquote(value).to_string()));
+            d.entries
+                .push((key.trim().to_string(), unquote(value).to_string()));
         }
         if d.extents.is_empty() {
-            return Err(Error::Descriptor { line: 0, reason: "no extent lines".into() });
+            return Err(Error::Descriptor {
+                line: 0,
+                reason: "no extent lines".into(),
+            });
         }
         Ok(d)
     }
 
     /// The value of `key` (last one wins, as in VMware's parser).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets `key`, replacing an existing entry in place or appending.
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into();
-        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+        if let Some(slot) = self
+            .entries
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        {
             slot.1 = value;
         } else {
             self.entries.push((key.to_string(), value));
@@ -199,10 +222,12 @@ impl Descriptor {
     fn hex_u32(&self, key: &str) -> Result<Option<u32>, Error> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => u32::from_str_radix(v.trim(), 16).map(Some).map_err(|_| Error::Descriptor {
-                line: 0,
-                reason: format!("{key} {v:?} is not a hexadecimal 32-bit number"),
-            }),
+            Some(v) => u32::from_str_radix(v.trim(), 16)
+                .map(Some)
+                .map_err(|_| Error::Descriptor {
+                    line: 0,
+                    reason: format!("{key} {v:?} is not a hexadecimal 32-bit number"),
+                }),
         }
     }
 
@@ -233,7 +258,12 @@ impl Descriptor {
     /// database. Keys starting with `ddb.` go to the database section.
     pub fn emit(&self) -> String {
         let mut out = String::from("# Disk DescriptorFile\n");
-        let quoted = |k: &str| matches!(k, "createType" | "parentFileNameHint" | "encoding" | "isNativeSnapshot");
+        let quoted = |k: &str| {
+            matches!(
+                k,
+                "createType" | "parentFileNameHint" | "encoding" | "isNativeSnapshot"
+            )
+        };
         for (k, v) in self.entries.iter().filter(|(k, _)| !k.starts_with("ddb.")) {
             if quoted(k) {
                 out.push_str(&format!("{k}=\"{v}\"\n"));
@@ -243,7 +273,12 @@ impl Descriptor {
         }
         out.push_str("\n# Extent description\n");
         for e in &self.extents {
-            out.push_str(&format!("{} {} {}", e.access.as_str(), e.sectors, e.kind.as_str()));
+            out.push_str(&format!(
+                "{} {} {}",
+                e.access.as_str(),
+                e.sectors,
+                e.kind.as_str()
+            ));
             if let Some(name) = &e.file_name {
                 out.push_str(&format!(" \"{name}\""));
                 if matches!(e.kind, ExtentKind::Flat | ExtentKind::Vmfs) {
@@ -261,21 +296,43 @@ impl Descriptor {
 }
 
 fn parse_extent(access: Access, line: &str, line_no: usize) -> Result<ExtentLine, Error> {
-    let bad = |reason: String| Error::Descriptor { line: line_no, reason };
-    let mut rest = line.split_once(char::is_whitespace).map(|x| x.1).unwrap_or("").trim_start();
-    let (size_text, after) = rest.split_once(char::is_whitespace).ok_or_else(|| bad("extent line without a type".into()))?;
-    let sectors: u64 = size_text.parse().map_err(|_| bad(format!("extent size {size_text:?} is not a number")))?;
+    let bad = |reason: String| Error::Descriptor {
+        line: line_no,
+        reason,
+    };
+    let mut rest = line
+        .split_once(char::is_whitespace)
+        .map(|x| x.1)
+        .unwrap_or("")
+        .trim_start();
+    let (size_text, after) = rest
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| bad("extent line without a type".into()))?;
+    let sectors: u64 = size_text
+        .parse()
+        .map_err(|_| bad(format!("extent size {size_text:?} is not a number")))?;
     rest = after.trim_start();
     let (kind_text, after) = match rest.split_once(char::is_whitespace) {
         Some((k, a)) => (k, a.trim_start()),
         None => (rest, ""),
     };
-    let kind = ExtentKind::parse(kind_text).ok_or_else(|| bad(format!("unknown extent type {kind_text:?}")))?;
+    let kind = ExtentKind::parse(kind_text)
+        .ok_or_else(|| bad(format!("unknown extent type {kind_text:?}")))?;
     if kind == ExtentKind::Zero && after.is_empty() {
-        return Ok(ExtentLine { access, sectors, kind, file_name: None, offset: 0 });
+        return Ok(ExtentLine {
+            access,
+            sectors,
+            kind,
+            file_name: None,
+            offset: 0,
+        });
     }
-    let after = after.strip_prefix('"').ok_or_else(|| bad("extent file name is not quoted".into()))?;
-    let (name, tail) = after.split_once('"').ok_or_else(|| bad("extent file name has no closing quote".into()))?;
+    let after = after
+        .strip_prefix('"')
+        .ok_or_else(|| bad("extent file name is not quoted".into()))?;
+    let (name, tail) = after
+        .split_once('"')
+        .ok_or_else(|| bad("extent file name has no closing quote".into()))?;
     if name.is_empty() {
         return Err(bad("extent file name is empty".into()));
     }
@@ -284,9 +341,17 @@ fn parse_extent(access: Access, line: &str, line_no: usize) -> Result<ExtentLine
         0
     } else {
         let first = tail.split_whitespace().next().unwrap_or("");
-        first.parse().map_err(|_| bad(format!("extent offset {first:?} is not a number")))?
+        first
+            .parse()
+            .map_err(|_| bad(format!("extent offset {first:?} is not a number")))?
     };
-    Ok(ExtentLine { access, sectors, kind, file_name: Some(name.to_string()), offset })
+    Ok(ExtentLine {
+        access,
+        sectors,
+        kind,
+        file_name: Some(name.to_string()),
+        offset,
+    })
 }
 
 /// A new random content ID (CID) that is not the "no parent" value.
@@ -319,13 +384,16 @@ mod tests {
         assert_eq!(d.parent_cid().unwrap(), None);
         assert_eq!(d.cid().unwrap(), Some(0));
         assert_eq!(d.get("ddb.adapterType"), Some("buslogic"));
-        assert_eq!(d.extents, vec![ExtentLine {
-            access: Access::ReadWrite,
-            sectors: 20480,
-            kind: ExtentKind::Sparse,
-            file_name: Some("streamOptimized.vmdk".into()),
-            offset: 0,
-        }]);
+        assert_eq!(
+            d.extents,
+            vec![ExtentLine {
+                access: Access::ReadWrite,
+                sectors: 20480,
+                kind: ExtentKind::Sparse,
+                file_name: Some("streamOptimized.vmdk".into()),
+                offset: 0,
+            }]
+        );
     }
 
     #[test]
@@ -337,7 +405,10 @@ mod tests {
 
     #[test]
     fn flat_extent_with_offset_and_spaces_in_name() {
-        let d = Descriptor::parse(b"# Disk DescriptorFile\nversion=1\nRDONLY 100 FLAT \"my disk.iso\" 8\nRW 50 ZERO\n").unwrap();
+        let d = Descriptor::parse(
+            b"# Disk DescriptorFile\nversion=1\nRDONLY 100 FLAT \"my disk.iso\" 8\nRW 50 ZERO\n",
+        )
+        .unwrap();
         assert_eq!(d.extents[0].file_name.as_deref(), Some("my disk.iso"));
         assert_eq!(d.extents[0].offset, 8);
         assert_eq!(d.extents[0].access, Access::ReadOnly);
@@ -347,7 +418,10 @@ mod tests {
 
     #[test]
     fn descriptor_without_extents_is_refused() {
-        assert!(matches!(Descriptor::parse(b"# Disk DescriptorFile\nversion=1\n"), Err(Error::Descriptor { .. })));
+        assert!(matches!(
+            Descriptor::parse(b"# Disk DescriptorFile\nversion=1\n"),
+            Err(Error::Descriptor { .. })
+        ));
     }
 
     #[test]
@@ -356,13 +430,22 @@ mod tests {
         for _ in 0..=MAX_EXTENTS {
             text.push_str("RW 1 ZERO\n");
         }
-        assert!(matches!(Descriptor::parse(text.as_bytes()), Err(Error::Descriptor { .. })));
+        assert!(matches!(
+            Descriptor::parse(text.as_bytes()),
+            Err(Error::Descriptor { .. })
+        ));
     }
 
     #[test]
     fn overlong_line_is_refused() {
-        let text = format!("# Disk DescriptorFile\nddb.x = \"{}\"\n", "a".repeat(MAX_LINE_BYTES));
-        assert!(matches!(Descriptor::parse(text.as_bytes()), Err(Error::Descriptor { line: 2, .. })));
+        let text = format!(
+            "# Disk DescriptorFile\nddb.x = \"{}\"\n",
+            "a".repeat(MAX_LINE_BYTES)
+        );
+        assert!(matches!(
+            Descriptor::parse(text.as_bytes()),
+            Err(Error::Descriptor { line: 2, .. })
+        ));
     }
 
     #[test]
@@ -375,13 +458,21 @@ mod tests {
 
     #[test]
     fn extent_sizes_overflow_is_an_error() {
-        let d = Descriptor::parse(b"# Disk DescriptorFile\nRW 18446744073709551615 ZERO\nRW 1 ZERO\n").unwrap();
+        let d =
+            Descriptor::parse(b"# Disk DescriptorFile\nRW 18446744073709551615 ZERO\nRW 1 ZERO\n")
+                .unwrap();
         assert!(d.total_sectors().is_err());
     }
 
     #[test]
     fn ddb_uuid_has_vmware_spacing() {
-        let id = uuid::Uuid::from_bytes([0x60, 0, 0xc2, 0x9f, 0xe4, 0x0c, 0x87, 0x33, 0xea, 0x3e, 0xc3, 0x1b, 0x2b, 0x43, 0x52, 0xe9]);
-        assert_eq!(ddb_uuid_text(&id), "60 00 c2 9f e4 0c 87 33-ea 3e c3 1b 2b 43 52 e9");
+        let id = uuid::Uuid::from_bytes([
+            0x60, 0, 0xc2, 0x9f, 0xe4, 0x0c, 0x87, 0x33, 0xea, 0x3e, 0xc3, 0x1b, 0x2b, 0x43, 0x52,
+            0xe9,
+        ]);
+        assert_eq!(
+            ddb_uuid_text(&id),
+            "60 00 c2 9f e4 0c 87 33-ea 3e c3 1b 2b 43 52 e9"
+        );
     }
 }

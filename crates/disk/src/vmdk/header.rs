@@ -108,12 +108,18 @@ impl SparseHeader {
         let magic = le32(b, field::MAGIC);
         if magic != SPARSE_MAGIC {
             if magic == COWD_MAGIC {
-                return Err(Error::Unsupported { what: "ESX vmfsSparse (COWD) extents".into() });
+                return Err(Error::Unsupported {
+                    what: "ESX vmfsSparse (COWD) extents".into(),
+                });
             }
             if le64(b, 0) == SESPARSE_MAGIC {
-                return Err(Error::Unsupported { what: "ESXi seSparse extents".into() });
+                return Err(Error::Unsupported {
+                    what: "ESXi seSparse extents".into(),
+                });
             }
-            return Err(Error::BadMagic { what: "sparse extent magic \"KDMV\"" });
+            return Err(Error::BadMagic {
+                what: "sparse extent magic \"KDMV\"",
+            });
         }
         Ok(SparseHeader {
             version: le32(b, field::VERSION),
@@ -184,7 +190,11 @@ impl SparseHeader {
             reason,
         };
         if !(1..=3).contains(&self.version) {
-            return Err(invalid("version", field::VERSION, format!("{} is not 1, 2 or 3", self.version)));
+            return Err(invalid(
+                "version",
+                field::VERSION,
+                format!("{} is not 1, 2 or 3", self.version),
+            ));
         }
         if self.grain_size < MIN_GRAIN_SECTORS
             || self.grain_size > MAX_GRAIN_SECTORS
@@ -193,7 +203,10 @@ impl SparseHeader {
             return Err(invalid(
                 "grainSize",
                 field::GRAIN_SIZE,
-                format!("{} sectors is not a power of two up to {MAX_GRAIN_SECTORS}", self.grain_size),
+                format!(
+                    "{} sectors is not a power of two up to {MAX_GRAIN_SECTORS}",
+                    self.grain_size
+                ),
             ));
         }
         if self.capacity > MAX_CAPACITY_SECTORS {
@@ -207,21 +220,31 @@ impl SparseHeader {
             return Err(invalid(
                 "numGTEsPerGT",
                 field::NUM_GTES_PER_GT,
-                format!("{} is not between 1 and {}", self.num_gtes_per_gt, 64 * GTES_PER_GT),
+                format!(
+                    "{} is not between 1 and {}",
+                    self.num_gtes_per_gt,
+                    64 * GTES_PER_GT
+                ),
             ));
         }
         if self.gd_entries() > MAX_GD_ENTRIES {
             return Err(invalid(
                 "grain directory size",
                 field::CAPACITY,
-                format!("{} entries is more than the limit {MAX_GD_ENTRIES}", self.gd_entries()),
+                format!(
+                    "{} entries is more than the limit {MAX_GD_ENTRIES}",
+                    self.gd_entries()
+                ),
             ));
         }
         if self.descriptor_size > MAX_DESCRIPTOR_SECTORS {
             return Err(invalid(
                 "descriptorSize",
                 field::DESCRIPTOR_SIZE,
-                format!("{} sectors is more than the limit {MAX_DESCRIPTOR_SECTORS}", self.descriptor_size),
+                format!(
+                    "{} sectors is more than the limit {MAX_DESCRIPTOR_SECTORS}",
+                    self.descriptor_size
+                ),
             ));
         }
         if self.is_compressed() && self.compress_algorithm != COMPRESSION_DEFLATE {
@@ -255,7 +278,10 @@ impl Marker {
         if size != 0 {
             return Some(Marker::Grain { lba: val, size });
         }
-        Some(Marker::Metadata { sectors: val, kind: le32(b, 12) })
+        Some(Marker::Metadata {
+            sectors: val,
+            kind: le32(b, 12),
+        })
     }
 
     /// A 512-byte metadata marker sector.
@@ -303,10 +329,10 @@ mod tests {
         // First 80 bytes of vmdk-rs streamOptimized.vmdk (VMware-made).
         let mut b = [0u8; 512];
         let head: [u8; 80] = [
-            0x4b, 0x44, 0x4d, 0x56, 3, 0, 0, 0, 1, 0, 3, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0,
-            0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0x15, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a, 0x20, 0x0d, 0x0a,
-            1, 0, 0,
+            0x4b, 0x44, 0x4d, 0x56, 3, 0, 0, 0, 1, 0, 3, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0x80, 0, 0,
+            0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0x15, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a, 0x20,
+            0x0d, 0x0a, 1, 0, 0,
         ];
         b[..80].copy_from_slice(&head);
         let h = SparseHeader::parse(&b).unwrap();
@@ -323,14 +349,26 @@ mod tests {
     fn grain_size_must_be_a_power_of_two() {
         let mut h = stream_header();
         h.grain_size = 100;
-        assert!(matches!(h.validate(), Err(Error::Invalid { field: "grainSize", .. })));
+        assert!(matches!(
+            h.validate(),
+            Err(Error::Invalid {
+                field: "grainSize",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn absurd_capacity_is_refused() {
         let mut h = stream_header();
         h.capacity = u64::MAX / 2;
-        assert!(matches!(h.validate(), Err(Error::Invalid { field: "capacity", .. })));
+        assert!(matches!(
+            h.validate(),
+            Err(Error::Invalid {
+                field: "capacity",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -339,30 +377,57 @@ mod tests {
         h.grain_size = 1;
         h.num_gtes_per_gt = 1;
         h.capacity = MAX_CAPACITY_SECTORS;
-        assert!(matches!(h.validate(), Err(Error::Invalid { field: "grain directory size", .. })));
+        assert!(matches!(
+            h.validate(),
+            Err(Error::Invalid {
+                field: "grain directory size",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn descriptor_bomb_is_refused() {
         let mut h = stream_header();
         h.descriptor_size = 1 << 40;
-        assert!(matches!(h.validate(), Err(Error::Invalid { field: "descriptorSize", .. })));
+        assert!(matches!(
+            h.validate(),
+            Err(Error::Invalid {
+                field: "descriptorSize",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn cowd_extent_is_named() {
         let mut b = [0u8; 512];
         b[..4].copy_from_slice(b"COWD");
-        assert!(matches!(SparseHeader::parse(&b), Err(Error::Unsupported { .. })));
+        assert!(matches!(
+            SparseHeader::parse(&b),
+            Err(Error::Unsupported { .. })
+        ));
     }
 
     #[test]
     fn markers_parse() {
         let m = Marker::emit_metadata(4, MARKER_GT);
-        assert_eq!(Marker::parse(&m), Some(Marker::Metadata { sectors: 4, kind: MARKER_GT }));
+        assert_eq!(
+            Marker::parse(&m),
+            Some(Marker::Metadata {
+                sectors: 4,
+                kind: MARKER_GT
+            })
+        );
         let mut g = [0u8; 16];
         g[0] = 0x80;
         g[8] = 10;
-        assert_eq!(Marker::parse(&g), Some(Marker::Grain { lba: 0x80, size: 10 }));
+        assert_eq!(
+            Marker::parse(&g),
+            Some(Marker::Grain {
+                lba: 0x80,
+                size: 10
+            })
+        );
     }
 }

@@ -22,10 +22,10 @@ use crate::image::{
     BackingRef, BlockKind, BlockStatus, CheckReport, CreateOptions, DiskImage, Format, HostOffset,
     ImageInfo, Measurement, OpenOptions,
 };
+pub use crate::vhd::parse_error::ParseError as Error;
 use crate::vhd::shared::{self, check_range, read_exact, source_size};
 use descriptor::{Access, Descriptor, ExtentKind};
 use header::{SparseHeader, SECTOR};
-pub use crate::vhd::parse_error::ParseError as Error;
 use sparse::{Grain, SparseExtent};
 
 pub use stream::{deflate_grain, StreamCompressor};
@@ -39,7 +39,12 @@ pub fn probe(head: &[u8], _tail: &[u8]) -> bool {
 }
 
 enum ExtentData {
-    Flat { path: PathBuf, source: Arc<dyn ReadAt>, offset: u64, size: u64 },
+    Flat {
+        path: PathBuf,
+        source: Arc<dyn ReadAt>,
+        offset: u64,
+        size: u64,
+    },
     Zero,
     Sparse(Box<SparseExtent>),
 }
@@ -63,7 +68,11 @@ pub struct VmdkImage {
     parent_ref: Option<BackingRef>,
 }
 
-pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    path: &Path,
+    source: Arc<dyn ReadAt>,
+    opts: &OpenOptions,
+) -> Result<Box<dyn DiskImage>> {
     Ok(Box::new(VmdkImage::open(path, source, opts)?))
 }
 
@@ -82,7 +91,9 @@ impl VmdkImage {
         }
         let (descriptor, own_sparse) = if &head == b"KDMV" || &head == b"COWD" {
             let header = read_sparse_header(path, source.as_ref())?;
-            header.validate().map_err(|e| e.into_disk(path, FORMAT, 0))?;
+            header
+                .validate()
+                .map_err(|e| e.into_disk(path, FORMAT, 0))?;
             let extent = SparseExtent::open(path, source.clone(), header.clone())?;
             let descriptor = if header.descriptor_offset != 0 && header.descriptor_size != 0 {
                 let at = header.descriptor_offset * SECTOR;
@@ -96,39 +107,77 @@ impl VmdkImage {
                 Descriptor::parse(&text).map_err(|e| e.into_disk(path, FORMAT, at))?
             } else {
                 // A bare extent (e.g. a -s001.vmdk opened directly): one SPARSE extent.
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 Descriptor::parse(format!("# Disk DescriptorFile\nversion=1\nCID=ffffffff\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\nRW {} SPARSE \"{name}\"\n", header.capacity).as_bytes())
                     .map_err(|e| e.into_disk(path, FORMAT, 0))?
             };
             (descriptor, Some(extent))
         } else {
             if file_size > descriptor::MAX_DESCRIPTOR_BYTES as u64 {
-                return Err(DiskError::Limit { path: path.to_path_buf(), offset: 0, field: "descriptor file size", value: file_size,
-                    limit: descriptor::MAX_DESCRIPTOR_BYTES as u64, why: "a text descriptor is a few KiB; larger files are not descriptors" });
+                return Err(DiskError::Limit {
+                    path: path.to_path_buf(),
+                    offset: 0,
+                    field: "descriptor file size",
+                    value: file_size,
+                    limit: descriptor::MAX_DESCRIPTOR_BYTES as u64,
+                    why: "a text descriptor is a few KiB; larger files are not descriptors",
+                });
             }
             let mut text = vec![0u8; file_size as usize];
             read_exact(source.as_ref(), path, &mut text, 0)?;
             if !Descriptor::looks_like(&text) {
-                return Err(DiskError::corrupt(path, FORMAT, 0, "descriptor", "neither a sparse header (KDMV) nor a text descriptor"));
+                return Err(DiskError::corrupt(
+                    path,
+                    FORMAT,
+                    0,
+                    "descriptor",
+                    "neither a sparse header (KDMV) nor a text descriptor",
+                ));
             }
-            (Descriptor::parse(&text).map_err(|e| e.into_disk(path, FORMAT, 0))?, None)
+            (
+                Descriptor::parse(&text).map_err(|e| e.into_disk(path, FORMAT, 0))?,
+                None,
+            )
         };
-        let mut image = VmdkImage { path: path.to_path_buf(), descriptor, extents: Vec::new(), virtual_size: 0, parent: None, parent_ref: None };
+        let mut image = VmdkImage {
+            path: path.to_path_buf(),
+            descriptor,
+            extents: Vec::new(),
+            virtual_size: 0,
+            parent: None,
+            parent_ref: None,
+        };
         image.open_extents(own_sparse, opts)?;
         image.open_parent(opts)?;
         Ok(image)
     }
 
-    fn open_extents(&mut self, mut own_sparse: Option<SparseExtent>, opts: &OpenOptions) -> Result<()> {
+    fn open_extents(
+        &mut self,
+        mut own_sparse: Option<SparseExtent>,
+        opts: &OpenOptions,
+    ) -> Result<()> {
         let mut start = 0u64;
         let lines = self.descriptor.extents.clone();
         if own_sparse.is_some() && lines.len() != 1 {
-            return Err(DiskError::Unsupported { path: self.path.clone(), format: FORMAT,
-                feature: format!("an embedded descriptor with {} extents", lines.len()) });
+            return Err(DiskError::Unsupported {
+                path: self.path.clone(),
+                format: FORMAT,
+                feature: format!("an embedded descriptor with {} extents", lines.len()),
+            });
         }
         for line in &lines {
             let len = line.sectors.checked_mul(SECTOR).ok_or_else(|| {
-                DiskError::corrupt(&self.path, FORMAT, 0, "extent size", format!("{} sectors overflow", line.sectors))
+                DiskError::corrupt(
+                    &self.path,
+                    FORMAT,
+                    0,
+                    "extent size",
+                    format!("{} sectors overflow", line.sectors),
+                )
             })?;
             let data = match line.kind {
                 ExtentKind::Zero => ExtentData::Zero,
@@ -136,10 +185,21 @@ impl VmdkImage {
                     let name = line.file_name.clone().unwrap_or_default();
                     let (path, source) = self.open_extent_file(&name, opts)?;
                     let offset = line.offset.checked_mul(SECTOR).ok_or_else(|| {
-                        DiskError::corrupt(&self.path, FORMAT, 0, "extent offset", "overflows 64 bits")
+                        DiskError::corrupt(
+                            &self.path,
+                            FORMAT,
+                            0,
+                            "extent offset",
+                            "overflows 64 bits",
+                        )
                     })?;
                     let size = source_size(source.as_ref(), &path)?;
-                    ExtentData::Flat { path, source, offset, size }
+                    ExtentData::Flat {
+                        path,
+                        source,
+                        offset,
+                        size,
+                    }
                 }
                 ExtentKind::Sparse => {
                     let extent = match own_sparse.take() {
@@ -152,8 +212,16 @@ impl VmdkImage {
                         }
                     };
                     if extent.capacity_bytes() < len {
-                        return Err(DiskError::corrupt(&extent.path, FORMAT, 12, "capacity",
-                            format!("extent holds {} bytes but the descriptor gives it {len}", extent.capacity_bytes())));
+                        return Err(DiskError::corrupt(
+                            &extent.path,
+                            FORMAT,
+                            12,
+                            "capacity",
+                            format!(
+                                "extent holds {} bytes but the descriptor gives it {len}",
+                                extent.capacity_bytes()
+                            ),
+                        ));
                     }
                     ExtentData::Sparse(Box::new(extent))
                 }
@@ -162,35 +230,74 @@ impl VmdkImage {
                         feature: format!("{} extents (ESXi snapshot formats); consolidate the snapshot on the host or export with ovftool", line.kind.as_str()) });
                 }
             };
-            let end = start.checked_add(len).ok_or_else(|| DiskError::corrupt(&self.path, FORMAT, 0, "extent size", "extent sizes overflow"))?;
+            let end = start.checked_add(len).ok_or_else(|| {
+                DiskError::corrupt(
+                    &self.path,
+                    FORMAT,
+                    0,
+                    "extent size",
+                    "extent sizes overflow",
+                )
+            })?;
             if end > header::MAX_CAPACITY_SECTORS * SECTOR {
-                return Err(DiskError::Limit { path: self.path.clone(), offset: 0, field: "total extent size", value: end,
-                    limit: header::MAX_CAPACITY_SECTORS * SECTOR, why: "VMDK disks are limited to 64 TiB" });
+                return Err(DiskError::Limit {
+                    path: self.path.clone(),
+                    offset: 0,
+                    field: "total extent size",
+                    value: end,
+                    limit: header::MAX_CAPACITY_SECTORS * SECTOR,
+                    why: "VMDK disks are limited to 64 TiB",
+                });
             }
-            self.extents.push(Extent { start, len, access: line.access, data });
+            self.extents.push(Extent {
+                start,
+                len,
+                access: line.access,
+                data,
+            });
             start = end;
         }
         self.virtual_size = start;
         Ok(())
     }
 
-    fn open_extent_file(&self, name: &str, opts: &OpenOptions) -> Result<(PathBuf, Arc<dyn ReadAt>)> {
+    fn open_extent_file(
+        &self,
+        name: &str,
+        opts: &OpenOptions,
+    ) -> Result<(PathBuf, Arc<dyn ReadAt>)> {
         let target = crate::image::check_reference(&self.path, name, opts)?;
-        let file = std::fs::File::open(&target)
-            .map_err(|source| DiskError::Open { path: target.clone(), action: "open the extent", source })?;
+        let file = std::fs::File::open(&target).map_err(|source| DiskError::Open {
+            path: target.clone(),
+            action: "open the extent",
+            source,
+        })?;
         Ok((target, Arc::new(file)))
     }
 
     fn open_parent(&mut self, opts: &OpenOptions) -> Result<()> {
-        let parent_cid = self.descriptor.parent_cid().map_err(|e| e.into_disk(&self.path, FORMAT, 0))?;
+        let parent_cid = self
+            .descriptor
+            .parent_cid()
+            .map_err(|e| e.into_disk(&self.path, FORMAT, 0))?;
         if parent_cid.is_none() {
             return Ok(());
         }
         let Some(hint) = self.descriptor.parent_file_name_hint().map(str::to_string) else {
-            return Err(DiskError::corrupt(&self.path, FORMAT, 0, "parentFileNameHint", "the delta disk has a parentCID but names no parent"));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                0,
+                "parentFileNameHint",
+                "the delta disk has a parentCID but names no parent",
+            ));
         };
         let resolved = crate::image::resolve_reference(&self.path, &hint);
-        self.parent_ref = Some(BackingRef { name: hint.clone(), format: Some(Format::Vmdk), resolved });
+        self.parent_ref = Some(BackingRef {
+            name: hint.clone(),
+            format: Some(Format::Vmdk),
+            resolved,
+        });
         if opts.skip_backing {
             return Ok(());
         }
@@ -203,7 +310,9 @@ impl VmdkImage {
     }
 
     fn extent_at(&self, guest_offset: u64) -> Option<&Extent> {
-        let i = self.extents.partition_point(|e| e.start + e.len <= guest_offset);
+        let i = self
+            .extents
+            .partition_point(|e| e.start + e.len <= guest_offset);
         self.extents.get(i)
     }
 
@@ -211,7 +320,11 @@ impl VmdkImage {
         if self.parent_ref.is_some() && self.parent.is_none() {
             return Err(DiskError::Reference {
                 path: self.path.clone(),
-                reference: self.parent_ref.as_ref().map(|r| r.resolved.clone()).unwrap_or_default(),
+                reference: self
+                    .parent_ref
+                    .as_ref()
+                    .map(|r| r.resolved.clone())
+                    .unwrap_or_default(),
                 reason: "not opened, and the read needs the parent's data",
             });
         }
@@ -221,14 +334,25 @@ impl VmdkImage {
     fn read_extent(&self, e: &Extent, buf: &mut [u8], guest_offset: u64) -> Result<()> {
         let rel = guest_offset - e.start;
         if e.access == Access::NoAccess {
-            return Err(DiskError::corrupt(&self.path, FORMAT, 0, "extent access", format!("the extent at guest {:#x} is NOACCESS", e.start)));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                0,
+                "extent access",
+                format!("the extent at guest {:#x} is NOACCESS", e.start),
+            ));
         }
         match &e.data {
             ExtentData::Zero => {
                 buf.fill(0);
                 Ok(())
             }
-            ExtentData::Flat { path, source, offset, size } => {
+            ExtentData::Flat {
+                path,
+                source,
+                offset,
+                size,
+            } => {
                 let at = offset + rel;
                 // Past the end of a flat file reads as zeros (an ISO wrapped with a partial
                 // last sector; qemu's file driver does the same).
@@ -249,7 +373,9 @@ impl VmdkImage {
                     let grain = sp.lookup(at)?;
                     let chunk = &mut buf[done..done + n];
                     match grain {
-                        Grain::Unallocated => self.read_parent(chunk, guest_offset + done as u64)?,
+                        Grain::Unallocated => {
+                            self.read_parent(chunk, guest_offset + done as u64)?
+                        }
                         other => sp.read_grain(other, in_grain, chunk, (at - in_grain) / SECTOR)?,
                     }
                     done += n;
@@ -278,7 +404,12 @@ impl DiskImage for VmdkImage {
     }
 
     fn read_at(&self, buf: &mut [u8], guest_offset: u64) -> Result<()> {
-        check_range(&self.path, guest_offset, buf.len() as u64, self.virtual_size)?;
+        check_range(
+            &self.path,
+            guest_offset,
+            buf.len() as u64,
+            self.virtual_size,
+        )?;
         let mut done = 0usize;
         while done < buf.len() {
             let at = guest_offset + done as u64;
@@ -291,15 +422,29 @@ impl DiskImage for VmdkImage {
     }
 
     fn block_status(&self, guest_offset: u64, len: u64) -> Result<BlockStatus> {
-        let len = len.min(self.virtual_size.saturating_sub(guest_offset)).max(1);
+        let len = len
+            .min(self.virtual_size.saturating_sub(guest_offset))
+            .max(1);
         let Some(e) = self.extent_at(guest_offset) else {
-            return Ok(BlockStatus { len, kind: BlockKind::Zero, host_offset: None });
+            return Ok(BlockStatus {
+                len,
+                kind: BlockKind::Zero,
+                host_offset: None,
+            });
         };
         let rel = guest_offset - e.start;
         let len = len.min(e.len - rel);
         Ok(match &e.data {
-            ExtentData::Zero => BlockStatus { len, kind: BlockKind::Zero, host_offset: None },
-            ExtentData::Flat { offset, .. } => BlockStatus { len, kind: BlockKind::Data, host_offset: Some(HostOffset(offset + rel)) },
+            ExtentData::Zero => BlockStatus {
+                len,
+                kind: BlockKind::Zero,
+                host_offset: None,
+            },
+            ExtentData::Flat { offset, .. } => BlockStatus {
+                len,
+                kind: BlockKind::Data,
+                host_offset: Some(HostOffset(offset + rel)),
+            },
             ExtentData::Sparse(sp) => {
                 let grain_bytes = sp.grain_bytes();
                 let first = sp.lookup(rel)?;
@@ -310,7 +455,9 @@ impl DiskImage for VmdkImage {
                 while run < len {
                     let g = sp.lookup(next_rel)?;
                     let same = match (first, g) {
-                        (Grain::Unallocated, Grain::Unallocated) | (Grain::Zero, Grain::Zero) | (Grain::Compressed(_), Grain::Compressed(_)) => true,
+                        (Grain::Unallocated, Grain::Unallocated)
+                        | (Grain::Zero, Grain::Zero)
+                        | (Grain::Compressed(_), Grain::Compressed(_)) => true,
                         (Grain::Data(a), Grain::Data(b)) => b == a + (next_rel - (rel - in_grain)),
                         _ => false,
                     };
@@ -321,10 +468,26 @@ impl DiskImage for VmdkImage {
                     next_rel += grain_bytes;
                 }
                 match first {
-                    Grain::Unallocated => BlockStatus { len: run, kind: BlockKind::Unallocated, host_offset: None },
-                    Grain::Zero => BlockStatus { len: run, kind: BlockKind::Zero, host_offset: None },
-                    Grain::Compressed(_) => BlockStatus { len: run, kind: BlockKind::Data, host_offset: None },
-                    Grain::Data(at) => BlockStatus { len: run, kind: BlockKind::Data, host_offset: Some(HostOffset(at + in_grain)) },
+                    Grain::Unallocated => BlockStatus {
+                        len: run,
+                        kind: BlockKind::Unallocated,
+                        host_offset: None,
+                    },
+                    Grain::Zero => BlockStatus {
+                        len: run,
+                        kind: BlockKind::Zero,
+                        host_offset: None,
+                    },
+                    Grain::Compressed(_) => BlockStatus {
+                        len: run,
+                        kind: BlockKind::Data,
+                        host_offset: None,
+                    },
+                    Grain::Data(at) => BlockStatus {
+                        len: run,
+                        kind: BlockKind::Data,
+                        host_offset: Some(HostOffset(at + in_grain)),
+                    },
                 }
             }
         })
@@ -351,7 +514,11 @@ impl DiskImage for VmdkImage {
                     ExtentData::Sparse(s) => {
                         v["filename"] = json!(s.path.display().to_string());
                         v["cluster-size"] = json!(s.grain_bytes());
-                        v["format"] = json!(if s.header.is_compressed() { "streamOptimized" } else { "SPARSE" });
+                        v["format"] = json!(if s.header.is_compressed() {
+                            "streamOptimized"
+                        } else {
+                            "SPARSE"
+                        });
                         if s.header.is_compressed() {
                             v["compressed"] = json!(true);
                         }
@@ -361,7 +528,11 @@ impl DiskImage for VmdkImage {
             })
             .collect();
         let cid = self.descriptor.cid().ok().flatten().unwrap_or(0);
-        let parent_cid = self.descriptor.get("parentCID").and_then(|v| u32::from_str_radix(v, 16).ok()).unwrap_or(u32::MAX);
+        let parent_cid = self
+            .descriptor
+            .get("parentCID")
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+            .unwrap_or(u32::MAX);
         info.format_specific = Some(json!({
             "type": "vmdk",
             "data": {
@@ -375,7 +546,11 @@ impl DiskImage for VmdkImage {
     }
 
     fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
-        let mut report = CheckReport { filename: self.path.display().to_string(), format: FORMAT.into(), ..CheckReport::default() };
+        let mut report = CheckReport {
+            filename: self.path.display().to_string(),
+            format: FORMAT.into(),
+            ..CheckReport::default()
+        };
         let mut total = 0u64;
         let mut allocated = 0u64;
         let mut compressed = 0u64;
@@ -399,15 +574,23 @@ impl DiskImage for VmdkImage {
                             }
                         };
                         for (j, &gte) in table.iter().enumerate() {
-                            if gte == 0 || (gte == 1 && sp.header.flags & header::FLAG_ZEROED_GTE != 0) {
+                            if gte == 0
+                                || (gte == 1 && sp.header.flags & header::FLAG_ZEROED_GTE != 0)
+                            {
                                 continue;
                             }
                             allocated += 1;
                             let at = u64::from(gte) * SECTOR;
-                            let need = if sp.header.is_compressed() { header::GRAIN_MARKER_HEADER as u64 } else { sp.grain_bytes() };
+                            let need = if sp.header.is_compressed() {
+                                header::GRAIN_MARKER_HEADER as u64
+                            } else {
+                                sp.grain_bytes()
+                            };
                             if at + need > limit {
                                 report.corruptions += 1;
-                                let sector = (i as u64 * u64::from(sp.header.num_gtes_per_gt) + j as u64) * sp.header.grain_size;
+                                let sector = (i as u64 * u64::from(sp.header.num_gtes_per_gt)
+                                    + j as u64)
+                                    * sp.header.grain_size;
                                 report.messages.push(format!("ERROR: cluster offset for sector {sector} points after image end"));
                             } else if sp.header.is_compressed() {
                                 compressed += 1;
@@ -415,7 +598,9 @@ impl DiskImage for VmdkImage {
                         }
                     }
                 }
-                ExtentData::Flat { size, offset, path, .. } => {
+                ExtentData::Flat {
+                    size, offset, path, ..
+                } => {
                     if offset + e.len > *size + SECTOR {
                         report.corruptions += 1;
                         report.messages.push(format!("ERROR: flat extent {} is shorter than the {} bytes the descriptor gives it", path.display(), e.len));
@@ -425,7 +610,12 @@ impl DiskImage for VmdkImage {
             }
         }
         if let (Some(parent), Ok(Some(want))) = (&self.parent, self.descriptor.parent_cid()) {
-            if let Some(vm) = parent.info().ok().and_then(|i| i.format_specific).and_then(|f| f["data"]["cid"].as_u64()) {
+            if let Some(vm) = parent
+                .info()
+                .ok()
+                .and_then(|i| i.format_specific)
+                .and_then(|f| f["data"]["cid"].as_u64())
+            {
                 if vm != u64::from(want) {
                     report.check_errors += 1;
                     report.messages.push(format!("ERROR: parentCID {want:08x} does not match the parent's CID {vm:08x} (the parent changed after this delta was made)"));

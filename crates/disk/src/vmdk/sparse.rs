@@ -9,7 +9,9 @@ use std::sync::{Arc, RwLock};
 
 use vmedia_io::ReadAt;
 
-use super::header::{le32, Marker, SparseHeader, GD_AT_END, GRAIN_MARKER_HEADER, MARKER_FOOTER, SECTOR};
+use super::header::{
+    le32, Marker, SparseHeader, GD_AT_END, GRAIN_MARKER_HEADER, MARKER_FOOTER, SECTOR,
+};
 use crate::error::{DiskError, Result};
 use crate::vhd::shared::{read_exact, source_size};
 
@@ -48,8 +50,14 @@ pub struct SparseExtent {
 
 impl SparseExtent {
     /// Opens a sparse extent whose header has been parsed already.
-    pub fn open(path: &Path, source: Arc<dyn ReadAt>, header: SparseHeader) -> Result<SparseExtent> {
-        header.validate().map_err(|e| e.into_disk(path, FORMAT, 0))?;
+    pub fn open(
+        path: &Path,
+        source: Arc<dyn ReadAt>,
+        header: SparseHeader,
+    ) -> Result<SparseExtent> {
+        header
+            .validate()
+            .map_err(|e| e.into_disk(path, FORMAT, 0))?;
         let file_size = source_size(source.as_ref(), path)?;
         let mut header = header;
         if header.gd_offset == GD_AT_END || (header.has_markers() && header.gd_offset == 0) {
@@ -58,16 +66,33 @@ impl SparseExtent {
         let entries = header.gd_entries();
         let gd_bytes = entries * 4;
         let gd_at = header.gd_offset.checked_mul(SECTOR).ok_or_else(|| {
-            DiskError::corrupt(path, FORMAT, 56, "gdOffset", "sector offset overflows 64 bits")
+            DiskError::corrupt(
+                path,
+                FORMAT,
+                56,
+                "gdOffset",
+                "sector offset overflows 64 bits",
+            )
         })?;
-        if gd_at.checked_add(gd_bytes).is_none_or(|end| end > file_size) || gd_at == 0 {
+        if gd_at
+            .checked_add(gd_bytes)
+            .is_none_or(|end| end > file_size)
+            || gd_at == 0
+        {
             return Err(DiskError::corrupt(path, FORMAT, 56, "gdOffset",
                 format!("grain directory of {entries} entries at {gd_at:#x} lies outside the file ({file_size} bytes)")));
         }
         let mut raw = vec![0u8; gd_bytes as usize];
         read_exact(source.as_ref(), path, &mut raw, gd_at)?;
         let gd = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
-        Ok(SparseExtent { path: path.to_path_buf(), source, header, file_size, gd, gt_cache: RwLock::new(HashMap::new()) })
+        Ok(SparseExtent {
+            path: path.to_path_buf(),
+            source,
+            header,
+            file_size,
+            gd,
+            gt_cache: RwLock::new(HashMap::new()),
+        })
     }
 
     pub fn grain_bytes(&self) -> u64 {
@@ -79,18 +104,33 @@ impl SparseExtent {
     }
 
     fn grain_table(&self, gd_index: usize) -> Result<Option<Arc<Vec<u32>>>> {
-        let Some(&gt_sector) = self.gd.get(gd_index) else { return Ok(None) };
+        let Some(&gt_sector) = self.gd.get(gd_index) else {
+            return Ok(None);
+        };
         if gt_sector == 0 {
             return Ok(None);
         }
-        if let Some(t) = self.gt_cache.read().ok().and_then(|c| c.get(&gd_index).cloned()) {
+        if let Some(t) = self
+            .gt_cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(&gd_index).cloned())
+        {
             return Ok(Some(t));
         }
         let n = self.header.num_gtes_per_gt as u64;
         let at = u64::from(gt_sector) * SECTOR;
         if at.checked_add(n * 4).is_none_or(|end| end > self.file_size) {
-            return Err(DiskError::corrupt(&self.path, FORMAT, self.header.gd_offset * SECTOR + gd_index as u64 * 4, "grain directory entry",
-                format!("grain table {gd_index} at {at:#x} lies past the end of the file ({} bytes)", self.file_size)));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                self.header.gd_offset * SECTOR + gd_index as u64 * 4,
+                "grain directory entry",
+                format!(
+                    "grain table {gd_index} at {at:#x} lies past the end of the file ({} bytes)",
+                    self.file_size
+                ),
+            ));
         }
         let mut raw = vec![0u8; (n * 4) as usize];
         read_exact(self.source.as_ref(), &self.path, &mut raw, at)?;
@@ -109,7 +149,9 @@ impl SparseExtent {
         let grain_index = offset / self.grain_bytes();
         let per_gt = u64::from(self.header.num_gtes_per_gt);
         let gd_index = (grain_index / per_gt) as usize;
-        let Some(table) = self.grain_table(gd_index)? else { return Ok(Grain::Unallocated) };
+        let Some(table) = self.grain_table(gd_index)? else {
+            return Ok(Grain::Unallocated);
+        };
         let entry = table[(grain_index % per_gt) as usize];
         Ok(match entry {
             0 => Grain::Unallocated,
@@ -120,7 +162,13 @@ impl SparseExtent {
     }
 
     /// Reads `buf.len()` bytes of a data grain starting `in_grain` bytes into it.
-    pub fn read_grain(&self, grain: Grain, in_grain: u64, buf: &mut [u8], grain_lba: u64) -> Result<()> {
+    pub fn read_grain(
+        &self,
+        grain: Grain,
+        in_grain: u64,
+        buf: &mut [u8],
+        grain_lba: u64,
+    ) -> Result<()> {
         match grain {
             Grain::Unallocated | Grain::Zero => {
                 buf.fill(0);
@@ -128,9 +176,20 @@ impl SparseExtent {
             }
             Grain::Data(at) => {
                 let start = at + in_grain;
-                if start.checked_add(buf.len() as u64).is_none_or(|end| end > self.file_size) {
-                    return Err(DiskError::corrupt(&self.path, FORMAT, at, "grain table entry",
-                        format!("grain at {at:#x} lies past the end of the file ({} bytes)", self.file_size)));
+                if start
+                    .checked_add(buf.len() as u64)
+                    .is_none_or(|end| end > self.file_size)
+                {
+                    return Err(DiskError::corrupt(
+                        &self.path,
+                        FORMAT,
+                        at,
+                        "grain table entry",
+                        format!(
+                            "grain at {at:#x} lies past the end of the file ({} bytes)",
+                            self.file_size
+                        ),
+                    ));
                 }
                 read_exact(self.source.as_ref(), &self.path, buf, start)
             }
@@ -148,7 +207,7 @@ impl SparseExtent {
                 }
                 Ok(())
             }
-            }
+        }
     }
 
     /// Inflates the compressed grain at byte `at`.
@@ -156,32 +215,70 @@ impl SparseExtent {
         let grain_bytes = self.grain_bytes();
         let (data_at, len) = if self.header.has_markers() {
             let mut marker = [0u8; GRAIN_MARKER_HEADER];
-            if at.checked_add(GRAIN_MARKER_HEADER as u64).is_none_or(|e| e > self.file_size) {
-                return Err(DiskError::corrupt(&self.path, FORMAT, at, "grain marker", "lies past the end of the file"));
+            if at
+                .checked_add(GRAIN_MARKER_HEADER as u64)
+                .is_none_or(|e| e > self.file_size)
+            {
+                return Err(DiskError::corrupt(
+                    &self.path,
+                    FORMAT,
+                    at,
+                    "grain marker",
+                    "lies past the end of the file",
+                ));
             }
             read_exact(self.source.as_ref(), &self.path, &mut marker, at)?;
             let lba = super::header::le64(&marker, 0);
             let size = u64::from(le32(&marker, 8));
             if lba != grain_lba {
-                return Err(DiskError::corrupt(&self.path, FORMAT, at, "grain marker LBA",
-                    format!("marker says sector {lba} but the grain table maps sector {grain_lba} here")));
+                return Err(DiskError::corrupt(
+                    &self.path,
+                    FORMAT,
+                    at,
+                    "grain marker LBA",
+                    format!(
+                        "marker says sector {lba} but the grain table maps sector {grain_lba} here"
+                    ),
+                ));
             }
             if size > max_compressed(grain_bytes) {
-                return Err(DiskError::Limit { path: self.path.clone(), offset: at + 8, field: "grain marker size", value: size, limit: max_compressed(grain_bytes), why: "a compressed grain cannot be much larger than the grain" });
+                return Err(DiskError::Limit {
+                    path: self.path.clone(),
+                    offset: at + 8,
+                    field: "grain marker size",
+                    value: size,
+                    limit: max_compressed(grain_bytes),
+                    why: "a compressed grain cannot be much larger than the grain",
+                });
             }
             (at + GRAIN_MARKER_HEADER as u64, size)
         } else {
-            (at, (self.file_size.saturating_sub(at)).min(max_compressed(grain_bytes)))
+            (
+                at,
+                (self.file_size.saturating_sub(at)).min(max_compressed(grain_bytes)),
+            )
         };
         if data_at.checked_add(len).is_none_or(|e| e > self.file_size) {
-            return Err(DiskError::corrupt(&self.path, FORMAT, at, "compressed grain", format!("{len} bytes at {data_at:#x} run past the end of the file")));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                at,
+                "compressed grain",
+                format!("{len} bytes at {data_at:#x} run past the end of the file"),
+            ));
         }
         let mut compressed = vec![0u8; len as usize];
         read_exact(self.source.as_ref(), &self.path, &mut compressed, data_at)?;
         let mut out = Vec::with_capacity(grain_bytes as usize);
         let mut decoder = flate2::read::ZlibDecoder::new(&compressed[..]).take(grain_bytes);
         decoder.read_to_end(&mut out).map_err(|e| {
-            DiskError::corrupt(&self.path, FORMAT, data_at, "compressed grain", format!("deflate stream is damaged: {e}"))
+            DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                data_at,
+                "compressed grain",
+                format!("deflate stream is damaged: {e}"),
+            )
         })?;
         Ok(out)
     }
@@ -206,9 +303,20 @@ impl SparseExtent {
 
 /// A streamOptimized image whose first header says GD_AT_END: the footer (marker, header copy,
 /// end-of-stream marker) occupies the last 1536 bytes.
-fn read_footer(path: &Path, source: &dyn ReadAt, file_size: u64, first: &SparseHeader) -> Result<SparseHeader> {
+fn read_footer(
+    path: &Path,
+    source: &dyn ReadAt,
+    file_size: u64,
+    first: &SparseHeader,
+) -> Result<SparseHeader> {
     if file_size < 1536 {
-        return Err(DiskError::corrupt(path, FORMAT, 0, "footer", "the stream is too short to hold its footer"));
+        return Err(DiskError::corrupt(
+            path,
+            FORMAT,
+            0,
+            "footer",
+            "the stream is too short to hold its footer",
+        ));
     }
     let at = file_size - 1536;
     let mut tail = [0u8; 1536];
@@ -220,9 +328,20 @@ fn read_footer(path: &Path, source: &dyn ReadAt, file_size: u64, first: &SparseH
     let mut bytes = [0u8; 512];
     bytes.copy_from_slice(&tail[512..1024]);
     let footer = SparseHeader::parse(&bytes).map_err(|e| e.into_disk(path, FORMAT, at + 512))?;
-    footer.validate().map_err(|e| e.into_disk(path, FORMAT, at + 512))?;
-    if footer.gd_offset == GD_AT_END || footer.capacity != first.capacity || footer.grain_size != first.grain_size {
-        return Err(DiskError::corrupt(path, FORMAT, at + 512, "footer", "footer header does not match the first header or has no grain directory offset"));
+    footer
+        .validate()
+        .map_err(|e| e.into_disk(path, FORMAT, at + 512))?;
+    if footer.gd_offset == GD_AT_END
+        || footer.capacity != first.capacity
+        || footer.grain_size != first.grain_size
+    {
+        return Err(DiskError::corrupt(
+            path,
+            FORMAT,
+            at + 512,
+            "footer",
+            "footer header does not match the first header or has no grain directory offset",
+        ));
     }
     Ok(footer)
 }

@@ -29,7 +29,10 @@ pub const DEFLATE_LEVEL: u32 = 6;
 /// Compresses one grain as a zlib stream (RFC 1950), zero-padded to the grain size so every
 /// grain inflates to exactly 64 KiB, as VMware's readers expect.
 pub fn deflate_grain(data: &[u8], grain_bytes: usize) -> Vec<u8> {
-    let mut encoder = flate2::write::ZlibEncoder::new(Vec::with_capacity(data.len() / 2), flate2::Compression::new(DEFLATE_LEVEL));
+    let mut encoder = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(data.len() / 2),
+        flate2::Compression::new(DEFLATE_LEVEL),
+    );
     // Writing into a Vec cannot fail.
     let _ = encoder.write_all(data);
     if data.len() < grain_bytes {
@@ -67,14 +70,34 @@ pub(crate) struct StreamWriter {
 }
 
 impl StreamWriter {
-    pub(crate) fn create(path: &Path, policy: OverwritePolicy, plan: Plan) -> Result<Box<dyn ImageWriter>> {
-        let file = AtomicFile::create(path, policy).map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "create", source })?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    pub(crate) fn create(
+        path: &Path,
+        policy: OverwritePolicy,
+        plan: Plan,
+    ) -> Result<Box<dyn ImageWriter>> {
+        let file = AtomicFile::create(path, policy).map_err(|source| DiskError::Open {
+            path: path.to_path_buf(),
+            action: "create",
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let descriptor = plan
-            .descriptor(vec![ExtentLine { access: Access::ReadWrite, sectors: plan.sectors, kind: ExtentKind::Sparse, file_name: Some(name), offset: 0 }])
+            .descriptor(vec![ExtentLine {
+                access: Access::ReadWrite,
+                sectors: plan.sectors,
+                kind: ExtentKind::Sparse,
+                file_name: Some(name),
+                offset: 0,
+            }])
             .emit();
-        let desc_sectors = (descriptor.len() as u64).div_ceil(SECTOR).max(DESCRIPTOR_SECTORS);
-        let overhead = (1 + desc_sectors).div_ceil(STREAM_OVERHEAD_SECTORS) * STREAM_OVERHEAD_SECTORS;
+        let desc_sectors = (descriptor.len() as u64)
+            .div_ceil(SECTOR)
+            .max(DESCRIPTOR_SECTORS);
+        let overhead =
+            (1 + desc_sectors).div_ceil(STREAM_OVERHEAD_SECTORS) * STREAM_OVERHEAD_SECTORS;
         let header = SparseHeader {
             version: 3,
             flags: header::FLAG_VALID_NEWLINE | header::FLAG_COMPRESSED | header::FLAG_MARKERS,
@@ -89,10 +112,16 @@ impl StreamWriter {
             unclean_shutdown: false,
             compress_algorithm: header::COMPRESSION_DEFLATE,
         };
-        let gd_entries = plan.sectors.div_ceil(GRAIN_SECTORS).div_ceil(u64::from(GTES_PER_GT)).max(1);
+        let gd_entries = plan
+            .sectors
+            .div_ceil(GRAIN_SECTORS)
+            .div_ceil(u64::from(GTES_PER_GT))
+            .max(1);
         let f = file.file();
-        f.write_all_at(&header.emit(), 0).map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
-        f.write_all_at(descriptor.as_bytes(), SECTOR).map_err(|e| DiskError::io(file.temp_path(), SECTOR, e))?;
+        f.write_all_at(&header.emit(), 0)
+            .map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
+        f.write_all_at(descriptor.as_bytes(), SECTOR)
+            .map_err(|e| DiskError::io(file.temp_path(), SECTOR, e))?;
         Ok(Box::new(StreamWriter {
             path: path.to_path_buf(),
             file,
@@ -102,7 +131,9 @@ impl StreamWriter {
             gd: vec![0; gd_entries as usize],
             current: None,
             pending: None,
-            compressor: Arc::new(StreamCompressor { grain_bytes: (GRAIN_SECTORS * SECTOR) as usize }),
+            compressor: Arc::new(StreamCompressor {
+                grain_bytes: (GRAIN_SECTORS * SECTOR) as usize,
+            }),
         }))
     }
 
@@ -112,7 +143,10 @@ impl StreamWriter {
 
     fn put(&mut self, bytes: &[u8]) -> Result<u64> {
         let at = self.cursor;
-        self.file.file().write_all_at(bytes, at).map_err(|e| DiskError::io(self.file.temp_path(), at, e))?;
+        self.file
+            .file()
+            .write_all_at(bytes, at)
+            .map_err(|e| DiskError::io(self.file.temp_path(), at, e))?;
         self.cursor = (at + bytes.len() as u64).div_ceil(SECTOR) * SECTOR;
         Ok(at)
     }
@@ -130,7 +164,11 @@ impl StreamWriter {
     }
 
     fn too_big(&self) -> DiskError {
-        DiskError::InvalidOption { key: "size".into(), value: self.virtual_size.to_string(), reason: "the stream would exceed the 2 TiB a sparse extent can address".into() }
+        DiskError::InvalidOption {
+            key: "size".into(),
+            value: self.virtual_size.to_string(),
+            reason: "the stream would exceed the 2 TiB a sparse extent can address".into(),
+        }
     }
 
     /// Appends one compressed grain (marker + data) for the grain at guest `grain_offset`.
@@ -139,7 +177,12 @@ impl StreamWriter {
         let per = u64::from(GTES_PER_GT);
         let index = (grain / per) as usize;
         if index >= self.gd.len() {
-            return Err(DiskError::OutOfRange { path: self.path.clone(), offset: grain_offset, len: self.grain_bytes(), size: self.virtual_size });
+            return Err(DiskError::OutOfRange {
+                path: self.path.clone(),
+                offset: grain_offset,
+                len: self.grain_bytes(),
+                size: self.virtual_size,
+            });
         }
         if self.current.as_ref().is_some_and(|(i, _)| *i != index) {
             self.flush_table()?;
@@ -178,7 +221,12 @@ impl ImageWriter for StreamWriter {
     }
 
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        crate::vhd::shared::check_range(&self.path, guest_offset, data.len() as u64, self.virtual_size)?;
+        crate::vhd::shared::check_range(
+            &self.path,
+            guest_offset,
+            data.len() as u64,
+            self.virtual_size,
+        )?;
         let grain_bytes = self.grain_bytes();
         let mut done = 0usize;
         while done < data.len() {
@@ -186,14 +234,21 @@ impl ImageWriter for StreamWriter {
             let grain_offset = at - at % grain_bytes;
             let in_grain = (at - grain_offset) as usize;
             let n = (grain_bytes as usize - in_grain).min(data.len() - done);
-            if self.pending.as_ref().is_some_and(|(o, _)| *o != grain_offset) {
+            if self
+                .pending
+                .as_ref()
+                .is_some_and(|(o, _)| *o != grain_offset)
+            {
                 self.flush_pending()?;
             }
             if in_grain == 0 && n == grain_bytes as usize && self.pending.is_none() {
                 let compressed = deflate_grain(&data[done..done + n], grain_bytes as usize);
                 self.append_grain(grain_offset, &compressed)?;
             } else {
-                let buffer = &mut self.pending.get_or_insert_with(|| (grain_offset, vec![0u8; grain_bytes as usize])).1;
+                let buffer = &mut self
+                    .pending
+                    .get_or_insert_with(|| (grain_offset, vec![0u8; grain_bytes as usize]))
+                    .1;
                 buffer[in_grain..in_grain + n].copy_from_slice(&data[done..done + n]);
             }
             done += n;
@@ -204,9 +259,17 @@ impl ImageWriter for StreamWriter {
     fn write_compressed(&mut self, guest_offset: u64, compressed: &[u8]) -> Result<()> {
         crate::vhd::shared::check_range(&self.path, guest_offset, 1, self.virtual_size)?;
         if guest_offset % self.grain_bytes() != 0 {
-            return Err(DiskError::InvalidOption { key: "compress".into(), value: format!("{guest_offset:#x}"), reason: "compressed grains must start on a grain boundary".into() });
+            return Err(DiskError::InvalidOption {
+                key: "compress".into(),
+                value: format!("{guest_offset:#x}"),
+                reason: "compressed grains must start on a grain boundary".into(),
+            });
         }
-        if self.pending.as_ref().is_some_and(|(o, _)| *o < guest_offset) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|(o, _)| *o < guest_offset)
+        {
             self.flush_pending()?;
         }
         self.append_grain(guest_offset, compressed)
@@ -225,7 +288,10 @@ impl ImageWriter for StreamWriter {
         self.put(&footer.emit())?;
         self.put(&Marker::emit_metadata(0, header::MARKER_EOS))?;
         let end = self.cursor;
-        self.file.file().set_len(end).map_err(|e| DiskError::io(self.file.temp_path(), end, e))?;
+        self.file
+            .file()
+            .set_len(end)
+            .map_err(|e| DiskError::io(self.file.temp_path(), end, e))?;
         let p = self.file.final_path().to_path_buf();
         self.file.commit().map_err(|e| DiskError::io(p, 0, e))
     }
@@ -241,9 +307,15 @@ mod tests {
         let data = vec![7u8; 1000];
         let z = deflate_grain(&data, 65536);
         assert_eq!(z[0] & 0x0f, 8, "zlib CM must be deflate");
-        assert_eq!((u16::from(z[0]) << 8 | u16::from(z[1])) % 31, 0, "zlib header check bits");
+        assert_eq!(
+            (u16::from(z[0]) << 8 | u16::from(z[1])) % 31,
+            0,
+            "zlib header check bits"
+        );
         let mut out = Vec::new();
-        flate2::read::ZlibDecoder::new(&z[..]).read_to_end(&mut out).unwrap();
+        flate2::read::ZlibDecoder::new(&z[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out.len(), 65536);
         assert_eq!(&out[..1000], &data[..]);
         assert!(out[1000..].iter().all(|b| *b == 0));

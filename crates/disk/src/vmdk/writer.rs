@@ -12,7 +12,10 @@ use vmedia_io::{AtomicFile, OverwritePolicy};
 use super::descriptor::{self, Access, Descriptor, ExtentKind, ExtentLine};
 use super::header::{self, SparseHeader, GTES_PER_GT, SECTOR};
 use crate::error::{DiskError, Result};
-use crate::image::{BlockKind, CreateOptions, DiskImage, Format, ImageWriter, Measurement, OpenOptions, ReferencePolicy};
+use crate::image::{
+    BlockKind, CreateOptions, DiskImage, Format, ImageWriter, Measurement, OpenOptions,
+    ReferencePolicy,
+};
 
 /// Grain size written (sectors): 64 KiB, what VMware and qemu use.
 pub const GRAIN_SECTORS: u64 = 128;
@@ -57,7 +60,7 @@ impl Subformat {
 }
 
 /// Descriptor fields decided from the options (qemu's vmdk options plus vmedia's).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Plan {
     pub subformat: Subformat,
     pub sectors: u64,
@@ -66,13 +69,19 @@ pub(crate) struct Plan {
     pub tools_version: String,
     pub zeroed_grain: bool,
     pub parent: Option<(String, u32)>,
+    /// The opened parent chain of a delta: partially written grains are filled from it.
+    pub parent_image: Option<Arc<dyn DiskImage>>,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(DiskError::InvalidOption { key: key.into(), value: value.into(), reason: "expected on or off".into() }),
+        _ => Err(DiskError::InvalidOption {
+            key: key.into(),
+            value: value.into(),
+            reason: "expected on or off".into(),
+        }),
     }
 }
 
@@ -81,7 +90,17 @@ pub const ADAPTER_TYPES: [&str; 5] = ["ide", "buslogic", "lsilogic", "legacyESX"
 
 impl Plan {
     pub(crate) fn from_options(path: &Path, opts: &CreateOptions) -> Result<Plan> {
-        opts.reject_unknown_options(&["subformat", "adapter_type", "hwversion", "compat6", "toolsversion", "zeroed_grain", "size", "backing_file", "backing_fmt"])?;
+        opts.reject_unknown_options(&[
+            "subformat",
+            "adapter_type",
+            "hwversion",
+            "compat6",
+            "toolsversion",
+            "zeroed_grain",
+            "size",
+            "backing_file",
+            "backing_fmt",
+        ])?;
         let get = |k: &str| opts.options.get(k).map(String::as_str);
         let subformat = match get("subformat") {
             None => Subformat::MonolithicSparse,
@@ -92,11 +111,19 @@ impl Plan {
             })?,
         };
         if opts.compress && subformat != Subformat::StreamOptimized {
-            return Err(DiskError::InvalidOption { key: "compress".into(), value: "on".into(), reason: "VMDK compression needs subformat=streamOptimized".into() });
+            return Err(DiskError::InvalidOption {
+                key: "compress".into(),
+                value: "on".into(),
+                reason: "VMDK compression needs subformat=streamOptimized".into(),
+            });
         }
         let adapter_type = get("adapter_type").unwrap_or("ide").to_string();
         if !ADAPTER_TYPES.contains(&adapter_type.as_str()) {
-            return Err(DiskError::InvalidOption { key: "adapter_type".into(), value: adapter_type, reason: format!("one of {}", ADAPTER_TYPES.join(", ")) });
+            return Err(DiskError::InvalidOption {
+                key: "adapter_type".into(),
+                value: adapter_type,
+                reason: format!("one of {}", ADAPTER_TYPES.join(", ")),
+            });
         }
         let compat6 = match get("compat6") {
             Some(v) => parse_bool("compat6", v)?,
@@ -104,51 +131,104 @@ impl Plan {
         };
         let hw_version = match (get("hwversion"), compat6) {
             (Some(v), true) if v != "6" => {
-                return Err(DiskError::InvalidOption { key: "hwversion".into(), value: v.into(), reason: "compat6 means hwversion 6".into() })
+                return Err(DiskError::InvalidOption {
+                    key: "hwversion".into(),
+                    value: v.into(),
+                    reason: "compat6 means hwversion 6".into(),
+                })
             }
             (Some(v), _) => {
-                v.parse::<u32>().map_err(|_| DiskError::InvalidOption { key: "hwversion".into(), value: v.into(), reason: "a number".into() })?;
+                v.parse::<u32>().map_err(|_| DiskError::InvalidOption {
+                    key: "hwversion".into(),
+                    value: v.into(),
+                    reason: "a number".into(),
+                })?;
                 v.to_string()
             }
             (None, true) => "6".into(),
             (None, false) => "4".into(),
         };
         let tools_version = get("toolsversion").unwrap_or("2147483647").to_string();
-        tools_version.parse::<u32>().map_err(|_| DiskError::InvalidOption { key: "toolsversion".into(), value: tools_version.clone(), reason: "a number".into() })?;
+        tools_version
+            .parse::<u32>()
+            .map_err(|_| DiskError::InvalidOption {
+                key: "toolsversion".into(),
+                value: tools_version.clone(),
+                reason: "a number".into(),
+            })?;
         let zeroed_grain = match get("zeroed_grain") {
             Some(v) => parse_bool("zeroed_grain", v)?,
             None => false,
         };
         let sectors = opts.virtual_size.div_ceil(SECTOR);
         if sectors > header::MAX_CAPACITY_SECTORS {
-            return Err(DiskError::InvalidOption { key: "size".into(), value: opts.virtual_size.to_string(), reason: "VMDK disks are limited to 64 TiB".into() });
+            return Err(DiskError::InvalidOption {
+                key: "size".into(),
+                value: opts.virtual_size.to_string(),
+                reason: "VMDK disks are limited to 64 TiB".into(),
+            });
         }
+        let mut parent_image: Option<Arc<dyn DiskImage>> = None;
         let parent = match &opts.backing {
             None => None,
             Some((name, format)) => {
                 if format.is_some_and(|f| f != Format::Vmdk) {
-                    return Err(DiskError::InvalidOption { key: "backing_fmt".into(), value: format!("{format:?}"), reason: "a VMDK delta disk's parent must be a VMDK".into() });
+                    return Err(DiskError::InvalidOption {
+                        key: "backing_fmt".into(),
+                        value: format!("{format:?}"),
+                        reason: "a VMDK delta disk's parent must be a VMDK".into(),
+                    });
                 }
-                if subformat != Subformat::MonolithicSparse && subformat != Subformat::TwoGbMaxExtentSparse {
-                    return Err(DiskError::NotSupportedFor { path: path.to_path_buf(), format: "vmdk", operation: "a parent disk with a flat or stream subformat" });
+                if subformat != Subformat::MonolithicSparse
+                    && subformat != Subformat::TwoGbMaxExtentSparse
+                {
+                    return Err(DiskError::NotSupportedFor {
+                        path: path.to_path_buf(),
+                        format: "vmdk",
+                        operation: "a parent disk with a flat or stream subformat",
+                    });
                 }
                 let parent_path = crate::image::resolve_reference(path, name);
-                let parent_opts = OpenOptions { references: ReferencePolicy::Any, skip_backing: true, ..OpenOptions::default() };
-                let file = std::fs::File::open(&parent_path)
-                    .map_err(|source| DiskError::Open { path: parent_path.clone(), action: "open the parent", source })?;
+                // The user named the parent: follow its chain wherever it is.
+                let parent_opts = OpenOptions {
+                    references: ReferencePolicy::Any,
+                    ..OpenOptions::default()
+                };
+                let file = std::fs::File::open(&parent_path).map_err(|source| DiskError::Open {
+                    path: parent_path.clone(),
+                    action: "open the parent",
+                    source,
+                })?;
                 let parent = super::VmdkImage::open(&parent_path, Arc::new(file), &parent_opts)?;
-                let cid = parent.descriptor().cid().map_err(|e| e.into_disk(&parent_path, "vmdk", 0))?.unwrap_or(0);
+                let cid = parent
+                    .descriptor()
+                    .cid()
+                    .map_err(|e| e.into_disk(&parent_path, "vmdk", 0))?
+                    .unwrap_or(0);
                 if parent.virtual_size() != sectors * SECTOR {
                     return Err(DiskError::InvalidOption {
                         key: "size".into(),
                         value: opts.virtual_size.to_string(),
-                        reason: format!("a delta disk must have its parent's size ({} bytes)", parent.virtual_size()),
+                        reason: format!(
+                            "a delta disk must have its parent's size ({} bytes)",
+                            parent.virtual_size()
+                        ),
                     });
                 }
+                parent_image = Some(Arc::new(parent));
                 Some((name.clone(), cid))
             }
         };
-        Ok(Plan { subformat, sectors, adapter_type, hw_version, tools_version, zeroed_grain, parent })
+        Ok(Plan {
+            subformat,
+            sectors,
+            adapter_type,
+            hw_version,
+            tools_version,
+            zeroed_grain,
+            parent,
+            parent_image,
+        })
     }
 
     /// The descriptor for this plan with the given extent lines.
@@ -190,17 +270,25 @@ impl Plan {
 pub fn geometry(total_sectors: u64, adapter_type: &str) -> (u64, u64, u64) {
     let heads = if adapter_type == "ide" { 16 } else { 255 };
     let sectors = 63;
-    let cylinders = (total_sectors / (heads * sectors)).clamp(1, if adapter_type == "ide" { 16383 } else { 65535 });
+    let cylinders = (total_sectors / (heads * sectors))
+        .clamp(1, if adapter_type == "ide" { 16383 } else { 65535 });
     (cylinders, heads, sectors)
 }
 
 fn create_file(path: &Path, policy: OverwritePolicy) -> Result<AtomicFile> {
-    AtomicFile::create(path, policy).map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "create", source })
+    AtomicFile::create(path, policy).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "create",
+        source,
+    })
 }
 
 /// "dir/disk.vmdk" + "-flat" -> "dir/disk-flat.vmdk".
 fn sibling(path: &Path, suffix: &str) -> (PathBuf, String) {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into());
     let name = format!("{stem}{suffix}.vmdk");
     (path.with_file_name(&name), name)
 }
@@ -209,17 +297,46 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     let plan = Plan::from_options(path, opts)?;
     let size = plan.sectors * SECTOR;
     match plan.subformat {
-        Subformat::StreamOptimized => super::stream::StreamWriter::create(path, opts.overwrite, plan),
+        Subformat::StreamOptimized => {
+            super::stream::StreamWriter::create(path, opts.overwrite, plan)
+        }
         Subformat::MonolithicSparse => {
             let file = create_file(path, opts.overwrite)?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let descriptor = plan.descriptor(vec![ExtentLine { access: Access::ReadWrite, sectors: plan.sectors, kind: ExtentKind::Sparse, file_name: Some(name), offset: 0 }]);
-            let extent = SparseFileWriter::new(file, plan.sectors, Some(descriptor.emit()), plan.zeroed_grain)?;
-            Ok(Box::new(MultiWriter { descriptor_file: None, extents: vec![(0, size, Piece::Sparse(extent))], virtual_size: size, cluster: GRAIN_SECTORS * SECTOR, path: path.to_path_buf() }))
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let descriptor = plan.descriptor(vec![ExtentLine {
+                access: Access::ReadWrite,
+                sectors: plan.sectors,
+                kind: ExtentKind::Sparse,
+                file_name: Some(name),
+                offset: 0,
+            }]);
+            let mut extent = SparseFileWriter::new(
+                file,
+                plan.sectors,
+                Some(descriptor.emit()),
+                plan.zeroed_grain,
+            )?;
+            extent.parent = plan.parent_image.clone().map(|p| (p, 0));
+            Ok(Box::new(MultiWriter {
+                descriptor_file: None,
+                extents: vec![(0, size, Piece::Sparse(extent))],
+                virtual_size: size,
+                cluster: GRAIN_SECTORS * SECTOR,
+                path: path.to_path_buf(),
+            }))
         }
-        Subformat::TwoGbMaxExtentSparse | Subformat::TwoGbMaxExtentFlat | Subformat::MonolithicFlat => {
+        Subformat::TwoGbMaxExtentSparse
+        | Subformat::TwoGbMaxExtentFlat
+        | Subformat::MonolithicFlat => {
             let flat = plan.subformat != Subformat::TwoGbMaxExtentSparse;
-            let piece_sectors = if plan.subformat == Subformat::MonolithicFlat { plan.sectors.max(1) } else { SPLIT_EXTENT_SECTORS };
+            let piece_sectors = if plan.subformat == Subformat::MonolithicFlat {
+                plan.sectors.max(1)
+            } else {
+                SPLIT_EXTENT_SECTORS
+            };
             let mut extents = Vec::new();
             let mut lines = Vec::new();
             let mut start = 0u64;
@@ -234,12 +351,26 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
                 let (piece_path, piece_name) = sibling(path, &suffix);
                 let file = create_file(&piece_path, opts.overwrite)?;
                 let piece = if flat {
-                    file.file().set_len(sectors * SECTOR).map_err(|e| DiskError::io(file.temp_path(), sectors * SECTOR, e))?;
+                    file.file()
+                        .set_len(sectors * SECTOR)
+                        .map_err(|e| DiskError::io(file.temp_path(), sectors * SECTOR, e))?;
                     Piece::Flat(file)
                 } else {
-                    Piece::Sparse(SparseFileWriter::new(file, sectors, None, plan.zeroed_grain)?)
+                    let mut extent = SparseFileWriter::new(file, sectors, None, plan.zeroed_grain)?;
+                    extent.parent = plan.parent_image.clone().map(|p| (p, start * SECTOR));
+                    Piece::Sparse(extent)
                 };
-                lines.push(ExtentLine { access: Access::ReadWrite, sectors, kind: if flat { ExtentKind::Flat } else { ExtentKind::Sparse }, file_name: Some(piece_name), offset: 0 });
+                lines.push(ExtentLine {
+                    access: Access::ReadWrite,
+                    sectors,
+                    kind: if flat {
+                        ExtentKind::Flat
+                    } else {
+                        ExtentKind::Sparse
+                    },
+                    file_name: Some(piece_name),
+                    offset: 0,
+                });
                 extents.push((start * SECTOR, sectors * SECTOR, piece));
                 start += sectors;
                 index += 1;
@@ -249,8 +380,18 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
             }
             let descriptor = plan.descriptor(lines);
             let file = create_file(path, opts.overwrite)?;
-            let cluster = if flat { FLAT_FEED } else { GRAIN_SECTORS * SECTOR };
-            Ok(Box::new(MultiWriter { descriptor_file: Some((file, descriptor.emit())), extents, virtual_size: size, cluster, path: path.to_path_buf() }))
+            let cluster = if flat {
+                FLAT_FEED
+            } else {
+                GRAIN_SECTORS * SECTOR
+            };
+            Ok(Box::new(MultiWriter {
+                descriptor_file: Some((file, descriptor.emit())),
+                extents,
+                virtual_size: size,
+                cluster,
+                path: path.to_path_buf(),
+            }))
         }
     }
 }
@@ -271,12 +412,23 @@ struct MultiWriter {
 }
 
 impl MultiWriter {
-    fn each_piece(&mut self, guest_offset: u64, len: u64, mut f: impl FnMut(&mut Piece, u64, u64, u64) -> Result<()>) -> Result<()> {
+    fn each_piece(
+        &mut self,
+        guest_offset: u64,
+        len: u64,
+        mut f: impl FnMut(&mut Piece, u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
         crate::vhd::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
         let mut done = 0u64;
         while done < len {
             let at = guest_offset + done;
-            let Some((start, plen, piece)) = self.extents.iter_mut().find(|(s, l, _)| at >= *s && at < s + l) else { break };
+            let Some((start, plen, piece)) = self
+                .extents
+                .iter_mut()
+                .find(|(s, l, _)| at >= *s && at < s + l)
+            else {
+                break;
+            };
             let n = (*start + *plen - at).min(len - done);
             f(piece, at - *start, done, n)?;
             done += n;
@@ -294,7 +446,10 @@ impl ImageWriter for MultiWriter {
         self.each_piece(guest_offset, data.len() as u64, |piece, rel, done, n| {
             let chunk = &data[done as usize..(done + n) as usize];
             match piece {
-                Piece::Flat(file) => file.file().write_all_at(chunk, rel).map_err(|e| DiskError::io(file.temp_path(), rel, e)),
+                Piece::Flat(file) => file
+                    .file()
+                    .write_all_at(chunk, rel)
+                    .map_err(|e| DiskError::io(file.temp_path(), rel, e)),
                 Piece::Sparse(s) => s.write(rel, chunk),
             }
         })
@@ -320,7 +475,9 @@ impl ImageWriter for MultiWriter {
         }
         // The descriptor goes last: until it exists, nothing looks like a whole image.
         if let Some((file, text)) = this.descriptor_file {
-            file.file().write_all_at(text.as_bytes(), 0).map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
+            file.file()
+                .write_all_at(text.as_bytes(), 0)
+                .map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
             let p = file.final_path().to_path_buf();
             file.commit().map_err(|e| DiskError::io(p, 0, e))?;
         }
@@ -342,11 +499,22 @@ pub(crate) struct SparseFileWriter {
     next_grain: u64,
     tables: BTreeMap<u64, Vec<u32>>,
     capacity_bytes: u64,
+    /// A delta's parent and this extent's first guest byte: a grain that is only partly
+    /// written is first filled with the parent's data (copy on write).
+    pub(crate) parent: Option<(Arc<dyn DiskImage>, u64)>,
 }
 
 impl SparseFileWriter {
-    pub(crate) fn new(file: AtomicFile, sectors: u64, descriptor: Option<String>, zeroed_grain: bool) -> Result<SparseFileWriter> {
-        let gd_entries = sectors.div_ceil(GRAIN_SECTORS).div_ceil(u64::from(GTES_PER_GT)).max(1);
+    pub(crate) fn new(
+        file: AtomicFile,
+        sectors: u64,
+        descriptor: Option<String>,
+        zeroed_grain: bool,
+    ) -> Result<SparseFileWriter> {
+        let gd_entries = sectors
+            .div_ceil(GRAIN_SECTORS)
+            .div_ceil(u64::from(GTES_PER_GT))
+            .max(1);
         let gd_sectors = (gd_entries * 4).div_ceil(SECTOR);
         let gt_sectors = u64::from(GTES_PER_GT) * 4 / SECTOR;
         let (desc_offset, desc_size) = match &descriptor {
@@ -389,12 +557,16 @@ impl SparseFileWriter {
             next_grain: overhead * SECTOR,
             tables: BTreeMap::new(),
             capacity_bytes: sectors * SECTOR,
+            parent: None,
         })
     }
 
     fn entry(&mut self, grain: u64) -> &mut u32 {
         let per = u64::from(GTES_PER_GT);
-        let table = self.tables.entry(grain / per).or_insert_with(|| vec![0u32; GTES_PER_GT as usize]);
+        let table = self
+            .tables
+            .entry(grain / per)
+            .or_insert_with(|| vec![0u32; GTES_PER_GT as usize]);
         &mut table[(grain % per) as usize]
     }
 
@@ -408,17 +580,48 @@ impl SparseFileWriter {
             let n = ((grain_bytes - in_grain) as usize).min(data.len() - done);
             let next = self.next_grain;
             if *self.entry(grain) <= 1 {
-                let sector = u32::try_from(next / SECTOR).map_err(|_| DiskError::InvalidOption {
-                    key: "size".into(),
-                    value: next.to_string(),
-                    reason: "a sparse extent cannot address more than 2 TiB of grains".into(),
-                })?;
+                let sector =
+                    u32::try_from(next / SECTOR).map_err(|_| DiskError::InvalidOption {
+                        key: "size".into(),
+                        value: next.to_string(),
+                        reason: "a sparse extent cannot address more than 2 TiB of grains".into(),
+                    })?;
                 *self.entry(grain) = sector;
                 self.next_grain += grain_bytes;
+                if n < grain_bytes as usize {
+                    self.fill_from_parent(grain, next)?;
+                }
             }
             let host = u64::from(*self.entry(grain)) * SECTOR + in_grain;
-            self.file.file().write_all_at(&data[done..done + n], host).map_err(|e| DiskError::io(self.file.temp_path(), host, e))?;
+            self.file
+                .file()
+                .write_all_at(&data[done..done + n], host)
+                .map_err(|e| DiskError::io(self.file.temp_path(), host, e))?;
             done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies the parent's content of `grain` into the newly allocated grain at `host`.
+    fn fill_from_parent(&mut self, grain: u64, host: u64) -> Result<()> {
+        let Some((parent, base)) = &self.parent else {
+            return Ok(());
+        };
+        let grain_bytes = GRAIN_SECTORS * SECTOR;
+        let guest = base + grain * grain_bytes;
+        let end = (guest + grain_bytes)
+            .min(parent.virtual_size())
+            .min(base + self.capacity_bytes);
+        if guest >= end {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; (end - guest) as usize];
+        parent.read_at(&mut buf, guest)?;
+        if buf.iter().any(|b| *b != 0) {
+            self.file
+                .file()
+                .write_all_at(&buf, host)
+                .map_err(|e| DiskError::io(self.file.temp_path(), host, e))?;
         }
         Ok(())
     }
@@ -459,9 +662,16 @@ impl SparseFileWriter {
         let f = self.file.file();
         let io = |at: u64, e: std::io::Error| DiskError::io(self.file.temp_path(), at, e);
         let gt_bytes = u64::from(GTES_PER_GT) * 4;
-        for (base, gd_offset) in [(self.rgt_at, self.header.rgd_offset * SECTOR), (self.gt_at, self.header.gd_offset * SECTOR)] {
-            let gd: Vec<u8> = (0..self.gd_entries).map(|i| ((base + i * gt_bytes) / SECTOR) as u32).flat_map(u32::to_le_bytes).collect();
-            f.write_all_at(&gd, gd_offset).map_err(|e| io(gd_offset, e))?;
+        for (base, gd_offset) in [
+            (self.rgt_at, self.header.rgd_offset * SECTOR),
+            (self.gt_at, self.header.gd_offset * SECTOR),
+        ] {
+            let gd: Vec<u8> = (0..self.gd_entries)
+                .map(|i| ((base + i * gt_bytes) / SECTOR) as u32)
+                .flat_map(u32::to_le_bytes)
+                .collect();
+            f.write_all_at(&gd, gd_offset)
+                .map_err(|e| io(gd_offset, e))?;
             for (index, table) in &self.tables {
                 let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
                 let at = base + index * gt_bytes;
@@ -469,10 +679,13 @@ impl SparseFileWriter {
             }
         }
         if let Some(text) = &self.descriptor {
-            f.write_all_at(text.as_bytes(), SECTOR).map_err(|e| io(SECTOR, e))?;
+            f.write_all_at(text.as_bytes(), SECTOR)
+                .map_err(|e| io(SECTOR, e))?;
         }
-        f.write_all_at(&self.header.emit(), 0).map_err(|e| io(0, e))?;
-        f.set_len(self.next_grain).map_err(|e| io(self.next_grain, e))?;
+        f.write_all_at(&self.header.emit(), 0)
+            .map_err(|e| io(0, e))?;
+        f.set_len(self.next_grain)
+            .map_err(|e| io(self.next_grain, e))?;
         let p = self.file.final_path().to_path_buf();
         self.file.commit().map_err(|e| DiskError::io(p, 0, e))
     }
@@ -490,7 +703,11 @@ pub struct WrapOptions {
 
 impl Default for WrapOptions {
     fn default() -> Self {
-        WrapOptions { adapter_type: "ide".into(), writable: false, overwrite: OverwritePolicy::Refuse }
+        WrapOptions {
+            adapter_type: "ide".into(),
+            writable: false,
+            overwrite: OverwritePolicy::Refuse,
+        }
     }
 }
 
@@ -509,31 +726,62 @@ pub struct Wrapped {
 /// copied). The extent name is relative when `target` sits in `out`'s folder, else absolute
 /// (readers then need permission to follow references outside the folder).
 pub fn wrap_flat(target: &Path, out: &Path, opts: &WrapOptions) -> Result<Wrapped> {
-    let meta = std::fs::metadata(target).map_err(|source| DiskError::Open { path: target.to_path_buf(), action: "read", source })?;
+    let meta = std::fs::metadata(target).map_err(|source| DiskError::Open {
+        path: target.to_path_buf(),
+        action: "read",
+        source,
+    })?;
     if !meta.is_file() {
-        return Err(DiskError::Open { path: target.to_path_buf(), action: "wrap", source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file") });
+        return Err(DiskError::Open {
+            path: target.to_path_buf(),
+            action: "wrap",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        });
     }
     if !ADAPTER_TYPES.contains(&opts.adapter_type.as_str()) {
-        return Err(DiskError::InvalidOption { key: "adapter_type".into(), value: opts.adapter_type.clone(), reason: format!("one of {}", ADAPTER_TYPES.join(", ")) });
+        return Err(DiskError::InvalidOption {
+            key: "adapter_type".into(),
+            value: opts.adapter_type.clone(),
+            reason: format!("one of {}", ADAPTER_TYPES.join(", ")),
+        });
     }
     let size = meta.len();
     let sectors = size.div_ceil(SECTOR);
     if sectors == 0 {
-        return Err(DiskError::InvalidOption { key: "file".into(), value: target.display().to_string(), reason: "the file is empty".into() });
+        return Err(DiskError::InvalidOption {
+            key: "file".into(),
+            value: target.display().to_string(),
+            reason: "the file is empty".into(),
+        });
     }
-    let target_abs = std::fs::canonicalize(target).map_err(|source| DiskError::Open { path: target.to_path_buf(), action: "resolve", source })?;
+    let target_abs = std::fs::canonicalize(target).map_err(|source| DiskError::Open {
+        path: target.to_path_buf(),
+        action: "resolve",
+        source,
+    })?;
     let out_dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let out_dir_abs = std::fs::canonicalize(&out_dir).map_err(|source| DiskError::Open { path: out_dir.clone(), action: "resolve", source })?;
+    let out_dir_abs = std::fs::canonicalize(&out_dir).map_err(|source| DiskError::Open {
+        path: out_dir.clone(),
+        action: "resolve",
+        source,
+    })?;
     let extent_name = if target_abs.parent() == Some(out_dir_abs.as_path()) {
-        target_abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        target_abs
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     } else {
         target_abs.display().to_string()
     };
     if extent_name.contains('"') || extent_name.contains('\n') {
-        return Err(DiskError::InvalidOption { key: "file".into(), value: extent_name, reason: "a VMDK extent name cannot contain quotes or newlines".into() });
+        return Err(DiskError::InvalidOption {
+            key: "file".into(),
+            value: extent_name,
+            reason: "a VMDK extent name cannot contain quotes or newlines".into(),
+        });
     }
     let plan = Plan {
         subformat: Subformat::MonolithicFlat,
@@ -543,15 +791,33 @@ pub fn wrap_flat(target: &Path, out: &Path, opts: &WrapOptions) -> Result<Wrappe
         tools_version: "2147483647".into(),
         zeroed_grain: false,
         parent: None,
+        parent_image: None,
     };
-    let access = if opts.writable { Access::ReadWrite } else { Access::ReadOnly };
+    let access = if opts.writable {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    };
     let descriptor = plan
-        .descriptor(vec![ExtentLine { access, sectors, kind: ExtentKind::Flat, file_name: Some(extent_name.clone()), offset: 0 }])
+        .descriptor(vec![ExtentLine {
+            access,
+            sectors,
+            kind: ExtentKind::Flat,
+            file_name: Some(extent_name.clone()),
+            offset: 0,
+        }])
         .emit();
     let file = create_file(out, opts.overwrite)?;
-    file.file().write_all_at(descriptor.as_bytes(), 0).map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
+    file.file()
+        .write_all_at(descriptor.as_bytes(), 0)
+        .map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
     file.commit().map_err(|e| DiskError::io(out, 0, e))?;
-    Ok(Wrapped { descriptor, extent_name, sectors, padding: sectors * SECTOR - size })
+    Ok(Wrapped {
+        descriptor,
+        extent_name,
+        sectors,
+        padding: sectors * SECTOR - size,
+    })
 }
 
 /// qemu-img measure for VMDK.
@@ -563,7 +829,11 @@ pub(crate) fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> R
     let grain = GRAIN_SECTORS * SECTOR;
     let grains = plan.sectors.div_ceil(GRAIN_SECTORS);
     let gd_entries = grains.div_ceil(u64::from(GTES_PER_GT)).max(1);
-    let metadata = (1 + DESCRIPTOR_SECTORS + 2 * ((gd_entries * 4).div_ceil(SECTOR) + gd_entries * 4)).div_ceil(GRAIN_SECTORS) * GRAIN_SECTORS * SECTOR;
+    let metadata =
+        (1 + DESCRIPTOR_SECTORS + 2 * ((gd_entries * 4).div_ceil(SECTOR) + gd_entries * 4))
+            .div_ceil(GRAIN_SECTORS)
+            * GRAIN_SECTORS
+            * SECTOR;
     let used = match source {
         Some(img) => {
             let mut n = 0u64;
@@ -571,7 +841,10 @@ pub(crate) fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> R
             while at < img.virtual_size().min(size) {
                 let end = (at + grain).min(img.virtual_size());
                 let s = img.block_status(at, end - at)?;
-                if s.kind == BlockKind::Data || s.len < end - at || (s.kind == BlockKind::Unallocated && img.backing().is_some()) {
+                if s.kind == BlockKind::Data
+                    || s.len < end - at
+                    || (s.kind == BlockKind::Unallocated && img.backing().is_some())
+                {
                     n += 1;
                 }
                 at = end;
@@ -581,8 +854,16 @@ pub(crate) fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> R
         None => 0,
     };
     Ok(match plan.subformat {
-        Subformat::MonolithicFlat | Subformat::TwoGbMaxExtentFlat => Measurement { required: size, fully_allocated: size, bitmaps: 0 },
-        _ => Measurement { required: metadata + used * grain, fully_allocated: metadata + grains * grain, bitmaps: 0 },
+        Subformat::MonolithicFlat | Subformat::TwoGbMaxExtentFlat => Measurement {
+            required: size,
+            fully_allocated: size,
+            bitmaps: 0,
+        },
+        _ => Measurement {
+            required: metadata + used * grain,
+            fully_allocated: metadata + grains * grain,
+            bitmaps: 0,
+        },
     })
 }
 
@@ -608,7 +889,8 @@ mod tests {
         let mut o = CreateOptions::new(Format::Vmdk, 1 << 20);
         o.compress = true;
         assert!(Plan::from_options(Path::new("x.vmdk"), &o).is_err());
-        o.options.insert("subformat".into(), "streamOptimized".into());
+        o.options
+            .insert("subformat".into(), "streamOptimized".into());
         assert!(Plan::from_options(Path::new("x.vmdk"), &o).is_ok());
     }
 }
