@@ -24,6 +24,9 @@ pub const SKIP_SECTORS: u64 = 15;
 pub const FRAGMENT_COUNT: u64 = 20;
 /// Characters isomd5sum reserves for all fragment sums together.
 pub const FRAGMENT_SUMS_SIZE: usize = 60;
+/// More fragments than characters in `FRAGMENT SUMS` would carry no sum at all; also bounds the
+/// checkpoint table a hostile record can make us allocate.
+pub const MAX_FRAGMENT_COUNT: u64 = FRAGMENT_SUMS_SIZE as u64;
 /// checkisomd5 turns the last byte of the area into a NUL terminator, so text must stop before.
 const APPDATA_USABLE: usize = APPDATA_SIZE - 1;
 /// The closing sentence implantisomd5 writes; kept so tools that show the area look familiar.
@@ -152,7 +155,16 @@ impl AppData {
                     }
                     fragment_sums = Some(value.to_string())
                 }
-                "FRAGMENT COUNT" => fragment_count = Some(parse_number("FRAGMENT COUNT", value)?),
+                "FRAGMENT COUNT" => {
+                    let count = parse_number("FRAGMENT COUNT", value)?;
+                    if count > MAX_FRAGMENT_COUNT {
+                        return Err(FieldError {
+                            field: "FRAGMENT COUNT",
+                            problem: format!("{count} fragments; at most {MAX_FRAGMENT_COUNT} have room for a sum"),
+                        });
+                    }
+                    fragment_count = Some(count)
+                }
                 "SHA256" => sha_digest = Some(parse_hex::<32>("SHA256", value)?),
                 "SHA256 BYTES" => sha_bytes = Some(parse_number("SHA256 BYTES", value)?),
                 "ED25519 SIG" => sig = Some(parse_hex::<64>("ED25519 SIG", value)?),
@@ -309,6 +321,14 @@ mod tests {
         let text = "ISO MD5SUM = xyz;SKIPSECTORS = 15;";
         area[..text.len()].copy_from_slice(text.as_bytes());
         assert_eq!(AppData::parse(&area).unwrap_err().field, "ISO MD5SUM");
+    }
+
+    #[test]
+    fn huge_fragment_count_is_rejected() {
+        let mut area = [b' '; APPDATA_SIZE];
+        let text = "FRAGMENT COUNT = 1000000000000;";
+        area[..text.len()].copy_from_slice(text.as_bytes());
+        assert_eq!(AppData::parse(&area).unwrap_err().field, "FRAGMENT COUNT");
     }
 
     #[test]

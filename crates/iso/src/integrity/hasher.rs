@@ -88,8 +88,7 @@ fn hash_md5(
         let mut step_offset = offset;
         for step in chunk.chunks(CHECKER_STEP as usize) {
             hasher.update(step);
-            if fragment_size > 0 {
-                let fragment = step_offset / fragment_size;
+            if let Some(fragment) = step_offset.checked_div(fragment_size) {
                 if fragment != previous_fragment {
                     if let Some(slot) = usize::try_from(fragment).ok().and_then(|i| checkpoints.get_mut(i)) {
                         *slot = Some(hasher.clone().finalize().into());
