@@ -471,41 +471,15 @@ pub fn probe_windows(source: &dyn ReadAt, path: &Path) -> Result<(Vec<u8>, Vec<u
 pub fn probe(head: &[u8], tail: &[u8]) -> Format {
     if crate::qcow2::probe(head, tail) {
         Format::Qcow2
-    } else if head.starts_with(b"vhdxfile") {
+    } else if crate::vhdx::probe(head, tail) {
         Format::Vhdx
-    } else if head.starts_with(b"KDMV")
-        || head.starts_with(b"COWD")
-        || looks_like_vmdk_descriptor(head)
-    {
+    } else if crate::vmdk::probe(head, tail) {
         Format::Vmdk
-    } else if head.starts_with(b"conectix")
-        || tail
-            .get(tail.len().saturating_sub(512)..)
-            .is_some_and(|t| t.starts_with(b"conectix"))
-    {
+    } else if crate::vhd::probe(head, tail) {
         Format::Vhd
     } else {
         Format::Raw
     }
-}
-
-/// VMDK/VHD/VHDX drivers live in their own modules (engineer B); until a module exports the
-/// contract functions above, the factory reports the format as unsupported.
-fn pending(path: &Path, format: Format) -> DiskError {
-    DiskError::Unsupported {
-        path: path.to_path_buf(),
-        format: format.qemu_name(),
-        feature: "this build has no driver for the format yet".into(),
-    }
-}
-
-/// A text VMDK descriptor: "# Disk DescriptorFile" or a createType line near the start.
-fn looks_like_vmdk_descriptor(head: &[u8]) -> bool {
-    let text = &head[..head.len().min(1024)];
-    let needle_a = b"# Disk DescriptorFile";
-    let needle_b = b"createType=";
-    text.windows(needle_a.len()).any(|w| w == needle_a)
-        || text.windows(needle_b.len()).any(|w| w == needle_b)
 }
 
 /// Opens an image file: probes the format unless `opts.format` names it, then opens its chain
@@ -536,10 +510,9 @@ pub fn open_source(
     match format {
         Format::Raw => crate::raw::open(path, source, opts),
         Format::Qcow2 => crate::qcow2::open(path, source, opts),
-        Format::Vmdk | Format::Vhd | Format::Vhdx => {
-            let _ = (source, opts);
-            Err(pending(path, format))
-        }
+        Format::Vmdk => crate::vmdk::open(path, source, opts),
+        Format::Vhd => crate::vhd::open(path, source, opts),
+        Format::Vhdx => crate::vhdx::open(path, source, opts),
     }
 }
 
@@ -632,7 +605,9 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     match opts.format {
         Format::Raw => crate::raw::create(path, opts),
         Format::Qcow2 => crate::qcow2::create(path, opts),
-        Format::Vmdk | Format::Vhd | Format::Vhdx => Err(pending(path, opts.format)),
+        Format::Vmdk => crate::vmdk::create(path, opts),
+        Format::Vhd => crate::vhd::create(path, opts),
+        Format::Vhdx => crate::vhdx::create(path, opts),
     }
 }
 
@@ -641,10 +616,9 @@ pub fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> Result<M
     match opts.format {
         Format::Raw => crate::raw::measure(opts, source),
         Format::Qcow2 => crate::qcow2::measure(opts, source),
-        Format::Vmdk | Format::Vhd | Format::Vhdx => {
-            let _ = source;
-            Err(pending(Path::new(""), opts.format))
-        }
+        Format::Vmdk => crate::vmdk::measure(opts, source),
+        Format::Vhd => crate::vhd::measure(opts, source),
+        Format::Vhdx => crate::vhdx::measure(opts, source),
     }
 }
 
