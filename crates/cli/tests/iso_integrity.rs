@@ -267,3 +267,45 @@ fn hex_public_key_is_accepted() {
     let (code, log) = verify(&iso, &["--key", public.to_str().unwrap()]);
     assert_eq!(code, 0, "{log}");
 }
+
+/// `vmedia mkisofs` implants MD5 + SHA-256 by default through the same API.
+fn vmedia_mkisofs(out: &Path, extra: &[&str]) {
+    run_ok(vmedia().arg("mkisofs").args(["-quiet", "-R", "-J", "-V", "INTEGRITY"]).args(extra).arg("-o").arg(out).arg(source_tree()));
+}
+
+#[test]
+fn vmedia_mkisofs_image_passes_checkisomd5_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("m.iso");
+    vmedia_mkisofs(&iso, &[]);
+    let (code, log) = checkisomd5(&iso);
+    assert_eq!(code, 0, "{log}");
+    let (code, report) = verify_json(&iso, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["md5"]["status"], "ok");
+    assert_eq!(report["sha256"]["status"], "ok");
+    // The SHA-256 covers the whole file as written.
+    assert_eq!(report["implant"]["sha256"]["covered_bytes"].as_u64().unwrap(), fs::metadata(&iso).unwrap().len());
+
+    flip_middle_byte(&iso);
+    let (code, log) = checkisomd5(&iso);
+    assert_ne!(code, 0, "{log}");
+    let (code, report) = verify_json(&iso, &[]);
+    assert_eq!(code, 1, "{report}");
+}
+
+#[test]
+fn vmedia_mkisofs_sign_key_signature_verifies_with_openssl_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = openssl_keypair(dir.path(), "release");
+    let (_, other_public) = openssl_keypair(dir.path(), "other");
+    let iso = dir.path().join("signed.iso");
+    vmedia_mkisofs(&iso, &["--sign-key", private.to_str().unwrap()]);
+    let (code, report) = verify_json(&iso, &["--key", public.to_str().unwrap()]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["signature"]["status"], "ok");
+    let (code, log) = verify(&iso, &["--key", other_public.to_str().unwrap()]);
+    assert_eq!(code, 1, "{log}");
+    let (code, log) = checkisomd5(&iso);
+    assert_eq!(code, 0, "{log}");
+}
