@@ -19,6 +19,9 @@ use vmedia_iso::spec::{
 
 use options::{Exclude, Invocation, RockRidge, UsageError};
 
+/// xorriso's boot catalog path when `-c` is not given.
+const DEFAULT_BOOT_CATALOG: &str = "/boot.catalog";
+
 /// Exit code of a usage error (an unknown or unsupported option), as clap uses.
 const EXIT_USAGE: u8 = 2;
 
@@ -164,7 +167,13 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
         spec.sort.push(SortRule { pattern: common::absolute_iso_path(path), weight: *weight });
     }
 
-    spec.boot.catalog_path = inv.boot_catalog.clone();
+    // Like xorriso, the catalog is a visible /boot.catalog unless -c names it or
+    // --boot-catalog-hide hides it.
+    spec.boot.catalog_path = match (&inv.boot_catalog, inv.boot.is_empty()) {
+        (Some(path), _) => Some(path.clone()),
+        (None, false) => Some(DEFAULT_BOOT_CATALOG.to_string()),
+        (None, true) => None,
+    };
     spec.boot.catalog_hidden = inv.boot_catalog_hide;
     for opts in &inv.boot {
         let image = match (&opts.image, opts.appended_partition) {
@@ -284,7 +293,7 @@ El Torito
   -eltorito-platform x86|PPC|Mac|efi|N
   -no-emul-boot, -hard-disk-boot, -boot-load-size N|full, -boot-load-seg SEG,
   -boot-info-table, --grub2-boot-info, -eltorito-id TEXT, -no-boot
-  -c, -eltorito-catalog PATH; --boot-catalog-hide
+  -c, -eltorito-catalog PATH (default /boot.catalog); --boot-catalog-hide
   -e --interval:appended_partition_N:all::   the EFI image is appended partition N
 Hybrid (USB) layout
   -isohybrid-mbr FILE, --grub2-mbr FILE, -G/--embedded-boot/-generic-boot FILE
