@@ -9,7 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{cached_fixture, require_tool, run_any, run_ok, shared_sample, vmedia};
+use std::time::Duration;
+
+use support::{cached_fixture, payload, qemu_boot, require_tool, run_any, run_ok, shared_sample, vmedia, Firmware, BOOT_MARKER};
 use vmedia_iso::integrity::{self, ImplantOptions};
 
 /// A small tree with a few MiB of varied content, built once.
@@ -308,4 +310,48 @@ fn vmedia_mkisofs_sign_key_signature_verifies_with_openssl_keys() {
     assert_eq!(code, 1, "{log}");
     let (code, log) = checkisomd5(&iso);
     assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn signed_uefi_cd_with_a_vmedia_esp_boots_under_ovmf() {
+    // Checksums and signature must not disturb booting: a UEFI El Torito CD whose boot image is
+    // an ESP made by `vmedia iso esp` (GRUB as BOOTX64.EFI), written by `vmedia mkisofs` with
+    // MD5, SHA-256 and a signature, boots the test kernel from the CD under OVMF.
+    require_tool("grub-mkstandalone");
+    let payload = payload();
+    let dir = tempfile::tempdir().unwrap();
+    let esp_tree = dir.path().join("esp");
+    fs::create_dir_all(esp_tree.join("EFI/BOOT")).unwrap();
+    let cfg = dir.path().join("grub.cfg");
+    fs::write(&cfg, "set timeout=0\nsearch --no-floppy --file --set=root /vmlinuz\nlinux /vmlinuz console=ttyS0 panic=-1\ninitrd /initrd.gz\nboot\n").unwrap();
+    run_ok(
+        Command::new("grub-mkstandalone")
+            .args(["-O", "x86_64-efi", "--modules=iso9660 fat part_msdos part_gpt search linux normal", "--locales=", "--themes=", "--fonts="])
+            .arg("-o")
+            .arg(esp_tree.join("EFI/BOOT/BOOTX64.EFI"))
+            .arg(format!("boot/grub/grub.cfg={}", cfg.display())),
+    );
+    let cd_tree = dir.path().join("cd");
+    fs::create_dir_all(cd_tree.join("boot")).unwrap();
+    fs::copy(&payload.kernel, cd_tree.join("vmlinuz")).unwrap();
+    fs::copy(&payload.initrd, cd_tree.join("initrd.gz")).unwrap();
+    run_ok(vmedia().args(["iso", "esp", "--quiet"]).arg(&esp_tree).arg("-o").arg(cd_tree.join("boot/efi.img")));
+
+    let (private, public) = openssl_keypair(dir.path(), "release");
+    let iso = dir.path().join("uefi.iso");
+    run_ok(
+        vmedia()
+            .args(["mkisofs", "-quiet", "-R", "-J", "-V", "UEFITEST", "-e", "boot/efi.img", "-no-emul-boot"])
+            .args(["--sign-key", private.to_str().unwrap()])
+            .arg("-o")
+            .arg(&iso)
+            .arg(&cd_tree),
+    );
+    let (code, report) = verify_json(&iso, &["--key", public.to_str().unwrap()]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["signature"]["status"], "ok");
+    let (code, log) = checkisomd5(&iso);
+    assert_eq!(code, 0, "{log}");
+    let cdrom = iso.to_str().unwrap().to_string();
+    qemu_boot(Firmware::Uefi, &["-cdrom", &cdrom], BOOT_MARKER, Duration::from_secs(300));
 }
