@@ -527,28 +527,35 @@ impl Plan {
     }
 
     /// Streams file data: a reader thread fills windows (small files read in parallel) and
-    /// chunks (big files), the calling thread writes them in order.
+    /// chunks, the calling thread writes them in order. Big host files are copied by the
+    /// reader thread itself with copy_file_range (one in-kernel copy), data segment by data
+    /// segment, so holes of sparse inputs stay holes.
     fn write_data(&self, file: &File, name: &Path, progress: &dyn Progress) -> Result<(), WriteError> {
-        let (tx, rx) = mpsc::sync_channel::<Result<(u64, Vec<u8>), WriteError>>(PIPELINE_DEPTH);
+        let (tx, rx) = mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
+        // Written buffers go back to the reader: no fresh page faults per window.
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let sink = Sink { out: file, name, progress };
         std::thread::scope(|scope| {
-            scope.spawn(move || self.read_data(&tx));
+            let sink_ref = &sink;
+            scope.spawn(move || self.read_data(&tx, &free_rx, sink_ref));
             for job in rx {
                 let (offset, buf) = job?;
                 write_skipping_zeros(file, name, &buf, offset)?;
                 progress.advance(buf.len() as u64);
+                let _ = free_tx.send(buf);
             }
             Ok(())
         })
     }
 
-    fn read_data(&self, tx: &mpsc::SyncSender<Result<(u64, Vec<u8>), WriteError>>) {
+    fn read_data(&self, tx: &mpsc::SyncSender<Job>, free: &mpsc::Receiver<Vec<u8>>, sink: &Sink<'_>) {
         let order: Vec<DataId> = self.data_order.iter().copied().filter(|&d| self.tree.data[d].size > 0).collect();
         let mut i = 0;
         while i < order.len() {
             let d = order[i];
             let size = self.tree.data[d].size;
             if size >= BIG_FILE && !self.boot.as_ref().is_some_and(|b| b.needs_patch(d)) {
-                if !self.stream_big(d, tx) {
+                if !self.stream_big(d, tx, free, sink) {
                     return;
                 }
                 i += 1;
@@ -567,19 +574,21 @@ impl Plan {
                 i += 1;
             }
             let items = &order[start..i];
-            let result = self.read_window(items);
+            let buf = free.try_recv().unwrap_or_default();
+            let result = self.read_window(items, buf);
             if tx.send(result).is_err() {
                 return;
             }
         }
     }
 
-    fn read_window(&self, items: &[DataId]) -> Result<(u64, Vec<u8>), WriteError> {
+    fn read_window(&self, items: &[DataId], mut buf: Vec<u8>) -> Job {
         let first_lba = u64::from(self.data_lba[items[0]]);
         let last = items[items.len() - 1];
         let end = u64::from(self.data_lba[last]) * SECTOR_SIZE + self.tree.data[last].size;
         let len = (end - first_lba * SECTOR_SIZE) as usize;
-        let mut buf = vec![0u8; len];
+        buf.clear();
+        buf.resize(len, 0);
         // Carve the buffer into one slice per file (they are consecutive and non-overlapping).
         let mut slices: Vec<(DataId, &mut [u8])> = Vec::with_capacity(items.len());
         let mut rest: &mut [u8] = &mut buf;
@@ -621,50 +630,118 @@ impl Plan {
         }
     }
 
-    /// Streams one big file in chunks, skipping holes of sparse sources.
-    fn stream_big(&self, d: DataId, tx: &mpsc::SyncSender<Result<(u64, Vec<u8>), WriteError>>) -> bool {
+    /// Copies one big file: each data segment of the source (SEEK_DATA / SEEK_HOLE) with
+    /// copy_file_range straight into the output, or through the writer in chunks where the
+    /// kernel cannot copy between these files.
+    fn stream_big(&self, d: DataId, tx: &mpsc::SyncSender<Job>, free: &mpsc::Receiver<Vec<u8>>, sink: &Sink<'_>) -> bool {
         let item = &self.tree.data[d];
         let base = u64::from(self.data_lba[d]) * SECTOR_SIZE;
         let (path, src_base) = match &item.source {
             DataSource::Host(p) => (p.clone(), 0),
             DataSource::Range { path, offset } => (path.clone(), *offset),
             DataSource::Mem(_) => {
-                let r = self.read_window(&[d]);
+                let r = self.read_window(&[d], free.try_recv().unwrap_or_default());
                 return tx.send(r).is_ok();
             }
         };
+        let fail = |e: WriteError| {
+            let _ = tx.send(Err(e));
+            false
+        };
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(source) => {
-                let _ = tx.send(Err(WriteError::Read { path, source }));
-                return false;
-            }
+            Err(source) => return fail(WriteError::Read { path, source }),
         };
+        let mut kernel_copy = true;
         let mut pos = 0u64;
         while pos < item.size {
             // Skip a hole in the source: the output already reads as zeros there.
-            if let Some(next_data) = seek_data(&file, src_base + pos) {
-                let next = next_data.saturating_sub(src_base);
-                if next > pos {
-                    let skip = (next - pos).min(item.size - pos) / SECTOR_SIZE * SECTOR_SIZE;
-                    if skip > 0 {
-                        pos += skip;
-                        continue;
+            let (seg_start, seg_end) = match data_segment(&file, src_base + pos) {
+                Some((s, e)) => (s.saturating_sub(src_base).max(pos), e.saturating_sub(src_base).min(item.size)),
+                None => (pos, item.size),
+            };
+            if seg_start >= item.size {
+                sink.progress.advance(item.size - pos);
+                break;
+            }
+            sink.progress.advance(seg_start - pos);
+            pos = seg_start;
+            let seg_end = seg_end.max(pos + 1).min(item.size);
+            while pos < seg_end {
+                let n = (seg_end - pos).min(CHUNK_BYTES);
+                if kernel_copy {
+                    match copy_range(&file, src_base + pos, sink.out, base + pos, n) {
+                        Ok(0) => {
+                            let source = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file became shorter while the image was written");
+                            return fail(WriteError::Read { path, source });
+                        }
+                        Ok(done) => {
+                            pos += done;
+                            sink.progress.advance(done);
+                            continue;
+                        }
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL | libc::EBADF)) => {
+                            kernel_copy = false;
+                        }
+                        Err(source) => return fail(WriteError::Write { path: sink.name.to_path_buf(), offset: base + pos, source }),
                     }
                 }
+                let mut buf = free.try_recv().unwrap_or_default();
+                buf.clear();
+                buf.resize(n as usize, 0);
+                if let Err(source) = file.read_exact_at(&mut buf, src_base + pos) {
+                    return fail(WriteError::Read { path, source });
+                }
+                if tx.send(Ok((base + pos, buf))).is_err() {
+                    return false;
+                }
+                pos += n;
             }
-            let n = (item.size - pos).min(CHUNK_BYTES) as usize;
-            let mut buf = vec![0u8; n];
-            let r = file.read_exact_at(&mut buf, src_base + pos).map_err(|source| WriteError::Read { path: path.clone(), source });
-            let job = r.map(|()| (base + pos, buf));
-            let failed = job.is_err();
-            if tx.send(job).is_err() || failed {
-                return false;
-            }
-            pos += n as u64;
         }
         true
     }
+}
+
+/// A result from the reader thread: bytes to write at an offset.
+type Job = Result<(u64, Vec<u8>), WriteError>;
+
+/// Where the reader thread copies big files to directly.
+struct Sink<'a> {
+    out: &'a File,
+    name: &'a Path,
+    progress: &'a dyn Progress,
+}
+
+/// One copy_file_range call: returns bytes copied (0 at the source's end).
+fn copy_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut off_in = i64::try_from(src_off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut off_out = i64::try_from(dst_off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both descriptors are open; the offsets are valid pointers to local variables.
+    let r = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, len as usize, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as u64)
+}
+
+/// The data segment at or after `offset`: (start, end) from SEEK_DATA / SEEK_HOLE, start =
+/// u64::MAX when only a hole remains, None when the file system cannot tell.
+fn data_segment(file: &File, offset: u64) -> Option<(u64, u64)> {
+    let start = seek_data(file, offset)?;
+    if start == u64::MAX {
+        return Some((u64::MAX, u64::MAX));
+    }
+    let end = seek_hole(file, start).unwrap_or(u64::MAX);
+    Some((start, end))
+}
+
+fn seek_hole(file: &File, offset: u64) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let off = i64::try_from(offset).ok()?;
+    // SAFETY: lseek on a valid open descriptor has no memory effects.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_HOLE) };
+    (r >= 0).then_some(r as u64)
 }
 
 /// The next offset holding data at or after `offset` (SEEK_DATA), or None when unknown.

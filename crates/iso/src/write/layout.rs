@@ -228,9 +228,9 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
             return Err(WriteError::FileTooLarge { path, size: d.size });
         }
     }
-    if rr.is_none() && !spec.naming.joliet {
+    if rr.is_none() {
         // Without Rock Ridge symlinks and special files have no representation; mkisofs
-        // leaves them out.
+        // leaves them out (with -f, links were already replaced by their targets).
         drop_specials(&mut tree);
     }
     let iso = build_hierarchy(&tree, spec, &rules, false, rr.is_some() && !spec.naming.no_deep_relocation)?;

@@ -227,8 +227,12 @@ fn scan_entry(
     name: String,
     depth: usize,
     ancestors: &[(u64, u64)],
+    known: Option<std::fs::Metadata>,
 ) -> Result<Option<Scanned>, WriteError> {
-    let lmeta = std::fs::symlink_metadata(path).map_err(|e| read_err(path, e))?;
+    let lmeta = match known {
+        Some(m) => m,
+        None => std::fs::symlink_metadata(path).map_err(|e| read_err(path, e))?,
+    };
     let meta = if ctx.follow && lmeta.file_type().is_symlink() {
         match std::fs::metadata(path) {
             Ok(m) => m,
@@ -290,11 +294,15 @@ fn scan_dir(
         if excluded(ctx.excludes, &name, &path) {
             continue;
         }
-        names.push((name, path));
+        names.push((name, path, entry));
     }
+    // DirEntry::metadata stats relative to the open folder (no path walk per file).
     let scanned: Result<Vec<Option<Scanned>>, WriteError> = names
         .into_par_iter()
-        .map(|(name, path)| scan_entry(ctx, &path, name, depth, ancestors))
+        .map(|(name, path, entry)| {
+            let meta = entry.metadata().map_err(|e| read_err(&path, e))?;
+            scan_entry(ctx, &path, name, depth, ancestors, Some(meta))
+        })
         .collect();
     Ok(scanned?.into_iter().flatten().collect())
 }
@@ -408,12 +416,12 @@ impl Tree {
     }
 
     /// Places a non-folder leaf at `parent/name`, replacing a leaf of that name.
-    fn put_leaf(&mut self, parent: NodeId, name: String, kind: NodeKind, meta: Meta, host: Option<PathBuf>, full: &str) -> Result<NodeId, WriteError> {
+    fn put_leaf(&mut self, parent: NodeId, name: String, kind: NodeKind, meta: Meta, host: Option<PathBuf>) -> Result<NodeId, WriteError> {
         if let NodeKind::Dir(c) = &self.nodes[parent].kind {
             if let Some(&old) = c.get(&name) {
                 if self.is_dir(old) {
                     return Err(WriteError::Conflict {
-                        iso_path: full.to_string(),
+                        iso_path: format!("{}/{name}", self.path_of(parent).trim_end_matches('/')),
                         reason: "a file would replace a folder of the same name".into(),
                     });
                 }
@@ -471,8 +479,7 @@ impl Tree {
                     ScannedKind::Socket => NodeKind::Socket,
                     ScannedKind::Dir(_) => unreachable_dir(),
                 };
-                let full = format!("{}/{name}", self.path_of(parent).trim_end_matches('/'));
-                self.put_leaf(parent, name, kind, meta, Some(path), &full)?;
+                self.put_leaf(parent, name, kind, meta, Some(path))?;
             }
         }
         Ok(())
@@ -486,7 +493,7 @@ impl Tree {
         };
         let dir_meta = Meta { mode: S_IFDIR | 0o755, ..meta };
         let parent = self.ensure_dir(&parts, iso_path, dir_meta)?;
-        self.put_leaf(parent, name, NodeKind::Catalog, meta, None, iso_path)
+        self.put_leaf(parent, name, NodeKind::Catalog, meta, None)
     }
 
     /// Adds a data item that no name refers to (a boot image given as bytes).
@@ -505,7 +512,7 @@ impl Tree {
         let parent = self.ensure_dir(&parts, iso_path, dir_meta)?;
         self.data.push(Data { source, size, links: 1 });
         let d = self.data.len() - 1;
-        self.put_leaf(parent, name, NodeKind::File(d), meta, None, iso_path)
+        self.put_leaf(parent, name, NodeKind::File(d), meta, None)
     }
 }
 
@@ -527,7 +534,7 @@ pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
         .par_iter()
         .map(|g| {
             let name = g.host_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            scan_entry(&ctx, &g.host_path, name, 0, &[])
+            scan_entry(&ctx, &g.host_path, name, 0, &[], None)
         })
         .collect();
     for (graft, item) in spec.sources.iter().zip(scanned) {
