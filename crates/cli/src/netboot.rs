@@ -155,7 +155,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         arm64_bootfile: args.arm64_bootfile.clone(),
         ipxe_script: args.ipxe_script.clone(),
         rules_file: args.config.clone(),
-        iso_open: iso_opener(),
     };
     let sink = Box::new(|event: &vmedia_netboot::status::Event| {
         let mut err = std::io::stderr().lock();
@@ -177,11 +176,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
     .context("netboot server")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Opens a file inside an ISO for streaming, through the ISO reader.
-fn iso_opener() -> Option<vmedia_netboot::files::IsoOpenFn> {
-    None
 }
 
 fn fetch_status(server: &str) -> anyhow::Result<String> {

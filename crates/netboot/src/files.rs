@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 use vmedia_io::ReadAt;
+use vmedia_iso::read::{IsoImage, OpenOptions, ReadError};
 
 /// Longest request path we look at; TFTP file names fit in one 512-byte packet anyway.
 pub const MAX_PATH_LEN: usize = 4096;
@@ -95,24 +96,21 @@ pub fn normalize(request: &str) -> Result<Normalized, FileError> {
     Ok(Normalized { components: split_components(&path, request)?, inner: None })
 }
 
-/// Opens an ISO image and a file inside it; implemented over `vmedia_iso::read`.
-pub type IsoOpenFn = fn(Arc<File>, &str) -> Result<(Arc<dyn ReadAt>, u64), String>;
-
 /// The root folder everything is served from.
 pub struct FileRoot {
     dir: File,
     path: PathBuf,
-    iso_open: Option<IsoOpenFn>,
-    isos: Mutex<HashMap<Vec<String>, Arc<File>>>,
+    /// Parsed images by path, size and modification time (a replaced image is parsed again).
+    isos: Mutex<HashMap<(Vec<String>, u64, i64), Arc<IsoImage>>>,
 }
 
 impl FileRoot {
-    pub fn new(path: &Path, iso_open: Option<IsoOpenFn>) -> io::Result<FileRoot> {
+    pub fn new(path: &Path) -> io::Result<FileRoot> {
         let dir = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("cannot open root {}: {e}", path.display())))?;
         if !dir.metadata()?.is_dir() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("root {} is not a directory", path.display())));
         }
-        Ok(FileRoot { dir, path: path.to_path_buf(), iso_open, isos: Mutex::new(HashMap::new()) })
+        Ok(FileRoot { dir, path: path.to_path_buf(), isos: Mutex::new(HashMap::new()) })
     }
 
     pub fn path(&self) -> &Path {
@@ -190,35 +188,40 @@ impl FileRoot {
 
     fn open_in_iso(&self, image: &[String], inner: &[String], display: &str) -> Result<ServedFile, FileError> {
         let iso_name = image.join("/");
-        let Some(iso_open) = self.iso_open else {
-            return Err(FileError::Iso { iso: iso_name, path: inner.join("/"), reason: "this build cannot read ISO images".into() });
-        };
-        let iso_file = {
-            let cached = self.isos.lock().ok().and_then(|m| m.get(image).cloned());
-            match cached {
-                Some(f) => f,
-                None => {
-                    let (file, _) = Self::regular(self.open_beneath(image, &iso_name)?, &iso_name)?;
-                    let file = Arc::new(file);
-                    if let Ok(mut m) = self.isos.lock() {
-                        if m.len() >= MAX_OPEN_ISOS {
-                            m.clear();
-                        }
-                        m.insert(image.to_vec(), file.clone());
-                    }
-                    file
-                }
-            }
-        };
         let inner_path = format!("/{}", inner.join("/"));
-        let (source, size) = iso_open(iso_file, &inner_path).map_err(|reason| {
-            if reason.contains("not found") {
-                FileError::NotFound(display.to_string())
-            } else {
-                FileError::Iso { iso: iso_name.clone(), path: inner_path.clone(), reason }
+        let iso_error = |reason: String| FileError::Iso { iso: iso_name.clone(), path: inner_path.clone(), reason };
+        let file = self.open_beneath(image, &iso_name)?;
+        let meta = file.metadata().map_err(|e| FileError::Io { path: iso_name.clone(), source: e })?;
+        if !meta.is_file() {
+            return Err(FileError::NotAFile(iso_name));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let key = (image.to_vec(), meta.len(), meta.mtime());
+        let cached = self.isos.lock().ok().and_then(|m| m.get(&key).cloned());
+        let iso = match cached {
+            Some(iso) => iso,
+            None => {
+                let source: Arc<dyn ReadAt> = Arc::new(file);
+                let iso = Arc::new(IsoImage::open(source, OpenOptions::default()).map_err(|e| iso_error(e.to_string()))?);
+                if let Ok(mut m) = self.isos.lock() {
+                    if m.len() >= MAX_OPEN_ISOS {
+                        m.clear();
+                    }
+                    m.insert(key, iso.clone());
+                }
+                iso
             }
+        };
+        let entry = iso.lookup_follow(&inner_path).map_err(|e| match e {
+            ReadError::NotFound { .. } | ReadError::NotADirectory { .. } => FileError::NotFound(display.to_string()),
+            other => iso_error(other.to_string()),
         })?;
-        Ok(ServedFile { source, size, plain: None, name: display.to_string() })
+        if !entry.is_file() {
+            return Err(FileError::NotAFile(display.to_string()));
+        }
+        let reader = iso.file_reader(&entry).map_err(|e| iso_error(e.to_string()))?;
+        let size = reader.len();
+        Ok(ServedFile { source: Arc::new(reader), size, plain: None, name: display.to_string() })
     }
 }
 
@@ -264,7 +267,7 @@ mod tests {
         std::os::unix::fs::symlink("../secret", root.join("rel")).unwrap();
         std::fs::write(root.join("ok"), b"fine").unwrap();
         std::os::unix::fs::symlink("ok", root.join("inside")).unwrap();
-        let fr = FileRoot::new(&root, None).unwrap();
+        let fr = FileRoot::new(&root).unwrap();
         assert!(matches!(fr.open("link"), Err(FileError::SymlinkEscape(_))));
         assert!(matches!(fr.open("rel"), Err(FileError::SymlinkEscape(_))));
         assert_eq!(fr.open("inside").unwrap().size, 4);

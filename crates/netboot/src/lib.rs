@@ -24,7 +24,7 @@ use thiserror::Error;
 
 use dhcp::leases::{LeaseFile, LeaseTable};
 use dhcp::policy::{BootFiles, IpxeScript, Mode, Policy};
-use files::{FileRoot, IsoOpenFn};
+use files::FileRoot;
 use rules::Rules;
 use status::{EventSink, Status};
 
@@ -72,7 +72,6 @@ pub struct ServerConfig {
     /// `--ipxe-script`: a URL handed to iPXE, or a template file served at /boot.ipxe.
     pub ipxe_script: Option<String>,
     pub rules_file: Option<PathBuf>,
-    pub iso_open: Option<IsoOpenFn>,
 }
 
 /// What `serve` bound, reported before it starts serving.
@@ -97,7 +96,7 @@ pub fn serve(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&Bound)) 
 
 async fn serve_async(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&Bound)) -> Result<(), NetbootError> {
     let status = Arc::new(Status::new(sink));
-    let root = Arc::new(FileRoot::new(&config.root, config.iso_open).map_err(io_err("--root"))?);
+    let root = Arc::new(FileRoot::new(&config.root).map_err(io_err("--root"))?);
     let rules = match &config.rules_file {
         Some(path) => Rules::load(path)?,
         None => Rules::default(),

@@ -21,6 +21,12 @@ use super::session::{negotiate, Action, ReadSession};
 pub const MAX_NETASCII_FILE: u64 = 16 << 20;
 /// Socket buffer for transfer sockets: a full window of the largest blocks.
 const SOCKET_BUFFER: i32 = 4 << 20;
+/// Bytes sent in one burst before pausing: a client's default 208 KiB receive buffer holds
+/// only about a dozen 8 KiB datagrams (loopback charges 16 KiB each), so a 16 x 8 KiB window
+/// sent at once loses its tail and costs a retransmission timeout every window.
+const BURST_BYTES: usize = 64 * 1024;
+/// Pause between bursts of one window, letting the client drain its socket.
+const BURST_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub struct TftpServer {
     pub socket: UdpSocket,
@@ -197,11 +203,16 @@ async fn run_session(
                     let rel = (off - start) as usize;
                     packets[i] = (data_header(block as u16), &data[rel..rel + len]);
                 }
+                let burst = (BURST_BYTES / blksize).max(1);
                 let mut sent = 0;
                 while sent < count {
+                    if sent > 0 && sent % burst == 0 {
+                        tokio::time::sleep(BURST_PAUSE).await;
+                    }
+                    let burst_end = ((sent / burst + 1) * burst).min(count);
                     socket.writable().await.map_err(|e| e.to_string())?;
                     let fd = socket.as_raw_fd();
-                    match socket.try_io(Interest::WRITABLE, || net::send_batch(fd, &packets[sent..count])) {
+                    match socket.try_io(Interest::WRITABLE, || net::send_batch(fd, &packets[sent..burst_end])) {
                         Ok(n) => sent += n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(format!("client unreachable: {e}")),
