@@ -22,6 +22,8 @@ use crate::mkisofs::common;
 const ISOLINUX_HYBRID_MBR: &str = "/usr/lib/ISOLINUX/isohdpfx.bin";
 /// Where Debian's grub-pc-bin keeps GRUB's hybrid MBR template.
 const GRUB_HYBRID_MBR: &str = "/usr/lib/grub/i386-pc/boot_hybrid.img";
+/// `--hybrid` without `=TEMPLATE`: pick the template from the BIOS boot image.
+const HYBRID_AUTO: &str = "auto";
 /// The appended partition slot used for the ESP vmedia builds (xorriso/archiso use 2).
 const ESP_PARTITION_NUMBER: u8 = 2;
 
@@ -103,7 +105,7 @@ pub struct Args {
     boot_catalog: Option<String>,
     /// USB-bootable hybrid layout: an MBR (isolinux's isohdpfx.bin, or GRUB's
     /// boot_hybrid.img for a GRUB BIOS image; or TEMPLATE) and a GPT for UEFI.
-    #[arg(long, value_name = "TEMPLATE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    #[arg(long, value_name = "TEMPLATE", num_args = 0..=1, require_equals = true, default_missing_value = HYBRID_AUTO)]
     hybrid: Option<PathBuf>,
     /// Reproducible build time: Unix seconds or YYYY-MM-DD[THH:MM:SS] UTC
     /// (default: SOURCE_DATE_EPOCH when set).
@@ -270,7 +272,7 @@ fn add_boot(args: &Args, spec: &mut IsoSpec) -> anyhow::Result<()> {
             bail!("--hybrid needs a boot image: --bios-boot, --uefi-boot or --efi-dir");
         }
         if args.bios_boot.is_some() {
-            let (file, kind) = if template.as_os_str().is_empty() {
+            let (file, kind) = if template.as_os_str() == HYBRID_AUTO {
                 if bios_is_grub {
                     (PathBuf::from(GRUB_HYBRID_MBR), SystemAreaKind::Grub2Mbr)
                 } else {
@@ -292,7 +294,7 @@ fn add_boot(args: &Args, spec: &mut IsoSpec) -> anyhow::Result<()> {
                 // grub-mkrescue's layout: the MBR partition covers the image from sector 1.
                 spec.hybrid.protective_msdos_label = true;
             }
-        } else if !template.as_os_str().is_empty() {
+        } else if template.as_os_str() != HYBRID_AUTO {
             bail!("--hybrid={}: an MBR template needs --bios-boot", template.display());
         }
     }
