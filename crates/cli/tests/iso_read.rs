@@ -555,12 +555,7 @@ fn info_shows_isolinux_boot_entry_and_mkisofs_options() {
         args.join(" "),
         "-c /isolinux/boot.cat -b /isolinux/isolinux.bin -no-emul-boot -boot-load-size 4 -boot-info-table"
     );
-    // xorriso agrees on the essentials.
-    let out = run_ok(Command::new(require_tool("xorriso")).arg("-indev").arg(&image).args(["-report_el_torito", "as_mkisofs"]));
-    let report = String::from_utf8_lossy(&out.stdout);
-    for expected in ["-b '/isolinux/isolinux.bin'", "-c '/isolinux/boot.cat'", "-boot-load-size 4", "-boot-info-table"] {
-        assert!(report.contains(expected), "xorriso report lacks {expected}:\n{report}");
-    }
+    assert_boot_args_match_xorriso(&image, &info);
 }
 
 #[test]
@@ -584,9 +579,24 @@ fn info_shows_grub_mkrescue_bios_and_efi_entries_and_partitions() {
         .collect();
     let ours: Vec<u64> = entries.iter().map(|e| e["lba"].as_u64().unwrap()).collect();
     assert_eq!(ours, lbas, "boot image locations differ from xorriso:\n{report}");
-    // The EFI image must be readable: a FAT file system.
     let efi_size = entries[1]["image_size"].as_u64().unwrap();
     assert!(efi_size > 512);
+    assert_eq!(info["partitions"]["apple_partition_map"], true, "grub-mkrescue writes an APM for Macs");
+    assert_boot_args_match_xorriso(&image, &info);
+}
+
+/// Our El Torito mkisofs options equal xorriso's `-report_el_torito as_mkisofs` from `-c` on.
+fn assert_boot_args_match_xorriso(image: &Path, info: &serde_json::Value) {
+    let out = run_ok(Command::new(require_tool("xorriso")).arg("-indev").arg(image).args(["-report_el_torito", "as_mkisofs"]));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let theirs: Vec<String> = report
+        .lines()
+        .skip_while(|l| !l.starts_with("-c "))
+        .flat_map(shell_words)
+        .collect();
+    let ours: Vec<String> =
+        info["mkisofs_boot_args"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(ours, theirs, "El Torito options differ from xorriso -report_el_torito as_mkisofs:\n{report}");
 }
 
 // ---------------------------------------------------------------------------------------------

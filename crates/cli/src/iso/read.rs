@@ -593,6 +593,12 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.image.display()))?;
     let items = collect_items(&image, &args.dir, &args.paths)?;
     let restore_owner = is_root() && !args.no_same_owner;
+    // SAFETY: umask has no preconditions; read once (set back at once) before any thread runs.
+    let umask = unsafe {
+        let mask = libc::umask(0o022);
+        libc::umask(mask);
+        mask as u32
+    };
 
     fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     // Directories first (owner-writable while we fill them), in walk order: parents first.
@@ -637,14 +643,7 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
     let big = std::sync::Mutex::new(Vec::<(usize, Arc<File>)>::new());
     parallel_for(files.len(), |index, buf| -> Result<()> {
         let (item, reader) = &files[index];
-        clear_destination(&item.dest, args.force)?;
-        let out = FsOpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&item.dest)
-            .with_context(|| format!("cannot create {}", item.dest.display()))?;
+        let out = create_file(&item.dest, item.entry.permissions() & 0o777, args.force)?;
         let len = reader.len();
         if len > CHUNK_BYTES {
             // SAFETY: valid fd; preallocation keeps big files contiguous.
@@ -656,7 +655,7 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
             copy_range(&image_file, reader, &out, 0, len, buf).with_context(|| format!("cannot write {}", item.dest.display()))?;
             bar.advance(len);
         }
-        finish_file(&out, &item.entry, &item.dest, restore_owner)
+        finish_file(&out, &item.entry, &item.dest, restore_owner, umask)
     })?;
     let big = big.into_inner().map_err(|_| anyhow!("an extraction thread panicked"))?;
     let mut chunks: Vec<(usize, u64, u64)> = Vec::new();
@@ -679,7 +678,7 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
     })?;
     for (index, out) in &handles {
         let (item, _) = &files[*index];
-        finish_file(out, &item.entry, &item.dest, restore_owner)?;
+        finish_file(out, &item.entry, &item.dest, restore_owner, umask)?;
     }
     bar.finish();
 
@@ -792,14 +791,40 @@ where
     }
 }
 
-fn finish_file(out: &File, entry: &Entry, dest: &Path, restore_owner: bool) -> Result<()> {
-    if restore_owner {
+/// Creates `path` exclusively (never following a symlink); an existing file is replaced only
+/// with `force`. One `open` in the common case.
+fn create_file(path: &Path, mode: u32, force: bool) -> Result<File> {
+    let open = || {
+        FsOpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    match open() {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            clear_destination(path, force)?;
+            open().with_context(|| format!("cannot create {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+fn finish_file(out: &File, entry: &Entry, dest: &Path, restore_owner: bool, umask: u32) -> Result<()> {
+    let mut chown_done = false;
+    if restore_owner && (entry.uid != 0 || entry.gid != 0) {
         // SAFETY: valid fd.
         if unsafe { libc::fchown(out.as_raw_fd(), entry.uid, entry.gid) } != 0 {
             return Err(io::Error::last_os_error()).with_context(|| format!("cannot set the owner of {}", dest.display()));
         }
+        chown_done = true;
     }
-    if entry.permissions() != 0o600 {
+    // The file was created with its permission bits; only the umask, special bits, or a
+    // chown (which clears setuid) need a chmod.
+    let perm = entry.permissions();
+    if perm & umask != 0 || perm & 0o7000 != 0 || chown_done {
         out.set_permissions(fs::Permissions::from_mode(entry.permissions()))
             .with_context(|| format!("cannot set the mode of {}", dest.display()))?;
     }

@@ -147,11 +147,8 @@ impl BootEntryInfo {
             args.push(self.load_segment.to_string());
         }
         if self.emulation == Emulation::NoEmulation {
-            let whole = self.image_size.div_ceil(512);
-            if self.platform != Platform::Efi || u64::from(self.sector_count) != whole.min(65535) {
-                args.push("-boot-load-size".into());
-                args.push(self.sector_count.to_string());
-            }
+            args.push("-boot-load-size".into());
+            args.push(self.sector_count.to_string());
         }
         if self.boot_info_table {
             args.push("-boot-info-table".into());

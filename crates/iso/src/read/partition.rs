@@ -119,7 +119,9 @@ pub(crate) fn read_partitions(source: &Source, system_area: &[u8]) -> Result<Par
     if system_area.len() < 1024 {
         return Ok(table);
     }
-    table.apple_partition_map = &system_area[0..2] == b"ER" && &system_area[512..514] == b"PM";
+    // The map's entries follow block 0 at the APM block size: 512 or (xorriso) 2048 bytes.
+    table.apple_partition_map =
+        &system_area[0..2] == b"ER" && (&system_area[512..514] == b"PM" || &system_area[2048..2050] == b"PM");
     table.mbr_signature = system_area[510] == 0x55 && system_area[511] == 0xAA;
     if !table.mbr_signature {
         return Ok(table);
