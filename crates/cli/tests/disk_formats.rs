@@ -248,3 +248,132 @@ fn dirty_log_vhdx_is_replayed_in_memory_like_qemu_check_repairs_it() {
     run_ok(std::process::Command::new(qemu_img()).args(["check", "-r", "all", "-f", "vhdx"]).arg(&copy));
     assert_qemu_identical(&ours, "raw", &copy, "vhdx");
 }
+
+/// Decompresses shared samples into one folder (multi-file images need their pieces together).
+fn samples_together(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for n in names {
+        let p = shared_sample(n);
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn multi_file_vmdk_samples_read_like_qemu() {
+    for (names, top) in [
+        (&["vmdk-rs/twoGbMaxExtentSparse.vmdk.xz", "vmdk-rs/twoGbMaxExtentSparse-s001.vmdk.xz"][..], "twoGbMaxExtentSparse.vmdk"),
+        (&["vmdk-rs/vmfs_thick.vmdk.xz", "vmdk-rs/vmfs_thick-flat.vmdk.xz"][..], "vmfs_thick.vmdk"),
+    ] {
+        let dir = samples_together(names);
+        let path = dir.path().join(top);
+        let img = open_default(&path);
+        let ours = dir.path().join("ours.raw");
+        dump_raw(img.as_ref(), &ours);
+        let theirs = dir.path().join("theirs.raw");
+        qemu_to_raw(&path, Some("vmdk"), &theirs);
+        assert!(files_equal(&ours, &theirs), "{top}: differs from qemu-img");
+    }
+    // The same data in four VMware subformats (vmdk-rs commit "same data in 4 vmdk types").
+    let dir = samples_together(&["vmdk-rs/twoGbMaxExtentSparse.vmdk.xz", "vmdk-rs/twoGbMaxExtentSparse-s001.vmdk.xz"]);
+    let a = dir.path().join("a.raw");
+    dump_raw(open_default(&dir.path().join("twoGbMaxExtentSparse.vmdk")).as_ref(), &a);
+    let b = dir.path().join("b.raw");
+    dump_raw(open_default(&shared_sample("vmdk-rs/streamOptimized.vmdk.xz")).as_ref(), &b);
+    assert!(files_equal(&a, &b));
+}
+
+fn open_error(path: &Path) -> String {
+    match open_any(path, &vmedia_disk::OpenOptions::default()) {
+        Ok(img) => {
+            // Some damage only shows when reading: read everything the image maps.
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("x.raw");
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dump_raw(img.as_ref(), &out)));
+            match result {
+                Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+                Ok(()) => panic!("{} opened and read without an error", path.display()),
+            }
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn negative_samples_give_clear_errors() {
+    for (name, expect) in [
+        ("qemu-iotests/afl5.img.bz2", "max table entries"),
+        ("qemu-iotests/afl9.vmdk.bz2", "vmdk"),
+        ("qemu-iotests/afl9-2015orig.vmdk.bz2", "vmdk"),
+        ("go-vmdk-parser/vmdk-invalid.img.xz", "descriptor"),
+        ("dfvfs/image.vhd.xz", "checksum"),
+        ("dfvfs/image-differential.vhd.xz", "checksum"),
+        ("dissect.hypervisor/sesparse.vmdk.gz", "seSparse"),
+    ] {
+        let path = shared_sample(name);
+        let err = open_error(&path);
+        assert!(err.contains(expect), "{name}: error {err:?} does not mention {expect:?}");
+        assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "{name}: error {err:?} does not name the file");
+    }
+}
+
+#[test]
+fn images_with_absent_parents_or_extents_name_what_is_missing() {
+    for (name, missing) in [
+        ("dfvfs/fat-differential.vhd.xz", "fat-parent.vhd"),
+        ("dissect.hypervisor/differencing.avhdx.gz", "Generation 1_"),
+        ("vmdk-rs/descriptor-only/monolithicFlat.vmdk.xz", "monolithicFlat-flat.vmdk"),
+        ("vmdk-rs/descriptor-only/twoGbMaxExtentFlat.vmdk.xz", "twoGbMaxExtentFlat-f001.vmdk"),
+        ("SecurityRonin-vmdk/descriptor-only/ms3-win.vmdk.xz", "disk-s001.vmdk"),
+    ] {
+        let path = shared_sample(name);
+        let err = match open_any(&path, &vmedia_disk::OpenOptions::default()) {
+            Ok(_) => panic!("{name} opened although {missing} is absent"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(missing), "{name}: {err:?} does not name {missing}");
+    }
+    // With the chain not followed, the differencing images still describe themselves.
+    let opts = vmedia_disk::OpenOptions { skip_backing: true, ..Default::default() };
+    let vhd = open_any(&shared_sample("dfvfs/fat-differential.vhd.xz"), &opts).unwrap();
+    assert_eq!(vhd.virtual_size(), 4 << 20);
+    assert_eq!(vhd.backing_ref().unwrap().name, "fat-parent.vhd");
+    let avhdx = open_any(&shared_sample("dissect.hypervisor/differencing.avhdx.gz"), &opts).unwrap();
+    assert_eq!(avhdx.virtual_size(), 8 << 30);
+    assert!(avhdx.backing_ref().unwrap().name.ends_with(".avhdx"));
+    // An ESXi snapshot descriptor: its VMFSSPARSE extent format is named.
+    let err = open_any(&shared_sample("vmdk-rs/descriptor-only/vmfs_thick-000001.vmdk.xz"), &vmedia_disk::OpenOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("VMFSSPARSE"), "{err}");
+}
+
+#[test]
+fn hand_edited_vhd_reads_when_checksums_are_ignored() {
+    // dfvfs/image.vhd is plaso/image.vhd with a hand-set UUID (footer checksum not updated).
+    let edited = shared_sample("dfvfs/image.vhd.xz");
+    let out = run_ok(std::process::Command::new(env!("CARGO_BIN_EXE_vmedia")).args(["--version"]));
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "ignored_checksums_child", "--nocapture"])
+        .env("VMEDIA_IGNORE_CHECKSUMS", "1")
+        .env("H6_EDITED", &edited)
+        .env("H6_OUT", dir.path().join("edited.raw"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "reading with VMEDIA_IGNORE_CHECKSUMS=1 failed");
+    let clean = dir.path().join("clean.raw");
+    qemu_to_raw(&shared_sample("plaso/image.vhd.xz"), Some("vpc"), &clean);
+    assert!(files_equal(&dir.path().join("edited.raw"), &clean));
+}
+
+/// Runs in a child process (environment variables are process-wide): reads H6_EDITED.
+#[test]
+fn ignored_checksums_child() {
+    let (Some(input), Some(out)) = (std::env::var_os("H6_EDITED"), std::env::var_os("H6_OUT")) else {
+        // Run directly (not as the child): the parent test covers this path.
+        assert!(std::env::var_os("VMEDIA_IGNORE_CHECKSUMS").is_none());
+        return;
+    };
+    let img = open_default(Path::new(&input));
+    dump_raw(img.as_ref(), Path::new(&out));
+}

@@ -120,22 +120,30 @@ fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
-const EMPTY_LOCATOR: Locator =
-    Locator { platform: PlatformCode::None, data_space: 0, data_length: 0, data_offset: 0 };
+const EMPTY_LOCATOR: Locator = Locator {
+    platform: PlatformCode::None,
+    data_space: 0,
+    data_length: 0,
+    data_offset: 0,
+};
 
 impl DynamicHeader {
     /// Parses and validates the header (cookie, block size, table size). The checksum is
     /// reported by `checksum_ok` so the caller can name the file.
     pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<DynamicHeader, Error> {
         if &b[field::COOKIE] != COOKIE {
-            return Err(Error::BadMagic { what: "dynamic header cookie \"cxsparse\"" });
+            return Err(Error::BadMagic {
+                what: "dynamic header cookie \"cxsparse\"",
+            });
         }
         let block_size = be32(b, field::BLOCK_SIZE.start);
         if block_size < 512 || !block_size.is_power_of_two() || block_size > MAX_BLOCK_SIZE {
             return Err(Error::Invalid {
                 field: "dynamic header block size",
                 offset: field::BLOCK_SIZE.start as u64,
-                reason: format!("{block_size} is not a power of two between 512 and {MAX_BLOCK_SIZE}"),
+                reason: format!(
+                    "{block_size} is not a power of two between 512 and {MAX_BLOCK_SIZE}"
+                ),
             });
         }
         let max_table_entries = be32(b, field::MAX_TABLE_ENTRIES.start);
@@ -251,12 +259,20 @@ pub fn decode_locator_path(platform: PlatformCode, data: &[u8]) -> Option<String
                 .collect();
             Some(String::from_utf16_lossy(&units))
         }
-        PlatformCode::Wi2r | PlatformCode::Wi2k => {
-            Some(String::from_utf8_lossy(data).trim_end_matches('\0').to_string())
-        }
+        PlatformCode::Wi2r | PlatformCode::Wi2k => Some(
+            String::from_utf8_lossy(data)
+                .trim_end_matches('\0')
+                .to_string(),
+        ),
         PlatformCode::MacX => {
-            let text = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
-            Some(text.strip_prefix("file://").map(str::to_string).unwrap_or(text))
+            let text = String::from_utf8_lossy(data)
+                .trim_end_matches('\0')
+                .to_string();
+            Some(
+                text.strip_prefix("file://")
+                    .map(str::to_string)
+                    .unwrap_or(text),
+            )
         }
         _ => None,
     }
@@ -275,7 +291,12 @@ mod tests {
     fn dynamic_header_round_trip() {
         let mut h = DynamicHeader::new(1536, 3, DEFAULT_BLOCK_SIZE);
         h.parent_name = "base.vhd".into();
-        h.locators[0] = Locator { platform: PlatformCode::W2ku, data_space: 512, data_length: 16, data_offset: 4096 };
+        h.locators[0] = Locator {
+            platform: PlatformCode::W2ku,
+            data_space: 512,
+            data_length: 16,
+            data_offset: 4096,
+        };
         let bytes = h.emit();
         assert!(DynamicHeader::checksum_ok(&bytes));
         let mut back = DynamicHeader::parse(&bytes).unwrap();
@@ -287,7 +308,13 @@ mod tests {
     fn block_size_must_be_a_power_of_two() {
         let mut h = DynamicHeader::new(1536, 3, DEFAULT_BLOCK_SIZE);
         h.block_size = 3 << 20;
-        assert!(matches!(DynamicHeader::parse(&h.emit()), Err(Error::Invalid { field: "dynamic header block size", .. })));
+        assert!(matches!(
+            DynamicHeader::parse(&h.emit()),
+            Err(Error::Invalid {
+                field: "dynamic header block size",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -295,7 +322,13 @@ mod tests {
         // afl5.vhd: 0x40000001 entries would overflow a 32-bit table size.
         let mut h = DynamicHeader::new(1536, 3, DEFAULT_BLOCK_SIZE);
         h.max_table_entries = 0x4000_0001;
-        assert!(matches!(DynamicHeader::parse(&h.emit()), Err(Error::Invalid { field: "dynamic header max table entries", .. })));
+        assert!(matches!(
+            DynamicHeader::parse(&h.emit()),
+            Err(Error::Invalid {
+                field: "dynamic header max table entries",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -307,7 +340,13 @@ mod tests {
     #[test]
     fn locator_paths_decode_per_platform() {
         let data = encode_utf16le(".\\base.vhd");
-        assert_eq!(decode_locator_path(PlatformCode::W2ru, &data).unwrap(), ".\\base.vhd");
-        assert_eq!(decode_locator_path(PlatformCode::MacX, b"file:///tmp/a.vhd").unwrap(), "/tmp/a.vhd");
+        assert_eq!(
+            decode_locator_path(PlatformCode::W2ru, &data).unwrap(),
+            ".\\base.vhd"
+        );
+        assert_eq!(
+            decode_locator_path(PlatformCode::MacX, b"file:///tmp/a.vhd").unwrap(),
+            "/tmp/a.vhd"
+        );
     }
 }

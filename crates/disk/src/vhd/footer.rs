@@ -199,7 +199,9 @@ impl Footer {
     /// caller can decide (and name the file and offset).
     pub fn parse(bytes: &[u8; FOOTER_SIZE]) -> Result<Footer, Error> {
         if !Footer::has_cookie(bytes) {
-            return Err(Error::BadMagic { what: "footer cookie \"conectix\"" });
+            return Err(Error::BadMagic {
+                what: "footer cookie \"conectix\"",
+            });
         }
         let mut creator_app = [0u8; 4];
         creator_app.copy_from_slice(&bytes[field::CREATOR_APP]);
@@ -207,7 +209,10 @@ impl Footer {
         creator_host.copy_from_slice(&bytes[field::CREATOR_HOST]);
         let mut unique_id = [0u8; 16];
         unique_id.copy_from_slice(&bytes[field::UNIQUE_ID]);
-        let cylinders = u16::from_be_bytes([bytes[field::CYLINDERS.start], bytes[field::CYLINDERS.start + 1]]);
+        let cylinders = u16::from_be_bytes([
+            bytes[field::CYLINDERS.start],
+            bytes[field::CYLINDERS.start + 1],
+        ]);
         Ok(Footer {
             features: be32(bytes, field::FEATURES),
             version: be32(bytes, field::VERSION),
@@ -218,7 +223,11 @@ impl Footer {
             creator_host,
             original_size: be64(bytes, field::ORIGINAL_SIZE),
             current_size: be64(bytes, field::CURRENT_SIZE),
-            geometry: Geometry { cylinders, heads: bytes[field::HEADS], sectors_per_track: bytes[field::SECTORS] },
+            geometry: Geometry {
+                cylinders,
+                heads: bytes[field::HEADS],
+                sectors_per_track: bytes[field::SECTORS],
+            },
             disk_type: DiskType::from_u32(be32(bytes, field::DISK_TYPE)),
             checksum: be32(bytes, field::CHECKSUM),
             unique_id,
@@ -260,7 +269,10 @@ impl Footer {
     /// those known to use the size field ("win ", "qem2", "d2v ", "CTXS", "tap\0") use
     /// `current_size`; a maximal geometry always means `current_size` (the CHS would truncate).
     pub fn virtual_size(&self) -> u64 {
-        let uses_size_field = matches!(&self.creator_app, b"win " | b"qem2" | b"d2v " | b"CTXS" | b"tap\0");
+        let uses_size_field = matches!(
+            &self.creator_app,
+            b"win " | b"qem2" | b"d2v " | b"CTXS" | b"tap\0"
+        );
         let chs_sectors = self.geometry.total_sectors();
         if uses_size_field || chs_sectors == MAX_CHS_SECTORS {
             self.current_size
@@ -271,7 +283,9 @@ impl Footer {
 
     /// The creator application as text, for `info`.
     pub fn creator_app_text(&self) -> String {
-        String::from_utf8_lossy(&self.creator_app).trim_end_matches(['\0', ' ']).to_string()
+        String::from_utf8_lossy(&self.creator_app)
+            .trim_end_matches(['\0', ' '])
+            .to_string()
     }
 }
 
@@ -345,7 +359,11 @@ mod tests {
     fn vpc_creator_sizes_by_chs_and_win_by_current_size() {
         let mut f = sample();
         f.creator_app = *b"vpc ";
-        f.geometry = Geometry { cylinders: 100, heads: 4, sectors_per_track: 17 };
+        f.geometry = Geometry {
+            cylinders: 100,
+            heads: 4,
+            sectors_per_track: 17,
+        };
         f.current_size = 1 << 30;
         assert_eq!(f.virtual_size(), 100 * 4 * 17 * 512);
         f.creator_app = *b"win ";

@@ -39,7 +39,8 @@ pub const MAX_VIRTUAL_SIZE: u64 = 2040 << 30;
 
 /// True for a dynamic VHD (cookie at 0) or a fixed one (footer at the end).
 pub fn probe(head: &[u8], tail: &[u8]) -> bool {
-    head.starts_with(footer::COOKIE) || tail.len() >= FOOTER_SIZE && tail[tail.len() - FOOTER_SIZE..].starts_with(footer::COOKIE)
+    head.starts_with(footer::COOKIE)
+        || tail.len() >= FOOTER_SIZE && tail[tail.len() - FOOTER_SIZE..].starts_with(footer::COOKIE)
 }
 
 /// One open VHD layer.
@@ -65,7 +66,13 @@ struct Dynamic {
 fn read_footer(path: &Path, source: &dyn ReadAt, file_size: u64) -> Result<(Footer, Vec<String>)> {
     let mut warnings = Vec::new();
     if file_size < FOOTER_SIZE as u64 {
-        return Err(DiskError::corrupt(path, FORMAT, 0, "footer", format!("file of {file_size} bytes is shorter than a footer")));
+        return Err(DiskError::corrupt(
+            path,
+            FORMAT,
+            0,
+            "footer",
+            format!("file of {file_size} bytes is shorter than a footer"),
+        ));
     }
     let mut bytes = [0u8; FOOTER_SIZE];
     let tail_offset = file_size - FOOTER_SIZE as u64;
@@ -79,15 +86,25 @@ fn read_footer(path: &Path, source: &dyn ReadAt, file_size: u64) -> Result<(Foot
     let parsed = Footer::parse(&bytes).map_err(|e| e.into_disk(path, FORMAT, at))?;
     if !Footer::checksum_ok(&bytes) {
         if shared::ignore_checksums() {
-            warnings.push(format!("footer checksum at {at:#x} does not match (ignored)"));
+            warnings.push(format!(
+                "footer checksum at {at:#x} does not match (ignored)"
+            ));
         } else {
-            return Err(Error::Checksum { what: "footer", offset: 64 }.into_disk(path, FORMAT, at));
+            return Err(Error::Checksum {
+                what: "footer",
+                offset: 64,
+            }
+            .into_disk(path, FORMAT, at));
         }
     }
     Ok((parsed, warnings))
 }
 
-pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    path: &Path,
+    source: Arc<dyn ReadAt>,
+    opts: &OpenOptions,
+) -> Result<Box<dyn DiskImage>> {
     Ok(Box::new(VhdImage::open(path, source, opts)?))
 }
 
@@ -132,7 +149,13 @@ impl VhdImage {
                 }
             }
             DiskType::Unknown(v) => {
-                return Err(DiskError::corrupt(path, FORMAT, 60, "disk type", format!("{v} is not fixed (2), dynamic (3) or differencing (4)")));
+                return Err(DiskError::corrupt(
+                    path,
+                    FORMAT,
+                    60,
+                    "disk type",
+                    format!("{v} is not fixed (2), dynamic (3) or differencing (4)"),
+                ));
             }
         }
         image.checksum_warnings = checksum_warnings;
@@ -142,49 +165,110 @@ impl VhdImage {
     fn read_dynamic(&self, warnings: &mut Vec<String>) -> Result<Dynamic> {
         let path = &self.path;
         let at = self.footer.data_offset;
-        if at.checked_add(dynamic::HEADER_SIZE as u64).is_none_or(|end| end > self.file_size) {
-            return Err(DiskError::corrupt(path, FORMAT, 16, "data offset", format!("dynamic header at {at:#x} lies past the end of the file")));
+        if at >= self.file_size {
+            return Err(DiskError::corrupt(
+                path,
+                FORMAT,
+                16,
+                "data offset",
+                format!("dynamic header at {at:#x} lies past the end of the file"),
+            ));
         }
+        // A header cut short by the end of the file reads as zero-padded (as qemu reads it),
+        // so its fields are still validated and named in the error.
         let mut bytes = [0u8; dynamic::HEADER_SIZE];
-        read_exact(self.source.as_ref(), path, &mut bytes, at)?;
+        let available = (self.file_size - at).min(dynamic::HEADER_SIZE as u64) as usize;
+        read_exact(self.source.as_ref(), path, &mut bytes[..available], at)?;
         let header = DynamicHeader::parse(&bytes).map_err(|e| e.into_disk(path, FORMAT, at))?;
         if !DynamicHeader::checksum_ok(&bytes) {
             if shared::ignore_checksums() {
-                warnings.push(format!("dynamic header checksum at {at:#x} does not match (ignored)"));
+                warnings.push(format!(
+                    "dynamic header checksum at {at:#x} does not match (ignored)"
+                ));
             } else {
-                return Err(Error::Checksum { what: "dynamic header", offset: 36 }.into_disk(path, FORMAT, at));
+                return Err(Error::Checksum {
+                    what: "dynamic header",
+                    offset: 36,
+                }
+                .into_disk(path, FORMAT, at));
             }
         }
         let covered = u64::from(header.max_table_entries) * u64::from(header.block_size);
         if covered < self.virtual_size {
-            return Err(DiskError::corrupt(path, FORMAT, at + 28, "max table entries",
-                format!("{} blocks of {} bytes cover less than the virtual size {}", header.max_table_entries, header.block_size, self.virtual_size)));
+            return Err(DiskError::corrupt(
+                path,
+                FORMAT,
+                at + 28,
+                "max table entries",
+                format!(
+                    "{} blocks of {} bytes cover less than the virtual size {}",
+                    header.max_table_entries, header.block_size, self.virtual_size
+                ),
+            ));
         }
         let table_bytes = u64::from(header.max_table_entries) * 4;
-        if header.table_offset.checked_add(table_bytes).is_none_or(|end| end > self.file_size) {
-            return Err(DiskError::corrupt(path, FORMAT, at + 16, "table offset",
-                format!("BAT of {table_bytes} bytes at {:#x} runs past the end of the file ({} bytes)", header.table_offset, self.file_size)));
+        if header
+            .table_offset
+            .checked_add(table_bytes)
+            .is_none_or(|end| end > self.file_size)
+        {
+            return Err(DiskError::corrupt(
+                path,
+                FORMAT,
+                at + 16,
+                "table offset",
+                format!(
+                    "BAT of {table_bytes} bytes at {:#x} runs past the end of the file ({} bytes)",
+                    header.table_offset, self.file_size
+                ),
+            ));
         }
         let mut raw = vec![0u8; table_bytes as usize];
         read_exact(self.source.as_ref(), path, &mut raw, header.table_offset)?;
-        let bat: Vec<u32> = raw.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let bat: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let bitmap_size = header.bitmap_size();
-        Ok(Dynamic { header, bat, bitmap_size })
+        Ok(Dynamic {
+            header,
+            bat,
+            bitmap_size,
+        })
     }
 
     /// Finds the parent: relative locator (W2ru), absolute (W2ku), MacX, then the unicode name.
     fn parent_candidates(&self) -> Result<Vec<String>> {
-        let Some(d) = &self.dynamic else { return Ok(Vec::new()) };
+        let Some(d) = &self.dynamic else {
+            return Ok(Vec::new());
+        };
         let mut names = Vec::new();
-        let order = [PlatformCode::W2ru, PlatformCode::W2ku, PlatformCode::MacX, PlatformCode::Wi2r, PlatformCode::Wi2k];
+        let order = [
+            PlatformCode::W2ru,
+            PlatformCode::W2ku,
+            PlatformCode::MacX,
+            PlatformCode::Wi2r,
+            PlatformCode::Wi2k,
+        ];
         for code in order {
             for l in d.header.locators.iter().filter(|l| l.platform == code) {
                 if l.data_length == 0 || l.data_length > dynamic::MAX_LOCATOR_BYTES {
                     continue;
                 }
-                if l.data_offset.checked_add(u64::from(l.data_length)).is_none_or(|e| e > self.file_size) {
-                    return Err(DiskError::corrupt(&self.path, FORMAT, l.data_offset, "parent locator",
-                        format!("{} bytes at {:#x} run past the end of the file", l.data_length, l.data_offset)));
+                if l.data_offset
+                    .checked_add(u64::from(l.data_length))
+                    .is_none_or(|e| e > self.file_size)
+                {
+                    return Err(DiskError::corrupt(
+                        &self.path,
+                        FORMAT,
+                        l.data_offset,
+                        "parent locator",
+                        format!(
+                            "{} bytes at {:#x} run past the end of the file",
+                            l.data_length, l.data_offset
+                        ),
+                    ));
                 }
                 let mut data = vec![0u8; l.data_length as usize];
                 read_exact(self.source.as_ref(), &self.path, &mut data, l.data_offset)?;
@@ -205,12 +289,21 @@ impl VhdImage {
     fn open_parent(&mut self, opts: &OpenOptions) -> Result<()> {
         let names = self.parent_candidates()?;
         let Some(first) = names.first().cloned() else {
-            return Err(DiskError::corrupt(&self.path, FORMAT, self.footer.data_offset + 64, "parent name",
-                "differencing VHD names no parent (no locator, no unicode name)"));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                self.footer.data_offset + 64,
+                "parent name",
+                "differencing VHD names no parent (no locator, no unicode name)",
+            ));
         };
         // The recorded reference: the relative locator if any, as qemu-img info shows it.
         let resolved = crate::image::resolve_reference(&self.path, &first);
-        self.parent_ref = Some(BackingRef { name: first.clone(), format: Some(Format::Vhd), resolved });
+        self.parent_ref = Some(BackingRef {
+            name: first.clone(),
+            format: Some(Format::Vhd),
+            resolved,
+        });
         if opts.skip_backing {
             return Ok(());
         }
@@ -222,7 +315,11 @@ impl VhdImage {
             }
             match shared::open_reference_with(&self.path, name, opts, open) {
                 Ok(parent) => {
-                    self.parent_ref = Some(BackingRef { name: name.clone(), format: Some(Format::Vhd), resolved: target });
+                    self.parent_ref = Some(BackingRef {
+                        name: name.clone(),
+                        format: Some(Format::Vhd),
+                        resolved: target,
+                    });
                     self.parent = Some(parent);
                     return Ok(());
                 }
@@ -232,7 +329,10 @@ impl VhdImage {
         Err(last_error.unwrap_or_else(|| DiskError::Open {
             path: crate::image::resolve_reference(&self.path, &first),
             action: "open the parent of a differencing VHD",
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("none of {names:?} exists beside {}", self.path.display())),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("none of {names:?} exists beside {}", self.path.display()),
+            ),
         }))
     }
 
@@ -249,7 +349,9 @@ impl VhdImage {
 
     /// Host byte offset of block `index`'s bitmap, checked against the file.
     fn block_location(&self, d: &Dynamic, index: u64) -> Result<Option<u64>> {
-        let Some(&entry) = d.bat.get(index as usize) else { return Ok(None) };
+        let Some(&entry) = d.bat.get(index as usize) else {
+            return Ok(None);
+        };
         if entry == BAT_UNUSED {
             return Ok(None);
         }
@@ -257,8 +359,9 @@ impl VhdImage {
         let end = start + d.bitmap_size + u64::from(d.header.block_size);
         // The last block may be cut short by the footer when the virtual size is not a whole
         // number of blocks; only the part inside the disk must exist.
-        let needed = (self.virtual_size - (index * u64::from(d.header.block_size)).min(self.virtual_size))
-            .min(u64::from(d.header.block_size));
+        let needed = (self.virtual_size
+            - (index * u64::from(d.header.block_size)).min(self.virtual_size))
+        .min(u64::from(d.header.block_size));
         if start + d.bitmap_size + needed > self.file_size {
             return Err(DiskError::corrupt(&self.path, FORMAT, d.header.table_offset + index * 4, "BAT entry",
                 format!("block {index} at {start:#x}..{end:#x} lies past the end of the file ({} bytes)", self.file_size)));
@@ -270,7 +373,11 @@ impl VhdImage {
         if self.footer.disk_type == DiskType::Differencing && self.parent.is_none() {
             return Err(DiskError::Reference {
                 path: self.path.clone(),
-                reference: self.parent_ref.as_ref().map(|r| r.resolved.clone()).unwrap_or_default(),
+                reference: self
+                    .parent_ref
+                    .as_ref()
+                    .map(|r| r.resolved.clone())
+                    .unwrap_or_default(),
                 reason: "not opened, and the read needs the parent's data",
             });
         }
@@ -281,7 +388,10 @@ impl VhdImage {
 /// Turns ".\\dir\\base.vhd" into "dir/base.vhd" and keeps absolute Windows paths recognisable.
 fn windows_to_local(p: &str) -> String {
     let unified = p.replace('\\', "/");
-    unified.strip_prefix("./").map(str::to_string).unwrap_or(unified)
+    unified
+        .strip_prefix("./")
+        .map(str::to_string)
+        .unwrap_or(unified)
 }
 
 impl DiskImage for VhdImage {
@@ -295,11 +405,18 @@ impl DiskImage for VhdImage {
         self.virtual_size
     }
     fn cluster_size(&self) -> Option<u64> {
-        self.dynamic.as_ref().map(|d| u64::from(d.header.block_size))
+        self.dynamic
+            .as_ref()
+            .map(|d| u64::from(d.header.block_size))
     }
 
     fn read_at(&self, buf: &mut [u8], guest_offset: u64) -> Result<()> {
-        check_range(&self.path, guest_offset, buf.len() as u64, self.virtual_size)?;
+        check_range(
+            &self.path,
+            guest_offset,
+            buf.len() as u64,
+            self.virtual_size,
+        )?;
         let Some(d) = &self.dynamic else {
             return read_exact(self.source.as_ref(), &self.path, buf, guest_offset);
         };
@@ -314,7 +431,12 @@ impl DiskImage for VhdImage {
             match self.block_location(d, index)? {
                 None => self.parent_read(chunk, at)?,
                 Some(start) if self.footer.disk_type == DiskType::Dynamic => {
-                    read_exact(self.source.as_ref(), &self.path, chunk, start + d.bitmap_size + in_block)?;
+                    read_exact(
+                        self.source.as_ref(),
+                        &self.path,
+                        chunk,
+                        start + d.bitmap_size + in_block,
+                    )?;
                 }
                 Some(start) => {
                     // Differencing: the bitmap says, sector by sector, which layer has the data.
@@ -337,7 +459,12 @@ impl DiskImage for VhdImage {
                         }
                         let piece = &mut chunk[pos..run_end];
                         if present {
-                            read_exact(self.source.as_ref(), &self.path, piece, start + d.bitmap_size + in_block + pos as u64)?;
+                            read_exact(
+                                self.source.as_ref(),
+                                &self.path,
+                                piece,
+                                start + d.bitmap_size + in_block + pos as u64,
+                            )?;
                         } else {
                             self.parent_read(piece, at + pos as u64)?;
                         }
@@ -351,9 +478,15 @@ impl DiskImage for VhdImage {
     }
 
     fn block_status(&self, guest_offset: u64, len: u64) -> Result<BlockStatus> {
-        let len = len.min(self.virtual_size.saturating_sub(guest_offset)).max(1);
+        let len = len
+            .min(self.virtual_size.saturating_sub(guest_offset))
+            .max(1);
         let Some(d) = &self.dynamic else {
-            return Ok(BlockStatus { len, kind: BlockKind::Data, host_offset: Some(HostOffset(guest_offset)) });
+            return Ok(BlockStatus {
+                len,
+                kind: BlockKind::Data,
+                host_offset: Some(HostOffset(guest_offset)),
+            });
         };
         let block_size = u64::from(d.header.block_size);
         let first = guest_offset / block_size;
@@ -373,9 +506,17 @@ impl DiskImage for VhdImage {
                 }
                 run = (end_sector * 512 - in_block).min(run);
                 return Ok(if present {
-                    BlockStatus { len: run, kind: BlockKind::Data, host_offset: Some(HostOffset(start + d.bitmap_size + in_block)) }
+                    BlockStatus {
+                        len: run,
+                        kind: BlockKind::Data,
+                        host_offset: Some(HostOffset(start + d.bitmap_size + in_block)),
+                    }
                 } else {
-                    BlockStatus { len: run, kind: BlockKind::Unallocated, host_offset: None }
+                    BlockStatus {
+                        len: run,
+                        kind: BlockKind::Unallocated,
+                        host_offset: None,
+                    }
                 });
             }
         }
@@ -385,7 +526,11 @@ impl DiskImage for VhdImage {
             let next = self.block_location(d, index)?;
             let contiguous = match (first_start, next) {
                 (None, None) => true,
-                (Some(a), Some(b)) => self.footer.disk_type == DiskType::Dynamic && b == a + (index - first) * (block_size + d.bitmap_size) && d.bitmap_size == 0,
+                (Some(a), Some(b)) => {
+                    self.footer.disk_type == DiskType::Dynamic
+                        && b == a + (index - first) * (block_size + d.bitmap_size)
+                        && d.bitmap_size == 0
+                }
                 _ => false,
             };
             if !contiguous {
@@ -395,8 +540,16 @@ impl DiskImage for VhdImage {
             index += 1;
         }
         Ok(match first_start {
-            None => BlockStatus { len: run, kind: BlockKind::Unallocated, host_offset: None },
-            Some(start) => BlockStatus { len: run, kind: BlockKind::Data, host_offset: Some(HostOffset(start + d.bitmap_size + in_block)) },
+            None => BlockStatus {
+                len: run,
+                kind: BlockKind::Unallocated,
+                host_offset: None,
+            },
+            Some(start) => BlockStatus {
+                len: run,
+                kind: BlockKind::Data,
+                host_offset: Some(HostOffset(start + d.bitmap_size + in_block)),
+            },
         })
     }
 
@@ -424,8 +577,14 @@ impl DiskImage for VhdImage {
     }
 
     fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
-        let mut report = CheckReport { filename: self.path.display().to_string(), format: FORMAT.into(), ..CheckReport::default() };
-        report.messages.extend(self.checksum_warnings.iter().cloned());
+        let mut report = CheckReport {
+            filename: self.path.display().to_string(),
+            format: FORMAT.into(),
+            ..CheckReport::default()
+        };
+        report
+            .messages
+            .extend(self.checksum_warnings.iter().cloned());
         let Some(d) = &self.dynamic else {
             report.image_end_offset = Some(self.file_size);
             return Ok(report);
@@ -444,16 +603,24 @@ impl DiskImage for VhdImage {
             let start = u64::from(entry) * 512;
             if index as u64 >= needed_blocks {
                 report.corruptions += 1;
-                report.messages.push(format!("ERROR block {index} is allocated beyond the virtual size"));
+                report.messages.push(format!(
+                    "ERROR block {index} is allocated beyond the virtual size"
+                ));
             }
-            if start + span > self.file_size - FOOTER_SIZE as u64 && start + d.bitmap_size >= self.file_size {
+            if start + span > self.file_size - FOOTER_SIZE as u64
+                && start + d.bitmap_size >= self.file_size
+            {
                 report.corruptions += 1;
-                report.messages.push(format!("ERROR block {index} at {start:#x} lies past the end of the file"));
+                report.messages.push(format!(
+                    "ERROR block {index} at {start:#x} lies past the end of the file"
+                ));
                 continue;
             }
             if start < d.header.table_offset + d.bat.len() as u64 * 4 {
                 report.corruptions += 1;
-                report.messages.push(format!("ERROR block {index} at {start:#x} overlaps the headers or the BAT"));
+                report.messages.push(format!(
+                    "ERROR block {index} at {start:#x} overlaps the headers or the BAT"
+                ));
             }
             used.push((start, index as u64));
             allocated += 1;
@@ -463,7 +630,10 @@ impl DiskImage for VhdImage {
         for pair in used.windows(2) {
             if pair[1].0 < pair[0].0 + span {
                 report.corruptions += 1;
-                report.messages.push(format!("ERROR blocks {} and {} overlap at {:#x}", pair[0].1, pair[1].1, pair[1].0));
+                report.messages.push(format!(
+                    "ERROR blocks {} and {} overlap at {:#x}",
+                    pair[0].1, pair[1].1, pair[1].0
+                ));
             }
         }
         progress.advance(d.bat.len() as u64);
@@ -487,7 +657,11 @@ pub fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> Result<M
     let size = plan.virtual_size;
     let fixed_total = size + FOOTER_SIZE as u64;
     if plan.fixed {
-        return Ok(Measurement { required: fixed_total, fully_allocated: fixed_total, bitmaps: 0 });
+        return Ok(Measurement {
+            required: fixed_total,
+            fully_allocated: fixed_total,
+            bitmaps: 0,
+        });
     }
     let block = u64::from(plan.block_size);
     let overhead = writer::data_start(size, plan.block_size) + FOOTER_SIZE as u64;
@@ -497,7 +671,11 @@ pub fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> Result<M
         Some(img) => count_used_blocks(img, block)?,
         None => 0,
     };
-    Ok(Measurement { required: overhead + used_blocks * per_block, fully_allocated: overhead + blocks * per_block, bitmaps: 0 })
+    Ok(Measurement {
+        required: overhead + used_blocks * per_block,
+        fully_allocated: overhead + blocks * per_block,
+        bitmaps: 0,
+    })
 }
 
 fn count_used_blocks(img: &dyn DiskImage, block: u64) -> Result<u64> {
@@ -510,7 +688,9 @@ fn count_used_blocks(img: &dyn DiskImage, block: u64) -> Result<u64> {
         let mut used = false;
         while at < end {
             let s = img.block_status(at, end - at)?;
-            if s.kind == BlockKind::Data || (s.kind == BlockKind::Unallocated && img.backing().is_some()) {
+            if s.kind == BlockKind::Data
+                || (s.kind == BlockKind::Unallocated && img.backing().is_some())
+            {
                 used = true;
                 break;
             }
@@ -526,7 +706,11 @@ fn count_used_blocks(img: &dyn DiskImage, block: u64) -> Result<u64> {
 
 /// What `create` needs to know about an image to be a parent (unique id, timestamp, size).
 pub(crate) fn parent_identity(path: &Path) -> Result<(Footer, u64)> {
-    let file = std::fs::File::open(path).map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "open the parent", source })?;
+    let file = std::fs::File::open(path).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "open the parent",
+        source,
+    })?;
     let size = source_size(&file, path)?;
     let (footer, _) = read_footer(path, &file, size)?;
     Ok((footer.clone(), footer.virtual_size()))
@@ -539,11 +723,22 @@ mod tests {
     #[test]
     fn probe_finds_dynamic_and_fixed() {
         let f = footer::Footer {
-            features: 2, version: footer::FILE_FORMAT_VERSION, data_offset: u64::MAX, timestamp: 0,
-            creator_app: *b"vmed", creator_version: 1, creator_host: *b"Wi2k", original_size: 512,
-            current_size: 512, geometry: footer::Geometry::for_sectors(1), disk_type: DiskType::Fixed,
-            checksum: 0, unique_id: [0; 16], saved_state: 0,
-        }.emit();
+            features: 2,
+            version: footer::FILE_FORMAT_VERSION,
+            data_offset: u64::MAX,
+            timestamp: 0,
+            creator_app: *b"vmed",
+            creator_version: 1,
+            creator_host: *b"Wi2k",
+            original_size: 512,
+            current_size: 512,
+            geometry: footer::Geometry::for_sectors(1),
+            disk_type: DiskType::Fixed,
+            checksum: 0,
+            unique_id: [0; 16],
+            saved_state: 0,
+        }
+        .emit();
         assert!(probe(&[0u8; 16], &f));
         assert!(probe(&f, &[0u8; 512]));
         assert!(!probe(&[0u8; 16], &[0u8; 512]));

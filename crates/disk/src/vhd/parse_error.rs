@@ -11,7 +11,11 @@ pub enum ParseError {
     #[error("missing {what}")]
     BadMagic { what: &'static str },
     #[error("{field} at offset {offset:#x}: {reason}")]
-    Invalid { field: &'static str, offset: u64, reason: String },
+    Invalid {
+        field: &'static str,
+        offset: u64,
+        reason: String,
+    },
     #[error("{what} checksum does not match")]
     Checksum { what: &'static str, offset: u64 },
     #[error("{what} is truncated")]

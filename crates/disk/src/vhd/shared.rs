@@ -23,13 +23,20 @@ pub type OpenFn = fn(&Path, Arc<dyn ReadAt>, &OpenOptions) -> Result<Box<dyn Dis
 
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| {
-        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
     })
 }
 
 /// Opens `name` (recorded inside `referrer`) with `open_fn`, after the reference policy and
 /// loop check of `image::check_reference`, extending the chain for the next level.
-pub fn open_reference_with(referrer: &Path, name: &str, opts: &OpenOptions, open_fn: OpenFn) -> Result<Box<dyn DiskImage>> {
+pub fn open_reference_with(
+    referrer: &Path,
+    name: &str,
+    opts: &OpenOptions,
+    open_fn: OpenFn,
+) -> Result<Box<dyn DiskImage>> {
     let target = check_reference(referrer, name, opts)?;
     let (file, child) = reference_file(referrer, &target, opts)?;
     open_fn(&target, Arc::new(file), &child)
@@ -37,21 +44,34 @@ pub fn open_reference_with(referrer: &Path, name: &str, opts: &OpenOptions, open
 
 /// Opens an already checked reference path, returning the file and the options for opening
 /// it (chain extended).
-pub fn reference_file(referrer: &Path, target: &Path, opts: &OpenOptions) -> Result<(File, OpenOptions)> {
+pub fn reference_file(
+    referrer: &Path,
+    target: &Path,
+    opts: &OpenOptions,
+) -> Result<(File, OpenOptions)> {
     let mut chain = opts.chain.clone();
     if chain.is_empty() {
         chain.push(canonical(referrer));
     }
     chain.push(canonical(target));
-    let child = OpenOptions { format: None, chain, ..opts.clone() };
-    let file = File::open(target)
-        .map_err(|source| DiskError::Open { path: target.to_path_buf(), action: "open (referenced image)", source })?;
+    let child = OpenOptions {
+        format: None,
+        chain,
+        ..opts.clone()
+    };
+    let file = File::open(target).map_err(|source| DiskError::Open {
+        path: target.to_path_buf(),
+        action: "open (referenced image)",
+        source,
+    })?;
     Ok((file, child))
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, naming the file on failure.
 pub fn read_exact(source: &dyn ReadAt, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    source.read_exact_at(buf, offset).map_err(|e| DiskError::io(path, offset, e))
+    source
+        .read_exact_at(buf, offset)
+        .map_err(|e| DiskError::io(path, offset, e))
 }
 
 /// Source size, naming the file on failure.
@@ -63,12 +83,21 @@ pub fn source_size(source: &dyn ReadAt, path: &Path) -> Result<u64> {
 pub fn check_range(path: &Path, offset: u64, len: u64, size: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(DiskError::OutOfRange { path: path.to_path_buf(), offset, len, size }),
+        _ => Err(DiskError::OutOfRange {
+            path: path.to_path_buf(),
+            offset,
+            len,
+            size,
+        }),
     }
 }
 
 /// Fills `buf` from the backing image, or zeros when there is none or it is shorter.
-pub fn read_backing(backing: Option<&dyn DiskImage>, buf: &mut [u8], guest_offset: u64) -> Result<()> {
+pub fn read_backing(
+    backing: Option<&dyn DiskImage>,
+    buf: &mut [u8],
+    guest_offset: u64,
+) -> Result<()> {
     match backing {
         Some(parent) => {
             let size = parent.virtual_size();

@@ -30,7 +30,11 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(DiskError::InvalidOption { key: key.into(), value: value.into(), reason: "expected on or off".into() }),
+        _ => Err(DiskError::InvalidOption {
+            key: key.into(),
+            value: value.into(),
+            reason: "expected on or off".into(),
+        }),
     }
 }
 
@@ -41,11 +45,19 @@ impl Plan {
             None | Some("dynamic") => false,
             Some("fixed") => true,
             Some(other) => {
-                return Err(DiskError::InvalidOption { key: "subformat".into(), value: other.into(), reason: "vpc accepts dynamic or fixed".into() })
+                return Err(DiskError::InvalidOption {
+                    key: "subformat".into(),
+                    value: other.into(),
+                    reason: "vpc accepts dynamic or fixed".into(),
+                })
             }
         };
         if fixed && opts.backing.is_some() {
-            return Err(DiskError::NotSupportedFor { path: path.to_path_buf(), format: "vpc", operation: "a backing file with subformat=fixed" });
+            return Err(DiskError::NotSupportedFor {
+                path: path.to_path_buf(),
+                format: "vpc",
+                operation: "a backing file with subformat=fixed",
+            });
         }
         let force_size = match opts.options.get("force_size") {
             Some(v) => parse_bool("force_size", v)?,
@@ -54,9 +66,17 @@ impl Plan {
         let block_size = match opts.options.get("block_size") {
             None => DEFAULT_BLOCK_SIZE,
             Some(v) => {
-                let b: u32 = v.parse().map_err(|_| DiskError::InvalidOption { key: "block_size".into(), value: v.clone(), reason: "not a number".into() })?;
+                let b: u32 = v.parse().map_err(|_| DiskError::InvalidOption {
+                    key: "block_size".into(),
+                    value: v.clone(),
+                    reason: "not a number".into(),
+                })?;
                 if !b.is_power_of_two() || !(512 * 1024..=dynamic::MAX_BLOCK_SIZE).contains(&b) {
-                    return Err(DiskError::InvalidOption { key: "block_size".into(), value: v.clone(), reason: "a power of two from 512 KiB to 256 MiB".into() });
+                    return Err(DiskError::InvalidOption {
+                        key: "block_size".into(),
+                        value: v.clone(),
+                        reason: "a power of two from 512 KiB to 256 MiB".into(),
+                    });
                 }
                 b
             }
@@ -76,9 +96,19 @@ impl Plan {
             }
         };
         if virtual_size > MAX_VIRTUAL_SIZE {
-            return Err(DiskError::InvalidOption { key: "size".into(), value: requested.to_string(), reason: "VHD images are limited to 2040 GiB".into() });
+            return Err(DiskError::InvalidOption {
+                key: "size".into(),
+                value: requested.to_string(),
+                reason: "VHD images are limited to 2040 GiB".into(),
+            });
         }
-        Ok(Plan { virtual_size, geometry, fixed, creator_app, block_size })
+        Ok(Plan {
+            virtual_size,
+            geometry,
+            fixed,
+            creator_app,
+            block_size,
+        })
     }
 
     fn footer(&self, disk_type: DiskType, data_offset: u64) -> Footer {
@@ -116,11 +146,16 @@ pub(crate) fn data_start(virtual_size: u64, block_size: u32) -> u64 {
 
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>> {
     let plan = Plan::from_options(path, opts)?;
-    let file = AtomicFile::create(path, opts.overwrite)
-        .map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "create", source })?;
+    let file = AtomicFile::create(path, opts.overwrite).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "create",
+        source,
+    })?;
     if plan.fixed {
         let len = plan.virtual_size + FOOTER_SIZE as u64;
-        file.file().set_len(len).map_err(|e| DiskError::io(file.temp_path(), len, e))?;
+        file.file()
+            .set_len(len)
+            .map_err(|e| DiskError::io(file.temp_path(), len, e))?;
         return Ok(Box::new(FixedWriter { file, plan }));
     }
     let entries = bat_entries(plan.virtual_size, plan.block_size);
@@ -130,7 +165,11 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     let mut disk_type = DiskType::Dynamic;
     if let Some((name, format)) = &opts.backing {
         if format.is_some_and(|f| f != crate::image::Format::Vhd) {
-            return Err(DiskError::InvalidOption { key: "backing_fmt".into(), value: format!("{format:?}"), reason: "a differencing VHD's parent must be a VHD".into() });
+            return Err(DiskError::InvalidOption {
+                key: "backing_fmt".into(),
+                value: format!("{format:?}"),
+                reason: "a differencing VHD's parent must be a VHD".into(),
+            });
         }
         disk_type = DiskType::Differencing;
         let parent_path = crate::image::resolve_reference(path, name);
@@ -139,20 +178,40 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
             return Err(DiskError::InvalidOption {
                 key: "size".into(),
                 value: opts.virtual_size.to_string(),
-                reason: format!("a differencing VHD must have its parent's size ({parent_size} bytes)"),
+                reason: format!(
+                    "a differencing VHD must have its parent's size ({parent_size} bytes)"
+                ),
             });
         }
         header.parent_unique_id = parent_footer.unique_id;
         header.parent_timestamp = parent_mtime(&parent_path);
-        header.parent_name = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| name.clone());
+        header.parent_name = Path::new(name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.clone());
         let absolute = std::fs::canonicalize(&parent_path).unwrap_or(parent_path.clone());
         let relative = format!(".\\{}", name.replace('/', "\\"));
-        for (slot, (code, text)) in [(PlatformCode::W2ku, absolute.display().to_string()), (PlatformCode::W2ru, relative)].into_iter().enumerate() {
+        for (slot, (code, text)) in [
+            (PlatformCode::W2ku, absolute.display().to_string()),
+            (PlatformCode::W2ru, relative),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let data = dynamic::encode_utf16le(&text);
             if data.len() as u64 > LOCATOR_SPACE {
-                return Err(DiskError::InvalidOption { key: "backing_file".into(), value: name.clone(), reason: "parent path is too long for a VHD locator".into() });
+                return Err(DiskError::InvalidOption {
+                    key: "backing_file".into(),
+                    value: name.clone(),
+                    reason: "parent path is too long for a VHD locator".into(),
+                });
             }
-            header.locators[slot] = Locator { platform: code, data_space: LOCATOR_SPACE as u32, data_length: data.len() as u32, data_offset: next };
+            header.locators[slot] = Locator {
+                platform: code,
+                data_space: LOCATOR_SPACE as u32,
+                data_length: data.len() as u32,
+                data_offset: next,
+            };
             locator_data.push((next, data));
             next += LOCATOR_SPACE;
         }
@@ -196,15 +255,28 @@ impl ImageWriter for FixedWriter {
         1 << 20
     }
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        super::shared::check_range(self.file.final_path(), guest_offset, data.len() as u64, self.plan.virtual_size)?;
-        self.file.file().write_all_at(data, guest_offset).map_err(|e| DiskError::io(self.file.temp_path(), guest_offset, e))
+        super::shared::check_range(
+            self.file.final_path(),
+            guest_offset,
+            data.len() as u64,
+            self.plan.virtual_size,
+        )?;
+        self.file
+            .file()
+            .write_all_at(data, guest_offset)
+            .map_err(|e| DiskError::io(self.file.temp_path(), guest_offset, e))
     }
     fn finish(self: Box<Self>) -> Result<()> {
         let footer = self.plan.footer(DiskType::Fixed, u64::MAX).emit();
         let at = self.plan.virtual_size;
-        self.file.file().write_all_at(&footer, at).map_err(|e| DiskError::io(self.file.temp_path(), at, e))?;
+        self.file
+            .file()
+            .write_all_at(&footer, at)
+            .map_err(|e| DiskError::io(self.file.temp_path(), at, e))?;
         let final_path = self.file.final_path().to_path_buf();
-        self.file.commit().map_err(|e| DiskError::io(final_path, 0, e))
+        self.file
+            .commit()
+            .map_err(|e| DiskError::io(final_path, 0, e))
     }
 }
 
@@ -240,11 +312,16 @@ impl DynamicWriter {
                 reason: "the image would exceed the 2 TiB reach of VHD block addresses".into(),
             })?;
             let fill = if self.differencing { 0 } else { 0xff };
-            self.bitmaps.push((self.next_block, vec![fill; self.bitmap_size as usize]));
+            self.bitmaps
+                .push((self.next_block, vec![fill; self.bitmap_size as usize]));
             self.next_block += self.bitmap_size + self.block_size;
         }
         let start = u64::from(self.bat[i]) * 512;
-        let slot = self.bitmaps.iter().rposition(|(s, _)| *s == start).unwrap_or(0);
+        let slot = self
+            .bitmaps
+            .iter()
+            .rposition(|(s, _)| *s == start)
+            .unwrap_or(0);
         Ok((start, slot))
     }
 
@@ -267,7 +344,12 @@ impl ImageWriter for DynamicWriter {
     }
 
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        super::shared::check_range(&self.path, guest_offset, data.len() as u64, self.virtual_size)?;
+        super::shared::check_range(
+            &self.path,
+            guest_offset,
+            data.len() as u64,
+            self.virtual_size,
+        )?;
         let mut done = 0usize;
         while done < data.len() {
             let at = guest_offset + done as u64;
@@ -276,7 +358,10 @@ impl ImageWriter for DynamicWriter {
             let n = ((self.block_size - in_block) as usize).min(data.len() - done);
             let (start, slot) = self.block(index)?;
             let host = start + self.bitmap_size + in_block;
-            self.file.file().write_all_at(&data[done..done + n], host).map_err(|e| self.io(host, e))?;
+            self.file
+                .file()
+                .write_all_at(&data[done..done + n], host)
+                .map_err(|e| self.io(host, e))?;
             self.mark(slot, in_block, n as u64);
             done += n;
         }
@@ -312,19 +397,25 @@ impl ImageWriter for DynamicWriter {
             f.write_all_at(data, *at).map_err(|e| self.io(*at, e))?;
         }
         let bat: Vec<u8> = self.bat.iter().flat_map(|e| e.to_be_bytes()).collect();
-        f.write_all_at(&bat, BAT_OFFSET).map_err(|e| self.io(BAT_OFFSET, e))?;
+        f.write_all_at(&bat, BAT_OFFSET)
+            .map_err(|e| self.io(BAT_OFFSET, e))?;
         // BAT padding to the sector boundary is 0xff, as the unused entries it would hold.
         let pad = ((bat.len() as u64).div_ceil(512) * 512 - bat.len() as u64) as usize;
         if pad > 0 {
-            f.write_all_at(&vec![0xff; pad], BAT_OFFSET + bat.len() as u64).map_err(|e| self.io(BAT_OFFSET, e))?;
+            f.write_all_at(&vec![0xff; pad], BAT_OFFSET + bat.len() as u64)
+                .map_err(|e| self.io(BAT_OFFSET, e))?;
         }
-        f.write_all_at(&self.header.emit(), HEADER_OFFSET).map_err(|e| self.io(HEADER_OFFSET, e))?;
+        f.write_all_at(&self.header.emit(), HEADER_OFFSET)
+            .map_err(|e| self.io(HEADER_OFFSET, e))?;
         let footer = self.footer.emit();
         f.write_all_at(&footer, 0).map_err(|e| self.io(0, e))?;
-        f.write_all_at(&footer, self.next_block).map_err(|e| self.io(self.next_block, e))?;
+        f.write_all_at(&footer, self.next_block)
+            .map_err(|e| self.io(self.next_block, e))?;
         let end = self.next_block + FOOTER_SIZE as u64;
         f.set_len(end).map_err(|e| self.io(end, e))?;
         let final_path = self.file.final_path().to_path_buf();
-        self.file.commit().map_err(|e| DiskError::io(final_path, 0, e))
+        self.file
+            .commit()
+            .map_err(|e| DiskError::io(final_path, 0, e))
     }
 }

@@ -76,11 +76,16 @@ impl Header {
     /// Parses a header and verifies its signature and CRC-32C.
     pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<Header, Error> {
         if &b[0..4] != HEADER_SIGNATURE {
-            return Err(Error::BadMagic { what: "header signature \"head\"" });
+            return Err(Error::BadMagic {
+                what: "header signature \"head\"",
+            });
         }
         let checksum = le32(b, 4);
         if crc_with_zeroed_field(b, 4) != checksum {
-            return Err(Error::Checksum { what: "header", offset: 0 });
+            return Err(Error::Checksum {
+                what: "header",
+                offset: 0,
+            });
         }
         Ok(Header {
             checksum,
@@ -130,14 +135,22 @@ pub struct RegionTable {
 impl RegionTable {
     pub fn parse(b: &[u8]) -> Result<RegionTable, Error> {
         if b.len() < REGION_TABLE_SIZE {
-            return Err(Error::Truncated { what: "region table", offset: 0 });
+            return Err(Error::Truncated {
+                what: "region table",
+                offset: 0,
+            });
         }
         let b = &b[..REGION_TABLE_SIZE];
         if &b[0..4] != REGION_SIGNATURE {
-            return Err(Error::BadMagic { what: "region table signature \"regi\"" });
+            return Err(Error::BadMagic {
+                what: "region table signature \"regi\"",
+            });
         }
         if crc_with_zeroed_field(b, 4) != le32(b, 4) {
-            return Err(Error::Checksum { what: "region table", offset: 0 });
+            return Err(Error::Checksum {
+                what: "region table",
+                offset: 0,
+            });
         }
         let count = le32(b, 8);
         if count > MAX_REGION_ENTRIES {
@@ -237,15 +250,28 @@ mod tests {
     fn header_crc_mismatch_is_an_error() {
         let mut bytes = header().emit();
         bytes[100] = 1;
-        assert!(matches!(Header::parse(&bytes), Err(Error::Checksum { what: "header", .. })));
+        assert!(matches!(
+            Header::parse(&bytes),
+            Err(Error::Checksum { what: "header", .. })
+        ));
     }
 
     #[test]
     fn region_table_round_trip_and_limit() {
         let t = RegionTable {
             entries: vec![
-                RegionEntry { guid: BAT_REGION, file_offset: 3 * MIB, length: MIB as u32, required: true },
-                RegionEntry { guid: METADATA_REGION, file_offset: 2 * MIB, length: MIB as u32, required: true },
+                RegionEntry {
+                    guid: BAT_REGION,
+                    file_offset: 3 * MIB,
+                    length: MIB as u32,
+                    required: true,
+                },
+                RegionEntry {
+                    guid: METADATA_REGION,
+                    file_offset: 2 * MIB,
+                    length: MIB as u32,
+                    required: true,
+                },
             ],
         };
         let bytes = t.emit();
@@ -254,7 +280,13 @@ mod tests {
         bad[8..12].copy_from_slice(&5000u32.to_le_bytes());
         let crc = crc_with_zeroed_field(&bad, 4);
         bad[4..8].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(RegionTable::parse(&bad), Err(Error::Invalid { field: "region table entry count", .. })));
+        assert!(matches!(
+            RegionTable::parse(&bad),
+            Err(Error::Invalid {
+                field: "region table entry count",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -267,6 +299,9 @@ mod tests {
 
     #[test]
     fn creator_round_trip() {
-        assert_eq!(parse_creator(&emit_file_identifier("vmedia 0.1")), "vmedia 0.1");
+        assert_eq!(
+            parse_creator(&emit_file_identifier("vmedia 0.1")),
+            "vmedia 0.1"
+        );
     }
 }

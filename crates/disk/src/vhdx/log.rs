@@ -63,7 +63,8 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
     let tail = le32(&bytes, 12);
     let sequence = le64(&bytes, 16);
     let count = le32(&bytes, 24) as usize;
-    let descriptor_area = (ENTRY_HEADER + count.checked_mul(DESCRIPTOR)?).div_ceil(PAGE as usize) * PAGE as usize;
+    let descriptor_area =
+        (ENTRY_HEADER + count.checked_mul(DESCRIPTOR)?).div_ceil(PAGE as usize) * PAGE as usize;
     if descriptor_area > bytes.len() || u64::from(tail) % PAGE != 0 || tail as usize >= log.len() {
         return None;
     }
@@ -84,7 +85,10 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
                 if length % PAGE != 0 {
                     return None;
                 }
-                ops.push(Op::Zero { file_offset, length });
+                ops.push(Op::Zero {
+                    file_offset,
+                    length,
+                });
             }
             b"desc" => {
                 let sector = bytes.get(data_at..data_at + PAGE as usize)?;
@@ -104,7 +108,14 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
             _ => return None,
         }
     }
-    Some(Entry { offset, length, tail, sequence, last_file_offset: le64(&bytes, 56), ops })
+    Some(Entry {
+        offset,
+        length,
+        tail,
+        sequence,
+        last_file_offset: le64(&bytes, 56),
+        ops,
+    })
 }
 
 /// The result of replaying a log in memory.
@@ -127,7 +138,10 @@ pub fn replay(log: &[u8], log_guid: &Uuid) -> Result<Replay, Error> {
         return Err(Error::Invalid {
             field: "log length",
             offset: 0,
-            reason: format!("{} bytes is not a multiple of 4 KiB up to {MAX_LOG_BYTES}", log.len()),
+            reason: format!(
+                "{} bytes is not a multiple of 4 KiB up to {MAX_LOG_BYTES}",
+                log.len()
+            ),
         });
     }
     let mut entries: BTreeMap<u32, Entry> = BTreeMap::new();
@@ -150,10 +164,13 @@ pub fn replay(log: &[u8], log_guid: &Uuid) -> Result<Replay, Error> {
                 return Err(Error::Invalid {
                     field: "log",
                     offset: u64::from(at),
-                    reason: "too many entries to examine while looking for the active sequence".into(),
+                    reason: "too many entries to examine while looking for the active sequence"
+                        .into(),
                 });
             }
-            let Some(e) = entries.get(&at) else { break false };
+            let Some(e) = entries.get(&at) else {
+                break false;
+            };
             if let Some(seq) = expected {
                 if e.sequence != seq {
                     break false;
@@ -180,7 +197,10 @@ pub fn replay(log: &[u8], log_guid: &Uuid) -> Result<Replay, Error> {
                         Op::Data { file_offset, page } => {
                             replay.pages.insert(*file_offset, (order, page.clone()));
                         }
-                        Op::Zero { file_offset, length } => replay.zeros.push((*file_offset, *length, order)),
+                        Op::Zero {
+                            file_offset,
+                            length,
+                        } => replay.zeros.push((*file_offset, *length, order)),
                     }
                 }
             }
@@ -209,7 +229,11 @@ impl<S: ReadAt> ReplayOverlay<S> {
     }
 
     fn page_content(&self, page_offset: u64) -> Option<Option<&[u8]>> {
-        let data = self.replay.pages.get(&page_offset).map(|(order, p)| (*order, p));
+        let data = self
+            .replay
+            .pages
+            .get(&page_offset)
+            .map(|(order, p)| (*order, p));
         let zero = self
             .replay
             .zeros
@@ -259,7 +283,9 @@ impl<S: ReadAt> ReadAt for ReplayOverlay<S> {
                 let to = (page + PAGE).min(offset + len as u64);
                 let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
                 match content {
-                    Some(p) => dst.copy_from_slice(&p[(from - page) as usize..(to - page) as usize]),
+                    Some(p) => {
+                        dst.copy_from_slice(&p[(from - page) as usize..(to - page) as usize])
+                    }
                     None => dst.fill(0),
                 }
             }
@@ -278,7 +304,12 @@ pub(crate) mod tests {
     use super::*;
 
     /// Builds one log entry with data pages (used by the VHDX tests too).
-    pub(crate) fn entry(sequence: u64, tail: u32, log_guid: &Uuid, writes: &[(u64, u8)]) -> Vec<u8> {
+    pub(crate) fn entry(
+        sequence: u64,
+        tail: u32,
+        log_guid: &Uuid,
+        writes: &[(u64, u8)],
+    ) -> Vec<u8> {
         let descriptor_area = (ENTRY_HEADER + writes.len() * DESCRIPTOR).div_ceil(4096) * 4096;
         let length = descriptor_area + writes.len() * 4096;
         let mut b = vec![0u8; length];
@@ -350,6 +381,12 @@ pub(crate) mod tests {
     #[test]
     fn oversized_log_is_refused() {
         let log = vec![0u8; 4095];
-        assert!(matches!(replay(&log, &Uuid::nil()), Err(Error::Invalid { field: "log length", .. })));
+        assert!(matches!(
+            replay(&log, &Uuid::nil()),
+            Err(Error::Invalid {
+                field: "log length",
+                ..
+            })
+        ));
     }
 }

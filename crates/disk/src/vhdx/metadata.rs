@@ -54,12 +54,18 @@ pub struct ParentLocator {
 
 impl ParentLocator {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn parse(b: &[u8]) -> Result<ParentLocator, Error> {
         if b.len() < 20 {
-            return Err(Error::Truncated { what: "parent locator", offset: 0 });
+            return Err(Error::Truncated {
+                what: "parent locator",
+                offset: 0,
+            });
         }
         let locator_type = guid(b, 0);
         let count = le16(b, 18);
@@ -73,22 +79,36 @@ impl ParentLocator {
         let mut entries = Vec::with_capacity(usize::from(count));
         for i in 0..usize::from(count) {
             let at = 20 + i * 12;
-            let raw = b.get(at..at + 12).ok_or(Error::Truncated { what: "parent locator entry", offset: at as u64 })?;
+            let raw = b.get(at..at + 12).ok_or(Error::Truncated {
+                what: "parent locator entry",
+                offset: at as u64,
+            })?;
             let key_offset = le32(raw, 0) as usize;
             let value_offset = le32(raw, 4) as usize;
             let key_length = usize::from(le16(raw, 8));
             let value_length = usize::from(le16(raw, 10));
             let text = |off: usize, len: usize| -> Result<String, Error> {
-                let bytes = off
-                    .checked_add(len)
-                    .and_then(|end| b.get(off..end))
-                    .ok_or(Error::Truncated { what: "parent locator string", offset: off as u64 })?;
-                let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                let bytes = off.checked_add(len).and_then(|end| b.get(off..end)).ok_or(
+                    Error::Truncated {
+                        what: "parent locator string",
+                        offset: off as u64,
+                    },
+                )?;
+                let units: Vec<u16> = bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect();
                 Ok(String::from_utf16_lossy(&units))
             };
-            entries.push((text(key_offset, key_length)?, text(value_offset, value_length)?));
+            entries.push((
+                text(key_offset, key_length)?,
+                text(value_offset, value_length)?,
+            ));
         }
-        Ok(ParentLocator { locator_type, entries })
+        Ok(ParentLocator {
+            locator_type,
+            entries,
+        })
     }
 
     pub fn emit(&self) -> Vec<u8> {
@@ -134,7 +154,10 @@ fn item<'a>(region: &'a [u8], e: &Entry) -> Result<&'a [u8], Error> {
         .ok_or(Error::Invalid {
             field: "metadata item",
             offset: u64::from(e.offset),
-            reason: format!("item {} ({} bytes) lies outside the metadata region", e.item, e.length),
+            reason: format!(
+                "item {} ({} bytes) lies outside the metadata region",
+                e.item, e.length
+            ),
         })
 }
 
@@ -142,10 +165,15 @@ impl Metadata {
     /// Parses the table and system items from the whole metadata region.
     pub fn parse(region: &[u8]) -> Result<Metadata, Error> {
         if region.len() < TABLE_SIZE {
-            return Err(Error::Truncated { what: "metadata table", offset: 0 });
+            return Err(Error::Truncated {
+                what: "metadata table",
+                offset: 0,
+            });
         }
         if &region[0..8] != TABLE_SIGNATURE {
-            return Err(Error::BadMagic { what: "metadata table signature \"metadata\"" });
+            return Err(Error::BadMagic {
+                what: "metadata table signature \"metadata\"",
+            });
         }
         let count = le16(region, 10);
         if count > MAX_ENTRIES {
@@ -169,22 +197,46 @@ impl Metadata {
             });
         }
         let find = |id: &Uuid| entries.iter().find(|e| !e.is_user && e.item == *id);
-        let known = [FILE_PARAMETERS, VIRTUAL_DISK_SIZE, PAGE_83_DATA, LOGICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE, PARENT_LOCATOR];
-        if let Some(unknown) = entries.iter().find(|e| e.is_required && !e.is_user && !known.contains(&e.item)) {
-            return Err(Error::Unsupported { what: format!("required metadata item {} this reader does not know", unknown.item) });
+        let known = [
+            FILE_PARAMETERS,
+            VIRTUAL_DISK_SIZE,
+            PAGE_83_DATA,
+            LOGICAL_SECTOR_SIZE,
+            PHYSICAL_SECTOR_SIZE,
+            PARENT_LOCATOR,
+        ];
+        if let Some(unknown) = entries
+            .iter()
+            .find(|e| e.is_required && !e.is_user && !known.contains(&e.item))
+        {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "required metadata item {} this reader does not know",
+                    unknown.item
+                ),
+            });
         }
         let need = |id: &Uuid, name: &'static str, len: usize| -> Result<&[u8], Error> {
-            let e = find(id).ok_or(Error::Invalid { field: name, offset: 0, reason: "missing from the metadata table".into() })?;
+            let e = find(id).ok_or(Error::Invalid {
+                field: name,
+                offset: 0,
+                reason: "missing from the metadata table".into(),
+            })?;
             let bytes = item(region, e)?;
             if bytes.len() < len {
-                return Err(Error::Invalid { field: name, offset: u64::from(e.offset), reason: format!("item is {} bytes, needs {len}", bytes.len()) });
+                return Err(Error::Invalid {
+                    field: name,
+                    offset: u64::from(e.offset),
+                    reason: format!("item is {} bytes, needs {len}", bytes.len()),
+                });
             }
             Ok(bytes)
         };
         let params = need(&FILE_PARAMETERS, "file parameters", 8)?;
         let block_size = le32(params, 0);
         let flags = le32(params, 4);
-        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two() {
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two()
+        {
             return Err(Error::Invalid {
                 field: "file parameters block size",
                 offset: 0,
@@ -195,28 +247,44 @@ impl Metadata {
         let logical_sector_size = le32(need(&LOGICAL_SECTOR_SIZE, "logical sector size", 4)?, 0);
         let physical_sector_size = le32(need(&PHYSICAL_SECTOR_SIZE, "physical sector size", 4)?, 0);
         if logical_sector_size != 512 && logical_sector_size != 4096 {
-            return Err(Error::Invalid { field: "logical sector size", offset: 0, reason: format!("{logical_sector_size} is not 512 or 4096") });
+            return Err(Error::Invalid {
+                field: "logical sector size",
+                offset: 0,
+                reason: format!("{logical_sector_size} is not 512 or 4096"),
+            });
         }
         if physical_sector_size != 512 && physical_sector_size != 4096 {
-            return Err(Error::Invalid { field: "physical sector size", offset: 0, reason: format!("{physical_sector_size} is not 512 or 4096") });
+            return Err(Error::Invalid {
+                field: "physical sector size",
+                offset: 0,
+                reason: format!("{physical_sector_size} is not 512 or 4096"),
+            });
         }
         if virtual_size > MAX_VIRTUAL_SIZE || virtual_size % u64::from(logical_sector_size) != 0 {
             return Err(Error::Invalid {
                 field: "virtual disk size",
                 offset: 0,
-                reason: format!("{virtual_size} is over 64 TiB or not a multiple of the logical sector size"),
+                reason: format!(
+                    "{virtual_size} is over 64 TiB or not a multiple of the logical sector size"
+                ),
             });
         }
         let page83 = match find(&PAGE_83_DATA) {
             Some(e) => {
                 let b = item(region, e)?;
-                if b.len() >= 16 { Some(guid(b, 0)) } else { None }
+                if b.len() >= 16 {
+                    Some(guid(b, 0))
+                } else {
+                    None
+                }
             }
             None => None,
         };
         let has_parent = flags & 2 != 0;
         let parent_locator = match find(&PARENT_LOCATOR) {
-            Some(e) if e.length <= MAX_LOCATOR_BYTES => Some(ParentLocator::parse(item(region, e)?)?),
+            Some(e) if e.length <= MAX_LOCATOR_BYTES => {
+                Some(ParentLocator::parse(item(region, e)?)?)
+            }
             Some(e) => {
                 return Err(Error::Invalid {
                     field: "parent locator",
@@ -249,14 +317,26 @@ impl Metadata {
         params.extend_from_slice(&flags.to_le_bytes());
         // Flags: IsRequired (4), plus IsVirtualDisk (2) for items describing the virtual disk.
         items.push((FILE_PARAMETERS, params, 4));
-        items.push((VIRTUAL_DISK_SIZE, self.virtual_size.to_le_bytes().to_vec(), 6));
+        items.push((
+            VIRTUAL_DISK_SIZE,
+            self.virtual_size.to_le_bytes().to_vec(),
+            6,
+        ));
         if let Some(p) = &self.page83 {
             let mut b = [0u8; 16];
             put_guid(&mut b, 0, p);
             items.push((PAGE_83_DATA, b.to_vec(), 6));
         }
-        items.push((LOGICAL_SECTOR_SIZE, self.logical_sector_size.to_le_bytes().to_vec(), 6));
-        items.push((PHYSICAL_SECTOR_SIZE, self.physical_sector_size.to_le_bytes().to_vec(), 6));
+        items.push((
+            LOGICAL_SECTOR_SIZE,
+            self.logical_sector_size.to_le_bytes().to_vec(),
+            6,
+        ));
+        items.push((
+            PHYSICAL_SECTOR_SIZE,
+            self.physical_sector_size.to_le_bytes().to_vec(),
+            6,
+        ));
         if let Some(p) = &self.parent_locator {
             items.push((PARENT_LOCATOR, p.emit(), 4));
         }
@@ -292,7 +372,10 @@ mod tests {
             parent_locator: Some(ParentLocator {
                 locator_type: VHDX_PARENT_LOCATOR_TYPE,
                 entries: vec![
-                    ("parent_linkage".into(), "{00000000-0000-0000-0000-000000000001}".into()),
+                    (
+                        "parent_linkage".into(),
+                        "{00000000-0000-0000-0000-000000000001}".into(),
+                    ),
                     ("relative_path".into(), ".\\base.vhdx".into()),
                 ],
             }),
@@ -309,14 +392,26 @@ mod tests {
     fn block_size_must_be_in_range() {
         let mut m = metadata();
         m.block_size = 4096;
-        assert!(matches!(Metadata::parse(&m.emit(1 << 20)), Err(Error::Invalid { field: "file parameters block size", .. })));
+        assert!(matches!(
+            Metadata::parse(&m.emit(1 << 20)),
+            Err(Error::Invalid {
+                field: "file parameters block size",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn logical_sector_size_must_be_512_or_4096() {
         let mut m = metadata();
         m.logical_sector_size = 1024;
-        assert!(matches!(Metadata::parse(&m.emit(1 << 20)), Err(Error::Invalid { field: "logical sector size", .. })));
+        assert!(matches!(
+            Metadata::parse(&m.emit(1 << 20)),
+            Err(Error::Invalid {
+                field: "logical sector size",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -324,7 +419,13 @@ mod tests {
         let mut region = metadata().emit(1 << 20);
         // First entry's length field: make it run past the end.
         region[32 + 20..32 + 24].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Metadata::parse(&region), Err(Error::Invalid { field: "metadata item", .. })));
+        assert!(matches!(
+            Metadata::parse(&region),
+            Err(Error::Invalid {
+                field: "metadata item",
+                ..
+            })
+        ));
     }
 
     #[test]

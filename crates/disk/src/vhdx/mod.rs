@@ -22,10 +22,10 @@ use crate::image::{
     BackingRef, BlockKind, BlockStatus, CheckReport, CreateOptions, DiskImage, Format, HostOffset,
     ImageInfo, Measurement, OpenOptions,
 };
+pub use crate::vhd::parse_error::ParseError as Error;
 use crate::vhd::shared::{self, check_range, read_exact, source_size};
 use header::{Header, RegionTable, HEADER_SIZE, MIB};
 use metadata::Metadata;
-pub use crate::vhd::parse_error::ParseError as Error;
 
 pub use writer::create;
 
@@ -70,7 +70,13 @@ impl Geometry {
         } else {
             data_blocks + data_blocks.saturating_sub(1) / chunk_ratio
         };
-        Geometry { block_size, chunk_ratio, data_blocks, bitmap_blocks, total_entries }
+        Geometry {
+            block_size,
+            chunk_ratio,
+            data_blocks,
+            bitmap_blocks,
+            total_entries,
+        }
     }
     pub fn payload_index(&self, block: u64) -> u64 {
         block + block / self.chunk_ratio
@@ -96,7 +102,11 @@ pub struct VhdxImage {
     parent_ref: Option<BackingRef>,
 }
 
-pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    path: &Path,
+    source: Arc<dyn ReadAt>,
+    opts: &OpenOptions,
+) -> Result<Box<dyn DiskImage>> {
     Ok(Box::new(VhdxImage::open(path, source, opts)?))
 }
 
@@ -109,7 +119,10 @@ pub fn current_header(path: &Path, source: &dyn ReadAt) -> Result<Header> {
         read_exact(source, path, &mut bytes, at)?;
         match Header::parse(&bytes) {
             Ok(h) => {
-                if best.as_ref().is_none_or(|b| h.sequence_number > b.sequence_number) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| h.sequence_number > b.sequence_number)
+                {
                     best = Some(h);
                 }
             }
@@ -118,7 +131,17 @@ pub fn current_header(path: &Path, source: &dyn ReadAt) -> Result<Header> {
             }
         }
     }
-    best.ok_or_else(|| first_error.unwrap_or_else(|| DiskError::corrupt(path, FORMAT, header::HEADER_1_OFFSET, "header", "no valid header")))
+    best.ok_or_else(|| {
+        first_error.unwrap_or_else(|| {
+            DiskError::corrupt(
+                path,
+                FORMAT,
+                header::HEADER_1_OFFSET,
+                "header",
+                "no valid header",
+            )
+        })
+    })
 }
 
 fn read_region_table(path: &Path, source: &dyn ReadAt) -> Result<RegionTable> {
@@ -133,37 +156,67 @@ fn read_region_table(path: &Path, source: &dyn ReadAt) -> Result<RegionTable> {
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| DiskError::corrupt(path, FORMAT, header::REGION_TABLE_1_OFFSET, "region table", "no valid region table")))
+    Err(first_error.unwrap_or_else(|| {
+        DiskError::corrupt(
+            path,
+            FORMAT,
+            header::REGION_TABLE_1_OFFSET,
+            "region table",
+            "no valid region table",
+        )
+    }))
 }
 
 impl VhdxImage {
     pub fn open(path: &Path, file: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<VhdxImage> {
         let file_size = source_size(file.as_ref(), path)?;
         if file_size < 1 << 20 {
-            return Err(DiskError::corrupt(path, FORMAT, 0, "file size", format!("{file_size} bytes is smaller than the 1 MiB VHDX header section")));
+            return Err(DiskError::corrupt(
+                path,
+                FORMAT,
+                0,
+                "file size",
+                format!("{file_size} bytes is smaller than the 1 MiB VHDX header section"),
+            ));
         }
         let mut ident = vec![0u8; 8 + 512];
         read_exact(file.as_ref(), path, &mut ident, 0)?;
         if !probe(&ident, &[]) {
-            return Err(DiskError::corrupt(path, FORMAT, 0, "file identifier", "missing \"vhdxfile\" signature"));
+            return Err(DiskError::corrupt(
+                path,
+                FORMAT,
+                0,
+                "file identifier",
+                "missing \"vhdxfile\" signature",
+            ));
         }
         let creator = header::parse_creator(&ident);
         let header = current_header(path, file.as_ref())?;
         if header.version != header::VERSION || header.log_version != header::LOG_VERSION {
-            return Err(DiskError::Unsupported { path: path.to_path_buf(), format: FORMAT,
-                feature: format!("header version {} / log version {}", header.version, header.log_version) });
+            return Err(DiskError::Unsupported {
+                path: path.to_path_buf(),
+                format: FORMAT,
+                feature: format!(
+                    "header version {} / log version {}",
+                    header.version, header.log_version
+                ),
+            });
         }
         let mut source: Arc<dyn ReadAt> = file.clone();
         let mut replayed_entries = 0;
         if !header.log_guid.is_nil() {
             let log_at = header.log_offset;
             let log_len = u64::from(header.log_length);
-            if log_len > u64::from(log::MAX_LOG_BYTES) || log_at.checked_add(log_len).is_none_or(|e| e > file_size) || log_at % MIB != 0 {
+            if log_len > u64::from(log::MAX_LOG_BYTES)
+                || log_at.checked_add(log_len).is_none_or(|e| e > file_size)
+                || log_at % MIB != 0
+            {
                 return Err(DiskError::corrupt(path, FORMAT, log_at, "log", format!("log of {log_len} bytes at {log_at:#x} is outside the file or over the {} byte limit", log::MAX_LOG_BYTES)));
             }
             let mut log_bytes = vec![0u8; log_len as usize];
             read_exact(file.as_ref(), path, &mut log_bytes, log_at)?;
-            let replay = log::replay(&log_bytes, &header.log_guid).map_err(|e| e.into_disk(path, FORMAT, log_at))?;
+            let replay = log::replay(&log_bytes, &header.log_guid)
+                .map_err(|e| e.into_disk(path, FORMAT, log_at))?;
             replayed_entries = replay.entries;
             if !replay.is_empty() {
                 source = Arc::new(log::ReplayOverlay::new(file.clone(), replay));
@@ -173,27 +226,85 @@ impl VhdxImage {
         let regions = read_region_table(path, source.as_ref())?;
         for r in &regions.entries {
             if r.required && r.guid != header::BAT_REGION && r.guid != header::METADATA_REGION {
-                return Err(DiskError::Unsupported { path: path.to_path_buf(), format: FORMAT, feature: format!("required region {}", r.guid) });
+                return Err(DiskError::Unsupported {
+                    path: path.to_path_buf(),
+                    format: FORMAT,
+                    feature: format!("required region {}", r.guid),
+                });
             }
         }
-        let meta_region = regions.find(&header::METADATA_REGION).ok_or_else(|| DiskError::corrupt(path, FORMAT, header::REGION_TABLE_1_OFFSET, "region table", "no metadata region"))?;
-        if meta_region.length > metadata::MAX_REGION_BYTES || meta_region.file_offset.checked_add(u64::from(meta_region.length)).is_none_or(|e| e > file_size) {
-            return Err(DiskError::corrupt(path, FORMAT, meta_region.file_offset, "metadata region", format!("{} bytes at {:#x} lie outside the file or over the limit", meta_region.length, meta_region.file_offset)));
+        let meta_region = regions.find(&header::METADATA_REGION).ok_or_else(|| {
+            DiskError::corrupt(
+                path,
+                FORMAT,
+                header::REGION_TABLE_1_OFFSET,
+                "region table",
+                "no metadata region",
+            )
+        })?;
+        if meta_region.length > metadata::MAX_REGION_BYTES
+            || meta_region
+                .file_offset
+                .checked_add(u64::from(meta_region.length))
+                .is_none_or(|e| e > file_size)
+        {
+            return Err(DiskError::corrupt(
+                path,
+                FORMAT,
+                meta_region.file_offset,
+                "metadata region",
+                format!(
+                    "{} bytes at {:#x} lie outside the file or over the limit",
+                    meta_region.length, meta_region.file_offset
+                ),
+            ));
         }
         let mut meta_bytes = vec![0u8; meta_region.length as usize];
-        read_exact(source.as_ref(), path, &mut meta_bytes, meta_region.file_offset)?;
-        let meta = Metadata::parse(&meta_bytes).map_err(|e| e.into_disk(path, FORMAT, meta_region.file_offset))?;
+        read_exact(
+            source.as_ref(),
+            path,
+            &mut meta_bytes,
+            meta_region.file_offset,
+        )?;
+        let meta = Metadata::parse(&meta_bytes)
+            .map_err(|e| e.into_disk(path, FORMAT, meta_region.file_offset))?;
         let geometry = Geometry::new(&meta);
-        let bat_region = regions.find(&header::BAT_REGION).ok_or_else(|| DiskError::corrupt(path, FORMAT, header::REGION_TABLE_1_OFFSET, "region table", "no BAT region"))?;
+        let bat_region = regions.find(&header::BAT_REGION).ok_or_else(|| {
+            DiskError::corrupt(
+                path,
+                FORMAT,
+                header::REGION_TABLE_1_OFFSET,
+                "region table",
+                "no BAT region",
+            )
+        })?;
         let bat_bytes = geometry.total_entries * 8;
-        if bat_bytes > MAX_BAT_BYTES || bat_bytes > u64::from(bat_region.length) || bat_region.file_offset.checked_add(bat_bytes).is_none_or(|e| e > file_size) {
+        if bat_bytes > MAX_BAT_BYTES
+            || bat_bytes > u64::from(bat_region.length)
+            || bat_region
+                .file_offset
+                .checked_add(bat_bytes)
+                .is_none_or(|e| e > file_size)
+        {
             return Err(DiskError::corrupt(path, FORMAT, bat_region.file_offset, "BAT region",
                 format!("{} entries ({bat_bytes} bytes) do not fit the region of {} bytes at {:#x} inside the file", geometry.total_entries, bat_region.length, bat_region.file_offset)));
         }
         let mut raw = vec![0u8; bat_bytes as usize];
         read_exact(source.as_ref(), path, &mut raw, bat_region.file_offset)?;
         let bat = raw.chunks_exact(8).map(|c| header::le64(c, 0)).collect();
-        let mut image = VhdxImage { path: path.to_path_buf(), source, file_size, header, creator, meta, geometry, bat, replayed_entries, parent: None, parent_ref: None };
+        let mut image = VhdxImage {
+            path: path.to_path_buf(),
+            source,
+            file_size,
+            header,
+            creator,
+            meta,
+            geometry,
+            bat,
+            replayed_entries,
+            parent: None,
+            parent_ref: None,
+        };
         if image.meta.has_parent {
             image.open_parent(opts)?;
         }
@@ -201,7 +312,9 @@ impl VhdxImage {
     }
 
     fn parent_names(&self) -> Vec<String> {
-        let Some(l) = &self.meta.parent_locator else { return Vec::new() };
+        let Some(l) = &self.meta.parent_locator else {
+            return Vec::new();
+        };
         let mut names = Vec::new();
         for key in ["relative_path", "absolute_win32_path", "volume_path"] {
             if let Some(v) = l.get(key) {
@@ -218,9 +331,19 @@ impl VhdxImage {
     fn open_parent(&mut self, opts: &OpenOptions) -> Result<()> {
         let names = self.parent_names();
         let Some(first) = names.first().cloned() else {
-            return Err(DiskError::corrupt(&self.path, FORMAT, 0, "parent locator", "differencing VHDX without a parent path"));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                0,
+                "parent locator",
+                "differencing VHDX without a parent path",
+            ));
         };
-        self.parent_ref = Some(BackingRef { name: first.clone(), format: Some(Format::Vhdx), resolved: crate::image::resolve_reference(&self.path, &first) });
+        self.parent_ref = Some(BackingRef {
+            name: first.clone(),
+            format: Some(Format::Vhdx),
+            resolved: crate::image::resolve_reference(&self.path, &first),
+        });
         if opts.skip_backing {
             return Ok(());
         }
@@ -232,7 +355,11 @@ impl VhdxImage {
             }
             match shared::open_reference_with(&self.path, name, opts, open) {
                 Ok(p) => {
-                    self.parent_ref = Some(BackingRef { name: name.clone(), format: Some(Format::Vhdx), resolved: target });
+                    self.parent_ref = Some(BackingRef {
+                        name: name.clone(),
+                        format: Some(Format::Vhdx),
+                        resolved: target,
+                    });
                     self.parent = Some(p);
                     return Ok(());
                 }
@@ -242,7 +369,10 @@ impl VhdxImage {
         Err(last_error.unwrap_or_else(|| DiskError::Open {
             path: crate::image::resolve_reference(&self.path, &first),
             action: "open the parent of a differencing VHDX",
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("none of {names:?} exists beside {}", self.path.display())),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("none of {names:?} exists beside {}", self.path.display()),
+            ),
         }))
     }
 
@@ -264,10 +394,19 @@ impl VhdxImage {
     /// The host offset of a present block, checked against the file.
     fn block_offset(&self, block: u64, entry: u64) -> Result<u64> {
         let at = entry & OFFSET_MASK;
-        let need = (self.meta.virtual_size - block * self.geometry.block_size).min(self.geometry.block_size);
+        let need = (self.meta.virtual_size - block * self.geometry.block_size)
+            .min(self.geometry.block_size);
         if at < MIB || at.checked_add(need).is_none_or(|e| e > self.file_size) {
-            return Err(DiskError::corrupt(&self.path, FORMAT, at, "BAT entry",
-                format!("payload block {block} at {at:#x} lies outside the file ({} bytes)", self.file_size)));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                at,
+                "BAT entry",
+                format!(
+                    "payload block {block} at {at:#x} lies outside the file ({} bytes)",
+                    self.file_size
+                ),
+            ));
         }
         Ok(at)
     }
@@ -276,7 +415,11 @@ impl VhdxImage {
         if self.meta.has_parent && self.parent.is_none() {
             return Err(DiskError::Reference {
                 path: self.path.clone(),
-                reference: self.parent_ref.as_ref().map(|r| r.resolved.clone()).unwrap_or_default(),
+                reference: self
+                    .parent_ref
+                    .as_ref()
+                    .map(|r| r.resolved.clone())
+                    .unwrap_or_default(),
                 reason: "not opened, and the read needs the parent's data",
             });
         }
@@ -285,21 +428,44 @@ impl VhdxImage {
 
     /// For a partially present block: whether logical sector `sector` (absolute) is present.
     fn sector_present(&self, bitmap: &[u8], sector_in_chunk: u64) -> bool {
-        bitmap.get((sector_in_chunk / 8) as usize).is_some_and(|b| b & (1 << (sector_in_chunk % 8)) != 0)
+        bitmap
+            .get((sector_in_chunk / 8) as usize)
+            .is_some_and(|b| b & (1 << (sector_in_chunk % 8)) != 0)
     }
 
-    fn chunk_bitmap(&self, block: u64, start_sector_in_chunk: u64, sectors: u64) -> Result<Vec<u8>> {
+    fn chunk_bitmap(
+        &self,
+        block: u64,
+        start_sector_in_chunk: u64,
+        sectors: u64,
+    ) -> Result<Vec<u8>> {
         let chunk = block / self.geometry.chunk_ratio;
         let entry = self.entry(self.geometry.bitmap_index(chunk));
         if entry & STATE_MASK != SB_PRESENT {
-            return Err(DiskError::corrupt(&self.path, FORMAT, 0, "sector bitmap",
-                format!("block {block} is partially present but chunk {chunk} has no sector bitmap")));
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                0,
+                "sector bitmap",
+                format!(
+                    "block {block} is partially present but chunk {chunk} has no sector bitmap"
+                ),
+            ));
         }
         let at = entry & OFFSET_MASK;
         let first_byte = start_sector_in_chunk / 8;
         let bytes = (start_sector_in_chunk % 8 + sectors).div_ceil(8);
-        if at.checked_add(first_byte + bytes).is_none_or(|e| e > self.file_size) {
-            return Err(DiskError::corrupt(&self.path, FORMAT, at, "sector bitmap", "lies outside the file"));
+        if at
+            .checked_add(first_byte + bytes)
+            .is_none_or(|e| e > self.file_size)
+        {
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                at,
+                "sector bitmap",
+                "lies outside the file",
+            ));
         }
         // Returned bitmap is indexed from sector (start rounded down to a byte).
         let mut out = vec![0u8; bytes as usize];
@@ -323,7 +489,12 @@ impl DiskImage for VhdxImage {
     }
 
     fn read_at(&self, buf: &mut [u8], guest_offset: u64) -> Result<()> {
-        check_range(&self.path, guest_offset, buf.len() as u64, self.meta.virtual_size)?;
+        check_range(
+            &self.path,
+            guest_offset,
+            buf.len() as u64,
+            self.meta.virtual_size,
+        )?;
         let bs = self.geometry.block_size;
         let sector = u64::from(self.meta.logical_sector_size);
         let mut done = 0usize;
@@ -344,33 +515,57 @@ impl DiskImage for VhdxImage {
                     let chunk_start_sector = (block % self.geometry.chunk_ratio) * (bs / sector);
                     let first_sector = chunk_start_sector + in_block / sector;
                     let last_sector = chunk_start_sector + (in_block + n as u64).div_ceil(sector);
-                    let bitmap = self.chunk_bitmap(block, first_sector, last_sector - first_sector)?;
+                    let bitmap =
+                        self.chunk_bitmap(block, first_sector, last_sector - first_sector)?;
                     let bit_base = first_sector / 8 * 8;
                     let mut pos = 0usize;
                     while pos < n {
                         let s = chunk_start_sector + (in_block + pos as u64) / sector;
                         let present = self.sector_present(&bitmap, s - bit_base);
-                        let mut end = (((s - chunk_start_sector + 1) * sector - in_block) as usize).min(n);
+                        let mut end =
+                            (((s - chunk_start_sector + 1) * sector - in_block) as usize).min(n);
                         while end < n {
                             let s2 = chunk_start_sector + (in_block + end as u64) / sector;
                             if self.sector_present(&bitmap, s2 - bit_base) != present {
                                 break;
                             }
-                            end = (((s2 - chunk_start_sector + 1) * sector - in_block) as usize).min(n);
+                            end = (((s2 - chunk_start_sector + 1) * sector - in_block) as usize)
+                                .min(n);
                         }
                         if present {
-                            read_exact(self.source.as_ref(), &self.path, &mut chunk[pos..end], base + in_block + pos as u64)?;
+                            read_exact(
+                                self.source.as_ref(),
+                                &self.path,
+                                &mut chunk[pos..end],
+                                base + in_block + pos as u64,
+                            )?;
                         } else {
                             self.read_parent(&mut chunk[pos..end], at + pos as u64)?;
                         }
                         pos = end;
                     }
                 }
-                PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED if self.meta.has_parent => self.read_parent(chunk, at)?,
-                PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED => chunk.fill(0),
+                PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED if self.meta.has_parent => {
+                    self.read_parent(chunk, at)?
+                }
+                PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED => {
+                    chunk.fill(0)
+                }
                 other => {
-                    return Err(DiskError::corrupt(&self.path, FORMAT, 0, "BAT entry state",
-                        format!("payload block {block} has state {other}, which is not defined{}", if other == PAYLOAD_PARTIALLY_PRESENT { " for an image without a parent" } else { "" })));
+                    return Err(DiskError::corrupt(
+                        &self.path,
+                        FORMAT,
+                        0,
+                        "BAT entry state",
+                        format!(
+                            "payload block {block} has state {other}, which is not defined{}",
+                            if other == PAYLOAD_PARTIALLY_PRESENT {
+                                " for an image without a parent"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
                 }
             }
             done += n;
@@ -379,7 +574,9 @@ impl DiskImage for VhdxImage {
     }
 
     fn block_status(&self, guest_offset: u64, len: u64) -> Result<BlockStatus> {
-        let len = len.min(self.meta.virtual_size.saturating_sub(guest_offset)).max(1);
+        let len = len
+            .min(self.meta.virtual_size.saturating_sub(guest_offset))
+            .max(1);
         let bs = self.geometry.block_size;
         let block = guest_offset / bs;
         let in_block = guest_offset % bs;
@@ -406,12 +603,24 @@ impl DiskImage for VhdxImage {
             let run = (sector - in_block % sector).min(len);
             return Ok(if present {
                 let base = self.block_offset(block, first)?;
-                BlockStatus { len: run, kind: BlockKind::Data, host_offset: Some(HostOffset(base + in_block)) }
+                BlockStatus {
+                    len: run,
+                    kind: BlockKind::Data,
+                    host_offset: Some(HostOffset(base + in_block)),
+                }
             } else {
-                BlockStatus { len: run, kind: BlockKind::Unallocated, host_offset: None }
+                BlockStatus {
+                    len: run,
+                    kind: BlockKind::Unallocated,
+                    host_offset: None,
+                }
             });
         }
-        let host = if kind == BlockKind::Data { Some(self.block_offset(block, first)? + in_block) } else { None };
+        let host = if kind == BlockKind::Data {
+            Some(self.block_offset(block, first)? + in_block)
+        } else {
+            None
+        };
         let mut run = (bs - in_block).min(len);
         let mut next = block + 1;
         while run < len && next < self.geometry.data_blocks {
@@ -427,7 +636,11 @@ impl DiskImage for VhdxImage {
             run = (run + bs).min(len);
             next += 1;
         }
-        Ok(BlockStatus { len: run, kind, host_offset: host.map(HostOffset) })
+        Ok(BlockStatus {
+            len: run,
+            kind,
+            host_offset: host.map(HostOffset),
+        })
     }
 
     fn info(&self) -> Result<ImageInfo> {
@@ -456,7 +669,11 @@ impl DiskImage for VhdxImage {
     }
 
     fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
-        let mut report = CheckReport { filename: self.path.display().to_string(), format: FORMAT.into(), ..CheckReport::default() };
+        let mut report = CheckReport {
+            filename: self.path.display().to_string(),
+            format: FORMAT.into(),
+            ..CheckReport::default()
+        };
         if self.replayed_entries > 0 {
             report.messages.push(format!("the log holds {} entries that were replayed in memory (the file itself is unchanged)", self.replayed_entries));
         }
@@ -486,7 +703,9 @@ impl DiskImage for VhdxImage {
                 PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED => {}
                 other => {
                     report.corruptions += 1;
-                    report.messages.push(format!("ERROR: block {block} has undefined state {other}"));
+                    report
+                        .messages
+                        .push(format!("ERROR: block {block} has undefined state {other}"));
                 }
             }
         }
@@ -494,11 +713,25 @@ impl DiskImage for VhdxImage {
         for w in used.windows(2) {
             if w[1].0 < w[0].0 + g.block_size {
                 report.corruptions += 1;
-                report.messages.push(format!("ERROR: blocks {} and {} overlap at {:#x}", w[0].1, w[1].1, w[1].0));
+                report.messages.push(format!(
+                    "ERROR: blocks {} and {} overlap at {:#x}",
+                    w[0].1, w[1].1, w[1].0
+                ));
             }
         }
-        if let (Some(parent), Some(link)) = (&self.parent, self.meta.parent_locator.as_ref().and_then(|l| l.get("parent_linkage"))) {
-            if let Some(guid) = parent.info().ok().and_then(|i| i.format_specific).and_then(|f| f["data"]["data-write-guid"].as_str().map(str::to_string)) {
+        if let (Some(parent), Some(link)) = (
+            &self.parent,
+            self.meta
+                .parent_locator
+                .as_ref()
+                .and_then(|l| l.get("parent_linkage")),
+        ) {
+            if let Some(guid) = parent
+                .info()
+                .ok()
+                .and_then(|i| i.format_specific)
+                .and_then(|f| f["data"]["data-write-guid"].as_str().map(str::to_string))
+            {
                 let want = link.trim_matches(['{', '}']).to_ascii_lowercase();
                 if want != guid {
                     report.check_errors += 1;
@@ -526,8 +759,15 @@ pub fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> Result<M
 
 /// The data write GUID of a VHDX (a differencing child records it as parent_linkage).
 pub(crate) fn data_write_guid(path: &Path) -> Result<(Uuid, u64)> {
-    let file = std::fs::File::open(path).map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "open the parent", source })?;
-    let opts = OpenOptions { skip_backing: true, ..OpenOptions::default() };
+    let file = std::fs::File::open(path).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "open the parent",
+        source,
+    })?;
+    let opts = OpenOptions {
+        skip_backing: true,
+        ..OpenOptions::default()
+    };
     let image = VhdxImage::open(path, Arc::new(file), &opts)?;
     Ok((image.header.data_write_guid, image.meta.virtual_size))
 }

@@ -35,25 +35,50 @@ fn parse_size(key: &str, v: &str) -> Result<u64> {
         Some('G' | 'g') => (&v[..v.len() - 1], 1 << 30),
         _ => (v, 1),
     };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| DiskError::InvalidOption { key: key.into(), value: v.into(), reason: "not a size".into() })
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| DiskError::InvalidOption {
+            key: key.into(),
+            value: v.into(),
+            reason: "not a size".into(),
+        })
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(DiskError::InvalidOption { key: key.into(), value: value.into(), reason: "expected on or off".into() }),
+        _ => Err(DiskError::InvalidOption {
+            key: key.into(),
+            value: value.into(),
+            reason: "expected on or off".into(),
+        }),
     }
 }
 
 impl Plan {
     pub(crate) fn from_options(opts: &CreateOptions) -> Result<Plan> {
-        opts.reject_unknown_options(&["subformat", "block_size", "log_size", "block_state_zero", "size", "physical_sector_size", "logical_sector_size"])?;
+        opts.reject_unknown_options(&[
+            "subformat",
+            "block_size",
+            "log_size",
+            "block_state_zero",
+            "size",
+            "physical_sector_size",
+            "logical_sector_size",
+        ])?;
         let get = |k: &str| opts.options.get(k).map(String::as_str);
         let fixed = match get("subformat") {
             None | Some("dynamic") => false,
             Some("fixed") => true,
-            Some(o) => return Err(DiskError::InvalidOption { key: "subformat".into(), value: o.into(), reason: "vhdx accepts dynamic or fixed".into() }),
+            Some(o) => {
+                return Err(DiskError::InvalidOption {
+                    key: "subformat".into(),
+                    value: o.into(),
+                    reason: "vhdx accepts dynamic or fixed".into(),
+                })
+            }
         };
         let block_size = match get("block_size") {
             None => DEFAULT_BLOCK_SIZE,
@@ -61,8 +86,15 @@ impl Plan {
                 let b = parse_size("block_size", v)?;
                 if b == 0 {
                     DEFAULT_BLOCK_SIZE
-                } else if !b.is_power_of_two() || !(u64::from(metadata::MIN_BLOCK_SIZE)..=u64::from(metadata::MAX_BLOCK_SIZE)).contains(&b) {
-                    return Err(DiskError::InvalidOption { key: "block_size".into(), value: v.into(), reason: "a power of two from 1 MiB to 256 MiB".into() });
+                } else if !b.is_power_of_two()
+                    || !(u64::from(metadata::MIN_BLOCK_SIZE)..=u64::from(metadata::MAX_BLOCK_SIZE))
+                        .contains(&b)
+                {
+                    return Err(DiskError::InvalidOption {
+                        key: "block_size".into(),
+                        value: v.into(),
+                        reason: "a power of two from 1 MiB to 256 MiB".into(),
+                    });
                 } else {
                     b as u32
                 }
@@ -73,7 +105,11 @@ impl Plan {
             Some(v) => {
                 let l = parse_size("log_size", v)?;
                 if l == 0 || l % MIB != 0 || l > u64::from(super::log::MAX_LOG_BYTES) {
-                    return Err(DiskError::InvalidOption { key: "log_size".into(), value: v.into(), reason: "a multiple of 1 MiB up to 64 MiB".into() });
+                    return Err(DiskError::InvalidOption {
+                        key: "log_size".into(),
+                        value: v.into(),
+                        reason: "a multiple of 1 MiB up to 64 MiB".into(),
+                    });
                 }
                 l
             }
@@ -86,17 +122,30 @@ impl Plan {
                 None => Ok(default),
                 Some("512") => Ok(512),
                 Some("4096") => Ok(4096),
-                Some(v) => Err(DiskError::InvalidOption { key: key.into(), value: v.into(), reason: "512 or 4096".into() }),
+                Some(v) => Err(DiskError::InvalidOption {
+                    key: key.into(),
+                    value: v.into(),
+                    reason: "512 or 4096".into(),
+                }),
             }
         };
         let logical_sector_size = sector_opt("logical_sector_size", 512)?;
         let physical_sector_size = sector_opt("physical_sector_size", 4096)?;
-        let virtual_size = opts.virtual_size.div_ceil(u64::from(logical_sector_size)) * u64::from(logical_sector_size);
+        let virtual_size = opts.virtual_size.div_ceil(u64::from(logical_sector_size))
+            * u64::from(logical_sector_size);
         if virtual_size > metadata::MAX_VIRTUAL_SIZE {
-            return Err(DiskError::InvalidOption { key: "size".into(), value: opts.virtual_size.to_string(), reason: "VHDX disks are limited to 64 TiB".into() });
+            return Err(DiskError::InvalidOption {
+                key: "size".into(),
+                value: opts.virtual_size.to_string(),
+                reason: "VHDX disks are limited to 64 TiB".into(),
+            });
         }
         if fixed && opts.backing.is_some() {
-            return Err(DiskError::InvalidOption { key: "subformat".into(), value: "fixed".into(), reason: "a differencing VHDX cannot be fixed".into() });
+            return Err(DiskError::InvalidOption {
+                key: "subformat".into(),
+                value: "fixed".into(),
+                reason: "a differencing VHDX cannot be fixed".into(),
+            });
         }
         let meta = Metadata {
             block_size,
@@ -108,14 +157,21 @@ impl Plan {
             page83: Some(Uuid::new_v4()),
             parent_locator: None,
         };
-        Ok(Plan { fixed, meta, log_size })
+        Ok(Plan {
+            fixed,
+            meta,
+            log_size,
+        })
     }
 
     fn bat_offset(&self) -> u64 {
         LOG_OFFSET + self.log_size + METADATA_SIZE
     }
     fn bat_bytes(&self) -> u64 {
-        (Geometry::new(&self.meta).total_entries * 8).div_ceil(MIB).max(1) * MIB
+        (Geometry::new(&self.meta).total_entries * 8)
+            .div_ceil(MIB)
+            .max(1)
+            * MIB
     }
     fn data_start(&self) -> u64 {
         self.bat_offset() + self.bat_bytes()
@@ -126,23 +182,41 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     let mut plan = Plan::from_options(opts)?;
     if let Some((name, format)) = &opts.backing {
         if format.is_some_and(|f| f != Format::Vhdx) {
-            return Err(DiskError::InvalidOption { key: "backing_fmt".into(), value: format!("{format:?}"), reason: "a differencing VHDX's parent must be a VHDX".into() });
+            return Err(DiskError::InvalidOption {
+                key: "backing_fmt".into(),
+                value: format!("{format:?}"),
+                reason: "a differencing VHDX's parent must be a VHDX".into(),
+            });
         }
         let parent_path = crate::image::resolve_reference(path, name);
         let (guid, size) = super::data_write_guid(&parent_path)?;
         if size != plan.meta.virtual_size {
-            return Err(DiskError::InvalidOption { key: "size".into(), value: opts.virtual_size.to_string(), reason: format!("a differencing VHDX must have its parent's size ({size} bytes)") });
+            return Err(DiskError::InvalidOption {
+                key: "size".into(),
+                value: opts.virtual_size.to_string(),
+                reason: format!("a differencing VHDX must have its parent's size ({size} bytes)"),
+            });
         }
         let mut entries = vec![
             ("parent_linkage".to_string(), format!("{{{guid}}}")),
-            ("relative_path".to_string(), format!(".\\{}", name.replace('/', "\\"))),
+            (
+                "relative_path".to_string(),
+                format!(".\\{}", name.replace('/', "\\")),
+            ),
         ];
         if let Ok(abs) = std::fs::canonicalize(&parent_path) {
             entries.push(("absolute_win32_path".to_string(), abs.display().to_string()));
         }
-        plan.meta.parent_locator = Some(ParentLocator { locator_type: metadata::VHDX_PARENT_LOCATOR_TYPE, entries });
+        plan.meta.parent_locator = Some(ParentLocator {
+            locator_type: metadata::VHDX_PARENT_LOCATOR_TYPE,
+            entries,
+        });
     }
-    let file = AtomicFile::create(path, opts.overwrite).map_err(|source| DiskError::Open { path: path.to_path_buf(), action: "create", source })?;
+    let file = AtomicFile::create(path, opts.overwrite).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        action: "create",
+        source,
+    })?;
     let geometry = Geometry::new(&plan.meta);
     let mut bat = vec![0u64; geometry.total_entries as usize];
     let mut next = plan.data_start();
@@ -151,9 +225,20 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
             bat[geometry.payload_index(block) as usize] = next | PAYLOAD_FULLY_PRESENT;
             next += geometry.block_size;
         }
-        file.file().set_len(next).map_err(|e| DiskError::io(file.temp_path(), next, e))?;
+        file.file()
+            .set_len(next)
+            .map_err(|e| DiskError::io(file.temp_path(), next, e))?;
     }
-    Ok(Box::new(VhdxWriter { file, path: path.to_path_buf(), plan, geometry, bat, next, bitmaps: BTreeMap::new(), partial: BTreeMap::new() }))
+    Ok(Box::new(VhdxWriter {
+        file,
+        path: path.to_path_buf(),
+        plan,
+        geometry,
+        bat,
+        next,
+        bitmaps: BTreeMap::new(),
+        partial: BTreeMap::new(),
+    }))
 }
 
 struct VhdxWriter {
@@ -176,8 +261,14 @@ impl VhdxWriter {
 
     fn block_host(&mut self, block: u64) -> u64 {
         let index = self.geometry.payload_index(block) as usize;
-        if self.bat[index] & 0x7 != PAYLOAD_FULLY_PRESENT && self.bat[index] & 0x7 != PAYLOAD_PARTIALLY_PRESENT {
-            let state = if self.plan.meta.has_parent { PAYLOAD_PARTIALLY_PRESENT } else { PAYLOAD_FULLY_PRESENT };
+        if self.bat[index] & 0x7 != PAYLOAD_FULLY_PRESENT
+            && self.bat[index] & 0x7 != PAYLOAD_PARTIALLY_PRESENT
+        {
+            let state = if self.plan.meta.has_parent {
+                PAYLOAD_PARTIALLY_PRESENT
+            } else {
+                PAYLOAD_FULLY_PRESENT
+            };
             self.bat[index] = self.next | state;
             self.next += self.geometry.block_size;
         }
@@ -191,7 +282,10 @@ impl VhdxWriter {
         let sector = u64::from(self.plan.meta.logical_sector_size);
         let per_block = self.geometry.block_size / sector;
         let chunk = block / self.geometry.chunk_ratio;
-        let bitmap = self.bitmaps.entry(chunk).or_insert_with(|| vec![0u8; MIB as usize]);
+        let bitmap = self
+            .bitmaps
+            .entry(chunk)
+            .or_insert_with(|| vec![0u8; MIB as usize]);
         let base = (block % self.geometry.chunk_ratio) * per_block;
         let mut newly = 0u64;
         for s in (base + in_block / sector)..(base + (in_block + len).div_ceil(sector)) {
@@ -204,8 +298,18 @@ impl VhdxWriter {
         *self.partial.entry(block).or_insert(0) += newly;
     }
 
-    fn each_block(&mut self, guest_offset: u64, len: u64, mut f: impl FnMut(&mut Self, u64, u64, u64, u64) -> Result<()>) -> Result<()> {
-        crate::vhd::shared::check_range(&self.path, guest_offset, len, self.plan.meta.virtual_size)?;
+    fn each_block(
+        &mut self,
+        guest_offset: u64,
+        len: u64,
+        mut f: impl FnMut(&mut Self, u64, u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        crate::vhd::shared::check_range(
+            &self.path,
+            guest_offset,
+            len,
+            self.plan.meta.virtual_size,
+        )?;
         let bs = self.geometry.block_size;
         let mut done = 0u64;
         while done < len {
@@ -230,12 +334,19 @@ impl ImageWriter for VhdxWriter {
     }
 
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        self.each_block(guest_offset, data.len() as u64, |w, block, in_block, done, n| {
-            let host = w.block_host(block) + in_block;
-            w.file.file().write_all_at(&data[done as usize..(done + n) as usize], host).map_err(|e| w.io(host, e))?;
-            w.mark(block, in_block, n);
-            Ok(())
-        })
+        self.each_block(
+            guest_offset,
+            data.len() as u64,
+            |w, block, in_block, done, n| {
+                let host = w.block_host(block) + in_block;
+                w.file
+                    .file()
+                    .write_all_at(&data[done as usize..(done + n) as usize], host)
+                    .map_err(|e| w.io(host, e))?;
+                w.mark(block, in_block, n);
+                Ok(())
+            },
+        )
     }
 
     fn write_zeroes(&mut self, guest_offset: u64, len: u64) -> Result<()> {
@@ -261,15 +372,25 @@ impl ImageWriter for VhdxWriter {
         }
         for (chunk, bits) in std::mem::take(&mut self.bitmaps) {
             let at = self.next;
-            self.file.file().write_all_at(&bits, at).map_err(|e| self.io(at, e))?;
+            self.file
+                .file()
+                .write_all_at(&bits, at)
+                .map_err(|e| self.io(at, e))?;
             self.bat[self.geometry.bitmap_index(chunk) as usize] = at | SB_PRESENT;
             self.next += MIB;
         }
         let f = self.file.file();
-        f.write_all_at(&header::emit_file_identifier(&format!("vmedia {}", env!("CARGO_PKG_VERSION"))), 0).map_err(|e| self.io(0, e))?;
+        f.write_all_at(
+            &header::emit_file_identifier(&format!("vmedia {}", env!("CARGO_PKG_VERSION"))),
+            0,
+        )
+        .map_err(|e| self.io(0, e))?;
         let file_write_guid = Uuid::new_v4();
         let data_write_guid = Uuid::new_v4();
-        for (seq, at) in [(1u64, header::HEADER_1_OFFSET), (2, header::HEADER_2_OFFSET)] {
+        for (seq, at) in [
+            (1u64, header::HEADER_1_OFFSET),
+            (2, header::HEADER_2_OFFSET),
+        ] {
             let h = Header {
                 checksum: 0,
                 sequence_number: seq,
@@ -285,8 +406,18 @@ impl ImageWriter for VhdxWriter {
         }
         let regions = RegionTable {
             entries: vec![
-                RegionEntry { guid: header::BAT_REGION, file_offset: self.plan.bat_offset(), length: self.plan.bat_bytes() as u32, required: true },
-                RegionEntry { guid: header::METADATA_REGION, file_offset: LOG_OFFSET + self.plan.log_size, length: METADATA_SIZE as u32, required: true },
+                RegionEntry {
+                    guid: header::BAT_REGION,
+                    file_offset: self.plan.bat_offset(),
+                    length: self.plan.bat_bytes() as u32,
+                    required: true,
+                },
+                RegionEntry {
+                    guid: header::METADATA_REGION,
+                    file_offset: LOG_OFFSET + self.plan.log_size,
+                    length: METADATA_SIZE as u32,
+                    required: true,
+                },
             ],
         }
         .emit();
@@ -294,10 +425,12 @@ impl ImageWriter for VhdxWriter {
             f.write_all_at(&regions, at).map_err(|e| self.io(at, e))?;
         }
         let meta_at = LOG_OFFSET + self.plan.log_size;
-        f.write_all_at(&self.plan.meta.emit(METADATA_SIZE as usize), meta_at).map_err(|e| self.io(meta_at, e))?;
+        f.write_all_at(&self.plan.meta.emit(METADATA_SIZE as usize), meta_at)
+            .map_err(|e| self.io(meta_at, e))?;
         let bat: Vec<u8> = self.bat.iter().flat_map(|e| e.to_le_bytes()).collect();
         let bat_at = self.plan.bat_offset();
-        f.write_all_at(&bat, bat_at).map_err(|e| self.io(bat_at, e))?;
+        f.write_all_at(&bat, bat_at)
+            .map_err(|e| self.io(bat_at, e))?;
         let end = self.next.max(self.plan.data_start());
         f.set_len(end).map_err(|e| self.io(end, e))?;
         let p = self.file.final_path().to_path_buf();
@@ -313,7 +446,11 @@ pub(crate) fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> R
     let overhead = plan.data_start();
     let full = overhead + g.data_blocks * g.block_size;
     if plan.fixed {
-        return Ok(Measurement { required: full, fully_allocated: full, bitmaps: 0 });
+        return Ok(Measurement {
+            required: full,
+            fully_allocated: full,
+            bitmaps: 0,
+        });
     }
     let mut used = 0u64;
     if let Some(img) = source {
@@ -323,7 +460,9 @@ pub(crate) fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> R
             let mut at = start;
             while at < end {
                 let s = img.block_status(at, end - at)?;
-                if s.kind == BlockKind::Data || (s.kind == BlockKind::Unallocated && img.backing().is_some()) {
+                if s.kind == BlockKind::Data
+                    || (s.kind == BlockKind::Unallocated && img.backing().is_some())
+                {
                     used += 1;
                     break;
                 }
@@ -331,5 +470,9 @@ pub(crate) fn measure(opts: &CreateOptions, source: Option<&dyn DiskImage>) -> R
             }
         }
     }
-    Ok(Measurement { required: overhead + used * g.block_size, fully_allocated: full, bitmaps: 0 })
+    Ok(Measurement {
+        required: overhead + used * g.block_size,
+        fully_allocated: full,
+        bitmaps: 0,
+    })
 }

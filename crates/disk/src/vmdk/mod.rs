@@ -33,10 +33,17 @@ pub use writer::{create, wrap_flat, WrapOptions};
 
 const FORMAT: &str = "vmdk";
 
-/// A sparse header ("KDMV"), a COWD header, or a text descriptor.
+/// A sparse header ("KDMV"), a COWD or seSparse header (recognised so that opening them names
+/// the unsupported format instead of reading them as raw), or a text descriptor.
 pub fn probe(head: &[u8], _tail: &[u8]) -> bool {
-    head.starts_with(b"KDMV") || head.starts_with(b"COWD") || Descriptor::looks_like(head)
+    head.starts_with(b"KDMV")
+        || head.starts_with(b"COWD")
+        || (head.len() >= 16 && header::le64(head, 0) == header::SESPARSE_MAGIC && header::le64(head, 8) == SESPARSE_VERSION)
+        || Descriptor::looks_like(head)
 }
+
+/// The version field of seSparse headers written by ESXi (2.1).
+const SESPARSE_VERSION: u64 = 0x0000_0002_0000_0001;
 
 enum ExtentData {
     Flat {
@@ -88,6 +95,14 @@ impl VmdkImage {
         let mut head = [0u8; 4];
         if file_size >= 4 {
             read_exact(source.as_ref(), path, &mut head, 0)?;
+        }
+        if file_size >= 16 {
+            let mut first = [0u8; 16];
+            read_exact(source.as_ref(), path, &mut first, 0)?;
+            if header::le64(&first, 0) == header::SESPARSE_MAGIC && header::le64(&first, 8) == SESPARSE_VERSION {
+                return Err(DiskError::Unsupported { path: path.to_path_buf(), format: FORMAT,
+                    feature: "ESXi seSparse extents (snapshot deltas of ESXi 6.5+); consolidate the snapshot on the host first".into() });
+            }
         }
         let (descriptor, own_sparse) = if &head == b"KDMV" || &head == b"COWD" {
             let header = read_sparse_header(path, source.as_ref())?;
