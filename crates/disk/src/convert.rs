@@ -199,8 +199,19 @@ pub fn convert(
         let writer_result = write_batches(&rx, writer.as_mut(), size, unit, progress);
         // Dropping the receiver makes a producer blocked on `send` give up.
         drop(rx);
-        let _ = producer.join();
-        writer_result
+        let produced = producer.join();
+        let written = writer_result?;
+        if produced.is_err() || written != size {
+            // A worker panicked or stopped early: never finish a partial image.
+            return Err(DiskError::Io {
+                path: std::path::PathBuf::from("<convert>"),
+                offset: written,
+                source: std::io::Error::other(
+                    "the conversion stopped before the end of the source (a worker thread failed)",
+                ),
+            });
+        }
+        Ok(())
     })?;
     writer.finish()
 }
@@ -212,7 +223,8 @@ fn write_batches(
     size: u64,
     unit: u64,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut written = 0u64;
     for message in rx.iter() {
         let (batch_start, pieces) = message?;
         let mut pending: Option<(u64, Vec<u8>)> = None;
@@ -246,8 +258,9 @@ fn write_batches(
             writer.write_at(at, &buf)?;
         }
         progress.advance(pos - batch_start);
+        written = pos;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// For each unit of `[start, end)`: (unit start, what to do) where what is Some(kind) when the

@@ -55,6 +55,14 @@ impl Target {
         }
     }
 
+    /// Makes a whole cluster read as zeros (qcow2: the zero flag, as qemu's commit job does).
+    fn zero(&mut self, guest_offset: u64, len: u64) -> Result<()> {
+        match self {
+            Target::Qcow2(e) if len == e.header().cluster_size() => e.zero_cluster(guest_offset),
+            _ => self.write(guest_offset, &vec![0u8; len as usize]),
+        }
+    }
+
     fn finish(self) -> Result<()> {
         match self {
             Target::Raw(f, p) => f.sync_all().map_err(|e| DiskError::io(p, 0, e)),
@@ -63,22 +71,23 @@ impl Target {
     }
 }
 
-/// Is `offset` allocated in one of the first `layers` layers of the chain from `top`?
+/// What the first `layers` layers of the chain from `top` hold at `offset`: Data, Zero, or
+/// Unallocated when none of them allocates it.
 fn allocated_above(
     top: &dyn DiskImage,
     layers: usize,
     offset: u64,
     len: u64,
-) -> Result<(u64, bool)> {
+) -> Result<(u64, BlockKind)> {
     let mut img = top;
     let mut len = len;
     for _ in 0..layers {
         if offset >= img.virtual_size() {
-            return Ok((len, false));
+            return Ok((len, BlockKind::Unallocated));
         }
         let s = img.block_status(offset, len.min(img.virtual_size() - offset))?;
         if s.kind != BlockKind::Unallocated {
-            return Ok((s.len, true));
+            return Ok((s.len, s.kind));
         }
         len = s.len;
         match img.backing() {
@@ -86,7 +95,7 @@ fn allocated_above(
             None => break,
         }
     }
-    Ok((len, false))
+    Ok((len, BlockKind::Unallocated))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -152,9 +161,20 @@ pub fn commit(
     let mut offset = 0u64;
     let mut buf = Vec::new();
     while offset < size {
-        let (len, alloc) = allocated_above(top.as_ref(), layers, offset, size - offset)?;
+        let (len, kind) = allocated_above(top.as_ref(), layers, offset, size - offset)?;
         let len = len.max(1);
-        if alloc {
+        let whole_zero_clusters =
+            kind == BlockKind::Zero && offset % cluster == 0 && len >= cluster;
+        if whole_zero_clusters {
+            let n = len / cluster * cluster;
+            let mut pos = offset;
+            while pos < offset + n {
+                target.zero(pos, cluster.min(size - pos))?;
+                pos += cluster;
+            }
+            progress.advance(n);
+            offset += n;
+        } else if kind != BlockKind::Unallocated {
             // Whole target clusters, read through the full chain from the top.
             let start = offset / cluster * cluster;
             let end = ((offset + len).div_ceil(cluster) * cluster).min(size);

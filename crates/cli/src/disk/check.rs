@@ -9,7 +9,9 @@ use vmedia_disk::DiskError;
 use super::{parse_format, print_json, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk check disk.qcow2\n  vmedia disk check --output json disk.qcow2\n\nExit codes: 0 no errors, 1 the check could not run, 2 corruptions found, 3 only leaked clusters, 63 the format has no checks.")]
+#[command(
+    after_help = "Examples:\n  vmedia disk check disk.qcow2\n  vmedia disk check --output json disk.qcow2\n\nExit codes: 0 no errors, 1 the check could not run, 2 corruptions found, 3 only leaked clusters, 63 the format has no checks."
+)]
 pub struct Args {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -71,7 +73,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(total) = report.total_clusters {
                     let alloc = report.allocated_clusters.unwrap_or(0);
-                    let pct = |n: u64| if alloc == 0 { 0.0 } else { n as f64 * 100.0 / alloc as f64 };
+                    let pct = |n: u64| {
+                        if alloc == 0 {
+                            0.0
+                        } else {
+                            n as f64 * 100.0 / alloc as f64
+                        }
+                    };
                     println!(
                         "{alloc}/{total} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
                         alloc as f64 * 100.0 / total as f64,
@@ -85,11 +93,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::from(if report.corruptions > 0 || report.check_errors > 0 {
-        2
-    } else if report.leaks > 0 {
-        3
-    } else {
-        0
-    }))
+    Ok(ExitCode::from(
+        if report.corruptions > 0 || report.check_errors > 0 {
+            2
+        } else if report.leaks > 0 {
+            3
+        } else {
+            0
+        },
+    ))
 }

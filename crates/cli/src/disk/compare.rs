@@ -9,7 +9,9 @@ use super::{parse_format, RefArgs};
 use crate::progress::Bar;
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk compare disk.raw disk.qcow2\n  vmedia disk compare -f qcow2 -F vmdk -s a.qcow2 b.vmdk\n\nExit codes: 0 identical, 1 different, 2 an image could not be read.")]
+#[command(
+    after_help = "Examples:\n  vmedia disk compare disk.raw disk.qcow2\n  vmedia disk compare -f qcow2 -F vmdk -s a.qcow2 b.vmdk\n\nExit codes: 0 identical, 1 different, 2 an image could not be read."
+)]
 pub struct Args {
     /// Format of the first image
     #[arg(short = 'f', value_name = "FMT")]
@@ -43,8 +45,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn run_inner(a: &Args) -> anyhow::Result<ExitCode> {
-    let img_a = super::open_image(&a.first, &a.refs.open_options(parse_format(a.format_a.as_deref())?)?)?;
-    let img_b = super::open_image(&a.second, &a.refs.open_options(parse_format(a.format_b.as_deref())?)?)?;
+    let img_a = super::open_image(
+        &a.first,
+        &a.refs.open_options(parse_format(a.format_a.as_deref())?)?,
+    )?;
+    let img_b = super::open_image(
+        &a.second,
+        &a.refs.open_options(parse_format(a.format_b.as_deref())?)?,
+    )?;
+    if !a.strict && !a.quiet && img_a.virtual_size() != img_b.virtual_size() {
+        println!("Warning: Image size mismatch!");
+    }
     let bar = Bar::bytes(!a.progress);
     let outcome = compare(img_a.as_ref(), img_b.as_ref(), a.strict, &bar)?;
     bar.finish();
@@ -52,7 +63,10 @@ fn run_inner(a: &Args) -> anyhow::Result<ExitCode> {
         CompareOutcome::Identical => ("Images are identical.".to_string(), 0),
         CompareOutcome::ContentMismatch(at) => (format!("Content mismatch at offset {at}!"), 1),
         CompareOutcome::SizeMismatch => ("Strict mode: Image size mismatch!".to_string(), 1),
-        CompareOutcome::StatusMismatch(at) => (format!("Strict mode: Offset {at} block status mismatch!"), 1),
+        CompareOutcome::StatusMismatch(at) => (
+            format!("Strict mode: Offset {at} block status mismatch!"),
+            1,
+        ),
     };
     if !a.quiet {
         println!("{msg}");

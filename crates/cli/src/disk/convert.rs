@@ -13,7 +13,9 @@ use crate::progress::Bar;
 use vmedia_io::Progress;
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk convert -O qcow2 disk.raw disk.qcow2\n  vmedia disk convert -c -O qcow2 -o compression_type=zstd disk.raw small.qcow2\n  vmedia disk convert -p -O vmdk -o subformat=streamOptimized disk.qcow2 disk.vmdk\n  vmedia disk convert -O vmdk /dev/sdb physical.vmdk      (capture a whole disk)\n  vmedia disk convert -O qcow2 -B base.qcow2 -F qcow2 overlay.qcow2 new-overlay.qcow2\n\nThe output replaces an existing file, as qemu-img does; it appears only when complete.\nReading, compression and writing overlap on all cores (-m limits the threads); -W is\naccepted for compatibility.")]
+#[command(
+    after_help = "Examples:\n  vmedia disk convert -O qcow2 disk.raw disk.qcow2\n  vmedia disk convert -c -O qcow2 -o compression_type=zstd disk.raw small.qcow2\n  vmedia disk convert -p -O vmdk -o subformat=streamOptimized disk.qcow2 disk.vmdk\n  vmedia disk convert -O vmdk /dev/sdb physical.vmdk      (capture a whole disk)\n  vmedia disk convert -O qcow2 -B base.qcow2 -F qcow2 overlay.qcow2 new-overlay.qcow2\n\nThe output replaces an existing file, as qemu-img does; it appears only when complete.\nReading, compression and writing overlap on all cores (-m limits the threads); -W is\naccepted for compatibility."
+)]
 pub struct Args {
     /// Format of the inputs (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -66,7 +68,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let open_opts = a.refs.open_options(in_format)?;
     let mut images = Vec::with_capacity(inputs.len());
     for input in &inputs {
-        if std::fs::canonicalize(input).ok().is_some_and(|p| std::fs::canonicalize(&output).ok() == Some(p)) {
+        if std::fs::canonicalize(input)
+            .ok()
+            .is_some_and(|p| std::fs::canonicalize(&output).ok() == Some(p))
+        {
             bail!("{}: the output is also an input", output.display());
         }
         images.push(super::open_image(input, &open_opts)?);
@@ -75,30 +80,47 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut opts = CreateOptions::new(out_format, source.size());
     parse_o_options(&a.options, &mut opts)?;
     opts.compress = a.compress;
-    let backing_name = a.backing.clone().or_else(|| opts.options.remove("backing_file"));
-    let backing_fmt = parse_format(a.backing_format.as_deref().or(opts.options.get("backing_fmt").map(String::as_str)))?;
+    let backing_name = a
+        .backing
+        .clone()
+        .or_else(|| opts.options.remove("backing_file"));
+    let backing_fmt = parse_format(
+        a.backing_format
+            .as_deref()
+            .or(opts.options.get("backing_fmt").map(String::as_str)),
+    )?;
     opts.options.remove("backing_fmt");
     if let Some(name) = &backing_name {
         // The new backing file must exist and be allowed, as qemu-img checks it.
-        let target = image::check_reference(&output, name, &open_opts).with_context(|| format!("Could not open backing file '{name}'"))?;
-        let b = image::open(&target, &open_opts).with_context(|| format!("Could not open backing image '{}'", target.display()))?;
+        let target = image::check_reference(&output, name, &open_opts)
+            .with_context(|| format!("Could not open backing file '{name}'"))?;
+        let b = image::open(&target, &open_opts)
+            .with_context(|| format!("Could not open backing image '{}'", target.display()))?;
         opts.backing = Some((name.clone(), backing_fmt.or(Some(b.format()))));
     }
     let sparse_size = match &a.sparse_size {
         Some(s) => {
             let v = parse_size(s)?;
             if v != 0 && (v % 512 != 0) {
-                bail!("Invalid buffer size for sparse output specified: -S must be a multiple of 512");
+                bail!(
+                    "Invalid buffer size for sparse output specified: -S must be a multiple of 512"
+                );
             }
             v
         }
         None => 4096,
     };
-    let copts = ConvertOptions { sparse_size, threads: a.threads.unwrap_or(0), target_has_backing: backing_name.is_some() };
-    let writer = image::create(&output, &opts).with_context(|| format!("{}: cannot create the output", output.display()))?;
+    let copts = ConvertOptions {
+        sparse_size,
+        threads: a.threads.unwrap_or(0),
+        target_has_backing: backing_name.is_some(),
+    };
+    let writer = image::create(&output, &opts)
+        .with_context(|| format!("{}: cannot create the output", output.display()))?;
     let bar = Bar::bytes(!a.progress || a.quiet);
     bar.phase("converting");
-    convert(&source, writer, &copts, &bar).with_context(|| format!("converting to {}", output.display()))?;
+    convert(&source, writer, &copts, &bar)
+        .with_context(|| format!("converting to {}", output.display()))?;
     bar.finish();
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,9 @@ use vmedia_disk::image::{self, CreateOptions, Format};
 use super::{parse_format, parse_o_options, parse_size, RefArgs};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk create -f qcow2 disk.qcow2 20G\n  vmedia disk create -f qcow2 -o cluster_size=2M,lazy_refcounts=on disk.qcow2 100G\n  vmedia disk create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk create -f vmdk -o subformat=streamOptimized disk.vmdk 8G\n\nThe new file replaces an existing one, as qemu-img does.")]
+#[command(
+    after_help = "Examples:\n  vmedia disk create -f qcow2 disk.qcow2 20G\n  vmedia disk create -f qcow2 -o cluster_size=2M,lazy_refcounts=on disk.qcow2 100G\n  vmedia disk create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk create -f vmdk -o subformat=streamOptimized disk.vmdk 8G\n\nThe new file replaces an existing one, as qemu-img does."
+)]
 pub struct Args {
     /// Image format: raw (default), qcow2, vmdk, vpc (or vhd), vhdx
     #[arg(short = 'f', value_name = "FMT")]
@@ -41,8 +43,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let format = parse_format(a.format.as_deref())?.unwrap_or(Format::Raw);
     let mut opts = CreateOptions::new(format, 0);
     parse_o_options(&a.options, &mut opts)?;
-    let backing_name = a.backing.clone().or_else(|| opts.options.remove("backing_file"));
-    let backing_fmt_name = a.backing_format.clone().or_else(|| opts.options.remove("backing_fmt"));
+    let backing_name = a
+        .backing
+        .clone()
+        .or_else(|| opts.options.remove("backing_file"));
+    let backing_fmt_name = a
+        .backing_format
+        .clone()
+        .or_else(|| opts.options.remove("backing_fmt"));
     let backing_fmt = parse_format(backing_fmt_name.as_deref())?;
     let size_text = a.size.clone().or_else(|| opts.options.remove("size"));
     let mut size = size_text.as_deref().map(parse_size).transpose()?;
@@ -52,7 +60,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             open_opts.skip_backing = false;
             let target = image::check_reference(&a.file, name, &open_opts)
                 .with_context(|| format!("Could not open backing file '{name}'"))?;
-            let backing = image::open(&target, &open_opts).with_context(|| format!("Could not open backing image '{}'", target.display()))?;
+            let backing = image::open(&target, &open_opts)
+                .with_context(|| format!("Could not open backing image '{}'", target.display()))?;
             if size.is_none() {
                 size = Some(backing.virtual_size());
             }
@@ -64,10 +73,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             opts.backing = Some((name.clone(), backing_fmt));
         }
     }
-    let Some(size) = size else { bail!("Image creation needs a size parameter") };
+    let Some(size) = size else {
+        bail!("Image creation needs a size parameter")
+    };
     opts.virtual_size = size;
     if !a.quiet {
-        let mut line = format!("Formatting '{}', fmt={}", a.file.display(), format.qemu_name());
+        let mut line = format!(
+            "Formatting '{}', fmt={}",
+            a.file.display(),
+            format.qemu_name()
+        );
         for (k, v) in &opts.options {
             line.push_str(&format!(" {k}={v}"));
         }
@@ -80,7 +95,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         line.push_str(&format!(" size={size}"));
         println!("{line}");
     }
-    let writer = image::create(&a.file, &opts).with_context(|| format!("{}: cannot create the image", a.file.display()))?;
-    writer.finish().with_context(|| format!("{}: cannot write the image", a.file.display()))?;
+    let writer = image::create(&a.file, &opts)
+        .with_context(|| format!("{}: cannot create the image", a.file.display()))?;
+    writer
+        .finish()
+        .with_context(|| format!("{}: cannot write the image", a.file.display()))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,9 @@ use vmedia_disk::image::{self, ImageInfo};
 use super::{human_size, parse_format, print_json, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk info disk.qcow2\n  vmedia disk info --output json --backing-chain overlay.qcow2\n\nJSON keys are qemu-img's (virtual-size, actual-size, cluster-size, format-specific, ...).")]
+#[command(
+    after_help = "Examples:\n  vmedia disk info disk.qcow2\n  vmedia disk info --output json --backing-chain overlay.qcow2\n\nJSON keys are qemu-img's (virtual-size, actual-size, cluster-size, format-specific, ...)."
+)]
 pub struct Args {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -30,7 +32,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut infos: Vec<ImageInfo> = Vec::new();
     if a.backing_chain {
         let opts = a.refs.open_options(format)?;
-        let top = image::open(&a.file, &opts).with_context(|| format!("Could not open '{}'", a.file.display()))?;
+        let top = image::open(&a.file, &opts)
+            .with_context(|| format!("Could not open '{}'", a.file.display()))?;
         let mut layer: Option<&dyn image::DiskImage> = Some(top.as_ref());
         while let Some(img) = layer {
             infos.push(img.info()?);
@@ -39,7 +42,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         let mut opts = a.refs.open_options(format)?;
         opts.skip_backing = true;
-        let img = image::open(&a.file, &opts).with_context(|| format!("Could not open '{}'", a.file.display()))?;
+        let img = image::open(&a.file, &opts)
+            .with_context(|| format!("Could not open '{}'", a.file.display()))?;
         infos.push(img.info()?);
     }
     match (a.output, a.backing_chain) {
@@ -62,7 +66,11 @@ fn human(info: &ImageInfo) -> String {
     let mut s = String::new();
     s.push_str(&format!("image: {}\n", info.filename));
     s.push_str(&format!("file format: {}\n", info.format));
-    s.push_str(&format!("virtual size: {} ({} bytes)\n", human_size(info.virtual_size), info.virtual_size));
+    s.push_str(&format!(
+        "virtual size: {} ({} bytes)\n",
+        human_size(info.virtual_size),
+        info.virtual_size
+    ));
     if let Some(a) = info.actual_size {
         s.push_str(&format!("disk size: {}\n", human_size(a)));
     }
@@ -71,7 +79,9 @@ fn human(info: &ImageInfo) -> String {
     }
     if let Some(b) = &info.backing_filename {
         match &info.full_backing_filename {
-            Some(full) if full != b => s.push_str(&format!("backing file: {b} (actual path: {full})\n")),
+            Some(full) if full != b => {
+                s.push_str(&format!("backing file: {b} (actual path: {full})\n"))
+            }
             _ => s.push_str(&format!("backing file: {b}\n")),
         }
         if let Some(f) = &info.backing_filename_format {

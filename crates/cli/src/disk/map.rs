@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use super::{parse_format, parse_size, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk map disk.qcow2\n  vmedia disk map --output json overlay.qcow2\n\nJSON entries: start, length, depth (layer of the chain), present, zero, data, offset (in the file).")]
+#[command(
+    after_help = "Examples:\n  vmedia disk map disk.qcow2\n  vmedia disk map --output json overlay.qcow2\n\nJSON entries: start, length, depth (layer of the chain), present, zero, data, offset (in the file)."
+)]
 pub struct Args {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -27,9 +29,22 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let img = super::open_image(&a.file, &a.refs.open_options(parse_format(a.format.as_deref())?)?)?;
-    let start = a.start_offset.as_deref().map(parse_size).transpose()?.unwrap_or(0);
-    let len = a.max_length.as_deref().map(parse_size).transpose()?.unwrap_or(u64::MAX);
+    let img = super::open_image(
+        &a.file,
+        &a.refs.open_options(parse_format(a.format.as_deref())?)?,
+    )?;
+    let start = a
+        .start_offset
+        .as_deref()
+        .map(parse_size)
+        .transpose()?
+        .unwrap_or(0);
+    let len = a
+        .max_length
+        .as_deref()
+        .map(parse_size)
+        .transpose()?
+        .unwrap_or(u64::MAX);
     let entries = vmedia_disk::map::map(img.as_ref(), start, len)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match a.output {
@@ -48,9 +63,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             writeln!(out, "]")?;
         }
         OutputFormat::Human => {
-            writeln!(out, "{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to")?;
+            writeln!(
+                out,
+                "{:<16}{:<16}{:<16}File",
+                "Offset", "Length", "Mapped to"
+            )?;
             for e in entries.iter().filter(|e| e.data && e.offset.is_some()) {
-                writeln!(out, "{:<#16x}{:<#16x}{:<#16x}{}", e.start, e.length, e.offset.unwrap_or(0), e.file)?;
+                writeln!(
+                    out,
+                    "{:<#16x}{:<#16x}{:<#16x}{}",
+                    e.start,
+                    e.length,
+                    e.offset.unwrap_or(0),
+                    e.file
+                )?;
             }
         }
     }

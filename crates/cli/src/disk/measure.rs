@@ -9,7 +9,9 @@ use vmedia_disk::image::{self, CreateOptions, Format};
 use super::{parse_format, parse_o_options, parse_size, print_json, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk measure -O qcow2 --size 100G\n  vmedia disk measure -O qcow2 --output json disk.raw")]
+#[command(
+    after_help = "Examples:\n  vmedia disk measure -O qcow2 --size 100G\n  vmedia disk measure -O qcow2 --output json disk.raw"
+)]
 pub struct Args {
     /// Format of the source image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -38,7 +40,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let source = match (&a.file, &a.size) {
         (Some(_), Some(_)) => bail!("--size N cannot be used together with a filename"),
         (None, None) => bail!("Either --size N or one filename must be specified"),
-        (Some(f), None) => Some(super::open_image(f, &a.refs.open_options(parse_format(a.format.as_deref())?)?)?),
+        (Some(f), None) => Some(super::open_image(
+            f,
+            &a.refs.open_options(parse_format(a.format.as_deref())?)?,
+        )?),
         (None, Some(s)) => {
             opts.virtual_size = parse_size(s)?;
             None
@@ -48,11 +53,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         opts.virtual_size = s.virtual_size();
     }
     let m = image::measure(&opts, source.as_deref())?;
+    // qemu-img reports persistent bitmaps when both formats carry them (qcow2 to qcow2);
+    // vmedia copies no bitmaps, so their size is 0.
+    let bitmaps = (out_format == Format::Qcow2
+        && source.as_ref().is_some_and(|s| s.format() == Format::Qcow2))
+    .then_some(m.bitmaps);
     match a.output {
-        OutputFormat::Json => print_json(&m)?,
+        OutputFormat::Json => {
+            let mut v = serde_json::to_value(m)?;
+            if let Some(b) = bitmaps {
+                v["bitmaps"] = b.into();
+            }
+            print_json(&v)?
+        }
         OutputFormat::Human => {
             println!("required size: {}", m.required);
             println!("fully allocated size: {}", m.fully_allocated);
+            if let Some(b) = bitmaps {
+                println!("bitmaps size: {b}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

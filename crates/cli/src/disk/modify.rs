@@ -11,7 +11,9 @@ use crate::progress::Bar;
 use vmedia_io::Progress;
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk commit overlay.qcow2\n  vmedia disk commit -d -b base.qcow2 top.qcow2\n\nCommits into the direct backing file unless -b names a deeper one; the overlay is emptied\nafterwards unless -d is given.")]
+#[command(
+    after_help = "Examples:\n  vmedia disk commit overlay.qcow2\n  vmedia disk commit -d -b base.qcow2 top.qcow2\n\nCommits into the direct backing file unless -b names a deeper one; the overlay is emptied\nafterwards unless -d is given."
+)]
 pub struct CommitArgs {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -37,7 +39,8 @@ pub fn run_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
     let opts = a.refs.open_options(parse_format(a.format.as_deref())?)?;
     let bar = Bar::bytes(!a.progress || a.quiet);
     bar.phase("committing");
-    modify::commit(&a.file, a.base.as_deref(), !a.keep, &opts, &bar).with_context(|| format!("commit of {}", a.file.display()))?;
+    modify::commit(&a.file, a.base.as_deref(), !a.keep, &opts, &bar)
+        .with_context(|| format!("commit of {}", a.file.display()))?;
     bar.finish();
     if !a.quiet {
         println!("Image committed.");
@@ -46,7 +49,9 @@ pub fn run_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk rebase -u -b moved/base.qcow2 overlay.qcow2\n  vmedia disk rebase -b \"\" overlay.qcow2      (make it standalone)\n\nSafe mode copies every range where the old and new backing files differ into the overlay,\nso the guest sees the same data; -u only rewrites the name.")]
+#[command(
+    after_help = "Examples:\n  vmedia disk rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk rebase -u -b moved/base.qcow2 overlay.qcow2\n  vmedia disk rebase -b \"\" overlay.qcow2      (make it standalone)\n\nSafe mode copies every range where the old and new backing files differ into the overlay,\nso the guest sees the same data; -u only rewrites the name."
+)]
 pub struct RebaseArgs {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -77,13 +82,16 @@ pub fn run_rebase(a: RebaseArgs) -> anyhow::Result<ExitCode> {
     let bar = Bar::bytes(!a.progress || a.quiet);
     bar.phase("rebasing");
     let new_backing = (!a.backing.is_empty()).then_some(a.backing.as_str());
-    modify::rebase(&a.file, new_backing, new_fmt, !a.unsafe_mode, &opts, &bar).with_context(|| format!("rebase of {}", a.file.display()))?;
+    modify::rebase(&a.file, new_backing, new_fmt, !a.unsafe_mode, &opts, &bar)
+        .with_context(|| format!("rebase of {}", a.file.display()))?;
     bar.finish();
     Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia disk resize disk.qcow2 +10G\n  vmedia disk resize --shrink disk.raw 1G")]
+#[command(
+    after_help = "Examples:\n  vmedia disk resize disk.qcow2 +10G\n  vmedia disk resize --shrink disk.raw 1G"
+)]
 pub struct ResizeArgs {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
@@ -109,16 +117,21 @@ pub fn run_resize(a: ResizeArgs) -> anyhow::Result<ExitCode> {
     let current = img.virtual_size();
     drop(img);
     let new_size = if let Some(rest) = a.size.strip_prefix('+') {
-        current.checked_add(super::parse_size(rest)?).context("size overflow")?
+        current
+            .checked_add(super::parse_size(rest)?)
+            .context("size overflow")?
     } else if let Some(rest) = a.size.strip_prefix('-') {
-        current.checked_sub(super::parse_size(rest)?).context("New image size must be positive")?
+        current
+            .checked_sub(super::parse_size(rest)?)
+            .context("New image size must be positive")?
     } else {
         super::parse_size(&a.size)?
     };
     if new_size < current && !a.shrink {
         anyhow::bail!("Use the --shrink option to perform a shrink operation.");
     }
-    modify::resize(&a.file, new_size, &opts).with_context(|| format!("resize of {}", a.file.display()))?;
+    modify::resize(&a.file, new_size, &opts)
+        .with_context(|| format!("resize of {}", a.file.display()))?;
     if !a.quiet {
         println!("Image resized.");
     }

@@ -233,7 +233,8 @@ impl ClusterCompressor for Qcow2Compressor {
                     )
                 });
                 c.reset();
-                let mut out = Vec::with_capacity(limit);
+                // Room for the worst case (stored blocks); zlib-rs needs it at level 1.
+                let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 1024);
                 match c.compress_vec(data, &mut out, flate2::FlushCompress::Finish) {
                     Ok(flate2::Status::StreamEnd) if out.len() < limit => Ok(Some(out)),
                     _ => Ok(None),
