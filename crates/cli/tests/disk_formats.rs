@@ -2,6 +2,8 @@
 //! delta chains, the streamOptimized layout, boot tests and `vmedia disk wrap-iso`.
 
 mod support;
+#[path = "support/disk.rs"]
+mod disk_fixture;
 #[path = "support/disk_formats.rs"]
 mod formats;
 
@@ -376,4 +378,101 @@ fn ignored_checksums_child() {
     };
     let img = open_default(Path::new(&input));
     dump_raw(img.as_ref(), Path::new(&out));
+}
+
+#[test]
+fn bootable_disk_converted_by_vmedia_boots_in_qemu() {
+    let raw = disk_fixture::bootable_raw_disk();
+    let dir = tempfile::tempdir().unwrap();
+    for (fmt, opts, ext) in [
+        ("vmdk", "subformat=monolithicSparse", "vmdk"),
+        ("vmdk", "subformat=streamOptimized", "vmdk"),
+        ("vpc", "subformat=dynamic", "vhd"),
+        ("vhdx", "subformat=dynamic", "vhdx"),
+    ] {
+        let out = dir.path().join(format!("boot-{}.{ext}", opts.replace('=', "-")));
+        run_ok(vmedia().args(["disk", "convert", "-q", "-O", fmt, "-o", opts]).arg(&raw).arg(&out));
+        assert_qemu_identical(&raw, "raw", &out, fmt);
+        let drive = format!("file={},format={fmt},if=ide,snapshot=on", out.display());
+        let log = qemu_boot(Firmware::Bios, &["-drive", &drive], BOOT_MARKER, std::time::Duration::from_secs(300));
+        assert!(log.contains(BOOT_MARKER), "{fmt} {opts}: no boot marker");
+    }
+}
+
+fn small_iso(dir: &Path, name: &str) -> std::path::PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("hello.txt"), "hello from an ISO wrapped as a disk\n").unwrap();
+    let iso = dir.join(name);
+    run_ok(std::process::Command::new(require_tool("xorriso")).args(["-as", "mkisofs", "-quiet", "-R", "-V", "WRAPME", "-o"]).arg(&iso).arg(&tree));
+    iso
+}
+
+#[test]
+fn wrap_iso_makes_a_vmdk_qemu_img_accepts_without_copying() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = small_iso(dir.path(), "x.iso");
+    let vmdk = dir.path().join("x.vmdk");
+    let out = run_ok(vmedia().args(["disk", "wrap-iso"]).arg(&iso).arg("-o").arg(&vmdk).arg("--json"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["extent"], "x.iso");
+    assert_eq!(v["access"], "RW");
+    let iso_len = std::fs::metadata(&iso).unwrap().len();
+    assert!(std::fs::metadata(&vmdk).unwrap().len() < 4096, "the descriptor must not contain the data");
+    let info = qemu_info_json(&vmdk, "vmdk");
+    assert_eq!(info["format"], "vmdk");
+    assert_eq!(info["virtual-size"].as_u64().unwrap(), iso_len);
+    assert_eq!(info["format-specific"]["data"]["create-type"], "monolithicFlat");
+    assert_qemu_identical(&vmdk, "vmdk", &iso, "raw");
+    // vmedia reads it back through its own VMDK driver too.
+    let img = open_default(&vmdk);
+    let ours = dir.path().join("back.raw");
+    dump_raw(img.as_ref(), &ours);
+    assert_qemu_identical(&ours, "raw", &iso, "raw");
+    let text = std::fs::read_to_string(&vmdk).unwrap();
+    assert!(text.contains("RW ") && text.contains("FLAT \"x.iso\" 0") && text.contains("ddb.adapterType = \"ide\""), "{text}");
+    // Native command: an existing output is refused without --force.
+    let (code, _, err) = run_any(vmedia().args(["disk", "wrap-iso"]).arg(&iso).arg("-o").arg(&vmdk));
+    assert_ne!(code, 0);
+    assert!(err.contains("--force"), "{err}");
+    run_ok(vmedia().args(["disk", "wrap-iso", "--force", "--read-only", "--adapter", "lsilogic"]).arg(&iso).arg("-o").arg(&vmdk));
+    let text = std::fs::read_to_string(&vmdk).unwrap();
+    assert!(text.contains("RDONLY ") && text.contains("lsilogic"), "{text}");
+    assert_eq!(open_default(&vmdk).virtual_size(), iso_len);
+}
+
+#[test]
+fn wrap_iso_pads_a_file_that_is_not_whole_sectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("odd.iso");
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 255) as u8 + 1).collect();
+    std::fs::write(&odd, &data).unwrap();
+    let vmdk = dir.path().join("odd.vmdk");
+    let out = run_ok(vmedia().args(["disk", "wrap-iso"]).arg(&odd).arg("-o").arg(&vmdk));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("padded"), "the padding is not reported");
+    let info = qemu_info_json(&vmdk, "vmdk");
+    assert_eq!(info["virtual-size"].as_u64().unwrap(), 5120);
+    let img = open_default(&vmdk);
+    let mut buf = vec![0u8; 5120];
+    img.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..5000], &data[..]);
+    assert!(buf[5000..].iter().all(|b| *b == 0));
+    let theirs = dir.path().join("theirs.raw");
+    qemu_to_raw(&vmdk, Some("vmdk"), &theirs);
+    assert_eq!(std::fs::read(&theirs).unwrap(), buf);
+}
+
+#[test]
+fn wrap_iso_in_another_folder_needs_references_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso_dir = dir.path().join("isos");
+    std::fs::create_dir_all(&iso_dir).unwrap();
+    let iso = small_iso(&iso_dir, "far.iso");
+    let vmdk = dir.path().join("far.vmdk");
+    run_ok(vmedia().args(["disk", "wrap-iso"]).arg(&iso).arg("-o").arg(&vmdk));
+    assert!(std::fs::read_to_string(&vmdk).unwrap().contains(&std::fs::canonicalize(&iso).unwrap().display().to_string()));
+    let err = open_any(&vmdk, &vmedia_disk::OpenOptions::default()).err().expect("an extent outside the folder was opened by default").to_string();
+    assert!(err.contains("allow-references"), "{err}");
+    assert!(open_any(&vmdk, &allow_any()).is_ok());
+    assert_qemu_identical(&vmdk, "vmdk", &iso, "raw");
 }

@@ -696,8 +696,10 @@ impl SparseFileWriter {
 pub struct WrapOptions {
     /// ddb.adapterType (ide by default: an ISO is usually attached as an IDE disk).
     pub adapter_type: String,
-    /// RW instead of RDONLY: the ISO may then be written through the VMDK.
-    pub writable: bool,
+    /// RDONLY instead of RW. VMware honours RDONLY, but qemu skips every extent that is not
+    /// RW (it then sees a disk without extents), so RW is the default; attach the disk
+    /// read-only or with snapshot=on to keep the ISO unchanged.
+    pub read_only: bool,
     pub overwrite: OverwritePolicy,
 }
 
@@ -705,7 +707,7 @@ impl Default for WrapOptions {
     fn default() -> Self {
         WrapOptions {
             adapter_type: "ide".into(),
-            writable: false,
+            read_only: false,
             overwrite: OverwritePolicy::Refuse,
         }
     }
@@ -793,11 +795,7 @@ pub fn wrap_flat(target: &Path, out: &Path, opts: &WrapOptions) -> Result<Wrappe
         parent: None,
         parent_image: None,
     };
-    let access = if opts.writable {
-        Access::ReadWrite
-    } else {
-        Access::ReadOnly
-    };
+    let access = if opts.read_only { Access::ReadOnly } else { Access::ReadWrite };
     let descriptor = plan
         .descriptor(vec![ExtentLine {
             access,
