@@ -7,6 +7,7 @@
 pub mod compare;
 pub mod convert;
 pub mod error;
+pub mod exercise;
 pub mod image;
 pub mod map;
 pub mod modify;
