@@ -15,11 +15,17 @@ const KEPT_AFTER_TRIM: usize = 1024 * 1024;
 /// make every search rescan megabytes.
 const MAX_SEARCH_WINDOW: usize = 64 * 1024;
 
-/// Firmware lines that mean "control passes to the boot loader / kernel now".
-const HANDOVER_PATTERNS: [&[u8]; 3] = [
-    b"Booting from ",      // SeaBIOS: "Booting from DVD/CD...", "... Hard Disk...", "... ROM..."
-    b"BdsDxe: starting ",  // OVMF's boot manager starting a Boot#### option
-    b"iPXE initialising",  // a network boot ROM took over
+/// Lines that mean "the firmware has passed control on": its own announcement, or the first
+/// words of the boot loader or network boot ROM it started.
+const HANDOVER_PATTERNS: [&[u8]; 8] = [
+    b"Booting from ",                      // SeaBIOS: "Booting from DVD/CD...", "... ROM..."
+    b"BdsDxe: starting ",                  // OVMF's boot manager starting a Boot#### option
+    b"iPXE initialising",                  // iPXE option ROM under SeaBIOS
+    b"Open Source Network Boot Firmware",  // iPXE's banner (its EFI driver under OVMF)
+    b"Welcome to GRUB",
+    b"ISOLINUX ",
+    b"PXELINUX ",
+    b"SYSLINUX ",
 ];
 
 /// When each boot stage was first seen, measured from VM start.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong while preparing, starting or driving a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -15,7 +15,7 @@ pub enum BootError {
     UnknownDiskFormat { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadMedium { path: PathBuf, reason: String },
-    #[error("cannot start {program}: {source}; install qemu-system-x86 (scripts/setup.sh)")]
+    #[error("cannot start {program} (install qemu-system-x86: scripts/setup.sh)")]
     Spawn {
         program: String,
         #[source]
@@ -25,7 +25,7 @@ pub enum BootError {
     QemuFailed { message: String },
     #[error("QMP {command}: {message}")]
     Qmp { command: String, message: String },
-    #[error("QMP socket {path}: {source}")]
+    #[error("QMP socket {path}")]
     QmpIo {
         path: PathBuf,
         #[source]

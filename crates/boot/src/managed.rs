@@ -484,8 +484,8 @@ fn tray_error(name: &str, slot: usize, error: BootError) -> BootError {
         return BootError::Vm {
             name: name.into(),
             reason: format!(
-                "the guest holds the tray of CD slot {slot} locked (a mounted disc or a program using the drive); \
-                 it was asked to release it: unmount it in the guest and retry, or pass --force to eject anyway ({text})"
+                "has the tray of CD slot {slot} locked by the guest (a mounted disc or a program using the drive); \
+                 the guest was asked to release it: unmount the disc in the guest and retry, or pass --force to eject anyway"
             ),
         };
     }

@@ -150,7 +150,14 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
     };
     drop(qemu);
     let _ = log.flush();
-    let qemu_stderr = stderr_reader.join().unwrap_or_default();
+    // QEMU reports the SIGTERM we sent it; that is not news to the user.
+    let qemu_stderr: String = stderr_reader
+        .join()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("terminating on signal"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     Ok(BootReport {
         outcome,
         timeline: watch.timeline().clone(),

@@ -337,7 +337,9 @@ fn seconds(d: Option<Duration>) -> serde_json::Value {
 }
 
 fn print_report(report: &BootReport, args: &Args) -> anyhow::Result<()> {
+    use std::io::Write;
     let t = &report.timeline;
+    let mut out = std::io::stdout().lock();
     if args.json {
         let value = serde_json::json!({
             "outcome": report.outcome,
@@ -357,23 +359,24 @@ fn print_report(report: &BootReport, args: &Args) -> anyhow::Result<()> {
             "qemu_exit": report.qemu_exit,
             "qemu_command": report.command,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        println!("boot timeline ({}):", report.accel);
-        let line = |label: &str, at: Option<Duration>| match at {
-            Some(at) => println!("  {:>8.3} s  {label}", at.as_secs_f64()),
-            None => println!("  {:>8}    {label}: not seen", "-"),
+        writeln!(out, "boot timeline ({}):", report.accel)?;
+        let mut line = |label: &str, at: Option<Duration>| match at {
+            Some(at) => writeln!(out, "  {:>8.3} s  {label}", at.as_secs_f64()),
+            None => writeln!(out, "  {:>8}    {label}: not seen", "-"),
         };
-        line("VM started", Some(Duration::ZERO));
-        line("first firmware output", t.first_output);
-        line("firmware handed over to the boot loader/kernel", t.firmware_handover);
-        line("first kernel output", t.kernel_output);
+        line("VM started", Some(Duration::ZERO))?;
+        line("first firmware output", t.first_output)?;
+        line("firmware handed over to the boot loader/kernel", t.firmware_handover)?;
+        line("first kernel output", t.kernel_output)?;
         match (&t.marker, &t.marker_text) {
-            (Some(at), Some(text)) => line(&format!("marker {text:?}"), Some(*at)),
-            _ => line(&format!("marker /{}/", args.expect), None),
+            (Some(at), Some(text)) => line(&format!("marker {text:?}"), Some(*at))?,
+            _ => line(&format!("marker /{}/", args.expect), None)?,
         }
-        println!("console log: {}", report.console_log.display());
+        writeln!(out, "console log: {}", report.console_log.display())?;
     }
+    drop(out);
     let ended = |what: String| {
         eprintln!("vmedia: {what}");
         if !report.console_tail.is_empty() {
