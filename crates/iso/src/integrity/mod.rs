@@ -18,6 +18,7 @@
 pub mod appdata;
 mod hasher;
 pub mod keys;
+mod stream;
 
 use std::fs::File;
 use std::io;
@@ -29,6 +30,7 @@ use serde::Serialize;
 use vmedia_io::{Progress, ReadAt};
 
 pub use appdata::{Md5Record, Sha256Record, SignatureRecord};
+pub use stream::ImplantTask;
 pub use keys::{
     generate_keypair, key_id, load_signing_key, load_verifying_key, signed_message,
     signing_key_pem, verifying_key_pem,
@@ -176,10 +178,36 @@ pub fn implant_file(
     opts: &ImplantOptions,
     progress: &dyn Progress,
 ) -> Result<Implant, IntegrityError> {
-    let pvd = find_primary_volume(file)?;
     let file_size = file.size().map_err(|source| IntegrityError::Read { offset: 0, source })?;
-    if file_size < pvd.volume_bytes {
-        return Err(IntegrityError::Truncated { expected: pvd.volume_bytes, actual: file_size });
+    let computed = compute_implant(file, file_size, opts, progress)?;
+    computed.write(file)
+}
+
+/// A record computed but not yet written, and where it goes.
+pub(crate) struct ComputedImplant {
+    offset: u64,
+    area: [u8; APPDATA_SIZE],
+    implant: Implant,
+}
+
+impl ComputedImplant {
+    pub(crate) fn write(self, file: &File) -> Result<Implant, IntegrityError> {
+        let offset = self.offset;
+        file.write_all_at(&self.area, offset).map_err(|source| IntegrityError::Write { offset, source })?;
+        Ok(self.implant)
+    }
+}
+
+/// Hashes `source` (an image of `image_bytes` bytes) and builds its record.
+pub(crate) fn compute_implant(
+    source: &dyn ReadAt,
+    image_bytes: u64,
+    opts: &ImplantOptions,
+    progress: &dyn Progress,
+) -> Result<ComputedImplant, IntegrityError> {
+    let pvd = find_primary_volume(source)?;
+    if image_bytes < pvd.volume_bytes {
+        return Err(IntegrityError::Truncated { expected: pvd.volume_bytes, actual: image_bytes });
     }
     let want_sha = opts.sha256 || opts.signing_key.is_some();
     let md5_plan = if opts.md5 {
@@ -190,9 +218,9 @@ pub fn implant_file(
     };
     progress.phase("checksums");
     let (md5, sha) = hash_image(
-        file,
+        source,
         md5_plan.as_ref(),
-        want_sha.then_some(file_size),
+        want_sha.then_some(image_bytes),
         pvd.appdata_range(),
         progress,
     )
@@ -205,7 +233,7 @@ pub fn implant_file(
         fragment_sums: Some(fragment_sums_text(outcome, plan.fragment_count)),
         fragment_count: plan.fragment_count,
     });
-    let sha_record = sha.map(|digest| Sha256Record { digest, covered_bytes: file_size });
+    let sha_record = sha.map(|digest| Sha256Record { digest, covered_bytes: image_bytes });
     let signature_record = match (&opts.signing_key, &sha_record) {
         (Some(key), Some(sha)) => {
             let signature = key.sign(&signed_message(sha.covered_bytes, &sha.digest));
@@ -222,14 +250,16 @@ pub fn implant_file(
         signature: signature_record.clone(),
     };
     let area = data.emit().map_err(|e| IntegrityError::RecordTooLong { needed: e.needed })?;
-    let offset = pvd.appdata_range().start;
-    file.write_all_at(&area, offset).map_err(|source| IntegrityError::Write { offset, source })?;
-    Ok(Implant {
-        md5: md5_record.map(|r| r.digest),
-        sha256: sha_record.as_ref().map(|r| r.digest),
-        sha256_bytes: sha_record.map(|r| r.covered_bytes),
-        signed: signature_record.is_some(),
-        key_id: signature_record.map(|r| r.key_id),
+    Ok(ComputedImplant {
+        offset: pvd.appdata_range().start,
+        area,
+        implant: Implant {
+            md5: md5_record.map(|r| r.digest),
+            sha256: sha_record.as_ref().map(|r| r.digest),
+            sha256_bytes: sha_record.map(|r| r.covered_bytes),
+            signed: signature_record.is_some(),
+            key_id: signature_record.map(|r| r.key_id),
+        },
     })
 }
 
@@ -537,7 +567,7 @@ mod tests {
     use vmedia_io::NoProgress;
 
     /// A minimal ISO 9660 volume: system area, a PVD, a terminator and some data sectors.
-    fn tiny_iso(sectors: u32) -> Vec<u8> {
+    pub(super) fn tiny_iso(sectors: u32) -> Vec<u8> {
         let mut image = vec![0u8; sectors as usize * SECTOR_SIZE as usize];
         for (i, b) in image.iter_mut().enumerate().skip(20 * SECTOR_SIZE as usize) {
             *b = (i % 249) as u8;
@@ -556,7 +586,7 @@ mod tests {
         image
     }
 
-    fn write_temp(image: &[u8]) -> (tempfile::TempDir, File) {
+    pub(super) fn write_temp(image: &[u8]) -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.iso");
         std::fs::write(&path, image).unwrap();
