@@ -476,3 +476,164 @@ fn wrap_iso_in_another_folder_needs_references_allowed() {
     assert!(open_any(&vmdk, &allow_any()).is_ok());
     assert_qemu_identical(&vmdk, "vmdk", &iso, "raw");
 }
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Walks a streamOptimized file independently of vmedia's parser and checks VMware's layout.
+#[test]
+fn stream_optimized_output_follows_vmware_layout_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    patterned_raw(&raw, (45 << 20) + 512 * 3, 7);
+    let out = dir.path().join("s.vmdk");
+    run_ok(vmedia().args(["disk", "convert", "-q", "-O", "vmdk", "-o", "subformat=streamOptimized,adapter_type=lsilogic"]).arg(&raw).arg(&out));
+    let f = std::fs::read(&out).unwrap();
+    let source = std::fs::read(&raw).unwrap();
+    assert_eq!(f.len() % 512, 0, "the file is not whole sectors");
+    // Header.
+    assert_eq!(&f[0..4], b"KDMV");
+    assert_eq!(le32(&f, 4), 3, "version");
+    assert_eq!(le32(&f, 8), 0x0003_0001, "flags: newline test | compressed grains | markers");
+    let capacity = le64(&f, 12);
+    assert_eq!(capacity, (source.len() as u64).div_ceil(512), "capacity");
+    assert_eq!(le64(&f, 20), 128, "grainSize");
+    assert_eq!(le64(&f, 28), 1, "descriptorOffset");
+    let desc_sectors = le64(&f, 36);
+    assert!(desc_sectors >= 1);
+    assert_eq!(le32(&f, 44), 512, "numGTEsPerGT");
+    assert_eq!(le64(&f, 48), 0, "rgdOffset");
+    assert_eq!(le64(&f, 56), u64::MAX, "gdOffset must be GD_AT_END in the first header");
+    let overhead = le64(&f, 64);
+    assert_eq!(&f[73..77], b"\n \r\n", "newline detection characters");
+    assert_eq!(u16::from_le_bytes([f[77], f[78]]), 1, "compressAlgorithm deflate");
+    let desc = String::from_utf8_lossy(&f[512..512 + desc_sectors as usize * 512]).trim_end_matches('\0').to_string();
+    assert!(desc.starts_with("# Disk DescriptorFile"), "{desc}");
+    assert!(desc.contains("createType=\"streamOptimized\""), "{desc}");
+    assert!(desc.contains(&format!("RW {capacity} SPARSE \"s.vmdk\"")), "{desc}");
+    for key in ["ddb.adapterType = \"lsilogic\"", "ddb.virtualHWVersion", "ddb.geometry.cylinders", "ddb.geometry.heads = \"255\"", "ddb.geometry.sectors = \"63\"", "ddb.toolsVersion", "ddb.uuid", "ddb.longContentID"] {
+        assert!(desc.contains(key), "descriptor lacks {key}: {desc}");
+    }
+    // The stream body.
+    let mut at = overhead as usize * 512;
+    let mut grains = std::collections::BTreeMap::new();
+    let mut tables: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut last_lba = None;
+    let (mut gd_at, mut footer_seen, mut eos_at) = (None, false, None);
+    while at < f.len() {
+        assert_eq!(at % 512, 0, "structure at {at:#x} is not sector aligned");
+        let val = le64(&f, at);
+        let size = le32(&f, at + 8);
+        if size != 0 {
+            assert!(gd_at.is_none(), "grain after the grain directory");
+            assert_eq!(val % 128, 0, "grain LBA {val} is not grain aligned");
+            assert!(last_lba.is_none_or(|l| val > l), "grains not in ascending order");
+            last_lba = Some(val);
+            let data = &f[at + 12..at + 12 + size as usize];
+            // A zlib stream (RFC 1950) as VMware writes: deflate method, valid check bits.
+            // Its content is proven below by qemu-img compare, which inflates every grain.
+            assert_eq!(data[0] & 0x0f, 8, "grain at LBA {val} is not a zlib deflate stream");
+            assert_eq!((u16::from(data[0]) << 8 | u16::from(data[1])) % 31, 0, "grain at LBA {val}: bad zlib header");
+            assert!(val * 512 < source.len() as u64, "grain beyond the disk");
+            grains.insert(at / 512, val);
+            at = (at + 12 + size as usize).div_ceil(512) * 512;
+            continue;
+        }
+        let kind = le32(&f, at + 12);
+        assert!(f[at + 16..at + 512].iter().all(|b| *b == 0), "marker padding at {at:#x} is not zero");
+        match kind {
+            1 => {
+                assert_eq!(val, 4, "GT marker size");
+                let t = (0..512).map(|i| le32(&f, at + 512 + i * 4)).collect();
+                tables.push(((at + 512) / 512, t));
+                at += 512 + 2048;
+            }
+            2 => {
+                gd_at = Some((at + 512) / 512);
+                at += 512 + val as usize * 512;
+            }
+            3 => {
+                assert_eq!(val, 1, "footer marker size");
+                let footer = &f[at + 512..at + 1024];
+                assert_eq!(&footer[0..4], b"KDMV");
+                assert_eq!(le64(footer, 56) as usize, gd_at.expect("footer before the grain directory"), "footer gdOffset");
+                assert_eq!(&footer[..56], &f[..56], "footer differs from the header before gdOffset");
+                assert_eq!(&footer[64..512], &f[64..512], "footer differs from the header after gdOffset");
+                footer_seen = true;
+                at += 1024;
+            }
+            0 => {
+                assert_eq!(val, 0);
+                eos_at = Some(at);
+                at += 512;
+            }
+            other => panic!("unknown marker type {other} at {at:#x}"),
+        }
+    }
+    assert!(footer_seen, "no footer");
+    assert_eq!(eos_at, Some(f.len() - 512), "the end-of-stream marker must be the last sector");
+    // The directory points at the tables, the tables at the grain markers.
+    let gd_sector = gd_at.unwrap();
+    let gd_entries = capacity.div_ceil(128).div_ceil(512) as usize;
+    let mut mapped = 0;
+    for i in 0..gd_entries {
+        let gt = le32(&f, gd_sector * 512 + i * 4) as usize;
+        if gt == 0 {
+            continue;
+        }
+        let (_, table) = tables.iter().find(|(s, _)| *s == gt).expect("GD entry points at no grain table");
+        for (j, e) in table.iter().enumerate() {
+            if *e != 0 {
+                assert_eq!(grains.get(&(*e as usize)), Some(&(((i * 512 + j) * 128) as u64)), "GT entry does not point at its grain marker");
+                mapped += 1;
+            }
+        }
+    }
+    assert_eq!(mapped, grains.len(), "grains not reachable from the directory");
+    assert!(vmedia_disk::profile::check_target(open_default(&out).as_ref(), vmedia_disk::profile::Target::Esxi).is_empty());
+    assert_qemu_check(&out, "vmdk");
+    assert_qemu_identical(&raw, "raw", &out, "vmdk");
+}
+
+#[test]
+fn target_checks_accept_vmedia_profiles_and_name_what_peers_get_wrong() {
+    use vmedia_disk::profile::{apply, check_target, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    patterned_raw(&raw, (10 << 20) + 12345, 2);
+    let src = open_default(&raw);
+    for (target, ext) in [(Target::Esxi, "vmdk"), (Target::Azure, "vhd"), (Target::HyperV, "vhdx")] {
+        let mut opts = vmedia_disk::CreateOptions::new(vmedia_disk::Format::Raw, src.virtual_size());
+        apply(target, &mut opts).unwrap();
+        let out = dir.path().join(format!("t.{ext}"));
+        let options: Vec<(String, String)> = opts.options.clone().into_iter().collect();
+        let borrowed: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let sized = formats::SizedSource { inner: src.as_ref(), size: opts.virtual_size };
+        lib_convert(&sized, &out, opts.format, &borrowed, None);
+        let img = open_default(&out);
+        let problems = check_target(img.as_ref(), target);
+        assert!(problems.is_empty(), "{target}: {problems:?}");
+        assert_qemu_identical(&raw, "raw", &out, opts.format.qemu_name());
+        if target == Target::Azure {
+            assert_eq!(img.virtual_size(), 11 << 20, "Azure sizes round up to whole MiB");
+            assert_eq!(std::fs::metadata(&out).unwrap().len(), (11 << 20) + 512);
+            assert_eq!(qemu_info_json(&out, "vpc")["virtual-size"].as_u64().unwrap(), 11 << 20);
+        }
+    }
+    // qemu-img's streamOptimized: vSphere refuses it; the check says why.
+    let q = dir.path().join("q.vmdk");
+    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"]).arg(&raw).arg(&q));
+    let problems = check_target(open_default(&q).as_ref(), Target::Esxi);
+    assert!(problems.iter().any(|p| p.field == "gdOffset"), "{problems:?}");
+    // qemu-img's default fixed VHD is CHS-sized: Azure refuses it.
+    let v = dir.path().join("q.vhd");
+    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed"]).arg(&raw).arg(&v));
+    let problems = check_target(open_any(&v, &vmedia_disk::OpenOptions { format: Some(vmedia_disk::Format::Vhd), ..Default::default() }).unwrap().as_ref(), Target::Azure);
+    assert!(problems.iter().any(|p| p.field == "footer current size"), "{problems:?}");
+    // A dynamic VHD is not for Azure, a VMDK not for Hyper-V.
+    assert!(!check_target(src.as_ref(), Target::HyperV).is_empty());
+}

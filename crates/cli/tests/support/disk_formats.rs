@@ -239,3 +239,44 @@ pub fn poke(path: &Path, at: u64, len: usize, fill: u8) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&vec![fill; len], at).unwrap();
 }
+
+/// A source seen with another virtual size (larger: zeros past the end), as a target profile
+/// that rounds the size up makes the converter see it.
+pub struct SizedSource<'a> {
+    pub inner: &'a dyn DiskImage,
+    pub size: u64,
+}
+
+impl DiskImage for SizedSource<'_> {
+    fn format(&self) -> Format {
+        self.inner.format()
+    }
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], guest_offset: u64) -> vmedia_disk::Result<()> {
+        let inner = self.inner.virtual_size();
+        let inside = inner.saturating_sub(guest_offset).min(buf.len() as u64) as usize;
+        if inside > 0 {
+            self.inner.read_at(&mut buf[..inside], guest_offset)?;
+        }
+        buf[inside..].fill(0);
+        Ok(())
+    }
+    fn block_status(&self, guest_offset: u64, len: u64) -> vmedia_disk::Result<vmedia_disk::BlockStatus> {
+        let inner = self.inner.virtual_size();
+        if guest_offset >= inner {
+            return Ok(vmedia_disk::BlockStatus { len, kind: BlockKind::Zero, host_offset: None });
+        }
+        self.inner.block_status(guest_offset, len.min(inner - guest_offset))
+    }
+    fn info(&self) -> vmedia_disk::Result<vmedia_disk::ImageInfo> {
+        self.inner.info()
+    }
+    fn check(&self, p: &dyn vmedia_io::Progress) -> vmedia_disk::Result<vmedia_disk::CheckReport> {
+        self.inner.check(p)
+    }
+}
