@@ -233,6 +233,13 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
         }
     }
 
+    // With a protective MBR, UEFI firmware reads the GPT and ignores overlapping entries
+    // (EDK2 drops both), so the ISO entry is cut around EFI images inside it, as xorriso's
+    // "Gap" partitions do. The hybrid MBR of -isohybrid-gpt-basdat keeps xorriso's layout.
+    if want_gpt && !h.gpt_basdat {
+        plan.gpt = split_overlaps(std::mem::take(&mut plan.gpt), &seed);
+    }
+
     // MBR entries.
     let mbr_type_for_iso = |default: u8| h.iso_mbr_part_type.map(|t| t.mbr_byte()).unwrap_or(default);
     let cap = |v: u64| v.min(MAX_MBR_SECTORS);
@@ -267,6 +274,39 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
         }
     }
     Ok(plan)
+}
+
+/// Cuts the first entry (the ISO data) around the entries that lie inside it.
+fn split_overlaps(entries: Vec<GptEntry>, seed: &[u8]) -> Vec<GptEntry> {
+    let Some((iso, rest)) = entries.split_first() else { return entries };
+    let mut holes: Vec<(u64, u64)> = rest.iter().filter(|e| e.first <= iso.last && e.last >= iso.first).map(|e| (e.first, e.last)).collect();
+    holes.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut cursor = iso.first;
+    for (first, last) in holes {
+        if first > cursor {
+            pieces.push((cursor, first - 1));
+        }
+        cursor = cursor.max(last + 1);
+    }
+    if cursor <= iso.last {
+        pieces.push((cursor, iso.last));
+    }
+    let mut out: Vec<GptEntry> = Vec::new();
+    let count = pieces.len();
+    for (i, (first, last)) in pieces.into_iter().enumerate() {
+        let mut e = iso.clone();
+        e.first = first;
+        e.last = last;
+        if count > 1 {
+            e.name = format!("Gap{i}");
+            e.unique = derived_guid(seed, &format!("gpt-gap-{i}"));
+        }
+        out.push(e);
+    }
+    out.extend(rest.iter().cloned());
+    out.sort_by_key(|e| e.first);
+    out
 }
 
 fn chs(lba: u64) -> [u8; 3] {
@@ -484,6 +524,16 @@ mod tests {
         assert_eq!(u32::from_le_bytes(sa[446 + 12..446 + 16].try_into().unwrap()) as u64, p.image_bytes / 512);
         assert_eq!(p.image_bytes % (1 << 20), 0);
         assert_eq!(&sa[510..512], &[0x55, 0xAA]);
+    }
+
+    #[test]
+    fn protective_gpt_entries_never_overlap() {
+        let iso = GptEntry { type_guid: [1; 16], unique: [0; 16], first: 64, last: 9999, attributes: 0, name: "ISO9660".into() };
+        let esp = GptEntry { type_guid: [2; 16], unique: [0; 16], first: 300, last: 499, attributes: 0, name: "ESP".into() };
+        let out = split_overlaps(vec![iso, esp], b"s");
+        let ranges: Vec<(u64, u64)> = out.iter().map(|e| (e.first, e.last)).collect();
+        assert_eq!(ranges, vec![(64, 299), (300, 499), (500, 9999)]);
+        assert_eq!(out[0].name, "Gap0");
     }
 
     #[test]
