@@ -1,0 +1,224 @@
+//! Real machines boot through `vmedia netboot serve`: QEMU (TCG) VMs with QEMU's own iPXE ROM
+//! (ipxe-qemu) or OVMF's PXE stack, on a tap device on a private bridge inside a network
+//! namespace the test creates (never the host's network).
+
+mod support;
+#[path = "support/netboot.rs"]
+mod nb;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nb::{Netns, Server};
+use support::{cached_fixture, payload, qemu_boot, require_tool, run_ok, Firmware, BOOT_MARKER};
+
+/// TCG is slow and the machine is shared: a boot may take minutes.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// A namespace with br0 (10.N.0.1/24) and tap0 on it.
+fn lab(tag: &str, subnet: u8) -> Netns {
+    let ns = Netns::new(tag);
+    ns.bridge(&format!("10.{subnet}.0.1/24"));
+    ns.tap("tap0");
+    ns
+}
+
+fn nic_args(mac: &str) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={mac}"),
+        "-boot".into(),
+        "order=n".into(),
+    ]
+}
+
+/// Boots a VM inside the namespace (QEMU opens tap0 there) and returns its console.
+fn boot_in(ns: &Netns, firmware: Firmware, args: Vec<String>, marker: &'static str) -> String {
+    require_tool("qemu-system-x86_64");
+    ns.run(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        qemu_boot(firmware, &refs, marker, BOOT_TIMEOUT)
+    })
+}
+
+fn copy(from: &Path, to: &Path) {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+}
+
+/// pxelinux + the payload kernel and initramfs.
+fn pxelinux_root() -> PathBuf {
+    cached_fixture("netboot-pxelinux-root", |dir| {
+        let p = payload();
+        copy(Path::new("/usr/lib/PXELINUX/pxelinux.0"), &dir.join("pxelinux.0"));
+        copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &dir.join("ldlinux.c32"));
+        copy(&p.kernel, &dir.join("vmlinuz"));
+        copy(&p.initrd, &dir.join("initrd.gz"));
+        fs::create_dir_all(dir.join("pxelinux.cfg")).unwrap();
+        fs::write(dir.join("pxelinux.cfg/default"), "DEFAULT vm\nPROMPT 0\nLABEL vm\n  KERNEL vmlinuz\n  APPEND initrd=initrd.gz console=ttyS0 panic=-1\n").unwrap();
+    })
+}
+
+/// A GRUB EFI network boot image with an embedded config that loads the payload over TFTP.
+fn grub_root(server: &str) -> PathBuf {
+    cached_fixture(&format!("netboot-grub-root-{server}"), |dir| {
+        require_tool("grub-mkimage");
+        let p = payload();
+        copy(&p.kernel, &dir.join("vmlinuz"));
+        copy(&p.initrd, &dir.join("initrd.gz"));
+        let cfg = dir.join("embedded.cfg");
+        fs::write(
+            &cfg,
+            format!("echo vmedia-grub\nlinux (tftp,{server})/vmlinuz console=ttyS0 panic=-1\ninitrd (tftp,{server})/initrd.gz\nboot\n"),
+        )
+        .unwrap();
+        run_ok(
+            Command::new("grub-mkimage")
+                .args(["-O", "x86_64-efi", "-p", "/grub", "-c"])
+                .arg(&cfg)
+                .arg("-o")
+                .arg(dir.join("grubx64.efi"))
+                .args(["efinet", "tftp", "net", "linux", "normal", "echo", "configfile"]),
+        );
+        fs::remove_file(&cfg).unwrap();
+    })
+}
+
+/// An ISO holding the payload under /boot, built with xorriso.
+fn payload_iso_root() -> PathBuf {
+    cached_fixture("netboot-iso-root", |dir| {
+        require_tool("xorriso");
+        let p = payload();
+        let tree = dir.join("tree");
+        copy(&p.kernel, &tree.join("boot/vmlinuz"));
+        copy(&p.initrd, &tree.join("boot/initrd.gz"));
+        fs::create_dir_all(dir.join("root")).unwrap();
+        run_ok(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"]).arg(dir.join("root/payload.iso")).arg(&tree));
+        fs::remove_dir_all(&tree).unwrap();
+    })
+    .join("root")
+}
+
+#[test]
+fn bios_boots_pxelinux_over_tftp_with_full_dhcp() {
+    let root = pxelinux_root();
+    let ns = lab("vmpxe", 79);
+    let leases = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &ns,
+        &["--interface", "br0", "--dhcp-range", "10.79.0.100-10.79.0.150", "--root", root.to_str().unwrap(), "--bios-bootfile", "pxelinux.0",
+          "--http-port", "8080", "--lease-file", leases.path().join("l.json").to_str().unwrap()],
+    );
+    let console = boot_in(&ns, Firmware::Bios, nic_args("52:54:00:79:00:01"), BOOT_MARKER);
+    assert!(console.contains(BOOT_MARKER));
+    let log = server.log();
+    assert!(log.contains("-> OFFER 10.79.0.100"), "{log}");
+    assert!(log.contains("done pxelinux.0"), "{log}");
+    assert!(log.contains("done vmlinuz"), "{log}");
+    assert!(log.contains("done initrd.gz"), "{log}");
+}
+
+/// dnsmasq as the network's plain DHCP server (addresses only, no PXE options).
+fn plain_dhcp_server(ns: &Netns, dir: &Path, subnet: u8) -> Child {
+    require_tool("dnsmasq");
+    ns.command("dnsmasq")
+        .args(["--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces", "--no-resolv", "--no-hosts"])
+        .arg(format!("--dhcp-range=10.{subnet}.0.100,10.{subnet}.0.150,255.255.255.0,1h"))
+        .arg(format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start dnsmasq")
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn bios_ipxe_script_boots_kernel_from_an_iso_over_http_in_proxy_mode_beside_dnsmasq() {
+    let root = payload_iso_root();
+    let ns = lab("vmproxy", 78);
+    let scratch = tempfile::tempdir().unwrap();
+    let _dnsmasq = Killed(plain_dhcp_server(&ns, scratch.path(), 78));
+    let rules = scratch.path().join("rules.toml");
+    fs::write(
+        &rules,
+        "[default]\nkernel = \"payload.iso:/boot/vmlinuz\"\ninitrd = [\"payload.iso:/boot/initrd.gz\"]\ncmdline = \"console=ttyS0 panic=-1 vmedia.host={{hostname}}\"\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        &ns,
+        &["--interface", "br0", "--proxy", "--root", root.to_str().unwrap(), "--config", rules.to_str().unwrap(), "--http-port", "8080"],
+    );
+    let console = boot_in(&ns, Firmware::Bios, nic_args("52:54:00:78:00:01"), BOOT_MARKER);
+    assert!(console.contains(BOOT_MARKER));
+    let log = server.log();
+    assert!(log.contains("proxy OFFER boot=http://10.78.0.1:8080/boot.ipxe?mac=52:54:00:78:00:01&arch=0"), "{log}");
+    // iPXE confirms with a ProxyDHCP REQUEST naming our server id and gets the boot info again.
+    assert!(log.contains("REQUEST arch=0 (x86 BIOS) ipxe on port 67 -> proxy ACK") || log.contains("on port 4011 -> proxy ACK"), "no ProxyDHCP ACK:\n{log}");
+    assert!(log.contains("boot.ipxe served (default rule"), "{log}");
+    assert!(log.contains("done payload.iso/boot/vmlinuz"), "{log}");
+    assert!(log.contains("done payload.iso/boot/initrd.gz"), "{log}");
+    let leases = fs::read_to_string(scratch.path().join("dnsmasq.leases")).unwrap_or_default();
+    assert!(leases.contains("52:54:00:78:00:01"), "the address did not come from dnsmasq: {leases:?}");
+}
+
+#[test]
+fn uefi_boots_grub_efi_over_tftp_with_full_dhcp() {
+    let root = grub_root("10.77.0.1");
+    let ns = lab("vmefi", 77);
+    let leases = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &ns,
+        &["--interface", "br0", "--dhcp-range", "10.77.0.100-10.77.0.150", "--root", root.to_str().unwrap(), "--uefi-bootfile", "grubx64.efi",
+          "--http-port", "8080", "--lease-file", leases.path().join("l.json").to_str().unwrap()],
+    );
+    let console = boot_in(&ns, Firmware::Uefi, nic_args("52:54:00:77:00:01"), BOOT_MARKER);
+    assert!(console.contains(BOOT_MARKER));
+    let log = server.log();
+    assert!(log.contains("arch=7 (x64 UEFI)"), "{log}");
+    assert!(log.contains("done grubx64.efi"), "{log}");
+    assert!(log.contains("done vmlinuz"), "{log}");
+}
+
+#[test]
+fn debian_installer_starts_from_its_netboot_tree() {
+    let tree = Path::new("/usr/lib/debian-installer/images/12/amd64/text");
+    assert!(tree.join("debian-installer/amd64/linux").exists(), "install debian-installer-12-netboot-amd64 (scripts/setup.sh)");
+    let ns = lab("vmdi", 76);
+    let scratch = tempfile::tempdir().unwrap();
+    let rules = scratch.path().join("rules.toml");
+    fs::write(
+        &rules,
+        "[default]\nkernel = \"debian-installer/amd64/linux\"\ninitrd = [\"debian-installer/amd64/initrd.gz\"]\ncmdline = \"console=ttyS0,115200n8 priority=low hostname={{hostname}}\"\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        &ns,
+        &["--interface", "br0", "--dhcp-range", "10.76.0.100-10.76.0.150", "--root", tree.to_str().unwrap(), "--config", rules.to_str().unwrap(),
+          "--http-port", "8080", "--lease-file", scratch.path().join("l.json").to_str().unwrap()],
+    );
+    let mut args = nic_args("52:54:00:76:00:01");
+    args.extend(["-m".to_string(), "1024".to_string()]);
+    let console = boot_in(&ns, Firmware::Bios, args, DI_MARKER);
+    assert!(console.contains("Linux version"), "not the installer kernel");
+    let log = server.log();
+    assert!(log.contains("done debian-installer/amd64/initrd.gz"), "{log}");
+}
+
+/// With priority=low the installer opens its main menu on the serial console, first item
+/// "Choose language".
+const DI_MARKER: &str = "Choose language";
