@@ -355,6 +355,38 @@ mod tests {
     }
 
     #[test]
+    fn hostile_areas_never_panic() {
+        // Random splices of real field names, separators, digits and junk.
+        const PIECES: &[&[u8]] = &[
+            b"ISO MD5SUM = ", b"SKIPSECTORS = ", b"RHLISOSTATUS=", b"FRAGMENT SUMS = ",
+            b"FRAGMENT COUNT = ", b"SHA256 = ", b"SHA256 BYTES = ", b"ED25519 SIG = ",
+            b"ED25519 KEY = ", b";", b"=", b"0123456789abcdef", b"99999999999999999999999",
+            b"\xff\xfe", b"\0", b"   ", b"-1",
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut area = [b' '; APPDATA_SIZE];
+            let mut at = 0;
+            while at < APPDATA_SIZE {
+                let piece = PIECES[(next() % PIECES.len() as u64) as usize];
+                let n = piece.len().min(APPDATA_SIZE - at);
+                area[at..at + n].copy_from_slice(&piece[..n]);
+                at += n;
+                if next() % 7 == 0 {
+                    break;
+                }
+            }
+            let _ = AppData::parse(&area);
+        }
+    }
+
+    #[test]
     fn fragment_chars_drop_leading_zeros() {
         let mut digest = [0u8; 16];
         digest[0] = 0xab;
