@@ -124,18 +124,12 @@ impl Zisofs {
             let mut compressed = vec![0u8; (end - start) as usize];
             self.stored.read_exact(&mut compressed, start).map_err(io::Error::from)?;
             let mut inflater = flate2::Decompress::new(true);
-            let status = inflater
+            inflater
                 .decompress(&compressed, &mut out, flate2::FlushDecompress::Finish)
                 .map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("zisofs block {index}: {e}"))
                 })?;
-            if inflater.total_out() as usize != expected && status != flate2::Status::StreamEnd {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("zisofs block {index} inflates to {} bytes, not {expected}", inflater.total_out()),
-                ));
-            }
-            if (inflater.total_out() as usize) < expected {
+            if inflater.total_out() as usize != expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("zisofs block {index} inflates to {} bytes, not {expected}", inflater.total_out()),
