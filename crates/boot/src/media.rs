@@ -12,8 +12,6 @@ use crate::error::{BootError, Result};
 
 /// ISO 9660 and UDF put their volume descriptors from sector 16 on.
 const VOLUME_DESCRIPTOR_OFFSET: u64 = 16 * 2048;
-/// A VHD footer is the last 512 bytes of the file (and a copy sits at offset 0 of dynamic ones).
-const VHD_FOOTER_LEN: u64 = 512;
 
 /// A disk image format as QEMU's `format=` option spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +59,10 @@ impl std::fmt::Display for DiskFormat {
     }
 }
 
-/// Detects the format of a disk image from its magic numbers; anything else is raw.
+/// Detects the format of a disk image (vmedia-disk's probe, the same qemu-img uses) and opens
+/// it with vmedia-disk to prove its headers are sound before QEMU sees it. Backing files and
+/// extents are followed only inside the image's own folder (vmedia-disk's default policy), so a
+/// disk cannot make QEMU open an arbitrary host file.
 pub fn detect_disk_format(path: &Path) -> Result<DiskFormat> {
     let file = open_medium(path)?;
     let size = file.size().map_err(|e| BootError::io(path, e))?;
@@ -70,19 +71,19 @@ pub fn detect_disk_format(path: &Path) -> Result<DiskFormat> {
     }
     let mut head = [0u8; 512];
     let got = read_some(&file, &mut head, 0, path)?;
-    let format = classify_head(&head[..got]);
-    if let Some(format) = format {
+    if let Some(format) = classify_head(&head[..got]) {
         check_header_length(path, format, size)?;
-        return Ok(format);
     }
-    if size >= VHD_FOOTER_LEN {
-        let mut footer = [0u8; 8];
-        read_some(&file, &mut footer, size - VHD_FOOTER_LEN, path)?;
-        if &footer == b"conectix" {
-            return Ok(DiskFormat::Vhd);
-        }
-    }
-    Ok(DiskFormat::Raw)
+    let image = vmedia_disk::image::open(path, &vmedia_disk::OpenOptions::default()).map_err(|e| {
+        BootError::BadMedium { path: path.into(), reason: format!("cannot be attached: {e}") }
+    })?;
+    Ok(match image.format() {
+        vmedia_disk::Format::Raw => DiskFormat::Raw,
+        vmedia_disk::Format::Qcow2 => DiskFormat::Qcow2,
+        vmedia_disk::Format::Vmdk => DiskFormat::Vmdk,
+        vmedia_disk::Format::Vhd => DiskFormat::Vhd,
+        vmedia_disk::Format::Vhdx => DiskFormat::Vhdx,
+    })
 }
 
 /// The format named by the first bytes of an image, if any.
@@ -190,11 +191,12 @@ mod tests {
     }
 
     #[test]
-    fn fixed_vhd_is_found_by_its_footer() {
+    fn corrupt_vhd_footer_is_refused_before_qemu() {
         let mut data = vec![0u8; 4096];
         data[4096 - 512..4096 - 504].copy_from_slice(b"conectix");
         let f = image(&data);
-        assert_eq!(detect_disk_format(f.path()).unwrap(), DiskFormat::Vhd);
+        let err = detect_disk_format(f.path()).unwrap_err().to_string();
+        assert!(err.contains("cannot be attached"), "{err}");
     }
 
     #[test]
