@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Network boot benchmark: vmedia vs its peers on the same files, inside a private network
+# namespace (loopback only; never the host's network).
+#   TFTP: a 100 MiB file fetched with atftp (blksize 1468, windowsize 16) from
+#         vmedia, dnsmasq's TFTP server and atftpd.  Targets: >= 5x dnsmasq, >= 1x atftpd.
+#   HTTP: wrk against vmedia and nginx serving the same 8 MiB file (a kernel's size).
+#         Target: >= 0.9x nginx.
+# Usage: bench/netboot.sh TARGET_BINARY   (e.g. target/release/vmedia)
+set -euo pipefail
+
+BIN=$(readlink -f "${1:?usage: bench/netboot.sh TARGET_BINARY}")
+RUNS=${RUNS:-3}
+for tool in ip atftp atftpd dnsmasq nginx wrk; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.sh" >&2; exit 1; }
+done
+
+NS="vmbench-$$"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    ip netns del "$NS" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+in_ns() { ip netns exec "$NS" "$@"; }
+calc() { awk "BEGIN { print $1 }"; }
+
+ROOT="$WORK/root"
+mkdir -p "$ROOT"
+head -c $((100 * 1024 * 1024)) /dev/urandom > "$ROOT/big.bin"
+head -c $((8 * 1024 * 1024)) /dev/urandom > "$ROOT/kernel.bin"
+
+start_bg() { in_ns "$@" >"$WORK/server.log" 2>&1 & PIDS+=($!); LAST=$!; sleep 1; }
+stop_last() { kill "$LAST" 2>/dev/null || true; wait "$LAST" 2>/dev/null || true; sleep 0.5; }
+
+# Best of RUNS wall-clock seconds for one atftp fetch, checking the bytes each time.
+tftp_time() {
+    local best=""
+    for _ in $(seq "$RUNS"); do
+        rm -f "$WORK/out.bin"
+        local t0 t1
+        t0=$(date +%s.%N)
+        in_ns atftp --option "blksize 1468" --option "windowsize 16" -g -r big.bin -l "$WORK/out.bin" 127.0.0.1 69 >/dev/null 2>&1
+        t1=$(date +%s.%N)
+        cmp -s "$WORK/out.bin" "$ROOT/big.bin" || { echo "$1: transfer corrupted" >&2; exit 1; }
+        local t
+        t=$(calc "$t1 - $t0")
+        if [ -z "$best" ] || [ "$(calc "$t < $best")" = 1 ]; then best=$t; fi
+    done
+    printf '%.3f' "$best"
+}
+
+echo "== TFTP: 100 MiB, atftp --option 'blksize 1468' --option 'windowsize 16' (best of $RUNS)"
+start_bg "$BIN" netboot serve --no-dhcp --root "$ROOT" --listen 127.0.0.1 --tftp-port 69 --http-port 0
+T_VMEDIA=$(tftp_time vmedia); stop_last
+start_bg dnsmasq --no-daemon --conf-file=/dev/null --port=0 --enable-tftp --tftp-root="$ROOT" --listen-address=127.0.0.1 --bind-interfaces
+T_DNSMASQ=$(tftp_time dnsmasq); stop_last
+start_bg atftpd --daemon --no-fork --logfile /dev/null --port 69 --bind-address 127.0.0.1 "$ROOT"
+T_ATFTPD=$(tftp_time atftpd); stop_last
+printf '  vmedia   %6.3f s\n  dnsmasq  %6.3f s   vmedia is %.1fx faster (target >= 5x)\n  atftpd   %6.3f s   vmedia is %.2fx as fast (target >= 1x)\n' \
+    "$T_VMEDIA" "$T_DNSMASQ" "$(calc "$T_DNSMASQ / $T_VMEDIA")" "$T_ATFTPD" "$(calc "$T_ATFTPD / $T_VMEDIA")"
+
+echo "== HTTP: wrk -t2 -c32 -d${WRK_SECS:-8}s on an 8 MiB file"
+wrk_rate() {
+    # Requests per second of a whole-file GET; every response is the full 8 MiB.
+    in_ns wrk -t2 -c32 -d"${WRK_SECS:-8}"s "$1" | awk '/Requests\/sec/ {print $2}'
+}
+start_bg "$BIN" netboot serve --no-dhcp --root "$ROOT" --listen 127.0.0.1 --tftp-port 0 --http-port 8080
+in_ns curl -sf -o "$WORK/k.bin" http://127.0.0.1:8080/kernel.bin && cmp -s "$WORK/k.bin" "$ROOT/kernel.bin"
+R_VMEDIA=$(wrk_rate http://127.0.0.1:8080/kernel.bin); stop_last
+cat > "$WORK/nginx.conf" <<NGINX
+user root;
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+daemon off;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path $WORK/nginx-tmp;
+    proxy_temp_path $WORK/nginx-tmp;
+    fastcgi_temp_path $WORK/nginx-tmp;
+    uwsgi_temp_path $WORK/nginx-tmp;
+    scgi_temp_path $WORK/nginx-tmp;
+    server { listen 127.0.0.1:8081; root $ROOT; }
+}
+NGINX
+mkdir -p "$WORK/nginx-tmp"
+start_bg nginx -c "$WORK/nginx.conf"
+in_ns curl -sf -o "$WORK/k2.bin" http://127.0.0.1:8081/kernel.bin && cmp -s "$WORK/k2.bin" "$ROOT/kernel.bin" || { echo "nginx does not serve the file" >&2; cat "$WORK/nginx-error.log" >&2; exit 1; }
+R_NGINX=$(wrk_rate http://127.0.0.1:8081/kernel.bin); stop_last
+printf '  vmedia   %8.1f req/s (%.0f MiB/s)\n  nginx    %8.1f req/s (%.0f MiB/s)\n  vmedia is %.2fx nginx (target >= 0.9x)\n' \
+    "$R_VMEDIA" "$(calc "$R_VMEDIA * 8")" "$R_NGINX" "$(calc "$R_NGINX * 8")" "$(calc "$R_VMEDIA / $R_NGINX")"
