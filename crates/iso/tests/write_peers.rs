@@ -425,3 +425,49 @@ fn excludes_hide_and_graft_points_shape_the_tree() {
     run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", "/meta-data", s(&m)]);
     assert_eq!(fs::read(&m).unwrap(), b"instance-id: x\n");
 }
+
+#[test]
+fn rational_rock_ridge_normalises_owners_and_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("script.sh"), b"#!/bin/sh\n").unwrap();
+    fs::write(src.join("secret"), b"x").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(src.join("script.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let iso = dir.path().join("r.iso");
+    let mut spec = base_spec(&src);
+    spec.naming.rock_ridge = Some(RockRidgeMode::Rational);
+    write(&spec, &iso);
+    let l = run("isoinfo", &["-R", "-l", "-i", s(&iso)]);
+    let line = |name: &str| l.lines().find(|x| x.trim_end().ends_with(name)).unwrap_or_else(|| panic!("{name}:\n{l}")).to_string();
+    assert!(line("script.sh").starts_with("-r-xr-xr-x"), "{l}");
+    assert!(line("secret").starts_with("-r--r--r--"), "{l}");
+    assert!(line("secret").contains("   0    0 "), "owner must be 0:0:\n{l}");
+}
+
+#[test]
+fn sort_weights_and_range_files_place_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("aaa.bin"), vec![1u8; 10_000]).unwrap();
+    fs::write(src.join("zzz.bin"), vec![2u8; 10_000]).unwrap();
+    let blob = dir.path().join("blob");
+    fs::write(&blob, b"0123456789ABCDEF").unwrap();
+    let iso = dir.path().join("sorted.iso");
+    let mut spec = base_spec(&src);
+    spec.sort.push(SortRule { pattern: "zzz.bin".into(), weight: 10 });
+    spec.range_files.push(RangeFile { iso_path: "/from-range.txt".into(), host_path: blob, offset: 4, length: 6, mode: 0o444, mtime: None });
+    write(&spec, &iso);
+    let l = run("isoinfo", &["-R", "-l", "-i", s(&iso)]);
+    let lba = |name: &str| -> u64 {
+        let line = l.lines().find(|x| x.trim_end().ends_with(name)).unwrap_or_else(|| panic!("{name}:\n{l}"));
+        line.split('[').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(lba("zzz.bin") < lba("aaa.bin"), "the heavier file must come first:\n{l}");
+    let out = dir.path().join("r");
+    run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", "/from-range.txt", s(&out)]);
+    assert_eq!(fs::read(&out).unwrap(), b"456789");
+}

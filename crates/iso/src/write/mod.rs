@@ -191,3 +191,62 @@ fn implant_integrity(
 ) -> Result<Option<IntegrityReport>, WriteError> {
     emit::implant_integrity(spec, file, name, progress)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{MemFile, RockRidgeMode};
+    use vmedia_io::NoProgress;
+
+    fn seed_spec(mtime: i64) -> IsoSpec {
+        let mut spec = IsoSpec::default();
+        spec.naming.rock_ridge = Some(RockRidgeMode::Rational);
+        spec.naming.joliet = true;
+        spec.date = Some(1_700_000_000);
+        for name in ["/user-data", "/meta-data", "/nested/deeper/file"] {
+            spec.mem_files.push(MemFile { iso_path: name.into(), data: name.as_bytes().to_vec(), mode: 0o644, mtime: Some(mtime) });
+        }
+        spec
+    }
+
+    #[test]
+    fn same_content_with_later_mtimes_writes_identical_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.iso");
+        let b = dir.path().join("b.iso");
+        write_image(&seed_spec(1_800_000_000), &a, OverwritePolicy::Refuse, &NoProgress).unwrap();
+        write_image(&seed_spec(1_900_000_000), &b, OverwritePolicy::Refuse, &NoProgress).unwrap();
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    }
+
+    #[test]
+    fn mtimes_later_than_the_date_are_clamped() {
+        let plan = plan(&seed_spec(1_800_000_000), &NoProgress).unwrap();
+        assert!(plan.tree.nodes.iter().all(|n| n.meta.mtime <= 1_700_000_000));
+        let earlier = plan_with(1_600_000_000);
+        assert!(earlier.tree.nodes.iter().any(|n| n.meta.mtime == 1_600_000_000), "earlier times are kept");
+    }
+
+    fn plan_with(mtime: i64) -> Plan {
+        plan(&seed_spec(mtime), &NoProgress).unwrap()
+    }
+
+    #[test]
+    fn refuse_policy_keeps_an_existing_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.iso");
+        std::fs::write(&out, b"keep").unwrap();
+        assert!(write_image(&seed_spec(0), &out, OverwritePolicy::Refuse, &NoProgress).is_err());
+        assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn missing_boot_image_is_a_named_error() {
+        let mut spec = seed_spec(0);
+        spec.boot.entries.push(crate::spec::BootEntry::new(crate::spec::Platform::X86, crate::spec::BootImage::IsoPath("isolinux/isolinux.bin".into())));
+        match plan(&spec, &NoProgress) {
+            Err(WriteError::BootImageMissing { what }) => assert_eq!(what, "isolinux/isolinux.bin"),
+            other => panic!("expected BootImageMissing, got {other:?}"),
+        }
+    }
+}
