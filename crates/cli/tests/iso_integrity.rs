@@ -355,3 +355,33 @@ fn signed_uefi_cd_with_a_vmedia_esp_boots_under_ovmf() {
     let cdrom = iso.to_str().unwrap().to_string();
     qemu_boot(Firmware::Uefi, &["-cdrom", &cdrom], BOOT_MARKER, Duration::from_secs(300));
 }
+
+#[test]
+fn grub_mkrescue_hybrid_keeps_its_boot_setup_after_a_signed_implant() {
+    // A hybrid image (MBR + GPT + APM, El Torito BIOS and UEFI) from grub-mkrescue: after our
+    // implant xorriso reports the same system area and boot catalog, and checkisomd5 passes.
+    require_tool("grub-mkrescue");
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("hello.txt"), b"hello\n").unwrap();
+    let iso = dir.path().join("rescue.iso");
+    run_ok(Command::new("grub-mkrescue").arg("-o").arg(&iso).arg(&tree));
+    let report = |iso: &Path| {
+        let out = run_ok(
+            Command::new("xorriso")
+                .arg("-indev")
+                .arg(iso)
+                .args(["-report_system_area", "plain", "-report_el_torito", "plain"]),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = report(&iso);
+    assert!(before.contains("GPT") && before.contains("UEFI"), "{before}");
+    implant(&iso, &ImplantOptions { signing_key: Some(integrity::generate_keypair()), ..Default::default() });
+    assert_eq!(report(&iso), before);
+    let (code, log) = checkisomd5(&iso);
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = verify(&iso, &[]);
+    assert_eq!(code, 0, "{log}");
+}
