@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use vmedia_io::Progress;
 
-/// Files at least this big are streamed in chunks instead of batched with others.
-const BIG_FILE: u64 = 8 << 20;
+/// Files at least this big are copied on their own instead of batched with others.
+const BIG_FILE: u64 = 4 << 20;
 /// Bytes of small files read together (in parallel) and written with one call.
-const WINDOW_BYTES: u64 = 16 << 20;
+const WINDOW_BYTES: u64 = 4 << 20;
 /// Chunk size for big files: large writes, bounded memory.
 const CHUNK_BYTES: u64 = 8 << 20;
 /// Chunks in flight between the reader and the writer (bounds memory to ~3 windows).
@@ -587,8 +587,13 @@ impl Plan {
         let last = items[items.len() - 1];
         let end = u64::from(self.data_lba[last]) * SECTOR_SIZE + self.tree.data[last].size;
         let len = (end - first_lba * SECTOR_SIZE) as usize;
-        buf.clear();
-        buf.resize(len, 0);
+        // A recycled buffer keeps its old bytes: only the gaps between files are zeroed
+        // below, so no full memset and no fresh page faults per window.
+        if buf.len() > len {
+            buf.truncate(len);
+        } else {
+            buf.resize(len, 0);
+        }
         // Carve the buffer into one slice per file (they are consecutive and non-overlapping).
         let mut slices: Vec<(DataId, &mut [u8])> = Vec::with_capacity(items.len());
         let mut rest: &mut [u8] = &mut buf;
@@ -597,13 +602,15 @@ impl Plan {
             let at = u64::from(self.data_lba[d]) * SECTOR_SIZE;
             let skip = (at - pos) as usize;
             let tail = std::mem::take(&mut rest);
-            let (_, tail) = tail.split_at_mut(skip);
+            let (gap, tail) = tail.split_at_mut(skip);
+            gap.fill(0);
             let size = self.tree.data[d].size as usize;
             let (mine, tail) = tail.split_at_mut(size);
             slices.push((d, mine));
             rest = tail;
             pos = at + size as u64;
         }
+        rest.fill(0);
         slices.into_par_iter().try_for_each(|(d, slice)| {
             self.read_item(d, 0, slice)?;
             if let Some(b) = &self.boot {
