@@ -26,7 +26,8 @@ fn qemu_io(file: &Path, fmt: &str, cmd: &str) {
     run_ok(Command::new(support::require_tool("qemu-io")).args(["-f", fmt, "-c", cmd]).arg(file));
 }
 
-/// 12 MiB + 3 KiB of mixed content: random, repetitive text, zeros, a short unaligned tail.
+/// 12 MiB + 3 KiB of mixed content: random, repetitive text, long-distance repeats, zeros, a
+/// short unaligned tail.
 fn mixed_raw(path: &Path) {
     let mut data = Vec::with_capacity((12 * MIB + 3072) as usize);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -37,10 +38,19 @@ fn mixed_raw(path: &Path) {
         data.extend_from_slice(&state.to_le_bytes());
     }
     let line = b"vmedia disk test line: the quick brown fox jumps over the lazy dog 0123456789\n";
-    while data.len() < (6 * MIB) as usize {
+    while data.len() < (5 * MIB) as usize {
         data.extend_from_slice(line);
     }
-    data.truncate((6 * MIB) as usize);
+    data.truncate((5 * MIB) as usize);
+    // 16 KiB random blocks each repeated four times: deflate back-references 16 KiB away,
+    // beyond the 4 KiB window qemu declares for inflate.
+    while data.len() < (6 * MIB) as usize {
+        let start = data.len() - (3 * MIB) as usize;
+        let block: Vec<u8> = data[start..start + 16384].to_vec();
+        for _ in 0..4 {
+            data.extend_from_slice(&block);
+        }
+    }
     data.resize((10 * MIB) as usize, 0);
     for i in 0..(2 * MIB + 3072) {
         data.push((i % 251) as u8);
