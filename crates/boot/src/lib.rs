@@ -7,6 +7,7 @@
 pub mod console;
 pub mod direct;
 pub mod error;
+pub mod kernel;
 pub mod kvm;
 pub mod managed;
 pub mod media;

@@ -142,6 +142,8 @@ fn direct_fast_path_boots_the_isos_kernel_without_a_boot_loader() {
     assert!(!command[at + 1].contains("initrd="), "initrd= must become -initrd");
     assert!(command.iter().any(|a| a == "-initrd"));
     assert!(command.iter().any(|a| a.contains("ide-cd")), "the ISO must stay attached as a CD");
+    let kernel = &command[command.iter().position(|a| a == "-kernel").unwrap() + 1];
+    assert!(kernel.ends_with(".vmlinux"), "the Debian kernel has a PVH entry: boot it uncompressed ({kernel})");
     let console = console_of(&report);
     assert!(!console.contains("ISOLINUX"), "the fast path must skip isolinux");
 }
