@@ -96,12 +96,15 @@ pub fn normalize(request: &str) -> Result<Normalized, FileError> {
     Ok(Normalized { components: split_components(&path, request)?, inner: None })
 }
 
+/// An image's path components, size and modification time.
+type IsoKey = (Vec<String>, u64, i64);
+
 /// The root folder everything is served from.
 pub struct FileRoot {
     dir: File,
     path: PathBuf,
     /// Parsed images by path, size and modification time (a replaced image is parsed again).
-    isos: Mutex<HashMap<(Vec<String>, u64, i64), Arc<IsoImage>>>,
+    isos: Mutex<HashMap<IsoKey, Arc<IsoImage>>>,
 }
 
 impl FileRoot {

@@ -197,11 +197,11 @@ async fn run_session(
                 }
                 let mut packets: [([u8; 4], &[u8]); net::MAX_BATCH] = [([0u8; 4], &[]); net::MAX_BATCH];
                 let count = (last - first + 1) as usize;
-                for i in 0..count {
+                for (i, slot) in packets.iter_mut().take(count).enumerate() {
                     let block = first + i as u64;
                     let (off, len) = session.block_range(block);
                     let rel = (off - start) as usize;
-                    packets[i] = (data_header(block as u16), &data[rel..rel + len]);
+                    *slot = (data_header(block as u16), &data[rel..rel + len]);
                 }
                 let burst = (BURST_BYTES / blksize).max(1);
                 let mut sent = 0;

@@ -218,8 +218,8 @@ impl DhcpOption {
         let v = value.to_vec();
         let typed = match option_code {
             code::SUBNET_MASK if value.len() == 4 => ipv4_at(value).map(DhcpOption::SubnetMask),
-            code::ROUTER if value.len() % 4 == 0 => Some(DhcpOption::Router(ipv4_list(value))),
-            code::DNS if value.len() % 4 == 0 => Some(DhcpOption::DnsServers(ipv4_list(value))),
+            code::ROUTER if value.len().is_multiple_of(4) => Some(DhcpOption::Router(ipv4_list(value))),
+            code::DNS if value.len().is_multiple_of(4) => Some(DhcpOption::DnsServers(ipv4_list(value))),
             code::HOSTNAME => Some(DhcpOption::Hostname(v.clone())),
             code::VENDOR_SPECIFIC => Some(DhcpOption::VendorSpecific(v.clone())),
             code::REQUESTED_IP if value.len() == 4 => ipv4_at(value).map(DhcpOption::RequestedIp),
@@ -240,7 +240,7 @@ impl DhcpOption {
             code::TFTP_SERVER => Some(DhcpOption::TftpServerName(v.clone())),
             code::BOOTFILE => Some(DhcpOption::BootfileName(v.clone())),
             code::USER_CLASS => Some(DhcpOption::UserClass(v.clone())),
-            code::CLIENT_ARCH if value.len() % 2 == 0 && !value.is_empty() => Some(DhcpOption::ClientArch(
+            code::CLIENT_ARCH if value.len().is_multiple_of(2) && !value.is_empty() => Some(DhcpOption::ClientArch(
                 value.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect(),
             )),
             code::CLIENT_NDI => Some(DhcpOption::ClientNdi(v.clone())),
