@@ -11,6 +11,9 @@ pub(crate) const JOLIET_MAX: usize = 64;
 pub(crate) const JOLIET_LONG_MAX: usize = 103;
 /// ISO 9660:1999 (level 4) identifier limit.
 const LEVEL4_MAX: usize = 207;
+/// Level 4 with Rock Ridge: a 255-byte record must still hold the fixed part (33), padding
+/// and a CE entry (28) pointing at the Rock Ridge fields.
+const LEVEL4_MAX_WITH_RR: usize = 192;
 /// Collision counters stop here; a folder with more same-named entries is refused upstream.
 const MAX_COLLISION_SUFFIX: u32 = 999_999;
 
@@ -37,7 +40,8 @@ impl IsoRules {
         let u = n.untranslated_filenames;
         let level4 = n.iso_level >= 4;
         let (file_max, dir_max, eight_three) = if level4 {
-            (LEVEL4_MAX, LEVEL4_MAX, false)
+            let max = if n.rock_ridge.is_some() { LEVEL4_MAX_WITH_RR } else { LEVEL4_MAX };
+            (max, max, false)
         } else if n.max_iso9660_filenames {
             (37, 37, false)
         } else if u || n.full_iso9660_filenames || n.iso_level >= 2 {
@@ -345,6 +349,16 @@ mod tests {
         let r = IsoRules::from(&Naming { iso_level: 2, omit_version_numbers: true, omit_trailing_period: true, ..Naming::default() });
         let (b, e) = iso_base_ext("readme", false, &r);
         assert_eq!(iso_identifier(&b, e.as_deref(), false, &r), "README");
+    }
+
+    #[test]
+    fn level4_names_leave_room_for_rock_ridge_continuation() {
+        let long = "n".repeat(300);
+        let plain = IsoRules::from(&Naming { iso_level: 4, ..Naming::default() });
+        assert_eq!(iso_base_ext(&long, true, &plain).0.len(), 207);
+        let rr = IsoRules::from(&Naming { iso_level: 4, rock_ridge: Some(crate::spec::RockRidgeMode::Faithful), ..Naming::default() });
+        let (b, _) = iso_base_ext(&long, true, &rr);
+        assert!(crate::write::layout::record_len(b.len(), super::super::rrip::CE_LEN) <= 255);
     }
 
     #[test]
