@@ -204,7 +204,6 @@ fn xorriso_listing(image: &Path) -> BTreeSet<Row> {
     let mut rows = BTreeSet::new();
     for line in text.lines() {
         // mode nlink uid gid size month day year-or-time 'path' [-> 'target']
-        let fields: Vec<&str> = line.splitn(9, char::is_whitespace).collect();
         let mut it = line.split_whitespace();
         // xorriso marks the El Torito catalog with type 'e'; it is a plain file to everyone else.
         let mode = it.next().unwrap().replacen('e', "-", 1);
@@ -212,7 +211,6 @@ fn xorriso_listing(image: &Path) -> BTreeSet<Row> {
         let uid = it.next().unwrap().to_string();
         let gid = it.next().unwrap().to_string();
         let size = it.next().unwrap().to_string();
-        let _ = fields;
         let quoted = &line[line.find('\'').unwrap()..];
         let words = shell_words(quoted);
         let path = words[0].clone();
@@ -679,4 +677,16 @@ fn rip_copies_a_loop_device() {
     assert_eq!(result.0, 0, "{}", result.2);
     assert!(result.2.contains("verified"), "{}", result.2);
     assert_eq!(fs::read(&copy).unwrap(), fs::read(&image).unwrap());
+}
+
+#[test]
+fn non_iso_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake.iso");
+    fs::write(&fake, vec![0u8; 100 * 1024]).unwrap();
+    for cmd in [&["iso", "info"][..], &["iso", "ls"][..]] {
+        let (code, _, err) = run_any(vmedia().args(cmd).arg(&fake));
+        assert_eq!(code, 1);
+        assert!(err.contains("not an ISO 9660 image") && err.contains("fake.iso"), "{err}");
+    }
 }

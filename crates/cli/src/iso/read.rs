@@ -444,7 +444,6 @@ fn collect_items(image: &IsoImage, dir: &Path, paths: &[String]) -> Result<Vec<I
         let mut image_path = String::new();
         let components: Vec<&str> = selection.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
         // Walk the selection from the root so its parents are created with their own metadata.
-        let mut parent = image.root().clone();
         for (i, component) in components.iter().enumerate() {
             if *component == ".." {
                 bail!("{selection}: \"..\" is not allowed in an extraction path");
@@ -454,11 +453,9 @@ fn collect_items(image: &IsoImage, dir: &Path, paths: &[String]) -> Result<Vec<I
             base.push(&child.name);
             image_path = format!("{image_path}/{}", child.name);
             if i + 1 < components.len() {
-                items.push(Item { dest: base.clone(), entry: child.clone() });
+                items.push(Item { dest: base.clone(), entry: child });
             }
-            parent = child;
         }
-        let _ = parent;
         if !components.is_empty() {
             items.push(Item { dest: base.clone(), entry: entry.clone() });
         }
