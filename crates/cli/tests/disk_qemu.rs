@@ -388,10 +388,18 @@ fn check_exit_codes_match_qemu_img() {
     let v = json_of(&run_any_output(vmedia().args(["disk", "check", "--output", "json"]).arg(&img)));
     let q = json_of(&run_any_output(qemu_img().args(["check", "--output", "json"]).arg(&img)));
     assert_eq!(v["leaks"], q["leaks"]);
+    let repaired = dir.path().join("leak-repaired.qcow2");
+    fs::copy(&img, &repaired).unwrap();
+    run_ok(vmedia().args(["disk", "check", "-r", "leaks"]).arg(&repaired));
+    assert_eq!(both(&repaired), (0, 0));
     // Corruption: the L1 table's cluster has refcount 0.
     f.write_all_at(&1u16.to_be_bytes(), block).unwrap();
     f.write_all_at(&0u16.to_be_bytes(), block + 2 * (l1 / 65536)).unwrap();
     assert_eq!(both(&img), (2, 2));
+    // -r all rebuilds the refcounts; the data is untouched.
+    run_ok(vmedia().args(["disk", "check", "-r", "all"]).arg(&img));
+    assert_eq!(both(&img), (0, 0));
+    assert_qemu_identical(&src, &img);
 }
 
 fn run_any_output(cmd: &mut Command) -> std::process::Output {

@@ -19,7 +19,8 @@ pub struct Args {
     /// human or json
     #[arg(long = "output", value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
-    /// Repair: vmedia checks only; it refuses -r rather than pretend to repair
+    /// Repair qcow2 refcounts: leaks (lower refcounts that are too high) or all (rebuild every
+    /// refcount from the metadata and fix the COPIED flags)
     #[arg(short = 'r', value_name = "leaks|all")]
     repair: Option<String>,
     /// Print nothing
@@ -31,10 +32,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    if let Some(mode) = &a.repair {
-        eprintln!("vmedia: error: -r {mode}: vmedia disk check does not repair images; copy the data with `vmedia disk convert` instead");
-        return Ok(ExitCode::from(1));
-    }
+    let repair_all = match a.repair.as_deref() {
+        None => None,
+        Some("leaks") => Some(false),
+        Some("all") => Some(true),
+        Some(other) => {
+            eprintln!(
+                "vmedia: error: Unknown option value for -r (expecting 'leaks' or 'all'): {other}"
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
     let mut opts = a.refs.open_options(parse_format(a.format.as_deref())?)?;
     opts.skip_backing = true;
     let img = match vmedia_disk::image::open(&a.file, &opts) {
@@ -55,6 +63,42 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    let mut report = report;
+    if let Some(all) = repair_all {
+        if report.corruptions > 0 || report.leaks > 0 {
+            if img.format() != vmedia_disk::Format::Qcow2 {
+                eprintln!("vmedia: error: repair is only implemented for qcow2 images");
+                return Ok(ExitCode::from(1));
+            }
+            drop(img);
+            let before = report.clone();
+            if let Err(e) = vmedia_disk::qcow2::modify::Qcow2Editor::repair(&a.file, all) {
+                eprintln!("vmedia: error: Repair failed: {e}");
+                return Ok(ExitCode::from(1));
+            }
+            let again = match vmedia_disk::image::open(&a.file, &opts)
+                .and_then(|i| i.check(&vmedia_io::NoProgress))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("vmedia: error: Check after repair failed: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let leaks_fixed = before.leaks.saturating_sub(again.leaks);
+            let corruptions_fixed = before.corruptions.saturating_sub(again.corruptions);
+            if !a.quiet && a.output == OutputFormat::Human {
+                for m in &before.messages {
+                    eprintln!("{m}");
+                }
+                println!("The following inconsistencies were found and repaired:\n\n    {leaks_fixed} leaked clusters\n    {corruptions_fixed} corruptions\n\nDouble checking the fixed image now...");
+            }
+            report = again;
+            report.leaks_fixed = leaks_fixed;
+            report.corruptions_fixed = corruptions_fixed;
+            report.messages.clear();
+        }
+    }
     if !a.quiet {
         match a.output {
             OutputFormat::Json => print_json(&report)?,

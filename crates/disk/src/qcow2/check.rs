@@ -129,6 +129,15 @@ pub(crate) fn stored_refcounts(img: &Qcow2Image) -> Result<StoredRefcounts> {
 }
 
 pub fn check(img: &Qcow2Image, progress: &dyn Progress) -> Result<CheckReport> {
+    Ok(check_with_counts(img, progress)?.0)
+}
+
+/// The check, plus the reference count of every host cluster rebuilt from the metadata (what
+/// a repair writes back).
+pub(crate) fn check_with_counts(
+    img: &Qcow2Image,
+    progress: &dyn Progress,
+) -> Result<(CheckReport, Vec<u32>)> {
     let h = &img.header;
     let cs = h.cluster_size();
     let nb_clusters = img.file_len.div_ceil(cs);
@@ -224,7 +233,7 @@ pub fn check(img: &Qcow2Image, progress: &dyn Progress) -> Result<CheckReport> {
             *field = None;
         }
     }
-    Ok(c.report)
+    Ok((c.report, c.counts))
 }
 
 /// Bytes of the snapshot table (entries are 8-byte aligned).

@@ -37,6 +37,10 @@ pub struct Qcow2Editor {
 
 impl Qcow2Editor {
     pub fn open(path: &Path) -> Result<Qcow2Editor> {
+        Self::open_inner(path, false).map(|(e, _)| e)
+    }
+
+    fn open_inner(path: &Path, for_repair: bool) -> Result<(Qcow2Editor, Vec<u32>)> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -70,7 +74,7 @@ impl Qcow2Editor {
                     .into(),
             });
         }
-        if h.dirty() {
+        if h.dirty() && !for_repair {
             return Err(DiskError::Unsupported {
                 path: path.into(),
                 format: "qcow2",
@@ -93,8 +97,8 @@ impl Qcow2Editor {
         }
         let stored = stored_refcounts(&img)?;
         let refcounts: Vec<u64> = (0..clusters).map(|c| stored.get(c)).collect();
-        let report = super::check::check(&img, &vmedia_io::NoProgress)?;
-        if report.corruptions > 0 {
+        let (report, computed) = super::check::check_with_counts(&img, &vmedia_io::NoProgress)?;
+        if report.corruptions > 0 && !for_repair {
             return Err(DiskError::corrupt(
                 path,
                 "qcow2",
@@ -106,18 +110,81 @@ impl Qcow2Editor {
                 ),
             ));
         }
-        Ok(Qcow2Editor {
-            path: path.to_path_buf(),
-            l1: img.l1.clone(),
-            header: h,
-            file,
-            l1_moved: false,
-            l2: HashMap::new(),
-            dirty_l2: HashSet::new(),
-            refcounts,
-            end: clusters * cs,
-            cluster_size: cs,
-        })
+        Ok((
+            Qcow2Editor {
+                path: path.to_path_buf(),
+                l1: img.l1.clone(),
+                header: h,
+                file,
+                l1_moved: false,
+                l2: HashMap::new(),
+                dirty_l2: HashSet::new(),
+                refcounts,
+                end: clusters * cs,
+                cluster_size: cs,
+            },
+            computed,
+        ))
+    }
+
+    /// qemu-img check -r: `all` rewrites every refcount from the metadata and fixes the
+    /// COPIED flags; `leaks` only lowers refcounts that are higher than the references.
+    pub fn repair(path: &Path, all: bool) -> Result<()> {
+        let (mut editor, computed) = Self::open_inner(path, true)?;
+        for (i, &reference) in computed.iter().enumerate() {
+            let reference = u64::from(reference);
+            let stored = editor.refcounts.get(i).copied().unwrap_or(0);
+            if (all && stored != reference) || (!all && stored > reference) {
+                if let Some(slot) = editor.refcounts.get_mut(i) {
+                    *slot = reference;
+                }
+            }
+        }
+        if all {
+            let cs = editor.cluster_size;
+            for i1 in 0..editor.l1.len() {
+                let l2_offset = editor.l1[i1] & L1E_OFFSET_MASK;
+                if l2_offset == 0 {
+                    continue;
+                }
+                let rc = editor
+                    .refcounts
+                    .get((l2_offset / cs) as usize)
+                    .copied()
+                    .unwrap_or(0);
+                editor.l1[i1] = if rc == 1 {
+                    editor.l1[i1] | OFLAG_COPIED
+                } else {
+                    editor.l1[i1] & !OFLAG_COPIED
+                };
+                let refcounts = editor.refcounts.clone();
+                let Some(table) = editor.l2_table(i1, false)? else {
+                    continue;
+                };
+                let mut changed = false;
+                for e in table.iter_mut() {
+                    let host = *e & L2E_OFFSET_MASK;
+                    if *e & OFLAG_COMPRESSED != 0 || host == 0 {
+                        continue;
+                    }
+                    let rc = refcounts.get((host / cs) as usize).copied().unwrap_or(0);
+                    let fixed = if rc == 1 {
+                        *e | OFLAG_COPIED
+                    } else {
+                        *e & !OFLAG_COPIED
+                    };
+                    changed |= fixed != *e;
+                    *e = fixed;
+                }
+                if changed {
+                    editor.dirty_l2.insert(i1);
+                }
+            }
+        }
+        editor.header.incompatible_features &= !super::header::INCOMPAT_DIRTY;
+        // The old refcount structure is freed by `finish`: its clusters are counted in
+        // `computed`, so dropping them lands on zero.
+        editor.finish()
     }
 
     pub fn header(&self) -> &Header {
