@@ -7,7 +7,7 @@
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 
 use md5::{Digest, Md5};
 use sha2::Sha256;
@@ -41,6 +41,10 @@ pub struct ReadFailure {
 }
 
 /// Hashes `source` as planned; `blank` is hashed as spaces.
+///
+/// With both digests, one thread reads and runs SHA-256 (the faster hash) and hands each
+/// buffer to the MD5 thread, so every byte is copied out of the page cache once and the MD5,
+/// the critical path, does nothing but hash.
 pub fn hash_image(
     source: &dyn ReadAt,
     md5_plan: Option<&Md5Plan>,
@@ -51,79 +55,164 @@ pub fn hash_image(
     let total = md5_plan.map_or(0, |p| p.length).max(sha256_length.unwrap_or(0));
     progress.set_total(total);
     let tracker = Tracker::new(progress, md5_plan.is_some(), sha256_length.is_some());
-    let (md5, sha) = std::thread::scope(|scope| {
-        let sha_thread = sha256_length.map(|length| {
-            let blank = blank.clone();
-            let tracker = &tracker;
-            scope.spawn(move || hash_sha256(source, length, blank, tracker))
-        });
-        let md5 = md5_plan.map(|plan| hash_md5(source, plan, blank.clone(), &tracker));
-        let sha = sha_thread.map(|handle| match handle.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        });
-        (md5, sha)
-    });
-    Ok((md5.transpose()?, sha.transpose()?))
-}
-
-fn hash_md5(
-    source: &dyn ReadAt,
-    plan: &Md5Plan,
-    blank: Range<u64>,
-    tracker: &Tracker,
-) -> Result<Md5Outcome, ReadFailure> {
-    // checkisomd5 divides by this; a zero (tiny volume) means no checkpoint is ever crossed.
-    let fragment_size = plan.length / plan.fragment_count.saturating_add(1);
-    let checkpoint_slots = usize::try_from(plan.fragment_count).unwrap_or(usize::MAX).saturating_add(1);
-    let mut checkpoints = vec![None; checkpoint_slots];
-    let mut hasher = Md5::new();
-    let mut previous_fragment = 0u64;
-    let mut buffer = vec![0u8; READ_CHUNK];
-    let mut offset = 0u64;
-    while offset < plan.length {
-        let len = (plan.length - offset).min(READ_CHUNK as u64) as usize;
-        let chunk = &mut buffer[..len];
-        read_blanked(source, chunk, offset, &blank)?;
-        let mut step_offset = offset;
-        for step in chunk.chunks(CHECKER_STEP as usize) {
-            hasher.update(step);
-            if let Some(fragment) = step_offset.checked_div(fragment_size) {
-                if fragment != previous_fragment {
-                    if let Some(slot) = usize::try_from(fragment).ok().and_then(|i| checkpoints.get_mut(i)) {
-                        *slot = Some(hasher.clone().finalize().into());
-                    }
-                    previous_fragment = fragment;
-                }
+    match (md5_plan, sha256_length) {
+        (None, None) => Ok((None, None)),
+        (Some(plan), None) => {
+            let mut runner = Md5Runner::new(plan);
+            let mut buffer = vec![0u8; READ_CHUNK];
+            while runner.offset < plan.length {
+                let len = (plan.length - runner.offset).min(READ_CHUNK as u64) as usize;
+                read_blanked(source, &mut buffer[..len], runner.offset, &blank)?;
+                runner.feed(&buffer[..len]);
+                tracker.md5_at(runner.offset);
             }
-            step_offset += step.len() as u64;
+            tracker.md5_at(u64::MAX);
+            Ok((Some(runner.finish()), None))
         }
-        offset += len as u64;
-        tracker.md5_at(offset);
+        (None, Some(sha_length)) => {
+            let sha = read_with_sha(source, sha_length, sha_length, None, &blank, &tracker)?;
+            Ok((None, Some(sha)))
+        }
+        (Some(plan), Some(sha_length)) => std::thread::scope(|scope| {
+            let (to_md5, from_reader) = mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(PIPELINE_DEPTH);
+            let (recycle, recycled) = mpsc::channel::<Arc<Vec<u8>>>();
+            let tracker = &tracker;
+            let md5_thread = scope.spawn(move || {
+                let mut runner = Md5Runner::new(plan);
+                for (buffer, len) in from_reader {
+                    let take = (plan.length - runner.offset).min(len as u64) as usize;
+                    runner.feed(&buffer[..take]);
+                    tracker.md5_at(runner.offset);
+                    // The reader may have stopped already; then the buffer is simply freed.
+                    let _ = recycle.send(buffer);
+                    if runner.offset >= plan.length {
+                        break;
+                    }
+                }
+                tracker.md5_at(u64::MAX);
+                runner
+            });
+            let total = plan.length.max(sha_length);
+            let sha = read_with_sha(source, total, sha_length, Some((to_md5, recycled, plan.length)), &blank, tracker);
+            let runner = match md5_thread.join() {
+                Ok(runner) => runner,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            let sha = sha?;
+            if runner.offset < plan.length {
+                return Err(ReadFailure { offset: runner.offset, error: io::Error::other("the MD5 worker stopped early") });
+            }
+            Ok((Some(runner.finish()), Some(sha)))
+        }),
     }
-    tracker.md5_at(u64::MAX);
-    Ok(Md5Outcome { digest: hasher.finalize().into(), checkpoints })
 }
 
-fn hash_sha256(
+/// Buffers in flight between the reader and the MD5 thread: enough to absorb jitter, small
+/// enough to stay cache- and memory-friendly.
+const PIPELINE_DEPTH: usize = 4;
+
+type Md5Feed = (mpsc::SyncSender<(Arc<Vec<u8>>, usize)>, mpsc::Receiver<Arc<Vec<u8>>>, u64);
+
+/// Reads `[0, total)`, hashes `[0, sha_length)` with SHA-256 and, with `md5`, hands every
+/// buffer starting below the MD5 length to the MD5 thread.
+fn read_with_sha(
     source: &dyn ReadAt,
-    length: u64,
-    blank: Range<u64>,
+    total: u64,
+    sha_length: u64,
+    md5: Option<Md5Feed>,
+    blank: &Range<u64>,
     tracker: &Tracker,
 ) -> Result<[u8; 32], ReadFailure> {
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; READ_CHUNK];
     let mut offset = 0u64;
-    while offset < length {
-        let len = (length - offset).min(READ_CHUNK as u64) as usize;
-        let chunk = &mut buffer[..len];
-        read_blanked(source, chunk, offset, &blank)?;
-        hasher.update(&*chunk);
+    let mut allocated = 0usize;
+    let mut spare: Option<Arc<Vec<u8>>> = None;
+    while offset < total {
+        let len = (total - offset).min(READ_CHUNK as u64) as usize;
+        let mut buffer = match (spare.take(), &md5) {
+            (Some(buffer), _) => buffer,
+            (None, None) => Arc::new(vec![0u8; READ_CHUNK]),
+            (None, Some((_, recycled, _))) => match recycled.try_recv() {
+                Ok(buffer) => buffer,
+                Err(mpsc::TryRecvError::Empty) if allocated < PIPELINE_DEPTH + 2 => {
+                    allocated += 1;
+                    Arc::new(vec![0u8; READ_CHUNK])
+                }
+                // Wait for the MD5 thread to hand one back; if it has finished, make one.
+                Err(mpsc::TryRecvError::Empty) => {
+                    recycled.recv().unwrap_or_else(|_| Arc::new(vec![0u8; READ_CHUNK]))
+                }
+                Err(mpsc::TryRecvError::Disconnected) => Arc::new(vec![0u8; READ_CHUNK]),
+            },
+        };
+        // Every clone of a recycled buffer has been dropped (the MD5 thread sent its own back,
+        // this thread dropped its own last round), so this never copies.
+        let data = Arc::make_mut(&mut buffer);
+        read_blanked(source, &mut data[..len], offset, blank)?;
+        let mut shared = false;
+        if let Some((to_md5, _, md5_length)) = &md5 {
+            if offset < *md5_length {
+                // A closed channel means the MD5 thread is done with its range.
+                shared = to_md5.send((Arc::clone(&buffer), len)).is_ok();
+            }
+        }
+        if offset < sha_length {
+            let take = (sha_length - offset).min(len as u64) as usize;
+            hasher.update(&buffer[..take]);
+        }
         offset += len as u64;
         tracker.sha_at(offset);
+        // A buffer the MD5 thread never saw stays here for the next round.
+        if !shared {
+            spare = Some(buffer);
+        }
     }
     tracker.sha_at(u64::MAX);
     Ok(hasher.finalize().into())
+}
+
+/// MD5 with isomd5sum's checkpoints, fed with consecutive chunks from offset 0 whose starts
+/// are multiples of the checker's 32 KiB step.
+struct Md5Runner {
+    hasher: Md5,
+    checkpoints: Vec<Option<[u8; 16]>>,
+    previous_fragment: u64,
+    fragment_size: u64,
+    offset: u64,
+}
+
+impl Md5Runner {
+    fn new(plan: &Md5Plan) -> Md5Runner {
+        // Bounded by the record parser (at most MAX_FRAGMENT_COUNT) or our own constant.
+        let slots = usize::try_from(plan.fragment_count).unwrap_or(usize::MAX).saturating_add(1);
+        Md5Runner {
+            hasher: Md5::new(),
+            checkpoints: vec![None; slots],
+            previous_fragment: 0,
+            // checkisomd5 divides by this; zero (a tiny volume) means no checkpoint is crossed.
+            fragment_size: plan.length / plan.fragment_count.saturating_add(1),
+            offset: 0,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        for step in chunk.chunks(CHECKER_STEP as usize) {
+            self.hasher.update(step);
+            if let Some(fragment) = self.offset.checked_div(self.fragment_size) {
+                if fragment != self.previous_fragment {
+                    if let Some(slot) = usize::try_from(fragment).ok().and_then(|i| self.checkpoints.get_mut(i)) {
+                        *slot = Some(self.hasher.clone().finalize().into());
+                    }
+                    self.previous_fragment = fragment;
+                }
+            }
+            self.offset += step.len() as u64;
+        }
+    }
+
+    fn finish(self) -> Md5Outcome {
+        Md5Outcome { digest: self.hasher.finalize().into(), checkpoints: self.checkpoints }
+    }
 }
 
 /// Reads `buf` at `offset` and overwrites the part inside `blank` with spaces.
@@ -214,6 +303,58 @@ mod tests {
             let expected: [u8; 16] = Md5::digest(&data[..end as usize]).into();
             assert_eq!(md5.checkpoints[k], Some(expected), "fragment {k}");
         }
+    }
+
+    #[test]
+    fn sha_range_far_beyond_the_md5_range() {
+        // The reader keeps going for SHA-256 long after the MD5 thread has finished.
+        let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (md5, sha) = hash_image(
+            &data,
+            Some(&Md5Plan { length: 1_000_000, fragment_count: 20 }),
+            Some(12_000_000),
+            0..0,
+            &NoProgress,
+        )
+        .unwrap_or_else(|f| panic!("read failed at {}: {}", f.offset, f.error));
+        assert_eq!(md5.unwrap().digest, <[u8; 16]>::from(Md5::digest(&data[..1_000_000])));
+        assert_eq!(sha.unwrap(), <[u8; 32]>::from(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn md5_range_beyond_the_sha_range() {
+        let data: Vec<u8> = (0..9_000_000u32).map(|i| (i % 239) as u8).collect();
+        let (md5, sha) = hash_image(
+            &data,
+            Some(&Md5Plan { length: 9_000_000, fragment_count: 20 }),
+            Some(2_500_000),
+            0..0,
+            &NoProgress,
+        )
+        .unwrap_or_else(|f| panic!("read failed at {}: {}", f.offset, f.error));
+        assert_eq!(md5.unwrap().digest, <[u8; 16]>::from(Md5::digest(&data)));
+        assert_eq!(sha.unwrap(), <[u8; 32]>::from(Sha256::digest(&data[..2_500_000])));
+    }
+
+    #[test]
+    fn each_digest_alone_matches() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 233) as u8).collect();
+        let plan = Md5Plan { length: 3_000_000, fragment_count: 20 };
+        let (md5, sha) = hash_image(&data, Some(&plan), None, 0..0, &NoProgress).unwrap_or_else(|f| panic!("{}", f.error));
+        assert!(sha.is_none());
+        assert_eq!(md5.unwrap().digest, <[u8; 16]>::from(Md5::digest(&data)));
+        let (md5, sha) = hash_image(&data, None, Some(3_000_000), 0..0, &NoProgress).unwrap_or_else(|f| panic!("{}", f.error));
+        assert!(md5.is_none());
+        assert_eq!(sha.unwrap(), <[u8; 32]>::from(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn truncated_source_with_both_digests_fails_without_hanging() {
+        let data = vec![0u8; 5_000_000];
+        let failure = hash_image(&data, Some(&Md5Plan { length: 4_000_000, fragment_count: 20 }), Some(9_000_000), 0..0, &NoProgress)
+            .err()
+            .unwrap();
+        assert_eq!(failure.offset, 4 << 20);
     }
 
     #[test]
