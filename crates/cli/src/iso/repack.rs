@@ -330,7 +330,7 @@ fn build_spec(
         }
     }
     // Deepest first, so setting a child's time does not disturb its parent's.
-    dir_times.sort_by(|a, b| b.0.as_os_str().len().cmp(&a.0.as_os_str().len()));
+    dir_times.sort_by_key(|d| std::cmp::Reverse(d.0.as_os_str().len()));
     for (dir, mtime, mode) in &dir_times {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))
@@ -571,10 +571,8 @@ fn replay_system_area(
         if first.bootable && spec.hybrid.system_area.as_ref().is_some_and(|s| s.kind != SystemAreaKind::IsohybridMbr) {
             spec.hybrid.mbr_force_bootable = true;
         }
-        if first.start_sector == 0 || first.start_sector == 64 {
-            if ![0x00, 0x17].contains(&first.partition_type) {
-                spec.hybrid.iso_mbr_part_type = Some(PartType::Mbr(first.partition_type));
-            }
+        if (first.start_sector == 0 || first.start_sector == 64) && ![0x00, 0x17].contains(&first.partition_type) {
+            spec.hybrid.iso_mbr_part_type = Some(PartType::Mbr(first.partition_type));
         }
     }
     if let Some(gpt) = &partitions.gpt {
