@@ -1,8 +1,9 @@
 //! The hashing engine: MD5 (with isomd5sum's fragment checkpoints) and SHA-256 on two threads.
 //!
-//! Each digest runs on its own thread with its own large positional reads, so neither waits for
-//! the other; the second read of each block comes from the page cache, which costs far less than
-//! the hashing. The application-use area is hashed as spaces, as isomd5sum does.
+//! One thread reads large positional chunks and runs SHA-256; it hands every buffer to the MD5
+//! thread, so each byte leaves the page cache once and the MD5 (a chain that cannot be split,
+//! and the slower of the two) only hashes. The application-use area is hashed as spaces, as
+//! isomd5sum does.
 
 use std::io;
 use std::ops::Range;
