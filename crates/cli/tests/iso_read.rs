@@ -493,8 +493,10 @@ fn iso_names_match_with_and_without_version() {
     let image = shared_sample("dfvfs/iso9660.raw.xz");
     let a = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/PASSWORDS.TXT")).stdout;
     let b = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/PASSWORDS.TXT;1")).stdout;
+    let c = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/passwords.txt")).stdout;
     assert_eq!(a.len(), 116);
     assert_eq!(a, b);
+    assert_eq!(a, c, "plain ISO 9660 names also match in lower case, as Linux shows them");
 }
 
 #[test]

@@ -17,7 +17,7 @@ mod susp;
 mod volume;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use vmedia_io::ReadAt;
@@ -47,6 +47,10 @@ pub const MAX_DIRECTORY_DEPTH: usize = 2048;
 pub const MAX_TOTAL_ENTRIES: u64 = 10_000_000;
 /// xorriso splits at 4 GiB per extent, so 4096 extents are a 16 TiB file; bounds the extent list.
 pub const MAX_EXTENTS_PER_FILE: usize = 4096;
+/// Directories kept by the lookup cache; cleared when full.
+pub const MAX_CACHED_DIRECTORIES: usize = 256;
+/// Larger directories are not cached, so the cache stays below 256 x 10 000 entries.
+pub const MAX_CACHED_DIRECTORY_ENTRIES: usize = 10_000;
 /// Linux's limit on symbolic links followed while resolving one path.
 pub const MAX_SYMLINK_HOPS: usize = 40;
 
@@ -321,6 +325,9 @@ pub struct IsoImage {
     /// SUSP skip for the primary tree's records, when Rock Ridge is in use.
     rock_ridge_skip: Option<usize>,
     joliet_tree: bool,
+    /// Directories read by path lookups, shared by clones: a boot or netboot server resolves
+    /// the same few paths for every client.
+    lookup_cache: Arc<Mutex<HashMap<(u32, u64), Arc<Vec<Entry>>>>>,
 }
 
 impl std::fmt::Debug for IsoImage {
@@ -494,7 +501,14 @@ impl IsoImage {
             namespace,
             image_bytes: source.size,
         };
-        Ok(IsoImage { source, volume, root, rock_ridge_skip, joliet_tree: namespace == NameSpace::Joliet })
+        Ok(IsoImage {
+            source,
+            volume,
+            root,
+            rock_ridge_skip,
+            joliet_tree: namespace == NameSpace::Joliet,
+            lookup_cache: Arc::new(Mutex::new(HashMap::new())),
+        })
     }
 
     /// Reads the first record (".") of the directory at `lba`: (record offset, system use
@@ -663,15 +677,41 @@ impl IsoImage {
         }
     }
 
-    fn find_child(&self, dir: &Entry, name: &str, path: &str) -> Result<Entry, ReadError> {
-        let children = self.read_dir(dir)?;
-        if let Some(e) = children.iter().find(|e| e.name == name) {
-            return Ok(e.clone());
+    /// `read_dir` through the lookup cache.
+    fn cached_dir(&self, dir: &Entry) -> Result<Arc<Vec<Entry>>, ReadError> {
+        let key = dir.extents.first().map_or((0, 0), |e| (e.lba, e.length));
+        if let Ok(cache) = self.lookup_cache.lock() {
+            if let Some(hit) = cache.get(&key) {
+                return Ok(hit.clone());
+            }
         }
-        children
-            .into_iter()
-            .find(|e| e.iso_name == name || joliet_name(&e.iso_name) == name)
-            .ok_or_else(|| ReadError::NotFound { path: path.to_string() })
+        let children = Arc::new(self.read_dir(dir)?);
+        if children.len() > MAX_CACHED_DIRECTORY_ENTRIES {
+            return Ok(children);
+        }
+        if let Ok(mut cache) = self.lookup_cache.lock() {
+            if cache.len() >= MAX_CACHED_DIRECTORIES {
+                cache.clear();
+            }
+            cache.insert(key, children.clone());
+        }
+        Ok(children)
+    }
+
+    fn find_child(&self, dir: &Entry, name: &str, path: &str) -> Result<Entry, ReadError> {
+        let children = self.cached_dir(dir)?;
+        let found = children
+            .iter()
+            .find(|e| e.name == name)
+            .or_else(|| children.iter().find(|e| e.iso_name == name || joliet_name(&e.iso_name) == name))
+            // Plain ISO 9660 names are upper case; Linux shows them lower case (map=normal)
+            // and boot configurations name them so.
+            .or_else(|| {
+                (self.namespace() == NameSpace::Iso9660)
+                    .then(|| children.iter().find(|e| e.name.eq_ignore_ascii_case(name)))
+                    .flatten()
+            });
+        found.cloned().ok_or_else(|| ReadError::NotFound { path: path.to_string() })
     }
 
     fn resolve(&self, path: &str, follow_last: bool) -> Result<Entry, ReadError> {
@@ -718,7 +758,8 @@ impl IsoImage {
     }
 
     /// The entry at `path` ("/boot/grub/grub.cfg"); symbolic links are not followed.
-    /// Names match exactly, or the ISO identifier with or without its `;1` version.
+    /// Names match exactly, or the ISO identifier with or without its `;1` version; in the
+    /// plain ISO 9660 name space also regardless of ASCII case (as Linux maps them).
     pub fn lookup(&self, path: &str) -> Result<Entry, ReadError> {
         self.resolve(path, false)
     }
