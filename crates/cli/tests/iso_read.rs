@@ -692,3 +692,18 @@ fn non_iso_input_is_a_clear_error() {
         assert!(err.contains("not an ISO 9660 image") && err.contains("fake.iso"), "{err}");
     }
 }
+
+#[test]
+fn info_shows_the_md5_implanted_by_implantisomd5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("md5.iso");
+    fs::copy(genisoimage_rj_image(), &image).unwrap();
+    run_ok(Command::new(require_tool("implantisomd5")).arg(&image));
+    let out = run_ok(Command::new(require_tool("checkisomd5")).arg("--md5sumonly").arg(&image));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let theirs = text.lines().next().unwrap().split_whitespace().last().unwrap().to_string();
+    let info = info_json(&image);
+    assert_eq!(info["checksums"]["md5"]["digest"], theirs.as_str());
+    let text = String::from_utf8(run_ok(vmedia().args(["iso", "info"]).arg(&image)).stdout).unwrap();
+    assert!(text.contains(&format!("MD5 {theirs}")), "{text}");
+}
