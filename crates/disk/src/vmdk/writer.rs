@@ -627,8 +627,12 @@ impl SparseFileWriter {
     }
 
     fn zero(&mut self, rel: u64, len: u64) -> Result<()> {
-        // Only meaningful over a parent: a zeroed GTE hides the parent's grain. Whole grains
-        // only; a partial grain is written as data.
+        // Only meaningful over a parent: without one, an unallocated grain already reads as
+        // zeros. Over a parent, a zeroed GTE hides the parent's grain (whole grains only; a
+        // partial grain, or any grain without the zeroed-GTE flag, is written as data).
+        if self.parent.is_none() {
+            return Ok(());
+        }
         if self.header.flags & header::FLAG_ZEROED_GTE == 0 {
             let zeros = vec![0u8; (GRAIN_SECTORS * SECTOR) as usize];
             let mut done = 0u64;
