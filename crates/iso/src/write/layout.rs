@@ -299,7 +299,7 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
     };
     let iso_pt_bytes = path_table_bytes(&iso);
     let jol_pt_bytes = joliet.as_ref().map(path_table_bytes).unwrap_or(0);
-    let measure = super::emit::MeasureCtx::new(&tree, &iso, joliet.as_ref(), rr, spec, &serial, now);
+    let measure = super::emit::MeasureCtx::new(&tree, rr, spec, &serial);
     let iso_sizes = measure.dir_sizes(&iso)?;
     let jol_sizes = match &joliet {
         Some(j) => measure.dir_sizes(j)?,

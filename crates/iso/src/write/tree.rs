@@ -456,8 +456,8 @@ impl Tree {
                     self.merge(id, child, links)?;
                 }
             }
-            other => {
-                let kind = match other {
+            leaf => {
+                let kind = match leaf {
                     ScannedKind::File { size, dev, ino } => {
                         let data = match links.get(&(dev, ino)) {
                             Some(&d) => {
@@ -477,7 +477,8 @@ impl Tree {
                     ScannedKind::Device(r) => NodeKind::Device(r),
                     ScannedKind::Fifo => NodeKind::Fifo,
                     ScannedKind::Socket => NodeKind::Socket,
-                    ScannedKind::Dir(_) => unreachable_dir(),
+                    // Folders took the arm above; an empty folder here would be harmless.
+                    ScannedKind::Dir(_) => NodeKind::Dir(BTreeMap::new()),
                 };
                 self.put_leaf(parent, name, kind, meta, Some(path))?;
             }
@@ -514,12 +515,6 @@ impl Tree {
         let d = self.data.len() - 1;
         self.put_leaf(parent, name, NodeKind::File(d), meta, None)
     }
-}
-
-// Folders are matched before this point; kept as a function so the match stays total
-// without a panic path.
-fn unreachable_dir() -> NodeKind {
-    NodeKind::Fifo
 }
 
 /// Builds the node tree for `spec`.
