@@ -327,8 +327,11 @@ pub struct IsoImage {
     joliet_tree: bool,
     /// Directories read by path lookups, shared by clones: a boot or netboot server resolves
     /// the same few paths for every client.
-    lookup_cache: Arc<Mutex<HashMap<(u32, u64), Arc<Vec<Entry>>>>>,
+    lookup_cache: DirectoryCache,
 }
+
+/// Directory contents by (block, length), shared by clones of an `IsoImage`.
+type DirectoryCache = Arc<Mutex<HashMap<(u32, u64), Arc<Vec<Entry>>>>>;
 
 impl std::fmt::Debug for IsoImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

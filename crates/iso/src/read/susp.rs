@@ -106,10 +106,8 @@ pub(crate) fn parse_system_use(
             }
             let data = &current[pos + 4..pos + len];
             match &sig {
-                b"SP" => {
-                    if data.len() >= 3 && data[0] == 0xBE && data[1] == 0xEF {
-                        out.sp_skip = Some(data[2]);
-                    }
+                b"SP" if data.len() >= 3 && data[0] == 0xBE && data[1] == 0xEF => {
+                    out.sp_skip = Some(data[2]);
                 }
                 b"ST" => break,
                 b"CE" => {
@@ -118,12 +116,10 @@ pub(crate) fn parse_system_use(
                     }
                     next_area = Some((le32(data, 0), le32(data, 8), le32(data, 16)));
                 }
-                b"ER" => {
-                    if data.len() >= 4 {
-                        let id_len = usize::from(data[0]);
-                        if let Some(id) = data.get(4..4 + id_len) {
-                            out.extensions.push(String::from_utf8_lossy(id).into_owned());
-                        }
+                b"ER" if data.len() >= 4 => {
+                    let id_len = usize::from(data[0]);
+                    if let Some(id) = data.get(4..4 + id_len) {
+                        out.extensions.push(String::from_utf8_lossy(id).into_owned());
                     }
                 }
                 b"RR" => out.any_rock_ridge = true,

@@ -322,10 +322,11 @@ fn joliet_level(sector: &[u8; SECTOR]) -> Option<u8> {
     None
 }
 
-/// Reads the descriptor set from sector 16 on. `read` fetches one sector.
-pub(crate) fn read_descriptors(
-    read: &dyn Fn(u32, &mut [u8; SECTOR]) -> Result<(), ReadError>,
-) -> Result<DescriptorSet, ReadError> {
+/// Fetches one 2048-byte sector by block number.
+pub(crate) type SectorReader<'a> = dyn Fn(u32, &mut [u8; SECTOR]) -> Result<(), ReadError> + 'a;
+
+/// Reads the descriptor set from sector 16 on.
+pub(crate) fn read_descriptors(read: &SectorReader<'_>) -> Result<DescriptorSet, ReadError> {
     let mut primary = None;
     let mut joliet = None;
     let mut boot_catalog_lba = None;
