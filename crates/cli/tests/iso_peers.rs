@@ -130,10 +130,7 @@ fn isoinfo_list(image: &Path, view: &str) -> Vec<String> {
     );
     let mut paths: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| l.trim_start_matches('/'))
-        // KNOWN WRITER GAP (reported): Joliet file names carry the ";1" version that xorriso
-        // and genisoimage leave out; isoinfo -J shows it.
-        .map(|l| if view == "-J" { l.strip_suffix(";1").unwrap_or(l) } else { l }.to_string())
+        .map(|l| l.trim_start_matches('/').to_string())
         .filter(|l| !l.is_empty())
         .collect();
     paths.sort();
