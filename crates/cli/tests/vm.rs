@@ -223,6 +223,19 @@ fn read_only_disk_is_write_protected_in_the_guest() {
     assert_eq!(shell.run("cat /sys/block/vda/ro /sys/block/vdb/ro | tr '\\n' ' '", wait), "1 0");
     let refused = shell.run("echo x | dd of=/dev/vda bs=512 count=1 conv=fsync 2>&1 | head -1", wait);
     assert!(refused.contains("Operation not permitted") || refused.contains("Read-only"), "{refused}");
+
+    // `vm console` with piped input: what is typed reaches the guest shell, its answer comes back.
+    drop(shell);
+    let mut console = home.vm().args(["console", "disks"]).stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = console.stdin.take().unwrap();
+        stdin.write_all(b"echo CONSOLE-$((6*7))\n").unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let out = console.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CONSOLE-42"), "console: {}", String::from_utf8_lossy(&out.stdout));
     home.ok(&["kill", "disks"]);
     assert_eq!(home.state("disks"), "stopped");
     no_qemu_left(&home, "disks");
