@@ -167,8 +167,8 @@ fn bios_ipxe_script_boots_kernel_from_an_iso_over_http_in_proxy_mode_beside_dnsm
     assert!(console.contains(BOOT_MARKER));
     let log = server.log();
     assert!(log.contains("proxy OFFER boot=http://10.78.0.1:8080/boot.ipxe?mac=52:54:00:78:00:01&arch=0"), "{log}");
-    // iPXE confirms with a ProxyDHCP REQUEST naming our server id and gets the boot info again.
-    assert!(log.contains("REQUEST arch=0 (x86 BIOS) ipxe on port 67 -> proxy ACK") || log.contains("on port 4011 -> proxy ACK"), "no ProxyDHCP ACK:\n{log}");
+    // The address is dnsmasq's: the proxy never acknowledges a lease.
+    assert!(!log.contains("-> proxy ACK") || log.contains("on port 4011 -> proxy ACK"), "the proxy answered a port-67 REQUEST:\n{log}");
     assert!(log.contains("boot.ipxe served (default rule"), "{log}");
     assert!(log.contains("done payload.iso/boot/vmlinuz"), "{log}");
     assert!(log.contains("done payload.iso/boot/initrd.gz"), "{log}");
@@ -192,6 +192,25 @@ fn uefi_boots_grub_efi_over_tftp_with_full_dhcp() {
     assert!(log.contains("arch=7 (x64 UEFI)"), "{log}");
     assert!(log.contains("done grubx64.efi"), "{log}");
     assert!(log.contains("done vmlinuz"), "{log}");
+}
+
+#[test]
+fn uefi_firmware_pxe_boots_in_proxy_mode_beside_dnsmasq() {
+    // No option ROM: OVMF's own virtio-net driver and PXE stack (not iPXE) do DHCP, ask the
+    // proxy on port 4011 and fetch the boot file with their own TFTP client.
+    let root = grub_root("10.74.0.1");
+    let ns = lab("vmefiproxy", 74);
+    let scratch = tempfile::tempdir().unwrap();
+    let _dnsmasq = Killed(plain_dhcp_server(&ns, scratch.path(), 74));
+    let server = Server::start(&ns, &["--interface", "br0", "--proxy", "--root", root.to_str().unwrap(), "--uefi-bootfile", "grubx64.efi", "--http-port", "8080"]);
+    let mut args = nic_args("52:54:00:74:00:01");
+    args[3] = "virtio-net-pci,netdev=n0,mac=52:54:00:74:00:01,romfile=".into();
+    let console = boot_in(&ns, Firmware::Uefi, args, BOOT_MARKER);
+    assert!(console.contains(BOOT_MARKER));
+    let log = server.log();
+    assert!(log.contains("DISCOVER arch=7 (x64 UEFI) on port 67 -> proxy OFFER boot=grubx64.efi"), "{log}");
+    assert!(!log.contains("ipxe"), "iPXE answered instead of the firmware:\n{log}");
+    assert!(log.contains("done grubx64.efi"), "{log}");
 }
 
 #[test]

@@ -239,8 +239,10 @@ impl Policy {
                 }
                 let reply_type = match (message, port) {
                     (MessageType::Discover, Port::Dhcp) => MessageType::Offer,
-                    (MessageType::Request, Port::Pxe) | (MessageType::Inform, _) => MessageType::Ack,
-                    (MessageType::Request, Port::Dhcp) if req.server_id() == Some(self.server_ip) => MessageType::Ack,
+                    // A REQUEST on port 67 belongs to the real DHCP server, even when it runs on
+                    // this host and shares our server identifier: answering it makes firmware
+                    // decline its lease. PXE clients confirm with the proxy on port 4011.
+                    (MessageType::Request, Port::Pxe) | (MessageType::Inform, Port::Pxe) => MessageType::Ack,
                     (MessageType::Discover, Port::Pxe) => MessageType::Ack,
                     _ => return Err(Ignored::NotForUs),
                 };
@@ -432,6 +434,14 @@ mod tests {
         assert_eq!(r.packet.message_type(), Some(MessageType::Ack));
         assert_eq!(r.packet.file, b"grubx64.efi");
         assert_eq!(r.destination, from);
+    }
+
+    #[test]
+    fn proxy_leaves_port_67_requests_to_the_dhcp_server() {
+        let mut p = policy(Mode::Proxy);
+        let mut req = request(MessageType::Request, Some(b"PXEClient:Arch:00007"), Some(7), false);
+        req.options.push(DhcpOption::ServerId("10.0.0.1".parse().unwrap()));
+        assert_eq!(p.handle(&req, Port::Dhcp, src(), 0).unwrap_err(), Ignored::NotForUs);
     }
 
     #[test]

@@ -145,7 +145,10 @@ async fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, root: Arc
     let outcome = run_session(&socket, &file, &negotiated, &progress).await;
     let secs = started.elapsed().as_secs_f64();
     match outcome {
-        Ok(()) => {
+        Ok(Finish::SizeProbe) => {
+            status.transfer_end(&key, id, Ok(()), format!("size probe for {} answered (tsize {}; the client closed after the OACK)", file.name, file.size));
+        }
+        Ok(Finish::Complete) => {
             let rate = if secs > 0.0 { file.size as f64 / secs / 1_048_576.0 } else { 0.0 };
             status.transfer_end(&key, id, Ok(()), format!("done {} ({} bytes in {secs:.2} s, {rate:.1} MiB/s)", file.name, file.size));
         }
@@ -155,12 +158,19 @@ async fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, root: Arc
     }
 }
 
+/// How a transfer ended well.
+enum Finish {
+    Complete,
+    /// The client only wanted the OACK (its tsize) and closed with error 8.
+    SizeProbe,
+}
+
 async fn run_session(
     socket: &UdpSocket,
     file: &ServedFile,
     negotiated: &super::session::Negotiated,
     progress: &crate::status::TransferProgress,
-) -> Result<(), String> {
+) -> Result<Finish, String> {
     let mut session = ReadSession::new(negotiated, file.size);
     let blksize = session.blksize();
     let window = usize::from(negotiated.windowsize.max(1));
@@ -174,7 +184,7 @@ async fn run_session(
             deadline = tokio::time::Instant::now() + session.timeout();
         }
         match action {
-            Action::Done => return Ok(()),
+            Action::Done => return Ok(Finish::Complete),
             Action::GiveUp => return Err(format!("client stopped acknowledging (stalled at {} bytes)", session.bytes_acked())),
             Action::Wait => {}
             Action::SendOack => {
@@ -231,7 +241,14 @@ async fn run_session(
                     progress.set(session.bytes_acked());
                     a
                 }
-                Ok(TftpRepr::Error { code, message }) => return Err(format!("client aborted with error {code}: {message}")),
+                Ok(TftpRepr::Error { code, message }) => {
+                    if code == error_code::OPTION_REFUSED && session.bytes_acked() == 0 && !negotiated.oack.is_empty() {
+                        // UEFI firmware asks for tsize, reads the OACK and hangs up to size its
+                        // buffer before the real transfer.
+                        return Ok(Finish::SizeProbe);
+                    }
+                    return Err(format!("client aborted with error {code}: {message}"));
+                }
                 _ => Action::Wait,
             },
         };
