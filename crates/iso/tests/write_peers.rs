@@ -471,3 +471,30 @@ fn sort_weights_and_range_files_place_data() {
     run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", "/from-range.txt", s(&out)]);
     assert_eq!(fs::read(&out).unwrap(), b"456789");
 }
+
+#[test]
+fn folders_spanning_many_sectors_with_continuation_areas_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // 300 names of ~200 bytes: many directory sectors, and NM entries spilling into CE areas.
+    let mut names = Vec::new();
+    for i in 0..300 {
+        let name = format!("{i:04}-{}", "long-name-part-".repeat(13));
+        fs::write(src.join(&name), name.as_bytes()).unwrap();
+        names.push(name);
+    }
+    let iso = dir.path().join("wide.iso");
+    write(&base_spec(&src), &iso);
+    let x = run("xorriso", &["-indev", s(&iso), "-find", "/", "-type", "f"]);
+    let listed: Vec<&str> = x.lines().filter(|l| l.starts_with("'/")).collect();
+    assert_eq!(listed.len(), 300, "{x}");
+    for n in &names {
+        assert!(x.contains(&format!("'/{n}'")), "{n} missing");
+    }
+    let b = run("bsdtar", &["-tf", s(&iso)]);
+    assert_eq!(b.lines().filter(|l| l.contains("long-name-part")).count(), 300);
+    let out = dir.path().join("one");
+    run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", &format!("/{}", names[299]), s(&out)]);
+    assert_eq!(fs::read(&out).unwrap(), names[299].as_bytes());
+}

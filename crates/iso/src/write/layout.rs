@@ -3,7 +3,8 @@
 //!
 //! Sector map (2048-byte LBAs):
 //! 0..16 system area | 16.. volume descriptors | (partition offset copy of the descriptors)
-//! | path tables | boot catalog | directories | Rock Ridge continuation areas | file data
+//! | path tables | boot catalog | directories (each followed by its Rock Ridge continuation
+//! area) | Joliet directories | file data
 //! | padding | appended partitions | backup GPT.
 
 use super::eltorito::BootPlan;
@@ -320,19 +321,19 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
             set.joliet_path_m = cursor as u32;
             cursor += u64::from(set.joliet_path_table_sectors);
         }
-        for (sectors, _) in &iso_sizes {
+        // Each folder's continuation area directly follows the folder: streaming readers
+        // (libarchive) read CE data only when they reach it right after the directory.
+        for (sectors, ce_sectors) in &iso_sizes {
             set.iso_dir_lba.push(cursor as u32);
             set.iso_dir_sectors.push(*sectors);
             cursor += u64::from(*sectors);
+            set.iso_ce_lba.push(cursor as u32);
+            cursor += u64::from(*ce_sectors);
         }
         for (sectors, _) in &jol_sizes {
             set.joliet_dir_lba.push(cursor as u32);
             set.joliet_dir_sectors.push(*sectors);
             cursor += u64::from(*sectors);
-        }
-        for (_, ce_sectors) in &iso_sizes {
-            set.iso_ce_lba.push(cursor as u32);
-            cursor += u64::from(*ce_sectors);
         }
         if cursor > MAX_SECTORS {
             return Err(too_large("directories exceed 2^32 sectors".into()));
