@@ -308,3 +308,30 @@ fn output_is_replaced_like_mkisofs_does() {
     run_ok(vmedia().current_dir(&fixture).args(["mkisofs", "-quiet", "-R", "-o"]).arg(&out).arg("tree"));
     assert!(fs::metadata(&out).unwrap().len() > 2048 * 16);
 }
+
+#[test]
+fn iso_create_native_flags_make_the_lorax_layout() {
+    let fixture = compat_tree();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("native.iso");
+    run_ok(
+        vmedia()
+            .current_dir(&fixture)
+            .args(["iso", "create", "-q", "tree", "-o"])
+            .arg(&out)
+            .args(["--bios-boot", "isolinux/isolinux.bin", "--uefi-boot", "images/efiboot.img", "--hybrid", "--boot-catalog", "isolinux/boot.cat"]),
+    );
+    let report = iso::xorriso_report(&out);
+    assert_eq!(
+        iso::boot_entries(&report),
+        [("BIOS".to_string(), "none".to_string()), ("UEFI".to_string(), "none".to_string())],
+        "{}",
+        report.join("\n")
+    );
+    assert_eq!(rows(&report, "El Torito cat path"), [["/isolinux/boot.cat".to_string()]]);
+    let opts = rows(&report, "El Torito img opts");
+    assert!(opts.iter().any(|r| r.contains(&"boot-info-table".to_string())), "{}", report.join("\n"));
+    let summary = iso::system_area_summary(&report);
+    assert!(summary.contains(&"isohybrid".to_string()) && summary.contains(&"GPT".to_string()), "{}", report.join("\n"));
+    assert_efi_image_is_a_partition(&report);
+}
