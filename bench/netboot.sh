@@ -32,8 +32,11 @@ ROOT="$WORK/root"
 mkdir -p "$ROOT"
 head -c $((100 * 1024 * 1024)) /dev/urandom > "$ROOT/big.bin"
 head -c $((8 * 1024 * 1024)) /dev/urandom > "$ROOT/kernel.bin"
+# atftpd drops to nobody: the files must be world-readable.
+chmod 755 "$WORK" "$ROOT"; chmod 644 "$ROOT"/*.bin
 
-start_bg() { in_ns "$@" >"$WORK/server.log" 2>&1 & PIDS+=($!); LAST=$!; sleep 1; }
+# `ip netns exec` execs the server, so $! is the server itself and kill reaches it.
+start_bg() { ip netns exec "$NS" "$@" >"$WORK/server.log" 2>&1 & PIDS+=($!); LAST=$!; sleep 1; kill -0 "$LAST" || { echo "$1 did not start:" >&2; cat "$WORK/server.log" >&2; exit 1; }; }
 stop_last() { kill "$LAST" 2>/dev/null || true; wait "$LAST" 2>/dev/null || true; sleep 0.5; }
 
 # Best of RUNS wall-clock seconds for one atftp fetch, checking the bytes each time.
