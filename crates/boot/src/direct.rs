@@ -75,7 +75,7 @@ pub fn extract(iso_path: &Path) -> Result<Extracted> {
         .tempdir()
         .map_err(|e| BootError::io(std::env::temp_dir(), e))?;
     let kernel = dir.path().join("kernel");
-    reader.copy_out(&[entry.kernel.clone()], &kernel, MAX_KERNEL_BYTES)?;
+    reader.copy_out(std::slice::from_ref(&entry.kernel), &kernel, MAX_KERNEL_BYTES)?;
     let initrd = if entry.initrds.is_empty() {
         None
     } else {

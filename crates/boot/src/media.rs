@@ -92,9 +92,10 @@ pub fn classify_head(head: &[u8]) -> Option<DiskFormat> {
         Some(DiskFormat::Qcow2)
     } else if head.starts_with(b"vhdxfile") {
         Some(DiskFormat::Vhdx)
-    } else if head.starts_with(b"KDMV") || head.starts_with(b"COWD") {
-        Some(DiskFormat::Vmdk)
-    } else if head.starts_with(b"# Disk DescriptorFile") {
+    } else if head.starts_with(b"KDMV")
+        || head.starts_with(b"COWD")
+        || head.starts_with(b"# Disk DescriptorFile")
+    {
         Some(DiskFormat::Vmdk)
     } else if head.starts_with(b"conectix") {
         Some(DiskFormat::Vhd)

@@ -18,6 +18,8 @@ const DETACH_BYTE: u8 = 0x1d;
 /// Longest grace period accepted for `stop`.
 const MAX_GRACE_SECS: u64 = 3600;
 
+// Parsed once per process: the size of the `Create` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum VmCommand {
     /// Define a VM (stored as <state>/vms/NAME/vm.toml)
