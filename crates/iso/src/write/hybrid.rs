@@ -3,7 +3,7 @@
 
 use super::eltorito::BootPlan;
 use super::{PartitionReport, WriteError, SECTOR_SIZE};
-use crate::spec::{BlobSource, EfiBootPart, IsoSpec, PartType, Platform, SystemAreaKind};
+use crate::spec::{AppendedPartition, BlobSource, EfiBootPart, IsoSpec, PartType, Platform, SystemAreaKind};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
@@ -154,9 +154,18 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
         .unwrap_or_default();
 
     let mut end_2k = iso_end;
-    let mut appended: Vec<_> = h.appended.iter().collect();
+    let mut appended: Vec<AppendedPartition> = h.appended.clone();
+    // `-efi-boot-part FILE`: the FAT image goes after the ISO as an EFI System partition in
+    // the first free slot, described by the GPT.
+    if let Some(EfiBootPart::File(path)) = &h.efi_boot_part {
+        let number = (2..=4u8).find(|n| !seen[usize::from(*n)]).ok_or_else(|| WriteError::InvalidSpec {
+            field: "hybrid.efi_boot_part",
+            reason: "all partition slots 2..4 are taken by -append_partition".into(),
+        })?;
+        appended.push(AppendedPartition { number, part_type: PartType::Mbr(0xEF), source: BlobSource::File(path.clone()) });
+    }
     appended.sort_by_key(|a| a.number);
-    for a in appended {
+    for a in &appended {
         let size = blob_size(&a.source)?;
         let sectors_2k = size.div_ceil(SECTOR_SIZE).max(1);
         let start_512 = end_2k * 4;
@@ -214,12 +223,6 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
                     name: "ISOHybrid".into(),
                 });
             }
-        }
-        if let Some(EfiBootPart::File(_)) = &h.efi_boot_part {
-            return Err(WriteError::InvalidSpec {
-                field: "hybrid.efi_boot_part",
-                reason: "an EFI partition from a separate file is written with appended partitions: use -append_partition 2 0xef FILE".into(),
-            });
         }
         for a in &plan.appended {
             plan.gpt.push(GptEntry {
@@ -524,6 +527,18 @@ mod tests {
         assert_eq!(u32::from_le_bytes(sa[446 + 12..446 + 16].try_into().unwrap()) as u64, p.image_bytes / 512);
         assert_eq!(p.image_bytes % (1 << 20), 0);
         assert_eq!(&sa[510..512], &[0x55, 0xAA]);
+    }
+
+    #[test]
+    fn efi_boot_part_file_is_appended_as_gpt_esp() {
+        let mut spec = IsoSpec::default();
+        spec.hybrid.efi_boot_part = Some(EfiBootPart::File("/dev/null".into()));
+        let p = plan(&spec, 500, None, 0).unwrap();
+        assert_eq!(p.appended.len(), 1);
+        assert_eq!(p.appended[0].number, 2);
+        assert_eq!(p.appended[0].start_512, 2000);
+        assert!(p.gpt.iter().any(|e| e.type_guid == PartType::Mbr(0xEF).gpt_guid() && e.first == 2000));
+        assert_eq!(p.mbr[0].part_type, 0xEE);
     }
 
     #[test]
