@@ -283,7 +283,7 @@ pub(crate) fn dir_record(ident: &[u8], lba: u32, size: u64, flags: u8, date: [u8
     r[28..32].copy_from_slice(&both16(1));
     r[32] = ident.len() as u8;
     r[33..33 + ident.len()].copy_from_slice(ident);
-    let su_at = 33 + ident.len() + usize::from(ident.len() % 2 == 0);
+    let su_at = 33 + ident.len() + usize::from(ident.len() & 1 == 0);
     r[su_at..su_at + su.len()].copy_from_slice(su);
     r
 }

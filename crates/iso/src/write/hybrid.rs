@@ -405,12 +405,12 @@ impl HybridPlan {
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&92u32.to_le_bytes());
         let (my, alt, table) = if primary { (1, last, 2) } else { (last, 1, last - GPT_ENTRY_SECTORS) };
-        h[24..32].copy_from_slice(&(my as u64).to_le_bytes());
-        h[32..40].copy_from_slice(&(alt as u64).to_le_bytes());
+        h[24..32].copy_from_slice(&my.to_le_bytes());
+        h[32..40].copy_from_slice(&alt.to_le_bytes());
         h[40..48].copy_from_slice(&64u64.to_le_bytes());
         h[48..56].copy_from_slice(&(last - GPT_ENTRY_SECTORS - 1).to_le_bytes());
         h[56..72].copy_from_slice(&self.disk_guid);
-        h[72..80].copy_from_slice(&(table as u64).to_le_bytes());
+        h[72..80].copy_from_slice(&table.to_le_bytes());
         h[80..84].copy_from_slice(&(GPT_ENTRIES as u32).to_le_bytes());
         h[84..88].copy_from_slice(&(GPT_ENTRY_SIZE as u32).to_le_bytes());
         h[88..92].copy_from_slice(&crc32fast::hash(entries).to_le_bytes());

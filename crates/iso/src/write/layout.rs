@@ -144,7 +144,7 @@ fn sectors_for(bytes: u64) -> u64 {
 /// Record length of a directory record with an identifier of `ident_len` bytes and `su` bytes
 /// of System Use.
 pub(crate) fn record_len(ident_len: usize, su: usize) -> usize {
-    let base = 33 + ident_len + usize::from(ident_len % 2 == 0);
+    let base = 33 + ident_len + usize::from(ident_len & 1 == 0);
     let len = base + su;
     len + len % 2
 }

@@ -237,7 +237,7 @@ pub(crate) fn joliet_units(name: &str, max: usize) -> Vec<u16> {
         .chars()
         .map(|c| {
             let v = c as u32;
-            if v < 0x20 || v > 0xFFFF || matches!(c, '*' | '/' | ':' | ';' | '?' | '\\') {
+            if !(0x20..=0xFFFF).contains(&v) || matches!(c, '*' | '/' | ':' | ';' | '?' | '\\') {
                 u16::from(b'_')
             } else {
                 v as u16
