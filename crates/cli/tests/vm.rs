@@ -265,3 +265,38 @@ fn create_refuses_bad_names_and_too_many_cd_slots() {
     assert!(err.contains("at most 6"), "{err}");
     assert!(!Path::new(&home.vm_dir("many")).exists());
 }
+
+#[test]
+fn reboot_after_a_one_time_boot_uses_the_stored_order_again() {
+    let home = Home::new();
+    // A network boot whose kernel panics and reboots (panic=1): the reboot in the same run must
+    // boot the disk, because vmedia restored the stored bootindex order once QEMU was up.
+    let tftp = home.dir.path().join("tftp");
+    std::fs::create_dir_all(tftp.join("pxelinux.cfg")).unwrap();
+    let fixture = tftp_root();
+    for file in ["pxelinux.0", "ldlinux.c32", "vmlinuz", "initrd.gz"] {
+        std::fs::copy(fixture.join(file), tftp.join(file)).unwrap();
+    }
+    std::fs::write(
+        tftp.join("pxelinux.cfg/default"),
+        "serial 0 115200\ndefault linux\nprompt 0\ntimeout 0\nlabel linux\n kernel vmlinuz\n append initrd=initrd.gz console=ttyS0 vmedia.from=net rdinit=/nonexistent panic=1\n",
+    )
+    .unwrap();
+    let disk = bootable_disk("qcow2");
+    home.ok(&[
+        "create", "reboot", "--accel", "tcg", "--boot", "disk,net", "--disk", disk.to_str().unwrap(),
+        "--net", "user", "--tftp", tftp.to_str().unwrap(), "--bootfile", "pxelinux.0",
+    ]);
+    home.ok(&["boot-once", "reboot", "net"]);
+    let (code, _, err) = run_any(home.vm().args(["start", "reboot"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("repeats the one-time device"), "bootindex not restored: {err}");
+    home.wait_stopped("reboot");
+    let log = home.log("reboot");
+    let net = log.find("vmedia.from=net").expect("the one-time network boot did not happen");
+    let disk_boot = log.find("vmedia.from=disk").expect("the reboot did not boot the disk");
+    assert!(net < disk_boot && log[disk_boot..].contains(BOOT_MARKER), "{log}");
+    let net_boots = log.lines().filter(|l| l.contains("] Command line:") && l.contains("vmedia.from=net")).count();
+    assert_eq!(net_boots, 1, "the network was booted {net_boots} times:\n{log}");
+    no_qemu_left(&home, "reboot");
+}
