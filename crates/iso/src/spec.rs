@@ -81,9 +81,8 @@ impl Default for IsoSpec {
 /// mkisofs's default `-pad`: 300 KiB of zeros.
 pub const DEFAULT_PAD_SECTORS: u32 = 150;
 
-/// Identifier strings of the volume descriptors. Too long values are an error (not truncated),
-/// characters outside the allowed set are written as-is (as xorriso does) except that the
-/// primary descriptor gets them upper-cased where the d-characters rule requires it.
+/// Identifier strings of the volume descriptors. Too long values are an error (not truncated);
+/// the bytes are written as given, space padded (as xorriso does), and as UCS-2 in Joliet.
 #[derive(Debug, Clone, Default)]
 pub struct VolumeIds {
     /// `-V`: volume label, up to 32 bytes (16 UCS-2 characters in Joliet). Default "CDROM".
