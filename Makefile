@@ -3,6 +3,7 @@
 
 CARGO ?= cargo
 PROFILE ?= release
+TEST_PROFILE ?= ci
 
 .PHONY: setup build demo test bench clean
 
@@ -16,7 +17,7 @@ demo: build
 	bash scripts/demo.sh target/$(PROFILE)/vmedia
 
 test: setup
-	$(CARGO) test --locked --profile $(PROFILE) --workspace --no-fail-fast
+	$(CARGO) test --locked --profile $(TEST_PROFILE) --workspace --no-fail-fast
 
 bench: build
 	for b in bench/*.sh; do bash $$b target/$(PROFILE)/vmedia; done
