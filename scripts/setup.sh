@@ -13,7 +13,7 @@ PACKAGES=(
   linux-image-amd64 busybox-static isolinux syslinux syslinux-common pxelinux
   grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools
   debian-installer-12-netboot-amd64
-  cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs kmod python3
+  cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs kmod python3 file openssl util-linux
 )
 
 missing=()
