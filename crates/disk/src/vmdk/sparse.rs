@@ -2,10 +2,10 @@
 //! and streamOptimized): grain directory, grain tables (loaded lazily, cached with a bound),
 //! plain, zeroed and deflate-compressed grains.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use vmedia_io::ReadAt;
 
@@ -19,6 +19,9 @@ const FORMAT: &str = "vmdk";
 /// Grain tables kept in memory per extent (2 KiB each: 16 MiB at most); the cache is emptied
 /// when full, which is cheap because a sequential reader reuses one table for 32 MiB.
 pub const MAX_CACHED_GTS: usize = 8192;
+/// Inflated grains kept per extent (64 KiB each: 2 MiB), enough for every worker thread to
+/// finish the grain it is reading in pieces.
+pub const MAX_CACHED_GRAINS: usize = 32;
 /// Largest compressed grain accepted: the grain plus deflate's worst-case growth and the marker.
 fn max_compressed(grain_bytes: u64) -> u64 {
     grain_bytes + grain_bytes / 16 + 4096
@@ -46,6 +49,9 @@ pub struct SparseExtent {
     /// Sector offsets of the grain tables (0 = none).
     gd: Vec<u32>,
     gt_cache: RwLock<HashMap<usize, Arc<Vec<u32>>>>,
+    /// Recently inflated grains by host offset: readers asking for a grain piece by piece
+    /// (4 KiB at a time) must not inflate it again for every piece.
+    grain_cache: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
 }
 
 impl SparseExtent {
@@ -92,6 +98,7 @@ impl SparseExtent {
             file_size,
             gd,
             gt_cache: RwLock::new(HashMap::new()),
+            grain_cache: Mutex::new(VecDeque::with_capacity(MAX_CACHED_GRAINS)),
         })
     }
 
@@ -194,7 +201,7 @@ impl SparseExtent {
                 read_exact(self.source.as_ref(), &self.path, buf, start)
             }
             Grain::Compressed(at) => {
-                let data = self.decompress(at, grain_lba)?;
+                let data = self.inflated(at, grain_lba)?;
                 let from = in_grain as usize;
                 let to = from + buf.len();
                 if to > data.len() {
@@ -208,6 +215,23 @@ impl SparseExtent {
                 Ok(())
             }
         }
+    }
+
+    /// The inflated grain at byte `at`, from the cache or freshly inflated.
+    fn inflated(&self, at: u64, grain_lba: u64) -> Result<Arc<Vec<u8>>> {
+        if let Ok(cache) = self.grain_cache.lock() {
+            if let Some((_, g)) = cache.iter().find(|(o, _)| *o == at) {
+                return Ok(g.clone());
+            }
+        }
+        let grain = Arc::new(self.decompress(at, grain_lba)?);
+        if let Ok(mut cache) = self.grain_cache.lock() {
+            if cache.len() >= MAX_CACHED_GRAINS {
+                cache.pop_front();
+            }
+            cache.push_back((at, grain.clone()));
+        }
+        Ok(grain)
     }
 
     /// Inflates the compressed grain at byte `at`.
