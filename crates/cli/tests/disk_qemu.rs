@@ -42,11 +42,11 @@ fn mixed_raw(path: &Path) {
         data.extend_from_slice(line);
     }
     data.truncate((5 * MIB) as usize);
-    // 16 KiB random blocks each repeated four times: deflate back-references 16 KiB away,
-    // beyond the 4 KiB window qemu declares for inflate.
+    // 16 KiB blocks of random letters, each repeated four times: deflate back-references
+    // 16 KiB away, beyond the 4 KiB window qemu declares for inflate.
     while data.len() < (6 * MIB) as usize {
         let start = data.len() - (3 * MIB) as usize;
-        let block: Vec<u8> = data[start..start + 16384].to_vec();
+        let block: Vec<u8> = data[start..start + 16384].iter().map(|b| b'a' + b % 26).collect();
         for _ in 0..4 {
             data.extend_from_slice(&block);
         }
@@ -561,4 +561,23 @@ fn bootable_disk_converted_to_qcow2_boots() {
         let log = support::qemu_boot(Firmware::Bios, &["-drive", &drive], BOOT_MARKER, Duration::from_secs(300));
         assert!(log.contains(BOOT_MARKER));
     }
+}
+
+#[test]
+fn convert_with_backing_writes_only_the_top_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = three_level_chain(dir.path());
+    let q = dir.path().join("q-new.qcow2");
+    let v = dir.path().join("v-new.qcow2");
+    run_ok(qemu_img().args(["convert", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2"]).arg(&top).arg(&q));
+    run_ok(vmedia().args(["disk", "convert", "-t", "writeback", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2"]).arg(&top).arg(&v));
+    assert_eq!(run_any(qemu_img().arg("check").arg(&v)).0, 0);
+    assert_qemu_identical(&top, &v);
+    let alone = |p: &Path| {
+        json_of(&run_ok(qemu_img().args(["map", "--output", "json"]).arg(format!(
+            "json:{{\"driver\":\"qcow2\",\"backing\":null,\"file\":{{\"driver\":\"file\",\"filename\":\"{}\"}}}}",
+            p.display()
+        ))))
+    };
+    assert_eq!(map_classes(&alone(&q), 65536), map_classes(&alone(&v), 65536));
 }

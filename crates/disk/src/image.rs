@@ -377,6 +377,10 @@ pub struct CreateOptions {
     /// Compress data clusters (`convert -c`).
     pub compress: bool,
     pub overwrite: OverwritePolicy,
+    /// Flush the new files to stable storage before renaming them into place. qemu-img
+    /// convert's default cache mode ("unsafe") does not flush; `-t writeback` and the other
+    /// modes do. Writers finish through [`finish_atomic`].
+    pub flush: bool,
 }
 
 impl CreateOptions {
@@ -388,6 +392,7 @@ impl CreateOptions {
             backing: None,
             compress: false,
             overwrite: OverwritePolicy::Replace,
+            flush: true,
         }
     }
 
@@ -448,6 +453,19 @@ pub trait ImageWriter: Send {
     }
     /// Writes the metadata, syncs and renames every file into place.
     fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Renames a finished file into place, flushing it first when `flush` is set. Without the
+/// flush the data is in the page cache (qemu-img convert's default "unsafe" cache mode); the
+/// file still appears under its final name only when complete.
+pub fn finish_atomic(file: vmedia_io::AtomicFile, flush: bool) -> std::io::Result<()> {
+    if flush {
+        return file.commit();
+    }
+    std::fs::rename(file.temp_path(), file.final_path())?;
+    // Dropping now only closes the handle: the temporary name no longer exists.
+    drop(file);
+    Ok(())
 }
 
 /// Reads the probe windows of a source.

@@ -142,6 +142,7 @@ enum Preallocation {
 pub struct RawWriter {
     file: AtomicFile,
     size: u64,
+    flush: bool,
 }
 
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>> {
@@ -204,7 +205,11 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
             }
         }
     }
-    Ok(Box::new(RawWriter { file, size }))
+    Ok(Box::new(RawWriter {
+        file,
+        size,
+        flush: opts.flush,
+    }))
 }
 
 impl ImageWriter for RawWriter {
@@ -230,7 +235,7 @@ impl ImageWriter for RawWriter {
     }
     fn finish(self: Box<Self>) -> Result<()> {
         let path = self.file.final_path().to_path_buf();
-        self.file.commit().map_err(|source| DiskError::Open {
+        crate::image::finish_atomic(self.file, self.flush).map_err(|source| DiskError::Open {
             path,
             action: "finish",
             source,

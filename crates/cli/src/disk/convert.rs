@@ -47,6 +47,13 @@ pub struct Args {
     /// Format of the output's backing file
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
+    /// Cache mode of the output: unsafe (default, as qemu-img convert: no flush), writeback,
+    /// writethrough, directsync or none (all flush the output to disk before it is renamed)
+    #[arg(short = 't', value_name = "CACHE")]
+    cache: Option<String>,
+    /// Cache mode of the inputs (accepted for compatibility; vmedia reads through the page cache)
+    #[arg(short = 'T', value_name = "SRC_CACHE")]
+    src_cache: Option<String>,
     /// Print nothing
     #[arg(short = 'q')]
     quiet: bool,
@@ -80,6 +87,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut opts = CreateOptions::new(out_format, source.size());
     parse_o_options(&a.options, &mut opts)?;
     opts.compress = a.compress;
+    opts.flush = match a.cache.as_deref() {
+        None | Some("unsafe") => false,
+        Some("writeback" | "writethrough" | "directsync" | "none") => true,
+        Some(other) => bail!("Invalid cache option: {other} (expected none, writeback, writethrough, directsync or unsafe)"),
+    };
+    if let Some(src) = a.src_cache.as_deref() {
+        if !["none", "writeback", "writethrough", "directsync", "unsafe"].contains(&src) {
+            bail!("Invalid source cache option: {src}");
+        }
+    }
     let backing_name = a
         .backing
         .clone()

@@ -233,6 +233,9 @@ impl ClusterCompressor for Qcow2Compressor {
                             .unwrap_or_else(|_| libdeflater::CompressionLvl::fastest()),
                     )
                 });
+                if looks_incompressible(c, data) {
+                    return Ok(None);
+                }
                 let mut out = vec![0u8; limit];
                 match c.deflate_compress(data, &mut out) {
                     Ok(n) => {
@@ -251,6 +254,41 @@ impl ClusterCompressor for Qcow2Compressor {
     }
 }
 
+/// Bytes of a cluster's start trial-compressed before the whole cluster is.
+const TRIAL_BYTES: usize = 8192;
+/// Byte entropy (bits per byte, out of 8) above which a cluster whose start did not shrink is
+/// stored without compressing it: random or already-compressed data.
+const INCOMPRESSIBLE_ENTROPY: f64 = 7.9;
+
+/// A cheap test that saves deflating random or already-compressed clusters: the first 8 KiB do
+/// not shrink and the byte distribution of the whole cluster is nearly uniform.
+fn looks_incompressible(c: &mut libdeflater::Compressor, data: &[u8]) -> bool {
+    if data.len() < 2 * TRIAL_BYTES {
+        return false;
+    }
+    let mut out = [0u8; TRIAL_BYTES];
+    let limit = TRIAL_BYTES - TRIAL_BYTES / 64;
+    if let Ok(n) = c.deflate_compress(&data[..TRIAL_BYTES], &mut out[..limit]) {
+        if n < limit {
+            return false;
+        }
+    }
+    let mut histogram = [0u32; 256];
+    for &b in data {
+        histogram[b as usize] += 1;
+    }
+    let total = data.len() as f64;
+    let entropy: f64 = histogram
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| {
+            let p = f64::from(n) / total;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > INCOMPRESSIBLE_ENTROPY
+}
+
 /// A qcow2 image being written.
 pub struct Qcow2Writer {
     file: AtomicFile,
@@ -267,6 +305,7 @@ pub struct Qcow2Writer {
     pack: Vec<u8>,
     pack_start: u64,
     has_backing: bool,
+    flush: bool,
 }
 
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<Qcow2Writer> {
@@ -351,6 +390,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Qcow2Writer> {
         pack: Vec::new(),
         pack_start: 0,
         has_backing: backing.is_some(),
+        flush: opts.flush,
     })
 }
 
@@ -603,7 +643,7 @@ impl ImageWriter for Qcow2Writer {
             .set_len(self.next_free)
             .map_err(|e| self.io(self.next_free, e))?;
         let path = self.file.final_path().to_path_buf();
-        self.file.commit().map_err(|source| DiskError::Open {
+        crate::image::finish_atomic(self.file, self.flush).map_err(|source| DiskError::Open {
             path,
             action: "finish",
             source,
