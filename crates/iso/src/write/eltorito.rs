@@ -117,6 +117,12 @@ impl BootPlan {
     /// Patches a boot image's bytes in memory (the copy written into the image).
     pub fn patch(&self, data: DataId, buf: &mut [u8], pvd_lba: u32) {
         for item in self.items.iter().filter(|i| i.data == Some(data)) {
+            // The GRUB2 patch goes first: the boot info table checksum covers the image as
+            // stored (bytes 64..end, GRUB2 offset included), which is what xorriso checks.
+            if item.entry.grub2_boot_info && buf.len() >= GRUB2_INFO_OFFSET + 8 {
+                let value = u64::from(item.lba) * 4 + 5;
+                buf[GRUB2_INFO_OFFSET..GRUB2_INFO_OFFSET + 8].copy_from_slice(&value.to_le_bytes());
+            }
             if item.entry.boot_info_table && buf.len() as u64 >= INFO_TABLE_END {
                 let mut sum: u32 = 0;
                 for chunk in buf[INFO_TABLE_END as usize..].chunks(4) {
@@ -129,10 +135,6 @@ impl BootPlan {
                 buf[16..20].copy_from_slice(&(item.bytes as u32).to_le_bytes());
                 buf[20..24].copy_from_slice(&sum.to_le_bytes());
                 buf[24..64].fill(0);
-            }
-            if item.entry.grub2_boot_info && buf.len() >= GRUB2_INFO_OFFSET + 8 {
-                let value = u64::from(item.lba) * 4 + 5;
-                buf[GRUB2_INFO_OFFSET..GRUB2_INFO_OFFSET + 8].copy_from_slice(&value.to_le_bytes());
             }
         }
     }
@@ -301,5 +303,21 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         plan.patch(1, &mut buf, 16);
         assert_eq!(&buf[2548..2556], &405u64.to_le_bytes());
+    }
+
+    #[test]
+    fn boot_info_checksum_covers_the_grub2_patch() {
+        let mut entry = BootEntry::new(Platform::X86, BootImage::IsoPath("x".into()));
+        entry.emulation = Emulation::NoEmulation;
+        entry.boot_info_table = true;
+        entry.grub2_boot_info = true;
+        let mut i = BootItem { entry, data: Some(1), appended: None, lba: 100, bytes: 4096, load_sectors: 0, media: 0 };
+        finish(&mut i).unwrap();
+        let plan = BootPlan { items: vec![i] };
+        let mut buf = vec![0u8; 4096];
+        plan.patch(1, &mut buf, 16);
+        let sum = buf[64..].chunks(4).fold(0u32, |s, w| s.wrapping_add(u32::from_le_bytes(w.try_into().unwrap())));
+        assert_eq!(sum, 405, "checksum must include the GRUB2 value as stored");
+        assert_eq!(&buf[20..24], &sum.to_le_bytes());
     }
 }
