@@ -253,14 +253,18 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
         || matches!(plan.template, Some((_, SystemAreaKind::Grub2Mbr)))
     {
         plan.write_mbr = true;
+        // The partition offset only moves the start: the type follows the rest of the
+        // layout as in xorriso (0x00 beside a GPT or appended partitions, 0x17 for isohybrid),
+        // and an offset without any hybrid MBR gets xorriso's non-bootable 0xCD entry.
+        let offset_start = u64::from(h.partition_offset) * 4;
         let (start, default_type, bootable) = if h.protective_msdos_label {
             (1, 0x00, true)
-        } else if h.partition_offset > 0 {
-            (u64::from(h.partition_offset) * 4, 0x83, true)
         } else if want_gpt || !plan.appended.is_empty() {
-            (0, 0x00, true)
+            (offset_start, 0x00, true)
+        } else if isohybrid || matches!(plan.template, Some((_, SystemAreaKind::Grub2Mbr))) {
+            (offset_start, 0x17, true)
         } else {
-            (0, 0x17, true)
+            (offset_start, 0xCD, false)
         };
         let end = if plan.appended.is_empty() && !want_gpt { total_512 } else { iso_end * 4 };
         plan.mbr.push(MbrEntry { number: 1, bootable: bootable || h.mbr_force_bootable, part_type: mbr_type_for_iso(default_type), start, sectors: cap(end - start) });
@@ -527,6 +531,19 @@ mod tests {
         assert_eq!(u32::from_le_bytes(sa[446 + 12..446 + 16].try_into().unwrap()) as u64, p.image_bytes / 512);
         assert_eq!(p.image_bytes % (1 << 20), 0);
         assert_eq!(&sa[510..512], &[0x55, 0xAA]);
+    }
+
+    #[test]
+    fn partition_offset_keeps_the_isohybrid_mbr_type() {
+        let mut spec = IsoSpec::default();
+        spec.hybrid.system_area = Some(SystemArea { source: BlobSource::Bytes(vec![0x33; 432]), kind: SystemAreaKind::IsohybridMbr });
+        spec.hybrid.partition_offset = 16;
+        let p = plan(&spec, 700, None, 0).unwrap();
+        assert_eq!((p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable), (64, 0x17, true));
+        let mut plain = IsoSpec::default();
+        plain.hybrid.partition_offset = 16;
+        let p = plan(&plain, 700, None, 0).unwrap();
+        assert_eq!((p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable), (64, 0xCD, false));
     }
 
     #[test]
