@@ -490,7 +490,15 @@ fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, 
         let node = dirs[di].node;
         let visible: Vec<NodeId> = tree
             .children(node)
-            .filter(|&c| if joliet { !tree.nodes[c].hide_joliet } else { !tree.nodes[c].hide_iso })
+            // Joliet has no symbolic links: xorriso leaves them out of that tree rather than
+            // writing the empty files genisoimage does.
+            .filter(|&c| {
+                if joliet {
+                    !tree.nodes[c].hide_joliet && !matches!(tree.nodes[c].kind, NodeKind::Symlink(_))
+                } else {
+                    !tree.nodes[c].hide_iso
+                }
+            })
             .collect();
         let pairs: Vec<(&str, bool)> = visible.iter().map(|&c| (tree.nodes[c].name.as_str(), tree.is_dir(c))).collect();
         let idents: Vec<Vec<u8>> = if joliet {
