@@ -6,6 +6,7 @@ use super::layout::{self, EntryKind, Hierarchy, MetaSet, Plan, MAX_EXTENT_BYTES}
 use super::rrip::{self, CeArea};
 use super::tree::{self, DataId, DataSource, NodeId, NodeKind, Tree};
 use super::{BootReport, IntegrityReport, WriteError, WriteReport, SECTOR_SIZE};
+use crate::integrity::ImplantTask;
 use crate::spec::{IsoSpec, RockRidgeMode};
 use rayon::prelude::*;
 use std::fs::File;
@@ -443,6 +444,18 @@ impl Plan {
 
     /// Writes the planned image into `file` (which is truncated to the image size first).
     pub fn write_to(&self, file: &mut File, name: &Path, progress: &dyn Progress) -> Result<WriteReport, WriteError> {
+        self.write_reporting(file, name, progress, None)
+    }
+
+    /// As `write_to`, telling `task` about every range once its bytes are final, so the
+    /// checksums run just behind the writer. Every range is written once: nothing reported
+    /// is written again.
+    pub(crate) fn write_reporting(&self, file: &mut File, name: &Path, progress: &dyn Progress, task: Option<&ImplantTask>) -> Result<WriteReport, WriteError> {
+        let report = |offset: u64, len: u64| {
+            if let Some(t) = task {
+                t.written(offset, len);
+            }
+        };
         let werr = |offset: u64| move |source: std::io::Error| WriteError::Write { path: name.to_path_buf(), offset, source };
         file.set_len(0).map_err(werr(0))?;
         file.set_len(self.image_bytes).map_err(werr(0))?;
@@ -451,9 +464,10 @@ impl Plan {
         progress.set_total(data_bytes + u64::from(self.data_start) * SECTOR_SIZE);
         let meta = self.metadata();
         file.write_all_at(&meta, 0).map_err(werr(0))?;
+        report(0, meta.len() as u64);
         progress.advance(meta.len() as u64);
         drop(meta);
-        self.write_data(file, name, progress)?;
+        self.write_data(file, name, progress, task)?;
         for a in &self.hybrid.appended {
             let offset = a.start_512 * 512;
             match super::hybrid::HybridPlan::appended_source(a) {
@@ -461,9 +475,11 @@ impl Plan {
                 (Some(path), _) => copy_host_range(file, name, &path, 0, a.size, offset)?,
                 (None, None) => {}
             }
+            report(offset, a.size);
         }
         if let Some((offset, bytes)) = self.hybrid.backup_gpt() {
             file.write_all_at(&bytes, offset).map_err(werr(offset))?;
+            report(offset, bytes.len() as u64);
         }
         Ok(self.report(name, data_bytes))
     }
@@ -516,17 +532,20 @@ impl Plan {
     /// chunks, the calling thread writes them in order. Big host files are copied by the
     /// reader thread itself with copy_file_range (one in-kernel copy), data segment by data
     /// segment, so holes of sparse inputs stay holes.
-    fn write_data(&self, file: &File, name: &Path, progress: &dyn Progress) -> Result<(), WriteError> {
+    fn write_data(&self, file: &File, name: &Path, progress: &dyn Progress, task: Option<&ImplantTask>) -> Result<(), WriteError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
         // Written buffers go back to the reader: no fresh page faults per window.
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-        let sink = Sink { out: file, name, progress };
+        let sink = Sink { out: file, name, progress, task };
         std::thread::scope(|scope| {
             let sink_ref = &sink;
             scope.spawn(move || self.read_data(&tx, &free_rx, sink_ref));
             for job in rx {
-                let (offset, buf) = job?;
+                let (offset, buf, final_len) = job?;
                 write_skipping_zeros(file, name, &buf, offset)?;
+                // Skipped zero blocks (and the sector padding `final_len` may add) stay as
+                // set_len left them, zeros: they are final too.
+                sink.written(offset, final_len);
                 start_writeback(file, offset, buf.len() as u64);
                 progress.advance(buf.len() as u64);
                 let _ = free_tx.send(buf);
@@ -607,7 +626,8 @@ impl Plan {
             }
             Ok::<(), WriteError>(())
         })?;
-        Ok((first_lba * SECTOR_SIZE, buf))
+        let final_len = sector_end(buf.len() as u64);
+        Ok((first_lba * SECTOR_SIZE, buf, final_len))
     }
 
     /// Fills `buf` with the item's bytes from `offset`.
@@ -655,9 +675,11 @@ impl Plan {
                 None => (pos, item.size),
             };
             if seg_start >= item.size {
+                sink.written(base + pos, sector_end(item.size) - pos);
                 sink.progress.advance(item.size - pos);
                 break;
             }
+            sink.written(base + pos, seg_start - pos);
             sink.progress.advance(seg_start - pos);
             pos = seg_start;
             let seg_end = seg_end.max(pos + 1).min(item.size);
@@ -670,6 +692,8 @@ impl Plan {
                             return fail(WriteError::Read { path, source });
                         }
                         Ok(done) => {
+                            let last = pos + done >= item.size;
+                            sink.written(base + pos, if last { sector_end(item.size) - pos } else { done });
                             start_writeback(sink.out, base + pos, done);
                             pos += done;
                             sink.progress.advance(done);
@@ -687,7 +711,8 @@ impl Plan {
                 if let Err(source) = file.read_exact_at(&mut buf, src_base + pos) {
                     return fail(WriteError::Read { path, source });
                 }
-                if tx.send(Ok((base + pos, buf))).is_err() {
+                let final_len = if pos + n >= item.size { sector_end(item.size) - pos } else { n };
+                if tx.send(Ok((base + pos, buf, final_len))).is_err() {
                     return false;
                 }
                 pos += n;
@@ -697,14 +722,30 @@ impl Plan {
     }
 }
 
-/// A result from the reader thread: bytes to write at an offset.
-type Job = Result<(u64, Vec<u8>), WriteError>;
+/// A result from the reader thread: bytes to write at an offset, and how many bytes from that
+/// offset are final once they are written (the buffer plus, at an item's end, its padding).
+type Job = Result<(u64, Vec<u8>, u64), WriteError>;
 
 /// Where the reader thread copies big files to directly.
 struct Sink<'a> {
     out: &'a File,
     name: &'a Path,
     progress: &'a dyn Progress,
+    task: Option<&'a ImplantTask>,
+}
+
+impl Sink<'_> {
+    fn written(&self, offset: u64, len: u64) {
+        if let Some(t) = self.task {
+            t.written(offset, len);
+        }
+    }
+}
+
+/// `len` rounded up to whole sectors: data items start on sector boundaries, so the padding
+/// after one is never written by anything else.
+fn sector_end(len: u64) -> u64 {
+    len.div_ceil(SECTOR_SIZE) * SECTOR_SIZE
 }
 
 /// Asks the kernel to start writing a range back now (no waiting). The final fsync of
@@ -830,25 +871,35 @@ fn is_zero(buf: &[u8]) -> bool {
     buf.chunks(4096).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// Runs `vmedia_iso::integrity` on the finished image when the spec asks for it.
+/// Runs `vmedia_iso::integrity` on the finished image when the spec asks for it: the
+/// write-then-implant reference the streamed path (`write::write_streaming`) is tested against.
+#[cfg(test)]
 pub(crate) fn implant_integrity(spec: &IsoSpec, file: &File, name: &Path, progress: &dyn Progress) -> Result<Option<IntegrityReport>, WriteError> {
+    let Some(opts) = implant_options(spec, name)? else { return Ok(None) };
+    let implant = crate::integrity::implant_file(file, &opts, progress).map_err(integrity_error(name))?;
+    Ok(Some(integrity_report(implant)))
+}
+
+/// The implant the spec asks for, if any (the signing key is loaded here, before any writing).
+pub(crate) fn implant_options(spec: &IsoSpec, name: &Path) -> Result<Option<crate::integrity::ImplantOptions>, WriteError> {
     let i = &spec.integrity;
     if !i.md5 && !i.sha256 && i.signing_key.is_none() {
         return Ok(None);
     }
-    let fail = |e: crate::integrity::IntegrityError| WriteError::Integrity { path: name.to_path_buf(), source: Box::new(e) };
     let signing_key = match &i.signing_key {
-        Some(p) => Some(crate::integrity::load_signing_key(p).map_err(fail)?),
+        Some(p) => Some(crate::integrity::load_signing_key(p).map_err(integrity_error(name))?),
         None => None,
     };
-    let opts = crate::integrity::ImplantOptions { md5: i.md5, sha256: i.sha256, signing_key };
-    let implant = crate::integrity::implant_file(file, &opts, progress).map_err(fail)?;
+    Ok(Some(crate::integrity::ImplantOptions { md5: i.md5, sha256: i.sha256, signing_key }))
+}
+
+pub(crate) fn integrity_error(name: &Path) -> impl Fn(crate::integrity::IntegrityError) -> WriteError + '_ {
+    move |e| WriteError::Integrity { path: name.to_path_buf(), source: Box::new(e) }
+}
+
+pub(crate) fn integrity_report(implant: crate::integrity::Implant) -> IntegrityReport {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    Ok(Some(IntegrityReport {
-        md5: implant.md5.map(|d| hex(&d)),
-        sha256: implant.sha256.map(|d| hex(&d)),
-        signed: implant.signed,
-    }))
+    IntegrityReport { md5: implant.md5.map(|d| hex(&d)), sha256: implant.sha256.map(|d| hex(&d)), signed: implant.signed }
 }
 
 #[cfg(test)]

@@ -158,8 +158,7 @@ pub fn write_image(
         offset: 0,
         source,
     })?;
-    let mut report = plan.write_to(atomic.file_mut(), out, progress)?;
-    report.integrity = implant_integrity(spec, atomic.file(), out, progress)?;
+    let mut report = write_streaming(spec, &plan, atomic.file_mut(), out, progress)?;
     atomic.commit().map_err(|source| WriteError::Write {
         path: out.to_path_buf(),
         offset: 0,
@@ -178,18 +177,21 @@ pub fn write_to_file(
     progress: &dyn Progress,
 ) -> Result<WriteReport, WriteError> {
     let plan = plan(spec, progress)?;
-    let mut report = plan.write_to(file, name, progress)?;
-    report.integrity = implant_integrity(spec, file, name, progress)?;
-    Ok(report)
+    write_streaming(spec, &plan, file, name, progress)
 }
 
-fn implant_integrity(
-    spec: &IsoSpec,
-    file: &File,
-    name: &Path,
-    progress: &dyn Progress,
-) -> Result<Option<IntegrityReport>, WriteError> {
-    emit::implant_integrity(spec, file, name, progress)
+/// Writes the image with the checksums computed alongside: the implant task hashes each
+/// range as soon as the writer reports it final, then writes its record once all is written.
+/// Same bytes as writing first and implanting after (`emit::implant_integrity`).
+fn write_streaming(spec: &IsoSpec, plan: &Plan, file: &mut File, name: &Path, progress: &dyn Progress) -> Result<WriteReport, WriteError> {
+    let Some(opts) = emit::implant_options(spec, name)? else {
+        return plan.write_to(file, name, progress);
+    };
+    let task = crate::integrity::ImplantTask::start(file, plan.image_bytes, opts).map_err(emit::integrity_error(name))?;
+    let mut report = plan.write_reporting(file, name, progress, Some(&task))?;
+    let implant = task.finish(progress).map_err(emit::integrity_error(name))?;
+    report.integrity = Some(emit::integrity_report(implant));
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -229,6 +231,46 @@ mod tests {
 
     fn plan_with(mtime: i64) -> Plan {
         plan(&seed_spec(mtime), &NoProgress).unwrap()
+    }
+
+    #[test]
+    fn streamed_checksums_write_the_same_bytes_as_implanting_after() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("small")).unwrap();
+        for i in 0..40u32 {
+            std::fs::write(src.join(format!("small/f{i}")), vec![i as u8 + 1; 1000 + i as usize * 3001]).unwrap();
+        }
+        // A big sparse file of odd size: copied segment by segment, a hole in the middle, and
+        // a zero tail (the padding after it is never written).
+        let big = File::create(src.join("big.bin")).unwrap();
+        big.set_len(13 * (1 << 20) + 123).unwrap();
+        big.write_all_at(&vec![0x5A; 3 << 20], 0).unwrap();
+        big.write_all_at(&vec![0xA5; 2 << 20], 8 << 20).unwrap();
+        std::fs::write(src.join("zeros"), vec![0u8; 5 << 20]).unwrap();
+        let mut spec = seed_spec(1_600_000_000);
+        spec.sources.push(crate::spec::GraftPoint { iso_path: "/".into(), host_path: src.clone() });
+        spec.hybrid.appended.push(crate::spec::AppendedPartition {
+            number: 2,
+            part_type: crate::spec::PartType::Mbr(0xEF),
+            source: crate::spec::BlobSource::Bytes(vec![7; 70_000]),
+        });
+        spec.hybrid.appended_as_gpt = true;
+        spec.integrity.md5 = true;
+        spec.integrity.sha256 = true;
+        let streamed = dir.path().join("streamed.iso");
+        let report = write_image(&spec, &streamed, OverwritePolicy::Refuse, &NoProgress).unwrap();
+        let after = dir.path().join("after.iso");
+        let mut file = File::create_new(&after).unwrap();
+        let plan = plan(&spec, &NoProgress).unwrap();
+        plan.write_to(&mut file, &after, &NoProgress).unwrap();
+        let reference = emit::implant_integrity(&spec, &file, &after, &NoProgress).unwrap().unwrap();
+        assert!(std::fs::read(&streamed).unwrap() == std::fs::read(&after).unwrap(), "streamed checksums changed the image bytes");
+        let integrity = report.integrity.unwrap();
+        assert_eq!((integrity.md5, integrity.sha256), (reference.md5, reference.sha256));
+        let check = crate::integrity::verify(&File::open(&streamed).unwrap(), None, &NoProgress).unwrap();
+        assert_eq!((check.md5, check.fragments, check.sha256), (crate::integrity::CheckOutcome::Ok, crate::integrity::CheckOutcome::Ok, crate::integrity::CheckOutcome::Ok));
     }
 
     #[test]
