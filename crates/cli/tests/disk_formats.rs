@@ -673,3 +673,47 @@ fn zero_runs_stay_unallocated_without_a_parent() {
         assert_qemu_identical(&raw, "raw", &out, fmt);
     }
 }
+
+/// `convert --target` writes what each platform imports (checked by qemu-img and by the target
+/// rules), and `check --target` names what a platform would refuse in a qemu-img image.
+#[test]
+fn convert_target_writes_importable_images_and_check_target_names_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    patterned_raw(&raw, (10 << 20) + 12345, 3);
+    for (target, ext, qfmt) in [("esxi", "vmdk", "vmdk"), ("vsphere", "vmdk", "vmdk"), ("azure", "vhd", "vpc"), ("hyperv", "vhdx", "vhdx"), ("hyper-v", "vhdx", "vhdx")] {
+        let out = dir.path().join(format!("{target}.{ext}"));
+        run_ok(vmedia().args(["disk", "convert", "-q", "--target", target]).arg(&raw).arg(&out));
+        let info = qemu_info_json(&out, qfmt);
+        assert_eq!(info["format"], qfmt, "{target}: {info}");
+        if qfmt != "vpc" {
+            // qemu-img has no check for VHD.
+            run_ok(std::process::Command::new(qemu_img()).args(["check", "-f", qfmt]).arg(&out));
+        }
+        assert_qemu_identical(&raw, "raw", &out, qfmt);
+        match target {
+            "esxi" | "vsphere" => assert_eq!(info["format-specific"]["data"]["create-type"], "streamOptimized", "{info}"),
+            "azure" => {
+                assert_eq!(info["virtual-size"].as_u64().unwrap(), 11 << 20, "whole MiB");
+                assert_eq!(std::fs::metadata(&out).unwrap().len(), (11 << 20) + 512, "fixed VHD");
+            }
+            _ => assert_eq!(info["virtual-size"].as_u64().unwrap(), 11 << 20, "whole MiB"),
+        }
+        let check = run_ok(vmedia().args(["disk", "check", "--target", target]).arg(&out));
+        assert!(String::from_utf8_lossy(&check.stdout).contains("No problems"), "{target}");
+    }
+    // A target of another format is refused before anything is written.
+    let (code, _, err) = run_any(vmedia().args(["disk", "convert", "-q", "-O", "qcow2", "--target", "azure"]).arg(&raw).arg(dir.path().join("x.qcow2")));
+    assert_ne!(code, 0, "{err}");
+    // qemu-img's streamOptimized VMDK: vSphere refuses it, and the CLI says why (exit 2).
+    let q = dir.path().join("q.vmdk");
+    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"]).arg(&raw).arg(&q));
+    let (code, out, _) = run_any(vmedia().args(["disk", "check", "--target", "esxi", "--output", "json"]).arg(&q));
+    assert_eq!(code, 2);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["accepted"], false);
+    assert!(json["problems"].as_array().unwrap().iter().any(|p| p["field"] == "gdOffset"), "{json}");
+    let (code, out, _) = run_any(vmedia().args(["disk", "check", "--target", "vsphere"]).arg(&q));
+    assert_eq!(code, 2);
+    assert!(out.contains("gdOffset"), "{out}");
+}

@@ -68,6 +68,20 @@ impl<'a> Concat<'a> {
         self.size
     }
 
+    /// Extends the disk with zeros to `size` (a target profile rounded the output size up);
+    /// a smaller `size` is refused rather than silently cutting the sources.
+    pub fn pad_to(&mut self, size: u64) -> Result<()> {
+        if size < self.size {
+            return Err(DiskError::InvalidOption {
+                key: "size".into(),
+                value: size.to_string(),
+                reason: format!("smaller than the sources ({} bytes)", self.size),
+            });
+        }
+        self.size = size;
+        Ok(())
+    }
+
     fn part_at(&self, offset: u64) -> Option<(u64, &'a dyn DiskImage)> {
         let i = self.parts.partition_point(|(start, _)| *start <= offset);
         let (start, img) = *self.parts.get(i.checked_sub(1)?)?;

@@ -10,7 +10,7 @@ use super::{parse_format, print_json, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia disk check disk.qcow2\n  vmedia disk check --output json disk.qcow2\n\nExit codes: 0 no errors, 1 the check could not run, 2 corruptions found, 3 only leaked clusters, 63 the format has no checks."
+    after_help = "Examples:\n  vmedia disk check disk.qcow2\n  vmedia disk check --output json disk.qcow2\n  vmedia disk check --target esxi disk.vmdk      (would vSphere import it?)\n  vmedia disk check --target azure --output json disk.vhd\n\nExit codes: 0 no errors, 1 the check could not run, 2 corruptions found (with --target: the\nplatform would refuse the image), 3 only leaked clusters, 63 the format has no checks."
 )]
 pub struct Args {
     /// Format of the image (probed when absent)
@@ -26,6 +26,10 @@ pub struct Args {
     /// Print nothing
     #[arg(short = 'q')]
     quiet: bool,
+    /// Instead of the metadata check, list what a platform would refuse in the image:
+    /// esxi (alias vsphere), azure, hyperv (alias hyper-v). Exit 2 when it would be refused
+    #[arg(long = "target", value_name = "TARGET")]
+    target: Option<String>,
     #[command(flatten)]
     refs: RefArgs,
     file: PathBuf,
@@ -52,6 +56,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    if let Some(name) = a.target.as_deref() {
+        return check_target(img.as_ref(), name, a.output, a.quiet);
+    }
     let report = match img.check(&vmedia_io::NoProgress) {
         Ok(r) => r,
         Err(DiskError::NotSupportedFor { .. }) => {
@@ -146,4 +153,40 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             0
         },
     ))
+}
+
+/// `--target`: the platform's own rules instead of the metadata check.
+fn check_target(
+    img: &dyn vmedia_disk::DiskImage,
+    name: &str,
+    output: OutputFormat,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let target = match vmedia_disk::profile::Target::from_name(name) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vmedia: error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let problems = vmedia_disk::profile::check_target(img, target);
+    if !quiet {
+        match output {
+            OutputFormat::Json => print_json(&serde_json::json!({
+                "target": target.name(),
+                "filename": img.path(),
+                "accepted": problems.is_empty(),
+                "problems": problems,
+            }))?,
+            OutputFormat::Human if problems.is_empty() => {
+                println!("No problems for {target} were found on the image.")
+            }
+            OutputFormat::Human => {
+                for p in &problems {
+                    println!("{target} would refuse the image: {}: {}", p.field, p.message);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::from(if problems.is_empty() { 0 } else { 2 }))
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use vmedia_disk::convert::{convert, Concat, ConvertOptions};
 use vmedia_disk::image::{self, CreateOptions, Format};
+use vmedia_disk::profile::{self, Target};
 
 use super::{parse_format, parse_o_options, parse_size, RefArgs};
 use crate::progress::Bar;
@@ -14,7 +15,7 @@ use vmedia_io::Progress;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia disk convert -O qcow2 disk.raw disk.qcow2\n  vmedia disk convert -c -O qcow2 -o compression_type=zstd disk.raw small.qcow2\n  vmedia disk convert -p -O vmdk -o subformat=streamOptimized disk.qcow2 disk.vmdk\n  vmedia disk convert -O vmdk /dev/sdb physical.vmdk      (capture a whole disk)\n  vmedia disk convert -O qcow2 -B base.qcow2 -F qcow2 overlay.qcow2 new-overlay.qcow2\n\nThe output replaces an existing file, as qemu-img does; it appears only when complete.\nReading, compression and writing overlap on all cores (-m limits the threads); -W is\naccepted for compatibility."
+    after_help = "Examples:\n  vmedia disk convert -O qcow2 disk.raw disk.qcow2\n  vmedia disk convert -c -O qcow2 -o compression_type=zstd disk.raw small.qcow2\n  vmedia disk convert -p -O vmdk -o subformat=streamOptimized disk.qcow2 disk.vmdk\n  vmedia disk convert -O vmdk /dev/sdb physical.vmdk      (capture a whole disk)\n  vmedia disk convert -O qcow2 -B base.qcow2 -F qcow2 overlay.qcow2 new-overlay.qcow2\n  vmedia disk convert --target azure disk.qcow2 azure.vhd   (fixed VHD, whole MiB)\n  vmedia disk convert --target esxi disk.raw esxi.vmdk     (streamOptimized for vSphere)\n  vmedia disk convert --target hyperv disk.raw hyperv.vhdx\n\nThe output replaces an existing file, as qemu-img does; it appears only when complete.\nReading, compression and writing overlap on all cores (-m limits the threads); -W is\naccepted for compatibility."
 )]
 pub struct Args {
     /// Format of the inputs (probed when absent)
@@ -57,6 +58,11 @@ pub struct Args {
     /// Print nothing
     #[arg(short = 'q')]
     quiet: bool,
+    /// Make an image the platform imports: esxi (alias vsphere), azure, hyperv (alias hyper-v).
+    /// Sets the format and its fields, rounds the size up where the target needs it (the source
+    /// reads as zeros past its end), then checks the result; exit 2 if it would be refused
+    #[arg(long = "target", value_name = "TARGET")]
+    target: Option<String>,
     #[command(flatten)]
     refs: RefArgs,
     /// Input images, then the output
@@ -83,9 +89,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         images.push(super::open_image(input, &open_opts)?);
     }
-    let source = Concat::new(&images)?;
+    let mut source = Concat::new(&images)?;
     let mut opts = CreateOptions::new(out_format, source.size());
     parse_o_options(&a.options, &mut opts)?;
+    let target = a.target.as_deref().map(Target::from_name).transpose()?;
+    if let Some(t) = target {
+        if a.output_format.is_some() && out_format != t.format() {
+            bail!("--target {t} writes {} images; drop -O or use -O {}", t.format(), t.format());
+        }
+        opts.format = Format::Raw;
+        profile::apply(t, &mut opts).with_context(|| format!("--target {t}"))?;
+        source.pad_to(opts.virtual_size)?;
+    }
     opts.compress = a.compress;
     opts.flush = match a.cache.as_deref() {
         None | Some("unsafe") => false,
@@ -139,5 +154,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     convert(&source, writer, &copts, &bar)
         .with_context(|| format!("converting to {}", output.display()))?;
     bar.finish();
+    if let Some(t) = target {
+        let img = image::open(&output, &image::OpenOptions { format: Some(opts.format), ..Default::default() })
+            .with_context(|| format!("{}: cannot reopen the output to check it", output.display()))?;
+        let problems = profile::check_target(img.as_ref(), t);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("vmedia: {t} would refuse {}: {}: {}", output.display(), p.field, p.message);
+            }
+            return Ok(ExitCode::from(2));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
