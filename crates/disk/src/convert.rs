@@ -16,6 +16,16 @@ use crate::image::{chain_data_status, BlockKind, ClusterCompressor, DiskImage, I
 pub const BATCH_BYTES: u64 = 16 << 20;
 /// Batches computed ahead of the writer.
 const PIPELINE_DEPTH: usize = 2;
+/// Longest run of uncompressed units read with one pread and written without copying: per-cluster
+/// reads (64 KiB) cost a syscall, an allocation and a copy each and made uncompressed
+/// conversions 2.5-3.5x slower than qemu-img.
+const SPAN_BYTES: u64 = 4 << 20;
+/// Span buffers kept for reuse: fresh multi-MiB allocations are new mmaps whose page faults
+/// cost more system time than the copy they replace.
+const SPAN_POOL: usize = 16;
+
+/// Written span buffers, handed back to the readers.
+type BufferPool = std::sync::Mutex<Vec<Vec<u8>>>;
 
 /// Options of `convert` that affect the data path.
 #[derive(Debug, Clone)]
@@ -133,6 +143,8 @@ enum Piece {
     Compressed(Vec<u8>),
     Zero,
     Skip,
+    /// Several consecutive units read at once; `zero[i]` tells unit i read as zero.
+    Span(Vec<u8>, Vec<bool>),
 }
 
 fn is_zero(buf: &[u8]) -> bool {
@@ -177,6 +189,8 @@ pub fn convert(
     progress.set_total(size);
     let (tx, rx) = mpsc::sync_channel::<Result<(u64, Vec<Piece>)>>(PIPELINE_DEPTH);
     let detect_zero = opts.sparse_size > 0;
+    let buffers: BufferPool = std::sync::Mutex::new(Vec::new());
+    let buffers = &buffers;
     std::thread::scope(|scope| -> Result<()> {
         let pool = &pool;
         let compressor = &compressor;
@@ -186,9 +200,13 @@ pub fn convert(
                 let end = (offset + batch).min(size);
                 let result = plan_batch(source, offset, end, unit, opts.target_has_backing)
                     .and_then(|plan| {
+                        let jobs = group_spans(&plan, unit, end, compressor.is_none());
                         pool.install(|| {
-                            plan.into_par_iter()
-                                .map(|(start, need)| {
+                            jobs.into_par_iter()
+                                .map(|(start, units, need)| {
+                                    if units > 1 {
+                                        return read_span(source, start, (start + units * unit).min(end), unit, detect_zero, buffers);
+                                    }
                                     make_piece(
                                         source,
                                         start,
@@ -210,7 +228,7 @@ pub fn convert(
             }
         });
         let rx = rx;
-        let writer_result = write_batches(&rx, writer.as_mut(), size, unit, progress);
+        let writer_result = write_batches(&rx, writer.as_mut(), size, unit, progress, buffers);
         // Dropping the receiver makes a producer blocked on `send` give up.
         drop(rx);
         let produced = producer.join();
@@ -237,6 +255,7 @@ fn write_batches(
     size: u64,
     unit: u64,
     progress: &dyn Progress,
+    buffers: &BufferPool,
 ) -> Result<u64> {
     let mut written = 0u64;
     for message in rx.iter() {
@@ -244,6 +263,19 @@ fn write_batches(
         let mut pending: Option<(u64, Vec<u8>)> = None;
         let mut pos = batch_start;
         for piece in pieces {
+            if let Piece::Span(buf, zero) = piece {
+                if let Some((at, b)) = pending.take() {
+                    writer.write_at(at, &b)?;
+                }
+                write_span(writer, pos, &buf, &zero, unit)?;
+                pos += buf.len() as u64;
+                if let Ok(mut pool) = buffers.lock() {
+                    if pool.len() < SPAN_POOL {
+                        pool.push(buf);
+                    }
+                }
+                continue;
+            }
             let len = unit.min(size - pos);
             match piece {
                 Piece::Data(bytes) => match &mut pending {
@@ -262,7 +294,7 @@ fn write_batches(
                     match other {
                         Piece::Compressed(bytes) => writer.write_compressed(pos, &bytes)?,
                         Piece::Zero => writer.write_zeroes(pos, len)?,
-                        _ => {}
+                        Piece::Data(_) | Piece::Span(..) | Piece::Skip => {}
                     }
                 }
             }
@@ -275,6 +307,75 @@ fn write_batches(
         written = pos;
     }
     Ok(written)
+}
+
+/// Writes the non-zero runs of a span straight from its buffer, and its zero units as zeroes.
+fn write_span(writer: &mut dyn ImageWriter, start: u64, buf: &[u8], zero: &[bool], unit: u64) -> Result<()> {
+    let unit = unit as usize;
+    let mut i = 0usize;
+    while i < zero.len() {
+        let mut j = i + 1;
+        while j < zero.len() && zero[j] == zero[i] {
+            j += 1;
+        }
+        let a = i * unit;
+        let b = (j * unit).min(buf.len());
+        if zero[i] {
+            writer.write_zeroes(start + a as u64, (b - a) as u64)?;
+        } else {
+            writer.write_at(start + a as u64, &buf[a..b])?;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Groups the plan into jobs (start, units, known): runs of units that must be read become one
+/// job of up to `SPAN_BYTES` when `spans` (no compression); everything else stays one unit.
+fn group_spans(
+    plan: &[(u64, Option<BlockKind>)],
+    unit: u64,
+    end: u64,
+    spans: bool,
+) -> Vec<(u64, u64, Option<BlockKind>)> {
+    let max_units = (SPAN_BYTES / unit).max(1);
+    let mut jobs: Vec<(u64, u64, Option<BlockKind>)> = Vec::with_capacity(plan.len());
+    for &(start, known) in plan {
+        match jobs.last_mut() {
+            Some(last)
+                if spans
+                    && known.is_none()
+                    && last.2.is_none()
+                    && last.1 < max_units
+                    && last.0 + last.1 * unit == start
+                    && start < end =>
+            {
+                last.1 += 1
+            }
+            _ => jobs.push((start, 1, known)),
+        }
+    }
+    jobs
+}
+
+/// Reads `[start, end)` with one read and marks which units read as zero.
+fn read_span(
+    source: &Concat<'_>,
+    start: u64,
+    end: u64,
+    unit: u64,
+    detect_zero: bool,
+    buffers: &BufferPool,
+) -> Result<Piece> {
+    let mut buf = buffers.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+    // Contents are overwritten by the read; resizing only zero-fills a grown tail.
+    buf.resize((end - start) as usize, 0);
+    source.read_at(&mut buf, start)?;
+    let zero = buf
+        .chunks(unit as usize)
+        .map(|c| detect_zero && is_zero(c))
+        .collect();
+    Ok(Piece::Span(buf, zero))
 }
 
 /// For each unit of `[start, end)`: (unit start, what to do) where what is Some(kind) when the
@@ -348,4 +449,44 @@ fn make_piece(
         buf.truncate(data_len);
     }
     Ok(Piece::Data(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNIT: u64 = 64 << 10;
+
+    #[test]
+    fn spans_group_consecutive_reads_up_to_the_span_limit() {
+        let plan: Vec<(u64, Option<BlockKind>)> = (0..100).map(|i| (i * UNIT, None)).collect();
+        let jobs = group_spans(&plan, UNIT, 100 * UNIT, true);
+        let per_span = SPAN_BYTES / UNIT;
+        assert_eq!(jobs[0], (0, per_span, None));
+        assert_eq!(jobs.iter().map(|j| j.1).sum::<u64>(), 100);
+        assert!(jobs.iter().all(|j| j.1 <= per_span));
+    }
+
+    #[test]
+    fn spans_never_cover_known_units() {
+        let mut plan: Vec<(u64, Option<BlockKind>)> = (0..6).map(|i| (i * UNIT, None)).collect();
+        plan[2].1 = Some(BlockKind::Zero);
+        plan[3].1 = Some(BlockKind::Unallocated);
+        let jobs = group_spans(&plan, UNIT, 6 * UNIT, true);
+        assert_eq!(
+            jobs,
+            vec![
+                (0, 2, None),
+                (2 * UNIT, 1, Some(BlockKind::Zero)),
+                (3 * UNIT, 1, Some(BlockKind::Unallocated)),
+                (4 * UNIT, 2, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn spans_are_off_when_compressing() {
+        let plan: Vec<(u64, Option<BlockKind>)> = (0..4).map(|i| (i * UNIT, None)).collect();
+        assert!(group_spans(&plan, UNIT, 4 * UNIT, false).iter().all(|j| j.1 == 1));
+    }
 }

@@ -19,6 +19,8 @@ const CREATOR_VERSION: u32 = 0x0000_0001;
 
 /// The decisions `create` and `measure` share.
 pub(crate) struct Plan {
+    /// Flush before the rename (`CreateOptions::flush`; off for qemu-img's "unsafe" cache).
+    pub flush: bool,
     pub virtual_size: u64,
     pub geometry: Geometry,
     pub fixed: bool,
@@ -103,6 +105,7 @@ impl Plan {
             });
         }
         Ok(Plan {
+            flush: opts.flush,
             virtual_size,
             geometry,
             fixed,
@@ -229,6 +232,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
         header,
         footer,
         locator_data,
+        flush: plan.flush,
         differencing: disk_type == DiskType::Differencing,
         virtual_size: plan.virtual_size,
     }))
@@ -274,8 +278,7 @@ impl ImageWriter for FixedWriter {
             .write_all_at(&footer, at)
             .map_err(|e| DiskError::io(self.file.temp_path(), at, e))?;
         let final_path = self.file.final_path().to_path_buf();
-        self.file
-            .commit()
+        crate::image::finish_atomic(self.file, self.plan.flush)
             .map_err(|e| DiskError::io(final_path, 0, e))
     }
 }
@@ -292,6 +295,7 @@ struct DynamicWriter {
     header: DynamicHeader,
     footer: Footer,
     locator_data: Vec<(u64, Vec<u8>)>,
+    flush: bool,
     differencing: bool,
     virtual_size: u64,
 }
@@ -414,8 +418,7 @@ impl ImageWriter for DynamicWriter {
         let end = self.next_block + FOOTER_SIZE as u64;
         f.set_len(end).map_err(|e| self.io(end, e))?;
         let final_path = self.file.final_path().to_path_buf();
-        self.file
-            .commit()
+        crate::image::finish_atomic(self.file, self.flush)
             .map_err(|e| DiskError::io(final_path, 0, e))
     }
 }

@@ -23,6 +23,8 @@ const LOG_OFFSET: u64 = MIB;
 const METADATA_SIZE: u64 = MIB;
 
 pub(crate) struct Plan {
+    /// Flush before the rename (`CreateOptions::flush`; off for qemu-img's "unsafe" cache).
+    pub flush: bool,
     pub fixed: bool,
     pub meta: Metadata,
     pub log_size: u64,
@@ -158,6 +160,7 @@ impl Plan {
             parent_locator: None,
         };
         Ok(Plan {
+            flush: opts.flush,
             fixed,
             meta,
             log_size,
@@ -434,7 +437,7 @@ impl ImageWriter for VhdxWriter {
         let end = self.next.max(self.plan.data_start());
         f.set_len(end).map_err(|e| self.io(end, e))?;
         let p = self.file.final_path().to_path_buf();
-        self.file.commit().map_err(|e| DiskError::io(p, 0, e))
+        crate::image::finish_atomic(self.file, self.plan.flush).map_err(|e| DiskError::io(p, 0, e))
     }
 }
 

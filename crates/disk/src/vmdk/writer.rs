@@ -320,7 +320,9 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
                 plan.zeroed_grain,
             )?;
             extent.parent = plan.parent_image.clone().map(|p| (p, 0));
+            extent.flush = opts.flush;
             Ok(Box::new(MultiWriter {
+                flush: opts.flush,
                 descriptor_file: None,
                 extents: vec![(0, size, Piece::Sparse(extent))],
                 virtual_size: size,
@@ -358,6 +360,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
                 } else {
                     let mut extent = SparseFileWriter::new(file, sectors, None, plan.zeroed_grain)?;
                     extent.parent = plan.parent_image.clone().map(|p| (p, start * SECTOR));
+                    extent.flush = opts.flush;
                     Piece::Sparse(extent)
                 };
                 lines.push(ExtentLine {
@@ -386,6 +389,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
                 GRAIN_SECTORS * SECTOR
             };
             Ok(Box::new(MultiWriter {
+                flush: opts.flush,
                 descriptor_file: Some((file, descriptor.emit())),
                 extents,
                 virtual_size: size,
@@ -403,6 +407,8 @@ enum Piece {
 
 /// A descriptor plus extent pieces laid end to end.
 struct MultiWriter {
+    /// Flush before the renames (`CreateOptions::flush`; off for qemu-img's "unsafe" cache).
+    flush: bool,
     descriptor_file: Option<(AtomicFile, String)>,
     /// (guest start, length, piece)
     extents: Vec<(u64, u64, Piece)>,
@@ -468,7 +474,7 @@ impl ImageWriter for MultiWriter {
             match piece {
                 Piece::Flat(file) => {
                     let p = file.final_path().to_path_buf();
-                    file.commit().map_err(|e| DiskError::io(p, 0, e))?
+                    crate::image::finish_atomic(file, this.flush).map_err(|e| DiskError::io(p, 0, e))?
                 }
                 Piece::Sparse(s) => s.finish()?,
             }
@@ -479,7 +485,7 @@ impl ImageWriter for MultiWriter {
                 .write_all_at(text.as_bytes(), 0)
                 .map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
             let p = file.final_path().to_path_buf();
-            file.commit().map_err(|e| DiskError::io(p, 0, e))?;
+            crate::image::finish_atomic(file, this.flush).map_err(|e| DiskError::io(p, 0, e))?;
         }
         Ok(())
     }
@@ -502,6 +508,8 @@ pub(crate) struct SparseFileWriter {
     /// A delta's parent and this extent's first guest byte: a grain that is only partly
     /// written is first filled with the parent's data (copy on write).
     pub(crate) parent: Option<(Arc<dyn DiskImage>, u64)>,
+    /// Flush before the rename; set by the creator from `CreateOptions::flush`.
+    pub(crate) flush: bool,
 }
 
 impl SparseFileWriter {
@@ -548,6 +556,7 @@ impl SparseFileWriter {
             compress_algorithm: 0,
         };
         Ok(SparseFileWriter {
+            flush: true,
             file,
             header,
             descriptor,
@@ -691,7 +700,7 @@ impl SparseFileWriter {
         f.set_len(self.next_grain)
             .map_err(|e| io(self.next_grain, e))?;
         let p = self.file.final_path().to_path_buf();
-        self.file.commit().map_err(|e| DiskError::io(p, 0, e))
+        crate::image::finish_atomic(self.file, self.flush).map_err(|e| DiskError::io(p, 0, e))
     }
 }
 
