@@ -201,24 +201,28 @@ pub fn convert(
                 let result = plan_batch(source, offset, end, unit, opts.target_has_backing)
                     .and_then(|plan| {
                         let jobs = group_spans(&plan, unit, end, compressor.is_none());
-                        pool.install(|| {
-                            jobs.into_par_iter()
-                                .map(|(start, units, need)| {
-                                    if units > 1 {
-                                        return read_span(source, start, (start + units * unit).min(end), unit, detect_zero, buffers);
-                                    }
-                                    make_piece(
-                                        source,
-                                        start,
-                                        (start + unit).min(end),
-                                        unit,
-                                        need,
-                                        detect_zero,
-                                        compressor.as_deref(),
-                                    )
-                                })
-                                .collect::<Result<Vec<Piece>>>()
-                        })
+                        let work = |(start, units, need): (u64, u64, Option<BlockKind>)| {
+                            if units > 1 {
+                                return read_span(source, start, (start + units * unit).min(end), unit, detect_zero, buffers);
+                            }
+                            make_piece(
+                                source,
+                                start,
+                                (start + unit).min(end),
+                                unit,
+                                need,
+                                detect_zero,
+                                compressor.as_deref(),
+                            )
+                        };
+                        if compressor.is_none() {
+                            // Uncompressed: large reads on this thread. Handing 4 MiB reads to
+                            // the pool made its idle workers spin (sched_yield) on the 2 cores
+                            // the writer needs.
+                            jobs.into_iter().map(work).collect::<Result<Vec<Piece>>>()
+                        } else {
+                            pool.install(|| jobs.into_par_iter().map(work).collect::<Result<Vec<Piece>>>())
+                        }
                     });
                 let failed = result.is_err();
                 if tx.send(result.map(|p| (offset, p))).is_err() || failed {
