@@ -60,6 +60,9 @@ best() { # best wall time of "$@" over RUNS runs, in seconds
   local best_t="" t
   for _ in $(seq 1 "$RUNS"); do
     local start end
+    # Flush the previous run's dirty pages first: otherwise whichever tool runs second pays
+    # for the first one's writeback and uncompressed timings swing 5x.
+    sync
     start=$(date +%s.%N)
     "$@" >/dev/null
     end=$(date +%s.%N)
