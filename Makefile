@@ -17,7 +17,7 @@ demo: build
 	bash scripts/demo.sh target/$(PROFILE)/vmedia
 
 test: setup
-	$(CARGO) test --locked --profile $(TEST_PROFILE) --workspace --no-fail-fast
+	$(CARGO) test --locked --profile $(TEST_PROFILE) --workspace --no-fail-fast --lib --bins --tests
 
 bench: build
 	for b in bench/*.sh; do bash $$b target/$(PROFILE)/vmedia; done
