@@ -18,10 +18,10 @@ const MAX_SEARCH_WINDOW: usize = 64 * 1024;
 /// Lines that mean "the firmware has passed control on": its own announcement, or the first
 /// words of the boot loader or network boot ROM it started.
 const HANDOVER_PATTERNS: [&[u8]; 8] = [
-    b"Booting from ",                      // SeaBIOS: "Booting from DVD/CD...", "... ROM..."
-    b"BdsDxe: starting ",                  // OVMF's boot manager starting a Boot#### option
-    b"iPXE initialising",                  // iPXE option ROM under SeaBIOS
-    b"Open Source Network Boot Firmware",  // iPXE's banner (its EFI driver under OVMF)
+    b"Booting from ",     // SeaBIOS: "Booting from DVD/CD...", "... ROM..."
+    b"BdsDxe: starting ", // OVMF's boot manager starting a Boot#### option
+    b"iPXE initialising", // iPXE option ROM under SeaBIOS
+    b"Open Source Network Boot Firmware", // iPXE's banner (its EFI driver under OVMF)
     b"Welcome to GRUB",
     b"ISOLINUX ",
     b"PXELINUX ",
@@ -47,7 +47,9 @@ const PANIC_PATTERN: &[u8] = b"Kernel panic - not syncing";
 /// Compiles a user's `--expect` pattern.
 pub fn compile_marker(pattern: &str) -> crate::Result<Regex> {
     Regex::new(pattern).map_err(|e| {
-        crate::BootError::Invalid(format!("--expect {pattern:?} is not a valid regular expression: {e}"))
+        crate::BootError::Invalid(format!(
+            "--expect {pattern:?} is not a valid regular expression: {e}"
+        ))
     })
 }
 
@@ -81,7 +83,9 @@ impl ConsoleWatch {
         }
         let elapsed = at.saturating_duration_since(self.start);
         self.timeline.first_output.get_or_insert(elapsed);
-        let search_from = self.line_start.max(self.console.len().saturating_sub(MAX_SEARCH_WINDOW));
+        let search_from = self
+            .line_start
+            .max(self.console.len().saturating_sub(MAX_SEARCH_WINDOW));
         self.console.extend_from_slice(bytes);
         let window = &self.console[search_from..];
         if self.timeline.firmware_handover.is_none()
@@ -98,9 +102,13 @@ impl ConsoleWatch {
         }
         if let Some(found) = self.marker.find(window) {
             self.timeline.marker = Some(elapsed);
-            self.timeline.marker_text = Some(String::from_utf8_lossy(found.as_bytes()).into_owned());
+            self.timeline.marker_text =
+                Some(String::from_utf8_lossy(found.as_bytes()).into_owned());
         }
-        if let Some(newline) = self.console[search_from..].iter().rposition(|&b| b == b'\n') {
+        if let Some(newline) = self.console[search_from..]
+            .iter()
+            .rposition(|&b| b == b'\n')
+        {
             self.line_start = search_from + newline + 1;
         }
         if self.console.len() > MAX_CONSOLE_IN_MEMORY {
@@ -189,14 +197,20 @@ mod tests {
     #[test]
     fn uefi_boot_manager_line_is_the_handover() {
         let (mut w, start) = watch("nothing");
-        w.feed(b"BdsDxe: loading Boot0001\r\nBdsDxe: starting Boot0001 \"UEFI QEMU DVD-ROM\"\r\n", start);
+        w.feed(
+            b"BdsDxe: loading Boot0001\r\nBdsDxe: starting Boot0001 \"UEFI QEMU DVD-ROM\"\r\n",
+            start,
+        );
         assert!(w.timeline().firmware_handover.is_some());
     }
 
     #[test]
     fn kernel_panic_is_noticed() {
         let (mut w, start) = watch("VMEDIA-BOOT-OK");
-        w.feed(b"[    1.2] Kernel panic - not syncing: No working init found.\n", start);
+        w.feed(
+            b"[    1.2] Kernel panic - not syncing: No working init found.\n",
+            start,
+        );
         assert!(w.timeline().guest_panic.is_some());
     }
 

@@ -40,8 +40,12 @@ const SYSLINUX_CONFIGS: [&str; 7] = [
     "/boot/syslinux/isolinux.cfg",
 ];
 /// GRUB configurations on Linux ISOs (BIOS eltorito and EFI).
-const GRUB_CONFIGS: [&str; 4] =
-    ["/boot/grub/grub.cfg", "/EFI/BOOT/grub.cfg", "/boot/grub2/grub.cfg", "/boot/grub/loopback.cfg"];
+const GRUB_CONFIGS: [&str; 4] = [
+    "/boot/grub/grub.cfg",
+    "/EFI/BOOT/grub.cfg",
+    "/boot/grub2/grub.cfg",
+    "/boot/grub/loopback.cfg",
+];
 
 /// A default boot entry as the configuration states it (paths inside the ISO).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,14 +72,21 @@ pub fn extract(iso_path: &Path) -> Result<Extracted> {
         iso: iso_path.into(),
         reason: format!("cannot read it as an ISO 9660 image: {e}"),
     })?;
-    let reader = IsoFiles { iso: &iso, path: iso_path };
+    let reader = IsoFiles {
+        iso: &iso,
+        path: iso_path,
+    };
     let (config, entry) = find_default_entry(&reader)?;
     let dir = tempfile::Builder::new()
         .prefix("vmedia-direct-")
         .tempdir()
         .map_err(|e| BootError::io(std::env::temp_dir(), e))?;
     let kernel = dir.path().join("kernel");
-    reader.copy_out(std::slice::from_ref(&entry.kernel), &kernel, MAX_KERNEL_BYTES)?;
+    reader.copy_out(
+        std::slice::from_ref(&entry.kernel),
+        &kernel,
+        MAX_KERNEL_BYTES,
+    )?;
     let initrd = if entry.initrds.is_empty() {
         None
     } else {
@@ -86,7 +97,11 @@ pub fn extract(iso_path: &Path) -> Result<Extracted> {
         Some(path)
     };
     Ok(Extracted {
-        kernel: DirectKernel { kernel, initrd, append: serial_append(&entry.append) },
+        kernel: DirectKernel {
+            kernel,
+            initrd,
+            append: serial_append(&entry.append),
+        },
         config,
         label: entry.label,
         _dir: dir,
@@ -116,7 +131,9 @@ trait Files {
 fn find_default_entry(files: &dyn Files) -> Result<(String, BootEntry)> {
     let mut problems = Vec::new();
     for config in SYSLINUX_CONFIGS {
-        let Some(text) = files.read_text(config) else { continue };
+        let Some(text) = files.read_text(config) else {
+            continue;
+        };
         let base = parent_dir(config);
         match parse_syslinux(&text, &base, files) {
             Ok(entry) => return Ok((config.to_string(), entry)),
@@ -124,7 +141,9 @@ fn find_default_entry(files: &dyn Files) -> Result<(String, BootEntry)> {
         }
     }
     for config in GRUB_CONFIGS {
-        let Some(text) = files.read_text(config) else { continue };
+        let Some(text) = files.read_text(config) else {
+            continue;
+        };
         match parse_grub(&text) {
             Ok(entry) => return Ok((config.to_string(), entry)),
             Err(reason) => problems.push(format!("{config}: {reason}")),
@@ -136,9 +155,15 @@ fn find_default_entry(files: &dyn Files) -> Result<(String, BootEntry)> {
          boot it without --direct"
             .to_string()
     } else {
-        format!("no Linux boot entry vmedia can boot directly: {}", problems.join("; "))
+        format!(
+            "no Linux boot entry vmedia can boot directly: {}",
+            problems.join("; ")
+        )
     };
-    Err(BootError::Direct { iso: files.describe(), reason })
+    Err(BootError::Direct {
+        iso: files.describe(),
+        reason,
+    })
 }
 
 fn parent_dir(path: &str) -> String {
@@ -177,24 +202,39 @@ struct SyslinuxState {
 }
 
 /// Parses a syslinux configuration (with its INCLUDEs) and returns its default entry.
-fn parse_syslinux(text: &str, base: &str, files: &dyn Files) -> std::result::Result<BootEntry, String> {
+fn parse_syslinux(
+    text: &str,
+    base: &str,
+    files: &dyn Files,
+) -> std::result::Result<BootEntry, String> {
     let mut state = SyslinuxState::default();
     read_syslinux(text, base, files, 0, &mut state)?;
     let pick = |name: &str| {
-        state.labels.iter().find(|l| l.name.eq_ignore_ascii_case(name) && l.kernel.is_some())
+        state
+            .labels
+            .iter()
+            .find(|l| l.name.eq_ignore_ascii_case(name) && l.kernel.is_some())
     };
     let chosen = state
         .on_timeout
         .as_deref()
         .and_then(pick)
-        .or_else(|| state.labels.iter().find(|l| l.menu_default && l.kernel.is_some()))
+        .or_else(|| {
+            state
+                .labels
+                .iter()
+                .find(|l| l.menu_default && l.kernel.is_some())
+        })
         .or_else(|| state.default.as_deref().and_then(pick))
         .or_else(|| state.labels.iter().find(|l| l.kernel.is_some()));
     let label = match chosen {
         Some(label) => label,
         None => {
             // "DEFAULT vmlinuz initrd=x ..." without labels is a command line of its own.
-            let default = state.default.as_deref().ok_or("no LABEL with a KERNEL/LINUX line")?;
+            let default = state
+                .default
+                .as_deref()
+                .ok_or("no LABEL with a KERNEL/LINUX line")?;
             let mut words = default.splitn(2, char::is_whitespace);
             let kernel = words.next().unwrap_or_default();
             return finish_syslinux(
@@ -212,10 +252,18 @@ fn parse_syslinux(text: &str, base: &str, files: &dyn Files) -> std::result::Res
     finish_syslinux(label, base, files)
 }
 
-fn finish_syslinux(label: &SyslinuxLabel, base: &str, files: &dyn Files) -> std::result::Result<BootEntry, String> {
+fn finish_syslinux(
+    label: &SyslinuxLabel,
+    base: &str,
+    files: &dyn Files,
+) -> std::result::Result<BootEntry, String> {
     let kernel = label.kernel.clone().unwrap_or_default();
     let lower = kernel.to_ascii_lowercase();
-    if lower.ends_with(".c32") || lower.ends_with(".com") || lower.ends_with(".0") || lower.ends_with(".bin") {
+    if lower.ends_with(".c32")
+        || lower.ends_with(".com")
+        || lower.ends_with(".0")
+        || lower.ends_with(".bin")
+    {
         return Err(format!(
             "the default entry {:?} runs {kernel}, a boot loader module, not a Linux kernel",
             label.name
@@ -225,19 +273,36 @@ fn finish_syslinux(label: &SyslinuxLabel, base: &str, files: &dyn Files) -> std:
     let mut append_words = Vec::new();
     for word in label.append.split_whitespace() {
         if let Some(list) = word.strip_prefix("initrd=") {
-            initrds.extend(list.split(',').filter(|s| !s.is_empty()).map(|s| resolve(base, s)));
+            initrds.extend(
+                list.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| resolve(base, s)),
+            );
         } else {
             append_words.push(word);
         }
     }
     if let Some(initrd) = &label.initrd {
-        initrds.extend(initrd.split(',').filter(|s| !s.is_empty()).map(|s| resolve(base, s)));
+        initrds.extend(
+            initrd
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| resolve(base, s)),
+        );
     }
     let kernel = resolve(base, &kernel);
     if !files.exists(&kernel) {
-        return Err(format!("the default entry {:?} names kernel {kernel}, which is not in the ISO", label.name));
+        return Err(format!(
+            "the default entry {:?} names kernel {kernel}, which is not in the ISO",
+            label.name
+        ));
     }
-    Ok(BootEntry { label: label.name.clone(), kernel, initrds, append: append_words.join(" ") })
+    Ok(BootEntry {
+        label: label.name.clone(),
+        kernel,
+        initrds,
+        append: append_words.join(" "),
+    })
 }
 
 fn read_syslinux(
@@ -267,7 +332,10 @@ fn read_syslinux(
         match keyword.as_str() {
             "default" => state.default = Some(rest.to_string()),
             "ontimeout" => state.on_timeout = Some(rest.to_string()),
-            "label" => state.labels.push(SyslinuxLabel { name: rest.to_string(), ..Default::default() }),
+            "label" => state.labels.push(SyslinuxLabel {
+                name: rest.to_string(),
+                ..Default::default()
+            }),
             "kernel" | "linux" => {
                 if let Some(label) = state.labels.last_mut() {
                     label.kernel = Some(rest.to_string());
@@ -331,7 +399,15 @@ fn parse_grub(text: &str) -> std::result::Result<BootEntry, String> {
             if depth == 0 {
                 let title = grub_title(rest);
                 if keyword == "menuentry" {
-                    current = Some((title, BootEntry { label: String::new(), kernel: String::new(), initrds: vec![], append: String::new() }));
+                    current = Some((
+                        title,
+                        BootEntry {
+                            label: String::new(),
+                            kernel: String::new(),
+                            initrds: vec![],
+                            append: String::new(),
+                        },
+                    ));
                 } else {
                     entries.push((title, None));
                 }
@@ -379,17 +455,29 @@ fn parse_grub(text: &str) -> std::result::Result<BootEntry, String> {
             let first = value.split('>').next().unwrap_or_default();
             match first.parse::<usize>() {
                 Ok(n) => n,
-                Err(_) => entries.iter().position(|(title, _)| title == first).unwrap_or(0),
+                Err(_) => entries
+                    .iter()
+                    .position(|(title, _)| title == first)
+                    .unwrap_or(0),
             }
         }
     };
-    let (title, entry) = entries.get(index).ok_or_else(|| format!("default entry {index} does not exist"))?;
-    let entry = entry.clone().ok_or_else(|| format!("the default entry {title:?} has no linux line"))?;
+    let (title, entry) = entries
+        .get(index)
+        .ok_or_else(|| format!("default entry {index} does not exist"))?;
+    let entry = entry
+        .clone()
+        .ok_or_else(|| format!("the default entry {title:?} has no linux line"))?;
     if entry.kernel.contains('$') || entry.initrds.iter().any(|i| i.contains('$')) {
-        return Err(format!("the default entry {title:?} builds its paths from GRUB variables"));
+        return Err(format!(
+            "the default entry {title:?} builds its paths from GRUB variables"
+        ));
     }
     if !entry.kernel.starts_with('/') {
-        return Err(format!("the default entry {title:?} names a kernel outside the ISO ({})", entry.kernel));
+        return Err(format!(
+            "the default entry {title:?} names a kernel outside the ISO ({})",
+            entry.kernel
+        ));
     }
     Ok(entry)
 }
@@ -427,7 +515,10 @@ impl IsoFiles<'_> {
             let children = self.iso.read_dir(&current).ok()?;
             current = children.into_iter().find(|e| {
                 e.name.eq_ignore_ascii_case(component)
-                    || e.iso_name.split(';').next().is_some_and(|n| n.eq_ignore_ascii_case(component))
+                    || e.iso_name
+                        .split(';')
+                        .next()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(component))
             })?;
         }
         Some(current)
@@ -435,33 +526,48 @@ impl IsoFiles<'_> {
 
     /// Copies the concatenation of `sources` to `destination`.
     fn copy_out(&self, sources: &[String], destination: &Path, limit: u64) -> Result<()> {
-        let mut out = std::fs::File::create(destination).map_err(|e| BootError::io(destination, e))?;
+        let mut out =
+            std::fs::File::create(destination).map_err(|e| BootError::io(destination, e))?;
         let mut total = 0u64;
         let mut buf = vec![0u8; COPY_CHUNK];
         for source in sources {
-            let entry = self.find(source).filter(Entry::is_file).ok_or_else(|| BootError::Direct {
-                iso: self.path.into(),
-                reason: format!("the boot entry names {source}, which is not a file in the ISO"),
-            })?;
+            let entry =
+                self.find(source)
+                    .filter(Entry::is_file)
+                    .ok_or_else(|| BootError::Direct {
+                        iso: self.path.into(),
+                        reason: format!(
+                            "the boot entry names {source}, which is not a file in the ISO"
+                        ),
+                    })?;
             total = total.saturating_add(entry.size);
             if total > limit {
                 return Err(BootError::Direct {
                     iso: self.path.into(),
-                    reason: format!("{source}: {} bytes is over the {limit}-byte limit for a boot file", entry.size),
+                    reason: format!(
+                        "{source}: {} bytes is over the {limit}-byte limit for a boot file",
+                        entry.size
+                    ),
                 });
             }
-            let reader = self.iso.file_reader(&entry).map_err(|e| BootError::Direct {
-                iso: self.path.into(),
-                reason: format!("{source}: {e}"),
-            })?;
+            let reader = self
+                .iso
+                .file_reader(&entry)
+                .map_err(|e| BootError::Direct {
+                    iso: self.path.into(),
+                    reason: format!("{source}: {e}"),
+                })?;
             let mut offset = 0u64;
             while offset < entry.size {
                 let want = (entry.size - offset).min(COPY_CHUNK as u64) as usize;
-                reader.read_exact_at(&mut buf[..want], offset).map_err(|e| BootError::Direct {
-                    iso: self.path.into(),
-                    reason: format!("{source} at offset {offset:#x}: {e}"),
-                })?;
-                out.write_all(&buf[..want]).map_err(|e| BootError::io(destination, e))?;
+                reader
+                    .read_exact_at(&mut buf[..want], offset)
+                    .map_err(|e| BootError::Direct {
+                        iso: self.path.into(),
+                        reason: format!("{source} at offset {offset:#x}: {e}"),
+                    })?;
+                out.write_all(&buf[..want])
+                    .map_err(|e| BootError::io(destination, e))?;
                 offset += want as u64;
             }
         }
@@ -544,14 +650,26 @@ mod tests {
             ("/isolinux/vmlinuz", ""), ("/isolinux/vmlinuz2", ""),
         ]);
         let (_, entry) = find_default_entry(&f).unwrap();
-        assert_eq!(entry.kernel, "/isolinux/vmlinuz2", "relative to the config folder");
-        assert_eq!(entry.initrds, vec!["/isolinux/initrd2.img", "/isolinux/extra.img"]);
+        assert_eq!(
+            entry.kernel, "/isolinux/vmlinuz2",
+            "relative to the config folder"
+        );
+        assert_eq!(
+            entry.initrds,
+            vec!["/isolinux/initrd2.img", "/isolinux/extra.img"]
+        );
         assert_eq!(entry.append, "ro");
     }
 
     #[test]
     fn default_as_command_line_without_labels() {
-        let f = files(&[("/syslinux.cfg", "DEFAULT /linux initrd=/initrd.gz console=ttyS1\n"), ("/linux", "")]);
+        let f = files(&[
+            (
+                "/syslinux.cfg",
+                "DEFAULT /linux initrd=/initrd.gz console=ttyS1\n",
+            ),
+            ("/linux", ""),
+        ]);
         let (_, entry) = find_default_entry(&f).unwrap();
         assert_eq!(entry.kernel, "/linux");
         assert_eq!(entry.append, "console=ttyS1");
@@ -559,7 +677,10 @@ mod tests {
 
     #[test]
     fn module_only_entry_is_not_linux() {
-        let f = files(&[("/isolinux/isolinux.cfg", "default hdt\nlabel hdt\nkernel hdt.c32\n")]);
+        let f = files(&[(
+            "/isolinux/isolinux.cfg",
+            "default hdt\nlabel hdt\nkernel hdt.c32\n",
+        )]);
         let err = find_default_entry(&f).unwrap_err().to_string();
         assert!(err.contains("not a Linux kernel"), "{err}");
     }

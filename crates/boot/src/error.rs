@@ -34,7 +34,11 @@ pub enum BootError {
     #[error("VM {name:?} {reason}")]
     Vm { name: String, reason: String },
     #[error("{file}:{line}: {reason}")]
-    Config { file: PathBuf, line: usize, reason: String },
+    Config {
+        file: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{iso}: {reason}")]
@@ -43,7 +47,10 @@ pub enum BootError {
 
 impl BootError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> BootError {
-        BootError::Io { path: path.into(), source }
+        BootError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

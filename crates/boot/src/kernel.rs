@@ -39,9 +39,13 @@ pub enum PvhKernel {
 
 /// Returns a cached or freshly extracted PVH vmlinux for `bzimage`.
 pub fn pvh_kernel(bzimage: &Path, cache_dir: &Path) -> Result<PvhKernel> {
-    let size = std::fs::metadata(bzimage).map_err(|e| BootError::io(bzimage, e))?.len();
+    let size = std::fs::metadata(bzimage)
+        .map_err(|e| BootError::io(bzimage, e))?
+        .len();
     if size > MAX_BZIMAGE_BYTES {
-        return Ok(PvhKernel::NotApplicable(format!("{size} bytes is too large for a bzImage")));
+        return Ok(PvhKernel::NotApplicable(format!(
+            "{size} bytes is too large for a bzImage"
+        )));
     }
     let image = std::fs::read(bzimage).map_err(|e| BootError::io(bzimage, e))?;
     let digest = hex::encode(Sha256::digest(&image));
@@ -58,22 +62,29 @@ pub fn pvh_kernel(bzimage: &Path, cache_dir: &Path) -> Result<PvhKernel> {
         Err(reason) => return Ok(PvhKernel::NotApplicable(reason)),
     };
     if !has_pvh_note(&vmlinux) {
-        return Ok(PvhKernel::NotApplicable("the kernel has no PVH entry point (CONFIG_PVH)".into()));
+        return Ok(PvhKernel::NotApplicable(
+            "the kernel has no PVH entry point (CONFIG_PVH)".into(),
+        ));
     }
     std::fs::create_dir_all(cache_dir).map_err(|e| BootError::io(cache_dir, e))?;
-    let mut out = AtomicFile::create(&cached, OverwritePolicy::Replace).map_err(|e| BootError::io(&cached, e))?;
+    let mut out = AtomicFile::create(&cached, OverwritePolicy::Replace)
+        .map_err(|e| BootError::io(&cached, e))?;
     use std::io::Write;
-    out.file_mut().write_all(&vmlinux).map_err(|e| BootError::io(&cached, e))?;
+    out.file_mut()
+        .write_all(&vmlinux)
+        .map_err(|e| BootError::io(&cached, e))?;
     out.commit().map_err(|e| BootError::io(&cached, e))?;
     Ok(PvhKernel::Ready(cached))
 }
 
 fn read_u16(data: &[u8], at: usize) -> Option<u16> {
-    data.get(at..at.checked_add(2)?).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    data.get(at..at.checked_add(2)?)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
 }
 
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {
-    data.get(at..at.checked_add(4)?).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    data.get(at..at.checked_add(4)?)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn read_u64(data: &[u8], at: usize) -> Option<u64> {
@@ -83,12 +94,16 @@ fn read_u64(data: &[u8], at: usize) -> Option<u64> {
 
 /// The compressed kernel inside a bzImage, located through the setup header.
 fn compressed_payload(image: &[u8]) -> std::result::Result<&[u8], String> {
-    if read_u16(image, BOOT_FLAG) != Some(0xAA55) || image.get(HEADER_MAGIC..HEADER_MAGIC + 4) != Some(b"HdrS") {
+    if read_u16(image, BOOT_FLAG) != Some(0xAA55)
+        || image.get(HEADER_MAGIC..HEADER_MAGIC + 4) != Some(b"HdrS")
+    {
         return Err("not a bzImage (no Linux boot setup header)".into());
     }
     let version = read_u16(image, PROTOCOL_VERSION).unwrap_or(0);
     if version < MIN_PROTOCOL_WITH_PAYLOAD {
-        return Err(format!("boot protocol {version:#x} predates payload fields (2.08)"));
+        return Err(format!(
+            "boot protocol {version:#x} predates payload fields (2.08)"
+        ));
     }
     let setup_sects = match image[SETUP_SECTS] {
         0 => 4,
@@ -97,10 +112,17 @@ fn compressed_payload(image: &[u8]) -> std::result::Result<&[u8], String> {
     let protected_mode = (setup_sects + 1) * 512;
     let offset = read_u32(image, PAYLOAD_OFFSET).ok_or("setup header cut short")? as usize;
     let length = read_u32(image, PAYLOAD_LENGTH).ok_or("setup header cut short")? as usize;
-    let start = protected_mode.checked_add(offset).ok_or("payload offset overflows")?;
-    let end = start.checked_add(length).ok_or("payload length overflows")?;
+    let start = protected_mode
+        .checked_add(offset)
+        .ok_or("payload offset overflows")?;
+    let end = start
+        .checked_add(length)
+        .ok_or("payload length overflows")?;
     image.get(start..end).ok_or_else(|| {
-        format!("payload at {start:#x}+{length:#x} runs past the end of the {}-byte image", image.len())
+        format!(
+            "payload at {start:#x}+{length:#x} runs past the end of the {}-byte image",
+            image.len()
+        )
     })
 }
 
@@ -108,9 +130,13 @@ fn decompress(payload: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let limit = MAX_VMLINUX_BYTES + 1;
     let mut out = Vec::new();
     let result = if payload.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(payload).take(limit).read_to_end(&mut out)
+        flate2::read::GzDecoder::new(payload)
+            .take(limit)
+            .read_to_end(&mut out)
     } else if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        xz2::read::XzDecoder::new(payload).take(limit).read_to_end(&mut out)
+        xz2::read::XzDecoder::new(payload)
+            .take(limit)
+            .read_to_end(&mut out)
     } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         match zstd::stream::read::Decoder::new(payload) {
             Ok(decoder) => decoder.take(limit).read_to_end(&mut out),
@@ -122,9 +148,9 @@ fn decompress(payload: &[u8]) -> std::result::Result<Vec<u8>, String> {
     match result {
         // The kernel's compressors append the uncompressed size after the stream; trailing
         // bytes after a complete stream are expected.
-        Ok(_) | Err(_) if out.len() as u64 > MAX_VMLINUX_BYTES => {
-            Err(format!("the kernel payload decompresses to over {MAX_VMLINUX_BYTES} bytes"))
-        }
+        Ok(_) | Err(_) if out.len() as u64 > MAX_VMLINUX_BYTES => Err(format!(
+            "the kernel payload decompresses to over {MAX_VMLINUX_BYTES} bytes"
+        )),
         Ok(_) => Ok(out),
         Err(e) if out.starts_with(b"\x7fELF") && out.len() > 1024 * 1024 => {
             let _ = e;
@@ -140,24 +166,39 @@ pub fn has_pvh_note(elf: &[u8]) -> bool {
     if !elf.starts_with(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return false;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) =
-        (read_u64(elf, 0x20), read_u16(elf, 0x36), read_u16(elf, 0x38))
-    else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (
+        read_u64(elf, 0x20),
+        read_u16(elf, 0x36),
+        read_u16(elf, 0x38),
+    ) else {
         return false;
     };
-    let Ok(phoff) = usize::try_from(phoff) else { return false };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
     for index in 0..usize::from(phnum).min(MAX_PROGRAM_HEADERS) {
-        let Some(header) = index.checked_mul(usize::from(phentsize)).and_then(|o| o.checked_add(phoff)) else {
+        let Some(header) = index
+            .checked_mul(usize::from(phentsize))
+            .and_then(|o| o.checked_add(phoff))
+        else {
             return false;
         };
         if read_u32(elf, header) != Some(PT_NOTE) {
             continue;
         }
-        let (Some(offset), Some(size)) = (read_u64(elf, header + 8), read_u64(elf, header + 32)) else {
+        let (Some(offset), Some(size)) = (read_u64(elf, header + 8), read_u64(elf, header + 32))
+        else {
             continue;
         };
-        let (Ok(offset), Ok(size)) = (usize::try_from(offset), usize::try_from(size)) else { continue };
-        let Some(notes) = offset.checked_add(size).and_then(|end| elf.get(offset..end)) else { continue };
+        let (Ok(offset), Ok(size)) = (usize::try_from(offset), usize::try_from(size)) else {
+            continue;
+        };
+        let Some(notes) = offset
+            .checked_add(size)
+            .and_then(|end| elf.get(offset..end))
+        else {
+            continue;
+        };
         if notes_contain(notes, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY) {
             return true;
         }
@@ -168,13 +209,21 @@ pub fn has_pvh_note(elf: &[u8]) -> bool {
 fn notes_contain(mut notes: &[u8], name: &[u8], kind: u32) -> bool {
     let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
     while notes.len() >= 12 {
-        let (Some(namesz), Some(descsz), Some(note_type)) = (read_u32(notes, 0), read_u32(notes, 4), read_u32(notes, 8)) else {
+        let (Some(namesz), Some(descsz), Some(note_type)) =
+            (read_u32(notes, 0), read_u32(notes, 4), read_u32(notes, 8))
+        else {
             return false;
         };
         let (namesz, descsz) = (namesz as usize, descsz as usize);
-        let Some(name_end) = align4(namesz).and_then(|n| n.checked_add(12)) else { return false };
-        let Some(next) = align4(descsz).and_then(|d| d.checked_add(name_end)) else { return false };
-        let Some(note_name) = notes.get(12..12 + namesz) else { return false };
+        let Some(name_end) = align4(namesz).and_then(|n| n.checked_add(12)) else {
+            return false;
+        };
+        let Some(next) = align4(descsz).and_then(|d| d.checked_add(name_end)) else {
+            return false;
+        };
+        let Some(note_name) = notes.get(12..12 + namesz) else {
+            return false;
+        };
         if note_type == kind && note_name.strip_suffix(&[0]).unwrap_or(note_name) == name {
             return true;
         }
@@ -218,13 +267,19 @@ mod tests {
 
     #[test]
     fn pvh_note_is_found() {
-        assert!(has_pvh_note(&elf_with_note(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)));
+        assert!(has_pvh_note(&elf_with_note(
+            b"Xen",
+            XEN_ELFNOTE_PHYS32_ENTRY
+        )));
     }
 
     #[test]
     fn other_notes_are_not_pvh() {
         assert!(!has_pvh_note(&elf_with_note(b"Xen", 6)));
-        assert!(!has_pvh_note(&elf_with_note(b"GNU", XEN_ELFNOTE_PHYS32_ENTRY)));
+        assert!(!has_pvh_note(&elf_with_note(
+            b"GNU",
+            XEN_ELFNOTE_PHYS32_ENTRY
+        )));
     }
 
     #[test]
@@ -236,7 +291,9 @@ mod tests {
 
     #[test]
     fn non_bzimage_is_not_applicable() {
-        assert!(compressed_payload(&[0u8; 1024]).unwrap_err().contains("not a bzImage"));
+        assert!(compressed_payload(&[0u8; 1024])
+            .unwrap_err()
+            .contains("not a bzImage"));
     }
 
     #[test]
@@ -248,7 +305,9 @@ mod tests {
         image[SETUP_SECTS] = 1;
         image[PAYLOAD_OFFSET..PAYLOAD_OFFSET + 4].copy_from_slice(&0x10u32.to_le_bytes());
         image[PAYLOAD_LENGTH..PAYLOAD_LENGTH + 4].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
-        assert!(compressed_payload(&image).unwrap_err().contains("past the end"));
+        assert!(compressed_payload(&image)
+            .unwrap_err()
+            .contains("past the end"));
     }
 
     #[test]
@@ -262,6 +321,8 @@ mod tests {
 
     #[test]
     fn unknown_compression_is_not_applicable() {
-        assert!(decompress(b"\x02\x21\x4c\x18lz4").unwrap_err().contains("does not decode"));
+        assert!(decompress(b"\x02\x21\x4c\x18lz4")
+            .unwrap_err()
+            .contains("does not decode"));
     }
 }

@@ -82,7 +82,11 @@ pub fn cached_verdict(state_dir: &Path) -> KvmVerdict {
         }
     }
     let (works, detail) = probe();
-    let verdict = KvmVerdict { boot_id, works, detail };
+    let verdict = KvmVerdict {
+        boot_id,
+        works,
+        detail,
+    };
     if std::fs::create_dir_all(state_dir).is_ok() {
         if let Ok(text) = serde_json::to_string_pretty(&verdict) {
             // A temp name + rename so concurrent probes never leave half a file.
@@ -97,7 +101,11 @@ pub fn cached_verdict(state_dir: &Path) -> KvmVerdict {
 
 /// Runs the probe now: (works, what was seen).
 pub fn probe() -> (bool, String) {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         return (false, format!("/dev/kvm: {e}"));
     }
     match host_kernel() {
@@ -111,7 +119,11 @@ fn host_kernel() -> Option<PathBuf> {
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .filter(|p| std::fs::File::open(p).is_ok())
         .collect();
     kernels.sort();
@@ -121,27 +133,63 @@ fn host_kernel() -> Option<PathBuf> {
 fn probe_with_kernel(kernel: &Path) -> (bool, String) {
     let mut command = Command::new(qemu_program());
     command
-        .args(["-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config"])
-        .args(["-display", "none", "-no-reboot", "-serial", "stdio", "-kernel"])
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-kernel",
+        ])
         .arg(kernel)
-        .args(["-append", "earlyprintk=serial,ttyS0,115200 console=ttyS0 panic=-1 root=/dev/null"]);
+        .args([
+            "-append",
+            "earlyprintk=serial,ttyS0,115200 console=ttyS0 panic=-1 root=/dev/null",
+        ]);
     let (output, status) = run_limited(&mut command);
     if contains(&output, KERNEL_BANNER) {
-        return (true, format!("a Linux kernel printed its banner under KVM within {PROBE_LIMIT:?}"));
+        return (
+            true,
+            format!("a Linux kernel printed its banner under KVM within {PROBE_LIMIT:?}"),
+        );
     }
     let what = status.unwrap_or_else(|| "hung".into());
-    (false, format!("a Linux kernel under KVM {what} without output within {PROBE_LIMIT:?}"))
+    (
+        false,
+        format!("a Linux kernel under KVM {what} without output within {PROBE_LIMIT:?}"),
+    )
 }
 
 fn probe_long_mode() -> (bool, String) {
-    let Ok(dir) = tempfile::tempdir() else { return (false, "no temporary folder".into()) };
+    let Ok(dir) = tempfile::tempdir() else {
+        return (false, "no temporary folder".into());
+    };
     let image = dir.path().join("probe.bin");
     if std::fs::write(&image, LONG_MODE_PROBE).is_err() {
         return (false, "cannot write the probe image".into());
     }
     let mut command = Command::new(qemu_program());
     command
-        .args(["-accel", "kvm", "-cpu", "host", "-m", "16", "-nodefaults", "-no-user-config"])
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "16",
+            "-nodefaults",
+            "-no-user-config",
+        ])
         .args(["-display", "none", "-machine", "pc", "-serial", "stdio"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
         .arg(&image);
@@ -149,13 +197,22 @@ fn probe_long_mode() -> (bool, String) {
     if output.contains(&LONG_MODE_MARK) && status.as_deref() == Some("exit code 99") {
         return (true, "a long-mode probe ran under KVM".into());
     }
-    (false, format!("a long-mode probe under KVM {}", status.unwrap_or_else(|| "hung".into())))
+    (
+        false,
+        format!(
+            "a long-mode probe under KVM {}",
+            status.unwrap_or_else(|| "hung".into())
+        ),
+    )
 }
 
 /// Runs a probe VM for at most `PROBE_LIMIT`; returns its console and how it ended (None: it
 /// was still running and got killed).
 fn run_limited(command: &mut Command) -> (Vec<u8>, Option<String>) {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let Ok(mut guarded) = Guarded::spawn(command) else {
         return (Vec::new(), Some("could not start QEMU".into()));
     };
@@ -189,7 +246,9 @@ fn run_limited(command: &mut Command) -> (Vec<u8>, Option<String>) {
             Err(mpsc::RecvTimeoutError::Timeout) => break,
         }
     }
-    let status = guarded.wait_for(Duration::ZERO).map(|s| crate::process::describe_exit(&s));
+    let status = guarded
+        .wait_for(Duration::ZERO)
+        .map(|s| crate::process::describe_exit(&s));
     drop(guarded);
     (output, status)
 }
@@ -214,7 +273,10 @@ mod tests {
     #[test]
     fn tcg_request_needs_no_probe() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(resolve_accel(Accel::Tcg, dir.path()), (ResolvedAccel::Tcg, None));
+        assert_eq!(
+            resolve_accel(Accel::Tcg, dir.path()),
+            (ResolvedAccel::Tcg, None)
+        );
         assert!(!dir.path().join("kvm-probe.json").exists());
     }
 
@@ -222,9 +284,16 @@ mod tests {
     fn cached_verdict_for_this_boot_is_reused() {
         let dir = tempfile::tempdir().unwrap();
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-        let verdict = KvmVerdict { boot_id: boot_id.trim().into(), works: false, detail: "cached".into() };
-        std::fs::write(dir.path().join("kvm-probe.json"), serde_json::to_string(&verdict).unwrap())
-            .unwrap();
+        let verdict = KvmVerdict {
+            boot_id: boot_id.trim().into(),
+            works: false,
+            detail: "cached".into(),
+        };
+        std::fs::write(
+            dir.path().join("kvm-probe.json"),
+            serde_json::to_string(&verdict).unwrap(),
+        )
+        .unwrap();
         let (accel, note) = resolve_accel(Accel::Auto, dir.path());
         assert_eq!(accel, ResolvedAccel::Tcg);
         assert!(note.unwrap().contains("cached"));

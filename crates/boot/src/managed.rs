@@ -72,7 +72,9 @@ pub struct VmStore {
 
 impl VmStore {
     pub fn new(state_dir: &Path) -> VmStore {
-        VmStore { root: state_dir.join("vms") }
+        VmStore {
+            root: state_dir.join("vms"),
+        }
     }
 
     pub fn dir(&self, name: &str) -> PathBuf {
@@ -116,37 +118,53 @@ impl VmStore {
         if self.config_path(&spec.name).exists() {
             return Err(BootError::Vm {
                 name: spec.name.clone(),
-                reason: format!("already exists ({}); remove it with vmedia vm rm", dir.display()),
+                reason: format!(
+                    "already exists ({}); remove it with vmedia vm rm",
+                    dir.display()
+                ),
             });
         }
         std::fs::create_dir_all(&dir).map_err(|e| BootError::io(&dir, e))?;
-        self.save(&VmConfig { boot_once: None, spec: spec.clone() }, OverwritePolicy::Refuse)?;
+        self.save(
+            &VmConfig {
+                boot_once: None,
+                spec: spec.clone(),
+            },
+            OverwritePolicy::Refuse,
+        )?;
         Ok(self.config_path(&spec.name))
     }
 
     pub fn load(&self, name: &str) -> Result<VmConfig> {
         validate_name(name)?;
         let path = self.config_path(name);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BootError::Vm {
+        let text =
+            match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BootError::Vm {
                     name: name.into(),
-                    reason: "does not exist (vmedia vm list shows the VMs; vmedia vm create makes one)".into(),
-                })
-            }
-            Err(e) => return Err(BootError::io(&path, e)),
-        };
+                    reason:
+                        "does not exist (vmedia vm list shows the VMs; vmedia vm create makes one)"
+                            .into(),
+                }),
+                Err(e) => return Err(BootError::io(&path, e)),
+            };
         let config: VmConfig = toml::from_str(&text).map_err(|e| BootError::Config {
             file: path.clone(),
-            line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(0),
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0),
             reason: e.message().to_string(),
         })?;
         if config.spec.name != name {
             return Err(BootError::Config {
                 file: path,
                 line: 0,
-                reason: format!("name = {:?} does not match the folder {name:?}", config.spec.name),
+                reason: format!(
+                    "name = {:?} does not match the folder {name:?}",
+                    config.spec.name
+                ),
             });
         }
         config.spec.validate()?;
@@ -184,9 +202,15 @@ impl VmStore {
     /// Running when the pid in qemu.pid is alive and is the QEMU serving this VM's QMP socket
     /// (a reused pid of another program does not count).
     pub fn state(&self, name: &str) -> VmState {
-        let Ok(text) = std::fs::read_to_string(self.pidfile(name)) else { return VmState::Stopped };
-        let Ok(pid) = text.trim().parse::<u32>() else { return VmState::Stopped };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return VmState::Stopped };
+        let Ok(text) = std::fs::read_to_string(self.pidfile(name)) else {
+            return VmState::Stopped;
+        };
+        let Ok(pid) = text.trim().parse::<u32>() else {
+            return VmState::Stopped;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return VmState::Stopped;
+        };
         let socket = self.qmp_socket(name);
         let needle = socket.to_string_lossy().replace(',', ",,");
         let cmdline = String::from_utf8_lossy(&cmdline);
@@ -221,7 +245,10 @@ impl VmStore {
     pub fn start(&self, name: &str, accel: ResolvedAccel) -> Result<StartReport> {
         let mut config = self.load(name)?;
         if let Some(pid) = self.running_pid(name) {
-            return Err(BootError::Vm { name: name.into(), reason: format!("is already running (pid {pid})") });
+            return Err(BootError::Vm {
+                name: name.into(),
+                reason: format!("is already running (pid {pid})"),
+            });
         }
         check_media(&config.spec)?;
         let dir = self.dir(name);
@@ -235,7 +262,11 @@ impl VmStore {
         } else {
             None
         };
-        for stale in [self.qmp_socket(name), self.serial_socket(name), self.pidfile(name)] {
+        for stale in [
+            self.qmp_socket(name),
+            self.serial_socket(name),
+            self.pidfile(name),
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         let stored_order = config.spec.boot_order.clone();
@@ -252,7 +283,10 @@ impl VmStore {
             spec: &config.spec,
             accel,
             boot_order: order.clone(),
-            serial: SerialTarget::Socket { path: self.serial_socket(name), log: self.serial_log(name) },
+            serial: SerialTarget::Socket {
+                path: self.serial_socket(name),
+                log: self.serial_log(name),
+            },
             qmp_socket: self.qmp_socket(name),
             uefi_vars: vars,
             pidfile: Some(self.pidfile(name)),
@@ -260,9 +294,16 @@ impl VmStore {
         };
         let args = command_line(&launch)?;
         let mut command = Command::new(qemu::qemu_program());
-        command.args(&args).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .args(&args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let program = command.get_program().to_string_lossy().into_owned();
-        let mut child = command.spawn().map_err(|source| BootError::Spawn { program, source })?;
+        let mut child = command
+            .spawn()
+            .map_err(|source| BootError::Spawn { program, source })?;
         let stderr = child.stderr.take();
         let reader = std::thread::spawn(move || {
             let mut text = String::new();
@@ -280,17 +321,26 @@ impl VmStore {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(BootError::QemuFailed { message: "QEMU did not finish starting within 60 s".into() });
+                return Err(BootError::QemuFailed {
+                    message: "QEMU did not finish starting within 60 s".into(),
+                });
             }
             std::thread::sleep(Duration::from_millis(10));
         };
         let stderr = reader.join().unwrap_or_default();
         if !status.success() {
-            return Err(BootError::QemuFailed { message: stderr.trim().to_string() });
+            return Err(BootError::QemuFailed {
+                message: stderr.trim().to_string(),
+            });
         }
-        let pid = self.require_running(name).map_err(|_| BootError::QemuFailed {
-            message: format!("QEMU daemonised but is not running (it may have exited at once): {}", stderr.trim()),
-        })?;
+        let pid = self
+            .require_running(name)
+            .map_err(|_| BootError::QemuFailed {
+                message: format!(
+                    "QEMU daemonised but is not running (it may have exited at once): {}",
+                    stderr.trim()
+                ),
+            })?;
         let mut notes = Vec::new();
         if one_time.is_some() {
             config.boot_once = None;
@@ -318,14 +368,25 @@ impl VmStore {
         })
     }
 
-    fn restore_boot_order(&self, name: &str, spec: &VmSpec, current: &[BootDevice], stored: &[BootDevice]) -> Result<()> {
+    fn restore_boot_order(
+        &self,
+        name: &str,
+        spec: &VmSpec,
+        current: &[BootDevice],
+        stored: &[BootDevice],
+    ) -> Result<()> {
         let mut qmp = Qmp::connect(&self.qmp_socket(name), QMP_READY_WAIT)?;
         let now = qemu::boot_indexes(spec, current);
         let wanted = qemu::boot_indexes(spec, stored);
         let devices = |ix: &qemu::BootIndexes| {
             let mut all: Vec<(String, Option<u32>)> = Vec::new();
             all.extend(ix.cdroms.iter().enumerate().map(|(n, i)| (cdrom_id(n), *i)));
-            all.extend(ix.disks.iter().enumerate().map(|(n, i)| (format!("disk{n}"), *i)));
+            all.extend(
+                ix.disks
+                    .iter()
+                    .enumerate()
+                    .map(|(n, i)| (format!("disk{n}"), *i)),
+            );
             if spec.net != Net::None {
                 all.push(("nic0".to_string(), ix.net));
             }
@@ -354,7 +415,9 @@ impl VmStore {
     /// ACPI power button, then force after `grace`.
     pub fn stop(&self, name: &str, grace: Duration) -> Result<StopHow> {
         self.load(name)?;
-        let Some(pid) = self.running_pid(name) else { return Ok(StopHow::AlreadyStopped) };
+        let Some(pid) = self.running_pid(name) else {
+            return Ok(StopHow::AlreadyStopped);
+        };
         if let Ok(mut qmp) = Qmp::connect(&self.qmp_socket(name), Duration::from_secs(2)) {
             let _ = qmp.execute("system_powerdown", None);
         }
@@ -368,7 +431,9 @@ impl VmStore {
     /// Ends QEMU at once (QMP quit, then SIGKILL).
     pub fn kill(&self, name: &str) -> Result<StopHow> {
         self.load(name)?;
-        let Some(pid) = self.running_pid(name) else { return Ok(StopHow::AlreadyStopped) };
+        let Some(pid) = self.running_pid(name) else {
+            return Ok(StopHow::AlreadyStopped);
+        };
         if let Ok(mut qmp) = Qmp::connect(&self.qmp_socket(name), Duration::from_secs(1)) {
             let _ = qmp.execute("quit", None);
         }
@@ -390,7 +455,14 @@ impl VmStore {
             });
         }
         let dir = self.dir(name);
-        for file in [CONFIG_FILE, "qmp.sock", "serial.sock", "serial.log", "qemu.pid", "OVMF_VARS.fd"] {
+        for file in [
+            CONFIG_FILE,
+            "qmp.sock",
+            "serial.sock",
+            "serial.log",
+            "qemu.pid",
+            "OVMF_VARS.fd",
+        ] {
             let path = dir.join(file);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -411,7 +483,10 @@ impl VmStore {
             BootDevice::Net => spec.net != Net::None,
         };
         if !present {
-            return Err(BootError::Vm { name: name.into(), reason: format!("has no {device} to boot from") });
+            return Err(BootError::Vm {
+                name: name.into(),
+                reason: format!("has no {device} to boot from"),
+            });
         }
         config.boot_once = Some(device);
         self.save(&config, OverwritePolicy::Replace)
@@ -427,7 +502,9 @@ impl VmStore {
         let live = self.running_pid(name).is_some();
         if live {
             let mut qmp = self.qmp(name)?;
-            let filename = image.to_str().ok_or_else(|| BootError::Invalid(format!("{}: QEMU needs UTF-8 paths", image.display())))?;
+            let filename = image.to_str().ok_or_else(|| {
+                BootError::Invalid(format!("{}: QEMU needs UTF-8 paths", image.display()))
+            })?;
             qmp.execute(
                 "blockdev-change-medium",
                 Some(json!({"id": cdrom_id(slot), "filename": filename, "format": "raw", "read-only-mode": "read-only"})),
@@ -459,7 +536,10 @@ impl VmStore {
     pub fn status(&self, name: &str) -> Option<String> {
         let mut qmp = self.qmp(name).ok()?;
         let answer = qmp.execute("query-status", None).ok()?;
-        answer.get("status").and_then(|s| s.as_str()).map(str::to_string)
+        answer
+            .get("status")
+            .and_then(|s| s.as_str())
+            .map(str::to_string)
     }
 }
 
@@ -509,7 +589,10 @@ fn check_media(spec: &VmSpec) -> Result<()> {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -539,7 +622,11 @@ mod tests {
         spec.cdroms = vec![CdromSlot::default()];
         store.create(&spec).unwrap();
         assert_eq!(store.load("lab1").unwrap().spec, spec);
-        assert!(store.create(&spec).unwrap_err().to_string().contains("already exists"));
+        assert!(store
+            .create(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("already exists"));
         assert_eq!(store.list().unwrap(), vec!["lab1"]);
         assert_eq!(store.state("lab1"), VmState::Stopped);
     }
@@ -549,7 +636,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = VmStore::new(dir.path());
         store.create(&VmSpec::new("nonet")).unwrap();
-        assert!(store.boot_once("nonet", BootDevice::Net).unwrap_err().to_string().contains("no net"));
+        assert!(store
+            .boot_once("nonet", BootDevice::Net)
+            .unwrap_err()
+            .to_string()
+            .contains("no net"));
     }
 
     #[test]
@@ -576,8 +667,14 @@ mod tests {
         let store = VmStore::new(dir.path());
         store.create(&VmSpec::new("a")).unwrap();
         let path = store.config_path("a");
-        let text = std::fs::read_to_string(&path).unwrap().replace("name = \"a\"", "name = \"b\"");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("name = \"a\"", "name = \"b\"");
         std::fs::write(&path, text).unwrap();
-        assert!(store.load("a").unwrap_err().to_string().contains("does not match"));
+        assert!(store
+            .load("a")
+            .unwrap_err()
+            .to_string()
+            .contains("does not match"));
     }
 }

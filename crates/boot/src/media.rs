@@ -67,16 +67,23 @@ pub fn detect_disk_format(path: &Path) -> Result<DiskFormat> {
     let file = open_medium(path)?;
     let size = file.size().map_err(|e| BootError::io(path, e))?;
     if size == 0 {
-        return Err(BootError::BadMedium { path: path.into(), reason: "the image is empty".into() });
+        return Err(BootError::BadMedium {
+            path: path.into(),
+            reason: "the image is empty".into(),
+        });
     }
     let mut head = [0u8; 512];
     let got = read_some(&file, &mut head, 0, path)?;
     if let Some(format) = classify_head(&head[..got]) {
         check_header_length(path, format, size)?;
     }
-    let image = vmedia_disk::image::open(path, &vmedia_disk::OpenOptions::default()).map_err(|e| {
-        BootError::BadMedium { path: path.into(), reason: format!("cannot be attached: {e}") }
-    })?;
+    let image =
+        vmedia_disk::image::open(path, &vmedia_disk::OpenOptions::default()).map_err(|e| {
+            BootError::BadMedium {
+                path: path.into(),
+                reason: format!("cannot be attached: {e}"),
+            }
+        })?;
     Ok(match image.format() {
         vmedia_disk::Format::Raw => DiskFormat::Raw,
         vmedia_disk::Format::Qcow2 => DiskFormat::Qcow2,
@@ -151,7 +158,10 @@ fn open_medium(path: &Path) -> Result<File> {
     let file = File::open(path).map_err(|e| BootError::io(path, e))?;
     let meta = file.metadata().map_err(|e| BootError::io(path, e))?;
     if meta.is_dir() {
-        return Err(BootError::BadMedium { path: path.into(), reason: "is a folder, not an image".into() });
+        return Err(BootError::BadMedium {
+            path: path.into(),
+            reason: "is a folder, not an image".into(),
+        });
     }
     Ok(file)
 }
@@ -186,7 +196,10 @@ mod tests {
         assert_eq!(classify_head(b"QFI\xfb\0\0\0\x03"), Some(DiskFormat::Qcow2));
         assert_eq!(classify_head(b"vhdxfile"), Some(DiskFormat::Vhdx));
         assert_eq!(classify_head(b"KDMV\x01\0\0\0"), Some(DiskFormat::Vmdk));
-        assert_eq!(classify_head(b"# Disk DescriptorFile\nversion=1"), Some(DiskFormat::Vmdk));
+        assert_eq!(
+            classify_head(b"# Disk DescriptorFile\nversion=1"),
+            Some(DiskFormat::Vmdk)
+        );
         assert_eq!(classify_head(b"conectix"), Some(DiskFormat::Vhd));
         assert_eq!(classify_head(&[0u8; 512]), None);
     }
@@ -209,7 +222,10 @@ mod tests {
     #[test]
     fn empty_image_is_refused() {
         let f = image(&[]);
-        assert!(detect_disk_format(f.path()).unwrap_err().to_string().contains("empty"));
+        assert!(detect_disk_format(f.path())
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
     }
 
     #[test]

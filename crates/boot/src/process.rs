@@ -31,7 +31,9 @@ impl Guarded {
             });
         }
         let program = command.get_program().to_string_lossy().into_owned();
-        let child = command.spawn().map_err(|source| BootError::Spawn { program, source })?;
+        let child = command
+            .spawn()
+            .map_err(|source| BootError::Spawn { program, source })?;
         Ok(Guarded { child: Some(child) })
     }
 

@@ -15,9 +15,18 @@ pub fn qemu_program() -> OsString {
 /// OVMF code and variable-store template, Debian's 4 MiB build first.
 pub fn find_ovmf() -> Result<(PathBuf, PathBuf)> {
     const CANDIDATES: [(&str, &str); 3] = [
-        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-        ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+            "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+        ),
     ];
     CANDIDATES
         .iter()
@@ -110,9 +119,9 @@ pub fn boot_indexes(spec: &VmSpec, order: &[BootDevice]) -> BootIndexes {
 
 /// QEMU option values are comma separated; a comma inside one is written twice.
 fn escape(path: &Path) -> Result<String> {
-    let text = path.to_str().ok_or_else(|| {
-        BootError::Invalid(format!("{}: QEMU needs UTF-8 paths", path.display()))
-    })?;
+    let text = path
+        .to_str()
+        .ok_or_else(|| BootError::Invalid(format!("{}: QEMU needs UTF-8 paths", path.display())))?;
     Ok(text.replace(',', ",,"))
 }
 
@@ -129,7 +138,10 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
         args.push(a.to_string());
         args.push(b);
     };
-    push("-name", format!("{},process=vmedia-{}", spec.name, spec.name));
+    push(
+        "-name",
+        format!("{},process=vmedia-{}", spec.name, spec.name),
+    );
     args.push("-nodefaults".into());
     args.push("-no-user-config".into());
     let mut push = |a: &str, b: String| {
@@ -153,8 +165,17 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
             BootError::Invalid("UEFI boot needs a private copy of the OVMF variable store".into())
         })?;
         let (code, _) = find_ovmf()?;
-        push("-drive", format!("if=pflash,format=raw,unit=0,readonly=on,file={}", escape(&code)?));
-        push("-drive", format!("if=pflash,format=raw,unit=1,file={}", escape(vars)?));
+        push(
+            "-drive",
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                escape(&code)?
+            ),
+        );
+        push(
+            "-drive",
+            format!("if=pflash,format=raw,unit=1,file={}", escape(vars)?),
+        );
     }
     match &launch.serial {
         SerialTarget::Stdio => push("-chardev", "stdio,id=serial0,signal=off".into()),
@@ -170,7 +191,10 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
     push("-serial", "chardev:serial0".into());
     push(
         "-chardev",
-        format!("socket,id=qmp0,path={},server=on,wait=off", escape(&launch.qmp_socket)?),
+        format!(
+            "socket,id=qmp0,path={},server=on,wait=off",
+            escape(&launch.qmp_socket)?
+        ),
     );
     push("-mon", "chardev=qmp0,mode=control".into());
 
@@ -180,7 +204,10 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
             Some(path) => format!(",file={},format=raw", escape(path)?),
             None => String::new(),
         };
-        push("-drive", format!("if=none,id=cd{slot}-drive,media=cdrom,readonly=on{medium}"));
+        push(
+            "-drive",
+            format!("if=none,id=cd{slot}-drive,media=cdrom,readonly=on{medium}"),
+        );
         push(
             "-device",
             format!(
@@ -191,7 +218,11 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
         );
     }
     for (number, disk) in spec.disks.iter().enumerate() {
-        let access = if disk.writable { "readonly=off" } else { "readonly=on" };
+        let access = if disk.writable {
+            "readonly=off"
+        } else {
+            "readonly=on"
+        };
         push(
             "-drive",
             format!(
@@ -217,16 +248,30 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
             }
             if let Some(file) = bootfile {
                 if file.contains(',') {
-                    return Err(BootError::Invalid(format!("boot file {file:?} contains a comma")));
+                    return Err(BootError::Invalid(format!(
+                        "boot file {file:?} contains a comma"
+                    )));
                 }
                 netdev.push_str(&format!(",bootfile={file}"));
             }
             push("-netdev", netdev);
-            push("-device", format!("virtio-net-pci,netdev=net0,id=nic0{}", bootindex(indexes.net)));
+            push(
+                "-device",
+                format!(
+                    "virtio-net-pci,netdev=net0,id=nic0{}",
+                    bootindex(indexes.net)
+                ),
+            );
         }
         Net::Bridge { bridge } => {
             push("-netdev", format!("bridge,id=net0,br={bridge}"));
-            push("-device", format!("virtio-net-pci,netdev=net0,id=nic0{}", bootindex(indexes.net)));
+            push(
+                "-device",
+                format!(
+                    "virtio-net-pci,netdev=net0,id=nic0{}",
+                    bootindex(indexes.net)
+                ),
+            );
         }
     }
     if let Some(direct) = &spec.kernel {
@@ -259,9 +304,21 @@ mod tests {
 
     fn lab() -> VmSpec {
         let mut spec = VmSpec::new("lab");
-        spec.cdroms = vec![CdromSlot { medium: Some("/m/a.iso".into()) }, CdromSlot::default()];
-        spec.disks = vec![Disk { path: "/m/d,1.vmdk".into(), format: DiskFormat::Vmdk, writable: false }];
-        spec.net = Net::User { tftp: Some("/srv".into()), bootfile: Some("pxelinux.0".into()) };
+        spec.cdroms = vec![
+            CdromSlot {
+                medium: Some("/m/a.iso".into()),
+            },
+            CdromSlot::default(),
+        ];
+        spec.disks = vec![Disk {
+            path: "/m/d,1.vmdk".into(),
+            format: DiskFormat::Vmdk,
+            writable: false,
+        }];
+        spec.net = Net::User {
+            tftp: Some("/srv".into()),
+            bootfile: Some("pxelinux.0".into()),
+        };
         spec
     }
 
@@ -276,16 +333,27 @@ mod tests {
             pidfile: None,
             no_reboot: true,
         };
-        command_line(&launch).unwrap().into_iter().map(|a| a.into_string().unwrap()).collect()
+        command_line(&launch)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
     }
 
     #[test]
     fn boot_order_becomes_per_device_bootindex() {
         let spec = lab();
-        let idx = boot_indexes(&spec, &[BootDevice::Net, BootDevice::Disk, BootDevice::Cdrom]);
+        let idx = boot_indexes(
+            &spec,
+            &[BootDevice::Net, BootDevice::Disk, BootDevice::Cdrom],
+        );
         assert_eq!(idx.net, Some(1));
         assert_eq!(idx.disks, vec![Some(2)]);
-        assert_eq!(idx.cdroms, vec![Some(3), None], "an empty drive gets no bootindex");
+        assert_eq!(
+            idx.cdroms,
+            vec![Some(3), None],
+            "an empty drive gets no bootindex"
+        );
     }
 
     #[test]
@@ -298,17 +366,25 @@ mod tests {
     #[test]
     fn disk_format_is_explicit_and_read_only_by_default() {
         let args = launch(&lab(), vec![BootDevice::Disk]);
-        let drive = args.iter().find(|a| a.starts_with("if=none,id=disk0")).unwrap();
+        let drive = args
+            .iter()
+            .find(|a| a.starts_with("if=none,id=disk0"))
+            .unwrap();
         assert!(drive.contains("format=vmdk"), "{drive}");
         assert!(drive.contains("readonly=on"), "{drive}");
-        assert!(drive.contains("file=/m/d,,1.vmdk"), "commas are doubled: {drive}");
+        assert!(
+            drive.contains("file=/m/d,,1.vmdk"),
+            "commas are doubled: {drive}"
+        );
     }
 
     #[test]
     fn empty_cdrom_slot_is_a_drive_without_file() {
         let args = launch(&lab(), vec![]);
         assert!(args.contains(&"if=none,id=cd1-drive,media=cdrom,readonly=on".to_string()));
-        assert!(args.iter().any(|a| a.starts_with("ide-cd,drive=cd1-drive,bus=ide.1,id=cdrom1")));
+        assert!(args
+            .iter()
+            .any(|a| a.starts_with("ide-cd,drive=cd1-drive,bus=ide.1,id=cdrom1")));
     }
 
     #[test]

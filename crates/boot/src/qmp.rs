@@ -33,13 +33,25 @@ impl Qmp {
                     let _ = e;
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(BootError::QmpIo { path: path.into(), source: e }),
+                Err(e) => {
+                    return Err(BootError::QmpIo {
+                        path: path.into(),
+                        source: e,
+                    })
+                }
             }
         };
-        let io = |e| BootError::QmpIo { path: path.into(), source: e };
+        let io = |e| BootError::QmpIo {
+            path: path.into(),
+            source: e,
+        };
         stream.set_read_timeout(Some(COMMAND_TIMEOUT)).map_err(io)?;
         let writer = stream.try_clone().map_err(io)?;
-        let mut qmp = Qmp { writer, reader: BufReader::new(stream), path: path.into() };
+        let mut qmp = Qmp {
+            writer,
+            reader: BufReader::new(stream),
+            path: path.into(),
+        };
         let greeting = qmp.read_message()?;
         if greeting.get("QMP").is_none() {
             return Err(BootError::Qmp {
@@ -62,16 +74,24 @@ impl Qmp {
         line.push('\n');
         self.writer
             .write_all(line.as_bytes())
-            .map_err(|e| BootError::QmpIo { path: self.path.clone(), source: e })?;
+            .map_err(|e| BootError::QmpIo {
+                path: self.path.clone(),
+                source: e,
+            })?;
         loop {
             let message = self.read_message()?;
             if let Some(value) = message.get("return") {
                 return Ok(value.clone());
             }
             if let Some(error) = message.get("error") {
-                let description =
-                    error.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
-                return Err(BootError::Qmp { command: command.into(), message: description.into() });
+                let description = error
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error");
+                return Err(BootError::Qmp {
+                    command: command.into(),
+                    message: description.into(),
+                });
             }
             // Anything else is an event ({"event": ...}); it does not answer us.
         }
@@ -82,7 +102,10 @@ impl Qmp {
         let read = (&mut self.reader)
             .take(MAX_QMP_LINE as u64)
             .read_until(b'\n', &mut line)
-            .map_err(|e| BootError::QmpIo { path: self.path.clone(), source: e })?;
+            .map_err(|e| BootError::QmpIo {
+                path: self.path.clone(),
+                source: e,
+            })?;
         if read == 0 {
             return Err(BootError::QmpIo {
                 path: self.path.clone(),
@@ -121,13 +144,15 @@ mod tests {
             let (stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut out = stream;
-            out.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").unwrap();
+            out.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .unwrap();
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
             out.write_all(b"{\"return\": {}}\n").unwrap();
             line.clear();
             reader.read_line(&mut line).unwrap();
-            out.write_all(b"{\"event\": \"RESET\", \"timestamp\": {}}\n").unwrap();
+            out.write_all(b"{\"event\": \"RESET\", \"timestamp\": {}}\n")
+                .unwrap();
             out.write_all(answer.as_bytes()).unwrap();
         });
         (dir, path)

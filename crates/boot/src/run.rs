@@ -101,7 +101,11 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
     command_text.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
 
     let mut command = Command::new(&program);
-    command.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let mut qemu = Guarded::spawn(&mut command)?;
     let stdout = qemu.child_mut().stdout.take().expect("piped stdout");
@@ -143,7 +147,8 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
     };
     let total = start.elapsed();
     let qemu_exit = if outcome == Outcome::Exited {
-        qemu.wait_for(Duration::from_secs(2)).map(|s| describe_exit(&s))
+        qemu.wait_for(Duration::from_secs(2))
+            .map(|s| describe_exit(&s))
     } else {
         qemu.stop(STOP_GRACE);
         None
@@ -197,9 +202,16 @@ fn spawn_reader(mut source: impl Read + Send + 'static) -> mpsc::Receiver<Chunk>
     receiver
 }
 
-fn drain(console: &mpsc::Receiver<Chunk>, watch: &mut ConsoleWatch, log: &mut File, limit: Duration) {
+fn drain(
+    console: &mpsc::Receiver<Chunk>,
+    watch: &mut ConsoleWatch,
+    log: &mut File,
+    limit: Duration,
+) {
     let deadline = Instant::now() + limit;
-    while let Ok((chunk, at)) = console.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+    while let Ok((chunk, at)) =
+        console.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
         let _ = log.write_all(&chunk);
         watch.feed(&chunk, at);
     }

@@ -67,7 +67,9 @@ impl BootDevice {
         for word in list.split(',').filter(|w| !w.trim().is_empty()) {
             let device = BootDevice::parse(word)?;
             if order.contains(&device) {
-                return Err(BootError::Invalid(format!("boot device {word:?} is listed twice")));
+                return Err(BootError::Invalid(format!(
+                    "boot device {word:?} is listed twice"
+                )));
             }
             order.push(device);
         }
@@ -192,7 +194,10 @@ impl VmSpec {
             )));
         }
         if self.cpus == 0 || self.cpus > MAX_CPUS {
-            return Err(BootError::Invalid(format!("--cpus {} is outside 1..={MAX_CPUS}", self.cpus)));
+            return Err(BootError::Invalid(format!(
+                "--cpus {} is outside 1..={MAX_CPUS}",
+                self.cpus
+            )));
         }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(BootError::Invalid(format!(
@@ -216,7 +221,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -241,7 +248,11 @@ pub fn parse_memory(text: &str) -> Result<u32> {
         "G" => value.checked_mul(1024),
         "T" => value.checked_mul(1024 * 1024),
         "K" => Some(value / 1024),
-        _ => return Err(BootError::Invalid(format!("memory size {text:?}: unknown unit"))),
+        _ => {
+            return Err(BootError::Invalid(format!(
+                "memory size {text:?}: unknown unit"
+            )))
+        }
     };
     mib.and_then(|m| u32::try_from(m).ok())
         .ok_or_else(|| BootError::Invalid(format!("memory size {text:?} is too large")))
@@ -311,9 +322,21 @@ mod tests {
     fn spec_round_trips_through_toml() {
         let mut spec = VmSpec::new("lab");
         spec.firmware = Firmware::Uefi;
-        spec.cdroms = vec![CdromSlot { medium: Some("/x.iso".into()) }, CdromSlot::default()];
-        spec.disks = vec![Disk { path: "/d.vmdk".into(), format: DiskFormat::Vmdk, writable: false }];
-        spec.net = Net::User { tftp: Some("/srv/tftp".into()), bootfile: Some("pxelinux.0".into()) };
+        spec.cdroms = vec![
+            CdromSlot {
+                medium: Some("/x.iso".into()),
+            },
+            CdromSlot::default(),
+        ];
+        spec.disks = vec![Disk {
+            path: "/d.vmdk".into(),
+            format: DiskFormat::Vmdk,
+            writable: false,
+        }];
+        spec.net = Net::User {
+            tftp: Some("/srv/tftp".into()),
+            bootfile: Some("pxelinux.0".into()),
+        };
         let text = toml::to_string_pretty(&spec).unwrap();
         let back: VmSpec = toml::from_str(&text).unwrap();
         assert_eq!(back, spec);

@@ -67,7 +67,12 @@ pub struct VmOptions {
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
     /// Kernel command line for --kernel
-    #[arg(long, value_name = "TEXT", requires = "kernel", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        requires = "kernel",
+        allow_hyphen_values = true
+    )]
     pub append: Option<String>,
 }
 
@@ -175,7 +180,9 @@ pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
     }
     for iso in &options.cdrom {
         media::check_cdrom_image(iso)?;
-        spec.cdroms.push(CdromSlot { medium: Some(media::absolute(iso)?) });
+        spec.cdroms.push(CdromSlot {
+            medium: Some(media::absolute(iso)?),
+        });
     }
     for _ in 0..options.cdrom_slots.unwrap_or(0) {
         if spec.cdroms.len() >= spec::MAX_CDROM_SLOTS {
@@ -192,7 +199,11 @@ pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
     }
     for path in &options.disk_rw {
         let format = media::detect_disk_format(path)?;
-        spec.disks.push(Disk { path: media::absolute(path)?, format, writable: true });
+        spec.disks.push(Disk {
+            path: media::absolute(path)?,
+            format,
+            writable: true,
+        });
     }
     spec.net = parse_net(options)?;
     if let Some(kernel) = &options.kernel {
@@ -227,30 +238,46 @@ fn parse_disk(text: &str) -> anyhow::Result<Disk> {
             _ => all_options = false,
         }
     }
-    let path = if all_options { Path::new(path_part) } else { Path::new(text) };
+    let path = if all_options {
+        Path::new(path_part)
+    } else {
+        Path::new(text)
+    };
     if !all_options {
         writable = false;
         format = None;
     }
     let detected = media::detect_disk_format(path)?;
     let format = format.unwrap_or(detected);
-    Ok(Disk { path: media::absolute(path)?, format, writable })
+    Ok(Disk {
+        path: media::absolute(path)?,
+        format,
+        writable,
+    })
 }
 
 fn parse_net(options: &VmOptions) -> anyhow::Result<Net> {
     let wants_tftp = options.tftp.is_some() || options.bootfile.is_some();
     let tftp = options.tftp.as_deref().map(media::absolute).transpose()?;
     match options.net.as_deref() {
-        None if wants_tftp => Ok(Net::User { tftp, bootfile: options.bootfile.clone() }),
+        None if wants_tftp => Ok(Net::User {
+            tftp,
+            bootfile: options.bootfile.clone(),
+        }),
         None | Some("none") => {
             if wants_tftp {
                 bail!("--tftp/--bootfile need --net user");
             }
             Ok(Net::None)
         }
-        Some("user") => Ok(Net::User { tftp, bootfile: options.bootfile.clone() }),
+        Some("user") => Ok(Net::User {
+            tftp,
+            bootfile: options.bootfile.clone(),
+        }),
         Some(other) => match other.strip_prefix("bridge=") {
-            Some(bridge) if !wants_tftp => Ok(Net::Bridge { bridge: bridge.to_string() }),
+            Some(bridge) if !wants_tftp => Ok(Net::Bridge {
+                bridge: bridge.to_string(),
+            }),
             Some(_) => bail!("--tftp/--bootfile work with --net user only"),
             None => bail!("--net {other:?}: use user, bridge=BR or none"),
         },
@@ -260,7 +287,10 @@ fn parse_net(options: &VmOptions) -> anyhow::Result<Net> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cancel = install_stop_signals();
     if args.timeout == 0 || args.timeout > MAX_TIMEOUT_SECS {
-        bail!("--timeout {} is outside 1..={MAX_TIMEOUT_SECS} seconds", args.timeout);
+        bail!(
+            "--timeout {} is outside 1..={MAX_TIMEOUT_SECS} seconds",
+            args.timeout
+        );
     }
     let marker = vmedia_boot::console::compile_marker(&args.expect)?;
     let name = format!("boot-{}", std::process::id());
@@ -298,7 +328,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    if spec.cdroms.is_empty() && spec.disks.is_empty() && spec.net == Net::None && spec.kernel.is_none() {
+    if spec.cdroms.is_empty()
+        && spec.disks.is_empty()
+        && spec.net == Net::None
+        && spec.kernel.is_none()
+    {
         bail!("nothing to boot: give --cdrom, --disk, --net or --kernel");
     }
     let state_dir = vmedia_boot::store::state_dir()?;
@@ -306,7 +340,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(note) = note {
         eprintln!("vmedia: note: {note}");
     }
-    let (console_log_path, console_log) = open_console_log(args.console_log.as_deref(), &name, args.force)?;
+    let (console_log_path, console_log) =
+        open_console_log(args.console_log.as_deref(), &name, args.force)?;
     let request = BootRequest {
         spec,
         accel,
@@ -334,7 +369,10 @@ fn open_console_log(
     // log of an interrupted boot is exactly what the user needs to see.
     let (path, create_new) = match requested {
         Some(path) => (path.to_path_buf(), !force),
-        None => (std::env::temp_dir().join(format!("vmedia-{name}.log")), false),
+        None => (
+            std::env::temp_dir().join(format!("vmedia-{name}.log")),
+            false,
+        ),
     };
     let mut options = OpenOptions::new();
     options.write(true);
@@ -345,9 +383,13 @@ fn open_console_log(
     }
     let file = options.open(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::anyhow!("{} already exists; pass --force to replace it", path.display())
+            anyhow::anyhow!(
+                "{} already exists; pass --force to replace it",
+                path.display()
+            )
         } else {
-            anyhow::Error::new(e).context(format!("cannot write the console log {}", path.display()))
+            anyhow::Error::new(e)
+                .context(format!("cannot write the console log {}", path.display()))
         }
     })?;
     Ok((path, file))
@@ -390,7 +432,10 @@ fn print_report(report: &BootReport, args: &Args) -> anyhow::Result<()> {
         };
         line("VM started", Some(Duration::ZERO))?;
         line("first firmware output", t.first_output)?;
-        line("firmware handed over to the boot loader/kernel", t.firmware_handover)?;
+        line(
+            "firmware handed over to the boot loader/kernel",
+            t.firmware_handover,
+        )?;
         line("first kernel output", t.kernel_output)?;
         match (&t.marker, &t.marker_text) {
             (Some(at), Some(text)) => line(&format!("marker {text:?}"), Some(*at))?,

@@ -118,9 +118,17 @@ pub fn run(cmd: NetbootCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn parse_range(text: &str) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
-    let (a, b) = text.split_once('-').with_context(|| format!("--dhcp-range {text:?} must be FIRST-LAST"))?;
-    let first: Ipv4Addr = a.trim().parse().with_context(|| format!("--dhcp-range: {a:?} is not an IPv4 address"))?;
-    let last: Ipv4Addr = b.trim().parse().with_context(|| format!("--dhcp-range: {b:?} is not an IPv4 address"))?;
+    let (a, b) = text
+        .split_once('-')
+        .with_context(|| format!("--dhcp-range {text:?} must be FIRST-LAST"))?;
+    let first: Ipv4Addr = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--dhcp-range: {a:?} is not an IPv4 address"))?;
+    let last: Ipv4Addr = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--dhcp-range: {b:?} is not an IPv4 address"))?;
     Ok((first, last))
 }
 
@@ -163,7 +171,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     vmedia_netboot::serve(config, sink, |bound| {
         let mut parts = Vec::new();
         if bound.dhcp {
-            parts.push(format!("DHCP on {} (ports 67, 4011)", args.interface.as_deref().unwrap_or("-")));
+            parts.push(format!(
+                "DHCP on {} (ports 67, 4011)",
+                args.interface.as_deref().unwrap_or("-")
+            ));
         }
         if let Some(t) = bound.tftp {
             parts.push(format!("TFTP on {t}"));
@@ -171,28 +182,46 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(h) = bound.http {
             parts.push(format!("HTTP on {h}"));
         }
-        let advertised = bound.server_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-        eprintln!("vmedia netboot: serving {} from {} (server address {advertised})", parts.join(", "), args.root.display());
+        let advertised = bound
+            .server_ip
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into());
+        eprintln!(
+            "vmedia netboot: serving {} from {} (server address {advertised})",
+            parts.join(", "),
+            args.root.display()
+        );
     })
     .context("netboot server")?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn fetch_status(server: &str) -> anyhow::Result<String> {
-    let rest = server.strip_prefix("http://").with_context(|| format!("--server {server:?} must start with http://"))?;
+    let rest = server
+        .strip_prefix("http://")
+        .with_context(|| format!("--server {server:?} must start with http://"))?;
     let host = rest.split('/').next().unwrap_or(rest);
     let addr = host
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {host}"))?
         .next()
         .with_context(|| format!("{host} has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("cannot connect to the netboot server at {addr}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot connect to the netboot server at {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET /_vmedia/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET /_vmedia/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
-    stream.take(MAX_STATUS_BYTES).read_to_end(&mut raw).context("reading the status")?;
+    stream
+        .take(MAX_STATUS_BYTES)
+        .read_to_end(&mut raw)
+        .context("reading the status")?;
     let text = String::from_utf8(raw).context("status reply is not UTF-8")?;
-    let (head, body) = text.split_once("\r\n\r\n").context("status reply is not HTTP")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("status reply is not HTTP")?;
     let status_line = head.lines().next().unwrap_or_default();
     if !status_line.contains(" 200 ") {
         bail!("{addr} answered {status_line:?}: is it a vmedia netboot server?");
@@ -202,12 +231,17 @@ fn fetch_status(server: &str) -> anyhow::Result<String> {
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let body = fetch_status(&args.server)?;
-    let snapshot: StatusSnapshot = serde_json::from_str(&body).context("the status document is not vmedia's")?;
+    let snapshot: StatusSnapshot =
+        serde_json::from_str(&body).context("the status document is not vmedia's")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("server up since {}, {} machine(s)", format_time(snapshot.server_started_ms), snapshot.machines.len());
+    println!(
+        "server up since {}, {} machine(s)",
+        format_time(snapshot.server_started_ms),
+        snapshot.machines.len()
+    );
     for m in &snapshot.machines {
         let arch = m.arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
         println!(
@@ -219,7 +253,18 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             m.last_step
         );
         for t in &m.transfers {
-            println!("    {:<4} {:<40} {:>12}/{:<12} {}{}", t.protocol, t.file, t.bytes_sent, t.size, t.state, t.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default());
+            println!(
+                "    {:<4} {:<40} {:>12}/{:<12} {}{}",
+                t.protocol,
+                t.file,
+                t.bytes_sent,
+                t.size,
+                t.state,
+                t.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -72,10 +72,13 @@ The state folder is $VMEDIA_HOME, else $XDG_DATA_HOME/vmedia, else ~/.local/shar
         force: bool,
     },
     /// Boot from DEVICE on the next start only, then the normal order again
-    #[command(name = "boot-once", after_help = "Examples:
+    #[command(
+        name = "boot-once",
+        after_help = "Examples:
   vmedia vm boot-once web net && vmedia vm start web
 
-Works under BIOS and UEFI: the next start gives DEVICE the first per-device bootindex.")]
+Works under BIOS and UEFI: the next start gives DEVICE the first per-device bootindex."
+    )]
     BootOnce {
         name: String,
         /// cdrom, disk or net
@@ -116,7 +119,9 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             if let Some(note) = note {
                 eprintln!("vmedia: note: {note}");
             }
-            let report = store.start(&name, accel).with_context(|| format!("cannot start VM {name}"))?;
+            let report = store
+                .start(&name, accel)
+                .with_context(|| format!("cannot start VM {name}"))?;
             for note in &report.notes {
                 eprintln!("vmedia: note: {note}");
             }
@@ -129,9 +134,15 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                     report.pid,
                     report.accel,
                     order.join(","),
-                    report.one_time.map(|d| format!(", {d} once")).unwrap_or_default()
+                    report
+                        .one_time
+                        .map(|d| format!(", {d} once"))
+                        .unwrap_or_default()
                 );
-                println!("console: vmedia vm console {name}   log: {}", report.serial_log.display());
+                println!(
+                    "console: vmedia vm console {name}   log: {}",
+                    report.serial_log.display()
+                );
             }
         }
         VmCommand::Stop { name, grace } => {
@@ -141,7 +152,9 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             match store.stop(&name, Duration::from_secs(grace))? {
                 StopHow::AlreadyStopped => println!("VM {name} is not running"),
                 StopHow::PoweredDown => println!("VM {name} shut down"),
-                StopHow::Forced => println!("VM {name} did not shut down within {grace} s; forced off"),
+                StopHow::Forced => {
+                    println!("VM {name} did not shut down within {grace} s; forced off")
+                }
             }
         }
         VmCommand::Kill { name } => match store.kill(&name)? {
@@ -163,7 +176,9 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                 println!("{:<24} {:<8} PID", "NAME", "STATE");
                 for n in &names {
                     let state = store.state(n);
-                    let pid = pid(&state).map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                    let pid = pid(&state)
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into());
                     println!("{n:<24} {:<8} {pid}", state_word(&state));
                 }
             }
@@ -186,7 +201,11 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 println!("name:   {name}");
-                println!("state:  {}{}", state_word(&state), status.map(|s| format!(" ({s})")).unwrap_or_default());
+                println!(
+                    "state:  {}{}",
+                    state_word(&state),
+                    status.map(|s| format!(" ({s})")).unwrap_or_default()
+                );
                 println!("folder: {}", store.dir(&name).display());
                 if let Some(device) = config.boot_once {
                     println!("next start boots {device} once");
@@ -224,7 +243,10 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
         VmCommand::Insert { name, slot, image } => {
             let live = store.insert(&name, slot, &image)?;
             let when = if live { "now" } else { "at its next start" };
-            println!("inserted {} into CD slot {slot} of VM {name} ({when})", image.display());
+            println!(
+                "inserted {} into CD slot {slot} of VM {name} ({when})",
+                image.display()
+            );
         }
         VmCommand::Eject { name, slot, force } => {
             let live = store.eject(&name, slot, force)?;
@@ -256,13 +278,21 @@ fn console(store: &VmStore, name: &str) -> anyhow::Result<ExitCode> {
         bail!("VM {name} is not running (vmedia vm start {name}; vmedia vm log {name} shows past output)");
     }
     let path = store.serial_socket(name);
-    let socket = UnixStream::connect(&path)
-        .with_context(|| format!("cannot attach to {} (is another console attached?)", path.display()))?;
+    let socket = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "cannot attach to {} (is another console attached?)",
+            path.display()
+        )
+    })?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("vmedia: attached to VM {name}; Ctrl-] detaches\r");
     }
-    let _raw = if interactive { RawTerminal::enter() } else { None };
+    let _raw = if interactive {
+        RawTerminal::enter()
+    } else {
+        None
+    };
     let mut from_vm = socket.try_clone()?;
     let output = std::thread::spawn(move || {
         let mut buf = [0u8; 8192];

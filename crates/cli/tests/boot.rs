@@ -2,9 +2,9 @@
 //! GRUB EFI (OVMF) from an ISO made by xorriso, disks converted by qemu-img to every format,
 //! pxelinux and GRUB netboot over QEMU's TFTP, the direct-kernel fast path, and clean failures.
 
-mod support;
 #[path = "support/boot.rs"]
 mod boot_fixtures;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,19 +19,23 @@ const BOOT_TIMEOUT: &str = "240";
 fn boot_cmd(home: &Path) -> Command {
     require_tool("qemu-system-x86_64");
     let mut cmd = vmedia();
-    cmd.env("VMEDIA_HOME", home).args(["boot", "--accel", "tcg", "--timeout", BOOT_TIMEOUT]);
+    cmd.env("VMEDIA_HOME", home)
+        .args(["boot", "--accel", "tcg", "--timeout", BOOT_TIMEOUT]);
     cmd
 }
 
 /// Runs `vmedia boot ... --json`; returns exit code, parsed report, stderr.
 fn boot_json(cmd: &mut Command) -> (i32, serde_json::Value, String) {
     let (code, out, err) = run_any(cmd.arg("--json"));
-    let report = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}\n{err}"));
+    let report =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}\n{err}"));
     (code, report, err)
 }
 
 fn console_of(report: &serde_json::Value) -> String {
-    let path = report["console_log"].as_str().expect("console_log in report");
+    let path = report["console_log"]
+        .as_str()
+        .expect("console_log in report");
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read console log {path}: {e}"))
 }
 
@@ -41,22 +45,42 @@ fn assert_booted(code: i32, report: &serde_json::Value, err: &str) {
     assert_eq!(report["marker_text"], BOOT_MARKER);
     let marker = report["timeline"]["marker"].as_f64().unwrap();
     let kernel = report["timeline"]["first_kernel_output"].as_f64().unwrap();
-    assert!(kernel <= marker, "the kernel spoke after the marker: {report:#}");
+    assert!(
+        kernel <= marker,
+        "the kernel spoke after the marker: {report:#}"
+    );
 }
 
 #[test]
 fn iso_boots_under_bios_through_isolinux() {
     let home = tempfile::tempdir().unwrap();
     let iso = hybrid_iso("cdrom");
-    let (code, out, err) = run_any(boot_cmd(home.path()).arg("--cdrom").arg(&iso).args(["--expect", BOOT_MARKER]));
+    let (code, out, err) = run_any(
+        boot_cmd(home.path())
+            .arg("--cdrom")
+            .arg(&iso)
+            .args(["--expect", BOOT_MARKER]),
+    );
     assert_eq!(code, 0, "{out}\n{err}");
-    for stage in ["VM started", "first firmware output", "firmware handed over", "first kernel output", "marker"] {
+    for stage in [
+        "VM started",
+        "first firmware output",
+        "firmware handed over",
+        "first kernel output",
+        "marker",
+    ] {
         assert!(out.contains(stage), "timeline lacks {stage:?}:\n{out}");
     }
     assert!(!out.contains("not seen"), "a boot stage was missed:\n{out}");
-    let log_path = out.lines().find_map(|l| l.strip_prefix("console log: ")).unwrap();
+    let log_path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("console log: "))
+        .unwrap();
     let console = std::fs::read_to_string(log_path).unwrap();
-    assert!(console.contains("ISOLINUX"), "not booted by isolinux:\n{console}");
+    assert!(
+        console.contains("ISOLINUX"),
+        "not booted by isolinux:\n{console}"
+    );
     assert!(console.contains("vmedia.from=cdrom"));
 }
 
@@ -64,15 +88,21 @@ fn iso_boots_under_bios_through_isolinux() {
 fn iso_boots_under_uefi_through_grub_efi() {
     let home = tempfile::tempdir().unwrap();
     let iso = hybrid_iso("cdrom");
-    let (code, report, err) = boot_json(
-        boot_cmd(home.path()).arg("--cdrom").arg(&iso).args(["--firmware", "uefi", "--expect", BOOT_MARKER]),
-    );
+    let (code, report, err) = boot_json(boot_cmd(home.path()).arg("--cdrom").arg(&iso).args([
+        "--firmware",
+        "uefi",
+        "--expect",
+        BOOT_MARKER,
+    ]));
     assert_booted(code, &report, &err);
     let command = report["qemu_command"].to_string();
     assert!(command.contains("if=pflash"), "OVMF not used: {command}");
     let console = console_of(&report);
     assert!(console.contains("vmedia.from=cdrom"));
-    assert!(!console.contains("ISOLINUX"), "UEFI must not go through isolinux");
+    assert!(
+        !console.contains("ISOLINUX"),
+        "UEFI must not go through isolinux"
+    );
 }
 
 /// Boots the hybrid image as a disk in `format` and proves the image was not written to.
@@ -80,13 +110,24 @@ fn disk_boot(format: &str, qemu_name: &str, firmware: &str) {
     let home = tempfile::tempdir().unwrap();
     let disk = bootable_disk(format);
     let before = sha256_file(&disk);
-    let (code, report, err) = boot_json(
-        boot_cmd(home.path()).arg("--disk").arg(&disk).args(["--firmware", firmware, "--boot", "disk", "--expect", BOOT_MARKER]),
-    );
+    let (code, report, err) = boot_json(boot_cmd(home.path()).arg("--disk").arg(&disk).args([
+        "--firmware",
+        firmware,
+        "--boot",
+        "disk",
+        "--expect",
+        BOOT_MARKER,
+    ]));
     assert_booted(code, &report, &err);
     let command: Vec<String> = serde_json::from_value(report["qemu_command"].clone()).unwrap();
-    let drive = command.iter().find(|a| a.starts_with("if=none,id=disk0")).unwrap();
-    assert!(drive.contains(&format!("format={qemu_name}")), "format not explicit: {drive}");
+    let drive = command
+        .iter()
+        .find(|a| a.starts_with("if=none,id=disk0"))
+        .unwrap();
+    assert!(
+        drive.contains(&format!("format={qemu_name}")),
+        "format not explicit: {drive}"
+    );
     assert!(drive.contains("readonly=on"), "disk not read-only: {drive}");
     assert!(console_of(&report).contains("vmedia.from=disk"));
     assert_eq!(sha256_file(&disk), before, "the {format} image changed");
@@ -120,11 +161,21 @@ fn pxelinux_boots_from_qemu_user_network_tftp() {
         boot_cmd(home.path())
             .args(["--net", "user", "--tftp"])
             .arg(&tftp)
-            .args(["--bootfile", "pxelinux.0", "--boot", "net", "--expect", BOOT_MARKER]),
+            .args([
+                "--bootfile",
+                "pxelinux.0",
+                "--boot",
+                "net",
+                "--expect",
+                BOOT_MARKER,
+            ]),
     );
     assert_booted(code, &report, &err);
     let console = console_of(&report);
-    assert!(console.contains("PXELINUX"), "not booted by pxelinux:\n{console}");
+    assert!(
+        console.contains("PXELINUX"),
+        "not booted by pxelinux:\n{console}"
+    );
     assert!(console.contains("vmedia.from=net"));
 }
 
@@ -132,20 +183,42 @@ fn pxelinux_boots_from_qemu_user_network_tftp() {
 fn direct_fast_path_boots_the_isos_kernel_without_a_boot_loader() {
     let home = tempfile::tempdir().unwrap();
     let iso = hybrid_iso("cdrom");
-    let (code, report, err) =
-        boot_json(boot_cmd(home.path()).arg("--cdrom").arg(&iso).args(["--direct", "--expect", BOOT_MARKER]));
+    let (code, report, err) = boot_json(boot_cmd(home.path()).arg("--cdrom").arg(&iso).args([
+        "--direct",
+        "--expect",
+        BOOT_MARKER,
+    ]));
     assert_booted(code, &report, &err);
     let command: Vec<String> = serde_json::from_value(report["qemu_command"].clone()).unwrap();
-    let at = command.iter().position(|a| a == "-append").expect("-append missing");
-    assert!(command[at + 1].contains("vmedia.from=cdrom"), "isolinux APPEND not used: {}", command[at + 1]);
+    let at = command
+        .iter()
+        .position(|a| a == "-append")
+        .expect("-append missing");
+    assert!(
+        command[at + 1].contains("vmedia.from=cdrom"),
+        "isolinux APPEND not used: {}",
+        command[at + 1]
+    );
     assert!(command[at + 1].contains("console=ttyS0"));
-    assert!(!command[at + 1].contains("initrd="), "initrd= must become -initrd");
+    assert!(
+        !command[at + 1].contains("initrd="),
+        "initrd= must become -initrd"
+    );
     assert!(command.iter().any(|a| a == "-initrd"));
-    assert!(command.iter().any(|a| a.contains("ide-cd")), "the ISO must stay attached as a CD");
+    assert!(
+        command.iter().any(|a| a.contains("ide-cd")),
+        "the ISO must stay attached as a CD"
+    );
     let kernel = &command[command.iter().position(|a| a == "-kernel").unwrap() + 1];
-    assert!(kernel.ends_with(".vmlinux"), "the Debian kernel has a PVH entry: boot it uncompressed ({kernel})");
+    assert!(
+        kernel.ends_with(".vmlinux"),
+        "the Debian kernel has a PVH entry: boot it uncompressed ({kernel})"
+    );
     let console = console_of(&report);
-    assert!(!console.contains("ISOLINUX"), "the fast path must skip isolinux");
+    assert!(
+        !console.contains("ISOLINUX"),
+        "the fast path must skip isolinux"
+    );
 }
 
 #[test]
@@ -155,8 +228,18 @@ fn direct_refuses_an_iso_without_linux_boot_config() {
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("README.TXT"), "data only\n").unwrap();
     let iso = home.path().join("data.iso");
-    support::run_ok(Command::new(require_tool("xorriso")).args(["-as", "mkisofs", "-quiet", "-o"]).arg(&iso).arg(&tree));
-    let (code, _, err) = run_any(boot_cmd(home.path()).arg("--cdrom").arg(&iso).args(["--direct", "--expect", "x"]));
+    support::run_ok(
+        Command::new(require_tool("xorriso"))
+            .args(["-as", "mkisofs", "-quiet", "-o"])
+            .arg(&iso)
+            .arg(&tree),
+    );
+    let (code, _, err) = run_any(
+        boot_cmd(home.path())
+            .arg("--cdrom")
+            .arg(&iso)
+            .args(["--direct", "--expect", "x"]),
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not a Linux ISO"), "{err}");
 }
@@ -164,9 +247,13 @@ fn direct_refuses_an_iso_without_linux_boot_config() {
 #[test]
 fn missing_image_is_a_clear_error_before_qemu_starts() {
     let home = tempfile::tempdir().unwrap();
-    let (code, _, err) = run_any(boot_cmd(home.path()).args(["--cdrom", "/nonexistent/x.iso", "--expect", "x"]));
+    let (code, _, err) =
+        run_any(boot_cmd(home.path()).args(["--cdrom", "/nonexistent/x.iso", "--expect", "x"]));
     assert_eq!(code, 1);
-    assert!(err.contains("/nonexistent/x.iso") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/x.iso") && err.contains("No such file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -174,19 +261,39 @@ fn broken_images_are_refused_with_the_reason() {
     let home = tempfile::tempdir().unwrap();
     let garbage = home.path().join("garbage.iso");
     std::fs::write(&garbage, vec![0x5a; 64 * 1024]).unwrap();
-    let (code, _, err) = run_any(boot_cmd(home.path()).arg("--cdrom").arg(&garbage).args(["--expect", "x"]));
+    let (code, _, err) = run_any(
+        boot_cmd(home.path())
+            .arg("--cdrom")
+            .arg(&garbage)
+            .args(["--expect", "x"]),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("garbage.iso") && err.contains("not an ISO 9660"), "{err}");
+    assert!(
+        err.contains("garbage.iso") && err.contains("not an ISO 9660"),
+        "{err}"
+    );
     let truncated = home.path().join("cut.qcow2");
     std::fs::write(&truncated, b"QFI\xfb\0\0\0\x03").unwrap();
-    let (code, _, err) = run_any(boot_cmd(home.path()).arg("--disk").arg(&truncated).args(["--expect", "x"]));
+    let (code, _, err) = run_any(
+        boot_cmd(home.path())
+            .arg("--disk")
+            .arg(&truncated)
+            .args(["--expect", "x"]),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("cut.qcow2") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("cut.qcow2") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 /// Runs vmedia boot in the background, returning its child and the QEMU name it will use.
 fn spawn_boot(cmd: &mut Command) -> (std::process::Child, String) {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let name = format!("boot-{},process=vmedia-boot", child.id());
     (child, name)
 }
@@ -195,7 +302,10 @@ fn spawn_boot(cmd: &mut Command) -> (std::process::Child, String) {
 fn wait_for_qemu(name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while qemu_processes(name).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "QEMU {name} never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU {name} never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -206,7 +316,15 @@ fn timeout_exits_4_with_the_console_tail_and_no_qemu_left() {
     let iso = hybrid_iso("cdrom");
     let mut cmd = vmedia();
     cmd.env("VMEDIA_HOME", home.path())
-        .args(["boot", "--accel", "tcg", "--timeout", "4", "--expect", "NEVER-PRINTED"])
+        .args([
+            "boot",
+            "--accel",
+            "tcg",
+            "--timeout",
+            "4",
+            "--expect",
+            "NEVER-PRINTED",
+        ])
         .arg("--cdrom")
         .arg(&iso);
     let (child, name) = spawn_boot(&mut cmd);
@@ -217,12 +335,21 @@ fn timeout_exits_4_with_the_console_tail_and_no_qemu_left() {
     assert!(err.contains("time-out"), "{err}");
     // The tail holds whatever the guest printed last (SeaBIOS on a slow host, kernel messages
     // on a fast one): require the heading and at least one console line after it.
-    let tail: Vec<&str> = err.lines().skip_while(|l| !l.contains("last console lines")).skip(1).collect();
+    let tail: Vec<&str> = err
+        .lines()
+        .skip_while(|l| !l.contains("last console lines"))
+        .skip(1)
+        .collect();
     assert!(
-        tail.iter().any(|l| l.contains("SeaBIOS") || l.contains("] ")),
+        tail.iter()
+            .any(|l| l.contains("SeaBIOS") || l.contains("] ")),
         "no console tail:\n{err}"
     );
-    assert!(qemu_processes(&name).is_empty(), "QEMU left behind: {:?}", qemu_processes(&name));
+    assert!(
+        qemu_processes(&name).is_empty(),
+        "QEMU left behind: {:?}",
+        qemu_processes(&name)
+    );
 }
 
 #[test]
@@ -230,14 +357,25 @@ fn kernel_panic_exits_5_and_stops_the_vm() {
     let home = tempfile::tempdir().unwrap();
     let p = payload();
     let mut cmd = boot_cmd(home.path());
-    cmd.arg("--kernel").arg(&p.kernel).args(["--append", "console=ttyS0 panic=-1 init=/nonexistent", "--expect", BOOT_MARKER]);
+    cmd.arg("--kernel").arg(&p.kernel).args([
+        "--append",
+        "console=ttyS0 panic=-1 init=/nonexistent",
+        "--expect",
+        BOOT_MARKER,
+    ]);
     let (child, name) = spawn_boot(&mut cmd);
     wait_for_qemu(&name);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
-    assert!(err.contains("panicked") || err.contains("VM ended"), "{err}");
-    assert!(err.contains("Kernel panic"), "the tail must show the panic:\n{err}");
+    assert!(
+        err.contains("panicked") || err.contains("VM ended"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Kernel panic"),
+        "the tail must show the panic:\n{err}"
+    );
     assert!(qemu_processes(&name).is_empty(), "QEMU left behind");
 }
 
@@ -246,13 +384,20 @@ fn sigterm_stops_the_vm_and_exits_130() {
     let home = tempfile::tempdir().unwrap();
     let iso = hybrid_iso("cdrom");
     let mut cmd = boot_cmd(home.path());
-    cmd.arg("--cdrom").arg(&iso).args(["--expect", "NEVER-PRINTED"]);
+    cmd.arg("--cdrom")
+        .arg(&iso)
+        .args(["--expect", "NEVER-PRINTED"]);
     let (child, name) = spawn_boot(&mut cmd);
     wait_for_qemu(&name);
     // SAFETY: signalling the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(qemu_processes(&name).is_empty(), "QEMU left behind");
 }
 
@@ -262,20 +407,31 @@ fn auto_accel_never_hangs_the_first_boot_and_caches_the_kvm_verdict() {
     let p = payload();
     let mut cmd = vmedia();
     cmd.env("VMEDIA_HOME", home.path())
-        .args(["boot", "--accel", "auto", "--timeout", BOOT_TIMEOUT, "--kernel"])
+        .args([
+            "boot",
+            "--accel",
+            "auto",
+            "--timeout",
+            BOOT_TIMEOUT,
+            "--kernel",
+        ])
         .arg(&p.kernel)
         .arg("--initrd")
         .arg(&p.initrd)
         .args(["--append", "console=ttyS0", "--expect", BOOT_MARKER]);
     let (code, report, err) = boot_json(&mut cmd);
     assert_booted(code, &report, &err);
-    let cache = std::fs::read_to_string(home.path().join("kvm-probe.json")).expect("verdict cached");
+    let cache =
+        std::fs::read_to_string(home.path().join("kvm-probe.json")).expect("verdict cached");
     let verdict: serde_json::Value = serde_json::from_str(&cache).unwrap();
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(verdict["boot_id"], boot_id.trim());
     if verdict["works"] == false {
         assert_eq!(report["accel"], "tcg");
-        assert!(err.contains("KVM not used"), "the TCG fallback needs a note: {err}");
+        assert!(
+            err.contains("KVM not used"),
+            "the TCG fallback needs a note: {err}"
+        );
     } else {
         assert_eq!(report["accel"], "kvm");
     }

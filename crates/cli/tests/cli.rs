@@ -8,8 +8,19 @@ use support::{run_any, vmedia};
 fn help_lists_every_command_with_examples() {
     let (code, out, _) = run_any(vmedia().arg("--help"));
     assert_eq!(code, 0);
-    for command in ["iso", "mkisofs", "disk", "boot", "vm", "netboot", "Examples:"] {
-        assert!(out.contains(command), "--help does not mention {command}:\n{out}");
+    for command in [
+        "iso",
+        "mkisofs",
+        "disk",
+        "boot",
+        "vm",
+        "netboot",
+        "Examples:",
+    ] {
+        assert!(
+            out.contains(command),
+            "--help does not mention {command}:\n{out}"
+        );
     }
 }
 

@@ -1,11 +1,11 @@
 //! VMDK, VHD and VHDX interoperability with qemu-img and the shared third-party samples,
 //! delta chains, the streamOptimized layout, boot tests and `vmedia disk wrap-iso`.
 
-mod support;
 #[path = "support/disk.rs"]
 mod disk_fixture;
 #[path = "support/disk_formats.rs"]
 mod formats;
+mod support;
 
 use std::path::Path;
 
@@ -20,7 +20,11 @@ const READABLE_SAMPLES: &[(&str, &str, &[&str])] = &[
     ("qemu-iotests/iotest-dynamic-1G.vhdx.bz2", "vhdx", &[]),
     ("qemu-iotests/test-disk2vhd.vhdx.bz2", "vhdx", &[]),
     ("qemu-iotests/iotest-version3.vmdk.bz2", "vmdk", &[]),
-    ("qemu-iotests/iotest-version3-2013orig.vmdk.bz2", "vmdk", &[]),
+    (
+        "qemu-iotests/iotest-version3-2013orig.vmdk.bz2",
+        "vmdk",
+        &[],
+    ),
     ("vmdk-rs/monolithicSparse.vmdk.xz", "vmdk", &[]),
     ("vmdk-rs/streamOptimized.vmdk.xz", "vmdk", &[]),
     ("vmdk-rs/streamOptimizedWithMarkers.vmdk.xz", "vmdk", &[]),
@@ -41,11 +45,20 @@ fn check_sample_matches_qemu(name: &str, format: &str) {
     let dir = tempfile::tempdir().unwrap();
     let ours = dir.path().join("ours.raw");
     let img = open_default(&sample);
-    let qemu_size = qemu_info_json(&sample, format)["virtual-size"].as_u64().unwrap();
-    assert_eq!(img.virtual_size(), qemu_size, "{name}: virtual size differs from qemu-img info");
+    let qemu_size = qemu_info_json(&sample, format)["virtual-size"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        img.virtual_size(),
+        qemu_size,
+        "{name}: virtual size differs from qemu-img info"
+    );
     dump_raw(img.as_ref(), &ours);
     let (code, text) = qemu_compare(&ours, "raw", &sample, format);
-    assert_eq!(code, 0, "{name}: vmedia's guest view differs from qemu-img's: {text}");
+    assert_eq!(
+        code, 0,
+        "{name}: vmedia's guest view differs from qemu-img's: {text}"
+    );
 }
 
 #[test]
@@ -59,18 +72,72 @@ fn shared_samples_read_like_qemu() {
 /// Every subformat vmedia writes: (format, options, qemu-img format name, qemu supports check).
 const WRITTEN: &[(vmedia_disk::Format, &[(&str, &str)], &str, bool)] = &[
     (vmedia_disk::Format::Vmdk, &[], "vmdk", true),
-    (vmedia_disk::Format::Vmdk, &[("subformat", "monolithicFlat")], "vmdk", true),
-    (vmedia_disk::Format::Vmdk, &[("subformat", "twoGbMaxExtentSparse")], "vmdk", true),
-    (vmedia_disk::Format::Vmdk, &[("subformat", "twoGbMaxExtentFlat")], "vmdk", true),
-    (vmedia_disk::Format::Vmdk, &[("subformat", "streamOptimized")], "vmdk", true),
-    (vmedia_disk::Format::Vmdk, &[("subformat", "streamOptimized"), ("adapter_type", "lsilogic"), ("hwversion", "7")], "vmdk", true),
+    (
+        vmedia_disk::Format::Vmdk,
+        &[("subformat", "monolithicFlat")],
+        "vmdk",
+        true,
+    ),
+    (
+        vmedia_disk::Format::Vmdk,
+        &[("subformat", "twoGbMaxExtentSparse")],
+        "vmdk",
+        true,
+    ),
+    (
+        vmedia_disk::Format::Vmdk,
+        &[("subformat", "twoGbMaxExtentFlat")],
+        "vmdk",
+        true,
+    ),
+    (
+        vmedia_disk::Format::Vmdk,
+        &[("subformat", "streamOptimized")],
+        "vmdk",
+        true,
+    ),
+    (
+        vmedia_disk::Format::Vmdk,
+        &[
+            ("subformat", "streamOptimized"),
+            ("adapter_type", "lsilogic"),
+            ("hwversion", "7"),
+        ],
+        "vmdk",
+        true,
+    ),
     (vmedia_disk::Format::Vhd, &[], "vpc", false),
-    (vmedia_disk::Format::Vhd, &[("subformat", "fixed")], "vpc", false),
-    (vmedia_disk::Format::Vhd, &[("subformat", "fixed"), ("force_size", "on")], "vpc", false),
-    (vmedia_disk::Format::Vhd, &[("force_size", "on")], "vpc", false),
+    (
+        vmedia_disk::Format::Vhd,
+        &[("subformat", "fixed")],
+        "vpc",
+        false,
+    ),
+    (
+        vmedia_disk::Format::Vhd,
+        &[("subformat", "fixed"), ("force_size", "on")],
+        "vpc",
+        false,
+    ),
+    (
+        vmedia_disk::Format::Vhd,
+        &[("force_size", "on")],
+        "vpc",
+        false,
+    ),
     (vmedia_disk::Format::Vhdx, &[], "vhdx", true),
-    (vmedia_disk::Format::Vhdx, &[("subformat", "fixed")], "vhdx", true),
-    (vmedia_disk::Format::Vhdx, &[("block_size", "1M")], "vhdx", true),
+    (
+        vmedia_disk::Format::Vhdx,
+        &[("subformat", "fixed")],
+        "vhdx",
+        true,
+    ),
+    (
+        vmedia_disk::Format::Vhdx,
+        &[("block_size", "1M")],
+        "vhdx",
+        true,
+    ),
 ];
 
 #[test]
@@ -81,7 +148,11 @@ fn every_written_subformat_passes_qemu_check_and_compare() {
     patterned_raw(&raw, (37 << 20) + 5 * 512, 3);
     let src = open_default(&raw);
     for (i, (format, options, qemu_name, checkable)) in WRITTEN.iter().enumerate() {
-        let ext = match format { vmedia_disk::Format::Vmdk => "vmdk", vmedia_disk::Format::Vhd => "vhd", _ => "vhdx" };
+        let ext = match format {
+            vmedia_disk::Format::Vmdk => "vmdk",
+            vmedia_disk::Format::Vhd => "vhd",
+            _ => "vhdx",
+        };
         let out = dir.path().join(format!("out{i}.{ext}"));
         lib_convert(src.as_ref(), &out, *format, options, None);
         if *checkable {
@@ -94,7 +165,11 @@ fn every_written_subformat_passes_qemu_check_and_compare() {
         dump_raw(back.as_ref(), &ours);
         assert_qemu_identical(&raw, "raw", &ours, "raw");
         let info = qemu_info_json(&out, qemu_name);
-        assert_eq!(info["virtual-size"].as_u64().unwrap(), back.virtual_size(), "{options:?}: virtual size disagrees with qemu-img");
+        assert_eq!(
+            info["virtual-size"].as_u64().unwrap(),
+            back.virtual_size(),
+            "{options:?}: virtual size disagrees with qemu-img"
+        );
     }
 }
 
@@ -121,7 +196,12 @@ fn images_qemu_img_writes_read_back_equal() {
     patterned_raw(&raw, (21 << 20) + 3 * 512, 9);
     for (i, (fmt, opts)) in QEMU_WRITTEN.iter().enumerate() {
         let out = dir.path().join(format!("q{i}.{fmt}"));
-        run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", fmt, "-o", opts]).arg(&raw).arg(&out));
+        run_ok(
+            std::process::Command::new(qemu_img())
+                .args(["convert", "-f", "raw", "-O", fmt, "-o", opts])
+                .arg(&raw)
+                .arg(&out),
+        );
         let img = open_default(&out);
         let qemu_size = qemu_info_json(&out, fmt)["virtual-size"].as_u64().unwrap();
         assert_eq!(img.virtual_size(), qemu_size, "{fmt} {opts}: virtual size");
@@ -130,7 +210,10 @@ fn images_qemu_img_writes_read_back_equal() {
         assert_qemu_identical(&ours, "raw", &out, fmt);
         let theirs = dir.path().join(format!("theirs{i}.raw"));
         qemu_to_raw(&out, Some(fmt), &theirs);
-        assert!(files_equal(&ours, &theirs), "{fmt} {opts}: raw conversions differ");
+        assert!(
+            files_equal(&ours, &theirs),
+            "{fmt} {opts}: raw conversions differ"
+        );
     }
 }
 
@@ -155,13 +238,29 @@ fn three_states(dir: &Path) -> [std::path::PathBuf; 3] {
 fn chain_test(format: vmedia_disk::Format, ext: &str, qemu_name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let states = three_states(dir.path());
-    let names = [format!("base.{ext}"), format!("mid.{ext}"), format!("top.{ext}")];
+    let names = [
+        format!("base.{ext}"),
+        format!("mid.{ext}"),
+        format!("top.{ext}"),
+    ];
     let paths: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
-    lib_convert(open_default(&states[0]).as_ref(), &paths[0], format, &[], None);
+    lib_convert(
+        open_default(&states[0]).as_ref(),
+        &paths[0],
+        format,
+        &[],
+        None,
+    );
     for level in 1..3 {
         let wanted = open_default(&states[level]);
         let below = open_default(&paths[level - 1]);
-        lib_delta(wanted.as_ref(), below.as_ref(), &paths[level], format, &names[level - 1]);
+        lib_delta(
+            wanted.as_ref(),
+            below.as_ref(),
+            &paths[level],
+            format,
+            &names[level - 1],
+        );
     }
     for level in 0..3 {
         let img = open_default(&paths[level]);
@@ -169,14 +268,21 @@ fn chain_test(format: vmedia_disk::Format, ext: &str, qemu_name: &str) {
         dump_raw(img.as_ref(), &ours);
         assert_qemu_identical(&ours, "raw", &states[level], "raw");
         if level > 0 {
-            assert!(img.backing().is_some(), "{} has no parent opened", names[level]);
+            assert!(
+                img.backing().is_some(),
+                "{} has no parent opened",
+                names[level]
+            );
         }
     }
     // The top layer stores only what changed: much smaller than the base.
     use std::os::unix::fs::MetadataExt;
     let top_len = std::fs::metadata(&paths[2]).unwrap().blocks() * 512;
     let base_len = std::fs::metadata(&paths[0]).unwrap().blocks() * 512;
-    assert!(top_len < base_len, "the top delta ({top_len} bytes) is not smaller than the base ({base_len})");
+    assert!(
+        top_len < base_len,
+        "the top delta ({top_len} bytes) is not smaller than the base ({base_len})"
+    );
     // qemu-img 7.2 reads no VHD or VHDX parent (it reads a differencing VHD as if it had no
     // parent and refuses differencing VHDX), so it can only vouch for the base there.
     assert_qemu_identical(&paths[0], qemu_name, &states[0], "raw");
@@ -209,28 +315,57 @@ fn qemu_written_vmdk_delta_chain_reads_equal() {
     let base = dir.path().join("base.vmdk");
     let raw = dir.path().join("seed.raw");
     patterned_raw(&raw, 8 << 20, 5);
-    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vmdk"]).arg(&raw).arg(&base));
+    run_ok(
+        std::process::Command::new(qemu_img())
+            .args(["convert", "-f", "raw", "-O", "vmdk"])
+            .arg(&raw)
+            .arg(&base),
+    );
     let qemu_io = require_tool("qemu-io");
     let mut below = "base.vmdk".to_string();
-    for (level, writes) in [(1, ["write -P 0xaa 512 4096", "write -z 1M 128k"]), (2, ["write -P 0xbb 600k 70k", "write -P 0xcc 7M 1M"])] {
+    for (level, writes) in [
+        (1, ["write -P 0xaa 512 4096", "write -z 1M 128k"]),
+        (2, ["write -P 0xbb 600k 70k", "write -P 0xcc 7M 1M"]),
+    ] {
         let name = format!("delta{level}.vmdk");
         let path = dir.path().join(&name);
-        run_ok(std::process::Command::new(qemu_img()).current_dir(dir.path()).args(["create", "-f", "vmdk", "-b", &below, "-F", "vmdk", &name]));
+        run_ok(
+            std::process::Command::new(qemu_img())
+                .current_dir(dir.path())
+                .args(["create", "-f", "vmdk", "-b", &below, "-F", "vmdk", &name]),
+        );
         for w in writes {
-            run_ok(std::process::Command::new(&qemu_io).args(["-f", "vmdk", "-c", w]).arg(&path));
+            run_ok(
+                std::process::Command::new(&qemu_io)
+                    .args(["-f", "vmdk", "-c", w])
+                    .arg(&path),
+            );
         }
         below = name;
     }
     let top = dir.path().join("delta2.vmdk");
     let img = open_default(&top);
-    assert_eq!(img.backing().and_then(|b| b.backing()).map(|b| b.path().file_name().unwrap().to_owned()), Some("base.vmdk".into()));
+    assert_eq!(
+        img.backing()
+            .and_then(|b| b.backing())
+            .map(|b| b.path().file_name().unwrap().to_owned()),
+        Some("base.vmdk".into())
+    );
     let ours = dir.path().join("ours.raw");
     dump_raw(img.as_ref(), &ours);
     let theirs = dir.path().join("theirs.raw");
     qemu_to_raw(&top, Some("vmdk"), &theirs);
-    assert!(files_equal(&ours, &theirs), "vmedia reads qemu's delta chain differently");
+    assert!(
+        files_equal(&ours, &theirs),
+        "vmedia reads qemu's delta chain differently"
+    );
     let report = img.check(&vmedia_io::NoProgress).unwrap();
-    assert_eq!(report.check_errors + report.corruptions, 0, "{:?}", report.messages);
+    assert_eq!(
+        report.check_errors + report.corruptions,
+        0,
+        "{:?}",
+        report.messages
+    );
 }
 
 #[test]
@@ -240,14 +375,28 @@ fn dirty_log_vhdx_is_replayed_in_memory_like_qemu_check_repairs_it() {
     let dir = tempfile::tempdir().unwrap();
     let img = open_default(&sample);
     let info = img.info().unwrap();
-    assert!(info.format_specific.as_ref().unwrap()["data"]["log-replayed-entries"].as_u64().unwrap() > 0, "the log was not replayed");
+    assert!(
+        info.format_specific.as_ref().unwrap()["data"]["log-replayed-entries"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "the log was not replayed"
+    );
     let ours = dir.path().join("ours.raw");
     dump_raw(img.as_ref(), &ours);
-    assert_eq!(sha256_file(&sample), before, "opening the dirty image modified it");
+    assert_eq!(
+        sha256_file(&sample),
+        before,
+        "opening the dirty image modified it"
+    );
     // qemu replays the log only on a writable open (check -r all): do that on a copy.
     let copy = dir.path().join("copy.vhdx");
     std::fs::copy(&sample, &copy).unwrap();
-    run_ok(std::process::Command::new(qemu_img()).args(["check", "-r", "all", "-f", "vhdx"]).arg(&copy));
+    run_ok(
+        std::process::Command::new(qemu_img())
+            .args(["check", "-r", "all", "-f", "vhdx"])
+            .arg(&copy),
+    );
     assert_qemu_identical(&ours, "raw", &copy, "vhdx");
 }
 
@@ -264,8 +413,20 @@ fn samples_together(names: &[&str]) -> tempfile::TempDir {
 #[test]
 fn multi_file_vmdk_samples_read_like_qemu() {
     for (names, top) in [
-        (&["vmdk-rs/twoGbMaxExtentSparse.vmdk.xz", "vmdk-rs/twoGbMaxExtentSparse-s001.vmdk.xz"][..], "twoGbMaxExtentSparse.vmdk"),
-        (&["vmdk-rs/vmfs_thick.vmdk.xz", "vmdk-rs/vmfs_thick-flat.vmdk.xz"][..], "vmfs_thick.vmdk"),
+        (
+            &[
+                "vmdk-rs/twoGbMaxExtentSparse.vmdk.xz",
+                "vmdk-rs/twoGbMaxExtentSparse-s001.vmdk.xz",
+            ][..],
+            "twoGbMaxExtentSparse.vmdk",
+        ),
+        (
+            &[
+                "vmdk-rs/vmfs_thick.vmdk.xz",
+                "vmdk-rs/vmfs_thick-flat.vmdk.xz",
+            ][..],
+            "vmfs_thick.vmdk",
+        ),
     ] {
         let dir = samples_together(names);
         let path = dir.path().join(top);
@@ -277,11 +438,20 @@ fn multi_file_vmdk_samples_read_like_qemu() {
         assert!(files_equal(&ours, &theirs), "{top}: differs from qemu-img");
     }
     // The same data in four VMware subformats (vmdk-rs commit "same data in 4 vmdk types").
-    let dir = samples_together(&["vmdk-rs/twoGbMaxExtentSparse.vmdk.xz", "vmdk-rs/twoGbMaxExtentSparse-s001.vmdk.xz"]);
+    let dir = samples_together(&[
+        "vmdk-rs/twoGbMaxExtentSparse.vmdk.xz",
+        "vmdk-rs/twoGbMaxExtentSparse-s001.vmdk.xz",
+    ]);
     let a = dir.path().join("a.raw");
-    dump_raw(open_default(&dir.path().join("twoGbMaxExtentSparse.vmdk")).as_ref(), &a);
+    dump_raw(
+        open_default(&dir.path().join("twoGbMaxExtentSparse.vmdk")).as_ref(),
+        &a,
+    );
     let b = dir.path().join("b.raw");
-    dump_raw(open_default(&shared_sample("vmdk-rs/streamOptimized.vmdk.xz")).as_ref(), &b);
+    dump_raw(
+        open_default(&shared_sample("vmdk-rs/streamOptimized.vmdk.xz")).as_ref(),
+        &b,
+    );
     assert!(files_equal(&a, &b));
 }
 
@@ -291,7 +461,9 @@ fn open_error(path: &Path) -> String {
             // Some damage only shows when reading: read everything the image maps.
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("x.raw");
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dump_raw(img.as_ref(), &out)));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                dump_raw(img.as_ref(), &out)
+            }));
             match result {
                 Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
                 Ok(()) => panic!("{} opened and read without an error", path.display()),
@@ -314,8 +486,14 @@ fn negative_samples_give_clear_errors() {
     ] {
         let path = shared_sample(name);
         let err = open_error(&path);
-        assert!(err.contains(expect), "{name}: error {err:?} does not mention {expect:?}");
-        assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "{name}: error {err:?} does not name the file");
+        assert!(
+            err.contains(expect),
+            "{name}: error {err:?} does not mention {expect:?}"
+        );
+        assert!(
+            err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{name}: error {err:?} does not name the file"
+        );
     }
 }
 
@@ -324,27 +502,52 @@ fn images_with_absent_parents_or_extents_name_what_is_missing() {
     for (name, missing) in [
         ("dfvfs/fat-differential.vhd.xz", "fat-parent.vhd"),
         ("dissect.hypervisor/differencing.avhdx.gz", "Generation 1_"),
-        ("vmdk-rs/descriptor-only/monolithicFlat.vmdk.xz", "monolithicFlat-flat.vmdk"),
-        ("vmdk-rs/descriptor-only/twoGbMaxExtentFlat.vmdk.xz", "twoGbMaxExtentFlat-f001.vmdk"),
-        ("SecurityRonin-vmdk/descriptor-only/ms3-win.vmdk.xz", "disk-s001.vmdk"),
+        (
+            "vmdk-rs/descriptor-only/monolithicFlat.vmdk.xz",
+            "monolithicFlat-flat.vmdk",
+        ),
+        (
+            "vmdk-rs/descriptor-only/twoGbMaxExtentFlat.vmdk.xz",
+            "twoGbMaxExtentFlat-f001.vmdk",
+        ),
+        (
+            "SecurityRonin-vmdk/descriptor-only/ms3-win.vmdk.xz",
+            "disk-s001.vmdk",
+        ),
     ] {
         let path = shared_sample(name);
         let err = match open_any(&path, &vmedia_disk::OpenOptions::default()) {
             Ok(_) => panic!("{name} opened although {missing} is absent"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains(missing), "{name}: {err:?} does not name {missing}");
+        assert!(
+            err.contains(missing),
+            "{name}: {err:?} does not name {missing}"
+        );
     }
     // With the chain not followed, the differencing images still describe themselves.
-    let opts = vmedia_disk::OpenOptions { skip_backing: true, ..Default::default() };
+    let opts = vmedia_disk::OpenOptions {
+        skip_backing: true,
+        ..Default::default()
+    };
     let vhd = open_any(&shared_sample("dfvfs/fat-differential.vhd.xz"), &opts).unwrap();
     assert_eq!(vhd.virtual_size(), 4 << 20);
     assert_eq!(vhd.backing_ref().unwrap().name, "fat-parent.vhd");
-    let avhdx = open_any(&shared_sample("dissect.hypervisor/differencing.avhdx.gz"), &opts).unwrap();
+    let avhdx = open_any(
+        &shared_sample("dissect.hypervisor/differencing.avhdx.gz"),
+        &opts,
+    )
+    .unwrap();
     assert_eq!(avhdx.virtual_size(), 8 << 30);
     assert!(avhdx.backing_ref().unwrap().name.ends_with(".avhdx"));
     // An ESXi snapshot descriptor: its VMFSSPARSE extent format is named.
-    let err = open_any(&shared_sample("vmdk-rs/descriptor-only/vmfs_thick-000001.vmdk.xz"), &vmedia_disk::OpenOptions::default()).err().unwrap().to_string();
+    let err = open_any(
+        &shared_sample("vmdk-rs/descriptor-only/vmfs_thick-000001.vmdk.xz"),
+        &vmedia_disk::OpenOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("VMFSSPARSE"), "{err}");
 }
 
@@ -362,7 +565,10 @@ fn hand_edited_vhd_reads_when_checksums_are_ignored() {
         .env("H6_OUT", dir.path().join("edited.raw"))
         .status()
         .unwrap();
-    assert!(status.success(), "reading with VMEDIA_IGNORE_CHECKSUMS=1 failed");
+    assert!(
+        status.success(),
+        "reading with VMEDIA_IGNORE_CHECKSUMS=1 failed"
+    );
     let clean = dir.path().join("clean.raw");
     qemu_to_raw(&shared_sample("plaso/image.vhd.xz"), Some("vpc"), &clean);
     assert!(files_equal(&dir.path().join("edited.raw"), &clean));
@@ -371,7 +577,8 @@ fn hand_edited_vhd_reads_when_checksums_are_ignored() {
 /// Runs in a child process (environment variables are process-wide): reads H6_EDITED.
 #[test]
 fn ignored_checksums_child() {
-    let (Some(input), Some(out)) = (std::env::var_os("H6_EDITED"), std::env::var_os("H6_OUT")) else {
+    let (Some(input), Some(out)) = (std::env::var_os("H6_EDITED"), std::env::var_os("H6_OUT"))
+    else {
         // Run directly (not as the child): the parent test covers this path.
         assert!(std::env::var_os("VMEDIA_IGNORE_CHECKSUMS").is_none());
         return;
@@ -390,11 +597,23 @@ fn bootable_disk_converted_by_vmedia_boots_in_qemu() {
         ("vpc", "subformat=dynamic", "vhd"),
         ("vhdx", "subformat=dynamic", "vhdx"),
     ] {
-        let out = dir.path().join(format!("boot-{}.{ext}", opts.replace('=', "-")));
-        run_ok(vmedia().args(["disk", "convert", "-q", "-O", fmt, "-o", opts]).arg(&raw).arg(&out));
+        let out = dir
+            .path()
+            .join(format!("boot-{}.{ext}", opts.replace('=', "-")));
+        run_ok(
+            vmedia()
+                .args(["disk", "convert", "-q", "-O", fmt, "-o", opts])
+                .arg(&raw)
+                .arg(&out),
+        );
         assert_qemu_identical(&raw, "raw", &out, fmt);
         let drive = format!("file={},format={fmt},if=ide,snapshot=on", out.display());
-        let log = qemu_boot(Firmware::Bios, &["-drive", &drive], BOOT_MARKER, std::time::Duration::from_secs(300));
+        let log = qemu_boot(
+            Firmware::Bios,
+            &["-drive", &drive],
+            BOOT_MARKER,
+            std::time::Duration::from_secs(300),
+        );
         assert!(log.contains(BOOT_MARKER), "{fmt} {opts}: no boot marker");
     }
 }
@@ -402,9 +621,18 @@ fn bootable_disk_converted_by_vmedia_boots_in_qemu() {
 fn small_iso(dir: &Path, name: &str) -> std::path::PathBuf {
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
-    std::fs::write(tree.join("hello.txt"), "hello from an ISO wrapped as a disk\n").unwrap();
+    std::fs::write(
+        tree.join("hello.txt"),
+        "hello from an ISO wrapped as a disk\n",
+    )
+    .unwrap();
     let iso = dir.join(name);
-    run_ok(std::process::Command::new(require_tool("xorriso")).args(["-as", "mkisofs", "-quiet", "-R", "-V", "WRAPME", "-o"]).arg(&iso).arg(&tree));
+    run_ok(
+        std::process::Command::new(require_tool("xorriso"))
+            .args(["-as", "mkisofs", "-quiet", "-R", "-V", "WRAPME", "-o"])
+            .arg(&iso)
+            .arg(&tree),
+    );
     iso
 }
 
@@ -413,16 +641,29 @@ fn wrap_iso_makes_a_vmdk_qemu_img_accepts_without_copying() {
     let dir = tempfile::tempdir().unwrap();
     let iso = small_iso(dir.path(), "x.iso");
     let vmdk = dir.path().join("x.vmdk");
-    let out = run_ok(vmedia().args(["disk", "wrap-iso"]).arg(&iso).arg("-o").arg(&vmdk).arg("--json"));
+    let out = run_ok(
+        vmedia()
+            .args(["disk", "wrap-iso"])
+            .arg(&iso)
+            .arg("-o")
+            .arg(&vmdk)
+            .arg("--json"),
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["extent"], "x.iso");
     assert_eq!(v["access"], "RW");
     let iso_len = std::fs::metadata(&iso).unwrap().len();
-    assert!(std::fs::metadata(&vmdk).unwrap().len() < 4096, "the descriptor must not contain the data");
+    assert!(
+        std::fs::metadata(&vmdk).unwrap().len() < 4096,
+        "the descriptor must not contain the data"
+    );
     let info = qemu_info_json(&vmdk, "vmdk");
     assert_eq!(info["format"], "vmdk");
     assert_eq!(info["virtual-size"].as_u64().unwrap(), iso_len);
-    assert_eq!(info["format-specific"]["data"]["create-type"], "monolithicFlat");
+    assert_eq!(
+        info["format-specific"]["data"]["create-type"],
+        "monolithicFlat"
+    );
     assert_qemu_identical(&vmdk, "vmdk", &iso, "raw");
     // vmedia reads it back through its own VMDK driver too.
     let img = open_default(&vmdk);
@@ -430,14 +671,41 @@ fn wrap_iso_makes_a_vmdk_qemu_img_accepts_without_copying() {
     dump_raw(img.as_ref(), &ours);
     assert_qemu_identical(&ours, "raw", &iso, "raw");
     let text = std::fs::read_to_string(&vmdk).unwrap();
-    assert!(text.contains("RW ") && text.contains("FLAT \"x.iso\" 0") && text.contains("ddb.adapterType = \"ide\""), "{text}");
+    assert!(
+        text.contains("RW ")
+            && text.contains("FLAT \"x.iso\" 0")
+            && text.contains("ddb.adapterType = \"ide\""),
+        "{text}"
+    );
     // Native command: an existing output is refused without --force.
-    let (code, _, err) = run_any(vmedia().args(["disk", "wrap-iso"]).arg(&iso).arg("-o").arg(&vmdk));
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["disk", "wrap-iso"])
+            .arg(&iso)
+            .arg("-o")
+            .arg(&vmdk),
+    );
     assert_ne!(code, 0);
     assert!(err.contains("--force"), "{err}");
-    run_ok(vmedia().args(["disk", "wrap-iso", "--force", "--read-only", "--adapter", "lsilogic"]).arg(&iso).arg("-o").arg(&vmdk));
+    run_ok(
+        vmedia()
+            .args([
+                "disk",
+                "wrap-iso",
+                "--force",
+                "--read-only",
+                "--adapter",
+                "lsilogic",
+            ])
+            .arg(&iso)
+            .arg("-o")
+            .arg(&vmdk),
+    );
     let text = std::fs::read_to_string(&vmdk).unwrap();
-    assert!(text.contains("RDONLY ") && text.contains("lsilogic"), "{text}");
+    assert!(
+        text.contains("RDONLY ") && text.contains("lsilogic"),
+        "{text}"
+    );
     assert_eq!(open_default(&vmdk).virtual_size(), iso_len);
 }
 
@@ -448,8 +716,17 @@ fn wrap_iso_pads_a_file_that_is_not_whole_sectors() {
     let data: Vec<u8> = (0..5000u32).map(|i| (i % 255) as u8 + 1).collect();
     std::fs::write(&odd, &data).unwrap();
     let vmdk = dir.path().join("odd.vmdk");
-    let out = run_ok(vmedia().args(["disk", "wrap-iso"]).arg(&odd).arg("-o").arg(&vmdk));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("padded"), "the padding is not reported");
+    let out = run_ok(
+        vmedia()
+            .args(["disk", "wrap-iso"])
+            .arg(&odd)
+            .arg("-o")
+            .arg(&vmdk),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("padded"),
+        "the padding is not reported"
+    );
     let info = qemu_info_json(&vmdk, "vmdk");
     assert_eq!(info["virtual-size"].as_u64().unwrap(), 5120);
     let img = open_default(&vmdk);
@@ -469,9 +746,20 @@ fn wrap_iso_in_another_folder_needs_references_allowed() {
     std::fs::create_dir_all(&iso_dir).unwrap();
     let iso = small_iso(&iso_dir, "far.iso");
     let vmdk = dir.path().join("far.vmdk");
-    run_ok(vmedia().args(["disk", "wrap-iso"]).arg(&iso).arg("-o").arg(&vmdk));
-    assert!(std::fs::read_to_string(&vmdk).unwrap().contains(&std::fs::canonicalize(&iso).unwrap().display().to_string()));
-    let err = open_any(&vmdk, &vmedia_disk::OpenOptions::default()).err().expect("an extent outside the folder was opened by default").to_string();
+    run_ok(
+        vmedia()
+            .args(["disk", "wrap-iso"])
+            .arg(&iso)
+            .arg("-o")
+            .arg(&vmdk),
+    );
+    assert!(std::fs::read_to_string(&vmdk)
+        .unwrap()
+        .contains(&std::fs::canonicalize(&iso).unwrap().display().to_string()));
+    let err = open_any(&vmdk, &vmedia_disk::OpenOptions::default())
+        .err()
+        .expect("an extent outside the folder was opened by default")
+        .to_string();
     assert!(err.contains("allow-references"), "{err}");
     assert!(open_any(&vmdk, &allow_any()).is_ok());
     assert_qemu_identical(&vmdk, "vmdk", &iso, "raw");
@@ -491,14 +779,31 @@ fn stream_optimized_output_follows_vmware_layout_field_by_field() {
     let raw = dir.path().join("src.raw");
     patterned_raw(&raw, (45 << 20) + 512 * 3, 7);
     let out = dir.path().join("s.vmdk");
-    run_ok(vmedia().args(["disk", "convert", "-q", "-O", "vmdk", "-o", "subformat=streamOptimized,adapter_type=lsilogic"]).arg(&raw).arg(&out));
+    run_ok(
+        vmedia()
+            .args([
+                "disk",
+                "convert",
+                "-q",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized,adapter_type=lsilogic",
+            ])
+            .arg(&raw)
+            .arg(&out),
+    );
     let f = std::fs::read(&out).unwrap();
     let source = std::fs::read(&raw).unwrap();
     assert_eq!(f.len() % 512, 0, "the file is not whole sectors");
     // Header.
     assert_eq!(&f[0..4], b"KDMV");
     assert_eq!(le32(&f, 4), 3, "version");
-    assert_eq!(le32(&f, 8), 0x0003_0001, "flags: newline test | compressed grains | markers");
+    assert_eq!(
+        le32(&f, 8),
+        0x0003_0001,
+        "flags: newline test | compressed grains | markers"
+    );
     let capacity = le64(&f, 12);
     assert_eq!(capacity, (source.len() as u64).div_ceil(512), "capacity");
     assert_eq!(le64(&f, 20), 128, "grainSize");
@@ -507,15 +812,37 @@ fn stream_optimized_output_follows_vmware_layout_field_by_field() {
     assert!(desc_sectors >= 1);
     assert_eq!(le32(&f, 44), 512, "numGTEsPerGT");
     assert_eq!(le64(&f, 48), 0, "rgdOffset");
-    assert_eq!(le64(&f, 56), u64::MAX, "gdOffset must be GD_AT_END in the first header");
+    assert_eq!(
+        le64(&f, 56),
+        u64::MAX,
+        "gdOffset must be GD_AT_END in the first header"
+    );
     let overhead = le64(&f, 64);
     assert_eq!(&f[73..77], b"\n \r\n", "newline detection characters");
-    assert_eq!(u16::from_le_bytes([f[77], f[78]]), 1, "compressAlgorithm deflate");
-    let desc = String::from_utf8_lossy(&f[512..512 + desc_sectors as usize * 512]).trim_end_matches('\0').to_string();
+    assert_eq!(
+        u16::from_le_bytes([f[77], f[78]]),
+        1,
+        "compressAlgorithm deflate"
+    );
+    let desc = String::from_utf8_lossy(&f[512..512 + desc_sectors as usize * 512])
+        .trim_end_matches('\0')
+        .to_string();
     assert!(desc.starts_with("# Disk DescriptorFile"), "{desc}");
     assert!(desc.contains("createType=\"streamOptimized\""), "{desc}");
-    assert!(desc.contains(&format!("RW {capacity} SPARSE \"s.vmdk\"")), "{desc}");
-    for key in ["ddb.adapterType = \"lsilogic\"", "ddb.virtualHWVersion", "ddb.geometry.cylinders", "ddb.geometry.heads = \"255\"", "ddb.geometry.sectors = \"63\"", "ddb.toolsVersion", "ddb.uuid", "ddb.longContentID"] {
+    assert!(
+        desc.contains(&format!("RW {capacity} SPARSE \"s.vmdk\"")),
+        "{desc}"
+    );
+    for key in [
+        "ddb.adapterType = \"lsilogic\"",
+        "ddb.virtualHWVersion",
+        "ddb.geometry.cylinders",
+        "ddb.geometry.heads = \"255\"",
+        "ddb.geometry.sectors = \"63\"",
+        "ddb.toolsVersion",
+        "ddb.uuid",
+        "ddb.longContentID",
+    ] {
         assert!(desc.contains(key), "descriptor lacks {key}: {desc}");
     }
     // The stream body.
@@ -531,20 +858,34 @@ fn stream_optimized_output_follows_vmware_layout_field_by_field() {
         if size != 0 {
             assert!(gd_at.is_none(), "grain after the grain directory");
             assert_eq!(val % 128, 0, "grain LBA {val} is not grain aligned");
-            assert!(last_lba.is_none_or(|l| val > l), "grains not in ascending order");
+            assert!(
+                last_lba.is_none_or(|l| val > l),
+                "grains not in ascending order"
+            );
             last_lba = Some(val);
             let data = &f[at + 12..at + 12 + size as usize];
             // A zlib stream (RFC 1950) as VMware writes: deflate method, valid check bits.
             // Its content is proven below by qemu-img compare, which inflates every grain.
-            assert_eq!(data[0] & 0x0f, 8, "grain at LBA {val} is not a zlib deflate stream");
-            assert_eq!((u16::from(data[0]) << 8 | u16::from(data[1])) % 31, 0, "grain at LBA {val}: bad zlib header");
+            assert_eq!(
+                data[0] & 0x0f,
+                8,
+                "grain at LBA {val} is not a zlib deflate stream"
+            );
+            assert_eq!(
+                (u16::from(data[0]) << 8 | u16::from(data[1])) % 31,
+                0,
+                "grain at LBA {val}: bad zlib header"
+            );
             assert!(val * 512 < source.len() as u64, "grain beyond the disk");
             grains.insert(at / 512, val);
             at = (at + 12 + size as usize).div_ceil(512) * 512;
             continue;
         }
         let kind = le32(&f, at + 12);
-        assert!(f[at + 16..at + 512].iter().all(|b| *b == 0), "marker padding at {at:#x} is not zero");
+        assert!(
+            f[at + 16..at + 512].iter().all(|b| *b == 0),
+            "marker padding at {at:#x} is not zero"
+        );
         match kind {
             1 => {
                 assert_eq!(val, 4, "GT marker size");
@@ -560,9 +901,21 @@ fn stream_optimized_output_follows_vmware_layout_field_by_field() {
                 assert_eq!(val, 1, "footer marker size");
                 let footer = &f[at + 512..at + 1024];
                 assert_eq!(&footer[0..4], b"KDMV");
-                assert_eq!(le64(footer, 56) as usize, gd_at.expect("footer before the grain directory"), "footer gdOffset");
-                assert_eq!(&footer[..56], &f[..56], "footer differs from the header before gdOffset");
-                assert_eq!(&footer[64..512], &f[64..512], "footer differs from the header after gdOffset");
+                assert_eq!(
+                    le64(footer, 56) as usize,
+                    gd_at.expect("footer before the grain directory"),
+                    "footer gdOffset"
+                );
+                assert_eq!(
+                    &footer[..56],
+                    &f[..56],
+                    "footer differs from the header before gdOffset"
+                );
+                assert_eq!(
+                    &footer[64..512],
+                    &f[64..512],
+                    "footer differs from the header after gdOffset"
+                );
                 footer_seen = true;
                 at += 1024;
             }
@@ -575,7 +928,11 @@ fn stream_optimized_output_follows_vmware_layout_field_by_field() {
         }
     }
     assert!(footer_seen, "no footer");
-    assert_eq!(eos_at, Some(f.len() - 512), "the end-of-stream marker must be the last sector");
+    assert_eq!(
+        eos_at,
+        Some(f.len() - 512),
+        "the end-of-stream marker must be the last sector"
+    );
     // The directory points at the tables, the tables at the grain markers.
     let gd_sector = gd_at.unwrap();
     let gd_entries = capacity.div_ceil(128).div_ceil(512) as usize;
@@ -585,16 +942,31 @@ fn stream_optimized_output_follows_vmware_layout_field_by_field() {
         if gt == 0 {
             continue;
         }
-        let (_, table) = tables.iter().find(|(s, _)| *s == gt).expect("GD entry points at no grain table");
+        let (_, table) = tables
+            .iter()
+            .find(|(s, _)| *s == gt)
+            .expect("GD entry points at no grain table");
         for (j, e) in table.iter().enumerate() {
             if *e != 0 {
-                assert_eq!(grains.get(&(*e as usize)), Some(&(((i * 512 + j) * 128) as u64)), "GT entry does not point at its grain marker");
+                assert_eq!(
+                    grains.get(&(*e as usize)),
+                    Some(&(((i * 512 + j) * 128) as u64)),
+                    "GT entry does not point at its grain marker"
+                );
                 mapped += 1;
             }
         }
     }
-    assert_eq!(mapped, grains.len(), "grains not reachable from the directory");
-    assert!(vmedia_disk::profile::check_target(open_default(&out).as_ref(), vmedia_disk::profile::Target::Esxi).is_empty());
+    assert_eq!(
+        mapped,
+        grains.len(),
+        "grains not reachable from the directory"
+    );
+    assert!(vmedia_disk::profile::check_target(
+        open_default(&out).as_ref(),
+        vmedia_disk::profile::Target::Esxi
+    )
+    .is_empty());
     assert_qemu_check(&out, "vmdk");
     assert_qemu_identical(&raw, "raw", &out, "vmdk");
 }
@@ -606,34 +978,89 @@ fn target_checks_accept_vmedia_profiles_and_name_what_peers_get_wrong() {
     let raw = dir.path().join("src.raw");
     patterned_raw(&raw, (10 << 20) + 12345, 2);
     let src = open_default(&raw);
-    for (target, ext) in [(Target::Esxi, "vmdk"), (Target::Azure, "vhd"), (Target::HyperV, "vhdx")] {
-        let mut opts = vmedia_disk::CreateOptions::new(vmedia_disk::Format::Raw, src.virtual_size());
+    for (target, ext) in [
+        (Target::Esxi, "vmdk"),
+        (Target::Azure, "vhd"),
+        (Target::HyperV, "vhdx"),
+    ] {
+        let mut opts =
+            vmedia_disk::CreateOptions::new(vmedia_disk::Format::Raw, src.virtual_size());
         apply(target, &mut opts).unwrap();
         let out = dir.path().join(format!("t.{ext}"));
         let options: Vec<(String, String)> = opts.options.clone().into_iter().collect();
-        let borrowed: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let sized = formats::SizedSource { inner: src.as_ref(), size: opts.virtual_size };
+        let borrowed: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let sized = formats::SizedSource {
+            inner: src.as_ref(),
+            size: opts.virtual_size,
+        };
         lib_convert(&sized, &out, opts.format, &borrowed, None);
         let img = open_default(&out);
         let problems = check_target(img.as_ref(), target);
         assert!(problems.is_empty(), "{target}: {problems:?}");
         assert_qemu_identical(&raw, "raw", &out, opts.format.qemu_name());
         if target == Target::Azure {
-            assert_eq!(img.virtual_size(), 11 << 20, "Azure sizes round up to whole MiB");
+            assert_eq!(
+                img.virtual_size(),
+                11 << 20,
+                "Azure sizes round up to whole MiB"
+            );
             assert_eq!(std::fs::metadata(&out).unwrap().len(), (11 << 20) + 512);
-            assert_eq!(qemu_info_json(&out, "vpc")["virtual-size"].as_u64().unwrap(), 11 << 20);
+            assert_eq!(
+                qemu_info_json(&out, "vpc")["virtual-size"]
+                    .as_u64()
+                    .unwrap(),
+                11 << 20
+            );
         }
     }
     // qemu-img's streamOptimized: vSphere refuses it; the check says why.
     let q = dir.path().join("q.vmdk");
-    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"]).arg(&raw).arg(&q));
+    run_ok(
+        std::process::Command::new(qemu_img())
+            .args([
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+            ])
+            .arg(&raw)
+            .arg(&q),
+    );
     let problems = check_target(open_default(&q).as_ref(), Target::Esxi);
-    assert!(problems.iter().any(|p| p.field == "gdOffset"), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.field == "gdOffset"),
+        "{problems:?}"
+    );
     // qemu-img's default fixed VHD is CHS-sized: Azure refuses it.
     let v = dir.path().join("q.vhd");
-    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed"]).arg(&raw).arg(&v));
-    let problems = check_target(open_any(&v, &vmedia_disk::OpenOptions { format: Some(vmedia_disk::Format::Vhd), ..Default::default() }).unwrap().as_ref(), Target::Azure);
-    assert!(problems.iter().any(|p| p.field == "footer current size"), "{problems:?}");
+    run_ok(
+        std::process::Command::new(qemu_img())
+            .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed"])
+            .arg(&raw)
+            .arg(&v),
+    );
+    let problems = check_target(
+        open_any(
+            &v,
+            &vmedia_disk::OpenOptions {
+                format: Some(vmedia_disk::Format::Vhd),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .as_ref(),
+        Target::Azure,
+    );
+    assert!(
+        problems.iter().any(|p| p.field == "footer current size"),
+        "{problems:?}"
+    );
     // A dynamic VHD is not for Azure, a VMDK not for Hyper-V.
     assert!(!check_target(src.as_ref(), Target::HyperV).is_empty());
 }
@@ -648,9 +1075,19 @@ fn zero_runs_stay_unallocated_without_a_parent() {
     f.set_len(16 << 20).unwrap();
     use std::os::unix::fs::FileExt;
     f.write_all_at(&[1u8; 4096], 8 << 20).unwrap();
-    for (fmt, opts) in [("vmdk", "subformat=monolithicSparse"), ("vmdk", "subformat=twoGbMaxExtentSparse"), ("vpc", "subformat=dynamic"), ("vhdx", "block_size=1M")] {
+    for (fmt, opts) in [
+        ("vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "subformat=twoGbMaxExtentSparse"),
+        ("vpc", "subformat=dynamic"),
+        ("vhdx", "block_size=1M"),
+    ] {
         let out = dir.path().join(format!("z.{fmt}"));
-        run_ok(vmedia().args(["disk", "convert", "-q", "-O", fmt, "-o", opts]).arg(&raw).arg(&out));
+        run_ok(
+            vmedia()
+                .args(["disk", "convert", "-q", "-O", fmt, "-o", opts])
+                .arg(&raw)
+                .arg(&out),
+        );
         // qemu-img map for VMDK and VHD; qemu has no block status for VHDX (it calls all of
         // it data), so vmedia's own map counts there.
         let data: u64 = if fmt == "vhdx" {
@@ -665,11 +1102,24 @@ fn zero_runs_stay_unallocated_without_a_parent() {
             }
             sum
         } else {
-            let map = run_ok(std::process::Command::new(qemu_img()).args(["map", "--output", "json", "-f", fmt]).arg(&out));
+            let map = run_ok(
+                std::process::Command::new(qemu_img())
+                    .args(["map", "--output", "json", "-f", fmt])
+                    .arg(&out),
+            );
             let entries: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
-            entries.as_array().unwrap().iter().filter(|e| e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum()
+            entries
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["data"] == true)
+                .map(|e| e["length"].as_u64().unwrap())
+                .sum()
         };
-        assert!(data <= 2 << 20, "{fmt} {opts}: {data} bytes allocated for 4 KiB of data");
+        assert!(
+            data <= 2 << 20,
+            "{fmt} {opts}: {data} bytes allocated for 4 KiB of data"
+        );
         assert_qemu_identical(&raw, "raw", &out, fmt);
     }
 }
@@ -681,39 +1131,109 @@ fn convert_target_writes_importable_images_and_check_target_names_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("src.raw");
     patterned_raw(&raw, (10 << 20) + 12345, 3);
-    for (target, ext, qfmt) in [("esxi", "vmdk", "vmdk"), ("vsphere", "vmdk", "vmdk"), ("azure", "vhd", "vpc"), ("hyperv", "vhdx", "vhdx"), ("hyper-v", "vhdx", "vhdx")] {
+    for (target, ext, qfmt) in [
+        ("esxi", "vmdk", "vmdk"),
+        ("vsphere", "vmdk", "vmdk"),
+        ("azure", "vhd", "vpc"),
+        ("hyperv", "vhdx", "vhdx"),
+        ("hyper-v", "vhdx", "vhdx"),
+    ] {
         let out = dir.path().join(format!("{target}.{ext}"));
-        run_ok(vmedia().args(["disk", "convert", "-q", "--target", target]).arg(&raw).arg(&out));
+        run_ok(
+            vmedia()
+                .args(["disk", "convert", "-q", "--target", target])
+                .arg(&raw)
+                .arg(&out),
+        );
         let info = qemu_info_json(&out, qfmt);
         assert_eq!(info["format"], qfmt, "{target}: {info}");
         if qfmt != "vpc" {
             // qemu-img has no check for VHD.
-            run_ok(std::process::Command::new(qemu_img()).args(["check", "-f", qfmt]).arg(&out));
+            run_ok(
+                std::process::Command::new(qemu_img())
+                    .args(["check", "-f", qfmt])
+                    .arg(&out),
+            );
         }
         assert_qemu_identical(&raw, "raw", &out, qfmt);
         match target {
-            "esxi" | "vsphere" => assert_eq!(info["format-specific"]["data"]["create-type"], "streamOptimized", "{info}"),
+            "esxi" | "vsphere" => assert_eq!(
+                info["format-specific"]["data"]["create-type"], "streamOptimized",
+                "{info}"
+            ),
             "azure" => {
-                assert_eq!(info["virtual-size"].as_u64().unwrap(), 11 << 20, "whole MiB");
-                assert_eq!(std::fs::metadata(&out).unwrap().len(), (11 << 20) + 512, "fixed VHD");
+                assert_eq!(
+                    info["virtual-size"].as_u64().unwrap(),
+                    11 << 20,
+                    "whole MiB"
+                );
+                assert_eq!(
+                    std::fs::metadata(&out).unwrap().len(),
+                    (11 << 20) + 512,
+                    "fixed VHD"
+                );
             }
-            _ => assert_eq!(info["virtual-size"].as_u64().unwrap(), 11 << 20, "whole MiB"),
+            _ => assert_eq!(
+                info["virtual-size"].as_u64().unwrap(),
+                11 << 20,
+                "whole MiB"
+            ),
         }
-        let check = run_ok(vmedia().args(["disk", "check", "--target", target]).arg(&out));
-        assert!(String::from_utf8_lossy(&check.stdout).contains("No problems"), "{target}");
+        let check = run_ok(
+            vmedia()
+                .args(["disk", "check", "--target", target])
+                .arg(&out),
+        );
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains("No problems"),
+            "{target}"
+        );
     }
     // A target of another format is refused before anything is written.
-    let (code, _, err) = run_any(vmedia().args(["disk", "convert", "-q", "-O", "qcow2", "--target", "azure"]).arg(&raw).arg(dir.path().join("x.qcow2")));
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["disk", "convert", "-q", "-O", "qcow2", "--target", "azure"])
+            .arg(&raw)
+            .arg(dir.path().join("x.qcow2")),
+    );
     assert_ne!(code, 0, "{err}");
     // qemu-img's streamOptimized VMDK: vSphere refuses it, and the CLI says why (exit 2).
     let q = dir.path().join("q.vmdk");
-    run_ok(std::process::Command::new(qemu_img()).args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"]).arg(&raw).arg(&q));
-    let (code, out, _) = run_any(vmedia().args(["disk", "check", "--target", "esxi", "--output", "json"]).arg(&q));
+    run_ok(
+        std::process::Command::new(qemu_img())
+            .args([
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+            ])
+            .arg(&raw)
+            .arg(&q),
+    );
+    let (code, out, _) = run_any(
+        vmedia()
+            .args(["disk", "check", "--target", "esxi", "--output", "json"])
+            .arg(&q),
+    );
     assert_eq!(code, 2);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["accepted"], false);
-    assert!(json["problems"].as_array().unwrap().iter().any(|p| p["field"] == "gdOffset"), "{json}");
-    let (code, out, _) = run_any(vmedia().args(["disk", "check", "--target", "vsphere"]).arg(&q));
+    assert!(
+        json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["field"] == "gdOffset"),
+        "{json}"
+    );
+    let (code, out, _) = run_any(
+        vmedia()
+            .args(["disk", "check", "--target", "vsphere"])
+            .arg(&q),
+    );
     assert_eq!(code, 2);
     assert!(out.contains("gdOffset"), "{out}");
 }
@@ -732,21 +1252,40 @@ fn span_reads_keep_zero_clusters_sparse_and_outputs_identical() {
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
     // A zeroed 64 KiB cluster inside the first span, and a 1 MiB hole across the 8 MiB mark.
     f.write_all_at(&vec![0u8; 64 << 10], 1 << 20).unwrap();
-    f.write_all_at(&vec![0u8; 1 << 20], (8 << 20) - (512 << 10)).unwrap();
+    f.write_all_at(&vec![0u8; 1 << 20], (8 << 20) - (512 << 10))
+        .unwrap();
     drop(f);
-    for (fmt, ext) in [("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vpc", "vhd"), ("vhdx", "vhdx"), ("raw", "img")] {
+    for (fmt, ext) in [
+        ("qcow2", "qcow2"),
+        ("vmdk", "vmdk"),
+        ("vpc", "vhd"),
+        ("vhdx", "vhdx"),
+        ("raw", "img"),
+    ] {
         for cache in ["unsafe", "writeback"] {
             let out = dir.path().join(format!("{cache}.{ext}"));
-            run_ok(vmedia().args(["disk", "convert", "-q", "-t", cache, "-O", fmt]).arg(&raw).arg(&out));
+            run_ok(
+                vmedia()
+                    .args(["disk", "convert", "-q", "-t", cache, "-O", fmt])
+                    .arg(&raw)
+                    .arg(&out),
+            );
             assert_qemu_identical(&raw, "raw", &out, fmt);
         }
     }
     let out = dir.path().join("unsafe.qcow2");
-    let map = run_ok(std::process::Command::new(qemu_img()).args(["map", "--output", "json", "-f", "qcow2"]).arg(&out));
+    let map = run_ok(
+        std::process::Command::new(qemu_img())
+            .args(["map", "--output", "json", "-f", "qcow2"])
+            .arg(&out),
+    );
     let entries: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
     let zero_cluster_is_data = entries.as_array().unwrap().iter().any(|e| {
         let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
         e["data"] == true && start <= (1 << 20) && start + len > (1 << 20)
     });
-    assert!(!zero_cluster_is_data, "the zeroed cluster inside a span was allocated: {entries}");
+    assert!(
+        !zero_cluster_is_data,
+        "the zeroed cluster inside a span was allocated: {entries}"
+    );
 }

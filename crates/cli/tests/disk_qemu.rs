@@ -3,9 +3,9 @@
 //! the same bytes; info/map/check/compare/measure output and exit codes match qemu-img 7.2;
 //! commit, rebase and resize give what qemu-img gives; a converted bootable disk boots in QEMU.
 
-mod support;
 #[path = "support/disk.rs"]
 mod disk_fixture;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -23,7 +23,11 @@ fn qemu_img() -> Command {
 }
 
 fn qemu_io(file: &Path, fmt: &str, cmd: &str) {
-    run_ok(Command::new(support::require_tool("qemu-io")).args(["-f", fmt, "-c", cmd]).arg(file));
+    run_ok(
+        Command::new(support::require_tool("qemu-io"))
+            .args(["-f", fmt, "-c", cmd])
+            .arg(file),
+    );
 }
 
 /// 12 MiB + 3 KiB of mixed content: random, repetitive text, long-distance repeats, zeros, a
@@ -46,7 +50,10 @@ fn mixed_raw(path: &Path) {
     // 16 KiB away, beyond the 4 KiB window qemu declares for inflate.
     while data.len() < (6 * MIB) as usize {
         let start = data.len() - (3 * MIB) as usize;
-        let block: Vec<u8> = data[start..start + 16384].iter().map(|b| b'a' + b % 26).collect();
+        let block: Vec<u8> = data[start..start + 16384]
+            .iter()
+            .map(|b| b'a' + b % 26)
+            .collect();
         for _ in 0..4 {
             data.extend_from_slice(&block);
         }
@@ -59,16 +66,27 @@ fn mixed_raw(path: &Path) {
 }
 
 fn json_of(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn vm_convert(args: &[&str], input: &Path, output: &Path) {
-    run_ok(vmedia().args(["disk", "convert"]).args(args).arg(input).arg(output));
+    run_ok(
+        vmedia()
+            .args(["disk", "convert"])
+            .args(args)
+            .arg(input)
+            .arg(output),
+    );
 }
 
 fn assert_qemu_identical(a: &Path, b: &Path) {
     let out = run_ok(qemu_img().arg("compare").arg(a).arg(b));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Images are identical."), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Images are identical."),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn assert_vmedia_identical(a: &Path, b: &Path) {
@@ -82,7 +100,12 @@ fn raw_hashes(image: &Path, scratch: &Path) -> (String, String) {
     let q = scratch.join("qemu.raw");
     let v = scratch.join("vmedia.raw");
     run_ok(qemu_img().args(["convert", "-O", "raw"]).arg(image).arg(&q));
-    run_ok(vmedia().args(["disk", "convert", "-O", "raw"]).arg(image).arg(&v));
+    run_ok(
+        vmedia()
+            .args(["disk", "convert", "-O", "raw"])
+            .arg(image)
+            .arg(&v),
+    );
     let r = (sha256_file(&q), sha256_file(&v));
     fs::remove_file(q).unwrap();
     fs::remove_file(v).unwrap();
@@ -97,15 +120,44 @@ fn vmedia_written_images_pass_qemu_img_check_and_compare() {
     let cases: &[(&str, &[&str], bool)] = &[
         ("default.qcow2", &["-O", "qcow2"], true),
         ("zlib.qcow2", &["-c", "-O", "qcow2"], true),
-        ("zstd.qcow2", &["-c", "-O", "qcow2", "-o", "compression_type=zstd"], true),
-        ("v2-4k.qcow2", &["-O", "qcow2", "-o", "compat=0.10,cluster_size=4k"], true),
-        ("v2-zlib-512.qcow2", &["-c", "-O", "qcow2", "-o", "compat=0.10,cluster_size=512"], true),
-        ("rc1-2m.qcow2", &["-O", "qcow2", "-o", "refcount_bits=1,cluster_size=2M,lazy_refcounts=on"], true),
-        ("rc64.qcow2", &["-c", "-O", "qcow2", "-o", "refcount_bits=64"], true),
+        (
+            "zstd.qcow2",
+            &["-c", "-O", "qcow2", "-o", "compression_type=zstd"],
+            true,
+        ),
+        (
+            "v2-4k.qcow2",
+            &["-O", "qcow2", "-o", "compat=0.10,cluster_size=4k"],
+            true,
+        ),
+        (
+            "v2-zlib-512.qcow2",
+            &["-c", "-O", "qcow2", "-o", "compat=0.10,cluster_size=512"],
+            true,
+        ),
+        (
+            "rc1-2m.qcow2",
+            &[
+                "-O",
+                "qcow2",
+                "-o",
+                "refcount_bits=1,cluster_size=2M,lazy_refcounts=on",
+            ],
+            true,
+        ),
+        (
+            "rc64.qcow2",
+            &["-c", "-O", "qcow2", "-o", "refcount_bits=64"],
+            true,
+        ),
         ("copy.raw", &["-O", "raw"], false),
         ("dense.raw", &["-O", "raw", "-S", "0"], false),
         ("plain.vmdk", &["-O", "vmdk"], true),
-        ("stream.vmdk", &["-O", "vmdk", "-o", "subformat=streamOptimized"], true),
+        (
+            "stream.vmdk",
+            &["-O", "vmdk", "-o", "subformat=streamOptimized"],
+            true,
+        ),
         ("disk.vhd", &["-O", "vpc"], false),
         ("disk.vhdx", &["-O", "vhdx"], true),
     ];
@@ -126,7 +178,12 @@ fn vmedia_written_images_pass_qemu_img_check_and_compare() {
     let sparse = fs::metadata(dir.path().join("copy.raw")).unwrap();
     let dense = fs::metadata(dir.path().join("dense.raw")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert!(sparse.blocks() < dense.blocks(), "raw output has no holes: {} vs {} blocks", sparse.blocks(), dense.blocks());
+    assert!(
+        sparse.blocks() < dense.blocks(),
+        "raw output has no holes: {} vs {} blocks",
+        sparse.blocks(),
+        dense.blocks()
+    );
     // qcow2 to qcow2 and back keeps the bytes.
     let again = dir.path().join("again.raw");
     vm_convert(&["-O", "raw"], &dir.path().join("zstd.qcow2"), &again);
@@ -143,9 +200,18 @@ fn qemu_img_made_qcow2_reads_back_identical() {
         ("v3.qcow2", &["-O", "qcow2"]),
         ("v2.qcow2", &["-O", "qcow2", "-o", "compat=0.10"]),
         ("zlib.qcow2", &["-c", "-O", "qcow2"]),
-        ("zstd.qcow2", &["-c", "-O", "qcow2", "-o", "compression_type=zstd"]),
-        ("small-clusters.qcow2", &["-c", "-O", "qcow2", "-o", "cluster_size=1k"]),
-        ("extl2.qcow2", &["-O", "qcow2", "-o", "extended_l2=on,cluster_size=128k"]),
+        (
+            "zstd.qcow2",
+            &["-c", "-O", "qcow2", "-o", "compression_type=zstd"],
+        ),
+        (
+            "small-clusters.qcow2",
+            &["-c", "-O", "qcow2", "-o", "cluster_size=1k"],
+        ),
+        (
+            "extl2.qcow2",
+            &["-O", "qcow2", "-o", "extended_l2=on,cluster_size=128k"],
+        ),
     ];
     for (name, args) in cases {
         let img = dir.path().join(name);
@@ -160,7 +226,11 @@ fn qemu_img_made_qcow2_reads_back_identical() {
     // An overlay with its own writes over a qemu-made base.
     let base = dir.path().join("v3.qcow2");
     let top = dir.path().join("top.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-b", "v3.qcow2", "-F", "qcow2"]).arg(&top));
+    run_ok(
+        qemu_img()
+            .args(["create", "-f", "qcow2", "-b", "v3.qcow2", "-F", "qcow2"])
+            .arg(&top),
+    );
     qemu_io(&top, "qcow2", "write -P 0x5a 1M 200k");
     qemu_io(&top, "qcow2", "write -z 4M 64k");
     let (q, v) = raw_hashes(&top, dir.path());
@@ -175,7 +245,12 @@ fn map_classes(map: &Value, cluster: u64) -> Vec<(u64, bool, bool, bool)> {
     for e in map.as_array().unwrap() {
         let start = e["start"].as_u64().unwrap();
         let len = e["length"].as_u64().unwrap();
-        let class = (e["depth"].as_u64().unwrap(), e["present"].as_bool().unwrap(), e["zero"].as_bool().unwrap(), e["data"].as_bool().unwrap());
+        let class = (
+            e["depth"].as_u64().unwrap(),
+            e["present"].as_bool().unwrap(),
+            e["zero"].as_bool().unwrap(),
+            e["data"].as_bool().unwrap(),
+        );
         let mut c = start / cluster * cluster;
         while c < start + len {
             if c >= start {
@@ -193,19 +268,42 @@ fn map_json_matches_qemu_img_map() {
     let src = dir.path().join("src.raw");
     mixed_raw(&src);
     let zlib = dir.path().join("zlib.qcow2");
-    run_ok(qemu_img().args(["convert", "-c", "-O", "qcow2"]).arg(&src).arg(&zlib));
+    run_ok(
+        qemu_img()
+            .args(["convert", "-c", "-O", "qcow2"])
+            .arg(&src)
+            .arg(&zlib),
+    );
     let plain = dir.path().join("plain.qcow2");
-    run_ok(qemu_img().args(["convert", "-O", "qcow2"]).arg(&src).arg(&plain));
+    run_ok(
+        qemu_img()
+            .args(["convert", "-O", "qcow2"])
+            .arg(&src)
+            .arg(&plain),
+    );
     let top = dir.path().join("top.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-b", "plain.qcow2", "-F", "qcow2"]).arg(&top));
+    run_ok(
+        qemu_img()
+            .args(["create", "-f", "qcow2", "-b", "plain.qcow2", "-F", "qcow2"])
+            .arg(&top),
+    );
     qemu_io(&top, "qcow2", "write -P 1 2M 128k");
     qemu_io(&top, "qcow2", "write -z 0 64k");
     let mine = dir.path().join("mine.qcow2");
     vm_convert(&["-c", "-O", "qcow2"], &src, &mine);
     for img in [&zlib, &plain, &top, &mine, &src] {
-        let q = json_of(&run_ok(qemu_img().args(["map", "--output", "json"]).arg(img)));
-        let v = json_of(&run_ok(vmedia().args(["disk", "map", "--output", "json"]).arg(img)));
-        assert_eq!(map_classes(&q, 65536), map_classes(&v, 65536), "map of {}", img.display());
+        let q = json_of(&run_ok(
+            qemu_img().args(["map", "--output", "json"]).arg(img),
+        ));
+        let v = json_of(&run_ok(
+            vmedia().args(["disk", "map", "--output", "json"]).arg(img),
+        ));
+        assert_eq!(
+            map_classes(&q, 65536),
+            map_classes(&v, 65536),
+            "map of {}",
+            img.display()
+        );
         if img == &plain || img == &zlib || img == &top {
             assert_eq!(q, v, "exact map of {}", img.display());
         }
@@ -218,38 +316,94 @@ fn info_json_matches_qemu_img_info() {
     let src = dir.path().join("src.raw");
     mixed_raw(&src);
     let mut images = vec![src.clone()];
-    for (name, opts) in [("v3.qcow2", "compat=1.1"), ("v2.qcow2", "compat=0.10"), ("zstd.qcow2", "compression_type=zstd,lazy_refcounts=on,cluster_size=128k")] {
+    for (name, opts) in [
+        ("v3.qcow2", "compat=1.1"),
+        ("v2.qcow2", "compat=0.10"),
+        (
+            "zstd.qcow2",
+            "compression_type=zstd,lazy_refcounts=on,cluster_size=128k",
+        ),
+    ] {
         let p = dir.path().join(name);
-        run_ok(qemu_img().args(["convert", "-O", "qcow2", "-o", opts]).arg(&src).arg(&p));
+        run_ok(
+            qemu_img()
+                .args(["convert", "-O", "qcow2", "-o", opts])
+                .arg(&src)
+                .arg(&p),
+        );
         images.push(p);
     }
     let top = dir.path().join("top.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-b", "v3.qcow2", "-F", "qcow2"]).arg(&top));
+    run_ok(
+        qemu_img()
+            .args(["create", "-f", "qcow2", "-b", "v3.qcow2", "-F", "qcow2"])
+            .arg(&top),
+    );
     images.push(top.clone());
     let mine = dir.path().join("mine.qcow2");
-    run_ok(vmedia().args(["disk", "create", "-f", "qcow2", "-o", "cluster_size=4k", "-b", "v2.qcow2", "-F", "qcow2"]).arg(&mine));
+    run_ok(
+        vmedia()
+            .args([
+                "disk",
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=4k",
+                "-b",
+                "v2.qcow2",
+                "-F",
+                "qcow2",
+            ])
+            .arg(&mine),
+    );
     images.push(mine);
     images.push(shared_sample("dissect.hypervisor/snapshot.qcow2.gz"));
     for img in &images {
-        let q = json_of(&run_ok(qemu_img().args(["info", "--output", "json"]).arg(img)));
-        let v = json_of(&run_ok(vmedia().args(["disk", "info", "--output", "json"]).arg(img)));
+        let q = json_of(&run_ok(
+            qemu_img().args(["info", "--output", "json"]).arg(img),
+        ));
+        let v = json_of(&run_ok(
+            vmedia().args(["disk", "info", "--output", "json"]).arg(img),
+        ));
         assert_eq!(q, v, "info of {}", img.display());
     }
-    let q = json_of(&run_ok(qemu_img().args(["info", "--output", "json", "--backing-chain"]).arg(&top)));
-    let v = json_of(&run_ok(vmedia().args(["disk", "info", "--output", "json", "--backing-chain"]).arg(&top)));
+    let q = json_of(&run_ok(
+        qemu_img()
+            .args(["info", "--output", "json", "--backing-chain"])
+            .arg(&top),
+    ));
+    let v = json_of(&run_ok(
+        vmedia()
+            .args(["disk", "info", "--output", "json", "--backing-chain"])
+            .arg(&top),
+    ));
     assert_eq!(q, v, "backing chain info");
 }
 
 /// base (pattern 0x11), mid (0x22 at 1M), top (0x33 at 2M, zeroes at 0..64k) over it.
 fn three_level_chain(dir: &Path) -> PathBuf {
     let base = dir.join("base.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2"]).arg(&base).arg("8M"));
+    run_ok(
+        qemu_img()
+            .args(["create", "-f", "qcow2"])
+            .arg(&base)
+            .arg("8M"),
+    );
     qemu_io(&base, "qcow2", "write -P 0x11 0 8M");
     let mid = dir.join("mid.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2"]).arg(&mid));
+    run_ok(
+        qemu_img()
+            .args(["create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2"])
+            .arg(&mid),
+    );
     qemu_io(&mid, "qcow2", "write -P 0x22 1M 1M");
     let top = dir.join("top.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2"]).arg(&top));
+    run_ok(
+        qemu_img()
+            .args(["create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2"])
+            .arg(&top),
+    );
     qemu_io(&top, "qcow2", "write -P 0x33 2M 300k");
     qemu_io(&top, "qcow2", "write -z 0 64k");
     top
@@ -261,8 +415,12 @@ fn three_level_chain_reads_like_qemu() {
     let top = three_level_chain(dir.path());
     let (q, v) = raw_hashes(&top, dir.path());
     assert_eq!(q, v);
-    let q = json_of(&run_ok(qemu_img().args(["map", "--output", "json"]).arg(&top)));
-    let v = json_of(&run_ok(vmedia().args(["disk", "map", "--output", "json"]).arg(&top)));
+    let q = json_of(&run_ok(
+        qemu_img().args(["map", "--output", "json"]).arg(&top),
+    ));
+    let v = json_of(&run_ok(
+        vmedia().args(["disk", "map", "--output", "json"]).arg(&top),
+    ));
     assert_eq!(map_classes(&q, 65536), map_classes(&v, 65536));
     // The shared dissect chain, decompressed into one folder by the sample cache.
     let one = shared_sample("dissect.hypervisor/backing-chain-1.qcow2.gz");
@@ -279,22 +437,53 @@ fn three_level_chain_reads_like_qemu() {
 
 #[test]
 fn commit_matches_qemu_img_commit() {
-    for (args, label) in [(vec![], "default"), (vec!["-d"], "keep"), (vec!["-b", "base.qcow2"], "to-base")] {
+    for (args, label) in [
+        (vec![], "default"),
+        (vec!["-d"], "keep"),
+        (vec!["-b", "base.qcow2"], "to-base"),
+    ] {
         let qdir = tempfile::tempdir().unwrap();
         let vdir = tempfile::tempdir().unwrap();
         let qtop = three_level_chain(qdir.path());
         let vtop = three_level_chain(vdir.path());
-        let fix = |a: &Vec<&str>, d: &Path| -> Vec<String> { a.iter().map(|s| if s.ends_with(".qcow2") { d.join(s).display().to_string() } else { s.to_string() }).collect() };
-        run_ok(qemu_img().arg("commit").args(fix(&args, qdir.path())).arg(&qtop));
-        run_ok(vmedia().args(["disk", "commit"]).args(fix(&args, vdir.path())).arg(&vtop));
+        let fix = |a: &Vec<&str>, d: &Path| -> Vec<String> {
+            a.iter()
+                .map(|s| {
+                    if s.ends_with(".qcow2") {
+                        d.join(s).display().to_string()
+                    } else {
+                        s.to_string()
+                    }
+                })
+                .collect()
+        };
+        run_ok(
+            qemu_img()
+                .arg("commit")
+                .args(fix(&args, qdir.path()))
+                .arg(&qtop),
+        );
+        run_ok(
+            vmedia()
+                .args(["disk", "commit"])
+                .args(fix(&args, vdir.path()))
+                .arg(&vtop),
+        );
         for name in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
             let (q, v) = (qdir.path().join(name), vdir.path().join(name));
             let (code, out, err) = run_any(qemu_img().arg("check").arg(&v));
-            assert_eq!(code, 0, "{label}: qemu-img check {name} after vmedia commit: {out}{err}");
+            assert_eq!(
+                code, 0,
+                "{label}: qemu-img check {name} after vmedia commit: {out}{err}"
+            );
             // Same guest content layer by layer (each read alone, without its backing).
             let qr = json_of(&run_ok(qemu_img().args(["map", "--output", "json"]).arg(format!("json:{{\"driver\":\"qcow2\",\"backing\":null,\"file\":{{\"driver\":\"file\",\"filename\":\"{}\"}}}}", q.display()))));
             let vr = json_of(&run_ok(qemu_img().args(["map", "--output", "json"]).arg(format!("json:{{\"driver\":\"qcow2\",\"backing\":null,\"file\":{{\"driver\":\"file\",\"filename\":\"{}\"}}}}", v.display()))));
-            assert_eq!(map_classes(&qr, 65536), map_classes(&vr, 65536), "{label}: allocation of {name}");
+            assert_eq!(
+                map_classes(&qr, 65536),
+                map_classes(&vr, 65536),
+                "{label}: allocation of {name}"
+            );
         }
         let (qb, _) = raw_hashes(&qdir.path().join("base.qcow2"), qdir.path());
         let (vb, _) = raw_hashes(&vdir.path().join("base.qcow2"), vdir.path());
@@ -320,13 +509,20 @@ fn rebase_safe_and_unsafe_match_qemu_img_rebase() {
         run_ok(vmedia().args(["disk", "rebase"]).args(&args).arg(&vtop));
         let (code, out, err) = run_any(qemu_img().arg("check").arg(&vtop));
         assert_eq!(code, 0, "qemu-img check after vmedia rebase: {out}{err}");
-        let qi = json_of(&run_ok(qemu_img().args(["info", "--output", "json"]).arg(&qtop)));
-        let vi = json_of(&run_ok(qemu_img().args(["info", "--output", "json"]).arg(&vtop)));
+        let qi = json_of(&run_ok(
+            qemu_img().args(["info", "--output", "json"]).arg(&qtop),
+        ));
+        let vi = json_of(&run_ok(
+            qemu_img().args(["info", "--output", "json"]).arg(&vtop),
+        ));
         assert_eq!(qi["backing-filename"], vi["backing-filename"]);
         assert_eq!(qi["backing-filename-format"], vi["backing-filename-format"]);
         let (q, _) = raw_hashes(&qtop, qdir.path());
         let (v, v_by_vmedia) = raw_hashes(&vtop, vdir.path());
-        assert_eq!(q, v, "rebase (unsafe={unsafe_mode}): guest content differs from qemu-img's");
+        assert_eq!(
+            q, v,
+            "rebase (unsafe={unsafe_mode}): guest content differs from qemu-img's"
+        );
         assert_eq!(v, v_by_vmedia);
     }
     // Rebasing onto nothing makes a standalone image with the same content.
@@ -334,7 +530,9 @@ fn rebase_safe_and_unsafe_match_qemu_img_rebase() {
     let top = three_level_chain(dir.path());
     let (before, _) = raw_hashes(&top, dir.path());
     run_ok(vmedia().args(["disk", "rebase", "-b", ""]).arg(&top));
-    let info = json_of(&run_ok(qemu_img().args(["info", "--output", "json"]).arg(&top)));
+    let info = json_of(&run_ok(
+        qemu_img().args(["info", "--output", "json"]).arg(&top),
+    ));
     assert!(info.get("backing-filename").is_none());
     let (after, _) = raw_hashes(&top, dir.path());
     assert_eq!(before, after);
@@ -369,12 +567,19 @@ fn check_exit_codes_match_qemu_img() {
     let img = dir.path().join("x.qcow2");
     vm_convert(&["-O", "qcow2"], &src, &img);
     let both = |p: &Path| -> (i32, i32) {
-        (run_any(qemu_img().arg("check").arg(p)).0, run_any(vmedia().args(["disk", "check"]).arg(p)).0)
+        (
+            run_any(qemu_img().arg("check").arg(p)).0,
+            run_any(vmedia().args(["disk", "check"]).arg(p)).0,
+        )
     };
     assert_eq!(both(&img), (0, 0));
     assert_eq!(both(&src), (63, 63));
     // Locate refcount block 0 from the header.
-    let f = fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
     let mut b8 = [0u8; 8];
     f.read_exact_at(&mut b8, 48).unwrap();
     let reftable = u64::from_be_bytes(b8);
@@ -385,16 +590,27 @@ fn check_exit_codes_match_qemu_img() {
     // Leak: the header cluster counted twice.
     f.write_all_at(&2u16.to_be_bytes(), block).unwrap();
     assert_eq!(both(&img), (3, 3));
-    let v = json_of(&run_any_output(vmedia().args(["disk", "check", "--output", "json"]).arg(&img)));
-    let q = json_of(&run_any_output(qemu_img().args(["check", "--output", "json"]).arg(&img)));
+    let v = json_of(&run_any_output(
+        vmedia()
+            .args(["disk", "check", "--output", "json"])
+            .arg(&img),
+    ));
+    let q = json_of(&run_any_output(
+        qemu_img().args(["check", "--output", "json"]).arg(&img),
+    ));
     assert_eq!(v["leaks"], q["leaks"]);
     let repaired = dir.path().join("leak-repaired.qcow2");
     fs::copy(&img, &repaired).unwrap();
-    run_ok(vmedia().args(["disk", "check", "-r", "leaks"]).arg(&repaired));
+    run_ok(
+        vmedia()
+            .args(["disk", "check", "-r", "leaks"])
+            .arg(&repaired),
+    );
     assert_eq!(both(&repaired), (0, 0));
     // Corruption: the L1 table's cluster has refcount 0.
     f.write_all_at(&1u16.to_be_bytes(), block).unwrap();
-    f.write_all_at(&0u16.to_be_bytes(), block + 2 * (l1 / 65536)).unwrap();
+    f.write_all_at(&0u16.to_be_bytes(), block + 2 * (l1 / 65536))
+        .unwrap();
     assert_eq!(both(&img), (2, 2));
     // -r all rebuilds the refcounts; the data is untouched.
     run_ok(vmedia().args(["disk", "check", "-r", "all"]).arg(&img));
@@ -415,15 +631,33 @@ fn compare_reports_like_qemu_img() {
     vm_convert(&["-O", "qcow2"], &a, &b);
     let changed = dir.path().join("changed.raw");
     fs::copy(&a, &changed).unwrap();
-    fs::OpenOptions::new().write(true).open(&changed).unwrap().write_all_at(b"!", 7 * MIB + 1001).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&changed)
+        .unwrap()
+        .write_all_at(b"!", 7 * MIB + 1001)
+        .unwrap();
     let longer = dir.path().join("longer.raw");
     fs::copy(&a, &longer).unwrap();
     let f = fs::OpenOptions::new().write(true).open(&longer).unwrap();
     f.set_len(fs::metadata(&a).unwrap().len() + MIB).unwrap();
     let dirty_tail = dir.path().join("dirty-tail.raw");
     fs::copy(&longer, &dirty_tail).unwrap();
-    fs::OpenOptions::new().write(true).open(&dirty_tail).unwrap().write_all_at(b"x", fs::metadata(&a).unwrap().len() + 70000).unwrap();
-    for (x, y, strict) in [(&a, &b, false), (&a, &changed, false), (&b, &changed, false), (&a, &longer, false), (&a, &longer, true), (&a, &dirty_tail, false), (&b, &b, true)] {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&dirty_tail)
+        .unwrap()
+        .write_all_at(b"x", fs::metadata(&a).unwrap().len() + 70000)
+        .unwrap();
+    for (x, y, strict) in [
+        (&a, &b, false),
+        (&a, &changed, false),
+        (&b, &changed, false),
+        (&a, &longer, false),
+        (&a, &longer, true),
+        (&a, &dirty_tail, false),
+        (&b, &b, true),
+    ] {
         let mut q = qemu_img();
         q.arg("compare");
         let mut v = vmedia();
@@ -434,7 +668,13 @@ fn compare_reports_like_qemu_img() {
         }
         let (qc, qo, _) = run_any(q.arg(x).arg(y));
         let (vc, vo, ve) = run_any(v.arg(x).arg(y));
-        assert_eq!((qc, qo.trim()), (vc, vo.trim()), "compare {} {} strict={strict}: {ve}", x.display(), y.display());
+        assert_eq!(
+            (qc, qo.trim()),
+            (vc, vo.trim()),
+            "compare {} {} strict={strict}: {ve}",
+            x.display(),
+            y.display()
+        );
     }
 }
 
@@ -444,17 +684,44 @@ fn measure_matches_qemu_img_measure() {
     let src = dir.path().join("src.raw");
     mixed_raw(&src);
     let qcow = dir.path().join("src.qcow2");
-    run_ok(qemu_img().args(["convert", "-O", "qcow2"]).arg(&src).arg(&qcow));
+    run_ok(
+        qemu_img()
+            .args(["convert", "-O", "qcow2"])
+            .arg(&src)
+            .arg(&qcow),
+    );
     let cases: Vec<Vec<String>> = vec![
         vec!["-O".into(), "qcow2".into(), "--size".into(), "100G".into()],
-        vec!["-O".into(), "qcow2".into(), "-o".into(), "cluster_size=4k".into(), "--size".into(), "3G".into()],
+        vec![
+            "-O".into(),
+            "qcow2".into(),
+            "-o".into(),
+            "cluster_size=4k".into(),
+            "--size".into(),
+            "3G".into(),
+        ],
         vec!["-O".into(), "raw".into(), "--size".into(), "1G".into()],
         vec!["-O".into(), "qcow2".into(), src.display().to_string()],
-        vec!["-O".into(), "qcow2".into(), "-o".into(), "refcount_bits=1".into(), qcow.display().to_string()],
+        vec![
+            "-O".into(),
+            "qcow2".into(),
+            "-o".into(),
+            "refcount_bits=1".into(),
+            qcow.display().to_string(),
+        ],
     ];
     for args in cases {
-        let q = json_of(&run_ok(qemu_img().arg("measure").args(["--output", "json"]).args(&args)));
-        let v = json_of(&run_ok(vmedia().args(["disk", "measure", "--output", "json"]).args(&args)));
+        let q = json_of(&run_ok(
+            qemu_img()
+                .arg("measure")
+                .args(["--output", "json"])
+                .args(&args),
+        ));
+        let v = json_of(&run_ok(
+            vmedia()
+                .args(["disk", "measure", "--output", "json"])
+                .args(&args),
+        ));
         assert_eq!(q, v, "measure {args:?}");
     }
 }
@@ -469,12 +736,22 @@ fn resize_grow_and_shrink_pass_qemu_img_check() {
     // Growing past what one L1 cluster maps (4k clusters: 2 MiB per L2) moves the L1 table.
     run_ok(vmedia().args(["disk", "resize"]).arg(&img).arg("+20G"));
     assert_eq!(run_any(qemu_img().arg("check").arg(&img)).0, 0);
-    let info = json_of(&run_ok(qemu_img().args(["info", "--output", "json"]).arg(&img)));
-    assert_eq!(info["virtual-size"].as_u64().unwrap(), fs::metadata(&src).unwrap().len() + (20u64 << 30));
+    let info = json_of(&run_ok(
+        qemu_img().args(["info", "--output", "json"]).arg(&img),
+    ));
+    assert_eq!(
+        info["virtual-size"].as_u64().unwrap(),
+        fs::metadata(&src).unwrap().len() + (20u64 << 30)
+    );
     let (code, _, err) = run_any(vmedia().args(["disk", "resize"]).arg(&img).arg("4M"));
     assert_ne!(code, 0);
     assert!(err.contains("--shrink"), "{err}");
-    run_ok(vmedia().args(["disk", "resize", "--shrink"]).arg(&img).arg("4M"));
+    run_ok(
+        vmedia()
+            .args(["disk", "resize", "--shrink"])
+            .arg(&img)
+            .arg("4M"),
+    );
     assert_eq!(run_any(qemu_img().arg("check").arg(&img)).0, 0);
     let head = dir.path().join("head.raw");
     fs::write(&head, &fs::read(&src).unwrap()[..(4 * MIB) as usize]).unwrap();
@@ -493,28 +770,78 @@ fn backing_outside_the_folder_needs_allow_references() {
     fs::create_dir_all(&base_dir).unwrap();
     fs::create_dir_all(&top_dir).unwrap();
     let base = base_dir.join("base.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2"]).arg(&base).arg("4M"));
+    run_ok(
+        qemu_img()
+            .args(["create", "-f", "qcow2"])
+            .arg(&base)
+            .arg("4M"),
+    );
     qemu_io(&base, "qcow2", "write -P 7 0 1M");
     let top = top_dir.join("top.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-b", "../bases/base.qcow2", "-F", "qcow2"]).arg(&top));
+    run_ok(
+        qemu_img()
+            .args([
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                "../bases/base.qcow2",
+                "-F",
+                "qcow2",
+            ])
+            .arg(&top),
+    );
     // info reports the reference without following it.
-    let info = json_of(&run_ok(vmedia().args(["disk", "info", "--output", "json"]).arg(&top)));
+    let info = json_of(&run_ok(
+        vmedia()
+            .args(["disk", "info", "--output", "json"])
+            .arg(&top),
+    ));
     assert_eq!(info["backing-filename"], "../bases/base.qcow2");
     let out = dir.path().join("out.raw");
-    let (code, _, err) = run_any(vmedia().args(["disk", "convert", "-O", "raw"]).arg(&top).arg(&out));
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["disk", "convert", "-O", "raw"])
+            .arg(&top)
+            .arg(&out),
+    );
     assert_ne!(code, 0);
     assert!(err.contains("--allow-references"), "{err}");
     assert!(!out.exists());
-    run_ok(vmedia().args(["disk", "convert", "--allow-references", "any", "-O", "raw"]).arg(&top).arg(&out));
+    run_ok(
+        vmedia()
+            .args(["disk", "convert", "--allow-references", "any", "-O", "raw"])
+            .arg(&top)
+            .arg(&out),
+    );
     let q = dir.path().join("qemu.raw");
     run_ok(qemu_img().args(["convert", "-O", "raw"]).arg(&top).arg(&q));
     assert_eq!(sha256_file(&out), sha256_file(&q));
     // A backing loop is an error, not a hang.
     let a = dir.path().join("a.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-u", "-b", "b.qcow2", "-F", "qcow2"]).arg(&a).arg("1M"));
+    run_ok(
+        qemu_img()
+            .args([
+                "create", "-f", "qcow2", "-u", "-b", "b.qcow2", "-F", "qcow2",
+            ])
+            .arg(&a)
+            .arg("1M"),
+    );
     let b = dir.path().join("b.qcow2");
-    run_ok(qemu_img().args(["create", "-f", "qcow2", "-u", "-b", "a.qcow2", "-F", "qcow2"]).arg(&b).arg("1M"));
-    let (code, _, err) = run_any(vmedia().args(["disk", "convert", "-O", "raw"]).arg(&a).arg(dir.path().join("loop.raw")));
+    run_ok(
+        qemu_img()
+            .args([
+                "create", "-f", "qcow2", "-u", "-b", "a.qcow2", "-F", "qcow2",
+            ])
+            .arg(&b)
+            .arg("1M"),
+    );
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["disk", "convert", "-O", "raw"])
+            .arg(&a)
+            .arg(dir.path().join("loop.raw")),
+    );
     assert_ne!(code, 0);
     assert!(err.contains("loop"), "{err}");
 }
@@ -522,7 +849,12 @@ fn backing_outside_the_folder_needs_allow_references() {
 #[test]
 fn create_options_match_qemu_img_info() {
     let dir = tempfile::tempdir().unwrap();
-    for (opts, size) in [("", "1G"), ("compat=0.10", "10G"), ("cluster_size=2M,compression_type=zstd", "100G"), ("lazy_refcounts=on,refcount_bits=8", "5G")] {
+    for (opts, size) in [
+        ("", "1G"),
+        ("compat=0.10", "10G"),
+        ("cluster_size=2M,compression_type=zstd", "100G"),
+        ("lazy_refcounts=on,refcount_bits=8", "5G"),
+    ] {
         let q = dir.path().join("q.qcow2");
         let v = dir.path().join("v.qcow2");
         let mut qa = qemu_img();
@@ -536,14 +868,23 @@ fn create_options_match_qemu_img_info() {
         run_ok(qa.arg(&q).arg(size));
         run_ok(va.arg(&v).arg(size));
         assert_eq!(run_any(qemu_img().arg("check").arg(&v)).0, 0, "{opts}");
-        let qi = json_of(&run_ok(qemu_img().args(["info", "--output", "json"]).arg(&q)));
-        let vi = json_of(&run_ok(qemu_img().args(["info", "--output", "json"]).arg(&v)));
+        let qi = json_of(&run_ok(
+            qemu_img().args(["info", "--output", "json"]).arg(&q),
+        ));
+        let vi = json_of(&run_ok(
+            qemu_img().args(["info", "--output", "json"]).arg(&v),
+        ));
         assert_eq!(qi["format-specific"], vi["format-specific"], "{opts}");
         assert_eq!(qi["virtual-size"], vi["virtual-size"], "{opts}");
         assert_eq!(qi["cluster-size"], vi["cluster-size"], "{opts}");
     }
     // Unknown options are refused, not ignored.
-    let (code, _, err) = run_any(vmedia().args(["disk", "create", "-f", "qcow2", "-o", "cluster_sise=64k"]).arg(dir.path().join("bad.qcow2")).arg("1G"));
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["disk", "create", "-f", "qcow2", "-o", "cluster_sise=64k"])
+            .arg(dir.path().join("bad.qcow2"))
+            .arg("1G"),
+    );
     assert_ne!(code, 0);
     assert!(err.contains("cluster_sise"), "{err}");
 }
@@ -552,13 +893,21 @@ fn create_options_match_qemu_img_info() {
 fn bootable_disk_converted_to_qcow2_boots() {
     let raw = disk_fixture::bootable_raw_disk();
     let dir = tempfile::tempdir().unwrap();
-    for (name, args) in [("boot.qcow2", vec!["-O", "qcow2"]), ("boot-zlib.qcow2", vec!["-c", "-O", "qcow2"])] {
+    for (name, args) in [
+        ("boot.qcow2", vec!["-O", "qcow2"]),
+        ("boot-zlib.qcow2", vec!["-c", "-O", "qcow2"]),
+    ] {
         let img = dir.path().join(name);
         vm_convert(&args, &raw, &img);
         assert_eq!(run_any(qemu_img().arg("check").arg(&img)).0, 0);
         assert_qemu_identical(&raw, &img);
         let drive = format!("file={},format=qcow2,if=ide,snapshot=on", img.display());
-        let log = support::qemu_boot(Firmware::Bios, &["-drive", &drive], BOOT_MARKER, Duration::from_secs(300));
+        let log = support::qemu_boot(
+            Firmware::Bios,
+            &["-drive", &drive],
+            BOOT_MARKER,
+            Duration::from_secs(300),
+        );
         assert!(log.contains(BOOT_MARKER));
     }
 }
@@ -569,8 +918,29 @@ fn convert_with_backing_writes_only_the_top_layer() {
     let top = three_level_chain(dir.path());
     let q = dir.path().join("q-new.qcow2");
     let v = dir.path().join("v-new.qcow2");
-    run_ok(qemu_img().args(["convert", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2"]).arg(&top).arg(&q));
-    run_ok(vmedia().args(["disk", "convert", "-t", "writeback", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2"]).arg(&top).arg(&v));
+    run_ok(
+        qemu_img()
+            .args(["convert", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2"])
+            .arg(&top)
+            .arg(&q),
+    );
+    run_ok(
+        vmedia()
+            .args([
+                "disk",
+                "convert",
+                "-t",
+                "writeback",
+                "-O",
+                "qcow2",
+                "-B",
+                "mid.qcow2",
+                "-F",
+                "qcow2",
+            ])
+            .arg(&top)
+            .arg(&v),
+    );
     assert_eq!(run_any(qemu_img().arg("check").arg(&v)).0, 0);
     assert_qemu_identical(&top, &v);
     let alone = |p: &Path| {
@@ -579,5 +949,8 @@ fn convert_with_backing_writes_only_the_top_layer() {
             p.display()
         ))))
     };
-    assert_eq!(map_classes(&alone(&q), 65536), map_classes(&alone(&v), 65536));
+    assert_eq!(
+        map_classes(&alone(&q), 65536),
+        map_classes(&alone(&v), 65536)
+    );
 }

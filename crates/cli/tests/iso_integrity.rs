@@ -11,7 +11,10 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use support::{cached_fixture, payload, qemu_boot, require_tool, run_any, run_ok, shared_sample, vmedia, Firmware, BOOT_MARKER};
+use support::{
+    cached_fixture, payload, qemu_boot, require_tool, run_any, run_ok, shared_sample, vmedia,
+    Firmware, BOOT_MARKER,
+};
 use vmedia_iso::integrity::{self, ImplantOptions};
 
 /// A small tree with a few MiB of varied content, built once.
@@ -21,7 +24,11 @@ fn source_tree() -> PathBuf {
         fs::create_dir_all(root.join("boot/grub")).unwrap();
         fs::create_dir_all(root.join("data")).unwrap();
         let mut state = 0x1234_5678u32;
-        for (name, size) in [("data/one.bin", 1_500_000usize), ("data/two.bin", 2_300_000), ("boot/grub/grub.cfg", 300)] {
+        for (name, size) in [
+            ("data/one.bin", 1_500_000usize),
+            ("data/two.bin", 2_300_000),
+            ("boot/grub/grub.cfg", 300),
+        ] {
             let bytes: Vec<u8> = (0..size)
                 .map(|_| {
                     state ^= state << 13;
@@ -39,27 +46,49 @@ fn source_tree() -> PathBuf {
 
 fn genisoimage(out: &Path) {
     require_tool("genisoimage");
-    run_ok(Command::new("genisoimage").args(["-quiet", "-R", "-J", "-V", "INTEGRITY", "-o"]).arg(out).arg(source_tree()));
+    run_ok(
+        Command::new("genisoimage")
+            .args(["-quiet", "-R", "-J", "-V", "INTEGRITY", "-o"])
+            .arg(out)
+            .arg(source_tree()),
+    );
 }
 
 fn xorriso_iso(out: &Path) {
     require_tool("xorriso");
     run_ok(
         Command::new("xorriso")
-            .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", "INTEGRITY", "-o"])
+            .args([
+                "-as",
+                "mkisofs",
+                "-quiet",
+                "-R",
+                "-J",
+                "-V",
+                "INTEGRITY",
+                "-o",
+            ])
             .arg(out)
             .arg(source_tree()),
     );
 }
 
 fn implant(path: &Path, opts: &ImplantOptions) -> integrity::Implant {
-    let file = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     integrity::implant_file(&file, opts, &vmedia_io::NoProgress).unwrap()
 }
 
 /// Flips one bit in the middle of the image (file data, inside the MD5-covered range).
 fn flip_middle_byte(path: &Path) {
-    let file = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let offset = file.metadata().unwrap().len() / 2;
     let mut byte = [0u8; 1];
     file.read_exact_at(&mut byte, offset).unwrap();
@@ -73,13 +102,24 @@ fn checkisomd5(path: &Path) -> (i32, String) {
 }
 
 fn verify(path: &Path, extra: &[&str]) -> (i32, String) {
-    let (code, stdout, stderr) = run_any(vmedia().args(["iso", "verify", "--quiet"]).arg(path).args(extra));
+    let (code, stdout, stderr) = run_any(
+        vmedia()
+            .args(["iso", "verify", "--quiet"])
+            .arg(path)
+            .args(extra),
+    );
     (code, format!("{stdout}{stderr}"))
 }
 
 fn verify_json(path: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
-    let (code, stdout, stderr) = run_any(vmedia().args(["iso", "verify", "--json"]).arg(path).args(extra));
-    let value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}\n{stderr}"));
+    let (code, stdout, stderr) = run_any(
+        vmedia()
+            .args(["iso", "verify", "--json"])
+            .arg(path)
+            .args(extra),
+    );
+    let value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}\n{stderr}"));
     (code, value)
 }
 
@@ -87,8 +127,18 @@ fn openssl_keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     require_tool("openssl");
     let private = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
-    run_ok(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&private));
-    run_ok(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public));
+    run_ok(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&private),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public),
+    );
     (private, public)
 }
 
@@ -133,13 +183,22 @@ fn implantisomd5_implant_verifies_and_detects_a_flipped_byte() {
     assert_eq!(report["sha256"]["status"], "absent");
     // The MD5 vmedia reads is the one implantisomd5 printed and wrote.
     let (_, stdout, _) = run_any(Command::new("checkisomd5").arg("--md5sumonly").arg(&iso));
-    let implanted = report["implant"]["md5"]["digest"].as_str().unwrap().to_string();
-    assert!(stdout.contains(&implanted), "checkisomd5 --md5sumonly says {stdout}, vmedia read {implanted}");
+    let implanted = report["implant"]["md5"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        stdout.contains(&implanted),
+        "checkisomd5 --md5sumonly says {stdout}, vmedia read {implanted}"
+    );
 
     flip_middle_byte(&iso);
     let (code, log) = verify(&iso, &[]);
     assert_eq!(code, 1, "{log}");
-    assert!(log.contains("MISMATCH") && log.contains("expected") && log.contains("actual"), "{log}");
+    assert!(
+        log.contains("MISMATCH") && log.contains("expected") && log.contains("actual"),
+        "{log}"
+    );
     let (code, _) = checkisomd5(&iso);
     assert_ne!(code, 0);
 }
@@ -166,7 +225,14 @@ fn signature_verifies_only_with_the_right_key() {
     let iso = dir.path().join("signed.iso");
     xorriso_iso(&iso);
     let key = integrity::load_signing_key(&private).unwrap();
-    let written = implant(&iso, &ImplantOptions { md5: true, sha256: true, signing_key: Some(key) });
+    let written = implant(
+        &iso,
+        &ImplantOptions {
+            md5: true,
+            sha256: true,
+            signing_key: Some(key),
+        },
+    );
     assert!(written.signed);
 
     let (code, report) = verify_json(&iso, &["--key", public.to_str().unwrap()]);
@@ -175,7 +241,10 @@ fn signature_verifies_only_with_the_right_key() {
 
     let (code, log) = verify(&iso, &["--key", other_public.to_str().unwrap()]);
     assert_eq!(code, 1, "{log}");
-    assert!(log.contains("signature") && log.contains("MISMATCH"), "{log}");
+    assert!(
+        log.contains("signature") && log.contains("MISMATCH"),
+        "{log}"
+    );
 
     // Without a key the signature is reported, not silently passed as checked.
     let (code, report) = verify_json(&iso, &[]);
@@ -230,7 +299,14 @@ fn signed_implant_keeps_the_image_readable_by_peers() {
     let iso = dir.path().join("peers.iso");
     xorriso_iso(&iso);
     let key = integrity::generate_keypair();
-    implant(&iso, &ImplantOptions { md5: true, sha256: true, signing_key: Some(key) });
+    implant(
+        &iso,
+        &ImplantOptions {
+            md5: true,
+            sha256: true,
+            signing_key: Some(key),
+        },
+    );
 
     require_tool("isoinfo");
     let out = run_ok(Command::new("isoinfo").arg("-d").arg("-i").arg(&iso));
@@ -245,10 +321,24 @@ fn signed_implant_keeps_the_image_readable_by_peers() {
     require_tool("bsdtar");
     let extract = dir.path().join("bsdtar-out");
     fs::create_dir_all(&extract).unwrap();
-    run_ok(Command::new("bsdtar").arg("-xf").arg(&iso).arg("-C").arg(&extract));
-    assert_eq!(fs::read(extract.join("data/two.bin")).unwrap(), fs::read(source_tree().join("data/two.bin")).unwrap());
+    run_ok(
+        Command::new("bsdtar")
+            .arg("-xf")
+            .arg(&iso)
+            .arg("-C")
+            .arg(&extract),
+    );
+    assert_eq!(
+        fs::read(extract.join("data/two.bin")).unwrap(),
+        fs::read(source_tree().join("data/two.bin")).unwrap()
+    );
 
-    let out = run_ok(Command::new("xorriso").args(["-indev"]).arg(&iso).args(["-find", "/", "-type", "f"]));
+    let out = run_ok(
+        Command::new("xorriso")
+            .args(["-indev"])
+            .arg(&iso)
+            .args(["-find", "/", "-type", "f"]),
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("grub.cfg"));
 
     // The signed image still passes the isomd5sum check.
@@ -262,17 +352,36 @@ fn hex_public_key_is_accepted() {
     let iso = dir.path().join("hex.iso");
     genisoimage(&iso);
     let key = integrity::generate_keypair();
-    let hex_key: String = key.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex_key: String = key
+        .verifying_key()
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let public = dir.path().join("key.hex");
     fs::write(&public, format!("{hex_key}\n")).unwrap();
-    implant(&iso, &ImplantOptions { signing_key: Some(key), ..Default::default() });
+    implant(
+        &iso,
+        &ImplantOptions {
+            signing_key: Some(key),
+            ..Default::default()
+        },
+    );
     let (code, log) = verify(&iso, &["--key", public.to_str().unwrap()]);
     assert_eq!(code, 0, "{log}");
 }
 
 /// `vmedia mkisofs` implants MD5 + SHA-256 by default through the same API.
 fn vmedia_mkisofs(out: &Path, extra: &[&str]) {
-    run_ok(vmedia().arg("mkisofs").args(["-quiet", "-R", "-J", "-V", "INTEGRITY"]).args(extra).arg("-o").arg(out).arg(source_tree()));
+    run_ok(
+        vmedia()
+            .arg("mkisofs")
+            .args(["-quiet", "-R", "-J", "-V", "INTEGRITY"])
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .arg(source_tree()),
+    );
 }
 
 #[test]
@@ -287,7 +396,12 @@ fn vmedia_mkisofs_image_passes_checkisomd5_and_verify() {
     assert_eq!(report["md5"]["status"], "ok");
     assert_eq!(report["sha256"]["status"], "ok");
     // The SHA-256 covers the whole file as written.
-    assert_eq!(report["implant"]["sha256"]["covered_bytes"].as_u64().unwrap(), fs::metadata(&iso).unwrap().len());
+    assert_eq!(
+        report["implant"]["sha256"]["covered_bytes"]
+            .as_u64()
+            .unwrap(),
+        fs::metadata(&iso).unwrap().len()
+    );
 
     flip_middle_byte(&iso);
     let (code, log) = checkisomd5(&iso);
@@ -326,7 +440,14 @@ fn signed_uefi_cd_with_a_vmedia_esp_boots_under_ovmf() {
     fs::write(&cfg, "set timeout=0\nsearch --no-floppy --file --set=root /vmlinuz\nlinux /vmlinuz console=ttyS0 panic=-1\ninitrd /initrd.gz\nboot\n").unwrap();
     run_ok(
         Command::new("grub-mkstandalone")
-            .args(["-O", "x86_64-efi", "--modules=iso9660 fat part_msdos part_gpt search linux normal", "--locales=", "--themes=", "--fonts="])
+            .args([
+                "-O",
+                "x86_64-efi",
+                "--modules=iso9660 fat part_msdos part_gpt search linux normal",
+                "--locales=",
+                "--themes=",
+                "--fonts=",
+            ])
             .arg("-o")
             .arg(esp_tree.join("EFI/BOOT/BOOTX64.EFI"))
             .arg(format!("boot/grub/grub.cfg={}", cfg.display())),
@@ -335,13 +456,29 @@ fn signed_uefi_cd_with_a_vmedia_esp_boots_under_ovmf() {
     fs::create_dir_all(cd_tree.join("boot")).unwrap();
     fs::copy(&payload.kernel, cd_tree.join("vmlinuz")).unwrap();
     fs::copy(&payload.initrd, cd_tree.join("initrd.gz")).unwrap();
-    run_ok(vmedia().args(["iso", "esp", "--quiet"]).arg(&esp_tree).arg("-o").arg(cd_tree.join("boot/efi.img")));
+    run_ok(
+        vmedia()
+            .args(["iso", "esp", "--quiet"])
+            .arg(&esp_tree)
+            .arg("-o")
+            .arg(cd_tree.join("boot/efi.img")),
+    );
 
     let (private, public) = openssl_keypair(dir.path(), "release");
     let iso = dir.path().join("uefi.iso");
     run_ok(
         vmedia()
-            .args(["mkisofs", "-quiet", "-R", "-J", "-V", "UEFITEST", "-e", "boot/efi.img", "-no-emul-boot"])
+            .args([
+                "mkisofs",
+                "-quiet",
+                "-R",
+                "-J",
+                "-V",
+                "UEFITEST",
+                "-e",
+                "boot/efi.img",
+                "-no-emul-boot",
+            ])
             .args(["--sign-key", private.to_str().unwrap()])
             .arg("-o")
             .arg(&iso)
@@ -353,7 +490,12 @@ fn signed_uefi_cd_with_a_vmedia_esp_boots_under_ovmf() {
     let (code, log) = checkisomd5(&iso);
     assert_eq!(code, 0, "{log}");
     let cdrom = iso.to_str().unwrap().to_string();
-    qemu_boot(Firmware::Uefi, &["-cdrom", &cdrom], BOOT_MARKER, Duration::from_secs(300));
+    qemu_boot(
+        Firmware::Uefi,
+        &["-cdrom", &cdrom],
+        BOOT_MARKER,
+        Duration::from_secs(300),
+    );
 }
 
 #[test]
@@ -368,17 +510,26 @@ fn grub_mkrescue_hybrid_keeps_its_boot_setup_after_a_signed_implant() {
     let iso = dir.path().join("rescue.iso");
     run_ok(Command::new("grub-mkrescue").arg("-o").arg(&iso).arg(&tree));
     let report = |iso: &Path| {
-        let out = run_ok(
-            Command::new("xorriso")
-                .arg("-indev")
-                .arg(iso)
-                .args(["-report_system_area", "plain", "-report_el_torito", "plain"]),
-        );
+        let out = run_ok(Command::new("xorriso").arg("-indev").arg(iso).args([
+            "-report_system_area",
+            "plain",
+            "-report_el_torito",
+            "plain",
+        ]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let before = report(&iso);
-    assert!(before.contains("GPT") && before.contains("UEFI"), "{before}");
-    implant(&iso, &ImplantOptions { signing_key: Some(integrity::generate_keypair()), ..Default::default() });
+    assert!(
+        before.contains("GPT") && before.contains("UEFI"),
+        "{before}"
+    );
+    implant(
+        &iso,
+        &ImplantOptions {
+            signing_key: Some(integrity::generate_keypair()),
+            ..Default::default()
+        },
+    );
     assert_eq!(report(&iso), before);
     let (code, log) = checkisomd5(&iso);
     assert_eq!(code, 0, "{log}");

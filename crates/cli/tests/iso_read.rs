@@ -59,15 +59,27 @@ fn make_image(name: &str, tool: &str, args: &[&str]) -> PathBuf {
 }
 
 fn xorriso_image() -> PathBuf {
-    make_image("iso-read-xorriso", "xorriso", &["-as", "mkisofs", "-R", "-J", "-joliet-long"])
+    make_image(
+        "iso-read-xorriso",
+        "xorriso",
+        &["-as", "mkisofs", "-R", "-J", "-joliet-long"],
+    )
 }
 
 fn genisoimage_rj_image() -> PathBuf {
-    make_image("iso-read-genisoimage-rj", "genisoimage", &["-quiet", "-R", "-J", "-joliet-long"])
+    make_image(
+        "iso-read-genisoimage-rj",
+        "genisoimage",
+        &["-quiet", "-R", "-J", "-joliet-long"],
+    )
 }
 
 fn genisoimage_r_image() -> PathBuf {
-    make_image("iso-read-genisoimage-r", "genisoimage", &["-quiet", "-r", "-J", "-joliet-long"])
+    make_image(
+        "iso-read-genisoimage-r",
+        "genisoimage",
+        &["-quiet", "-r", "-J", "-joliet-long"],
+    )
 }
 
 /// grub-mkrescue: El Torito BIOS + EFI entries, an MBR/GPT hybrid layout.
@@ -75,7 +87,11 @@ fn grub_image() -> PathBuf {
     let dir = cached_fixture("iso-read-grub", |dir| {
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("boot/grub")).unwrap();
-        fs::write(tree.join("boot/grub/grub.cfg"), "set timeout=0\nmenuentry x { halt }\n").unwrap();
+        fs::write(
+            tree.join("boot/grub/grub.cfg"),
+            "set timeout=0\nmenuentry x { halt }\n",
+        )
+        .unwrap();
         fs::write(tree.join("readme.txt"), "grub rescue image\n").unwrap();
         let mut cmd = Command::new(require_tool("grub-mkrescue"));
         cmd.arg("-o").arg(dir.join("image.iso")).arg(&tree);
@@ -91,13 +107,30 @@ fn isolinux_image() -> PathBuf {
     let dir = cached_fixture("iso-read-isolinux", |dir| {
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("isolinux")).unwrap();
-        fs::copy("/usr/lib/ISOLINUX/isolinux.bin", tree.join("isolinux/isolinux.bin"))
-            .expect("isolinux not installed: run scripts/setup.sh");
+        fs::copy(
+            "/usr/lib/ISOLINUX/isolinux.bin",
+            tree.join("isolinux/isolinux.bin"),
+        )
+        .expect("isolinux not installed: run scripts/setup.sh");
         fs::write(tree.join("isolinux/isolinux.cfg"), "default x\n").unwrap();
         run_ok(
             Command::new(require_tool("genisoimage"))
-                .args(["-quiet", "-R", "-J", "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
-                .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "-o"])
+                .args([
+                    "-quiet",
+                    "-R",
+                    "-J",
+                    "-b",
+                    "isolinux/isolinux.bin",
+                    "-c",
+                    "isolinux/boot.cat",
+                ])
+                .args([
+                    "-no-emul-boot",
+                    "-boot-load-size",
+                    "4",
+                    "-boot-info-table",
+                    "-o",
+                ])
                 .arg(dir.join("image.iso"))
                 .arg(&tree),
         );
@@ -124,7 +157,10 @@ rm -rf tree
 "#;
         run_ok(Command::new("bash").arg("-c").arg(script).current_dir(dir));
     });
-    let sha = fs::read_to_string(dir.join("big.sha256")).unwrap().trim().to_string();
+    let sha = fs::read_to_string(dir.join("big.sha256"))
+        .unwrap()
+        .trim()
+        .to_string();
     (dir.join("image.iso"), sha)
 }
 
@@ -217,8 +253,16 @@ fn xorriso_listing(image: &Path) -> BTreeSet<Row> {
         if path == "/" {
             continue;
         }
-        let target = if words.len() == 3 && words[1] == "->" { words[2].clone() } else { String::new() };
-        let size = if mode.starts_with('-') { size } else { String::new() };
+        let target = if words.len() == 3 && words[1] == "->" {
+            words[2].clone()
+        } else {
+            String::new()
+        };
+        let size = if mode.starts_with('-') {
+            size
+        } else {
+            String::new()
+        };
         rows.insert((path, mode, uid, gid, size, target));
     }
     rows
@@ -235,7 +279,17 @@ fn mode_string(kind: &str, mode: u64) -> String {
         _ => '-',
     };
     let mut s = String::from(c);
-    let bits = [(0o400, 'r'), (0o200, 'w'), (0o100, 'x'), (0o040, 'r'), (0o020, 'w'), (0o010, 'x'), (0o004, 'r'), (0o002, 'w'), (0o001, 'x')];
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
+    ];
     for (i, (mask, ch)) in bits.iter().enumerate() {
         let set = mode & mask != 0;
         let special = match i {
@@ -257,7 +311,12 @@ fn mode_string(kind: &str, mode: u64) -> String {
 }
 
 fn ls_json(image: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
-    let out = run_ok(vmedia().args(["iso", "ls", "-R", "--json"]).args(extra).arg(image));
+    let out = run_ok(
+        vmedia()
+            .args(["iso", "ls", "-R", "--json"])
+            .args(extra)
+            .arg(image),
+    );
     serde_json::from_slice(&out.stdout).expect("ls --json prints JSON")
 }
 
@@ -267,7 +326,11 @@ fn vmedia_listing(image: &Path) -> BTreeSet<Row> {
         .map(|item| {
             let e = &item["entry"];
             let kind = e["kind"]["type"].as_str().unwrap();
-            let size = if kind == "file" { e["size"].to_string() } else { String::new() };
+            let size = if kind == "file" {
+                e["size"].to_string()
+            } else {
+                String::new()
+            };
             let target = e["kind"]["target"].as_str().unwrap_or("").to_string();
             (
                 item["path"].as_str().unwrap().to_string(),
@@ -296,7 +359,13 @@ fn assert_listing_matches_xorriso(image: &Path) {
 /// Type, mode, size, target, owner and (except for symlinks, whose times xorriso does not
 /// restore) mtime of every path below `dir`.
 fn tree_state(dir: &Path) -> Vec<String> {
-    let out = run_ok(Command::new("find").arg(".").arg("-printf").arg("%P|%y|%m|%s|%l|%U|%G|%T@\n").current_dir(dir));
+    let out = run_ok(
+        Command::new("find")
+            .arg(".")
+            .arg("-printf")
+            .arg("%P|%y|%m|%s|%l|%U|%G|%T@\n")
+            .current_dir(dir),
+    );
     let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.starts_with('|'))
@@ -327,7 +396,12 @@ fn assert_extract_matches_xorriso(image: &Path) {
     let tmp = tempfile::tempdir().unwrap();
     let ours = tmp.path().join("vmedia");
     let theirs = tmp.path().join("xorriso");
-    run_ok(vmedia().args(["iso", "extract", "-q"]).arg(image).arg(&ours));
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(image)
+            .arg(&ours),
+    );
     run_ok(
         Command::new(require_tool("xorriso"))
             .env("LC_ALL", "C.UTF-8")
@@ -336,11 +410,27 @@ fn assert_extract_matches_xorriso(image: &Path) {
             .args(["-extract", "/"])
             .arg(&theirs),
     );
-    let diff = Command::new("diff").arg("-r").arg("--no-dereference").arg(&ours).arg(&theirs).output().unwrap();
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(&ours)
+        .arg(&theirs)
+        .output()
+        .unwrap();
     let (a, b) = (tree_state(&ours), tree_state(&theirs));
     make_writable(tmp.path());
-    assert!(diff.status.success(), "{}: contents differ:\n{}", image.display(), String::from_utf8_lossy(&diff.stdout));
-    assert_eq!(a, b, "{}: metadata differs (vmedia left, xorriso right)", image.display());
+    assert!(
+        diff.status.success(),
+        "{}: contents differ:\n{}",
+        image.display(),
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(
+        a,
+        b,
+        "{}: metadata differs (vmedia left, xorriso right)",
+        image.display()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,18 +478,30 @@ fn ce_loop_sample_is_a_clear_error_not_a_hang() {
     let image = shared_sample("libarchive/test_read_format_iso_rockridge_ce_loop.iso.xz");
     let (code, _, err) = run_any(vmedia().args(["iso", "ls", "-R"]).arg(&image));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("CE continuation") && err.contains("loop") && err.contains("offset 0x"), "{err}");
+    assert!(
+        err.contains("CE continuation") && err.contains("loop") && err.contains("offset 0x"),
+        "{err}"
+    );
 }
 
 #[test]
 fn hard_links_are_restored_as_links() {
     let image = genisoimage_rj_image();
     let tmp = tempfile::tempdir().unwrap();
-    run_ok(vmedia().args(["iso", "extract", "-q"]).arg(&image).arg(tmp.path()));
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&image)
+            .arg(tmp.path()),
+    );
     let a = fs::metadata(tmp.path().join("hello.txt")).unwrap();
     let b = fs::metadata(tmp.path().join("hardlink.txt")).unwrap();
     make_writable(tmp.path());
-    assert_eq!(a.ino(), b.ino(), "hello.txt and hardlink.txt should be one inode");
+    assert_eq!(
+        a.ino(),
+        b.ino(),
+        "hello.txt and hardlink.txt should be one inode"
+    );
     assert_eq!(a.mode() & 0o7777, 0o4755);
 }
 
@@ -407,34 +509,64 @@ fn hard_links_are_restored_as_links() {
 // Joliet views against isoinfo and 7z
 
 fn joliet_paths(image: &Path) -> BTreeSet<String> {
-    ls_json(image, &["--namespace", "joliet"]).iter().map(|i| i["path"].as_str().unwrap().to_string()).collect()
+    ls_json(image, &["--namespace", "joliet"])
+        .iter()
+        .map(|i| i["path"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// isoinfo shows Joliet names with the recorded ";1" version; xorriso, 7z and Linux drop it.
 fn strip_version(path: &str) -> String {
     match path.rsplit_once(';') {
-        Some((base, v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => base.to_string(),
+        Some((base, v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            base.to_string()
+        }
         _ => path.to_string(),
     }
 }
 
 #[test]
 fn joliet_listing_matches_isoinfo_and_7z() {
-    for image in [genisoimage_rj_image(), xorriso_image(), shared_sample("libarchive/test_read_format_iso_joliet_by_nero.iso.xz")] {
+    for image in [
+        genisoimage_rj_image(),
+        xorriso_image(),
+        shared_sample("libarchive/test_read_format_iso_joliet_by_nero.iso.xz"),
+    ] {
         let ours = joliet_paths(&image);
         // isoinfo knows no UTF-8 output charset, so it is compared on the ASCII names.
-        let out = run_ok(Command::new(require_tool("isoinfo")).args(["-J", "-f", "-i"]).arg(&image));
-        let isoinfo: BTreeSet<String> =
-            String::from_utf8_lossy(&out.stdout).lines().filter(|p| p.is_ascii()).map(strip_version).collect();
+        let out = run_ok(
+            Command::new(require_tool("isoinfo"))
+                .args(["-J", "-f", "-i"])
+                .arg(&image),
+        );
+        let isoinfo: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|p| p.is_ascii())
+            .map(strip_version)
+            .collect();
         let ascii: BTreeSet<String> = ours.iter().filter(|p| p.is_ascii()).cloned().collect();
-        assert_eq!(ascii, isoinfo, "{}: Joliet paths differ from isoinfo -J", image.display());
-        let out = run_ok(Command::new(require_tool("7z")).args(["l", "-ba", "-slt"]).arg(&image));
+        assert_eq!(
+            ascii,
+            isoinfo,
+            "{}: Joliet paths differ from isoinfo -J",
+            image.display()
+        );
+        let out = run_ok(
+            Command::new(require_tool("7z"))
+                .args(["l", "-ba", "-slt"])
+                .arg(&image),
+        );
         let seven: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.strip_prefix("Path = "))
             .map(|p| format!("/{p}"))
             .collect();
-        assert_eq!(ours, seven, "{}: Joliet paths differ from 7z", image.display());
+        assert_eq!(
+            ours,
+            seven,
+            "{}: Joliet paths differ from 7z",
+            image.display()
+        );
     }
 }
 
@@ -446,16 +578,32 @@ fn multi_extent_file_over_4gib_reads_whole() {
     let (image, sha) = big_image();
     assert_listing_matches_xorriso(&image);
     let items = ls_json(&image, &[]);
-    let big = items.iter().find(|i| i["path"] == "/big.bin").expect("big.bin listed");
+    let big = items
+        .iter()
+        .find(|i| i["path"] == "/big.bin")
+        .expect("big.bin listed");
     assert_eq!(big["entry"]["size"], 4_831_838_208u64);
-    assert!(big["entry"]["extents"].as_array().unwrap().len() >= 2, "a >4 GiB file needs several extents");
+    assert!(
+        big["entry"]["extents"].as_array().unwrap().len() >= 2,
+        "a >4 GiB file needs several extents"
+    );
     let cat = Command::new("bash")
         .arg("-c")
-        .arg(format!("'{}' iso cat '{}' /big.bin | sha256sum", env!("CARGO_BIN_EXE_vmedia"), image.display()))
+        .arg(format!(
+            "'{}' iso cat '{}' /big.bin | sha256sum",
+            env!("CARGO_BIN_EXE_vmedia"),
+            image.display()
+        ))
         .output()
         .unwrap();
     assert!(cat.status.success());
-    assert_eq!(String::from_utf8_lossy(&cat.stdout).split_whitespace().next().unwrap(), sha);
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        sha
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,11 +614,22 @@ fn cat_prints_file_and_follows_symlinks() {
     let image = xorriso_image();
     let out = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/rel-link"));
     assert_eq!(out.stdout, b"hello\n");
-    let out = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/dir-link/odd.bin"));
-    assert_eq!(out.stdout, fs::read(source_tree().join("sub/odd.bin")).unwrap());
+    let out = run_ok(
+        vmedia()
+            .args(["iso", "cat"])
+            .arg(&image)
+            .arg("/dir-link/odd.bin"),
+    );
+    assert_eq!(
+        out.stdout,
+        fs::read(source_tree().join("sub/odd.bin")).unwrap()
+    );
     let (code, _, err) = run_any(vmedia().args(["iso", "cat"]).arg(&image).arg("/nope"));
     assert_eq!(code, 1);
-    assert!(err.contains("/nope") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("/nope") && err.contains("no such file"),
+        "{err}"
+    );
     let (code, _, err) = run_any(vmedia().args(["iso", "cat"]).arg(&image).arg("/sub"));
     assert_eq!(code, 1);
     assert!(err.contains("not a regular file"), "{err}");
@@ -481,40 +640,83 @@ fn cat_into_a_closed_pipe_exits_quietly() {
     let image = xorriso_image();
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("set -o pipefail; '{}' iso cat '{}' /random.bin | head -c 10 >/dev/null", env!("CARGO_BIN_EXE_vmedia"), image.display()))
+        .arg(format!(
+            "set -o pipefail; '{}' iso cat '{}' /random.bin | head -c 10 >/dev/null",
+            env!("CARGO_BIN_EXE_vmedia"),
+            image.display()
+        ))
         .output()
         .unwrap();
-    assert!(out.status.success(), "exit {:?}, stderr {}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn iso_names_match_with_and_without_version() {
     let image = shared_sample("dfvfs/iso9660.raw.xz");
-    let a = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/PASSWORDS.TXT")).stdout;
-    let b = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/PASSWORDS.TXT;1")).stdout;
-    let c = run_ok(vmedia().args(["iso", "cat"]).arg(&image).arg("/passwords.txt")).stdout;
+    let a = run_ok(
+        vmedia()
+            .args(["iso", "cat"])
+            .arg(&image)
+            .arg("/PASSWORDS.TXT"),
+    )
+    .stdout;
+    let b = run_ok(
+        vmedia()
+            .args(["iso", "cat"])
+            .arg(&image)
+            .arg("/PASSWORDS.TXT;1"),
+    )
+    .stdout;
+    let c = run_ok(
+        vmedia()
+            .args(["iso", "cat"])
+            .arg(&image)
+            .arg("/passwords.txt"),
+    )
+    .stdout;
     assert_eq!(a.len(), 116);
     assert_eq!(a, b);
-    assert_eq!(a, c, "plain ISO 9660 names also match in lower case, as Linux shows them");
+    assert_eq!(
+        a, c,
+        "plain ISO 9660 names also match in lower case, as Linux shows them"
+    );
 }
 
 #[test]
 fn ls_long_shows_mode_owner_size_and_link_target() {
     let image = xorriso_image();
-    let out = String::from_utf8(run_ok(vmedia().args(["iso", "ls", "-l"]).arg(&image)).stdout).unwrap();
-    let hello = out.lines().find(|l| l.ends_with(" hello.txt")).expect("hello.txt listed");
+    let out =
+        String::from_utf8(run_ok(vmedia().args(["iso", "ls", "-l"]).arg(&image)).stdout).unwrap();
+    let hello = out
+        .lines()
+        .find(|l| l.ends_with(" hello.txt"))
+        .expect("hello.txt listed");
     assert!(hello.starts_with("-rwsr-xr-x"), "{hello}");
     assert!(hello.contains(" 6 "), "{hello}");
     let link = out.lines().find(|l| l.contains(" rel-link")).unwrap();
-    assert!(link.starts_with('l') && link.ends_with("rel-link -> hello.txt"), "{link}");
+    assert!(
+        link.starts_with('l') && link.ends_with("rel-link -> hello.txt"),
+        "{link}"
+    );
     let short = String::from_utf8(run_ok(vmedia().args(["iso", "ls"]).arg(&image)).stdout).unwrap();
     let names: Vec<&str> = short.lines().collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "ls sorts by name");
     assert_eq!(names.len(), out.lines().count());
-    let sub = String::from_utf8(run_ok(vmedia().args(["iso", "ls"]).arg(&image).arg("/sub")).stdout).unwrap();
+    let sub =
+        String::from_utf8(run_ok(vmedia().args(["iso", "ls"]).arg(&image).arg("/sub")).stdout)
+            .unwrap();
     assert_eq!(sub, "a\nodd.bin\n");
 }
 
@@ -527,15 +729,33 @@ fn info_json(image: &Path) -> serde_json::Value {
 fn info_reports_volume_fields_like_isoinfo() {
     let image = shared_sample("kdomanski-iso9660/test.iso.xz");
     let info = info_json(&image);
-    let out = run_ok(Command::new(require_tool("isoinfo")).arg("-d").arg("-i").arg(&image));
+    let out = run_ok(
+        Command::new(require_tool("isoinfo"))
+            .arg("-d")
+            .arg("-i")
+            .arg(&image),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let field = |label: &str| text.lines().find_map(|l| l.strip_prefix(label)).unwrap_or("").trim().to_string();
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
     assert_eq!(info["volume"]["primary"]["volume_id"], field("Volume id:"));
-    assert_eq!(info["volume"]["primary"]["publisher_id"], field("Publisher id:"));
-    assert_eq!(info["volume"]["primary"]["volume_space_size"].to_string(), field("Volume size is:"));
+    assert_eq!(
+        info["volume"]["primary"]["publisher_id"],
+        field("Publisher id:")
+    );
+    assert_eq!(
+        info["volume"]["primary"]["volume_space_size"].to_string(),
+        field("Volume size is:")
+    );
     assert_eq!(info["volume"]["namespace"], "iso9660");
     assert!(info["boot_catalog"].is_null());
-    let text = String::from_utf8(run_ok(vmedia().args(["iso", "info"]).arg(&image)).stdout).unwrap();
+    let text =
+        String::from_utf8(run_ok(vmedia().args(["iso", "info"]).arg(&image)).stdout).unwrap();
     assert!(text.contains("Volume id:          my-vol-id"), "{text}");
 }
 
@@ -550,7 +770,12 @@ fn info_shows_isolinux_boot_entry_and_mkisofs_options() {
     assert_eq!(entry["image_path"], "/isolinux/isolinux.bin");
     assert_eq!(entry["boot_info_table"], true);
     assert_eq!(info["boot_catalog"]["catalog_path"], "/isolinux/boot.cat");
-    let args: Vec<String> = info["mkisofs_boot_args"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let args: Vec<String> = info["mkisofs_boot_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         args.join(" "),
         "-c /isolinux/boot.cat -b /isolinux/isolinux.bin -no-emul-boot -boot-load-size 4 -boot-info-table"
@@ -568,8 +793,16 @@ fn info_shows_grub_mkrescue_bios_and_efi_entries_and_partitions() {
     assert_eq!(entries[1]["platform"], "efi");
     assert_eq!(entries[0]["grub2_boot_info"], true);
     assert_eq!(entries[0]["boot_info_table"], true);
-    assert!(!info["partitions"]["mbr"].as_array().unwrap().is_empty(), "grub-mkrescue writes an MBR");
-    let out = run_ok(Command::new(require_tool("xorriso")).arg("-indev").arg(&image).args(["-report_el_torito", "plain"]));
+    assert!(
+        !info["partitions"]["mbr"].as_array().unwrap().is_empty(),
+        "grub-mkrescue writes an MBR"
+    );
+    let out = run_ok(
+        Command::new(require_tool("xorriso"))
+            .arg("-indev")
+            .arg(&image)
+            .args(["-report_el_torito", "plain"]),
+    );
     let report = String::from_utf8_lossy(&out.stdout);
     // xorriso lists "El Torito boot img :   N  BIOS/UEFI  y  none  0x0000  0x00  size  lba"
     let lbas: Vec<u64> = report
@@ -578,25 +811,43 @@ fn info_shows_grub_mkrescue_bios_and_efi_entries_and_partitions() {
         .filter_map(|l| l.split_whitespace().last().and_then(|v| v.parse().ok()))
         .collect();
     let ours: Vec<u64> = entries.iter().map(|e| e["lba"].as_u64().unwrap()).collect();
-    assert_eq!(ours, lbas, "boot image locations differ from xorriso:\n{report}");
+    assert_eq!(
+        ours, lbas,
+        "boot image locations differ from xorriso:\n{report}"
+    );
     let efi_size = entries[1]["image_size"].as_u64().unwrap();
     assert!(efi_size > 512);
-    assert_eq!(info["partitions"]["apple_partition_map"], true, "grub-mkrescue writes an APM for Macs");
+    assert_eq!(
+        info["partitions"]["apple_partition_map"], true,
+        "grub-mkrescue writes an APM for Macs"
+    );
     assert_boot_args_match_xorriso(&image, &info);
 }
 
 /// Our El Torito mkisofs options equal xorriso's `-report_el_torito as_mkisofs` from `-c` on.
 fn assert_boot_args_match_xorriso(image: &Path, info: &serde_json::Value) {
-    let out = run_ok(Command::new(require_tool("xorriso")).arg("-indev").arg(image).args(["-report_el_torito", "as_mkisofs"]));
+    let out = run_ok(
+        Command::new(require_tool("xorriso"))
+            .arg("-indev")
+            .arg(image)
+            .args(["-report_el_torito", "as_mkisofs"]),
+    );
     let report = String::from_utf8_lossy(&out.stdout);
     let theirs: Vec<String> = report
         .lines()
         .skip_while(|l| !l.starts_with("-c "))
         .flat_map(shell_words)
         .collect();
-    let ours: Vec<String> =
-        info["mkisofs_boot_args"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-    assert_eq!(ours, theirs, "El Torito options differ from xorriso -report_el_torito as_mkisofs:\n{report}");
+    let ours: Vec<String> = info["mkisofs_boot_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ours, theirs,
+        "El Torito options differ from xorriso -report_el_torito as_mkisofs:\n{report}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,12 +857,28 @@ fn assert_boot_args_match_xorriso(image: &Path, info: &serde_json::Value) {
 fn extract_selected_paths_keeps_their_place() {
     let image = xorriso_image();
     let tmp = tempfile::tempdir().unwrap();
-    run_ok(vmedia().args(["iso", "extract", "-q"]).arg(&image).arg(tmp.path()).args(["/sub/odd.bin", "/ünïcødé 日本語"]));
-    assert_eq!(fs::read(tmp.path().join("sub/odd.bin")).unwrap(), fs::read(source_tree().join("sub/odd.bin")).unwrap());
-    assert_eq!(fs::read_to_string(tmp.path().join("ünïcødé 日本語/файл 🎉.txt")).unwrap(), "uni\n");
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&image)
+            .arg(tmp.path())
+            .args(["/sub/odd.bin", "/ünïcødé 日本語"]),
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("sub/odd.bin")).unwrap(),
+        fs::read(source_tree().join("sub/odd.bin")).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("ünïcødé 日本語/файл 🎉.txt")).unwrap(),
+        "uni\n"
+    );
     assert!(!tmp.path().join("hello.txt").exists());
-    let mtime = fs::metadata(tmp.path().join("sub/odd.bin")).unwrap().mtime();
-    let want = fs::metadata(source_tree().join("sub/odd.bin")).unwrap().mtime();
+    let mtime = fs::metadata(tmp.path().join("sub/odd.bin"))
+        .unwrap()
+        .mtime();
+    let want = fs::metadata(source_tree().join("sub/odd.bin"))
+        .unwrap()
+        .mtime();
     make_writable(tmp.path());
     assert_eq!(mtime, want, "mtime restored");
 }
@@ -621,12 +888,33 @@ fn extract_refuses_to_overwrite_without_force() {
     let image = xorriso_image();
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join("hello.txt"), "mine").unwrap();
-    let (code, _, err) = run_any(vmedia().args(["iso", "extract", "-q"]).arg(&image).arg(tmp.path()).arg("/hello.txt"));
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&image)
+            .arg(tmp.path())
+            .arg("/hello.txt"),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
-    assert_eq!(fs::read_to_string(tmp.path().join("hello.txt")).unwrap(), "mine");
-    run_ok(vmedia().args(["iso", "extract", "-q", "--force"]).arg(&image).arg(tmp.path()).arg("/hello.txt"));
-    assert_eq!(fs::read_to_string(tmp.path().join("hello.txt")).unwrap(), "hello\n");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("hello.txt")).unwrap(),
+        "mine"
+    );
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q", "--force"])
+            .arg(&image)
+            .arg(tmp.path())
+            .arg("/hello.txt"),
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("hello.txt")).unwrap(),
+        "hello\n"
+    );
 }
 
 #[test]
@@ -638,10 +926,20 @@ fn extract_never_writes_through_an_existing_symlink() {
     let dest = tmp.path().join("dest");
     fs::create_dir(&dest).unwrap();
     std::os::unix::fs::symlink(&outside, dest.join("sub")).unwrap();
-    let (code, _, err) = run_any(vmedia().args(["iso", "extract", "-q"]).arg(&image).arg(&dest).arg("/sub"));
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&image)
+            .arg(&dest)
+            .arg("/sub"),
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not a directory"), "{err}");
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing may land outside the destination");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing may land outside the destination"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -652,7 +950,13 @@ fn rip_copies_a_hybrid_image_file_and_verifies() {
     let image = grub_image();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("copy.iso");
-    let report = run_ok(vmedia().args(["iso", "rip", "-q", "--json"]).arg(&image).arg("-o").arg(&out));
+    let report = run_ok(
+        vmedia()
+            .args(["iso", "rip", "-q", "--json"])
+            .arg(&image)
+            .arg("-o")
+            .arg(&out),
+    );
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(report["verified"], true);
     // grub-mkrescue pads the file to the partition layout; the copy holds what the medium records.
@@ -661,7 +965,13 @@ fn rip_copies_a_hybrid_image_file_and_verifies() {
     assert_eq!(fs::metadata(&out).unwrap().len(), recorded);
     let original = fs::read(&image).unwrap();
     assert_eq!(fs::read(&out).unwrap(), original[..recorded as usize]);
-    let (code, _, err) = run_any(vmedia().args(["iso", "rip", "-q"]).arg(&image).arg("-o").arg(&out));
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["iso", "rip", "-q"])
+            .arg(&image)
+            .arg("-o")
+            .arg(&out),
+    );
     assert_eq!(code, 1);
     assert!(err.contains("--force"), "{err}");
 }
@@ -670,11 +980,21 @@ fn rip_copies_a_hybrid_image_file_and_verifies() {
 fn rip_copies_a_loop_device() {
     let image = xorriso_image();
     let losetup = require_tool("losetup");
-    let out = run_ok(Command::new(&losetup).args(["--find", "--show", "--read-only"]).arg(&image));
+    let out = run_ok(
+        Command::new(&losetup)
+            .args(["--find", "--show", "--read-only"])
+            .arg(&image),
+    );
     let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("copy.iso");
-    let result = run_any(vmedia().args(["iso", "rip", "-q"]).arg(&device).arg("-o").arg(&copy));
+    let result = run_any(
+        vmedia()
+            .args(["iso", "rip", "-q"])
+            .arg(&device)
+            .arg("-o")
+            .arg(&copy),
+    );
     let _ = Command::new(&losetup).arg("-d").arg(&device).status();
     assert_eq!(result.0, 0, "{}", result.2);
     assert!(result.2.contains("verified"), "{}", result.2);
@@ -689,7 +1009,10 @@ fn non_iso_input_is_a_clear_error() {
     for cmd in [&["iso", "info"][..], &["iso", "ls"][..]] {
         let (code, _, err) = run_any(vmedia().args(cmd).arg(&fake));
         assert_eq!(code, 1);
-        assert!(err.contains("not an ISO 9660 image") && err.contains("fake.iso"), "{err}");
+        assert!(
+            err.contains("not an ISO 9660 image") && err.contains("fake.iso"),
+            "{err}"
+        );
     }
 }
 
@@ -699,11 +1022,23 @@ fn info_shows_the_md5_implanted_by_implantisomd5() {
     let image = tmp.path().join("md5.iso");
     fs::copy(genisoimage_rj_image(), &image).unwrap();
     run_ok(Command::new(require_tool("implantisomd5")).arg(&image));
-    let out = run_ok(Command::new(require_tool("checkisomd5")).arg("--md5sumonly").arg(&image));
+    let out = run_ok(
+        Command::new(require_tool("checkisomd5"))
+            .arg("--md5sumonly")
+            .arg(&image),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let theirs = text.lines().next().unwrap().split_whitespace().last().unwrap().to_string();
+    let theirs = text
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
     let info = info_json(&image);
     assert_eq!(info["checksums"]["md5"]["digest"], theirs.as_str());
-    let text = String::from_utf8(run_ok(vmedia().args(["iso", "info"]).arg(&image)).stdout).unwrap();
+    let text =
+        String::from_utf8(run_ok(vmedia().args(["iso", "info"]).arg(&image)).stdout).unwrap();
     assert!(text.contains(&format!("MD5 {theirs}")), "{text}");
 }

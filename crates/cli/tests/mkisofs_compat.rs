@@ -3,9 +3,9 @@
 //! entries and system area xorriso reports like those of xorriso's own image from the same
 //! line; options vmedia does not implement are refused by name with exit code 2.
 
-mod support;
 #[path = "support/iso.rs"]
 mod iso;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,16 @@ fn compat_tree() -> PathBuf {
         fs::create_dir_all(t.join("isolinux")).unwrap();
         fs::create_dir_all(t.join("boot/grub/i386-pc")).unwrap();
         fs::create_dir_all(t.join("images")).unwrap();
-        fs::copy("/usr/lib/ISOLINUX/isolinux.bin", t.join("isolinux/isolinux.bin")).expect("isolinux package");
-        fs::copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", t.join("isolinux/ldlinux.c32")).expect("syslinux-common package");
+        fs::copy(
+            "/usr/lib/ISOLINUX/isolinux.bin",
+            t.join("isolinux/isolinux.bin"),
+        )
+        .expect("isolinux package");
+        fs::copy(
+            "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            t.join("isolinux/ldlinux.c32"),
+        )
+        .expect("syslinux-common package");
         fs::write(t.join("isolinux/isolinux.cfg"), "DEFAULT linux\n").unwrap();
         fs::write(t.join("readme.txt"), "compat\n").unwrap();
         run_ok(
@@ -33,7 +41,11 @@ fn compat_tree() -> PathBuf {
         );
         let loader = dir.join("BOOTX64.EFI");
         fs::write(&loader, iso::pattern(40_000, 7)).unwrap();
-        iso::peer_fat_image(&t.join("boot/grub/efi.img"), 1440, &[(&loader, "EFI/BOOT/BOOTX64.EFI")]);
+        iso::peer_fat_image(
+            &t.join("boot/grub/efi.img"),
+            1440,
+            &[(&loader, "EFI/BOOT/BOOTX64.EFI")],
+        );
         fs::copy(t.join("boot/grub/efi.img"), t.join("images/efiboot.img")).unwrap();
         fs::copy(t.join("boot/grub/efi.img"), dir.join("efiboot.img")).unwrap();
     })
@@ -45,7 +57,16 @@ fn both(dir: &Path, args: &[String]) -> (Vec<String>, Vec<String>) {
     let tree = fixture.join("tree");
     let vm_iso = dir.join("vmedia.iso");
     let xo_iso = dir.join("xorriso.iso");
-    run_ok(vmedia().current_dir(&fixture).arg("mkisofs").arg("-quiet").args(args).arg("-o").arg(&vm_iso).arg(&tree));
+    run_ok(
+        vmedia()
+            .current_dir(&fixture)
+            .arg("mkisofs")
+            .arg("-quiet")
+            .args(args)
+            .arg("-o")
+            .arg(&vm_iso)
+            .arg(&tree),
+    );
     run_ok(
         Command::new(require_tool("xorriso"))
             .current_dir(&fixture)
@@ -75,17 +96,47 @@ fn assert_same_boot_structure(vm: &[String], xo: &[String]) {
 
 /// As `assert_same_boot_structure`, with system-area summary words left out of the comparison.
 fn assert_same_boot_structure_but(vm: &[String], xo: &[String], ignored_summary: &[&str]) {
-    let context = || format!("\n--- vmedia\n{}\n--- xorriso\n{}", vm.join("\n"), xo.join("\n"));
-    assert_eq!(iso::boot_entries(vm), iso::boot_entries(xo), "El Torito entries{}", context());
+    let context = || {
+        format!(
+            "\n--- vmedia\n{}\n--- xorriso\n{}",
+            vm.join("\n"),
+            xo.join("\n")
+        )
+    };
+    assert_eq!(
+        iso::boot_entries(vm),
+        iso::boot_entries(xo),
+        "El Torito entries{}",
+        context()
+    );
     let bios_load = |r: &[String]| -> Vec<String> {
-        rows(r, "El Torito boot img").into_iter().filter(|row| row[1] == "BIOS").map(|row| row[6].clone()).collect()
+        rows(r, "El Torito boot img")
+            .into_iter()
+            .filter(|row| row[1] == "BIOS")
+            .map(|row| row[6].clone())
+            .collect()
     };
     assert_eq!(bios_load(vm), bios_load(xo), "BIOS load sizes{}", context());
-    assert_eq!(rows(vm, "El Torito img path"), rows(xo, "El Torito img path"), "boot image paths{}", context());
-    assert_eq!(rows(vm, "El Torito cat path"), rows(xo, "El Torito cat path"), "catalog path{}", context());
+    assert_eq!(
+        rows(vm, "El Torito img path"),
+        rows(xo, "El Torito img path"),
+        "boot image paths{}",
+        context()
+    );
+    assert_eq!(
+        rows(vm, "El Torito cat path"),
+        rows(xo, "El Torito cat path"),
+        "catalog path{}",
+        context()
+    );
     // The boot info table checksum covers the image after the --grub2-boot-info patch, so
     // xorriso recognizes both patches on grub-mkrescue-style images.
-    assert_eq!(rows(vm, "El Torito img opts"), rows(xo, "El Torito img opts"), "boot image options{}", context());
+    assert_eq!(
+        rows(vm, "El Torito img opts"),
+        rows(xo, "El Torito img opts"),
+        "boot image options{}",
+        context()
+    );
     let summary = |r: &[String]| -> Vec<String> {
         iso::system_area_summary(r)
             .into_iter()
@@ -94,7 +145,12 @@ fn assert_same_boot_structure_but(vm: &[String], xo: &[String], ignored_summary:
     };
     assert_eq!(summary(vm), summary(xo), "system area summary{}", context());
     let first_mbr = |r: &[String]| iso::mbr_types(r).into_iter().next();
-    assert_eq!(first_mbr(vm), first_mbr(xo), "type of MBR partition 1{}", context());
+    assert_eq!(
+        first_mbr(vm),
+        first_mbr(xo),
+        "type of MBR partition 1{}",
+        context()
+    );
 }
 
 /// The GPT (or MBR) partition start that holds the UEFI El Torito image.
@@ -104,8 +160,14 @@ fn assert_efi_image_is_a_partition(report: &[String]) {
         .find(|row| row[1] == "UEFI")
         .map(|row| row[7].parse().unwrap())
         .unwrap_or_else(|| panic!("no UEFI entry:\n{}", report.join("\n")));
-    let gpt_starts: Vec<u64> = rows(report, "GPT start and size").into_iter().map(|r| r[1].parse().unwrap()).collect();
-    let mbr_starts: Vec<u64> = rows(report, "MBR partition").into_iter().map(|r| r[3].parse().unwrap()).collect();
+    let gpt_starts: Vec<u64> = rows(report, "GPT start and size")
+        .into_iter()
+        .map(|r| r[1].parse().unwrap())
+        .collect();
+    let mbr_starts: Vec<u64> = rows(report, "MBR partition")
+        .into_iter()
+        .map(|r| r[3].parse().unwrap())
+        .collect();
     assert!(
         gpt_starts.contains(&(efi_lba * 4)) || mbr_starts.contains(&(efi_lba * 4)),
         "no partition starts at the EFI image (block {efi_lba}):\n{}",
@@ -143,11 +205,27 @@ fn live_build_line_matches_xorriso() {
     let (vm, xo) = both(dir.path(), &args);
     assert_same_boot_structure(&vm, &xo);
     assert_efi_image_is_a_partition(&vm);
-    assert_eq!(rows(&vm, "Partition offset"), rows(&xo, "Partition offset"), "partition offset\n{}", vm.join("\n"));
-    let pvd = run_ok(Command::new("xorriso").arg("-indev").arg(dir.path().join("vmedia.iso")).arg("-pvd_info"));
+    assert_eq!(
+        rows(&vm, "Partition offset"),
+        rows(&xo, "Partition offset"),
+        "partition offset\n{}",
+        vm.join("\n")
+    );
+    let pvd = run_ok(
+        Command::new("xorriso")
+            .arg("-indev")
+            .arg(dir.path().join("vmedia.iso"))
+            .arg("-pvd_info"),
+    );
     let pvd = String::from_utf8_lossy(&pvd.stdout);
-    assert!(pvd.contains("2024010110000000"), "--modification-date not recorded:\n{pvd}");
-    assert!(pvd.contains("Debian bookworm 20240101"), "volume id not recorded:\n{pvd}");
+    assert!(
+        pvd.contains("2024010110000000"),
+        "--modification-date not recorded:\n{pvd}"
+    );
+    assert!(
+        pvd.contains("Debian bookworm 20240101"),
+        "volume id not recorded:\n{pvd}"
+    );
 }
 
 #[test]
@@ -179,7 +257,10 @@ fn grub_mkrescue_drives_vmedia_through_its_xorriso_option() {
     let shim = dir.path().join("xorriso-shim");
     fs::write(
         &shim,
-        format!("#!/bin/sh\nexec '{}' mkisofs --drop-hfsplus \"$@\"\n", env!("CARGO_BIN_EXE_vmedia")),
+        format!(
+            "#!/bin/sh\nexec '{}' mkisofs --drop-hfsplus \"$@\"\n",
+            env!("CARGO_BIN_EXE_vmedia")
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -188,7 +269,13 @@ fn grub_mkrescue_drives_vmedia_through_its_xorriso_option() {
     let vm_iso = dir.path().join("vmedia.iso");
     let xo_iso = dir.path().join("xorriso.iso");
     let mkrescue = require_tool("grub-mkrescue");
-    run_ok(Command::new(&mkrescue).arg(format!("--xorriso={}", shim.display())).arg("-o").arg(&vm_iso).arg(&src));
+    run_ok(
+        Command::new(&mkrescue)
+            .arg(format!("--xorriso={}", shim.display()))
+            .arg("-o")
+            .arg(&vm_iso)
+            .arg(&src),
+    );
     run_ok(Command::new(&mkrescue).arg("-o").arg(&xo_iso).arg(&src));
     let vm = iso::xorriso_report(&vm_iso);
     let xo = iso::xorriso_report(&xo_iso);
@@ -196,7 +283,11 @@ fn grub_mkrescue_drives_vmedia_through_its_xorriso_option() {
     assert_same_boot_structure_but(&vm, &xo, &["APM"]);
     assert_efi_image_is_a_partition(&vm);
     for token in ["protective-msdos-label", "grub2-mbr"] {
-        assert!(iso::system_area_summary(&vm).contains(&token.to_string()), "{token} missing:\n{}", vm.join("\n"));
+        assert!(
+            iso::system_area_summary(&vm).contains(&token.to_string()),
+            "{token} missing:\n{}",
+            vm.join("\n")
+        );
     }
 }
 
@@ -207,12 +298,25 @@ fn grub_mkrescue_mac_options_are_refused_without_drop_hfsplus() {
     let (code, _, err) = run_any(
         vmedia()
             .current_dir(&fixture)
-            .args(["mkisofs", "-as", "mkisofs", "-graft-points", "-r", "-hfsplus", "-apm-block-size", "2048", "-o"])
+            .args([
+                "mkisofs",
+                "-as",
+                "mkisofs",
+                "-graft-points",
+                "-r",
+                "-hfsplus",
+                "-apm-block-size",
+                "2048",
+                "-o",
+            ])
             .arg(dir.path().join("x.iso"))
             .arg("tree"),
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("-hfsplus") && err.contains("--drop-hfsplus"), "{err}");
+    assert!(
+        err.contains("-hfsplus") && err.contains("--drop-hfsplus"),
+        "{err}"
+    );
     assert!(!dir.path().join("x.iso").exists());
 }
 
@@ -227,14 +331,39 @@ fn debian_cd_apm_option_is_refused_by_name_and_dropped_on_request() {
          -no-emul-boot -isohybrid-gpt-basdat -isohybrid-apm-hfsplus",
     );
     let out = dir.path().join("d.iso");
-    let (code, _, err) = run_any(vmedia().current_dir(&fixture).arg("mkisofs").args(&line).arg("-o").arg(&out).arg("tree"));
+    let (code, _, err) = run_any(
+        vmedia()
+            .current_dir(&fixture)
+            .arg("mkisofs")
+            .args(&line)
+            .arg("-o")
+            .arg(&out)
+            .arg("tree"),
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("-isohybrid-apm-hfsplus"), "{err}");
-    let done = run_ok(vmedia().current_dir(&fixture).args(["mkisofs", "--drop-hfsplus"]).args(&line).arg("-o").arg(&out).arg("tree"));
+    let done = run_ok(
+        vmedia()
+            .current_dir(&fixture)
+            .args(["mkisofs", "--drop-hfsplus"])
+            .args(&line)
+            .arg("-o")
+            .arg(&out)
+            .arg("tree"),
+    );
     let warn = String::from_utf8_lossy(&done.stderr);
-    assert!(warn.contains("-isohybrid-apm-hfsplus"), "the dropped option is not reported: {warn}");
+    assert!(
+        warn.contains("-isohybrid-apm-hfsplus"),
+        "the dropped option is not reported: {warn}"
+    );
     let report = iso::xorriso_report(&out);
-    assert_eq!(iso::boot_entries(&report), [("BIOS".to_string(), "none".to_string()), ("UEFI".to_string(), "none".to_string())]);
+    assert_eq!(
+        iso::boot_entries(&report),
+        [
+            ("BIOS".to_string(), "none".to_string()),
+            ("UEFI".to_string(), "none".to_string())
+        ]
+    );
 }
 
 #[test]
@@ -242,7 +371,14 @@ fn unsupported_options_are_refused_by_name_with_exit_code_2() {
     let fixture = compat_tree();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.iso");
-    for (option, extra) in [("-frobnicate", None), ("-z", None), ("-M", Some("old.iso")), ("--J", None), ("-jigdo-jigdo", Some("x.jigdo")), ("-input-charset", Some("iso8859-1"))] {
+    for (option, extra) in [
+        ("-frobnicate", None),
+        ("-z", None),
+        ("-M", Some("old.iso")),
+        ("--J", None),
+        ("-jigdo-jigdo", Some("x.jigdo")),
+        ("-input-charset", Some("iso8859-1")),
+    ] {
         let mut cmd = vmedia();
         cmd.current_dir(&fixture).args(["mkisofs", "-R", option]);
         if let Some(value) = extra {
@@ -263,11 +399,27 @@ fn harmless_no_op_options_are_accepted() {
     run_ok(
         vmedia()
             .current_dir(&fixture)
-            .args(["mkisofs", "-quiet", "-R", "-J", "-cache-inodes", "-input-charset", "utf-8", "-output-charset", "UTF-8", "--no_rc", "-o"])
+            .args([
+                "mkisofs",
+                "-quiet",
+                "-R",
+                "-J",
+                "-cache-inodes",
+                "-input-charset",
+                "utf-8",
+                "-output-charset",
+                "UTF-8",
+                "--no_rc",
+                "-o",
+            ])
             .arg(&out)
             .arg("tree"),
     );
-    let listing = run_ok(Command::new(require_tool("isoinfo")).args(["-R", "-f", "-i"]).arg(&out));
+    let listing = run_ok(
+        Command::new(require_tool("isoinfo"))
+            .args(["-R", "-f", "-i"])
+            .arg(&out),
+    );
     assert!(String::from_utf8_lossy(&listing.stdout).contains("/readme.txt"));
 }
 
@@ -276,9 +428,23 @@ fn print_size_matches_the_written_image() {
     let fixture = compat_tree();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.iso");
-    let printed = run_ok(vmedia().current_dir(&fixture).args(["mkisofs", "-print-size", "-R", "-J", "tree"]));
-    let sectors: u64 = String::from_utf8_lossy(&printed.stdout).trim().parse().expect("a number on stdout");
-    run_ok(vmedia().current_dir(&fixture).args(["mkisofs", "-quiet", "-R", "-J", "-o"]).arg(&out).arg("tree"));
+    let printed =
+        run_ok(
+            vmedia()
+                .current_dir(&fixture)
+                .args(["mkisofs", "-print-size", "-R", "-J", "tree"]),
+        );
+    let sectors: u64 = String::from_utf8_lossy(&printed.stdout)
+        .trim()
+        .parse()
+        .expect("a number on stdout");
+    run_ok(
+        vmedia()
+            .current_dir(&fixture)
+            .args(["mkisofs", "-quiet", "-R", "-J", "-o"])
+            .arg(&out)
+            .arg("tree"),
+    );
     assert_eq!(fs::metadata(&out).unwrap().len(), sectors * 2048);
 }
 
@@ -288,7 +454,13 @@ fn output_is_replaced_like_mkisofs_does() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.iso");
     fs::write(&out, b"old").unwrap();
-    run_ok(vmedia().current_dir(&fixture).args(["mkisofs", "-quiet", "-R", "-o"]).arg(&out).arg("tree"));
+    run_ok(
+        vmedia()
+            .current_dir(&fixture)
+            .args(["mkisofs", "-quiet", "-R", "-o"])
+            .arg(&out)
+            .arg("tree"),
+    );
     assert!(fs::metadata(&out).unwrap().len() > 2048 * 16);
 }
 
@@ -302,19 +474,42 @@ fn iso_create_native_flags_make_the_lorax_layout() {
             .current_dir(&fixture)
             .args(["iso", "create", "-q", "tree", "-o"])
             .arg(&out)
-            .args(["--bios-boot", "isolinux/isolinux.bin", "--uefi-boot", "images/efiboot.img", "--hybrid", "--boot-catalog", "isolinux/boot.cat"]),
+            .args([
+                "--bios-boot",
+                "isolinux/isolinux.bin",
+                "--uefi-boot",
+                "images/efiboot.img",
+                "--hybrid",
+                "--boot-catalog",
+                "isolinux/boot.cat",
+            ]),
     );
     let report = iso::xorriso_report(&out);
     assert_eq!(
         iso::boot_entries(&report),
-        [("BIOS".to_string(), "none".to_string()), ("UEFI".to_string(), "none".to_string())],
+        [
+            ("BIOS".to_string(), "none".to_string()),
+            ("UEFI".to_string(), "none".to_string())
+        ],
         "{}",
         report.join("\n")
     );
-    assert_eq!(rows(&report, "El Torito cat path"), [["/isolinux/boot.cat".to_string()]]);
+    assert_eq!(
+        rows(&report, "El Torito cat path"),
+        [["/isolinux/boot.cat".to_string()]]
+    );
     let opts = rows(&report, "El Torito img opts");
-    assert!(opts.iter().any(|r| r.contains(&"boot-info-table".to_string())), "{}", report.join("\n"));
+    assert!(
+        opts.iter()
+            .any(|r| r.contains(&"boot-info-table".to_string())),
+        "{}",
+        report.join("\n")
+    );
     let summary = iso::system_area_summary(&report);
-    assert!(summary.contains(&"isohybrid".to_string()) && summary.contains(&"GPT".to_string()), "{}", report.join("\n"));
+    assert!(
+        summary.contains(&"isohybrid".to_string()) && summary.contains(&"GPT".to_string()),
+        "{}",
+        report.join("\n")
+    );
     assert_efi_image_is_a_partition(&report);
 }

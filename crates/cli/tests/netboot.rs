@@ -1,9 +1,9 @@
 //! `vmedia netboot serve` against real peers, each test inside its own network namespace:
 //! tftp-hpa and atftp clients, curl, crafted DHCP packets, 500 simultaneous TFTP clients.
 
-mod support;
 #[path = "support/netboot.rs"]
 mod nb;
+mod support;
 
 use std::collections::HashMap;
 use std::fs;
@@ -36,7 +36,16 @@ fn make_root(dir: &Path) -> std::path::PathBuf {
 }
 
 fn loopback_server(ns: &Netns, root: &Path, extra: &[&str]) -> Server {
-    let mut args = vec!["--no-dhcp", "--listen", "127.0.0.1", "--tftp-port", TFTP_PORT, "--http-port", HTTP_PORT, "--root"];
+    let mut args = vec![
+        "--no-dhcp",
+        "--listen",
+        "127.0.0.1",
+        "--tftp-port",
+        TFTP_PORT,
+        "--http-port",
+        HTTP_PORT,
+        "--root",
+    ];
     let root = root.to_str().unwrap().to_string();
     args.push(&root);
     args.extend_from_slice(extra);
@@ -50,17 +59,48 @@ fn tftp_hpa_client_fetches_identical_files() {
     let root = make_root(dir.path());
     let ns = Netns::new("hpa");
     let _server = loopback_server(&ns, &root, &[]);
-    for name in ["empty", "b511", "b512", "sub/one.bin", "two.bin", "/two.bin", "inside-link"] {
+    for name in [
+        "empty",
+        "b511",
+        "b512",
+        "sub/one.bin",
+        "two.bin",
+        "/two.bin",
+        "inside-link",
+    ] {
         let out = dir.path().join("fetched");
         let _ = fs::remove_file(&out);
-        run_ok(ns.command("tftp").args(["-m", "binary", "127.0.0.1", TFTP_PORT, "-c", "get", name]).arg(&out));
+        run_ok(
+            ns.command("tftp")
+                .args(["-m", "binary", "127.0.0.1", TFTP_PORT, "-c", "get", name])
+                .arg(&out),
+        );
         let original = fs::read(root.join(name.trim_start_matches('/'))).unwrap();
-        assert_eq!(fs::read(&out).unwrap(), original, "tftp-hpa copy of {name} differs");
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            original,
+            "tftp-hpa copy of {name} differs"
+        );
     }
     // netascii: tftp-hpa converts CR LF back, so the text arrives unchanged.
     let out = dir.path().join("text.out");
-    run_ok(ns.command("tftp").args(["-m", "netascii", "127.0.0.1", TFTP_PORT, "-c", "get", "text.txt"]).arg(&out));
-    assert_eq!(fs::read(&out).unwrap(), fs::read(root.join("text.txt")).unwrap());
+    run_ok(
+        ns.command("tftp")
+            .args([
+                "-m",
+                "netascii",
+                "127.0.0.1",
+                TFTP_PORT,
+                "-c",
+                "get",
+                "text.txt",
+            ])
+            .arg(&out),
+    );
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        fs::read(root.join("text.txt")).unwrap()
+    );
 }
 
 #[test]
@@ -96,9 +136,14 @@ fn atftp_fetches_with_every_option_combination() {
                         cmd.args(["--option", &format!("windowsize {w}")]);
                         shown.push(format!("windowsize {w}"));
                     }
-                    cmd.args(["-g", "-r", "two.bin", "-l"]).arg(&out).args(["127.0.0.1", TFTP_PORT]);
+                    cmd.args(["-g", "-r", "two.bin", "-l"])
+                        .arg(&out)
+                        .args(["127.0.0.1", TFTP_PORT]);
                     run_ok(&mut cmd);
-                    assert!(fs::read(&out).unwrap() == original, "atftp with {shown:?} got different bytes");
+                    assert!(
+                        fs::read(&out).unwrap() == original,
+                        "atftp with {shown:?} got different bytes"
+                    );
                     runs += 1;
                 }
             }
@@ -118,10 +163,25 @@ fn block_numbers_roll_over_past_65535() {
     let ns = Netns::new("wrap");
     let _server = loopback_server(&ns, &root, &[]);
     let out = dir.path().join("big.out");
-    run_ok(ns.command("atftp").args(["--option", "windowsize 16", "-g", "-r", "big.bin", "-l"]).arg(&out).args(["127.0.0.1", TFTP_PORT]));
-    assert!(fs::read(&out).unwrap() == fs::read(&big).unwrap(), "atftp copy across the block wrap differs");
+    run_ok(
+        ns.command("atftp")
+            .args(["--option", "windowsize 16", "-g", "-r", "big.bin", "-l"])
+            .arg(&out)
+            .args(["127.0.0.1", TFTP_PORT]),
+    );
+    assert!(
+        fs::read(&out).unwrap() == fs::read(&big).unwrap(),
+        "atftp copy across the block wrap differs"
+    );
     // Our own client too (it ACKs wrapped numbers the same way).
-    let data = ns.run(|| tftp_get("127.0.0.1:69".parse().unwrap(), "big.bin", &[("windowsize", "8")]).unwrap());
+    let data = ns.run(|| {
+        tftp_get(
+            "127.0.0.1:69".parse().unwrap(),
+            "big.bin",
+            &[("windowsize", "8")],
+        )
+        .unwrap()
+    });
     assert!(data == fs::read(&big).unwrap());
 }
 
@@ -136,31 +196,92 @@ fn curl_head_range_and_keep_alive() {
     let original = fs::read(root.join("two.bin")).unwrap();
     let size = original.len();
 
-    let (_, head, _) = run_any(ns.command("curl").args(["-sS", "-I", &format!("{base}/two.bin")]));
+    let (_, head, _) = run_any(
+        ns.command("curl")
+            .args(["-sS", "-I", &format!("{base}/two.bin")]),
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains(&format!("Content-Length: {size}")), "{head}");
     assert!(head.contains("Accept-Ranges: bytes"), "{head}");
 
-    for (range, start, end) in [("0-99", 0, 99), ("1000-", 1000, size - 1), ("-100", size - 100, size - 1)] {
+    for (range, start, end) in [
+        ("0-99", 0, 99),
+        ("1000-", 1000, size - 1),
+        ("-100", size - 100, size - 1),
+    ] {
         let out = dir.path().join("range.out");
-        let (_, headers, _) = run_any(ns.command("curl").args(["-sS", "-D", "-", "-r", range, "-o"]).arg(&out).arg(format!("{base}/two.bin")));
+        let (_, headers, _) = run_any(
+            ns.command("curl")
+                .args(["-sS", "-D", "-", "-r", range, "-o"])
+                .arg(&out)
+                .arg(format!("{base}/two.bin")),
+        );
         assert!(headers.starts_with("HTTP/1.1 206"), "{range}: {headers}");
-        assert!(headers.contains(&format!("Content-Range: bytes {start}-{end}/{size}")), "{range}: {headers}");
-        assert!(fs::read(&out).unwrap() == original[start..=end], "range {range} bytes differ");
+        assert!(
+            headers.contains(&format!("Content-Range: bytes {start}-{end}/{size}")),
+            "{range}: {headers}"
+        );
+        assert!(
+            fs::read(&out).unwrap() == original[start..=end],
+            "range {range} bytes differ"
+        );
     }
-    let (_, code, _) = run_any(ns.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-r", &format!("{size}-"), &format!("{base}/two.bin")]));
+    let (_, code, _) = run_any(ns.command("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-r",
+        &format!("{size}-"),
+        &format!("{base}/two.bin"),
+    ]));
     assert_eq!(code, "416");
 
     // Two requests on one connection: curl reports reusing it.
-    let (_, _, verbose) = run_any(ns.command("curl").args(["-sS", "-v", "-o", "/dev/null", "-o", "/dev/null", &format!("{base}/b511"), &format!("{base}/sub/one.bin")]));
-    assert!(verbose.contains("Re-using existing connection") || verbose.contains("Reusing existing connection"), "{verbose}");
+    let (_, _, verbose) = run_any(ns.command("curl").args([
+        "-sS",
+        "-v",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &format!("{base}/b511"),
+        &format!("{base}/sub/one.bin"),
+    ]));
+    assert!(
+        verbose.contains("Re-using existing connection")
+            || verbose.contains("Reusing existing connection"),
+        "{verbose}"
+    );
 
     let full = dir.path().join("full.out");
-    run_ok(ns.command("curl").args(["-sS", "-f", "-o"]).arg(&full).arg(format!("{base}/two.bin")));
+    run_ok(
+        ns.command("curl")
+            .args(["-sS", "-f", "-o"])
+            .arg(&full)
+            .arg(format!("{base}/two.bin")),
+    );
     assert!(fs::read(&full).unwrap() == original);
-    let (_, code, _) = run_any(ns.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/missing")]));
+    let (_, code, _) = run_any(ns.command("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{base}/missing"),
+    ]));
     assert_eq!(code, "404");
-    let (_, code, _) = run_any(ns.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", &format!("{base}/two.bin")]));
+    let (_, code, _) = run_any(ns.command("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("{base}/two.bin"),
+    ]));
     assert_eq!(code, "405");
 }
 
@@ -174,23 +295,63 @@ fn traversal_and_symlink_escapes_are_refused() {
     let mut server = loopback_server(&ns, &root, &[]);
     let secret_path = dir.path().join("secret");
     let secret_abs = secret_path.to_str().unwrap();
-    let attempts = ["../secret", "..\\secret", "/../secret", "sub/../../secret", "sub\\..\\..\\secret", secret_abs, "abs-link", "rel-link"];
+    let attempts = [
+        "../secret",
+        "..\\secret",
+        "/../secret",
+        "sub/../../secret",
+        "sub\\..\\..\\secret",
+        secret_abs,
+        "abs-link",
+        "rel-link",
+    ];
     for name in attempts {
         let out = dir.path().join("escape.out");
         let _ = fs::remove_file(&out);
-        let (_, stdout, stderr) = run_any(ns.command("tftp").args(["-m", "binary", "127.0.0.1", TFTP_PORT, "-c", "get", name]).arg(&out));
+        let (_, stdout, stderr) = run_any(
+            ns.command("tftp")
+                .args(["-m", "binary", "127.0.0.1", TFTP_PORT, "-c", "get", name])
+                .arg(&out),
+        );
         let got = fs::read(&out).unwrap_or_default();
-        assert!(!String::from_utf8_lossy(&got).contains("top secret"), "TFTP {name} leaked the secret");
+        assert!(
+            !String::from_utf8_lossy(&got).contains("top secret"),
+            "TFTP {name} leaked the secret"
+        );
         let said = format!("{stdout}{stderr}");
-        assert!(said.contains("Error code"), "TFTP {name}: expected an error, got {said:?}");
+        assert!(
+            said.contains("Error code"),
+            "TFTP {name}: expected an error, got {said:?}"
+        );
         // Our client sees the exact code: 1 (not found, absolute path under root) or 2 (access).
         let name_owned = name.to_string();
-        let err = ns.run(move || tftp_get("127.0.0.1:69".parse().unwrap(), &name_owned, &[])).unwrap_err();
-        assert!(err.starts_with("error 2") || err.starts_with("error 1"), "{name}: {err}");
+        let err = ns
+            .run(move || tftp_get("127.0.0.1:69".parse().unwrap(), &name_owned, &[]))
+            .unwrap_err();
+        assert!(
+            err.starts_with("error 2") || err.starts_with("error 1"),
+            "{name}: {err}"
+        );
     }
-    for path in ["/../secret", "/%2e%2e/secret", "/sub/..%2f..%2fsecret", "/abs-link", "/rel-link", "/..%5csecret"] {
-        let (_, body, _) = run_any(ns.command("curl").args(["-s", "--path-as-is", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{HTTP_PORT}{path}")]));
-        assert!(!body.contains("top secret"), "HTTP {path} leaked the secret");
+    for path in [
+        "/../secret",
+        "/%2e%2e/secret",
+        "/sub/..%2f..%2fsecret",
+        "/abs-link",
+        "/rel-link",
+        "/..%5csecret",
+    ] {
+        let (_, body, _) = run_any(ns.command("curl").args([
+            "-s",
+            "--path-as-is",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{HTTP_PORT}{path}"),
+        ]));
+        assert!(
+            !body.contains("top secret"),
+            "HTTP {path} leaked the secret"
+        );
         let code = body.lines().last().unwrap_or_default().to_string();
         assert!(code == "403" || code == "404", "HTTP {path}: status {code}");
     }
@@ -207,24 +368,34 @@ fn malformed_packets_get_errors_and_server_keeps_serving() {
     let mut server = loopback_server(&ns, &root, &[]);
     let replies = ns.run(|| {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", vec![]),
             ("one byte", vec![0]),
             ("unknown opcode", vec![0, 9, 1, 2]),
             ("unterminated RRQ", b"\x00\x01abc".to_vec()),
             ("RRQ without mode", b"\x00\x01abc\x00".to_vec()),
-            ("option without value", b"\x00\x01b512\x00octet\x00blksize".to_vec()),
+            (
+                "option without value",
+                b"\x00\x01b512\x00octet\x00blksize".to_vec(),
+            ),
             ("WRQ", b"\x00\x02new\x00octet\x00".to_vec()),
             ("stray ACK", vec![0, 4, 0, 1]),
             ("mail mode", b"\x00\x01b512\x00mail\x00".to_vec()),
-            ("huge blksize", b"\x00\x01b512\x00octet\x00blksize\x0099999999999999999999\x00".to_vec()),
+            (
+                "huge blksize",
+                b"\x00\x01b512\x00octet\x00blksize\x0099999999999999999999\x00".to_vec(),
+            ),
         ];
         let mut replies = HashMap::new();
         let mut buf = [0u8; 1024];
         for (what, packet) in cases {
             sock.send_to(&packet, "127.0.0.1:69").unwrap();
-            let reply = sock.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec());
+            let reply = sock
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(n, _)| buf[..n].to_vec());
             replies.insert(what, reply);
         }
         replies
@@ -242,11 +413,24 @@ fn malformed_packets_get_errors_and_server_keeps_serving() {
     assert_eq!(error_code("stray ACK"), Some(5));
     assert_eq!(error_code("mail mode"), Some(4));
     // A blksize that does not parse is left out of the OACK: the transfer runs with 512.
-    let huge = replies["huge blksize"].as_ref().expect("no reply to an RRQ with a bad blksize");
+    let huge = replies["huge blksize"]
+        .as_ref()
+        .expect("no reply to an RRQ with a bad blksize");
     assert_eq!(&huge[..4], &[0, 3, 0, 1]);
     assert_eq!(huge.len(), 4 + 512);
-    assert!(server.alive(), "server died on malformed input:\n{}", server.log());
-    let data = ns.run(|| tftp_get("127.0.0.1:69".parse().unwrap(), "two.bin", &[("blksize", "1468"), ("windowsize", "8")]).unwrap());
+    assert!(
+        server.alive(),
+        "server died on malformed input:\n{}",
+        server.log()
+    );
+    let data = ns.run(|| {
+        tftp_get(
+            "127.0.0.1:69".parse().unwrap(),
+            "two.bin",
+            &[("blksize", "1468"), ("windowsize", "8")],
+        )
+        .unwrap()
+    });
     assert!(data == fs::read(root.join("two.bin")).unwrap());
 }
 
@@ -265,7 +449,12 @@ fn five_hundred_clients_at_once() {
         .map(|_| {
             ns.spawn(move || {
                 let server: SocketAddr = "127.0.0.1:69".parse().unwrap();
-                tftp_get(server, "two-mib.bin", &[("blksize", "1468"), ("windowsize", "8"), ("tsize", "0")]).map(|d| checksum(&d))
+                tftp_get(
+                    server,
+                    "two-mib.bin",
+                    &[("blksize", "1468"), ("windowsize", "8"), ("tsize", "0")],
+                )
+                .map(|d| checksum(&d))
             })
         })
         .collect();
@@ -280,8 +469,16 @@ fn five_hundred_clients_at_once() {
     }
     let secs = start.elapsed().as_secs_f64();
     let total_mib = (CLIENTS * 2) as f64;
-    println!("500 TFTP clients x 2 MiB (blksize 1468, windowsize 8): {secs:.2} s, aggregate {:.1} MiB/s", total_mib / secs);
-    assert!(failures.is_empty(), "{} of {CLIENTS} transfers failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    println!(
+        "500 TFTP clients x 2 MiB (blksize 1468, windowsize 8): {secs:.2} s, aggregate {:.1} MiB/s",
+        total_mib / secs
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {CLIENTS} transfers failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert_eq!(ok, CLIENTS);
 }
 
@@ -295,7 +492,14 @@ struct DhcpReply {
     options: HashMap<u8, Vec<u8>>,
 }
 
-fn dhcp_packet(mac: [u8; 6], message: u8, vendor: Option<&str>, arch: Option<u16>, ipxe: bool, extra: &[(u8, Vec<u8>)]) -> Vec<u8> {
+fn dhcp_packet(
+    mac: [u8; 6],
+    message: u8,
+    vendor: Option<&str>,
+    arch: Option<u16>,
+    ipxe: bool,
+    extra: &[(u8, Vec<u8>)],
+) -> Vec<u8> {
     let mut p = vec![0u8; 240];
     p[0] = 1;
     p[1] = 1;
@@ -334,7 +538,10 @@ fn dhcp_packet(mac: [u8; 6], message: u8, vendor: Option<&str>, arch: Option<u16
 }
 
 fn parse_reply(b: &[u8]) -> DhcpReply {
-    assert!(b.len() >= 240 && b[236..240] == [99, 130, 83, 99], "reply is not DHCP");
+    assert!(
+        b.len() >= 240 && b[236..240] == [99, 130, 83, 99],
+        "reply is not DHCP"
+    );
     let mut options = HashMap::new();
     let mut i = 240;
     while i < b.len() && b[i] != 255 {
@@ -343,7 +550,10 @@ fn parse_reply(b: &[u8]) -> DhcpReply {
             continue;
         }
         let (code, len) = (b[i], b[i + 1] as usize);
-        options.entry(code).or_insert_with(Vec::new).extend_from_slice(&b[i + 2..i + 2 + len]);
+        options
+            .entry(code)
+            .or_insert_with(Vec::new)
+            .extend_from_slice(&b[i + 2..i + 2 + len]);
         i += 2 + len;
     }
     let file_end = b[108..236].iter().position(|&c| c == 0).unwrap_or(128);
@@ -364,10 +574,17 @@ fn exchange(ns: &Netns, packet: Vec<u8>, to_port: u16, to: Ipv4Addr) -> Option<D
         let ifname = b"vc0";
         // SAFETY: SO_BINDTODEVICE with the interface name bytes.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, ifname.as_ptr() as *const libc::c_void, ifname.len() as libc::socklen_t);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                ifname.as_ptr() as *const libc::c_void,
+                ifname.len() as libc::socklen_t,
+            );
         }
         sock.set_broadcast(true).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
         sock.send_to(&packet, (to, to_port)).unwrap();
         let mut buf = [0u8; 1500];
         loop {
@@ -396,41 +613,148 @@ fn proxy_dhcp_answers_pxe_clients_field_by_field() {
     let (ns, client) = dhcp_ns();
     let _server = Server::start(
         &ns,
-        &["--interface", "vs0", "--proxy", "--root", root.to_str().unwrap(), "--tftp-port", TFTP_PORT, "--http-port", HTTP_PORT,
-          "--bios-bootfile", "pxelinux.0", "--uefi-bootfile", "grubx64.efi", "--ipxe-script", "http://10.77.0.1:8080/custom.ipxe"],
+        &[
+            "--interface",
+            "vs0",
+            "--proxy",
+            "--root",
+            root.to_str().unwrap(),
+            "--tftp-port",
+            TFTP_PORT,
+            "--http-port",
+            HTTP_PORT,
+            "--bios-bootfile",
+            "pxelinux.0",
+            "--uefi-bootfile",
+            "grubx64.efi",
+            "--ipxe-script",
+            "http://10.77.0.1:8080/custom.ipxe",
+        ],
     );
     let mac = [0x52, 0x54, 0, 0xaa, 0, 1];
     let bcast = Ipv4Addr::BROADCAST;
-    assert!(exchange(&client, dhcp_packet(mac, 1, Some("MSFT 5.0"), None, false, &[]), 67, bcast).is_none(), "proxy answered a non-PXE client");
+    assert!(
+        exchange(
+            &client,
+            dhcp_packet(mac, 1, Some("MSFT 5.0"), None, false, &[]),
+            67,
+            bcast
+        )
+        .is_none(),
+        "proxy answered a non-PXE client"
+    );
 
-    let bios = exchange(&client, dhcp_packet(mac, 1, Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), false, &[]), 67, bcast).expect("no offer to a BIOS PXE client");
+    let bios = exchange(
+        &client,
+        dhcp_packet(
+            mac,
+            1,
+            Some("PXEClient:Arch:00000:UNDI:002001"),
+            Some(0),
+            false,
+            &[],
+        ),
+        67,
+        bcast,
+    )
+    .expect("no offer to a BIOS PXE client");
     assert_eq!(bios.op, 2);
     assert_eq!(bios.options[&53], vec![2], "not an OFFER");
-    assert_eq!(bios.yiaddr, Ipv4Addr::UNSPECIFIED, "proxy offered an address");
+    assert_eq!(
+        bios.yiaddr,
+        Ipv4Addr::UNSPECIFIED,
+        "proxy offered an address"
+    );
     assert_eq!(bios.siaddr, Ipv4Addr::new(10, 77, 0, 1));
     assert_eq!(bios.file, "pxelinux.0");
     assert_eq!(bios.options[&54], vec![10, 77, 0, 1]);
     assert_eq!(bios.options[&60], b"PXEClient");
-    assert_eq!(bios.options[&97][1..], (0x10..0x20u8).collect::<Vec<_>>()[..], "option 97 not echoed");
-    assert_eq!(bios.options[&43], vec![6, 1, 8, 255], "PXE discovery control");
+    assert_eq!(
+        bios.options[&97][1..],
+        (0x10..0x20u8).collect::<Vec<_>>()[..],
+        "option 97 not echoed"
+    );
+    assert_eq!(
+        bios.options[&43],
+        vec![6, 1, 8, 255],
+        "PXE discovery control"
+    );
 
-    let uefi = exchange(&client, dhcp_packet(mac, 1, Some("PXEClient:Arch:00007:UNDI:003016"), Some(7), false, &[]), 67, bcast).unwrap();
+    let uefi = exchange(
+        &client,
+        dhcp_packet(
+            mac,
+            1,
+            Some("PXEClient:Arch:00007:UNDI:003016"),
+            Some(7),
+            false,
+            &[],
+        ),
+        67,
+        bcast,
+    )
+    .unwrap();
     assert_eq!(uefi.file, "grubx64.efi");
     // The UEFI firmware asks again on port 4011 and gets an ACK.
-    let ack = exchange(&client, dhcp_packet(mac, 3, Some("PXEClient:Arch:00007:UNDI:003016"), Some(7), false, &[]), 4011, Ipv4Addr::new(10, 77, 0, 1)).expect("no 4011 answer");
+    let ack = exchange(
+        &client,
+        dhcp_packet(
+            mac,
+            3,
+            Some("PXEClient:Arch:00007:UNDI:003016"),
+            Some(7),
+            false,
+            &[],
+        ),
+        4011,
+        Ipv4Addr::new(10, 77, 0, 1),
+    )
+    .expect("no 4011 answer");
     assert_eq!(ack.options[&53], vec![5]);
     assert_eq!(ack.file, "grubx64.efi");
 
-    let http = exchange(&client, dhcp_packet(mac, 1, Some("HTTPClient:Arch:00016:UNDI:003001"), Some(16), false, &[]), 67, bcast).unwrap_or_else(|| panic!("no HTTPClient offer\n{}", _server.log()));
+    let http = exchange(
+        &client,
+        dhcp_packet(
+            mac,
+            1,
+            Some("HTTPClient:Arch:00016:UNDI:003001"),
+            Some(16),
+            false,
+            &[],
+        ),
+        67,
+        bcast,
+    )
+    .unwrap_or_else(|| panic!("no HTTPClient offer\n{}", _server.log()));
     assert_eq!(http.file, "http://10.77.0.1:8080/grubx64.efi");
     assert_eq!(http.options[&60], b"HTTPClient");
 
-    let ipxe = exchange(&client, dhcp_packet(mac, 1, Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), true, &[]), 67, bcast).unwrap();
+    let ipxe = exchange(
+        &client,
+        dhcp_packet(
+            mac,
+            1,
+            Some("PXEClient:Arch:00000:UNDI:002001"),
+            Some(0),
+            true,
+            &[],
+        ),
+        67,
+        bcast,
+    )
+    .unwrap();
     assert_eq!(ipxe.file, "http://10.77.0.1:8080/custom.ipxe");
     assert_eq!(ipxe.options[&67], b"http://10.77.0.1:8080/custom.ipxe");
 
     // No file configured for arm64: no answer rather than a wrong one.
-    assert!(exchange(&client, dhcp_packet(mac, 1, Some("PXEClient:Arch:00011"), Some(11), false, &[]), 67, bcast).is_none());
+    assert!(exchange(
+        &client,
+        dhcp_packet(mac, 1, Some("PXEClient:Arch:00011"), Some(11), false, &[]),
+        67,
+        bcast
+    )
+    .is_none());
 }
 
 #[test]
@@ -442,42 +766,121 @@ fn full_dhcp_leases_reservations_and_restart() {
     let leases = dir.path().join("leases.json");
     let (ns, client) = dhcp_ns();
     let args_owned = [
-        "--interface", "vs0", "--dhcp-range", "10.77.0.50-10.77.0.60", "--root", root.to_str().unwrap(), "--tftp-port", TFTP_PORT,
-        "--http-port", HTTP_PORT, "--bios-bootfile", "pxelinux.0", "--lease-file", leases.to_str().unwrap(), "--config", rules.to_str().unwrap(),
-        "--router", "10.77.0.254",
+        "--interface",
+        "vs0",
+        "--dhcp-range",
+        "10.77.0.50-10.77.0.60",
+        "--root",
+        root.to_str().unwrap(),
+        "--tftp-port",
+        TFTP_PORT,
+        "--http-port",
+        HTTP_PORT,
+        "--bios-bootfile",
+        "pxelinux.0",
+        "--lease-file",
+        leases.to_str().unwrap(),
+        "--config",
+        rules.to_str().unwrap(),
+        "--router",
+        "10.77.0.254",
     ];
     let mac = [0x52, 0x54, 0, 0xbb, 0, 1];
     let bcast = Ipv4Addr::BROADCAST;
     let first_ip;
     {
         let _server = Server::start(&ns, &args_owned);
-        let offer = exchange(&client, dhcp_packet(mac, 1, Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), false, &[]), 67, bcast).expect("no OFFER");
+        let offer = exchange(
+            &client,
+            dhcp_packet(
+                mac,
+                1,
+                Some("PXEClient:Arch:00000:UNDI:002001"),
+                Some(0),
+                false,
+                &[],
+            ),
+            67,
+            bcast,
+        )
+        .expect("no OFFER");
         assert_eq!(offer.options[&53], vec![2]);
         first_ip = offer.yiaddr;
-        assert!((50..=60).contains(&first_ip.octets()[3]), "{first_ip} outside the range");
+        assert!(
+            (50..=60).contains(&first_ip.octets()[3]),
+            "{first_ip} outside the range"
+        );
         assert_eq!(offer.options[&1], vec![255, 255, 255, 0]);
         assert_eq!(offer.options[&3], vec![10, 77, 0, 254]);
         assert_eq!(offer.file, "pxelinux.0");
-        let request = dhcp_packet(mac, 3, Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), false, &[(50, first_ip.octets().to_vec()), (54, vec![10, 77, 0, 1])]);
+        let request = dhcp_packet(
+            mac,
+            3,
+            Some("PXEClient:Arch:00000:UNDI:002001"),
+            Some(0),
+            false,
+            &[(50, first_ip.octets().to_vec()), (54, vec![10, 77, 0, 1])],
+        );
         let ack = exchange(&client, request, 67, bcast).expect("no ACK");
         assert_eq!(ack.options[&53], vec![5], "{}", _server.log());
         assert_eq!(ack.yiaddr, first_ip);
         assert!(u32::from_be_bytes(ack.options[&51][..4].try_into().unwrap()) > 0);
         // iPXE on the same machine gets the generated script URL (rules are configured).
-        let ipxe = exchange(&client, dhcp_packet(mac, 1, Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), true, &[]), 67, bcast).unwrap();
-        assert_eq!(ipxe.file, "http://10.77.0.1:8080/boot.ipxe?mac=52:54:00:bb:00:01&arch=0");
+        let ipxe = exchange(
+            &client,
+            dhcp_packet(
+                mac,
+                1,
+                Some("PXEClient:Arch:00000:UNDI:002001"),
+                Some(0),
+                true,
+                &[],
+            ),
+            67,
+            bcast,
+        )
+        .unwrap();
+        assert_eq!(
+            ipxe.file,
+            "http://10.77.0.1:8080/boot.ipxe?mac=52:54:00:bb:00:01&arch=0"
+        );
         // A reservation wins, with its host name.
-        let reserved = exchange(&client, dhcp_packet([0x52, 0x54, 0, 0xbb, 0, 9], 1, None, None, false, &[]), 67, bcast).unwrap();
+        let reserved = exchange(
+            &client,
+            dhcp_packet([0x52, 0x54, 0, 0xbb, 0, 9], 1, None, None, false, &[]),
+            67,
+            bcast,
+        )
+        .unwrap();
         assert_eq!(reserved.yiaddr, Ipv4Addr::new(10, 77, 0, 99));
         assert_eq!(reserved.options[&12], b"reserved");
         // A foreign address is refused.
-        let nak = exchange(&client, dhcp_packet([0x52, 0x54, 0, 0xbb, 0, 2], 3, None, None, false, &[(50, vec![192, 168, 9, 9]), (54, vec![10, 77, 0, 1])]), 67, bcast).unwrap();
+        let nak = exchange(
+            &client,
+            dhcp_packet(
+                [0x52, 0x54, 0, 0xbb, 0, 2],
+                3,
+                None,
+                None,
+                false,
+                &[(50, vec![192, 168, 9, 9]), (54, vec![10, 77, 0, 1])],
+            ),
+            67,
+            bcast,
+        )
+        .unwrap();
         assert_eq!(nak.options[&53], vec![6]);
     }
     let saved = fs::read_to_string(&leases).expect("lease file not written");
     assert!(saved.contains(&first_ip.to_string()), "{saved}");
     let _server = Server::start(&ns, &args_owned);
-    let offer = exchange(&client, dhcp_packet(mac, 1, None, None, false, &[]), 67, bcast).expect("no OFFER after restart");
+    let offer = exchange(
+        &client,
+        dhcp_packet(mac, 1, None, None, false, &[]),
+        67,
+        bcast,
+    )
+    .expect("no OFFER after restart");
     assert_eq!(offer.yiaddr, first_ip, "lease not kept across a restart");
 }
 
@@ -486,7 +889,11 @@ fn rules_scripts_templates_and_status() {
     require_tool("curl");
     let dir = tempfile::tempdir().unwrap();
     let root = make_root(dir.path());
-    fs::write(root.join("preseed.cfg"), "d-i netcfg/get_hostname string {{hostname}}\nd-i mirror/http/hostname string {{server}}\n").unwrap();
+    fs::write(
+        root.join("preseed.cfg"),
+        "d-i netcfg/get_hostname string {{hostname}}\nd-i mirror/http/hostname string {{server}}\n",
+    )
+    .unwrap();
     let rules = dir.path().join("rules.toml");
     fs::write(
         &rules,
@@ -519,7 +926,10 @@ exit = true
     let _server = loopback_server(&ns, &root, &["--config", rules.to_str().unwrap()]);
     let base = format!("http://127.0.0.1:{HTTP_PORT}");
     let get = |path: &str| -> String {
-        let out = run_ok(ns.command("curl").args(["-sS", "-f", &format!("{base}{path}")]));
+        let out = run_ok(
+            ns.command("curl")
+                .args(["-sS", "-f", &format!("{base}{path}")]),
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let default = get("/boot.ipxe?mac=52:54:00:cc:00:02&arch=0");
@@ -529,7 +939,10 @@ exit = true
         "{default}"
     );
     let exit = get("/boot.ipxe?mac=52-54-00-CC-00-01&arch=0");
-    assert!(exit.contains("sanboot --no-describe --drive 0x80"), "{exit}");
+    assert!(
+        exit.contains("sanboot --no-describe --drive 0x80"),
+        "{exit}"
+    );
     let menu = get("/boot.ipxe?mac=52:54:00:cc:00:03&arch=7");
     assert!(menu.contains("choose --timeout 3000"), "{menu}");
     assert!(menu.contains(":item1\nexit\n"), "{menu}");
@@ -537,9 +950,19 @@ exit = true
     assert_eq!(preseed, "d-i netcfg/get_hostname string vmedia-525400cc0002\nd-i mirror/http/hostname string 127.0.0.1\n");
 
     // A fetch shows up in the status, per machine, with bytes and state.
-    let data = ns.run(|| tftp_get("127.0.0.1:69".parse().unwrap(), "two.bin", &[("blksize", "1468")]).unwrap());
+    let data = ns.run(|| {
+        tftp_get(
+            "127.0.0.1:69".parse().unwrap(),
+            "two.bin",
+            &[("blksize", "1468")],
+        )
+        .unwrap()
+    });
     assert_eq!(data.len(), 2 * 1024 * 1024 + 17);
-    let out = run_ok(ns.command(env!("CARGO_BIN_EXE_vmedia")).args(["netboot", "status", "--server", &base, "--json"]));
+    let out = run_ok(
+        ns.command(env!("CARGO_BIN_EXE_vmedia"))
+            .args(["netboot", "status", "--server", &base, "--json"]),
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let machines = status["machines"].as_array().unwrap();
     let transfer = machines
@@ -549,7 +972,10 @@ exit = true
         .expect("TFTP transfer missing from status");
     assert_eq!(transfer["state"], "done");
     assert_eq!(transfer["bytes_sent"], 2 * 1024 * 1024 + 17);
-    let text = run_ok(ns.command(env!("CARGO_BIN_EXE_vmedia")).args(["netboot", "status", "--server", &base]));
+    let text = run_ok(
+        ns.command(env!("CARGO_BIN_EXE_vmedia"))
+            .args(["netboot", "status", "--server", &base]),
+    );
     assert!(String::from_utf8_lossy(&text.stdout).contains("two.bin"));
 }
 
@@ -564,21 +990,72 @@ fn files_stream_straight_from_an_iso() {
     let kernel = random_file(&tree.join("install.amd/vmlinuz"), 3 * 1024 * 1024 + 5, 11);
     let root = dir.path().join("root");
     fs::create_dir(&root).unwrap();
-    run_ok(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"]).arg(root.join("debian.iso")).arg(&tree));
+    run_ok(
+        Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+            .arg(root.join("debian.iso"))
+            .arg(&tree),
+    );
     let ns = Netns::new("iso");
     let _server = loopback_server(&ns, &root, &[]);
     let original = fs::read(&kernel).unwrap();
-    for name in ["debian.iso:/install.amd/vmlinuz", "debian.iso/install.amd/vmlinuz"] {
+    for name in [
+        "debian.iso:/install.amd/vmlinuz",
+        "debian.iso/install.amd/vmlinuz",
+    ] {
         let out = dir.path().join("k.out");
         let _ = fs::remove_file(&out);
-        run_ok(ns.command("atftp").args(["--option", "blksize 1468", "--option", "windowsize 8", "-g", "-r", name, "-l"]).arg(&out).args(["127.0.0.1", TFTP_PORT]));
-        assert!(fs::read(&out).unwrap() == original, "TFTP {name} from the ISO differs");
+        run_ok(
+            ns.command("atftp")
+                .args([
+                    "--option",
+                    "blksize 1468",
+                    "--option",
+                    "windowsize 8",
+                    "-g",
+                    "-r",
+                    name,
+                    "-l",
+                ])
+                .arg(&out)
+                .args(["127.0.0.1", TFTP_PORT]),
+        );
+        assert!(
+            fs::read(&out).unwrap() == original,
+            "TFTP {name} from the ISO differs"
+        );
     }
     let out = dir.path().join("h.out");
-    run_ok(ns.command("curl").args(["-sS", "-f", "-o"]).arg(&out).arg(format!("http://127.0.0.1:{HTTP_PORT}/debian.iso/install.amd/vmlinuz")));
+    run_ok(
+        ns.command("curl")
+            .args(["-sS", "-f", "-o"])
+            .arg(&out)
+            .arg(format!(
+                "http://127.0.0.1:{HTTP_PORT}/debian.iso/install.amd/vmlinuz"
+            )),
+    );
     assert!(fs::read(&out).unwrap() == original);
-    let (_, headers, _) = run_any(ns.command("curl").args(["-sS", "-D", "-", "-o", "/dev/null", "-r", "100-199", &format!("http://127.0.0.1:{HTTP_PORT}/debian.iso/install.amd/vmlinuz")]));
-    assert!(headers.contains(&format!("Content-Range: bytes 100-199/{}", original.len())), "{headers}");
-    let (_, code, _) = run_any(ns.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{HTTP_PORT}/debian.iso/install.amd/missing")]));
+    let (_, headers, _) = run_any(ns.command("curl").args([
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-r",
+        "100-199",
+        &format!("http://127.0.0.1:{HTTP_PORT}/debian.iso/install.amd/vmlinuz"),
+    ]));
+    assert!(
+        headers.contains(&format!("Content-Range: bytes 100-199/{}", original.len())),
+        "{headers}"
+    );
+    let (_, code, _) = run_any(ns.command("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{HTTP_PORT}/debian.iso/install.amd/missing"),
+    ]));
     assert_eq!(code, "404");
 }

@@ -2,9 +2,9 @@
 //! (ipxe-qemu) or OVMF's PXE stack, on a tap device on a private bridge inside a network
 //! namespace the test creates (never the host's network).
 
-mod support;
 #[path = "support/netboot.rs"]
 mod nb;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -49,15 +49,22 @@ fn copy(from: &Path, to: &Path) {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).unwrap();
     }
-    fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
 }
 
 /// pxelinux + the payload kernel and initramfs.
 fn pxelinux_root() -> PathBuf {
     cached_fixture("netboot-pxelinux-root", |dir| {
         let p = payload();
-        copy(Path::new("/usr/lib/PXELINUX/pxelinux.0"), &dir.join("pxelinux.0"));
-        copy(Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"), &dir.join("ldlinux.c32"));
+        copy(
+            Path::new("/usr/lib/PXELINUX/pxelinux.0"),
+            &dir.join("pxelinux.0"),
+        );
+        copy(
+            Path::new("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+            &dir.join("ldlinux.c32"),
+        );
         copy(&p.kernel, &dir.join("vmlinuz"));
         copy(&p.initrd, &dir.join("initrd.gz"));
         fs::create_dir_all(dir.join("pxelinux.cfg")).unwrap();
@@ -84,7 +91,15 @@ fn grub_root(server: &str) -> PathBuf {
                 .arg(&cfg)
                 .arg("-o")
                 .arg(dir.join("grubx64.efi"))
-                .args(["efinet", "tftp", "net", "linux", "normal", "echo", "configfile"]),
+                .args([
+                    "efinet",
+                    "tftp",
+                    "net",
+                    "linux",
+                    "normal",
+                    "echo",
+                    "configfile",
+                ]),
         );
         fs::remove_file(&cfg).unwrap();
     })
@@ -99,7 +114,12 @@ fn payload_iso_root() -> PathBuf {
         copy(&p.kernel, &tree.join("boot/vmlinuz"));
         copy(&p.initrd, &tree.join("boot/initrd.gz"));
         fs::create_dir_all(dir.join("root")).unwrap();
-        run_ok(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"]).arg(dir.join("root/payload.iso")).arg(&tree));
+        run_ok(
+            Command::new("xorriso")
+                .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+                .arg(dir.join("root/payload.iso"))
+                .arg(&tree),
+        );
         fs::remove_dir_all(&tree).unwrap();
     })
     .join("root")
@@ -112,10 +132,27 @@ fn bios_boots_pxelinux_over_tftp_with_full_dhcp() {
     let leases = tempfile::tempdir().unwrap();
     let server = Server::start(
         &ns,
-        &["--interface", "br0", "--dhcp-range", "10.79.0.100-10.79.0.150", "--root", root.to_str().unwrap(), "--bios-bootfile", "pxelinux.0",
-          "--http-port", "8080", "--lease-file", leases.path().join("l.json").to_str().unwrap()],
+        &[
+            "--interface",
+            "br0",
+            "--dhcp-range",
+            "10.79.0.100-10.79.0.150",
+            "--root",
+            root.to_str().unwrap(),
+            "--bios-bootfile",
+            "pxelinux.0",
+            "--http-port",
+            "8080",
+            "--lease-file",
+            leases.path().join("l.json").to_str().unwrap(),
+        ],
     );
-    let console = boot_in(&ns, Firmware::Bios, nic_args("52:54:00:79:00:01"), BOOT_MARKER);
+    let console = boot_in(
+        &ns,
+        Firmware::Bios,
+        nic_args("52:54:00:79:00:01"),
+        BOOT_MARKER,
+    );
     assert!(console.contains(BOOT_MARKER));
     let log = server.log();
     assert!(log.contains("-> OFFER 10.79.0.100"), "{log}");
@@ -128,9 +165,22 @@ fn bios_boots_pxelinux_over_tftp_with_full_dhcp() {
 fn plain_dhcp_server(ns: &Netns, dir: &Path, subnet: u8) -> Child {
     require_tool("dnsmasq");
     ns.command("dnsmasq")
-        .args(["--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces", "--no-resolv", "--no-hosts"])
-        .arg(format!("--dhcp-range=10.{subnet}.0.100,10.{subnet}.0.150,255.255.255.0,1h"))
-        .arg(format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()))
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .arg(format!(
+            "--dhcp-range=10.{subnet}.0.100,10.{subnet}.0.150,255.255.255.0,1h"
+        ))
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.join("dnsmasq.leases").display()
+        ))
         .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -161,19 +211,45 @@ fn bios_ipxe_script_boots_kernel_from_an_iso_over_http_in_proxy_mode_beside_dnsm
     .unwrap();
     let server = Server::start(
         &ns,
-        &["--interface", "br0", "--proxy", "--root", root.to_str().unwrap(), "--config", rules.to_str().unwrap(), "--http-port", "8080"],
+        &[
+            "--interface",
+            "br0",
+            "--proxy",
+            "--root",
+            root.to_str().unwrap(),
+            "--config",
+            rules.to_str().unwrap(),
+            "--http-port",
+            "8080",
+        ],
     );
-    let console = boot_in(&ns, Firmware::Bios, nic_args("52:54:00:78:00:01"), BOOT_MARKER);
+    let console = boot_in(
+        &ns,
+        Firmware::Bios,
+        nic_args("52:54:00:78:00:01"),
+        BOOT_MARKER,
+    );
     assert!(console.contains(BOOT_MARKER));
     let log = server.log();
-    assert!(log.contains("proxy OFFER boot=http://10.78.0.1:8080/boot.ipxe?mac=52:54:00:78:00:01&arch=0"), "{log}");
+    assert!(
+        log.contains(
+            "proxy OFFER boot=http://10.78.0.1:8080/boot.ipxe?mac=52:54:00:78:00:01&arch=0"
+        ),
+        "{log}"
+    );
     // The address is dnsmasq's: the proxy never acknowledges a lease.
-    assert!(!log.contains("-> proxy ACK") || log.contains("on port 4011 -> proxy ACK"), "the proxy answered a port-67 REQUEST:\n{log}");
+    assert!(
+        !log.contains("-> proxy ACK") || log.contains("on port 4011 -> proxy ACK"),
+        "the proxy answered a port-67 REQUEST:\n{log}"
+    );
     assert!(log.contains("boot.ipxe served (default rule"), "{log}");
     assert!(log.contains("done payload.iso/boot/vmlinuz"), "{log}");
     assert!(log.contains("done payload.iso/boot/initrd.gz"), "{log}");
     let leases = fs::read_to_string(scratch.path().join("dnsmasq.leases")).unwrap_or_default();
-    assert!(leases.contains("52:54:00:78:00:01"), "the address did not come from dnsmasq: {leases:?}");
+    assert!(
+        leases.contains("52:54:00:78:00:01"),
+        "the address did not come from dnsmasq: {leases:?}"
+    );
 }
 
 #[test]
@@ -183,10 +259,27 @@ fn uefi_boots_grub_efi_over_tftp_with_full_dhcp() {
     let leases = tempfile::tempdir().unwrap();
     let server = Server::start(
         &ns,
-        &["--interface", "br0", "--dhcp-range", "10.77.0.100-10.77.0.150", "--root", root.to_str().unwrap(), "--uefi-bootfile", "grubx64.efi",
-          "--http-port", "8080", "--lease-file", leases.path().join("l.json").to_str().unwrap()],
+        &[
+            "--interface",
+            "br0",
+            "--dhcp-range",
+            "10.77.0.100-10.77.0.150",
+            "--root",
+            root.to_str().unwrap(),
+            "--uefi-bootfile",
+            "grubx64.efi",
+            "--http-port",
+            "8080",
+            "--lease-file",
+            leases.path().join("l.json").to_str().unwrap(),
+        ],
     );
-    let console = boot_in(&ns, Firmware::Uefi, nic_args("52:54:00:77:00:01"), BOOT_MARKER);
+    let console = boot_in(
+        &ns,
+        Firmware::Uefi,
+        nic_args("52:54:00:77:00:01"),
+        BOOT_MARKER,
+    );
     assert!(console.contains(BOOT_MARKER));
     let log = server.log();
     assert!(log.contains("arch=7 (x64 UEFI)"), "{log}");
@@ -202,21 +295,43 @@ fn uefi_firmware_pxe_boots_in_proxy_mode_beside_dnsmasq() {
     let ns = lab("vmefiproxy", 74);
     let scratch = tempfile::tempdir().unwrap();
     let _dnsmasq = Killed(plain_dhcp_server(&ns, scratch.path(), 74));
-    let server = Server::start(&ns, &["--interface", "br0", "--proxy", "--root", root.to_str().unwrap(), "--uefi-bootfile", "grubx64.efi", "--http-port", "8080"]);
+    let server = Server::start(
+        &ns,
+        &[
+            "--interface",
+            "br0",
+            "--proxy",
+            "--root",
+            root.to_str().unwrap(),
+            "--uefi-bootfile",
+            "grubx64.efi",
+            "--http-port",
+            "8080",
+        ],
+    );
     let mut args = nic_args("52:54:00:74:00:01");
     args[3] = "virtio-net-pci,netdev=n0,mac=52:54:00:74:00:01,romfile=".into();
     let console = boot_in(&ns, Firmware::Uefi, args, BOOT_MARKER);
     assert!(console.contains(BOOT_MARKER));
     let log = server.log();
-    assert!(log.contains("DISCOVER arch=7 (x64 UEFI) on port 67 -> proxy OFFER boot=grubx64.efi"), "{log}");
-    assert!(!log.contains("ipxe"), "iPXE answered instead of the firmware:\n{log}");
+    assert!(
+        log.contains("DISCOVER arch=7 (x64 UEFI) on port 67 -> proxy OFFER boot=grubx64.efi"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("ipxe"),
+        "iPXE answered instead of the firmware:\n{log}"
+    );
     assert!(log.contains("done grubx64.efi"), "{log}");
 }
 
 #[test]
 fn debian_installer_starts_from_its_netboot_tree() {
     let tree = Path::new("/usr/lib/debian-installer/images/12/amd64/text");
-    assert!(tree.join("debian-installer/amd64/linux").exists(), "install debian-installer-12-netboot-amd64 (scripts/setup.sh)");
+    assert!(
+        tree.join("debian-installer/amd64/linux").exists(),
+        "install debian-installer-12-netboot-amd64 (scripts/setup.sh)"
+    );
     let ns = lab("vmdi", 76);
     let scratch = tempfile::tempdir().unwrap();
     let rules = scratch.path().join("rules.toml");
@@ -227,15 +342,33 @@ fn debian_installer_starts_from_its_netboot_tree() {
     .unwrap();
     let server = Server::start(
         &ns,
-        &["--interface", "br0", "--dhcp-range", "10.76.0.100-10.76.0.150", "--root", tree.to_str().unwrap(), "--config", rules.to_str().unwrap(),
-          "--http-port", "8080", "--lease-file", scratch.path().join("l.json").to_str().unwrap()],
+        &[
+            "--interface",
+            "br0",
+            "--dhcp-range",
+            "10.76.0.100-10.76.0.150",
+            "--root",
+            tree.to_str().unwrap(),
+            "--config",
+            rules.to_str().unwrap(),
+            "--http-port",
+            "8080",
+            "--lease-file",
+            scratch.path().join("l.json").to_str().unwrap(),
+        ],
     );
     let mut args = nic_args("52:54:00:76:00:01");
     args.extend(["-m".to_string(), "1024".to_string()]);
     let console = boot_in(&ns, Firmware::Bios, args, DI_MARKER);
-    assert!(console.contains("Linux version"), "not the installer kernel");
+    assert!(
+        console.contains("Linux version"),
+        "not the installer kernel"
+    );
     let log = server.log();
-    assert!(log.contains("done debian-installer/amd64/initrd.gz"), "{log}");
+    assert!(
+        log.contains("done debian-installer/amd64/initrd.gz"),
+        "{log}"
+    );
 }
 
 /// With priority=low the installer opens its main menu on the serial console, first item

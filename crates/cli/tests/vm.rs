@@ -2,15 +2,17 @@
 //! the live process, one-time boot under BIOS (pxelinux) and UEFI (GRUB netboot) followed by
 //! the normal disk boot, live CD insert/eject seen by a running Linux guest, stop and kill.
 
-mod support;
 #[path = "support/boot.rs"]
 mod boot_fixtures;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use boot_fixtures::{bootable_disk, hybrid_iso, initrd_with_block_drivers, qemu_processes, tftp_root, GuestShell};
+use boot_fixtures::{
+    bootable_disk, hybrid_iso, initrd_with_block_drivers, qemu_processes, tftp_root, GuestShell,
+};
 use support::{payload, require_tool, run_any, run_ok, BOOT_MARKER};
 
 /// A TCG boot here takes 5-30 s; guests get this long to reach their marker.
@@ -23,7 +25,9 @@ struct Home {
 impl Home {
     fn new() -> Home {
         require_tool("qemu-system-x86_64");
-        Home { dir: tempfile::tempdir().unwrap() }
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn vm(&self) -> Command {
         let mut cmd = support::vmedia();
@@ -41,21 +45,34 @@ impl Home {
     }
     fn state(&self, name: &str) -> String {
         let list: serde_json::Value = serde_json::from_str(&self.ok(&["list", "--json"])).unwrap();
-        let row = list.as_array().unwrap().iter().find(|r| r["name"] == name).expect("VM listed");
+        let row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .expect("VM listed");
         row["state"].as_str().unwrap().to_string()
     }
     /// Waits for the guest to power itself off (the payload does after its marker).
     fn wait_stopped(&self, name: &str) {
         let deadline = Instant::now() + GUEST_WAIT;
         while self.state(name) != "stopped" {
-            assert!(Instant::now() < deadline, "VM {name} still runs; console:\n{}", self.log(name));
+            assert!(
+                Instant::now() < deadline,
+                "VM {name} still runs; console:\n{}",
+                self.log(name)
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
     fn wait_log(&self, name: &str, needle: &str) {
         let deadline = Instant::now() + GUEST_WAIT;
         while !self.log(name).contains(needle) {
-            assert!(Instant::now() < deadline, "{needle:?} never appeared; console:\n{}", self.log(name));
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared; console:\n{}",
+                self.log(name)
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -82,20 +99,36 @@ fn no_qemu_left(home: &Home, name: &str) {
 fn managed_vm_lifecycle_with_state_from_the_live_process() {
     let home = Home::new();
     let iso = hybrid_iso("cdrom");
-    let out = home.ok(&["create", "life", "--cdrom", iso.to_str().unwrap(), "--memory", "512", "--accel", "tcg"]);
+    let out = home.ok(&[
+        "create",
+        "life",
+        "--cdrom",
+        iso.to_str().unwrap(),
+        "--memory",
+        "512",
+        "--accel",
+        "tcg",
+    ]);
     assert!(out.contains("created VM life"), "{out}");
     let toml_text = std::fs::read_to_string(home.vm_dir("life").join("vm.toml")).unwrap();
-    assert!(toml_text.contains("memory_mib = 512") && toml_text.contains(iso.to_str().unwrap()), "{toml_text}");
+    assert!(
+        toml_text.contains("memory_mib = 512") && toml_text.contains(iso.to_str().unwrap()),
+        "{toml_text}"
+    );
     assert_eq!(home.state("life"), "stopped");
 
     let started = Instant::now();
     let out = home.ok(&["start", "life"]);
     assert!(out.contains("started VM life"), "{out}");
-    assert!(started.elapsed() < Duration::from_secs(60), "start must return once QEMU runs");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "start must return once QEMU runs"
+    );
     let (code, _, err) = run_any(home.vm().args(["start", "life"]));
     assert_ne!(code, 0);
     assert!(err.contains("already running"), "{err}");
-    let show: serde_json::Value = serde_json::from_str(&home.ok(&["show", "life", "--json"])).unwrap();
+    let show: serde_json::Value =
+        serde_json::from_str(&home.ok(&["show", "life", "--json"])).unwrap();
     assert_eq!(show["config"]["memory_mib"], 512);
 
     // The payload powers off after its marker: the VM must then show as stopped.
@@ -118,25 +151,54 @@ fn boot_once_net_then_disk(firmware: &str, bootfile: &str, disk_format: &str) {
     let disk = bootable_disk(disk_format);
     let tftp = tftp_root();
     home.ok(&[
-        "create", &name, "--firmware", firmware, "--accel", "tcg", "--boot", "disk,net",
-        "--disk", disk.to_str().unwrap(), "--net", "user", "--tftp", tftp.to_str().unwrap(), "--bootfile", bootfile,
+        "create",
+        &name,
+        "--firmware",
+        firmware,
+        "--accel",
+        "tcg",
+        "--boot",
+        "disk,net",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--net",
+        "user",
+        "--tftp",
+        tftp.to_str().unwrap(),
+        "--bootfile",
+        bootfile,
     ]);
     home.ok(&["boot-once", &name, "net"]);
     let out = home.ok(&["start", &name]);
-    assert!(out.contains("boot order net,disk") && out.contains("net once"), "{out}");
+    assert!(
+        out.contains("boot order net,disk") && out.contains("net once"),
+        "{out}"
+    );
     home.wait_stopped(&name);
     let first = home.log(&name);
-    assert!(first.contains("vmedia.from=net") && first.contains(BOOT_MARKER), "one-time net boot did not happen:\n{first}");
+    assert!(
+        first.contains("vmedia.from=net") && first.contains(BOOT_MARKER),
+        "one-time net boot did not happen:\n{first}"
+    );
     assert!(!first.contains("vmedia.from=disk"));
 
     let toml_text = std::fs::read_to_string(home.vm_dir(&name).join("vm.toml")).unwrap();
-    assert!(!toml_text.contains("boot_once"), "the one-time device must be cleared:\n{toml_text}");
+    assert!(
+        !toml_text.contains("boot_once"),
+        "the one-time device must be cleared:\n{toml_text}"
+    );
     let out = home.ok(&["start", &name]);
-    assert!(out.contains("boot order disk,net") && !out.contains("net once"), "{out}");
+    assert!(
+        out.contains("boot order disk,net") && !out.contains("net once"),
+        "{out}"
+    );
     home.wait_stopped(&name);
     let second = home.log(&name);
     let new_part = &second[first.len()..];
-    assert!(new_part.contains("vmedia.from=disk") && new_part.contains(BOOT_MARKER), "second start did not boot the disk:\n{new_part}");
+    assert!(
+        new_part.contains("vmedia.from=disk") && new_part.contains(BOOT_MARKER),
+        "second start did not boot the disk:\n{new_part}"
+    );
     assert!(!new_part.contains("vmedia.from=net"));
     no_qemu_left(&home, &name);
 }
@@ -155,8 +217,16 @@ fn shell_vm(home: &Home, name: &str, extra: &[&str]) -> GuestShell {
     let p = payload();
     let initrd = initrd_with_block_drivers();
     let mut args = vec![
-        "create", name, "--accel", "tcg", "--kernel", p.kernel.to_str().unwrap(),
-        "--initrd", initrd.to_str().unwrap(), "--append", "console=ttyS0 vmedia.shell",
+        "create",
+        name,
+        "--accel",
+        "tcg",
+        "--kernel",
+        p.kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--append",
+        "console=ttyS0 vmedia.shell",
     ];
     args.extend_from_slice(extra);
     home.ok(&args);
@@ -177,24 +247,44 @@ fn live_media_insert_and_eject_are_seen_by_the_running_guest() {
     let iso = hybrid_iso("cdrom");
     let mut shell = shell_vm(&home, "live", &["--cdrom-slots", "1"]);
     let wait = Duration::from_secs(60);
-    assert_eq!(shell.run(READ_CD, wait), "NO-MEDIUM", "the empty drive must have no medium");
+    assert_eq!(
+        shell.run(READ_CD, wait),
+        "NO-MEDIUM",
+        "the empty drive must have no medium"
+    );
 
     let out = home.ok(&["insert", "live", "--slot", "0", iso.to_str().unwrap()]);
     assert!(out.contains("(now)"), "{out}");
     let seen = shell.run(READ_CD, wait);
-    let sectors: u64 = seen.strip_prefix("SIZE=").and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    assert_eq!(sectors * 512, std::fs::metadata(&iso).unwrap().len(), "guest sees {seen:?}");
-    assert!(std::fs::read_to_string(home.vm_dir("live").join("vm.toml")).unwrap().contains(iso.to_str().unwrap()));
+    let sectors: u64 = seen
+        .strip_prefix("SIZE=")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        sectors * 512,
+        std::fs::metadata(&iso).unwrap().len(),
+        "guest sees {seen:?}"
+    );
+    assert!(std::fs::read_to_string(home.vm_dir("live").join("vm.toml"))
+        .unwrap()
+        .contains(iso.to_str().unwrap()));
 
     // A mounted disc locks the tray: eject is refused with advice, --force ejects anyway.
-    let listing = shell.run("mkdir -p /mnt/cd && mount -t iso9660 /dev/sr0 /mnt/cd && ls /mnt/cd", wait);
+    let listing = shell.run(
+        "mkdir -p /mnt/cd && mount -t iso9660 /dev/sr0 /mnt/cd && ls /mnt/cd",
+        wait,
+    );
     assert!(listing.contains("isolinux"), "{listing}");
     let (code, _, err) = run_any(home.vm().args(["eject", "live", "--slot", "0"]));
     assert_eq!(code, 1);
     assert!(err.contains("locked") && err.contains("--force"), "{err}");
     home.ok(&["eject", "live", "--slot", "0", "--force"]);
     shell.run("umount /mnt/cd 2>/dev/null; true", wait);
-    assert_eq!(shell.run(READ_CD, wait), "NO-MEDIUM", "the medium must be gone after eject");
+    assert_eq!(
+        shell.run(READ_CD, wait),
+        "NO-MEDIUM",
+        "the medium must be gone after eject"
+    );
 
     // Inserting again and ejecting without a lock works without --force.
     home.ok(&["insert", "live", iso.to_str().unwrap()]);
@@ -203,7 +293,10 @@ fn live_media_insert_and_eject_are_seen_by_the_running_guest() {
     assert_eq!(shell.run(READ_CD, wait), "NO-MEDIUM");
 
     let out = home.ok(&["stop", "live", "--grace", "2"]);
-    assert!(out.contains("forced off") || out.contains("shut down"), "{out}");
+    assert!(
+        out.contains("forced off") || out.contains("shut down"),
+        "{out}"
+    );
     assert_eq!(home.state("live"), "stopped");
     no_qemu_left(&home, "live");
 }
@@ -217,17 +310,39 @@ fn read_only_disk_is_write_protected_in_the_guest() {
     let mut shell = shell_vm(
         &home,
         "disks",
-        &["--disk", disk.to_str().unwrap(), "--disk-rw", writable.to_str().unwrap()],
+        &[
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-rw",
+            writable.to_str().unwrap(),
+        ],
     );
     let wait = Duration::from_secs(60);
-    assert_eq!(shell.run("cat /sys/block/vda/ro /sys/block/vdb/ro | tr '\\n' ' '", wait), "1 0");
-    let refused = shell.run("echo x | dd of=/dev/vda bs=512 count=1 conv=fsync 2>&1 | head -1", wait);
-    assert!(refused.contains("Operation not permitted") || refused.contains("Read-only"), "{refused}");
+    assert_eq!(
+        shell.run(
+            "cat /sys/block/vda/ro /sys/block/vdb/ro | tr '\\n' ' '",
+            wait
+        ),
+        "1 0"
+    );
+    let refused = shell.run(
+        "echo x | dd of=/dev/vda bs=512 count=1 conv=fsync 2>&1 | head -1",
+        wait,
+    );
+    assert!(
+        refused.contains("Operation not permitted") || refused.contains("Read-only"),
+        "{refused}"
+    );
 
     // `vm console` with piped input: what is typed reaches the guest shell, its answer comes back.
     drop(shell);
-    let mut console = home.vm().args(["console", "disks"]).stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut console = home
+        .vm()
+        .args(["console", "disks"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     {
         use std::io::Write;
         let mut stdin = console.stdin.take().unwrap();
@@ -235,7 +350,11 @@ fn read_only_disk_is_write_protected_in_the_guest() {
         std::thread::sleep(Duration::from_secs(3));
     }
     let out = console.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("CONSOLE-42"), "console: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CONSOLE-42"),
+        "console: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     home.ok(&["kill", "disks"]);
     assert_eq!(home.state("disks"), "stopped");
     no_qemu_left(&home, "disks");
@@ -246,11 +365,21 @@ fn start_with_a_vanished_medium_fails_clearly() {
     let home = Home::new();
     let iso = home.dir.path().join("gone.iso");
     std::fs::copy(hybrid_iso("cdrom"), &iso).unwrap();
-    home.ok(&["create", "gone", "--cdrom", iso.to_str().unwrap(), "--accel", "tcg"]);
+    home.ok(&[
+        "create",
+        "gone",
+        "--cdrom",
+        iso.to_str().unwrap(),
+        "--accel",
+        "tcg",
+    ]);
     std::fs::remove_file(&iso).unwrap();
     let (code, _, err) = run_any(home.vm().args(["start", "gone"]));
     assert_eq!(code, 1);
-    assert!(err.contains("gone.iso") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("gone.iso") && err.contains("No such file"),
+        "{err}"
+    );
     assert_eq!(home.state("gone"), "stopped");
 }
 
@@ -284,19 +413,47 @@ fn reboot_after_a_one_time_boot_uses_the_stored_order_again() {
     .unwrap();
     let disk = bootable_disk("qcow2");
     home.ok(&[
-        "create", "reboot", "--accel", "tcg", "--boot", "disk,net", "--disk", disk.to_str().unwrap(),
-        "--net", "user", "--tftp", tftp.to_str().unwrap(), "--bootfile", "pxelinux.0",
+        "create",
+        "reboot",
+        "--accel",
+        "tcg",
+        "--boot",
+        "disk,net",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--net",
+        "user",
+        "--tftp",
+        tftp.to_str().unwrap(),
+        "--bootfile",
+        "pxelinux.0",
     ]);
     home.ok(&["boot-once", "reboot", "net"]);
     let (code, _, err) = run_any(home.vm().args(["start", "reboot"]));
     assert_eq!(code, 0, "{err}");
-    assert!(!err.contains("repeats the one-time device"), "bootindex not restored: {err}");
+    assert!(
+        !err.contains("repeats the one-time device"),
+        "bootindex not restored: {err}"
+    );
     home.wait_stopped("reboot");
     let log = home.log("reboot");
-    let net = log.find("vmedia.from=net").expect("the one-time network boot did not happen");
-    let disk_boot = log.find("vmedia.from=disk").expect("the reboot did not boot the disk");
-    assert!(net < disk_boot && log[disk_boot..].contains(BOOT_MARKER), "{log}");
-    let net_boots = log.lines().filter(|l| l.contains("] Command line:") && l.contains("vmedia.from=net")).count();
-    assert_eq!(net_boots, 1, "the network was booted {net_boots} times:\n{log}");
+    let net = log
+        .find("vmedia.from=net")
+        .expect("the one-time network boot did not happen");
+    let disk_boot = log
+        .find("vmedia.from=disk")
+        .expect("the reboot did not boot the disk");
+    assert!(
+        net < disk_boot && log[disk_boot..].contains(BOOT_MARKER),
+        "{log}"
+    );
+    let net_boots = log
+        .lines()
+        .filter(|l| l.contains("] Command line:") && l.contains("vmedia.from=net"))
+        .count();
+    assert_eq!(
+        net_boots, 1,
+        "the network was booted {net_boots} times:\n{log}"
+    );
     no_qemu_left(&home, "reboot");
 }

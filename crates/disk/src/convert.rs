@@ -203,7 +203,14 @@ pub fn convert(
                         let jobs = group_spans(&plan, unit, end, compressor.is_none());
                         let work = |(start, units, need): (u64, u64, Option<BlockKind>)| {
                             if units > 1 {
-                                return read_span(source, start, (start + units * unit).min(end), unit, detect_zero, buffers);
+                                return read_span(
+                                    source,
+                                    start,
+                                    (start + units * unit).min(end),
+                                    unit,
+                                    detect_zero,
+                                    buffers,
+                                );
                             }
                             make_piece(
                                 source,
@@ -221,7 +228,11 @@ pub fn convert(
                             // the writer needs.
                             jobs.into_iter().map(work).collect::<Result<Vec<Piece>>>()
                         } else {
-                            pool.install(|| jobs.into_par_iter().map(work).collect::<Result<Vec<Piece>>>())
+                            pool.install(|| {
+                                jobs.into_par_iter()
+                                    .map(work)
+                                    .collect::<Result<Vec<Piece>>>()
+                            })
                         }
                     });
                 let failed = result.is_err();
@@ -314,7 +325,13 @@ fn write_batches(
 }
 
 /// Writes the non-zero runs of a span straight from its buffer, and its zero units as zeroes.
-fn write_span(writer: &mut dyn ImageWriter, start: u64, buf: &[u8], zero: &[bool], unit: u64) -> Result<()> {
+fn write_span(
+    writer: &mut dyn ImageWriter,
+    start: u64,
+    buf: &[u8],
+    zero: &[bool],
+    unit: u64,
+) -> Result<()> {
     let unit = unit as usize;
     let mut i = 0usize;
     while i < zero.len() {
@@ -371,7 +388,11 @@ fn read_span(
     detect_zero: bool,
     buffers: &BufferPool,
 ) -> Result<Piece> {
-    let mut buf = buffers.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+    let mut buf = buffers
+        .lock()
+        .ok()
+        .and_then(|mut p| p.pop())
+        .unwrap_or_default();
     // Contents are overwritten by the read; resizing only zero-fills a grown tail.
     buf.resize((end - start) as usize, 0);
     source.read_at(&mut buf, start)?;
@@ -491,6 +512,8 @@ mod tests {
     #[test]
     fn spans_are_off_when_compressing() {
         let plan: Vec<(u64, Option<BlockKind>)> = (0..4).map(|i| (i * UNIT, None)).collect();
-        assert!(group_spans(&plan, UNIT, 4 * UNIT, false).iter().all(|j| j.1 == 1));
+        assert!(group_spans(&plan, UNIT, 4 * UNIT, false)
+            .iter()
+            .all(|j| j.1 == 1));
     }
 }

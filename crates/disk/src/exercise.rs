@@ -36,10 +36,22 @@ pub fn exercise(data: &[u8]) -> Vec<Outcome> {
     Format::ALL
         .iter()
         .map(|&format| {
-            let opts = OpenOptions { references: ReferencePolicy::None, format: Some(format), ..OpenOptions::default() };
+            let opts = OpenOptions {
+                references: ReferencePolicy::None,
+                format: Some(format),
+                ..OpenOptions::default()
+            };
             match image::open_source(path, source.clone(), &opts) {
-                Ok(img) => Outcome { format, opened: true, error: walk(img.as_ref()).err().map(|e| e.to_string()) },
-                Err(e) => Outcome { format, opened: false, error: Some(e.to_string()) },
+                Ok(img) => Outcome {
+                    format,
+                    opened: true,
+                    error: walk(img.as_ref()).err().map(|e| e.to_string()),
+                },
+                Err(e) => Outcome {
+                    format,
+                    opened: false,
+                    error: Some(e.to_string()),
+                },
             }
         })
         .collect()

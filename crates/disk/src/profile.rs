@@ -90,11 +90,18 @@ pub fn apply(target: Target, opts: &mut CreateOptions) -> Result<()> {
         return Err(DiskError::InvalidOption {
             key: "target".into(),
             value: target.name().into(),
-            reason: format!("{target} takes {} images, not {}", target.format(), opts.format),
+            reason: format!(
+                "{target} takes {} images, not {}",
+                target.format(),
+                opts.format
+            ),
         });
     }
     opts.format = target.format();
-    let require = |options: &mut std::collections::BTreeMap<String, String>, key: &str, value: &str| -> Result<()> {
+    let require = |options: &mut std::collections::BTreeMap<String, String>,
+                   key: &str,
+                   value: &str|
+     -> Result<()> {
         match options.get(key) {
             Some(v) if v != value => Err(DiskError::InvalidOption {
                 key: key.into(),
@@ -110,17 +117,37 @@ pub fn apply(target: Target, opts: &mut CreateOptions) -> Result<()> {
     match target {
         Target::Esxi => {
             require(&mut opts.options, "subformat", "streamOptimized")?;
-            let adapter = opts.options.entry("adapter_type".into()).or_insert_with(|| "lsilogic".into()).clone();
+            let adapter = opts
+                .options
+                .entry("adapter_type".into())
+                .or_insert_with(|| "lsilogic".into())
+                .clone();
             if !ESXI_ADAPTERS.contains(&adapter.as_str()) {
-                return Err(DiskError::InvalidOption { key: "adapter_type".into(), value: adapter, reason: format!("ESXi takes {}", ESXI_ADAPTERS.join(", ")) });
+                return Err(DiskError::InvalidOption {
+                    key: "adapter_type".into(),
+                    value: adapter,
+                    reason: format!("ESXi takes {}", ESXI_ADAPTERS.join(", ")),
+                });
             }
-            opts.options.entry("hwversion".into()).or_insert_with(|| "4".into());
-            opts.options.entry("toolsversion".into()).or_insert_with(|| "2147483647".into());
+            opts.options
+                .entry("hwversion".into())
+                .or_insert_with(|| "4".into());
+            opts.options
+                .entry("toolsversion".into())
+                .or_insert_with(|| "2147483647".into());
             if opts.backing.is_some() {
-                return Err(DiskError::InvalidOption { key: "backing_file".into(), value: String::new(), reason: "an ESXi import disk is self-contained (no parent)".into() });
+                return Err(DiskError::InvalidOption {
+                    key: "backing_file".into(),
+                    value: String::new(),
+                    reason: "an ESXi import disk is self-contained (no parent)".into(),
+                });
             }
             if opts.virtual_size > ESXI_MAX_SIZE {
-                return Err(DiskError::InvalidOption { key: "size".into(), value: opts.virtual_size.to_string(), reason: "vSphere disks are limited to 62 TiB".into() });
+                return Err(DiskError::InvalidOption {
+                    key: "size".into(),
+                    value: opts.virtual_size.to_string(),
+                    reason: "vSphere disks are limited to 62 TiB".into(),
+                });
             }
         }
         Target::Azure => {
@@ -128,17 +155,31 @@ pub fn apply(target: Target, opts: &mut CreateOptions) -> Result<()> {
             require(&mut opts.options, "force_size", "on")?;
             opts.virtual_size = opts.virtual_size.div_ceil(MIB).max(1) * MIB;
             if opts.virtual_size > AZURE_MAX_SIZE {
-                return Err(DiskError::InvalidOption { key: "size".into(), value: opts.virtual_size.to_string(), reason: "a VHD is limited to 2040 GiB".into() });
+                return Err(DiskError::InvalidOption {
+                    key: "size".into(),
+                    value: opts.virtual_size.to_string(),
+                    reason: "a VHD is limited to 2040 GiB".into(),
+                });
             }
             if opts.backing.is_some() {
-                return Err(DiskError::InvalidOption { key: "backing_file".into(), value: String::new(), reason: "Azure takes fixed VHDs only".into() });
+                return Err(DiskError::InvalidOption {
+                    key: "backing_file".into(),
+                    value: String::new(),
+                    reason: "Azure takes fixed VHDs only".into(),
+                });
             }
         }
         Target::HyperV => {
-            opts.options.entry("subformat".into()).or_insert_with(|| "dynamic".into());
-            opts.options.entry("block_size".into()).or_insert_with(|| (32 * MIB).to_string());
+            opts.options
+                .entry("subformat".into())
+                .or_insert_with(|| "dynamic".into());
+            opts.options
+                .entry("block_size".into())
+                .or_insert_with(|| (32 * MIB).to_string());
             require(&mut opts.options, "physical_sector_size", "4096")?;
-            opts.options.entry("logical_sector_size".into()).or_insert_with(|| "512".into());
+            opts.options
+                .entry("logical_sector_size".into())
+                .or_insert_with(|| "512".into());
             opts.virtual_size = opts.virtual_size.div_ceil(MIB).max(1) * MIB;
         }
     }
@@ -154,14 +195,24 @@ pub struct Problem {
 }
 
 fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { field: field.into(), message: message.into() }
+    Problem {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Everything in `image` that `target` would refuse; empty when the image fits.
 pub fn check_target(image: &dyn DiskImage, target: Target) -> Vec<Problem> {
     let mut problems = Vec::new();
     if image.format() != target.format() {
-        problems.push(problem("format", format!("{target} takes {} images; this is {}", target.format(), image.format())));
+        problems.push(problem(
+            "format",
+            format!(
+                "{target} takes {} images; this is {}",
+                target.format(),
+                image.format()
+            ),
+        ));
         return problems;
     }
     if image.backing_ref().is_some() {
@@ -213,10 +264,19 @@ fn check_esxi(image: &dyn DiskImage, problems: &mut Vec<Problem>) {
         }
     };
     if header.version != 3 {
-        problems.push(problem("header version", format!("{} (streamOptimized needs 3)", header.version)));
+        problems.push(problem(
+            "header version",
+            format!("{} (streamOptimized needs 3)", header.version),
+        ));
     }
     if !header.is_compressed() || !header.has_markers() {
-        problems.push(problem("header flags", format!("{:#x} lacks compressed grains (bit 16) or markers (bit 17)", header.flags)));
+        problems.push(problem(
+            "header flags",
+            format!(
+                "{:#x} lacks compressed grains (bit 16) or markers (bit 17)",
+                header.flags
+            ),
+        ));
     }
     if header.flags & vmdk_header::FLAG_REDUNDANT_GT != 0 {
         problems.push(problem("header flags", "redundant grain table bit set: a stream has no redundant tables (qemu-img writes this; vSphere refuses)"));
@@ -225,39 +285,75 @@ fn check_esxi(image: &dyn DiskImage, problems: &mut Vec<Problem>) {
         problems.push(problem("gdOffset", format!("first header holds {:#x}; VMware streams put GD_AT_END there and the real offset in the footer (qemu-img's layout is refused)", header.gd_offset)));
     }
     if header.grain_size != 128 {
-        problems.push(problem("grainSize", format!("{} sectors (VMware uses 128)", header.grain_size)));
+        problems.push(problem(
+            "grainSize",
+            format!("{} sectors (VMware uses 128)", header.grain_size),
+        ));
     }
     match read_tail(path, 1536) {
         Ok(t) if t.len() == 1536 => {
             let footer_marker = vmdk_header::Marker::parse(&t[..512]);
             let eos = vmdk_header::Marker::parse(&t[1024..]);
-            if footer_marker != Some(vmdk_header::Marker::Metadata { sectors: 1, kind: vmdk_header::MARKER_FOOTER }) {
+            if footer_marker
+                != Some(vmdk_header::Marker::Metadata {
+                    sectors: 1,
+                    kind: vmdk_header::MARKER_FOOTER,
+                })
+            {
                 problems.push(problem("footer", "no footer marker before the last 1 KiB"));
             }
-            if eos != Some(vmdk_header::Marker::Metadata { sectors: 0, kind: vmdk_header::MARKER_EOS }) || t[1024..].iter().any(|b| *b != 0) {
-                problems.push(problem("end-of-stream marker", "the file does not end with a zero end-of-stream marker"));
+            if eos
+                != Some(vmdk_header::Marker::Metadata {
+                    sectors: 0,
+                    kind: vmdk_header::MARKER_EOS,
+                })
+                || t[1024..].iter().any(|b| *b != 0)
+            {
+                problems.push(problem(
+                    "end-of-stream marker",
+                    "the file does not end with a zero end-of-stream marker",
+                ));
             }
         }
         _ => problems.push(problem("footer", "file too short for a footer")),
     }
     let desc_at = (header.descriptor_offset * 512) as usize;
     let desc_len = (header.descriptor_size * 512) as usize;
-    let descriptor = read_head(path, desc_at + desc_len.min(1 << 20)).ok().and_then(|b| b.get(desc_at..).map(Descriptor::parse)).and_then(|r| r.ok());
+    let descriptor = read_head(path, desc_at + desc_len.min(1 << 20))
+        .ok()
+        .and_then(|b| b.get(desc_at..).map(Descriptor::parse))
+        .and_then(|r| r.ok());
     let Some(d) = descriptor else {
         problems.push(problem("descriptor", "no embedded descriptor"));
         return;
     };
     if d.create_type() != Some("streamOptimized") {
-        problems.push(problem("createType", format!("{:?} (needs streamOptimized)", d.create_type().unwrap_or(""))));
+        problems.push(problem(
+            "createType",
+            format!(
+                "{:?} (needs streamOptimized)",
+                d.create_type().unwrap_or("")
+            ),
+        ));
     }
     match d.get("ddb.adapterType") {
         Some(a) if ESXI_ADAPTERS.contains(&a) => {}
-        other => problems.push(problem("ddb.adapterType", format!("{other:?} is not one of {}", ESXI_ADAPTERS.join(", ")))),
+        other => problems.push(problem(
+            "ddb.adapterType",
+            format!("{other:?} is not one of {}", ESXI_ADAPTERS.join(", ")),
+        )),
     }
-    if d.get("ddb.virtualHWVersion").and_then(|v| v.parse::<u32>().ok()).is_none() {
+    if d.get("ddb.virtualHWVersion")
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_none()
+    {
         problems.push(problem("ddb.virtualHWVersion", "missing or not a number"));
     }
-    for key in ["ddb.geometry.cylinders", "ddb.geometry.heads", "ddb.geometry.sectors"] {
+    for key in [
+        "ddb.geometry.cylinders",
+        "ddb.geometry.heads",
+        "ddb.geometry.sectors",
+    ] {
         if d.get(key).and_then(|v| v.parse::<u64>().ok()).is_none() {
             problems.push(problem(key, "missing or not a number"));
         }
@@ -281,25 +377,50 @@ fn check_azure(image: &dyn DiskImage, problems: &mut Vec<Problem>) {
     }
     bytes.copy_from_slice(&tail);
     let Ok(footer) = crate::vhd::footer::Footer::parse(&bytes) else {
-        problems.push(problem("disk type", "not a fixed VHD (no footer at the end of the file): Azure takes fixed VHDs only"));
+        problems.push(problem(
+            "disk type",
+            "not a fixed VHD (no footer at the end of the file): Azure takes fixed VHDs only",
+        ));
         return;
     };
     if footer.disk_type != crate::vhd::footer::DiskType::Fixed {
-        problems.push(problem("disk type", format!("{} (Azure takes fixed VHDs only)", footer.disk_type.name())));
+        problems.push(problem(
+            "disk type",
+            format!("{} (Azure takes fixed VHDs only)", footer.disk_type.name()),
+        ));
     }
     if footer.current_size % MIB != 0 {
-        problems.push(problem("footer current size", format!("{} bytes is not a whole number of MiB", footer.current_size)));
+        problems.push(problem(
+            "footer current size",
+            format!("{} bytes is not a whole number of MiB", footer.current_size),
+        ));
     }
     if footer.current_size != size {
-        problems.push(problem("footer current size", format!("{} bytes but readers that size by CHS see {size}: write it with force_size=on", footer.current_size)));
+        problems.push(problem(
+            "footer current size",
+            format!(
+                "{} bytes but readers that size by CHS see {size}: write it with force_size=on",
+                footer.current_size
+            ),
+        ));
     }
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.len() != footer.current_size + 512 {
-            problems.push(problem("file size", format!("{} bytes; a fixed VHD is exactly its size plus the 512-byte footer ({})", meta.len(), footer.current_size + 512)));
+            problems.push(problem(
+                "file size",
+                format!(
+                    "{} bytes; a fixed VHD is exactly its size plus the 512-byte footer ({})",
+                    meta.len(),
+                    footer.current_size + 512
+                ),
+            ));
         }
     }
     if footer.current_size > AZURE_MAX_SIZE {
-        problems.push(problem("footer current size", "over the 2040 GiB VHD limit"));
+        problems.push(problem(
+            "footer current size",
+            "over the 2040 GiB VHD limit",
+        ));
     }
 }
 
@@ -311,16 +432,28 @@ fn check_hyperv(image: &dyn DiskImage, problems: &mut Vec<Problem>) {
             return;
         }
     };
-    let data = info.format_specific.as_ref().map(|f| f["data"].clone()).unwrap_or_default();
+    let data = info
+        .format_specific
+        .as_ref()
+        .map(|f| f["data"].clone())
+        .unwrap_or_default();
     if data["log-replayed-entries"].as_u64().unwrap_or(0) > 0 {
         problems.push(problem("log", "the log holds unreplayed entries: open the image writable once (qemu-img check -r all) before shipping it"));
     }
     let block = data["block-size"].as_u64().unwrap_or(0);
     if block == 0 || block % MIB != 0 {
-        problems.push(problem("block size", format!("{block} is not a whole number of MiB")));
+        problems.push(problem(
+            "block size",
+            format!("{block} is not a whole number of MiB"),
+        ));
     }
-    if image.virtual_size() % u64::from(data["logical-sector-size"].as_u64().unwrap_or(512) as u32) != 0 {
-        problems.push(problem("virtual disk size", "not a multiple of the logical sector size"));
+    if image.virtual_size() % u64::from(data["logical-sector-size"].as_u64().unwrap_or(512) as u32)
+        != 0
+    {
+        problems.push(problem(
+            "virtual disk size",
+            "not a multiple of the logical sector size",
+        ));
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use vmedia_disk::{CreateOptions, DiskError, DiskImage, Format, OpenOptions};
 
-type OpenFn = fn(&Path, Arc<dyn vmedia_io::ReadAt>, &OpenOptions) -> vmedia_disk::Result<Box<dyn DiskImage>>;
+type OpenFn =
+    fn(&Path, Arc<dyn vmedia_io::ReadAt>, &OpenOptions) -> vmedia_disk::Result<Box<dyn DiskImage>>;
 
 fn opener(format: Format) -> OpenFn {
     match format {
@@ -24,7 +25,13 @@ fn open(path: &Path, format: Format) -> vmedia_disk::Result<Box<dyn DiskImage>> 
 }
 
 /// A small valid image of `format` with data in a few places.
-fn make(dir: &Path, name: &str, format: Format, options: &[(&str, &str)], backing: Option<&str>) -> PathBuf {
+fn make(
+    dir: &Path,
+    name: &str,
+    format: Format,
+    options: &[(&str, &str)],
+    backing: Option<&str>,
+) -> PathBuf {
     let path = dir.join(name);
     let mut opts = CreateOptions::new(format, 6 << 20);
     for (k, v) in options {
@@ -75,8 +82,14 @@ fn read_some(img: &dyn DiskImage) -> vmedia_disk::Result<()> {
 fn expect_corrupt(result: vmedia_disk::Result<()>, path: &Path, field_hint: &str) {
     let err = result.expect_err("the damaged image was accepted");
     let text = err.to_string();
-    assert!(text.contains(path.file_name().unwrap().to_str().unwrap()), "{text} does not name the file");
-    assert!(text.to_lowercase().contains(&field_hint.to_lowercase()), "{text} does not mention {field_hint}");
+    assert!(
+        text.contains(path.file_name().unwrap().to_str().unwrap()),
+        "{text} does not name the file"
+    );
+    assert!(
+        text.to_lowercase().contains(&field_hint.to_lowercase()),
+        "{text} does not mention {field_hint}"
+    );
 }
 
 fn open_and_read(path: &Path, format: Format) -> vmedia_disk::Result<()> {
@@ -120,7 +133,8 @@ fn vmdk_descriptor_size_bomb() {
 fn vmdk_descriptor_with_too_many_extents() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bomb.vmdk");
-    let mut text = String::from("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n");
+    let mut text =
+        String::from("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n");
     for _ in 0..40_000 {
         text.push_str("RW 1 ZERO\n");
     }
@@ -148,7 +162,9 @@ fn vmdk_grain_table_entry_past_the_end() {
     // Read the primary GD's first entry and corrupt the first GTE of that table.
     let bytes = std::fs::read(&p).unwrap();
     let gd = u64::from_le_bytes(bytes[56..64].try_into().unwrap()) * 512;
-    let gt = u64::from(u32::from_le_bytes(bytes[gd as usize..gd as usize + 4].try_into().unwrap())) * 512;
+    let gt = u64::from(u32::from_le_bytes(
+        bytes[gd as usize..gd as usize + 4].try_into().unwrap(),
+    )) * 512;
     patch(&p, gt, &0x7fff_fff0u32.to_le_bytes());
     expect_corrupt(open_and_read(&p, Format::Vmdk), &p, "past the end");
     assert!(check_report_flags(&p, Format::Vmdk) > 0);
@@ -157,26 +173,58 @@ fn vmdk_grain_table_entry_past_the_end() {
 #[test]
 fn vmdk_stream_grain_marker_size_bomb() {
     let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "s.vmdk", Format::Vmdk, &[("subformat", "streamOptimized")], None);
+    let p = make(
+        dir.path(),
+        "s.vmdk",
+        Format::Vmdk,
+        &[("subformat", "streamOptimized")],
+        None,
+    );
     // The first grain follows the 64 KiB header area: its size field is at +8.
     patch(&p, 128 * 512 + 8, &u32::MAX.to_le_bytes());
     let err = open_and_read(&p, Format::Vmdk).unwrap_err();
-    assert!(matches!(err, DiskError::Limit { field: "grain marker size", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DiskError::Limit {
+                field: "grain marker size",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn vmdk_stream_without_footer() {
     let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "s.vmdk", Format::Vmdk, &[("subformat", "streamOptimized")], None);
+    let p = make(
+        dir.path(),
+        "s.vmdk",
+        Format::Vmdk,
+        &[("subformat", "streamOptimized")],
+        None,
+    );
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 1536).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 1536)
+        .unwrap();
     expect_corrupt(open_and_read(&p, Format::Vmdk), &p, "footer");
 }
 
 #[test]
 fn vmdk_stream_damaged_deflate_data() {
     let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "s.vmdk", Format::Vmdk, &[("subformat", "streamOptimized")], None);
+    let p = make(
+        dir.path(),
+        "s.vmdk",
+        Format::Vmdk,
+        &[("subformat", "streamOptimized")],
+        None,
+    );
     patch(&p, 128 * 512 + 12, &[0xff; 64]);
     expect_corrupt(open_and_read(&p, Format::Vmdk), &p, "compressed grain");
 }
@@ -251,7 +299,13 @@ fn vhd_table_too_small_for_the_disk() {
 #[test]
 fn vhd_bad_footer_checksum() {
     let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhd", Format::Vhd, &[("subformat", "fixed")], None);
+    let p = make(
+        dir.path(),
+        "a.vhd",
+        Format::Vhd,
+        &[("subformat", "fixed")],
+        None,
+    );
     let len = std::fs::metadata(&p).unwrap().len();
     patch(&p, len - 512 + 68, &[0x55]);
     expect_corrupt(open_and_read(&p, Format::Vhd), &p, "checksum");
@@ -279,7 +333,10 @@ fn vhdx_region(p: &Path, which: u128) -> (u64, u32) {
         let e = &table[16 + i * 32..48 + i * 32];
         let id = uuid::Uuid::from_bytes_le(e[..16].try_into().unwrap());
         if id.as_u128() == which {
-            return (u64::from_le_bytes(e[16..24].try_into().unwrap()), u32::from_le_bytes(e[24..28].try_into().unwrap()));
+            return (
+                u64::from_le_bytes(e[16..24].try_into().unwrap()),
+                u32::from_le_bytes(e[24..28].try_into().unwrap()),
+            );
         }
     }
     panic!("region not found");
@@ -290,7 +347,13 @@ const BAT: u128 = 0x2DC27766_F623_4200_9D64_115E9BFD4A08;
 #[test]
 fn vhdx_bat_entry_past_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhdx", Format::Vhdx, &[("block_size", "1M")], None);
+    let p = make(
+        dir.path(),
+        "a.vhdx",
+        Format::Vhdx,
+        &[("block_size", "1M")],
+        None,
+    );
     let (bat, _) = vhdx_region(&p, BAT);
     patch(&p, bat, &((1u64 << 40) | 6).to_le_bytes());
     expect_corrupt(open_and_read(&p, Format::Vhdx), &p, "BAT entry");
@@ -314,13 +377,23 @@ fn vhdx_region_table_entry_count_bomb() {
     let dir = tempfile::tempdir().unwrap();
     let p = make(dir.path(), "a.vhdx", Format::Vhdx, &[], None);
     rewrite_region_tables(&p, |t| t[8..12].copy_from_slice(&u32::MAX.to_le_bytes()));
-    expect_corrupt(open_and_read(&p, Format::Vhdx), &p, "region table entry count");
+    expect_corrupt(
+        open_and_read(&p, Format::Vhdx),
+        &p,
+        "region table entry count",
+    );
 }
 
 #[test]
 fn vhdx_bat_region_smaller_than_the_disk_needs() {
     let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhdx", Format::Vhdx, &[("block_size", "1M")], None);
+    let p = make(
+        dir.path(),
+        "a.vhdx",
+        Format::Vhdx,
+        &[("block_size", "1M")],
+        None,
+    );
     rewrite_region_tables(&p, |t| {
         // First entry is the BAT: shrink its length to 8 bytes.
         t[16 + 24..16 + 28].copy_from_slice(&8u32.to_le_bytes());
@@ -378,7 +451,10 @@ fn vhdx_log_loop_terminates() {
     set_log(&p, &log, guid);
     let started = std::time::Instant::now();
     let result = open_and_read(&p, Format::Vhdx);
-    assert!(result.is_ok() || matches!(result, Err(DiskError::Corrupt { .. })), "{result:?}");
+    assert!(
+        result.is_ok() || matches!(result, Err(DiskError::Corrupt { .. })),
+        "{result:?}"
+    );
     // Not a timing assertion on speed: a guard that the walk ended at all.
     assert!(started.elapsed() < std::time::Duration::from_secs(600));
 }
@@ -404,7 +480,13 @@ fn vhdx_log_larger_than_the_limit() {
 fn vhdx_parent_loop() {
     let dir = tempfile::tempdir().unwrap();
     make(dir.path(), "base.vhdx", Format::Vhdx, &[], None);
-    let child = make(dir.path(), "child.vhdx", Format::Vhdx, &[], Some("base.vhdx"));
+    let child = make(
+        dir.path(),
+        "child.vhdx",
+        Format::Vhdx,
+        &[],
+        Some("base.vhdx"),
+    );
     std::fs::rename(dir.path().join("base.vhdx"), dir.path().join("gone.vhdx")).unwrap();
     std::fs::hard_link(&child, dir.path().join("base.vhdx")).unwrap();
     let err = open_and_read(&child, Format::Vhdx).unwrap_err();
@@ -428,11 +510,44 @@ impl Rng {
 fn random_corruption_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = [
-        (make(dir.path(), "m.vmdk", Format::Vmdk, &[], None), Format::Vmdk),
-        (make(dir.path(), "s.vmdk", Format::Vmdk, &[("subformat", "streamOptimized")], None), Format::Vmdk),
-        (make(dir.path(), "d.vhd", Format::Vhd, &[], None), Format::Vhd),
-        (make(dir.path(), "f.vhd", Format::Vhd, &[("subformat", "fixed")], None), Format::Vhd),
-        (make(dir.path(), "d.vhdx", Format::Vhdx, &[("block_size", "1M")], None), Format::Vhdx),
+        (
+            make(dir.path(), "m.vmdk", Format::Vmdk, &[], None),
+            Format::Vmdk,
+        ),
+        (
+            make(
+                dir.path(),
+                "s.vmdk",
+                Format::Vmdk,
+                &[("subformat", "streamOptimized")],
+                None,
+            ),
+            Format::Vmdk,
+        ),
+        (
+            make(dir.path(), "d.vhd", Format::Vhd, &[], None),
+            Format::Vhd,
+        ),
+        (
+            make(
+                dir.path(),
+                "f.vhd",
+                Format::Vhd,
+                &[("subformat", "fixed")],
+                None,
+            ),
+            Format::Vhd,
+        ),
+        (
+            make(
+                dir.path(),
+                "d.vhdx",
+                Format::Vhdx,
+                &[("block_size", "1M")],
+                None,
+            ),
+            Format::Vhdx,
+        ),
     ];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for (seed, format) in &seeds {
@@ -442,10 +557,19 @@ fn random_corruption_never_panics() {
         for round in 0..150 {
             let mut bytes = original.clone();
             for _ in 0..1 + rng.next() % 8 {
-                let at = if rng.next() % 4 == 0 { (rng.next() % bytes.len() as u64) as usize } else if rng.next() % 3 == 0 { bytes.len() - 1 - (rng.next() % 512) as usize } else { (rng.next() % hot as u64) as usize };
+                let at = if rng.next() % 4 == 0 {
+                    (rng.next() % bytes.len() as u64) as usize
+                } else if rng.next() % 3 == 0 {
+                    bytes.len() - 1 - (rng.next() % 512) as usize
+                } else {
+                    (rng.next() % hot as u64) as usize
+                };
                 bytes[at] = rng.next() as u8;
             }
-            let p = dir.path().join(format!("fuzz-{round}-{}", seed.file_name().unwrap().to_string_lossy()));
+            let p = dir.path().join(format!(
+                "fuzz-{round}-{}",
+                seed.file_name().unwrap().to_string_lossy()
+            ));
             std::fs::write(&p, &bytes).unwrap();
             if let Ok(img) = open(&p, *format) {
                 let _ = read_some(img.as_ref());

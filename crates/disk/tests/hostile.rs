@@ -17,7 +17,12 @@ fn valid_qcow2(dir: &Path, name: &str, compress: bool) -> PathBuf {
     let mut opts = CreateOptions::new(Format::Qcow2, 16 * MIB);
     opts.compress = compress;
     let mut w = image::create(&path, &opts).unwrap();
-    let text: Vec<u8> = b"hostile image test line\n".iter().copied().cycle().take(65536).collect();
+    let text: Vec<u8> = b"hostile image test line\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(65536)
+        .collect();
     if let Some(c) = w.compressor() {
         let packed = c.compress_cluster(&text).unwrap().unwrap();
         w.write_compressed(0, &packed).unwrap();
@@ -33,12 +38,20 @@ fn valid_qcow2(dir: &Path, name: &str, compress: bool) -> PathBuf {
 
 fn be64_at(path: &Path, offset: u64) -> u64 {
     let mut b = [0u8; 8];
-    fs::File::open(path).unwrap().read_exact_at(&mut b, offset).unwrap();
+    fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, offset)
+        .unwrap();
     u64::from_be_bytes(b)
 }
 
 fn poke(path: &Path, offset: u64, bytes: &[u8]) {
-    fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, offset).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
 }
 
 fn open(path: &Path) -> vmedia_disk::Result<Box<dyn vmedia_disk::DiskImage>> {
@@ -60,7 +73,10 @@ fn read_all(path: &Path) -> vmedia_disk::Result<()> {
 
 fn assert_names(err: &DiskError, path: &Path, field: &str) {
     let text = err.to_string();
-    assert!(text.contains(&path.display().to_string()), "error does not name the file: {text}");
+    assert!(
+        text.contains(&path.display().to_string()),
+        "error does not name the file: {text}"
+    );
     assert!(text.contains(field), "error does not name {field}: {text}");
 }
 
@@ -81,7 +97,10 @@ fn l1_table_past_the_end_is_refused() {
     poke(&p, 40, &(1u64 << 40).to_be_bytes());
     let err = open(&p).err().unwrap();
     assert_names(&err, &p, "l1_table_offset");
-    assert!(err.to_string().contains("0x28"), "offset of the field in hex: {err}");
+    assert!(
+        err.to_string().contains("0x28"),
+        "offset of the field in hex: {err}"
+    );
 }
 
 #[test]
@@ -143,7 +162,11 @@ fn compressed_cluster_past_the_end_is_an_error_on_read() {
     assert!(entry & (1 << 62) != 0, "first cluster should be compressed");
     // Keep the flag and the size, move the offset far past the end of the file.
     let offset_mask = (1u64 << 54) - 1;
-    poke(&p, l2, &((entry & !offset_mask) | (1u64 << 45)).to_be_bytes());
+    poke(
+        &p,
+        l2,
+        &((entry & !offset_mask) | (1u64 << 45)).to_be_bytes(),
+    );
     let err = read_all(&p).err().unwrap();
     assert_names(&err, &p, "compressed cluster");
     // Garbage compressed bytes: a decompression error, not a panic.
@@ -161,7 +184,10 @@ fn backing_loops_are_errors() {
     let make = |name: &str, backing: &str| {
         let mut opts = CreateOptions::new(Format::Qcow2, MIB);
         opts.backing = Some((backing.to_string(), Some(Format::Qcow2)));
-        image::create(&dir.path().join(name), &opts).unwrap().finish().unwrap();
+        image::create(&dir.path().join(name), &opts)
+            .unwrap()
+            .finish()
+            .unwrap();
     };
     make("self.qcow2", "self.qcow2");
     make("a.qcow2", "b.qcow2");
@@ -186,7 +212,10 @@ fn backing_file_outside_the_folder_is_not_opened_by_default() {
     let err = open(&p).err().unwrap();
     assert!(matches!(err, DiskError::Reference { .. }), "{err}");
     // Reported without being followed.
-    let info_opts = OpenOptions { skip_backing: true, ..OpenOptions::default() };
+    let info_opts = OpenOptions {
+        skip_backing: true,
+        ..OpenOptions::default()
+    };
     let info = image::open(&p, &info_opts).unwrap().info().unwrap();
     assert_eq!(info.backing_filename.as_deref(), Some("/etc/passwd"));
 }
@@ -241,7 +270,11 @@ fn random_mutations_never_panic() {
     for _ in 0..300 {
         let mut bytes = original.clone();
         for _ in 0..(1 + next() % 8) {
-            let at = if next() % 2 == 0 { (next() % 1024) as usize } else { (next() % bytes.len() as u64) as usize };
+            let at = if next() % 2 == 0 {
+                (next() % 1024) as usize
+            } else {
+                (next() % bytes.len() as u64) as usize
+            };
             bytes[at] = next() as u8;
         }
         let _ = vmedia_disk::exercise::exercise(&bytes);
@@ -264,7 +297,10 @@ fn fuzz_corpus_replays_without_panics() {
             assert!(q.opened && q.error.is_none(), "{name}: {q:?}");
         }
         // Everything opens as raw.
-        assert!(outcomes.iter().any(|o| o.format == Format::Raw && o.opened), "{name}");
+        assert!(
+            outcomes.iter().any(|o| o.format == Format::Raw && o.opened),
+            "{name}"
+        );
         count += 1;
     }
     assert!(count >= 10, "corpus has only {count} files");
@@ -274,15 +310,30 @@ fn fuzz_corpus_replays_without_panics() {
 fn shared_negative_samples_fail_cleanly() {
     // qemu's fuzzed images (VHD and VMDK): whatever the probe says, opening fails with a typed
     // error or succeeds, and reading never panics.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/images/qemu-iotests");
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/images/qemu-iotests");
     for name in ["afl5.img.bz2", "afl9.vmdk.bz2", "afl9-2015orig.vmdk.bz2"] {
         let packed = root.join(name);
-        assert!(packed.exists(), "shared sample {} missing", packed.display());
-        let out = std::process::Command::new("bzip2").arg("-dc").arg(&packed).output().expect("bzip2 is needed");
+        assert!(
+            packed.exists(),
+            "shared sample {} missing",
+            packed.display()
+        );
+        let out = std::process::Command::new("bzip2")
+            .arg("-dc")
+            .arg(&packed)
+            .output()
+            .expect("bzip2 is needed");
         assert!(out.status.success());
         let outcomes = vmedia_disk::exercise::exercise(&out.stdout);
         let q = outcomes.iter().find(|o| o.format == Format::Qcow2).unwrap();
         assert!(!q.opened, "{name} opened as qcow2");
-        assert_eq!(image::probe(&out.stdout, &out.stdout[out.stdout.len().saturating_sub(512)..]) == Format::Qcow2, false);
+        assert_eq!(
+            image::probe(
+                &out.stdout,
+                &out.stdout[out.stdout.len().saturating_sub(512)..]
+            ) == Format::Qcow2,
+            false
+        );
     }
 }

@@ -45,13 +45,20 @@ impl FatType {
     fn cluster_range(self) -> (u64, u64) {
         match self {
             FatType::Fat12 => (1, FAT12_MAX_CLUSTERS - BOUNDARY_MARGIN),
-            FatType::Fat16 => (FAT12_MAX_CLUSTERS + 1 + BOUNDARY_MARGIN, FAT16_MAX_CLUSTERS - BOUNDARY_MARGIN),
+            FatType::Fat16 => (
+                FAT12_MAX_CLUSTERS + 1 + BOUNDARY_MARGIN,
+                FAT16_MAX_CLUSTERS - BOUNDARY_MARGIN,
+            ),
             FatType::Fat32 => (FAT16_MAX_CLUSTERS + 1 + BOUNDARY_MARGIN, FAT32_MAX_CLUSTERS),
         }
     }
 
     fn reserved_sectors(self) -> u64 {
-        if self == FatType::Fat32 { FAT32_RESERVED } else { 1 }
+        if self == FatType::Fat32 {
+            FAT32_RESERVED
+        } else {
+            1
+        }
     }
 
     /// The 8-byte type string in the boot sector.
@@ -114,9 +121,18 @@ impl Geometry {
     }
 
     /// Lays out a volume of exactly `total_sectors`, if this type and cluster size allow it.
-    pub fn for_size(fat_type: FatType, sectors_per_cluster: u64, root_entries: u64, total_sectors: u64) -> Option<Geometry> {
+    pub fn for_size(
+        fat_type: FatType,
+        sectors_per_cluster: u64,
+        root_entries: u64,
+        total_sectors: u64,
+    ) -> Option<Geometry> {
         let reserved = fat_type.reserved_sectors();
-        let root_entries = if fat_type == FatType::Fat32 { 0 } else { root_entries };
+        let root_entries = if fat_type == FatType::Fat32 {
+            0
+        } else {
+            root_entries
+        };
         let root_sectors = (root_entries * 32).div_ceil(SECTOR_SIZE);
         // The FAT must describe the clusters that remain after it. "Big enough" is monotone in
         // the FAT size (more FAT, fewer clusters to describe), so binary-search the smallest.
@@ -134,7 +150,11 @@ impl Geometry {
         }
         while low < high {
             let mid = low + (high - low) / 2;
-            if big_enough(mid) { high = mid } else { low = mid + 1 }
+            if big_enough(mid) {
+                high = mid
+            } else {
+                low = mid + 1
+            }
         }
         let fat_sectors = low;
         let clusters = clusters_for(fat_sectors)?;
@@ -154,17 +174,30 @@ impl Geometry {
     }
 
     /// The smallest volume of this type and cluster size holding `used_clusters` plus `slack`.
-    pub fn smallest(fat_type: FatType, sectors_per_cluster: u64, root_entries: u64, used_clusters: u64, slack: u64) -> Option<Geometry> {
+    pub fn smallest(
+        fat_type: FatType,
+        sectors_per_cluster: u64,
+        root_entries: u64,
+        used_clusters: u64,
+        slack: u64,
+    ) -> Option<Geometry> {
         let (min, max) = fat_type.cluster_range();
         let clusters = used_clusters.checked_add(slack)?.max(min);
         if clusters > max {
             return None;
         }
         let reserved = fat_type.reserved_sectors();
-        let root_entries = if fat_type == FatType::Fat32 { 0 } else { root_entries };
+        let root_entries = if fat_type == FatType::Fat32 {
+            0
+        } else {
+            root_entries
+        };
         let root_sectors = (root_entries * 32).div_ceil(SECTOR_SIZE);
         let fat_sectors = fat_bytes(fat_type, clusters).div_ceil(SECTOR_SIZE);
-        let total = reserved + root_sectors + FAT_COUNT * fat_sectors + clusters.checked_mul(sectors_per_cluster)?;
+        let total = reserved
+            + root_sectors
+            + FAT_COUNT * fat_sectors
+            + clusters.checked_mul(sectors_per_cluster)?;
         Geometry::for_size(fat_type, sectors_per_cluster, root_entries, total)
     }
 }
@@ -176,7 +209,10 @@ fn fat_bytes(fat_type: FatType, clusters: u64) -> u64 {
 
 /// Root entry count for FAT12/16: the default, or more when the root needs it.
 pub fn root_entries_for(root_entry_count: u64) -> u64 {
-    root_entry_count.div_ceil(16).saturating_mul(16).max(DEFAULT_ROOT_ENTRIES)
+    root_entry_count
+        .div_ceil(16)
+        .saturating_mul(16)
+        .max(DEFAULT_ROOT_ENTRIES)
 }
 
 /// Cluster sizes to try for a type, smallest first.
@@ -199,7 +235,9 @@ mod tests {
             for fat_type in [FatType::Fat12, FatType::Fat16, FatType::Fat32] {
                 for spc in cluster_sizes(fat_type) {
                     if let Some(g) = Geometry::for_size(fat_type, spc, 512, total) {
-                        assert!(fat_bytes(fat_type, g.cluster_count) <= g.fat_sectors * SECTOR_SIZE);
+                        assert!(
+                            fat_bytes(fat_type, g.cluster_count) <= g.fat_sectors * SECTOR_SIZE
+                        );
                         assert!(g.data_start() + g.cluster_count * spc <= total);
                     }
                 }

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use vmedia_io::Progress;
 
-pub use geometry::{FatType, SECTOR_SIZE};
 use geometry::{cluster_sizes, root_entries_for, Geometry};
+pub use geometry::{FatType, SECTOR_SIZE};
 use tree::{Dir, NodeKind};
 
 /// Free space added to an automatically sized image: room for a boot manager to write its
@@ -70,7 +70,11 @@ pub enum FatError {
     #[error("size {size} bytes: {problem}")]
     BadSize { size: u64, problem: String },
     #[error("the content needs {needed} bytes of clusters but no {} layout of {size} bytes holds it; pass a larger --size or omit it", fat_type.map_or("FAT".to_string(), |t| format!("{t:?}")))]
-    DoesNotFit { needed: u64, size: u64, fat_type: Option<FatType> },
+    DoesNotFit {
+        needed: u64,
+        size: u64,
+        fat_type: Option<FatType>,
+    },
     #[error("no {fat_type:?} layout holds this content (FAT12 stops near 32 MiB, FAT16 near 2 GiB, FAT32 starts at 32 MiB); choose another FAT type")]
     TypeCannotHold { fat_type: FatType },
     #[error("writing the image at offset {offset:#x}: {source}")]
@@ -111,8 +115,18 @@ impl FatImage {
         let root = tree::scan(src_dir)?;
         let geometry = choose_geometry(&root, opts, has_label)?;
         let used_clusters = clusters_needed(&root, &geometry, has_label);
-        let volume_id = opts.volume_id.unwrap_or_else(|| default_volume_id(opts.date));
-        Ok(FatImage { root, geometry, label, has_label, volume_id, date: opts.date, used_clusters })
+        let volume_id = opts
+            .volume_id
+            .unwrap_or_else(|| default_volume_id(opts.date));
+        Ok(FatImage {
+            root,
+            geometry,
+            label,
+            has_label,
+            volume_id,
+            date: opts.date,
+            used_clusters,
+        })
     }
 
     /// Image size in bytes.
@@ -137,8 +151,13 @@ impl FatImage {
     }
 
     /// Writes the image at the start of `out` (sized to the image; untouched ranges stay holes).
-    pub fn write_to_file(&self, out: &File, progress: &dyn Progress) -> Result<FatSummary, FatError> {
-        out.set_len(self.size_bytes()).map_err(|source| FatError::Write { offset: 0, source })?;
+    pub fn write_to_file(
+        &self,
+        out: &File,
+        progress: &dyn Progress,
+    ) -> Result<FatSummary, FatError> {
+        out.set_len(self.size_bytes())
+            .map_err(|source| FatError::Write { offset: 0, source })?;
         let mut sink = write::FileSink { file: out };
         write::write_image(self, &mut sink, progress)?;
         Ok(self.summary())
@@ -146,9 +165,13 @@ impl FatImage {
 
     /// The image in memory (for small ESPs embedded into an ISO).
     pub fn to_vec(&self, progress: &dyn Progress) -> Result<Vec<u8>, FatError> {
-        let size = usize::try_from(self.size_bytes())
-            .map_err(|_| FatError::BadSize { size: self.size_bytes(), problem: "too large for memory".into() })?;
-        let mut sink = write::VecSink { data: vec![0u8; size] };
+        let size = usize::try_from(self.size_bytes()).map_err(|_| FatError::BadSize {
+            size: self.size_bytes(),
+            problem: "too large for memory".into(),
+        })?;
+        let mut sink = write::VecSink {
+            data: vec![0u8; size],
+        };
         write::write_image(self, &mut sink, progress)?;
         Ok(sink.data)
     }
@@ -160,13 +183,23 @@ pub fn build_image(src_dir: &Path, opts: &FatOptions) -> Result<Vec<u8>, FatErro
 }
 
 /// Builds the image of `src_dir` into `out` (opened for writing, e.g. an `AtomicFile`).
-pub fn write_image(src_dir: &Path, opts: &FatOptions, out: &File, progress: &dyn Progress) -> Result<FatSummary, FatError> {
+pub fn write_image(
+    src_dir: &Path,
+    opts: &FatOptions,
+    out: &File,
+    progress: &dyn Progress,
+) -> Result<FatSummary, FatError> {
     FatImage::plan(src_dir, opts)?.write_to_file(out, progress)
 }
 
 fn parse_label(label: Option<&str>) -> Result<([u8; LABEL_LEN], bool), FatError> {
-    let Some(text) = label else { return Ok((*b"NO NAME    ", false)) };
-    let bad = |problem: &str| FatError::BadLabel { label: text.to_string(), problem: problem.to_string() };
+    let Some(text) = label else {
+        return Ok((*b"NO NAME    ", false));
+    };
+    let bad = |problem: &str| FatError::BadLabel {
+        label: text.to_string(),
+        problem: problem.to_string(),
+    };
     let upper = text.to_ascii_uppercase();
     if upper.is_empty() {
         return Err(bad("empty; omit the label instead"));
@@ -174,8 +207,12 @@ fn parse_label(label: Option<&str>) -> Result<([u8; LABEL_LEN], bool), FatError>
     if upper.len() > LABEL_LEN {
         return Err(bad("longer than 11 characters"));
     }
-    if let Some(c) = upper.chars().find(|&c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || " !#$%&'()-@^_`{}~".contains(c))) {
-        return Err(bad(&format!("character {c:?} is not allowed in a FAT label")));
+    if let Some(c) = upper.chars().find(|&c| {
+        !(c.is_ascii_uppercase() || c.is_ascii_digit() || " !#$%&'()-@^_`{}~".contains(c))
+    }) {
+        return Err(bad(&format!(
+            "character {c:?} is not allowed in a FAT label"
+        )));
     }
     let mut out = [b' '; LABEL_LEN];
     out[..upper.len()].copy_from_slice(upper.as_bytes());
@@ -227,7 +264,9 @@ fn clusters_needed(root: &Dir, geometry: &Geometry, has_label: bool) -> u64 {
             .iter()
             .map(|child| match &child.kind {
                 NodeKind::File { size, .. } => size.div_ceil(cluster),
-                NodeKind::Dir(sub) => dir_clusters(sub.entry_count(false) as u64) + walk(sub, cluster, dir_clusters),
+                NodeKind::Dir(sub) => {
+                    dir_clusters(sub.entry_count(false) as u64) + walk(sub, cluster, dir_clusters)
+                }
             })
             .sum()
     }
@@ -248,7 +287,10 @@ fn choose_geometry(root: &Dir, opts: &FatOptions, has_label: bool) -> Result<Geo
     let fits = |g: &Geometry| clusters_needed(root, g, has_label) <= g.cluster_count;
     if let Some(size) = opts.size {
         if size % SECTOR_SIZE != 0 || size == 0 {
-            return Err(FatError::BadSize { size, problem: format!("not a positive multiple of {SECTOR_SIZE}") });
+            return Err(FatError::BadSize {
+                size,
+                problem: format!("not a positive multiple of {SECTOR_SIZE}"),
+            });
         }
         let total = size / SECTOR_SIZE;
         for &fat_type in &types {
@@ -260,14 +302,34 @@ fn choose_geometry(root: &Dir, opts: &FatOptions, has_label: bool) -> Result<Geo
                 }
             }
         }
-        let probe = Geometry { fat_type: FatType::Fat16, sectors_per_cluster: 1, reserved_sectors: 0, fat_sectors: 0, root_entries, total_sectors: 0, cluster_count: 0 };
+        let probe = Geometry {
+            fat_type: FatType::Fat16,
+            sectors_per_cluster: 1,
+            reserved_sectors: 0,
+            fat_sectors: 0,
+            root_entries,
+            total_sectors: 0,
+            cluster_count: 0,
+        };
         let needed = clusters_needed(root, &probe, has_label) * SECTOR_SIZE;
-        return Err(FatError::DoesNotFit { needed, size, fat_type: opts.fat_type });
+        return Err(FatError::DoesNotFit {
+            needed,
+            size,
+            fat_type: opts.fat_type,
+        });
     }
     let mut best: Option<Geometry> = None;
     for &fat_type in &types {
         for spc in cluster_sizes(fat_type) {
-            let probe = Geometry { fat_type, sectors_per_cluster: spc, reserved_sectors: 0, fat_sectors: 0, root_entries, total_sectors: 0, cluster_count: 0 };
+            let probe = Geometry {
+                fat_type,
+                sectors_per_cluster: spc,
+                reserved_sectors: 0,
+                fat_sectors: 0,
+                root_entries,
+                total_sectors: 0,
+                cluster_count: 0,
+            };
             let used = clusters_needed(root, &probe, has_label);
             let slack_bytes = (used * probe.cluster_bytes() / 8).max(MIN_SLACK_BYTES);
             let slack = slack_bytes.div_ceil(probe.cluster_bytes());
@@ -278,7 +340,9 @@ fn choose_geometry(root: &Dir, opts: &FatOptions, has_label: bool) -> Result<Geo
             }
         }
     }
-    best.ok_or(FatError::TypeCannotHold { fat_type: opts.fat_type.unwrap_or(FatType::Fat32) })
+    best.ok_or(FatError::TypeCannotHold {
+        fat_type: opts.fat_type.unwrap_or(FatType::Fat32),
+    })
 }
 
 #[cfg(test)]
@@ -308,7 +372,11 @@ mod tests {
     fn fixed_date_gives_identical_bytes() {
         let src = tempfile::tempdir().unwrap();
         tree(src.path());
-        let opts = FatOptions { date: Some(1_700_000_000), label: Some("EFI".into()), ..Default::default() };
+        let opts = FatOptions {
+            date: Some(1_700_000_000),
+            label: Some("EFI".into()),
+            ..Default::default()
+        };
         let first = build_image(src.path(), &opts).unwrap();
         let second = build_image(src.path(), &opts).unwrap();
         assert_eq!(first, second);
@@ -319,7 +387,10 @@ mod tests {
     fn forced_fat32_is_honoured() {
         let src = tempfile::tempdir().unwrap();
         tree(src.path());
-        let opts = FatOptions { fat_type: Some(FatType::Fat32), ..Default::default() };
+        let opts = FatOptions {
+            fat_type: Some(FatType::Fat32),
+            ..Default::default()
+        };
         let plan = FatImage::plan(src.path(), &opts).unwrap();
         assert_eq!(plan.summary().fat_type, FatType::Fat32);
         assert!(plan.size_bytes() >= 32 * 1024 * 1024);
@@ -329,15 +400,27 @@ mod tests {
     fn too_small_size_is_refused() {
         let src = tempfile::tempdir().unwrap();
         tree(src.path());
-        let opts = FatOptions { size: Some(64 * 1024), ..Default::default() };
-        assert!(matches!(FatImage::plan(src.path(), &opts), Err(FatError::DoesNotFit { .. })));
+        let opts = FatOptions {
+            size: Some(64 * 1024),
+            ..Default::default()
+        };
+        assert!(matches!(
+            FatImage::plan(src.path(), &opts),
+            Err(FatError::DoesNotFit { .. })
+        ));
     }
 
     #[test]
     fn size_not_a_sector_multiple_is_refused() {
         let src = tempfile::tempdir().unwrap();
-        let opts = FatOptions { size: Some(1_000_001), ..Default::default() };
-        assert!(matches!(FatImage::plan(src.path(), &opts), Err(FatError::BadSize { .. })));
+        let opts = FatOptions {
+            size: Some(1_000_001),
+            ..Default::default()
+        };
+        assert!(matches!(
+            FatImage::plan(src.path(), &opts),
+            Err(FatError::BadSize { .. })
+        ));
     }
 
     #[test]
@@ -352,7 +435,10 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("a.txt"), b"1").unwrap();
         std::fs::write(src.path().join("A.TXT"), b"2").unwrap();
-        assert!(matches!(FatImage::plan(src.path(), &FatOptions::default()), Err(FatError::BadName { .. })));
+        assert!(matches!(
+            FatImage::plan(src.path(), &FatOptions::default()),
+            Err(FatError::BadName { .. })
+        ));
     }
 
     #[test]
@@ -360,6 +446,9 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let file = src.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        assert!(matches!(FatImage::plan(&file, &FatOptions::default()), Err(FatError::NotAFolder(_))));
+        assert!(matches!(
+            FatImage::plan(&file, &FatOptions::default()),
+            Err(FatError::NotAFolder(_))
+        ));
     }
 }

@@ -24,7 +24,10 @@ pub struct StoredName {
 impl StoredName {
     /// Directory entries the name occupies (long-name slots plus the 8.3 entry).
     pub fn entry_count(&self) -> usize {
-        1 + self.long.as_ref().map_or(0, |units| units.len().div_ceil(UNITS_PER_LFN_ENTRY))
+        1 + self
+            .long
+            .as_ref()
+            .map_or(0, |units| units.len().div_ceil(UNITS_PER_LFN_ENTRY))
     }
 }
 
@@ -43,11 +46,19 @@ impl std::fmt::Display for NameProblem {
         match self {
             NameProblem::Empty => write!(f, "the name is empty"),
             NameProblem::TooLong(units) => {
-                write!(f, "{units} UTF-16 units; FAT long names hold at most {MAX_LONG_NAME_UNITS}")
+                write!(
+                    f,
+                    "{units} UTF-16 units; FAT long names hold at most {MAX_LONG_NAME_UNITS}"
+                )
             }
-            NameProblem::BadCharacter(c) => write!(f, "character {c:?} is not allowed in FAT names"),
+            NameProblem::BadCharacter(c) => {
+                write!(f, "character {c:?} is not allowed in FAT names")
+            }
             NameProblem::TrailingDotOrSpace => {
-                write!(f, "FAT drops trailing dots and spaces, so the name would change")
+                write!(
+                    f,
+                    "FAT drops trailing dots and spaces, so the name would change"
+                )
             }
             NameProblem::NoUniqueAlias => write!(f, "no unique 8.3 alias left in this folder"),
         }
@@ -59,7 +70,10 @@ pub fn validate_long_name(name: &str) -> Result<Vec<u16>, NameProblem> {
     if name.is_empty() {
         return Err(NameProblem::Empty);
     }
-    if let Some(c) = name.chars().find(|&c| (c as u32) < 0x20 || "\"*/:<>?\\|\u{7f}".contains(c)) {
+    if let Some(c) = name
+        .chars()
+        .find(|&c| (c as u32) < 0x20 || "\"*/:<>?\\|\u{7f}".contains(c))
+    {
         return Err(NameProblem::BadCharacter(c));
     }
     if name.ends_with('.') || name.ends_with(' ') {
@@ -78,14 +92,20 @@ pub fn store_name(name: &str, taken: &mut HashSet<[u8; 11]>) -> Result<StoredNam
     let units = validate_long_name(name)?;
     if let Some(exact) = exact_short_name(name) {
         if taken.insert(exact) {
-            return Ok(StoredName { short: exact, long: None });
+            return Ok(StoredName {
+                short: exact,
+                long: None,
+            });
         }
     }
     // A name that only differs from its 8.3 form in case keeps that form as alias, without a
     // numeric tail (as Windows and mtools do); the long name preserves the case.
     if let Some(upper) = exact_short_name(&name.to_ascii_uppercase()) {
         if taken.insert(upper) {
-            return Ok(StoredName { short: upper, long: Some(units) });
+            return Ok(StoredName {
+                short: upper,
+                long: Some(units),
+            });
         }
     }
     let (base, ext) = alias_basis(name);
@@ -101,7 +121,10 @@ pub fn store_name(name: &str, taken: &mut HashSet<[u8; 11]>) -> Result<StoredNam
             short[0] = 0x05;
         }
         if taken.insert(short) {
-            return Ok(StoredName { short, long: Some(units) });
+            return Ok(StoredName {
+                short,
+                long: Some(units),
+            });
         }
     }
     Err(NameProblem::NoUniqueAlias)
@@ -110,7 +133,11 @@ pub fn store_name(name: &str, taken: &mut HashSet<[u8; 11]>) -> Result<StoredNam
 /// The 8.3 form of a name that is already an uppercase 8.3 name, e.g. `BOOTX64.EFI`.
 fn exact_short_name(name: &str) -> Option<[u8; 11]> {
     let (base, ext) = name.split_once('.').unwrap_or((name, ""));
-    if base.is_empty() || !part_ok(base, 8) || !part_ok(ext, 3) || (name.contains('.') && ext.is_empty()) {
+    if base.is_empty()
+        || !part_ok(base, 8)
+        || !part_ok(ext, 3)
+        || (name.contains('.') && ext.is_empty())
+    {
         return None;
     }
     let mut short = [b' '; 11];
@@ -121,7 +148,9 @@ fn exact_short_name(name: &str) -> Option<[u8; 11]> {
 
 fn part_ok(part: &str, max: usize) -> bool {
     part.len() <= max
-        && part.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || SHORT_NAME_SPECIALS.contains(&b))
+        && part.bytes().all(|b| {
+            b.is_ascii_uppercase() || b.is_ascii_digit() || SHORT_NAME_SPECIALS.contains(&b)
+        })
 }
 
 /// The alias basis: uppercase, invalid characters as `_`, spaces and extra dots dropped;
@@ -158,7 +187,9 @@ fn alias_basis(name: &str) -> (Vec<u8>, Vec<u8>) {
 
 /// The checksum of an 8.3 name that ties its long-name entries to it.
 pub fn lfn_checksum(short: &[u8; 11]) -> u8 {
-    short.iter().fold(0u8, |sum, &b| (sum >> 1).wrapping_add(sum << 7).wrapping_add(b))
+    short.iter().fold(0u8, |sum, &b| {
+        (sum >> 1).wrapping_add(sum << 7).wrapping_add(b)
+    })
 }
 
 /// The long-name entries for `long`, in on-disk order (last part first).
@@ -179,7 +210,10 @@ pub fn lfn_entries(long: &[u16], short: &[u8; 11]) -> Vec<[u8; 32]> {
         entry[0] = (index + 1) as u8 | if index + 1 == count { 0x40 } else { 0 };
         entry[11] = 0x0F;
         entry[13] = checksum;
-        let slots = (1..11).step_by(2).chain((14..26).step_by(2)).chain((28..32).step_by(2));
+        let slots = (1..11)
+            .step_by(2)
+            .chain((14..26).step_by(2))
+            .chain((28..32).step_by(2));
         for (unit, offset) in units.iter().zip(slots) {
             entry[offset..offset + 2].copy_from_slice(&unit.to_le_bytes());
         }
@@ -199,7 +233,10 @@ mod tests {
         assert_eq!(&stored.short, b"BOOTX64 EFI");
         assert_eq!(stored.long, None);
         assert_eq!(stored.entry_count(), 1);
-        assert_eq!(&store_name("EFI", &mut taken).unwrap().short, b"EFI        ");
+        assert_eq!(
+            &store_name("EFI", &mut taken).unwrap().short,
+            b"EFI        "
+        );
     }
 
     #[test]
@@ -207,14 +244,20 @@ mod tests {
         let mut taken = HashSet::new();
         let stored = store_name("grub.cfg", &mut taken).unwrap();
         assert_eq!(&stored.short, b"GRUB    CFG");
-        assert_eq!(stored.long.as_deref(), Some(&"grub.cfg".encode_utf16().collect::<Vec<_>>()[..]));
+        assert_eq!(
+            stored.long.as_deref(),
+            Some(&"grub.cfg".encode_utf16().collect::<Vec<_>>()[..])
+        );
     }
 
     #[test]
     fn case_only_collision_falls_back_to_a_tail() {
         let mut taken = HashSet::new();
         store_name("GRUB.CFG", &mut taken).unwrap();
-        assert_eq!(&store_name("grub.cfg", &mut taken).unwrap().short, b"GRUB~1  CFG");
+        assert_eq!(
+            &store_name("grub.cfg", &mut taken).unwrap().short,
+            b"GRUB~1  CFG"
+        );
     }
 
     #[test]
@@ -229,18 +272,30 @@ mod tests {
     #[test]
     fn bad_characters_are_refused() {
         let mut taken = HashSet::new();
-        assert_eq!(store_name("a:b", &mut taken), Err(NameProblem::BadCharacter(':')));
-        assert_eq!(store_name("a\u{1}", &mut taken), Err(NameProblem::BadCharacter('\u{1}')));
+        assert_eq!(
+            store_name("a:b", &mut taken),
+            Err(NameProblem::BadCharacter(':'))
+        );
+        assert_eq!(
+            store_name("a\u{1}", &mut taken),
+            Err(NameProblem::BadCharacter('\u{1}'))
+        );
     }
 
     #[test]
     fn trailing_dot_is_refused() {
-        assert_eq!(validate_long_name("name."), Err(NameProblem::TrailingDotOrSpace));
+        assert_eq!(
+            validate_long_name("name."),
+            Err(NameProblem::TrailingDotOrSpace)
+        );
     }
 
     #[test]
     fn overlong_name_is_refused() {
-        assert_eq!(validate_long_name(&"x".repeat(256)), Err(NameProblem::TooLong(256)));
+        assert_eq!(
+            validate_long_name(&"x".repeat(256)),
+            Err(NameProblem::TooLong(256))
+        );
     }
 
     #[test]
@@ -248,7 +303,9 @@ mod tests {
         // Each step rotates right by one bit and adds the next byte.
         let mut expected = 0u8;
         for &b in b"GRUB~1  CFG" {
-            expected = ((expected & 1) << 7).wrapping_add(expected >> 1).wrapping_add(b);
+            expected = ((expected & 1) << 7)
+                .wrapping_add(expected >> 1)
+                .wrapping_add(b);
         }
         assert_eq!(lfn_checksum(b"GRUB~1  CFG"), expected);
     }

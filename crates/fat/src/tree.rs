@@ -38,14 +38,21 @@ impl Dir {
     /// Directory entries this folder needs, including `.` and `..` when it is not the root.
     pub fn entry_count(&self, is_root: bool) -> usize {
         let own = if is_root { 0 } else { 2 };
-        own + self.children.iter().map(|c| c.name.entry_count()).sum::<usize>()
+        own + self
+            .children
+            .iter()
+            .map(|c| c.name.entry_count())
+            .sum::<usize>()
     }
 }
 
 /// Reads `root` recursively. Symbolic links are followed (like `mcopy`); anything that is
 /// neither a file nor a folder is an error, never silently skipped.
 pub fn scan(root: &Path) -> Result<Dir, FatError> {
-    let meta = std::fs::metadata(root).map_err(|e| FatError::Source { path: root.into(), source: e })?;
+    let meta = std::fs::metadata(root).map_err(|e| FatError::Source {
+        path: root.into(),
+        source: e,
+    })?;
     if !meta.is_dir() {
         return Err(FatError::NotAFolder(root.into()));
     }
@@ -54,17 +61,29 @@ pub fn scan(root: &Path) -> Result<Dir, FatError> {
 
 fn scan_dir(dir: &Path, depth: usize) -> Result<Dir, FatError> {
     if depth > MAX_DEPTH {
-        return Err(FatError::TooDeep { path: dir.into(), max: MAX_DEPTH });
+        return Err(FatError::TooDeep {
+            path: dir.into(),
+            max: MAX_DEPTH,
+        });
     }
-    let read = std::fs::read_dir(dir).map_err(|e| FatError::Source { path: dir.into(), source: e })?;
+    let read = std::fs::read_dir(dir).map_err(|e| FatError::Source {
+        path: dir.into(),
+        source: e,
+    })?;
     let mut entries = Vec::new();
     for entry in read {
-        let entry = entry.map_err(|e| FatError::Source { path: dir.into(), source: e })?;
+        let entry = entry.map_err(|e| FatError::Source {
+            path: dir.into(),
+            source: e,
+        })?;
         let path = entry.path();
         let name = entry
             .file_name()
             .into_string()
-            .map_err(|_| FatError::BadName { path: path.clone(), problem: "the name is not valid UTF-8".into() })?;
+            .map_err(|_| FatError::BadName {
+                path: path.clone(),
+                problem: "the name is not valid UTF-8".into(),
+            })?;
         entries.push((name, path));
     }
     // Byte order of the names: the same tree gives the same image on every machine.
@@ -77,28 +96,48 @@ fn scan_dir(dir: &Path, depth: usize) -> Result<Dir, FatError> {
         if !taken_long.insert(name.to_uppercase()) {
             return Err(FatError::BadName {
                 path,
-                problem: "another name in this folder differs only in case, which FAT cannot tell apart".into(),
+                problem:
+                    "another name in this folder differs only in case, which FAT cannot tell apart"
+                        .into(),
             });
         }
-        let stored = store_name(&name, &mut taken_aliases)
-            .map_err(|p| FatError::BadName { path: path.clone(), problem: p.to_string() })?;
-        let meta = std::fs::metadata(&path).map_err(|e| FatError::Source { path: path.clone(), source: e })?;
+        let stored = store_name(&name, &mut taken_aliases).map_err(|p| FatError::BadName {
+            path: path.clone(),
+            problem: p.to_string(),
+        })?;
+        let meta = std::fs::metadata(&path).map_err(|e| FatError::Source {
+            path: path.clone(),
+            source: e,
+        })?;
         let mtime = std::os::unix::fs::MetadataExt::mtime(&meta);
         let kind = if meta.is_dir() {
             NodeKind::Dir(scan_dir(&path, depth + 1)?)
         } else if meta.is_file() {
             if meta.len() > MAX_FILE_SIZE {
-                return Err(FatError::FileTooLarge { path, size: meta.len() });
+                return Err(FatError::FileTooLarge {
+                    path,
+                    size: meta.len(),
+                });
             }
-            NodeKind::File { source: path, size: meta.len() }
+            NodeKind::File {
+                source: path,
+                size: meta.len(),
+            }
         } else {
             return Err(FatError::Unsupported(path));
         };
-        children.push(Node { name: stored, mtime, kind });
+        children.push(Node {
+            name: stored,
+            mtime,
+            kind,
+        });
     }
     let result = Dir { children };
     if result.entry_count(false) > MAX_DIR_ENTRIES {
-        return Err(FatError::TooManyEntries { path: dir.into(), max: MAX_DIR_ENTRIES });
+        return Err(FatError::TooManyEntries {
+            path: dir.into(),
+            max: MAX_DIR_ENTRIES,
+        });
     }
     Ok(result)
 }

@@ -57,10 +57,15 @@ pub struct VecSink {
 
 impl Sink for VecSink {
     fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| io::Error::other("offset beyond memory"))?;
-        let end = start.checked_add(data.len()).filter(|&e| e <= self.data.len());
+        let start =
+            usize::try_from(offset).map_err(|_| io::Error::other("offset beyond memory"))?;
+        let end = start
+            .checked_add(data.len())
+            .filter(|&e| e <= self.data.len());
         let Some(end) = end else {
-            return Err(io::Error::other(format!("write past the image end at {offset:#x}")));
+            return Err(io::Error::other(format!(
+                "write past the image end at {offset:#x}"
+            )));
         };
         self.data[start..end].copy_from_slice(data);
         Ok(())
@@ -83,7 +88,11 @@ struct PlacedDir<'a> {
     children: Vec<(Run, Option<PlacedDir<'a>>)>,
 }
 
-pub fn write_image(image: &FatImage, sink: &mut dyn Sink, progress: &dyn Progress) -> Result<(), FatError> {
+pub fn write_image(
+    image: &FatImage,
+    sink: &mut dyn Sink,
+    progress: &dyn Progress,
+) -> Result<(), FatError> {
     let geometry = &image.geometry;
     let cluster = geometry.cluster_bytes();
     let dir_clusters = |dir: &Dir, is_root: bool, has_label: bool| {
@@ -94,16 +103,32 @@ pub fn write_image(image: &FatImage, sink: &mut dyn Sink, progress: &dyn Progres
     let root_run = if geometry.fat_type == FatType::Fat32 {
         let count = dir_clusters(&image.root, true, image.has_label);
         next += count;
-        Run { start: FIRST_CLUSTER, count }
+        Run {
+            start: FIRST_CLUSTER,
+            count,
+        }
     } else {
         Run { start: 0, count: 0 }
     };
     let now = image.date.unwrap_or_else(unix_now);
-    let root = place(&image.root, root_run, 0, true, now, &mut next, cluster, &dir_clusters);
+    let root = place(
+        &image.root,
+        root_run,
+        0,
+        true,
+        now,
+        &mut next,
+        cluster,
+        &dir_clusters,
+    );
     let used = next - FIRST_CLUSTER;
     if used > geometry.cluster_count {
         // The plan already checked this; reaching it means the plan and the writer disagree.
-        return Err(FatError::DoesNotFit { needed: used * cluster, size: geometry.size_bytes(), fat_type: Some(geometry.fat_type) });
+        return Err(FatError::DoesNotFit {
+            needed: used * cluster,
+            size: geometry.size_bytes(),
+            fat_type: Some(geometry.fat_type),
+        });
     }
 
     // The FATs.
@@ -113,7 +138,11 @@ pub fn write_image(image: &FatImage, sink: &mut dyn Sink, progress: &dyn Progres
     fat[1] = eoc;
     let mut chain = |run: Run| {
         for c in run.start..run.start + run.count {
-            fat[c as usize] = if c + 1 == run.start + run.count { eoc } else { (c + 1) as u32 };
+            fat[c as usize] = if c + 1 == run.start + run.count {
+                eoc
+            } else {
+                (c + 1) as u32
+            };
         }
     };
     if root_run.count > 0 {
@@ -123,7 +152,8 @@ pub fn write_image(image: &FatImage, sink: &mut dyn Sink, progress: &dyn Progres
     let fat_bytes = encode_fat(geometry, &fat);
     for copy in 0..FAT_COUNT {
         let offset = (geometry.fat_start() + copy * geometry.fat_sectors) * SECTOR_SIZE;
-        sink.write_at(&fat_bytes, offset).map_err(|source| FatError::Write { offset, source })?;
+        sink.write_at(&fat_bytes, offset)
+            .map_err(|source| FatError::Write { offset, source })?;
     }
 
     // Boot sector, FSInfo and their FAT32 backups.
@@ -134,7 +164,11 @@ pub fn write_image(image: &FatImage, sink: &mut dyn Sink, progress: &dyn Progres
         let info = fsinfo_sector(free, next);
         write(sink, &info, FSINFO_SECTOR * SECTOR_SIZE)?;
         write(sink, &boot, BACKUP_BOOT_SECTOR * SECTOR_SIZE)?;
-        write(sink, &info, (BACKUP_BOOT_SECTOR + FSINFO_SECTOR) * SECTOR_SIZE)?;
+        write(
+            sink,
+            &info,
+            (BACKUP_BOOT_SECTOR + FSINFO_SECTOR) * SECTOR_SIZE,
+        )?;
     }
 
     // Directories, then file data.
@@ -148,7 +182,8 @@ pub fn write_image(image: &FatImage, sink: &mut dyn Sink, progress: &dyn Progres
 }
 
 fn write(sink: &mut dyn Sink, data: &[u8], offset: u64) -> Result<(), FatError> {
-    sink.write_at(data, offset).map_err(|source| FatError::Write { offset, source })
+    sink.write_at(data, offset)
+        .map_err(|source| FatError::Write { offset, source })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,13 +218,28 @@ fn place<'a>(
             NodeKind::Dir(sub) => {
                 // `..` names the root as cluster 0, even on FAT32 where the root has a cluster.
                 let parent = if is_root { 0 } else { run.start };
-                let placed = place(sub, child_run, parent, false, child.mtime, next, cluster, dir_clusters);
+                let placed = place(
+                    sub,
+                    child_run,
+                    parent,
+                    false,
+                    child.mtime,
+                    next,
+                    cluster,
+                    dir_clusters,
+                );
                 (child_run, Some(placed))
             }
             NodeKind::File { .. } => (child_run, None),
         })
         .collect();
-    PlacedDir { dir, run, parent_start, mtime, children }
+    PlacedDir {
+        dir,
+        run,
+        parent_start,
+        mtime,
+        children,
+    }
 }
 
 fn visit_runs(dir: &PlacedDir<'_>, chain: &mut dyn FnMut(Run)) {
@@ -246,21 +296,37 @@ fn encode_fat(geometry: &Geometry, fat: &[u32]) -> Vec<u8> {
 fn boot_code(code_offset: usize) -> Vec<u8> {
     let message_address = 0x7C00 + code_offset + 27;
     let mut code = vec![
-        0x31, 0xC0, // xor ax, ax
-        0x8E, 0xD8, // mov ds, ax
-        0xBE, message_address as u8, (message_address >> 8) as u8, // mov si, message
-        0xAC, // next: lodsb
-        0x84, 0xC0, // test al, al
-        0x74, 0x09, // jz done
-        0xB4, 0x0E, // mov ah, 0x0e (teletype output)
-        0xBB, 0x07, 0x00, // mov bx, 7
-        0xCD, 0x10, // int 0x10
-        0xEB, 0xF2, // jmp next
-        0x31, 0xC0, // done: xor ax, ax
-        0xCD, 0x16, // int 0x16 (wait for a key)
-        0xCD, 0x19, // int 0x19 (next boot device)
+        0x31,
+        0xC0, // xor ax, ax
+        0x8E,
+        0xD8, // mov ds, ax
+        0xBE,
+        message_address as u8,
+        (message_address >> 8) as u8, // mov si, message
+        0xAC,                         // next: lodsb
+        0x84,
+        0xC0, // test al, al
+        0x74,
+        0x09, // jz done
+        0xB4,
+        0x0E, // mov ah, 0x0e (teletype output)
+        0xBB,
+        0x07,
+        0x00, // mov bx, 7
+        0xCD,
+        0x10, // int 0x10
+        0xEB,
+        0xF2, // jmp next
+        0x31,
+        0xC0, // done: xor ax, ax
+        0xCD,
+        0x16, // int 0x16 (wait for a key)
+        0xCD,
+        0x19, // int 0x19 (next boot device)
     ];
-    code.extend_from_slice(b"This is not a bootable disk. Press a key to try the next device.\r\n\0");
+    code.extend_from_slice(
+        b"This is not a bootable disk. Press a key to try the next device.\r\n\0",
+    );
     code
 }
 
@@ -320,7 +386,13 @@ fn fsinfo_sector(free_clusters: u64, next_free: u64) -> [u8; 512] {
     s
 }
 
-fn write_dir(image: &FatImage, placed: &PlacedDir<'_>, is_root: bool, now: i64, sink: &mut dyn Sink) -> Result<(), FatError> {
+fn write_dir(
+    image: &FatImage,
+    placed: &PlacedDir<'_>,
+    is_root: bool,
+    now: i64,
+    sink: &mut dyn Sink,
+) -> Result<(), FatError> {
     let g = &image.geometry;
     let mut table: Vec<u8> = Vec::new();
     let time_of = |mtime: i64| image.date.unwrap_or(mtime);
@@ -330,8 +402,20 @@ fn write_dir(image: &FatImage, placed: &PlacedDir<'_>, is_root: bool, now: i64, 
         }
     } else {
         let stamp = time_of(placed.mtime);
-        table.extend_from_slice(&short_entry(b".          ", ATTR_DIRECTORY, placed.run.start, 0, stamp));
-        table.extend_from_slice(&short_entry(b"..         ", ATTR_DIRECTORY, placed.parent_start, 0, stamp));
+        table.extend_from_slice(&short_entry(
+            b".          ",
+            ATTR_DIRECTORY,
+            placed.run.start,
+            0,
+            stamp,
+        ));
+        table.extend_from_slice(&short_entry(
+            b"..         ",
+            ATTR_DIRECTORY,
+            placed.parent_start,
+            0,
+            stamp,
+        ));
     }
     for (node, (run, _)) in placed.dir.children.iter().zip(&placed.children) {
         if let Some(long) = &node.name.long {
@@ -343,7 +427,13 @@ fn write_dir(image: &FatImage, placed: &PlacedDir<'_>, is_root: bool, now: i64, 
             NodeKind::File { size, .. } => (ATTR_ARCHIVE, *size as u32),
             NodeKind::Dir(_) => (ATTR_DIRECTORY, 0),
         };
-        table.extend_from_slice(&short_entry(&node.name.short, attr, run.start, size, time_of(node.mtime)));
+        table.extend_from_slice(&short_entry(
+            &node.name.short,
+            attr,
+            run.start,
+            size,
+            time_of(node.mtime),
+        ));
     }
     let offset = if is_root && g.fat_type != FatType::Fat32 {
         g.root_dir_start() * SECTOR_SIZE
@@ -384,7 +474,9 @@ fn dos_date_time(unix_time: i64) -> (u16, u16) {
     let secs = t.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
     let date = (((year - 1980) as u16) << 9) | ((month as u16) << 5) | day as u16;
-    let time = (((secs / 3600) as u16) << 11) | ((((secs / 60) % 60) as u16) << 5) | ((secs % 60) / 2) as u16;
+    let time = (((secs / 3600) as u16) << 11)
+        | ((((secs / 60) % 60) as u16) << 5)
+        | ((secs % 60) / 2) as u16;
     (date, time)
 }
 
@@ -419,7 +511,15 @@ fn copy_files(
         match (&node.kind, sub) {
             (NodeKind::File { source, size }, _) => {
                 if *size > 0 {
-                    copy_file(node, source, *size, image.geometry.cluster_offset(run.start), sink, buffer, progress)?;
+                    copy_file(
+                        node,
+                        source,
+                        *size,
+                        image.geometry.cluster_offset(run.start),
+                        sink,
+                        buffer,
+                        progress,
+                    )?;
                 }
             }
             (NodeKind::Dir(_), Some(sub)) => copy_files(image, sub, sink, buffer, progress)?,
@@ -438,8 +538,14 @@ fn copy_file(
     buffer: &mut [u8],
     progress: &dyn Progress,
 ) -> Result<(), FatError> {
-    let read_err = |e| FatError::Source { path: source.to_path_buf(), source: e };
-    let changed = || FatError::SourceChanged { path: source.to_path_buf(), expected: size };
+    let read_err = |e| FatError::Source {
+        path: source.to_path_buf(),
+        source: e,
+    };
+    let changed = || FatError::SourceChanged {
+        path: source.to_path_buf(),
+        expected: size,
+    };
     let mut file = File::open(source).map_err(read_err)?;
     let mut done = 0u64;
     while done < size {
@@ -481,7 +587,15 @@ mod tests {
 
     #[test]
     fn fat12_entries_pack_into_three_nibbles() {
-        let g = Geometry { fat_type: FatType::Fat12, sectors_per_cluster: 1, reserved_sectors: 1, fat_sectors: 1, root_entries: 512, total_sectors: 100, cluster_count: 60 };
+        let g = Geometry {
+            fat_type: FatType::Fat12,
+            sectors_per_cluster: 1,
+            reserved_sectors: 1,
+            fat_sectors: 1,
+            root_entries: 512,
+            total_sectors: 100,
+            cluster_count: 60,
+        };
         let bytes = encode_fat(&g, &[0xFF8, 0xFFF, 0x003, 0xFFF]);
         assert_eq!(&bytes[..6], &[0xF8, 0xFF, 0xFF, 0x03, 0xF0, 0xFF]);
     }

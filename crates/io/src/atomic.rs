@@ -57,9 +57,16 @@ impl AtomicFile {
             .into_owned();
         let mut attempt = 0u32;
         loop {
-            let temp_path =
-                dir.join(format!(".{name}.vmedia-tmp-{}-{attempt}", std::process::id()));
-            match OpenOptions::new().read(true).write(true).create_new(true).open(&temp_path) {
+            let temp_path = dir.join(format!(
+                ".{name}.vmedia-tmp-{}-{attempt}",
+                std::process::id()
+            ));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&temp_path)
+            {
                 Ok(file) => {
                     return Ok(AtomicFile {
                         file: Some(file),

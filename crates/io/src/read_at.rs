@@ -60,7 +60,9 @@ fn block_device_size(file: &File) -> io::Result<u64> {
 
 impl ReadAt for [u8] {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let Ok(start) = usize::try_from(offset) else { return Ok(0) };
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
         if start >= self.len() {
             return Ok(0);
         }
@@ -130,7 +132,9 @@ impl<S: ReadAt> ReadAt for SliceSource<S> {
             return Ok(0);
         }
         let room = (self.len - offset).min(buf.len() as u64) as usize;
-        let Some(absolute) = self.start.checked_add(offset) else { return Ok(0) };
+        let Some(absolute) = self.start.checked_add(offset) else {
+            return Ok(0);
+        };
         self.inner.read_at(&mut buf[..room], absolute)
     }
     fn size(&self) -> io::Result<u64> {

@@ -549,7 +549,9 @@ impl PartType {
 /// (first three groups little-endian, last two as written).
 pub fn parse_guid(text: &str) -> Option<[u8; 16]> {
     let groups: Vec<&str> = text.split('-').collect();
-    if groups.len() != 5 || [8, 4, 4, 4, 12] != groups.iter().map(|g| g.len()).collect::<Vec<_>>()[..] {
+    if groups.len() != 5
+        || [8, 4, 4, 4, 12] != groups.iter().map(|g| g.len()).collect::<Vec<_>>()[..]
+    {
         return None;
     }
     let hex: String = groups.concat();
@@ -598,7 +600,10 @@ mod tests {
         assert_eq!(PartType::parse("ef"), Some(PartType::Mbr(0xEF)));
         assert_eq!(PartType::parse("0x83"), Some(PartType::Mbr(0x83)));
         assert_eq!(PartType::parse("0x1ff"), None);
-        assert_eq!(PartType::Mbr(0xEF).gpt_guid(), parse_guid(GPT_TYPE_EFI_SYSTEM).unwrap());
+        assert_eq!(
+            PartType::Mbr(0xEF).gpt_guid(),
+            parse_guid(GPT_TYPE_EFI_SYSTEM).unwrap()
+        );
         assert_eq!(
             PartType::parse(GPT_TYPE_EFI_SYSTEM).map(PartType::mbr_byte),
             Some(0xEF)

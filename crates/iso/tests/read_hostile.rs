@@ -20,8 +20,14 @@ fn require_tool(name: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A small Rock Ridge + Joliet image with a directory, files, a symlink and a symlink loop,
@@ -39,7 +45,17 @@ fn base_image() -> &'static [u8] {
         std::os::unix::fs::symlink("loop", tree.join("loop")).unwrap();
         let out = tmp.path().join("base.iso");
         run(Command::new(require_tool("genisoimage"))
-            .args(["-quiet", "-R", "-J", "-b", "boot.bin", "-c", "boot.cat", "-no-emul-boot", "-o"])
+            .args([
+                "-quiet",
+                "-R",
+                "-J",
+                "-b",
+                "boot.bin",
+                "-c",
+                "boot.cat",
+                "-no-emul-boot",
+                "-o",
+            ])
             .arg(&out)
             .arg(&tree));
         std::fs::read(&out).unwrap()
@@ -69,7 +85,10 @@ fn assert_error(result: Result<(), ReadError>, needles: &[&str]) {
     let err = result.expect_err("the corrupt image must be refused");
     let text = err.to_string();
     for needle in needles {
-        assert!(text.contains(needle), "error {text:?} should mention {needle:?}");
+        assert!(
+            text.contains(needle),
+            "error {text:?} should mention {needle:?}"
+        );
     }
 }
 
@@ -94,7 +113,10 @@ fn directory_extent_past_end_is_corrupt() {
     let mut data = base_image().to_vec();
     let at = record_offset("/d");
     put_both_endian32(&mut data, at + 2, 0x00FF_FFFF);
-    assert_error(read_all(data), &["directory extent", "past the end", "offset 0x"]);
+    assert_error(
+        read_all(data),
+        &["directory extent", "past the end", "offset 0x"],
+    );
 }
 
 #[test]
@@ -172,7 +194,10 @@ fn with_first_susp_entry(data: &mut [u8], entry: &[u8]) {
     let at = record_offset("/a.txt");
     let su = system_use_offset(data, at);
     let record_end = at + data[at] as usize;
-    assert!(su + entry.len() + 4 <= record_end, "the record's system use area is too small for the test");
+    assert!(
+        su + entry.len() + 4 <= record_end,
+        "the record's system use area is too small for the test"
+    );
     data[su..su + entry.len()].copy_from_slice(entry);
     data[su + entry.len()..su + entry.len() + 4].copy_from_slice(b"ST\x04\x01");
 }
@@ -211,9 +236,15 @@ fn ce_pointing_at_itself_is_a_loop_error() {
 }
 
 fn shared_sample(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/images").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testdata/images")
+        .join(name);
     assert!(path.exists(), "shared sample {} is missing", path.display());
-    let out = Command::new(require_tool("xz")).arg("-dc").arg(&path).output().unwrap();
+    let out = Command::new(require_tool("xz"))
+        .arg("-dc")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     out.stdout
 }
@@ -246,7 +277,10 @@ fn boot_catalog_with_bad_checksum_is_corrupt() {
     data[lba * 2048 + 4] ^= 0xFF;
     let image = open(data).unwrap();
     let err = image.boot_catalog().unwrap_err();
-    assert!(err.to_string().contains("boot catalog validation checksum"), "{err}");
+    assert!(
+        err.to_string().contains("boot catalog validation checksum"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -258,7 +292,11 @@ fn gpt_with_absurd_entry_count_hits_the_limit() {
     data[512 + 80..512 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
     data[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
     let image = open(data).unwrap();
-    assert!(image.partitions().unwrap_err().to_string().contains("MAX_GPT_ENTRIES"));
+    assert!(image
+        .partitions()
+        .unwrap_err()
+        .to_string()
+        .contains("MAX_GPT_ENTRIES"));
 }
 
 #[test]
@@ -278,7 +316,9 @@ fn zisofs_file_with_broken_header_is_corrupt() {
     let at = file.extents[0].byte_offset() as usize;
     data[at] ^= 0xFF;
     let image = open(data).unwrap();
-    let err = image.file_reader(&image.lookup("/file").unwrap()).unwrap_err();
+    let err = image
+        .file_reader(&image.lookup("/file").unwrap())
+        .unwrap_err();
     assert!(err.to_string().contains("zisofs header"), "{err}");
 }
 
@@ -310,7 +350,11 @@ fn random_mutations_never_panic() {
         let flips = 1 + next() % 8;
         for _ in 0..flips {
             // Mostly the metadata (descriptors, directories, catalog) at the image start.
-            let limit = if next() % 4 == 0 { data.len() } else { data.len().min(64 * 2048) };
+            let limit = if next() % 4 == 0 {
+                data.len()
+            } else {
+                data.len().min(64 * 2048)
+            };
             let at = (next() % limit as u64) as usize;
             data[at] = next() as u8;
         }
@@ -329,9 +373,15 @@ fn every_fuzz_corpus_file_replays_without_panic() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let opened = exercise(&data);
         if !name.starts_with("hostile-") {
-            assert!(opened > 0, "{name} is a valid sample but no name space scanned cleanly");
+            assert!(
+                opened > 0,
+                "{name} is a valid sample but no name space scanned cleanly"
+            );
         }
         count += 1;
     }
-    assert!(count >= 10, "the corpus should hold the seed samples ({count} found)");
+    assert!(
+        count >= 10,
+        "the corpus should hold the seed samples ({count} found)"
+    );
 }

@@ -21,9 +21,20 @@ fn require_tool(name: &str) -> PathBuf {
 
 /// Runs a peer tool, panicking with its output when it fails; returns stdout + stderr.
 fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(require_tool(tool)).args(args).output().unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{tool} {args:?} failed with {}:\n{text}", out.status);
+    let out = Command::new(require_tool(tool))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed with {}:\n{text}",
+        out.status
+    );
     text
 }
 
@@ -36,8 +47,16 @@ fn s(p: &Path) -> &str {
 fn rich_tree(root: &Path) {
     fs::create_dir_all(root.join("docs/deep/a/b/c/d/e/f/g/h")).unwrap();
     fs::write(root.join("hello.txt"), b"hello world\n").unwrap();
-    fs::write(root.join("docs/deep/a/b/c/d/e/f/g/h/bottom.txt"), b"at the bottom\n").unwrap();
-    fs::write(root.join("A long file name that needs Rock Ridge or Joliet.tar.gz"), vec![7u8; 5000]).unwrap();
+    fs::write(
+        root.join("docs/deep/a/b/c/d/e/f/g/h/bottom.txt"),
+        b"at the bottom\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("A long file name that needs Rock Ridge or Joliet.tar.gz"),
+        vec![7u8; 5000],
+    )
+    .unwrap();
     fs::write(root.join("Grüße, 日本語.txt"), b"unicode\n").unwrap();
     fs::write(root.join("longname1.txt"), b"1").unwrap();
     fs::write(root.join("longname2.txt"), b"2").unwrap();
@@ -53,7 +72,10 @@ fn rich_tree(root: &Path) {
 
 fn base_spec(src: &Path) -> IsoSpec {
     let mut spec = IsoSpec::default();
-    spec.sources.push(GraftPoint { iso_path: "/".into(), host_path: src.to_path_buf() });
+    spec.sources.push(GraftPoint {
+        iso_path: "/".into(),
+        host_path: src.to_path_buf(),
+    });
     spec.naming.rock_ridge = Some(RockRidgeMode::Faithful);
     spec.naming.joliet = true;
     spec.volume.volume_id = Some("VMEDIA_TEST".into());
@@ -61,7 +83,8 @@ fn base_spec(src: &Path) -> IsoSpec {
 }
 
 fn write(spec: &IsoSpec, out: &Path) -> WriteReport {
-    write_image(spec, out, OverwritePolicy::Replace, &NoProgress).unwrap_or_else(|e| panic!("write_image failed: {e}"))
+    write_image(spec, out, OverwritePolicy::Replace, &NoProgress)
+        .unwrap_or_else(|e| panic!("write_image failed: {e}"))
 }
 
 #[test]
@@ -72,7 +95,10 @@ fn rock_ridge_tree_is_listed_alike_by_xorriso_bsdtar_and_isoinfo() {
     let iso = dir.path().join("out.iso");
     write(&base_spec(&src), &iso);
 
-    let x = run("xorriso", &["-indev", s(&iso), "-find", "/", "-exec", "lsdl"]);
+    let x = run(
+        "xorriso",
+        &["-indev", s(&iso), "-find", "/", "-exec", "lsdl"],
+    );
     for want in [
         "'/A long file name that needs Rock Ridge or Joliet.tar.gz'",
         "'/Grüße, 日本語.txt'",
@@ -82,22 +108,41 @@ fn rock_ridge_tree_is_listed_alike_by_xorriso_bsdtar_and_isoinfo() {
     ] {
         assert!(x.contains(want), "xorriso does not list {want}:\n{x}");
     }
-    assert!(x.lines().any(|l| l.starts_with('p') && l.contains("'/fifo'")), "FIFO lost:\n{x}");
+    assert!(
+        x.lines()
+            .any(|l| l.starts_with('p') && l.contains("'/fifo'")),
+        "FIFO lost:\n{x}"
+    );
 
     let b = run("bsdtar", &["-tvf", s(&iso)]);
     assert!(b.contains("docs/link-to-hello -> ../hello.txt"), "{b}");
     assert!(b.contains("docs/deep/a/b/c/d/e/f/g/h/bottom.txt"), "{b}");
     // libarchive reports the second name of a hard link as a link to the first.
-    assert!(b.contains("link to"), "hard link not recognised by bsdtar:\n{b}");
+    assert!(
+        b.contains("link to"),
+        "hard link not recognised by bsdtar:\n{b}"
+    );
 
     let r = run("isoinfo", &["-R", "-l", "-i", s(&iso)]);
-    assert!(r.contains("A long file name that needs Rock Ridge or Joliet.tar.gz"), "{r}");
+    assert!(
+        r.contains("A long file name that needs Rock Ridge or Joliet.tar.gz"),
+        "{r}"
+    );
     let j = run("isoinfo", &["-J", "-l", "-i", s(&iso)]);
-    assert!(j.contains("A long file name that needs Rock Ridge or Joliet.tar.gz "), "Joliet name wrong:\n{j}");
+    assert!(
+        j.contains("A long file name that needs Rock Ridge or Joliet.tar.gz "),
+        "Joliet name wrong:\n{j}"
+    );
     // 7z reads the Joliet tree, with Unicode names.
     let z = run("7z", &["l", s(&iso)]);
-    assert!(z.contains("Grüße, 日本語.txt"), "Joliet Unicode name wrong:\n{z}");
-    assert!(z.contains("docs/readme.md") || z.contains("docs\\readme.md"), "{z}");
+    assert!(
+        z.contains("Grüße, 日本語.txt"),
+        "Joliet Unicode name wrong:\n{z}"
+    );
+    assert!(
+        z.contains("docs/readme.md") || z.contains("docs\\readme.md"),
+        "{z}"
+    );
 }
 
 #[test]
@@ -110,18 +155,52 @@ fn extraction_by_xorriso_and_bsdtar_matches_the_source() {
     write(&base_spec(&src), &iso);
 
     let by_xorriso = dir.path().join("x");
-    run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", "/", s(&by_xorriso)]);
+    run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            s(&iso),
+            "-extract",
+            "/",
+            s(&by_xorriso),
+        ],
+    );
     // rr_moved (the deep-folder relocation folder) is visible, as with genisoimage images.
-    run("diff", &["-r", "--no-dereference", "-x", "rr_moved", s(&src), s(&by_xorriso)]);
+    run(
+        "diff",
+        &[
+            "-r",
+            "--no-dereference",
+            "-x",
+            "rr_moved",
+            s(&src),
+            s(&by_xorriso),
+        ],
+    );
 
     let by_bsdtar = dir.path().join("b");
     fs::create_dir(&by_bsdtar).unwrap();
     run("bsdtar", &["-xf", s(&iso), "-C", s(&by_bsdtar)]);
-    run("diff", &["-r", "--no-dereference", "-x", "rr_moved", s(&src), s(&by_bsdtar)]);
+    run(
+        "diff",
+        &[
+            "-r",
+            "--no-dereference",
+            "-x",
+            "rr_moved",
+            s(&src),
+            s(&by_bsdtar),
+        ],
+    );
 
     let by_7z = dir.path().join("z");
     run("7z", &["x", "-y", &format!("-o{}", s(&by_7z)), s(&iso)]);
-    assert_eq!(fs::read(by_7z.join("docs/readme.md")).unwrap(), vec![b'r'; 70_000]);
+    assert_eq!(
+        fs::read(by_7z.join("docs/readme.md")).unwrap(),
+        vec![b'r'; 70_000]
+    );
 }
 
 #[test]
@@ -135,7 +214,13 @@ fn level1_names_are_8_3_with_versions_and_unique() {
     spec.naming.joliet = false;
     write(&spec, &iso);
     let l = run("isoinfo", &["-l", "-i", s(&iso)]);
-    for want in ["HELLO.TXT;1", "LONGNAME.TXT;1", "LONGN000.TXT;1", "EMPTY.;1", "A_LONG_F.GZ;1"] {
+    for want in [
+        "HELLO.TXT;1",
+        "LONGNAME.TXT;1",
+        "LONGN000.TXT;1",
+        "EMPTY.;1",
+        "A_LONG_F.GZ;1",
+    ] {
         assert!(l.contains(want), "isoinfo does not list {want}:\n{l}");
     }
     // Every name is 8.3 at most.
@@ -160,19 +245,46 @@ fn names_agree_with_genisoimage_on_the_same_tree() {
     let mut spec = base_spec(&src);
     spec.naming.iso_level = 2;
     write(&spec, &ours);
-    run("genisoimage", &["-quiet", "-R", "-J", "-iso-level", "2", "-o", s(&theirs), s(&src)]);
+    run(
+        "genisoimage",
+        &[
+            "-quiet",
+            "-R",
+            "-J",
+            "-iso-level",
+            "2",
+            "-o",
+            s(&theirs),
+            s(&src),
+        ],
+    );
     let list = |iso: &Path, flag: &str| {
-        let mut v: Vec<String> = run("isoinfo", &[flag, "-f", "-i", s(iso)]).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let mut v: Vec<String> = run("isoinfo", &[flag, "-f", "-i", s(iso)])
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
         v.sort();
         v
     };
-    assert_eq!(list(&ours, "-R"), list(&theirs, "-R"), "Rock Ridge paths differ from genisoimage");
+    assert_eq!(
+        list(&ours, "-R"),
+        list(&theirs, "-R"),
+        "Rock Ridge paths differ from genisoimage"
+    );
     // genisoimage writes symbolic links into Joliet as empty files; xorriso leaves them out, and
     // so does vmedia.
-    let is_link = |p: &String| fs::symlink_metadata(src.join(p.trim_start_matches('/'))).is_ok_and(|m| m.file_type().is_symlink());
+    let is_link = |p: &String| {
+        fs::symlink_metadata(src.join(p.trim_start_matches('/')))
+            .is_ok_and(|m| m.file_type().is_symlink())
+    };
     let mut genisoimage_joliet = list(&theirs, "-J");
     genisoimage_joliet.retain(|p| !is_link(p));
-    assert_eq!(list(&ours, "-J"), genisoimage_joliet, "Joliet paths differ from genisoimage's, symbolic links aside");
+    assert_eq!(
+        list(&ours, "-J"),
+        genisoimage_joliet,
+        "Joliet paths differ from genisoimage's, symbolic links aside"
+    );
 }
 
 #[test]
@@ -184,15 +296,41 @@ fn symlinks_are_left_out_of_joliet_like_xorriso() {
     let ours = dir.path().join("ours.iso");
     let theirs = dir.path().join("xorriso.iso");
     write(&base_spec(&src), &ours);
-    run("xorriso", &["-as", "mkisofs", "-quiet", "-R", "-J", "-o", s(&theirs), s(&src)]);
+    run(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-R",
+            "-J",
+            "-o",
+            s(&theirs),
+            s(&src),
+        ],
+    );
     let list = |iso: &Path| {
-        let mut v: Vec<String> = run("isoinfo", &["-J", "-f", "-i", s(iso)]).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let mut v: Vec<String> = run("isoinfo", &["-J", "-f", "-i", s(iso)])
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
         v.sort();
         v
     };
     let ours_joliet = list(&ours);
-    assert!(ours_joliet.iter().all(|p| !fs::symlink_metadata(src.join(p.trim_start_matches('/'))).is_ok_and(|m| m.file_type().is_symlink())), "{ours_joliet:?}");
-    assert_eq!(ours_joliet, list(&theirs), "Joliet paths differ from xorriso's");
+    assert!(
+        ours_joliet.iter().all(
+            |p| !fs::symlink_metadata(src.join(p.trim_start_matches('/')))
+                .is_ok_and(|m| m.file_type().is_symlink())
+        ),
+        "{ours_joliet:?}"
+    );
+    assert_eq!(
+        ours_joliet,
+        list(&theirs),
+        "Joliet paths differ from xorriso's"
+    );
 }
 
 #[test]
@@ -206,7 +344,17 @@ fn deep_folders_are_relocated_and_shown_in_place_by_rock_ridge_readers() {
     let plain = run("isoinfo", &["-l", "-i", s(&iso)]);
     assert!(plain.contains("Directory listing of /RR_MOVED/"), "{plain}");
     // Rock Ridge readers follow CL/PL/RE back to the original place.
-    let x = run("xorriso", &["-indev", s(&iso), "-find", "/docs/deep/a/b/c/d/e/f/g/h", "-exec", "lsdl"]);
+    let x = run(
+        "xorriso",
+        &[
+            "-indev",
+            s(&iso),
+            "-find",
+            "/docs/deep/a/b/c/d/e/f/g/h",
+            "-exec",
+            "lsdl",
+        ],
+    );
     assert!(x.contains("'/docs/deep/a/b/c/d/e/f/g/h/bottom.txt'"), "{x}");
 }
 
@@ -219,23 +367,43 @@ fn hard_links_share_one_extent() {
     write(&base_spec(&src), &iso);
     let l = run("isoinfo", &["-R", "-l", "-i", s(&iso)]);
     let lba_of = |name: &str| -> String {
-        let line = l.lines().find(|x| x.trim_end().ends_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{l}"));
-        line.split('[').nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+        let line = l
+            .lines()
+            .find(|x| x.trim_end().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{l}"));
+        line.split('[')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
     };
     assert_eq!(lba_of("hello.txt"), lba_of("hello-hardlink.txt"));
-    assert!(l.lines().any(|x| x.contains(" 2 ") && x.trim_end().ends_with("hello.txt")), "link count 2 expected:\n{l}");
+    assert!(
+        l.lines()
+            .any(|x| x.contains(" 2 ") && x.trim_end().ends_with("hello.txt")),
+        "link count 2 expected:\n{l}"
+    );
 }
 
 /// A small FAT image standing in for an EFI system partition.
 fn efi_image(path: &Path) {
     run("mkfs.vfat", &["-C", s(path), "1440"]);
-    let mmd = Command::new(require_tool("mmd")).args(["-i", s(path), "::/EFI", "::/EFI/BOOT"]).status().unwrap();
+    let mmd = Command::new(require_tool("mmd"))
+        .args(["-i", s(path), "::/EFI", "::/EFI/BOOT"])
+        .status()
+        .unwrap();
     assert!(mmd.success());
 }
 
 fn boot_tree(root: &Path) {
     fs::create_dir_all(root.join("isolinux")).unwrap();
-    fs::copy("/usr/lib/ISOLINUX/isolinux.bin", root.join("isolinux/isolinux.bin")).unwrap_or_else(|e| panic!("isolinux not installed: {e}"));
+    fs::copy(
+        "/usr/lib/ISOLINUX/isolinux.bin",
+        root.join("isolinux/isolinux.bin"),
+    )
+    .unwrap_or_else(|e| panic!("isolinux not installed: {e}"));
     fs::write(root.join("isolinux/isolinux.cfg"), "DEFAULT linux\n").unwrap();
     efi_image(&root.join("efi.img"));
 }
@@ -243,11 +411,17 @@ fn boot_tree(root: &Path) {
 fn bios_efi_spec(src: &Path) -> IsoSpec {
     let mut spec = base_spec(src);
     spec.boot.catalog_path = Some("isolinux/boot.cat".into());
-    let mut bios = BootEntry::new(Platform::X86, BootImage::IsoPath("isolinux/isolinux.bin".into()));
+    let mut bios = BootEntry::new(
+        Platform::X86,
+        BootImage::IsoPath("isolinux/isolinux.bin".into()),
+    );
     bios.emulation = Emulation::NoEmulation;
     bios.boot_info_table = true;
     spec.boot.entries.push(bios);
-    spec.boot.entries.push(BootEntry::new(Platform::Efi, BootImage::IsoPath("/efi.img".into())));
+    spec.boot.entries.push(BootEntry::new(
+        Platform::Efi,
+        BootImage::IsoPath("/efi.img".into()),
+    ));
     spec
 }
 
@@ -258,22 +432,48 @@ fn bios_and_efi_el_torito_entries_are_reported_by_xorriso() {
     boot_tree(&src);
     let iso = dir.path().join("boot.iso");
     let report = write(&bios_efi_spec(&src), &iso);
-    let x = run("xorriso", &["-indev", s(&iso), "-report_el_torito", "plain"]);
+    let x = run(
+        "xorriso",
+        &["-indev", s(&iso), "-report_el_torito", "plain"],
+    );
     assert!(x.contains("El Torito cat path : /isolinux/boot.cat"), "{x}");
     assert!(x.contains("/isolinux/isolinux.bin"), "{x}");
     assert!(x.contains("/efi.img"), "{x}");
-    assert!(x.contains("boot-info-table"), "xorriso does not see the boot-info-table:\n{x}");
-    let bios_line = x.lines().find(|l| l.contains("boot img") && l.contains("BIOS")).unwrap();
-    let efi_line = x.lines().find(|l| l.contains("boot img") && l.contains("UEFI")).unwrap();
-    assert!(bios_line.split_whitespace().any(|w| w == "4"), "BIOS load size 4 expected: {bios_line}");
-    assert!(efi_line.contains(" 2880 "), "EFI load size = whole 1.44 MB image expected: {efi_line}");
+    assert!(
+        x.contains("boot-info-table"),
+        "xorriso does not see the boot-info-table:\n{x}"
+    );
+    let bios_line = x
+        .lines()
+        .find(|l| l.contains("boot img") && l.contains("BIOS"))
+        .unwrap();
+    let efi_line = x
+        .lines()
+        .find(|l| l.contains("boot img") && l.contains("UEFI"))
+        .unwrap();
+    assert!(
+        bios_line.split_whitespace().any(|w| w == "4"),
+        "BIOS load size 4 expected: {bios_line}"
+    );
+    assert!(
+        efi_line.contains(" 2880 "),
+        "EFI load size = whole 1.44 MB image expected: {efi_line}"
+    );
     // Boot-info-table: PVD at 16, the file's own LBA and length, as isolinux expects.
     let img = fs::read(&iso).unwrap();
     let lba = report.boot_entries[0].image_lba as usize;
     let table = &img[lba * 2048 + 8..lba * 2048 + 24];
     assert_eq!(u32::from_le_bytes(table[0..4].try_into().unwrap()), 16);
-    assert_eq!(u32::from_le_bytes(table[4..8].try_into().unwrap()) as usize, lba);
-    assert_eq!(u64::from(u32::from_le_bytes(table[8..12].try_into().unwrap())), fs::metadata(src.join("isolinux/isolinux.bin")).unwrap().len());
+    assert_eq!(
+        u32::from_le_bytes(table[4..8].try_into().unwrap()) as usize,
+        lba
+    );
+    assert_eq!(
+        u64::from(u32::from_le_bytes(table[8..12].try_into().unwrap())),
+        fs::metadata(src.join("isolinux/isolinux.bin"))
+            .unwrap()
+            .len()
+    );
     // 7z sees the boot image too.
     assert!(run("7z", &["l", s(&iso)]).contains("[BOOT]"));
 }
@@ -285,19 +485,35 @@ fn isohybrid_gpt_basdat_tables_are_reported_by_xorriso() {
     boot_tree(&src);
     let iso = dir.path().join("hybrid.iso");
     let mut spec = bios_efi_spec(&src);
-    spec.hybrid.system_area = Some(SystemArea { source: BlobSource::File("/usr/lib/ISOLINUX/isohdpfx.bin".into()), kind: SystemAreaKind::IsohybridMbr });
+    spec.hybrid.system_area = Some(SystemArea {
+        source: BlobSource::File("/usr/lib/ISOLINUX/isohdpfx.bin".into()),
+        kind: SystemAreaKind::IsohybridMbr,
+    });
     spec.hybrid.gpt_basdat = true;
     write(&spec, &iso);
-    let x = run("xorriso", &["-indev", s(&iso), "-report_system_area", "plain"]);
+    let x = run(
+        "xorriso",
+        &["-indev", s(&iso), "-report_system_area", "plain"],
+    );
     assert!(x.contains("MBR isohybrid"), "{x}");
     assert!(x.contains("GPT"), "{x}");
     assert!(x.contains("ISOHybrid ISO"), "{x}");
-    assert!(x.contains("GPT partition path :   2  /efi.img"), "ESP must be the EFI boot image:\n{x}");
-    assert!(!x.to_lowercase().contains("crc mismatch") && !x.contains("damaged"), "{x}");
+    assert!(
+        x.contains("GPT partition path :   2  /efi.img"),
+        "ESP must be the EFI boot image:\n{x}"
+    );
+    assert!(
+        !x.to_lowercase().contains("crc mismatch") && !x.contains("damaged"),
+        "{x}"
+    );
     let img = fs::read(&iso).unwrap();
     assert_eq!(&img[510..512], &[0x55, 0xAA]);
     assert_eq!(&img[512..520], b"EFI PART");
-    assert_eq!(&img[img.len() - 512..img.len() - 504], b"EFI PART", "backup GPT header must end the image");
+    assert_eq!(
+        &img[img.len() - 512..img.len() - 504],
+        b"EFI PART",
+        "backup GPT header must end the image"
+    );
 }
 
 #[test]
@@ -309,20 +525,47 @@ fn appended_esp_as_gpt_is_reported_by_xorriso() {
     efi_image(&esp);
     let iso = dir.path().join("appended.iso");
     let mut spec = base_spec(&src);
-    spec.hybrid.appended.push(AppendedPartition { number: 2, part_type: PartType::Mbr(0xEF), source: BlobSource::File(esp.clone()) });
+    spec.hybrid.appended.push(AppendedPartition {
+        number: 2,
+        part_type: PartType::Mbr(0xEF),
+        source: BlobSource::File(esp.clone()),
+    });
     spec.hybrid.appended_as_gpt = true;
-    spec.boot.entries.push(BootEntry::new(Platform::Efi, BootImage::AppendedPartition(2)));
+    spec.boot.entries.push(BootEntry::new(
+        Platform::Efi,
+        BootImage::AppendedPartition(2),
+    ));
     let report = write(&spec, &iso);
-    let x = run("xorriso", &["-indev", s(&iso), "-report_system_area", "plain", "-report_el_torito", "plain"]);
-    assert!(x.contains("GPT type GUID      :   2  28732ac11ff8d211ba4b00a0c93ec93b"), "appended ESP missing:\n{x}");
+    let x = run(
+        "xorriso",
+        &[
+            "-indev",
+            s(&iso),
+            "-report_system_area",
+            "plain",
+            "-report_el_torito",
+            "plain",
+        ],
+    );
+    assert!(
+        x.contains("GPT type GUID      :   2  28732ac11ff8d211ba4b00a0c93ec93b"),
+        "appended ESP missing:\n{x}"
+    );
     assert!(x.contains("UEFI"), "{x}");
     // The appended bytes are the ESP file, at the partition's place.
-    let gpt = report.partitions.iter().find(|p| p.table == "gpt" && p.number == 2).unwrap();
+    let gpt = report
+        .partitions
+        .iter()
+        .find(|p| p.table == "gpt" && p.number == 2)
+        .unwrap();
     let img = fs::read(&iso).unwrap();
     let esp_bytes = fs::read(&esp).unwrap();
     let at = gpt.start_sector as usize * 512;
     assert_eq!(&img[at..at + esp_bytes.len()], &esp_bytes[..]);
-    assert_eq!(report.boot_entries[0].image_lba as u64 * 4, gpt.start_sector);
+    assert_eq!(
+        report.boot_entries[0].image_lba as u64 * 4,
+        gpt.start_sector
+    );
 }
 
 #[test]
@@ -333,7 +576,10 @@ fn partition_offset_16_gives_partition_one_its_own_readable_tree() {
     let iso = dir.path().join("offset.iso");
     let mut spec = base_spec(&src);
     spec.hybrid.partition_offset = 16;
-    spec.hybrid.system_area = Some(SystemArea { source: BlobSource::File("/usr/lib/ISOLINUX/isohdpfx.bin".into()), kind: SystemAreaKind::IsohybridMbr });
+    spec.hybrid.system_area = Some(SystemArea {
+        source: BlobSource::File("/usr/lib/ISOLINUX/isohdpfx.bin".into()),
+        kind: SystemAreaKind::IsohybridMbr,
+    });
     write(&spec, &iso);
     let img = fs::read(&iso).unwrap();
     let part = dir.path().join("part1.iso");
@@ -341,11 +587,26 @@ fn partition_offset_16_gives_partition_one_its_own_readable_tree() {
     let r = run("isoinfo", &["-R", "-l", "-i", s(&part)]);
     assert!(r.contains("hello.txt"), "{r}");
     let x = dir.path().join("x");
-    run("xorriso", &["-osirrox", "on", "-indev", s(&part), "-extract", "/hello.txt", s(&x)]);
+    run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            s(&part),
+            "-extract",
+            "/hello.txt",
+            s(&x),
+        ],
+    );
     assert_eq!(fs::read(&x).unwrap(), b"hello world\n");
     // The whole image still reads from sector 16 too.
     assert!(run("isoinfo", &["-R", "-l", "-i", s(&iso)]).contains("hello.txt"));
-    assert_eq!(u32::from_le_bytes(img[446 + 8..446 + 12].try_into().unwrap()), 64, "partition 1 starts at 16 blocks");
+    assert_eq!(
+        u32::from_le_bytes(img[446 + 8..446 + 12].try_into().unwrap()),
+        64,
+        "partition 1 starts at 16 blocks"
+    );
 }
 
 #[test]
@@ -370,15 +631,39 @@ fn five_gib_sparse_file_is_multi_extent_and_stays_sparse() {
     write(&spec, &iso);
     let meta = fs::metadata(&iso).unwrap();
     assert!(meta.len() > 5 << 30);
-    assert!(meta.blocks() * 512 < 64 << 20, "output is not sparse: {} bytes allocated", meta.blocks() * 512);
-    let x = run("xorriso", &["-indev", s(&iso), "-find", "/big.img", "-exec", "lsdl"]);
+    assert!(
+        meta.blocks() * 512 < 64 << 20,
+        "output is not sparse: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    let x = run(
+        "xorriso",
+        &["-indev", s(&iso), "-find", "/big.img", "-exec", "lsdl"],
+    );
     assert!(x.contains(" 5368709120 "), "{x}");
     assert!(run("bsdtar", &["-tvf", s(&iso)]).contains("5368709120"));
     let cut = dir.path().join("cut");
-    run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract_cut", "/big.img", &((4u64 << 30) + 4096).to_string(), "9", s(&cut)]);
+    run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            s(&iso),
+            "-extract_cut",
+            "/big.img",
+            &((4u64 << 30) + 4096).to_string(),
+            "9",
+            s(&cut),
+        ],
+    );
     assert_eq!(fs::read(&cut).unwrap(), b"PAST-4GIB");
     let plain = run("isoinfo", &["-l", "-i", s(&iso)]);
-    assert_eq!(plain.matches("BIG.IMG;1").count(), 2, "two extents expected:\n{plain}");
+    assert_eq!(
+        plain.matches("BIG.IMG;1").count(),
+        2,
+        "two extents expected:\n{plain}"
+    );
 }
 
 #[test]
@@ -390,22 +675,49 @@ fn reproducible_builds_are_byte_identical_across_copies_and_mtimes() {
     // A second copy made later, in a different order, with fresh times.
     let b = dir.path().join("b");
     run("cp", &["-a", s(&a), s(&b)]);
-    run("touch", &["-d", "2030-01-01", s(&b.join("hello.txt")), s(&b.join("docs/readme.md"))]);
+    run(
+        "touch",
+        &[
+            "-d",
+            "2030-01-01",
+            s(&b.join("hello.txt")),
+            s(&b.join("docs/readme.md")),
+        ],
+    );
     let mut images = Vec::new();
     for (src, name) in [(&a, "1.iso"), (&b, "2.iso")] {
         let mut spec = bios_efi_spec(src);
         spec.date = Some(1_700_000_000);
-        spec.hybrid.system_area = Some(SystemArea { source: BlobSource::File("/usr/lib/ISOLINUX/isohdpfx.bin".into()), kind: SystemAreaKind::IsohybridMbr });
+        spec.hybrid.system_area = Some(SystemArea {
+            source: BlobSource::File("/usr/lib/ISOLINUX/isohdpfx.bin".into()),
+            kind: SystemAreaKind::IsohybridMbr,
+        });
         spec.hybrid.gpt_basdat = true;
         spec.integrity.md5 = true;
         let out = dir.path().join(name);
         write(&spec, &out);
         images.push(fs::read(&out).unwrap());
     }
-    assert!(images[0] == images[1], "two builds of the same content differ");
+    assert!(
+        images[0] == images[1],
+        "two builds of the same content differ"
+    );
     // File times later than the date are clamped to it.
-    let x = run("xorriso", &["-indev", s(&dir.path().join("2.iso")), "-find", "/hello.txt", "-exec", "lsdl"]);
-    assert!(x.contains("Nov 14  2023"), "mtime not clamped to the date:\n{x}");
+    let x = run(
+        "xorriso",
+        &[
+            "-indev",
+            s(&dir.path().join("2.iso")),
+            "-find",
+            "/hello.txt",
+            "-exec",
+            "lsdl",
+        ],
+    );
+    assert!(
+        x.contains("Nov 14  2023"),
+        "mtime not clamped to the date:\n{x}"
+    );
 }
 
 #[test]
@@ -420,7 +732,10 @@ fn md5_implant_passes_checkisomd5() {
     let digest = report.integrity.and_then(|i| i.md5).expect("md5 reported");
     let out = run("checkisomd5", &["--verbose", s(&iso)]);
     assert!(out.contains("PASS"), "{out}");
-    assert!(out.contains(&digest), "checkisomd5 digest differs from the report:\n{out}");
+    assert!(
+        out.contains(&digest),
+        "checkisomd5 digest differs from the report:\n{out}"
+    );
 }
 
 #[test]
@@ -434,9 +749,20 @@ fn excludes_hide_and_graft_points_shape_the_tree() {
     let mut spec = base_spec(&src);
     spec.excludes.push(Matcher::Glob("*.md".into()));
     spec.excludes.push(Matcher::HostPath(src.join("emptydir")));
-    spec.hide.push(Hide { tree: HideTree::Joliet, matcher: Matcher::IsoPath("/hello.txt".into()) });
-    spec.sources.push(GraftPoint { iso_path: "/boot/grub/grub.cfg".into(), host_path: extra });
-    spec.mem_files.push(MemFile { iso_path: "/meta-data".into(), data: b"instance-id: x\n".to_vec(), mode: 0o644, mtime: None });
+    spec.hide.push(Hide {
+        tree: HideTree::Joliet,
+        matcher: Matcher::IsoPath("/hello.txt".into()),
+    });
+    spec.sources.push(GraftPoint {
+        iso_path: "/boot/grub/grub.cfg".into(),
+        host_path: extra,
+    });
+    spec.mem_files.push(MemFile {
+        iso_path: "/meta-data".into(),
+        data: b"instance-id: x\n".to_vec(),
+        mode: 0o644,
+        mtime: None,
+    });
     write(&spec, &iso);
     let r = run("isoinfo", &["-R", "-f", "-i", s(&iso)]);
     assert!(!r.contains("readme.md"), "{r}");
@@ -445,9 +771,23 @@ fn excludes_hide_and_graft_points_shape_the_tree() {
     assert!(r.contains("/meta-data"), "{r}");
     assert!(r.contains("/hello.txt"), "{r}");
     let j = run("isoinfo", &["-J", "-f", "-i", s(&iso)]);
-    assert!(!j.lines().any(|l| l == "/hello.txt"), "hidden from Joliet:\n{j}");
+    assert!(
+        !j.lines().any(|l| l == "/hello.txt"),
+        "hidden from Joliet:\n{j}"
+    );
     let m = dir.path().join("m");
-    run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", "/meta-data", s(&m)]);
+    run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            s(&iso),
+            "-extract",
+            "/meta-data",
+            s(&m),
+        ],
+    );
     assert_eq!(fs::read(&m).unwrap(), b"instance-id: x\n");
 }
 
@@ -466,10 +806,18 @@ fn rational_rock_ridge_normalises_owners_and_modes() {
     spec.naming.rock_ridge = Some(RockRidgeMode::Rational);
     write(&spec, &iso);
     let l = run("isoinfo", &["-R", "-l", "-i", s(&iso)]);
-    let line = |name: &str| l.lines().find(|x| x.trim_end().ends_with(name)).unwrap_or_else(|| panic!("{name}:\n{l}")).to_string();
+    let line = |name: &str| {
+        l.lines()
+            .find(|x| x.trim_end().ends_with(name))
+            .unwrap_or_else(|| panic!("{name}:\n{l}"))
+            .to_string()
+    };
     assert!(line("script.sh").starts_with("-r-xr-xr-x"), "{l}");
     assert!(line("secret").starts_with("-r--r--r--"), "{l}");
-    assert!(line("secret").contains("   0    0 "), "owner must be 0:0:\n{l}");
+    assert!(
+        line("secret").contains("   0    0 "),
+        "owner must be 0:0:\n{l}"
+    );
 }
 
 #[test]
@@ -483,17 +831,51 @@ fn sort_weights_and_range_files_place_data() {
     fs::write(&blob, b"0123456789ABCDEF").unwrap();
     let iso = dir.path().join("sorted.iso");
     let mut spec = base_spec(&src);
-    spec.sort.push(SortRule { pattern: "zzz.bin".into(), weight: 10 });
-    spec.range_files.push(RangeFile { iso_path: "/from-range.txt".into(), host_path: blob, offset: 4, length: 6, mode: 0o444, mtime: None });
+    spec.sort.push(SortRule {
+        pattern: "zzz.bin".into(),
+        weight: 10,
+    });
+    spec.range_files.push(RangeFile {
+        iso_path: "/from-range.txt".into(),
+        host_path: blob,
+        offset: 4,
+        length: 6,
+        mode: 0o444,
+        mtime: None,
+    });
     write(&spec, &iso);
     let l = run("isoinfo", &["-R", "-l", "-i", s(&iso)]);
     let lba = |name: &str| -> u64 {
-        let line = l.lines().find(|x| x.trim_end().ends_with(name)).unwrap_or_else(|| panic!("{name}:\n{l}"));
-        line.split('[').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+        let line = l
+            .lines()
+            .find(|x| x.trim_end().ends_with(name))
+            .unwrap_or_else(|| panic!("{name}:\n{l}"));
+        line.split('[')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
-    assert!(lba("zzz.bin") < lba("aaa.bin"), "the heavier file must come first:\n{l}");
+    assert!(
+        lba("zzz.bin") < lba("aaa.bin"),
+        "the heavier file must come first:\n{l}"
+    );
     let out = dir.path().join("r");
-    run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", "/from-range.txt", s(&out)]);
+    run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            s(&iso),
+            "-extract",
+            "/from-range.txt",
+            s(&out),
+        ],
+    );
     assert_eq!(fs::read(&out).unwrap(), b"456789");
 }
 
@@ -518,8 +900,22 @@ fn folders_spanning_many_sectors_with_continuation_areas_read_back() {
         assert!(x.contains(&format!("'/{n}'")), "{n} missing");
     }
     let b = run("bsdtar", &["-tf", s(&iso)]);
-    assert_eq!(b.lines().filter(|l| l.contains("long-name-part")).count(), 300);
+    assert_eq!(
+        b.lines().filter(|l| l.contains("long-name-part")).count(),
+        300
+    );
     let out = dir.path().join("one");
-    run("xorriso", &["-osirrox", "on", "-indev", s(&iso), "-extract", &format!("/{}", names[299]), s(&out)]);
+    run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            s(&iso),
+            "-extract",
+            &format!("/{}", names[299]),
+            s(&out),
+        ],
+    );
     assert_eq!(fs::read(&out).unwrap(), names[299].as_bytes());
 }

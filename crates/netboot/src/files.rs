@@ -35,13 +35,23 @@ pub enum FileError {
     #[error("{path:?}: {source}")]
     Io { path: String, source: io::Error },
     #[error("{path:?} inside ISO {iso:?}: {reason}")]
-    Iso { iso: String, path: String, reason: String },
+    Iso {
+        iso: String,
+        path: String,
+        reason: String,
+    },
 }
 
 impl FileError {
     /// True for errors a TFTP client should see as "access violation" rather than "not found".
     pub fn is_access_violation(&self) -> bool {
-        matches!(self, FileError::Traversal(_) | FileError::SymlinkEscape(_) | FileError::BadPath(_) | FileError::NotAFile(_))
+        matches!(
+            self,
+            FileError::Traversal(_)
+                | FileError::SymlinkEscape(_)
+                | FileError::BadPath(_)
+                | FileError::NotAFile(_)
+        )
     }
 }
 
@@ -91,9 +101,15 @@ pub fn normalize(request: &str) -> Result<Normalized, FileError> {
         if components.is_empty() {
             return Err(FileError::BadPath(request.to_string()));
         }
-        return Ok(Normalized { components, inner: Some(split_components(inner, request)?) });
+        return Ok(Normalized {
+            components,
+            inner: Some(split_components(inner, request)?),
+        });
     }
-    Ok(Normalized { components: split_components(&path, request)?, inner: None })
+    Ok(Normalized {
+        components: split_components(&path, request)?,
+        inner: None,
+    })
 }
 
 /// An image's path components, size and modification time.
@@ -109,11 +125,23 @@ pub struct FileRoot {
 
 impl FileRoot {
     pub fn new(path: &Path) -> io::Result<FileRoot> {
-        let dir = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("cannot open root {}: {e}", path.display())))?;
+        let dir = File::open(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open root {}: {e}", path.display()),
+            )
+        })?;
         if !dir.metadata()?.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("root {} is not a directory", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("root {} is not a directory", path.display()),
+            ));
         }
-        Ok(FileRoot { dir, path: path.to_path_buf(), isos: Mutex::new(HashMap::new()) })
+        Ok(FileRoot {
+            dir,
+            path: path.to_path_buf(),
+            isos: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -123,7 +151,11 @@ impl FileRoot {
     /// Opens `components` (relative to the root) without leaving the root.
     fn open_beneath(&self, components: &[String], display: &str) -> Result<File, FileError> {
         let joined = components.join("/");
-        let joined = if joined.is_empty() { ".".to_string() } else { joined };
+        let joined = if joined.is_empty() {
+            ".".to_string()
+        } else {
+            joined
+        };
         let c_path = CString::new(joined).map_err(|_| FileError::BadPath(display.to_string()))?;
         // SAFETY: open_how is plain integers; all-zero is a valid value.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -142,9 +174,16 @@ impl FileRoot {
         if fd < 0 {
             let err = io::Error::last_os_error();
             return Err(match err.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => FileError::NotFound(display.to_string()),
-                Some(libc::EXDEV) | Some(libc::ELOOP) => FileError::SymlinkEscape(display.to_string()),
-                _ => FileError::Io { path: display.to_string(), source: err },
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+                    FileError::NotFound(display.to_string())
+                }
+                Some(libc::EXDEV) | Some(libc::ELOOP) => {
+                    FileError::SymlinkEscape(display.to_string())
+                }
+                _ => FileError::Io {
+                    path: display.to_string(),
+                    source: err,
+                },
             });
         }
         // SAFETY: openat2 returned a fresh descriptor we now own.
@@ -152,7 +191,10 @@ impl FileRoot {
     }
 
     fn regular(file: File, display: &str) -> Result<(File, u64), FileError> {
-        let meta = file.metadata().map_err(|e| FileError::Io { path: display.to_string(), source: e })?;
+        let meta = file.metadata().map_err(|e| FileError::Io {
+            path: display.to_string(),
+            source: e,
+        })?;
         if !meta.is_file() {
             return Err(FileError::NotAFile(display.to_string()));
         }
@@ -173,14 +215,26 @@ impl FileRoot {
             Ok(file) => {
                 let (file, size) = Self::regular(file, &display)?;
                 let file = Arc::new(file);
-                Ok(ServedFile { source: file.clone(), size, plain: Some(file), name: display })
+                Ok(ServedFile {
+                    source: file.clone(),
+                    size,
+                    plain: Some(file),
+                    name: display,
+                })
             }
             Err(FileError::NotFound(_)) => {
                 // `images/debian.iso/install.amd/vmlinuz`: the first `.iso` component that is
                 // a file is the image, the rest is the path inside it.
                 for split in 1..norm.components.len() {
-                    if norm.components[split - 1].to_ascii_lowercase().ends_with(".iso") {
-                        return self.open_in_iso(&norm.components[..split], &norm.components[split..], &display);
+                    if norm.components[split - 1]
+                        .to_ascii_lowercase()
+                        .ends_with(".iso")
+                    {
+                        return self.open_in_iso(
+                            &norm.components[..split],
+                            &norm.components[split..],
+                            &display,
+                        );
                     }
                 }
                 Err(FileError::NotFound(display))
@@ -189,12 +243,24 @@ impl FileRoot {
         }
     }
 
-    fn open_in_iso(&self, image: &[String], inner: &[String], display: &str) -> Result<ServedFile, FileError> {
+    fn open_in_iso(
+        &self,
+        image: &[String],
+        inner: &[String],
+        display: &str,
+    ) -> Result<ServedFile, FileError> {
         let iso_name = image.join("/");
         let inner_path = format!("/{}", inner.join("/"));
-        let iso_error = |reason: String| FileError::Iso { iso: iso_name.clone(), path: inner_path.clone(), reason };
+        let iso_error = |reason: String| FileError::Iso {
+            iso: iso_name.clone(),
+            path: inner_path.clone(),
+            reason,
+        };
         let file = self.open_beneath(image, &iso_name)?;
-        let meta = file.metadata().map_err(|e| FileError::Io { path: iso_name.clone(), source: e })?;
+        let meta = file.metadata().map_err(|e| FileError::Io {
+            path: iso_name.clone(),
+            source: e,
+        })?;
         if !meta.is_file() {
             return Err(FileError::NotAFile(iso_name));
         }
@@ -205,7 +271,10 @@ impl FileRoot {
             Some(iso) => iso,
             None => {
                 let source: Arc<dyn ReadAt> = Arc::new(file);
-                let iso = Arc::new(IsoImage::open(source, OpenOptions::default()).map_err(|e| iso_error(e.to_string()))?);
+                let iso = Arc::new(
+                    IsoImage::open(source, OpenOptions::default())
+                        .map_err(|e| iso_error(e.to_string()))?,
+                );
                 if let Ok(mut m) = self.isos.lock() {
                     if m.len() >= MAX_OPEN_ISOS {
                         m.clear();
@@ -216,15 +285,24 @@ impl FileRoot {
             }
         };
         let entry = iso.lookup_follow(&inner_path).map_err(|e| match e {
-            ReadError::NotFound { .. } | ReadError::NotADirectory { .. } => FileError::NotFound(display.to_string()),
+            ReadError::NotFound { .. } | ReadError::NotADirectory { .. } => {
+                FileError::NotFound(display.to_string())
+            }
             other => iso_error(other.to_string()),
         })?;
         if !entry.is_file() {
             return Err(FileError::NotAFile(display.to_string()));
         }
-        let reader = iso.file_reader(&entry).map_err(|e| iso_error(e.to_string()))?;
+        let reader = iso
+            .file_reader(&entry)
+            .map_err(|e| iso_error(e.to_string()))?;
         let size = reader.len();
-        Ok(ServedFile { source: Arc::new(reader), size, plain: None, name: display.to_string() })
+        Ok(ServedFile {
+            source: Arc::new(reader),
+            size,
+            plain: None,
+            name: display.to_string(),
+        })
     }
 }
 
@@ -234,13 +312,22 @@ mod tests {
 
     #[test]
     fn dotdot_is_refused() {
-        assert!(matches!(normalize("../etc/passwd"), Err(FileError::Traversal(_))));
-        assert!(matches!(normalize("a/../../b"), Err(FileError::Traversal(_))));
+        assert!(matches!(
+            normalize("../etc/passwd"),
+            Err(FileError::Traversal(_))
+        ));
+        assert!(matches!(
+            normalize("a/../../b"),
+            Err(FileError::Traversal(_))
+        ));
     }
 
     #[test]
     fn backslash_dotdot_is_refused() {
-        assert!(matches!(normalize("..\\..\\etc\\passwd"), Err(FileError::Traversal(_))));
+        assert!(matches!(
+            normalize("..\\..\\etc\\passwd"),
+            Err(FileError::Traversal(_))
+        ));
     }
 
     #[test]
@@ -250,7 +337,10 @@ mod tests {
 
     #[test]
     fn leading_slash_and_backslashes_are_normalised() {
-        assert_eq!(normalize("/boot\\grub\\.\\x").unwrap().components, ["boot", "grub", "x"]);
+        assert_eq!(
+            normalize("/boot\\grub\\.\\x").unwrap().components,
+            ["boot", "grub", "x"]
+        );
     }
 
     #[test]

@@ -92,7 +92,9 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
     let mut range = None;
     let mut has_body = false;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "connection" => {
@@ -109,12 +111,21 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
             _ => {}
         }
     }
-    Some(Head { method, path: percent_decode(path)?, query: query.to_string(), keep_alive, range, has_body })
+    Some(Head {
+        method,
+        path: percent_decode(path)?,
+        query: query.to_string(),
+        keep_alive,
+        range,
+        has_body,
+    })
 }
 
 /// Parses a single `bytes=` range against `size`: `Ok(None)` = whole file, `Err` = 416.
 fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Ok(None) };
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
     if spec.contains(',') {
         // Multipart ranges are optional (RFC 9110); the whole file is a valid answer.
         return Ok(None);
@@ -129,7 +140,13 @@ fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
         (size.saturating_sub(suffix), size.checked_sub(1).ok_or(())?)
     } else {
         let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1)) };
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| ())?
+                .min(size.saturating_sub(1))
+        };
         (start, end)
     };
     if start >= size || end < start {
@@ -155,16 +172,30 @@ struct Response {
 
 enum Body {
     Bytes(Vec<u8>),
-    File { file: ServedFile, start: u64, len: u64 },
+    File {
+        file: ServedFile,
+        start: u64,
+        len: u64,
+    },
 }
 
 impl Response {
     fn text(status: u16, reason: &'static str, body: String) -> Response {
-        Response { status, reason, content_type: "text/plain; charset=utf-8", body: Body::Bytes(body.into_bytes()), extra: Vec::new() }
+        Response {
+            status,
+            reason,
+            content_type: "text/plain; charset=utf-8",
+            body: Body::Bytes(body.into_bytes()),
+            extra: Vec::new(),
+        }
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContext>) -> std::io::Result<()> {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<HttpContext>,
+) -> std::io::Result<()> {
     let local = stream.local_addr()?;
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -173,12 +204,21 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContex
                 break end;
             }
             if buf.len() > MAX_HEAD {
-                let r = Response::text(431, "Request Header Fields Too Large", "request head too large\n".into());
+                let r = Response::text(
+                    431,
+                    "Request Header Fields Too Large",
+                    "request head too large\n".into(),
+                );
                 write_response(&mut stream, r, false, false).await?;
                 return Ok(());
             }
             let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(IDLE_SECS), stream.read(&mut chunk)).await {
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(IDLE_SECS),
+                stream.read(&mut chunk),
+            )
+            .await
+            {
                 Ok(r) => r?,
                 Err(_) => return Ok(()),
             };
@@ -196,7 +236,11 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContex
         let keep_alive = head.keep_alive && !head.has_body;
         let is_head = head.method == "HEAD";
         let response = if head.method != "GET" && !is_head {
-            let mut r = Response::text(405, "Method Not Allowed", "only GET and HEAD are served\n".into());
+            let mut r = Response::text(
+                405,
+                "Method Not Allowed",
+                "only GET and HEAD are served\n".into(),
+            );
             r.extra.push(("Allow".into(), "GET, HEAD".into()));
             r
         } else {
@@ -204,8 +248,17 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContex
         };
         let tracked = match &response.body {
             Body::File { file, start, len } if !is_head => {
-                let detail = if *len == file.size { String::new() } else { format!(" range {start}+{len}") };
-                Some((ctx.status.transfer_start("http", peer.ip(), &file.name, *len, &detail), file.name.clone(), *len))
+                let detail = if *len == file.size {
+                    String::new()
+                } else {
+                    format!(" range {start}+{len}")
+                };
+                Some((
+                    ctx.status
+                        .transfer_start("http", peer.ip(), &file.name, *len, &detail),
+                    file.name.clone(),
+                    *len,
+                ))
             }
             _ => None,
         };
@@ -214,9 +267,15 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContex
             match &written {
                 Ok(()) => {
                     progress.set(len);
-                    ctx.status.transfer_end(&key, id, Ok(()), format!("done {name} ({len} bytes)"));
+                    ctx.status
+                        .transfer_end(&key, id, Ok(()), format!("done {name} ({len} bytes)"));
                 }
-                Err(e) => ctx.status.transfer_end(&key, id, Err(e.to_string()), format!("failed {name}: {e}")),
+                Err(e) => ctx.status.transfer_end(
+                    &key,
+                    id,
+                    Err(e.to_string()),
+                    format!("failed {name}: {e}"),
+                ),
             }
         }
         written?;
@@ -230,7 +289,13 @@ fn route(head: &Head, peer: SocketAddr, local: SocketAddr, ctx: &HttpContext) ->
     let path = head.path.as_str();
     if path == "/_vmedia/status" {
         let body = serde_json::to_vec_pretty(&ctx.status.snapshot()).unwrap_or_default();
-        return Response { status: 200, reason: "OK", content_type: "application/json", body: Body::Bytes(body), extra: Vec::new() };
+        return Response {
+            status: 200,
+            reason: "OK",
+            content_type: "application/json",
+            body: Body::Bytes(body),
+            extra: Vec::new(),
+        };
     }
     if path == "/boot.ipxe" {
         return boot_script(head, peer, local, ctx);
@@ -242,7 +307,8 @@ fn route(head: &Head, peer: SocketAddr, local: SocketAddr, ctx: &HttpContext) ->
         Ok(f) => f,
         Err(e) => {
             let client = ctx.status.client_key(peer.ip());
-            ctx.status.event("http", &client, format!("refused {path:?}: {e}"));
+            ctx.status
+                .event("http", &client, format!("refused {path:?}: {e}"));
             return match e {
                 FileError::NotFound(_) => Response::text(404, "Not Found", format!("{e}\n")),
                 e if e.is_access_violation() => Response::text(403, "Forbidden", format!("{e}\n")),
@@ -251,30 +317,72 @@ fn route(head: &Head, peer: SocketAddr, local: SocketAddr, ctx: &HttpContext) ->
         }
     };
     let size = file.size;
-    let range = head.range.as_deref().map(|r| parse_range(r, size)).unwrap_or(Ok(None));
+    let range = head
+        .range
+        .as_deref()
+        .map(|r| parse_range(r, size))
+        .unwrap_or(Ok(None));
     match range {
         Err(()) => {
-            let mut r = Response::text(416, "Range Not Satisfiable", "range not satisfiable\n".into());
-            r.extra.push(("Content-Range".into(), format!("bytes */{size}")));
+            let mut r = Response::text(
+                416,
+                "Range Not Satisfiable",
+                "range not satisfiable\n".into(),
+            );
+            r.extra
+                .push(("Content-Range".into(), format!("bytes */{size}")));
             r
         }
-        Ok(None) => Response { status: 200, reason: "OK", content_type: "application/octet-stream", body: Body::File { file, start: 0, len: size }, extra: Vec::new() },
+        Ok(None) => Response {
+            status: 200,
+            reason: "OK",
+            content_type: "application/octet-stream",
+            body: Body::File {
+                file,
+                start: 0,
+                len: size,
+            },
+            extra: Vec::new(),
+        },
         Ok(Some((start, end))) => Response {
             status: 206,
             reason: "Partial Content",
             content_type: "application/octet-stream",
-            body: Body::File { file, start, len: end - start + 1 },
-            extra: vec![("Content-Range".into(), format!("bytes {start}-{end}/{size}"))],
+            body: Body::File {
+                file,
+                start,
+                len: end - start + 1,
+            },
+            extra: vec![(
+                "Content-Range".into(),
+                format!("bytes {start}-{end}/{size}"),
+            )],
         },
     }
 }
 
-fn vars_for(mac: Option<&str>, arch: Option<u16>, uuid: Option<&str>, rule: Option<&Rule>, peer: SocketAddr, local: SocketAddr, port: u16) -> Vars {
+fn vars_for(
+    mac: Option<&str>,
+    arch: Option<u16>,
+    uuid: Option<&str>,
+    rule: Option<&Rule>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    port: u16,
+) -> Vars {
     let server = local.ip().to_string();
-    let http = if port == 80 { format!("http://{server}") } else { format!("http://{server}:{port}") };
+    let http = if port == 80 {
+        format!("http://{server}")
+    } else {
+        format!("http://{server}:{port}")
+    };
     let mac = mac.unwrap_or_default().to_string();
     let hostname = rule.and_then(|r| r.hostname.clone()).unwrap_or_else(|| {
-        if mac.is_empty() { "vmedia-client".to_string() } else { format!("vmedia-{}", mac.replace(':', "")) }
+        if mac.is_empty() {
+            "vmedia-client".to_string()
+        } else {
+            format!("vmedia-{}", mac.replace(':', ""))
+        }
     });
     Vars {
         server,
@@ -293,10 +401,14 @@ fn vars_for(mac: Option<&str>, arch: Option<u16>, uuid: Option<&str>, rule: Opti
 fn read_template(root: &FileRoot, path: &str) -> Result<String, String> {
     let file = root.open(path).map_err(|e| e.to_string())?;
     if file.size > MAX_TEMPLATE {
-        return Err(format!("template {path} is larger than {MAX_TEMPLATE} bytes"));
+        return Err(format!(
+            "template {path} is larger than {MAX_TEMPLATE} bytes"
+        ));
     }
     let mut raw = vec![0u8; file.size as usize];
-    file.source.read_exact_at(&mut raw, 0).map_err(|e| format!("{path}: {e}"))?;
+    file.source
+        .read_exact_at(&mut raw, 0)
+        .map_err(|e| format!("{path}: {e}"))?;
     String::from_utf8(raw).map_err(|_| format!("template {path} is not UTF-8"))
 }
 
@@ -304,10 +416,24 @@ fn boot_script(head: &Head, peer: SocketAddr, local: SocketAddr, ctx: &HttpConte
     let mac = query_param(&head.query, "mac").and_then(|m| normalize_mac(&m));
     let arch = query_param(&head.query, "arch").and_then(|a| a.parse::<u16>().ok());
     let uuid = query_param(&head.query, "uuid").filter(|u| !u.is_empty());
-    let client = Client { mac: mac.clone(), arch, uuid: uuid.clone() };
+    let client = Client {
+        mac: mac.clone(),
+        arch,
+        uuid: uuid.clone(),
+    };
     let rule = ctx.rules.find(&client);
-    let vars = vars_for(mac.as_deref(), arch, uuid.as_deref(), rule, peer, local, ctx.port);
-    let key = mac.clone().unwrap_or_else(|| ctx.status.client_key(peer.ip()));
+    let vars = vars_for(
+        mac.as_deref(),
+        arch,
+        uuid.as_deref(),
+        rule,
+        peer,
+        local,
+        ctx.port,
+    );
+    let key = mac
+        .clone()
+        .unwrap_or_else(|| ctx.status.client_key(peer.ip()));
     let result = if let Some(template) = &ctx.ipxe_template {
         render(template, &vars, "--ipxe-script").map_err(|e| e.to_string())
     } else {
@@ -315,7 +441,8 @@ fn boot_script(head: &Head, peer: SocketAddr, local: SocketAddr, ctx: &HttpConte
             Some(path) => match read_template(&ctx.root, path) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    ctx.status.event("http", &key, format!("boot.ipxe failed: {e}"));
+                    ctx.status
+                        .event("http", &key, format!("boot.ipxe failed: {e}"));
                     return Response::text(500, "Internal Server Error", format!("{e}\n"));
                 }
             },
@@ -326,15 +453,28 @@ fn boot_script(head: &Head, peer: SocketAddr, local: SocketAddr, ctx: &HttpConte
     match result {
         Ok(script) => {
             let what = match rule {
-                Some(r) if r.mac.is_some() || r.arch.is_some() || r.uuid.is_some() => "machine rule",
+                Some(r) if r.mac.is_some() || r.arch.is_some() || r.uuid.is_some() => {
+                    "machine rule"
+                }
                 Some(_) => "default rule",
                 None => "no rule",
             };
-            ctx.status.event("http", &key, format!("boot.ipxe served ({what}, arch {})", vars.arch));
-            Response { status: 200, reason: "OK", content_type: "text/plain; charset=utf-8", body: Body::Bytes(script.into_bytes()), extra: Vec::new() }
+            ctx.status.event(
+                "http",
+                &key,
+                format!("boot.ipxe served ({what}, arch {})", vars.arch),
+            );
+            Response {
+                status: 200,
+                reason: "OK",
+                content_type: "text/plain; charset=utf-8",
+                body: Body::Bytes(script.into_bytes()),
+                extra: Vec::new(),
+            }
         }
         Err(e) => {
-            ctx.status.event("http", &key, format!("boot.ipxe failed: {e}"));
+            ctx.status
+                .event("http", &key, format!("boot.ipxe failed: {e}"));
             Response::text(500, "Internal Server Error", format!("{e}\n"))
         }
     }
@@ -349,7 +489,11 @@ fn template_route(rest: &str, peer: SocketAddr, local: SocketAddr, ctx: &HttpCon
         _ => return Response::text(404, "Not Found", "unknown vmedia endpoint\n".into()),
     };
     let mac = normalize_mac(mac_text);
-    let client = Client { mac: mac.clone(), arch: None, uuid: None };
+    let client = Client {
+        mac: mac.clone(),
+        arch: None,
+        uuid: None,
+    };
     let rule = ctx.rules.find(&client);
     let vars = vars_for(mac.as_deref(), None, None, rule, peer, local, ctx.port);
     let template = match (kind, file) {
@@ -357,29 +501,48 @@ fn template_route(rest: &str, peer: SocketAddr, local: SocketAddr, ctx: &HttpCon
         ("kickstart", "") => rule.and_then(|r| r.kickstart.clone()),
         ("nocloud", "user-data") => rule.and_then(|r| r.user_data.clone()),
         ("nocloud", "meta-data") => {
-            let body = format!("instance-id: vmedia-{}\nlocal-hostname: {}\n", vars.mac.replace(':', ""), vars.hostname);
+            let body = format!(
+                "instance-id: vmedia-{}\nlocal-hostname: {}\n",
+                vars.mac.replace(':', ""),
+                vars.hostname
+            );
             return Response::text(200, "OK", body);
         }
         ("nocloud", "vendor-data") => return Response::text(200, "OK", String::new()),
         _ => return Response::text(404, "Not Found", "unknown vmedia endpoint\n".into()),
     };
     let Some(path) = template else {
-        return Response::text(404, "Not Found", format!("no {kind} template in the rule for {mac_text}\n"));
+        return Response::text(
+            404,
+            "Not Found",
+            format!("no {kind} template in the rule for {mac_text}\n"),
+        );
     };
-    let key = mac.clone().unwrap_or_else(|| ctx.status.client_key(peer.ip()));
-    match read_template(&ctx.root, &path).and_then(|t| render(&t, &vars, &path).map_err(|e| e.to_string())) {
+    let key = mac
+        .clone()
+        .unwrap_or_else(|| ctx.status.client_key(peer.ip()));
+    match read_template(&ctx.root, &path)
+        .and_then(|t| render(&t, &vars, &path).map_err(|e| e.to_string()))
+    {
         Ok(body) => {
-            ctx.status.event("http", &key, format!("{kind} {path} served"));
+            ctx.status
+                .event("http", &key, format!("{kind} {path} served"));
             Response::text(200, "OK", body)
         }
         Err(e) => {
-            ctx.status.event("http", &key, format!("{kind} {path} failed: {e}"));
+            ctx.status
+                .event("http", &key, format!("{kind} {path} failed: {e}"));
             Response::text(500, "Internal Server Error", format!("{e}\n"))
         }
     }
 }
 
-async fn write_response(stream: &mut TcpStream, response: Response, head_only: bool, keep_alive: bool) -> std::io::Result<()> {
+async fn write_response(
+    stream: &mut TcpStream,
+    response: Response,
+    head_only: bool,
+    keep_alive: bool,
+) -> std::io::Result<()> {
     let len = match &response.body {
         Body::Bytes(b) => b.len() as u64,
         Body::File { len, .. } => *len,
@@ -428,7 +591,12 @@ async fn write_response(stream: &mut TcpStream, response: Response, head_only: b
 }
 
 /// Zero-copy body: the kernel moves page-cache pages to the socket.
-async fn send_file(stream: &mut TcpStream, file: &std::fs::File, start: u64, len: u64) -> std::io::Result<()> {
+async fn send_file(
+    stream: &mut TcpStream,
+    file: &std::fs::File,
+    start: u64,
+    len: u64,
+) -> std::io::Result<()> {
     let sock = stream.as_raw_fd();
     let fd = file.as_raw_fd();
     let mut offset = start as libc::off_t;
@@ -446,7 +614,12 @@ async fn send_file(stream: &mut TcpStream, file: &std::fs::File, start: u64, len
             }
         });
         match result {
-            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being sent")),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while being sent",
+                ))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -477,7 +650,8 @@ mod tests {
 
     #[test]
     fn head_parsing_reads_keep_alive_and_range() {
-        let h = parse_head(b"GET /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n").unwrap();
+        let h =
+            parse_head(b"GET /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n").unwrap();
         assert_eq!(h.path, "/a b");
         assert_eq!(h.query, "x=1");
         assert!(h.keep_alive);

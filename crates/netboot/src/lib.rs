@@ -38,7 +38,10 @@ pub enum NetbootError {
     #[error(transparent)]
     Rules(#[from] rules::RuleError),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetbootError {
@@ -51,7 +54,14 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetbootE
 pub enum DhcpConfig {
     Off,
     Proxy,
-    Full { first: Ipv4Addr, last: Ipv4Addr, router: Option<Ipv4Addr>, dns: Vec<Ipv4Addr>, lease_secs: u32, lease_file: Option<PathBuf> },
+    Full {
+        first: Ipv4Addr,
+        last: Ipv4Addr,
+        router: Option<Ipv4Addr>,
+        dns: Vec<Ipv4Addr>,
+        lease_secs: u32,
+        lease_file: Option<PathBuf>,
+    },
 }
 
 /// Everything `serve` needs.
@@ -85,7 +95,11 @@ pub struct Bound {
 
 /// Binds every socket, then serves until a socket fails. `ready` is called once everything is
 /// bound (the CLI prints a banner, tests wait for it).
-pub fn serve(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&Bound)) -> Result<(), NetbootError> {
+pub fn serve(
+    config: ServerConfig,
+    sink: EventSink,
+    ready: impl FnOnce(&Bound),
+) -> Result<(), NetbootError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -94,7 +108,11 @@ pub fn serve(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&Bound)) 
     runtime.block_on(serve_async(config, sink, ready))
 }
 
-async fn serve_async(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&Bound)) -> Result<(), NetbootError> {
+async fn serve_async(
+    config: ServerConfig,
+    sink: EventSink,
+    ready: impl FnOnce(&Bound),
+) -> Result<(), NetbootError> {
     let status = Arc::new(Status::new(sink));
     let root = Arc::new(FileRoot::new(&config.root).map_err(io_err("--root"))?);
     let rules = match &config.rules_file {
@@ -103,12 +121,16 @@ async fn serve_async(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&
     };
     let (interface_ip, netmask) = match &config.interface {
         Some(ifname) => {
-            let (ip, mask) = net::interface_ipv4(ifname).map_err(io_err(format!("--interface {ifname}")))?;
+            let (ip, mask) =
+                net::interface_ipv4(ifname).map_err(io_err(format!("--interface {ifname}")))?;
             (Some(ip), Some(mask))
         }
         None => (None, None),
     };
-    let server_ip = config.server_ip.or(interface_ip).or((!config.listen.is_unspecified()).then_some(config.listen));
+    let server_ip = config
+        .server_ip
+        .or(interface_ip)
+        .or((!config.listen.is_unspecified()).then_some(config.listen));
     let ipxe_template = match &config.ipxe_script {
         Some(s) if !s.contains("://") => {
             let text = std::fs::read_to_string(s).map_err(io_err(format!("--ipxe-script {s}")))?;
@@ -119,14 +141,23 @@ async fn serve_async(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&
     };
 
     let mut tasks = tokio::task::JoinSet::new();
-    let mut bound = Bound { server_ip, tftp: None, http: None, dhcp: false };
+    let mut bound = Bound {
+        server_ip,
+        tftp: None,
+        http: None,
+        dhcp: false,
+    };
 
     if !matches!(config.dhcp, DhcpConfig::Off) {
         let Some(server_ip) = server_ip else {
-            return Err(NetbootError::Config("DHCP needs the server's address: pass --interface IF (or --no-dhcp)".into()));
+            return Err(NetbootError::Config(
+                "DHCP needs the server's address: pass --interface IF (or --no-dhcp)".into(),
+            ));
         };
         let Some(ifname) = config.interface.clone() else {
-            return Err(NetbootError::Config("DHCP answers broadcasts on one network: pass --interface IF (or --no-dhcp)".into()));
+            return Err(NetbootError::Config(
+                "DHCP answers broadcasts on one network: pass --interface IF (or --no-dhcp)".into(),
+            ));
         };
         let ipxe = match (&config.ipxe_script, &config.rules_file) {
             (Some(s), _) if s.contains("://") => IpxeScript::Url(s.clone()),
@@ -137,23 +168,44 @@ async fn serve_async(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&
             return Err(NetbootError::Config("iPXE scripts (--config or --ipxe-script FILE) are served over HTTP: do not disable --http-port".into()));
         }
         let mode = match &config.dhcp {
-            DhcpConfig::Full { first, last, router, dns, lease_secs, lease_file } => {
-                let mut leases = LeaseTable::new(*first, *last, *lease_secs, server_ip).map_err(NetbootError::Config)?;
+            DhcpConfig::Full {
+                first,
+                last,
+                router,
+                dns,
+                lease_secs,
+                lease_file,
+            } => {
+                let mut leases = LeaseTable::new(*first, *last, *lease_secs, server_ip)
+                    .map_err(NetbootError::Config)?;
                 for (mac, ip) in rules.reservations() {
                     leases.reserve(&mac, ip);
                 }
                 if let Some(path) = lease_file {
                     if let Ok(meta) = std::fs::metadata(path) {
                         if meta.len() > MAX_LEASE_FILE {
-                            return Err(NetbootError::Config(format!("lease file {} is larger than {MAX_LEASE_FILE} bytes", path.display())));
+                            return Err(NetbootError::Config(format!(
+                                "lease file {} is larger than {MAX_LEASE_FILE} bytes",
+                                path.display()
+                            )));
                         }
-                        let text = std::fs::read(path).map_err(io_err(format!("lease file {}", path.display())))?;
-                        let file: LeaseFile = serde_json::from_slice(&text)
-                            .map_err(|e| NetbootError::Config(format!("lease file {} is not valid: {e}; move it away to start afresh", path.display())))?;
+                        let text = std::fs::read(path)
+                            .map_err(io_err(format!("lease file {}", path.display())))?;
+                        let file: LeaseFile = serde_json::from_slice(&text).map_err(|e| {
+                            NetbootError::Config(format!(
+                                "lease file {} is not valid: {e}; move it away to start afresh",
+                                path.display()
+                            ))
+                        })?;
                         leases.load(file);
                     }
                 }
-                Mode::Full { leases, subnet_mask: netmask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0)), router: *router, dns: dns.clone() }
+                Mode::Full {
+                    leases,
+                    subnet_mask: netmask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0)),
+                    router: *router,
+                    dns: dns.clone(),
+                }
             }
             _ => Mode::Proxy,
         };
@@ -173,37 +225,69 @@ async fn serve_async(config: ServerConfig, sink: EventSink, ready: impl FnOnce(&
             },
             rules: rules.clone(),
         };
-        let socket_67 = net::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67), Some(&ifname), true).map_err(io_err("DHCP port 67"))?;
-        let socket_4011 = net::udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4011), Some(&ifname), true).map_err(io_err("PXE port 4011"))?;
-        let server = dhcp::server::DhcpServer { policy, socket_67, socket_4011, status: status.clone(), lease_file };
+        let socket_67 = net::udp_socket(
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67),
+            Some(&ifname),
+            true,
+        )
+        .map_err(io_err("DHCP port 67"))?;
+        let socket_4011 = net::udp_socket(
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4011),
+            Some(&ifname),
+            true,
+        )
+        .map_err(io_err("PXE port 4011"))?;
+        let server = dhcp::server::DhcpServer {
+            policy,
+            socket_67,
+            socket_4011,
+            status: status.clone(),
+            lease_file,
+        };
         tasks.spawn(async move { server.run().await.map_err(io_err("DHCP")) });
         bound.dhcp = true;
     }
 
     if let Some(port) = config.tftp_port {
-        let socket = net::udp_socket(SocketAddrV4::new(config.listen, port), None, false).map_err(io_err(format!("TFTP port {port}")))?;
+        let socket = net::udp_socket(SocketAddrV4::new(config.listen, port), None, false)
+            .map_err(io_err(format!("TFTP port {port}")))?;
         let local = match socket.local_addr().map_err(io_err("TFTP socket"))? {
             std::net::SocketAddr::V4(a) => a,
             std::net::SocketAddr::V6(_) => SocketAddrV4::new(config.listen, port),
         };
         bound.tftp = Some(local);
-        let server = tftp::server::TftpServer { socket, root: root.clone(), status: status.clone(), fallback_local: server_ip.unwrap_or(config.listen) };
+        let server = tftp::server::TftpServer {
+            socket,
+            root: root.clone(),
+            status: status.clone(),
+            fallback_local: server_ip.unwrap_or(config.listen),
+        };
         tasks.spawn(async move { server.run().await.map_err(io_err("TFTP")) });
     }
 
     if let Some(port) = config.http_port {
-        let listener = tokio::net::TcpListener::bind(SocketAddrV4::new(config.listen, port)).await.map_err(io_err(format!("HTTP port {port}")))?;
+        let listener = tokio::net::TcpListener::bind(SocketAddrV4::new(config.listen, port))
+            .await
+            .map_err(io_err(format!("HTTP port {port}")))?;
         let local = match listener.local_addr().map_err(io_err("HTTP socket"))? {
             std::net::SocketAddr::V4(a) => a,
             std::net::SocketAddr::V6(_) => SocketAddrV4::new(config.listen, port),
         };
         bound.http = Some(local);
-        let ctx = Arc::new(http::HttpContext { root: root.clone(), status: status.clone(), rules: rules.clone(), ipxe_template, port: local.port() });
+        let ctx = Arc::new(http::HttpContext {
+            root: root.clone(),
+            status: status.clone(),
+            rules: rules.clone(),
+            ipxe_template,
+            port: local.port(),
+        });
         tasks.spawn(async move { http::run(listener, ctx).await.map_err(io_err("HTTP")) });
     }
 
     if tasks.is_empty() {
-        return Err(NetbootError::Config("nothing to serve: DHCP, TFTP and HTTP are all off".into()));
+        return Err(NetbootError::Config(
+            "nothing to serve: DHCP, TFTP and HTTP are all off".into(),
+        ));
     }
     ready(&bound);
     match tasks.join_next().await {

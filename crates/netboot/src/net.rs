@@ -14,10 +14,21 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int with its size.
     check(unsafe {
-        libc::setsockopt(fd, level, name, &value as *const libc::c_int as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     })
     .map(|_| ())
 }
@@ -54,15 +65,26 @@ pub fn bind_to_device(fd: RawFd, interface: &str) -> io::Result<()> {
         )
     })
     .map(|_| ())
-    .map_err(|e| io::Error::new(e.kind(), format!("cannot bind to interface {interface}: {e}")))
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind to interface {interface}: {e}"),
+        )
+    })
 }
 
 /// Receives one datagram; returns its length, sender and the local address it was sent to.
-pub fn recv_with_local(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+pub fn recv_with_local(
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
     // SAFETY: all structures are zero-initialised and sized; recvmsg writes within them.
     unsafe {
         let mut name: libc::sockaddr_in = zeroed();
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         let mut control = [0u64; 16];
         let mut msg: libc::msghdr = zeroed();
         msg.msg_name = &mut name as *mut libc::sockaddr_in as *mut libc::c_void;
@@ -79,12 +101,16 @@ pub fn recv_with_local(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAd
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
-                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
                 local = Some(Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr)));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        let from = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)), u16::from_be(name.sin_port)));
+        let from = SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+            u16::from_be(name.sin_port),
+        ));
         Ok((n as usize, from, local))
     }
 }
@@ -102,8 +128,14 @@ pub fn send_batch(fd: RawFd, packets: &[([u8; 4], &[u8])]) -> io::Result<usize> 
         let mut msgs: [libc::mmsghdr; MAX_BATCH] = zeroed();
         for i in 0..count {
             let (header, payload) = &packets[i];
-            iovecs[i][0] = libc::iovec { iov_base: header.as_ptr() as *mut libc::c_void, iov_len: 4 };
-            iovecs[i][1] = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+            iovecs[i][0] = libc::iovec {
+                iov_base: header.as_ptr() as *mut libc::c_void,
+                iov_len: 4,
+            };
+            iovecs[i][1] = libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
             msgs[i].msg_hdr.msg_iov = iovecs[i].as_mut_ptr();
             msgs[i].msg_hdr.msg_iovlen = 2;
         }
@@ -125,14 +157,19 @@ pub fn interface_ipv4(interface: &str) -> io::Result<(Ipv4Addr, Ipv4Addr)> {
         let mut found = None;
         while !cur.is_null() {
             let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as libc::c_int == libc::AF_INET {
+            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as libc::c_int == libc::AF_INET
+            {
                 let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
                 if name == interface {
                     let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
                     let mask = if ifa.ifa_netmask.is_null() {
                         Ipv4Addr::new(255, 255, 255, 0)
                     } else {
-                        Ipv4Addr::from(u32::from_be((*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr))
+                        Ipv4Addr::from(u32::from_be(
+                            (*(ifa.ifa_netmask as *const libc::sockaddr_in))
+                                .sin_addr
+                                .s_addr,
+                        ))
                     };
                     found = Some((Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), mask));
                     break;
@@ -141,14 +178,29 @@ pub fn interface_ipv4(interface: &str) -> io::Result<(Ipv4Addr, Ipv4Addr)> {
             cur = ifa.ifa_next;
         }
         libc::freeifaddrs(list);
-        found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("interface {interface} has no IPv4 address")))
+        found.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {interface} has no IPv4 address"),
+            )
+        })
     }
 }
 
 /// A bound UDP socket as a tokio socket, with options set before binding.
-pub fn udp_socket(addr: SocketAddrV4, interface: Option<&str>, broadcast: bool) -> io::Result<tokio::net::UdpSocket> {
+pub fn udp_socket(
+    addr: SocketAddrV4,
+    interface: Option<&str>,
+    broadcast: bool,
+) -> io::Result<tokio::net::UdpSocket> {
     // SAFETY: plain socket(2); ownership moves into the std socket right after.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
     // SAFETY: fd is a fresh socket we own.
     let socket = unsafe { <std::net::UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     enable_reuseaddr(fd)?;
@@ -161,11 +213,19 @@ pub fn udp_socket(addr: SocketAddrV4, interface: Option<&str>, broadcast: bool) 
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: binds to a valid sockaddr_in of the right size.
-    check(unsafe { libc::bind(fd, &sin as *const libc::sockaddr_in as *const libc::sockaddr, size_of::<libc::sockaddr_in>() as libc::socklen_t) })
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+    check(unsafe {
+        libc::bind(
+            fd,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
     tokio::net::UdpSocket::from_std(socket)
 }

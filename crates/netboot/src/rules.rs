@@ -16,13 +16,20 @@ pub const MAX_RULES_FILE: u64 = 16 << 20;
 #[derive(Debug, Error)]
 pub enum RuleError {
     #[error("cannot read rules file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("rules file {path} is larger than {MAX_RULES_FILE} bytes")]
     TooLarge { path: String },
     #[error("rules file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("{context}: unknown template variable {{{{{name}}}}}; known: {known}")]
-    UnknownVariable { context: String, name: String, known: String },
+    UnknownVariable {
+        context: String,
+        name: String,
+        known: String,
+    },
     #[error("{context}: unterminated '{{{{' in template")]
     Unterminated { context: String },
     #[error("{context}: {message}")]
@@ -110,7 +117,11 @@ pub struct Client {
 /// Normalises "52-54-00-AA-BB-CC" and "52:54:00:aa:bb:cc" to the latter.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let hex: Vec<&str> = mac.trim().split([':', '-']).collect();
-    if hex.len() != 6 || hex.iter().any(|h| h.len() != 2 || !h.chars().all(|c| c.is_ascii_hexdigit())) {
+    if hex.len() != 6
+        || hex
+            .iter()
+            .any(|h| h.len() != 2 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+    {
         return None;
     }
     Some(hex.join(":").to_ascii_lowercase())
@@ -125,8 +136,18 @@ pub struct Rules {
 
 /// Template variable names; `render` refuses anything else.
 pub const VARIABLES: &[&str] = &[
-    "server", "http", "mac", "mac_hyphen", "hostname", "arch", "uuid", "ip", "preseed", "kickstart",
-    "cloud_init", "autoinstall",
+    "server",
+    "http",
+    "mac",
+    "mac_hyphen",
+    "hostname",
+    "arch",
+    "uuid",
+    "ip",
+    "preseed",
+    "kickstart",
+    "cloud_init",
+    "autoinstall",
 ];
 
 /// Values for the template variables.
@@ -143,7 +164,11 @@ pub struct Vars {
 
 impl Vars {
     fn get(&self, name: &str) -> Option<String> {
-        let mac_path = if self.mac.is_empty() { "unknown".to_string() } else { self.mac.replace(':', "-") };
+        let mac_path = if self.mac.is_empty() {
+            "unknown".to_string()
+        } else {
+            self.mac.replace(':', "-")
+        };
         Some(match name {
             "server" => self.server.clone(),
             "http" => self.http.clone(),
@@ -182,7 +207,9 @@ pub fn render(template: &str, vars: &Vars, context: &str) -> Result<String, Rule
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
-            return Err(RuleError::Unterminated { context: context.to_string() });
+            return Err(RuleError::Unterminated {
+                context: context.to_string(),
+            });
         };
         let name = after[..end].trim();
         match vars.get(name) {
@@ -244,29 +271,51 @@ impl Rule {
     }
 
     fn validate(&self, context: &str) -> Result<(), RuleError> {
-        let invalid = |message: String| RuleError::Invalid { context: context.to_string(), message };
+        let invalid = |message: String| RuleError::Invalid {
+            context: context.to_string(),
+            message,
+        };
         if let Some(mac) = &self.mac {
             if normalize_mac(mac).is_none() {
                 return Err(invalid(format!("mac {mac:?} is not six hex pairs")));
             }
         }
         match self.kind() {
-            Some(BootKind::Kernel) if self.kernel.is_none() => return Err(invalid("boot = \"kernel\" needs kernel = ...".into())),
-            Some(BootKind::Menu) if self.menu.is_empty() => return Err(invalid("boot = \"menu\" needs [[...menu]] entries".into())),
-            Some(BootKind::Chain) if self.chain.is_none() => return Err(invalid("boot = \"chain\" needs chain = ...".into())),
-            Some(BootKind::Script) if self.script.is_none() => return Err(invalid("boot = \"script\" needs script = ...".into())),
+            Some(BootKind::Kernel) if self.kernel.is_none() => {
+                return Err(invalid("boot = \"kernel\" needs kernel = ...".into()))
+            }
+            Some(BootKind::Menu) if self.menu.is_empty() => {
+                return Err(invalid("boot = \"menu\" needs [[...menu]] entries".into()))
+            }
+            Some(BootKind::Chain) if self.chain.is_none() => {
+                return Err(invalid("boot = \"chain\" needs chain = ...".into()))
+            }
+            Some(BootKind::Script) if self.script.is_none() => {
+                return Err(invalid("boot = \"script\" needs script = ...".into()))
+            }
             _ => {}
         }
         let sample = Vars::sample();
-        for (what, text) in [("kernel", self.kernel.as_deref()), ("cmdline", Some(self.cmdline.as_str())), ("chain", self.chain.as_deref())] {
+        for (what, text) in [
+            ("kernel", self.kernel.as_deref()),
+            ("cmdline", Some(self.cmdline.as_str())),
+            ("chain", self.chain.as_deref()),
+        ] {
             if let Some(t) = text {
                 render(t, &sample, &format!("{context} {what}"))?;
             }
         }
         for (i, item) in self.menu.iter().enumerate() {
-            render(&item.cmdline, &sample, &format!("{context} menu item {i} cmdline"))?;
+            render(
+                &item.cmdline,
+                &sample,
+                &format!("{context} menu item {i} cmdline"),
+            )?;
             if item.kernel.is_none() && !item.exit && item.chain.is_none() {
-                return Err(invalid(format!("menu item {:?} needs kernel, chain or exit = true", item.label)));
+                return Err(invalid(format!(
+                    "menu item {:?} needs kernel, chain or exit = true",
+                    item.label
+                )));
             }
         }
         Ok(())
@@ -276,16 +325,25 @@ impl Rule {
 impl Rules {
     pub fn load(path: &Path) -> Result<Rules, RuleError> {
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| RuleError::Read { path: shown.clone(), source: e })?;
+        let meta = std::fs::metadata(path).map_err(|e| RuleError::Read {
+            path: shown.clone(),
+            source: e,
+        })?;
         if meta.len() > MAX_RULES_FILE {
             return Err(RuleError::TooLarge { path: shown });
         }
-        let text = std::fs::read_to_string(path).map_err(|e| RuleError::Read { path: shown.clone(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| RuleError::Read {
+            path: shown.clone(),
+            source: e,
+        })?;
         Self::parse(&text, &shown)
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Rules, RuleError> {
-        let parsed: RulesToml = toml::from_str(text).map_err(|e| RuleError::Parse { path: path.to_string(), message: e.to_string() })?;
+        let parsed: RulesToml = toml::from_str(text).map_err(|e| RuleError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
         if let Some(d) = &parsed.default {
             if d.mac.is_some() || d.arch.is_some() || d.uuid.is_some() {
                 return Err(RuleError::Invalid {
@@ -298,16 +356,25 @@ impl Rules {
         for (i, m) in parsed.machine.iter().enumerate() {
             let context = format!("{path} [[machine]] #{}", i + 1);
             if m.mac.is_none() && m.arch.is_none() && m.uuid.is_none() {
-                return Err(RuleError::Invalid { context, message: "a machine rule needs mac, arch or uuid to match on".into() });
+                return Err(RuleError::Invalid {
+                    context,
+                    message: "a machine rule needs mac, arch or uuid to match on".into(),
+                });
             }
             m.validate(&context)?;
         }
-        Ok(Rules { default: parsed.default, machines: parsed.machine })
+        Ok(Rules {
+            default: parsed.default,
+            machines: parsed.machine,
+        })
     }
 
     /// The first machine rule matching, else the default.
     pub fn find(&self, client: &Client) -> Option<&Rule> {
-        self.machines.iter().find(|r| r.matches(client)).or(self.default.as_ref())
+        self.machines
+            .iter()
+            .find(|r| r.matches(client))
+            .or(self.default.as_ref())
     }
 
     /// MAC -> reserved address, for full-DHCP mode.
@@ -322,7 +389,8 @@ impl Rules {
 /// Makes a URL for a served path (or passes a URL through).
 pub fn file_url(path: &str, http: &str) -> String {
     let lower = path.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("tftp://") {
+    if lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("tftp://")
+    {
         return path.to_string();
     }
     // debian.iso:/install.amd/vmlinuz -> debian.iso/install.amd/vmlinuz (no ':' in URL paths).
@@ -350,7 +418,14 @@ pub fn arch_is_uefi(arch: Option<u16>) -> bool {
     matches!(arch, Some(6 | 7 | 9 | 10 | 11 | 15 | 16 | 18 | 19))
 }
 
-fn kernel_lines(out: &mut String, kernel: &str, initrds: &[String], cmdline: &str, vars: &Vars, context: &str) -> Result<(), RuleError> {
+fn kernel_lines(
+    out: &mut String,
+    kernel: &str,
+    initrds: &[String],
+    cmdline: &str,
+    vars: &Vars,
+    context: &str,
+) -> Result<(), RuleError> {
     let kernel_url = file_url(&render(kernel, vars, context)?, &vars.http);
     let cmdline = render(cmdline, vars, context)?;
     let mut initrd_urls = Vec::new();
@@ -384,9 +459,22 @@ fn exit_lines(out: &mut String, arch: Option<u16>) {
 
 /// Builds the iPXE script for a rule. `custom_script` is the text of `rule.script` when the
 /// rule names one (the caller reads it from the root).
-pub fn ipxe_script(rule: Option<&Rule>, vars: &Vars, arch: Option<u16>, custom_script: Option<&str>) -> Result<String, RuleError> {
+pub fn ipxe_script(
+    rule: Option<&Rule>,
+    vars: &Vars,
+    arch: Option<u16>,
+    custom_script: Option<&str>,
+) -> Result<String, RuleError> {
     let mut out = String::from("#!ipxe\n");
-    out.push_str(&format!("echo vmedia: booting {} ({})\n", if vars.mac.is_empty() { "unknown machine" } else { &vars.mac }, vars.hostname));
+    out.push_str(&format!(
+        "echo vmedia: booting {} ({})\n",
+        if vars.mac.is_empty() {
+            "unknown machine"
+        } else {
+            &vars.mac
+        },
+        vars.hostname
+    ));
     let Some(rule) = rule else {
         out.push_str("echo vmedia: no rule matches this machine and there is no [default]; booting the local disk\n");
         exit_lines(&mut out, arch);
@@ -395,12 +483,27 @@ pub fn ipxe_script(rule: Option<&Rule>, vars: &Vars, arch: Option<u16>, custom_s
     match rule.kind() {
         Some(BootKind::Kernel) => {
             let kernel = rule.kernel.as_deref().unwrap_or_default();
-            kernel_lines(&mut out, kernel, &rule.initrd, &rule.cmdline, vars, "rule kernel")?;
+            kernel_lines(
+                &mut out,
+                kernel,
+                &rule.initrd,
+                &rule.cmdline,
+                vars,
+                "rule kernel",
+            )?;
         }
         Some(BootKind::Exit) => exit_lines(&mut out, arch),
         Some(BootKind::Chain) => {
-            let target = render(rule.chain.as_deref().unwrap_or_default(), vars, "rule chain")?;
-            let url = if target.contains("://") { target } else { format!("tftp://{}/{}", vars.server, target.trim_start_matches('/')) };
+            let target = render(
+                rule.chain.as_deref().unwrap_or_default(),
+                vars,
+                "rule chain",
+            )?;
+            let url = if target.contains("://") {
+                target
+            } else {
+                format!("tftp://{}/{}", vars.server, target.trim_start_matches('/'))
+            };
             out.push_str(&format!("chain {url}\n"));
         }
         Some(BootKind::Script) => {
@@ -414,7 +517,10 @@ pub fn ipxe_script(rule: Option<&Rule>, vars: &Vars, arch: Option<u16>, custom_s
                 out.push_str(&format!("item item{i} {}\n", item.label.replace('\n', " ")));
             }
             if rule.menu_timeout > 0 {
-                out.push_str(&format!("choose --timeout {} --default item0 target || goto item0\n", u64::from(rule.menu_timeout) * 1000));
+                out.push_str(&format!(
+                    "choose --timeout {} --default item0 target || goto item0\n",
+                    u64::from(rule.menu_timeout) * 1000
+                ));
             } else {
                 out.push_str("choose --default item0 target || goto item0\n");
             }
@@ -424,14 +530,26 @@ pub fn ipxe_script(rule: Option<&Rule>, vars: &Vars, arch: Option<u16>, custom_s
                 if item.exit {
                     exit_lines(&mut out, arch);
                 } else if let Some(kernel) = &item.kernel {
-                    kernel_lines(&mut out, kernel, &item.initrd, &item.cmdline, vars, "menu item")?;
+                    kernel_lines(
+                        &mut out,
+                        kernel,
+                        &item.initrd,
+                        &item.cmdline,
+                        vars,
+                        "menu item",
+                    )?;
                 } else if let Some(chain) = &item.chain {
-                    out.push_str(&format!("chain {}\n", file_url(&render(chain, vars, "menu chain")?, &vars.http)));
+                    out.push_str(&format!(
+                        "chain {}\n",
+                        file_url(&render(chain, vars, "menu chain")?, &vars.http)
+                    ));
                 }
             }
         }
         None => {
-            out.push_str("echo vmedia: the matching rule says nothing to boot; booting the local disk\n");
+            out.push_str(
+                "echo vmedia: the matching rule says nothing to boot; booting the local disk\n",
+            );
             exit_lines(&mut out, arch);
         }
     }
@@ -466,71 +584,141 @@ exit = true
 "#;
 
     fn vars(mac: &str) -> Vars {
-        Vars { server: "10.0.0.1".into(), http: "http://10.0.0.1:8080".into(), mac: mac.into(), hostname: "h".into(), ..Vars::default() }
+        Vars {
+            server: "10.0.0.1".into(),
+            http: "http://10.0.0.1:8080".into(),
+            mac: mac.into(),
+            hostname: "h".into(),
+            ..Vars::default()
+        }
     }
 
     #[test]
     fn rules_match_by_mac_then_arch_then_default() {
         let rules = Rules::parse(SAMPLE, "t.toml").unwrap();
-        let by_mac = rules.find(&Client { mac: Some("52:54:00:aa:bb:cc".into()), arch: Some(7), uuid: None }).unwrap();
+        let by_mac = rules
+            .find(&Client {
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                arch: Some(7),
+                uuid: None,
+            })
+            .unwrap();
         assert_eq!(by_mac.kind(), Some(BootKind::Exit));
-        let by_arch = rules.find(&Client { mac: Some("52:54:00:00:00:01".into()), arch: Some(7), uuid: None }).unwrap();
+        let by_arch = rules
+            .find(&Client {
+                mac: Some("52:54:00:00:00:01".into()),
+                arch: Some(7),
+                uuid: None,
+            })
+            .unwrap();
         assert_eq!(by_arch.kind(), Some(BootKind::Menu));
-        let default = rules.find(&Client { mac: None, arch: Some(0), uuid: None }).unwrap();
+        let default = rules
+            .find(&Client {
+                mac: None,
+                arch: Some(0),
+                uuid: None,
+            })
+            .unwrap();
         assert_eq!(default.kind(), Some(BootKind::Kernel));
-        assert_eq!(rules.reservations(), vec![("52:54:00:aa:bb:cc".to_string(), "10.0.0.50".parse().unwrap())]);
+        assert_eq!(
+            rules.reservations(),
+            vec![(
+                "52:54:00:aa:bb:cc".to_string(),
+                "10.0.0.50".parse().unwrap()
+            )]
+        );
     }
 
     #[test]
     fn kernel_script_uses_http_urls_and_preseed() {
         let rules = Rules::parse(SAMPLE, "t.toml").unwrap();
-        let script = ipxe_script(rules.default.as_ref(), &vars("52:54:00:00:00:09"), Some(0), None).unwrap();
+        let script = ipxe_script(
+            rules.default.as_ref(),
+            &vars("52:54:00:00:00:09"),
+            Some(0),
+            None,
+        )
+        .unwrap();
         assert!(script.starts_with("#!ipxe\n"));
         assert!(script.contains("kernel http://10.0.0.1:8080/debian.iso/install.amd/vmlinuz initrd=initrd.gz auto=true url=http://10.0.0.1:8080/_vmedia/preseed/52-54-00-00-00-09 hostname=h\n"), "{script}");
-        assert!(script.contains("initrd http://10.0.0.1:8080/debian.iso/install.amd/initrd.gz\nboot\n"));
+        assert!(
+            script.contains("initrd http://10.0.0.1:8080/debian.iso/install.amd/initrd.gz\nboot\n")
+        );
     }
 
     #[test]
     fn exit_is_sanboot_on_bios_and_exit_on_uefi() {
-        let rule = Rule { boot: Some(BootKind::Exit), ..Rule::default() };
-        assert!(ipxe_script(Some(&rule), &vars("x"), Some(0), None).unwrap().contains("sanboot --no-describe --drive 0x80"));
-        assert!(ipxe_script(Some(&rule), &vars("x"), Some(7), None).unwrap().ends_with("exit\n"));
+        let rule = Rule {
+            boot: Some(BootKind::Exit),
+            ..Rule::default()
+        };
+        assert!(ipxe_script(Some(&rule), &vars("x"), Some(0), None)
+            .unwrap()
+            .contains("sanboot --no-describe --drive 0x80"));
+        assert!(ipxe_script(Some(&rule), &vars("x"), Some(7), None)
+            .unwrap()
+            .ends_with("exit\n"));
     }
 
     #[test]
     fn unknown_template_variable_is_rejected_at_load() {
-        let err = Rules::parse("[default]\nkernel = \"k\"\ncmdline = \"x={{nope}}\"\n", "t.toml").unwrap_err();
+        let err = Rules::parse(
+            "[default]\nkernel = \"k\"\ncmdline = \"x={{nope}}\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
         assert!(matches!(err, RuleError::UnknownVariable { .. }), "{err}");
     }
 
     #[test]
     fn unterminated_template_is_rejected() {
-        assert!(matches!(render("a {{mac", &Vars::default(), "x"), Err(RuleError::Unterminated { .. })));
+        assert!(matches!(
+            render("a {{mac", &Vars::default(), "x"),
+            Err(RuleError::Unterminated { .. })
+        ));
     }
 
     #[test]
     fn machine_rule_without_match_field_is_rejected() {
-        assert!(matches!(Rules::parse("[[machine]]\nkernel = \"k\"\n", "t"), Err(RuleError::Invalid { .. })));
+        assert!(matches!(
+            Rules::parse("[[machine]]\nkernel = \"k\"\n", "t"),
+            Err(RuleError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn default_with_match_field_is_rejected() {
-        assert!(matches!(Rules::parse("[default]\nmac = \"52:54:00:00:00:01\"\nboot = \"exit\"\n", "t"), Err(RuleError::Invalid { .. })));
+        assert!(matches!(
+            Rules::parse(
+                "[default]\nmac = \"52:54:00:00:00:01\"\nboot = \"exit\"\n",
+                "t"
+            ),
+            Err(RuleError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn bad_mac_is_rejected() {
-        assert!(matches!(Rules::parse("[[machine]]\nmac = \"zz\"\nboot = \"exit\"\n", "t"), Err(RuleError::Invalid { .. })));
+        assert!(matches!(
+            Rules::parse("[[machine]]\nmac = \"zz\"\nboot = \"exit\"\n", "t"),
+            Err(RuleError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn unknown_key_is_rejected() {
-        assert!(matches!(Rules::parse("[default]\nkernal = \"k\"\n", "t"), Err(RuleError::Parse { .. })));
+        assert!(matches!(
+            Rules::parse("[default]\nkernal = \"k\"\n", "t"),
+            Err(RuleError::Parse { .. })
+        ));
     }
 
     #[test]
     fn kind_without_its_field_is_rejected() {
-        assert!(matches!(Rules::parse("[default]\nboot = \"kernel\"\n", "t"), Err(RuleError::Invalid { .. })));
+        assert!(matches!(
+            Rules::parse("[default]\nboot = \"kernel\"\n", "t"),
+            Err(RuleError::Invalid { .. })
+        ));
     }
 
     #[test]

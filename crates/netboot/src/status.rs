@@ -20,7 +20,10 @@ pub const MAX_MACHINES: usize = 4096;
 pub const STALL_AFTER_MS: u64 = 5_000;
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One log event.
@@ -37,7 +40,13 @@ pub struct Event {
 impl Event {
     /// `2026-11-21T09:30:01.123Z tftp 52:54:00:12:34:56 message`.
     pub fn log_line(&self) -> String {
-        format!("{} {} {} {}", format_time(self.time_ms), self.kind, self.client, self.message)
+        format!(
+            "{} {} {} {}",
+            format_time(self.time_ms),
+            self.kind,
+            self.client,
+            self.message
+        )
     }
 }
 
@@ -155,7 +164,11 @@ pub struct Status {
 
 impl Status {
     pub fn new(sink: EventSink) -> Status {
-        Status { inner: Mutex::new(Inner::default()), sink, started_ms: now_ms() }
+        Status {
+            inner: Mutex::new(Inner::default()),
+            sink,
+            started_ms: now_ms(),
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
@@ -168,13 +181,23 @@ impl Status {
 
     /// The key a client is filed under: its MAC when we have seen it in DHCP, else its IP.
     pub fn client_key(&self, ip: IpAddr) -> String {
-        self.with(|inner| inner.ip_to_mac.get(&ip).cloned().unwrap_or_else(|| ip.to_string()))
+        self.with(|inner| {
+            inner
+                .ip_to_mac
+                .get(&ip)
+                .cloned()
+                .unwrap_or_else(|| ip.to_string())
+        })
     }
 
     fn record<'a>(inner: &'a mut Inner, key: &str) -> Option<&'a mut MachineRecord> {
         if !inner.machines.contains_key(key) && inner.machines.len() >= MAX_MACHINES {
             // Forget the machine seen longest ago.
-            let oldest = inner.machines.iter().min_by_key(|(_, m)| m.last_seen_ms).map(|(k, _)| k.clone());
+            let oldest = inner
+                .machines
+                .iter()
+                .min_by_key(|(_, m)| m.last_seen_ms)
+                .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 inner.machines.remove(&k);
             }
@@ -186,7 +209,12 @@ impl Status {
 
     /// Records an event for a client and passes it to the sink.
     pub fn event(&self, kind: &str, client: &str, message: String) {
-        let event = Event { time_ms: now_ms(), kind: kind.to_string(), client: client.to_string(), message };
+        let event = Event {
+            time_ms: now_ms(),
+            kind: kind.to_string(),
+            client: client.to_string(),
+            message,
+        };
         self.with(|inner| {
             if let Some(rec) = Self::record(inner, client) {
                 if rec.steps.len() >= MAX_STEPS {
@@ -218,13 +246,24 @@ impl Status {
     }
 
     /// Starts tracking a transfer; returns its id and progress counters.
-    pub fn transfer_start(&self, protocol: &'static str, client: IpAddr, file: &str, size: u64, detail: &str) -> (u64, Arc<TransferProgress>, String) {
+    pub fn transfer_start(
+        &self,
+        protocol: &'static str,
+        client: IpAddr,
+        file: &str,
+        size: u64,
+        detail: &str,
+    ) -> (u64, Arc<TransferProgress>, String) {
         let progress = Arc::new(TransferProgress::default());
         progress.set(0);
         let (id, key) = self.with(|inner| {
             inner.next_id += 1;
             let id = inner.next_id;
-            let key = inner.ip_to_mac.get(&client).cloned().unwrap_or_else(|| client.to_string());
+            let key = inner
+                .ip_to_mac
+                .get(&client)
+                .cloned()
+                .unwrap_or_else(|| client.to_string());
             if let Some(rec) = Self::record(inner, &key) {
                 rec.ip.get_or_insert(client);
                 if rec.transfers.len() >= MAX_TRANSFERS {
@@ -242,7 +281,11 @@ impl Status {
             }
             (id, key)
         });
-        self.event(protocol, &key, format!("send {file} ({size} bytes){detail}"));
+        self.event(
+            protocol,
+            &key,
+            format!("send {file} ({size} bytes){detail}"),
+        );
         (id, progress, key)
     }
 
@@ -256,7 +299,12 @@ impl Status {
             }
         });
         let protocol = self.with(|inner| {
-            inner.machines.get(key).and_then(|m| m.transfers.iter().find(|t| t.id == id)).map(|t| t.protocol).unwrap_or("tftp")
+            inner
+                .machines
+                .get(key)
+                .and_then(|m| m.transfers.iter().find(|t| t.id == id))
+                .map(|t| t.protocol)
+                .unwrap_or("tftp")
         });
         self.event(protocol, key, summary);
     }
@@ -276,7 +324,9 @@ impl Status {
                             let (state, error) = match &t.outcome {
                                 Some(Ok(())) => ("done", None),
                                 Some(Err(e)) => ("failed", Some(e.clone())),
-                                None if now.saturating_sub(updated) > STALL_AFTER_MS => ("stalled", None),
+                                None if now.saturating_sub(updated) > STALL_AFTER_MS => {
+                                    ("stalled", None)
+                                }
                                 None => ("running", None),
                             };
                             TransferView {
@@ -294,7 +344,10 @@ impl Status {
                         .collect();
                     let last_step = match (transfers.last(), m.steps.back()) {
                         (Some(t), Some(s)) if t.updated_ms >= s.time_ms => {
-                            format!("{} {} {} ({}/{} bytes)", t.protocol, t.file, t.state, t.bytes_sent, t.size)
+                            format!(
+                                "{} {} {} ({}/{} bytes)",
+                                t.protocol, t.file, t.state, t.bytes_sent, t.size
+                            )
                         }
                         (_, Some(s)) => format!("{} {}", s.kind, s.message),
                         (Some(t), None) => format!("{} {} {}", t.protocol, t.file, t.state),
@@ -313,7 +366,11 @@ impl Status {
                 })
                 .collect()
         });
-        StatusSnapshot { server_started_ms: self.started_ms, now_ms: now, machines }
+        StatusSnapshot {
+            server_started_ms: self.started_ms,
+            now_ms: now,
+            machines,
+        }
     }
 }
 

@@ -183,7 +183,10 @@ fn check_target(
             }
             OutputFormat::Human => {
                 for p in &problems {
-                    println!("{target} would refuse the image: {}: {}", p.field, p.message);
+                    println!(
+                        "{target} would refuse the image: {}: {}",
+                        p.field, p.message
+                    );
                 }
             }
         }

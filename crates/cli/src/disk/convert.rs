@@ -95,7 +95,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let target = a.target.as_deref().map(Target::from_name).transpose()?;
     if let Some(t) = target {
         if a.output_format.is_some() && out_format != t.format() {
-            bail!("--target {t} writes {} images; drop -O or use -O {}", t.format(), t.format());
+            bail!(
+                "--target {t} writes {} images; drop -O or use -O {}",
+                t.format(),
+                t.format()
+            );
         }
         opts.format = Format::Raw;
         profile::apply(t, &mut opts).with_context(|| format!("--target {t}"))?;
@@ -155,12 +159,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("converting to {}", output.display()))?;
     bar.finish();
     if let Some(t) = target {
-        let img = image::open(&output, &image::OpenOptions { format: Some(opts.format), ..Default::default() })
-            .with_context(|| format!("{}: cannot reopen the output to check it", output.display()))?;
+        let img = image::open(
+            &output,
+            &image::OpenOptions {
+                format: Some(opts.format),
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("{}: cannot reopen the output to check it", output.display()))?;
         let problems = profile::check_target(img.as_ref(), t);
         if !problems.is_empty() {
             for p in &problems {
-                eprintln!("vmedia: {t} would refuse {}: {}: {}", output.display(), p.field, p.message);
+                eprintln!(
+                    "vmedia: {t} would refuse {}: {}: {}",
+                    output.display(),
+                    p.field,
+                    p.message
+                );
             }
             return Ok(ExitCode::from(2));
         }

@@ -76,19 +76,25 @@ impl RefArgs {
         let from_env = std::env::var("VMEDIA_ALLOW_REFERENCES").ok();
         match self.allow_references.as_deref().or(from_env.as_deref()) {
             None => Ok(ReferencePolicy::SameFolder),
-            Some(name) => ReferencePolicy::from_name(name)
-                .with_context(|| format!("--allow-references {name:?}: expected same-folder, any or none")),
+            Some(name) => ReferencePolicy::from_name(name).with_context(|| {
+                format!("--allow-references {name:?}: expected same-folder, any or none")
+            }),
         }
     }
 
     pub fn open_options(&self, format: Option<Format>) -> anyhow::Result<OpenOptions> {
-        Ok(OpenOptions { references: self.policy()?, format, ..OpenOptions::default() })
+        Ok(OpenOptions {
+            references: self.policy()?,
+            format,
+            ..OpenOptions::default()
+        })
     }
 }
 
 /// Parses a -f/-O/-F format name.
 pub fn parse_format(name: Option<&str>) -> anyhow::Result<Option<Format>> {
-    name.map(|n| Format::from_name(n).map_err(anyhow::Error::from)).transpose()
+    name.map(|n| Format::from_name(n).map_err(anyhow::Error::from))
+        .transpose()
 }
 
 /// Opens an image with the shared options.
@@ -147,7 +153,13 @@ pub fn human_size(bytes: u64) -> String {
     if unit == 0 {
         return format!("{bytes} B");
     }
-    let digits = if value >= 100.0 { 0 } else if value >= 10.0 { 1 } else { 2 };
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
     let mut s = format!("{value:.digits$}");
     if s.contains('.') {
         s = s.trim_end_matches('0').trim_end_matches('.').to_string();
@@ -190,7 +202,14 @@ mod tests {
     #[test]
     fn o_options_split_and_escape() {
         let mut o = CreateOptions::new(Format::Qcow2, 0);
-        parse_o_options(&["cluster_size=4k,compat=0.10".into(), "backing_file=a,,b".into()], &mut o).unwrap();
+        parse_o_options(
+            &[
+                "cluster_size=4k,compat=0.10".into(),
+                "backing_file=a,,b".into(),
+            ],
+            &mut o,
+        )
+        .unwrap();
         assert_eq!(o.options["cluster_size"], "4k");
         assert_eq!(o.options["compat"], "0.10");
         assert_eq!(o.options["backing_file"], "a,b");

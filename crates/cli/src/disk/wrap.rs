@@ -43,10 +43,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = WrapOptions {
         adapter_type: args.adapter.clone(),
         read_only: args.read_only,
-        overwrite: if args.force { OverwritePolicy::Replace } else { OverwritePolicy::Refuse },
+        overwrite: if args.force {
+            OverwritePolicy::Replace
+        } else {
+            OverwritePolicy::Refuse
+        },
     };
-    let wrapped = wrap_flat(&args.iso, &args.output, &opts)
-        .with_context(|| format!("cannot wrap {} as {}", args.iso.display(), args.output.display()))?;
+    let wrapped = wrap_flat(&args.iso, &args.output, &opts).with_context(|| {
+        format!(
+            "cannot wrap {} as {}",
+            args.iso.display(),
+            args.output.display()
+        )
+    })?;
     if args.json {
         let v = serde_json::json!({
             "filename": args.output.display().to_string(),
@@ -66,7 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             wrapped.extent_name,
             wrapped.sectors,
             wrapped.sectors * 512,
-            if wrapped.padding > 0 { format!(", last sector padded with {} zero bytes", wrapped.padding) } else { String::new() },
+            if wrapped.padding > 0 {
+                format!(", last sector padded with {} zero bytes", wrapped.padding)
+            } else {
+                String::new()
+            },
             args.adapter,
         );
     }

@@ -136,10 +136,17 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let out = common::output_path(&args.output)?;
-    let policy = if args.force { OverwritePolicy::Replace } else { OverwritePolicy::Refuse };
+    let policy = if args.force {
+        OverwritePolicy::Replace
+    } else {
+        OverwritePolicy::Refuse
+    };
     // Fail before the (possibly long) ESP build when the output is in the way.
     if policy == OverwritePolicy::Refuse && out.symlink_metadata().is_ok() {
-        bail!("{} already exists; pass --force to replace it", out.display());
+        bail!(
+            "{} already exists; pass --force to replace it",
+            out.display()
+        );
     }
     let spec = build_spec(&args)?;
     let report = common::write_with_bar(&spec, &out, policy, args.quiet || args.json)?;
@@ -174,7 +181,11 @@ fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
     for source in &args.sources {
         spec.sources.push(graft(source)?);
     }
-    spec.excludes = args.exclude.iter().map(|g| Matcher::Glob(g.clone())).collect();
+    spec.excludes = args
+        .exclude
+        .iter()
+        .map(|g| Matcher::Glob(g.clone()))
+        .collect();
     spec.follow_symlinks = args.follow_symlinks;
     if let Some(sort) = &args.sort {
         spec.sort = common::read_sort_file(sort)?;
@@ -215,10 +226,16 @@ fn graft(word: &OsString) -> anyhow::Result<GraftPoint> {
         i += 1;
     }
     if !split {
-        return Ok(GraftPoint { iso_path: "/".into(), host_path: PathBuf::from(OsString::from_vec(iso)) });
+        return Ok(GraftPoint {
+            iso_path: "/".into(),
+            host_path: PathBuf::from(OsString::from_vec(iso)),
+        });
     }
     if host.is_empty() {
-        bail!("{}: nothing after '=' (give ISO_PATH=SRC)", word.to_string_lossy());
+        bail!(
+            "{}: nothing after '=' (give ISO_PATH=SRC)",
+            word.to_string_lossy()
+        );
     }
     let iso = String::from_utf8(iso)
         .with_context(|| format!("{}: the ISO path is not UTF-8", word.to_string_lossy()))?;
@@ -276,7 +293,10 @@ fn add_boot(args: &Args, spec: &mut IsoSpec) -> anyhow::Result<()> {
                 if bios_is_grub {
                     (PathBuf::from(GRUB_HYBRID_MBR), SystemAreaKind::Grub2Mbr)
                 } else {
-                    (PathBuf::from(ISOLINUX_HYBRID_MBR), SystemAreaKind::IsohybridMbr)
+                    (
+                        PathBuf::from(ISOLINUX_HYBRID_MBR),
+                        SystemAreaKind::IsohybridMbr,
+                    )
                 }
             } else if file_name_of(&template.to_string_lossy()).contains("boot_hybrid") {
                 (template.clone(), SystemAreaKind::Grub2Mbr)
@@ -289,13 +309,19 @@ fn add_boot(args: &Args, spec: &mut IsoSpec) -> anyhow::Result<()> {
                     file.display()
                 );
             }
-            spec.hybrid.system_area = Some(SystemArea { source: BlobSource::File(file), kind });
+            spec.hybrid.system_area = Some(SystemArea {
+                source: BlobSource::File(file),
+                kind,
+            });
             if kind == SystemAreaKind::Grub2Mbr {
                 // grub-mkrescue's layout: the MBR partition covers the image from sector 1.
                 spec.hybrid.protective_msdos_label = true;
             }
         } else if template.as_os_str() != HYBRID_AUTO {
-            bail!("--hybrid={}: an MBR template needs --bios-boot", template.display());
+            bail!(
+                "--hybrid={}: an MBR template needs --bios-boot",
+                template.display()
+            );
         }
     }
     Ok(())
@@ -304,11 +330,22 @@ fn add_boot(args: &Args, spec: &mut IsoSpec) -> anyhow::Result<()> {
 /// Builds the FAT ESP image from `dir` in memory (ESPs are megabytes, not gigabytes).
 fn build_esp(dir: &Path, date: Option<i64>) -> anyhow::Result<Vec<u8>> {
     if !dir.join("EFI").is_dir() {
-        bail!("--efi-dir {}: no EFI folder inside (expected EFI/BOOT/BOOTX64.EFI)", dir.display());
+        bail!(
+            "--efi-dir {}: no EFI folder inside (expected EFI/BOOT/BOOTX64.EFI)",
+            dir.display()
+        );
     }
-    let options = vmedia_fat::FatOptions { label: Some("EFIBOOT".into()), date, ..Default::default() };
-    vmedia_fat::build_image(dir, &options)
-        .with_context(|| format!("cannot build the EFI system partition from {}", dir.display()))
+    let options = vmedia_fat::FatOptions {
+        label: Some("EFIBOOT".into()),
+        date,
+        ..Default::default()
+    };
+    vmedia_fat::build_image(dir, &options).with_context(|| {
+        format!(
+            "cannot build the EFI system partition from {}",
+            dir.display()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -57,7 +57,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let date = match args.date {
         Some(d) => Some(d),
         None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) => Some(v.trim().parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not Unix seconds"))?),
+            Ok(v) => Some(
+                v.trim()
+                    .parse::<i64>()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not Unix seconds"))?,
+            ),
             Err(_) => None,
         },
     };
@@ -70,14 +74,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let plan = FatImage::plan(&args.source, &opts)
         .with_context(|| format!("planning a FAT image of {}", args.source.display()))?;
-    let policy = if args.force { OverwritePolicy::Replace } else { OverwritePolicy::Refuse };
+    let policy = if args.force {
+        OverwritePolicy::Replace
+    } else {
+        OverwritePolicy::Refuse
+    };
     let out = AtomicFile::create(&args.output, policy)?;
     let bar = Bar::bytes(args.quiet || args.json);
     let summary = plan
         .write_to_file(out.file(), &bar)
         .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish();
-    out.commit().with_context(|| format!("saving {}", args.output.display()))?;
+    out.commit()
+        .with_context(|| format!("saving {}", args.output.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -105,7 +114,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
         Some(i) => text.split_at(i),
         None => (text, ""),
     };
-    let value: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size"))?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
     let shift = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KIB" => 10,
@@ -113,12 +124,15 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GIB" => 30,
         _ => return Err(format!("unknown size unit {unit:?} (use K, M or G)")),
     };
-    value.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn parse_serial(text: &str) -> Result<u32, String> {
     let hex: String = text.chars().filter(|&c| c != '-').collect();
-    u32::from_str_radix(hex.trim_start_matches("0x"), 16).map_err(|_| format!("{text:?} is not a hex serial like 1234-ABCD"))
+    u32::from_str_radix(hex.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("{text:?} is not a hex serial like 1234-ABCD"))
 }
 
 /// Unix seconds, `@seconds`, `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS[Z]` (UTC).
@@ -130,12 +144,26 @@ fn parse_date(text: &str) -> Result<i64, String> {
     let bad = || format!("{text:?} is not a date (Unix seconds or YYYY-MM-DD[THH:MM:SS])");
     let text = text.trim_end_matches('Z');
     let (day, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00"));
-    let parts: Vec<i64> = day.split('-').map(|p| p.parse::<i64>()).collect::<Result<_, _>>().map_err(|_| bad())?;
-    let clock: Vec<i64> = time.split(':').map(|p| p.parse::<i64>()).collect::<Result<_, _>>().map_err(|_| bad())?;
-    let (&[year, month, dom], &[hour, minute, second]) = (parts.as_slice(), clock.as_slice()) else {
+    let parts: Vec<i64> = day
+        .split('-')
+        .map(|p| p.parse::<i64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let clock: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse::<i64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let (&[year, month, dom], &[hour, minute, second]) = (parts.as_slice(), clock.as_slice())
+    else {
         return Err(bad());
     };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&dom) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&dom)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return Err(bad());
     }
     Ok(days_from_civil(year, month, dom) * 86_400 + hour * 3600 + minute * 60 + second)

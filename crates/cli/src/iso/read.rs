@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use vmedia_io::{AtomicFile, OverwritePolicy, Progress, ReadAt};
-use vmedia_iso::read::{Entry, EntryKind, FileReader, IsoImage, NameSpace, OpenOptions, Timestamp, WalkEntry};
+use vmedia_iso::read::{
+    Entry, EntryKind, FileReader, IsoImage, NameSpace, OpenOptions, Timestamp, WalkEntry,
+};
 
 use crate::progress::Bar;
 
@@ -45,17 +47,24 @@ impl From<NameSpaceArg> for NameSpace {
 
 fn open_image(path: &Path, namespace: NameSpaceArg) -> Result<IsoImage> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    IsoImage::open(Arc::new(file), OpenOptions { prefer: namespace.into() })
-        .with_context(|| format!("cannot read {}", path.display()))
+    IsoImage::open(
+        Arc::new(file),
+        OpenOptions {
+            prefer: namespace.into(),
+        },
+    )
+    .with_context(|| format!("cannot read {}", path.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
 // info
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia iso info debian.iso\n  vmedia iso info debian.iso --json | jq .boot_catalog\n\n\
+#[command(
+    after_help = "Examples:\n  vmedia iso info debian.iso\n  vmedia iso info debian.iso --json | jq .boot_catalog\n\n\
 The El Torito section ends with the mkisofs options (xorriso -as mkisofs syntax) that would\n\
-recreate the boot setup, like `xorriso -report_el_torito as_mkisofs`.")]
+recreate the boot setup, like `xorriso -report_el_torito as_mkisofs`."
+)]
 pub struct InfoArgs {
     /// The ISO image (a file or a block device)
     image: PathBuf,
@@ -79,8 +88,12 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
     let image = open_image(&args.image, args.namespace)?;
     let display = args.image.display().to_string();
     let volume = image.volume();
-    let catalog = image.boot_catalog().context("cannot read the El Torito boot catalog")?;
-    let partitions = image.partitions().context("cannot read the partition tables")?;
+    let catalog = image
+        .boot_catalog()
+        .context("cannot read the El Torito boot catalog")?;
+    let partitions = image
+        .partitions()
+        .context("cannot read the partition tables")?;
     let recorded = image.recorded_size()?;
     let checksums = vmedia_iso::integrity::read_implant(&**image.source())
         .context("cannot read the embedded checksums")?;
@@ -101,7 +114,11 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
     let p = &volume.primary;
     let mut out = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(out, "Image:              {} ({} bytes)", display, volume.image_bytes);
+    let _ = writeln!(
+        out,
+        "Image:              {} ({} bytes)",
+        display, volume.image_bytes
+    );
     let _ = writeln!(out, "Volume id:          {}", p.volume_id);
     let _ = writeln!(out, "System id:          {}", p.system_id);
     let _ = writeln!(out, "Volume set id:      {}", p.volume_set_id);
@@ -127,7 +144,10 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
         p.volume_space_size, p.logical_block_size, volume.volume_bytes
     );
     if recorded != volume.volume_bytes {
-        let _ = writeln!(out, "Medium size:        {recorded} bytes (partitions extend past the volume)");
+        let _ = writeln!(
+            out,
+            "Medium size:        {recorded} bytes (partitions extend past the volume)"
+        );
     }
     let mut spaces = Vec::new();
     if let Some(rr) = &volume.rock_ridge {
@@ -138,14 +158,33 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
         }
     }
     if let Some(j) = &volume.joliet {
-        spaces.push(format!("Joliet level {} (volume id {:?})", j.level, j.fields.volume_id));
+        spaces.push(format!(
+            "Joliet level {} (volume id {:?})",
+            j.level, j.fields.volume_id
+        ));
     }
     spaces.push("ISO 9660".to_string());
-    let _ = writeln!(out, "Name spaces:        {}; in use: {}", spaces.join(", "), volume.namespace.label());
+    let _ = writeln!(
+        out,
+        "Name spaces:        {}; in use: {}",
+        spaces.join(", "),
+        volume.namespace.label()
+    );
     let descriptors: Vec<String> = volume
         .descriptors
         .iter()
-        .map(|d| format!("{} {}", d.lba, serde_json::to_value(d.kind).ok().map_or_else(String::new, |v| v.to_string().trim_matches('"').replace('_', " "))))
+        .map(|d| {
+            format!(
+                "{} {}",
+                d.lba,
+                serde_json::to_value(d.kind)
+                    .ok()
+                    .map_or_else(String::new, |v| v
+                        .to_string()
+                        .trim_matches('"')
+                        .replace('_', " "))
+            )
+        })
         .collect();
     let _ = writeln!(out, "Descriptors:        {}", descriptors.join(", "));
     match &catalog {
@@ -157,7 +196,9 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
                 out,
                 "El Torito:          catalog at block {}{}",
                 c.lba,
-                c.catalog_path.as_ref().map_or(String::new(), |p| format!(" ({p})"))
+                c.catalog_path
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" ({p})"))
             );
             for e in &c.entries {
                 let location = match (&e.image_path, e.appended_partition) {
@@ -210,8 +251,16 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
                 g.entry_count,
                 g.entry_size,
                 g.entries_start_sector,
-                if g.header_crc_ok { "" } else { ", header CRC WRONG" },
-                if g.entries_crc_ok { "" } else { ", entries CRC WRONG" },
+                if g.header_crc_ok {
+                    ""
+                } else {
+                    ", header CRC WRONG"
+                },
+                if g.entries_crc_ok {
+                    ""
+                } else {
+                    ", entries CRC WRONG"
+                },
             );
             for part in &g.partitions {
                 let _ = writeln!(
@@ -231,13 +280,27 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
         }
         Some(c) => {
             if let Some(m) = &c.md5 {
-                let _ = writeln!(out, "Checksums:          MD5 {} (checkisomd5, skip {} sectors)", hexstr(&m.digest), m.skip_sectors);
+                let _ = writeln!(
+                    out,
+                    "Checksums:          MD5 {} (checkisomd5, skip {} sectors)",
+                    hexstr(&m.digest),
+                    m.skip_sectors
+                );
             }
             if let Some(s) = &c.sha256 {
-                let _ = writeln!(out, "                    SHA-256 {} over {} bytes", hexstr(&s.digest), s.covered_bytes);
+                let _ = writeln!(
+                    out,
+                    "                    SHA-256 {} over {} bytes",
+                    hexstr(&s.digest),
+                    s.covered_bytes
+                );
             }
             if let Some(s) = &c.signature {
-                let _ = writeln!(out, "                    ed25519 signature by key {}", hexstr(&s.key_id));
+                let _ = writeln!(
+                    out,
+                    "                    ed25519 signature by key {}",
+                    hexstr(&s.key_id)
+                );
             }
         }
     }
@@ -256,8 +319,10 @@ fn print_stdout(bytes: &[u8]) -> Result<()> {
 // ls
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia iso ls debian.iso\n  vmedia iso ls debian.iso -lR /isolinux\n  vmedia iso ls debian.iso -R --json\n\n\
-Entries are sorted by name. With -R every line is a full path from the image root.")]
+#[command(
+    after_help = "Examples:\n  vmedia iso ls debian.iso\n  vmedia iso ls debian.iso -lR /isolinux\n  vmedia iso ls debian.iso -R --json\n\n\
+Entries are sorted by name. With -R every line is a full path from the image root."
+)]
 pub struct LsArgs {
     /// The ISO image
     image: PathBuf,
@@ -280,10 +345,14 @@ pub struct LsArgs {
 
 fn long_line(entry: &Entry, name: &str) -> String {
     let size = match &entry.kind {
-        EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => format!("{major}, {minor}"),
+        EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+            format!("{major}, {minor}")
+        }
         _ => entry.size.to_string(),
     };
-    let date = entry.mtime.map_or_else(|| "                ".to_string(), |t| t.to_short_utc());
+    let date = entry
+        .mtime
+        .map_or_else(|| "                ".to_string(), |t| t.to_short_utc());
     let target = match &entry.kind {
         EntryKind::Symlink { target } => format!(" -> {target}"),
         _ => String::new(),
@@ -307,12 +376,26 @@ fn sort_by_name(items: &mut [WalkEntry]) {
 
 pub fn run_ls(args: LsArgs) -> Result<ExitCode> {
     let image = open_image(&args.image, args.namespace)?;
-    let start = image.lookup(&args.path).with_context(|| format!("{}", args.image.display()))?;
-    let base = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
-    let base = if base.len() > 1 { base.trim_end_matches('/').to_string() } else { base };
+    let start = image
+        .lookup(&args.path)
+        .with_context(|| format!("{}", args.image.display()))?;
+    let base = if args.path.starts_with('/') {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let base = if base.len() > 1 {
+        base.trim_end_matches('/').to_string()
+    } else {
+        base
+    };
     let mut items: Vec<WalkEntry> = Vec::new();
     if !start.is_dir() {
-        items.push(WalkEntry { path: base.clone(), depth: 0, entry: start });
+        items.push(WalkEntry {
+            path: base.clone(),
+            depth: 0,
+            entry: start,
+        });
     } else if args.recursive {
         for item in image.walk_from(start, &base) {
             items.push(item.with_context(|| format!("cannot list {}", args.image.display()))?);
@@ -320,9 +403,20 @@ pub fn run_ls(args: LsArgs) -> Result<ExitCode> {
         // Sort each directory's entries by name while keeping parents before children.
         items.sort_by(|a, b| path_order(&a.path, &b.path));
     } else {
-        for entry in image.read_dir(&start).with_context(|| format!("cannot list {}", args.image.display()))? {
-            let path = if base == "/" { format!("/{}", entry.name) } else { format!("{base}/{}", entry.name) };
-            items.push(WalkEntry { path, depth: 1, entry });
+        for entry in image
+            .read_dir(&start)
+            .with_context(|| format!("cannot list {}", args.image.display()))?
+        {
+            let path = if base == "/" {
+                format!("/{}", entry.name)
+            } else {
+                format!("{base}/{}", entry.name)
+            };
+            items.push(WalkEntry {
+                path,
+                depth: 1,
+                entry,
+            });
         }
         sort_by_name(&mut items);
     }
@@ -332,8 +426,16 @@ pub fn run_ls(args: LsArgs) -> Result<ExitCode> {
     }
     let mut out = Vec::with_capacity(items.len() * 64);
     for item in &items {
-        let name = if args.recursive { item.path.as_str() } else { item.entry.name.as_str() };
-        let name = if name.is_empty() { item.path.as_str() } else { name };
+        let name = if args.recursive {
+            item.path.as_str()
+        } else {
+            item.entry.name.as_str()
+        };
+        let name = if name.is_empty() {
+            item.path.as_str()
+        } else {
+            name
+        };
         if args.long {
             out.extend_from_slice(long_line(&item.entry, name).as_bytes());
         } else {
@@ -347,15 +449,19 @@ pub fn run_ls(args: LsArgs) -> Result<ExitCode> {
 
 /// Orders paths component by component, so "/a/b" sorts right after "/a".
 fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.split('/').map(str::as_bytes).cmp(b.split('/').map(str::as_bytes))
+    a.split('/')
+        .map(str::as_bytes)
+        .cmp(b.split('/').map(str::as_bytes))
 }
 
 // ---------------------------------------------------------------------------------------------
 // cat
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia iso cat debian.iso /isolinux/isolinux.cfg\n  vmedia iso cat debian.iso /install.amd/vmlinuz > vmlinuz\n\n\
-Symbolic links inside the image are followed.")]
+#[command(
+    after_help = "Examples:\n  vmedia iso cat debian.iso /isolinux/isolinux.cfg\n  vmedia iso cat debian.iso /install.amd/vmlinuz > vmlinuz\n\n\
+Symbolic links inside the image are followed."
+)]
 pub struct CatArgs {
     /// The ISO image
     image: PathBuf,
@@ -368,8 +474,12 @@ pub struct CatArgs {
 
 pub fn run_cat(args: CatArgs) -> Result<ExitCode> {
     let image = open_image(&args.image, args.namespace)?;
-    let entry = image.lookup_follow(&args.path).with_context(|| format!("{}", args.image.display()))?;
-    let reader = image.file_reader(&entry).with_context(|| format!("{}: {}", args.image.display(), args.path))?;
+    let entry = image
+        .lookup_follow(&args.path)
+        .with_context(|| format!("{}", args.image.display()))?;
+    let reader = image
+        .file_reader(&entry)
+        .with_context(|| format!("{}: {}", args.image.display(), args.path))?;
     let mut stdout = io::stdout().lock();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut offset = 0u64;
@@ -392,12 +502,14 @@ pub fn run_cat(args: CatArgs) -> Result<ExitCode> {
 // extract
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia iso extract debian.iso ./debian\n  vmedia iso extract debian.iso ./boot /isolinux /install.amd/vmlinuz\n\n\
+#[command(
+    after_help = "Examples:\n  vmedia iso extract debian.iso ./debian\n  vmedia iso extract debian.iso ./boot /isolinux /install.amd/vmlinuz\n\n\
 Like tar: DIR is created if needed and may already hold files; selected PATHs keep their\n\
 place below the image root. Existing files are not replaced unless --force. Rock Ridge modes,\n\
 times, symbolic links and hard links are restored; owners and device files only as root.\n\
 Names that could escape DIR (\"..\", \"/\") are refused, and nothing is written through a\n\
-symbolic link (links are created last).")]
+symbolic link (links are created last)."
+)]
 pub struct ExtractArgs {
     /// The ISO image
     image: PathBuf,
@@ -430,42 +542,72 @@ const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 
 fn check_name(name: &str, path: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        bail!("refusing the unsafe name {name:?} in {path:?}: it could write outside the destination");
+        bail!(
+            "refusing the unsafe name {name:?} in {path:?}: it could write outside the destination"
+        );
     }
     Ok(())
 }
 
 fn collect_items(image: &IsoImage, dir: &Path, paths: &[String]) -> Result<Vec<Item>> {
     let mut items = Vec::new();
-    let selected: Vec<String> = if paths.is_empty() { vec!["/".to_string()] } else { paths.to_vec() };
+    let selected: Vec<String> = if paths.is_empty() {
+        vec!["/".to_string()]
+    } else {
+        paths.to_vec()
+    };
     for selection in &selected {
-        let entry = image.lookup(selection).with_context(|| format!("cannot find {selection}"))?;
+        let entry = image
+            .lookup(selection)
+            .with_context(|| format!("cannot find {selection}"))?;
         let mut base = dir.to_path_buf();
         let mut image_path = String::new();
-        let components: Vec<&str> = selection.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+        let components: Vec<&str> = selection
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
         // Walk the selection from the root so its parents are created with their own metadata.
         for (i, component) in components.iter().enumerate() {
             if *component == ".." {
                 bail!("{selection}: \"..\" is not allowed in an extraction path");
             }
-            let child = image.lookup(&format!("{image_path}/{component}")).with_context(|| format!("cannot find {selection}"))?;
+            let child = image
+                .lookup(&format!("{image_path}/{component}"))
+                .with_context(|| format!("cannot find {selection}"))?;
             check_name(&child.name, selection)?;
             base.push(&child.name);
             image_path = format!("{image_path}/{}", child.name);
             if i + 1 < components.len() {
-                items.push(Item { dest: base.clone(), entry: child });
+                items.push(Item {
+                    dest: base.clone(),
+                    entry: child,
+                });
             }
         }
         if !components.is_empty() {
-            items.push(Item { dest: base.clone(), entry: entry.clone() });
+            items.push(Item {
+                dest: base.clone(),
+                entry: entry.clone(),
+            });
         }
         if entry.is_dir() {
-            let root_path = if image_path.is_empty() { "/".to_string() } else { image_path.clone() };
+            let root_path = if image_path.is_empty() {
+                "/".to_string()
+            } else {
+                image_path.clone()
+            };
             for walked in image.walk_from(entry, &root_path) {
                 let walked = walked.context("cannot read the directory tree")?;
                 check_name(&walked.entry.name, &walked.path)?;
-                let rel = walked.path.strip_prefix(&root_path).unwrap_or(&walked.path).trim_start_matches('/');
-                items.push(Item { dest: base.join(rel), entry: walked.entry });
+                let rel = walked
+                    .path
+                    .strip_prefix(&root_path)
+                    .unwrap_or(&walked.path)
+                    .trim_start_matches('/');
+                items.push(Item {
+                    dest: base.join(rel),
+                    entry: walked.entry,
+                });
             }
         }
     }
@@ -473,13 +615,20 @@ fn collect_items(image: &IsoImage, dir: &Path, paths: &[String]) -> Result<Vec<I
 }
 
 fn cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| anyhow!("{} contains a NUL byte", path.display()))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| anyhow!("{} contains a NUL byte", path.display()))
 }
 
 fn timespec(t: Option<Timestamp>) -> libc::timespec {
     match t {
-        Some(t) => libc::timespec { tv_sec: t.unix_seconds as libc::time_t, tv_nsec: i64::from(t.nanoseconds) as _ },
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT as _ },
+        Some(t) => libc::timespec {
+            tv_sec: t.unix_seconds as libc::time_t,
+            tv_nsec: i64::from(t.nanoseconds) as _,
+        },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT as _,
+        },
     }
 }
 
@@ -496,8 +645,17 @@ fn set_times_path(path: &Path, entry: &Entry) -> Result<()> {
     let c = cstring(path)?;
     let times = [timespec(entry.atime.or(entry.mtime)), timespec(entry.mtime)];
     // SAFETY: NUL-terminated path and a two-element timespec array.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("cannot set times of {}", path.display()));
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("cannot set times of {}", path.display()));
     }
     Ok(())
 }
@@ -506,7 +664,8 @@ fn lchown(path: &Path, entry: &Entry) -> Result<()> {
     let c = cstring(path)?;
     // SAFETY: NUL-terminated path.
     if unsafe { libc::lchown(c.as_ptr(), entry.uid, entry.gid) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("cannot set the owner of {}", path.display()));
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("cannot set the owner of {}", path.display()));
     }
     Ok(())
 }
@@ -516,15 +675,30 @@ fn clear_destination(path: &Path, force: bool) -> Result<()> {
     match path.symlink_metadata() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
-        Ok(meta) if meta.is_dir() => bail!("{} is a directory; cannot replace it with a file", path.display()),
-        Ok(_) if force => fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display())),
-        Ok(_) => bail!("{} already exists; pass --force to replace it", path.display()),
+        Ok(meta) if meta.is_dir() => bail!(
+            "{} is a directory; cannot replace it with a file",
+            path.display()
+        ),
+        Ok(_) if force => {
+            fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))
+        }
+        Ok(_) => bail!(
+            "{} already exists; pass --force to replace it",
+            path.display()
+        ),
     }
 }
 
 /// Copies `len` bytes from `reader` (or straight from the image file by `copy_file_range`
 /// when the data is stored uncompressed) into `out` at `offset`.
-fn copy_range(image_file: &File, reader: &FileReader, out: &File, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+fn copy_range(
+    image_file: &File,
+    reader: &FileReader,
+    out: &File,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     if let Some(ranges) = reader.image_ranges() {
         if copy_ranges_in_kernel(image_file, &ranges, out, offset, len)? {
             return Ok(());
@@ -544,7 +718,13 @@ fn copy_range(image_file: &File, reader: &FileReader, out: &File, offset: u64, l
 }
 
 /// `Ok(false)` when the kernel cannot copy between these files (then the caller copies).
-fn copy_ranges_in_kernel(image_file: &File, ranges: &[(u64, u64)], out: &File, offset: u64, len: u64) -> io::Result<bool> {
+fn copy_ranges_in_kernel(
+    image_file: &File,
+    ranges: &[(u64, u64)],
+    out: &File,
+    offset: u64,
+    len: u64,
+) -> io::Result<bool> {
     let mut file_pos = 0u64;
     let end = offset + len;
     for &(image_offset, range_len) in ranges {
@@ -559,17 +739,34 @@ fn copy_ranges_in_kernel(image_file: &File, ranges: &[(u64, u64)], out: &File, o
                 let chunk = left.min(1 << 30) as usize;
                 // SAFETY: valid fds and offsets owned by this frame.
                 let n = unsafe {
-                    libc::copy_file_range(image_file.as_raw_fd(), &mut off_in, out.as_raw_fd(), &mut off_out, chunk, 0)
+                    libc::copy_file_range(
+                        image_file.as_raw_fd(),
+                        &mut off_in,
+                        out.as_raw_fd(),
+                        &mut off_out,
+                        chunk,
+                        0,
+                    )
                 };
                 if n < 0 {
                     let e = io::Error::last_os_error();
                     return match e.raw_os_error() {
-                        Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) if left == to - from => Ok(false),
+                        Some(libc::EXDEV)
+                        | Some(libc::EINVAL)
+                        | Some(libc::ENOSYS)
+                        | Some(libc::EOPNOTSUPP)
+                            if left == to - from =>
+                        {
+                            Ok(false)
+                        }
                         _ => Err(e),
                     };
                 }
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the image ends inside a file"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the image ends inside a file",
+                    ));
                 }
                 left -= n as u64;
             }
@@ -585,9 +782,16 @@ fn is_root() -> bool {
 }
 
 pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
-    let image_file = Arc::new(File::open(&args.image).with_context(|| format!("cannot open {}", args.image.display()))?);
-    let image = IsoImage::open(image_file.clone(), OpenOptions { prefer: args.namespace.into() })
-        .with_context(|| format!("cannot read {}", args.image.display()))?;
+    let image_file = Arc::new(
+        File::open(&args.image).with_context(|| format!("cannot open {}", args.image.display()))?,
+    );
+    let image = IsoImage::open(
+        image_file.clone(),
+        OpenOptions {
+            prefer: args.namespace.into(),
+        },
+    )
+    .with_context(|| format!("cannot read {}", args.image.display()))?;
     let items = collect_items(&image, &args.dir, &args.paths)?;
     let restore_owner = is_root() && !args.no_same_owner;
     // SAFETY: umask has no preconditions; read once (set back at once) before any thread runs.
@@ -597,18 +801,25 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         mask as u32
     };
 
-    fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
     // Directories first (owner-writable while we fill them), in walk order: parents first.
     let mut directories: Vec<&Item> = Vec::new();
     for item in items.iter().filter(|i| i.entry.is_dir()) {
         match item.dest.symlink_metadata() {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) if args.force => {
-                fs::remove_file(&item.dest).with_context(|| format!("cannot replace {}", item.dest.display()))?;
-                fs::create_dir(&item.dest).with_context(|| format!("cannot create {}", item.dest.display()))?;
+                fs::remove_file(&item.dest)
+                    .with_context(|| format!("cannot replace {}", item.dest.display()))?;
+                fs::create_dir(&item.dest)
+                    .with_context(|| format!("cannot create {}", item.dest.display()))?;
             }
-            Ok(_) => bail!("{} exists and is not a directory; pass --force to replace it", item.dest.display()),
-            Err(_) => fs::create_dir(&item.dest).with_context(|| format!("cannot create {}", item.dest.display()))?,
+            Ok(_) => bail!(
+                "{} exists and is not a directory; pass --force to replace it",
+                item.dest.display()
+            ),
+            Err(_) => fs::create_dir(&item.dest)
+                .with_context(|| format!("cannot create {}", item.dest.display()))?,
         }
         fs::set_permissions(&item.dest, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot open up {}", item.dest.display()))?;
@@ -627,7 +838,9 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
             }
             link_leaders.insert(key, item.dest.clone());
         }
-        let reader = image.file_reader(&item.entry).with_context(|| format!("cannot read {}", item.dest.display()))?;
+        let reader = image
+            .file_reader(&item.entry)
+            .with_context(|| format!("cannot read {}", item.dest.display()))?;
         files.push((item, reader));
     }
     let total: u64 = files.iter().map(|(_, r)| r.len()).sum();
@@ -645,16 +858,21 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         if len > CHUNK_BYTES {
             // SAFETY: valid fd; preallocation keeps big files contiguous.
             let _ = unsafe { libc::fallocate(out.as_raw_fd(), 0, 0, len as libc::off_t) };
-            big.lock().map_err(|_| anyhow!("an extraction thread panicked"))?.push((index, Arc::new(out)));
+            big.lock()
+                .map_err(|_| anyhow!("an extraction thread panicked"))?
+                .push((index, Arc::new(out)));
             return Ok(());
         }
         if len > 0 {
-            copy_range(&image_file, reader, &out, 0, len, buf).with_context(|| format!("cannot write {}", item.dest.display()))?;
+            copy_range(&image_file, reader, &out, 0, len, buf)
+                .with_context(|| format!("cannot write {}", item.dest.display()))?;
             bar.advance(len);
         }
         finish_file(&out, &item.entry, &item.dest, restore_owner, umask)
     })?;
-    let big = big.into_inner().map_err(|_| anyhow!("an extraction thread panicked"))?;
+    let big = big
+        .into_inner()
+        .map_err(|_| anyhow!("an extraction thread panicked"))?;
     let mut chunks: Vec<(usize, u64, u64)> = Vec::new();
     for (index, _) in &big {
         let len = files[*index].1.len();
@@ -669,7 +887,8 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         let (index, offset, len) = chunks[task];
         let (item, reader) = &files[index];
         let out = &handles[&index];
-        copy_range(&image_file, reader, out, offset, len, buf).with_context(|| format!("cannot write {}", item.dest.display()))?;
+        copy_range(&image_file, reader, out, offset, len, buf)
+            .with_context(|| format!("cannot write {}", item.dest.display()))?;
         bar.advance(len);
         Ok(())
     })?;
@@ -681,25 +900,36 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
 
     for (item, leader) in &hard_links {
         clear_destination(&item.dest, args.force)?;
-        fs::hard_link(leader, &item.dest)
-            .with_context(|| format!("cannot link {} to {}", item.dest.display(), leader.display()))?;
+        fs::hard_link(leader, &item.dest).with_context(|| {
+            format!(
+                "cannot link {} to {}",
+                item.dest.display(),
+                leader.display()
+            )
+        })?;
     }
 
     // Symbolic links and special files last, so no file above was written through a link.
     let mut skipped_special = 0usize;
-    for item in items.iter().filter(|i| !i.entry.is_dir() && !i.entry.is_file()) {
+    for item in items
+        .iter()
+        .filter(|i| !i.entry.is_dir() && !i.entry.is_file())
+    {
         clear_destination(&item.dest, args.force)?;
         let c = cstring(&item.dest)?;
         let perm = item.entry.permissions() as libc::mode_t;
         match &item.entry.kind {
             EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &item.dest)
-                    .with_context(|| format!("cannot create the symbolic link {}", item.dest.display()))?;
+                std::os::unix::fs::symlink(target, &item.dest).with_context(|| {
+                    format!("cannot create the symbolic link {}", item.dest.display())
+                })?;
             }
             EntryKind::Fifo => {
                 // SAFETY: NUL-terminated path.
                 if unsafe { libc::mkfifo(c.as_ptr(), perm) } != 0 {
-                    return Err(io::Error::last_os_error()).with_context(|| format!("cannot create the FIFO {}", item.dest.display()));
+                    return Err(io::Error::last_os_error()).with_context(|| {
+                        format!("cannot create the FIFO {}", item.dest.display())
+                    });
                 }
             }
             EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
@@ -707,11 +937,17 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
                     skipped_special += 1;
                     continue;
                 }
-                let kind = if matches!(item.entry.kind, EntryKind::CharDevice { .. }) { libc::S_IFCHR } else { libc::S_IFBLK };
+                let kind = if matches!(item.entry.kind, EntryKind::CharDevice { .. }) {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
                 let dev = libc::makedev(*major, *minor);
                 // SAFETY: NUL-terminated path.
                 if unsafe { libc::mknod(c.as_ptr(), kind | perm, dev) } != 0 {
-                    return Err(io::Error::last_os_error()).with_context(|| format!("cannot create the device {}", item.dest.display()));
+                    return Err(io::Error::last_os_error()).with_context(|| {
+                        format!("cannot create the device {}", item.dest.display())
+                    });
                 }
             }
             _ => {
@@ -724,8 +960,11 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
             lchown(&item.dest, &item.entry)?;
         }
         if !matches!(item.entry.kind, EntryKind::Symlink { .. }) {
-            fs::set_permissions(&item.dest, fs::Permissions::from_mode(item.entry.permissions()))
-                .with_context(|| format!("cannot set the mode of {}", item.dest.display()))?;
+            fs::set_permissions(
+                &item.dest,
+                fs::Permissions::from_mode(item.entry.permissions()),
+            )
+            .with_context(|| format!("cannot set the mode of {}", item.dest.display()))?;
         }
         set_times_path(&item.dest, &item.entry)?;
     }
@@ -735,8 +974,11 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         if restore_owner {
             lchown(&item.dest, &item.entry)?;
         }
-        fs::set_permissions(&item.dest, fs::Permissions::from_mode(item.entry.permissions()))
-            .with_context(|| format!("cannot set the mode of {}", item.dest.display()))?;
+        fs::set_permissions(
+            &item.dest,
+            fs::Permissions::from_mode(item.entry.permissions()),
+        )
+        .with_context(|| format!("cannot set the mode of {}", item.dest.display()))?;
         set_times_path(&item.dest, &item.entry)?;
     }
     if skipped_special > 0 {
@@ -753,7 +995,9 @@ where
 {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(count.max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(count.max(1));
     let errors: Vec<anyhow::Error> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -809,12 +1053,19 @@ fn create_file(path: &Path, mode: u32, force: bool) -> Result<File> {
     }
 }
 
-fn finish_file(out: &File, entry: &Entry, dest: &Path, restore_owner: bool, umask: u32) -> Result<()> {
+fn finish_file(
+    out: &File,
+    entry: &Entry,
+    dest: &Path,
+    restore_owner: bool,
+    umask: u32,
+) -> Result<()> {
     let mut chown_done = false;
     if restore_owner && (entry.uid != 0 || entry.gid != 0) {
         // SAFETY: valid fd.
         if unsafe { libc::fchown(out.as_raw_fd(), entry.uid, entry.gid) } != 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("cannot set the owner of {}", dest.display()));
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot set the owner of {}", dest.display()));
         }
         chown_done = true;
     }
@@ -832,11 +1083,13 @@ fn finish_file(out: &File, entry: &Entry, dest: &Path, restore_owner: bool, umas
 // rip
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  vmedia iso rip /dev/sr0 -o disc.iso\n  vmedia iso rip /dev/sr0 -o disc.iso --retries 10 --allow-bad-sectors\n\n\
+#[command(
+    after_help = "Examples:\n  vmedia iso rip /dev/sr0 -o disc.iso\n  vmedia iso rip /dev/sr0 -o disc.iso --retries 10 --allow-bad-sectors\n\n\
 The size comes from the volume descriptor, extended to cover partitions appended past the\n\
 ISO volume (hybrid images). Failed reads are retried sector by sector; afterwards the device\n\
 and the copy are read again and their SHA-256 digests compared.\n\
-Exit codes: 0 copied and verified, 1 failure.")]
+Exit codes: 0 copied and verified, 1 failure."
+)]
 pub struct RipArgs {
     /// The optical drive, block device or image file to copy
     device: PathBuf,
@@ -864,13 +1117,24 @@ pub struct RipArgs {
 }
 
 pub fn run_rip(args: RipArgs) -> Result<ExitCode> {
-    let device = Arc::new(File::open(&args.device).with_context(|| format!("cannot open {}", args.device.display()))?);
+    let device = Arc::new(
+        File::open(&args.device)
+            .with_context(|| format!("cannot open {}", args.device.display()))?,
+    );
     let image = IsoImage::open(device.clone(), OpenOptions::default())
         .with_context(|| format!("{} does not hold an ISO 9660 medium", args.device.display()))?;
-    let size = image.recorded_size().context("cannot read the partition tables")?;
-    let policy = if args.force { OverwritePolicy::Replace } else { OverwritePolicy::Refuse };
+    let size = image
+        .recorded_size()
+        .context("cannot read the partition tables")?;
+    let policy = if args.force {
+        OverwritePolicy::Replace
+    } else {
+        OverwritePolicy::Refuse
+    };
     let out = AtomicFile::create(&args.output, policy)?;
-    out.file().set_len(size).with_context(|| format!("cannot size {}", out.temp_path().display()))?;
+    out.file()
+        .set_len(size)
+        .with_context(|| format!("cannot size {}", out.temp_path().display()))?;
     let bar = Bar::bytes(args.quiet);
     let opts = vmedia_iso::read::rip::RipOptions {
         size,
@@ -881,7 +1145,8 @@ pub fn run_rip(args: RipArgs) -> Result<ExitCode> {
     let report = vmedia_iso::read::rip::rip(&*device, out.file(), opts, &bar)
         .with_context(|| format!("cannot copy {}", args.device.display()))?;
     bar.finish();
-    out.commit().with_context(|| format!("cannot write {}", args.output.display()))?;
+    out.commit()
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -891,8 +1156,23 @@ pub fn run_rip(args: RipArgs) -> Result<ExitCode> {
             args.output.display(),
             report.sha256,
             if report.verified { ", verified" } else { "" },
-            if report.recovered_sectors.is_empty() { String::new() } else { format!(", {} sectors recovered by retries", report.recovered_sectors.len()) },
-            if report.bad_sectors.is_empty() { String::new() } else { format!(", {} UNREADABLE sectors zero-filled: {:?}", report.bad_sectors.len(), report.bad_sectors) },
+            if report.recovered_sectors.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} sectors recovered by retries",
+                    report.recovered_sectors.len()
+                )
+            },
+            if report.bad_sectors.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} UNREADABLE sectors zero-filled: {:?}",
+                    report.bad_sectors.len(),
+                    report.bad_sectors
+                )
+            },
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -89,18 +89,33 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let out = common::output_path(&args.output)?;
-    let policy = if args.force { OverwritePolicy::Replace } else { OverwritePolicy::Refuse };
+    let policy = if args.force {
+        OverwritePolicy::Replace
+    } else {
+        OverwritePolicy::Refuse
+    };
     if policy == OverwritePolicy::Refuse && out.symlink_metadata().is_ok() {
-        bail!("{} already exists; pass --force to replace it", out.display());
+        bail!(
+            "{} already exists; pass --force to replace it",
+            out.display()
+        );
     }
     if same_file(&args.input, &out) {
-        bail!("the output {} is the input; write to another name", out.display());
+        bail!(
+            "the output {} is the input; write to another name",
+            out.display()
+        );
     }
-    let file = File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
+    let file =
+        File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
     let source: Arc<dyn ReadAt> = Arc::new(file);
     let image = IsoImage::open(source.clone(), OpenOptions::default())
         .with_context(|| format!("{} is not a readable ISO image", args.input.display()))?;
-    let skeleton = Skeleton::create(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    let skeleton = Skeleton::create(
+        out.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
     let spec = build_spec(&args, &image, source.as_ref(), &skeleton.path)?;
     let report = common::write_with_bar(&spec, &out, policy, args.quiet || args.json)?;
     if args.json {
@@ -124,11 +139,16 @@ impl Skeleton {
                 Ok(()) => return Ok(Skeleton { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create the skeleton folder {}", path.display()))
+                    return Err(e).with_context(|| {
+                        format!("cannot create the skeleton folder {}", path.display())
+                    })
                 }
             }
         }
-        bail!("cannot find a free name for the skeleton folder in {}", beside.display())
+        bail!(
+            "cannot find a free name for the skeleton folder in {}",
+            beside.display()
+        )
     }
 }
 
@@ -174,13 +194,20 @@ fn parse_addition(word: &OsString) -> anyhow::Result<Addition> {
         i += 1;
     }
     if !split || host.is_empty() || iso.is_empty() {
-        bail!("--add {}: expected ISO_PATH=HOST_PATH", word.to_string_lossy());
+        bail!(
+            "--add {}: expected ISO_PATH=HOST_PATH",
+            word.to_string_lossy()
+        );
     }
-    let iso = String::from_utf8(iso)
-        .with_context(|| format!("--add {}: the ISO path is not UTF-8", word.to_string_lossy()))?;
+    let iso = String::from_utf8(iso).with_context(|| {
+        format!(
+            "--add {}: the ISO path is not UTF-8",
+            word.to_string_lossy()
+        )
+    })?;
     let host_path = PathBuf::from(OsString::from_vec(host));
-    let meta = std::fs::metadata(&host_path)
-        .with_context(|| format!("--add {}", host_path.display()))?;
+    let meta =
+        std::fs::metadata(&host_path).with_context(|| format!("--add {}", host_path.display()))?;
     let mut iso_path = common::absolute_iso_path(&iso);
     if iso_path.ends_with('/') && !meta.is_dir() {
         let name = host_path
@@ -189,14 +216,24 @@ fn parse_addition(word: &OsString) -> anyhow::Result<Addition> {
         iso_path.push_str(&name.to_string_lossy());
     }
     let iso_path = iso_path.trim_end_matches('/').to_string();
-    let iso_path = if iso_path.is_empty() { "/".to_string() } else { iso_path };
+    let iso_path = if iso_path.is_empty() {
+        "/".to_string()
+    } else {
+        iso_path
+    };
     let mut provides = Vec::new();
     if meta.is_dir() {
         list_host_tree(&host_path, &iso_path, &mut provides)?;
     } else {
         provides.push(iso_path.clone());
     }
-    Ok(Addition { graft: GraftPoint { iso_path, host_path }, provides })
+    Ok(Addition {
+        graft: GraftPoint {
+            iso_path,
+            host_path,
+        },
+        provides,
+    })
 }
 
 /// ISO paths a host folder grafted at `iso_dir` will create.
@@ -263,17 +300,30 @@ fn build_spec(
 
     let mut removed: Vec<String> = Vec::new();
     for path in &args.remove {
-        let path = common::absolute_iso_path(path).trim_end_matches('/').to_string();
+        let path = common::absolute_iso_path(path)
+            .trim_end_matches('/')
+            .to_string();
         if path.is_empty() {
             bail!("--remove /: removing the whole tree leaves nothing to repack");
         }
-        image.lookup(&path).with_context(|| format!("--remove {path}: not in {}", args.input.display()))?;
+        image
+            .lookup(&path)
+            .with_context(|| format!("--remove {path}: not in {}", args.input.display()))?;
         removed.push(path);
     }
-    let additions: Vec<Addition> = args.add.iter().map(parse_addition).collect::<anyhow::Result<_>>()?;
-    let replaced: HashSet<String> = additions.iter().flat_map(|a| a.provides.iter().cloned()).collect();
+    let additions: Vec<Addition> = args
+        .add
+        .iter()
+        .map(parse_addition)
+        .collect::<anyhow::Result<_>>()?;
+    let replaced: HashSet<String> = additions
+        .iter()
+        .flat_map(|a| a.provides.iter().cloned())
+        .collect();
 
-    let catalog = image.boot_catalog().context("cannot read the boot catalog")?;
+    let catalog = image
+        .boot_catalog()
+        .context("cannot read the boot catalog")?;
     let catalog_path = catalog.as_ref().and_then(|c| c.catalog_path.clone());
 
     // The tree: directories and links into the skeleton, file data as byte ranges.
@@ -337,11 +387,22 @@ fn build_spec(
             .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
         set_time(dir, *mtime);
     }
-    spec.sources.push(GraftPoint { iso_path: "/".into(), host_path: skeleton.to_path_buf() });
+    spec.sources.push(GraftPoint {
+        iso_path: "/".into(),
+        host_path: skeleton.to_path_buf(),
+    });
     spec.sources.extend(additions.into_iter().map(|a| a.graft));
 
     if let Some(catalog) = &catalog {
-        replay_boot(&mut spec, image, source, catalog, &removed, &kept_files, &replaced)?;
+        replay_boot(
+            &mut spec,
+            image,
+            source,
+            catalog,
+            &removed,
+            &kept_files,
+            &replaced,
+        )?;
     }
     replay_system_area(&mut spec, image, source, catalog.as_ref())?;
     Ok(spec)
@@ -349,8 +410,14 @@ fn build_spec(
 
 /// The byte offset of a file whose extents follow one another on disc (what every writer
 /// does, multi-extent files included).
-fn contiguous_offset(path: &str, extents: &[vmedia_iso::read::Extent], size: u64) -> anyhow::Result<u64> {
-    let Some(first) = extents.first() else { return Ok(0) };
+fn contiguous_offset(
+    path: &str,
+    extents: &[vmedia_iso::read::Extent],
+    size: u64,
+) -> anyhow::Result<u64> {
+    let Some(first) = extents.first() else {
+        return Ok(0);
+    };
     let mut next = first.byte_offset();
     for extent in extents {
         if extent.length == 0 {
@@ -364,7 +431,10 @@ fn contiguous_offset(path: &str, extents: &[vmedia_iso::read::Extent], size: u64
             .with_context(|| format!("{path}: extent lengths overflow"))?;
     }
     if next - first.byte_offset() != size {
-        bail!("{path}: extents hold {} bytes but the file is {size}", next - first.byte_offset());
+        bail!(
+            "{path}: extents hold {} bytes but the file is {size}",
+            next - first.byte_offset()
+        );
     }
     Ok(first.byte_offset())
 }
@@ -380,8 +450,13 @@ fn set_link_time(path: &Path, mtime: Option<i64>) {
 /// Best effort: a time that cannot be set only changes a timestamp in the output.
 fn set_times(path: &Path, mtime: Option<i64>, flags: libc::c_int) {
     let Some(seconds) = mtime else { return };
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
-    let time = libc::timespec { tv_sec: seconds as libc::time_t, tv_nsec: 0 };
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let time = libc::timespec {
+        tv_sec: seconds as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [time, time];
     // SAFETY: c_path is a valid NUL-terminated string and times points to two timespecs.
     unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), flags) };
@@ -437,7 +512,9 @@ fn replay_boot(
     replaced: &HashSet<String>,
 ) -> anyhow::Result<()> {
     spec.boot.catalog_path = catalog.catalog_path.clone();
-    let partitions = image.partitions().context("cannot read the partition tables")?;
+    let partitions = image
+        .partitions()
+        .context("cannot read the partition tables")?;
     for info in &catalog.entries {
         let boot_image = match (&info.image_path, info.appended_partition) {
             (Some(path), _) => {
@@ -453,7 +530,11 @@ fn replay_boot(
                 let number = u8::try_from(number)
                     .ok()
                     .filter(|n| (1..=4).contains(n))
-                    .with_context(|| format!("boot image in partition {number}: only partitions 1-4 can be replayed"))?;
+                    .with_context(|| {
+                        format!(
+                            "boot image in partition {number}: only partitions 1-4 can be replayed"
+                        )
+                    })?;
                 carry_partition(spec, source, &partitions, number)?;
                 BootImage::AppendedPartition(number)
             }
@@ -478,10 +559,15 @@ fn boot_entry(info: &BootEntryInfo, image: BootImage) -> anyhow::Result<BootEntr
             Emulation::Floppy
         }
         ReadEmulation::HardDisk => Emulation::HardDisk,
-        ReadEmulation::Unknown(b) => bail!("boot entry {}: unknown emulation type {b:#x}", info.index),
+        ReadEmulation::Unknown(b) => {
+            bail!("boot entry {}: unknown emulation type {b:#x}", info.index)
+        }
     };
-    entry.load_size =
-        if info.sector_count == 0 { LoadSize::Default } else { LoadSize::Sectors(info.sector_count) };
+    entry.load_size = if info.sector_count == 0 {
+        LoadSize::Default
+    } else {
+        LoadSize::Sectors(info.sector_count)
+    };
     entry.boot_info_table = info.boot_info_table;
     entry.grub2_boot_info = info.grub2_boot_info;
     entry.load_segment = info.load_segment;
@@ -508,14 +594,31 @@ fn carry_partition(
         let guid = vmedia_iso::spec::parse_guid(&p.type_guid)
             .with_context(|| format!("partition {number}: type GUID {} unreadable", p.type_guid))?;
         spec.hybrid.appended_as_gpt = true;
-        (PartType::Gpt(guid), p.first_sector, p.last_sector.saturating_sub(p.first_sector) + 1)
+        (
+            PartType::Gpt(guid),
+            p.first_sector,
+            p.last_sector.saturating_sub(p.first_sector) + 1,
+        )
     } else if let Some(p) = partitions.mbr.iter().find(|p| p.number == number) {
-        (PartType::Mbr(p.partition_type), u64::from(p.start_sector), u64::from(p.sector_count))
+        (
+            PartType::Mbr(p.partition_type),
+            u64::from(p.start_sector),
+            u64::from(p.sector_count),
+        )
     } else {
         bail!("the boot catalog names partition {number}, which the partition tables lack");
     };
-    let data = read_blob(source, start * 512, sectors * 512, &format!("partition {number}"))?;
-    spec.hybrid.appended.push(AppendedPartition { number, part_type, source: BlobSource::Bytes(data) });
+    let data = read_blob(
+        source,
+        start * 512,
+        sectors * 512,
+        &format!("partition {number}"),
+    )?;
+    spec.hybrid.appended.push(AppendedPartition {
+        number,
+        part_type,
+        source: BlobSource::Bytes(data),
+    });
     Ok(())
 }
 
@@ -527,7 +630,9 @@ fn replay_system_area(
     catalog: Option<&BootCatalog>,
 ) -> anyhow::Result<()> {
     let area = image.system_area().context("cannot read the system area")?;
-    let partitions = image.partitions().context("cannot read the partition tables")?;
+    let partitions = image
+        .partitions()
+        .context("cannot read the partition tables")?;
     let bios = catalog.and_then(|c| c.entries.iter().find(|e| e.platform.id() == 0));
     let efi = catalog.and_then(|c| c.entries.iter().find(|e| e.platform.id() == 0xEF));
     let has_code = area[..MBR_CODE_BYTES].iter().any(|b| *b != 0);
@@ -543,7 +648,10 @@ fn replay_system_area(
             Some(b) if le64(GRUB2_MBR_LBA_OFFSET) == u64::from(b.lba) * SECTORS_PER_BLOCK + 4 => {
                 SystemAreaKind::Grub2Mbr
             }
-            Some(b) if u64::from(le32(ISOHYBRID_LBA_OFFSET)) == u64::from(b.lba) * SECTORS_PER_BLOCK => {
+            Some(b)
+                if u64::from(le32(ISOHYBRID_LBA_OFFSET))
+                    == u64::from(b.lba) * SECTORS_PER_BLOCK =>
+            {
                 SystemAreaKind::IsohybridMbr
             }
             _ => SystemAreaKind::Generic,
@@ -561,28 +669,52 @@ fn replay_system_area(
 
     let volume_sectors = image.volume().volume_bytes / 512;
     // grub-mkrescue's --protective-msdos-label: partition 1 from sector 1 over the image.
-    if partitions.mbr.iter().any(|p| p.number == 1 && p.start_sector == 1) {
+    if partitions
+        .mbr
+        .iter()
+        .any(|p| p.number == 1 && p.start_sector == 1)
+    {
         spec.hybrid.protective_msdos_label = true;
     }
-    if let Some(first) = partitions.mbr.iter().find(|p| p.number == 1 && p.partition_type != 0xEE) {
+    if let Some(first) = partitions
+        .mbr
+        .iter()
+        .find(|p| p.number == 1 && p.partition_type != 0xEE)
+    {
         if first.start_sector == 64 {
             spec.hybrid.partition_offset = 16;
         }
-        if first.bootable && spec.hybrid.system_area.as_ref().is_some_and(|s| s.kind != SystemAreaKind::IsohybridMbr) {
+        if first.bootable
+            && spec
+                .hybrid
+                .system_area
+                .as_ref()
+                .is_some_and(|s| s.kind != SystemAreaKind::IsohybridMbr)
+        {
             spec.hybrid.mbr_force_bootable = true;
         }
-        if (first.start_sector == 0 || first.start_sector == 64) && ![0x00, 0x17].contains(&first.partition_type) {
+        if (first.start_sector == 0 || first.start_sector == 64)
+            && ![0x00, 0x17].contains(&first.partition_type)
+        {
             spec.hybrid.iso_mbr_part_type = Some(PartType::Mbr(first.partition_type));
         }
     }
     if let Some(gpt) = &partitions.gpt {
         for p in &gpt.partitions {
-            let esp = p.type_guid.eq_ignore_ascii_case(vmedia_iso::spec::GPT_TYPE_EFI_SYSTEM);
+            let esp = p
+                .type_guid
+                .eq_ignore_ascii_case(vmedia_iso::spec::GPT_TYPE_EFI_SYSTEM);
             let inside = p.last_sector < volume_sectors;
-            if inside && esp && efi.is_some_and(|e| u64::from(e.lba) * SECTORS_PER_BLOCK == p.first_sector) {
+            if inside
+                && esp
+                && efi.is_some_and(|e| u64::from(e.lba) * SECTORS_PER_BLOCK == p.first_sector)
+            {
                 spec.hybrid.efi_boot_part = Some(EfiBootPart::BootImage);
             }
-            if p.first_sector == 0 && p.type_guid.eq_ignore_ascii_case(vmedia_iso::spec::GPT_TYPE_BASIC_DATA) {
+            if p.first_sector == 0
+                && p.type_guid
+                    .eq_ignore_ascii_case(vmedia_iso::spec::GPT_TYPE_BASIC_DATA)
+            {
                 spec.hybrid.gpt_basdat = true;
             }
             if !inside && p.first_sector >= volume_sectors {
@@ -611,7 +743,11 @@ mod tests {
 
     #[test]
     fn volume_date_digits_use_the_recorded_offset() {
-        let t = Timestamp { unix_seconds: 1_700_000_000, nanoseconds: 120_000_000, utc_offset_minutes: 60 };
+        let t = Timestamp {
+            unix_seconds: 1_700_000_000,
+            nanoseconds: 120_000_000,
+            utc_offset_minutes: 60,
+        };
         assert_eq!(volume_date_digits(&t), "2023111423132012");
     }
 
@@ -631,9 +767,27 @@ mod tests {
     #[test]
     fn contiguous_extents_give_one_range() {
         use vmedia_iso::read::Extent;
-        let e = [Extent { lba: 10, length: 4096 }, Extent { lba: 12, length: 100 }];
+        let e = [
+            Extent {
+                lba: 10,
+                length: 4096,
+            },
+            Extent {
+                lba: 12,
+                length: 100,
+            },
+        ];
         assert_eq!(contiguous_offset("/f", &e, 4196).unwrap(), 20480);
-        let gap = [Extent { lba: 10, length: 4096 }, Extent { lba: 13, length: 100 }];
+        let gap = [
+            Extent {
+                lba: 10,
+                length: 4096,
+            },
+            Extent {
+                lba: 13,
+                length: 100,
+            },
+        ];
         assert!(contiguous_offset("/f", &gap, 4196).is_err());
     }
 

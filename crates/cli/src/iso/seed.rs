@@ -64,7 +64,11 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let out = common::output_path(&args.output)?;
     let spec = build_spec(&args)?;
-    let policy = if args.force { OverwritePolicy::Replace } else { OverwritePolicy::Refuse };
+    let policy = if args.force {
+        OverwritePolicy::Replace
+    } else {
+        OverwritePolicy::Refuse
+    };
     let report = common::write_with_bar(&spec, &out, policy, args.quiet || args.json)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -95,7 +99,10 @@ fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
     spec.naming.joliet = true;
     spec.naming.rock_ridge = Some(RockRidgeMode::Faithful);
     spec.date = common::source_date_epoch()?;
-    let mut files = vec![("user-data", checked_seed_file(&args.user_data, "user-data")?)];
+    let mut files = vec![(
+        "user-data",
+        checked_seed_file(&args.user_data, "user-data")?,
+    )];
     for (name, path) in [
         ("meta-data", &args.meta_data),
         ("network-config", &args.network_config),
@@ -106,7 +113,10 @@ fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
         }
     }
     for (name, host_path) in files {
-        spec.sources.push(GraftPoint { iso_path: format!("/{name}"), host_path });
+        spec.sources.push(GraftPoint {
+            iso_path: format!("/{name}"),
+            host_path,
+        });
     }
     if args.meta_data.is_none() {
         spec.mem_files.push(MemFile {
@@ -116,7 +126,11 @@ fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
             mtime: None,
         });
     }
-    spec.integrity = IntegritySpec { md5: args.integrity, sha256: args.integrity, signing_key: None };
+    spec.integrity = IntegritySpec {
+        md5: args.integrity,
+        sha256: args.integrity,
+        signing_key: None,
+    };
     Ok(spec)
 }
 
@@ -135,7 +149,10 @@ mod tests {
 
     #[test]
     fn generated_meta_data_has_instance_id_and_hostname() {
-        assert_eq!(generated_meta_data("iid-local01", None), "instance-id: iid-local01\n");
+        assert_eq!(
+            generated_meta_data("iid-local01", None),
+            "instance-id: iid-local01\n"
+        );
         assert_eq!(
             generated_meta_data("i-1", Some("vm1")),
             "instance-id: i-1\nlocal-hostname: vm1\n"

@@ -52,7 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(integrity::load_verifying_key)
         .transpose()
         .context("loading the public key")?;
-    let file = File::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
+    let file =
+        File::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
     let bar = Bar::bytes(args.quiet || args.json);
     let outcome = integrity::verify(&file, key.as_ref(), &bar);
     bar.finish();
@@ -60,7 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(report) => report,
         Err(err @ IntegrityError::Truncated { .. }) => {
             if args.json {
-                println!("{}", serde_json::json!({ "image": args.image, "error": err.to_string(), "ok": false }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "image": args.image, "error": err.to_string(), "ok": false })
+                );
             } else {
                 println!("{}: FAILED: {err}", args.image.display());
             }
@@ -119,6 +123,8 @@ fn line(name: &str, outcome: &CheckOutcome) {
             println!("  {:<10}   expected {expected}", "");
             println!("  {:<10}   actual   {actual}", "");
         }
-        CheckOutcome::Unchecked { reason } => println!("  {name:<10} present, not checked: {reason}"),
+        CheckOutcome::Unchecked { reason } => {
+            println!("  {name:<10} present, not checked: {reason}")
+        }
     }
 }

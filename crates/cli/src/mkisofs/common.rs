@@ -35,7 +35,8 @@ pub fn parse_date(text: &str) -> anyhow::Result<i64> {
     if let Ok(seconds) = digits.parse::<i64>() {
         return Ok(seconds);
     }
-    let bad = || anyhow::anyhow!("--date {text:?}: give Unix seconds or YYYY-MM-DD[THH:MM:SS[Z]] (UTC)");
+    let bad =
+        || anyhow::anyhow!("--date {text:?}: give Unix seconds or YYYY-MM-DD[THH:MM:SS[Z]] (UTC)");
     let t = t.strip_suffix('Z').unwrap_or(t);
     let (day, time) = match t.split_once(['T', ' ']) {
         Some((d, tm)) => (d, Some(tm)),
@@ -101,12 +102,23 @@ pub fn read_sort_file(path: &Path) -> anyhow::Result<Vec<SortRule>> {
             continue;
         }
         let Some((pattern, weight)) = line.rsplit_once(char::is_whitespace) else {
-            bail!("sort file {} line {}: expected `PATH WEIGHT`", path.display(), index + 1);
+            bail!(
+                "sort file {} line {}: expected `PATH WEIGHT`",
+                path.display(),
+                index + 1
+            );
         };
         let weight: i32 = weight.parse().with_context(|| {
-            format!("sort file {} line {}: weight {weight:?} is not a number", path.display(), index + 1)
+            format!(
+                "sort file {} line {}: weight {weight:?} is not a number",
+                path.display(),
+                index + 1
+            )
         })?;
-        rules.push(SortRule { pattern: pattern.trim_end().to_string(), weight });
+        rules.push(SortRule {
+            pattern: pattern.trim_end().to_string(),
+            weight,
+        });
     }
     Ok(rules)
 }
@@ -115,7 +127,10 @@ pub fn read_sort_file(path: &Path) -> anyhow::Result<Vec<SortRule>> {
 /// absolute form, keeping a trailing '/' (it means "keep the host file's own name").
 pub fn absolute_iso_path(path: &str) -> String {
     let trailing = path.ends_with('/') && path.len() > 1;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     let mut out = String::from("/");
     out.push_str(&parts.join("/"));
     if trailing && !parts.is_empty() {
@@ -221,7 +236,13 @@ mod tests {
         let file = dir.path().join("sort");
         std::fs::write(&file, "/src/my file 10\n\n# c\n/src/b -3\n").unwrap();
         let rules = read_sort_file(&file).unwrap();
-        assert_eq!(rules[0], SortRule { pattern: "/src/my file".into(), weight: 10 });
+        assert_eq!(
+            rules[0],
+            SortRule {
+                pattern: "/src/my file".into(),
+                weight: 10
+            }
+        );
         assert_eq!(rules[1].weight, -3);
         std::fs::write(&file, "/src/nope\n").unwrap();
         assert!(read_sort_file(&file).is_err());

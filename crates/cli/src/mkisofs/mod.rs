@@ -13,8 +13,8 @@ use anyhow::Context;
 use vmedia_io::{NoProgress, OverwritePolicy};
 use vmedia_iso::spec::{
     AppendedPartition, BlobSource, BootEntry, BootImage, EfiBootPart, Emulation, Hide, HideTree,
-    IntegritySpec, IsoSpec, LoadSize, Matcher, Ownership, Platform, RockRidgeMode,
-    SortRule, SystemArea, SystemAreaKind,
+    IntegritySpec, IsoSpec, LoadSize, Matcher, Ownership, Platform, RockRidgeMode, SortRule,
+    SystemArea, SystemAreaKind,
 };
 
 use options::{Exclude, Invocation, RockRidge, UsageError};
@@ -41,7 +41,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if inv.version {
-        println!("vmedia mkisofs {} (xorriso -as mkisofs / genisoimage compatible)", env!("CARGO_PKG_VERSION"));
+        println!(
+            "vmedia mkisofs {} (xorriso -as mkisofs / genisoimage compatible)",
+            env!("CARGO_PKG_VERSION")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let spec = match translate(&inv) {
@@ -50,7 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(Failure::Other(e)) => return Err(e),
     };
     for dropped in &inv.dropped {
-        eprintln!("vmedia mkisofs: warning: left out Mac-only option {dropped} ({})", options::DROP_HFSPLUS);
+        eprintln!(
+            "vmedia mkisofs: warning: left out Mac-only option {dropped} ({})",
+            options::DROP_HFSPLUS
+        );
     }
     if inv.verbose {
         for no_op in &inv.no_ops {
@@ -58,7 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if inv.print_size {
-        let plan = vmedia_iso::write::plan(&spec, &NoProgress).context("cannot lay out the image")?;
+        let plan =
+            vmedia_iso::write::plan(&spec, &NoProgress).context("cannot lay out the image")?;
         println!("{}", plan.sectors());
         return Ok(ExitCode::SUCCESS);
     }
@@ -148,10 +155,16 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
         });
     }
     for pattern in &inv.hide {
-        spec.hide.push(Hide { tree: HideTree::Iso9660, matcher: Matcher::Glob(pattern.clone()) });
+        spec.hide.push(Hide {
+            tree: HideTree::Iso9660,
+            matcher: Matcher::Glob(pattern.clone()),
+        });
     }
     for pattern in &inv.hide_joliet {
-        spec.hide.push(Hide { tree: HideTree::Joliet, matcher: Matcher::Glob(pattern.clone()) });
+        spec.hide.push(Hide {
+            tree: HideTree::Joliet,
+            matcher: Matcher::Glob(pattern.clone()),
+        });
     }
     spec.follow_symlinks = inv.follow_links;
     spec.ownership = Ownership {
@@ -164,7 +177,10 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
         spec.sort = common::read_sort_file(file)?;
     }
     for (weight, path) in &inv.sort_weights {
-        spec.sort.push(SortRule { pattern: common::absolute_iso_path(path), weight: *weight });
+        spec.sort.push(SortRule {
+            pattern: common::absolute_iso_path(path),
+            weight: *weight,
+        });
     }
 
     // Like xorriso, the catalog is a visible /boot.catalog unless -c names it or
@@ -209,9 +225,18 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
 
     let hybrid = &mut spec.hybrid;
     hybrid.system_area = match (&inv.isohybrid_mbr, &inv.grub2_mbr, &inv.embedded_boot) {
-        (Some(f), _, _) => Some(SystemArea { source: BlobSource::File(f.clone()), kind: SystemAreaKind::IsohybridMbr }),
-        (_, Some(f), _) => Some(SystemArea { source: BlobSource::File(f.clone()), kind: SystemAreaKind::Grub2Mbr }),
-        (_, _, Some(f)) => Some(SystemArea { source: BlobSource::File(f.clone()), kind: SystemAreaKind::Generic }),
+        (Some(f), _, _) => Some(SystemArea {
+            source: BlobSource::File(f.clone()),
+            kind: SystemAreaKind::IsohybridMbr,
+        }),
+        (_, Some(f), _) => Some(SystemArea {
+            source: BlobSource::File(f.clone()),
+            kind: SystemAreaKind::Grub2Mbr,
+        }),
+        (_, _, Some(f)) => Some(SystemArea {
+            source: BlobSource::File(f.clone()),
+            kind: SystemAreaKind::Generic,
+        }),
         _ => None,
     };
     hybrid.partition_offset = inv.partition_offset.unwrap_or(0);
@@ -233,7 +258,11 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
     hybrid.mbr_force_bootable = inv.mbr_force_bootable;
 
     spec.date = common::source_date_epoch()?;
-    spec.pad_sectors = if inv.pad { vmedia_iso::spec::DEFAULT_PAD_SECTORS } else { 0 };
+    spec.pad_sectors = if inv.pad {
+        vmedia_iso::spec::DEFAULT_PAD_SECTORS
+    } else {
+        0
+    };
     spec.integrity = IntegritySpec {
         md5: !inv.no_checksums,
         sha256: !inv.no_checksums,

@@ -100,7 +100,6 @@ pub struct NameRules {
     pub hide_rr_moved: bool,
 }
 
-
 /// What `-m`, `-x`, `-exclude` and `-exclude-list` leave out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exclude {
@@ -358,8 +357,11 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
     let mut inv = Invocation::default();
     let mut boot = BootBuilder::default();
     let drop_hfsplus = args.iter().any(|a| a.as_bytes() == DROP_HFSPLUS.as_bytes());
-    let kept: Vec<OsString> =
-        args.iter().filter(|a| a.as_bytes() != DROP_HFSPLUS.as_bytes()).cloned().collect();
+    let kept: Vec<OsString> = args
+        .iter()
+        .filter(|a| a.as_bytes() != DROP_HFSPLUS.as_bytes())
+        .cloned()
+        .collect();
     let args = &kept[..];
     let mut words = Words { args, pos: 0 };
     skip_emulation_prefix(&mut words);
@@ -377,7 +379,10 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
             continue;
         }
         let text = arg.to_str().ok_or_else(|| {
-            usage(format!("option {} is not valid UTF-8", arg.to_string_lossy()))
+            usage(format!(
+                "option {} is not valid UTF-8",
+                arg.to_string_lossy()
+            ))
         })?;
         let (name, inline_value) = split_option(text)?;
         if let Some((_, arity)) = HFSPLUS_OPTIONS.iter().find(|(n, _)| *n == name) {
@@ -389,7 +394,9 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
             }
             let mut dropped = text.to_string();
             for _ in 0..*arity {
-                let v = words.next().ok_or_else(|| usage(format!("option {text} needs a value")))?;
+                let v = words
+                    .next()
+                    .ok_or_else(|| usage(format!("option {text} needs a value")))?;
                 dropped.push(' ');
                 dropped.push_str(&v.to_string_lossy());
             }
@@ -413,7 +420,10 @@ fn skip_emulation_prefix(words: &mut Words<'_>) {
             }
             Some(b"-as") => {
                 let personality = words.args.get(words.pos + 1).map(|a| a.as_bytes());
-                if matches!(personality, Some(b"mkisofs") | Some(b"genisoimage") | Some(b"xorrisofs")) {
+                if matches!(
+                    personality,
+                    Some(b"mkisofs") | Some(b"genisoimage") | Some(b"xorrisofs")
+                ) {
                     words.pos += 2;
                 } else {
                     return;
@@ -467,7 +477,9 @@ fn value<'a>(
     if let Some(v) = inline {
         return Ok(OsStr::new(v));
     }
-    words.next().ok_or_else(|| usage(format!("option {option} needs a value")))
+    words
+        .next()
+        .ok_or_else(|| usage(format!("option {option} needs a value")))
 }
 
 fn value_str<'a>(
@@ -507,7 +519,11 @@ fn parse_mode(text: &str, option: &str) -> Result<u32, UsageError> {
     u32::from_str_radix(text, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| usage(format!("{option}: {text:?} is not an octal mode such as 0644")))
+        .ok_or_else(|| {
+            usage(format!(
+                "{option}: {text:?} is not an octal mode such as 0644"
+            ))
+        })
 }
 
 /// `-uid`/`-gid` take a number or a name from the local user database.
@@ -525,13 +541,19 @@ fn parse_id(text: &str, option: &str, group: bool) -> Result<u32, UsageError> {
             (name == text).then(|| id.parse::<u32>().ok()).flatten()
         })
         .next()
-        .ok_or_else(|| usage(format!("{option}: {text:?} is neither a number nor a name in {file}")))
+        .ok_or_else(|| {
+            usage(format!(
+                "{option}: {text:?} is neither a number nor a name in {file}"
+            ))
+        })
 }
 
 /// `0xef`, `ef` or a GPT type GUID `C12A7328-F81F-11D2-BA4B-00A0C93EC93B`.
 pub fn parse_partition_type(text: &str, option: &str) -> Result<PartitionType, UsageError> {
     PartitionType::parse(text).ok_or_else(|| {
-        usage(format!("{option}: {text:?} is neither an MBR type byte (0xef) nor a GPT type GUID"))
+        usage(format!(
+            "{option}: {text:?} is neither an MBR type byte (0xef) nor a GPT type GUID"
+        ))
     })
 }
 
@@ -605,7 +627,11 @@ fn parse_platform(text: &str) -> Result<u8, UsageError> {
         "efi" => Ok(PLATFORM_EFI),
         other => parse_int(other)
             .and_then(|n| u8::try_from(n).ok())
-            .ok_or_else(|| usage(format!("-eltorito-platform: {other:?} is not x86, PPC, Mac, efi or a number 0..255"))),
+            .ok_or_else(|| {
+                usage(format!(
+                    "-eltorito-platform: {other:?} is not x86, PPC, Mac, efi or a number 0..255"
+                ))
+            }),
     }
 }
 
@@ -622,7 +648,11 @@ fn parse_interval(text: &str) -> Result<u8, UsageError> {
     rest.parse::<u8>()
         .ok()
         .filter(|n| (1..=8).contains(n))
-        .ok_or_else(|| usage(format!("boot image {text:?}: partition number must be 1..8")))
+        .ok_or_else(|| {
+            usage(format!(
+                "boot image {text:?}: partition number must be 1..8"
+            ))
+        })
 }
 
 fn apply<'a>(
@@ -644,14 +674,17 @@ fn apply<'a>(
         "path-list" => {
             let file = PathBuf::from(value(words, option, inline)?);
             for line in read_list_file(&file, option)? {
-                inv.grafts.push(parse_pathspec(OsStr::from_bytes(&line), inv.graft_points)?);
+                inv.grafts
+                    .push(parse_pathspec(OsStr::from_bytes(&line), inv.graft_points)?);
             }
         }
         "f" | "follow-links" => {
             flag(inline)?;
             inv.follow_links = true;
         }
-        "m" => inv.excludes.push(Exclude::Glob(value_str(words, option, inline)?.to_string())),
+        "m" => inv
+            .excludes
+            .push(Exclude::Glob(value_str(words, option, inline)?.to_string())),
         "x" | "exclude" => {
             let text = value_str(words, option, inline)?;
             inv.excludes.push(if has_glob_chars(text) {
@@ -667,7 +700,9 @@ fn apply<'a>(
             }
         }
         "hide" => inv.hide.push(value_str(words, option, inline)?.to_string()),
-        "hide-joliet" => inv.hide_joliet.push(value_str(words, option, inline)?.to_string()),
+        "hide-joliet" => inv
+            .hide_joliet
+            .push(value_str(words, option, inline)?.to_string()),
         "sort" => inv.sort_file = Some(PathBuf::from(value(words, option, inline)?)),
         "sort-weight" => {
             let weight = value_str(words, option, inline)?;
@@ -704,7 +739,9 @@ fn apply<'a>(
         "iso-level" => {
             let level: u8 = number(value_str(words, option, inline)?, option)?;
             if !(1..=4).contains(&level) {
-                return Err(usage(format!("{option}: level {level} is not 1, 2, 3 or 4")));
+                return Err(usage(format!(
+                    "{option}: level {level} is not 1, 2, 3 or 4"
+                )));
             }
             inv.iso_level = Some(level);
         }
@@ -789,7 +826,10 @@ fn apply<'a>(
         "biblio" => inv.biblio_file = Some(value_str(words, option, inline)?.to_string()),
         "copyright" => inv.copyright_file = Some(value_str(words, option, inline)?.to_string()),
         "modification-date" => {
-            inv.modification_date = Some(check_volume_date(value_str(words, option, inline)?, option)?)
+            inv.modification_date = Some(check_volume_date(
+                value_str(words, option, inline)?,
+                option,
+            )?)
         }
         "volume_date" => {
             let which = value_str(words, option, inline)?;
@@ -897,13 +937,18 @@ fn apply<'a>(
         }
         "iso_mbr_part_type" => {
             let text = value_str(words, option, inline)?;
-            inv.iso_mbr_part_type =
-                if text == "default" { None } else { Some(parse_partition_type(text, option)?) };
+            inv.iso_mbr_part_type = if text == "default" {
+                None
+            } else {
+                Some(parse_partition_type(text, option)?)
+            };
         }
         "partition_offset" => {
             let blocks: u32 = number(value_str(words, option, inline)?, option)?;
             if blocks != 0 && blocks < 16 {
-                return Err(usage(format!("{option}: {blocks} must be 0 or at least 16")));
+                return Err(usage(format!(
+                    "{option}: {blocks} must be 0 or at least 16"
+                )));
             }
             inv.partition_offset = Some(blocks);
         }
@@ -911,12 +956,18 @@ fn apply<'a>(
             let number_text = value_str(words, option, inline)?;
             let number: u8 = number(number_text, option)?;
             if !(1..=8).contains(&number) {
-                return Err(usage(format!("{option}: partition number {number} is outside 1..8")));
+                return Err(usage(format!(
+                    "{option}: partition number {number} is outside 1..8"
+                )));
             }
             let type_code = parse_partition_type(value_str(words, option, None)?, option)?;
             let file = PathBuf::from(value(words, option, None)?);
             inv.append_partitions.retain(|p| p.number != number);
-            inv.append_partitions.push(AppendPartition { number, type_code, file });
+            inv.append_partitions.push(AppendPartition {
+                number,
+                type_code,
+                file,
+            });
         }
         "appended_part_as_gpt" => {
             flag(inline)?;
@@ -946,7 +997,9 @@ fn apply<'a>(
             let list = value_str(words, option, inline)?;
             for algo in list.split(',') {
                 if !["md5", "sha1", "sha256", "sha512"].contains(&algo) {
-                    return Err(usage(format!("{option}: unknown checksum algorithm {algo:?}")));
+                    return Err(usage(format!(
+                        "{option}: unknown checksum algorithm {algo:?}"
+                    )));
                 }
             }
             inv.no_ops.push(format!("{option} {list}"));
@@ -996,7 +1049,9 @@ fn check_volume_date(text: &str, option: &str) -> Result<String, UsageError> {
     if text.len() == 16 && text.bytes().all(|b| b.is_ascii_digit()) {
         Ok(text.to_string())
     } else {
-        Err(usage(format!("{option}: {text:?} is not 16 digits YYYYMMDDhhmmsscc")))
+        Err(usage(format!(
+            "{option}: {text:?} is not 16 digits YYYYMMDDhhmmsscc"
+        )))
     }
 }
 
@@ -1006,8 +1061,8 @@ fn utf8_line(line: Vec<u8>, option: &str) -> Result<String, UsageError> {
 
 /// Reads a list file: one entry per line, empty lines skipped.
 fn read_list_file(path: &std::path::Path, option: &str) -> Result<Vec<Vec<u8>>, UsageError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| usage(format!("{option} {}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| usage(format!("{option} {}: {e}", path.display())))?;
     if meta.len() > MAX_LIST_FILE_BYTES {
         return Err(usage(format!(
             "{option} {}: {} bytes is over the {MAX_LIST_FILE_BYTES}-byte limit for list files",
@@ -1015,7 +1070,8 @@ fn read_list_file(path: &std::path::Path, option: &str) -> Result<Vec<Vec<u8>>, 
             meta.len()
         )));
     }
-    let data = std::fs::read(path).map_err(|e| usage(format!("{option} {}: {e}", path.display())))?;
+    let data =
+        std::fs::read(path).map_err(|e| usage(format!("{option} {}: {e}", path.display())))?;
     Ok(data
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
@@ -1029,7 +1085,10 @@ fn read_list_file(path: &std::path::Path, option: &str) -> Result<Vec<Vec<u8>>, 
 pub fn parse_pathspec(word: &OsStr, graft_points: bool) -> Result<Graft, UsageError> {
     let bytes = word.as_bytes();
     if !graft_points {
-        return Ok(Graft { iso_path: None, host_path: PathBuf::from(word) });
+        return Ok(Graft {
+            iso_path: None,
+            host_path: PathBuf::from(word),
+        });
     }
     let mut left = Vec::new();
     let mut right = Vec::new();
@@ -1051,7 +1110,10 @@ pub fn parse_pathspec(word: &OsStr, graft_points: bool) -> Result<Graft, UsageEr
         i += 1;
     }
     if !seen_equals {
-        return Ok(Graft { iso_path: None, host_path: PathBuf::from(OsString::from_vec(left)) });
+        return Ok(Graft {
+            iso_path: None,
+            host_path: PathBuf::from(OsString::from_vec(left)),
+        });
     }
     if right.is_empty() {
         return Err(usage(format!(
@@ -1060,9 +1122,15 @@ pub fn parse_pathspec(word: &OsStr, graft_points: bool) -> Result<Graft, UsageEr
         )));
     }
     let iso_path = String::from_utf8(left).map_err(|_| {
-        usage(format!("graft point {}: the ISO path is not valid UTF-8", word.to_string_lossy()))
+        usage(format!(
+            "graft point {}: the ISO path is not valid UTF-8",
+            word.to_string_lossy()
+        ))
     })?;
-    Ok(Graft { iso_path: Some(iso_path), host_path: PathBuf::from(OsString::from_vec(right)) })
+    Ok(Graft {
+        iso_path: Some(iso_path),
+        host_path: PathBuf::from(OsString::from_vec(right)),
+    })
 }
 
 fn check_consistency(inv: &Invocation) -> Result<(), UsageError> {
@@ -1070,19 +1138,27 @@ fn check_consistency(inv: &Invocation) -> Result<(), UsageError> {
         return Err(usage("--md5 and --no-checksums contradict each other"));
     }
     if inv.isohybrid_mbr.is_some() && inv.grub2_mbr.is_some() {
-        return Err(usage("-isohybrid-mbr and --grub2-mbr both fill the MBR; give one"));
+        return Err(usage(
+            "-isohybrid-mbr and --grub2-mbr both fill the MBR; give one",
+        ));
     }
     if inv.embedded_boot.is_some() && (inv.isohybrid_mbr.is_some() || inv.grub2_mbr.is_some()) {
-        return Err(usage("-G/--embedded-boot and -isohybrid-mbr/--grub2-mbr both fill the system area; give one"));
+        return Err(usage(
+            "-G/--embedded-boot and -isohybrid-mbr/--grub2-mbr both fill the system area; give one",
+        ));
     }
     if inv.boot_catalog.is_some() && inv.boot.is_empty() {
         return Err(usage("-c (boot catalog) needs a boot image (-b or -e)"));
     }
     if !inv.help && !inv.version && !inv.print_size && inv.output.is_none() {
-        return Err(usage("no output file: give -o FILE (writing the image to stdout is not supported)"));
+        return Err(usage(
+            "no output file: give -o FILE (writing the image to stdout is not supported)",
+        ));
     }
     if !inv.help && !inv.version && inv.grafts.is_empty() {
-        return Err(usage("no input: give at least one folder or file (pathspec)"));
+        return Err(usage(
+            "no input: give at least one folder or file (pathspec)",
+        ));
     }
     Ok(())
 }
@@ -1118,7 +1194,10 @@ mod tests {
 
     #[test]
     fn unknown_option_is_refused_by_name() {
-        assert_eq!(err("-frobnicate -o x.iso dir"), "unsupported option -frobnicate");
+        assert_eq!(
+            err("-frobnicate -o x.iso dir"),
+            "unsupported option -frobnicate"
+        );
     }
 
     #[test]
@@ -1130,7 +1209,10 @@ mod tests {
     #[test]
     fn hfsplus_options_are_refused_by_name() {
         let e = err("-hfsplus -o x.iso dir");
-        assert!(e.contains("-hfsplus") && e.contains("--drop-hfsplus"), "{e}");
+        assert!(
+            e.contains("-hfsplus") && e.contains("--drop-hfsplus"),
+            "{e}"
+        );
         assert!(err("-isohybrid-apm-hfsplus -o x.iso dir").contains("-isohybrid-apm-hfsplus"));
     }
 
@@ -1178,9 +1260,11 @@ mod tests {
 
     #[test]
     fn lorax_boot_line_makes_two_entries() {
-        let inv = ok("-R -J -V X -b isolinux/isolinux.bin -c isolinux/boot.cat -boot-load-size 4 \
+        let inv = ok(
+            "-R -J -V X -b isolinux/isolinux.bin -c isolinux/boot.cat -boot-load-size 4 \
              -boot-info-table -no-emul-boot -eltorito-alt-boot -e images/efiboot.img \
-             -no-emul-boot -isohybrid-gpt-basdat -o x.iso dir");
+             -no-emul-boot -isohybrid-gpt-basdat -o x.iso dir",
+        );
         assert_eq!(inv.boot.len(), 2);
         assert_eq!(inv.boot[0].image.as_deref(), Some("isolinux/isolinux.bin"));
         assert_eq!(inv.boot[0].load_size, Some(LoadSize::Sectors(4)));
@@ -1286,9 +1370,11 @@ mod tests {
     #[test]
     fn sort_weight_takes_two_values() {
         let inv = ok("--sort-weight 1 /boot --sort-weight 0 / -o x.iso d");
-        assert_eq!(inv.sort_weights, vec![(1, "/boot".to_string()), (0, "/".to_string())]);
+        assert_eq!(
+            inv.sort_weights,
+            vec![(1, "/boot".to_string()), (0, "/".to_string())]
+        );
     }
-
 
     #[test]
     fn double_dash_ends_options() {

@@ -28,10 +28,16 @@ pub fn hybrid_iso(tag: &str) -> PathBuf {
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("isolinux")).unwrap();
         fs::create_dir_all(tree.join("boot/grub")).unwrap();
-        fs::copy("/usr/lib/ISOLINUX/isolinux.bin", tree.join("isolinux/isolinux.bin"))
-            .expect("isolinux not installed: run scripts/setup.sh");
-        fs::copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", tree.join("isolinux/ldlinux.c32"))
-            .expect("syslinux-common not installed: run scripts/setup.sh");
+        fs::copy(
+            "/usr/lib/ISOLINUX/isolinux.bin",
+            tree.join("isolinux/isolinux.bin"),
+        )
+        .expect("isolinux not installed: run scripts/setup.sh");
+        fs::copy(
+            "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            tree.join("isolinux/ldlinux.c32"),
+        )
+        .expect("syslinux-common not installed: run scripts/setup.sh");
         fs::copy(&p.kernel, tree.join("boot/vmlinuz")).unwrap();
         fs::copy(&p.initrd, tree.join("boot/initrd.gz")).unwrap();
         write(
@@ -58,13 +64,44 @@ pub fn hybrid_iso(tag: &str) -> PathBuf {
                 .arg(&early)
                 .arg("-o")
                 .arg(&efi)
-                .args(["part_gpt", "part_msdos", "iso9660", "fat", "search", "search_fs_file"])
-                .args(["linux", "normal", "configfile", "serial", "terminal", "echo", "test"]),
+                .args([
+                    "part_gpt",
+                    "part_msdos",
+                    "iso9660",
+                    "fat",
+                    "search",
+                    "search_fs_file",
+                ])
+                .args([
+                    "linux",
+                    "normal",
+                    "configfile",
+                    "serial",
+                    "terminal",
+                    "echo",
+                    "test",
+                ]),
         );
         let esp = tree.join("efi.img");
-        run_ok(Command::new(require_tool("mkfs.vfat")).arg("-C").arg(&esp).arg("2880"));
-        run_ok(Command::new(require_tool("mmd")).arg("-i").arg(&esp).args(["::/EFI", "::/EFI/BOOT"]));
-        run_ok(Command::new(require_tool("mcopy")).arg("-i").arg(&esp).arg(&efi).arg("::/EFI/BOOT/"));
+        run_ok(
+            Command::new(require_tool("mkfs.vfat"))
+                .arg("-C")
+                .arg(&esp)
+                .arg("2880"),
+        );
+        run_ok(
+            Command::new(require_tool("mmd"))
+                .arg("-i")
+                .arg(&esp)
+                .args(["::/EFI", "::/EFI/BOOT"]),
+        );
+        run_ok(
+            Command::new(require_tool("mcopy"))
+                .arg("-i")
+                .arg(&esp)
+                .arg(&efi)
+                .arg("::/EFI/BOOT/"),
+        );
         run_ok(
             Command::new(require_tool("xorriso"))
                 .args(["-as", "mkisofs", "-quiet", "-o"])
@@ -73,7 +110,13 @@ pub fn hybrid_iso(tag: &str) -> PathBuf {
                 .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
                 .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"])
                 .args(["-isohybrid-mbr", "/usr/lib/ISOLINUX/isohdpfx.bin"])
-                .args(["-eltorito-alt-boot", "-e", "efi.img", "-no-emul-boot", "-isohybrid-gpt-basdat"])
+                .args([
+                    "-eltorito-alt-boot",
+                    "-e",
+                    "efi.img",
+                    "-no-emul-boot",
+                    "-isohybrid-gpt-basdat",
+                ])
                 .arg(&tree),
         );
         fs::remove_dir_all(&tree).unwrap();
@@ -104,7 +147,11 @@ pub fn tftp_root() -> PathBuf {
         let p = payload();
         fs::copy("/usr/lib/PXELINUX/pxelinux.0", dir.join("pxelinux.0"))
             .expect("pxelinux not installed: run scripts/setup.sh");
-        fs::copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", dir.join("ldlinux.c32")).unwrap();
+        fs::copy(
+            "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            dir.join("ldlinux.c32"),
+        )
+        .unwrap();
         fs::copy(&p.kernel, dir.join("vmlinuz")).unwrap();
         fs::copy(&p.initrd, dir.join("initrd.gz")).unwrap();
         fs::create_dir_all(dir.join("pxelinux.cfg")).unwrap();
@@ -121,7 +168,18 @@ pub fn tftp_root() -> PathBuf {
             Command::new(require_tool("grub-mkimage"))
                 .args(["-O", "x86_64-efi", "-p", "(tftp)/grub", "-o"])
                 .arg(dir.join("grubnet.efi"))
-                .args(["tftp", "efinet", "net", "normal", "linux", "configfile", "serial", "terminal", "echo", "test"]),
+                .args([
+                    "tftp",
+                    "efinet",
+                    "net",
+                    "normal",
+                    "linux",
+                    "configfile",
+                    "serial",
+                    "terminal",
+                    "echo",
+                    "test",
+                ]),
         );
     })
 }
@@ -137,7 +195,12 @@ pub fn initrd_with_block_drivers() -> PathBuf {
         fs::create_dir_all(overlay.join("mods")).unwrap();
         let mut ordered: Vec<String> = Vec::new();
         for module in GUEST_MODULES {
-            let out = run_ok(Command::new(require_tool("modprobe")).args(["-S", &release, "--show-depends", module]));
+            let out = run_ok(Command::new(require_tool("modprobe")).args([
+                "-S",
+                &release,
+                "--show-depends",
+                module,
+            ]));
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 if let Some(path) = line.strip_prefix("insmod ") {
                     let path = path.split_whitespace().next().unwrap().to_string();
@@ -148,7 +211,11 @@ pub fn initrd_with_block_drivers() -> PathBuf {
             }
         }
         for (index, module) in ordered.iter().enumerate() {
-            let name = Path::new(module).file_name().unwrap().to_string_lossy().into_owned();
+            let name = Path::new(module)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             fs::copy(module, overlay.join(format!("mods/{index:02}-{name}"))).unwrap();
         }
         let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev 2>/dev/null\nfor m in /mods/*.ko; do insmod $m; done\nsleep 1\necho\necho VMEDIA-BOOT-OK\nfor f in /sys/block/sr*/size /sys/block/vd*/size; do [ -e \"$f\" ] && echo \"BLOCKDEV $f $(cat $f)\"; done\nif grep -q vmedia.shell /proc/cmdline; then exec sh; fi\npoweroff -f\n";
@@ -161,7 +228,10 @@ pub fn initrd_with_block_drivers() -> PathBuf {
             .current_dir(dir)
             .status()
             .unwrap();
-        assert!(status.success(), "building the module overlay failed (need cpio and gzip)");
+        assert!(
+            status.success(),
+            "building the module overlay failed (need cpio and gzip)"
+        );
         // Linux unpacks concatenated archives in order; the overlay's /init replaces the payload's.
         let mut joined = fs::read(&p.initrd).unwrap();
         joined.extend(fs::read(dir.join("overlay.cpio.gz")).unwrap());
@@ -184,7 +254,11 @@ fn newest_module_release() -> Option<String> {
 
 /// Lists running QEMU processes whose command line contains `needle`.
 pub fn qemu_processes(needle: &str) -> Vec<String> {
-    let out = Command::new("pgrep").arg("-af").arg(needle).output().expect("pgrep (procps) missing");
+    let out = Command::new("pgrep")
+        .arg("-af")
+        .arg(needle)
+        .output()
+        .expect("pgrep (procps) missing");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("qemu-system"))
@@ -200,15 +274,24 @@ pub struct GuestShell {
 
 impl GuestShell {
     pub fn connect(socket: &Path) -> GuestShell {
-        let stream = UnixStream::connect(socket)
-            .unwrap_or_else(|e| panic!("cannot connect to serial socket {}: {e}", socket.display()));
-        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        GuestShell { stream, seen: Vec::new() }
+        let stream = UnixStream::connect(socket).unwrap_or_else(|e| {
+            panic!("cannot connect to serial socket {}: {e}", socket.display())
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        GuestShell {
+            stream,
+            seen: Vec::new(),
+        }
     }
 
     /// Runs `command` in the guest and returns what it printed between two unique tags.
     pub fn run(&mut self, command: &str, timeout: Duration) -> String {
-        let tag = format!("T{}", Instant::now().elapsed().as_nanos() ^ std::process::id() as u128);
+        let tag = format!(
+            "T{}",
+            Instant::now().elapsed().as_nanos() ^ std::process::id() as u128
+        );
         // The shell echoes the command line (wrapped at 80 columns): "$((1+1))" keeps the
         // echoed text from ever looking like the output tags.
         let line = format!("echo B-$((1+1))-{tag}; {command}; echo E-$((1+1))-{tag}\n");
@@ -226,7 +309,10 @@ impl GuestShell {
                     return out;
                 }
             }
-            assert!(Instant::now() < deadline, "guest did not answer {command:?} within {timeout:?}; console so far:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "guest did not answer {command:?} within {timeout:?}; console so far:\n{text}"
+            );
             match self.stream.read(&mut buf) {
                 Ok(0) => panic!("the serial socket closed while running {command:?}"),
                 Ok(n) => self.seen.extend_from_slice(&buf[..n]),

@@ -16,7 +16,11 @@ use super::{require_tool, run_ok};
 
 /// Opens `path` with the vmedia driver of its probed format.
 pub fn open_any(path: &Path, opts: &OpenOptions) -> vmedia_disk::Result<Box<dyn DiskImage>> {
-    let file = File::open(path).map_err(|source| vmedia_disk::DiskError::Open { path: path.into(), action: "open", source })?;
+    let file = File::open(path).map_err(|source| vmedia_disk::DiskError::Open {
+        path: path.into(),
+        action: "open",
+        source,
+    })?;
     let source: Arc<dyn vmedia_io::ReadAt> = Arc::new(file);
     let (head, tail) = probe_windows(source.as_ref(), path)?;
     if vmedia_disk::vhdx::probe(&head, &tail) {
@@ -31,7 +35,8 @@ pub fn open_any(path: &Path, opts: &OpenOptions) -> vmedia_disk::Result<Box<dyn 
 }
 
 pub fn open_default(path: &Path) -> Box<dyn DiskImage> {
-    open_any(path, &OpenOptions::default()).unwrap_or_else(|e| panic!("vmedia cannot open {}: {e}", path.display()))
+    open_any(path, &OpenOptions::default())
+        .unwrap_or_else(|e| panic!("vmedia cannot open {}: {e}", path.display()))
 }
 
 /// Writes the guest view of `img` to `out` as a sparse raw file: ranges the chain reports as
@@ -48,7 +53,8 @@ pub fn dump_raw(img: &dyn DiskImage, out: &Path) {
         let (len, maybe_data) = chain_status(img, at, want);
         if maybe_data {
             let n = len as usize;
-            img.read_at(&mut buf[..n], at).unwrap_or_else(|e| panic!("{}: read at {at:#x}: {e}", img.path().display()));
+            img.read_at(&mut buf[..n], at)
+                .unwrap_or_else(|e| panic!("{}: read at {at:#x}: {e}", img.path().display()));
             if buf[..n].iter().any(|b| *b != 0) {
                 f.write_all_at(&buf[..n], at).unwrap();
             }
@@ -59,12 +65,16 @@ pub fn dump_raw(img: &dyn DiskImage, out: &Path) {
 
 /// (len, whether some layer may hold data there).
 fn chain_status(img: &dyn DiskImage, at: u64, len: u64) -> (u64, bool) {
-    let s = img.block_status(at, len).unwrap_or_else(|e| panic!("{}: block status at {at:#x}: {e}", img.path().display()));
+    let s = img
+        .block_status(at, len)
+        .unwrap_or_else(|e| panic!("{}: block status at {at:#x}: {e}", img.path().display()));
     match s.kind {
         BlockKind::Data => (s.len, true),
         BlockKind::Zero => (s.len, false),
         BlockKind::Unallocated => match img.backing() {
-            Some(b) if at < b.virtual_size() => chain_status(b, at, s.len.min(b.virtual_size() - at)),
+            Some(b) if at < b.virtual_size() => {
+                chain_status(b, at, s.len.min(b.virtual_size() - at))
+            }
             _ => (s.len, false),
         },
     }
@@ -72,7 +82,13 @@ fn chain_status(img: &dyn DiskImage, at: u64, len: u64) -> (u64, bool) {
 
 /// Copies `src` into a new image the way a converter does: cluster by cluster, skipping
 /// clusters that read as zeros, compressing through the writer's compressor when it has one.
-pub fn lib_convert(src: &dyn DiskImage, dst: &Path, format: Format, options: &[(&str, &str)], backing: Option<&str>) {
+pub fn lib_convert(
+    src: &dyn DiskImage,
+    dst: &Path,
+    format: Format,
+    options: &[(&str, &str)],
+    backing: Option<&str>,
+) {
     let mut opts = CreateOptions::new(format, src.virtual_size());
     for (k, v) in options {
         opts.options.insert((*k).into(), (*v).into());
@@ -113,12 +129,20 @@ pub fn lib_convert(src: &dyn DiskImage, dst: &Path, format: Format, options: &[(
         }
         at += n as u64;
     }
-    writer.finish().unwrap_or_else(|e| panic!("finish {}: {e}", dst.display()));
+    writer
+        .finish()
+        .unwrap_or_else(|e| panic!("finish {}: {e}", dst.display()));
 }
 
 /// Copies only what `top`'s own layer stores (a delta): reads through the chain for those
 /// ranges, writes them into a new delta image over `backing`.
-pub fn lib_convert_layer(top: &dyn DiskImage, dst: &Path, format: Format, options: &[(&str, &str)], backing: &str) {
+pub fn lib_convert_layer(
+    top: &dyn DiskImage,
+    dst: &Path,
+    format: Format,
+    options: &[(&str, &str)],
+    backing: &str,
+) {
     lib_convert(top, dst, format, options, Some(backing))
 }
 
@@ -139,34 +163,73 @@ pub fn qemu_to_raw(src: &Path, format: Option<&str>, out: &Path) {
 
 /// `qemu-img compare` exit code and output.
 pub fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) -> (i32, String) {
-    let out = Command::new(qemu_img()).args(["compare", "-f", fa, "-F", fb]).arg(a).arg(b).output().unwrap();
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(qemu_img())
+        .args(["compare", "-f", fa, "-F", fb])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 pub fn assert_qemu_identical(a: &Path, fa: &str, b: &Path, fb: &str) {
     let (code, text) = qemu_compare(a, fa, b, fb);
-    assert_eq!(code, 0, "qemu-img compare {} ({fa}) vs {} ({fb}): {text}", a.display(), b.display());
+    assert_eq!(
+        code,
+        0,
+        "qemu-img compare {} ({fa}) vs {} ({fb}): {text}",
+        a.display(),
+        b.display()
+    );
 }
 
 /// `qemu-img check` passes (exit 0).
 pub fn assert_qemu_check(path: &Path, format: &str) {
-    let out = Command::new(qemu_img()).args(["check", "-f", format]).arg(path).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "qemu-img check {}: {}{}", path.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(qemu_img())
+        .args(["check", "-f", format])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "qemu-img check {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn qemu_info_json(path: &Path, format: &str) -> serde_json::Value {
-    let out = run_ok(Command::new(qemu_img()).args(["info", "-f", format, "--output", "json"]).arg(path));
+    let out = run_ok(
+        Command::new(qemu_img())
+            .args(["info", "-f", format, "--output", "json"])
+            .arg(path),
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Files equal (byte for byte, compared in chunks).
 pub fn files_equal(a: &Path, b: &Path) -> bool {
-    let (ma, mb) = (std::fs::metadata(a).unwrap().len(), std::fs::metadata(b).unwrap().len());
+    let (ma, mb) = (
+        std::fs::metadata(a).unwrap().len(),
+        std::fs::metadata(b).unwrap().len(),
+    );
     ma == mb && super::sha256_file(a) == super::sha256_file(b)
 }
 
 pub fn allow_any() -> OpenOptions {
-    OpenOptions { references: ReferencePolicy::Any, ..OpenOptions::default() }
+    OpenOptions {
+        references: ReferencePolicy::Any,
+        ..OpenOptions::default()
+    }
 }
 
 /// A raw file of `size` bytes with a recognisable pattern in some places and holes elsewhere.
@@ -179,7 +242,9 @@ pub fn patterned_raw(path: &Path, size: u64, seed: u8) {
     while at < size {
         if i % 3 != 1 {
             let n = (size - at).min(96 * 1024) as usize;
-            let data: Vec<u8> = (0..n).map(|j| ((j as u64 * 31 + i * 7 + u64::from(seed)) % 251) as u8).collect();
+            let data: Vec<u8> = (0..n)
+                .map(|j| ((j as u64 * 31 + i * 7 + u64::from(seed)) % 251) as u8)
+                .collect();
             f.write_all_at(&data, at).unwrap();
         }
         at += 5 * 128 * 1024 + 4096;
@@ -189,7 +254,13 @@ pub fn patterned_raw(path: &Path, size: u64, seed: u8) {
 
 /// Writes into a new delta image (over `backing`, a name relative to `dst`) only what differs
 /// between `wanted` and the backing image's content, as `qemu-img convert -B` does.
-pub fn lib_delta(wanted: &dyn DiskImage, backing_img: &dyn DiskImage, dst: &Path, format: Format, backing: &str) {
+pub fn lib_delta(
+    wanted: &dyn DiskImage,
+    backing_img: &dyn DiskImage,
+    dst: &Path,
+    format: Format,
+    backing: &str,
+) {
     let mut opts = CreateOptions::new(format, wanted.virtual_size());
     opts.backing = Some((backing.to_string(), Some(format)));
     let create = match format {
@@ -219,7 +290,9 @@ pub fn lib_delta(wanted: &dyn DiskImage, backing_img: &dyn DiskImage, dst: &Path
                     end = (end + 512).min(n);
                 }
                 if a[s..end].iter().all(|x| *x == 0) {
-                    writer.write_zeroes(at + s as u64, (end - s) as u64).unwrap();
+                    writer
+                        .write_zeroes(at + s as u64, (end - s) as u64)
+                        .unwrap();
                 } else {
                     writer.write_at(at + s as u64, &a[s..end]).unwrap();
                 }
@@ -230,7 +303,9 @@ pub fn lib_delta(wanted: &dyn DiskImage, backing_img: &dyn DiskImage, dst: &Path
         }
         at += n as u64;
     }
-    writer.finish().unwrap_or_else(|e| panic!("finish {}: {e}", dst.display()));
+    writer
+        .finish()
+        .unwrap_or_else(|e| panic!("finish {}: {e}", dst.display()));
 }
 
 /// Overwrites `len` bytes at `at` in a raw file with `fill` (0 makes a zeroed range).
@@ -266,12 +341,21 @@ impl DiskImage for SizedSource<'_> {
         buf[inside..].fill(0);
         Ok(())
     }
-    fn block_status(&self, guest_offset: u64, len: u64) -> vmedia_disk::Result<vmedia_disk::BlockStatus> {
+    fn block_status(
+        &self,
+        guest_offset: u64,
+        len: u64,
+    ) -> vmedia_disk::Result<vmedia_disk::BlockStatus> {
         let inner = self.inner.virtual_size();
         if guest_offset >= inner {
-            return Ok(vmedia_disk::BlockStatus { len, kind: BlockKind::Zero, host_offset: None });
+            return Ok(vmedia_disk::BlockStatus {
+                len,
+                kind: BlockKind::Zero,
+                host_offset: None,
+            });
         }
-        self.inner.block_status(guest_offset, len.min(inner - guest_offset))
+        self.inner
+            .block_status(guest_offset, len.min(inner - guest_offset))
     }
     fn info(&self) -> vmedia_disk::Result<vmedia_disk::ImageInfo> {
         self.inner.info()

@@ -70,12 +70,23 @@ fn walk(
     nodes: &mut BTreeMap<String, Node>,
     inodes: &mut BTreeMap<(u64, u64), Vec<String>>,
 ) {
-    let mut items: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut items: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     items.sort();
     for path in items {
-        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let meta = fs::symlink_metadata(&path).unwrap();
-        let mode = if with_modes { meta.permissions().mode() & 0o7777 } else { 0 };
+        let mode = if with_modes {
+            meta.permissions().mode() & 0o7777
+        } else {
+            0
+        };
         if meta.file_type().is_symlink() {
             let target = fs::read_link(&path).unwrap().to_string_lossy().into_owned();
             nodes.insert(rel, Node::Symlink { target });
@@ -89,7 +100,14 @@ fn walk(
                 group.sort();
                 inodes.insert((meta.dev(), meta.ino()), group);
             }
-            nodes.insert(rel, Node::File { mode, size: meta.len(), hash: hash_file(&path) });
+            nodes.insert(
+                rel,
+                Node::File {
+                    mode,
+                    size: meta.len(),
+                    hash: hash_file(&path),
+                },
+            );
         }
     }
 }
@@ -121,7 +139,12 @@ pub fn assert_same_tree(expected: &Manifest, actual: &Manifest, what: &str) {
         problems.is_empty(),
         "{what}: {} differences:\n{}",
         problems.len(),
-        problems.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+        problems
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -164,8 +187,16 @@ pub fn peer_tree() -> PathBuf {
         write(&t.join("readme.txt"), b"hello from vmedia\n", 0o644);
         write(&t.join("empty.txt"), b"", 0o644);
         fs::create_dir_all(t.join("emptydir")).unwrap();
-        write(&t.join("ünïcødé-файл-日本語.txt"), "ünïcødé\n".as_bytes(), 0o644);
-        write(&t.join("name with spaces & (parens).txt"), b"spaces\n", 0o644);
+        write(
+            &t.join("ünïcødé-файл-日本語.txt"),
+            "ünïcødé\n".as_bytes(),
+            0o644,
+        );
+        write(
+            &t.join("name with spaces & (parens).txt"),
+            b"spaces\n",
+            0o644,
+        );
         write(&t.join("UPPER-lower.Mixed.tar.gz"), b"dots\n", 0o644);
         write(&t.join(long_name()), b"long\n", 0o644);
         let mut deep = t.join("deep");
@@ -188,8 +219,15 @@ pub fn peer_tree() -> PathBuf {
         let h = t.join("hard");
         write(&h.join("a.txt"), b"shared by two names\n", 0o644);
         fs::hard_link(h.join("a.txt"), h.join("b.txt")).unwrap();
-        for (i, size) in [1usize, 2047, 2048, 2049, 100_000, 3 << 20].iter().enumerate() {
-            write(&t.join(format!("data/file-{size}.bin")), &pattern(*size, i as u64 + 1), 0o644);
+        for (i, size) in [1usize, 2047, 2048, 2049, 100_000, 3 << 20]
+            .iter()
+            .enumerate()
+        {
+            write(
+                &t.join(format!("data/file-{size}.bin")),
+                &pattern(*size, i as u64 + 1),
+                0o644,
+            );
         }
     });
     dir.join("tree")
@@ -197,7 +235,8 @@ pub fn peer_tree() -> PathBuf {
 
 /// Whether every component of `path` fits a Joliet name of `max` UCS-2 characters (BMP only).
 pub fn joliet_representable(path: &str, max: usize) -> bool {
-    path.split('/').all(|c| c.chars().count() <= max && c.chars().all(|ch| (ch as u32) < 0x10000))
+    path.split('/')
+        .all(|c| c.chars().count() <= max && c.chars().all(|ch| (ch as u32) < 0x10000))
 }
 
 /// The manifest a Joliet-only reader (7z) can reproduce: no links, no modes, short names.
@@ -205,17 +244,26 @@ pub fn joliet_view(m: &Manifest, max: usize) -> Manifest {
     let nodes = m
         .nodes
         .iter()
-        .filter(|(path, node)| !matches!(node, Node::Symlink { .. }) && joliet_representable(path, max))
+        .filter(|(path, node)| {
+            !matches!(node, Node::Symlink { .. }) && joliet_representable(path, max)
+        })
         .map(|(path, node)| {
             let node = match node {
                 Node::Dir { .. } => Node::Dir { mode: 0 },
-                Node::File { size, hash, .. } => Node::File { mode: 0, size: *size, hash: *hash },
+                Node::File { size, hash, .. } => Node::File {
+                    mode: 0,
+                    size: *size,
+                    hash: *hash,
+                },
                 other => other.clone(),
             };
             (path.clone(), node)
         })
         .collect();
-    Manifest { nodes, hard_links: BTreeSet::new() }
+    Manifest {
+        nodes,
+        hard_links: BTreeSet::new(),
+    }
 }
 
 /// `xorriso -indev ISO -report_el_torito plain -report_system_area plain`, as lines.
@@ -226,7 +274,10 @@ pub fn xorriso_report(iso: &Path) -> Vec<String> {
             .arg(iso)
             .args(["-report_el_torito", "plain", "-report_system_area", "plain"]),
     );
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The value columns of report lines starting with `key` (e.g. "El Torito boot img").
@@ -250,17 +301,26 @@ pub fn boot_entries(report: &[String]) -> Vec<(String, String)> {
 
 /// GPT type GUIDs (xorriso's byte-order hex) in entry order.
 pub fn gpt_types(report: &[String]) -> Vec<String> {
-    report_rows(report, "GPT type GUID").into_iter().map(|r| r[1].clone()).collect()
+    report_rows(report, "GPT type GUID")
+        .into_iter()
+        .map(|r| r[1].clone())
+        .collect()
 }
 
 /// MBR partition types, e.g. ["0x00", "0xef"].
 pub fn mbr_types(report: &[String]) -> Vec<String> {
-    report_rows(report, "MBR partition").into_iter().map(|r| r[2].clone()).collect()
+    report_rows(report, "MBR partition")
+        .into_iter()
+        .map(|r| r[2].clone())
+        .collect()
 }
 
 /// The words of "System area summary".
 pub fn system_area_summary(report: &[String]) -> Vec<String> {
-    report_rows(report, "System area summary").into_iter().next().unwrap_or_default()
+    report_rows(report, "System area summary")
+        .into_iter()
+        .next()
+        .unwrap_or_default()
 }
 
 /// xorriso's spelling of the EFI System Partition type GUID.
@@ -277,7 +337,14 @@ pub fn sh(dir: &Path, script: &str) {
 pub fn peer_fat_image(out: &Path, kib: u32, files: &[(&Path, &str)]) {
     require_tool("mkfs.vfat");
     require_tool("mcopy");
-    run_ok(Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", out.display())).arg("bs=1k").arg(format!("count={kib}")).arg("status=none"));
+    run_ok(
+        Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", out.display()))
+            .arg("bs=1k")
+            .arg(format!("count={kib}"))
+            .arg("status=none"),
+    );
     run_ok(Command::new("mkfs.vfat").args(["-n", "EFIBOOT"]).arg(out));
     for (host, fat_path) in files {
         let mut dir = String::from("::");
@@ -289,7 +356,13 @@ pub fn peer_fat_image(out: &Path, kib: u32, files: &[(&Path, &str)]) {
             dir.push_str(part);
             let _ = Command::new("mmd").arg("-i").arg(out).arg(&dir).output();
         }
-        run_ok(Command::new("mcopy").arg("-i").arg(out).arg(host).arg(format!("::/{}", fat_path.trim_start_matches('/'))));
+        run_ok(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(out)
+                .arg(host)
+                .arg(format!("::/{}", fat_path.trim_start_matches('/'))),
+        );
     }
 }
 
@@ -317,10 +390,16 @@ pub fn isolinux_tree() -> PathBuf {
     let dir = cached_fixture("iso-boot-isolinux-v1", |dir| {
         let t = dir.join("tree");
         fs::create_dir_all(t.join("isolinux")).unwrap();
-        fs::copy("/usr/lib/ISOLINUX/isolinux.bin", t.join("isolinux/isolinux.bin"))
-            .expect("isolinux not installed: run scripts/setup.sh");
-        fs::copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", t.join("isolinux/ldlinux.c32"))
-            .expect("syslinux-common not installed: run scripts/setup.sh");
+        fs::copy(
+            "/usr/lib/ISOLINUX/isolinux.bin",
+            t.join("isolinux/isolinux.bin"),
+        )
+        .expect("isolinux not installed: run scripts/setup.sh");
+        fs::copy(
+            "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            t.join("isolinux/ldlinux.c32"),
+        )
+        .expect("syslinux-common not installed: run scripts/setup.sh");
         fs::write(
             t.join("isolinux/isolinux.cfg"),
             format!(
@@ -352,12 +431,35 @@ pub fn grub_tree() -> (PathBuf, PathBuf) {
                 .arg(&early)
                 .arg("-o")
                 .arg(t.join("boot/grub/i386-pc/eltorito.img"))
-                .args(["biosdisk", "iso9660", "part_msdos", "part_gpt", "normal", "configfile", "search", "search_fs_file", "linux", "serial", "terminal", "echo", "test", "ls", "gzio"]),
+                .args([
+                    "biosdisk",
+                    "iso9660",
+                    "part_msdos",
+                    "part_gpt",
+                    "normal",
+                    "configfile",
+                    "search",
+                    "search_fs_file",
+                    "linux",
+                    "serial",
+                    "terminal",
+                    "echo",
+                    "test",
+                    "ls",
+                    "gzio",
+                ]),
         );
         let efi = dir.join("efi");
         fs::create_dir_all(efi.join("EFI/BOOT")).unwrap();
         let embedded = dir.join("embedded-grub.cfg");
-        fs::write(&embedded, format!("search --no-floppy --file --set=root /boot/vmlinuz\n{}", grub_cfg())).unwrap();
+        fs::write(
+            &embedded,
+            format!(
+                "search --no-floppy --file --set=root /boot/vmlinuz\n{}",
+                grub_cfg()
+            ),
+        )
+        .unwrap();
         require_tool("grub-mkstandalone");
         run_ok(
             Command::new("grub-mkstandalone")

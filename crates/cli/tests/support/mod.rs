@@ -22,7 +22,9 @@ pub fn vmedia() -> Command {
 
 /// Runs a command, panicking with its full output when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -36,7 +38,9 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 
 /// Runs a command and returns (exit code, stdout, stderr) without judging it.
 pub fn run_any(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -69,7 +73,11 @@ pub fn cached_fixture(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
     let root = fixture_root();
     let final_dir = root.join(name);
     let lock_path = root.join(format!("{name}.lock"));
-    let lock = fs::OpenOptions::new().create(true).write(true).open(&lock_path).unwrap();
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
     use std::os::unix::io::AsRawFd;
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
@@ -122,17 +130,27 @@ pub fn payload() -> Payload {
             .current_dir(dir)
             .status()
             .unwrap();
-        assert!(status.success(), "building the initramfs failed (need cpio and gzip)");
+        assert!(
+            status.success(),
+            "building the initramfs failed (need cpio and gzip)"
+        );
         fs::remove_dir_all(&root).unwrap();
     });
-    Payload { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.gz") }
+    Payload {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.gz"),
+    }
 }
 
 fn newest_kernel() -> PathBuf {
     let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
         .expect("/boot missing: install linux-image-amd64 (scripts/setup.sh)")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .collect();
     kernels.sort();
     kernels
@@ -143,8 +161,14 @@ fn newest_kernel() -> PathBuf {
 /// OVMF firmware files (code, vars template) from Debian's ovmf package.
 pub fn ovmf() -> (PathBuf, PathBuf) {
     for (code, vars) in [
-        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
     ] {
         if Path::new(code).exists() && Path::new(vars).exists() {
             return (code.into(), vars.into());
@@ -167,18 +191,34 @@ pub fn qemu_boot(firmware: Firmware, args: &[&str], marker: &str, timeout: Durat
     let qemu = require_tool("qemu-system-x86_64");
     let scratch = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-monitor", "none"]);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-nographic",
+        "-no-reboot",
+        "-monitor",
+        "none",
+    ]);
     cmd.args(["-serial", "stdio"]);
     if firmware == Firmware::Uefi {
         let (code, vars) = ovmf();
         let vars_copy = scratch.path().join("vars.fd");
         fs::copy(vars, &vars_copy).unwrap();
-        cmd.arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
-        cmd.arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()));
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ));
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars_copy.display()
+        ));
     }
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("cannot start qemu-system-x86_64");
     let result = wait_for_marker(&mut child, marker, timeout);
     let _ = child.kill();
@@ -190,7 +230,14 @@ pub fn qemu_boot(firmware: Firmware, args: &[&str], marker: &str, timeout: Durat
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut stderr);
             }
-            let tail: String = log.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(3000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             panic!("QEMU {cmd:?} did not print {marker:?} within {timeout:?}\n--- console tail\n{tail}\n--- qemu stderr\n{stderr}");
         }
     }
@@ -236,7 +283,11 @@ fn wait_for_marker(child: &mut Child, marker: &str, timeout: Duration) -> Result
 /// SHA-256 of a file via sha256sum (keeps the tests free of extra crates).
 pub fn sha256_file(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// A shared sample image from ../shared/testdata/images, decompressed (once) into the fixture
@@ -275,6 +326,10 @@ pub fn shared_images_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().unwrap().parent().unwrap();
     let dir = root.parent().unwrap().join("shared/testdata/images");
-    assert!(dir.exists(), "{} not found: CI clones the project beside ../shared", dir.display());
+    assert!(
+        dir.exists(),
+        "{} not found: CI clones the project beside ../shared",
+        dir.display()
+    );
     dir
 }

@@ -21,14 +21,25 @@ pub struct Netns {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("cannot run ip (iproute2)");
-    assert!(out.status.success(), "ip {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("cannot run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         super::require_tool("ip");
-        let name = format!("vmtest-{}-{tag}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "vmtest-{}-{tag}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
         let ns = Netns { name };
@@ -52,7 +63,9 @@ impl Netns {
 
     /// A veth pair: `server_if` with `addr` (CIDR) and `client_if` without address, both up.
     pub fn veth(&self, server_if: &str, addr: &str, client_if: &str) {
-        self.ip(&["link", "add", server_if, "type", "veth", "peer", "name", client_if]);
+        self.ip(&[
+            "link", "add", server_if, "type", "veth", "peer", "name", client_if,
+        ]);
         self.ip(&["addr", "add", addr, "dev", server_if]);
         self.ip(&["link", "set", server_if, "up"]);
         self.ip(&["link", "set", client_if, "up"]);
@@ -61,7 +74,20 @@ impl Netns {
     /// A veth pair from `server_if` here (with `addr`, CIDR) to `client_if` in `other`
     /// (unaddressed): the client's packets come from outside, as on a real wire.
     pub fn veth_to(&self, server_if: &str, addr: &str, other: &Netns, client_if: &str) {
-        ip(&["link", "add", server_if, "netns", &self.name, "type", "veth", "peer", "name", client_if, "netns", &other.name]);
+        ip(&[
+            "link",
+            "add",
+            server_if,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            client_if,
+            "netns",
+            &other.name,
+        ]);
         self.ip(&["addr", "add", addr, "dev", server_if]);
         self.ip(&["link", "set", server_if, "up"]);
         other.ip(&["link", "set", client_if, "up"]);
@@ -93,7 +119,10 @@ impl Netns {
     }
 
     /// Like `run`, returning the join handle (for many clients at once).
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::Builder::new()
             .stack_size(256 * 1024)
@@ -114,7 +143,9 @@ fn enter(path: &str) {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -128,7 +159,11 @@ impl Server {
     /// Starts the server and waits for its "serving" banner.
     pub fn start(ns: &Netns, args: &[&str]) -> Server {
         let mut cmd = ns.command(env!("CARGO_BIN_EXE_vmedia"));
-        cmd.args(["netboot", "serve"]).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(["netboot", "serve"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("cannot start vmedia netboot serve");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -210,7 +245,11 @@ pub fn checksum(data: &[u8]) -> u64 {
 }
 
 /// Independent minimal TFTP read client: RRQ with options, windowed ACKs, block wrap.
-pub fn tftp_get(server: SocketAddr, file: &str, options: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+pub fn tftp_get(
+    server: SocketAddr,
+    file: &str,
+    options: &[(&str, &str)],
+) -> Result<Vec<u8>, String> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut rrq = vec![0, 1];
@@ -271,7 +310,8 @@ pub fn tftp_get(server: SocketAddr, file: &str, options: &[(&str, &str)]) -> Res
                         _ => {}
                     }
                 }
-                sock.send_to(&[0, 4, 0, 0], from).map_err(|e| e.to_string())?;
+                sock.send_to(&[0, 4, 0, 0], from)
+                    .map_err(|e| e.to_string())?;
             }
             3 => {
                 peer = Some(from);
@@ -279,7 +319,8 @@ pub fn tftp_get(server: SocketAddr, file: &str, options: &[(&str, &str)]) -> Res
                 let block = u16::from_be_bytes([pkt[2], pkt[3]]);
                 if block != expected {
                     // Lost or reordered: ACK what we have, the server restarts after it.
-                    sock.send_to(&[0, 4, (last_ack >> 8) as u8, last_ack as u8], from).map_err(|e| e.to_string())?;
+                    sock.send_to(&[0, 4, (last_ack >> 8) as u8, last_ack as u8], from)
+                        .map_err(|e| e.to_string())?;
                     in_window = 0;
                     continue;
                 }
@@ -289,14 +330,21 @@ pub fn tftp_get(server: SocketAddr, file: &str, options: &[(&str, &str)]) -> Res
                 in_window += 1;
                 let last = pkt.len() - 4 < blksize;
                 if last || in_window >= window {
-                    sock.send_to(&[0, 4, (block >> 8) as u8, block as u8], from).map_err(|e| e.to_string())?;
+                    sock.send_to(&[0, 4, (block >> 8) as u8, block as u8], from)
+                        .map_err(|e| e.to_string())?;
                     in_window = 0;
                 }
                 if last {
                     return Ok(out);
                 }
             }
-            5 => return Err(format!("error {}: {}", u16::from_be_bytes([pkt[2], pkt[3]]), String::from_utf8_lossy(&pkt[4..n - 1]))),
+            5 => {
+                return Err(format!(
+                    "error {}: {}",
+                    u16::from_be_bytes([pkt[2], pkt[3]]),
+                    String::from_utf8_lossy(&pkt[4..n - 1])
+                ))
+            }
             op => return Err(format!("unexpected opcode {op}")),
         }
     }

@@ -38,7 +38,9 @@ const FORMAT: &str = "vmdk";
 pub fn probe(head: &[u8], _tail: &[u8]) -> bool {
     head.starts_with(b"KDMV")
         || head.starts_with(b"COWD")
-        || (head.len() >= 16 && header::le64(head, 0) == header::SESPARSE_MAGIC && header::le64(head, 8) == SESPARSE_VERSION)
+        || (head.len() >= 16
+            && header::le64(head, 0) == header::SESPARSE_MAGIC
+            && header::le64(head, 8) == SESPARSE_VERSION)
         || Descriptor::looks_like(head)
 }
 
@@ -99,7 +101,9 @@ impl VmdkImage {
         if file_size >= 16 {
             let mut first = [0u8; 16];
             read_exact(source.as_ref(), path, &mut first, 0)?;
-            if header::le64(&first, 0) == header::SESPARSE_MAGIC && header::le64(&first, 8) == SESPARSE_VERSION {
+            if header::le64(&first, 0) == header::SESPARSE_MAGIC
+                && header::le64(&first, 8) == SESPARSE_VERSION
+            {
                 return Err(DiskError::Unsupported { path: path.to_path_buf(), format: FORMAT,
                     feature: "ESXi seSparse extents (snapshot deltas of ESXi 6.5+); consolidate the snapshot on the host first".into() });
             }

@@ -33,7 +33,10 @@ const PROBE_BYTES: usize = 4096;
 const INCOMPRESSIBLE_PERCENT: usize = 97;
 
 fn zlib(parts: &[&[u8]], level: u32, capacity: usize) -> Vec<u8> {
-    let mut encoder = flate2::write::ZlibEncoder::new(Vec::with_capacity(capacity), flate2::Compression::new(level));
+    let mut encoder = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(capacity),
+        flate2::Compression::new(level),
+    );
     for p in parts {
         // Writing into a Vec cannot fail.
         let _ = encoder.write_all(p);
@@ -46,7 +49,9 @@ fn zlib(parts: &[&[u8]], level: u32, capacity: usize) -> Vec<u8> {
 pub fn deflate_grain(data: &[u8], grain_bytes: usize) -> Vec<u8> {
     let padding = vec![0u8; grain_bytes.saturating_sub(data.len())];
     let probe = &data[..data.len().min(PROBE_BYTES)];
-    let level = if probe.len() == PROBE_BYTES && zlib(&[probe], 1, PROBE_BYTES + 64).len() * 100 > probe.len() * INCOMPRESSIBLE_PERCENT {
+    let level = if probe.len() == PROBE_BYTES
+        && zlib(&[probe], 1, PROBE_BYTES + 64).len() * 100 > probe.len() * INCOMPRESSIBLE_PERCENT
+    {
         0
     } else {
         DEFLATE_LEVEL
@@ -329,7 +334,9 @@ mod tests {
         let z = deflate_grain(&data, 65536);
         assert!(z.len() < 65536 + 64, "stored grain of {} bytes", z.len());
         let mut out = Vec::new();
-        flate2::read::ZlibDecoder::new(&z[..]).read_to_end(&mut out).unwrap();
+        flate2::read::ZlibDecoder::new(&z[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, data);
     }
 

@@ -474,7 +474,8 @@ impl ImageWriter for MultiWriter {
             match piece {
                 Piece::Flat(file) => {
                     let p = file.final_path().to_path_buf();
-                    crate::image::finish_atomic(file, this.flush).map_err(|e| DiskError::io(p, 0, e))?
+                    crate::image::finish_atomic(file, this.flush)
+                        .map_err(|e| DiskError::io(p, 0, e))?
                 }
                 Piece::Sparse(s) => s.finish()?,
             }
@@ -808,7 +809,11 @@ pub fn wrap_flat(target: &Path, out: &Path, opts: &WrapOptions) -> Result<Wrappe
         parent: None,
         parent_image: None,
     };
-    let access = if opts.read_only { Access::ReadOnly } else { Access::ReadWrite };
+    let access = if opts.read_only {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
     let descriptor = plan
         .descriptor(vec![ExtentLine {
             access,

@@ -131,7 +131,9 @@ impl AppData {
         let mut sig = None;
         let mut key_id = None;
         for field in text.split(';') {
-            let Some((key, value)) = field.split_once('=') else { continue };
+            let Some((key, value)) = field.split_once('=') else {
+                continue;
+            };
             let key = key.trim();
             let value = value.trim();
             match key {
@@ -191,7 +193,10 @@ impl AppData {
             _ => None,
         };
         let sha256 = match (sha_digest, sha_bytes) {
-            (Some(digest), Some(covered_bytes)) => Some(Sha256Record { digest, covered_bytes }),
+            (Some(digest), Some(covered_bytes)) => Some(Sha256Record {
+                digest,
+                covered_bytes,
+            }),
             (None, None) => None,
             _ => {
                 return Err(FieldError {
@@ -219,7 +224,11 @@ impl AppData {
         if md5.is_none() && sha256.is_none() && signature.is_none() {
             return Ok(None);
         }
-        Ok(Some(AppData { md5, sha256, signature }))
+        Ok(Some(AppData {
+            md5,
+            sha256,
+            signature,
+        }))
     }
 }
 
@@ -240,9 +249,10 @@ fn parse_hex<const N: usize>(field: &'static str, value: &str) -> Result<[u8; N]
 }
 
 fn parse_number(field: &'static str, value: &str) -> Result<u64, FieldError> {
-    value
-        .parse::<u64>()
-        .map_err(|_| FieldError { field, problem: format!("{value:?} is not a whole number") })
+    value.parse::<u64>().map_err(|_| FieldError {
+        field,
+        problem: format!("{value:?} is not a whole number"),
+    })
 }
 
 /// The characters isomd5sum keeps per fragment checkpoint: for each of the first bytes of the
@@ -253,7 +263,13 @@ pub fn fragment_chars(digest: &[u8; 16], per_fragment: usize) -> Vec<u8> {
     digest
         .iter()
         .take(per_fragment.min(digest.len()))
-        .map(|&b| if b >= 16 { DIGITS[usize::from(b >> 4)] } else { DIGITS[usize::from(b)] })
+        .map(|&b| {
+            if b >= 16 {
+                DIGITS[usize::from(b >> 4)]
+            } else {
+                DIGITS[usize::from(b)]
+            }
+        })
         .collect()
 }
 
@@ -270,8 +286,14 @@ mod tests {
                 fragment_sums: Some("a".repeat(FRAGMENT_SUMS_SIZE)),
                 fragment_count: FRAGMENT_COUNT,
             }),
-            sha256: Some(Sha256Record { digest: [0x11; 32], covered_bytes: 123_456_789_012 }),
-            signature: Some(SignatureRecord { signature: [0x22; 64], key_id: [0x33; 8] }),
+            sha256: Some(Sha256Record {
+                digest: [0x11; 32],
+                covered_bytes: 123_456_789_012,
+            }),
+            signature: Some(SignatureRecord {
+                signature: [0x22; 64],
+                key_id: [0x33; 8],
+            }),
         }
     }
 
@@ -358,10 +380,23 @@ mod tests {
     fn hostile_areas_never_panic() {
         // Random splices of real field names, separators, digits and junk.
         const PIECES: &[&[u8]] = &[
-            b"ISO MD5SUM = ", b"SKIPSECTORS = ", b"RHLISOSTATUS=", b"FRAGMENT SUMS = ",
-            b"FRAGMENT COUNT = ", b"SHA256 = ", b"SHA256 BYTES = ", b"ED25519 SIG = ",
-            b"ED25519 KEY = ", b";", b"=", b"0123456789abcdef", b"99999999999999999999999",
-            b"\xff\xfe", b"\0", b"   ", b"-1",
+            b"ISO MD5SUM = ",
+            b"SKIPSECTORS = ",
+            b"RHLISOSTATUS=",
+            b"FRAGMENT SUMS = ",
+            b"FRAGMENT COUNT = ",
+            b"SHA256 = ",
+            b"SHA256 BYTES = ",
+            b"ED25519 SIG = ",
+            b"ED25519 KEY = ",
+            b";",
+            b"=",
+            b"0123456789abcdef",
+            b"99999999999999999999999",
+            b"\xff\xfe",
+            b"\0",
+            b"   ",
+            b"-1",
         ];
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut next = || {

@@ -53,7 +53,9 @@ pub fn hash_image(
     blank: Range<u64>,
     progress: &dyn Progress,
 ) -> Result<(Option<Md5Outcome>, Option<[u8; 32]>), ReadFailure> {
-    let total = md5_plan.map_or(0, |p| p.length).max(sha256_length.unwrap_or(0));
+    let total = md5_plan
+        .map_or(0, |p| p.length)
+        .max(sha256_length.unwrap_or(0));
     progress.set_total(total);
     let tracker = Tracker::new(progress, md5_plan.is_some(), sha256_length.is_some());
     match (md5_plan, sha256_length) {
@@ -94,14 +96,24 @@ pub fn hash_image(
                 runner
             });
             let total = plan.length.max(sha_length);
-            let sha = read_with_sha(source, total, sha_length, Some((to_md5, recycled, plan.length)), &blank, tracker);
+            let sha = read_with_sha(
+                source,
+                total,
+                sha_length,
+                Some((to_md5, recycled, plan.length)),
+                &blank,
+                tracker,
+            );
             let runner = match md5_thread.join() {
                 Ok(runner) => runner,
                 Err(panic) => std::panic::resume_unwind(panic),
             };
             let sha = sha?;
             if runner.offset < plan.length {
-                return Err(ReadFailure { offset: runner.offset, error: io::Error::other("the MD5 worker stopped early") });
+                return Err(ReadFailure {
+                    offset: runner.offset,
+                    error: io::Error::other("the MD5 worker stopped early"),
+                });
             }
             Ok((Some(runner.finish()), Some(sha)))
         }),
@@ -112,7 +124,11 @@ pub fn hash_image(
 /// enough to stay cache- and memory-friendly.
 const PIPELINE_DEPTH: usize = 4;
 
-type Md5Feed = (mpsc::SyncSender<(Arc<Vec<u8>>, usize)>, mpsc::Receiver<Arc<Vec<u8>>>, u64);
+type Md5Feed = (
+    mpsc::SyncSender<(Arc<Vec<u8>>, usize)>,
+    mpsc::Receiver<Arc<Vec<u8>>>,
+    u64,
+);
 
 /// Reads `[0, total)`, hashes `[0, sha_length)` with SHA-256 and, with `md5`, hands every
 /// buffer starting below the MD5 length to the MD5 thread.
@@ -140,9 +156,9 @@ fn read_with_sha(
                     Arc::new(vec![0u8; READ_CHUNK])
                 }
                 // Wait for the MD5 thread to hand one back; if it has finished, make one.
-                Err(mpsc::TryRecvError::Empty) => {
-                    recycled.recv().unwrap_or_else(|_| Arc::new(vec![0u8; READ_CHUNK]))
-                }
+                Err(mpsc::TryRecvError::Empty) => recycled
+                    .recv()
+                    .unwrap_or_else(|_| Arc::new(vec![0u8; READ_CHUNK])),
                 Err(mpsc::TryRecvError::Disconnected) => Arc::new(vec![0u8; READ_CHUNK]),
             },
         };
@@ -185,7 +201,9 @@ struct Md5Runner {
 impl Md5Runner {
     fn new(plan: &Md5Plan) -> Md5Runner {
         // Bounded by the record parser (at most MAX_FRAGMENT_COUNT) or our own constant.
-        let slots = usize::try_from(plan.fragment_count).unwrap_or(usize::MAX).saturating_add(1);
+        let slots = usize::try_from(plan.fragment_count)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
         Md5Runner {
             hasher: Md5::new(),
             checkpoints: vec![None; slots],
@@ -201,7 +219,10 @@ impl Md5Runner {
             self.hasher.update(step);
             if let Some(fragment) = self.offset.checked_div(self.fragment_size) {
                 if fragment != self.previous_fragment {
-                    if let Some(slot) = usize::try_from(fragment).ok().and_then(|i| self.checkpoints.get_mut(i)) {
+                    if let Some(slot) = usize::try_from(fragment)
+                        .ok()
+                        .and_then(|i| self.checkpoints.get_mut(i))
+                    {
                         *slot = Some(self.hasher.clone().finalize().into());
                     }
                     self.previous_fragment = fragment;
@@ -212,7 +233,10 @@ impl Md5Runner {
     }
 
     fn finish(self) -> Md5Outcome {
-        Md5Outcome { digest: self.hasher.finalize().into(), checkpoints: self.checkpoints }
+        Md5Outcome {
+            digest: self.hasher.finalize().into(),
+            checkpoints: self.checkpoints,
+        }
     }
 }
 
@@ -223,7 +247,9 @@ fn read_blanked(
     offset: u64,
     blank: &Range<u64>,
 ) -> Result<(), ReadFailure> {
-    source.read_exact_at(buf, offset).map_err(|error| ReadFailure { offset, error })?;
+    source
+        .read_exact_at(buf, offset)
+        .map_err(|error| ReadFailure { offset, error })?;
     let end = offset + buf.len() as u64;
     let start = blank.start.max(offset);
     let stop = blank.end.min(end);
@@ -245,7 +271,12 @@ impl<'p> Tracker<'p> {
     fn new(progress: &'p dyn Progress, md5: bool, sha: bool) -> Self {
         // A digest that is not computed counts as finished from the start.
         let idle = |active: bool| AtomicU64::new(if active { 0 } else { u64::MAX });
-        Tracker { progress, md5: idle(md5), sha: idle(sha), reported: Mutex::new(0) }
+        Tracker {
+            progress,
+            md5: idle(md5),
+            sha: idle(sha),
+            reported: Mutex::new(0),
+        }
     }
     fn md5_at(&self, offset: u64) {
         self.md5.store(offset, Ordering::Relaxed);
@@ -256,8 +287,13 @@ impl<'p> Tracker<'p> {
         self.report();
     }
     fn report(&self) {
-        let position = self.md5.load(Ordering::Relaxed).min(self.sha.load(Ordering::Relaxed));
-        let Ok(mut reported) = self.reported.lock() else { return };
+        let position = self
+            .md5
+            .load(Ordering::Relaxed)
+            .min(self.sha.load(Ordering::Relaxed));
+        let Ok(mut reported) = self.reported.lock() else {
+            return;
+        };
         if position != u64::MAX && position > *reported {
             self.progress.advance(position - *reported);
             *reported = position;
@@ -277,15 +313,24 @@ mod tests {
         expected_input[40_000..40_512].fill(b' ');
         let (md5, sha) = hash_image(
             &data,
-            Some(&Md5Plan { length: 90_000, fragment_count: 20 }),
+            Some(&Md5Plan {
+                length: 90_000,
+                fragment_count: 20,
+            }),
             Some(100_000),
             40_000..40_512,
             &NoProgress,
         )
         .unwrap_or_else(|f| panic!("read failed at {}: {}", f.offset, f.error));
         let md5 = md5.unwrap();
-        assert_eq!(md5.digest, <[u8; 16]>::from(Md5::digest(&expected_input[..90_000])));
-        assert_eq!(sha.unwrap(), <[u8; 32]>::from(Sha256::digest(&expected_input)));
+        assert_eq!(
+            md5.digest,
+            <[u8; 16]>::from(Md5::digest(&expected_input[..90_000]))
+        );
+        assert_eq!(
+            sha.unwrap(),
+            <[u8; 32]>::from(Sha256::digest(&expected_input))
+        );
     }
 
     #[test]
@@ -294,9 +339,17 @@ mod tests {
         // the MD5 of the first k+1 steps.
         let length = 21 * CHECKER_STEP;
         let data: Vec<u8> = (0..length).map(|i| (i % 253) as u8).collect();
-        let (md5, _) =
-            hash_image(&data, Some(&Md5Plan { length, fragment_count: 20 }), None, 0..0, &NoProgress)
-                .unwrap_or_else(|f| panic!("read failed at {}: {}", f.offset, f.error));
+        let (md5, _) = hash_image(
+            &data,
+            Some(&Md5Plan {
+                length,
+                fragment_count: 20,
+            }),
+            None,
+            0..0,
+            &NoProgress,
+        )
+        .unwrap_or_else(|f| panic!("read failed at {}: {}", f.offset, f.error));
         let md5 = md5.unwrap();
         assert!(md5.checkpoints[0].is_none());
         for k in 1..=20usize {
@@ -312,13 +365,19 @@ mod tests {
         let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 241) as u8).collect();
         let (md5, sha) = hash_image(
             &data,
-            Some(&Md5Plan { length: 1_000_000, fragment_count: 20 }),
+            Some(&Md5Plan {
+                length: 1_000_000,
+                fragment_count: 20,
+            }),
             Some(12_000_000),
             0..0,
             &NoProgress,
         )
         .unwrap_or_else(|f| panic!("read failed at {}: {}", f.offset, f.error));
-        assert_eq!(md5.unwrap().digest, <[u8; 16]>::from(Md5::digest(&data[..1_000_000])));
+        assert_eq!(
+            md5.unwrap().digest,
+            <[u8; 16]>::from(Md5::digest(&data[..1_000_000]))
+        );
         assert_eq!(sha.unwrap(), <[u8; 32]>::from(Sha256::digest(&data)));
     }
 
@@ -327,24 +386,35 @@ mod tests {
         let data: Vec<u8> = (0..9_000_000u32).map(|i| (i % 239) as u8).collect();
         let (md5, sha) = hash_image(
             &data,
-            Some(&Md5Plan { length: 9_000_000, fragment_count: 20 }),
+            Some(&Md5Plan {
+                length: 9_000_000,
+                fragment_count: 20,
+            }),
             Some(2_500_000),
             0..0,
             &NoProgress,
         )
         .unwrap_or_else(|f| panic!("read failed at {}: {}", f.offset, f.error));
         assert_eq!(md5.unwrap().digest, <[u8; 16]>::from(Md5::digest(&data)));
-        assert_eq!(sha.unwrap(), <[u8; 32]>::from(Sha256::digest(&data[..2_500_000])));
+        assert_eq!(
+            sha.unwrap(),
+            <[u8; 32]>::from(Sha256::digest(&data[..2_500_000]))
+        );
     }
 
     #[test]
     fn each_digest_alone_matches() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 233) as u8).collect();
-        let plan = Md5Plan { length: 3_000_000, fragment_count: 20 };
-        let (md5, sha) = hash_image(&data, Some(&plan), None, 0..0, &NoProgress).unwrap_or_else(|f| panic!("{}", f.error));
+        let plan = Md5Plan {
+            length: 3_000_000,
+            fragment_count: 20,
+        };
+        let (md5, sha) = hash_image(&data, Some(&plan), None, 0..0, &NoProgress)
+            .unwrap_or_else(|f| panic!("{}", f.error));
         assert!(sha.is_none());
         assert_eq!(md5.unwrap().digest, <[u8; 16]>::from(Md5::digest(&data)));
-        let (md5, sha) = hash_image(&data, None, Some(3_000_000), 0..0, &NoProgress).unwrap_or_else(|f| panic!("{}", f.error));
+        let (md5, sha) = hash_image(&data, None, Some(3_000_000), 0..0, &NoProgress)
+            .unwrap_or_else(|f| panic!("{}", f.error));
         assert!(md5.is_none());
         assert_eq!(sha.unwrap(), <[u8; 32]>::from(Sha256::digest(&data)));
     }
@@ -352,16 +422,27 @@ mod tests {
     #[test]
     fn truncated_source_with_both_digests_fails_without_hanging() {
         let data = vec![0u8; 5_000_000];
-        let failure = hash_image(&data, Some(&Md5Plan { length: 4_000_000, fragment_count: 20 }), Some(9_000_000), 0..0, &NoProgress)
-            .err()
-            .unwrap();
+        let failure = hash_image(
+            &data,
+            Some(&Md5Plan {
+                length: 4_000_000,
+                fragment_count: 20,
+            }),
+            Some(9_000_000),
+            0..0,
+            &NoProgress,
+        )
+        .err()
+        .unwrap();
         assert_eq!(failure.offset, 4 << 20);
     }
 
     #[test]
     fn truncated_source_reports_the_offset() {
         let data = vec![0u8; 10];
-        let failure = hash_image(&data, None, Some(20), 0..0, &NoProgress).err().unwrap();
+        let failure = hash_image(&data, None, Some(20), 0..0, &NoProgress)
+            .err()
+            .unwrap();
         assert_eq!(failure.offset, 0);
     }
 }

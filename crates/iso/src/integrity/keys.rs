@@ -36,7 +36,10 @@ pub fn key_id(key: &VerifyingKey) -> [u8; 8] {
 /// or the raw 32 bytes.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, IntegrityError> {
     let bytes = read_key_file(path)?;
-    let fail = |problem: String| IntegrityError::Key { path: path.to_path_buf(), problem };
+    let fail = |problem: String| IntegrityError::Key {
+        path: path.to_path_buf(),
+        problem,
+    };
     if let Ok(text) = std::str::from_utf8(&bytes) {
         if text.contains("-----BEGIN PRIVATE KEY-----") {
             return SigningKey::from_pkcs8_pem(text)
@@ -55,7 +58,9 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, IntegrityError> {
         return Ok(SigningKey::from_bytes(&raw));
     }
     SigningKey::from_pkcs8_der(&bytes).map_err(|_| {
-        fail("not an ed25519 private key (PKCS#8 PEM or DER, 64 hex digits, or 32 raw bytes)".into())
+        fail(
+            "not an ed25519 private key (PKCS#8 PEM or DER, 64 hex digits, or 32 raw bytes)".into(),
+        )
     })
 }
 
@@ -63,7 +68,10 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, IntegrityError> {
 /// 32 bytes, or a private key file (its public half is used).
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, IntegrityError> {
     let bytes = read_key_file(path)?;
-    let fail = |problem: String| IntegrityError::Key { path: path.to_path_buf(), problem };
+    let fail = |problem: String| IntegrityError::Key {
+        path: path.to_path_buf(),
+        problem,
+    };
     if let Ok(text) = std::str::from_utf8(&bytes) {
         if text.contains("-----BEGIN PUBLIC KEY-----") {
             return VerifyingKey::from_public_key_pem(text)
@@ -110,10 +118,16 @@ pub fn verifying_key_pem(key: &VerifyingKey) -> Result<String, IntegrityError> {
 }
 
 fn read_key_file(path: &Path) -> Result<Vec<u8>, IntegrityError> {
-    let fail = |problem: String| IntegrityError::Key { path: PathBuf::from(path), problem };
+    let fail = |problem: String| IntegrityError::Key {
+        path: PathBuf::from(path),
+        problem,
+    };
     let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
     if meta.len() > MAX_KEY_FILE {
-        return Err(fail(format!("{} bytes is too large for a key file", meta.len())));
+        return Err(fail(format!(
+            "{} bytes is too large for a key file",
+            meta.len()
+        )));
     }
     std::fs::read(path).map_err(|e| fail(e.to_string()))
 }
@@ -136,7 +150,10 @@ mod tests {
         let public = dir.path().join("key.pub");
         std::fs::write(&private, signing_key_pem(&key).unwrap()).unwrap();
         std::fs::write(&public, verifying_key_pem(&key.verifying_key()).unwrap()).unwrap();
-        assert_eq!(load_signing_key(&private).unwrap().to_bytes(), key.to_bytes());
+        assert_eq!(
+            load_signing_key(&private).unwrap().to_bytes(),
+            key.to_bytes()
+        );
         assert_eq!(load_verifying_key(&public).unwrap(), key.verifying_key());
         assert_eq!(load_verifying_key(&private).unwrap(), key.verifying_key());
     }
@@ -149,7 +166,10 @@ mod tests {
         let public = dir.path().join("pub.hex");
         std::fs::write(&private, format!("{}\n", hex::encode(key.to_bytes()))).unwrap();
         std::fs::write(&public, hex::encode(key.verifying_key().to_bytes())).unwrap();
-        assert_eq!(load_signing_key(&private).unwrap().to_bytes(), key.to_bytes());
+        assert_eq!(
+            load_signing_key(&private).unwrap().to_bytes(),
+            key.to_bytes()
+        );
         assert_eq!(load_verifying_key(&public).unwrap(), key.verifying_key());
     }
 
@@ -158,7 +178,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
         std::fs::write(&path, vec![b'a'; MAX_KEY_FILE as usize + 1]).unwrap();
-        assert!(matches!(load_signing_key(&path), Err(IntegrityError::Key { .. })));
+        assert!(matches!(
+            load_signing_key(&path),
+            Err(IntegrityError::Key { .. })
+        ));
     }
 
     #[test]
@@ -174,7 +197,10 @@ mod tests {
     fn signed_message_layout() {
         let message = signed_message(0x0102, &[7; 32]);
         assert_eq!(&message[..SIGNATURE_CONTEXT.len()], SIGNATURE_CONTEXT);
-        assert_eq!(&message[SIGNATURE_CONTEXT.len()..SIGNATURE_CONTEXT.len() + 8], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(
+            &message[SIGNATURE_CONTEXT.len()..SIGNATURE_CONTEXT.len() + 8],
+            &[0, 0, 0, 0, 0, 0, 1, 2]
+        );
         assert_eq!(message.len(), SIGNATURE_CONTEXT.len() + 40);
     }
 }

@@ -30,13 +30,15 @@ use serde::Serialize;
 use vmedia_io::{Progress, ReadAt};
 
 pub use appdata::{Md5Record, Sha256Record, SignatureRecord};
-pub use stream::ImplantTask;
 pub use keys::{
     generate_keypair, key_id, load_signing_key, load_verifying_key, signed_message,
     signing_key_pem, verifying_key_pem,
 };
+pub use stream::ImplantTask;
 
-use appdata::{AppData, APPDATA_OFFSET, APPDATA_SIZE, FRAGMENT_COUNT, FRAGMENT_SUMS_SIZE, SKIP_SECTORS};
+use appdata::{
+    AppData, APPDATA_OFFSET, APPDATA_SIZE, FRAGMENT_COUNT, FRAGMENT_SUMS_SIZE, SKIP_SECTORS,
+};
 use hasher::{hash_image, Md5Outcome, Md5Plan};
 
 /// ISO 9660 logical sector size.
@@ -60,7 +62,11 @@ pub struct ImplantOptions {
 impl Default for ImplantOptions {
     /// MD5 and SHA-256 on, no signature: what `vmedia mkisofs` does unless told otherwise.
     fn default() -> Self {
-        ImplantOptions { md5: true, sha256: true, signing_key: None }
+        ImplantOptions {
+            md5: true,
+            sha256: true,
+            signing_key: None,
+        }
     }
 }
 
@@ -136,7 +142,9 @@ pub struct BadFragment {
 impl VerifyReport {
     /// True when at least one check failed.
     pub fn any_mismatch(&self) -> bool {
-        [&self.md5, &self.fragments, &self.sha256, &self.signature].iter().any(|c| c.is_mismatch())
+        [&self.md5, &self.fragments, &self.sha256, &self.signature]
+            .iter()
+            .any(|c| c.is_mismatch())
     }
     /// True when at least one value was actually compared.
     pub fn anything_checked(&self) -> bool {
@@ -156,9 +164,17 @@ pub enum IntegrityError {
     #[error("no ISO 9660 primary volume descriptor in sectors 16..{}: not an ISO image", FIRST_DESCRIPTOR_SECTOR + MAX_DESCRIPTORS)]
     NoPrimaryVolume,
     #[error("primary volume descriptor at offset {offset:#x}, field {field}: {problem}")]
-    BadDescriptor { offset: u64, field: &'static str, problem: String },
+    BadDescriptor {
+        offset: u64,
+        field: &'static str,
+        problem: String,
+    },
     #[error("checksum record at offset {offset:#x}, field {field}: {problem}")]
-    BadRecord { offset: u64, field: &'static str, problem: String },
+    BadRecord {
+        offset: u64,
+        field: &'static str,
+        problem: String,
+    },
     #[error("the image is {actual} bytes but must be at least {expected} (its volume size or recorded SHA256 BYTES): it is truncated")]
     Truncated { expected: u64, actual: u64 },
     #[error("the checksum record needs {needed} bytes but the application-use area holds {}", APPDATA_SIZE - 1)]
@@ -178,7 +194,9 @@ pub fn implant_file(
     opts: &ImplantOptions,
     progress: &dyn Progress,
 ) -> Result<Implant, IntegrityError> {
-    let file_size = file.size().map_err(|source| IntegrityError::Read { offset: 0, source })?;
+    let file_size = file
+        .size()
+        .map_err(|source| IntegrityError::Read { offset: 0, source })?;
     let computed = compute_implant(file, file_size, opts, progress)?;
     computed.write(file)
 }
@@ -193,7 +211,8 @@ pub(crate) struct ComputedImplant {
 impl ComputedImplant {
     pub(crate) fn write(self, file: &File) -> Result<Implant, IntegrityError> {
         let offset = self.offset;
-        file.write_all_at(&self.area, offset).map_err(|source| IntegrityError::Write { offset, source })?;
+        file.write_all_at(&self.area, offset)
+            .map_err(|source| IntegrityError::Write { offset, source })?;
         Ok(self.implant)
     }
 }
@@ -207,12 +226,18 @@ pub(crate) fn compute_implant(
 ) -> Result<ComputedImplant, IntegrityError> {
     let pvd = find_primary_volume(source)?;
     if image_bytes < pvd.volume_bytes {
-        return Err(IntegrityError::Truncated { expected: pvd.volume_bytes, actual: image_bytes });
+        return Err(IntegrityError::Truncated {
+            expected: pvd.volume_bytes,
+            actual: image_bytes,
+        });
     }
     let want_sha = opts.sha256 || opts.signing_key.is_some();
     let md5_plan = if opts.md5 {
         let length = md5_length(&pvd, SKIP_SECTORS)?;
-        Some(Md5Plan { length, fragment_count: FRAGMENT_COUNT })
+        Some(Md5Plan {
+            length,
+            fragment_count: FRAGMENT_COUNT,
+        })
     } else {
         None
     };
@@ -224,16 +249,25 @@ pub(crate) fn compute_implant(
         pvd.appdata_range(),
         progress,
     )
-    .map_err(|f| IntegrityError::Read { offset: f.offset, source: f.error })?;
+    .map_err(|f| IntegrityError::Read {
+        offset: f.offset,
+        source: f.error,
+    })?;
 
-    let md5_record = md5.as_ref().zip(md5_plan.as_ref()).map(|(outcome, plan)| Md5Record {
-        digest: outcome.digest,
-        skip_sectors: SKIP_SECTORS,
-        supported: Some(0),
-        fragment_sums: Some(fragment_sums_text(outcome, plan.fragment_count)),
-        fragment_count: plan.fragment_count,
+    let md5_record = md5
+        .as_ref()
+        .zip(md5_plan.as_ref())
+        .map(|(outcome, plan)| Md5Record {
+            digest: outcome.digest,
+            skip_sectors: SKIP_SECTORS,
+            supported: Some(0),
+            fragment_sums: Some(fragment_sums_text(outcome, plan.fragment_count)),
+            fragment_count: plan.fragment_count,
+        });
+    let sha_record = sha.map(|digest| Sha256Record {
+        digest,
+        covered_bytes: image_bytes,
     });
-    let sha_record = sha.map(|digest| Sha256Record { digest, covered_bytes: image_bytes });
     let signature_record = match (&opts.signing_key, &sha_record) {
         (Some(key), Some(sha)) => {
             let signature = key.sign(&signed_message(sha.covered_bytes, &sha.digest));
@@ -249,7 +283,9 @@ pub(crate) fn compute_implant(
         sha256: sha_record.clone(),
         signature: signature_record.clone(),
     };
-    let area = data.emit().map_err(|e| IntegrityError::RecordTooLong { needed: e.needed })?;
+    let area = data
+        .emit()
+        .map_err(|e| IntegrityError::RecordTooLong { needed: e.needed })?;
     Ok(ComputedImplant {
         offset: pvd.appdata_range().start,
         area,
@@ -307,26 +343,46 @@ pub fn verify(
             },
         });
     };
-    let size = source.size().map_err(|source| IntegrityError::Read { offset: 0, source })?;
+    let size = source
+        .size()
+        .map_err(|source| IntegrityError::Read { offset: 0, source })?;
     let md5_plan = match &info.md5 {
         Some(record) => {
             let length = md5_length(&pvd, record.skip_sectors)?;
             if size < length {
-                return Err(IntegrityError::Truncated { expected: length, actual: size });
+                return Err(IntegrityError::Truncated {
+                    expected: length,
+                    actual: size,
+                });
             }
-            Some(Md5Plan { length, fragment_count: record.fragment_count })
+            Some(Md5Plan {
+                length,
+                fragment_count: record.fragment_count,
+            })
         }
         None => None,
     };
     let sha_length = info.sha256.as_ref().map(|r| r.covered_bytes);
     if let Some(length) = sha_length {
         if size < length {
-            return Err(IntegrityError::Truncated { expected: length, actual: size });
+            return Err(IntegrityError::Truncated {
+                expected: length,
+                actual: size,
+            });
         }
     }
     progress.phase("verifying");
-    let (md5, sha) = hash_image(source, md5_plan.as_ref(), sha_length, pvd.appdata_range(), progress)
-        .map_err(|f| IntegrityError::Read { offset: f.offset, source: f.error })?;
+    let (md5, sha) = hash_image(
+        source,
+        md5_plan.as_ref(),
+        sha_length,
+        pvd.appdata_range(),
+        progress,
+    )
+    .map_err(|f| IntegrityError::Read {
+        offset: f.offset,
+        source: f.error,
+    })?;
 
     let (md5_outcome, fragments, first_bad_fragment) = match (&info.md5, &md5, &md5_plan) {
         (Some(record), Some(outcome), Some(plan)) => {
@@ -386,7 +442,10 @@ fn check_signature(
         };
     }
     let (Some(sha_record), Some(actual_sha)) = (sha_record, actual_sha) else {
-        return CheckOutcome::Mismatch { expected, actual: "no SHA256 record to check".into() };
+        return CheckOutcome::Mismatch {
+            expected,
+            actual: "no SHA256 record to check".into(),
+        };
     };
     let message = signed_message(sha_record.covered_bytes, actual_sha);
     match key.verify(&message, &Signature::from_bytes(&record.signature)) {
@@ -402,7 +461,10 @@ fn compare(expected: &str, actual: &str) -> CheckOutcome {
     if expected == actual {
         CheckOutcome::Ok
     } else {
-        CheckOutcome::Mismatch { expected: expected.to_string(), actual: actual.to_string() }
+        CheckOutcome::Mismatch {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
     }
 }
 
@@ -413,7 +475,9 @@ fn check_fragments(
     outcome: &Md5Outcome,
     plan: &Md5Plan,
 ) -> (CheckOutcome, Option<BadFragment>) {
-    let Some(sums) = &record.fragment_sums else { return (CheckOutcome::Absent, None) };
+    let Some(sums) = &record.fragment_sums else {
+        return (CheckOutcome::Absent, None);
+    };
     if record.fragment_count == 0 {
         return (CheckOutcome::Absent, None);
     }
@@ -590,7 +654,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.iso");
         std::fs::write(&path, image).unwrap();
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         (dir, file)
     }
 
@@ -598,7 +666,11 @@ mod tests {
     fn implant_then_verify_passes_every_check() {
         let (_dir, file) = write_temp(&tiny_iso(2000));
         let key = generate_keypair();
-        let opts = ImplantOptions { md5: true, sha256: true, signing_key: Some(key.clone()) };
+        let opts = ImplantOptions {
+            md5: true,
+            sha256: true,
+            signing_key: Some(key.clone()),
+        };
         let implant = implant_file(&file, &opts, &NoProgress).unwrap();
         assert!(implant.signed);
         let report = verify(&file, Some(&key.verifying_key()), &NoProgress).unwrap();
@@ -618,8 +690,14 @@ mod tests {
         blanked[16 * 2048 + 883..16 * 2048 + 883 + 512].fill(b' ');
         let md5_len = (1000 - 15) * 2048;
         use md5::Digest;
-        assert_eq!(implant.md5.unwrap(), <[u8; 16]>::from(md5::Md5::digest(&blanked[..md5_len])));
-        assert_eq!(implant.sha256.unwrap(), <[u8; 32]>::from(sha2::Sha256::digest(&blanked)));
+        assert_eq!(
+            implant.md5.unwrap(),
+            <[u8; 16]>::from(md5::Md5::digest(&blanked[..md5_len]))
+        );
+        assert_eq!(
+            implant.sha256.unwrap(),
+            <[u8; 32]>::from(sha2::Sha256::digest(&blanked))
+        );
     }
 
     #[test]
@@ -641,7 +719,10 @@ mod tests {
     #[test]
     fn wrong_key_is_a_signature_mismatch() {
         let (_dir, file) = write_temp(&tiny_iso(600));
-        let opts = ImplantOptions { signing_key: Some(generate_keypair()), ..Default::default() };
+        let opts = ImplantOptions {
+            signing_key: Some(generate_keypair()),
+            ..Default::default()
+        };
         implant_file(&file, &opts, &NoProgress).unwrap();
         let other = generate_keypair();
         let report = verify(&file, Some(&other.verifying_key()), &NoProgress).unwrap();
@@ -652,7 +733,10 @@ mod tests {
     #[test]
     fn signature_without_key_is_unchecked() {
         let (_dir, file) = write_temp(&tiny_iso(600));
-        let opts = ImplantOptions { signing_key: Some(generate_keypair()), ..Default::default() };
+        let opts = ImplantOptions {
+            signing_key: Some(generate_keypair()),
+            ..Default::default()
+        };
         implant_file(&file, &opts, &NoProgress).unwrap();
         let report = verify(&file, None, &NoProgress).unwrap();
         assert!(matches!(report.signature, CheckOutcome::Unchecked { .. }));
@@ -663,7 +747,12 @@ mod tests {
     fn key_demands_a_signature() {
         let (_dir, file) = write_temp(&tiny_iso(600));
         implant_file(&file, &ImplantOptions::default(), &NoProgress).unwrap();
-        let report = verify(&file, Some(&generate_keypair().verifying_key()), &NoProgress).unwrap();
+        let report = verify(
+            &file,
+            Some(&generate_keypair().verifying_key()),
+            &NoProgress,
+        )
+        .unwrap();
         assert!(report.signature.is_mismatch());
     }
 
@@ -679,7 +768,10 @@ mod tests {
     #[test]
     fn non_iso_is_refused() {
         let data = vec![0u8; 100_000];
-        assert!(matches!(verify(&data, None, &NoProgress), Err(IntegrityError::NoPrimaryVolume)));
+        assert!(matches!(
+            verify(&data, None, &NoProgress),
+            Err(IntegrityError::NoPrimaryVolume)
+        ));
     }
 
     #[test]
@@ -688,7 +780,10 @@ mod tests {
         image[16 * 2048 + 84..16 * 2048 + 88].copy_from_slice(&601u32.to_be_bytes());
         assert!(matches!(
             read_implant(&image),
-            Err(IntegrityError::BadDescriptor { field: "volume space size", .. })
+            Err(IntegrityError::BadDescriptor {
+                field: "volume space size",
+                ..
+            })
         ));
     }
 
@@ -697,7 +792,10 @@ mod tests {
         let (_dir, file) = write_temp(&tiny_iso(600));
         implant_file(&file, &ImplantOptions::default(), &NoProgress).unwrap();
         file.set_len(500 * 2048).unwrap();
-        assert!(matches!(verify(&file, None, &NoProgress), Err(IntegrityError::Truncated { .. })));
+        assert!(matches!(
+            verify(&file, None, &NoProgress),
+            Err(IntegrityError::Truncated { .. })
+        ));
     }
 
     #[test]

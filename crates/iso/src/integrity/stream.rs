@@ -34,22 +34,43 @@ pub struct ImplantTask {
 impl ImplantTask {
     /// Starts hashing `file`, which will hold an image of `image_bytes` bytes when the writer
     /// is done. Nothing is read before the writer reports it.
-    pub fn start(file: &File, image_bytes: u64, opts: ImplantOptions) -> Result<ImplantTask, IntegrityError> {
-        let clone = |file: &File| file.try_clone().map_err(|source| IntegrityError::Read { offset: 0, source });
+    pub fn start(
+        file: &File,
+        image_bytes: u64,
+        opts: ImplantOptions,
+    ) -> Result<ImplantTask, IntegrityError> {
+        let clone = |file: &File| {
+            file.try_clone()
+                .map_err(|source| IntegrityError::Read { offset: 0, source })
+        };
         let gate = Arc::new(Gate::default());
         let hashed = Arc::new(AtomicU64::new(0));
-        let source = GatedSource { file: clone(file)?, gate: Arc::clone(&gate), image_bytes };
-        let counter = Counter { hashed: Arc::clone(&hashed) };
+        let source = GatedSource {
+            file: clone(file)?,
+            gate: Arc::clone(&gate),
+            image_bytes,
+        };
+        let counter = Counter {
+            hashed: Arc::clone(&hashed),
+        };
         let worker = std::thread::Builder::new()
             .name("vmedia-implant".into())
             .spawn(move || compute_implant(&source, image_bytes, &opts, &counter))
             .map_err(|source| IntegrityError::Read { offset: 0, source })?;
-        Ok(ImplantTask { gate, file: clone(file)?, image_bytes, hashed, worker: Some(worker) })
+        Ok(ImplantTask {
+            gate,
+            file: clone(file)?,
+            image_bytes,
+            hashed,
+            worker: Some(worker),
+        })
     }
 
     /// Reports that `[offset, offset + len)` now holds its final bytes.
     pub fn written(&self, offset: u64, len: u64) {
-        let Ok(mut state) = self.gate.state.lock() else { return };
+        let Ok(mut state) = self.gate.state.lock() else {
+            return;
+        };
         state.add(offset, offset.saturating_add(len));
         self.gate.changed.notify_all();
     }
@@ -60,7 +81,10 @@ impl ImplantTask {
         progress.phase("checksums");
         progress.set_total(self.image_bytes);
         let mut reported = 0u64;
-        let worker = self.worker.take().expect("worker present until finish or drop");
+        let worker = self
+            .worker
+            .take()
+            .expect("worker present until finish or drop");
         while !worker.is_finished() {
             reported = advance(progress, reported, self.hashed.load(Ordering::Relaxed));
             std::thread::sleep(PROGRESS_TICK);
@@ -148,10 +172,20 @@ struct GatedSource {
 
 impl ReadAt for GatedSource {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let end = offset.saturating_add(buf.len() as u64).min(self.image_bytes);
-        let mut state = self.gate.state.lock().map_err(|_| io::Error::other("implant gate poisoned"))?;
+        let end = offset
+            .saturating_add(buf.len() as u64)
+            .min(self.image_bytes);
+        let mut state = self
+            .gate
+            .state
+            .lock()
+            .map_err(|_| io::Error::other("implant gate poisoned"))?;
         while !state.finished && !state.aborted && state.prefix_end < end {
-            state = self.gate.changed.wait(state).map_err(|_| io::Error::other("implant gate poisoned"))?;
+            state = self
+                .gate
+                .changed
+                .wait(state)
+                .map_err(|_| io::Error::other("implant gate poisoned"))?;
         }
         if state.aborted {
             // Not `Interrupted`: read_exact_at retries those.
@@ -201,7 +235,13 @@ mod tests {
     fn streamed_implant(image: &[u8], opts: ImplantOptions) -> (tempfile::TempDir, File, Implant) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.iso");
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         file.set_len(image.len() as u64).unwrap();
         let task = ImplantTask::start(&file, image.len() as u64, opts).unwrap();
         let chunk = 100_000;
@@ -209,7 +249,8 @@ mod tests {
         offsets.swap(0, 1);
         for offset in offsets {
             let end = (offset + chunk).min(image.len());
-            file.write_all_at(&image[offset..end], offset as u64).unwrap();
+            file.write_all_at(&image[offset..end], offset as u64)
+                .unwrap();
             task.written(offset as u64, (end - offset) as u64);
         }
         let implant = task.finish(&NoProgress).unwrap();
@@ -235,11 +276,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u.iso");
         std::fs::write(&path, &image).unwrap();
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        let task = ImplantTask::start(&file, image.len() as u64, ImplantOptions::default()).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let task =
+            ImplantTask::start(&file, image.len() as u64, ImplantOptions::default()).unwrap();
         let implant = task.finish(&NoProgress).unwrap();
         assert!(implant.md5.is_some());
-        assert_eq!(verify(&file, None, &NoProgress).unwrap().md5, CheckOutcome::Ok);
+        assert_eq!(
+            verify(&file, None, &NoProgress).unwrap().md5,
+            CheckOutcome::Ok
+        );
     }
 
     #[test]
@@ -249,7 +298,8 @@ mod tests {
         let path = dir.path().join("d.iso");
         std::fs::write(&path, &image).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let task = ImplantTask::start(&file, image.len() as u64, ImplantOptions::default()).unwrap();
+        let task =
+            ImplantTask::start(&file, image.len() as u64, ImplantOptions::default()).unwrap();
         task.written(0, 4096);
         drop(task);
     }

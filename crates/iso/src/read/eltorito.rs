@@ -106,7 +106,9 @@ pub struct BootEntryInfo {
 }
 
 fn quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -122,7 +124,11 @@ impl BootEntryInfo {
         if self.index > 0 {
             args.push("-eltorito-alt-boot".to_string());
         }
-        let flag = if self.platform == Platform::Efi { "-e" } else { "-b" };
+        let flag = if self.platform == Platform::Efi {
+            "-e"
+        } else {
+            "-b"
+        };
         args.push(flag.to_string());
         let source = match (&self.image_path, self.appended_partition) {
             (Some(p), _) => p.clone(),
@@ -219,17 +225,26 @@ fn entry_from(b: &[u8], index: usize, platform: Platform, section_id: &str) -> B
 /// Parses catalog bytes read at `offset` (up to `MAX_BOOT_CATALOG_BYTES`).
 pub(crate) fn parse_catalog(buf: &[u8], lba: u32, offset: u64) -> Result<BootCatalog, ReadError> {
     if buf.len() < 64 {
-        return Err(ReadError::corrupt(offset, "boot catalog", "shorter than two entries"));
+        return Err(ReadError::corrupt(
+            offset,
+            "boot catalog",
+            "shorter than two entries",
+        ));
     }
     let v = &buf[0..32];
     if v[0] != 1 || v[30] != 0x55 || v[31] != 0xAA {
         return Err(ReadError::corrupt(
             offset,
             "boot catalog validation entry",
-            format!("header {:#04x} and key {:02x}{:02x} (want 0x01 and 55aa)", v[0], v[30], v[31]),
+            format!(
+                "header {:#04x} and key {:02x}{:02x} (want 0x01 and 55aa)",
+                v[0], v[30], v[31]
+            ),
         ));
     }
-    let sum = v.chunks_exact(2).fold(0u16, |acc, w| acc.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+    let sum = v.chunks_exact(2).fold(0u16, |acc, w| {
+        acc.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
     if sum != 0 {
         return Err(ReadError::corrupt(
             offset + 28,
@@ -275,7 +290,13 @@ pub(crate) fn parse_catalog(buf: &[u8], lba: u32, offset: u64) -> Result<BootCat
             break 'sections;
         }
     }
-    Ok(BootCatalog { lba, catalog_path: None, validation_platform, id_string, entries })
+    Ok(BootCatalog {
+        lba,
+        catalog_path: None,
+        validation_platform,
+        id_string,
+        entries,
+    })
 }
 
 #[cfg(test)]
@@ -288,7 +309,9 @@ mod tests {
         v[1] = platform;
         v[30] = 0x55;
         v[31] = 0xAA;
-        let sum = v.chunks_exact(2).fold(0u16, |a, w| a.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+        let sum = v.chunks_exact(2).fold(0u16, |a, w| {
+            a.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
         v[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
         v
     }

@@ -18,10 +18,19 @@ pub enum ReadError {
     NotIso { reason: String },
     /// A structure in the image breaks the format; `field` names it, `problem` says how.
     #[error("corrupt image at offset {offset:#x}: {field}: {problem}")]
-    Corrupt { offset: u64, field: &'static str, problem: String },
+    Corrupt {
+        offset: u64,
+        field: &'static str,
+        problem: String,
+    },
     /// The image exceeds one of the reader's safety limits (named by `limit`).
     #[error("image exceeds the limit {limit} ({value} > {max}) at offset {offset:#x}; the image is hostile or damaged")]
-    Limit { offset: u64, limit: &'static str, value: u64, max: u64 },
+    Limit {
+        offset: u64,
+        limit: &'static str,
+        value: u64,
+        max: u64,
+    },
     /// A directory is reached twice while walking the tree (a loop or shared directory extent).
     #[error("directory loop: the directory at block {lba} (offset {offset:#x}) is reached twice, last via {path}")]
     DirectoryLoop { lba: u32, offset: u64, path: String },
@@ -44,15 +53,28 @@ pub enum ReadError {
 
 impl ReadError {
     pub(crate) fn corrupt(offset: u64, field: &'static str, problem: impl Into<String>) -> Self {
-        ReadError::Corrupt { offset, field, problem: problem.into() }
+        ReadError::Corrupt {
+            offset,
+            field,
+            problem: problem.into(),
+        }
     }
 
     pub(crate) fn io(what: &'static str, offset: u64, source: io::Error) -> Self {
-        ReadError::Io { what, offset, source }
+        ReadError::Io {
+            what,
+            offset,
+            source,
+        }
     }
 
     pub(crate) fn limit(offset: u64, limit: &'static str, value: u64, max: u64) -> Self {
-        ReadError::Limit { offset, limit, value, max }
+        ReadError::Limit {
+            offset,
+            limit,
+            value,
+            max,
+        }
     }
 }
 

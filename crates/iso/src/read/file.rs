@@ -35,12 +35,17 @@ impl Stored {
     fn read_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<usize> {
         let mut total = 0usize;
         // First piece whose end is past `offset`.
-        let mut index = self.pieces.partition_point(|p| p.file_offset + p.len <= offset);
+        let mut index = self
+            .pieces
+            .partition_point(|p| p.file_offset + p.len <= offset);
         while !buf.is_empty() && offset < self.size {
-            let Some(piece) = self.pieces.get(index) else { break };
+            let Some(piece) = self.pieces.get(index) else {
+                break;
+            };
             let within = offset - piece.file_offset;
             let n = (piece.len - within).min(buf.len() as u64) as usize;
-            self.source.read_exact_at(&mut buf[..n], piece.image_offset + within)?;
+            self.source
+                .read_exact_at(&mut buf[..n], piece.image_offset + within)?;
             total += n;
             offset += n as u64;
             buf = &mut buf[n..];
@@ -62,16 +67,29 @@ struct Zisofs {
 
 impl Zisofs {
     fn open(stored: Stored, info: ZisofsInfo, path: &str) -> Result<Zisofs, ReadError> {
-        let bad = |problem: String| ReadError::corrupt(stored.pieces.first().map_or(0, |p| p.image_offset), "zisofs header", format!("{path}: {problem}"));
+        let bad = |problem: String| {
+            ReadError::corrupt(
+                stored.pieces.first().map_or(0, |p| p.image_offset),
+                "zisofs header",
+                format!("{path}: {problem}"),
+            )
+        };
         let mut header = [0u8; 16];
         if stored.size < 16 {
-            return Err(bad(format!("stored size {} is smaller than the 16-byte header", stored.size)));
+            return Err(bad(format!(
+                "stored size {} is smaller than the 16-byte header",
+                stored.size
+            )));
         }
-        stored.read_at(&mut header, 0).map_err(|e| ReadError::io("zisofs header", 0, e))?;
+        stored
+            .read_at(&mut header, 0)
+            .map_err(|e| ReadError::io("zisofs header", 0, e))?;
         if header[..8] != ZISOFS_MAGIC {
             return Err(bad("magic number missing".into()));
         }
-        let size = u64::from(u32::from_le_bytes([header[8], header[9], header[10], header[11]]));
+        let size = u64::from(u32::from_le_bytes([
+            header[8], header[9], header[10], header[11],
+        ]));
         let header_size = u64::from(header[12]) * 4;
         let block_log2 = header[13];
         if !ZISOFS_BLOCK_LOG2.contains(&block_log2) {
@@ -88,7 +106,9 @@ impl Zisofs {
         let table_bytes = (blocks + 1) * 4;
         // The pointer table lies inside the stored bytes, so its size is bounded by them.
         if header_size + table_bytes > stored.size {
-            return Err(bad(format!("block table of {blocks} blocks runs past the stored data")));
+            return Err(bad(format!(
+                "block table of {blocks} blocks runs past the stored data"
+            )));
         }
         let mut table = vec![0u8; table_bytes as usize];
         stored.read_exact(&mut table, header_size)?;
@@ -98,14 +118,23 @@ impl Zisofs {
             .collect();
         for w in pointers.windows(2) {
             if w[1] < w[0] || u64::from(w[1]) > stored.size {
-                return Err(bad(format!("block pointers {} -> {} out of order or past the data", w[0], w[1])));
+                return Err(bad(format!(
+                    "block pointers {} -> {} out of order or past the data",
+                    w[0], w[1]
+                )));
             }
             // A compressed block larger than twice the block is not something zlib produces.
             if u64::from(w[1] - w[0]) > 2 * block_size + 64 {
                 return Err(bad(format!("compressed block of {} bytes", w[1] - w[0])));
             }
         }
-        Ok(Zisofs { stored, block_size, size, pointers, cache: Mutex::new(None) })
+        Ok(Zisofs {
+            stored,
+            block_size,
+            size,
+            pointers,
+            cache: Mutex::new(None),
+        })
     }
 
     fn block(&self, index: usize) -> io::Result<Arc<Vec<u8>>> {
@@ -122,17 +151,25 @@ impl Zisofs {
         let mut out = vec![0u8; expected];
         if end > start {
             let mut compressed = vec![0u8; (end - start) as usize];
-            self.stored.read_exact(&mut compressed, start).map_err(io::Error::from)?;
+            self.stored
+                .read_exact(&mut compressed, start)
+                .map_err(io::Error::from)?;
             let mut inflater = flate2::Decompress::new(true);
             inflater
                 .decompress(&compressed, &mut out, flate2::FlushDecompress::Finish)
                 .map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("zisofs block {index}: {e}"))
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("zisofs block {index}: {e}"),
+                    )
                 })?;
             if inflater.total_out() as usize != expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("zisofs block {index} inflates to {} bytes, not {expected}", inflater.total_out()),
+                    format!(
+                        "zisofs block {index} inflates to {} bytes, not {expected}",
+                        inflater.total_out()
+                    ),
                 ));
             }
         }
@@ -161,9 +198,15 @@ impl Zisofs {
 
 impl Stored {
     fn read_exact(&self, buf: &mut [u8], offset: u64) -> Result<(), ReadError> {
-        let n = self.read_at(buf, offset).map_err(|e| ReadError::io("file data", offset, e))?;
+        let n = self
+            .read_at(buf, offset)
+            .map_err(|e| ReadError::io("file data", offset, e))?;
         if n != buf.len() {
-            return Err(ReadError::corrupt(offset, "file data", "shorter than its table says"));
+            return Err(ReadError::corrupt(
+                offset,
+                "file data",
+                "shorter than its table says",
+            ));
         }
         Ok(())
     }
@@ -183,7 +226,10 @@ pub struct FileReader {
 
 impl std::fmt::Debug for FileReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileReader").field("size", &self.len()).field("zisofs", &self.is_zisofs()).finish()
+        f.debug_struct("FileReader")
+            .field("size", &self.len())
+            .field("zisofs", &self.is_zisofs())
+            .finish()
     }
 }
 
@@ -201,12 +247,24 @@ impl FileReader {
             if len == 0 {
                 continue;
             }
-            pieces.push(Piece { file_offset, image_offset, len });
+            pieces.push(Piece {
+                file_offset,
+                image_offset,
+                len,
+            });
             file_offset = file_offset.checked_add(len).ok_or_else(|| {
-                ReadError::corrupt(image_offset, "extent length", format!("{path}: total size overflows"))
+                ReadError::corrupt(
+                    image_offset,
+                    "extent length",
+                    format!("{path}: total size overflows"),
+                )
             })?;
         }
-        let stored = Stored { source: source.inner.clone(), pieces: pieces.into(), size: file_offset };
+        let stored = Stored {
+            source: source.inner.clone(),
+            pieces: pieces.into(),
+            size: file_offset,
+        };
         let inner = match zisofs {
             Some(info) => Inner::Zisofs(Arc::new(Zisofs::open(stored, info, path)?)),
             None => Inner::Stored(stored),

@@ -25,8 +25,12 @@ use vmedia_io::ReadAt;
 pub use eltorito::{BootCatalog, BootEntryInfo, Emulation, Platform, MAX_BOOT_CATALOG_BYTES};
 pub use error::ReadError;
 pub use file::FileReader;
-pub use partition::{format_guid, Gpt, GptPartition, MbrPartition, PartitionTable, MAX_GPT_ENTRIES};
-pub use susp::{ZisofsInfo, MAX_CE_AREA_BYTES, MAX_CE_CHAIN, MAX_NAME_BYTES, MAX_SYMLINK_TARGET_BYTES};
+pub use partition::{
+    format_guid, Gpt, GptPartition, MbrPartition, PartitionTable, MAX_GPT_ENTRIES,
+};
+pub use susp::{
+    ZisofsInfo, MAX_CE_AREA_BYTES, MAX_CE_CHAIN, MAX_NAME_BYTES, MAX_SYMLINK_TARGET_BYTES,
+};
 pub use volume::{
     DescriptorKind, DescriptorSummary, JolietInfo, RootLocation, Timestamp, VolumeFields,
     MAX_VOLUME_DESCRIPTORS,
@@ -93,28 +97,46 @@ pub(crate) struct Source {
 
 impl Source {
     pub(crate) fn new(inner: Arc<dyn ReadAt>) -> Result<Source, ReadError> {
-        let size = inner.size().map_err(|e| ReadError::io("the image size", 0, e))?;
+        let size = inner
+            .size()
+            .map_err(|e| ReadError::io("the image size", 0, e))?;
         Ok(Source { inner, size })
     }
 
     /// Fails with a `Corrupt` error naming `what` when `[offset, offset + len)` is not inside.
-    pub(crate) fn check_range(&self, offset: u64, len: u64, what: &'static str) -> Result<(), ReadError> {
+    pub(crate) fn check_range(
+        &self,
+        offset: u64,
+        len: u64,
+        what: &'static str,
+    ) -> Result<(), ReadError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
             _ => Err(ReadError::corrupt(
                 offset,
                 what,
-                format!("{len} bytes at offset {offset:#x} run past the end of the image ({:#x} bytes)", self.size),
+                format!(
+                    "{len} bytes at offset {offset:#x} run past the end of the image ({:#x} bytes)",
+                    self.size
+                ),
             )),
         }
     }
 
     /// Reads a range known to be bounded by a limit, after checking it lies in the image.
-    pub(crate) fn read_range(&self, offset: u64, len: u64, what: &'static str) -> Result<Vec<u8>, ReadError> {
+    pub(crate) fn read_range(
+        &self,
+        offset: u64,
+        len: u64,
+        what: &'static str,
+    ) -> Result<Vec<u8>, ReadError> {
         self.check_range(offset, len, what)?;
-        let len = usize::try_from(len).map_err(|_| ReadError::limit(offset, "address space", len, usize::MAX as u64))?;
+        let len = usize::try_from(len)
+            .map_err(|_| ReadError::limit(offset, "address space", len, usize::MAX as u64))?;
         let mut buf = vec![0u8; len];
-        self.inner.read_exact_at(&mut buf, offset).map_err(|e| ReadError::io(what, offset, e))?;
+        self.inner
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| ReadError::io(what, offset, e))?;
         Ok(buf)
     }
 }
@@ -335,7 +357,9 @@ type DirectoryCache = Arc<Mutex<HashMap<(u32, u64), Arc<Vec<Entry>>>>>;
 
 impl std::fmt::Debug for IsoImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IsoImage").field("volume", &self.volume).finish()
+        f.debug_struct("IsoImage")
+            .field("volume", &self.volume)
+            .finish()
     }
 }
 
@@ -382,9 +406,15 @@ fn parse_record(buf: &[u8], offset: u64) -> Result<RawRecord<'_>, ReadError> {
     let su_start = 33 + name_len + usize::from(name_len % 2 == 0);
     let mut date = [0u8; 7];
     date.copy_from_slice(&rec[18..25]);
-    let lba = volume::le32(rec, 2).checked_add(xattr_blocks).ok_or_else(|| {
-        ReadError::corrupt(offset + 2, "extent location", "overflows with the extended attribute length")
-    })?;
+    let lba = volume::le32(rec, 2)
+        .checked_add(xattr_blocks)
+        .ok_or_else(|| {
+            ReadError::corrupt(
+                offset + 2,
+                "extent location",
+                "overflows with the extended attribute length",
+            )
+        })?;
     Ok(RawRecord {
         length,
         lba,
@@ -428,13 +458,19 @@ impl IsoImage {
         let source = Source::new(source)?;
         if source.size < 17 * SECTOR_BYTES {
             return Err(ReadError::NotIso {
-                reason: format!("{} bytes is too small to hold a volume descriptor", source.size),
+                reason: format!(
+                    "{} bytes is too small to hold a volume descriptor",
+                    source.size
+                ),
             });
         }
         let read_sector = |lba: u32, buf: &mut [u8; SECTOR]| -> Result<(), ReadError> {
             let offset = u64::from(lba) * SECTOR_BYTES;
             source.check_range(offset, SECTOR_BYTES, "volume descriptor")?;
-            source.inner.read_exact_at(buf, offset).map_err(|e| ReadError::io("volume descriptor", offset, e))
+            source
+                .inner
+                .read_exact_at(buf, offset)
+                .map_err(|e| ReadError::io("volume descriptor", offset, e))
         };
         let set = volume::read_descriptors(&read_sector)?;
 
@@ -442,8 +478,14 @@ impl IsoImage {
         let root_dot = Self::first_record_fields(&source, primary_root.lba, "root directory")?;
         let su = susp::parse_system_use(&source, &root_dot.1, root_dot.0)?;
         let rock_ridge = match su.sp_skip {
-            Some(skip) => Some(RockRidgeInfo { extensions: su.extensions.clone(), skip }),
-            None if su.any_rock_ridge => Some(RockRidgeInfo { extensions: su.extensions.clone(), skip: 0 }),
+            Some(skip) => Some(RockRidgeInfo {
+                extensions: su.extensions.clone(),
+                skip,
+            }),
+            None if su.any_rock_ridge => Some(RockRidgeInfo {
+                extensions: su.extensions.clone(),
+                skip: 0,
+            }),
             None => None,
         };
         let namespace = match opts.prefer {
@@ -451,10 +493,14 @@ impl IsoImage {
             NameSpace::Auto if set.joliet.is_some() => NameSpace::Joliet,
             NameSpace::Auto => NameSpace::Iso9660,
             NameSpace::RockRidge if rock_ridge.is_none() => {
-                return Err(ReadError::MissingNamespace { namespace: "Rock Ridge" })
+                return Err(ReadError::MissingNamespace {
+                    namespace: "Rock Ridge",
+                })
             }
             NameSpace::Joliet if set.joliet.is_none() => {
-                return Err(ReadError::MissingNamespace { namespace: "Joliet" })
+                return Err(ReadError::MissingNamespace {
+                    namespace: "Joliet",
+                })
             }
             other => other,
         };
@@ -480,7 +526,10 @@ impl IsoImage {
             atime: None,
             ctime: None,
             created: None,
-            extents: vec![Extent { lba: root_location.lba, length: u64::from(root_location.size) }],
+            extents: vec![Extent {
+                lba: root_location.lba,
+                length: u64::from(root_location.size),
+            }],
             zisofs: None,
             hidden: false,
             rock_ridge: false,
@@ -516,7 +565,11 @@ impl IsoImage {
 
     /// Reads the first record (".") of the directory at `lba`: (record offset, system use
     /// bytes, data length).
-    fn first_record_fields(source: &Source, lba: u32, what: &'static str) -> Result<(u64, Vec<u8>, u32), ReadError> {
+    fn first_record_fields(
+        source: &Source,
+        lba: u32,
+        what: &'static str,
+    ) -> Result<(u64, Vec<u8>, u32), ReadError> {
         let offset = u64::from(lba) * SECTOR_BYTES;
         let sector = source.read_range(offset, SECTOR_BYTES, what)?;
         let rec = parse_record(&sector, offset)?;
@@ -546,14 +599,25 @@ impl IsoImage {
     /// The entries of directory `dir` in on-disc order, without "." and "..".
     pub fn read_dir(&self, dir: &Entry) -> Result<Vec<Entry>, ReadError> {
         if !dir.is_dir() {
-            return Err(ReadError::NotADirectory { path: dir.name.clone() });
+            return Err(ReadError::NotADirectory {
+                path: dir.name.clone(),
+            });
         }
-        let Some(extent) = dir.extents.first() else { return Ok(Vec::new()) };
+        let Some(extent) = dir.extents.first() else {
+            return Ok(Vec::new());
+        };
         if extent.length > MAX_DIRECTORY_BYTES {
-            return Err(ReadError::limit(dir.record_offset, "MAX_DIRECTORY_BYTES", extent.length, MAX_DIRECTORY_BYTES));
+            return Err(ReadError::limit(
+                dir.record_offset,
+                "MAX_DIRECTORY_BYTES",
+                extent.length,
+                MAX_DIRECTORY_BYTES,
+            ));
         }
         let base = extent.byte_offset();
-        let buf = self.source.read_range(base, extent.length, "directory extent")?;
+        let buf = self
+            .source
+            .read_range(base, extent.length, "directory extent")?;
         let mut entries: Vec<Entry> = Vec::new();
         let mut pending: Option<Entry> = None;
         let mut pos = 0usize;
@@ -575,18 +639,29 @@ impl IsoImage {
             } else {
                 String::from_utf8_lossy(rec.name).into_owned()
             };
-            let extent = Extent { lba: rec.lba, length: u64::from(rec.data_length) };
+            let extent = Extent {
+                lba: rec.lba,
+                length: u64::from(rec.data_length),
+            };
             if let Some(mut first) = pending.take() {
                 // A multi-extent file continues in the following records of the same name.
                 if first.iso_name != iso_name {
                     return Err(ReadError::corrupt(
                         offset,
                         "multi-extent file",
-                        format!("{:?} is continued by a record named {iso_name:?}", first.iso_name),
+                        format!(
+                            "{:?} is continued by a record named {iso_name:?}",
+                            first.iso_name
+                        ),
                     ));
                 }
                 if first.extents.len() >= MAX_EXTENTS_PER_FILE {
-                    return Err(ReadError::limit(offset, "MAX_EXTENTS_PER_FILE", first.extents.len() as u64 + 1, MAX_EXTENTS_PER_FILE as u64));
+                    return Err(ReadError::limit(
+                        offset,
+                        "MAX_EXTENTS_PER_FILE",
+                        first.extents.len() as u64 + 1,
+                        MAX_EXTENTS_PER_FILE as u64,
+                    ));
                 }
                 first.extents.push(extent);
                 if first.zisofs.is_none() {
@@ -600,11 +675,23 @@ impl IsoImage {
                 continue;
             }
             let mut entry = Entry {
-                name: if self.joliet_tree { joliet_name(&iso_name) } else { plain_iso_name(&iso_name) },
+                name: if self.joliet_tree {
+                    joliet_name(&iso_name)
+                } else {
+                    plain_iso_name(&iso_name)
+                },
                 iso_name,
-                kind: if rec.flags & FLAG_DIRECTORY != 0 { EntryKind::Directory } else { EntryKind::File },
+                kind: if rec.flags & FLAG_DIRECTORY != 0 {
+                    EntryKind::Directory
+                } else {
+                    EntryKind::File
+                },
                 size: extent.length,
-                mode: if rec.flags & FLAG_DIRECTORY != 0 { S_IFDIR | 0o555 } else { S_IFREG | 0o555 },
+                mode: if rec.flags & FLAG_DIRECTORY != 0 {
+                    S_IFDIR | 0o555
+                } else {
+                    S_IFREG | 0o555
+                },
                 uid: 0,
                 gid: 0,
                 nlink: 1,
@@ -629,10 +716,14 @@ impl IsoImage {
                 }
                 apply_rock_ridge(&mut entry, &su);
                 if let Some(child) = su.child_link {
-                    let (_, _, length) = Self::first_record_fields(&self.source, child, "relocated directory (CL)")?;
+                    let (_, _, length) =
+                        Self::first_record_fields(&self.source, child, "relocated directory (CL)")?;
                     entry.kind = EntryKind::Directory;
                     entry.mode = (entry.mode & !S_IFMT) | S_IFDIR;
-                    entry.extents = vec![Extent { lba: child, length: u64::from(length) }];
+                    entry.extents = vec![Extent {
+                        lba: child,
+                        length: u64::from(length),
+                    }];
                     entry.size = u64::from(length);
                     entry.relocated = true;
                 } else if rec.flags & FLAG_DIRECTORY != 0 {
@@ -641,7 +732,12 @@ impl IsoImage {
                 }
             }
             if entries.len() >= MAX_ENTRIES_PER_DIRECTORY {
-                return Err(ReadError::limit(offset, "MAX_ENTRIES_PER_DIRECTORY", entries.len() as u64 + 1, MAX_ENTRIES_PER_DIRECTORY as u64));
+                return Err(ReadError::limit(
+                    offset,
+                    "MAX_ENTRIES_PER_DIRECTORY",
+                    entries.len() as u64 + 1,
+                    MAX_ENTRIES_PER_DIRECTORY as u64,
+                ));
             }
             if rec.flags & FLAG_MULTI_EXTENT != 0 && !entry.is_dir() {
                 pending = Some(entry);
@@ -706,7 +802,11 @@ impl IsoImage {
         let found = children
             .iter()
             .find(|e| e.name == name)
-            .or_else(|| children.iter().find(|e| e.iso_name == name || joliet_name(&e.iso_name) == name))
+            .or_else(|| {
+                children
+                    .iter()
+                    .find(|e| e.iso_name == name || joliet_name(&e.iso_name) == name)
+            })
             // Plain ISO 9660 names are upper case; Linux shows them lower case (map=normal)
             // and boot configurations name them so.
             .or_else(|| {
@@ -714,7 +814,9 @@ impl IsoImage {
                     .then(|| children.iter().find(|e| e.name.eq_ignore_ascii_case(name)))
                     .flatten()
             });
-        found.cloned().ok_or_else(|| ReadError::NotFound { path: path.to_string() })
+        found.cloned().ok_or_else(|| ReadError::NotFound {
+            path: path.to_string(),
+        })
     }
 
     fn resolve(&self, path: &str, follow_last: bool) -> Result<Entry, ReadError> {
@@ -733,7 +835,9 @@ impl IsoImage {
             }
             let dir = stack.last().cloned().unwrap_or_else(|| self.root.clone());
             if !dir.is_dir() {
-                return Err(ReadError::NotADirectory { path: path.to_string() });
+                return Err(ReadError::NotADirectory {
+                    path: path.to_string(),
+                });
             }
             let child = self.find_child(&dir, &component, path)?;
             let last = queue.iter().all(|c| c.is_empty() || c == ".");
@@ -741,7 +845,12 @@ impl IsoImage {
                 if !last || follow_last {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
-                        return Err(ReadError::limit(child.record_offset, "MAX_SYMLINK_HOPS", hops as u64, MAX_SYMLINK_HOPS as u64));
+                        return Err(ReadError::limit(
+                            child.record_offset,
+                            "MAX_SYMLINK_HOPS",
+                            hops as u64,
+                            MAX_SYMLINK_HOPS as u64,
+                        ));
                     }
                     if target.starts_with('/') {
                         stack.truncate(1);
@@ -753,7 +862,12 @@ impl IsoImage {
                 }
             }
             if stack.len() > MAX_DIRECTORY_DEPTH {
-                return Err(ReadError::limit(child.record_offset, "MAX_DIRECTORY_DEPTH", stack.len() as u64, MAX_DIRECTORY_DEPTH as u64));
+                return Err(ReadError::limit(
+                    child.record_offset,
+                    "MAX_DIRECTORY_DEPTH",
+                    stack.len() as u64,
+                    MAX_DIRECTORY_DEPTH as u64,
+                ));
             }
             stack.push(child);
         }
@@ -776,14 +890,17 @@ impl IsoImage {
     /// The contents of a regular file. Multi-extent files are joined, zisofs decompressed.
     pub fn file_reader(&self, entry: &Entry) -> Result<FileReader, ReadError> {
         if !entry.is_file() {
-            return Err(ReadError::NotAFile { path: entry.name.clone() });
+            return Err(ReadError::NotAFile {
+                path: entry.name.clone(),
+            });
         }
         let mut ranges = Vec::with_capacity(entry.extents.len());
         for e in &entry.extents {
             if e.length == 0 {
                 continue;
             }
-            self.source.check_range(e.byte_offset(), e.length, "file extent")?;
+            self.source
+                .check_range(e.byte_offset(), e.length, "file extent")?;
             ranges.push((e.byte_offset(), e.length));
         }
         FileReader::new(&self.source, &ranges, entry.zisofs, &entry.name)
@@ -821,13 +938,18 @@ impl IsoImage {
 
     /// The El Torito boot catalog, with each entry's image located in the tree or partitions.
     pub fn boot_catalog(&self) -> Result<Option<BootCatalog>, ReadError> {
-        let Some(record) = &self.volume.el_torito else { return Ok(None) };
+        let Some(record) = &self.volume.el_torito else {
+            return Ok(None);
+        };
         let offset = u64::from(record.catalog_lba) * SECTOR_BYTES;
         if offset >= self.source.size {
             return Err(ReadError::corrupt(
                 offset,
                 "boot catalog location",
-                format!("block {} lies past the end of the image", record.catalog_lba),
+                format!(
+                    "block {} lies past the end of the image",
+                    record.catalog_lba
+                ),
             ));
         }
         let len = (self.source.size - offset).min(MAX_BOOT_CATALOG_BYTES);
@@ -841,7 +963,9 @@ impl IsoImage {
             let Ok(item) = item else { break };
             if item.entry.is_file() {
                 if let Some(first) = item.entry.extents.first() {
-                    by_lba.entry(first.lba).or_insert((item.path, item.entry.size));
+                    by_lba
+                        .entry(first.lba)
+                        .or_insert((item.path, item.entry.size));
                 }
             }
         }
@@ -853,15 +977,25 @@ impl IsoImage {
                 .gpt
                 .as_ref()
                 .and_then(|g| {
-                    g.partitions.iter().find(|p| p.first_sector == start_sector).map(|p| {
-                        (p.number, (p.last_sector.saturating_sub(p.first_sector) + 1) * 512)
-                    })
+                    g.partitions
+                        .iter()
+                        .find(|p| p.first_sector == start_sector)
+                        .map(|p| {
+                            (
+                                p.number,
+                                (p.last_sector.saturating_sub(p.first_sector) + 1) * 512,
+                            )
+                        })
                 })
                 .or_else(|| {
                     partitions
                         .mbr
                         .iter()
-                        .find(|p| u64::from(p.start_sector) == start_sector && p.partition_type != 0xEE && start_sector != 0)
+                        .find(|p| {
+                            u64::from(p.start_sector) == start_sector
+                                && p.partition_type != 0xEE
+                                && start_sector != 0
+                        })
                         .map(|p| (u32::from(p.number), u64::from(p.sector_count) * 512))
                 });
             if let Some((path, size)) = by_lba.get(&entry.lba) {
@@ -877,13 +1011,25 @@ impl IsoImage {
             }
             let image_offset = u64::from(entry.lba) * SECTOR_BYTES;
             let mut head = [0u8; 24];
-            if entry.image_size >= 64 && self.source.inner.read_exact_at(&mut head, image_offset).is_ok() {
+            if entry.image_size >= 64
+                && self
+                    .source
+                    .inner
+                    .read_exact_at(&mut head, image_offset)
+                    .is_ok()
+            {
                 entry.boot_info_table = volume::le32(&head, 8) == 16
                     && volume::le32(&head, 12) == entry.lba
                     && u64::from(volume::le32(&head, 16)) == entry.image_size;
             }
             let mut grub = [0u8; 8];
-            if entry.image_size >= 2556 && self.source.inner.read_exact_at(&mut grub, image_offset + 2548).is_ok() {
+            if entry.image_size >= 2556
+                && self
+                    .source
+                    .inner
+                    .read_exact_at(&mut grub, image_offset + 2548)
+                    .is_ok()
+            {
                 entry.grub2_boot_info = u64::from_le_bytes(grub) == start_sector + 5;
             }
         }
@@ -893,8 +1039,14 @@ impl IsoImage {
     /// The bytes of a boot image (as located by [`boot_catalog`](Self::boot_catalog)).
     pub fn boot_image_reader(&self, entry: &BootEntryInfo) -> Result<FileReader, ReadError> {
         let offset = u64::from(entry.lba) * SECTOR_BYTES;
-        self.source.check_range(offset, entry.image_size, "boot image")?;
-        FileReader::new(&self.source, &[(offset, entry.image_size)], None, "boot image")
+        self.source
+            .check_range(offset, entry.image_size, "boot image")?;
+        FileReader::new(
+            &self.source,
+            &[(offset, entry.image_size)],
+            None,
+            "boot image",
+        )
     }
 
     /// Walks the whole tree, reads every file (up to `byte_budget` bytes in all) and the boot
@@ -917,7 +1069,11 @@ impl IsoImage {
                             .read_at(&mut buf[..want], offset)
                             .map_err(|e| ReadError::io("file data", item.entry.record_offset, e))?;
                         if n == 0 {
-                            return Err(ReadError::corrupt(item.entry.record_offset, "file data", format!("{}: ends early at {offset}", item.path)));
+                            return Err(ReadError::corrupt(
+                                item.entry.record_offset,
+                                "file data",
+                                format!("{}: ends early at {offset}", item.path),
+                            ));
                         }
                         offset += n as u64;
                         summary.bytes_read += n as u64;
@@ -931,7 +1087,9 @@ impl IsoImage {
             for entry in &catalog.entries {
                 if let Ok(reader) = self.boot_image_reader(entry) {
                     let want = reader.len().min(buf.len() as u64) as usize;
-                    let n = reader.read_at(&mut buf[..want], 0).map_err(|e| ReadError::io("boot image", u64::from(entry.lba) * SECTOR_BYTES, e))?;
+                    let n = reader.read_at(&mut buf[..want], 0).map_err(|e| {
+                        ReadError::io("boot image", u64::from(entry.lba) * SECTOR_BYTES, e)
+                    })?;
                     summary.bytes_read += n as u64;
                 }
             }
@@ -958,7 +1116,9 @@ fn apply_rock_ridge(entry: &mut Entry, su: &susp::SystemUse) {
         let is_dir_record = entry.kind == EntryKind::Directory;
         entry.kind = match px.mode & S_IFMT {
             _ if is_dir_record => EntryKind::Directory,
-            S_IFLNK => EntryKind::Symlink { target: su.symlink.clone().unwrap_or_default() },
+            S_IFLNK => EntryKind::Symlink {
+                target: su.symlink.clone().unwrap_or_default(),
+            },
             S_IFCHR => EntryKind::CharDevice { major, minor },
             S_IFBLK => EntryKind::BlockDevice { major, minor },
             S_IFIFO => EntryKind::Fifo,
@@ -970,7 +1130,9 @@ fn apply_rock_ridge(entry: &mut Entry, su: &susp::SystemUse) {
             entry.mode = (px.mode & !S_IFMT) | S_IFREG;
         }
     } else if let Some(target) = &su.symlink {
-        entry.kind = EntryKind::Symlink { target: target.clone() };
+        entry.kind = EntryKind::Symlink {
+            target: target.clone(),
+        };
         entry.mode = S_IFLNK | 0o777;
     }
     if let Some(t) = su.modified {
@@ -1040,20 +1202,36 @@ impl Walk<'_> {
     fn visit(&mut self, entry: &Entry, path: &str, depth: usize) -> Result<(), ReadError> {
         self.total += 1;
         if self.total > MAX_TOTAL_ENTRIES {
-            return Err(ReadError::limit(entry.record_offset, "MAX_TOTAL_ENTRIES", self.total, MAX_TOTAL_ENTRIES));
+            return Err(ReadError::limit(
+                entry.record_offset,
+                "MAX_TOTAL_ENTRIES",
+                self.total,
+                MAX_TOTAL_ENTRIES,
+            ));
         }
         if !entry.is_dir() {
             return Ok(());
         }
-        let Some(extent) = entry.extents.first() else { return Ok(()) };
+        let Some(extent) = entry.extents.first() else {
+            return Ok(());
+        };
         if extent.length == 0 {
             return Ok(());
         }
         if !self.visited.insert(extent.lba) {
-            return Err(ReadError::DirectoryLoop { lba: extent.lba, offset: entry.record_offset, path: path.to_string() });
+            return Err(ReadError::DirectoryLoop {
+                lba: extent.lba,
+                offset: entry.record_offset,
+                path: path.to_string(),
+            });
         }
         if depth >= MAX_DIRECTORY_DEPTH {
-            return Err(ReadError::limit(entry.record_offset, "MAX_DIRECTORY_DEPTH", depth as u64 + 1, MAX_DIRECTORY_DEPTH as u64));
+            return Err(ReadError::limit(
+                entry.record_offset,
+                "MAX_DIRECTORY_DEPTH",
+                depth as u64 + 1,
+                MAX_DIRECTORY_DEPTH as u64,
+            ));
         }
         let children = self.image.read_dir(entry)?;
         self.stack.push((path.to_string(), children.into_iter()));
@@ -1069,7 +1247,9 @@ pub fn exercise(data: &[u8]) -> usize {
     let _ = is_iso(&*source);
     let mut ok = 0;
     for prefer in [NameSpace::Auto, NameSpace::Joliet, NameSpace::Iso9660] {
-        let Ok(image) = IsoImage::open(source.clone(), OpenOptions { prefer }) else { continue };
+        let Ok(image) = IsoImage::open(source.clone(), OpenOptions { prefer }) else {
+            continue;
+        };
         let _ = image.lookup_follow("/a/b/../c");
         if image.scan(16 * 1024 * 1024).is_ok() {
             ok += 1;

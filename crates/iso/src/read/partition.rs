@@ -106,7 +106,8 @@ pub fn format_guid(b: &[u8]) -> String {
 }
 
 fn le64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    b.get(at..at + 8)
+        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -114,14 +115,17 @@ fn le32(b: &[u8], at: usize) -> u32 {
 }
 
 /// Parses the MBR in `system_area` and, if present, the GPT it announces.
-pub(crate) fn read_partitions(source: &Source, system_area: &[u8]) -> Result<PartitionTable, ReadError> {
+pub(crate) fn read_partitions(
+    source: &Source,
+    system_area: &[u8],
+) -> Result<PartitionTable, ReadError> {
     let mut table = PartitionTable::default();
     if system_area.len() < 1024 {
         return Ok(table);
     }
     // The map's entries follow block 0 at the APM block size: 512 or (xorriso) 2048 bytes.
-    table.apple_partition_map =
-        &system_area[0..2] == b"ER" && (&system_area[512..514] == b"PM" || &system_area[2048..2050] == b"PM");
+    table.apple_partition_map = &system_area[0..2] == b"ER"
+        && (&system_area[512..514] == b"PM" || &system_area[2048..2050] == b"PM");
     table.mbr_signature = system_area[510] == 0x55 && system_area[511] == 0xAA;
     if !table.mbr_signature {
         return Ok(table);
@@ -162,7 +166,12 @@ fn read_gpt(source: &Source, header: &[u8]) -> Result<Gpt, ReadError> {
     let entry_count = le32(header, 80);
     let entry_size = le32(header, 84);
     if entry_count > MAX_GPT_ENTRIES {
-        return Err(ReadError::limit(512 + 80, "MAX_GPT_ENTRIES", entry_count.into(), MAX_GPT_ENTRIES.into()));
+        return Err(ReadError::limit(
+            512 + 80,
+            "MAX_GPT_ENTRIES",
+            entry_count.into(),
+            MAX_GPT_ENTRIES.into(),
+        ));
     }
     if !(128..=MAX_GPT_ENTRY_SIZE).contains(&entry_size) {
         return Err(ReadError::corrupt(
@@ -173,7 +182,11 @@ fn read_gpt(source: &Source, header: &[u8]) -> Result<Gpt, ReadError> {
     }
     let bytes = u64::from(entry_count) * u64::from(entry_size);
     let start = entries_start_sector.checked_mul(512).ok_or_else(|| {
-        ReadError::corrupt(512 + 72, "GPT partition entries LBA", format!("{entries_start_sector} overflows"))
+        ReadError::corrupt(
+            512 + 72,
+            "GPT partition entries LBA",
+            format!("{entries_start_sector} overflows"),
+        )
     })?;
     let array = source.read_range(start, bytes, "GPT partition entries")?;
     let entries_crc_ok = crc32fast::hash(&array) == le32(header, 88);
@@ -220,7 +233,8 @@ mod tests {
     #[test]
     fn guid_is_mixed_endian() {
         let b = [
-            0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+            0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+            0xc9, 0x3b,
         ];
         assert_eq!(format_guid(&b), "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
     }

@@ -44,16 +44,31 @@ pub struct RipReport {
 /// An error while copying; the source offset is part of the message.
 #[derive(Debug, thiserror::Error)]
 pub enum RipError {
-    #[error("sector {sector} (offset {offset:#x}) is unreadable after {attempts} attempts: {source}")]
-    BadSector { sector: u64, offset: u64, attempts: u32, source: io::Error },
+    #[error(
+        "sector {sector} (offset {offset:#x}) is unreadable after {attempts} attempts: {source}"
+    )]
+    BadSector {
+        sector: u64,
+        offset: u64,
+        attempts: u32,
+        source: io::Error,
+    },
     #[error("the source holds {available} bytes but the medium records {expected}; it is truncated or not the whole disc")]
     ShortSource { available: u64, expected: u64 },
     #[error("cannot write the copy at offset {offset:#x}: {source}")]
     Write { offset: u64, source: io::Error },
     #[error("cannot re-read {what} at offset {offset:#x} for verification: {source}")]
-    VerifyRead { what: &'static str, offset: u64, source: io::Error },
+    VerifyRead {
+        what: &'static str,
+        offset: u64,
+        source: io::Error,
+    },
     #[error("verification failed: the source now reads as {source_sha256}, the copy as {copy_sha256}, the first pass as {first_sha256}")]
-    Mismatch { first_sha256: String, source_sha256: String, copy_sha256: String },
+    Mismatch {
+        first_sha256: String,
+        source_sha256: String,
+        copy_sha256: String,
+    },
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -80,12 +95,21 @@ pub fn rip(
     opts: RipOptions,
     progress: &dyn Progress,
 ) -> Result<RipReport, RipError> {
-    let available = source.size().map_err(|e| ReadError::io("the source size", 0, e))?;
+    let available = source
+        .size()
+        .map_err(|e| ReadError::io("the source size", 0, e))?;
     if available < opts.size {
-        return Err(RipError::ShortSource { available, expected: opts.size });
+        return Err(RipError::ShortSource {
+            available,
+            expected: opts.size,
+        });
     }
     progress.phase("copying");
-    progress.set_total(if opts.verify { opts.size * 2 } else { opts.size });
+    progress.set_total(if opts.verify {
+        opts.size * 2
+    } else {
+        opts.size
+    });
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; RIP_BLOCK_BYTES];
     let mut recovered_sectors = Vec::new();
@@ -95,9 +119,18 @@ pub fn rip(
         let n = (opts.size - offset).min(RIP_BLOCK_BYTES as u64) as usize;
         let block = &mut buf[..n];
         if source.read_exact_at(block, offset).is_err() {
-            read_sector_by_sector(source, block, offset, &opts, &mut recovered_sectors, &mut bad_sectors)?;
+            read_sector_by_sector(
+                source,
+                block,
+                offset,
+                &opts,
+                &mut recovered_sectors,
+                &mut bad_sectors,
+            )?;
         }
-        target.write_all_at(block, offset).map_err(|source| RipError::Write { offset, source })?;
+        target
+            .write_all_at(block, offset)
+            .map_err(|source| RipError::Write { offset, source })?;
         hasher.update(&*block);
         offset += n as u64;
         progress.advance(n as u64);
@@ -114,11 +147,21 @@ pub fn rip(
         // Zero-filled bad sectors make the source differ; only the copy must match then.
         let source_ok = again == sha256 || !bad_sectors.is_empty();
         if !source_ok || copy != sha256 {
-            return Err(RipError::Mismatch { first_sha256: sha256, source_sha256: again, copy_sha256: copy });
+            return Err(RipError::Mismatch {
+                first_sha256: sha256,
+                source_sha256: again,
+                copy_sha256: copy,
+            });
         }
         verified = true;
     }
-    Ok(RipReport { bytes: opts.size, sha256, recovered_sectors, bad_sectors, verified })
+    Ok(RipReport {
+        bytes: opts.size,
+        sha256,
+        recovered_sectors,
+        bad_sectors,
+        verified,
+    })
 }
 
 fn read_sector_by_sector(
@@ -148,7 +191,12 @@ fn read_sector_by_sector(
         }
         if let Some(e) = last_error {
             if !opts.allow_bad_sectors {
-                return Err(RipError::BadSector { sector: number, offset: at, attempts, source: e });
+                return Err(RipError::BadSector {
+                    sector: number,
+                    offset: at,
+                    attempts,
+                    source: e,
+                });
             }
             sector.fill(0);
             bad.push(number);
@@ -157,7 +205,12 @@ fn read_sector_by_sector(
     Ok(())
 }
 
-fn digest(source: &dyn ReadAt, size: u64, what: &'static str, progress: &dyn Progress) -> Result<String, RipError> {
+fn digest(
+    source: &dyn ReadAt,
+    size: u64,
+    what: &'static str,
+    progress: &dyn Progress,
+) -> Result<String, RipError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; RIP_BLOCK_BYTES];
     let mut offset = 0u64;
@@ -165,7 +218,11 @@ fn digest(source: &dyn ReadAt, size: u64, what: &'static str, progress: &dyn Pro
         let n = (size - offset).min(RIP_BLOCK_BYTES as u64) as usize;
         source
             .read_exact_at(&mut buf[..n], offset)
-            .map_err(|source| RipError::VerifyRead { what, offset, source })?;
+            .map_err(|source| RipError::VerifyRead {
+                what,
+                offset,
+                source,
+            })?;
         hasher.update(&buf[..n]);
         offset += n as u64;
         progress.advance(n as u64);
@@ -228,9 +285,17 @@ mod tests {
 
     #[test]
     fn retried_sector_is_recovered_and_verified() {
-        let src = Flaky { data: data(), failures: Mutex::new(2) };
+        let src = Flaky {
+            data: data(),
+            failures: Mutex::new(2),
+        };
         let sink = Sink(Mutex::new(Vec::new()));
-        let opts = RipOptions { size: 10 * 2048, retries: 3, allow_bad_sectors: false, verify: true };
+        let opts = RipOptions {
+            size: 10 * 2048,
+            retries: 3,
+            allow_bad_sectors: false,
+            verify: true,
+        };
         let report = rip(&src, &sink, opts, &vmedia_io::NoProgress).unwrap();
         assert_eq!(report.recovered_sectors, vec![3]);
         assert!(report.verified);
@@ -239,18 +304,37 @@ mod tests {
 
     #[test]
     fn unreadable_sector_fails_with_its_number() {
-        let src = Flaky { data: data(), failures: Mutex::new(100) };
+        let src = Flaky {
+            data: data(),
+            failures: Mutex::new(100),
+        };
         let sink = Sink(Mutex::new(Vec::new()));
-        let opts = RipOptions { size: 10 * 2048, retries: 3, allow_bad_sectors: false, verify: false };
+        let opts = RipOptions {
+            size: 10 * 2048,
+            retries: 3,
+            allow_bad_sectors: false,
+            verify: false,
+        };
         let err = rip(&src, &sink, opts, &vmedia_io::NoProgress).unwrap_err();
         assert!(err.to_string().contains("sector 3"), "{err}");
     }
 
     #[test]
     fn short_source_is_refused() {
-        let src = Flaky { data: data(), failures: Mutex::new(0) };
+        let src = Flaky {
+            data: data(),
+            failures: Mutex::new(0),
+        };
         let sink = Sink(Mutex::new(Vec::new()));
-        let opts = RipOptions { size: 11 * 2048, retries: 1, allow_bad_sectors: false, verify: false };
-        assert!(matches!(rip(&src, &sink, opts, &vmedia_io::NoProgress), Err(RipError::ShortSource { .. })));
+        let opts = RipOptions {
+            size: 11 * 2048,
+            retries: 1,
+            allow_bad_sectors: false,
+            verify: false,
+        };
+        assert!(matches!(
+            rip(&src, &sink, opts, &vmedia_io::NoProgress),
+            Err(RipError::ShortSource { .. })
+        ));
     }
 }

@@ -112,34 +112,51 @@ pub(crate) fn parse_system_use(
                 b"ST" => break,
                 b"CE" => {
                     if data.len() < 24 {
-                        return Err(ReadError::corrupt(entry_offset, "CE entry", "shorter than 28 bytes"));
+                        return Err(ReadError::corrupt(
+                            entry_offset,
+                            "CE entry",
+                            "shorter than 28 bytes",
+                        ));
                     }
                     next_area = Some((le32(data, 0), le32(data, 8), le32(data, 16)));
                 }
                 b"ER" if data.len() >= 4 => {
                     let id_len = usize::from(data[0]);
                     if let Some(id) = data.get(4..4 + id_len) {
-                        out.extensions.push(String::from_utf8_lossy(id).into_owned());
+                        out.extensions
+                            .push(String::from_utf8_lossy(id).into_owned());
                     }
                 }
                 b"RR" => out.any_rock_ridge = true,
                 b"PX" => {
                     out.any_rock_ridge = true;
                     if data.len() < 32 {
-                        return Err(ReadError::corrupt(entry_offset, "PX entry", "shorter than 36 bytes"));
+                        return Err(ReadError::corrupt(
+                            entry_offset,
+                            "PX entry",
+                            "shorter than 36 bytes",
+                        ));
                     }
                     out.posix = Some(Posix {
                         mode: le32(data, 0),
                         nlink: le32(data, 8),
                         uid: le32(data, 16),
                         gid: le32(data, 24),
-                        inode: if data.len() >= 40 { Some(le32(data, 32)) } else { None },
+                        inode: if data.len() >= 40 {
+                            Some(le32(data, 32))
+                        } else {
+                            None
+                        },
                     });
                 }
                 b"PN" => {
                     out.any_rock_ridge = true;
                     if data.len() < 16 {
-                        return Err(ReadError::corrupt(entry_offset, "PN entry", "shorter than 20 bytes"));
+                        return Err(ReadError::corrupt(
+                            entry_offset,
+                            "PN entry",
+                            "shorter than 20 bytes",
+                        ));
                     }
                     let high = le32(data, 0);
                     let low = le32(data, 8);
@@ -153,7 +170,11 @@ pub(crate) fn parse_system_use(
                 b"NM" => {
                     out.any_rock_ridge = true;
                     if data.is_empty() {
-                        return Err(ReadError::corrupt(entry_offset, "NM entry", "no flags byte"));
+                        return Err(ReadError::corrupt(
+                            entry_offset,
+                            "NM entry",
+                            "no flags byte",
+                        ));
                     }
                     let flags = data[0];
                     if flags & 0x06 != 0 {
@@ -186,7 +207,11 @@ pub(crate) fn parse_system_use(
                 b"CL" => {
                     out.any_rock_ridge = true;
                     if data.len() < 8 {
-                        return Err(ReadError::corrupt(entry_offset, "CL entry", "shorter than 12 bytes"));
+                        return Err(ReadError::corrupt(
+                            entry_offset,
+                            "CL entry",
+                            "shorter than 12 bytes",
+                        ));
                     }
                     out.child_link = Some(le32(data, 0));
                 }
@@ -203,7 +228,11 @@ pub(crate) fn parse_system_use(
                 b"ZF" => {
                     out.any_rock_ridge = true;
                     if data.len() < 12 {
-                        return Err(ReadError::corrupt(entry_offset, "ZF entry", "shorter than 16 bytes"));
+                        return Err(ReadError::corrupt(
+                            entry_offset,
+                            "ZF entry",
+                            "shorter than 16 bytes",
+                        ));
                     }
                     if &data[0..2] != b"pz" {
                         return Err(ReadError::Unsupported {
@@ -226,7 +255,9 @@ pub(crate) fn parse_system_use(
             }
             pos += len;
         }
-        let Some((lba, offset, length)) = next_area else { break };
+        let Some((lba, offset, length)) = next_area else {
+            break;
+        };
         if seen_areas.contains(&(lba, offset)) {
             return Err(ReadError::corrupt(
                 current_offset,
@@ -235,11 +266,21 @@ pub(crate) fn parse_system_use(
             ));
         }
         if seen_areas.len() >= MAX_CE_CHAIN {
-            return Err(ReadError::limit(current_offset, "MAX_CE_CHAIN", seen_areas.len() as u64 + 1, MAX_CE_CHAIN as u64));
+            return Err(ReadError::limit(
+                current_offset,
+                "MAX_CE_CHAIN",
+                seen_areas.len() as u64 + 1,
+                MAX_CE_CHAIN as u64,
+            ));
         }
         seen_areas.push((lba, offset));
         if length > MAX_CE_AREA_BYTES {
-            return Err(ReadError::limit(current_offset, "MAX_CE_AREA_BYTES", u64::from(length), u64::from(MAX_CE_AREA_BYTES)));
+            return Err(ReadError::limit(
+                current_offset,
+                "MAX_CE_AREA_BYTES",
+                u64::from(length),
+                u64::from(MAX_CE_AREA_BYTES),
+            ));
         }
         let start = u64::from(lba) * SECTOR_BYTES + u64::from(offset);
         current = source.read_range(start, u64::from(length), "CE continuation area")?;
@@ -250,7 +291,11 @@ pub(crate) fn parse_system_use(
     }
     if let Some(l) = link {
         // A link made of the ROOT component alone points at "/".
-        out.symlink = Some(if l.target.is_empty() && l.started { "/".to_string() } else { l.target });
+        out.symlink = Some(if l.target.is_empty() && l.started {
+            "/".to_string()
+        } else {
+            l.target
+        });
     }
     Ok(out)
 }
@@ -261,13 +306,25 @@ fn parse_symlink(
     link: &mut Option<SymlinkBuilder>,
 ) -> Result<(), ReadError> {
     if data.is_empty() {
-        return Err(ReadError::corrupt(entry_offset, "SL entry", "no flags byte"));
+        return Err(ReadError::corrupt(
+            entry_offset,
+            "SL entry",
+            "no flags byte",
+        ));
     }
-    let builder = link.get_or_insert(SymlinkBuilder { target: String::new(), need_separator: false, started: false });
+    let builder = link.get_or_insert(SymlinkBuilder {
+        target: String::new(),
+        need_separator: false,
+        started: false,
+    });
     let mut pos = 1usize;
     while pos < data.len() {
         if pos + 2 > data.len() {
-            return Err(ReadError::corrupt(entry_offset + 4 + pos as u64, "SL component", "truncated component header"));
+            return Err(ReadError::corrupt(
+                entry_offset + 4 + pos as u64,
+                "SL component",
+                "truncated component header",
+            ));
         }
         let flags = data[pos];
         let len = usize::from(data[pos + 1]);
@@ -310,7 +367,11 @@ fn parse_symlink(
 
 fn parse_times(data: &[u8], entry_offset: u64, out: &mut SystemUse) -> Result<(), ReadError> {
     let Some(&flags) = data.first() else {
-        return Err(ReadError::corrupt(entry_offset, "TF entry", "no flags byte"));
+        return Err(ReadError::corrupt(
+            entry_offset,
+            "TF entry",
+            "no flags byte",
+        ));
     };
     let long = flags & 0x80 != 0;
     let width = if long { 17 } else { 7 };

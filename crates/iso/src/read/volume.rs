@@ -76,7 +76,14 @@ fn civil_from_unix(t: i64) -> (i64, u32, u32, u32, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (secs / 3600) as u32, (secs % 3600 / 60) as u32, (secs % 60) as u32)
+    (
+        year,
+        month,
+        day,
+        (secs / 3600) as u32,
+        (secs % 3600 / 60) as u32,
+        (secs % 60) as u32,
+    )
 }
 
 fn make_timestamp(
@@ -86,12 +93,20 @@ fn make_timestamp(
     offset_quarters: i8,
 ) -> Option<Timestamp> {
     let [month, day, hour, minute, second] = fields;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return None;
     }
     // Offsets outside -48..=52 quarter hours are invalid; peers then treat the time as UTC.
-    let quarters = if (-48..=52).contains(&offset_quarters) { offset_quarters } else { 0 };
+    let quarters = if (-48..=52).contains(&offset_quarters) {
+        offset_quarters
+    } else {
+        0
+    };
     let offset_minutes = i16::from(quarters) * 15;
     let local = days_from_civil(year, month, day) * 86_400
         + i64::from(hour) * 3600
@@ -111,7 +126,13 @@ pub fn parse_record_date(b: &[u8; 7]) -> Option<Timestamp> {
     }
     make_timestamp(
         1900 + i64::from(b[0]),
-        [u32::from(b[1]), u32::from(b[2]), u32::from(b[3]), u32::from(b[4]), u32::from(b[5])],
+        [
+            u32::from(b[1]),
+            u32::from(b[2]),
+            u32::from(b[3]),
+            u32::from(b[4]),
+            u32::from(b[5]),
+        ],
         0,
         b[6] as i8,
     )
@@ -127,7 +148,9 @@ pub fn parse_decimal_date(b: &[u8; 17]) -> Option<Timestamp> {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> u32 {
-        digits[r].iter().fold(0u32, |acc, &c| acc * 10 + u32::from(c - b'0'))
+        digits[r]
+            .iter()
+            .fold(0u32, |acc, &c| acc * 10 + u32::from(c - b'0'))
     };
     make_timestamp(
         i64::from(num(0..4)),
@@ -166,7 +189,10 @@ pub(crate) fn ucs2_field(b: &[u8]) -> String {
 
 /// A Joliet file name: UCS-2 big-endian (UTF-16 surrogates accepted), kept as recorded.
 pub(crate) fn ucs2_name(b: &[u8]) -> String {
-    let units: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
     String::from_utf16_lossy(&units)
 }
 
@@ -295,7 +321,10 @@ fn parse_fields(sector: &[u8; SECTOR], lba: u32, joliet: bool) -> Result<VolumeF
         path_table_size: le32(sector, 132),
         path_table_lba_le: le32(sector, 140),
         path_table_lba_be: u32::from_be_bytes([sector[148], sector[149], sector[150], sector[151]]),
-        root: RootLocation { lba: le32(root, 2), size: le32(root, 10) },
+        root: RootLocation {
+            lba: le32(root, 2),
+            size: le32(root, 10),
+        },
         creation: date(813),
         modification: date(830),
         expiration: date(847),
@@ -372,7 +401,11 @@ pub(crate) fn read_descriptors(read: &SectorReader<'_>) -> Result<DescriptorSet,
             }
             DescriptorKind::Joliet if joliet.is_none() => {
                 let level = joliet_level(&sector).unwrap_or(1);
-                joliet = Some(JolietInfo { level, lba, fields: parse_fields(&sector, lba, true)? });
+                joliet = Some(JolietInfo {
+                    level,
+                    lba,
+                    fields: parse_fields(&sector, lba, true)?,
+                });
             }
             DescriptorKind::BootRecord if &sector[7..30] == b"EL TORITO SPECIFICATION" => {
                 boot_system_id = Some(ascii_field(&sector[7..39]));
@@ -389,7 +422,13 @@ pub(crate) fn read_descriptors(read: &SectorReader<'_>) -> Result<DescriptorSet,
     let primary = primary.ok_or_else(|| ReadError::NotIso {
         reason: "the volume descriptor set has no primary volume descriptor".into(),
     })?;
-    Ok(DescriptorSet { primary, joliet, boot_catalog_lba, boot_system_id, descriptors })
+    Ok(DescriptorSet {
+        primary,
+        joliet,
+        boot_catalog_lba,
+        boot_system_id,
+        descriptors,
+    })
 }
 
 #[cfg(test)]

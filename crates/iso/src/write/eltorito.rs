@@ -43,21 +43,30 @@ fn what(image: &BootImage) -> String {
 }
 
 /// Resolves boot images against the tree and adds the visible catalog node.
-pub(crate) fn prepare(spec: &IsoSpec, tree: &mut Tree, now: i64) -> Result<Option<BootPlan>, WriteError> {
+pub(crate) fn prepare(
+    spec: &IsoSpec,
+    tree: &mut Tree,
+    now: i64,
+) -> Result<Option<BootPlan>, WriteError> {
     if spec.boot.entries.is_empty() {
         return Ok(None);
     }
     if spec.boot.entries.len() > MAX_CATALOG_ENTRIES {
         return Err(WriteError::InvalidSpec {
             field: "boot.entries",
-            reason: format!("{} entries; one catalog sector holds at most {MAX_CATALOG_ENTRIES}", spec.boot.entries.len()),
+            reason: format!(
+                "{} entries; one catalog sector holds at most {MAX_CATALOG_ENTRIES}",
+                spec.boot.entries.len()
+            ),
         });
     }
     let mut items = Vec::new();
     for entry in &spec.boot.entries {
         let (data, appended) = match &entry.image {
             BootImage::IsoPath(p) => {
-                let id = tree.lookup(p).ok_or_else(|| WriteError::BootImageMissing { what: p.clone() })?;
+                let id = tree
+                    .lookup(p)
+                    .ok_or_else(|| WriteError::BootImageMissing { what: p.clone() })?;
                 match tree.nodes[id].kind {
                     NodeKind::File(d) => (Some(d), None),
                     _ => return Err(WriteError::BootImageMissing { what: p.clone() }),
@@ -66,7 +75,9 @@ pub(crate) fn prepare(spec: &IsoSpec, tree: &mut Tree, now: i64) -> Result<Optio
             BootImage::Bytes(b) => (Some(tree.add_hidden_data(b.clone())), None),
             BootImage::AppendedPartition(n) => {
                 if !spec.hybrid.appended.iter().any(|a| a.number == *n) {
-                    return Err(WriteError::BootImageMissing { what: format!("appended partition {n} (no -append_partition {n} given)") });
+                    return Err(WriteError::BootImageMissing {
+                        what: format!("appended partition {n} (no -append_partition {n} given)"),
+                    });
                 }
                 (None, Some(*n))
             }
@@ -77,10 +88,25 @@ pub(crate) fn prepare(spec: &IsoSpec, tree: &mut Tree, now: i64) -> Result<Optio
                 reason: "boot-info-table and GRUB2 boot info patch files of the tree, not appended partitions".into(),
             });
         }
-        items.push(BootItem { entry: entry.clone(), data, appended, lba: 0, bytes: 0, load_sectors: 0, media: 0 });
+        items.push(BootItem {
+            entry: entry.clone(),
+            data,
+            appended,
+            lba: 0,
+            bytes: 0,
+            load_sectors: 0,
+            media: 0,
+        });
     }
     if let (Some(path), false) = (&spec.boot.catalog_path, spec.boot.catalog_hidden) {
-        let meta = Meta { mode: tree::S_IFREG | 0o444, uid: 0, gid: 0, mtime: now, atime: now, ctime: now };
+        let meta = Meta {
+            mode: tree::S_IFREG | 0o444,
+            uid: 0,
+            gid: 0,
+            mtime: now,
+            atime: now,
+            ctime: now,
+        };
         tree.add_catalog(path, meta)?;
     }
     Ok(Some(BootPlan { items }))
@@ -104,9 +130,13 @@ impl BootPlan {
     pub fn resolve_appended(&mut self, hybrid: &HybridPlan) -> Result<(), WriteError> {
         for item in &mut self.items {
             let Some(n) = item.appended else { continue };
-            let part = hybrid.appended.iter().find(|p| p.number == n).ok_or_else(|| WriteError::BootImageMissing {
-                what: format!("appended partition {n}"),
-            })?;
+            let part = hybrid
+                .appended
+                .iter()
+                .find(|p| p.number == n)
+                .ok_or_else(|| WriteError::BootImageMissing {
+                    what: format!("appended partition {n}"),
+                })?;
             item.lba = (part.start_512 / 4) as u32;
             item.bytes = part.sectors_512 * 512;
             finish(item)?;
@@ -140,7 +170,9 @@ impl BootPlan {
     }
 
     pub fn needs_patch(&self, data: DataId) -> bool {
-        self.items.iter().any(|i| i.data == Some(data) && (i.entry.boot_info_table || i.entry.grub2_boot_info))
+        self.items
+            .iter()
+            .any(|i| i.data == Some(data) && (i.entry.boot_info_table || i.entry.grub2_boot_info))
     }
 
     /// The 2048-byte boot catalog.
@@ -213,14 +245,27 @@ fn finish(item: &mut BootItem) -> Result<(), WriteError> {
         (LoadSize::Default, Emulation::NoEmulation) => whole,
         (LoadSize::Default, _) => 1,
     };
-    if (item.entry.boot_info_table || item.entry.grub2_boot_info) && item.bytes > MAX_PATCHED_IMAGE {
-        return Err(WriteError::BootImage { what: name, reason: format!("is larger than {MAX_PATCHED_IMAGE} bytes and cannot be patched") });
+    if (item.entry.boot_info_table || item.entry.grub2_boot_info) && item.bytes > MAX_PATCHED_IMAGE
+    {
+        return Err(WriteError::BootImage {
+            what: name,
+            reason: format!("is larger than {MAX_PATCHED_IMAGE} bytes and cannot be patched"),
+        });
     }
     if item.entry.boot_info_table && item.bytes < INFO_TABLE_END {
-        return Err(WriteError::BootImage { what: name, reason: "is shorter than the 64-byte boot-info-table".into() });
+        return Err(WriteError::BootImage {
+            what: name,
+            reason: "is shorter than the 64-byte boot-info-table".into(),
+        });
     }
     if item.entry.grub2_boot_info && (item.bytes as usize) < GRUB2_INFO_OFFSET + 8 {
-        return Err(WriteError::BootImage { what: name, reason: format!("is shorter than {} bytes, too short for GRUB2 boot info", GRUB2_INFO_OFFSET + 8) });
+        return Err(WriteError::BootImage {
+            what: name,
+            reason: format!(
+                "is shorter than {} bytes, too short for GRUB2 boot info",
+                GRUB2_INFO_OFFSET + 8
+            ),
+        });
     }
     Ok(())
 }
@@ -244,30 +289,64 @@ mod tests {
     fn item(platform: Platform, emulation: Emulation, bytes: u64) -> BootItem {
         let mut entry = BootEntry::new(platform, BootImage::IsoPath("x".into()));
         entry.emulation = emulation;
-        let mut i = BootItem { entry, data: Some(0), appended: None, lba: 40, bytes, load_sectors: 0, media: 0 };
+        let mut i = BootItem {
+            entry,
+            data: Some(0),
+            appended: None,
+            lba: 40,
+            bytes,
+            load_sectors: 0,
+            media: 0,
+        };
         finish(&mut i).unwrap();
         i
     }
 
     #[test]
     fn catalog_validation_entry_sums_to_zero() {
-        let plan = BootPlan { items: vec![item(Platform::X86, Emulation::NoEmulation, 20000), item(Platform::Efi, Emulation::NoEmulation, 1 << 20)] };
+        let plan = BootPlan {
+            items: vec![
+                item(Platform::X86, Emulation::NoEmulation, 20000),
+                item(Platform::Efi, Emulation::NoEmulation, 1 << 20),
+            ],
+        };
         let cat = plan.catalog();
-        let sum = cat[..32].chunks(2).fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+        let sum = cat[..32].chunks(2).fold(0u16, |s, w| {
+            s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
         assert_eq!(sum, 0);
         assert_eq!(&cat[30..32], &[0x55, 0xAA]);
         assert_eq!(cat[32], 0x88);
-        assert_eq!(u16::from_le_bytes([cat[38], cat[39]]), 4, "BIOS no-emulation default load size");
+        assert_eq!(
+            u16::from_le_bytes([cat[38], cat[39]]),
+            4,
+            "BIOS no-emulation default load size"
+        );
         assert_eq!(cat[64], 0x91);
         assert_eq!(cat[65], 0xEF);
-        assert_eq!(u16::from_le_bytes([cat[96 + 6], cat[96 + 7]]), 2048, "EFI loads the whole image");
-        assert_eq!(u32::from_le_bytes(cat[96 + 8..96 + 12].try_into().unwrap()), 40);
+        assert_eq!(
+            u16::from_le_bytes([cat[96 + 6], cat[96 + 7]]),
+            2048,
+            "EFI loads the whole image"
+        );
+        assert_eq!(
+            u32::from_le_bytes(cat[96 + 8..96 + 12].try_into().unwrap()),
+            40
+        );
     }
 
     #[test]
     fn floppy_emulation_requires_a_floppy_size() {
         let entry = BootEntry::new(Platform::X86, BootImage::IsoPath("x".into()));
-        let mut i = BootItem { entry, data: Some(0), appended: None, lba: 40, bytes: 1000, load_sectors: 0, media: 0 };
+        let mut i = BootItem {
+            entry,
+            data: Some(0),
+            appended: None,
+            lba: 40,
+            bytes: 1000,
+            load_sectors: 0,
+            media: 0,
+        };
         assert!(finish(&mut i).is_err());
         assert_eq!(item(Platform::X86, Emulation::Floppy, 1_474_560).media, 2);
     }
@@ -277,7 +356,15 @@ mod tests {
         let mut entry = BootEntry::new(Platform::X86, BootImage::IsoPath("x".into()));
         entry.emulation = Emulation::NoEmulation;
         entry.boot_info_table = true;
-        let mut i = BootItem { entry, data: Some(3), appended: None, lba: 33, bytes: 72, load_sectors: 0, media: 0 };
+        let mut i = BootItem {
+            entry,
+            data: Some(3),
+            appended: None,
+            lba: 33,
+            bytes: 72,
+            load_sectors: 0,
+            media: 0,
+        };
         finish(&mut i).unwrap();
         let plan = BootPlan { items: vec![i] };
         let mut buf = vec![0xAAu8; 72];
@@ -297,7 +384,15 @@ mod tests {
         let mut entry = BootEntry::new(Platform::X86, BootImage::IsoPath("x".into()));
         entry.emulation = Emulation::NoEmulation;
         entry.grub2_boot_info = true;
-        let mut i = BootItem { entry, data: Some(1), appended: None, lba: 100, bytes: 4096, load_sectors: 0, media: 0 };
+        let mut i = BootItem {
+            entry,
+            data: Some(1),
+            appended: None,
+            lba: 100,
+            bytes: 4096,
+            load_sectors: 0,
+            media: 0,
+        };
         finish(&mut i).unwrap();
         let plan = BootPlan { items: vec![i] };
         let mut buf = vec![0u8; 4096];
@@ -311,12 +406,22 @@ mod tests {
         entry.emulation = Emulation::NoEmulation;
         entry.boot_info_table = true;
         entry.grub2_boot_info = true;
-        let mut i = BootItem { entry, data: Some(1), appended: None, lba: 100, bytes: 4096, load_sectors: 0, media: 0 };
+        let mut i = BootItem {
+            entry,
+            data: Some(1),
+            appended: None,
+            lba: 100,
+            bytes: 4096,
+            load_sectors: 0,
+            media: 0,
+        };
         finish(&mut i).unwrap();
         let plan = BootPlan { items: vec![i] };
         let mut buf = vec![0u8; 4096];
         plan.patch(1, &mut buf, 16);
-        let sum = buf[64..].chunks(4).fold(0u32, |s, w| s.wrapping_add(u32::from_le_bytes(w.try_into().unwrap())));
+        let sum = buf[64..].chunks(4).fold(0u32, |s, w| {
+            s.wrapping_add(u32::from_le_bytes(w.try_into().unwrap()))
+        });
         assert_eq!(sum, 405, "checksum must include the GRUB2 value as stored");
         assert_eq!(&buf[20..24], &sum.to_le_bytes());
     }

@@ -44,15 +44,31 @@ struct Addrs<'a> {
 }
 
 impl<'a> MeasureCtx<'a> {
-    pub fn new(tree: &'a Tree, rr: Option<RockRidgeMode>, spec: &'a IsoSpec, serial: &'a [u32]) -> Self {
-        MeasureCtx { tree, rr, spec, serial }
+    pub fn new(
+        tree: &'a Tree,
+        rr: Option<RockRidgeMode>,
+        spec: &'a IsoSpec,
+        serial: &'a [u32],
+    ) -> Self {
+        MeasureCtx {
+            tree,
+            rr,
+            spec,
+            serial,
+        }
     }
 
     /// (directory sectors, continuation sectors) per folder.
     pub fn dir_sizes(&self, h: &Hierarchy) -> Result<Vec<(u32, u32)>, WriteError> {
         let zeros = vec![0u32; h.dirs.len()];
         let data_zero = vec![0u32; self.tree.data.len()];
-        let addrs = Addrs { base: 0, dir_lba: &zeros, dir_sectors: &zeros, data_lba: &data_zero, catalog_lba: 0 };
+        let addrs = Addrs {
+            base: 0,
+            dir_lba: &zeros,
+            dir_sectors: &zeros,
+            data_lba: &data_zero,
+            catalog_lba: 0,
+        };
         h.dirs
             .par_iter()
             .enumerate()
@@ -103,7 +119,14 @@ impl<'a> MeasureCtx<'a> {
     }
 
     /// Rock Ridge entries of one record (the CE entry is added by `rrip::pack`).
-    fn rr_entries(&self, h: &Hierarchy, node: NodeId, role: Role, addrs: &Addrs<'_>, first_root: bool) -> Vec<Vec<u8>> {
+    fn rr_entries(
+        &self,
+        h: &Hierarchy,
+        node: NodeId,
+        role: Role,
+        addrs: &Addrs<'_>,
+        first_root: bool,
+    ) -> Vec<Vec<u8>> {
         let n = &self.tree.nodes[node];
         let mut out = Vec::new();
         let is_dir = matches!(role, Role::Dot(_) | Role::DotDot(_) | Role::Dir(_));
@@ -121,7 +144,11 @@ impl<'a> MeasureCtx<'a> {
         };
         let mut flags = 0x01 | 0x80;
         let mut tail: Vec<Vec<u8>> = Vec::new();
-        let mode = if let Role::Placeholder(_) = role { tree::S_IFDIR | (mode & 0o7777) } else { mode };
+        let mode = if let Role::Placeholder(_) = role {
+            tree::S_IFDIR | (mode & 0o7777)
+        } else {
+            mode
+        };
         tail.push(rrip::px(mode, nlink, uid, gid, self.serial[node]));
         tail.push(rrip::tf(n.meta.mtime, n.meta.atime, n.meta.ctime));
         if let Role::Leaf | Role::Dir(_) | Role::Placeholder(_) = role {
@@ -149,17 +176,33 @@ impl<'a> MeasureCtx<'a> {
     }
 
     /// Serialises folder `di` of `h`: its sectors, and its continuation area.
-    fn serialize_dir(&self, h: &Hierarchy, di: usize, addrs: &Addrs<'_>, ce_lba: u32) -> (Vec<u8>, CeArea) {
+    fn serialize_dir(
+        &self,
+        h: &Hierarchy,
+        di: usize,
+        addrs: &Addrs<'_>,
+        ce_lba: u32,
+    ) -> (Vec<u8>, CeArea) {
         let dir = &h.dirs[di];
         let rr = self.rr.is_some() && !h.joliet;
         let mut ce = CeArea::new(ce_lba.wrapping_sub(addrs.base));
         let mut records: Vec<Vec<u8>> = Vec::with_capacity(dir.entries.len() + 2);
         let date_of = |node: NodeId| rrip::dir_date(self.tree.nodes[node].meta.mtime);
-        let dir_extent = |d: usize| (addrs.dir_lba[d].wrapping_sub(addrs.base), u64::from(addrs.dir_sectors[d]) * SECTOR_SIZE);
+        let dir_extent = |d: usize| {
+            (
+                addrs.dir_lba[d].wrapping_sub(addrs.base),
+                u64::from(addrs.dir_sectors[d]) * SECTOR_SIZE,
+            )
+        };
         // "." and "..".
         for (ident, target, role_node, role) in [
             (0u8, di, dir.node, Role::Dot(di)),
-            (1u8, dir.parent, h.dirs[dir.parent].node, Role::DotDot(dir.parent)),
+            (
+                1u8,
+                dir.parent,
+                h.dirs[dir.parent].node,
+                Role::DotDot(dir.parent),
+            ),
         ] {
             let (lba, size) = dir_extent(target);
             let mut su = Vec::new();
@@ -179,20 +222,41 @@ impl<'a> MeasureCtx<'a> {
                 }
             }
             let room = MAX_RECORD - 1 - layout::record_len(1, 0);
-            let su = if rr { rrip::pack(&su, room, &mut ce) } else { su.concat() };
-            records.push(dir_record(&[ident], lba, size, 0x02, date_of(role_node), &su));
+            let su = if rr {
+                rrip::pack(&su, room, &mut ce)
+            } else {
+                su.concat()
+            };
+            records.push(dir_record(
+                &[ident],
+                lba,
+                size,
+                0x02,
+                date_of(role_node),
+                &su,
+            ));
         }
         for e in &dir.entries {
             let node = e.node;
             let (role, extents, flags): (Role, Vec<(u32, u64)>, u8) = match e.kind {
                 EntryKind::Dir(c) => (Role::Dir(c), vec![dir_extent(c)], 0x02),
-                EntryKind::Placeholder(c) => (Role::Placeholder(c), vec![(dir_extent(c).0, 0)], 0x00),
+                EntryKind::Placeholder(c) => {
+                    (Role::Placeholder(c), vec![(dir_extent(c).0, 0)], 0x00)
+                }
                 EntryKind::File(d) => {
                     let size = self.tree.data[d].size;
-                    let lba = if size == 0 { 0 } else { addrs.data_lba[d].wrapping_sub(addrs.base) };
+                    let lba = if size == 0 {
+                        0
+                    } else {
+                        addrs.data_lba[d].wrapping_sub(addrs.base)
+                    };
                     (Role::Leaf, file_extents(lba, size), 0x00)
                 }
-                EntryKind::Catalog => (Role::Leaf, vec![(addrs.catalog_lba.wrapping_sub(addrs.base), SECTOR_SIZE)], 0x00),
+                EntryKind::Catalog => (
+                    Role::Leaf,
+                    vec![(addrs.catalog_lba.wrapping_sub(addrs.base), SECTOR_SIZE)],
+                    0x00,
+                ),
                 EntryKind::Special => (Role::Leaf, vec![(0, 0)], 0x00),
             };
             let su_entries = if rr {
@@ -212,12 +276,17 @@ impl<'a> MeasureCtx<'a> {
             let date = date_of(node);
             for (k, (lba, size)) in extents.into_iter().enumerate() {
                 let room = MAX_RECORD - 1 - layout::record_len(e.ident.len(), 0);
-                let su = if rr { rrip::pack(&su_entries, room, &mut ce) } else { Vec::new() };
+                let su = if rr {
+                    rrip::pack(&su_entries, room, &mut ce)
+                } else {
+                    Vec::new()
+                };
                 let f = if k < last { flags | 0x80 } else { flags };
                 records.push(dir_record(&e.ident, lba, size, f, date, &su));
             }
         }
-        let mut out: Vec<u8> = Vec::with_capacity(records.iter().map(Vec::len).sum::<usize>() + 2048);
+        let mut out: Vec<u8> =
+            Vec::with_capacity(records.iter().map(Vec::len).sum::<usize>() + 2048);
         let sector = SECTOR_SIZE as usize;
         for r in records {
             let used = out.len() % sector;
@@ -273,7 +342,14 @@ fn both16(v: u16) -> [u8; 4] {
 }
 
 /// One ECMA-119 9.1 directory record.
-pub(crate) fn dir_record(ident: &[u8], lba: u32, size: u64, flags: u8, date: [u8; 7], su: &[u8]) -> Vec<u8> {
+pub(crate) fn dir_record(
+    ident: &[u8],
+    lba: u32,
+    size: u64,
+    flags: u8,
+    date: [u8; 7],
+    su: &[u8],
+) -> Vec<u8> {
     let len = layout::record_len(ident.len(), su.len());
     let mut r = vec![0u8; len];
     r[0] = len as u8;
@@ -292,7 +368,15 @@ pub(crate) fn dir_record(ident: &[u8], lba: u32, size: u64, flags: u8, date: [u8
 /// The 17-byte volume descriptor date "YYYYMMDDHHMMSScc" + UTC offset.
 fn vd_date(unix: i64) -> [u8; 17] {
     let (y, mo, d, h, mi, s) = rrip::civil(unix);
-    let text = format!("{:04}{:02}{:02}{:02}{:02}{:02}00", y.clamp(0, 9999), mo, d, h, mi, s);
+    let text = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}00",
+        y.clamp(0, 9999),
+        mo,
+        d,
+        h,
+        mi,
+        s
+    );
     let mut out = [0u8; 17];
     out[..16].copy_from_slice(text.as_bytes());
     out
@@ -319,7 +403,12 @@ fn put_str(buf: &mut [u8], value: &str, joliet: bool) {
 
 impl Plan {
     fn ctx(&self) -> MeasureCtx<'_> {
-        MeasureCtx { tree: &self.tree, rr: self.rr, spec: &self.spec, serial: &self.serial }
+        MeasureCtx {
+            tree: &self.tree,
+            rr: self.rr,
+            spec: &self.spec,
+            serial: &self.serial,
+        }
     }
 
     /// A primary (type 1) or Joliet supplementary (type 2) volume descriptor for `set`.
@@ -329,8 +418,16 @@ impl Plan {
         vd[1..6].copy_from_slice(b"CD001");
         vd[6] = 1;
         let v = &self.spec.volume;
-        put_str(&mut vd[8..40], v.system_id.as_deref().unwrap_or("LINUX"), joliet);
-        put_str(&mut vd[40..72], v.volume_id.as_deref().unwrap_or("CDROM"), joliet);
+        put_str(
+            &mut vd[8..40],
+            v.system_id.as_deref().unwrap_or("LINUX"),
+            joliet,
+        );
+        put_str(
+            &mut vd[40..72],
+            v.volume_id.as_deref().unwrap_or("CDROM"),
+            joliet,
+        );
         vd[80..88].copy_from_slice(&both32(self.volume_sectors - set.base));
         if joliet {
             vd[88..91].copy_from_slice(b"%/E");
@@ -339,23 +436,72 @@ impl Plan {
         vd[124..128].copy_from_slice(&both16(1));
         vd[128..132].copy_from_slice(&both16(SECTOR_SIZE as u16));
         let (pt_bytes, l, m, dir_lba, dir_sectors, root_node) = if joliet {
-            (set.joliet_path_table_bytes, set.joliet_path_l, set.joliet_path_m, &set.joliet_dir_lba, &set.joliet_dir_sectors, self.joliet.as_ref().map(|j| j.dirs[0].node))
+            (
+                set.joliet_path_table_bytes,
+                set.joliet_path_l,
+                set.joliet_path_m,
+                &set.joliet_dir_lba,
+                &set.joliet_dir_sectors,
+                self.joliet.as_ref().map(|j| j.dirs[0].node),
+            )
         } else {
-            (set.iso_path_table_bytes, set.iso_path_l, set.iso_path_m, &set.iso_dir_lba, &set.iso_dir_sectors, Some(self.iso.dirs[0].node))
+            (
+                set.iso_path_table_bytes,
+                set.iso_path_l,
+                set.iso_path_m,
+                &set.iso_dir_lba,
+                &set.iso_dir_sectors,
+                Some(self.iso.dirs[0].node),
+            )
         };
         vd[132..140].copy_from_slice(&both32(pt_bytes));
         vd[140..144].copy_from_slice(&(l - set.base).to_le_bytes());
         vd[148..152].copy_from_slice(&(m - set.base).to_be_bytes());
         let date = rrip::dir_date(self.tree.nodes[root_node.unwrap_or(0)].meta.mtime);
-        let root = dir_record(&[0], dir_lba[0] - set.base, u64::from(dir_sectors[0]) * SECTOR_SIZE, 0x02, date, &[]);
+        let root = dir_record(
+            &[0],
+            dir_lba[0] - set.base,
+            u64::from(dir_sectors[0]) * SECTOR_SIZE,
+            0x02,
+            date,
+            &[],
+        );
         vd[156..190].copy_from_slice(&root);
-        put_str(&mut vd[190..318], v.volume_set_id.as_deref().unwrap_or(""), joliet);
-        put_str(&mut vd[318..446], v.publisher.as_deref().unwrap_or(""), joliet);
-        put_str(&mut vd[446..574], v.preparer.as_deref().unwrap_or("VMEDIA"), joliet);
-        put_str(&mut vd[574..702], v.application.as_deref().unwrap_or(""), joliet);
-        put_str(&mut vd[702..739], v.copyright_file.as_deref().unwrap_or(""), joliet);
-        put_str(&mut vd[739..776], v.abstract_file.as_deref().unwrap_or(""), joliet);
-        put_str(&mut vd[776..813], v.biblio_file.as_deref().unwrap_or(""), joliet);
+        put_str(
+            &mut vd[190..318],
+            v.volume_set_id.as_deref().unwrap_or(""),
+            joliet,
+        );
+        put_str(
+            &mut vd[318..446],
+            v.publisher.as_deref().unwrap_or(""),
+            joliet,
+        );
+        put_str(
+            &mut vd[446..574],
+            v.preparer.as_deref().unwrap_or("VMEDIA"),
+            joliet,
+        );
+        put_str(
+            &mut vd[574..702],
+            v.application.as_deref().unwrap_or(""),
+            joliet,
+        );
+        put_str(
+            &mut vd[702..739],
+            v.copyright_file.as_deref().unwrap_or(""),
+            joliet,
+        );
+        put_str(
+            &mut vd[739..776],
+            v.abstract_file.as_deref().unwrap_or(""),
+            joliet,
+        );
+        put_str(
+            &mut vd[776..813],
+            v.biblio_file.as_deref().unwrap_or(""),
+            joliet,
+        );
         let now = vd_date(self.now);
         vd[813..830].copy_from_slice(&now);
         match &v.modification_date {
@@ -403,11 +549,23 @@ impl Plan {
                 let o = lba as usize * sector;
                 buf[o..o + bytes.len()].copy_from_slice(bytes);
             };
-            write_at(set.iso_path_l, &layout::path_table(&self.iso, &set.iso_dir_lba, set.base, false));
-            write_at(set.iso_path_m, &layout::path_table(&self.iso, &set.iso_dir_lba, set.base, true));
+            write_at(
+                set.iso_path_l,
+                &layout::path_table(&self.iso, &set.iso_dir_lba, set.base, false),
+            );
+            write_at(
+                set.iso_path_m,
+                &layout::path_table(&self.iso, &set.iso_dir_lba, set.base, true),
+            );
             if let Some(j) = &self.joliet {
-                write_at(set.joliet_path_l, &layout::path_table(j, &set.joliet_dir_lba, set.base, false));
-                write_at(set.joliet_path_m, &layout::path_table(j, &set.joliet_dir_lba, set.base, true));
+                write_at(
+                    set.joliet_path_l,
+                    &layout::path_table(j, &set.joliet_dir_lba, set.base, false),
+                );
+                write_at(
+                    set.joliet_path_m,
+                    &layout::path_table(j, &set.joliet_dir_lba, set.base, true),
+                );
             }
             let addrs = Addrs {
                 base: set.base,
@@ -427,9 +585,15 @@ impl Plan {
                 }
             }
             if let Some(j) = &self.joliet {
-                let jaddrs = Addrs { dir_lba: &set.joliet_dir_lba, dir_sectors: &set.joliet_dir_sectors, ..addrs };
-                let jdirs: Vec<(Vec<u8>, CeArea)> =
-                    (0..j.dirs.len()).into_par_iter().map(|i| ctx.serialize_dir(j, i, &jaddrs, 0)).collect();
+                let jaddrs = Addrs {
+                    dir_lba: &set.joliet_dir_lba,
+                    dir_sectors: &set.joliet_dir_sectors,
+                    ..addrs
+                };
+                let jdirs: Vec<(Vec<u8>, CeArea)> = (0..j.dirs.len())
+                    .into_par_iter()
+                    .map(|i| ctx.serialize_dir(j, i, &jaddrs, 0))
+                    .collect();
                 for (i, (bytes, _)) in jdirs.into_iter().enumerate() {
                     write_at(set.joliet_dir_lba[i], &bytes);
                 }
@@ -443,23 +607,44 @@ impl Plan {
     }
 
     /// Writes the planned image into `file` (which is truncated to the image size first).
-    pub fn write_to(&self, file: &mut File, name: &Path, progress: &dyn Progress) -> Result<WriteReport, WriteError> {
+    pub fn write_to(
+        &self,
+        file: &mut File,
+        name: &Path,
+        progress: &dyn Progress,
+    ) -> Result<WriteReport, WriteError> {
         self.write_reporting(file, name, progress, None)
     }
 
     /// As `write_to`, telling `task` about every range once its bytes are final, so the
     /// checksums run just behind the writer. Every range is written once: nothing reported
     /// is written again.
-    pub(crate) fn write_reporting(&self, file: &mut File, name: &Path, progress: &dyn Progress, task: Option<&ImplantTask>) -> Result<WriteReport, WriteError> {
+    pub(crate) fn write_reporting(
+        &self,
+        file: &mut File,
+        name: &Path,
+        progress: &dyn Progress,
+        task: Option<&ImplantTask>,
+    ) -> Result<WriteReport, WriteError> {
         let report = |offset: u64, len: u64| {
             if let Some(t) = task {
                 t.written(offset, len);
             }
         };
-        let werr = |offset: u64| move |source: std::io::Error| WriteError::Write { path: name.to_path_buf(), offset, source };
+        let werr = |offset: u64| {
+            move |source: std::io::Error| WriteError::Write {
+                path: name.to_path_buf(),
+                offset,
+                source,
+            }
+        };
         file.set_len(0).map_err(werr(0))?;
         file.set_len(self.image_bytes).map_err(werr(0))?;
-        let data_bytes: u64 = self.data_order.iter().map(|&d| self.tree.data[d].size).sum();
+        let data_bytes: u64 = self
+            .data_order
+            .iter()
+            .map(|&d| self.tree.data[d].size)
+            .sum();
         progress.phase("writing");
         progress.set_total(data_bytes + u64::from(self.data_start) * SECTOR_SIZE);
         let meta = self.metadata();
@@ -506,7 +691,12 @@ impl Plan {
                 .map(|b| {
                     b.items
                         .iter()
-                        .map(|i| BootReport { platform: i.entry.platform, image_lba: i.lba, image_bytes: i.bytes, load_sectors: i.load_sectors })
+                        .map(|i| BootReport {
+                            platform: i.entry.platform,
+                            image_lba: i.lba,
+                            image_bytes: i.bytes,
+                            load_sectors: i.load_sectors,
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -532,11 +722,22 @@ impl Plan {
     /// chunks, the calling thread writes them in order. Big host files are copied by the
     /// reader thread itself with copy_file_range (one in-kernel copy), data segment by data
     /// segment, so holes of sparse inputs stay holes.
-    fn write_data(&self, file: &File, name: &Path, progress: &dyn Progress, task: Option<&ImplantTask>) -> Result<(), WriteError> {
+    fn write_data(
+        &self,
+        file: &File,
+        name: &Path,
+        progress: &dyn Progress,
+        task: Option<&ImplantTask>,
+    ) -> Result<(), WriteError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
         // Written buffers go back to the reader: no fresh page faults per window.
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-        let sink = Sink { out: file, name, progress, task };
+        let sink = Sink {
+            out: file,
+            name,
+            progress,
+            task,
+        };
         std::thread::scope(|scope| {
             let sink_ref = &sink;
             scope.spawn(move || self.read_data(&tx, &free_rx, sink_ref));
@@ -554,8 +755,18 @@ impl Plan {
         })
     }
 
-    fn read_data(&self, tx: &mpsc::SyncSender<Job>, free: &mpsc::Receiver<Vec<u8>>, sink: &Sink<'_>) {
-        let order: Vec<DataId> = self.data_order.iter().copied().filter(|&d| self.tree.data[d].size > 0).collect();
+    fn read_data(
+        &self,
+        tx: &mpsc::SyncSender<Job>,
+        free: &mpsc::Receiver<Vec<u8>>,
+        sink: &Sink<'_>,
+    ) {
+        let order: Vec<DataId> = self
+            .data_order
+            .iter()
+            .copied()
+            .filter(|&d| self.tree.data[d].size > 0)
+            .collect();
         let mut i = 0;
         while i < order.len() {
             let d = order[i];
@@ -647,7 +858,13 @@ impl Plan {
     /// Copies one big file: each data segment of the source (SEEK_DATA / SEEK_HOLE) with
     /// copy_file_range straight into the output, or through the writer in chunks where the
     /// kernel cannot copy between these files.
-    fn stream_big(&self, d: DataId, tx: &mpsc::SyncSender<Job>, free: &mpsc::Receiver<Vec<u8>>, sink: &Sink<'_>) -> bool {
+    fn stream_big(
+        &self,
+        d: DataId,
+        tx: &mpsc::SyncSender<Job>,
+        free: &mpsc::Receiver<Vec<u8>>,
+        sink: &Sink<'_>,
+    ) -> bool {
         let item = &self.tree.data[d];
         let base = u64::from(self.data_lba[d]) * SECTOR_SIZE;
         let (path, src_base) = match &item.source {
@@ -671,7 +888,10 @@ impl Plan {
         while pos < item.size {
             // Skip a hole in the source: the output already reads as zeros there.
             let (seg_start, seg_end) = match data_segment(&file, src_base + pos) {
-                Some((s, e)) => (s.saturating_sub(src_base).max(pos), e.saturating_sub(src_base).min(item.size)),
+                Some((s, e)) => (
+                    s.saturating_sub(src_base).max(pos),
+                    e.saturating_sub(src_base).min(item.size),
+                ),
                 None => (pos, item.size),
             };
             if seg_start >= item.size {
@@ -688,21 +908,48 @@ impl Plan {
                 if kernel_copy {
                     match copy_range(&file, src_base + pos, sink.out, base + pos, n) {
                         Ok(0) => {
-                            let source = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file became shorter while the image was written");
+                            let source = std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the file became shorter while the image was written",
+                            );
                             return fail(WriteError::Read { path, source });
                         }
                         Ok(done) => {
                             let last = pos + done >= item.size;
-                            sink.written(base + pos, if last { sector_end(item.size) - pos } else { done });
+                            sink.written(
+                                base + pos,
+                                if last {
+                                    sector_end(item.size) - pos
+                                } else {
+                                    done
+                                },
+                            );
                             start_writeback(sink.out, base + pos, done);
                             pos += done;
                             sink.progress.advance(done);
                             continue;
                         }
-                        Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL | libc::EBADF)) => {
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(
+                                    libc::EXDEV
+                                        | libc::ENOSYS
+                                        | libc::EOPNOTSUPP
+                                        | libc::EINVAL
+                                        | libc::EBADF
+                                )
+                            ) =>
+                        {
                             kernel_copy = false;
                         }
-                        Err(source) => return fail(WriteError::Write { path: sink.name.to_path_buf(), offset: base + pos, source }),
+                        Err(source) => {
+                            return fail(WriteError::Write {
+                                path: sink.name.to_path_buf(),
+                                offset: base + pos,
+                                source,
+                            })
+                        }
                     }
                 }
                 let mut buf = free.try_recv().unwrap_or_default();
@@ -711,7 +958,11 @@ impl Plan {
                 if let Err(source) = file.read_exact_at(&mut buf, src_base + pos) {
                     return fail(WriteError::Read { path, source });
                 }
-                let final_len = if pos + n >= item.size { sector_end(item.size) - pos } else { n };
+                let final_len = if pos + n >= item.size {
+                    sector_end(item.size) - pos
+                } else {
+                    n
+                };
                 if tx.send(Ok((base + pos, buf, final_len))).is_err() {
                     return false;
                 }
@@ -753,7 +1004,9 @@ fn sector_end(len: u64) -> u64 {
 /// Advisory: errors are ignored, the fsync still guarantees durability.
 fn start_writeback(out: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
     // SAFETY: sync_file_range on a valid descriptor has no memory effects.
     unsafe {
         libc::sync_file_range(out.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
@@ -761,12 +1014,29 @@ fn start_writeback(out: &File, offset: u64, len: u64) {
 }
 
 /// One copy_file_range call: returns bytes copied (0 at the source's end).
-fn copy_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> std::io::Result<u64> {
+fn copy_range(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd;
-    let mut off_in = i64::try_from(src_off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut off_out = i64::try_from(dst_off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut off_in =
+        i64::try_from(src_off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut off_out =
+        i64::try_from(dst_off).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: both descriptors are open; the offsets are valid pointers to local variables.
-    let r = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, len as usize, 0) };
+    let r = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            len as usize,
+            0,
+        )
+    };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -810,24 +1080,47 @@ fn seek_data(file: &File, offset: u64) -> Option<u64> {
 }
 
 fn read_exact_from(path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), WriteError> {
-    let f = File::open(path).map_err(|source| WriteError::Read { path: path.to_path_buf(), source })?;
+    let f = File::open(path).map_err(|source| WriteError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     f.read_exact_at(buf, offset).map_err(|source| {
         let source = if source.kind() == std::io::ErrorKind::UnexpectedEof {
-            std::io::Error::new(source.kind(), "the file became shorter while the image was written")
+            std::io::Error::new(
+                source.kind(),
+                "the file became shorter while the image was written",
+            )
         } else {
             source
         };
-        WriteError::Read { path: path.to_path_buf(), source }
+        WriteError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
-fn copy_host_range(out: &File, name: &Path, path: &PathBuf, src: u64, len: u64, dst: u64) -> Result<(), WriteError> {
-    let f = File::open(path).map_err(|source| WriteError::Read { path: path.clone(), source })?;
+fn copy_host_range(
+    out: &File,
+    name: &Path,
+    path: &PathBuf,
+    src: u64,
+    len: u64,
+    dst: u64,
+) -> Result<(), WriteError> {
+    let f = File::open(path).map_err(|source| WriteError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let mut pos = 0;
     while pos < len {
         let n = (len - pos).min(CHUNK_BYTES) as usize;
         let mut buf = vec![0u8; n];
-        f.read_exact_at(&mut buf, src + pos).map_err(|source| WriteError::Read { path: path.clone(), source })?;
+        f.read_exact_at(&mut buf, src + pos)
+            .map_err(|source| WriteError::Read {
+                path: path.clone(),
+                source,
+            })?;
         write_skipping_zeros(out, name, &buf, dst + pos)?;
         pos += n as u64;
     }
@@ -840,12 +1133,22 @@ const HOLE_BLOCK: usize = 64 << 10;
 
 /// Writes the non-zero runs of `buf` at `offset`; all-zero blocks stay holes (the output was
 /// sized with set_len, so they read as zeros).
-fn write_skipping_zeros(out: &File, name: &Path, buf: &[u8], offset: u64) -> Result<(), WriteError> {
+fn write_skipping_zeros(
+    out: &File,
+    name: &Path,
+    buf: &[u8],
+    offset: u64,
+) -> Result<(), WriteError> {
     let mut run_start: Option<usize> = None;
     let mut at = 0usize;
     let flush = |from: usize, to: usize| {
         let o = offset + from as u64;
-        out.write_all_at(&buf[from..to], o).map_err(|source| WriteError::Write { path: name.to_path_buf(), offset: o, source })
+        out.write_all_at(&buf[from..to], o)
+            .map_err(|source| WriteError::Write {
+                path: name.to_path_buf(),
+                offset: o,
+                source,
+            })
     };
     while at < buf.len() {
         let end = (at + HOLE_BLOCK).min(buf.len());
@@ -868,20 +1171,32 @@ fn write_skipping_zeros(out: &File, name: &Path, buf: &[u8], offset: u64) -> Res
 
 fn is_zero(buf: &[u8]) -> bool {
     // OR-folding fixed chunks vectorises well and stops at the first non-zero chunk.
-    buf.chunks(4096).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    buf.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Runs `vmedia_iso::integrity` on the finished image when the spec asks for it: the
 /// write-then-implant reference the streamed path (`write::write_streaming`) is tested against.
 #[cfg(test)]
-pub(crate) fn implant_integrity(spec: &IsoSpec, file: &File, name: &Path, progress: &dyn Progress) -> Result<Option<IntegrityReport>, WriteError> {
-    let Some(opts) = implant_options(spec, name)? else { return Ok(None) };
-    let implant = crate::integrity::implant_file(file, &opts, progress).map_err(integrity_error(name))?;
+pub(crate) fn implant_integrity(
+    spec: &IsoSpec,
+    file: &File,
+    name: &Path,
+    progress: &dyn Progress,
+) -> Result<Option<IntegrityReport>, WriteError> {
+    let Some(opts) = implant_options(spec, name)? else {
+        return Ok(None);
+    };
+    let implant =
+        crate::integrity::implant_file(file, &opts, progress).map_err(integrity_error(name))?;
     Ok(Some(integrity_report(implant)))
 }
 
 /// The implant the spec asks for, if any (the signing key is loaded here, before any writing).
-pub(crate) fn implant_options(spec: &IsoSpec, name: &Path) -> Result<Option<crate::integrity::ImplantOptions>, WriteError> {
+pub(crate) fn implant_options(
+    spec: &IsoSpec,
+    name: &Path,
+) -> Result<Option<crate::integrity::ImplantOptions>, WriteError> {
     let i = &spec.integrity;
     if !i.md5 && !i.sha256 && i.signing_key.is_none() {
         return Ok(None);
@@ -890,16 +1205,29 @@ pub(crate) fn implant_options(spec: &IsoSpec, name: &Path) -> Result<Option<crat
         Some(p) => Some(crate::integrity::load_signing_key(p).map_err(integrity_error(name))?),
         None => None,
     };
-    Ok(Some(crate::integrity::ImplantOptions { md5: i.md5, sha256: i.sha256, signing_key }))
+    Ok(Some(crate::integrity::ImplantOptions {
+        md5: i.md5,
+        sha256: i.sha256,
+        signing_key,
+    }))
 }
 
-pub(crate) fn integrity_error(name: &Path) -> impl Fn(crate::integrity::IntegrityError) -> WriteError + '_ {
-    move |e| WriteError::Integrity { path: name.to_path_buf(), source: Box::new(e) }
+pub(crate) fn integrity_error(
+    name: &Path,
+) -> impl Fn(crate::integrity::IntegrityError) -> WriteError + '_ {
+    move |e| WriteError::Integrity {
+        path: name.to_path_buf(),
+        source: Box::new(e),
+    }
 }
 
 pub(crate) fn integrity_report(implant: crate::integrity::Implant) -> IntegrityReport {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    IntegrityReport { md5: implant.md5.map(|d| hex(&d)), sha256: implant.sha256.map(|d| hex(&d)), signed: implant.signed }
+    IntegrityReport {
+        md5: implant.md5.map(|d| hex(&d)),
+        sha256: implant.sha256.map(|d| hex(&d)),
+        signed: implant.signed,
+    }
 }
 
 #[cfg(test)]

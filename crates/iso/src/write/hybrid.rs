@@ -3,7 +3,9 @@
 
 use super::eltorito::BootPlan;
 use super::{PartitionReport, WriteError, SECTOR_SIZE};
-use crate::spec::{AppendedPartition, BlobSource, EfiBootPart, IsoSpec, PartType, Platform, SystemAreaKind};
+use crate::spec::{
+    AppendedPartition, BlobSource, EfiBootPart, IsoSpec, PartType, Platform, SystemAreaKind,
+};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
@@ -70,15 +72,29 @@ fn read_blob(source: &BlobSource, field: &'static str) -> Result<Vec<u8>, WriteE
     match source {
         BlobSource::Bytes(b) => Ok(b.clone()),
         BlobSource::File(p) => {
-            let meta = std::fs::metadata(p).map_err(|e| WriteError::Read { path: p.clone(), source: e })?;
+            let meta = std::fs::metadata(p).map_err(|e| WriteError::Read {
+                path: p.clone(),
+                source: e,
+            })?;
             if meta.len() > SYSTEM_AREA as u64 && field == "hybrid.system_area" {
                 // Only the first 32 KiB are used; read no more.
                 let mut buf = vec![0u8; SYSTEM_AREA];
-                let f = std::fs::File::open(p).map_err(|e| WriteError::Read { path: p.clone(), source: e })?;
-                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 0).map_err(|e| WriteError::Read { path: p.clone(), source: e })?;
+                let f = std::fs::File::open(p).map_err(|e| WriteError::Read {
+                    path: p.clone(),
+                    source: e,
+                })?;
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 0).map_err(|e| {
+                    WriteError::Read {
+                        path: p.clone(),
+                        source: e,
+                    }
+                })?;
                 return Ok(buf);
             }
-            std::fs::read(p).map_err(|e| WriteError::Read { path: p.clone(), source: e })
+            std::fs::read(p).map_err(|e| WriteError::Read {
+                path: p.clone(),
+                source: e,
+            })
         }
     }
 }
@@ -86,7 +102,14 @@ fn read_blob(source: &BlobSource, field: &'static str) -> Result<Vec<u8>, WriteE
 fn blob_size(source: &BlobSource) -> Result<u64, WriteError> {
     match source {
         BlobSource::Bytes(b) => Ok(b.len() as u64),
-        BlobSource::File(p) => std::fs::metadata(p).map(|m| m.len()).map_err(|e| WriteError::Read { path: p.clone(), source: e }),
+        BlobSource::File(p) => {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| WriteError::Read {
+                    path: p.clone(),
+                    source: e,
+                })
+        }
     }
 }
 
@@ -109,7 +132,10 @@ fn seed(spec: &IsoSpec, volume_sectors: u64) -> Vec<u8> {
     match spec.date {
         Some(d) => s.extend_from_slice(&d.to_le_bytes()),
         None => {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             s.extend_from_slice(&nanos.to_le_bytes());
             s.extend_from_slice(&std::process::id().to_le_bytes());
         }
@@ -121,15 +147,26 @@ fn seed(spec: &IsoSpec, volume_sectors: u64) -> Vec<u8> {
     s
 }
 
-pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: i64) -> Result<HybridPlan, WriteError> {
+pub(crate) fn plan(
+    spec: &IsoSpec,
+    iso_end: u64,
+    boot: Option<&BootPlan>,
+    _now: i64,
+) -> Result<HybridPlan, WriteError> {
     let h = &spec.hybrid;
-    let mut plan = HybridPlan { volume_sectors: iso_end, ..HybridPlan::default() };
+    let mut plan = HybridPlan {
+        volume_sectors: iso_end,
+        ..HybridPlan::default()
+    };
     if let Some(sa) = &h.system_area {
         let bytes = read_blob(&sa.source, "hybrid.system_area")?;
         if sa.kind != SystemAreaKind::Generic && bytes.len() < ISOHYBRID_CODE {
             return Err(WriteError::InvalidSpec {
                 field: "hybrid.system_area",
-                reason: format!("MBR template has {} bytes; at least {ISOHYBRID_CODE} are needed", bytes.len()),
+                reason: format!(
+                    "MBR template has {} bytes; at least {ISOHYBRID_CODE} are needed",
+                    bytes.len()
+                ),
             });
         }
         plan.template = Some((bytes, sa.kind));
@@ -137,11 +174,18 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
     let mut seen = [false; 5];
     for a in &h.appended {
         if !(1..=4).contains(&a.number) || seen[a.number as usize] {
-            return Err(WriteError::InvalidSpec { field: "hybrid.appended", reason: format!("partition number {} is not 1..4 or used twice", a.number) });
+            return Err(WriteError::InvalidSpec {
+                field: "hybrid.appended",
+                reason: format!("partition number {} is not 1..4 or used twice", a.number),
+            });
         }
         seen[a.number as usize] = true;
     }
-    let bios = boot.and_then(|b| b.items.iter().find(|i| i.entry.platform == Platform::X86 && i.data.is_some()));
+    let bios = boot.and_then(|b| {
+        b.items
+            .iter()
+            .find(|i| i.entry.platform == Platform::X86 && i.data.is_some())
+    });
     plan.bios_image_512 = bios.map(|i| u64::from(i.lba) * 4);
     let efi_images: Vec<(u64, u64)> = boot
         .map(|b| {
@@ -158,11 +202,18 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
     // `-efi-boot-part FILE`: the FAT image goes after the ISO as an EFI System partition in
     // the first free slot, described by the GPT.
     if let Some(EfiBootPart::File(path)) = &h.efi_boot_part {
-        let number = (2..=4u8).find(|n| !seen[usize::from(*n)]).ok_or_else(|| WriteError::InvalidSpec {
-            field: "hybrid.efi_boot_part",
-            reason: "all partition slots 2..4 are taken by -append_partition".into(),
-        })?;
-        appended.push(AppendedPartition { number, part_type: PartType::Mbr(0xEF), source: BlobSource::File(path.clone()) });
+        let number =
+            (2..=4u8)
+                .find(|n| !seen[usize::from(*n)])
+                .ok_or_else(|| WriteError::InvalidSpec {
+                    field: "hybrid.efi_boot_part",
+                    reason: "all partition slots 2..4 are taken by -append_partition".into(),
+                })?;
+        appended.push(AppendedPartition {
+            number,
+            part_type: PartType::Mbr(0xEF),
+            source: BlobSource::File(path.clone()),
+        });
     }
     appended.sort_by_key(|a| a.number);
     for a in &appended {
@@ -171,13 +222,27 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
         let start_512 = end_2k * 4;
         let sectors_512 = sectors_2k * 4;
         if start_512 + sectors_512 > MAX_MBR_SECTORS && !h.appended_as_gpt {
-            return Err(WriteError::TooLarge { reason: format!("appended partition {} ends beyond what an MBR addresses", a.number) });
+            return Err(WriteError::TooLarge {
+                reason: format!(
+                    "appended partition {} ends beyond what an MBR addresses",
+                    a.number
+                ),
+            });
         }
-        plan.appended.push(AppendedPlan { number: a.number, part_type: a.part_type, start_512, sectors_512, source: a.source.clone(), size });
+        plan.appended.push(AppendedPlan {
+            number: a.number,
+            part_type: a.part_type,
+            start_512,
+            sectors_512,
+            source: a.source.clone(),
+            size,
+        });
         end_2k += sectors_2k;
     }
 
-    let want_gpt = h.gpt_basdat || h.efi_boot_part.is_some() || (h.appended_as_gpt && !plan.appended.is_empty());
+    let want_gpt = h.gpt_basdat
+        || h.efi_boot_part.is_some()
+        || (h.appended_as_gpt && !plan.appended.is_empty());
     let mut total_bytes = end_2k * SECTOR_SIZE;
     let isohybrid = matches!(plan.template, Some((_, SystemAreaKind::IsohybridMbr)));
     if isohybrid && !want_gpt && plan.appended.is_empty() {
@@ -196,7 +261,11 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
 
     // GPT entries.
     let last_lba = total_512.saturating_sub(1);
-    let iso_first = if h.partition_offset > 0 { u64::from(h.partition_offset) * 4 } else { 64 };
+    let iso_first = if h.partition_offset > 0 {
+        u64::from(h.partition_offset) * 4
+    } else {
+        64
+    };
     let iso_last = iso_end * 4 - 1;
     if want_gpt {
         let basic = PartType::Mbr(0x00).gpt_guid();
@@ -210,7 +279,11 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
             first: iso_first,
             last: iso_last,
             attributes: 1 << 60,
-            name: if h.gpt_basdat { "ISOHybrid ISO".into() } else { "ISO9660".into() },
+            name: if h.gpt_basdat {
+                "ISOHybrid ISO".into()
+            } else {
+                "ISO9660".into()
+            },
         });
         if h.gpt_basdat || matches!(h.efi_boot_part, Some(EfiBootPart::BootImage)) {
             for (i, (start, len)) in efi_images.iter().enumerate() {
@@ -244,12 +317,23 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
     }
 
     // MBR entries.
-    let mbr_type_for_iso = |default: u8| h.iso_mbr_part_type.map(|t| t.mbr_byte()).unwrap_or(default);
+    let mbr_type_for_iso =
+        |default: u8| h.iso_mbr_part_type.map(|t| t.mbr_byte()).unwrap_or(default);
     let cap = |v: u64| v.min(MAX_MBR_SECTORS);
     if want_gpt && !h.gpt_basdat {
-        plan.mbr.push(MbrEntry { number: 1, bootable: h.mbr_force_bootable, part_type: 0xEE, start: 1, sectors: cap(last_lba) });
+        plan.mbr.push(MbrEntry {
+            number: 1,
+            bootable: h.mbr_force_bootable,
+            part_type: 0xEE,
+            start: 1,
+            sectors: cap(last_lba),
+        });
         plan.write_mbr = true;
-    } else if want_gpt || isohybrid || !plan.appended.is_empty() || h.protective_msdos_label || h.partition_offset > 0
+    } else if want_gpt
+        || isohybrid
+        || !plan.appended.is_empty()
+        || h.protective_msdos_label
+        || h.partition_offset > 0
         || matches!(plan.template, Some((_, SystemAreaKind::Grub2Mbr)))
     {
         plan.write_mbr = true;
@@ -266,17 +350,39 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
         } else {
             (offset_start, 0xCD, false)
         };
-        let end = if plan.appended.is_empty() && !want_gpt { total_512 } else { iso_end * 4 };
-        plan.mbr.push(MbrEntry { number: 1, bootable: bootable || h.mbr_force_bootable, part_type: mbr_type_for_iso(default_type), start, sectors: cap(end - start) });
+        let end = if plan.appended.is_empty() && !want_gpt {
+            total_512
+        } else {
+            iso_end * 4
+        };
+        plan.mbr.push(MbrEntry {
+            number: 1,
+            bootable: bootable || h.mbr_force_bootable,
+            part_type: mbr_type_for_iso(default_type),
+            start,
+            sectors: cap(end - start),
+        });
         if h.gpt_basdat {
             if let Some((s, n)) = efi_images.first() {
-                plan.mbr.push(MbrEntry { number: 2, bootable: false, part_type: 0xEF, start: *s, sectors: *n });
+                plan.mbr.push(MbrEntry {
+                    number: 2,
+                    bootable: false,
+                    part_type: 0xEF,
+                    start: *s,
+                    sectors: *n,
+                });
             }
         }
         if !h.appended_as_gpt {
             for a in &plan.appended {
                 plan.mbr.retain(|e| e.number != a.number);
-                plan.mbr.push(MbrEntry { number: a.number, bootable: false, part_type: a.part_type.mbr_byte(), start: a.start_512, sectors: a.sectors_512 });
+                plan.mbr.push(MbrEntry {
+                    number: a.number,
+                    bootable: false,
+                    part_type: a.part_type.mbr_byte(),
+                    start: a.start_512,
+                    sectors: a.sectors_512,
+                });
             }
         }
     }
@@ -285,8 +391,14 @@ pub(crate) fn plan(spec: &IsoSpec, iso_end: u64, boot: Option<&BootPlan>, _now: 
 
 /// Cuts the first entry (the ISO data) around the entries that lie inside it.
 fn split_overlaps(entries: Vec<GptEntry>, seed: &[u8]) -> Vec<GptEntry> {
-    let Some((iso, rest)) = entries.split_first() else { return entries };
-    let mut holes: Vec<(u64, u64)> = rest.iter().filter(|e| e.first <= iso.last && e.last >= iso.first).map(|e| (e.first, e.last)).collect();
+    let Some((iso, rest)) = entries.split_first() else {
+        return entries;
+    };
+    let mut holes: Vec<(u64, u64)> = rest
+        .iter()
+        .filter(|e| e.first <= iso.last && e.last >= iso.first)
+        .map(|e| (e.first, e.last))
+        .collect();
     holes.sort_unstable();
     let mut pieces = Vec::new();
     let mut cursor = iso.first;
@@ -324,7 +436,11 @@ fn chs(lba: u64) -> [u8; 3] {
     }
     let h = (lba / spt) % heads;
     let s = lba % spt + 1;
-    [h as u8, (s as u8) | (((c >> 2) & 0xC0) as u8), (c & 0xFF) as u8]
+    [
+        h as u8,
+        (s as u8) | (((c >> 2) & 0xC0) as u8),
+        (c & 0xFF) as u8,
+    ]
 }
 
 fn gpt_name(name: &str) -> [u8; 72] {
@@ -358,7 +474,9 @@ impl HybridPlan {
             }
         }
         if self.write_mbr {
-            if !matches!(self.template, Some((_, SystemAreaKind::Generic))) || sa[440..444] == [0; 4] {
+            if !matches!(self.template, Some((_, SystemAreaKind::Generic)))
+                || sa[440..444] == [0; 4]
+            {
                 sa[440..444].copy_from_slice(&self.disk_signature.to_le_bytes());
             }
             sa[444..446].fill(0);
@@ -408,7 +526,11 @@ impl HybridPlan {
         h[0..8].copy_from_slice(b"EFI PART");
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&92u32.to_le_bytes());
-        let (my, alt, table) = if primary { (1, last, 2) } else { (last, 1, last - GPT_ENTRY_SECTORS) };
+        let (my, alt, table) = if primary {
+            (1, last, 2)
+        } else {
+            (last, 1, last - GPT_ENTRY_SECTORS)
+        };
         h[24..32].copy_from_slice(&my.to_le_bytes());
         h[32..40].copy_from_slice(&alt.to_le_bytes());
         h[40..48].copy_from_slice(&64u64.to_le_bytes());
@@ -496,7 +618,11 @@ mod tests {
     fn gpt_header_and_entry_crcs_verify() {
         let mut spec = IsoSpec::default();
         spec.date = Some(1_700_000_000);
-        spec.hybrid.appended.push(AppendedPartition { number: 2, part_type: PartType::Mbr(0xEF), source: BlobSource::Bytes(vec![1; 5000]) });
+        spec.hybrid.appended.push(AppendedPartition {
+            number: 2,
+            part_type: PartType::Mbr(0xEF),
+            source: BlobSource::Bytes(vec![1; 5000]),
+        });
         spec.hybrid.appended_as_gpt = true;
         let plan = plan(&spec, 1000, None, 0).unwrap();
         let sa = plan.system_area();
@@ -508,7 +634,10 @@ mod tests {
         h[16..20].fill(0);
         assert_eq!(crc32fast::hash(&h), crc);
         let entries = &sa[1024..1024 + 128 * 128];
-        assert_eq!(u32::from_le_bytes(header[88..92].try_into().unwrap()), crc32fast::hash(entries));
+        assert_eq!(
+            u32::from_le_bytes(header[88..92].try_into().unwrap()),
+            crc32fast::hash(entries)
+        );
         let (at, backup) = plan.backup_gpt().unwrap();
         assert_eq!(at + backup.len() as u64, plan.image_bytes);
         assert_eq!(&backup[backup.len() - 512..backup.len() - 504], b"EFI PART");
@@ -520,7 +649,10 @@ mod tests {
     #[test]
     fn isohybrid_mbr_patches_boot_lba_and_covers_image() {
         let mut spec = IsoSpec::default();
-        spec.hybrid.system_area = Some(SystemArea { source: BlobSource::Bytes(vec![0x33; 432]), kind: SystemAreaKind::IsohybridMbr });
+        spec.hybrid.system_area = Some(SystemArea {
+            source: BlobSource::Bytes(vec![0x33; 432]),
+            kind: SystemAreaKind::IsohybridMbr,
+        });
         let mut p = plan(&spec, 700, None, 0).unwrap();
         p.bios_image_512 = Some(4 * 50);
         let sa = p.system_area();
@@ -528,7 +660,10 @@ mod tests {
         assert_eq!(&sa[432..436], &200u32.to_le_bytes());
         assert_eq!(sa[446], 0x80);
         assert_eq!(sa[446 + 4], 0x17);
-        assert_eq!(u32::from_le_bytes(sa[446 + 12..446 + 16].try_into().unwrap()) as u64, p.image_bytes / 512);
+        assert_eq!(
+            u32::from_le_bytes(sa[446 + 12..446 + 16].try_into().unwrap()) as u64,
+            p.image_bytes / 512
+        );
         assert_eq!(p.image_bytes % (1 << 20), 0);
         assert_eq!(&sa[510..512], &[0x55, 0xAA]);
     }
@@ -536,14 +671,23 @@ mod tests {
     #[test]
     fn partition_offset_keeps_the_isohybrid_mbr_type() {
         let mut spec = IsoSpec::default();
-        spec.hybrid.system_area = Some(SystemArea { source: BlobSource::Bytes(vec![0x33; 432]), kind: SystemAreaKind::IsohybridMbr });
+        spec.hybrid.system_area = Some(SystemArea {
+            source: BlobSource::Bytes(vec![0x33; 432]),
+            kind: SystemAreaKind::IsohybridMbr,
+        });
         spec.hybrid.partition_offset = 16;
         let p = plan(&spec, 700, None, 0).unwrap();
-        assert_eq!((p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable), (64, 0x17, true));
+        assert_eq!(
+            (p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable),
+            (64, 0x17, true)
+        );
         let mut plain = IsoSpec::default();
         plain.hybrid.partition_offset = 16;
         let p = plan(&plain, 700, None, 0).unwrap();
-        assert_eq!((p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable), (64, 0xCD, false));
+        assert_eq!(
+            (p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable),
+            (64, 0xCD, false)
+        );
     }
 
     #[test]
@@ -554,14 +698,31 @@ mod tests {
         assert_eq!(p.appended.len(), 1);
         assert_eq!(p.appended[0].number, 2);
         assert_eq!(p.appended[0].start_512, 2000);
-        assert!(p.gpt.iter().any(|e| e.type_guid == PartType::Mbr(0xEF).gpt_guid() && e.first == 2000));
+        assert!(p
+            .gpt
+            .iter()
+            .any(|e| e.type_guid == PartType::Mbr(0xEF).gpt_guid() && e.first == 2000));
         assert_eq!(p.mbr[0].part_type, 0xEE);
     }
 
     #[test]
     fn protective_gpt_entries_never_overlap() {
-        let iso = GptEntry { type_guid: [1; 16], unique: [0; 16], first: 64, last: 9999, attributes: 0, name: "ISO9660".into() };
-        let esp = GptEntry { type_guid: [2; 16], unique: [0; 16], first: 300, last: 499, attributes: 0, name: "ESP".into() };
+        let iso = GptEntry {
+            type_guid: [1; 16],
+            unique: [0; 16],
+            first: 64,
+            last: 9999,
+            attributes: 0,
+            name: "ISO9660".into(),
+        };
+        let esp = GptEntry {
+            type_guid: [2; 16],
+            unique: [0; 16],
+            first: 300,
+            last: 499,
+            attributes: 0,
+            name: "ESP".into(),
+        };
         let out = split_overlaps(vec![iso, esp], b"s");
         let ranges: Vec<(u64, u64)> = out.iter().map(|e| (e.first, e.last)).collect();
         assert_eq!(ranges, vec![(64, 299), (300, 499), (500, 9999)]);

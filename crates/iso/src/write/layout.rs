@@ -182,7 +182,10 @@ fn validate(spec: &IsoSpec) -> Result<(), WriteError> {
     for (field, value, max) in checks {
         if let Some(s) = value {
             if s.len() > max {
-                return Err(WriteError::InvalidSpec { field, reason: format!("'{s}' is {} bytes, at most {max} allowed", s.len()) });
+                return Err(WriteError::InvalidSpec {
+                    field,
+                    reason: format!("'{s}' is {} bytes, at most {max} allowed", s.len()),
+                });
             }
         }
     }
@@ -234,7 +237,13 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
         // leaves them out (with -f, links were already replaced by their targets).
         drop_specials(&mut tree);
     }
-    let iso = build_hierarchy(&tree, spec, &rules, false, rr.is_some() && !spec.naming.no_deep_relocation)?;
+    let iso = build_hierarchy(
+        &tree,
+        spec,
+        &rules,
+        false,
+        rr.is_some() && !spec.naming.no_deep_relocation,
+    )?;
     let joliet = if spec.naming.joliet {
         Some(build_hierarchy(&tree, spec, &rules, true, false)?)
     } else {
@@ -281,15 +290,25 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
     if offset != 0 && offset < 16 {
         return Err(WriteError::InvalidSpec {
             field: "hybrid.partition_offset",
-            reason: format!("{offset} blocks leave no room for the system area; use 0 or at least 16"),
+            reason: format!(
+                "{offset} blocks leave no room for the system area; use 0 or at least 16"
+            ),
         });
     }
     let mut cursor: u64 = 16 + u64::from(vd_count);
-    let mut sets = vec![MetaSet { base: 0, vd_lba: 16, ..MetaSet::default() }];
+    let mut sets = vec![MetaSet {
+        base: 0,
+        vd_lba: 16,
+        ..MetaSet::default()
+    }];
     if offset != 0 {
         let vd2 = u64::from(offset) + 16;
         cursor = cursor.max(vd2 + u64::from(vd_count));
-        sets.push(MetaSet { base: offset, vd_lba: vd2 as u32, ..MetaSet::default() });
+        sets.push(MetaSet {
+            base: offset,
+            vd_lba: vd2 as u32,
+            ..MetaSet::default()
+        });
     }
     let catalog_lba = if has_boot {
         let c = cursor as u32;
@@ -349,7 +368,9 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
         data_lba[d] = cursor as u32;
         cursor += sectors_for(size);
         if cursor > MAX_SECTORS {
-            return Err(too_large(format!("file data ends beyond sector {MAX_SECTORS}")));
+            return Err(too_large(format!(
+                "file data ends beyond sector {MAX_SECTORS}"
+            )));
         }
     }
     if let Some(b) = boot.as_mut() {
@@ -357,7 +378,8 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
     }
     let iso_end = cursor + u64::from(spec.pad_sectors);
     let hybrid = super::hybrid::plan(spec, iso_end, boot.as_ref(), now)?;
-    let volume_sectors = u32::try_from(hybrid.volume_sectors).map_err(|_| too_large("volume exceeds 2^32 sectors".into()))?;
+    let volume_sectors = u32::try_from(hybrid.volume_sectors)
+        .map_err(|_| too_large("volume exceeds 2^32 sectors".into()))?;
     if let Some(b) = boot.as_mut() {
         b.resolve_appended(&hybrid)?;
     }
@@ -408,7 +430,12 @@ fn drop_specials(tree: &mut Tree) {
     let special: Vec<bool> = tree
         .nodes
         .iter()
-        .map(|n| matches!(n.kind, NodeKind::Symlink(_) | NodeKind::Device(_) | NodeKind::Fifo | NodeKind::Socket))
+        .map(|n| {
+            matches!(
+                n.kind,
+                NodeKind::Symlink(_) | NodeKind::Device(_) | NodeKind::Fifo | NodeKind::Socket
+            )
+        })
         .collect();
     for n in &mut tree.nodes {
         if let NodeKind::Dir(children) = &mut n.kind {
@@ -431,13 +458,22 @@ fn sort_weight(tree: &Tree, node: NodeId, rules: &[crate::spec::SortRule]) -> Op
     let iso_path = tree.path_of(node);
     let mut id = node;
     loop {
-        let host = tree.nodes[id].host_path.as_ref().map(|h| h.to_string_lossy().into_owned());
-        let path = if id == node { iso_path.clone() } else { tree.path_of(id) };
+        let host = tree.nodes[id]
+            .host_path
+            .as_ref()
+            .map(|h| h.to_string_lossy().into_owned());
+        let path = if id == node {
+            iso_path.clone()
+        } else {
+            tree.path_of(id)
+        };
         for r in rules {
             let pattern = r.pattern.trim_end_matches('/');
             let hit = tree::glob_match(pattern, &path)
                 || tree::glob_match(&format!("/{}", pattern.trim_start_matches('/')), &path)
-                || host.as_deref().is_some_and(|h| tree::glob_match(pattern, h.trim_end_matches('/')));
+                || host
+                    .as_deref()
+                    .is_some_and(|h| tree::glob_match(pattern, h.trim_end_matches('/')));
             if hit {
                 return Some(r.weight);
             }
@@ -477,11 +513,28 @@ fn serials(tree: &Tree) -> Vec<u32> {
 
 /// Builds one hierarchy. Folders are first collected depth-first (relocating deep ones), then
 /// renumbered breadth-first so the order is the path-table order.
-fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, relocate: bool) -> Result<Hierarchy, WriteError> {
-    let joliet_max = if spec.naming.joliet_long { names::JOLIET_LONG_MAX } else { names::JOLIET_MAX };
+fn build_hierarchy(
+    tree: &Tree,
+    spec: &IsoSpec,
+    rules: &IsoRules,
+    joliet: bool,
+    relocate: bool,
+) -> Result<Hierarchy, WriteError> {
+    let joliet_max = if spec.naming.joliet_long {
+        names::JOLIET_LONG_MAX
+    } else {
+        names::JOLIET_MAX
+    };
     // Joliet names carry no ";1" (genisoimage and xorriso both omit it; readers show it).
     let versions = false;
-    let mut dirs: Vec<Dir> = vec![Dir { node: ROOT, parent: 0, ident: vec![0], entries: Vec::new(), original_parent: None, subdirs: 0 }];
+    let mut dirs: Vec<Dir> = vec![Dir {
+        node: ROOT,
+        parent: 0,
+        ident: vec![0],
+        entries: Vec::new(),
+        original_parent: None,
+        subdirs: 0,
+    }];
     // (dir index, iso depth) work list, depth-first.
     let mut work: Vec<(usize, usize)> = vec![(0, 1)];
     let mut rr_moved: Option<usize> = None;
@@ -494,17 +547,27 @@ fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, 
             // writing the empty files genisoimage does.
             .filter(|&c| {
                 if joliet {
-                    !tree.nodes[c].hide_joliet && !matches!(tree.nodes[c].kind, NodeKind::Symlink(_))
+                    !tree.nodes[c].hide_joliet
+                        && !matches!(tree.nodes[c].kind, NodeKind::Symlink(_))
                 } else {
                     !tree.nodes[c].hide_iso
                 }
             })
             .collect();
-        let pairs: Vec<(&str, bool)> = visible.iter().map(|&c| (tree.nodes[c].name.as_str(), tree.is_dir(c))).collect();
+        let pairs: Vec<(&str, bool)> = visible
+            .iter()
+            .map(|&c| (tree.nodes[c].name.as_str(), tree.is_dir(c)))
+            .collect();
         let idents: Vec<Vec<u8>> = if joliet {
-            names::joliet_names_for_dir(&pairs, joliet_max, versions).iter().map(|u| names::ucs2_be(u)).collect()
+            names::joliet_names_for_dir(&pairs, joliet_max, versions)
+                .iter()
+                .map(|u| names::ucs2_be(u))
+                .collect()
         } else {
-            names::iso_names_for_dir(&pairs, rules).into_iter().map(String::into_bytes).collect()
+            names::iso_names_for_dir(&pairs, rules)
+                .into_iter()
+                .map(String::into_bytes)
+                .collect()
         };
         let mut entries = Vec::with_capacity(visible.len());
         for (&child, ident) in visible.iter().zip(idents) {
@@ -514,13 +577,27 @@ fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, 
                     let ci = dirs.len();
                     let child_depth = depth + 1;
                     if relocate && child_depth > MAX_ISO_DEPTH {
-                        dirs.push(Dir { node: child, parent: usize::MAX, ident: Vec::new(), entries: Vec::new(), original_parent: Some(di), subdirs: 0 });
+                        dirs.push(Dir {
+                            node: child,
+                            parent: usize::MAX,
+                            ident: Vec::new(),
+                            entries: Vec::new(),
+                            original_parent: Some(di),
+                            subdirs: 0,
+                        });
                         moved.push((ci, child));
                         // Relocated folders sit at depth 2 inside rr_moved (root is 1).
                         work.push((ci, 3));
                         EntryKind::Placeholder(ci)
                     } else {
-                        dirs.push(Dir { node: child, parent: di, ident: ident.clone(), entries: Vec::new(), original_parent: None, subdirs: 0 });
+                        dirs.push(Dir {
+                            node: child,
+                            parent: di,
+                            ident: ident.clone(),
+                            entries: Vec::new(),
+                            original_parent: None,
+                            subdirs: 0,
+                        });
                         work.push((ci, child_depth));
                         EntryKind::Dir(ci)
                     }
@@ -529,41 +606,81 @@ fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, 
                 NodeKind::Catalog => EntryKind::Catalog,
                 _ => EntryKind::Special,
             };
-            entries.push(Entry { ident, node: child, kind, rr_name, relocated: false });
+            entries.push(Entry {
+                ident,
+                node: child,
+                kind,
+                rr_name,
+                relocated: false,
+            });
         }
         dirs[di].entries = entries;
         if !moved.is_empty() && rr_moved.is_none() {
             let ri = dirs.len();
-            dirs.push(Dir { node: ROOT, parent: 0, ident: Vec::new(), entries: Vec::new(), original_parent: None, subdirs: 0 });
+            dirs.push(Dir {
+                node: ROOT,
+                parent: 0,
+                ident: Vec::new(),
+                entries: Vec::new(),
+                original_parent: None,
+                subdirs: 0,
+            });
             rr_moved = Some(ri);
         }
     }
     if let Some(ri) = rr_moved {
-        let name = if spec.naming.hide_rr_moved { ".rr_moved" } else { "rr_moved" };
+        let name = if spec.naming.hide_rr_moved {
+            ".rr_moved"
+        } else {
+            "rr_moved"
+        };
         // rr_moved's entries: the relocated folders, named uniquely among themselves.
-        let pairs: Vec<(&str, bool)> = moved.iter().map(|&(_, n)| (tree.nodes[n].name.as_str(), true)).collect();
+        let pairs: Vec<(&str, bool)> = moved
+            .iter()
+            .map(|&(_, n)| (tree.nodes[n].name.as_str(), true))
+            .collect();
         let idents = names::iso_names_for_dir(&pairs, rules);
         let mut entries = Vec::new();
         for ((ci, n), ident) in moved.iter().zip(idents) {
             dirs[*ci].parent = ri;
             dirs[*ci].ident = ident.clone().into_bytes();
-            entries.push(Entry { ident: ident.into_bytes(), node: *n, kind: EntryKind::Dir(*ci), rr_name: tree.nodes[*n].name.clone(), relocated: true });
+            entries.push(Entry {
+                ident: ident.into_bytes(),
+                node: *n,
+                kind: EntryKind::Dir(*ci),
+                rr_name: tree.nodes[*n].name.clone(),
+                relocated: true,
+            });
         }
         dirs[ri].entries = entries;
         let root_pairs: Vec<(&str, bool)> = vec![(name, true)];
         let taken: Vec<Vec<u8>> = dirs[0].entries.iter().map(|e| e.ident.clone()).collect();
-        let mut ident = names::iso_names_for_dir(&root_pairs, rules).remove(0).into_bytes();
+        let mut ident = names::iso_names_for_dir(&root_pairs, rules)
+            .remove(0)
+            .into_bytes();
         let mut n = 0;
         while taken.contains(&ident) {
             ident = format!("RR_MOV{n:02}").into_bytes();
             n += 1;
         }
         dirs[ri].ident = ident.clone();
-        dirs[0].entries.push(Entry { ident, node: ROOT, kind: EntryKind::Dir(ri), rr_name: name.to_string(), relocated: false });
+        dirs[0].entries.push(Entry {
+            ident,
+            node: ROOT,
+            kind: EntryKind::Dir(ri),
+            rr_name: name.to_string(),
+            relocated: false,
+        });
     }
     // Sort each folder's entries, then renumber folders breadth-first.
     for d in &mut dirs {
-        d.entries.sort_by(|a, b| if joliet { a.ident.cmp(&b.ident) } else { names::iso_order(&a.ident, &b.ident) });
+        d.entries.sort_by(|a, b| {
+            if joliet {
+                a.ident.cmp(&b.ident)
+            } else {
+                names::iso_order(&a.ident, &b.ident)
+            }
+        });
     }
     let mut order = vec![0usize];
     let mut i = 0;
@@ -577,7 +694,10 @@ fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, 
         i += 1;
     }
     if order.len() > MAX_DIRECTORIES {
-        return Err(too_large(format!("{} folders; path tables address at most {MAX_DIRECTORIES}", order.len())));
+        return Err(too_large(format!(
+            "{} folders; path tables address at most {MAX_DIRECTORIES}",
+            order.len()
+        )));
     }
     let mut rank = vec![usize::MAX; dirs.len()];
     for (new, &old) in order.iter().enumerate() {
@@ -594,14 +714,21 @@ fn build_hierarchy(tree: &Tree, spec: &IsoSpec, rules: &IsoRules, joliet: bool, 
                 k => k,
             };
         }
-        d.subdirs = d.entries.iter().filter(|e| matches!(e.kind, EntryKind::Dir(_))).count() as u32;
+        d.subdirs = d
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Dir(_)))
+            .count() as u32;
     }
     Ok(Hierarchy { dirs: out, joliet })
 }
 
 /// Bytes of one path table (8 + identifier, padded to even, per folder).
 fn path_table_bytes(h: &Hierarchy) -> u32 {
-    h.dirs.iter().map(|d| (8 + d.ident.len() + d.ident.len() % 2) as u32).sum()
+    h.dirs
+        .iter()
+        .map(|d| (8 + d.ident.len() + d.ident.len() % 2) as u32)
+        .sum()
 }
 
 /// Serialises a path table, little-endian (L) or big-endian (M) addresses.

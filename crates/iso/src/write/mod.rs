@@ -183,11 +183,18 @@ pub fn write_to_file(
 /// Writes the image with the checksums computed alongside: the implant task hashes each
 /// range as soon as the writer reports it final, then writes its record once all is written.
 /// Same bytes as writing first and implanting after (`emit::implant_integrity`).
-fn write_streaming(spec: &IsoSpec, plan: &Plan, file: &mut File, name: &Path, progress: &dyn Progress) -> Result<WriteReport, WriteError> {
+fn write_streaming(
+    spec: &IsoSpec,
+    plan: &Plan,
+    file: &mut File,
+    name: &Path,
+    progress: &dyn Progress,
+) -> Result<WriteReport, WriteError> {
     let Some(opts) = emit::implant_options(spec, name)? else {
         return plan.write_to(file, name, progress);
     };
-    let task = crate::integrity::ImplantTask::start(file, plan.image_bytes, opts).map_err(emit::integrity_error(name))?;
+    let task = crate::integrity::ImplantTask::start(file, plan.image_bytes, opts)
+        .map_err(emit::integrity_error(name))?;
     let mut report = plan.write_reporting(file, name, progress, Some(&task))?;
     let implant = task.finish(progress).map_err(emit::integrity_error(name))?;
     report.integrity = Some(emit::integrity_report(implant));
@@ -206,7 +213,12 @@ mod tests {
         spec.naming.joliet = true;
         spec.date = Some(1_700_000_000);
         for name in ["/user-data", "/meta-data", "/nested/deeper/file"] {
-            spec.mem_files.push(MemFile { iso_path: name.into(), data: name.as_bytes().to_vec(), mode: 0o644, mtime: Some(mtime) });
+            spec.mem_files.push(MemFile {
+                iso_path: name.into(),
+                data: name.as_bytes().to_vec(),
+                mode: 0o644,
+                mtime: Some(mtime),
+            });
         }
         spec
     }
@@ -216,17 +228,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.iso");
         let b = dir.path().join("b.iso");
-        write_image(&seed_spec(1_800_000_000), &a, OverwritePolicy::Refuse, &NoProgress).unwrap();
-        write_image(&seed_spec(1_900_000_000), &b, OverwritePolicy::Refuse, &NoProgress).unwrap();
+        write_image(
+            &seed_spec(1_800_000_000),
+            &a,
+            OverwritePolicy::Refuse,
+            &NoProgress,
+        )
+        .unwrap();
+        write_image(
+            &seed_spec(1_900_000_000),
+            &b,
+            OverwritePolicy::Refuse,
+            &NoProgress,
+        )
+        .unwrap();
         assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     }
 
     #[test]
     fn mtimes_later_than_the_date_are_clamped() {
         let plan = plan(&seed_spec(1_800_000_000), &NoProgress).unwrap();
-        assert!(plan.tree.nodes.iter().all(|n| n.meta.mtime <= 1_700_000_000));
+        assert!(plan
+            .tree
+            .nodes
+            .iter()
+            .all(|n| n.meta.mtime <= 1_700_000_000));
         let earlier = plan_with(1_600_000_000);
-        assert!(earlier.tree.nodes.iter().any(|n| n.meta.mtime == 1_600_000_000), "earlier times are kept");
+        assert!(
+            earlier
+                .tree
+                .nodes
+                .iter()
+                .any(|n| n.meta.mtime == 1_600_000_000),
+            "earlier times are kept"
+        );
     }
 
     fn plan_with(mtime: i64) -> Plan {
@@ -240,7 +275,11 @@ mod tests {
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("small")).unwrap();
         for i in 0..40u32 {
-            std::fs::write(src.join(format!("small/f{i}")), vec![i as u8 + 1; 1000 + i as usize * 3001]).unwrap();
+            std::fs::write(
+                src.join(format!("small/f{i}")),
+                vec![i as u8 + 1; 1000 + i as usize * 3001],
+            )
+            .unwrap();
         }
         // A big sparse file of odd size: copied segment by segment, a hole in the middle, and
         // a zero tail (the padding after it is never written).
@@ -250,7 +289,10 @@ mod tests {
         big.write_all_at(&vec![0xA5; 2 << 20], 8 << 20).unwrap();
         std::fs::write(src.join("zeros"), vec![0u8; 5 << 20]).unwrap();
         let mut spec = seed_spec(1_600_000_000);
-        spec.sources.push(crate::spec::GraftPoint { iso_path: "/".into(), host_path: src.clone() });
+        spec.sources.push(crate::spec::GraftPoint {
+            iso_path: "/".into(),
+            host_path: src.clone(),
+        });
         spec.hybrid.appended.push(crate::spec::AppendedPartition {
             number: 2,
             part_type: crate::spec::PartType::Mbr(0xEF),
@@ -265,12 +307,28 @@ mod tests {
         let mut file = File::create_new(&after).unwrap();
         let plan = plan(&spec, &NoProgress).unwrap();
         plan.write_to(&mut file, &after, &NoProgress).unwrap();
-        let reference = emit::implant_integrity(&spec, &file, &after, &NoProgress).unwrap().unwrap();
-        assert!(std::fs::read(&streamed).unwrap() == std::fs::read(&after).unwrap(), "streamed checksums changed the image bytes");
+        let reference = emit::implant_integrity(&spec, &file, &after, &NoProgress)
+            .unwrap()
+            .unwrap();
+        assert!(
+            std::fs::read(&streamed).unwrap() == std::fs::read(&after).unwrap(),
+            "streamed checksums changed the image bytes"
+        );
         let integrity = report.integrity.unwrap();
-        assert_eq!((integrity.md5, integrity.sha256), (reference.md5, reference.sha256));
-        let check = crate::integrity::verify(&File::open(&streamed).unwrap(), None, &NoProgress).unwrap();
-        assert_eq!((check.md5, check.fragments, check.sha256), (crate::integrity::CheckOutcome::Ok, crate::integrity::CheckOutcome::Ok, crate::integrity::CheckOutcome::Ok));
+        assert_eq!(
+            (integrity.md5, integrity.sha256),
+            (reference.md5, reference.sha256)
+        );
+        let check =
+            crate::integrity::verify(&File::open(&streamed).unwrap(), None, &NoProgress).unwrap();
+        assert_eq!(
+            (check.md5, check.fragments, check.sha256),
+            (
+                crate::integrity::CheckOutcome::Ok,
+                crate::integrity::CheckOutcome::Ok,
+                crate::integrity::CheckOutcome::Ok
+            )
+        );
     }
 
     #[test]
@@ -285,7 +343,10 @@ mod tests {
     #[test]
     fn missing_boot_image_is_a_named_error() {
         let mut spec = seed_spec(0);
-        spec.boot.entries.push(crate::spec::BootEntry::new(crate::spec::Platform::X86, crate::spec::BootImage::IsoPath("isolinux/isolinux.bin".into())));
+        spec.boot.entries.push(crate::spec::BootEntry::new(
+            crate::spec::Platform::X86,
+            crate::spec::BootImage::IsoPath("isolinux/isolinux.bin".into()),
+        ));
         match plan(&spec, &NoProgress) {
             Err(WriteError::BootImageMissing { what }) => assert_eq!(what, "isolinux/isolinux.bin"),
             other => panic!("expected BootImageMissing, got {other:?}"),

@@ -40,7 +40,11 @@ impl IsoRules {
         let u = n.untranslated_filenames;
         let level4 = n.iso_level >= 4;
         let (file_max, dir_max, eight_three) = if level4 {
-            let max = if n.rock_ridge.is_some() { LEVEL4_MAX_WITH_RR } else { LEVEL4_MAX };
+            let max = if n.rock_ridge.is_some() {
+                LEVEL4_MAX_WITH_RR
+            } else {
+                LEVEL4_MAX
+            };
             (max, max, false)
         } else if n.max_iso9660_filenames {
             (37, 37, false)
@@ -69,7 +73,11 @@ fn map_char(c: char, rules: &IsoRules) -> char {
         return c;
     }
     if c.is_ascii_lowercase() {
-        return if rules.lowercase { c } else { c.to_ascii_uppercase() };
+        return if rules.lowercase {
+            c
+        } else {
+            c.to_ascii_uppercase()
+        };
     }
     if rules.relaxed && c.is_ascii_graphic() && c != '/' && c != ';' {
         return c;
@@ -89,19 +97,40 @@ pub(crate) fn iso_base_ext(name: &str, is_dir: bool, rules: &IsoRules) -> (Strin
     if is_dir {
         let mapped: String = chars
             .iter()
-            .map(|&c| if c == '.' && !(rules.multidot || rules.level >= 4 || rules.relaxed) { '_' } else if c == '.' { '.' } else { map_char(c, rules) })
+            .map(|&c| {
+                if c == '.' && !(rules.multidot || rules.level >= 4 || rules.relaxed) {
+                    '_'
+                } else if c == '.' {
+                    '.'
+                } else {
+                    map_char(c, rules)
+                }
+            })
             .take(rules.dir_max)
             .collect();
         return (mapped, None);
     }
-    let last_dot = chars.iter().rposition(|&c| c == '.').filter(|&i| i > 0 || rules.leading_dots);
+    let last_dot = chars
+        .iter()
+        .rposition(|&c| c == '.')
+        .filter(|&i| i > 0 || rules.leading_dots);
     let (base_chars, ext_chars) = match last_dot {
         Some(i) => (&chars[..i], Some(&chars[i + 1..])),
         None => (&chars[..], None),
     };
     let base: String = base_chars
         .iter()
-        .map(|&c| if c == '.' { if rules.multidot { '.' } else { '_' } } else { map_char(c, rules) })
+        .map(|&c| {
+            if c == '.' {
+                if rules.multidot {
+                    '.'
+                } else {
+                    '_'
+                }
+            } else {
+                map_char(c, rules)
+            }
+        })
         .collect();
     let ext: Option<String> = ext_chars.map(|e| e.iter().map(|&c| map_char(c, rules)).collect());
     let (base_max, ext_max) = if rules.eight_three {
@@ -119,7 +148,12 @@ pub(crate) fn iso_base_ext(name: &str, is_dir: bool, rules: &IsoRules) -> (Strin
 }
 
 /// Joins base, extension and version into the on-disc identifier.
-pub(crate) fn iso_identifier(base: &str, ext: Option<&str>, is_dir: bool, rules: &IsoRules) -> String {
+pub(crate) fn iso_identifier(
+    base: &str,
+    ext: Option<&str>,
+    is_dir: bool,
+    rules: &IsoRules,
+) -> String {
     if is_dir {
         return base.to_string();
     }
@@ -152,7 +186,10 @@ fn with_counter(base: &str, counter: u32, max: usize) -> String {
 pub(crate) fn iso_names_for_dir(entries: &[(&str, bool)], rules: &IsoRules) -> Vec<String> {
     let mut used: HashSet<String> = HashSet::new();
     let mut out = Vec::with_capacity(entries.len());
-    let split: Vec<(String, Option<String>)> = entries.iter().map(|(n, d)| iso_base_ext(n, *d, rules)).collect();
+    let split: Vec<(String, Option<String>)> = entries
+        .iter()
+        .map(|(n, d)| iso_base_ext(n, *d, rules))
+        .collect();
     // First pass: names that are unique as converted keep them, in entry order.
     let mut first: Vec<Option<String>> = Vec::with_capacity(entries.len());
     for ((base, ext), (_, is_dir)) in split.iter().zip(entries) {
@@ -180,7 +217,12 @@ pub(crate) fn iso_names_for_dir(entries: &[(&str, bool)], rules: &IsoRules) -> V
         };
         let mut counter = 0;
         let id = loop {
-            let candidate = iso_identifier(&with_counter(base, counter, base_max), ext.as_deref(), is_dir, rules);
+            let candidate = iso_identifier(
+                &with_counter(base, counter, base_max),
+                ext.as_deref(),
+                is_dir,
+                rules,
+            );
             if used.insert(compare_key(&candidate)) || counter >= MAX_COLLISION_SUFFIX {
                 break candidate;
             }
@@ -214,7 +256,9 @@ pub(crate) fn iso_order(a: &[u8], b: &[u8]) -> Ordering {
     };
     let (an, ae, av) = split(a);
     let (bn, be, bv) = split(b);
-    padded_cmp(&an, &bn).then_with(|| padded_cmp(&ae, &be)).then_with(|| bv.cmp(&av))
+    padded_cmp(&an, &bn)
+        .then_with(|| padded_cmp(&ae, &be))
+        .then_with(|| bv.cmp(&av))
 }
 
 fn padded_cmp(a: &[u8], b: &[u8]) -> Ordering {
@@ -264,7 +308,11 @@ fn truncate_keep_ext(units: Vec<u16>, max: usize) -> Vec<u16> {
 }
 
 /// Makes one folder's Joliet names unique (collisions come from truncation and mapping).
-pub(crate) fn joliet_names_for_dir(entries: &[(&str, bool)], max: usize, versions: bool) -> Vec<Vec<u16>> {
+pub(crate) fn joliet_names_for_dir(
+    entries: &[(&str, bool)],
+    max: usize,
+    versions: bool,
+) -> Vec<Vec<u16>> {
     let base: Vec<Vec<u16>> = entries.iter().map(|(n, _)| joliet_units(n, max)).collect();
     let mut used: HashSet<Vec<u16>> = HashSet::new();
     let mut taken: Vec<bool> = Vec::with_capacity(base.len());
@@ -275,7 +323,10 @@ pub(crate) fn joliet_names_for_dir(entries: &[(&str, bool)], max: usize, version
     for (i, b) in base.iter().enumerate() {
         let mut name = b.clone();
         if !taken[i] {
-            let dot = b.iter().rposition(|&u| u == u16::from(b'.')).filter(|&d| d > 0 && !entries[i].1);
+            let dot = b
+                .iter()
+                .rposition(|&u| u == u16::from(b'.'))
+                .filter(|&d| d > 0 && !entries[i].1);
             let (stem, ext) = match dot {
                 Some(d) => (b[..d].to_vec(), b[d..].to_vec()),
                 None => (b.clone(), Vec::new()),
@@ -312,7 +363,10 @@ mod tests {
     use super::*;
 
     fn rules(level: u8) -> IsoRules {
-        IsoRules::from(&Naming { iso_level: level, ..Naming::default() })
+        IsoRules::from(&Naming {
+            iso_level: level,
+            ..Naming::default()
+        })
     }
 
     #[test]
@@ -339,14 +393,24 @@ mod tests {
     fn leading_dot_maps_to_underscore_unless_allowed() {
         let (b, e) = iso_base_ext(".hidden", false, &rules(2));
         assert_eq!((b.as_str(), e), ("_HIDDEN", None));
-        let r = IsoRules::from(&Naming { iso_level: 2, allow_leading_dots: true, allow_lowercase: true, ..Naming::default() });
+        let r = IsoRules::from(&Naming {
+            iso_level: 2,
+            allow_leading_dots: true,
+            allow_lowercase: true,
+            ..Naming::default()
+        });
         let (b, e) = iso_base_ext(".hidden", false, &r);
         assert_eq!((b.as_str(), e.as_deref()), ("", Some("hidden")));
     }
 
     #[test]
     fn omit_version_and_period_rules() {
-        let r = IsoRules::from(&Naming { iso_level: 2, omit_version_numbers: true, omit_trailing_period: true, ..Naming::default() });
+        let r = IsoRules::from(&Naming {
+            iso_level: 2,
+            omit_version_numbers: true,
+            omit_trailing_period: true,
+            ..Naming::default()
+        });
         let (b, e) = iso_base_ext("readme", false, &r);
         assert_eq!(iso_identifier(&b, e.as_deref(), false, &r), "README");
     }
@@ -354,9 +418,16 @@ mod tests {
     #[test]
     fn level4_names_leave_room_for_rock_ridge_continuation() {
         let long = "n".repeat(300);
-        let plain = IsoRules::from(&Naming { iso_level: 4, ..Naming::default() });
+        let plain = IsoRules::from(&Naming {
+            iso_level: 4,
+            ..Naming::default()
+        });
         assert_eq!(iso_base_ext(&long, true, &plain).0.len(), 207);
-        let rr = IsoRules::from(&Naming { iso_level: 4, rock_ridge: Some(crate::spec::RockRidgeMode::Faithful), ..Naming::default() });
+        let rr = IsoRules::from(&Naming {
+            iso_level: 4,
+            rock_ridge: Some(crate::spec::RockRidgeMode::Faithful),
+            ..Naming::default()
+        });
         let (b, _) = iso_base_ext(&long, true, &rr);
         assert!(crate::write::layout::record_len(b.len(), super::super::rrip::CE_LEN) <= 255);
     }
@@ -364,7 +435,14 @@ mod tests {
     #[test]
     fn collisions_get_numeric_suffixes() {
         let r = rules(1);
-        let names = iso_names_for_dir(&[("longname1.txt", false), ("longname2.txt", false), ("LONGNAME3.TXT", false)], &r);
+        let names = iso_names_for_dir(
+            &[
+                ("longname1.txt", false),
+                ("longname2.txt", false),
+                ("LONGNAME3.TXT", false),
+            ],
+            &r,
+        );
         assert_eq!(names[0], "LONGNAME.TXT;1");
         assert_eq!(names[1], "LONGN000.TXT;1");
         assert_eq!(names[2], "LONGN001.TXT;1");

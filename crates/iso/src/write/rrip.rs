@@ -12,7 +12,8 @@ pub(crate) const CE_LEN: usize = 28;
 const MAX_ENTRY_PAYLOAD: usize = 250;
 /// RRIP 1.12 extension identification, as xorriso writes it.
 const ER_ID: &[u8] = b"IEEE_1282";
-const ER_DESCRIPTOR: &[u8] = b"THE IEEE 1282 PROTOCOL PROVIDES SUPPORT FOR POSIX FILE SYSTEM SEMANTICS.";
+const ER_DESCRIPTOR: &[u8] =
+    b"THE IEEE 1282 PROTOCOL PROVIDES SUPPORT FOR POSIX FILE SYSTEM SEMANTICS.";
 const ER_SOURCE: &[u8] = b"PLEASE CONTACT THE IEEE STANDARDS DEPARTMENT, PISCATAWAY, NJ, USA FOR THE 1282 SPECIFICATION.";
 
 fn both32(v: u32) -> [u8; 8] {
@@ -43,7 +44,12 @@ pub(crate) fn rr(flags: u8) -> Vec<u8> {
 
 /// SUSP "ER" naming the RRIP extension.
 pub(crate) fn er() -> Vec<u8> {
-    let mut p = vec![ER_ID.len() as u8, ER_DESCRIPTOR.len() as u8, ER_SOURCE.len() as u8, 1];
+    let mut p = vec![
+        ER_ID.len() as u8,
+        ER_DESCRIPTOR.len() as u8,
+        ER_SOURCE.len() as u8,
+        1,
+    ];
     p.extend_from_slice(ER_ID);
     p.extend_from_slice(ER_DESCRIPTOR);
     p.extend_from_slice(ER_SOURCE);
@@ -97,7 +103,14 @@ pub(crate) fn civil(unix: i64) -> (i64, u8, u8, u8, u8, u8) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (secs / 3600) as u8, ((secs % 3600) / 60) as u8, (secs % 60) as u8)
+    (
+        y,
+        m,
+        d,
+        (secs / 3600) as u8,
+        ((secs % 3600) / 60) as u8,
+        (secs % 60) as u8,
+    )
 }
 
 /// "TF": modify, access and attribute-change times in 7-byte form.
@@ -169,7 +182,10 @@ pub(crate) fn sl(target: &str) -> Vec<Vec<u8>> {
                 let pieces: Vec<&[u8]> = data.chunks(room - 2).collect();
                 let last = pieces.len() - 1;
                 for (i, piece) in pieces.iter().enumerate() {
-                    let mut c = vec![if i < last { flags | 0x01 } else { flags }, piece.len() as u8];
+                    let mut c = vec![
+                        if i < last { flags | 0x01 } else { flags },
+                        piece.len() as u8,
+                    ];
                     c.extend_from_slice(piece);
                     if i < last {
                         entries.push(c);
@@ -231,7 +247,10 @@ pub(crate) struct CeArea {
 
 impl CeArea {
     pub fn new(start_lba: u32) -> CeArea {
-        CeArea { start_lba, bytes: Vec::new() }
+        CeArea {
+            start_lba,
+            bytes: Vec::new(),
+        }
     }
 
     /// Reserves `len` bytes (at most one sector) and returns (lba, offset in that sector).
@@ -333,7 +352,10 @@ mod tests {
     fn sl_encodes_root_parent_and_names() {
         let e = &sl("/usr/../lib")[0];
         assert_eq!(&e[..5], &[b'S', b'L', e.len() as u8, 1, 0]);
-        assert_eq!(&e[5..], &[0x08, 0, 0x00, 3, b'u', b's', b'r', 0x04, 0, 0x00, 3, b'l', b'i', b'b']);
+        assert_eq!(
+            &e[5..],
+            &[0x08, 0, 0x00, 3, b'u', b's', b'r', 0x04, 0, 0x00, 3, b'l', b'i', b'b']
+        );
     }
 
     #[test]
@@ -343,7 +365,9 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0][4], 0x01);
         assert_eq!(entries[1][4], 0x00);
-        assert!(entries.iter().all(|e| e.len() <= 255 && e[2] as usize == e.len()));
+        assert!(entries
+            .iter()
+            .all(|e| e.len() <= 255 && e[2] as usize == e.len()));
     }
 
     #[test]

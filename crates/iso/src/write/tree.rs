@@ -103,7 +103,10 @@ enum ScannedKind {
 }
 
 fn read_err(path: &Path, source: std::io::Error) -> WriteError {
-    WriteError::Read { path: path.to_path_buf(), source }
+    WriteError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn meta_of(m: &std::fs::Metadata) -> Meta {
@@ -247,7 +250,10 @@ fn scan_entry(
         if depth >= MAX_SCAN_DEPTH {
             return Err(WriteError::InvalidSpec {
                 field: "sources",
-                reason: format!("{} is nested more than {MAX_SCAN_DEPTH} folders deep", path.display()),
+                reason: format!(
+                    "{} is nested more than {MAX_SCAN_DEPTH} folders deep",
+                    path.display()
+                ),
             });
         }
         let key = (meta.dev(), meta.ino());
@@ -259,14 +265,21 @@ fn scan_entry(
         chain.push(key);
         ScannedKind::Dir(scan_dir(ctx, path, depth + 1, &chain)?)
     } else if ft.is_file() {
-        ScannedKind::File { size: meta.len(), dev: meta.dev(), ino: meta.ino() }
+        ScannedKind::File {
+            size: meta.len(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
     } else if ft.is_symlink() {
         let target = std::fs::read_link(path).map_err(|e| read_err(path, e))?;
         let target = target.to_string_lossy().into_owned();
         if target.len() > MAX_SYMLINK_TARGET {
             return Err(WriteError::InvalidSpec {
                 field: "sources",
-                reason: format!("symbolic link {} has a target longer than {MAX_SYMLINK_TARGET} bytes", path.display()),
+                reason: format!(
+                    "symbolic link {} has a target longer than {MAX_SYMLINK_TARGET} bytes",
+                    path.display()
+                ),
             });
         }
         ScannedKind::Symlink(target)
@@ -277,7 +290,12 @@ fn scan_entry(
     } else {
         ScannedKind::Socket
     };
-    Ok(Some(Scanned { name, path: path.to_path_buf(), meta: meta_of(&meta), kind }))
+    Ok(Some(Scanned {
+        name,
+        path: path.to_path_buf(),
+        meta: meta_of(&meta),
+        kind,
+    }))
 }
 
 fn scan_dir(
@@ -376,7 +394,12 @@ impl Tree {
     }
 
     /// The folder at `parts`, made (with `dir_meta`) where missing.
-    fn ensure_dir(&mut self, parts: &[String], full: &str, dir_meta: Meta) -> Result<NodeId, WriteError> {
+    fn ensure_dir(
+        &mut self,
+        parts: &[String],
+        full: &str,
+        dir_meta: Meta,
+    ) -> Result<NodeId, WriteError> {
         let mut id = ROOT;
         for part in parts {
             let existing = match &self.nodes[id].kind {
@@ -391,15 +414,36 @@ impl Tree {
                         reason: format!("'{part}' is a file in one source and a folder in another"),
                     })
                 }
-                None => self.add_child(id, part.clone(), NodeKind::Dir(BTreeMap::new()), dir_meta, None),
+                None => self.add_child(
+                    id,
+                    part.clone(),
+                    NodeKind::Dir(BTreeMap::new()),
+                    dir_meta,
+                    None,
+                ),
             };
         }
         Ok(id)
     }
 
-    fn add_child(&mut self, parent: NodeId, name: String, kind: NodeKind, meta: Meta, host: Option<PathBuf>) -> NodeId {
+    fn add_child(
+        &mut self,
+        parent: NodeId,
+        name: String,
+        kind: NodeKind,
+        meta: Meta,
+        host: Option<PathBuf>,
+    ) -> NodeId {
         let id = self.nodes.len();
-        self.nodes.push(Node { name: name.clone(), parent, kind, meta, host_path: host, hide_iso: false, hide_joliet: false });
+        self.nodes.push(Node {
+            name: name.clone(),
+            parent,
+            kind,
+            meta,
+            host_path: host,
+            hide_iso: false,
+            hide_joliet: false,
+        });
         if let NodeKind::Dir(c) = &mut self.nodes[parent].kind {
             if let Some(old) = c.insert(name, id) {
                 self.detach(old);
@@ -416,7 +460,14 @@ impl Tree {
     }
 
     /// Places a non-folder leaf at `parent/name`, replacing a leaf of that name.
-    fn put_leaf(&mut self, parent: NodeId, name: String, kind: NodeKind, meta: Meta, host: Option<PathBuf>) -> Result<NodeId, WriteError> {
+    fn put_leaf(
+        &mut self,
+        parent: NodeId,
+        name: String,
+        kind: NodeKind,
+        meta: Meta,
+        host: Option<PathBuf>,
+    ) -> Result<NodeId, WriteError> {
         if let NodeKind::Dir(c) = &self.nodes[parent].kind {
             if let Some(&old) = c.get(&name) {
                 if self.is_dir(old) {
@@ -430,8 +481,18 @@ impl Tree {
         Ok(self.add_child(parent, name, kind, meta, host))
     }
 
-    fn merge(&mut self, parent: NodeId, item: Scanned, links: &mut HashMap<(u64, u64), DataId>) -> Result<(), WriteError> {
-        let Scanned { name, path, meta, kind } = item;
+    fn merge(
+        &mut self,
+        parent: NodeId,
+        item: Scanned,
+        links: &mut HashMap<(u64, u64), DataId>,
+    ) -> Result<(), WriteError> {
+        let Scanned {
+            name,
+            path,
+            meta,
+            kind,
+        } = item;
         match kind {
             ScannedKind::Dir(children) => {
                 let existing = match &self.nodes[parent].kind {
@@ -446,11 +507,20 @@ impl Tree {
                     }
                     Some(_) => {
                         return Err(WriteError::Conflict {
-                            iso_path: format!("{}/{name}", self.path_of(parent).trim_end_matches('/')),
+                            iso_path: format!(
+                                "{}/{name}",
+                                self.path_of(parent).trim_end_matches('/')
+                            ),
                             reason: "a folder would replace a file of the same name".into(),
                         })
                     }
-                    None => self.add_child(parent, name, NodeKind::Dir(BTreeMap::new()), meta, Some(path)),
+                    None => self.add_child(
+                        parent,
+                        name,
+                        NodeKind::Dir(BTreeMap::new()),
+                        meta,
+                        Some(path),
+                    ),
                 };
                 for child in children {
                     self.merge(id, child, links)?;
@@ -465,7 +535,11 @@ impl Tree {
                                 d
                             }
                             None => {
-                                self.data.push(Data { source: DataSource::Host(path.clone()), size, links: 1 });
+                                self.data.push(Data {
+                                    source: DataSource::Host(path.clone()),
+                                    size,
+                                    links: 1,
+                                });
                                 let d = self.data.len() - 1;
                                 links.insert((dev, ino), d);
                                 d
@@ -490,9 +564,15 @@ impl Tree {
     pub fn add_catalog(&mut self, iso_path: &str, meta: Meta) -> Result<NodeId, WriteError> {
         let mut parts = iso_components(iso_path)?;
         let Some(name) = parts.pop() else {
-            return Err(WriteError::Conflict { iso_path: iso_path.into(), reason: "the boot catalog cannot be the root".into() });
+            return Err(WriteError::Conflict {
+                iso_path: iso_path.into(),
+                reason: "the boot catalog cannot be the root".into(),
+            });
         };
-        let dir_meta = Meta { mode: S_IFDIR | 0o755, ..meta };
+        let dir_meta = Meta {
+            mode: S_IFDIR | 0o755,
+            ..meta
+        };
         let parent = self.ensure_dir(&parts, iso_path, dir_meta)?;
         self.put_leaf(parent, name, NodeKind::Catalog, meta, None)
     }
@@ -500,18 +580,38 @@ impl Tree {
     /// Adds a data item that no name refers to (a boot image given as bytes).
     pub fn add_hidden_data(&mut self, data: Vec<u8>) -> DataId {
         let size = data.len() as u64;
-        self.data.push(Data { source: DataSource::Mem(Arc::new(data)), size, links: 0 });
+        self.data.push(Data {
+            source: DataSource::Mem(Arc::new(data)),
+            size,
+            links: 0,
+        });
         self.data.len() - 1
     }
 
-    fn add_data_file(&mut self, iso_path: &str, source: DataSource, size: u64, meta: Meta) -> Result<NodeId, WriteError> {
+    fn add_data_file(
+        &mut self,
+        iso_path: &str,
+        source: DataSource,
+        size: u64,
+        meta: Meta,
+    ) -> Result<NodeId, WriteError> {
         let mut parts = iso_components(iso_path)?;
         let Some(name) = parts.pop() else {
-            return Err(WriteError::Conflict { iso_path: iso_path.into(), reason: "a file cannot be the root".into() });
+            return Err(WriteError::Conflict {
+                iso_path: iso_path.into(),
+                reason: "a file cannot be the root".into(),
+            });
         };
-        let dir_meta = Meta { mode: S_IFDIR | 0o755, ..meta };
+        let dir_meta = Meta {
+            mode: S_IFDIR | 0o755,
+            ..meta
+        };
         let parent = self.ensure_dir(&parts, iso_path, dir_meta)?;
-        self.data.push(Data { source, size, links: 1 });
+        self.data.push(Data {
+            source,
+            size,
+            links: 1,
+        });
         let d = self.data.len() - 1;
         self.put_leaf(parent, name, NodeKind::File(d), meta, None)
     }
@@ -519,16 +619,30 @@ impl Tree {
 
 /// Builds the node tree for `spec`.
 pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
-    let default_meta = Meta { mode: S_IFDIR | 0o755, uid: 0, gid: 0, mtime: now, atime: now, ctime: now };
+    let default_meta = Meta {
+        mode: S_IFDIR | 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: now,
+        atime: now,
+        ctime: now,
+    };
     let mut tree = Tree::new(default_meta);
-    let ctx = ScanCtx { excludes: &spec.excludes, follow: spec.follow_symlinks };
+    let ctx = ScanCtx {
+        excludes: &spec.excludes,
+        follow: spec.follow_symlinks,
+    };
     let mut links: HashMap<(u64, u64), DataId> = HashMap::new();
     // Scan every graft in parallel, then merge in option order so later grafts win.
     let scanned: Vec<Result<Option<Scanned>, WriteError>> = spec
         .sources
         .par_iter()
         .map(|g| {
-            let name = g.host_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = g
+                .host_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             scan_entry(&ctx, &g.host_path, name, 0, &[], None)
         })
         .collect();
@@ -553,7 +667,10 @@ pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
                 None => {
                     return Err(WriteError::Conflict {
                         iso_path: graft.iso_path.clone(),
-                        reason: format!("{} is not a folder and cannot be the root", graft.host_path.display()),
+                        reason: format!(
+                            "{} is not a folder and cannot be the root",
+                            graft.host_path.display()
+                        ),
                     })
                 }
             }
@@ -563,13 +680,35 @@ pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
     }
     for mem in &spec.mem_files {
         let t = mem.mtime.unwrap_or(now);
-        let meta = Meta { mode: S_IFREG | (mem.mode & 0o7777), uid: 0, gid: 0, mtime: t, atime: t, ctime: t };
-        tree.add_data_file(&mem.iso_path, DataSource::Mem(Arc::new(mem.data.clone())), mem.data.len() as u64, meta)?;
+        let meta = Meta {
+            mode: S_IFREG | (mem.mode & 0o7777),
+            uid: 0,
+            gid: 0,
+            mtime: t,
+            atime: t,
+            ctime: t,
+        };
+        tree.add_data_file(
+            &mem.iso_path,
+            DataSource::Mem(Arc::new(mem.data.clone())),
+            mem.data.len() as u64,
+            meta,
+        )?;
     }
     for range in &spec.range_files {
         let t = range.mtime.unwrap_or(now);
-        let meta = Meta { mode: S_IFREG | (range.mode & 0o7777), uid: 0, gid: 0, mtime: t, atime: t, ctime: t };
-        let source = DataSource::Range { path: range.host_path.clone(), offset: range.offset };
+        let meta = Meta {
+            mode: S_IFREG | (range.mode & 0o7777),
+            uid: 0,
+            gid: 0,
+            mtime: t,
+            atime: t,
+            ctime: t,
+        };
+        let source = DataSource::Range {
+            path: range.host_path.clone(),
+            offset: range.offset,
+        };
         tree.add_data_file(&range.iso_path, source, range.length, meta)?;
     }
     apply_hide(&mut tree, spec);
@@ -588,11 +727,17 @@ fn apply_hide(tree: &mut Tree, spec: &IsoSpec) {
                     let want = format!("/{}", p.trim_start_matches('/'));
                     want.trim_end_matches('/') == iso_path
                 }
-                Matcher::HostPath(p) => tree.nodes[id].host_path.as_deref().map(normalize_host) == Some(normalize_host(p)),
+                Matcher::HostPath(p) => {
+                    tree.nodes[id].host_path.as_deref().map(normalize_host)
+                        == Some(normalize_host(p))
+                }
                 Matcher::Glob(g) => {
                     glob_match(g, &tree.nodes[id].name)
                         || glob_match(g, &iso_path)
-                        || tree.nodes[id].host_path.as_ref().is_some_and(|h| glob_match(g, &h.to_string_lossy()))
+                        || tree.nodes[id]
+                            .host_path
+                            .as_ref()
+                            .is_some_and(|h| glob_match(g, &h.to_string_lossy()))
                 }
             };
             if hit {

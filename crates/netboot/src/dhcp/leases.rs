@@ -41,15 +41,29 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     /// A table for `first..=last`; `Err` names what is wrong with the range.
-    pub fn new(first: Ipv4Addr, last: Ipv4Addr, lease_secs: u32, server_ip: Ipv4Addr) -> Result<LeaseTable, String> {
+    pub fn new(
+        first: Ipv4Addr,
+        last: Ipv4Addr,
+        lease_secs: u32,
+        server_ip: Ipv4Addr,
+    ) -> Result<LeaseTable, String> {
         let (a, b) = (u32::from(first), u32::from(last));
         if a > b {
             return Err(format!("DHCP range {first}-{last} ends before it starts"));
         }
         if b - a >= MAX_RANGE {
-            return Err(format!("DHCP range {first}-{last} holds more than {MAX_RANGE} addresses"));
+            return Err(format!(
+                "DHCP range {first}-{last} holds more than {MAX_RANGE} addresses"
+            ));
         }
-        Ok(LeaseTable { first: a, last: b, lease_secs, server_ip, by_mac: BTreeMap::new(), reservations: HashMap::new() })
+        Ok(LeaseTable {
+            first: a,
+            last: b,
+            lease_secs,
+            server_ip,
+            by_mac: BTreeMap::new(),
+            reservations: HashMap::new(),
+        })
     }
 
     pub fn lease_secs(&self) -> u32 {
@@ -71,7 +85,9 @@ impl LeaseTable {
     }
 
     pub fn to_file(&self) -> LeaseFile {
-        LeaseFile { leases: self.by_mac.values().filter(|l| l.bound).cloned().collect() }
+        LeaseFile {
+            leases: self.by_mac.values().filter(|l| l.bound).cloned().collect(),
+        }
     }
 
     fn in_use_by_other(&self, ip: Ipv4Addr, mac: &str, now_ms: u64) -> bool {
@@ -81,7 +97,9 @@ impl LeaseTable {
         if self.reservations.iter().any(|(m, r)| *r == ip && m != mac) {
             return true;
         }
-        self.by_mac.values().any(|l| l.ip == ip && l.mac != mac && l.expires_ms > now_ms)
+        self.by_mac
+            .values()
+            .any(|l| l.ip == ip && l.mac != mac && l.expires_ms > now_ms)
     }
 
     fn in_range(&self, ip: Ipv4Addr) -> bool {
@@ -91,7 +109,12 @@ impl LeaseTable {
 
     /// The address to offer: the reservation, the client's current lease, the address it asks
     /// for when free, else the first free one. Sets it aside for `OFFER_HOLD_MS`.
-    pub fn offer(&mut self, mac: &str, requested: Option<Ipv4Addr>, now_ms: u64) -> Option<Ipv4Addr> {
+    pub fn offer(
+        &mut self,
+        mac: &str,
+        requested: Option<Ipv4Addr>,
+        now_ms: u64,
+    ) -> Option<Ipv4Addr> {
         let ip = self.pick(mac, requested, now_ms)?;
         let entry = self.by_mac.entry(mac.to_string()).or_insert(Lease {
             mac: mac.to_string(),
@@ -122,11 +145,19 @@ impl LeaseTable {
                 return Some(ip);
             }
         }
-        (self.first..=self.last).map(Ipv4Addr::from).find(|ip| !self.in_use_by_other(*ip, mac, now_ms))
+        (self.first..=self.last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !self.in_use_by_other(*ip, mac, now_ms))
     }
 
     /// A REQUEST for `ip`: binds it when it is this client's to take; `false` means NAK.
-    pub fn request(&mut self, mac: &str, ip: Ipv4Addr, hostname: Option<String>, now_ms: u64) -> bool {
+    pub fn request(
+        &mut self,
+        mac: &str,
+        ip: Ipv4Addr,
+        hostname: Option<String>,
+        now_ms: u64,
+    ) -> bool {
         let allowed = match self.reservations.get(mac) {
             Some(r) => *r == ip,
             None => self.in_range(ip) && !self.in_use_by_other(ip, mac, now_ms),
@@ -136,7 +167,13 @@ impl LeaseTable {
         }
         self.by_mac.insert(
             mac.to_string(),
-            Lease { mac: mac.to_string(), ip, expires_ms: now_ms + u64::from(self.lease_secs) * 1000, bound: true, hostname },
+            Lease {
+                mac: mac.to_string(),
+                ip,
+                expires_ms: now_ms + u64::from(self.lease_secs) * 1000,
+                bound: true,
+                hostname,
+            },
         );
         true
     }
@@ -155,17 +192,35 @@ mod tests {
     use super::*;
 
     fn table() -> LeaseTable {
-        LeaseTable::new("10.0.0.10".parse().unwrap(), "10.0.0.12".parse().unwrap(), 3600, "10.0.0.1".parse().unwrap()).unwrap()
+        LeaseTable::new(
+            "10.0.0.10".parse().unwrap(),
+            "10.0.0.12".parse().unwrap(),
+            3600,
+            "10.0.0.1".parse().unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn reversed_range_is_rejected() {
-        assert!(LeaseTable::new("10.0.0.9".parse().unwrap(), "10.0.0.1".parse().unwrap(), 1, Ipv4Addr::UNSPECIFIED).is_err());
+        assert!(LeaseTable::new(
+            "10.0.0.9".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            1,
+            Ipv4Addr::UNSPECIFIED
+        )
+        .is_err());
     }
 
     #[test]
     fn oversized_range_is_rejected() {
-        assert!(LeaseTable::new("10.0.0.0".parse().unwrap(), "10.2.0.0".parse().unwrap(), 1, Ipv4Addr::UNSPECIFIED).is_err());
+        assert!(LeaseTable::new(
+            "10.0.0.0".parse().unwrap(),
+            "10.2.0.0".parse().unwrap(),
+            1,
+            Ipv4Addr::UNSPECIFIED
+        )
+        .is_err());
     }
 
     #[test]

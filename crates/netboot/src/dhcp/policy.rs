@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::rules::{normalize_mac, Client, Rules};
 use crate::wire::dhcp::{
-    build_suboptions, format_mac, format_uuid, pxe, DhcpOption, DhcpRepr, MessageType, FLAG_BROADCAST, OP_REPLY, OP_REQUEST,
+    build_suboptions, format_mac, format_uuid, pxe, DhcpOption, DhcpRepr, MessageType,
+    FLAG_BROADCAST, OP_REPLY, OP_REQUEST,
 };
 
 use super::leases::LeaseTable;
@@ -46,7 +47,12 @@ pub enum IpxeScript {
 #[derive(Debug)]
 pub enum Mode {
     Proxy,
-    Full { leases: LeaseTable, subnet_mask: Ipv4Addr, router: Option<Ipv4Addr>, dns: Vec<Ipv4Addr> },
+    Full {
+        leases: LeaseTable,
+        subnet_mask: Ipv4Addr,
+        router: Option<Ipv4Addr>,
+        dns: Vec<Ipv4Addr>,
+    },
 }
 
 /// A reply and where to send it; `leases_changed` asks the caller to save the lease file.
@@ -91,7 +97,8 @@ pub fn classify(req: &DhcpRepr) -> ClientKind {
     ClientKind {
         pxe: vendor.starts_with(b"PXEClient"),
         http_client: vendor.starts_with(b"HTTPClient"),
-        ipxe: req.user_class_contains(b"iPXE") || req.option(crate::wire::dhcp::code::IPXE).is_some(),
+        ipxe: req.user_class_contains(b"iPXE")
+            || req.option(crate::wire::dhcp::code::IPXE).is_some(),
         arch: req.client_arch(),
     }
 }
@@ -115,7 +122,13 @@ pub fn arch_name(arch: Option<u16>) -> &'static str {
 
 impl Policy {
     fn http_base(&self) -> Option<String> {
-        self.boot.http_port.map(|p| if p == 80 { format!("http://{}", self.server_ip) } else { format!("http://{}:{p}", self.server_ip) })
+        self.boot.http_port.map(|p| {
+            if p == 80 {
+                format!("http://{}", self.server_ip)
+            } else {
+                format!("http://{}:{p}", self.server_ip)
+            }
+        })
     }
 
     /// The boot file (TFTP path or URL) for this client, or why there is none.
@@ -136,7 +149,11 @@ impl Policy {
                 IpxeScript::None => {}
             }
         }
-        let client = Client { mac: Some(mac), arch: kind.arch, uuid: req.client_uuid().and_then(format_uuid) };
+        let client = Client {
+            mac: Some(mac),
+            arch: kind.arch,
+            uuid: req.client_uuid().and_then(format_uuid),
+        };
         if let Some(file) = self.rules.find(&client).and_then(|r| r.bootfile.clone()) {
             return Ok(file);
         }
@@ -150,14 +167,19 @@ impl Policy {
             _ => (None, false),
         };
         let Some(file) = file else {
-            return Err(Ignored::NoBootFile(format!("no boot file configured for architecture {arch} ({})", arch_name(Some(arch)))));
+            return Err(Ignored::NoBootFile(format!(
+                "no boot file configured for architecture {arch} ({})",
+                arch_name(Some(arch))
+            )));
         };
         if http || kind.http_client {
             if file.contains("://") {
                 return Ok(file);
             }
             let Some(base) = self.http_base() else {
-                return Err(Ignored::NoBootFile("an HTTP-boot client needs the HTTP server (--http-port)".into()));
+                return Err(Ignored::NoBootFile(
+                    "an HTTP-boot client needs the HTTP server (--http-port)".into(),
+                ));
             };
             return Ok(crate::rules::file_url(&file, &base));
         }
@@ -180,7 +202,10 @@ impl Policy {
             chaddr: req.chaddr,
             sname: Vec::new(),
             file: Vec::new(),
-            options: vec![DhcpOption::MessageType(message), DhcpOption::ServerId(self.server_ip)],
+            options: vec![
+                DhcpOption::MessageType(message),
+                DhcpOption::ServerId(self.server_ip),
+            ],
         }
     }
 
@@ -188,45 +213,76 @@ impl Policy {
         reply.siaddr = self.server_ip;
         reply.sname = self.server_ip.to_string().into_bytes();
         reply.file = file.as_bytes().to_vec();
-        let vendor: &[u8] = if kind.http_client { b"HTTPClient" } else { b"PXEClient" };
+        let vendor: &[u8] = if kind.http_client {
+            b"HTTPClient"
+        } else {
+            b"PXEClient"
+        };
         reply.options.push(DhcpOption::VendorClass(vendor.to_vec()));
         if kind.pxe && !kind.ipxe {
             // Discovery control 8: boot the file named here, skip PXE boot-server discovery.
-            reply.options.push(DhcpOption::VendorSpecific(build_suboptions(&[(pxe::DISCOVERY_CONTROL, vec![pxe::DISCOVERY_USE_BOOTFILE])])));
+            reply
+                .options
+                .push(DhcpOption::VendorSpecific(build_suboptions(&[(
+                    pxe::DISCOVERY_CONTROL,
+                    vec![pxe::DISCOVERY_USE_BOOTFILE],
+                )])));
         }
-        reply.options.push(DhcpOption::TftpServerName(self.server_ip.to_string().into_bytes()));
-        reply.options.push(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+        reply.options.push(DhcpOption::TftpServerName(
+            self.server_ip.to_string().into_bytes(),
+        ));
+        reply
+            .options
+            .push(DhcpOption::BootfileName(file.as_bytes().to_vec()));
         if let Some(uuid) = req.client_uuid() {
             reply.options.push(DhcpOption::ClientUuid(uuid.to_vec()));
         }
     }
 
-    fn destination(req: &DhcpRepr, port: Port, source: SocketAddrV4, message: MessageType) -> SocketAddrV4 {
+    fn destination(
+        req: &DhcpRepr,
+        port: Port,
+        source: SocketAddrV4,
+        message: MessageType,
+    ) -> SocketAddrV4 {
         if !req.giaddr.is_unspecified() {
             return SocketAddrV4::new(req.giaddr, 67);
         }
         if port == Port::Pxe {
             return source;
         }
-        if !req.ciaddr.is_unspecified() && message != MessageType::Nak && req.flags & FLAG_BROADCAST == 0 {
+        if !req.ciaddr.is_unspecified()
+            && message != MessageType::Nak
+            && req.flags & FLAG_BROADCAST == 0
+        {
             return SocketAddrV4::new(req.ciaddr, 68);
         }
         SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
     }
 
     /// Handles one request. `now_ms` drives lease expiry.
-    pub fn handle(&mut self, req: &DhcpRepr, port: Port, source: SocketAddrV4, now_ms: u64) -> Result<Reply, Ignored> {
+    pub fn handle(
+        &mut self,
+        req: &DhcpRepr,
+        port: Port,
+        source: SocketAddrV4,
+        now_ms: u64,
+    ) -> Result<Reply, Ignored> {
         if req.op != OP_REQUEST {
             return Err(Ignored::NotARequest);
         }
-        let Some(message) = req.message_type() else { return Err(Ignored::Unhandled("BOOTP without DHCP message type")) };
+        let Some(message) = req.message_type() else {
+            return Err(Ignored::Unhandled("BOOTP without DHCP message type"));
+        };
         let kind = classify(req);
         let mac = format_mac(req.mac());
         let booting = kind.pxe || kind.http_client || kind.ipxe;
         let describe = |kind: &ClientKind| {
             format!(
                 "arch={} ({}){}{}",
-                kind.arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                kind.arch
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 arch_name(kind.arch),
                 if kind.ipxe { " ipxe" } else { "" },
                 if kind.http_client { " http-client" } else { "" }
@@ -242,7 +298,9 @@ impl Policy {
                     // A REQUEST on port 67 belongs to the real DHCP server, even when it runs on
                     // this host and shares our server identifier: answering it makes firmware
                     // decline its lease. PXE clients confirm with the proxy on port 4011.
-                    (MessageType::Request, Port::Pxe) | (MessageType::Inform, Port::Pxe) => MessageType::Ack,
+                    (MessageType::Request, Port::Pxe) | (MessageType::Inform, Port::Pxe) => {
+                        MessageType::Ack
+                    }
                     (MessageType::Discover, Port::Pxe) => MessageType::Ack,
                     _ => return Err(Ignored::NotForUs),
                 };
@@ -257,9 +315,23 @@ impl Policy {
                     if port == Port::Dhcp { 67 } else { 4011 },
                     reply_type.name()
                 );
-                Ok(Reply { packet: reply, destination, leases_changed: false, summary })
+                Ok(Reply {
+                    packet: reply,
+                    destination,
+                    leases_changed: false,
+                    summary,
+                })
             }
-            Mode::Full { .. } => self.handle_full(req, port, source, now_ms, message, &kind, &mac, describe(&kind)),
+            Mode::Full { .. } => self.handle_full(
+                req,
+                port,
+                source,
+                now_ms,
+                message,
+                &kind,
+                &mac,
+                describe(&kind),
+            ),
         }
     }
 
@@ -276,10 +348,24 @@ impl Policy {
         described: String,
     ) -> Result<Reply, Ignored> {
         let booting = kind.pxe || kind.http_client || kind.ipxe;
-        let boot_file = if booting { Some(self.boot_file(req, kind)) } else { None };
+        let boot_file = if booting {
+            Some(self.boot_file(req, kind))
+        } else {
+            None
+        };
         let server_ip = self.server_ip;
-        let hostname = req.hostname().map(|h| String::from_utf8_lossy(h).into_owned());
-        let Mode::Full { leases, subnet_mask, router, dns } = &mut self.mode else { return Err(Ignored::Unhandled("mode")) };
+        let hostname = req
+            .hostname()
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        let Mode::Full {
+            leases,
+            subnet_mask,
+            router,
+            dns,
+        } = &mut self.mode
+        else {
+            return Err(Ignored::Unhandled("mode"));
+        };
         let (reply_type, ip, changed) = match message {
             MessageType::Discover => match leases.offer(mac, req.requested_ip(), now_ms) {
                 Some(ip) => (MessageType::Offer, ip, false),
@@ -304,7 +390,11 @@ impl Policy {
             }
             MessageType::Release => {
                 let changed = leases.release(mac);
-                return Err(if changed { Ignored::Unhandled("released") } else { Ignored::NotForUs });
+                return Err(if changed {
+                    Ignored::Unhandled("released")
+                } else {
+                    Ignored::NotForUs
+                });
             }
             MessageType::Decline => {
                 leases.release(mac);
@@ -318,7 +408,12 @@ impl Policy {
         let mut reply = self.base_reply(req, reply_type);
         if reply_type == MessageType::Nak {
             let destination = Self::destination(req, port, source, reply_type);
-            return Ok(Reply { packet: reply, destination, leases_changed: false, summary: format!("{} {described} -> NAK", message.name()) });
+            return Ok(Reply {
+                packet: reply,
+                destination,
+                leases_changed: false,
+                summary: format!("{} {described} -> NAK", message.name()),
+            });
         }
         reply.yiaddr = ip;
         if message != MessageType::Inform {
@@ -331,7 +426,11 @@ impl Policy {
         if !dns.is_empty() {
             reply.options.push(DhcpOption::DnsServers(dns));
         }
-        let client = Client { mac: normalize_mac(mac), arch: kind.arch, uuid: req.client_uuid().and_then(format_uuid) };
+        let client = Client {
+            mac: normalize_mac(mac),
+            arch: kind.arch,
+            uuid: req.client_uuid().and_then(format_uuid),
+        };
         if let Some(name) = self.rules.find(&client).and_then(|r| r.hostname.clone()) {
             reply.options.push(DhcpOption::Hostname(name.into_bytes()));
         }
@@ -344,8 +443,17 @@ impl Policy {
             Some(Err(_)) | None => String::new(),
         };
         let destination = Self::destination(req, port, source, reply_type);
-        let summary = format!("{} {described} -> {} {ip}{boot_note}", message.name(), reply_type.name());
-        Ok(Reply { packet: reply, destination, leases_changed: changed, summary })
+        let summary = format!(
+            "{} {described} -> {} {ip}{boot_note}",
+            message.name(),
+            reply_type.name()
+        );
+        Ok(Reply {
+            packet: reply,
+            destination,
+            leases_changed: changed,
+            summary,
+        })
     }
 }
 
@@ -354,7 +462,12 @@ mod tests {
     use super::*;
     use crate::wire::dhcp::code;
 
-    fn request(message: MessageType, vendor: Option<&[u8]>, arch: Option<u16>, ipxe: bool) -> DhcpRepr {
+    fn request(
+        message: MessageType,
+        vendor: Option<&[u8]>,
+        arch: Option<u16>,
+        ipxe: bool,
+    ) -> DhcpRepr {
         let mut chaddr = [0u8; 16];
         chaddr[..6].copy_from_slice(&[0x52, 0x54, 0, 1, 2, 3]);
         let mut options = vec![DhcpOption::MessageType(message)];
@@ -409,14 +522,31 @@ mod tests {
     #[test]
     fn proxy_ignores_non_pxe_clients() {
         let mut p = policy(Mode::Proxy);
-        let r = p.handle(&request(MessageType::Discover, Some(b"MSFT 5.0"), None, false), Port::Dhcp, src(), 0);
+        let r = p.handle(
+            &request(MessageType::Discover, Some(b"MSFT 5.0"), None, false),
+            Port::Dhcp,
+            src(),
+            0,
+        );
         assert_eq!(r.unwrap_err(), Ignored::NotPxe);
     }
 
     #[test]
     fn proxy_offer_has_boot_file_and_no_address() {
         let mut p = policy(Mode::Proxy);
-        let r = p.handle(&request(MessageType::Discover, Some(b"PXEClient:Arch:00000"), Some(0), false), Port::Dhcp, src(), 0).unwrap();
+        let r = p
+            .handle(
+                &request(
+                    MessageType::Discover,
+                    Some(b"PXEClient:Arch:00000"),
+                    Some(0),
+                    false,
+                ),
+                Port::Dhcp,
+                src(),
+                0,
+            )
+            .unwrap();
         assert_eq!(r.packet.message_type(), Some(MessageType::Offer));
         assert_eq!(r.packet.yiaddr, Ipv4Addr::UNSPECIFIED);
         assert_eq!(r.packet.file, b"pxelinux.0");
@@ -430,7 +560,19 @@ mod tests {
     fn uefi_arch_gets_uefi_file_and_4011_reply_goes_back_to_sender() {
         let mut p = policy(Mode::Proxy);
         let from: SocketAddrV4 = "10.0.0.7:68".parse().unwrap();
-        let r = p.handle(&request(MessageType::Request, Some(b"PXEClient:Arch:00007"), Some(7), false), Port::Pxe, from, 0).unwrap();
+        let r = p
+            .handle(
+                &request(
+                    MessageType::Request,
+                    Some(b"PXEClient:Arch:00007"),
+                    Some(7),
+                    false,
+                ),
+                Port::Pxe,
+                from,
+                0,
+            )
+            .unwrap();
         assert_eq!(r.packet.message_type(), Some(MessageType::Ack));
         assert_eq!(r.packet.file, b"grubx64.efi");
         assert_eq!(r.destination, from);
@@ -439,15 +581,36 @@ mod tests {
     #[test]
     fn proxy_leaves_port_67_requests_to_the_dhcp_server() {
         let mut p = policy(Mode::Proxy);
-        let mut req = request(MessageType::Request, Some(b"PXEClient:Arch:00007"), Some(7), false);
-        req.options.push(DhcpOption::ServerId("10.0.0.1".parse().unwrap()));
-        assert_eq!(p.handle(&req, Port::Dhcp, src(), 0).unwrap_err(), Ignored::NotForUs);
+        let mut req = request(
+            MessageType::Request,
+            Some(b"PXEClient:Arch:00007"),
+            Some(7),
+            false,
+        );
+        req.options
+            .push(DhcpOption::ServerId("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            p.handle(&req, Port::Dhcp, src(), 0).unwrap_err(),
+            Ignored::NotForUs
+        );
     }
 
     #[test]
     fn http_client_gets_url_and_httpclient_vendor() {
         let mut p = policy(Mode::Proxy);
-        let r = p.handle(&request(MessageType::Discover, Some(b"HTTPClient:Arch:00016"), Some(16), false), Port::Dhcp, src(), 0).unwrap();
+        let r = p
+            .handle(
+                &request(
+                    MessageType::Discover,
+                    Some(b"HTTPClient:Arch:00016"),
+                    Some(16),
+                    false,
+                ),
+                Port::Dhcp,
+                src(),
+                0,
+            )
+            .unwrap();
         assert_eq!(r.packet.file, b"http://10.0.0.1:8080/grubx64.efi");
         assert_eq!(r.packet.vendor_class(), Some(&b"HTTPClient"[..]));
     }
@@ -455,27 +618,75 @@ mod tests {
     #[test]
     fn ipxe_gets_script_url() {
         let mut p = policy(Mode::Proxy);
-        let r = p.handle(&request(MessageType::Discover, Some(b"PXEClient:Arch:00000"), Some(0), true), Port::Dhcp, src(), 0).unwrap();
-        assert_eq!(r.packet.file, b"http://10.0.0.1:8080/boot.ipxe?mac=52:54:00:01:02:03&arch=0");
+        let r = p
+            .handle(
+                &request(
+                    MessageType::Discover,
+                    Some(b"PXEClient:Arch:00000"),
+                    Some(0),
+                    true,
+                ),
+                Port::Dhcp,
+                src(),
+                0,
+            )
+            .unwrap();
+        assert_eq!(
+            r.packet.file,
+            b"http://10.0.0.1:8080/boot.ipxe?mac=52:54:00:01:02:03&arch=0"
+        );
     }
 
     #[test]
     fn unknown_arch_without_file_is_ignored() {
         let mut p = policy(Mode::Proxy);
-        let r = p.handle(&request(MessageType::Discover, Some(b"PXEClient"), Some(11), false), Port::Dhcp, src(), 0);
+        let r = p.handle(
+            &request(MessageType::Discover, Some(b"PXEClient"), Some(11), false),
+            Port::Dhcp,
+            src(),
+            0,
+        );
         assert!(matches!(r, Err(Ignored::NoBootFile(_))));
     }
 
     #[test]
     fn full_mode_offers_then_acks_address() {
-        let leases = LeaseTable::new("10.0.0.10".parse().unwrap(), "10.0.0.20".parse().unwrap(), 600, "10.0.0.1".parse().unwrap()).unwrap();
-        let mut p = policy(Mode::Full { leases, subnet_mask: "255.255.255.0".parse().unwrap(), router: None, dns: vec![] });
-        let offer = p.handle(&request(MessageType::Discover, None, None, false), Port::Dhcp, src(), 0).unwrap();
-        assert_eq!(offer.packet.yiaddr, "10.0.0.10".parse::<Ipv4Addr>().unwrap());
+        let leases = LeaseTable::new(
+            "10.0.0.10".parse().unwrap(),
+            "10.0.0.20".parse().unwrap(),
+            600,
+            "10.0.0.1".parse().unwrap(),
+        )
+        .unwrap();
+        let mut p = policy(Mode::Full {
+            leases,
+            subnet_mask: "255.255.255.0".parse().unwrap(),
+            router: None,
+            dns: vec![],
+        });
+        let offer = p
+            .handle(
+                &request(MessageType::Discover, None, None, false),
+                Port::Dhcp,
+                src(),
+                0,
+            )
+            .unwrap();
+        assert_eq!(
+            offer.packet.yiaddr,
+            "10.0.0.10".parse::<Ipv4Addr>().unwrap()
+        );
         assert!(offer.packet.file.is_empty());
-        let mut req = request(MessageType::Request, Some(b"PXEClient:Arch:00000"), Some(0), false);
-        req.options.push(DhcpOption::RequestedIp(offer.packet.yiaddr));
-        req.options.push(DhcpOption::ServerId("10.0.0.1".parse().unwrap()));
+        let mut req = request(
+            MessageType::Request,
+            Some(b"PXEClient:Arch:00000"),
+            Some(0),
+            false,
+        );
+        req.options
+            .push(DhcpOption::RequestedIp(offer.packet.yiaddr));
+        req.options
+            .push(DhcpOption::ServerId("10.0.0.1".parse().unwrap()));
         let ack = p.handle(&req, Port::Dhcp, src(), 0).unwrap();
         assert_eq!(ack.packet.message_type(), Some(MessageType::Ack));
         assert!(ack.leases_changed);
@@ -484,10 +695,22 @@ mod tests {
 
     #[test]
     fn full_mode_naks_foreign_address() {
-        let leases = LeaseTable::new("10.0.0.10".parse().unwrap(), "10.0.0.20".parse().unwrap(), 600, "10.0.0.1".parse().unwrap()).unwrap();
-        let mut p = policy(Mode::Full { leases, subnet_mask: "255.255.255.0".parse().unwrap(), router: None, dns: vec![] });
+        let leases = LeaseTable::new(
+            "10.0.0.10".parse().unwrap(),
+            "10.0.0.20".parse().unwrap(),
+            600,
+            "10.0.0.1".parse().unwrap(),
+        )
+        .unwrap();
+        let mut p = policy(Mode::Full {
+            leases,
+            subnet_mask: "255.255.255.0".parse().unwrap(),
+            router: None,
+            dns: vec![],
+        });
         let mut req = request(MessageType::Request, None, None, false);
-        req.options.push(DhcpOption::RequestedIp("192.168.1.5".parse().unwrap()));
+        req.options
+            .push(DhcpOption::RequestedIp("192.168.1.5".parse().unwrap()));
         let nak = p.handle(&req, Port::Dhcp, src(), 0).unwrap();
         assert_eq!(nak.packet.message_type(), Some(MessageType::Nak));
     }

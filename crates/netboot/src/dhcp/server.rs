@@ -29,12 +29,20 @@ impl DhcpServer {
                 r = self.socket_67.recv_from(&mut buf_67) => { let (n, f) = r?; (Port::Dhcp, n, f) }
                 r = self.socket_4011.recv_from(&mut buf_4011) => { let (n, f) = r?; (Port::Pxe, n, f) }
             };
-            let bytes = if port == Port::Dhcp { &buf_67[..len] } else { &buf_4011[..len] };
+            let bytes = if port == Port::Dhcp {
+                &buf_67[..len]
+            } else {
+                &buf_4011[..len]
+            };
             let SocketAddr::V4(from) = from else { continue };
             let req = match DhcpRepr::parse(bytes) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.status.event("dhcp", &from.ip().to_string(), format!("malformed packet ignored: {e}"));
+                    self.status.event(
+                        "dhcp",
+                        &from.ip().to_string(),
+                        format!("malformed packet ignored: {e}"),
+                    );
                     continue;
                 }
             };
@@ -43,20 +51,52 @@ impl DhcpServer {
             match self.policy.handle(&req, port, from, now_ms()) {
                 Ok(reply) => {
                     let bytes = reply.packet.emit();
-                    let socket = if port == Port::Dhcp { &self.socket_67 } else { &self.socket_4011 };
-                    let ip = (!reply.packet.yiaddr.is_unspecified()).then_some(IpAddr::V4(reply.packet.yiaddr)).or_else(|| (!req.ciaddr.is_unspecified()).then_some(IpAddr::V4(req.ciaddr)));
+                    let socket = if port == Port::Dhcp {
+                        &self.socket_67
+                    } else {
+                        &self.socket_4011
+                    };
+                    let ip = (!reply.packet.yiaddr.is_unspecified())
+                        .then_some(IpAddr::V4(reply.packet.yiaddr))
+                        .or_else(|| {
+                            (!req.ciaddr.is_unspecified()).then_some(IpAddr::V4(req.ciaddr))
+                        });
                     match socket.send_to(&bytes, reply.destination).await {
-                        Ok(_) => self.status.dhcp(&mac, ip, arch, format!("{} (to {})", reply.summary, reply.destination)),
-                        Err(e) => self.status.dhcp(&mac, ip, arch, format!("{} NOT SENT to {}: {e}", reply.summary, reply.destination)),
+                        Ok(_) => self.status.dhcp(
+                            &mac,
+                            ip,
+                            arch,
+                            format!("{} (to {})", reply.summary, reply.destination),
+                        ),
+                        Err(e) => self.status.dhcp(
+                            &mac,
+                            ip,
+                            arch,
+                            format!("{} NOT SENT to {}: {e}", reply.summary, reply.destination),
+                        ),
                     }
                     if reply.leases_changed {
                         self.save_leases();
                     }
                 }
-                Err(Ignored::NoBootFile(why)) => self.status.dhcp(&mac, None, arch, format!("{} ignored: {why}", req.message_type().map(|m| m.name()).unwrap_or("?"))),
-                Err(Ignored::PoolExhausted) => self.status.dhcp(&mac, None, arch, "DISCOVER ignored: the DHCP range has no free address".into()),
+                Err(Ignored::NoBootFile(why)) => self.status.dhcp(
+                    &mac,
+                    None,
+                    arch,
+                    format!(
+                        "{} ignored: {why}",
+                        req.message_type().map(|m| m.name()).unwrap_or("?")
+                    ),
+                ),
+                Err(Ignored::PoolExhausted) => self.status.dhcp(
+                    &mac,
+                    None,
+                    arch,
+                    "DISCOVER ignored: the DHCP range has no free address".into(),
+                ),
                 Err(Ignored::Unhandled("released")) => {
-                    self.status.dhcp(&mac, None, arch, "RELEASE: lease freed".into());
+                    self.status
+                        .dhcp(&mac, None, arch, "RELEASE: lease freed".into());
                     self.save_leases();
                 }
                 Err(_) => {}
@@ -65,15 +105,22 @@ impl DhcpServer {
     }
 
     fn save_leases(&self) {
-        let (Some(path), Mode::Full { leases, .. }) = (&self.lease_file, &self.policy.mode) else { return };
+        let (Some(path), Mode::Full { leases, .. }) = (&self.lease_file, &self.policy.mode) else {
+            return;
+        };
         let result = (|| -> std::io::Result<()> {
-            let json = serde_json::to_vec_pretty(&leases.to_file()).map_err(std::io::Error::other)?;
+            let json =
+                serde_json::to_vec_pretty(&leases.to_file()).map_err(std::io::Error::other)?;
             let mut out = vmedia_io::AtomicFile::create(path, vmedia_io::OverwritePolicy::Replace)?;
             std::io::Write::write_all(out.file_mut(), &json)?;
             out.commit()
         })();
         if let Err(e) = result {
-            self.status.event("server", "-", format!("cannot save leases to {}: {e}", path.display()));
+            self.status.event(
+                "server",
+                "-",
+                format!("cannot save leases to {}: {e}", path.display()),
+            );
         }
     }
 }

@@ -42,7 +42,10 @@ impl TftpServer {
         net::enable_pktinfo(fd)?;
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
-            let (len, from, local) = self.socket.async_io(Interest::READABLE, || net::recv_with_local(fd, &mut buf)).await?;
+            let (len, from, local) = self
+                .socket
+                .async_io(Interest::READABLE, || net::recv_with_local(fd, &mut buf))
+                .await?;
             let SocketAddr::V4(from) = from else { continue };
             let local = local.unwrap_or(self.fallback_local);
             match TftpRepr::parse(&buf[..len]) {
@@ -55,33 +58,57 @@ impl TftpServer {
                 }
                 Ok(TftpRepr::WriteRequest(req)) => {
                     let name = String::from_utf8_lossy(&req.filename).into_owned();
-                    self.status.event("tftp", &self.status.client_key(IpAddr::V4(*from.ip())), format!("refused write of {name:?}: read-only server"));
-                    self.reply_error(from, error_code::ACCESS_VIOLATION, "vmedia serves files read-only").await;
+                    self.status.event(
+                        "tftp",
+                        &self.status.client_key(IpAddr::V4(*from.ip())),
+                        format!("refused write of {name:?}: read-only server"),
+                    );
+                    self.reply_error(
+                        from,
+                        error_code::ACCESS_VIOLATION,
+                        "vmedia serves files read-only",
+                    )
+                    .await;
                 }
                 Ok(_) => {
                     // DATA/ACK/ERROR/OACK on the request port belong to no transfer.
-                    self.reply_error(from, error_code::UNKNOWN_TID, "no transfer on this port").await;
+                    self.reply_error(from, error_code::UNKNOWN_TID, "no transfer on this port")
+                        .await;
                 }
                 Err(e) => {
-                    self.status.event("tftp", &self.status.client_key(IpAddr::V4(*from.ip())), format!("malformed packet ignored with an error reply: {e}"));
-                    self.reply_error(from, error_code::ILLEGAL_OPERATION, &e.to_string()).await;
+                    self.status.event(
+                        "tftp",
+                        &self.status.client_key(IpAddr::V4(*from.ip())),
+                        format!("malformed packet ignored with an error reply: {e}"),
+                    );
+                    self.reply_error(from, error_code::ILLEGAL_OPERATION, &e.to_string())
+                        .await;
                 }
             }
         }
     }
 
     async fn reply_error(&self, to: SocketAddrV4, code: u16, message: &str) {
-        let packet = TftpRepr::Error { code, message: message.to_string() }.to_vec();
+        let packet = TftpRepr::Error {
+            code,
+            message: message.to_string(),
+        }
+        .to_vec();
         let _ = self.socket.send_to(&packet, to).await;
     }
 }
 
 fn netascii(file: &ServedFile) -> Result<ServedFile, String> {
     if file.size > MAX_NETASCII_FILE {
-        return Err(format!("{} is larger than {MAX_NETASCII_FILE} bytes; fetch it in octet (binary) mode", file.name));
+        return Err(format!(
+            "{} is larger than {MAX_NETASCII_FILE} bytes; fetch it in octet (binary) mode",
+            file.name
+        ));
     }
     let mut raw = vec![0u8; file.size as usize];
-    file.source.read_exact_at(&mut raw, 0).map_err(|e| format!("{}: {e}", file.name))?;
+    file.source
+        .read_exact_at(&mut raw, 0)
+        .map_err(|e| format!("{}: {e}", file.name))?;
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
     for b in raw {
         match b {
@@ -91,21 +118,40 @@ fn netascii(file: &ServedFile) -> Result<ServedFile, String> {
         }
     }
     let size = out.len() as u64;
-    Ok(ServedFile { source: Arc::new(out), size, plain: None, name: file.name.clone() })
+    Ok(ServedFile {
+        source: Arc::new(out),
+        size,
+        plain: None,
+        name: file.name.clone(),
+    })
 }
 
 async fn send_error(socket: &UdpSocket, code: u16, message: &str) {
-    let packet = TftpRepr::Error { code, message: message.to_string() }.to_vec();
+    let packet = TftpRepr::Error {
+        code,
+        message: message.to_string(),
+    }
+    .to_vec();
     let _ = socket.send(&packet).await;
 }
 
-async fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, root: Arc<FileRoot>, status: Arc<Status>) {
+async fn transfer(
+    req: Request,
+    client: SocketAddrV4,
+    local: Ipv4Addr,
+    root: Arc<FileRoot>,
+    status: Arc<Status>,
+) {
     let key_ip = IpAddr::V4(*client.ip());
     let name = String::from_utf8_lossy(&req.filename).into_owned();
     let socket = match net::udp_socket(SocketAddrV4::new(local, 0), None, false) {
         Ok(s) => s,
         Err(e) => {
-            status.event("tftp", &status.client_key(key_ip), format!("cannot open a transfer socket for {name:?}: {e}"));
+            status.event(
+                "tftp",
+                &status.client_key(key_ip),
+                format!("cannot open a transfer socket for {name:?}: {e}"),
+            );
             return;
         }
     };
@@ -124,12 +170,19 @@ async fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, root: Arc
     let opened = opened.and_then(|file| match req.mode.as_str() {
         "octet" => Ok(file),
         "netascii" => netascii(&file).map_err(|e| (error_code::NOT_DEFINED, e)),
-        other => Err((error_code::ILLEGAL_OPERATION, format!("transfer mode {other:?} is not supported (use octet)"))),
+        other => Err((
+            error_code::ILLEGAL_OPERATION,
+            format!("transfer mode {other:?} is not supported (use octet)"),
+        )),
     });
     let file = match opened {
         Ok(f) => f,
         Err((code, message)) => {
-            status.event("tftp", &status.client_key(key_ip), format!("refused {name:?}: {message}"));
+            status.event(
+                "tftp",
+                &status.client_key(key_ip),
+                format!("refused {name:?}: {message}"),
+            );
             send_error(&socket, code, &message).await;
             return;
         }
@@ -138,7 +191,15 @@ async fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, root: Arc
     let detail = if negotiated.oack.is_empty() {
         String::new()
     } else {
-        format!(" options {}", negotiated.oack.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        format!(
+            " options {}",
+            negotiated
+                .oack
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     };
     let (id, progress, key) = status.transfer_start("tftp", key_ip, &file.name, file.size, &detail);
     let started = std::time::Instant::now();
@@ -146,14 +207,43 @@ async fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, root: Arc
     let secs = started.elapsed().as_secs_f64();
     match outcome {
         Ok(Finish::SizeProbe) => {
-            status.transfer_end(&key, id, Ok(()), format!("size probe for {} answered (tsize {}; the client closed after the OACK)", file.name, file.size));
+            status.transfer_end(
+                &key,
+                id,
+                Ok(()),
+                format!(
+                    "size probe for {} answered (tsize {}; the client closed after the OACK)",
+                    file.name, file.size
+                ),
+            );
         }
         Ok(Finish::Complete) => {
-            let rate = if secs > 0.0 { file.size as f64 / secs / 1_048_576.0 } else { 0.0 };
-            status.transfer_end(&key, id, Ok(()), format!("done {} ({} bytes in {secs:.2} s, {rate:.1} MiB/s)", file.name, file.size));
+            let rate = if secs > 0.0 {
+                file.size as f64 / secs / 1_048_576.0
+            } else {
+                0.0
+            };
+            status.transfer_end(
+                &key,
+                id,
+                Ok(()),
+                format!(
+                    "done {} ({} bytes in {secs:.2} s, {rate:.1} MiB/s)",
+                    file.name, file.size
+                ),
+            );
         }
         Err(reason) => {
-            status.transfer_end(&key, id, Err(reason.clone()), format!("failed {} after {} bytes: {reason}", file.name, progress.bytes.load(std::sync::atomic::Ordering::Relaxed)));
+            status.transfer_end(
+                &key,
+                id,
+                Err(reason.clone()),
+                format!(
+                    "failed {} after {} bytes: {reason}",
+                    file.name,
+                    progress.bytes.load(std::sync::atomic::Ordering::Relaxed)
+                ),
+            );
         }
     }
 }
@@ -176,7 +266,10 @@ async fn run_session(
     let window = usize::from(negotiated.windowsize.max(1));
     let mut data = vec![0u8; blksize * window];
     let mut ack_buf = vec![0u8; 1024];
-    let oack = TftpRepr::OptionAck { options: negotiated.oack.clone() }.to_vec();
+    let oack = TftpRepr::OptionAck {
+        options: negotiated.oack.clone(),
+    }
+    .to_vec();
     let mut action = session.start();
     let mut deadline = tokio::time::Instant::now();
     loop {
@@ -185,10 +278,18 @@ async fn run_session(
         }
         match action {
             Action::Done => return Ok(Finish::Complete),
-            Action::GiveUp => return Err(format!("client stopped acknowledging (stalled at {} bytes)", session.bytes_acked())),
+            Action::GiveUp => {
+                return Err(format!(
+                    "client stopped acknowledging (stalled at {} bytes)",
+                    session.bytes_acked()
+                ))
+            }
             Action::Wait => {}
             Action::SendOack => {
-                socket.send(&oack).await.map_err(|e| format!("send OACK: {e}"))?;
+                socket
+                    .send(&oack)
+                    .await
+                    .map_err(|e| format!("send OACK: {e}"))?;
             }
             Action::SendBlocks { first, last } => {
                 let (start, _) = session.block_range(first);
@@ -199,13 +300,20 @@ async fn run_session(
                     let n = file
                         .source
                         .read_at(&mut data[filled..total], start + filled as u64)
-                        .map_err(|e| format!("read {} at offset {:#x}: {e}", file.name, start + filled as u64))?;
+                        .map_err(|e| {
+                            format!(
+                                "read {} at offset {:#x}: {e}",
+                                file.name,
+                                start + filled as u64
+                            )
+                        })?;
                     if n == 0 {
                         return Err(format!("{} shrank while being sent", file.name));
                     }
                     filled += n;
                 }
-                let mut packets: [([u8; 4], &[u8]); net::MAX_BATCH] = [([0u8; 4], &[]); net::MAX_BATCH];
+                let mut packets: [([u8; 4], &[u8]); net::MAX_BATCH] =
+                    [([0u8; 4], &[]); net::MAX_BATCH];
                 let count = (last - first + 1) as usize;
                 for (i, slot) in packets.iter_mut().take(count).enumerate() {
                     let block = first + i as u64;
@@ -222,7 +330,9 @@ async fn run_session(
                     let burst_end = ((sent / burst + 1) * burst).min(count);
                     socket.writable().await.map_err(|e| e.to_string())?;
                     let fd = socket.as_raw_fd();
-                    match socket.try_io(Interest::WRITABLE, || net::send_batch(fd, &packets[sent..burst_end])) {
+                    match socket.try_io(Interest::WRITABLE, || {
+                        net::send_batch(fd, &packets[sent..burst_end])
+                    }) {
                         Ok(n) => sent += n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(format!("client unreachable: {e}")),
@@ -242,7 +352,10 @@ async fn run_session(
                     a
                 }
                 Ok(TftpRepr::Error { code, message }) => {
-                    if code == error_code::OPTION_REFUSED && session.bytes_acked() == 0 && !negotiated.oack.is_empty() {
+                    if code == error_code::OPTION_REFUSED
+                        && session.bytes_acked() == 0
+                        && !negotiated.oack.is_empty()
+                    {
                         // UEFI firmware asks for tsize, reads the OACK and hangs up to size its
                         // buffer before the real transfer.
                         return Ok(Finish::SizeProbe);

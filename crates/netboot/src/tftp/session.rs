@@ -38,10 +38,14 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, blksize_limit: us
         oack: Vec::new(),
     };
     for (name, value) in options {
-        let Ok(number) = value.trim().parse::<u64>() else { continue };
+        let Ok(number) = value.trim().parse::<u64>() else {
+            continue;
+        };
         match name.as_str() {
             "blksize" if number >= MIN_BLKSIZE as u64 => {
-                let granted = (number as usize).min(MAX_BLKSIZE).min(blksize_limit.max(MIN_BLKSIZE));
+                let granted = (number as usize)
+                    .min(MAX_BLKSIZE)
+                    .min(blksize_limit.max(MIN_BLKSIZE));
                 n.blksize = granted;
                 n.oack.push((name.clone(), granted.to_string()));
             }
@@ -197,7 +201,9 @@ mod tests {
     use super::*;
 
     fn opts(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -234,8 +240,12 @@ mod tests {
 
     #[test]
     fn timeout_outside_1_to_255_is_ignored() {
-        assert!(negotiate(&opts(&[("timeout", "0")]), 1, MAX_BLKSIZE).oack.is_empty());
-        assert!(negotiate(&opts(&[("timeout", "256")]), 1, MAX_BLKSIZE).oack.is_empty());
+        assert!(negotiate(&opts(&[("timeout", "0")]), 1, MAX_BLKSIZE)
+            .oack
+            .is_empty());
+        assert!(negotiate(&opts(&[("timeout", "256")]), 1, MAX_BLKSIZE)
+            .oack
+            .is_empty());
     }
 
     #[test]
@@ -246,7 +256,11 @@ mod tests {
 
     #[test]
     fn unknown_options_are_left_out() {
-        let n = negotiate(&opts(&[("multicast", ""), ("rollover", "0")]), 1, MAX_BLKSIZE);
+        let n = negotiate(
+            &opts(&[("multicast", ""), ("rollover", "0")]),
+            1,
+            MAX_BLKSIZE,
+        );
         assert!(n.oack.is_empty());
     }
 
@@ -270,7 +284,13 @@ mod tests {
         assert_eq!(s.on_ack(0), Action::SendBlocks { first: 1, last: 4 });
         assert_eq!(s.on_ack(2), Action::SendBlocks { first: 3, last: 6 });
         assert_eq!(s.on_ack(6), Action::SendBlocks { first: 7, last: 10 });
-        assert_eq!(s.on_ack(10), Action::SendBlocks { first: 11, last: 11 });
+        assert_eq!(
+            s.on_ack(10),
+            Action::SendBlocks {
+                first: 11,
+                last: 11
+            }
+        );
         assert_eq!(s.on_ack(11), Action::Done);
     }
 
@@ -286,7 +306,11 @@ mod tests {
 
     #[test]
     fn block_numbers_wrap_after_65535() {
-        let n = negotiate(&opts(&[("blksize", "8"), ("windowsize", "4")]), 8 * 70000, MAX_BLKSIZE);
+        let n = negotiate(
+            &opts(&[("blksize", "8"), ("windowsize", "4")]),
+            8 * 70000,
+            MAX_BLKSIZE,
+        );
         let mut s = ReadSession::new(&n, 8 * 70000);
         s.start();
         s.on_ack(0);
@@ -299,7 +323,13 @@ mod tests {
             s.on_ack(acked as u16);
         }
         // Outstanding window now spans the wrap: 65533..=65536 (wire 65533, 65534, 65535, 0).
-        assert_eq!(s.on_ack(0), Action::SendBlocks { first: 65537, last: 65540 });
+        assert_eq!(
+            s.on_ack(0),
+            Action::SendBlocks {
+                first: 65537,
+                last: 65540
+            }
+        );
     }
 
     #[test]

@@ -218,13 +218,19 @@ impl DhcpOption {
         let v = value.to_vec();
         let typed = match option_code {
             code::SUBNET_MASK if value.len() == 4 => ipv4_at(value).map(DhcpOption::SubnetMask),
-            code::ROUTER if value.len().is_multiple_of(4) => Some(DhcpOption::Router(ipv4_list(value))),
-            code::DNS if value.len().is_multiple_of(4) => Some(DhcpOption::DnsServers(ipv4_list(value))),
+            code::ROUTER if value.len().is_multiple_of(4) => {
+                Some(DhcpOption::Router(ipv4_list(value)))
+            }
+            code::DNS if value.len().is_multiple_of(4) => {
+                Some(DhcpOption::DnsServers(ipv4_list(value)))
+            }
             code::HOSTNAME => Some(DhcpOption::Hostname(v.clone())),
             code::VENDOR_SPECIFIC => Some(DhcpOption::VendorSpecific(v.clone())),
             code::REQUESTED_IP if value.len() == 4 => ipv4_at(value).map(DhcpOption::RequestedIp),
             code::LEASE_TIME if value.len() == 4 => {
-                Some(DhcpOption::LeaseTime(u32::from_be_bytes([value[0], value[1], value[2], value[3]])))
+                Some(DhcpOption::LeaseTime(u32::from_be_bytes([
+                    value[0], value[1], value[2], value[3],
+                ])))
             }
             code::MESSAGE_TYPE if value.len() == 1 => {
                 Some(DhcpOption::MessageType(MessageType::from_u8(value[0])))
@@ -233,16 +239,23 @@ impl DhcpOption {
             code::PARAMETER_REQUEST_LIST => Some(DhcpOption::ParameterRequestList(v.clone())),
             code::MESSAGE => Some(DhcpOption::Message(v.clone())),
             code::MAX_MESSAGE_SIZE if value.len() == 2 => {
-                Some(DhcpOption::MaxMessageSize(u16::from_be_bytes([value[0], value[1]])))
+                Some(DhcpOption::MaxMessageSize(u16::from_be_bytes([
+                    value[0], value[1],
+                ])))
             }
             code::VENDOR_CLASS => Some(DhcpOption::VendorClass(v.clone())),
             code::CLIENT_ID => Some(DhcpOption::ClientId(v.clone())),
             code::TFTP_SERVER => Some(DhcpOption::TftpServerName(v.clone())),
             code::BOOTFILE => Some(DhcpOption::BootfileName(v.clone())),
             code::USER_CLASS => Some(DhcpOption::UserClass(v.clone())),
-            code::CLIENT_ARCH if value.len().is_multiple_of(2) && !value.is_empty() => Some(DhcpOption::ClientArch(
-                value.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect(),
-            )),
+            code::CLIENT_ARCH if value.len().is_multiple_of(2) && !value.is_empty() => {
+                Some(DhcpOption::ClientArch(
+                    value
+                        .chunks_exact(2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                        .collect(),
+                ))
+            }
             code::CLIENT_NDI => Some(DhcpOption::ClientNdi(v.clone())),
             code::CLIENT_UUID => Some(DhcpOption::ClientUuid(v.clone())),
             code::IPXE => Some(DhcpOption::Ipxe(v.clone())),
@@ -323,12 +336,18 @@ fn walk_options(bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, DhcpError> {
             break;
         }
         let Some(&len) = bytes.get(offset + 1) else {
-            return Err(DhcpError::OptionOverrun { code: option_code, offset });
+            return Err(DhcpError::OptionOverrun {
+                code: option_code,
+                offset,
+            });
         };
         let start = offset + 2;
         let end = start + len as usize;
         let Some(value) = bytes.get(start..end) else {
-            return Err(DhcpError::OptionOverrun { code: option_code, offset });
+            return Err(DhcpError::OptionOverrun {
+                code: option_code,
+                offset,
+            });
         };
         match out.iter_mut().find(|(c, _)| *c == option_code) {
             Some((_, existing)) => existing.extend_from_slice(value),
@@ -354,7 +373,14 @@ impl DhcpRepr {
 
     pub fn parse(bytes: &[u8]) -> Result<DhcpRepr, DhcpError> {
         Self::check_len(bytes)?;
-        let ip = |r: std::ops::Range<usize>| Ipv4Addr::new(bytes[r.start], bytes[r.start + 1], bytes[r.start + 2], bytes[r.start + 3]);
+        let ip = |r: std::ops::Range<usize>| {
+            Ipv4Addr::new(
+                bytes[r.start],
+                bytes[r.start + 1],
+                bytes[r.start + 2],
+                bytes[r.start + 3],
+            )
+        };
         let hlen = bytes[field::HLEN];
         if hlen > 16 {
             return Err(DhcpError::BadHardwareLength(hlen));
@@ -403,9 +429,11 @@ impl DhcpRepr {
         out[field::CHADDR].copy_from_slice(&self.chaddr);
         // Fields longer than their slot are cut, leaving room for a terminating NUL.
         let sname_len = self.sname.len().min(field::SNAME.len() - 1);
-        out[field::SNAME.start..field::SNAME.start + sname_len].copy_from_slice(&self.sname[..sname_len]);
+        out[field::SNAME.start..field::SNAME.start + sname_len]
+            .copy_from_slice(&self.sname[..sname_len]);
         let file_len = self.file.len().min(field::FILE.len() - 1);
-        out[field::FILE.start..field::FILE.start + file_len].copy_from_slice(&self.file[..file_len]);
+        out[field::FILE.start..field::FILE.start + file_len]
+            .copy_from_slice(&self.file[..file_len]);
         out[field::MAGIC].copy_from_slice(&MAGIC_COOKIE);
         for option in &self.options {
             let value = option.value();
@@ -487,13 +515,17 @@ impl DhcpRepr {
 
     /// True when option 77 names `class`, in iPXE's bare form or RFC 3004's length-prefixed form.
     pub fn user_class_contains(&self, class: &[u8]) -> bool {
-        let Some(DhcpOption::UserClass(raw)) = self.option(code::USER_CLASS) else { return false };
+        let Some(DhcpOption::UserClass(raw)) = self.option(code::USER_CLASS) else {
+            return false;
+        };
         if raw.as_slice() == class {
             return true;
         }
         let mut rest = raw.as_slice();
         while let Some((&len, tail)) = rest.split_first() {
-            let Some(item) = tail.get(..len as usize) else { return false };
+            let Some(item) = tail.get(..len as usize) else {
+                return false;
+            };
             if item == class {
                 return true;
             }
@@ -606,8 +638,14 @@ mod tests {
                 DhcpOption::ClientNdi(vec![1, 2, 1]),
                 DhcpOption::VendorClass(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
                 DhcpOption::UserClass(b"iPXE".to_vec()),
-                DhcpOption::ParameterRequestList(vec![1, 3, 6, 7, 12, 15, 17, 26, 43, 60, 66, 67, 119, 128, 129, 130, 131, 132, 133, 134, 135, 175, 203]),
-                DhcpOption::Ipxe(vec![0xb1, 5, 1, 0x10, 0xec, 0x81, 0x39, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x15, 1, 1, 0x18, 1, 1, 0x13, 1, 1]),
+                DhcpOption::ParameterRequestList(vec![
+                    1, 3, 6, 7, 12, 15, 17, 26, 43, 60, 66, 67, 119, 128, 129, 130, 131, 132, 133,
+                    134, 135, 175, 203,
+                ]),
+                DhcpOption::Ipxe(vec![
+                    0xb1, 5, 1, 0x10, 0xec, 0x81, 0x39, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x15, 1, 1,
+                    0x18, 1, 1, 0x13, 1, 1,
+                ]),
                 DhcpOption::ClientUuid({
                     let mut u = vec![0u8];
                     u.extend(1..=16u8);
@@ -635,7 +673,10 @@ mod tests {
     fn missing_magic_cookie_is_rejected() {
         let mut bytes = ipxe_discover().emit();
         bytes[236] = 0;
-        assert!(matches!(DhcpRepr::parse(&bytes), Err(DhcpError::BadMagic(_))));
+        assert!(matches!(
+            DhcpRepr::parse(&bytes),
+            Err(DhcpError::BadMagic(_))
+        ));
     }
 
     #[test]
@@ -643,21 +684,29 @@ mod tests {
         let mut bytes = ipxe_discover().emit();
         bytes.truncate(240);
         bytes.extend_from_slice(&[60, 200, b'P']);
-        assert!(matches!(DhcpRepr::parse(&bytes), Err(DhcpError::OptionOverrun { code: 60, .. })));
+        assert!(matches!(
+            DhcpRepr::parse(&bytes),
+            Err(DhcpError::OptionOverrun { code: 60, .. })
+        ));
     }
 
     #[test]
     fn hardware_length_over_16_is_rejected() {
         let mut bytes = ipxe_discover().emit();
         bytes[2] = 17;
-        assert_eq!(DhcpRepr::parse(&bytes), Err(DhcpError::BadHardwareLength(17)));
+        assert_eq!(
+            DhcpRepr::parse(&bytes),
+            Err(DhcpError::BadHardwareLength(17))
+        );
     }
 
     #[test]
     fn split_options_are_concatenated() {
         let mut bytes = ipxe_discover().emit();
         bytes.truncate(240);
-        bytes.extend_from_slice(&[53, 1, 1, 60, 3, b'P', b'X', b'E', 60, 6, b'C', b'l', b'i', b'e', b'n', b't', 255]);
+        bytes.extend_from_slice(&[
+            53, 1, 1, 60, 3, b'P', b'X', b'E', 60, 6, b'C', b'l', b'i', b'e', b'n', b't', 255,
+        ]);
         let repr = DhcpRepr::parse(&bytes).unwrap();
         assert_eq!(repr.vendor_class(), Some(&b"PXEClient"[..]));
     }
@@ -674,7 +723,10 @@ mod tests {
 
     #[test]
     fn wrong_length_typed_option_becomes_unknown() {
-        assert_eq!(DhcpOption::decode(code::SERVER_ID, &[1, 2, 3]), DhcpOption::Unknown(54, vec![1, 2, 3]));
+        assert_eq!(
+            DhcpOption::decode(code::SERVER_ID, &[1, 2, 3]),
+            DhcpOption::Unknown(54, vec![1, 2, 3])
+        );
     }
 
     #[test]
@@ -699,6 +751,9 @@ mod tests {
     fn uuid_and_mac_format() {
         let repr = ipxe_discover();
         assert_eq!(format_mac(repr.mac()), "52:54:00:12:34:56");
-        assert_eq!(format_uuid(repr.client_uuid().unwrap()).unwrap(), "04030201-0605-0807-090a-0b0c0d0e0f10");
+        assert_eq!(
+            format_uuid(repr.client_uuid().unwrap()).unwrap(),
+            "04030201-0605-0807-090a-0b0c0d0e0f10"
+        );
     }
 }

@@ -10,7 +10,9 @@ mod robustness {
     use std::path::PathBuf;
 
     fn corpus(name: &str) -> Vec<Vec<u8>> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(name);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus")
+            .join(name);
         let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| std::fs::read(e.unwrap().path()).unwrap())
@@ -55,7 +57,8 @@ mod robustness {
             mutations(&seed, 3000, |bytes| {
                 if let Ok(repr) = super::dhcp::DhcpRepr::parse(bytes) {
                     parsed += 1;
-                    let again = super::dhcp::DhcpRepr::parse(&repr.emit()).expect("emitted packet parses");
+                    let again =
+                        super::dhcp::DhcpRepr::parse(&repr.emit()).expect("emitted packet parses");
                     assert_eq!(again.options.len(), repr.options.len());
                 }
             });

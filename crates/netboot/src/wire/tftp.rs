@@ -81,7 +81,10 @@ pub enum TftpRepr<'a> {
 fn read_u16(bytes: &[u8], offset: usize) -> Result<u16, TftpError> {
     match bytes.get(offset..offset + 2) {
         Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
-        None => Err(TftpError::Truncated { len: bytes.len(), need: offset + 2 }),
+        None => Err(TftpError::Truncated {
+            len: bytes.len(),
+            need: offset + 2,
+        }),
     }
 }
 
@@ -141,15 +144,22 @@ impl<'a> TftpRepr<'a> {
                 }
                 Ok(TftpRepr::Data { block, data })
             }
-            opcode::ACK => Ok(TftpRepr::Ack { block: read_u16(bytes, 2)? }),
+            opcode::ACK => Ok(TftpRepr::Ack {
+                block: read_u16(bytes, 2)?,
+            }),
             opcode::ERROR => {
                 let code = read_u16(bytes, 2)?;
                 // Many clients omit the NUL after the message; accept the rest of the packet.
                 let rest = &bytes[4..];
                 let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-                Ok(TftpRepr::Error { code, message: String::from_utf8_lossy(&rest[..end]).into_owned() })
+                Ok(TftpRepr::Error {
+                    code,
+                    message: String::from_utf8_lossy(&rest[..end]).into_owned(),
+                })
             }
-            opcode::OACK => Ok(TftpRepr::OptionAck { options: parse_options(bytes, 2)? }),
+            opcode::OACK => Ok(TftpRepr::OptionAck {
+                options: parse_options(bytes, 2)?,
+            }),
             other => Err(TftpError::UnknownOpcode(other)),
         }
     }
@@ -174,12 +184,19 @@ impl<'a> TftpRepr<'a> {
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, TftpError> {
         let need = self.buffer_len();
         if buf.len() < need {
-            return Err(TftpError::BufferTooSmall { have: buf.len(), need });
+            return Err(TftpError::BufferTooSmall {
+                have: buf.len(),
+                need,
+            });
         }
         let mut w = Writer { buf, pos: 0 };
         match self {
             TftpRepr::ReadRequest(r) | TftpRepr::WriteRequest(r) => {
-                let op = if matches!(self, TftpRepr::ReadRequest(_)) { opcode::RRQ } else { opcode::WRQ };
+                let op = if matches!(self, TftpRepr::ReadRequest(_)) {
+                    opcode::RRQ
+                } else {
+                    opcode::WRQ
+                };
                 w.u16(op);
                 w.cstr(&r.filename);
                 w.cstr(r.mode.as_bytes());
@@ -259,7 +276,9 @@ mod tests {
     #[test]
     fn rrq_round_trip() {
         let repr = TftpRepr::parse(HPA_RRQ).unwrap();
-        let TftpRepr::ReadRequest(req) = &repr else { panic!("not an RRQ: {repr:?}") };
+        let TftpRepr::ReadRequest(req) = &repr else {
+            panic!("not an RRQ: {repr:?}")
+        };
         assert_eq!(req.filename, b"pxelinux.0");
         assert_eq!(req.mode, "octet");
         assert_eq!(req.options.len(), 4);
@@ -270,7 +289,9 @@ mod tests {
     #[test]
     fn option_names_are_case_insensitive() {
         let repr = TftpRepr::parse(b"\x00\x01f\x00OCTET\x00BlkSize\x00512\x00").unwrap();
-        let TftpRepr::ReadRequest(req) = repr else { panic!() };
+        let TftpRepr::ReadRequest(req) = repr else {
+            panic!()
+        };
         assert_eq!(req.mode, "octet");
         assert_eq!(req.options[0].0, "blksize");
     }
@@ -279,10 +300,18 @@ mod tests {
     fn data_ack_error_oack_round_trip() {
         let payload = [7u8; 100];
         for repr in [
-            TftpRepr::Data { block: 65535, data: &payload },
+            TftpRepr::Data {
+                block: 65535,
+                data: &payload,
+            },
             TftpRepr::Ack { block: 3 },
-            TftpRepr::Error { code: error_code::FILE_NOT_FOUND, message: "nope".into() },
-            TftpRepr::OptionAck { options: vec![("tsize".into(), "42".into())] },
+            TftpRepr::Error {
+                code: error_code::FILE_NOT_FOUND,
+                message: "nope".into(),
+            },
+            TftpRepr::OptionAck {
+                options: vec![("tsize".into(), "42".into())],
+            },
         ] {
             let bytes = repr.to_vec();
             assert_eq!(TftpRepr::parse(&bytes).unwrap(), repr);
@@ -293,7 +322,10 @@ mod tests {
     fn unterminated_filename_is_rejected() {
         assert_eq!(
             TftpRepr::parse(b"\x00\x01abc"),
-            Err(TftpError::Unterminated { field: "file name", offset: 2 })
+            Err(TftpError::Unterminated {
+                field: "file name",
+                offset: 2
+            })
         );
     }
 
@@ -301,7 +333,10 @@ mod tests {
     fn unterminated_option_value_is_rejected() {
         assert!(matches!(
             TftpRepr::parse(b"\x00\x01f\x00octet\x00blksize\x00512"),
-            Err(TftpError::Unterminated { field: "option value", .. })
+            Err(TftpError::Unterminated {
+                field: "option value",
+                ..
+            })
         ));
     }
 
@@ -316,25 +351,46 @@ mod tests {
 
     #[test]
     fn short_packets_are_truncated_errors() {
-        assert!(matches!(TftpRepr::parse(b""), Err(TftpError::Truncated { .. })));
-        assert!(matches!(TftpRepr::parse(b"\x00"), Err(TftpError::Truncated { .. })));
-        assert!(matches!(TftpRepr::parse(b"\x00\x04\x01"), Err(TftpError::Truncated { .. })));
+        assert!(matches!(
+            TftpRepr::parse(b""),
+            Err(TftpError::Truncated { .. })
+        ));
+        assert!(matches!(
+            TftpRepr::parse(b"\x00"),
+            Err(TftpError::Truncated { .. })
+        ));
+        assert!(matches!(
+            TftpRepr::parse(b"\x00\x04\x01"),
+            Err(TftpError::Truncated { .. })
+        ));
     }
 
     #[test]
     fn unknown_opcode_is_an_error() {
-        assert_eq!(TftpRepr::parse(b"\x00\x09xx"), Err(TftpError::UnknownOpcode(9)));
+        assert_eq!(
+            TftpRepr::parse(b"\x00\x09xx"),
+            Err(TftpError::UnknownOpcode(9))
+        );
     }
 
     #[test]
     fn error_without_trailing_nul_is_accepted() {
         let repr = TftpRepr::parse(b"\x00\x05\x00\x01gone").unwrap();
-        assert_eq!(repr, TftpRepr::Error { code: 1, message: "gone".into() });
+        assert_eq!(
+            repr,
+            TftpRepr::Error {
+                code: 1,
+                message: "gone".into()
+            }
+        );
     }
 
     #[test]
     fn emit_into_small_buffer_fails() {
         let mut buf = [0u8; 3];
-        assert!(matches!(TftpRepr::Ack { block: 1 }.emit(&mut buf), Err(TftpError::BufferTooSmall { .. })));
+        assert!(matches!(
+            TftpRepr::Ack { block: 1 }.emit(&mut buf),
+            Err(TftpError::BufferTooSmall { .. })
+        ));
     }
 }
