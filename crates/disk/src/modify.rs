@@ -1,5 +1,10 @@
-//! commit, rebase and resize on existing images (qemu-img semantics), for qcow2 overlays and
-//! raw or qcow2 bases.
+//! commit, rebase and resize on existing images (qemu-img semantics), for every format that
+//! has backing/parent chains, through one small in-place editing trait.
+//!
+//! Each format provides an [`InPlaceEditor`] ([`open_editor`] dispatches): raw files, qcow2
+//! (`qcow2::modify::Qcow2Editor`), VMDK hosted sparse and flat extents (`vmdk::edit`), VHD and
+//! VHDX (`vhd::edit`, `vhdx::edit`). Reading always goes through the read-only
+//! [`DiskImage`] of the chain; editors only write.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,64 +15,164 @@ use crate::error::{DiskError, Result};
 use crate::image::{self, BlockKind, DiskImage, Format, OpenOptions};
 use crate::qcow2::modify::Qcow2Editor;
 
-/// Where committed data goes: a raw file or a qcow2 image edited in place.
-enum Target {
-    Raw(std::fs::File, PathBuf),
-    Qcow2(Box<Qcow2Editor>),
+/// The parent (backing file) an edited image is told to record by [`InPlaceEditor::set_parent`].
+///
+/// Each format reads from `resolved` what it must record about the parent besides the name:
+/// VMDK its descriptor CID, VHD its footer UUID and modification time, VHDX its DataWriteGuid
+/// (parent linkage). The user named this file on the command line, so opening it is not an
+/// implicit reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentRef {
+    /// The name to store in the image, exactly as the user wrote it (relative names stay
+    /// relative to the edited image's folder, as qemu-img records them).
+    pub name: String,
+    /// `name` resolved against the edited image's folder: the file to read.
+    pub resolved: PathBuf,
+    /// The parent's format: as given with -F, else probed from `resolved` when it exists.
+    pub format: Option<Format>,
 }
 
-impl Target {
-    fn open(path: &Path, format: Format) -> Result<Target> {
-        match format {
-            Format::Raw => {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|source| DiskError::Open {
-                        path: path.into(),
-                        action: "open for writing",
-                        source,
-                    })?;
-                Ok(Target::Raw(f, path.to_path_buf()))
-            }
-            Format::Qcow2 => Ok(Target::Qcow2(Box::new(Qcow2Editor::open(path)?))),
-            other => Err(DiskError::NotSupportedFor {
+/// Writes into an existing image in place (commit target, rebase overlay, emptied overlay).
+///
+/// Calls use guest offsets aligned to `cluster_size()`; `data` is one whole cluster, or less
+/// for the last cluster of the disk. Data writes may land in the file immediately, metadata
+/// may be kept in memory: only [`InPlaceEditor::finish`] makes the image consistent, so a
+/// dropped editor may leave an image that needs `check -r`.
+pub trait InPlaceEditor {
+    /// The granularity of `write_cluster`/`zero_cluster` (qcow2 cluster, VMDK grain, VHD/VHDX
+    /// block or sector run), a power of two >= 512.
+    fn cluster_size(&self) -> u64;
+    /// Stores one cluster of guest data.
+    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()>;
+    /// Makes one cluster read as zeros in this image whatever its parent holds: a zero flag
+    /// where the format has one, else written zeros (or deallocation where that reads as zero
+    /// because the image has no parent).
+    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()>;
+    /// Records a new parent (`None`: the image becomes standalone), with the identity fields
+    /// the format keeps about it. Content is not changed: safe rebase copies data first.
+    fn set_parent(&mut self, parent: Option<&ParentRef>) -> Result<()>;
+    /// Drops every allocation so the image reads entirely through its parent (commit without
+    /// -d); formats that cannot say so in their error.
+    fn empty(&mut self) -> Result<()>;
+    /// Writes the metadata, marks the content changed where the format records that, syncs.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Opens `path` (of the given, already known format) for in-place writing.
+pub fn open_editor(path: &Path, format: Format) -> Result<Box<dyn InPlaceEditor>> {
+    match format {
+        Format::Raw => Ok(Box::new(RawEditor::open(path)?)),
+        Format::Qcow2 => Ok(Box::new(Qcow2Editor::open(path)?)),
+        // The VMDK, VHD and VHDX editors arrive in their own modules.
+        Format::Vmdk | Format::Vhd | Format::Vhdx => Err(DiskError::NotSupportedFor {
+            path: path.into(),
+            format: format.qemu_name(),
+            operation: "writing in place (commit/rebase)",
+        }),
+    }
+}
+
+/// Cluster size of raw commit targets: large enough for few syscalls, small enough that a
+/// partially allocated overlay does not rewrite much unchanged data.
+const RAW_CLUSTER: u64 = 64 << 10;
+
+/// A raw file written in place; it has no metadata and no parent.
+struct RawEditor {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl RawEditor {
+    fn open(path: &Path) -> Result<RawEditor> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|source| DiskError::Open {
                 path: path.into(),
-                format: other.qemu_name(),
-                operation: "writing in place (commit/rebase/resize)",
+                action: "open for writing",
+                source,
+            })?;
+        Ok(RawEditor {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl InPlaceEditor for RawEditor {
+    fn cluster_size(&self) -> u64 {
+        RAW_CLUSTER
+    }
+
+    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, guest_offset)
+            .map_err(|e| DiskError::io(&self.path, guest_offset, e))
+    }
+
+    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| DiskError::io(&self.path, guest_offset, e))?
+            .len()
+            .saturating_sub(guest_offset)
+            .min(RAW_CLUSTER);
+        self.write_cluster(guest_offset, &vec![0u8; len as usize])
+    }
+
+    fn set_parent(&mut self, parent: Option<&ParentRef>) -> Result<()> {
+        match parent {
+            None => Ok(()),
+            Some(_) => Err(DiskError::NotSupportedFor {
+                path: self.path.clone(),
+                format: "raw",
+                operation: "recording a backing file",
             }),
         }
     }
 
-    fn cluster(&self) -> u64 {
-        match self {
-            Target::Raw(..) => 64 << 10,
-            Target::Qcow2(e) => e.header().cluster_size(),
+    fn empty(&mut self) -> Result<()> {
+        Err(DiskError::NotSupportedFor {
+            path: self.path.clone(),
+            format: "raw",
+            operation: "emptying (a raw file has no backing file to read through)",
+        })
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| DiskError::io(&self.path, 0, e))
+    }
+}
+
+impl InPlaceEditor for Qcow2Editor {
+    fn cluster_size(&self) -> u64 {
+        self.header().cluster_size()
+    }
+
+    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
+        Qcow2Editor::write_cluster(self, guest_offset, data)
+    }
+
+    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
+        Qcow2Editor::zero_cluster(self, guest_offset)
+    }
+
+    fn set_parent(&mut self, parent: Option<&ParentRef>) -> Result<()> {
+        match parent {
+            Some(p) => self.set_backing(Some(&p.name), p.format),
+            None => self.set_backing(None, None),
         }
     }
 
-    fn write(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        match self {
-            Target::Raw(f, p) => f
-                .write_all_at(data, guest_offset)
-                .map_err(|e| DiskError::io(p.as_path(), guest_offset, e)),
-            Target::Qcow2(e) => e.write_cluster(guest_offset, data),
-        }
+    fn empty(&mut self) -> Result<()> {
+        self.discard_all()
     }
 
-    /// Makes a whole cluster read as zeros (qcow2: the zero flag, as qemu's commit job does).
-    fn zero(&mut self, guest_offset: u64, len: u64) -> Result<()> {
-        match self {
-            Target::Qcow2(e) if len == e.header().cluster_size() => e.zero_cluster(guest_offset),
-            _ => self.write(guest_offset, &vec![0u8; len as usize]),
-        }
-    }
-
-    fn finish(self) -> Result<()> {
-        match self {
-            Target::Raw(f, p) => f.sync_all().map_err(|e| DiskError::io(p, 0, e)),
-            Target::Qcow2(e) => e.finish(),
-        }
+    fn finish(self: Box<Self>) -> Result<()> {
+        Qcow2Editor::finish(*self)
     }
 }
 
@@ -105,9 +210,20 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Formats whose overlays record an identity of their parent (VMDK parentCID, VHD parent
+/// UUID and time stamp, VHDX parent DataWriteGuid) that a commit into the parent changes.
+fn records_parent_identity(format: Format) -> bool {
+    matches!(format, Format::Vmdk | Format::Vhd | Format::Vhdx)
+}
+
 /// qemu-img commit: writes what `top` (and the layers between it and `base`) allocate into
 /// `base` (default: the direct backing file); empties `top` afterwards when `empty` is set and
 /// no explicit base was named (as qemu, `-b` implies `-d`).
+///
+/// When the base is the top's direct parent and the top's format records the parent's
+/// identity, the top is re-linked to the changed parent (VMDK: its parentCID takes the
+/// parent's new CID), so the pair stays valid for qemu and VMware. With `-b` the images
+/// between top and base become invalid, as qemu-img documents, and are left as they are.
 pub fn commit(
     top_path: &Path,
     base: Option<&Path>,
@@ -116,10 +232,12 @@ pub fn commit(
     progress: &dyn Progress,
 ) -> Result<()> {
     let top = image::open(top_path, opts)?;
+    let top_format = top.format();
+    let top_parent = top.backing_ref();
     let mut layers = 1usize;
     let mut base_img = top.backing().ok_or_else(|| DiskError::NotSupportedFor {
         path: top_path.into(),
-        format: top.format().qemu_name(),
+        format: top_format.qemu_name(),
         operation: "commit without a backing file",
     })?;
     if let Some(wanted) = base {
@@ -136,13 +254,6 @@ pub fn commit(
     let base_format = base_img.format();
     let size = top.virtual_size();
     let base_size = base_img.virtual_size();
-    if top.format() != Format::Qcow2 && empty && base.is_none() {
-        return Err(DiskError::NotSupportedFor {
-            path: top_path.into(),
-            format: top.format().qemu_name(),
-            operation: "emptying after commit (use -d)",
-        });
-    }
     // Grow the base first when the overlay is larger (qemu does the same).
     if size > base_size {
         resize(
@@ -155,27 +266,60 @@ pub fn commit(
             },
         )?;
     }
-    let mut target = Target::open(&base_path, base_format)?;
-    let cluster = target.cluster();
+    let mut target = open_editor(&base_path, base_format)?;
+    copy_allocated(top.as_ref(), layers, target.as_mut(), progress)?;
+    drop(top);
+    target.finish()?;
+    let empty_top = empty && base.is_none();
+    let relink = layers == 1 && records_parent_identity(top_format);
+    if empty_top || relink {
+        let mut editor = open_editor(top_path, top_format)?;
+        if relink {
+            if let Some(parent) = &top_parent {
+                editor.set_parent(Some(&ParentRef {
+                    name: parent.name.clone(),
+                    resolved: base_path.clone(),
+                    format: Some(base_format),
+                }))?;
+            }
+        }
+        if empty_top {
+            editor.empty()?;
+        }
+        editor.finish()?;
+    }
+    Ok(())
+}
+
+/// Copies into `target` every range that the first `layers` layers of `top` allocate, as whole
+/// target clusters read through the full chain (so partially covered clusters keep the data
+/// below them); ranges those layers mark as zero become zero clusters.
+fn copy_allocated(
+    top: &dyn DiskImage,
+    layers: usize,
+    target: &mut dyn InPlaceEditor,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let size = top.virtual_size();
+    let cluster = target.cluster_size().max(1);
     progress.set_total(size);
     let mut offset = 0u64;
     let mut buf = Vec::new();
     while offset < size {
-        let (len, kind) = allocated_above(top.as_ref(), layers, offset, size - offset)?;
+        let (len, kind) = allocated_above(top, layers, offset, size - offset)?;
         let len = len.max(1);
         let whole_zero_clusters =
-            kind == BlockKind::Zero && offset % cluster == 0 && len >= cluster;
+            kind == BlockKind::Zero && offset.is_multiple_of(cluster) && len >= cluster;
         if whole_zero_clusters {
             let n = len / cluster * cluster;
             let mut pos = offset;
             while pos < offset + n {
-                target.zero(pos, cluster.min(size - pos))?;
+                target.zero_cluster(pos)?;
                 pos += cluster;
             }
             progress.advance(n);
             offset += n;
         } else if kind != BlockKind::Unallocated {
-            // Whole target clusters, read through the full chain from the top.
             let start = offset / cluster * cluster;
             let end = ((offset + len).div_ceil(cluster) * cluster).min(size);
             let mut pos = start;
@@ -183,7 +327,7 @@ pub fn commit(
                 let n = cluster.min(end - pos) as usize;
                 buf.resize(n, 0);
                 top.read_at(&mut buf, pos)?;
-                target.write(pos, &buf)?;
+                target.write_cluster(pos, &buf)?;
                 pos += n as u64;
             }
             progress.advance(end - offset);
@@ -193,18 +337,12 @@ pub fn commit(
             offset += len;
         }
     }
-    drop(top);
-    target.finish()?;
-    if empty && base.is_none() {
-        let mut editor = Qcow2Editor::open(top_path)?;
-        editor.discard_all()?;
-        editor.finish()?;
-    }
     Ok(())
 }
 
-/// qemu-img rebase. Safe mode copies into the overlay every cluster it does not allocate whose
-/// content differs between the old and the new backing file; unsafe mode only rewrites the name.
+/// qemu-img rebase. Safe mode copies into the overlay every cluster where the guest would see
+/// a difference between the old and the new backing file; unsafe mode only rewrites the
+/// reference (and the parent identity the format records).
 pub fn rebase(
     top_path: &Path,
     new_backing: Option<&str>,
@@ -213,74 +351,104 @@ pub fn rebase(
     opts: &OpenOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut format = new_format;
-    if safe {
-        let top = image::open(top_path, opts)?;
-        if top.format() != Format::Qcow2 {
-            return Err(DiskError::NotSupportedFor {
-                path: top_path.into(),
-                format: top.format().qemu_name(),
-                operation: "rebase",
-            });
-        }
-        let new_img = match new_backing {
-            Some(name) => {
-                let child = OpenOptions {
-                    format: new_format,
-                    ..opts.clone()
-                };
-                let target = image::check_reference(top_path, name, &child)?;
-                Some(image::open(&target, &child)?)
-            }
-            None => None,
-        };
-        if format.is_none() {
-            format = new_img.as_ref().map(|i| i.format());
-        }
-        let mut editor = Qcow2Editor::open(top_path)?;
-        let cluster = editor.header().cluster_size();
-        let size = top.virtual_size();
-        progress.set_total(size);
-        let mut old = vec![0u8; cluster as usize];
-        let mut new = vec![0u8; cluster as usize];
-        let mut offset = 0u64;
-        while offset < size {
-            let n = cluster.min(size - offset);
-            let status = top.block_status(offset, n)?;
-            if status.kind == BlockKind::Unallocated && status.len >= n {
-                let old_buf = &mut old[..n as usize];
-                top.read_at(old_buf, offset)?;
-                let new_buf = &mut new[..n as usize];
-                new_buf.fill(0);
-                if let Some(img) = &new_img {
-                    let vs = img.virtual_size();
-                    if offset < vs {
-                        let m = (vs - offset).min(n) as usize;
-                        img.read_at(&mut new_buf[..m], offset)?;
-                    }
-                }
-                if old_buf != new_buf {
-                    editor.write_cluster(offset, old_buf)?;
-                }
-            } else if status.kind == BlockKind::Unallocated {
-                // Part of the cluster is allocated: qcow2 allocates whole clusters, so this
-                // only happens with subclusters, which the editor refuses.
-                return Err(DiskError::Unsupported {
-                    path: top_path.into(),
-                    format: "qcow2",
-                    feature: "rebase of partially allocated clusters".into(),
-                });
-            }
-            progress.advance(n);
-            offset += n;
-        }
-        drop(top);
-        editor.set_backing(new_backing, format)?;
+    if !safe {
+        let probe = image::open(
+            top_path,
+            &OpenOptions {
+                skip_backing: true,
+                ..opts.clone()
+            },
+        )?;
+        let top_format = probe.format();
+        drop(probe);
+        let parent = new_backing.map(|name| ParentRef {
+            name: name.to_string(),
+            resolved: image::resolve_reference(top_path, name),
+            format: new_format,
+        });
+        let mut editor = open_editor(top_path, top_format)?;
+        editor.set_parent(parent.as_ref())?;
         return editor.finish();
     }
-    let mut editor = Qcow2Editor::open(top_path)?;
-    editor.set_backing(new_backing, format)?;
+    let top = image::open(top_path, opts)?;
+    let top_format = top.format();
+    let (new_img, parent) = match new_backing {
+        Some(name) => {
+            let child = OpenOptions {
+                format: new_format,
+                ..opts.clone()
+            };
+            let resolved = image::check_reference(top_path, name, &child)?;
+            let img = image::open(&resolved, &child)?;
+            let parent = ParentRef {
+                name: name.to_string(),
+                resolved,
+                format: Some(new_format.unwrap_or(img.format())),
+            };
+            (Some(img), Some(parent))
+        }
+        None => (None, None),
+    };
+    let mut editor = open_editor(top_path, top_format)?;
+    copy_differences(top.as_ref(), new_img.as_deref(), editor.as_mut(), progress)?;
+    drop(top);
+    editor.set_parent(parent.as_ref())?;
     editor.finish()
+}
+
+/// Safe rebase's copy: for each editor cluster that the top does not fully allocate, builds
+/// what the guest would see over the new backing file and writes the current view where the
+/// two differ. Writing the current view into the top never changes what the guest sees.
+fn copy_differences(
+    top: &dyn DiskImage,
+    new_backing: Option<&dyn DiskImage>,
+    editor: &mut dyn InPlaceEditor,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let size = top.virtual_size();
+    let cluster = editor.cluster_size().max(1);
+    progress.set_total(size);
+    let mut old = vec![0u8; cluster as usize];
+    let mut new = vec![0u8; cluster as usize];
+    let mut offset = 0u64;
+    while offset < size {
+        let n = cluster.min(size - offset);
+        // Ranges of this cluster (relative) that read through the backing file.
+        let mut through: Vec<(u64, u64)> = Vec::new();
+        let mut pos = 0u64;
+        while pos < n {
+            let s = top.block_status(offset + pos, n - pos)?;
+            let len = s.len.clamp(1, n - pos);
+            if s.kind == BlockKind::Unallocated {
+                through.push((pos, len));
+            }
+            pos += len;
+        }
+        if !through.is_empty() {
+            let old_buf = &mut old[..n as usize];
+            top.read_at(old_buf, offset)?;
+            let new_buf = &mut new[..n as usize];
+            new_buf.copy_from_slice(old_buf);
+            for &(rel, len) in &through {
+                let piece = &mut new_buf[rel as usize..(rel + len) as usize];
+                piece.fill(0);
+                if let Some(img) = new_backing {
+                    let start = offset + rel;
+                    let vs = img.virtual_size();
+                    if start < vs {
+                        let m = (vs - start).min(len) as usize;
+                        img.read_at(&mut piece[..m], start)?;
+                    }
+                }
+            }
+            if old_buf != new_buf {
+                editor.write_cluster(offset, old_buf)?;
+            }
+        }
+        progress.advance(n);
+        offset += n;
+    }
+    Ok(())
 }
 
 /// qemu-img resize: raw files change length; qcow2 images change their virtual size.
