@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use vmedia_io::OverwritePolicy;
 use vmedia_iso::spec::{
     AppendedPartition, BlobSource, BootEntry, BootImage, EfiBootPart, Emulation, GraftPoint,
-    IntegritySpec, IsoSpec, LoadSize, Matcher, PartType, Platform, RockRidgeMode, SystemArea,
-    SystemAreaKind,
+    IsoSpec, LoadSize, Matcher, PartType, Platform, RockRidgeMode, SystemArea, SystemAreaKind,
 };
 
+use super::output::{split_assignment, OutputArgs, StampArgs};
 use crate::mkisofs::common;
 
 /// Where Debian's isolinux package keeps the isohybrid MBR template.
@@ -43,12 +42,6 @@ pub struct Args {
     /// `ISO_PATH=SRC` puts SRC at ISO_PATH (escape '=' in names as '\=').
     #[arg(required = true, value_name = "SRC | ISO_PATH=SRC")]
     sources: Vec<OsString>,
-    /// The image to write.
-    #[arg(short, long, value_name = "OUT.iso")]
-    output: PathBuf,
-    /// Replace OUT.iso if it exists.
-    #[arg(long)]
-    force: bool,
     /// Volume label (up to 32 characters).
     #[arg(long, short = 'V', value_name = "LABEL")]
     volume_id: Option<String>,
@@ -107,10 +100,6 @@ pub struct Args {
     /// boot_hybrid.img for a GRUB BIOS image; or TEMPLATE) and a GPT for UEFI.
     #[arg(long, value_name = "TEMPLATE", num_args = 0..=1, require_equals = true, default_missing_value = HYBRID_AUTO)]
     hybrid: Option<PathBuf>,
-    /// Reproducible build time: Unix seconds or YYYY-MM-DD[THH:MM:SS] UTC
-    /// (default: SOURCE_DATE_EPOCH when set).
-    #[arg(long)]
-    date: Option<String>,
     /// mkisofs sort file: `PATH WEIGHT` lines, higher weights first on disc.
     #[arg(long, value_name = "FILE")]
     sort: Option<PathBuf>,
@@ -120,42 +109,17 @@ pub struct Args {
     /// Store what symbolic links point at instead of the links.
     #[arg(long)]
     follow_symlinks: bool,
-    /// ed25519 private key (PKCS#8 PEM) to sign the image with.
-    #[arg(long, value_name = "KEY.pem")]
-    sign_key: Option<PathBuf>,
-    /// Do not embed MD5 (checkisomd5) and SHA-256 checksums.
-    #[arg(long, conflicts_with = "sign_key")]
-    no_integrity: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar and no summary.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    stamp: StampArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let out = common::output_path(&args.output)?;
-    let policy = if args.force {
-        OverwritePolicy::Replace
-    } else {
-        OverwritePolicy::Refuse
-    };
-    // Fail before the (possibly long) ESP build when the output is in the way.
-    if policy == OverwritePolicy::Refuse && out.symlink_metadata().is_ok() {
-        bail!(
-            "{} already exists; pass --force to replace it",
-            out.display()
-        );
-    }
+    // Fails before the (possibly long) ESP build when the output is in the way.
+    let (out, policy) = args.out.prepare()?;
     let spec = build_spec(&args)?;
-    let report = common::write_with_bar(&spec, &out, policy, args.quiet || args.json)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !args.quiet {
-        println!("{}", common::summary(&report));
-    }
-    Ok(ExitCode::SUCCESS)
+    args.out.write(&spec, &out, policy)
 }
 
 fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
@@ -190,47 +154,21 @@ fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
     if let Some(sort) = &args.sort {
         spec.sort = common::read_sort_file(sort)?;
     }
-    spec.date = match &args.date {
-        Some(text) => Some(common::parse_date(text)?),
-        None => common::source_date_epoch()?,
-    };
-    spec.integrity = IntegritySpec {
-        md5: !args.no_integrity,
-        sha256: !args.no_integrity,
-        signing_key: args.sign_key.clone(),
-    };
+    args.stamp.apply(&mut spec)?;
     add_boot(args, &mut spec)?;
     Ok(spec)
 }
 
 /// `SRC` (merged at the root) or `ISO_PATH=SRC`.
 fn graft(word: &OsString) -> anyhow::Result<GraftPoint> {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let bytes = word.as_bytes();
-    let mut iso = Vec::new();
-    let mut host = Vec::new();
-    let mut split = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        let target = if split { &mut host } else { &mut iso };
-        if bytes[i] == b'\\' && i + 1 < bytes.len() && matches!(bytes[i + 1], b'=' | b'\\') {
-            target.push(bytes[i + 1]);
-            i += 2;
-            continue;
-        }
-        if bytes[i] == b'=' && !split {
-            split = true;
-        } else {
-            target.push(bytes[i]);
-        }
-        i += 1;
-    }
-    if !split {
+    use std::os::unix::ffi::OsStringExt;
+    let (iso, host) = split_assignment(word);
+    let Some(host) = host else {
         return Ok(GraftPoint {
             iso_path: "/".into(),
             host_path: PathBuf::from(OsString::from_vec(iso)),
         });
-    }
+    };
     if host.is_empty() {
         bail!(
             "{}: nothing after '=' (give ISO_PATH=SRC)",

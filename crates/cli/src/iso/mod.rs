@@ -2,6 +2,7 @@
 
 mod create;
 mod esp;
+mod output;
 mod read;
 mod repack;
 mod seed;

@@ -17,16 +17,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use vmedia_io::{OverwritePolicy, ReadAt};
+use vmedia_io::ReadAt;
 use vmedia_iso::read::{
     BootCatalog, BootEntryInfo, EntryKind, IsoImage, OpenOptions, PartitionTable, Timestamp,
 };
 use vmedia_iso::spec::{
     AppendedPartition, BlobSource, BootEntry, BootImage, EfiBootPart, Emulation, GraftPoint,
-    IntegritySpec, IsoSpec, LoadSize, PartType, Platform, RangeFile, RockRidgeMode, SystemArea,
-    SystemAreaKind,
+    IsoSpec, LoadSize, PartType, Platform, RangeFile, RockRidgeMode, SystemArea, SystemAreaKind,
 };
 
+use super::output::{split_assignment, OutputArgs, StampArgs};
 use crate::mkisofs::common;
 
 /// Largest appended partition or out-of-tree boot image copied through memory; ESPs are
@@ -60,46 +60,17 @@ pub struct Args {
     /// Remove a file or folder (with everything below it); repeatable.
     #[arg(long, value_name = "ISO_PATH")]
     remove: Vec<String>,
-    /// The image to write.
-    #[arg(short, long, value_name = "OUT.iso")]
-    output: PathBuf,
-    /// Replace OUT.iso if it exists.
-    #[arg(long)]
-    force: bool,
     /// New volume label (default: keep the original).
     #[arg(long, short = 'V', value_name = "LABEL")]
     volume_id: Option<String>,
-    /// Reproducible build time: Unix seconds or YYYY-MM-DD[THH:MM:SS] UTC
-    /// (default: SOURCE_DATE_EPOCH when set).
-    #[arg(long)]
-    date: Option<String>,
-    /// ed25519 private key (PKCS#8 PEM) to sign the image with.
-    #[arg(long, value_name = "KEY.pem")]
-    sign_key: Option<PathBuf>,
-    /// Do not embed MD5 (checkisomd5) and SHA-256 checksums.
-    #[arg(long, conflicts_with = "sign_key")]
-    no_integrity: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar and no summary.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    stamp: StampArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let out = common::output_path(&args.output)?;
-    let policy = if args.force {
-        OverwritePolicy::Replace
-    } else {
-        OverwritePolicy::Refuse
-    };
-    if policy == OverwritePolicy::Refuse && out.symlink_metadata().is_ok() {
-        bail!(
-            "{} already exists; pass --force to replace it",
-            out.display()
-        );
-    }
+    let (out, policy) = args.out.prepare()?;
     if same_file(&args.input, &out) {
         bail!(
             "the output {} is the input; write to another name",
@@ -117,13 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(Path::new(".")),
     )?;
     let spec = build_spec(&args, &image, source.as_ref(), &skeleton.path)?;
-    let report = common::write_with_bar(&spec, &out, policy, args.quiet || args.json)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !args.quiet {
-        println!("{}", common::summary(&report));
-    }
-    Ok(ExitCode::SUCCESS)
+    args.out.write(&spec, &out, policy)
 }
 
 /// The temporary folder of directories and links, removed when dropped.
@@ -174,31 +139,14 @@ struct Addition {
 }
 
 fn parse_addition(word: &OsString) -> anyhow::Result<Addition> {
-    let bytes = word.as_bytes();
-    let mut iso = Vec::new();
-    let mut host = Vec::new();
-    let mut split = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        let target = if split { &mut host } else { &mut iso };
-        if bytes[i] == b'\\' && i + 1 < bytes.len() && matches!(bytes[i + 1], b'=' | b'\\') {
-            target.push(bytes[i + 1]);
-            i += 2;
-            continue;
-        }
-        if bytes[i] == b'=' && !split {
-            split = true;
-        } else {
-            target.push(bytes[i]);
-        }
-        i += 1;
-    }
-    if !split || host.is_empty() || iso.is_empty() {
-        bail!(
+    let (iso, host) = split_assignment(word);
+    let host = match host {
+        Some(host) if !host.is_empty() && !iso.is_empty() => host,
+        _ => bail!(
             "--add {}: expected ISO_PATH=HOST_PATH",
             word.to_string_lossy()
-        );
-    }
+        ),
+    };
     let iso = String::from_utf8(iso).with_context(|| {
         format!(
             "--add {}: the ISO path is not UTF-8",
@@ -288,15 +236,7 @@ fn build_spec(
     spec.naming.joliet = volume.joliet.is_some();
     spec.naming.joliet_long = volume.joliet.is_some();
     spec.naming.rock_ridge = volume.rock_ridge.as_ref().map(|_| RockRidgeMode::Faithful);
-    spec.date = match &args.date {
-        Some(text) => Some(common::parse_date(text)?),
-        None => common::source_date_epoch()?,
-    };
-    spec.integrity = IntegritySpec {
-        md5: !args.no_integrity,
-        sha256: !args.no_integrity,
-        signing_key: args.sign_key.clone(),
-    };
+    args.stamp.apply(&mut spec)?;
 
     let mut removed: Vec<String> = Vec::new();
     for path in &args.remove {

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use vmedia_io::OverwritePolicy;
 use vmedia_iso::spec::{GraftPoint, IntegritySpec, IsoSpec, MemFile, RockRidgeMode};
 
+use super::output::OutputArgs;
 use crate::mkisofs::common;
 
 /// The volume label cloud-init's NoCloud datasource looks for.
@@ -44,38 +44,17 @@ pub struct Args {
     /// instance-id for the generated meta-data.
     #[arg(long, conflicts_with = "meta_data", default_value = "iid-local01")]
     instance_id: String,
-    /// The seed image to write.
-    #[arg(short, long, value_name = "SEED.iso")]
-    output: PathBuf,
-    /// Replace the output if it exists.
-    #[arg(long)]
-    force: bool,
     /// Also embed MD5 (checkisomd5) and SHA-256 checksums (cloud-localds does not).
     #[arg(long)]
     integrity: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar and no summary.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let out = common::output_path(&args.output)?;
+    let (out, policy) = args.out.prepare()?;
     let spec = build_spec(&args)?;
-    let policy = if args.force {
-        OverwritePolicy::Replace
-    } else {
-        OverwritePolicy::Refuse
-    };
-    let report = common::write_with_bar(&spec, &out, policy, args.quiet || args.json)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !args.quiet {
-        println!("{}", common::summary(&report));
-    }
-    Ok(ExitCode::SUCCESS)
+    args.out.write(&spec, &out, policy)
 }
 
 fn checked_seed_file(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
