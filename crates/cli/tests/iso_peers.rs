@@ -176,6 +176,38 @@ fn isoinfo_list(image: &Path, view: &str) -> Vec<String> {
     paths
 }
 
+/// Asserts that `isoinfo -d` finds the volume id and both Rock Ridge and Joliet.
+fn assert_isoinfo_volume(image: &Path, volume_id: &str) {
+    let out = run_ok(
+        Command::new(require_tool("isoinfo"))
+            .arg("-d")
+            .arg("-i")
+            .arg(image),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        &format!("Volume id: {volume_id}")[..],
+        "Rock Ridge signatures version 1 found",
+        "Joliet with UCS level 3 found",
+    ] {
+        assert!(
+            text.contains(needle),
+            "isoinfo -d of {} lacks {needle:?}:\n{text}",
+            image.display()
+        );
+    }
+}
+
+/// One file's content as `isoinfo -R -x PATH` extracts it.
+fn isoinfo_cat(image: &Path, path: &str) -> Vec<u8> {
+    run_ok(
+        Command::new(require_tool("isoinfo"))
+            .args(["-R", "-x", path, "-i"])
+            .arg(image),
+    )
+    .stdout
+}
+
 #[test]
 fn isoinfo_rock_ridge_listing_has_every_path() {
     let (_dir, tree, image) = tree_and_image();
@@ -212,29 +244,8 @@ fn isoinfo_joliet_listing_has_every_representable_path() {
 #[test]
 fn isoinfo_describes_the_volume_and_extracts_a_file() {
     let (_dir, _tree, image) = tree_and_image();
-    let out = run_ok(
-        Command::new(require_tool("isoinfo"))
-            .arg("-d")
-            .arg("-i")
-            .arg(&image),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "Volume id: VMEDIA_PEERS",
-        "Rock Ridge signatures version 1 found",
-        "Joliet with UCS level 3 found",
-    ] {
-        assert!(
-            text.contains(needle),
-            "isoinfo -d lacks {needle:?}:\n{text}"
-        );
-    }
-    let file = run_ok(
-        Command::new("isoinfo")
-            .args(["-R", "-x", "/readme.txt", "-i"])
-            .arg(&image),
-    );
-    assert_eq!(file.stdout, b"hello from vmedia\n");
+    assert_isoinfo_volume(&image, "VMEDIA_PEERS");
+    assert_eq!(isoinfo_cat(&image, "/readme.txt"), b"hello from vmedia\n");
 }
 
 #[test]
@@ -445,23 +456,7 @@ fn seed_image_matches_what_cloud_localds_makes() {
             .arg("-o")
             .arg(&seed),
     );
-    let d = run_ok(
-        Command::new(require_tool("isoinfo"))
-            .arg("-d")
-            .arg("-i")
-            .arg(&seed),
-    );
-    let text = String::from_utf8_lossy(&d.stdout);
-    for needle in [
-        "Volume id: cidata",
-        "Rock Ridge signatures version 1 found",
-        "Joliet with UCS level 3 found",
-    ] {
-        assert!(
-            text.contains(needle),
-            "isoinfo -d of the seed lacks {needle:?}:\n{text}"
-        );
-    }
+    assert_isoinfo_volume(&seed, "cidata");
     for view in ["-R", "-J"] {
         assert_eq!(
             isoinfo_list(&seed, view),
@@ -515,13 +510,8 @@ fn seed_without_meta_data_gets_an_instance_id() {
             .arg("-o")
             .arg(&seed),
     );
-    let out = run_ok(
-        Command::new(require_tool("isoinfo"))
-            .args(["-R", "-x", "/meta-data", "-i"])
-            .arg(&seed),
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&isoinfo_cat(&seed, "/meta-data")),
         "instance-id: iid-local01\nlocal-hostname: vm7\n"
     );
 }
