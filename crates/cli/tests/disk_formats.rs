@@ -555,36 +555,62 @@ fn images_with_absent_parents_or_extents_name_what_is_missing() {
 fn hand_edited_vhd_reads_when_checksums_are_ignored() {
     // dfvfs/image.vhd is plaso/image.vhd with a hand-set UUID (footer checksum not updated).
     let edited = shared_sample("dfvfs/image.vhd.xz");
-    let out = run_ok(std::process::Command::new(env!("CARGO_BIN_EXE_vmedia")).args(["--version"]));
-    assert!(out.status.success());
     let dir = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "ignored_checksums_child", "--nocapture"])
-        .env("VMEDIA_IGNORE_CHECKSUMS", "1")
-        .env("H6_EDITED", &edited)
-        .env("H6_OUT", dir.path().join("edited.raw"))
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "reading with VMEDIA_IGNORE_CHECKSUMS=1 failed"
-    );
     let clean = dir.path().join("clean.raw");
     qemu_to_raw(&shared_sample("plaso/image.vhd.xz"), Some("vpc"), &clean);
-    assert!(files_equal(&dir.path().join("edited.raw"), &clean));
-}
-
-/// Runs in a child process (environment variables are process-wide): reads H6_EDITED.
-#[test]
-fn ignored_checksums_child() {
-    let (Some(input), Some(out)) = (std::env::var_os("H6_EDITED"), std::env::var_os("H6_OUT"))
-    else {
-        // Run directly (not as the child): the parent test covers this path.
-        assert!(std::env::var_os("VMEDIA_IGNORE_CHECKSUMS").is_none());
-        return;
+    // Refused by default, with the way out named.
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["disk", "convert", "-f", "vpc", "-O", "raw"])
+            .arg(&edited)
+            .arg(dir.path().join("refused.raw")),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("checksum") && err.contains("--ignore-checksums"),
+        "{err}"
+    );
+    // The flag, the environment variable and the library option all read it.
+    let by_flag = dir.path().join("flag.raw");
+    run_ok(
+        vmedia()
+            .args([
+                "disk",
+                "convert",
+                "--ignore-checksums",
+                "-f",
+                "vpc",
+                "-O",
+                "raw",
+            ])
+            .arg(&edited)
+            .arg(&by_flag),
+    );
+    assert!(files_equal(&by_flag, &clean));
+    let by_env = dir.path().join("env.raw");
+    run_ok(
+        vmedia()
+            .env("VMEDIA_IGNORE_CHECKSUMS", "1")
+            .args(["disk", "convert", "-f", "vpc", "-O", "raw"])
+            .arg(&edited)
+            .arg(&by_env),
+    );
+    assert!(files_equal(&by_env, &clean));
+    let opts = vmedia_disk::OpenOptions {
+        ignore_checksums: true,
+        ..Default::default()
     };
-    let img = open_default(Path::new(&input));
-    dump_raw(img.as_ref(), Path::new(&out));
+    let img = open_any(&edited, &opts).unwrap();
+    let by_lib = dir.path().join("lib.raw");
+    dump_raw(img.as_ref(), &by_lib);
+    assert!(files_equal(&by_lib, &clean));
+    let report = img.check(&vmedia_io::NoProgress).unwrap();
+    assert!(
+        report.messages.iter().any(|m| m.contains("checksum")),
+        "check does not list the ignored mismatch: {:?}",
+        report.messages
+    );
+    assert!(open_any(&edited, &vmedia_disk::OpenOptions::default()).is_err());
 }
 
 #[test]

@@ -363,6 +363,11 @@ pub struct OpenOptions {
     pub format: Option<Format>,
     /// Files already open above this one (loop detection); maintained by `open_reference`.
     pub chain: Vec<PathBuf>,
+    /// Read images whose header/footer checksums do not match (hand-edited forensic
+    /// samples): the mismatch becomes a warning `check` lists instead of an error. The CLI
+    /// sets it from `--ignore-checksums` or `VMEDIA_IGNORE_CHECKSUMS=1`; the library never
+    /// reads the environment. Applies to the whole chain.
+    pub ignore_checksums: bool,
 }
 
 /// Parameters for a new image.

@@ -69,6 +69,10 @@ pub struct RefArgs {
     /// Accepted for qemu-img compatibility: vmedia takes no image locks, so sharing is always on
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
+    /// Read images whose VHD footer/header checksums do not match (hand-edited samples);
+    /// check lists the ignored mismatches. Env: VMEDIA_IGNORE_CHECKSUMS=1
+    #[arg(long = "ignore-checksums")]
+    pub ignore_checksums: bool,
 }
 
 impl RefArgs {
@@ -83,9 +87,12 @@ impl RefArgs {
     }
 
     pub fn open_options(&self, format: Option<Format>) -> anyhow::Result<OpenOptions> {
+        let from_env = std::env::var("VMEDIA_IGNORE_CHECKSUMS")
+            .is_ok_and(|v| matches!(v.as_str(), "1" | "yes" | "true"));
         Ok(OpenOptions {
             references: self.policy()?,
             format,
+            ignore_checksums: self.ignore_checksums || from_env,
             ..OpenOptions::default()
         })
     }

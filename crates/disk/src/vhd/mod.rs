@@ -10,6 +10,7 @@
 //! for "the size field is authoritative") for exact, non-CHS sizes (`force_size=on`, Azure).
 
 pub mod dynamic;
+pub mod edit;
 pub mod footer;
 pub mod parse_error;
 pub mod shared;
@@ -63,7 +64,12 @@ struct Dynamic {
     bitmap_size: u64,
 }
 
-fn read_footer(path: &Path, source: &dyn ReadAt, file_size: u64) -> Result<(Footer, Vec<String>)> {
+fn read_footer(
+    path: &Path,
+    source: &dyn ReadAt,
+    file_size: u64,
+    ignore_checksums: bool,
+) -> Result<(Footer, Vec<String>)> {
     let mut warnings = Vec::new();
     if file_size < FOOTER_SIZE as u64 {
         return Err(DiskError::corrupt(
@@ -85,7 +91,7 @@ fn read_footer(path: &Path, source: &dyn ReadAt, file_size: u64) -> Result<(Foot
     }
     let parsed = Footer::parse(&bytes).map_err(|e| e.into_disk(path, FORMAT, at))?;
     if !Footer::checksum_ok(&bytes) {
-        if shared::ignore_checksums() {
+        if ignore_checksums {
             warnings.push(format!(
                 "footer checksum at {at:#x} does not match (ignored)"
             ));
@@ -111,7 +117,8 @@ pub fn open(
 impl VhdImage {
     pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<VhdImage> {
         let file_size = source_size(source.as_ref(), path)?;
-        let (footer, mut checksum_warnings) = read_footer(path, source.as_ref(), file_size)?;
+        let (footer, mut checksum_warnings) =
+            read_footer(path, source.as_ref(), file_size, opts.ignore_checksums)?;
         let virtual_size = footer.virtual_size();
         if virtual_size > MAX_VIRTUAL_SIZE {
             return Err(DiskError::Limit {
@@ -143,7 +150,7 @@ impl VhdImage {
                 }
             }
             DiskType::Dynamic | DiskType::Differencing => {
-                image.dynamic = Some(image.read_dynamic(&mut checksum_warnings)?);
+                image.dynamic = Some(image.read_dynamic(opts, &mut checksum_warnings)?);
                 if footer.disk_type == DiskType::Differencing {
                     image.open_parent(opts)?;
                 }
@@ -162,7 +169,7 @@ impl VhdImage {
         Ok(image)
     }
 
-    fn read_dynamic(&self, warnings: &mut Vec<String>) -> Result<Dynamic> {
+    fn read_dynamic(&self, opts: &OpenOptions, warnings: &mut Vec<String>) -> Result<Dynamic> {
         let path = &self.path;
         let at = self.footer.data_offset;
         if at >= self.file_size {
@@ -181,7 +188,7 @@ impl VhdImage {
         read_exact(self.source.as_ref(), path, &mut bytes[..available], at)?;
         let header = DynamicHeader::parse(&bytes).map_err(|e| e.into_disk(path, FORMAT, at))?;
         if !DynamicHeader::checksum_ok(&bytes) {
-            if shared::ignore_checksums() {
+            if opts.ignore_checksums {
                 warnings.push(format!(
                     "dynamic header checksum at {at:#x} does not match (ignored)"
                 ));
@@ -288,7 +295,7 @@ impl VhdImage {
 
     fn open_parent(&mut self, opts: &OpenOptions) -> Result<()> {
         let names = self.parent_candidates()?;
-        let Some(first) = names.first().cloned() else {
+        if names.is_empty() {
             return Err(DiskError::corrupt(
                 &self.path,
                 FORMAT,
@@ -296,44 +303,12 @@ impl VhdImage {
                 "parent name",
                 "differencing VHD names no parent (no locator, no unicode name)",
             ));
-        };
-        // The recorded reference: the relative locator if any, as qemu-img info shows it.
-        let resolved = crate::image::resolve_reference(&self.path, &first);
-        self.parent_ref = Some(BackingRef {
-            name: first.clone(),
-            format: Some(Format::Vhd),
-            resolved,
-        });
-        if opts.skip_backing {
-            return Ok(());
         }
-        let mut last_error = None;
-        for name in &names {
-            let target = crate::image::resolve_reference(&self.path, name);
-            if !target.exists() {
-                continue;
-            }
-            match shared::open_reference_with(&self.path, name, opts, open) {
-                Ok(parent) => {
-                    self.parent_ref = Some(BackingRef {
-                        name: name.clone(),
-                        format: Some(Format::Vhd),
-                        resolved: target,
-                    });
-                    self.parent = Some(parent);
-                    return Ok(());
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| DiskError::Open {
-            path: crate::image::resolve_reference(&self.path, &first),
-            action: "open the parent of a differencing VHD",
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("none of {names:?} exists beside {}", self.path.display()),
-            ),
-        }))
+        let (parent_ref, parent) =
+            shared::open_first_parent(&self.path, &names, Format::Vhd, opts, open)?;
+        self.parent_ref = Some(parent_ref);
+        self.parent = parent;
+        Ok(())
     }
 
     pub fn footer(&self) -> &Footer {
@@ -342,7 +317,7 @@ impl VhdImage {
     pub fn dynamic_header(&self) -> Option<&DynamicHeader> {
         self.dynamic.as_ref().map(|d| &d.header)
     }
-    /// Checksum mismatches tolerated because of `VMEDIA_IGNORE_CHECKSUMS`.
+    /// Checksum mismatches tolerated because of `OpenOptions::ignore_checksums`.
     pub fn warnings(&self) -> &[String] {
         &self.checksum_warnings
     }
@@ -712,7 +687,7 @@ pub(crate) fn parent_identity(path: &Path) -> Result<(Footer, u64)> {
         source,
     })?;
     let size = source_size(&file, path)?;
-    let (footer, _) = read_footer(path, &file, size)?;
+    let (footer, _) = read_footer(path, &file, size, false)?;
     Ok((footer.clone(), footer.virtual_size()))
 }
 

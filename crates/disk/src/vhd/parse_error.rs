@@ -46,7 +46,7 @@ impl ParseError {
                 format,
                 offset: base.saturating_add(offset),
                 field: what,
-                reason: "checksum mismatch (damaged or hand-edited image; set VMEDIA_IGNORE_CHECKSUMS=1 to read it anyway)".into(),
+                reason: "checksum mismatch (damaged or hand-edited image; pass --ignore-checksums or set VMEDIA_IGNORE_CHECKSUMS=1 to read it anyway)".into(),
             },
             ParseError::Truncated { what, offset } => DiskError::Corrupt {
                 path,

@@ -1,5 +1,5 @@
 //! Helpers shared by the VHD, VHDX and VMDK drivers: opening a parent of the same format
-//! through the reference policy, the checksum override, and small checked-I/O wrappers.
+//! through the reference policy, and small checked-I/O wrappers.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,15 +8,9 @@ use std::sync::Arc;
 use vmedia_io::ReadAt;
 
 use crate::error::{DiskError, Result};
-use crate::image::{check_reference, DiskImage, OpenOptions};
-
-/// Environment variable that turns checksum mismatches (VHD footer/header) into warnings the
-/// reader ignores; for hand-edited forensic samples. OpenOptions has no field for it yet.
-pub const IGNORE_CHECKSUMS_ENV: &str = "VMEDIA_IGNORE_CHECKSUMS";
-
-pub fn ignore_checksums() -> bool {
-    std::env::var_os(IGNORE_CHECKSUMS_ENV).is_some_and(|v| v == "1" || v == "yes" || v == "true")
-}
+use crate::image::{
+    check_reference, resolve_reference, BackingRef, DiskImage, Format, OpenOptions,
+};
 
 /// The signature of a format module's `open`.
 pub type OpenFn = fn(&Path, Arc<dyn ReadAt>, &OpenOptions) -> Result<Box<dyn DiskImage>>;
@@ -65,6 +59,58 @@ pub fn reference_file(
         source,
     })?;
     Ok((file, child))
+}
+
+/// Opens the parent of a differencing image from its candidate names, in the image's order of
+/// preference (VHD: W2ru, W2ku, MacX, ..., unicode name; VHDX: relative_path,
+/// absolute_win32_path, volume_path; VMDK: parentFileNameHint). Candidates that do not exist
+/// are skipped; the first one that opens wins. The returned reference names the first
+/// candidate when nothing was opened (`opts.skip_backing`), as `qemu-img info` shows it.
+///
+/// `names` must not be empty (callers report "no parent named" with their own field and
+/// offset); an empty list gives a not-found error rather than a panic.
+pub fn open_first_parent(
+    referrer: &Path,
+    names: &[String],
+    format: Format,
+    opts: &OpenOptions,
+    open_fn: OpenFn,
+) -> Result<(BackingRef, Option<Box<dyn DiskImage>>)> {
+    let first = names.first().cloned().unwrap_or_default();
+    let recorded = BackingRef {
+        name: first.clone(),
+        format: Some(format),
+        resolved: resolve_reference(referrer, &first),
+    };
+    if opts.skip_backing {
+        return Ok((recorded, None));
+    }
+    let mut last_error = None;
+    for name in names {
+        let target = resolve_reference(referrer, name);
+        if !target.exists() {
+            continue;
+        }
+        match open_reference_with(referrer, name, opts, open_fn) {
+            Ok(parent) => {
+                let found = BackingRef {
+                    name: name.clone(),
+                    format: Some(format),
+                    resolved: target,
+                };
+                return Ok((found, Some(parent)));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| DiskError::Open {
+        path: recorded.resolved.clone(),
+        action: "open the parent of a differencing image",
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("none of {names:?} exists beside {}", referrer.display()),
+        ),
+    }))
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, naming the file on failure.

@@ -13,7 +13,7 @@ use crate::error::{DiskError, Result};
 use crate::image::{CreateOptions, ImageWriter};
 
 /// Room reserved for each parent locator (bytes), as Hyper-V reserves for W2ku.
-const LOCATOR_SPACE: u64 = 4096;
+pub(crate) const LOCATOR_SPACE: u64 = 4096;
 /// Creator version written (vmedia 0.1).
 const CREATOR_VERSION: u32 = 0x0000_0001;
 
@@ -188,18 +188,10 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
         }
         header.parent_unique_id = parent_footer.unique_id;
         header.parent_timestamp = parent_mtime(&parent_path);
-        header.parent_name = Path::new(name)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| name.clone());
-        let absolute = std::fs::canonicalize(&parent_path).unwrap_or(parent_path.clone());
-        let relative = format!(".\\{}", name.replace('/', "\\"));
-        for (slot, (code, text)) in [
-            (PlatformCode::W2ku, absolute.display().to_string()),
-            (PlatformCode::W2ru, relative),
-        ]
-        .into_iter()
-        .enumerate()
+        header.parent_name = parent_unicode_name(name);
+        for (slot, (code, text)) in parent_locator_texts(name, &parent_path)
+            .into_iter()
+            .enumerate()
         {
             let data = dynamic::encode_utf16le(&text);
             if data.len() as u64 > LOCATOR_SPACE {
@@ -238,7 +230,32 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     }))
 }
 
-fn parent_mtime(path: &Path) -> u32 {
+/// The parent locators vmedia writes, as Hyper-V does: W2ku with the absolute path first, then
+/// W2ru with the path relative to the child (".\\" + the name, backslashes). A name given as
+/// an absolute path has no relative form, so only W2ku is written for it.
+pub(crate) fn parent_locator_texts(name: &str, parent_path: &Path) -> Vec<(PlatformCode, String)> {
+    let absolute = std::fs::canonicalize(parent_path).unwrap_or(parent_path.to_path_buf());
+    let mut texts = vec![(PlatformCode::W2ku, absolute.display().to_string())];
+    if !Path::new(name).is_absolute() {
+        texts.push((
+            PlatformCode::W2ru,
+            format!(".\\{}", name.replace('/', "\\")),
+        ));
+    }
+    texts
+}
+
+/// The dynamic header's parent unicode name: the parent's file name.
+pub(crate) fn parent_unicode_name(name: &str) -> String {
+    Path::new(name)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// The parent's modification time in VHD seconds (since 2000-01-01), the dynamic header's
+/// parent time stamp.
+pub(crate) fn parent_mtime(path: &Path) -> u32 {
     let secs = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()

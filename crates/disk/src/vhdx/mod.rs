@@ -5,6 +5,7 @@
 //! never written), region table, metadata, BAT. Payload BAT entries are interleaved with one
 //! sector bitmap entry per chunk (`chunk_ratio` payload blocks).
 
+pub mod edit;
 pub mod header;
 pub mod log;
 pub mod metadata;
@@ -330,7 +331,7 @@ impl VhdxImage {
 
     fn open_parent(&mut self, opts: &OpenOptions) -> Result<()> {
         let names = self.parent_names();
-        let Some(first) = names.first().cloned() else {
+        if names.is_empty() {
             return Err(DiskError::corrupt(
                 &self.path,
                 FORMAT,
@@ -338,42 +339,12 @@ impl VhdxImage {
                 "parent locator",
                 "differencing VHDX without a parent path",
             ));
-        };
-        self.parent_ref = Some(BackingRef {
-            name: first.clone(),
-            format: Some(Format::Vhdx),
-            resolved: crate::image::resolve_reference(&self.path, &first),
-        });
-        if opts.skip_backing {
-            return Ok(());
         }
-        let mut last_error = None;
-        for name in &names {
-            let target = crate::image::resolve_reference(&self.path, name);
-            if !target.exists() {
-                continue;
-            }
-            match shared::open_reference_with(&self.path, name, opts, open) {
-                Ok(p) => {
-                    self.parent_ref = Some(BackingRef {
-                        name: name.clone(),
-                        format: Some(Format::Vhdx),
-                        resolved: target,
-                    });
-                    self.parent = Some(p);
-                    return Ok(());
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| DiskError::Open {
-            path: crate::image::resolve_reference(&self.path, &first),
-            action: "open the parent of a differencing VHDX",
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("none of {names:?} exists beside {}", self.path.display()),
-            ),
-        }))
+        let (parent_ref, parent) =
+            shared::open_first_parent(&self.path, &names, Format::Vhdx, opts, open)?;
+        self.parent_ref = Some(parent_ref);
+        self.parent = parent;
+        Ok(())
     }
 
     pub fn metadata(&self) -> &Metadata {

@@ -200,20 +200,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
                 reason: format!("a differencing VHDX must have its parent's size ({size} bytes)"),
             });
         }
-        let mut entries = vec![
-            ("parent_linkage".to_string(), format!("{{{guid}}}")),
-            (
-                "relative_path".to_string(),
-                format!(".\\{}", name.replace('/', "\\")),
-            ),
-        ];
-        if let Ok(abs) = std::fs::canonicalize(&parent_path) {
-            entries.push(("absolute_win32_path".to_string(), abs.display().to_string()));
-        }
-        plan.meta.parent_locator = Some(ParentLocator {
-            locator_type: metadata::VHDX_PARENT_LOCATOR_TYPE,
-            entries,
-        });
+        plan.meta.parent_locator = Some(parent_locator(name, &parent_path, &guid));
     }
     let file = AtomicFile::create(path, opts.overwrite).map_err(|source| DiskError::Open {
         path: path.to_path_buf(),
@@ -242,6 +229,26 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
         bitmaps: BTreeMap::new(),
         partial: BTreeMap::new(),
     }))
+}
+
+/// The parent locator vmedia writes (as Hyper-V does): parent_linkage = the parent's
+/// DataWriteGuid in braces, relative_path = ".\\" + the name with backslashes (only for a
+/// relative name), absolute_win32_path = the parent's canonical path.
+pub(crate) fn parent_locator(name: &str, parent_path: &Path, guid: &Uuid) -> ParentLocator {
+    let mut entries = vec![("parent_linkage".to_string(), format!("{{{guid}}}"))];
+    if !Path::new(name).is_absolute() {
+        entries.push((
+            "relative_path".to_string(),
+            format!(".\\{}", name.replace('/', "\\")),
+        ));
+    }
+    if let Ok(abs) = std::fs::canonicalize(parent_path) {
+        entries.push(("absolute_win32_path".to_string(), abs.display().to_string()));
+    }
+    ParentLocator {
+        locator_type: metadata::VHDX_PARENT_LOCATOR_TYPE,
+        entries,
+    }
 }
 
 struct VhdxWriter {

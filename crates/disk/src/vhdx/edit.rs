@@ -1,0 +1,941 @@
+//! Editing a VHDX in place (commit into it, rebase it, empty it): `VhdxEditor`.
+//!
+//! Writes into a block that is not allocated append a payload block (1 MiB aligned) at the end
+//! of the file; in a differencing image it is PAYLOAD_BLOCK_PARTIALLY_PRESENT and its chunk's
+//! sector bitmap (a 1 MiB sector bitmap block, allocated the same way when the chunk has none)
+//! gets one bit per logical sector written. A block whose every sector ends up written becomes
+//! FULLY_PRESENT. Blocks that read as zeros (ZERO/UNMAPPED states, or any unallocated block
+//! of an image without a parent) become FULLY_PRESENT with a zero-filled hole around the data.
+//!
+//! # Headers and chains
+//! Before the first change the headers are updated as MS-VHDX asks (both copies in turn, each
+//! with a higher sequence number, synced between): a new FileWriteGuid, and a new
+//! DataWriteGuid before the first change to what the guest reads (data writes, `empty`).
+//! A differencing child records its parent's DataWriteGuid as `parent_linkage`, so after
+//! writing into a parent (commit), callers relink each child they keep by calling
+//! `set_parent_path` with the same parent: it records the parent's current DataWriteGuid.
+//!
+//! # Crash ordering (instead of the log)
+//! The log stays empty: metadata is updated in an order where every crash point leaves a
+//! consistent image. Guest data goes first, into new blocks past everything the BAT references
+//! (the file is extended first) or over sectors already present; it is synced. Then sector
+//! bitmaps, then BAT entries (each 8-byte entry switches one block from its old state to a
+//! block whose data is already durable), then a final sync. New sector bitmap blocks start as
+//! zeros (a hole), so a BAT entry that reaches the disk before its bitmap shows the parent's
+//! data, the old view. Parent locator changes write the new item into free space of the
+//! metadata region first and switch the table entry afterwards; `has_parent` is set last when
+//! linking and cleared first when unlinking. A dirty log is refused (replay it first with
+//! `qemu-img check -r all`), so there is never a log to replay over these writes.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::header::{self, le16, le32, put_guid, Header, RegionEntry, HEADER_SIZE, MIB};
+use super::metadata::{self, Metadata};
+use super::{
+    Geometry, VhdxImage, FORMAT, OFFSET_MASK, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT,
+    PAYLOAD_PARTIALLY_PRESENT, PAYLOAD_UNDEFINED, PAYLOAD_ZERO, SB_PRESENT, STATE_MASK,
+};
+use crate::error::{DiskError, Result};
+use crate::image::{Format, OpenOptions};
+
+/// Granularity offered to commit/rebase: small enough that a differencing image records only
+/// what changed, large enough that writes stay efficient.
+pub const EDIT_CLUSTER: u64 = 64 << 10;
+/// Size of a sector bitmap block (one per chunk).
+const BITMAP_BLOCK: u64 = MIB;
+/// Bytes of one metadata table entry.
+const TABLE_ENTRY: usize = 32;
+/// Items in the metadata region start at or after the 64 KiB table.
+const ITEMS_START: usize = metadata::TABLE_SIZE;
+
+/// A VHDX opened for writing in place.
+pub struct VhdxEditor {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    /// Offset of the header copy with the highest sequence number.
+    current_header_at: u64,
+    file_guid_changed: bool,
+    data_guid_changed: bool,
+    meta: Metadata,
+    geometry: Geometry,
+    meta_region: RegionEntry,
+    bat_region: RegionEntry,
+    bat: Vec<u64>,
+    /// BAT entries changed in this session (indices), written by `finish`.
+    dirty_entries: BTreeSet<u64>,
+    /// Sector bitmap blocks read or changed, by chunk: (bits, dirty).
+    bitmaps: BTreeMap<u64, (Vec<u8>, bool)>,
+    /// Partially present blocks written in this session (candidates for FULLY_PRESENT).
+    partial_touched: BTreeSet<u64>,
+    /// Where the next block is appended (1 MiB aligned).
+    next: u64,
+    /// Cut the file to `next` at `finish` (after `empty`).
+    truncate: bool,
+    data_written: bool,
+}
+
+fn io(path: &Path, offset: u64, e: std::io::Error) -> DiskError {
+    DiskError::io(path, offset, e)
+}
+
+impl VhdxEditor {
+    /// Opens a dynamic, fixed or differencing VHDX for writing; the parent is not opened.
+    pub fn open(path: &Path) -> Result<VhdxEditor> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| DiskError::Open {
+                path: path.into(),
+                action: "open for writing",
+                source,
+            })?;
+        let reader = file.try_clone().map_err(|e| io(path, 0, e))?;
+        let opts = OpenOptions {
+            skip_backing: true,
+            format: Some(Format::Vhdx),
+            ..OpenOptions::default()
+        };
+        let image = VhdxImage::open(path, Arc::new(reader), &opts)?;
+        if !image.header.log_guid.is_nil() && image.replayed_entries > 0 {
+            return Err(DiskError::Unsupported {
+                path: path.into(),
+                format: FORMAT,
+                feature: format!(
+                    "writing into an image whose log holds {} entries to replay (replay it first: qemu-img check -r all)",
+                    image.replayed_entries
+                ),
+            });
+        }
+        let regions = super::read_region_table(path, &file)?;
+        let meta_region = *regions.find(&header::METADATA_REGION).ok_or_else(|| {
+            DiskError::corrupt(
+                path,
+                FORMAT,
+                header::REGION_TABLE_1_OFFSET,
+                "region table",
+                "no metadata region",
+            )
+        })?;
+        let bat_region = *regions.find(&header::BAT_REGION).ok_or_else(|| {
+            DiskError::corrupt(
+                path,
+                FORMAT,
+                header::REGION_TABLE_1_OFFSET,
+                "region table",
+                "no BAT region",
+            )
+        })?;
+        let current_header_at = current_header_offset(path, &file)?;
+        let g = image.geometry;
+        let mut end = image.file_size;
+        for (i, &entry) in image.bat.iter().enumerate() {
+            let at = entry & OFFSET_MASK;
+            let state = entry & STATE_MASK;
+            let is_bitmap = g.chunk_ratio > 0 && (i as u64 + 1).is_multiple_of(g.chunk_ratio + 1);
+            let len = if is_bitmap {
+                (state == SB_PRESENT).then_some(BITMAP_BLOCK)
+            } else {
+                matches!(state, PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT)
+                    .then_some(g.block_size)
+            };
+            if let Some(len) = len {
+                end = end.max(at.saturating_add(len));
+            }
+        }
+        let regions_end = [meta_region, bat_region]
+            .iter()
+            .map(|r| r.file_offset + u64::from(r.length))
+            .chain([image.header.log_offset + u64::from(image.header.log_length)])
+            .max()
+            .unwrap_or(0);
+        let next = end.max(regions_end).div_ceil(MIB) * MIB;
+        Ok(VhdxEditor {
+            path: path.to_path_buf(),
+            file,
+            header: image.header,
+            current_header_at,
+            file_guid_changed: false,
+            data_guid_changed: false,
+            meta: image.meta,
+            geometry: g,
+            meta_region,
+            bat_region,
+            bat: image.bat,
+            dirty_entries: BTreeSet::new(),
+            bitmaps: BTreeMap::new(),
+            partial_touched: BTreeSet::new(),
+            next,
+            truncate: false,
+            data_written: false,
+        })
+    }
+
+    pub fn virtual_size(&self) -> u64 {
+        self.meta.virtual_size
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// The DataWriteGuid as it is now (after a write: the new one).
+    pub fn data_write_guid(&self) -> Uuid {
+        self.header.data_write_guid
+    }
+
+    /// The unit commit and rebase write in (see `EDIT_CLUSTER`).
+    pub fn cluster_size(&self) -> u64 {
+        EDIT_CLUSTER.min(self.geometry.block_size)
+    }
+
+    /// The coming writes do not change what the guest reads (safe rebase copies, emptying
+    /// after a commit): keep the DataWriteGuid that children record as parent_linkage.
+    pub fn keep_data_write_guid(&mut self) {
+        self.data_guid_changed = true;
+    }
+
+    pub fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
+        self.write_at(guest_offset, data)
+    }
+
+    /// Makes the cluster at `guest_offset` read as zeros.
+    pub fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
+        let len = self
+            .cluster_size()
+            .min(self.meta.virtual_size.saturating_sub(guest_offset));
+        self.zero_range(guest_offset, len)
+    }
+
+    /// Writes guest data in place (in a differencing image whole logical sectors, unless a
+    /// partly covered sector is already present in this layer).
+    pub fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
+        crate::vhd::shared::check_range(
+            &self.path,
+            guest_offset,
+            data.len() as u64,
+            self.meta.virtual_size,
+        )?;
+        self.touch_headers(true)?;
+        let bs = self.geometry.block_size;
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = guest_offset + done as u64;
+            let n = ((bs - at % bs) as usize).min(data.len() - done);
+            self.write_in_block(at / bs, at % bs, &data[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes `[guest_offset, +len)` read as zeros: whole blocks become PAYLOAD_BLOCK_ZERO,
+    /// unallocated blocks of an image without a parent stay as they are (they read as
+    /// zeros), everything else gets zeros written.
+    pub fn zero_range(&mut self, guest_offset: u64, len: u64) -> Result<()> {
+        crate::vhd::shared::check_range(&self.path, guest_offset, len, self.meta.virtual_size)?;
+        self.touch_headers(true)?;
+        let bs = self.geometry.block_size;
+        let zeros = vec![0u8; EDIT_CLUSTER as usize];
+        let mut done = 0u64;
+        while done < len {
+            let at = guest_offset + done;
+            let block = at / bs;
+            let in_block = at % bs;
+            let block_len = bs.min(self.meta.virtual_size - block * bs);
+            let n = (block_len - in_block).min(len - done);
+            let index = self.geometry.payload_index(block);
+            let state = self.entry(index) & STATE_MASK;
+            let allocated = matches!(state, PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT);
+            if in_block == 0 && n == block_len {
+                self.set_entry(index, PAYLOAD_ZERO);
+                self.partial_touched.remove(&block);
+            } else if allocated
+                || self.meta.has_parent && !matches!(state, PAYLOAD_ZERO | super::PAYLOAD_UNMAPPED)
+            {
+                let mut pos = 0u64;
+                while pos < n {
+                    let m = (n - pos).min(EDIT_CLUSTER);
+                    self.write_in_block(block, in_block + pos, &zeros[..m as usize])?;
+                    pos += m;
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn entry(&self, index: u64) -> u64 {
+        self.bat.get(index as usize).copied().unwrap_or(0)
+    }
+
+    fn set_entry(&mut self, index: u64, value: u64) {
+        if let Some(e) = self.bat.get_mut(index as usize) {
+            *e = value;
+            self.dirty_entries.insert(index);
+        }
+    }
+
+    /// Appends `len` bytes (1 MiB aligned) at the end of the file; returns their offset.
+    fn append(&mut self, len: u64) -> Result<u64> {
+        let at = self.next;
+        let end = at + len.div_ceil(MIB) * MIB;
+        // Extend first: BAT entries written later must never point past the end.
+        self.file.set_len(end).map_err(|e| io(&self.path, end, e))?;
+        self.next = end;
+        Ok(at)
+    }
+
+    fn write_in_block(&mut self, block: u64, in_block: u64, data: &[u8]) -> Result<()> {
+        let index = self.geometry.payload_index(block);
+        let entry = self.entry(index);
+        let state = entry & STATE_MASK;
+        let base = match state {
+            PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT => entry & OFFSET_MASK,
+            _ => {
+                let partial = self.meta.has_parent
+                    && matches!(state, PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED);
+                if partial {
+                    // The chunk needs a sector bitmap before any sector can be marked.
+                    self.chunk_bitmap(block / self.geometry.chunk_ratio, true)?;
+                }
+                let at = self.append(self.geometry.block_size)?;
+                let new_state = if partial {
+                    PAYLOAD_PARTIALLY_PRESENT
+                } else {
+                    PAYLOAD_FULLY_PRESENT
+                };
+                self.set_entry(index, at | new_state);
+                at
+            }
+        };
+        let partial = self.entry(index) & STATE_MASK == PAYLOAD_PARTIALLY_PRESENT;
+        let sector = u64::from(self.meta.logical_sector_size);
+        if partial {
+            self.check_partial_sectors(block, in_block, data.len() as u64)?;
+        }
+        let host = base + in_block;
+        self.file
+            .write_all_at(data, host)
+            .map_err(|e| io(&self.path, host, e))?;
+        self.data_written = true;
+        if partial {
+            let first = self.sector_in_chunk(block, in_block / sector);
+            let last = self.sector_in_chunk(block, (in_block + data.len() as u64).div_ceil(sector));
+            let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, true)?;
+            for s in first..last {
+                set_bit(bits, s);
+            }
+            self.partial_touched.insert(block);
+        }
+        Ok(())
+    }
+
+    fn sector_in_chunk(&self, block: u64, sector_in_block: u64) -> u64 {
+        let per_block = self.geometry.block_size / u64::from(self.meta.logical_sector_size);
+        (block % self.geometry.chunk_ratio) * per_block + sector_in_block
+    }
+
+    fn check_partial_sectors(&mut self, block: u64, in_block: u64, len: u64) -> Result<()> {
+        let sector = u64::from(self.meta.logical_sector_size);
+        let end = in_block + len;
+        let mut partial = Vec::new();
+        if !in_block.is_multiple_of(sector) {
+            partial.push(in_block / sector);
+        }
+        if !end.is_multiple_of(sector) {
+            partial.push(end / sector);
+        }
+        for s in partial {
+            let bit = self.sector_in_chunk(block, s);
+            let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, false)?;
+            if !get_bit(bits, bit) {
+                return Err(DiskError::Unsupported {
+                    path: self.path.clone(),
+                    format: FORMAT,
+                    feature: format!(
+                        "a write covering part of logical sector {s} of block {block} in a differencing VHDX (whole {sector}-byte sectors only)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The sector bitmap of `chunk`, read on first use, allocated when the chunk has none
+    /// and `mark_dirty` is set (it will be written).
+    fn chunk_bitmap(&mut self, chunk: u64, mark_dirty: bool) -> Result<&mut Vec<u8>> {
+        let index = self.geometry.bitmap_index(chunk);
+        let entry = self.entry(index);
+        if entry & STATE_MASK != SB_PRESENT && mark_dirty {
+            let at = self.append(BITMAP_BLOCK)?;
+            self.set_entry(index, at | SB_PRESENT);
+            self.bitmaps
+                .insert(chunk, (vec![0u8; BITMAP_BLOCK as usize], true));
+        }
+        let path = &self.path;
+        let file = &self.file;
+        let slot = match self.bitmaps.entry(chunk) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let mut bits = vec![0u8; BITMAP_BLOCK as usize];
+                if entry & STATE_MASK == SB_PRESENT {
+                    crate::vhd::shared::read_exact(file, path, &mut bits, entry & OFFSET_MASK)?;
+                }
+                v.insert((bits, false))
+            }
+        };
+        slot.1 |= mark_dirty;
+        Ok(&mut slot.0)
+    }
+
+    /// Updates both headers before the first change (new FileWriteGuid; new DataWriteGuid
+    /// when `data` is set and it was not changed yet).
+    fn touch_headers(&mut self, data: bool) -> Result<()> {
+        let need_file = !self.file_guid_changed;
+        let need_data = data && !self.data_guid_changed;
+        if !need_file && !need_data {
+            return Ok(());
+        }
+        let mut h = self.header.clone();
+        if need_file {
+            h.file_write_guid = Uuid::new_v4();
+        }
+        if need_data {
+            h.data_write_guid = Uuid::new_v4();
+        }
+        // Write the older copy first, then the other: one valid header always survives.
+        for _ in 0..2 {
+            h.sequence_number = h.sequence_number.checked_add(1).ok_or_else(|| {
+                DiskError::corrupt(
+                    &self.path,
+                    FORMAT,
+                    self.current_header_at + 8,
+                    "header sequence number",
+                    "at its maximum",
+                )
+            })?;
+            let at = if self.current_header_at == header::HEADER_1_OFFSET {
+                header::HEADER_2_OFFSET
+            } else {
+                header::HEADER_1_OFFSET
+            };
+            self.file
+                .write_all_at(&h.emit(), at)
+                .map_err(|e| io(&self.path, at, e))?;
+            self.file.sync_data().map_err(|e| io(&self.path, at, e))?;
+            self.current_header_at = at;
+        }
+        self.header = h;
+        self.file_guid_changed = true;
+        self.data_guid_changed |= need_data;
+        Ok(())
+    }
+
+    /// Records `parent` (name as the user wrote it, resolved path) as this image's parent:
+    /// parent_linkage = the parent's current DataWriteGuid, relative_path, absolute_win32_path.
+    /// `None` makes a differencing image a plain dynamic one. Only the reference changes:
+    /// callers copy data whose view would change first (safe rebase). Refused: parents that
+    /// are not VHDX images of the same size, a locator that does not fit the metadata region,
+    /// a BAT region too small for a differencing image's sector bitmap entries.
+    pub fn set_parent_path(&mut self, parent: Option<(&str, &Path)>) -> Result<()> {
+        self.touch_headers(false)?;
+        match parent {
+            Some((name, resolved)) => self.link_parent(name, resolved),
+            None => self.unlink_parent(),
+        }
+    }
+
+    fn link_parent(&mut self, name: &str, resolved: &Path) -> Result<()> {
+        let (guid, size) = super::data_write_guid(resolved)?;
+        if size != self.meta.virtual_size {
+            return Err(DiskError::InvalidOption {
+                key: "backing_file".into(),
+                value: name.into(),
+                reason: format!(
+                    "a differencing VHDX must have its parent's size: {} has {size} bytes, {} has {}",
+                    resolved.display(),
+                    self.path.display(),
+                    self.meta.virtual_size
+                ),
+            });
+        }
+        let locator = super::writer::parent_locator(name, resolved, &guid);
+        let mut new_meta = self.meta.clone();
+        new_meta.has_parent = true;
+        let new_geometry = Geometry::new(&new_meta);
+        if new_geometry.total_entries * 8 > u64::from(self.bat_region.length) {
+            return Err(DiskError::Limit {
+                path: self.path.clone(),
+                offset: self.bat_region.file_offset,
+                field: "BAT region",
+                value: new_geometry.total_entries * 8,
+                limit: u64::from(self.bat_region.length),
+                why: "a differencing image needs a sector bitmap entry per chunk and the BAT region has no room for them",
+            });
+        }
+        self.write_locator_item(&locator.emit())?;
+        if !self.meta.has_parent {
+            // The entries a differencing image adds at the end start as "not present".
+            let old = self.bat.len() as u64;
+            self.bat.resize(new_geometry.total_entries as usize, 0);
+            for i in old..new_geometry.total_entries {
+                self.dirty_entries.insert(i);
+            }
+            // Flush the BAT before has_parent turns on, so a crash never shows a
+            // differencing image with stale entries.
+            self.write_dirty_bat()?;
+            self.sync()?;
+            self.set_has_parent(true)?;
+        }
+        self.meta = new_meta;
+        self.meta.parent_locator = Some(locator);
+        self.geometry = new_geometry;
+        Ok(())
+    }
+
+    fn unlink_parent(&mut self) -> Result<()> {
+        if !self.meta.has_parent {
+            return Ok(());
+        }
+        self.touch_headers(true)?;
+        // Sectors the bitmaps send to the parent read as zeros without one.
+        let g = self.geometry;
+        let sector = u64::from(self.meta.logical_sector_size);
+        let per_block = g.block_size / sector;
+        let zeros = vec![0u8; EDIT_CLUSTER as usize];
+        for block in 0..g.data_blocks {
+            let index = g.payload_index(block);
+            let entry = self.entry(index);
+            if entry & STATE_MASK != PAYLOAD_PARTIALLY_PRESENT {
+                continue;
+            }
+            let base = entry & OFFSET_MASK;
+            let first = self.sector_in_chunk(block, 0);
+            let bits = self.chunk_bitmap(block / g.chunk_ratio, false)?.clone();
+            let mut s = 0u64;
+            while s < per_block {
+                if get_bit(&bits, first + s) {
+                    s += 1;
+                    continue;
+                }
+                let mut e = s + 1;
+                while e < per_block && !get_bit(&bits, first + e) && (e - s) * sector < EDIT_CLUSTER
+                {
+                    e += 1;
+                }
+                let at = base + s * sector;
+                self.file
+                    .write_all_at(&zeros[..((e - s) * sector) as usize], at)
+                    .map_err(|err| io(&self.path, at, err))?;
+                s = e;
+            }
+            self.set_entry(index, base | PAYLOAD_FULLY_PRESENT);
+        }
+        self.sync()?;
+        self.set_has_parent(false)?;
+        let mut new_meta = self.meta.clone();
+        new_meta.has_parent = false;
+        new_meta.parent_locator = None;
+        let new_geometry = Geometry::new(&new_meta);
+        // Sector bitmap entries mean nothing without a parent.
+        for chunk in 0..g.bitmap_blocks {
+            let i = g.bitmap_index(chunk);
+            if self.entry(i) != 0 {
+                self.set_entry(i, 0);
+            }
+        }
+        self.bitmaps.clear();
+        self.partial_touched.clear();
+        self.remove_locator_item()?;
+        self.meta = new_meta;
+        self.geometry = new_geometry;
+        Ok(())
+    }
+
+    /// Drops every block: a differencing image then reads entirely from its parent, a dynamic
+    /// one as zeros; the file shrinks to its regions.
+    pub fn empty(&mut self) -> Result<()> {
+        if self.meta.leave_blocks_allocated {
+            return Err(DiskError::NotSupportedFor {
+                path: self.path.clone(),
+                format: FORMAT,
+                operation: "emptying a fixed VHDX",
+            });
+        }
+        self.touch_headers(true)?;
+        for i in 0..self.bat.len() as u64 {
+            if self.bat[i as usize] != 0 {
+                self.set_entry(i, 0);
+            }
+        }
+        self.bitmaps.clear();
+        self.partial_touched.clear();
+        let regions_end = [self.meta_region, self.bat_region]
+            .iter()
+            .map(|r| r.file_offset + u64::from(r.length))
+            .chain([self.header.log_offset + u64::from(self.header.log_length)])
+            .max()
+            .unwrap_or(0);
+        self.next = regions_end.div_ceil(MIB) * MIB;
+        self.truncate = true;
+        Ok(())
+    }
+
+    /// Writes bitmaps and BAT entries after syncing the data they describe, then syncs.
+    pub fn finish(mut self) -> Result<()> {
+        if self.data_written {
+            self.sync()?;
+        }
+        // Blocks whose every sector is now written become fully present.
+        let sector = u64::from(self.meta.logical_sector_size);
+        let per_block = self.geometry.block_size / sector;
+        for block in std::mem::take(&mut self.partial_touched) {
+            let first = self.sector_in_chunk(block, 0);
+            let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, false)?;
+            if (first..first + per_block).all(|s| get_bit(bits, s)) {
+                let index = self.geometry.payload_index(block);
+                let entry = self.entry(index);
+                self.set_entry(index, (entry & OFFSET_MASK) | PAYLOAD_FULLY_PRESENT);
+            }
+        }
+        let dirty: Vec<(u64, u64)> = self
+            .bitmaps
+            .iter()
+            .filter(|(_, (_, d))| *d)
+            .map(|(chunk, _)| (*chunk, self.entry(self.geometry.bitmap_index(*chunk))))
+            .collect();
+        for (chunk, entry) in dirty {
+            if entry & STATE_MASK != SB_PRESENT {
+                continue;
+            }
+            let at = entry & OFFSET_MASK;
+            let bits = &self.bitmaps[&chunk].0;
+            self.file
+                .write_all_at(bits, at)
+                .map_err(|e| io(&self.path, at, e))?;
+        }
+        self.write_dirty_bat()?;
+        if self.truncate {
+            self.file
+                .set_len(self.next)
+                .map_err(|e| io(&self.path, self.next, e))?;
+        }
+        self.file.sync_all().map_err(|e| io(&self.path, 0, e))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| io(&self.path, 0, e))
+    }
+
+    /// Writes the BAT pages (4 KiB) holding changed entries.
+    fn write_dirty_bat(&mut self) -> Result<()> {
+        const PER_PAGE: u64 = 4096 / 8;
+        let pages: BTreeSet<u64> = std::mem::take(&mut self.dirty_entries)
+            .into_iter()
+            .map(|i| i / PER_PAGE)
+            .collect();
+        for page in pages {
+            let first = (page * PER_PAGE) as usize;
+            let last = (first + PER_PAGE as usize).min(self.bat.len());
+            if first >= last {
+                continue;
+            }
+            let bytes: Vec<u8> = self.bat[first..last]
+                .iter()
+                .flat_map(|e| e.to_le_bytes())
+                .collect();
+            let at = self.bat_region.file_offset + first as u64 * 8;
+            self.file
+                .write_all_at(&bytes, at)
+                .map_err(|e| io(&self.path, at, e))?;
+        }
+        Ok(())
+    }
+
+    fn read_meta_region(&self) -> Result<Vec<u8>> {
+        let mut region = vec![0u8; self.meta_region.length as usize];
+        crate::vhd::shared::read_exact(
+            &self.file,
+            &self.path,
+            &mut region,
+            self.meta_region.file_offset,
+        )?;
+        Ok(region)
+    }
+
+    /// Sets or clears the has_parent bit of the file parameters item.
+    fn set_has_parent(&mut self, on: bool) -> Result<()> {
+        let region = self.read_meta_region()?;
+        let table = MetadataTable::parse(&region);
+        let (_, e) = table.find(&metadata::FILE_PARAMETERS).ok_or_else(|| {
+            DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                self.meta_region.file_offset,
+                "file parameters",
+                "missing from the metadata table",
+            )
+        })?;
+        let at = e.offset as usize + 4;
+        let mut flags = region.get(at..at + 4).map(|b| le32(b, 0)).ok_or_else(|| {
+            DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                self.meta_region.file_offset,
+                "file parameters",
+                "item outside the region",
+            )
+        })?;
+        if on {
+            flags |= 2;
+        } else {
+            flags &= !2;
+        }
+        let file_at = self.meta_region.file_offset + at as u64;
+        self.file
+            .write_all_at(&flags.to_le_bytes(), file_at)
+            .map_err(|e| io(&self.path, file_at, e))?;
+        self.sync()
+    }
+
+    /// Writes a new parent locator item into free space of the metadata region (in place
+    /// only when nothing else fits), then points the table at it.
+    fn write_locator_item(&mut self, item: &[u8]) -> Result<()> {
+        let region = self.read_meta_region()?;
+        let table = MetadataTable::parse(&region);
+        let existing = table.find(&metadata::PARENT_LOCATOR);
+        let mut taken: Vec<(usize, usize)> = table
+            .entries
+            .iter()
+            .filter(|e| e.length > 0)
+            .map(|e| (e.offset as usize, e.offset as usize + e.length as usize))
+            .collect();
+        taken.sort_unstable();
+        let fit = free_space(&taken, region.len(), item.len()).or_else(|| {
+            // In place: the old item's room up to the next item.
+            existing.and_then(|(_, e)| {
+                let start = e.offset as usize;
+                let room_end = taken
+                    .iter()
+                    .map(|t| t.0)
+                    .filter(|s| *s > start)
+                    .min()
+                    .unwrap_or(region.len());
+                (start + item.len() <= room_end).then_some(start)
+            })
+        });
+        let Some(offset) = fit else {
+            return Err(DiskError::InvalidOption {
+                key: "backing_file".into(),
+                value: format!("{} bytes of parent locator", item.len()),
+                reason: format!(
+                    "the metadata region of {} has no room for it ({} bytes, items take the rest)",
+                    self.path.display(),
+                    region.len()
+                ),
+            });
+        };
+        let item_at = self.meta_region.file_offset + offset as u64;
+        self.file
+            .write_all_at(item, item_at)
+            .map_err(|e| io(&self.path, item_at, e))?;
+        self.sync()?;
+        let (slot, count) = match existing {
+            Some((i, _)) => (i, table.count),
+            None => {
+                if usize::from(table.count) >= usize::from(metadata::MAX_ENTRIES) {
+                    return Err(DiskError::InvalidOption {
+                        key: "backing_file".into(),
+                        value: "parent locator".into(),
+                        reason: "the metadata table is full".into(),
+                    });
+                }
+                (usize::from(table.count), table.count + 1)
+            }
+        };
+        let mut entry = [0u8; TABLE_ENTRY];
+        put_guid(&mut entry, 0, &metadata::PARENT_LOCATOR);
+        entry[16..20].copy_from_slice(&(offset as u32).to_le_bytes());
+        entry[20..24].copy_from_slice(&(item.len() as u32).to_le_bytes());
+        // IsRequired, as Hyper-V marks the parent locator.
+        entry[24..28].copy_from_slice(&4u32.to_le_bytes());
+        let entry_at = self.meta_region.file_offset + (32 + slot * TABLE_ENTRY) as u64;
+        self.file
+            .write_all_at(&entry, entry_at)
+            .map_err(|e| io(&self.path, entry_at, e))?;
+        if count != table.count {
+            let at = self.meta_region.file_offset + 10;
+            self.sync()?;
+            self.file
+                .write_all_at(&count.to_le_bytes(), at)
+                .map_err(|e| io(&self.path, at, e))?;
+        }
+        self.sync()
+    }
+
+    /// Removes the parent locator entry from the metadata table (the last entry moves into
+    /// its slot, then the count shrinks).
+    fn remove_locator_item(&mut self) -> Result<()> {
+        let region = self.read_meta_region()?;
+        let table = MetadataTable::parse(&region);
+        let Some((slot, _)) = table.find(&metadata::PARENT_LOCATOR) else {
+            return Ok(());
+        };
+        let last = usize::from(table.count) - 1;
+        let base = self.meta_region.file_offset;
+        if slot != last {
+            let from = 32 + last * TABLE_ENTRY;
+            let moved = region[from..from + TABLE_ENTRY].to_vec();
+            let at = base + (32 + slot * TABLE_ENTRY) as u64;
+            self.file
+                .write_all_at(&moved, at)
+                .map_err(|e| io(&self.path, at, e))?;
+        }
+        let count = table.count - 1;
+        self.file
+            .write_all_at(&count.to_le_bytes(), base + 10)
+            .map_err(|e| io(&self.path, base + 10, e))?;
+        let at = base + (32 + last * TABLE_ENTRY) as u64;
+        self.file
+            .write_all_at(&[0u8; TABLE_ENTRY], at)
+            .map_err(|e| io(&self.path, at, e))?;
+        self.sync()
+    }
+}
+
+/// The offset of the header copy with the highest valid sequence number.
+fn current_header_offset(path: &Path, file: &File) -> Result<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    for at in [header::HEADER_1_OFFSET, header::HEADER_2_OFFSET] {
+        let mut bytes = [0u8; HEADER_SIZE];
+        crate::vhd::shared::read_exact(file, path, &mut bytes, at)?;
+        if let Ok(h) = Header::parse(&bytes) {
+            if best.is_none_or(|(seq, _)| h.sequence_number > seq) {
+                best = Some((h.sequence_number, at));
+            }
+        }
+    }
+    best.map(|(_, at)| at).ok_or_else(|| {
+        DiskError::corrupt(
+            path,
+            FORMAT,
+            header::HEADER_1_OFFSET,
+            "header",
+            "no valid header",
+        )
+    })
+}
+
+/// The raw metadata table (the parsed `Metadata` keeps only the system items).
+struct MetadataTable {
+    count: u16,
+    entries: Vec<TableEntry>,
+}
+
+#[derive(Clone, Copy)]
+struct TableEntry {
+    item: Uuid,
+    offset: u32,
+    length: u32,
+    is_user: bool,
+}
+
+impl MetadataTable {
+    /// The region was validated by `Metadata::parse` when the image was opened: the count is
+    /// within `MAX_ENTRIES`, so every entry lies inside the 64 KiB table.
+    fn parse(region: &[u8]) -> MetadataTable {
+        let count = le16(region, 10).min(metadata::MAX_ENTRIES);
+        let entries = (0..usize::from(count))
+            .filter_map(|i| region.get(32 + i * TABLE_ENTRY..32 + (i + 1) * TABLE_ENTRY))
+            .map(|e| TableEntry {
+                item: header::guid(e, 0),
+                offset: le32(e, 16),
+                length: le32(e, 20),
+                is_user: le32(e, 24) & 1 != 0,
+            })
+            .collect();
+        MetadataTable { count, entries }
+    }
+
+    fn find(&self, id: &Uuid) -> Option<(usize, TableEntry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !e.is_user && e.item == *id)
+            .map(|(i, e)| (i, *e))
+    }
+}
+
+/// First 8-aligned gap of `len` bytes in the item area that no item uses.
+fn free_space(taken: &[(usize, usize)], region_len: usize, len: usize) -> Option<usize> {
+    let mut at = ITEMS_START;
+    for &(start, end) in taken {
+        if start >= at && start - at >= len {
+            return Some(at);
+        }
+        at = at.max(end.div_ceil(8) * 8);
+    }
+    (region_len >= at && region_len - at >= len).then_some(at)
+}
+
+/// VHDX sector bitmaps: bit `s % 8` (least significant first) of byte `s / 8`.
+fn get_bit(bits: &[u8], sector: u64) -> bool {
+    bits.get((sector / 8) as usize)
+        .is_some_and(|b| b & (1 << (sector % 8)) != 0)
+}
+
+fn set_bit(bits: &mut [u8], sector: u64) {
+    if let Some(b) = bits.get_mut((sector / 8) as usize) {
+        *b |= 1 << (sector % 8);
+    }
+}
+
+impl crate::modify::InPlaceEditor for VhdxEditor {
+    fn cluster_size(&self) -> u64 {
+        VhdxEditor::cluster_size(self)
+    }
+
+    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
+        self.write_at(guest_offset, data)
+    }
+
+    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
+        VhdxEditor::zero_cluster(self, guest_offset)
+    }
+
+    fn set_parent(&mut self, parent: Option<&crate::modify::ParentRef>) -> Result<()> {
+        match parent {
+            None => self.set_parent_path(None),
+            Some(p) => {
+                if p.format.is_some_and(|f| f != Format::Vhdx) {
+                    return Err(DiskError::InvalidOption {
+                        key: "backing_fmt".into(),
+                        value: p.format.map(|f| f.qemu_name()).unwrap_or("").into(),
+                        reason: "a differencing VHDX's parent must be a VHDX".into(),
+                    });
+                }
+                self.set_parent_path(Some((&p.name, &p.resolved)))
+            }
+        }
+    }
+
+    fn empty(&mut self) -> Result<()> {
+        VhdxEditor::empty(self)
+    }
+
+    fn keep_content_id(&mut self) {
+        VhdxEditor::keep_data_write_guid(self)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        VhdxEditor::finish(*self)
+    }
+}
