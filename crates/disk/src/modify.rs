@@ -14,6 +14,7 @@ use vmedia_io::Progress;
 use crate::error::{DiskError, Result};
 use crate::image::{self, BlockKind, DiskImage, Format, OpenOptions};
 use crate::qcow2::modify::Qcow2Editor;
+use crate::vmdk::edit::VmdkEditor;
 
 /// The parent (backing file) an edited image is told to record by [`InPlaceEditor::set_parent`].
 ///
@@ -54,6 +55,10 @@ pub trait InPlaceEditor {
     /// Drops every allocation so the image reads entirely through its parent (commit without
     /// -d); formats that cannot say so in their error.
     fn empty(&mut self) -> Result<()>;
+    /// The caller's writes do not change what the guest sees (safe rebase copies, emptying
+    /// after a commit): keep the content identity that children check (VMDK CID, VHDX
+    /// DataWriteGuid) instead of renewing it on the first write.
+    fn keep_content_id(&mut self) {}
     /// Writes the metadata, marks the content changed where the format records that, syncs.
     fn finish(self: Box<Self>) -> Result<()>;
 }
@@ -63,8 +68,9 @@ pub fn open_editor(path: &Path, format: Format) -> Result<Box<dyn InPlaceEditor>
     match format {
         Format::Raw => Ok(Box::new(RawEditor::open(path)?)),
         Format::Qcow2 => Ok(Box::new(Qcow2Editor::open(path)?)),
-        // The VMDK, VHD and VHDX editors arrive in their own modules.
-        Format::Vmdk | Format::Vhd | Format::Vhdx => Err(DiskError::NotSupportedFor {
+        Format::Vmdk => Ok(Box::new(VmdkEditor::open(path)?)),
+        // The VHD and VHDX editors arrive in their own modules.
+        Format::Vhd | Format::Vhdx => Err(DiskError::NotSupportedFor {
             path: path.into(),
             format: format.qemu_name(),
             operation: "writing in place (commit/rebase)",
@@ -274,6 +280,8 @@ pub fn commit(
     let relink = layers == 1 && records_parent_identity(top_format);
     if empty_top || relink {
         let mut editor = open_editor(top_path, top_format)?;
+        // The top's guest view is unchanged: its data now also lives in the parent.
+        editor.keep_content_id();
         if relink {
             if let Some(parent) = &top_parent {
                 editor.set_parent(Some(&ParentRef {
@@ -390,9 +398,12 @@ pub fn rebase(
         None => (None, None),
     };
     let mut editor = open_editor(top_path, top_format)?;
+    // Recorded first so that a parent reference the format cannot store (a VMDK descriptor
+    // without room for the name) fails before any data is written.
+    editor.set_parent(parent.as_ref())?;
+    editor.keep_content_id();
     copy_differences(top.as_ref(), new_img.as_deref(), editor.as_mut(), progress)?;
     drop(top);
-    editor.set_parent(parent.as_ref())?;
     editor.finish()
 }
 

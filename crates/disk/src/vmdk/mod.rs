@@ -6,6 +6,7 @@
 //! parentFileNameHint) likewise.
 
 pub mod descriptor;
+pub mod edit;
 pub mod header;
 pub mod sparse;
 mod stream;
@@ -577,6 +578,12 @@ impl DiskImage for VmdkImage {
         for e in &self.extents {
             match &e.data {
                 ExtentData::Sparse(sp) => {
+                    for note in sp.notes() {
+                        report.corruptions += 1;
+                        report
+                            .messages
+                            .push(format!("ERROR: {}: {note}", sp.path.display()));
+                    }
                     progress.set_total(sp.gd_len() as u64);
                     total += e.len.div_ceil(sp.grain_bytes());
                     let limit = sp.file_size();

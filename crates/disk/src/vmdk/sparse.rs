@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use vmedia_io::ReadAt;
 
 use super::header::{
-    le32, Marker, SparseHeader, GD_AT_END, GRAIN_MARKER_HEADER, MARKER_FOOTER, SECTOR,
+    le32, Marker, SparseHeader, FLAG_REDUNDANT_GT, GD_AT_END, GRAIN_MARKER_HEADER, MARKER_FOOTER,
+    SECTOR,
 };
 use crate::error::{DiskError, Result};
 use crate::vhd::shared::{read_exact, source_size};
@@ -52,6 +53,8 @@ pub struct SparseExtent {
     /// Recently inflated grains by host offset: readers asking for a grain piece by piece
     /// (4 KiB at a time) must not inflate it again for every piece.
     grain_cache: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
+    /// What was wrong but could be read around (a damaged primary grain directory).
+    notes: Vec<String>,
 }
 
 impl SparseExtent {
@@ -69,28 +72,7 @@ impl SparseExtent {
         if header.gd_offset == GD_AT_END || (header.has_markers() && header.gd_offset == 0) {
             header = read_footer(path, source.as_ref(), file_size, &header)?;
         }
-        let entries = header.gd_entries();
-        let gd_bytes = entries * 4;
-        let gd_at = header.gd_offset.checked_mul(SECTOR).ok_or_else(|| {
-            DiskError::corrupt(
-                path,
-                FORMAT,
-                56,
-                "gdOffset",
-                "sector offset overflows 64 bits",
-            )
-        })?;
-        if gd_at
-            .checked_add(gd_bytes)
-            .is_none_or(|end| end > file_size)
-            || gd_at == 0
-        {
-            return Err(DiskError::corrupt(path, FORMAT, 56, "gdOffset",
-                format!("grain directory of {entries} entries at {gd_at:#x} lies outside the file ({file_size} bytes)")));
-        }
-        let mut raw = vec![0u8; gd_bytes as usize];
-        read_exact(source.as_ref(), path, &mut raw, gd_at)?;
-        let gd = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
+        let (gd, notes) = load_directory(path, source.as_ref(), &header, file_size)?;
         Ok(SparseExtent {
             path: path.to_path_buf(),
             source,
@@ -99,6 +81,7 @@ impl SparseExtent {
             gd,
             gt_cache: RwLock::new(HashMap::new()),
             grain_cache: Mutex::new(VecDeque::with_capacity(MAX_CACHED_GRAINS)),
+            notes,
         })
     }
 
@@ -323,8 +306,111 @@ impl SparseExtent {
     pub fn source(&self) -> &Arc<dyn ReadAt> {
         &self.source
     }
+
+    /// Problems read around while opening (shown by `check`).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
 }
 
+/// One grain directory copy read from `gd_sector`. A copy outside the file is an error; a
+/// copy naming grain tables outside the file (or over the header) comes back with that
+/// problem, so the caller can prefer the other copy and otherwise fail lazily per table.
+fn read_directory(
+    path: &Path,
+    source: &dyn ReadAt,
+    header: &SparseHeader,
+    file_size: u64,
+    gd_sector: u64,
+    field: &'static str,
+    field_offset: u64,
+) -> Result<(Vec<u32>, Option<DiskError>)> {
+    let entries = header.gd_entries();
+    let gd_bytes = entries * 4;
+    let gd_at = gd_sector.checked_mul(SECTOR).ok_or_else(|| {
+        DiskError::corrupt(
+            path,
+            FORMAT,
+            field_offset,
+            field,
+            "sector offset overflows 64 bits",
+        )
+    })?;
+    if gd_at
+        .checked_add(gd_bytes)
+        .is_none_or(|end| end > file_size)
+        || gd_at == 0
+    {
+        return Err(DiskError::corrupt(path, FORMAT, field_offset, field,
+            format!("grain directory of {entries} entries at {gd_at:#x} lies outside the file ({file_size} bytes)")));
+    }
+    let mut raw = vec![0u8; gd_bytes as usize];
+    read_exact(source, path, &mut raw, gd_at)?;
+    let gd: Vec<u32> = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
+    let table_bytes = u64::from(header.num_gtes_per_gt) * 4;
+    // Compressed streams are checked per table when read (their tables follow markers).
+    let mut problem = None;
+    if !header.has_markers() {
+        for (i, &entry) in gd.iter().enumerate() {
+            let at = u64::from(entry) * SECTOR;
+            if entry != 0 && (at == 0 || at + table_bytes > file_size) {
+                problem = Some(DiskError::corrupt(
+                    path,
+                    FORMAT,
+                    gd_at + i as u64 * 4,
+                    "grain directory entry",
+                    format!("grain table {i} at {at:#x} lies outside the file ({file_size} bytes)"),
+                ));
+                break;
+            }
+        }
+    }
+    Ok((gd, problem))
+}
+
+/// The grain directory, or the redundant copy (with a note) when the primary names grain
+/// tables outside the file and the header says a sound redundant copy exists. qemu reads only the primary; VMware falls
+/// back on the redundant one.
+pub(crate) fn load_directory(
+    path: &Path,
+    source: &dyn ReadAt,
+    header: &SparseHeader,
+    file_size: u64,
+) -> Result<(Vec<u32>, Vec<String>)> {
+    let primary = read_directory(
+        path,
+        source,
+        header,
+        file_size,
+        header.gd_offset,
+        "gdOffset",
+        56,
+    );
+    // A gdOffset outside the file means the header sector itself is damaged, and the
+    // rgdOffset next to it cannot be trusted either: that stays an error.
+    let (gd, problem) = primary?;
+    let Some(problem) = problem else {
+        return Ok((gd, Vec::new()));
+    };
+    if header.flags & FLAG_REDUNDANT_GT != 0 && header.rgd_offset != 0 {
+        if let Ok((gd, None)) = read_directory(
+            path,
+            source,
+            header,
+            file_size,
+            header.rgd_offset,
+            "rgdOffset",
+            48,
+        ) {
+            return Ok((gd, vec![format!(
+                "primary grain directory is damaged ({problem}); read through the redundant grain directory at sector {}",
+                header.rgd_offset
+            )]));
+        }
+    }
+    // No sound copy: tables are checked again when read, so the damage surfaces per table.
+    Ok((gd, Vec::new()))
+}
 /// A streamOptimized image whose first header says GD_AT_END: the footer (marker, header copy,
 /// end-of-stream marker) occupies the last 1536 bytes.
 fn read_footer(
