@@ -47,17 +47,50 @@ fn tree_and_image() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, tree, image)
 }
 
+/// The extractors the tests compare with.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// `xorriso -osirrox on -extract /` (Rock Ridge, hard links kept).
+    Xorriso,
+    /// `bsdtar -xpf` (Rock Ridge, modes kept).
+    Bsdtar,
+    /// `7z x` (Joliet names).
+    SevenZip,
+}
+
+/// Extracts the whole `image` into `dest` (made here) with `peer`.
+fn peer_extract(peer: Peer, image: &Path, dest: &Path) {
+    let mut cmd = match peer {
+        Peer::Xorriso => {
+            let mut c = Command::new(require_tool("xorriso"));
+            c.args(["-hardlinks", "on", "-osirrox", "on", "-indev"])
+                .arg(image)
+                .args(["-extract", "/"])
+                .arg(dest);
+            c
+        }
+        Peer::Bsdtar => {
+            fs::create_dir(dest).unwrap();
+            let mut c = Command::new(require_tool("bsdtar"));
+            c.arg("-xpf").arg(image).arg("-C").arg(dest);
+            c
+        }
+        Peer::SevenZip => {
+            let mut c = Command::new(require_tool("7z"));
+            c.args(["x", "-y"])
+                .arg(format!("-o{}", dest.display()))
+                .arg(image);
+            c
+        }
+    };
+    run_ok(&mut cmd);
+}
+
 #[test]
 fn xorriso_extracts_the_same_tree_with_modes_links_and_hard_links() {
     let (dir, tree, image) = tree_and_image();
     let out = dir.path().join("x");
-    run_ok(
-        Command::new(require_tool("xorriso"))
-            .args(["-hardlinks", "on", "-osirrox", "on", "-indev"])
-            .arg(&image)
-            .args(["-extract", "/"])
-            .arg(&out),
-    );
+    peer_extract(Peer::Xorriso, &image, &out);
     assert_same_tree(
         &manifest(&tree, true),
         &manifest(&out, true),
@@ -114,14 +147,7 @@ fn xorriso_lsl_shows_sizes_and_modes() {
 fn bsdtar_extracts_the_same_tree() {
     let (dir, tree, image) = tree_and_image();
     let out = dir.path().join("x");
-    fs::create_dir(&out).unwrap();
-    run_ok(
-        Command::new(require_tool("bsdtar"))
-            .arg("-xpf")
-            .arg(&image)
-            .arg("-C")
-            .arg(&out),
-    );
+    peer_extract(Peer::Bsdtar, &image, &out);
     let expected = manifest(&tree, true);
     let actual = manifest(&out, true);
     assert_same_tree(&expected, &actual, "bsdtar -x");
@@ -131,13 +157,7 @@ fn bsdtar_extracts_the_same_tree() {
 fn seven_zip_extracts_every_joliet_name_and_content() {
     let (dir, tree, image) = tree_and_image();
     let out = dir.path().join("x");
-    run_ok(
-        Command::new(require_tool("7z"))
-            .arg("x")
-            .arg("-y")
-            .arg(format!("-o{}", out.display()))
-            .arg(&image),
-    );
+    peer_extract(Peer::SevenZip, &image, &out);
     let expected = joliet_view(&manifest(&tree, true), JOLIET_LONG);
     let source = manifest(&tree, true);
     let mut actual = manifest(&out, false);
@@ -388,13 +408,7 @@ fn file_over_4_gib_reads_back_in_xorriso_7z_and_bsdtar() {
         String::from_utf8_lossy(&listing.stdout)
     );
     let x = dir.path().join("x-xorriso");
-    run_ok(
-        Command::new("xorriso")
-            .args(["-osirrox", "on", "-indev"])
-            .arg(&image)
-            .args(["-extract", "/"])
-            .arg(&x),
-    );
+    peer_extract(Peer::Xorriso, &image, &x);
     assert_same_tree(
         &expected,
         &manifest(&x, true),
@@ -403,14 +417,7 @@ fn file_over_4_gib_reads_back_in_xorriso_7z_and_bsdtar() {
     fs::remove_dir_all(&x).unwrap();
 
     let x = dir.path().join("x-bsdtar");
-    fs::create_dir(&x).unwrap();
-    run_ok(
-        Command::new(require_tool("bsdtar"))
-            .arg("-xpf")
-            .arg(&image)
-            .arg("-C")
-            .arg(&x),
-    );
+    peer_extract(Peer::Bsdtar, &image, &x);
     assert_same_tree(
         &expected,
         &manifest(&x, true),
@@ -419,13 +426,7 @@ fn file_over_4_gib_reads_back_in_xorriso_7z_and_bsdtar() {
     fs::remove_dir_all(&x).unwrap();
 
     let x = dir.path().join("x-7z");
-    run_ok(
-        Command::new(require_tool("7z"))
-            .arg("x")
-            .arg("-y")
-            .arg(format!("-o{}", x.display()))
-            .arg(&image),
-    );
+    peer_extract(Peer::SevenZip, &image, &x);
     let mut got = manifest(&x, false);
     got.hard_links.clear();
     assert_same_tree(
@@ -465,14 +466,7 @@ fn seed_image_matches_what_cloud_localds_makes() {
         );
     }
     let x = dir.path().join("x");
-    fs::create_dir(&x).unwrap();
-    run_ok(
-        Command::new(require_tool("bsdtar"))
-            .arg("-xf")
-            .arg(&seed)
-            .arg("-C")
-            .arg(&x),
-    );
+    peer_extract(Peer::Bsdtar, &seed, &x);
     assert_eq!(
         fs::read(x.join("user-data")).unwrap(),
         fs::read(&user).unwrap()
@@ -630,13 +624,7 @@ fn repack_adds_and_removes_and_keeps_everything_else() {
             .arg(&out),
     );
     let x = dir.path().join("x");
-    run_ok(
-        Command::new(require_tool("xorriso"))
-            .args(["-hardlinks", "on", "-osirrox", "on", "-indev"])
-            .arg(&out)
-            .args(["-extract", "/"])
-            .arg(&x),
-    );
+    peer_extract(Peer::Xorriso, &out, &x);
     let mut expected = manifest(&tree, true);
     expected.nodes.retain(|path, _| {
         !(path == "deep" || path.starts_with("deep/") || path == "data/file-1.bin")
