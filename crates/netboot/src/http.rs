@@ -431,6 +431,11 @@ fn boot_script(head: &Head, peer: SocketAddr, local: SocketAddr, ctx: &HttpConte
         local,
         ctx.port,
     );
+    if let Some(mac) = &mac {
+        // The script URL carries the MAC we handed out over DHCP: the kernel and initrd this
+        // machine fetches next from the same address belong to it.
+        ctx.status.learn_address(mac, peer.ip());
+    }
     let key = mac
         .clone()
         .unwrap_or_else(|| ctx.status.client_key(peer.ip()));

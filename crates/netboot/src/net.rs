@@ -193,14 +193,23 @@ pub fn udp_socket(
     interface: Option<&str>,
     broadcast: bool,
 ) -> io::Result<tokio::net::UdpSocket> {
+    tokio::net::UdpSocket::from_std(bind_udp(addr, interface, broadcast, true)?)
+}
+
+/// A bound UDP socket, with options set before binding; blocking unless `nonblocking`.
+pub fn bind_udp(
+    addr: SocketAddrV4,
+    interface: Option<&str>,
+    broadcast: bool,
+    nonblocking: bool,
+) -> io::Result<std::net::UdpSocket> {
+    let flags = if nonblocking {
+        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK
+    } else {
+        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC
+    };
     // SAFETY: plain socket(2); ownership moves into the std socket right after.
-    let fd = check(unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    })?;
+    let fd = check(unsafe { libc::socket(libc::AF_INET, flags, 0) })?;
     // SAFETY: fd is a fresh socket we own.
     let socket = unsafe { <std::net::UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     enable_reuseaddr(fd)?;
@@ -227,5 +236,128 @@ pub fn udp_socket(
         )
     })
     .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
-    tokio::net::UdpSocket::from_std(socket)
+    Ok(socket)
+}
+
+/// `UDP_SEGMENT` from linux/udp.h (not exported by libc for every target environment).
+const UDP_SEGMENT: libc::c_int = 103;
+/// Largest UDP payload of one datagram, hence of one segmentation-offload send (IPv4's 16-bit
+/// total length minus the IP and UDP headers).
+pub const MAX_GSO_BYTES: usize = 65_507;
+/// Segments one offload send may carry (the kernel's UDP_MAX_SEGMENTS before 6.x raised it).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Sends `packets` on a connected socket as few large datagrams that the kernel cuts into
+/// `segment`-byte datagrams (UDP generic segmentation offload): the stack is walked once per
+/// group instead of once per packet, and the receiver sees ordinary datagrams. Every packet but
+/// the last must be exactly `segment` bytes. Returns how many packets went out.
+pub fn send_segmented(
+    fd: RawFd,
+    packets: &[([u8; 4], &[u8])],
+    segment: usize,
+) -> io::Result<usize> {
+    let per_message = (MAX_GSO_BYTES / segment.max(1)).clamp(1, MAX_GSO_SEGMENTS);
+    let count = packets.len().min(MAX_BATCH);
+    let message_count = count.div_ceil(per_message);
+    // SAFETY: iovecs and control buffers live on this stack frame for the whole call and are
+    // sized MAX_BATCH (a message never holds more packets than the batch).
+    unsafe {
+        let mut iovecs: [[libc::iovec; 2]; MAX_BATCH] = zeroed();
+        let mut controls: [[u64; 4]; MAX_BATCH] = zeroed();
+        let mut msgs: [libc::mmsghdr; MAX_BATCH] = zeroed();
+        for (i, (header, payload)) in packets.iter().take(count).enumerate() {
+            iovecs[i][0] = libc::iovec {
+                iov_base: header.as_ptr() as *mut libc::c_void,
+                iov_len: 4,
+            };
+            iovecs[i][1] = libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
+        }
+        for m in 0..message_count {
+            let first = m * per_message;
+            let in_message = (count - first).min(per_message);
+            let hdr = &mut msgs[m].msg_hdr;
+            hdr.msg_iov = iovecs[first].as_mut_ptr();
+            hdr.msg_iovlen = 2 * in_message;
+            if in_message > 1 {
+                let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                hdr.msg_control = controls[m].as_mut_ptr() as *mut libc::c_void;
+                hdr.msg_controllen = space;
+                let cmsg = libc::CMSG_FIRSTHDR(hdr);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment as u16);
+            }
+        }
+        let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), message_count as libc::c_uint, 0);
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((sent as usize * per_message).min(count))
+    }
+}
+
+/// Receives one datagram if one is queued; `None` when the socket is empty.
+pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: writes at most buf.len() bytes into buf.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes; true when readable.
+pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Round up so a sub-millisecond remainder still waits instead of spinning.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if ready < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(ready > 0)
+}
+
+/// The MTU of the route a connected socket sends on (IP_MTU).
+pub fn path_mtu(fd: RawFd) -> io::Result<usize> {
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live c_int and its size.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            &mut mtu as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    })?;
+    Ok(mtu.max(0) as usize)
 }

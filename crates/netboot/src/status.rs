@@ -226,11 +226,64 @@ impl Status {
         (self.sink)(&event);
     }
 
+    /// Files `ip` under `mac` from now on, and moves what was recorded under the bare IP
+    /// (TFTP and HTTP steps seen before the address was tied to a MAC) into the MAC's record.
+    fn link(inner: &mut Inner, mac: &str, ip: IpAddr) {
+        inner.ip_to_mac.insert(ip, mac.to_string());
+        let ip_key = ip.to_string();
+        if ip_key == mac {
+            return;
+        }
+        let Some(orphan) = inner.machines.remove(&ip_key) else {
+            return;
+        };
+        let Some(rec) = Self::record(inner, mac) else {
+            return;
+        };
+        rec.mac = Some(mac.to_string());
+        rec.ip.get_or_insert(ip);
+        if rec.arch.is_none() {
+            rec.arch = orphan.arch;
+        }
+        rec.last_seen_ms = rec.last_seen_ms.max(orphan.last_seen_ms);
+        rec.steps.extend(orphan.steps);
+        rec.steps
+            .make_contiguous()
+            .sort_by_key(|event| event.time_ms);
+        while rec.steps.len() > MAX_STEPS {
+            rec.steps.pop_front();
+        }
+        rec.transfers.extend(orphan.transfers);
+        rec.transfers.make_contiguous().sort_by_key(|t| t.id);
+        while rec.transfers.len() > MAX_TRANSFERS {
+            rec.transfers.pop_front();
+        }
+    }
+
+    /// Ties an address to a MAC seen elsewhere (a proxyDHCP client's REQUEST to the real DHCP
+    /// server, a request on port 4011, an iPXE script fetched with `?mac=`), so the machine's
+    /// TFTP and HTTP steps are filed under its MAC.
+    pub fn learn_address(&self, mac: &str, ip: IpAddr) {
+        if ip.is_unspecified() {
+            return;
+        }
+        self.with(|inner| {
+            if inner.ip_to_mac.get(&ip).map(String::as_str) == Some(mac) {
+                return;
+            }
+            Self::link(inner, mac, ip);
+            if let Some(rec) = inner.machines.get_mut(mac) {
+                rec.mac = Some(mac.to_string());
+                rec.ip = Some(ip);
+            }
+        });
+    }
+
     /// A DHCP step from a known MAC; `ip` is the address it has or was given.
     pub fn dhcp(&self, mac: &str, ip: Option<IpAddr>, arch: Option<u16>, message: String) {
         self.with(|inner| {
             if let Some(ip) = ip {
-                inner.ip_to_mac.insert(ip, mac.to_string());
+                Self::link(inner, mac, ip);
             }
             if let Some(rec) = Self::record(inner, mac) {
                 rec.mac = Some(mac.to_string());
@@ -290,23 +343,25 @@ impl Status {
     }
 
     /// Marks a transfer finished or failed.
+    /// Marks a transfer finished or failed. `key` is where it started; the machine may have
+    /// been tied to its MAC meanwhile, and the event is filed where the transfer is now.
     pub fn transfer_end(&self, key: &str, id: u64, outcome: Result<(), String>, summary: String) {
-        self.with(|inner| {
-            if let Some(rec) = inner.machines.get_mut(key) {
+        let (protocol, key) = self.with(|inner| {
+            let current = key
+                .parse::<IpAddr>()
+                .ok()
+                .and_then(|ip| inner.ip_to_mac.get(&ip).cloned())
+                .unwrap_or_else(|| key.to_string());
+            let mut protocol = "tftp";
+            if let Some(rec) = inner.machines.get_mut(&current) {
                 if let Some(t) = rec.transfers.iter_mut().find(|t| t.id == id) {
                     t.outcome = Some(outcome.clone());
+                    protocol = t.protocol;
                 }
             }
+            (protocol, current)
         });
-        let protocol = self.with(|inner| {
-            inner
-                .machines
-                .get(key)
-                .and_then(|m| m.transfers.iter().find(|t| t.id == id))
-                .map(|t| t.protocol)
-                .unwrap_or("tftp")
-        });
-        self.event(protocol, key, summary);
+        self.event(protocol, &key, summary);
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {
@@ -397,5 +452,29 @@ mod tests {
         assert_eq!(snap.machines.len(), 1);
         assert_eq!(snap.machines[0].transfers[0].state, "done");
         assert_eq!(snap.machines[0].transfers[0].bytes_sent, 10);
+    }
+
+    #[test]
+    fn steps_seen_by_ip_join_the_mac_once_the_address_is_learned() {
+        let status = Status::new(Box::new(|_| {}));
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let mac = "52:54:00:00:00:07";
+        status.dhcp(mac, None, Some(7), "DISCOVER -> proxy OFFER".into());
+        let (id, progress, key) = status.transfer_start("tftp", ip, "grubx64.efi", 10, "");
+        assert_eq!(key, "10.0.0.7");
+        status.learn_address(mac, ip);
+        progress.set(10);
+        status.transfer_end(&key, id, Ok(()), "done".into());
+        status.event("http", &status.client_key(ip), "send vmlinuz".into());
+        let snap = status.snapshot();
+        assert_eq!(snap.machines.len(), 1, "{:?}", snap.machines);
+        let machine = &snap.machines[0];
+        assert_eq!(machine.client, mac);
+        assert_eq!(machine.ip.as_deref(), Some("10.0.0.7"));
+        assert_eq!(machine.arch, Some(7));
+        assert_eq!(machine.transfers.len(), 1);
+        assert_eq!(machine.transfers[0].state, "done");
+        let kinds: Vec<&str> = machine.steps.iter().map(|s| s.kind.as_str()).collect();
+        assert_eq!(kinds, ["dhcp", "tftp", "tftp", "http"]);
     }
 }

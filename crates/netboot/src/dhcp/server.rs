@@ -1,16 +1,37 @@
 //! The DHCP socket loop: port 67 (broadcast DHCP, bound to the serving interface) and port
 //! 4011 (PXE boot-server requests), both fed to one `Policy`; leases are saved after changes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
 use crate::status::{now_ms, Status};
-use crate::wire::dhcp::{format_mac, DhcpRepr, MAX_PACKET};
+use crate::wire::dhcp::{format_mac, DhcpRepr, MessageType, MAX_PACKET};
 
-use super::policy::{Ignored, Mode, Policy, Port};
+use super::policy::{classify, Ignored, Mode, Policy, Port};
+
+/// The address a booting client has in proxy mode, where the real DHCP server hands it out:
+/// the address it already uses (`ciaddr`), the one it requests from the DHCP server (option 50
+/// of its REQUEST), or the source of its request to port 4011. Non-booting clients are not
+/// tracked.
+fn proxy_client_address(req: &DhcpRepr, port: Port, from: SocketAddrV4) -> Option<Ipv4Addr> {
+    let kind = classify(req);
+    if !(kind.pxe || kind.http_client || kind.ipxe) {
+        return None;
+    }
+    let usable = |ip: Ipv4Addr| !(ip.is_unspecified() || ip.is_broadcast());
+    if usable(req.ciaddr) {
+        return Some(req.ciaddr);
+    }
+    if req.message_type() == Some(MessageType::Request) {
+        if let Some(ip) = req.requested_ip().filter(|ip| usable(*ip)) {
+            return Some(ip);
+        }
+    }
+    (port == Port::Pxe && usable(*from.ip())).then_some(*from.ip())
+}
 
 pub struct DhcpServer {
     pub policy: Policy,
@@ -48,6 +69,11 @@ impl DhcpServer {
             };
             let mac = format_mac(req.mac());
             let arch = req.client_arch();
+            if matches!(self.policy.mode, Mode::Proxy) {
+                if let Some(ip) = proxy_client_address(&req, port, from) {
+                    self.status.learn_address(&mac, IpAddr::V4(ip));
+                }
+            }
             match self.policy.handle(&req, port, from, now_ms()) {
                 Ok(reply) => {
                     let bytes = reply.packet.emit();

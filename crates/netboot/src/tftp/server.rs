@@ -1,32 +1,47 @@
 //! The TFTP server: one listening socket reporting each request's local address (IP_PKTINFO),
-//! and per transfer a task with its own ephemeral socket bound to that address (RFC 1350's
-//! transfer ID), connected to the client. DATA windows are read with one positional read and
-//! sent with one sendmmsg; buffers are allocated once per transfer.
+//! and per transfer a dedicated thread with its own blocking socket bound to that address
+//! (RFC 1350's transfer ID) and connected to the client. A window is sent with one system call
+//! (UDP segmentation offload, else sendmmsg) from a buffer filled by large positional reads; the
+//! ACK is taken straight from the socket when it is already there, else after sleeping in poll.
+//! Nothing is allocated, logged or locked per packet.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::files::{FileError, FileRoot, ServedFile};
 use crate::net;
-use crate::status::Status;
-use crate::wire::tftp::{data_header, error_code, Request, TftpRepr, MAX_PACKET};
+use crate::status::{Status, TransferProgress};
+use crate::wire::tftp::{data_header, error_code, Request, TftpRepr, MAX_BLKSIZE, MAX_PACKET};
 
-use super::session::{negotiate, Action, ReadSession};
+use super::session::{negotiate, Action, Negotiated, ReadSession};
 
 /// netascii needs the whole converted file in memory; larger files must use octet mode.
 pub const MAX_NETASCII_FILE: u64 = 16 << 20;
 /// Socket buffer for transfer sockets: a full window of the largest blocks.
 const SOCKET_BUFFER: i32 = 4 << 20;
-/// Bytes sent in one burst before pausing: a client's default 208 KiB receive buffer holds
-/// only about a dozen 8 KiB datagrams (loopback charges 16 KiB each), so a 16 x 8 KiB window
-/// sent at once loses its tail and costs a retransmission timeout every window.
+/// Bytes sent in one burst before pausing, once a transfer is paced. A client's default
+/// 208 KiB receive buffer holds only about a dozen separately sent 8 KiB datagrams (loopback
+/// charges 16 KiB each), so a 16 x 8 KiB window sent at once can lose its tail and cost a
+/// retransmission timeout every window.
 const BURST_BYTES: usize = 64 * 1024;
-/// Pause between bursts of one window, letting the client drain its socket.
-const BURST_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// Pause between bursts of a paced window: time for the client to drain 64 KiB.
+const BURST_PAUSE: Duration = Duration::from_micros(200);
+/// File data read ahead per positional read: a few windows at once, so a 100 MiB transfer costs
+/// hundreds of reads rather than one per window, while 1000 transfers stay within 256 MiB.
+const READ_AHEAD: usize = 256 * 1024;
+/// Transfers running at once; each holds a thread and its buffers, and a flood of requests must
+/// not exhaust memory. Far above a rack booting at once.
+pub const MAX_ACTIVE_TRANSFERS: usize = 2048;
+/// Stack of a transfer thread: the session needs little; the buffers live on the heap.
+const TRANSFER_STACK: usize = 256 * 1024;
+/// IPv4 and UDP headers plus the TFTP DATA header: what a block adds on the wire.
+const DATA_OVERHEAD: usize = 20 + 8 + 4;
 
 pub struct TftpServer {
     pub socket: UdpSocket,
@@ -36,10 +51,22 @@ pub struct TftpServer {
     pub fallback_local: Ipv4Addr,
 }
 
+/// What every transfer thread shares.
+struct Shared {
+    root: Arc<FileRoot>,
+    status: Arc<Status>,
+    active: AtomicUsize,
+}
+
 impl TftpServer {
     pub async fn run(self) -> std::io::Result<()> {
         let fd = self.socket.as_raw_fd();
         net::enable_pktinfo(fd)?;
+        let shared = Arc::new(Shared {
+            root: self.root.clone(),
+            status: self.status.clone(),
+            active: AtomicUsize::new(0),
+        });
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
             let (len, from, local) = self
@@ -50,11 +77,24 @@ impl TftpServer {
             let local = local.unwrap_or(self.fallback_local);
             match TftpRepr::parse(&buf[..len]) {
                 Ok(TftpRepr::ReadRequest(req)) => {
-                    let root = self.root.clone();
-                    let status = self.status.clone();
-                    tokio::spawn(async move {
-                        transfer(req, from, local, root, status).await;
-                    });
+                    let running = shared.active.fetch_add(1, Ordering::AcqRel);
+                    if running >= MAX_ACTIVE_TRANSFERS {
+                        shared.active.fetch_sub(1, Ordering::AcqRel);
+                        self.refuse_busy(from, running).await;
+                        continue;
+                    }
+                    let worker = shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("vmedia-tftp".into())
+                        .stack_size(TRANSFER_STACK)
+                        .spawn(move || {
+                            transfer(req, from, local, &worker);
+                            worker.active.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        shared.active.fetch_sub(1, Ordering::AcqRel);
+                        self.refuse_busy(from, running).await;
+                    }
                 }
                 Ok(TftpRepr::WriteRequest(req)) => {
                     let name = String::from_utf8_lossy(&req.filename).into_owned();
@@ -86,6 +126,22 @@ impl TftpServer {
                 }
             }
         }
+    }
+
+    async fn refuse_busy(&self, to: SocketAddrV4, running: usize) {
+        self.status.event(
+            "tftp",
+            &self.status.client_key(IpAddr::V4(*to.ip())),
+            format!(
+                "refused a request: {running} transfers are running (limit {MAX_ACTIVE_TRANSFERS})"
+            ),
+        );
+        self.reply_error(
+            to,
+            error_code::NOT_DEFINED,
+            "server busy: too many transfers running, retry later",
+        )
+        .await;
     }
 
     async fn reply_error(&self, to: SocketAddrV4, code: u16, message: &str) {
@@ -126,25 +182,30 @@ fn netascii(file: &ServedFile) -> Result<ServedFile, String> {
     })
 }
 
-async fn send_error(socket: &UdpSocket, code: u16, message: &str) {
+fn send_error(socket: &std::net::UdpSocket, code: u16, message: &str) {
     let packet = TftpRepr::Error {
         code,
         message: message.to_string(),
     }
     .to_vec();
-    let _ = socket.send(&packet).await;
+    let _ = socket.send(&packet);
 }
 
-async fn transfer(
-    req: Request,
-    client: SocketAddrV4,
-    local: Ipv4Addr,
-    root: Arc<FileRoot>,
-    status: Arc<Status>,
-) {
+/// Largest block that crosses the path to the client without IP fragmentation: the route's
+/// MTU (IP_MTU on the connected socket) less the headers, as tftp-hpa and dnsmasq cap it.
+/// Loopback's 64 KiB MTU leaves the RFC 2348 maximum.
+fn blksize_limit(socket: &std::net::UdpSocket) -> usize {
+    match net::path_mtu(socket.as_raw_fd()) {
+        Ok(mtu) => mtu.saturating_sub(DATA_OVERHEAD).min(MAX_BLKSIZE),
+        Err(_) => MAX_BLKSIZE,
+    }
+}
+
+fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared) {
+    let status = &shared.status;
     let key_ip = IpAddr::V4(*client.ip());
     let name = String::from_utf8_lossy(&req.filename).into_owned();
-    let socket = match net::udp_socket(SocketAddrV4::new(local, 0), None, false) {
+    let socket = match net::bind_udp(SocketAddrV4::new(local, 0), None, false, false) {
         Ok(s) => s,
         Err(e) => {
             status.event(
@@ -156,10 +217,15 @@ async fn transfer(
         }
     };
     net::set_buffers(socket.as_raw_fd(), SOCKET_BUFFER);
-    if socket.connect(client).await.is_err() {
+    if let Err(e) = socket.connect(client) {
+        status.event(
+            "tftp",
+            &status.client_key(key_ip),
+            format!("cannot reach {client} for {name:?}: {e}"),
+        );
         return;
     }
-    let opened = root.open(&name).map_err(|e| {
+    let opened = shared.root.open(&name).map_err(|e| {
         let code = match &e {
             FileError::NotFound(_) => error_code::FILE_NOT_FOUND,
             e if e.is_access_violation() => error_code::ACCESS_VIOLATION,
@@ -183,11 +249,11 @@ async fn transfer(
                 &status.client_key(key_ip),
                 format!("refused {name:?}: {message}"),
             );
-            send_error(&socket, code, &message).await;
+            send_error(&socket, code, &message);
             return;
         }
     };
-    let negotiated = negotiate(&req.options, file.size, crate::wire::tftp::MAX_BLKSIZE);
+    let negotiated = negotiate(&req.options, file.size, blksize_limit(&socket));
     let detail = if negotiated.oack.is_empty() {
         String::new()
     } else {
@@ -202,8 +268,8 @@ async fn transfer(
         )
     };
     let (id, progress, key) = status.transfer_start("tftp", key_ip, &file.name, file.size, &detail);
-    let started = std::time::Instant::now();
-    let outcome = run_session(&socket, &file, &negotiated, &progress).await;
+    let started = Instant::now();
+    let outcome = run_session(&socket, &file, &negotiated, &progress);
     let secs = started.elapsed().as_secs_f64();
     match outcome {
         Ok(Finish::SizeProbe) => {
@@ -241,7 +307,7 @@ async fn transfer(
                 format!(
                     "failed {} after {} bytes: {reason}",
                     file.name,
-                    progress.bytes.load(std::sync::atomic::Ordering::Relaxed)
+                    progress.bytes.load(Ordering::Relaxed)
                 ),
             );
         }
@@ -255,26 +321,171 @@ enum Finish {
     SizeProbe,
 }
 
-async fn run_session(
-    socket: &UdpSocket,
+/// File bytes read ahead of the window being sent.
+struct ReadAhead {
+    buf: Vec<u8>,
+    /// File offset of `buf[0]` and how many bytes are valid.
+    start: u64,
+    len: usize,
+}
+
+impl ReadAhead {
+    fn new(window_bytes: usize) -> ReadAhead {
+        ReadAhead {
+            buf: vec![0u8; window_bytes.max(READ_AHEAD)],
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Makes file bytes `start..start + len` resident and returns them.
+    fn range(&mut self, file: &ServedFile, start: u64, len: usize) -> Result<&[u8], String> {
+        let resident_end = self.start + self.len as u64;
+        if start < self.start || start + len as u64 > resident_end {
+            let want = (file.size.saturating_sub(start)).min(self.buf.len() as u64) as usize;
+            let mut filled = 0;
+            while filled < want {
+                let n = file
+                    .source
+                    .read_at(&mut self.buf[filled..want], start + filled as u64)
+                    .map_err(|e| {
+                        format!(
+                            "read {} at offset {:#x}: {e}",
+                            file.name,
+                            start + filled as u64
+                        )
+                    })?;
+                if n == 0 {
+                    return Err(format!("{} shrank while being sent", file.name));
+                }
+                filled += n;
+            }
+            self.start = start;
+            self.len = filled;
+            if len > filled {
+                return Err(format!("{} shrank while being sent", file.name));
+            }
+        }
+        let rel = (start - self.start) as usize;
+        Ok(&self.buf[rel..rel + len])
+    }
+}
+
+/// Sends DATA blocks `first..=last` of the session, one window; `paced` splits it into bursts
+/// for a receiver that could not take a whole window at once.
+fn send_window(
+    socket: &std::net::UdpSocket,
+    session: &ReadSession,
+    data: &[u8],
+    first: u64,
+    last: u64,
+    paced: bool,
+    offload: &mut bool,
+) -> Result<(), String> {
+    let blksize = session.blksize();
+    let (start, _) = session.block_range(first);
+    let mut packets: [([u8; 4], &[u8]); net::MAX_BATCH] = [([0u8; 4], &[]); net::MAX_BATCH];
+    let count = (last - first + 1) as usize;
+    for (i, slot) in packets.iter_mut().take(count).enumerate() {
+        let block = first + i as u64;
+        let (off, len) = session.block_range(block);
+        let rel = (off - start) as usize;
+        *slot = (data_header(block as u16), &data[rel..rel + len]);
+    }
+    let fd = socket.as_raw_fd();
+    let mut sent = 0;
+    while sent < count {
+        // Segmented sends reach the client's queue as compactly as they left, so whole
+        // windows fit; plain batches, or a client that already lost blocks, get bursts with
+        // pauses. (Offload can turn off at the first send, so this is decided per burst.)
+        let burst = if paced || !*offload {
+            (BURST_BYTES / blksize).max(1)
+        } else {
+            count
+        };
+        if sent > 0 && sent % burst == 0 {
+            std::thread::sleep(BURST_PAUSE);
+        }
+        let burst_end = ((sent / burst + 1) * burst).min(count);
+        let batch = &packets[sent..burst_end];
+        let result = if *offload {
+            match net::send_segmented(fd, batch, 4 + blksize) {
+                // The kernel or the route cannot segment (no checksum offload, a block larger
+                // than the MTU that must be fragmented): plain batched sends from now on.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    *offload = false;
+                    continue;
+                }
+                other => other,
+            }
+        } else {
+            net::send_batch(fd, batch)
+        };
+        match result {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("client unreachable: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The next packet from the client, or `None` once `deadline` passes. What is already queued
+/// is taken without a poll; otherwise the thread sleeps in poll (the guest kernel's idle
+/// polling already covers the short wait; a user-space spin measured slower on shared cores).
+fn next_packet(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<Option<usize>, String> {
+    let unreachable = |e: std::io::Error| format!("client unreachable: {e}");
+    if let Some(n) = net::recv_now(fd, buf).map_err(unreachable)? {
+        return Ok(Some(n));
+    }
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        if net::wait_readable(fd, deadline - now).map_err(unreachable)? {
+            if let Some(n) = net::recv_now(fd, buf).map_err(unreachable)? {
+                return Ok(Some(n));
+            }
+        }
+    }
+}
+
+fn run_session(
+    socket: &std::net::UdpSocket,
     file: &ServedFile,
-    negotiated: &super::session::Negotiated,
-    progress: &crate::status::TransferProgress,
+    negotiated: &Negotiated,
+    progress: &TransferProgress,
 ) -> Result<Finish, String> {
     let mut session = ReadSession::new(negotiated, file.size);
     let blksize = session.blksize();
     let window = usize::from(negotiated.windowsize.max(1));
-    let mut data = vec![0u8; blksize * window];
-    let mut ack_buf = vec![0u8; 1024];
+    let mut read_ahead = ReadAhead::new(blksize * window);
+    let mut ack_buf = [0u8; 1024];
     let oack = TftpRepr::OptionAck {
         options: negotiated.oack.clone(),
     }
     .to_vec();
+    let fd = socket.as_raw_fd();
+    let mut offload = true;
+    // Set at the first retransmission (a partial ACK or a timeout): the client drops what a
+    // whole window at once brings, so later windows go out in bursts.
+    let mut paced = false;
+    let mut highest_sent = 0;
     let mut action = session.start();
-    let mut deadline = tokio::time::Instant::now();
+    let mut deadline = Instant::now();
     loop {
         if action != Action::Wait {
-            deadline = tokio::time::Instant::now() + session.timeout();
+            deadline = Instant::now() + session.timeout();
         }
         match action {
             Action::Done => return Ok(Finish::Complete),
@@ -286,66 +497,23 @@ async fn run_session(
             }
             Action::Wait => {}
             Action::SendOack => {
-                socket
-                    .send(&oack)
-                    .await
-                    .map_err(|e| format!("send OACK: {e}"))?;
+                socket.send(&oack).map_err(|e| format!("send OACK: {e}"))?;
             }
             Action::SendBlocks { first, last } => {
                 let (start, _) = session.block_range(first);
                 let (last_start, last_len) = session.block_range(last);
                 let total = (last_start + last_len as u64 - start) as usize;
-                let mut filled = 0;
-                while filled < total {
-                    let n = file
-                        .source
-                        .read_at(&mut data[filled..total], start + filled as u64)
-                        .map_err(|e| {
-                            format!(
-                                "read {} at offset {:#x}: {e}",
-                                file.name,
-                                start + filled as u64
-                            )
-                        })?;
-                    if n == 0 {
-                        return Err(format!("{} shrank while being sent", file.name));
-                    }
-                    filled += n;
-                }
-                let mut packets: [([u8; 4], &[u8]); net::MAX_BATCH] =
-                    [([0u8; 4], &[]); net::MAX_BATCH];
-                let count = (last - first + 1) as usize;
-                for (i, slot) in packets.iter_mut().take(count).enumerate() {
-                    let block = first + i as u64;
-                    let (off, len) = session.block_range(block);
-                    let rel = (off - start) as usize;
-                    *slot = (data_header(block as u16), &data[rel..rel + len]);
-                }
-                let burst = (BURST_BYTES / blksize).max(1);
-                let mut sent = 0;
-                while sent < count {
-                    if sent > 0 && sent % burst == 0 {
-                        tokio::time::sleep(BURST_PAUSE).await;
-                    }
-                    let burst_end = ((sent / burst + 1) * burst).min(count);
-                    socket.writable().await.map_err(|e| e.to_string())?;
-                    let fd = socket.as_raw_fd();
-                    match socket.try_io(Interest::WRITABLE, || {
-                        net::send_batch(fd, &packets[sent..burst_end])
-                    }) {
-                        Ok(n) => sent += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(format!("client unreachable: {e}")),
-                    }
-                }
+                let data = read_ahead.range(file, start, total)?;
+                paced |= first <= highest_sent;
+                highest_sent = highest_sent.max(last);
+                send_window(socket, &session, data, first, last, paced, &mut offload)?;
             }
         }
         // Stale ACKs do not extend the deadline: a client repeating an old ACK still gets a
         // retransmission when the window's time is up.
-        action = match tokio::time::timeout_at(deadline, socket.recv(&mut ack_buf)).await {
-            Err(_) => session.on_timeout(),
-            Ok(Err(e)) => return Err(format!("client unreachable: {e}")),
-            Ok(Ok(n)) => match TftpRepr::parse(&ack_buf[..n]) {
+        action = match next_packet(fd, &mut ack_buf, deadline)? {
+            None => session.on_timeout(),
+            Some(n) => match TftpRepr::parse(&ack_buf[..n]) {
                 Ok(TftpRepr::Ack { block }) => {
                     let a = session.on_ack(block);
                     progress.set(session.bytes_acked());

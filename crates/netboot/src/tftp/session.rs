@@ -11,6 +11,10 @@ pub const DEFAULT_BLKSIZE: usize = 512;
 /// Largest window we grant: bounds the per-transfer buffer (window x blksize) and bursts that
 /// would overflow a client's socket buffer.
 pub const MAX_WINDOWSIZE: u16 = 64;
+/// Largest window in bytes we grant: a window goes out at once, and a client's default socket
+/// buffer (208 KiB on Linux, charged about twice the payload for large datagrams) must hold it;
+/// 16 blocks of 8 KiB measured loss-free on loopback, 64 KiB blocks in fours did not.
+pub const MAX_WINDOW_BYTES: usize = 128 * 1024;
 /// First retransmission timeout when the client asks for none (RFC 2349 allows 1-255 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Retransmissions of one window before the transfer is abandoned (the client is gone).
@@ -60,6 +64,16 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, blksize_limit: us
                 n.oack.push((name.clone(), granted.to_string()));
             }
             _ => {}
+        }
+    }
+    // Options come in any order: the window is bounded once the block size is known.
+    let window_limit = (MAX_WINDOW_BYTES / n.blksize).clamp(1, usize::from(MAX_WINDOWSIZE)) as u16;
+    if n.windowsize > window_limit {
+        n.windowsize = window_limit;
+        for (name, value) in &mut n.oack {
+            if name == "windowsize" {
+                *value = window_limit.to_string();
+            }
         }
     }
     n
@@ -252,6 +266,25 @@ mod tests {
     fn windowsize_is_clamped_to_max() {
         let n = negotiate(&opts(&[("windowsize", "1000")]), 1, MAX_BLKSIZE);
         assert_eq!(n.windowsize, MAX_WINDOWSIZE);
+    }
+
+    #[test]
+    fn window_bytes_are_bounded_whatever_the_option_order() {
+        let n = negotiate(
+            &opts(&[("windowsize", "64"), ("blksize", "65464")]),
+            1 << 30,
+            MAX_BLKSIZE,
+        );
+        assert_eq!(n.windowsize, 2);
+        assert_eq!(n.oack, opts(&[("windowsize", "2"), ("blksize", "65464")]));
+        let n = negotiate(
+            &opts(&[("blksize", "8192"), ("windowsize", "16")]),
+            1,
+            1 << 16,
+        );
+        assert_eq!(n.windowsize, 16);
+        let n = negotiate(&opts(&[("blksize", "1468"), ("windowsize", "64")]), 1, 1468);
+        assert_eq!(n.windowsize, 64);
     }
 
     #[test]
