@@ -1042,3 +1042,167 @@ fn info_shows_the_md5_implanted_by_implantisomd5() {
         String::from_utf8(run_ok(vmedia().args(["iso", "info"]).arg(&image)).stdout).unwrap();
     assert!(text.contains(&format!("MD5 {theirs}")), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// extraction engine: fresh and existing destinations, batched small files, big files
+
+/// Hidden temporary names `vmedia iso extract` leaves in `dir` (there must be none).
+fn leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("vmedia-tmp"))
+        .collect()
+}
+
+/// A tree whose last file in the image is large: truncating the image inside that file's
+/// data makes extraction fail after most of the tree was written.
+fn truncatable_image() -> (PathBuf, u64) {
+    let dir = cached_fixture("iso-read-truncatable", |dir| {
+        let script = r#"
+set -e
+mkdir -p tree/a tree/b
+for i in $(seq 1 20); do echo "file $i" > tree/a/f$i.txt; done
+head -c 3000000 /dev/urandom > tree/b/zz-last.bin
+xorriso -as mkisofs -quiet -R -o image.iso tree
+"#;
+        run_ok(Command::new("bash").arg("-c").arg(script).current_dir(dir));
+    });
+    let image = dir.join("image.iso");
+    let items = ls_json(&image, &[]);
+    let last = items
+        .iter()
+        .find(|i| i["path"] == "/b/zz-last.bin")
+        .expect("zz-last.bin listed");
+    let lba = last["entry"]["extents"][0]["lba"].as_u64().unwrap();
+    (image, lba * 2048 + 4096)
+}
+
+#[test]
+fn extract_into_a_new_folder_appears_only_when_complete() {
+    let (image, cut) = truncatable_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken.iso");
+    let mut bytes = fs::read(&image).unwrap();
+    bytes.truncate(cut as usize);
+    fs::write(&broken, bytes).unwrap();
+
+    let dest = tmp.path().join("out/new");
+    let (code, _, err) = run_any(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&broken)
+            .arg(&dest),
+    );
+    assert_eq!(code, 1, "a truncated image must fail: {err}");
+    assert!(
+        !dest.exists(),
+        "a failed run must not leave {}",
+        dest.display()
+    );
+    assert_eq!(leftovers(&tmp.path().join("out")), Vec::<String>::new());
+
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&image)
+            .arg(&dest),
+    );
+    assert_eq!(leftovers(&tmp.path().join("out")), Vec::<String>::new());
+    assert_eq!(
+        fs::read_to_string(dest.join("a/f7.txt")).unwrap(),
+        "file 7\n"
+    );
+    assert_eq!(
+        fs::metadata(dest.join("b/zz-last.bin")).unwrap().len(),
+        3_000_000
+    );
+    make_writable(tmp.path());
+}
+
+#[test]
+fn extract_into_an_existing_folder_keeps_what_is_there() {
+    let image = xorriso_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir_all(dest.join("sub")).unwrap();
+    fs::write(dest.join("mine.txt"), "mine").unwrap();
+    fs::write(dest.join("sub/mine-too.txt"), "mine too").unwrap();
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&image)
+            .arg(&dest),
+    );
+    assert_eq!(fs::read_to_string(dest.join("mine.txt")).unwrap(), "mine");
+    assert_eq!(
+        fs::read_to_string(dest.join("sub/mine-too.txt")).unwrap(),
+        "mine too"
+    );
+    assert_eq!(
+        fs::read(dest.join("sub/odd.bin")).unwrap(),
+        fs::read(source_tree().join("sub/odd.bin")).unwrap()
+    );
+    assert_eq!(leftovers(tmp.path()), Vec::<String>::new());
+    assert_eq!(leftovers(&dest), Vec::<String>::new());
+    make_writable(tmp.path());
+}
+
+/// Many small files in a few folders (batched reads, one thread per folder), odd sizes and
+/// empty files between them, and one file over the 64 MiB big-file threshold.
+fn batch_and_big_image() -> PathBuf {
+    let dir = cached_fixture("iso-read-batch-big", |dir| {
+        let script = r#"
+set -e
+for d in 1 2 3 4 5; do
+  mkdir -p tree/d$d
+  for i in $(seq 1 60); do head -c $((i * 97 % 9000)) /dev/urandom > tree/d$d/f$i; done
+  : > tree/d$d/empty
+  head -c 300000 /dev/urandom > tree/d$d/middle.bin
+done
+head -c 70000000 /dev/urandom > tree/d3/big.bin
+genisoimage -quiet -R -J -o image.iso tree
+"#;
+        run_ok(Command::new("bash").arg("-c").arg(script).current_dir(dir));
+    });
+    dir.join("image.iso")
+}
+
+#[test]
+fn batched_small_files_and_a_big_file_extract_like_7z() {
+    let image = batch_and_big_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = tmp.path().join("vmedia");
+    let theirs = tmp.path().join("7z");
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q", "--sync"])
+            .arg(&image)
+            .arg(&ours),
+    );
+    run_ok(
+        Command::new(require_tool("7z"))
+            .args(["x", "-y", "-bd"])
+            .arg(format!("-o{}", theirs.display()))
+            .arg(&image),
+    );
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(&ours)
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "contents differ from 7z's:\n{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(
+        fs::metadata(ours.join("d3/big.bin")).unwrap().len(),
+        70_000_000
+    );
+    assert_eq!(
+        fs::metadata(ours.join("d1/f60")).unwrap().len(),
+        60 * 97 % 9000
+    );
+}

@@ -6,6 +6,6 @@ mod atomic;
 mod progress;
 mod read_at;
 
-pub use atomic::{AtomicFile, OverwritePolicy};
+pub use atomic::{sync_file_system, AtomicFile, Durability, OverwritePolicy, SYNC_ENV};
 pub use progress::{NoProgress, Progress};
 pub use read_at::{ReadAt, SliceSource};

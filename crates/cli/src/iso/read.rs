@@ -8,15 +8,15 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions as FsOpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use vmedia_io::{AtomicFile, OverwritePolicy, Progress, ReadAt};
+use vmedia_io::{AtomicFile, Durability, OverwritePolicy, Progress, ReadAt};
 use vmedia_iso::read::{
     Entry, EntryKind, FileReader, IsoImage, NameSpace, OpenOptions, Timestamp, WalkEntry,
 };
@@ -526,6 +526,9 @@ pub struct ExtractArgs {
     /// Do not restore owners even when running as root
     #[arg(long)]
     no_same_owner: bool,
+    /// Flush the extracted files to stable storage before finishing (also VMEDIA_SYNC=1)
+    #[arg(long)]
+    sync: bool,
     /// No progress bar
     #[arg(short, long)]
     quiet: bool,
@@ -537,8 +540,20 @@ struct Item {
     entry: Entry,
 }
 
-/// Files larger than this are copied in pieces by both cores at once.
-const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
+/// Files up to this size are read from the image in batches (one read for many files) and
+/// written from memory; larger ones are copied by the kernel (`copy_file_range`).
+const BATCH_FILE_BYTES: u64 = 256 * 1024;
+/// A batch read covers at most this many image bytes: large enough that a folder of small
+/// files costs one read, small enough to stay in the CPU caches and keep memory flat.
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Two files at most this far apart in the image still share a batch read (reading the
+/// gap is cheaper than another system call).
+const BATCH_GAP_BYTES: u64 = 64 * 1024;
+/// Files larger than this are filled after all folders, so one huge file does not hold a
+/// thread while the other thread runs out of folders.
+const BIG_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Big files are copied in steps of this size, so the progress bar moves.
+const BIG_FILE_STEP_BYTES: u64 = 256 * 1024 * 1024;
 
 fn check_name(name: &str, path: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
@@ -792,43 +807,176 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("cannot read {}", args.image.display()))?;
-    let items = collect_items(&image, &args.dir, &args.paths)?;
-    let restore_owner = is_root() && !args.no_same_owner;
-    // SAFETY: umask has no preconditions; read once (set back at once) before any thread runs.
-    let umask = unsafe {
+    let durability = Durability::from_flag_or_env(args.sync);
+
+    // A destination that does not exist yet is filled under a hidden temporary name and
+    // renamed into place at the end, so an interrupted run never leaves a tree that looks
+    // whole. An existing destination is filled in place, like tar and 7z do.
+    let staging = match args.dir.symlink_metadata() {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => bail!("{} exists and is not a directory", args.dir.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Staging::create(&args.dir)?),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", args.dir.display())),
+    };
+    let root = staging
+        .as_ref()
+        .map_or_else(|| args.dir.clone(), |s| s.temp.clone());
+    extract_into(&args, &image, &image_file, &root)?;
+    if durability == Durability::Flush {
+        vmedia_io::sync_file_system(&root)
+            .with_context(|| format!("cannot flush {}", root.display()))?;
+    }
+    if let Some(staging) = staging {
+        staging.publish()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh destination being filled under a hidden sibling name.
+struct Staging {
+    temp: PathBuf,
+    target: PathBuf,
+    published: bool,
+}
+
+impl Staging {
+    fn create(target: &Path) -> Result<Staging> {
+        let name = target
+            .file_name()
+            .ok_or_else(|| anyhow!("{} is not a directory name", target.display()))?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let mut attempt = 0u32;
+        loop {
+            let temp = parent.join(format!(
+                ".{}.vmedia-tmp-{}-{attempt}",
+                name.to_string_lossy(),
+                std::process::id()
+            ));
+            // The default mode of a new folder (the umask applies), as tar and 7z give DIR.
+            match fs::DirBuilder::new().mode(0o777).create(&temp) {
+                Ok(()) => {
+                    return Ok(Staging {
+                        temp,
+                        target: target.to_path_buf(),
+                        published: false,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => {
+                    attempt += 1
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", temp.display()))
+                }
+            }
+        }
+    }
+
+    /// Renames the finished tree to its final name, never over something that appeared
+    /// there meanwhile.
+    fn publish(mut self) -> Result<()> {
+        let from = cstring(&self.temp)?;
+        let to = cstring(&self.target)?;
+        // SAFETY: NUL-terminated paths; renameat2 has no memory effects.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!(
+                    "cannot rename {} to {} (left in place)",
+                    self.temp.display(),
+                    self.target.display()
+                )
+            });
+        }
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            // Best effort: directories are still owner-writable unless the run failed while
+            // restoring their modes; what is left keeps its hidden temporary name.
+            let _ = fs::remove_dir_all(&self.temp);
+        }
+    }
+}
+
+fn current_umask() -> u32 {
+    // SAFETY: umask has no preconditions; it is set back at once, before any thread runs.
+    unsafe {
         let mask = libc::umask(0o022);
         libc::umask(mask);
         mask as u32
-    };
+    }
+}
 
-    fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    // Directories first (owner-writable while we fill them), in walk order: parents first.
+/// A regular file to write: where, what, and its data's place in the image.
+struct FileJob<'a> {
+    item: &'a Item,
+    reader: FileReader,
+    /// Image byte offset of the data when it is one stored run (batchable).
+    stored_at: Option<u64>,
+}
+
+/// Read-only context shared by the extraction threads.
+struct Extraction<'a> {
+    image_file: &'a File,
+    files: Vec<FileJob<'a>>,
+    force: bool,
+    restore_owner: bool,
+    umask: u32,
+    bar: &'a Bar,
+}
+
+fn extract_into(
+    args: &ExtractArgs,
+    image: &IsoImage,
+    image_file: &File,
+    root: &Path,
+) -> Result<()> {
+    let items = collect_items(image, root, &args.paths)?;
+    let restore_owner = is_root() && !args.no_same_owner;
+    let umask = current_umask();
+
+    // Directories first, parents before children, owner-writable while we fill them.
     let mut directories: Vec<&Item> = Vec::new();
     for item in items.iter().filter(|i| i.entry.is_dir()) {
         match item.dest.symlink_metadata() {
-            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.is_dir() => {
+                fs::set_permissions(&item.dest, fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("cannot open up {}", item.dest.display()))?;
+            }
             Ok(_) if args.force => {
                 fs::remove_file(&item.dest)
                     .with_context(|| format!("cannot replace {}", item.dest.display()))?;
-                fs::create_dir(&item.dest)
-                    .with_context(|| format!("cannot create {}", item.dest.display()))?;
+                make_dir(&item.dest)?;
             }
             Ok(_) => bail!(
                 "{} exists and is not a directory; pass --force to replace it",
                 item.dest.display()
             ),
-            Err(_) => fs::create_dir(&item.dest)
-                .with_context(|| format!("cannot create {}", item.dest.display()))?,
+            Err(_) => make_dir(&item.dest)?,
         }
-        fs::set_permissions(&item.dest, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot open up {}", item.dest.display()))?;
         directories.push(item);
     }
 
     // Regular files: the first of each hard-link group is written, the rest linked to it.
     let mut link_leaders: HashMap<u64, PathBuf> = HashMap::new();
-    let mut files: Vec<(&Item, FileReader)> = Vec::new();
+    let mut files: Vec<FileJob> = Vec::new();
     let mut hard_links: Vec<(&Item, PathBuf)> = Vec::new();
     for item in items.iter().filter(|i| i.entry.is_file()) {
         if let Some(key) = item.entry.hard_link_key() {
@@ -841,60 +989,54 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         let reader = image
             .file_reader(&item.entry)
             .with_context(|| format!("cannot read {}", item.dest.display()))?;
-        files.push((item, reader));
+        let stored_at = match reader.image_ranges().as_deref() {
+            Some([(offset, _)]) if reader.len() <= BATCH_FILE_BYTES => Some(*offset),
+            _ => None,
+        };
+        files.push(FileJob {
+            item,
+            reader,
+            stored_at,
+        });
     }
-    let total: u64 = files.iter().map(|(_, r)| r.len()).sum();
+    // One task per destination folder: two threads creating names in one folder would
+    // serialize on its lock, so each folder belongs to one thread at a time.
+    let mut folders: Vec<Vec<usize>> = Vec::new();
+    let mut folder_index: HashMap<&Path, usize> = HashMap::new();
+    for (index, job) in files.iter().enumerate() {
+        let parent = job.item.dest.parent().unwrap_or(Path::new("."));
+        let slot = *folder_index.entry(parent).or_insert_with(|| {
+            folders.push(Vec::new());
+            folders.len() - 1
+        });
+        folders[slot].push(index);
+    }
+    // Largest folders first, so the last task to finish is a small one.
+    folders.sort_by_key(|f| std::cmp::Reverse(f.len()));
+
+    let total: u64 = files.iter().map(|f| f.reader.len()).sum();
     let bar = Bar::bytes(args.quiet);
     bar.phase("extracting");
     bar.set_total(total);
-
-    // Create every file in parallel; files over CHUNK_BYTES are sized here and filled below
-    // chunk by chunk, so one huge file also keeps both cores busy.
-    let big = std::sync::Mutex::new(Vec::<(usize, Arc<File>)>::new());
-    parallel_for(files.len(), |index, buf| -> Result<()> {
-        let (item, reader) = &files[index];
-        let out = create_file(&item.dest, item.entry.permissions() & 0o777, args.force)?;
-        let len = reader.len();
-        if len > CHUNK_BYTES {
-            // SAFETY: valid fd; preallocation keeps big files contiguous.
-            let _ = unsafe { libc::fallocate(out.as_raw_fd(), 0, 0, len as libc::off_t) };
-            big.lock()
-                .map_err(|_| anyhow!("an extraction thread panicked"))?
-                .push((index, Arc::new(out)));
-            return Ok(());
-        }
-        if len > 0 {
-            copy_range(&image_file, reader, &out, 0, len, buf)
-                .with_context(|| format!("cannot write {}", item.dest.display()))?;
-            bar.advance(len);
-        }
-        finish_file(&out, &item.entry, &item.dest, restore_owner, umask)
+    let ctx = Extraction {
+        image_file,
+        files,
+        force: args.force,
+        restore_owner,
+        umask,
+        bar: &bar,
+    };
+    let big = std::sync::Mutex::new(Vec::<(usize, File)>::new());
+    parallel_for(folders.len(), |task, buf| {
+        extract_folder(&ctx, &folders[task], buf, &big)
     })?;
     let big = big
         .into_inner()
         .map_err(|_| anyhow!("an extraction thread panicked"))?;
-    let mut chunks: Vec<(usize, u64, u64)> = Vec::new();
-    for (index, _) in &big {
-        let len = files[*index].1.len();
-        let mut offset = 0;
-        while offset < len {
-            chunks.push((*index, offset, CHUNK_BYTES.min(len - offset)));
-            offset += CHUNK_BYTES;
-        }
-    }
-    let handles: HashMap<usize, Arc<File>> = big.into_iter().collect();
-    parallel_for(chunks.len(), |task, buf| -> Result<()> {
-        let (index, offset, len) = chunks[task];
-        let (item, reader) = &files[index];
-        let out = &handles[&index];
-        copy_range(&image_file, reader, out, offset, len, buf)
-            .with_context(|| format!("cannot write {}", item.dest.display()))?;
-        bar.advance(len);
-        Ok(())
-    })?;
-    for (index, out) in &handles {
-        let (item, _) = &files[*index];
-        finish_file(out, &item.entry, &item.dest, restore_owner, umask)?;
+    for (index, out) in &big {
+        let job = &ctx.files[*index];
+        copy_big_file(&ctx, job, out)?;
+        finish_file(out, &job.item.entry, &job.item.dest, restore_owner, umask)?;
     }
     bar.finish();
 
@@ -984,7 +1126,134 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
     if skipped_special > 0 {
         eprintln!("vmedia: skipped {skipped_special} device files or sockets (devices need root)");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+fn make_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Writes the files of one destination folder: small files stored side by side in the image
+/// are read with one large read and written from memory; larger ones are copied by the
+/// kernel; files over `BIG_FILE_BYTES` are created here and filled after all folders.
+fn extract_folder(
+    ctx: &Extraction,
+    folder: &[usize],
+    buf: &mut Vec<u8>,
+    big: &std::sync::Mutex<Vec<(usize, File)>>,
+) -> Result<()> {
+    let Some(first) = folder.first() else {
+        return Ok(());
+    };
+    let parent = ctx.files[*first]
+        .item
+        .dest
+        .parent()
+        .unwrap_or(Path::new("."));
+    let dir = FsOpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(parent)
+        .with_context(|| format!("cannot open {}", parent.display()))?;
+    // Image order, so the batch reads below walk the image forwards.
+    let mut order = folder.to_vec();
+    order.sort_by_key(|&i| ctx.files[i].stored_at.unwrap_or(u64::MAX));
+    let mut next = 0;
+    while next < order.len() {
+        let job = &ctx.files[order[next]];
+        let Some(start) = job.stored_at.filter(|_| !job.reader.is_empty()) else {
+            next += 1;
+            let out = create_in(
+                &dir,
+                &job.item.dest,
+                job.item.entry.permissions(),
+                ctx.force,
+            )?;
+            let len = job.reader.len();
+            if len > BIG_FILE_BYTES {
+                big.lock()
+                    .map_err(|_| anyhow!("an extraction thread panicked"))?
+                    .push((order[next - 1], out));
+                continue;
+            }
+            if len > 0 {
+                copy_range(ctx.image_file, &job.reader, &out, 0, len, buf)
+                    .with_context(|| format!("cannot write {}", job.item.dest.display()))?;
+                ctx.bar.advance(len);
+            }
+            finish_file(
+                &out,
+                &job.item.entry,
+                &job.item.dest,
+                ctx.restore_owner,
+                ctx.umask,
+            )?;
+            continue;
+        };
+        // Grow the batch while the next file starts at most BATCH_GAP_BYTES after the end.
+        let mut end = start + job.reader.len();
+        let mut last = next + 1;
+        while let Some(&candidate) = order.get(last) {
+            let c = &ctx.files[candidate];
+            let Some(at) = c.stored_at.filter(|_| !c.reader.is_empty()) else {
+                break;
+            };
+            let c_end = at + c.reader.len();
+            if at < end || at - end > BATCH_GAP_BYTES || c_end - start > BATCH_BYTES {
+                break;
+            }
+            end = c_end;
+            last += 1;
+        }
+        let span = (end - start) as usize;
+        if buf.len() < span {
+            buf.resize(span, 0);
+        }
+        ReadAt::read_exact_at(ctx.image_file, &mut buf[..span], start)
+            .with_context(|| format!("cannot read the image at byte {start:#x}"))?;
+        for &index in &order[next..last] {
+            let job = &ctx.files[index];
+            let Some(at) = job.stored_at else { continue };
+            let from = (at - start) as usize;
+            let data = &buf[from..from + job.reader.len() as usize];
+            let mut out = create_in(
+                &dir,
+                &job.item.dest,
+                job.item.entry.permissions(),
+                ctx.force,
+            )?;
+            out.write_all(data)
+                .with_context(|| format!("cannot write {}", job.item.dest.display()))?;
+            finish_file(
+                &out,
+                &job.item.entry,
+                &job.item.dest,
+                ctx.restore_owner,
+                ctx.umask,
+            )?;
+        }
+        ctx.bar.advance(end - start);
+        next = last;
+    }
+    Ok(())
+}
+
+/// Fills a file over `BIG_FILE_BYTES` (created empty by `extract_folder`).
+fn copy_big_file(ctx: &Extraction, job: &FileJob, out: &File) -> Result<()> {
+    let len = job.reader.len();
+    let mut buf = Vec::new();
+    let mut offset = 0;
+    while offset < len {
+        let n = BIG_FILE_STEP_BYTES.min(len - offset);
+        copy_range(ctx.image_file, &job.reader, out, offset, n, &mut buf)
+            .with_context(|| format!("cannot write {}", job.item.dest.display()))?;
+        ctx.bar.advance(n);
+        offset += n;
+    }
+    Ok(())
 }
 
 /// Runs `task(i, scratch)` for every i in 0..count on all cores; stops at the first error.
@@ -998,32 +1267,33 @@ where
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(count.max(1));
+    let work = || -> Result<()> {
+        let mut buf = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= count {
+                break;
+            }
+            if let Err(e) = task(i, &mut buf) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    if threads <= 1 {
+        return work();
+    }
     let errors: Vec<anyhow::Error> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    let mut buf = Vec::new();
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            break;
-                        }
-                        if let Err(e) = task(i, &mut buf) {
-                            failed.store(true, Ordering::Relaxed);
-                            return Err(e);
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .filter_map(|w| match w.join() {
+        let workers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        // The calling thread works too instead of waiting.
+        let mine = work().err();
+        mine.into_iter()
+            .chain(workers.into_iter().filter_map(|w| match w.join() {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some(anyhow!("an extraction thread panicked")),
-            })
+            }))
             .collect()
     });
     match errors.into_iter().next() {
@@ -1032,24 +1302,37 @@ where
     }
 }
 
-/// Creates `path` exclusively (never following a symlink); an existing file is replaced only
-/// with `force`. One `open` in the common case.
-fn create_file(path: &Path, mode: u32, force: bool) -> Result<File> {
-    let open = || {
-        FsOpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
+/// Creates the file `dest` (named relative to its open parent `dir`) exclusively, never
+/// following a symbolic link; an existing file is replaced only with `force`.
+fn create_in(dir: &File, dest: &Path, mode: u32, force: bool) -> Result<File> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", dest.display()))?;
+    let c = CString::new(name.as_bytes())
+        .map_err(|_| anyhow!("{} contains a NUL byte", dest.display()))?;
+    let open = || -> io::Result<File> {
+        // SAFETY: valid directory descriptor and NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                (mode & 0o777) as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
     };
     match open() {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            clear_destination(path, force)?;
-            open().with_context(|| format!("cannot create {}", path.display()))
+            clear_destination(dest, force)?;
+            open().with_context(|| format!("cannot create {}", dest.display()))
         }
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", dest.display())),
     }
 }
 
