@@ -14,6 +14,8 @@ use vmedia_io::Progress;
 use crate::error::{DiskError, Result};
 use crate::image::{self, BlockKind, DiskImage, Format, OpenOptions};
 use crate::qcow2::modify::Qcow2Editor;
+use crate::vhd::edit::VhdEditor;
+use crate::vhdx::edit::VhdxEditor;
 use crate::vmdk::edit::VmdkEditor;
 
 /// The parent (backing file) an edited image is told to record by [`InPlaceEditor::set_parent`].
@@ -69,12 +71,8 @@ pub fn open_editor(path: &Path, format: Format) -> Result<Box<dyn InPlaceEditor>
         Format::Raw => Ok(Box::new(RawEditor::open(path)?)),
         Format::Qcow2 => Ok(Box::new(Qcow2Editor::open(path)?)),
         Format::Vmdk => Ok(Box::new(VmdkEditor::open(path)?)),
-        // The VHD and VHDX editors arrive in their own modules.
-        Format::Vhd | Format::Vhdx => Err(DiskError::NotSupportedFor {
-            path: path.into(),
-            format: format.qemu_name(),
-            operation: "writing in place (commit/rebase)",
-        }),
+        Format::Vhd => Ok(Box::new(VhdEditor::open(path)?)),
+        Format::Vhdx => Ok(Box::new(VhdxEditor::open(path)?)),
     }
 }
 
@@ -226,10 +224,10 @@ fn records_parent_identity(format: Format) -> bool {
 /// `base` (default: the direct backing file); empties `top` afterwards when `empty` is set and
 /// no explicit base was named (as qemu, `-b` implies `-d`).
 ///
-/// When the base is the top's direct parent and the top's format records the parent's
-/// identity, the top is re-linked to the changed parent (VMDK: its parentCID takes the
-/// parent's new CID), so the pair stays valid for qemu and VMware. With `-b` the images
-/// between top and base become invalid, as qemu-img documents, and are left as they are.
+/// The layer whose parent is the base is re-linked to the changed base when its format records
+/// the parent's identity (VMDK: its parentCID takes the base's new CID), so qemu and VMware
+/// still read through it. With `-b` the images between top and base become invalid as
+/// qemu-img documents (their own view changed), while the top keeps reading correctly.
 pub fn commit(
     top_path: &Path,
     base: Option<&Path>,
@@ -239,7 +237,6 @@ pub fn commit(
 ) -> Result<()> {
     let top = image::open(top_path, opts)?;
     let top_format = top.format();
-    let top_parent = top.backing_ref();
     let mut layers = 1usize;
     let mut base_img = top.backing().ok_or_else(|| DiskError::NotSupportedFor {
         path: top_path.into(),
@@ -258,6 +255,17 @@ pub fn commit(
     }
     let base_path = base_img.path().to_path_buf();
     let base_format = base_img.format();
+    // The layer that names the base as its parent: the top, or the intermediate just above.
+    let mut child: &dyn DiskImage = top.as_ref();
+    for _ in 1..layers {
+        match child.backing() {
+            Some(b) => child = b,
+            None => break,
+        }
+    }
+    let child_path = child.path().to_path_buf();
+    let child_format = child.format();
+    let child_parent = child.backing_ref();
     let size = top.virtual_size();
     let base_size = base_img.virtual_size();
     // Grow the base first when the overlay is larger (qemu does the same).
@@ -277,26 +285,55 @@ pub fn commit(
     drop(top);
     target.finish()?;
     let empty_top = empty && base.is_none();
-    let relink = layers == 1 && records_parent_identity(top_format);
-    if empty_top || relink {
+    // Re-link the base's child to the changed base (VMDK: parentCID takes the base's new
+    // CID; qemu refuses reads through a delta whose parentCID is stale). With -b that child
+    // is an intermediate: its own view is invalid afterwards, as qemu-img documents, but the
+    // top reads correctly through it.
+    let relink = records_parent_identity(child_format) && child_parent.is_some();
+    if relink && !(empty_top && same_file(&child_path, top_path)) {
+        let mut editor = open_editor(&child_path, child_format)?;
+        editor.keep_content_id();
+        relink_to(
+            editor.as_mut(),
+            child_parent.as_ref(),
+            &base_path,
+            base_format,
+        )?;
+        editor.finish()?;
+    }
+    if empty_top {
         let mut editor = open_editor(top_path, top_format)?;
         // The top's guest view is unchanged: its data now also lives in the parent.
         editor.keep_content_id();
         if relink {
-            if let Some(parent) = &top_parent {
-                editor.set_parent(Some(&ParentRef {
-                    name: parent.name.clone(),
-                    resolved: base_path.clone(),
-                    format: Some(base_format),
-                }))?;
-            }
+            relink_to(
+                editor.as_mut(),
+                child_parent.as_ref(),
+                &base_path,
+                base_format,
+            )?;
         }
-        if empty_top {
-            editor.empty()?;
-        }
+        editor.empty()?;
         editor.finish()?;
     }
     Ok(())
+}
+
+/// Records `parent` again (same name) so the format re-reads the parent's identity.
+fn relink_to(
+    editor: &mut dyn InPlaceEditor,
+    parent: Option<&image::BackingRef>,
+    base_path: &Path,
+    base_format: Format,
+) -> Result<()> {
+    match parent {
+        Some(p) => editor.set_parent(Some(&ParentRef {
+            name: p.name.clone(),
+            resolved: base_path.to_path_buf(),
+            format: Some(base_format),
+        })),
+        None => Ok(()),
+    }
 }
 
 /// Copies into `target` every range that the first `layers` layers of `top` allocate, as whole
