@@ -7,6 +7,7 @@
 pub mod console;
 pub mod direct;
 pub mod error;
+pub mod initrd;
 pub mod kernel;
 pub mod kvm;
 pub mod managed;
@@ -17,5 +18,6 @@ pub mod qmp;
 pub mod run;
 pub mod spec;
 pub mod store;
+pub mod tune;
 
 pub use error::{BootError, Result};

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::error::{BootError, Result};
-use crate::spec::{BootDevice, Firmware, Net, VmSpec};
+use crate::spec::{BootDevice, Firmware, Machine, Net, VmSpec};
 
 /// The emulator binary; `VMEDIA_QEMU` overrides it (a wrapper, another build).
 pub fn qemu_program() -> OsString {
@@ -35,6 +35,17 @@ pub fn find_ovmf() -> Result<(PathBuf, PathBuf)> {
         .ok_or_else(|| {
             BootError::Invalid("UEFI firmware (OVMF) is not installed: apt-get install ovmf".into())
         })
+}
+
+/// qboot, QEMU's minimal BIOS for direct kernel boot (Debian's qemu-system-data ships it).
+/// Under TCG it hands over to a `-kernel` about 0.3 s of CPU sooner than SeaBIOS, which runs
+/// its POST, PCI option ROMs and boot menu first.
+pub fn find_qboot() -> Option<PathBuf> {
+    const CANDIDATES: [&str; 2] = ["/usr/share/qemu/qboot.rom", "/usr/share/qboot/bios.bin"];
+    CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
 }
 
 /// The accelerator actually used, after `auto` was resolved.
@@ -149,7 +160,13 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
         args.push(b);
     };
     // graphics=off makes SeaBIOS mirror its screen (and isolinux's) on the serial port.
-    push("-machine", "q35,graphics=off".into());
+    // The lean machine drops the HPET: Linux then times with the TSC it uses anyway, and
+    // skips the HPET probing and calibration that cost ~0.06 s under TCG.
+    let machine = match spec.machine {
+        Machine::Standard => "q35,graphics=off",
+        Machine::Lean => "q35,graphics=off,hpet=off",
+    };
+    push("-machine", machine.into());
     match launch.accel {
         ResolvedAccel::Kvm => {
             push("-accel", "kvm".into());
@@ -160,6 +177,12 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
     push("-m", spec.memory_mib.to_string());
     push("-smp", spec.cpus.to_string());
     push("-display", "none".into());
+    if spec.machine == Machine::Lean && spec.firmware == Firmware::Bios {
+        // Without qboot the lean machine keeps SeaBIOS: slower, but it boots the same kernel.
+        if let Some(qboot) = find_qboot() {
+            push("-bios", escape(&qboot)?);
+        }
+    }
     if spec.firmware == Firmware::Uefi {
         let vars = launch.uefi_vars.as_ref().ok_or_else(|| {
             BootError::Invalid("UEFI boot needs a private copy of the OVMF variable store".into())
@@ -393,6 +416,38 @@ mod tests {
         assert!(args.contains(&"-nodefaults".to_string()));
         assert!(args.contains(&"user,id=net0,tftp=/srv,bootfile=pxelinux.0".to_string()));
         assert!(args.contains(&"virtio-net-pci,netdev=net0,id=nic0,bootindex=1".to_string()));
+    }
+
+    #[test]
+    fn standard_machine_keeps_seabios_and_the_hpet() {
+        let mut spec = lab();
+        spec.kernel = Some(crate::spec::DirectKernel {
+            kernel: "/k".into(),
+            initrd: None,
+            append: String::new(),
+        });
+        let args = launch(&spec, vec![]);
+        assert!(args.contains(&"q35,graphics=off".to_string()));
+        assert!(!args.contains(&"-bios".to_string()));
+    }
+
+    #[test]
+    fn lean_machine_drops_the_hpet_and_uses_qboot_under_bios() {
+        let mut spec = lab();
+        spec.machine = Machine::Lean;
+        spec.kernel = Some(crate::spec::DirectKernel {
+            kernel: "/k".into(),
+            initrd: None,
+            append: String::new(),
+        });
+        let args = launch(&spec, vec![]);
+        assert!(args.contains(&"q35,graphics=off,hpet=off".to_string()));
+        let bios = args.iter().position(|a| a == "-bios");
+        assert_eq!(bios.is_some(), find_qboot().is_some(), "{args:?}");
+        assert!(
+            args.iter().any(|a| a.starts_with("ide-cd,drive=cd0-drive")),
+            "the CD stays attached"
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use vmedia_boot::initrd::PlainInitrd;
 use vmedia_boot::media::{self, DiskFormat};
 use vmedia_boot::run::{self, BootReport, BootRequest, Outcome};
-use vmedia_boot::spec::{self, Accel, BootDevice, CdromSlot, Disk, Firmware, Net, VmSpec};
+use vmedia_boot::spec::{self, Accel, BootDevice, CdromSlot, Disk, Firmware, Machine, Net, VmSpec};
 
 /// Exit codes of `vmedia boot` (documented in --help).
 pub const EXIT_TIMEOUT: u8 = 4;
@@ -66,13 +67,9 @@ pub struct VmOptions {
     /// Initrd for --kernel
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line for --kernel
-    #[arg(
-        long,
-        value_name = "TEXT",
-        requires = "kernel",
-        allow_hyphen_values = true
-    )]
+    /// Kernel command line for --kernel; with --direct, words added after the ISO's own
+    /// command line (so they override it)
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub append: Option<String>,
 }
 
@@ -93,6 +90,7 @@ pub enum AccelArg {
 #[command(after_help = "Examples:
   vmedia boot --cdrom debian.iso --expect 'login:' --timeout 600
   vmedia boot --cdrom live.iso --direct --expect 'login:'
+  vmedia boot --cdrom live.iso --direct --append 'tsc=unstable' --expect 'login:'
   vmedia boot --disk disk.vmdk --firmware uefi --expect 'Welcome'
   vmedia boot --net user --tftp ./tftp --bootfile pxelinux.0 --boot net --expect 'login:'
   vmedia boot --kernel vmlinuz --initrd initrd.gz --append 'console=ttyS0' --expect 'BOOT-OK' --json
@@ -104,7 +102,12 @@ written to --console-log (default: a new file in the temporary folder).
 
 Exit codes: 0 marker seen, 1 error before the VM ran, 2 usage error, 4 time-out,
 5 the VM ended (powered off, crashed, kernel panic) before the marker, 130 interrupted.
-No QEMU process is left behind on any path.")]
+No QEMU process is left behind on any path.
+
+--direct boots on a lean machine: qboot instead of SeaBIOS (BIOS only), no HPET, the initrd
+decompressed on the host (cached under the state folder), and the kernel parameters
+cryptomgr.notests tsc=reliable no_timer_check added unless the command line sets them.
+--no-lean turns all of that off.")]
 pub struct Args {
     #[command(flatten)]
     pub vm: VmOptions,
@@ -116,6 +119,11 @@ pub struct Args {
     /// PVH form (decompressed once on the host and cached; much faster under TCG)
     #[arg(long, requires = "direct")]
     pub bzimage: bool,
+    /// With --direct: boot on the standard machine (SeaBIOS, HPET), with the ISO's initrd and
+    /// command line exactly as they are, instead of the lean machine (qboot, no HPET, initrd
+    /// decompressed once on the host, three boot-time kernel parameters; see docs/boot.md)
+    #[arg(long, requires = "direct")]
+    pub no_lean: bool,
     /// Regular expression that means "booted" on the serial console (matched within a line)
     #[arg(long, value_name = "REGEX")]
     pub expect: String,
@@ -206,6 +214,9 @@ pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
         });
     }
     spec.net = parse_net(options)?;
+    if options.append.is_some() && options.kernel.is_none() {
+        bail!("--append needs --kernel (or, with vmedia boot, --direct)");
+    }
     if let Some(kernel) = &options.kernel {
         spec.kernel = Some(spec::DirectKernel {
             kernel: media::absolute(kernel)?,
@@ -294,7 +305,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let marker = vmedia_boot::console::compile_marker(&args.expect)?;
     let name = format!("boot-{}", std::process::id());
-    let mut spec = build_spec(&name, &args.vm)?;
+    let mut vm_options = args.vm.clone();
+    // With --direct, --append extends the ISO's command line instead of being a whole one.
+    let user_append = if args.direct {
+        vm_options.append.take()
+    } else {
+        None
+    };
+    let mut spec = build_spec(&name, &vm_options)?;
     let _extracted = if args.direct {
         if spec.kernel.is_some() {
             bail!("--direct takes the kernel from the ISO; do not give --kernel too");
@@ -315,6 +333,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        if let Some(extra) = user_append.as_deref().filter(|a| !a.trim().is_empty()) {
+            kernel.append = format!("{} {}", kernel.append.trim_end(), extra.trim());
+        }
+        let mut lean_notes = Vec::new();
+        if !args.no_lean {
+            spec.machine = Machine::Lean;
+            if spec.firmware == Firmware::Bios {
+                lean_notes.push(match vmedia_boot::qemu::find_qboot() {
+                    Some(_) => "qboot firmware".to_string(),
+                    None => "SeaBIOS (qboot.rom not installed)".to_string(),
+                });
+            }
+            lean_notes.push("no HPET".into());
+            if let Some(initrd) = kernel.initrd.clone() {
+                let cache = vmedia_boot::store::state_dir()?.join("initrds");
+                match vmedia_boot::initrd::plain_initrd(&initrd, &cache, spec.memory_mib)? {
+                    PlainInitrd::Ready(plain) => {
+                        kernel.initrd = Some(plain);
+                        lean_notes.push("initrd decompressed on the host".into());
+                    }
+                    PlainInitrd::AlreadyPlain => {}
+                    PlainInitrd::NotApplicable(reason) => {
+                        eprintln!("vmedia: note: the guest decompresses its initrd: {reason}");
+                    }
+                }
+            }
+            let (append, added) = vmedia_boot::tune::add_fast_params(&kernel.append);
+            if !added.is_empty() {
+                let words: Vec<&str> = added.iter().map(|p| p.text).collect();
+                lean_notes.push(format!("added {}", words.join(" ")));
+            }
+            kernel.append = append;
+        }
         if !args.json {
             eprintln!(
                 "vmedia: direct boot of {:?} from {} ({})",
@@ -322,6 +373,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 found.config,
                 kernel.kernel.display()
             );
+            if !lean_notes.is_empty() {
+                eprintln!("vmedia: lean machine: {}", lean_notes.join(", "));
+            }
         }
         spec.kernel = Some(kernel);
         Some(found)

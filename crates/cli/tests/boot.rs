@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use boot_fixtures::{bootable_disk, hybrid_iso, qemu_processes, tftp_root};
+use boot_fixtures::{
+    bootable_disk, hybrid_iso, live_iso_finding_its_medium, qemu_processes, tftp_root, LIVE_TOKEN,
+};
 use support::{payload, require_tool, run_any, sha256_file, vmedia, BOOT_MARKER};
 
 /// TCG boots take 5-30 s here; the limit leaves room for a loaded machine.
@@ -218,6 +220,78 @@ fn direct_fast_path_boots_the_isos_kernel_without_a_boot_loader() {
     assert!(
         !console.contains("ISOLINUX"),
         "the fast path must skip isolinux"
+    );
+}
+
+/// The lean machine of `--direct` (qboot, no HPET, initrd decompressed on the host, added
+/// kernel parameters) must still give the live system its medium: the guest's /init loads the
+/// AHCI and CD drivers, mounts /dev/sr0 and prints a file from it and the CD's size.
+#[test]
+fn direct_lean_machine_live_system_finds_its_cd() {
+    let home = tempfile::tempdir().unwrap();
+    let iso = live_iso_finding_its_medium();
+    let (code, report, err) = boot_json(
+        boot_cmd(home.path())
+            .arg("--cdrom")
+            .arg(&iso)
+            .args(["--direct", "--append", "tsc=unstable vmedia.user=1"])
+            .args(["--expect", r"CDSIZE [0-9]+ sectors"]),
+    );
+    assert_eq!(code, 0, "boot failed: {report:#}\n{err}");
+    let console = console_of(&report);
+    assert!(
+        console.contains(&format!("CDFILE {LIVE_TOKEN}")),
+        "the guest did not read its medium:\n{console}"
+    );
+    let sectors: u64 = console
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("CDSIZE ")
+                .and_then(|n| n.strip_suffix(" sectors"))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no CD size on the console:\n{console}"));
+    let iso_bytes = std::fs::metadata(&iso).unwrap().len();
+    assert_eq!(
+        sectors * 512,
+        iso_bytes,
+        "the guest's CD is not the ISO (sr0 {sectors} sectors)"
+    );
+    let command: Vec<String> = serde_json::from_value(report["qemu_command"].clone()).unwrap();
+    let after = |flag: &str| {
+        let at = command
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} missing: {command:?}"));
+        command[at + 1].clone()
+    };
+    assert!(
+        after("-machine").contains("hpet=off"),
+        "lean machine: {command:?}"
+    );
+    assert!(
+        after("-bios").ends_with("qboot.rom"),
+        "qboot (qemu-system-data) is installed here: {command:?}"
+    );
+    let initrd = after("-initrd");
+    assert!(
+        initrd.ends_with(".cpio"),
+        "the gzip initrd is decompressed on the host: {initrd}"
+    );
+    let plain = std::fs::read(&initrd).unwrap();
+    assert!(plain.starts_with(b"070701"), "not a plain cpio: {initrd}");
+    let append = after("-append");
+    assert!(append.contains("vmedia.from=direct"), "{append}");
+    assert!(append.contains("cryptomgr.notests"), "{append}");
+    assert!(append.contains("no_timer_check"), "{append}");
+    assert!(
+        append.contains("tsc=unstable") && !append.contains("tsc=reliable"),
+        "the user's --append has the last word: {append}"
+    );
+    assert!(
+        append.ends_with("tsc=unstable vmedia.user=1 cryptomgr.notests no_timer_check"),
+        "--append goes after the ISO's line: {append}"
     );
 }
 

@@ -124,6 +124,72 @@ pub fn hybrid_iso(tag: &str) -> PathBuf {
     dir.join("linux.iso")
 }
 
+/// The token in the live ISO's `/live/token.txt`, which its guest prints after mounting the CD.
+pub const LIVE_TOKEN: &str = "vmedia-live-medium-7f3a";
+
+/// A live Linux ISO (xorriso, isolinux) for the direct fast path. Its initrd is three gzip
+/// archives back to back: the payload, the block-driver overlay of `initrd_with_block_drivers()`
+/// and an /init that loads the drivers, waits for /dev/sr0, mounts it and prints
+/// `CDFILE <token.txt>` and `CDSIZE <n> sectors` after the marker, as a live system looking for
+/// its medium would.
+pub fn live_iso_finding_its_medium() -> PathBuf {
+    let initrd = initrd_with_block_drivers();
+    let dir = cached_fixture("boot-direct-live", |dir| {
+        let p = payload();
+        let overlay = dir.join("overlay");
+        fs::create_dir_all(&overlay).unwrap();
+        let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev 2>/dev/null\nfor m in /mods/*.ko; do insmod $m; done\ni=0\nwhile [ ! -e /dev/sr0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\necho\necho VMEDIA-BOOT-OK\nmkdir -p /cdrom\nmount -t iso9660 -o ro /dev/sr0 /cdrom && echo \"CDFILE $(cat /cdrom/live/token.txt)\"\necho \"CDSIZE $(cat /sys/block/sr0/size) sectors\"\npoweroff -f\n";
+        write(&overlay.join("init"), init);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(overlay.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("cd overlay && find . | cpio -o -H newc --quiet | gzip -1 > ../init.cpio.gz")
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "building the /init overlay failed (need cpio and gzip)"
+        );
+        let tree = dir.join("tree");
+        fs::create_dir_all(tree.join("isolinux")).unwrap();
+        fs::create_dir_all(tree.join("boot")).unwrap();
+        fs::create_dir_all(tree.join("live")).unwrap();
+        write(&tree.join("live/token.txt"), LIVE_TOKEN);
+        fs::copy(
+            "/usr/lib/ISOLINUX/isolinux.bin",
+            tree.join("isolinux/isolinux.bin"),
+        )
+        .expect("isolinux not installed: run scripts/setup.sh");
+        fs::copy(
+            "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            tree.join("isolinux/ldlinux.c32"),
+        )
+        .expect("syslinux-common not installed: run scripts/setup.sh");
+        fs::copy(&p.kernel, tree.join("boot/vmlinuz")).unwrap();
+        let mut joined = fs::read(&initrd).unwrap();
+        joined.extend(fs::read(dir.join("init.cpio.gz")).unwrap());
+        fs::write(tree.join("boot/initrd.gz"), joined).unwrap();
+        write(
+            &tree.join("isolinux/isolinux.cfg"),
+            "default live\nprompt 0\ntimeout 0\nlabel live\n kernel /boot/vmlinuz\n append initrd=/boot/initrd.gz console=ttyS0 quiet vmedia.from=direct\n",
+        );
+        run_ok(
+            Command::new(require_tool("xorriso"))
+                .args(["-as", "mkisofs", "-quiet", "-o"])
+                .arg(dir.join("live.iso"))
+                .args(["-R", "-J", "-V", "VMEDIA_LIVE"])
+                .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
+                .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"])
+                .arg(&tree),
+        );
+        fs::remove_dir_all(&tree).unwrap();
+        fs::remove_dir_all(&overlay).unwrap();
+    });
+    dir.join("live.iso")
+}
+
 /// The hybrid ISO (tag `disk`) as a disk image in `format` (qemu-img's name: qcow2, vmdk,
 /// vpc, vhdx).
 pub fn bootable_disk(format: &str) -> PathBuf {
