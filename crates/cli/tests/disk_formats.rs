@@ -70,7 +70,13 @@ fn shared_samples_read_like_qemu() {
 }
 
 /// Every subformat vmedia writes: (format, options, qemu-img format name, qemu supports check).
-const WRITTEN: &[(vmedia_disk::Format, &[(&str, &str)], &str, bool)] = &[
+type Written = (
+    vmedia_disk::Format,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    bool,
+);
+const WRITTEN: &[Written] = &[
     (vmedia_disk::Format::Vmdk, &[], "vmdk", true),
     (
         vmedia_disk::Format::Vmdk,
@@ -1314,4 +1320,240 @@ fn span_reads_keep_zero_clusters_sparse_and_outputs_identical() {
         !zero_cluster_is_data,
         "the zeroed cluster inside a span was allocated: {entries}"
     );
+}
+
+/// The edits both in-place tests make: partial-block writes, a write across a block boundary,
+/// the last sector, and zeroed clusters over data and over a hole.
+fn in_place_edits(size: u64) -> Vec<Edit> {
+    vec![
+        Edit::Write(512, 4096, 0xa1),
+        Edit::Write((2 << 20) - 8192, 16384, 0xb2),
+        Edit::Write(5 << 20, 65536, 0xc3),
+        Edit::Write(size - 512, 512, 0xd4),
+        Edit::ZeroCluster(0),
+        Edit::ZeroCluster(3 << 20),
+        Edit::Write(7 << 20, 1536, 0xe5),
+    ]
+}
+
+#[test]
+fn in_place_writes_into_dynamic_vhd_and_vhdx_pass_qemu_check_and_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 12u64 << 20;
+    let seed = dir.path().join("seed.raw");
+    patterned_raw(&seed, size, 9);
+    let seed_img = open_default(&seed);
+    // (format, qemu name, who writes the image first)
+    for (format, qemu_name, writer) in [
+        (vmedia_disk::Format::Vhd, "vpc", "vmedia"),
+        (vmedia_disk::Format::Vhdx, "vhdx", "vmedia"),
+        (vmedia_disk::Format::Vhd, "vpc", "qemu-img"),
+        (vmedia_disk::Format::Vhdx, "vhdx", "qemu-img"),
+    ] {
+        let img = dir.path().join(format!("{writer}.{qemu_name}"));
+        match writer {
+            "vmedia" => {
+                let opts: &[(&str, &str)] = if format == vmedia_disk::Format::Vhd {
+                    &[("force_size", "on"), ("block_size", "524288")]
+                } else {
+                    &[("block_size", "1M")]
+                };
+                lib_convert(seed_img.as_ref(), &img, format, opts, None);
+            }
+            _ => {
+                let o = if format == vmedia_disk::Format::Vhd {
+                    "subformat=dynamic,force_size=on"
+                } else {
+                    "subformat=dynamic,block_size=1M"
+                };
+                run_ok(
+                    std::process::Command::new(qemu_img())
+                        .args(["convert", "-f", "raw", "-O", qemu_name, "-o", o])
+                        .arg(&seed)
+                        .arg(&img),
+                );
+            }
+        }
+        let expected = dir
+            .path()
+            .join(format!("{writer}-{qemu_name}.expected.raw"));
+        std::fs::copy(&seed, &expected).unwrap();
+        edit_both(&img, format, &expected, &in_place_edits(size));
+        let what = format!("{writer}-made {qemu_name} edited in place");
+        if format == vmedia_disk::Format::Vhdx {
+            assert_qemu_check(&img, qemu_name);
+        }
+        assert_qemu_identical(&img, qemu_name, &expected, "raw");
+        assert_eq!(
+            qemu_info_json(&img, qemu_name)["virtual-size"].as_u64(),
+            Some(size),
+            "{what}"
+        );
+        let ours = dir.path().join(format!("{writer}-{qemu_name}.ours.raw"));
+        let back = open_default(&img);
+        dump_raw(back.as_ref(), &ours);
+        assert!(
+            files_equal(&ours, &expected),
+            "{what} reads back differently"
+        );
+        let report = back.check(&vmedia_io::NoProgress).unwrap();
+        assert_eq!(
+            report.corruptions + report.check_errors,
+            0,
+            "{what}: {:?}",
+            report.messages
+        );
+    }
+}
+
+#[test]
+fn in_place_writes_into_windows_made_vhd_and_vhdx_read_back_in_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    for (sample, qemu_name, format) in [
+        (
+            "dissect.hypervisor/dynamic.vhd.gz",
+            "vpc",
+            vmedia_disk::Format::Vhd,
+        ),
+        (
+            "dissect.hypervisor/dynamic.vhdx.gz",
+            "vhdx",
+            vmedia_disk::Format::Vhdx,
+        ),
+    ] {
+        let original = shared_sample(sample);
+        let img = dir.path().join(original.file_name().unwrap());
+        std::fs::copy(&original, &img).unwrap();
+        let expected = dir.path().join(format!("{qemu_name}.expected.raw"));
+        qemu_to_raw(&original, Some(qemu_name), &expected);
+        let size = std::fs::metadata(&expected).unwrap().len();
+        let edits = [
+            Edit::Write(0, 8192, 0x11),
+            Edit::Write(size / 2 + 512, 3072, 0x22),
+            Edit::ZeroCluster(1 << 20),
+            Edit::Write(size - 4096, 4096, 0x33),
+        ];
+        edit_both(&img, format, &expected, &edits);
+        if format == vmedia_disk::Format::Vhdx {
+            assert_qemu_check(&img, qemu_name);
+        }
+        assert_qemu_identical(&img, qemu_name, &expected, "raw");
+        let ours = dir.path().join(format!("{qemu_name}.ours.raw"));
+        dump_raw(open_default(&img).as_ref(), &ours);
+        assert!(
+            files_equal(&ours, &expected),
+            "{sample} edited reads back differently"
+        );
+    }
+}
+
+#[test]
+fn differencing_chains_edited_in_place_read_back_the_expected_bytes() {
+    for (format, ext, qemu_name) in [
+        (vmedia_disk::Format::Vhd, "vhd", "vpc"),
+        (vmedia_disk::Format::Vhdx, "vhdx", "vhdx"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 12u64 << 20;
+        let seed = dir.path().join("seed.raw");
+        patterned_raw(&seed, size, 3);
+        let base = dir.path().join(format!("base.{ext}"));
+        let opts: &[(&str, &str)] = if format == vmedia_disk::Format::Vhd {
+            &[("force_size", "on")]
+        } else {
+            &[("block_size", "1M")]
+        };
+        lib_convert(open_default(&seed).as_ref(), &base, format, opts, None);
+        // Three levels, each changed in place: base <- mid <- top.
+        let mut below = format!("base.{ext}");
+        for level in ["mid", "top"] {
+            let path = dir.path().join(format!("{level}.{ext}"));
+            let mut o = vmedia_disk::CreateOptions::new(format, size);
+            for (k, v) in opts {
+                o.options.insert((*k).into(), (*v).into());
+            }
+            o.backing = Some((below.clone(), Some(format)));
+            let create = if format == vmedia_disk::Format::Vhd {
+                vmedia_disk::vhd::create
+            } else {
+                vmedia_disk::vhdx::create
+            };
+            create(&path, &o).unwrap().finish().unwrap();
+            below = format!("{level}.{ext}");
+        }
+        let expected = dir.path().join("expected.raw");
+        std::fs::copy(&seed, &expected).unwrap();
+        // The base changes first (what a commit into it does), then each child, sector-
+        // granular, with zeros that must hide the data below.
+        edit_both(
+            &base,
+            format,
+            &expected,
+            &[Edit::Write(9 << 20, 4096, 0x77)],
+        );
+        if format == vmedia_disk::Format::Vhdx {
+            // The base's DataWriteGuid changed: the child no longer matches until relinked.
+            let mid = open_default(&dir.path().join(format!("mid.{ext}")));
+            let report = mid.check(&vmedia_io::NoProgress).unwrap();
+            assert_eq!(report.check_errors, 1, "{:?}", report.messages);
+        }
+        relink(
+            &dir.path().join(format!("mid.{ext}")),
+            &format!("base.{ext}"),
+            format,
+        );
+        edit_both(
+            &dir.path().join(format!("mid.{ext}")),
+            format,
+            &expected,
+            &[
+                Edit::Write(512 * 7, 512 * 3, 0x88),
+                Edit::ZeroCluster(1 << 20),
+                Edit::Write((4 << 20) + 65536, 65536, 0x99),
+            ],
+        );
+        relink(
+            &dir.path().join(format!("top.{ext}")),
+            &format!("mid.{ext}"),
+            format,
+        );
+        edit_both(
+            &dir.path().join(format!("top.{ext}")),
+            format,
+            &expected,
+            &[
+                Edit::Write(512 * 8, 512, 0xaa),
+                Edit::Write((4 << 20) + 65536 + 1024, 2048, 0xbb),
+                Edit::ZeroCluster(9 << 20),
+                Edit::Write(size - 1024, 1024, 0xcc),
+            ],
+        );
+        let top = dir.path().join(format!("top.{ext}"));
+        let img = open_default(&top);
+        let ours = dir.path().join("ours.raw");
+        dump_raw(img.as_ref(), &ours);
+        assert!(
+            files_equal(&ours, &expected),
+            "{ext} chain reads back differently"
+        );
+        for layer in ["base", "mid", "top"] {
+            let p = dir.path().join(format!("{layer}.{ext}"));
+            let report = open_default(&p).check(&vmedia_io::NoProgress).unwrap();
+            assert_eq!(
+                report.corruptions + report.check_errors,
+                0,
+                "{layer}.{ext}: {:?}",
+                report.messages
+            );
+        }
+        // qemu 7.2 follows no VHD/VHDX parent: it vouches for the edited base.
+        if format == vmedia_disk::Format::Vhdx {
+            assert_qemu_check(&base, qemu_name);
+        }
+        let base_raw = dir.path().join("base.raw");
+        let mut want = std::fs::read(&seed).unwrap();
+        want[9 << 20..(9 << 20) + 4096].fill(0x77);
+        std::fs::write(&base_raw, &want).unwrap();
+        assert_qemu_identical(&base, qemu_name, &base_raw, "raw");
+    }
 }

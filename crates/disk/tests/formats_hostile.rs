@@ -61,6 +61,27 @@ fn make(
     path
 }
 
+/// One small valid image of `format` in a fresh temporary folder (kept alive by the first
+/// element).
+fn fixture(name: &str, format: Format, options: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make(dir.path(), name, format, options, None);
+    (dir, path)
+}
+
+/// Rewrites both VHDX headers with `edit(header, copy index)` and a fresh CRC-32C.
+fn rewrite_vhdx_headers(p: &Path, edit: impl Fn(&mut [u8], usize)) {
+    let mut bytes = std::fs::read(p).unwrap();
+    for (i, at) in [64 * 1024usize, 128 * 1024].into_iter().enumerate() {
+        let h = &mut bytes[at..at + 4096];
+        edit(h, i);
+        h[4..8].fill(0);
+        let crc = crc32c::crc32c(h);
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        patch(p, at as u64, h);
+    }
+}
+
 fn patch(path: &Path, at: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, at).unwrap();
@@ -107,24 +128,21 @@ fn check_report_flags(path: &Path, format: Format) -> u64 {
 
 #[test]
 fn vmdk_grain_directory_past_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vmdk", Format::Vmdk, &[], None);
+    let (_dir, p) = fixture("a.vmdk", Format::Vmdk, &[]);
     patch(&p, 56, &(1u64 << 40).to_le_bytes());
     expect_corrupt(open_and_read(&p, Format::Vmdk), &p, "gdOffset");
 }
 
 #[test]
 fn vmdk_absurd_capacity() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vmdk", Format::Vmdk, &[], None);
+    let (_dir, p) = fixture("a.vmdk", Format::Vmdk, &[]);
     patch(&p, 12, &(u64::MAX / 3).to_le_bytes());
     expect_corrupt(open_and_read(&p, Format::Vmdk), &p, "capacity");
 }
 
 #[test]
 fn vmdk_descriptor_size_bomb() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vmdk", Format::Vmdk, &[], None);
+    let (_dir, p) = fixture("a.vmdk", Format::Vmdk, &[]);
     patch(&p, 36, &(1u64 << 50).to_le_bytes());
     expect_corrupt(open_and_read(&p, Format::Vmdk), &p, "descriptorSize");
 }
@@ -155,8 +173,7 @@ fn vmdk_huge_text_descriptor_is_not_read() {
 
 #[test]
 fn vmdk_grain_table_entry_past_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vmdk", Format::Vmdk, &[], None);
+    let (_dir, p) = fixture("a.vmdk", Format::Vmdk, &[]);
     let img = open(&p, Format::Vmdk).unwrap();
     drop(img);
     // Read the primary GD's first entry and corrupt the first GTE of that table.
@@ -172,14 +189,7 @@ fn vmdk_grain_table_entry_past_the_end() {
 
 #[test]
 fn vmdk_stream_grain_marker_size_bomb() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(
-        dir.path(),
-        "s.vmdk",
-        Format::Vmdk,
-        &[("subformat", "streamOptimized")],
-        None,
-    );
+    let (_dir, p) = fixture("s.vmdk", Format::Vmdk, &[("subformat", "streamOptimized")]);
     // The first grain follows the 64 KiB header area: its size field is at +8.
     patch(&p, 128 * 512 + 8, &u32::MAX.to_le_bytes());
     let err = open_and_read(&p, Format::Vmdk).unwrap_err();
@@ -197,14 +207,7 @@ fn vmdk_stream_grain_marker_size_bomb() {
 
 #[test]
 fn vmdk_stream_without_footer() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(
-        dir.path(),
-        "s.vmdk",
-        Format::Vmdk,
-        &[("subformat", "streamOptimized")],
-        None,
-    );
+    let (_dir, p) = fixture("s.vmdk", Format::Vmdk, &[("subformat", "streamOptimized")]);
     let len = std::fs::metadata(&p).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -217,14 +220,7 @@ fn vmdk_stream_without_footer() {
 
 #[test]
 fn vmdk_stream_damaged_deflate_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(
-        dir.path(),
-        "s.vmdk",
-        Format::Vmdk,
-        &[("subformat", "streamOptimized")],
-        None,
-    );
+    let (_dir, p) = fixture("s.vmdk", Format::Vmdk, &[("subformat", "streamOptimized")]);
     patch(&p, 128 * 512 + 12, &[0xff; 64]);
     expect_corrupt(open_and_read(&p, Format::Vmdk), &p, "compressed grain");
 }
@@ -262,8 +258,7 @@ fn vhd_bat_offset(p: &Path) -> u64 {
 
 #[test]
 fn vhd_bat_entry_past_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhd", Format::Vhd, &[], None);
+    let (_dir, p) = fixture("a.vhd", Format::Vhd, &[]);
     let bat = vhd_bat_offset(&p);
     patch(&p, bat, &0x00ff_ffffu32.to_be_bytes());
     expect_corrupt(open_and_read(&p, Format::Vhd), &p, "BAT entry");
@@ -280,8 +275,7 @@ fn fix_vhd_header_checksum(p: &Path) {
 
 #[test]
 fn vhd_max_table_entries_overflow() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhd", Format::Vhd, &[], None);
+    let (_dir, p) = fixture("a.vhd", Format::Vhd, &[]);
     patch(&p, 512 + 28, &0x4000_0001u32.to_be_bytes());
     fix_vhd_header_checksum(&p);
     expect_corrupt(open_and_read(&p, Format::Vhd), &p, "max table entries");
@@ -289,8 +283,7 @@ fn vhd_max_table_entries_overflow() {
 
 #[test]
 fn vhd_table_too_small_for_the_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhd", Format::Vhd, &[], None);
+    let (_dir, p) = fixture("a.vhd", Format::Vhd, &[]);
     patch(&p, 512 + 28, &1u32.to_be_bytes());
     fix_vhd_header_checksum(&p);
     expect_corrupt(open_and_read(&p, Format::Vhd), &p, "max table entries");
@@ -298,29 +291,38 @@ fn vhd_table_too_small_for_the_disk() {
 
 #[test]
 fn vhd_bad_footer_checksum() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(
-        dir.path(),
-        "a.vhd",
-        Format::Vhd,
-        &[("subformat", "fixed")],
-        None,
-    );
+    let (_dir, p) = fixture("a.vhd", Format::Vhd, &[("subformat", "fixed")]);
     let len = std::fs::metadata(&p).unwrap().len();
     patch(&p, len - 512 + 68, &[0x55]);
     expect_corrupt(open_and_read(&p, Format::Vhd), &p, "checksum");
 }
 
+/// A child whose parent name resolves to the child itself (the real parent moved away and a
+/// hard link to the child took its name) must be refused as a loop.
+fn self_parent_loop(format: Format, ext: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("base.{ext}");
+    make(dir.path(), &base, format, &[], None);
+    let child = make(
+        dir.path(),
+        &format!("child.{ext}"),
+        format,
+        &[],
+        Some(&base),
+    );
+    std::fs::rename(
+        dir.path().join(&base),
+        dir.path().join(format!("gone.{ext}")),
+    )
+    .unwrap();
+    std::fs::hard_link(&child, dir.path().join(&base)).unwrap();
+    let err = open_and_read(&child, format).unwrap_err();
+    assert!(matches!(err, DiskError::BackingLoop { .. }), "{err}");
+}
+
 #[test]
 fn vhd_parent_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    make(dir.path(), "base.vhd", Format::Vhd, &[], None);
-    let child = make(dir.path(), "child.vhd", Format::Vhd, &[], Some("base.vhd"));
-    // The child now names itself as its parent.
-    std::fs::rename(dir.path().join("base.vhd"), dir.path().join("gone.vhd")).unwrap();
-    std::fs::hard_link(&child, dir.path().join("base.vhd")).unwrap();
-    let err = open_and_read(&child, Format::Vhd).unwrap_err();
-    assert!(matches!(err, DiskError::BackingLoop { .. }), "{err}");
+    self_parent_loop(Format::Vhd, "vhd");
 }
 
 // ---- VHDX ----
@@ -346,14 +348,7 @@ const BAT: u128 = 0x2DC27766_F623_4200_9D64_115E9BFD4A08;
 
 #[test]
 fn vhdx_bat_entry_past_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(
-        dir.path(),
-        "a.vhdx",
-        Format::Vhdx,
-        &[("block_size", "1M")],
-        None,
-    );
+    let (_dir, p) = fixture("a.vhdx", Format::Vhdx, &[("block_size", "1M")]);
     let (bat, _) = vhdx_region(&p, BAT);
     patch(&p, bat, &((1u64 << 40) | 6).to_le_bytes());
     expect_corrupt(open_and_read(&p, Format::Vhdx), &p, "BAT entry");
@@ -374,8 +369,7 @@ fn rewrite_region_tables(p: &Path, edit: impl Fn(&mut [u8])) {
 
 #[test]
 fn vhdx_region_table_entry_count_bomb() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhdx", Format::Vhdx, &[], None);
+    let (_dir, p) = fixture("a.vhdx", Format::Vhdx, &[]);
     rewrite_region_tables(&p, |t| t[8..12].copy_from_slice(&u32::MAX.to_le_bytes()));
     expect_corrupt(
         open_and_read(&p, Format::Vhdx),
@@ -386,14 +380,7 @@ fn vhdx_region_table_entry_count_bomb() {
 
 #[test]
 fn vhdx_bat_region_smaller_than_the_disk_needs() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(
-        dir.path(),
-        "a.vhdx",
-        Format::Vhdx,
-        &[("block_size", "1M")],
-        None,
-    );
+    let (_dir, p) = fixture("a.vhdx", Format::Vhdx, &[("block_size", "1M")]);
     rewrite_region_tables(&p, |t| {
         // First entry is the BAT: shrink its length to 8 bytes.
         t[16 + 24..16 + 28].copy_from_slice(&8u32.to_le_bytes());
@@ -403,8 +390,7 @@ fn vhdx_bat_region_smaller_than_the_disk_needs() {
 
 #[test]
 fn vhdx_headers_both_damaged() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhdx", Format::Vhdx, &[], None);
+    let (_dir, p) = fixture("a.vhdx", Format::Vhdx, &[]);
     patch(&p, 64 * 1024 + 100, &[1]);
     patch(&p, 128 * 1024 + 100, &[1]);
     expect_corrupt(open_and_read(&p, Format::Vhdx), &p, "header");
@@ -412,16 +398,10 @@ fn vhdx_headers_both_damaged() {
 
 /// Writes a header (both copies) naming a log GUID, with the log area holding `log`.
 fn set_log(p: &Path, log: &[u8], log_guid: uuid::Uuid) {
-    let mut bytes = std::fs::read(p).unwrap();
-    for (seq, at) in [(10u64, 64 * 1024usize), (11, 128 * 1024)] {
-        let h = &mut bytes[at..at + 4096];
-        h[8..16].copy_from_slice(&seq.to_le_bytes());
+    rewrite_vhdx_headers(p, |h, i| {
+        h[8..16].copy_from_slice(&(10 + i as u64).to_le_bytes());
         h[48..64].copy_from_slice(&log_guid.to_bytes_le());
-        h[4..8].fill(0);
-        let crc = crc32c::crc32c(h);
-        h[4..8].copy_from_slice(&crc.to_le_bytes());
-        patch(p, at as u64, h);
-    }
+    });
     patch(p, 1 << 20, log);
 }
 
@@ -439,8 +419,7 @@ fn log_entry(seq: u64, tail: u32, guid: uuid::Uuid, length: u32) -> Vec<u8> {
 
 #[test]
 fn vhdx_log_loop_terminates() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhdx", Format::Vhdx, &[], None);
+    let (_dir, p) = fixture("a.vhdx", Format::Vhdx, &[]);
     let guid = uuid::Uuid::from_u128(0x1234);
     // Every 4 KiB slot of the 1 MiB log holds an entry whose tail points at the next slot,
     // all with the same sequence number: no valid sequence, many candidates.
@@ -461,36 +440,17 @@ fn vhdx_log_loop_terminates() {
 
 #[test]
 fn vhdx_log_larger_than_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = make(dir.path(), "a.vhdx", Format::Vhdx, &[], None);
-    let mut bytes = std::fs::read(&p).unwrap();
-    for at in [64 * 1024usize, 128 * 1024] {
-        let h = &mut bytes[at..at + 4096];
+    let (_dir, p) = fixture("a.vhdx", Format::Vhdx, &[]);
+    rewrite_vhdx_headers(&p, |h, _| {
         h[48..64].copy_from_slice(&uuid::Uuid::from_u128(9).to_bytes_le());
         h[68..72].copy_from_slice(&u32::MAX.to_le_bytes());
-        h[4..8].fill(0);
-        let crc = crc32c::crc32c(h);
-        h[4..8].copy_from_slice(&crc.to_le_bytes());
-        patch(&p, at as u64, h);
-    }
+    });
     expect_corrupt(open_and_read(&p, Format::Vhdx), &p, "log");
 }
 
 #[test]
 fn vhdx_parent_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    make(dir.path(), "base.vhdx", Format::Vhdx, &[], None);
-    let child = make(
-        dir.path(),
-        "child.vhdx",
-        Format::Vhdx,
-        &[],
-        Some("base.vhdx"),
-    );
-    std::fs::rename(dir.path().join("base.vhdx"), dir.path().join("gone.vhdx")).unwrap();
-    std::fs::hard_link(&child, dir.path().join("base.vhdx")).unwrap();
-    let err = open_and_read(&child, Format::Vhdx).unwrap_err();
-    assert!(matches!(err, DiskError::BackingLoop { .. }), "{err}");
+    self_parent_loop(Format::Vhdx, "vhdx");
 }
 
 // ---- random corruption ----
@@ -509,46 +469,20 @@ impl Rng {
 #[test]
 fn random_corruption_never_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let seeds = [
+    let seeds: Vec<(PathBuf, Format)> = [
+        ("m.vmdk", Format::Vmdk, &[][..]),
         (
-            make(dir.path(), "m.vmdk", Format::Vmdk, &[], None),
+            "s.vmdk",
             Format::Vmdk,
+            &[("subformat", "streamOptimized")][..],
         ),
-        (
-            make(
-                dir.path(),
-                "s.vmdk",
-                Format::Vmdk,
-                &[("subformat", "streamOptimized")],
-                None,
-            ),
-            Format::Vmdk,
-        ),
-        (
-            make(dir.path(), "d.vhd", Format::Vhd, &[], None),
-            Format::Vhd,
-        ),
-        (
-            make(
-                dir.path(),
-                "f.vhd",
-                Format::Vhd,
-                &[("subformat", "fixed")],
-                None,
-            ),
-            Format::Vhd,
-        ),
-        (
-            make(
-                dir.path(),
-                "d.vhdx",
-                Format::Vhdx,
-                &[("block_size", "1M")],
-                None,
-            ),
-            Format::Vhdx,
-        ),
-    ];
+        ("d.vhd", Format::Vhd, &[][..]),
+        ("f.vhd", Format::Vhd, &[("subformat", "fixed")][..]),
+        ("d.vhdx", Format::Vhdx, &[("block_size", "1M")][..]),
+    ]
+    .into_iter()
+    .map(|(name, format, options)| (make(dir.path(), name, format, options, None), format))
+    .collect();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for (seed, format) in &seeds {
         let original = std::fs::read(seed).unwrap();
@@ -557,9 +491,9 @@ fn random_corruption_never_panics() {
         for round in 0..150 {
             let mut bytes = original.clone();
             for _ in 0..1 + rng.next() % 8 {
-                let at = if rng.next() % 4 == 0 {
+                let at = if rng.next().is_multiple_of(4) {
                     (rng.next() % bytes.len() as u64) as usize
-                } else if rng.next() % 3 == 0 {
+                } else if rng.next().is_multiple_of(3) {
                     bytes.len() - 1 - (rng.next() % 512) as usize
                 } else {
                     (rng.next() % hot as u64) as usize
@@ -578,4 +512,57 @@ fn random_corruption_never_panics() {
             std::fs::remove_file(&p).unwrap();
         }
     }
+}
+
+// ---- in-place editors ----
+
+#[test]
+fn editors_refuse_damaged_images_without_writing() {
+    use vmedia_disk::vhd::edit::VhdEditor;
+    use vmedia_disk::vhdx::edit::VhdxEditor;
+    let (_d1, vhd) = fixture("a.vhd", Format::Vhd, &[]);
+    let bat = vhd_bat_offset(&vhd);
+    patch(&vhd, bat, &0x00ff_ffffu32.to_be_bytes());
+    let before = std::fs::read(&vhd).unwrap();
+    let err = VhdEditor::open(&vhd)
+        .err()
+        .expect("damaged VHD opened for writing");
+    assert!(err.to_string().contains("BAT entry"), "{err}");
+    assert_eq!(std::fs::read(&vhd).unwrap(), before);
+    // A VHDX whose log still holds entries must be replayed before anything is written.
+    let (_d2, vhdx) = fixture("a.vhdx", Format::Vhdx, &[("block_size", "1M")]);
+    let guid = uuid::Uuid::from_u128(0x77);
+    let log = one_page_log_entry(guid);
+    set_log(&vhdx, &log, guid);
+    let before = std::fs::read(&vhdx).unwrap();
+    let err = VhdxEditor::open(&vhdx)
+        .err()
+        .expect("dirty VHDX opened for writing");
+    assert!(err.to_string().contains("replay it first"), "{err}");
+    assert_eq!(std::fs::read(&vhdx).unwrap(), before);
+}
+
+/// A one-entry log (sequence 1, tail at 0) that writes one page of 0x5a at 8 KiB.
+fn one_page_log_entry(guid: uuid::Uuid) -> Vec<u8> {
+    let mut e = vec![0u8; 8192];
+    e[0..4].copy_from_slice(b"loge");
+    e[8..12].copy_from_slice(&8192u32.to_le_bytes());
+    e[16..24].copy_from_slice(&1u64.to_le_bytes());
+    e[24..28].copy_from_slice(&1u32.to_le_bytes());
+    e[32..48].copy_from_slice(&guid.to_bytes_le());
+    e[56..64].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    // Descriptor: "desc", trailing 4 bytes, leading 8 bytes, file offset, sequence.
+    e[64..68].copy_from_slice(b"desc");
+    e[68..72].copy_from_slice(&[0x5a; 4]);
+    e[72..80].copy_from_slice(&[0x5a; 8]);
+    e[80..88].copy_from_slice(&8192u64.to_le_bytes());
+    e[88..96].copy_from_slice(&1u64.to_le_bytes());
+    let s = 4096;
+    e[s..s + 4].copy_from_slice(b"data");
+    e[s + 4..s + 8].copy_from_slice(&0u32.to_le_bytes());
+    e[s + 8..s + 4092].fill(0x5a);
+    e[s + 4092..s + 4096].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&e);
+    e[4..8].copy_from_slice(&crc.to_le_bytes());
+    e
 }

@@ -328,12 +328,12 @@ fn shared_negative_samples_fail_cleanly() {
         let outcomes = vmedia_disk::exercise::exercise(&out.stdout);
         let q = outcomes.iter().find(|o| o.format == Format::Qcow2).unwrap();
         assert!(!q.opened, "{name} opened as qcow2");
-        assert_eq!(
+        assert_ne!(
             image::probe(
                 &out.stdout,
                 &out.stdout[out.stdout.len().saturating_sub(512)..]
-            ) == Format::Qcow2,
-            false
+            ),
+            Format::Qcow2
         );
     }
 }

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -363,4 +362,58 @@ impl DiskImage for SizedSource<'_> {
     fn check(&self, p: &dyn vmedia_io::Progress) -> vmedia_disk::Result<vmedia_disk::CheckReport> {
         self.inner.check(p)
     }
+}
+
+/// One in-place change, made through the `InPlaceEditor` calls commit and rebase use.
+#[derive(Debug, Clone, Copy)]
+pub enum Edit {
+    /// `len` bytes of `fill` at a guest offset (whole sectors).
+    Write(u64, usize, u8),
+    /// `zero_cluster` at a cluster-aligned guest offset.
+    ZeroCluster(u64),
+}
+
+/// Opens the in-place editor of a VHD or VHDX.
+pub fn editor(path: &Path, format: Format) -> Box<dyn vmedia_disk::modify::InPlaceEditor> {
+    match format {
+        Format::Vhd => Box::new(vmedia_disk::vhd::edit::VhdEditor::open(path).unwrap()),
+        Format::Vhdx => Box::new(vmedia_disk::vhdx::edit::VhdxEditor::open(path).unwrap()),
+        other => panic!("no editor for {other:?} in these tests"),
+    }
+}
+
+/// Applies `edits` to the image at `path` in place and the same changes to the raw file
+/// `expected` (the guest view the image must have afterwards).
+pub fn edit_both(path: &Path, format: Format, expected: &Path, edits: &[Edit]) {
+    let mut e = editor(path, format);
+    let cluster = e.cluster_size();
+    for edit in edits {
+        match *edit {
+            Edit::Write(at, len, fill) => {
+                e.write_cluster(at, &vec![fill; len]).unwrap();
+                poke(expected, at, len, fill);
+            }
+            Edit::ZeroCluster(at) => {
+                e.zero_cluster(at).unwrap();
+                let size = std::fs::metadata(expected).unwrap().len();
+                poke(expected, at, cluster.min(size - at) as usize, 0);
+            }
+        }
+    }
+    e.finish().unwrap();
+}
+
+/// Records `parent_name` (beside `child`) again as `child`'s parent: after data was written
+/// into the parent, a VHDX child must record the parent's new DataWriteGuid (and a VHD child
+/// its new time stamp), as commit does for the children it keeps.
+pub fn relink(child: &Path, parent_name: &str, format: Format) {
+    let mut e = editor(child, format);
+    e.keep_content_id();
+    e.set_parent(Some(&vmedia_disk::modify::ParentRef {
+        name: parent_name.to_string(),
+        resolved: image::resolve_reference(child, parent_name),
+        format: Some(format),
+    }))
+    .unwrap();
+    e.finish().unwrap();
 }

@@ -70,6 +70,32 @@ fn io(path: &Path, offset: u64, e: std::io::Error) -> DiskError {
     DiskError::io(path, offset, e)
 }
 
+/// Writing follows BAT entries: one that points past the end, into the headers or into
+/// another block would make a write land there. Such images are refused before any write.
+fn refuse_inconsistent(image: &VhdImage) -> Result<()> {
+    use crate::image::DiskImage;
+    let report = image.check(&vmedia_io::NoProgress)?;
+    if report.corruptions == 0 {
+        return Ok(());
+    }
+    let first = report
+        .messages
+        .iter()
+        .find(|m| m.starts_with("ERROR"))
+        .cloned()
+        .unwrap_or_default();
+    Err(DiskError::corrupt(
+        &image.path,
+        FORMAT,
+        image.dynamic.as_ref().map_or(0, |d| d.header.table_offset),
+        "BAT entry",
+        format!(
+            "{} problem(s) found before writing in place ({first}); run `vmedia disk check` and repair the image first",
+            report.corruptions
+        ),
+    ))
+}
+
 impl VhdEditor {
     /// Opens `path` (fixed, dynamic or differencing VHD) for writing. The parent is not
     /// opened: the editor changes this layer only.
@@ -90,6 +116,7 @@ impl VhdEditor {
             ..OpenOptions::default()
         };
         let image = VhdImage::open(path, Arc::new(reader), &opts)?;
+        refuse_inconsistent(&image)?;
         let footer = image.footer.clone();
         let virtual_size = image.virtual_size;
         let file_size = image.file_size;

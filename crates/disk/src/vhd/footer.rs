@@ -103,7 +103,7 @@ impl Geometry {
         } else {
             let mut spt = 17u64;
             let mut cth = total / spt;
-            let mut h = (cth + 1023) / 1024;
+            let mut h = cth.div_ceil(1024);
             if h < 4 {
                 h = 4;
             }

@@ -135,6 +135,7 @@ impl VhdxEditor {
             )
         })?;
         let current_header_at = current_header_offset(path, &file)?;
+        refuse_inconsistent(path, &image, &[meta_region, bat_region])?;
         let g = image.geometry;
         let mut end = image.file_size;
         for (i, &entry) in image.bat.iter().enumerate() {
@@ -811,6 +812,78 @@ impl VhdxEditor {
     }
 }
 
+/// Writing follows BAT entries: a payload or sector bitmap block outside the file, inside the
+/// first MiB or a region, or overlapping another block would make a write land there. Such
+/// images are refused before any write.
+fn refuse_inconsistent(path: &Path, image: &VhdxImage, regions: &[RegionEntry]) -> Result<()> {
+    use crate::image::DiskImage;
+    let report = image.check(&vmedia_io::NoProgress)?;
+    let problem = |what: String| {
+        DiskError::corrupt(
+            path,
+            FORMAT,
+            regions[1].file_offset,
+            "BAT entry",
+            format!("{what}; run `vmedia disk check` and repair the image first"),
+        )
+    };
+    if report.corruptions > 0 {
+        let first = report
+            .messages
+            .iter()
+            .find(|m| m.starts_with("ERROR"))
+            .cloned()
+            .unwrap_or_default();
+        return Err(problem(format!(
+            "{} problem(s) found before writing in place ({first})",
+            report.corruptions
+        )));
+    }
+    let g = image.geometry;
+    let mut used: Vec<(u64, u64)> = regions
+        .iter()
+        .map(|r| {
+            (
+                r.file_offset,
+                r.file_offset.saturating_add(u64::from(r.length)),
+            )
+        })
+        .chain([(0, MIB)])
+        .collect();
+    for (i, &entry) in image.bat.iter().enumerate() {
+        let is_bitmap = (i as u64 + 1).is_multiple_of(g.chunk_ratio + 1);
+        let state = entry & STATE_MASK;
+        let len = if is_bitmap {
+            if state != SB_PRESENT {
+                continue;
+            }
+            BITMAP_BLOCK
+        } else if matches!(state, PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT) {
+            g.block_size
+        } else {
+            continue;
+        };
+        let at = entry & OFFSET_MASK;
+        let end = at.saturating_add(len);
+        if is_bitmap && end > image.file_size {
+            return Err(problem(format!(
+                "sector bitmap block at {at:#x} lies past the end of the file"
+            )));
+        }
+        used.push((at, end));
+    }
+    used.sort_unstable();
+    for w in used.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(problem(format!(
+                "blocks or regions at {:#x} and {:#x} overlap",
+                w[0].0, w[1].0
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The offset of the header copy with the highest valid sequence number.
 fn current_header_offset(path: &Path, file: &File) -> Result<u64> {
     let mut best: Option<(u64, u64)> = None;
@@ -937,5 +1010,255 @@ impl crate::modify::InPlaceEditor for VhdxEditor {
 
     fn finish(self: Box<Self>) -> Result<()> {
         VhdxEditor::finish(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::CreateOptions;
+
+    const SIZE: u64 = 4 << 20;
+
+    /// A VHDX of SIZE bytes (1 MiB blocks) with `fill` written at `writes`.
+    fn make(dir: &Path, name: &str, parent: Option<&str>, writes: &[(u64, usize, u8)]) -> PathBuf {
+        let path = dir.join(name);
+        let mut opts = CreateOptions::new(Format::Vhdx, SIZE);
+        opts.options.insert("block_size".into(), "1M".into());
+        opts.backing = parent.map(|p| (p.to_string(), Some(Format::Vhdx)));
+        let mut w = super::super::create(&path, &opts).unwrap();
+        for &(at, len, fill) in writes {
+            w.write_at(at, &vec![fill; len]).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    fn open(path: &Path) -> VhdxImage {
+        let file = File::open(path).unwrap();
+        VhdxImage::open(path, Arc::new(file), &OpenOptions::default()).unwrap()
+    }
+
+    fn read_all(path: &Path) -> Vec<u8> {
+        use crate::image::DiskImage;
+        let img = open(path);
+        let mut buf = vec![0u8; img.virtual_size() as usize];
+        img.read_at(&mut buf, 0).unwrap();
+        buf
+    }
+
+    #[test]
+    fn dynamic_write_round_trip_allocates_aligned_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), "d.vhdx", None, &[(0, 4096, 1)]);
+        let mut expect = read_all(&p);
+        let before = open(&p).header.data_write_guid;
+        let mut e = VhdxEditor::open(&p).unwrap();
+        e.write_at(2 << 20, &[7u8; 70000]).unwrap();
+        e.write_at(100, &[9u8; 300]).unwrap();
+        e.zero_range(3 << 20, 1 << 20).unwrap();
+        e.finish().unwrap();
+        expect[(2 << 20)..(2 << 20) + 70000].fill(7);
+        expect[100..400].fill(9);
+        assert_eq!(read_all(&p), expect);
+        let img = open(&p);
+        let g = img.geometry;
+        let entry = img.bat[g.payload_index(2) as usize];
+        assert_eq!(entry & STATE_MASK, PAYLOAD_FULLY_PRESENT);
+        assert_eq!((entry & OFFSET_MASK) % MIB, 0);
+        assert_eq!(
+            img.bat[g.payload_index(3) as usize] & STATE_MASK,
+            PAYLOAD_ZERO
+        );
+        assert_ne!(img.header.data_write_guid, before, "DataWriteGuid renewed");
+        use crate::image::DiskImage;
+        let r = img.check(&vmedia_io::NoProgress).unwrap();
+        assert_eq!(r.corruptions, 0, "{:?}", r.messages);
+    }
+
+    #[test]
+    fn differencing_partial_write_sets_only_the_written_sectors_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "base.vhdx", None, &[(0, SIZE as usize, 0x55)]);
+        let child = make(dir.path(), "child.vhdx", Some("base.vhdx"), &[]);
+        let mut e = VhdxEditor::open(&child).unwrap();
+        // Block 1, sectors 3..5 of that block.
+        e.write_at((1 << 20) + 512 * 3, &[0xaa; 1024]).unwrap();
+        e.finish().unwrap();
+        let img = open(&child);
+        let g = img.geometry;
+        assert_eq!(
+            img.bat[g.payload_index(1) as usize] & STATE_MASK,
+            PAYLOAD_PARTIALLY_PRESENT
+        );
+        let sb = img.bat[g.bitmap_index(0) as usize];
+        assert_eq!(sb & STATE_MASK, SB_PRESENT);
+        let bytes = std::fs::read(&child).unwrap();
+        let bits = &bytes[(sb & OFFSET_MASK) as usize..][..BITMAP_BLOCK as usize];
+        let first = (1 << 20) / 512 + 3;
+        let set: Vec<u64> = (0..BITMAP_BLOCK * 8)
+            .filter(|s| get_bit(bits, *s))
+            .collect();
+        assert_eq!(set, vec![first, first + 1]);
+        let data = read_all(&child);
+        let at = (1 << 20) + 1536;
+        assert!(data[..at].iter().all(|b| *b == 0x55));
+        assert!(data[at..at + 1024].iter().all(|b| *b == 0xaa));
+        assert!(data[at + 1024..].iter().all(|b| *b == 0x55));
+    }
+
+    #[test]
+    fn differencing_block_written_whole_becomes_fully_present() {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "base.vhdx", None, &[(0, SIZE as usize, 0x55)]);
+        let child = make(dir.path(), "child.vhdx", Some("base.vhdx"), &[]);
+        let mut e = VhdxEditor::open(&child).unwrap();
+        for at in (0..MIB).step_by(EDIT_CLUSTER as usize) {
+            e.write_at(at, &[0x11; EDIT_CLUSTER as usize]).unwrap();
+        }
+        e.finish().unwrap();
+        let img = open(&child);
+        assert_eq!(
+            img.bat[img.geometry.payload_index(0) as usize] & STATE_MASK,
+            PAYLOAD_FULLY_PRESENT
+        );
+        assert!(read_all(&child)[..MIB as usize].iter().all(|b| *b == 0x11));
+    }
+
+    #[test]
+    fn differencing_write_of_part_of_a_sector_not_present_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "base.vhdx", None, &[]);
+        let child = make(dir.path(), "child.vhdx", Some("base.vhdx"), &[]);
+        let mut e = VhdxEditor::open(&child).unwrap();
+        let err = e.write_at(100, &[1u8; 10]).unwrap_err();
+        assert!(err.to_string().contains("whole 512-byte sectors"), "{err}");
+    }
+
+    #[test]
+    fn set_parent_rewrites_the_locator_with_the_parents_data_write_guid() {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "a.vhdx", None, &[(0, 4096, 1)]);
+        let b = make(
+            dir.path(),
+            "b-with-a-longer-name.vhdx",
+            None,
+            &[(0, 4096, 2)],
+        );
+        let child = make(dir.path(), "child.vhdx", Some("a.vhdx"), &[(8192, 512, 3)]);
+        let mut e = VhdxEditor::open(&child).unwrap();
+        e.set_parent_path(Some(("b-with-a-longer-name.vhdx", &b)))
+            .unwrap();
+        e.finish().unwrap();
+        let img = open(&child);
+        let l = img.meta.parent_locator.as_ref().unwrap();
+        let guid = open(&b).header.data_write_guid;
+        assert_eq!(
+            l.get("parent_linkage"),
+            Some(format!("{{{guid}}}").as_str())
+        );
+        assert_eq!(l.get("relative_path"), Some(".\\b-with-a-longer-name.vhdx"));
+        assert!(l
+            .get("absolute_win32_path")
+            .unwrap()
+            .ends_with("/b-with-a-longer-name.vhdx"));
+        use crate::image::DiskImage;
+        assert_eq!(img.backing().unwrap().path(), b.as_path());
+        let r = img.check(&vmedia_io::NoProgress).unwrap();
+        assert_eq!(r.check_errors + r.corruptions, 0, "{:?}", r.messages);
+        let data = read_all(&child);
+        assert_eq!((data[0], data[8192]), (2, 3));
+    }
+
+    #[test]
+    fn set_parent_refuses_a_locator_that_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = make(dir.path(), "a.vhdx", None, &[]);
+        let child = make(dir.path(), "child.vhdx", Some("a.vhdx"), &[]);
+        let mut e = VhdxEditor::open(&child).unwrap();
+        // 1 MiB region, 64 KiB table: a 600 Ki-character name cannot fit.
+        let err = e.write_locator_item(&vec![0u8; 2 << 20]).unwrap_err();
+        assert!(err.to_string().contains("has no room"), "{err}");
+        drop(e);
+        let _ = a;
+    }
+
+    #[test]
+    fn linking_a_dynamic_image_makes_it_differencing_and_unlinking_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = make(dir.path(), "base.vhdx", None, &[(0, SIZE as usize, 0x55)]);
+        let top = make(dir.path(), "top.vhdx", None, &[(4096, 512, 0xaa)]);
+        let mut e = VhdxEditor::open(&top).unwrap();
+        e.set_parent_path(Some(("base.vhdx", &base))).unwrap();
+        e.finish().unwrap();
+        let data = read_all(&top);
+        // Block 0 was allocated (fully present): still all this layer's; others: the parent.
+        assert!(data[..4096].iter().all(|b| *b == 0));
+        assert!(data[4096..4608].iter().all(|b| *b == 0xaa));
+        assert!(data[MIB as usize..].iter().all(|b| *b == 0x55));
+        let mut e = VhdxEditor::open(&top).unwrap();
+        e.write_at(2 * MIB + 512, &[0xbb; 512]).unwrap();
+        e.set_parent_path(None).unwrap();
+        e.finish().unwrap();
+        let img = open(&top);
+        assert!(!img.meta.has_parent && img.meta.parent_locator.is_none());
+        let data = read_all(&top);
+        assert!(data[4096..4608].iter().all(|b| *b == 0xaa));
+        assert!(data[2 * MIB as usize + 512..][..512]
+            .iter()
+            .all(|b| *b == 0xbb));
+        let nonzero = data.iter().filter(|b| **b != 0).count();
+        assert_eq!(
+            nonzero, 1024,
+            "unwritten sectors read as zeros without a parent"
+        );
+    }
+
+    #[test]
+    fn empty_drops_every_block() {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "base.vhdx", None, &[(0, SIZE as usize, 0x55)]);
+        let child = make(
+            dir.path(),
+            "child.vhdx",
+            Some("base.vhdx"),
+            &[(0, 2 << 20, 0xaa)],
+        );
+        let before = std::fs::metadata(&child).unwrap().len();
+        let mut e = VhdxEditor::open(&child).unwrap();
+        e.keep_data_write_guid();
+        e.empty().unwrap();
+        e.finish().unwrap();
+        assert!(std::fs::metadata(&child).unwrap().len() <= before - (2 << 20));
+        assert!(read_all(&child).iter().all(|b| *b == 0x55));
+    }
+
+    #[test]
+    fn headers_are_updated_in_turn_with_higher_sequence_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), "d.vhdx", None, &[]);
+        let seq = |at: u64| {
+            let bytes = std::fs::read(&p).unwrap();
+            Header::parse(bytes[at as usize..][..HEADER_SIZE].try_into().unwrap())
+                .unwrap()
+                .sequence_number
+        };
+        let (s1, s2) = (seq(header::HEADER_1_OFFSET), seq(header::HEADER_2_OFFSET));
+        let mut e = VhdxEditor::open(&p).unwrap();
+        e.write_at(0, &[1u8; 512]).unwrap();
+        e.finish().unwrap();
+        let (n1, n2) = (seq(header::HEADER_1_OFFSET), seq(header::HEADER_2_OFFSET));
+        assert!(n1 > s1.max(s2) && n2 > s1.max(s2) && n1 != n2);
+    }
+
+    #[test]
+    fn free_space_skips_items_and_respects_the_region_end() {
+        let taken = [
+            (ITEMS_START, ITEMS_START + 100),
+            (ITEMS_START + 200, ITEMS_START + 300),
+        ];
+        assert_eq!(free_space(&taken, 1 << 20, 50), Some(ITEMS_START + 104));
+        assert_eq!(free_space(&taken, 1 << 20, 150), Some(ITEMS_START + 304));
+        assert_eq!(free_space(&taken, ITEMS_START + 310, 150), None);
     }
 }

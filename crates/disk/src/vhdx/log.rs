@@ -76,13 +76,13 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
             return None;
         }
         let file_offset = le64(d, 16);
-        if file_offset % PAGE != 0 {
+        if !file_offset.is_multiple_of(PAGE) {
             return None;
         }
         match &d[0..4] {
             b"zero" => {
                 let length = le64(d, 8);
-                if length % PAGE != 0 {
+                if !length.is_multiple_of(PAGE) {
                     return None;
                 }
                 ops.push(Op::Zero {
@@ -134,7 +134,7 @@ pub struct Replay {
 /// Finds the active sequence in `log` (the whole log area) and returns what replaying it
 /// writes. An empty `Replay` means no valid sequence (nothing to replay).
 pub fn replay(log: &[u8], log_guid: &Uuid) -> Result<Replay, Error> {
-    if log.len() > MAX_LOG_BYTES as usize || log.len() as u64 % PAGE != 0 {
+    if log.len() > MAX_LOG_BYTES as usize || !(log.len() as u64).is_multiple_of(PAGE) {
         return Err(Error::Invalid {
             field: "log length",
             offset: 0,
@@ -151,7 +151,7 @@ pub fn replay(log: &[u8], log_guid: &Uuid) -> Result<Replay, Error> {
         }
     }
     let mut heads: Vec<&Entry> = entries.values().collect();
-    heads.sort_by(|a, b| b.sequence.cmp(&a.sequence));
+    heads.sort_by_key(|e| std::cmp::Reverse(e.sequence));
     let mut steps = 0usize;
     for head in heads {
         // Walk from the head's tail forward; every step must be the next sequence number.
@@ -183,7 +183,7 @@ pub fn replay(log: &[u8], log_guid: &Uuid) -> Result<Replay, Error> {
             if chain.len() > entries.len() {
                 break false;
             }
-            expected = Some(e.sequence.checked_add(1).unwrap_or(u64::MAX));
+            expected = Some(e.sequence.saturating_add(1));
             at = ((u64::from(e.offset) + u64::from(e.length)) % log.len() as u64) as u32;
         };
         if ok {

@@ -260,7 +260,9 @@ impl Metadata {
                 reason: format!("{physical_sector_size} is not 512 or 4096"),
             });
         }
-        if virtual_size > MAX_VIRTUAL_SIZE || virtual_size % u64::from(logical_sector_size) != 0 {
+        if virtual_size > MAX_VIRTUAL_SIZE
+            || !virtual_size.is_multiple_of(u64::from(logical_sector_size))
+        {
             return Err(Error::Invalid {
                 field: "virtual disk size",
                 offset: 0,
