@@ -1059,3 +1059,278 @@ fn files_stream_straight_from_an_iso() {
     ]));
     assert_eq!(code, "404");
 }
+
+/// Sends an RRQ with `options` from inside `ns` and returns the server's OACK options, then
+/// ends the transfer with error 8 (as UEFI firmware does after its size probe).
+fn oack_options(
+    ns: &Netns,
+    server: SocketAddr,
+    file: &'static str,
+    options: &'static [(&'static str, &'static str)],
+) -> HashMap<String, String> {
+    ns.run(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut rrq = vec![0, 1];
+        rrq.extend_from_slice(file.as_bytes());
+        rrq.extend_from_slice(b"\0octet\0");
+        for (k, v) in options {
+            rrq.extend_from_slice(k.as_bytes());
+            rrq.push(0);
+            rrq.extend_from_slice(v.as_bytes());
+            rrq.push(0);
+        }
+        sock.send_to(&rrq, server).unwrap();
+        let mut buf = [0u8; 1024];
+        let (n, from) = sock.recv_from(&mut buf).expect("no OACK");
+        assert_eq!(&buf[..2], &[0, 6], "not an OACK: {:?}", &buf[..n]);
+        let fields: Vec<String> = buf[2..n]
+            .split(|&b| b == 0)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        sock.send_to(b"\0\x05\0\x08probe done\0", from).unwrap();
+        fields
+            .chunks(2)
+            .filter(|pair| pair.len() == 2 && !pair[0].is_empty())
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect()
+    })
+}
+
+#[test]
+fn blksize_is_capped_by_the_link_mtu_except_on_loopback() {
+    require_tool("atftp");
+    let dir = tempfile::tempdir().unwrap();
+    let root = make_root(dir.path());
+    let (ns, client) = dhcp_ns();
+    ns.ip(&["link", "set", "lo", "up"]);
+    let _server = Server::start(
+        &ns,
+        &[
+            "--no-dhcp",
+            "--root",
+            root.to_str().unwrap(),
+            "--tftp-port",
+            TFTP_PORT,
+            "--http-port",
+            "0",
+        ],
+    );
+    const BIG: &[(&str, &str)] = &[("blksize", "65464"), ("tsize", "0")];
+    // Ethernet's 1500-byte MTU less the IP, UDP and TFTP headers, as tftp-hpa and dnsmasq do:
+    // larger blocks would be IP-fragmented, which many firmware stacks cannot reassemble.
+    let over_veth = oack_options(&client, "10.77.0.1:69".parse().unwrap(), "two.bin", BIG);
+    assert_eq!(over_veth["blksize"], "1468", "{over_veth:?}");
+    assert_eq!(over_veth["tsize"], (2 * 1024 * 1024 + 17).to_string());
+    // Loopback's 64 KiB MTU leaves the RFC 2348 maximum.
+    let over_lo = oack_options(&ns, "127.0.0.1:69".parse().unwrap(), "two.bin", BIG);
+    assert_eq!(over_lo["blksize"], "65464", "{over_lo:?}");
+    // A jumbo-frame link gets jumbo blocks.
+    ns.ip(&["link", "set", "vs0", "mtu", "9000"]);
+    client.ip(&["link", "set", "vc0", "mtu", "9000"]);
+    let jumbo = oack_options(&client, "10.77.0.1:69".parse().unwrap(), "two.bin", BIG);
+    assert_eq!(jumbo["blksize"], "8968", "{jumbo:?}");
+    ns.ip(&["link", "set", "vs0", "mtu", "1500"]);
+    client.ip(&["link", "set", "vc0", "mtu", "1500"]);
+
+    // atftp asking for 65464 accepts the smaller block and gets the file intact.
+    let out = dir.path().join("two.out");
+    let (code, stdout, stderr) = run_any(client.command("atftp").args([
+        "--option",
+        "blksize 65464",
+        "--option",
+        "windowsize 16",
+        "--trace",
+        "-g",
+        "-r",
+        "two.bin",
+        "-l",
+        out.to_str().unwrap(),
+        "10.77.0.1",
+        TFTP_PORT,
+    ]));
+    assert_eq!(code, 0, "atftp failed:\n{stdout}\n{stderr}");
+    let trace = format!("{stdout}{stderr}");
+    assert!(trace.contains("blksize: 1468"), "{trace}");
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        fs::read(root.join("two.bin")).unwrap()
+    );
+}
+
+/// A bare DHCP REQUEST a client broadcasts to the network's real DHCP server (not to us).
+fn send_only(ns: &Netns, packet: Vec<u8>) {
+    ns.run(move || {
+        let sock = UdpSocket::bind("0.0.0.0:68").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let ifname = b"vc0";
+        // SAFETY: SO_BINDTODEVICE with the interface name bytes.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                ifname.as_ptr() as *const libc::c_void,
+                ifname.len() as libc::socklen_t,
+            );
+        }
+        sock.set_broadcast(true).unwrap();
+        sock.send_to(&packet, (Ipv4Addr::BROADCAST, 67)).unwrap();
+    })
+}
+
+#[test]
+fn proxy_status_files_tftp_and_http_steps_under_the_mac() {
+    require_tool("curl");
+    let dir = tempfile::tempdir().unwrap();
+    let root = make_root(dir.path());
+    let script = dir.path().join("boot.ipxe");
+    fs::write(&script, "#!ipxe\necho {{mac}}\n").unwrap();
+    let (ns, client) = dhcp_ns();
+    client.ip(&["addr", "add", "10.77.0.8/24", "dev", "vc0"]);
+    let server = Server::start(
+        &ns,
+        &[
+            "--interface",
+            "vs0",
+            "--proxy",
+            "--root",
+            root.to_str().unwrap(),
+            "--tftp-port",
+            TFTP_PORT,
+            "--http-port",
+            HTTP_PORT,
+            "--bios-bootfile",
+            "pxelinux.0",
+            "--uefi-bootfile",
+            "two.bin",
+            "--ipxe-script",
+            script.to_str().unwrap(),
+        ],
+    );
+    let uefi_vendor = Some("PXEClient:Arch:00007:UNDI:003016");
+    let firmware = [0x52, 0x54, 0, 0xaa, 0, 2];
+    // UEFI firmware: DISCOVER (proxy OFFER), REQUEST to the real DHCP server with the address
+    // it was offered there (option 50), then TFTP from that address.
+    exchange(
+        &client,
+        dhcp_packet(firmware, 1, uefi_vendor, Some(7), false, &[]),
+        67,
+        Ipv4Addr::BROADCAST,
+    )
+    .expect("no proxy offer");
+    send_only(
+        &client,
+        dhcp_packet(
+            firmware,
+            3,
+            uefi_vendor,
+            Some(7),
+            false,
+            &[(50, vec![10, 77, 0, 7])],
+        ),
+    );
+    // The proxy answers nothing to that REQUEST; give it a moment to read it.
+    std::thread::sleep(Duration::from_millis(300));
+    // The client's primary address is 10.77.0.7, the one it requested.
+    let data = client.run(|| {
+        tftp_get(
+            "10.77.0.1:69".parse().unwrap(),
+            "two.bin",
+            &[("blksize", "1468")],
+        )
+    });
+    assert_eq!(data.unwrap().len(), 2 * 1024 * 1024 + 17);
+
+    // iPXE on a second machine: an HTTP fetch first (only its address is known), then its
+    // script URL names the MAC, which claims the earlier step too.
+    let ipxe_mac = "52:54:00:aa:00:03";
+    let base = "http://10.77.0.1:8080";
+    run_ok(client.command("curl").args([
+        "-sS",
+        "-f",
+        "--interface",
+        "10.77.0.8",
+        "-o",
+        "/dev/null",
+        &format!("{base}/b512"),
+    ]));
+    run_ok(client.command("curl").args([
+        "-sS",
+        "-f",
+        "--interface",
+        "10.77.0.8",
+        "-o",
+        "/dev/null",
+        &format!("{base}/boot.ipxe?mac={ipxe_mac}&arch=0"),
+    ]));
+    run_ok(client.command("curl").args([
+        "-sS",
+        "-f",
+        "--interface",
+        "10.77.0.8",
+        "-o",
+        "/dev/null",
+        &format!("{base}/sub/one.bin"),
+    ]));
+
+    let out = run_ok(
+        ns.command(env!("CARGO_BIN_EXE_vmedia"))
+            .args(["netboot", "status", "--server", base, "--json"]),
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let machines = status["machines"].as_array().unwrap();
+    let keys: Vec<&str> = machines
+        .iter()
+        .map(|m| m["client"].as_str().unwrap())
+        .collect();
+    assert!(
+        !keys.iter().any(|k| k.starts_with("10.77.0.")),
+        "a machine is still filed under its IP: {keys:?}\n{}",
+        server.log()
+    );
+    let machine = |mac: &str| {
+        machines
+            .iter()
+            .find(|m| m["client"] == mac)
+            .unwrap_or_else(|| panic!("{mac} missing from {keys:?}"))
+    };
+    let firmware_view = machine("52:54:00:aa:00:02");
+    assert_eq!(firmware_view["ip"], "10.77.0.7");
+    assert_eq!(firmware_view["arch"], 7);
+    let tftp = &firmware_view["transfers"][0];
+    assert_eq!(tftp["protocol"], "tftp");
+    assert_eq!(tftp["file"], "two.bin");
+    assert_eq!(tftp["state"], "done");
+    let ipxe_view = machine(ipxe_mac);
+    assert_eq!(ipxe_view["ip"], "10.77.0.8");
+    let files: Vec<&str> = ipxe_view["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["b512", "sub/one.bin"], "{ipxe_view}");
+    let steps: Vec<&str> = ipxe_view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.iter().any(|s| s.starts_with("boot.ipxe served")),
+        "{steps:?}"
+    );
+    // The log names the MAC for every step after the address is known.
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("tftp 52:54:00:aa:00:02 done two.bin")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("http {ipxe_mac} send sub/one.bin"))),
+        "{log}"
+    );
+}

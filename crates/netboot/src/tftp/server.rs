@@ -330,9 +330,12 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn new(window_bytes: usize) -> ReadAhead {
+    /// A buffer for at least one window, and up to `READ_AHEAD` bytes of a file of
+    /// `file_size` bytes (a 40 KiB boot loader does not need 256 KiB).
+    fn new(window_bytes: usize, file_size: u64) -> ReadAhead {
+        let wanted = file_size.min(READ_AHEAD as u64) as usize;
         ReadAhead {
-            buf: vec![0u8; window_bytes.max(READ_AHEAD)],
+            buf: vec![0u8; window_bytes.max(wanted)],
             start: 0,
             len: 0,
         }
@@ -469,7 +472,7 @@ fn run_session(
     let mut session = ReadSession::new(negotiated, file.size);
     let blksize = session.blksize();
     let window = usize::from(negotiated.windowsize.max(1));
-    let mut read_ahead = ReadAhead::new(blksize * window);
+    let mut read_ahead = ReadAhead::new(blksize * window, file.size);
     let mut ack_buf = [0u8; 1024];
     let oack = TftpRepr::OptionAck {
         options: negotiated.oack.clone(),
