@@ -253,10 +253,11 @@ impl VhdEditor {
 
     fn write_in_block(&mut self, index: u64, in_block: u64, data: &[u8]) -> Result<()> {
         let differencing = self.footer.disk_type == DiskType::Differencing;
-        let start = self.block_start(index)?;
+        // Refused before a block is appended (an unallocated block has no sector present).
         if differencing {
             self.check_partial_sectors(index, in_block, data.len() as u64)?;
         }
+        let start = self.block_start(index)?;
         let path = self.path.clone();
         let d = self.dynamic.as_mut().ok_or_else(|| fixed_error(&path))?;
         let host = start + d.bitmap_size + in_block;

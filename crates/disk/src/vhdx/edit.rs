@@ -255,7 +255,7 @@ impl VhdxEditor {
             let index = self.geometry.payload_index(block);
             let state = self.entry(index) & STATE_MASK;
             let allocated = matches!(state, PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT);
-            if in_block == 0 && n == block_len {
+            if in_block == 0 && n == block_len && !self.meta.leave_blocks_allocated {
                 self.set_entry(index, PAYLOAD_ZERO);
                 self.partial_touched.remove(&block);
             } else if allocated
@@ -298,30 +298,43 @@ impl VhdxEditor {
         let index = self.geometry.payload_index(block);
         let entry = self.entry(index);
         let state = entry & STATE_MASK;
-        let base = match state {
-            PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT => entry & OFFSET_MASK,
-            _ => {
-                let partial = self.meta.has_parent
-                    && matches!(state, PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED);
-                if partial {
-                    // The chunk needs a sector bitmap before any sector can be marked.
-                    self.chunk_bitmap(block / self.geometry.chunk_ratio, true)?;
+        let sector = u64::from(self.meta.logical_sector_size);
+        let len = data.len() as u64;
+        let allocated = matches!(state, PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT);
+        let new_partial = !allocated
+            && self.meta.has_parent
+            && matches!(state, PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED);
+        // Refused before anything is allocated or written.
+        if state == PAYLOAD_PARTIALLY_PRESENT {
+            self.check_partial_sectors(block, in_block, len)?;
+        } else if new_partial
+            && (!in_block.is_multiple_of(sector) || !(in_block + len).is_multiple_of(sector))
+        {
+            return Err(self.partial_sector_error(block, in_block / sector));
+        }
+        let base = if allocated {
+            entry & OFFSET_MASK
+        } else {
+            if new_partial {
+                // The chunk needs a sector bitmap, and bits a discarded block left behind
+                // must not claim sectors of the new one.
+                let first = self.sector_in_chunk(block, 0);
+                let per_block = self.geometry.block_size / sector;
+                let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, true)?;
+                for s in first..first + per_block {
+                    clear_bit(bits, s);
                 }
-                let at = self.append(self.geometry.block_size)?;
-                let new_state = if partial {
-                    PAYLOAD_PARTIALLY_PRESENT
-                } else {
-                    PAYLOAD_FULLY_PRESENT
-                };
-                self.set_entry(index, at | new_state);
-                at
             }
+            let at = self.append(self.geometry.block_size)?;
+            let new_state = if new_partial {
+                PAYLOAD_PARTIALLY_PRESENT
+            } else {
+                PAYLOAD_FULLY_PRESENT
+            };
+            self.set_entry(index, at | new_state);
+            at
         };
         let partial = self.entry(index) & STATE_MASK == PAYLOAD_PARTIALLY_PRESENT;
-        let sector = u64::from(self.meta.logical_sector_size);
-        if partial {
-            self.check_partial_sectors(block, in_block, data.len() as u64)?;
-        }
         let host = base + in_block;
         self.file
             .write_all_at(data, host)
@@ -329,7 +342,7 @@ impl VhdxEditor {
         self.data_written = true;
         if partial {
             let first = self.sector_in_chunk(block, in_block / sector);
-            let last = self.sector_in_chunk(block, (in_block + data.len() as u64).div_ceil(sector));
+            let last = self.sector_in_chunk(block, (in_block + len).div_ceil(sector));
             let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, true)?;
             for s in first..last {
                 set_bit(bits, s);
@@ -337,6 +350,17 @@ impl VhdxEditor {
             self.partial_touched.insert(block);
         }
         Ok(())
+    }
+
+    fn partial_sector_error(&self, block: u64, sector_in_block: u64) -> DiskError {
+        DiskError::Unsupported {
+            path: self.path.clone(),
+            format: FORMAT,
+            feature: format!(
+                "a write covering part of logical sector {sector_in_block} of block {block} in a differencing VHDX (whole {}-byte sectors only)",
+                self.meta.logical_sector_size
+            ),
+        }
     }
 
     fn sector_in_chunk(&self, block: u64, sector_in_block: u64) -> u64 {
@@ -358,13 +382,7 @@ impl VhdxEditor {
             let bit = self.sector_in_chunk(block, s);
             let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, false)?;
             if !get_bit(bits, bit) {
-                return Err(DiskError::Unsupported {
-                    path: self.path.clone(),
-                    format: FORMAT,
-                    feature: format!(
-                        "a write covering part of logical sector {s} of block {block} in a differencing VHDX (whole {sector}-byte sectors only)"
-                    ),
-                });
+                return Err(self.partial_sector_error(block, s));
             }
         }
         Ok(())
@@ -412,6 +430,9 @@ impl VhdxEditor {
         if need_data {
             h.data_write_guid = Uuid::new_v4();
         }
+        // `open` found nothing to replay: a stale log GUID must not make another reader
+        // replay old entries over the writes that follow.
+        h.log_guid = Uuid::nil();
         // Write the older copy first, then the other: one valid header always survives.
         for _ in 0..2 {
             h.sequence_number = h.sequence_number.checked_add(1).ok_or_else(|| {
@@ -971,6 +992,12 @@ fn set_bit(bits: &mut [u8], sector: u64) {
     }
 }
 
+fn clear_bit(bits: &mut [u8], sector: u64) {
+    if let Some(b) = bits.get_mut((sector / 8) as usize) {
+        *b &= !(1 << (sector % 8));
+    }
+}
+
 impl crate::modify::InPlaceEditor for VhdxEditor {
     fn cluster_size(&self) -> u64 {
         VhdxEditor::cluster_size(self)
@@ -1180,7 +1207,9 @@ mod tests {
         let err = e.write_locator_item(&vec![0u8; 2 << 20]).unwrap_err();
         assert!(err.to_string().contains("has no room"), "{err}");
         drop(e);
-        let _ = a;
+        // Nothing was switched: the child still reads through its parent.
+        use crate::image::DiskImage;
+        assert_eq!(open(&child).backing().unwrap().path(), a.as_path());
     }
 
     #[test]
@@ -1249,6 +1278,61 @@ mod tests {
         e.finish().unwrap();
         let (n1, n2) = (seq(header::HEADER_1_OFFSET), seq(header::HEADER_2_OFFSET));
         assert!(n1 > s1.max(s2) && n2 > s1.max(s2) && n1 != n2);
+    }
+
+    #[test]
+    fn bits_a_discarded_block_left_do_not_claim_sectors_of_a_new_block() {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "base.vhdx", None, &[(0, SIZE as usize, 0x55)]);
+        let child = make(
+            dir.path(),
+            "child.vhdx",
+            Some("base.vhdx"),
+            &[(0, 4096, 0xaa)],
+        );
+        // Discard block 0 behind the bitmap's back, as another tool may leave it.
+        let img = open(&child);
+        let bat_at = {
+            let file = File::open(&child).unwrap();
+            let t = super::super::read_region_table(&child, &file).unwrap();
+            t.find(&header::BAT_REGION).unwrap().file_offset
+        };
+        let at = bat_at + img.geometry.payload_index(0) * 8;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&child)
+            .unwrap();
+        f.write_all_at(&0u64.to_le_bytes(), at).unwrap();
+        let mut e = VhdxEditor::open(&child).unwrap();
+        e.write_at(8192, &[0xbb; 512]).unwrap();
+        e.finish().unwrap();
+        let data = read_all(&child);
+        assert!(
+            data[..8192].iter().all(|b| *b == 0x55),
+            "stale bits exposed"
+        );
+        assert!(data[8192..8704].iter().all(|b| *b == 0xbb));
+    }
+
+    #[test]
+    fn fixed_image_zeroed_block_stays_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.vhdx");
+        let mut opts = CreateOptions::new(Format::Vhdx, SIZE);
+        opts.options.insert("block_size".into(), "1M".into());
+        opts.options.insert("subformat".into(), "fixed".into());
+        let mut w = super::super::create(&p, &opts).unwrap();
+        w.write_at(0, &vec![0x42; SIZE as usize]).unwrap();
+        w.finish().unwrap();
+        let mut e = VhdxEditor::open(&p).unwrap();
+        e.zero_range(MIB, MIB).unwrap();
+        e.finish().unwrap();
+        let img = open(&p);
+        let entry = img.bat[img.geometry.payload_index(1) as usize];
+        assert_eq!(entry & STATE_MASK, PAYLOAD_FULLY_PRESENT);
+        let data = read_all(&p);
+        assert!(data[MIB as usize..2 * MIB as usize].iter().all(|b| *b == 0));
+        assert!(data[..MIB as usize].iter().all(|b| *b == 0x42));
     }
 
     #[test]
