@@ -258,7 +258,7 @@ fn grub_mkrescue_drives_vmedia_through_its_xorriso_option() {
     fs::write(
         &shim,
         format!(
-            "#!/bin/sh\nexec '{}' mkisofs --drop-hfsplus \"$@\"\n",
+            "#!/bin/sh\nexec '{}' mkisofs \"$@\"\n",
             env!("CARGO_BIN_EXE_vmedia")
         ),
     )
@@ -279,10 +279,23 @@ fn grub_mkrescue_drives_vmedia_through_its_xorriso_option() {
     run_ok(Command::new(&mkrescue).arg("-o").arg(&xo_iso).arg(&src));
     let vm = iso::xorriso_report(&vm_iso);
     let xo = iso::xorriso_report(&xo_iso);
-    // The Mac-only HFS+ hybrid (and its Apple partition map) was left out on purpose.
-    assert_same_boot_structure_but(&vm, &xo, &["APM"]);
+    // grub-mkrescue's full line: the HFS+ hybrid and its Apple Partition Map included.
+    assert_same_boot_structure(&vm, &xo);
     assert_efi_image_is_a_partition(&vm);
-    for token in ["protective-msdos-label", "grub2-mbr"] {
+    let apm = |r: &[String]| -> Vec<Vec<String>> {
+        ["APM block size", "APM partition name", "APM partition type"]
+            .iter()
+            .flat_map(|key| rows(r, key))
+            .collect()
+    };
+    assert_eq!(apm(&vm), apm(&xo), "APM\n{}", vm.join("\n"));
+    assert_eq!(
+        iso::gpt_types(&vm),
+        iso::gpt_types(&xo),
+        "GPT\n{}",
+        vm.join("\n")
+    );
+    for token in ["protective-msdos-label", "grub2-mbr", "APM"] {
         assert!(
             iso::system_area_summary(&vm).contains(&token.to_string()),
             "{token} missing:\n{}",
@@ -292,7 +305,7 @@ fn grub_mkrescue_drives_vmedia_through_its_xorriso_option() {
 }
 
 #[test]
-fn grub_mkrescue_mac_options_are_refused_without_drop_hfsplus() {
+fn unimplemented_mac_options_are_refused_without_drop_hfsplus() {
     let fixture = compat_tree();
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = run_any(
@@ -305,8 +318,7 @@ fn grub_mkrescue_mac_options_are_refused_without_drop_hfsplus() {
                 "-graft-points",
                 "-r",
                 "-hfsplus",
-                "-apm-block-size",
-                "2048",
+                "-appended_part_as_apm",
                 "-o",
             ])
             .arg(dir.path().join("x.iso"))
@@ -314,7 +326,7 @@ fn grub_mkrescue_mac_options_are_refused_without_drop_hfsplus() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("-hfsplus") && err.contains("--drop-hfsplus"),
+        err.contains("-appended_part_as_apm") && err.contains("--drop-hfsplus"),
         "{err}"
     );
     assert!(!dir.path().join("x.iso").exists());

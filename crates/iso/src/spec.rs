@@ -54,6 +54,9 @@ pub struct IsoSpec {
     pub pad_sectors: u32,
     /// Embedded checksums / signature implanted into the finished image (`--md5` style).
     pub integrity: IntegritySpec,
+    /// `-hfsplus`: an HFS+ filesystem over the same file data, described by an Apple
+    /// Partition Map (and the GPT when there is one), as xorriso writes for Intel Macs.
+    pub hfsplus: Option<HfsPlusSpec>,
 }
 
 impl Default for IsoSpec {
@@ -74,6 +77,7 @@ impl Default for IsoSpec {
             date: None,
             pad_sectors: DEFAULT_PAD_SECTORS,
             integrity: IntegritySpec::default(),
+            hfsplus: None,
         }
     }
 }
@@ -249,6 +253,8 @@ pub enum HideTree {
     Iso9660,
     /// `-hide-joliet`: the Joliet tree.
     Joliet,
+    /// `-hide-hfsplus`: the HFS+ tree.
+    HfsPlus,
 }
 
 /// Owner and permission overrides applied to Rock Ridge attributes.
@@ -566,6 +572,83 @@ pub fn parse_guid(text: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// The HFS+ hybrid (`-hfsplus` and the options that shape it). The HFS+ volume shares every
+/// file's data extent with the ISO 9660 tree (2048-byte allocation blocks = ISO sectors) and is
+/// described by an Apple Partition Map (and by the GPT when one is written).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HfsPlusSpec {
+    /// `-hfsplus-serial-no`: the volume's 64-bit unique id (finder info words 6 and 7).
+    /// `None` = derived from `IsoSpec::date` (random without a date).
+    pub serial_number: Option<[u8; 8]>,
+    /// `-hfsplus-file-creator-type CREATOR TYPE PATH`: Finder creator and type codes of a file.
+    pub creator_types: Vec<HfsCreatorType>,
+    /// `-hfs-bless-by BLESSING PATH`: folders / files named in the volume header's finder info.
+    pub blessed: Vec<HfsBless>,
+    /// `-apm-block-size 512|2048`: block size of the Apple Partition Map. `None` = xorriso's
+    /// choice: 2048 when a GPT is written too (the two must share the system area), else 512.
+    pub apm_block_size: Option<u32>,
+}
+
+/// One `-hfsplus-file-creator-type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HfsCreatorType {
+    /// ISO path of a regular file.
+    pub iso_path: String,
+    /// Four-byte creator code (e.g. `chrp`).
+    pub creator: [u8; 4],
+    /// Four-byte type code (e.g. `tbxj`).
+    pub file_type: [u8; 4],
+}
+
+/// One `-hfs-bless-by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HfsBless {
+    /// Which finder info slot.
+    pub blessing: HfsBlessing,
+    /// ISO path of the folder or file.
+    pub iso_path: String,
+}
+
+/// The volume header finder info slots xorriso's `-hfs-bless-by` fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HfsBlessing {
+    /// `p` / `ppc_bootdir`: the folder holding the PowerPC boot file (slot 0).
+    PpcBootdir,
+    /// `i` / `intel_bootfile`: the Intel Mac boot file, e.g. `boot.efi` (slot 1).
+    IntelBootfile,
+    /// `s` / `show_folder`: the folder the Finder opens at mount (slot 2).
+    ShowFolder,
+    /// `9` / `os9_folder`: the Mac OS 9 system folder (slot 3).
+    Os9Folder,
+    /// `x` / `osx_folder`: the Mac OS X system folder (slot 5).
+    OsxFolder,
+}
+
+impl HfsBlessing {
+    /// Parses xorriso's spellings: `p`, `i`, `s`, `9`, `x` or the long names.
+    pub fn parse(text: &str) -> Option<HfsBlessing> {
+        match text {
+            "p" | "ppc_bootdir" => Some(HfsBlessing::PpcBootdir),
+            "i" | "intel_bootfile" => Some(HfsBlessing::IntelBootfile),
+            "s" | "show_folder" => Some(HfsBlessing::ShowFolder),
+            "9" | "os9_folder" => Some(HfsBlessing::Os9Folder),
+            "x" | "osx_folder" => Some(HfsBlessing::OsxFolder),
+            _ => None,
+        }
+    }
+
+    /// Index of the 32-bit finder info word in the HFS+ volume header.
+    pub fn finder_info_slot(self) -> usize {
+        match self {
+            HfsBlessing::PpcBootdir => 0,
+            HfsBlessing::IntelBootfile => 1,
+            HfsBlessing::ShowFolder => 2,
+            HfsBlessing::Os9Folder => 3,
+            HfsBlessing::OsxFolder => 5,
+        }
+    }
+}
+
 /// Embedded checksums and signature.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IntegritySpec {
@@ -592,6 +675,20 @@ mod tests {
             ]
         );
         assert!(parse_guid("not-a-guid").is_none());
+    }
+
+    #[test]
+    fn bless_names_map_to_xorriso_finder_info_slots() {
+        assert_eq!(HfsBlessing::parse("i"), Some(HfsBlessing::IntelBootfile));
+        assert_eq!(
+            HfsBlessing::parse("osx_folder").map(HfsBlessing::finder_info_slot),
+            Some(5)
+        );
+        assert_eq!(
+            HfsBlessing::parse("9").map(HfsBlessing::finder_info_slot),
+            Some(3)
+        );
+        assert_eq!(HfsBlessing::parse("q"), None);
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use vmedia_io::{NoProgress, OverwritePolicy};
 use vmedia_iso::spec::{
-    AppendedPartition, BlobSource, BootEntry, BootImage, EfiBootPart, Emulation, Hide, HideTree,
-    IntegritySpec, IsoSpec, LoadSize, Matcher, Ownership, Platform, RockRidgeMode, SortRule,
-    SystemArea, SystemAreaKind,
+    AppendedPartition, BlobSource, BootEntry, BootImage, EfiBootPart, Emulation, HfsBless,
+    HfsCreatorType, HfsPlusSpec, Hide, HideTree, IntegritySpec, IsoSpec, LoadSize, Matcher,
+    Ownership, Platform, RockRidgeMode, SortRule, SystemArea, SystemAreaKind,
 };
 
 use options::{Exclude, Invocation, RockRidge, UsageError};
@@ -164,6 +164,37 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
         spec.hide.push(Hide {
             tree: HideTree::Joliet,
             matcher: Matcher::Glob(pattern.clone()),
+        });
+    }
+    for pattern in &inv.hfsplus.hide {
+        spec.hide.push(Hide {
+            tree: HideTree::HfsPlus,
+            matcher: Matcher::Glob(pattern.clone()),
+        });
+    }
+    if inv.hfsplus.enabled {
+        spec.hfsplus = Some(HfsPlusSpec {
+            serial_number: inv.hfsplus.serial_number,
+            creator_types: inv
+                .hfsplus
+                .creator_types
+                .iter()
+                .map(|(creator, file_type, path)| HfsCreatorType {
+                    iso_path: common::absolute_iso_path(path),
+                    creator: *creator,
+                    file_type: *file_type,
+                })
+                .collect(),
+            blessed: inv
+                .hfsplus
+                .blessed
+                .iter()
+                .map(|(blessing, path)| HfsBless {
+                    blessing: *blessing,
+                    iso_path: common::absolute_iso_path(path),
+                })
+                .collect(),
+            apm_block_size: inv.hfsplus.apm_block_size,
         });
     }
     spec.follow_symlinks = inv.follow_links;
@@ -330,6 +361,15 @@ Hybrid (USB) layout
   -iso_mbr_part_type default|0xNN|GUID, -partition_offset N,
   -append_partition N TYPE FILE, -appended_part_as_gpt,
   -efi-boot-part FILE|--efi-boot-image
+HFS+ hybrid (Intel Macs; what grub-mkrescue passes)
+  -hfsplus                an HFS+ volume over the same file data, in an Apple Partition Map
+                          (and in the GPT when there is one)
+  -apm-block-size 512|2048   APM block size (default: 2048 beside a GPT, else 512)
+  -hfsplus-file-creator-type CREATOR TYPE PATH   Finder codes of a file
+  -hfs-bless-by p|i|s|9|x PATH   bless a folder/file (ppc_bootdir, intel_bootfile,
+                          show_folder, os9_folder, osx_folder)
+  -hfsplus-serial-no HEX16   volume id (default derived from SOURCE_DATE_EPOCH)
+  -hfsplus-block-size 2048, -hide-hfsplus GLOB
 Integrity
   --md5, -md5             checksums (already the default)
   --no-checksums          no embedded MD5/SHA-256
@@ -341,12 +381,12 @@ Accepted with no effect (as in the peers): -cache-inodes, -no-cache-inodes, --no
   --no-emul-toc, -input-charset/-output-charset utf-8, -checksum_algorithm_iso LIST
   (it only feeds jigdo output)
 vmedia only
-  --drop-hfsplus          leave out the Mac-only HFS+/APM options (-hfsplus, -apm-block-size,
+  --drop-hfsplus          leave out every Mac-only HFS+/APM option (-hfsplus, -apm-block-size,
                           -hfsplus-file-creator-type, -hfs-bless-by, -isohybrid-apm-hfsplus...)
-                          that grub-mkrescue and debian-cd pass, with a warning; without it
-                          they are refused
-Refused (not implemented): multi-session (-M, -C), zisofs (-z), TRANS.TBL (-T), HFS+ and
-  Apple partition maps (see --drop-hfsplus), jigdo, non-x86 boot
+                          with a warning
+Refused (not implemented): multi-session (-M, -C), zisofs (-z), TRANS.TBL (-T),
+  -isohybrid-apm-hfsplus, -isohybrid-gpt-hfsplus, -hfs-bless, -hide-hfsplus-list,
+  -appended_part_as_apm (see --drop-hfsplus), jigdo, non-x86 boot
   (SPARC, MIPS, PowerPC, HP-PA, Alpha), ACLs and xattrs, --gpt_disk_guid, -eltorito-selcrit
 
 Examples:
@@ -355,5 +395,10 @@ Examples:
       -no-emul-boot -boot-load-size 4 -boot-info-table \\
       -eltorito-alt-boot -e boot/grub/efi.img -no-emul-boot \\
       -isohybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin -isohybrid-gpt-basdat ./tree
+  vmedia mkisofs -o rescue.iso -R --grub2-mbr /usr/lib/grub/i386-pc/boot_hybrid.img \
+      -b boot/grub/i386-pc/eltorito.img -no-emul-boot -boot-load-size 4 -boot-info-table \
+      --grub2-boot-info -hfsplus -apm-block-size 2048 \
+      -hfs-bless-by i /System/Library/CoreServices/boot.efi \
+      --efi-boot efi.img -efi-boot-part --efi-boot-image --protective-msdos-label ./tree
   vmedia mkisofs -print-size -R -J ./tree
 ";

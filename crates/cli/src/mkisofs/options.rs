@@ -185,6 +185,23 @@ pub struct Invocation {
     pub no_ops: Vec<String>,
     /// Mac-only HFS+/APM options left out on request (`--drop-hfsplus`), to be reported.
     pub dropped: Vec<String>,
+    /// `-hfsplus` and the options that shape the HFS+ hybrid.
+    pub hfsplus: HfsPlusOpts,
+}
+
+/// `-hfsplus`, `-apm-block-size`, `-hfsplus-*`, `-hfs-bless-by`, `-hide-hfsplus`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HfsPlusOpts {
+    pub enabled: bool,
+    pub apm_block_size: Option<u32>,
+    pub serial_number: Option<[u8; 8]>,
+    /// (creator, type, ISO path).
+    pub creator_types: Vec<([u8; 4], [u8; 4], String)>,
+    /// (blessing, ISO path).
+    pub blessed: Vec<(vmedia_iso::spec::HfsBlessing, String)>,
+    pub hide: Vec<String>,
+    /// Options that only mean something with -hfsplus, for the error when it is missing.
+    pub dependent: Vec<String>,
 }
 
 impl Default for Invocation {
@@ -244,6 +261,7 @@ impl Default for Invocation {
             version: false,
             no_ops: Vec::new(),
             dropped: Vec::new(),
+            hfsplus: HfsPlusOpts::default(),
         }
     }
 }
@@ -320,9 +338,9 @@ const REFUSED: &[(&str, &str)] = &[
     ("gui", "-gui is not supported"),
 ];
 
-/// The Mac-only HFS+ / Apple-partition-map options and how many values each takes. They are
-/// refused unless the vmedia-only `--drop-hfsplus` asks to leave them out (grub-mkrescue and
-/// debian-cd pass them for Intel Macs; the image then boots everywhere else).
+/// The Mac-only HFS+ / Apple-partition-map options and how many values each takes. The
+/// vmedia-only `--drop-hfsplus` leaves them all out (with a warning); without it the ones in
+/// `HFSPLUS_REFUSED` are refused by name and the others build the HFS+ hybrid.
 const HFSPLUS_OPTIONS: &[(&str, usize)] = &[
     ("hfsplus", 0),
     ("hfsplus-serial-no", 1),
@@ -336,6 +354,15 @@ const HFSPLUS_OPTIONS: &[(&str, usize)] = &[
     ("isohybrid-apm-hfsplus", 0),
     ("isohybrid-gpt-hfsplus", 0),
     ("appended_part_as_apm", 0),
+];
+
+/// HFS+/APM options vmedia does not implement, with the reason given to the user.
+const HFSPLUS_REFUSED: &[(&str, &str)] = &[
+    ("hfs-bless", "-hfs-bless (by host path) is not supported; use -hfs-bless-by p ISO_PATH"),
+    ("hide-hfsplus-list", "-hide-hfsplus-list is not supported; use -hide-hfsplus PATTERN"),
+    ("isohybrid-apm-hfsplus", "isolinux-style APM entries for EFI images (-isohybrid-apm-hfsplus) are not written; -hfsplus writes an HFS+ hybrid with its own APM"),
+    ("isohybrid-gpt-hfsplus", "-isohybrid-gpt-hfsplus is not supported; -hfsplus puts the HFS+ volume in the GPT when there is one"),
+    ("appended_part_as_apm", "appended partitions are not described in the APM (-appended_part_as_apm)"),
 ];
 
 /// The vmedia-only switch that leaves out the options in `HFSPLUS_OPTIONS`.
@@ -387,10 +414,14 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
         let (name, inline_value) = split_option(text)?;
         if let Some((_, arity)) = HFSPLUS_OPTIONS.iter().find(|(n, _)| *n == name) {
             if !drop_hfsplus {
-                return Err(usage(format!(
-                    "unsupported option {text}: HFS+ and Apple partition maps (Intel Mac boot) \
-                     are not written; add {DROP_HFSPLUS} to leave the Mac-only options out"
-                )));
+                if let Some((_, why)) = HFSPLUS_REFUSED.iter().find(|(n, _)| *n == name) {
+                    return Err(usage(format!(
+                        "unsupported option {text}: {why}; add {DROP_HFSPLUS} to leave the \
+                         Mac-only options out"
+                    )));
+                }
+                apply_hfsplus(&mut inv.hfsplus, &mut words, text, name, inline_value)?;
+                continue;
             }
             let mut dropped = text.to_string();
             for _ in 0..*arity {
@@ -1133,7 +1164,91 @@ pub fn parse_pathspec(word: &OsStr, graft_points: bool) -> Result<Graft, UsageEr
     })
 }
 
+/// One of the implemented HFS+ options.
+fn apply_hfsplus<'a>(
+    opts: &mut HfsPlusOpts,
+    words: &mut Words<'a>,
+    option: &str,
+    name: &str,
+    inline: Option<&'a str>,
+) -> Result<(), UsageError> {
+    if name != "hfsplus" {
+        opts.dependent.push(option.to_string());
+    }
+    match name {
+        "hfsplus" => {
+            no_inline(option, inline)?;
+            opts.enabled = true;
+        }
+        "apm-block-size" => {
+            let text = value_str(words, option, inline)?;
+            opts.apm_block_size = match number::<u32>(text, option)? {
+                // 0 asks for xorriso's own choice.
+                0 => None,
+                n @ (512 | 2048) => Some(n),
+                _ => return Err(usage(format!("{option}: {text} is not 512 or 2048"))),
+            };
+        }
+        "hfsplus-block-size" => {
+            let text = value_str(words, option, inline)?;
+            match number::<u32>(text, option)? {
+                0 | 2048 => {}
+                _ => {
+                    return Err(usage(format!(
+                        "unsupported option {option} {text}: HFS+ allocation blocks are 2048 \
+                         bytes (ISO sectors, so files share their extents)"
+                    )))
+                }
+            }
+        }
+        "hfsplus-serial-no" => {
+            let text = value_str(words, option, inline)?;
+            let valid = text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit());
+            let n = u64::from_str_radix(text, 16)
+                .ok()
+                .filter(|_| valid)
+                .ok_or_else(|| usage(format!("{option}: {text:?} is not 16 hex digits")))?;
+            opts.serial_number = Some(n.to_be_bytes());
+        }
+        "hfsplus-file-creator-type" => {
+            let creator = four_char_code(value_str(words, option, inline)?, option)?;
+            let file_type = four_char_code(value_str(words, option, None)?, option)?;
+            let path = value_str(words, option, None)?;
+            opts.creator_types
+                .push((creator, file_type, path.to_string()));
+        }
+        "hfs-bless-by" => {
+            let which = value_str(words, option, inline)?;
+            let blessing = vmedia_iso::spec::HfsBlessing::parse(which).ok_or_else(|| {
+                usage(format!(
+                    "{option}: {which:?} is not p, i, s, 9, x (ppc_bootdir, intel_bootfile, \
+                     show_folder, os9_folder, osx_folder)"
+                ))
+            })?;
+            let path = value_str(words, option, None)?;
+            opts.blessed.push((blessing, path.to_string()));
+        }
+        "hide-hfsplus" => opts
+            .hide
+            .push(value_str(words, option, inline)?.to_string()),
+        _ => return Err(usage(format!("unsupported option {option}"))),
+    }
+    Ok(())
+}
+
+/// A Finder creator or type code: exactly four bytes.
+fn four_char_code(text: &str, option: &str) -> Result<[u8; 4], UsageError> {
+    text.as_bytes()
+        .try_into()
+        .map_err(|_| usage(format!("{option}: {text:?} is not a four-character code")))
+}
+
 fn check_consistency(inv: &Invocation) -> Result<(), UsageError> {
+    if !inv.hfsplus.enabled {
+        if let Some(first) = inv.hfsplus.dependent.first() {
+            return Err(usage(format!("{first} needs -hfsplus")));
+        }
+    }
     if inv.md5_requested && inv.no_checksums {
         return Err(usage("--md5 and --no-checksums contradict each other"));
     }
@@ -1207,10 +1322,57 @@ mod tests {
     }
 
     #[test]
-    fn hfsplus_options_are_refused_by_name() {
-        let e = err("-hfsplus -o x.iso dir");
+    fn grub_mkrescue_hfsplus_options_build_the_hybrid() {
+        let inv = ok("-hfsplus -apm-block-size 2048 \
+             -hfsplus-file-creator-type chrp tbxj /System/Library/CoreServices/.disk_label \
+             -hfs-bless-by i /System/Library/CoreServices/boot.efi \
+             -hfsplus-serial-no 0123456789abcdef -hide-hfsplus *.bak -o x.iso dir");
+        assert!(inv.hfsplus.enabled);
+        assert_eq!(inv.hfsplus.apm_block_size, Some(2048));
+        assert_eq!(
+            inv.hfsplus.creator_types,
+            [(
+                *b"chrp",
+                *b"tbxj",
+                "/System/Library/CoreServices/.disk_label".to_string()
+            )]
+        );
+        assert_eq!(
+            inv.hfsplus.blessed,
+            [(
+                vmedia_iso::spec::HfsBlessing::IntelBootfile,
+                "/System/Library/CoreServices/boot.efi".to_string()
+            )]
+        );
+        assert_eq!(
+            inv.hfsplus.serial_number,
+            Some([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef])
+        );
+        assert_eq!(inv.hfsplus.hide, ["*.bak"]);
+    }
+
+    #[test]
+    fn hfsplus_shaping_options_need_hfsplus() {
+        assert!(err("-apm-block-size 2048 -o x.iso dir").contains("needs -hfsplus"));
+    }
+
+    #[test]
+    fn hfsplus_values_are_checked() {
+        assert!(err("-hfsplus -apm-block-size 1024 -o x.iso dir").contains("512 or 2048"));
+        assert!(err("-hfsplus -hfsplus-block-size 512 -o x.iso dir").contains("2048"));
+        assert!(err("-hfsplus -hfs-bless-by q /x -o x.iso dir").contains("\"q\""));
         assert!(
-            e.contains("-hfsplus") && e.contains("--drop-hfsplus"),
+            err("-hfsplus -hfsplus-file-creator-type chrpx tbxj /x -o x.iso dir")
+                .contains("four-character")
+        );
+        assert!(err("-hfsplus -hfsplus-serial-no 12 -o x.iso dir").contains("16 hex"));
+    }
+
+    #[test]
+    fn unimplemented_hfsplus_options_are_refused_by_name() {
+        let e = err("-isohybrid-apm-hfsplus -o x.iso dir");
+        assert!(
+            e.contains("-isohybrid-apm-hfsplus") && e.contains("--drop-hfsplus"),
             "{e}"
         );
         assert!(err("-isohybrid-apm-hfsplus -o x.iso dir").contains("-isohybrid-apm-hfsplus"));

@@ -79,7 +79,7 @@ impl<'a> MeasureCtx<'a> {
             .collect()
     }
 
-    fn rr_attrs(&self, node: NodeId, is_dir: bool) -> (u32, u32, u32) {
+    pub(crate) fn rr_attrs(&self, node: NodeId, is_dir: bool) -> (u32, u32, u32) {
         let m = &self.tree.nodes[node].meta;
         let mut mode = m.mode;
         let (mut uid, mut gid) = (m.uid, m.gid);
@@ -652,6 +652,23 @@ impl Plan {
         report(0, meta.len() as u64);
         progress.advance(meta.len() as u64);
         drop(meta);
+        if let Some(h) = &self.hfsplus {
+            let attrs = self.ctx();
+            let ctx = super::hfsplus::RenderCtx {
+                tree: &self.tree,
+                attrs: &attrs,
+                data_lba: &self.data_lba,
+                now: self.now,
+            };
+            let head = h.render_head(&ctx)?;
+            let offset = u64::from(h.part_start) * SECTOR_SIZE;
+            file.write_all_at(&head, offset).map_err(werr(offset))?;
+            report(offset, head.len() as u64);
+            let tail = h.render_tail(self.now);
+            let offset = u64::from(h.tail_lba) * SECTOR_SIZE;
+            file.write_all_at(&tail, offset).map_err(werr(offset))?;
+            report(offset, tail.len() as u64);
+        }
         self.write_data(file, name, progress, task)?;
         for a in &self.hybrid.appended {
             let offset = a.start_512 * 512;
@@ -786,6 +803,16 @@ impl Plan {
                 let patched = self.boot.as_ref().is_some_and(|b| b.needs_patch(order[i]));
                 if (s >= BIG_FILE && !patched) || (bytes > 0 && bytes + s > WINDOW_BYTES) {
                     break;
+                }
+                // A window never spans a gap between items (the HFS+ head lies in one):
+                // its zero fill would overwrite what is written there.
+                if i > start {
+                    let prev = order[i - 1];
+                    let expected = u64::from(self.data_lba[prev])
+                        + self.tree.data[prev].size.div_ceil(SECTOR_SIZE);
+                    if u64::from(self.data_lba[order[i]]) != expected {
+                        break;
+                    }
                 }
                 bytes += s.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
                 i += 1;

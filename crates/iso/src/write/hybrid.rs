@@ -53,6 +53,21 @@ pub(crate) struct GptEntry {
     pub name: String,
 }
 
+/// Where the HFS+ volume lies (ISO sectors) and the APM block size asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HfsRegion {
+    pub start: u64,
+    pub sectors: u64,
+    pub apm_block: Option<u32>,
+}
+
+/// GPT type GUID of an Apple HFS+ partition (48465300-0000-11AA-AA11-00306543ECAC).
+const GPT_TYPE_HFSPLUS: &str = "48465300-0000-11AA-AA11-00306543ECAC";
+/// Where the GPT entry array starts without an APM (512-byte LBA 2, right after the header).
+const GPT_ENTRIES_LBA: u64 = 2;
+/// First usable LBA of every GPT written here: the ISO volume descriptors start at 64.
+const GPT_FIRST_USABLE: u64 = 64;
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HybridPlan {
     pub volume_sectors: u64,
@@ -66,6 +81,11 @@ pub(crate) struct HybridPlan {
     pub disk_signature: u32,
     /// 512-byte LBA patched into the boot code (isohybrid / GRUB2 MBR).
     pub bios_image_512: Option<u64>,
+    /// Apple Partition Map entries (empty without HFS+) and their block size.
+    pub apm: Vec<super::apm::ApmEntry>,
+    pub apm_block: u32,
+    /// 512-byte LBA of the primary GPT entry array (after the APM blocks when there are some).
+    pub gpt_entry_lba: u64,
 }
 
 fn read_blob(source: &BlobSource, field: &'static str) -> Result<Vec<u8>, WriteError> {
@@ -151,11 +171,12 @@ pub(crate) fn plan(
     spec: &IsoSpec,
     iso_end: u64,
     boot: Option<&BootPlan>,
-    _now: i64,
+    hfsplus: Option<HfsRegion>,
 ) -> Result<HybridPlan, WriteError> {
     let h = &spec.hybrid;
     let mut plan = HybridPlan {
         volume_sectors: iso_end,
+        gpt_entry_lba: GPT_ENTRIES_LBA,
         ..HybridPlan::default()
     };
     if let Some(sa) = &h.system_area {
@@ -254,6 +275,9 @@ pub(crate) fn plan(
     }
     plan.image_bytes = total_bytes;
     let total_512 = total_bytes / 512;
+    if let Some(hfs) = hfsplus {
+        plan_apm(&mut plan, hfs, want_gpt, total_bytes)?;
+    }
     let seed = seed(spec, iso_end);
     plan.disk_guid = derived_guid(&seed, "disk");
     let sig = derived_guid(&seed, "mbr-signature");
@@ -293,9 +317,25 @@ pub(crate) fn plan(
                     first: *start,
                     last: start + len.max(&1) - 1,
                     attributes: 0,
-                    name: "ISOHybrid".into(),
+                    // xorriso's names: isohybrid's for -isohybrid-gpt-basdat, its own for
+                    // -efi-boot-part --efi-boot-image.
+                    name: if h.gpt_basdat {
+                        "ISOHybrid".into()
+                    } else {
+                        "EFI boot partition".into()
+                    },
                 });
             }
+        }
+        if let Some(hfs) = hfsplus {
+            plan.gpt.push(GptEntry {
+                type_guid: crate::spec::parse_guid(GPT_TYPE_HFSPLUS).unwrap_or([0; 16]),
+                unique: derived_guid(&seed, "gpt-hfsplus"),
+                first: hfs.start * 4,
+                last: (hfs.start + hfs.sectors) * 4 - 1,
+                attributes: 0,
+                name: "HFSPLUS".into(),
+            });
         }
         for a in &plan.appended {
             plan.gpt.push(GptEntry {
@@ -387,6 +427,64 @@ pub(crate) fn plan(
         }
     }
     Ok(plan)
+}
+
+/// The Apple Partition Map beside an HFS+ volume: xorriso's block size rules, its entries,
+/// and the GPT entry array moved behind the map's blocks.
+fn plan_apm(
+    plan: &mut HybridPlan,
+    hfs: HfsRegion,
+    want_gpt: bool,
+    total_bytes: u64,
+) -> Result<(), WriteError> {
+    use super::apm;
+    let block = match hfs.apm_block {
+        Some(b @ (apm::APM_BLOCK_GPT | apm::APM_BLOCK_SMALL)) => b,
+        Some(other) => {
+            return Err(WriteError::InvalidSpec {
+                field: "hfsplus.apm_block_size",
+                reason: format!("{other} is not 512 or 2048"),
+            })
+        }
+        None if want_gpt => apm::APM_BLOCK_GPT,
+        None => apm::APM_BLOCK_SMALL,
+    };
+    if want_gpt && block != apm::APM_BLOCK_GPT {
+        return Err(WriteError::InvalidSpec {
+            field: "hfsplus.apm_block_size",
+            reason: "an Apple Partition Map beside a GPT needs 2048-byte blocks \
+                     (-apm-block-size 2048), as in xorriso"
+                .into(),
+        });
+    }
+    let image_sectors =
+        u32::try_from(total_bytes / SECTOR_SIZE).map_err(|_| WriteError::TooLarge {
+            reason: "an Apple Partition Map addresses at most 2^32 blocks".into(),
+        })?;
+    let to_u32 = |v: u64| {
+        u32::try_from(v).map_err(|_| WriteError::TooLarge {
+            reason: "the HFS+ volume lies beyond 2^32 sectors".into(),
+        })
+    };
+    let entries = apm::entries(to_u32(hfs.start)?, to_u32(hfs.sectors)?, image_sectors);
+    if entries.len() > apm::max_entries(block) {
+        return Err(WriteError::TooLarge {
+            reason: format!("{} Apple Partition Map entries do not fit", entries.len()),
+        });
+    }
+    if want_gpt {
+        // The GPT entries follow block 0 and the map entries (in 512-byte LBAs).
+        let lba = (entries.len() as u64 + 1) * u64::from(block) / 512;
+        if lba + GPT_ENTRY_SECTORS > GPT_FIRST_USABLE {
+            return Err(WriteError::TooLarge {
+                reason: "the Apple Partition Map leaves no room for the GPT entries".into(),
+            });
+        }
+        plan.gpt_entry_lba = lba;
+    }
+    plan.apm = entries;
+    plan.apm_block = block;
+    Ok(())
 }
 
 /// Cuts the first entry (the ISO data) around the entries that lie inside it.
@@ -493,11 +591,15 @@ impl HybridPlan {
             sa[510] = 0x55;
             sa[511] = 0xAA;
         }
+        if !self.apm.is_empty() {
+            super::apm::write(&mut sa, &self.apm, self.apm_block);
+        }
         if !self.gpt.is_empty() {
             let entries = self.gpt_entries();
             let header = self.gpt_header(&entries, true);
             sa[512..1024].copy_from_slice(&header);
-            sa[1024..1024 + entries.len()].copy_from_slice(&entries);
+            let at = self.gpt_entry_lba as usize * 512;
+            sa[at..at + entries.len()].copy_from_slice(&entries);
         }
         sa
     }
@@ -527,13 +629,13 @@ impl HybridPlan {
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&92u32.to_le_bytes());
         let (my, alt, table) = if primary {
-            (1, last, 2)
+            (1, last, self.gpt_entry_lba)
         } else {
             (last, 1, last - GPT_ENTRY_SECTORS)
         };
         h[24..32].copy_from_slice(&my.to_le_bytes());
         h[32..40].copy_from_slice(&alt.to_le_bytes());
-        h[40..48].copy_from_slice(&64u64.to_le_bytes());
+        h[40..48].copy_from_slice(&GPT_FIRST_USABLE.to_le_bytes());
         h[48..56].copy_from_slice(&(last - GPT_ENTRY_SECTORS - 1).to_le_bytes());
         h[56..72].copy_from_slice(&self.disk_guid);
         h[72..80].copy_from_slice(&table.to_le_bytes());
@@ -580,6 +682,23 @@ impl HybridPlan {
                 });
             }
         }
+        for (i, e) in self.apm.iter().enumerate() {
+            // The map's own entry counts APM blocks, the others ISO sectors.
+            let unit = if i == 0 {
+                u64::from(self.apm_block) / 512
+            } else {
+                4
+            };
+            out.push(PartitionReport {
+                table: "apm",
+                number: i as u32 + 1,
+                part_type: e.kind.clone(),
+                start_sector: u64::from(e.start) * unit,
+                sectors: u64::from(e.blocks) * unit,
+                bootable: false,
+                name: e.name.clone(),
+            });
+        }
         for (i, e) in self.gpt.iter().enumerate() {
             out.push(PartitionReport {
                 table: "gpt",
@@ -616,15 +735,17 @@ mod tests {
 
     #[test]
     fn gpt_header_and_entry_crcs_verify() {
-        let mut spec = IsoSpec::default();
-        spec.date = Some(1_700_000_000);
+        let mut spec = IsoSpec {
+            date: Some(1_700_000_000),
+            ..IsoSpec::default()
+        };
         spec.hybrid.appended.push(AppendedPartition {
             number: 2,
             part_type: PartType::Mbr(0xEF),
             source: BlobSource::Bytes(vec![1; 5000]),
         });
         spec.hybrid.appended_as_gpt = true;
-        let plan = plan(&spec, 1000, None, 0).unwrap();
+        let plan = plan(&spec, 1000, None, None).unwrap();
         let sa = plan.system_area();
         assert_eq!(sa[446 + 4], 0xEE, "protective MBR");
         let header = &sa[512..1024];
@@ -653,7 +774,7 @@ mod tests {
             source: BlobSource::Bytes(vec![0x33; 432]),
             kind: SystemAreaKind::IsohybridMbr,
         });
-        let mut p = plan(&spec, 700, None, 0).unwrap();
+        let mut p = plan(&spec, 700, None, None).unwrap();
         p.bios_image_512 = Some(4 * 50);
         let sa = p.system_area();
         assert_eq!(&sa[..432], &[0x33; 432][..]);
@@ -676,14 +797,14 @@ mod tests {
             kind: SystemAreaKind::IsohybridMbr,
         });
         spec.hybrid.partition_offset = 16;
-        let p = plan(&spec, 700, None, 0).unwrap();
+        let p = plan(&spec, 700, None, None).unwrap();
         assert_eq!(
             (p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable),
             (64, 0x17, true)
         );
         let mut plain = IsoSpec::default();
         plain.hybrid.partition_offset = 16;
-        let p = plan(&plain, 700, None, 0).unwrap();
+        let p = plan(&plain, 700, None, None).unwrap();
         assert_eq!(
             (p.mbr[0].start, p.mbr[0].part_type, p.mbr[0].bootable),
             (64, 0xCD, false)
@@ -694,7 +815,7 @@ mod tests {
     fn efi_boot_part_file_is_appended_as_gpt_esp() {
         let mut spec = IsoSpec::default();
         spec.hybrid.efi_boot_part = Some(EfiBootPart::File("/dev/null".into()));
-        let p = plan(&spec, 500, None, 0).unwrap();
+        let p = plan(&spec, 500, None, None).unwrap();
         assert_eq!(p.appended.len(), 1);
         assert_eq!(p.appended[0].number, 2);
         assert_eq!(p.appended[0].start_512, 2000);

@@ -112,6 +112,8 @@ pub struct Plan {
     pub(crate) catalog_lba: Option<u32>,
     pub(crate) boot: Option<BootPlan>,
     pub(crate) hybrid: HybridPlan,
+    /// The HFS+ hybrid volume, when `-hfsplus` asked for one.
+    pub(crate) hfsplus: Option<super::hfsplus::HfsPlan>,
     /// First sector of file data.
     pub(crate) data_start: u32,
     /// Sectors of the ISO 9660 volume (descriptors to end of padding).
@@ -151,6 +153,13 @@ pub(crate) fn record_len(ident_len: usize, su: usize) -> usize {
 
 fn too_large(reason: String) -> WriteError {
     WriteError::TooLarge { reason }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 pub(crate) fn now_unix() -> i64 {
@@ -283,6 +292,49 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
     let mut data_order: Vec<DataId> = (0..tree.data.len()).filter(|&d| used[d]).collect();
     data_order.sort_by_key(|&d| (-weight[d], first_seen[d]));
 
+    // HFS+: EFI images exposed as their own GPT partition go before the HFS+ volume (GPT
+    // entries must not overlap) and are left out of it, as xorriso does.
+    let mut hfsplus = match &spec.hfsplus {
+        Some(h) => {
+            let exposed: Vec<DataId> = if spec.hybrid.gpt_basdat
+                || matches!(
+                    spec.hybrid.efi_boot_part,
+                    Some(crate::spec::EfiBootPart::BootImage)
+                ) {
+                boot.as_ref()
+                    .map(|b| {
+                        b.items
+                            .iter()
+                            .filter(|i| i.entry.platform == crate::spec::Platform::Efi)
+                            .filter_map(|i| i.data)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            data_order.sort_by_key(|d| !exposed.contains(d));
+            let serial = h.serial_number.unwrap_or_else(|| {
+                let seed = match spec.date {
+                    Some(d) => d.to_le_bytes().to_vec(),
+                    None => now_nanos().to_le_bytes().to_vec(),
+                };
+                let g = super::hybrid::derived_guid(&seed, "hfsplus-serial");
+                let mut s = [0u8; 8];
+                s.copy_from_slice(&g[..8]);
+                s
+            });
+            Some(super::hfsplus::prepare(super::hfsplus::Inputs {
+                tree: &tree,
+                spec: h,
+                volume_name: spec.volume.volume_id.as_deref().unwrap_or("CDROM"),
+                hidden_data: exposed,
+                serial,
+            })?)
+        }
+        None => None,
+    };
+
     // Metadata sizes do not depend on addresses: measure with placeholder addresses.
     let has_boot = boot.is_some();
     let vd_count = 1 + u32::from(has_boot) + u32::from(joliet.is_some()) + 1;
@@ -365,6 +417,12 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
         if size == 0 {
             continue;
         }
+        if hfsplus
+            .as_ref()
+            .is_some_and(|h| h.part_start == 0 && !h.hidden_data.contains(&d))
+        {
+            place_hfs_head(&mut hfsplus, &mut cursor);
+        }
         data_lba[d] = cursor as u32;
         cursor += sectors_for(size);
         if cursor > MAX_SECTORS {
@@ -373,11 +431,27 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
             )));
         }
     }
+    place_hfs_head(&mut hfsplus, &mut cursor);
+    let mut hfs_region = None;
+    if let Some(h) = hfsplus.as_mut() {
+        if cursor > MAX_SECTORS {
+            return Err(too_large("file data ends beyond 2^32 sectors".into()));
+        }
+        cursor += u64::from(h.place_tail(cursor as u32)?);
+        hfs_region = Some(super::hybrid::HfsRegion {
+            start: u64::from(h.part_start),
+            sectors: u64::from(h.total_blocks),
+            apm_block: spec.hfsplus.as_ref().and_then(|s| s.apm_block_size),
+        });
+        if cursor > MAX_SECTORS {
+            return Err(too_large("the HFS+ volume ends beyond 2^32 sectors".into()));
+        }
+    }
     if let Some(b) = boot.as_mut() {
         b.resolve(&tree, &data_lba)?;
     }
     let iso_end = cursor + u64::from(spec.pad_sectors);
-    let hybrid = super::hybrid::plan(spec, iso_end, boot.as_ref(), now)?;
+    let hybrid = super::hybrid::plan(spec, iso_end, boot.as_ref(), hfs_region)?;
     let volume_sectors = u32::try_from(hybrid.volume_sectors)
         .map_err(|_| too_large("volume exceeds 2^32 sectors".into()))?;
     if let Some(b) = boot.as_mut() {
@@ -399,10 +473,21 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
         catalog_lba,
         boot,
         hybrid,
+        hfsplus,
         data_start: data_start as u32,
         volume_sectors,
         image_bytes,
     })
+}
+
+/// Starts the HFS+ volume at `cursor` (once): its head comes before the first data it holds.
+fn place_hfs_head(hfsplus: &mut Option<super::hfsplus::HfsPlan>, cursor: &mut u64) {
+    if let Some(h) = hfsplus.as_mut() {
+        if h.part_start == 0 {
+            h.part_start = *cursor as u32;
+            *cursor += u64::from(h.head_sectors());
+        }
+    }
 }
 
 /// The spec minus in-memory payloads (the tree holds those already).
@@ -423,6 +508,7 @@ fn spec_without_payloads(spec: &IsoSpec) -> IsoSpec {
         date: spec.date,
         pad_sectors: spec.pad_sectors,
         integrity: spec.integrity.clone(),
+        hfsplus: spec.hfsplus.clone(),
     }
 }
 

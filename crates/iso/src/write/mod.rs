@@ -12,8 +12,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use vmedia_io::{AtomicFile, OverwritePolicy, Progress};
 
+mod apm;
 mod eltorito;
 mod emit;
+mod hfsplus;
 mod hybrid;
 mod layout;
 mod names;

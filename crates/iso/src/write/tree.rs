@@ -60,6 +60,8 @@ pub(crate) struct Node {
     pub host_path: Option<PathBuf>,
     pub hide_iso: bool,
     pub hide_joliet: bool,
+    /// Left out of the HFS+ tree (`-hide-hfsplus`, the EFI image exposed as a partition).
+    pub hide_hfsplus: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +356,7 @@ impl Tree {
                 host_path: None,
                 hide_iso: false,
                 hide_joliet: false,
+                hide_hfsplus: false,
             }],
             data: Vec::new(),
         }
@@ -443,6 +446,7 @@ impl Tree {
             host_path: host,
             hide_iso: false,
             hide_joliet: false,
+            hide_hfsplus: false,
         });
         if let NodeKind::Dir(c) = &mut self.nodes[parent].kind {
             if let Some(old) = c.insert(name, id) {
@@ -617,6 +621,26 @@ impl Tree {
     }
 }
 
+impl Tree {
+    /// Places another name for data item `d` (a hard link) at `iso_path`.
+    fn add_link(&mut self, iso_path: &str, d: DataId, meta: Meta) -> Result<NodeId, WriteError> {
+        let mut parts = iso_components(iso_path)?;
+        let Some(name) = parts.pop() else {
+            return Err(WriteError::Conflict {
+                iso_path: iso_path.into(),
+                reason: "a file cannot be the root".into(),
+            });
+        };
+        let dir_meta = Meta {
+            mode: S_IFDIR | 0o755,
+            ..meta
+        };
+        let parent = self.ensure_dir(&parts, iso_path, dir_meta)?;
+        self.data[d].links += 1;
+        self.put_leaf(parent, name, NodeKind::File(d), meta, None)
+    }
+}
+
 /// Builds the node tree for `spec`.
 pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
     let default_meta = Meta {
@@ -695,6 +719,7 @@ pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
             meta,
         )?;
     }
+    let mut range_links: HashMap<(PathBuf, u64, u64), DataId> = HashMap::new();
     for range in &spec.range_files {
         let t = range.mtime.unwrap_or(now);
         let meta = Meta {
@@ -705,11 +730,26 @@ pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
             atime: t,
             ctime: t,
         };
+        // Ranges of one host file with the same offset and length were hard links in the
+        // image being repacked: they share one extent and inode again. Empty files never do
+        // (every empty file of an ISO has the same "extent").
+        let key = (range.host_path.clone(), range.offset, range.length);
+        if range.length > 0 {
+            if let Some(&d) = range_links.get(&key) {
+                tree.add_link(&range.iso_path, d, meta)?;
+                continue;
+            }
+        }
         let source = DataSource::Range {
             path: range.host_path.clone(),
             offset: range.offset,
         };
-        tree.add_data_file(&range.iso_path, source, range.length, meta)?;
+        let node = tree.add_data_file(&range.iso_path, source, range.length, meta)?;
+        if range.length > 0 {
+            if let NodeKind::File(d) = tree.nodes[node].kind {
+                range_links.insert(key, d);
+            }
+        }
     }
     apply_hide(&mut tree, spec);
     Ok(tree)
@@ -744,6 +784,7 @@ fn apply_hide(tree: &mut Tree, spec: &IsoSpec) {
                 match hide.tree {
                     crate::spec::HideTree::Iso9660 => tree.nodes[id].hide_iso = true,
                     crate::spec::HideTree::Joliet => tree.nodes[id].hide_joliet = true,
+                    crate::spec::HideTree::HfsPlus => tree.nodes[id].hide_hfsplus = true,
                 }
             }
         }
