@@ -4,11 +4,24 @@
 #
 # usage: bench/iso.sh TARGET_BINARY          (e.g. target/release/vmedia)
 # env:   BENCH_DIR   scratch folder (default: a new temp dir, removed at exit)
-#        BENCH_RUNS  runs per measurement, the best one counts (default 2)
+#        BENCH_RUNS  runs per measurement, the best one counts (default 3)
 #        BENCH_BIG_MIB size of the big file in MiB (default 2048)
 #
 # Targets (from the ISO brief): small-file create >= 1.5x genisoimage; big file no slower than
 # either peer; MD5+SHA-256 create >= 3x xorriso --md5 + implantisomd5; extract >= 1.5x 7z.
+#
+# Same conditions for every tool:
+# - `sync` before each timed run (not timed), so no run pays for the previous run's writeback.
+# - Every timed run ends in the same state for all tools of a row. `vmedia mkisofs` flushes its
+#   image before renaming it into place (unless the writer follows VMEDIA_SYNC) while
+#   genisoimage and xorriso leave it in the page cache, so create rows time
+#   `CMD && sync IMAGE` for every tool: the time until the image is on disk. Extract rows time the command alone:
+#   neither vmedia (without --sync) nor 7z flushes the extracted files.
+# - Extracted trees are kept until the end of their section instead of being deleted between
+#   runs: on ext4 without a journal, inodes freed in the last 1-6 minutes are skipped by the
+#   allocator (`recently_deleted`), which made a run after a 20000-file `rm -rf` several times
+#   slower than the one before and the ratio depend on run order.
+# - Tools take turns (vmedia first in odd rounds, the peer first in even rounds).
 set -euo pipefail
 
 if [ $# -ne 1 ] || [ ! -x "$1" ]; then
@@ -16,7 +29,7 @@ if [ $# -ne 1 ] || [ ! -x "$1" ]; then
   exit 2
 fi
 VMEDIA=$(realpath "$1")
-RUNS=${BENCH_RUNS:-2}
+RUNS=${BENCH_RUNS:-3}
 BIG_MIB=${BENCH_BIG_MIB:-2048}
 for tool in genisoimage xorriso implantisomd5 7z; do
   command -v "$tool" >/dev/null || { echo "bench: $tool missing; run scripts/setup.sh" >&2; exit 1; }
@@ -52,22 +65,39 @@ fi
 # Keep the inputs in the page cache so every tool starts warm.
 cat "$WORK"/small/*/* "$WORK/big/big.bin" > /dev/null
 
-# best_time NAME CMD...: runs CMD RUNS times, prints the best wall time in seconds.
-best_time() {
-  local best="" t0 t1 dt i
+# time_once CMD...: removes the previous image output, syncs, then runs CMD once (only CMD is
+# timed) and prints its wall time in seconds.
+time_once() {
+  local t0 t1
+  rm -f "$WORK/out/"*.iso
+  # One big file frees one inode: the allocator quirk above does not apply, the disk space does.
+  [ "${CLEAN_KEEP:-0}" = 1 ] && rm -rf "${KEEP:?}"/*
+  sync
+  t0=$(date +%s.%N)
+  if ! "$@" > "$WORK/last.log" 2>&1; then
+    echo "bench: command failed: $*" >&2
+    tail -20 "$WORK/last.log" >&2
+    exit 1
+  fi
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+# best_of FN...: runs every function RUNS times, taking turns (round i starts with the i-th
+# function), and sets BEST[FN] to each one's best wall time. Each gets the run number as $1.
+declare -A BEST
+best_of() {
+  local fns=("$@") n=$# i k fn t
+  for fn in "${fns[@]}"; do BEST[$fn]=""; done
   for i in $(seq 1 "$RUNS"); do
-    rm -rf "$WORK/out" && mkdir -p "$WORK/out"
-    t0=$(date +%s.%N)
-    if ! "$@" > "$WORK/last.log" 2>&1; then
-      echo "bench: command failed: $*" >&2
-      tail -20 "$WORK/last.log" >&2
-      exit 1
-    fi
-    t1=$(date +%s.%N)
-    dt=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-    if [ -z "$best" ] || awk -v a="$dt" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$dt; fi
+    for k in $(seq 0 $((n - 1))); do
+      fn=${fns[$(((i - 1 + k) % n))]}
+      t=$(time_once "$fn" "$i")
+      if [ -z "${BEST[$fn]}" ] || awk -v x="$t" -v y="${BEST[$fn]}" 'BEGIN { exit !(x < y) }'; then
+        BEST[$fn]=$t
+      fi
+    done
   done
-  echo "$best"
 }
 
 ratio() { awk -v peer="$1" -v ours="$2" 'BEGIN { if (ours <= 0) ours = 0.001; printf "%.2f", peer / ours }'; }
@@ -83,34 +113,56 @@ report() { # report LABEL VMEDIA_TIME PEER_NAME PEER_TIME TARGET
   RESULTS+=("$1|$3|$r|$5|$verdict")
 }
 
-xorriso_md5() { # xorriso --md5 plus checkisomd5's implanted MD5, the peer way to get both
-  xorriso -as mkisofs -quiet --md5 -R -J -o "$1" "$2" && implantisomd5 "$1"
+# Create commands: each writes $OUT_ISO from $SRC, then waits until that file is on disk
+# (`sync FILE` flushes only the image, not other programs' data).
+create_vmedia() { "$VMEDIA" mkisofs -quiet --no-checksums -R -J -o "$OUT_ISO" "$SRC" && sync "$OUT_ISO"; }
+create_genisoimage() { genisoimage -quiet -R -J -o "$OUT_ISO" "$SRC" && sync "$OUT_ISO"; }
+create_xorriso() { xorriso -as mkisofs -quiet -R -J -o "$OUT_ISO" "$SRC" && sync "$OUT_ISO"; }
+create_vmedia_sums() { "$VMEDIA" mkisofs -quiet -R -J -o "$OUT_ISO" "$SRC" && sync "$OUT_ISO"; }
+# xorriso --md5 plus checkisomd5's implanted MD5, the peer way to get both.
+create_xorriso_sums() {
+  xorriso -as mkisofs -quiet --md5 -R -J -o "$OUT_ISO" "$SRC" && implantisomd5 "$OUT_ISO" &&
+    sync "$OUT_ISO"
 }
-
-vmedia_extract() { "$VMEDIA" iso extract -q "$1" "$2"; }
+# Extract commands: each unpacks $IMG into a fresh folder of its own (kept, see above).
+extract_vmedia() { "$VMEDIA" iso extract -q "$IMG" "$KEEP/vmedia-$1"; }
+extract_7z() { 7z x -y -bd -o"$KEEP/7z-$1" "$IMG"; }
 
 for tree in small big; do
-  src="$WORK/$tree"
-  iso="$WORK/out/$tree.iso"
+  SRC="$WORK/$tree"
+  OUT_ISO="$WORK/out/$tree.iso"
+  mkdir -p "$WORK/out"
   echo "== $tree tree"
-  t_vm=$(best_time "$VMEDIA" mkisofs -quiet --no-checksums -R -J -o "$iso" "$src")
-  t_gen=$(best_time genisoimage -quiet -R -J -o "$iso" "$src")
-  t_xo=$(best_time xorriso -as mkisofs -quiet -R -J -o "$iso" "$src")
   if [ "$tree" = small ]; then target_gen=1.5; else target_gen=1.0; fi
-  report "create -R -J ($tree)" "$t_vm" "genisoimage" "$t_gen" "$target_gen"
-  report "create -R -J ($tree)" "$t_vm" "xorriso -as mkisofs" "$t_xo" 1.0
+  best_of create_vmedia create_genisoimage create_xorriso
+  report "create -R -J ($tree)" "${BEST[create_vmedia]}" "genisoimage" \
+    "${BEST[create_genisoimage]}" "$target_gen"
+  report "create -R -J ($tree)" "${BEST[create_vmedia]}" "xorriso -as mkisofs" \
+    "${BEST[create_xorriso]}" 1.0
 
-  t_vm_sum=$(best_time "$VMEDIA" mkisofs -quiet -R -J -o "$iso" "$src")
-  t_xo_sum=$(best_time xorriso_md5 "$iso" "$src")
-  report "create + MD5/SHA-256 ($tree)" "$t_vm_sum" "xorriso --md5 + implantisomd5" "$t_xo_sum" 3.0
+  best_of create_vmedia_sums create_xorriso_sums
+  report "create + MD5/SHA-256 ($tree)" "${BEST[create_vmedia_sums]}" \
+    "xorriso --md5 + implantisomd5" "${BEST[create_xorriso_sums]}" 3.0
+  rm -rf "$WORK/out"
 
   # Extract from one image made by vmedia, so both extractors read the same bytes.
   mkdir -p "$WORK/img"
-  "$VMEDIA" mkisofs -quiet --no-checksums -R -J -o "$WORK/img/$tree.iso" "$src"
-  t_vm_x=$(best_time vmedia_extract "$WORK/img/$tree.iso" "$WORK/out/x")
-  t_7z_x=$(best_time 7z x -y -bd -o"$WORK/out/x" "$WORK/img/$tree.iso")
-  report "extract ($tree)" "$t_vm_x" "7z x" "$t_7z_x" 1.5
-  rm -rf "$WORK/img" "$WORK/out"
+  IMG="$WORK/img/$tree.iso"
+  KEEP="$WORK/extracted"
+  mkdir -p "$KEEP"
+  if [ "$tree" = big ]; then CLEAN_KEEP=1; else CLEAN_KEEP=0; fi
+  "$VMEDIA" mkisofs -quiet --no-checksums -R -J -o "$IMG" "$SRC"
+  # Warm the image in the page cache, as it is after it was just written.
+  cat "$IMG" > /dev/null
+  best_of extract_vmedia extract_7z
+  report "extract ($tree)" "${BEST[extract_vmedia]}" "7z x" "${BEST[extract_7z]}" 1.5
+  rm -rf "$KEEP"
+  "$VMEDIA" iso extract -q "$IMG" "$WORK/check"
+  if ! diff -r "$WORK/check" "$SRC" > /dev/null; then
+    echo "bench: vmedia extracted a tree different from the source" >&2
+    exit 1
+  fi
+  rm -rf "$WORK/img" "$WORK/check"
 done
 
 echo
