@@ -74,6 +74,8 @@ enum Kind {
     VmdkByQemu,
     /// VMDK delta disks made by `vmedia disk create -f vmdk -b`.
     VmdkByVmedia,
+    /// qemu-img deltas over a twoGbMaxExtentSparse base (text descriptor + extent file).
+    VmdkSplitBase,
     Vhd,
     Vhdx,
 }
@@ -82,7 +84,7 @@ impl Kind {
     fn format(self) -> &'static str {
         match self {
             Kind::Qcow2 => "qcow2",
-            Kind::VmdkByQemu | Kind::VmdkByVmedia => "vmdk",
+            Kind::VmdkByQemu | Kind::VmdkByVmedia | Kind::VmdkSplitBase => "vmdk",
             Kind::Vhd => "vpc",
             Kind::Vhdx => "vhdx",
         }
@@ -95,7 +97,7 @@ impl Kind {
     }
     /// qemu-img follows the chain (reads the top correctly).
     fn qemu_reads_chain(self) -> bool {
-        matches!(self, Kind::Qcow2 | Kind::VmdkByQemu | Kind::VmdkByVmedia)
+        !matches!(self, Kind::Vhd | Kind::Vhdx)
     }
     /// qemu can write into the format with qemu-io.
     fn qemu_writes(self) -> bool {
@@ -180,9 +182,12 @@ fn write_layer(chain: &Chain, level: &str, writes: &[Write]) {
 fn create_layer(chain: &Chain, level: &str, parent: Option<&str>) {
     let fmt = chain.kind.format();
     let mut cmd = match chain.kind {
-        Kind::Qcow2 | Kind::VmdkByQemu => {
+        Kind::Qcow2 | Kind::VmdkByQemu | Kind::VmdkSplitBase => {
             let mut c = qemu_img();
             c.args(["create", "-q", "-f", fmt]);
+            if chain.kind == Kind::VmdkSplitBase && parent.is_none() {
+                c.args(["-o", "subformat=twoGbMaxExtentSparse"]);
+            }
             c
         }
         Kind::VmdkByVmedia | Kind::Vhd | Kind::Vhdx => {
@@ -231,8 +236,10 @@ fn expected_view(size: u64) -> Vec<u8> {
 
 fn copy_chain(chain: &Chain, to: &Path) -> Chain {
     fs::create_dir_all(to).unwrap();
-    for level in ["base", "mid", "top"] {
-        fs::copy(chain.file(level), to.join(chain.name(level))).unwrap();
+    // Every file: extent files of split descriptors come along.
+    for entry in fs::read_dir(&chain.dir).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
     Chain {
         kind: chain.kind,
@@ -354,7 +361,7 @@ fn vmedia_info(chain: &Chain, level: &str) -> Value {
 
 /// VMDK: the child's parentCID is the parent's current CID (VMware refuses a mismatch).
 fn assert_cid_link(chain: &Chain, child: &str, parent: &str) {
-    if !matches!(chain.kind, Kind::VmdkByQemu | Kind::VmdkByVmedia) {
+    if chain.kind.format() != "vmdk" {
         return;
     }
     let c = vmedia_info(chain, child);
@@ -366,10 +373,11 @@ fn assert_cid_link(chain: &Chain, child: &str, parent: &str) {
     );
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::Qcow2,
     Kind::VmdkByQemu,
     Kind::VmdkByVmedia,
+    Kind::VmdkSplitBase,
     Kind::Vhd,
     Kind::Vhdx,
 ];
@@ -426,6 +434,7 @@ fn three_level_chains_read_like_the_written_patterns_and_like_qemu() {
                     "virtual-size",
                     "backing-filename",
                     "full-backing-filename",
+                    "backing-filename-format",
                 ] {
                     assert_eq!(
                         qe.get(key),
@@ -435,13 +444,12 @@ fn three_level_chains_read_like_the_written_patterns_and_like_qemu() {
                     );
                 }
                 if kind != Kind::Qcow2 {
-                    for key in ["cid", "parent-cid", "create-type"] {
-                        assert_eq!(
-                            qe["format-specific"]["data"][key], ve["format-specific"]["data"][key],
-                            "{kind:?}: format-specific {key} of {}",
-                            qe["filename"]
-                        );
-                    }
+                    // cid, parent-cid, create-type and the extent list, exactly.
+                    assert_eq!(
+                        qe["format-specific"], ve["format-specific"],
+                        "{kind:?}: format-specific of {}",
+                        qe["filename"]
+                    );
                 }
             }
         } else {
@@ -712,4 +720,98 @@ fn damaged_primary_grain_directory_is_read_through_the_redundant_one() {
     let (code, out, err) = run_any(vmedia().current_dir(d).args(["disk", "check", "a.vmdk"]));
     assert_eq!(code, 2, "{out}{err}");
     assert!(format!("{out}{err}").contains("redundant"), "{out}{err}");
+}
+
+#[test]
+fn commit_into_a_vmware_made_monolithic_sparse_disk_renews_cid_and_long_content_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = d.join("monolithicSparse.vmdk");
+    fs::copy(
+        support::shared_sample("vmdk-rs/monolithicSparse.vmdk.xz"),
+        &base,
+    )
+    .unwrap();
+    let base_before = vmedia_info_at(&base);
+    run_ok(
+        qemu_img()
+            .current_dir(d)
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "vmdk",
+                "-b",
+                "monolithicSparse.vmdk",
+                "-F",
+                "vmdk",
+            ])
+            .arg("delta.vmdk"),
+    );
+    run_ok(
+        Command::new(require_tool("qemu-io"))
+            .current_dir(d)
+            .args([
+                "-f",
+                "vmdk",
+                "-c",
+                "write -P 0x77 1M 1M",
+                "-c",
+                "write -z 4M 64k",
+            ])
+            .arg("delta.vmdk"),
+    );
+    let expected = d.join("expected.raw");
+    run_ok(
+        qemu_img()
+            .args(["convert", "-O", "raw"])
+            .arg(d.join("delta.vmdk"))
+            .arg(&expected),
+    );
+    run_ok(
+        vmedia()
+            .current_dir(d)
+            .args(["disk", "commit", "delta.vmdk"]),
+    );
+    for image in [&base, &d.join("delta.vmdk")] {
+        let (code, o, e) = run_any(
+            qemu_img()
+                .args(["compare", "-f", "raw"])
+                .arg(&expected)
+                .arg(image),
+        );
+        assert_eq!(code, 0, "qemu-img compare {}: {o}{e}", image.display());
+        let (code, o, e) = run_any(qemu_img().arg("check").arg(image));
+        assert_eq!(code, 0, "qemu-img check {}: {o}{e}", image.display());
+        let (code, o, e) = run_any(vmedia().args(["disk", "check"]).arg(image));
+        assert_eq!(code, 0, "vmedia disk check {}: {o}{e}", image.display());
+    }
+    let after = vmedia_info_at(&base);
+    let cid = after["format-specific"]["data"]["cid"].as_u64().unwrap();
+    assert_ne!(
+        Some(cid),
+        base_before["format-specific"]["data"]["cid"].as_u64()
+    );
+    let delta = vmedia_info_at(&d.join("delta.vmdk"));
+    assert_eq!(
+        delta["format-specific"]["data"]["parent-cid"].as_u64(),
+        Some(cid)
+    );
+    // VMware's longContentID ends with the CID: both changed together.
+    let text = String::from_utf8_lossy(&fs::read(&base).unwrap()[..64 << 10]).into_owned();
+    let long = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ddb.longContentID = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("longContentID kept");
+    assert_eq!(long.len(), 32);
+    assert!(long.ends_with(&format!("{cid:08x}")), "{long} vs {cid:08x}");
+}
+
+fn vmedia_info_at(image: &Path) -> Value {
+    json_of(&run_ok(
+        vmedia()
+            .args(["disk", "info", "--output", "json"])
+            .arg(image),
+    ))
 }

@@ -519,6 +519,8 @@ impl DiskImage for VmdkImage {
         if let Some(r) = &self.parent_ref {
             info.backing_filename = Some(r.name.clone());
             info.full_backing_filename = Some(r.resolved.display().to_string());
+            // A delta disk's parent is always a VMDK; qemu reports it so.
+            info.backing_filename_format = Some(FORMAT.to_string());
         }
         let extents: Vec<serde_json::Value> = self
             .extents
@@ -534,11 +536,9 @@ impl DiskImage for VmdkImage {
                     ExtentData::Sparse(s) => {
                         v["filename"] = json!(s.path.display().to_string());
                         v["cluster-size"] = json!(s.grain_bytes());
-                        v["format"] = json!(if s.header.is_compressed() {
-                            "streamOptimized"
-                        } else {
-                            "SPARSE"
-                        });
+                        // qemu names the descriptor's extent type, and an empty one for an
+                        // extent whose descriptor is embedded (it parses no extent line).
+                        v["format"] = json!(if s.path == self.path { "" } else { "SPARSE" });
                         if s.header.is_compressed() {
                             v["compressed"] = json!(true);
                         }
