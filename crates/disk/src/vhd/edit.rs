@@ -437,10 +437,24 @@ impl VhdEditor {
                 });
             }
             // Reuse the room of the old slot with this platform code when it fits.
+            // The room is checked against the BAT and every block too: `data_space` units
+            // differ between creators, and a guess must never let the path overwrite data.
+            let span = d.bitmap_size + d.block_size;
+            let table_end = d.header.table_offset + u64::from(d.header.max_table_entries) * 4;
+            let clear = |start: u64, len: u64| {
+                let end = start.saturating_add(len);
+                let outside = |a: u64, b: u64| end <= a || start >= b;
+                outside(0, d.header_offset + dynamic::HEADER_SIZE as u64)
+                    && outside(d.header.table_offset, table_end)
+                    && d.bat.iter().filter(|e| **e != BAT_UNUSED).all(|e| {
+                        let at = u64::from(*e) * SECTOR;
+                        outside(at, at + span)
+                    })
+            };
             let reuse = old.iter().find(|l| {
                 l.platform == *code
                     && data.len() as u64 <= locator_room(l)
-                    && l.data_offset >= d.header_offset + dynamic::HEADER_SIZE as u64
+                    && clear(l.data_offset, locator_room(l))
             });
             let (offset, space) = match reuse {
                 Some(l) => (l.data_offset, l.data_space),
@@ -874,6 +888,46 @@ mod tests {
         let data = read_all(&child);
         assert_eq!(data[0], 2);
         assert_eq!(data[8192], 3);
+    }
+
+    #[test]
+    fn locator_room_that_overlaps_blocks_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = make(dir.path(), "a.vhd", None, &[]);
+        let child = make(
+            dir.path(),
+            "child.vhd",
+            Some("a.vhd"),
+            &[(0, SIZE as usize, 7)],
+        );
+        // Claim a W2ru room of 16 MiB: it would run over every block.
+        let mut h = header(&child);
+        let slot = h
+            .locators
+            .iter()
+            .position(|l| l.platform == PlatformCode::W2ru)
+            .unwrap();
+        h.locators[slot].data_space = 16 << 20;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&child)
+            .unwrap();
+        f.write_all_at(&h.emit(), 512).unwrap();
+        let old_len = std::fs::metadata(&child).unwrap().len();
+        let mut e = VhdEditor::open(&child).unwrap();
+        e.set_parent_path(Some(("a.vhd", &a))).unwrap();
+        e.finish().unwrap();
+        let h = header(&child);
+        let w2ru = h
+            .locators
+            .iter()
+            .find(|l| l.platform == PlatformCode::W2ru)
+            .unwrap();
+        assert!(w2ru.data_offset >= old_len - 512, "the path was appended");
+        assert!(
+            read_all(&child).iter().all(|b| *b == 7),
+            "no block was overwritten"
+        );
     }
 
     #[test]
