@@ -168,7 +168,7 @@ fn file_extent_past_end_is_corrupt() {
 /// Offset of the system use area of the record at `at`.
 fn system_use_offset(data: &[u8], at: usize) -> usize {
     let name_len = data[at + 32] as usize;
-    at + 33 + name_len + usize::from(name_len % 2 == 0)
+    at + 33 + name_len + usize::from(name_len.is_multiple_of(2))
 }
 
 #[test]
