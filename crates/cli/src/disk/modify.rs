@@ -12,7 +12,7 @@ use vmedia_io::Progress;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia disk commit overlay.qcow2\n  vmedia disk commit -d -b base.qcow2 top.qcow2\n\nCommits into the direct backing file unless -b names a deeper one; the overlay is emptied\nafterwards unless -d is given."
+    after_help = "Examples:\n  vmedia disk commit overlay.qcow2\n  vmedia disk commit -d -b base.qcow2 top.qcow2\n  vmedia disk commit disk-000002.vmdk      (VMware snapshot delta into its parent)\n  vmedia disk commit child.vhdx\n\nWorks for qcow2, VMDK (hosted sparse and flat; streamOptimized is refused), VHD and VHDX\nchains, and across formats (a qcow2 overlay over a VMDK base). Commits into the direct\nbacking file unless -b names a deeper one (-b implies -d); the overlay is emptied\nafterwards unless -d is given. The changed base gets a new content id (VMDK CID and\nlongContentID, VHDX DataWriteGuid) and the image above it is re-linked to it, so qemu and\nVMware keep reading the chain."
 )]
 pub struct CommitArgs {
     /// Format of the image (probed when absent)
@@ -50,7 +50,7 @@ pub fn run_commit(a: CommitArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia disk rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk rebase -u -b moved/base.qcow2 overlay.qcow2\n  vmedia disk rebase -b \"\" overlay.qcow2      (make it standalone)\n\nSafe mode copies every range where the old and new backing files differ into the overlay,\nso the guest sees the same data; -u only rewrites the name."
+    after_help = "Examples:\n  vmedia disk rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk rebase -u -b moved/base.qcow2 overlay.qcow2\n  vmedia disk rebase -b base.vmdk top.vmdk        (skip the middle delta)\n  vmedia disk rebase -b \"\" overlay.qcow2      (make it standalone)\n\nSafe mode copies every range where the old and new backing files differ into the overlay,\nso the guest sees the same data; -u only rewrites the reference. VMDK deltas record the\nnew parent's CID with its name (the name must fit the descriptor's reserved sectors); VHD\nand VHDX record the parent's identity and locators. A parent must have the overlay's\nformat, except under qcow2."
 )]
 pub struct RebaseArgs {
     /// Format of the image (probed when absent)
