@@ -508,7 +508,10 @@ Like tar: DIR is created if needed and may already hold files; selected PATHs ke
 place below the image root. Existing files are not replaced unless --force. Rock Ridge modes,\n\
 times, symbolic links and hard links are restored; owners and device files only as root.\n\
 Names that could escape DIR (\"..\", \"/\") are refused, and nothing is written through a\n\
-symbolic link (links are created last)."
+symbolic link (links are created last).\n\n\
+A DIR that does not exist yet is filled under a hidden temporary name and renamed into place\n\
+when complete, so a failed or killed run leaves no tree that looks whole. Like tar and 7z,\n\
+nothing is flushed to disk unless --sync (or VMEDIA_SYNC=1) asks for it."
 )]
 pub struct ExtractArgs {
     /// The ISO image
@@ -828,6 +831,16 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
     }
     if let Some(staging) = staging {
         staging.publish()?;
+        if durability == Durability::Flush {
+            // The rename itself, so the published name survives a power loss too.
+            let parent = match args.dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot flush {}", parent.display()))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1214,8 +1227,10 @@ fn extract_folder(
         }
         ReadAt::read_exact_at(ctx.image_file, &mut buf[..span], start)
             .with_context(|| format!("cannot read the image at byte {start:#x}"))?;
+        let mut written = 0u64;
         for &index in &order[next..last] {
             let job = &ctx.files[index];
+            written += job.reader.len();
             let Some(at) = job.stored_at else { continue };
             let from = (at - start) as usize;
             let data = &buf[from..from + job.reader.len() as usize];
@@ -1235,7 +1250,7 @@ fn extract_folder(
                 ctx.umask,
             )?;
         }
-        ctx.bar.advance(end - start);
+        ctx.bar.advance(written);
         next = last;
     }
     Ok(())
