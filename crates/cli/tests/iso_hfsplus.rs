@@ -645,3 +645,153 @@ fn repacked_hard_links_share_one_extent_and_keep_their_link_count() {
     assert_eq!(start_of("/a"), start_of("/d/b"), "{lba}");
     assert_ne!(start_of("/a"), start_of("/other"), "{lba}");
 }
+
+/// Printed by the HFS+ check initramfs after its listing.
+const HFS_DONE: &str = "VMEDIA-HFS-DONE";
+
+/// An initramfs that loop-mounts `volume` with the Linux kernel's own HFS+ driver and prints
+/// one line per entry: `D path`, `L path target`, `F path md5`, then `HFS_DONE`.
+fn kernel_hfs_initrd(volume: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let payload = support::payload();
+    let version = fs::read_dir("/boot")
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-").map(str::to_string)
+        })
+        .max()
+        .expect("no /boot/vmlinuz-*");
+    let modules = Path::new("/lib/modules").join(&version).join("kernel");
+    let root = dir.join("initramfs");
+    for sub in ["bin", "proc", "sys", "dev", "mnt"] {
+        fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    fs::copy(require_tool("busybox"), root.join("bin/busybox")).unwrap();
+    // hfsplus.ko needs cdrom.ko (its multi-session query) and the UTF-8 table for names.
+    for module in [
+        "drivers/block/loop.ko",
+        "drivers/cdrom/cdrom.ko",
+        "fs/nls/nls_utf8.ko",
+        "fs/hfsplus/hfsplus.ko",
+    ] {
+        let from = modules.join(module);
+        let name = from.file_name().unwrap().to_owned();
+        fs::copy(&from, root.join(name))
+            .unwrap_or_else(|e| panic!("{}: {e} (linux-image-amd64 modules)", from.display()));
+    }
+    fs::copy(volume, root.join("hfs.img")).unwrap();
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         mount -t proc proc /proc\n\
+         mount -t devtmpfs dev /dev\n\
+         insmod /loop.ko\n\
+         insmod /cdrom.ko\n\
+         insmod /nls_utf8.ko\n\
+         insmod /hfsplus.ko\n\
+         losetup /dev/loop0 /hfs.img\n\
+         echo\n\
+         if mount -t hfsplus -o ro /dev/loop0 /mnt; then\n\
+           cd /mnt\n\
+           find . | sort | while read p; do\n\
+             if [ -L \"$p\" ]; then echo \"L $p $(readlink \"$p\")\";\n\
+             elif [ -d \"$p\" ]; then echo \"D $p\";\n\
+             else echo \"F $p $(md5sum < \"$p\" | cut -d' ' -f1)\"; fi\n\
+           done\n\
+         else echo MOUNT-FAILED; fi\n\
+         echo {HFS_DONE}\n\
+         poweroff -f\n"
+    );
+    fs::write(root.join("init"), init).unwrap();
+    fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
+    let initrd = dir.join("hfs-initrd.gz");
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("cd initramfs && find . | cpio -o -H newc --quiet | gzip -1 > ../hfs-initrd.gz")
+            .current_dir(dir),
+    );
+    (payload.kernel, initrd)
+}
+
+/// The same listing of a host tree.
+fn host_listing(tree: &Path) -> Vec<String> {
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(
+                "find . | sort | while read p; do \
+           if [ -L \"$p\" ]; then echo \"L $p $(readlink \"$p\")\"; \
+           elif [ -d \"$p\" ]; then echo \"D $p\"; \
+           else echo \"F $p $(md5sum < \"$p\" | cut -d' ' -f1)\"; fi; done",
+            )
+            .current_dir(tree),
+    );
+    // The kernel composes names again when it lists them, so the host's names are expected.
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn linux_hfsplus_driver_mounts_the_volume_and_reads_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = hfs_tree(dir.path());
+    // The big file would only slow the initramfs down; the B-tree and names are the point.
+    fs::remove_file(tree.join("docs/deep/deeper/data.bin")).unwrap();
+    fs::write(
+        tree.join("docs/deep/deeper/data.bin"),
+        iso::pattern(300_000, 5),
+    )
+    .unwrap();
+    let image = dir.path().join("linux.iso");
+    mkisofs(&tree, &image, &[]);
+    let part = hfs_partition(&image, dir.path());
+    let (kernel, initrd) = kernel_hfs_initrd(&part, dir.path());
+    let log = qemu_boot(
+        Firmware::Bios,
+        &[
+            "-kernel",
+            &kernel.to_string_lossy(),
+            "-initrd",
+            &initrd.to_string_lossy(),
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=4",
+        ],
+        HFS_DONE,
+        BOOT_TIMEOUT,
+    );
+    assert!(
+        !log.contains("MOUNT-FAILED"),
+        "the kernel refused the volume:\n{log}"
+    );
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("hfsplus:") || l.contains("hfs:"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "kernel HFS+ messages:\n{}",
+        errors.join("\n")
+    );
+    let mut seen: Vec<String> = log
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with("D ") || l.starts_with("F ") || l.starts_with("L "))
+        .map(str::to_string)
+        .collect();
+    seen.sort();
+    let mut expected = host_listing(&tree);
+    expected.retain(|l| l != "D .");
+    seen.retain(|l| l != "D .");
+    let only_kernel: Vec<&String> = seen.iter().filter(|l| !expected.contains(l)).collect();
+    let only_host: Vec<&String> = expected.iter().filter(|l| !seen.contains(l)).collect();
+    assert!(
+        only_kernel.is_empty() && only_host.is_empty(),
+        "kernel view of the HFS+ volume differs:\nonly in the kernel's: {only_kernel:?}\n\
+         only in the tree: {only_host:?}"
+    );
+}
