@@ -919,3 +919,90 @@ fn folders_spanning_many_sectors_with_continuation_areas_read_back() {
     );
     assert_eq!(fs::read(&out).unwrap(), names[299].as_bytes());
 }
+
+#[test]
+fn hfsplus_volume_beside_a_partition_offset_is_read_by_7z_and_grub() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    rich_tree(&src);
+    let mut spec = base_spec(&src);
+    spec.hybrid.partition_offset = 16;
+    spec.date = Some(1_700_000_000);
+    spec.hfsplus = Some(HfsPlusSpec {
+        blessed: vec![HfsBless {
+            blessing: HfsBlessing::ShowFolder,
+            iso_path: "/docs".into(),
+        }],
+        ..HfsPlusSpec::default()
+    });
+    let iso = dir.path().join("hfs.iso");
+    let report = write(&spec, &iso);
+    // The report lists the APM: the map, the gaps and the Apple_HFS volume (512-byte units).
+    let hfs = report
+        .partitions
+        .iter()
+        .find(|p| p.table == "apm" && p.part_type == "Apple_HFS")
+        .unwrap_or_else(|| panic!("no Apple_HFS entry: {:?}", report.partitions));
+    assert_eq!(hfs.name, "HFSPLUS_Hybrid");
+    let bytes = fs::read(&iso).unwrap();
+    let (start, len) = (hfs.start_sector as usize * 512, hfs.sectors as usize * 512);
+    let volume = &bytes[start..start + len];
+    assert_eq!(&volume[1024..1026], b"H+", "volume header");
+    assert_eq!(
+        &volume[len - 1024..len - 1022],
+        b"H+",
+        "alternate volume header 1 KiB before the end"
+    );
+    let part = dir.path().join("hfs.img");
+    fs::write(&part, volume).unwrap();
+    let listing = run("7z", &["l", "-thfs", s(&part)]);
+    assert!(listing.contains("Method = HFS+"), "{listing}");
+    let out = dir.path().join("x");
+    // 7z refuses to create a link pointing above its own folder ("dangerous link"), so
+    // that one is checked in the listing instead.
+    assert!(
+        listing.contains("VMEDIA_TEST/docs/link-to-hello"),
+        "{listing}"
+    );
+    run(
+        "7z",
+        &[
+            "x",
+            "-thfs",
+            "-y",
+            "-x!VMEDIA_TEST/docs/link-to-hello",
+            &format!("-o{}", s(&out)),
+            s(&part),
+        ],
+    );
+    let root = out.join("VMEDIA_TEST");
+    for file in [
+        "hello.txt",
+        "docs/readme.md",
+        "docs/hello-hardlink.txt",
+        "docs/deep/a/b/c/d/e/f/g/h/bottom.txt",
+        "A long file name that needs Rock Ridge or Joliet.tar.gz",
+    ] {
+        assert_eq!(
+            fs::read(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}\n{listing}")),
+            fs::read(src.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert!(root.join("emptydir").is_dir() && root.join("empty").exists());
+    // GRUB reads the same volume through the APM (entry 3: map, gap, volume).
+    let grub = run(
+        "grub-fstest",
+        &[
+            s(&iso),
+            "cat",
+            "(loop0,apple3)/docs/deep/a/b/c/d/e/f/g/h/bottom.txt",
+        ],
+    );
+    assert!(grub.contains("at the bottom"), "{grub}");
+    // The tree relative to the partition offset is still readable on its own.
+    let cut = dir.path().join("cut.iso");
+    fs::write(&cut, &bytes[16 * 2048..]).unwrap();
+    let x = run("xorriso", &["-indev", s(&cut), "-find", "/hello.txt"]);
+    assert!(x.contains("/hello.txt"), "{x}");
+}
