@@ -118,6 +118,8 @@ pub(crate) struct HfsPlan {
     levels: Vec<Vec<TreeNode>>,
     catalog_nodes: usize,
     symlinks: Vec<Vec<u8>>,
+    /// First block of each symlink target, counted from the first symlink block.
+    symlink_offsets: Vec<u32>,
     symlink_blocks: u32,
     file_count: u32,
     folder_count: u32,
@@ -443,15 +445,21 @@ pub(crate) fn prepare(inputs: Inputs<'_>) -> Result<HfsPlan, WriteError> {
             ),
         });
     }
-    let symlink_blocks: u64 = symlinks
-        .iter()
-        .map(|s| (s.len() as u64).div_ceil(u64::from(BLOCK_SIZE)))
-        .sum();
+    let mut symlink_offsets = Vec::with_capacity(symlinks.len());
+    let mut symlink_blocks = 0u64;
+    for target in &symlinks {
+        symlink_offsets.push(
+            u32::try_from(symlink_blocks)
+                .map_err(|_| invalid("symbolic link targets exceed 2^32 blocks".into()))?,
+        );
+        symlink_blocks += (target.len() as u64).div_ceil(u64::from(BLOCK_SIZE));
+    }
     Ok(HfsPlan {
         records,
         levels,
         catalog_nodes,
         symlinks,
+        symlink_offsets,
         symlink_blocks: u32::try_from(symlink_blocks)
             .map_err(|_| invalid("symbolic link targets exceed 2^32 blocks".into()))?,
         file_count,
@@ -896,15 +904,11 @@ impl HfsPlan {
                     }
                     Content::Data(None) | Content::Special(_) => (0, 0),
                     Content::Symlink(i) => {
-                        let before: u64 = self.symlinks[..*i]
-                            .iter()
-                            .map(|s| (s.len() as u64).div_ceil(u64::from(BLOCK_SIZE)))
-                            .sum();
                         let size = self.symlinks[*i].len() as u64;
                         let start = if size == 0 {
                             0
                         } else {
-                            self.symlink_start() + before as u32
+                            self.symlink_start() + self.symlink_offsets[*i]
                         };
                         (size, start)
                     }
