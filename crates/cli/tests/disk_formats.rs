@@ -1557,3 +1557,100 @@ fn differencing_chains_edited_in_place_read_back_the_expected_bytes() {
         assert_qemu_identical(&base, qemu_name, &base_raw, "raw");
     }
 }
+
+/// The metadata table of a VHDX: (item GUID bytes, offset, length, item bytes).
+fn vhdx_metadata_items(path: &Path) -> Vec<([u8; 16], u32, u32, Vec<u8>)> {
+    let b = std::fs::read(path).unwrap();
+    let rt = &b[192 * 1024..256 * 1024];
+    let count = le32(rt, 8) as usize;
+    let meta_guid = [
+        0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88,
+        0x6e,
+    ];
+    let (at, len) = (0..count)
+        .map(|i| &rt[16 + i * 32..48 + i * 32])
+        .find(|e| e[..16] == meta_guid)
+        .map(|e| (le64(e, 16) as usize, le32(e, 24) as usize))
+        .unwrap();
+    let m = &b[at..at + len];
+    let n = u16::from_le_bytes([m[10], m[11]]) as usize;
+    (0..n)
+        .map(|i| {
+            let e = &m[32 + i * 32..64 + i * 32];
+            let (off, l) = (le32(e, 16), le32(e, 20));
+            let guid: [u8; 16] = e[..16].try_into().unwrap();
+            (guid, off, l, m[off as usize..(off + l) as usize].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn hyper_v_checkpoint_is_relinked_keeping_its_other_metadata() {
+    // A Hyper-V AVHDX (Windows Server 2019) whose parent is absent: point it at a new parent
+    // made by vmedia. qemu 7.2 opens no differencing VHDX, so vmedia reads the result.
+    let dir = tempfile::tempdir().unwrap();
+    let original = shared_sample("dissect.hypervisor/differencing.avhdx.gz");
+    let child = dir.path().join("checkpoint.avhdx");
+    std::fs::copy(&original, &child).unwrap();
+    let parent = dir.path().join("parent.vhdx");
+    run_ok(
+        vmedia()
+            .args(["disk", "create", "-f", "vhdx", "-o", "block_size=2M"])
+            .arg(&parent)
+            .arg("8G"),
+    );
+    let before = vhdx_metadata_items(&child);
+    relink(&child, "parent.vhdx", vmedia_disk::Format::Vhdx);
+    let after = vhdx_metadata_items(&child);
+    // Every item but the parent locator is byte-identical and where it was.
+    let locator = [
+        0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3, 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab,
+        0x0c,
+    ];
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.0, b.0);
+        if b.0 != locator {
+            assert_eq!(a, b, "a Hyper-V metadata item changed");
+        }
+    }
+    let img = open_default(&child);
+    assert_eq!(img.backing_ref().unwrap().name, "parent.vhdx");
+    assert_eq!(img.backing().unwrap().path(), parent.as_path());
+    let report = img.check(&vmedia_io::NoProgress).unwrap();
+    assert_eq!(
+        report.check_errors + report.corruptions,
+        0,
+        "{:?}",
+        report.messages
+    );
+    // The checkpoint's own sectors are unchanged; everything else now reads the new parent.
+    let alone = open_any(
+        &original,
+        &vmedia_disk::OpenOptions {
+            skip_backing: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (at, len) in [(1048576u64, 4096usize), (537919488, 16384)] {
+        let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+        alone.read_at(&mut a, at).unwrap();
+        img.read_at(&mut b, at).unwrap();
+        assert_eq!(a, b, "checkpoint data at {at:#x} changed");
+        assert!(a.iter().any(|x| *x != 0));
+    }
+    let mut gap = vec![1u8; 65536];
+    img.read_at(&mut gap, 0).unwrap();
+    assert!(
+        gap.iter().all(|x| *x == 0),
+        "unallocated ranges read the (empty) parent"
+    );
+    let out = run_ok(
+        vmedia()
+            .args(["disk", "info", "--output", "json"])
+            .arg(&child),
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["backing-filename"], "parent.vhdx");
+}
