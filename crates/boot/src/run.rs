@@ -15,8 +15,10 @@ use serde::Serialize;
 use crate::console::{ConsoleWatch, Timeline};
 use crate::error::{BootError, Result};
 use crate::process::{describe_exit, Guarded};
-use crate::qemu::{command_line, find_ovmf, qemu_program, Launch, ResolvedAccel, SerialTarget};
-use crate::spec::{Firmware, VmSpec};
+use crate::qemu::{
+    command_line, find_ovmf, find_qboot, qemu_program, Launch, ResolvedAccel, SerialTarget,
+};
+use crate::spec::{Firmware, Machine, VmSpec};
 
 /// QEMU's own error output kept for the report (it is short unless something loops).
 const MAX_QEMU_STDERR: usize = 64 * 1024;
@@ -163,9 +165,14 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
         .filter(|l| !l.contains("terminating on signal"))
         .map(|l| format!("{l}\n"))
         .collect();
+    let mut timeline = watch.timeline().clone();
+    if firmware_is_silent(&request.spec) {
+        // qboot never writes to the serial port: whatever came first was the guest's.
+        timeline.first_output = None;
+    }
     Ok(BootReport {
         outcome,
-        timeline: watch.timeline().clone(),
+        timeline,
         accel: match request.accel {
             ResolvedAccel::Kvm => "kvm",
             ResolvedAccel::Tcg => "tcg",
@@ -177,6 +184,11 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
         command: command_text,
         total,
     })
+}
+
+/// Whether the VM's firmware prints nothing on the console (the lean machine's qboot).
+fn firmware_is_silent(spec: &VmSpec) -> bool {
+    spec.machine == Machine::Lean && spec.firmware == Firmware::Bios && find_qboot().is_some()
 }
 
 type Chunk = (Vec<u8>, Instant);

@@ -119,8 +119,8 @@ pub struct Args {
     /// PVH form (decompressed once on the host and cached; much faster under TCG)
     #[arg(long, requires = "direct")]
     pub bzimage: bool,
-    /// With --direct: boot on the standard machine (SeaBIOS, HPET), with the ISO's initrd and
-    /// command line exactly as they are, instead of the lean machine (qboot, no HPET, initrd
+    /// With --direct: boot on the standard machine (SeaBIOS, HPET) with the ISO's initrd as it
+    /// is and no added kernel parameters, instead of the lean machine (qboot, no HPET, initrd
     /// decompressed once on the host, three boot-time kernel parameters; see docs/boot.md)
     #[arg(long, requires = "direct")]
     pub no_lean: bool,

@@ -267,6 +267,10 @@ fn direct_lean_machine_live_system_finds_its_cd() {
         command[at + 1].clone()
     };
     assert!(
+        report["timeline"]["first_firmware_output"].is_null(),
+        "qboot is silent: the first output was the guest's, not firmware output: {report:#}"
+    );
+    assert!(
         after("-machine").contains("hpet=off"),
         "lean machine: {command:?}"
     );
