@@ -566,3 +566,88 @@ fn one_page_log_entry(guid: uuid::Uuid) -> Vec<u8> {
     e[4..8].copy_from_slice(&crc.to_le_bytes());
     e
 }
+
+#[test]
+fn editors_on_randomly_corrupted_images_never_panic_or_balloon() {
+    use vmedia_disk::modify::InPlaceEditor;
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = [
+        (
+            make(dir.path(), "d.vhd", Format::Vhd, &[], None),
+            Format::Vhd,
+        ),
+        (
+            make(
+                dir.path(),
+                "d.vhdx",
+                Format::Vhdx,
+                &[("block_size", "1M")],
+                None,
+            ),
+            Format::Vhdx,
+        ),
+        (
+            make(
+                dir.path(),
+                "base.vhdx",
+                Format::Vhdx,
+                &[("block_size", "1M")],
+                None,
+            ),
+            Format::Vhdx,
+        ),
+    ];
+    // A differencing child too: its bitmaps and locator are edited.
+    let child = make(
+        dir.path(),
+        "child.vhdx",
+        Format::Vhdx,
+        &[("block_size", "1M")],
+        Some("base.vhdx"),
+    );
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for (seed, format) in seeds.iter().chain([(child, Format::Vhdx)].iter()) {
+        let original = std::fs::read(seed).unwrap();
+        let hot = original.len().min(4 << 20);
+        for round in 0..60 {
+            let mut bytes = original.clone();
+            for _ in 0..1 + rng.next() % 6 {
+                let at = if rng.next().is_multiple_of(3) {
+                    bytes.len() - 1 - (rng.next() % 512) as usize
+                } else {
+                    (rng.next() % hot as u64) as usize
+                };
+                bytes[at] = rng.next() as u8;
+            }
+            let p = dir.path().join(format!(
+                "edit-{round}-{}",
+                seed.file_name().unwrap().to_string_lossy()
+            ));
+            std::fs::write(&p, &bytes).unwrap();
+            let editor: Option<Box<dyn InPlaceEditor>> = match format {
+                Format::Vhd => vmedia_disk::vhd::edit::VhdEditor::open(&p)
+                    .ok()
+                    .map(|e| Box::new(e) as Box<dyn InPlaceEditor>),
+                _ => vmedia_disk::vhdx::edit::VhdxEditor::open(&p)
+                    .ok()
+                    .map(|e| Box::new(e) as Box<dyn InPlaceEditor>),
+            };
+            if let Some(mut e) = editor {
+                let cluster = e.cluster_size() as usize;
+                let data = vec![0x6bu8; cluster];
+                let _ = e.write_cluster(0, &data);
+                let _ = e.write_cluster(3 << 20, &data);
+                let _ = e.zero_cluster(1 << 20);
+                let _ = e.finish();
+                // Appending two blocks (and a bitmap) is the most an edit may add.
+                let len = std::fs::metadata(&p).unwrap().len();
+                assert!(
+                    len <= original.len() as u64 + (8 << 20),
+                    "{} grew to {len} bytes",
+                    p.display()
+                );
+            }
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}

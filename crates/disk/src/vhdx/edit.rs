@@ -152,12 +152,12 @@ impl VhdxEditor {
                 end = end.max(at.saturating_add(len));
             }
         }
-        let regions_end = [meta_region, bat_region]
-            .iter()
-            .map(|r| r.file_offset + u64::from(r.length))
-            .chain([image.header.log_offset + u64::from(image.header.log_length)])
-            .max()
-            .unwrap_or(0);
+        let regions_end = regions_end(
+            path,
+            &image.header,
+            &[meta_region, bat_region],
+            image.file_size,
+        )?;
         let next = end.max(regions_end).div_ceil(MIB) * MIB;
         Ok(VhdxEditor {
             path: path.to_path_buf(),
@@ -600,12 +600,12 @@ impl VhdxEditor {
         }
         self.bitmaps.clear();
         self.partial_touched.clear();
-        let regions_end = [self.meta_region, self.bat_region]
-            .iter()
-            .map(|r| r.file_offset + u64::from(r.length))
-            .chain([self.header.log_offset + u64::from(self.header.log_length)])
-            .max()
-            .unwrap_or(0);
+        let regions_end = regions_end(
+            &self.path,
+            &self.header,
+            &[self.meta_region, self.bat_region],
+            u64::MAX,
+        )?;
         self.next = regions_end.div_ceil(MIB) * MIB;
         self.truncate = true;
         Ok(())
@@ -903,6 +903,33 @@ fn refuse_inconsistent(path: &Path, image: &VhdxImage, regions: &[RegionEntry]) 
         }
     }
     Ok(())
+}
+
+/// The first byte after the log, metadata and BAT regions. Blocks are appended after it, so
+/// every region must lie inside the file: one that claims space past the end (a damaged or
+/// hostile length) is refused rather than trusted to place new blocks.
+fn regions_end(path: &Path, h: &Header, regions: &[RegionEntry], file_size: u64) -> Result<u64> {
+    let log = (h.log_length > 0).then_some((h.log_offset, u64::from(h.log_length), "log"));
+    let mut end = MIB;
+    for (at, len, what) in regions
+        .iter()
+        .map(|r| (r.file_offset, u64::from(r.length), "region"))
+        .chain(log)
+    {
+        match at.checked_add(len) {
+            Some(e) if e <= file_size => end = end.max(e),
+            _ => {
+                return Err(DiskError::corrupt(
+                    path,
+                    FORMAT,
+                    at,
+                    what,
+                    format!("{len} bytes at {at:#x} run past the end of the file ({file_size} bytes); not written in place"),
+                ))
+            }
+        }
+    }
+    Ok(end.div_ceil(MIB) * MIB)
 }
 
 /// The offset of the header copy with the highest valid sequence number.
