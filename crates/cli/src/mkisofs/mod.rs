@@ -395,10 +395,10 @@ Examples:
       -no-emul-boot -boot-load-size 4 -boot-info-table \\
       -eltorito-alt-boot -e boot/grub/efi.img -no-emul-boot \\
       -isohybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin -isohybrid-gpt-basdat ./tree
-  vmedia mkisofs -o rescue.iso -R --grub2-mbr /usr/lib/grub/i386-pc/boot_hybrid.img \
-      -b boot/grub/i386-pc/eltorito.img -no-emul-boot -boot-load-size 4 -boot-info-table \
-      --grub2-boot-info -hfsplus -apm-block-size 2048 \
-      -hfs-bless-by i /System/Library/CoreServices/boot.efi \
+  vmedia mkisofs -o rescue.iso -R --grub2-mbr /usr/lib/grub/i386-pc/boot_hybrid.img \\
+      -b boot/grub/i386-pc/eltorito.img -no-emul-boot -boot-load-size 4 -boot-info-table \\
+      --grub2-boot-info -hfsplus -apm-block-size 2048 \\
+      -hfs-bless-by i /System/Library/CoreServices/boot.efi \\
       --efi-boot efi.img -efi-boot-part --efi-boot-image --protective-msdos-label ./tree
   vmedia mkisofs -print-size -R -J ./tree
 ";
