@@ -1145,6 +1145,45 @@ mod tests {
     }
 
     #[test]
+    fn every_item_has_a_thread_and_valences_and_counts_agree() {
+        let tree = tree_with(&["a", "b", "c"]);
+        let plan = plan_for(&tree);
+        let items: Vec<&Record> = plan
+            .records
+            .iter()
+            .filter(|r| !matches!(r.kind, RecordKind::Thread { .. }))
+            .collect();
+        for item in &items {
+            let thread = plan
+                .records
+                .iter()
+                .find(|r| r.key_parent == item.cnid && matches!(r.kind, RecordKind::Thread { .. }))
+                .expect("a thread per item");
+            assert!(thread.key_name.is_empty());
+            assert_eq!(thread.name, item.key_name, "thread carries the name");
+            if let RecordKind::Thread { parent, folder } = thread.kind {
+                assert_eq!(parent, item.key_parent);
+                assert_eq!(folder, matches!(item.kind, RecordKind::Folder { .. }));
+            }
+            if let RecordKind::Folder { valence } = item.kind {
+                let children = items.iter().filter(|c| c.key_parent == item.cnid).count();
+                assert_eq!(valence as usize, children, "valence of {}", item.cnid);
+            }
+        }
+        let files = items
+            .iter()
+            .filter(|r| matches!(r.kind, RecordKind::File { .. }))
+            .count();
+        let folders = items.len() - files - 1; // the root is not counted
+        assert_eq!(
+            (plan.file_count as usize, plan.folder_count as usize),
+            (files, folders)
+        );
+        let max_cnid = items.iter().map(|r| r.cnid).max().unwrap();
+        assert_eq!(plan.next_cnid, max_cnid + 1);
+    }
+
+    #[test]
     fn volume_header_fields_and_bitmap_cover_the_volume() {
         let tree = tree_with(&["a"]);
         let mut plan = plan_for(&tree);
