@@ -617,6 +617,31 @@ fn safe_rebase_onto_the_base_keeps_the_view_and_unsafe_rebase_only_renames() {
         );
         assert_cid_link(&raw, "top", "base");
 
+        // Onto a file outside the chain (a copy of the base): every range is compared.
+        let copy = copy_chain(&fresh, &root.path().join(format!("{kind:?}-copy")));
+        let other = format!("other.{}", kind.ext());
+        fs::copy(copy.file("base"), copy.dir.join(&other)).unwrap();
+        run_ok(vmedia().current_dir(&copy.dir).args([
+            "disk",
+            "rebase",
+            "-b",
+            &other,
+            "-F",
+            kind.format(),
+            &copy.name("top"),
+        ]));
+        assert_view(
+            &copy,
+            "top",
+            &want,
+            kind.qemu_reads_chain(),
+            "after safe rebase onto a copy",
+        );
+        assert_eq!(
+            vmedia_info(&copy, "top")["backing-filename"],
+            other.as_str()
+        );
+
         // Rebasing onto nothing makes a standalone image with the same view.
         let alone = copy_chain(&fresh, &root.path().join(format!("{kind:?}-alone")));
         run_ok(vmedia().current_dir(&alone.dir).args([

@@ -444,6 +444,30 @@ pub fn rebase(
     editor.finish()
 }
 
+/// Bytes compared at once in safe rebase: large reads for few system calls, bounded memory
+/// (two buffers of this size).
+const REBASE_SPAN: u64 = 4 << 20;
+
+/// When `new_backing` is the same file as a layer of `top`'s current chain (rebase onto an
+/// ancestor, the common case): the first layer below the top and how many layers lie between
+/// the top and that ancestor. Only what those layers allocate can differ.
+fn layers_above_ancestor<'a>(
+    top: &'a dyn DiskImage,
+    new_backing: Option<&dyn DiskImage>,
+) -> Option<(&'a dyn DiskImage, usize)> {
+    let new_path = new_backing?.path();
+    let first = top.backing()?;
+    let mut img = first;
+    let mut layers = 0usize;
+    loop {
+        if same_file(img.path(), new_path) {
+            return Some((first, layers));
+        }
+        layers += 1;
+        img = img.backing()?;
+    }
+}
+
 /// Safe rebase's copy: for each editor cluster that the top does not fully allocate, builds
 /// what the guest would see over the new backing file and writes the current view where the
 /// two differ. Writing the current view into the top never changes what the guest sees.
@@ -455,46 +479,124 @@ fn copy_differences(
 ) -> Result<()> {
     let size = top.virtual_size();
     let cluster = editor.cluster_size().max(1);
+    let span_len = REBASE_SPAN.max(cluster) / cluster * cluster;
+    let between = layers_above_ancestor(top, new_backing);
     progress.set_total(size);
-    let mut old = vec![0u8; cluster as usize];
-    let mut new = vec![0u8; cluster as usize];
+    let mut old = Vec::new();
+    let mut new = Vec::new();
     let mut offset = 0u64;
     while offset < size {
-        let n = cluster.min(size - offset);
-        // Ranges of this cluster (relative) that read through the backing file.
-        let mut through: Vec<(u64, u64)> = Vec::new();
-        let mut pos = 0u64;
-        while pos < n {
-            let s = top.block_status(offset + pos, n - pos)?;
-            let len = s.len.clamp(1, n - pos);
-            if s.kind == BlockKind::Unallocated {
-                through.push((pos, len));
-            }
-            pos += len;
+        let want = span_len.min(size - offset);
+        let s = top.block_status(offset, want)?;
+        let len = s.len.clamp(1, want);
+        // Whole clusters from `offset` that share this status.
+        let whole = (offset + len) / cluster * cluster;
+        let whole = if offset + len == size { size } else { whole };
+        if whole <= offset {
+            // The status changes inside this cluster: compare it piece by piece.
+            let n = cluster.min(size - offset);
+            copy_cluster_if_different(top, new_backing, editor, offset, n)?;
+            progress.advance(n);
+            offset += n;
+            continue;
         }
-        if !through.is_empty() {
-            let old_buf = &mut old[..n as usize];
-            top.read_at(old_buf, offset)?;
-            let new_buf = &mut new[..n as usize];
-            new_buf.copy_from_slice(old_buf);
-            for &(rel, len) in &through {
-                let piece = &mut new_buf[rel as usize..(rel + len) as usize];
-                piece.fill(0);
-                if let Some(img) = new_backing {
-                    let start = offset + rel;
-                    let vs = img.virtual_size();
-                    if start < vs {
-                        let m = (vs - start).min(len) as usize;
-                        img.read_at(&mut piece[..m], start)?;
-                    }
+        let run = whole - offset;
+        if s.kind != BlockKind::Unallocated {
+            progress.advance(run);
+            offset = whole;
+            continue;
+        }
+        let mut compare_len = run;
+        if let Some((first, layers)) = between {
+            let (l, kind) = allocated_above(first, layers, offset, run)?;
+            if kind == BlockKind::Unallocated {
+                // Read from the new backing file itself today: nothing can differ.
+                let skip = if offset + l >= size {
+                    size - offset
+                } else {
+                    l / cluster * cluster
+                };
+                if skip > 0 {
+                    progress.advance(skip.min(run));
+                    offset += skip.min(run);
+                    continue;
                 }
-            }
-            if old_buf != new_buf {
-                editor.write_cluster(offset, old_buf)?;
+            } else {
+                let upto = if offset + l >= size {
+                    size - offset
+                } else {
+                    l.div_ceil(cluster) * cluster
+                };
+                compare_len = upto.clamp(cluster.min(run), run);
             }
         }
-        progress.advance(n);
-        offset += n;
+        let n = compare_len as usize;
+        old.resize(n, 0);
+        new.resize(n, 0);
+        let (old_read, new_read) = rayon::join(
+            || top.read_at(&mut old, offset),
+            || read_or_zeros(new_backing, &mut new, offset),
+        );
+        old_read?;
+        new_read?;
+        let mut at = 0usize;
+        while at < n {
+            let m = (cluster as usize).min(n - at);
+            if old[at..at + m] != new[at..at + m] {
+                editor.write_cluster(offset + at as u64, &old[at..at + m])?;
+            }
+            at += m;
+        }
+        progress.advance(compare_len);
+        offset += compare_len;
+    }
+    Ok(())
+}
+
+/// Guest bytes of `image` at `offset`, zeros past its end or without an image.
+fn read_or_zeros(image: Option<&dyn DiskImage>, buf: &mut [u8], offset: u64) -> Result<()> {
+    buf.fill(0);
+    if let Some(img) = image {
+        let vs = img.virtual_size();
+        if offset < vs {
+            let m = (vs - offset).min(buf.len() as u64) as usize;
+            img.read_at(&mut buf[..m], offset)?;
+        }
+    }
+    Ok(())
+}
+
+/// One cluster whose allocation in the top changes inside it: the new view takes the top's
+/// allocated pieces and the new backing file elsewhere.
+fn copy_cluster_if_different(
+    top: &dyn DiskImage,
+    new_backing: Option<&dyn DiskImage>,
+    editor: &mut dyn InPlaceEditor,
+    offset: u64,
+    n: u64,
+) -> Result<()> {
+    let mut through: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0u64;
+    while pos < n {
+        let s = top.block_status(offset + pos, n - pos)?;
+        let len = s.len.clamp(1, n - pos);
+        if s.kind == BlockKind::Unallocated {
+            through.push((pos, len));
+        }
+        pos += len;
+    }
+    if through.is_empty() {
+        return Ok(());
+    }
+    let mut old = vec![0u8; n as usize];
+    top.read_at(&mut old, offset)?;
+    let mut new = old.clone();
+    for &(rel, len) in &through {
+        let piece = &mut new[rel as usize..(rel + len) as usize];
+        read_or_zeros(new_backing, piece, offset + rel)?;
+    }
+    if old != new {
+        editor.write_cluster(offset, &old)?;
     }
     Ok(())
 }
