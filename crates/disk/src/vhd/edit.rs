@@ -14,7 +14,12 @@
 //! referenced, unset bitmap bits still send reads to the parent) or, per BAT sector and per
 //! bitmap, the new one; each new block's trailing footer is written as soon as the block is
 //! appended, so the last 512 bytes of the file are always a valid footer. Overwrites of
-//! sectors that are already present are ordinary in-place disk writes.
+//! sectors that are already present are ordinary in-place disk writes. When the disk type
+//! changes, the header and the footer are written in the order that keeps the image openable
+//! (synced between), and an emptied BAT is synced before the file is cut. A parent path that
+//! fits the room its locator already has is rewritten there: a crash in that one write can
+//! leave a damaged path (the unicode name and the other locator still name the parent).
+//! Longer paths go to new space at the end, which no header references until `finish`.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -630,16 +635,41 @@ impl VhdEditor {
                 .write_all_at(&bytes, at)
                 .map_err(|e| io(&path, at, e))?;
         }
-        if d.header_dirty {
-            self.file
-                .write_all_at(&d.header.emit(), d.header_offset)
-                .map_err(|e| io(&path, d.header_offset, e))?;
+        if d.truncate {
+            // The emptied BAT must be durable before the blocks it referenced are cut off.
+            self.file.sync_data().map_err(|e| io(&path, 0, e))?;
         }
         let footer = self.footer.emit();
-        if self.footer_dirty {
+        let header = d.header.emit();
+        let write = |bytes: &[u8], at: u64| {
             self.file
-                .write_all_at(&footer, 0)
-                .map_err(|e| io(&path, 0, e))?;
+                .write_all_at(bytes, at)
+                .map_err(|e| io(&path, at, e))
+        };
+        // When both change, the one that keeps the image openable goes first: linking writes
+        // the parent fields before the footer says "differencing", unlinking makes the footer
+        // say "dynamic" before the parent fields go.
+        let footer_first = self.footer.disk_type == DiskType::Dynamic;
+        let steps: [(bool, &[u8], u64); 2] = if footer_first {
+            [
+                (self.footer_dirty, &footer, 0),
+                (d.header_dirty, &header, d.header_offset),
+            ]
+        } else {
+            [
+                (d.header_dirty, &header, d.header_offset),
+                (self.footer_dirty, &footer, 0),
+            ]
+        };
+        let both = self.footer_dirty && d.header_dirty;
+        for (i, (dirty, bytes, at)) in steps.into_iter().enumerate() {
+            if !dirty {
+                continue;
+            }
+            if i == 1 && both {
+                self.file.sync_data().map_err(|e| io(&path, 0, e))?;
+            }
+            write(bytes, at)?;
         }
         self.file
             .write_all_at(&footer, d.next)

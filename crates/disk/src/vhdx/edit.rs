@@ -22,7 +22,8 @@
 //! bitmaps, then BAT entries (each 8-byte entry switches one block from its old state to a
 //! block whose data is already durable), then a final sync. New sector bitmap blocks start as
 //! zeros (a hole), so a BAT entry that reaches the disk before its bitmap shows the parent's
-//! data, the old view. Parent locator changes write the new item into free space of the
+//! data, the old view; sector bitmap entries are synced before the payload entries that need
+//! them. Parent locator changes write the new item into free space of the
 //! metadata region first and switch the table entry afterwards; `has_parent` is set last when
 //! linking and cleared first when unlinking. A dirty log is refused (replay it first with
 //! `qemu-img check -r all`), so there is never a log to replay over these writes.
@@ -646,6 +647,8 @@ impl VhdxEditor {
         }
         self.write_dirty_bat()?;
         if self.truncate {
+            // The emptied BAT must be durable before the blocks it referenced are cut off.
+            self.sync()?;
             self.file
                 .set_len(self.next)
                 .map_err(|e| io(&self.path, self.next, e))?;
@@ -657,9 +660,27 @@ impl VhdxEditor {
         self.file.sync_data().map_err(|e| io(&self.path, 0, e))
     }
 
-    /// Writes the BAT pages (4 KiB) holding changed entries.
+    /// Writes the BAT pages (4 KiB) holding changed entries. New sector bitmap entries go
+    /// first and are synced, so a partially present payload entry never reaches the disk
+    /// before its chunk's bitmap entry (a reader would find no bitmap for it).
     fn write_dirty_bat(&mut self) -> Result<()> {
         const PER_PAGE: u64 = 4096 / 8;
+        let ratio = self.geometry.chunk_ratio + 1;
+        let bitmap_entries: Vec<u64> = self
+            .dirty_entries
+            .iter()
+            .copied()
+            .filter(|i| (i + 1).is_multiple_of(ratio) && self.entry(*i) & STATE_MASK == SB_PRESENT)
+            .collect();
+        for i in &bitmap_entries {
+            let at = self.bat_region.file_offset + i * 8;
+            self.file
+                .write_all_at(&self.entry(*i).to_le_bytes(), at)
+                .map_err(|e| io(&self.path, at, e))?;
+        }
+        if !bitmap_entries.is_empty() {
+            self.sync()?;
+        }
         let pages: BTreeSet<u64> = std::mem::take(&mut self.dirty_entries)
             .into_iter()
             .map(|i| i / PER_PAGE)
