@@ -832,7 +832,10 @@ mod tests {
         expect[(1 << 20)..(1 << 20) + 70000].fill(7);
         expect[100..400].fill(9);
         expect[2048..3072].fill(0);
-        assert_eq!(read_all(&p), expect);
+        assert!(
+            read_all(&p) == expect,
+            "the edited image reads back differently"
+        );
         let bytes = std::fs::read(&p).unwrap();
         let tail = &bytes[bytes.len() - 512..];
         assert!(Footer::has_cookie(tail) && Footer::checksum_ok(tail.try_into().unwrap()));
@@ -958,6 +961,36 @@ mod tests {
             read_all(&child).iter().all(|b| *b == 7),
             "no block was overwritten"
         );
+    }
+
+    #[test]
+    fn an_edit_cut_short_before_finish_leaves_the_old_view() {
+        // What a crash before `finish` leaves on disk: data in new blocks, no metadata.
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "base.vhd", None, &[(0, SIZE as usize, 0x55)]);
+        let child = make(dir.path(), "child.vhd", Some("base.vhd"), &[(0, 512, 0xaa)]);
+        let dynamic = make(dir.path(), "d.vhd", None, &[(0, 512, 0xaa)]);
+        for p in [&child, &dynamic] {
+            let before = read_all(p);
+            let mut e = VhdEditor::open(p).unwrap();
+            e.write_at(1 << 20, &[0xee; 4096]).unwrap();
+            e.write_at(1024, &[0xee; 512]).unwrap();
+            drop(e);
+            // Overwrites inside a block the image already holds wholly (dynamic) are plain
+            // disk writes; everything else must still read as before.
+            let mut expect = before;
+            if p == &dynamic {
+                expect[1024..1536].fill(0xee);
+            }
+            assert!(
+                read_all(p) == expect,
+                "{} shows a half-made edit",
+                p.display()
+            );
+            let img = crate::image::open(p, &OpenOptions::default()).unwrap();
+            let report = img.check(&vmedia_io::NoProgress).unwrap();
+            assert_eq!(report.corruptions, 0, "{:?}", report.messages);
+        }
     }
 
     #[test]

@@ -1135,7 +1135,10 @@ mod tests {
         e.finish().unwrap();
         expect[(2 << 20)..(2 << 20) + 70000].fill(7);
         expect[100..400].fill(9);
-        assert_eq!(read_all(&p), expect);
+        assert!(
+            read_all(&p) == expect,
+            "the edited image reads back differently"
+        );
         let img = open(&p);
         let g = img.geometry;
         let entry = img.bat[g.payload_index(2) as usize];
@@ -1381,6 +1384,48 @@ mod tests {
         let data = read_all(&p);
         assert!(data[MIB as usize..2 * MIB as usize].iter().all(|b| *b == 0));
         assert!(data[..MIB as usize].iter().all(|b| *b == 0x42));
+    }
+
+    #[test]
+    fn an_edit_cut_short_before_finish_leaves_the_old_view() {
+        // What a crash before `finish` leaves on disk: new headers, data in appended blocks,
+        // no BAT or bitmap change.
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "base.vhdx", None, &[(0, SIZE as usize, 0x55)]);
+        let child = make(
+            dir.path(),
+            "child.vhdx",
+            Some("base.vhdx"),
+            &[(0, 512, 0xaa)],
+        );
+        let dynamic = make(dir.path(), "d.vhdx", None, &[(0, 512, 0xaa)]);
+        for p in [&child, &dynamic] {
+            let before = read_all(p);
+            let mut e = VhdxEditor::open(p).unwrap();
+            e.keep_data_write_guid();
+            e.write_at(2 << 20, &[0xee; 4096]).unwrap();
+            e.write_at(1024, &[0xee; 512]).unwrap();
+            drop(e);
+            // Overwrites inside a block the image already holds wholly (dynamic) are plain
+            // disk writes; everything else must still read as before.
+            let mut expect = before;
+            if p == &dynamic {
+                expect[1024..1536].fill(0xee);
+            }
+            assert!(
+                read_all(p) == expect,
+                "{} shows a half-made edit",
+                p.display()
+            );
+            use crate::image::DiskImage;
+            let report = open(p).check(&vmedia_io::NoProgress).unwrap();
+            assert_eq!(
+                report.corruptions + report.check_errors,
+                0,
+                "{:?}",
+                report.messages
+            );
+        }
     }
 
     #[test]
