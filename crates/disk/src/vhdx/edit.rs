@@ -541,17 +541,30 @@ impl VhdxEditor {
                 continue;
             }
             let base = entry & OFFSET_MASK;
-            let first = self.sector_in_chunk(block, 0);
-            let bits = self.chunk_bitmap(block / g.chunk_ratio, false)?.clone();
+            // Only this block's bits (a whole number of bytes: blocks hold at least 256
+            // sectors), not the chunk's 1 MiB bitmap.
+            let first_byte = (self.sector_in_chunk(block, 0) / 8) as usize;
+            let chunk_bits = self.chunk_bitmap(block / g.chunk_ratio, false)?;
+            let bits = chunk_bits
+                .get(first_byte..first_byte + (per_block / 8) as usize)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| {
+                    DiskError::corrupt(
+                        &self.path,
+                        FORMAT,
+                        base,
+                        "sector bitmap",
+                        format!("block {block}'s bits lie outside its chunk's bitmap"),
+                    )
+                })?;
             let mut s = 0u64;
             while s < per_block {
-                if get_bit(&bits, first + s) {
+                if get_bit(&bits, s) {
                     s += 1;
                     continue;
                 }
                 let mut e = s + 1;
-                while e < per_block && !get_bit(&bits, first + e) && (e - s) * sector < EDIT_CLUSTER
-                {
+                while e < per_block && !get_bit(&bits, e) && (e - s) * sector < EDIT_CLUSTER {
                     e += 1;
                 }
                 let at = base + s * sector;
