@@ -283,7 +283,12 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
                 ),
             );
         }
-        Ok(Finish::Complete) => {
+        Ok(Finish::Complete { resent_windows }) => {
+            let resent = match resent_windows {
+                0 => String::new(),
+                1 => ", 1 window sent again".to_string(),
+                n => format!(", {n} windows sent again"),
+            };
             let rate = if secs > 0.0 {
                 file.size as f64 / secs / 1_048_576.0
             } else {
@@ -294,7 +299,7 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
                 id,
                 Ok(()),
                 format!(
-                    "done {} ({} bytes in {secs:.2} s, {rate:.1} MiB/s)",
+                    "done {} ({} bytes in {secs:.2} s, {rate:.1} MiB/s{resent})",
                     file.name, file.size
                 ),
             );
@@ -316,7 +321,8 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
 
 /// How a transfer ended well.
 enum Finish {
-    Complete,
+    /// Every block acknowledged, after this many windows were sent again.
+    Complete { resent_windows: u64 },
     /// The client only wanted the OACK (its tsize) and closed with error 8.
     SizeProbe,
 }
@@ -491,7 +497,11 @@ fn run_session(
             deadline = Instant::now() + session.timeout();
         }
         match action {
-            Action::Done => return Ok(Finish::Complete),
+            Action::Done => {
+                return Ok(Finish::Complete {
+                    resent_windows: session.resent_windows(),
+                })
+            }
             Action::GiveUp => {
                 return Err(format!(
                     "client stopped acknowledging (stalled at {} bytes)",

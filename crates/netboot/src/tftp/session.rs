@@ -109,6 +109,8 @@ pub struct ReadSession {
     sent: u64,
     oack_pending: bool,
     retries: u32,
+    /// Windows sent again: after a timeout or an ACK for part of a window.
+    resent_windows: u64,
 }
 
 impl ReadSession {
@@ -125,6 +127,7 @@ impl ReadSession {
             sent: 0,
             oack_pending: !negotiated.oack.is_empty(),
             retries: 0,
+            resent_windows: 0,
         }
     }
 
@@ -181,6 +184,9 @@ impl ReadSession {
             // Duplicate or stale: answering it would start the Sorcerer's Apprentice syndrome.
             return Action::Wait;
         }
+        if self.acked + distance < self.sent {
+            self.resent_windows += 1;
+        }
         self.acked += distance;
         self.retries = 0;
         // A partial ACK means the client lost a block: RFC 7440 restarts after the ACKed one.
@@ -190,6 +196,7 @@ impl ReadSession {
     /// No ACK arrived within `timeout()`.
     pub fn on_timeout(&mut self) -> Action {
         self.retries += 1;
+        self.resent_windows += 1;
         if self.retries > MAX_RETRIES {
             return Action::GiveUp;
         }
@@ -203,6 +210,11 @@ impl ReadSession {
     pub fn timeout(&self) -> Duration {
         let factor = 1u32 << self.retries.min(4);
         (self.base_timeout * factor).min(MAX_BACKOFF.max(self.base_timeout))
+    }
+
+    /// Windows (or OACKs) sent again so far, for the transfer's summary.
+    pub fn resent_windows(&self) -> u64 {
+        self.resent_windows
     }
 
     pub fn is_done(&self) -> bool {
@@ -316,7 +328,9 @@ mod tests {
         s.start();
         assert_eq!(s.on_ack(0), Action::SendBlocks { first: 1, last: 4 });
         assert_eq!(s.on_ack(2), Action::SendBlocks { first: 3, last: 6 });
+        assert_eq!(s.resent_windows(), 1);
         assert_eq!(s.on_ack(6), Action::SendBlocks { first: 7, last: 10 });
+        assert_eq!(s.resent_windows(), 1);
         assert_eq!(
             s.on_ack(10),
             Action::SendBlocks {
