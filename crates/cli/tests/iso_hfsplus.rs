@@ -795,3 +795,60 @@ fn linux_hfsplus_driver_mounts_the_volume_and_reads_every_file() {
          only in the tree: {only_host:?}"
     );
 }
+
+#[test]
+fn isohybrid_apm_image_still_boots_as_a_bios_disk() {
+    let tree = iso::isolinux_tree();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    run_ok(Command::new("cp").arg("-a").arg(&tree).arg(&src));
+    let loader = dir.path().join("BOOTX64.EFI");
+    fs::write(&loader, iso::pattern(20_000, 3)).unwrap();
+    iso::peer_fat_image(
+        &src.join("efi.img"),
+        1440,
+        &[(&loader, "EFI/BOOT/BOOTX64.EFI")],
+    );
+    let image = dir.path().join("debian-like.iso");
+    // debian-cd's layout: the APM descriptor overwrites the first 8 bytes of isohdpfx.bin.
+    run_ok(
+        vmedia()
+            .args(["mkisofs", "-quiet", "-r", "-J", "-isohybrid-mbr"])
+            .arg("/usr/lib/ISOLINUX/isohdpfx.bin")
+            .args([
+                "-b",
+                "isolinux/isolinux.bin",
+                "-c",
+                "isolinux/boot.cat",
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
+                "-eltorito-alt-boot",
+                "-e",
+                "efi.img",
+                "-no-emul-boot",
+                "-isohybrid-gpt-basdat",
+                "-isohybrid-apm-hfsplus",
+                "-o",
+            ])
+            .arg(&image)
+            .arg(&src),
+    );
+    let report = iso::xorriso_report(&image);
+    assert!(
+        iso::system_area_summary(&report).contains(&"APM".to_string()),
+        "{}",
+        report.join("\n")
+    );
+    let disk = dir.path().join("disk.img");
+    fs::copy(&image, &disk).unwrap();
+    let hd = format!("file={},format=raw,if=ide", disk.display());
+    let log = qemu_boot(
+        Firmware::Bios,
+        &["-drive", &hd, "-boot", "c"],
+        BOOT_MARKER,
+        BOOT_TIMEOUT,
+    );
+    assert!(log.contains(BOOT_MARKER), "SeaBIOS hybrid disk boot");
+}

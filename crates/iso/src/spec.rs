@@ -444,6 +444,10 @@ pub struct HybridSpec {
     /// `--mbr-force-bootable`: set the bootable flag on an MBR partition even when it is
     /// not the one xorriso would mark.
     pub mbr_force_bootable: bool,
+    /// `-isohybrid-apm-hfsplus` (with an isohybrid MBR): an Apple Partition Map with one
+    /// "EFI" Apple_HFS entry per EFI boot image, as isohybrid and xorriso write for Intel Macs
+    /// (debian-cd passes it). Not combinable with `IsoSpec::hfsplus`.
+    pub isohybrid_apm: bool,
 }
 
 /// The first 32 KiB of the image and how to patch them.

@@ -287,6 +287,7 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
     hybrid.iso_mbr_part_type = inv.iso_mbr_part_type;
     hybrid.protective_msdos_label = inv.protective_msdos_label;
     hybrid.mbr_force_bootable = inv.mbr_force_bootable;
+    hybrid.isohybrid_apm = inv.hfsplus.isohybrid_apm;
 
     spec.date = common::source_date_epoch()?;
     spec.pad_sectors = if inv.pad {
@@ -370,6 +371,7 @@ HFS+ hybrid (Intel Macs; what grub-mkrescue passes)
                           show_folder, os9_folder, osx_folder)
   -hfsplus-serial-no HEX16   volume id (default derived from SOURCE_DATE_EPOCH)
   -hfsplus-block-size 2048, -hide-hfsplus GLOB
+  -isohybrid-apm-hfsplus  with -isohybrid-mbr: an APM entry per EFI image (debian-cd)
 Integrity
   --md5, -md5             checksums (already the default)
   --no-checksums          no embedded MD5/SHA-256
@@ -385,7 +387,7 @@ vmedia only
                           -hfsplus-file-creator-type, -hfs-bless-by, -isohybrid-apm-hfsplus...)
                           with a warning
 Refused (not implemented): multi-session (-M, -C), zisofs (-z), TRANS.TBL (-T),
-  -isohybrid-apm-hfsplus, -isohybrid-gpt-hfsplus, -hfs-bless, -hide-hfsplus-list,
+  -isohybrid-gpt-hfsplus, -hfs-bless, -hide-hfsplus-list,
   -appended_part_as_apm (see --drop-hfsplus), jigdo, non-x86 boot
   (SPARC, MIPS, PowerPC, HP-PA, Alpha), ACLs and xattrs, --gpt_disk_guid, -eltorito-selcrit
 

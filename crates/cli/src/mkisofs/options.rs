@@ -200,6 +200,8 @@ pub struct HfsPlusOpts {
     /// (blessing, ISO path).
     pub blessed: Vec<(vmedia_iso::spec::HfsBlessing, String)>,
     pub hide: Vec<String>,
+    /// `-isohybrid-apm-hfsplus`: isohybrid's APM with an entry per EFI image.
+    pub isohybrid_apm: bool,
     /// Options that only mean something with -hfsplus, for the error when it is missing.
     pub dependent: Vec<String>,
 }
@@ -360,7 +362,6 @@ const HFSPLUS_OPTIONS: &[(&str, usize)] = &[
 const HFSPLUS_REFUSED: &[(&str, &str)] = &[
     ("hfs-bless", "-hfs-bless (by host path) is not supported; use -hfs-bless-by p ISO_PATH"),
     ("hide-hfsplus-list", "-hide-hfsplus-list is not supported; use -hide-hfsplus PATTERN"),
-    ("isohybrid-apm-hfsplus", "isolinux-style APM entries for EFI images (-isohybrid-apm-hfsplus) are not written; -hfsplus writes an HFS+ hybrid with its own APM"),
     ("isohybrid-gpt-hfsplus", "-isohybrid-gpt-hfsplus is not supported; -hfsplus puts the HFS+ volume in the GPT when there is one"),
     ("appended_part_as_apm", "appended partitions are not described in the APM (-appended_part_as_apm)"),
 ];
@@ -1172,7 +1173,7 @@ fn apply_hfsplus<'a>(
     name: &str,
     inline: Option<&'a str>,
 ) -> Result<(), UsageError> {
-    if name != "hfsplus" {
+    if name != "hfsplus" && name != "isohybrid-apm-hfsplus" {
         opts.dependent.push(option.to_string());
     }
     match name {
@@ -1231,6 +1232,10 @@ fn apply_hfsplus<'a>(
         "hide-hfsplus" => opts
             .hide
             .push(value_str(words, option, inline)?.to_string()),
+        "isohybrid-apm-hfsplus" => {
+            no_inline(option, inline)?;
+            opts.isohybrid_apm = true;
+        }
         _ => return Err(usage(format!("unsupported option {option}"))),
     }
     Ok(())
@@ -1248,6 +1253,16 @@ fn check_consistency(inv: &Invocation) -> Result<(), UsageError> {
         if let Some(first) = inv.hfsplus.dependent.first() {
             return Err(usage(format!("{first} needs -hfsplus")));
         }
+    }
+    if inv.hfsplus.isohybrid_apm && inv.isohybrid_mbr.is_none() {
+        return Err(usage(
+            "-isohybrid-apm-hfsplus needs -isohybrid-mbr (it extends the isohybrid layout)",
+        ));
+    }
+    if inv.hfsplus.isohybrid_apm && inv.hfsplus.enabled {
+        return Err(usage(
+            "-isohybrid-apm-hfsplus and -hfsplus both write an Apple Partition Map; give one",
+        ));
     }
     if inv.md5_requested && inv.no_checksums {
         return Err(usage("--md5 and --no-checksums contradict each other"));
@@ -1370,12 +1385,22 @@ mod tests {
 
     #[test]
     fn unimplemented_hfsplus_options_are_refused_by_name() {
-        let e = err("-isohybrid-apm-hfsplus -o x.iso dir");
+        let e = err("-isohybrid-gpt-hfsplus -o x.iso dir");
         assert!(
-            e.contains("-isohybrid-apm-hfsplus") && e.contains("--drop-hfsplus"),
+            e.contains("-isohybrid-gpt-hfsplus") && e.contains("--drop-hfsplus"),
             "{e}"
         );
-        assert!(err("-isohybrid-apm-hfsplus -o x.iso dir").contains("-isohybrid-apm-hfsplus"));
+        assert!(err("-hfs-bless /x -o x.iso dir").contains("-hfs-bless"));
+    }
+
+    #[test]
+    fn isohybrid_apm_needs_an_isohybrid_mbr() {
+        assert!(err("-isohybrid-apm-hfsplus -o x.iso dir").contains("-isohybrid-mbr"));
+        assert!(
+            ok("-isohybrid-mbr m.bin -isohybrid-apm-hfsplus -o x.iso dir")
+                .hfsplus
+                .isohybrid_apm
+        );
     }
 
     #[test]

@@ -21,6 +21,19 @@ const PROTECTED_SECTORS: u32 = 16;
 /// Driver descriptor bytes written over the MBR boot code: "ER", block size (patched), and
 /// `jmp +2; 0xffff`, harmless to x86 code entering at byte 0.
 const BLOCK0: [u8; 8] = [0x45, 0x52, 0x00, 0x00, 0xEB, 0x02, 0xFF, 0xFF];
+/// isohybrid's descriptor (`-isohybrid-apm-hfsplus`): "ER", 2048, zero count, two NOPs; the
+/// APM-aware isohdpfx.bin code tolerates it.
+const BLOCK0_ISOHYBRID: [u8; 8] = [0x45, 0x52, 0x08, 0x00, 0x00, 0x00, 0x90, 0x90];
+
+/// Which driver descriptor block 0 gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Block0 {
+    /// libisofs's, beside an HFS+ hybrid.
+    #[default]
+    HfsPlus,
+    /// isohybrid's, for `-isohybrid-apm-hfsplus`.
+    Isohybrid,
+}
 /// Entry status: valid, allocated, readable, writable.
 const STATUS_DATA: u32 = 0x13;
 /// Entry status of the map's own entry: valid and allocated.
@@ -73,10 +86,35 @@ pub(crate) fn entries(hfs_start: u32, hfs_blocks: u32, image_blocks: u32) -> Vec
     out
 }
 
+/// isohybrid's map: the map's own entry and one "EFI" Apple_HFS entry per EFI boot image
+/// (start, sectors in ISO sectors), no gap fillers.
+pub(crate) fn isohybrid_entries(efi_images: &[(u32, u32)]) -> Vec<ApmEntry> {
+    let mut out = vec![ApmEntry {
+        name: "Apple".into(),
+        kind: "Apple_partition_map".into(),
+        start: 1,
+        blocks: efi_images.len() as u32 + 1,
+    }];
+    for &(start, blocks) in efi_images {
+        out.push(ApmEntry {
+            name: "EFI".into(),
+            kind: "Apple_HFS".into(),
+            start,
+            blocks,
+        });
+    }
+    out
+}
+
 /// Writes block 0 and the entries into the system area with `block`-byte blocks.
-pub(crate) fn write(sa: &mut [u8], entries: &[ApmEntry], block: u32) {
-    sa[..8].copy_from_slice(&BLOCK0);
-    sa[2..4].copy_from_slice(&(block as u16).to_be_bytes());
+pub(crate) fn write(sa: &mut [u8], entries: &[ApmEntry], block: u32, block0: Block0) {
+    match block0 {
+        Block0::HfsPlus => {
+            sa[..8].copy_from_slice(&BLOCK0);
+            sa[2..4].copy_from_slice(&(block as u16).to_be_bytes());
+        }
+        Block0::Isohybrid => sa[..8].copy_from_slice(&BLOCK0_ISOHYBRID),
+    }
     let count = entries.len() as u32;
     // The map's own entry counts APM blocks already; the others are in ISO sectors.
     let factor = 2048 / block;
@@ -148,7 +186,7 @@ mod tests {
         let mut sa = vec![0x90u8; SYSTEM_AREA];
         let e = entries(1512, 8219, 9893);
         const APM_BLOCK: usize = APM_BLOCK_GPT as usize;
-        write(&mut sa, &e, APM_BLOCK_GPT);
+        write(&mut sa, &e, APM_BLOCK_GPT, Block0::HfsPlus);
         assert_eq!(&sa[..8], &[0x45, 0x52, 0x08, 0x00, 0xEB, 0x02, 0xFF, 0xFF]);
         assert_eq!(sa[8], 0x90, "boot code after the descriptor is kept");
         let hfs = &sa[3 * APM_BLOCK..4 * APM_BLOCK];
@@ -167,9 +205,34 @@ mod tests {
     }
 
     #[test]
+    fn isohybrid_map_has_one_efi_entry_per_image_and_isohybrids_block0() {
+        let mut sa = vec![0x90u8; SYSTEM_AREA];
+        let e = isohybrid_entries(&[(35, 720)]);
+        write(&mut sa, &e, APM_BLOCK_GPT, Block0::Isohybrid);
+        assert_eq!(&sa[..8], &[0x45, 0x52, 0x08, 0x00, 0x00, 0x00, 0x90, 0x90]);
+        let map = &sa[2048..4096];
+        assert_eq!(u32::from_be_bytes(map[4..8].try_into().unwrap()), 2);
+        assert_eq!(u32::from_be_bytes(map[12..16].try_into().unwrap()), 2);
+        let efi = &sa[4096..6144];
+        assert_eq!(&efi[16..20], b"EFI\0");
+        assert_eq!(&efi[48..58], b"Apple_HFS\0");
+        assert_eq!(u32::from_be_bytes(efi[8..12].try_into().unwrap()), 35);
+        assert_eq!(u32::from_be_bytes(efi[12..16].try_into().unwrap()), 720);
+        assert_eq!(
+            u32::from_be_bytes(efi[88..92].try_into().unwrap()),
+            0x4000_0013
+        );
+    }
+
+    #[test]
     fn small_blocks_scale_starts_and_sizes_by_four() {
         let mut sa = vec![0u8; SYSTEM_AREA];
-        write(&mut sa, &entries(32, 10, 192), APM_BLOCK_SMALL);
+        write(
+            &mut sa,
+            &entries(32, 10, 192),
+            APM_BLOCK_SMALL,
+            Block0::HfsPlus,
+        );
         assert_eq!(&sa[2..4], &[0x02, 0x00]);
         let map = &sa[512..1024];
         assert_eq!(u32::from_be_bytes(map[8..12].try_into().unwrap()), 1);

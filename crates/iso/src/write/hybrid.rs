@@ -84,6 +84,7 @@ pub(crate) struct HybridPlan {
     /// Apple Partition Map entries (empty without HFS+) and their block size.
     pub apm: Vec<super::apm::ApmEntry>,
     pub apm_block: u32,
+    pub apm_block0: super::apm::Block0,
     /// 512-byte LBA of the primary GPT entry array (after the APM blocks when there are some).
     pub gpt_entry_lba: u64,
 }
@@ -276,7 +277,34 @@ pub(crate) fn plan(
     plan.image_bytes = total_bytes;
     let total_512 = total_bytes / 512;
     if let Some(hfs) = hfsplus {
+        if h.isohybrid_apm {
+            return Err(WriteError::InvalidSpec {
+                field: "hybrid.isohybrid_apm",
+                reason: "-isohybrid-apm-hfsplus and -hfsplus both write an Apple Partition Map; \
+                         give one"
+                    .into(),
+            });
+        }
         plan_apm(&mut plan, hfs, want_gpt, total_bytes)?;
+    }
+    if h.isohybrid_apm {
+        if !isohybrid {
+            return Err(WriteError::InvalidSpec {
+                field: "hybrid.isohybrid_apm",
+                reason: "-isohybrid-apm-hfsplus needs an isohybrid MBR (-isohybrid-mbr)".into(),
+            });
+        }
+        // One entry per EFI image, in ISO sectors, as isohybrid and xorriso write them.
+        let images: Vec<(u32, u32)> = efi_images
+            .iter()
+            .map(|&(start, len)| ((start / 4) as u32, len.div_ceil(4) as u32))
+            .collect();
+        plan.apm = super::apm::isohybrid_entries(&images);
+        plan.apm_block = super::apm::APM_BLOCK_GPT;
+        plan.apm_block0 = super::apm::Block0::Isohybrid;
+        if want_gpt {
+            plan.gpt_entry_lba = (plan.apm.len() as u64 + 1) * 4;
+        }
     }
     let seed = seed(spec, iso_end);
     plan.disk_guid = derived_guid(&seed, "disk");
@@ -383,7 +411,8 @@ pub(crate) fn plan(
         let offset_start = u64::from(h.partition_offset) * 4;
         let (start, default_type, bootable) = if h.protective_msdos_label {
             (1, 0x00, true)
-        } else if want_gpt || !plan.appended.is_empty() {
+        } else if want_gpt || !plan.appended.is_empty() || (isohybrid && h.isohybrid_apm) {
+            // isohybrid's APM layout also types the ISO partition 0x00, as xorriso does.
             (offset_start, 0x00, true)
         } else if isohybrid || matches!(plan.template, Some((_, SystemAreaKind::Grub2Mbr))) {
             (offset_start, 0x17, true)
@@ -592,7 +621,7 @@ impl HybridPlan {
             sa[511] = 0xAA;
         }
         if !self.apm.is_empty() {
-            super::apm::write(&mut sa, &self.apm, self.apm_block);
+            super::apm::write(&mut sa, &self.apm, self.apm_block, self.apm_block0);
         }
         if !self.gpt.is_empty() {
             let entries = self.gpt_entries();
