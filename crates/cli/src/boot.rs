@@ -106,7 +106,9 @@ No QEMU process is left behind on any path.
 
 --direct boots on a lean machine: qboot instead of SeaBIOS (BIOS only), no HPET, the initrd
 decompressed on the host (cached under the state folder), and the kernel parameters
-cryptomgr.notests tsc=reliable no_timer_check added unless the command line sets them.
+cryptomgr.notests tsc=reliable no_timer_check (and under TCG, which emulates no speculative
+execution, mitigations=off) added unless the command line sets them or a key they would
+overrule.
 --no-lean turns all of that off.")]
 pub struct Args {
     #[command(flatten)]
@@ -313,6 +315,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     };
     let mut spec = build_spec(&name, &vm_options)?;
+    // --direct needs a --cdrom, so it never changes this verdict.
+    if spec.cdroms.is_empty()
+        && spec.disks.is_empty()
+        && spec.net == Net::None
+        && spec.kernel.is_none()
+    {
+        bail!("nothing to boot: give --cdrom, --disk, --net or --kernel");
+    }
+    // Resolved first: the fast path's kernel parameters depend on it.
+    let state_dir = vmedia_boot::store::state_dir()?;
+    let (accel, note) = vmedia_boot::kvm::resolve_accel(spec.accel, &state_dir);
+    if let Some(note) = note {
+        eprintln!("vmedia: note: {note}");
+    }
     let _extracted = if args.direct {
         if spec.kernel.is_some() {
             bail!("--direct takes the kernel from the ISO; do not give --kernel too");
@@ -359,7 +375,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            let (append, added) = vmedia_boot::tune::add_fast_params(&kernel.append);
+            let (append, added) = vmedia_boot::tune::add_fast_params(
+                &kernel.append,
+                accel == vmedia_boot::qemu::ResolvedAccel::Tcg,
+            );
             if !added.is_empty() {
                 let words: Vec<&str> = added.iter().map(|p| p.text).collect();
                 lean_notes.push(format!("added {}", words.join(" ")));
@@ -382,18 +401,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    if spec.cdroms.is_empty()
-        && spec.disks.is_empty()
-        && spec.net == Net::None
-        && spec.kernel.is_none()
-    {
-        bail!("nothing to boot: give --cdrom, --disk, --net or --kernel");
-    }
-    let state_dir = vmedia_boot::store::state_dir()?;
-    let (accel, note) = vmedia_boot::kvm::resolve_accel(spec.accel, &state_dir);
-    if let Some(note) = note {
-        eprintln!("vmedia: note: {note}");
-    }
     let (console_log_path, console_log) =
         open_console_log(args.console_log.as_deref(), &name, args.force)?;
     let request = BootRequest {

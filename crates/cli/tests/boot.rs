@@ -294,8 +294,10 @@ fn direct_lean_machine_live_system_finds_its_cd() {
         "the user's --append has the last word: {append}"
     );
     assert!(
-        append.ends_with("tsc=unstable vmedia.user=1 cryptomgr.notests no_timer_check"),
-        "--append goes after the ISO's line: {append}"
+        append.ends_with(
+            "tsc=unstable vmedia.user=1 cryptomgr.notests no_timer_check mitigations=off"
+        ),
+        "--append goes after the ISO's line, the TCG-only mitigations=off last: {append}"
     );
 }
 
