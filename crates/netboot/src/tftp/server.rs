@@ -58,6 +58,15 @@ struct Shared {
     active: AtomicUsize,
 }
 
+/// Frees a transfer's place in the running count however its thread ends.
+struct ActiveSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl TftpServer {
     pub async fn run(self) -> std::io::Result<()> {
         let fd = self.socket.as_raw_fd();
@@ -88,8 +97,8 @@ impl TftpServer {
                         .name("vmedia-tftp".into())
                         .stack_size(TRANSFER_STACK)
                         .spawn(move || {
+                            let _slot = ActiveSlot(&worker.active);
                             transfer(req, from, local, &worker);
-                            worker.active.fetch_sub(1, Ordering::AcqRel);
                         });
                     if spawned.is_err() {
                         shared.active.fetch_sub(1, Ordering::AcqRel);
