@@ -61,6 +61,9 @@ struct SparseEdit {
     end: u64,
     /// First byte after the header, descriptor, directories and tables: grains start here.
     metadata_end: u64,
+    /// Disjoint byte ranges (start, end) of the header, descriptor, directories and grain
+    /// tables, sorted: a grain table entry pointing into one is damage, not a grain.
+    metadata: Vec<(u64, u64)>,
     /// Set once uncleanShutdown has been written as 1.
     marked_unclean: bool,
     /// `empty` asked for the file to end after its metadata.
@@ -339,11 +342,44 @@ impl SparseEdit {
             }
         }
         metadata_end = metadata_end.max(header.overhead.saturating_mul(SECTOR).min(file_size));
+        let mut metadata = vec![(0, SECTOR)];
+        if header.descriptor_offset != 0 {
+            let at = header.descriptor_offset * SECTOR;
+            metadata.push((at, at + header.descriptor_size * SECTOR));
+        }
+        metadata.push((
+            header.gd_offset * SECTOR,
+            header.gd_offset * SECTOR + gd_bytes,
+        ));
+        if rgd.is_some() {
+            metadata.push((
+                header.rgd_offset * SECTOR,
+                header.rgd_offset * SECTOR + gd_bytes,
+            ));
+        }
+        for &entry in gd.iter().chain(rgd.iter().flatten()) {
+            if entry != 0 {
+                let at = u64::from(entry) * SECTOR;
+                metadata.push((at, at + table_bytes));
+            }
+        }
+        metadata.sort_unstable();
+        // Merged into disjoint ranges, so only the last one starting before a grain's end
+        // can overlap it.
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(metadata.len());
+        for (start, end) in metadata {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        let metadata = merged;
         Ok(SparseEdit {
             path: path.into(),
             file,
             end: file_size.div_ceil(SECTOR) * SECTOR,
             metadata_end: metadata_end.div_ceil(SECTOR) * SECTOR,
+            metadata,
             header,
             gd,
             rgd,
@@ -411,10 +447,12 @@ impl SparseEdit {
                 }
                 let table_bytes = self.table_bytes();
                 let at = self.append(table_bytes)?;
+                self.add_metadata(at, table_bytes);
                 self.gd[index] = (at / SECTOR) as u32;
                 if let Some(rgd) = &self.rgd {
                     if rgd.get(index) == Some(&0) {
                         let rat = self.append(table_bytes)?;
+                        self.add_metadata(rat, table_bytes);
                         if let Some(rgd) = self.rgd.as_mut() {
                             rgd[index] = (rat / SECTOR) as u32;
                         }
@@ -445,6 +483,18 @@ impl SparseEdit {
         ((grain / per) as usize, (grain % per) as usize)
     }
 
+    /// True when `len` bytes at `at` overlap the header, descriptor, a directory or a table.
+    fn overlaps_metadata(&self, at: u64, len: u64) -> bool {
+        let end = at.saturating_add(len);
+        let before = self.metadata.partition_point(|(start, _)| *start < end);
+        before > 0 && self.metadata[before - 1].1 > at
+    }
+
+    /// Records a table appended at `at` (past everything in the file) as metadata.
+    fn add_metadata(&mut self, at: u64, len: u64) {
+        self.metadata.push((at, at + len));
+    }
+
     /// The host byte offset of an allocated data grain, checked against the file.
     fn data_grain(&self, entry: u32, rel: u64) -> Result<Option<u64>> {
         let zeroed = entry == 1 && self.header.flags & FLAG_ZEROED_GTE != 0;
@@ -452,13 +502,7 @@ impl SparseEdit {
             return Ok(None);
         }
         let at = u64::from(entry) * SECTOR;
-        if at
-            < self
-                .metadata_end
-                .min(self.header.overhead * SECTOR)
-                .max(SECTOR)
-            || at + self.grain_bytes() > self.end
-        {
+        if self.overlaps_metadata(at, self.grain_bytes()) || at + self.grain_bytes() > self.end {
             return Err(DiskError::corrupt(
                 &self.path,
                 FORMAT,
@@ -485,10 +529,11 @@ impl SparseEdit {
                 ),
             });
         }
-        self.mark_unclean()?;
         let (gi, ti) = self.locate(rel);
         let entry = self.table(gi, true)?.map(|t| t[ti]).unwrap_or(0);
-        let host = match self.data_grain(entry, rel)? {
+        let existing = self.data_grain(entry, rel)?;
+        self.mark_unclean()?;
+        let host = match existing {
             Some(at) => at,
             None => {
                 let at = self.append(grain_bytes)?;
@@ -1171,6 +1216,36 @@ mod editor_tests {
         };
         assert_eq!(read(h.gd_offset), read(h.rgd_offset));
         assert!(!h.unclean_shutdown);
+    }
+
+    #[test]
+    fn a_grain_entry_pointing_into_the_grain_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), "a.vmdk", "monolithicSparse", None);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let h = read_header(&p, &f).unwrap();
+        let mut gd = [0u8; 4];
+        f.read_exact_at(&mut gd, h.gd_offset * SECTOR).unwrap();
+        let gt_at = u64::from(u32::from_le_bytes(gd)) * SECTOR;
+        // Grain 0 now "lives" on the redundant grain directory.
+        f.write_all_at(&(h.rgd_offset as u32).to_le_bytes(), gt_at)
+            .unwrap();
+        drop(f);
+        let before = std::fs::read(&p).unwrap();
+        let mut e = VmdkEditor::open(&p).unwrap();
+        let err = e.write_cluster(0, &vec![9u8; GRAIN]).unwrap_err();
+        assert!(err.to_string().contains("inside the metadata"), "{err}");
+        drop(e);
+        let after = std::fs::read(&p).unwrap();
+        assert_eq!(
+            before[512..],
+            after[512..],
+            "only the uncleanShutdown byte may change"
+        );
     }
 
     #[test]
