@@ -36,11 +36,17 @@ const SERVE_EXAMPLES: &str = "Examples:
   curl -O http://10.0.0.1/debian.iso/install.amd/vmlinuz
 
 A path may reach into an ISO under the root: debian.iso:/install.amd/vmlinuz or
-debian.iso/install.amd/vmlinuz. Each event is logged as one line on stderr.";
+debian.iso/install.amd/vmlinuz. Each event is logged as one line on stderr.
+TFTP grants blksize up to what the link's MTU carries unfragmented (1468 on Ethernet, 65464 on
+loopback) and windowsize up to 64 blocks or 128 KiB; at most 2048 transfers run at once.";
 
 const STATUS_EXAMPLES: &str = "Examples:
   vmedia netboot status
-  vmedia netboot status --server http://10.0.0.1:8080 --json";
+  vmedia netboot status --server http://10.0.0.1:8080 --json
+
+Machines are listed by MAC: from the lease in full-DHCP mode; in proxy mode from the address a
+PXE client requests from the real DHCP server, its port-4011 request, or the ?mac= of its iPXE
+script URL. Steps seen earlier under its IP are merged in.";
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
