@@ -1654,3 +1654,59 @@ fn hyper_v_checkpoint_is_relinked_keeping_its_other_metadata() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["backing-filename"], "parent.vhdx");
 }
+
+#[test]
+fn vhdx_log_entries_vmedia_writes_are_replayed_by_qemu_img() {
+    // vmedia writes BAT changes through the VHDX log. Stop an edit right after the log entry
+    // is durable (what a crash leaves): qemu-img check -r all must replay it to the new view.
+    let dir = tempfile::tempdir().unwrap();
+    let size = 12u64 << 20;
+    let img = dir.path().join("crashed.vhdx");
+    run_ok(
+        std::process::Command::new(qemu_img())
+            .args(["create", "-q", "-f", "vhdx", "-o", "block_size=1M"])
+            .arg(&img)
+            .arg(size.to_string()),
+    );
+    let expected = dir.path().join("expected.raw");
+    std::fs::File::create(&expected)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let mut e = vmedia_disk::vhdx::edit::VhdxEditor::open(&img).unwrap();
+    for (at, len, fill) in [
+        (0u64, 4096usize, 0x31u8),
+        (5 << 20, 65536, 0x32),
+        (size - 512, 512, 0x33),
+    ] {
+        e.write_at(at, &vec![fill; len]).unwrap();
+        poke(&expected, at, len, fill);
+    }
+    e.simulate_crash_after_log_write();
+    e.finish().unwrap();
+    // qemu refuses to read it as is (a log to replay) ...
+    let (code, _, _) = run_any(
+        std::process::Command::new(qemu_img())
+            .args(["compare", "-f", "vhdx", "-F", "raw"])
+            .arg(&img)
+            .arg(&expected),
+    );
+    assert_ne!(code, 0, "qemu read a VHDX whose log was not replayed");
+    // ... vmedia replays it in memory ...
+    let ours = dir.path().join("ours.raw");
+    dump_raw(open_default(&img).as_ref(), &ours);
+    assert!(files_equal(&ours, &expected), "in-memory replay differs");
+    // ... and qemu-img check -r all replays it in place to the same view.
+    run_ok(
+        std::process::Command::new(qemu_img())
+            .args(["check", "-q", "-r", "all", "-f", "vhdx"])
+            .arg(&img),
+    );
+    assert_qemu_check(&img, "vhdx");
+    assert_qemu_identical(&img, "vhdx", &expected, "raw");
+    // Replayed, the image can be edited again.
+    vmedia_disk::vhdx::edit::VhdxEditor::open(&img)
+        .unwrap()
+        .finish()
+        .unwrap();
+}

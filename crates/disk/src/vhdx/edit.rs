@@ -15,18 +15,20 @@
 //! writing into a parent (commit), callers relink each child they keep by calling
 //! `set_parent_path` with the same parent: it records the parent's current DataWriteGuid.
 //!
-//! # Crash ordering (instead of the log)
-//! The log stays empty: metadata is updated in an order where every crash point leaves a
-//! consistent image. Guest data goes first, into new blocks past everything the BAT references
-//! (the file is extended first) or over sectors already present; it is synced. Then sector
-//! bitmaps, then BAT entries (each 8-byte entry switches one block from its old state to a
-//! block whose data is already durable), then a final sync. New sector bitmap blocks start as
-//! zeros (a hole), so a BAT entry that reaches the disk before its bitmap shows the parent's
-//! data, the old view; sector bitmap entries are synced before the payload entries that need
-//! them. Parent locator changes write the new item into free space of the
-//! metadata region first and switch the table entry afterwards; `has_parent` is set last when
-//! linking and cleared first when unlinking. A dirty log is refused (replay it first with
-//! `qemu-img check -r all`), so there is never a log to replay over these writes.
+//! # Crash safety: the log for the BAT, ordering for the rest
+//! Guest data goes first, into new blocks past everything the BAT references (the file is
+//! extended first) or over sectors already present; it is synced. Sector bitmaps follow
+//! (new bitmap blocks start as a hole, so until written they send every sector to the
+//! parent: the old view), and new sector bitmap entries are synced before the payload
+//! entries that need them. The changed BAT pages then go through the VHDX log as MS-VHDX
+//! and qemu do it: the headers name a fresh log GUID, each batch of up to 126 pages is one
+//! log entry, synced, applied in place, synced, and the GUID is cleared. A crash leaves either
+//! the old BAT or a log entry that vmedia (in memory), `qemu-img check -r all` and Hyper-V
+//! replay to the new one (`vhdx_log_entries_vmedia_writes_are_replayed_by_qemu_img`).
+//! Parent locator changes write the new item into free space of the metadata region first
+//! and switch the table entry afterwards; `has_parent` is set last when linking and cleared
+//! first when unlinking. An image whose log still holds entries is refused (replay it first
+//! with `qemu-img check -r all`), so no stale entry is ever replayed over these writes.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +83,8 @@ pub struct VhdxEditor {
     /// Cut the file to `next` at `finish` (after `empty`).
     truncate: bool,
     data_written: bool,
+    /// Crash tests: stop right after the first log entry is durable, before it is applied.
+    stop_after_log_write: bool,
 }
 
 fn io(path: &Path, offset: u64, e: std::io::Error) -> DiskError {
@@ -178,6 +182,7 @@ impl VhdxEditor {
             next,
             truncate: false,
             data_written: false,
+            stop_after_log_write: false,
         })
     }
 
@@ -192,6 +197,13 @@ impl VhdxEditor {
     /// The DataWriteGuid as it is now (after a write: the new one).
     pub fn data_write_guid(&self) -> Uuid {
         self.header.data_write_guid
+    }
+
+    /// For crash tests only: `finish` stops once the first log entry is durable, leaving the
+    /// file as a crash at that moment would (a log every reader must replay).
+    #[doc(hidden)]
+    pub fn simulate_crash_after_log_write(&mut self) {
+        self.stop_after_log_write = true;
     }
 
     /// The unit commit and rebase write in (see `EDIT_CLUSTER`).
@@ -434,7 +446,16 @@ impl VhdxEditor {
         // `open` found nothing to replay: a stale log GUID must not make another reader
         // replay old entries over the writes that follow.
         h.log_guid = Uuid::nil();
-        // Write the older copy first, then the other: one valid header always survives.
+        self.write_headers(&mut h)?;
+        self.header = h;
+        self.file_guid_changed = true;
+        self.data_guid_changed |= need_data;
+        Ok(())
+    }
+
+    /// Writes `h` to both header copies in turn, the older one first, each with a higher
+    /// sequence number and synced: one valid header always survives.
+    fn write_headers(&mut self, h: &mut Header) -> Result<()> {
         for _ in 0..2 {
             h.sequence_number = h.sequence_number.checked_add(1).ok_or_else(|| {
                 DiskError::corrupt(
@@ -456,9 +477,7 @@ impl VhdxEditor {
             self.file.sync_data().map_err(|e| io(&self.path, at, e))?;
             self.current_header_at = at;
         }
-        self.header = h;
-        self.file_guid_changed = true;
-        self.data_guid_changed |= need_data;
+        self.header = h.clone();
         Ok(())
     }
 
@@ -659,6 +678,9 @@ impl VhdxEditor {
                 .map_err(|e| io(&self.path, at, e))?;
         }
         self.write_dirty_bat()?;
+        if self.stop_after_log_write {
+            return Ok(());
+        }
         if self.truncate {
             // The emptied BAT must be durable before the blocks it referenced are cut off.
             self.sync()?;
@@ -698,20 +720,77 @@ impl VhdxEditor {
             .into_iter()
             .map(|i| i / PER_PAGE)
             .collect();
+        if pages.is_empty() {
+            return Ok(());
+        }
+        let mut images = Vec::with_capacity(pages.len());
         for page in pages {
+            let at = self.bat_region.file_offset + page * 4096;
+            let mut bytes = [0u8; 4096];
+            // Entries past the table keep what the file holds there.
+            let len = self
+                .file
+                .metadata()
+                .map_err(|e| io(&self.path, at, e))?
+                .len();
+            let have = len.saturating_sub(at).min(4096) as usize;
+            crate::vhd::shared::read_exact(&self.file, &self.path, &mut bytes[..have], at)?;
             let first = (page * PER_PAGE) as usize;
             let last = (first + PER_PAGE as usize).min(self.bat.len());
-            if first >= last {
-                continue;
+            for (slot, entry) in self.bat[first.min(last)..last].iter().enumerate() {
+                bytes[slot * 8..slot * 8 + 8].copy_from_slice(&entry.to_le_bytes());
             }
-            let bytes: Vec<u8> = self.bat[first..last]
-                .iter()
-                .flat_map(|e| e.to_le_bytes())
-                .collect();
-            let at = self.bat_region.file_offset + first as u64 * 8;
+            images.push((at, bytes));
+        }
+        self.write_through_log(&images)
+    }
+
+    /// Writes whole 4 KiB pages through the VHDX log, as MS-VHDX asks for metadata: a log
+    /// GUID is set in the headers, each batch of pages is written as one log entry, synced,
+    /// applied in place, synced; then the log GUID is cleared. A crash at any point leaves
+    /// either the old pages or a log entry every reader replays (vmedia in memory, qemu-img
+    /// check -r all, Hyper-V on open) to the new ones.
+    fn write_through_log(&mut self, pages: &[(u64, [u8; 4096])]) -> Result<()> {
+        let log_at = self.header.log_offset;
+        let log_len = u64::from(self.header.log_length);
+        let aligned = self.bat_region.file_offset.is_multiple_of(4096);
+        if !aligned || log_len < 4096 * (1 + super::log::MAX_PAGES_PER_ENTRY as u64) {
+            // No usable log (a region off the 4 KiB grid, or a log too small for an entry):
+            // the crash ordering above still holds for direct page writes.
+            return self.write_pages(pages);
+        }
+        let log_guid = Uuid::new_v4();
+        let mut h = self.header.clone();
+        h.log_guid = log_guid;
+        self.write_headers(&mut h)?;
+        let file_size = self
+            .file
+            .metadata()
+            .map_err(|e| io(&self.path, 0, e))?
+            .len();
+        for (k, batch) in pages.chunks(super::log::MAX_PAGES_PER_ENTRY).enumerate() {
+            let refs: Vec<(u64, &[u8; 4096])> = batch.iter().map(|(at, p)| (*at, p)).collect();
+            let entry = super::log::entry_bytes(k as u64 + 1, 0, &log_guid, file_size, &refs);
             self.file
-                .write_all_at(&bytes, at)
-                .map_err(|e| io(&self.path, at, e))?;
+                .write_all_at(&entry, log_at)
+                .map_err(|e| io(&self.path, log_at, e))?;
+            self.sync()?;
+            if self.stop_after_log_write {
+                return Ok(());
+            }
+            self.write_pages(batch)?;
+            self.sync()?;
+        }
+        let mut h = self.header.clone();
+        h.log_guid = Uuid::nil();
+        self.write_headers(&mut h)
+    }
+
+    fn write_pages(&self, pages: &[(u64, [u8; 4096])]) -> Result<()> {
+        for (at, bytes) in pages {
+            self.file
+                .write_all_at(bytes, *at)
+                .map_err(|e| io(&self.path, *at, e))?;
         }
         Ok(())
     }
@@ -1439,6 +1518,38 @@ mod tests {
                 report.messages
             );
         }
+    }
+
+    #[test]
+    fn bat_updates_go_through_the_log_and_a_crash_before_applying_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), "d.vhdx", None, &[(0, 4096, 1)]);
+        let mut e = VhdxEditor::open(&p).unwrap();
+        e.write_at(2 << 20, &[7u8; 8192]).unwrap();
+        e.simulate_crash_after_log_write();
+        e.finish().unwrap();
+        // The BAT in the file is unchanged, the headers name a log holding the new page.
+        let img = open(&p);
+        assert!(!img.header.log_guid.is_nil());
+        assert_eq!(img.replayed_entries, 1);
+        let data = read_all(&p);
+        assert!(data[2 << 20..(2 << 20) + 8192].iter().all(|b| *b == 7));
+        assert!(data[..4096].iter().all(|b| *b == 1));
+        let err = VhdxEditor::open(&p)
+            .err()
+            .expect("a log to replay was ignored");
+        assert!(err.to_string().contains("replay it first"), "{err}");
+        // Without the crash the log is applied and its GUID cleared.
+        let q = make(dir.path(), "q.vhdx", None, &[]);
+        let mut e = VhdxEditor::open(&q).unwrap();
+        e.write_at(2 << 20, &[7u8; 8192]).unwrap();
+        e.finish().unwrap();
+        let img = open(&q);
+        assert!(img.header.log_guid.is_nil());
+        assert_eq!(img.replayed_entries, 0);
+        assert!(read_all(&q)[2 << 20..(2 << 20) + 8192]
+            .iter()
+            .all(|b| *b == 7));
     }
 
     #[test]

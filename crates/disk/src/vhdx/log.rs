@@ -1,4 +1,5 @@
-//! The VHDX log: finding the active sequence of entries and replaying it.
+//! The VHDX log: finding the active sequence of entries and replaying it, and writing an entry
+//! (`entry_bytes`, for the in-place editor's BAT updates).
 //!
 //! A read-only open never modifies the input: the replay produces a `ReplayOverlay`, a
 //! `ReadAt` that shows the file as it would be after the replay (pages from the log over the
@@ -299,6 +300,51 @@ impl<S: ReadAt> ReadAt for ReplayOverlay<S> {
     }
 }
 
+/// Pages one log entry can carry in the smallest (1 MiB) log: one 4 KiB descriptor page holds
+/// 126 descriptors after the entry header; more would need a second descriptor page.
+pub const MAX_PAGES_PER_ENTRY: usize = (PAGE as usize - ENTRY_HEADER) / DESCRIPTOR;
+
+/// One log entry that writes `pages` (4 KiB each, at 4 KiB-aligned file offsets), as
+/// MS-VHDX lays it out: entry header and descriptors in the first page, then one data sector
+/// per page whose first 8 and last 4 bytes travel in the descriptor. `file_size` is both the
+/// flushed and the last file offset (the file is already that long). At most
+/// `MAX_PAGES_PER_ENTRY` pages.
+pub fn entry_bytes(
+    sequence: u64,
+    tail: u32,
+    log_guid: &Uuid,
+    file_size: u64,
+    pages: &[(u64, &[u8; PAGE as usize])],
+) -> Vec<u8> {
+    let pages = &pages[..pages.len().min(MAX_PAGES_PER_ENTRY)];
+    let length = PAGE as usize * (1 + pages.len());
+    let mut b = vec![0u8; length];
+    b[0..4].copy_from_slice(b"loge");
+    b[8..12].copy_from_slice(&(length as u32).to_le_bytes());
+    b[12..16].copy_from_slice(&tail.to_le_bytes());
+    b[16..24].copy_from_slice(&sequence.to_le_bytes());
+    b[24..28].copy_from_slice(&(pages.len() as u32).to_le_bytes());
+    super::header::put_guid(&mut b, 32, log_guid);
+    b[48..56].copy_from_slice(&file_size.to_le_bytes());
+    b[56..64].copy_from_slice(&file_size.to_le_bytes());
+    for (i, (file_offset, page)) in pages.iter().enumerate() {
+        let d = ENTRY_HEADER + i * DESCRIPTOR;
+        b[d..d + 4].copy_from_slice(b"desc");
+        b[d + 4..d + 8].copy_from_slice(&page[4092..4096]);
+        b[d + 8..d + 16].copy_from_slice(&page[0..8]);
+        b[d + 16..d + 24].copy_from_slice(&file_offset.to_le_bytes());
+        b[d + 24..d + 32].copy_from_slice(&sequence.to_le_bytes());
+        let s = PAGE as usize * (1 + i);
+        b[s..s + 4].copy_from_slice(b"data");
+        b[s + 4..s + 8].copy_from_slice(&((sequence >> 32) as u32).to_le_bytes());
+        b[s + 8..s + 4092].copy_from_slice(&page[8..4092]);
+        b[s + 4092..s + 4096].copy_from_slice(&(sequence as u32).to_le_bytes());
+    }
+    let crc = super::header::crc_with_zeroed_field(&b, 4);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -376,6 +422,26 @@ pub(crate) mod tests {
         log[8192..12288].copy_from_slice(&b[..4096]);
         let r = replay(&log, &id).unwrap();
         assert!(r.entries <= 1);
+    }
+
+    #[test]
+    fn written_entry_replays_its_pages() {
+        let id = Uuid::from_u128(0x51);
+        let p1 = [0x11u8; 4096];
+        let mut p2 = [0x22u8; 4096];
+        p2[0] = 0x99;
+        p2[4095] = 0x77;
+        let e = entry_bytes(5, 0, &id, 1 << 20, &[(8192, &p1), (0, &p2)]);
+        let mut log = vec![0u8; 64 * 1024];
+        log[..e.len()].copy_from_slice(&e);
+        let r = replay(&log, &id).unwrap();
+        assert_eq!(r.entries, 1);
+        let overlay = ReplayOverlay::new(vec![0u8; 16384], r);
+        let mut page = vec![0u8; 4096];
+        overlay.read_exact_at(&mut page, 8192).unwrap();
+        assert_eq!(page, p1);
+        overlay.read_exact_at(&mut page, 0).unwrap();
+        assert_eq!(page, p2);
     }
 
     #[test]
