@@ -548,6 +548,41 @@ fn commit_with_a_deeper_base_writes_both_layers_into_it() {
 }
 
 #[test]
+fn commit_keeping_the_top_relinks_it_to_the_changed_parent() {
+    let root = tempfile::tempdir().unwrap();
+    for kind in KINDS {
+        let chain = build_chain(kind, &root.path().join(format!("{kind:?}")));
+        let want = expected_view(chain.size);
+        let top_len = fs::metadata(chain.file("top")).unwrap().len();
+        run_ok(
+            vmedia()
+                .current_dir(&chain.dir)
+                .args(["disk", "commit", "-d", &chain.name("top")]),
+        );
+        assert_view(
+            &chain,
+            "mid",
+            &want,
+            kind.qemu_reads_chain(),
+            "after commit -d",
+        );
+        // The top keeps its data, and qemu (which checks VMDK parentCIDs) still reads it.
+        assert_eq!(fs::metadata(chain.file("top")).unwrap().len(), top_len);
+        assert_view(
+            &chain,
+            "top",
+            &want,
+            kind.qemu_reads_chain(),
+            "after commit -d",
+        );
+        assert_cid_link(&chain, "top", "mid");
+        for level in ["base", "mid", "top"] {
+            assert_vmedia_check(&chain, level, "after commit -d");
+        }
+    }
+}
+
+#[test]
 fn safe_rebase_onto_the_base_keeps_the_view_and_unsafe_rebase_only_renames() {
     let root = tempfile::tempdir().unwrap();
     for kind in KINDS {
