@@ -867,6 +867,12 @@ impl VmdkEditor {
                             source,
                         }
                     })?;
+                // The replacement keeps the descriptor's permissions.
+                if let Ok(meta) = std::fs::metadata(&self.path) {
+                    out.file()
+                        .set_permissions(meta.permissions())
+                        .map_err(|e| DiskError::io(&self.path, 0, e))?;
+                }
                 use std::io::Write;
                 out.file_mut()
                     .write_all(text.as_bytes())
