@@ -17,7 +17,7 @@ const MAX_STATUS_BYTES: u64 = 64 << 20;
 pub enum NetbootCommand {
     /// Serve network boot: proxy or full DHCP, TFTP, HTTP and iPXE scripts
     #[command(after_help = SERVE_EXAMPLES)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show what each machine did: DHCP steps, files, bytes sent, finished or stalled
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
@@ -118,7 +118,7 @@ pub struct StatusArgs {
 
 pub fn run(cmd: NetbootCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        NetbootCommand::Serve(args) => serve(args),
+        NetbootCommand::Serve(args) => serve(*args),
         NetbootCommand::Status(args) => status(args),
     }
 }
