@@ -852,3 +852,51 @@ fn isohybrid_apm_image_still_boots_as_a_bios_disk() {
     );
     assert!(log.contains(BOOT_MARKER), "SeaBIOS hybrid disk boot");
 }
+
+#[test]
+fn catalog_btree_shape_matches_xorrisos_for_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = hfs_tree(dir.path());
+    let args = ["-R", "-V", "SHAPE", "-hfsplus"];
+    let vm = dir.path().join("vmedia.iso");
+    let xo = dir.path().join("xorriso.iso");
+    run_ok(
+        vmedia()
+            .args(["mkisofs", "-quiet"])
+            .args(args)
+            .arg("-o")
+            .arg(&vm)
+            .arg(&tree),
+    );
+    run_ok(
+        Command::new(require_tool("xorriso"))
+            .args(["-as", "mkisofs", "-quiet"])
+            .args(args)
+            .arg("-o")
+            .arg(&xo)
+            .arg(&tree),
+    );
+    // The catalog B-tree header record (depth, root, leaf records, first and last leaf,
+    // node size, key length, node count) and the counts in the volume header: records are
+    // sized and packed into nodes the same way, so the trees have the same shape.
+    let shape = |image: &Path| -> (Vec<u8>, Vec<u8>) {
+        let sub = tempfile::tempdir().unwrap();
+        let part = fs::read(hfs_partition(image, sub.path())).unwrap();
+        let volume = &part[1024..1024 + 512];
+        let catalog_start = u32::from_be_bytes(volume[272 + 16..272 + 20].try_into().unwrap());
+        let header = catalog_start as usize * 2048 + 14;
+        (
+            part[header..header + 30].to_vec(),
+            [&volume[32..48], &volume[64..68]].concat(),
+        )
+    };
+    let (v_tree, v_counts) = shape(&vm);
+    let (x_tree, x_counts) = shape(&xo);
+    assert_eq!(v_tree, x_tree, "catalog header record");
+    assert_eq!(
+        v_counts, x_counts,
+        "file and folder counts, block size, total blocks, next catalog id"
+    );
+    let depth = u16::from_be_bytes([v_tree[0], v_tree[1]]);
+    assert!(depth >= 2, "the tree has index levels (depth {depth})");
+}
