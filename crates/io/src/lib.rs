@@ -1,6 +1,12 @@
 //! Shared I/O plumbing for vmedia: positional byte sources, atomic output files, progress hooks.
 //!
 //! Architecture invariant: this crate knows no image format and prints nothing.
+//!
+//! Durability policy for outputs (see `atomic.rs`): an output always appears under its final
+//! name only when complete (temporary name + rename); flushing it to stable storage is a
+//! separate, explicit choice (`Durability`): `AtomicFile::commit` flushes, commands that follow
+//! the peers (cp, tar, 7z, genisoimage, xorriso, qemu-img) use
+//! `commit_with(Durability::from_env())`, which flushes only with `VMEDIA_SYNC=1`.
 
 mod atomic;
 mod progress;
