@@ -650,8 +650,10 @@ fn repacked_hard_links_share_one_extent_and_keep_their_link_count() {
 const HFS_DONE: &str = "VMEDIA-HFS-DONE";
 
 /// An initramfs that loop-mounts `volume` with the Linux kernel's own HFS+ driver and prints
-/// one line per entry: `D path`, `L path target`, `F path md5`, then `HFS_DONE`.
-fn kernel_hfs_initrd(volume: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+/// one line per entry: `D path`, `L path target`, `F path md5`; then mounts the whole `image`
+/// (the driver finds the volume through the 512-byte Apple Partition Map itself) and prints
+/// `WHOLE-OK` when a file reads back there too; then `HFS_DONE`.
+fn kernel_hfs_initrd(volume: &Path, image: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     let payload = support::payload();
     let version = fs::read_dir("/boot")
         .unwrap()
@@ -663,7 +665,7 @@ fn kernel_hfs_initrd(volume: &Path, dir: &Path) -> (PathBuf, PathBuf) {
         .expect("no /boot/vmlinuz-*");
     let modules = Path::new("/lib/modules").join(&version).join("kernel");
     let root = dir.join("initramfs");
-    for sub in ["bin", "proc", "sys", "dev", "mnt"] {
+    for sub in ["bin", "proc", "sys", "dev", "mnt", "whole"] {
         fs::create_dir_all(root.join(sub)).unwrap();
     }
     fs::copy(require_tool("busybox"), root.join("bin/busybox")).unwrap();
@@ -680,6 +682,7 @@ fn kernel_hfs_initrd(volume: &Path, dir: &Path) -> (PathBuf, PathBuf) {
             .unwrap_or_else(|e| panic!("{}: {e} (linux-image-amd64 modules)", from.display()));
     }
     fs::copy(volume, root.join("hfs.img")).unwrap();
+    fs::copy(image, root.join("image.iso")).unwrap();
     let init = format!(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -699,6 +702,10 @@ fn kernel_hfs_initrd(volume: &Path, dir: &Path) -> (PathBuf, PathBuf) {
              else echo \"F $p $(md5sum < \"$p\" | cut -d' ' -f1)\"; fi\n\
            done\n\
          else echo MOUNT-FAILED; fi\n\
+         cd /\n\
+         losetup /dev/loop1 /image.iso\n\
+         if mount -t hfsplus -o ro /dev/loop1 /whole && cmp /whole/docs/readme.txt /mnt/docs/readme.txt; then\n\
+           echo WHOLE-OK; fi\n\
          echo {HFS_DONE}\n\
          poweroff -f\n"
     );
@@ -750,7 +757,7 @@ fn linux_hfsplus_driver_mounts_the_volume_and_reads_every_file() {
     let image = dir.path().join("linux.iso");
     mkisofs(&tree, &image, &[]);
     let part = hfs_partition(&image, dir.path());
-    let (kernel, initrd) = kernel_hfs_initrd(&part, dir.path());
+    let (kernel, initrd) = kernel_hfs_initrd(&part, &image, dir.path());
     let log = qemu_boot(
         Firmware::Bios,
         &[
@@ -767,6 +774,10 @@ fn linux_hfsplus_driver_mounts_the_volume_and_reads_every_file() {
     assert!(
         !log.contains("MOUNT-FAILED"),
         "the kernel refused the volume:\n{log}"
+    );
+    assert!(
+        log.contains("WHOLE-OK"),
+        "the kernel did not find the volume through the APM of the whole image:\n{log}"
     );
     let errors: Vec<&str> = log
         .lines()
