@@ -1207,3 +1207,26 @@ fn batched_small_files_and_a_big_file_extract_like_7z() {
         "odd sizes survive the batched reads"
     );
 }
+
+#[test]
+fn extract_into_a_symlink_to_a_folder_follows_only_that_link() {
+    let image = xorriso_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    fs::create_dir(&real).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    run_ok(
+        vmedia()
+            .args(["iso", "extract", "-q"])
+            .arg(&image)
+            .arg(&link)
+            .arg("/sub/odd.bin"),
+    );
+    assert_eq!(
+        fs::read(real.join("sub/odd.bin")).unwrap(),
+        fs::read(source_tree().join("sub/odd.bin")).unwrap()
+    );
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    make_writable(tmp.path());
+}

@@ -815,15 +815,25 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
     // A destination that does not exist yet is filled under a hidden temporary name and
     // renamed into place at the end, so an interrupted run never leaves a tree that looks
     // whole. An existing destination is filled in place, like tar and 7z do.
-    let staging = match args.dir.symlink_metadata() {
-        Ok(meta) if meta.is_dir() => None,
+    // DIR itself may be a symbolic link the user chose (as with tar); it is resolved once, so
+    // everything below it is opened without following links.
+    let (staging, root) = match fs::metadata(&args.dir) {
+        Ok(meta) if meta.is_dir() => {
+            let root = fs::canonicalize(&args.dir)
+                .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+            (None, root)
+        }
         Ok(_) => bail!("{} exists and is not a directory", args.dir.display()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Staging::create(&args.dir)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if args.dir.symlink_metadata().is_ok() {
+                bail!("{} is a dangling symbolic link", args.dir.display());
+            }
+            let staging = Staging::create(&args.dir)?;
+            let root = staging.temp.clone();
+            (Some(staging), root)
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", args.dir.display())),
     };
-    let root = staging
-        .as_ref()
-        .map_or_else(|| args.dir.clone(), |s| s.temp.clone());
     extract_into(&args, &image, &image_file, &root)?;
     if durability == Durability::Flush {
         vmedia_io::sync_file_system(&root)
