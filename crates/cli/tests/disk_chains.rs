@@ -875,3 +875,91 @@ fn vmedia_info_at(image: &Path) -> Value {
             .arg(image),
     ))
 }
+
+#[test]
+fn zero_ranges_committed_into_a_zeroed_grain_vmdk_become_zeroed_grains_like_qemu_maps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let qemu_io = |fmt: &str, cmds: &[&str], file: &str| {
+        let mut c = Command::new(require_tool("qemu-io"));
+        c.current_dir(d).args(["-f", fmt]);
+        for cmd in cmds {
+            c.args(["-c", cmd]);
+        }
+        run_ok(c.arg(file));
+    };
+    run_ok(qemu_img().current_dir(d).args([
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on",
+        "base.vmdk",
+        "8M",
+    ]));
+    qemu_io("vmdk", &["write -P 1 0 4M"], "base.vmdk");
+    run_ok(qemu_img().current_dir(d).args([
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        "mid.vmdk",
+    ]));
+    qemu_io("vmdk", &["write -P 2 2M 2M"], "mid.vmdk");
+    run_ok(qemu_img().current_dir(d).args([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.vmdk",
+        "-F",
+        "vmdk",
+        "top.qcow2",
+    ]));
+    qemu_io("qcow2", &["write -z 0 1M", "write -z 2M 1M"], "top.qcow2");
+    let before = d.join("before.raw");
+    run_ok(
+        qemu_img()
+            .args(["convert", "-O", "raw"])
+            .arg(d.join("top.qcow2"))
+            .arg(&before),
+    );
+    run_ok(
+        vmedia()
+            .current_dir(d)
+            .args(["disk", "commit", "top.qcow2"]),
+    );
+    let (code, o, e) = run_any(
+        qemu_img()
+            .args(["compare", "-f", "raw"])
+            .arg(&before)
+            .arg(d.join("mid.vmdk")),
+    );
+    assert_eq!(code, 0, "{o}{e}");
+    let (code, o, e) = run_any(qemu_img().arg("check").arg(d.join("mid.vmdk")));
+    assert_eq!(code, 0, "{o}{e}");
+    let q = json_of(&run_ok(
+        qemu_img()
+            .current_dir(d)
+            .args(["map", "--output", "json", "mid.vmdk"]),
+    ));
+    let v = json_of(&run_ok(
+        vmedia()
+            .current_dir(d)
+            .args(["disk", "map", "--output", "json", "mid.vmdk"]),
+    ));
+    assert_eq!(q, v, "allocation map of the committed delta");
+    // The zeroed ranges are zeroed grains in mid (depth 0, zero), not written zeros.
+    let first = &q.as_array().unwrap()[0];
+    assert_eq!(first["depth"], 0);
+    assert_eq!(first["zero"], true);
+    assert_eq!(first["data"], false);
+}
