@@ -15,7 +15,7 @@
 //! writing into a parent (commit), callers relink each child they keep by calling
 //! `set_parent_path` with the same parent: it records the parent's current DataWriteGuid.
 //!
-//! # Crash safety: the log for the BAT, ordering for the rest
+//! # Crash safety: the log for metadata, ordering for data
 //! Guest data goes first, into new blocks past everything the BAT references (the file is
 //! extended first) or over sectors already present; it is synced. Sector bitmaps follow
 //! (new bitmap blocks start as a hole, so until written they send every sector to the
@@ -25,10 +25,12 @@
 //! log entry, synced, applied in place, synced, and the GUID is cleared. A crash leaves either
 //! the old BAT or a log entry that vmedia (in memory), `qemu-img check -r all` and Hyper-V
 //! replay to the new one (`vhdx_log_entries_vmedia_writes_are_replayed_by_qemu_img`).
-//! Parent locator changes write the new item into free space of the metadata region first
-//! and switch the table entry afterwards; `has_parent` is set last when linking and cleared
-//! first when unlinking. An image whose log still holds entries is refused (replay it first
-//! with `qemu-img check -r all`), so no stale entry is ever replayed over these writes.
+//! Metadata-region changes (the parent locator item with its table entry and count, the
+//! has_parent flag) go through the log the same way, so a locator switch is one atomic log
+//! entry; `has_parent` is set last when linking and cleared first when unlinking, and the
+//! BAT is consistent at either point. An image whose log still holds entries is refused
+//! (replay it first with `qemu-img check -r all`), so no stale entry is replayed over these
+//! writes.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -751,13 +753,17 @@ impl VhdxEditor {
     /// either the old pages or a log entry every reader replays (vmedia in memory, qemu-img
     /// check -r all, Hyper-V on open) to the new ones.
     fn write_through_log(&mut self, pages: &[(u64, [u8; 4096])]) -> Result<()> {
+        if pages.is_empty() {
+            return Ok(());
+        }
         let log_at = self.header.log_offset;
         let log_len = u64::from(self.header.log_length);
-        let aligned = self.bat_region.file_offset.is_multiple_of(4096);
+        let aligned = pages.iter().all(|(at, _)| at.is_multiple_of(4096));
         if !aligned || log_len < 4096 * (1 + super::log::MAX_PAGES_PER_ENTRY as u64) {
             // No usable log (a region off the 4 KiB grid, or a log too small for an entry):
-            // the crash ordering above still holds for direct page writes.
-            return self.write_pages(pages);
+            // direct page writes, synced.
+            self.write_pages(pages)?;
+            return self.sync();
         }
         let log_guid = Uuid::new_v4();
         let mut h = self.header.clone();
@@ -834,11 +840,31 @@ impl VhdxEditor {
         } else {
             flags &= !2;
         }
-        let file_at = self.meta_region.file_offset + at as u64;
-        self.file
-            .write_all_at(&flags.to_le_bytes(), file_at)
-            .map_err(|e| io(&self.path, file_at, e))?;
-        self.sync()
+        let mut new = region.clone();
+        new[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+        self.log_meta_change(&region, &new)
+    }
+
+    /// Writes the 4 KiB pages of the metadata region that differ between `old` and `new`
+    /// through the log (table pages last, so with several entries the table switches last).
+    fn log_meta_change(&mut self, old: &[u8], new: &[u8]) -> Result<()> {
+        let mut pages: Vec<(u64, [u8; 4096])> = Vec::new();
+        for (i, (a, b)) in old.chunks(4096).zip(new.chunks(4096)).enumerate() {
+            if a == b {
+                continue;
+            }
+            let mut page = [0u8; 4096];
+            page[..b.len()].copy_from_slice(b);
+            if b.len() < 4096 {
+                // A region that does not end on a page: keep the file's bytes after it.
+                let at = self.meta_region.file_offset + (i * 4096 + b.len()) as u64;
+                crate::vhd::shared::read_exact(&self.file, &self.path, &mut page[b.len()..], at)?;
+            }
+            pages.push((self.meta_region.file_offset + (i * 4096) as u64, page));
+        }
+        let table_end = self.meta_region.file_offset + ITEMS_START as u64;
+        pages.sort_by_key(|(at, _)| *at < table_end);
+        self.write_through_log(&pages)
     }
 
     /// Writes a new parent locator item into free space of the metadata region (in place
@@ -878,11 +904,6 @@ impl VhdxEditor {
                 ),
             });
         };
-        let item_at = self.meta_region.file_offset + offset as u64;
-        self.file
-            .write_all_at(item, item_at)
-            .map_err(|e| io(&self.path, item_at, e))?;
-        self.sync()?;
         let (slot, count) = match existing {
             Some((i, _)) => (i, table.count),
             None => {
@@ -896,24 +917,19 @@ impl VhdxEditor {
                 (usize::from(table.count), table.count + 1)
             }
         };
-        let mut entry = [0u8; TABLE_ENTRY];
-        put_guid(&mut entry, 0, &metadata::PARENT_LOCATOR);
+        let mut new = region.clone();
+        new[offset..offset + item.len()].copy_from_slice(item);
+        let at = 32 + slot * TABLE_ENTRY;
+        let entry = &mut new[at..at + TABLE_ENTRY];
+        entry.fill(0);
+        put_guid(entry, 0, &metadata::PARENT_LOCATOR);
         entry[16..20].copy_from_slice(&(offset as u32).to_le_bytes());
         entry[20..24].copy_from_slice(&(item.len() as u32).to_le_bytes());
         // IsRequired, as Hyper-V marks the parent locator.
         entry[24..28].copy_from_slice(&4u32.to_le_bytes());
-        let entry_at = self.meta_region.file_offset + (32 + slot * TABLE_ENTRY) as u64;
-        self.file
-            .write_all_at(&entry, entry_at)
-            .map_err(|e| io(&self.path, entry_at, e))?;
-        if count != table.count {
-            let at = self.meta_region.file_offset + 10;
-            self.sync()?;
-            self.file
-                .write_all_at(&count.to_le_bytes(), at)
-                .map_err(|e| io(&self.path, at, e))?;
-        }
-        self.sync()
+        new[10..12].copy_from_slice(&count.to_le_bytes());
+        // Item and table entry switch together: one log entry for a locator of usual size.
+        self.log_meta_change(&region, &new)
     }
 
     /// Removes the parent locator entry from the metadata table (the last entry moves into
@@ -925,24 +941,16 @@ impl VhdxEditor {
             return Ok(());
         };
         let last = usize::from(table.count) - 1;
-        let base = self.meta_region.file_offset;
+        let mut new = region.clone();
         if slot != last {
-            let from = 32 + last * TABLE_ENTRY;
-            let moved = region[from..from + TABLE_ENTRY].to_vec();
-            let at = base + (32 + slot * TABLE_ENTRY) as u64;
-            self.file
-                .write_all_at(&moved, at)
-                .map_err(|e| io(&self.path, at, e))?;
+            new.copy_within(
+                32 + last * TABLE_ENTRY..32 + (last + 1) * TABLE_ENTRY,
+                32 + slot * TABLE_ENTRY,
+            );
         }
-        let count = table.count - 1;
-        self.file
-            .write_all_at(&count.to_le_bytes(), base + 10)
-            .map_err(|e| io(&self.path, base + 10, e))?;
-        let at = base + (32 + last * TABLE_ENTRY) as u64;
-        self.file
-            .write_all_at(&[0u8; TABLE_ENTRY], at)
-            .map_err(|e| io(&self.path, at, e))?;
-        self.sync()
+        new[32 + last * TABLE_ENTRY..32 + (last + 1) * TABLE_ENTRY].fill(0);
+        new[10..12].copy_from_slice(&(table.count - 1).to_le_bytes());
+        self.log_meta_change(&region, &new)
     }
 }
 
@@ -1550,6 +1558,32 @@ mod tests {
         assert!(read_all(&q)[2 << 20..(2 << 20) + 8192]
             .iter()
             .all(|b| *b == 7));
+    }
+
+    #[test]
+    fn a_crash_while_switching_the_parent_locator_is_replayed_to_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        make(dir.path(), "a.vhdx", None, &[]);
+        let b = make(dir.path(), "b.vhdx", None, &[]);
+        let child = make(dir.path(), "child.vhdx", Some("a.vhdx"), &[]);
+        let mut e = VhdxEditor::open(&child).unwrap();
+        e.simulate_crash_after_log_write();
+        e.set_parent_path(Some(("b.vhdx", &b))).unwrap();
+        e.finish().unwrap();
+        // In the file itself the table still names a.vhdx ...
+        let file = File::open(&child).unwrap();
+        let t = super::super::read_region_table(&child, &file).unwrap();
+        let m = t.find(&header::METADATA_REGION).unwrap();
+        let mut region = vec![0u8; m.length as usize];
+        file.read_exact_at(&mut region, m.file_offset).unwrap();
+        let raw = Metadata::parse(&region).unwrap();
+        let raw_locator = raw.parent_locator.unwrap();
+        assert_eq!(raw_locator.get("relative_path"), Some(".\\a.vhdx"));
+        // ... and the log entry replays it to b.vhdx.
+        let img = open(&child);
+        assert_eq!(img.replayed_entries, 1);
+        let l = img.meta.parent_locator.as_ref().unwrap();
+        assert_eq!(l.get("relative_path"), Some(".\\b.vhdx"));
     }
 
     #[test]
