@@ -911,3 +911,40 @@ fn catalog_btree_shape_matches_xorrisos_for_the_same_tree() {
     let depth = u16::from_be_bytes([v_tree[0], v_tree[1]]);
     assert!(depth >= 2, "the tree has index levels (depth {depth})");
 }
+
+#[test]
+fn a_file_over_4_gib_is_read_through_hfsplus_by_grub() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    // Sparse: 5 GiB with a marker in its last bytes (multi-extent in ISO 9660, one HFS+ extent).
+    let size: u64 = 5 << 30;
+    let huge = fs::File::create(tree.join("huge.bin")).unwrap();
+    huge.set_len(size).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&huge, b"tail", size - 4).unwrap();
+    drop(huge);
+    let image = dir.path().join("huge.iso");
+    run_ok(
+        vmedia()
+            .args([
+                "mkisofs",
+                "-quiet",
+                "-R",
+                "-iso-level",
+                "3",
+                "-hfsplus",
+                "--no-checksums",
+                "-o",
+            ])
+            .arg(&image)
+            .arg(&tree),
+    );
+    let skip = (size - 4).to_string();
+    let tail = run_ok(
+        Command::new(require_tool("grub-fstest"))
+            .args(["-s", &skip, "-n", "4"])
+            .arg(&image)
+            .args(["cat", "(loop0,apple3)/huge.bin"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&tail.stdout).trim(), "tail");
+}
