@@ -23,7 +23,8 @@ use super::session::{negotiate, Action, Negotiated, ReadSession};
 
 /// netascii needs the whole converted file in memory; larger files must use octet mode.
 pub const MAX_NETASCII_FILE: u64 = 16 << 20;
-/// Socket buffer for transfer sockets: a full window of the largest blocks.
+/// Send buffer limit of a transfer socket (a limit, not an allocation): many windows of at
+/// most 128 KiB, so a window's send never waits for socket space.
 const SOCKET_BUFFER: i32 = 4 << 20;
 /// Bytes sent in one burst before pausing, once a transfer is paced. A client's default
 /// 208 KiB receive buffer holds only about a dozen separately sent 8 KiB datagrams (loopback
