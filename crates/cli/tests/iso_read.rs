@@ -1149,7 +1149,7 @@ fn extract_into_an_existing_folder_keeps_what_is_there() {
 }
 
 /// Many small files in a few folders (batched reads, one thread per folder), odd sizes and
-/// empty files between them, and one file over the 64 MiB big-file threshold.
+/// empty files between them, and one 70 MB file (copied by the kernel in steps).
 fn batch_and_big_image() -> PathBuf {
     let dir = cached_fixture("iso-read-batch-big", |dir| {
         let script = r#"

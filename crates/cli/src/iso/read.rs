@@ -552,11 +552,10 @@ const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Two files at most this far apart in the image still share a batch read (reading the
 /// gap is cheaper than another system call).
 const BATCH_GAP_BYTES: u64 = 64 * 1024;
-/// Files larger than this are filled after all folders, so one huge file does not hold a
-/// thread while the other thread runs out of folders.
-const BIG_FILE_BYTES: u64 = 64 * 1024 * 1024;
-/// Big files are copied in steps of this size, so the progress bar moves.
-const BIG_FILE_STEP_BYTES: u64 = 256 * 1024 * 1024;
+/// Unbatched files are copied in steps of this size, so the progress bar moves. One stream
+/// per file: ext4 holds the inode lock for each buffered write, so a second thread on the
+/// same file only contends (measured); two big files in two folders do copy in parallel.
+const COPY_STEP_BYTES: u64 = 256 * 1024 * 1024;
 
 fn check_name(name: &str, path: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
@@ -1034,8 +1033,10 @@ fn extract_into(
         });
         folders[slot].push(index);
     }
-    // Largest folders first, so the last task to finish is a small one.
-    folders.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    // Folders with the most bytes first (a folder holding one huge file starts at once, on
+    // one thread, while the other threads take the rest), so the last task is a small one.
+    let folder_bytes = |f: &Vec<usize>| -> u64 { f.iter().map(|&i| files[i].reader.len()).sum() };
+    folders.sort_by_cached_key(|f| std::cmp::Reverse((folder_bytes(f), f.len())));
 
     let total: u64 = files.iter().map(|f| f.reader.len()).sum();
     let bar = Bar::bytes(args.quiet);
@@ -1049,18 +1050,9 @@ fn extract_into(
         umask,
         bar: &bar,
     };
-    let big = std::sync::Mutex::new(Vec::<(usize, File)>::new());
     parallel_for(folders.len(), |task, buf| {
-        extract_folder(&ctx, &folders[task], buf, &big)
+        extract_folder(&ctx, &folders[task], buf)
     })?;
-    let big = big
-        .into_inner()
-        .map_err(|_| anyhow!("an extraction thread panicked"))?;
-    for (index, out) in &big {
-        let job = &ctx.files[*index];
-        copy_big_file(&ctx, job, out)?;
-        finish_file(out, &job.item.entry, &job.item.dest, restore_owner, umask)?;
-    }
     bar.finish();
 
     for (item, leader) in &hard_links {
@@ -1161,13 +1153,8 @@ fn make_dir(path: &Path) -> Result<()> {
 
 /// Writes the files of one destination folder: small files stored side by side in the image
 /// are read with one large read and written from memory; larger ones are copied by the
-/// kernel; files over `BIG_FILE_BYTES` are created here and filled after all folders.
-fn extract_folder(
-    ctx: &Extraction,
-    folder: &[usize],
-    buf: &mut Vec<u8>,
-    big: &std::sync::Mutex<Vec<(usize, File)>>,
-) -> Result<()> {
+/// kernel.
+fn extract_folder(ctx: &Extraction, folder: &[usize], buf: &mut Vec<u8>) -> Result<()> {
     let Some(first) = folder.first() else {
         return Ok(());
     };
@@ -1195,18 +1182,7 @@ fn extract_folder(
                 job.item.entry.permissions(),
                 ctx.force,
             )?;
-            let len = job.reader.len();
-            if len > BIG_FILE_BYTES {
-                big.lock()
-                    .map_err(|_| anyhow!("an extraction thread panicked"))?
-                    .push((order[next - 1], out));
-                continue;
-            }
-            if len > 0 {
-                copy_range(ctx.image_file, &job.reader, &out, 0, len, buf)
-                    .with_context(|| format!("cannot write {}", job.item.dest.display()))?;
-                ctx.bar.advance(len);
-            }
+            copy_whole_file(ctx, job, &out, buf)?;
             finish_file(
                 &out,
                 &job.item.entry,
@@ -1266,14 +1242,14 @@ fn extract_folder(
     Ok(())
 }
 
-/// Fills a file over `BIG_FILE_BYTES` (created empty by `extract_folder`).
-fn copy_big_file(ctx: &Extraction, job: &FileJob, out: &File) -> Result<()> {
+/// Fills a file that is not batched: one `copy_file_range` stream (or the read/write
+/// fallback), in steps so the progress bar moves.
+fn copy_whole_file(ctx: &Extraction, job: &FileJob, out: &File, buf: &mut Vec<u8>) -> Result<()> {
     let len = job.reader.len();
-    let mut buf = Vec::new();
     let mut offset = 0;
     while offset < len {
-        let n = BIG_FILE_STEP_BYTES.min(len - offset);
-        copy_range(ctx.image_file, &job.reader, out, offset, n, &mut buf)
+        let n = COPY_STEP_BYTES.min(len - offset);
+        copy_range(ctx.image_file, &job.reader, out, offset, n, buf)
             .with_context(|| format!("cannot write {}", job.item.dest.display()))?;
         ctx.bar.advance(n);
         offset += n;
