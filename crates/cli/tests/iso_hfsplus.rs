@@ -328,6 +328,9 @@ fn bless_and_finder_codes_land_where_xorriso_puts_them() {
     )
     .unwrap();
     fs::write(tree.join("mach_kernel"), b"").unwrap();
+    // xorriso finds the folder for -hfs-bless through a data file directly in it.
+    fs::write(tree.join("System/readme"), b"blessed\n").unwrap();
+    let system = tree.join("System").to_string_lossy().into_owned();
     let args = [
         "-R",
         "-hfsplus",
@@ -343,6 +346,9 @@ fn bless_and_finder_codes_land_where_xorriso_puts_them() {
         "/System/Library/CoreServices",
         "-hfsplus-serial-no",
         "0123456789abcdef",
+        // By host path: the folder made from tree/System becomes ppc_bootdir.
+        "-hfs-bless",
+        &system,
     ];
     let vm = dir.path().join("vmedia.iso");
     let xo = dir.path().join("xorriso.iso");
@@ -372,6 +378,7 @@ fn bless_and_finder_codes_land_where_xorriso_puts_them() {
     let (vh, xh) = (header(&vm), header(&xo));
     assert_eq!(vh, xh, "finder info words");
     assert_ne!(&vh[4..8], &[0u8; 4], "intel_bootfile is blessed");
+    assert_ne!(&vh[0..4], &[0u8; 4], "ppc_bootdir is blessed (-hfs-bless)");
     assert_eq!(
         &vh[24..32],
         &[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]

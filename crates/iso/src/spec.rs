@@ -588,6 +588,9 @@ pub struct HfsPlusSpec {
     pub creator_types: Vec<HfsCreatorType>,
     /// `-hfs-bless-by BLESSING PATH`: folders / files named in the volume header's finder info.
     pub blessed: Vec<HfsBless>,
+    /// `-hfs-bless DISK_PATH`: the folder that came from this host folder is blessed as
+    /// `ppc_bootdir` (finder info slot 0), as xorriso does.
+    pub bless_host_dirs: Vec<std::path::PathBuf>,
     /// `-apm-block-size 512|2048`: block size of the Apple Partition Map. `None` = xorriso's
     /// choice: 2048 when a GPT is written too (the two must share the system area), else 512.
     pub apm_block_size: Option<u32>,

@@ -195,6 +195,7 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
                 })
                 .collect(),
             apm_block_size: inv.hfsplus.apm_block_size,
+            bless_host_dirs: inv.hfsplus.bless_host_dirs.clone(),
         });
     }
     spec.follow_symlinks = inv.follow_links;
@@ -369,6 +370,7 @@ HFS+ hybrid (Intel Macs; what grub-mkrescue passes)
   -hfsplus-file-creator-type CREATOR TYPE PATH   Finder codes of a file
   -hfs-bless-by p|i|s|9|x PATH   bless a folder/file (ppc_bootdir, intel_bootfile,
                           show_folder, os9_folder, osx_folder)
+  -hfs-bless DISK_PATH    bless the folder made from this host folder as ppc_bootdir
   -hfsplus-serial-no HEX16   volume id (default derived from SOURCE_DATE_EPOCH)
   -hfsplus-block-size 2048, -hide-hfsplus GLOB
   -isohybrid-apm-hfsplus  with -isohybrid-mbr: an APM entry per EFI image (debian-cd)
@@ -387,7 +389,7 @@ vmedia only
                           -hfsplus-file-creator-type, -hfs-bless-by, -isohybrid-apm-hfsplus...)
                           with a warning
 Refused (not implemented): multi-session (-M, -C), zisofs (-z), TRANS.TBL (-T),
-  -isohybrid-gpt-hfsplus, -hfs-bless, -hide-hfsplus-list,
+  -isohybrid-gpt-hfsplus, -hide-hfsplus-list,
   -appended_part_as_apm (see --drop-hfsplus), jigdo, non-x86 boot
   (SPARC, MIPS, PowerPC, HP-PA, Alpha), ACLs and xattrs, --gpt_disk_guid, -eltorito-selcrit
 

@@ -202,6 +202,8 @@ pub struct HfsPlusOpts {
     pub hide: Vec<String>,
     /// `-isohybrid-apm-hfsplus`: isohybrid's APM with an entry per EFI image.
     pub isohybrid_apm: bool,
+    /// `-hfs-bless DISK_PATH`: bless the folder from this host folder as ppc_bootdir.
+    pub bless_host_dirs: Vec<PathBuf>,
     /// Options that only mean something with -hfsplus, for the error when it is missing.
     pub dependent: Vec<String>,
 }
@@ -360,7 +362,6 @@ const HFSPLUS_OPTIONS: &[(&str, usize)] = &[
 
 /// HFS+/APM options vmedia does not implement, with the reason given to the user.
 const HFSPLUS_REFUSED: &[(&str, &str)] = &[
-    ("hfs-bless", "-hfs-bless (by host path) is not supported; use -hfs-bless-by p ISO_PATH"),
     ("hide-hfsplus-list", "-hide-hfsplus-list is not supported; use -hide-hfsplus PATTERN"),
     ("isohybrid-gpt-hfsplus", "-isohybrid-gpt-hfsplus is not supported; -hfsplus puts the HFS+ volume in the GPT when there is one"),
     ("appended_part_as_apm", "appended partitions are not described in the APM (-appended_part_as_apm)"),
@@ -1236,6 +1237,9 @@ fn apply_hfsplus<'a>(
             no_inline(option, inline)?;
             opts.isohybrid_apm = true;
         }
+        "hfs-bless" => opts
+            .bless_host_dirs
+            .push(PathBuf::from(value(words, option, inline)?)),
         _ => return Err(usage(format!("unsupported option {option}"))),
     }
     Ok(())
@@ -1390,7 +1394,7 @@ mod tests {
             e.contains("-isohybrid-gpt-hfsplus") && e.contains("--drop-hfsplus"),
             "{e}"
         );
-        assert!(err("-hfs-bless /x -o x.iso dir").contains("-hfs-bless"));
+        assert!(err("-hide-hfsplus-list l -o x.iso dir").contains("-hide-hfsplus-list"));
     }
 
     #[test]

@@ -417,6 +417,25 @@ pub(crate) fn prepare(inputs: Inputs<'_>) -> Result<HfsPlan, WriteError> {
             })?;
         finder_info[bless.blessing.finder_info_slot()] = cnid_of[node];
     }
+    for host in &inputs.spec.bless_host_dirs {
+        let wanted: std::path::PathBuf = host.components().collect();
+        let node = (0..tree.nodes.len())
+            .find(|&n| {
+                tree.is_dir(n)
+                    && visible(n)
+                    && tree.nodes[n]
+                        .host_path
+                        .as_ref()
+                        .is_some_and(|p| p.components().collect::<std::path::PathBuf>() == wanted)
+            })
+            .ok_or_else(|| {
+                invalid(format!(
+                    "-hfs-bless {}: no folder of the HFS+ tree comes from it",
+                    host.display()
+                ))
+            })?;
+        finder_info[crate::spec::HfsBlessing::PpcBootdir.finder_info_slot()] = cnid_of[node];
+    }
     for ct in &inputs.spec.creator_types {
         let node = tree
             .lookup(&ct.iso_path)
