@@ -20,7 +20,8 @@
 # - Extracted trees are kept until the end of their section instead of being deleted between
 #   runs: on ext4 without a journal, inodes freed in the last 1-6 minutes are skipped by the
 #   allocator (`recently_deleted`), which made a run after a 20000-file `rm -rf` several times
-#   slower than the one before and the ratio depend on run order.
+#   slower than the one before and the ratio depend on run order. For the same reason, leave
+#   a few minutes between two runs of this script (its exit removes the trees).
 # - Tools take turns (vmedia first in odd rounds, the peer first in even rounds).
 set -euo pipefail
 
