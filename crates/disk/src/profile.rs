@@ -447,9 +447,9 @@ fn check_hyperv(image: &dyn DiskImage, problems: &mut Vec<Problem>) {
             format!("{block} is not a whole number of MiB"),
         ));
     }
-    if image.virtual_size() % u64::from(data["logical-sector-size"].as_u64().unwrap_or(512) as u32)
-        != 0
-    {
+    if !image.virtual_size().is_multiple_of(u64::from(
+        data["logical-sector-size"].as_u64().unwrap_or(512) as u32,
+    )) {
         problems.push(problem(
             "virtual disk size",
             "not a multiple of the logical sector size",

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 #[derive(clap::Subcommand)]
 pub enum IsoCommand {
     /// Make an ISO image from folders (Joliet, Rock Ridge, El Torito, hybrid, checksums)
-    Create(create::Args),
+    Create(Box<create::Args>),
     /// Show volume descriptors, boot entries, partitions and embedded checksums
     Info(read::InfoArgs),
     /// List files in an image
@@ -36,7 +36,7 @@ pub enum IsoCommand {
 
 pub fn run(cmd: IsoCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        IsoCommand::Create(a) => create::run(a),
+        IsoCommand::Create(a) => create::run(*a),
         IsoCommand::Info(a) => read::run_info(a),
         IsoCommand::Ls(a) => read::run_ls(a),
         IsoCommand::Extract(a) => read::run_extract(a),

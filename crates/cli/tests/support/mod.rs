@@ -75,6 +75,7 @@ pub fn cached_fixture(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
     let lock_path = root.join(format!("{name}.lock"));
     let lock = fs::OpenOptions::new()
         .create(true)
+        .truncate(false)
         .write(true)
         .open(&lock_path)
         .unwrap();

@@ -289,7 +289,7 @@ fn walk_l1(
         if l2_offset == 0 {
             continue;
         }
-        if l2_offset % cs != 0 || l2_offset >= img.file_len {
+        if !l2_offset.is_multiple_of(cs) || l2_offset >= img.file_len {
             c.report.corruptions += 1;
             c.report.messages.push(format!("ERROR l2_offset={l2_offset:#x}: L2 table is not cluster aligned or past the end of the file; L1 index {i}"));
             continue;
@@ -324,7 +324,7 @@ fn walk_l1(
             if host == 0 && !(external_data && entry & OFLAG_COPIED != 0) {
                 continue;
             }
-            if host % cs != 0 {
+            if !host.is_multiple_of(cs) {
                 c.report.corruptions += 1;
                 c.report.messages.push(format!("ERROR offset={host:#x}: data cluster is not properly aligned; L2 entry corrupted (L2 table {l2_offset:#x} index {j})"));
                 continue;

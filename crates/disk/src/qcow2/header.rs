@@ -195,7 +195,7 @@ impl Header {
             h.refcount_order = be32(b, 96);
             h.header_length = be32(b, 100);
             if h.header_length < 104
-                || h.header_length % 8 != 0
+                || !h.header_length.is_multiple_of(8)
                 || u64::from(h.header_length) > cluster_size
             {
                 return Err(corrupt(
@@ -452,7 +452,7 @@ impl Header {
             exts.extend_from_slice(&t.to_be_bytes());
             exts.extend_from_slice(&(data.len() as u32).to_be_bytes());
             exts.extend_from_slice(data);
-            while exts.len() % 8 != 0 {
+            while !exts.len().is_multiple_of(8) {
                 exts.push(0);
             }
         };
@@ -539,7 +539,7 @@ fn check_table(
     cluster_size: u64,
     file_len: u64,
 ) -> Result<()> {
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(DiskError::corrupt(
             path,
             "qcow2",

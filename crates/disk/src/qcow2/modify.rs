@@ -270,7 +270,7 @@ impl Qcow2Editor {
 
     /// Writes one whole guest cluster (`data.len()` = cluster size, or the tail of the disk).
     pub fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        if guest_offset % self.cluster_size != 0
+        if !guest_offset.is_multiple_of(self.cluster_size)
             || data.len() as u64 > self.cluster_size
             || guest_offset + data.len() as u64 > self.header.size
         {

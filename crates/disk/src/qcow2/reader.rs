@@ -96,7 +96,7 @@ pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<
         .collect();
     for (i, e) in l1.iter().enumerate() {
         let l2 = e & L1E_OFFSET_MASK;
-        if l2 != 0 && (l2 % header.cluster_size() != 0 || l2 >= file_len) {
+        if l2 != 0 && (!l2.is_multiple_of(header.cluster_size()) || l2 >= file_len) {
             return Err(DiskError::corrupt(path, "qcow2", header.l1_table_offset + i as u64 * 8, "L1 entry", format!("L2 table offset {l2:#x} is unaligned or past the end of the file ({file_len:#x})")));
         }
     }
@@ -170,7 +170,7 @@ impl Qcow2Image {
             return Ok(t.clone());
         }
         let cluster = self.header.cluster_size();
-        if l2_offset % cluster != 0
+        if !l2_offset.is_multiple_of(cluster)
             || l2_offset
                 .checked_add(cluster)
                 .is_none_or(|e| e > self.file_len)
@@ -251,7 +251,7 @@ impl Qcow2Image {
             return Ok(Mapping::Compressed { offset, size });
         }
         let host = entry & L2E_OFFSET_MASK;
-        if host % cluster != 0 {
+        if !host.is_multiple_of(cluster) {
             return Err(self.corrupt(guest_offset, "L2 entry", format!("data cluster offset {host:#x} for guest offset {guest_offset:#x} is not cluster-aligned")));
         }
         if self.header.extended_l2() {

@@ -95,7 +95,8 @@ pub fn parse_size(text: &str) -> Option<u64> {
         return v.checked_mul(mult);
     }
     let f: f64 = num.parse().ok()?;
-    if !(f >= 0.0) {
+    // Also refuses NaN, which is not >= 0.
+    if f.is_nan() || f < 0.0 {
         return None;
     }
     let v = f * mult as f64;
@@ -444,7 +445,7 @@ impl Qcow2Writer {
     }
 
     fn check_range(&self, guest_offset: u64, len: u64) -> Result<()> {
-        if guest_offset % self.cluster_size != 0
+        if !guest_offset.is_multiple_of(self.cluster_size)
             || guest_offset
                 .checked_add(len)
                 .is_none_or(|e| e > self.header.size)

@@ -276,7 +276,7 @@ impl ImageWriter for StreamWriter {
 
     fn write_compressed(&mut self, guest_offset: u64, compressed: &[u8]) -> Result<()> {
         crate::vhd::shared::check_range(&self.path, guest_offset, 1, self.virtual_size)?;
-        if guest_offset % self.grain_bytes() != 0 {
+        if !guest_offset.is_multiple_of(self.grain_bytes()) {
             return Err(DiskError::InvalidOption {
                 key: "compress".into(),
                 value: format!("{guest_offset:#x}"),

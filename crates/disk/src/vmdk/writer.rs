@@ -658,7 +658,9 @@ impl SparseFileWriter {
         while at < rel + len {
             let grain = at / grain_bytes;
             let end = ((grain + 1) * grain_bytes).min(rel + len);
-            if at % grain_bytes == 0 && (end - at == grain_bytes || end == self.capacity_bytes) {
+            if at.is_multiple_of(grain_bytes)
+                && (end - at == grain_bytes || end == self.capacity_bytes)
+            {
                 let e = self.entry(grain);
                 if *e == 0 {
                     *e = 1;
