@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 use std::path::PathBuf;
+use vmedia_io::Durability;
 
 /// The whole description of an image to write.
 #[derive(Debug, Clone)]
@@ -57,6 +58,10 @@ pub struct IsoSpec {
     /// `-hfsplus`: an HFS+ filesystem over the same file data, described by an Apple
     /// Partition Map (and the GPT when there is one), as xorriso writes for Intel Macs.
     pub hfsplus: Option<HfsPlusSpec>,
+    /// Whether the image is flushed to stable storage before it is renamed into place.
+    /// Default `PageCache`, as genisoimage and xorriso; the CLI asks for `Flush` with `--sync`
+    /// or `VMEDIA_SYNC=1`. The image appears under its name only when complete either way.
+    pub durability: Durability,
 }
 
 impl Default for IsoSpec {
@@ -78,6 +83,7 @@ impl Default for IsoSpec {
             pad_sectors: DEFAULT_PAD_SECTORS,
             integrity: IntegritySpec::default(),
             hfsplus: None,
+            durability: Durability::PageCache,
         }
     }
 }

@@ -119,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Fails before the (possibly long) ESP build when the output is in the way.
     let (out, policy) = args.out.prepare()?;
     let spec = build_spec(&args)?;
-    args.out.write(&spec, &out, policy)
+    args.out.write(spec, &out, policy)
 }
 
 fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {

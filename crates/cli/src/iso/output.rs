@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use vmedia_io::OverwritePolicy;
+use vmedia_io::{Durability, OverwritePolicy};
 use vmedia_iso::spec::{IntegritySpec, IsoSpec};
 
 use crate::mkisofs::common;
@@ -27,6 +27,10 @@ pub struct OutputArgs {
     /// No progress bar and no summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Flush the image to stable storage before renaming it into place (also VMEDIA_SYNC=1).
+    /// Without it the image still appears only when complete, as with genisoimage and xorriso.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 impl OutputArgs {
@@ -52,11 +56,12 @@ impl OutputArgs {
     /// nothing with --quiet.
     pub fn write(
         &self,
-        spec: &IsoSpec,
+        mut spec: IsoSpec,
         out: &std::path::Path,
         policy: OverwritePolicy,
     ) -> anyhow::Result<ExitCode> {
-        let report = common::write_with_bar(spec, out, policy, self.quiet || self.json)?;
+        spec.durability = Durability::from_flag_or_env(self.sync);
+        let report = common::write_with_bar(&spec, out, policy, self.quiet || self.json)?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else if !self.quiet {

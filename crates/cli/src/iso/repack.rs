@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(Path::new(".")),
     )?;
     let spec = build_spec(&args, &image, source.as_ref(), &skeleton.path)?;
-    args.out.write(&spec, &out, policy)
+    args.out.write(spec, &out, policy)
 }
 
 /// The temporary folder of directories and links, removed when dropped.

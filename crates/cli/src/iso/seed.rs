@@ -54,7 +54,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (out, policy) = args.out.prepare()?;
     let spec = build_spec(&args)?;
-    args.out.write(&spec, &out, policy)
+    args.out.write(spec, &out, policy)
 }
 
 fn checked_seed_file(path: &Path, what: &str) -> anyhow::Result<PathBuf> {

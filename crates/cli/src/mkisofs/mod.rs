@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let spec = match translate(&inv) {
+    let mut spec = match translate(&inv) {
         Ok(spec) => spec,
         Err(Failure::Usage(e)) => return Ok(usage_failure(&e)),
         Err(Failure::Other(e)) => return Err(e),
@@ -70,7 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let out = common::output_path(inv.output.as_deref().expect("checked by the parser"))?;
-    // Like mkisofs, -o replaces an existing file.
+    // Like mkisofs, -o replaces an existing file and nothing is flushed unless VMEDIA_SYNC=1.
+    spec.durability = vmedia_io::Durability::from_env();
     let report = common::write_with_bar(&spec, &out, OverwritePolicy::Replace, inv.quiet)?;
     if !inv.quiet {
         eprintln!("{}", common::summary(&report));

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use vmedia_io::Durability;
 use vmedia_io::Progress;
 
 /// Files at least this big are copied on their own instead of batched with others.
@@ -764,7 +765,9 @@ impl Plan {
                 // Skipped zero blocks (and the sector padding `final_len` may add) stay as
                 // set_len left them, zeros: they are final too.
                 sink.written(offset, final_len);
-                start_writeback(file, offset, buf.len() as u64);
+                if self.spec.durability == Durability::Flush {
+                    start_writeback(file, offset, buf.len() as u64);
+                }
                 progress.advance(buf.len() as u64);
                 let _ = free_tx.send(buf);
             }
@@ -951,7 +954,9 @@ impl Plan {
                                     done
                                 },
                             );
-                            start_writeback(sink.out, base + pos, done);
+                            if self.spec.durability == Durability::Flush {
+                                start_writeback(sink.out, base + pos, done);
+                            }
                             pos += done;
                             sink.progress.advance(done);
                             continue;
@@ -1026,8 +1031,9 @@ fn sector_end(len: u64) -> u64 {
     len.div_ceil(SECTOR_SIZE) * SECTOR_SIZE
 }
 
-/// Asks the kernel to start writing a range back now (no waiting). The final fsync of
-/// `AtomicFile::commit` then finds most pages clean instead of flushing gigabytes at the end.
+/// Asks the kernel to start writing a range back now (no waiting), when the image will be
+/// flushed: the final fsync then finds most pages clean instead of flushing gigabytes at the
+/// end. Without a flush the writeback is left to the kernel, as the peers leave it.
 /// Advisory: errors are ignored, the fsync still guarantees durability.
 fn start_writeback(out: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;

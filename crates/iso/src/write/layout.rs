@@ -509,6 +509,7 @@ fn spec_without_payloads(spec: &IsoSpec) -> IsoSpec {
         pad_sectors: spec.pad_sectors,
         integrity: spec.integrity.clone(),
         hfsplus: spec.hfsplus.clone(),
+        durability: spec.durability,
     }
 }
 

@@ -161,11 +161,13 @@ pub fn write_image(
         source,
     })?;
     let mut report = write_streaming(spec, &plan, atomic.file_mut(), out, progress)?;
-    atomic.commit().map_err(|source| WriteError::Write {
-        path: out.to_path_buf(),
-        offset: 0,
-        source,
-    })?;
+    atomic
+        .commit_with(spec.durability)
+        .map_err(|source| WriteError::Write {
+            path: out.to_path_buf(),
+            offset: 0,
+            source,
+        })?;
     report.path = out.to_path_buf();
     Ok(report)
 }
