@@ -340,7 +340,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("--direct needs a Linux ISO given with --cdrom")?;
         let found = vmedia_boot::direct::extract(&iso)?;
         let mut kernel = found.kernel.clone();
-        if !args.bzimage {
+        if spec.firmware == Firmware::Uefi && !args.bzimage {
+            // OVMF starts a -kernel through its EFI stub, which only the bzImage has.
+            eprintln!(
+                "vmedia: note: booting the compressed kernel: OVMF starts kernels through their \
+                 EFI stub, which the uncompressed vmlinux lacks"
+            );
+        } else if !args.bzimage {
             let cache = vmedia_boot::store::state_dir()?.join("kernels");
             match vmedia_boot::kernel::pvh_kernel(&kernel.kernel, &cache)? {
                 vmedia_boot::kernel::PvhKernel::Ready(vmlinux) => kernel.kernel = vmlinux,

@@ -223,6 +223,38 @@ fn direct_fast_path_boots_the_isos_kernel_without_a_boot_loader() {
     );
 }
 
+/// Regression: under UEFI the fast path handed OVMF the uncompressed vmlinux, which OVMF cannot
+/// start (it runs kernels through their EFI stub), and the VM sat in the EFI shell.
+#[test]
+fn direct_fast_path_under_uefi_boots_the_kernel_through_its_efi_stub() {
+    let home = tempfile::tempdir().unwrap();
+    let iso = hybrid_iso("cdrom");
+    let (code, report, err) = boot_json(boot_cmd(home.path()).arg("--cdrom").arg(&iso).args([
+        "--direct",
+        "--firmware",
+        "uefi",
+        "--expect",
+        BOOT_MARKER,
+    ]));
+    assert_booted(code, &report, &err);
+    let command: Vec<String> = serde_json::from_value(report["qemu_command"].clone()).unwrap();
+    let kernel = &command[command.iter().position(|a| a == "-kernel").unwrap() + 1];
+    assert!(
+        !kernel.ends_with(".vmlinux"),
+        "OVMF needs the bzImage: {kernel}"
+    );
+    assert!(err.contains("EFI stub"), "the reason is given: {err}");
+    let console = console_of(&report);
+    assert!(
+        !console.contains("Welcome to GRUB") && !console.contains("Shell>"),
+        "the kernel must start directly, not the ISO's GRUB or the EFI shell:\n{console}"
+    );
+    assert!(
+        console.contains("vmedia.from=cdrom"),
+        "the ISO's command line reached the kernel:\n{console}"
+    );
+}
+
 /// The lean machine of `--direct` (qboot, no HPET, initrd decompressed on the host, added
 /// kernel parameters) must still give the live system its medium: the guest's /init loads the
 /// AHCI and CD drivers, mounts /dev/sr0 and prints a file from it and the CD's size.
