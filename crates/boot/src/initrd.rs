@@ -20,6 +20,9 @@ const MAX_INITRD_BYTES: u64 = 1024 * 1024 * 1024;
 /// The plain image may use at most 1/this of the guest's memory: the guest holds it and the
 /// unpacked files at once, and a live system still needs room to run.
 const GUEST_MEMORY_SHARE: u64 = 4;
+/// Plain images are never made larger than this, whatever the guest's memory: QEMU places the
+/// initrd below 4 GiB, and each one is kept in the cache folder.
+const MAX_PLAIN_INITRD_BYTES: u64 = 1024 * 1024 * 1024;
 /// Bounds the walk over a hostile initrd (real ones hold 1 to 3 archives).
 const MAX_ARCHIVES: usize = 64;
 /// Bounds the entries walked in one plain cpio archive (a busy initrd has ~10^4 files).
@@ -80,7 +83,8 @@ pub fn plain_initrd(initrd: &Path, cache_dir: &Path, memory_mib: u32) -> Result<
         )));
     }
     let image = std::fs::read(initrd).map_err(|e| BootError::io(initrd, e))?;
-    let limit = u64::from(memory_mib) * 1024 * 1024 / GUEST_MEMORY_SHARE;
+    let limit =
+        (u64::from(memory_mib) * 1024 * 1024 / GUEST_MEMORY_SHARE).min(MAX_PLAIN_INITRD_BYTES);
     let digest = hex::encode(Sha256::digest(&image));
     // The memory share is part of the key: a bigger guest may take what a smaller one could not.
     let cached = cache_dir.join(format!("{digest}.cpio"));
@@ -119,7 +123,8 @@ pub fn plain_initrd(initrd: &Path, cache_dir: &Path, memory_mib: u32) -> Result<
         if let Err(e) = result {
             if sink.written > sink.limit {
                 return Ok(PlainInitrd::NotApplicable(format!(
-                    "it decompresses to over {} MiB, more than a quarter of the guest's memory",
+                    "it decompresses to over {} MiB, more than a quarter of the guest's memory \
+                     (or the 1 GiB cap)",
                     sink.limit / (1024 * 1024)
                 )));
             }
