@@ -370,6 +370,36 @@ pub struct OpenOptions {
     pub ignore_checksums: bool,
 }
 
+/// Opens an existing image file for reading and writing in place (commit, rebase, resize).
+pub(crate) fn open_for_writing(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| DiskError::Open {
+            path: path.into(),
+            action: "open for writing",
+            source,
+        })
+}
+
+/// Refuses a parent format (`-F`, or a rebase target's format) that a child of `format` cannot
+/// name: VMDK delta disks and VHD/VHDX differencing disks only have parents of their own format.
+pub fn require_parent_format(given: Option<Format>, format: Format) -> Result<()> {
+    match given {
+        Some(f) if f != format => Err(DiskError::InvalidOption {
+            key: "backing_fmt".into(),
+            value: f.qemu_name().into(),
+            reason: format!(
+                "a {} child can only name a {} parent",
+                format.qemu_name(),
+                format.qemu_name()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Parameters for a new image.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {

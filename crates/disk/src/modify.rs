@@ -88,14 +88,7 @@ struct RawEditor {
 
 impl RawEditor {
     fn open(path: &Path) -> Result<RawEditor> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.into(),
-                action: "open for writing",
-                source,
-            })?;
+        let file = crate::image::open_for_writing(path)?;
         Ok(RawEditor {
             file,
             path: path.to_path_buf(),
@@ -614,14 +607,7 @@ pub fn resize(path: &Path, new_size: u64, opts: &OpenOptions) -> Result<()> {
     drop(img);
     match format {
         Format::Raw => {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|source| DiskError::Open {
-                    path: path.into(),
-                    action: "open for writing",
-                    source,
-                })?;
+            let f = crate::image::open_for_writing(path)?;
             f.set_len(new_size)
                 .map_err(|e| DiskError::io(path, new_size, e))?;
             f.sync_all().map_err(|e| DiskError::io(path, 0, e))

@@ -41,15 +41,7 @@ impl Qcow2Editor {
     }
 
     fn open_inner(path: &Path, for_repair: bool) -> Result<(Qcow2Editor, Vec<u32>)> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.to_path_buf(),
-                action: "open for writing",
-                source,
-            })?;
+        let file = crate::image::open_for_writing(path)?;
         let shared: std::sync::Arc<dyn vmedia_io::ReadAt> =
             std::sync::Arc::new(file.try_clone().map_err(|e| DiskError::io(path, 0, e))?);
         let opts = OpenOptions {

@@ -105,15 +105,7 @@ impl VhdEditor {
     /// Opens `path` (fixed, dynamic or differencing VHD) for writing. The parent is not
     /// opened: the editor changes this layer only.
     pub fn open(path: &Path) -> Result<VhdEditor> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.into(),
-                action: "open for writing",
-                source,
-            })?;
+        let file = crate::image::open_for_writing(path)?;
         let reader = file.try_clone().map_err(|e| io(path, 0, e))?;
         let opts = OpenOptions {
             skip_backing: true,
@@ -763,13 +755,7 @@ impl crate::modify::InPlaceEditor for VhdEditor {
         match parent {
             None => self.set_parent_path(None),
             Some(p) => {
-                if p.format.is_some_and(|f| f != Format::Vhd) {
-                    return Err(DiskError::InvalidOption {
-                        key: "backing_fmt".into(),
-                        value: p.format.map(|f| f.qemu_name()).unwrap_or("").into(),
-                        reason: "a differencing VHD's parent must be a VHD (vpc)".into(),
-                    });
-                }
+                crate::image::require_parent_format(p.format, Format::Vhd)?;
                 self.set_parent_path(Some((&p.name, &p.resolved)))
             }
         }

@@ -167,13 +167,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     let mut locator_data = Vec::new();
     let mut disk_type = DiskType::Dynamic;
     if let Some((name, format)) = &opts.backing {
-        if format.is_some_and(|f| f != crate::image::Format::Vhd) {
-            return Err(DiskError::InvalidOption {
-                key: "backing_fmt".into(),
-                value: format!("{format:?}"),
-                reason: "a differencing VHD's parent must be a VHD".into(),
-            });
-        }
+        crate::image::require_parent_format(*format, crate::image::Format::Vhd)?;
         disk_type = DiskType::Differencing;
         let parent_path = crate::image::resolve_reference(path, name);
         let (parent_footer, parent_size) = parent_identity(&parent_path)?;

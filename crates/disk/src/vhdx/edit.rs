@@ -96,15 +96,7 @@ fn io(path: &Path, offset: u64, e: std::io::Error) -> DiskError {
 impl VhdxEditor {
     /// Opens a dynamic, fixed or differencing VHDX for writing; the parent is not opened.
     pub fn open(path: &Path) -> Result<VhdxEditor> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.into(),
-                action: "open for writing",
-                source,
-            })?;
+        let file = crate::image::open_for_writing(path)?;
         let reader = file.try_clone().map_err(|e| io(path, 0, e))?;
         let opts = OpenOptions {
             skip_backing: true,
@@ -122,25 +114,9 @@ impl VhdxEditor {
                 ),
             });
         }
-        let regions = super::read_region_table(path, &file)?;
-        let meta_region = *regions.find(&header::METADATA_REGION).ok_or_else(|| {
-            DiskError::corrupt(
-                path,
-                FORMAT,
-                header::REGION_TABLE_1_OFFSET,
-                "region table",
-                "no metadata region",
-            )
-        })?;
-        let bat_region = *regions.find(&header::BAT_REGION).ok_or_else(|| {
-            DiskError::corrupt(
-                path,
-                FORMAT,
-                header::REGION_TABLE_1_OFFSET,
-                "region table",
-                "no BAT region",
-            )
-        })?;
+        // The image has no log entries to replay (refused above), so the regions it read
+        // through its log view are the file's own.
+        let (meta_region, bat_region) = (image.meta_region, image.bat_region);
         let current_header_at = current_header_offset(path, &file)?;
         refuse_inconsistent(path, &image, &[meta_region, bat_region])?;
         let g = image.geometry;
@@ -1163,13 +1139,7 @@ impl crate::modify::InPlaceEditor for VhdxEditor {
         match parent {
             None => self.set_parent_path(None),
             Some(p) => {
-                if p.format.is_some_and(|f| f != Format::Vhdx) {
-                    return Err(DiskError::InvalidOption {
-                        key: "backing_fmt".into(),
-                        value: p.format.map(|f| f.qemu_name()).unwrap_or("").into(),
-                        reason: "a differencing VHDX's parent must be a VHDX".into(),
-                    });
-                }
+                crate::image::require_parent_format(p.format, Format::Vhdx)?;
                 self.set_parent_path(Some((&p.name, &p.resolved)))
             }
         }

@@ -98,6 +98,9 @@ pub struct VhdxImage {
     meta: Metadata,
     geometry: Geometry,
     bat: Vec<u64>,
+    /// Where the metadata and BAT regions lie (the editor writes there).
+    meta_region: header::RegionEntry,
+    bat_region: header::RegionEntry,
     replayed_entries: usize,
     parent: Option<Box<dyn DiskImage>>,
     parent_ref: Option<BackingRef>,
@@ -302,6 +305,8 @@ impl VhdxImage {
             meta,
             geometry,
             bat,
+            meta_region: *meta_region,
+            bat_region: *bat_region,
             replayed_entries,
             parent: None,
             parent_ref: None,

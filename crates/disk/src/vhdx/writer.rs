@@ -184,13 +184,7 @@ impl Plan {
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>> {
     let mut plan = Plan::from_options(opts)?;
     if let Some((name, format)) = &opts.backing {
-        if format.is_some_and(|f| f != Format::Vhdx) {
-            return Err(DiskError::InvalidOption {
-                key: "backing_fmt".into(),
-                value: format!("{format:?}"),
-                reason: "a differencing VHDX's parent must be a VHDX".into(),
-            });
-        }
+        crate::image::require_parent_format(*format, Format::Vhdx)?;
         let parent_path = crate::image::resolve_reference(path, name);
         let (guid, size) = super::data_write_guid(&parent_path)?;
         if size != plan.meta.virtual_size {

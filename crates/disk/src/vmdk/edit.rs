@@ -23,7 +23,7 @@ use super::descriptor::{self, Access, Descriptor, ExtentKind, NO_PARENT_CID};
 use super::header::{
     SparseHeader, FLAG_REDUNDANT_GT, FLAG_ZEROED_GTE, MAX_DESCRIPTOR_SECTORS, SECTOR,
 };
-use super::sparse::load_directory;
+use super::sparse::{load_directory, read_directory};
 use crate::error::{DiskError, Result};
 use crate::image::Format;
 use crate::modify::{InPlaceEditor, ParentRef};
@@ -103,18 +103,6 @@ pub struct VmdkEditor {
     keep_content_id: bool,
 }
 
-fn open_rw(path: &Path) -> Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|source| DiskError::Open {
-            path: path.into(),
-            action: "open for writing",
-            source,
-        })
-}
-
 fn read_header(path: &Path, file: &File) -> Result<SparseHeader> {
     let mut bytes = [0u8; 512];
     file.read_exact_at(&mut bytes, 0)
@@ -139,24 +127,13 @@ fn read_descriptor_text(path: &Path, file: &File) -> Result<(String, DescriptorH
     }
     if &magic == b"KDMV" {
         let header = read_header(path, file)?;
-        if header.descriptor_offset == 0 || header.descriptor_size == 0 {
+        let Some((at, reserved)) = super::embedded_descriptor_range(path, &header, size)? else {
             return Err(DiskError::Unsupported {
                 path: path.into(),
                 format: FORMAT,
                 feature: "editing a bare sparse extent (open its descriptor file instead)".into(),
             });
-        }
-        let at = header.descriptor_offset.saturating_mul(SECTOR);
-        let reserved = header.descriptor_size * SECTOR;
-        if at.checked_add(reserved).is_none_or(|e| e > size) {
-            return Err(DiskError::corrupt(
-                path,
-                FORMAT,
-                28,
-                "descriptorOffset",
-                format!("embedded descriptor of {reserved} bytes at {at:#x} lies past the end of the file"),
-            ));
-        }
+        };
         let mut raw = vec![0u8; reserved as usize];
         file.read_exact_at(&mut raw, at)
             .map_err(|e| DiskError::io(path, at, e))?;
@@ -166,28 +143,7 @@ fn read_descriptor_text(path: &Path, file: &File) -> Result<(String, DescriptorH
             .map_err(|_| DiskError::corrupt(path, FORMAT, at, "descriptor", "is not UTF-8 text"))?;
         return Ok((text, DescriptorHome::Embedded { at, reserved }));
     }
-    if size > descriptor::MAX_DESCRIPTOR_BYTES as u64 {
-        return Err(DiskError::Limit {
-            path: path.into(),
-            offset: 0,
-            field: "descriptor file size",
-            value: size,
-            limit: descriptor::MAX_DESCRIPTOR_BYTES as u64,
-            why: "a text descriptor is a few KiB; larger files are not descriptors",
-        });
-    }
-    let mut raw = vec![0u8; size as usize];
-    file.read_exact_at(&mut raw, 0)
-        .map_err(|e| DiskError::io(path, 0, e))?;
-    if !Descriptor::looks_like(&raw) {
-        return Err(DiskError::corrupt(
-            path,
-            FORMAT,
-            0,
-            "descriptor",
-            "neither a sparse header (KDMV) nor a text descriptor",
-        ));
-    }
+    let raw = super::read_text_descriptor(path, file, size)?;
     let text = String::from_utf8(raw)
         .map_err(|_| DiskError::corrupt(path, FORMAT, 0, "descriptor", "is not UTF-8 text"))?;
     Ok((text, DescriptorHome::File))
@@ -307,62 +263,50 @@ impl SparseEdit {
         }
         let gd_bytes = header.gd_entries() * 4;
         let table_bytes = u64::from(header.num_gtes_per_gt) * 4;
-        let mut metadata_end = SECTOR;
-        if header.descriptor_offset != 0 {
-            metadata_end =
-                metadata_end.max((header.descriptor_offset + header.descriptor_size) * SECTOR);
-        }
-        metadata_end = metadata_end.max(header.gd_offset * SECTOR + gd_bytes);
-        let rgd = if header.flags & FLAG_REDUNDANT_GT != 0 && header.rgd_offset != 0 {
-            let at = header.rgd_offset * SECTOR;
-            if at.checked_add(gd_bytes).is_none_or(|e| e > file_size) {
-                return Err(DiskError::corrupt(
-                    path,
-                    FORMAT,
-                    48,
-                    "rgdOffset",
-                    format!("redundant grain directory at {at:#x} lies past the end of the file"),
-                ));
-            }
-            let mut raw = vec![0u8; gd_bytes as usize];
-            file.read_exact_at(&mut raw, at)
-                .map_err(|e| DiskError::io(path, at, e))?;
-            metadata_end = metadata_end.max(at + gd_bytes);
-            Some(
-                raw.chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect::<Vec<u32>>(),
-            )
-        } else {
-            None
-        };
-        for &entry in gd.iter().chain(rgd.iter().flatten()) {
-            if entry != 0 {
-                metadata_end = metadata_end.max(u64::from(entry) * SECTOR + table_bytes);
-            }
-        }
-        metadata_end = metadata_end.max(header.overhead.saturating_mul(SECTOR).min(file_size));
+        // Every metadata range of the extent: header, descriptor, both directories, all tables.
+        // load_directory and read_directory checked the directories and tables against the
+        // file, so none of these sums overflows.
         let mut metadata = vec![(0, SECTOR)];
-        if header.descriptor_offset != 0 {
-            let at = header.descriptor_offset * SECTOR;
-            metadata.push((at, at + header.descriptor_size * SECTOR));
+        if let Some((at, len)) = super::embedded_descriptor_range(path, &header, file_size)? {
+            metadata.push((at, at + len));
         }
         metadata.push((
             header.gd_offset * SECTOR,
             header.gd_offset * SECTOR + gd_bytes,
         ));
-        if rgd.is_some() {
-            metadata.push((
-                header.rgd_offset * SECTOR,
-                header.rgd_offset * SECTOR + gd_bytes,
-            ));
-        }
+        let rgd = if header.flags & FLAG_REDUNDANT_GT != 0 && header.rgd_offset != 0 {
+            let (rgd, problem) = read_directory(
+                path,
+                &file,
+                &header,
+                file_size,
+                header.rgd_offset,
+                "rgdOffset",
+                48,
+            )?;
+            // Writes update both copies: a redundant copy naming tables outside the file
+            // cannot be kept in step.
+            if let Some(problem) = problem {
+                return Err(problem);
+            }
+            let at = header.rgd_offset * SECTOR;
+            metadata.push((at, at + gd_bytes));
+            Some(rgd)
+        } else {
+            None
+        };
         for &entry in gd.iter().chain(rgd.iter().flatten()) {
             if entry != 0 {
                 let at = u64::from(entry) * SECTOR;
                 metadata.push((at, at + table_bytes));
             }
         }
+        let metadata_end = metadata
+            .iter()
+            .map(|&(_, end)| end)
+            .chain([header.overhead.saturating_mul(SECTOR).min(file_size)])
+            .max()
+            .unwrap_or(SECTOR);
         metadata.sort_unstable();
         // Merged into disjoint ranges, so only the last one starting before a grain's end
         // can overlap it.
@@ -658,7 +602,7 @@ impl SparseEdit {
 impl VmdkEditor {
     /// Opens a VMDK (descriptor file or monolithic sparse file) for writing in place.
     pub fn open(path: &Path) -> Result<VmdkEditor> {
-        let file = open_rw(path)?;
+        let file = crate::image::open_for_writing(path)?;
         let (text, home) = read_descriptor_text(path, &file)?;
         let descriptor =
             Descriptor::parse(text.as_bytes()).map_err(|e| e.into_disk(path, FORMAT, 0))?;
@@ -688,7 +632,7 @@ impl VmdkEditor {
                     let name = line.file_name.clone().unwrap_or_default();
                     let target = crate::image::resolve_reference(path, &name);
                     EditData::Flat {
-                        file: open_rw(&target)?,
+                        file: crate::image::open_for_writing(&target)?,
                         path: target,
                         offset: line.offset.checked_mul(SECTOR).ok_or_else(|| {
                             DiskError::corrupt(
@@ -707,7 +651,7 @@ impl VmdkEditor {
                         None => {
                             let name = line.file_name.clone().unwrap_or_default();
                             let target = crate::image::resolve_reference(path, &name);
-                            let f = open_rw(&target)?;
+                            let f = crate::image::open_for_writing(&target)?;
                             (target, f)
                         }
                     };
@@ -852,7 +796,7 @@ impl VmdkEditor {
             DescriptorHome::Embedded { at, reserved } => {
                 let mut bytes = text.as_bytes().to_vec();
                 bytes.resize(reserved as usize, 0);
-                let file = open_rw(&self.path)?;
+                let file = crate::image::open_for_writing(&self.path)?;
                 file.write_all_at(&bytes, at)
                     .map_err(|e| DiskError::io(&self.path, at, e))?;
                 file.sync_all()
@@ -990,13 +934,7 @@ impl InPlaceEditor for VmdkEditor {
                 ("parentFileNameHint".to_string(), None),
             ],
             Some(p) => {
-                if p.format.is_some_and(|f| f != Format::Vmdk) {
-                    return Err(DiskError::NotSupportedFor {
-                        path: self.path.clone(),
-                        format: FORMAT,
-                        operation: "a parent that is not a VMDK (VMware delta disks name a VMDK parent by its CID)",
-                    });
-                }
+                crate::image::require_parent_format(p.format, Format::Vmdk)?;
                 if p.name.contains(['"', '\n', '\r'])
                     || p.name.len() > descriptor::MAX_LINE_BYTES - "parentFileNameHint=\"\"".len()
                 {

@@ -92,6 +92,65 @@ fn read_sparse_header(path: &Path, source: &dyn ReadAt) -> Result<SparseHeader> 
     SparseHeader::parse(&bytes).map_err(|e| e.into_disk(path, FORMAT, 0))
 }
 
+/// Where a sparse extent's embedded descriptor lies: (byte offset, reserved bytes), checked
+/// against the file; `None` for a bare extent without one.
+pub(crate) fn embedded_descriptor_range(
+    path: &Path,
+    header: &SparseHeader,
+    file_size: u64,
+) -> Result<Option<(u64, u64)>> {
+    if header.descriptor_offset == 0 || header.descriptor_size == 0 {
+        return Ok(None);
+    }
+    let at = header.descriptor_offset.checked_mul(SECTOR);
+    let len = header.descriptor_size.checked_mul(SECTOR);
+    match (at, len) {
+        (Some(at), Some(len)) if at.checked_add(len).is_some_and(|end| end <= file_size) => {
+            Ok(Some((at, len)))
+        }
+        _ => Err(DiskError::corrupt(
+            path,
+            FORMAT,
+            28,
+            "descriptorOffset",
+            format!(
+                "embedded descriptor of {} sectors at sector {} lies past the end of the file",
+                header.descriptor_size, header.descriptor_offset
+            ),
+        )),
+    }
+}
+
+/// The bytes of a text descriptor file: size-limited, and refused unless they look like one.
+pub(crate) fn read_text_descriptor(
+    path: &Path,
+    source: &dyn ReadAt,
+    file_size: u64,
+) -> Result<Vec<u8>> {
+    if file_size > descriptor::MAX_DESCRIPTOR_BYTES as u64 {
+        return Err(DiskError::Limit {
+            path: path.to_path_buf(),
+            offset: 0,
+            field: "descriptor file size",
+            value: file_size,
+            limit: descriptor::MAX_DESCRIPTOR_BYTES as u64,
+            why: "a text descriptor is a few KiB; larger files are not descriptors",
+        });
+    }
+    let mut text = vec![0u8; file_size as usize];
+    read_exact(source, path, &mut text, 0)?;
+    if !Descriptor::looks_like(&text) {
+        return Err(DiskError::corrupt(
+            path,
+            FORMAT,
+            0,
+            "descriptor",
+            "neither a sparse header (KDMV) nor a text descriptor",
+        ));
+    }
+    Ok(text)
+}
+
 impl VmdkImage {
     pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<VmdkImage> {
         let file_size = source_size(source.as_ref(), path)?;
@@ -115,13 +174,9 @@ impl VmdkImage {
                 .validate()
                 .map_err(|e| e.into_disk(path, FORMAT, 0))?;
             let extent = SparseExtent::open(path, source.clone(), header.clone())?;
-            let descriptor = if header.descriptor_offset != 0 && header.descriptor_size != 0 {
-                let at = header.descriptor_offset * SECTOR;
-                let len = header.descriptor_size * SECTOR;
-                if at.checked_add(len).is_none_or(|e| e > file_size) {
-                    return Err(DiskError::corrupt(path, FORMAT, 28, "descriptorOffset",
-                        format!("embedded descriptor of {len} bytes at {at:#x} lies past the end of the file")));
-                }
+            let descriptor = if let Some((at, len)) =
+                embedded_descriptor_range(path, &header, file_size)?
+            {
                 let mut text = vec![0u8; len as usize];
                 read_exact(source.as_ref(), path, &mut text, at)?;
                 Descriptor::parse(&text).map_err(|e| e.into_disk(path, FORMAT, at))?
@@ -136,27 +191,7 @@ impl VmdkImage {
             };
             (descriptor, Some(extent))
         } else {
-            if file_size > descriptor::MAX_DESCRIPTOR_BYTES as u64 {
-                return Err(DiskError::Limit {
-                    path: path.to_path_buf(),
-                    offset: 0,
-                    field: "descriptor file size",
-                    value: file_size,
-                    limit: descriptor::MAX_DESCRIPTOR_BYTES as u64,
-                    why: "a text descriptor is a few KiB; larger files are not descriptors",
-                });
-            }
-            let mut text = vec![0u8; file_size as usize];
-            read_exact(source.as_ref(), path, &mut text, 0)?;
-            if !Descriptor::looks_like(&text) {
-                return Err(DiskError::corrupt(
-                    path,
-                    FORMAT,
-                    0,
-                    "descriptor",
-                    "neither a sparse header (KDMV) nor a text descriptor",
-                ));
-            }
+            let text = read_text_descriptor(path, source.as_ref(), file_size)?;
             (
                 Descriptor::parse(&text).map_err(|e| e.into_disk(path, FORMAT, 0))?,
                 None,

@@ -316,7 +316,7 @@ impl SparseExtent {
 /// One grain directory copy read from `gd_sector`. A copy outside the file is an error; a
 /// copy naming grain tables outside the file (or over the header) comes back with that
 /// problem, so the caller can prefer the other copy and otherwise fail lazily per table.
-fn read_directory(
+pub(crate) fn read_directory(
     path: &Path,
     source: &dyn ReadAt,
     header: &SparseHeader,

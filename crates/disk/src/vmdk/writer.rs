@@ -172,13 +172,7 @@ impl Plan {
         let parent = match &opts.backing {
             None => None,
             Some((name, format)) => {
-                if format.is_some_and(|f| f != Format::Vmdk) {
-                    return Err(DiskError::InvalidOption {
-                        key: "backing_fmt".into(),
-                        value: format!("{format:?}"),
-                        reason: "a VMDK delta disk's parent must be a VMDK".into(),
-                    });
-                }
+                crate::image::require_parent_format(*format, Format::Vmdk)?;
                 if subformat != Subformat::MonolithicSparse
                     && subformat != Subformat::TwoGbMaxExtentSparse
                 {
