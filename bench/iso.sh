@@ -12,11 +12,10 @@
 #
 # Same conditions for every tool:
 # - `sync` before each timed run (not timed), so no run pays for the previous run's writeback.
-# - Every timed run ends in the same state for all tools of a row. `vmedia mkisofs` flushes its
-#   image before renaming it into place (unless the writer follows VMEDIA_SYNC) while
-#   genisoimage and xorriso leave it in the page cache, so create rows time
-#   `CMD && sync IMAGE` for every tool: the time until the image is on disk. Extract rows time the command alone:
-#   neither vmedia (without --sync) nor 7z flushes the extracted files.
+# - Every timed run ends in the same state for all tools of a row. None of the three creators
+#   flushes its image (vmedia only with VMEDIA_SYNC=1), so create rows time
+#   `CMD && sync IMAGE` for every tool: the time until the image is on disk. Extract rows time
+#   the command alone: neither vmedia (without --sync) nor 7z flushes the extracted files.
 # - Extracted trees are kept until the end of their section instead of being deleted between
 #   runs: on ext4 without a journal, inodes freed in the last 1-6 minutes are skipped by the
 #   allocator (`recently_deleted`), which made a run after a 20000-file `rm -rf` several times
