@@ -566,23 +566,36 @@ fn parse_reply(b: &[u8]) -> DhcpReply {
     }
 }
 
+/// A DHCP client's socket on the client side of the veth: port 68, bound to vc0, broadcast.
+/// Call inside the namespace.
+fn client_socket() -> UdpSocket {
+    let sock = UdpSocket::bind("0.0.0.0:68").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    let ifname = b"vc0";
+    // SAFETY: SO_BINDTODEVICE with the interface name bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            ifname.as_ptr() as *const libc::c_void,
+            ifname.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "SO_BINDTODEVICE vc0: {}",
+        std::io::Error::last_os_error()
+    );
+    sock.set_broadcast(true).unwrap();
+    sock
+}
+
 /// Sends `packet` from the client side of the veth (port 68, broadcast) and returns the reply.
 fn exchange(ns: &Netns, packet: Vec<u8>, to_port: u16, to: Ipv4Addr) -> Option<DhcpReply> {
     ns.run(move || {
-        let sock = UdpSocket::bind("0.0.0.0:68").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-        let ifname = b"vc0";
-        // SAFETY: SO_BINDTODEVICE with the interface name bytes.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                ifname.as_ptr() as *const libc::c_void,
-                ifname.len() as libc::socklen_t,
-            );
-        }
-        sock.set_broadcast(true).unwrap();
+        let sock = client_socket();
         sock.set_read_timeout(Some(Duration::from_millis(1500)))
             .unwrap();
         sock.send_to(&packet, (to, to_port)).unwrap();
@@ -1161,20 +1174,7 @@ fn blksize_is_capped_by_the_link_mtu_except_on_loopback() {
 /// A bare DHCP REQUEST a client broadcasts to the network's real DHCP server (not to us).
 fn send_only(ns: &Netns, packet: Vec<u8>) {
     ns.run(move || {
-        let sock = UdpSocket::bind("0.0.0.0:68").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-        let ifname = b"vc0";
-        // SAFETY: SO_BINDTODEVICE with the interface name bytes.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                ifname.as_ptr() as *const libc::c_void,
-                ifname.len() as libc::socklen_t,
-            );
-        }
-        sock.set_broadcast(true).unwrap();
+        let sock = client_socket();
         sock.send_to(&packet, (Ipv4Addr::BROADCAST, 67)).unwrap();
     })
 }
