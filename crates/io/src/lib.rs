@@ -9,6 +9,7 @@
 //! `commit_with(Durability::from_env())`, which flushes only with `VMEDIA_SYNC=1`.
 
 mod atomic;
+pub mod bytes;
 mod progress;
 mod read_at;
 
