@@ -297,6 +297,30 @@ pub struct Measurement {
     pub bitmaps: u64,
 }
 
+/// The answer of `vmedia disk measure --output json`: a [`Measurement`] with the bitmaps row
+/// qemu-img prints only when both formats carry persistent bitmaps (qcow2 to qcow2).
+///
+/// Keys are in alphabetical order, as the document has always been printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MeasureReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitmaps: Option<u64>,
+    #[serde(rename = "fully-allocated")]
+    pub fully_allocated: u64,
+    pub required: u64,
+}
+
+impl MeasureReport {
+    /// The report for `measurement`; `with_bitmaps` adds the bitmaps row.
+    pub fn new(measurement: &Measurement, with_bitmaps: bool) -> MeasureReport {
+        MeasureReport {
+            bitmaps: with_bitmaps.then_some(measurement.bitmaps),
+            fully_allocated: measurement.fully_allocated,
+            required: measurement.required,
+        }
+    }
+}
+
 /// A read-only view of one image (and, through `backing`, its chain).
 ///
 /// `read_at` returns the guest's view: unallocated ranges read through the backing image, or

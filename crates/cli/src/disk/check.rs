@@ -169,20 +169,15 @@ fn check_target(
             return Ok(ExitCode::from(1));
         }
     };
-    let problems = vmedia_disk::profile::check_target(img, target);
+    let report = vmedia_disk::profile::TargetReport::new(img, target);
     if !quiet {
         match output {
-            OutputFormat::Json => print_json(&serde_json::json!({
-                "target": target.name(),
-                "filename": img.path(),
-                "accepted": problems.is_empty(),
-                "problems": problems,
-            }))?,
-            OutputFormat::Human if problems.is_empty() => {
+            OutputFormat::Json => print_json(&report)?,
+            OutputFormat::Human if report.accepted => {
                 println!("No problems for {target} were found on the image.")
             }
             OutputFormat::Human => {
-                for p in &problems {
+                for p in &report.problems {
                     println!(
                         "{target} would refuse the image: {}: {}",
                         p.field, p.message
@@ -191,5 +186,5 @@ fn check_target(
             }
         }
     }
-    Ok(ExitCode::from(if problems.is_empty() { 0 } else { 2 }))
+    Ok(ExitCode::from(if report.accepted { 0 } else { 2 }))
 }

@@ -60,11 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     .then_some(m.bitmaps);
     match a.output {
         OutputFormat::Json => {
-            let mut v = serde_json::to_value(m)?;
-            if let Some(b) = bitmaps {
-                v["bitmaps"] = b.into();
-            }
-            print_json(&v)?
+            print_json(&vmedia_disk::image::MeasureReport::new(&m, bitmaps.is_some()))?
         }
         OutputFormat::Human => {
             println!("required size: {}", m.required);

@@ -30,7 +30,7 @@ use header::{SparseHeader, SECTOR};
 use sparse::{Grain, SparseExtent};
 
 pub use stream::{deflate_grain, StreamCompressor};
-pub use writer::{create, wrap_flat, WrapOptions};
+pub use writer::{create, wrap_flat, WrapOptions, WrapReport, Wrapped};
 
 const FORMAT: &str = "vmdk";
 

@@ -734,6 +734,41 @@ pub struct Wrapped {
     pub padding: u64,
 }
 
+/// The answer of `vmedia disk wrap-iso --json`: what `wrap_flat` wrote.
+///
+/// Serializes as the CLI's JSON document (keys in alphabetical order, as the document has
+/// always been printed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WrapReport {
+    /// "RW" or "RDONLY".
+    pub access: &'static str,
+    #[serde(rename = "adapter-type")]
+    pub adapter_type: String,
+    /// The extent name written in the descriptor.
+    pub extent: String,
+    /// The descriptor written.
+    pub filename: String,
+    pub padding: u64,
+    pub sectors: u64,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+}
+
+impl WrapReport {
+    /// The report for `wrapped`, written at `out` with `opts`.
+    pub fn new(out: &Path, wrapped: &Wrapped, opts: &WrapOptions) -> WrapReport {
+        WrapReport {
+            access: if opts.read_only { "RDONLY" } else { "RW" },
+            adapter_type: opts.adapter_type.clone(),
+            extent: wrapped.extent_name.clone(),
+            filename: out.display().to_string(),
+            padding: wrapped.padding,
+            sectors: wrapped.sectors,
+            virtual_size: wrapped.sectors.saturating_mul(SECTOR),
+        }
+    }
+}
+
 /// Writes a descriptor-only VMDK at `out` whose single FLAT extent is `target` (nothing is
 /// copied). The extent name is relative when `target` sits in `out`'s folder, else absolute
 /// (readers then need permission to follow references outside the folder).
