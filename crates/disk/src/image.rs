@@ -183,6 +183,28 @@ pub struct SnapshotInfo {
     pub icount: Option<u64>,
 }
 
+impl SnapshotInfo {
+    /// The snapshot's date as qemu-img prints it: "YYYY-MM-DD HH:MM:SS" in UTC.
+    pub fn date_utc(&self) -> String {
+        utc_date(self.date_sec)
+    }
+}
+
+/// "YYYY-MM-DD HH:MM:SS" in UTC for a Unix time, as qemu-img prints snapshot dates. A time
+/// past jiff's range (after the year 9999; qcow2 stores 32-bit seconds, so only hand-made
+/// values) is printed as its seconds.
+pub fn utc_date(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
+        .map(|time| {
+            time.to_zoned(jiff::tz::TimeZone::UTC)
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
 /// What `qemu-img info` reports about one image; serializes with qemu-img's JSON keys.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImageInfo {
@@ -742,6 +764,14 @@ mod tests {
         }
         assert_eq!(Format::from_name("vhd").unwrap(), Format::Vhd);
         assert!(Format::from_name("qed").is_err());
+    }
+
+    #[test]
+    fn utc_date_matches_known_instants() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_date(1_754_957_438), "2025-08-12 00:10:38");
+        assert_eq!(utc_date(u64::from(u32::MAX)), "2106-02-07 06:28:15");
+        assert_eq!(utc_date(u64::MAX), u64::MAX.to_string());
     }
 
     #[test]

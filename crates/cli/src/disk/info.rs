@@ -97,7 +97,7 @@ fn human(info: &ImageInfo) -> String {
                 snap.id,
                 snap.name,
                 human_size(snap.vm_state_size),
-                utc_date(snap.date_sec),
+                snap.date_utc(),
                 clock / 3600,
                 (clock / 60) % 60,
                 clock % 60,
@@ -122,35 +122,4 @@ fn human(info: &ImageInfo) -> String {
         }
     }
     s
-}
-
-/// "YYYY-MM-DD HH:MM:SS" in UTC for a Unix time (qemu prints snapshot dates this way).
-fn utc_date(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_date_matches_known_instants() {
-        assert_eq!(super::utc_date(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc_date(1_754_957_438), "2025-08-12 00:10:38");
-    }
 }
