@@ -7,7 +7,7 @@
 //! let mut opts = CreateOptions::new(Format::Raw, source.virtual_size());
 //! opts.options = user's -o options;                    // explicit user options win
 //! profile::apply(target, &mut opts)?;                  // sets format, subformat, sizes
-//! let writer = image::create(out, &opts)?; ... finish
+//! let writer = factory::create(out, &opts)?; ... finish
 //! let problems = profile::check_target(out_image.as_ref(), target);  // must be empty
 //! ```
 //!

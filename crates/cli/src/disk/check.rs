@@ -49,7 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut opts = a.refs.open_options(parse_format(a.format.as_deref())?)?;
     opts.skip_backing = true;
-    let img = match vmedia_disk::image::open(&a.file, &opts) {
+    let img = match vmedia_disk::factory::open(&a.file, &opts) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("vmedia: error: Could not open '{}': {e}", a.file.display());
@@ -83,7 +83,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("vmedia: error: Repair failed: {e}");
                 return Ok(ExitCode::from(1));
             }
-            let again = match vmedia_disk::image::open(&a.file, &opts)
+            let again = match vmedia_disk::factory::open(&a.file, &opts)
                 .and_then(|i| i.check(&vmedia_io::NoProgress))
             {
                 Ok(r) => r,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use vmedia_disk::factory;
 use vmedia_disk::image::{self, ImageInfo};
 
 use super::{human_size, parse_format, print_json, OutputFormat, RefArgs};
@@ -32,7 +33,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut infos: Vec<ImageInfo> = Vec::new();
     if a.backing_chain {
         let opts = a.refs.open_options(format)?;
-        let top = image::open(&a.file, &opts)
+        let top = factory::open(&a.file, &opts)
             .with_context(|| format!("Could not open '{}'", a.file.display()))?;
         let mut layer: Option<&dyn image::DiskImage> = Some(top.as_ref());
         while let Some(img) = layer {
@@ -42,7 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         let mut opts = a.refs.open_options(format)?;
         opts.skip_backing = true;
-        let img = image::open(&a.file, &opts)
+        let img = factory::open(&a.file, &opts)
             .with_context(|| format!("Could not open '{}'", a.file.display()))?;
         infos.push(img.info()?);
     }

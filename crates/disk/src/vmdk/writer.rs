@@ -73,18 +73,6 @@ pub(crate) struct Plan {
     pub parent_image: Option<Arc<dyn DiskImage>>,
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(DiskError::InvalidOption {
-            key: key.into(),
-            value: value.into(),
-            reason: "expected on or off".into(),
-        }),
-    }
-}
-
 /// Adapter types accepted in ddb.adapterType (qemu's list plus pvscsi for ESXi).
 pub const ADAPTER_TYPES: [&str; 5] = ["ide", "buslogic", "lsilogic", "legacyESX", "pvscsi"];
 
@@ -126,7 +114,7 @@ impl Plan {
             });
         }
         let compat6 = match get("compat6") {
-            Some(v) => parse_bool("compat6", v)?,
+            Some(v) => crate::image::parse_on_off("compat6", v)?,
             None => false,
         };
         let hw_version = match (get("hwversion"), compat6) {
@@ -157,7 +145,7 @@ impl Plan {
                 reason: "a number".into(),
             })?;
         let zeroed_grain = match get("zeroed_grain") {
-            Some(v) => parse_bool("zeroed_grain", v)?,
+            Some(v) => crate::image::parse_on_off("zeroed_grain", v)?,
             None => false,
         };
         let sectors = opts.virtual_size.div_ceil(SECTOR);
@@ -182,7 +170,7 @@ impl Plan {
                         operation: "a parent disk with a flat or stream subformat",
                     });
                 }
-                let parent_path = crate::image::resolve_reference(path, name);
+                let parent_path = crate::reference::resolve_reference(path, name);
                 // The user named the parent: follow its chain wherever it is.
                 let parent_opts = OpenOptions {
                     references: ReferencePolicy::Any,
@@ -418,7 +406,7 @@ impl MultiWriter {
         len: u64,
         mut f: impl FnMut(&mut Piece, u64, u64, u64) -> Result<()>,
     ) -> Result<()> {
-        crate::vhd::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
+        crate::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
         let mut done = 0u64;
         while done < len {
             let at = guest_offset + done;
@@ -468,7 +456,7 @@ impl ImageWriter for MultiWriter {
             match piece {
                 Piece::Flat(file) => {
                     let p = file.final_path().to_path_buf();
-                    crate::image::finish_atomic(file, this.flush)
+                    file.commit_with(crate::image::durability(this.flush))
                         .map_err(|e| DiskError::io(p, 0, e))?
                 }
                 Piece::Sparse(s) => s.finish()?,
@@ -480,7 +468,8 @@ impl ImageWriter for MultiWriter {
                 .write_all_at(text.as_bytes(), 0)
                 .map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
             let p = file.final_path().to_path_buf();
-            crate::image::finish_atomic(file, this.flush).map_err(|e| DiskError::io(p, 0, e))?;
+            file.commit_with(crate::image::durability(this.flush))
+                .map_err(|e| DiskError::io(p, 0, e))?;
         }
         Ok(())
     }
@@ -697,7 +686,9 @@ impl SparseFileWriter {
         f.set_len(self.next_grain)
             .map_err(|e| io(self.next_grain, e))?;
         let p = self.file.final_path().to_path_buf();
-        crate::image::finish_atomic(self.file, self.flush).map_err(|e| DiskError::io(p, 0, e))
+        self.file
+            .commit_with(crate::image::durability(self.flush))
+            .map_err(|e| DiskError::io(p, 0, e))
     }
 }
 
