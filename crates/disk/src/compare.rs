@@ -92,6 +92,13 @@ pub fn compare(
     strict: bool,
     progress: &dyn Progress,
 ) -> Result<CompareOutcome> {
+    let _span = tracing::info_span!(
+        "compare",
+        a = %a.path().display(),
+        b = %b.path().display(),
+        strict
+    )
+    .entered();
     let (sa, sb) = (a.virtual_size(), b.virtual_size());
     if strict && sa != sb {
         return Ok(CompareOutcome::SizeMismatch);

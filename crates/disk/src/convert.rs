@@ -163,6 +163,13 @@ pub fn convert(
 ) -> Result<()> {
     let size = source.size();
     let cluster = writer.cluster_size();
+    let _span = tracing::info_span!(
+        "convert",
+        size,
+        cluster,
+        compress = writer.compressor().is_some()
+    )
+    .entered();
     let compressor: Option<Arc<dyn ClusterCompressor>> = writer.compressor();
     // The unit of decisions: a cluster, or the -S size when that is larger.
     let unit = if compressor.is_some() || opts.sparse_size <= cluster {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use vmedia_io::{NoProgress, ReadAt};
 
 use crate::error::Result;
-use crate::image::{self, DiskImage, Format, OpenOptions, ReferencePolicy};
+use crate::factory;
+use crate::image::{DiskImage, Format, OpenOptions, ReferencePolicy};
 
 /// Guest bytes read per image: enough to touch tables and compressed clusters, bounded so a
 /// huge virtual size cannot make one input slow.
@@ -27,9 +28,9 @@ pub struct Outcome {
 
 /// Probes the bytes, then opens them as each format in turn and exercises the image.
 pub fn exercise(data: &[u8]) -> Vec<Outcome> {
-    let tail_start = data.len().saturating_sub(image::PROBE_TAIL_LEN);
-    let head = &data[..data.len().min(image::PROBE_HEAD_LEN)];
-    let _ = image::probe(head, &data[tail_start..]);
+    let tail_start = data.len().saturating_sub(factory::PROBE_TAIL_LEN);
+    let head = &data[..data.len().min(factory::PROBE_HEAD_LEN)];
+    let _ = factory::probe(head, &data[tail_start..]);
     let source: Arc<dyn ReadAt> = Arc::new(data.to_vec());
     // A path that does not exist: nothing an image names can be opened.
     let path = Path::new("/nonexistent/vmedia-exercise/image");
@@ -41,7 +42,7 @@ pub fn exercise(data: &[u8]) -> Vec<Outcome> {
                 format: Some(format),
                 ..OpenOptions::default()
             };
-            match image::open_source(path, source.clone(), &opts) {
+            match factory::open_source(path, source.clone(), &opts) {
                 Ok(img) => Outcome {
                     format,
                     opened: true,

@@ -11,59 +11,14 @@ use std::path::{Path, PathBuf};
 
 use vmedia_io::Progress;
 
+pub use crate::editor::{InPlaceEditor, ParentRef};
 use crate::error::{DiskError, Result};
-use crate::image::{self, BlockKind, DiskImage, Format, OpenOptions};
+use crate::factory;
+use crate::image::{BlockKind, DiskImage, Format, OpenOptions};
 use crate::qcow2::modify::Qcow2Editor;
 use crate::vhd::edit::VhdEditor;
 use crate::vhdx::edit::VhdxEditor;
 use crate::vmdk::edit::VmdkEditor;
-
-/// The parent (backing file) an edited image is told to record by [`InPlaceEditor::set_parent`].
-///
-/// Each format reads from `resolved` what it must record about the parent besides the name:
-/// VMDK its descriptor CID, VHD its footer UUID and modification time, VHDX its DataWriteGuid
-/// (parent linkage). The user named this file on the command line, so opening it is not an
-/// implicit reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParentRef {
-    /// The name to store in the image, exactly as the user wrote it (relative names stay
-    /// relative to the edited image's folder, as qemu-img records them).
-    pub name: String,
-    /// `name` resolved against the edited image's folder: the file to read.
-    pub resolved: PathBuf,
-    /// The parent's format: as given with -F, else probed from `resolved` when it exists.
-    pub format: Option<Format>,
-}
-
-/// Writes into an existing image in place (commit target, rebase overlay, emptied overlay).
-///
-/// Calls use guest offsets aligned to `cluster_size()`; `data` is one whole cluster, or less
-/// for the last cluster of the disk. Data writes may land in the file immediately, metadata
-/// may be kept in memory: only [`InPlaceEditor::finish`] makes the image consistent, so a
-/// dropped editor may leave an image that needs `check -r`.
-pub trait InPlaceEditor {
-    /// The granularity of `write_cluster`/`zero_cluster` (qcow2 cluster, VMDK grain, VHD/VHDX
-    /// block or sector run), a power of two >= 512.
-    fn cluster_size(&self) -> u64;
-    /// Stores one cluster of guest data.
-    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()>;
-    /// Makes one cluster read as zeros in this image whatever its parent holds: a zero flag
-    /// where the format has one, else written zeros (or deallocation where that reads as zero
-    /// because the image has no parent).
-    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()>;
-    /// Records a new parent (`None`: the image becomes standalone), with the identity fields
-    /// the format keeps about it. Content is not changed: safe rebase copies data first.
-    fn set_parent(&mut self, parent: Option<&ParentRef>) -> Result<()>;
-    /// Drops every allocation so the image reads entirely through its parent (commit without
-    /// -d); formats that cannot say so in their error.
-    fn empty(&mut self) -> Result<()>;
-    /// The caller's writes do not change what the guest sees (safe rebase copies, emptying
-    /// after a commit): keep the content identity that children check (VMDK CID, VHDX
-    /// DataWriteGuid) instead of renewing it on the first write.
-    fn keep_content_id(&mut self) {}
-    /// Writes the metadata, marks the content changed where the format records that, syncs.
-    fn finish(self: Box<Self>) -> Result<()>;
-}
 
 /// Opens `path` (of the given, already known format) for in-place writing.
 pub fn open_editor(path: &Path, format: Format) -> Result<Box<dyn InPlaceEditor>> {
@@ -144,35 +99,6 @@ impl InPlaceEditor for RawEditor {
     }
 }
 
-impl InPlaceEditor for Qcow2Editor {
-    fn cluster_size(&self) -> u64 {
-        self.header().cluster_size()
-    }
-
-    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        Qcow2Editor::write_cluster(self, guest_offset, data)
-    }
-
-    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
-        Qcow2Editor::zero_cluster(self, guest_offset)
-    }
-
-    fn set_parent(&mut self, parent: Option<&ParentRef>) -> Result<()> {
-        match parent {
-            Some(p) => self.set_backing(Some(&p.name), p.format),
-            None => self.set_backing(None, None),
-        }
-    }
-
-    fn empty(&mut self) -> Result<()> {
-        self.discard_all()
-    }
-
-    fn finish(self: Box<Self>) -> Result<()> {
-        Qcow2Editor::finish(*self)
-    }
-}
-
 /// What the first `layers` layers of the chain from `top` hold at `offset`: Data, Zero, or
 /// Unallocated when none of them allocates it.
 fn allocated_above(
@@ -228,7 +154,8 @@ pub fn commit(
     opts: &OpenOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let top = image::open(top_path, opts)?;
+    let _span = tracing::info_span!("commit", top = %top_path.display(), empty).entered();
+    let top = factory::open(top_path, opts)?;
     let top_format = top.format();
     let mut layers = 1usize;
     let mut base_img = top.backing().ok_or_else(|| DiskError::NotSupportedFor {
@@ -315,7 +242,7 @@ pub fn commit(
 /// Records `parent` again (same name) so the format re-reads the parent's identity.
 fn relink_to(
     editor: &mut dyn InPlaceEditor,
-    parent: Option<&image::BackingRef>,
+    parent: Option<&crate::image::BackingRef>,
     base_path: &Path,
     base_format: Format,
 ) -> Result<()> {
@@ -389,8 +316,15 @@ pub fn rebase(
     opts: &OpenOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
+    let _span = tracing::info_span!(
+        "rebase",
+        top = %top_path.display(),
+        backing = new_backing.unwrap_or(""),
+        safe
+    )
+    .entered();
     if !safe {
-        let probe = image::open(
+        let probe = factory::open(
             top_path,
             &OpenOptions {
                 skip_backing: true,
@@ -401,14 +335,14 @@ pub fn rebase(
         drop(probe);
         let parent = new_backing.map(|name| ParentRef {
             name: name.to_string(),
-            resolved: image::resolve_reference(top_path, name),
+            resolved: crate::reference::resolve_reference(top_path, name),
             format: new_format,
         });
         let mut editor = open_editor(top_path, top_format)?;
         editor.set_parent(parent.as_ref())?;
         return editor.finish();
     }
-    let top = image::open(top_path, opts)?;
+    let top = factory::open(top_path, opts)?;
     let top_format = top.format();
     let (new_img, parent) = match new_backing {
         Some(name) => {
@@ -416,8 +350,8 @@ pub fn rebase(
                 format: new_format,
                 ..opts.clone()
             };
-            let resolved = image::check_reference(top_path, name, &child)?;
-            let img = image::open(&resolved, &child)?;
+            let img = factory::open_reference(top_path, name, new_format, &child)?;
+            let resolved = img.path().to_path_buf();
             let parent = ParentRef {
                 name: name.to_string(),
                 resolved,
@@ -596,7 +530,8 @@ fn copy_cluster_if_different(
 
 /// qemu-img resize: raw files change length; qcow2 images change their virtual size.
 pub fn resize(path: &Path, new_size: u64, opts: &OpenOptions) -> Result<()> {
-    let img = image::open(
+    let _span = tracing::info_span!("resize", path = %path.display(), new_size).entered();
+    let img = factory::open(
         path,
         &OpenOptions {
             skip_backing: true,

@@ -7,7 +7,7 @@
 //! let mut opts = CreateOptions::new(Format::Raw, source.virtual_size());
 //! opts.options = user's -o options;                    // explicit user options win
 //! profile::apply(target, &mut opts)?;                  // sets format, subformat, sizes
-//! let writer = image::create(out, &opts)?; ... finish
+//! let writer = factory::create(out, &opts)?; ... finish
 //! let problems = profile::check_target(out_image.as_ref(), target);  // must be empty
 //! ```
 //!
@@ -16,7 +16,7 @@
 //! write, e.g. a qemu-img streamOptimized VMDK that vSphere refuses.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{DiskError, Result};
 use crate::image::{CreateOptions, DiskImage, Format};
@@ -198,6 +198,34 @@ fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {
         field: field.into(),
         message: message.into(),
+    }
+}
+
+/// The answer of `vmedia disk check --target`: what `target` would refuse in one image.
+///
+/// Serializes as the CLI's JSON document (keys in alphabetical order, as the document has
+/// always been printed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TargetReport {
+    /// True when `problems` is empty.
+    pub accepted: bool,
+    /// The image checked, as it was named.
+    pub filename: PathBuf,
+    pub problems: Vec<Problem>,
+    /// The target's name ("esxi", "azure", "hyperv").
+    pub target: &'static str,
+}
+
+impl TargetReport {
+    /// Checks `image` against `target`.
+    pub fn new(image: &dyn DiskImage, target: Target) -> TargetReport {
+        let problems = check_target(image, target);
+        TargetReport {
+            accepted: problems.is_empty(),
+            filename: image.path().to_path_buf(),
+            problems,
+            target: target.name(),
+        }
     }
 }
 

@@ -235,11 +235,13 @@ impl ImageWriter for RawWriter {
     }
     fn finish(self: Box<Self>) -> Result<()> {
         let path = self.file.final_path().to_path_buf();
-        crate::image::finish_atomic(self.file, self.flush).map_err(|source| DiskError::Open {
-            path,
-            action: "finish",
-            source,
-        })
+        self.file
+            .commit_with(crate::image::durability(self.flush))
+            .map_err(|source| DiskError::Open {
+                path,
+                action: "finish",
+                source,
+            })
     }
 }
 
@@ -266,7 +268,7 @@ mod tests {
         let mut w = create(&path, &CreateOptions::new(Format::Raw, 1 << 20)).unwrap();
         w.write_at(512 * 1024, &[7u8; 4096]).unwrap();
         w.finish().unwrap();
-        let img = crate::image::open(&path, &OpenOptions::default()).unwrap();
+        let img = crate::factory::open(&path, &OpenOptions::default()).unwrap();
         assert_eq!(img.virtual_size(), 1 << 20);
         let mut buf = [0u8; 4096];
         img.read_at(&mut buf, 512 * 1024).unwrap();

@@ -6,7 +6,8 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use vmedia_disk::image::{self, CreateOptions, Format, OpenOptions};
+use vmedia_disk::factory;
+use vmedia_disk::image::{CreateOptions, Format, OpenOptions};
 use vmedia_disk::DiskError;
 
 const MIB: u64 = 1 << 20;
@@ -16,7 +17,7 @@ fn valid_qcow2(dir: &Path, name: &str, compress: bool) -> PathBuf {
     let path = dir.join(name);
     let mut opts = CreateOptions::new(Format::Qcow2, 16 * MIB);
     opts.compress = compress;
-    let mut w = image::create(&path, &opts).unwrap();
+    let mut w = factory::create(&path, &opts).unwrap();
     let text: Vec<u8> = b"hostile image test line\n"
         .iter()
         .copied()
@@ -55,7 +56,7 @@ fn poke(path: &Path, offset: u64, bytes: &[u8]) {
 }
 
 fn open(path: &Path) -> vmedia_disk::Result<Box<dyn vmedia_disk::DiskImage>> {
-    image::open(path, &OpenOptions::default())
+    factory::open(path, &OpenOptions::default())
 }
 
 /// Reads the whole guest; returns the first error.
@@ -184,7 +185,7 @@ fn backing_loops_are_errors() {
     let make = |name: &str, backing: &str| {
         let mut opts = CreateOptions::new(Format::Qcow2, MIB);
         opts.backing = Some((backing.to_string(), Some(Format::Qcow2)));
-        image::create(&dir.path().join(name), &opts)
+        factory::create(&dir.path().join(name), &opts)
             .unwrap()
             .finish()
             .unwrap();
@@ -208,7 +209,7 @@ fn backing_file_outside_the_folder_is_not_opened_by_default() {
     let mut opts = CreateOptions::new(Format::Qcow2, MIB);
     opts.backing = Some(("/etc/passwd".into(), Some(Format::Raw)));
     let p = sub.join("top.qcow2");
-    image::create(&p, &opts).unwrap().finish().unwrap();
+    factory::create(&p, &opts).unwrap().finish().unwrap();
     let err = open(&p).err().unwrap();
     assert!(matches!(err, DiskError::Reference { .. }), "{err}");
     // Reported without being followed.
@@ -216,8 +217,99 @@ fn backing_file_outside_the_folder_is_not_opened_by_default() {
         skip_backing: true,
         ..OpenOptions::default()
     };
-    let info = image::open(&p, &info_opts).unwrap().info().unwrap();
+    let info = factory::open(&p, &info_opts).unwrap().info().unwrap();
     assert_eq!(info.backing_filename.as_deref(), Some("/etc/passwd"));
+}
+
+/// An overlay of 16 MiB at `dir/name` whose backing file is recorded as `backing`.
+fn overlay(dir: &Path, name: &str, backing: &str) -> PathBuf {
+    let mut opts = CreateOptions::new(Format::Qcow2, 16 * MIB);
+    opts.backing = Some((backing.to_string(), Some(Format::Qcow2)));
+    let p = dir.join(name);
+    factory::create(&p, &opts).unwrap().finish().unwrap();
+    p
+}
+
+#[test]
+fn backing_file_swapped_for_a_symlink_outside_the_folder_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = valid_qcow2(outside.path(), "base.qcow2", false);
+    let dir = tempfile::tempdir().unwrap();
+    let top = overlay(dir.path(), "top.qcow2", "base.qcow2");
+    let base = valid_qcow2(dir.path(), "base.qcow2", false);
+    read_all(&top).unwrap();
+    // The symlink race: the name passes any check made by path, then becomes a link that
+    // leads outside the folder before it is opened. The open itself refuses it.
+    fs::remove_file(&base).unwrap();
+    std::os::unix::fs::symlink(&secret, &base).unwrap();
+    let err = open(&top).err().unwrap();
+    assert!(matches!(err, DiskError::Reference { .. }), "{err}");
+    assert!(
+        err.to_string().contains("outside the image's own folder"),
+        "{err}"
+    );
+}
+
+/// A caller's resolver: images held in memory, named by the names images record.
+#[derive(Debug)]
+struct MemoryResolver {
+    files: Vec<(String, std::sync::Arc<Vec<u8>>)>,
+}
+
+impl vmedia_disk::ReferenceResolver for MemoryResolver {
+    fn open(
+        &self,
+        referrer: &Path,
+        name: &str,
+    ) -> vmedia_disk::Result<vmedia_disk::OpenedReference> {
+        let (_, bytes) =
+            self.files
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| DiskError::Reference {
+                    path: referrer.to_path_buf(),
+                    reference: PathBuf::from(name),
+                    reason: "not in the library",
+                })?;
+        Ok(vmedia_disk::OpenedReference {
+            path: PathBuf::from(format!("memory:{name}")),
+            source: bytes.clone(),
+        })
+    }
+}
+
+#[test]
+fn an_image_and_its_backing_file_open_from_memory_through_a_caller_resolver() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = valid_qcow2(dir.path(), "base.qcow2", true);
+    let top = overlay(dir.path(), "top.qcow2", "base.qcow2");
+    let resolver = MemoryResolver {
+        files: vec![(
+            "base.qcow2".into(),
+            std::sync::Arc::new(fs::read(&base).unwrap()),
+        )],
+    };
+    let opts = OpenOptions {
+        resolver: Some(std::sync::Arc::new(resolver)),
+        ..OpenOptions::default()
+    };
+    let source = std::sync::Arc::new(fs::read(&top).unwrap());
+    let img = factory::open_source(Path::new("memory:top.qcow2"), source, &opts).unwrap();
+    let backing = img.backing().unwrap();
+    assert_eq!(backing.path(), Path::new("memory:base.qcow2"));
+    let mut got = vec![0u8; 65536];
+    img.read_at(&mut got, 0).unwrap();
+    assert!(got.starts_with(b"hostile image test line\n"));
+    // Without the resolver the same bytes cannot reach the file beside them by name.
+    let source = std::sync::Arc::new(fs::read(&top).unwrap());
+    let err = factory::open_source(
+        Path::new("memory:top.qcow2"),
+        source,
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, DiskError::Open { .. }), "{err}");
 }
 
 #[test]
@@ -329,7 +421,7 @@ fn shared_negative_samples_fail_cleanly() {
         let q = outcomes.iter().find(|o| o.format == Format::Qcow2).unwrap();
         assert!(!q.opened, "{name} opened as qcow2");
         assert_ne!(
-            image::probe(
+            factory::probe(
                 &out.stdout,
                 &out.stdout[out.stdout.len().saturating_sub(512)..]
             ),

@@ -49,7 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut opts = a.refs.open_options(parse_format(a.format.as_deref())?)?;
     opts.skip_backing = true;
-    let img = match vmedia_disk::image::open(&a.file, &opts) {
+    let img = match vmedia_disk::factory::open(&a.file, &opts) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("vmedia: error: Could not open '{}': {e}", a.file.display());
@@ -83,7 +83,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("vmedia: error: Repair failed: {e}");
                 return Ok(ExitCode::from(1));
             }
-            let again = match vmedia_disk::image::open(&a.file, &opts)
+            let again = match vmedia_disk::factory::open(&a.file, &opts)
                 .and_then(|i| i.check(&vmedia_io::NoProgress))
             {
                 Ok(r) => r,
@@ -169,20 +169,15 @@ fn check_target(
             return Ok(ExitCode::from(1));
         }
     };
-    let problems = vmedia_disk::profile::check_target(img, target);
+    let report = vmedia_disk::profile::TargetReport::new(img, target);
     if !quiet {
         match output {
-            OutputFormat::Json => print_json(&serde_json::json!({
-                "target": target.name(),
-                "filename": img.path(),
-                "accepted": problems.is_empty(),
-                "problems": problems,
-            }))?,
-            OutputFormat::Human if problems.is_empty() => {
+            OutputFormat::Json => print_json(&report)?,
+            OutputFormat::Human if report.accepted => {
                 println!("No problems for {target} were found on the image.")
             }
             OutputFormat::Human => {
-                for p in &problems {
+                for p in &report.problems {
                     println!(
                         "{target} would refuse the image: {}: {}",
                         p.field, p.message
@@ -191,5 +186,5 @@ fn check_target(
             }
         }
     }
-    Ok(ExitCode::from(if problems.is_empty() { 0 } else { 2 }))
+    Ok(ExitCode::from(if report.accepted { 0 } else { 2 }))
 }

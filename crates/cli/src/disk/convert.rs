@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use vmedia_disk::convert::{convert, Concat, ConvertOptions};
-use vmedia_disk::image::{self, CreateOptions, Format};
+use vmedia_disk::factory;
+use vmedia_disk::image::{CreateOptions, Format};
 use vmedia_disk::profile::{self, Target};
 
 use super::{parse_format, parse_o_options, parse_size, RefArgs};
@@ -128,10 +129,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     opts.options.remove("backing_fmt");
     if let Some(name) = &backing_name {
         // The new backing file must exist and be allowed, as qemu-img checks it.
-        let target = image::check_reference(&output, name, &open_opts)
+        let b = factory::open_reference(&output, name, open_opts.format, &open_opts)
             .with_context(|| format!("Could not open backing file '{name}'"))?;
-        let b = image::open(&target, &open_opts)
-            .with_context(|| format!("Could not open backing image '{}'", target.display()))?;
         opts.backing = Some((name.clone(), backing_fmt.or(Some(b.format()))));
     }
     let sparse_size = match &a.sparse_size {
@@ -151,7 +150,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         threads: a.threads.unwrap_or(0),
         target_has_backing: backing_name.is_some(),
     };
-    let writer = image::create(&output, &opts)
+    let writer = factory::create(&output, &opts)
         .with_context(|| format!("{}: cannot create the output", output.display()))?;
     let bar = Bar::bytes(!a.progress || a.quiet);
     bar.phase("converting");
@@ -159,9 +158,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("converting to {}", output.display()))?;
     bar.finish();
     if let Some(t) = target {
-        let img = image::open(
+        let img = factory::open(
             &output,
-            &image::OpenOptions {
+            &vmedia_disk::OpenOptions {
                 format: Some(opts.format),
                 ..Default::default()
             },

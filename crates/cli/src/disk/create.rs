@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use vmedia_disk::image::{self, CreateOptions, Format};
+use vmedia_disk::factory;
+use vmedia_disk::image::{CreateOptions, Format};
 
 use super::{parse_format, parse_o_options, parse_size, RefArgs};
 
@@ -58,10 +59,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if !a.unsafe_backing {
             let mut open_opts = a.refs.open_options(backing_fmt)?;
             open_opts.skip_backing = false;
-            let target = image::check_reference(&a.file, name, &open_opts)
+            let backing = factory::open_reference(&a.file, name, backing_fmt, &open_opts)
                 .with_context(|| format!("Could not open backing file '{name}'"))?;
-            let backing = image::open(&target, &open_opts)
-                .with_context(|| format!("Could not open backing image '{}'", target.display()))?;
             if size.is_none() {
                 size = Some(backing.virtual_size());
             }
@@ -95,7 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         line.push_str(&format!(" size={size}"));
         println!("{line}");
     }
-    let writer = image::create(&a.file, &opts)
+    let writer = factory::create(&a.file, &opts)
         .with_context(|| format!("{}: cannot create the image", a.file.display()))?;
     writer
         .finish()

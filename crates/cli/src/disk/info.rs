@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use vmedia_disk::factory;
 use vmedia_disk::image::{self, ImageInfo};
 
 use super::{human_size, parse_format, print_json, OutputFormat, RefArgs};
@@ -32,7 +33,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut infos: Vec<ImageInfo> = Vec::new();
     if a.backing_chain {
         let opts = a.refs.open_options(format)?;
-        let top = image::open(&a.file, &opts)
+        let top = factory::open(&a.file, &opts)
             .with_context(|| format!("Could not open '{}'", a.file.display()))?;
         let mut layer: Option<&dyn image::DiskImage> = Some(top.as_ref());
         while let Some(img) = layer {
@@ -42,7 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         let mut opts = a.refs.open_options(format)?;
         opts.skip_backing = true;
-        let img = image::open(&a.file, &opts)
+        let img = factory::open(&a.file, &opts)
             .with_context(|| format!("Could not open '{}'", a.file.display()))?;
         infos.push(img.info()?);
     }
@@ -97,7 +98,7 @@ fn human(info: &ImageInfo) -> String {
                 snap.id,
                 snap.name,
                 human_size(snap.vm_state_size),
-                utc_date(snap.date_sec),
+                snap.date_utc(),
                 clock / 3600,
                 (clock / 60) % 60,
                 clock % 60,
@@ -122,35 +123,4 @@ fn human(info: &ImageInfo) -> String {
         }
     }
     s
-}
-
-/// "YYYY-MM-DD HH:MM:SS" in UTC for a Unix time (qemu prints snapshot dates this way).
-fn utc_date(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_date_matches_known_instants() {
-        assert_eq!(super::utc_date(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc_date(1_754_957_438), "2025-08-12 00:10:38");
-    }
 }

@@ -48,20 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let entries = vmedia_disk::map::map(img.as_ref(), start, len)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match a.output {
-        OutputFormat::Json => {
-            write!(out, "[")?;
-            for (i, e) in entries.iter().enumerate() {
-                if i > 0 {
-                    writeln!(out, ",")?;
-                }
-                write!(out, "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}", e.start, e.length, e.depth, e.present, e.zero, e.data)?;
-                if let Some(o) = e.offset {
-                    write!(out, ", \"offset\": {o}")?;
-                }
-                write!(out, "}}")?;
-            }
-            writeln!(out, "]")?;
-        }
+        OutputFormat::Json => vmedia_disk::map::write_qemu_json(&entries, &mut out)?,
         OutputFormat::Human => {
             writeln!(
                 out,

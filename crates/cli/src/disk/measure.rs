@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use vmedia_disk::image::{self, CreateOptions, Format};
+use vmedia_disk::factory;
+use vmedia_disk::image::{CreateOptions, Format};
 
 use super::{parse_format, parse_o_options, parse_size, print_json, OutputFormat, RefArgs};
 
@@ -52,20 +53,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(s) = &source {
         opts.virtual_size = s.virtual_size();
     }
-    let m = image::measure(&opts, source.as_deref())?;
+    let m = factory::measure(&opts, source.as_deref())?;
     // qemu-img reports persistent bitmaps when both formats carry them (qcow2 to qcow2);
     // vmedia copies no bitmaps, so their size is 0.
     let bitmaps = (out_format == Format::Qcow2
         && source.as_ref().is_some_and(|s| s.format() == Format::Qcow2))
     .then_some(m.bitmaps);
     match a.output {
-        OutputFormat::Json => {
-            let mut v = serde_json::to_value(m)?;
-            if let Some(b) = bitmaps {
-                v["bitmaps"] = b.into();
-            }
-            print_json(&v)?
-        }
+        OutputFormat::Json => print_json(&vmedia_disk::image::MeasureReport::new(
+            &m,
+            bitmaps.is_some(),
+        ))?,
         OutputFormat::Human => {
             println!("required size: {}", m.required);
             println!("fully allocated size: {}", m.fully_allocated);

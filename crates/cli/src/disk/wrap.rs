@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vmedia_disk::vmdk::{wrap_flat, WrapOptions};
+use vmedia_disk::vmdk::{wrap_flat, WrapOptions, WrapReport};
 use vmedia_io::OverwritePolicy;
 
 #[derive(clap::Args)]
@@ -57,16 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     if args.json {
-        let v = serde_json::json!({
-            "filename": args.output.display().to_string(),
-            "extent": wrapped.extent_name,
-            "access": if args.read_only { "RDONLY" } else { "RW" },
-            "sectors": wrapped.sectors,
-            "virtual-size": wrapped.sectors * 512,
-            "padding": wrapped.padding,
-            "adapter-type": args.adapter,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        let report = WrapReport::new(&args.output, &wrapped, &opts);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
             "{}: {} FLAT extent \"{}\", {} sectors ({} bytes{}), adapter {}; nothing copied",

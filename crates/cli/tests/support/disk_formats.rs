@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use vmedia_disk::image::{self, probe_windows};
+use vmedia_disk::factory::{self, probe_windows};
 use vmedia_disk::{BlockKind, CreateOptions, DiskImage, Format, OpenOptions, ReferencePolicy};
 
 use super::{require_tool, run_ok};
@@ -29,7 +29,7 @@ pub fn open_any(path: &Path, opts: &OpenOptions) -> vmedia_disk::Result<Box<dyn 
     } else if vmedia_disk::vhd::probe(&head, &tail) {
         vmedia_disk::vhd::open(path, source, opts)
     } else {
-        image::open(path, opts)
+        factory::open(path, opts)
     }
 }
 
@@ -97,7 +97,7 @@ pub fn lib_convert(
         Format::Vmdk => vmedia_disk::vmdk::create,
         Format::Vhd => vmedia_disk::vhd::create,
         Format::Vhdx => vmedia_disk::vhdx::create,
-        _ => image::create,
+        _ => factory::create,
     };
     let mut writer = create(dst, &opts).unwrap_or_else(|e| panic!("create {}: {e}", dst.display()));
     let cluster = writer.cluster_size();
@@ -266,7 +266,7 @@ pub fn lib_delta(
         Format::Vmdk => vmedia_disk::vmdk::create,
         Format::Vhd => vmedia_disk::vhd::create,
         Format::Vhdx => vmedia_disk::vhdx::create,
-        _ => image::create,
+        _ => factory::create,
     };
     let mut writer = create(dst, &opts).unwrap_or_else(|e| panic!("create {}: {e}", dst.display()));
     // Compare at sector granularity inside 64 KiB pieces so partial blocks are exercised.
@@ -411,7 +411,7 @@ pub fn relink(child: &Path, parent_name: &str, format: Format) {
     e.keep_content_id();
     e.set_parent(Some(&vmedia_disk::modify::ParentRef {
         name: parent_name.to_string(),
-        resolved: image::resolve_reference(child, parent_name),
+        resolved: vmedia_disk::reference::resolve_reference(child, parent_name),
         format: Some(format),
     }))
     .unwrap();

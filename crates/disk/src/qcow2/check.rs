@@ -60,28 +60,7 @@ impl StoredRefcounts {
             return 0;
         };
         let i = cluster % self.entries_per_block;
-        let bits = u64::from(self.refcount_bits);
-        let bit_pos = i * bits;
-        let byte = (bit_pos / 8) as usize;
-        match self.refcount_bits {
-            1 | 2 | 4 => {
-                let shift = bit_pos % 8;
-                u64::from(data.get(byte).copied().unwrap_or(0) >> shift) & ((1 << bits) - 1)
-            }
-            8 => u64::from(data.get(byte).copied().unwrap_or(0)),
-            16 => data
-                .get(byte..byte + 2)
-                .map(|b| u64::from(u16::from_be_bytes([b[0], b[1]])))
-                .unwrap_or(0),
-            32 => data
-                .get(byte..byte + 4)
-                .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
-                .unwrap_or(0),
-            _ => data
-                .get(byte..byte + 8)
-                .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
-                .unwrap_or(0),
-        }
+        super::refcount::entry(data, i, self.refcount_bits.trailing_zeros())
     }
 }
 
@@ -94,10 +73,7 @@ pub(crate) fn stored_refcounts(img: &Qcow2Image) -> Result<StoredRefcounts> {
     img.source
         .read_exact_at(&mut raw, h.refcount_table_offset)
         .map_err(|e| DiskError::io(&img.path, h.refcount_table_offset, e))?;
-    let table: Vec<u64> = raw
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect();
+    let table: Vec<u64> = crate::table::be64_entries(&raw);
     let mut blocks = std::collections::HashMap::new();
     for (i, &entry) in table.iter().enumerate() {
         let block = entry & !0x1ff;
@@ -129,6 +105,8 @@ pub(crate) fn stored_refcounts(img: &Qcow2Image) -> Result<StoredRefcounts> {
 }
 
 pub fn check(img: &Qcow2Image, progress: &dyn Progress) -> Result<CheckReport> {
+    let _span =
+        tracing::info_span!("check", path = %img.path.display(), format = "qcow2").entered();
     Ok(check_with_counts(img, progress)?.0)
 }
 
@@ -245,11 +223,10 @@ fn snapshot_table_len(img: &Qcow2Image) -> u64 {
         if img.source.read_exact_at(&mut fixed, pos).is_err() {
             break;
         }
-        let id_len = u64::from(u16::from_be_bytes([fixed[12], fixed[13]]));
-        let name_len = u64::from(u16::from_be_bytes([fixed[14], fixed[15]]));
-        let extra = u64::from(u32::from_be_bytes([
-            fixed[36], fixed[37], fixed[38], fixed[39],
-        ]));
+        let Some(entry) = super::SnapshotEntryHeader::parse(&fixed) else {
+            break;
+        };
+        let (id_len, name_len, extra) = (entry.id_len, entry.name_len, entry.extra_len);
         let entry = (40 + extra + id_len + name_len).div_ceil(8) * 8;
         len += entry;
         pos += entry;
@@ -276,9 +253,7 @@ fn walk_l1(
         img.source
             .read_exact_at(&mut raw, l1_offset)
             .map_err(|e| DiskError::io(&img.path, l1_offset, e))?;
-        raw.chunks_exact(8)
-            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
-            .collect()
+        crate::table::be64_entries(&raw)
     };
     let (mut allocated, mut fragmented, mut compressed) = (0u64, 0u64, 0u64);
     let entry_words = if h.extended_l2() { 2 } else { 1 };

@@ -3,11 +3,17 @@
 
 use std::path::Path;
 
+use vmedia_io::bytes::{self, Fields};
+
 use crate::error::{DiskError, Result};
 
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 /// Size of the fixed v2 header; v3 headers record their own length (>= 104).
 pub const V2_HEADER_LEN: usize = 72;
+/// Size of the fixed v3 header up to and including header_length.
+pub const V3_MIN_HEADER_LEN: usize = 104;
+/// Where the optional v3 compression_type byte sits.
+const COMPRESSION_TYPE_OFFSET: usize = 104;
 /// The v3 header length qemu writes (104 + compression_type byte + padding).
 pub const V3_HEADER_LEN: u32 = 112;
 /// Smallest and largest cluster_bits qemu accepts (512 B .. 2 MiB).
@@ -88,15 +94,6 @@ pub struct Header {
     pub used_len: u64,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
-}
-
 impl Header {
     pub fn cluster_size(&self) -> u64 {
         1u64 << self.cluster_bits
@@ -129,18 +126,18 @@ impl Header {
         let corrupt = |offset: u64, field: &'static str, reason: String| {
             DiskError::corrupt(path, "qcow2", offset, field, reason)
         };
-        if first_cluster.len() < V2_HEADER_LEN {
+        let b = first_cluster;
+        let Some(v2) = Fields::new_checked(b, V2_HEADER_LEN) else {
             return Err(corrupt(
                 0,
                 "header",
                 format!("file is only {} bytes", first_cluster.len()),
             ));
-        }
-        let b = first_cluster;
-        if b[..4] != MAGIC {
+        };
+        if v2.slice(0, 4) != MAGIC {
             return Err(corrupt(0, "magic", "not QFI\\xfb".into()));
         }
-        let version = be32(b, 4);
+        let version = v2.be32(4);
         if version != 2 && version != 3 {
             return Err(DiskError::Unsupported {
                 path: path.into(),
@@ -148,7 +145,7 @@ impl Header {
                 feature: format!("version {version} (only 2 and 3 exist)"),
             });
         }
-        let cluster_bits = be32(b, 20);
+        let cluster_bits = v2.be32(20);
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(corrupt(
                 20,
@@ -159,17 +156,17 @@ impl Header {
         let cluster_size = 1u64 << cluster_bits;
         let mut h = Header {
             version,
-            backing_file_offset: be64(b, 8),
-            backing_file_size: be32(b, 16),
+            backing_file_offset: v2.be64(8),
+            backing_file_size: v2.be32(16),
             cluster_bits,
-            size: be64(b, 24),
-            crypt_method: be32(b, 32),
-            l1_size: be32(b, 36),
-            l1_table_offset: be64(b, 40),
-            refcount_table_offset: be64(b, 48),
-            refcount_table_clusters: be32(b, 56),
-            nb_snapshots: be32(b, 60),
-            snapshots_offset: be64(b, 64),
+            size: v2.be64(24),
+            crypt_method: v2.be32(32),
+            l1_size: v2.be32(36),
+            l1_table_offset: v2.be64(40),
+            refcount_table_offset: v2.be64(48),
+            refcount_table_clusters: v2.be32(56),
+            nb_snapshots: v2.be32(60),
+            snapshots_offset: v2.be64(64),
             incompatible_features: 0,
             compatible_features: 0,
             autoclear_features: 0,
@@ -182,18 +179,18 @@ impl Header {
             used_len: V2_HEADER_LEN as u64,
         };
         if version == 3 {
-            if b.len() < 104 {
+            let Some(v3) = Fields::new_checked(b, V3_MIN_HEADER_LEN) else {
                 return Err(corrupt(
                     72,
                     "header",
                     "v3 header shorter than 104 bytes".into(),
                 ));
-            }
-            h.incompatible_features = be64(b, 72);
-            h.compatible_features = be64(b, 80);
-            h.autoclear_features = be64(b, 88);
-            h.refcount_order = be32(b, 96);
-            h.header_length = be32(b, 100);
+            };
+            h.incompatible_features = v3.be64(72);
+            h.compatible_features = v3.be64(80);
+            h.autoclear_features = v3.be64(88);
+            h.refcount_order = v3.be32(96);
+            h.header_length = v3.be32(100);
             if h.header_length < 104
                 || !h.header_length.is_multiple_of(8)
                 || u64::from(h.header_length) > cluster_size
@@ -222,15 +219,21 @@ impl Header {
                     feature: format!("incompatible feature bits {unknown:#x}"),
                 });
             }
+            // The compression_type byte exists only when the header says it is that long and
+            // the bytes hold it.
+            let compression_type = b
+                .get(COMPRESSION_TYPE_OFFSET)
+                .copied()
+                .filter(|_| h.header_length as usize > COMPRESSION_TYPE_OFFSET);
             if h.incompatible_features & INCOMPAT_COMPRESSION != 0 {
-                if h.header_length < 105 || b.len() < 105 {
+                let Some(compression_type) = compression_type else {
                     return Err(corrupt(
                         104,
                         "compression_type",
                         "compression bit set but the header has no compression_type byte".into(),
                     ));
-                }
-                h.compression = match b[104] {
+                };
+                h.compression = match compression_type {
                     0 => Compression::Zlib,
                     1 => Compression::Zstd,
                     other => {
@@ -241,7 +244,7 @@ impl Header {
                         ))
                     }
                 };
-            } else if h.header_length >= 105 && b.len() >= 105 && b[104] != 0 {
+            } else if compression_type.is_some_and(|t| t != 0) {
                 return Err(corrupt(
                     104,
                     "compression_type",
@@ -354,12 +357,14 @@ impl Header {
         let mut pos = h.header_length as usize;
         let ext_limit = b.len().min(cluster_size as usize);
         for _ in 0..MAX_EXTENSIONS {
-            if pos + 8 > ext_limit {
+            let (Some(ext_type), Some(ext_len)) = (
+                bytes::be32(&b[..ext_limit], pos),
+                bytes::be32(&b[..ext_limit], pos.saturating_add(4)),
+            ) else {
                 // v2 images without extensions may end right after the header.
                 break;
-            }
-            let ext_type = be32(b, pos);
-            let ext_len = be32(b, pos + 4) as usize;
+            };
+            let ext_len = ext_len as usize;
             if ext_type == EXT_END {
                 pos += 8;
                 break;
@@ -406,8 +411,13 @@ impl Header {
                 ));
             }
             let start = h.backing_file_offset;
-            let end = start + u64::from(h.backing_file_size);
-            if end > cluster_size || end as usize > b.len() {
+            // Checked: an offset near u64::MAX must not wrap around to a small end.
+            let end = start
+                .checked_add(u64::from(h.backing_file_size))
+                .filter(|&end| end <= cluster_size);
+            let name =
+                end.and_then(|end| b.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?));
+            let (Some(end), Some(name)) = (end, name) else {
                 return Err(corrupt(
                     8,
                     "backing_file_offset",
@@ -416,9 +426,8 @@ impl Header {
                         h.backing_file_size
                     ),
                 ));
-            }
-            h.backing_file =
-                Some(String::from_utf8_lossy(&b[start as usize..end as usize]).into_owned());
+            };
+            h.backing_file = Some(String::from_utf8_lossy(name).into_owned());
             h.used_len = h.used_len.max(end);
         }
         if h.incompatible_features & INCOMPAT_DATA_FILE != 0 && h.data_file.is_none() {
@@ -624,6 +633,33 @@ mod tests {
         bytes.resize(0x40000, 0);
         let err = Header::parse(Path::new("x"), &bytes, 0x40000).unwrap_err();
         assert!(err.to_string().contains("l1_table_offset"), "{err}");
+    }
+
+    #[test]
+    fn qcow2_backing_name_offset_near_u64_max_is_an_error_not_a_panic() {
+        let mut h = sample(3);
+        let mut bytes = h.emit();
+        bytes.resize(0x40000, 0);
+        // An offset that wraps around when the name length is added.
+        bytes[8..16].copy_from_slice(&(u64::MAX - 4).to_be_bytes());
+        let err = Header::parse(Path::new("x"), &bytes, 0x40000).unwrap_err();
+        assert!(err.to_string().contains("backing_file_offset"), "{err}");
+    }
+
+    #[test]
+    fn qcow2_short_header_is_an_error_not_a_panic() {
+        let mut h = sample(3);
+        let bytes = h.emit();
+        for len in [0, 3, 4, 71, 72, 103] {
+            let err = Header::parse(Path::new("x"), &bytes[..len], 0x40000).unwrap_err();
+            assert!(err.to_string().contains("header"), "{len}: {err}");
+        }
+        // The fixed v3 part without the compression_type byte or any extension.
+        let mut v3 = bytes[..104].to_vec();
+        v3[100..104].copy_from_slice(&104u32.to_be_bytes());
+        v3[72..80].copy_from_slice(&INCOMPAT_COMPRESSION.to_be_bytes());
+        let err = Header::parse(Path::new("x"), &v3, 0x40000).unwrap_err();
+        assert!(err.to_string().contains("compression_type"), "{err}");
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl Qcow2Editor {
     /// qemu-img check -r: `all` rewrites every refcount from the metadata and fixes the
     /// COPIED flags; `leaks` only lowers refcounts that are higher than the references.
     pub fn repair(path: &Path, all: bool) -> Result<()> {
+        let _span = tracing::info_span!("repair", path = %path.display(), all).entered();
         let (mut editor, computed) = Self::open_inner(path, true)?;
         for (i, &reference) in computed.iter().enumerate() {
             let reference = u64::from(reference);
@@ -231,10 +232,7 @@ impl Qcow2Editor {
                 self.file
                     .read_exact_at(&mut raw, off)
                     .map_err(|e| self.io(off, e))?;
-                let t = raw
-                    .chunks_exact(8)
-                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect();
+                let t = crate::table::be64_entries(&raw);
                 self.l2.insert(l1_index, t);
             }
         }
@@ -431,8 +429,8 @@ impl Qcow2Editor {
         self.file
             .read_exact_at(&mut raw, old_table)
             .map_err(|e| self.io(old_table, e))?;
-        for c in raw.chunks_exact(8) {
-            let block = u64::from_be_bytes(c.try_into().unwrap_or([0; 8])) & !0x1ff;
+        for entry in crate::table::be64_entries(&raw) {
+            let block = entry & !0x1ff;
             if block != 0 {
                 self.refs(block, cs, -1);
             }
@@ -463,7 +461,7 @@ impl Qcow2Editor {
                     .copied()
                     .unwrap_or(0);
                 if v != 0 {
-                    set_refcount(&mut block, i, v, order);
+                    super::refcount::set_entry(&mut block, i, v, order);
                 }
             }
             let at = blocks_at + b * cs;
@@ -495,19 +493,31 @@ impl Qcow2Editor {
     }
 }
 
-fn set_refcount(block: &mut [u8], index: u64, value: u64, order: u32) {
-    let bits = 1u64 << order;
-    let bit_pos = index * bits;
-    let byte = (bit_pos / 8) as usize;
-    match bits {
-        1 | 2 | 4 => {
-            let shift = bit_pos % 8;
-            let mask = (((1u64 << bits) - 1) << shift) as u8;
-            block[byte] = (block[byte] & !mask) | (((value << shift) as u8) & mask);
+impl crate::editor::InPlaceEditor for Qcow2Editor {
+    fn cluster_size(&self) -> u64 {
+        self.header().cluster_size()
+    }
+
+    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
+        Qcow2Editor::write_cluster(self, guest_offset, data)
+    }
+
+    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
+        Qcow2Editor::zero_cluster(self, guest_offset)
+    }
+
+    fn set_parent(&mut self, parent: Option<&crate::editor::ParentRef>) -> Result<()> {
+        match parent {
+            Some(p) => self.set_backing(Some(&p.name), p.format),
+            None => self.set_backing(None, None),
         }
-        8 => block[byte] = value as u8,
-        16 => block[byte..byte + 2].copy_from_slice(&(value as u16).to_be_bytes()),
-        32 => block[byte..byte + 4].copy_from_slice(&(value as u32).to_be_bytes()),
-        _ => block[byte..byte + 8].copy_from_slice(&value.to_be_bytes()),
+    }
+
+    fn empty(&mut self) -> Result<()> {
+        self.discard_all()
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        Qcow2Editor::finish(*self)
     }
 }

@@ -10,8 +10,8 @@ use vmedia_io::{Progress, ReadAt};
 use super::header::{Compression, Header, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE};
 use crate::error::{DiskError, Result};
 use crate::image::{
-    self, BackingRef, BlockKind, BlockStatus, CheckReport, DiskImage, Format, HostOffset,
-    ImageInfo, OpenOptions, SnapshotInfo,
+    BackingRef, BlockKind, BlockStatus, CheckReport, DiskImage, Format, HostOffset, ImageInfo,
+    OpenOptions, SnapshotInfo,
 };
 
 /// Bytes of L2 tables kept in the cache; bounded so a 2 MiB-cluster image cannot balloon it.
@@ -90,10 +90,7 @@ pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<
     source
         .read_exact_at(&mut raw_l1, header.l1_table_offset)
         .map_err(|e| DiskError::io(path, header.l1_table_offset, e))?;
-    let l1: Vec<u64> = raw_l1
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect();
+    let l1: Vec<u64> = crate::table::be64_entries(&raw_l1);
     for (i, e) in l1.iter().enumerate() {
         let l2 = e & L1E_OFFSET_MASK;
         if l2 != 0 && (!l2.is_multiple_of(header.cluster_size()) || l2 >= file_len) {
@@ -106,7 +103,7 @@ pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<
             .backing_format
             .as_deref()
             .and_then(|f| Format::from_name(f).ok()),
-        resolved: image::resolve_reference(path, name),
+        resolved: crate::reference::resolve_reference(path, name),
     });
     let backing = match (&header.backing_file, opts.skip_backing) {
         (Some(name), false) => {
@@ -114,19 +111,14 @@ pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<
                 Some(f) => Some(Format::from_name(f)?),
                 None => None,
             };
-            Some(image::open_reference(path, name, fmt, opts)?)
+            Some(crate::reference::open_reference(path, name, fmt, opts)?)
         }
         _ => None,
     };
     let data_file = if header.incompatible_features & INCOMPAT_DATA_FILE != 0 {
         let name = header.data_file.clone().unwrap_or_default();
-        let target = image::check_reference(path, &name, opts)?;
-        let file = std::fs::File::open(&target).map_err(|source| DiskError::Open {
-            path: target.clone(),
-            action: "open the external data file",
-            source,
-        })?;
-        Some((target, Arc::new(file) as Arc<dyn ReadAt>))
+        let (data_file, _) = crate::reference::open_reference_source(path, &name, opts)?;
+        Some((data_file.path, data_file.source))
     } else {
         None
     };
@@ -185,11 +177,7 @@ impl Qcow2Image {
         self.source
             .read_exact_at(&mut raw, l2_offset)
             .map_err(|e| DiskError::io(&self.path, l2_offset, e))?;
-        let table: Arc<Vec<u64>> = Arc::new(
-            raw.chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-                .collect(),
-        );
+        let table: Arc<Vec<u64>> = Arc::new(crate::table::be64_entries(&raw));
         let mut cache = self.l2_cache.lock().map_err(|_| self.poisoned())?;
         if cache.len() >= self.l2_cache_capacity {
             cache.clear();
@@ -386,15 +374,19 @@ impl Qcow2Image {
             self.source
                 .read_exact_at(&mut fixed, pos)
                 .map_err(|e| DiskError::io(&self.path, pos, e))?;
-            let l1_offset = u64::from_be_bytes(fixed[0..8].try_into().unwrap_or([0; 8]));
-            let l1_size = u32::from_be_bytes(fixed[8..12].try_into().unwrap_or([0; 4]));
-            let id_len = u16::from_be_bytes([fixed[12], fixed[13]]) as u64;
-            let name_len = u16::from_be_bytes([fixed[14], fixed[15]]) as u64;
-            let date_sec = u32::from_be_bytes(fixed[16..20].try_into().unwrap_or([0; 4]));
-            let date_nsec = u32::from_be_bytes(fixed[20..24].try_into().unwrap_or([0; 4]));
-            let vm_clock = u64::from_be_bytes(fixed[24..32].try_into().unwrap_or([0; 8]));
-            let vm_state_small = u32::from_be_bytes(fixed[32..36].try_into().unwrap_or([0; 4]));
-            let extra_len = u32::from_be_bytes(fixed[36..40].try_into().unwrap_or([0; 4])) as u64;
+            let super::SnapshotEntryHeader {
+                l1_offset,
+                l1_size,
+                id_len,
+                name_len,
+                date_sec,
+                date_nsec,
+                vm_clock,
+                vm_state_small,
+                extra_len,
+            } = super::SnapshotEntryHeader::parse(&fixed).ok_or_else(|| {
+                self.corrupt(pos, "snapshot table", "entry shorter than 40 bytes".into())
+            })?;
             if extra_len > 1024 {
                 return Err(self.corrupt(
                     pos + 36,
@@ -418,11 +410,7 @@ impl Qcow2Image {
                 .read_exact_at(&mut var, pos + 40)
                 .map_err(|e| DiskError::io(&self.path, pos + 40, e))?;
             let extra = &var[..extra_len as usize];
-            let get = |at: usize| {
-                extra
-                    .get(at..at + 8)
-                    .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
-            };
+            let get = |at: usize| vmedia_io::bytes::be64(extra, at);
             let vm_state = get(0).unwrap_or(u64::from(vm_state_small));
             let icount = get(16).filter(|&v| v != u64::MAX);
             let id =

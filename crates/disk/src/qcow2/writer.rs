@@ -64,14 +64,6 @@ fn invalid(key: &str, value: &str, reason: &str) -> DiskError {
     }
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(invalid(key, value, "expected on or off")),
-    }
-}
-
 /// Parses a qemu size ("64k", "1M", "2G", plain bytes).
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -141,7 +133,7 @@ impl Qcow2Params {
         }
         let lazy_refcounts = match o.get("lazy_refcounts") {
             None => false,
-            Some(v) => parse_bool("lazy_refcounts", v)?,
+            Some(v) => crate::image::parse_on_off("lazy_refcounts", v)?,
         };
         if lazy_refcounts && version == 2 {
             return Err(invalid("lazy_refcounts", "on", "requires compat=1.1"));
@@ -175,7 +167,7 @@ impl Qcow2Params {
             }
         }
         if let Some(v) = o.get("extended_l2") {
-            if parse_bool("extended_l2", v)? {
+            if crate::image::parse_on_off("extended_l2", v)? {
                 return Err(invalid(
                     "extended_l2",
                     v,
@@ -466,23 +458,6 @@ impl Qcow2Writer {
         self.add_ref(at, count * self.cluster_size);
         at
     }
-
-    fn set_refcount_entry(block: &mut [u8], index: u64, value: u64, order: u32) {
-        let bits = 1u64 << order;
-        let bit_pos = index * bits;
-        let byte = (bit_pos / 8) as usize;
-        match bits {
-            1 | 2 | 4 => {
-                let shift = bit_pos % 8;
-                let mask = (((1u64 << bits) - 1) << shift) as u8;
-                block[byte] = (block[byte] & !mask) | (((value << shift) as u8) & mask);
-            }
-            8 => block[byte] = value as u8,
-            16 => block[byte..byte + 2].copy_from_slice(&(value as u16).to_be_bytes()),
-            32 => block[byte..byte + 4].copy_from_slice(&(value as u32).to_be_bytes()),
-            _ => block[byte..byte + 8].copy_from_slice(&value.to_be_bytes()),
-        }
-    }
 }
 
 impl ImageWriter for Qcow2Writer {
@@ -617,7 +592,7 @@ impl ImageWriter for Qcow2Writer {
                 let cluster = first + i;
                 let value = self.refcounts.get(cluster as usize).copied().unwrap_or(0);
                 if value != 0 {
-                    Self::set_refcount_entry(&mut block, i, value, self.header.refcount_order);
+                    super::refcount::set_entry(&mut block, i, value, self.header.refcount_order);
                 }
             }
             let at = blocks_offset + b * cs;
@@ -644,11 +619,13 @@ impl ImageWriter for Qcow2Writer {
             .set_len(self.next_free)
             .map_err(|e| self.io(self.next_free, e))?;
         let path = self.file.final_path().to_path_buf();
-        crate::image::finish_atomic(self.file, self.flush).map_err(|source| DiskError::Open {
-            path,
-            action: "finish",
-            source,
-        })
+        self.file
+            .commit_with(crate::image::durability(self.flush))
+            .map_err(|source| DiskError::Open {
+                path,
+                action: "finish",
+                source,
+            })
     }
 }
 

@@ -1,7 +1,9 @@
 //! The VHD dynamic disk header (1024 big-endian bytes after the footer copy), its parent
 //! locators, and the block allocation table (BAT) geometry.
 //!
-//! Parsing reads fixed ranges of a 1024-byte array and never panics.
+//! Parsing reads fixed ranges of a checked 1024-byte view and never panics.
+
+use vmedia_io::bytes::{self, Fields};
 
 use super::Error;
 
@@ -113,13 +115,6 @@ pub struct DynamicHeader {
     pub locators: [Locator; LOCATOR_SLOTS],
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn be64(b: &[u8], at: usize) -> u64 {
-    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
-}
-
 const EMPTY_LOCATOR: Locator = Locator {
     platform: PlatformCode::None,
     data_space: 0,
@@ -130,13 +125,19 @@ const EMPTY_LOCATOR: Locator = Locator {
 impl DynamicHeader {
     /// Parses and validates the header (cookie, block size, table size). The checksum is
     /// reported by `checksum_ok` so the caller can name the file.
-    pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<DynamicHeader, Error> {
-        if &b[field::COOKIE] != COOKIE {
+    ///
+    /// `b` is the header's 1024 bytes; shorter input is `Truncated`, never a panic.
+    pub fn parse(b: &[u8]) -> Result<DynamicHeader, Error> {
+        let f = Fields::new_checked(b, HEADER_SIZE).ok_or(Error::Truncated {
+            what: "dynamic header",
+            offset: 0,
+        })?;
+        if f.slice(field::COOKIE.start, field::COOKIE.len()) != COOKIE {
             return Err(Error::BadMagic {
                 what: "dynamic header cookie \"cxsparse\"",
             });
         }
-        let block_size = be32(b, field::BLOCK_SIZE.start);
+        let block_size = f.be32(field::BLOCK_SIZE.start);
         if block_size < 512 || !block_size.is_power_of_two() || block_size > MAX_BLOCK_SIZE {
             return Err(Error::Invalid {
                 field: "dynamic header block size",
@@ -146,7 +147,7 @@ impl DynamicHeader {
                 ),
             });
         }
-        let max_table_entries = be32(b, field::MAX_TABLE_ENTRIES.start);
+        let max_table_entries = f.be32(field::MAX_TABLE_ENTRIES.start);
         if max_table_entries > MAX_TABLE_ENTRIES {
             return Err(Error::Invalid {
                 field: "dynamic header max table entries",
@@ -155,38 +156,42 @@ impl DynamicHeader {
             });
         }
         let mut parent_unique_id = [0u8; 16];
-        parent_unique_id.copy_from_slice(&b[field::PARENT_UNIQUE_ID]);
-        let name_units: Vec<u16> = b[field::PARENT_NAME]
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        parent_unique_id
+            .copy_from_slice(f.slice(field::PARENT_UNIQUE_ID.start, field::PARENT_UNIQUE_ID.len()));
+        let name_units: Vec<u16> = f
+            .slice(field::PARENT_NAME.start, field::PARENT_NAME.len())
+            .as_chunks::<2>()
+            .0
+            .iter()
+            .map(|c| u16::from_be_bytes(*c))
             .take_while(|u| *u != 0)
             .collect();
         let mut locators = [EMPTY_LOCATOR; LOCATOR_SLOTS];
         for (i, slot) in locators.iter_mut().enumerate() {
             let at = field::LOCATORS + i * field::LOCATOR_SIZE;
             *slot = Locator {
-                platform: PlatformCode::from_u32(be32(b, at)),
-                data_space: be32(b, at + 4),
-                data_length: be32(b, at + 8),
-                data_offset: be64(b, at + 16),
+                platform: PlatformCode::from_u32(f.be32(at)),
+                data_space: f.be32(at + 4),
+                data_length: f.be32(at + 8),
+                data_offset: f.be64(at + 16),
             };
         }
         Ok(DynamicHeader {
-            data_offset: be64(b, field::DATA_OFFSET.start),
-            table_offset: be64(b, field::TABLE_OFFSET.start),
-            version: be32(b, field::VERSION.start),
+            data_offset: f.be64(field::DATA_OFFSET.start),
+            table_offset: f.be64(field::TABLE_OFFSET.start),
+            version: f.be32(field::VERSION.start),
             max_table_entries,
             block_size,
-            checksum: be32(b, field::CHECKSUM.start),
+            checksum: f.be32(field::CHECKSUM.start),
             parent_unique_id,
-            parent_timestamp: be32(b, field::PARENT_TIMESTAMP.start),
+            parent_timestamp: f.be32(field::PARENT_TIMESTAMP.start),
             parent_name: String::from_utf16_lossy(&name_units),
             locators,
         })
     }
 
     pub fn checksum_ok(b: &[u8; HEADER_SIZE]) -> bool {
-        super::footer::checksum(b, field::CHECKSUM) == be32(b, field::CHECKSUM.start)
+        bytes::be32(b, field::CHECKSUM.start) == Some(super::footer::checksum(b, field::CHECKSUM))
     }
 
     /// Writes the header with a fresh checksum.
@@ -302,6 +307,20 @@ mod tests {
         let mut back = DynamicHeader::parse(&bytes).unwrap();
         back.checksum = 0;
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn vhd_short_dynamic_header_is_an_error_not_a_panic() {
+        let bytes = DynamicHeader::new(1536, 3, DEFAULT_BLOCK_SIZE).emit();
+        for len in [0, 8, 40, 600, HEADER_SIZE - 1] {
+            assert!(matches!(
+                DynamicHeader::parse(&bytes[..len]),
+                Err(Error::Truncated {
+                    what: "dynamic header",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::dynamic::{self, DynamicHeader, Locator, PlatformCode, BAT_UNUSED, LOC
 use super::footer::{DiskType, Footer, FOOTER_SIZE};
 use super::writer::{parent_locator_texts, parent_mtime, parent_unicode_name, LOCATOR_SPACE};
 use super::{VhdImage, FORMAT};
+use crate::editor::{self, BitOrder};
 use crate::error::{DiskError, Result};
 use crate::image::{Format, OpenOptions};
 
@@ -40,6 +41,8 @@ use crate::image::{Format, OpenOptions};
 pub const EDIT_CLUSTER: u64 = 64 << 10;
 /// Sector size of every VHD.
 const SECTOR: u64 = 512;
+/// VHD sector bitmaps: sector 0 is the most significant bit of byte 0.
+const BITS: BitOrder = BitOrder::MostSignificantFirst;
 /// Bytes of the dynamic header's parent unicode name field (UTF-16).
 const PARENT_NAME_BYTES: usize = 512;
 
@@ -118,7 +121,7 @@ impl VhdEditor {
         let virtual_size = image.virtual_size;
         let file_size = image.file_size;
         let mut trailing = [0u8; FOOTER_SIZE];
-        super::shared::read_exact(&file, path, &mut trailing, file_size - FOOTER_SIZE as u64)?;
+        crate::shared::read_exact(&file, path, &mut trailing, file_size - FOOTER_SIZE as u64)?;
         let footer_dirty = !Footer::has_cookie(&trailing) || !Footer::checksum_ok(&trailing);
         let dynamic = match image.dynamic {
             None => None,
@@ -183,15 +186,13 @@ impl VhdEditor {
 
     /// Makes the cluster at `guest_offset` read as zeros.
     pub fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
-        let len = self
-            .cluster_size()
-            .min(self.virtual_size.saturating_sub(guest_offset));
+        let len = editor::cluster_len_at(self.cluster_size(), self.virtual_size, guest_offset);
         self.zero_range(guest_offset, len)
     }
 
     /// Writes guest data in place.
     pub fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        super::shared::check_range(
+        crate::shared::check_range(
             &self.path,
             guest_offset,
             data.len() as u64,
@@ -204,23 +205,19 @@ impl VhdEditor {
                 .map_err(|e| io(&self.path, guest_offset, e));
         }
         let block_size = self.block_size();
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = guest_offset + done as u64;
-            let index = at / block_size;
-            let in_block = at % block_size;
-            let n = ((block_size - in_block) as usize).min(data.len() - done);
-            self.write_in_block(index, in_block, &data[done..done + n])?;
-            done += n;
-        }
-        Ok(())
+        editor::split_at_blocks(
+            guest_offset,
+            data.len(),
+            block_size,
+            |index, in_block, range| self.write_in_block(index, in_block, &data[range]),
+        )
     }
 
     /// Makes `[guest_offset, +len)` read as zeros: nothing to do for unallocated blocks of a
     /// dynamic image (they read as zeros), zeros written everywhere else (a differencing
     /// image must hide the parent's data).
     pub fn zero_range(&mut self, guest_offset: u64, len: u64) -> Result<()> {
-        super::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
+        crate::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
         let zeros = vec![0u8; EDIT_CLUSTER as usize];
         let differencing = self.footer.disk_type == DiskType::Differencing;
         let mut done = 0u64;
@@ -267,7 +264,7 @@ impl VhdEditor {
             let last = (in_block + data.len() as u64).div_ceil(SECTOR);
             let bits = self.bitmap_mut(index)?;
             for s in first..last {
-                set_bit(bits, s);
+                BITS.set(bits, s);
             }
         }
         Ok(())
@@ -276,20 +273,11 @@ impl VhdEditor {
     /// A write that covers part of a sector keeps the rest of it only if the sector is
     /// already in this layer; otherwise the rest would have to come from the parent.
     fn check_partial_sectors(&mut self, index: u64, in_block: u64, len: u64) -> Result<()> {
-        let virtual_end = self.virtual_size;
-        let block_size = self.block_size();
-        let end = in_block + len;
-        let mut partial = Vec::new();
-        if !in_block.is_multiple_of(SECTOR) {
-            partial.push(in_block / SECTOR);
-        }
-        let guest_end = index * block_size + end;
-        if !end.is_multiple_of(SECTOR) && guest_end != virtual_end {
-            partial.push(end / SECTOR);
-        }
-        for sector in partial {
+        let guest_end = index * self.block_size() + in_block + len;
+        let ends_the_disk = guest_end == self.virtual_size;
+        for sector in editor::partly_covered_sectors(in_block, len, SECTOR, ends_the_disk) {
             let bits = self.bitmap_mut(index)?;
-            if !get_bit(bits, sector) {
+            if !BITS.get(bits, sector) {
                 return Err(DiskError::Unsupported {
                     path: self.path.clone(),
                     format: FORMAT,
@@ -356,7 +344,7 @@ impl VhdEditor {
                 let mut bits = vec![0u8; d.bitmap_size as usize];
                 if entry != BAT_UNUSED {
                     let at = u64::from(entry) * SECTOR;
-                    super::shared::read_exact(file, path, &mut bits, at)?;
+                    crate::shared::read_exact(file, path, &mut bits, at)?;
                 }
                 v.insert((bits, false))
             }
@@ -512,22 +500,12 @@ impl VhdEditor {
                 let bitmap_size = self.dynamic.as_ref().map_or(0, |d| d.bitmap_size);
                 let bits = self.bitmap_mut(index)?.clone();
                 let sectors = block_size / SECTOR;
-                let mut s = 0u64;
-                while s < sectors {
-                    if get_bit(&bits, s) {
-                        s += 1;
-                        continue;
-                    }
-                    let mut e = s + 1;
-                    while e < sectors && !get_bit(&bits, e) && (e - s) * SECTOR < EDIT_CLUSTER {
-                        e += 1;
-                    }
-                    let at = start + bitmap_size + s * SECTOR;
-                    let n = ((e - s) * SECTOR) as usize;
+                for run in editor::absent_runs(BITS, &bits, sectors, SECTOR, EDIT_CLUSTER) {
+                    let at = start + bitmap_size + run.start * SECTOR;
+                    let n = ((run.end - run.start) * SECTOR) as usize;
                     self.file
                         .write_all_at(&zeros[..n], at)
                         .map_err(|err| io(&self.path, at, err))?;
-                    s = e;
                 }
                 if let Some(d) = self.dynamic.as_mut() {
                     d.data_written = true;
@@ -726,49 +704,7 @@ fn metadata_end(header: &DynamicHeader, header_offset: u64) -> u64 {
     end
 }
 
-/// VHD sector bitmaps are big-endian bit order: sector 0 is the top bit of byte 0.
-fn get_bit(bits: &[u8], sector: u64) -> bool {
-    bits.get((sector / 8) as usize)
-        .is_some_and(|b| b & (0x80 >> (sector % 8)) != 0)
-}
-
-fn set_bit(bits: &mut [u8], sector: u64) {
-    if let Some(b) = bits.get_mut((sector / 8) as usize) {
-        *b |= 0x80 >> (sector % 8);
-    }
-}
-
-impl crate::modify::InPlaceEditor for VhdEditor {
-    fn cluster_size(&self) -> u64 {
-        VhdEditor::cluster_size(self)
-    }
-
-    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        self.write_at(guest_offset, data)
-    }
-
-    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
-        VhdEditor::zero_cluster(self, guest_offset)
-    }
-
-    fn set_parent(&mut self, parent: Option<&crate::modify::ParentRef>) -> Result<()> {
-        match parent {
-            None => self.set_parent_path(None),
-            Some(p) => {
-                crate::image::require_parent_format(p.format, Format::Vhd)?;
-                self.set_parent_path(Some((&p.name, &p.resolved)))
-            }
-        }
-    }
-
-    fn empty(&mut self) -> Result<()> {
-        VhdEditor::empty(self)
-    }
-
-    fn finish(self: Box<Self>) -> Result<()> {
-        VhdEditor::finish(*self)
-    }
-}
+editor::own_format_parent_editor!(VhdEditor, Format::Vhd);
 
 #[cfg(test)]
 mod tests {
@@ -794,7 +730,7 @@ mod tests {
     }
 
     fn read_all(path: &Path) -> Vec<u8> {
-        let img = crate::image::open(path, &OpenOptions::default()).unwrap();
+        let img = crate::factory::open(path, &OpenOptions::default()).unwrap();
         let mut buf = vec![0u8; img.virtual_size() as usize];
         img.read_at(&mut buf, 0).unwrap();
         buf
@@ -830,7 +766,7 @@ mod tests {
             tail,
             "the footer copy at 0 and the trailing footer agree"
         );
-        let img = crate::image::open(&p, &OpenOptions::default()).unwrap();
+        let img = crate::factory::open(&p, &OpenOptions::default()).unwrap();
         let report = img.check(&vmedia_io::NoProgress).unwrap();
         assert_eq!(report.corruptions, 0, "{:?}", report.messages);
         assert_eq!(report.allocated_clusters, Some(2));
@@ -902,7 +838,7 @@ mod tests {
         };
         assert_eq!(text(PlatformCode::W2ru), ".\\bb-longer-name.vhd");
         assert!(text(PlatformCode::W2ku).ends_with("/bb-longer-name.vhd"));
-        let img = crate::image::open(&child, &OpenOptions::default()).unwrap();
+        let img = crate::factory::open(&child, &OpenOptions::default()).unwrap();
         assert_eq!(img.backing().unwrap().path(), b.as_path());
         let data = read_all(&child);
         assert_eq!(data[0], 2);
@@ -973,7 +909,7 @@ mod tests {
                 "{} shows a half-made edit",
                 p.display()
             );
-            let img = crate::image::open(p, &OpenOptions::default()).unwrap();
+            let img = crate::factory::open(p, &OpenOptions::default()).unwrap();
             let report = img.check(&vmedia_io::NoProgress).unwrap();
             assert_eq!(report.corruptions, 0, "{:?}", report.messages);
         }
@@ -1020,7 +956,7 @@ mod tests {
         let mut e = VhdEditor::open(&child).unwrap();
         e.set_parent_path(None).unwrap();
         e.finish().unwrap();
-        let img = crate::image::open(&child, &OpenOptions::default()).unwrap();
+        let img = crate::factory::open(&child, &OpenOptions::default()).unwrap();
         assert!(img.backing_ref().is_none());
         let data = read_all(&child);
         assert!(data[1024..1536].iter().all(|b| *b == 0xaa));

@@ -1,7 +1,9 @@
 //! The VHD footer (hard disk footer): 512 big-endian bytes at the end of every VHD, copied at
 //! the start of dynamic and differencing images, plus the CHS geometry rules of the VHD spec.
 //!
-//! `Footer::parse` never panics: it takes exactly `FOOTER_SIZE` bytes and reads fixed ranges.
+//! `Footer::parse` never panics: it checks for `FOOTER_SIZE` bytes once and reads fixed ranges.
+
+use vmedia_io::bytes::{self, Fields};
 
 use super::Error;
 
@@ -167,15 +169,13 @@ pub struct Footer {
     pub saved_state: u8,
 }
 
-fn be32(b: &[u8], r: std::ops::Range<usize>) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[r]);
-    u32::from_be_bytes(a)
+/// A big-endian u32 field of a checked footer view.
+fn be32(f: &Fields<'_>, r: std::ops::Range<usize>) -> u32 {
+    f.be32(r.start)
 }
-fn be64(b: &[u8], r: std::ops::Range<usize>) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[r]);
-    u64::from_be_bytes(a)
+/// A big-endian u64 field of a checked footer view.
+fn be64(f: &Fields<'_>, r: std::ops::Range<usize>) -> u64 {
+    f.be64(r.start)
 }
 
 /// One's complement of the byte sum, with the checksum field counted as zero.
@@ -197,22 +197,26 @@ impl Footer {
 
     /// Parses a footer. The checksum is reported by `checksum_ok`, not enforced here, so the
     /// caller can decide (and name the file and offset).
-    pub fn parse(bytes: &[u8; FOOTER_SIZE]) -> Result<Footer, Error> {
-        if !Footer::has_cookie(bytes) {
+    ///
+    /// Shorter input than `FOOTER_SIZE` is `Truncated`, never a panic.
+    pub fn parse(bytes: &[u8]) -> Result<Footer, Error> {
+        let f = Fields::new_checked(bytes, FOOTER_SIZE).ok_or(Error::Truncated {
+            what: "footer",
+            offset: 0,
+        })?;
+        if !Footer::has_cookie(f.bytes()) {
             return Err(Error::BadMagic {
                 what: "footer cookie \"conectix\"",
             });
         }
         let mut creator_app = [0u8; 4];
-        creator_app.copy_from_slice(&bytes[field::CREATOR_APP]);
+        creator_app.copy_from_slice(f.slice(field::CREATOR_APP.start, 4));
         let mut creator_host = [0u8; 4];
-        creator_host.copy_from_slice(&bytes[field::CREATOR_HOST]);
+        creator_host.copy_from_slice(f.slice(field::CREATOR_HOST.start, 4));
         let mut unique_id = [0u8; 16];
-        unique_id.copy_from_slice(&bytes[field::UNIQUE_ID]);
-        let cylinders = u16::from_be_bytes([
-            bytes[field::CYLINDERS.start],
-            bytes[field::CYLINDERS.start + 1],
-        ]);
+        unique_id.copy_from_slice(f.slice(field::UNIQUE_ID.start, 16));
+        let cylinders = f.be16(field::CYLINDERS.start);
+        let bytes = &f;
         Ok(Footer {
             features: be32(bytes, field::FEATURES),
             version: be32(bytes, field::VERSION),
@@ -225,19 +229,19 @@ impl Footer {
             current_size: be64(bytes, field::CURRENT_SIZE),
             geometry: Geometry {
                 cylinders,
-                heads: bytes[field::HEADS],
-                sectors_per_track: bytes[field::SECTORS],
+                heads: f.u8(field::HEADS),
+                sectors_per_track: f.u8(field::SECTORS),
             },
             disk_type: DiskType::from_u32(be32(bytes, field::DISK_TYPE)),
             checksum: be32(bytes, field::CHECKSUM),
             unique_id,
-            saved_state: bytes[field::SAVED_STATE],
+            saved_state: f.u8(field::SAVED_STATE),
         })
     }
 
     /// Whether the stored checksum matches the bytes it was parsed from.
     pub fn checksum_ok(bytes: &[u8; FOOTER_SIZE]) -> bool {
-        checksum(bytes, field::CHECKSUM) == be32(bytes, field::CHECKSUM)
+        bytes::be32(bytes, field::CHECKSUM.start) == Some(checksum(bytes, field::CHECKSUM))
     }
 
     /// Writes the footer with a freshly computed checksum (the `checksum` field is ignored).
@@ -329,6 +333,17 @@ mod tests {
         let mut back = Footer::parse(&bytes).unwrap();
         back.checksum = 0;
         assert_eq!(back, f);
+    }
+
+    #[test]
+    fn vhd_short_footer_is_an_error_not_a_panic() {
+        let bytes = sample().emit();
+        for len in [0, 7, 8, 84, FOOTER_SIZE - 1] {
+            assert!(matches!(
+                Footer::parse(&bytes[..len]),
+                Err(Error::Truncated { what: "footer", .. })
+            ));
+        }
     }
 
     #[test]

@@ -12,8 +12,6 @@
 pub mod dynamic;
 pub mod edit;
 pub mod footer;
-pub mod parse_error;
-pub mod shared;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -27,10 +25,10 @@ use crate::image::{
     BackingRef, BlockKind, BlockStatus, CheckReport, CreateOptions, DiskImage, Format, HostOffset,
     ImageInfo, Measurement, OpenOptions,
 };
+pub use crate::parse_error::ParseError as Error;
+use crate::shared::{self, check_range, read_exact, source_size};
 use dynamic::{DynamicHeader, PlatformCode, BAT_UNUSED};
 use footer::{DiskType, Footer, FOOTER_SIZE};
-pub use parse_error::ParseError as Error;
-use shared::{check_range, read_exact, source_size};
 
 pub use writer::create;
 
@@ -232,10 +230,7 @@ impl VhdImage {
         }
         let mut raw = vec![0u8; table_bytes as usize];
         read_exact(self.source.as_ref(), path, &mut raw, header.table_offset)?;
-        let bat: Vec<u32> = raw
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let bat: Vec<u32> = crate::table::be32_entries(&raw);
         let bitmap_size = header.bitmap_size();
         Ok(Dynamic {
             header,
@@ -305,7 +300,7 @@ impl VhdImage {
             ));
         }
         let (parent_ref, parent) =
-            shared::open_first_parent(&self.path, &names, Format::Vhd, opts, open)?;
+            crate::reference::open_first_parent(&self.path, &names, Format::Vhd, opts, open)?;
         self.parent_ref = Some(parent_ref);
         self.parent = parent;
         Ok(())
@@ -552,6 +547,8 @@ impl DiskImage for VhdImage {
     }
 
     fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
+        let _span =
+            tracing::info_span!("check", path = %self.path.display(), format = FORMAT).entered();
         let mut report = CheckReport {
             filename: self.path.display().to_string(),
             format: FORMAT.into(),

@@ -28,18 +28,6 @@ pub(crate) struct Plan {
     pub block_size: u32,
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(DiskError::InvalidOption {
-            key: key.into(),
-            value: value.into(),
-            reason: "expected on or off".into(),
-        }),
-    }
-}
-
 impl Plan {
     pub(crate) fn from_options(path: &Path, opts: &CreateOptions) -> Result<Plan> {
         opts.reject_unknown_options(&["subformat", "force_size", "size", "block_size"])?;
@@ -62,7 +50,7 @@ impl Plan {
             });
         }
         let force_size = match opts.options.get("force_size") {
-            Some(v) => parse_bool("force_size", v)?,
+            Some(v) => crate::image::parse_on_off("force_size", v)?,
             None => false,
         };
         let block_size = match opts.options.get("block_size") {
@@ -169,7 +157,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     if let Some((name, format)) = &opts.backing {
         crate::image::require_parent_format(*format, crate::image::Format::Vhd)?;
         disk_type = DiskType::Differencing;
-        let parent_path = crate::image::resolve_reference(path, name);
+        let parent_path = crate::reference::resolve_reference(path, name);
         let (parent_footer, parent_size) = parent_identity(&parent_path)?;
         if parent_size != plan.virtual_size {
             return Err(DiskError::InvalidOption {
@@ -270,7 +258,7 @@ impl ImageWriter for FixedWriter {
         1 << 20
     }
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        super::shared::check_range(
+        crate::shared::check_range(
             self.file.final_path(),
             guest_offset,
             data.len() as u64,
@@ -289,7 +277,8 @@ impl ImageWriter for FixedWriter {
             .write_all_at(&footer, at)
             .map_err(|e| DiskError::io(self.file.temp_path(), at, e))?;
         let final_path = self.file.final_path().to_path_buf();
-        crate::image::finish_atomic(self.file, self.plan.flush)
+        self.file
+            .commit_with(crate::image::durability(self.plan.flush))
             .map_err(|e| DiskError::io(final_path, 0, e))
     }
 }
@@ -359,7 +348,7 @@ impl ImageWriter for DynamicWriter {
     }
 
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        super::shared::check_range(
+        crate::shared::check_range(
             &self.path,
             guest_offset,
             data.len() as u64,
@@ -389,7 +378,7 @@ impl ImageWriter for DynamicWriter {
         if !self.differencing {
             return Ok(());
         }
-        super::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
+        crate::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
         let mut done = 0u64;
         while done < len {
             let at = guest_offset + done;
@@ -429,7 +418,8 @@ impl ImageWriter for DynamicWriter {
         let end = self.next_block + FOOTER_SIZE as u64;
         f.set_len(end).map_err(|e| self.io(end, e))?;
         let final_path = self.file.final_path().to_path_buf();
-        crate::image::finish_atomic(self.file, self.flush)
+        self.file
+            .commit_with(crate::image::durability(self.flush))
             .map_err(|e| DiskError::io(final_path, 0, e))
     }
 }

@@ -41,14 +41,16 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::header::{self, le16, le32, put_guid, Header, RegionEntry, HEADER_SIZE, MIB};
+use super::header::{self, put_guid, Header, RegionEntry, HEADER_SIZE, MIB};
 use super::metadata::{self, Metadata};
 use super::{
     Geometry, VhdxImage, FORMAT, OFFSET_MASK, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT,
     PAYLOAD_PARTIALLY_PRESENT, PAYLOAD_UNDEFINED, PAYLOAD_ZERO, SB_PRESENT, STATE_MASK,
 };
+use crate::editor::{self, BitOrder};
 use crate::error::{DiskError, Result};
 use crate::image::{Format, OpenOptions};
+use vmedia_io::bytes::{le16, le32};
 
 /// Granularity offered to commit/rebase: small enough that a differencing image records only
 /// what changed, large enough that writes stay efficient.
@@ -57,6 +59,8 @@ pub const EDIT_CLUSTER: u64 = 64 << 10;
 const BITMAP_BLOCK: u64 = MIB;
 /// Bytes of one metadata table entry.
 const TABLE_ENTRY: usize = 32;
+/// VHDX sector bitmaps: sector 0 is the least significant bit of byte 0.
+const BITS: BitOrder = BitOrder::LeastSignificantFirst;
 /// Items in the metadata region start at or after the 64 KiB table.
 const ITEMS_START: usize = metadata::TABLE_SIZE;
 
@@ -201,16 +205,14 @@ impl VhdxEditor {
 
     /// Makes the cluster at `guest_offset` read as zeros.
     pub fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
-        let len = self
-            .cluster_size()
-            .min(self.meta.virtual_size.saturating_sub(guest_offset));
+        let len = editor::cluster_len_at(self.cluster_size(), self.meta.virtual_size, guest_offset);
         self.zero_range(guest_offset, len)
     }
 
     /// Writes guest data in place (in a differencing image whole logical sectors, unless a
     /// partly covered sector is already present in this layer).
     pub fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        crate::vhd::shared::check_range(
+        crate::shared::check_range(
             &self.path,
             guest_offset,
             data.len() as u64,
@@ -218,21 +220,16 @@ impl VhdxEditor {
         )?;
         self.touch_headers(true)?;
         let bs = self.geometry.block_size;
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = guest_offset + done as u64;
-            let n = ((bs - at % bs) as usize).min(data.len() - done);
-            self.write_in_block(at / bs, at % bs, &data[done..done + n])?;
-            done += n;
-        }
-        Ok(())
+        editor::split_at_blocks(guest_offset, data.len(), bs, |block, in_block, range| {
+            self.write_in_block(block, in_block, &data[range])
+        })
     }
 
     /// Makes `[guest_offset, +len)` read as zeros: whole blocks become PAYLOAD_BLOCK_ZERO,
     /// unallocated blocks of an image without a parent stay as they are (they read as
     /// zeros), everything else gets zeros written.
     pub fn zero_range(&mut self, guest_offset: u64, len: u64) -> Result<()> {
-        crate::vhd::shared::check_range(&self.path, guest_offset, len, self.meta.virtual_size)?;
+        crate::shared::check_range(&self.path, guest_offset, len, self.meta.virtual_size)?;
         self.touch_headers(true)?;
         let bs = self.geometry.block_size;
         let zeros = vec![0u8; EDIT_CLUSTER as usize];
@@ -313,7 +310,7 @@ impl VhdxEditor {
                 let per_block = self.geometry.block_size / sector;
                 let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, true)?;
                 for s in first..first + per_block {
-                    clear_bit(bits, s);
+                    BITS.clear(bits, s);
                 }
             }
             let at = self.append(self.geometry.block_size)?;
@@ -336,7 +333,7 @@ impl VhdxEditor {
             let last = self.sector_in_chunk(block, (in_block + len).div_ceil(sector));
             let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, true)?;
             for s in first..last {
-                set_bit(bits, s);
+                BITS.set(bits, s);
             }
             self.partial_touched.insert(block);
         }
@@ -361,18 +358,10 @@ impl VhdxEditor {
 
     fn check_partial_sectors(&mut self, block: u64, in_block: u64, len: u64) -> Result<()> {
         let sector = u64::from(self.meta.logical_sector_size);
-        let end = in_block + len;
-        let mut partial = Vec::new();
-        if !in_block.is_multiple_of(sector) {
-            partial.push(in_block / sector);
-        }
-        if !end.is_multiple_of(sector) {
-            partial.push(end / sector);
-        }
-        for s in partial {
+        for s in editor::partly_covered_sectors(in_block, len, sector, false) {
             let bit = self.sector_in_chunk(block, s);
             let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, false)?;
-            if !get_bit(bits, bit) {
+            if !BITS.get(bits, bit) {
                 return Err(self.partial_sector_error(block, s));
             }
         }
@@ -397,7 +386,7 @@ impl VhdxEditor {
             Entry::Vacant(v) => {
                 let mut bits = vec![0u8; BITMAP_BLOCK as usize];
                 if entry & STATE_MASK == SB_PRESENT {
-                    crate::vhd::shared::read_exact(file, path, &mut bits, entry & OFFSET_MASK)?;
+                    crate::shared::read_exact(file, path, &mut bits, entry & OFFSET_MASK)?;
                 }
                 v.insert((bits, false))
             }
@@ -554,21 +543,11 @@ impl VhdxEditor {
                         format!("block {block}'s bits lie outside its chunk's bitmap"),
                     )
                 })?;
-            let mut s = 0u64;
-            while s < per_block {
-                if get_bit(&bits, s) {
-                    s += 1;
-                    continue;
-                }
-                let mut e = s + 1;
-                while e < per_block && !get_bit(&bits, e) && (e - s) * sector < EDIT_CLUSTER {
-                    e += 1;
-                }
-                let at = base + s * sector;
+            for run in editor::absent_runs(BITS, &bits, per_block, sector, EDIT_CLUSTER) {
+                let at = base + run.start * sector;
                 self.file
-                    .write_all_at(&zeros[..((e - s) * sector) as usize], at)
+                    .write_all_at(&zeros[..((run.end - run.start) * sector) as usize], at)
                     .map_err(|err| io(&self.path, at, err))?;
-                s = e;
             }
             self.set_entry(index, base | PAYLOAD_FULLY_PRESENT);
         }
@@ -633,7 +612,7 @@ impl VhdxEditor {
         for block in std::mem::take(&mut self.partial_touched) {
             let first = self.sector_in_chunk(block, 0);
             let bits = self.chunk_bitmap(block / self.geometry.chunk_ratio, false)?;
-            if (first..first + per_block).all(|s| get_bit(bits, s)) {
+            if (first..first + per_block).all(|s| BITS.get(bits, s)) {
                 let index = self.geometry.payload_index(block);
                 let entry = self.entry(index);
                 self.set_entry(index, (entry & OFFSET_MASK) | PAYLOAD_FULLY_PRESENT);
@@ -712,7 +691,7 @@ impl VhdxEditor {
                 .map_err(|e| io(&self.path, at, e))?
                 .len();
             let have = len.saturating_sub(at).min(4096) as usize;
-            crate::vhd::shared::read_exact(&self.file, &self.path, &mut bytes[..have], at)?;
+            crate::shared::read_exact(&self.file, &self.path, &mut bytes[..have], at)?;
             let first = (page * PER_PAGE) as usize;
             let last = (first + PER_PAGE as usize).min(self.bat.len());
             for (slot, entry) in self.bat[first.min(last)..last].iter().enumerate() {
@@ -779,7 +758,7 @@ impl VhdxEditor {
 
     fn read_meta_region(&self) -> Result<Vec<u8>> {
         let mut region = vec![0u8; self.meta_region.length as usize];
-        crate::vhd::shared::read_exact(
+        crate::shared::read_exact(
             &self.file,
             &self.path,
             &mut region,
@@ -802,7 +781,7 @@ impl VhdxEditor {
             )
         })?;
         let at = e.offset as usize + 4;
-        let mut flags = region.get(at..at + 4).map(|b| le32(b, 0)).ok_or_else(|| {
+        let mut flags = le32(&region, at).ok_or_else(|| {
             DiskError::corrupt(
                 &self.path,
                 FORMAT,
@@ -834,7 +813,7 @@ impl VhdxEditor {
             if b.len() < 4096 {
                 // A region that does not end on a page: keep the file's bytes after it.
                 let at = self.meta_region.file_offset + (i * 4096 + b.len()) as u64;
-                crate::vhd::shared::read_exact(&self.file, &self.path, &mut page[b.len()..], at)?;
+                crate::shared::read_exact(&self.file, &self.path, &mut page[b.len()..], at)?;
             }
             pages.push((self.meta_region.file_offset + (i * 4096) as u64, page));
         }
@@ -1034,7 +1013,7 @@ fn current_header_offset(path: &Path, file: &File) -> Result<u64> {
     let mut best: Option<(u64, u64)> = None;
     for at in [header::HEADER_1_OFFSET, header::HEADER_2_OFFSET] {
         let mut bytes = [0u8; HEADER_SIZE];
-        crate::vhd::shared::read_exact(file, path, &mut bytes, at)?;
+        crate::shared::read_exact(file, path, &mut bytes, at)?;
         if let Ok(h) = Header::parse(&bytes) {
             if best.is_none_or(|(seq, _)| h.sequence_number > seq) {
                 best = Some((h.sequence_number, at));
@@ -1070,14 +1049,17 @@ impl MetadataTable {
     /// The region was validated by `Metadata::parse` when the image was opened: the count is
     /// within `MAX_ENTRIES`, so every entry lies inside the 64 KiB table.
     fn parse(region: &[u8]) -> MetadataTable {
-        let count = le16(region, 10).min(metadata::MAX_ENTRIES);
+        let count = le16(region, 10).unwrap_or(0).min(metadata::MAX_ENTRIES);
         let entries = (0..usize::from(count))
-            .filter_map(|i| region.get(32 + i * TABLE_ENTRY..32 + (i + 1) * TABLE_ENTRY))
-            .map(|e| TableEntry {
-                item: header::guid(e, 0),
-                offset: le32(e, 16),
-                length: le32(e, 20),
-                is_user: le32(e, 24) & 1 != 0,
+            .filter_map(|i| {
+                let e = region.get(32 + i * TABLE_ENTRY..)?;
+                let e = vmedia_io::bytes::Fields::new_checked(e, TABLE_ENTRY)?;
+                Some(TableEntry {
+                    item: header::guid_field(&e, 0),
+                    offset: e.le32(16),
+                    length: e.le32(20),
+                    is_user: e.le32(24) & 1 != 0,
+                })
             })
             .collect();
         MetadataTable { count, entries }
@@ -1104,59 +1086,7 @@ fn free_space(taken: &[(usize, usize)], region_len: usize, len: usize) -> Option
     (region_len >= at && region_len - at >= len).then_some(at)
 }
 
-/// VHDX sector bitmaps: bit `s % 8` (least significant first) of byte `s / 8`.
-fn get_bit(bits: &[u8], sector: u64) -> bool {
-    bits.get((sector / 8) as usize)
-        .is_some_and(|b| b & (1 << (sector % 8)) != 0)
-}
-
-fn set_bit(bits: &mut [u8], sector: u64) {
-    if let Some(b) = bits.get_mut((sector / 8) as usize) {
-        *b |= 1 << (sector % 8);
-    }
-}
-
-fn clear_bit(bits: &mut [u8], sector: u64) {
-    if let Some(b) = bits.get_mut((sector / 8) as usize) {
-        *b &= !(1 << (sector % 8));
-    }
-}
-
-impl crate::modify::InPlaceEditor for VhdxEditor {
-    fn cluster_size(&self) -> u64 {
-        VhdxEditor::cluster_size(self)
-    }
-
-    fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        self.write_at(guest_offset, data)
-    }
-
-    fn zero_cluster(&mut self, guest_offset: u64) -> Result<()> {
-        VhdxEditor::zero_cluster(self, guest_offset)
-    }
-
-    fn set_parent(&mut self, parent: Option<&crate::modify::ParentRef>) -> Result<()> {
-        match parent {
-            None => self.set_parent_path(None),
-            Some(p) => {
-                crate::image::require_parent_format(p.format, Format::Vhdx)?;
-                self.set_parent_path(Some((&p.name, &p.resolved)))
-            }
-        }
-    }
-
-    fn empty(&mut self) -> Result<()> {
-        VhdxEditor::empty(self)
-    }
-
-    fn keep_content_id(&mut self) {
-        VhdxEditor::keep_data_write_guid(self)
-    }
-
-    fn finish(self: Box<Self>) -> Result<()> {
-        VhdxEditor::finish(*self)
-    }
-}
+editor::own_format_parent_editor!(VhdxEditor, Format::Vhdx, keep_content_id: keep_data_write_guid);
 
 #[cfg(test)]
 mod tests {
@@ -1245,7 +1175,7 @@ mod tests {
         let bits = &bytes[(sb & OFFSET_MASK) as usize..][..BITMAP_BLOCK as usize];
         let first = (1 << 20) / 512 + 3;
         let set: Vec<u64> = (0..BITMAP_BLOCK * 8)
-            .filter(|s| get_bit(bits, *s))
+            .filter(|s| BITS.get(bits, *s))
             .collect();
         assert_eq!(set, vec![first, first + 1]);
         let data = read_all(&child);
@@ -1389,7 +1319,7 @@ mod tests {
         let p = make(dir.path(), "d.vhdx", None, &[]);
         let seq = |at: u64| {
             let bytes = std::fs::read(&p).unwrap();
-            Header::parse(bytes[at as usize..][..HEADER_SIZE].try_into().unwrap())
+            Header::parse(&bytes[at as usize..][..HEADER_SIZE])
                 .unwrap()
                 .sequence_number
         };

@@ -5,6 +5,7 @@
 
 use super::Error;
 use uuid::Uuid;
+use vmedia_io::bytes::{self, Fields};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
@@ -31,30 +32,29 @@ pub const VERSION: u16 = 1;
 pub const BAT_REGION: Uuid = Uuid::from_u128(0x2DC27766_F623_4200_9D64_115E9BFD4A08);
 pub const METADATA_REGION: Uuid = Uuid::from_u128(0x8B7CA206_4790_4B9A_B8FE_575F050F886E);
 
-pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+/// A GUID stored in the Microsoft mixed-endian layout, or `None` when the 16 bytes at `at`
+/// are not all inside `b`.
+pub(crate) fn guid(b: &[u8], at: usize) -> Option<Uuid> {
+    bytes::array::<16>(b, at).map(Uuid::from_bytes_le)
 }
-pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
-}
-/// A GUID stored in the Microsoft mixed-endian layout.
-pub(crate) fn guid(b: &[u8], at: usize) -> Uuid {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    Uuid::from_bytes_le(a)
+/// A GUID inside a view whose length was checked (never fails for offsets inside the view).
+pub(crate) fn guid_field(view: &Fields<'_>, at: usize) -> Uuid {
+    Uuid::from_slice_le(view.slice(at, 16)).unwrap_or_default()
 }
 pub(crate) fn put_guid(b: &mut [u8], at: usize, id: &Uuid) {
     b[at..at + 16].copy_from_slice(&id.to_bytes_le());
 }
 
-/// CRC-32C of `bytes` with the 4-byte checksum field at `checksum_at` counted as zero.
+/// CRC-32C of `bytes` with the 4-byte checksum field at `checksum_at` counted as zero (bytes
+/// past the end count as absent, so a short structure gets a checksum that cannot match).
 pub fn crc_with_zeroed_field(bytes: &[u8], checksum_at: usize) -> u32 {
-    let before = crc32c::crc32c(&bytes[..checksum_at]);
+    let before = crc32c::crc32c(bytes.get(..checksum_at).unwrap_or(bytes));
     let with_zero = crc32c::crc32c_append(before, &[0u8; 4]);
-    crc32c::crc32c_append(with_zero, &bytes[checksum_at + 4..])
+    let after = checksum_at
+        .checked_add(4)
+        .and_then(|start| bytes.get(start..))
+        .unwrap_or(&[]);
+    crc32c::crc32c_append(with_zero, after)
 }
 
 /// One of the two headers.
@@ -74,14 +74,19 @@ pub struct Header {
 
 impl Header {
     /// Parses a header and verifies its signature and CRC-32C.
-    pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<Header, Error> {
-        if &b[0..4] != HEADER_SIGNATURE {
+    /// `b` is the header's 4 KiB; shorter input is `Truncated`, never a panic.
+    pub fn parse(b: &[u8]) -> Result<Header, Error> {
+        let f = Fields::new_checked(b, HEADER_SIZE).ok_or(Error::Truncated {
+            what: "header",
+            offset: 0,
+        })?;
+        if f.slice(0, 4) != HEADER_SIGNATURE {
             return Err(Error::BadMagic {
                 what: "header signature \"head\"",
             });
         }
-        let checksum = le32(b, 4);
-        if crc_with_zeroed_field(b, 4) != checksum {
+        let checksum = f.le32(4);
+        if crc_with_zeroed_field(f.bytes(), 4) != checksum {
             return Err(Error::Checksum {
                 what: "header",
                 offset: 0,
@@ -89,14 +94,14 @@ impl Header {
         }
         Ok(Header {
             checksum,
-            sequence_number: le64(b, 8),
-            file_write_guid: guid(b, 16),
-            data_write_guid: guid(b, 32),
-            log_guid: guid(b, 48),
-            log_version: le16(b, 64),
-            version: le16(b, 66),
-            log_length: le32(b, 68),
-            log_offset: le64(b, 72),
+            sequence_number: f.le64(8),
+            file_write_guid: guid_field(&f, 16),
+            data_write_guid: guid_field(&f, 32),
+            log_guid: guid_field(&f, 48),
+            log_version: f.le16(64),
+            version: f.le16(66),
+            log_length: f.le32(68),
+            log_offset: f.le64(72),
         })
     }
 
@@ -134,25 +139,22 @@ pub struct RegionTable {
 
 impl RegionTable {
     pub fn parse(b: &[u8]) -> Result<RegionTable, Error> {
-        if b.len() < REGION_TABLE_SIZE {
-            return Err(Error::Truncated {
-                what: "region table",
-                offset: 0,
-            });
-        }
-        let b = &b[..REGION_TABLE_SIZE];
-        if &b[0..4] != REGION_SIGNATURE {
+        let f = Fields::new_checked(b, REGION_TABLE_SIZE).ok_or(Error::Truncated {
+            what: "region table",
+            offset: 0,
+        })?;
+        if f.slice(0, 4) != REGION_SIGNATURE {
             return Err(Error::BadMagic {
                 what: "region table signature \"regi\"",
             });
         }
-        if crc_with_zeroed_field(b, 4) != le32(b, 4) {
+        if crc_with_zeroed_field(f.bytes(), 4) != f.le32(4) {
             return Err(Error::Checksum {
                 what: "region table",
                 offset: 0,
             });
         }
-        let count = le32(b, 8);
+        let count = f.le32(8);
         if count > MAX_REGION_ENTRIES {
             return Err(Error::Invalid {
                 field: "region table entry count",
@@ -161,13 +163,14 @@ impl RegionTable {
             });
         }
         let mut entries = Vec::with_capacity(count as usize);
+        // 16 + MAX_REGION_ENTRIES * 32 = REGION_TABLE_SIZE: every entry is inside the view.
         for i in 0..count as usize {
             let at = 16 + i * 32;
             entries.push(RegionEntry {
-                guid: guid(b, at),
-                file_offset: le64(b, at + 16),
-                length: le32(b, at + 24),
-                required: le32(b, at + 28) & 1 != 0,
+                guid: guid_field(&f, at),
+                file_offset: f.le64(at + 16),
+                length: f.le32(at + 24),
+                required: f.le32(at + 28) & 1 != 0,
             });
         }
         Ok(RegionTable { entries })
@@ -212,8 +215,10 @@ pub fn parse_creator(b: &[u8]) -> String {
     let units: Vec<u16> = b
         .get(8..end)
         .unwrap_or(&[])
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|c| u16::from_le_bytes(*c))
         .take_while(|u| *u != 0)
         .collect();
     String::from_utf16_lossy(&units)
@@ -244,6 +249,22 @@ mod tests {
         let mut back = Header::parse(&bytes).unwrap();
         back.checksum = 0;
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn vhdx_short_header_and_region_table_are_errors_not_panics() {
+        let header = header().emit();
+        for len in [0, 3, 4, 80, HEADER_SIZE - 1] {
+            assert!(matches!(
+                Header::parse(&header[..len]),
+                Err(Error::Truncated { what: "header", .. })
+            ));
+        }
+        assert!(matches!(
+            RegionTable::parse(&[0u8; 100]),
+            Err(Error::Truncated { .. })
+        ));
+        assert_eq!(guid(&[0u8; 15], 0), None);
     }
 
     #[test]
@@ -294,7 +315,7 @@ mod tests {
         let mut b = [0u8; 16];
         put_guid(&mut b, 0, &BAT_REGION);
         assert_eq!(&b[..4], &[0x66, 0x77, 0xC2, 0x2D]);
-        assert_eq!(guid(&b, 0), BAT_REGION);
+        assert_eq!(guid(&b, 0), Some(BAT_REGION));
     }
 
     #[test]

@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::header::{guid, le32, le64};
+use super::header::guid;
 use super::Error;
 use uuid::Uuid;
+use vmedia_io::bytes::{le32, le64};
 use vmedia_io::ReadAt;
 
 pub const PAGE: u64 = 4096;
@@ -44,11 +45,11 @@ enum Op {
 
 fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
     let start = offset as usize;
-    let head = log.get(start..start + ENTRY_HEADER)?;
+    let head = log.get(start..start.checked_add(ENTRY_HEADER)?)?;
     if &head[0..4] != b"loge" {
         return None;
     }
-    let length = le32(head, 8);
+    let length = le32(head, 8)?;
     if length == 0 || u64::from(length) % PAGE != 0 || length as usize > log.len() {
         return None;
     }
@@ -58,12 +59,12 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
     bytes.extend_from_slice(&log[start..start + first]);
     bytes.extend_from_slice(&log[..length as usize - first]);
     let crc = super::header::crc_with_zeroed_field(&bytes, 4);
-    if crc != le32(&bytes, 4) || guid(&bytes, 32) != *log_guid {
+    if crc != le32(&bytes, 4)? || guid(&bytes, 32)? != *log_guid {
         return None;
     }
-    let tail = le32(&bytes, 12);
-    let sequence = le64(&bytes, 16);
-    let count = le32(&bytes, 24) as usize;
+    let tail = le32(&bytes, 12)?;
+    let sequence = le64(&bytes, 16)?;
+    let count = le32(&bytes, 24)? as usize;
     let descriptor_area =
         (ENTRY_HEADER + count.checked_mul(DESCRIPTOR)?).div_ceil(PAGE as usize) * PAGE as usize;
     if descriptor_area > bytes.len() || u64::from(tail) % PAGE != 0 || tail as usize >= log.len() {
@@ -72,17 +73,17 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
     let mut data_at = descriptor_area;
     let mut ops = Vec::with_capacity(count);
     for i in 0..count {
-        let d = &bytes[ENTRY_HEADER + i * DESCRIPTOR..ENTRY_HEADER + (i + 1) * DESCRIPTOR];
-        if le64(d, 24) != sequence {
+        let d = bytes.get(ENTRY_HEADER + i * DESCRIPTOR..ENTRY_HEADER + (i + 1) * DESCRIPTOR)?;
+        if le64(d, 24)? != sequence {
             return None;
         }
-        let file_offset = le64(d, 16);
+        let file_offset = le64(d, 16)?;
         if !file_offset.is_multiple_of(PAGE) {
             return None;
         }
         match &d[0..4] {
             b"zero" => {
-                let length = le64(d, 8);
+                let length = le64(d, 8)?;
                 if !length.is_multiple_of(PAGE) {
                     return None;
                 }
@@ -95,8 +96,8 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
                 let sector = bytes.get(data_at..data_at + PAGE as usize)?;
                 data_at += PAGE as usize;
                 if &sector[0..4] != b"data"
-                    || u64::from(le32(sector, 4)) != sequence >> 32
-                    || u64::from(le32(sector, 4092)) != sequence & 0xffff_ffff
+                    || u64::from(le32(sector, 4)?) != sequence >> 32
+                    || u64::from(le32(sector, 4092)?) != sequence & 0xffff_ffff
                 {
                     return None;
                 }
@@ -114,7 +115,7 @@ fn parse_entry(log: &[u8], offset: u32, log_guid: &Uuid) -> Option<Entry> {
         length,
         tail,
         sequence,
-        last_file_offset: le64(&bytes, 56),
+        last_file_offset: le64(&bytes, 56)?,
         ops,
     })
 }

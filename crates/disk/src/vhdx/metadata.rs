@@ -3,9 +3,10 @@
 //!
 //! Every item offset and length is checked against the region before it is read.
 
-use super::header::{guid, le16, le32, le64, put_guid};
+use super::header::{guid, guid_field, put_guid};
 use super::Error;
 use uuid::Uuid;
+use vmedia_io::bytes::Fields;
 
 pub const TABLE_SIGNATURE: &[u8; 8] = b"metadata";
 /// The metadata table occupies the first 64 KiB of the region.
@@ -18,6 +19,10 @@ pub const MAX_REGION_BYTES: u32 = 64 << 20;
 pub const MAX_LOCATOR_BYTES: u32 = 1 << 20;
 /// Key/value pairs allowed in a parent locator.
 pub const MAX_LOCATOR_ENTRIES: u16 = 256;
+/// Parent locator header: locator type GUID, reserved u16, key/value count u16.
+const LOCATOR_HEADER_LEN: usize = 20;
+/// One parent locator key/value entry: two u32 offsets and two u16 lengths.
+const LOCATOR_ENTRY_LEN: usize = 12;
 
 pub const FILE_PARAMETERS: Uuid = Uuid::from_u128(0xCAA16737_FA36_4D43_B3B6_33F0AA44E76B);
 pub const VIRTUAL_DISK_SIZE: Uuid = Uuid::from_u128(0x2FA54224_CD1B_4876_B211_5DBED83BF4B8);
@@ -61,14 +66,12 @@ impl ParentLocator {
     }
 
     pub fn parse(b: &[u8]) -> Result<ParentLocator, Error> {
-        if b.len() < 20 {
-            return Err(Error::Truncated {
-                what: "parent locator",
-                offset: 0,
-            });
-        }
-        let locator_type = guid(b, 0);
-        let count = le16(b, 18);
+        let head = Fields::new_checked(b, LOCATOR_HEADER_LEN).ok_or(Error::Truncated {
+            what: "parent locator",
+            offset: 0,
+        })?;
+        let locator_type = guid_field(&head, 0);
+        let count = head.le16(18);
         if count > MAX_LOCATOR_ENTRIES {
             return Err(Error::Invalid {
                 field: "parent locator key/value count",
@@ -79,14 +82,17 @@ impl ParentLocator {
         let mut entries = Vec::with_capacity(usize::from(count));
         for i in 0..usize::from(count) {
             let at = 20 + i * 12;
-            let raw = b.get(at..at + 12).ok_or(Error::Truncated {
-                what: "parent locator entry",
-                offset: at as u64,
-            })?;
-            let key_offset = le32(raw, 0) as usize;
-            let value_offset = le32(raw, 4) as usize;
-            let key_length = usize::from(le16(raw, 8));
-            let value_length = usize::from(le16(raw, 10));
+            let raw = b
+                .get(at..)
+                .and_then(|rest| Fields::new_checked(rest, LOCATOR_ENTRY_LEN))
+                .ok_or(Error::Truncated {
+                    what: "parent locator entry",
+                    offset: at as u64,
+                })?;
+            let key_offset = raw.le32(0) as usize;
+            let value_offset = raw.le32(4) as usize;
+            let key_length = usize::from(raw.le16(8));
+            let value_length = usize::from(raw.le16(10));
             let text = |off: usize, len: usize| -> Result<String, Error> {
                 let bytes = off.checked_add(len).and_then(|end| b.get(off..end)).ok_or(
                     Error::Truncated {
@@ -95,8 +101,10 @@ impl ParentLocator {
                     },
                 )?;
                 let units: Vec<u16> = bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|c| u16::from_le_bytes(*c))
                     .collect();
                 Ok(String::from_utf16_lossy(&units))
             };
@@ -164,18 +172,16 @@ fn item<'a>(region: &'a [u8], e: &Entry) -> Result<&'a [u8], Error> {
 impl Metadata {
     /// Parses the table and system items from the whole metadata region.
     pub fn parse(region: &[u8]) -> Result<Metadata, Error> {
-        if region.len() < TABLE_SIZE {
-            return Err(Error::Truncated {
-                what: "metadata table",
-                offset: 0,
-            });
-        }
-        if &region[0..8] != TABLE_SIGNATURE {
+        let table = Fields::new_checked(region, TABLE_SIZE).ok_or(Error::Truncated {
+            what: "metadata table",
+            offset: 0,
+        })?;
+        if table.slice(0, 8) != TABLE_SIGNATURE {
             return Err(Error::BadMagic {
                 what: "metadata table signature \"metadata\"",
             });
         }
-        let count = le16(region, 10);
+        let count = table.le16(10);
         if count > MAX_ENTRIES {
             return Err(Error::Invalid {
                 field: "metadata entry count",
@@ -184,13 +190,14 @@ impl Metadata {
             });
         }
         let mut entries = Vec::with_capacity(usize::from(count));
+        // 32 + MAX_ENTRIES * 32 = TABLE_SIZE: every entry lies inside the view.
         for i in 0..usize::from(count) {
             let at = 32 + i * 32;
-            let flags = le32(region, at + 24);
+            let flags = table.le32(at + 24);
             entries.push(Entry {
-                item: guid(region, at),
-                offset: le32(region, at + 16),
-                length: le32(region, at + 20),
+                item: guid_field(&table, at),
+                offset: table.le32(at + 16),
+                length: table.le32(at + 20),
                 is_user: flags & 1 != 0,
                 is_virtual_disk: flags & 2 != 0,
                 is_required: flags & 4 != 0,
@@ -216,25 +223,22 @@ impl Metadata {
                 ),
             });
         }
-        let need = |id: &Uuid, name: &'static str, len: usize| -> Result<&[u8], Error> {
+        let need = |id: &Uuid, name: &'static str, len: usize| -> Result<Fields<'_>, Error> {
             let e = find(id).ok_or(Error::Invalid {
                 field: name,
                 offset: 0,
                 reason: "missing from the metadata table".into(),
             })?;
             let bytes = item(region, e)?;
-            if bytes.len() < len {
-                return Err(Error::Invalid {
-                    field: name,
-                    offset: u64::from(e.offset),
-                    reason: format!("item is {} bytes, needs {len}", bytes.len()),
-                });
-            }
-            Ok(bytes)
+            Fields::new_checked(bytes, len).ok_or_else(|| Error::Invalid {
+                field: name,
+                offset: u64::from(e.offset),
+                reason: format!("item is {} bytes, needs {len}", bytes.len()),
+            })
         };
         let params = need(&FILE_PARAMETERS, "file parameters", 8)?;
-        let block_size = le32(params, 0);
-        let flags = le32(params, 4);
+        let block_size = params.le32(0);
+        let flags = params.le32(4);
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two()
         {
             return Err(Error::Invalid {
@@ -243,9 +247,9 @@ impl Metadata {
                 reason: format!("{block_size} is not a power of two between 1 MiB and 256 MiB"),
             });
         }
-        let virtual_size = le64(need(&VIRTUAL_DISK_SIZE, "virtual disk size", 8)?, 0);
-        let logical_sector_size = le32(need(&LOGICAL_SECTOR_SIZE, "logical sector size", 4)?, 0);
-        let physical_sector_size = le32(need(&PHYSICAL_SECTOR_SIZE, "physical sector size", 4)?, 0);
+        let virtual_size = need(&VIRTUAL_DISK_SIZE, "virtual disk size", 8)?.le64(0);
+        let logical_sector_size = need(&LOGICAL_SECTOR_SIZE, "logical sector size", 4)?.le32(0);
+        let physical_sector_size = need(&PHYSICAL_SECTOR_SIZE, "physical sector size", 4)?.le32(0);
         if logical_sector_size != 512 && logical_sector_size != 4096 {
             return Err(Error::Invalid {
                 field: "logical sector size",
@@ -272,14 +276,7 @@ impl Metadata {
             });
         }
         let page83 = match find(&PAGE_83_DATA) {
-            Some(e) => {
-                let b = item(region, e)?;
-                if b.len() >= 16 {
-                    Some(guid(b, 0))
-                } else {
-                    None
-                }
-            }
+            Some(e) => guid(item(region, e)?, 0),
             None => None,
         };
         let has_parent = flags & 2 != 0;

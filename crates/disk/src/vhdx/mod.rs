@@ -23,8 +23,8 @@ use crate::image::{
     BackingRef, BlockKind, BlockStatus, CheckReport, CreateOptions, DiskImage, Format, HostOffset,
     ImageInfo, Measurement, OpenOptions,
 };
-pub use crate::vhd::parse_error::ParseError as Error;
-use crate::vhd::shared::{self, check_range, read_exact, source_size};
+pub use crate::parse_error::ParseError as Error;
+use crate::shared::{self, check_range, read_exact, source_size};
 use header::{Header, RegionTable, HEADER_SIZE, MIB};
 use metadata::Metadata;
 
@@ -295,7 +295,7 @@ impl VhdxImage {
         }
         let mut raw = vec![0u8; bat_bytes as usize];
         read_exact(source.as_ref(), path, &mut raw, bat_region.file_offset)?;
-        let bat = raw.chunks_exact(8).map(|c| header::le64(c, 0)).collect();
+        let bat = crate::table::le64_entries(&raw);
         let mut image = VhdxImage {
             path: path.to_path_buf(),
             source,
@@ -346,7 +346,7 @@ impl VhdxImage {
             ));
         }
         let (parent_ref, parent) =
-            shared::open_first_parent(&self.path, &names, Format::Vhdx, opts, open)?;
+            crate::reference::open_first_parent(&self.path, &names, Format::Vhdx, opts, open)?;
         self.parent_ref = Some(parent_ref);
         self.parent = parent;
         Ok(())
@@ -645,6 +645,8 @@ impl DiskImage for VhdxImage {
     }
 
     fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
+        let _span =
+            tracing::info_span!("check", path = %self.path.display(), format = FORMAT).entered();
         let mut report = CheckReport {
             filename: self.path.display().to_string(),
             format: FORMAT.into(),

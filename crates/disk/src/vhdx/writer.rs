@@ -47,18 +47,6 @@ fn parse_size(key: &str, v: &str) -> Result<u64> {
         })
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(DiskError::InvalidOption {
-            key: key.into(),
-            value: value.into(),
-            reason: "expected on or off".into(),
-        }),
-    }
-}
-
 impl Plan {
     pub(crate) fn from_options(opts: &CreateOptions) -> Result<Plan> {
         opts.reject_unknown_options(&[
@@ -117,7 +105,7 @@ impl Plan {
             }
         };
         if let Some(v) = get("block_state_zero") {
-            parse_bool("block_state_zero", v)?;
+            crate::image::parse_on_off("block_state_zero", v)?;
         }
         let sector_opt = |key: &str, default: u32| -> Result<u32> {
             match get(key) {
@@ -185,7 +173,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Box<dyn ImageWriter>>
     let mut plan = Plan::from_options(opts)?;
     if let Some((name, format)) = &opts.backing {
         crate::image::require_parent_format(*format, Format::Vhdx)?;
-        let parent_path = crate::image::resolve_reference(path, name);
+        let parent_path = crate::reference::resolve_reference(path, name);
         let (guid, size) = super::data_write_guid(&parent_path)?;
         if size != plan.meta.virtual_size {
             return Err(DiskError::InvalidOption {
@@ -308,12 +296,7 @@ impl VhdxWriter {
         len: u64,
         mut f: impl FnMut(&mut Self, u64, u64, u64, u64) -> Result<()>,
     ) -> Result<()> {
-        crate::vhd::shared::check_range(
-            &self.path,
-            guest_offset,
-            len,
-            self.plan.meta.virtual_size,
-        )?;
+        crate::shared::check_range(&self.path, guest_offset, len, self.plan.meta.virtual_size)?;
         let bs = self.geometry.block_size;
         let mut done = 0u64;
         while done < len {
@@ -438,7 +421,9 @@ impl ImageWriter for VhdxWriter {
         let end = self.next.max(self.plan.data_start());
         f.set_len(end).map_err(|e| self.io(end, e))?;
         let p = self.file.final_path().to_path_buf();
-        crate::image::finish_atomic(self.file, self.plan.flush).map_err(|e| DiskError::io(p, 0, e))
+        self.file
+            .commit_with(crate::image::durability(self.plan.flush))
+            .map_err(|e| DiskError::io(p, 0, e))
     }
 }
 

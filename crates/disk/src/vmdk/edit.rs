@@ -24,9 +24,9 @@ use super::header::{
     SparseHeader, FLAG_REDUNDANT_GT, FLAG_ZEROED_GTE, MAX_DESCRIPTOR_SECTORS, SECTOR,
 };
 use super::sparse::{load_directory, read_directory};
+use crate::editor::{InPlaceEditor, ParentRef};
 use crate::error::{DiskError, Result};
 use crate::image::Format;
-use crate::modify::{InPlaceEditor, ParentRef};
 
 const FORMAT: &str = "vmdk";
 /// Editor granularity when an image has no sparse extent (flat only): large enough for few
@@ -411,10 +411,7 @@ impl SparseEdit {
                 self.file
                     .read_exact_at(&mut raw, at)
                     .map_err(|e| DiskError::io(&self.path, at, e))?;
-                let table = raw
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let table = crate::table::le32_entries(&raw);
                 self.tables.insert(index, table);
             }
         }
@@ -630,7 +627,7 @@ impl VmdkEditor {
                 ExtentKind::Zero => EditData::Zero,
                 ExtentKind::Flat | ExtentKind::Vmfs => {
                     let name = line.file_name.clone().unwrap_or_default();
-                    let target = crate::image::resolve_reference(path, &name);
+                    let target = crate::reference::resolve_reference(path, &name);
                     EditData::Flat {
                         file: crate::image::open_for_writing(&target)?,
                         path: target,
@@ -650,7 +647,7 @@ impl VmdkEditor {
                         Some(f) => (path.to_path_buf(), f),
                         None => {
                             let name = line.file_name.clone().unwrap_or_default();
-                            let target = crate::image::resolve_reference(path, &name);
+                            let target = crate::reference::resolve_reference(path, &name);
                             let f = crate::image::open_for_writing(&target)?;
                             (target, f)
                         }
@@ -1103,7 +1100,7 @@ mod tests {
 #[cfg(test)]
 mod editor_tests {
     use super::*;
-    use crate::image::{self, CreateOptions, OpenOptions};
+    use crate::image::{CreateOptions, OpenOptions};
 
     const MIB: u64 = 1 << 20;
     const GRAIN: usize = 64 << 10;
@@ -1113,7 +1110,7 @@ mod editor_tests {
         let mut opts = CreateOptions::new(Format::Vmdk, 4 * MIB);
         opts.options.insert("subformat".into(), subformat.into());
         opts.backing = backing.map(|b| (b.to_string(), Some(Format::Vmdk)));
-        let mut w = image::create(&path, &opts).unwrap();
+        let mut w = crate::factory::create(&path, &opts).unwrap();
         if backing.is_none() {
             w.write_at(0, &vec![0x11u8; GRAIN]).unwrap();
         }
@@ -1122,7 +1119,7 @@ mod editor_tests {
     }
 
     fn read_all(path: &Path) -> Vec<u8> {
-        let img = image::open(path, &OpenOptions::default()).unwrap();
+        let img = crate::factory::open(path, &OpenOptions::default()).unwrap();
         let mut buf = vec![0u8; img.virtual_size() as usize];
         img.read_at(&mut buf, 0).unwrap();
         buf
@@ -1306,7 +1303,10 @@ mod editor_tests {
         let mut opts = CreateOptions::new(Format::Vmdk, MIB);
         opts.options
             .insert("subformat".into(), "monolithicSparse".into());
-        image::create(&small, &opts).unwrap().finish().unwrap();
+        crate::factory::create(&small, &opts)
+            .unwrap()
+            .finish()
+            .unwrap();
         let child = make(dir.path(), "child.vmdk", "monolithicSparse", None);
         let mut e = VmdkEditor::open(&child).unwrap();
         let err = e
@@ -1397,7 +1397,7 @@ mod editor_tests {
         f.write_all_at(&0x7fff_0000u32.to_le_bytes(), h.gd_offset * SECTOR)
             .unwrap();
         drop(f);
-        let img = image::open(&p, &OpenOptions::default()).unwrap();
+        let img = crate::factory::open(&p, &OpenOptions::default()).unwrap();
         let mut buf = vec![0u8; GRAIN];
         img.read_at(&mut buf, 0).unwrap();
         assert!(buf.iter().all(|b| *b == 0x11));

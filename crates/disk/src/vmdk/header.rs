@@ -1,8 +1,10 @@
 //! The hosted sparse extent header ("KDMV", 512 little-endian bytes), stream markers and the
 //! ESX COWD header we recognise only to name it.
 //!
-//! `SparseHeader::parse` reads fixed ranges of a 512-byte array and never panics; validation of
+//! `SparseHeader::parse` reads fixed ranges of a checked 512-byte view and never panics; validation of
 //! the values against limits and the file size lives in `validate`.
+
+use vmedia_io::bytes::{self, Fields};
 
 use super::Error;
 
@@ -50,6 +52,8 @@ pub const MARKER_GD: u32 = 2;
 pub const MARKER_FOOTER: u32 = 3;
 /// Bytes in front of the compressed data of a grain: LBA (u64) and size (u32).
 pub const GRAIN_MARKER_HEADER: usize = 12;
+/// Bytes a marker is recognised from: value (u64), size (u32) and type (u32).
+pub const MARKER_HEADER_LEN: usize = 16;
 
 mod field {
     pub const MAGIC: usize = 0;
@@ -71,14 +75,12 @@ mod field {
     pub const COMPRESS_ALGORITHM: usize = 77;
 }
 
-pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
+/// Bytes of the hosted sparse extent header.
+pub const HEADER_SIZE: usize = 512;
+
+/// True when `b` starts with the seSparse magic and `version` (16 bytes, little endian).
+pub fn has_sesparse_magic(b: &[u8], version: u64) -> bool {
+    bytes::le64(b, 0) == Some(SESPARSE_MAGIC) && bytes::le64(b, 8) == Some(version)
 }
 
 /// The sparse extent header in friendly form (all offsets and sizes in sectors).
@@ -100,19 +102,24 @@ pub struct SparseHeader {
 
 impl SparseHeader {
     pub fn has_magic(b: &[u8]) -> bool {
-        b.len() >= 4 && le32(b, 0) == SPARSE_MAGIC
+        bytes::le32(b, 0) == Some(SPARSE_MAGIC)
     }
 
-    /// Parses the header fields; `validate` checks them.
-    pub fn parse(b: &[u8; 512]) -> Result<SparseHeader, Error> {
-        let magic = le32(b, field::MAGIC);
+    /// Parses the header fields of the 512-byte header `b` (shorter input is `Truncated`,
+    /// never a panic); `validate` checks them.
+    pub fn parse(b: &[u8]) -> Result<SparseHeader, Error> {
+        let f = Fields::new_checked(b, HEADER_SIZE).ok_or(Error::Truncated {
+            what: "sparse extent header",
+            offset: 0,
+        })?;
+        let magic = f.le32(field::MAGIC);
         if magic != SPARSE_MAGIC {
             if magic == COWD_MAGIC {
                 return Err(Error::Unsupported {
                     what: "ESX vmfsSparse (COWD) extents".into(),
                 });
             }
-            if le64(b, 0) == SESPARSE_MAGIC {
+            if f.le64(0) == SESPARSE_MAGIC {
                 return Err(Error::Unsupported {
                     what: "ESXi seSparse extents".into(),
                 });
@@ -122,18 +129,18 @@ impl SparseHeader {
             });
         }
         Ok(SparseHeader {
-            version: le32(b, field::VERSION),
-            flags: le32(b, field::FLAGS),
-            capacity: le64(b, field::CAPACITY),
-            grain_size: le64(b, field::GRAIN_SIZE),
-            descriptor_offset: le64(b, field::DESCRIPTOR_OFFSET),
-            descriptor_size: le64(b, field::DESCRIPTOR_SIZE),
-            num_gtes_per_gt: le32(b, field::NUM_GTES_PER_GT),
-            rgd_offset: le64(b, field::RGD_OFFSET),
-            gd_offset: le64(b, field::GD_OFFSET),
-            overhead: le64(b, field::OVERHEAD),
-            unclean_shutdown: b[field::UNCLEAN_SHUTDOWN] != 0,
-            compress_algorithm: le16(b, field::COMPRESS_ALGORITHM),
+            version: f.le32(field::VERSION),
+            flags: f.le32(field::FLAGS),
+            capacity: f.le64(field::CAPACITY),
+            grain_size: f.le64(field::GRAIN_SIZE),
+            descriptor_offset: f.le64(field::DESCRIPTOR_OFFSET),
+            descriptor_size: f.le64(field::DESCRIPTOR_SIZE),
+            num_gtes_per_gt: f.le32(field::NUM_GTES_PER_GT),
+            rgd_offset: f.le64(field::RGD_OFFSET),
+            gd_offset: f.le64(field::GD_OFFSET),
+            overhead: f.le64(field::OVERHEAD),
+            unclean_shutdown: f.u8(field::UNCLEAN_SHUTDOWN) != 0,
+            compress_algorithm: f.le16(field::COMPRESS_ALGORITHM),
         })
     }
 
@@ -270,17 +277,15 @@ pub enum Marker {
 
 impl Marker {
     pub fn parse(b: &[u8]) -> Option<Marker> {
-        if b.len() < 16 {
-            return None;
-        }
-        let val = le64(b, 0);
-        let size = le32(b, 8);
+        let f = Fields::new_checked(b, MARKER_HEADER_LEN)?;
+        let val = f.le64(0);
+        let size = f.le32(8);
         if size != 0 {
             return Some(Marker::Grain { lba: val, size });
         }
         Some(Marker::Metadata {
             sectors: val,
-            kind: le32(b, 12),
+            kind: f.le32(12),
         })
     }
 
@@ -407,6 +412,20 @@ mod tests {
             SparseHeader::parse(&b),
             Err(Error::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn vmdk_short_sparse_header_is_an_error_not_a_panic() {
+        let bytes = stream_header().emit();
+        for len in [0, 3, 4, 77, HEADER_SIZE - 1] {
+            assert!(matches!(
+                SparseHeader::parse(&bytes[..len]),
+                Err(Error::Truncated { .. })
+            ));
+        }
+        assert!(!SparseHeader::has_magic(b"KDM"));
+        assert!(!has_sesparse_magic(&[0xbe, 0xba, 0xfe, 0xca], 0));
+        assert_eq!(Marker::parse(&[0u8; 15]), None);
     }
 
     #[test]

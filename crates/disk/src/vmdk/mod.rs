@@ -2,7 +2,7 @@
 //!
 //! An image is a descriptor (a text file, or text embedded in a sparse extent) listing extents
 //! that are laid end to end in the guest's address space. Extent files are opened only through
-//! the reference policy (`image::check_reference`); a delta disk's parent (parentCID +
+//! the options' resolver (`reference::open_reference_source`); a delta disk's parent (parentCID +
 //! parentFileNameHint) likewise.
 
 pub mod descriptor;
@@ -23,14 +23,14 @@ use crate::image::{
     BackingRef, BlockKind, BlockStatus, CheckReport, CreateOptions, DiskImage, Format, HostOffset,
     ImageInfo, Measurement, OpenOptions,
 };
-pub use crate::vhd::parse_error::ParseError as Error;
-use crate::vhd::shared::{self, check_range, read_exact, source_size};
+pub use crate::parse_error::ParseError as Error;
+use crate::shared::{self, check_range, read_exact, source_size};
 use descriptor::{Access, Descriptor, ExtentKind};
 use header::{SparseHeader, SECTOR};
 use sparse::{Grain, SparseExtent};
 
 pub use stream::{deflate_grain, StreamCompressor};
-pub use writer::{create, wrap_flat, WrapOptions};
+pub use writer::{create, wrap_flat, WrapOptions, WrapReport, Wrapped};
 
 const FORMAT: &str = "vmdk";
 
@@ -39,9 +39,7 @@ const FORMAT: &str = "vmdk";
 pub fn probe(head: &[u8], _tail: &[u8]) -> bool {
     head.starts_with(b"KDMV")
         || head.starts_with(b"COWD")
-        || (head.len() >= 16
-            && header::le64(head, 0) == header::SESPARSE_MAGIC
-            && header::le64(head, 8) == SESPARSE_VERSION)
+        || header::has_sesparse_magic(head, SESPARSE_VERSION)
         || Descriptor::looks_like(head)
 }
 
@@ -161,9 +159,7 @@ impl VmdkImage {
         if file_size >= 16 {
             let mut first = [0u8; 16];
             read_exact(source.as_ref(), path, &mut first, 0)?;
-            if header::le64(&first, 0) == header::SESPARSE_MAGIC
-                && header::le64(&first, 8) == SESPARSE_VERSION
-            {
+            if header::has_sesparse_magic(&first, SESPARSE_VERSION) {
                 return Err(DiskError::Unsupported { path: path.to_path_buf(), format: FORMAT,
                     feature: "ESXi seSparse extents (snapshot deltas of ESXi 6.5+); consolidate the snapshot on the host first".into() });
             }
@@ -321,13 +317,8 @@ impl VmdkImage {
         name: &str,
         opts: &OpenOptions,
     ) -> Result<(PathBuf, Arc<dyn ReadAt>)> {
-        let target = crate::image::check_reference(&self.path, name, opts)?;
-        let file = std::fs::File::open(&target).map_err(|source| DiskError::Open {
-            path: target.clone(),
-            action: "open the extent",
-            source,
-        })?;
-        Ok((target, Arc::new(file)))
+        let (extent, _) = crate::reference::open_reference_source(&self.path, name, opts)?;
+        Ok((extent.path, extent.source))
     }
 
     fn open_parent(&mut self, opts: &OpenOptions) -> Result<()> {
@@ -347,7 +338,7 @@ impl VmdkImage {
                 "the delta disk has a parentCID but names no parent",
             ));
         };
-        let resolved = crate::image::resolve_reference(&self.path, &hint);
+        let resolved = crate::reference::resolve_reference(&self.path, &hint);
         self.parent_ref = Some(BackingRef {
             name: hint.clone(),
             format: Some(Format::Vmdk),
@@ -356,7 +347,9 @@ impl VmdkImage {
         if opts.skip_backing {
             return Ok(());
         }
-        self.parent = Some(shared::open_reference_with(&self.path, &hint, opts, open)?);
+        self.parent = Some(crate::reference::open_reference_with(
+            &self.path, &hint, opts, open,
+        )?);
         Ok(())
     }
 
@@ -601,6 +594,8 @@ impl DiskImage for VmdkImage {
     }
 
     fn check(&self, progress: &dyn Progress) -> Result<CheckReport> {
+        let _span =
+            tracing::info_span!("check", path = %self.path.display(), format = FORMAT).entered();
         let mut report = CheckReport {
             filename: self.path.display().to_string(),
             format: FORMAT.into(),

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use vmedia_io::ReadAt;
 
 use super::header::{
-    le32, Marker, SparseHeader, FLAG_REDUNDANT_GT, GD_AT_END, GRAIN_MARKER_HEADER, MARKER_FOOTER,
-    SECTOR,
+    Marker, SparseHeader, FLAG_REDUNDANT_GT, GD_AT_END, GRAIN_MARKER_HEADER, MARKER_FOOTER, SECTOR,
 };
 use crate::error::{DiskError, Result};
-use crate::vhd::shared::{read_exact, source_size};
+use crate::shared::{read_exact, source_size};
+use vmedia_io::bytes;
 
 const FORMAT: &str = "vmdk";
 /// Grain tables kept in memory per extent (2 KiB each: 16 MiB at most); the cache is emptied
@@ -124,7 +124,7 @@ impl SparseExtent {
         }
         let mut raw = vec![0u8; (n * 4) as usize];
         read_exact(self.source.as_ref(), &self.path, &mut raw, at)?;
-        let table: Arc<Vec<u32>> = Arc::new(raw.chunks_exact(4).map(|c| le32(c, 0)).collect());
+        let table: Arc<Vec<u32>> = Arc::new(crate::table::le32_entries(&raw));
         if let Ok(mut cache) = self.gt_cache.write() {
             if cache.len() >= MAX_CACHED_GTS {
                 cache.clear();
@@ -235,8 +235,16 @@ impl SparseExtent {
                 ));
             }
             read_exact(self.source.as_ref(), &self.path, &mut marker, at)?;
-            let lba = super::header::le64(&marker, 0);
-            let size = u64::from(le32(&marker, 8));
+            let (Some(lba), Some(size)) = (bytes::le64(&marker, 0), bytes::le32(&marker, 8)) else {
+                return Err(DiskError::corrupt(
+                    &self.path,
+                    FORMAT,
+                    at,
+                    "grain marker",
+                    "shorter than its 12-byte header",
+                ));
+            };
+            let size = u64::from(size);
             if lba != grain_lba {
                 return Err(DiskError::corrupt(
                     &self.path,
@@ -346,7 +354,7 @@ pub(crate) fn read_directory(
     }
     let mut raw = vec![0u8; gd_bytes as usize];
     read_exact(source, path, &mut raw, gd_at)?;
-    let gd: Vec<u32> = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
+    let gd: Vec<u32> = crate::table::le32_entries(&raw);
     let table_bytes = u64::from(header.num_gtes_per_gt) * 4;
     // Compressed streams are checked per table when read (their tables follow markers).
     let mut problem = None;

@@ -239,7 +239,7 @@ impl ImageWriter for StreamWriter {
     }
 
     fn write_at(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
-        crate::vhd::shared::check_range(
+        crate::shared::check_range(
             &self.path,
             guest_offset,
             data.len() as u64,
@@ -275,7 +275,7 @@ impl ImageWriter for StreamWriter {
     }
 
     fn write_compressed(&mut self, guest_offset: u64, compressed: &[u8]) -> Result<()> {
-        crate::vhd::shared::check_range(&self.path, guest_offset, 1, self.virtual_size)?;
+        crate::shared::check_range(&self.path, guest_offset, 1, self.virtual_size)?;
         if !guest_offset.is_multiple_of(self.grain_bytes()) {
             return Err(DiskError::InvalidOption {
                 key: "compress".into(),

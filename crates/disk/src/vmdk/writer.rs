@@ -73,18 +73,6 @@ pub(crate) struct Plan {
     pub parent_image: Option<Arc<dyn DiskImage>>,
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(DiskError::InvalidOption {
-            key: key.into(),
-            value: value.into(),
-            reason: "expected on or off".into(),
-        }),
-    }
-}
-
 /// Adapter types accepted in ddb.adapterType (qemu's list plus pvscsi for ESXi).
 pub const ADAPTER_TYPES: [&str; 5] = ["ide", "buslogic", "lsilogic", "legacyESX", "pvscsi"];
 
@@ -126,7 +114,7 @@ impl Plan {
             });
         }
         let compat6 = match get("compat6") {
-            Some(v) => parse_bool("compat6", v)?,
+            Some(v) => crate::image::parse_on_off("compat6", v)?,
             None => false,
         };
         let hw_version = match (get("hwversion"), compat6) {
@@ -157,7 +145,7 @@ impl Plan {
                 reason: "a number".into(),
             })?;
         let zeroed_grain = match get("zeroed_grain") {
-            Some(v) => parse_bool("zeroed_grain", v)?,
+            Some(v) => crate::image::parse_on_off("zeroed_grain", v)?,
             None => false,
         };
         let sectors = opts.virtual_size.div_ceil(SECTOR);
@@ -182,7 +170,7 @@ impl Plan {
                         operation: "a parent disk with a flat or stream subformat",
                     });
                 }
-                let parent_path = crate::image::resolve_reference(path, name);
+                let parent_path = crate::reference::resolve_reference(path, name);
                 // The user named the parent: follow its chain wherever it is.
                 let parent_opts = OpenOptions {
                     references: ReferencePolicy::Any,
@@ -418,7 +406,7 @@ impl MultiWriter {
         len: u64,
         mut f: impl FnMut(&mut Piece, u64, u64, u64) -> Result<()>,
     ) -> Result<()> {
-        crate::vhd::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
+        crate::shared::check_range(&self.path, guest_offset, len, self.virtual_size)?;
         let mut done = 0u64;
         while done < len {
             let at = guest_offset + done;
@@ -468,7 +456,7 @@ impl ImageWriter for MultiWriter {
             match piece {
                 Piece::Flat(file) => {
                     let p = file.final_path().to_path_buf();
-                    crate::image::finish_atomic(file, this.flush)
+                    file.commit_with(crate::image::durability(this.flush))
                         .map_err(|e| DiskError::io(p, 0, e))?
                 }
                 Piece::Sparse(s) => s.finish()?,
@@ -480,7 +468,8 @@ impl ImageWriter for MultiWriter {
                 .write_all_at(text.as_bytes(), 0)
                 .map_err(|e| DiskError::io(file.temp_path(), 0, e))?;
             let p = file.final_path().to_path_buf();
-            crate::image::finish_atomic(file, this.flush).map_err(|e| DiskError::io(p, 0, e))?;
+            file.commit_with(crate::image::durability(this.flush))
+                .map_err(|e| DiskError::io(p, 0, e))?;
         }
         Ok(())
     }
@@ -697,7 +686,9 @@ impl SparseFileWriter {
         f.set_len(self.next_grain)
             .map_err(|e| io(self.next_grain, e))?;
         let p = self.file.final_path().to_path_buf();
-        crate::image::finish_atomic(self.file, self.flush).map_err(|e| DiskError::io(p, 0, e))
+        self.file
+            .commit_with(crate::image::durability(self.flush))
+            .map_err(|e| DiskError::io(p, 0, e))
     }
 }
 
@@ -732,6 +723,41 @@ pub struct Wrapped {
     pub sectors: u64,
     /// Bytes of the last sector past the end of the file (read as zeros).
     pub padding: u64,
+}
+
+/// The answer of `vmedia disk wrap-iso --json`: what `wrap_flat` wrote.
+///
+/// Serializes as the CLI's JSON document (keys in alphabetical order, as the document has
+/// always been printed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WrapReport {
+    /// "RW" or "RDONLY".
+    pub access: &'static str,
+    #[serde(rename = "adapter-type")]
+    pub adapter_type: String,
+    /// The extent name written in the descriptor.
+    pub extent: String,
+    /// The descriptor written.
+    pub filename: String,
+    pub padding: u64,
+    pub sectors: u64,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+}
+
+impl WrapReport {
+    /// The report for `wrapped`, written at `out` with `opts`.
+    pub fn new(out: &Path, wrapped: &Wrapped, opts: &WrapOptions) -> WrapReport {
+        WrapReport {
+            access: if opts.read_only { "RDONLY" } else { "RW" },
+            adapter_type: opts.adapter_type.clone(),
+            extent: wrapped.extent_name.clone(),
+            filename: out.display().to_string(),
+            padding: wrapped.padding,
+            sectors: wrapped.sectors,
+            virtual_size: wrapped.sectors.saturating_mul(SECTOR),
+        }
+    }
 }
 
 /// Writes a descriptor-only VMDK at `out` whose single FLAT extent is `target` (nothing is
