@@ -221,11 +221,7 @@ fn parse_label(label: Option<&str>) -> Result<([u8; LABEL_LEN], bool), FatError>
 
 /// A serial from the fixed date (so it is reproducible), else from the clock, as mkfs.fat.
 fn default_volume_id(date: Option<i64>) -> u32 {
-    let seconds = date.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-    });
+    let seconds = date.unwrap_or_else(|| jiff::Timestamp::now().as_second());
     // Mix the bits so nearby dates give unrelated serials.
     let mixed = (seconds as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (mixed >> 32) as u32

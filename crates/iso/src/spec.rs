@@ -673,9 +673,33 @@ pub struct IntegritySpec {
     pub signing_key: Option<PathBuf>,
 }
 
+/// Turns a user ISO path (`boot/grub`, `/boot/grub/`, the left side of a graft) into the
+/// writer's absolute form, keeping a trailing '/' (it means "keep the host file's own name").
+pub fn absolute_iso_path(path: &str) -> String {
+    let trailing = path.ends_with('/') && path.len() > 1;
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let mut out = String::from("/");
+    out.push_str(&parts.join("/"));
+    if trailing && !parts.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_paths_become_absolute() {
+        assert_eq!(absolute_iso_path("boot/grub"), "/boot/grub");
+        assert_eq!(absolute_iso_path("/boot//grub/"), "/boot/grub/");
+        assert_eq!(absolute_iso_path("/"), "/");
+        assert_eq!(absolute_iso_path("./x"), "/x");
+    }
 
     #[test]
     fn guid_parses_to_mixed_endian_bytes() {

@@ -35,7 +35,7 @@ pub struct Args {
     /// FAT type: 12, 16 or 32 (default: whichever gives the smallest image)
     #[arg(long)]
     fat_type: Option<FatType>,
-    /// Timestamp for every entry: Unix seconds, or YYYY-MM-DD[THH:MM:SS] in UTC
+    /// Timestamp for every entry: Unix seconds (@ optional), or YYYY-MM-DD[THH:MM[:SS]][Z] in UTC
     /// (default: $SOURCE_DATE_EPOCH, else each file's own time)
     #[arg(long, value_parser = parse_date)]
     date: Option<i64>,
@@ -135,49 +135,10 @@ fn parse_serial(text: &str) -> Result<u32, String> {
         .map_err(|_| format!("{text:?} is not a hex serial like 1234-ABCD"))
 }
 
-/// Unix seconds, `@seconds`, `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS[Z]` (UTC).
+/// `--date`, with the one parser every command shares (`vmedia_iso::date::parse_date`, whose
+/// doc lists the accepted forms).
 fn parse_date(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.trim_start_matches('@').parse::<i64>() {
-        return Ok(seconds);
-    }
-    let bad = || format!("{text:?} is not a date (Unix seconds or YYYY-MM-DD[THH:MM:SS])");
-    let text = text.trim_end_matches('Z');
-    let (day, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00"));
-    let parts: Vec<i64> = day
-        .split('-')
-        .map(|p| p.parse::<i64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
-    let clock: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse::<i64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
-    let (&[year, month, dom], &[hour, minute, second]) = (parts.as_slice(), clock.as_slice())
-    else {
-        return Err(bad());
-    };
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&dom)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return Err(bad());
-    }
-    Ok(days_from_civil(year, month, dom) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    vmedia_iso::date::parse_date(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

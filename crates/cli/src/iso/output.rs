@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use vmedia_io::{Durability, OverwritePolicy};
 use vmedia_iso::spec::{IntegritySpec, IsoSpec};
+use vmedia_iso::write::WriteReport;
 
 use crate::mkisofs::common;
 
@@ -60,12 +61,27 @@ impl OutputArgs {
         out: &std::path::Path,
         policy: OverwritePolicy,
     ) -> anyhow::Result<ExitCode> {
-        spec.durability = Durability::from_flag_or_env(self.sync);
-        let report = common::write_with_bar(&spec, out, policy, self.quiet || self.json)?;
+        spec.durability = self.durability();
+        let report = common::write_with_bar(&spec, out, policy, self.hide_progress())?;
+        self.print_report(&report)
+    }
+
+    /// Whether the image is flushed before it is renamed into place (--sync or VMEDIA_SYNC).
+    pub fn durability(&self) -> Durability {
+        Durability::from_flag_or_env(self.sync)
+    }
+
+    /// Whether the progress bar is hidden.
+    pub fn hide_progress(&self) -> bool {
+        self.quiet || self.json
+    }
+
+    /// Prints the report of a written image: JSON, a summary, or nothing with --quiet.
+    pub fn print_report(&self, report: &WriteReport) -> anyhow::Result<ExitCode> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!("{}", serde_json::to_string_pretty(report)?);
         } else if !self.quiet {
-            println!("{}", common::summary(&report));
+            println!("{}", common::summary(report));
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -74,7 +90,7 @@ impl OutputArgs {
 /// Reproducible dates and the embedded checksums and signature (on by default).
 #[derive(clap::Args)]
 pub struct StampArgs {
-    /// Reproducible build time: Unix seconds or YYYY-MM-DD[THH:MM:SS] UTC
+    /// Reproducible build time: Unix seconds (@ optional) or YYYY-MM-DD[THH:MM[:SS]][Z] UTC
     /// (default: SOURCE_DATE_EPOCH when set).
     #[arg(long)]
     pub date: Option<String>,
@@ -89,16 +105,26 @@ pub struct StampArgs {
 impl StampArgs {
     /// Sets the spec's date (flag, else SOURCE_DATE_EPOCH) and integrity.
     pub fn apply(&self, spec: &mut IsoSpec) -> anyhow::Result<()> {
-        spec.date = match &self.date {
-            Some(text) => Some(common::parse_date(text)?),
-            None => common::source_date_epoch()?,
-        };
-        spec.integrity = IntegritySpec {
+        spec.date = self.date()?;
+        spec.integrity = self.integrity();
+        Ok(())
+    }
+
+    /// The build time: --date, else SOURCE_DATE_EPOCH, else none (now).
+    pub fn date(&self) -> anyhow::Result<Option<i64>> {
+        match &self.date {
+            Some(text) => Ok(Some(common::parse_date(text)?)),
+            None => common::source_date_epoch(),
+        }
+    }
+
+    /// The embedded checksums and signature asked for.
+    pub fn integrity(&self) -> IntegritySpec {
+        IntegritySpec {
             md5: !self.no_integrity,
             sha256: !self.no_integrity,
             signing_key: self.sign_key.clone(),
-        };
-        Ok(())
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use vmedia_iso::integrity::{self, CheckOutcome, IntegrityError, VerifyReport};
+use vmedia_iso::report::{VerifyDocument, VerifyFailure};
 
 use crate::progress::Bar;
 
@@ -61,10 +62,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(report) => report,
         Err(err @ IntegrityError::Truncated { .. }) => {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "image": args.image, "error": err.to_string(), "ok": false })
-                );
+                // One line, as this document has always been printed.
+                let failure = VerifyFailure::new(args.image.clone(), &err);
+                println!("{}", serde_json::to_value(&failure)?);
             } else {
                 println!("{}: FAILED: {err}", args.image.display());
             }
@@ -74,10 +74,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let code = exit_code(&report);
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        value["image"] = serde_json::json!(args.image);
-        value["ok"] = serde_json::json!(code == EXIT_OK);
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        super::read::print_json(&VerifyDocument {
+            image: args.image.clone(),
+            ok: code == EXIT_OK,
+            report,
+        })?;
     } else {
         print_report(&args.image, &report, code);
     }

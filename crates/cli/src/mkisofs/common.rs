@@ -27,59 +27,10 @@ pub fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     }
 }
 
-/// Parses `--date`: Unix seconds (`1700000000`, `@1700000000`) or a UTC calendar time
-/// `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS[Z]`.
+/// Parses `--date` with the one parser every command shares (`vmedia_iso::date::parse_date`,
+/// whose doc lists the accepted forms).
 pub fn parse_date(text: &str) -> anyhow::Result<i64> {
-    let t = text.trim();
-    let digits = t.strip_prefix('@').unwrap_or(t);
-    if let Ok(seconds) = digits.parse::<i64>() {
-        return Ok(seconds);
-    }
-    let bad =
-        || anyhow::anyhow!("--date {text:?}: give Unix seconds or YYYY-MM-DD[THH:MM:SS[Z]] (UTC)");
-    let t = t.strip_suffix('Z').unwrap_or(t);
-    let (day, time) = match t.split_once(['T', ' ']) {
-        Some((d, tm)) => (d, Some(tm)),
-        None => (t, None),
-    };
-    let mut dparts = day.split('-').map(|p| p.parse::<i64>());
-    let (Some(Ok(year)), Some(Ok(month)), Some(Ok(dom)), None) =
-        (dparts.next(), dparts.next(), dparts.next(), dparts.next())
-    else {
-        return Err(bad());
-    };
-    let (hour, minute, second) = match time {
-        None => (0, 0, 0),
-        Some(tm) => {
-            let mut tparts = tm.split(':').map(|p| p.parse::<i64>());
-            match (tparts.next(), tparts.next(), tparts.next(), tparts.next()) {
-                (Some(Ok(h)), Some(Ok(m)), Some(Ok(s)), None) => (h, m, s),
-                (Some(Ok(h)), Some(Ok(m)), None, None) => (h, m, 0),
-                _ => return Err(bad()),
-            }
-        }
-    };
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&dom)
-        || !(0..24).contains(&hour)
-        || !(0..60).contains(&minute)
-        || !(0..=60).contains(&second)
-        || !(1..=9999).contains(&year)
-    {
-        return Err(bad());
-    }
-    Ok(days_from_civil(year, month, dom) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Ok(vmedia_iso::date::parse_date(text)?)
 }
 
 /// Reads a mkisofs `-sort` file: `PATH WEIGHT` per line (the weight is the last word, so
@@ -123,21 +74,8 @@ pub fn read_sort_file(path: &Path) -> anyhow::Result<Vec<SortRule>> {
     Ok(rules)
 }
 
-/// Turns a user ISO path (`boot/grub`, `/boot/grub/`, `=`-graft left side) into the writer's
-/// absolute form, keeping a trailing '/' (it means "keep the host file's own name").
-pub fn absolute_iso_path(path: &str) -> String {
-    let trailing = path.ends_with('/') && path.len() > 1;
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    let mut out = String::from("/");
-    out.push_str(&parts.join("/"));
-    if trailing && !parts.is_empty() {
-        out.push('/');
-    }
-    out
-}
+/// The writer's absolute form of a user ISO path (the one rule lives in vmedia-iso).
+pub use vmedia_iso::spec::absolute_iso_path;
 
 /// Writes `spec` to `out` with a progress bar on stderr (hidden when `quiet` or not a terminal).
 pub fn write_with_bar(

@@ -194,6 +194,7 @@ pub fn implant_file(
     opts: &ImplantOptions,
     progress: &dyn Progress,
 ) -> Result<Implant, IntegrityError> {
+    let _span = tracing::info_span!("iso.implant").entered();
     let file_size = file
         .size()
         .map_err(|source| IntegrityError::Read { offset: 0, source })?;
@@ -328,6 +329,7 @@ pub fn verify(
     key: Option<&VerifyingKey>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport, IntegrityError> {
+    let _span = tracing::info_span!("iso.verify", signature_key = key.is_some()).entered();
     let pvd = find_primary_volume(source)?;
     let info = read_implant(source)?;
     let Some(info) = info else {
@@ -581,8 +583,10 @@ fn find_primary_volume(source: &dyn ReadAt) -> Result<PrimaryVolume, IntegrityEr
         match sector[0] {
             1 => {
                 // checkisomd5 reads the big-endian half; both halves must agree.
-                let le = u32::from_le_bytes([sector[80], sector[81], sector[82], sector[83]]);
-                let be = u32::from_be_bytes([sector[84], sector[85], sector[86], sector[87]]);
+                // A whole sector: both fields lie inside the checked view.
+                let fields = vmedia_io::bytes::Fields::new_checked(&sector[..], 88)
+                    .ok_or(IntegrityError::NoPrimaryVolume)?;
+                let (le, be) = (fields.le32(80), fields.be32(84));
                 if le != be {
                     return Err(IntegrityError::BadDescriptor {
                         offset: offset + 80,

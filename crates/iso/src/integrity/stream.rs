@@ -77,6 +77,7 @@ impl ImplantTask {
 
     /// The writer is done: hashes whatever is left, then writes the record into the image.
     pub fn finish(mut self, progress: &dyn Progress) -> Result<Implant, IntegrityError> {
+        let _span = tracing::info_span!("iso.implant", bytes = self.image_bytes).entered();
         self.gate.set(|state| state.finished = true);
         progress.phase("checksums");
         progress.set_total(self.image_bytes);

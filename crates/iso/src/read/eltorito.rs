@@ -2,6 +2,7 @@
 //! that would recreate the same boot setup.
 
 use serde::Serialize;
+use vmedia_io::bytes::Fields;
 
 use super::error::ReadError;
 
@@ -199,52 +200,66 @@ impl BootCatalog {
     }
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
+/// Every catalog record (validation entry, boot entry, section header, extension) is 32 bytes.
+const RECORD_BYTES: usize = 32;
 
-fn entry_from(b: &[u8], index: usize, platform: Platform, section_id: &str) -> BootEntryInfo {
-    BootEntryInfo {
+/// A boot entry from one 32-byte record at `offset`; a shorter record is an error.
+fn entry_from(
+    record: &[u8],
+    offset: u64,
+    index: usize,
+    platform: Platform,
+    section_id: &str,
+) -> Result<BootEntryInfo, ReadError> {
+    let b = Fields::new_checked(record, RECORD_BYTES)
+        .ok_or_else(|| ReadError::corrupt(offset, "boot catalog entry", "shorter than 32 bytes"))?;
+    Ok(BootEntryInfo {
         index,
         platform,
-        bootable: b[0] == 0x88,
-        emulation: Emulation::from_byte(b[1]),
-        load_segment: le16(b, 2),
-        system_type: b[4],
-        sector_count: le16(b, 6),
-        lba: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        bootable: b.u8(0) == 0x88,
+        emulation: Emulation::from_byte(b.u8(1)),
+        load_segment: b.le16(2),
+        system_type: b.u8(4),
+        sector_count: b.le16(6),
+        lba: b.le32(8),
         section_id: section_id.to_string(),
         image_path: None,
         appended_partition: None,
         image_size: 0,
         boot_info_table: false,
         grub2_boot_info: false,
-    }
+    })
+}
+
+/// The 32-byte record at `pos`, when the catalog holds all of it.
+fn record_at(buf: &[u8], pos: usize) -> Option<Fields<'_>> {
+    Fields::new_checked(buf.get(pos..)?, RECORD_BYTES)
 }
 
 /// Parses catalog bytes read at `offset` (up to `MAX_BOOT_CATALOG_BYTES`).
 pub(crate) fn parse_catalog(buf: &[u8], lba: u32, offset: u64) -> Result<BootCatalog, ReadError> {
-    if buf.len() < 64 {
+    let (Some(v), Some(default_entry)) = (record_at(buf, 0), record_at(buf, RECORD_BYTES)) else {
         return Err(ReadError::corrupt(
             offset,
             "boot catalog",
             "shorter than two entries",
         ));
-    }
-    let v = &buf[0..32];
-    if v[0] != 1 || v[30] != 0x55 || v[31] != 0xAA {
+    };
+    if v.u8(0) != 1 || v.u8(30) != 0x55 || v.u8(31) != 0xAA {
         return Err(ReadError::corrupt(
             offset,
             "boot catalog validation entry",
             format!(
                 "header {:#04x} and key {:02x}{:02x} (want 0x01 and 55aa)",
-                v[0], v[30], v[31]
+                v.u8(0),
+                v.u8(30),
+                v.u8(31)
             ),
         ));
     }
-    let sum = v.chunks_exact(2).fold(0u16, |acc, w| {
-        acc.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
-    });
+    let sum = (0..RECORD_BYTES)
+        .step_by(2)
+        .fold(0u16, |acc, at| acc.wrapping_add(v.le16(at)));
     if sum != 0 {
         return Err(ReadError::corrupt(
             offset + 28,
@@ -252,38 +267,51 @@ pub(crate) fn parse_catalog(buf: &[u8], lba: u32, offset: u64) -> Result<BootCat
             format!("the words sum to {sum:#06x}, not 0"),
         ));
     }
-    let validation_platform = Platform::from_id(v[1]);
-    let id_string = super::volume::ascii_field(&v[4..28]);
-    let mut entries = vec![entry_from(&buf[32..64], 0, validation_platform, "")];
-    let mut pos = 64usize;
-    'sections: while pos + 32 <= buf.len() {
-        let header = &buf[pos..pos + 32];
-        if header[0] != 0x90 && header[0] != 0x91 {
+    let validation_platform = Platform::from_id(v.u8(1));
+    let id_string = super::volume::ascii_field(v.slice(4, 24));
+    let mut entries = vec![entry_from(
+        default_entry.bytes(),
+        offset + RECORD_BYTES as u64,
+        0,
+        validation_platform,
+        "",
+    )?];
+    let mut pos = 2 * RECORD_BYTES;
+    'sections: while let Some(header) = record_at(buf, pos) {
+        if header.u8(0) != 0x90 && header.u8(0) != 0x91 {
             // 0x00 ends the catalog; anything else is ignored like the firmware would.
             break;
         }
-        let last = header[0] == 0x91;
-        let platform = Platform::from_id(header[1]);
-        let count = usize::from(le16(header, 2));
-        let section_id = super::volume::ascii_field(&header[4..32]);
-        pos += 32;
+        let last = header.u8(0) == 0x91;
+        let platform = Platform::from_id(header.u8(1));
+        let count = usize::from(header.le16(2));
+        let section_id = super::volume::ascii_field(header.slice(4, 28));
+        pos += RECORD_BYTES;
         for _ in 0..count {
-            if pos + 32 > buf.len() {
+            let Some(e) = record_at(buf, pos) else {
                 return Err(ReadError::limit(
                     offset + pos as u64,
                     "MAX_BOOT_CATALOG_BYTES",
-                    (pos + 32) as u64,
+                    (pos + RECORD_BYTES) as u64,
                     MAX_BOOT_CATALOG_BYTES,
                 ));
-            }
-            let e = &buf[pos..pos + 32];
-            let mut more_extensions = e[1] & 0x20 != 0;
-            entries.push(entry_from(e, entries.len(), platform, &section_id));
-            pos += 32;
+            };
+            let mut more_extensions = e.u8(1) & 0x20 != 0;
+            entries.push(entry_from(
+                e.bytes(),
+                offset + pos as u64,
+                entries.len(),
+                platform,
+                &section_id,
+            )?);
+            pos += RECORD_BYTES;
             // Extension records (0x44) continue the selection criteria; skipped.
-            while more_extensions && pos + 32 <= buf.len() && buf[pos] == 0x44 {
-                more_extensions = buf[pos + 1] & 0x20 != 0;
-                pos += 32;
+            while more_extensions {
+                let Some(extension) = record_at(buf, pos).filter(|x| x.u8(0) == 0x44) else {
+                    break;
+                };
+                more_extensions = extension.u8(1) & 0x20 != 0;
+                pos += RECORD_BYTES;
             }
         }
         if last {
@@ -354,6 +382,31 @@ mod tests {
         let mut buf = catalog();
         buf[66..68].copy_from_slice(&5000u16.to_le_bytes());
         assert!(parse_catalog(&buf, 20, 0).is_err());
+    }
+
+    #[test]
+    fn truncated_catalog_is_an_error_not_a_panic() {
+        // Regression: the catalog parser indexed records without checking the buffer's
+        // length; every prefix of a valid catalog must give an error or a catalog.
+        let full = catalog();
+        for len in 0..200 {
+            let result = parse_catalog(&full[..len], 20, 0x1000);
+            if len < 64 {
+                let err = result.unwrap_err();
+                assert!(
+                    err.to_string().contains("shorter than two entries"),
+                    "{err}"
+                );
+            } else if len < 128 {
+                // The section header or its entry is cut off: an error, or the default only.
+                if let Ok(c) = result {
+                    assert_eq!(c.entries.len(), 1, "{len}");
+                }
+            } else {
+                assert_eq!(result.unwrap().entries.len(), 2, "{len}");
+            }
+        }
+        assert!(entry_from(&full[32..40], 32, 0, Platform::X86, "").is_err());
     }
 
     #[test]

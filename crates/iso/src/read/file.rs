@@ -87,9 +87,8 @@ impl Zisofs {
         if header[..8] != ZISOFS_MAGIC {
             return Err(bad("magic number missing".into()));
         }
-        let size = u64::from(u32::from_le_bytes([
-            header[8], header[9], header[10], header[11],
-        ]));
+        // The 16-byte header was read whole, so the field lies inside it.
+        let size = u64::from(vmedia_io::bytes::le32(&header, 8).unwrap_or(0));
         let header_size = u64::from(header[12]) * 4;
         let block_log2 = header[13];
         if !ZISOFS_BLOCK_LOG2.contains(&block_log2) {
@@ -114,7 +113,7 @@ impl Zisofs {
         stored.read_exact(&mut table, header_size)?;
         let pointers: Vec<u32> = table
             .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .filter_map(|c| vmedia_io::bytes::le32(c, 0))
             .collect();
         for w in pointers.windows(2) {
             if w[1] < w[0] || u64::from(w[1]) > stored.size {

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use vmedia_io::bytes::{le32, Fields};
 use vmedia_io::ReadAt;
 
 pub use eltorito::{BootCatalog, BootEntryInfo, Emulation, Platform, MAX_BOOT_CATALOG_BYTES};
@@ -388,6 +389,10 @@ fn parse_record(buf: &[u8], offset: u64) -> Result<RawRecord<'_>, ReadError> {
         ));
     }
     let rec = &buf[..length];
+    // Every fixed field lies in the first 33 bytes, which the length check above covers.
+    let fields = Fields::new_checked(rec, 33).ok_or_else(|| {
+        ReadError::corrupt(offset, "directory record length", format!("{length}"))
+    })?;
     let xattr_blocks = u32::from(rec[1]);
     let name_len = usize::from(rec[32]);
     if 33 + name_len > length {
@@ -406,19 +411,17 @@ fn parse_record(buf: &[u8], offset: u64) -> Result<RawRecord<'_>, ReadError> {
     let su_start = 33 + name_len + usize::from(name_len % 2 == 0);
     let mut date = [0u8; 7];
     date.copy_from_slice(&rec[18..25]);
-    let lba = volume::le32(rec, 2)
-        .checked_add(xattr_blocks)
-        .ok_or_else(|| {
-            ReadError::corrupt(
-                offset + 2,
-                "extent location",
-                "overflows with the extended attribute length",
-            )
-        })?;
+    let lba = fields.le32(2).checked_add(xattr_blocks).ok_or_else(|| {
+        ReadError::corrupt(
+            offset + 2,
+            "extent location",
+            "overflows with the extended attribute length",
+        )
+    })?;
     Ok(RawRecord {
         length,
         lba,
-        data_length: volume::le32(rec, 10),
+        data_length: fields.le32(10),
         date,
         flags: rec[25],
         name: &rec[33..33 + name_len],
@@ -1018,9 +1021,10 @@ impl IsoImage {
                     .read_exact_at(&mut head, image_offset)
                     .is_ok()
             {
-                entry.boot_info_table = volume::le32(&head, 8) == 16
-                    && volume::le32(&head, 12) == entry.lba
-                    && u64::from(volume::le32(&head, 16)) == entry.image_size;
+                // The boot info table (mkisofs -boot-info-table) at bytes 8..24.
+                entry.boot_info_table = le32(&head, 8) == Some(16)
+                    && le32(&head, 12) == Some(entry.lba)
+                    && le32(&head, 16).map(u64::from) == Some(entry.image_size);
             }
             let mut grub = [0u8; 8];
             if entry.image_size >= 2556

@@ -1,6 +1,7 @@
 //! MBR and GPT partition tables in the system area of hybrid (USB-bootable) images.
 
 use serde::Serialize;
+use vmedia_io::bytes::Fields;
 
 use super::error::ReadError;
 use super::Source;
@@ -105,14 +106,12 @@ pub fn format_guid(b: &[u8]) -> String {
     )
 }
 
-fn le64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    super::volume::le32(b, at)
-}
+/// Bytes of the MBR sector and of the primary GPT header sector after it.
+const MBR_AND_GPT_HEADER_BYTES: usize = 1024;
+/// The fixed fields of a GPT header end at byte 92 (the UEFI spec's minimum header size).
+const GPT_HEADER_FIELDS_BYTES: usize = 92;
+/// The fixed fields of a GPT entry (GUIDs, LBAs, attributes, 36 UTF-16 name units).
+const GPT_ENTRY_FIELDS_BYTES: usize = 128;
 
 /// Parses the MBR in `system_area` and, if present, the GPT it announces.
 pub(crate) fn read_partitions(
@@ -120,51 +119,59 @@ pub(crate) fn read_partitions(
     system_area: &[u8],
 ) -> Result<PartitionTable, ReadError> {
     let mut table = PartitionTable::default();
-    if system_area.len() < 1024 {
+    let Some(area) = Fields::new_checked(system_area, MBR_AND_GPT_HEADER_BYTES) else {
         return Ok(table);
-    }
+    };
     // The map's entries follow block 0 at the APM block size: 512 or (xorriso) 2048 bytes.
-    table.apple_partition_map = &system_area[0..2] == b"ER"
-        && (&system_area[512..514] == b"PM" || &system_area[2048..2050] == b"PM");
-    table.mbr_signature = system_area[510] == 0x55 && system_area[511] == 0xAA;
+    table.apple_partition_map = area.slice(0, 2) == b"ER"
+        && (area.slice(512, 2) == b"PM" || system_area.get(2048..2050) == Some(&b"PM"[..]));
+    table.mbr_signature = area.u8(510) == 0x55 && area.u8(511) == 0xAA;
     if !table.mbr_signature {
         return Ok(table);
     }
     for i in 0..4usize {
-        let e = &system_area[446 + i * 16..446 + (i + 1) * 16];
-        let partition_type = e[4];
-        let start_sector = le32(e, 8);
-        let sector_count = le32(e, 12);
+        let at = 446 + i * 16;
+        let partition_type = area.u8(at + 4);
+        let start_sector = area.le32(at + 8);
+        let sector_count = area.le32(at + 12);
         if partition_type == 0 && sector_count == 0 {
             continue;
         }
         table.mbr.push(MbrPartition {
             number: i as u8 + 1,
-            bootable: e[0] == 0x80,
+            bootable: area.u8(at) == 0x80,
             partition_type,
             start_sector,
             sector_count,
         });
     }
-    let header = &system_area[512..1024];
+    let header = area.slice(512, 512);
     if &header[0..8] == b"EFI PART" {
         table.gpt = Some(read_gpt(source, header)?);
     }
     Ok(table)
 }
 
-fn read_gpt(source: &Source, header: &[u8]) -> Result<Gpt, ReadError> {
-    let header_size = le32(header, 12) as usize;
-    let header_crc_ok = if (92..=512).contains(&header_size) {
-        let mut copy = header[..header_size].to_vec();
-        copy[16..20].fill(0);
-        crc32fast::hash(&copy) == le32(header, 16)
-    } else {
-        false
+fn read_gpt(source: &Source, header_sector: &[u8]) -> Result<Gpt, ReadError> {
+    let Some(header) = Fields::new_checked(header_sector, GPT_HEADER_FIELDS_BYTES) else {
+        return Err(ReadError::corrupt(
+            512,
+            "GPT header",
+            "shorter than 92 bytes",
+        ));
     };
-    let entries_start_sector = le64(header, 72);
-    let entry_count = le32(header, 80);
-    let entry_size = le32(header, 84);
+    let header_size = header.le32(12) as usize;
+    let header_crc_ok = match header_sector.get(..header_size) {
+        Some(bytes) if header_size >= GPT_HEADER_FIELDS_BYTES => {
+            let mut copy = bytes.to_vec();
+            copy[16..20].fill(0);
+            crc32fast::hash(&copy) == header.le32(16)
+        }
+        _ => false,
+    };
+    let entries_start_sector = header.le64(72);
+    let entry_count = header.le32(80);
+    let entry_size = header.le32(84);
     if entry_count > MAX_GPT_ENTRIES {
         return Err(ReadError::limit(
             512 + 80,
@@ -173,7 +180,7 @@ fn read_gpt(source: &Source, header: &[u8]) -> Result<Gpt, ReadError> {
             MAX_GPT_ENTRIES.into(),
         ));
     }
-    if !(128..=MAX_GPT_ENTRY_SIZE).contains(&entry_size) {
+    if !((GPT_ENTRY_FIELDS_BYTES as u32)..=MAX_GPT_ENTRY_SIZE).contains(&entry_size) {
         return Err(ReadError::corrupt(
             512 + 84,
             "GPT partition entry size",
@@ -189,33 +196,37 @@ fn read_gpt(source: &Source, header: &[u8]) -> Result<Gpt, ReadError> {
         )
     })?;
     let array = source.read_range(start, bytes, "GPT partition entries")?;
-    let entries_crc_ok = crc32fast::hash(&array) == le32(header, 88);
+    let entries_crc_ok = crc32fast::hash(&array) == header.le32(88);
     let mut partitions = Vec::new();
-    for (i, e) in array.chunks_exact(entry_size as usize).enumerate() {
-        if e[0..16].iter().all(|&b| b == 0) {
+    for (i, raw) in array.chunks_exact(entry_size as usize).enumerate() {
+        let Some(e) = Fields::new_checked(raw, GPT_ENTRY_FIELDS_BYTES) else {
+            continue;
+        };
+        if e.slice(0, 16).iter().all(|&b| b == 0) {
             continue;
         }
-        let units: Vec<u16> = e[56..128]
+        let units: Vec<u16> = e
+            .slice(56, 72)
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
         partitions.push(GptPartition {
             number: i as u32 + 1,
-            type_guid: format_guid(&e[0..16]),
-            partition_guid: format_guid(&e[16..32]),
-            first_sector: le64(e, 32),
-            last_sector: le64(e, 40),
-            attributes: le64(e, 48),
+            type_guid: format_guid(e.slice(0, 16)),
+            partition_guid: format_guid(e.slice(16, 16)),
+            first_sector: e.le64(32),
+            last_sector: e.le64(40),
+            attributes: e.le64(48),
             name: String::from_utf16_lossy(&units),
         });
     }
     Ok(Gpt {
-        disk_guid: format_guid(&header[56..72]),
-        header_sector: le64(header, 24),
-        backup_header_sector: le64(header, 32),
-        first_usable_sector: le64(header, 40),
-        last_usable_sector: le64(header, 48),
+        disk_guid: format_guid(header.slice(56, 16)),
+        header_sector: header.le64(24),
+        backup_header_sector: header.le64(32),
+        first_usable_sector: header.le64(40),
+        last_usable_sector: header.le64(48),
         entries_start_sector,
         entry_count,
         entry_size,
@@ -256,6 +267,18 @@ mod tests {
         assert_eq!(t.mbr.len(), 2);
         assert!(t.mbr[0].bootable);
         assert_eq!(t.end_bytes(), 150 * 512);
+    }
+
+    #[test]
+    fn short_system_area_between_1024_and_2050_bytes_does_not_panic() {
+        // Regression: the Apple partition map probe indexed bytes 2048..2050 of a system
+        // area only checked to hold 1024.
+        let mut area = vec![0u8; 1500];
+        area[0..2].copy_from_slice(b"ER");
+        let src = Source::new(Arc::new(area.clone())).unwrap();
+        let t = read_partitions(&src, &area).unwrap();
+        assert!(!t.apple_partition_map);
+        assert!(t.mbr.is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use super::error::ReadError;
-use super::volume::{le32, parse_decimal_date, parse_record_date, Timestamp};
+use vmedia_io::bytes::Fields;
+
+use super::volume::{parse_decimal_date, parse_record_date, Timestamp};
 use super::{Source, SECTOR_BYTES};
 
 /// Real writers need one or two continuation areas (long names, symlinks, ACLs); a longer
@@ -111,14 +113,14 @@ pub(crate) fn parse_system_use(
                 }
                 b"ST" => break,
                 b"CE" => {
-                    if data.len() < 24 {
+                    let Some(f) = Fields::new_checked(data, 24) else {
                         return Err(ReadError::corrupt(
                             entry_offset,
                             "CE entry",
                             "shorter than 28 bytes",
                         ));
-                    }
-                    next_area = Some((le32(data, 0), le32(data, 8), le32(data, 16)));
+                    };
+                    next_area = Some((f.le32(0), f.le32(8), f.le32(16)));
                 }
                 b"ER" if data.len() >= 4 => {
                     let id_len = usize::from(data[0]);
@@ -130,36 +132,33 @@ pub(crate) fn parse_system_use(
                 b"RR" => out.any_rock_ridge = true,
                 b"PX" => {
                     out.any_rock_ridge = true;
-                    if data.len() < 32 {
+                    let Some(f) = Fields::new_checked(data, 32) else {
                         return Err(ReadError::corrupt(
                             entry_offset,
                             "PX entry",
                             "shorter than 36 bytes",
                         ));
-                    }
+                    };
                     out.posix = Some(Posix {
-                        mode: le32(data, 0),
-                        nlink: le32(data, 8),
-                        uid: le32(data, 16),
-                        gid: le32(data, 24),
-                        inode: if data.len() >= 40 {
-                            Some(le32(data, 32))
-                        } else {
-                            None
-                        },
+                        mode: f.le32(0),
+                        nlink: f.le32(8),
+                        uid: f.le32(16),
+                        gid: f.le32(24),
+                        // The serial number is optional (RRIP 1.12 added it): 40 bytes.
+                        inode: Fields::new_checked(data, 40).map(|f| f.le32(32)),
                     });
                 }
                 b"PN" => {
                     out.any_rock_ridge = true;
-                    if data.len() < 16 {
+                    let Some(f) = Fields::new_checked(data, 16) else {
                         return Err(ReadError::corrupt(
                             entry_offset,
                             "PN entry",
                             "shorter than 20 bytes",
                         ));
-                    }
-                    let high = le32(data, 0);
-                    let low = le32(data, 8);
+                    };
+                    let high = f.le32(0);
+                    let low = f.le32(8);
                     // Old writers store the whole dev_t in the low word; split it like Linux.
                     out.device = Some(if high == 0 && (low & !0xff) != 0 {
                         (low >> 8, low & 0xff)
@@ -206,19 +205,19 @@ pub(crate) fn parse_system_use(
                 }
                 b"CL" => {
                     out.any_rock_ridge = true;
-                    if data.len() < 8 {
+                    let Some(f) = Fields::new_checked(data, 8) else {
                         return Err(ReadError::corrupt(
                             entry_offset,
                             "CL entry",
                             "shorter than 12 bytes",
                         ));
-                    }
-                    out.child_link = Some(le32(data, 0));
+                    };
+                    out.child_link = Some(f.le32(0));
                 }
                 b"PL" => {
                     out.any_rock_ridge = true;
-                    if data.len() >= 8 {
-                        out.parent_link = Some(le32(data, 0));
+                    if let Some(f) = Fields::new_checked(data, 8) {
+                        out.parent_link = Some(f.le32(0));
                     }
                 }
                 b"RE" => {
@@ -227,26 +226,26 @@ pub(crate) fn parse_system_use(
                 }
                 b"ZF" => {
                     out.any_rock_ridge = true;
-                    if data.len() < 12 {
+                    let Some(f) = Fields::new_checked(data, 12) else {
                         return Err(ReadError::corrupt(
                             entry_offset,
                             "ZF entry",
                             "shorter than 16 bytes",
                         ));
-                    }
-                    if &data[0..2] != b"pz" {
+                    };
+                    if f.slice(0, 2) != b"pz" {
                         return Err(ReadError::Unsupported {
                             offset: entry_offset,
                             feature: format!(
                                 "compression algorithm {:?} in ZF (only zisofs \"pz\" is known)",
-                                String::from_utf8_lossy(&data[0..2])
+                                String::from_utf8_lossy(f.slice(0, 2))
                             ),
                         });
                     }
                     out.zisofs = Some(ZisofsInfo {
-                        header_size: u32::from(data[2]) * 4,
-                        block_size_log2: data[3],
-                        uncompressed_size: le32(data, 4),
+                        header_size: u32::from(f.u8(2)) * 4,
+                        block_size_log2: f.u8(3),
+                        uncompressed_size: f.le32(4),
                     });
                 }
                 // SF (sparse), AA/AL (ACLs, xattrs), PD (padding) and unknown signatures are

@@ -3,7 +3,11 @@
 //! Everything here parses fixed-size 2048-byte sectors already in memory, so accessors index
 //! within a checked `[u8; 2048]` and never panic.
 
+use jiff::civil;
+use jiff::tz::Offset;
+use jiff::Span;
 use serde::Serialize;
+use vmedia_io::bytes::{le32, Fields};
 
 use super::error::ReadError;
 use super::{SECTOR, SECTOR_BYTES};
@@ -26,10 +30,24 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// The civil date and time of this instant in the recorder's own offset (`local`) or in
+    /// UTC; `None` only for hand-built values outside jiff's range (years -9999..=9999), which
+    /// no parsed ISO date reaches.
+    fn civil(&self, local: bool) -> Option<civil::DateTime> {
+        let instant = jiff::Timestamp::from_second(self.unix_seconds).ok()?;
+        let offset = if local {
+            Offset::from_seconds(i32::from(self.utc_offset_minutes) * 60).ok()?
+        } else {
+            Offset::UTC
+        };
+        Some(offset.to_datetime(instant))
+    }
+
     /// RFC 3339 in the recorder's own offset, e.g. `2024-05-01T12:00:00+02:00`.
     pub fn to_rfc3339(&self) -> String {
-        let local = self.unix_seconds + i64::from(self.utc_offset_minutes) * 60;
-        let (y, mo, d, h, mi, s) = civil_from_unix(local);
+        let Some(t) = self.civil(true) else {
+            return format!("@{}", self.unix_seconds);
+        };
         let off = self.utc_offset_minutes;
         let sign = if off < 0 { '-' } else { '+' };
         let off = off.unsigned_abs();
@@ -39,7 +57,13 @@ impl Timestamp {
             format!(".{:02}", self.nanoseconds / 10_000_000)
         };
         format!(
-            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{sign}{:02}:{:02}",
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{frac}{sign}{:02}:{:02}",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
             off / 60,
             off % 60
         )
@@ -47,43 +71,37 @@ impl Timestamp {
 
     /// `YYYY-MM-DD HH:MM` in UTC, the short form listings use.
     pub fn to_short_utc(&self) -> String {
-        let (y, mo, d, h, mi, _) = civil_from_unix(self.unix_seconds);
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
+        let Some(t) = self.civil(false) else {
+            return format!("@{}", self.unix_seconds);
+        };
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute()
+        )
     }
-}
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// (year, month, day, hour, minute, second) of a Unix time.
-fn civil_from_unix(t: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        (secs / 3600) as u32,
-        (secs % 3600 / 60) as u32,
-        (secs % 60) as u32,
-    )
+    /// `YYYYMMDDhhmmsscc` in the recorder's own offset, as a volume descriptor holds it
+    /// (ECMA-119 8.4.26.1, without the offset byte); what `IsoSpec`'s
+    /// `volume.modification_date` takes to keep a date exactly.
+    pub fn to_volume_digits(&self) -> String {
+        let Some(t) = self.civil(true) else {
+            return "0000000000000000".to_string();
+        };
+        format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}{:02}",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            self.nanoseconds / 10_000_000
+        )
+    }
 }
 
 fn make_timestamp(
@@ -108,12 +126,22 @@ fn make_timestamp(
         0
     };
     let offset_minutes = i16::from(quarters) * 15;
-    let local = days_from_civil(year, month, day) * 86_400
-        + i64::from(hour) * 3600
-        + i64::from(minute) * 60
-        + i64::from(second);
+    // Counted from the first of the month, so day 31 of a short month and second 60 roll
+    // over into the next day and minute, as the peers' mktime-style conversion does.
+    let first = civil::Date::new(i16::try_from(year).ok()?, i8::try_from(month).ok()?, 1).ok()?;
+    let into_month = Span::new()
+        .days(i64::from(day - 1))
+        .hours(i64::from(hour))
+        .minutes(i64::from(minute))
+        .seconds(i64::from(second));
+    let local = first
+        .to_datetime(civil::Time::midnight())
+        .checked_add(into_month)
+        .ok()?;
+    let offset = Offset::from_seconds(i32::from(offset_minutes) * 60).ok()?;
+    let instant = offset.to_timestamp(local).ok()?;
     Some(Timestamp {
-        unix_seconds: local - i64::from(offset_minutes) * 60,
+        unix_seconds: instant.as_second(),
         nanoseconds: hundredths.min(99) * 10_000_000,
         utc_offset_minutes: offset_minutes,
     })
@@ -160,22 +188,6 @@ pub fn parse_decimal_date(b: &[u8; 17]) -> Option<Timestamp> {
     )
 }
 
-/// Both-endian 32-bit field: the little-endian half is authoritative, as in the Linux kernel
-/// and libisofs (some writers get the big-endian half wrong).
-pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at + 4) {
-        Some(s) => u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
-        None => 0,
-    }
-}
-
-pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
-    match b.get(at..at + 2) {
-        Some(s) => u16::from_le_bytes([s[0], s[1]]),
-        None => 0,
-    }
-}
-
 /// An a-/d-character identifier: trailing spaces (and NULs some writers use) removed.
 pub(crate) fn ascii_field(b: &[u8]) -> String {
     let text = String::from_utf8_lossy(b);
@@ -210,6 +222,22 @@ pub enum DescriptorKind {
     Partition,
     Terminator,
     Unknown(u8),
+}
+
+impl DescriptorKind {
+    /// The kind in words ("boot record", "joliet", ...), as listings print it.
+    pub fn label(self) -> String {
+        match self {
+            DescriptorKind::BootRecord => "boot record".into(),
+            DescriptorKind::Primary => "primary".into(),
+            DescriptorKind::Joliet => "joliet".into(),
+            DescriptorKind::Supplementary => "supplementary".into(),
+            DescriptorKind::Enhanced => "enhanced".into(),
+            DescriptorKind::Partition => "partition".into(),
+            DescriptorKind::Terminator => "terminator".into(),
+            DescriptorKind::Unknown(code) => format!("unknown type {code}"),
+        }
+    }
 }
 
 /// One descriptor of the set, where it is and what it is.
@@ -282,7 +310,17 @@ fn parse_fields(sector: &[u8; SECTOR], lba: u32, joliet: bool) -> Result<VolumeF
             ascii_field(&sector[r])
         }
     };
-    let block_size = le16(sector, 128);
+    // Both-endian fields: the little-endian half is authoritative, as in the Linux kernel
+    // and libisofs (some writers get the big-endian half wrong). The sector is a whole
+    // descriptor, so every field offset below lies inside the checked view.
+    let Some(f) = Fields::new_checked(sector, SECTOR) else {
+        return Err(ReadError::corrupt(
+            base,
+            "volume descriptor",
+            "shorter than a sector",
+        ));
+    };
+    let block_size = f.le16(128);
     if block_size != 2048 {
         return Err(ReadError::Unsupported {
             offset: base + 128,
@@ -314,16 +352,16 @@ fn parse_fields(sector: &[u8; SECTOR], lba: u32, joliet: bool) -> Result<VolumeF
         copyright_file_id: text(702..739),
         abstract_file_id: text(739..776),
         bibliographic_file_id: text(776..813),
-        volume_space_size: le32(sector, 80),
-        volume_set_size: le16(sector, 120),
-        volume_sequence_number: le16(sector, 124),
+        volume_space_size: f.le32(80),
+        volume_set_size: f.le16(120),
+        volume_sequence_number: f.le16(124),
         logical_block_size: block_size,
-        path_table_size: le32(sector, 132),
-        path_table_lba_le: le32(sector, 140),
-        path_table_lba_be: u32::from_be_bytes([sector[148], sector[149], sector[150], sector[151]]),
+        path_table_size: f.le32(132),
+        path_table_lba_le: f.le32(140),
+        path_table_lba_be: f.be32(148),
         root: RootLocation {
-            lba: le32(root, 2),
-            size: le32(root, 10),
+            lba: f.le32(156 + 2),
+            size: f.le32(156 + 10),
         },
         creation: date(813),
         modification: date(830),
@@ -409,7 +447,7 @@ pub(crate) fn read_descriptors(read: &SectorReader<'_>) -> Result<DescriptorSet,
             }
             DescriptorKind::BootRecord if &sector[7..30] == b"EL TORITO SPECIFICATION" => {
                 boot_system_id = Some(ascii_field(&sector[7..39]));
-                boot_catalog_lba = Some(le32(&sector, 71));
+                boot_catalog_lba = le32(&sector, 71);
             }
             DescriptorKind::Terminator => {
                 terminated = true;
@@ -462,13 +500,41 @@ mod tests {
     #[test]
     fn civil_round_trip() {
         for t in [0i64, 951_782_400, 1_709_200_800, -86_400, 4_102_444_800] {
-            let (y, mo, d, h, mi, s) = civil_from_unix(t);
-            let back = days_from_civil(y, mo, d) * 86_400
-                + i64::from(h) * 3600
-                + i64::from(mi) * 60
-                + i64::from(s);
-            assert_eq!(back, t);
+            let stamp = Timestamp {
+                unix_seconds: t,
+                nanoseconds: 0,
+                utc_offset_minutes: 0,
+            };
+            let c = stamp.civil(false).unwrap();
+            let back = make_timestamp(
+                i64::from(c.year()),
+                [
+                    c.month() as u32,
+                    c.day() as u32,
+                    c.hour() as u32,
+                    c.minute() as u32,
+                    c.second() as u32,
+                ],
+                0,
+                0,
+            )
+            .unwrap();
+            assert_eq!(back.unix_seconds, t);
         }
+    }
+
+    #[test]
+    fn day_31_of_a_short_month_rolls_over_like_the_peers() {
+        // 2023-02-31 is 2023-03-03, as mktime makes it.
+        let t = parse_record_date(&[123, 2, 31, 0, 0, 0, 0]).unwrap();
+        assert_eq!(t.to_rfc3339(), "2023-03-03T00:00:00+00:00");
+    }
+
+    #[test]
+    fn volume_digits_keep_the_recorded_offset_and_hundredths() {
+        let t = parse_decimal_date(b"2001020304050607\x04").unwrap();
+        assert_eq!(t.to_volume_digits(), "2001020304050607");
+        assert_eq!(t.to_short_utc(), "2001-02-03 03:05");
     }
 
     #[test]

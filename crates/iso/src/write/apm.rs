@@ -6,7 +6,7 @@
 //! volume ("Apple_HFS") and "ISO9660_data" gap fillers named Gap0, Gap1... before it (from
 //! block 16, where the ISO volume descriptors start) and after it (to the end of the image).
 
-use super::hybrid::SYSTEM_AREA;
+use super::SYSTEM_AREA;
 
 /// The block size that lets a GPT share the system area (entries in ISO sectors).
 pub(crate) const APM_BLOCK_GPT: u32 = 2048;

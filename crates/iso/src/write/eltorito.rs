@@ -1,7 +1,6 @@
 //! El Torito: boot record, boot catalog, and the patches some boot images expect
 //! (boot-info-table, GRUB2 boot info).
 
-use super::hybrid::HybridPlan;
 use super::tree::{self, DataId, Meta, NodeKind, Tree};
 use super::{WriteError, SECTOR_SIZE};
 use crate::spec::{BootEntry, BootImage, Emulation, IsoSpec, LoadSize, Platform};
@@ -127,18 +126,21 @@ impl BootPlan {
         Ok(())
     }
 
-    pub fn resolve_appended(&mut self, hybrid: &HybridPlan) -> Result<(), WriteError> {
+    /// Places the boot images that are appended partitions; `placed(n)` gives partition
+    /// `n`'s (first 512-byte sector, 512-byte sectors) as the hybrid plan laid it out. A
+    /// lookup rather than the plan itself keeps El Torito below the hybrid layout.
+    pub fn resolve_appended(
+        &mut self,
+        placed: impl Fn(u8) -> Option<(u64, u64)>,
+    ) -> Result<(), WriteError> {
         for item in &mut self.items {
             let Some(n) = item.appended else { continue };
-            let part = hybrid
-                .appended
-                .iter()
-                .find(|p| p.number == n)
-                .ok_or_else(|| WriteError::BootImageMissing {
+            let (start_512, sectors_512) =
+                placed(n).ok_or_else(|| WriteError::BootImageMissing {
                     what: format!("appended partition {n}"),
                 })?;
-            item.lba = (part.start_512 / 4) as u32;
-            item.bytes = part.sectors_512 * 512;
+            item.lba = (start_512 / 4) as u32;
+            item.bytes = sectors_512 * 512;
             finish(item)?;
         }
         Ok(())

@@ -12,7 +12,7 @@
 //! the case-folded name (TN1150 FastUnicodeCompare). Names that fold alike in one folder get a
 //! `_N` suffix, as libisofs mangles them.
 
-use super::emit::MeasureCtx;
+use super::records::MeasureCtx;
 use super::tree::{DataId, NodeId, NodeKind, Tree, ROOT};
 use super::{WriteError, SECTOR_SIZE};
 use crate::spec::HfsPlusSpec;

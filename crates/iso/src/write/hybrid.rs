@@ -2,15 +2,13 @@
 //! appended after the ISO, so one file boots as a CD and as a USB disk, BIOS and UEFI.
 
 use super::eltorito::BootPlan;
-use super::{PartitionReport, WriteError, SECTOR_SIZE};
+use super::{PartitionReport, WriteError, SECTOR_SIZE, SYSTEM_AREA};
 use crate::spec::{
     AppendedPartition, BlobSource, EfiBootPart, IsoSpec, PartType, Platform, SystemAreaKind,
 };
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
-/// The system area is the first 16 sectors of 2048 bytes.
-pub(crate) const SYSTEM_AREA: usize = 32 * 1024;
 /// isohdpfx.bin boot code ends where the MBR keeps the boot image address.
 const ISOHYBRID_CODE: usize = 432;
 /// Boot code before the MBR disk signature and partition table.
@@ -153,10 +151,7 @@ fn seed(spec: &IsoSpec, volume_sectors: u64) -> Vec<u8> {
     match spec.date {
         Some(d) => s.extend_from_slice(&d.to_le_bytes()),
         None => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
+            let nanos = u128::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(0);
             s.extend_from_slice(&nanos.to_le_bytes());
             s.extend_from_slice(&std::process::id().to_le_bytes());
         }

@@ -8,6 +8,7 @@
 //! | padding | appended partitions | backup GPT.
 
 use super::eltorito::BootPlan;
+use super::hierarchy::{Dir, Entry, EntryKind, Hierarchy, MAX_EXTENT_BYTES};
 use super::hybrid::HybridPlan;
 use super::names::{self, IsoRules};
 use super::tree::{self, DataId, NodeId, NodeKind, Tree, ROOT};
@@ -18,60 +19,10 @@ use vmedia_io::Progress;
 
 /// ECMA-119 6.8.2.1: at most 8 levels of folders, the root counting as one.
 const MAX_ISO_DEPTH: usize = 8;
-/// Largest extent of one directory record: 4 GiB minus one sector, sector aligned.
-pub(crate) const MAX_EXTENT_BYTES: u64 = 0xFFFF_F800;
 /// ISO 9660 addresses are 32-bit sector numbers.
 const MAX_SECTORS: u64 = u32::MAX as u64;
 /// Path tables are addressed by 16-bit parent numbers.
 const MAX_DIRECTORIES: usize = 65_535;
-
-/// What a directory record points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EntryKind {
-    /// A folder (index into the hierarchy's `dirs`).
-    Dir(usize),
-    /// A regular file's data.
-    File(DataId),
-    /// Symlink, device, FIFO or socket: zero-length record described by Rock Ridge.
-    Special,
-    /// The El Torito boot catalog.
-    Catalog,
-    /// Rock Ridge: stands in for a folder moved to rr_moved (CL points at it).
-    Placeholder(usize),
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    /// On-disc identifier bytes (d-characters, or UCS-2 BE in Joliet).
-    pub ident: Vec<u8>,
-    pub node: NodeId,
-    pub kind: EntryKind,
-    /// Rock Ridge name (the host name).
-    pub rr_name: String,
-    /// This folder was moved here from deeper down (RE entry).
-    pub relocated: bool,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Dir {
-    pub node: NodeId,
-    /// Index of the parent in the hierarchy (the root is its own parent).
-    pub parent: usize,
-    /// Path-table identifier.
-    pub ident: Vec<u8>,
-    pub entries: Vec<Entry>,
-    /// For a relocated folder: its original parent (PL entry).
-    pub original_parent: Option<usize>,
-    /// Sub-folder count in this hierarchy (for the RR link count).
-    pub subdirs: u32,
-}
-
-/// One directory hierarchy (ISO 9660 or Joliet), folders in path-table order.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Hierarchy {
-    pub dirs: Vec<Dir>,
-    pub joliet: bool,
-}
 
 /// Addresses of one volume descriptor set and its tree (two with a partition offset).
 #[derive(Debug, Clone, Default)]
@@ -143,30 +94,16 @@ fn sectors_for(bytes: u64) -> u64 {
     bytes.div_ceil(SECTOR_SIZE)
 }
 
-/// Record length of a directory record with an identifier of `ident_len` bytes and `su` bytes
-/// of System Use.
-pub(crate) fn record_len(ident_len: usize, su: usize) -> usize {
-    let base = 33 + ident_len + usize::from(ident_len & 1 == 0);
-    let len = base + su;
-    len + len % 2
-}
-
 fn too_large(reason: String) -> WriteError {
     WriteError::TooLarge { reason }
 }
 
 fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    u128::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(0)
 }
 
 pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    jiff::Timestamp::now().as_second()
 }
 
 fn validate(spec: &IsoSpec) -> Result<(), WriteError> {
@@ -371,7 +308,7 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
     };
     let iso_pt_bytes = path_table_bytes(&iso);
     let jol_pt_bytes = joliet.as_ref().map(path_table_bytes).unwrap_or(0);
-    let measure = super::emit::MeasureCtx::new(&tree, rr, spec, &serial);
+    let measure = super::records::MeasureCtx::new(&tree, rr, spec, &serial);
     let iso_sizes = measure.dir_sizes(&iso)?;
     let jol_sizes = match &joliet {
         Some(j) => measure.dir_sizes(j)?,
@@ -455,7 +392,13 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
     let volume_sectors = u32::try_from(hybrid.volume_sectors)
         .map_err(|_| too_large("volume exceeds 2^32 sectors".into()))?;
     if let Some(b) = boot.as_mut() {
-        b.resolve_appended(&hybrid)?;
+        b.resolve_appended(|n| {
+            hybrid
+                .appended
+                .iter()
+                .find(|p| p.number == n)
+                .map(|p| (p.start_512, p.sectors_512))
+        })?;
     }
     let image_bytes = hybrid.image_bytes;
     progress.phase("planned");
@@ -839,17 +782,4 @@ pub(crate) fn path_table(h: &Hierarchy, dir_lba: &[u32], base: u32, big_endian: 
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_length_is_even_with_padding_byte() {
-        assert_eq!(record_len(1, 0), 34);
-        assert_eq!(record_len(2, 0), 36);
-        assert_eq!(record_len(12, 0), 46);
-        assert_eq!(record_len(13, 1), 48);
-    }
 }

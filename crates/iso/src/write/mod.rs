@@ -5,6 +5,18 @@
 //! levels, Joliet, Rock Ridge) -> lay out (`layout`: every sector's address) -> emit
 //! (`emit`: descriptors, directories, path tables, El Torito, hybrid MBR/GPT, file data
 //! streamed by a bounded parallel reader). [`plan`] runs the first three without writing.
+//!
+//! Dependencies between the modules point one way; a module uses only those before it
+//! (and the shared types of this file: `WriteError`, the reports, `SECTOR_SIZE`,
+//! `SYSTEM_AREA`):
+//!
+//! `tree` -> `names` -> `rrip` -> `hierarchy` -> `records` -> `hfsplus` -> `eltorito` ->
+//! `apm` -> `hybrid` -> `layout` -> `emit`
+//!
+//! `records` (directory record serialisation) is what both the layout (to measure folders)
+//! and the emit stage (to write them) use, so it sits below both; El Torito learns where
+//! appended partitions landed through a lookup the layout passes in, so it does not know the
+//! hybrid plan; the APM and the hybrid layout share the system area size from here.
 
 use crate::spec::{IsoSpec, Platform};
 use serde::Serialize;
@@ -16,9 +28,11 @@ mod apm;
 mod eltorito;
 mod emit;
 mod hfsplus;
+mod hierarchy;
 mod hybrid;
 mod layout;
 mod names;
+mod records;
 mod rrip;
 mod tree;
 
@@ -26,6 +40,8 @@ pub use layout::Plan;
 
 /// Size of an ISO 9660 logical sector.
 pub const SECTOR_SIZE: u64 = 2048;
+/// The system area is the first 16 sectors of 2048 bytes (MBR, GPT, APM live here).
+pub(crate) const SYSTEM_AREA: usize = 32 * 1024;
 
 /// What was written.
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +159,7 @@ pub enum WriteError {
 /// Scans, names and lays out `spec` without writing anything: the result knows every
 /// address and the final size (`-print-size`).
 pub fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, WriteError> {
+    let _span = tracing::info_span!("iso.plan").entered();
     layout::plan(spec, progress)
 }
 
@@ -154,6 +171,7 @@ pub fn write_image(
     overwrite: OverwritePolicy,
     progress: &dyn Progress,
 ) -> Result<WriteReport, WriteError> {
+    let _span = tracing::info_span!("iso.write", out = %out.display()).entered();
     let plan = plan(spec, progress)?;
     let mut atomic = AtomicFile::create(out, overwrite).map_err(|source| WriteError::Write {
         path: out.to_path_buf(),

@@ -429,7 +429,7 @@ mod tests {
             ..Naming::default()
         });
         let (b, _) = iso_base_ext(&long, true, &rr);
-        assert!(crate::write::layout::record_len(b.len(), super::super::rrip::CE_LEN) <= 255);
+        assert!(crate::write::hierarchy::record_len(b.len(), super::super::rrip::CE_LEN) <= 255);
     }
 
     #[test]

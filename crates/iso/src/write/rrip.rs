@@ -83,34 +83,20 @@ fn libc_minor(dev: u64) -> u32 {
     (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
 }
 
-/// The 7-byte directory-record date of ECMA-119 9.1.5, UTC.
+/// The 7-byte directory-record date of ECMA-119 9.1.5, UTC; the year byte counts from 1900,
+/// so years outside 1900..=2155 are clamped.
 pub(crate) fn dir_date(unix: i64) -> [u8; 7] {
-    let (y, mo, d, h, mi, s) = civil(unix);
-    let year = (y - 1900).clamp(0, 255) as u8;
-    [year, mo, d, h, mi, s, 0]
-}
-
-/// Unix seconds to (year, month, day, hour, minute, second), UTC (Howard Hinnant's algorithm).
-pub(crate) fn civil(unix: i64) -> (i64, u8, u8, u8, u8, u8) {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (secs / 3600) as u8,
-        ((secs % 3600) / 60) as u8,
-        (secs % 60) as u8,
-    )
+    let t = crate::date::utc_datetime(unix);
+    let year = (i64::from(t.year()) - 1900).clamp(0, 255) as u8;
+    [
+        year,
+        t.month() as u8,
+        t.day() as u8,
+        t.hour() as u8,
+        t.minute() as u8,
+        t.second() as u8,
+        0,
+    ]
 }
 
 /// "TF": modify, access and attribute-change times in 7-byte form.
