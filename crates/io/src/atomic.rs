@@ -11,10 +11,10 @@
 //! - *Power-loss durability* (on request): the data reaching stable storage before the rename.
 //!   It costs a full flush of the output (seconds for a multi-GiB image) and the peers do not
 //!   pay it by default: cp, tar, genisoimage, `xorriso -as mkisofs`, 7z and qemu-img convert
-//!   (cache mode "unsafe") all leave the data in the page cache. [`Durability::from_env`] is
-//!   the policy for commands that follow the peers: `PageCache` unless `VMEDIA_SYNC=1`.
-//!   [`AtomicFile::commit`] keeps flushing, for callers that ask for durability explicitly
-//!   (e.g. a qemu-img cache mode that flushes).
+//!   (cache mode "unsafe") all leave the data in the page cache. Callers pick the policy
+//!   ([`Durability`]; the binary maps `--sync`/`VMEDIA_SYNC=1` to it, this crate reads no
+//!   environment). [`AtomicFile::commit`] keeps flushing, for callers that ask for
+//!   durability explicitly (e.g. a qemu-img cache mode that flushes).
 //!
 //! Refusing to overwrite (`OverwritePolicy::Refuse`) is checked when the temporary file is
 //! made and enforced atomically at `commit` by `renameat2(RENAME_NOREPLACE)` (or `link`
@@ -42,31 +42,6 @@ pub enum Durability {
     /// Leave the data to the kernel's writeback, as cp, tar, genisoimage and xorriso do. The
     /// output still appears only when complete; after a power loss it may be missing.
     PageCache,
-}
-
-/// The environment variable that asks every vmedia output to be flushed (`1`, `true`, `yes`).
-pub const SYNC_ENV: &str = "VMEDIA_SYNC";
-
-impl Durability {
-    /// The policy for outputs whose peers do not flush: `Flush` only when `VMEDIA_SYNC` is set
-    /// to 1/true/yes (like `sync` after cp), else `PageCache`.
-    pub fn from_env() -> Durability {
-        match std::env::var(SYNC_ENV) {
-            Ok(v) if matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes") => {
-                Durability::Flush
-            }
-            _ => Durability::PageCache,
-        }
-    }
-
-    /// `Flush` when `requested` (a `--sync` flag) or the environment asks for it.
-    pub fn from_flag_or_env(requested: bool) -> Durability {
-        if requested {
-            Durability::Flush
-        } else {
-            Durability::from_env()
-        }
-    }
 }
 
 /// Flushes the file system holding `dir` (one `syncfs`), e.g. after writing a whole tree whose
@@ -294,19 +269,6 @@ mod tests {
         f.commit_with(Durability::PageCache).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn sync_env_selects_flush() {
-        // One test touches the variable, so no other test races on it.
-        std::env::remove_var(SYNC_ENV);
-        assert_eq!(Durability::from_env(), Durability::PageCache);
-        assert_eq!(Durability::from_flag_or_env(true), Durability::Flush);
-        std::env::set_var(SYNC_ENV, "1");
-        assert_eq!(Durability::from_env(), Durability::Flush);
-        std::env::set_var(SYNC_ENV, "0");
-        assert_eq!(Durability::from_env(), Durability::PageCache);
-        std::env::remove_var(SYNC_ENV);
     }
 
     #[test]

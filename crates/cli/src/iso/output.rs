@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use vmedia_io::{Durability, OverwritePolicy};
+use vmedia_io::OverwritePolicy;
 use vmedia_iso::spec::{IntegritySpec, IsoSpec};
 
 use crate::mkisofs::common;
@@ -60,7 +60,7 @@ impl OutputArgs {
         out: &std::path::Path,
         policy: OverwritePolicy,
     ) -> anyhow::Result<ExitCode> {
-        spec.durability = Durability::from_flag_or_env(self.sync);
+        spec.durability = crate::env::durability(self.sync);
         let report = common::write_with_bar(&spec, out, policy, self.quiet || self.json)?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -809,7 +809,7 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         },
     )
     .with_context(|| format!("cannot read {}", args.image.display()))?;
-    let durability = Durability::from_flag_or_env(args.sync);
+    let durability = crate::env::durability(args.sync);
 
     // A destination that does not exist yet is filled under a hidden temporary name and
     // renamed into place at the end, so an interrupted run never leaves a tree that looks
