@@ -1,4 +1,5 @@
-//! Shared I/O plumbing for vmedia: positional byte sources, atomic output files, progress hooks.
+//! Shared I/O plumbing for vmedia: positional byte sources, a shared block cache, atomic output
+//! files, checked endian readers, progress hooks.
 //!
 //! Architecture invariant: this crate knows no image format and prints nothing.
 //!
@@ -11,9 +12,11 @@
 
 mod atomic;
 pub mod bytes;
+pub mod cache;
 mod progress;
 mod read_at;
 
 pub use atomic::{sync_file_system, AtomicFile, Durability, OverwritePolicy};
+pub use cache::{BlockCache, CacheError, CacheStats, CachedSource};
 pub use progress::{NoProgress, Progress};
 pub use read_at::{ReadAt, SliceSource};
