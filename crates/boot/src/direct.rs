@@ -66,6 +66,7 @@ pub struct Extracted {
 
 /// Reads the ISO's boot configuration and extracts its default entry.
 pub fn extract(iso_path: &Path) -> Result<Extracted> {
+    let _span = tracing::info_span!("direct_extract", iso = %iso_path.display()).entered();
     let file = std::fs::File::open(iso_path).map_err(|e| BootError::io(iso_path, e))?;
     let source: Arc<dyn ReadAt> = Arc::new(file);
     let iso = IsoImage::open(source, OpenOptions::default()).map_err(|e| BootError::Direct {
@@ -122,13 +123,13 @@ pub fn serial_append(append: &str) -> String {
 }
 
 /// File access the parser needs; the ISO in production, a map in tests.
-trait Files {
+pub(crate) trait Files {
     fn read_text(&self, path: &str) -> Option<String>;
     fn exists(&self, path: &str) -> bool;
     fn describe(&self) -> PathBuf;
 }
 
-fn find_default_entry(files: &dyn Files) -> Result<(String, BootEntry)> {
+pub(crate) fn find_default_entry(files: &dyn Files) -> Result<(String, BootEntry)> {
     let mut problems = Vec::new();
     for config in SYSLINUX_CONFIGS {
         let Some(text) = files.read_text(config) else {
@@ -378,7 +379,7 @@ fn split_keyword(line: &str) -> (&str, &str) {
 
 /// Parses a GRUB configuration: `set default=`, top-level `menuentry`/`submenu` blocks,
 /// `linux`/`linuxefi` and `initrd`/`initrdefi` inside them.
-fn parse_grub(text: &str) -> std::result::Result<BootEntry, String> {
+pub(crate) fn parse_grub(text: &str) -> std::result::Result<BootEntry, String> {
     let mut default: Option<String> = None;
     let mut entries: Vec<(String, Option<BootEntry>)> = Vec::new();
     let mut depth = 0usize;

@@ -14,14 +14,17 @@ use sha2::{Digest, Sha256};
 use vmedia_io::{AtomicFile, OverwritePolicy};
 
 use crate::error::{BootError, Result};
+use crate::inflate::{decode_stream, Bounded, Compression, InflateError, MAX_DECOMPRESSION_TIME};
 
 /// Initrds read whole into memory for hashing and walking; larger ones stay as they are.
+/// Also the input bound that, with the output cap, bounds the decoders' CPU time.
 const MAX_INITRD_BYTES: u64 = 1024 * 1024 * 1024;
 /// The plain image may use at most 1/this of the guest's memory: the guest holds it and the
 /// unpacked files at once, and a live system still needs room to run.
 const GUEST_MEMORY_SHARE: u64 = 4;
 /// Plain images are never made larger than this, whatever the guest's memory: QEMU places the
-/// initrd below 4 GiB, and each one is kept in the cache folder.
+/// initrd below 4 GiB, and each one is kept in the cache folder. It is also the decompression
+/// bomb bound: no initrd is ever decompressed past it.
 const MAX_PLAIN_INITRD_BYTES: u64 = 1024 * 1024 * 1024;
 /// Bounds the walk over a hostile initrd (real ones hold 1 to 3 archives).
 const MAX_ARCHIVES: usize = 64;
@@ -32,9 +35,6 @@ const CPIO_HEADER: usize = 110;
 const CPIO_FILESIZE: usize = 54;
 const CPIO_NAMESIZE: usize = 94;
 const CPIO_TRAILER: &[u8] = b"TRAILER!!!";
-/// liblzma's memory limit: the kernel's own xz decoder handles dictionaries far below this;
-/// a larger demand is a hostile header.
-const MAX_XZ_DECODER_MEMORY: u64 = 256 * 1024 * 1024;
 /// Output buffer for the decompressed stream.
 const WRITE_BUFFER: usize = 1024 * 1024;
 
@@ -53,27 +53,21 @@ pub enum PlainInitrd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Archive {
     Cpio,
-    Gzip,
-    Xz,
-    Zstd,
+    Compressed(Compression),
 }
 
 fn archive_at(data: &[u8]) -> Option<Archive> {
     if data.starts_with(b"070701") || data.starts_with(b"070702") {
         Some(Archive::Cpio)
-    } else if data.starts_with(&[0x1f, 0x8b]) {
-        Some(Archive::Gzip)
-    } else if data.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some(Archive::Xz)
-    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(Archive::Zstd)
     } else {
-        None
+        Compression::detect(data).map(Archive::Compressed)
     }
 }
 
 /// Returns a cached or freshly made plain form of `initrd` for a guest with `memory_mib`.
 pub fn plain_initrd(initrd: &Path, cache_dir: &Path, memory_mib: u32) -> Result<PlainInitrd> {
+    let _span =
+        tracing::info_span!("plain_initrd", initrd = %initrd.display(), memory_mib).entered();
     let size = std::fs::metadata(initrd)
         .map_err(|e| BootError::io(initrd, e))?
         .len();
@@ -93,118 +87,155 @@ pub fn plain_initrd(initrd: &Path, cache_dir: &Path, memory_mib: u32) -> Result<
             return Ok(PlainInitrd::Ready(cached));
         }
     }
-    let archives = match plan(&image) {
-        Ok(archives) => archives,
+    match first_compressed(&image) {
+        Ok(None) => return Ok(PlainInitrd::AlreadyPlain),
+        Ok(Some(_)) => {}
         Err(reason) => return Ok(PlainInitrd::NotApplicable(reason)),
-    };
-    if archives.iter().all(|(kind, _)| *kind == Archive::Cpio) {
-        return Ok(PlainInitrd::AlreadyPlain);
     }
     std::fs::create_dir_all(cache_dir).map_err(|e| BootError::io(cache_dir, e))?;
     let mut out = AtomicFile::create(&cached, OverwritePolicy::Replace)
         .map_err(|e| BootError::io(&cached, e))?;
-    let mut sink = Limited {
-        inner: std::io::BufWriter::with_capacity(WRITE_BUFFER, out.file_mut()),
-        written: 0,
+    let mut sink = Bounded::new(
+        std::io::BufWriter::with_capacity(WRITE_BUFFER, out.file_mut()),
         limit,
-    };
-    for (kind, range) in &archives {
-        let part = &image[range.0..range.1];
-        let result = match kind {
-            Archive::Cpio => sink.write_all(part),
-            Archive::Gzip => {
-                std::io::copy(&mut flate2::bufread::GzDecoder::new(part), &mut sink).map(|_| ())
-            }
-            Archive::Xz => xz_stream(part, &mut sink).map(|_| ()),
-            Archive::Zstd => zstd::stream::read::Decoder::with_buffer(part)
-                .and_then(|d| std::io::copy(&mut d.single_frame(), &mut sink))
-                .map(|_| ()),
-        };
-        if let Err(e) = result {
-            if sink.written > sink.limit {
-                return Ok(PlainInitrd::NotApplicable(format!(
-                    "it decompresses to over {} MiB, more than a quarter of the guest's memory \
-                     (or the 1 GiB cap)",
-                    sink.limit / (1024 * 1024)
-                )));
-            }
+        MAX_DECOMPRESSION_TIME,
+    );
+    match unpack(&image, &mut sink) {
+        Ok(()) => {}
+        Err(Unpack::Refused(reason)) => return Ok(PlainInitrd::NotApplicable(reason)),
+        Err(Unpack::Inflate(InflateError::TooLarge(_), _)) => {
             return Ok(PlainInitrd::NotApplicable(format!(
-                "cannot decompress its {kind:?} archive at {:#x}: {e}",
-                range.0
-            )));
+                "it decompresses to over {} MiB, more than a quarter of the guest's memory \
+                 (or the 1 GiB cap)",
+                limit / (1024 * 1024)
+            )))
         }
-        // Linux expects each archive to start 4-byte aligned in the unpacked stream and skips
-        // the zero padding between archives.
-        let pad = (4 - sink.written % 4) % 4;
-        sink.write_all(&[0u8; 3][..pad as usize])
-            .map_err(|e| BootError::io(&cached, e))?;
+        Err(Unpack::Inflate(e @ InflateError::TooSlow(_), _)) => {
+            return Ok(PlainInitrd::NotApplicable(e.to_string()))
+        }
+        Err(Unpack::Inflate(InflateError::Stream(e), at)) => {
+            return Ok(PlainInitrd::NotApplicable(format!(
+                "cannot decompress its archive at {at:#x}: {e}"
+            )))
+        }
+        Err(Unpack::Write(e)) => return Err(BootError::io(&cached, e)),
     }
-    sink.inner.flush().map_err(|e| BootError::io(&cached, e))?;
-    drop(sink);
+    let mut writer = sink.into_inner();
+    writer.flush().map_err(|e| BootError::io(&cached, e))?;
+    drop(writer);
     out.commit().map_err(|e| BootError::io(&cached, e))?;
     Ok(PlainInitrd::Ready(cached))
 }
 
-/// Counts what is written and refuses to go past `limit`.
-struct Limited<W: Write> {
-    inner: W,
-    written: u64,
-    limit: u64,
+/// Why the walk stopped.
+#[derive(Debug)]
+pub(crate) enum Unpack {
+    /// The initrd is not something vmedia turns plain: the reason, for the user.
+    Refused(String),
+    /// A compressed archive (at this offset) failed or hit a bound.
+    Inflate(InflateError, usize),
+    /// Writing the plain image failed.
+    Write(std::io::Error),
 }
 
-impl<W: Write> Write for Limited<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.written = self.written.saturating_add(buf.len() as u64);
-        if self.written > self.limit {
-            return Err(std::io::Error::other("plain initrd over its size limit"));
-        }
-        self.inner.write_all(buf)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-type Span = (usize, usize);
-
-/// Splits an initrd into its archives (kind, byte range), skipping zero padding between them.
-fn plan(image: &[u8]) -> std::result::Result<Vec<(Archive, Span)>, String> {
-    let mut archives = Vec::new();
+/// The offset of the first compressed archive, `None` when the initrd is all plain cpio.
+/// Only cpio headers are read, so this is cheap even for a large initrd.
+pub(crate) fn first_compressed(image: &[u8]) -> std::result::Result<Option<usize>, String> {
     let mut at = 0usize;
+    let mut archives = 0usize;
     loop {
-        while image.get(at) == Some(&0) {
-            at += 1;
+        at = skip_padding(image, at);
+        if at >= image.len() {
+            return if archives == 0 {
+                Err("the initrd is empty".into())
+            } else {
+                Ok(None)
+            };
         }
+        match archive_at(&image[at..]) {
+            Some(Archive::Cpio) => {}
+            Some(Archive::Compressed(_)) => return Ok(Some(at)),
+            None => return Err(not_an_archive(at)),
+        }
+        archives += 1;
+        if archives > MAX_ARCHIVES {
+            return Err(format!("more than {MAX_ARCHIVES} archives"));
+        }
+        let length = cpio_length(&image[at..]).map_err(|e| format!("cpio at {at:#x}: {e}"))?;
+        at += length;
+    }
+}
+
+fn skip_padding(image: &[u8], mut at: usize) -> usize {
+    while image.get(at) == Some(&0) {
+        at += 1;
+    }
+    at
+}
+
+fn not_an_archive(at: usize) -> String {
+    format!("data at {at:#x} is neither a cpio archive nor gzip, xz or zstd")
+}
+
+/// Walks the initrd's archives in order as Linux does and writes them as one plain cpio
+/// stream: plain archives copied, compressed ones decoded (each decode bounded by `sink`).
+pub(crate) fn unpack<W: Write>(
+    image: &[u8],
+    sink: &mut Bounded<W>,
+) -> std::result::Result<(), Unpack> {
+    let mut at = 0usize;
+    let mut archives = 0usize;
+    loop {
+        at = skip_padding(image, at);
         if at >= image.len() {
             break;
         }
-        if archives.len() >= MAX_ARCHIVES {
-            return Err(format!("more than {MAX_ARCHIVES} archives"));
+        if archives >= MAX_ARCHIVES {
+            return Err(Unpack::Refused(format!(
+                "more than {MAX_ARCHIVES} archives"
+            )));
         }
+        archives += 1;
         let rest = &image[at..];
-        let kind = archive_at(rest).ok_or_else(|| {
-            format!("data at {at:#x} is neither a cpio archive nor gzip, xz or zstd")
-        })?;
-        let length = match kind {
-            Archive::Cpio => cpio_length(rest).map_err(|e| format!("cpio at {at:#x}: {e}"))?,
-            compressed => stream_length(compressed, rest)
-                .map_err(|e| format!("{compressed:?} stream at {at:#x}: {e}"))?,
+        let length = match archive_at(rest) {
+            Some(Archive::Cpio) => {
+                let length = cpio_length(rest)
+                    .map_err(|e| Unpack::Refused(format!("cpio at {at:#x}: {e}")))?;
+                sink.write_all(&rest[..length])
+                    .map_err(|e| written_error(sink, e, at))?;
+                length
+            }
+            Some(Archive::Compressed(kind)) => {
+                decode_stream(kind, rest, sink).map_err(|e| Unpack::Inflate(e, at))?
+            }
+            None => return Err(Unpack::Refused(not_an_archive(at))),
         };
         if length == 0 {
-            return Err(format!("empty archive at {at:#x}"));
+            return Err(Unpack::Refused(format!("empty archive at {at:#x}")));
         }
-        archives.push((kind, (at, at + length)));
         at += length;
+        // Linux expects each archive to start 4-byte aligned in the unpacked stream and skips
+        // the zero padding between archives.
+        let pad = (4 - sink.written() % 4) % 4;
+        sink.write_all(&[0u8; 3][..pad as usize])
+            .map_err(|e| written_error(sink, e, at))?;
     }
-    if archives.is_empty() {
-        return Err("the initrd is empty".into());
+    if archives == 0 {
+        return Err(Unpack::Refused("the initrd is empty".into()));
     }
-    Ok(archives)
+    Ok(())
+}
+
+/// A failed plain write: a bound the sink enforces, else an I/O error of the cache file.
+fn written_error<W: Write>(sink: &Bounded<W>, error: std::io::Error, at: usize) -> Unpack {
+    match sink.explain(error) {
+        InflateError::Stream(e) => Unpack::Write(e),
+        bound => Unpack::Inflate(bound, at),
+    }
 }
 
 fn hex_field(header: &[u8], at: usize) -> Option<usize> {
-    let text = std::str::from_utf8(header.get(at..at + 8)?).ok()?;
+    let text = std::str::from_utf8(header.get(at..at.checked_add(8)?)?).ok()?;
     usize::from_str_radix(text, 16).ok()
 }
 
@@ -225,10 +256,13 @@ fn cpio_length(data: &[u8]) -> std::result::Result<usize, String> {
         }
         let namesize = hex_field(header, CPIO_NAMESIZE).ok_or("bad c_namesize")?;
         let filesize = hex_field(header, CPIO_FILESIZE).ok_or("bad c_filesize")?;
+        let name_end = CPIO_HEADER
+            .checked_add(namesize)
+            .ok_or("name size overflows")?;
         let name = header
-            .get(CPIO_HEADER..CPIO_HEADER + namesize)
+            .get(CPIO_HEADER..name_end)
             .ok_or("name runs past the end")?;
-        let data_start = align4(CPIO_HEADER + namesize).ok_or("name size overflows")?;
+        let data_start = align4(name_end).ok_or("name size overflows")?;
         let next = filesize
             .checked_add(data_start)
             .and_then(align4)
@@ -245,52 +279,6 @@ fn cpio_length(data: &[u8]) -> std::result::Result<usize, String> {
     Err(format!("more than {MAX_CPIO_ENTRIES} entries"))
 }
 
-/// The compressed length of the single stream at the start of `data`, found by decoding it
-/// (into nothing) and seeing how much input the decoder consumed.
-fn stream_length(kind: Archive, data: &[u8]) -> std::result::Result<usize, String> {
-    let mut rest: &[u8] = data;
-    let mut sink = std::io::sink();
-    let result = match kind {
-        Archive::Gzip => std::io::copy(&mut flate2::bufread::GzDecoder::new(&mut rest), &mut sink),
-        Archive::Xz => {
-            let used = xz_stream(data, &mut sink).map_err(|e| e.to_string())?;
-            return Ok(used);
-        }
-        Archive::Zstd => zstd::stream::read::Decoder::with_buffer(&mut rest)
-            .and_then(|d| std::io::copy(&mut d.single_frame(), &mut sink)),
-        Archive::Cpio => return Err("not compressed".into()),
-    };
-    result.map_err(|e| e.to_string())?;
-    Ok(data.len() - rest.len())
-}
-
-/// Decodes the one xz stream at the start of `input` into `out`; returns the input it used.
-/// (xz2's reader reports data after a finished stream as corruption, so liblzma is driven
-/// directly.)
-fn xz_stream(input: &[u8], out: &mut dyn Write) -> std::io::Result<usize> {
-    use xz2::stream::{Action, Status, Stream};
-    let mut stream = Stream::new_stream_decoder(MAX_XZ_DECODER_MEMORY, 0)?;
-    let mut buf = vec![0u8; WRITE_BUFFER];
-    loop {
-        let used = usize::try_from(stream.total_in()).unwrap_or(usize::MAX);
-        let before_out = stream.total_out();
-        let status =
-            stream.process(input.get(used..).unwrap_or_default(), &mut buf, Action::Run)?;
-        let produced = usize::try_from(stream.total_out() - before_out).unwrap_or(0);
-        out.write_all(&buf[..produced])?;
-        let now_used = usize::try_from(stream.total_in()).unwrap_or(usize::MAX);
-        if status == Status::StreamEnd {
-            return Ok(now_used);
-        }
-        if produced == 0 && now_used == used {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "xz stream cut short",
-            ));
-        }
-    }
-}
-
 /// Reads a whole plain cpio stream's member names (for tests and diagnostics).
 pub fn cpio_names(mut data: &[u8]) -> std::result::Result<Vec<String>, String> {
     let mut names = Vec::new();
@@ -303,16 +291,23 @@ pub fn cpio_names(mut data: &[u8]) -> std::result::Result<Vec<String>, String> {
         }
         let length = cpio_length(data)?;
         let mut at = 0usize;
+        // cpio_length checked every entry; the reads stay checked all the same.
         while at < length {
-            let header = &data[at..];
+            let header = data.get(at..).ok_or("entry past the end")?;
             let namesize = hex_field(header, CPIO_NAMESIZE).ok_or("bad c_namesize")?;
             let filesize = hex_field(header, CPIO_FILESIZE).ok_or("bad c_filesize")?;
-            let name = &header[CPIO_HEADER..CPIO_HEADER + namesize];
+            let name_end = CPIO_HEADER.checked_add(namesize).ok_or("overflow")?;
+            let name = header
+                .get(CPIO_HEADER..name_end)
+                .ok_or("name past the end")?;
             names.push(String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into());
-            at += align4(align4(CPIO_HEADER + namesize).ok_or("overflow")? + filesize)
+            let entry = align4(name_end)
+                .and_then(|n| n.checked_add(filesize))
+                .and_then(align4)
                 .ok_or("overflow")?;
+            at = at.checked_add(entry).ok_or("overflow")?;
         }
-        data = &data[length..];
+        data = data.get(length..).unwrap_or_default();
     }
 }
 
@@ -410,6 +405,29 @@ mod tests {
         assert!(
             matches!(&result, PlainInitrd::NotApplicable(r) if r.contains("quarter")),
             "{result:?}"
+        );
+        let leftovers = std::fs::read_dir(dir.path().join("cache"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(leftovers, 0, "no partial plain initrd may stay behind");
+    }
+
+    #[test]
+    fn initrd_decompression_bomb_is_refused_quickly() {
+        // 8 MiB of zstd RLE blocks claiming 256 GiB, after a real-looking first archive. The
+        // walk used to decode every stream to its end just to measure it, before any limit.
+        let mut image = cpio(&[("early/microcode.bin", b"ucode")]);
+        image.extend(crate::inflate::tests::zstd_rle_bomb(1 << 21));
+        let started = std::time::Instant::now();
+        let (dir, result) = make(&image, 32);
+        assert!(
+            matches!(&result, PlainInitrd::NotApplicable(r) if r.contains("decompresses to over 8 MiB")),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
         );
         let leftovers = std::fs::read_dir(dir.path().join("cache"))
             .map(|d| d.count())

@@ -3,13 +3,14 @@
 //! entry point. So a bzImage whose payload is gzip, xz or zstd is decompressed once on the host
 //! (cached by content hash) and booted as vmlinux when it carries a PVH entry note.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use vmedia_io::bytes::{le16, le32, le64};
 use vmedia_io::{AtomicFile, OverwritePolicy};
 
 use crate::error::{BootError, Result};
+use crate::inflate::{decode_stream, Bounded, Compression, InflateError, MAX_DECOMPRESSION_TIME};
 
 /// bzImages are tens of MiB; a bigger "kernel" is not one.
 const MAX_BZIMAGE_BYTES: u64 = 256 * 1024 * 1024;
@@ -39,6 +40,7 @@ pub enum PvhKernel {
 
 /// Returns a cached or freshly extracted PVH vmlinux for `bzimage`.
 pub fn pvh_kernel(bzimage: &Path, cache_dir: &Path) -> Result<PvhKernel> {
+    let _span = tracing::info_span!("pvh_kernel", bzimage = %bzimage.display()).entered();
     let size = std::fs::metadata(bzimage)
         .map_err(|e| BootError::io(bzimage, e))?
         .len();
@@ -77,41 +79,26 @@ pub fn pvh_kernel(bzimage: &Path, cache_dir: &Path) -> Result<PvhKernel> {
     Ok(PvhKernel::Ready(cached))
 }
 
-fn read_u16(data: &[u8], at: usize) -> Option<u16> {
-    data.get(at..at.checked_add(2)?)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-}
-
-fn read_u32(data: &[u8], at: usize) -> Option<u32> {
-    data.get(at..at.checked_add(4)?)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-fn read_u64(data: &[u8], at: usize) -> Option<u64> {
-    let b = data.get(at..at.checked_add(8)?)?;
-    Some(u64::from_le_bytes(b.try_into().ok()?))
-}
-
 /// The compressed kernel inside a bzImage, located through the setup header.
 fn compressed_payload(image: &[u8]) -> std::result::Result<&[u8], String> {
-    if read_u16(image, BOOT_FLAG) != Some(0xAA55)
+    if le16(image, BOOT_FLAG) != Some(0xAA55)
         || image.get(HEADER_MAGIC..HEADER_MAGIC + 4) != Some(b"HdrS")
     {
         return Err("not a bzImage (no Linux boot setup header)".into());
     }
-    let version = read_u16(image, PROTOCOL_VERSION).unwrap_or(0);
+    let version = le16(image, PROTOCOL_VERSION).unwrap_or(0);
     if version < MIN_PROTOCOL_WITH_PAYLOAD {
         return Err(format!(
             "boot protocol {version:#x} predates payload fields (2.08)"
         ));
     }
-    let setup_sects = match image[SETUP_SECTS] {
-        0 => 4,
-        n => usize::from(n),
+    let setup_sects = match image.get(SETUP_SECTS) {
+        Some(0) | None => 4,
+        Some(&n) => usize::from(n),
     };
     let protected_mode = (setup_sects + 1) * 512;
-    let offset = read_u32(image, PAYLOAD_OFFSET).ok_or("setup header cut short")? as usize;
-    let length = read_u32(image, PAYLOAD_LENGTH).ok_or("setup header cut short")? as usize;
+    let offset = le32(image, PAYLOAD_OFFSET).ok_or("setup header cut short")? as usize;
+    let length = le32(image, PAYLOAD_LENGTH).ok_or("setup header cut short")? as usize;
     let start = protected_mode
         .checked_add(offset)
         .ok_or("payload offset overflows")?;
@@ -127,36 +114,34 @@ fn compressed_payload(image: &[u8]) -> std::result::Result<&[u8], String> {
 }
 
 fn decompress(payload: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let limit = MAX_VMLINUX_BYTES + 1;
-    let mut out = Vec::new();
-    let result = if payload.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(payload)
-            .take(limit)
-            .read_to_end(&mut out)
-    } else if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        xz2::read::XzDecoder::new(payload)
-            .take(limit)
-            .read_to_end(&mut out)
-    } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        match zstd::stream::read::Decoder::new(payload) {
-            Ok(decoder) => decoder.take(limit).read_to_end(&mut out),
-            Err(e) => Err(e),
-        }
-    } else {
+    decompress_bounded(payload, MAX_VMLINUX_BYTES)
+}
+
+/// Decodes the kernel payload into memory, refusing more than `limit` bytes of output (and
+/// past the time budget): see `inflate.rs` for why that bounds the CPU a hostile payload costs.
+fn decompress_bounded(payload: &[u8], limit: u64) -> std::result::Result<Vec<u8>, String> {
+    let Some(kind) = Compression::detect(payload) else {
         return Err("the kernel payload is compressed with a method vmedia does not decode (not gzip, xz or zstd)".into());
     };
-    match result {
-        // The kernel's compressors append the uncompressed size after the stream; trailing
-        // bytes after a complete stream are expected.
-        Ok(_) | Err(_) if out.len() as u64 > MAX_VMLINUX_BYTES => Err(format!(
-            "the kernel payload decompresses to over {MAX_VMLINUX_BYTES} bytes"
+    let mut out = Bounded::new(Vec::new(), limit, MAX_DECOMPRESSION_TIME);
+    match decode_stream(kind, payload, &mut out) {
+        // The kernel's build appends the uncompressed size after the stream; the decoder stops
+        // at the end of the stream and leaves it.
+        Ok(_) => Ok(out.into_inner()),
+        Err(InflateError::TooLarge(limit)) => Err(format!(
+            "the kernel payload decompresses to over {limit} bytes"
         )),
-        Ok(_) => Ok(out),
-        Err(e) if out.starts_with(b"\x7fELF") && out.len() > 1024 * 1024 => {
-            let _ = e;
-            Ok(out)
+        Err(e @ InflateError::TooSlow(_)) => Err(format!("the kernel payload: {e}")),
+        Err(InflateError::Stream(e)) => {
+            let out = out.into_inner();
+            // A stream whose end is damaged but that already gave a whole ELF kernel is
+            // booted as before (the PVH note check below still has to pass).
+            if out.starts_with(b"\x7fELF") && out.len() > 1024 * 1024 {
+                Ok(out)
+            } else {
+                Err(format!("cannot decompress the kernel payload: {e}"))
+            }
         }
-        Err(e) => Err(format!("cannot decompress the kernel payload: {e}")),
     }
 }
 
@@ -166,11 +151,9 @@ pub fn has_pvh_note(elf: &[u8]) -> bool {
     if !elf.starts_with(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return false;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (
-        read_u64(elf, 0x20),
-        read_u16(elf, 0x36),
-        read_u16(elf, 0x38),
-    ) else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) =
+        (le64(elf, 0x20), le16(elf, 0x36), le16(elf, 0x38))
+    else {
         return false;
     };
     let Ok(phoff) = usize::try_from(phoff) else {
@@ -183,11 +166,11 @@ pub fn has_pvh_note(elf: &[u8]) -> bool {
         else {
             return false;
         };
-        if read_u32(elf, header) != Some(PT_NOTE) {
+        if le32(elf, header) != Some(PT_NOTE) {
             continue;
         }
-        let (Some(offset), Some(size)) = (read_u64(elf, header + 8), read_u64(elf, header + 32))
-        else {
+        let field = |at: usize| header.checked_add(at).and_then(|at| le64(elf, at));
+        let (Some(offset), Some(size)) = (field(8), field(32)) else {
             continue;
         };
         let (Ok(offset), Ok(size)) = (usize::try_from(offset), usize::try_from(size)) else {
@@ -210,7 +193,7 @@ fn notes_contain(mut notes: &[u8], name: &[u8], kind: u32) -> bool {
     let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
     while notes.len() >= 12 {
         let (Some(namesz), Some(descsz), Some(note_type)) =
-            (read_u32(notes, 0), read_u32(notes, 4), read_u32(notes, 8))
+            (le32(notes, 0), le32(notes, 4), le32(notes, 8))
         else {
             return false;
         };
@@ -317,6 +300,21 @@ mod tests {
         encoder.write_all(b"\x7fELF-payload").unwrap();
         let compressed = encoder.finish().unwrap();
         assert_eq!(decompress(&compressed).unwrap(), b"\x7fELF-payload");
+    }
+
+    #[test]
+    fn kernel_decompression_bomb_is_refused_quickly() {
+        // 256 GiB claimed by 8 MiB of zstd RLE blocks; the limit is lowered so the test does
+        // not hold the real 512 MiB in memory.
+        let bomb = crate::inflate::tests::zstd_rle_bomb(1 << 21);
+        let started = std::time::Instant::now();
+        let err = decompress_bounded(&bomb, 4 * 1024 * 1024).unwrap_err();
+        assert!(err.contains("decompresses to over 4194304 bytes"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

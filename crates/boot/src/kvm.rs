@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::process::Guarded;
-use crate::qemu::{qemu_program, ResolvedAccel};
+use crate::qemu::ResolvedAccel;
 use crate::spec::Accel;
+use crate::store::BootConfig;
 
 /// KVM guest start-up alone takes about 1.7 s on nested hosts; a working KVM prints the
 /// kernel banner well before this.
@@ -52,12 +53,12 @@ pub struct KvmVerdict {
 }
 
 /// Picks the accelerator. Returns it and, when `auto` fell back to TCG, a one-line note.
-pub fn resolve_accel(requested: Accel, state_dir: &Path) -> (ResolvedAccel, Option<String>) {
+pub fn resolve_accel(requested: Accel, config: &BootConfig) -> (ResolvedAccel, Option<String>) {
     match requested {
         Accel::Tcg => (ResolvedAccel::Tcg, None),
         Accel::Kvm => (ResolvedAccel::Kvm, None),
         Accel::Auto => {
-            let verdict = cached_verdict(state_dir);
+            let verdict = cached_verdict(config);
             if verdict.works {
                 (ResolvedAccel::Kvm, None)
             } else {
@@ -69,7 +70,8 @@ pub fn resolve_accel(requested: Accel, state_dir: &Path) -> (ResolvedAccel, Opti
 }
 
 /// The verdict for this host boot, probing when there is none yet.
-pub fn cached_verdict(state_dir: &Path) -> KvmVerdict {
+pub fn cached_verdict(config: &BootConfig) -> KvmVerdict {
+    let state_dir = config.state_dir();
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -81,7 +83,7 @@ pub fn cached_verdict(state_dir: &Path) -> KvmVerdict {
             }
         }
     }
-    let (works, detail) = probe();
+    let (works, detail) = probe(&config.qemu);
     let verdict = KvmVerdict {
         boot_id,
         works,
@@ -99,8 +101,8 @@ pub fn cached_verdict(state_dir: &Path) -> KvmVerdict {
     verdict
 }
 
-/// Runs the probe now: (works, what was seen).
-pub fn probe() -> (bool, String) {
+/// Runs the probe now with the emulator `qemu`: (works, what was seen).
+pub fn probe(qemu: &Path) -> (bool, String) {
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -109,8 +111,8 @@ pub fn probe() -> (bool, String) {
         return (false, format!("/dev/kvm: {e}"));
     }
     match host_kernel() {
-        Some(kernel) => probe_with_kernel(&kernel),
-        None => probe_long_mode(),
+        Some(kernel) => probe_with_kernel(qemu, &kernel),
+        None => probe_long_mode(qemu),
     }
 }
 
@@ -130,8 +132,8 @@ fn host_kernel() -> Option<PathBuf> {
     kernels.pop()
 }
 
-fn probe_with_kernel(kernel: &Path) -> (bool, String) {
-    let mut command = Command::new(qemu_program());
+fn probe_with_kernel(qemu: &Path, kernel: &Path) -> (bool, String) {
+    let mut command = Command::new(qemu);
     command
         .args([
             "-accel",
@@ -170,7 +172,7 @@ fn probe_with_kernel(kernel: &Path) -> (bool, String) {
     )
 }
 
-fn probe_long_mode() -> (bool, String) {
+fn probe_long_mode(qemu: &Path) -> (bool, String) {
     let Ok(dir) = tempfile::tempdir() else {
         return (false, "no temporary folder".into());
     };
@@ -178,7 +180,7 @@ fn probe_long_mode() -> (bool, String) {
     if std::fs::write(&image, LONG_MODE_PROBE).is_err() {
         return (false, "cannot write the probe image".into());
     }
-    let mut command = Command::new(qemu_program());
+    let mut command = Command::new(qemu);
     command
         .args([
             "-accel",
@@ -274,7 +276,7 @@ mod tests {
     fn tcg_request_needs_no_probe() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            resolve_accel(Accel::Tcg, dir.path()),
+            resolve_accel(Accel::Tcg, &BootConfig::new(dir.path())),
             (ResolvedAccel::Tcg, None)
         );
         assert!(!dir.path().join("kvm-probe.json").exists());
@@ -294,7 +296,7 @@ mod tests {
             serde_json::to_string(&verdict).unwrap(),
         )
         .unwrap();
-        let (accel, note) = resolve_accel(Accel::Auto, dir.path());
+        let (accel, note) = resolve_accel(Accel::Auto, &BootConfig::new(dir.path()));
         assert_eq!(accel, ResolvedAccel::Tcg);
         assert!(note.unwrap().contains("cached"));
     }

@@ -17,6 +17,7 @@ use crate::media;
 use crate::qemu::{self, cdrom_id, command_line, find_ovmf, Launch, ResolvedAccel, SerialTarget};
 use crate::qmp::Qmp;
 use crate::spec::{validate_name, BootDevice, Firmware, Net, VmSpec};
+use crate::store::BootConfig;
 
 /// Linux limits unix socket paths to 108 bytes including the terminator.
 const MAX_SOCKET_PATH: usize = 107;
@@ -68,12 +69,15 @@ pub enum StopHow {
 /// The VM folders under the state folder.
 pub struct VmStore {
     root: PathBuf,
+    qemu: PathBuf,
 }
 
 impl VmStore {
-    pub fn new(state_dir: &Path) -> VmStore {
+    /// The VMs under `config.state_dir`, started with `config.qemu`.
+    pub fn new(config: &BootConfig) -> VmStore {
         VmStore {
-            root: state_dir.join("vms"),
+            root: config.state_dir.join("vms"),
+            qemu: config.qemu.clone(),
         }
     }
 
@@ -293,7 +297,7 @@ impl VmStore {
             no_reboot: false,
         };
         let args = command_line(&launch)?;
-        let mut command = Command::new(qemu::qemu_program());
+        let mut command = Command::new(&self.qemu);
         command
             .args(&args)
             .current_dir(&dir)
@@ -617,7 +621,7 @@ mod tests {
     #[test]
     fn create_load_round_trip_and_refuse_duplicate() {
         let dir = tempfile::tempdir().unwrap();
-        let store = VmStore::new(dir.path());
+        let store = VmStore::new(&BootConfig::new(dir.path()));
         let mut spec = VmSpec::new("lab1");
         spec.cdroms = vec![CdromSlot::default()];
         store.create(&spec).unwrap();
@@ -634,7 +638,7 @@ mod tests {
     #[test]
     fn boot_once_needs_such_a_device() {
         let dir = tempfile::tempdir().unwrap();
-        let store = VmStore::new(dir.path());
+        let store = VmStore::new(&BootConfig::new(dir.path()));
         store.create(&VmSpec::new("nonet")).unwrap();
         assert!(store
             .boot_once("nonet", BootDevice::Net)
@@ -646,7 +650,7 @@ mod tests {
     #[test]
     fn slot_out_of_range_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = VmStore::new(dir.path());
+        let store = VmStore::new(&BootConfig::new(dir.path()));
         store.create(&VmSpec::new("one")).unwrap();
         let err = store.eject("one", 3, false).unwrap_err().to_string();
         assert!(err.contains("no slot 3"), "{err}");
@@ -655,7 +659,7 @@ mod tests {
     #[test]
     fn stale_pidfile_of_another_process_is_not_running() {
         let dir = tempfile::tempdir().unwrap();
-        let store = VmStore::new(dir.path());
+        let store = VmStore::new(&BootConfig::new(dir.path()));
         store.create(&VmSpec::new("stale")).unwrap();
         std::fs::write(store.pidfile("stale"), std::process::id().to_string()).unwrap();
         assert_eq!(store.state("stale"), VmState::Stopped);
@@ -664,7 +668,7 @@ mod tests {
     #[test]
     fn hand_edited_config_with_wrong_name_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = VmStore::new(dir.path());
+        let store = VmStore::new(&BootConfig::new(dir.path()));
         store.create(&VmSpec::new("a")).unwrap();
         let path = store.config_path("a");
         let text = std::fs::read_to_string(&path)

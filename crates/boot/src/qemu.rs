@@ -7,11 +7,6 @@ use std::path::{Path, PathBuf};
 use crate::error::{BootError, Result};
 use crate::spec::{BootDevice, Firmware, Machine, Net, VmSpec};
 
-/// The emulator binary; `VMEDIA_QEMU` overrides it (a wrapper, another build).
-pub fn qemu_program() -> OsString {
-    std::env::var_os("VMEDIA_QEMU").unwrap_or_else(|| OsString::from("qemu-system-x86_64"))
-}
-
 /// OVMF code and variable-store template, Debian's 4 MiB build first.
 pub fn find_ovmf() -> Result<(PathBuf, PathBuf)> {
     const CANDIDATES: [(&str, &str); 3] = [

@@ -15,9 +15,7 @@ use serde::Serialize;
 use crate::console::{ConsoleWatch, Timeline};
 use crate::error::{BootError, Result};
 use crate::process::{describe_exit, Guarded};
-use crate::qemu::{
-    command_line, find_ovmf, find_qboot, qemu_program, Launch, ResolvedAccel, SerialTarget,
-};
+use crate::qemu::{command_line, find_ovmf, find_qboot, Launch, ResolvedAccel, SerialTarget};
 use crate::spec::{Firmware, Machine, VmSpec};
 
 /// QEMU's own error output kept for the report (it is short unless something loops).
@@ -33,6 +31,8 @@ pub const TAIL_LINES: usize = 25;
 pub struct BootRequest {
     pub spec: VmSpec,
     pub accel: ResolvedAccel,
+    /// The QEMU system emulator to run (`BootConfig::qemu`).
+    pub qemu: PathBuf,
     pub marker: Regex,
     pub timeout: Duration,
     /// Every console byte is appended here as it arrives.
@@ -98,7 +98,7 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
         no_reboot: true,
     };
     let args = command_line(&launch)?;
-    let program = qemu_program();
+    let program = request.qemu.clone();
     let mut command_text = vec![program.to_string_lossy().into_owned()];
     command_text.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
 

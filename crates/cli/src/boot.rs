@@ -324,8 +324,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("nothing to boot: give --cdrom, --disk, --net or --kernel");
     }
     // Resolved first: the fast path's kernel parameters depend on it.
-    let state_dir = vmedia_boot::store::state_dir()?;
-    let (accel, note) = vmedia_boot::kvm::resolve_accel(spec.accel, &state_dir);
+    let config = crate::env::boot_config()?;
+    let (accel, note) = vmedia_boot::kvm::resolve_accel(spec.accel, &config);
     if let Some(note) = note {
         eprintln!("vmedia: note: {note}");
     }
@@ -347,7 +347,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                  EFI stub, which the uncompressed vmlinux lacks"
             );
         } else if !args.bzimage {
-            let cache = vmedia_boot::store::state_dir()?.join("kernels");
+            let cache = config.kernel_cache();
             match vmedia_boot::kernel::pvh_kernel(&kernel.kernel, &cache)? {
                 vmedia_boot::kernel::PvhKernel::Ready(vmlinux) => kernel.kernel = vmlinux,
                 vmedia_boot::kernel::PvhKernel::NotApplicable(reason) => {
@@ -369,7 +369,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             lean_notes.push("no HPET".into());
             if let Some(initrd) = kernel.initrd.clone() {
-                let cache = vmedia_boot::store::state_dir()?.join("initrds");
+                let cache = config.initrd_cache();
                 match vmedia_boot::initrd::plain_initrd(&initrd, &cache, spec.memory_mib)? {
                     PlainInitrd::Ready(plain) => {
                         kernel.initrd = Some(plain);
@@ -412,6 +412,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let request = BootRequest {
         spec,
         accel,
+        qemu: config.qemu.clone(),
         marker,
         timeout: Duration::from_secs(args.timeout),
         console_log,

@@ -3,6 +3,7 @@
 
 mod boot;
 mod disk;
+mod env;
 mod iso;
 mod mkisofs;
 mod netboot;

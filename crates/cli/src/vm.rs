@@ -105,8 +105,8 @@ Works under BIOS and UEFI: the next start gives DEVICE the first per-device boot
 }
 
 pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
-    let state_dir = vmedia_boot::store::state_dir()?;
-    let store = VmStore::new(&state_dir);
+    let boot_config = crate::env::boot_config()?;
+    let store = VmStore::new(&boot_config);
     match cmd {
         VmCommand::Create { name, vm } => {
             let spec = build_spec(&name, &vm)?;
@@ -115,7 +115,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
         }
         VmCommand::Start { name, json } => {
             let config = store.load(&name)?;
-            let (accel, note) = vmedia_boot::kvm::resolve_accel(config.spec.accel, &state_dir);
+            let (accel, note) = vmedia_boot::kvm::resolve_accel(config.spec.accel, &boot_config);
             if let Some(note) = note {
                 eprintln!("vmedia: note: {note}");
             }

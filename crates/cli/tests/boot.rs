@@ -399,6 +399,26 @@ fn broken_images_are_refused_with_the_reason() {
     );
 }
 
+#[test]
+fn vmedia_qemu_that_does_not_exist_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"x").unwrap();
+    let missing = dir.path().join("no-such-qemu");
+    let mut cmd = vmedia();
+    cmd.env("VMEDIA_HOME", dir.path().join("home"))
+        .env("VMEDIA_QEMU", &missing)
+        .args(["boot", "--accel", "tcg", "--timeout", "10", "--expect", "x"])
+        .arg("--kernel")
+        .arg(&kernel);
+    let (code, _, err) = run_any(&mut cmd);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot start") && err.contains("no-such-qemu"),
+        "{err}"
+    );
+}
+
 /// Runs vmedia boot in the background, returning its child and the QEMU name it will use.
 fn spawn_boot(cmd: &mut Command) -> (std::process::Child, String) {
     let child = cmd

@@ -11,10 +11,15 @@
 //! - *Power-loss durability* (on request): the data reaching stable storage before the rename.
 //!   It costs a full flush of the output (seconds for a multi-GiB image) and the peers do not
 //!   pay it by default: cp, tar, genisoimage, `xorriso -as mkisofs`, 7z and qemu-img convert
-//!   (cache mode "unsafe") all leave the data in the page cache. [`Durability::from_env`] is
-//!   the policy for commands that follow the peers: `PageCache` unless `VMEDIA_SYNC=1`.
-//!   [`AtomicFile::commit`] keeps flushing, for callers that ask for durability explicitly
-//!   (e.g. a qemu-img cache mode that flushes).
+//!   (cache mode "unsafe") all leave the data in the page cache. Callers pick the policy
+//!   ([`Durability`]; the binary maps `--sync`/`VMEDIA_SYNC=1` to it, this crate reads no
+//!   environment). [`AtomicFile::commit`] keeps flushing, for callers that ask for
+//!   durability explicitly (e.g. a qemu-img cache mode that flushes).
+//!
+//! Refusing to overwrite (`OverwritePolicy::Refuse`) is checked when the temporary file is
+//! made and enforced atomically at `commit` by `renameat2(RENAME_NOREPLACE)` (or `link`
+//! where the file system lacks the flag), so a file that appears at the destination during a
+//! long write is never replaced.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -37,31 +42,6 @@ pub enum Durability {
     /// Leave the data to the kernel's writeback, as cp, tar, genisoimage and xorriso do. The
     /// output still appears only when complete; after a power loss it may be missing.
     PageCache,
-}
-
-/// The environment variable that asks every vmedia output to be flushed (`1`, `true`, `yes`).
-pub const SYNC_ENV: &str = "VMEDIA_SYNC";
-
-impl Durability {
-    /// The policy for outputs whose peers do not flush: `Flush` only when `VMEDIA_SYNC` is set
-    /// to 1/true/yes (like `sync` after cp), else `PageCache`.
-    pub fn from_env() -> Durability {
-        match std::env::var(SYNC_ENV) {
-            Ok(v) if matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes") => {
-                Durability::Flush
-            }
-            _ => Durability::PageCache,
-        }
-    }
-
-    /// `Flush` when `requested` (a `--sync` flag) or the environment asks for it.
-    pub fn from_flag_or_env(requested: bool) -> Durability {
-        if requested {
-            Durability::Flush
-        } else {
-            Durability::from_env()
-        }
-    }
 }
 
 /// Flushes the file system holding `dir` (one `syncfs`), e.g. after writing a whole tree whose
@@ -87,22 +67,19 @@ pub struct AtomicFile {
     file: Option<File>,
     temp_path: PathBuf,
     final_path: PathBuf,
+    policy: OverwritePolicy,
 }
 
 impl AtomicFile {
     /// Creates the temporary file beside `final_path`.
     ///
     /// With `OverwritePolicy::Refuse` an existing destination is an `AlreadyExists` error whose
-    /// message tells the user about `--force`.
+    /// message tells the user about `--force`: checked here, so a long write is not started in
+    /// vain, and again atomically by `commit`, which never replaces a file that appeared
+    /// meanwhile.
     pub fn create(final_path: &Path, policy: OverwritePolicy) -> io::Result<AtomicFile> {
         if policy == OverwritePolicy::Refuse && final_path.symlink_metadata().is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} already exists; pass --force to replace it",
-                    final_path.display()
-                ),
-            ));
+            return Err(already_exists(final_path));
         }
         let dir = match final_path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -135,6 +112,7 @@ impl AtomicFile {
                         file: Some(file),
                         temp_path,
                         final_path: final_path.to_path_buf(),
+                        policy,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => {
@@ -184,7 +162,11 @@ impl AtomicFile {
             file.sync_all()?;
         }
         drop(file);
-        if let Err(e) = std::fs::rename(&self.temp_path, &self.final_path) {
+        let renamed = match self.policy {
+            OverwritePolicy::Replace => std::fs::rename(&self.temp_path, &self.final_path),
+            OverwritePolicy::Refuse => rename_no_replace(&self.temp_path, &self.final_path),
+        };
+        if let Err(e) = renamed {
             let _ = std::fs::remove_file(&self.temp_path);
             return Err(e);
         }
@@ -199,6 +181,47 @@ impl AtomicFile {
             }
         }
         Ok(())
+    }
+}
+
+fn already_exists(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "{} already exists; pass --force to replace it",
+            path.display()
+        ),
+    )
+}
+
+/// Renames `from` to `to` unless `to` exists, in one step: `renameat2(RENAME_NOREPLACE)`.
+/// File systems without that flag (EINVAL; kernels without renameat2: ENOSYS) get
+/// `link(from, to)`, which fails on an existing `to` just as atomically, then `unlink(from)`.
+/// Only where neither exists (a file system without hard links) is the last resort a check
+/// followed by a plain rename, the best such a file system allows.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(already_exists(to)),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => link_no_replace(from, to),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// The `link` + `unlink` fallback of [`rename_no_replace`].
+fn link_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::io::Errno;
+    match rustix::fs::link(from, to) {
+        Ok(()) => std::fs::remove_file(from),
+        Err(Errno::EXIST) => Err(already_exists(to)),
+        Err(Errno::PERM | Errno::OPNOTSUPP | Errno::NOSYS) => {
+            if to.symlink_metadata().is_ok() {
+                return Err(already_exists(to));
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(io::Error::from(e)),
     }
 }
 
@@ -249,22 +272,57 @@ mod tests {
     }
 
     #[test]
-    fn sync_env_selects_flush() {
-        // One test touches the variable, so no other test races on it.
-        std::env::remove_var(SYNC_ENV);
-        assert_eq!(Durability::from_env(), Durability::PageCache);
-        assert_eq!(Durability::from_flag_or_env(true), Durability::Flush);
-        std::env::set_var(SYNC_ENV, "1");
-        assert_eq!(Durability::from_env(), Durability::Flush);
-        std::env::set_var(SYNC_ENV, "0");
-        assert_eq!(Durability::from_env(), Durability::PageCache);
-        std::env::remove_var(SYNC_ENV);
-    }
-
-    #[test]
     fn sync_file_system_accepts_a_directory() {
         let dir = tempfile::tempdir().unwrap();
         sync_file_system(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn refuse_policy_keeps_a_file_that_appeared_during_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.iso");
+        let mut f = AtomicFile::create(&target, OverwritePolicy::Refuse).unwrap();
+        f.file_mut().write_all(b"ours").unwrap();
+        // Another program creates the destination while we are still writing.
+        std::fs::write(&target, b"theirs").unwrap();
+        let err = f.commit_with(Durability::PageCache).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the temporary file is removed"
+        );
+    }
+
+    #[test]
+    fn link_fallback_refuses_an_existing_destination_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        std::fs::write(&from, b"new").unwrap();
+        std::fs::write(&to, b"old").unwrap();
+        let err = link_no_replace(&from, &to).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&to).unwrap(), b"old");
+        std::fs::remove_file(&to).unwrap();
+        link_no_replace(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"new");
+        assert!(
+            !from.exists(),
+            "the temporary name is gone after the fallback"
+        );
+    }
+
+    #[test]
+    fn replace_policy_still_replaces_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.iso");
+        let mut f = AtomicFile::create(&target, OverwritePolicy::Replace).unwrap();
+        f.file_mut().write_all(b"ours").unwrap();
+        std::fs::write(&target, b"theirs").unwrap();
+        f.commit_with(Durability::PageCache).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"ours");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub struct RefArgs {
 
 impl RefArgs {
     pub fn policy(&self) -> anyhow::Result<ReferencePolicy> {
-        let from_env = std::env::var("VMEDIA_ALLOW_REFERENCES").ok();
+        let from_env = crate::env::allow_references();
         match self.allow_references.as_deref().or(from_env.as_deref()) {
             None => Ok(ReferencePolicy::SameFolder),
             Some(name) => ReferencePolicy::from_name(name).with_context(|| {
@@ -88,8 +88,7 @@ impl RefArgs {
     }
 
     pub fn open_options(&self, format: Option<Format>) -> anyhow::Result<OpenOptions> {
-        let from_env = std::env::var("VMEDIA_IGNORE_CHECKSUMS")
-            .is_ok_and(|v| matches!(v.as_str(), "1" | "yes" | "true"));
+        let from_env = crate::env::ignore_checksums();
         Ok(OpenOptions {
             references: self.policy()?,
             format,

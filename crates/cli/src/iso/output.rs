@@ -68,7 +68,7 @@ impl OutputArgs {
 
     /// Whether the image is flushed before it is renamed into place (--sync or VMEDIA_SYNC).
     pub fn durability(&self) -> Durability {
-        Durability::from_flag_or_env(self.sync)
+        crate::env::durability(self.sync)
     }
 
     /// Whether the progress bar is hidden.

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use vmedia_io::{AtomicFile, Durability, OverwritePolicy, ReadAt};
+use vmedia_io::{AtomicFile, OverwritePolicy, ReadAt};
 use vmedia_iso::extract::ExtractOptions;
 use vmedia_iso::read::{Entry, EntryKind, IsoImage, NameSpace, OpenOptions, Timestamp, WalkEntry};
 use vmedia_iso::report::InfoReport;
@@ -534,7 +534,7 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
         paths: args.paths.clone(),
         replace_existing: args.force,
         restore_owners: !args.no_same_owner,
-        durability: Durability::from_flag_or_env(args.sync),
+        durability: crate::env::durability(args.sync),
     };
     let bar = Bar::bytes(args.quiet);
     let result =

@@ -71,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let out = common::output_path(inv.output.as_deref().expect("checked by the parser"))?;
     // Like mkisofs, -o replaces an existing file and nothing is flushed unless VMEDIA_SYNC=1.
-    spec.durability = vmedia_io::Durability::from_env();
+    spec.durability = crate::env::durability(false);
     let report = common::write_with_bar(&spec, &out, OverwritePolicy::Replace, inv.quiet)?;
     if !inv.quiet {
         eprintln!("{}", common::summary(&report));

@@ -1,0 +1,87 @@
+//! The environment variables vmedia honours, mapped to the libraries' explicit configuration.
+//! Library crates read no environment; every variable is read here, by the binary.
+
+use std::ffi::OsStr;
+
+use vmedia_boot::store::BootConfig;
+use vmedia_io::Durability;
+
+/// Asks every vmedia output to be flushed to stable storage (`1`, `true`, `yes`).
+pub const SYNC_ENV: &str = "VMEDIA_SYNC";
+/// The QEMU system emulator to run instead of `qemu-system-x86_64` (a wrapper, another build).
+pub const QEMU_ENV: &str = "VMEDIA_QEMU";
+/// The state folder for VMs and caches (else `$XDG_DATA_HOME/vmedia`, else
+/// `~/.local/share/vmedia`).
+pub const HOME_ENV: &str = "VMEDIA_HOME";
+/// The default for `disk --allow-references`.
+pub const ALLOW_REFERENCES_ENV: &str = "VMEDIA_ALLOW_REFERENCES";
+/// `disk --ignore-checksums` for every command (`1`, `true`, `yes`).
+pub const IGNORE_CHECKSUMS_ENV: &str = "VMEDIA_IGNORE_CHECKSUMS";
+
+/// The durability for outputs whose peers do not flush: `Flush` when `requested` (a `--sync`
+/// flag) or `VMEDIA_SYNC` is 1/true/yes (like `sync` after cp), else `PageCache`.
+pub fn durability(requested: bool) -> Durability {
+    durability_from(requested, std::env::var(SYNC_ENV).ok().as_deref())
+}
+
+fn durability_from(requested: bool, value: Option<&str>) -> Durability {
+    let asked = value
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
+    if requested || asked {
+        Durability::Flush
+    } else {
+        Durability::PageCache
+    }
+}
+
+/// The boot crate's configuration: the state folder and the QEMU binary.
+pub fn boot_config() -> anyhow::Result<BootConfig> {
+    use std::env::var_os;
+    let state_dir = vmedia_boot::store::state_dir_from(
+        var_os(HOME_ENV).as_deref(),
+        var_os("XDG_DATA_HOME").as_deref(),
+        var_os("HOME").as_deref(),
+    )?;
+    let config = BootConfig::new(state_dir);
+    Ok(match var_os(QEMU_ENV) {
+        Some(qemu) => config.with_qemu(qemu),
+        None => config,
+    })
+}
+
+/// `VMEDIA_ALLOW_REFERENCES`, when set.
+pub fn allow_references() -> Option<String> {
+    std::env::var(ALLOW_REFERENCES_ENV).ok()
+}
+
+/// Whether `VMEDIA_IGNORE_CHECKSUMS` is 1/yes/true.
+pub fn ignore_checksums() -> bool {
+    std::env::var_os(IGNORE_CHECKSUMS_ENV).is_some_and(|v| is_yes(&v))
+}
+
+fn is_yes(value: &OsStr) -> bool {
+    matches!(value.to_str(), Some("1" | "yes" | "true"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_value_selects_flush() {
+        assert_eq!(durability_from(false, None), Durability::PageCache);
+        assert_eq!(durability_from(true, None), Durability::Flush);
+        assert_eq!(durability_from(false, Some("1")), Durability::Flush);
+        assert_eq!(durability_from(false, Some(" Yes ")), Durability::Flush);
+        assert_eq!(durability_from(false, Some("0")), Durability::PageCache);
+        assert_eq!(durability_from(true, Some("0")), Durability::Flush);
+    }
+
+    #[test]
+    fn ignore_checksums_accepts_the_documented_words_only() {
+        assert!(is_yes(OsStr::new("1")));
+        assert!(is_yes(OsStr::new("true")));
+        assert!(!is_yes(OsStr::new("TRUE")));
+        assert!(!is_yes(OsStr::new("0")));
+    }
+}
