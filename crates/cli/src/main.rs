@@ -5,6 +5,7 @@ mod boot;
 mod disk;
 mod env;
 mod iso;
+mod logging;
 mod mkisofs;
 mod netboot;
 mod progress;
@@ -25,6 +26,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: readable text, or one JSON object per line for log collectors
+    /// (filter with RUST_LOG, e.g. RUST_LOG=debug)
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -50,6 +55,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = match &cli.command {
+        Command::Netboot(cmd) => netboot::default_log_filter(cmd),
+        _ => logging::DEFAULT_FILTER,
+    };
+    logging::init(cli.log_format, default_filter);
     let outcome = match cli.command {
         Command::Iso(cmd) => iso::run(cmd),
         Command::Mkisofs(args) => mkisofs::run(args),

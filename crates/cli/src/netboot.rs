@@ -1,17 +1,24 @@
 //! `vmedia netboot`: the network boot server (`serve`) and its status view (`status`).
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream, ToSocketAddrs};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use vmedia_netboot::status::{format_time, StatusSnapshot};
-use vmedia_netboot::{DhcpConfig, ServerConfig};
+use vmedia_netboot::{Bound, DhcpConfig, Server, ServerConfig};
+
+use crate::logging;
 
 /// Largest status document we read from a server.
 const MAX_STATUS_BYTES: u64 = 64 << 20;
+/// How long `status` waits to connect, and for the whole answer.
+const STATUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Runtime threads of `serve`: DHCP, the TFTP request loop and HTTP are light (TFTP transfers
+/// have their own threads, file reads the blocking pool).
+const SERVE_WORKERS: usize = 2;
 
 #[derive(clap::Subcommand)]
 pub enum NetbootCommand {
@@ -116,6 +123,15 @@ pub struct StatusArgs {
     json: bool,
 }
 
+/// What is logged without RUST_LOG: `serve` logs each machine's steps (vmedia_netboot at INFO)
+/// and its banner; `status` only warnings.
+pub fn default_log_filter(cmd: &NetbootCommand) -> &'static str {
+    match cmd {
+        NetbootCommand::Serve(_) => "warn,vmedia_netboot=info,vmedia::announce=info",
+        NetbootCommand::Status(_) => logging::DEFAULT_FILTER,
+    }
+}
+
 pub fn run(cmd: NetbootCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         NetbootCommand::Serve(args) => serve(*args),
@@ -170,36 +186,67 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ipxe_script: args.ipxe_script.clone(),
         rules_file: args.config.clone(),
     };
-    let sink = Box::new(|event: &vmedia_netboot::status::Event| {
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{}", event.log_line());
-    });
-    vmedia_netboot::serve(config, sink, |bound| {
-        let mut parts = Vec::new();
-        if bound.dhcp {
-            parts.push(format!(
-                "DHCP on {} (ports 67, 4011)",
-                args.interface.as_deref().unwrap_or("-")
-            ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(SERVE_WORKERS)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut server = Server::start(config).await.context("netboot server")?;
+        logging::announce(&banner(
+            server.bound(),
+            args.interface.as_deref(),
+            &args.root,
+        ));
+        let signalled = tokio::select! {
+            result = server.wait() => {
+                result.context("netboot server")?;
+                false
+            }
+            signal = shutdown_signal() => {
+                signal.context("waiting for a shutdown signal")?;
+                true
+            }
+        };
+        if signalled {
+            server.shutdown().await.context("netboot server shutdown")?;
         }
-        if let Some(t) = bound.tftp {
-            parts.push(format!("TFTP on {t}"));
-        }
-        if let Some(h) = bound.http {
-            parts.push(format!("HTTP on {h}"));
-        }
-        let advertised = bound
-            .server_ip
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "-".into());
-        eprintln!(
-            "vmedia netboot: serving {} from {} (server address {advertised})",
-            parts.join(", "),
-            args.root.display()
-        );
+        Ok(ExitCode::SUCCESS)
     })
-    .context("netboot server")?;
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at SIGINT (Ctrl-C) or SIGTERM (systemd stop): the server then shuts down cleanly.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted,
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+fn banner(bound: &Bound, interface: Option<&str>, root: &std::path::Path) -> String {
+    let mut parts = Vec::new();
+    if bound.dhcp {
+        parts.push(format!(
+            "DHCP on {} (ports 67, 4011)",
+            interface.unwrap_or("-")
+        ));
+    }
+    if let Some(t) = bound.tftp {
+        parts.push(format!("TFTP on {t}"));
+    }
+    if let Some(h) = bound.http {
+        parts.push(format!("HTTP on {h}"));
+    }
+    let advertised = bound
+        .server_ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "vmedia netboot: serving {} from {} (server address {advertised})",
+        parts.join(", "),
+        root.display()
+    )
 }
 
 fn fetch_status(server: &str) -> anyhow::Result<String> {
@@ -207,32 +254,32 @@ fn fetch_status(server: &str) -> anyhow::Result<String> {
         .strip_prefix("http://")
         .with_context(|| format!("--server {server:?} must start with http://"))?;
     let host = rest.split('/').next().unwrap_or(rest);
-    let addr = host
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot connect to the netboot server at {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /_vmedia/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_STATUS_BYTES)
-        .read_to_end(&mut raw)
-        .context("reading the status")?;
-    let text = String::from_utf8(raw).context("status reply is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("status reply is not HTTP")?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.contains(" 200 ") {
-        bail!("{addr} answered {status_line:?}: is it a vmedia netboot server?");
+    if host.is_empty() {
+        bail!("--server {server:?} names no host");
     }
-    Ok(body.to_string())
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(STATUS_CONNECT_TIMEOUT))
+        .timeout_global(Some(STATUS_TIMEOUT))
+        // A status answer other than 200 gets its own message below.
+        .http_status_as_error(false)
+        // The server is on the local network: a proxy from the environment must not apply.
+        .proxy(None)
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("http://{host}/_vmedia/status"))
+        .call()
+        .with_context(|| format!("cannot reach the netboot server at {host}"))?;
+    let status = response.status();
+    if status != 200 {
+        bail!("{host} answered {status}: is it a vmedia netboot server?");
+    }
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_STATUS_BYTES)
+        .read_to_string()
+        .context("reading the status")
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {

@@ -1334,3 +1334,76 @@ fn proxy_status_files_tftp_and_http_steps_under_the_mac() {
         "{log}"
     );
 }
+
+#[test]
+fn json_log_lines_carry_the_machine_mac() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = make_root(dir.path());
+    let (ns, client) = dhcp_ns();
+    let server = Server::start(
+        &ns,
+        &[
+            "--log-format",
+            "json",
+            "--interface",
+            "vs0",
+            "--proxy",
+            "--root",
+            root.to_str().unwrap(),
+            "--tftp-port",
+            TFTP_PORT,
+            "--http-port",
+            HTTP_PORT,
+            "--bios-bootfile",
+            "pxelinux.0",
+        ],
+    );
+    let mac = [0x52, 0x54, 0, 0xaa, 0, 0x51];
+    let offer = exchange(
+        &client,
+        dhcp_packet(
+            mac,
+            1,
+            Some("PXEClient:Arch:00000:UNDI:002001"),
+            Some(0),
+            false,
+            &[],
+        ),
+        67,
+        Ipv4Addr::BROADCAST,
+    );
+    assert!(offer.is_some(), "no proxy offer\n{}", server.log());
+    let mac_text = "52:54:00:aa:00:51";
+    assert!(
+        server.wait_log(mac_text, Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l:?}: {e}")))
+        .collect();
+    // The banner is an event too: the whole stream stays JSON.
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("vmedia netboot: serving"))),
+        "{log}"
+    );
+    let exchange_line = lines
+        .iter()
+        .find(|l| l["kind"] == "dhcp" && l["span"]["mac"] == mac_text)
+        .unwrap_or_else(|| panic!("no DHCP event with the MAC in its span:\n{log}"));
+    assert_eq!(exchange_line["level"], "INFO");
+    assert_eq!(exchange_line["client"], mac_text);
+    assert_eq!(exchange_line["span"]["name"], "dhcp");
+    assert_eq!(exchange_line["span"]["port"], 67);
+    assert!(
+        exchange_line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("proxy OFFER boot=pxelinux.0")),
+        "{exchange_line}"
+    );
+    assert!(exchange_line["timestamp"].is_string(), "{exchange_line}");
+}

@@ -1,15 +1,37 @@
-//! The served file tree: request paths are normalised and confined to the root (no `..`, no
-//! escape through symlinks: every open goes through openat2 with RESOLVE_BENEATH), and a path
-//! may reach into an ISO image (`debian.iso:/install.amd/vmlinuz` or
-//! `debian.iso/install.amd/vmlinuz`), streamed from the image without unpacking it.
+//! A served file tree, usable on its own by any crate that hands files to strangers: request
+//! paths are normalised and confined to the root (no `..`, no escape through symlinks: every
+//! open goes through openat2 with RESOLVE_BENEATH), and a path may reach into an ISO image
+//! (`debian.iso:/install.amd/vmlinuz` or `debian.iso/install.amd/vmlinuz`), read from the
+//! image without unpacking it. Parsed images are cached by path, size and modification time.
+//!
+//! Knows nothing of DHCP, TFTP or HTTP. Every call does file system I/O and may block: async
+//! callers run it on a blocking pool (`tokio::task::spawn_blocking`), as netboot's HTTP
+//! server does; netboot's TFTP transfers call it from their own threads.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use vmedia_io::ReadAt;
+//! use vmedia_netboot::files::{FileError, FileRoot};
+//!
+//! let root = FileRoot::new(Path::new("/srv/boot"))?;
+//! // A plain file, or one inside an ISO under the root: the same call.
+//! let kernel = root.open("debian.iso/install.amd/vmlinuz")?;
+//! let mut header = [0u8; 512];
+//! kernel.source.read_exact_at(&mut header, 0)?;
+//! println!("{} is {} bytes", kernel.name, kernel.size);
+//! // Escapes are refused with a typed error.
+//! assert!(matches!(root.open("../etc/passwd"), Err(FileError::Traversal(_))));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use thiserror::Error;
 use vmedia_io::ReadAt;
@@ -20,6 +42,8 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// Open ISO images kept for reuse; a boot storm reads the same few images over and over.
 pub const MAX_OPEN_ISOS: usize = 32;
 
+/// Why a request path could not be opened. [`FileError::is_access_violation`] tells refusals
+/// (403, TFTP "access violation") from absence (404, "file not found").
 #[derive(Debug, Error)]
 pub enum FileError {
     #[error("request path {0:?} is refused: it climbs out of the root with '..'")]
@@ -55,9 +79,11 @@ impl FileError {
     }
 }
 
-/// An opened file, from the root or from inside an ISO.
+/// An opened file, from the root or from inside an ISO; cheap to clone and shareable between
+/// threads (reads are positional).
 #[derive(Clone)]
 pub struct ServedFile {
+    /// Positional reads of the file's bytes (`0..size`).
     pub source: Arc<dyn ReadAt>,
     pub size: u64,
     /// The plain file behind `source`, for sendfile; `None` for files inside ISOs.
@@ -115,7 +141,8 @@ pub fn normalize(request: &str) -> Result<Normalized, FileError> {
 /// An image's path components, size and modification time.
 type IsoKey = (Vec<String>, u64, i64);
 
-/// The root folder everything is served from.
+/// The root folder everything is served from: a directory descriptor opened once (renaming
+/// the folder later does not change what is served) and the cache of parsed ISO images.
 pub struct FileRoot {
     dir: File,
     path: PathBuf,
@@ -124,6 +151,7 @@ pub struct FileRoot {
 }
 
 impl FileRoot {
+    /// Opens `path` as the root; fails when it cannot be opened or is not a directory.
     pub fn new(path: &Path) -> io::Result<FileRoot> {
         let dir = File::open(path).map_err(|e| {
             io::Error::new(
@@ -144,11 +172,19 @@ impl FileRoot {
         })
     }
 
+    /// The root as given to [`FileRoot::new`].
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Opens `components` (relative to the root) without leaving the root.
+    /// How many parsed ISO images are cached now.
+    pub fn cached_isos(&self) -> usize {
+        self.isos.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Opens `components` (relative to the root) without leaving the root: openat2 with
+    /// RESOLVE_BENEATH refuses `..` and absolute symlinks that lead out, race-free, and
+    /// RESOLVE_NO_MAGICLINKS refuses /proc-style links.
     fn open_beneath(&self, components: &[String], display: &str) -> Result<File, FileError> {
         let joined = components.join("/");
         let joined = if joined.is_empty() {
@@ -156,38 +192,22 @@ impl FileRoot {
         } else {
             joined
         };
-        let c_path = CString::new(joined).map_err(|_| FileError::BadPath(display.to_string()))?;
-        // SAFETY: open_how is plain integers; all-zero is a valid value.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
-        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-        // SAFETY: openat2 reads `how` (correct size passed) and the NUL-terminated path.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.dir.as_raw_fd(),
-                c_path.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd < 0 {
-            let err = io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
-                    FileError::NotFound(display.to_string())
-                }
-                Some(libc::EXDEV) | Some(libc::ELOOP) => {
-                    FileError::SymlinkEscape(display.to_string())
-                }
-                _ => FileError::Io {
-                    path: display.to_string(),
-                    source: err,
-                },
-            });
+        let opened = rustix::fs::openat2(
+            &self.dir,
+            joined.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        );
+        match opened {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(Errno::NOENT | Errno::NOTDIR) => Err(FileError::NotFound(display.to_string())),
+            Err(Errno::XDEV | Errno::LOOP) => Err(FileError::SymlinkEscape(display.to_string())),
+            Err(e) => Err(FileError::Io {
+                path: display.to_string(),
+                source: e.into(),
+            }),
         }
-        // SAFETY: openat2 returned a fresh descriptor we now own.
-        Ok(unsafe { File::from_raw_fd(fd as i32) })
     }
 
     fn regular(file: File, display: &str) -> Result<(File, u64), FileError> {
@@ -201,7 +221,9 @@ impl FileRoot {
         Ok((file, meta.len()))
     }
 
-    /// Opens a request path: a plain file, or a file inside an ISO.
+    /// Opens a request path (as a client sends it: `\\` or `/`, leading slash or not): a plain
+    /// file under the root, a file inside an ISO named with `image.iso:/inner/path`, or
+    /// `image.iso/inner/path` when no plain file has that name. Directories are refused.
     pub fn open(&self, request: &str) -> Result<ServedFile, FileError> {
         let norm = normalize(request)?;
         let display = match &norm.inner {
@@ -243,6 +265,51 @@ impl FileRoot {
         }
     }
 
+    /// The parsed ISO image at `request` under the root (from the cache when the file's size
+    /// and modification time are unchanged), for callers that list or read an image
+    /// themselves.
+    pub fn open_iso(&self, request: &str) -> Result<Arc<IsoImage>, FileError> {
+        let norm = normalize(request)?;
+        if norm.inner.is_some() || norm.components.is_empty() {
+            return Err(FileError::BadPath(request.chars().take(200).collect()));
+        }
+        self.iso_image(&norm.components)
+    }
+
+    fn iso_image(&self, image: &[String]) -> Result<Arc<IsoImage>, FileError> {
+        let iso_name = image.join("/");
+        let file = self.open_beneath(image, &iso_name)?;
+        let meta = file.metadata().map_err(|e| FileError::Io {
+            path: iso_name.clone(),
+            source: e,
+        })?;
+        if !meta.is_file() {
+            return Err(FileError::NotAFile(iso_name));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let key = (image.to_vec(), meta.len(), meta.mtime());
+        if let Some(iso) = self.isos.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(iso);
+        }
+        let source: Arc<dyn ReadAt> = Arc::new(file);
+        let iso = Arc::new(IsoImage::open(source, OpenOptions::default()).map_err(|e| {
+            FileError::Iso {
+                iso: iso_name.clone(),
+                path: "/".into(),
+                reason: e.to_string(),
+            }
+        })?);
+        if let Ok(mut m) = self.isos.lock() {
+            if m.len() >= MAX_OPEN_ISOS {
+                // Simplest bound that keeps memory flat; a boot storm uses a few images, so
+                // the set refills at once with the ones in use.
+                m.clear();
+            }
+            m.insert(key, iso.clone());
+        }
+        Ok(iso)
+    }
+
     fn open_in_iso(
         &self,
         image: &[String],
@@ -256,34 +323,7 @@ impl FileRoot {
             path: inner_path.clone(),
             reason,
         };
-        let file = self.open_beneath(image, &iso_name)?;
-        let meta = file.metadata().map_err(|e| FileError::Io {
-            path: iso_name.clone(),
-            source: e,
-        })?;
-        if !meta.is_file() {
-            return Err(FileError::NotAFile(iso_name));
-        }
-        use std::os::unix::fs::MetadataExt;
-        let key = (image.to_vec(), meta.len(), meta.mtime());
-        let cached = self.isos.lock().ok().and_then(|m| m.get(&key).cloned());
-        let iso = match cached {
-            Some(iso) => iso,
-            None => {
-                let source: Arc<dyn ReadAt> = Arc::new(file);
-                let iso = Arc::new(
-                    IsoImage::open(source, OpenOptions::default())
-                        .map_err(|e| iso_error(e.to_string()))?,
-                );
-                if let Ok(mut m) = self.isos.lock() {
-                    if m.len() >= MAX_OPEN_ISOS {
-                        m.clear();
-                    }
-                    m.insert(key, iso.clone());
-                }
-                iso
-            }
-        };
+        let iso = self.iso_image(image)?;
         let entry = iso.lookup_follow(&inner_path).map_err(|e| match e {
             ReadError::NotFound { .. } | ReadError::NotADirectory { .. } => {
                 FileError::NotFound(display.to_string())

@@ -1,10 +1,23 @@
 //! Linux socket plumbing the standard library lacks: the local address a datagram arrived on
-//! (IP_PKTINFO), batched sends (sendmmsg), binding to an interface, and interface addresses.
+//! (IP_PKTINFO), batched and segmentation-offload sends (sendmmsg, UDP_SEGMENT), binding to an
+//! interface, interface addresses, non-blocking receive, poll and the route's MTU.
+//!
+//! System calls go through rustix where it covers them (socket, bind, socket options, sendmmsg,
+//! recv, poll, IP_MTU). Raw libc remains, each in one small function, only where rustix 1.1 has
+//! no safe API: IP_PKTINFO (the option and its control message), SO_BINDTODEVICE, the
+//! UDP_SEGMENT control message on sendmmsg, and getifaddrs.
 
 use std::io;
+use std::io::IoSlice;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::net::{
+    sockopt, AddressFamily, MMsgHdr, RecvFlags, SendAncillaryBuffer, SendFlags, SocketFlags,
+    SocketType,
+};
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -14,18 +27,15 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int with its size.
+/// Asks the kernel to report each datagram's local address (IP_PKTINFO; not in rustix).
+pub fn enable_pktinfo(fd: impl AsFd) -> io::Result<()> {
+    let value: libc::c_int = 1;
+    // SAFETY: passes a pointer to a live c_int with its size, on a descriptor we borrow.
     check(unsafe {
         libc::setsockopt(
-            fd,
-            level,
-            name,
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
             &value as *const libc::c_int as *const libc::c_void,
             size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -33,31 +43,20 @@ fn setsockopt_int(
     .map(|_| ())
 }
 
-/// Asks the kernel to report each datagram's local address.
-pub fn enable_pktinfo(fd: RawFd) -> io::Result<()> {
-    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
-}
-
-pub fn enable_broadcast(fd: RawFd) -> io::Result<()> {
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, 1)
-}
-
-pub fn enable_reuseaddr(fd: RawFd) -> io::Result<()> {
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
-}
-
 /// Larger socket buffers keep bursts of windowed DATA packets from being dropped.
-pub fn set_buffers(fd: RawFd, bytes: libc::c_int) {
-    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes);
-    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes);
+pub fn set_buffers(fd: impl AsFd, bytes: usize) -> io::Result<()> {
+    sockopt::set_socket_send_buffer_size(&fd, bytes)?;
+    sockopt::set_socket_recv_buffer_size(&fd, bytes)?;
+    Ok(())
 }
 
 /// Restricts a socket to one interface (broadcast DHCP must not leak to other networks).
-pub fn bind_to_device(fd: RawFd, interface: &str) -> io::Result<()> {
-    // SAFETY: passes the interface name bytes and their length.
+/// SO_BINDTODEVICE is not in rustix.
+pub fn bind_to_device(fd: impl AsFd, interface: &str) -> io::Result<()> {
+    // SAFETY: passes the interface name bytes and their length, on a descriptor we borrow.
     check(unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_BINDTODEVICE,
             interface.as_ptr() as *const libc::c_void,
@@ -74,11 +73,13 @@ pub fn bind_to_device(fd: RawFd, interface: &str) -> io::Result<()> {
 }
 
 /// Receives one datagram; returns its length, sender and the local address it was sent to.
+/// rustix's `recvmsg` decodes only SCM_RIGHTS and SCM_CREDENTIALS, not IP_PKTINFO.
 pub fn recv_with_local(
-    fd: RawFd,
+    fd: impl AsFd,
     buf: &mut [u8],
 ) -> io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
-    // SAFETY: all structures are zero-initialised and sized; recvmsg writes within them.
+    // SAFETY: all structures are zero-initialised and sized; recvmsg writes within them; the
+    // control messages are walked with the kernel's CMSG macros within `control`.
     unsafe {
         let mut name: libc::sockaddr_in = zeroed();
         let mut iov = libc::iovec {
@@ -93,7 +94,7 @@ pub fn recv_with_local(
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = size_of::<[u64; 16]>();
-        let n = libc::recvmsg(fd, &mut msg, 0);
+        let n = libc::recvmsg(fd.as_fd().as_raw_fd(), &mut msg, 0);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -120,34 +121,28 @@ pub const MAX_BATCH: usize = 64;
 
 /// Sends `packets` (each a header and a payload) on a connected socket with as few system
 /// calls as possible; returns how many went out (the rest would block).
-pub fn send_batch(fd: RawFd, packets: &[([u8; 4], &[u8])]) -> io::Result<usize> {
+pub fn send_batch(fd: impl AsFd, packets: &[([u8; 4], &[u8])]) -> io::Result<usize> {
     let count = packets.len().min(MAX_BATCH);
-    // SAFETY: iovecs point into `packets`, which outlives the call; arrays are sized MAX_BATCH.
-    unsafe {
-        let mut iovecs: [[libc::iovec; 2]; MAX_BATCH] = zeroed();
-        let mut msgs: [libc::mmsghdr; MAX_BATCH] = zeroed();
-        for i in 0..count {
-            let (header, payload) = &packets[i];
-            iovecs[i][0] = libc::iovec {
-                iov_base: header.as_ptr() as *mut libc::c_void,
-                iov_len: 4,
-            };
-            iovecs[i][1] = libc::iovec {
-                iov_base: payload.as_ptr() as *mut libc::c_void,
-                iov_len: payload.len(),
-            };
-            msgs[i].msg_hdr.msg_iov = iovecs[i].as_mut_ptr();
-            msgs[i].msg_hdr.msg_iovlen = 2;
-        }
-        let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), count as libc::c_uint, 0);
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(sent as usize)
-    }
+    let iovecs: [[IoSlice<'_>; 2]; MAX_BATCH] = std::array::from_fn(|i| match packets.get(i) {
+        Some((header, payload)) => [IoSlice::new(header), IoSlice::new(payload)],
+        None => [IoSlice::new(&[]), IoSlice::new(&[])],
+    });
+    let mut controls: [SendAncillaryBuffer<'_, '_, '_>; MAX_BATCH] =
+        std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let mut messages: Vec<MMsgHdr<'_>> = iovecs
+        .iter()
+        .zip(controls.iter_mut())
+        .take(count)
+        .map(|(iov, control)| MMsgHdr::new(iov, control))
+        .collect();
+    Ok(rustix::net::sendmmsg(
+        fd,
+        &mut messages,
+        SendFlags::empty(),
+    )?)
 }
 
-/// An interface's first IPv4 address and netmask.
+/// An interface's first IPv4 address and netmask (getifaddrs is not in rustix).
 pub fn interface_ipv4(interface: &str) -> io::Result<(Ipv4Addr, Ipv4Addr)> {
     // SAFETY: getifaddrs allocates a list we walk read-only and free once.
     unsafe {
@@ -204,39 +199,24 @@ pub fn bind_udp(
     nonblocking: bool,
 ) -> io::Result<std::net::UdpSocket> {
     let flags = if nonblocking {
-        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK
     } else {
-        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC
+        SocketFlags::CLOEXEC
     };
-    // SAFETY: plain socket(2); ownership moves into the std socket right after.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, flags, 0) })?;
-    // SAFETY: fd is a fresh socket we own.
-    let socket = unsafe { <std::net::UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    enable_reuseaddr(fd)?;
+    let socket: OwnedFd =
+        rustix::net::socket_with(AddressFamily::INET, SocketType::DGRAM, flags, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
     if broadcast {
-        enable_broadcast(fd)?;
+        sockopt::set_socket_broadcast(&socket, true)?;
     }
     if let Some(ifname) = interface {
-        bind_to_device(fd, ifname)?;
+        bind_to_device(&socket, ifname)?;
     }
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: binds to a valid sockaddr_in of the right size.
-    check(unsafe {
-        libc::bind(
-            fd,
-            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })
-    .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
-    Ok(socket)
+    rustix::net::bind(&socket, &addr).map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}"))
+    })?;
+    Ok(std::net::UdpSocket::from(socket))
 }
 
 /// `UDP_SEGMENT` from linux/udp.h (not exported by libc for every target environment).
@@ -251,8 +231,9 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// `segment`-byte datagrams (UDP generic segmentation offload): the stack is walked once per
 /// group instead of once per packet, and the receiver sees ordinary datagrams. Every packet but
 /// the last must be exactly `segment` bytes. Returns how many packets went out.
+/// libc, not rustix: rustix's `SendAncillaryMessage` has no UDP_SEGMENT variant.
 pub fn send_segmented(
-    fd: RawFd,
+    fd: impl AsFd,
     packets: &[([u8; 4], &[u8])],
     segment: usize,
 ) -> io::Result<usize> {
@@ -292,7 +273,12 @@ pub fn send_segmented(
                 std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment as u16);
             }
         }
-        let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), message_count as libc::c_uint, 0);
+        let sent = libc::sendmmsg(
+            fd.as_fd().as_raw_fd(),
+            msgs.as_mut_ptr(),
+            message_count as libc::c_uint,
+            0,
+        );
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -301,63 +287,49 @@ pub fn send_segmented(
 }
 
 /// Receives one datagram if one is queued; `None` when the socket is empty.
-pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+pub fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
     loop {
-        // SAFETY: writes at most buf.len() bytes into buf.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => return Ok(None),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(e),
+        match rustix::net::recv(fd, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Ok(Some(n)),
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Waits until `fd` is readable or `timeout` passes; true when readable.
-pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    // Round up to whole milliseconds, as before with poll(2)'s millisecond timeout, so a
+    // sub-millisecond remainder still waits instead of spinning.
+    let ms = timeout.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64;
+    let timeout = Timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
     };
-    // Round up so a sub-millisecond remainder still waits instead of spinning.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if ready < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
-        }
-        return Err(e);
+    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(ready) => Ok(ready > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    Ok(ready > 0)
+}
+
+/// True when a send on `fd` would not block now (a zero-timeout poll).
+pub fn writable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(ready) => Ok(ready > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The MTU of the route a connected socket sends on (IP_MTU).
-pub fn path_mtu(fd: RawFd) -> io::Result<usize> {
-    let mut mtu: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: passes a pointer to a live c_int and its size.
-    check(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
-            &mut mtu as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
-    })?;
-    Ok(mtu.max(0) as usize)
+pub fn path_mtu(fd: impl AsFd) -> io::Result<usize> {
+    Ok(sockopt::ip_mtu(fd)? as usize)
 }

@@ -1,12 +1,13 @@
 //! What each machine did, step by step: DHCP exchanges, files fetched, bytes sent, finished,
-//! failed or stalled. The server records here; the CLI prints each event as one log line and
-//! `/_vmedia/status` serves a snapshot as JSON.
+//! failed or stalled. The server records here; each event is also a `tracing` event (INFO,
+//! fields `kind` and `client`, inside the span of the exchange, transfer or request it belongs
+//! to), which the binary's subscriber prints as one log line, and `/_vmedia/status` serves a
+//! snapshot as JSON.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,10 +21,7 @@ pub const MAX_MACHINES: usize = 4096;
 pub const STALL_AFTER_MS: u64 = 5_000;
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0)
 }
 
 /// One log event.
@@ -37,41 +35,12 @@ pub struct Event {
     pub message: String,
 }
 
-impl Event {
-    /// `2026-11-21T09:30:01.123Z tftp 52:54:00:12:34:56 message`.
-    pub fn log_line(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            format_time(self.time_ms),
-            self.kind,
-            self.client,
-            self.message
-        )
-    }
-}
-
-/// RFC 3339 UTC time from milliseconds since the epoch.
+/// RFC 3339 UTC time with milliseconds (`2026-11-21T09:08:27.011Z`) from milliseconds since
+/// the epoch; times past jiff's range (year 9999) show as that limit.
 pub fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil-from-days (proleptic Gregorian), valid for any date after 1970.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    let timestamp = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::MAX);
+    format!("{timestamp:.3}")
 }
 
 /// A file transfer as shown in the status.
@@ -152,21 +121,22 @@ struct Inner {
     next_id: u64,
 }
 
-/// Where events go besides the status table (the CLI prints them).
-pub type EventSink = Box<dyn Fn(&Event) + Send + Sync>;
-
 /// The shared status board.
 pub struct Status {
     inner: Mutex<Inner>,
-    sink: EventSink,
     started_ms: u64,
 }
 
+impl Default for Status {
+    fn default() -> Self {
+        Status::new()
+    }
+}
+
 impl Status {
-    pub fn new(sink: EventSink) -> Status {
+    pub fn new() -> Status {
         Status {
             inner: Mutex::new(Inner::default()),
-            sink,
             started_ms: now_ms(),
         }
     }
@@ -190,6 +160,12 @@ impl Status {
         })
     }
 
+    /// The MAC an address has been tied to (by a lease, a proxyDHCP request or an iPXE script
+    /// URL), for log fields.
+    pub fn mac_of(&self, ip: IpAddr) -> Option<String> {
+        self.with(|inner| inner.ip_to_mac.get(&ip).cloned())
+    }
+
     fn record<'a>(inner: &'a mut Inner, key: &str) -> Option<&'a mut MachineRecord> {
         if !inner.machines.contains_key(key) && inner.machines.len() >= MAX_MACHINES {
             // Forget the machine seen longest ago.
@@ -207,8 +183,9 @@ impl Status {
         Some(rec)
     }
 
-    /// Records an event for a client and passes it to the sink.
+    /// Records an event for a client and emits it as a `tracing` INFO event.
     pub fn event(&self, kind: &str, client: &str, message: String) {
+        tracing::info!(kind, client, "{message}");
         let event = Event {
             time_ms: now_ms(),
             kind: kind.to_string(),
@@ -220,10 +197,9 @@ impl Status {
                 if rec.steps.len() >= MAX_STEPS {
                     rec.steps.pop_front();
                 }
-                rec.steps.push_back(event.clone());
+                rec.steps.push_back(event);
             }
         });
-        (self.sink)(&event);
     }
 
     /// Files `ip` under `mac` from now on, and moves what was recorded under the bare IP
@@ -342,7 +318,6 @@ impl Status {
         (id, progress, key)
     }
 
-    /// Marks a transfer finished or failed.
     /// Marks a transfer finished or failed. `key` is where it started; the machine may have
     /// been tied to its MAC meanwhile, and the event is filed where the transfer is now.
     pub fn transfer_end(&self, key: &str, id: u64, outcome: Result<(), String>, summary: String) {
@@ -441,7 +416,7 @@ mod tests {
 
     #[test]
     fn transfers_are_filed_under_the_mac_learned_from_dhcp() {
-        let status = Status::new(Box::new(|_| {}));
+        let status = Status::new();
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
         status.dhcp("52:54:00:00:00:01", Some(ip), Some(0), "ACK".into());
         let (id, progress, key) = status.transfer_start("tftp", ip, "pxelinux.0", 10, "");
@@ -456,7 +431,7 @@ mod tests {
 
     #[test]
     fn steps_seen_by_ip_join_the_mac_once_the_address_is_learned() {
-        let status = Status::new(Box::new(|_| {}));
+        let status = Status::new();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let mac = "52:54:00:00:00:07";
         status.dhcp(mac, None, Some(7), "DISCOVER -> proxy OFFER".into());

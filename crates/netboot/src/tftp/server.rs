@@ -3,14 +3,17 @@
 //! (RFC 1350's transfer ID) and connected to the client. A window is sent with one system call
 //! (UDP segmentation offload, else sendmmsg) from a buffer filled by large positional reads; the
 //! ACK is taken straight from the socket when it is already there, else after sleeping in poll.
-//! Nothing is allocated, logged or locked per packet.
+//! Nothing is allocated, logged or locked per packet. Each transfer runs in a `tftp` span
+//! (peer, MAC when known, file, negotiated options); the server's stop flag is checked between
+//! windows and while waiting for an ACK.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -25,7 +28,7 @@ use super::session::{negotiate, Action, Negotiated, ReadSession};
 pub const MAX_NETASCII_FILE: u64 = 16 << 20;
 /// Send buffer limit of a transfer socket (a limit, not an allocation): many windows of at
 /// most 128 KiB, so a window's send never waits for socket space.
-const SOCKET_BUFFER: i32 = 4 << 20;
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Bytes sent in one burst before pausing, once a transfer is paced. A client's default
 /// 208 KiB receive buffer holds only about a dozen separately sent 8 KiB datagrams (loopback
 /// charges 16 KiB each), so a 16 x 8 KiB window sent at once can lose its tail and cost a
@@ -52,19 +55,60 @@ const ACK_SPIN: Duration = Duration::from_micros(60);
 /// cores are busy anyway, and checking would take CPU time from the other transfers.
 const SPIN_MAX_TRANSFERS: usize = 2;
 
+/// While waiting for an ACK, a transfer looks at the stop flag at least this often, so a
+/// shutdown does not wait out a client's full timeout.
+pub const STOP_CHECK: Duration = Duration::from_millis(50);
+
 pub struct TftpServer {
-    pub socket: UdpSocket,
-    pub root: Arc<FileRoot>,
-    pub status: Arc<Status>,
+    socket: UdpSocket,
     /// Local address used when the kernel does not report one.
-    pub fallback_local: Ipv4Addr,
+    fallback_local: Ipv4Addr,
+    shared: Arc<Shared>,
+}
+
+/// The running transfers of a server: how many there are, and the flag that tells their
+/// threads to stop.
+#[derive(Debug, Default)]
+pub struct TransferControl {
+    active: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl TransferControl {
+    /// Tells every running transfer to end (with an error packet to its client) at its next
+    /// check, and the request loop's new transfers to refuse.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Transfers running now.
+    pub fn running(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits (without blocking the runtime) until no transfer runs or `grace` passes; true
+    /// when none runs.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let end = tokio::time::Instant::now() + grace;
+        while self.running() > 0 {
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
 }
 
 /// What every transfer thread shares.
 struct Shared {
     root: Arc<FileRoot>,
     status: Arc<Status>,
-    active: AtomicUsize,
+    control: Arc<TransferControl>,
 }
 
 /// Frees a transfer's place in the running count however its thread ends.
@@ -77,14 +121,33 @@ impl Drop for ActiveSlot<'_> {
 }
 
 impl TftpServer {
+    pub fn new(
+        socket: UdpSocket,
+        root: Arc<FileRoot>,
+        status: Arc<Status>,
+        fallback_local: Ipv4Addr,
+    ) -> TftpServer {
+        TftpServer {
+            socket,
+            fallback_local,
+            shared: Arc::new(Shared {
+                root,
+                status,
+                control: Arc::new(TransferControl::default()),
+            }),
+        }
+    }
+
+    /// The running transfers, for shutdown.
+    pub fn control(&self) -> Arc<TransferControl> {
+        self.shared.control.clone()
+    }
+
     pub async fn run(self) -> std::io::Result<()> {
-        let fd = self.socket.as_raw_fd();
+        let fd = self.socket.as_fd();
         net::enable_pktinfo(fd)?;
-        let shared = Arc::new(Shared {
-            root: self.root.clone(),
-            status: self.status.clone(),
-            active: AtomicUsize::new(0),
-        });
+        let shared = self.shared.clone();
+        let active = &shared.control.active;
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
             let (len, from, local) = self
@@ -95,9 +158,9 @@ impl TftpServer {
             let local = local.unwrap_or(self.fallback_local);
             match TftpRepr::parse(&buf[..len]) {
                 Ok(TftpRepr::ReadRequest(req)) => {
-                    let running = shared.active.fetch_add(1, Ordering::AcqRel);
-                    if running >= MAX_ACTIVE_TRANSFERS {
-                        shared.active.fetch_sub(1, Ordering::AcqRel);
+                    let running = active.fetch_add(1, Ordering::AcqRel);
+                    if running >= MAX_ACTIVE_TRANSFERS || shared.control.stopping() {
+                        active.fetch_sub(1, Ordering::AcqRel);
                         self.refuse_busy(from, running).await;
                         continue;
                     }
@@ -106,19 +169,20 @@ impl TftpServer {
                         .name("vmedia-tftp".into())
                         .stack_size(TRANSFER_STACK)
                         .spawn(move || {
-                            let _slot = ActiveSlot(&worker.active);
+                            let _slot = ActiveSlot(&worker.control.active);
                             transfer(req, from, local, &worker);
                         });
-                    if spawned.is_err() {
-                        shared.active.fetch_sub(1, Ordering::AcqRel);
+                    if let Err(e) = spawned {
+                        active.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(peer = %from, error = %e, "cannot start a TFTP transfer thread");
                         self.refuse_busy(from, running).await;
                     }
                 }
                 Ok(TftpRepr::WriteRequest(req)) => {
                     let name = String::from_utf8_lossy(&req.filename).into_owned();
-                    self.status.event(
+                    shared.status.event(
                         "tftp",
-                        &self.status.client_key(IpAddr::V4(*from.ip())),
+                        &shared.status.client_key(IpAddr::V4(*from.ip())),
                         format!("refused write of {name:?}: read-only server"),
                     );
                     self.reply_error(
@@ -134,9 +198,9 @@ impl TftpServer {
                         .await;
                 }
                 Err(e) => {
-                    self.status.event(
+                    shared.status.event(
                         "tftp",
-                        &self.status.client_key(IpAddr::V4(*from.ip())),
+                        &shared.status.client_key(IpAddr::V4(*from.ip())),
                         format!("malformed packet ignored with an error reply: {e}"),
                     );
                     self.reply_error(from, error_code::ILLEGAL_OPERATION, &e.to_string())
@@ -147,9 +211,10 @@ impl TftpServer {
     }
 
     async fn refuse_busy(&self, to: SocketAddrV4, running: usize) {
-        self.status.event(
+        let status = &self.shared.status;
+        status.event(
             "tftp",
-            &self.status.client_key(IpAddr::V4(*to.ip())),
+            &status.client_key(IpAddr::V4(*to.ip())),
             format!(
                 "refused a request: {running} transfers are running (limit {MAX_ACTIVE_TRANSFERS})"
             ),
@@ -168,7 +233,9 @@ impl TftpServer {
             message: message.to_string(),
         }
         .to_vec();
-        let _ = self.socket.send_to(&packet, to).await;
+        if let Err(e) = self.socket.send_to(&packet, to).await {
+            tracing::warn!(peer = %to, code, error = %e, "TFTP error reply not sent");
+        }
     }
 }
 
@@ -206,14 +273,16 @@ fn send_error(socket: &std::net::UdpSocket, code: u16, message: &str) {
         message: message.to_string(),
     }
     .to_vec();
-    let _ = socket.send(&packet);
+    if let Err(e) = socket.send(&packet) {
+        tracing::warn!(code, error = %e, "TFTP error packet not sent");
+    }
 }
 
 /// Largest block that crosses the path to the client without IP fragmentation: the route's
 /// MTU (IP_MTU on the connected socket) less the headers, as tftp-hpa and dnsmasq cap it.
 /// Loopback's 64 KiB MTU leaves the RFC 2348 maximum.
 fn blksize_limit(socket: &std::net::UdpSocket) -> usize {
-    match net::path_mtu(socket.as_raw_fd()) {
+    match net::path_mtu(socket) {
         Ok(mtu) => mtu.saturating_sub(DATA_OVERHEAD).min(MAX_BLKSIZE),
         Err(_) => MAX_BLKSIZE,
     }
@@ -223,6 +292,18 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
     let status = &shared.status;
     let key_ip = IpAddr::V4(*client.ip());
     let name = String::from_utf8_lossy(&req.filename).into_owned();
+    let span = tracing::info_span!(
+        "tftp",
+        peer = %client,
+        mac = tracing::field::Empty,
+        file = %name,
+        mode = %req.mode,
+        options = tracing::field::Empty,
+    );
+    if let Some(mac) = status.mac_of(key_ip) {
+        span.record("mac", mac.as_str());
+    }
+    let _entered = span.enter();
     let socket = match net::bind_udp(SocketAddrV4::new(local, 0), None, false, false) {
         Ok(s) => s,
         Err(e) => {
@@ -234,7 +315,9 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
             return;
         }
     };
-    net::set_buffers(socket.as_raw_fd(), SOCKET_BUFFER);
+    if let Err(e) = net::set_buffers(&socket, SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "transfer socket buffers left at the system default");
+    }
     if let Err(e) = socket.connect(client) {
         status.event(
             "tftp",
@@ -285,9 +368,12 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
                 .join(",")
         )
     };
+    if !detail.is_empty() {
+        span.record("options", detail.trim_start_matches(" options "));
+    }
     let (id, progress, key) = status.transfer_start("tftp", key_ip, &file.name, file.size, &detail);
     let started = Instant::now();
-    let outcome = run_session(&socket, &file, &negotiated, &progress, &shared.active);
+    let outcome = run_session(&socket, &file, &negotiated, &progress, &shared.control);
     let secs = started.elapsed().as_secs_f64();
     match outcome {
         Ok(Finish::SizeProbe) => {
@@ -419,7 +505,7 @@ fn send_window(
         let rel = (off - start) as usize;
         *slot = (data_header(block as u16), &data[rel..rel + len]);
     }
-    let fd = socket.as_raw_fd();
+    let fd = socket.as_fd();
     let mut sent = 0;
     while sent < count {
         // Segmented sends reach the client's queue as compactly as they left, so whole
@@ -441,8 +527,8 @@ fn send_window(
                 // than the MTU that must be fragmented): plain batched sends from now on.
                 Err(e)
                     if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                        e.raw_os_error().map(Errno::from_raw_os_error),
+                        Some(Errno::INVAL | Errno::IO | Errno::NOPROTOOPT | Errno::OPNOTSUPP)
                     ) =>
                 {
                     *offload = false;
@@ -467,10 +553,11 @@ fn send_window(
 /// the CPU between checks (a pure spin measured slower on shared cores); then the thread sleeps
 /// in poll.
 fn next_packet(
-    fd: std::os::fd::RawFd,
+    fd: BorrowedFd<'_>,
     buf: &mut [u8],
     deadline: Instant,
     spin: bool,
+    control: &TransferControl,
 ) -> Result<Option<usize>, String> {
     let unreachable = |e: std::io::Error| format!("client unreachable: {e}");
     if let Some(n) = net::recv_now(fd, buf).map_err(unreachable)? {
@@ -485,10 +572,10 @@ fn next_packet(
     }
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || control.stopping() {
             return Ok(None);
         }
-        if net::wait_readable(fd, deadline - now).map_err(unreachable)? {
+        if net::wait_readable(fd, (deadline - now).min(STOP_CHECK)).map_err(unreachable)? {
             if let Some(n) = net::recv_now(fd, buf).map_err(unreachable)? {
                 return Ok(Some(n));
             }
@@ -501,7 +588,7 @@ fn run_session(
     file: &ServedFile,
     negotiated: &Negotiated,
     progress: &TransferProgress,
-    active: &AtomicUsize,
+    control: &TransferControl,
 ) -> Result<Finish, String> {
     let mut session = ReadSession::new(negotiated, file.size);
     let blksize = session.blksize();
@@ -512,7 +599,7 @@ fn run_session(
         options: negotiated.oack.clone(),
     }
     .to_vec();
-    let fd = socket.as_raw_fd();
+    let fd = socket.as_fd();
     let mut offload = true;
     // Set at the first retransmission (a partial ACK or a timeout): the client drops what a
     // whole window at once brings, so later windows go out in bursts.
@@ -521,6 +608,10 @@ fn run_session(
     let mut action = session.start();
     let mut deadline = Instant::now();
     loop {
+        if control.stopping() {
+            send_error(socket, error_code::NOT_DEFINED, "server shutting down");
+            return Err("the server is shutting down".into());
+        }
         if action != Action::Wait {
             deadline = Instant::now() + session.timeout();
         }
@@ -552,8 +643,8 @@ fn run_session(
         }
         // Stale ACKs do not extend the deadline: a client repeating an old ACK still gets a
         // retransmission when the window's time is up.
-        let spin = active.load(Ordering::Relaxed) <= SPIN_MAX_TRANSFERS;
-        action = match next_packet(fd, &mut ack_buf, deadline, spin)? {
+        let spin = control.active.load(Ordering::Relaxed) <= SPIN_MAX_TRANSFERS;
+        action = match next_packet(fd, &mut ack_buf, deadline, spin, control)? {
             None => session.on_timeout(),
             Some(n) => match TftpRepr::parse(&ack_buf[..n]) {
                 Ok(TftpRepr::Ack { block }) => {

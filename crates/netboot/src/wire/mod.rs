@@ -1,6 +1,8 @@
-//! Packet codecs (no I/O, no state): DHCPv4 and TFTP, each a bounds-checked view plus a `Repr`.
+//! Codecs (no I/O, no state): DHCPv4 and TFTP packets, each a bounds-checked view plus a
+//! `Repr`, and HTTP/1.1 request heads.
 
 pub mod dhcp;
+pub mod http;
 pub mod tftp;
 
 #[cfg(test)]
@@ -60,6 +62,31 @@ mod robustness {
                     let again =
                         super::dhcp::DhcpRepr::parse(&repr.emit()).expect("emitted packet parses");
                     assert_eq!(again.options.len(), repr.options.len());
+                }
+            });
+        }
+        assert!(parsed > 0);
+    }
+
+    #[test]
+    fn http_request_parser_survives_corpus_mutations() {
+        let mut parsed = 0;
+        for seed in corpus("http_request") {
+            mutations(&seed, 3000, |bytes| {
+                let Some(end) = super::http::find_head_end(bytes) else {
+                    return;
+                };
+                if let Ok(head) = super::http::RequestHead::parse(&bytes[..end]) {
+                    parsed += 1;
+                    for size in [0, 1, 1 << 40] {
+                        if let Some(range) = &head.range {
+                            if let Ok(Some((first, last))) = super::http::parse_range(range, size) {
+                                assert!(first <= last && last < size, "{range} of {size}");
+                            }
+                        }
+                    }
+                    let _ = super::http::query_param(&head.query, "mac");
+                    let _ = crate::files::normalize(&head.path);
                 }
             });
         }
