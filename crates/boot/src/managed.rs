@@ -512,8 +512,13 @@ impl VmStore {
             let _ = qmp.execute("quit", None);
         }
         if !wait_gone(pid, Duration::from_secs(3)) {
-            // SAFETY: pid was verified to be this VM's QEMU just above.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // The pid was verified to be this VM's QEMU just above.
+            if let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
             wait_gone(pid, Duration::from_secs(5));
         }
         Ok(StopHow::Forced)

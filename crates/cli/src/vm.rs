@@ -305,32 +305,24 @@ fn console(store: &VmStore, name: &str) -> anyhow::Result<ExitCode> {
 
 /// The terminal in raw mode for the life of the value (restored on drop, even on error).
 struct RawTerminal {
-    saved: libc::termios,
+    saved: rustix::termios::Termios,
 }
 
 impl RawTerminal {
     fn enter() -> Option<RawTerminal> {
-        // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed, then filled, termios.
-        unsafe {
-            let mut saved: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut saved) != 0 {
-                return None;
-            }
-            let mut raw = saved;
-            libc::cfmakeraw(&mut raw);
-            if libc::tcsetattr(0, libc::TCSANOW, &raw) != 0 {
-                return None;
-            }
-            Some(RawTerminal { saved })
-        }
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(&stdin, OptionalActions::Now, &raw).ok()?;
+        Some(RawTerminal { saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        // SAFETY: restores the attributes read in `enter`.
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &self.saved);
-        }
+        use rustix::termios::{tcsetattr, OptionalActions};
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.saved);
     }
 }
