@@ -7,6 +7,7 @@
 pub mod console;
 pub mod direct;
 pub mod error;
+pub mod exercise;
 mod inflate;
 pub mod initrd;
 pub mod kernel;
