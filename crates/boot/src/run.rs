@@ -137,6 +137,7 @@ impl BootReport {
 /// Boots, waits, stops. Errors are for failures to start at all; everything after QEMU runs is
 /// an `Outcome`.
 pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
+    let _span = tracing::info_span!("boot_run", vm = %request.spec.name).entered();
     let scratch = tempfile::Builder::new()
         .prefix("vmedia-boot-")
         .tempdir()
