@@ -44,8 +44,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
 fi
 
-# Rust tools.
+# Rust tools: make test also runs rustfmt and clippy.
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found; install Rust (rustup) first"; exit 1
 fi
+for component in rustfmt clippy; do
+  subcommand=${component/rustfmt/fmt}
+  if ! cargo "$subcommand" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null; then
+      echo "setup: installing the $component component"
+      rustup component add "$component"
+    else
+      echo "setup: cargo $subcommand not found; install the $component component"; exit 1
+    fi
+  fi
+done
 echo "setup: ok"

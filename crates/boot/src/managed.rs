@@ -45,6 +45,76 @@ pub enum VmState {
     Running { pid: u32 },
 }
 
+impl VmState {
+    /// Running or stopped, without the pid.
+    pub fn run_state(&self) -> RunState {
+        match self {
+            VmState::Running { .. } => RunState::Running,
+            VmState::Stopped => RunState::Stopped,
+        }
+    }
+
+    /// QEMU's pid while the VM runs.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            VmState::Running { pid } => Some(*pid),
+            VmState::Stopped => None,
+        }
+    }
+}
+
+/// Whether a VM runs, as reports name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Stopped,
+}
+
+impl RunState {
+    /// The word reports use ("running", "stopped").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One VM in `vmedia vm list --json` (fields in the order the JSON lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmListEntry {
+    pub name: String,
+    /// QEMU's pid while the VM runs, else null.
+    pub pid: Option<u32>,
+    pub state: RunState,
+}
+
+/// A VM's definition and live state: `vmedia vm show --json` (fields in the order the JSON
+/// lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatusReport {
+    /// The device class the next start boots from first, once.
+    pub boot_once: Option<BootDevice>,
+    /// The stored definition (`vm.toml`).
+    pub config: VmSpec,
+    /// The VM's folder under the state folder.
+    pub folder: PathBuf,
+    pub name: String,
+    /// QEMU's pid while the VM runs, else null.
+    pub pid: Option<u32>,
+    /// QEMU's own run status ("running", "paused", ...) when QMP answers.
+    pub qemu_status: Option<String>,
+    pub serial_log: PathBuf,
+    pub state: RunState,
+}
+
 /// What `start` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct StartReport {
@@ -442,8 +512,13 @@ impl VmStore {
             let _ = qmp.execute("quit", None);
         }
         if !wait_gone(pid, Duration::from_secs(3)) {
-            // SAFETY: pid was verified to be this VM's QEMU just above.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // The pid was verified to be this VM's QEMU just above.
+            if let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
             wait_gone(pid, Duration::from_secs(5));
         }
         Ok(StopHow::Forced)
@@ -534,6 +609,39 @@ impl VmStore {
         config.spec.cdroms[slot].medium = None;
         self.save(&config, OverwritePolicy::Replace)?;
         Ok(live)
+    }
+
+    /// Every stored VM with its live state, sorted by name.
+    pub fn list_report(&self) -> Result<Vec<VmListEntry>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|name| {
+                let state = self.state(&name);
+                VmListEntry {
+                    name,
+                    pid: state.pid(),
+                    state: state.run_state(),
+                }
+            })
+            .collect())
+    }
+
+    /// A VM's definition, live state and files.
+    pub fn status_report(&self, name: &str) -> Result<VmStatusReport> {
+        let config = self.load(name)?;
+        let state = self.state(name);
+        let qemu_status = self.status(name);
+        Ok(VmStatusReport {
+            boot_once: config.boot_once,
+            config: config.spec,
+            folder: self.dir(name),
+            name: name.to_string(),
+            pid: state.pid(),
+            qemu_status,
+            serial_log: self.serial_log(name),
+            state: state.run_state(),
+        })
     }
 
     /// QEMU's own run status ("running", "paused", "shutdown"...) of a running VM.

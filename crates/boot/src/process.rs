@@ -19,17 +19,23 @@ pub struct Guarded {
 
 impl Guarded {
     /// Spawns `command` tied to this process.
+    #[allow(unsafe_code)]
     pub fn spawn(command: &mut Command) -> Result<Guarded> {
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, _exit) run in the child
-        // between fork and exec.
+        use rustix::process::{getpid, getppid, set_parent_process_death_signal, setpgid};
+        let parent = getpid();
+        // SAFETY: `pre_exec` is unsafe because the closure runs between fork and exec, where
+        // only async-signal-safe work is allowed: these are single raw system calls (setpgid,
+        // prctl, getppid), no allocation and no locks.
         unsafe {
             command.pre_exec(move || {
-                libc::setpgid(0, 0);
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != parent {
-                    // The parent died before prctl took effect.
-                    libc::_exit(1);
+                // Best effort, as before: QEMU still runs if either is refused.
+                let _ = setpgid(None, None);
+                let _ = set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+                if getppid() != Some(parent) {
+                    // The parent died before prctl took effect: fail the spawn (the child
+                    // exits without running QEMU).
+                    // (An OS error: nothing may allocate between fork and exec.)
+                    return Err(rustix::io::Errno::SRCH.into());
                 }
                 Ok(())
             });
@@ -56,8 +62,13 @@ impl Guarded {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
         }
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        if let Some(pid) = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // Our own child, not yet reaped: the pid cannot have been reused.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {

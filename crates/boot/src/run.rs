@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use regex::bytes::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::console::{ConsoleWatch, Timeline};
 use crate::error::{BootError, Result};
@@ -41,7 +41,7 @@ pub struct BootRequest {
 }
 
 /// How the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The marker appeared.
@@ -72,9 +72,72 @@ pub struct BootReport {
     pub total: Duration,
 }
 
+/// The `vmedia boot --json` document: the outcome, the timeline in seconds since the VM
+/// started (rounded to milliseconds, null when a stage was not seen) and how to reproduce the
+/// run. Fields in the order the JSON lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootSummary {
+    pub accel: String,
+    pub console_log: PathBuf,
+    /// The last console lines, when the marker was not seen.
+    pub console_tail: Option<String>,
+    /// The text the marker matched.
+    pub marker_text: Option<String>,
+    pub outcome: Outcome,
+    /// The whole QEMU command line.
+    pub qemu_command: Vec<String>,
+    /// How QEMU ended when it ended by itself.
+    pub qemu_exit: Option<String>,
+    pub timeline: TimelineSeconds,
+    pub total_seconds: f64,
+}
+
+/// Boot stages in seconds since the VM started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSeconds {
+    pub first_firmware_output: Option<f64>,
+    pub first_kernel_output: Option<f64>,
+    pub firmware_handover: Option<f64>,
+    pub guest_panic: Option<f64>,
+    pub marker: Option<f64>,
+    /// Always 0: the origin of the other times.
+    pub vm_started: f64,
+}
+
+/// Seconds rounded to milliseconds.
+fn seconds(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+impl BootReport {
+    /// The report as `vmedia boot --json` prints it.
+    pub fn summary(&self) -> BootSummary {
+        let t = &self.timeline;
+        BootSummary {
+            accel: self.accel.to_string(),
+            console_log: self.console_log.clone(),
+            console_tail: (self.outcome != Outcome::Booted).then(|| self.console_tail.clone()),
+            marker_text: t.marker_text.clone(),
+            outcome: self.outcome,
+            qemu_command: self.command.clone(),
+            qemu_exit: self.qemu_exit.clone(),
+            timeline: TimelineSeconds {
+                first_firmware_output: t.first_output.map(seconds),
+                first_kernel_output: t.kernel_output.map(seconds),
+                firmware_handover: t.firmware_handover.map(seconds),
+                guest_panic: t.guest_panic.map(seconds),
+                marker: t.marker.map(seconds),
+                vm_started: 0.0,
+            },
+            total_seconds: seconds(self.total),
+        }
+    }
+}
+
 /// Boots, waits, stops. Errors are for failures to start at all; everything after QEMU runs is
 /// an `Outcome`.
 pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
+    let _span = tracing::info_span!("boot_run", vm = %request.spec.name).entered();
     let scratch = tempfile::Builder::new()
         .prefix("vmedia-boot-")
         .tempdir()

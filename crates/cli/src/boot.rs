@@ -463,34 +463,12 @@ fn open_console_log(
     Ok((path, file))
 }
 
-fn seconds(d: Option<Duration>) -> serde_json::Value {
-    d.map(|d| serde_json::json!((d.as_secs_f64() * 1000.0).round() / 1000.0))
-        .unwrap_or(serde_json::Value::Null)
-}
-
 fn print_report(report: &BootReport, args: &Args) -> anyhow::Result<()> {
     use std::io::Write;
     let t = &report.timeline;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let value = serde_json::json!({
-            "outcome": report.outcome,
-            "accel": report.accel,
-            "timeline": {
-                "vm_started": 0.0,
-                "first_firmware_output": seconds(t.first_output),
-                "firmware_handover": seconds(t.firmware_handover),
-                "first_kernel_output": seconds(t.kernel_output),
-                "marker": seconds(t.marker),
-                "guest_panic": seconds(t.guest_panic),
-            },
-            "marker_text": t.marker_text,
-            "total_seconds": seconds(Some(report.total)),
-            "console_log": report.console_log,
-            "console_tail": if report.outcome == Outcome::Booted { None } else { Some(&report.console_tail) },
-            "qemu_exit": report.qemu_exit,
-            "qemu_command": report.command,
-        });
+        let value = report.summary();
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         writeln!(out, "boot timeline ({}):", report.accel)?;

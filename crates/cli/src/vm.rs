@@ -162,55 +162,37 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             _ => println!("VM {name} killed"),
         },
         VmCommand::List { json } => {
-            let names = store.list()?;
+            let rows = store.list_report()?;
             if json {
-                let rows: Vec<serde_json::Value> = names
-                    .iter()
-                    .map(|n| {
-                        let state = store.state(n);
-                        serde_json::json!({ "name": n, "state": state_word(&state), "pid": pid(&state) })
-                    })
-                    .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!("{:<24} {:<8} PID", "NAME", "STATE");
-                for n in &names {
-                    let state = store.state(n);
-                    let pid = pid(&state)
-                        .map(|p| p.to_string())
-                        .unwrap_or_else(|| "-".into());
-                    println!("{n:<24} {:<8} {pid}", state_word(&state));
+                for row in &rows {
+                    let pid = row.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{:<24} {:<8} {pid}", row.name, row.state.as_str());
                 }
             }
         }
         VmCommand::Show { name, json } => {
-            let config = store.load(&name)?;
-            let state = store.state(&name);
-            let status = store.status(&name);
+            let report = store.status_report(&name)?;
             if json {
-                let value = serde_json::json!({
-                    "name": name,
-                    "state": state_word(&state),
-                    "pid": pid(&state),
-                    "qemu_status": status,
-                    "folder": store.dir(&name),
-                    "serial_log": store.serial_log(&name),
-                    "boot_once": config.boot_once,
-                    "config": config.spec,
-                });
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("name:   {name}");
                 println!(
                     "state:  {}{}",
-                    state_word(&state),
-                    status.map(|s| format!(" ({s})")).unwrap_or_default()
+                    report.state,
+                    report
+                        .qemu_status
+                        .as_ref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default()
                 );
-                println!("folder: {}", store.dir(&name).display());
-                if let Some(device) = config.boot_once {
+                println!("folder: {}", report.folder.display());
+                if let Some(device) = report.boot_once {
                     println!("next start boots {device} once");
                 }
-                print!("{}", config.spec.to_toml());
+                print!("{}", report.config.to_toml());
             }
         }
         VmCommand::Console { name } => return console(&store, &name),
@@ -255,20 +237,6 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn state_word(state: &VmState) -> &'static str {
-    match state {
-        VmState::Running { .. } => "running",
-        VmState::Stopped => "stopped",
-    }
-}
-
-fn pid(state: &VmState) -> Option<u32> {
-    match state {
-        VmState::Running { pid } => Some(*pid),
-        VmState::Stopped => None,
-    }
 }
 
 /// Relays the terminal to the VM's serial socket until Ctrl-], end of input or VM exit.
@@ -337,32 +305,24 @@ fn console(store: &VmStore, name: &str) -> anyhow::Result<ExitCode> {
 
 /// The terminal in raw mode for the life of the value (restored on drop, even on error).
 struct RawTerminal {
-    saved: libc::termios,
+    saved: rustix::termios::Termios,
 }
 
 impl RawTerminal {
     fn enter() -> Option<RawTerminal> {
-        // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed, then filled, termios.
-        unsafe {
-            let mut saved: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut saved) != 0 {
-                return None;
-            }
-            let mut raw = saved;
-            libc::cfmakeraw(&mut raw);
-            if libc::tcsetattr(0, libc::TCSANOW, &raw) != 0 {
-                return None;
-            }
-            Some(RawTerminal { saved })
-        }
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(&stdin, OptionalActions::Now, &raw).ok()?;
+        Some(RawTerminal { saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        // SAFETY: restores the attributes read in `enter`.
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &self.saved);
-        }
+        use rustix::termios::{tcsetattr, OptionalActions};
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.saved);
     }
 }

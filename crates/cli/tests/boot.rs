@@ -399,6 +399,93 @@ fn broken_images_are_refused_with_the_reason() {
     );
 }
 
+/// The keys of a pretty-printed JSON object at `indent` spaces, in the order printed.
+fn keys_at(text: &str, indent: usize) -> Vec<String> {
+    let prefix = format!("{}\"", " ".repeat(indent));
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| l.split_once("\":").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+/// A stand-in for QEMU, named by VMEDIA_QEMU: prints a kernel banner and the marker, then
+/// waits to be stopped.
+fn fake_qemu(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-qemu");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nprintf 'Linux version 6.1.0 (fake)\\n{BOOT_MARKER}\\n'\nexec sleep 60\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn boot_json_keeps_its_shape_and_runs_the_qemu_vmedia_qemu_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = fake_qemu(dir.path());
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"not run by the fake").unwrap();
+    let mut cmd = vmedia();
+    cmd.env("VMEDIA_HOME", dir.path().join("home"))
+        .env("VMEDIA_QEMU", &qemu)
+        .args([
+            "boot",
+            "--accel",
+            "tcg",
+            "--timeout",
+            "60",
+            "--expect",
+            BOOT_MARKER,
+        ])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--json");
+    let (code, out, err) = run_any(&mut cmd);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        keys_at(&out, 2),
+        [
+            "accel",
+            "console_log",
+            "console_tail",
+            "marker_text",
+            "outcome",
+            "qemu_command",
+            "qemu_exit",
+            "timeline",
+            "total_seconds"
+        ]
+    );
+    assert_eq!(
+        keys_at(&out, 4),
+        [
+            "first_firmware_output",
+            "first_kernel_output",
+            "firmware_handover",
+            "guest_panic",
+            "marker",
+            "vm_started"
+        ]
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["outcome"], "booted");
+    assert_eq!(report["accel"], "tcg");
+    assert_eq!(report["marker_text"], BOOT_MARKER);
+    assert!(report["console_tail"].is_null() && report["qemu_exit"].is_null());
+    assert_eq!(report["timeline"]["vm_started"], 0.0);
+    assert!(report["timeline"]["guest_panic"].is_null());
+    assert!(report["timeline"]["marker"].as_f64().unwrap() >= 0.0);
+    assert!(report["total_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["qemu_command"][0], qemu.to_str().unwrap());
+    assert!(std::path::Path::new(report["console_log"].as_str().unwrap()).is_file());
+}
+
 #[test]
 fn vmedia_qemu_that_does_not_exist_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

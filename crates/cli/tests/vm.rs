@@ -396,6 +396,49 @@ fn create_refuses_bad_names_and_too_many_cd_slots() {
 }
 
 #[test]
+fn list_and_show_json_keep_their_shape() {
+    let home = Home::new();
+    home.ok(&["create", "shape", "--cdrom-slots", "1", "--memory", "256"]);
+    let list = home.ok(&["list", "--json"]);
+    assert_eq!(
+        list.trim_end(),
+        "[\n  {\n    \"name\": \"shape\",\n    \"pid\": null,\n    \"state\": \"stopped\"\n  }\n]"
+    );
+    let show = home.ok(&["show", "shape", "--json"]);
+    let keys: Vec<&str> = show
+        .lines()
+        .filter_map(|l| l.strip_prefix("  \""))
+        .filter_map(|l| l.split_once("\":").map(|(k, _)| k))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "boot_once",
+            "config",
+            "folder",
+            "name",
+            "pid",
+            "qemu_status",
+            "serial_log",
+            "state"
+        ]
+    );
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(show["name"], "shape");
+    assert_eq!(show["state"], "stopped");
+    assert!(show["pid"].is_null() && show["qemu_status"].is_null() && show["boot_once"].is_null());
+    assert_eq!(show["config"]["memory_mib"], 256);
+    assert_eq!(
+        Path::new(show["folder"].as_str().unwrap()),
+        home.vm_dir("shape")
+    );
+    assert_eq!(
+        Path::new(show["serial_log"].as_str().unwrap()),
+        home.vm_dir("shape").join("serial.log")
+    );
+}
+
+#[test]
 fn reboot_after_a_one_time_boot_uses_the_stored_order_again() {
     let home = Home::new();
     // A network boot whose kernel panics and reboots (panic=1): the reboot in the same run must

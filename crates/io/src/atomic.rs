@@ -47,12 +47,8 @@ pub enum Durability {
 /// Flushes the file system holding `dir` (one `syncfs`), e.g. after writing a whole tree whose
 /// files were not flushed one by one.
 pub fn sync_file_system(dir: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let handle = File::open(dir)?;
-    // SAFETY: syncfs on a valid descriptor has no memory effects.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::fs::syncfs(&handle)?;
     Ok(())
 }
 

@@ -77,13 +77,21 @@ impl<'a> Fields<'a> {
     /// The sub-slice `[at, at + len)`, or an empty slice when outside the view.
     pub fn slice(&self, at: usize, len: usize) -> &'a [u8] {
         let slice = at.checked_add(len).and_then(|end| self.bytes.get(at..end));
-        debug_assert!(slice.is_some(), "field {at}+{len} outside a {}-byte view", self.bytes.len());
+        debug_assert!(
+            slice.is_some(),
+            "field {at}+{len} outside a {}-byte view",
+            self.bytes.len()
+        );
         slice.unwrap_or(&[])
     }
 
     pub fn u8(&self, at: usize) -> u8 {
         let value = self.bytes.get(at).copied();
-        debug_assert!(value.is_some(), "field {at} outside a {}-byte view", self.bytes.len());
+        debug_assert!(
+            value.is_some(),
+            "field {at} outside a {}-byte view",
+            self.bytes.len()
+        );
         value.unwrap_or(0)
     }
 
@@ -107,7 +115,11 @@ impl<'a> Fields<'a> {
     }
 
     fn field<T: Default>(&self, value: Option<T>, at: usize) -> T {
-        debug_assert!(value.is_some(), "field {at} outside a {}-byte view", self.bytes.len());
+        debug_assert!(
+            value.is_some(),
+            "field {at} outside a {}-byte view",
+            self.bytes.len()
+        );
         value.unwrap_or_default()
     }
 }

@@ -10,6 +10,8 @@
 //! the caller's policy (the CLI flushes only with `--sync` or `VMEDIA_SYNC=1`). This crate
 //! reads no environment variables.
 
+#![forbid(unsafe_code)]
+
 mod atomic;
 pub mod bytes;
 pub mod cache;
