@@ -4,6 +4,7 @@
 mod boot;
 mod disk;
 mod iso;
+mod library;
 mod mkisofs;
 mod netboot;
 mod progress;
@@ -24,6 +25,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    library: library::GlobalArgs,
 }
 
 #[derive(Subcommand)]
@@ -45,10 +48,14 @@ enum Command {
     /// Network boot server (DHCP/proxyDHCP, TFTP, HTTP, iPXE)
     #[command(subcommand)]
     Netboot(netboot::NetbootCommand),
+    /// Image library: deduplicated versions with a timeline, in a folder or on S3
+    #[command(after_help = library::LIBRARY_AFTER_HELP)]
+    Library(library::LibraryArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    library::set_global(cli.library);
     let outcome = match cli.command {
         Command::Iso(cmd) => iso::run(cmd),
         Command::Mkisofs(args) => mkisofs::run(args),
@@ -56,6 +63,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Netboot(cmd) => netboot::run(cmd),
+        Command::Library(cmd) => library::run(cmd),
     };
     match outcome {
         Ok(code) => code,

@@ -695,7 +695,7 @@ pub fn package_bytes(len: usize) -> Vec<u8> {
 }
 
 /// A demo-like bootable ISO made by `vmedia iso create`: isolinux (BIOS, hybrid), the test
-/// kernel and initramfs, embedded MD5/SHA-256, and 24 MiB of file data, volume id
+/// kernel and initramfs, embedded MD5/SHA-256, and 64 MiB of file data (~80 MB), volume id
 /// VMEDIA_DEMO. Also its repack with one added 1 MiB file (`demo-repack.iso`).
 pub struct DemoIso {
     pub iso: PathBuf,
@@ -706,7 +706,7 @@ pub const DEMO_VOLUME_ID: &str = "VMEDIA_DEMO";
 pub const DEMO_CFG_PATH: &str = "/isolinux/isolinux.cfg";
 
 pub fn demo_iso() -> DemoIso {
-    let dir = super::cached_fixture("library-demo-iso-v1", |dir| {
+    let dir = super::cached_fixture("library-demo-iso-v2", |dir| {
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("isolinux")).unwrap();
         fs::create_dir_all(tree.join("live")).unwrap();
@@ -729,7 +729,7 @@ pub fn demo_iso() -> DemoIso {
         let payload = super::payload();
         fs::copy(&payload.kernel, tree.join("live/vmlinuz")).unwrap();
         fs::copy(&payload.initrd, tree.join("live/initrd.gz")).unwrap();
-        for i in 0..6u64 {
+        for i in 0..14u64 {
             fs::write(
                 tree.join(format!("data/blob{i}.bin")),
                 pseudo_random(4 << 20, 100 + i),
