@@ -175,6 +175,26 @@ pub(crate) enum Piece {
     Data(Arc<Vec<u8>>),
 }
 
+/// SHA-256 over pieces in the order received, as `sha256:hex`.
+fn hash_pieces(pieces: mpsc::Receiver<Piece>) -> String {
+    let mut hasher = Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
+    for piece in pieces {
+        match piece {
+            Piece::Zero(length) => {
+                let mut left = length as usize;
+                while left > 0 {
+                    let n = left.min(zeros.len());
+                    hasher.update(&zeros[..n]);
+                    left -= n;
+                }
+            }
+            Piece::Data(data) => hasher.update(data.as_slice()),
+        }
+    }
+    format_digest(&hasher.finalize().into())
+}
+
 impl Library {
     /// A `ReadAt` over a version (`vmedia iso ... library:NAME@V` reads through this).
     pub fn open_version(&self, spec: &VersionSpec) -> Result<VersionReader> {
@@ -259,33 +279,31 @@ impl Library {
             .map_err(output_error)?;
         progress.set_total(manifest.header.size);
         progress.phase("writing");
-        let mut hasher = Sha256::new();
-        let zeros = vec![0u8; 1 << 20];
         let mut written = 0u64;
         let mut holes = 0u64;
-        self.fetch_in_order(&manifest.entries, &label, |entry, piece| {
-            match piece {
-                Piece::Zero(length) => {
-                    let mut left = length as usize;
-                    while left > 0 {
-                        let n = left.min(zeros.len());
-                        hasher.update(&zeros[..n]);
-                        left -= n;
+        // The whole-image digest is computed on its own thread, in order, while this thread
+        // writes and the pool fetches ahead.
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<Piece>(FETCH_WINDOW);
+        let (fetched, actual) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || hash_pieces(hash_rx));
+            let fetched = self.fetch_in_order(&manifest.entries, &label, |entry, piece| {
+                match &piece {
+                    Piece::Zero(length) => holes += *length as u64,
+                    Piece::Data(data) => {
+                        file.file()
+                            .write_all_at(data, entry.offset)
+                            .map_err(output_error)?;
+                        written += data.len() as u64;
                     }
-                    holes += length as u64;
                 }
-                Piece::Data(data) => {
-                    hasher.update(data.as_slice());
-                    file.file()
-                        .write_all_at(&data, entry.offset)
-                        .map_err(output_error)?;
-                    written += data.len() as u64;
-                }
-            }
-            progress.advance(entry.length as u64);
-            Ok(())
-        })?;
-        let actual = format_digest(&hasher.finalize().into());
+                let _ = hash_tx.send(piece);
+                progress.advance(entry.length as u64);
+                Ok(())
+            });
+            drop(hash_tx);
+            (fetched, hasher.join().unwrap_or_default())
+        });
+        fetched?;
         if actual != record.digest {
             return Err(LibraryError::DigestMismatch {
                 what: label,
