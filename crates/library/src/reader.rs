@@ -216,6 +216,18 @@ impl Library {
         &self,
         entries: &[ChunkEntry],
         label: &str,
+        sink: impl FnMut(&ChunkEntry, Piece) -> Result<()>,
+    ) -> Result<()> {
+        self.fetch_in_order_with(entries, label, &|_, _| Ok(()), sink)
+    }
+
+    /// `fetch_in_order`, also running `each` on every fetched chunk on the pool thread that
+    /// fetched it (in any order), e.g. a positional write.
+    pub(crate) fn fetch_in_order_with(
+        &self,
+        entries: &[ChunkEntry],
+        label: &str,
+        each: &(dyn Fn(&ChunkEntry, &[u8]) -> Result<()> + Sync),
         mut sink: impl FnMut(&ChunkEntry, Piece) -> Result<()>,
     ) -> Result<()> {
         let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>>)>();
@@ -233,7 +245,11 @@ impl Library {
                         let tx = tx.clone();
                         let index = next_spawn;
                         scope.spawn(move |_| {
-                            let _ = tx.send((index, self.load_chunk(&entry, label)));
+                            let fetched = self.load_chunk(&entry, label).and_then(|data| {
+                                each(&entry, &data)?;
+                                Ok(data)
+                            });
+                            let _ = tx.send((index, fetched));
                         });
                         in_flight += 1;
                     }
@@ -281,25 +297,26 @@ impl Library {
         progress.phase("writing");
         let mut written = 0u64;
         let mut holes = 0u64;
-        // The whole-image digest is computed on its own thread, in order, while this thread
-        // writes and the pool fetches ahead.
+        // Pool threads fetch, check and write chunks (positional writes, any order); the
+        // whole-image digest is computed on its own thread, in image order.
         let (hash_tx, hash_rx) = mpsc::sync_channel::<Piece>(FETCH_WINDOW);
         let (fetched, actual) = std::thread::scope(|scope| {
             let hasher = scope.spawn(move || hash_pieces(hash_rx));
-            let fetched = self.fetch_in_order(&manifest.entries, &label, |entry, piece| {
-                match &piece {
-                    Piece::Zero(length) => holes += *length as u64,
-                    Piece::Data(data) => {
-                        file.file()
-                            .write_all_at(data, entry.offset)
-                            .map_err(output_error)?;
-                        written += data.len() as u64;
+            let write = |entry: &ChunkEntry, data: &[u8]| -> Result<()> {
+                file.file()
+                    .write_all_at(data, entry.offset)
+                    .map_err(output_error)
+            };
+            let fetched =
+                self.fetch_in_order_with(&manifest.entries, &label, &write, |entry, piece| {
+                    match &piece {
+                        Piece::Zero(length) => holes += *length as u64,
+                        Piece::Data(data) => written += data.len() as u64,
                     }
-                }
-                let _ = hash_tx.send(piece);
-                progress.advance(entry.length as u64);
-                Ok(())
-            });
+                    let _ = hash_tx.send(piece);
+                    progress.advance(entry.length as u64);
+                    Ok(())
+                });
             drop(hash_tx);
             (fetched, hasher.join().unwrap_or_default())
         });
