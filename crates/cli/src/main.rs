@@ -6,6 +6,7 @@ mod disk;
 mod env;
 mod iso;
 mod logging;
+mod library;
 mod mkisofs;
 mod netboot;
 mod progress;
@@ -30,6 +31,8 @@ struct Cli {
     /// (filter with RUST_LOG, e.g. RUST_LOG=debug)
     #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
     log_format: logging::LogFormat,
+    #[command(flatten)]
+    library: library::GlobalArgs,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +54,9 @@ enum Command {
     /// Network boot server (DHCP/proxyDHCP, TFTP, HTTP, iPXE)
     #[command(subcommand)]
     Netboot(netboot::NetbootCommand),
+    /// Image library: deduplicated versions with a timeline, in a folder or on S3
+    #[command(after_help = library::LIBRARY_AFTER_HELP)]
+    Library(library::LibraryArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         _ => logging::DEFAULT_FILTER,
     };
     logging::init(cli.log_format, default_filter);
+    library::set_global(cli.library);
     let outcome = match cli.command {
         Command::Iso(cmd) => iso::run(cmd),
         Command::Mkisofs(args) => mkisofs::run(args),
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Netboot(cmd) => netboot::run(cmd),
+        Command::Library(cmd) => library::run(cmd),
     };
     match outcome {
         Ok(code) => code,

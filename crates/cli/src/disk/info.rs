@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use vmedia_disk::factory;
 use vmedia_disk::image::{self, ImageInfo};
 
 use super::{human_size, parse_format, print_json, OutputFormat, RefArgs};
@@ -33,8 +31,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut infos: Vec<ImageInfo> = Vec::new();
     if a.backing_chain {
         let opts = a.refs.open_options(format)?;
-        let top = factory::open(&a.file, &opts)
-            .with_context(|| format!("Could not open '{}'", a.file.display()))?;
+        let top = super::open_image(&a.file, &opts)?;
         let mut layer: Option<&dyn image::DiskImage> = Some(top.as_ref());
         while let Some(img) = layer {
             infos.push(img.info()?);
@@ -43,8 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         let mut opts = a.refs.open_options(format)?;
         opts.skip_backing = true;
-        let img = factory::open(&a.file, &opts)
-            .with_context(|| format!("Could not open '{}'", a.file.display()))?;
+        let img = super::open_image(&a.file, &opts)?;
         infos.push(img.info()?);
     }
     match (a.output, a.backing_chain) {

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use vmedia_disk::factory;
 use vmedia_disk::image::{CreateOptions, DiskImage, Format, OpenOptions, ReferencePolicy};
 
 #[derive(clap::Subcommand)]
@@ -106,7 +105,8 @@ pub fn parse_format(name: Option<&str>) -> anyhow::Result<Option<Format>> {
 
 /// Opens an image with the shared options.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn DiskImage>> {
-    factory::open(path, opts).with_context(|| format!("Could not open '{}'", path.display()))
+    crate::library::open_disk(path, opts)
+        .with_context(|| format!("Could not open '{}'", path.display()))
 }
 
 /// Parses qemu-img -o "k=v,k2=v2" lists (several -o are merged; ",," escapes a comma).

@@ -40,9 +40,8 @@ impl From<NameSpaceArg> for NameSpace {
 }
 
 fn open_image(path: &Path, namespace: NameSpaceArg) -> Result<IsoImage> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     IsoImage::open(
-        Arc::new(file),
+        crate::library::open_source(path)?,
         OpenOptions {
             prefer: namespace.into(),
         },

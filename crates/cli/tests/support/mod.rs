@@ -5,6 +5,8 @@
 //! Every integration test file does `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod library;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

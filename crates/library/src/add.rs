@@ -1,0 +1,591 @@
+//! `add`: stream an image into the library as a new version.
+//!
+//! Pipeline (both cores busy, the image never whole in memory):
+//! 1. the caller's thread reads the source and cuts it with FastCDC (boundaries are sequential);
+//! 2. a second thread hashes the whole image in order (SHA-256, the digest users compare);
+//! 3. the CPU pool hashes each chunk, recognises zero runs and compresses (zstd) in parallel;
+//! 4. I/O threads check whether each new chunk is already stored and write the missing ones.
+//!
+//! At most `MAX_IN_FLIGHT` chunks are between steps 1 and 4 at once, which bounds memory.
+//! Write order (what makes a SIGKILL harmless): every chunk, then a flush, then the manifest,
+//! then a flush, then the timeline compare-and-swap. Until the swap, nothing refers to the new
+//! objects; a killed add leaves only unreferenced objects that `gc` removes.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+
+use sha2::{Digest, Sha256};
+use vmedia_io::{Progress, ReadAt};
+
+use crate::error::{LibraryError, Result};
+use crate::inspect::{inspect, GuestReader};
+use crate::library::{Library, CHUNKING};
+use crate::manifest::{format_digest, key_id, ChunkEntry, Manifest, ManifestHeader, HEADER_FORMAT};
+use crate::naming::check_name;
+use crate::reader::VersionReader;
+use crate::reports::AddReport;
+use crate::signing::parse_signing_key;
+use crate::timeline::{Event, EventKind, Timeline, VersionRecord, MAX_EVENTS, MAX_VERSIONS};
+
+/// zstd level 3 (zstd's default): restic's "auto" setting compresses about as well, so stored
+/// bytes compare fairly, and it runs at hundreds of MB/s per core.
+pub const ZSTD_LEVEL: i32 = 3;
+/// Chunks between the chunker and the store at once: 64 x 1 MiB at most in memory.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Threads doing store requests: S3 latency is hidden by having several requests out.
+pub const IO_THREADS: usize = 6;
+/// Labels per version, and their sizes: metadata, not payload.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 128;
+pub const MAX_LABEL_VALUE: usize = 1024;
+/// A note is a sentence or two.
+pub const MAX_NOTE: usize = 4096;
+/// Zero runs longer than this are split: the index stores lengths as 32-bit numbers.
+const MAX_ZERO_RUN: u64 = u32::MAX as u64;
+
+/// What to add.
+pub enum AddSource {
+    /// A file or a block device.
+    File(PathBuf),
+    /// A stream of unknown length (stdin, an HTTP body).
+    Reader(Box<dyn Read + Send>),
+}
+
+/// How to add.
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    pub note: Option<String>,
+    pub labels: Vec<(String, String)>,
+    /// ed25519 private key (PKCS#8 PEM or 64 hex digits) to sign the manifest with.
+    pub sign_key_pem: Option<String>,
+    /// Store the merged content of a disk that names a backing file (instead of refusing).
+    pub flatten: bool,
+    /// The version's creation time (tests inject a clock); now when `None`.
+    pub now: Option<jiff::Timestamp>,
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// zstd-compresses a chunk with a per-thread compressor; `None` if zstd fails.
+pub(crate) fn compress(plain: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        slot.as_mut()?.compress(plain).ok()
+    })
+}
+
+/// A counting semaphore bounding the chunks in flight.
+struct Slots {
+    free: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Slots {
+    fn new(count: usize) -> Slots {
+        Slots {
+            free: Mutex::new(count),
+            changed: Condvar::new(),
+        }
+    }
+    fn acquire(&self) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.changed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+    }
+    fn release(&self) {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.changed.notify_one();
+    }
+}
+
+/// One chunk's place in the image and how it was stored.
+struct Placed {
+    index: usize,
+    entry: ChunkEntry,
+    /// True when this add wrote it.
+    written: bool,
+}
+
+/// A chunk on its way to the store.
+struct StoreJob {
+    index: usize,
+    entry: ChunkEntry,
+    key: String,
+    encoded: Vec<u8>,
+}
+
+/// The chunks of a streamed image, in order.
+pub(crate) struct Staged {
+    pub entries: Vec<ChunkEntry>,
+    pub digest: [u8; 32],
+    pub size: u64,
+    pub new_bytes: u64,
+    pub stored_bytes: u64,
+    pub new_chunks: u64,
+}
+
+impl Library {
+    /// Adds a new version of item `name` and makes it current.
+    pub fn add(
+        &self,
+        name: &str,
+        source: AddSource,
+        options: &AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<AddReport> {
+        check_name(name)?;
+        check_metadata(options)?;
+        let signing_key = match &options.sign_key_pem {
+            Some(pem) => Some(parse_signing_key(pem)?),
+            None => None,
+        };
+        if self.requires_signatures() {
+            let Some(key) = &signing_key else {
+                return Err(LibraryError::Unsigned {
+                    what: format!("the new version of {name}"),
+                });
+            };
+            let public = key.verifying_key().to_bytes();
+            if !self.inner.trusted.iter().any(|k| k.to_bytes() == public) {
+                return Err(LibraryError::Untrusted {
+                    what: format!("the new version of {name}"),
+                    key_id: key_id(&public),
+                });
+            }
+        }
+
+        // What the image is, before storing anything when it is a file.
+        let mut pre_inspected = None;
+        let mut reader: Box<dyn Read + Send> = match source {
+            AddSource::File(path) => {
+                let file = std::fs::File::open(&path).map_err(|e| source_error(&path, e))?;
+                let shared: Arc<dyn ReadAt> =
+                    Arc::new(file.try_clone().map_err(|e| source_error(&path, e))?);
+                if let Ok(size) = shared.size() {
+                    progress.set_total(size);
+                }
+                let inspection = inspect(name, Arc::clone(&shared), &path)?;
+                match (&inspection.backing, options.flatten) {
+                    (None, _) => {
+                        pre_inspected = Some(inspection.kind);
+                        Box::new(file)
+                    }
+                    (Some(backing), false) => {
+                        return Err(LibraryError::BackingFile {
+                            name: name.to_string(),
+                            backing: backing.clone(),
+                        })
+                    }
+                    (Some(_), true) => {
+                        let (guest, kind) = GuestReader::open_flattened(name, &path, shared)?;
+                        progress.set_total(guest.size());
+                        pre_inspected = Some(kind);
+                        Box::new(guest)
+                    }
+                }
+            }
+            AddSource::Reader(reader) => reader,
+        };
+
+        // From here until the timeline swap, gc on any host leaves our chunks alone.
+        let _marker = self.begin_add(progress)?;
+        let known = self.known_chunks(name);
+        progress.phase("storing");
+        let staged = self.stage(&mut *reader, &known, progress)?;
+        drop(reader);
+        let digest = format_digest(&staged.digest);
+
+        let kind = match pre_inspected {
+            Some(kind) => kind,
+            None => {
+                // A stream: inspect the stored chunks through a reader over them.
+                let view = VersionReader::staged(self, name, &staged.entries, staged.size, &digest);
+                let inspection = inspect(name, Arc::new(view), Path::new(name))?;
+                if let Some(backing) = inspection.backing {
+                    return Err(LibraryError::BackingFile {
+                        name: name.to_string(),
+                        backing,
+                    });
+                }
+                inspection.kind
+            }
+        };
+
+        let created = options.now.unwrap_or_else(jiff::Timestamp::now);
+        let mut manifest = Manifest {
+            header: ManifestHeader {
+                format: HEADER_FORMAT,
+                name: name.to_string(),
+                digest: digest.clone(),
+                size: staged.size,
+                created,
+                actor: self.inner.actor.clone(),
+                note: options.note.clone(),
+                labels: options.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+                kind: kind.clone(),
+                chunking: CHUNKING,
+            },
+            entries: staged.entries,
+            signature: None,
+        };
+        if let Some(key) = &signing_key {
+            manifest.sign(key);
+        }
+        let signed_by = signing_key
+            .as_ref()
+            .map(|k| key_id(&k.verifying_key().to_bytes()));
+        let chunks = manifest.entries.len() as u64;
+        let plain = manifest.to_bytes();
+        // Chunks durable before the manifest that names them.
+        self.store().flush()?;
+        let manifest_name = self.put_manifest(&plain)?;
+        self.store().flush()?;
+
+        let record = VersionRecord {
+            version: 0,
+            manifest: manifest_name.clone(),
+            digest: digest.clone(),
+            size: staged.size,
+            created,
+            kind: kind.summary(),
+            signed_by: signed_by.clone(),
+            pruned: None,
+        };
+        let actor = self.inner.actor.clone();
+        let note = options.note.clone();
+        let version = self.update_timeline(name, |timeline| {
+            let mut timeline = timeline.unwrap_or_else(|| Timeline::new(name));
+            if timeline.versions.len() >= MAX_VERSIONS || timeline.events.len() >= MAX_EVENTS {
+                return Err(LibraryError::Limit {
+                    what: "versions of one item",
+                    limit: MAX_VERSIONS as u64,
+                    reason: "prune old versions or use a new item name",
+                });
+            }
+            let version = timeline.versions.len() as u64 + 1;
+            let mut record = record.clone();
+            record.version = version;
+            timeline.versions.push(record);
+            timeline.events.push(Event {
+                time: created,
+                actor: actor.clone(),
+                kind: EventKind::Add,
+                version: Some(version),
+                note: note.clone(),
+            });
+            Ok((timeline, version))
+        })?;
+
+        Ok(AddReport {
+            name: name.to_string(),
+            version,
+            digest,
+            size: staged.size,
+            new_bytes: staged.new_bytes,
+            reused_bytes: staged.size - staged.new_bytes,
+            stored_bytes: staged.stored_bytes,
+            chunks,
+            new_chunks: staged.new_chunks,
+            kind,
+            signed_by,
+            manifest: manifest_name,
+        })
+    }
+
+    /// Chunks of the item's newest kept version: they are stored (gc cannot run during an
+    /// add), so the add skips even the existence check for them.
+    fn known_chunks(&self, name: &str) -> HashMap<[u8; 32], u32> {
+        let Ok(Some((timeline, _))) = self.load_timeline(name) else {
+            return HashMap::new();
+        };
+        let Some(record) = timeline.versions.iter().rev().find(|r| r.pruned.is_none()) else {
+            return HashMap::new();
+        };
+        match self.load_manifest(&record.manifest) {
+            Ok(manifest) => manifest
+                .entries
+                .iter()
+                .filter(|e| !e.zero)
+                .map(|e| (e.digest, e.stored_length))
+                .collect(),
+            Err(_) => HashMap::new(),
+        }
+    }
+
+    /// Cuts, hashes, compresses and stores a stream; returns its index.
+    pub(crate) fn stage(
+        &self,
+        reader: &mut (dyn Read + Send),
+        known: &HashMap<[u8; 32], u32>,
+        progress: &dyn Progress,
+    ) -> Result<Staged> {
+        let slots = Slots::new(MAX_IN_FLIGHT);
+        let failed = AtomicBool::new(false);
+        let first_error: Mutex<Option<LibraryError>> = Mutex::new(None);
+        let fail = |e: LibraryError| {
+            failed.store(true, Ordering::SeqCst);
+            let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        };
+        let claimed: Mutex<HashSet<[u8; 32]>> = Mutex::new(HashSet::new());
+        let stored_bytes = AtomicU64::new(0);
+        let (done_tx, done_rx) = mpsc::channel::<Placed>();
+        let (io_tx, io_rx) = mpsc::sync_channel::<StoreJob>(MAX_IN_FLIGHT);
+        let io_rx = Mutex::new(io_rx);
+        let (whole_tx, whole_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(MAX_IN_FLIGHT);
+        let mut total = 0u64;
+
+        let whole_digest = std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || {
+                let mut hasher = Sha256::new();
+                for chunk in whole_rx {
+                    hasher.update(chunk.as_slice());
+                }
+                <[u8; 32]>::from(hasher.finalize())
+            });
+            for _ in 0..IO_THREADS {
+                let done_tx = done_tx.clone();
+                let (io_rx, slots, fail, failed, stored_bytes) =
+                    (&io_rx, &slots, &fail, &failed, &stored_bytes);
+                scope.spawn(move || loop {
+                    let job = io_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(job) = job else { break };
+                    if !failed.load(Ordering::SeqCst) {
+                        match self.store_job(&job) {
+                            Ok((written, stored_length)) => {
+                                let mut entry = job.entry;
+                                entry.stored_length = stored_length;
+                                if written {
+                                    stored_bytes.fetch_add(stored_length as u64, Ordering::Relaxed);
+                                }
+                                let _ = done_tx.send(Placed {
+                                    index: job.index,
+                                    entry,
+                                    written,
+                                });
+                            }
+                            Err(e) => fail(e),
+                        }
+                    }
+                    slots.release();
+                });
+            }
+
+            self.inner.pool.in_place_scope(|cpu| {
+                let cdc = fastcdc::v2020::StreamCDC::new(
+                    &mut *reader,
+                    CHUNKING.min,
+                    CHUNKING.avg,
+                    CHUNKING.max,
+                );
+                for (index, chunk) in cdc.enumerate() {
+                    if failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            fail(LibraryError::Source {
+                                source_name: "the image".into(),
+                                source: match e {
+                                    fastcdc::v2020::Error::IoError(io) => io,
+                                    other => std::io::Error::other(other.to_string()),
+                                },
+                            });
+                            break;
+                        }
+                    };
+                    slots.acquire();
+                    let length = chunk.length as u32;
+                    let offset = chunk.offset;
+                    total = offset + chunk.length as u64;
+                    let data = Arc::new(chunk.data);
+                    if whole_tx.send(Arc::clone(&data)).is_err() {
+                        break;
+                    }
+                    progress.advance(length as u64);
+                    let (done_tx, io_tx) = (done_tx.clone(), io_tx.clone());
+                    let (slots, claimed) = (&slots, &claimed);
+                    cpu.spawn(move |_| {
+                        let mut entry = ChunkEntry {
+                            offset,
+                            length,
+                            stored_length: 0,
+                            zero: false,
+                            digest: [0; 32],
+                        };
+                        if data.iter().all(|&b| b == 0) {
+                            entry.zero = true;
+                            let _ = done_tx.send(Placed {
+                                index,
+                                entry,
+                                written: false,
+                            });
+                            slots.release();
+                            return;
+                        }
+                        entry.digest = Sha256::digest(data.as_slice()).into();
+                        if let Some(&stored_length) = known.get(&entry.digest) {
+                            entry.stored_length = stored_length;
+                        }
+                        let first = entry.stored_length == 0
+                            && claimed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(entry.digest);
+                        if !first {
+                            // Stored already (an earlier version, or earlier in this image):
+                            // the index entry is completed from the first copy at assembly.
+                            let _ = done_tx.send(Placed {
+                                index,
+                                entry,
+                                written: false,
+                            });
+                            slots.release();
+                            return;
+                        }
+                        let key = self.chunk_key(&entry.digest);
+                        let encoded = self.encode_chunk(&key, &data);
+                        entry.stored_length = encoded.len() as u32;
+                        if io_tx
+                            .send(StoreJob {
+                                index,
+                                entry,
+                                key,
+                                encoded,
+                            })
+                            .is_err()
+                        {
+                            slots.release();
+                        }
+                    });
+                }
+            });
+            drop(whole_tx);
+            drop(io_tx);
+            hasher.join().unwrap_or([0; 32])
+        });
+        drop(done_tx);
+        if let Some(error) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(error);
+        }
+
+        let mut placed: Vec<Placed> = done_rx.into_iter().collect();
+        placed.sort_by_key(|p| p.index);
+        if placed.iter().enumerate().any(|(i, p)| p.index != i) {
+            return Err(LibraryError::Io {
+                what: "storing the image".into(),
+                source: std::io::Error::other("a chunk went missing in the pipeline"),
+            });
+        }
+        // Stored lengths of reused chunks: from this add's copy, or the store.
+        let mut stored_length_of: HashMap<[u8; 32], u32> = placed
+            .iter()
+            .filter(|p| !p.entry.zero && p.entry.stored_length != 0)
+            .map(|p| (p.entry.digest, p.entry.stored_length))
+            .collect();
+        let mut entries: Vec<ChunkEntry> = Vec::with_capacity(placed.len());
+        let mut new_bytes = 0u64;
+        let mut new_chunks = 0u64;
+        for p in &placed {
+            let mut entry = p.entry;
+            if p.written {
+                new_bytes += entry.length as u64;
+                new_chunks += 1;
+            }
+            if !entry.zero && entry.stored_length == 0 {
+                entry.stored_length = match stored_length_of.get(&entry.digest) {
+                    Some(&length) => length,
+                    None => {
+                        let length = match self.store().head(&self.chunk_key(&entry.digest))? {
+                            Some(meta) => meta.size.min(u32::MAX as u64) as u32,
+                            None => {
+                                return Err(LibraryError::Missing {
+                                    what: "a chunk the previous version uses",
+                                    key: self.chunk_key(&entry.digest),
+                                })
+                            }
+                        };
+                        stored_length_of.insert(entry.digest, length);
+                        length
+                    }
+                };
+            }
+            // Merge zero runs.
+            if entry.zero {
+                if let Some(last) = entries.last_mut() {
+                    if last.zero && last.length as u64 + entry.length as u64 <= MAX_ZERO_RUN {
+                        last.length += entry.length;
+                        continue;
+                    }
+                }
+            }
+            entries.push(entry);
+        }
+        Ok(Staged {
+            entries,
+            digest: whole_digest,
+            size: total,
+            new_bytes,
+            stored_bytes: stored_bytes.load(Ordering::Relaxed),
+            new_chunks,
+        })
+    }
+
+    /// Writes one chunk unless the store has it: (written, stored length).
+    fn store_job(&self, job: &StoreJob) -> Result<(bool, u32)> {
+        if let Some(meta) = self.store().head(&job.key)? {
+            // A chunk of implausible size is rewritten rather than trusted.
+            let plausible = crate::manifest::max_stored_bytes(job.entry.length) as u64
+                + crate::crypto::SEAL_OVERHEAD as u64;
+            if meta.size > 1 && meta.size <= plausible {
+                return Ok((false, meta.size as u32));
+            }
+        }
+        self.store().put(&job.key, &job.encoded)?;
+        Ok((true, job.encoded.len() as u32))
+    }
+}
+
+fn source_error(path: &Path, source: std::io::Error) -> LibraryError {
+    LibraryError::Source {
+        source_name: path.display().to_string(),
+        source,
+    }
+}
+
+fn check_metadata(options: &AddOptions) -> Result<()> {
+    let limit = |what: &'static str, limit: usize| LibraryError::Limit {
+        what,
+        limit: limit as u64,
+        reason: "labels and notes are short metadata",
+    };
+    if options.labels.len() > MAX_LABELS {
+        return Err(limit("labels per version", MAX_LABELS));
+    }
+    for (key, value) in &options.labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY {
+            return Err(limit("label name length", MAX_LABEL_KEY));
+        }
+        if value.len() > MAX_LABEL_VALUE {
+            return Err(limit("label value length", MAX_LABEL_VALUE));
+        }
+    }
+    if options.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE) {
+        return Err(limit("note length", MAX_NOTE));
+    }
+    Ok(())
+}

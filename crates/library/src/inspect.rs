@@ -1,0 +1,208 @@
+//! What an image is, as vmedia's own readers see it: an ISO (volume id, boot entries, embedded
+//! checksums checked), a virtual disk (format, virtual size, backing file), or raw bytes.
+
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use vmedia_disk::{DiskImage, Format, OpenOptions as DiskOpenOptions, ReferencePolicy};
+use vmedia_io::{NoProgress, ReadAt};
+use vmedia_iso::integrity::CheckOutcome;
+
+use crate::error::{LibraryError, Result};
+use crate::manifest::{BootEntryRecord, EmbeddedCheck, ImageKind};
+
+/// What inspection found.
+pub(crate) struct Inspection {
+    pub kind: ImageKind,
+    /// The backing file a layered disk names (it is never opened here).
+    pub backing: Option<String>,
+}
+
+fn label<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+/// Inspects `source` (named `name`; `path` only resolves names a disk records).
+pub(crate) fn inspect(name: &str, source: Arc<dyn ReadAt>, path: &Path) -> Result<Inspection> {
+    if vmedia_iso::read::is_iso(source.as_ref()) {
+        return inspect_iso(name, source);
+    }
+    let options = DiskOpenOptions {
+        references: ReferencePolicy::None,
+        skip_backing: true,
+        ..Default::default()
+    };
+    match vmedia_disk::factory::open_source(path, source, &options) {
+        Ok(image) if image.format() == Format::Raw => Ok(Inspection {
+            kind: ImageKind::Raw { note: None },
+            backing: None,
+        }),
+        Ok(image) => Ok(Inspection {
+            kind: ImageKind::Disk {
+                format: image.format().qemu_name().to_string(),
+                virtual_size: image.virtual_size(),
+                flattened_from: None,
+            },
+            backing: image.backing_ref().map(|b| b.name),
+        }),
+        Err(e) => Ok(Inspection {
+            kind: ImageKind::Raw {
+                note: Some(format!("not readable as a disk image: {e}")),
+            },
+            backing: None,
+        }),
+    }
+}
+
+fn inspect_iso(name: &str, source: Arc<dyn ReadAt>) -> Result<Inspection> {
+    let image = match vmedia_iso::read::IsoImage::open(Arc::clone(&source), Default::default()) {
+        Ok(image) => image,
+        Err(e) => {
+            return Ok(Inspection {
+                kind: ImageKind::Raw {
+                    note: Some(format!("has an ISO 9660 signature but does not open: {e}")),
+                },
+                backing: None,
+            })
+        }
+    };
+    let volume_id = image.volume().primary.volume_id.trim_end().to_string();
+    let boot_entries = match image.boot_catalog() {
+        Ok(Some(catalog)) => catalog
+            .entries
+            .iter()
+            .map(|entry| BootEntryRecord {
+                platform: label(&entry.platform),
+                emulation: label(&entry.emulation),
+                bootable: entry.bootable,
+                image_path: entry.image_path.clone(),
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            return Err(LibraryError::Image {
+                name: name.to_string(),
+                problem: format!("the El Torito boot catalog is damaged: {e}"),
+            })
+        }
+    };
+    let mut embedded_checks = Vec::new();
+    let implant =
+        vmedia_iso::integrity::read_implant(source.as_ref()).map_err(|e| LibraryError::Image {
+            name: name.to_string(),
+            problem: format!("embedded checksums: {e}"),
+        })?;
+    if implant.is_some() {
+        // The embedded values are checked against the content: a damaged download is
+        // refused here instead of becoming a version.
+        let report =
+            vmedia_iso::integrity::verify(source.as_ref(), None, &NoProgress).map_err(|e| {
+                LibraryError::Image {
+                    name: name.to_string(),
+                    problem: format!("checking embedded checksums: {e}"),
+                }
+            })?;
+        for (check, outcome) in [
+            ("md5", &report.md5),
+            ("fragments", &report.fragments),
+            ("sha256", &report.sha256),
+            ("signature", &report.signature),
+        ] {
+            let recorded = match outcome {
+                CheckOutcome::Absent => continue,
+                CheckOutcome::Ok => "ok".to_string(),
+                CheckOutcome::Unchecked { reason } => format!("unchecked: {reason}"),
+                CheckOutcome::Mismatch { expected, actual } => {
+                    return Err(LibraryError::EmbeddedChecksum {
+                        name: name.to_string(),
+                        check,
+                        problem: format!("expected {expected}, found {actual}"),
+                    })
+                }
+            };
+            embedded_checks.push(EmbeddedCheck {
+                check: check.to_string(),
+                outcome: recorded,
+            });
+        }
+    }
+    Ok(Inspection {
+        kind: ImageKind::Iso {
+            volume_id,
+            boot_entries,
+            embedded_checks,
+        },
+        backing: None,
+    })
+}
+
+/// Reads a layered disk's merged guest content front to back, for `--flatten`.
+pub(crate) struct GuestReader {
+    image: Box<dyn DiskImage>,
+    offset: u64,
+    size: u64,
+}
+
+/// Guest bytes per read: large enough to keep the chunker fed.
+const GUEST_READ_BYTES: u64 = 4 << 20;
+
+impl GuestReader {
+    /// Opens `path` with its backing chain (files in its own folder only) and describes the
+    /// flattened result.
+    pub(crate) fn open_flattened(
+        name: &str,
+        path: &Path,
+        source: Arc<dyn ReadAt>,
+    ) -> Result<(GuestReader, ImageKind)> {
+        let options = DiskOpenOptions {
+            references: ReferencePolicy::SameFolder,
+            skip_backing: false,
+            ..Default::default()
+        };
+        let image = vmedia_disk::factory::open_source(path, source, &options).map_err(|e| {
+            LibraryError::Image {
+                name: name.to_string(),
+                problem: format!("opening the disk with its backing files: {e}"),
+            }
+        })?;
+        let size = image.virtual_size();
+        let kind = ImageKind::Disk {
+            format: "raw".into(),
+            virtual_size: size,
+            flattened_from: Some(image.format().qemu_name().to_string()),
+        };
+        Ok((
+            GuestReader {
+                image,
+                offset: 0,
+                size,
+            },
+            kind,
+        ))
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Read for GuestReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (self.size - self.offset)
+            .min(buf.len() as u64)
+            .min(GUEST_READ_BYTES) as usize;
+        self.image
+            .read_at(&mut buf[..n], self.offset)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}

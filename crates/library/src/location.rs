@@ -1,0 +1,161 @@
+//! Where a library lives and how to reach it: the options `open` and `init` take.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{LibraryError, Result};
+
+/// A library's location: a folder, or a bucket and key prefix on an S3 server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Folder(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl Location {
+    /// `s3://BUCKET[/PREFIX]` or a folder path.
+    pub fn parse(text: &str) -> Result<Location> {
+        let fail = |problem: &str| LibraryError::InvalidLocation {
+            text: text.to_string(),
+            problem: problem.to_string(),
+        };
+        if text.trim().is_empty() {
+            return Err(fail("empty"));
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = match rest.split_once('/') {
+                Some((bucket, prefix)) => (bucket, prefix.trim_matches('/')),
+                None => (rest, ""),
+            };
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !bucket_ok {
+                return Err(fail(
+                    "an S3 bucket name is 3 to 63 lowercase letters, digits, '-' or '.'",
+                ));
+            }
+            let prefix_ok = prefix.split('/').all(|segment| {
+                segment.is_empty()
+                    || (!segment.starts_with('.')
+                        && segment
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+            }) && !prefix.contains("//");
+            if !prefix_ok {
+                return Err(fail(
+                    "an S3 prefix is '/'-separated letters, digits, '.', '_' and '-'",
+                ));
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
+        if text.contains("://") {
+            return Err(fail("only s3:// URLs and folder paths are libraries"));
+        }
+        Ok(Location::Folder(PathBuf::from(text)))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Folder(path) => write!(f, "{}", path.display()),
+            Location::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// Explicit S3 settings: the binary fills these from `AWS_*` variables and `--s3-endpoint`;
+/// the crate reads no environment.
+#[derive(Debug, Default, Clone)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: bool,
+}
+
+/// How to open a library.
+#[derive(Debug, Clone)]
+pub struct OpenConfig {
+    pub location: Location,
+    pub s3: S3Settings,
+    /// The key file's bytes, for an encrypted library.
+    pub key: Option<Vec<u8>>,
+    /// Who acts (e.g. `user@host`), recorded in events and manifests.
+    pub actor: String,
+}
+
+impl OpenConfig {
+    /// A folder library with no key, for tests and simple callers.
+    pub fn folder(path: impl Into<PathBuf>, actor: &str) -> OpenConfig {
+        OpenConfig {
+            location: Location::Folder(path.into()),
+            s3: S3Settings::default(),
+            key: None,
+            actor: actor.to_string(),
+        }
+    }
+}
+
+/// The default retention window: every version current in the last 72 hours is kept.
+pub const DEFAULT_KEEP_WITHIN: Duration = Duration::from_secs(72 * 3600);
+
+/// What `init` records for the library's lifetime.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Encrypt at rest with keys derived from this key file's bytes.
+    pub encrypt_key: Option<Vec<u8>>,
+    /// Trusted ed25519 public keys (PEM text); when any is given, every version must be signed
+    /// by one of them.
+    pub require_signed: Vec<String>,
+    pub keep_within: Duration,
+    pub keep_last: Option<u32>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            encrypt_key: None,
+            require_signed: Vec::new(),
+            keep_within: DEFAULT_KEEP_WITHIN,
+            keep_last: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_are_s3_urls_or_folders() {
+        assert_eq!(
+            Location::parse("s3://images/site/a").unwrap(),
+            Location::S3 {
+                bucket: "images".into(),
+                prefix: "site/a".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://images").unwrap(),
+            Location::S3 {
+                bucket: "images".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("/srv/lib").unwrap(),
+            Location::Folder("/srv/lib".into())
+        );
+        for bad in ["", "s3://", "s3://A", "s3://b/../x", "http://x/y"] {
+            assert!(Location::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Reading versions: a `ReadAt` over any version (random access through the chunk index),
+//! and `get`/`cat`, which stream a whole version with chunks fetched in parallel.
+//!
+//! Every chunk is checked against its SHA-256 on every fetch: a damaged or missing chunk makes
+//! the read fail; no read ever returns bytes the manifest does not vouch for.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use vmedia_io::{AtomicFile, Durability, OverwritePolicy, Progress, ReadAt};
+
+use crate::error::{LibraryError, Result};
+use crate::library::Library;
+use crate::manifest::{format_digest, ChunkEntry};
+use crate::naming::VersionSpec;
+use crate::reports::GetReport;
+
+/// Decoded chunks a reader keeps: enough for the ISO and disk readers' locality (directory
+/// blocks, tables) at up to 16 MiB.
+pub const CACHE_CHUNKS: usize = 16;
+/// Chunks fetched ahead in `get` and `cat`: keeps both cores and the store busy.
+pub const FETCH_WINDOW: usize = 32;
+
+/// Random access to one version. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct VersionReader {
+    inner: Arc<ReaderInner>,
+}
+
+struct ReaderInner {
+    library: Library,
+    name: String,
+    version: u64,
+    /// `NAME@N`, for errors.
+    label: String,
+    entries: Arc<Vec<ChunkEntry>>,
+    size: u64,
+    digest: String,
+    cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+}
+
+impl std::fmt::Debug for VersionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VersionReader({})", self.inner.label)
+    }
+}
+
+impl VersionReader {
+    fn new(
+        library: &Library,
+        name: &str,
+        version: u64,
+        label: String,
+        entries: Arc<Vec<ChunkEntry>>,
+        size: u64,
+        digest: &str,
+    ) -> VersionReader {
+        VersionReader {
+            inner: Arc::new(ReaderInner {
+                library: library.clone(),
+                name: name.to_string(),
+                version,
+                label,
+                entries,
+                size,
+                digest: digest.to_string(),
+                cache: Mutex::new(VecDeque::with_capacity(CACHE_CHUNKS)),
+            }),
+        }
+    }
+
+    /// A reader over chunks just stored by an add, before its manifest exists.
+    pub(crate) fn staged(
+        library: &Library,
+        name: &str,
+        entries: &[ChunkEntry],
+        size: u64,
+        digest: &str,
+    ) -> VersionReader {
+        VersionReader::new(
+            library,
+            name,
+            0,
+            format!("{name} (being added)"),
+            Arc::new(entries.to_vec()),
+            size,
+            digest,
+        )
+    }
+
+    /// The image size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// `sha256:hex` of the whole image.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn version(&self) -> u64 {
+        self.inner.version
+    }
+
+    fn chunk(&self, index: usize) -> Result<Arc<Vec<u8>>> {
+        {
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, data)) = cache.iter().find(|(i, _)| *i == index) {
+                return Ok(Arc::clone(data));
+            }
+        }
+        let entry = &self.inner.entries[index];
+        let data = Arc::new(self.inner.library.load_chunk(entry, &self.inner.label)?);
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if !cache.iter().any(|(i, _)| *i == index) {
+            if cache.len() == CACHE_CHUNKS {
+                cache.pop_front();
+            }
+            cache.push_back((index, Arc::clone(&data)));
+        }
+        Ok(data)
+    }
+}
+
+impl ReadAt for VersionReader {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let size = self.inner.size;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = (size - offset).min(buf.len() as u64) as usize;
+        let entries = &self.inner.entries;
+        let mut done = 0usize;
+        while done < want {
+            let position = offset + done as u64;
+            let index = entries.partition_point(|e| e.end() <= position);
+            let Some(entry) = entries.get(index) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: no chunk covers offset {position:#x}", self.inner.label),
+                ));
+            };
+            let within = (position - entry.offset) as usize;
+            let n = (want - done).min(entry.length as usize - within);
+            let target = &mut buf[done..done + n];
+            if entry.zero {
+                target.fill(0);
+            } else {
+                let data = self
+                    .chunk(index)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                target.copy_from_slice(&data[within..within + n]);
+            }
+            done += n;
+        }
+        Ok(want)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.inner.size)
+    }
+}
+
+/// One chunk's content handed to a streaming sink, in image order.
+pub(crate) enum Piece {
+    Zero(u32),
+    Data(Arc<Vec<u8>>),
+}
+
+/// SHA-256 over pieces in the order received, as `sha256:hex`.
+fn hash_pieces(pieces: mpsc::Receiver<Piece>) -> String {
+    let mut hasher = Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
+    for piece in pieces {
+        match piece {
+            Piece::Zero(length) => {
+                let mut left = length as usize;
+                while left > 0 {
+                    let n = left.min(zeros.len());
+                    hasher.update(&zeros[..n]);
+                    left -= n;
+                }
+            }
+            Piece::Data(data) => hasher.update(data.as_slice()),
+        }
+    }
+    format_digest(&hasher.finalize().into())
+}
+
+impl Library {
+    /// A `ReadAt` over a version (`vmedia iso ... library:NAME@V` reads through this).
+    pub fn open_version(&self, spec: &VersionSpec) -> Result<VersionReader> {
+        let (timeline, record) = self.resolve(spec)?;
+        let manifest = self.load_version_manifest(&timeline, &record)?;
+        Ok(VersionReader::new(
+            self,
+            &timeline.name,
+            record.version,
+            format!("{}@{}", timeline.name, record.version),
+            Arc::new(manifest.entries),
+            manifest.header.size,
+            &record.digest,
+        ))
+    }
+
+    /// Fetches every chunk of `entries` in parallel and hands them to `sink` in order.
+    pub(crate) fn fetch_in_order(
+        &self,
+        entries: &[ChunkEntry],
+        label: &str,
+        sink: impl FnMut(&ChunkEntry, Piece) -> Result<()>,
+    ) -> Result<()> {
+        self.fetch_in_order_with(entries, label, &|_, _| Ok(()), sink)
+    }
+
+    /// `fetch_in_order`, also running `each` on every fetched chunk on the pool thread that
+    /// fetched it (in any order), e.g. a positional write.
+    pub(crate) fn fetch_in_order_with(
+        &self,
+        entries: &[ChunkEntry],
+        label: &str,
+        each: &(dyn Fn(&ChunkEntry, &[u8]) -> Result<()> + Sync),
+        mut sink: impl FnMut(&ChunkEntry, Piece) -> Result<()>,
+    ) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>>)>();
+        self.inner.pool.in_place_scope(|scope| {
+            let mut next_spawn = 0usize;
+            let mut next_emit = 0usize;
+            let mut in_flight = 0usize;
+            let mut ready: BTreeMap<usize, Piece> = BTreeMap::new();
+            while next_emit < entries.len() {
+                while next_spawn < entries.len() && in_flight < FETCH_WINDOW {
+                    let entry = entries[next_spawn];
+                    if entry.zero {
+                        ready.insert(next_spawn, Piece::Zero(entry.length));
+                    } else {
+                        let tx = tx.clone();
+                        let index = next_spawn;
+                        scope.spawn(move |_| {
+                            let fetched = self.load_chunk(&entry, label).and_then(|data| {
+                                each(&entry, &data)?;
+                                Ok(data)
+                            });
+                            let _ = tx.send((index, fetched));
+                        });
+                        in_flight += 1;
+                    }
+                    next_spawn += 1;
+                }
+                while let Some(piece) = ready.remove(&next_emit) {
+                    sink(&entries[next_emit], piece)?;
+                    next_emit += 1;
+                }
+                if next_emit == entries.len() {
+                    break;
+                }
+                let (index, result) = rx.recv().map_err(|_| LibraryError::Io {
+                    what: format!("reading {label}"),
+                    source: io::Error::other("a fetch worker vanished"),
+                })?;
+                in_flight -= 1;
+                ready.insert(index, Piece::Data(Arc::new(result?)));
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes a version to `out` atomically: the file appears only when complete and its
+    /// SHA-256 matched the recorded digest; runs of zeros are left as holes.
+    pub fn get(
+        &self,
+        spec: &VersionSpec,
+        out: &Path,
+        overwrite: OverwritePolicy,
+        progress: &dyn Progress,
+    ) -> Result<GetReport> {
+        let (timeline, record) = self.resolve(spec)?;
+        let manifest = self.load_version_manifest(&timeline, &record)?;
+        let label = format!("{}@{}", timeline.name, record.version);
+        let output_error = |source: io::Error| LibraryError::Output {
+            path: out.to_path_buf(),
+            source,
+        };
+        let file = AtomicFile::create(out, overwrite).map_err(output_error)?;
+        file.file()
+            .set_len(manifest.header.size)
+            .map_err(output_error)?;
+        progress.set_total(manifest.header.size);
+        progress.phase("writing");
+        let mut written = 0u64;
+        let mut holes = 0u64;
+        // Pool threads fetch, check and write chunks (positional writes, any order); the
+        // whole-image digest is computed on its own thread, in image order.
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<Piece>(FETCH_WINDOW);
+        let (fetched, actual) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || hash_pieces(hash_rx));
+            let write = |entry: &ChunkEntry, data: &[u8]| -> Result<()> {
+                file.file()
+                    .write_all_at(data, entry.offset)
+                    .map_err(output_error)
+            };
+            let fetched =
+                self.fetch_in_order_with(&manifest.entries, &label, &write, |entry, piece| {
+                    match &piece {
+                        Piece::Zero(length) => holes += *length as u64,
+                        Piece::Data(data) => written += data.len() as u64,
+                    }
+                    let _ = hash_tx.send(piece);
+                    progress.advance(entry.length as u64);
+                    Ok(())
+                });
+            drop(hash_tx);
+            (fetched, hasher.join().unwrap_or_default())
+        });
+        fetched?;
+        if actual != record.digest {
+            return Err(LibraryError::DigestMismatch {
+                what: label,
+                expected: record.digest.clone(),
+                actual,
+            });
+        }
+        file.commit_with(Durability::PageCache)
+            .map_err(output_error)?;
+        Ok(GetReport {
+            name: timeline.name.clone(),
+            version: record.version,
+            digest: record.digest.clone(),
+            size: manifest.header.size,
+            path: out.to_path_buf(),
+            written_bytes: written,
+            hole_bytes: holes,
+        })
+    }
+
+    /// Streams a version to `out`. Each chunk is checked before it is written; the whole-image
+    /// digest is checked at the end (a mismatch is an error after the bytes went out, which
+    /// only a damaged manifest could cause).
+    pub fn cat(&self, spec: &VersionSpec, out: &mut dyn Write) -> Result<()> {
+        let (timeline, record) = self.resolve(spec)?;
+        let manifest = self.load_version_manifest(&timeline, &record)?;
+        let label = format!("{}@{}", timeline.name, record.version);
+        let mut hasher = Sha256::new();
+        let zeros = vec![0u8; 1 << 20];
+        let write_error = |source: io::Error| LibraryError::Output {
+            path: "standard output".into(),
+            source,
+        };
+        self.fetch_in_order(&manifest.entries, &label, |_, piece| {
+            match piece {
+                Piece::Zero(length) => {
+                    let mut left = length as usize;
+                    while left > 0 {
+                        let n = left.min(zeros.len());
+                        hasher.update(&zeros[..n]);
+                        out.write_all(&zeros[..n]).map_err(write_error)?;
+                        left -= n;
+                    }
+                }
+                Piece::Data(data) => {
+                    hasher.update(data.as_slice());
+                    out.write_all(&data).map_err(write_error)?;
+                }
+            }
+            Ok(())
+        })?;
+        out.flush().map_err(write_error)?;
+        let actual = format_digest(&hasher.finalize().into());
+        if actual != record.digest {
+            return Err(LibraryError::DigestMismatch {
+                what: label,
+                expected: record.digest.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// The plain manifest bytes of a version (signed, when it was), for offline checks.
+    pub fn export_manifest(&self, spec: &VersionSpec) -> Result<Vec<u8>> {
+        let (timeline, record) = self.resolve(spec)?;
+        self.load_version_manifest(&timeline, &record)?;
+        self.load_manifest_bytes(&record.manifest)
+    }
+}
