@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: this crate writes FAT and reads nothing but the source folder; it
 //! parses no image and prints nothing.
+#![forbid(unsafe_code)]
 
 mod geometry;
 mod names;

@@ -5,6 +5,7 @@
 //! nothing and reads no environment variable. All state lives in the store (`docs/library.md`
 //! describes its layout), so many processes on many hosts can share one library; every change
 //! of an item is a compare-and-swap of its timeline object.
+#![forbid(unsafe_code)]
 
 mod add;
 mod config;
