@@ -2,7 +2,8 @@
 # The main job end to end (make demo): build a bootable ISO (BIOS via isolinux, UEFI via GRUB in
 # an ESP that vmedia builds, USB-hybrid), verify it, list it, boot it (BIOS, UEFI, fast path),
 # tour the virtual-disk commands, then network-boot a VM from `vmedia netboot serve` inside a
-# private network namespace.
+# private network namespace, and keep the images in a vmedia library (versions, history, reads
+# in place).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 VMEDIA=$(realpath "${1:-target/release/vmedia}")
@@ -123,5 +124,21 @@ run ip netns exec "$NS" "$VMEDIA" boot --net bridge=$BR --boot net --firmware bi
 step "What the server saw, machine by machine"
 run ip netns exec "$NS" "$VMEDIA" netboot status --server http://10.77.0.1:8080
 echo "--- server log"; cat netboot-server.log
+
+step "Image library: two versions of the ISO, a zstd qcow2, history, reads in place, get back checked"
+export VMEDIA_LIBRARY="$OUT/library"
+run "$VMEDIA" library init
+run "$VMEDIA" library add live live.iso --note 'first build' --label os=busybox
+echo "(the same bytes again: a new version whose chunks are all reused)"
+run "$VMEDIA" library add live live.iso --note 'rebuilt, same bytes'
+run "$VMEDIA" library add live-disk disk-qcow2-zstd.img
+run "$VMEDIA" library history live
+run "$VMEDIA" iso cat library:live@1 /isolinux/isolinux.cfg
+run "$VMEDIA" disk info library:live-disk
+run "$VMEDIA" library rollback live --to 1 --note 'back to the first build'
+run "$VMEDIA" library get live -o live-from-library.iso
+run cmp live.iso live-from-library.iso
+run "$VMEDIA" library verify
+run "$VMEDIA" library ls
 
 step "Done: everything above ran from $(basename "$VMEDIA") in $OUT"
