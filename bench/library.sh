@@ -58,7 +58,7 @@ if [ ! -f "$WORK/input.done" ]; then
   mkdir -p "$WORK/tree" "$WORK/input"
   find /usr/lib /usr/share -xdev -type f -size +16k -readable -printf '%s %p\n' 2>/dev/null \
     | sort -k2 \
-    | awk -v limit=$((DATA_MIB * 1024 * 1024)) '{ total += $1; if (total > limit) exit; sub(/^[0-9]+ /, ""); print }' \
+    | awk -v limit=$((DATA_MIB * 1024 * 1024)) '{ total += $1; if (total > limit) next; sub(/^[0-9]+ /, ""); print }' \
     > "$WORK/files.txt"
   tar -cf - --files-from "$WORK/files.txt" 2>/dev/null | tar -xf - -C "$WORK/tree"
   truncate -s "${HOLE_MIB}M" "$WORK/tree/holes.img"

@@ -6,6 +6,10 @@
 //! 3. the CPU pool hashes each chunk, recognises zero runs and compresses (zstd) in parallel;
 //! 4. I/O threads check whether each new chunk is already stored and write the missing ones.
 //!
+//! An ISO file's embedded checksums (isomd5sum MD5, vmedia's SHA-256: a whole extra read and
+//! hash pass) are checked on another thread during the pipeline, not before it; a mismatch still
+//! refuses the add before any manifest names the chunks written meanwhile.
+//!
 //! At most `MAX_IN_FLIGHT` chunks are between steps 1 and 4 at once, which bounds memory.
 //! Write order (what makes a SIGKILL harmless): every chunk, then a flush, then the manifest,
 //! then a flush, then the timeline compare-and-swap. Until the swap, nothing refers to the new
@@ -167,6 +171,7 @@ impl Library {
 
         // What the image is, before storing anything when it is a file.
         let mut pre_inspected = None;
+        let mut iso_check: Option<(Arc<dyn ReadAt>, PathBuf)> = None;
         let mut reader: Box<dyn Read + Send> = match source {
             AddSource::File(path) => {
                 let file = std::fs::File::open(&path).map_err(|e| source_error(&path, e))?;
@@ -175,23 +180,31 @@ impl Library {
                 if let Ok(size) = shared.size() {
                     progress.set_total(size);
                 }
-                let inspection = inspect(name, Arc::clone(&shared), &path)?;
-                match (&inspection.backing, options.flatten) {
-                    (None, _) => {
-                        pre_inspected = Some(inspection.kind);
-                        Box::new(file)
-                    }
-                    (Some(backing), false) => {
-                        return Err(LibraryError::BackingFile {
-                            name: name.to_string(),
-                            backing: backing.clone(),
-                        })
-                    }
-                    (Some(_), true) => {
-                        let (guest, kind) = GuestReader::open_flattened(name, &path, shared)?;
-                        progress.set_total(guest.size());
-                        pre_inspected = Some(kind);
-                        Box::new(guest)
+                if vmedia_iso::read::is_iso(shared.as_ref()) {
+                    // An ISO never names a backing file, so which bytes to store is known
+                    // without inspecting it; its embedded checksums (a whole pass of MD5 and
+                    // SHA-256) are checked on their own thread while the chunks are stored.
+                    iso_check = Some((shared, path));
+                    Box::new(file)
+                } else {
+                    let inspection = inspect(name, Arc::clone(&shared), &path)?;
+                    match (&inspection.backing, options.flatten) {
+                        (None, _) => {
+                            pre_inspected = Some(inspection.kind);
+                            Box::new(file)
+                        }
+                        (Some(backing), false) => {
+                            return Err(LibraryError::BackingFile {
+                                name: name.to_string(),
+                                backing: backing.clone(),
+                            })
+                        }
+                        (Some(_), true) => {
+                            let (guest, kind) = GuestReader::open_flattened(name, &path, shared)?;
+                            progress.set_total(guest.size());
+                            pre_inspected = Some(kind);
+                            Box::new(guest)
+                        }
                     }
                 }
             }
@@ -202,7 +215,27 @@ impl Library {
         let _marker = self.begin_add(progress)?;
         let known = self.known_chunks(name);
         progress.phase("storing");
-        let staged = self.stage(&mut *reader, &known, progress)?;
+        let (staged, iso_inspection) = std::thread::scope(|scope| {
+            let checker = iso_check.map(|(shared, path)| {
+                scope.spawn(move || inspect(name, shared, &path).map(|i| i.kind))
+            });
+            let staged = self.stage(&mut *reader, &known, progress);
+            let inspected = checker.map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(LibraryError::Image {
+                        name: name.to_string(),
+                        problem: "inspecting the ISO failed unexpectedly".into(),
+                    })
+                })
+            });
+            (staged, inspected)
+        });
+        // A damaged ISO is refused even when storing its chunks went fine: nothing refers to
+        // them yet (gc removes them), exactly as after an add killed before its manifest.
+        if let Some(inspected) = iso_inspection {
+            pre_inspected = Some(inspected?);
+        }
+        let staged = staged?;
         drop(reader);
         let digest = format_digest(&staged.digest);
 
@@ -427,7 +460,7 @@ impl Library {
                             zero: false,
                             digest: [0; 32],
                         };
-                        if data.iter().all(|&b| b == 0) {
+                        if is_all_zero(&data) {
                             entry.zero = true;
                             let _ = done_tx.send(Placed {
                                 index,
@@ -560,6 +593,22 @@ impl Library {
     }
 }
 
+/// Bytes OR-ed together per step of the zero test: the compiler turns a fixed-size fold into
+/// vector instructions, where a byte-by-byte `all` with its early exit cannot be.
+const ZERO_TEST_BLOCK: usize = 256;
+
+/// True when every byte is zero. Holes and zero padding make whole chunks of zeros, and those
+/// are scanned to the end, so this runs at memory speed rather than a byte per step.
+fn is_all_zero(data: &[u8]) -> bool {
+    let mut blocks = data.chunks_exact(ZERO_TEST_BLOCK);
+    for block in &mut blocks {
+        if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    blocks.remainder().iter().all(|&b| b == 0)
+}
+
 fn source_error(path: &Path, source: std::io::Error) -> LibraryError {
     LibraryError::Source {
         source_name: path.display().to_string(),
@@ -588,4 +637,25 @@ fn check_metadata(options: &AddOptions) -> Result<()> {
         return Err(limit("note length", MAX_NOTE));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_wise_zero_test_finds_a_single_set_byte_anywhere() {
+        for length in [0usize, 1, 255, 256, 257, 1000, 4096] {
+            let zeros = vec![0u8; length];
+            assert!(is_all_zero(&zeros), "{length} zeros");
+            for at in [0, length / 2, length.saturating_sub(1)] {
+                if at >= length {
+                    continue;
+                }
+                let mut one = zeros.clone();
+                one[at] = 0x80;
+                assert!(!is_all_zero(&one), "byte {at} of {length} set");
+            }
+        }
+    }
 }
