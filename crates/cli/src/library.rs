@@ -592,19 +592,12 @@ fn run_init(a: InitArgs) -> Result<ExitCode> {
         keep_last: a.keep_last,
     };
     let config = config_for(None, None)?;
-    let location = config.location.to_string();
     Library::init(&config, &options)?;
-    let report = serde_json::json!({
-        "location": location,
-        "encrypted": options.encrypt_key.is_some(),
-        "require_signed": options.require_signed.len(),
-        "keep_within_seconds": options.keep_within.as_secs(),
-        "keep_last": options.keep_last,
-    });
+    let report = vmedia_library::InitReport::new(&config.location, &options);
     if a.json.json {
         print_json(&report)?;
     } else {
-        println!("Created a library at {location}");
+        println!("Created a library at {}", report.location);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1224,7 +1217,7 @@ fn run_verify_signature(a: VerifySignatureArgs) -> Result<ExitCode> {
         }
         Err(err) => {
             if a.json.json {
-                print_json(&serde_json::json!({ "valid": false, "error": format!("{err:#}") }))?;
+                print_json(&vmedia_library::SignatureFailure::new(format!("{err:#}")))?;
             } else {
                 eprintln!("vmedia: signature check failed: {err}");
             }

@@ -38,8 +38,8 @@ pub use ops::RollbackTarget;
 pub use reader::VersionReader;
 pub use reports::{
     AddReport, BrokenVersion, DamagedChunk, EventReport, GcReport, GetReport, HistoryEvent,
-    HistoryReport, HistoryVersion, ItemSummary, KeptVersion, PruneReport, PrunedVersion,
-    RepairReport, SignatureReport, VerifyReport, VersionReport,
+    HistoryReport, HistoryVersion, InitReport, ItemSummary, KeptVersion, PruneReport,
+    PrunedVersion, RepairReport, SignatureFailure, SignatureReport, VerifyReport, VersionReport,
 };
 pub use signing::{parse_signing_key, parse_verifying_key, verify_signature};
 pub use timeline::EventKind;

@@ -243,3 +243,43 @@ impl SignatureReport {
         self.valid
     }
 }
+
+/// What `init` made: where the library is and the policy it recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitReport {
+    pub location: String,
+    pub encrypted: bool,
+    /// How many trusted signing keys every version must be signed by one of (0: none required).
+    pub require_signed: usize,
+    pub keep_within_seconds: u64,
+    pub keep_last: Option<u32>,
+}
+
+impl InitReport {
+    pub fn new(location: &crate::Location, options: &crate::InitOptions) -> InitReport {
+        InitReport {
+            location: location.to_string(),
+            encrypted: options.encrypt_key.is_some(),
+            require_signed: options.require_signed.len(),
+            keep_within_seconds: options.keep_within.as_secs(),
+            keep_last: options.keep_last,
+        }
+    }
+}
+
+/// A signature check that could not even start: the bytes are not a manifest or the key is
+/// not a key. Always `valid: false`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignatureFailure {
+    pub valid: bool,
+    pub error: String,
+}
+
+impl SignatureFailure {
+    pub fn new(error: String) -> SignatureFailure {
+        SignatureFailure {
+            valid: false,
+            error,
+        }
+    }
+}
