@@ -569,7 +569,19 @@ fn parse_reply(b: &[u8]) -> DhcpReply {
 /// A DHCP client's socket on the client side of the veth: port 68, bound to vc0, broadcast.
 /// Call inside the namespace.
 fn client_socket() -> UdpSocket {
-    let sock = UdpSocket::bind("0.0.0.0:68").unwrap();
+    // Port 68 was seen busy for a moment under a full parallel run (the previous exchange's
+    // socket is closed by then); wait for it, bounded, rather than fail on the race.
+    let mut attempts = 0;
+    let sock = loop {
+        match UdpSocket::bind("0.0.0.0:68") {
+            Ok(sock) => break sock,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("cannot bind the DHCP client port 68: {e}"),
+        }
+    };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
     let ifname = b"vc0";
     // SAFETY: SO_BINDTODEVICE with the interface name bytes.
