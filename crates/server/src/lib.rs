@@ -1,0 +1,8 @@
+//! The vmedia daemon: serves library versions over HTTP(S) and NBD from one shared cache,
+//! with per-VM copy-on-write clones, preload and Prometheus metrics.
+//!
+//! Architecture invariant: this is the only crate that maps errors to HTTP statuses and NBD
+//! errors; routes and protocol drivers call library, disk and iso operations and hold no format
+//! logic. The protocol logic of NBD is in `vmedia-nbd`; this crate owns the sockets.
+
+pub mod export;
