@@ -5,4 +5,5 @@
 //! errors; routes and protocol drivers call library, disk and iso operations and hold no format
 //! logic. The protocol logic of NBD is in `vmedia-nbd`; this crate owns the sockets.
 
+pub mod clones;
 pub mod export;
