@@ -102,7 +102,16 @@ impl BaseOpener for LibraryBases {
                     &AddOptions::default(),
                     &NoProgress,
                 )
-                .map_err(io::Error::other)
+                .map_err(|e| {
+                    let kind = match e {
+                        // The caller's mistake, not the server's: the API answers 400.
+                        LibraryError::InvalidName { .. } | LibraryError::InvalidSpec { .. } => {
+                            io::ErrorKind::InvalidInput
+                        }
+                        _ => io::ErrorKind::Other,
+                    };
+                    io::Error::new(kind, e)
+                })
         })
     }
 }
