@@ -59,6 +59,23 @@ pub fn ignore_checksums() -> bool {
     std::env::var_os(IGNORE_CHECKSUMS_ENV).is_some_and(|v| is_yes(&v))
 }
 
+/// The daemon's HTTP address for the commands that talk to `vmedia serve` (`clone`, `top`).
+pub const SERVER_ENV: &str = "VMEDIA_SERVER";
+/// Where `vmedia serve` listens by default.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// The daemon's URL: `--server` when given, else `VMEDIA_SERVER`, else the default.
+pub fn server_url(flag: Option<String>) -> String {
+    server_url_from(flag, std::env::var(SERVER_ENV).ok())
+}
+
+fn server_url_from(flag: Option<String>, env: Option<String>) -> String {
+    flag.or(env.filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
+
 fn is_yes(value: &OsStr) -> bool {
     matches!(value.to_str(), Some("1" | "yes" | "true"))
 }
@@ -75,6 +92,17 @@ mod tests {
         assert_eq!(durability_from(false, Some(" Yes ")), Durability::Flush);
         assert_eq!(durability_from(false, Some("0")), Durability::PageCache);
         assert_eq!(durability_from(true, Some("0")), Durability::Flush);
+    }
+
+    #[test]
+    fn server_flag_beats_the_environment_which_beats_the_default() {
+        let url = |flag: Option<&str>, env: Option<&str>| {
+            server_url_from(flag.map(Into::into), env.map(Into::into))
+        };
+        assert_eq!(url(None, None), DEFAULT_SERVER);
+        assert_eq!(url(None, Some("")), DEFAULT_SERVER);
+        assert_eq!(url(None, Some("http://h:1/")), "http://h:1");
+        assert_eq!(url(Some("http://f:2"), Some("http://h:1")), "http://f:2");
     }
 
     #[test]

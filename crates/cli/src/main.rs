@@ -2,6 +2,7 @@
 //! outcome to an exit code. No format logic lives here.
 
 mod boot;
+mod clone;
 mod disk;
 mod env;
 mod iso;
@@ -57,6 +58,9 @@ enum Command {
     /// Image library: deduplicated versions with a timeline, in a folder or on S3
     #[command(after_help = library::LIBRARY_AFTER_HELP)]
     Library(library::LibraryArgs),
+    /// Per-VM copy-on-write clones on a running `vmedia serve` (create, ls, rm, commit)
+    #[command(subcommand)]
+    Clone(clone::CloneCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Library(cmd) => library::run(cmd),
+        Command::Clone(cmd) => clone::run(cmd),
     };
     match outcome {
         Ok(code) => code,
