@@ -300,23 +300,38 @@ fn a_torn_journal_tail_is_dropped_and_later_appends_replay() {
 }
 
 #[test]
-fn a_damaged_journal_header_is_reported_not_ignored() {
+fn a_damaged_clone_is_set_aside_and_the_others_still_open() {
     let dir = tempfile::tempdir().unwrap();
     let (bases, _) = bases_with(dir.path(), MIB);
     let clone_dir = dir.path().join("state").join(CLONES_DIR).join("d");
     {
-        store(dir.path(), &bases)
-            .create("base", "d", false)
-            .unwrap();
+        let clones = store(dir.path(), &bases);
+        clones.create("base", "d", false).unwrap();
+        clones.create("base", "fine", false).unwrap();
     }
     let journal = clone_dir.join("journal");
     let mut bytes = std::fs::read(&journal).unwrap();
     bytes[9] ^= 0x40;
     std::fs::write(&journal, &bytes).unwrap();
-    let err = CloneStore::open(&dir.path().join("state"), bases as _)
-        .err()
-        .expect("a damaged journal opened");
-    assert!(matches!(err, CloneError::Damaged { .. }), "{err}");
+    // The store (and the daemon) still opens; the damaged clone is set aside, not served,
+    // not deleted, its name still taken.
+    let clones = CloneStore::open(&dir.path().join("state"), bases as _).unwrap();
+    let damaged = clones.damaged();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].name, "d");
+    assert!(
+        damaged[0].problem.contains("journal"),
+        "{}",
+        damaged[0].problem
+    );
+    let names: Vec<String> = clones.list().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["fine"]);
+    assert!(clones.open_export("d").is_err());
+    assert!(matches!(
+        clones.create("base", "d", false),
+        Err(CloneError::Exists(_))
+    ));
+    assert!(clone_dir.join("journal").exists());
 }
 
 #[test]

@@ -149,6 +149,14 @@ struct StoreState {
     clones: BTreeMap<String, Arc<Overlay>>,
     /// Names being created right now (their folders are not in place yet).
     reserved: HashSet<String>,
+    damaged: Vec<DamagedClone>,
+}
+
+/// A clone folder that could not be opened at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedClone {
+    pub name: String,
+    pub problem: String,
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> CloneError {
@@ -178,12 +186,14 @@ impl CloneStore {
             inner: Mutex::new(StoreState {
                 clones: BTreeMap::new(),
                 reserved: HashSet::new(),
+                damaged: Vec::new(),
             }),
             next_id: AtomicU64::new(1),
         };
         let entries =
             std::fs::read_dir(&store.root).map_err(io_error(store.root.display().to_string()))?;
         let mut clones = BTreeMap::new();
+        let mut damaged = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io_error(store.root.display().to_string()))?;
             let path = entry.path();
@@ -197,35 +207,62 @@ impl CloneStore {
                 tracing::warn!(path = %path.display(), "ignoring a stray entry among the clones");
                 continue;
             }
-            let meta_path = path.join(overlay::META_FILE);
-            let bytes =
-                std::fs::read(&meta_path).map_err(io_error(meta_path.display().to_string()))?;
-            let meta = CloneMeta::parse(&bytes).map_err(|problem| CloneError::Damaged {
-                name: name.clone(),
-                problem: format!("{}: {problem}", overlay::META_FILE),
-            })?;
-            if meta.name != name {
-                return Err(CloneError::Damaged {
-                    name: name.clone(),
-                    problem: format!("its {} names {}", overlay::META_FILE, meta.name),
-                });
+            match store.reopen(&name, path) {
+                Ok(Some(overlay)) => {
+                    clones.insert(name, Arc::new(overlay));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    // One damaged clone must not keep the daemon (and every other clone) down:
+                    // it stays on disk, unlisted, its name taken, for an operator to look at.
+                    tracing::error!(clone = %name, error = %error, "a clone cannot be opened");
+                    damaged.push(DamagedClone {
+                        name,
+                        problem: error.to_string(),
+                    });
+                }
             }
-            if meta.ephemeral {
-                store.delete_dir(&name, &path)?;
-                continue;
-            }
-            let id = store.next_id.fetch_add(1, Ordering::Relaxed);
-            let overlay = Overlay::open(
-                id,
-                path,
-                meta,
-                Arc::clone(&store.opener),
-                Arc::clone(&store.files),
-            )?;
-            clones.insert(name, Arc::new(overlay));
         }
-        store.state().clones = clones;
+        let mut state = store.state();
+        state.clones = clones;
+        state.damaged = damaged;
+        drop(state);
         Ok(store)
+    }
+
+    /// Opens one clone folder found at start; `None` when it was ephemeral (and is deleted).
+    fn reopen(&self, name: &str, path: PathBuf) -> Result<Option<Overlay>, CloneError> {
+        let meta_path = path.join(overlay::META_FILE);
+        let bytes = std::fs::read(&meta_path).map_err(io_error(meta_path.display().to_string()))?;
+        let meta = CloneMeta::parse(&bytes).map_err(|problem| CloneError::Damaged {
+            name: name.to_string(),
+            problem: format!("{}: {problem}", overlay::META_FILE),
+        })?;
+        if meta.name != name {
+            return Err(CloneError::Damaged {
+                name: name.to_string(),
+                problem: format!("its {} names {}", overlay::META_FILE, meta.name),
+            });
+        }
+        if meta.ephemeral {
+            self.delete_dir(name, &path)?;
+            return Ok(None);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Overlay::open(
+            id,
+            path,
+            meta,
+            Arc::clone(&self.opener),
+            Arc::clone(&self.files),
+        )
+        .map(Some)
+    }
+
+    /// Clones found at start that could not be opened (damaged metadata or journal, an I/O
+    /// error): not served, not listed, their folders and names left alone.
+    pub fn damaged(&self) -> Vec<DamagedClone> {
+        self.state().damaged.clone()
     }
 
     fn state(&self) -> MutexGuard<'_, StoreState> {
