@@ -819,3 +819,60 @@ impl Export for Overlay {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> MapState {
+        MapState {
+            codes: Vec::new(),
+            changed: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn contiguous_transitions_merge_into_one_record() {
+        let mut map = empty();
+        map.set(100, 0, 2, BlockState::Data, true);
+        map.set(100, 2, 3, BlockState::Data, true);
+        map.set(100, 10, 1, BlockState::Data, true);
+        map.set(100, 11, 1, BlockState::Zero, true);
+        assert_eq!(
+            map.pending,
+            [
+                Record {
+                    state: BlockState::Data,
+                    first: 0,
+                    count: 5
+                },
+                Record {
+                    state: BlockState::Data,
+                    first: 10,
+                    count: 1
+                },
+                Record {
+                    state: BlockState::Zero,
+                    first: 11,
+                    count: 1
+                },
+            ]
+        );
+        // Rewriting a changed block changes nothing in the count.
+        map.set(100, 1, 1, BlockState::Zero, false);
+        assert_eq!(map.changed, 7);
+        assert_eq!(map.as_records().len(), 5);
+    }
+
+    #[test]
+    fn records_split_at_the_32_bit_count() {
+        let mut records = Vec::new();
+        push_record(&mut records, BlockState::Zero, 0, u64::from(u32::MAX) + 10);
+        push_record(&mut records, BlockState::Zero, u64::from(u32::MAX) + 10, 5);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].count, u32::MAX);
+        assert_eq!(records[1].first, u64::from(u32::MAX));
+        assert_eq!(records[1].count, 15);
+    }
+}
