@@ -189,6 +189,36 @@ fn zeroes_and_trim_read_as_zero_and_show_as_holes() {
 }
 
 #[test]
+fn zeroing_whole_blocks_releases_their_space() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (bases, _) = bases_with(dir.path(), 4 * MIB);
+    let clones = store(dir.path(), &bases);
+    clones.create("base", "space", false).unwrap();
+    let e = clones.open_export("space").unwrap();
+    let data = dir
+        .path()
+        .join("state")
+        .join(CLONES_DIR)
+        .join("space")
+        .join("data");
+    let allocated = || std::fs::metadata(&data).unwrap().blocks() * 512;
+    assert_eq!(allocated(), 0, "a new clone's data file is sparse");
+    e.write_at(&pattern(11, 2 * MIB as usize), 0, true).unwrap();
+    assert!(allocated() >= 2 * MIB);
+    e.trim(0, 2 * MIB).unwrap();
+    e.flush().unwrap();
+    assert!(
+        allocated() < MIB / 2,
+        "{} bytes still allocated",
+        allocated()
+    );
+    assert!(read_all(e.as_ref())[..2 * MIB as usize]
+        .iter()
+        .all(|&b| b == 0));
+}
+
+#[test]
 fn out_of_range_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (bases, _) = bases_with(dir.path(), MIB);
