@@ -219,6 +219,18 @@ fn zeroing_whole_blocks_releases_their_space() {
 }
 
 #[test]
+fn a_second_store_on_one_state_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bases, _) = bases_with(dir.path(), MIB);
+    let first = store(dir.path(), &bases);
+    first.create("base", "mine", false).unwrap();
+    let second = CloneStore::open(&dir.path().join("state"), Arc::clone(&bases) as _);
+    assert!(matches!(second, Err(CloneError::Locked { .. })));
+    drop(first);
+    assert_eq!(store(dir.path(), &bases).list().len(), 1);
+}
+
+#[test]
 fn out_of_range_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (bases, _) = bases_with(dir.path(), MIB);

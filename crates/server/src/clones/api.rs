@@ -67,9 +67,10 @@ pub fn status_of(error: &CloneError) -> StatusCode {
         CloneError::Commit { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput => {
             StatusCode::BAD_REQUEST
         }
-        CloneError::Commit { .. } | CloneError::Damaged { .. } | CloneError::Io { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        CloneError::Commit { .. }
+        | CloneError::Damaged { .. }
+        | CloneError::Locked { .. }
+        | CloneError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

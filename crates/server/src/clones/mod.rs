@@ -33,6 +33,8 @@ pub use overlay::{CloneMeta, BLOCK_SIZE, MAX_CLONE_SIZE, MAX_REQUEST, META_FORMA
 pub const MAX_CLONE_NAME: usize = 128;
 /// Folder under the state directory that holds the clones.
 pub const CLONES_DIR: &str = "clones";
+/// File beside it that the store holds locked (`flock`) while open.
+pub const LOCK_FILE: &str = "clones.lock";
 
 /// A base pinned to one version: what a clone records about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +102,12 @@ pub enum CloneError {
         #[source]
         source: io::Error,
     },
+    #[error("{}: another vmedia daemon uses this state folder ({source})", path.display())]
+    Locked {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -143,6 +151,9 @@ pub struct CloneStore {
     files: Arc<files::FileCache>,
     inner: Mutex<StoreState>,
     next_id: AtomicU64,
+    /// Held for the store's life: one daemon per state folder (another one would delete our
+    /// creates in progress as leftovers, and append to the same journals).
+    _lock: std::fs::File,
 }
 
 struct StoreState {
@@ -179,7 +190,21 @@ impl CloneStore {
     ) -> Result<CloneStore, CloneError> {
         let root = state_dir.join(CLONES_DIR);
         std::fs::create_dir_all(&root).map_err(io_error(root.display().to_string()))?;
+        let lock_path = state_dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(lock_path.display().to_string()))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| CloneError::Locked {
+                path: lock_path.clone(),
+                source: e.into(),
+            },
+        )?;
         let store = CloneStore {
+            _lock: lock,
             files: Arc::new(files::FileCache::new(max_open_files)),
             root,
             opener,
