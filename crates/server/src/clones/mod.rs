@@ -69,7 +69,7 @@ pub struct CloneInfo {
     pub base_digest: String,
     pub size: u64,
     /// Bytes of the disk the clone has changed (written, zeroed or trimmed), counted in whole
-    /// overlay blocks.
+    /// 64 KiB overlay blocks.
     pub bytes_written: u64,
     pub ephemeral: bool,
     /// RFC 3339.

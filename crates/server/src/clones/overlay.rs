@@ -352,12 +352,18 @@ impl Overlay {
         (start, (start + self.block_size()).min(self.meta.size))
     }
 
-    /// Bytes of the disk no longer read from the base (whole blocks, clipped to the size).
+    /// Bytes of the disk no longer read from the base, in whole blocks (the short last block
+    /// counts its own length).
     pub(crate) fn bytes_written(&self) -> u64 {
-        let changed = self.map.read().unwrap_or_else(|p| p.into_inner()).changed;
-        changed
-            .saturating_mul(self.block_size())
-            .min(self.meta.size)
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut bytes = map.changed.saturating_mul(self.block_size());
+        if let Some(last) = self.blocks.checked_sub(1) {
+            if map.code(last) != BASE {
+                let (start, stop) = self.span(last);
+                bytes -= self.block_size() - (stop - start);
+            }
+        }
+        bytes
     }
 
     pub(crate) fn mark_removed(&self) {
