@@ -28,16 +28,19 @@ const MAX_STEPS: usize = 1 << 20;
 
 fn drive(data: &[u8], policy: TlsPolicy) -> bool {
     let mut handshake = Handshake::new(policy);
-    handshake.feed(data);
-    let mut fed_all = true;
+    // Fed as a driver reads: no more than the current step needs, so a client that waits
+    // for the STARTTLS ACK before its next bytes looks the same here as on a socket.
+    let mut rest = data;
     for _ in 0..MAX_STEPS {
         match handshake.poll() {
             Ok(Action::Send(bytes)) => check_replies(&bytes),
             Ok(Action::NeedInput) => {
-                if !fed_all {
+                if rest.is_empty() {
                     return false;
                 }
-                fed_all = false;
+                let (now, later) = rest.split_at(handshake.wanted().clamp(1, rest.len()));
+                handshake.feed(now);
+                rest = later;
             }
             Ok(Action::ListExports) => handshake
                 .exports_listed(Ok(vec![ExportEntry {
