@@ -182,6 +182,8 @@ const PYTHON_CHECKS: &str = r#"
 import sys, nbd
 uri, data_end = sys.argv[1], int(sys.argv[2])
 h = nbd.NBD()
+# No client-side checks: the refusals below must come from the server.
+h.set_strict_mode(0)
 h.add_meta_context("base:allocation")
 h.connect_uri(uri)
 assert h.get_structured_replies_negotiated()
@@ -240,6 +242,7 @@ assert h.pread(512, 3 << 20) == open(sys.argv[3], "rb").read()[3 << 20:(3 << 20)
 h.shutdown()
 
 ro = nbd.NBD()
+ro.set_strict_mode(0)
 ro.connect_uri(uri.rsplit("/", 1)[0] + "/iso")
 assert ro.is_read_only()
 try:
@@ -287,6 +290,8 @@ fn python_libnbd_structured_replies_block_status_and_writes() {
     }
     assert_eq!(counts.started, counts.finished);
     assert_eq!(counts.in_flight, 0);
+    // The refused read, write past the end and write to the read-only export.
+    assert_eq!(counts.failed, 3, "{counts:?}");
 }
 
 #[test]

@@ -402,13 +402,16 @@ fn dispatch(
     held: Option<OwnedSemaphorePermit>,
 ) {
     let connection = connection.clone();
-    tokio::task::spawn_blocking(move || {
-        let op = op_of(&request);
+    // Started here, not on the blocking thread: queue depth and latency include the wait
+    // for a thread, which is what the client experiences.
+    let op = op_of(&request);
+    if op.is_some() {
         let observer = &connection.ctx.observer;
-        if op.is_some() {
-            observer.request_started(&connection.export_name, &connection.client);
-        }
-        let started = Instant::now();
+        observer.request_started(&connection.export_name, &connection.client);
+    }
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        let observer = &connection.ctx.observer;
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             execute(
                 &*connection.export,

@@ -178,7 +178,8 @@ fn read(
     } else {
         // Without DF, zero runs go out as holes; an export that cannot say where they are
         // is read in full (allocation is an optimisation here, never a reason to fail).
-        let pieces = if df {
+        let pieces = if df || length < 2 * MIN_HOLE {
+            // Too short to gain from a hole chunk: skip the allocation lookup.
             plan_read(offset, length, &[], MIN_HOLE)
         } else {
             let extents = extents(export, offset, length).unwrap_or_default();

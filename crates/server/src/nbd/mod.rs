@@ -51,7 +51,7 @@ impl Default for NbdLimits {
     fn default() -> Self {
         NbdLimits {
             max_in_flight: 64,
-            max_buffered_bytes: 128 << 20,
+            max_buffered_bytes: 64 << 20,
             max_payload: vmedia_nbd::wire::MAX_PAYLOAD,
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(30),
