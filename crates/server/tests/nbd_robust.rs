@@ -260,3 +260,71 @@ fn shutdown_drains_in_flight_requests_and_returns() {
     let counts = server.recorder.snapshot();
     assert_eq!(counts.opened, counts.closed, "{counts:?}");
 }
+
+/// An export whose reads fail (I/O error) or panic in one region.
+struct Faulty {
+    inner: std::sync::Arc<FileExport>,
+}
+
+impl vmedia_server::export::Export for Faulty {
+    fn name(&self) -> &str {
+        "faulty"
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn block_sizes(&self) -> vmedia_server::export::BlockSizes {
+        self.inner.block_sizes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset == 3 << 20 {
+            panic!("a bug in an export");
+        }
+        if offset >= 3 << 20 {
+            return Err(std::io::Error::other("backend unreachable"));
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn extents(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> std::io::Result<Vec<vmedia_server::export::Extent>> {
+        self.inner.extents(offset, length)
+    }
+}
+
+#[test]
+fn export_errors_and_panics_become_eio_and_the_connection_goes_on() {
+    use vmedia_server::export::Export;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, expected) = two_exports(dir.path());
+    let inner = FileExport::open("inner", &dir.path().join("iso.img"), true);
+    let exports = Exports::default().with(std::sync::Arc::new(Faulty { inner }));
+    let server = Server::start(exports, None, NbdLimits::default());
+    let script = r#"
+import sys, nbd
+for structured in (True, False):
+    h = nbd.NBD()
+    h.set_request_structured_replies(structured)
+    h.connect_uri(sys.argv[1])
+    for offset in (3 << 20, (3 << 20) + 4096):
+        try:
+            h.pread(4096, offset)
+            raise SystemExit("a failing read succeeded")
+        except nbd.Error as e:
+            assert e.errno == "EIO", e.errno
+    sys.stdout.write(h.pread(16, 0).hex() + "\n")
+    h.shutdown()
+"#;
+    let out = run(Command::new(python())
+        .args(["-c", script])
+        .arg(server.uri("faulty")));
+    let want: String = expected[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(out, format!("{want}\n{want}\n"));
+    let counts = server.wait_all_closed();
+    assert_eq!(counts.failed, 4, "{counts:?}");
+}
