@@ -299,7 +299,6 @@ impl vmedia_server::export::Export for Faulty {
 
 #[test]
 fn export_errors_and_panics_become_eio_and_the_connection_goes_on() {
-    use vmedia_server::export::Export;
     let dir = tempfile::tempdir().unwrap();
     let (_, expected) = two_exports(dir.path());
     let inner = FileExport::open("inner", &dir.path().join("iso.img"), true);
