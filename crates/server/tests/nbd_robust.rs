@@ -327,3 +327,40 @@ for structured in (True, False):
     let counts = server.wait_all_closed();
     assert_eq!(counts.failed, 4, "{counts:?}");
 }
+
+#[test]
+fn connections_over_the_limit_are_closed_and_slots_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exports, _) = two_exports(dir.path());
+    let limits = NbdLimits {
+        max_connections: 1,
+        ..NbdLimits::default()
+    };
+    let server = Server::start(exports, None, limits);
+    let first = raw_client(server.port, "iso");
+    let mut second = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(second.read(&mut byte), Ok(0) | Err(_)),
+        "a connection over the limit was served"
+    );
+    drop(first);
+    // The slot is free once the first connection's task ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut third = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut greeting = [0u8; 8];
+        if third.read_exact(&mut greeting).is_ok() {
+            assert_eq!(&greeting, b"NBDMAGIC");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
