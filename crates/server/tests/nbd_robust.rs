@@ -364,3 +364,75 @@ fn connections_over_the_limit_are_closed_and_slots_come_back() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Deterministic byte mutations of a seed (flip, cut, overwrite a 32-bit field).
+fn mutate(seed: &[u8], round: u64) -> Vec<u8> {
+    let mut bytes = seed.to_vec();
+    let mut state = round.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let at = (next() as usize) % bytes.len().max(1);
+    match next() % 3 {
+        0 => {
+            if let Some(byte) = bytes.get_mut(at) {
+                *byte ^= 1 << (next() % 8);
+            }
+        }
+        1 => bytes.truncate(at),
+        _ => {
+            for (i, byte) in (next() as u32).to_be_bytes().iter().enumerate() {
+                if let Some(slot) = bytes.get_mut(at + i) {
+                    *slot = *byte;
+                }
+            }
+        }
+    }
+    bytes
+}
+
+#[test]
+fn the_fuzz_corpora_sent_to_a_live_server_leave_it_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exports, expected) = two_exports(dir.path());
+    let server = Server::start(exports, None, NbdLimits::default());
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    let mut sent = 0;
+    for (target, after_go) in [("nbd_handshake", false), ("nbd_request", true)] {
+        for entry in std::fs::read_dir(corpus.join(target)).unwrap() {
+            let seed = std::fs::read(entry.unwrap().path()).unwrap();
+            for round in 0..4 {
+                let bytes = if round == 0 {
+                    seed.clone()
+                } else {
+                    mutate(&seed, round)
+                };
+                let mut stream = if after_go {
+                    raw_client(server.port, "disk")
+                } else {
+                    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(20)))
+                        .unwrap();
+                    let mut greeting = [0u8; GREETING_LEN];
+                    stream.read_exact(&mut greeting).unwrap();
+                    stream
+                };
+                // The server may close first; a failed send is part of the test.
+                let _ = stream.write_all(&bytes);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                assert!(
+                    closed_by_server(&mut stream),
+                    "{target} seed left a connection open"
+                );
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent >= 100, "only {sent} conversations replayed");
+    verified_copy(&server, dir.path(), &expected, "after-corpus.img");
+    server.wait_all_closed();
+}
