@@ -279,8 +279,11 @@ async fn transmit<S: AsyncRead + AsyncWrite + Send + 'static>(
         replies,
     });
     let limits = &ctx.limits;
-    let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
-    let budget_bytes = limits.max_buffered_bytes.max(1);
+    // Clamped so no configuration can make `Semaphore::new` panic.
+    let slots = Arc::new(Semaphore::new(
+        limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let budget_bytes = limits.max_buffered_bytes.clamp(1, Semaphore::MAX_PERMITS);
     let budget = Arc::new(Semaphore::new(budget_bytes));
 
     let ended = loop {

@@ -70,7 +70,9 @@ pub async fn serve_nbd(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(ctx);
-    let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let slots = Arc::new(Semaphore::new(
+        ctx.limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
