@@ -15,6 +15,7 @@ PACKAGES=(
   debian-installer-12-netboot-amd64
   cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs kmod python3 file openssl util-linux
   python3-venv restic borgbackup
+  libnbd-bin python3-libnbd
 )
 
 missing=()
