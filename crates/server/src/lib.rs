@@ -6,3 +6,4 @@
 //! logic. The protocol logic of NBD is in `vmedia-nbd`; this crate owns the sockets.
 
 pub mod export;
+pub mod scrape;
