@@ -10,6 +10,7 @@ mod logging;
 mod mkisofs;
 mod netboot;
 mod progress;
+mod top;
 mod vm;
 
 use std::process::ExitCode;
@@ -57,6 +58,8 @@ enum Command {
     /// Image library: deduplicated versions with a timeline, in a folder or on S3
     #[command(after_help = library::LIBRARY_AFTER_HELP)]
     Library(library::LibraryArgs),
+    /// Live I/O of a vmedia serve daemon per export and client (esxtop-like; --batch for scripts)
+    Top(top::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Library(cmd) => library::run(cmd),
+        Command::Top(args) => top::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -656,6 +656,11 @@ fn increase(after: f64, before: f64) -> f64 {
     }
 }
 
+/// A sum that starts from +0.0: std's empty `f64` sum is -0.0, which prints as "-0.00".
+fn total(amounts: impl Iterator<Item = f64>) -> f64 {
+    amounts.fold(0.0, |sum, amount| sum + amount)
+}
+
 fn per_second(amount: f64, seconds: f64) -> f64 {
     if seconds > 0.0 {
         amount / seconds
@@ -694,14 +699,15 @@ impl Row {
     ) -> Row {
         let empty = IoSeries::default();
         let before = before.unwrap_or(&empty);
-        let counter_increase =
-            |after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>, op: Option<&str>| {
-                after
-                    .iter()
-                    .filter(|(name, _)| op.is_none_or(|op| name.as_str() == op))
-                    .map(|(name, value)| increase(*value, before.get(name).copied().unwrap_or(0.0)))
-                    .sum::<f64>()
-            };
+        let counter_increase = |after: &BTreeMap<String, f64>,
+                                before: &BTreeMap<String, f64>,
+                                op: Option<&str>| {
+            let increases = after
+                .iter()
+                .filter(|(name, _)| op.is_none_or(|op| name.as_str() == op))
+                .map(|(name, value)| increase(*value, before.get(name).copied().unwrap_or(0.0)));
+            total(increases)
+        };
         let operations = counter_increase(&after.operations, &before.operations, None);
         let read_bytes = counter_increase(&after.bytes, &before.bytes, Some("read"));
         let write_bytes = counter_increase(&after.bytes, &before.bytes, Some("write"));
@@ -876,10 +882,10 @@ impl View {
         let backend = server.backend_latency.since(&previous.backend_latency);
         let totals = Totals {
             connections_open: server.connections_open.clone(),
-            queue_depth: exports.iter().map(|e| e.row.queue_depth).sum(),
-            iops: exports.iter().map(|e| e.row.iops).sum(),
-            read_bytes_per_second: exports.iter().map(|e| e.row.read_bytes_per_second).sum(),
-            write_bytes_per_second: exports.iter().map(|e| e.row.write_bytes_per_second).sum(),
+            queue_depth: total(exports.iter().map(|e| e.row.queue_depth)),
+            iops: total(exports.iter().map(|e| e.row.iops)),
+            read_bytes_per_second: total(exports.iter().map(|e| e.row.read_bytes_per_second)),
+            write_bytes_per_second: total(exports.iter().map(|e| e.row.write_bytes_per_second)),
             cache_hit_rate: (hits + misses > 0.0).then(|| hits / (hits + misses)),
             cache_evictions_per_second: per_second(
                 increase(server.cache_evictions, previous.cache_evictions),
@@ -1230,6 +1236,21 @@ vmedia_clones 1
             "{row:?}"
         );
         assert!(close(row.iops, 1000.0), "{row:?}");
+    }
+
+    #[test]
+    fn rates_without_traffic_are_positive_zero() {
+        let text = "vmedia_export_operations_total{export=\"a\",op=\"read\"} 5\n";
+        let snapshot = Snapshot::parse(text.as_bytes()).unwrap();
+        let view = View::between(&snapshot, &snapshot, Duration::from_secs(1));
+        let row = &view.exports[0].row;
+        assert!(row.write_bytes_per_second.is_sign_positive(), "{row:?}");
+        let empty = View::between(
+            &Snapshot::default(),
+            &Snapshot::default(),
+            Duration::from_secs(1),
+        );
+        assert!(empty.totals.iops.is_sign_positive());
     }
 
     #[test]
