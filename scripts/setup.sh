@@ -7,7 +7,7 @@ need_root() { if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get)"; 
 
 # Debian packages: payloads for bootable fixtures and the peer programs the tests compare with.
 PACKAGES=(
-  qemu-system-x86 ovmf seabios ipxe-qemu
+  qemu-system-x86 ovmf seabios ipxe-qemu qemu-block-extra
   xorriso genisoimage p7zip-full libarchive-tools isomd5sum
   dnsmasq-base atftp atftpd tftp-hpa curl wrk nginx
   linux-image-amd64 busybox-static isolinux syslinux syslinux-common pxelinux

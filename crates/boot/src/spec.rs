@@ -365,6 +365,22 @@ mod tests {
     }
 
     #[test]
+    fn vm_toml_from_before_urls_still_reads() {
+        let text =
+            "name = \"old\"\nmemory_mib = 512\ncpus = 1\n\n[[cdroms]]\nmedium = \"/srv/a.iso\"\n\n\
+                    [[disks]]\npath = \"/srv/d.qcow2\"\nformat = \"qcow2\"\n";
+        let spec: VmSpec = toml::from_str(text).unwrap();
+        assert_eq!(
+            spec.cdroms[0].medium,
+            Some(Medium::File(PathBuf::from("/srv/a.iso")))
+        );
+        assert_eq!(
+            spec.disks[0].medium,
+            Medium::File(PathBuf::from("/srv/d.qcow2"))
+        );
+    }
+
+    #[test]
     fn memory_units() {
         assert_eq!(parse_memory("512").unwrap(), 512);
         assert_eq!(parse_memory("2G").unwrap(), 2048);
