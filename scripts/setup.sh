@@ -7,7 +7,7 @@ need_root() { if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get)"; 
 
 # Debian packages: payloads for bootable fixtures and the peer programs the tests compare with.
 PACKAGES=(
-  qemu-system-x86 ovmf seabios ipxe-qemu qemu-block-extra
+  qemu-system-x86 ovmf seabios ipxe-qemu
   xorriso genisoimage p7zip-full libarchive-tools isomd5sum
   dnsmasq-base atftp atftpd tftp-hpa curl wrk nginx
   linux-image-amd64 busybox-static isolinux syslinux syslinux-common pxelinux
@@ -15,6 +15,8 @@ PACKAGES=(
   debian-installer-12-netboot-amd64
   cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs kmod python3 file openssl util-linux
   python3-venv restic borgbackup
+  # vmedia serve's clients and peers: QEMU's curl block driver (a module), promtool, NBD tools
+  qemu-block-extra prometheus nbdkit libnbd-bin python3-libnbd
 )
 
 missing=()

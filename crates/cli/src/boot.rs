@@ -277,9 +277,12 @@ fn remote_medium(text: &str, https_insecure: bool) -> anyhow::Result<Option<Medi
     if !remote::looks_like_url(text) {
         return Ok(None);
     }
+    let url = RemoteUrl::parse(text)?;
+    // Only an https medium has a certificate to skip.
+    let https = matches!(url, RemoteUrl::Http { secure: true, .. });
     Ok(Some(Medium::Remote(Remote {
-        url: RemoteUrl::parse(text)?,
-        tls_verify: !https_insecure,
+        url,
+        tls_verify: !(https_insecure && https),
     })))
 }
 

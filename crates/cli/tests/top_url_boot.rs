@@ -148,6 +148,56 @@ fn malformed_url_is_refused_not_taken_as_a_file() {
     assert!(err.contains("read-only"), "{err}");
 }
 
+#[test]
+fn managed_vm_stores_url_media_and_shows_them() {
+    let home = tempfile::tempdir().unwrap();
+    let vm = || {
+        let mut cmd = vmedia();
+        cmd.env("VMEDIA_HOME", home.path()).arg("vm");
+        cmd
+    };
+    let (code, out, err) = run_any(vm().args([
+        "create",
+        "urls",
+        "--cdrom",
+        "nbd://127.0.0.1/demo@1",
+        "--disk",
+        "https://127.0.0.1:8443/images/d@2/disk,format=qcow2",
+        "--https-insecure",
+        "--disk-rw",
+        "nbd://[::1]:10810/clone/web1",
+    ]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run_any(vm().args(["show", "urls", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let show: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let config = &show["config"];
+    assert_eq!(
+        config["cdroms"][0]["medium"],
+        "nbd://127.0.0.1:10809/demo@1"
+    );
+    assert_eq!(
+        config["disks"][0]["medium"],
+        serde_json::json!({"url": "https://127.0.0.1:8443/images/d@2/disk", "tls_verify": false})
+    );
+    assert_eq!(config["disks"][0]["format"], "qcow2");
+    assert_eq!(config["disks"][0]["writable"], false);
+    assert_eq!(config["disks"][1]["medium"], "nbd://[::1]:10810/clone/web1");
+    assert_eq!(config["disks"][1]["writable"], true);
+    let (code, _, err) = run_any(vm().args(["insert", "urls", "--slot", "0", "nbd://h/x"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("local ISO"), "{err}");
+    let (code, _, err) = run_any(vm().args([
+        "create",
+        "plain",
+        "--cdrom",
+        "http://127.0.0.1/a.iso",
+        "--https-insecure",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("https:// media only"), "{err}");
+}
+
 /// One HTTP/1.1 connection: HEAD and GET of the one image, with a single `Range`, keep-alive.
 /// What QEMU's curl driver needs: `Accept-Ranges: bytes`, the size on HEAD, 206 with an exact
 /// `Content-Range`.

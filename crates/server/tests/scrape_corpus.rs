@@ -50,3 +50,34 @@ fn metrics_text_corpus_replays() {
         );
     }
 }
+
+/// Prometheus's own parser (`promtool check metrics`) is the oracle: what it cannot parse, the
+/// scraper refuses too, and what it parses, the scraper reads, except a histogram bucket without
+/// `le`, which promtool only lints and `vmedia top` cannot place.
+#[test]
+fn scraper_agrees_with_promtool_on_the_corpus() {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("promtool is not installed (Debian package prometheus; scripts/setup.sh)");
+    for (name, data) in corpus() {
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &data).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let promtool_parses = !said.contains("parsing error");
+        let we_parse = scrape::parse(&data).is_ok();
+        if name == "bucket-without-le.prom" {
+            assert!(promtool_parses && !we_parse, "{name}: {said}");
+        } else {
+            assert_eq!(we_parse, promtool_parses, "{name}: promtool said {said}");
+        }
+    }
+}
