@@ -576,6 +576,89 @@ mod tests {
         assert!(parse_interval("fast").is_err());
     }
 
+    const BEFORE: &str = "vmedia_export_operations_total{export=\"debian@3\",op=\"read\"} 100\n\
+        vmedia_client_operations_total{export=\"debian@3\",client=\"10.0.0.5:4000\",op=\"read\"} 100\n";
+    const AFTER: &str = "vmedia_export_operations_total{export=\"debian@3\",op=\"read\"} 300\n\
+        vmedia_export_requests_in_flight{export=\"debian@3\"} 5\n\
+        vmedia_export_operations_total{export=\"idle@1\",op=\"read\"} 0\n\
+        vmedia_client_operations_total{export=\"debian@3\",client=\"10.0.0.5:4000\",op=\"read\"} 300\n";
+
+    fn screen_text(state: &mut ScreenState) -> Vec<String> {
+        let backend = ratatui::backend::TestBackend::new(110, 12);
+        let mut terminal = ratatui::Terminal::new(backend).unwrap();
+        terminal.draw(|frame| draw(frame, state)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol().to_string())
+                    .collect::<String>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn screen_shows_totals_exports_and_expanded_clients() {
+        let before = Snapshot::parse(BEFORE.as_bytes()).unwrap();
+        let after = Snapshot::parse(AFTER.as_bytes()).unwrap();
+        let mut view = View::between(&before, &after, Duration::from_secs(2));
+        view.sort(SortColumn::Iops);
+        let mut state = ScreenState {
+            url: "http://h:8080/metrics".into(),
+            interval: Duration::from_secs(2),
+            sort: SortColumn::Iops,
+            view: Some(view),
+            error: None,
+            expanded: BTreeSet::new(),
+            expand_all: false,
+            table: TableState::default(),
+            updated: "now".into(),
+        };
+        let lines = screen_text(&mut state);
+        assert!(
+            lines[0].starts_with("vmedia top  http://h:8080/metrics  every 2.0 s"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].contains("qd=5") && lines[1].contains("iops=100.0"),
+            "{lines:#?}"
+        );
+        let table: Vec<&String> = lines.iter().filter(|l| l.contains('@')).collect();
+        assert!(
+            table[0].starts_with("debian@3") && table[0].contains("100.0"),
+            "{lines:#?}"
+        );
+        assert!(table[1].starts_with("idle@1"), "busiest first: {lines:#?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("10.0.0.5")),
+            "clients folded: {lines:#?}"
+        );
+        state.table.select(Some(0));
+        state.toggle_selected();
+        let lines = screen_text(&mut state);
+        let client = lines
+            .iter()
+            .position(|l| l.contains("└ 10.0.0.5:4000"))
+            .unwrap();
+        let export = lines
+            .iter()
+            .position(|l| l.starts_with("debian@3"))
+            .unwrap();
+        assert_eq!(
+            client,
+            export + 1,
+            "the client row follows its export: {lines:#?}"
+        );
+        state.resort(SortColumn::Name);
+        state.error = Some("cannot reach http://h:8080/metrics".into());
+        let lines = screen_text(&mut state);
+        assert!(
+            lines.last().unwrap().starts_with("error: cannot reach"),
+            "{lines:#?}"
+        );
+        assert!(lines[0].contains("sort: name"), "{lines:#?}");
+    }
+
     #[test]
     fn metrics_url_adds_scheme_and_path() {
         assert_eq!(
