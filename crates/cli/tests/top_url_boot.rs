@@ -146,6 +146,18 @@ fn malformed_url_is_refused_not_taken_as_a_file() {
         run_any(vmedia().args(["boot", "--disk-rw", "http://h/images/a", "--expect", "x"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("read-only"), "{err}");
+    let (code, _, err) = run_any(vmedia().args([
+        "boot",
+        "--accel",
+        "tcg",
+        "--cdrom",
+        "nbd://127.0.0.1/demo",
+        "--direct",
+        "--expect",
+        "x",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("local ISO"), "{err}");
 }
 
 #[test]
