@@ -94,8 +94,10 @@ fn answer(mut stream: TcpStream, body: &str) {
     );
 }
 
-fn near(value: f64, expected: f64, tolerance: f64) -> bool {
-    (value - expected).abs() <= expected * tolerance
+/// A rate over a measured interval: never above the counters' increase over the nominal
+/// interval (the answers are at least that far apart), and on a loaded machine maybe well below.
+fn rate_like(value: f64, expected: f64) -> bool {
+    value <= expected * 1.001 && value >= expected * 0.5
 }
 
 #[test]
@@ -140,13 +142,13 @@ fn batch_prints_rates_from_growing_counters() {
         assert_eq!(&row[..4], ["export", "debian@3", "-", "7"], "{out}");
         let iops: f64 = row[4].parse().unwrap();
         assert!(
-            near(iops, expected_iops, 0.15),
+            rate_like(iops, expected_iops),
             "IOPS {iops} not ~{expected_iops}:\n{out}"
         );
         let read_mb: f64 = row[5].parse().unwrap();
         let expected_mb = expected_iops * 4096.0 / 1e6;
         assert!(
-            near(read_mb, expected_mb, 0.15),
+            rate_like(read_mb, expected_mb * 1.01),
             "read {read_mb} MB/s not ~{expected_mb}:\n{out}"
         );
         assert_eq!(row[6], "0.00", "no writes:\n{out}");
@@ -164,7 +166,7 @@ fn batch_prints_rates_from_growing_counters() {
         assert_eq!(row[9], "-", "clients have no cache series:\n{out}");
     }
     let client_iops: f64 = clients[1][4].parse().unwrap();
-    assert!(near(client_iops, 4000.0, 0.15), "{out}");
+    assert!(rate_like(client_iops, 4000.0), "{out}");
 }
 
 #[test]
