@@ -61,6 +61,9 @@ pub struct Args {
     /// With --batch: stop after N intervals (default: run until interrupted)
     #[arg(long, value_name = "N", requires = "batch")]
     iterations: Option<u64>,
+    /// With an https:// --server: do not verify its certificate (a self-signed daemon)
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -121,8 +124,12 @@ struct Scraper {
 }
 
 impl Scraper {
-    fn new(url: String) -> Scraper {
+    fn new(url: String, insecure: bool) -> Scraper {
+        let tls = ureq::tls::TlsConfig::builder()
+            .disable_verification(insecure)
+            .build();
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(SCRAPE_TIMEOUT))
             .http_status_as_error(false)
@@ -161,7 +168,11 @@ impl Scraper {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let scraper = Scraper::new(metrics_url(&args.server)?);
+    let url = metrics_url(&args.server)?;
+    if args.insecure && !url.starts_with("https://") {
+        bail!("--insecure applies to an https:// --server only");
+    }
+    let scraper = Scraper::new(url, args.insecure);
     if args.batch {
         batch(&scraper, &args)
     } else {

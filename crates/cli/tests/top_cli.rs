@@ -94,6 +94,16 @@ fn answer(mut stream: TcpStream, body: &str) {
     );
 }
 
+/// Kills the server it holds when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A rate over a measured interval: never above the counters' increase over the nominal
 /// interval (the answers are at least that far apart), and on a loaded machine maybe well below.
 fn rate_like(value: f64, expected: f64) -> bool {
@@ -261,6 +271,69 @@ for word in [b"vmedia top", b"IOPS", b"EXPORT / CLIENT"]:
         !out.contains("HEADER") || !out.contains(" False"),
         "the header is incomplete:\n{out}"
     );
+}
+
+#[test]
+fn https_daemon_with_a_self_signed_certificate_needs_insecure() {
+    // openssl s_server -WWW serves the files of its folder over TLS: /metrics is a file here.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("metrics"), scrape(1000)).unwrap();
+    let status = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(status.success());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "s_server", "-WWW", "-quiet", "-key", "key.pem", "-cert", "cert.pem",
+        ])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = KillOnDrop(server);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}");
+    let top = |extra: &[&str]| {
+        run_any(
+            vmedia()
+                .args(["top", "--server", &url, "--batch", "--iterations", "1"])
+                .args(["--interval", "200ms"])
+                .args(extra),
+        )
+    };
+    let (code, _, err) = top(&[]);
+    assert_eq!(code, 1, "an unverified certificate was accepted: {err}");
+    let (code, out, err) = top(&["--insecure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("export debian@3 ")),
+        "{out}"
+    );
+    let (code, _, err) = run_any(vmedia().args(["top", "--batch", "--insecure"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("https://"), "{err}");
 }
 
 #[test]
