@@ -7,3 +7,4 @@
 
 pub mod clones;
 pub mod export;
+pub mod netboot;
