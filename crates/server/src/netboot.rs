@@ -294,6 +294,15 @@ pub async fn start_netboot(
     config: &Path,
     library: Library,
 ) -> Result<ServerHandle, NetbootStartError> {
+    start_netboot_with_images(config, Arc::new(LibraryImages::new(library))).await
+}
+
+/// [`start_netboot`] with another source of `library:` images (e.g. one that reads through
+/// the daemon's shared cache).
+pub async fn start_netboot_with_images(
+    config: &Path,
+    images: Arc<dyn ImageSource>,
+) -> Result<ServerHandle, NetbootStartError> {
     let path = config.to_path_buf();
     let server_config = tokio::task::spawn_blocking(move || load_netboot_config(&path))
         .await
@@ -301,6 +310,5 @@ pub async fn start_netboot(
             path: config.display().to_string(),
             message: format!("reading it failed: {e}"),
         })??;
-    let images: Arc<dyn ImageSource> = Arc::new(LibraryImages::new(library));
     Ok(Server::start_with_images(server_config, images).await?)
 }
