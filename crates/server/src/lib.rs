@@ -9,3 +9,4 @@ pub mod clones;
 pub mod export;
 pub mod nbd;
 pub mod scrape;
+pub mod netboot;
