@@ -10,6 +10,7 @@ mod logging;
 mod mkisofs;
 mod netboot;
 mod progress;
+mod serve;
 mod vm;
 
 use std::process::ExitCode;
@@ -57,12 +58,15 @@ enum Command {
     /// Image library: deduplicated versions with a timeline, in a folder or on S3
     #[command(after_help = library::LIBRARY_AFTER_HELP)]
     Library(library::LibraryArgs),
+    /// Serve library images over HTTP(S) and NBD (the vmedia daemon)
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match &cli.command {
         Command::Netboot(cmd) => netboot::default_log_filter(cmd),
+        Command::Serve(_) => serve::DEFAULT_LOG_FILTER,
         _ => logging::DEFAULT_FILTER,
     };
     logging::init(cli.log_format, default_filter);
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Library(cmd) => library::run(cmd),
+        Command::Serve(args) => serve::run(args),
     };
     match outcome {
         Ok(code) => code,
