@@ -266,11 +266,9 @@ impl ReadAt for ExportReader {
     }
 }
 
-fn not_found(spec: &str, error: &LibraryError) -> ExportError {
-    ExportError::Unavailable {
-        name: spec.to_string(),
-        reason: error.to_string(),
-    }
+/// A name that does not parse names no export.
+fn not_found(spec: &str, _error: &LibraryError) -> ExportError {
+    ExportError::NotFound(spec.to_string())
 }
 
 /// Missing items and versions are `NotFound`; everything else (a store outage, damage) is
