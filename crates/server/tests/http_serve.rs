@@ -581,3 +581,43 @@ fn preload_reads_a_whole_version_into_the_cache() {
     ]);
     assert_eq!(missing.status, 404);
 }
+
+#[test]
+fn shutdown_lets_a_download_in_progress_finish_and_refuses_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // Larger than what localhost socket buffers absorb, so the server is still sending.
+    let image = dir.path().join("big.raw");
+    let bytes = noise(11, 24 << 20);
+    std::fs::write(&image, &bytes).unwrap();
+    let library = new_library(dir.path());
+    add(&library, "deb", &image);
+    let mut daemon = Daemon::start(library, options(&dir.path().join("state")));
+    let url = format!("{}/images/deb", daemon.url);
+    let out = dir.path().join("download");
+    // About 6 s at 4 MiB/s: shutdown starts while most of the body is still to come.
+    let slow = Command::new("curl")
+        .args(["-sS", "--limit-rate", "4M", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    daemon.stop();
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "shutdown did not wait"
+    );
+    let status = slow.wait_with_output().unwrap().status;
+    assert!(status.success());
+    assert!(
+        std::fs::read(&out).unwrap() == bytes,
+        "the drained download is incomplete"
+    );
+    let refused = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", &url])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!refused.success());
+}
