@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use vmedia_server::{Server, Settings};
 
 /// Log filter without RUST_LOG: the daemon logs its work (starts, preloads, traces).
-pub const DEFAULT_LOG_FILTER: &str = "warn,vmedia_server=info";
+pub const DEFAULT_LOG_FILTER: &str = "warn,vmedia=info,vmedia_server=info";
 
 #[derive(clap::Args)]
 #[command(
