@@ -56,6 +56,8 @@ pub struct LibraryExports {
     clones: Mutex<Option<Arc<dyn ExportResolver>>>,
     /// `NAME@N` -> opened version.
     versions: Mutex<HashMap<String, OpenedVersion>>,
+    /// `NAME@N` -> the version opened as a disk image (parsing its tables once).
+    disks: Mutex<HashMap<String, Arc<DiskExport>>>,
     /// `NAME` or `NAME@sha256:PREFIX` -> `NAME@N` and when it was resolved.
     aliases: Mutex<HashMap<String, (String, Instant)>>,
     /// Per-export cache counters, by export name (kept across reopenings).
@@ -74,6 +76,7 @@ impl LibraryExports {
             traces,
             clones: Mutex::new(None),
             versions: Mutex::new(HashMap::new()),
+            disks: Mutex::new(HashMap::new()),
             aliases: Mutex::new(HashMap::new()),
             cache_stats: Mutex::new(HashMap::new()),
         }
@@ -156,9 +159,18 @@ impl LibraryExports {
         spec_text: &str,
     ) -> Result<(OpenedVersion, Arc<DiskExport>), ExportError> {
         let version = self.open_version(spec_text)?;
-        let name = format!("{}@{}{DISK_SUFFIX}", version.name, version.version);
-        let disk = DiskExport::open(name, Arc::clone(&version.export))?;
-        Ok((version, Arc::new(disk)))
+        let key = format!("{}@{}", version.name, version.version);
+        if let Some(disk) = lock(&self.disks).get(&key) {
+            return Ok((version, Arc::clone(disk)));
+        }
+        let name = format!("{key}{DISK_SUFFIX}");
+        let disk = Arc::new(DiskExport::open(name, Arc::clone(&version.export))?);
+        let mut disks = lock(&self.disks);
+        if disks.len() >= MAX_OPEN_VERSIONS {
+            disks.clear();
+        }
+        disks.insert(key, Arc::clone(&disk));
+        Ok((version, disk))
     }
 
     /// Tells the boot-trace recorder that a client attached `opened` (NBD: a connection
@@ -200,6 +212,46 @@ impl LibraryExports {
     /// `BaseOpener::open_base` answers).
     pub fn open_base(&self, spec: &str) -> Result<Arc<dyn Export>, ExportError> {
         Ok(self.open_version(spec)?.export)
+    }
+
+    /// Adds `size` bytes of `source` as a new version of `name` (what the clone store's
+    /// `BaseOpener::commit` does). The bytes are streamed into the library's add, read in
+    /// order by a helper thread; nothing is held whole.
+    pub fn commit(
+        &self,
+        name: &str,
+        source: &dyn ReadAt,
+        size: u64,
+    ) -> io::Result<vmedia_library::AddReport> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(COMMIT_QUEUE);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut offset = 0u64;
+                while offset < size {
+                    let n = (size - offset).min(COMMIT_PIECE) as usize;
+                    let mut buf = vec![0u8; n];
+                    let read = source.read_exact_at(&mut buf, offset).map(|()| buf);
+                    let failed = read.is_err();
+                    if tx.send(read).is_err() || failed {
+                        return;
+                    }
+                    offset += n as u64;
+                }
+            });
+            let reader = ChannelReader {
+                rx,
+                current: Vec::new(),
+                at: 0,
+            };
+            self.library
+                .add(
+                    name,
+                    vmedia_library::AddSource::Reader(Box::new(reader)),
+                    &vmedia_library::AddOptions::default(),
+                    &vmedia_io::NoProgress,
+                )
+                .map_err(io::Error::other)
+        })
     }
 }
 
@@ -244,6 +296,37 @@ impl ExportResolver for LibraryExports {
         let version = self.open_version(name)?;
         self.attached(&version);
         Ok(version.export)
+    }
+}
+
+/// Bytes per piece handed from a commit's reading thread to the add.
+const COMMIT_PIECE: u64 = 1 << 20;
+/// Pieces in flight between them (bounds a commit's memory to a few MiB).
+const COMMIT_QUEUE: usize = 4;
+
+/// The receiving end of a commit's pieces as a `Read`.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(piece) => {
+                    self.current = piece?;
+                    self.at = 0;
+                }
+                // The sender finished: the end of the source.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
