@@ -74,10 +74,14 @@ impl Server {
         metrics.set_exports(Arc::clone(&exports));
         let observer: Arc<dyn IoObserver> = metrics.clone();
 
-        // MERGE(clones): open the clone store here and plug it in, e.g.
-        //   let store = Arc::new(CloneStore::open(&options.state_dir, exports.clone() as Arc<dyn BaseOpener>)?);
-        //   exports.set_clones(store.clone());               // `clone/NAME` exports
-        //   metrics.set_clones(Arc::new(move || store.gauges())); // vmedia_clones, vmedia_clone_bytes_written
+        // MERGE(clones): open the clone store here and plug it in (serve-contract.md). With
+        //   impl crate::clones::BaseOpener for LibraryExports { open_base -> Self::open_base,
+        //   commit -> Self::commit } (both exist with the contract's signatures):
+        //   let store = Arc::new(crate::clones::CloneStore::open(&options.state_dir, exports.clone())?);
+        //   exports.set_clones(store.clone());                 // `clone/NAME` exports
+        //   let gauges = Arc::clone(&store);                   // vmedia_clones, vmedia_clone_bytes_written
+        //   metrics.set_clones(Arc::new(move || gauges.list().into_iter()
+        //       .map(|c| (c.name, c.bytes_written)).collect()));
         //   clones_router = Some(crate::clones::api::router(store));
         let clones_router: Option<axum::Router> = None;
 
@@ -122,7 +126,8 @@ impl Server {
         }
         let nbd_addr = None;
         if options.nbd_port != 0 {
-            // MERGE(nbd): the NBD front end (crates/server/src/nbd, serve-contract.md):
+            // MERGE(nbd): the NBD front end (crates/server/src/nbd, serve-contract.md); make
+            // `nbd_addr` mutable and replace the warning below with:
             //   let listener = bind("NBD", SocketAddr::new(options.listen, options.nbd_port)).await?;
             //   nbd_addr = listener.local_addr().ok();
             //   let ctx = crate::nbd::NbdContext {
