@@ -71,3 +71,91 @@ fn commit_streams_a_source_into_a_new_version() {
     export.read_at(&mut back, 0).unwrap();
     assert!(back == data);
 }
+
+/// An image held in memory, as an export.
+struct MemoryExport(Vec<u8>);
+
+impl vmedia_server::export::Export for MemoryExport {
+    fn name(&self) -> &str {
+        "memory"
+    }
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn block_sizes(&self) -> vmedia_server::export::BlockSizes {
+        vmedia_server::export::BlockSizes {
+            minimum: 1,
+            preferred: 4096,
+            maximum: 1 << 20,
+        }
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = offset as usize;
+        buf.copy_from_slice(&self.0[start..start + buf.len()]);
+        Ok(())
+    }
+    fn extents(
+        &self,
+        _offset: u64,
+        length: u64,
+    ) -> std::io::Result<Vec<vmedia_server::export::Extent>> {
+        Ok(vec![vmedia_server::export::Extent {
+            length,
+            hole: false,
+            zero: false,
+        }])
+    }
+}
+
+#[test]
+fn a_disk_naming_a_backing_file_is_refused_and_nothing_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let overlay = dir.path().join("overlay.qcow2");
+    for args in [
+        vec!["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "1M"],
+        vec![
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            overlay.to_str().unwrap(),
+        ],
+    ] {
+        assert!(std::process::Command::new("qemu-img")
+            .args(&args)
+            .current_dir(dir.path())
+            .status()
+            .unwrap()
+            .success());
+    }
+    let bytes = std::fs::read(&overlay).unwrap();
+    let refused = vmedia_server::exports::DiskExport::open(
+        "overlay@1/disk".into(),
+        Arc::new(MemoryExport(bytes)),
+    );
+    match refused {
+        Err(vmedia_server::export::ExportError::Unavailable { reason, .. }) => {
+            assert!(reason.contains("backing"), "{reason}")
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a disk with a backing file was opened"),
+    }
+    // The base alone is a fine disk: 1 MiB, unallocated (holes).
+    let disk = vmedia_server::exports::DiskExport::open(
+        "base@1/disk".into(),
+        Arc::new(MemoryExport(std::fs::read(&base).unwrap())),
+    )
+    .unwrap();
+    use vmedia_server::export::Export;
+    assert_eq!(disk.size(), 1 << 20);
+    let extents = disk.extents(0, 1 << 20).unwrap();
+    assert!(extents.iter().all(|e| e.hole && e.zero), "{extents:?}");
+}
