@@ -166,6 +166,18 @@ fn open_library() -> Result<Library> {
     Ok(Library::open(&config)?)
 }
 
+/// The library every `library:` argument of this run reads (`disk compare library:A library:B`
+/// opens it once: one configuration read, one S3 client).
+static SHARED: OnceLock<Library> = OnceLock::new();
+
+fn shared_library() -> Result<Library> {
+    if let Some(library) = SHARED.get() {
+        return Ok(library.clone());
+    }
+    let library = open_library()?;
+    Ok(SHARED.get_or_init(|| library).clone())
+}
+
 // ---------------------------------------------------------------------------------------------
 // library:NAME[@V] as a source for the iso and disk commands
 
@@ -183,7 +195,7 @@ pub fn open_source(path: &Path) -> Result<Arc<dyn ReadAt>> {
         .and_then(|p| p.strip_prefix(LIBRARY_PATH_PREFIX))
     {
         let spec = VersionSpec::parse(spec)?;
-        let library = open_library()?;
+        let library = shared_library()?;
         let reader = library
             .open_version(&spec)
             .with_context(|| format!("cannot open {}", path.display()))?;
@@ -200,7 +212,12 @@ pub fn open_disk(
 ) -> Result<Box<dyn vmedia_disk::image::DiskImage>> {
     if is_library_path(path) {
         let source = open_source(path)?;
-        return Ok(vmedia_disk::factory::open_source(path, source, opts)?);
+        // Nothing a stored image names is looked up on this host (see NoReferences).
+        let opts = vmedia_disk::image::OpenOptions {
+            resolver: Some(Arc::new(vmedia_library::NoReferences)),
+            ..opts.clone()
+        };
+        return Ok(vmedia_disk::factory::open_source(path, source, &opts)?);
     }
     Ok(vmedia_disk::factory::open(path, opts)?)
 }
