@@ -11,6 +11,7 @@ mod logging;
 mod mkisofs;
 mod netboot;
 mod progress;
+mod serve;
 mod vm;
 
 use std::process::ExitCode;
@@ -61,12 +62,15 @@ enum Command {
     /// Per-VM copy-on-write clones on a running `vmedia serve` (create, ls, rm, commit)
     #[command(subcommand)]
     Clone(clone::CloneCommand),
+    /// Serve library images over HTTP(S) and NBD (the vmedia daemon)
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match &cli.command {
         Command::Netboot(cmd) => netboot::default_log_filter(cmd),
+        Command::Serve(_) => serve::DEFAULT_LOG_FILTER,
         _ => logging::DEFAULT_FILTER,
     };
     logging::init(cli.log_format, default_filter);
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Library(cmd) => library::run(cmd),
         Command::Clone(cmd) => clone::run(cmd),
+        Command::Serve(args) => serve::run(args),
     };
     match outcome {
         Ok(code) => code,

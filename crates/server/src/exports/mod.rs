@@ -1,0 +1,298 @@
+//! Library versions as exports, and the resolver the front ends share: `NAME[@V]` (a
+//! version's bytes), `NAME[@V]/disk` (a disk image's virtual content) and `clone/CLONE`
+//! (handed to the clone store).
+//!
+//! Opened exports are kept (bounded) so that per-request front ends (HTTP) do not re-read
+//! the manifest each time; names that follow the current version are re-resolved after
+//! `CURRENT_TTL`.
+
+mod disk;
+mod version;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmedia_io::ReadAt;
+use vmedia_library::{Library, LibraryError, VersionSelector, VersionSpec};
+
+use crate::cache::{ExportCache, ExportCacheStats, SharedCache};
+use crate::export::{Export, ExportError, ExportListing, ExportResolver};
+use crate::preload::Traces;
+
+pub use disk::DiskExport;
+pub use version::VersionExport;
+
+/// How long `NAME` (the current version) keeps meaning the version it resolved to: a new
+/// version becomes visible to clients within this time, and a burst of requests costs one
+/// timeline read.
+pub const CURRENT_TTL: Duration = Duration::from_secs(1);
+/// Opened versions kept: manifests of the versions in use, each up to a few MiB.
+pub const MAX_OPEN_VERSIONS: usize = 256;
+/// The prefix of clone export names.
+pub const CLONE_PREFIX: &str = "clone/";
+/// The suffix naming a disk image's virtual content.
+pub const DISK_SUFFIX: &str = "/disk";
+
+/// One opened library version and what HTTP needs to describe it.
+#[derive(Clone)]
+pub struct OpenedVersion {
+    /// The version's bytes (decorated for boot traces when those are on).
+    pub export: Arc<dyn Export>,
+    pub name: String,
+    pub version: u64,
+    /// `sha256:hex` of the version's bytes.
+    pub digest: String,
+    pub created: Option<jiff::Timestamp>,
+    opened: Instant,
+}
+
+/// Library versions (and, through `clones`, clone exports) by name.
+pub struct LibraryExports {
+    library: Library,
+    cache: Arc<SharedCache>,
+    traces: Option<Arc<Traces>>,
+    clones: Mutex<Option<Arc<dyn ExportResolver>>>,
+    /// `NAME@N` -> opened version.
+    versions: Mutex<HashMap<String, OpenedVersion>>,
+    /// `NAME` or `NAME@sha256:PREFIX` -> `NAME@N` and when it was resolved.
+    aliases: Mutex<HashMap<String, (String, Instant)>>,
+    /// Per-export cache counters, by export name (kept across reopenings).
+    cache_stats: Mutex<HashMap<String, Arc<ExportCacheStats>>>,
+}
+
+impl LibraryExports {
+    pub fn new(
+        library: Library,
+        cache: Arc<SharedCache>,
+        traces: Option<Arc<Traces>>,
+    ) -> LibraryExports {
+        LibraryExports {
+            library,
+            cache,
+            traces,
+            clones: Mutex::new(None),
+            versions: Mutex::new(HashMap::new()),
+            aliases: Mutex::new(HashMap::new()),
+            cache_stats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Hands `clone/...` names to the clone store's resolver.
+    pub fn set_clones(&self, clones: Arc<dyn ExportResolver>) {
+        *lock(&self.clones) = Some(clones);
+    }
+
+    pub fn library(&self) -> &Library {
+        &self.library
+    }
+
+    pub fn cache(&self) -> &Arc<SharedCache> {
+        &self.cache
+    }
+
+    /// Cache hits and misses per export name.
+    pub fn cache_stats(&self) -> Vec<(String, Arc<ExportCacheStats>)> {
+        let mut all: Vec<_> = lock(&self.cache_stats)
+            .iter()
+            .map(|(name, stats)| (name.clone(), Arc::clone(stats)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Opens `NAME`, `NAME@N` or `NAME@sha256:PREFIX` (a version's bytes).
+    pub fn open_version(&self, spec_text: &str) -> Result<OpenedVersion, ExportError> {
+        let spec = VersionSpec::parse(spec_text).map_err(|e| not_found(spec_text, &e))?;
+        let key = match &spec.selector {
+            VersionSelector::Number(n) => format!("{}@{n}", spec.name),
+            _ => self.alias(spec_text, &spec)?,
+        };
+        if let Some(opened) = lock(&self.versions).get(&key) {
+            return Ok(opened.clone());
+        }
+        let pinned = VersionSpec::parse(&key).map_err(|e| not_found(spec_text, &e))?;
+        let stats = self.export_stats(&key);
+        let cache = Arc::new(ExportCache {
+            shared: Arc::clone(&self.cache),
+            stats,
+        });
+        let reader = self
+            .library
+            .open_version_cached(&pinned, cache)
+            .map_err(|e| library_error(spec_text, e))?;
+        let digest = reader.digest().to_string();
+        let mut export: Arc<dyn Export> = Arc::new(VersionExport::new(key.clone(), reader.clone()));
+        if let Some(traces) = &self.traces {
+            export = traces.decorate(export, &digest);
+        }
+        let opened = OpenedVersion {
+            export,
+            name: reader.name().to_string(),
+            version: reader.version(),
+            digest,
+            created: reader.created(),
+            opened: Instant::now(),
+        };
+        let mut versions = lock(&self.versions);
+        if versions.len() >= MAX_OPEN_VERSIONS {
+            // Drop the longest-open one; it is reopened (one manifest read) when asked again.
+            if let Some(oldest) = versions
+                .iter()
+                .min_by_key(|(_, v)| v.opened)
+                .map(|(k, _)| k.clone())
+            {
+                versions.remove(&oldest);
+            }
+        }
+        versions.insert(key, opened.clone());
+        Ok(opened)
+    }
+
+    /// Opens `NAME[@V]/disk`'s version as a disk image (read-only, no backing references).
+    pub fn open_disk(
+        &self,
+        spec_text: &str,
+    ) -> Result<(OpenedVersion, Arc<DiskExport>), ExportError> {
+        let version = self.open_version(spec_text)?;
+        let name = format!("{}@{}{DISK_SUFFIX}", version.name, version.version);
+        let disk = DiskExport::open(name, Arc::clone(&version.export))?;
+        Ok((version, Arc::new(disk)))
+    }
+
+    /// Tells the boot-trace recorder that a client attached `opened` (NBD: a connection
+    /// chose the export; HTTP: a request for it).
+    pub fn attached(&self, opened: &OpenedVersion) {
+        if let Some(traces) = &self.traces {
+            traces.attached(&opened.digest, &opened.export);
+        }
+    }
+
+    fn alias(&self, text: &str, spec: &VersionSpec) -> Result<String, ExportError> {
+        let fresh = |at: &Instant| match spec.selector {
+            VersionSelector::Current => at.elapsed() < CURRENT_TTL,
+            _ => true,
+        };
+        if let Some((key, at)) = lock(&self.aliases).get(text) {
+            if fresh(at) {
+                return Ok(key.clone());
+            }
+        }
+        let (name, version, _) = self
+            .library
+            .resolve_version(spec)
+            .map_err(|e| library_error(text, e))?;
+        let key = format!("{name}@{version}");
+        let mut aliases = lock(&self.aliases);
+        if aliases.len() >= MAX_OPEN_VERSIONS * 4 {
+            aliases.clear();
+        }
+        aliases.insert(text.to_string(), (key.clone(), Instant::now()));
+        Ok(key)
+    }
+
+    fn export_stats(&self, name: &str) -> Arc<ExportCacheStats> {
+        Arc::clone(lock(&self.cache_stats).entry(name.to_string()).or_default())
+    }
+
+    /// A library version's bytes as an export for a clone's base (what the clone store's
+    /// `BaseOpener::open_base` answers).
+    pub fn open_base(&self, spec: &str) -> Result<Arc<dyn Export>, ExportError> {
+        Ok(self.open_version(spec)?.export)
+    }
+}
+
+impl ExportResolver for LibraryExports {
+    fn list(&self) -> io::Result<Vec<ExportListing>> {
+        let items = self.library.list(false).map_err(io::Error::other)?;
+        let mut listing = Vec::new();
+        for item in items {
+            let (Some(version), Some(kind)) = (item.current, item.kind.as_deref()) else {
+                continue;
+            };
+            listing.push(ExportListing {
+                name: item.name.clone(),
+                description: format!("{}@{version} ({kind})", item.name),
+            });
+            if kind != "iso" && kind != "raw" {
+                listing.push(ExportListing {
+                    name: format!("{}{DISK_SUFFIX}", item.name),
+                    description: format!("{}@{version} as a {kind} disk", item.name),
+                });
+            }
+        }
+        if let Some(clones) = lock(&self.clones).clone() {
+            listing.extend(clones.list()?);
+        }
+        Ok(listing)
+    }
+
+    fn open(&self, name: &str) -> Result<Arc<dyn Export>, ExportError> {
+        if name.starts_with(CLONE_PREFIX) {
+            let clones = lock(&self.clones).clone();
+            return match clones {
+                Some(clones) => clones.open(name),
+                None => Err(ExportError::NotFound(name.to_string())),
+            };
+        }
+        if let Some(spec) = name.strip_suffix(DISK_SUFFIX) {
+            let (version, disk) = self.open_disk(spec)?;
+            self.attached(&version);
+            return Ok(disk);
+        }
+        let version = self.open_version(name)?;
+        self.attached(&version);
+        Ok(version.export)
+    }
+}
+
+/// An export as a `ReadAt` (the ISO and disk readers read through it).
+pub struct ExportReader(pub Arc<dyn Export>);
+
+impl ReadAt for ExportReader {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let size = self.0.size();
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (size - offset).min(buf.len() as u64) as usize;
+        self.0.read_at(&mut buf[..n], offset)?;
+        Ok(n)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.size())
+    }
+}
+
+fn not_found(spec: &str, error: &LibraryError) -> ExportError {
+    ExportError::Unavailable {
+        name: spec.to_string(),
+        reason: error.to_string(),
+    }
+}
+
+/// Missing items and versions are `NotFound`; everything else (a store outage, damage) is
+/// `Unavailable` with the reason.
+fn library_error(spec: &str, error: LibraryError) -> ExportError {
+    let text = error.to_string();
+    if matches!(
+        error,
+        LibraryError::NoSuchItem { .. }
+            | LibraryError::NoSuchVersion { .. }
+            | LibraryError::ItemRemoved { .. }
+            | LibraryError::VersionPruned { .. }
+    ) {
+        ExportError::NotFound(spec.to_string())
+    } else {
+        ExportError::Unavailable {
+            name: spec.to_string(),
+            reason: text,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
