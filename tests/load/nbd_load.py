@@ -4,6 +4,7 @@ pattern (or random reads for a fixed time) on one export, every read checked aga
 source file. Prints one JSON report (p50/p99 latency, aggregate MB/s, errors, mismatches)."""
 
 import argparse
+import signal
 import sys
 import time
 
@@ -20,7 +21,8 @@ def main():
     ap.add_argument("--max-len", type=int, help="clip every read to this many bytes")
     ap.add_argument("--per-client", type=int, help="ranges per client (a moving window)")
     ap.add_argument("--random-len", type=int, help="random aligned reads of this size instead")
-    ap.add_argument("--duration", type=float, help="stop issuing reads after this many seconds")
+    ap.add_argument("--duration", type=float,
+                    help="stop issuing reads after this many seconds (or at SIGTERM)")
     ap.add_argument("--tolerate-errors", action="store_true",
                     help="count read errors instead of failing (fault tests)")
     ap.add_argument("--seed", type=int, default=1)
@@ -46,8 +48,10 @@ def main():
     # The test waits for this line before it kills clients or the backend.
     print("connected", file=sys.stderr, flush=True)
     stats = loadlib.Stats()
-    deadline = time.monotonic() + args.duration if args.duration else None
-    nbdloop.run(conns, stats, tolerate_errors=args.tolerate_errors, deadline=deadline)
+    # SIGTERM ends the run early (reads in flight finish, then the report is printed).
+    stop = {"at": time.monotonic() + args.duration if args.duration else None}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(at=time.monotonic()))
+    nbdloop.run(conns, stats, tolerate_errors=args.tolerate_errors, deadline=lambda: stop["at"])
     stats.report(clients=args.clients, protocol="nbd")
     return 1 if stats.mismatches else 0
 

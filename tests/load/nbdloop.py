@@ -38,11 +38,17 @@ class Conn:
 
 
 def run(conns, stats, tolerate_errors=False, deadline=None, sel=None):
-    """Runs every connection's ops to the end (or to `deadline`, a time.monotonic() value).
-    Errors raise unless `tolerate_errors`; then they are counted and the connection goes on
-    (reconnecting when the server dropped it)."""
+    """Runs every connection's ops to the end (or to `deadline`: a time.monotonic() value, or
+    a function returning one or None, read again on every step so a signal handler can move
+    it). Errors raise unless `tolerate_errors`; then they are counted and the connection goes
+    on (reconnecting when the server dropped it)."""
     sel = sel or selectors.DefaultSelector()
     active = set()
+    current_deadline = deadline if callable(deadline) else (lambda: deadline)
+
+    def past(now, slack=0.0):
+        d = current_deadline()
+        return d is not None and now > d + slack
 
     def register(c):
         d = c.h.aio_get_direction()
@@ -78,7 +84,7 @@ def run(conns, stats, tolerate_errors=False, deadline=None, sel=None):
         c.h = None
 
     def next_op(c):
-        if deadline is not None and time.monotonic() > deadline:
+        if past(time.monotonic()):
             c.op = None
         else:
             c.op = next(c.ops, None)
@@ -144,7 +150,7 @@ def run(conns, stats, tolerate_errors=False, deadline=None, sel=None):
     while active:
         now = time.monotonic()
         for c in list(active):
-            if c.h is None and deadline is not None and now > deadline:
+            if c.h is None and past(now):
                 active.discard(c)
             elif c.h is None and now >= c.dead_until:
                 try:
@@ -167,5 +173,5 @@ def run(conns, stats, tolerate_errors=False, deadline=None, sel=None):
                 failed(c, e)
                 continue
             completed(c)
-        if deadline is not None and now > deadline + 30:
+        if past(now, 30):
             raise SystemExit(f"{len(active)} connections still busy 30 s after the deadline")

@@ -82,34 +82,47 @@ pub struct Weed {
 pub const SERVE_BUCKET: &str = "vmedia-serve";
 
 impl Weed {
-    /// A new server, ready to store objects in `SERVE_BUCKET`.
+    /// A new server, ready to store objects in `SERVE_BUCKET`. A port taken between our probe
+    /// and the server's bind makes it exit; that is retried with new ports.
     pub fn new() -> Weed {
-        let dir = tempfile::Builder::new()
-            .prefix("vmedia-serve-weed")
-            .tempdir()
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("vmedia-serve-weed")
+                .tempdir()
+                .unwrap();
+            fs::create_dir_all(dir.path().join("data")).unwrap();
+            fs::write(
+                dir.path().join("s3.json"),
+                format!(
+                    r#"{{"identities":[{{"name":"vmedia","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+                ),
+            )
             .unwrap();
-        fs::create_dir_all(dir.path().join("data")).unwrap();
-        fs::write(
-            dir.path().join("s3.json"),
-            format!(
-                r#"{{"identities":[{{"name":"vmedia","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-            ),
-        )
-        .unwrap();
-        let ports = std::array::from_fn(|_| free_port());
-        let weed = Weed {
-            child: Mutex::new(None),
-            endpoint: format!("http://127.0.0.1:{}", ports[6]),
-            dir,
-            ports,
-        };
-        weed.start();
-        weed
+            let ports = std::array::from_fn(|_| free_port());
+            let weed = Weed {
+                child: Mutex::new(None),
+                endpoint: format!("http://127.0.0.1:{}", ports[6]),
+                dir,
+                ports,
+            };
+            match weed.try_start() {
+                Ok(()) => return weed,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("SeaweedFS did not start (3 attempts); last:\n{last_error}");
     }
 
-    /// Starts the server (again) and waits until it stores an object.
+    /// Starts the server again (same ports and data) and waits until it stores an object.
     pub fn start(&self) {
-        let mut slot = self.child.lock().unwrap();
+        if let Err(error) = self.try_start() {
+            panic!("SeaweedFS did not start again: {error}");
+        }
+    }
+
+    fn try_start(&self) -> Result<(), String> {
+        let mut slot = self.child.lock().unwrap_or_else(|e| e.into_inner());
         assert!(slot.is_none(), "SeaweedFS is already running");
         let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] = self.ports;
         let log = fs::OpenOptions::new()
@@ -151,36 +164,40 @@ impl Weed {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        *slot = Some(spawn_tied(cmd).expect("cannot start weed"));
+        *slot = Some(spawn_tied(cmd).map_err(|e| format!("cannot start weed: {e}"))?);
         drop(slot);
         let deadline = Instant::now() + WEED_READY_TIMEOUT;
         loop {
-            if let Some(status) = self
+            let exited = self
                 .child
                 .lock()
-                .unwrap()
+                .unwrap_or_else(|e| e.into_inner())
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("weed exited with {status}:\n{}", self.log());
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.stop();
+                return Err(format!("weed exited with {status}:\n{}", self.log()));
             }
             // The bucket may not exist yet on the first start; a probe object needs it.
             let _ = self.s3_status("PUT", &format!("/{SERVE_BUCKET}"));
             if self.s3_status("PUT", &format!("/{SERVE_BUCKET}/probe")) == 200 {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS not ready after {WEED_READY_TIMEOUT:?}:\n{}",
-                self.log()
-            );
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(format!(
+                    "not ready after {WEED_READY_TIMEOUT:?}:\n{}",
+                    self.log()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     /// Kills the server (its data stays for `start`).
     pub fn stop(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
