@@ -320,6 +320,10 @@ fn http_500_range_clients_replay_a_boot_pattern_verified_with_bounded_backend_re
         .args(["--per-client", &RANGES_PER_CLIENT.to_string()]);
     let report = run_clients(cmd, "500 HTTP clients", &daemon);
     print_figures("http 500 clients", &report);
+    eprintln!(
+        "FIGURES http 500 clients: connects p50 {} ms, slowest {} ms (before the reads)",
+        report["connect_p50_ms"], report["connect_max_ms"]
+    );
     assert_eq!(report["reads"], (CLIENTS * RANGES_PER_CLIENT) as u64);
     assert_backend_bounded(&env, &daemon, "http 500 clients");
     daemon.stop();
