@@ -551,9 +551,13 @@ fn seaweedfs_stopped_for_10_s_under_load_gives_errors_not_wrong_bytes_and_recove
     let (status, report) = load.finish("load across the outage");
     eprintln!(
         "FIGURES S3 outage: SeaweedFS down from {down_at:.1} s to {up_at:.1} s (10 s stopped, \
-         then its restart); {} reads ok, {} errors, max latency {} ms; per second \
+         then its restart); {} reads ok, {} errors (e.g. {}), max latency {} ms; per second \
          [s, ok, errors]: {}",
-        report["reads"], report["errors"], report["max_ms"], report["timeline"]
+        report["reads"],
+        report["errors"],
+        report["error_samples"][0],
+        report["max_ms"],
+        report["timeline"]
     );
     assert!(
         status.success() && report["mismatches"] == 0,
