@@ -12,6 +12,7 @@ mod mkisofs;
 mod netboot;
 mod progress;
 mod serve;
+mod top;
 mod vm;
 
 use std::process::ExitCode;
@@ -62,6 +63,8 @@ enum Command {
     /// Per-VM copy-on-write clones on a running `vmedia serve` (create, ls, rm, commit)
     #[command(subcommand)]
     Clone(clone::CloneCommand),
+    /// Live I/O of a vmedia serve daemon per export and client (esxtop-like; --batch for scripts)
+    Top(top::Args),
     /// Serve library images over HTTP(S) and NBD (the vmedia daemon)
     Serve(serve::Args),
 }
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Library(cmd) => library::run(cmd),
         Command::Clone(cmd) => clone::run(cmd),
+        Command::Top(args) => top::run(args),
         Command::Serve(args) => serve::run(args),
     };
     match outcome {

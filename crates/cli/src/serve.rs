@@ -9,12 +9,12 @@ use anyhow::{Context, Result};
 use vmedia_server::{Server, Settings};
 
 /// Log filter without RUST_LOG: the daemon logs its work (starts, preloads, traces).
-pub const DEFAULT_LOG_FILTER: &str = "warn,vmedia_server=info";
+pub const DEFAULT_LOG_FILTER: &str = "warn,vmedia=info,vmedia_server=info";
 
 #[derive(clap::Args)]
 #[command(
     about = "Serve library images over HTTP(S) and NBD from one shared cache",
-    after_help = "Examples:\n  vmedia serve --library /srv/library --http-port 8080\n  vmedia serve --config /etc/vmedia/serve.toml\n  curl -r 0-2047 http://localhost:8080/images/debian@sha256:1f2e3d4c\n\n\
+    after_help = "Examples:\n  vmedia serve --library /srv/library --http-port 8080\n  vmedia serve --config /etc/vmedia/serve.toml\n  vmedia serve --netboot /etc/vmedia/netboot.toml\n  qemu-img info nbd://localhost:10809/debian@2\n  curl -r 0-2047 http://localhost:8080/images/debian@sha256:1f2e3d4c\n\n\
 A port of 0 turns that listener off. --config reads a TOML file with the same keys as the\n\
 flags (http-port = 8080, cache-size = \"1G\", preload = [\"debian\"]); flags win over it.\n\
 SIGTERM or SIGINT stops accepting, lets responses in progress finish, and exits 0."
@@ -60,6 +60,10 @@ pub struct Args {
     /// How long a version's boot trace records after its first client attaches [default: 60s]
     #[arg(long = "trace-window", value_name = "DURATION")]
     trace_window: Option<String>,
+    /// Run network boot (DHCP/TFTP/HTTP) inside the daemon from this netboot rules file; its
+    /// paths may name `library:NAME[@V]:/path/in/iso` (see docs/netboot.md)
+    #[arg(long, value_name = "FILE")]
+    netboot: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -81,6 +85,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         state: args.state,
         preload: args.preload,
         trace_window: args.trace_window,
+        netboot: args.netboot,
     };
     let settings = flags.merge(file);
     let library = crate::library::open_library_for_serve(settings.library.as_deref())?;

@@ -61,6 +61,8 @@ pub struct Settings {
     #[serde(default)]
     pub preload: Vec<String>,
     pub trace_window: Option<String>,
+    /// A netboot rules file (`vmedia netboot serve`'s, plus a `[server]` table) run inside the daemon.
+    pub netboot: Option<PathBuf>,
 }
 
 impl Settings {
@@ -103,6 +105,7 @@ impl Settings {
             state: self.state.or(file.state),
             preload,
             trace_window: self.trace_window.or(file.trace_window),
+            netboot: self.netboot.or(file.netboot),
         }
     }
 
@@ -151,6 +154,7 @@ impl Settings {
             state_dir: self.state.unwrap_or(default_state),
             preload: self.preload,
             trace_window,
+            netboot: self.netboot,
         })
     }
 }
@@ -172,6 +176,8 @@ pub struct ServerOptions {
     /// Versions to read into the cache at start.
     pub preload: Vec<String>,
     pub trace_window: Duration,
+    /// The netboot rules file to serve DHCP/TFTP/HTTP boot from, with `library:` paths.
+    pub netboot: Option<PathBuf>,
 }
 
 /// `4096`, `512K`, `256M`, `1G`, `2T` (binary units, optional `iB`/`B`).

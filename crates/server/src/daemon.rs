@@ -10,11 +10,13 @@ use tokio::task::JoinHandle;
 use vmedia_library::Library;
 
 use crate::cache::{CacheOptions, SharedCache};
+use crate::clones::{BaseOpener, CloneStore};
 use crate::config::ServerOptions;
 use crate::export::{ExportResolver, IoObserver};
 use crate::exports::LibraryExports;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::nbd::{serve_nbd, NbdContext, NbdLimits};
 use crate::preload::Traces;
 use crate::tls::{self, TlsError};
 
@@ -31,6 +33,10 @@ pub enum ServeError {
     },
     #[error("cannot set up the cache: {0}")]
     Cache(std::io::Error),
+    #[error("cannot open the clone store: {0}")]
+    Clones(crate::clones::CloneError),
+    #[error("cannot start network boot: {0}")]
+    Netboot(crate::netboot::NetbootStartError),
 }
 
 /// Starts the daemon.
@@ -45,6 +51,8 @@ pub struct ServerHandle {
     pub metrics: Arc<Metrics>,
     /// The resolver every front end uses (library versions, disks, clones).
     pub resolver: Arc<dyn ExportResolver>,
+    /// The network boot server run with `--netboot`.
+    pub netboot: Option<vmedia_netboot::ServerHandle>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -74,12 +82,20 @@ impl Server {
         metrics.set_exports(Arc::clone(&exports));
         let observer: Arc<dyn IoObserver> = metrics.clone();
 
-        // MERGE(clones): open the clone store here and plug it in, e.g.
-        //   let store = Arc::new(CloneStore::open(&options.state_dir, exports.clone() as Arc<dyn BaseOpener>)?);
-        //   exports.set_clones(store.clone());               // `clone/NAME` exports
-        //   metrics.set_clones(Arc::new(move || store.gauges())); // vmedia_clones, vmedia_clone_bytes_written
-        //   clones_router = Some(crate::clones::api::router(store));
-        let clones_router: Option<axum::Router> = None;
+        let store = Arc::new(
+            CloneStore::open(&options.state_dir, exports.clone() as Arc<dyn BaseOpener>)
+                .map_err(ServeError::Clones)?,
+        );
+        exports.set_clones(store.clone());
+        let gauges = Arc::clone(&store);
+        metrics.set_clones(Arc::new(move || {
+            gauges
+                .list()
+                .into_iter()
+                .map(|c| (c.name, c.bytes_written))
+                .collect()
+        }));
+        let clones_router = Some(crate::clones::api::router(store));
 
         let resolver: Arc<dyn ExportResolver> = exports.clone();
         let state = Arc::new(AppState {
@@ -120,23 +136,26 @@ impl Server {
                 shutdown_rx.clone(),
             )));
         }
-        let nbd_addr = None;
+        let mut nbd_addr = None;
         if options.nbd_port != 0 {
-            // MERGE(nbd): the NBD front end (crates/server/src/nbd, serve-contract.md):
-            //   let listener = bind("NBD", SocketAddr::new(options.listen, options.nbd_port)).await?;
-            //   nbd_addr = listener.local_addr().ok();
-            //   let ctx = crate::nbd::NbdContext {
-            //       resolver: Arc::clone(&resolver),
-            //       observer: Arc::clone(&observer),
-            //       tls: tls_config.as_ref().map(tls::plain_acceptor),
-            //       limits: crate::nbd::NbdLimits::default(),
-            //   };
-            //   tasks.push(tokio::spawn(crate::nbd::serve_nbd(listener, ctx, shutdown_rx.clone())));
-            tracing::warn!(
-                port = options.nbd_port,
-                "this build has no NBD front end yet; NBD is off"
-            );
+            let listener = bind("NBD", SocketAddr::new(options.listen, options.nbd_port)).await?;
+            nbd_addr = listener.local_addr().ok();
+            let ctx = NbdContext {
+                resolver: Arc::clone(&resolver),
+                observer: Arc::clone(&observer),
+                tls: tls_config.as_ref().map(tls::plain_acceptor),
+                limits: NbdLimits::default(),
+            };
+            tasks.push(tokio::spawn(serve_nbd(listener, ctx, shutdown_rx.clone())));
         }
+        let netboot = match &options.netboot {
+            Some(config) => Some(
+                crate::netboot::start_netboot(config, exports.library().clone())
+                    .await
+                    .map_err(ServeError::Netboot)?,
+            ),
+            None => None,
+        };
 
         for spec in options.preload.clone() {
             let exports = Arc::clone(&exports);
@@ -166,6 +185,7 @@ impl Server {
             exports,
             metrics,
             resolver,
+            netboot,
             shutdown,
             tasks,
         })
@@ -176,6 +196,11 @@ impl ServerHandle {
     /// Stops accepting, lets requests in progress finish (bounded), and returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(netboot) = self.netboot {
+            if let Err(error) = netboot.shutdown().await {
+                tracing::warn!(%error, "network boot did not stop cleanly");
+            }
+        }
         for task in self.tasks {
             let _ = task.await;
         }

@@ -14,7 +14,9 @@ pub mod exports;
 pub mod http;
 pub mod metrics;
 pub mod nbd;
+pub mod netboot;
 pub mod preload;
+pub mod scrape;
 pub mod tls;
 
 pub use config::{ServerOptions, Settings};

@@ -31,7 +31,7 @@ pub const CURRENT_TTL: Duration = Duration::from_secs(1);
 /// Opened versions kept: manifests of the versions in use, each up to a few MiB.
 pub const MAX_OPEN_VERSIONS: usize = 256;
 /// The prefix of clone export names.
-pub const CLONE_PREFIX: &str = "clone/";
+pub use crate::clones::CLONE_EXPORT_PREFIX as CLONE_PREFIX;
 /// The suffix naming a disk image's virtual content.
 pub const DISK_SUFFIX: &str = "/disk";
 
@@ -56,6 +56,8 @@ pub struct LibraryExports {
     clones: Mutex<Option<Arc<dyn ExportResolver>>>,
     /// `NAME@N` -> opened version.
     versions: Mutex<HashMap<String, OpenedVersion>>,
+    /// `NAME@N` -> the version opened as a disk image (parsing its tables once).
+    disks: Mutex<HashMap<String, Arc<DiskExport>>>,
     /// `NAME` or `NAME@sha256:PREFIX` -> `NAME@N` and when it was resolved.
     aliases: Mutex<HashMap<String, (String, Instant)>>,
     /// Per-export cache counters, by export name (kept across reopenings).
@@ -74,6 +76,7 @@ impl LibraryExports {
             traces,
             clones: Mutex::new(None),
             versions: Mutex::new(HashMap::new()),
+            disks: Mutex::new(HashMap::new()),
             aliases: Mutex::new(HashMap::new()),
             cache_stats: Mutex::new(HashMap::new()),
         }
@@ -156,9 +159,18 @@ impl LibraryExports {
         spec_text: &str,
     ) -> Result<(OpenedVersion, Arc<DiskExport>), ExportError> {
         let version = self.open_version(spec_text)?;
-        let name = format!("{}@{}{DISK_SUFFIX}", version.name, version.version);
-        let disk = DiskExport::open(name, Arc::clone(&version.export))?;
-        Ok((version, Arc::new(disk)))
+        let key = format!("{}@{}", version.name, version.version);
+        if let Some(disk) = lock(&self.disks).get(&key) {
+            return Ok((version, Arc::clone(disk)));
+        }
+        let name = format!("{key}{DISK_SUFFIX}");
+        let disk = Arc::new(DiskExport::open(name, Arc::clone(&version.export))?);
+        let mut disks = lock(&self.disks);
+        if disks.len() >= MAX_OPEN_VERSIONS {
+            disks.clear();
+        }
+        disks.insert(key, Arc::clone(&disk));
+        Ok((version, disk))
     }
 
     /// Tells the boot-trace recorder that a client attached `opened` (NBD: a connection
@@ -196,10 +208,44 @@ impl LibraryExports {
         Arc::clone(lock(&self.cache_stats).entry(name.to_string()).or_default())
     }
 
-    /// A library version's bytes as an export for a clone's base (what the clone store's
-    /// `BaseOpener::open_base` answers).
-    pub fn open_base(&self, spec: &str) -> Result<Arc<dyn Export>, ExportError> {
-        Ok(self.open_version(spec)?.export)
+    /// Adds `size` bytes of `source` as a new version of `name` (what the clone store's
+    /// `BaseOpener::commit` does). The bytes are streamed into the library's add, read in
+    /// order by a helper thread; nothing is held whole.
+    fn add_from(
+        &self,
+        name: &str,
+        source: &dyn ReadAt,
+        size: u64,
+    ) -> io::Result<vmedia_library::AddReport> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(COMMIT_QUEUE);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut offset = 0u64;
+                while offset < size {
+                    let n = (size - offset).min(COMMIT_PIECE) as usize;
+                    let mut buf = vec![0u8; n];
+                    let read = source.read_exact_at(&mut buf, offset).map(|()| buf);
+                    let failed = read.is_err();
+                    if tx.send(read).is_err() || failed {
+                        return;
+                    }
+                    offset += n as u64;
+                }
+            });
+            let reader = ChannelReader {
+                rx,
+                current: Vec::new(),
+                at: 0,
+            };
+            self.library
+                .add(
+                    name,
+                    vmedia_library::AddSource::Reader(Box::new(reader)),
+                    &vmedia_library::AddOptions::default(),
+                    &vmedia_io::NoProgress,
+                )
+                .map_err(io::Error::other)
+        })
     }
 }
 
@@ -247,6 +293,37 @@ impl ExportResolver for LibraryExports {
     }
 }
 
+/// Bytes per piece handed from a commit's reading thread to the add.
+const COMMIT_PIECE: u64 = 1 << 20;
+/// Pieces in flight between them (bounds a commit's memory to a few MiB).
+const COMMIT_QUEUE: usize = 4;
+
+/// The receiving end of a commit's pieces as a `Read`.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(piece) => {
+                    self.current = piece?;
+                    self.at = 0;
+                }
+                // The sender finished: the end of the source.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// An export as a `ReadAt` (the ISO and disk readers read through it).
 pub struct ExportReader(pub Arc<dyn Export>);
 
@@ -266,11 +343,9 @@ impl ReadAt for ExportReader {
     }
 }
 
-fn not_found(spec: &str, error: &LibraryError) -> ExportError {
-    ExportError::Unavailable {
-        name: spec.to_string(),
-        reason: error.to_string(),
-    }
+/// A name that does not parse names no export.
+fn not_found(spec: &str, _error: &LibraryError) -> ExportError {
+    ExportError::NotFound(spec.to_string())
 }
 
 /// Missing items and versions are `NotFound`; everything else (a store outage, damage) is
@@ -295,4 +370,45 @@ fn library_error(spec: &str, error: LibraryError) -> ExportError {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Clones stand on library versions read through the shared cache: `NAME[@V]` (the bytes) or
+/// `NAME[@V]/disk` (a disk image's virtual content), pinned to one version when made.
+impl crate::clones::BaseOpener for LibraryExports {
+    fn resolve_base(&self, spec: &str) -> Result<crate::clones::BaseVersion, ExportError> {
+        match spec.strip_suffix(DISK_SUFFIX) {
+            Some(version) => {
+                let (opened, disk) = self.open_disk(version)?;
+                Ok(crate::clones::BaseVersion {
+                    spec: format!("{}@{}{DISK_SUFFIX}", opened.name, opened.version),
+                    digest: opened.digest,
+                    size: disk.size(),
+                })
+            }
+            None => {
+                let opened = self.open_version(spec)?;
+                Ok(crate::clones::BaseVersion {
+                    spec: format!("{}@{}", opened.name, opened.version),
+                    digest: opened.digest,
+                    size: opened.export.size(),
+                })
+            }
+        }
+    }
+
+    fn open_base(&self, spec: &str) -> Result<Arc<dyn Export>, ExportError> {
+        match spec.strip_suffix(DISK_SUFFIX) {
+            Some(version) => Ok(self.open_disk(version)?.1),
+            None => Ok(self.open_version(spec)?.export),
+        }
+    }
+
+    fn commit(
+        &self,
+        name: &str,
+        source: &dyn ReadAt,
+        size: u64,
+    ) -> io::Result<vmedia_library::AddReport> {
+        self.add_from(name, source, size)
+    }
 }

@@ -319,6 +319,7 @@ fn body_response(
     let stream = BodyStream {
         source: Arc::clone(&rep.source),
         segments,
+        ahead: None,
         report: Report {
             observer: Arc::clone(&state.observer),
             export: rep.export.clone(),
@@ -342,15 +343,19 @@ fn body_response(
                         .segments
                         .push_front(Segment::Read(offset + n, length - n));
                 }
-                let source = Arc::clone(&stream.source);
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; n as usize];
-                    source
-                        .read_exact_at(&mut buf, offset)
-                        .map(|()| Bytes::from(buf))
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                // The piece read ahead last time, else read now; then start the next one, so
+                // the store or cache works while this piece goes out.
+                let pending = match stream.ahead.take() {
+                    Some((at, handle)) if at == offset => handle,
+                    _ => read_piece(&stream.source, offset, n),
+                };
+                if let Some(Segment::Read(next, left)) = stream.segments.front() {
+                    let (next, size) = (*next, (*left).min(PIECE_BYTES));
+                    stream.ahead = Some((next, read_piece(&stream.source, next, size)));
+                }
+                let read = pending
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
                 match read {
                     Ok(bytes) => {
                         stream.report.bytes += bytes.len() as u64;
@@ -371,9 +376,26 @@ fn body_response(
     (status, headers, Body::from_stream(body)).into_response()
 }
 
+/// Reads `length` bytes at `offset` on a blocking thread.
+fn read_piece(
+    source: &Arc<dyn ReadAt>,
+    offset: u64,
+    length: u64,
+) -> tokio::task::JoinHandle<io::Result<Bytes>> {
+    let source = Arc::clone(source);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; length as usize];
+        source
+            .read_exact_at(&mut buf, offset)
+            .map(|()| Bytes::from(buf))
+    })
+}
+
 struct BodyStream {
     source: Arc<dyn ReadAt>,
     segments: VecDeque<Segment>,
+    /// The next piece, being read ahead (its offset and the read).
+    ahead: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
     report: Report,
 }
 
