@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod library;
+pub mod serve;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
