@@ -23,6 +23,7 @@ pub mod media;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod remote;
 pub mod run;
 pub mod spec;
 pub mod store;

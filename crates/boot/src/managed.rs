@@ -590,7 +590,7 @@ impl VmStore {
             )
             .map_err(|e| tray_error(name, slot, e))?;
         }
-        config.spec.cdroms[slot].medium = Some(image);
+        config.spec.cdroms[slot].medium = Some(image.into());
         self.save(&config, OverwritePolicy::Replace)?;
         Ok(live)
     }
@@ -686,11 +686,17 @@ fn tray_error(name: &str, slot: usize, error: BootError) -> BootError {
 
 /// Every stored medium must still be there before QEMU starts.
 fn check_media(spec: &VmSpec) -> Result<()> {
-    for slot in spec.cdroms.iter().filter_map(|s| s.medium.as_ref()) {
-        media::check_cdrom_image(slot)?;
+    // Network media are checked by QEMU when it connects: a daemon may start after the VM's
+    // definition was written.
+    for path in spec
+        .cdroms
+        .iter()
+        .filter_map(|s| s.medium.as_ref().and_then(|m| m.as_path()))
+    {
+        media::check_cdrom_image(path)?;
     }
-    for disk in &spec.disks {
-        std::fs::metadata(&disk.path).map_err(|e| BootError::io(&disk.path, e))?;
+    for path in spec.disks.iter().filter_map(|d| d.medium.as_path()) {
+        std::fs::metadata(path).map_err(|e| BootError::io(path, e))?;
     }
     if let Some(kernel) = &spec.kernel {
         std::fs::metadata(&kernel.kernel).map_err(|e| BootError::io(&kernel.kernel, e))?;

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::error::{BootError, Result};
+use crate::remote::Medium;
 use crate::spec::{BootDevice, Firmware, Machine, Net, VmSpec};
 
 /// OVMF code and variable-store template, Debian's 4 MiB build first.
@@ -219,7 +220,11 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
     let indexes = boot_indexes(spec, &launch.boot_order);
     for (slot, cdrom) in spec.cdroms.iter().enumerate() {
         let medium = match &cdrom.medium {
-            Some(path) => format!(",file={},format=raw", escape(path)?),
+            Some(Medium::File(path)) => format!(",file={},format=raw", escape(path)?),
+            Some(Medium::Remote(remote)) => format!(
+                ",format=raw,{}",
+                remote.url.qemu_file_options(remote.tls_verify)
+            ),
             None => String::new(),
         };
         push(
@@ -241,11 +246,14 @@ pub fn command_line(launch: &Launch) -> Result<Vec<OsString>> {
         } else {
             "readonly=on"
         };
+        let source = match &disk.medium {
+            Medium::File(path) => format!("file={}", escape(path)?),
+            Medium::Remote(remote) => remote.url.qemu_file_options(remote.tls_verify),
+        };
         push(
             "-drive",
             format!(
-                "if=none,id=disk{number}-drive,file={},format={},{access}",
-                escape(&disk.path)?,
+                "if=none,id=disk{number}-drive,{source},format={},{access}",
                 disk.format.qemu_name()
             ),
         );
@@ -324,12 +332,12 @@ mod tests {
         let mut spec = VmSpec::new("lab");
         spec.cdroms = vec![
             CdromSlot {
-                medium: Some("/m/a.iso".into()),
+                medium: Some(PathBuf::from("/m/a.iso").into()),
             },
             CdromSlot::default(),
         ];
         spec.disks = vec![Disk {
-            path: "/m/d,1.vmdk".into(),
+            medium: PathBuf::from("/m/d,1.vmdk").into(),
             format: DiskFormat::Vmdk,
             writable: false,
         }];
@@ -443,6 +451,89 @@ mod tests {
             args.iter().any(|a| a.starts_with("ide-cd,drive=cd0-drive")),
             "the CD stays attached"
         );
+    }
+
+    fn remote(url: &str, tls_verify: bool) -> Medium {
+        Medium::Remote(crate::remote::Remote {
+            url: crate::remote::RemoteUrl::parse(url).unwrap(),
+            tls_verify,
+        })
+    }
+
+    #[test]
+    fn nbd_cdrom_and_disk_go_to_qemus_nbd_driver() {
+        let mut spec = VmSpec::new("net");
+        spec.cdroms = vec![CdromSlot {
+            medium: Some(remote("nbd://10.0.0.1/debian@3", true)),
+        }];
+        spec.disks = vec![Disk {
+            medium: remote("nbd://[fd00::1]:10810/clone/web1", true),
+            format: DiskFormat::Raw,
+            writable: true,
+        }];
+        let args = launch(&spec, vec![BootDevice::Cdrom]);
+        assert!(
+            args.contains(
+                &"if=none,id=cd0-drive,media=cdrom,readonly=on,format=raw,file.driver=nbd,\
+                  file.server.type=inet,file.server.host=10.0.0.1,file.server.port=10809,\
+                  file.export=debian@3"
+                    .to_string()
+            ),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(
+                &"if=none,id=disk0-drive,file.driver=nbd,file.server.type=inet,\
+                  file.server.host=fd00::1,file.server.port=10810,file.export=clone/web1,\
+                  format=raw,readonly=off"
+                    .to_string()
+            ),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.contains("file=")),
+            "no network medium becomes a file name: {args:?}"
+        );
+    }
+
+    #[test]
+    fn http_media_go_to_qemus_curl_driver_read_only() {
+        let mut spec = VmSpec::new("net");
+        spec.cdroms = vec![CdromSlot {
+            medium: Some(remote("http://h:8080/images/debian@3", true)),
+        }];
+        spec.disks = vec![Disk {
+            medium: remote("https://h:8443/images/disk@2/disk", false),
+            format: DiskFormat::Qcow2,
+            writable: false,
+        }];
+        let args = launch(&spec, vec![BootDevice::Cdrom]);
+        assert!(args.contains(
+            &"if=none,id=cd0-drive,media=cdrom,readonly=on,format=raw,file.driver=http,\
+              file.url=http://h:8080/images/debian@3"
+                .to_string()
+        ));
+        assert!(
+            args.contains(
+                &"if=none,id=disk0-drive,file.driver=https,\
+                  file.url=https://h:8443/images/disk@2/disk,file.sslverify=off,format=qcow2,\
+                  readonly=on"
+                    .to_string()
+            ),
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn writable_http_disk_is_refused() {
+        let mut spec = VmSpec::new("net");
+        spec.disks = vec![Disk {
+            medium: remote("http://h/images/a", true),
+            format: DiskFormat::Raw,
+            writable: true,
+        }];
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("read-only"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BootError, Result};
 use crate::media::DiskFormat;
+use crate::remote::Medium;
 
 /// q35's AHCI controller has six ports; each CD slot takes one.
 pub const MAX_CDROM_SLOTS: usize = 6;
@@ -91,13 +92,15 @@ impl std::fmt::Display for BootDevice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct CdromSlot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub medium: Option<PathBuf>,
+    pub medium: Option<Medium>,
 }
 
 /// One virtual disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
-    pub path: PathBuf,
+    /// A local image or a network medium (vm.toml files from before URLs call it `path`).
+    #[serde(alias = "path")]
+    pub medium: Medium,
     /// Always explicit: QEMU is never asked to guess.
     pub format: DiskFormat,
     /// False: the guest sees a write-protected disk and the image is never modified.
@@ -228,6 +231,15 @@ impl VmSpec {
                 self.memory_mib
             )));
         }
+        for disk in &self.disks {
+            if disk.writable && disk.medium.remote().is_some_and(|r| r.url.is_http()) {
+                return Err(BootError::Invalid(format!(
+                    "{}: http(s) media are read-only (QEMU's curl driver cannot write); \
+                     attach a writable network disk over NBD, e.g. a vmedia clone export",
+                    disk.medium
+                )));
+            }
+        }
         if let Net::Bridge { bridge } = &self.net {
             if bridge.is_empty() || bridge.len() > 15 || bridge.contains([',', '/', ' ']) {
                 return Err(BootError::Invalid(format!(
@@ -353,6 +365,22 @@ mod tests {
     }
 
     #[test]
+    fn vm_toml_from_before_urls_still_reads() {
+        let text =
+            "name = \"old\"\nmemory_mib = 512\ncpus = 1\n\n[[cdroms]]\nmedium = \"/srv/a.iso\"\n\n\
+                    [[disks]]\npath = \"/srv/d.qcow2\"\nformat = \"qcow2\"\n";
+        let spec: VmSpec = toml::from_str(text).unwrap();
+        assert_eq!(
+            spec.cdroms[0].medium,
+            Some(Medium::File(PathBuf::from("/srv/a.iso")))
+        );
+        assert_eq!(
+            spec.disks[0].medium,
+            Medium::File(PathBuf::from("/srv/d.qcow2"))
+        );
+    }
+
+    #[test]
     fn memory_units() {
         assert_eq!(parse_memory("512").unwrap(), 512);
         assert_eq!(parse_memory("2G").unwrap(), 2048);
@@ -367,12 +395,12 @@ mod tests {
         spec.firmware = Firmware::Uefi;
         spec.cdroms = vec![
             CdromSlot {
-                medium: Some("/x.iso".into()),
+                medium: Some(PathBuf::from("/x.iso").into()),
             },
             CdromSlot::default(),
         ];
         spec.disks = vec![Disk {
-            path: "/d.vmdk".into(),
+            medium: PathBuf::from("/d.vmdk").into(),
             format: DiskFormat::Vmdk,
             writable: false,
         }];

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use vmedia_boot::initrd::PlainInitrd;
 use vmedia_boot::media::{self, DiskFormat};
+use vmedia_boot::remote::{self, Medium, Remote, RemoteUrl};
 use vmedia_boot::run::{self, BootReport, BootRequest, Outcome};
 use vmedia_boot::spec::{self, Accel, BootDevice, CdromSlot, Disk, Firmware, Machine, Net, VmSpec};
 
@@ -24,16 +25,22 @@ const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// What a VM is made of (shared by `vmedia boot` and `vmedia vm create`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmOptions {
-    /// An ISO in a CD drive (repeat for more drives; slots in order from 0)
-    #[arg(long, value_name = "IMG")]
-    pub cdrom: Vec<PathBuf>,
+    /// An ISO in a CD drive (repeat for more drives; slots in order from 0); or a network
+    /// medium: nbd://HOST[:PORT]/EXPORT or http(s)://HOST[:PORT]/PATH
+    #[arg(long, value_name = "IMG|URL")]
+    pub cdrom: Vec<String>,
     /// A disk image, read-only to the guest; IMG,rw makes it writable, IMG,format=vmdk names
-    /// the format (detected otherwise: raw, qcow2, vmdk, vhd, vhdx)
-    #[arg(long, value_name = "IMG[,rw][,format=F]")]
+    /// the format (detected otherwise: raw, qcow2, vmdk, vhd, vhdx). IMG may be an nbd:// or
+    /// http(s):// URL (format raw unless given; http(s) is read-only)
+    #[arg(long, value_name = "IMG|URL[,rw][,format=F]")]
     pub disk: Vec<String>,
-    /// A disk image the guest may write to
-    #[arg(long, value_name = "IMG")]
-    pub disk_rw: Vec<PathBuf>,
+    /// A disk image (or nbd:// URL) the guest may write to
+    #[arg(long, value_name = "IMG|URL")]
+    pub disk_rw: Vec<String>,
+    /// Do not verify the certificate of https:// media (QEMU's sslverify=off), for a server
+    /// with a self-signed certificate
+    #[arg(long)]
+    pub https_insecure: bool,
     /// Network: none, user (QEMU's NAT with DHCP/TFTP) or bridge=BR
     #[arg(long, value_name = "user|bridge=BR|none")]
     pub net: Option<String>,
@@ -188,10 +195,17 @@ pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
     if let Some(order) = &options.boot {
         spec.boot_order = BootDevice::parse_order(order)?;
     }
-    for iso in &options.cdrom {
-        media::check_cdrom_image(iso)?;
+    for text in &options.cdrom {
+        let medium = match remote_medium(text, options.https_insecure)? {
+            Some(remote) => remote,
+            None => {
+                let iso = Path::new(text);
+                media::check_cdrom_image(iso)?;
+                Medium::File(media::absolute(iso)?)
+            }
+        };
         spec.cdroms.push(CdromSlot {
-            medium: Some(media::absolute(iso)?),
+            medium: Some(medium),
         });
     }
     for _ in 0..options.cdrom_slots.unwrap_or(0) {
@@ -205,15 +219,42 @@ pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
         spec.cdroms.push(CdromSlot::default());
     }
     for text in &options.disk {
-        spec.disks.push(parse_disk(text)?);
+        spec.disks.push(parse_disk(text, options.https_insecure)?);
     }
-    for path in &options.disk_rw {
-        let format = media::detect_disk_format(path)?;
+    for text in &options.disk_rw {
+        let (medium, format) = match remote_medium(text, options.https_insecure)? {
+            Some(remote) => (remote, DiskFormat::Raw),
+            None => {
+                let path = Path::new(text);
+                (
+                    Medium::File(media::absolute(path)?),
+                    media::detect_disk_format(path)?,
+                )
+            }
+        };
         spec.disks.push(Disk {
-            path: media::absolute(path)?,
+            medium,
             format,
             writable: true,
         });
+    }
+    if options.https_insecure
+        && !spec
+            .cdroms
+            .iter()
+            .filter_map(|slot| slot.medium.as_ref())
+            .chain(spec.disks.iter().map(|disk| &disk.medium))
+            .any(|medium| {
+                matches!(
+                    medium.remote(),
+                    Some(Remote {
+                        url: RemoteUrl::Http { secure: true, .. },
+                        ..
+                    })
+                )
+            })
+    {
+        bail!("--https-insecure applies to https:// media only; none was given");
     }
     spec.net = parse_net(options)?;
     if options.append.is_some() && options.kernel.is_none() {
@@ -230,9 +271,25 @@ pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
     Ok(spec)
 }
 
+/// A medium given as a URL (text naming a scheme is a URL or an error, never a file name);
+/// `None` for a local path.
+fn remote_medium(text: &str, https_insecure: bool) -> anyhow::Result<Option<Medium>> {
+    if !remote::looks_like_url(text) {
+        return Ok(None);
+    }
+    let url = RemoteUrl::parse(text)?;
+    // Only an https medium has a certificate to skip.
+    let https = matches!(url, RemoteUrl::Http { secure: true, .. });
+    Ok(Some(Medium::Remote(Remote {
+        url,
+        tls_verify: !(https_insecure && https),
+    })))
+}
+
 /// `IMG`, `IMG,rw`, `IMG,format=vmdk`, `IMG,ro,format=raw`. A path that itself contains commas
-/// is taken whole when the suffixes are not options.
-fn parse_disk(text: &str) -> anyhow::Result<Disk> {
+/// is taken whole when the suffixes are not options. IMG may be a URL (format raw unless given:
+/// nothing is probed over the network).
+fn parse_disk(text: &str, https_insecure: bool) -> anyhow::Result<Disk> {
     let mut parts = text.split(',');
     let path_part = parts.next().unwrap_or_default();
     let mut writable = false;
@@ -251,20 +308,23 @@ fn parse_disk(text: &str) -> anyhow::Result<Disk> {
             _ => all_options = false,
         }
     }
-    let path = if all_options {
-        Path::new(path_part)
+    let (source, format, writable) = if all_options {
+        (path_part, format, writable)
     } else {
-        Path::new(text)
+        (text, None, false)
     };
-    if !all_options {
-        writable = false;
-        format = None;
+    if let Some(medium) = remote_medium(source, https_insecure)? {
+        return Ok(Disk {
+            medium,
+            format: format.unwrap_or(DiskFormat::Raw),
+            writable,
+        });
     }
+    let path = Path::new(source);
     let detected = media::detect_disk_format(path)?;
-    let format = format.unwrap_or(detected);
     Ok(Disk {
-        path: media::absolute(path)?,
-        format,
+        medium: Medium::File(media::absolute(path)?),
+        format: format.unwrap_or(detected),
         writable,
     })
 }
@@ -333,11 +393,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if spec.kernel.is_some() {
             bail!("--direct takes the kernel from the ISO; do not give --kernel too");
         }
-        let iso = spec
+        let medium = spec
             .cdroms
             .iter()
             .find_map(|slot| slot.medium.clone())
             .context("--direct needs a Linux ISO given with --cdrom")?;
+        let iso = medium.as_path().map(Path::to_path_buf).with_context(|| {
+            format!("--direct reads the kernel from a local ISO; {medium} is a network medium")
+        })?;
         let found = vmedia_boot::direct::extract(&iso)?;
         let mut kernel = found.kernel.clone();
         if spec.firmware == Firmware::Uefi && !args.bzimage {
@@ -529,11 +592,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("d.img");
         std::fs::write(&img, vec![0u8; 4096]).unwrap();
-        let disk = parse_disk(&format!("{},rw,format=qcow2", img.display())).unwrap();
+        let disk = parse_disk(&format!("{},rw,format=qcow2", img.display()), false).unwrap();
         assert!(disk.writable);
         assert_eq!(disk.format, DiskFormat::Qcow2);
-        let disk = parse_disk(&img.display().to_string()).unwrap();
+        let disk = parse_disk(&img.display().to_string(), false).unwrap();
         assert!(!disk.writable);
         assert_eq!(disk.format, DiskFormat::Raw);
+    }
+
+    #[test]
+    fn disk_urls_take_the_same_options_and_are_never_paths() {
+        let disk = parse_disk("nbd://h:10809/clone/web1,rw", false).unwrap();
+        assert!(disk.writable);
+        assert_eq!(disk.format, DiskFormat::Raw);
+        assert_eq!(disk.medium.to_string(), "nbd://h:10809/clone/web1");
+        let disk = parse_disk("https://h/images/d@2/disk,format=qcow2", true).unwrap();
+        assert_eq!(disk.format, DiskFormat::Qcow2);
+        assert!(!disk.medium.remote().unwrap().tls_verify);
+        let err = parse_disk("nbd://h", false).unwrap_err().to_string();
+        assert!(err.contains("no export"), "{err}");
+        let err = parse_disk("nbd:/relative-looking", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nbd://"), "{err}");
     }
 }

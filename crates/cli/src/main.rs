@@ -11,6 +11,7 @@ mod logging;
 mod mkisofs;
 mod netboot;
 mod progress;
+mod top;
 mod vm;
 
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Command {
     /// Per-VM copy-on-write clones on a running `vmedia serve` (create, ls, rm, commit)
     #[command(subcommand)]
     Clone(clone::CloneCommand),
+    /// Live I/O of a vmedia serve daemon per export and client (esxtop-like; --batch for scripts)
+    Top(top::Args),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Library(cmd) => library::run(cmd),
         Command::Clone(cmd) => clone::run(cmd),
+        Command::Top(args) => top::run(args),
     };
     match outcome {
         Ok(code) => code,

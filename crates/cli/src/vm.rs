@@ -223,6 +223,11 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             println!("VM {name} boots from {device} on its next start, then in its normal order");
         }
         VmCommand::Insert { name, slot, image } => {
+            if vmedia_boot::remote::looks_like_url(&image.to_string_lossy()) {
+                anyhow::bail!(
+                    "vm insert takes a local ISO; give a network medium with vm create --cdrom URL"
+                );
+            }
             let live = store.insert(&name, slot, &image)?;
             let when = if live { "now" } else { "at its next start" };
             println!(

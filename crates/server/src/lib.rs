@@ -8,3 +8,4 @@
 pub mod clones;
 pub mod export;
 pub mod nbd;
+pub mod scrape;
