@@ -166,6 +166,14 @@ fn open_library() -> Result<Library> {
     Ok(Library::open(&config)?)
 }
 
+/// The library `vmedia serve` serves: `--library`, else `configured` (its settings file),
+/// else VMEDIA_LIBRARY or the default, opened like every library command opens it.
+pub fn open_library_for_serve(configured: Option<&str>) -> Result<Library> {
+    let location = global().library.or_else(|| configured.map(str::to_string));
+    let config = config_for(location.as_deref(), None)?;
+    Ok(Library::open(&config)?)
+}
+
 // ---------------------------------------------------------------------------------------------
 // library:NAME[@V] as a source for the iso and disk commands
 

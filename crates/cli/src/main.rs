@@ -11,6 +11,7 @@ mod logging;
 mod mkisofs;
 mod netboot;
 mod progress;
+mod serve;
 mod top;
 mod vm;
 
@@ -64,12 +65,15 @@ enum Command {
     Clone(clone::CloneCommand),
     /// Live I/O of a vmedia serve daemon per export and client (esxtop-like; --batch for scripts)
     Top(top::Args),
+    /// Serve library images over HTTP(S) and NBD (the vmedia daemon)
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match &cli.command {
         Command::Netboot(cmd) => netboot::default_log_filter(cmd),
+        Command::Serve(_) => serve::DEFAULT_LOG_FILTER,
         _ => logging::DEFAULT_FILTER,
     };
     logging::init(cli.log_format, default_filter);
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Library(cmd) => library::run(cmd),
         Command::Clone(cmd) => clone::run(cmd),
         Command::Top(args) => top::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match outcome {
         Ok(code) => code,

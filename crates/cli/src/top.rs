@@ -17,8 +17,6 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row as TableRow, Table, TableState};
 use vmedia_server::scrape::{self, Row, Snapshot, SortColumn, View};
 
-/// Where `vmedia serve` listens for HTTP by default on this machine.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 /// Refreshing faster than this measures the scrape more than the traffic.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longer than an hour between refreshes is a typo.
@@ -46,9 +44,10 @@ up/down select; enter expands the selected export's clients; c expands or folds 
 one line per export (kind 'export') and per client (kind 'client'); the column names are
 printed once first. A missing figure is '-'.")]
 pub struct Args {
-    /// The daemon's HTTP address (its /metrics is read)
-    #[arg(long, value_name = "URL", default_value = DEFAULT_SERVER)]
-    server: String,
+    /// The daemon's HTTP address (its /metrics is read) [default: $VMEDIA_SERVER, else
+    /// http://127.0.0.1:8080]
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
     /// Time between refreshes (e.g. 2s, 500ms, 1m)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
     interval: Duration,
@@ -61,6 +60,9 @@ pub struct Args {
     /// With --batch: stop after N intervals (default: run until interrupted)
     #[arg(long, value_name = "N", requires = "batch")]
     iterations: Option<u64>,
+    /// With an https:// --server: do not verify its certificate (a self-signed daemon)
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -121,8 +123,12 @@ struct Scraper {
 }
 
 impl Scraper {
-    fn new(url: String) -> Scraper {
+    fn new(url: String, insecure: bool) -> Scraper {
+        let tls = ureq::tls::TlsConfig::builder()
+            .disable_verification(insecure)
+            .build();
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(SCRAPE_TIMEOUT))
             .http_status_as_error(false)
@@ -161,7 +167,11 @@ impl Scraper {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let scraper = Scraper::new(metrics_url(&args.server)?);
+    let url = metrics_url(&crate::env::server_url(args.server.clone()))?;
+    if args.insecure && !url.starts_with("https://") {
+        bail!("--insecure applies to an https:// --server only");
+    }
+    let scraper = Scraper::new(url, args.insecure);
     if args.batch {
         batch(&scraper, &args)
     } else {

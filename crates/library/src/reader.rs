@@ -25,6 +25,19 @@ pub const CACHE_CHUNKS: usize = 16;
 /// Chunks fetched ahead in `get` and `cat`: keeps both cores and the store busy.
 pub const FETCH_WINDOW: usize = 32;
 
+/// A cache of decoded chunks shared by many readers (a daemon's, across every version and
+/// client). Chunks are content-addressed, so one entry serves every version that holds it.
+pub trait ChunkCache: Send + Sync {
+    /// The plain bytes of the chunk `digest` (`length` bytes): from the cache, or by calling
+    /// `load` (which fetches and checks it) and keeping the result.
+    fn get_or_load(
+        &self,
+        digest: &[u8; 32],
+        length: u32,
+        load: &mut dyn FnMut() -> Result<Arc<Vec<u8>>>,
+    ) -> Result<Arc<Vec<u8>>>;
+}
+
 /// Random access to one version. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct VersionReader {
@@ -40,7 +53,12 @@ struct ReaderInner {
     entries: Arc<Vec<ChunkEntry>>,
     size: u64,
     digest: String,
+    /// When the version was added (`None` for a staged reader).
+    created: Option<jiff::Timestamp>,
     cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    /// The shared cache; when set, the reader keeps no chunks of its own (they would outlive
+    /// the shared cache's evictions and escape its size bound).
+    shared: Option<Arc<dyn ChunkCache>>,
 }
 
 impl std::fmt::Debug for VersionReader {
@@ -68,7 +86,9 @@ impl VersionReader {
                 entries,
                 size,
                 digest: digest.to_string(),
+                created: None,
                 cache: Mutex::new(VecDeque::with_capacity(CACHE_CHUNKS)),
+                shared: None,
             }),
         }
     }
@@ -110,7 +130,24 @@ impl VersionReader {
         self.inner.version
     }
 
+    /// When the version was added to the library (`None` while an add is staging it).
+    pub fn created(&self) -> Option<jiff::Timestamp> {
+        self.inner.created
+    }
+
+    /// The version's chunk index, in image order (zero runs flagged `zero`).
+    pub fn entries(&self) -> &[ChunkEntry] {
+        &self.inner.entries
+    }
+
     fn chunk(&self, index: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some(shared) = &self.inner.shared {
+            let entry = &self.inner.entries[index];
+            let inner = &self.inner;
+            return shared.get_or_load(&entry.digest, entry.length, &mut || {
+                Ok(Arc::new(inner.library.load_chunk(entry, &inner.label)?))
+            });
+        }
         {
             let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((_, data)) = cache.iter().find(|(i, _)| *i == index) {
@@ -198,17 +235,46 @@ fn hash_pieces(pieces: mpsc::Receiver<Piece>) -> String {
 impl Library {
     /// A `ReadAt` over a version (`vmedia iso ... library:NAME@V` reads through this).
     pub fn open_version(&self, spec: &VersionSpec) -> Result<VersionReader> {
+        self.open_version_with(spec, None)
+    }
+
+    /// `open_version`, fetching chunks through `cache` (shared by every reader given it).
+    pub fn open_version_cached(
+        &self,
+        spec: &VersionSpec,
+        cache: Arc<dyn ChunkCache>,
+    ) -> Result<VersionReader> {
+        self.open_version_with(spec, Some(cache))
+    }
+
+    fn open_version_with(
+        &self,
+        spec: &VersionSpec,
+        cache: Option<Arc<dyn ChunkCache>>,
+    ) -> Result<VersionReader> {
         let (timeline, record) = self.resolve(spec)?;
         let manifest = self.load_version_manifest(&timeline, &record)?;
-        Ok(VersionReader::new(
-            self,
-            &timeline.name,
-            record.version,
-            format!("{}@{}", timeline.name, record.version),
-            Arc::new(manifest.entries),
-            manifest.header.size,
-            &record.digest,
-        ))
+        Ok(VersionReader {
+            inner: Arc::new(ReaderInner {
+                library: self.clone(),
+                name: timeline.name.clone(),
+                version: record.version,
+                label: format!("{}@{}", timeline.name, record.version),
+                entries: Arc::new(manifest.entries),
+                size: manifest.header.size,
+                digest: record.digest.clone(),
+                created: Some(record.created),
+                cache: Mutex::new(VecDeque::with_capacity(CACHE_CHUNKS)),
+                shared: cache,
+            }),
+        })
+    }
+
+    /// Which version `spec` names now, without reading its manifest: `(name, version,
+    /// digest)`. Cheap enough to ask per request (one timeline read).
+    pub fn resolve_version(&self, spec: &VersionSpec) -> Result<(String, u64, String)> {
+        let (timeline, record) = self.resolve(spec)?;
+        Ok((timeline.name.clone(), record.version, record.digest.clone()))
     }
 
     /// Fetches every chunk of `entries` in parallel and hands them to `sink` in order.

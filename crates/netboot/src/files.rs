@@ -4,6 +4,12 @@
 //! (`debian.iso:/install.amd/vmlinuz` or `debian.iso/install.amd/vmlinuz`), read from the
 //! image without unpacking it. Parsed images are cached by path, size and modification time.
 //!
+//! A root may also be given an [`ImageSource`] ([`FileRoot::with_images`]): then
+//! `library:NAME[@V]` names a whole image from it and `library:NAME[@V]:/path/in/iso` a file
+//! inside that image. This crate does not know what a library is; the daemon plugs one in.
+//! Images from a source are parsed once per [`ImageKey`] (the bytes' digest), so a name that
+//! follows the current version picks up a new version at its next open.
+//!
 //! Knows nothing of DHCP, TFTP or HTTP. Every call does file system I/O and may block: async
 //! callers run it on a blocking pool (`tokio::task::spawn_blocking`), as netboot's HTTP
 //! server does; netboot's TFTP transfers call it from their own threads.
@@ -41,6 +47,21 @@ use vmedia_iso::read::{IsoImage, OpenOptions, ReadError};
 pub const MAX_PATH_LEN: usize = 4096;
 /// Open ISO images kept for reuse; a boot storm reads the same few images over and over.
 pub const MAX_OPEN_ISOS: usize = 32;
+/// Prefix of request paths that name an image from the root's [`ImageSource`].
+pub const LIBRARY_SCHEME: &str = "library:";
+
+/// What identifies an image's bytes (a library version's `sha256:` digest): two opens with the
+/// same key share one parsed ISO, a different key is parsed afresh.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageKey(pub String);
+
+/// Images named by `library:SPEC` paths (SPEC is `NAME`, `NAME@N` or `NAME@sha256:PREFIX`).
+/// Implemented by the daemon over its library; called from blocking threads.
+pub trait ImageSource: Send + Sync {
+    /// Opens the image SPEC names now (for `NAME`: the current version). Errors of kind
+    /// `NotFound` are shown to clients as "not found", `InvalidInput` as refused.
+    fn open_image(&self, spec: &str) -> io::Result<(Arc<dyn ReadAt>, ImageKey)>;
+}
 
 /// Why a request path could not be opened. [`FileError::is_access_violation`] tells refusals
 /// (403, TFTP "access violation") from absence (404, "file not found").
@@ -64,6 +85,10 @@ pub enum FileError {
         path: String,
         reason: String,
     },
+    #[error("{0:?} names a library image, but this server has no library (library: paths are served by `vmedia serve --netboot`)")]
+    NoImageSource(String),
+    #[error("library image {spec:?}: {source}")]
+    Image { spec: String, source: io::Error },
 }
 
 impl FileError {
@@ -75,7 +100,17 @@ impl FileError {
                 | FileError::SymlinkEscape(_)
                 | FileError::BadPath(_)
                 | FileError::NotAFile(_)
-        )
+                | FileError::NoImageSource(_)
+        ) || matches!(self, FileError::Image { source, .. } if source.kind() == io::ErrorKind::InvalidInput)
+    }
+
+    /// True for errors a client should see as "not found" (404, TFTP "file not found").
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            FileError::NotFound(_) => true,
+            FileError::Image { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            _ => false,
+        }
     }
 }
 
@@ -141,13 +176,71 @@ pub fn normalize(request: &str) -> Result<Normalized, FileError> {
 /// An image's path components, size and modification time.
 type IsoKey = (Vec<String>, u64, i64);
 
+/// What a parsed ISO is cached under: a file under the root, or an image from the source.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CacheKey {
+    File(IsoKey),
+    Image(ImageKey),
+}
+
+/// A `library:` request split into the image spec and, when it reaches into the image, the
+/// path inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryRequest {
+    pub spec: String,
+    pub inner: Option<Vec<String>>,
+}
+
+/// Splits `library:NAME[@V][:/path/in/iso]` (leading slashes and backslashes allowed, as
+/// clients send them); `None` when the request does not use the `library:` scheme. The spec
+/// ends at the first `:` after the name, or after the digest of `@sha256:PREFIX`.
+pub fn parse_library(request: &str) -> Result<Option<LibraryRequest>, FileError> {
+    if request.len() > MAX_PATH_LEN || request.contains('\0') {
+        return Err(FileError::BadPath(request.chars().take(200).collect()));
+    }
+    let path = request.replace('\\', "/");
+    let trimmed = path.trim_start_matches('/');
+    let Some(prefix) = trimmed.get(..LIBRARY_SCHEME.len()) else {
+        return Ok(None);
+    };
+    if !prefix.eq_ignore_ascii_case(LIBRARY_SCHEME) {
+        return Ok(None);
+    }
+    let rest = &trimmed[LIBRARY_SCHEME.len()..];
+    let search_from = match rest.find('@') {
+        Some(at) if rest[at + 1..].starts_with("sha256:") => at + 1 + "sha256:".len(),
+        _ => 0,
+    };
+    let (spec, inner) = match rest[search_from..].find(':') {
+        Some(colon) => {
+            let colon = search_from + colon;
+            (&rest[..colon], Some(&rest[colon + 1..]))
+        }
+        None => (rest, None),
+    };
+    if spec.is_empty() || spec.contains('/') {
+        return Err(FileError::BadPath(request.chars().take(200).collect()));
+    }
+    let inner = match inner {
+        Some(inner) => Some(split_components(inner, request)?),
+        None => None,
+    };
+    Ok(Some(LibraryRequest {
+        spec: spec.to_string(),
+        inner,
+    }))
+}
+
 /// The root folder everything is served from: a directory descriptor opened once (renaming
 /// the folder later does not change what is served) and the cache of parsed ISO images.
 pub struct FileRoot {
     dir: File,
     path: PathBuf,
-    /// Parsed images by path, size and modification time (a replaced image is parsed again).
-    isos: Mutex<HashMap<IsoKey, Arc<IsoImage>>>,
+    /// Parsed images by path, size and modification time (a replaced image is parsed again),
+    /// or by the source's key.
+    isos: Mutex<HashMap<CacheKey, Arc<IsoImage>>>,
+    /// Where `library:` paths come from; `None` refuses them.
+    images: Option<Arc<dyn ImageSource>>,
 }
 
 impl FileRoot {
@@ -169,7 +262,20 @@ impl FileRoot {
             dir,
             path: path.to_path_buf(),
             isos: Mutex::new(HashMap::new()),
+            images: None,
         })
+    }
+
+    /// Opens `path` as the root and serves `library:` paths from `images`.
+    pub fn with_images(path: &Path, images: Arc<dyn ImageSource>) -> io::Result<FileRoot> {
+        let mut root = FileRoot::new(path)?;
+        root.images = Some(images);
+        Ok(root)
+    }
+
+    /// True when `library:` paths are served.
+    pub fn has_images(&self) -> bool {
+        self.images.is_some()
     }
 
     /// The root as given to [`FileRoot::new`].
@@ -225,6 +331,9 @@ impl FileRoot {
     /// file under the root, a file inside an ISO named with `image.iso:/inner/path`, or
     /// `image.iso/inner/path` when no plain file has that name. Directories are refused.
     pub fn open(&self, request: &str) -> Result<ServedFile, FileError> {
+        if let Some(library) = parse_library(request)? {
+            return self.open_library(&library);
+        }
         let norm = normalize(request)?;
         let display = match &norm.inner {
             Some(inner) => format!("{}:/{}", norm.components.join("/"), inner.join("/")),
@@ -269,6 +378,12 @@ impl FileRoot {
     /// and modification time are unchanged), for callers that list or read an image
     /// themselves.
     pub fn open_iso(&self, request: &str) -> Result<Arc<IsoImage>, FileError> {
+        if let Some(library) = parse_library(request)? {
+            if library.inner.is_some() {
+                return Err(FileError::BadPath(request.chars().take(200).collect()));
+            }
+            return self.library_iso(&library.spec);
+        }
         let norm = normalize(request)?;
         if norm.inner.is_some() || norm.components.is_empty() {
             return Err(FileError::BadPath(request.chars().take(200).collect()));
@@ -287,14 +402,23 @@ impl FileRoot {
             return Err(FileError::NotAFile(iso_name));
         }
         use std::os::unix::fs::MetadataExt;
-        let key = (image.to_vec(), meta.len(), meta.mtime());
+        let key = CacheKey::File((image.to_vec(), meta.len(), meta.mtime()));
+        self.cached_iso(key, Arc::new(file), &iso_name)
+    }
+
+    /// The parsed image under `key`, parsing `source` when it is not cached.
+    fn cached_iso(
+        &self,
+        key: CacheKey,
+        source: Arc<dyn ReadAt>,
+        iso_name: &str,
+    ) -> Result<Arc<IsoImage>, FileError> {
         if let Some(iso) = self.isos.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(iso);
         }
-        let source: Arc<dyn ReadAt> = Arc::new(file);
         let iso = Arc::new(IsoImage::open(source, OpenOptions::default()).map_err(|e| {
             FileError::Iso {
-                iso: iso_name.clone(),
+                iso: iso_name.to_string(),
                 path: "/".into(),
                 reason: e.to_string(),
             }
@@ -310,20 +434,75 @@ impl FileRoot {
         Ok(iso)
     }
 
+    /// Opens the image `spec` names from the source.
+    fn open_image(&self, spec: &str) -> Result<(Arc<dyn ReadAt>, ImageKey), FileError> {
+        let Some(images) = &self.images else {
+            return Err(FileError::NoImageSource(format!("{LIBRARY_SCHEME}{spec}")));
+        };
+        images.open_image(spec).map_err(|source| FileError::Image {
+            spec: spec.to_string(),
+            source,
+        })
+    }
+
+    /// The parsed ISO of the image `spec` names now, cached by its key.
+    fn library_iso(&self, spec: &str) -> Result<Arc<IsoImage>, FileError> {
+        let (source, key) = self.open_image(spec)?;
+        self.cached_iso(
+            CacheKey::Image(key),
+            source,
+            &format!("{LIBRARY_SCHEME}{spec}"),
+        )
+    }
+
+    fn open_library(&self, request: &LibraryRequest) -> Result<ServedFile, FileError> {
+        let image_name = format!("{LIBRARY_SCHEME}{}", request.spec);
+        match &request.inner {
+            None => {
+                let (source, _) = self.open_image(&request.spec)?;
+                let size = source.size().map_err(|e| FileError::Io {
+                    path: image_name.clone(),
+                    source: e,
+                })?;
+                Ok(ServedFile {
+                    source,
+                    size,
+                    plain: None,
+                    name: image_name,
+                })
+            }
+            Some(inner) => {
+                let display = format!("{image_name}:/{}", inner.join("/"));
+                let iso = self.library_iso(&request.spec)?;
+                Self::file_in_iso(&iso, &image_name, inner, &display)
+            }
+        }
+    }
+
     fn open_in_iso(
         &self,
         image: &[String],
         inner: &[String],
         display: &str,
     ) -> Result<ServedFile, FileError> {
-        let iso_name = image.join("/");
+        let iso = self.iso_image(image)?;
+        Self::file_in_iso(&iso, &image.join("/"), inner, display)
+    }
+
+    /// Opens `inner` inside the parsed image `iso` (named `iso_name` in errors).
+    fn file_in_iso(
+        iso: &IsoImage,
+        iso_name: &str,
+        inner: &[String],
+        display: &str,
+    ) -> Result<ServedFile, FileError> {
+        let iso_name = iso_name.to_string();
         let inner_path = format!("/{}", inner.join("/"));
         let iso_error = |reason: String| FileError::Iso {
             iso: iso_name.clone(),
             path: inner_path.clone(),
             reason,
         };
-        let iso = self.iso_image(image)?;
         let entry = iso.lookup_follow(&inner_path).map_err(|e| match e {
             ReadError::NotFound { .. } | ReadError::NotADirectory { .. } => {
                 FileError::NotFound(display.to_string())
@@ -405,5 +584,143 @@ mod tests {
         assert!(matches!(fr.open("rel"), Err(FileError::SymlinkEscape(_))));
         assert_eq!(fr.open("inside").unwrap().size, 4);
         assert!(matches!(fr.open("/"), Err(FileError::NotAFile(_))));
+    }
+
+    #[test]
+    fn library_requests_split_spec_and_inner_path() {
+        let r = parse_library("/library:debian@2:/install.amd/vmlinuz")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.spec, "debian@2");
+        assert_eq!(r.inner.unwrap(), ["install.amd", "vmlinuz"]);
+        let r = parse_library("library:deb.iso@sha256:abcd12:/a\\b")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.spec, "deb.iso@sha256:abcd12");
+        assert_eq!(r.inner.unwrap(), ["a", "b"]);
+        let whole = parse_library("LIBRARY:debian").unwrap().unwrap();
+        assert_eq!((whole.spec.as_str(), whole.inner), ("debian", None));
+        assert_eq!(parse_library("debian.iso:/x").unwrap(), None);
+        assert_eq!(parse_library("lib").unwrap(), None);
+        assert!(matches!(
+            parse_library("library:debian:/../etc/passwd"),
+            Err(FileError::Traversal(_))
+        ));
+        assert!(matches!(
+            parse_library("library:a/b:/x"),
+            Err(FileError::BadPath(_))
+        ));
+        assert!(matches!(
+            parse_library("library::/x"),
+            Err(FileError::BadPath(_))
+        ));
+    }
+
+    #[test]
+    fn library_paths_without_a_source_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fr = FileRoot::new(dir.path()).unwrap();
+        let e = fr
+            .open("library:debian:/install.amd/vmlinuz")
+            .err()
+            .unwrap();
+        assert!(matches!(e, FileError::NoImageSource(_)), "{e}");
+        assert!(e.is_access_violation());
+        assert!(e.to_string().contains("no library"), "{e}");
+    }
+
+    /// Images by spec, each with its key; counts opens.
+    struct Images(Mutex<HashMap<String, Image>>);
+
+    /// An image's bytes and key.
+    type Image = (Arc<Vec<u8>>, String);
+
+    impl ImageSource for Images {
+        fn open_image(&self, spec: &str) -> io::Result<(Arc<dyn ReadAt>, ImageKey)> {
+            let map = self.0.lock().unwrap();
+            let (bytes, key) = map
+                .get(spec)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such item"))?;
+            Ok((bytes.clone(), ImageKey(key.clone())))
+        }
+    }
+
+    fn iso_with(dir: &Path, name: &str, content: &[u8]) -> Vec<u8> {
+        let tree = dir.join(format!("{name}-tree"));
+        std::fs::create_dir_all(tree.join("boot")).unwrap();
+        std::fs::write(tree.join("boot/vmlinuz"), content).unwrap();
+        let spec = vmedia_iso::spec::IsoSpec {
+            sources: vec![vmedia_iso::spec::GraftPoint {
+                iso_path: "/".into(),
+                host_path: tree,
+            }],
+            date: Some(1_700_000_000),
+            ..Default::default()
+        };
+        let out = dir.join(format!("{name}.iso"));
+        vmedia_iso::write::write_image(
+            &spec,
+            &out,
+            vmedia_io::OverwritePolicy::Replace,
+            &vmedia_io::NoProgress,
+        )
+        .unwrap();
+        std::fs::read(out).unwrap()
+    }
+
+    fn read_all(file: &ServedFile) -> Vec<u8> {
+        let mut buf = vec![0u8; file.size as usize];
+        file.source.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    }
+
+    #[test]
+    fn library_paths_follow_the_source_and_cache_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let one = Arc::new(iso_with(dir.path(), "one", b"kernel one"));
+        let two = Arc::new(iso_with(dir.path(), "two", b"kernel two!"));
+        let images = Arc::new(Images(Mutex::new(HashMap::new())));
+        {
+            let mut m = images.0.lock().unwrap();
+            m.insert("deb".into(), (one.clone(), "sha256:1".into()));
+            m.insert("deb@1".into(), (one.clone(), "sha256:1".into()));
+        }
+        let fr = FileRoot::with_images(&root, images.clone()).unwrap();
+        assert!(fr.has_images());
+        let k = fr.open("/library:deb:/boot/vmlinuz").unwrap();
+        assert_eq!(read_all(&k), b"kernel one");
+        assert_eq!(k.name, "library:deb:/boot/vmlinuz");
+        assert!(k.plain.is_none());
+        // The same bytes under another spec share the parsed image.
+        fr.open("library:deb@1:/boot/vmlinuz").unwrap();
+        assert_eq!(fr.cached_isos(), 1);
+        let whole = fr.open("library:deb@1").unwrap();
+        assert_eq!(read_all(&whole), *one);
+        // A new current version: `deb` follows it, `deb@1` stays.
+        images
+            .0
+            .lock()
+            .unwrap()
+            .insert("deb".into(), (two.clone(), "sha256:2".into()));
+        assert_eq!(
+            read_all(&fr.open("library:deb:/boot/vmlinuz").unwrap()),
+            b"kernel two!"
+        );
+        assert_eq!(
+            read_all(&fr.open("library:deb@1:/boot/vmlinuz").unwrap()),
+            b"kernel one"
+        );
+        assert_eq!(fr.cached_isos(), 2);
+        let missing = fr.open("library:nope:/boot/vmlinuz").err().unwrap();
+        assert!(missing.is_not_found(), "{missing}");
+        let inner_missing = fr.open("library:deb:/boot/none").err().unwrap();
+        assert!(inner_missing.is_not_found(), "{inner_missing}");
+        assert!(matches!(
+            fr.open("library:deb:/boot"),
+            Err(FileError::NotAFile(_))
+        ));
+        assert!(fr.open_iso("library:deb").is_ok());
     }
 }

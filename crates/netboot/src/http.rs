@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::files::{FileError, FileRoot, ServedFile};
+use crate::files::{FileRoot, ServedFile};
 use crate::net;
 use crate::rules::{ipxe_script, normalize_mac, render, Client, Rule, Rules, Vars};
 use crate::status::Status;
@@ -273,7 +273,7 @@ fn route(head: &RequestHead, peer: SocketAddr, local: SocketAddr, ctx: &HttpCont
             ctx.status
                 .event("http", &client, format!("refused {path:?}: {e}"));
             return match e {
-                FileError::NotFound(_) => Response::text(404, "Not Found", format!("{e}\n")),
+                e if e.is_not_found() => Response::text(404, "Not Found", format!("{e}\n")),
                 e if e.is_access_violation() => Response::text(403, "Forbidden", format!("{e}\n")),
                 e => Response::text(500, "Internal Server Error", format!("{e}\n")),
             };

@@ -101,6 +101,11 @@ pub struct Rule {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulesToml {
+    /// Server settings for `vmedia serve --netboot FILE` (the daemon reads them); the rules
+    /// here ignore them, so one file serves both `vmedia netboot serve --config` and the daemon.
+    #[serde(default)]
+    #[allow(dead_code)]
+    server: Option<toml::Table>,
     default: Option<Rule>,
     #[serde(default)]
     machine: Vec<Rule>,
@@ -393,14 +398,25 @@ pub fn file_url(path: &str, http: &str) -> String {
     {
         return path.to_string();
     }
+    let library = path
+        .trim_start_matches('/')
+        .get(..crate::files::LIBRARY_SCHEME.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(crate::files::LIBRARY_SCHEME));
     // debian.iso:/install.amd/vmlinuz -> debian.iso/install.amd/vmlinuz (no ':' in URL paths).
-    let mut p = path.replace(".iso:/", ".iso/").replace(".ISO:/", ".ISO/");
+    // library:NAME@V:/path keeps its ':' and '@' (both allowed in a URL path, RFC 3986
+    // pchar): the ':' is what ends the spec, and an item may be named debian.iso.
+    let mut p = if library {
+        path.to_string()
+    } else {
+        path.replace(".iso:/", ".iso/").replace(".ISO:/", ".ISO/")
+    };
     while p.starts_with('/') {
         p.remove(0);
     }
+    let keep: &[u8] = if library { b"/-._~:@" } else { b"/-._~" };
     let mut encoded = String::with_capacity(p.len());
     for b in p.bytes() {
-        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             encoded.push(b as char);
         } else {
             encoded.push_str(&format!("%{b:02X}"));
@@ -729,5 +745,32 @@ exit = true
         assert!(script.contains("item item0 Install\nitem item1 Local disk\n"));
         assert!(script.contains("choose --timeout 5000 --default item0 target"));
         assert!(script.contains(":item1\nexit\n"));
+    }
+
+    #[test]
+    fn library_paths_become_urls_with_their_spec_intact() {
+        assert_eq!(
+            file_url("library:deb.iso@2:/install.amd/vmlinuz", "http://h:8"),
+            "http://h:8/library:deb.iso@2:/install.amd/vmlinuz"
+        );
+        assert_eq!(
+            file_url("/library:deb@sha256:ab12:/a b", "http://h"),
+            "http://h/library:deb@sha256:ab12:/a%20b"
+        );
+        // Outside library paths ':' and '@' are still escaped.
+        assert_eq!(file_url("a@b:c", "http://h"), "http://h/a%40b%3Ac");
+    }
+
+    #[test]
+    fn server_table_is_ignored_by_the_rules() {
+        let rules = Rules::parse(
+            "[server]\nroot = \"/srv\"\ntftp_port = 69\n\n[default]\nkernel = \"library:deb:/k\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            rules.default.unwrap().kernel.as_deref(),
+            Some("library:deb:/k")
+        );
     }
 }

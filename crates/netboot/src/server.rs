@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::dhcp::leases::{LeaseFile, LeaseTable};
 use crate::dhcp::policy::{BootFiles, IpxeScript, Mode, Policy};
-use crate::files::FileRoot;
+use crate::files::{FileRoot, ImageSource};
 use crate::rules::{self, Rules};
 use crate::status::Status;
 use crate::tftp::server::{TftpServer, TransferControl};
@@ -56,8 +56,15 @@ struct Prepared {
     saved_leases: Option<LeaseFile>,
 }
 
-fn prepare(config: &ServerConfig) -> Result<Prepared, NetbootError> {
-    let root = Arc::new(FileRoot::new(&config.root).map_err(io_err("--root"))?);
+fn prepare(
+    config: &ServerConfig,
+    images: Option<Arc<dyn ImageSource>>,
+) -> Result<Prepared, NetbootError> {
+    let root = match images {
+        Some(images) => FileRoot::with_images(&config.root, images),
+        None => FileRoot::new(&config.root),
+    };
+    let root = Arc::new(root.map_err(io_err("--root"))?);
     let rules = match &config.rules_file {
         Some(path) => Rules::load(path)?,
         None => Rules::default(),
@@ -128,10 +135,25 @@ impl Server {
     /// runtime (multi-threaded; TFTP transfers also run on dedicated threads). Returns once
     /// everything is bound, so a caller can announce the addresses.
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, NetbootError> {
+        Server::start_inner(config, None).await
+    }
+
+    /// [`Server::start`] with `library:` paths (in rules and requests) served from `images`.
+    pub async fn start_with_images(
+        config: ServerConfig,
+        images: Arc<dyn ImageSource>,
+    ) -> Result<ServerHandle, NetbootError> {
+        Server::start_inner(config, Some(images)).await
+    }
+
+    async fn start_inner(
+        config: ServerConfig,
+        images: Option<Arc<dyn ImageSource>>,
+    ) -> Result<ServerHandle, NetbootError> {
         let config = Arc::new(config);
         let mut prepared = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || prepare(&config))
+            tokio::task::spawn_blocking(move || prepare(&config, images))
                 .await
                 .map_err(|e| task_error("reading the configuration", e))??
         };

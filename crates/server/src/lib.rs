@@ -5,7 +5,19 @@
 //! errors; routes and protocol drivers call library, disk and iso operations and hold no format
 //! logic. The protocol logic of NBD is in `vmedia-nbd`; this crate owns the sockets.
 
+pub mod cache;
 pub mod clones;
+pub mod config;
+pub mod daemon;
 pub mod export;
+pub mod exports;
+pub mod http;
+pub mod metrics;
 pub mod nbd;
+pub mod netboot;
+pub mod preload;
 pub mod scrape;
+pub mod tls;
+
+pub use config::{ServerOptions, Settings};
+pub use daemon::{shutdown_signal, ServeError, Server, ServerHandle};

@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::files::{FileError, FileRoot, ServedFile};
+use crate::files::{FileRoot, ServedFile};
 use crate::net;
 use crate::status::{Status, TransferProgress};
 use crate::wire::tftp::{data_header, error_code, Request, TftpRepr, MAX_BLKSIZE, MAX_PACKET};
@@ -328,7 +328,7 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
     }
     let opened = shared.root.open(&name).map_err(|e| {
         let code = match &e {
-            FileError::NotFound(_) => error_code::FILE_NOT_FOUND,
+            e if e.is_not_found() => error_code::FILE_NOT_FOUND,
             e if e.is_access_violation() => error_code::ACCESS_VIOLATION,
             _ => error_code::NOT_DEFINED,
         };

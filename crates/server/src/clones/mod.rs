@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use vmedia_io::ReadAt;
 use vmedia_library::AddReport;
 
-use crate::export::{Export, ExportError};
+use crate::export::{Export, ExportError, ExportListing, ExportResolver};
 pub use files::DEFAULT_MAX_OPEN_FILES;
 pub use library_base::LibraryBases;
 use overlay::Overlay;
@@ -433,8 +433,21 @@ impl CloneStore {
     pub fn open_export(&self, name: &str) -> Result<Arc<dyn Export>, ExportError> {
         match self.overlay(name) {
             Ok(overlay) => Ok(overlay),
-            Err(_) => Err(ExportError::NotFound(format!("clone/{name}"))),
+            Err(_) => Err(ExportError::NotFound(format!(
+                "{CLONE_EXPORT_PREFIX}{name}"
+            ))),
         }
+    }
+
+    /// Lists the clones as exports (`clone/NAME`), for NBD_OPT_LIST.
+    pub fn listings(&self) -> Vec<ExportListing> {
+        self.list()
+            .into_iter()
+            .map(|c| ExportListing {
+                name: format!("{CLONE_EXPORT_PREFIX}{}", c.name),
+                description: format!("clone of {}", c.base),
+            })
+            .collect()
     }
 
     /// Adds the clone's current content to the library as a new version of `as_name`. Writes
@@ -532,5 +545,22 @@ pub mod fuzzing {
     /// A clone's `clone.json`: must never panic; returns whether it parsed.
     pub fn meta(data: &[u8]) -> bool {
         super::CloneMeta::parse(data).is_ok()
+    }
+}
+
+/// How clients name a clone's export: `clone/NAME`.
+pub const CLONE_EXPORT_PREFIX: &str = "clone/";
+
+/// The clone store answers the daemon's resolver for every `clone/NAME` export.
+impl ExportResolver for CloneStore {
+    fn list(&self) -> io::Result<Vec<ExportListing>> {
+        Ok(self.listings())
+    }
+
+    fn open(&self, name: &str) -> Result<Arc<dyn Export>, ExportError> {
+        match name.strip_prefix(CLONE_EXPORT_PREFIX) {
+            Some(clone) => self.open_export(clone),
+            None => Err(ExportError::NotFound(name.to_string())),
+        }
     }
 }

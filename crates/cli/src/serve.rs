@@ -1,0 +1,122 @@
+//! `vmedia serve`: flag parsing for the daemon, the library opened as the library commands
+//! open it, and the process's life (runtime, "listening" lines, SIGTERM/SIGINT drain). The
+//! daemon itself is `vmedia_server`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use vmedia_server::{Server, Settings};
+
+/// Log filter without RUST_LOG: the daemon logs its work (starts, preloads, traces).
+pub const DEFAULT_LOG_FILTER: &str = "warn,vmedia=info,vmedia_server=info";
+
+#[derive(clap::Args)]
+#[command(
+    about = "Serve library images over HTTP(S) and NBD from one shared cache",
+    after_help = "Examples:\n  vmedia serve --library /srv/library --http-port 8080\n  vmedia serve --config /etc/vmedia/serve.toml\n  vmedia serve --netboot /etc/vmedia/netboot.toml\n  qemu-img info nbd://localhost:10809/debian@2\n  curl -r 0-2047 http://localhost:8080/images/debian@sha256:1f2e3d4c\n\n\
+A port of 0 turns that listener off. --config reads a TOML file with the same keys as the\n\
+flags (http-port = 8080, cache-size = \"1G\", preload = [\"debian\"]); flags win over it.\n\
+SIGTERM or SIGINT stops accepting, lets responses in progress finish, and exits 0."
+)]
+pub struct Args {
+    /// Address to listen on [default: 0.0.0.0]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Plain HTTP port [default: 8080]
+    #[arg(long = "http-port", value_name = "PORT")]
+    http_port: Option<u16>,
+    /// HTTPS port (needs --tls-cert and --tls-key) [default: 0, off]
+    #[arg(long = "https-port", value_name = "PORT")]
+    https_port: Option<u16>,
+    /// NBD port [default: 10809]
+    #[arg(long = "nbd-port", value_name = "PORT")]
+    nbd_port: Option<u16>,
+    /// TLS certificate chain (PEM) for HTTPS and NBD STARTTLS
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long = "tls-key", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Memory for decoded chunks shared by every export and client [default: 256M]
+    #[arg(long = "cache-size", value_name = "SIZE")]
+    cache_size: Option<String>,
+    /// A folder for an on-disk cache tier (with --cache-dir-size)
+    #[arg(long = "cache-dir", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The on-disk tier's budget, e.g. 20G
+    #[arg(long = "cache-dir-size", value_name = "SIZE")]
+    cache_dir_size: Option<String>,
+    /// The daemon's state folder (clones, boot traces) [default: $VMEDIA_HOME/serve, else
+    /// $XDG_DATA_HOME/vmedia/serve]
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Settings file (TOML, same keys as these flags)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Read a version into the cache at start (repeatable)
+    #[arg(long, value_name = "NAME[@V]")]
+    preload: Vec<String>,
+    /// How long a version's boot trace records after its first client attaches [default: 60s]
+    #[arg(long = "trace-window", value_name = "DURATION")]
+    trace_window: Option<String>,
+    /// Run network boot (DHCP/TFTP/HTTP) inside the daemon from this netboot rules file; its
+    /// paths may name `library:NAME[@V]:/path/in/iso` (see docs/netboot.md)
+    #[arg(long, value_name = "FILE")]
+    netboot: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => Settings::load(path)?,
+        None => Settings::default(),
+    };
+    let flags = Settings {
+        library: None,
+        listen: args.listen,
+        http_port: args.http_port,
+        https_port: args.https_port,
+        nbd_port: args.nbd_port,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        cache_size: args.cache_size,
+        cache_dir: args.cache_dir,
+        cache_dir_size: args.cache_dir_size,
+        state: args.state,
+        preload: args.preload,
+        trace_window: args.trace_window,
+        netboot: args.netboot,
+    };
+    let settings = flags.merge(file);
+    let library = crate::library::open_library_for_serve(settings.library.as_deref())?;
+    let default_state = match settings.state {
+        Some(_) => PathBuf::new(),
+        None => crate::env::boot_config()
+            .map(|c| c.state_dir().join("serve"))
+            .context("no --state and no data directory to keep the daemon's state in")?,
+    };
+    let options = settings.resolve(default_state)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vmedia-serve")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let handle = Server::start(library, options).await?;
+        for (what, addr) in [
+            ("http", handle.http),
+            ("https", handle.https),
+            ("nbd", handle.nbd),
+        ] {
+            if let Some(addr) = addr {
+                tracing::info!(protocol = what, %addr, "listening");
+                eprintln!("vmedia serve: listening for {what} on {addr}");
+            }
+        }
+        let signal = vmedia_server::shutdown_signal().await;
+        tracing::info!(signal, "draining connections");
+        handle.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,231 @@
+//! The daemon: builds the shared pieces (cache, exports, metrics, boot traces), binds the
+//! listeners, runs the front ends, and drains them on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vmedia_library::Library;
+
+use crate::cache::{CacheOptions, SharedCache};
+use crate::clones::{BaseOpener, CloneStore};
+use crate::config::ServerOptions;
+use crate::export::{ExportResolver, IoObserver};
+use crate::exports::LibraryExports;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::nbd::{serve_nbd, NbdContext, NbdLimits};
+use crate::preload::Traces;
+use crate::tls::{self, TlsError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the cache: {0}")]
+    Cache(std::io::Error),
+    #[error("cannot open the clone store: {0}")]
+    Clones(crate::clones::CloneError),
+    #[error("cannot start network boot: {0}")]
+    Netboot(crate::netboot::NetbootStartError),
+}
+
+/// Starts the daemon.
+pub struct Server;
+
+/// A running daemon: its bound addresses and shared pieces; `shutdown` drains it.
+pub struct ServerHandle {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub nbd: Option<SocketAddr>,
+    pub exports: Arc<LibraryExports>,
+    pub metrics: Arc<Metrics>,
+    /// The resolver every front end uses (library versions, disks, clones).
+    pub resolver: Arc<dyn ExportResolver>,
+    /// The network boot server run with `--netboot`.
+    pub netboot: Option<vmedia_netboot::ServerHandle>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listener whose port is not 0 and starts serving; call inside a tokio
+    /// runtime. Versions named in `options.preload` are read into the cache in the
+    /// background.
+    pub async fn start(
+        library: Library,
+        options: ServerOptions,
+    ) -> Result<ServerHandle, ServeError> {
+        let cache = Arc::new(
+            SharedCache::new(&CacheOptions {
+                memory_bytes: options.cache_bytes,
+                disk: options.disk_cache.clone(),
+            })
+            .map_err(ServeError::Cache)?,
+        );
+        let traces = Traces::new(options.state_dir.join("traces"), options.trace_window);
+        let exports = Arc::new(LibraryExports::new(
+            library,
+            Arc::clone(&cache),
+            Some(traces),
+        ));
+        let metrics = Arc::new(Metrics::new(Arc::clone(&cache)));
+        metrics.set_exports(Arc::clone(&exports));
+        let observer: Arc<dyn IoObserver> = metrics.clone();
+
+        let store = Arc::new(
+            CloneStore::open(&options.state_dir, exports.clone() as Arc<dyn BaseOpener>)
+                .map_err(ServeError::Clones)?,
+        );
+        exports.set_clones(store.clone());
+        let gauges = Arc::clone(&store);
+        metrics.set_clones(Arc::new(move || {
+            gauges
+                .list()
+                .into_iter()
+                .map(|c| (c.name, c.bytes_written))
+                .collect()
+        }));
+        let clones_router = Some(crate::clones::api::router(store));
+
+        let resolver: Arc<dyn ExportResolver> = exports.clone();
+        let state = Arc::new(AppState {
+            exports: Arc::clone(&exports),
+            observer: Arc::clone(&observer),
+            metrics: Arc::clone(&metrics),
+        });
+        let app = http::router(state, clones_router);
+        let tls_config = match &options.tls {
+            Some((cert, key)) => Some(tls::server_config(cert, key)?),
+            None => None,
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let mut http_addr = None;
+        if options.http_port != 0 {
+            let listener = bind("HTTP", SocketAddr::new(options.listen, options.http_port)).await?;
+            http_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(http::serve_http(
+                listener,
+                None,
+                app.clone(),
+                Arc::clone(&observer),
+                shutdown_rx.clone(),
+            )));
+        }
+        let mut https_addr = None;
+        if let (Some(config), true) = (&tls_config, options.https_port != 0) {
+            let listener =
+                bind("HTTPS", SocketAddr::new(options.listen, options.https_port)).await?;
+            https_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(http::serve_http(
+                listener,
+                Some(tls::http_acceptor(config)),
+                app.clone(),
+                Arc::clone(&observer),
+                shutdown_rx.clone(),
+            )));
+        }
+        let mut nbd_addr = None;
+        if options.nbd_port != 0 {
+            let listener = bind("NBD", SocketAddr::new(options.listen, options.nbd_port)).await?;
+            nbd_addr = listener.local_addr().ok();
+            let ctx = NbdContext {
+                resolver: Arc::clone(&resolver),
+                observer: Arc::clone(&observer),
+                tls: tls_config.as_ref().map(tls::plain_acceptor),
+                limits: NbdLimits::default(),
+            };
+            tasks.push(tokio::spawn(serve_nbd(listener, ctx, shutdown_rx.clone())));
+        }
+        let netboot = match &options.netboot {
+            Some(config) => Some(
+                crate::netboot::start_netboot(config, exports.library().clone())
+                    .await
+                    .map_err(ServeError::Netboot)?,
+            ),
+            None => None,
+        };
+
+        for spec in options.preload.clone() {
+            let exports = Arc::clone(&exports);
+            tokio::task::spawn_blocking(move || {
+                let result = exports
+                    .open_version(&spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        crate::preload::preload(&v.export, &v.digest).map_err(|e| e.to_string())
+                    });
+                match result {
+                    Ok(report) => tracing::info!(
+                        export = report.export,
+                        bytes = report.size,
+                        seconds = report.seconds,
+                        "preloaded"
+                    ),
+                    Err(error) => tracing::warn!(image = spec, %error, "preload failed"),
+                }
+            });
+        }
+
+        Ok(ServerHandle {
+            http: http_addr,
+            https: https_addr,
+            nbd: nbd_addr,
+            exports,
+            metrics,
+            resolver,
+            netboot,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl ServerHandle {
+    /// Stops accepting, lets requests in progress finish (bounded), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Some(netboot) = self.netboot {
+            if let Err(error) = netboot.shutdown().await {
+                tracing::warn!(%error, "network boot did not stop cleanly");
+            }
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Waits for SIGTERM or SIGINT and names the one that came.
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No signal handling (should not happen on Unix): wait forever rather than stop.
+        std::future::pending::<()>().await;
+        return "none";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

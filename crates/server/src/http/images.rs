@@ -1,0 +1,453 @@
+//! `GET`/`HEAD /images/NAME[@V]`, `/images/NAME[@V]/disk` and `/images/NAME[@V]/files/PATH`:
+//! validators (strong ETag from the SHA-256, Last-Modified), conditional requests
+//! (If-None-Match, If-Range), single and multiple ranges, cache headers for HTTP caches.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use vmedia_io::ReadAt;
+
+use super::range::{self, RangeRequest};
+use super::{error_response, export_error, AppState, Peer, PIECE_BYTES};
+use crate::export::{IoObserver, Op};
+use crate::exports::{ExportReader, OpenedVersion, DISK_SUFFIX};
+
+/// Cache-Control of URLs that name a version by digest: the bytes can never change.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// Cache-Control of names that follow the current version: caches revalidate by ETag.
+const REVALIDATE: &str = "no-cache";
+const FILES_INFIX: &str = "/files/";
+
+/// What a request names.
+enum Target {
+    Bytes,
+    Disk,
+    File(String),
+}
+
+/// A representation ready to serve.
+struct Representation {
+    source: Arc<dyn ReadAt>,
+    size: u64,
+    etag: String,
+    last_modified: Option<String>,
+    /// The export name reads are reported under.
+    export: String,
+}
+
+pub(super) async fn image(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    Path(path): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let (spec, target) = if let Some((spec, file)) = path.split_once(FILES_INFIX) {
+        (spec.to_string(), Target::File(format!("/{file}")))
+    } else if let Some(spec) = path.strip_suffix(DISK_SUFFIX) {
+        (spec.to_string(), Target::Disk)
+    } else {
+        (path.clone(), Target::Bytes)
+    };
+    let immutable = spec.contains("@sha256:");
+    let exports = Arc::clone(&state.exports);
+    let opened = tokio::task::spawn_blocking(move || -> Result<Representation, Response> {
+        let open = |spec: &str| exports.open_version(spec).map_err(export_error);
+        match target {
+            Target::Bytes => {
+                let version = open(&spec)?;
+                exports.attached(&version);
+                let etag = format!("\"{}\"", hex_of(&version.digest));
+                Ok(representation(&version, Arc::clone(&version.export), etag))
+            }
+            Target::Disk => {
+                let (version, disk) = exports.open_disk(&spec).map_err(export_error)?;
+                exports.attached(&version);
+                let etag = format!("\"{}-disk\"", hex_of(&version.digest));
+                let mut rep = representation(&version, disk.clone(), etag);
+                rep.export = crate::export::Export::name(disk.as_ref()).to_string();
+                Ok(rep)
+            }
+            Target::File(file) => {
+                let version = open(&spec)?;
+                exports.attached(&version);
+                let reader: Arc<dyn ReadAt> = Arc::new(ExportReader(Arc::clone(&version.export)));
+                let not_found = |e: vmedia_iso::read::ReadError| {
+                    error_response(StatusCode::NOT_FOUND, &format!("{spec}{file}: {e}"))
+                };
+                let iso = vmedia_iso::read::IsoImage::open(reader, Default::default())
+                    .map_err(not_found)?;
+                let entry = iso.lookup_follow(&file).map_err(not_found)?;
+                let file_reader = iso.file_reader(&entry).map_err(not_found)?;
+                let path_digest = hex::encode(&Sha256::digest(file.as_bytes())[..8]);
+                let etag = format!("\"{}-{path_digest}\"", hex_of(&version.digest));
+                let size = file_reader.len();
+                let mut rep = representation(&version, Arc::clone(&version.export), etag);
+                rep.source = Arc::new(file_reader);
+                rep.size = size;
+                Ok(rep)
+            }
+        }
+    })
+    .await;
+    let rep = match opened {
+        Ok(Ok(rep)) => rep,
+        Ok(Err(response)) => return response,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    respond(&state, &peer, rep, &method, &headers, immutable)
+}
+
+fn representation(
+    version: &OpenedVersion,
+    export: Arc<dyn crate::export::Export>,
+    etag: String,
+) -> Representation {
+    let last_modified = version.created.and_then(|t| {
+        jiff::fmt::rfc2822::DateTimePrinter::new()
+            .timestamp_to_rfc9110_string(&t)
+            .ok()
+    });
+    Representation {
+        size: export.size(),
+        export: export.name().to_string(),
+        source: Arc::new(ExportReader(export)),
+        etag,
+        last_modified,
+    }
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+fn respond(
+    state: &AppState,
+    peer: &Peer,
+    rep: Representation,
+    method: &Method,
+    headers: &HeaderMap,
+    immutable: bool,
+) -> Response {
+    let mut common = HeaderMap::new();
+    let put = |map: &mut HeaderMap, name: header::HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            map.insert(name, value);
+        }
+    };
+    put(&mut common, header::ETAG, &rep.etag);
+    if let Some(modified) = &rep.last_modified {
+        put(&mut common, header::LAST_MODIFIED, modified);
+    }
+    put(&mut common, header::ACCEPT_RANGES, "bytes");
+    put(
+        &mut common,
+        header::CACHE_CONTROL,
+        if immutable { IMMUTABLE } else { REVALIDATE },
+    );
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(tags) = text(header::IF_NONE_MATCH) {
+        if none_match_hits(tags, &rep.etag) {
+            return (StatusCode::NOT_MODIFIED, common).into_response();
+        }
+    }
+    let mut ranges = match text(header::RANGE) {
+        Some(value) => range::parse(value, rep.size),
+        None => RangeRequest::Full,
+    };
+    if let Some(condition) = text(header::IF_RANGE) {
+        if !if_range_holds(condition, &rep.etag, rep.last_modified.as_deref()) {
+            ranges = RangeRequest::Full;
+        }
+    }
+    let head = method == Method::HEAD;
+    match ranges {
+        RangeRequest::Unsatisfiable => {
+            put(
+                &mut common,
+                header::CONTENT_RANGE,
+                &format!("bytes */{}", rep.size),
+            );
+            (StatusCode::RANGE_NOT_SATISFIABLE, common).into_response()
+        }
+        RangeRequest::Full => {
+            put(
+                &mut common,
+                header::CONTENT_TYPE,
+                "application/octet-stream",
+            );
+            let segments = VecDeque::from([Segment::Read(0, rep.size)]);
+            body_response(
+                state,
+                peer,
+                &rep,
+                StatusCode::OK,
+                common,
+                segments,
+                rep.size,
+                head,
+            )
+        }
+        RangeRequest::Ranges(list) if list.len() == 1 => {
+            let (start, end) = list[0];
+            put(
+                &mut common,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{}", rep.size),
+            );
+            put(
+                &mut common,
+                header::CONTENT_TYPE,
+                "application/octet-stream",
+            );
+            let segments = VecDeque::from([Segment::Read(start, end - start + 1)]);
+            let length = end - start + 1;
+            body_response(
+                state,
+                peer,
+                &rep,
+                StatusCode::PARTIAL_CONTENT,
+                common,
+                segments,
+                length,
+                head,
+            )
+        }
+        RangeRequest::Ranges(list) => {
+            let boundary = boundary(&rep.etag);
+            put(
+                &mut common,
+                header::CONTENT_TYPE,
+                &format!("multipart/byteranges; boundary={boundary}"),
+            );
+            let mut segments = VecDeque::new();
+            let mut length = 0u64;
+            for (start, end) in list {
+                let part = format!(
+                    "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{end}/{}\r\n\r\n",
+                    rep.size
+                );
+                length += part.len() as u64 + (end - start + 1);
+                segments.push_back(Segment::Literal(Bytes::from(part)));
+                segments.push_back(Segment::Read(start, end - start + 1));
+            }
+            let close = format!("\r\n--{boundary}--\r\n");
+            length += close.len() as u64;
+            segments.push_back(Segment::Literal(Bytes::from(close)));
+            body_response(
+                state,
+                peer,
+                &rep,
+                StatusCode::PARTIAL_CONTENT,
+                common,
+                segments,
+                length,
+                head,
+            )
+        }
+    }
+}
+
+/// If-None-Match: weak comparison (RFC 9110 13.1.2), `*` matches any representation.
+fn none_match_hits(header_value: &str, etag: &str) -> bool {
+    header_value
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+/// If-Range: a strong ETag match, or exactly the Last-Modified date.
+fn if_range_holds(condition: &str, etag: &str, last_modified: Option<&str>) -> bool {
+    let condition = condition.trim();
+    if condition.starts_with('"') {
+        return condition == etag;
+    }
+    if condition.starts_with("W/") {
+        return false;
+    }
+    last_modified == Some(condition)
+}
+
+static BOUNDARIES: AtomicU64 = AtomicU64::new(0);
+
+/// A multipart boundary that cannot be guessed from the request (so content cannot fake it).
+fn boundary(etag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut hasher = Sha256::new();
+    hasher.update(etag.as_bytes());
+    hasher.update(nanos.to_le_bytes());
+    hasher.update(BOUNDARIES.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    format!("vmedia-{}", hex::encode(&hasher.finalize()[..12]))
+}
+
+/// One part of a response body.
+enum Segment {
+    Literal(Bytes),
+    /// `length` bytes of the source at `offset`.
+    Read(u64, u64),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn body_response(
+    state: &AppState,
+    peer: &Peer,
+    rep: &Representation,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    segments: VecDeque<Segment>,
+    length: u64,
+    head: bool,
+) -> Response {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if head {
+        return (status, headers).into_response();
+    }
+    state.observer.request_started(&rep.export, &peer.addr);
+    let stream = BodyStream {
+        source: Arc::clone(&rep.source),
+        segments,
+        ahead: None,
+        report: Report {
+            observer: Arc::clone(&state.observer),
+            export: rep.export.clone(),
+            client: peer.addr.clone(),
+            started: Instant::now(),
+            bytes: 0,
+            ok: false,
+        },
+    };
+    let body = futures::stream::unfold(stream, |mut stream| async move {
+        let segment = stream.segments.pop_front()?;
+        match segment {
+            Segment::Literal(bytes) => {
+                stream.finished_if_done();
+                Some((Ok(bytes), stream))
+            }
+            Segment::Read(offset, length) => {
+                let n = length.min(PIECE_BYTES);
+                if n < length {
+                    stream
+                        .segments
+                        .push_front(Segment::Read(offset + n, length - n));
+                }
+                // The piece read ahead last time, else read now; then start the next one, so
+                // the store or cache works while this piece goes out.
+                let pending = match stream.ahead.take() {
+                    Some((at, handle)) if at == offset => handle,
+                    _ => read_piece(&stream.source, offset, n),
+                };
+                if let Some(Segment::Read(next, left)) = stream.segments.front() {
+                    let (next, size) = (*next, (*left).min(PIECE_BYTES));
+                    stream.ahead = Some((next, read_piece(&stream.source, next, size)));
+                }
+                let read = pending
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+                match read {
+                    Ok(bytes) => {
+                        stream.report.bytes += bytes.len() as u64;
+                        stream.finished_if_done();
+                        Some((Ok(bytes), stream))
+                    }
+                    Err(error) => {
+                        // The status line went out already: end the body early, so the
+                        // client sees a short response and never wrong bytes.
+                        tracing::warn!(export = stream.report.export, offset, %error, "read failed mid-response");
+                        stream.segments.clear();
+                        Some((Err(error), stream))
+                    }
+                }
+            }
+        }
+    });
+    (status, headers, Body::from_stream(body)).into_response()
+}
+
+/// Reads `length` bytes at `offset` on a blocking thread.
+fn read_piece(
+    source: &Arc<dyn ReadAt>,
+    offset: u64,
+    length: u64,
+) -> tokio::task::JoinHandle<io::Result<Bytes>> {
+    let source = Arc::clone(source);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; length as usize];
+        source
+            .read_exact_at(&mut buf, offset)
+            .map(|()| Bytes::from(buf))
+    })
+}
+
+struct BodyStream {
+    source: Arc<dyn ReadAt>,
+    segments: VecDeque<Segment>,
+    /// The next piece, being read ahead (its offset and the read).
+    ahead: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
+    report: Report,
+}
+
+impl BodyStream {
+    fn finished_if_done(&mut self) {
+        if self.segments.is_empty() {
+            self.report.ok = true;
+        }
+    }
+}
+
+/// Reports the request to the metrics when its body ends or the client goes away.
+struct Report {
+    observer: Arc<dyn IoObserver>,
+    export: String,
+    client: String,
+    started: Instant,
+    bytes: u64,
+    ok: bool,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        self.observer.request_finished(
+            &self.export,
+            &self.client,
+            Op::Read,
+            self.bytes,
+            self.started.elapsed(),
+            self.ok,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_compare_as_the_rfc_says() {
+        let etag = "\"abc\"";
+        assert!(none_match_hits("\"x\", W/\"abc\"", etag));
+        assert!(none_match_hits("*", etag));
+        assert!(!none_match_hits("\"abd\"", etag));
+        assert!(if_range_holds("\"abc\"", etag, None));
+        assert!(!if_range_holds("W/\"abc\"", etag, None));
+        let date = "Sun, 06 Dec 2026 07:00:00 GMT";
+        assert!(if_range_holds(date, etag, Some(date)));
+        assert!(!if_range_holds(
+            "Sun, 06 Dec 2026 07:00:01 GMT",
+            etag,
+            Some(date)
+        ));
+    }
+}

@@ -1,0 +1,290 @@
+//! HTTP and HTTPS: the router (images, files, disks, `/metrics`, the control API) and the
+//! connection loop (hyper, one task per connection, optional TLS, graceful drain).
+//!
+//! Every body is streamed in `PIECE_BYTES` pieces, each read on a blocking thread when the
+//! client is ready for it: a slow client holds only its own connection, never a thread.
+
+mod images;
+pub mod range;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::export::{ExportError, IoObserver, Protocol};
+use crate::exports::LibraryExports;
+use crate::metrics::Metrics;
+
+/// Bytes read per step of a streamed body: large enough for throughput, small enough that
+/// thousands of clients do not pin much memory.
+pub const PIECE_BYTES: u64 = 256 << 10;
+/// Open connections per listener; beyond it new connections are closed at once.
+pub const MAX_CONNECTIONS: usize = 8192;
+/// A client must send a request's headers within this time.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (method, path, headers) a client may send.
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+/// A TLS handshake must finish within this time.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, responses in progress get this long to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share.
+pub struct AppState {
+    pub exports: Arc<LibraryExports>,
+    pub observer: Arc<dyn IoObserver>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The peer of a request, put in its extensions by the connection loop.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: String,
+    pub protocol: Protocol,
+}
+
+/// The daemon's routes; `clones` (the clone store's API) is nested at `/api/v1/clones`.
+pub fn router(state: Arc<AppState>, clones: Option<Router>) -> Router {
+    let router = Router::new()
+        .route("/images/{*path}", get(images::image))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/preload", post(preload))
+        .with_state(state);
+    match clones {
+        Some(clones) => router.nest("/api/v1/clones", clones),
+        None => router,
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct PreloadRequest {
+    image: String,
+    /// Answer when the whole version is in the cache (default), or at once (202).
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn preload(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<PreloadRequest>,
+) -> Response {
+    let exports = Arc::clone(&state.exports);
+    let image = request.image.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let opened = exports.open_version(&image).map_err(export_error)?;
+        crate::preload::preload(&opened.export, &opened.digest)
+            .map_err(|e| error_response(StatusCode::BAD_GATEWAY, &e.to_string()))
+    });
+    if !request.wait {
+        let image = request.image.clone();
+        tokio::spawn(async move {
+            match job.await {
+                Ok(Ok(report)) => tracing::info!(
+                    export = report.export,
+                    seconds = report.seconds,
+                    "preloaded"
+                ),
+                _ => tracing::warn!(image, "preload failed"),
+            }
+        });
+        return (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"image": request.image})),
+        )
+            .into_response();
+    }
+    match job.await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(response)) => response,
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// The one place export errors become HTTP statuses.
+pub(crate) fn export_error(error: ExportError) -> Response {
+    match error {
+        ExportError::NotFound(_) => error_response(StatusCode::NOT_FOUND, &error.to_string()),
+        ExportError::Unavailable { .. } => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
+        }
+    }
+}
+
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` turns true, then lets
+/// responses in progress finish (at most `DRAIN_TIMEOUT`).
+pub async fn serve_http(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    observer: Arc<dyn IoObserver>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let protocol = if tls.is_some() {
+        Protocol::Https
+    } else {
+        Protocol::Http
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(client = %addr, "too many connections; closing a new one");
+                    continue;
+                };
+                let (app, observer, tls, shutdown) =
+                    (app.clone(), Arc::clone(&observer), tls.clone(), shutdown.clone());
+                connections.spawn(async move {
+                    connection(stream, addr, protocol, tls, app, observer, shutdown).await;
+                    drop(slot);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "closing connections that did not drain"
+        );
+        connections.abort_all();
+    }
+}
+
+/// Calls `connection_closed` however the connection task ends.
+struct ClosedGuard {
+    observer: Arc<dyn IoObserver>,
+    protocol: Protocol,
+    client: String,
+}
+
+impl Drop for ClosedGuard {
+    fn drop(&mut self) {
+        self.observer.connection_closed(self.protocol, &self.client);
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    protocol: Protocol,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    observer: Arc<dyn IoObserver>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let client = addr.to_string();
+    observer.connection_opened(protocol, &client);
+    let _closed = ClosedGuard {
+        observer,
+        protocol,
+        client: client.clone(),
+    };
+    let peer = Peer {
+        addr: client,
+        protocol,
+    };
+    match tls {
+        None => serve_connection(TokioIo::new(stream), peer, app, shutdown).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), peer, app, shutdown).await,
+                Ok(Err(error)) => {
+                    tracing::debug!(client = peer.addr, %error, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(client = peer.addr, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_connection<I>(io: I, peer: Peer, app: Router, mut shutdown: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(peer.clone());
+        let mut app = app.clone();
+        async move {
+            let response: Result<Response, Infallible> =
+                tower_service::Service::call(&mut app, request).await;
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, connection.as_mut()).await;
+        }
+    }
+}
