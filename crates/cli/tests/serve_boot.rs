@@ -68,6 +68,7 @@ fn in_parallel<T: Send>(jobs: Vec<T>, workers: usize, work: impl Fn(T) + Sync) {
 /// returns the console log.
 fn boot(args: &[String], marker: &str, what: &str) -> String {
     require_tool("qemu-system-x86_64");
+    let started = std::time::Instant::now();
     let home = tempfile::tempdir().unwrap();
     let (code, out, err) = run_any(
         support::vmedia()
@@ -86,6 +87,7 @@ fn boot(args: &[String], marker: &str, what: &str) -> String {
         code == 0 && report["outcome"] == "booted",
         "{what}: the VM did not reach {marker:?} (exit {code}): {report:#}\n{err}\n--- console\n{console}"
     );
+    eprintln!("{what}: booted in {:.1} s", started.elapsed().as_secs_f64());
     console
 }
 
@@ -437,6 +439,7 @@ fn ten_clones_boot_over_nbd_keep_their_own_writes_across_a_restart_and_commit_on
         new_bytes > 0 && new_bytes <= bound,
         "commit stored {new_bytes} new bytes; c1 wrote {c1_written} (bound {bound}): {commit:#}"
     );
+    eprintln!("clone c1 wrote {c1_written} bytes; its commit stored {new_bytes} new bytes (bound {bound})");
     let shown = library_json(&lib, &["show", "boot-disk"]);
     assert_eq!(shown["digest"], base_digest.as_str(), "{shown:#}");
 }
