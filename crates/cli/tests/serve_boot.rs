@@ -397,6 +397,22 @@ fn ten_clones_boot_over_nbd_keep_their_own_writes_across_a_restart_and_commit_on
         );
     }
 
+    // The restarted daemon counts the same clones and bytes written in /metrics.
+    let metrics = get(&format!("{}/metrics", daemon.http));
+    let clones_gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vmedia_clones "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(clones_gauge, Some(CLONES as f64), "{metrics}");
+    for name in &names {
+        let gauge = metric_sum(
+            &metrics,
+            "vmedia_clone_bytes_written",
+            &[&format!("clone=\"{name}\"")],
+        );
+        assert_eq!(gauge, written(name) as f64, "{name}: {metrics}");
+    }
+
     // The base version is what was added, intact.
     let shown = library_json(&lib, &["show", "boot-disk"]);
     assert_eq!(shown["digest"], base_digest.as_str(), "{shown:#}");
