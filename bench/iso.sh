@@ -24,24 +24,13 @@
 # - Tools take turns (vmedia first in odd rounds, the peer first in even rounds).
 set -euo pipefail
 
-if [ $# -ne 1 ] || [ ! -x "$1" ]; then
-  echo "usage: $0 TARGET_BINARY (an executable vmedia)" >&2
-  exit 2
-fi
-VMEDIA=$(realpath "$1")
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_binary "$0" "$@"
 RUNS=${BENCH_RUNS:-3}
 BIG_MIB=${BENCH_BIG_MIB:-2048}
-for tool in genisoimage xorriso implantisomd5 7z; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool missing; run scripts/setup.sh" >&2; exit 1; }
-done
-
-if [ -n "${BENCH_DIR:-}" ]; then
-  WORK=$BENCH_DIR
-  mkdir -p "$WORK"
-else
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/vmedia-bench-iso.XXXXXX")
-  trap 'rm -rf "$WORK"' EXIT
-fi
+bench_require genisoimage xorriso implantisomd5 7z
+bench_workdir iso
 
 # --- trees -------------------------------------------------------------------------------
 # small: 200 dirs x 100 files of 4 KiB (random data, so nothing compresses or dedups).

@@ -26,26 +26,15 @@
 # - Each tool's second backup reads the repacked image under the same path as the first.
 set -euo pipefail
 
-if [ $# -ne 1 ] || [ ! -x "$1" ]; then
-  echo "usage: $0 TARGET_BINARY (an executable vmedia)" >&2
-  exit 2
-fi
-VMEDIA=$(realpath "$1")
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_binary "$0" "$@"
 RUNS=${BENCH_RUNS:-1}
 DATA_MIB=${BENCH_DATA_MIB:-1600}
 HOLE_MIB=${BENCH_HOLE_MIB:-448}
 NO_BORG=${BENCH_NO_BORG:-0}
-for tool in restic borg; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool missing; run scripts/setup.sh" >&2; exit 1; }
-done
-
-if [ -n "${BENCH_DIR:-}" ]; then
-  WORK=$(realpath -m "$BENCH_DIR")
-  mkdir -p "$WORK"
-else
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/vmedia-bench-library.XXXXXX")
-  trap 'rm -rf "$WORK"' EXIT
-fi
+bench_require restic borg
+bench_workdir library
 export RESTIC_PASSWORD=vmedia-bench
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 unset VMEDIA_LIBRARY VMEDIA_LIBRARY_KEY

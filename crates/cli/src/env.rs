@@ -2,9 +2,11 @@
 //! Library crates read no environment; every variable is read here, by the binary.
 
 use std::ffi::OsStr;
+use std::path::PathBuf;
 
 use vmedia_boot::store::BootConfig;
 use vmedia_io::Durability;
+use vmedia_library::S3Settings;
 
 /// Asks every vmedia output to be flushed to stable storage (`1`, `true`, `yes`).
 pub const SYNC_ENV: &str = "VMEDIA_SYNC";
@@ -17,6 +19,63 @@ pub const HOME_ENV: &str = "VMEDIA_HOME";
 pub const ALLOW_REFERENCES_ENV: &str = "VMEDIA_ALLOW_REFERENCES";
 /// `disk --ignore-checksums` for every command (`1`, `true`, `yes`).
 pub const IGNORE_CHECKSUMS_ENV: &str = "VMEDIA_IGNORE_CHECKSUMS";
+
+/// The library location when no `--library` is given.
+pub const LIBRARY_ENV: &str = "VMEDIA_LIBRARY";
+/// The key file of an encrypted library when no `--key`/`--library-key` is given.
+pub const LIBRARY_KEY_ENV: &str = "VMEDIA_LIBRARY_KEY";
+
+/// A variable's text, when set and not empty.
+fn text(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `VMEDIA_LIBRARY`, when set.
+pub fn library_location() -> Option<String> {
+    text(LIBRARY_ENV)
+}
+
+/// `VMEDIA_LIBRARY_KEY`, when set.
+pub fn library_key() -> Option<PathBuf> {
+    text(LIBRARY_KEY_ENV).map(PathBuf::from)
+}
+
+/// The default library location: a folder under the user's data directory (XDG).
+pub fn default_library_location() -> anyhow::Result<String> {
+    if let Some(data) = text("XDG_DATA_HOME") {
+        return Ok(format!("{data}/vmedia/library"));
+    }
+    let home = text("HOME").ok_or_else(|| {
+        anyhow::anyhow!(
+            "no --library, VMEDIA_LIBRARY, XDG_DATA_HOME or HOME to place the library in"
+        )
+    })?;
+    Ok(format!("{home}/.local/share/vmedia/library"))
+}
+
+/// S3 settings from the variables the AWS tools read, `--s3-endpoint` winning over
+/// AWS_ENDPOINT_URL. Plain http is allowed exactly when the endpoint says http://.
+pub fn s3_settings(endpoint_flag: Option<&str>) -> S3Settings {
+    let endpoint = endpoint_flag
+        .map(str::to_string)
+        .or_else(|| text("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| text("AWS_ENDPOINT_URL"));
+    let allow_http = endpoint
+        .as_deref()
+        .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"));
+    S3Settings {
+        endpoint,
+        region: text("AWS_REGION").or_else(|| text("AWS_DEFAULT_REGION")),
+        access_key_id: text("AWS_ACCESS_KEY_ID"),
+        secret_access_key: text("AWS_SECRET_ACCESS_KEY"),
+        allow_http,
+    }
+}
+
+/// The user name recorded in library events (`USER`, else `LOGNAME`).
+pub fn user_name() -> Option<String> {
+    text("USER").or_else(|| text("LOGNAME"))
+}
 
 /// The durability for outputs whose peers do not flush: `Flush` when `requested` (a `--sync`
 /// flag) or `VMEDIA_SYNC` is 1/true/yes (like `sync` after cp), else `PageCache`.

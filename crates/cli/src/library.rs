@@ -11,8 +11,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{anyhow, bail, Context, Result};
 use vmedia_io::{OverwritePolicy, ReadAt};
 use vmedia_library::{
-    AddOptions, AddSource, InitOptions, Library, Location, OpenConfig, RollbackTarget, S3Settings,
-    VersionSpec,
+    AddOptions, AddSource, InitOptions, Library, Location, OpenConfig, RollbackTarget, VersionSpec,
 };
 
 use crate::progress::Bar;
@@ -75,44 +74,10 @@ fn global() -> GlobalArgs {
     GLOBAL.get().cloned().unwrap_or_default()
 }
 
-fn env_text(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// The default location: a folder under the user's data directory (XDG).
-fn default_location() -> Result<String> {
-    if let Some(data) = env_text("XDG_DATA_HOME") {
-        return Ok(format!("{data}/vmedia/library"));
-    }
-    let home = env_text("HOME")
-        .context("no --library, VMEDIA_LIBRARY, XDG_DATA_HOME or HOME to place the library in")?;
-    Ok(format!("{home}/.local/share/vmedia/library"))
-}
-
-/// S3 settings from the variables the AWS tools read, `--s3-endpoint` winning over
-/// AWS_ENDPOINT_URL. Plain http is allowed exactly when the endpoint says http://.
-fn s3_settings(endpoint_flag: Option<&str>) -> S3Settings {
-    let endpoint = endpoint_flag
-        .map(str::to_string)
-        .or_else(|| env_text("AWS_ENDPOINT_URL_S3"))
-        .or_else(|| env_text("AWS_ENDPOINT_URL"));
-    let allow_http = endpoint
-        .as_deref()
-        .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"));
-    S3Settings {
-        endpoint,
-        region: env_text("AWS_REGION").or_else(|| env_text("AWS_DEFAULT_REGION")),
-        access_key_id: env_text("AWS_ACCESS_KEY_ID"),
-        secret_access_key: env_text("AWS_SECRET_ACCESS_KEY"),
-        allow_http,
-    }
-}
-
 /// `user@host`, recorded as the actor of every event this process makes.
 fn actor() -> String {
-    let user = env_text("USER")
-        .or_else(|| env_text("LOGNAME"))
-        .unwrap_or_else(|| format!("uid{}", unsafe { libc::getuid() }));
+    let user =
+        crate::env::user_name().unwrap_or_else(|| format!("uid{}", unsafe { libc::getuid() }));
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -137,10 +102,10 @@ fn config_for(location: Option<&str>, key: Option<&Path>) -> Result<OpenConfig> 
         None => match options
             .library
             .clone()
-            .or_else(|| env_text("VMEDIA_LIBRARY"))
+            .or_else(crate::env::library_location)
         {
             Some(l) => l,
-            None => default_location()?,
+            None => crate::env::default_library_location()?,
         },
     };
     let location = Location::parse(&text)?;
@@ -150,12 +115,12 @@ fn config_for(location: Option<&str>, key: Option<&Path>) -> Result<OpenConfig> 
             .get()
             .cloned()
             .or(options.library_key.clone())
-            .or_else(|| env_text("VMEDIA_LIBRARY_KEY").map(PathBuf::from)),
+            .or_else(crate::env::library_key),
     };
     let key = key_path.as_deref().map(read_key_file).transpose()?;
     Ok(OpenConfig {
         location,
-        s3: s3_settings(options.s3_endpoint.as_deref()),
+        s3: crate::env::s3_settings(options.s3_endpoint.as_deref()),
         key,
         actor: actor(),
     })
@@ -172,6 +137,18 @@ pub fn open_library_for_serve(configured: Option<&str>) -> Result<Library> {
     let location = global().library.or_else(|| configured.map(str::to_string));
     let config = config_for(location.as_deref(), None)?;
     Ok(Library::open(&config)?)
+}
+
+/// The library every `library:` argument of this run reads (`disk compare library:A library:B`
+/// opens it once: one configuration read, one S3 client).
+static SHARED: OnceLock<Library> = OnceLock::new();
+
+fn shared_library() -> Result<Library> {
+    if let Some(library) = SHARED.get() {
+        return Ok(library.clone());
+    }
+    let library = open_library()?;
+    Ok(SHARED.get_or_init(|| library).clone())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,7 +168,7 @@ pub fn open_source(path: &Path) -> Result<Arc<dyn ReadAt>> {
         .and_then(|p| p.strip_prefix(LIBRARY_PATH_PREFIX))
     {
         let spec = VersionSpec::parse(spec)?;
-        let library = open_library()?;
+        let library = shared_library()?;
         let reader = library
             .open_version(&spec)
             .with_context(|| format!("cannot open {}", path.display()))?;
@@ -208,7 +185,12 @@ pub fn open_disk(
 ) -> Result<Box<dyn vmedia_disk::image::DiskImage>> {
     if is_library_path(path) {
         let source = open_source(path)?;
-        return Ok(vmedia_disk::factory::open_source(path, source, opts)?);
+        // Nothing a stored image names is looked up on this host (see NoReferences).
+        let opts = vmedia_disk::image::OpenOptions {
+            resolver: Some(Arc::new(vmedia_library::NoReferences)),
+            ..opts.clone()
+        };
+        return Ok(vmedia_disk::factory::open_source(path, source, &opts)?);
     }
     Ok(vmedia_disk::factory::open(path, opts)?)
 }
@@ -1111,19 +1093,32 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     let report = library.verify(a.name.as_deref(), &bar);
     bar.finish();
     let report = report?;
-    if a.json.json {
-        print_json(&report)?;
-    } else {
+    finish_check(a.json, &report, report.ok(), || {
         print_verify(&report);
-    }
-    if report.ok() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        if !a.json.json {
+        if !report.ok() {
             eprintln!("vmedia: verify found damage; `vmedia library repair --from OTHER` fetches good copies");
         }
-        Ok(ExitCode::from(EXIT_CHECK_FAILED))
+    })
+}
+
+/// Prints a check's report (JSON, or `text` for people) and maps its verdict to the exit code:
+/// 0 when `ok`, [`EXIT_CHECK_FAILED`] when the check ran and found a problem.
+fn finish_check<T: serde::Serialize>(
+    json: JsonArg,
+    report: &T,
+    ok: bool,
+    text: impl FnOnce(),
+) -> Result<ExitCode> {
+    if json.json {
+        print_json(report)?;
+    } else {
+        text();
     }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CHECK_FAILED)
+    })
 }
 
 #[derive(clap::Args)]
@@ -1150,9 +1145,7 @@ fn run_repair(a: RepairArgs) -> Result<ExitCode> {
     let report = library.repair(&from, &bar);
     bar.finish();
     let report = report?;
-    if a.json.json {
-        print_json(&report)?;
-    } else {
+    finish_check(a.json, &report, report.after.ok(), || {
         println!("Repaired {} chunks from {}.", report.repaired.len(), a.from);
         for chunk in &report.repaired {
             println!("  {chunk}");
@@ -1165,12 +1158,7 @@ fn run_repair(a: RepairArgs) -> Result<ExitCode> {
         }
         println!("After the repair:");
         print_verify(&report.after);
-    }
-    if report.after.ok() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Ok(ExitCode::from(EXIT_CHECK_FAILED))
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1195,10 +1183,8 @@ fn run_verify_signature(a: VerifySignatureArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot read manifest {}", a.manifest.display()))?;
     let pem = read_text_file(&a.pubkey, "public key")?;
     match vmedia_library::verify_signature(&manifest, &pem) {
-        Ok(report) => {
-            if a.json.json {
-                print_json(&report)?;
-            } else if report.ok() {
+        Ok(report) => finish_check(a.json, &report, report.ok(), || {
+            if report.ok() {
                 println!(
                     "Valid signature by {} of {} {} ({})",
                     report.key_id.as_deref().unwrap_or("?"),
@@ -1217,19 +1203,12 @@ fn run_verify_signature(a: VerifySignatureArgs) -> Result<ExitCode> {
                         .unwrap_or("the signature does not match")
                 );
             }
-            Ok(if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_CHECK_FAILED)
-            })
-        }
+        }),
         Err(err) => {
-            if a.json.json {
-                print_json(&vmedia_library::SignatureFailure::new(format!("{err:#}")))?;
-            } else {
+            let failure = vmedia_library::SignatureFailure::new(format!("{err:#}"));
+            finish_check(a.json, &failure, false, || {
                 eprintln!("vmedia: signature check failed: {err}");
-            }
-            Ok(ExitCode::from(EXIT_CHECK_FAILED))
+            })
         }
     }
 }

@@ -596,3 +596,95 @@ fn commands_without_a_library_say_how_to_make_one() {
         assert_eq!(code, 2);
     });
 }
+
+#[test]
+fn iso_extract_of_a_library_path_equals_the_extract_of_the_file() {
+    let demo = demo_iso();
+    each_backend("library-extract", |lib| {
+        init(lib, &[]);
+        add(lib, "demo", &demo.iso, &[]);
+        let from_file = lib.path("from-file");
+        let from_library = lib.path("from-library");
+        run_ok(
+            lib.vmedia()
+                .args(["iso", "extract", "-q"])
+                .arg(&demo.iso)
+                .arg(&from_file),
+        );
+        run_ok(
+            lib.vmedia()
+                .args(["iso", "extract", "-q", "library:demo@1"])
+                .arg(&from_library),
+        );
+        let listing = |root: &Path| {
+            let out = run_ok(
+                Command::new("find")
+                    .arg(".")
+                    .arg("-type")
+                    .arg("f")
+                    .current_dir(root),
+            );
+            let mut files: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            files.sort();
+            files
+        };
+        let files = listing(&from_file);
+        assert!(
+            files.iter().any(|f| f.ends_with("isolinux.cfg")),
+            "{files:?}"
+        );
+        assert_eq!(listing(&from_library), files);
+        for file in &files {
+            assert!(
+                same_bytes(&from_file.join(file), &from_library.join(file)),
+                "{file} differs"
+            );
+        }
+    });
+}
+
+#[test]
+fn add_flatten_stores_the_merged_content_of_a_disk_with_a_backing_file() {
+    each_backend("library-flatten", |lib| {
+        init(lib, &[]);
+        // base.raw with content, an overlay qcow2 naming it (same folder) that zeroes 1 MiB.
+        let base = lib.path("base.raw");
+        fs::write(&base, pseudo_random(4 << 20, 41)).unwrap();
+        let overlay = lib.path("overlay.qcow2");
+        run_ok(
+            lib.vmedia()
+                .args([
+                    "disk", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw",
+                ])
+                .arg(&overlay),
+        );
+        run_ok(
+            Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", "write -P 0 1M 1M"])
+                .arg(&overlay),
+        );
+
+        // Without --flatten the layered disk is refused, naming its backing file.
+        let (code, _, stderr) =
+            run_any(&mut lib.library(&["add", "disk", overlay.to_str().unwrap()]));
+        assert_ne!(code, 0);
+        assert!(stderr.contains("base.raw"), "{stderr}");
+
+        let report = add(lib, "disk", &overlay, &["--flatten"]);
+        assert_eq!(report["kind"]["type"], "disk");
+        assert_eq!(report["kind"]["format"], "raw");
+        assert_eq!(report["kind"]["flattened_from"], "qcow2");
+        let got = lib.path("got.raw");
+        library_json(lib, &["get", "disk", "-o", got.to_str().unwrap()]);
+        let mut want = fs::read(&base).unwrap();
+        want[1 << 20..2 << 20].fill(0);
+        assert_eq!(
+            fs::read(&got).unwrap(),
+            want,
+            "the flattened version is not base + overlay"
+        );
+    });
+}

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::library::{
     add, digest_of, each_backend, ed25519_keypair, find_bytes, json_of, library_json,
     pseudo_random, same_bytes, TestLibrary,
 };
-use support::{run_any, run_ok};
+use support::{run_and_kill, run_any, run_ok};
 
 fn init(lib: &TestLibrary, extra: &[&str]) {
     run_ok(lib.library(&["init"]).args(extra));
@@ -455,27 +455,6 @@ fn require_signed_refuses_unsigned_and_untrusted_adds_and_a_tampered_manifest_fa
 // ---------------------------------------------------------------------------------------------
 // Crash safety
 
-/// Starts `cmd`, SIGKILLs it after `delay` (if still running), returns whether it finished.
-fn run_and_kill(mut cmd: std::process::Command, delay: Duration) -> Option<std::process::Output> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + delay;
-    loop {
-        if let Some(_status) = child.try_wait().unwrap() {
-            return Some(child.wait_with_output().unwrap());
-        }
-        if Instant::now() >= deadline {
-            child.kill().unwrap();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn sigkill_during_add_and_gc_leaves_a_library_that_verifies_clean_with_every_reported_version() {
     each_backend("sigkill", |lib| {
@@ -552,6 +531,119 @@ fn sigkill_during_add_and_gc_leaves_a_library_that_verifies_clean_with_every_rep
             }
         }
         // A final, uninterrupted gc completes the interrupted ones.
+        library_json(lib, &["gc"]);
+        assert_verify_clean(lib, &[]);
+    });
+}
+
+/// The item's history as JSON, with the fields that must never change once written: every
+/// version (number, digest, size) and every event (time, kind, version).
+fn history_facts(lib: &TestLibrary, name: &str) -> (Value, Vec<String>, Vec<String>) {
+    let history = library_json(lib, &["history", name]);
+    let versions = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| format!("{}|{}|{}", v["version"], v["digest"], v["size"]))
+        .collect();
+    let events = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}|{}|{}", e["time"], e["kind"], e["version"]))
+        .collect();
+    (history, versions, events)
+}
+
+/// `before` is a prefix of `after`: what was in the history is still there, in order.
+fn assert_kept(before: &[String], after: &[String], what: &str) {
+    assert!(
+        after.len() >= before.len() && after[..before.len()] == *before,
+        "{what} lost or changed after a SIGKILL:\nbefore {before:?}\nafter  {after:?}"
+    );
+}
+
+#[test]
+fn sigkill_during_rollback_and_prune_leaves_history_intact_and_nothing_half_done() {
+    each_backend("sigkill-timeline", |lib| {
+        init(lib, &[]);
+        let mut files = Vec::new();
+        for v in 0..3u64 {
+            let file = image(lib, &format!("v{v}.img"), 3 << 20, 900 + v);
+            add(lib, "item", &file, &[]);
+            files.push(file);
+        }
+        // Rollback, killed at several points: afterwards the item is current at the old or the
+        // new version (never anything else), and no version or event was lost.
+        for (round, delay) in [0u64, 2, 5, 10, 20, 40, 80].iter().enumerate() {
+            let (before, versions, events) = history_facts(lib, "item");
+            let current = before["current"].as_u64().unwrap();
+            let target = if current == 1 { 2 } else { 1 };
+            let mut cmd = lib.library(&["rollback", "item", "--to", &target.to_string()]);
+            cmd.stdin(Stdio::null());
+            let finished = run_and_kill(cmd, Duration::from_millis(*delay));
+            let (after, versions_after, events_after) = history_facts(lib, "item");
+            assert_kept(&versions, &versions_after, "versions");
+            assert_kept(&events, &events_after, "events");
+            let now = after["current"].as_u64().unwrap();
+            assert!(
+                now == current || now == target,
+                "round {round}: current is {now}, neither {current} nor {target}"
+            );
+            if let Some(out) = finished {
+                assert!(out.status.success(), "rollback failed: {out:?}");
+                assert_eq!(now, target, "a rollback that reported success did not land");
+            }
+            // An event was added exactly when the current version changed.
+            assert_eq!(
+                events_after.len(),
+                events.len() + usize::from(now != current),
+                "round {round}: {events_after:?}"
+            );
+            assert_verify_clean(lib, &[]);
+        }
+
+        // Prune, killed at several points: versions current only in 2020 are released (their
+        // records say so once prune lands), every version still kept reads back, and history
+        // keeps every event.
+        for v in 0..2u64 {
+            let old = image(lib, &format!("old{v}.img"), 2 << 20, 950 + v);
+            let time = format!("2020-01-0{}T00:00:00Z", v + 1);
+            add(lib, "old", &old, &["--now", &time]);
+        }
+        let newest = image(lib, "newest.img", 1 << 20, 960);
+        add(lib, "old", &newest, &["--now", "2020-01-03T00:00:00Z"]);
+        for delay in [0u64, 2, 5, 10, 20, 40] {
+            let (_, versions, events) = history_facts(lib, "old");
+            let mut cmd = lib.library(&["prune", "--json"]);
+            cmd.stdin(Stdio::null());
+            let _ = run_and_kill(cmd, Duration::from_millis(delay));
+            let (after, versions_after, events_after) = history_facts(lib, "old");
+            assert_kept(&versions, &versions_after, "versions");
+            assert_eq!(events, events_after, "prune changed the item's events");
+            assert_eq!(after["current"].as_u64(), Some(3));
+            assert_verify_clean(lib, &[]);
+            let out = lib.path("newest-check.img");
+            let (code, text) = get_to(lib, "old", &out);
+            assert_eq!(code, 0, "the current version is unreadable: {text}");
+            assert!(same_bytes(&out, &newest));
+            for (v, file) in files.iter().enumerate() {
+                let spec = format!("item@{}", v + 1);
+                let (code, text) = get_to(lib, &spec, &out);
+                assert_eq!(code, 0, "{spec} lost: {text}");
+                assert!(same_bytes(&out, file), "{spec} changed");
+            }
+        }
+        // A final prune completes: the two 2020 versions are released, nothing else.
+        library_json(lib, &["prune"]);
+        let (after, _, _) = history_facts(lib, "old");
+        let pruned: Vec<bool> = after["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| !v["pruned"].is_null())
+            .collect();
+        assert_eq!(pruned, [true, true, false]);
         library_json(lib, &["gc"]);
         assert_verify_clean(lib, &[]);
     });

@@ -569,19 +569,23 @@ fn parse_reply(b: &[u8]) -> DhcpReply {
 /// A DHCP client's socket on the client side of the veth: port 68, bound to vc0, broadcast.
 /// Call inside the namespace.
 fn client_socket() -> UdpSocket {
-    // Port 68 was seen busy for a moment under a full parallel run (the previous exchange's
-    // socket is closed by then); wait for it, bounded, rather than fail on the race.
-    let mut attempts = 0;
-    let sock = loop {
-        match UdpSocket::bind("0.0.0.0:68") {
-            Ok(sock) => break sock,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("cannot bind the DHCP client port 68: {e}"),
-        }
-    };
+    // SO_REUSEADDR, as real DHCP clients set it: a socket this test closed can still be open
+    // in another process for a moment. Tests run as threads of one process, and any of them
+    // that starts a child (`ip`, curl, a server) forks: the child holds a copy of every open
+    // descriptor, the previous exchange's port-68 socket included, until its exec closes the
+    // close-on-exec ones; under a loaded parallel run that window reached the next bind.
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("cannot make the DHCP client socket");
+    sockopt::set_socket_reuseaddr(&fd, true).unwrap();
+    rustix::net::bind(&fd, &std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68))
+        .unwrap_or_else(|e| panic!("cannot bind the DHCP client port 68: {e}"));
+    let sock = UdpSocket::from(fd);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
     let ifname = b"vc0";
     // SAFETY: SO_BINDTODEVICE with the interface name bytes.
@@ -619,6 +623,37 @@ fn exchange(ns: &Netns, packet: Vec<u8>, to_port: u16, to: Ipv4Addr) -> Option<D
             }
         }
     })
+}
+
+#[test]
+fn dhcp_client_port_held_by_a_forked_child_does_not_block_the_next_exchange() {
+    // What made full_dhcp_leases_reservations_and_restart fail with AddrInUse under the full
+    // parallel run: another test's fork copied the port-68 socket just before this test closed
+    // it, and the copy stayed open until the child's exec.
+    let (_ns, client) = dhcp_ns();
+    client.run(|| {
+        use std::os::unix::process::CommandExt;
+        let first = client_socket();
+        // Another test's thread starts a child: fork, then (here, slowly) exec.
+        let forker = std::thread::spawn(|| {
+            let mut cmd = Command::new("true");
+            // SAFETY: the hook only sleeps (nanosleep), between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    Ok(())
+                });
+            }
+            cmd.status().unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        drop(first);
+        // The child still holds its copy of the socket: the next exchange binds all the same.
+        let second = client_socket();
+        assert_eq!(second.local_addr().unwrap().port(), 68);
+        assert!(!forker.is_finished(), "the child exec'd too early to tell");
+        assert!(forker.join().unwrap().success());
+    });
 }
 
 /// The server's namespace and a client namespace joined by a veth pair (vs0 10.77.0.1 - vc0).

@@ -420,14 +420,20 @@ fn copy_range(
     if buf.is_empty() {
         buf.resize(FALLBACK_BUFFER_BYTES, 0);
     }
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        reader.read_exact_at(&mut buf[..n], offset + done)?;
-        out.write_all_at(&buf[..n], offset + done)?;
-        done += n as u64;
+    for (at, n) in steps(len, buf.len() as u64) {
+        let n = n as usize;
+        reader.read_exact_at(&mut buf[..n], offset + at)?;
+        out.write_all_at(&buf[..n], offset + at)?;
     }
     Ok(())
+}
+
+/// `(offset, length)` pieces of at most `step` bytes (non-zero) that cover `0..len` in order.
+fn steps(len: u64, step: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..len.div_ceil(step)).map(move |i| {
+        let at = i * step;
+        (at, step.min(len - at))
+    })
 }
 
 /// `Ok(false)` when the kernel cannot copy between these files (then the caller copies).
@@ -784,20 +790,7 @@ fn extract_folder(
         let job = &ctx.files[order[next]];
         let Some(start) = job.stored_at.filter(|_| !job.reader.is_empty()) else {
             next += 1;
-            let out = create_in(
-                &dir,
-                &job.item.dest,
-                job.item.entry.permissions(),
-                ctx.replace,
-            )?;
-            copy_whole_file(ctx, job, &out, buf)?;
-            finish_file(
-                &out,
-                &job.item.entry,
-                &job.item.dest,
-                ctx.restore_owner,
-                ctx.umask,
-            )?;
+            write_file(ctx, &dir, job, |out| copy_whole_file(ctx, job, out, buf))?;
             continue;
         };
         // Grow the batch while the next file starts at most BATCH_GAP_BYTES after the end.
@@ -836,21 +829,10 @@ fn extract_folder(
             let Some(at) = job.stored_at else { continue };
             let from = (at - start) as usize;
             let data = &buf[from..from + job.reader.len() as usize];
-            let mut out = create_in(
-                &dir,
-                &job.item.dest,
-                job.item.entry.permissions(),
-                ctx.replace,
-            )?;
-            out.write_all(data)
-                .map_err(io_error("cannot write", &job.item.dest))?;
-            finish_file(
-                &out,
-                &job.item.entry,
-                &job.item.dest,
-                ctx.restore_owner,
-                ctx.umask,
-            )?;
+            write_file(ctx, &dir, job, |mut out| {
+                out.write_all(data)
+                    .map_err(io_error("cannot write", &job.item.dest))
+            })?;
         }
         ctx.progress.advance(written);
         next = last;
@@ -866,16 +848,35 @@ fn copy_whole_file(
     out: &File,
     buf: &mut Vec<u8>,
 ) -> Result<(), ExtractError> {
-    let len = job.reader.len();
-    let mut offset = 0;
-    while offset < len {
-        let n = COPY_STEP_BYTES.min(len - offset);
+    for (offset, n) in steps(job.reader.len(), COPY_STEP_BYTES) {
         copy_range(ctx.image_file, &job.reader, out, offset, n, buf)
             .map_err(io_error("cannot write", &job.item.dest))?;
         ctx.progress.advance(n);
-        offset += n;
     }
     Ok(())
+}
+
+/// Creates `job`'s file in `dir`, lets `fill` write its content, then gives it its metadata.
+fn write_file(
+    ctx: &Extraction,
+    dir: &rustix::fd::OwnedFd,
+    job: &FileJob,
+    fill: impl FnOnce(&File) -> Result<(), ExtractError>,
+) -> Result<(), ExtractError> {
+    let out = create_in(
+        dir,
+        &job.item.dest,
+        job.item.entry.permissions(),
+        ctx.replace,
+    )?;
+    fill(&out)?;
+    finish_file(
+        &out,
+        &job.item.entry,
+        &job.item.dest,
+        ctx.restore_owner,
+        ctx.umask,
+    )
 }
 
 /// Runs `task(i, scratch)` for every i in 0..count on all cores; stops at the first error.

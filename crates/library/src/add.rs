@@ -6,9 +6,12 @@
 //! 3. the CPU pool hashes each chunk, recognises zero runs and compresses (zstd) in parallel;
 //! 4. I/O threads check whether each new chunk is already stored and write the missing ones.
 //!
-//! An ISO file's embedded checksums (isomd5sum MD5, vmedia's SHA-256: a whole extra read and
-//! hash pass) are checked on another thread during the pipeline, not before it; a mismatch still
-//! refuses the add before any manifest names the chunks written meanwhile.
+//! An ISO's embedded checksums (vmedia's SHA-256, isomd5sum's MD5) are hashed on another thread
+//! from the very buffers the chunker reads, so every byte is read once; a matching SHA-256 stands
+//! for the MD5 over the same bytes (`inspect::MD5_POLICY`). When the item already has a verified
+//! version of the same size, the check waits for the image digest instead: equal digests mean
+//! the same bytes, whose recorded outcome is reused; a different digest is checked then. A
+//! mismatch refuses the add before any manifest names the chunks written meanwhile.
 //!
 //! At most `MAX_IN_FLIGHT` chunks are between steps 1 and 4 at once, which bounds memory.
 //! Write order (what makes a SIGKILL harmless): every chunk, then a flush, then the manifest,
@@ -26,9 +29,12 @@ use sha2::{Digest, Sha256};
 use vmedia_io::{Progress, ReadAt};
 
 use crate::error::{LibraryError, Result};
-use crate::inspect::{inspect, GuestReader};
+use crate::inspect::{inspect, Embedded, EmbeddedVerifier, GuestReader};
 use crate::library::{Library, CHUNKING};
-use crate::manifest::{format_digest, key_id, ChunkEntry, Manifest, ManifestHeader, HEADER_FORMAT};
+use crate::manifest::{
+    format_digest, key_id, ChunkEntry, EmbeddedCheck, ImageKind, Manifest, ManifestHeader,
+    HEADER_FORMAT,
+};
 use crate::naming::check_name;
 use crate::reader::VersionReader;
 use crate::reports::AddReport;
@@ -171,23 +177,43 @@ impl Library {
 
         // What the image is, before storing anything when it is a file.
         let mut pre_inspected = None;
-        let mut iso_check: Option<(Arc<dyn ReadAt>, PathBuf)> = None;
+        // An ISO file whose embedded checksums wait for the image digest (see below).
+        let mut deferred_check: Option<(EmbeddedVerifier, Arc<dyn ReadAt>)> = None;
+        let mut streamed_check = StreamedCheck::Undecided;
+        let mut verified = HashMap::new();
         let mut reader: Box<dyn Read + Send> = match source {
             AddSource::File(path) => {
                 let file = std::fs::File::open(&path).map_err(|e| source_error(&path, e))?;
                 let shared: Arc<dyn ReadAt> =
                     Arc::new(file.try_clone().map_err(|e| source_error(&path, e))?);
-                if let Ok(size) = shared.size() {
+                let size = shared.size().ok();
+                if let Some(size) = size {
                     progress.set_total(size);
                 }
                 if vmedia_iso::read::is_iso(shared.as_ref()) {
-                    // An ISO never names a backing file, so which bytes to store is known
-                    // without inspecting it; its embedded checksums (a whole pass of MD5 and
-                    // SHA-256) are checked on their own thread while the chunks are stored.
-                    iso_check = Some((shared, path));
+                    // An ISO never names a backing file: its structure is read now (a few
+                    // sectors); its embedded checksums are hashed from the bytes the chunker
+                    // reads, or not at all when these exact bytes were verified before.
+                    let inspection = inspect(name, Arc::clone(&shared), &path, Embedded::Later)?;
+                    let embedded = match inspection.kind {
+                        ImageKind::Iso { .. } => EmbeddedVerifier::new(name, shared.as_ref())?,
+                        _ => None,
+                    };
+                    pre_inspected = Some(inspection.kind);
+                    if let Some(embedded) = embedded {
+                        verified = self.verified_embedded(name, size);
+                        if verified.is_empty() {
+                            streamed_check = StreamedCheck::Verifying(Box::new(embedded));
+                        } else {
+                            deferred_check = Some((embedded, shared));
+                        }
+                    } else {
+                        streamed_check = StreamedCheck::Nothing;
+                    }
                     Box::new(file)
                 } else {
-                    let inspection = inspect(name, Arc::clone(&shared), &path)?;
+                    streamed_check = StreamedCheck::Nothing;
+                    let inspection = inspect(name, Arc::clone(&shared), &path, Embedded::Check)?;
                     match (&inspection.backing, options.flatten) {
                         (None, _) => {
                             pre_inspected = Some(inspection.kind);
@@ -215,43 +241,81 @@ impl Library {
         let _marker = self.begin_add(progress)?;
         let known = self.known_chunks(name);
         progress.phase("storing");
-        let (staged, iso_inspection) = std::thread::scope(|scope| {
-            let checker = iso_check.map(|(shared, path)| {
-                scope.spawn(move || inspect(name, shared, &path).map(|i| i.kind))
-            });
-            let staged = self.stage(&mut *reader, &known, progress);
-            let inspected = checker.map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    Err(LibraryError::Image {
-                        name: name.to_string(),
-                        problem: "inspecting the ISO failed unexpectedly".into(),
-                    })
-                })
-            });
-            (staged, inspected)
-        });
-        // A damaged ISO is refused even when storing its chunks went fine: nothing refers to
-        // them yet (gc removes them), exactly as after an add killed before its manifest.
-        if let Some(inspected) = iso_inspection {
-            pre_inspected = Some(inspected?);
-        }
-        let staged = staged?;
+        let staged = {
+            let wanted = matches!(
+                streamed_check,
+                StreamedCheck::Undecided | StreamedCheck::Verifying(_)
+            );
+            let mut tap = |data: &[u8]| streamed_check.feed(name, data);
+            let tap: Option<&mut Tap<'_>> = match wanted {
+                true => Some(&mut tap),
+                false => None,
+            };
+            self.stage(&mut *reader, &known, tap, progress)?
+        };
         drop(reader);
         let digest = format_digest(&staged.digest);
 
+        // A damaged ISO is refused even when storing its chunks went fine: nothing refers to
+        // them yet (gc removes them), exactly as after an add killed before its manifest.
         let kind = match pre_inspected {
+            Some(ImageKind::Iso {
+                volume_id,
+                boot_entries,
+                ..
+            }) => {
+                let embedded_checks = match (streamed_check, deferred_check) {
+                    (StreamedCheck::Verifying(verifier), _) => verifier.finish(name)?,
+                    (_, Some((mut verifier, source))) => match verified.remove(&digest) {
+                        // The same bytes as a version whose checks passed: the same outcome.
+                        Some(checks) => checks,
+                        None => {
+                            verifier.feed_from(name, source.as_ref())?;
+                            verifier.finish(name)?
+                        }
+                    },
+                    _ => Vec::new(),
+                };
+                ImageKind::Iso {
+                    volume_id,
+                    boot_entries,
+                    embedded_checks,
+                }
+            }
             Some(kind) => kind,
             None => {
-                // A stream: inspect the stored chunks through a reader over them.
+                // A stream: inspect the stored chunks through a reader over them; the embedded
+                // checksums were checked as the stream passed when its head showed a record.
                 let view = VersionReader::staged(self, name, &staged.entries, staged.size, &digest);
-                let inspection = inspect(name, Arc::new(view), Path::new(name))?;
+                let embedded = match &streamed_check {
+                    StreamedCheck::Verifying(_) | StreamedCheck::Nothing => Embedded::Later,
+                    StreamedCheck::Undecided | StreamedCheck::Unusable => Embedded::Check,
+                };
+                let inspection = inspect(name, Arc::new(view), Path::new(name), embedded)?;
                 if let Some(backing) = inspection.backing {
                     return Err(LibraryError::BackingFile {
                         name: name.to_string(),
                         backing,
                     });
                 }
-                inspection.kind
+                match (inspection.kind, streamed_check) {
+                    (
+                        ImageKind::Iso {
+                            volume_id,
+                            boot_entries,
+                            embedded_checks,
+                        },
+                        check,
+                    ) => ImageKind::Iso {
+                        volume_id,
+                        boot_entries,
+                        embedded_checks: match check {
+                            StreamedCheck::Verifying(verifier) => verifier.finish(name)?,
+                            _ => embedded_checks,
+                        },
+                    },
+                    (kind, _) => kind,
+                }
             }
         };
 
@@ -336,6 +400,40 @@ impl Library {
         })
     }
 
+    /// The embedded-checksum outcomes of this item's kept ISO versions of `size` bytes, by
+    /// image digest: an add whose digest turns out to be one of these holds exactly the bytes
+    /// that were verified, so their outcome is reused instead of hashing the image again.
+    fn verified_embedded(
+        &self,
+        name: &str,
+        size: Option<u64>,
+    ) -> HashMap<String, Vec<EmbeddedCheck>> {
+        let mut verified = HashMap::new();
+        let (Some(size), Ok(Some((timeline, _)))) = (size, self.load_timeline(name)) else {
+            return verified;
+        };
+        let candidates = timeline
+            .versions
+            .iter()
+            .rev()
+            .filter(|r| r.pruned.is_none() && r.size == size && r.kind == "iso")
+            .take(MAX_REUSE_CANDIDATES);
+        for record in candidates {
+            if let Ok(manifest) = self.load_manifest(&record.manifest) {
+                if let ImageKind::Iso {
+                    embedded_checks, ..
+                } = manifest.header.kind
+                {
+                    // The digest in the manifest is the one its chunks were checked against.
+                    if !embedded_checks.is_empty() && manifest.header.digest == record.digest {
+                        verified.insert(record.digest.clone(), embedded_checks);
+                    }
+                }
+            }
+        }
+        verified
+    }
+
     /// Chunks of the item's newest kept version: they are stored (gc cannot run during an
     /// add), so the add skips even the existence check for them.
     fn known_chunks(&self, name: &str) -> HashMap<[u8; 32], u32> {
@@ -357,10 +455,13 @@ impl Library {
     }
 
     /// Cuts, hashes, compresses and stores a stream; returns its index.
+    ///
+    /// `tap`, when given, sees every byte in order on its own thread (the embedded checksums).
     pub(crate) fn stage(
         &self,
         reader: &mut (dyn Read + Send),
         known: &HashMap<[u8; 32], u32>,
+        tap: Option<&mut Tap<'_>>,
         progress: &dyn Progress,
     ) -> Result<Staged> {
         let slots = Slots::new(MAX_IN_FLIGHT);
@@ -379,6 +480,13 @@ impl Library {
         let (io_tx, io_rx) = mpsc::sync_channel::<StoreJob>(MAX_IN_FLIGHT);
         let io_rx = Mutex::new(io_rx);
         let (whole_tx, whole_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(MAX_IN_FLIGHT);
+        let (tap_tx, tap_rx) = match tap {
+            Some(_) => {
+                let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(MAX_IN_FLIGHT);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let mut total = 0u64;
 
         let whole_digest = std::thread::scope(|scope| {
@@ -389,6 +497,13 @@ impl Library {
                 }
                 <[u8; 32]>::from(hasher.finalize())
             });
+            if let (Some(tap), Some(tap_rx)) = (tap, tap_rx) {
+                scope.spawn(move || {
+                    for chunk in tap_rx {
+                        tap(chunk.as_slice());
+                    }
+                });
+            }
             for _ in 0..IO_THREADS {
                 let done_tx = done_tx.clone();
                 let (io_rx, slots, fail, failed, stored_bytes) =
@@ -449,6 +564,11 @@ impl Library {
                     if whole_tx.send(Arc::clone(&data)).is_err() {
                         break;
                     }
+                    if let Some(tap_tx) = &tap_tx {
+                        if tap_tx.send(Arc::clone(&data)).is_err() {
+                            break;
+                        }
+                    }
                     progress.advance(length as u64);
                     let (done_tx, io_tx) = (done_tx.clone(), io_tx.clone());
                     let (slots, claimed) = (&slots, &claimed);
@@ -508,6 +628,7 @@ impl Library {
                 }
             });
             drop(whole_tx);
+            drop(tap_tx);
             drop(io_tx);
             hasher.join().unwrap_or([0; 32])
         });
@@ -590,6 +711,48 @@ impl Library {
         }
         self.store().put(&job.key, &job.encoded)?;
         Ok((true, job.encoded.len() as u32))
+    }
+}
+
+/// Kept versions whose recorded embedded-check outcome an add may reuse: the newest few of the
+/// same size are where a re-added image is found; more would only cost manifest reads.
+const MAX_REUSE_CANDIDATES: usize = 4;
+
+/// A consumer of every byte of an image, in order (see `stage`).
+type Tap<'a> = dyn FnMut(&[u8]) + Send + 'a;
+
+/// The embedded-checksum check of an add, fed as the image streams past.
+enum StreamedCheck {
+    /// A stream whose head has not been seen yet.
+    Undecided,
+    /// Hashing the embedded values.
+    Verifying(Box<EmbeddedVerifier>),
+    /// Nothing to check from the stream (no ISO, no record, or checked otherwise).
+    Nothing,
+    /// The stream's head did not show a record the stream check can use (its descriptors lie
+    /// past the first chunk, or they are damaged): the inspection after staging checks it.
+    Unusable,
+}
+
+impl StreamedCheck {
+    fn feed(&mut self, name: &str, data: &[u8]) {
+        match self {
+            StreamedCheck::Undecided => {
+                // The first chunk (at least CHUNKING.min bytes) holds the primary volume
+                // descriptor of every ISO whose descriptors start at sector 16.
+                let head = data.to_vec();
+                *self = match EmbeddedVerifier::new(name, &head) {
+                    Ok(Some(mut verifier)) => {
+                        verifier.feed(data);
+                        StreamedCheck::Verifying(Box::new(verifier))
+                    }
+                    Ok(None) => StreamedCheck::Unusable,
+                    Err(_) => StreamedCheck::Unusable,
+                };
+            }
+            StreamedCheck::Verifying(verifier) => verifier.feed(data),
+            StreamedCheck::Nothing | StreamedCheck::Unusable => {}
+        }
     }
 }
 

@@ -69,14 +69,7 @@ impl LibraryConfig {
                 field: "json",
                 problem: e.to_string(),
             })?;
-        if config.format != LIBRARY_FORMAT {
-            return Err(LibraryError::UnsupportedFormat {
-                key: CONFIG_KEY.into(),
-                what: "library",
-                found: config.format,
-                supported: LIBRARY_FORMAT,
-            });
-        }
+        crate::error::check_format(CONFIG_KEY, "library", config.format, LIBRARY_FORMAT)?;
         Ok(config)
     }
 

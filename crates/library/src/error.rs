@@ -168,3 +168,36 @@ pub enum LibraryError {
 
 /// Shorthand for library results.
 pub type Result<T, E = LibraryError> = std::result::Result<T, E>;
+
+/// Refuses object `key` (`what`: "a manifest", "a timeline") when it is over `limit` bytes,
+/// before anything parses it: the store is untrusted input and memory stays bounded.
+pub(crate) fn check_size(key: &str, what: &'static str, bytes: &[u8], limit: u64) -> Result<()> {
+    let size = bytes.len() as u64;
+    if size > limit {
+        return Err(LibraryError::TooLarge {
+            key: key.to_string(),
+            what,
+            size,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses object `key` written in a format number this version does not read.
+pub(crate) fn check_format(
+    key: &str,
+    what: &'static str,
+    found: u32,
+    supported: u32,
+) -> Result<()> {
+    if found != supported {
+        return Err(LibraryError::UnsupportedFormat {
+            key: key.to_string(),
+            what,
+            found,
+            supported,
+        });
+    }
+    Ok(())
+}

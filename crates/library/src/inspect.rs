@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vmedia_disk::{DiskImage, Format, OpenOptions as DiskOpenOptions, ReferencePolicy};
-use vmedia_io::{NoProgress, ReadAt};
-use vmedia_iso::integrity::CheckOutcome;
+use vmedia_io::ReadAt;
+use vmedia_iso::integrity::{CheckOutcome, Md5Policy, StreamVerifier};
 
 use crate::error::{LibraryError, Result};
 use crate::manifest::{BootEntryRecord, EmbeddedCheck, ImageKind};
@@ -27,10 +27,110 @@ fn label<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
+/// What `inspect` does about an ISO's embedded checksums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Embedded {
+    /// Check them now, reading the source once more.
+    Check,
+    /// Leave `embedded_checks` empty: the caller checks them from the bytes it streams anyway
+    /// ([`EmbeddedVerifier`]).
+    Later,
+}
+
+/// The embedded checks run by the library: a matching SHA-256 record stands for the MD5 over the
+/// same bytes, so an add hashes the image's embedded values once, not twice.
+pub(crate) const MD5_POLICY: Md5Policy = Md5Policy::UnlessSha256Covers;
+
+/// An ISO's embedded checksums, checked from its bytes as they stream past.
+pub(crate) struct EmbeddedVerifier(StreamVerifier);
+
+impl EmbeddedVerifier {
+    /// `None` when `source` is no ISO or carries no record.
+    pub(crate) fn new(name: &str, source: &dyn ReadAt) -> Result<Option<EmbeddedVerifier>> {
+        if !vmedia_iso::read::is_iso(source) {
+            return Ok(None);
+        }
+        let verifier =
+            StreamVerifier::new(source, MD5_POLICY).map_err(|e| LibraryError::Image {
+                name: name.to_string(),
+                problem: format!("embedded checksums: {e}"),
+            })?;
+        Ok(verifier.map(EmbeddedVerifier))
+    }
+
+    pub(crate) fn feed(&mut self, data: &[u8]) {
+        self.0.feed(data);
+    }
+
+    /// Reads `source` from the start and feeds all of it (when the stream was not fed).
+    pub(crate) fn feed_from(&mut self, name: &str, source: &dyn ReadAt) -> Result<()> {
+        let size = source.size().map_err(|e| read_error(name, 0, e))?;
+        let mut buffer = vec![0u8; EMBEDDED_READ_BYTES];
+        let mut offset = 0u64;
+        while offset < size {
+            let len = (size - offset).min(EMBEDDED_READ_BYTES as u64) as usize;
+            source
+                .read_exact_at(&mut buffer[..len], offset)
+                .map_err(|e| read_error(name, offset, e))?;
+            self.0.feed(&buffer[..len]);
+            offset += len as u64;
+        }
+        Ok(())
+    }
+
+    /// The records to keep in the manifest; a mismatch refuses the image.
+    pub(crate) fn finish(self, name: &str) -> Result<Vec<EmbeddedCheck>> {
+        let report = self.0.finish().map_err(|e| LibraryError::Image {
+            name: name.to_string(),
+            problem: format!("checking embedded checksums: {e}"),
+        })?;
+        let mut records = Vec::new();
+        for (check, outcome) in [
+            ("md5", &report.md5),
+            ("fragments", &report.fragments),
+            ("sha256", &report.sha256),
+            ("signature", &report.signature),
+        ] {
+            let recorded = match outcome {
+                CheckOutcome::Absent => continue,
+                CheckOutcome::Ok => "ok".to_string(),
+                CheckOutcome::Unchecked { reason } => format!("unchecked: {reason}"),
+                CheckOutcome::Mismatch { expected, actual } => {
+                    return Err(LibraryError::EmbeddedChecksum {
+                        name: name.to_string(),
+                        check,
+                        problem: format!("expected {expected}, found {actual}"),
+                    })
+                }
+            };
+            records.push(EmbeddedCheck {
+                check: check.to_string(),
+                outcome: recorded,
+            });
+        }
+        Ok(records)
+    }
+}
+
+/// Bytes per read when the embedded checks read the image themselves.
+const EMBEDDED_READ_BYTES: usize = 1 << 20;
+
+fn read_error(name: &str, offset: u64, e: io::Error) -> LibraryError {
+    LibraryError::Image {
+        name: name.to_string(),
+        problem: format!("checking embedded checksums: reading at offset {offset:#x}: {e}"),
+    }
+}
+
 /// Inspects `source` (named `name`; `path` only resolves names a disk records).
-pub(crate) fn inspect(name: &str, source: Arc<dyn ReadAt>, path: &Path) -> Result<Inspection> {
+pub(crate) fn inspect(
+    name: &str,
+    source: Arc<dyn ReadAt>,
+    path: &Path,
+    embedded: Embedded,
+) -> Result<Inspection> {
     if vmedia_iso::read::is_iso(source.as_ref()) {
-        return inspect_iso(name, source);
+        return inspect_iso(name, source, embedded);
     }
     let options = DiskOpenOptions {
         references: ReferencePolicy::None,
@@ -59,7 +159,7 @@ pub(crate) fn inspect(name: &str, source: Arc<dyn ReadAt>, path: &Path) -> Resul
     }
 }
 
-fn inspect_iso(name: &str, source: Arc<dyn ReadAt>) -> Result<Inspection> {
+fn inspect_iso(name: &str, source: Arc<dyn ReadAt>, embedded: Embedded) -> Result<Inspection> {
     let image = match vmedia_iso::read::IsoImage::open(Arc::clone(&source), Default::default()) {
         Ok(image) => image,
         Err(e) => {
@@ -91,46 +191,18 @@ fn inspect_iso(name: &str, source: Arc<dyn ReadAt>) -> Result<Inspection> {
             })
         }
     };
-    let mut embedded_checks = Vec::new();
-    let implant =
-        vmedia_iso::integrity::read_implant(source.as_ref()).map_err(|e| LibraryError::Image {
-            name: name.to_string(),
-            problem: format!("embedded checksums: {e}"),
-        })?;
-    if implant.is_some() {
-        // The embedded values are checked against the content: a damaged download is
-        // refused here instead of becoming a version.
-        let report =
-            vmedia_iso::integrity::verify(source.as_ref(), None, &NoProgress).map_err(|e| {
-                LibraryError::Image {
-                    name: name.to_string(),
-                    problem: format!("checking embedded checksums: {e}"),
-                }
-            })?;
-        for (check, outcome) in [
-            ("md5", &report.md5),
-            ("fragments", &report.fragments),
-            ("sha256", &report.sha256),
-            ("signature", &report.signature),
-        ] {
-            let recorded = match outcome {
-                CheckOutcome::Absent => continue,
-                CheckOutcome::Ok => "ok".to_string(),
-                CheckOutcome::Unchecked { reason } => format!("unchecked: {reason}"),
-                CheckOutcome::Mismatch { expected, actual } => {
-                    return Err(LibraryError::EmbeddedChecksum {
-                        name: name.to_string(),
-                        check,
-                        problem: format!("expected {expected}, found {actual}"),
-                    })
-                }
-            };
-            embedded_checks.push(EmbeddedCheck {
-                check: check.to_string(),
-                outcome: recorded,
-            });
-        }
-    }
+    // The embedded values are checked against the content: a damaged download is refused
+    // here instead of becoming a version.
+    let embedded_checks = match embedded {
+        Embedded::Later => Vec::new(),
+        Embedded::Check => match EmbeddedVerifier::new(name, source.as_ref())? {
+            Some(mut verifier) => {
+                verifier.feed_from(name, source.as_ref())?;
+                verifier.finish(name)?
+            }
+            None => Vec::new(),
+        },
+    };
     Ok(Inspection {
         kind: ImageKind::Iso {
             volume_id,

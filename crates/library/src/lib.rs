@@ -20,6 +20,7 @@ pub mod manifest;
 mod naming;
 mod ops;
 mod reader;
+mod references;
 mod reports;
 pub mod retention;
 mod signing;
@@ -36,6 +37,7 @@ pub use manifest::{BootEntryRecord, EmbeddedCheck, ImageKind};
 pub use naming::{VersionSelector, VersionSpec};
 pub use ops::RollbackTarget;
 pub use reader::{ChunkCache, VersionReader};
+pub use references::NoReferences;
 pub use reports::{
     AddReport, BrokenVersion, DamagedChunk, EventReport, GcReport, GetReport, HistoryEvent,
     HistoryReport, HistoryVersion, InitReport, ItemSummary, KeptVersion, PruneReport,

@@ -367,14 +367,7 @@ impl Manifest {
 
     /// Parses and validates manifest bytes read from object `key`.
     pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest> {
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(LibraryError::TooLarge {
-                key: key.to_string(),
-                what: "a manifest",
-                size: bytes.len() as u64,
-                limit: MAX_MANIFEST_BYTES,
-            });
-        }
+        crate::error::check_size(key, "a manifest", bytes, MAX_MANIFEST_BYTES)?;
         if bytes.get(..8) != Some(MAGIC.as_slice()) {
             return Err(corrupt(key, 0, "magic", "not a vmedia library manifest"));
         }
@@ -394,14 +387,7 @@ impl Manifest {
             .ok_or_else(|| corrupt(key, 12, "header", "truncated"))?;
         let header: ManifestHeader = serde_json::from_slice(header_bytes)
             .map_err(|e| corrupt(key, 12, "header", e.to_string()))?;
-        if header.format != HEADER_FORMAT {
-            return Err(LibraryError::UnsupportedFormat {
-                key: key.to_string(),
-                what: "manifest",
-                found: header.format,
-                supported: HEADER_FORMAT,
-            });
-        }
+        crate::error::check_format(key, "manifest", header.format, HEADER_FORMAT)?;
         crate::naming::check_name(&header.name)
             .map_err(|e| corrupt(key, 12, "header name", e.to_string()))?;
         if parse_digest(&header.digest).is_none() {

@@ -120,24 +120,10 @@ impl Timeline {
             field,
             problem,
         };
-        if bytes.len() as u64 > MAX_TIMELINE_BYTES {
-            return Err(LibraryError::TooLarge {
-                key: key.to_string(),
-                what: "a timeline",
-                size: bytes.len() as u64,
-                limit: MAX_TIMELINE_BYTES,
-            });
-        }
+        crate::error::check_size(key, "a timeline", bytes, MAX_TIMELINE_BYTES)?;
         let timeline: Timeline =
             serde_json::from_slice(bytes).map_err(|e| fail("json", e.to_string()))?;
-        if timeline.format != TIMELINE_FORMAT {
-            return Err(LibraryError::UnsupportedFormat {
-                key: key.to_string(),
-                what: "timeline",
-                found: timeline.format,
-                supported: TIMELINE_FORMAT,
-            });
-        }
+        crate::error::check_format(key, "timeline", timeline.format, TIMELINE_FORMAT)?;
         crate::naming::check_name(&timeline.name).map_err(|e| fail("name", e.to_string()))?;
         if let Some(expected) = expected_name {
             if timeline.name != expected {

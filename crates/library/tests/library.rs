@@ -247,10 +247,17 @@ fn dedup_of_a_repacked_iso_adds_at_most_five_percent() {
             ..
         } => {
             assert_eq!(volume_id, "LIBTEST");
+            // The SHA-256 record covers every byte the MD5 does, so a matching SHA-256 stands
+            // for the MD5 (the slowest hash) and the MD5 is recorded as covered by it.
             assert!(
                 embedded_checks
                     .iter()
-                    .any(|c| c.check == "md5" && c.outcome == "ok"),
+                    .any(|c| c.check == "sha256" && c.outcome == "ok"),
+                "{embedded_checks:?}"
+            );
+            assert!(
+                embedded_checks.iter().any(|c| c.check == "md5"
+                    && c.outcome == "unchecked: the SHA-256 record covers the same bytes"),
                 "{embedded_checks:?}"
             );
         }
@@ -303,6 +310,93 @@ fn a_damaged_iso_download_is_refused() {
         .add(
             "bad",
             AddSource::File(iso),
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, LibraryError::EmbeddedChecksum { .. }),
+        "{err}"
+    );
+}
+
+fn embedded_checks_of(report: &vmedia_library::AddReport) -> Vec<(String, String)> {
+    match &report.kind {
+        ImageKind::Iso {
+            embedded_checks, ..
+        } => embedded_checks
+            .iter()
+            .map(|c| (c.check.clone(), c.outcome.clone()))
+            .collect(),
+        other => panic!("not recorded as an ISO: {other:?}"),
+    }
+}
+
+#[test]
+fn a_damaged_iso_of_the_same_size_as_a_verified_version_is_still_refused() {
+    // A re-added image of a verified version's size skips the streamed check and reuses the
+    // recorded outcome only when its digest proves the bytes are the same; otherwise it checks.
+    let fx = Fixture::new();
+    let library = fx.init("lib");
+    let tree = fx.path("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("data.bin"), content(6, 2 << 20)).unwrap();
+    let iso = fx.path("good.iso");
+    write_iso(&tree, &iso);
+    let first = add_file(&library, "live", &iso);
+    let again = add_file(&library, "live", &iso);
+    assert_eq!(again.digest, first.digest);
+    assert_eq!(embedded_checks_of(&again), embedded_checks_of(&first));
+    assert!(embedded_checks_of(&first).contains(&("sha256".into(), "ok".into())));
+
+    let mut bytes = fs::read(&iso).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    let damaged = fx.file("damaged.iso", &bytes);
+    let err = library
+        .add(
+            "live",
+            AddSource::File(damaged),
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LibraryError::EmbeddedChecksum {
+                check: "sha256",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_iso_streamed_from_stdin_is_checked_as_it_passes() {
+    let fx = Fixture::new();
+    let library = fx.init("lib");
+    let tree = fx.path("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("data.bin"), content(7, 2 << 20)).unwrap();
+    let iso = fx.path("live.iso");
+    write_iso(&tree, &iso);
+    let bytes = fs::read(&iso).unwrap();
+    let from_file = add_file(&library, "file", &iso);
+    let streamed = add_at(&library, "stream", bytes.clone(), "2026-01-01T00:00:00Z");
+    assert_eq!(
+        embedded_checks_of(&streamed),
+        embedded_checks_of(&from_file)
+    );
+
+    let mut damaged = bytes;
+    let at = damaged.len() - 5000;
+    damaged[at] ^= 0x01;
+    let err = library
+        .add(
+            "stream",
+            AddSource::Reader(Box::new(Cursor::new(damaged))),
             &AddOptions::default(),
             &NoProgress,
         )

@@ -83,8 +83,11 @@ impl Server {
         let observer: Arc<dyn IoObserver> = metrics.clone();
 
         let store = Arc::new(
-            CloneStore::open(&options.state_dir, exports.clone() as Arc<dyn BaseOpener>)
-                .map_err(ServeError::Clones)?,
+            CloneStore::open(
+                &options.state_dir,
+                Arc::new(WeakBases(Arc::downgrade(&exports))) as Arc<dyn BaseOpener>,
+            )
+            .map_err(ServeError::Clones)?,
         );
         exports.set_clones(store.clone());
         let gauges = Arc::clone(&store);
@@ -189,6 +192,49 @@ impl Server {
             shutdown,
             tasks,
         })
+    }
+}
+
+/// The clone store's view of the library exports. Weak, because the exports hold the store (for
+/// `clone/NAME`): a strong pair would never be dropped, and the store's state-folder lock with it.
+struct WeakBases(std::sync::Weak<LibraryExports>);
+
+impl WeakBases {
+    fn exports(&self) -> Result<Arc<LibraryExports>, crate::export::ExportError> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| crate::export::ExportError::Unavailable {
+                name: "library".into(),
+                reason: "the daemon is shutting down".into(),
+            })
+    }
+}
+
+impl BaseOpener for WeakBases {
+    fn resolve_base(
+        &self,
+        spec: &str,
+    ) -> Result<crate::clones::BaseVersion, crate::export::ExportError> {
+        self.exports()?.resolve_base(spec)
+    }
+
+    fn open_base(
+        &self,
+        spec: &str,
+    ) -> Result<Arc<dyn crate::export::Export>, crate::export::ExportError> {
+        self.exports()?.open_base(spec)
+    }
+
+    fn commit(
+        &self,
+        name: &str,
+        source: &dyn vmedia_io::ReadAt,
+        size: u64,
+    ) -> std::io::Result<vmedia_library::AddReport> {
+        let exports = self
+            .exports()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        exports.commit(name, source, size)
     }
 }
 

@@ -89,6 +89,7 @@ pub fn options(state: &Path) -> ServerOptions {
         state_dir: state.to_path_buf(),
         preload: Vec::new(),
         trace_window: Duration::from_secs(60),
+        netboot: None,
     }
 }
 

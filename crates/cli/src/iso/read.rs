@@ -519,16 +519,26 @@ pub struct ExtractArgs {
 }
 
 pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
-    let image_file = Arc::new(
-        File::open(&args.image).with_context(|| format!("cannot open {}", args.image.display()))?,
-    );
-    let image = IsoImage::open(
-        image_file.clone(),
-        OpenOptions {
-            prefer: args.namespace.into(),
-        },
-    )
-    .with_context(|| format!("cannot read {}", args.image.display()))?;
+    // A file is also handed to the extraction for copy_file_range; a `library:` version is
+    // read in place through the library.
+    let image_file = match crate::library::is_library_path(&args.image) {
+        true => None,
+        false => {
+            Some(Arc::new(File::open(&args.image).with_context(|| {
+                format!("cannot open {}", args.image.display())
+            })?))
+        }
+    };
+    let image = match &image_file {
+        Some(file) => IsoImage::open(
+            file.clone(),
+            OpenOptions {
+                prefer: args.namespace.into(),
+            },
+        )
+        .with_context(|| format!("cannot read {}", args.image.display()))?,
+        None => open_image(&args.image, args.namespace)?,
+    };
     let options = ExtractOptions {
         paths: args.paths.clone(),
         replace_existing: args.force,
@@ -537,7 +547,7 @@ pub fn run_extract(args: ExtractArgs) -> Result<ExitCode> {
     };
     let bar = Bar::bytes(args.quiet);
     let result =
-        vmedia_iso::extract::extract(&image, Some(&*image_file), &args.dir, &options, &bar);
+        vmedia_iso::extract::extract(&image, image_file.as_deref(), &args.dir, &options, &bar);
     bar.finish();
     let report = result.map_err(|e| {
         if e.replace_would_help() {

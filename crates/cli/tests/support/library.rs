@@ -278,9 +278,7 @@ static PREFIX_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        let mut child = self.child.lock().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
+        super::kill_and_reap(&mut self.child.lock().unwrap());
         // SeaweedFS puts one unix socket per gRPC port in /tmp; a killed server leaves them.
         for port in &self.grpc_ports {
             for role in ["master", "volume", "filer", "s3"] {
@@ -484,11 +482,7 @@ impl TestLibrary {
             Backend::Folder => {
                 fs::read(self.folder.join(key)).unwrap_or_else(|e| panic!("cannot read {key}: {e}"))
             }
-            Backend::S3 => {
-                let (status, body) = self.s3_server().s3(&[], &self.s3_path(key), None);
-                assert_eq!(status, 200, "GET {key}: {}", String::from_utf8_lossy(&body));
-                body
-            }
+            Backend::S3 => self.s3_object("GET", key, None, &[200]),
         }
     }
 
@@ -500,10 +494,7 @@ impl TestLibrary {
                 fs::write(&path, data).unwrap_or_else(|e| panic!("cannot write {key}: {e}"));
             }
             Backend::S3 => {
-                let (status, body) =
-                    self.s3_server()
-                        .s3(&["-X", "PUT"], &self.s3_path(key), Some(data));
-                assert_eq!(status, 200, "PUT {key}: {}", String::from_utf8_lossy(&body));
+                self.s3_object("PUT", key, Some(data), &[200]);
             }
         }
     }
@@ -513,14 +504,7 @@ impl TestLibrary {
             Backend::Folder => fs::remove_file(self.folder.join(key))
                 .unwrap_or_else(|e| panic!("cannot delete {key}: {e}")),
             Backend::S3 => {
-                let (status, body) =
-                    self.s3_server()
-                        .s3(&["-X", "DELETE"], &self.s3_path(key), None);
-                assert!(
-                    status == 204 || status == 200,
-                    "DELETE {key}: {status} {}",
-                    String::from_utf8_lossy(&body)
-                );
+                self.s3_object("DELETE", key, None, &[200, 204]);
             }
         }
     }
@@ -551,6 +535,21 @@ impl TestLibrary {
 
     fn s3_server(&self) -> &Seaweed {
         self.server.as_deref().expect("S3 backend has a server")
+    }
+
+    /// One S3 request on stored object `key`; panics unless the status is one of `ok`.
+    fn s3_object(&self, method: &str, key: &str, body: Option<&[u8]>, ok: &[u32]) -> Vec<u8> {
+        let args: &[&str] = match method {
+            "GET" => &[],
+            _ => &["-X", method],
+        };
+        let (status, reply) = self.s3_server().s3(args, &self.s3_path(key), body);
+        assert!(
+            ok.contains(&status),
+            "{method} {key}: {status} {}",
+            String::from_utf8_lossy(&reply)
+        );
+        reply
     }
 
     fn s3_path(&self, key: &str) -> String {

@@ -22,6 +22,34 @@ pub fn vmedia() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vmedia"))
 }
 
+/// SIGKILLs a child (if it still runs) and reaps it, so no zombie or stray process outlives
+/// the test that started it.
+pub fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Starts `cmd` (stdout and stderr captured), SIGKILLs it after `delay` if it still runs:
+/// `Some(output)` when it finished first, `None` when it was killed.
+pub fn run_and_kill(mut cmd: Command, delay: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let deadline = Instant::now() + delay;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        if Instant::now() >= deadline {
+            kill_and_reap(&mut child);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Runs a command, panicking with its full output when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
@@ -224,8 +252,7 @@ pub fn qemu_boot(firmware: Firmware, args: &[&str], marker: &str, timeout: Durat
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("cannot start qemu-system-x86_64");
     let result = wait_for_marker(&mut child, marker, timeout);
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_and_reap(&mut child);
     match result {
         Ok(log) => log,
         Err(log) => {

@@ -188,18 +188,20 @@ fn read_with_sha(
     Ok(hasher.finalize().into())
 }
 
-/// MD5 with isomd5sum's checkpoints, fed with consecutive chunks from offset 0 whose starts
-/// are multiples of the checker's 32 KiB step.
-struct Md5Runner {
+/// MD5 with isomd5sum's checkpoints, fed with consecutive pieces of any length from offset 0
+/// (a checkpoint is taken at the end of each 32 KiB step of the checker, however the pieces
+/// fall).
+pub(super) struct Md5Runner {
     hasher: Md5,
     checkpoints: Vec<Option<[u8; 16]>>,
     previous_fragment: u64,
     fragment_size: u64,
     offset: u64,
+    length: u64,
 }
 
 impl Md5Runner {
-    fn new(plan: &Md5Plan) -> Md5Runner {
+    pub(super) fn new(plan: &Md5Plan) -> Md5Runner {
         // Bounded by the record parser (at most MAX_FRAGMENT_COUNT) or our own constant.
         let slots = usize::try_from(plan.fragment_count)
             .unwrap_or(usize::MAX)
@@ -211,32 +213,66 @@ impl Md5Runner {
             // checkisomd5 divides by this; zero (a tiny volume) means no checkpoint is crossed.
             fragment_size: plan.length / plan.fragment_count.saturating_add(1),
             offset: 0,
+            length: plan.length,
         }
     }
 
-    fn feed(&mut self, chunk: &[u8]) {
-        for step in chunk.chunks(CHECKER_STEP as usize) {
-            self.hasher.update(step);
-            if let Some(fragment) = self.offset.checked_div(self.fragment_size) {
-                if fragment != self.previous_fragment {
-                    if let Some(slot) = usize::try_from(fragment)
-                        .ok()
-                        .and_then(|i| self.checkpoints.get_mut(i))
-                    {
-                        *slot = Some(self.hasher.clone().finalize().into());
-                    }
-                    self.previous_fragment = fragment;
-                }
+    /// Hashes the next bytes. checkisomd5 looks at its fragment number once per step, after
+    /// hashing the step, using the offset where the step began.
+    pub(super) fn feed(&mut self, mut piece: &[u8]) {
+        while !piece.is_empty() {
+            let step_start = self.offset - self.offset % CHECKER_STEP;
+            let into_step = (self.offset - step_start) as usize;
+            let take = piece.len().min(CHECKER_STEP as usize - into_step);
+            self.hasher.update(&piece[..take]);
+            piece = &piece[take..];
+            self.offset += take as u64;
+            // A step ends at its full length or where the input ends (the final short step);
+            // the caller never feeds past the planned length.
+            if self.offset.is_multiple_of(CHECKER_STEP) || piece.is_empty() && self.at_end() {
+                self.checkpoint(step_start);
             }
-            self.offset += step.len() as u64;
         }
     }
 
-    fn finish(self) -> Md5Outcome {
+    fn at_end(&self) -> bool {
+        self.offset >= self.length
+    }
+
+    fn checkpoint(&mut self, step_start: u64) {
+        if let Some(fragment) = step_start.checked_div(self.fragment_size) {
+            if fragment != self.previous_fragment {
+                if let Some(slot) = usize::try_from(fragment)
+                    .ok()
+                    .and_then(|i| self.checkpoints.get_mut(i))
+                {
+                    *slot = Some(self.hasher.clone().finalize().into());
+                }
+                self.previous_fragment = fragment;
+            }
+        }
+    }
+
+    /// Bytes hashed so far.
+    pub(super) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub(super) fn finish(self) -> Md5Outcome {
         Md5Outcome {
             digest: self.hasher.finalize().into(),
             checkpoints: self.checkpoints,
         }
+    }
+}
+
+/// Overwrites the part of `buf` (which holds the bytes at `offset`) inside `blank` with spaces.
+pub(super) fn blank_out(buf: &mut [u8], offset: u64, blank: &Range<u64>) {
+    let end = offset + buf.len() as u64;
+    let start = blank.start.max(offset);
+    let stop = blank.end.min(end);
+    if start < stop {
+        buf[(start - offset) as usize..(stop - offset) as usize].fill(b' ');
     }
 }
 
@@ -250,12 +286,7 @@ fn read_blanked(
     source
         .read_exact_at(buf, offset)
         .map_err(|error| ReadFailure { offset, error })?;
-    let end = offset + buf.len() as u64;
-    let start = blank.start.max(offset);
-    let stop = blank.end.min(end);
-    if start < stop {
-        buf[(start - offset) as usize..(stop - offset) as usize].fill(b' ');
-    }
+    blank_out(buf, offset, blank);
     Ok(())
 }
 
@@ -357,6 +388,31 @@ mod tests {
             let expected: [u8; 16] = Md5::digest(&data[..end as usize]).into();
             assert_eq!(md5.checkpoints[k], Some(expected), "fragment {k}");
         }
+    }
+
+    #[test]
+    fn checkpoints_do_not_depend_on_how_the_input_is_cut() {
+        // A streaming check sees chunk boundaries anywhere; the checkpoints must be those of
+        // checkisomd5's 32 KiB steps all the same, including a short final step.
+        let length = 23 * CHECKER_STEP + 1000;
+        let data: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
+        let plan = Md5Plan {
+            length,
+            fragment_count: 20,
+        };
+        let mut aligned = Md5Runner::new(&plan);
+        aligned.feed(&data);
+        let aligned = aligned.finish();
+        for cut in [1usize, 4093, 65_537, 300_001] {
+            let mut runner = Md5Runner::new(&plan);
+            for piece in data.chunks(cut) {
+                runner.feed(piece);
+            }
+            let outcome = runner.finish();
+            assert_eq!(outcome.digest, aligned.digest, "pieces of {cut}");
+            assert_eq!(outcome.checkpoints, aligned.checkpoints, "pieces of {cut}");
+        }
+        assert!(aligned.checkpoints.iter().skip(1).all(Option::is_some));
     }
 
     #[test]

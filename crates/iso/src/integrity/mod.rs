@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use vmedia_io::{Progress, ReadAt};
 
 pub use appdata::{Md5Record, Sha256Record, SignatureRecord};
@@ -330,95 +331,231 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport, IntegrityError> {
     let _span = tracing::info_span!("iso.verify", signature_key = key.is_some()).entered();
-    let pvd = find_primary_volume(source)?;
-    let info = read_implant(source)?;
-    let Some(info) = info else {
-        return Ok(VerifyReport {
-            implant: None,
-            md5: CheckOutcome::Absent,
-            fragments: CheckOutcome::Absent,
-            first_bad_fragment: None,
-            sha256: CheckOutcome::Absent,
-            signature: match key {
-                Some(key) => missing_signature(key),
-                None => CheckOutcome::Absent,
-            },
-        });
+    let Some(plan) = CheckPlan::read(source, Md5Policy::Always)? else {
+        return Ok(absent_report(key));
     };
     let size = source
         .size()
         .map_err(|source| IntegrityError::Read { offset: 0, source })?;
-    let md5_plan = match &info.md5 {
-        Some(record) => {
-            let length = md5_length(&pvd, record.skip_sectors)?;
-            if size < length {
-                return Err(IntegrityError::Truncated {
-                    expected: length,
-                    actual: size,
-                });
-            }
-            Some(Md5Plan {
-                length,
-                fragment_count: record.fragment_count,
-            })
-        }
-        None => None,
-    };
-    let sha_length = info.sha256.as_ref().map(|r| r.covered_bytes);
-    if let Some(length) = sha_length {
-        if size < length {
-            return Err(IntegrityError::Truncated {
-                expected: length,
-                actual: size,
-            });
-        }
-    }
+    plan.check_size(size)?;
     progress.phase("verifying");
     let (md5, sha) = hash_image(
         source,
-        md5_plan.as_ref(),
-        sha_length,
-        pvd.appdata_range(),
+        plan.md5.as_ref(),
+        plan.sha_length,
+        plan.blank.clone(),
         progress,
     )
     .map_err(|f| IntegrityError::Read {
         offset: f.offset,
         source: f.error,
     })?;
+    Ok(plan.judge(md5.as_ref(), sha.as_ref(), key))
+}
 
-    let (md5_outcome, fragments, first_bad_fragment) = match (&info.md5, &md5, &md5_plan) {
-        (Some(record), Some(outcome), Some(plan)) => {
-            let whole = compare(&hex::encode(record.digest), &hex::encode(outcome.digest));
-            let (fragments, bad) = check_fragments(record, outcome, plan);
-            (whole, fragments, bad)
-        }
-        _ => (CheckOutcome::Absent, CheckOutcome::Absent, None),
-    };
-    let sha_outcome = match (&info.sha256, &sha) {
-        (Some(record), Some(digest)) => compare(&hex::encode(record.digest), &hex::encode(digest)),
-        _ => CheckOutcome::Absent,
-    };
-    let signature = match (&info.signature, key) {
-        (None, None) => CheckOutcome::Absent,
-        (None, Some(key)) => missing_signature(key),
-        (Some(record), None) => CheckOutcome::Unchecked {
-            reason: format!(
-                "signed by key {}; pass the public key to check it",
-                hex::encode(record.key_id)
-            ),
+/// The report for an image that carries no record at all.
+fn absent_report(key: Option<&VerifyingKey>) -> VerifyReport {
+    VerifyReport {
+        implant: None,
+        md5: CheckOutcome::Absent,
+        fragments: CheckOutcome::Absent,
+        first_bad_fragment: None,
+        sha256: CheckOutcome::Absent,
+        signature: match key {
+            Some(key) => missing_signature(key),
+            None => CheckOutcome::Absent,
         },
-        (Some(record), Some(key)) => {
-            check_signature(record, info.sha256.as_ref(), sha.as_ref(), key)
+    }
+}
+
+/// Whether a check hashes the MD5 when a SHA-256 record covers the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Md5Policy {
+    /// Check every recorded value (what `iso verify` does: it also finds a stale MD5 record).
+    Always,
+    /// Leave the MD5 and its fragments unchecked when the SHA-256 record covers every byte the
+    /// MD5 covers: a matching SHA-256 already proves those bytes are the ones the producer
+    /// hashed, and the MD5 (a chain that cannot be split across cores) is the slowest hash.
+    UnlessSha256Covers,
+}
+
+/// What checking an image's record will hash, read from its descriptors.
+struct CheckPlan {
+    info: ImplantInfo,
+    md5: Option<Md5Plan>,
+    /// Why the MD5 record is not checked although present.
+    md5_skipped: Option<String>,
+    sha_length: Option<u64>,
+    blank: std::ops::Range<u64>,
+}
+
+impl CheckPlan {
+    /// `None` when the image carries no record.
+    fn read(source: &dyn ReadAt, policy: Md5Policy) -> Result<Option<CheckPlan>, IntegrityError> {
+        let pvd = find_primary_volume(source)?;
+        let Some(info) = read_implant(source)? else {
+            return Ok(None);
+        };
+        let sha_length = info.sha256.as_ref().map(|r| r.covered_bytes);
+        let mut md5 = None;
+        let mut md5_skipped = None;
+        if let Some(record) = &info.md5 {
+            let length = md5_length(&pvd, record.skip_sectors)?;
+            if policy == Md5Policy::UnlessSha256Covers && sha_length.is_some_and(|l| l >= length) {
+                md5_skipped = Some("the SHA-256 record covers the same bytes".to_string());
+            } else {
+                md5 = Some(Md5Plan {
+                    length,
+                    fragment_count: record.fragment_count,
+                });
+            }
         }
-    };
-    Ok(VerifyReport {
-        implant: Some(info),
-        md5: md5_outcome,
-        fragments,
-        first_bad_fragment,
-        sha256: sha_outcome,
-        signature,
-    })
+        Ok(Some(CheckPlan {
+            info,
+            md5,
+            md5_skipped,
+            sha_length,
+            blank: pvd.appdata_range(),
+        }))
+    }
+
+    /// Bytes the hashes need from offset 0.
+    fn needed(&self) -> u64 {
+        self.md5
+            .as_ref()
+            .map_or(0, |p| p.length)
+            .max(self.sha_length.unwrap_or(0))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), IntegrityError> {
+        if size < self.needed() {
+            return Err(IntegrityError::Truncated {
+                expected: self.needed(),
+                actual: size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Compares what was hashed with what the record says.
+    fn judge(
+        self,
+        md5: Option<&Md5Outcome>,
+        sha: Option<&[u8; 32]>,
+        key: Option<&VerifyingKey>,
+    ) -> VerifyReport {
+        let info = self.info;
+        let (md5_outcome, fragments, first_bad_fragment) = match (&info.md5, md5, &self.md5) {
+            (Some(record), Some(outcome), Some(plan)) => {
+                let whole = compare(&hex::encode(record.digest), &hex::encode(outcome.digest));
+                let (fragments, bad) = check_fragments(record, outcome, plan);
+                (whole, fragments, bad)
+            }
+            (Some(record), _, None) => match self.md5_skipped {
+                Some(reason) => {
+                    let unchecked = CheckOutcome::Unchecked { reason };
+                    let fragments = match record.fragment_sums {
+                        Some(_) if record.fragment_count > 0 => unchecked.clone(),
+                        _ => CheckOutcome::Absent,
+                    };
+                    (unchecked, fragments, None)
+                }
+                None => (CheckOutcome::Absent, CheckOutcome::Absent, None),
+            },
+            _ => (CheckOutcome::Absent, CheckOutcome::Absent, None),
+        };
+        let sha_outcome = match (&info.sha256, sha) {
+            (Some(record), Some(digest)) => {
+                compare(&hex::encode(record.digest), &hex::encode(digest))
+            }
+            _ => CheckOutcome::Absent,
+        };
+        let signature = match (&info.signature, key) {
+            (None, None) => CheckOutcome::Absent,
+            (None, Some(key)) => missing_signature(key),
+            (Some(record), None) => CheckOutcome::Unchecked {
+                reason: format!(
+                    "signed by key {}; pass the public key to check it",
+                    hex::encode(record.key_id)
+                ),
+            },
+            (Some(record), Some(key)) => check_signature(record, info.sha256.as_ref(), sha, key),
+        };
+        VerifyReport {
+            implant: Some(info),
+            md5: md5_outcome,
+            fragments,
+            first_bad_fragment,
+            sha256: sha_outcome,
+            signature,
+        }
+    }
+}
+
+/// Checks an image's embedded values from its bytes as they stream past, in order from offset
+/// 0, so a caller that reads the image anyway (the library chunking it) needs no second read.
+pub struct StreamVerifier {
+    plan: CheckPlan,
+    md5: Option<hasher::Md5Runner>,
+    sha: Option<Sha256>,
+    /// Bytes seen so far.
+    offset: u64,
+}
+
+impl StreamVerifier {
+    /// Reads the volume descriptors of `head` (the image, or at least its first sectors) and
+    /// prepares the check; `None` when the image carries no record.
+    pub fn new(head: &dyn ReadAt, policy: Md5Policy) -> Result<Option<Self>, IntegrityError> {
+        let Some(plan) = CheckPlan::read(head, policy)? else {
+            return Ok(None);
+        };
+        Ok(Some(StreamVerifier {
+            md5: plan.md5.as_ref().map(hasher::Md5Runner::new),
+            sha: plan.sha_length.map(|_| Sha256::new()),
+            plan,
+            offset: 0,
+        }))
+    }
+
+    /// The bytes that follow those fed so far.
+    pub fn feed(&mut self, data: &[u8]) {
+        let start = self.offset;
+        self.offset = start.saturating_add(data.len() as u64);
+        let needed = self.plan.needed();
+        if start >= needed {
+            return;
+        }
+        let data = &data[..(needed - start).min(data.len() as u64) as usize];
+        // Only the piece holding the application-use area is copied, to hash it as spaces.
+        let blanked;
+        let data = if start < self.plan.blank.end && self.plan.blank.start < self.offset {
+            let mut copy = data.to_vec();
+            hasher::blank_out(&mut copy, start, &self.plan.blank);
+            blanked = copy;
+            &blanked[..]
+        } else {
+            data
+        };
+        if let (Some(runner), Some(plan)) = (&mut self.md5, &self.plan.md5) {
+            let take = plan
+                .length
+                .saturating_sub(runner.offset())
+                .min(data.len() as u64);
+            runner.feed(&data[..take as usize]);
+        }
+        if let (Some(sha), Some(length)) = (&mut self.sha, self.plan.sha_length) {
+            let take = length.saturating_sub(start).min(data.len() as u64);
+            sha.update(&data[..take as usize]);
+        }
+    }
+
+    /// Every byte has been fed: the report, as [`verify`] without a key gives it.
+    pub fn finish(self) -> Result<VerifyReport, IntegrityError> {
+        self.plan.check_size(self.offset)?;
+        let md5 = self.md5.map(hasher::Md5Runner::finish);
+        let sha: Option<[u8; 32]> = self.sha.map(|h| h.finalize().into());
+        Ok(self.plan.judge(md5.as_ref(), sha.as_ref(), None))
+    }
 }
 
 fn missing_signature(key: &VerifyingKey) -> CheckOutcome {
@@ -718,6 +855,77 @@ mod tests {
         assert!(report.fragments.is_mismatch());
         let bad = report.first_bad_fragment.unwrap();
         assert!(bad.checkpoint_offset > offset, "{bad:?}");
+    }
+
+    fn stream(image: &[u8], policy: Md5Policy, cut: usize) -> VerifyReport {
+        let mut verifier = StreamVerifier::new(&image, policy).unwrap().unwrap();
+        for piece in image.chunks(cut) {
+            verifier.feed(piece);
+        }
+        verifier.finish().unwrap()
+    }
+
+    #[test]
+    fn streamed_check_agrees_with_verify_however_the_bytes_are_cut() {
+        let (dir, file) = write_temp(&tiny_iso(3000));
+        implant_file(&file, &ImplantOptions::default(), &NoProgress).unwrap();
+        let image = std::fs::read(dir.path().join("t.iso")).unwrap();
+        let expected = verify(&file, None, &NoProgress).unwrap();
+        assert_eq!(expected.md5, CheckOutcome::Ok);
+        for cut in [777usize, 65_536, 1 << 20, image.len()] {
+            assert_eq!(
+                stream(&image, Md5Policy::Always, cut),
+                expected,
+                "pieces of {cut}"
+            );
+        }
+        let mut damaged = image.clone();
+        damaged[2500 * 2048] ^= 1;
+        let report = stream(&damaged, Md5Policy::Always, 100_000);
+        assert!(report.md5.is_mismatch() && report.sha256.is_mismatch());
+        assert_eq!(report, verify(&damaged, None, &NoProgress).unwrap());
+    }
+
+    #[test]
+    fn md5_covered_by_a_matching_sha256_is_left_unchecked_on_request() {
+        let (dir, file) = write_temp(&tiny_iso(3000));
+        implant_file(&file, &ImplantOptions::default(), &NoProgress).unwrap();
+        let image = std::fs::read(dir.path().join("t.iso")).unwrap();
+        let report = stream(&image, Md5Policy::UnlessSha256Covers, 50_000);
+        assert_eq!(report.sha256, CheckOutcome::Ok);
+        assert!(matches!(report.md5, CheckOutcome::Unchecked { .. }));
+        assert!(matches!(report.fragments, CheckOutcome::Unchecked { .. }));
+        // Damage still fails: the SHA-256 covers every byte the MD5 would have.
+        let mut damaged = image.clone();
+        damaged[2999 * 2048] ^= 1;
+        let report = stream(&damaged, Md5Policy::UnlessSha256Covers, 50_000);
+        assert!(report.sha256.is_mismatch());
+        // An MD5-only image is checked with its MD5 whatever the policy.
+        let (dir, file) = write_temp(&tiny_iso(3000));
+        let md5_only = ImplantOptions {
+            sha256: false,
+            ..Default::default()
+        };
+        implant_file(&file, &md5_only, &NoProgress).unwrap();
+        let image = std::fs::read(dir.path().join("t.iso")).unwrap();
+        let report = stream(&image, Md5Policy::UnlessSha256Covers, 50_000);
+        assert_eq!(report.md5, CheckOutcome::Ok);
+        assert_eq!(report.sha256, CheckOutcome::Absent);
+    }
+
+    #[test]
+    fn streamed_check_of_a_truncated_image_is_an_error() {
+        let (dir, file) = write_temp(&tiny_iso(600));
+        implant_file(&file, &ImplantOptions::default(), &NoProgress).unwrap();
+        let image = std::fs::read(dir.path().join("t.iso")).unwrap();
+        let mut verifier = StreamVerifier::new(&image, Md5Policy::Always)
+            .unwrap()
+            .unwrap();
+        verifier.feed(&image[..500 * 2048]);
+        assert!(matches!(
+            verifier.finish(),
+            Err(IntegrityError::Truncated { .. })
+        ));
     }
 
     #[test]
