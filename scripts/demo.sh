@@ -2,8 +2,8 @@
 # The main job end to end (make demo): build a bootable ISO (BIOS via isolinux, UEFI via GRUB in
 # an ESP that vmedia builds, USB-hybrid), verify it, list it, boot it (BIOS, UEFI, fast path),
 # tour the virtual-disk commands, then network-boot a VM from `vmedia netboot serve` inside a
-# private network namespace, and keep the images in a vmedia library (versions, history, reads
-# in place).
+# private network namespace, keep the images in a vmedia library (versions, history, reads
+# in place), and serve the library with `vmedia serve`: a VM over NBD, two per-VM clones.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 VMEDIA=$(realpath "${1:-target/release/vmedia}")
@@ -140,5 +140,32 @@ run "$VMEDIA" library get live -o live-from-library.iso
 run cmp live.iso live-from-library.iso
 run "$VMEDIA" library verify
 run "$VMEDIA" library ls
+
+step "Serve the library: vmedia serve (HTTP + NBD), a VM booted over NBD, two clones booted, vmedia top"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+HTTP_PORT=$(free_port); NBD_PORT=$(free_port)
+"$VMEDIA" serve --listen 127.0.0.1 --http-port "$HTTP_PORT" --nbd-port "$NBD_PORT" \
+  --state "$OUT/serve-state" 2> serve.log &
+SERVE_PID=$!
+serve_cleanup() { kill "$SERVE_PID" 2>/dev/null || true; cleanup; }
+trap serve_cleanup EXIT
+for _ in $(seq 100); do grep -q "listening for nbd" serve.log && break; sleep 0.1; done
+cat serve.log
+export VMEDIA_SERVER="http://127.0.0.1:$HTTP_PORT"
+run nbdinfo --list "nbd://127.0.0.1:$NBD_PORT"
+run curl -sI "$VMEDIA_SERVER/images/live"
+run "$VMEDIA" boot --cdrom "nbd://127.0.0.1:$NBD_PORT/live" --firmware bios --accel tcg \
+  --expect VMEDIA-BOOT-OK --timeout 180
+run "$VMEDIA" clone create live vm1
+run "$VMEDIA" clone create live vm2
+for vm in vm1 vm2; do
+  run "$VMEDIA" boot --disk-rw "nbd://127.0.0.1:$NBD_PORT/clone/$vm" --firmware uefi --accel tcg \
+    --expect VMEDIA-BOOT-OK --timeout 240
+done
+run "$VMEDIA" clone ls
+run "$VMEDIA" top --batch --iterations 1 --interval 1s
+run "$VMEDIA" clone rm vm2
+kill -TERM "$SERVE_PID"; wait "$SERVE_PID"
+echo "--- daemon log"; cat serve.log
 
 step "Done: everything above ran from $(basename "$VMEDIA") in $OUT"
