@@ -407,28 +407,37 @@ impl Daemon {
         let Some(mut child) = self.child.lock().unwrap().take() else {
             return;
         };
-        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + SERVE_STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "vmedia serve exited with {status}:\n{}",
-                    self.log()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "vmedia serve did not drain within {SERVE_STOP_TIMEOUT:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        terminate_cleanly(&mut child, SERVE_STOP_TIMEOUT, &|| self.log());
+    }
+}
+
+/// Sends SIGTERM to a `vmedia serve` child and waits for its drain; panics (with `log()`) when
+/// it does not exit 0 within `timeout`, after killing it.
+pub fn terminate_cleanly(child: &mut Child, timeout: Duration, log: &dyn Fn() -> String) {
+    // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "vmedia serve exited with {status} after SIGTERM:\n{}",
+                log()
+            );
+            return;
         }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vmedia serve did not drain within {timeout:?} of SIGTERM:\n{}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -119,29 +119,7 @@ impl Daemon {
     /// SIGTERM, then waits for a clean exit (status 0).
     pub fn stop(&mut self) {
         let mut child = self.child.take().expect("the daemon is not running");
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the pid of a child we started and have not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "vmedia serve exited with {status} after SIGTERM:\n{}",
-                    self.log()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "vmedia serve did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::support::serve::terminate_cleanly(&mut child, STOP_TIMEOUT, &|| self.log());
     }
 
     /// SIGTERM and start again on the same library and state folder (new ports).

@@ -12,7 +12,8 @@ use vmedia_library::{
 };
 
 use super::{BaseOpener, BaseVersion};
-use crate::export::{BlockSizes, Export, ExportError, Extent};
+use crate::export::{Export, ExportError};
+use crate::exports::VersionExport;
 
 /// Bytes read from the clone per piece handed to the library's add: one 1 MiB chunk's worth.
 const COMMIT_PIECE: usize = 1 << 20;
@@ -67,53 +68,64 @@ impl BaseOpener for LibraryBases {
 
     fn open_base(&self, spec: &str) -> Result<Arc<dyn Export>, ExportError> {
         let reader = self.open_version(spec)?;
-        Ok(Arc::new(VersionExport {
-            name: format!("{}@{}", reader.name(), reader.version()),
+        Ok(Arc::new(VersionExport::new(
+            format!("{}@{}", reader.name(), reader.version()),
             reader,
-        }))
+        )))
     }
 
     fn commit(&self, name: &str, source: &dyn ReadAt, size: u64) -> io::Result<AddReport> {
-        // `add` takes an owned stream; a scoped thread feeds it from the borrowed source.
-        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(COMMIT_PIECES_IN_FLIGHT);
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                let mut offset = 0u64;
-                while offset < size {
-                    let n = (size - offset).min(COMMIT_PIECE as u64) as usize;
-                    let mut piece = vec![0u8; n];
-                    let read = source.read_exact_at(&mut piece, offset).map(|()| piece);
-                    let failed = read.is_err();
-                    if tx.send(read).is_err() || failed {
-                        return;
-                    }
-                    offset += n as u64;
-                }
-            });
-            let stream = ChannelReader {
-                rx,
-                piece: Vec::new(),
-                at: 0,
-            };
-            self.library
-                .add(
-                    name,
-                    AddSource::Reader(Box::new(stream)),
-                    &AddOptions::default(),
-                    &NoProgress,
-                )
-                .map_err(|e| {
-                    let kind = match e {
-                        // The caller's mistake, not the server's: the API answers 400.
-                        LibraryError::InvalidName { .. } | LibraryError::InvalidSpec { .. } => {
-                            io::ErrorKind::InvalidInput
-                        }
-                        _ => io::ErrorKind::Other,
-                    };
-                    io::Error::new(kind, e)
-                })
-        })
+        add_read_at(&self.library, name, source, size)
     }
+}
+
+/// Adds `size` bytes of `source` to `library` as a new version of `name`, streamed in order
+/// (never held whole). A name the library refuses is `InvalidInput` (the API answers 400).
+pub(crate) fn add_read_at(
+    library: &Library,
+    name: &str,
+    source: &dyn ReadAt,
+    size: u64,
+) -> io::Result<AddReport> {
+    // `add` takes an owned stream; a scoped thread feeds it from the borrowed source.
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(COMMIT_PIECES_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut offset = 0u64;
+            while offset < size {
+                let n = (size - offset).min(COMMIT_PIECE as u64) as usize;
+                let mut piece = vec![0u8; n];
+                let read = source.read_exact_at(&mut piece, offset).map(|()| piece);
+                let failed = read.is_err();
+                if tx.send(read).is_err() || failed {
+                    return;
+                }
+                offset += n as u64;
+            }
+        });
+        let stream = ChannelReader {
+            rx,
+            piece: Vec::new(),
+            at: 0,
+        };
+        library
+            .add(
+                name,
+                AddSource::Reader(Box::new(stream)),
+                &AddOptions::default(),
+                &NoProgress,
+            )
+            .map_err(|e| {
+                let kind = match e {
+                    // The caller's mistake, not the server's: the API answers 400.
+                    LibraryError::InvalidName { .. } | LibraryError::InvalidSpec { .. } => {
+                        io::ErrorKind::InvalidInput
+                    }
+                    _ => io::ErrorKind::Other,
+                };
+                io::Error::new(kind, e)
+            })
+    })
 }
 
 /// A `Read` over pieces arriving on a channel; ends when the sender is done.
@@ -138,48 +150,5 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
         self.at += n;
         Ok(n)
-    }
-}
-
-/// A version's bytes as a read-only export (allocation reported as all data: the chunk index
-/// is the library's own).
-struct VersionExport {
-    name: String,
-    reader: VersionReader,
-}
-
-impl Export for VersionExport {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn size(&self) -> u64 {
-        self.reader.size()
-    }
-    fn read_only(&self) -> bool {
-        true
-    }
-    fn block_sizes(&self) -> BlockSizes {
-        BlockSizes {
-            minimum: 1,
-            preferred: 4096,
-            maximum: super::MAX_REQUEST,
-        }
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.reader.read_exact_at(buf, offset)
-    }
-    fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
-        let length = length.min(self.reader.size().saturating_sub(offset));
-        if length == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: no extents at {offset:#x}", self.name),
-            ));
-        }
-        Ok(vec![Extent {
-            length,
-            hole: false,
-            zero: false,
-        }])
     }
 }

@@ -25,6 +25,7 @@ use vmedia_library::AddReport;
 
 use crate::export::{Export, ExportError, ExportListing, ExportResolver};
 pub use files::DEFAULT_MAX_OPEN_FILES;
+pub(crate) use library_base::add_read_at;
 pub use library_base::LibraryBases;
 use overlay::Overlay;
 pub use overlay::{CloneMeta, BLOCK_SIZE, MAX_CLONE_SIZE, MAX_REQUEST, META_FORMAT};

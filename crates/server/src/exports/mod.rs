@@ -207,46 +207,6 @@ impl LibraryExports {
     fn export_stats(&self, name: &str) -> Arc<ExportCacheStats> {
         Arc::clone(lock(&self.cache_stats).entry(name.to_string()).or_default())
     }
-
-    /// Adds `size` bytes of `source` as a new version of `name` (what the clone store's
-    /// `BaseOpener::commit` does). The bytes are streamed into the library's add, read in
-    /// order by a helper thread; nothing is held whole.
-    fn add_from(
-        &self,
-        name: &str,
-        source: &dyn ReadAt,
-        size: u64,
-    ) -> io::Result<vmedia_library::AddReport> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(COMMIT_QUEUE);
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                let mut offset = 0u64;
-                while offset < size {
-                    let n = (size - offset).min(COMMIT_PIECE) as usize;
-                    let mut buf = vec![0u8; n];
-                    let read = source.read_exact_at(&mut buf, offset).map(|()| buf);
-                    let failed = read.is_err();
-                    if tx.send(read).is_err() || failed {
-                        return;
-                    }
-                    offset += n as u64;
-                }
-            });
-            let reader = ChannelReader {
-                rx,
-                current: Vec::new(),
-                at: 0,
-            };
-            self.library
-                .add(
-                    name,
-                    vmedia_library::AddSource::Reader(Box::new(reader)),
-                    &vmedia_library::AddOptions::default(),
-                    &vmedia_io::NoProgress,
-                )
-                .map_err(io::Error::other)
-        })
-    }
 }
 
 impl ExportResolver for LibraryExports {
@@ -290,37 +250,6 @@ impl ExportResolver for LibraryExports {
         let version = self.open_version(name)?;
         self.attached(&version);
         Ok(version.export)
-    }
-}
-
-/// Bytes per piece handed from a commit's reading thread to the add.
-const COMMIT_PIECE: u64 = 1 << 20;
-/// Pieces in flight between them (bounds a commit's memory to a few MiB).
-const COMMIT_QUEUE: usize = 4;
-
-/// The receiving end of a commit's pieces as a `Read`.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    at: usize,
-}
-
-impl io::Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.rx.recv() {
-                Ok(piece) => {
-                    self.current = piece?;
-                    self.at = 0;
-                }
-                // The sender finished: the end of the source.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 
@@ -409,6 +338,6 @@ impl crate::clones::BaseOpener for LibraryExports {
         source: &dyn ReadAt,
         size: u64,
     ) -> io::Result<vmedia_library::AddReport> {
-        self.add_from(name, source, size)
+        crate::clones::add_read_at(&self.library, name, source, size)
     }
 }
