@@ -21,6 +21,8 @@
 #        BENCH_SIZE_MIB   image size (default 1024); its first 3/4 is data, the rest a hole
 #        BENCH_TRACE_MIB  size of the S3 image of the preload case (default 256)
 #        BENCH_NO_S3=1    skip the preload case (needs SeaweedFS from scripts/setup.sh)
+#        BENCH_CACHE      vmedia serve --cache-size for the NBD and wrk cases (default 256M; the
+#                         peers read through the page cache, so 2G compares like with like)
 #
 # The peers are always measured. When TARGET_BINARY has no `serve` command yet (a build from
 # before issue 11), the script prints the peers' figures, says so and exits 3.
@@ -232,7 +234,7 @@ if [ ! -d "$LIB" ]; then
 fi
 HP=$(free_port); NP=$(free_port)
 start_bg "$NP" "$VMEDIA" --library "$LIB" serve --listen 127.0.0.1 --http-port "$HP" --nbd-port "$NP" \
-    --cache-size 256M --state "$WORK/state"
+    --cache-size "${BENCH_CACHE:-256M}" --state "$WORK/state"
 wait_port "$HP" "$LAST"
 SEQ_VMEDIA=$(copy_time "nbd://127.0.0.1:$NP/bench-raw")
 SEQ_VMEDIA_QCOW2=$(copy_time "nbd://127.0.0.1:$NP/bench-qcow2/disk")
