@@ -2,32 +2,13 @@
 //! paths (`vmedia_boot::exercise`): no input may panic, and the real samples (Debian 12
 //! installer configs, the configs and initrds vmedia's boot tests build) must still parse.
 
-use std::path::{Path, PathBuf};
+#[path = "../../../fuzz/corpus_samples.rs"]
+mod corpus_samples;
 
 use vmedia_boot::exercise::{self, InitrdWalk};
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 3,
-        "{}: only {} samples",
-        dir.display(),
-        files.len()
-    );
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect()
+    corpus_samples::samples(target, 3)
 }
 
 #[test]

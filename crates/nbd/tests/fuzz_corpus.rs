@@ -2,32 +2,12 @@
 //! nbdinfo, nbdcopy, qemu-img, qemu-io and libnbd's Python bindings, plus hand-made malformed
 //! seeds): no input may panic, `valid-` seeds must be accepted and `bad-` seeds refused.
 
-use std::fs;
-use std::path::Path;
+#[path = "../../../fuzz/corpus_samples.rs"]
+mod corpus_samples;
 
-fn replay(target: &str, accept: fn(&[u8]) -> bool) {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut count = 0;
-    let mut accepted = 0;
-    for entry in fs::read_dir(&corpus).unwrap_or_else(|e| panic!("{}: {e}", corpus.display())) {
-        let path = entry.unwrap().path();
-        let bytes = fs::read(&path).unwrap();
-        let ok = accept(&bytes);
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("valid-") {
-            assert!(ok, "{name} should be accepted");
-        }
-        if name.starts_with("bad-") {
-            assert!(!ok, "{name} should be refused");
-        }
-        accepted += ok as usize;
-        count += 1;
-    }
-    assert!(count >= 5, "{target}: corpus has only {count} files");
-    assert!(accepted >= 1, "{target}: no valid seed");
-}
+use std::fs;
+
+use corpus_samples::{dir, replay};
 
 #[test]
 fn handshake_corpus_replays() {
@@ -43,7 +23,7 @@ fn request_corpus_replays() {
 /// handled without a panic.
 #[test]
 fn every_prefix_of_the_real_handshakes_is_handled() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nbd_handshake");
+    let corpus = dir("nbd_handshake");
     for entry in fs::read_dir(&corpus).unwrap() {
         let bytes = fs::read(entry.unwrap().path()).unwrap();
         for end in 0..bytes.len() {
@@ -65,9 +45,7 @@ fn mutated_seeds_never_panic() {
         state
     };
     for target in ["nbd_handshake", "nbd_request"] {
-        let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
+        let corpus = dir(target);
         let seeds: Vec<Vec<u8>> = fs::read_dir(&corpus)
             .unwrap()
             .map(|entry| fs::read(entry.unwrap().path()).unwrap())

@@ -310,6 +310,12 @@ pub struct PreloadReport {
     pub seconds: f64,
 }
 
+/// The answer to a preload request that does not wait (202): the version is being read.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreloadAccepted {
+    pub image: String,
+}
+
 /// Reads a whole export through the cache.
 pub fn preload(export: &Arc<dyn Export>, digest: &str) -> io::Result<PreloadReport> {
     let started = Instant::now();

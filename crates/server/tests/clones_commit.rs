@@ -107,7 +107,7 @@ fn commit_adds_the_clone_content_storing_only_changed_chunks() {
     let refused = clones.commit("vm1", "../evil").unwrap_err();
     assert!(matches!(refused, CloneError::Commit { .. }));
     assert_eq!(
-        vmedia_server::clones::api::status_of(&refused),
+        vmedia_server::http::clone_status(&refused),
         axum::http::StatusCode::BAD_REQUEST
     );
     assert!(matches!(

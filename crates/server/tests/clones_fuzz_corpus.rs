@@ -2,33 +2,14 @@
 //! the fuzz targets' code (`vmedia_server::clones::fuzzing`): no sample may panic, `valid-*`
 //! and `torn-*` samples must replay (a torn tail is dropped, not an error) and `bad-*` must not.
 
-use std::path::{Path, PathBuf};
+#[path = "../../../fuzz/corpus_samples.rs"]
+mod corpus_samples;
 
 use vmedia_server::clones::fuzzing;
 use vmedia_server::clones::journal::{replay, HEADER_LEN, RECORD_LEN};
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 5,
-        "{}: only {} samples",
-        dir.display(),
-        files.len()
-    );
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect()
+    corpus_samples::samples(target, 5)
 }
 
 #[test]

@@ -2,30 +2,15 @@
 //! (`vmedia_server::scrape::exercise`): no input may panic, the scrapes written with the daemon's
 //! metric names must parse into their exports, and the malformed samples must be refused.
 
-use std::path::{Path, PathBuf};
+#[path = "../../../fuzz/corpus_samples.rs"]
+mod corpus_samples;
+
+use std::path::Path;
 
 use vmedia_server::scrape;
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/metrics_text");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 5,
-        "{}: only {} samples",
-        dir.display(),
-        files.len()
-    );
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect()
+    corpus_samples::samples("metrics_text", 5)
 }
 
 #[test]

@@ -17,7 +17,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{CloneError, CloneStore};
-use crate::export::ExportError;
+pub use crate::http::ErrorBody;
+use crate::http::{clone_status, error_response};
 
 /// `POST /api/v1/clones`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,44 +40,19 @@ pub struct CommitRequest {
     pub as_name: String,
 }
 
-/// Every error body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-/// An error on its way to the client.
+/// An error on its way to the client: its status comes from `crate::http::clone_status`, its
+/// body is the daemon's one error body.
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
-    }
-}
-
-/// The one place clone errors become statuses.
-pub fn status_of(error: &CloneError) -> StatusCode {
-    match error {
-        CloneError::InvalidName { .. } | CloneError::TooLarge { .. } => StatusCode::BAD_REQUEST,
-        CloneError::NotFound(_) => StatusCode::NOT_FOUND,
-        CloneError::Exists(_) => StatusCode::CONFLICT,
-        CloneError::Base { source, .. } => match source {
-            ExportError::NotFound(_) => StatusCode::NOT_FOUND,
-            ExportError::Unavailable { .. } => StatusCode::BAD_REQUEST,
-        },
-        CloneError::Commit { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput => {
-            StatusCode::BAD_REQUEST
-        }
-        CloneError::Commit { .. }
-        | CloneError::Damaged { .. }
-        | CloneError::Locked { .. }
-        | CloneError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        error_response(self.0, &self.1)
     }
 }
 
 impl From<CloneError> for ApiError {
     fn from(error: CloneError) -> ApiError {
-        ApiError(status_of(&error), error.to_string())
+        ApiError(clone_status(&error), error.to_string())
     }
 }
 

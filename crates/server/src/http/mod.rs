@@ -25,6 +25,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::clones::CloneError;
 use crate::export::{ExportError, IoObserver, Protocol};
 use crate::exports::LibraryExports;
 use crate::metrics::Metrics;
@@ -119,7 +120,9 @@ async fn preload(
         });
         return (
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({"image": request.image})),
+            Json(crate::preload::PreloadAccepted {
+                image: request.image,
+            }),
         )
             .into_response();
     }
@@ -132,16 +135,54 @@ async fn preload(
 
 /// The one place export errors become HTTP statuses.
 pub(crate) fn export_error(error: ExportError) -> Response {
+    error_response(export_status(&error), &error.to_string())
+}
+
+/// The status of an export that cannot be opened for a request.
+pub fn export_status(error: &ExportError) -> StatusCode {
     match error {
-        ExportError::NotFound(_) => error_response(StatusCode::NOT_FOUND, &error.to_string()),
-        ExportError::Unavailable { .. } => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
-        }
+        ExportError::NotFound(_) => StatusCode::NOT_FOUND,
+        ExportError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
+/// The status of a clone API error.
+pub fn clone_status(error: &CloneError) -> StatusCode {
+    match error {
+        CloneError::InvalidName { .. } | CloneError::TooLarge { .. } => StatusCode::BAD_REQUEST,
+        CloneError::NotFound(_) => StatusCode::NOT_FOUND,
+        CloneError::Exists(_) => StatusCode::CONFLICT,
+        // The base a request names: missing is 404 as for any export; one that cannot stand
+        // under a clone (a disk naming a backing file, an unreadable format) is the request's
+        // mistake, not a passing outage, so 400 rather than the 503 a read would get.
+        CloneError::Base { source, .. } => match source {
+            ExportError::NotFound(_) => StatusCode::NOT_FOUND,
+            ExportError::Unavailable { .. } => StatusCode::BAD_REQUEST,
+        },
+        CloneError::Commit { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput => {
+            StatusCode::BAD_REQUEST
+        }
+        CloneError::Commit { .. }
+        | CloneError::Damaged { .. }
+        | CloneError::Locked { .. }
+        | CloneError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Every error body the daemon sends: `{"error": "..."}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: message.to_string(),
+        }),
+    )
+        .into_response()
 }
 
 /// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` turns true, then lets
