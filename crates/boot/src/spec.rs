@@ -98,8 +98,9 @@ pub struct CdromSlot {
 /// One virtual disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
-    /// A local image or a network medium (vm.toml files from before URLs call it `path`).
-    #[serde(alias = "path")]
+    /// A local image or a network medium. Written as `path`, the key vm.toml and
+    /// `vm show --json` have always used for a disk; `medium` (the CD slots' key) is read too.
+    #[serde(rename = "path", alias = "medium")]
     pub medium: Medium,
     /// Always explicit: QEMU is never asked to guess.
     pub format: DiskFormat,

@@ -189,12 +189,12 @@ fn managed_vm_stores_url_media_and_shows_them() {
         "nbd://127.0.0.1:10809/demo@1"
     );
     assert_eq!(
-        config["disks"][0]["medium"],
+        config["disks"][0]["path"],
         serde_json::json!({"url": "https://127.0.0.1:8443/images/d@2/disk", "tls_verify": false})
     );
     assert_eq!(config["disks"][0]["format"], "qcow2");
     assert_eq!(config["disks"][0]["writable"], false);
-    assert_eq!(config["disks"][1]["medium"], "nbd://[::1]:10810/clone/web1");
+    assert_eq!(config["disks"][1]["path"], "nbd://[::1]:10810/clone/web1");
     assert_eq!(config["disks"][1]["writable"], true);
     let (code, _, err) = run_any(vm().args(["insert", "urls", "--slot", "0", "nbd://h/x"]));
     assert_eq!(code, 1, "{err}");
