@@ -580,6 +580,21 @@ fn preload_reads_a_whole_version_into_the_cache() {
         &format!("{}/api/v1/preload", daemon.url),
     ]);
     assert_eq!(missing.status, 404);
+    // A body curl sends as a form is refused with the daemon's JSON error body.
+    let untyped = curl(&[
+        "--data",
+        "{\"image\":\"deb\"}",
+        &format!("{}/api/v1/preload", daemon.url),
+    ]);
+    assert_eq!(untyped.status, 415);
+    let error: serde_json::Value = serde_json::from_slice(&untyped.body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -97,8 +97,12 @@ fn yes() -> bool {
 
 async fn preload(
     State(state): State<Arc<AppState>>,
-    Json(request): Json<PreloadRequest>,
+    body: Result<Json<PreloadRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return error_response(rejection.status(), &rejection.body_text()),
+    };
     let exports = Arc::clone(&state.exports);
     let image = request.image.clone();
     let job = tokio::task::spawn_blocking(move || {
