@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,8 @@ pub struct Traces {
 struct VersionTrace {
     digest: String,
     path: PathBuf,
+    /// True while a recording runs: every read checks this, and takes the lock only then.
+    recording: AtomicBool,
     state: Mutex<TraceState>,
 }
 
@@ -54,6 +56,9 @@ struct TraceState {
     ranges: Vec<(u64, u64)>,
     /// A recording already ran (or a trace file existed) in this daemon's life.
     recorded: bool,
+    /// The trace file exists (looked up once, then kept true when a recording writes it), so
+    /// an attach costs no file-system call.
+    has_file: bool,
     /// When a replay last started (one per window: the cache holds what it read).
     last_replay: Option<Instant>,
 }
@@ -80,6 +85,7 @@ impl Traces {
             Arc::new(VersionTrace {
                 digest: digest.to_string(),
                 path: Traces::path_for(&self.dir, digest),
+                recording: AtomicBool::new(false),
                 state: Mutex::new(TraceState::default()),
             })
         }))
@@ -101,43 +107,48 @@ impl Traces {
         if state.recording_until.is_some_and(|until| now < until) {
             return;
         }
-        if trace.path.exists() {
+        if !state.recorded {
             state.recorded = true;
-            if state.last_replay.is_some_and(|at| now - at < self.window) {
+            state.has_file = trace.path.exists();
+            if !state.has_file {
+                state.recording_until = Some(now + self.window);
+                state.ranges.clear();
+                trace.recording.store(true, Ordering::Release);
+                drop(state);
+                self.record(trace);
                 return;
             }
-            state.last_replay = Some(now);
-            drop(state);
-            let (path, export) = (trace.path.clone(), Arc::clone(export));
-            let spawned = std::thread::Builder::new()
-                .name("trace-replay".into())
-                .spawn(move || match read_trace(&path) {
-                    Ok(ranges) => {
-                        let started = Instant::now();
-                        let (count, bytes) = (ranges.len(), ranges.iter().map(|r| r.1).sum::<u64>());
-                        match prefetch(&export, &ranges) {
-                            Ok(()) => tracing::info!(
-                                export = export.name(), ranges = count, bytes,
-                                seconds = started.elapsed().as_secs_f64(),
-                                "boot trace replayed"
-                            ),
-                            Err(error) => tracing::warn!(export = export.name(), %error, "boot trace replay stopped"),
-                        }
-                    }
-                    Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable boot trace"),
-                });
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "cannot start a trace replay");
-            }
+        }
+        if !state.has_file || state.last_replay.is_some_and(|at| now - at < self.window) {
             return;
         }
-        if state.recorded {
-            return;
-        }
-        state.recorded = true;
-        state.recording_until = Some(now + self.window);
-        state.ranges.clear();
+        state.last_replay = Some(now);
         drop(state);
+        let (path, export) = (trace.path.clone(), Arc::clone(export));
+        let spawned = std::thread::Builder::new()
+            .name("trace-replay".into())
+            .spawn(move || match read_trace(&path) {
+                Ok(ranges) => {
+                    let started = Instant::now();
+                    let (count, bytes) = (ranges.len(), ranges.iter().map(|r| r.1).sum::<u64>());
+                    match prefetch(&export, &ranges) {
+                        Ok(()) => tracing::info!(
+                            export = export.name(), ranges = count, bytes,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "boot trace replayed"
+                        ),
+                        Err(error) => tracing::warn!(export = export.name(), %error, "boot trace replay stopped"),
+                    }
+                }
+                Err(error) => tracing::warn!(path = %path.display(), %error, "unreadable boot trace"),
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start a trace replay");
+        }
+    }
+
+    /// Records the reads of `trace` for one window, then writes the trace file.
+    fn record(&self, trace: Arc<VersionTrace>) {
         let (dir, window) = (self.dir.clone(), self.window);
         let spawned = std::thread::Builder::new()
             .name("trace-record".into())
@@ -146,13 +157,17 @@ impl Traces {
                 let ranges = {
                     let mut state = lock(&trace.state);
                     state.recording_until = None;
+                    trace.recording.store(false, Ordering::Release);
                     std::mem::take(&mut state.ranges)
                 };
                 if ranges.is_empty() {
                     return;
                 }
                 match write_trace(&dir, &trace.path, &trace.digest, &ranges) {
-                    Ok(()) => tracing::info!(path = %trace.path.display(), ranges = ranges.len(), "boot trace recorded"),
+                    Ok(()) => {
+                        lock(&trace.state).has_file = true;
+                        tracing::info!(path = %trace.path.display(), ranges = ranges.len(), "boot trace recorded")
+                    }
                     Err(error) => tracing::warn!(path = %trace.path.display(), %error, "cannot write a boot trace"),
                 }
             });
@@ -186,7 +201,7 @@ impl Export for TracedExport {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        {
+        if self.trace.recording.load(Ordering::Acquire) {
             let mut state = lock(&self.trace.state);
             if state
                 .recording_until
