@@ -286,7 +286,7 @@ fn dual_active_adds_and_rollbacks_on_both_sites_converge() {
     add(&a, "item", &on_a, &[]);
     add(&b, "item", &on_b, &[]);
     add(&b, "item", &on_b3, &[]);
-    run_ok(b.library(&["rollback", "item", "--to", "1"]));
+    run_ok(&mut b.library(&["rollback", "item", "--to", "1"]));
     add(
         &a,
         "only-a",
@@ -299,10 +299,10 @@ fn dual_active_adds_and_rollbacks_on_both_sites_converge() {
         &image(&b, "y", &pseudo_random(1 << 20, 36)),
         &[],
     );
-    run_ok(a.library(&["rm", "only-a"]));
+    run_ok(&mut a.library(&["rm", "only-a"]));
     // The last change of "item" anywhere: a rollback on A to its own version 2.
     std::thread::sleep(Duration::from_millis(20));
-    run_ok(a.library(&["rollback", "item", "--to", "2"]));
+    run_ok(&mut a.library(&["rollback", "item", "--to", "2"]));
 
     let history_a_before = library_json(&a, &["history", "item"]);
     sync(&a, &b, &[]);
@@ -353,7 +353,7 @@ fn dual_active_adds_and_rollbacks_on_both_sites_converge() {
     assert_eq!(peer["last_error"], Value::Null);
     assert_eq!(peer["lag_seconds"], 0, "{peer}");
     std::thread::sleep(Duration::from_millis(1100));
-    run_ok(a.library(&["rollback", "item", "--to", "1"]));
+    run_ok(&mut a.library(&["rollback", "item", "--to", "1"]));
     std::thread::sleep(Duration::from_millis(1100));
     let status = library_json(&a, &["sync-status"]);
     let peer = status["peers"]
@@ -374,9 +374,9 @@ fn an_encrypted_library_syncs_without_its_key() {
     let key = a.path("lib.key");
     fs::write(&key, pseudo_random(32, 41)).unwrap();
     let key_text = key.display().to_string();
-    run_ok(a.library(&["--key", &key_text, "init", "--encrypt", &key_text]));
+    run_ok(&mut a.library(&["--key", &key_text, "init", "--encrypt", &key_text]));
     let data = image(&a, "img", &pseudo_random(4 << 20, 42));
-    run_ok(a.library(&["--key", &key_text, "add", "sealed", data.to_str().unwrap()]));
+    run_ok(&mut a.library(&["--key", &key_text, "add", "sealed", data.to_str().unwrap()]));
 
     let report = sync(&a, &b, &[]);
     assert_eq!(report["mode"], "opaque", "{report}");
@@ -392,7 +392,7 @@ fn an_encrypted_library_syncs_without_its_key() {
 
     // A second add on A reaches B key-less too (B's timeline is the one this sync wrote).
     let more = image(&a, "img2", &pseudo_random(4 << 20, 43));
-    run_ok(a.library(&["--key", &key_text, "add", "sealed", more.to_str().unwrap()]));
+    run_ok(&mut a.library(&["--key", &key_text, "add", "sealed", more.to_str().unwrap()]));
     let report = sync(&a, &b, &[]);
     assert_eq!(report["conflicts"].as_array().unwrap().len(), 0, "{report}");
     let out2 = b.path("got2");
@@ -407,7 +407,7 @@ fn an_encrypted_library_syncs_without_its_key() {
     let other_key = a.path("other.key");
     fs::write(&other_key, pseudo_random(32, 44)).unwrap();
     let other_text = other_key.display().to_string();
-    run_ok(c.library(&["--key", &other_text, "init", "--encrypt", &other_text]));
+    run_ok(&mut c.library(&["--key", &other_text, "init", "--encrypt", &other_text]));
     let mut cmd = c.vmedia();
     cmd.args([
         "library",

@@ -1,6 +1,8 @@
 //! `vmedia library sync` and `sync-status`: flags, printing and exit codes; the engine is
 //! `vmedia_library::sync`.
 
+use std::fmt::Write as _;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -101,7 +103,10 @@ pub fn run_sync(a: SyncArgs) -> Result<ExitCode> {
     if a.json.json {
         print_json(&report)?;
     } else {
-        print_sync(&report);
+        // Written in one go, so a closed pipe is an error main handles, not a panic.
+        io::stdout()
+            .lock()
+            .write_all(sync_text(&report).as_bytes())?;
     }
     Ok(if report.complete() {
         ExitCode::SUCCESS
@@ -110,9 +115,11 @@ pub fn run_sync(a: SyncArgs) -> Result<ExitCode> {
     })
 }
 
-fn print_sync(r: &SyncReport) {
+fn sync_text(r: &SyncReport) -> String {
+    let mut out = String::new();
     let verb = if r.dry_run { "Would sync" } else { "Synced" };
-    println!(
+    let _ = writeln!(
+        out,
         "{verb} {} (site {}) to {} (site {}){}, {} mode.",
         r.from,
         r.from_site,
@@ -125,7 +132,8 @@ fn print_sync(r: &SyncReport) {
         },
         r.mode
     );
-    println!(
+    let _ = writeln!(
+        out,
         "Chunks: {} needed, {} sent ({}), {} already there ({}), {} verified; {} pending ({}).",
         r.chunks_needed,
         r.chunks_sent,
@@ -136,12 +144,14 @@ fn print_sync(r: &SyncReport) {
         r.pending_chunks,
         bytes_text(r.pending_bytes)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "Versions copied: {}; manifests: {}; in {:.1} s.",
         r.versions_copied, r.manifests_copied, r.seconds
     );
     for item in &r.items {
-        println!(
+        let _ = writeln!(
+            out,
             "  {}: +{} versions, +{} events, current {}{}",
             item.name,
             item.versions_added,
@@ -151,14 +161,15 @@ fn print_sync(r: &SyncReport) {
         );
     }
     for name in &r.removed_items {
-        println!("  {name}: removed (absent from the source)");
+        let _ = writeln!(out, "  {name}: removed (absent from the source)");
     }
     for conflict in &r.conflicts {
-        println!("Conflict: {conflict}");
+        let _ = writeln!(out, "Conflict: {conflict}");
     }
     for error in &r.errors {
-        println!("Error: {error}");
+        let _ = writeln!(out, "Error: {error}");
     }
+    out
 }
 
 #[derive(clap::Args)]

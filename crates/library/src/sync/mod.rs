@@ -318,13 +318,16 @@ fn empty_config() -> LibraryConfig {
     }
 }
 
+/// Checks a chunk's stored bytes before it counts; `Err` names the problem.
+type ChunkCheck<'a> = dyn Fn(&ChunkJob, &[u8]) -> std::result::Result<(), String> + Sync + 'a;
+
 /// Copies chunks with `parallel` threads, each a blocking get + check + put (the S3 store
 /// runs each request on its runtime, so N threads keep N requests in flight).
 struct Copier<'a> {
     from: &'a dyn Store,
     to: &'a dyn Store,
     /// Checks stored bytes against the job (decrypt/decompress/hash when readable).
-    check: &'a (dyn Fn(&ChunkJob, &[u8]) -> std::result::Result<(), String> + Sync),
+    check: &'a ChunkCheck<'a>,
     throttle: Option<Throttle>,
     parallel: usize,
     progress: &'a dyn Progress,
@@ -964,9 +967,11 @@ fn merge_into(
 ) -> Result<Option<ItemSync>> {
     let name = remote.name.clone();
     let mut summary = None;
-    let unchanged = lib_b
-        .load_timeline(&name)?
-        .is_some_and(|(local, _)| merge_timelines(&local, b_site, remote, a_site) == local);
+    // Stamping this site's own events changes no fact (an unstamped event is this site's):
+    // such a merge is not written, so a converged pair of sites writes nothing.
+    let unchanged = lib_b.load_timeline(&name)?.is_some_and(|(local, _)| {
+        unstamp(merge_timelines(&local, b_site, remote, a_site), b_site) == unstamp(local, b_site)
+    });
     if unchanged {
         return Ok(None);
     }
@@ -991,6 +996,16 @@ fn merge_into(
         Ok((merged, ()))
     })?;
     Ok(summary)
+}
+
+/// `timeline` with the stamps of `site`'s own events removed (how that site writes them).
+fn unstamp(mut timeline: Timeline, site: &str) -> Timeline {
+    for event in &mut timeline.events {
+        if event.site.as_deref() == Some(site) {
+            event.site = None;
+        }
+    }
+    timeline
 }
 
 /// An encrypted library without its key: copy every chunk and manifest the destination
