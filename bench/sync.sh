@@ -128,13 +128,15 @@ RSYNC_PORT=$(free_port)
 cat > "$WORK/rsyncd.conf" <<CONF
 pid file = $WORK/rsyncd.pid
 use chroot = no
+uid = $(id -un)
+gid = $(id -gn)
 [data]
   path = $WORK/rsync-dst
   read only = no
 CONF
 start_bg "$RSYNC_PORT" rsync --daemon --no-detach --address=127.0.0.1 --port="$RSYNC_PORT" --config="$WORK/rsyncd.conf"
 T_VM2=$(time_cmd vm_sync sync2)
-rsync_run() { rsync --stats --inplace --no-whole-file "$IMAGE" "rsync://127.0.0.1:$RSYNC_PORT/data/image.iso" > "$WORK/rsync.stats"; }
+rsync_run() { rsync --stats --no-whole-file "$IMAGE" "rsync://127.0.0.1:$RSYNC_PORT/data/image.iso" > "$WORK/rsync.stats"; }
 T_RSYNC=$(time_cmd rsync_run)
 cmp -s "$IMAGE" "$WORK/rsync-dst/image.iso" || { echo "bench: rsync did not produce v2" >&2; exit 1; }
 RSYNC_WIRE=$(awk '/^Total bytes sent:/ { gsub(",", "", $4); s = $4 } /^Total bytes received:/ { gsub(",", "", $4); r = $4 } END { print s + r }' "$WORK/rsync.stats")
@@ -152,6 +154,7 @@ else
   [ -x "$WEED" ] || { echo "bench: SeaweedFS ($WEED) missing; run scripts/setup.sh or set BENCH_NO_S3=1" >&2; exit 1; }
   echo "== ${RELAY_MIB} MiB through a relay of ${RELAY_MS} ms each way to SeaweedFS: --parallel 8 vs --parallel 1"
   export AWS_ACCESS_KEY_ID=vmedia-bench AWS_SECRET_ACCESS_KEY=vmedia-bench-secret AWS_REGION=us-east-1
+  rm -rf "$WORK/weed"
   mkdir -p "$WORK/weed/data"
   cat > "$WORK/weed/s3.json" <<JSON
 {"identities":[{"name":"bench","credentials":[{"accessKey":"$AWS_ACCESS_KEY_ID","secretKey":"$AWS_SECRET_ACCESS_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
@@ -218,7 +221,8 @@ asyncio.run(main())
 PY
   RELAY=$(free_port)
   start_bg "$RELAY" "$PY" "$WORK/relay.py" "$RELAY" "$S3" "$RELAY_MS"
-  head -c $((RELAY_MIB * 1024 * 1024)) "$WORK/input/v1.iso" > "$WORK/relay.img"
+  # From the middle of the ISO (file content, no volume descriptors: a plain raw image).
+  dd if="$WORK/input/v1.iso" of="$WORK/relay.img" bs=1M skip=32 count="$RELAY_MIB" status=none
   vm --library "$A" library add relay "$WORK/relay.img" >/dev/null
   relay_sync() { vm --s3-endpoint "http://127.0.0.1:$RELAY" library sync --from "$A" --to "s3://bench/$1" --items relay --parallel "$2" --json > "$WORK/relay-$1.json"; }
   T_P8=$(time_cmd relay_sync p8 8)
