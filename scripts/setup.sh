@@ -14,7 +14,7 @@ PACKAGES=(
   grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools
   debian-installer-12-netboot-amd64
   cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs kmod python3 file openssl util-linux
-  python3-venv restic borgbackup
+  python3-venv restic borgbackup rsync
   # vmedia serve's clients and peers: QEMU's curl block driver (a module), promtool, NBD tools
   qemu-block-extra prometheus nbdkit libnbd-bin python3-libnbd
 )

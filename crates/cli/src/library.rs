@@ -16,6 +16,8 @@ use vmedia_library::{
 
 use crate::progress::Bar;
 
+mod sync;
+
 /// What `library:` in front of an image argument means: the rest is `NAME[@V]` in the library.
 pub const LIBRARY_PATH_PREFIX: &str = "library:";
 
@@ -245,6 +247,10 @@ pub enum LibraryCommand {
     VerifySignature(VerifySignatureArgs),
     /// Write a version's signed manifest (for `verify-signature` elsewhere)
     ExportManifest(ExportManifestArgs),
+    /// Copy what another library lacks and merge timelines (incremental, resumable)
+    Sync(sync::SyncArgs),
+    /// Per peer: last sync, lag, pending chunks and bytes, last error
+    SyncStatus(sync::SyncStatusArgs),
 }
 
 /// The `vmedia library` help: what it is, where it lives, exit codes.
@@ -269,7 +275,8 @@ Versions: NAME is the current version, NAME@N version N, NAME@sha256:PREFIX the 
 image digest starts with PREFIX.
 
 Exit codes: 0 success; 1 failure (nothing found, damaged data read, store unreachable);
-2 usage error; 3 verify found damage, or verify-signature found a bad signature.";
+2 usage error; 3 verify found damage, or verify-signature found a bad signature; 4 sync ran
+but left something to do (run it again: it resumes).";
 
 pub fn run(args: LibraryArgs) -> Result<ExitCode> {
     if let Some(key) = args.key {
@@ -291,6 +298,8 @@ pub fn run(args: LibraryArgs) -> Result<ExitCode> {
         LibraryCommand::Repair(a) => run_repair(a),
         LibraryCommand::VerifySignature(a) => run_verify_signature(a),
         LibraryCommand::ExportManifest(a) => run_export_manifest(a),
+        LibraryCommand::Sync(a) => sync::run_sync(a),
+        LibraryCommand::SyncStatus(a) => sync::run_sync_status(a),
     }
 }
 

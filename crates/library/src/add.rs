@@ -380,6 +380,7 @@ impl Library {
                 kind: EventKind::Add,
                 version: Some(version),
                 note: note.clone(),
+                site: None,
             });
             Ok((timeline, version))
         })?;

@@ -158,6 +158,13 @@ pub enum LibraryError {
         source: std::io::Error,
     },
 
+    #[error("cannot sync {from} to {to}: {problem}")]
+    SyncRefused {
+        from: String,
+        to: String,
+        problem: String,
+    },
+
     #[error("{what} exceeds the limit of {limit} ({reason})")]
     Limit {
         what: &'static str,

@@ -25,6 +25,7 @@ mod reports;
 pub mod retention;
 mod signing;
 pub mod store;
+pub mod sync;
 mod timefmt;
 pub mod timeline;
 mod verify;
@@ -44,4 +45,5 @@ pub use reports::{
     PrunedVersion, RepairReport, SignatureFailure, SignatureReport, VerifyReport, VersionReport,
 };
 pub use signing::{parse_signing_key, parse_verifying_key, verify_signature};
+pub use sync::{sync, sync_status, SyncOptions, SyncReport, SyncStatusReport};
 pub use timeline::EventKind;

@@ -59,7 +59,7 @@ impl std::fmt::Debug for Library {
     }
 }
 
-fn open_store(config: &OpenConfig) -> Result<Arc<dyn Store>> {
+pub(crate) fn open_store(config: &OpenConfig) -> Result<Arc<dyn Store>> {
     Ok(match &config.location {
         Location::Folder(path) => Arc::new(FolderStore::new(path)),
         Location::S3 { bucket, prefix } => Arc::new(S3Store::new(&crate::store::s3_config(

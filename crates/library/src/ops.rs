@@ -222,6 +222,7 @@ impl Library {
                 kind,
                 version,
                 note: note.map(str::to_string),
+                site: None,
             });
             Ok((timeline, (kind, version, digest)))
         })?;

@@ -205,6 +205,7 @@ mod tests {
             kind: EventKind::Rollback,
             version: Some(1),
             note: None,
+            site: None,
         });
         let decided = decide(&timeline, ts("2026-01-20T00:00:00Z"), H72, None);
         assert!(matches!(decided[&1], Decision::Keep(_)));
@@ -233,6 +234,7 @@ mod tests {
             kind: EventKind::Remove,
             version: None,
             note: None,
+            site: None,
         });
         let inside = decide(&timeline, ts("2026-01-05T00:00:00Z"), H72, Some(5));
         assert!(matches!(inside[&3], Decision::Keep(_)));

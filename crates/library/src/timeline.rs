@@ -56,6 +56,10 @@ pub struct Event {
     pub version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The site (library) that made the event, stamped by `sync` (`None`: made here, not yet
+    /// stamped). Orders events of two sites that merge; see docs/replication.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// Why and when prune released a version.
@@ -292,6 +296,7 @@ pub(crate) mod tests {
                 kind: EventKind::Add,
                 version: Some(v),
                 note: None,
+                site: None,
             });
         }
         timeline
@@ -314,6 +319,7 @@ pub(crate) mod tests {
             kind,
             version,
             note: None,
+            site: None,
         };
         timeline.events.push(event(EventKind::Rollback, Some(1), 4));
         assert_eq!(timeline.visible_current(), Some(1));

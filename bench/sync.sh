@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Sync benchmark: `vmedia library sync` against its peers on the same data, in one run.
+#
+# usage: bench/sync.sh TARGET_BINARY          (e.g. target/release/vmedia)
+# env:   BENCH_DIR       scratch folder (default: a new temp dir, removed at exit)
+#        BENCH_DATA_MIB  MiB of real file content in the image (default 1600)
+#        BENCH_HOLE_MIB  MiB of zeros (a sparse file in the tree) in the image (default 448)
+#        BENCH_RELAY_MIB MiB of the image sent through the delaying relay (default 128: the
+#                        one-chunk-at-a-time run needs ~1.5 round trips per 256 KiB chunk)
+#        BENCH_RELAY_MS  one-way delay of the relay in milliseconds (default 50)
+#        BENCH_NO_S3=1   skip the relay case (needs SeaweedFS from scripts/setup.sh)
+#
+# Cases and targets (issue 12):
+# 1. First sync of the ~2 GiB image, folder library to folder library, against `restic copy`
+#    between two restic repositories (the second made with --copy-chunker-params, so restic
+#    too copies chunks without re-chunking): vmedia >= 1.5x faster.
+# 2. Sync of the repacked second version (one 1 MiB file added) against `rsync` delta transfer
+#    of v1 -> v2 to an rsync daemon (rsync://, no ssh): vmedia >= 3x faster, and no more bytes
+#    on the wire (vmedia: stored bytes sent, from its report; rsync: its --stats totals).
+# 3. Through a relay adding BENCH_RELAY_MS each way in front of SeaweedFS (a python asyncio
+#    proxy this script runs; the machine has no netem): default `--parallel 8` against
+#    `--parallel 1` (one chunk at a time) of the same chunks: throughput >= 5x.
+# Inputs are read once before timing (warm page cache); `sync` before each timed run.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_binary "$0" "$@"
+DATA_MIB=${BENCH_DATA_MIB:-1600}
+HOLE_MIB=${BENCH_HOLE_MIB:-448}
+RELAY_MIB=${BENCH_RELAY_MIB:-128}
+RELAY_MS=${BENCH_RELAY_MS:-50}
+NO_S3=${BENCH_NO_S3:-0}
+bench_require restic rsync python3 curl
+bench_workdir sync
+export RESTIC_PASSWORD=vmedia-bench RESTIC_FROM_PASSWORD=vmedia-bench
+unset VMEDIA_LIBRARY VMEDIA_LIBRARY_KEY
+PY=$(command -v python3)
+PIDS=()
+stop_all() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
+trap 'stop_all; [ -n "${BENCH_DIR:-}" ] || rm -rf "$WORK"' EXIT
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+  local port=$1 pid=$2 i
+  for i in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "bench: the server on port $port exited" >&2; cat "$WORK/server.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "bench: nothing listens on port $port" >&2; exit 1
+}
+start_bg() { local port=$1; shift; "$@" >"$WORK/server.log" 2>&1 & LAST=$!; PIDS+=("$LAST"); wait_port "$port" "$LAST"; }
+
+# --- input (as bench/library.sh: an ISO of the machine's own package files, plus holes) ----
+if [ ! -f "$WORK/input.done" ]; then
+  rm -rf "$WORK/tree" "$WORK/input"
+  mkdir -p "$WORK/tree" "$WORK/input"
+  find /usr/lib /usr/share -xdev -type f -size +16k -readable -printf '%s %p\n' 2>/dev/null \
+    | sort -k2 \
+    | awk -v limit=$((DATA_MIB * 1024 * 1024)) '{ total += $1; if (total > limit) next; sub(/^[0-9]+ /, ""); print }' \
+    > "$WORK/files.txt"
+  tar -cf - --files-from "$WORK/files.txt" 2>/dev/null | tar -xf - -C "$WORK/tree"
+  truncate -s "${HOLE_MIB}M" "$WORK/tree/holes.img"
+  "$VMEDIA" iso create "$WORK/tree" -o "$WORK/input/v1.iso" --volume-id BENCH_SYNC \
+    --date 2026-01-01 >/dev/null
+  head -c $((1024 * 1024)) /dev/urandom > "$WORK/added.bin"
+  "$VMEDIA" iso repack "$WORK/input/v1.iso" --add /added/added.bin="$WORK/added.bin" \
+    -o "$WORK/input/v2.iso" >/dev/null
+  rm -rf "$WORK/tree"
+  touch "$WORK/input.done"
+fi
+SIZE1=$(stat -c %s "$WORK/input/v1.iso")
+echo "input: v1.iso $SIZE1 bytes, v2.iso = v1 + one 1 MiB file"
+IMAGE_DIR="$WORK/image"
+mkdir -p "$IMAGE_DIR"
+IMAGE="$IMAGE_DIR/image.iso"
+use_version() { cp --reflink=auto "$WORK/input/$1.iso" "$IMAGE"; cat "$IMAGE" > /dev/null; }
+
+time_cmd() { # time_cmd CMD...: sync (not timed), run CMD once, print its wall time in seconds
+  local t0 t1
+  sync
+  t0=$(date +%s.%N)
+  if ! "$@" > "$WORK/last.log" 2>&1; then
+    echo "bench: command failed: $*" >&2
+    tail -20 "$WORK/last.log" >&2
+    exit 1
+  fi
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+ratio() { awk -v peer="$1" -v ours="$2" 'BEGIN { if (ours <= 0) ours = 0.001; printf "%.2f", peer / ours }'; }
+json_field() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+RESULTS=()
+report() { # report LABEL VMEDIA_VALUE PEER_NAME PEER_VALUE TARGET UNIT
+  local r verdict
+  r=$(ratio "$4" "$2")
+  verdict=$(awk -v r="$r" -v t="$5" 'BEGIN { print (t == "-") ? "info" : ((r >= t) ? "ok" : "MISSED") }')
+  printf '%-34s vmedia %14s%s  %-24s %14s%s  ratio %6sx (target >= %s: %s)\n' \
+    "$1" "$2" "$6" "$3" "$4" "$6" "$r" "$5" "$verdict"
+  RESULTS+=("$1|$3|$r|$5|$verdict")
+}
+
+A="$WORK/lib-a"; B="$WORK/lib-b"; R1="$WORK/restic-1"; R2="$WORK/restic-2"
+rm -rf "$A" "$B" "$R1" "$R2"
+vm() { "$VMEDIA" "$@"; }
+vm_sync() { vm library sync --from "$A" --to "$B" --json > "$WORK/$1.json"; }
+
+# --- 1. first sync vs restic copy ------------------------------------------------------------
+echo "== first sync of v1 ($SIZE1 bytes), folder to folder, vs restic copy"
+use_version v1
+vm --library "$A" library init >/dev/null
+vm --library "$A" library add image "$IMAGE" >/dev/null
+restic -r "$R1" init --repository-version 2 >/dev/null
+(cd "$IMAGE_DIR" && restic -r "$R1" backup --compression auto image.iso >/dev/null)
+restic -r "$R2" init --repository-version 2 --from-repo "$R1" --copy-chunker-params >/dev/null
+T_VM1=$(time_cmd vm_sync sync1)
+T_RESTIC=$(time_cmd restic -r "$R2" copy --from-repo "$R1")
+report "first sync: time" "$T_VM1" "restic copy" "$T_RESTIC" 1.5 s
+echo "   vmedia sent $(json_field "$WORK/sync1.json" bytes_sent) bytes in $(json_field "$WORK/sync1.json" chunks_sent) chunks"
+
+# --- 2. repacked version vs rsync daemon ------------------------------------------------------
+echo "== sync of the repacked v2 vs rsync delta transfer to an rsync daemon"
+use_version v2
+vm --library "$A" library add image "$IMAGE" >/dev/null
+mkdir -p "$WORK/rsync-dst"
+cp --reflink=auto "$WORK/input/v1.iso" "$WORK/rsync-dst/image.iso"
+RSYNC_PORT=$(free_port)
+cat > "$WORK/rsyncd.conf" <<CONF
+pid file = $WORK/rsyncd.pid
+use chroot = no
+uid = $(id -un)
+gid = $(id -gn)
+[data]
+  path = $WORK/rsync-dst
+  read only = no
+CONF
+start_bg "$RSYNC_PORT" rsync --daemon --no-detach --address=127.0.0.1 --port="$RSYNC_PORT" --config="$WORK/rsyncd.conf"
+T_VM2=$(time_cmd vm_sync sync2)
+rsync_run() { rsync --stats --no-whole-file "$IMAGE" "rsync://127.0.0.1:$RSYNC_PORT/data/image.iso" > "$WORK/rsync.stats"; }
+T_RSYNC=$(time_cmd rsync_run)
+cmp -s "$IMAGE" "$WORK/rsync-dst/image.iso" || { echo "bench: rsync did not produce v2" >&2; exit 1; }
+RSYNC_WIRE=$(awk '/^Total bytes sent:/ { gsub(",", "", $4); s = $4 } /^Total bytes received:/ { gsub(",", "", $4); r = $4 } END { print s + r }' "$WORK/rsync.stats")
+VM_WIRE=$(json_field "$WORK/sync2.json" bytes_sent)
+report "repacked v2: time" "$T_VM2" "rsync (daemon, delta)" "$T_RSYNC" 3 s
+report "repacked v2: bytes on the wire" "$VM_WIRE" "rsync (daemon, delta)" "$RSYNC_WIRE" 1 B
+echo "   (vmedia: chunk bytes sent, its own request overhead excluded; rsync: --stats totals)"
+echo "   first sync sent $(json_field "$WORK/sync1.json" bytes_sent) bytes; the second $(ratio "$VM_WIRE" "$(json_field "$WORK/sync1.json" bytes_sent)")x of it"
+
+# --- 3. through a 50 ms relay: pipelined vs one chunk at a time -------------------------------
+WEED=${VMEDIA_WEED:-/opt/vmedia-venv/bin/weed}
+if [ "$NO_S3" = 1 ]; then
+  echo "== relay: skipped (BENCH_NO_S3=1)"
+else
+  [ -x "$WEED" ] || { echo "bench: SeaweedFS ($WEED) missing; run scripts/setup.sh or set BENCH_NO_S3=1" >&2; exit 1; }
+  echo "== ${RELAY_MIB} MiB through a relay of ${RELAY_MS} ms each way to SeaweedFS: --parallel 8 vs --parallel 1"
+  export AWS_ACCESS_KEY_ID=vmedia-bench AWS_SECRET_ACCESS_KEY=vmedia-bench-secret AWS_REGION=us-east-1
+  rm -rf "$WORK/weed"
+  mkdir -p "$WORK/weed/data"
+  cat > "$WORK/weed/s3.json" <<JSON
+{"identities":[{"name":"bench","credentials":[{"accessKey":"$AWS_ACCESS_KEY_ID","secretKey":"$AWS_SECRET_ACCESS_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+JSON
+  S3=$(free_port)
+  start_bg "$S3" "$WEED" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$WORK/weed/data" \
+    -master.port="$(free_port)" -master.port.grpc="$(free_port)" -master.volumeSizeLimitMB=256 -volume.max=0 \
+    -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" \
+    -filer -filer.port="$(free_port)" -filer.port.grpc="$(free_port)" -filer.localSocket="$WORK/weed/filer.sock" \
+    -s3 -s3.port="$S3" -s3.port.grpc="$(free_port)" -s3.localSocket="$WORK/weed/s3.sock" \
+    -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$WORK/weed/s3.json"
+  for i in $(seq 100); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --aws-sigv4 "aws:amz:$AWS_REGION:s3" \
+      --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "http://127.0.0.1:$S3/bench") || true
+    [ "$code" = 200 ] && break
+    sleep 0.2
+  done
+  [ "$code" = 200 ] || { echo "bench: SeaweedFS did not create the bucket (HTTP $code)" >&2; exit 1; }
+  # The relay: every byte is held RELAY_MS before it is passed on, in each direction, so a
+  # request/response costs 2 x RELAY_MS more, as on a WAN link; bandwidth is not limited.
+  cat > "$WORK/relay.py" <<'PY'
+import asyncio, sys, time
+listen, target, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000.0
+
+async def pump(reader, writer):
+    queue = asyncio.Queue()
+    async def forward():
+        while True:
+            due, data = await queue.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if data is None:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+    task = asyncio.create_task(forward())
+    try:
+        while True:
+            data = await reader.read(65536)
+            queue.put_nowait((time.monotonic() + delay, data or None))
+            if not data:
+                break
+    except ConnectionError:
+        queue.put_nowait((time.monotonic(), None))
+    await task
+
+async def handle(client_reader, client_writer):
+    try:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
+    except OSError:
+        client_writer.close()
+        return
+    await asyncio.gather(pump(client_reader, server_writer), pump(server_reader, client_writer),
+                         return_exceptions=True)
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+PY
+  RELAY=$(free_port)
+  start_bg "$RELAY" "$PY" "$WORK/relay.py" "$RELAY" "$S3" "$RELAY_MS"
+  # The package files themselves, concatenated: real content, a raw image (no ISO header).
+  { xargs cat < "$WORK/files.txt" 2>/dev/null || true; } | head -c $((RELAY_MIB * 1024 * 1024)) > "$WORK/relay.img"
+  vm --library "$A" library add relay "$WORK/relay.img" >/dev/null
+  relay_sync() { vm --s3-endpoint "http://127.0.0.1:$RELAY" library sync --from "$A" --to "s3://bench/$1" --items relay --parallel "$2" --json > "$WORK/relay-$1.json"; }
+  T_P8=$(time_cmd relay_sync p8 8)
+  T_P1=$(time_cmd relay_sync p1 1)
+  B8=$(json_field "$WORK/relay-p8.json" bytes_sent); B1=$(json_field "$WORK/relay-p1.json" bytes_sent)
+  [ "$B8" = "$B1" ] && [ "$B8" -gt 0 ] || { echo "bench: the two runs sent different or no bytes ($B8, $B1)" >&2; exit 1; }
+  TP8=$(awk -v b="$B8" -v t="$T_P8" 'BEGIN { printf "%.2f", b / t / 1048576 }')
+  TP1=$(awk -v b="$B1" -v t="$T_P1" 'BEGIN { printf "%.2f", b / t / 1048576 }')
+  # Throughput: higher is better, so the ratio is pipelined over one-at-a-time.
+  R=$(ratio "$TP8" "$TP1")
+  V=$(awk -v r="$R" 'BEGIN { print (r >= 5) ? "ok" : "MISSED" }')
+  printf '%-34s --parallel 8 %8s MiB/s  --parallel 1 %8s MiB/s  ratio %6sx (target >= 5: %s)\n' \
+    "relay ${RELAY_MS} ms: throughput" "$TP8" "$TP1" "$R" "$V"
+  RESULTS+=("relay ${RELAY_MS} ms: throughput|one chunk at a time|$R|5|$V")
+fi
+
+echo
+echo "== summary"
+for line in "${RESULTS[@]}"; do
+  IFS='|' read -r label peer r target verdict <<<"$line"
+  printf '%-34s vs %-24s %6sx (target >= %s) %s\n' "$label" "$peer" "$r" "$target" "$verdict"
+done
