@@ -45,6 +45,8 @@ pub struct OpenedVersion {
     /// `sha256:hex` of the version's bytes.
     pub digest: String,
     pub created: Option<jiff::Timestamp>,
+    /// `created` as HTTP's Last-Modified, formatted once.
+    pub last_modified: Option<String>,
     opened: Instant,
 }
 
@@ -136,6 +138,11 @@ impl LibraryExports {
             version: reader.version(),
             digest,
             created: reader.created(),
+            last_modified: reader.created().and_then(|t| {
+                jiff::fmt::rfc2822::DateTimePrinter::new()
+                    .timestamp_to_rfc9110_string(&t)
+                    .ok()
+            }),
             opened: Instant::now(),
         };
         let mut versions = lock(&self.versions);

@@ -146,11 +146,7 @@ fn representation(
     export: Arc<dyn crate::export::Export>,
     etag: String,
 ) -> Representation {
-    let last_modified = version.created.and_then(|t| {
-        jiff::fmt::rfc2822::DateTimePrinter::new()
-            .timestamp_to_rfc9110_string(&t)
-            .ok()
-    });
+    let last_modified = version.last_modified.clone();
     Representation {
         size: export.size(),
         export: export.name().to_string(),
@@ -350,6 +346,34 @@ fn body_response(
         return (status, headers).into_response();
     }
     state.observer.request_started(&rep.export, &peer.addr);
+    let started = Instant::now();
+    // One piece held in one cached chunk (a small Range, the usual case): the body is that
+    // slice, sent as is.
+    let mut segments = segments;
+    let mut sent = 0;
+    if let (Some(export), [Segment::Read(offset, size)]) = (&rep.direct, segments.as_slices().0) {
+        let (offset, size) = (*offset, *size);
+        if size > 0 && size <= PIECE_BYTES {
+            if let Some(mut parts) = export.read_cached(offset, size as usize) {
+                if parts.len() == 1 {
+                    if let Some(part) = parts.pop() {
+                        state.observer.request_finished(
+                            &rep.export,
+                            &peer.addr,
+                            Op::Read,
+                            size,
+                            started.elapsed(),
+                            true,
+                        );
+                        return (status, headers, Body::from(part)).into_response();
+                    }
+                }
+                // Slices of several chunks: streamed as they are.
+                segments = parts.into_iter().map(Segment::Literal).collect();
+                sent = size;
+            }
+        }
+    }
     let stream = BodyStream {
         source: Arc::clone(&rep.source),
         direct: rep.direct.clone(),
@@ -359,8 +383,8 @@ fn body_response(
             observer: Arc::clone(&state.observer),
             export: rep.export.clone(),
             client: peer.addr.clone(),
-            started: Instant::now(),
-            bytes: 0,
+            started,
+            bytes: sent,
             ok: false,
         },
     };
