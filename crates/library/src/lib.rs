@@ -37,7 +37,7 @@ pub use location::{InitOptions, Location, OpenConfig, S3Settings, DEFAULT_KEEP_W
 pub use manifest::{BootEntryRecord, EmbeddedCheck, ImageKind};
 pub use naming::{VersionSelector, VersionSpec};
 pub use ops::RollbackTarget;
-pub use reader::{ChunkCache, VersionReader};
+pub use reader::{ChunkCache, ReadPiece, VersionReader};
 pub use references::NoReferences;
 pub use reports::{
     AddReport, BrokenVersion, DamagedChunk, EventReport, GcReport, GetReport, HistoryEvent,

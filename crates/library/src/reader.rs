@@ -36,6 +36,27 @@ pub trait ChunkCache: Send + Sync {
         length: u32,
         load: &mut dyn FnMut() -> Result<Arc<Vec<u8>>>,
     ) -> Result<Arc<Vec<u8>>>;
+
+    /// The chunk if the cache holds it now: never loads, never waits for a load in progress
+    /// (callers on an event loop use it to serve hits without a blocking thread). It counts
+    /// for admission as `get_or_load` would, but not as a hit in statistics: a caller that
+    /// gives up half-way goes on to `get_or_load`, and one that served a read from it reports
+    /// with `served_from_cache`.
+    fn get_if_cached(&self, _digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        None
+    }
+
+    /// `hits` chunks were served through `get_if_cached`.
+    fn served_from_cache(&self, _hits: u64) {}
+}
+
+/// Part of a read answered by reference to decoded chunks: `length` bytes of `data` from
+/// `start`, or (`data` is `None`) `length` zero bytes of a run the image does not store.
+#[derive(Debug, Clone)]
+pub struct ReadPiece {
+    pub data: Option<Arc<Vec<u8>>>,
+    pub start: usize,
+    pub length: usize,
 }
 
 /// Random access to one version. Cheap to clone; `Send + Sync`.
@@ -164,6 +185,100 @@ impl VersionReader {
             cache.push_back((index, Arc::clone(&data)));
         }
         Ok(data)
+    }
+}
+
+impl VersionReader {
+    /// `[offset, offset + length)` as pieces of the decoded chunks, without copying them, if
+    /// every chunk it needs is in the shared cache now; `None` if one is not (or the reader
+    /// has no shared cache). Never blocks on the store: safe on an event loop.
+    pub fn cached_pieces(&self, offset: u64, length: usize) -> Option<Vec<ReadPiece>> {
+        let shared = self.inner.shared.as_ref()?;
+        let pieces = self
+            .pieces(offset, length, &mut |index| {
+                let entry = &self.inner.entries[index];
+                Ok(shared.get_if_cached(&entry.digest))
+            })
+            .ok()
+            .flatten()?;
+        let hits = pieces.iter().filter(|piece| piece.data.is_some()).count();
+        shared.served_from_cache(hits as u64);
+        Some(pieces)
+    }
+
+    /// `[offset, offset + length)` as pieces of the decoded chunks, loading (and checking)
+    /// those not cached: the read path without a copy into a caller's buffer. Blocks.
+    pub fn read_pieces(&self, offset: u64, length: usize) -> io::Result<Vec<ReadPiece>> {
+        let got = self.pieces(offset, length, &mut |index| {
+            self.chunk(index)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        })?;
+        got.ok_or_else(|| io::Error::other("a chunk loader gave nothing"))
+    }
+
+    /// Splits the range at chunk boundaries; `chunk` gives a stored chunk's bytes, or `None`
+    /// to give up (the result is then `Ok(None)`).
+    fn pieces(
+        &self,
+        offset: u64,
+        length: usize,
+        chunk: &mut dyn FnMut(usize) -> io::Result<Option<Arc<Vec<u8>>>>,
+    ) -> io::Result<Option<Vec<ReadPiece>>> {
+        let size = self.inner.size;
+        let end = offset
+            .checked_add(length as u64)
+            .filter(|&end| end <= size)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{}: {length} bytes at {offset:#x} pass the end ({size:#x})",
+                        self.inner.label
+                    ),
+                )
+            })?;
+        let entries = &self.inner.entries;
+        let mut out = Vec::new();
+        let mut position = offset;
+        while position < end {
+            let index = entries.partition_point(|e| e.end() <= position);
+            let Some(entry) = entries.get(index) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: no chunk covers offset {position:#x}", self.inner.label),
+                ));
+            };
+            let within = (position - entry.offset) as usize;
+            let n = ((end - position) as usize).min(entry.length as usize - within);
+            let data = if entry.zero {
+                None
+            } else {
+                let Some(data) = chunk(index)? else {
+                    return Ok(None);
+                };
+                if data.len() < within + n {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: chunk at {:#x} holds {} bytes, not {}",
+                            self.inner.label,
+                            entry.offset,
+                            data.len(),
+                            entry.length
+                        ),
+                    ));
+                }
+                Some(data)
+            };
+            out.push(ReadPiece {
+                data,
+                start: within,
+                length: n,
+            });
+            position += n as u64;
+        }
+        Ok(Some(out))
     }
 }
 

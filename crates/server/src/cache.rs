@@ -174,6 +174,17 @@ impl SharedCache {
         self.memory.peek(digest).is_some()
     }
 
+    /// The chunk if memory holds it now; never loads and never waits for a load in progress,
+    /// so the event loop may call it. Not counted: see `count_hits`.
+    pub fn get_now(&self, digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        self.memory.get(digest)
+    }
+
+    /// Counts hits served through `get_now`.
+    pub fn count_hits(&self, hits: u64) {
+        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
+    }
+
     /// The chunk, and whether it came from memory (a hit).
     pub fn lookup(
         &self,
@@ -240,6 +251,14 @@ impl ChunkCache for SharedCache {
     ) -> LibraryResult<Arc<Vec<u8>>> {
         self.lookup(digest, length, load).map(|(data, _)| data)
     }
+
+    fn get_if_cached(&self, digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        self.get_now(digest)
+    }
+
+    fn served_from_cache(&self, hits: u64) {
+        self.count_hits(hits);
+    }
 }
 
 /// Per-export hit and miss counts in front of the shared cache.
@@ -270,6 +289,15 @@ impl ChunkCache for ExportCache {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(data)
+    }
+
+    fn get_if_cached(&self, digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        self.shared.get_now(digest)
+    }
+
+    fn served_from_cache(&self, hits: u64) {
+        self.shared.count_hits(hits);
+        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
     }
 }
 

@@ -8,6 +8,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 /// One run of an export's allocation, as NBD's `base:allocation` context reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -36,6 +38,20 @@ pub trait Export: Send + Sync {
     fn block_sizes(&self) -> BlockSizes;
     /// Fills `buf` from `offset`; the range lies inside the export (front ends check it).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// `[offset, offset + length)` as byte slices in order, if they can be had at once from
+    /// memory (the shared cache) without blocking; `None` sends the caller to `read_bytes` on
+    /// a blocking thread. An export that answers here also answers `extents` without
+    /// blocking. The slices may share the cached chunks (no copy).
+    fn read_cached(&self, _offset: u64, _length: usize) -> Option<Vec<Bytes>> {
+        None
+    }
+    /// `[offset, offset + length)` as byte slices in order (blocking). The default reads into
+    /// one new buffer; exports over cached chunks hand out slices of them instead.
+    fn read_bytes(&self, offset: u64, length: usize) -> io::Result<Vec<Bytes>> {
+        let mut buf = vec![0u8; length];
+        self.read_at(&mut buf, offset)?;
+        Ok(vec![Bytes::from(buf)])
+    }
     /// Allocation of `[offset, offset + length)`, in order, covering at least one byte and at
     /// most `length` bytes.
     fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>>;

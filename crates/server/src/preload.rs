@@ -183,6 +183,21 @@ struct TracedExport {
     trace: Arc<VersionTrace>,
 }
 
+impl TracedExport {
+    /// Records a read while the recording runs.
+    fn note(&self, offset: u64, length: u64) {
+        if self.trace.recording.load(Ordering::Acquire) {
+            let mut state = lock(&self.trace.state);
+            if state
+                .recording_until
+                .is_some_and(|until| Instant::now() < until)
+            {
+                record(&mut state.ranges, offset, length);
+            }
+        }
+    }
+}
+
 impl Export for TracedExport {
     fn name(&self) -> &str {
         self.inner.name()
@@ -201,16 +216,19 @@ impl Export for TracedExport {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if self.trace.recording.load(Ordering::Acquire) {
-            let mut state = lock(&self.trace.state);
-            if state
-                .recording_until
-                .is_some_and(|until| Instant::now() < until)
-            {
-                record(&mut state.ranges, offset, buf.len() as u64);
-            }
-        }
+        self.note(offset, buf.len() as u64);
         self.inner.read_at(buf, offset)
+    }
+
+    fn read_cached(&self, offset: u64, length: usize) -> Option<Vec<bytes::Bytes>> {
+        let got = self.inner.read_cached(offset, length)?;
+        self.note(offset, length as u64);
+        Some(got)
+    }
+
+    fn read_bytes(&self, offset: u64, length: usize) -> io::Result<Vec<bytes::Bytes>> {
+        self.note(offset, length as u64);
+        self.inner.read_bytes(offset, length)
     }
 
     fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {

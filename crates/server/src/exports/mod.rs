@@ -45,6 +45,8 @@ pub struct OpenedVersion {
     /// `sha256:hex` of the version's bytes.
     pub digest: String,
     pub created: Option<jiff::Timestamp>,
+    /// `created` as HTTP's Last-Modified, formatted once.
+    pub last_modified: Option<String>,
     opened: Instant,
 }
 
@@ -136,6 +138,11 @@ impl LibraryExports {
             version: reader.version(),
             digest,
             created: reader.created(),
+            last_modified: reader.created().and_then(|t| {
+                jiff::fmt::rfc2822::DateTimePrinter::new()
+                    .timestamp_to_rfc9110_string(&t)
+                    .ok()
+            }),
             opened: Instant::now(),
         };
         let mut versions = lock(&self.versions);
@@ -151,6 +158,35 @@ impl LibraryExports {
         }
         versions.insert(key, opened.clone());
         Ok(opened)
+    }
+
+    /// `open_version` if it needs no I/O (the version is open and, for a name that follows
+    /// the current version, resolved less than `CURRENT_TTL` ago): the event loop's path.
+    pub fn open_version_now(&self, spec_text: &str) -> Option<OpenedVersion> {
+        let key = match spec_text.split_once('@') {
+            // `NAME@N`: the key itself.
+            Some((_, number)) if number.bytes().all(|b| b.is_ascii_digit()) => {
+                spec_text.to_string()
+            }
+            _ => {
+                let aliases = lock(&self.aliases);
+                let (key, at) = aliases.get(spec_text)?;
+                // Only a digest prefix pins a version for good; a name follows the current one.
+                if !spec_text.contains('@') && at.elapsed() >= CURRENT_TTL {
+                    return None;
+                }
+                key.clone()
+            }
+        };
+        lock(&self.versions).get(&key).cloned()
+    }
+
+    /// `open_disk` if it needs no I/O (see `open_version_now`).
+    pub fn open_disk_now(&self, spec_text: &str) -> Option<(OpenedVersion, Arc<DiskExport>)> {
+        let version = self.open_version_now(spec_text)?;
+        let key = format!("{}@{}", version.name, version.version);
+        let disk = lock(&self.disks).get(&key).map(Arc::clone)?;
+        Some((version, disk))
     }
 
     /// Opens `NAME[@V]/disk`'s version as a disk image (read-only, no backing references).
@@ -339,5 +375,75 @@ impl crate::clones::BaseOpener for LibraryExports {
         size: u64,
     ) -> io::Result<vmedia_library::AddReport> {
         crate::clones::add_read_at(&self.library, name, source, size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheOptions;
+    use std::io::Cursor;
+    use std::sync::atomic::Ordering;
+    use vmedia_library::{AddOptions, AddSource, InitOptions, OpenConfig};
+
+    /// A library holding `image` as `img`, served through a fresh shared cache.
+    fn served(dir: &std::path::Path, image: &[u8]) -> LibraryExports {
+        let library = Library::init(
+            &OpenConfig::folder(dir.join("library"), "tester@host"),
+            &InitOptions::default(),
+        )
+        .unwrap();
+        library
+            .add(
+                "img",
+                AddSource::Reader(Box::new(Cursor::new(image.to_vec()))),
+                &AddOptions::default(),
+                &vmedia_io::NoProgress,
+            )
+            .unwrap();
+        let cache = SharedCache::new(&CacheOptions {
+            memory_bytes: 64 << 20,
+            disk: None,
+        })
+        .unwrap();
+        LibraryExports::new(library, Arc::new(cache), None)
+    }
+
+    fn joined(parts: Vec<bytes::Bytes>) -> Vec<u8> {
+        parts.iter().flat_map(|part| part.iter().copied()).collect()
+    }
+
+    #[test]
+    fn cached_reads_give_the_same_bytes_as_reads_and_never_load() {
+        let dir = tempfile::tempdir().unwrap();
+        // Data, a long zero run (a hole in the manifest), data again.
+        let mut image: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 4099) as u8).collect();
+        image.extend(std::iter::repeat_n(0u8, 4 << 20));
+        image.extend((0..1u32 << 20).map(|i| (i * 13 + 5) as u8));
+        let exports = served(dir.path(), &image);
+        let export = exports.open("img").unwrap();
+        let stats = Arc::clone(exports.cache().stats());
+        let (offset, length) = (100_000u64, 7usize << 20);
+        // Cold: nothing is cached, and asking does not load anything.
+        assert!(export.read_cached(offset, length).is_none());
+        assert_eq!(stats.backend_reads.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.hits.load(Ordering::Relaxed), 0);
+        let read = joined(export.read_bytes(offset, length).unwrap());
+        assert_eq!(read, &image[offset as usize..offset as usize + length]);
+        let loaded = stats.backend_reads.load(Ordering::Relaxed);
+        assert!(loaded > 0);
+        // Warm: the same bytes from memory, counted as hits, with no backend read.
+        let hits_before = stats.hits.load(Ordering::Relaxed);
+        let cached = joined(export.read_cached(offset, length).unwrap());
+        assert_eq!(cached, read);
+        assert_eq!(stats.backend_reads.load(Ordering::Relaxed), loaded);
+        assert!(stats.hits.load(Ordering::Relaxed) > hits_before);
+        // A range past the end is refused, never answered short.
+        assert!(export.read_cached(image.len() as u64 - 10, 20).is_none());
+        assert!(export.read_bytes(image.len() as u64 - 10, 20).is_err());
+        // An open version is found without I/O; `NAME@N` too.
+        assert!(exports.open_version_now("img").is_some());
+        assert!(exports.open_version_now("img@1").is_some());
+        assert!(exports.open_version_now("other").is_none());
     }
 }

@@ -2,9 +2,11 @@
 //! (runs of zeros are not stored: holes that read as zeroes).
 
 use std::io;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use vmedia_io::ReadAt;
-use vmedia_library::VersionReader;
+use vmedia_library::{ReadPiece, VersionReader};
 
 use crate::export::{BlockSizes, Export, Extent};
 
@@ -53,9 +55,52 @@ impl Export for VersionExport {
         self.reader.read_exact_at(buf, offset)
     }
 
+    fn read_cached(&self, offset: u64, length: usize) -> Option<Vec<Bytes>> {
+        Some(to_bytes(self.reader.cached_pieces(offset, length)?))
+    }
+
+    fn read_bytes(&self, offset: u64, length: usize) -> io::Result<Vec<Bytes>> {
+        Ok(to_bytes(self.reader.read_pieces(offset, length)?))
+    }
+
     fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
         version_extents(self.reader.entries(), offset, length)
     }
+}
+
+/// Zeroes handed out for runs the image does not store (shared, never copied).
+static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
+
+/// A decoded chunk as the owner of `Bytes` slices: the cache's `Arc` keeps it alive while a
+/// reply that points into it is being written.
+struct SharedChunk(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedChunk {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// Read pieces as `Bytes` slices of the cached chunks, without copying.
+pub(crate) fn to_bytes(pieces: Vec<ReadPiece>) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match piece.data {
+            Some(data) => {
+                let whole = Bytes::from_owner(SharedChunk(data));
+                out.push(whole.slice(piece.start..piece.start + piece.length));
+            }
+            None => {
+                let mut left = piece.length;
+                while left > 0 {
+                    let n = left.min(ZEROES.len());
+                    out.push(Bytes::from_static(&ZEROES[..n]));
+                    left -= n;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The allocation of `[offset, offset + length)` from a chunk index, adjacent runs of one

@@ -19,7 +19,7 @@ use vmedia_io::ReadAt;
 
 use super::range::{self, RangeRequest};
 use super::{error_response, export_error, AppState, Peer, PIECE_BYTES};
-use crate::export::{IoObserver, Op};
+use crate::export::{Export, IoObserver, Op};
 use crate::exports::{ExportReader, OpenedVersion, DISK_SUFFIX};
 
 /// Cache-Control of URLs that name a version by digest: the bytes can never change.
@@ -43,6 +43,9 @@ struct Representation {
     last_modified: Option<String>,
     /// The export name reads are reported under.
     export: String,
+    /// The export itself when `source` reads it directly: pieces it holds in memory are sent
+    /// from the event loop, without a blocking thread or a copy.
+    direct: Option<Arc<dyn Export>>,
 }
 
 pub(super) async fn image(
@@ -60,6 +63,21 @@ pub(super) async fn image(
         (path.clone(), Target::Bytes)
     };
     let immutable = spec.contains("@sha256:");
+    // An open version (the usual case after the first request) needs no blocking thread.
+    let now = match &target {
+        Target::Bytes => state.exports.open_version_now(&spec).map(|version| {
+            state.exports.attached(&version);
+            bytes_representation(&version)
+        }),
+        Target::Disk => state.exports.open_disk_now(&spec).map(|(version, disk)| {
+            state.exports.attached(&version);
+            disk_representation(&version, disk)
+        }),
+        Target::File(_) => None,
+    };
+    if let Some(rep) = now {
+        return respond(&state, &peer, rep, &method, &headers, immutable);
+    }
     let exports = Arc::clone(&state.exports);
     let opened = tokio::task::spawn_blocking(move || -> Result<Representation, Response> {
         let open = |spec: &str| exports.open_version(spec).map_err(export_error);
@@ -67,16 +85,12 @@ pub(super) async fn image(
             Target::Bytes => {
                 let version = open(&spec)?;
                 exports.attached(&version);
-                let etag = format!("\"{}\"", hex_of(&version.digest));
-                Ok(representation(&version, Arc::clone(&version.export), etag))
+                Ok(bytes_representation(&version))
             }
             Target::Disk => {
                 let (version, disk) = exports.open_disk(&spec).map_err(export_error)?;
                 exports.attached(&version);
-                let etag = format!("\"{}-disk\"", hex_of(&version.digest));
-                let mut rep = representation(&version, disk.clone(), etag);
-                rep.export = crate::export::Export::name(disk.as_ref()).to_string();
-                Ok(rep)
+                Ok(disk_representation(&version, disk))
             }
             Target::File(file) => {
                 let version = open(&spec)?;
@@ -95,6 +109,7 @@ pub(super) async fn image(
                 let mut rep = representation(&version, Arc::clone(&version.export), etag);
                 rep.source = Arc::new(file_reader);
                 rep.size = size;
+                rep.direct = None;
                 Ok(rep)
             }
         }
@@ -108,20 +123,35 @@ pub(super) async fn image(
     respond(&state, &peer, rep, &method, &headers, immutable)
 }
 
+/// A version's bytes.
+fn bytes_representation(version: &OpenedVersion) -> Representation {
+    let etag = format!("\"{}\"", hex_of(&version.digest));
+    representation(version, Arc::clone(&version.export), etag)
+}
+
+/// A disk image's virtual content.
+fn disk_representation(
+    version: &OpenedVersion,
+    disk: Arc<crate::exports::DiskExport>,
+) -> Representation {
+    let etag = format!("\"{}-disk\"", hex_of(&version.digest));
+    let name = disk.name().to_string();
+    let mut rep = representation(version, disk, etag);
+    rep.export = name;
+    rep
+}
+
 fn representation(
     version: &OpenedVersion,
     export: Arc<dyn crate::export::Export>,
     etag: String,
 ) -> Representation {
-    let last_modified = version.created.and_then(|t| {
-        jiff::fmt::rfc2822::DateTimePrinter::new()
-            .timestamp_to_rfc9110_string(&t)
-            .ok()
-    });
+    let last_modified = version.last_modified.clone();
     Representation {
         size: export.size(),
         export: export.name().to_string(),
-        source: Arc::new(ExportReader(export)),
+        source: Arc::new(ExportReader(Arc::clone(&export))),
+        direct: Some(export),
         etag,
         last_modified,
     }
@@ -316,16 +346,45 @@ fn body_response(
         return (status, headers).into_response();
     }
     state.observer.request_started(&rep.export, &peer.addr);
+    let started = Instant::now();
+    // One piece held in one cached chunk (a small Range, the usual case): the body is that
+    // slice, sent as is.
+    let mut segments = segments;
+    let mut sent = 0;
+    if let (Some(export), [Segment::Read(offset, size)]) = (&rep.direct, segments.as_slices().0) {
+        let (offset, size) = (*offset, *size);
+        if size > 0 && size <= PIECE_BYTES {
+            if let Some(mut parts) = export.read_cached(offset, size as usize) {
+                if parts.len() == 1 {
+                    if let Some(part) = parts.pop() {
+                        state.observer.request_finished(
+                            &rep.export,
+                            &peer.addr,
+                            Op::Read,
+                            size,
+                            started.elapsed(),
+                            true,
+                        );
+                        return (status, headers, Body::from(part)).into_response();
+                    }
+                }
+                // Slices of several chunks: streamed as they are.
+                segments = parts.into_iter().map(Segment::Literal).collect();
+                sent = size;
+            }
+        }
+    }
     let stream = BodyStream {
         source: Arc::clone(&rep.source),
+        direct: rep.direct.clone(),
         segments,
         ahead: None,
         report: Report {
             observer: Arc::clone(&state.observer),
             export: rep.export.clone(),
             client: peer.addr.clone(),
-            started: Instant::now(),
-            bytes: 0,
+            started,
+            bytes: sent,
             ok: false,
         },
     };
@@ -343,11 +402,32 @@ fn body_response(
                         .segments
                         .push_front(Segment::Read(offset + n, length - n));
                 }
-                // The piece read ahead last time, else read now; then start the next one, so
-                // the store or cache works while this piece goes out.
+                // The piece read ahead last time, else from memory at once, else read now;
+                // after a read, start the next one, so the store works while this piece goes
+                // out.
                 let pending = match stream.ahead.take() {
                     Some((at, handle)) if at == offset => handle,
-                    _ => read_piece(&stream.source, offset, n),
+                    _ => {
+                        let cached = stream
+                            .direct
+                            .as_ref()
+                            .and_then(|export| export.read_cached(offset, n as usize));
+                        if let Some(mut parts) = cached {
+                            // Slices of cached chunks go out one by one, in order.
+                            let first = if parts.is_empty() {
+                                Bytes::new()
+                            } else {
+                                parts.remove(0)
+                            };
+                            for part in parts.into_iter().rev() {
+                                stream.segments.push_front(Segment::Literal(part));
+                            }
+                            stream.report.bytes += n;
+                            stream.finished_if_done();
+                            return Some((Ok(first), stream));
+                        }
+                        read_piece(&stream.source, offset, n)
+                    }
                 };
                 if let Some(Segment::Read(next, left)) = stream.segments.front() {
                     let (next, size) = (*next, (*left).min(PIECE_BYTES));
@@ -393,6 +473,7 @@ fn read_piece(
 
 struct BodyStream {
     source: Arc<dyn ReadAt>,
+    direct: Option<Arc<dyn Export>>,
     segments: VecDeque<Segment>,
     /// The next piece, being read ahead (its offset and the read).
     ahead: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,

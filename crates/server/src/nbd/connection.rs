@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -18,12 +19,16 @@ use vmedia_nbd::{
     RequestHeader, Session, TlsPolicy,
 };
 
-use super::execute::{error_reply, execute, op_of, Executed};
+use super::execute::{error_reply, execute, op_of, read_now, Executed};
 use super::{shutdown_signalled, NbdContext};
 use crate::export::{Export, Op, Protocol};
 
 /// Read buffer for requests: many small requests per system call.
 const READ_BUFFER: usize = 64 * 1024;
+/// Replies gathered into one vectored write: many small replies per system call.
+const WRITE_BATCH: usize = 64;
+/// Slices handed to one `writev` (the kernel's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 512;
 
 pub(super) async fn run(
     stream: TcpStream,
@@ -223,7 +228,7 @@ async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// A reply on its way to the writer, holding the caps it counts against until written.
 struct Outgoing {
-    bytes: Vec<u8>,
+    parts: Vec<Bytes>,
     _slot: OwnedSemaphorePermit,
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -372,7 +377,7 @@ async fn transmit<S: AsyncRead + AsyncWrite + Send + 'static>(
                     refusal.reason,
                 );
                 let _ = connection.replies.send(Outgoing {
-                    bytes,
+                    parts: vec![Bytes::from(bytes)],
                     _slot: slot,
                     _budget: held,
                 });
@@ -395,7 +400,8 @@ async fn transmit<S: AsyncRead + AsyncWrite + Send + 'static>(
     }
 }
 
-/// Runs one request on a blocking thread and queues its reply.
+/// Runs one request and queues its reply: a READ the cache holds at once, on this task; any
+/// other request on a blocking thread.
 fn dispatch(
     connection: &Arc<Connection>,
     cookie: u64,
@@ -413,8 +419,21 @@ fn dispatch(
         observer.request_started(&connection.export_name, &connection.client);
     }
     let started = Instant::now();
+    if let Request::Read { offset, length, df } = request {
+        let now = read_now(
+            &*connection.export,
+            &connection.session,
+            cookie,
+            offset,
+            length,
+            df,
+        );
+        if let Some(executed) = now {
+            finished(&connection, op, started, executed, slot, held);
+            return;
+        }
+    }
     tokio::task::spawn_blocking(move || {
-        let observer = &connection.ctx.observer;
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             execute(
                 &*connection.export,
@@ -426,45 +445,168 @@ fn dispatch(
         }));
         drop(payload);
         let executed = run.unwrap_or_else(|_| Executed {
-            bytes: error_reply(
+            parts: vec![Bytes::from(error_reply(
                 &connection.session,
                 cookie,
                 vmedia_nbd::NbdError::Io,
                 "the export failed",
-            ),
+            ))],
             moved: 0,
             ok: false,
         });
-        if let Some(op) = op {
-            observer.request_finished(
-                &connection.export_name,
-                &connection.client,
-                op,
-                executed.moved,
-                started.elapsed(),
-                executed.ok,
-            );
-        }
-        let _ = connection.replies.send(Outgoing {
-            bytes: executed.bytes,
-            _slot: slot,
-            _budget: held,
-        });
+        finished(&connection, op, started, executed, slot, held);
     });
 }
 
-/// Writes replies as they complete; flushes when no more are waiting (TLS buffers).
+/// Reports a request finished and queues its reply.
+fn finished(
+    connection: &Connection,
+    op: Option<Op>,
+    started: Instant,
+    executed: Executed,
+    slot: OwnedSemaphorePermit,
+    held: Option<OwnedSemaphorePermit>,
+) {
+    if let Some(op) = op {
+        connection.ctx.observer.request_finished(
+            &connection.export_name,
+            &connection.client,
+            op,
+            executed.moved,
+            started.elapsed(),
+            executed.ok,
+        );
+    }
+    let _ = connection.replies.send(Outgoing {
+        parts: executed.parts,
+        _slot: slot,
+        _budget: held,
+    });
+}
+
+/// Writes replies as they complete, those waiting together in vectored writes; flushes when
+/// no more are waiting (TLS buffers). A reply's caps are released once it is written.
 async fn write_replies<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
 ) -> io::Result<()> {
-    while let Some(reply) = outgoing.recv().await {
-        writer.write_all(&reply.bytes).await?;
-        drop(reply);
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(WRITE_BATCH);
+    while outgoing.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        write_parts(
+            &mut writer,
+            batch.iter().flat_map(|reply| reply.parts.iter()),
+        )
+        .await?;
+        batch.clear();
         if outgoing.is_empty() {
             writer.flush().await?;
         }
     }
     writer.flush().await?;
     writer.shutdown().await
+}
+
+/// Writes every byte of `parts`, in order, up to `MAX_IOVECS` slices per system call.
+async fn write_parts<'a, W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    parts: impl Iterator<Item = &'a Bytes>,
+) -> io::Result<()> {
+    let parts: Vec<&Bytes> = parts.filter(|part| !part.is_empty()).collect();
+    // The first part not fully written, and how much of it went out.
+    let (mut first, mut written) = (0usize, 0usize);
+    let mut slices = Vec::with_capacity(parts.len().min(MAX_IOVECS));
+    while first < parts.len() {
+        slices.clear();
+        slices.push(io::IoSlice::new(&parts[first][written..]));
+        for part in parts[first + 1..].iter().take(MAX_IOVECS - 1) {
+            slices.push(io::IoSlice::new(part));
+        }
+        let mut n = writer.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < parts.len() {
+            let left = parts[first].len() - written;
+            if n >= left {
+                n -= left;
+                first += 1;
+                written = 0;
+            } else {
+                written += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A writer that takes at most `step` bytes per call, vectored or not.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.step - n);
+                self.got.extend_from_slice(&buf[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn short_vectored_writes_send_every_part_in_order() {
+        // More parts than one writev takes, empty ones among them, odd sizes.
+        let parts: Vec<Bytes> = (0..1500u32)
+            .map(|i| Bytes::from(vec![i as u8; (i % 5) as usize]))
+            .collect();
+        let expected: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        for step in [1, 7, 4096] {
+            let mut writer = Trickle {
+                got: Vec::new(),
+                step,
+            };
+            write_parts(&mut writer, parts.iter()).await.unwrap();
+            assert_eq!(writer.got, expected, "step {step}");
+        }
+    }
 }
