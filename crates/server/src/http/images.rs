@@ -45,7 +45,7 @@ struct Representation {
     export: String,
 }
 
-pub(super) async fn image(
+pub(crate) async fn image(
     State(state): State<Arc<AppState>>,
     Extension(peer): Extension<Peer>,
     Path(path): Path<String>,
