@@ -297,7 +297,6 @@ pub async fn session_logout(
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let users = Arc::clone(&state.users);
     let auth = Arc::clone(&state.auth);
     let owner = state.users.session_owner(&id);
     match owner {
@@ -315,7 +314,6 @@ pub async fn session_logout(
         }
         Some(_) => {}
     }
-    drop(users);
     blocking(move || {
         if auth.close_session(&id) {
             Ok(())

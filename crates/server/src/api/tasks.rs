@@ -91,10 +91,13 @@ impl Task {
     }
 }
 
+/// Tasks by id, and their ids in the order they started.
+type Registry = (HashMap<String, Arc<Task>>, Vec<String>);
+
 /// The daemon's tasks.
 #[derive(Default)]
 pub struct Tasks {
-    tasks: Mutex<(HashMap<String, Arc<Task>>, Vec<String>)>,
+    tasks: Mutex<Registry>,
 }
 
 /// A task's work: blocking, reporting progress; a JSON report or a problem.

@@ -503,7 +503,7 @@ pub async fn upload_append(
                 break;
             }
         };
-        let end = offset.checked_add(bytes.len() as u64).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(bytes.len() as u64);
         if end > limit {
             failure = Some(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
