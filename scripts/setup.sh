@@ -59,6 +59,14 @@ if [ ! -x "$VENV/bin/weed" ]; then
 fi
 "$VENV/bin/weed" version >/dev/null
 
+# openapi-spec-validator (PyPI), which the REST API tests run over /api/v1/openapi.json; same
+# virtual environment (the tests find it there or at $VMEDIA_OPENAPI_VALIDATOR).
+if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
+  need_root
+  echo "setup: installing openapi-spec-validator into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==0.9.0"
+fi
+
 # Rust tools: make test also runs rustfmt and clippy.
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found; install Rust (rustup) first"; exit 1

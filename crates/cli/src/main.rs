@@ -13,6 +13,7 @@ mod netboot;
 mod progress;
 mod serve;
 mod top;
+mod user;
 mod vm;
 
 use std::process::ExitCode;
@@ -67,6 +68,12 @@ enum Command {
     Top(top::Args),
     /// Serve library images over HTTP(S) and NBD (the vmedia daemon)
     Serve(serve::Args),
+    /// The daemon's users and their roles (offline, on its state folder)
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// The daemon's API tokens (offline, on its state folder)
+    #[command(subcommand)]
+    Token(user::TokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +96,8 @@ fn main() -> ExitCode {
         Command::Clone(cmd) => clone::run(cmd),
         Command::Top(args) => top::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::User(cmd) => user::run_user(cmd),
+        Command::Token(cmd) => user::run_token(cmd),
     };
     match outcome {
         Ok(code) => code,

@@ -26,7 +26,8 @@ pub struct Args {
     /// Plain HTTP port [default: 8080]
     #[arg(long = "http-port", value_name = "PORT")]
     http_port: Option<u16>,
-    /// HTTPS port (needs --tls-cert and --tls-key) [default: 0, off]
+    /// HTTPS port: the REST API and images (a self-signed certificate is made in the state
+    /// folder without --tls-cert/--tls-key) [default: 0, off]
     #[arg(long = "https-port", value_name = "PORT")]
     https_port: Option<u16>,
     /// NBD port [default: 10809]
@@ -112,6 +113,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 tracing::info!(protocol = what, %addr, "listening");
                 eprintln!("vmedia serve: listening for {what} on {addr}");
             }
+        }
+        if let Some(fingerprint) = &handle.tls_fingerprint {
+            eprintln!("vmedia serve: self-signed HTTPS certificate, SHA-256 {fingerprint}");
         }
         let signal = vmedia_server::shutdown_signal().await;
         tracing::info!(signal, "draining connections");

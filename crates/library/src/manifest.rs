@@ -49,6 +49,7 @@ const FLAG_ZERO: u32 = 1;
 
 /// One El Torito boot entry as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct BootEntryRecord {
     pub platform: String,
     pub emulation: String,
@@ -58,6 +59,7 @@ pub struct BootEntryRecord {
 
 /// One embedded checksum and what checking it gave.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct EmbeddedCheck {
     /// "md5", "fragments", "sha256" or "signature".
     pub check: String,
@@ -67,6 +69,7 @@ pub struct EmbeddedCheck {
 
 /// What vmedia's readers found the image to be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ImageKind {
     Iso {

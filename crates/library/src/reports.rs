@@ -10,6 +10,7 @@ use crate::timeline::EventKind;
 
 /// What `add` did.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct AddReport {
     pub name: String,
     pub version: u64,
@@ -32,6 +33,7 @@ pub struct AddReport {
 
 /// One item in `ls`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct ItemSummary {
     pub name: String,
     /// The current version (the one a restore brings back, when removed).
@@ -48,6 +50,7 @@ pub struct ItemSummary {
 
 /// `show`: one version in full.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct VersionReport {
     pub name: String,
     pub version: u64,
@@ -67,6 +70,7 @@ pub struct VersionReport {
 
 /// One version in `history`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct HistoryVersion {
     pub version: u64,
     pub digest: String,
@@ -81,6 +85,7 @@ pub struct HistoryVersion {
 
 /// One event in `history`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct HistoryEvent {
     pub time: String,
     pub actor: String,
@@ -92,6 +97,7 @@ pub struct HistoryEvent {
 
 /// `history NAME`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct HistoryReport {
     pub name: String,
     pub current: Option<u64>,
@@ -102,11 +108,13 @@ pub struct HistoryReport {
 
 /// `get`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct GetReport {
     pub name: String,
     pub version: u64,
     pub digest: String,
     pub size: u64,
+    #[cfg_attr(feature = "schema", schema(value_type = String))]
     pub path: PathBuf,
     /// Bytes written (the rest are holes left sparse).
     pub written_bytes: u64,
@@ -115,6 +123,7 @@ pub struct GetReport {
 
 /// `rollback` and `rm`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct EventReport {
     pub name: String,
     pub kind: EventKind,
@@ -127,6 +136,7 @@ pub struct EventReport {
 
 /// A version `prune` releases (or would).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PrunedVersion {
     pub name: String,
     pub version: u64,
@@ -137,6 +147,7 @@ pub struct PrunedVersion {
 
 /// A version `prune` keeps, and the rule that keeps it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct KeptVersion {
     pub name: String,
     pub version: u64,
@@ -145,6 +156,7 @@ pub struct KeptVersion {
 
 /// `prune`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PruneReport {
     pub dry_run: bool,
     pub now: String,
@@ -156,6 +168,7 @@ pub struct PruneReport {
 
 /// `gc`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct GcReport {
     /// False when adds kept running on other hosts for the whole wait: nothing was deleted.
     pub ran: bool,
@@ -172,6 +185,7 @@ pub struct GcReport {
 
 /// A chunk `verify` found bad, and every version it breaks.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct DamagedChunk {
     /// The chunk's object key.
     pub chunk: String,
@@ -184,6 +198,7 @@ pub struct DamagedChunk {
 
 /// A version `verify` found unusable.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct BrokenVersion {
     pub name: String,
     pub version: u64,
@@ -193,6 +208,7 @@ pub struct BrokenVersion {
 
 /// `verify`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct VerifyReport {
     pub items: u64,
     pub versions: u64,
@@ -215,6 +231,7 @@ impl VerifyReport {
 
 /// `repair --from`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct RepairReport {
     /// Chunks replaced with good copies from the other library.
     pub repaired: Vec<String>,
@@ -226,6 +243,7 @@ pub struct RepairReport {
 
 /// `verify-signature`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct SignatureReport {
     pub name: String,
     pub digest: String,
@@ -246,6 +264,7 @@ impl SignatureReport {
 
 /// What `init` made: where the library is and the policy it recorded.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct InitReport {
     pub location: String,
     pub encrypted: bool,
@@ -270,6 +289,7 @@ impl InitReport {
 /// A signature check that could not even start: the bytes are not a manifest or the key is
 /// not a key. Always `valid: false`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct SignatureFailure {
     pub valid: bool,
     pub error: String,

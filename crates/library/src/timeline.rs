@@ -22,6 +22,7 @@ pub const TIMELINE_FORMAT: u32 = 1;
 
 /// What an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A new version was added and became current.

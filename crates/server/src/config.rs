@@ -135,14 +135,9 @@ impl Settings {
             Some(text) => parse_duration("trace-window", text)?,
             None => DEFAULT_TRACE_WINDOW,
         };
+        // Without --tls-cert/--tls-key the daemon makes a self-signed certificate in its state
+        // folder on first start (`tls::self_signed`).
         let https_port = self.https_port.unwrap_or(0);
-        if https_port != 0 && tls.is_none() {
-            return Err(ConfigError::Value {
-                key: "https-port",
-                value: https_port.to_string(),
-                problem: "HTTPS needs --tls-cert and --tls-key".into(),
-            });
-        }
         Ok(ServerOptions {
             listen,
             http_port: self.http_port.unwrap_or(DEFAULT_HTTP_PORT),
@@ -166,7 +161,8 @@ pub struct ServerOptions {
     pub http_port: u16,
     pub https_port: u16,
     pub nbd_port: u16,
-    /// Certificate chain and private key (PEM).
+    /// Certificate chain and private key (PEM); without, HTTPS uses a self-signed certificate
+    /// kept in the state folder.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub cache_bytes: u64,
     /// The on-disk cache tier: folder and byte budget.
@@ -264,12 +260,14 @@ mod tests {
     }
 
     #[test]
-    fn https_needs_a_certificate_and_key() {
+    fn https_without_a_certificate_uses_a_self_signed_one_and_cert_and_key_go_together() {
         let s = Settings {
             https_port: Some(8443),
             ..Settings::default()
         };
-        assert!(s.resolve("/s".into()).is_err());
+        let options = s.resolve("/s".into()).unwrap();
+        assert_eq!(options.https_port, 8443);
+        assert!(options.tls.is_none());
         let s = Settings {
             tls_cert: Some("c".into()),
             ..Settings::default()

@@ -9,6 +9,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vmedia_library::Library;
 
+use crate::api::ApiState;
+use crate::audit::AuditLog;
+use crate::auth::{Authenticate, UserStore};
 use crate::cache::{CacheOptions, SharedCache};
 use crate::clones::{BaseOpener, CloneStore};
 use crate::config::ServerOptions;
@@ -37,6 +40,8 @@ pub enum ServeError {
     Clones(crate::clones::CloneError),
     #[error("cannot start network boot: {0}")]
     Netboot(crate::netboot::NetbootStartError),
+    #[error("cannot open the daemon's {what}: {problem}")]
+    State { what: &'static str, problem: String },
 }
 
 /// Starts the daemon.
@@ -53,6 +58,12 @@ pub struct ServerHandle {
     pub resolver: Arc<dyn ExportResolver>,
     /// The network boot server run with `--netboot`.
     pub netboot: Option<vmedia_netboot::ServerHandle>,
+    /// Users, API tokens and sessions (`STATE/auth/`), which the API and Redfish check.
+    pub users: Arc<UserStore>,
+    /// The audit log (`STATE/audit.jsonl`) every interface records changes in.
+    pub audit: Arc<AuditLog>,
+    /// SHA-256 of the self-signed certificate the HTTPS listener uses, when it made one.
+    pub tls_fingerprint: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -98,7 +109,22 @@ impl Server {
                 .map(|c| (c.name, c.bytes_written))
                 .collect()
         }));
-        let clones_router = Some(crate::clones::api::router(store));
+        let clones_router = crate::clones::api::router(store);
+        let state_error = |what: &'static str| {
+            move |e: &dyn std::fmt::Display| ServeError::State {
+                what,
+                problem: e.to_string(),
+            }
+        };
+        let users = Arc::new(
+            UserStore::open(&options.state_dir).map_err(|e| state_error("user store")(&e))?,
+        );
+        let audit =
+            Arc::new(AuditLog::open(&options.state_dir).map_err(|e| state_error("audit log")(&e))?);
+        let uploads = Arc::new(
+            crate::api::uploads::Uploads::open(&options.state_dir)
+                .map_err(|e| state_error("uploads folder")(&e))?,
+        );
 
         let resolver: Arc<dyn ExportResolver> = exports.clone();
         let state = Arc::new(AppState {
@@ -106,9 +132,33 @@ impl Server {
             observer: Arc::clone(&observer),
             metrics: Arc::clone(&metrics),
         });
-        let app = http::router(state, clones_router);
+        let app = http::router(Arc::clone(&state), Some(clones_router.clone()));
+        // HTTPS: images and metrics as on HTTP, and the API (with the clone API and preload)
+        // behind authentication.
+        let api_state = Arc::new(ApiState {
+            app: Arc::clone(&state),
+            users: Arc::clone(&users),
+            auth: users.clone() as Arc<dyn Authenticate>,
+            audit: Arc::clone(&audit),
+            tasks: Arc::new(crate::api::tasks::Tasks::default()),
+            uploads,
+            idempotency: Arc::new(crate::api::idempotency::Replies::default()),
+        });
+        let https_app =
+            http::public_router(state).merge(crate::api::router(api_state, Some(clones_router)));
+        let mut tls_fingerprint = None;
         let tls_config = match &options.tls {
             Some((cert, key)) => Some(tls::server_config(cert, key)?),
+            None if options.https_port != 0 => {
+                let (cert, key, fingerprint) = tls::self_signed(&options.state_dir)?;
+                tracing::info!(
+                    certificate = %cert.display(),
+                    sha256 = fingerprint,
+                    "HTTPS uses a self-signed certificate"
+                );
+                tls_fingerprint = Some(fingerprint);
+                Some(tls::server_config(&cert, &key)?)
+            }
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -134,7 +184,7 @@ impl Server {
             tasks.push(tokio::spawn(http::serve_http(
                 listener,
                 Some(tls::http_acceptor(config)),
-                app.clone(),
+                https_app.clone(),
                 Arc::clone(&observer),
                 shutdown_rx.clone(),
             )));
@@ -189,6 +239,9 @@ impl Server {
             metrics,
             resolver,
             netboot,
+            users,
+            audit,
+            tls_fingerprint,
             shutdown,
             tasks,
         })

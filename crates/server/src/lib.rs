@@ -5,6 +5,9 @@
 //! errors; routes and protocol drivers call library, disk and iso operations and hold no format
 //! logic. The protocol logic of NBD is in `vmedia-nbd`; this crate owns the sockets.
 
+pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod cache;
 pub mod clones;
 pub mod config;

@@ -21,7 +21,7 @@ pub use crate::http::ErrorBody;
 use crate::http::{clone_status, error_response};
 
 /// `POST /api/v1/clones`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// `NAME[@V]`.
@@ -32,7 +32,7 @@ pub struct CreateRequest {
 }
 
 /// `POST /api/v1/clones/CLONE/commit`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     /// The library item the new version is added to.

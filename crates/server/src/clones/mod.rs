@@ -62,7 +62,7 @@ pub trait BaseOpener: Send + Sync {
 }
 
 /// One clone, as `clone ls` and the API show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CloneInfo {
     pub name: String,
     /// The pinned base, `NAME@V`.

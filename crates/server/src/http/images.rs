@@ -48,7 +48,7 @@ struct Representation {
     direct: Option<Arc<dyn Export>>,
 }
 
-pub(super) async fn image(
+pub(crate) async fn image(
     State(state): State<Arc<AppState>>,
     Extension(peer): Extension<Peer>,
     Path(path): Path<String>,

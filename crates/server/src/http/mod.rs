@@ -4,7 +4,7 @@
 //! Every body is streamed in `PIECE_BYTES` pieces, each read on a blocking thread when the
 //! client is ready for it: a slow client holds only its own connection, never a thread.
 
-mod images;
+pub(crate) mod images;
 pub mod range;
 
 use std::convert::Infallible;
@@ -60,15 +60,23 @@ pub struct Peer {
 
 /// The daemon's routes; `clones` (the clone store's API) is nested at `/api/v1/clones`.
 pub fn router(state: Arc<AppState>, clones: Option<Router>) -> Router {
-    let router = Router::new()
-        .route("/images/{*path}", get(images::image))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/preload", post(preload))
-        .with_state(state);
+    let router = public_router(Arc::clone(&state)).merge(
+        Router::new()
+            .route("/api/v1/preload", post(preload))
+            .with_state(state),
+    );
     match clones {
         Some(clones) => router.nest("/api/v1/clones", clones),
         None => router,
     }
+}
+
+/// Images, files, disks and `/metrics`: what every listener serves without credentials.
+pub fn public_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/images/{*path}", get(images::image))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -83,8 +91,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct PreloadRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PreloadRequest {
     image: String,
     /// Answer when the whole version is in the cache (default), or at once (202).
     #[serde(default = "yes")]
@@ -95,7 +103,7 @@ fn yes() -> bool {
     true
 }
 
-async fn preload(
+pub(crate) async fn preload(
     State(state): State<Arc<AppState>>,
     body: Result<Json<PreloadRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -173,20 +181,70 @@ pub fn clone_status(error: &CloneError) -> StatusCode {
     }
 }
 
-/// Every error body the daemon sends: `{"error": "..."}`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// The status of a library error met by an API request.
+pub fn library_status(error: &vmedia_library::LibraryError) -> StatusCode {
+    use vmedia_library::LibraryError as E;
+    match error {
+        E::InvalidName { .. }
+        | E::InvalidSpec { .. }
+        | E::AmbiguousDigest { .. }
+        | E::NothingCurrentAt { .. }
+        | E::Image { .. }
+        | E::BackingFile { .. }
+        | E::EmbeddedChecksum { .. }
+        | E::Unsigned { .. }
+        | E::Untrusted { .. }
+        | E::BadSignature { .. }
+        | E::Limit { .. } => StatusCode::BAD_REQUEST,
+        E::NoSuchItem { .. } | E::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
+        // The item or version was there and is gone: 410 tells a client not to retry.
+        E::ItemRemoved { .. } | E::VersionPruned { .. } => StatusCode::GONE,
+        E::Contention { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Every error body the daemon sends: an RFC 9457 problem document
+/// (`application/problem+json`) whose `error` member (an extension) repeats `detail`, the
+/// body's one field before the REST API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type", default = "about_blank")]
+    pub kind: String,
+    /// The status's reason phrase.
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub status: u16,
+    /// What went wrong with this request, in words.
+    #[serde(default)]
+    pub detail: String,
     pub error: String,
 }
 
-pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(ErrorBody {
+fn about_blank() -> String {
+    "about:blank".into()
+}
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl ErrorBody {
+    pub fn new(status: StatusCode, message: &str) -> ErrorBody {
+        ErrorBody {
+            kind: about_blank(),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: message.to_string(),
             error: message.to_string(),
-        }),
-    )
-        .into_response()
+        }
+    }
+}
+
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::to_vec(&ErrorBody::new(status, message)).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response()
 }
 
 /// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` turns true, then lets
