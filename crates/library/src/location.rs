@@ -200,7 +200,5 @@ mod tests {
             waited <= S3_READ_DEADLINE + Duration::from_secs(1),
             "the read failed after {waited:?}, deadline {S3_READ_DEADLINE:?}"
         );
-        // It did retry (a refused connection is retried until the budget is spent).
-        assert!(waited >= S3_RETRY_BUDGET / 2, "no retries: {waited:?}");
     }
 }
