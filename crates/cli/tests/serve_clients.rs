@@ -205,14 +205,12 @@ fn vm_network_boots_kernel_and_initrd_out_of_a_library_iso_from_serve_netboot() 
     let config = lib.path("netboot.toml");
     fs::write(
         &config,
-        format!(
-            "[server]\nroot = \"netboot-root\"\ndhcp = \"full\"\ninterface = \"br0\"\n\
+        "[server]\nroot = \"netboot-root\"\ndhcp = \"full\"\ninterface = \"br0\"\n\
              dhcp_range = \"10.73.0.100-10.73.0.150\"\nlease_file = \"leases.json\"\n\
              tftp_port = 69\nhttp_port = 8080\n\n\
              [default]\nkernel = \"library:demo@1:/boot/vmlinuz\"\n\
              initrd = [\"library:demo@1:/boot/initrd.gz\"]\n\
-             cmdline = \"console=ttyS0 panic=-1 vmedia.from=netboot\"\n"
-        ),
+             cmdline = \"console=ttyS0 panic=-1 vmedia.from=netboot\"\n",
     )
     .unwrap();
     // The daemon runs inside the namespace: its netboot server binds br0 there.
