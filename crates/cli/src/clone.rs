@@ -70,6 +70,10 @@ pub struct LsArgs {
 #[derive(clap::Args)]
 pub struct RmArgs {
     clone: String,
+    /// Remove the clone even while VMs are connected to it (their connections are cut off:
+    /// every further request on them fails)
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -236,7 +240,8 @@ fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
 
 fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(args.server, CALL_TIMEOUT)?;
-    api.call("DELETE", &format!("/{}", args.clone), None, 204)?;
+    let query = if args.force { "?force=true" } else { "" };
+    api.call("DELETE", &format!("/{}{query}", args.clone), None, 204)?;
     println!("removed clone {}", args.clone);
     Ok(ExitCode::SUCCESS)
 }

@@ -141,6 +141,12 @@ pub fn open_library_for_serve(configured: Option<&str>) -> Result<Library> {
     Ok(Library::open(&config)?)
 }
 
+/// The library location given for this run (`--library`, else VMEDIA_LIBRARY), if any: what
+/// `vmedia netboot serve` serves `library:` paths from.
+pub fn requested_library_location() -> Option<String> {
+    global().library.or_else(crate::env::library_location)
+}
+
 /// The library every `library:` argument of this run reads (`disk compare library:A library:B`
 /// opens it once: one configuration read, one S3 client).
 static SHARED: OnceLock<Library> = OnceLock::new();

@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -42,8 +43,15 @@ const SERVE_EXAMPLES: &str = "Examples:
   # kernel straight out of an ISO in the root:
   curl -O http://10.0.0.1/debian.iso/install.amd/vmlinuz
 
+  # kernel and initrd out of a library version (folder or S3, as the library commands take it)
+  vmedia netboot serve --library s3://images/site --s3-endpoint http://10.0.0.2:8333 \
+      --no-dhcp --root /srv/tftp --config rules.toml
+  #   rules.toml: kernel = \"library:debian@3:/install.amd/vmlinuz\"
+
 A path may reach into an ISO under the root: debian.iso:/install.amd/vmlinuz or
-debian.iso/install.amd/vmlinuz. Each event is logged as one line on stderr.
+debian.iso/install.amd/vmlinuz. With --library (or VMEDIA_LIBRARY), rules and requests may
+name library:NAME[@V]:/path/in/iso and library:NAME[@V]. Each event is logged as one line on
+stderr.
 TFTP grants blksize up to what the link's MTU carries unfragmented (1468 on Ethernet, 65464 on
 loopback) and windowsize up to 64 blocks or 128 KiB; at most 2048 transfers run at once.";
 
@@ -191,12 +199,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // `library:` paths need a library: the one --library (or VMEDIA_LIBRARY) names, opened as
+    // the library commands open it (--s3-endpoint and the AWS_* variables for S3).
+    let library = match crate::library::requested_library_location() {
+        Some(location) => Some((
+            crate::library::open_library_for_serve(None)
+                .with_context(|| format!("cannot open the library {location}"))?,
+            location,
+        )),
+        None => None,
+    };
     runtime.block_on(async {
-        let mut server = Server::start(config).await.context("netboot server")?;
-        logging::announce(&banner(
-            server.bound(),
-            args.interface.as_deref(),
-            &args.root,
+        let (mut server, from) = match library {
+            Some((library, location)) => {
+                let images = Arc::new(vmedia_server::netboot::LibraryImages::new(library));
+                let server = Server::start_with_images(config, images)
+                    .await
+                    .context("netboot server")?;
+                (server, format!(" and library {location}"))
+            }
+            None => (
+                Server::start(config).await.context("netboot server")?,
+                String::new(),
+            ),
+        };
+        logging::announce(&format!(
+            "{}{from}",
+            banner(server.bound(), args.interface.as_deref(), &args.root)
         ));
         let signalled = tokio::select! {
             result = server.wait() => {

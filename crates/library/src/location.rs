@@ -70,6 +70,18 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// How long one read of an S3 object may take in all, retries included, before it fails: an
+/// unreachable backend turns into an I/O error (EIO at the daemon's clients) this soon instead
+/// of after the object store client's default retries (10-24 s here, minutes at worst).
+pub const S3_READ_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the object store client keeps retrying a failed request (any operation); below
+/// [`S3_READ_DEADLINE`] so a read's last retry still fits inside it.
+pub const S3_RETRY_BUDGET: Duration = Duration::from_secs(3);
+/// The longest pause between two retries (object_store's default is 15 s).
+pub const S3_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long opening a connection to the S3 endpoint may take (a black-holed host).
+pub const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Explicit S3 settings: the binary fills these from `AWS_*` variables and `--s3-endpoint`;
 /// the crate reads no environment.
 #[derive(Debug, Default, Clone)]
@@ -157,5 +169,36 @@ mod tests {
         for bad in ["", "s3://", "s3://A", "s3://b/../x", "http://x/y"] {
             assert!(Location::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_read_from_an_unreachable_s3_backend_fails_within_the_read_deadline() {
+        use crate::store::{S3Config, S3Store, Store};
+        // A loopback port nobody listens on: every attempt is refused at once, so only the
+        // client's retries could make the read wait.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = S3Store::new(&S3Config {
+            bucket: "vmedia-gone".into(),
+            prefix: "lib".into(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("id".into()),
+            secret_access_key: Some("secret".into()),
+            allow_http: true,
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let result = store.get("chunks/ab/cd", 1 << 20);
+        let waited = started.elapsed();
+        assert!(result.is_err(), "{result:?}");
+        // The deadline plus one scheduling slice of a loaded machine.
+        assert!(
+            waited <= S3_READ_DEADLINE + Duration::from_secs(1),
+            "the read failed after {waited:?}, deadline {S3_READ_DEADLINE:?}"
+        );
     }
 }

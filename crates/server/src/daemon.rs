@@ -203,9 +203,13 @@ impl Server {
         }
         let netboot = match &options.netboot {
             Some(config) => Some(
-                crate::netboot::start_netboot(config, exports.library().clone())
-                    .await
-                    .map_err(ServeError::Netboot)?,
+                crate::netboot::start_netboot_cached(
+                    config,
+                    exports.library().clone(),
+                    Arc::clone(exports.cache()) as Arc<dyn vmedia_library::ChunkCache>,
+                )
+                .await
+                .map_err(ServeError::Netboot)?,
             ),
             None => None,
         };

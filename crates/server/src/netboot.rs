@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use thiserror::Error;
 use vmedia_io::ReadAt;
-use vmedia_library::{Library, LibraryError, VersionReader, VersionSpec};
+use vmedia_library::{ChunkCache, Library, LibraryError, VersionReader, VersionSpec};
 use vmedia_netboot::files::{ImageKey, ImageSource};
 use vmedia_netboot::rules::MAX_RULES_FILE;
 use vmedia_netboot::{DhcpConfig, NetbootError, Server, ServerConfig, ServerHandle};
@@ -56,16 +56,28 @@ struct Opened {
 
 /// The daemon's library as the netboot server's [`ImageSource`]: versions are opened
 /// read-only; a reader is reused for [`REOPEN_AFTER`], and kept beyond that while its spec
-/// still resolves to the same digest (its chunk cache stays warm).
+/// still resolves to the same digest (its chunk cache stays warm). Given a chunk cache (the
+/// daemon's shared one), every reader reads through it, so a kernel that NBD and HTTP clients
+/// also read is fetched from the backend once.
 pub struct LibraryImages {
     library: Library,
     refresh: Duration,
+    cache: Option<Arc<dyn ChunkCache>>,
     opened: Mutex<HashMap<String, Opened>>,
 }
 
 impl LibraryImages {
+    /// Readers with their own chunk caches (a standalone netboot server).
     pub fn new(library: Library) -> LibraryImages {
         LibraryImages::with_refresh(library, REOPEN_AFTER)
+    }
+
+    /// Readers that read through `cache` (the daemon's shared cache).
+    pub fn with_cache(library: Library, cache: Arc<dyn ChunkCache>) -> LibraryImages {
+        LibraryImages {
+            cache: Some(cache),
+            ..LibraryImages::new(library)
+        }
     }
 
     /// With another reuse window (zero: resolve on every open).
@@ -73,6 +85,7 @@ impl LibraryImages {
         LibraryImages {
             library,
             refresh,
+            cache: None,
             opened: Mutex::new(HashMap::new()),
         }
     }
@@ -87,7 +100,13 @@ impl LibraryImages {
             }
         }
         let parsed = VersionSpec::parse(spec).map_err(library_io)?;
-        let fresh = self.library.open_version(&parsed).map_err(library_io)?;
+        let fresh = match &self.cache {
+            Some(cache) => self
+                .library
+                .open_version_cached(&parsed, Arc::clone(cache))
+                .map_err(library_io)?,
+            None => self.library.open_version(&parsed).map_err(library_io)?,
+        };
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         let reader = match opened.get(spec) {
             Some(o) if o.reader.digest() == fresh.digest() => o.reader.clone(),
@@ -295,6 +314,16 @@ pub async fn start_netboot(
     library: Library,
 ) -> Result<ServerHandle, NetbootStartError> {
     start_netboot_with_images(config, Arc::new(LibraryImages::new(library))).await
+}
+
+/// [`start_netboot`] with every `library:` read going through `cache` (the daemon's shared
+/// cache: NBD, HTTP and netboot clients of one version share its chunks).
+pub async fn start_netboot_cached(
+    config: &Path,
+    library: Library,
+    cache: Arc<dyn ChunkCache>,
+) -> Result<ServerHandle, NetbootStartError> {
+    start_netboot_with_images(config, Arc::new(LibraryImages::with_cache(library, cache))).await
 }
 
 /// [`start_netboot`] with another source of `library:` images (e.g. one that reads through

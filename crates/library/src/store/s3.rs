@@ -13,9 +13,13 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion,
+};
 
 use super::{check_key, Etag, Object, ObjectMeta, PutOutcome, Store, StoreError};
+use crate::location::{S3_CONNECT_TIMEOUT, S3_MAX_BACKOFF, S3_READ_DEADLINE, S3_RETRY_BUDGET};
 
 /// Runtime threads: requests are I/O bound and the callers already run on every core.
 const RUNTIME_THREADS: usize = 2;
@@ -61,7 +65,16 @@ impl S3Store {
             .with_bucket_name(&config.bucket)
             .with_region(config.region.clone().unwrap_or_else(|| "us-east-1".into()))
             .with_allow_http(config.allow_http)
-            .with_conditional_put(S3ConditionalPut::ETagMatch);
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    max_backoff: S3_MAX_BACKOFF,
+                    ..BackoffConfig::default()
+                },
+                retry_timeout: S3_RETRY_BUDGET,
+                ..RetryConfig::default()
+            })
+            .with_client_options(ClientOptions::new().with_connect_timeout(S3_CONNECT_TIMEOUT));
         if let Some(endpoint) = &config.endpoint {
             // S3-compatible servers on an explicit endpoint are addressed by path, not by
             // virtual host (a loopback SeaweedFS has no DNS for bucket names).
@@ -186,7 +199,7 @@ impl Store for S3Store {
     fn get_tagged(&self, key: &str, limit: u64) -> Result<Option<Object>, StoreError> {
         let path = self.path(key, "read")?;
         let client = Arc::clone(&self.client);
-        let result = self.run("read", key, async move {
+        let read = async move {
             let got = client.get(&path).await?;
             let size = got.meta.size;
             if size > limit {
@@ -195,7 +208,20 @@ impl Store for S3Store {
             let etag = got.meta.e_tag.clone().unwrap_or_default();
             let bytes = got.bytes().await?;
             Ok::<_, object_store::Error>(Ok((bytes, etag)))
-        })?;
+        };
+        // The timer is made inside the task: it needs the store's runtime.
+        let result = self
+            .run("read", key, async move {
+                tokio::time::timeout(S3_READ_DEADLINE, read).await
+            })?
+            .map_err(|_| {
+                StoreError::new(
+                    &self.name,
+                    "read",
+                    key,
+                    format!("no answer within {S3_READ_DEADLINE:?} (retries included)"),
+                )
+            })?;
         match result {
             Ok(Ok((bytes, etag))) => Ok(Some(Object {
                 bytes: bytes.to_vec(),

@@ -1,15 +1,16 @@
 //! The clone control API, nested by the daemon at `/api/v1/clones`:
 //! `POST /` `{"base":"NAME[@V]","name":"CLONE","ephemeral":false}` -> 201 `CloneInfo`;
-//! `GET /` -> `[CloneInfo]`; `GET /CLONE` -> `CloneInfo`; `DELETE /CLONE` -> 204;
+//! `GET /` -> `[CloneInfo]`; `GET /CLONE` -> `CloneInfo`; `DELETE /CLONE[?force=true]` -> 204
+//! (409 while client connections hold the clone open, unless forced);
 //! `POST /CLONE/commit` `{"as":"NAME"}` -> 200 `AddReport`.
 //! Errors are `{"error": "..."}` with 400 (bad request or name), 404 (no such clone or base),
-//! 409 (the name is taken) or 500. Store calls block (fsync, library I/O), so they run on the
+//! 409 (the name is taken, or the clone is in use) or 500. Store calls block (fsync, library I/O), so they run on the
 //! blocking pool.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +39,15 @@ pub struct CommitRequest {
     /// The library item the new version is added to.
     #[serde(rename = "as")]
     pub as_name: String,
+}
+
+/// `DELETE /api/v1/clones/CLONE?force=true`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    /// Remove the clone even while connections hold it open (they are cut off).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// An error on its way to the client: its status comes from `crate::http::clone_status`, its
@@ -110,8 +120,11 @@ async fn show(
 async fn remove(
     State(store): State<Arc<CloneStore>>,
     Path(name): Path<String>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    blocking(move || store.remove(&name)).await?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    blocking(move || store.remove_with(&name, query.force)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -86,6 +86,12 @@ pub enum CloneError {
     NotFound(String),
     #[error("a clone named {0} already exists")]
     Exists(String),
+    #[error(
+        "clone {name} is in use by {connections} open connection(s): power off or disconnect \
+         the VMs using it and try again, or remove it anyway with `vmedia clone rm {name} \
+         --force` (their connections are cut off)"
+    )]
+    InUse { name: String, connections: usize },
     #[error("base {spec}: {source}")]
     Base {
         spec: String,
@@ -421,13 +427,54 @@ impl CloneStore {
 
     /// Deletes a clone and its overlay. Connections still open to it get errors from then on.
     pub fn remove(&self, name: &str) -> Result<(), CloneError> {
-        let overlay = self
-            .state()
-            .clones
-            .remove(name)
-            .ok_or_else(|| CloneError::NotFound(name.to_string()))?;
+        self.remove_with(name, true)
+    }
+
+    /// Deletes a clone unless client connections hold it open ([`CloneError::InUse`]); with
+    /// `force`, removes it anyway and every request on those connections fails from then on.
+    pub fn remove_with(&self, name: &str, force: bool) -> Result<(), CloneError> {
+        let overlay = {
+            let mut state = self.state();
+            let overlay = state
+                .clones
+                .get(name)
+                .ok_or_else(|| CloneError::NotFound(name.to_string()))?;
+            // Checked under the store's lock: a connection opened after this finds the clone
+            // gone (`open_export` looks it up under the same lock).
+            let connections = overlay.connections.load(Ordering::SeqCst);
+            if connections > 0 && !force {
+                return Err(CloneError::InUse {
+                    name: name.to_string(),
+                    connections,
+                });
+            }
+            state
+                .clones
+                .remove(name)
+                .ok_or_else(|| CloneError::NotFound(name.to_string()))?
+        };
         overlay.mark_removed();
         self.delete_dir(name, &overlay.dir)
+    }
+
+    /// Client connections open to clone `name` now.
+    pub fn connections(&self, name: &str) -> Result<usize, CloneError> {
+        Ok(self.overlay(name)?.connections.load(Ordering::SeqCst))
+    }
+
+    /// The export `clone/<name>` for one client connection: counted while it lives, so
+    /// [`CloneStore::remove_with`] can refuse a clone that is in use.
+    pub fn open_connection(&self, name: &str) -> Result<Arc<dyn Export>, ExportError> {
+        let state = self.state();
+        match state.clones.get(name) {
+            Some(overlay) => {
+                overlay.connections.fetch_add(1, Ordering::SeqCst);
+                Ok(Arc::new(CloneConnection(Arc::clone(overlay))))
+            }
+            None => Err(ExportError::NotFound(format!(
+                "{CLONE_EXPORT_PREFIX}{name}"
+            ))),
+        }
     }
 
     /// The writable export `clone/<name>`; every connection to a clone shares one overlay.
@@ -476,6 +523,60 @@ impl CloneStore {
     /// Records in a clone's journal file (after compaction, about one per run of blocks).
     pub fn journal_records(&self, name: &str) -> Result<u64, CloneError> {
         Ok(self.overlay(name)?.journal_records())
+    }
+}
+
+/// One client connection's handle on a clone: the overlay, counted in its `connections` until
+/// the connection lets go of it.
+struct CloneConnection(Arc<Overlay>);
+
+impl Drop for CloneConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Export for CloneConnection {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_only(&self) -> bool {
+        self.0.read_only()
+    }
+    fn block_sizes(&self) -> crate::export::BlockSizes {
+        self.0.block_sizes()
+    }
+    // Every request checks first that the clone was not removed under the connection (a
+    // forced `clone rm`): from then on the connection gets errors only, reads included.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.check_live()?;
+        self.0.read_at(buf, offset)
+    }
+    fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<crate::export::Extent>> {
+        self.0.check_live()?;
+        Export::extents(&*self.0, offset, length)
+    }
+    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.0.check_live()?;
+        self.0.write_at(data, offset, fua)
+    }
+    fn write_zeroes(&self, offset: u64, length: u64, fua: bool) -> io::Result<()> {
+        self.0.check_live()?;
+        self.0.write_zeroes(offset, length, fua)
+    }
+    fn trim(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.0.check_live()?;
+        self.0.trim(offset, length)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.check_live()?;
+        Export::flush(&*self.0)
+    }
+    fn can_multi_conn(&self) -> bool {
+        self.0.can_multi_conn()
     }
 }
 
@@ -560,7 +661,7 @@ impl ExportResolver for CloneStore {
 
     fn open(&self, name: &str) -> Result<Arc<dyn Export>, ExportError> {
         match name.strip_prefix(CLONE_EXPORT_PREFIX) {
-            Some(clone) => self.open_export(clone),
+            Some(clone) => self.open_connection(clone),
             None => Err(ExportError::NotFound(name.to_string())),
         }
     }

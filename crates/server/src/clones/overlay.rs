@@ -195,6 +195,8 @@ pub(crate) struct Overlay {
     /// Writes hold it shared; a commit holds it exclusively so it reads one consistent state.
     gate: RwLock<()>,
     removed: AtomicBool,
+    /// Client connections holding the clone open (NBD sessions through the resolver).
+    pub(crate) connections: std::sync::atomic::AtomicUsize,
     base: Mutex<Option<Arc<dyn Export>>>,
     opener: Arc<dyn BaseOpener>,
     files: Arc<FileCache>,
@@ -328,6 +330,7 @@ impl Overlay {
             dirty: AtomicBool::new(false),
             gate: RwLock::new(()),
             removed: AtomicBool::new(false),
+            connections: std::sync::atomic::AtomicUsize::new(0),
             base: Mutex::new(None),
             opener,
             files,
@@ -371,7 +374,7 @@ impl Overlay {
         self.files.forget(self.id);
     }
 
-    fn check_live(&self) -> io::Result<()> {
+    pub(crate) fn check_live(&self) -> io::Result<()> {
         if self.removed.load(Ordering::SeqCst) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,

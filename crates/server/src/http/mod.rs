@@ -163,7 +163,7 @@ pub fn clone_status(error: &CloneError) -> StatusCode {
     match error {
         CloneError::InvalidName { .. } | CloneError::TooLarge { .. } => StatusCode::BAD_REQUEST,
         CloneError::NotFound(_) => StatusCode::NOT_FOUND,
-        CloneError::Exists(_) => StatusCode::CONFLICT,
+        CloneError::Exists(_) | CloneError::InUse { .. } => StatusCode::CONFLICT,
         // The base a request names: missing is 404 as for any export; one that cannot stand
         // under a clone (a disk naming a backing file, an unreadable format) is the request's
         // mistake, not a passing outage, so 400 rather than the 503 a read would get.
