@@ -65,6 +65,15 @@ impl Server {
         library: Library,
         options: ServerOptions,
     ) -> Result<ServerHandle, ServeError> {
+        Self::start_with_redfish(library, options, None).await
+    }
+
+    /// `start`, and Redfish for the VM store in `redfish` served on the HTTPS listener.
+    pub async fn start_with_redfish(
+        library: Library,
+        options: ServerOptions,
+        redfish: Option<(crate::redfish::Context, Arc<dyn crate::auth::Authenticate>)>,
+    ) -> Result<ServerHandle, ServeError> {
         let cache = Arc::new(
             SharedCache::new(&CacheOptions {
                 memory_bytes: options.cache_bytes,
@@ -134,7 +143,10 @@ impl Server {
             tasks.push(tokio::spawn(http::serve_http(
                 listener,
                 Some(tls::http_acceptor(config)),
-                app.clone(),
+                match redfish {
+                    Some((ctx, auth)) => app.clone().merge(crate::redfish::router(ctx, auth)),
+                    None => app.clone(),
+                },
                 Arc::clone(&observer),
                 shutdown_rx.clone(),
             )));

@@ -5,6 +5,7 @@
 //! errors; routes and protocol drivers call library, disk and iso operations and hold no format
 //! logic. The protocol logic of NBD is in `vmedia-nbd`; this crate owns the sockets.
 
+pub mod auth;
 pub mod cache;
 pub mod clones;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod nbd;
 pub mod netboot;
 pub mod preload;
+pub mod redfish;
 pub mod scrape;
 pub mod tls;
 
