@@ -94,7 +94,6 @@ pub(crate) async fn resource(
         "@odata.id": uri,
         "Id": device,
         "WriteProtected": true,
-        "Status": {"State": "Enabled", "Health": "OK"},
     });
     if device == "Floppy" {
         body["Name"] = json!("Virtual floppy (none on this machine type)");
@@ -102,7 +101,6 @@ pub(crate) async fn resource(
         body["Image"] = Value::Null;
         body["Inserted"] = json!(false);
         body["ConnectedVia"] = json!("NotConnected");
-        body["Status"] = json!({"State": "Absent"});
         return Ok(Json(body));
     }
     let medium = vm
@@ -129,9 +127,6 @@ pub(crate) async fn resource(
         .and_then(protocol)
         .map_or(Value::Null, |p| json!(p));
     body["TransferMethod"] = json!("Stream");
-    if vm.config.spec.cdroms.is_empty() {
-        body["Status"] = json!({"State": "Absent"});
-    }
     let actions = format!("{base}/VirtualMedia/Cd/Actions");
     body["Actions"] = json!({
         "#VirtualMedia.InsertMedia": {"target": format!("{actions}/{INSERT}")},
