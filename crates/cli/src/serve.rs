@@ -96,7 +96,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map(|c| c.state_dir().join("serve"))
             .context("no --state and no data directory to keep the daemon's state in")?,
     };
-    let options = settings.resolve(default_state)?;
+    let mut options = settings.resolve(default_state)?;
+    // Redfish serves the VMs of the `vm` commands' store (on the HTTPS port, behind the users).
+    options.systems = crate::env::boot_config().ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vmedia-serve")

@@ -150,6 +150,7 @@ impl Settings {
             preload: self.preload,
             trace_window,
             netboot: self.netboot,
+            systems: None,
         })
     }
 }
@@ -174,6 +175,8 @@ pub struct ServerOptions {
     pub trace_window: Duration,
     /// The netboot rules file to serve DHCP/TFTP/HTTP boot from, with `library:` paths.
     pub netboot: Option<PathBuf>,
+    /// The VM store whose VMs Redfish serves as systems on the HTTPS listener; None: no Redfish.
+    pub systems: Option<vmedia_boot::store::BootConfig>,
 }
 
 /// `4096`, `512K`, `256M`, `1G`, `2T` (binary units, optional `iB`/`B`).

@@ -76,6 +76,15 @@ impl Server {
         library: Library,
         options: ServerOptions,
     ) -> Result<ServerHandle, ServeError> {
+        Self::start_with_redfish(library, options, None).await
+    }
+
+    /// `start`, and Redfish for the VM store in `redfish` served on the HTTPS listener.
+    pub async fn start_with_redfish(
+        library: Library,
+        options: ServerOptions,
+        redfish: Option<(crate::redfish::Context, Arc<dyn crate::auth::Authenticate>)>,
+    ) -> Result<ServerHandle, ServeError> {
         let cache = Arc::new(
             SharedCache::new(&CacheOptions {
                 memory_bytes: options.cache_bytes,
@@ -146,6 +155,20 @@ impl Server {
         });
         let https_app =
             http::public_router(state).merge(crate::api::router(api_state, Some(clones_router)));
+        // Redfish for the VM store's systems, checked against the daemon's users unless the
+        // caller brings its own authenticator.
+        let redfish = redfish.or_else(|| {
+            options.systems.clone().map(|vms| {
+                (
+                    crate::redfish::Context { vms },
+                    users.clone() as Arc<dyn Authenticate>,
+                )
+            })
+        });
+        let https_router = match redfish {
+            Some((ctx, auth)) => https_app.merge(crate::redfish::router(ctx, auth)),
+            None => https_app,
+        };
         let mut tls_fingerprint = None;
         let tls_config = match &options.tls {
             Some((cert, key)) => Some(tls::server_config(cert, key)?),
@@ -184,7 +207,7 @@ impl Server {
             tasks.push(tokio::spawn(http::serve_http(
                 listener,
                 Some(tls::http_acceptor(config)),
-                https_app.clone(),
+                https_router.clone(),
                 Arc::clone(&observer),
                 shutdown_rx.clone(),
             )));

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod nbd;
 pub mod netboot;
 pub mod preload;
+pub mod redfish;
 pub mod scrape;
 pub mod tls;
 

@@ -90,6 +90,7 @@ pub fn options(state: &Path) -> ServerOptions {
         preload: Vec::new(),
         trace_window: Duration::from_secs(60),
         netboot: None,
+        systems: None,
     }
 }
 
