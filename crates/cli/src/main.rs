@@ -125,8 +125,31 @@ fn report(err: &anyhow::Error) -> ExitCode {
             }
         }
     }
-    eprintln!("vmedia: error: {}", error_text(err));
+    let mut line = error_text(err);
+    if let Some(step) = next_step(err) {
+        line.push_str("; ");
+        line.push_str(step);
+    }
+    eprintln!("vmedia: error: {line}");
     ExitCode::FAILURE
+}
+
+/// The next step for the OS errors a first run meets most, whichever command hit them (the
+/// libraries name the file and the step; what to do about it is the same everywhere).
+fn next_step(err: &anyhow::Error) -> Option<&'static str> {
+    use std::io::ErrorKind;
+    let kind = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)?;
+    match kind {
+        ErrorKind::AddrInUse => Some(
+            "another program listens there (ss -ltnup names it): stop it or choose another \
+             port (--http-port, --nbd-port, --https-port, --tftp-port)",
+        ),
+        ErrorKind::StorageFull => Some("free space there or write the output elsewhere"),
+        _ => None,
+    }
 }
 
 /// The error chain on one line, each cause once. Many library errors already embed their

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{run_and_kill, run_any, vmedia};
+use support::{run_and_kill, vmedia};
 
 /// OS texts that must appear at most once in an error line.
 const OS_TEXTS: [&str; 5] = [
@@ -147,22 +147,16 @@ fn a_file_of_the_wrong_format_says_what_it_is_not() {
         &[&text(&notes), "qcow2"],
     );
     error_line(
-        cmd(&[
-            &"boot",
-            &"--disk",
-            &format!("{},format=vmdk", text(&notes)),
-            &"--expect",
-            &"x",
-        ]),
-        &[&text(&notes)],
+        cmd(&[&"boot", &"--cdrom", &notes, &"--expect", &"x"]),
+        &[&text(&notes), "not an ISO", "--disk"],
     );
     let config = dir.path().join("config");
     fs::create_dir_all(config.join("vmedia")).unwrap();
     let file = config.join("vmedia/config.toml");
-    fs::write(&file, "memory = [\n").unwrap();
+    fs::write(&file, "firmware = \"uefi\"\nmemory = 2G\n").unwrap();
     let mut show = cmd(&[&"config", &"show"]);
     show.env("XDG_CONFIG_HOME", &config);
-    error_line(show, &[&text(&file), "line 1"]);
+    error_line(show, &[&text(&file), "line 2"]);
 }
 
 /// A 1 MiB tmpfs, unmounted when dropped.
@@ -206,7 +200,7 @@ fn no_space_left_names_the_output_and_the_cause_once() {
     let iso = full.dir.path().join("x.iso");
     error_line(
         cmd(&[&"iso", &"create", &tree, &"-o", &iso]),
-        &[&text(&iso), "No space left on device"],
+        &[&text(&iso), "No space left on device", "free space"],
     );
     let raw = src.path().join("d.raw");
     fs::write(&raw, &data).unwrap();
@@ -215,7 +209,7 @@ fn no_space_left_names_the_output_and_the_cause_once() {
         cmd(&[
             &"disk", &"convert", &"-f", &"raw", &"-O", &"qcow2", &raw, &out,
         ]),
-        &[&text(&out), "No space left on device"],
+        &[&text(&out), "No space left on device", "free space"],
     );
     assert!(
         !iso.exists() && !out.exists(),
