@@ -6,12 +6,12 @@
 #   packaging/build-deb.sh BINARY --output DIR/ # further words go to cargo deb
 # Needs cargo-deb (scripts/setup.sh installs it: cargo install cargo-deb --locked).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd -P)
 binary=$(realpath "${1:-$root/target/release/vmedia}")
 shift || true
 generated=$root/target/packaging
 rm -rf "$generated"
-mkdir -p "$generated/man" "$generated/completions" "$generated/bin"
+mkdir -p "$generated/man" "$generated/completions"
 # Man pages and completions come from the binary's own command definitions.
 "$binary" man --out "$generated/man" >/dev/null
 gzip -9n "$generated"/man/*.1
@@ -19,8 +19,10 @@ gzip -9n "$generated"/man/*.1
 "$binary" completions zsh >"$generated/completions/_vmedia"
 "$binary" completions fish >"$generated/completions/vmedia.fish"
 cd "$root"
-# cargo-deb takes the binary from the asset path target/release/vmedia, which --no-build
-# with --profile maps to target/<profile>/vmedia; any other binary is staged as the profile
-# "packaging" (target/packaging/vmedia) so nothing under target/release is overwritten.
-cp "$binary" "$generated/vmedia"
-cargo deb -p vmedia --no-build --profile packaging --no-strip "$@"
+# cargo-deb takes the binary from the asset path target/release/vmedia, which it maps to
+# target/<profile>/vmedia for --profile: the binary must be one of this checkout's profiles.
+case "$binary" in
+  "$root"/target/*/vmedia) profile=$(basename "$(dirname "$binary")") ;;
+  *) echo "build-deb.sh: $binary is not target/<profile>/vmedia of $root" >&2; exit 1 ;;
+esac
+cargo deb -p vmedia --no-build --profile "$profile" "$@"
