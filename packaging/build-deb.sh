@@ -9,7 +9,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
 binary=$(realpath "${1:-$root/target/release/vmedia}")
 shift || true
-generated=$root/target/packaging
+generated=$root/packaging/generated
 rm -rf "$generated"
 mkdir -p "$generated/man" "$generated/completions"
 # Man pages and completions come from the binary's own command definitions.

@@ -54,6 +54,13 @@ pub fn run_man(args: ManArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes one page whole or not at all; generated pages are replaced like any build output.
+fn write_page(path: &Path, page: &[u8]) -> std::io::Result<()> {
+    let mut file = AtomicFile::create(path, OverwritePolicy::Replace)?;
+    file.file_mut().write_all(page)?;
+    file.commit()
+}
+
 /// Writes the page of `command` and of every visible subcommand below it; returns the count.
 fn write_pages(command: &clap::Command, out: &Path) -> anyhow::Result<usize> {
     let name = command
@@ -69,13 +76,8 @@ fn write_pages(command: &clap::Command, out: &Path) -> anyhow::Result<usize> {
         .render(&mut page)
         .with_context(|| format!("cannot render the man page of {name}"))?;
     let path = out.join(format!("{name}.1"));
-    // Generated pages are replaced like any build output.
-    let write = || -> std::io::Result<()> {
-        let mut file = AtomicFile::create(&path, OverwritePolicy::Replace)?;
-        file.file_mut().write_all(&page)?;
-        file.commit()
-    };
-    write().with_context(|| format!("cannot write the man page {}", path.display()))?;
+    write_page(&path, &page)
+        .with_context(|| format!("cannot write the man page {}", path.display()))?;
     let mut count = 1;
     for sub in command.get_subcommands() {
         if sub.is_hide_set() || sub.get_name() == "help" {

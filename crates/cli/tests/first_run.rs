@@ -368,7 +368,7 @@ fn config_show_names_where_each_value_came_from() {
     let text = run_ok(configured(config.path(), state.path()).args(["config", "show"]));
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(
-        text.contains(&format!("2G")) && text.contains(&file.display().to_string()),
+        text.contains("2G") && text.contains(&file.display().to_string()),
         "{text}"
     );
 }
@@ -474,7 +474,7 @@ fn interactive_boot_shows_the_console_takes_keys_and_ctrl_bracket_stops_the_vm()
             "vmedia.shell",
             "--cdrom",
         ])
-        .arg(&iso)
+        .arg(iso)
         .arg("--console-log")
         .arg(&console_log)
         .env("VMEDIA_HOME", state.path())

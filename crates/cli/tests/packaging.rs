@@ -10,7 +10,7 @@ use std::process::Command;
 
 use support::{run_any, run_ok};
 
-const UNIT: &str = "/lib/systemd/system/vmedia.service";
+const UNIT: &str = "/usr/lib/systemd/system/vmedia.service";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
