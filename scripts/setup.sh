@@ -17,6 +17,8 @@ PACKAGES=(
   python3-venv restic borgbackup rsync
   # vmedia serve's clients and peers: QEMU's curl block driver (a module), promtool, NBD tools
   qemu-block-extra prometheus nbdkit libnbd-bin python3-libnbd
+  # the packaging test reads the installed man pages
+  man-db
 )
 
 missing=()
@@ -88,4 +90,9 @@ for component in rustfmt clippy; do
     fi
   fi
 done
+# cargo-deb builds the Debian package the packaging test installs (crates/cli/tests/packaging.rs).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb"
+  cargo install cargo-deb --locked
+fi
 echo "setup: ok"

@@ -55,7 +55,8 @@ pub fn compile_marker(pattern: &str) -> crate::Result<Regex> {
 
 /// Incremental console scanner.
 pub struct ConsoleWatch {
-    marker: Regex,
+    /// `None` for an interactive boot without `--expect`: only the stages are timed.
+    marker: Option<Regex>,
     kernel: Regex,
     start: Instant,
     console: Vec<u8>,
@@ -66,6 +67,11 @@ pub struct ConsoleWatch {
 
 impl ConsoleWatch {
     pub fn new(marker: Regex, start: Instant) -> ConsoleWatch {
+        ConsoleWatch::watching(Some(marker), start)
+    }
+
+    /// A watch that times the boot stages, and the marker when there is one.
+    pub fn watching(marker: Option<Regex>, start: Instant) -> ConsoleWatch {
         ConsoleWatch {
             marker,
             kernel: Regex::new(r"Linux version \d|\[\s*\d+\.\d{6}\] ").expect("static regex"),
@@ -100,7 +106,7 @@ impl ConsoleWatch {
         if self.timeline.guest_panic.is_none() && contains(window, PANIC_PATTERN) {
             self.timeline.guest_panic = Some(elapsed);
         }
-        if let Some(found) = self.marker.find(window) {
+        if let Some(found) = self.marker.as_ref().and_then(|m| m.find(window)) {
             self.timeline.marker = Some(elapsed);
             self.timeline.marker_text =
                 Some(String::from_utf8_lossy(found.as_bytes()).into_owned());

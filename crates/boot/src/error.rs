@@ -15,7 +15,7 @@ pub enum BootError {
     UnknownDiskFormat { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadMedium { path: PathBuf, reason: String },
-    #[error("cannot start {program} (install qemu-system-x86: scripts/setup.sh)")]
+    #[error("cannot start {program}: {source}; install it with apt-get install qemu-system-x86 (or set VMEDIA_QEMU); vmedia doctor checks this host")]
     Spawn {
         program: String,
         #[source]

@@ -69,20 +69,29 @@ pub fn resolve_accel(requested: Accel, config: &BootConfig) -> (ResolvedAccel, O
     }
 }
 
+/// This host boot's identity: a cached verdict is valid until the host reboots.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The verdict cached for this host boot, without probing (`vmedia doctor --no-probe`).
+pub fn stored_verdict(config: &BootConfig) -> Option<KvmVerdict> {
+    let boot_id = boot_id();
+    let text = std::fs::read_to_string(config.state_dir().join("kvm-probe.json")).ok()?;
+    let verdict = serde_json::from_str::<KvmVerdict>(&text).ok()?;
+    (!boot_id.is_empty() && verdict.boot_id == boot_id).then_some(verdict)
+}
+
 /// The verdict for this host boot, probing when there is none yet.
 pub fn cached_verdict(config: &BootConfig) -> KvmVerdict {
     let state_dir = config.state_dir();
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cache = state_dir.join("kvm-probe.json");
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        if let Ok(verdict) = serde_json::from_str::<KvmVerdict>(&text) {
-            if !boot_id.is_empty() && verdict.boot_id == boot_id {
-                return verdict;
-            }
-        }
+    if let Some(verdict) = stored_verdict(config) {
+        return verdict;
     }
+    let boot_id = boot_id();
+    let cache = state_dir.join("kvm-probe.json");
     let (works, detail) = probe(&config.qemu);
     let verdict = KvmVerdict {
         boot_id,

@@ -12,6 +12,7 @@
 
 pub mod console;
 pub mod direct;
+pub mod doctor;
 pub mod error;
 pub mod exercise;
 mod inflate;

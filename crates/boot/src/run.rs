@@ -33,11 +33,25 @@ pub struct BootRequest {
     pub accel: ResolvedAccel,
     /// The QEMU system emulator to run (`BootConfig::qemu`).
     pub qemu: PathBuf,
-    pub marker: Regex,
+    /// What means "booted"; `None` only for an interactive run, which times the stages only.
+    pub marker: Option<Regex>,
     pub timeout: Duration,
     /// Every console byte is appended here as it arrives.
     pub console_log: File,
     pub console_log_path: PathBuf,
+    /// A person at the console: the run shows the console and types into it, and goes on
+    /// after the marker until the VM ends or the cancel flag is set (Ctrl-] in the CLI).
+    pub interactive: Option<Interactive>,
+}
+
+/// The console of an interactive run.
+pub struct Interactive {
+    /// Keys for the guest's serial port, in order.
+    pub keys: mpsc::Receiver<Vec<u8>>,
+    /// Where every console byte is shown as it arrives (the terminal).
+    pub screen: Box<dyn Write + Send>,
+    /// A QEMU window (`-display` value such as `gtk` or `sdl`) instead of none.
+    pub display: Option<String>,
 }
 
 /// How the run ended.
@@ -160,7 +174,21 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
         pidfile: None,
         no_reboot: true,
     };
-    let args = command_line(&launch)?;
+    let mut args = command_line(&launch)?;
+    let (keys, mut screen) = match request.interactive {
+        Some(interactive) => {
+            if let Some(display) = interactive.display {
+                // The command line is headless for every other run (managed VMs, scripts).
+                if let Some(at) = args.iter().position(|a| a == "-display") {
+                    if let Some(value) = args.get_mut(at + 1) {
+                        *value = display.into();
+                    }
+                }
+            }
+            (Some(interactive.keys), Some(interactive.screen))
+        }
+        None => (None, None),
+    };
     let program = request.qemu.clone();
     let mut command_text = vec![program.to_string_lossy().into_owned()];
     command_text.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
@@ -168,7 +196,11 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
     let mut command = Command::new(&program);
     command
         .args(&args)
-        .stdin(Stdio::null())
+        .stdin(if keys.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
@@ -176,13 +208,27 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
     let stdout = qemu.child_mut().stdout.take().expect("piped stdout");
     let stderr = qemu.child_mut().stderr.take().expect("piped stderr");
     let console = spawn_reader(stdout);
+    if let (Some(keys), Some(mut to_guest)) = (keys, qemu.child_mut().stdin.take()) {
+        // Ends when the keys stop (the caller dropped its sender) or QEMU closes its input.
+        std::thread::spawn(move || {
+            while let Ok(bytes) = keys.recv() {
+                if to_guest
+                    .write_all(&bytes)
+                    .and_then(|_| to_guest.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
     let stderr_reader = std::thread::spawn(move || {
         let mut text = Vec::new();
         let _ = stderr.take(MAX_QEMU_STDERR as u64).read_to_end(&mut text);
         String::from_utf8_lossy(&text).into_owned()
     });
 
-    let mut watch = ConsoleWatch::new(request.marker.clone(), start);
+    let mut watch = ConsoleWatch::watching(request.marker.clone(), start);
     let mut log = request.console_log;
     let deadline = start + request.timeout;
     let outcome = loop {
@@ -197,7 +243,11 @@ pub fn boot(request: BootRequest, cancel: &AtomicBool) -> Result<BootReport> {
             Ok((chunk, at)) => {
                 log.write_all(&chunk)
                     .map_err(|e| BootError::io(&request.console_log_path, e))?;
-                if watch.feed(&chunk, at) {
+                if let Some(screen) = screen.as_mut() {
+                    // A closed terminal must not stop the VM's log; the cancel flag does that.
+                    let _ = screen.write_all(&chunk).and_then(|_| screen.flush());
+                }
+                if watch.feed(&chunk, at) && screen.is_none() {
                     break Outcome::Booted;
                 }
                 if watch.timeline().guest_panic.is_some() {

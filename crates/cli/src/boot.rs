@@ -1,7 +1,9 @@
 //! `vmedia boot`: start a VM from ISOs, disks or the network, wait for a console marker, print
-//! the boot timeline, power off. Also the VM options `vmedia vm create` shares.
+//! the boot timeline, power off; without `--expect`, the serial console on the terminal until
+//! Ctrl-] or the VM ends. Also the VM options `vmedia vm create` shares.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +13,7 @@ use anyhow::{bail, Context};
 use vmedia_boot::initrd::PlainInitrd;
 use vmedia_boot::media::{self, DiskFormat};
 use vmedia_boot::remote::{self, Medium, Remote, RemoteUrl};
-use vmedia_boot::run::{self, BootReport, BootRequest, Outcome};
+use vmedia_boot::run::{self, BootReport, BootRequest, Interactive, Outcome};
 use vmedia_boot::spec::{self, Accel, BootDevice, CdromSlot, Disk, Firmware, Machine, Net, VmSpec};
 
 /// Exit codes of `vmedia boot` (documented in --help).
@@ -95,6 +97,8 @@ pub enum AccelArg {
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
+  vmedia boot --cdrom debian.iso                  (interactive: Ctrl-] stops the VM)
+  vmedia boot --cdrom debian.iso --display gtk    (a QEMU window, the console here)
   vmedia boot --cdrom debian.iso --expect 'login:' --timeout 600
   vmedia boot --cdrom live.iso --direct --expect 'login:'
   vmedia boot --cdrom live.iso --direct --append 'tsc=unstable' --expect 'login:'
@@ -107,8 +111,13 @@ by vmedia and passed to QEMU explicitly. The timeline (VM started, first firmwar
 firmware hand-over, first kernel output, marker) goes to stdout; the whole serial console is
 written to --console-log (default: a new file in the temporary folder).
 
-Exit codes: 0 marker seen, 1 error before the VM ran, 2 usage error, 4 time-out,
-5 the VM ended (powered off, crashed, kernel panic) before the marker, 130 interrupted.
+Without --expect the boot is interactive: the serial console is on the terminal (keys go to
+the guest; Ctrl-] detaches and stops the VM, as vmedia vm console does), --timeout does not
+apply, and the timeline is printed when the VM ends. It needs a terminal on stdin.
+
+Exit codes: 0 marker seen (interactive: the VM ended or Ctrl-] stopped it), 1 error before
+the VM ran, 2 usage error, 4 time-out, 5 the VM ended (powered off, crashed, kernel panic)
+before the marker, 130 interrupted.
 No QEMU process is left behind on any path.
 
 --direct boots on a lean machine: qboot instead of SeaBIOS (BIOS only), no HPET, the initrd
@@ -133,9 +142,13 @@ pub struct Args {
     /// decompressed once on the host, three boot-time kernel parameters; see docs/boot.md)
     #[arg(long, requires = "direct")]
     pub no_lean: bool,
-    /// Regular expression that means "booted" on the serial console (matched within a line)
+    /// Regular expression that means "booted" on the serial console (matched within a line);
+    /// without it the boot is interactive
     #[arg(long, value_name = "REGEX")]
-    pub expect: String,
+    pub expect: Option<String>,
+    /// Interactive boot in a QEMU window of this kind (gtk, sdl, ...) besides the console
+    #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "gtk", conflicts_with = "expect")]
+    pub display: Option<String>,
     /// Seconds to wait for the marker
     #[arg(long, value_name = "S", default_value_t = 300)]
     pub timeout: u64,
@@ -173,19 +186,29 @@ pub fn install_stop_signals() -> &'static AtomicBool {
 /// Builds a VM spec from the options (media checked, formats detected, paths made absolute).
 pub fn build_spec(name: &str, options: &VmOptions) -> anyhow::Result<VmSpec> {
     let mut spec = VmSpec::new(name);
-    if let Some(firmware) = options.firmware {
+    // A flag beats the configuration files' defaults (checked when they were read).
+    let (firmware_default, memory_default, accel_default) = crate::env::vm_defaults();
+    let from_config = <FirmwareArg as clap::ValueEnum>::from_str;
+    if let Some(firmware) = options
+        .firmware
+        .or_else(|| from_config(firmware_default.as_deref()?, false).ok())
+    {
         spec.firmware = match firmware {
             FirmwareArg::Bios => Firmware::Bios,
             FirmwareArg::Uefi => Firmware::Uefi,
         };
     }
-    if let Some(memory) = &options.memory {
+    if let Some(memory) = options.memory.as_ref().or(memory_default.as_ref()) {
         spec.memory_mib = spec::parse_memory(memory)?;
     }
     if let Some(cpus) = options.cpus {
         spec.cpus = cpus;
     }
-    if let Some(accel) = options.accel {
+    let accel_from_config = <AccelArg as clap::ValueEnum>::from_str;
+    if let Some(accel) = options
+        .accel
+        .or_else(|| accel_from_config(accel_default.as_deref()?, false).ok())
+    {
         spec.accel = match accel {
             AccelArg::Auto => Accel::Auto,
             AccelArg::Kvm => Accel::Kvm,
@@ -365,7 +388,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.timeout
         );
     }
-    let marker = vmedia_boot::console::compile_marker(&args.expect)?;
+    let marker = args
+        .expect
+        .as_deref()
+        .map(vmedia_boot::console::compile_marker)
+        .transpose()?;
+    if marker.is_none() && !std::io::stdin().is_terminal() {
+        bail!(
+            "without --expect, vmedia boot is interactive and needs a terminal on stdin; \
+             give --expect REGEX to wait for a console marker from a script"
+        );
+    }
     let name = format!("boot-{}", std::process::id());
     let mut vm_options = args.vm.clone();
     // With --direct, --append extends the ISO's command line instead of being a whole one.
@@ -472,16 +505,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (console_log_path, console_log) =
         open_console_log(args.console_log.as_deref(), &name, args.force)?;
+    let (interactive, timeout, _raw) = if marker.is_none() {
+        eprintln!("vmedia: console of the VM follows; Ctrl-] stops the VM\r");
+        let (keys, raw) = relay_keys(cancel);
+        let interactive = Interactive {
+            keys,
+            screen: Box::new(std::io::stdout()),
+            display: args.display.clone(),
+        };
+        // A person decides when it ends; a week is the longest wait accepted anywhere.
+        (Some(interactive), MAX_TIMEOUT_SECS, raw)
+    } else {
+        (None, args.timeout, None)
+    };
     let request = BootRequest {
         spec,
         accel,
         qemu: config.qemu.clone(),
         marker,
-        timeout: Duration::from_secs(args.timeout),
+        timeout: Duration::from_secs(timeout),
         console_log,
         console_log_path,
+        interactive,
     };
     let report = run::boot(request, cancel)?;
+    // The terminal leaves raw mode before the timeline is printed.
+    drop(_raw);
+    if args.expect.is_none() {
+        eprintln!("\r");
+        print_report(&report, &args)?;
+        return Ok(ExitCode::from(match report.outcome {
+            Outcome::Booted | Outcome::Exited | Outcome::Cancelled => 0,
+            Outcome::TimedOut => EXIT_TIMEOUT,
+            Outcome::Panicked => EXIT_VM_ENDED,
+        }));
+    }
     print_report(&report, &args)?;
     Ok(ExitCode::from(match report.outcome {
         Outcome::Booted => 0,
@@ -489,6 +547,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Outcome::Exited | Outcome::Panicked => EXIT_VM_ENDED,
         Outcome::Cancelled => EXIT_INTERRUPTED,
     }))
+}
+
+/// Reads the terminal in raw mode and sends its keys to the guest until Ctrl-], which sets
+/// `cancel` (the run then stops the VM). Returns the keys and the raw-mode guard.
+fn relay_keys(
+    cancel: &'static AtomicBool,
+) -> (
+    std::sync::mpsc::Receiver<Vec<u8>>,
+    Option<crate::vm::RawTerminal>,
+) {
+    use std::io::Read;
+    let raw = crate::vm::RawTerminal::enter();
+    let (sender, keys) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(at) = buf[..n].iter().position(|&b| b == crate::vm::DETACH_BYTE) {
+                let _ = sender.send(buf[..at].to_vec());
+                cancel.store(true, Ordering::SeqCst);
+                break;
+            }
+            if sender.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    (keys, raw)
 }
 
 fn open_console_log(
@@ -548,7 +638,10 @@ fn print_report(report: &BootReport, args: &Args) -> anyhow::Result<()> {
         line("first kernel output", t.kernel_output)?;
         match (&t.marker, &t.marker_text) {
             (Some(at), Some(text)) => line(&format!("marker {text:?}"), Some(*at))?,
-            _ => line(&format!("marker /{}/", args.expect), None)?,
+            _ => match &args.expect {
+                Some(expect) => line(&format!("marker /{expect}/"), None)?,
+                None => line("VM stopped", Some(report.total))?,
+            },
         }
         writeln!(out, "console log: {}", report.console_log.display())?;
     }
@@ -562,17 +655,28 @@ fn print_report(report: &BootReport, args: &Args) -> anyhow::Result<()> {
             eprintln!("--- QEMU said\n{}---", report.qemu_stderr);
         }
     };
+    let Some(expect) = &args.expect else {
+        match report.outcome {
+            Outcome::Panicked => ended("the guest kernel panicked; the VM was stopped".into()),
+            Outcome::Exited => eprintln!(
+                "vmedia: the VM ended ({})",
+                report.qemu_exit.as_deref().unwrap_or("QEMU exited")
+            ),
+            _ => eprintln!("vmedia: the VM was stopped"),
+        }
+        return Ok(());
+    };
     match report.outcome {
         Outcome::Booted => {}
         Outcome::TimedOut => ended(format!(
             "time-out: /{}/ did not appear on the console within {} s; the VM was stopped",
-            args.expect, args.timeout
+            expect, args.timeout
         )),
         Outcome::Exited => ended(format!(
             "the VM ended ({}) after {:.1} s before /{}/ appeared",
             report.qemu_exit.as_deref().unwrap_or("QEMU exited"),
             report.total.as_secs_f64(),
-            args.expect
+            expect
         )),
         Outcome::Panicked => ended(format!(
             "the guest kernel panicked after {:.1} s; the VM was stopped",

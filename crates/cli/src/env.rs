@@ -1,5 +1,7 @@
 //! The environment variables vmedia honours, mapped to the libraries' explicit configuration.
-//! Library crates read no environment; every variable is read here, by the binary.
+//! Library crates read no environment; every variable is read here, by the binary. Where a
+//! setting may also come from a configuration file (config.rs), the chain is here too: a flag,
+//! then the variable, then the files, then the default.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -25,14 +27,50 @@ pub const LIBRARY_ENV: &str = "VMEDIA_LIBRARY";
 /// The key file of an encrypted library when no `--key`/`--library-key` is given.
 pub const LIBRARY_KEY_ENV: &str = "VMEDIA_LIBRARY_KEY";
 
+/// The token sent to the daemon when no configuration file gives one.
+pub const TOKEN_ENV: &str = "VMEDIA_TOKEN";
+
 /// A variable's text, when set and not empty.
 fn text(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// `VMEDIA_LIBRARY`, when set.
+/// A variable's text, when set and not empty (for `config show`).
+pub fn raw(name: &str) -> Option<String> {
+    text(name)
+}
+
+/// The configuration files, highest precedence first: `$XDG_CONFIG_HOME/vmedia/config.toml`
+/// (else `~/.config/vmedia/config.toml`), then `/etc/vmedia/config.toml`.
+pub fn config_paths() -> Vec<PathBuf> {
+    let user = text("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| text("HOME").map(|home| PathBuf::from(home).join(".config")));
+    user.map(|dir| dir.join("vmedia/config.toml"))
+        .into_iter()
+        .chain([PathBuf::from(crate::config::SYSTEM_CONFIG)])
+        .collect()
+}
+
+/// `VMEDIA_LIBRARY`, else a configuration file's `library`.
 pub fn library_location() -> Option<String> {
-    text(LIBRARY_ENV)
+    text(LIBRARY_ENV).or_else(|| crate::config::file_value(|s| s.library.as_ref()))
+}
+
+/// The daemon token: `VMEDIA_TOKEN`, else a configuration file's `token`.
+pub fn server_token() -> Option<String> {
+    text(TOKEN_ENV).or_else(|| crate::config::file_value(|s| s.token.as_ref()))
+}
+
+/// The VM defaults of the configuration files (`firmware`, `memory`, `accel`), which flags
+/// override; values were checked when the files were read.
+pub fn vm_defaults() -> (Option<String>, Option<String>, Option<String>) {
+    use crate::config::file_value;
+    (
+        file_value(|s| s.firmware.as_ref()),
+        file_value(|s| s.memory.as_ref()),
+        file_value(|s| s.accel.as_ref()),
+    )
 }
 
 /// `VMEDIA_LIBRARY_KEY`, when set.
@@ -123,9 +161,19 @@ pub const SERVER_ENV: &str = "VMEDIA_SERVER";
 /// Where `vmedia serve` listens by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
-/// The daemon's URL: `--server` when given, else `VMEDIA_SERVER`, else the default.
+/// The daemon's URL: `--server` when given, else `VMEDIA_SERVER`, else a configuration
+/// file's `server`, else the default.
 pub fn server_url(flag: Option<String>) -> String {
-    server_url_from(flag, std::env::var(SERVER_ENV).ok())
+    let env = std::env::var(SERVER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| crate::config::file_value(|s| s.server.as_ref()));
+    server_url_from(flag, env)
+}
+
+/// Whether a daemon was named anywhere (flag aside): `doctor` checks it only then.
+pub fn server_configured() -> bool {
+    text(SERVER_ENV).is_some() || crate::config::file_value(|s| s.server.as_ref()).is_some()
 }
 
 fn server_url_from(flag: Option<String>, env: Option<String>) -> String {

@@ -133,6 +133,20 @@ fn open_library() -> Result<Library> {
     Ok(Library::open(&config)?)
 }
 
+/// The library location when one is configured (`--library`, VMEDIA_LIBRARY or a
+/// configuration file), for `vmedia doctor`; `None` means the default would be used.
+pub fn doctor_location() -> Option<String> {
+    global().library.or_else(crate::env::library_location)
+}
+
+/// Opens the configured library as every library command does, for `vmedia doctor`.
+pub fn doctor_open() -> Result<String> {
+    let config = config_for(None, None)?;
+    let location = config.location.to_string();
+    Library::open(&config)?;
+    Ok(location)
+}
+
 /// The library `vmedia serve` serves: `--library`, else `configured` (its settings file),
 /// else VMEDIA_LIBRARY or the default, opened like every library command opens it.
 pub fn open_library_for_serve(configured: Option<&str>) -> Result<Library> {

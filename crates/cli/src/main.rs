@@ -3,11 +3,14 @@
 
 mod boot;
 mod clone;
+mod config;
 mod disk;
+mod doctor;
 mod env;
 mod iso;
 mod library;
 mod logging;
+mod manuals;
 mod mkisofs;
 mod netboot;
 mod progress;
@@ -24,7 +27,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "vmedia",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VMEDIA_BUILD_COMMIT"), ")"),
     about = "Make, check and convert disc images and virtual disks, boot VMs from them, serve network boot",
     after_help = "Examples:\n  vmedia iso create ./tree -o out.iso --volume-id MYDISC\n  vmedia mkisofs -o out.iso -R -J -V MYDISC ./tree\n  vmedia iso ls out.iso -l\n  vmedia disk convert -O vmdk -o subformat=streamOptimized disk.raw disk.vmdk\n  vmedia boot --cdrom out.iso --expect 'login:'\n\nExit codes: 0 success, 1 failure, 2 usage error; see each command's --help for its own codes."
 )]
@@ -74,6 +77,16 @@ enum Command {
     /// The daemon's API tokens (offline, on its state folder)
     #[command(subcommand)]
     Token(user::TokenCommand),
+    /// Check what this host can boot with and name what to install for the rest
+    Doctor(doctor::Args),
+    /// Show the settings in effect (config files, environment, defaults)
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell
+    Completions(manuals::CompletionsArgs),
+    /// Write the man pages into a folder (for packagers)
+    #[command(hide = true)]
+    Man(manuals::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +98,9 @@ fn main() -> ExitCode {
     };
     logging::init(cli.log_format, default_filter);
     library::set_global(cli.library);
+    if let Err(err) = config::load() {
+        return report(&err);
+    }
     let outcome = match cli.command {
         Command::Iso(cmd) => iso::run(cmd),
         Command::Mkisofs(args) => mkisofs::run(args),
@@ -98,6 +114,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::User(cmd) => user::run_user(cmd),
         Command::Token(cmd) => user::run_token(cmd),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Config(cmd) => config::run(cmd),
+        Command::Completions(args) => manuals::run_completions(args),
+        Command::Man(args) => manuals::run_man(args),
     };
     match outcome {
         Ok(code) => code,
@@ -114,6 +134,83 @@ fn report(err: &anyhow::Error) -> ExitCode {
             }
         }
     }
-    eprintln!("vmedia: error: {err:#}");
+    let mut line = error_text(err);
+    if let Some(step) = next_step(err) {
+        line.push_str("; ");
+        line.push_str(step);
+    }
+    eprintln!("vmedia: error: {line}");
     ExitCode::FAILURE
+}
+
+/// The next step for the OS errors a first run meets most, whichever command hit them (the
+/// libraries name the file and the step; what to do about it is the same everywhere).
+fn next_step(err: &anyhow::Error) -> Option<&'static str> {
+    use std::io::ErrorKind;
+    let kind = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)?;
+    match kind {
+        ErrorKind::AddrInUse => Some(
+            "another program listens there (ss -ltnup names it): stop it or choose another \
+             port (--http-port, --nbd-port, --https-port, --tftp-port)",
+        ),
+        ErrorKind::StorageFull => Some("free space there or write the output elsewhere"),
+        _ => None,
+    }
+}
+
+/// The error chain on one line, each cause once. Many library errors already embed their
+/// source's text (`cannot read F: No such file...`) and also return it as `source()`, so
+/// anyhow's `{:#}` printed the OS text twice; a cause whose text the line already holds is
+/// skipped here, for every crate's errors at once.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct ReadError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn os_text_embedded_by_a_library_error_is_printed_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let os_text = io.to_string();
+        let err = anyhow::Error::new(ReadError {
+            path: "/nonexistent".into(),
+            source: io,
+        })
+        .context("cannot make x.iso");
+        let text = error_text(&err);
+        assert_eq!(
+            text,
+            format!("cannot make x.iso: cannot read /nonexistent: {os_text}")
+        );
+        assert_eq!(text.matches(&os_text).count(), 1, "{text}");
+    }
+
+    #[test]
+    fn causes_not_yet_in_the_line_are_all_kept() {
+        let err = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_text(&err), "outer: middle: inner");
+    }
 }

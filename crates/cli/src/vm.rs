@@ -14,7 +14,7 @@ use vmedia_boot::spec::BootDevice;
 use crate::boot::{build_spec, VmOptions};
 
 /// The byte Ctrl-] sends: detaches from the console, as telnet and virsh do.
-const DETACH_BYTE: u8 = 0x1d;
+pub(crate) const DETACH_BYTE: u8 = 0x1d;
 /// Longest grace period accepted for `stop`.
 const MAX_GRACE_SECS: u64 = 3600;
 
@@ -309,12 +309,12 @@ fn console(store: &VmStore, name: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// The terminal in raw mode for the life of the value (restored on drop, even on error).
-struct RawTerminal {
+pub(crate) struct RawTerminal {
     saved: rustix::termios::Termios,
 }
 
 impl RawTerminal {
-    fn enter() -> Option<RawTerminal> {
+    pub(crate) fn enter() -> Option<RawTerminal> {
         use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
         let stdin = std::io::stdin();
         let saved = tcgetattr(&stdin).ok()?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use vmedia_disk::DiskError;
 
-use super::{parse_format, print_json, OutputFormat, RefArgs};
+use super::{parse_format, print_json, OutputArg, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
 #[command(
@@ -16,9 +16,8 @@ pub struct Args {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
-    /// human or json
-    #[arg(long = "output", value_enum, default_value_t = OutputFormat::Human)]
-    output: OutputFormat,
+    #[command(flatten)]
+    output: OutputArg,
     /// Repair qcow2 refcounts: leaks (lower refcounts that are too high) or all (rebuild every
     /// refcount from the metadata and fix the COPIED flags)
     #[arg(short = 'r', value_name = "leaks|all")]
@@ -57,7 +56,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(name) = a.target.as_deref() {
-        return check_target(img.as_ref(), name, a.output, a.quiet);
+        return check_target(img.as_ref(), name, a.output.format(), a.quiet);
     }
     let report = match img.check(&vmedia_io::NoProgress) {
         Ok(r) => r,
@@ -94,7 +93,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             };
             let leaks_fixed = before.leaks.saturating_sub(again.leaks);
             let corruptions_fixed = before.corruptions.saturating_sub(again.corruptions);
-            if !a.quiet && a.output == OutputFormat::Human {
+            if !a.quiet && a.output.format() == OutputFormat::Human {
                 for m in &before.messages {
                     eprintln!("{m}");
                 }
@@ -107,7 +106,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if !a.quiet {
-        match a.output {
+        match a.output.format() {
             OutputFormat::Json => print_json(&report)?,
             OutputFormat::Human => {
                 for m in &report.messages {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use vmedia_disk::image::{self, ImageInfo};
 
-use super::{human_size, parse_format, print_json, OutputFormat, RefArgs};
+use super::{human_size, parse_format, print_json, OutputArg, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
 #[command(
@@ -15,9 +15,8 @@ pub struct Args {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
-    /// human or json
-    #[arg(long = "output", value_enum, default_value_t = OutputFormat::Human)]
-    output: OutputFormat,
+    #[command(flatten)]
+    output: OutputArg,
     /// Show every image of the backing chain
     #[arg(long = "backing-chain")]
     backing_chain: bool,
@@ -43,7 +42,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let img = super::open_image(&a.file, &opts)?;
         infos.push(img.info()?);
     }
-    match (a.output, a.backing_chain) {
+    match (a.output.format(), a.backing_chain) {
         (OutputFormat::Json, true) => print_json(&infos)?,
         (OutputFormat::Json, false) => print_json(&infos[0])?,
         (OutputFormat::Human, _) => {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{parse_format, parse_size, OutputFormat, RefArgs};
+use super::{parse_format, parse_size, OutputArg, OutputFormat, RefArgs};
 
 #[derive(clap::Args)]
 #[command(
@@ -14,9 +14,8 @@ pub struct Args {
     /// Format of the image (probed when absent)
     #[arg(short = 'f', value_name = "FMT")]
     format: Option<String>,
-    /// human or json
-    #[arg(long = "output", value_enum, default_value_t = OutputFormat::Human)]
-    output: OutputFormat,
+    #[command(flatten)]
+    output: OutputArg,
     /// First guest byte to map
     #[arg(long = "start-offset", value_name = "OFFSET")]
     start_offset: Option<String>,
@@ -47,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or(u64::MAX);
     let entries = vmedia_disk::map::map(img.as_ref(), start, len)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match a.output {
+    match a.output.format() {
         OutputFormat::Json => vmedia_disk::map::write_qemu_json(&entries, &mut out)?,
         OutputFormat::Human => {
             writeln!(

@@ -7,7 +7,9 @@ use anyhow::bail;
 use vmedia_disk::factory;
 use vmedia_disk::image::{CreateOptions, Format};
 
-use super::{parse_format, parse_o_options, parse_size, print_json, OutputFormat, RefArgs};
+use super::{
+    parse_format, parse_o_options, parse_size, print_json, OutputArg, OutputFormat, RefArgs,
+};
 
 #[derive(clap::Args)]
 #[command(
@@ -26,9 +28,8 @@ pub struct Args {
     /// Measure an empty image of this size instead of a source
     #[arg(long = "size", value_name = "SIZE")]
     size: Option<String>,
-    /// human or json
-    #[arg(long = "output", value_enum, default_value_t = OutputFormat::Human)]
-    output: OutputFormat,
+    #[command(flatten)]
+    output: OutputArg,
     #[command(flatten)]
     refs: RefArgs,
     file: Option<PathBuf>,
@@ -59,7 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let bitmaps = (out_format == Format::Qcow2
         && source.as_ref().is_some_and(|s| s.format() == Format::Qcow2))
     .then_some(m.bitmaps);
-    match a.output {
+    match a.output.format() {
         OutputFormat::Json => print_json(&vmedia_disk::image::MeasureReport::new(
             &m,
             bitmaps.is_some(),

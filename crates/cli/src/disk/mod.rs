@@ -186,6 +186,29 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// qemu-img's `--output human|json`, and `--json` as the spelling every other vmedia
+/// reporting command uses.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct OutputArg {
+    /// human or json
+    #[arg(long = "output", value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+    /// Same as --output json
+    #[arg(long, conflicts_with = "output")]
+    json: bool,
+}
+
+impl OutputArg {
+    /// The format asked for by either spelling.
+    pub fn format(self) -> OutputFormat {
+        if self.json {
+            OutputFormat::Json
+        } else {
+            self.output
+        }
+    }
+}
+
 /// --output human|json.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OutputFormat {

@@ -87,7 +87,8 @@ pub fn write_with_bar(
     let bar = Bar::bytes(quiet);
     let result = write_image(spec, out, policy, &bar);
     bar.finish();
-    result.with_context(|| format!("cannot write {}", out.display()))
+    // "make", not "write": the failing step may be reading a source file, which the cause names.
+    result.with_context(|| format!("cannot make {}", out.display()))
 }
 
 /// The human summary printed after writing (stderr for mkisofs, which keeps stdout clean
