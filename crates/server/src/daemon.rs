@@ -55,6 +55,7 @@ pub struct ServerHandle {
     pub netboot: Option<vmedia_netboot::ServerHandle>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    traces: Arc<Traces>,
 }
 
 impl Server {
@@ -76,7 +77,7 @@ impl Server {
         let exports = Arc::new(LibraryExports::new(
             library,
             Arc::clone(&cache),
-            Some(traces),
+            Some(Arc::clone(&traces)),
         ));
         let metrics = Arc::new(Metrics::new(Arc::clone(&cache)));
         metrics.set_exports(Arc::clone(&exports));
@@ -191,6 +192,7 @@ impl Server {
             netboot,
             shutdown,
             tasks,
+            traces,
         })
     }
 }
@@ -250,6 +252,9 @@ impl ServerHandle {
         for task in self.tasks {
             let _ = task.await;
         }
+        // The clients are gone: a boot trace still recording is kept as it stands.
+        let traces = self.traces;
+        let _ = tokio::task::spawn_blocking(move || traces.finish_recordings()).await;
     }
 }
 
