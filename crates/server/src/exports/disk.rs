@@ -225,10 +225,13 @@ fn block_key(version: &str, index: u64) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// One read-ahead job: a disk and the index of a block to decode.
+type Job = (Arc<DiskInner>, u64);
+
 /// Threads that decode blocks ahead of in-order readers, shared by every disk export; started
 /// on first use, stopped when the pool is dropped.
 pub struct ReadAhead {
-    queue: Mutex<Option<SyncSender<(Arc<DiskInner>, u64)>>>,
+    queue: Mutex<Option<SyncSender<Job>>>,
 }
 
 impl Default for ReadAhead {
@@ -268,7 +271,7 @@ impl ReadAhead {
     }
 }
 
-fn decode_ahead(receiver: &Mutex<Receiver<(Arc<DiskInner>, u64)>>) {
+fn decode_ahead(receiver: &Mutex<Receiver<Job>>) {
     loop {
         let job = lock(receiver).recv();
         let Ok((disk, index)) = job else {
