@@ -242,6 +242,36 @@ impl SharedCache {
     }
 }
 
+/// Derived data (a disk export's decoded blocks), beside the library chunks: keyed by a
+/// digest the caller derives from what the data is made of, so it is never a chunk's.
+impl SharedCache {
+    /// The derived entry `key`, decoded by `decode` on a miss (single flight: other readers of
+    /// the same key wait for it). Memory only: the disk tier checks files against their
+    /// SHA-256, which derived data does not have. Counted as cache hits and misses, not as
+    /// backend reads (`decode` reads chunks through this cache itself). With `wait` false,
+    /// a key another thread is decoding answers `Ok(None)` at once (read-ahead skips it).
+    pub fn derived(
+        &self,
+        key: &[u8; 32],
+        wait: bool,
+        decode: &mut dyn FnMut() -> io::Result<Arc<Vec<u8>>>,
+    ) -> io::Result<Option<(Arc<Vec<u8>>, bool)>> {
+        let timeout = if wait { None } else { Some(Duration::ZERO) };
+        let guard = match self.memory.get_value_or_guard(key, timeout) {
+            GuardResult::Value(value) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some((value, true)));
+            }
+            GuardResult::Guard(guard) => guard,
+            GuardResult::Timeout => return Ok(None),
+        };
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let value = decode()?;
+        let _ = guard.insert(Arc::clone(&value));
+        Ok(Some((value, false)))
+    }
+}
+
 impl ChunkCache for SharedCache {
     fn get_or_load(
         &self,

@@ -66,6 +66,7 @@ pub struct ServerHandle {
     pub tls_fingerprint: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    traces: Arc<Traces>,
 }
 
 impl Server {
@@ -96,7 +97,7 @@ impl Server {
         let exports = Arc::new(LibraryExports::new(
             library,
             Arc::clone(&cache),
-            Some(traces),
+            Some(Arc::clone(&traces)),
         ));
         let metrics = Arc::new(Metrics::new(Arc::clone(&cache)));
         metrics.set_exports(Arc::clone(&exports));
@@ -271,6 +272,7 @@ impl Server {
             tls_fingerprint,
             shutdown,
             tasks,
+            traces,
         })
     }
 }
@@ -330,6 +332,9 @@ impl ServerHandle {
         for task in self.tasks {
             let _ = task.await;
         }
+        // The clients are gone: a boot trace still recording is kept as it stands.
+        let traces = self.traces;
+        let _ = tokio::task::spawn_blocking(move || traces.finish_recordings()).await;
     }
 }
 

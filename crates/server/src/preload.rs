@@ -154,25 +154,52 @@ impl Traces {
             .name("trace-record".into())
             .spawn(move || {
                 std::thread::sleep(window);
-                let ranges = {
-                    let mut state = lock(&trace.state);
-                    state.recording_until = None;
-                    trace.recording.store(false, Ordering::Release);
-                    std::mem::take(&mut state.ranges)
-                };
-                if ranges.is_empty() {
-                    return;
-                }
-                match write_trace(&dir, &trace.path, &trace.digest, &ranges) {
-                    Ok(()) => {
-                        lock(&trace.state).has_file = true;
-                        tracing::info!(path = %trace.path.display(), ranges = ranges.len(), "boot trace recorded")
-                    }
-                    Err(error) => tracing::warn!(path = %trace.path.display(), %error, "cannot write a boot trace"),
-                }
+                // Nothing left when the daemon's shutdown already kept the recording.
+                finish_recording(&dir, &trace);
             });
         if let Err(error) = spawned {
             tracing::warn!(%error, "cannot start a trace recording");
+        }
+    }
+
+    /// Ends every recording still running and writes what it recorded as a finished trace
+    /// (the daemon calls this on a graceful shutdown, so a boot recorded for less than the
+    /// window is kept rather than lost). Returns the traces written.
+    pub fn finish_recordings(&self) -> usize {
+        let running: Vec<Arc<VersionTrace>> = lock(&self.versions)
+            .values()
+            .filter(|trace| trace.recording.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        running
+            .iter()
+            .filter(|trace| finish_recording(&self.dir, trace))
+            .count()
+    }
+}
+
+/// Stops `trace`'s recording and writes the ranges it holds (atomically: a `.part` file
+/// renamed into place). Whoever comes first (the window's end or the shutdown) takes the
+/// ranges; the other finds none. True when a trace file was written.
+fn finish_recording(dir: &Path, trace: &VersionTrace) -> bool {
+    let ranges = {
+        let mut state = lock(&trace.state);
+        state.recording_until = None;
+        trace.recording.store(false, Ordering::Release);
+        std::mem::take(&mut state.ranges)
+    };
+    if ranges.is_empty() {
+        return false;
+    }
+    match write_trace(dir, &trace.path, &trace.digest, &ranges) {
+        Ok(()) => {
+            lock(&trace.state).has_file = true;
+            tracing::info!(path = %trace.path.display(), ranges = ranges.len(), "boot trace recorded");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(path = %trace.path.display(), %error, "cannot write a boot trace");
+            false
         }
     }
 }
@@ -263,7 +290,9 @@ fn write_trace(dir: &Path, path: &Path, digest: &str, ranges: &[(u64, u64)]) -> 
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&partial, path)
+    fs::rename(&partial, path)?;
+    // The rename itself reaches the disk only with the folder's own sync.
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Reads a trace file (at most `MAX_TRACE_RANGES` ranges).
@@ -387,5 +416,61 @@ mod tests {
         assert_eq!(read_trace(&path).unwrap(), vec![(0, 10), (99, 1)]);
         fs::write(&path, "vmedia-trace 1 sha256:abcd\n1 x\n").unwrap();
         assert!(read_trace(&path).is_err());
+    }
+
+    /// Bytes in memory as an export.
+    struct Memory(Vec<u8>);
+
+    impl Export for Memory {
+        fn name(&self) -> &str {
+            "memory"
+        }
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_only(&self) -> bool {
+            true
+        }
+        fn block_sizes(&self) -> BlockSizes {
+            BlockSizes {
+                minimum: 1,
+                preferred: 4096,
+                maximum: 1 << 20,
+            }
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let start = offset as usize;
+            buf.copy_from_slice(&self.0[start..start + buf.len()]);
+            Ok(())
+        }
+        fn extents(&self, _offset: u64, length: u64) -> io::Result<Vec<Extent>> {
+            Ok(vec![Extent {
+                length,
+                hole: false,
+                zero: false,
+            }])
+        }
+    }
+
+    #[test]
+    fn a_trace_still_recording_is_written_whole_when_recordings_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let traces = Traces::new(dir.path().join("traces"), Duration::from_secs(3600));
+        let digest = "sha256:00ff";
+        let export = traces.decorate(Arc::new(Memory(vec![7; 1 << 16])), digest);
+        traces.attached(digest, &export);
+        let mut buf = vec![0; 512];
+        export.read_at(&mut buf, 4096).unwrap();
+        export.read_at(&mut buf, 4608).unwrap();
+        export.read_at(&mut buf[..100], 0).unwrap();
+        let path = Traces::path_for(&dir.path().join("traces"), digest);
+        assert!(!path.exists(), "written before the window ended");
+        assert_eq!(traces.finish_recordings(), 1);
+        assert_eq!(read_trace(&path).unwrap(), vec![(4096, 1024), (0, 100)]);
+        assert!(!path.with_extension("trace.part").exists());
+        // Finished: later reads are not recorded, and nothing is left to write.
+        export.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(traces.finish_recordings(), 0);
+        assert_eq!(read_trace(&path).unwrap(), vec![(4096, 1024), (0, 100)]);
     }
 }

@@ -636,3 +636,43 @@ fn shutdown_lets_a_download_in_progress_finish_and_refuses_new_ones() {
         .unwrap();
     assert!(!refused.success());
 }
+
+#[test]
+fn a_boot_trace_still_recording_when_the_daemon_stops_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = make_iso(dir.path());
+    let bytes = std::fs::read(&iso).unwrap();
+    let library = new_library(dir.path());
+    let added = add(&library, "deb", &iso);
+    let state = dir.path().join("state");
+    let mut opts = options(&state);
+    // Far longer than the test: only the shutdown can end this recording.
+    opts.trace_window = Duration::from_secs(3600);
+    let mut daemon = Daemon::start(library, opts);
+    let ranges = [(0usize, 40_959usize), (2_000_000, 2_065_535)];
+    for (start, end) in ranges {
+        let part = curl(&[
+            "-r",
+            &format!("{start}-{end}"),
+            &format!("{}/images/deb", daemon.url),
+        ]);
+        assert_eq!(part.body, bytes[start..=end]);
+    }
+    let trace = state
+        .join("traces")
+        .join(format!("{}.trace", digest_hex(&added)));
+    assert!(
+        !trace.exists(),
+        "the trace was written before the window ended"
+    );
+    daemon.stop();
+    let text = std::fs::read_to_string(&trace).expect("the shutdown kept no trace");
+    assert!(text.starts_with(&format!("vmedia-trace 1 sha256:{}\n", digest_hex(&added))));
+    for (start, end) in ranges {
+        assert!(
+            text.contains(&format!("\n{start} {}\n", end - start + 1)),
+            "range {start}-{end} missing from the trace:\n{text}"
+        );
+    }
+    assert!(!trace.with_extension("trace.part").exists());
+}

@@ -293,7 +293,17 @@ impl Qcow2Image {
                 return Ok(data.clone());
             }
         }
-        let cluster = self.header.cluster_size();
+        let mut out = vec![0u8; self.header.cluster_size() as usize];
+        self.decompress_into(offset, size, &mut out)?;
+        let data = Arc::new(out);
+        *self.compressed_cache.lock().map_err(|_| self.poisoned())? = Some((offset, data.clone()));
+        Ok(data)
+    }
+
+    /// Decompresses the compressed cluster at `offset` (`size` bytes as the descriptor says)
+    /// into `out`, exactly one cluster long. The input buffer and the decoder are reused per
+    /// thread: a zstd context costs ~100 KiB to set up, more than decoding a 64 KiB cluster.
+    fn decompress_into(&self, offset: u64, size: u64, out: &mut [u8]) -> Result<()> {
         if offset >= self.file_len {
             return Err(self.corrupt(
                 offset,
@@ -303,15 +313,27 @@ impl Qcow2Image {
         }
         // The descriptor's sector count may round past the end of the file.
         let available = (self.file_len - offset).min(size) as usize;
-        let mut input = vec![0u8; available];
-        self.source
-            .read_exact_at(&mut input, offset)
-            .map_err(|e| DiskError::io(&self.path, offset, e))?;
-        let mut out = vec![0u8; cluster as usize];
-        let ok = match self.header.compression {
-            Compression::Zlib => inflate_raw(&input, &mut out),
-            Compression::Zstd => unzstd(&input, &mut out),
-        };
+        // Taken out of the thread's slot while in use, so a nested read on this thread (a
+        // source that is itself an image) finds an empty one instead of a borrowed one.
+        let mut scratch = DECODE_SCRATCH.with(|slot| slot.take());
+        if scratch.input.len() < available {
+            scratch.input.resize(available, 0);
+        }
+        let mut input = std::mem::take(&mut scratch.input);
+        let read = self
+            .source
+            .read_exact_at(&mut input[..available], offset)
+            .map_err(|e| DiskError::io(&self.path, offset, e));
+        let ok = read.is_ok()
+            && match self.header.compression {
+                Compression::Zlib => scratch.inflate(&input[..available], out),
+                Compression::Zstd => scratch.unzstd(&input[..available], out),
+            };
+        if input.len() <= MAX_KEPT_INPUT {
+            scratch.input = input;
+        }
+        DECODE_SCRATCH.with(|slot| slot.set(scratch));
+        read?;
         if !ok {
             return Err(self.corrupt(
                 offset,
@@ -322,9 +344,7 @@ impl Qcow2Image {
                 ),
             ));
         }
-        let data = Arc::new(out);
-        *self.compressed_cache.lock().map_err(|_| self.poisoned())? = Some((offset, data.clone()));
-        Ok(data)
+        Ok(())
     }
 
     fn read_backing(&self, buf: &mut [u8], guest_offset: u64) -> Result<()> {
@@ -446,21 +466,64 @@ impl Qcow2Image {
     }
 }
 
-/// Raw deflate (no zlib header), as qemu writes; the output must fill `out`.
-pub fn inflate_raw(input: &[u8], out: &mut [u8]) -> bool {
-    let mut d = flate2::Decompress::new(false);
+/// Largest compressed input kept in a thread's scratch buffer between clusters (a 2 MiB
+/// cluster's worst case); a larger one is read into a buffer freed afterwards.
+const MAX_KEPT_INPUT: usize = (2 << 20) + 4096;
+
+/// One thread's reusable decoding state.
+#[derive(Default)]
+struct DecodeScratch {
+    input: Vec<u8>,
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
+    deflate: Option<flate2::Decompress>,
+}
+
+impl DecodeScratch {
+    fn unzstd(&mut self, input: &[u8], out: &mut [u8]) -> bool {
+        use zstd::stream::raw::Operation;
+        let reused = match self.zstd.as_mut() {
+            Some(decoder) => decoder.reinit().is_ok(),
+            None => false,
+        };
+        if !reused {
+            match zstd::stream::raw::Decoder::new() {
+                Ok(decoder) => self.zstd = Some(decoder),
+                Err(_) => return false,
+            }
+        }
+        let Some(decoder) = self.zstd.as_mut() else {
+            return false;
+        };
+        unzstd_with(decoder, input, out)
+    }
+
+    fn inflate(&mut self, input: &[u8], out: &mut [u8]) -> bool {
+        let decoder = self
+            .deflate
+            .get_or_insert_with(|| flate2::Decompress::new(false));
+        decoder.reset(false);
+        inflate_with(decoder, input, out)
+    }
+}
+
+thread_local! {
+    static DECODE_SCRATCH: std::cell::Cell<DecodeScratch> =
+        std::cell::Cell::new(DecodeScratch::default());
+}
+
+fn inflate_with(d: &mut flate2::Decompress, input: &[u8], out: &mut [u8]) -> bool {
     match d.decompress(input, out, flate2::FlushDecompress::Finish) {
         Ok(_) => d.total_out() as usize == out.len(),
         Err(_) => false,
     }
 }
 
-/// A zstd frame (trailing padding ignored); the output must fill `out`.
-pub fn unzstd(input: &[u8], out: &mut [u8]) -> bool {
-    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
-    let Ok(mut dec) = Decoder::new() else {
-        return false;
-    };
+fn unzstd_with(
+    dec: &mut zstd::stream::raw::Decoder<'static>,
+    input: &[u8],
+    out: &mut [u8],
+) -> bool {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
     let mut inb = InBuffer::around(input);
     let mut outb = OutBuffer::around(out);
     loop {
@@ -475,6 +538,19 @@ pub fn unzstd(input: &[u8], out: &mut [u8]) -> bool {
             }
             Err(_) => return false,
         }
+    }
+}
+
+/// Raw deflate (no zlib header), as qemu writes; the output must fill `out`.
+pub fn inflate_raw(input: &[u8], out: &mut [u8]) -> bool {
+    inflate_with(&mut flate2::Decompress::new(false), input, out)
+}
+
+/// A zstd frame (trailing padding ignored); the output must fill `out`.
+pub fn unzstd(input: &[u8], out: &mut [u8]) -> bool {
+    match zstd::stream::raw::Decoder::new() {
+        Ok(mut dec) => unzstd_with(&mut dec, input, out),
+        Err(_) => false,
     }
 }
 
@@ -534,6 +610,10 @@ impl DiskImage for Qcow2Image {
                 Mapping::Unallocated => self.read_backing(chunk, pos)?,
                 Mapping::Zero => chunk.fill(0),
                 Mapping::Data(host) => self.read_host(chunk, host + in_unit)?,
+                Mapping::Compressed { offset, size } if n as u64 == cluster => {
+                    // A whole cluster: decode straight into the caller's buffer.
+                    self.decompress_into(offset, size, chunk)?;
+                }
                 Mapping::Compressed { offset, size } => {
                     let data = self.compressed_cluster(offset, size)?;
                     let start = (pos % cluster) as usize;

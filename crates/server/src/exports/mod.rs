@@ -21,7 +21,7 @@ use crate::cache::{ExportCache, ExportCacheStats, SharedCache};
 use crate::export::{Export, ExportError, ExportListing, ExportResolver};
 use crate::preload::Traces;
 
-pub use disk::DiskExport;
+pub use disk::{DiskExport, ReadAhead};
 pub use version::VersionExport;
 
 /// How long `NAME` (the current version) keeps meaning the version it resolved to: a new
@@ -64,6 +64,8 @@ pub struct LibraryExports {
     aliases: Mutex<HashMap<String, (String, Instant)>>,
     /// Per-export cache counters, by export name (kept across reopenings).
     cache_stats: Mutex<HashMap<String, Arc<ExportCacheStats>>>,
+    /// Decodes disk blocks ahead of in-order readers, for every disk export.
+    read_ahead: Arc<ReadAhead>,
 }
 
 impl LibraryExports {
@@ -81,6 +83,7 @@ impl LibraryExports {
             disks: Mutex::new(HashMap::new()),
             aliases: Mutex::new(HashMap::new()),
             cache_stats: Mutex::new(HashMap::new()),
+            read_ahead: Arc::new(ReadAhead::default()),
         }
     }
 
@@ -200,7 +203,13 @@ impl LibraryExports {
             return Ok((version, Arc::clone(disk)));
         }
         let name = format!("{key}{DISK_SUFFIX}");
-        let disk = Arc::new(DiskExport::open(name, Arc::clone(&version.export))?);
+        let disk = Arc::new(DiskExport::open_cached(
+            name,
+            Arc::clone(&version.export),
+            Arc::clone(&self.cache),
+            version.digest.clone(),
+            Arc::clone(&self.read_ahead),
+        )?);
         let mut disks = lock(&self.disks);
         if disks.len() >= MAX_OPEN_VERSIONS {
             disks.clear();
