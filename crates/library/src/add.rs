@@ -1,9 +1,12 @@
 //! `add`: stream an image into the library as a new version.
 //!
 //! Pipeline (both cores busy, the image never whole in memory):
-//! 1. the caller's thread reads the source and cuts it with FastCDC (boundaries are sequential);
+//! 1. the caller's thread reads the source in large batches and cuts them with FastCDC
+//!    (boundaries are sequential; `chunker` cuts in place, no copy or allocation per chunk);
 //! 2. a second thread hashes the whole image in order (SHA-256, the digest users compare);
 //! 3. the CPU pool hashes each chunk, recognises zero runs and compresses (zstd) in parallel;
+//!    a chunk the item's previous version holds is recognised in an in-memory map and goes no
+//!    further (no compression, no store request);
 //! 4. I/O threads check whether each new chunk is already stored and write the missing ones.
 //!
 //! An ISO's embedded checksums (vmedia's SHA-256, isomd5sum's MD5) are hashed on another thread
@@ -13,7 +16,8 @@
 //! the same bytes, whose recorded outcome is reused; a different digest is checked then. A
 //! mismatch refuses the add before any manifest names the chunks written meanwhile.
 //!
-//! At most `MAX_IN_FLIGHT` chunks are between steps 1 and 4 at once, which bounds memory.
+//! The chunker's circulating batch buffers (`chunker::BATCH_BUFFERS`) and the I/O queue
+//! (`MAX_IN_FLIGHT` encoded chunks) bound memory.
 //! Write order (what makes a SIGKILL harmless): every chunk, then a flush, then the manifest,
 //! then a flush, then the timeline compare-and-swap. Until the swap, nothing refers to the new
 //! objects; a killed add leaves only unreferenced objects that `gc` removes.
@@ -23,11 +27,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use vmedia_io::{Progress, ReadAt};
 
+use crate::chunker::{is_all_zero, Batch, BatchChunker, Span, BATCH_BUFFERS, BATCH_BYTES};
 use crate::error::{LibraryError, Result};
 use crate::inspect::{inspect, Embedded, EmbeddedVerifier, GuestReader};
 use crate::library::{Library, CHUNKING};
@@ -44,7 +49,8 @@ use crate::timeline::{Event, EventKind, Timeline, VersionRecord, MAX_EVENTS, MAX
 /// zstd level 3 (zstd's default): restic's "auto" setting compresses about as well, so stored
 /// bytes compare fairly, and it runs at hundreds of MB/s per core.
 pub const ZSTD_LEVEL: i32 = 3;
-/// Chunks between the chunker and the store at once: 64 x 1 MiB at most in memory.
+/// Encoded chunks queued for the I/O threads: 64 x 1 MiB at most in memory (the chunker's
+/// batch buffers bound the plain bytes in flight).
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Threads doing store requests: S3 latency is hidden by having several requests out.
 pub const IO_THREADS: usize = 6;
@@ -91,32 +97,6 @@ pub(crate) fn compress(plain: &[u8]) -> Option<Vec<u8>> {
         }
         slot.as_mut()?.compress(plain).ok()
     })
-}
-
-/// A counting semaphore bounding the chunks in flight.
-struct Slots {
-    free: Mutex<usize>,
-    changed: Condvar,
-}
-
-impl Slots {
-    fn new(count: usize) -> Slots {
-        Slots {
-            free: Mutex::new(count),
-            changed: Condvar::new(),
-        }
-    }
-    fn acquire(&self) {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.changed.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-    }
-    fn release(&self) {
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.changed.notify_one();
-    }
 }
 
 /// One chunk's place in the image and how it was stored.
@@ -465,7 +445,6 @@ impl Library {
         tap: Option<&mut Tap<'_>>,
         progress: &dyn Progress,
     ) -> Result<Staged> {
-        let slots = Slots::new(MAX_IN_FLIGHT);
         let failed = AtomicBool::new(false);
         let first_error: Mutex<Option<LibraryError>> = Mutex::new(None);
         let fail = |e: LibraryError| {
@@ -480,10 +459,11 @@ impl Library {
         let (done_tx, done_rx) = mpsc::channel::<Placed>();
         let (io_tx, io_rx) = mpsc::sync_channel::<StoreJob>(MAX_IN_FLIGHT);
         let io_rx = Mutex::new(io_rx);
-        let (whole_tx, whole_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(MAX_IN_FLIGHT);
+        // The batch buffers bound what these queues hold.
+        let (whole_tx, whole_rx) = mpsc::channel::<Arc<Batch>>();
         let (tap_tx, tap_rx) = match tap {
             Some(_) => {
-                let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(MAX_IN_FLIGHT);
+                let (tx, rx) = mpsc::channel::<Arc<Batch>>();
                 (Some(tx), Some(rx))
             }
             None => (None, None),
@@ -493,139 +473,93 @@ impl Library {
         let whole_digest = std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
                 let mut hasher = Sha256::new();
-                for chunk in whole_rx {
-                    hasher.update(chunk.as_slice());
+                for batch in whole_rx {
+                    hasher.update(batch.bytes());
                 }
                 <[u8; 32]>::from(hasher.finalize())
             });
             if let (Some(tap), Some(tap_rx)) = (tap, tap_rx) {
                 scope.spawn(move || {
-                    for chunk in tap_rx {
-                        tap(chunk.as_slice());
+                    for batch in tap_rx {
+                        tap(batch.bytes());
                     }
                 });
             }
             for _ in 0..IO_THREADS {
                 let done_tx = done_tx.clone();
-                let (io_rx, slots, fail, failed, stored_bytes) =
-                    (&io_rx, &slots, &fail, &failed, &stored_bytes);
+                let (io_rx, fail, failed, stored_bytes) = (&io_rx, &fail, &failed, &stored_bytes);
                 scope.spawn(move || loop {
                     let job = io_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(job) = job else { break };
-                    if !failed.load(Ordering::SeqCst) {
-                        match self.store_job(&job) {
-                            Ok((written, stored_length)) => {
-                                let mut entry = job.entry;
-                                entry.stored_length = stored_length;
-                                if written {
-                                    stored_bytes.fetch_add(stored_length as u64, Ordering::Relaxed);
-                                }
-                                let _ = done_tx.send(Placed {
-                                    index: job.index,
-                                    entry,
-                                    written,
-                                });
-                            }
-                            Err(e) => fail(e),
-                        }
+                    if failed.load(Ordering::SeqCst) {
+                        continue;
                     }
-                    slots.release();
+                    match self.store_job(&job) {
+                        Ok((written, stored_length)) => {
+                            let mut entry = job.entry;
+                            entry.stored_length = stored_length;
+                            if written {
+                                stored_bytes.fetch_add(stored_length as u64, Ordering::Relaxed);
+                            }
+                            let _ = done_tx.send(Placed {
+                                index: job.index,
+                                entry,
+                                written,
+                            });
+                        }
+                        Err(e) => fail(e),
+                    }
                 });
             }
 
             self.inner.pool.in_place_scope(|cpu| {
-                let cdc = fastcdc::v2020::StreamCDC::new(
-                    &mut *reader,
-                    CHUNKING.min,
-                    CHUNKING.avg,
-                    CHUNKING.max,
-                );
-                for (index, chunk) in cdc.enumerate() {
-                    if failed.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let chunk = match chunk {
-                        Ok(chunk) => chunk,
-                        Err(e) => {
+                let mut chunker =
+                    BatchChunker::new(&mut *reader, CHUNKING, BATCH_BYTES, BATCH_BUFFERS);
+                let mut index = 0usize;
+                while !failed.load(Ordering::SeqCst) {
+                    let batch = match chunker.next_batch() {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) => break,
+                        Err(source) => {
                             fail(LibraryError::Source {
                                 source_name: "the image".into(),
-                                source: match e {
-                                    fastcdc::v2020::Error::IoError(io) => io,
-                                    other => std::io::Error::other(other.to_string()),
-                                },
+                                source,
                             });
                             break;
                         }
                     };
-                    slots.acquire();
-                    let length = chunk.length as u32;
-                    let offset = chunk.offset;
-                    total = offset + chunk.length as u64;
-                    let data = Arc::new(chunk.data);
-                    if whole_tx.send(Arc::clone(&data)).is_err() {
+                    let covered = batch.bytes().len() as u64;
+                    total = batch.offset + covered;
+                    if whole_tx.send(Arc::clone(&batch)).is_err() {
                         break;
                     }
                     if let Some(tap_tx) = &tap_tx {
-                        if tap_tx.send(Arc::clone(&data)).is_err() {
+                        if tap_tx.send(Arc::clone(&batch)).is_err() {
                             break;
                         }
                     }
-                    progress.advance(length as u64);
-                    let (done_tx, io_tx) = (done_tx.clone(), io_tx.clone());
-                    let (slots, claimed) = (&slots, &claimed);
-                    cpu.spawn(move |_| {
-                        let mut entry = ChunkEntry {
-                            offset,
-                            length,
-                            stored_length: 0,
-                            zero: false,
-                            digest: [0; 32],
-                        };
-                        if is_all_zero(&data) {
-                            entry.zero = true;
-                            let _ = done_tx.send(Placed {
-                                index,
-                                entry,
-                                written: false,
-                            });
-                            slots.release();
-                            return;
-                        }
-                        entry.digest = Sha256::digest(data.as_slice()).into();
-                        if let Some(&stored_length) = known.get(&entry.digest) {
-                            entry.stored_length = stored_length;
-                        }
-                        let first = entry.stored_length == 0
-                            && claimed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(entry.digest);
-                        if !first {
-                            // Stored already (an earlier version, or earlier in this image):
-                            // the index entry is completed from the first copy at assembly.
-                            let _ = done_tx.send(Placed {
-                                index,
-                                entry,
-                                written: false,
-                            });
-                            slots.release();
-                            return;
-                        }
-                        let key = self.chunk_key(&entry.digest);
-                        let encoded = self.encode_chunk(&key, &data);
-                        entry.stored_length = encoded.len() as u32;
-                        if io_tx
-                            .send(StoreJob {
-                                index,
-                                entry,
-                                key,
-                                encoded,
-                            })
-                            .is_err()
-                        {
-                            slots.release();
-                        }
-                    });
+                    progress.advance(covered);
+                    for span in batch.chunks.iter().copied() {
+                        let (done_tx, io_tx) = (done_tx.clone(), io_tx.clone());
+                        let (batch, claimed) = (Arc::clone(&batch), &claimed);
+                        let chunk_index = index;
+                        index += 1;
+                        cpu.spawn(move |_| {
+                            self.place_chunk(
+                                chunk_index,
+                                &batch,
+                                span,
+                                known,
+                                claimed,
+                                |p| {
+                                    let _ = done_tx.send(p);
+                                },
+                                |job| {
+                                    let _ = io_tx.send(job);
+                                },
+                            )
+                        });
+                    }
                 }
             });
             drop(whole_tx);
@@ -700,6 +634,63 @@ impl Library {
         })
     }
 
+    /// One chunk on a CPU thread: a zero run, a chunk stored already (by an earlier version,
+    /// or earlier in this image: its index entry is completed at assembly), or a new chunk,
+    /// encoded here and handed to the I/O threads.
+    #[allow(clippy::too_many_arguments)]
+    fn place_chunk(
+        &self,
+        index: usize,
+        batch: &Batch,
+        span: Span,
+        known: &HashMap<[u8; 32], u32>,
+        claimed: &Mutex<HashSet<[u8; 32]>>,
+        done: impl FnOnce(Placed),
+        store: impl FnOnce(StoreJob),
+    ) {
+        let data = batch.chunk(&span);
+        let mut entry = ChunkEntry {
+            offset: batch.offset + span.start as u64,
+            length: span.length as u32,
+            stored_length: 0,
+            zero: false,
+            digest: [0; 32],
+        };
+        if span.zero || is_all_zero(data) {
+            entry.zero = true;
+            return done(Placed {
+                index,
+                entry,
+                written: false,
+            });
+        }
+        entry.digest = Sha256::digest(data).into();
+        if let Some(&stored_length) = known.get(&entry.digest) {
+            entry.stored_length = stored_length;
+        }
+        let first = entry.stored_length == 0
+            && claimed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(entry.digest);
+        if !first {
+            return done(Placed {
+                index,
+                entry,
+                written: false,
+            });
+        }
+        let key = self.chunk_key(&entry.digest);
+        let encoded = self.encode_chunk(&key, data);
+        entry.stored_length = encoded.len() as u32;
+        store(StoreJob {
+            index,
+            entry,
+            key,
+            encoded,
+        });
+    }
+
     /// Writes one chunk unless the store has it: (written, stored length).
     fn store_job(&self, job: &StoreJob) -> Result<(bool, u32)> {
         if let Some(meta) = self.store().head(&job.key)? {
@@ -757,22 +748,6 @@ impl StreamedCheck {
     }
 }
 
-/// Bytes OR-ed together per step of the zero test: the compiler turns a fixed-size fold into
-/// vector instructions, where a byte-by-byte `all` with its early exit cannot be.
-const ZERO_TEST_BLOCK: usize = 256;
-
-/// True when every byte is zero. Holes and zero padding make whole chunks of zeros, and those
-/// are scanned to the end, so this runs at memory speed rather than a byte per step.
-fn is_all_zero(data: &[u8]) -> bool {
-    let mut blocks = data.chunks_exact(ZERO_TEST_BLOCK);
-    for block in &mut blocks {
-        if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return false;
-        }
-    }
-    blocks.remainder().iter().all(|&b| b == 0)
-}
-
 fn source_error(path: &Path, source: std::io::Error) -> LibraryError {
     LibraryError::Source {
         source_name: path.display().to_string(),
@@ -801,25 +776,4 @@ fn check_metadata(options: &AddOptions) -> Result<()> {
         return Err(limit("note length", MAX_NOTE));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_block_wise_zero_test_finds_a_single_set_byte_anywhere() {
-        for length in [0usize, 1, 255, 256, 257, 1000, 4096] {
-            let zeros = vec![0u8; length];
-            assert!(is_all_zero(&zeros), "{length} zeros");
-            for at in [0, length / 2, length.saturating_sub(1)] {
-                if at >= length {
-                    continue;
-                }
-                let mut one = zeros.clone();
-                one[at] = 0x80;
-                assert!(!is_all_zero(&one), "byte {at} of {length} set");
-            }
-        }
-    }
 }

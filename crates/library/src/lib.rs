@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod add;
+mod chunker;
 mod config;
 mod crypto;
 mod error;
@@ -22,6 +23,7 @@ mod ops;
 mod reader;
 mod references;
 mod reports;
+mod restore;
 pub mod retention;
 mod signing;
 pub mod store;

@@ -1,6 +1,7 @@
 //! `Library`: opening a store, and the object-level operations every command builds on
 //! (chunk encode/decode, manifests, timelines with compare-and-swap).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -262,13 +263,35 @@ impl Library {
         offset: u64,
         what: &str,
     ) -> Result<Vec<u8>> {
+        let plain = self.open_chunk(digest, length, offset, what)?;
+        let actual: [u8; 32] = Sha256::digest(&plain).into();
+        if &actual != digest {
+            return Err(self.chunk_damaged(
+                digest,
+                what,
+                offset,
+                format!(
+                    "content hashes to sha256:{}, expected sha256:{}",
+                    hex::encode(actual),
+                    hex::encode(digest)
+                ),
+            ));
+        }
+        Ok(plain)
+    }
+
+    /// Fetches, opens (authenticated when encrypted) and decompresses one chunk and checks its
+    /// length, but not its digest: for a caller that checks a digest over these bytes itself
+    /// (`get` checks the whole image's). `load_chunk_by_digest` is the checked form.
+    pub(crate) fn open_chunk(
+        &self,
+        digest: &[u8; 32],
+        length: u32,
+        offset: u64,
+        what: &str,
+    ) -> Result<Vec<u8>> {
         let key = self.chunk_key(digest);
-        let damaged = |problem: String| LibraryError::ChunkDamaged {
-            version: what.to_string(),
-            chunk: key.clone(),
-            offset,
-            problem,
-        };
+        let damaged = |problem: String| self.chunk_damaged(digest, what, offset, problem);
         let limit = max_stored_bytes(length) as u64 + SEAL_OVERHEAD as u64;
         let stored = match self.store().get(&key, limit) {
             Ok(Some(bytes)) => bytes,
@@ -281,14 +304,18 @@ impl Library {
             }
             Err(e) => return Err(e.into()),
         };
-        let body = self
+        let mut body = self
             .unseal(&key, stored)
             .map_err(|_| damaged("failed authentication (tampered or swapped)".into()))?;
-        let plain = match body.split_first() {
-            Some((&CODEC_STORED, rest)) => rest.to_vec(),
-            Some((&CODEC_ZSTD, rest)) => zstd::bulk::decompress(rest, length as usize)
+        let plain = match body.first() {
+            Some(&CODEC_STORED) => {
+                // In place: one move instead of a second buffer.
+                body.drain(..1);
+                body
+            }
+            Some(&CODEC_ZSTD) => decompress(&body[1..], length as usize)
                 .map_err(|e| damaged(format!("zstd: {e}")))?,
-            Some((codec, _)) => return Err(damaged(format!("unknown codec {codec}"))),
+            Some(codec) => return Err(damaged(format!("unknown codec {codec}"))),
             None => return Err(damaged("empty object".into())),
         };
         if plain.len() != length as usize {
@@ -297,15 +324,22 @@ impl Library {
                 plain.len()
             )));
         }
-        let actual: [u8; 32] = Sha256::digest(&plain).into();
-        if &actual != digest {
-            return Err(damaged(format!(
-                "content hashes to sha256:{}, expected sha256:{}",
-                hex::encode(actual),
-                hex::encode(digest)
-            )));
-        }
         Ok(plain)
+    }
+
+    fn chunk_damaged(
+        &self,
+        digest: &[u8; 32],
+        what: &str,
+        offset: u64,
+        problem: String,
+    ) -> LibraryError {
+        LibraryError::ChunkDamaged {
+            version: what.to_string(),
+            chunk: self.chunk_key(digest),
+            offset,
+            problem,
+        }
     }
 
     // ----- manifests -----
@@ -560,6 +594,25 @@ pub(crate) fn resolve_in<'t>(
         });
     }
     Ok(record)
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// zstd-decompresses a chunk of at most `capacity` bytes with a per-thread context (a fresh
+/// context per chunk costs an allocation and its set-up thousands of times per image).
+fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(decompressor) => decompressor.decompress(frame, capacity),
+            None => Err(std::io::Error::other("no zstd context")),
+        }
+    })
 }
 
 /// Turns a store "too large" refusal into the library's error for that object.

@@ -1,23 +1,21 @@
 //! Reading versions: a `ReadAt` over any version (random access through the chunk index),
-//! and `get`/`cat`, which stream a whole version with chunks fetched in parallel.
+//! and `cat`, which streams a whole version with chunks fetched in parallel (`get` is in
+//! `restore`).
 //!
 //! Every chunk is checked against its SHA-256 on every fetch: a damaged or missing chunk makes
 //! the read fail; no read ever returns bytes the manifest does not vouch for.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use vmedia_io::{AtomicFile, Durability, OverwritePolicy, Progress, ReadAt};
+use vmedia_io::ReadAt;
 
 use crate::error::{LibraryError, Result};
 use crate::library::Library;
 use crate::manifest::{format_digest, ChunkEntry};
 use crate::naming::VersionSpec;
-use crate::reports::GetReport;
 
 /// Decoded chunks a reader keeps: enough for the ISO and disk readers' locality (directory
 /// blocks, tables) at up to 16 MiB.
@@ -327,26 +325,6 @@ pub(crate) enum Piece {
     Data(Arc<Vec<u8>>),
 }
 
-/// SHA-256 over pieces in the order received, as `sha256:hex`.
-fn hash_pieces(pieces: mpsc::Receiver<Piece>) -> String {
-    let mut hasher = Sha256::new();
-    let zeros = vec![0u8; 1 << 20];
-    for piece in pieces {
-        match piece {
-            Piece::Zero(length) => {
-                let mut left = length as usize;
-                while left > 0 {
-                    let n = left.min(zeros.len());
-                    hasher.update(&zeros[..n]);
-                    left -= n;
-                }
-            }
-            Piece::Data(data) => hasher.update(data.as_slice()),
-        }
-    }
-    format_digest(&hasher.finalize().into())
-}
-
 impl Library {
     /// A `ReadAt` over a version (`vmedia iso ... library:NAME@V` reads through this).
     pub fn open_version(&self, spec: &VersionSpec) -> Result<VersionReader> {
@@ -451,74 +429,6 @@ impl Library {
                 ready.insert(index, Piece::Data(Arc::new(result?)));
             }
             Ok(())
-        })
-    }
-
-    /// Writes a version to `out` atomically: the file appears only when complete and its
-    /// SHA-256 matched the recorded digest; runs of zeros are left as holes.
-    pub fn get(
-        &self,
-        spec: &VersionSpec,
-        out: &Path,
-        overwrite: OverwritePolicy,
-        progress: &dyn Progress,
-    ) -> Result<GetReport> {
-        let (timeline, record) = self.resolve(spec)?;
-        let manifest = self.load_version_manifest(&timeline, &record)?;
-        let label = format!("{}@{}", timeline.name, record.version);
-        let output_error = |source: io::Error| LibraryError::Output {
-            path: out.to_path_buf(),
-            source,
-        };
-        let file = AtomicFile::create(out, overwrite).map_err(output_error)?;
-        file.file()
-            .set_len(manifest.header.size)
-            .map_err(output_error)?;
-        progress.set_total(manifest.header.size);
-        progress.phase("writing");
-        let mut written = 0u64;
-        let mut holes = 0u64;
-        // Pool threads fetch, check and write chunks (positional writes, any order); the
-        // whole-image digest is computed on its own thread, in image order.
-        let (hash_tx, hash_rx) = mpsc::sync_channel::<Piece>(FETCH_WINDOW);
-        let (fetched, actual) = std::thread::scope(|scope| {
-            let hasher = scope.spawn(move || hash_pieces(hash_rx));
-            let write = |entry: &ChunkEntry, data: &[u8]| -> Result<()> {
-                file.file()
-                    .write_all_at(data, entry.offset)
-                    .map_err(output_error)
-            };
-            let fetched =
-                self.fetch_in_order_with(&manifest.entries, &label, &write, |entry, piece| {
-                    match &piece {
-                        Piece::Zero(length) => holes += *length as u64,
-                        Piece::Data(data) => written += data.len() as u64,
-                    }
-                    let _ = hash_tx.send(piece);
-                    progress.advance(entry.length as u64);
-                    Ok(())
-                });
-            drop(hash_tx);
-            (fetched, hasher.join().unwrap_or_default())
-        });
-        fetched?;
-        if actual != record.digest {
-            return Err(LibraryError::DigestMismatch {
-                what: label,
-                expected: record.digest.clone(),
-                actual,
-            });
-        }
-        file.commit_with(Durability::PageCache)
-            .map_err(output_error)?;
-        Ok(GetReport {
-            name: timeline.name.clone(),
-            version: record.version,
-            digest: record.digest.clone(),
-            size: manifest.header.size,
-            path: out.to_path_buf(),
-            written_bytes: written,
-            hole_bytes: holes,
         })
     }
 
