@@ -100,6 +100,9 @@ const ACTING_COMMANDS: &[&str] = &[
     "library rollback",
     "library export-manifest",
     "clone rm",
+    "user add",
+    "user rm",
+    "token rm",
 ];
 
 #[test]
