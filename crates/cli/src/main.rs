@@ -147,16 +147,26 @@ fn report(err: &anyhow::Error) -> ExitCode {
 /// libraries name the file and the step; what to do about it is the same everywhere).
 fn next_step(err: &anyhow::Error) -> Option<&'static str> {
     use std::io::ErrorKind;
-    let kind = err
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind)?;
+    // ureq keeps a socket's io::Error inside its own error, not as its source.
+    let kind = err.chain().find_map(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .or(match cause.downcast_ref::<ureq::Error>() {
+                Some(ureq::Error::Io(io)) => Some(io),
+                _ => None,
+            })
+            .map(std::io::Error::kind)
+    })?;
     match kind {
         ErrorKind::AddrInUse => Some(
             "another program listens there (ss -ltnup names it): stop it or choose another \
              port (--http-port, --nbd-port, --https-port, --tftp-port)",
         ),
         ErrorKind::StorageFull => Some("free space there or write the output elsewhere"),
+        ErrorKind::ConnectionRefused => Some(
+            "nothing listens there: start the server (`vmedia serve`, `vmedia netboot serve`) \
+             or point --server (VMEDIA_SERVER) at the right address",
+        ),
         _ => None,
     }
 }

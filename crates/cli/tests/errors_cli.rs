@@ -355,3 +355,21 @@ fn a_port_in_use_names_the_port_and_the_flag_to_change() {
     error_line(netboot, &[&port, "Address already in use", "--http-port"]);
     drop(holder);
 }
+
+#[test]
+fn a_daemon_that_is_not_running_is_named_with_what_to_start() {
+    // A port nothing listens on: bind one, note it, let it go.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let wanted = [server.as_str(), "Connection refused", "vmedia serve"];
+    error_line(cmd(&[&"clone", &"ls", &"--server", &server]), &wanted);
+    error_line(
+        cmd(&[&"clone", &"create", &"img", &"c1", &"--server", &server]),
+        &wanted,
+    );
+    error_line(cmd(&[&"top", &"--batch", &"--server", &server]), &wanted);
+}
