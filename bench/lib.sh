@@ -6,6 +6,10 @@
 # bench_require TOOL...      exits 1 naming the first peer tool missing from PATH
 # bench_workdir NAME         sets WORK to BENCH_DIR (created) or to a new temp folder
 #                            vmedia-bench-NAME.XXXXXX removed when the script exits
+# bench_iso_versions VOLID   makes (once per WORK) input/v1.iso from DATA_MIB MiB of the machine's
+#                            package files plus a HOLE_MIB MiB sparse file, and input/v2.iso = v1
+#                            + one 1 MiB file; sets SIZE1, SIZE2, IMAGE_DIR, IMAGE
+# use_version v1|v2          copies that version to IMAGE (read once so the page cache holds it)
 
 bench_binary() {
   local script=$1
@@ -33,3 +37,34 @@ bench_workdir() {
     trap 'rm -rf "$WORK"' EXIT
   fi
 }
+
+bench_iso_versions() {
+  # The first DATA_MIB MiB of regular files under /usr/lib and /usr/share (sorted, so the same
+  # machine gives the same tree), plus a sparse file of HOLE_MIB MiB.
+  if [ ! -f "$WORK/input.done" ]; then
+    rm -rf "$WORK/tree" "$WORK/input"
+    mkdir -p "$WORK/tree" "$WORK/input"
+    find /usr/lib /usr/share -xdev -type f -size +16k -readable -printf '%s %p\n' 2>/dev/null \
+      | sort -k2 \
+      | awk -v limit=$((DATA_MIB * 1024 * 1024)) '{ total += $1; if (total > limit) next; sub(/^[0-9]+ /, ""); print }' \
+      > "$WORK/files.txt"
+    tar -cf - --files-from "$WORK/files.txt" 2>/dev/null | tar -xf - -C "$WORK/tree"
+    truncate -s "${HOLE_MIB}M" "$WORK/tree/holes.img"
+    "$VMEDIA" iso create "$WORK/tree" -o "$WORK/input/v1.iso" --volume-id "$1" \
+      --date 2026-01-01 >/dev/null
+    head -c $((1024 * 1024)) /dev/urandom > "$WORK/added.bin"
+    "$VMEDIA" iso repack "$WORK/input/v1.iso" --add /added/added.bin="$WORK/added.bin" \
+      -o "$WORK/input/v2.iso" >/dev/null
+    rm -rf "$WORK/tree"
+    touch "$WORK/input.done"
+  fi
+  SIZE1=$(stat -c %s "$WORK/input/v1.iso")
+  SIZE2=$(stat -c %s "$WORK/input/v2.iso")
+  echo "input: v1.iso $SIZE1 bytes, v2.iso (v1 + one 1 MiB file) $SIZE2 bytes"
+  # Each tool reads "image.iso": v1 first, then v2 at the same path.
+  IMAGE_DIR="$WORK/image"
+  IMAGE="$IMAGE_DIR/image.iso"
+  mkdir -p "$IMAGE_DIR"
+}
+
+use_version() { cp --reflink=auto "$WORK/input/$1.iso" "$IMAGE"; cat "$IMAGE" > /dev/null; }

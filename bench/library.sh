@@ -40,33 +40,7 @@ export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS
 unset VMEDIA_LIBRARY VMEDIA_LIBRARY_KEY
 
 # --- input -------------------------------------------------------------------------------
-# tree: the first DATA_MIB MiB of regular files under /usr/lib and /usr/share (sorted, so the
-# same machine gives the same tree), plus a sparse file of HOLE_MIB MiB.
-if [ ! -f "$WORK/input.done" ]; then
-  rm -rf "$WORK/tree" "$WORK/input"
-  mkdir -p "$WORK/tree" "$WORK/input"
-  find /usr/lib /usr/share -xdev -type f -size +16k -readable -printf '%s %p\n' 2>/dev/null \
-    | sort -k2 \
-    | awk -v limit=$((DATA_MIB * 1024 * 1024)) '{ total += $1; if (total > limit) next; sub(/^[0-9]+ /, ""); print }' \
-    > "$WORK/files.txt"
-  tar -cf - --files-from "$WORK/files.txt" 2>/dev/null | tar -xf - -C "$WORK/tree"
-  truncate -s "${HOLE_MIB}M" "$WORK/tree/holes.img"
-  "$VMEDIA" iso create "$WORK/tree" -o "$WORK/input/v1.iso" --volume-id BENCH_LIBRARY \
-    --date 2026-01-01 >/dev/null
-  head -c $((1024 * 1024)) /dev/urandom > "$WORK/added.bin"
-  "$VMEDIA" iso repack "$WORK/input/v1.iso" --add /added/added.bin="$WORK/added.bin" \
-    -o "$WORK/input/v2.iso" >/dev/null
-  rm -rf "$WORK/tree"
-  touch "$WORK/input.done"
-fi
-SIZE1=$(stat -c %s "$WORK/input/v1.iso")
-SIZE2=$(stat -c %s "$WORK/input/v2.iso")
-echo "input: v1.iso $SIZE1 bytes, v2.iso (v1 + one 1 MiB file) $SIZE2 bytes"
-# Each tool backs up "image.iso": v1 for the first add, v2 (same path) for the second.
-IMAGE_DIR="$WORK/image"
-mkdir -p "$IMAGE_DIR"
-IMAGE="$IMAGE_DIR/image.iso"
-use_version() { cp --reflink=auto "$WORK/input/$1.iso" "$IMAGE"; cat "$IMAGE" > /dev/null; }
+bench_iso_versions BENCH_LIBRARY
 head -c 32 /dev/urandom > "$WORK/library.key"
 
 # --- timing ------------------------------------------------------------------------------

@@ -51,30 +51,8 @@ wait_port() {
 }
 start_bg() { local port=$1; shift; "$@" >"$WORK/server.log" 2>&1 & LAST=$!; PIDS+=("$LAST"); wait_port "$port" "$LAST"; }
 
-# --- input (as bench/library.sh: an ISO of the machine's own package files, plus holes) ----
-if [ ! -f "$WORK/input.done" ]; then
-  rm -rf "$WORK/tree" "$WORK/input"
-  mkdir -p "$WORK/tree" "$WORK/input"
-  find /usr/lib /usr/share -xdev -type f -size +16k -readable -printf '%s %p\n' 2>/dev/null \
-    | sort -k2 \
-    | awk -v limit=$((DATA_MIB * 1024 * 1024)) '{ total += $1; if (total > limit) next; sub(/^[0-9]+ /, ""); print }' \
-    > "$WORK/files.txt"
-  tar -cf - --files-from "$WORK/files.txt" 2>/dev/null | tar -xf - -C "$WORK/tree"
-  truncate -s "${HOLE_MIB}M" "$WORK/tree/holes.img"
-  "$VMEDIA" iso create "$WORK/tree" -o "$WORK/input/v1.iso" --volume-id BENCH_SYNC \
-    --date 2026-01-01 >/dev/null
-  head -c $((1024 * 1024)) /dev/urandom > "$WORK/added.bin"
-  "$VMEDIA" iso repack "$WORK/input/v1.iso" --add /added/added.bin="$WORK/added.bin" \
-    -o "$WORK/input/v2.iso" >/dev/null
-  rm -rf "$WORK/tree"
-  touch "$WORK/input.done"
-fi
-SIZE1=$(stat -c %s "$WORK/input/v1.iso")
-echo "input: v1.iso $SIZE1 bytes, v2.iso = v1 + one 1 MiB file"
-IMAGE_DIR="$WORK/image"
-mkdir -p "$IMAGE_DIR"
-IMAGE="$IMAGE_DIR/image.iso"
-use_version() { cp --reflink=auto "$WORK/input/$1.iso" "$IMAGE"; cat "$IMAGE" > /dev/null; }
+# --- input: an ISO of the machine's own package files plus holes, and its repack ----------
+bench_iso_versions BENCH_SYNC
 
 time_cmd() { # time_cmd CMD...: sync (not timed), run CMD once, print its wall time in seconds
   local t0 t1
