@@ -68,3 +68,20 @@ bench_iso_versions() {
 }
 
 use_version() { cp --reflink=auto "$WORK/input/$1.iso" "$IMAGE"; cat "$IMAGE" > /dev/null; }
+
+# Servers a bench starts: free_port prints a free loopback port; start_bg PORT CMD... starts CMD
+# in the background (log in $WORK/server.log, pid in LAST, appended to PIDS) and waits until it
+# listens on PORT; bench_stop_servers ends every one in PIDS.
+PIDS=()
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+  local port=$1 pid=$2 i
+  for i in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "bench: the server on port $port exited:" >&2; cat "$WORK/server.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "bench: nothing listens on port $port" >&2; exit 1
+}
+start_bg() { local port=$1; shift; "$@" >"$WORK/server.log" 2>&1 & LAST=$!; PIDS+=("$LAST"); wait_port "$port" "$LAST"; }
+bench_stop_servers() { local pid; for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }

@@ -30,11 +30,9 @@
 # before issue 11), the script prints the peers' figures, says so and exits 3.
 set -euo pipefail
 
-if [ $# -ne 1 ] || [ ! -x "$1" ]; then
-    echo "usage: $0 TARGET_BINARY (an executable vmedia)" >&2
-    exit 2
-fi
-VMEDIA=$(realpath "$1")
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_binary "$0" "$@"
 RUNS=${BENCH_RUNS:-3}
 SECS=${BENCH_SECS:-10}
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
@@ -42,41 +40,20 @@ TRACE_MIB=${BENCH_TRACE_MIB:-256}
 NO_S3=${BENCH_NO_S3:-0}
 # Debian's python3-libnbd lives in the system interpreter, not in a pyenv or venv one.
 PY=/usr/bin/python3
-for tool in nbdcopy nbdkit qemu-nbd qemu-img nginx wrk curl; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool missing; run scripts/setup.sh" >&2; exit 1; }
-done
+bench_require nbdcopy nbdkit qemu-nbd qemu-img nginx wrk curl
 "$PY" -c 'import nbd' 2>/dev/null || { echo "bench: python3-libnbd missing; run scripts/setup.sh" >&2; exit 1; }
 HAVE_SERVE=1
 "$VMEDIA" serve --help >/dev/null 2>&1 || HAVE_SERVE=0
 
-if [ -n "${BENCH_DIR:-}" ]; then
-    WORK=$(realpath -m "$BENCH_DIR")
-    mkdir -p "$WORK"
-else
-    WORK=$(mktemp -d "${TMPDIR:-/tmp}/vmedia-bench-serve.XXXXXX")
-fi
-PIDS=()
+bench_workdir serve
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    bench_stop_servers
     [ -n "${BENCH_DIR:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 unset VMEDIA_LIBRARY VMEDIA_LIBRARY_KEY
 
 calc() { awk "BEGIN { print $1 }"; }
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local port=$1 pid=$2 i
-    for i in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || { echo "bench: the server on port $port exited:" >&2; cat "$WORK/server.log" >&2; exit 1; }
-        sleep 0.05
-    done
-    echo "bench: nothing listens on port $port" >&2; exit 1
-}
-# Starts a server in the background; LAST is its pid. The server itself is the process
-# (exec), so kill reaches it.
-start_bg() { local port=$1; shift; "$@" >"$WORK/server.log" 2>&1 & LAST=$!; PIDS+=("$LAST"); wait_port "$port" "$LAST"; }
 stop_last() { kill "$LAST" 2>/dev/null || true; wait "$LAST" 2>/dev/null || true; }
 
 # --- input -------------------------------------------------------------------------------
@@ -252,7 +229,9 @@ vmedia_row() {
     printf '  random 4 KiB x16 %s IOPS: %.2fx qemu-nbd (target >= 1.0x)\n' "$IOPS_VMEDIA" "$(calc "$IOPS_VMEDIA / $IOPS_QEMU")"
     printf '  wrk random 4 KiB ranges %s req/s: %.2fx nginx (target >= 1.0x)\n' "$RATE_VMEDIA" "$(calc "$RATE_VMEDIA / $RATE_NGINX")"
 }
-echo "== vmedia serve --cache-size 256M (the default; the image's $((SIZE_MIB * 3 / 4)) MiB of data do not fit: the miss path)"
+DATA_MIB=$((SIZE_MIB * 3 / 4))
+if [ "$DATA_MIB" -gt 256 ]; then FIT="do not fit: the miss path"; else FIT="fit"; fi
+echo "== vmedia serve --cache-size 256M (the default; the image's $DATA_MIB MiB of data $FIT)"
 vmedia_row 256M
 FULL_CACHE=${BENCH_CACHE:-2G}
 echo "== vmedia serve --cache-size $FULL_CACHE (holds the whole image, as the page cache does for the peers)"

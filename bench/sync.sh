@@ -36,20 +36,7 @@ bench_workdir sync
 export RESTIC_PASSWORD=vmedia-bench RESTIC_FROM_PASSWORD=vmedia-bench
 unset VMEDIA_LIBRARY VMEDIA_LIBRARY_KEY
 PY=$(command -v python3)
-PIDS=()
-stop_all() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
-trap 'stop_all; [ -n "${BENCH_DIR:-}" ] || rm -rf "$WORK"' EXIT
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-  local port=$1 pid=$2 i
-  for i in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "bench: the server on port $port exited" >&2; cat "$WORK/server.log" >&2; exit 1; }
-    sleep 0.05
-  done
-  echo "bench: nothing listens on port $port" >&2; exit 1
-}
-start_bg() { local port=$1; shift; "$@" >"$WORK/server.log" 2>&1 & LAST=$!; PIDS+=("$LAST"); wait_port "$port" "$LAST"; }
+trap 'bench_stop_servers; [ -n "${BENCH_DIR:-}" ] || rm -rf "$WORK"' EXIT
 
 # --- input: an ISO of the machine's own package files plus holes, and its repack ----------
 bench_iso_versions BENCH_SYNC

@@ -167,11 +167,7 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<ExitCode> {
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(value)?
-    )?;
+    crate::print_json(value)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -300,7 +300,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                 settings: effective_settings(),
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::print_json(&report)?;
             } else {
                 for setting in &report.settings {
                     println!(

@@ -118,7 +118,7 @@ fn check_daemon() -> Check {
 
 fn print(report: &DoctorReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        crate::print_json(report)?;
         return Ok(());
     }
     for check in &report.checks {

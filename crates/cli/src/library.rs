@@ -331,12 +331,7 @@ pub struct JsonArg {
     json: bool,
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "{text}")?;
-    Ok(())
-}
+use crate::print_json;
 
 /// Prints a report as JSON or as aligned `key: value` text (nested objects indented, lists of
 /// records one per line), so every report reads the same way in a terminal.

@@ -145,6 +145,15 @@ fn report(err: &anyhow::Error) -> ExitCode {
 
 /// The next step for the OS errors a first run meets most, whichever command hit them (the
 /// libraries name the file and the step; what to do about it is the same everywhere).
+/// A report as pretty JSON on stdout, the one way every `--json` prints.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, text.as_bytes())?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    Ok(())
+}
+
 fn next_step(err: &anyhow::Error) -> Option<&'static str> {
     use std::io::ErrorKind;
     // ureq keeps a socket's io::Error inside its own error, not as its source.

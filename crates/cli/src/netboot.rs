@@ -316,7 +316,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let snapshot: StatusSnapshot =
         serde_json::from_str(&body).context("the status document is not vmedia's")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+        crate::print_json(&snapshot)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(

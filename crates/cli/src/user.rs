@@ -176,8 +176,7 @@ pub fn run_user(command: UserCommand) -> Result<ExitCode> {
             let (store, _) = open(&state)?;
             let users = store.users();
             if json {
-                serde_json::to_writer_pretty(&mut out, &users)?;
-                writeln!(out)?;
+                crate::print_json(&users)?;
             } else {
                 for user in users {
                     writeln!(
@@ -221,8 +220,7 @@ pub fn run_token(command: TokenCommand) -> Result<ExitCode> {
             record(&audit, "token.create", &name, &created);
             let token = created?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &token)?;
-                writeln!(out)?;
+                crate::print_json(&token)?;
             } else {
                 writeln!(out, "{}", token.token)?;
             }
@@ -231,8 +229,7 @@ pub fn run_token(command: TokenCommand) -> Result<ExitCode> {
             let (store, _) = open(&state)?;
             let tokens = store.tokens();
             if json {
-                serde_json::to_writer_pretty(&mut out, &tokens)?;
-                writeln!(out)?;
+                crate::print_json(&tokens)?;
             } else {
                 for t in tokens {
                     writeln!(

@@ -126,7 +126,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("vmedia: note: {note}");
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::print_json(&report)?;
             } else {
                 let order: Vec<String> = report.boot_order.iter().map(|d| d.to_string()).collect();
                 println!(
@@ -164,7 +164,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
         VmCommand::List { json } => {
             let rows = store.list_report()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                crate::print_json(&rows)?;
             } else {
                 println!("{:<24} {:<8} PID", "NAME", "STATE");
                 for row in &rows {
@@ -176,7 +176,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
         VmCommand::Show { name, json } => {
             let report = store.status_report(&name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::print_json(&report)?;
             } else {
                 println!("name:   {name}");
                 println!(

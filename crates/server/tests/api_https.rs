@@ -41,6 +41,17 @@ fn start(dir: &Path) -> Api {
 }
 
 impl Api {
+    /// The library the daemon serves.
+    fn library(&self) -> vmedia_library::Library {
+        self.daemon
+            .handle
+            .as_ref()
+            .unwrap()
+            .exports
+            .library()
+            .clone()
+    }
+
     fn token(&self, name: &str, role: Role) -> String {
         let handle = self.daemon.handle.as_ref().unwrap();
         handle.users.create_token(name, role, None).unwrap().token
@@ -120,14 +131,7 @@ fn curl_resumes_an_upload_interrupted_halfway_and_the_add_dedups() {
     let dir = tempfile::tempdir().unwrap();
     let iso = make_iso(dir.path());
     let api = start(dir.path());
-    let library = api
-        .daemon
-        .handle
-        .as_ref()
-        .unwrap()
-        .exports
-        .library()
-        .clone();
+    let library = api.library();
     add(&library, "base", &iso);
     let size = std::fs::metadata(&iso).unwrap().len();
     let operator = api.token("uploader", Role::Operator);
@@ -300,14 +304,7 @@ fn the_openapi_document_validates_and_readonly_is_refused_every_mutating_operati
     let dir = tempfile::tempdir().unwrap();
     let iso = make_iso(dir.path());
     let api = start(dir.path());
-    let library = api
-        .daemon
-        .handle
-        .as_ref()
-        .unwrap()
-        .exports
-        .library()
-        .clone();
+    let library = api.library();
     add(&library, "deb", &iso);
 
     // The document needs no credentials.
@@ -384,14 +381,7 @@ fn the_openapi_document_validates_and_readonly_is_refused_every_mutating_operati
 fn rollback_needs_if_match_and_creates_replay_their_idempotency_key() {
     let dir = tempfile::tempdir().unwrap();
     let api = start(dir.path());
-    let library = api
-        .daemon
-        .handle
-        .as_ref()
-        .unwrap()
-        .exports
-        .library()
-        .clone();
+    let library = api.library();
     for seed in [1, 2] {
         let file = dir.path().join(format!("v{seed}.img"));
         std::fs::write(&file, noise(seed, 1 << 20)).unwrap();

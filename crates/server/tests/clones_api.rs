@@ -6,35 +6,9 @@ mod support_clones;
 
 use std::sync::Arc;
 
-use support_clones::bases_with;
-use vmedia_server::clones::api::{router, ErrorBody};
+use support_clones::{agent, bases_with, serve_api as serve};
+use vmedia_server::clones::api::ErrorBody;
 use vmedia_server::clones::{CloneInfo, CloneStore};
-
-/// Serves the router nested where the daemon puts it; returns the base URL.
-fn serve(store: Arc<CloneStore>) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().nest("/api/v1/clones", router(store));
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{}/api/v1/clones", rx.recv().unwrap())
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
 
 type Response = ureq::http::Response<ureq::Body>;
 

@@ -8,35 +8,13 @@ mod support_clones;
 
 use std::sync::Arc;
 
-use support_clones::bases_with;
-use vmedia_server::clones::api::{router, ErrorBody};
+use support_clones::{agent, bases_with, serve_api as serve};
+use vmedia_server::clones::api::ErrorBody;
 use vmedia_server::clones::{CloneError, CloneStore};
 use vmedia_server::export::ExportResolver;
 
-fn serve(store: Arc<CloneStore>) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().nest("/api/v1/clones", router(store));
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{}/api/v1/clones", rx.recv().unwrap())
-}
-
 fn delete(url: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let response = agent.delete(url).call().unwrap();
+    let response = agent().delete(url).call().unwrap();
     let status = response.status().as_u16();
     (status, response.into_body().read_to_string().unwrap())
 }

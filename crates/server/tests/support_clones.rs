@@ -171,3 +171,32 @@ pub fn read_all(export: &dyn Export) -> Vec<u8> {
     export.read_at(&mut buf, 0).unwrap();
     buf
 }
+
+/// Serves the clone API router nested where the daemon puts it on a loopback port (for the
+/// test process's lifetime); returns the base URL.
+pub fn serve_api(store: Arc<vmedia_server::clones::CloneStore>) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new()
+                .nest("/api/v1/clones", vmedia_server::clones::api::router(store));
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{}/api/v1/clones", rx.recv().unwrap())
+}
+
+/// A client that returns 4xx/5xx answers instead of failing on them, as the CLI reads them.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}

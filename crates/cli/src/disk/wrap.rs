@@ -58,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     if args.json {
         let report = WrapReport::new(&args.output, &wrapped, &opts);
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::print_json(&report)?;
     } else {
         println!(
             "{}: {} FLAT extent \"{}\", {} sectors ({} bytes{}), adapter {}; nothing copied",

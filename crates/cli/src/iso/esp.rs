@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     out.commit()
         .with_context(|| format!("saving {}", args.output.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        crate::print_json(&summary)?;
     } else {
         println!(
             "{}: {:?}, {} bytes, {} files in {} folders, {} of {} clusters of {} bytes free, serial {:04X}-{:04X}, label {}",

@@ -79,7 +79,7 @@ impl OutputArgs {
     /// Prints the report of a written image: JSON, a summary, or nothing with --quiet.
     pub fn print_report(&self, report: &WriteReport) -> anyhow::Result<ExitCode> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(report)?);
+            crate::print_json(report)?;
         } else if !self.quiet {
             println!("{}", common::summary(report));
         }

@@ -402,7 +402,7 @@ pub fn run_ls(args: LsArgs) -> Result<ExitCode> {
         sort_by_name(&mut items);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        crate::print_json(&items)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = Vec::with_capacity(items.len() * 64);
@@ -634,7 +634,7 @@ pub fn run_rip(args: RipArgs) -> Result<ExitCode> {
     out.commit()
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::print_json(&report)?;
     } else {
         eprintln!(
             "vmedia: copied {} bytes to {} (sha256 {}){}{}{}",

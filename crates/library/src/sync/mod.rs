@@ -336,7 +336,30 @@ struct Copier<'a> {
     verified: AtomicU64,
 }
 
-impl Copier<'_> {
+impl<'a> Copier<'a> {
+    fn new(
+        from: &'a dyn Store,
+        to: &'a dyn Store,
+        check: &'a ChunkCheck<'a>,
+        options: &SyncOptions,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        Copier {
+            from,
+            to,
+            check,
+            throttle: options.bwlimit.map(|rate| Throttle {
+                bytes_per_second: rate.max(1) as f64,
+                next: Mutex::new(Instant::now()),
+            }),
+            parallel: options.parallel,
+            progress,
+            sent: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
+        }
+    }
+
     /// Copies `jobs`; returns the keys that arrived and the failures.
     fn copy(&self, jobs: &[ChunkJob]) -> (Vec<String>, Vec<String>) {
         let next = AtomicUsize::new(0);
@@ -861,20 +884,13 @@ fn sync_readable(
     progress.phase("copying chunks");
     progress.set_total(total_bytes);
     let check = |job: &ChunkJob, stored: &[u8]| check_readable(&lib_b, job, stored);
-    let copier = Copier {
-        from: a.store.as_ref(),
-        to: b.store.as_ref(),
-        check: &check,
-        throttle: options.bwlimit.map(|rate| Throttle {
-            bytes_per_second: rate.max(1) as f64,
-            next: Mutex::new(Instant::now()),
-        }),
-        parallel: options.parallel,
+    let copier = Copier::new(
+        a.store.as_ref(),
+        b.store.as_ref(),
+        &check,
+        options,
         progress,
-        sent: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        verified: AtomicU64::new(0),
-    };
+    );
     let a_names: HashSet<String> = plans.iter().map(|p| p.timeline.name.clone()).collect();
     for plan in plans {
         let name = plan.timeline.name.clone();
@@ -1055,20 +1071,13 @@ fn sync_opaque(
     progress.phase("copying chunks");
     progress.set_total(total);
     let check = |job: &ChunkJob, stored: &[u8]| check_opaque(job, stored);
-    let copier = Copier {
-        from: a.store.as_ref(),
-        to: b.store.as_ref(),
-        check: &check,
-        throttle: options.bwlimit.map(|rate| Throttle {
-            bytes_per_second: rate.max(1) as f64,
-            next: Mutex::new(Instant::now()),
-        }),
-        parallel: options.parallel,
+    let copier = Copier::new(
+        a.store.as_ref(),
+        b.store.as_ref(),
+        &check,
+        options,
         progress,
-        sent: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        verified: AtomicU64::new(0),
-    };
+    );
     let (arrived, failed) = copier.copy(&jobs);
     report.chunks_sent = copier.sent.load(Ordering::Relaxed);
     report.bytes_sent = copier.bytes.load(Ordering::Relaxed);

@@ -182,6 +182,23 @@ pub fn clone_status(error: &CloneError) -> StatusCode {
 }
 
 /// The status of a library error met by an API request.
+/// The status of a VM store or QEMU error.
+pub fn boot_status(error: &vmedia_boot::BootError) -> StatusCode {
+    match error {
+        // A VM that is (not) running, a CD slot it lacks, a tray the guest locked: the
+        // request does not fit the VM's current state.
+        vmedia_boot::BootError::Vm { .. } => StatusCode::CONFLICT,
+        vmedia_boot::BootError::Invalid(_)
+        | vmedia_boot::BootError::UnknownDiskFormat { .. }
+        | vmedia_boot::BootError::BadMedium { .. } => StatusCode::BAD_REQUEST,
+        // QEMU could not open the image the request named (unreachable URL, refused login).
+        vmedia_boot::BootError::Qmp { command, .. } if command == "blockdev-add" => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 pub fn library_status(error: &vmedia_library::LibraryError) -> StatusCode {
     use vmedia_library::LibraryError as E;
     match error {

@@ -161,7 +161,7 @@ impl RedfishError {
                 "Try the operation again using the appropriate ETag.".into(),
             ),
             Boot(error) => {
-                let status = boot_status(error);
+                let status = crate::http::boot_status(error);
                 (
                     status,
                     if status == StatusCode::CONFLICT { "ResourceInUse" } else { "GeneralError" },
@@ -178,21 +178,6 @@ impl RedfishError {
                 "Resubmit the request. If the problem persists, consider resetting the service.".into(),
             ),
         }
-    }
-}
-
-/// The status of a VM store or QEMU error.
-pub fn boot_status(error: &BootError) -> StatusCode {
-    match error {
-        // A VM that is (not) running, a CD slot it lacks, a tray the guest locked: the
-        // request does not fit the VM's current state.
-        BootError::Vm { .. } => StatusCode::CONFLICT,
-        BootError::Invalid(_)
-        | BootError::UnknownDiskFormat { .. }
-        | BootError::BadMedium { .. } => StatusCode::BAD_REQUEST,
-        // QEMU could not open the image the request named (unreachable URL, refused login).
-        BootError::Qmp { command, .. } if command == "blockdev-add" => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -22,7 +22,7 @@ use vmedia_boot::managed::VmStore;
 use vmedia_boot::store::BootConfig;
 
 use crate::auth::{Authenticate, Principal, Role};
-pub use error::{boot_status, RedfishError, BASE_REGISTRY};
+pub use error::{RedfishError, BASE_REGISTRY};
 
 /// The Redfish protocol version this service follows (DSP0266).
 pub const REDFISH_VERSION: &str = "1.11.0";
