@@ -19,7 +19,7 @@ demo: build
 	bash scripts/demo.sh target/$(PROFILE)/vmedia
 
 test: setup lint corpus-check
-	$(CARGO) test --locked --profile $(TEST_PROFILE) --workspace --no-fail-fast --lib --bins --tests
+	CARGO=$(CARGO) python3 scripts/run-tests.py --profile $(TEST_PROFILE) -- --locked --workspace --lib --bins --tests
 	$(CARGO) test --locked --profile $(TEST_PROFILE) --workspace --doc
 
 # Style and lints, cheapest first (rustfmt takes no --locked: it resolves nothing).
