@@ -123,6 +123,7 @@ fn config_for(location: Option<&str>, key: Option<&Path>) -> Result<OpenConfig> 
     Ok(OpenConfig {
         location,
         s3: crate::env::s3_settings(options.s3_endpoint.as_deref()),
+        remote: crate::env::remote_settings()?,
         key,
         actor: actor(),
     })
@@ -149,10 +150,21 @@ pub fn doctor_open() -> Result<String> {
 
 /// The library `vmedia serve` serves: `--library`, else `configured` (its settings file),
 /// else VMEDIA_LIBRARY or the default, opened like every library command opens it.
-pub fn open_library_for_serve(configured: Option<&str>) -> Result<Library> {
+pub fn open_library_for_serve(configured: Option<&str>) -> Result<(Library, OpenConfig)> {
     let location = global().library.or_else(|| configured.map(str::to_string));
     let config = config_for(location.as_deref(), None)?;
-    Ok(Library::open(&config)?)
+    Ok((Library::open(&config)?, config))
+}
+
+/// A replication peer's library location, opened with `remote` for a peer daemon and the
+/// run's S3 settings and key (replicas share one key).
+pub fn peer_config(
+    location: &str,
+    remote: vmedia_library::store::RemoteSettings,
+) -> Result<OpenConfig> {
+    let mut config = config_for(Some(location), None)?;
+    config.remote = remote;
+    Ok(config)
 }
 
 /// The library location given for this run (`--library`, else VMEDIA_LIBRARY), if any: what

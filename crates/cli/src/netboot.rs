@@ -204,7 +204,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let library = match crate::library::requested_library_location() {
         Some(location) => Some((
             crate::library::open_library_for_serve(None)
-                .with_context(|| format!("cannot open the library {location}"))?,
+                .with_context(|| format!("cannot open the library {location}"))?
+                .0,
             location,
         )),
         None => None,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use vmedia_server::replicate::{Direction, Peer, ReplicationOptions};
 use vmedia_server::{Server, Settings};
 
 /// Log filter without RUST_LOG: the daemon logs its work (starts, preloads, traces).
@@ -14,7 +15,7 @@ pub const DEFAULT_LOG_FILTER: &str = "warn,vmedia=info,vmedia_server=info";
 #[derive(clap::Args)]
 #[command(
     about = "Serve library images over HTTP(S) and NBD from one shared cache",
-    after_help = "Examples:\n  vmedia serve --library /srv/library --http-port 8080\n  vmedia serve --config /etc/vmedia/serve.toml\n  vmedia serve --netboot /etc/vmedia/netboot.toml\n  qemu-img info nbd://localhost:10809/debian@2\n  curl -r 0-2047 http://localhost:8080/images/debian@sha256:1f2e3d4c\n\n\
+    after_help = "Examples:\n  vmedia serve --library /srv/library --http-port 8080\n  vmedia serve --config /etc/vmedia/serve.toml\n  vmedia serve --netboot /etc/vmedia/netboot.toml\n  vmedia serve --https-port 8443 --replicate-to https://site-b:8443 --peer-token \"$T\" --peer-ca-cert b.pem\n  qemu-img info nbd://localhost:10809/debian@2\n  curl -r 0-2047 http://localhost:8080/images/debian@sha256:1f2e3d4c\n\n\
 A port of 0 turns that listener off. --config reads a TOML file with the same keys as the\n\
 flags (http-port = 8080, cache-size = \"1G\", preload = [\"debian\"]); flags win over it.\n\
 SIGTERM or SIGINT stops accepting, lets responses in progress finish, and exits 0."
@@ -65,6 +66,25 @@ pub struct Args {
     /// paths may name `library:NAME[@V]:/path/in/iso` (see docs/netboot.md)
     #[arg(long, value_name = "FILE")]
     netboot: Option<PathBuf>,
+    /// Push this library to another library continuously (a folder, s3://..., or another
+    /// site's daemon https://HOST:PORT; repeatable; see docs/replication.md)
+    #[arg(long = "replicate-to", value_name = "LOCATION")]
+    replicate_to: Vec<String>,
+    /// Pull another library into this one continuously (repeatable)
+    #[arg(long = "mirror-from", value_name = "LOCATION")]
+    mirror_from: Vec<String>,
+    /// How often each replication peer is synced [default: 30s]
+    #[arg(long = "replicate-interval", value_name = "DURATION")]
+    replicate_interval: Option<String>,
+    /// API token of an administrator on peer daemons (default: VMEDIA_PEER_TOKEN)
+    #[arg(long, value_name = "TOKEN")]
+    peer_token: Option<String>,
+    /// PEM certificate to trust for peer daemons (default: VMEDIA_PEER_CA_CERT)
+    #[arg(long, value_name = "FILE")]
+    peer_ca_cert: Option<PathBuf>,
+    /// Accept any certificate from peer daemons
+    #[arg(long)]
+    peer_insecure: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -87,9 +107,42 @@ pub fn run(args: Args) -> Result<ExitCode> {
         preload: args.preload,
         trace_window: args.trace_window,
         netboot: args.netboot,
+        replicate_to: args.replicate_to,
+        mirror_from: args.mirror_from,
+        replicate_interval: args.replicate_interval,
     };
     let settings = flags.merge(file);
-    let library = crate::library::open_library_for_serve(settings.library.as_deref())?;
+    let (library, local) = crate::library::open_library_for_serve(settings.library.as_deref())?;
+    let replication = if settings.replicate_to.is_empty() && settings.mirror_from.is_empty() {
+        None
+    } else {
+        let mut remote = crate::env::remote_settings()?;
+        if args.peer_token.is_some() {
+            remote.token = args.peer_token.clone();
+        }
+        if let Some(path) = &args.peer_ca_cert {
+            remote.ca_pem = crate::env::peer_settings(None, Some(path.clone()), false)?.ca_pem;
+        }
+        remote.insecure |= args.peer_insecure;
+        let mut peers = Vec::new();
+        for (direction, locations) in [
+            (Direction::Push, &settings.replicate_to),
+            (Direction::Pull, &settings.mirror_from),
+        ] {
+            for location in locations {
+                peers.push(Peer {
+                    direction,
+                    config: crate::library::peer_config(location, remote.clone())?,
+                });
+            }
+        }
+        Some(ReplicationOptions {
+            local,
+            peers,
+            interval: settings.replicate_interval()?,
+            sync: vmedia_library::SyncOptions::default(),
+        })
+    };
     let default_state = match settings.state {
         Some(_) => PathBuf::new(),
         None => crate::env::boot_config()
@@ -99,6 +152,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut options = settings.resolve(default_state)?;
     // Redfish serves the VMs of the `vm` commands' store (on the HTTPS port, behind the users).
     options.systems = crate::env::boot_config().ok();
+    options.replication = replication;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vmedia-serve")

@@ -421,3 +421,137 @@ fn an_encrypted_library_syncs_without_its_key() {
     assert_eq!(code, 1);
     assert!(stderr.contains("different keys"), "{stderr}");
 }
+
+/// Whether `lib` lists an item called `name` (`library ls --json`).
+fn lists(lib: &TestLibrary, name: &str) -> bool {
+    let out = lib.library(&["ls", "--json"]).output().unwrap();
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&format!("\"{name}\""))
+}
+
+/// `vmedia token create NAME --role ROLE` on a daemon's state folder; the token.
+fn token(lib: &TestLibrary, state: &std::path::Path, name: &str, role: &str) -> String {
+    let out = run_ok(
+        lib.vmedia()
+            .args(["token", "create", name, "--role", role, "--state"])
+            .arg(state),
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_daemon_is_a_sync_peer_and_serve_replicates_both_ways() {
+    use support::serve::{free_port, Daemon, ServeOptions};
+    let a = TestLibrary::new(Backend::Folder, "site-a");
+    init(&a, &[]);
+    let alpha = image(&a, "alpha.img", &pseudo_random(3 << 20, 71));
+    add(&a, "alpha", &alpha, &[]);
+    let b = a.sibling("site-b");
+    init(&b, &[]);
+
+    // Site B's daemon: its library is a sync location at https://127.0.0.1:PORT.
+    let b_https = free_port();
+    let daemon_b = Daemon::start(
+        b.vmedia(),
+        &ServeOptions {
+            nbd: false,
+            extra: vec!["--https-port".into(), b_https.to_string()],
+            ..ServeOptions::default()
+        },
+    );
+    let b_url = format!("https://127.0.0.1:{b_https}");
+    let admin = token(&b, daemon_b.state.path(), "replicator", "administrator");
+    let reader = token(&b, daemon_b.state.path(), "watcher", "readonly");
+    let cert = daemon_b.state.path().join("tls/cert.pem");
+
+    // One-off sync to the daemon, its self-signed certificate trusted by file.
+    let mut cmd = a.vmedia();
+    cmd.args(["library", "sync", "--from", &a.location, "--to", &b_url])
+        .args(["--peer-token", &admin, "--json", "--peer-ca-cert"])
+        .arg(&cert);
+    let report = json_of(&run_ok(&mut cmd));
+    assert_eq!(report["versions_copied"], 1, "{report}");
+    assert!(report["chunks_sent"].as_u64().unwrap() > 0, "{report}");
+    assert!(lists(&b, "alpha"));
+    assert_eq!(got_digest(&b, "alpha"), digest_of(&alpha));
+    // Again: nothing travels.
+    let again = json_of(&run_ok(&mut cmd));
+    assert_eq!(again["chunks_sent"], 0, "{again}");
+
+    // A readonly token may not write the store: a clear refusal, nothing changed.
+    let mut refused = a.vmedia();
+    refused
+        .args(["library", "sync", "--from", &a.location, "--to", &b_url])
+        .args(["--peer-token", &reader, "--peer-insecure"]);
+    let (code, _, stderr) = run_any(&mut refused);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("403"), "{stderr}");
+    // Without trusting the certificate, TLS refuses the self-signed peer.
+    let mut untrusted = a.vmedia();
+    untrusted
+        .args(["library", "sync", "--from", &a.location, "--to", &b_url])
+        .args(["--peer-token", &admin]);
+    let (code, _, stderr) = run_any(&mut untrusted);
+    assert_ne!(code, 0, "{stderr}");
+
+    // Site A's daemon pushes to B and pulls from C, every second.
+    let c = a.sibling("site-c");
+    init(&c, &[]);
+    let gamma = image(&c, "gamma.img", &pseudo_random(1 << 20, 73));
+    add(&c, "gamma", &gamma, &[]);
+    let daemon_a = Daemon::start(
+        a.vmedia(),
+        &ServeOptions {
+            nbd: false,
+            extra: vec![
+                "--replicate-to".into(),
+                b_url.clone(),
+                "--mirror-from".into(),
+                c.location.clone(),
+                "--replicate-interval".into(),
+                "1s".into(),
+                "--peer-token".into(),
+                admin.clone(),
+                "--peer-ca-cert".into(),
+                cert.display().to_string(),
+            ],
+            ..ServeOptions::default()
+        },
+    );
+    let beta = image(&a, "beta.img", &pseudo_random(2 << 20, 72));
+    add(&a, "beta", &beta, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(lists(&b, "beta") && lists(&a, "gamma") && lists(&b, "gamma")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replication did not catch up in 60 s:\n{}",
+            daemon_a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(got_digest(&b, "beta"), digest_of(&beta));
+    assert_eq!(got_digest(&a, "gamma"), digest_of(&gamma));
+    // The daemon's metrics show both peers, their last success and a caught-up lag.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = daemon_a.metrics();
+        let successes = metrics
+            .lines()
+            .filter(|l| l.starts_with("vmedia_replication_last_success_timestamp_seconds{"))
+            .count();
+        let lag_zero = metrics
+            .lines()
+            .any(|l| l.starts_with("vmedia_replication_lag_seconds{") && l.ends_with(" 0"));
+        if successes == 2 && lag_zero {
+            assert!(metrics.contains("direction=\"push\""), "{metrics}");
+            assert!(metrics.contains("direction=\"pull\""), "{metrics}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no caught-up replication in /metrics:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon_a.stop();
+    daemon_b.stop();
+}

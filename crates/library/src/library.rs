@@ -66,6 +66,7 @@ pub(crate) fn open_store(config: &OpenConfig) -> Result<Arc<dyn Store>> {
         Location::S3 { bucket, prefix } => Arc::new(S3Store::new(&crate::store::s3_config(
             bucket, prefix, &config.s3,
         ))?),
+        Location::Daemon { url } => Arc::new(crate::store::RemoteStore::new(url, &config.remote)?),
     })
 }
 
@@ -185,6 +186,13 @@ impl Library {
     }
 
     pub(crate) fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// The object store under this library, for the daemon's replication routes, which give
+    /// a peer's `sync` the same operations a folder or S3 store does. Everything else goes
+    /// through the library's own operations.
+    pub fn raw_store(&self) -> &dyn Store {
         self.inner.store.as_ref()
     }
 

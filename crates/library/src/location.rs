@@ -9,7 +9,15 @@ use crate::error::{LibraryError, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Folder(PathBuf),
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    /// Another site's `vmedia serve`: `https://HOST:PORT` (or `http://` on a trusted link),
+    /// reached through its store routes with an administrator's token.
+    Daemon {
+        url: String,
+    },
 }
 
 impl Location {
@@ -53,8 +61,24 @@ impl Location {
                 prefix: prefix.to_string(),
             });
         }
+        if let Some(rest) = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"))
+        {
+            let host = rest.trim_end_matches('/');
+            if host.is_empty() || host.contains('/') || host.contains('?') || host.contains('@') {
+                return Err(fail(
+                    "a daemon is https://HOST:PORT, with no path (its store routes are fixed)",
+                ));
+            }
+            return Ok(Location::Daemon {
+                url: text.trim_end_matches('/').to_string(),
+            });
+        }
         if text.contains("://") {
-            return Err(fail("only s3:// URLs and folder paths are libraries"));
+            return Err(fail(
+                "only s3:// and https:// (a vmedia daemon) URLs and folder paths are libraries",
+            ));
         }
         Ok(Location::Folder(PathBuf::from(text)))
     }
@@ -66,6 +90,7 @@ impl std::fmt::Display for Location {
             Location::Folder(path) => write!(f, "{}", path.display()),
             Location::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Location::Daemon { url } => write!(f, "{url}"),
         }
     }
 }
@@ -98,6 +123,8 @@ pub struct S3Settings {
 pub struct OpenConfig {
     pub location: Location,
     pub s3: S3Settings,
+    /// How to reach a peer daemon (a `Location::Daemon`).
+    pub remote: crate::store::RemoteSettings,
     /// The key file's bytes, for an encrypted library.
     pub key: Option<Vec<u8>>,
     /// Who acts (e.g. `user@host`), recorded in events and manifests.
@@ -110,6 +137,7 @@ impl OpenConfig {
         OpenConfig {
             location: Location::Folder(path.into()),
             s3: S3Settings::default(),
+            remote: Default::default(),
             key: None,
             actor: actor.to_string(),
         }

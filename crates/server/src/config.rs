@@ -63,6 +63,14 @@ pub struct Settings {
     pub trace_window: Option<String>,
     /// A netboot rules file (`vmedia netboot serve`'s, plus a `[server]` table) run inside the daemon.
     pub netboot: Option<PathBuf>,
+    /// Library locations this daemon's library is pushed to, continuously.
+    #[serde(default)]
+    pub replicate_to: Vec<String>,
+    /// Library locations pulled into this daemon's library, continuously.
+    #[serde(default)]
+    pub mirror_from: Vec<String>,
+    /// How often each replication peer is synced (default 30s).
+    pub replicate_interval: Option<String>,
 }
 
 impl Settings {
@@ -91,6 +99,10 @@ impl Settings {
     pub fn merge(self, file: Settings) -> Settings {
         let mut preload = file.preload;
         preload.extend(self.preload);
+        let mut replicate_to = file.replicate_to;
+        replicate_to.extend(self.replicate_to);
+        let mut mirror_from = file.mirror_from;
+        mirror_from.extend(self.mirror_from);
         Settings {
             library: self.library.or(file.library),
             listen: self.listen.or(file.listen),
@@ -106,7 +118,26 @@ impl Settings {
             preload,
             trace_window: self.trace_window.or(file.trace_window),
             netboot: self.netboot.or(file.netboot),
+            replicate_to,
+            mirror_from,
+            replicate_interval: self.replicate_interval.or(file.replicate_interval),
         }
+    }
+
+    /// The replication interval, checked (`replicate-interval`, at least one second).
+    pub fn replicate_interval(&self) -> Result<Duration, ConfigError> {
+        let Some(text) = &self.replicate_interval else {
+            return Ok(crate::replicate::DEFAULT_REPLICATE_INTERVAL);
+        };
+        let interval = parse_duration("replicate-interval", text)?;
+        if interval < crate::replicate::MIN_REPLICATE_INTERVAL {
+            return Err(ConfigError::Value {
+                key: "replicate-interval",
+                value: text.clone(),
+                problem: "at least 1s".into(),
+            });
+        }
+        Ok(interval)
     }
 
     /// The daemon's options, defaults filled in; `default_state` is used without `state`.
@@ -151,6 +182,7 @@ impl Settings {
             trace_window,
             netboot: self.netboot,
             systems: None,
+            replication: None,
         })
     }
 }
@@ -177,6 +209,9 @@ pub struct ServerOptions {
     pub netboot: Option<PathBuf>,
     /// The VM store whose VMs Redfish serves as systems on the HTTPS listener; None: no Redfish.
     pub systems: Option<vmedia_boot::store::BootConfig>,
+    /// Continuous replication with other libraries (`--replicate-to`, `--mirror-from`); the
+    /// binary builds it, since opening a peer needs the credentials it maps.
+    pub replication: Option<crate::replicate::ReplicationOptions>,
 }
 
 /// `4096`, `512K`, `256M`, `1G`, `2T` (binary units, optional `iB`/`B`).

@@ -64,6 +64,8 @@ pub struct ServerHandle {
     pub audit: Arc<AuditLog>,
     /// SHA-256 of the self-signed certificate the HTTPS listener uses, when it made one.
     pub tls_fingerprint: Option<String>,
+    /// Continuous replication with the peers of `--replicate-to`/`--mirror-from`.
+    pub replication: Option<Arc<crate::replicate::Replication>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     traces: Arc<Traces>,
@@ -136,6 +138,16 @@ impl Server {
                 .map_err(|e| state_error("uploads folder")(&e))?,
         );
 
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let replication = options
+            .replication
+            .clone()
+            .filter(|r| !r.peers.is_empty())
+            .map(|r| crate::replicate::Replication::start(r, shutdown_rx.clone()));
+        if let Some(replication) = &replication {
+            metrics.set_replication(Arc::clone(replication));
+        }
+
         let resolver: Arc<dyn ExportResolver> = exports.clone();
         let state = Arc::new(AppState {
             exports: Arc::clone(&exports),
@@ -153,6 +165,7 @@ impl Server {
             tasks: Arc::new(crate::api::tasks::Tasks::default()),
             uploads,
             idempotency: Arc::new(crate::api::idempotency::Replies::default()),
+            replication: replication.clone(),
         });
         let https_app =
             http::public_router(state).merge(crate::api::router(api_state, Some(clones_router)));
@@ -185,7 +198,6 @@ impl Server {
             }
             None => None,
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
         let mut http_addr = None;
@@ -270,6 +282,7 @@ impl Server {
             users,
             audit,
             tls_fingerprint,
+            replication,
             shutdown,
             tasks,
             traces,
@@ -331,6 +344,9 @@ impl ServerHandle {
         }
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(replication) = &self.replication {
+            replication.finish().await;
         }
         // The clients are gone: a boot trace still recording is kept as it stands.
         let traces = self.traces;

@@ -20,6 +20,7 @@ pub mod nbd;
 pub mod netboot;
 pub mod preload;
 pub mod redfish;
+pub mod replicate;
 pub mod scrape;
 pub mod tls;
 

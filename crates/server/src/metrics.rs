@@ -60,6 +60,7 @@ pub struct Metrics {
     cache: Arc<SharedCache>,
     exports: Mutex<Option<Arc<LibraryExports>>>,
     clones: Mutex<Option<CloneGauges>>,
+    replication: Mutex<Option<Arc<crate::replicate::Replication>>>,
 }
 
 impl Metrics {
@@ -69,6 +70,7 @@ impl Metrics {
             cache,
             exports: Mutex::new(None),
             clones: Mutex::new(None),
+            replication: Mutex::new(None),
         }
     }
 
@@ -80,6 +82,11 @@ impl Metrics {
     /// Clone figures come from the clone store.
     pub fn set_clones(&self, clones: CloneGauges) {
         *lock(&self.clones) = Some(clones);
+    }
+
+    /// Replication figures come from the running replication.
+    pub fn set_replication(&self, replication: Arc<crate::replicate::Replication>) {
+        *lock(&self.replication) = Some(replication);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -384,7 +391,78 @@ impl Metrics {
                 bytes,
             );
         }
+        if let Some(replication) = lock(&self.replication).clone() {
+            replication_families(&mut out, &replication.report());
+        }
         out
+    }
+}
+
+/// Per replication peer: runs, failures, last success, lag, pending and sent figures.
+fn replication_families(out: &mut String, report: &crate::replicate::ReplicationReport) {
+    type Figure = fn(&crate::replicate::PeerState) -> Option<f64>;
+    let figures: [(&str, &str, &str, Figure); 8] = [
+        (
+            "vmedia_replication_runs_total",
+            "counter",
+            "Sync runs started per peer.",
+            |p| Some(p.runs as f64),
+        ),
+        (
+            "vmedia_replication_failures_total",
+            "counter",
+            "Sync runs that failed or left something pending.",
+            |p| Some(p.failures as f64),
+        ),
+        (
+            "vmedia_replication_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last complete sync.",
+            |p| p.last_success_unix.map(|t| t as f64),
+        ),
+        (
+            "vmedia_replication_lag_seconds",
+            "gauge",
+            "Age of the oldest change not yet at the receiving side (the recovery point).",
+            |p| p.lag_seconds.map(|l| l as f64),
+        ),
+        (
+            "vmedia_replication_pending_chunks",
+            "gauge",
+            "Chunks left missing at the receiving side after the last run.",
+            |p| Some(p.pending_chunks as f64),
+        ),
+        (
+            "vmedia_replication_pending_bytes",
+            "gauge",
+            "Stored bytes left missing at the receiving side after the last run.",
+            |p| Some(p.pending_bytes as f64),
+        ),
+        (
+            "vmedia_replication_sent_bytes_total",
+            "counter",
+            "Stored bytes sent to the receiving side.",
+            |p| Some(p.bytes_sent as f64),
+        ),
+        (
+            "vmedia_replication_sent_chunks_total",
+            "counter",
+            "Chunks sent to the receiving side.",
+            |p| Some(p.chunks_sent as f64),
+        ),
+    ];
+    for (name, kind, help, figure) in figures {
+        family(out, name, kind, help);
+        for peer in &report.peers {
+            if let Some(value) = figure(peer) {
+                sample(
+                    out,
+                    name,
+                    &[("peer", &peer.peer), ("direction", peer.direction.as_str())],
+                    value,
+                );
+            }
+        }
     }
 }
 

@@ -91,6 +91,7 @@ pub fn options(state: &Path) -> ServerOptions {
         trace_window: Duration::from_secs(60),
         netboot: None,
         systems: None,
+        replication: None,
     }
 }
 

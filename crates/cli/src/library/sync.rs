@@ -21,8 +21,10 @@ pub const EXIT_SYNC_INCOMPLETE: u8 = 4;
   vmedia library sync --from /srv/library --to s3://backup/library
   vmedia --library s3://site-a/lib library sync --to s3://site-b/lib --parallel 16 --bwlimit 50M
   vmedia library sync --from s3://site-b/lib --to s3://site-a/lib --items 'debian-*' --json
+  vmedia library sync --to https://site-b:8443 --peer-token \"$TOKEN\" --peer-ca-cert site-b.pem
 
-Both ends are library locations (folder or s3://BUCKET/PREFIX; the S3 settings are shared). A
+Both ends are library locations (folder, s3://BUCKET/PREFIX, or another site's `vmedia serve`
+as https://HOST:PORT with an administrator's token; the S3 settings are shared). A
 destination that does not exist becomes a replica of the source. Only chunks the destination
 lacks travel; a version appears there only after all its chunks; timelines merge both ways
 (docs/replication.md). An encrypted library syncs without its key (chunks are opaque), but
@@ -55,6 +57,17 @@ pub struct SyncArgs {
     /// Key file of the destination when it differs from --key's (replicas share one key)
     #[arg(long = "to-key", value_name = "FILE")]
     to_key: Option<PathBuf>,
+    /// API token of an administrator on a peer daemon given as https://HOST:PORT
+    /// (default: VMEDIA_PEER_TOKEN)
+    #[arg(long, value_name = "TOKEN")]
+    peer_token: Option<String>,
+    /// PEM certificate to trust for a peer daemon, e.g. its self-signed cert.pem
+    /// (default: VMEDIA_PEER_CA_CERT)
+    #[arg(long, value_name = "FILE")]
+    peer_ca_cert: Option<PathBuf>,
+    /// Accept any certificate from a peer daemon (tests, first contact)
+    #[arg(long)]
+    peer_insecure: bool,
     #[command(flatten)]
     json: JsonArg,
 }
@@ -87,8 +100,18 @@ pub fn run_sync(a: SyncArgs) -> Result<ExitCode> {
             vmedia_library::sync::MAX_PARALLEL
         );
     }
-    let from = config_for(a.from.as_deref(), None)?;
-    let to = config_for(Some(&a.to), a.to_key.as_deref())?;
+    let mut from = config_for(a.from.as_deref(), None)?;
+    let mut to = config_for(Some(&a.to), a.to_key.as_deref())?;
+    let mut peer = crate::env::remote_settings()?;
+    if a.peer_token.is_some() {
+        peer.token = a.peer_token.clone();
+    }
+    if let Some(path) = &a.peer_ca_cert {
+        peer.ca_pem = crate::env::peer_settings(None, Some(path.clone()), false)?.ca_pem;
+    }
+    peer.insecure |= a.peer_insecure;
+    from.remote = peer.clone();
+    to.remote = peer;
     let options = SyncOptions {
         items: a.items.clone(),
         remove_vanished: a.remove_vanished,

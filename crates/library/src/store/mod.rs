@@ -6,9 +6,11 @@
 //! never a mix), and the two conditional writes are the only coordination between hosts.
 
 mod folder;
+mod remote;
 mod s3;
 
 pub use folder::FolderStore;
+pub use remote::{ListedObject, RemoteSettings, RemoteStore, MAX_LISTING_BYTES};
 pub use s3::{S3Config, S3Store};
 
 /// The S3 store configuration for a location and the caller's explicit settings.

@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod idempotency;
 pub mod library;
+pub mod store;
 pub mod tasks;
 pub mod uploads;
 
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub tasks: Arc<tasks::Tasks>,
     pub uploads: Arc<uploads::Uploads>,
     pub idempotency: Arc<idempotency::Replies>,
+    /// Continuous replication, when the daemon runs any.
+    pub replication: Option<Arc<crate::replicate::Replication>>,
 }
 
 impl ApiState {
@@ -312,6 +315,16 @@ pub fn router(state: Arc<ApiState>, clones: Option<Router>) -> Router {
         .route("/api/v1/sessions", post(accounts::session_login))
         .route("/api/v1/sessions/{id}", delete(accounts::session_logout))
         .route("/api/v1/audit", get(accounts::audit_list))
+        .route(
+            "/api/v1/store/objects/{*key}",
+            get(store::object_get)
+                .head(store::object_head)
+                .put(store::object_put)
+                .delete(store::object_delete),
+        )
+        .route("/api/v1/store/list", get(store::list))
+        .route("/api/v1/replication", get(store::replication))
+        .route("/api/v1/store/flush", post(store::flush))
         .with_state(Arc::clone(&state))
         .merge(
             Router::new()
@@ -399,6 +412,13 @@ impl utoipa::Modify for Security {
         library::clones_remove_doc,
         library::clones_commit_doc,
         library::preload_doc,
+        store::object_get,
+        store::object_head,
+        store::object_put,
+        store::object_delete,
+        store::list,
+        store::flush,
+        store::replication,
     ),
     components(schemas(ErrorBody, crate::auth::Role)),
     modifiers(&Security),
@@ -409,6 +429,7 @@ impl utoipa::Modify for Security {
         (name = "tasks", description = "Long work: state, progress, result"),
         (name = "clones", description = "Per-VM copy-on-write clones of library versions"),
         (name = "accounts", description = "Users, API tokens, sessions, the audit log"),
+        (name = "replication", description = "The library's object store, for another site's sync (administrators)"),
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,338 @@
+//! A library's store reached through another site's `vmedia serve` over HTTP(S): the daemon's
+//! store routes (`/api/v1/store/...`, administrators only) give the same operations as a
+//! folder or S3 store, so `sync` replicates to and from a daemon with no special case.
+//!
+//! The wire (docs/replication.md): `GET|HEAD|PUT|DELETE /api/v1/store/objects/KEY` with the
+//! object's tag in `ETag`; `PUT` with `If-None-Match: *` is `put_if_absent` and with
+//! `If-Match: TAG` is `put_if_match` (412 when the condition fails);
+//! `GET /api/v1/store/list?prefix=P` answers `[{"key", "size", "modified"}]`;
+//! `POST /api/v1/store/flush`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_key, Etag, Object, ObjectMeta, PutOutcome, Store, StoreError};
+
+/// How long connecting to the peer daemon may take.
+pub const REMOTE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take in all: a chunk is at most 16 MiB, which a slow WAN link
+/// still moves in this time.
+pub const REMOTE_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest listing answer read: about 2.5 million objects.
+pub const MAX_LISTING_BYTES: u64 = 256 << 20;
+/// Largest error body kept for a message.
+const MAX_ERROR_BODY: u64 = 4 << 10;
+
+/// How to reach a peer daemon: the binary fills these from flags and variables; the crate
+/// reads no environment.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteSettings {
+    /// An API token of an administrator on the peer (`vmedia token create`).
+    pub token: Option<String>,
+    /// PEM certificates to trust for the peer (its self-signed certificate, or a private CA);
+    /// without them the system's web roots are used.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Accept any certificate (tests, first contact); never the default.
+    pub insecure: bool,
+}
+
+/// One object as a listing shows it (the store routes' JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<String>,
+}
+
+pub struct RemoteStore {
+    /// `https://host:port` without a trailing slash.
+    base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl RemoteStore {
+    pub fn new(base: &str, settings: &RemoteSettings) -> Result<RemoteStore, StoreError> {
+        let base = base.trim_end_matches('/').to_string();
+        let fail = |message: String| StoreError::new(&base, "connect", "", message);
+        let mut tls = ureq::tls::TlsConfig::builder().disable_verification(settings.insecure);
+        if let Some(pem) = &settings.ca_pem {
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(pem) {
+                match item.map_err(|e| fail(format!("the CA certificate file: {e}")))? {
+                    ureq::tls::PemItem::Certificate(cert) => certs.push(cert),
+                    _ => continue,
+                }
+            }
+            if certs.is_empty() {
+                return Err(fail("the CA certificate file holds no certificate".into()));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(REMOTE_CONNECT_TIMEOUT))
+            .timeout_global(Some(REMOTE_REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(RemoteStore {
+            base,
+            agent,
+            token: settings.token.clone(),
+        })
+    }
+
+    fn object_url(&self, key: &str) -> String {
+        format!("{}/api/v1/store/objects/{key}", self.base)
+    }
+
+    fn error(&self, action: &'static str, key: &str, message: String) -> StoreError {
+        StoreError::new(&self.describe(), action, key, message)
+    }
+
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// Turns a non-success answer into an error carrying the daemon's own words.
+    fn refused(
+        &self,
+        action: &'static str,
+        key: &str,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> StoreError {
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ERROR_BODY)
+            .read_to_string()
+            .unwrap_or_default();
+        let detail = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("detail")
+                    .or_else(|| v.get("error"))
+                    .and_then(|d| d.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or(body);
+        let hint = match status.as_u16() {
+            401 => " (give an administrator's API token of the peer: --peer-token)",
+            403 => " (the token's user must be an administrator on the peer)",
+            _ => "",
+        };
+        self.error(action, key, format!("HTTP {status}: {detail}{hint}"))
+    }
+
+    fn etag_of(response: &ureq::http::Response<ureq::Body>) -> Option<Etag> {
+        response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| Etag(v.trim_start_matches("W/").trim_matches('"').to_string()))
+    }
+
+    fn fetch(&self, key: &str, limit: u64) -> Result<Option<Object>, StoreError> {
+        check_key(&self.describe(), key)?;
+        let io = |e: ureq::Error| self.error("get", key, e.to_string());
+        let mut response = self
+            .authorize(self.agent.get(self.object_url(key)))
+            .call()
+            .map_err(io)?;
+        match response.status().as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            _ => return Err(self.refused("get", key, response)),
+        }
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(length) = length.filter(|l| *l > limit) {
+            let mut e = self.error(
+                "get",
+                key,
+                format!("{length} bytes, over the limit {limit}"),
+            );
+            e.too_large = Some(length);
+            return Err(e);
+        }
+        let etag = Self::etag_of(&response)
+            .ok_or_else(|| self.error("get", key, "the answer has no ETag".into()))?;
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => {
+                    let mut err = self.error("get", key, format!("over the limit {limit}"));
+                    err.too_large = Some(limit.saturating_add(1));
+                    err
+                }
+                other => io(other),
+            })?;
+        Ok(Some(Object { bytes, etag }))
+    }
+
+    fn send(
+        &self,
+        action: &'static str,
+        key: &str,
+        bytes: &[u8],
+        condition: Option<(&str, String)>,
+    ) -> Result<PutOutcome, StoreError> {
+        check_key(&self.describe(), key)?;
+        let mut request = self.authorize(self.agent.put(self.object_url(key)));
+        if let Some((name, value)) = condition {
+            request = request.header(name, value);
+        }
+        let response = request
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes)
+            .map_err(|e| self.error(action, key, e.to_string()))?;
+        match response.status().as_u16() {
+            200 | 201 | 204 => Ok(PutOutcome::Written),
+            412 => Ok(PutOutcome::Conflict),
+            _ => Err(self.refused(action, key, response)),
+        }
+    }
+}
+
+impl Store for RemoteStore {
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+
+    fn get(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.fetch(key, limit)?.map(|o| o.bytes))
+    }
+
+    fn get_tagged(&self, key: &str, limit: u64) -> Result<Option<Object>, StoreError> {
+        self.fetch(key, limit)
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        match self.send("put", key, bytes, None)? {
+            PutOutcome::Written => Ok(()),
+            PutOutcome::Conflict => Err(self.error("put", key, "refused (412)".into())),
+        }
+    }
+
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.send(
+            "put_if_absent",
+            key,
+            bytes,
+            Some(("If-None-Match", "*".into())),
+        )
+    }
+
+    fn put_if_match(&self, key: &str, bytes: &[u8], etag: &Etag) -> Result<PutOutcome, StoreError> {
+        self.send(
+            "put_if_match",
+            key,
+            bytes,
+            Some(("If-Match", format!("\"{}\"", etag.0))),
+        )
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let io = |e: ureq::Error| self.error("list", prefix, e.to_string());
+        let mut response = self
+            .authorize(self.agent.get(format!("{}/api/v1/store/list", self.base)))
+            .query("prefix", prefix)
+            .call()
+            .map_err(io)?;
+        if response.status().as_u16() != 200 {
+            return Err(self.refused("list", prefix, response));
+        }
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_LISTING_BYTES)
+            .read_to_vec()
+            .map_err(io)?;
+        let listed: Vec<ListedObject> = serde_json::from_slice(&bytes)
+            .map_err(|e| self.error("list", prefix, format!("not a listing: {e}")))?;
+        let mut out = Vec::with_capacity(listed.len());
+        for object in listed {
+            // A peer names only keys a library builds; anything else is refused, not used.
+            check_key(&self.describe(), &object.key)?;
+            if !object.key.starts_with(prefix) {
+                return Err(self.error(
+                    "list",
+                    prefix,
+                    format!("the peer listed {:?} outside the prefix", object.key),
+                ));
+            }
+            out.push(ObjectMeta {
+                key: object.key,
+                size: object.size,
+                modified: object.modified.as_deref().and_then(|t| t.parse().ok()),
+            });
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        check_key(&self.describe(), key)?;
+        let response = self
+            .authorize(self.agent.delete(self.object_url(key)))
+            .call()
+            .map_err(|e| self.error("delete", key, e.to_string()))?;
+        match response.status().as_u16() {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.refused("delete", key, response)),
+        }
+    }
+
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        check_key(&self.describe(), key)?;
+        let response = self
+            .authorize(self.agent.head(self.object_url(key)))
+            .call()
+            .map_err(|e| self.error("head", key, e.to_string()))?;
+        match response.status().as_u16() {
+            200 => {}
+            404 => return Ok(None),
+            _ => return Err(self.refused("head", key, response)),
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let size = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| self.error("head", key, "no Content-Length".into()))?;
+        let modified = header("x-vmedia-modified").and_then(|t| t.parse().ok());
+        Ok(Some(ObjectMeta {
+            key: key.to_string(),
+            size,
+            modified,
+        }))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let response = self
+            .authorize(self.agent.post(format!("{}/api/v1/store/flush", self.base)))
+            .send_empty()
+            .map_err(|e| self.error("flush", "", e.to_string()))?;
+        match response.status().as_u16() {
+            200 | 204 => Ok(()),
+            _ => Err(self.refused("flush", "", response)),
+        }
+    }
+}
