@@ -142,10 +142,7 @@ pub type ReadSectors<'a> = dyn Fn(u64, &mut [u8]) -> Result<(), MultibootError> 
 
 /// Reads and checks the primary table: signature, header and entry CRCs, every partition
 /// inside the usable range of a disk of `disk_bytes`.
-pub fn read(
-    read_at: &ReadSectors<'_>,
-    disk_bytes: u64,
-) -> Result<Vec<Partition>, MultibootError> {
+pub fn read(read_at: &ReadSectors<'_>, disk_bytes: u64) -> Result<Vec<Partition>, MultibootError> {
     let bad = |offset: u64, problem: &str| MultibootError::BadTable {
         offset,
         problem: problem.to_string(),

@@ -490,7 +490,7 @@ fn build(
             }
             let data_bytes = total
                 .checked_sub(DATA_START + trailer)
-                .map(|b| b / 4096 * 4096)
+                .map(|b| b / MIB * MIB)
                 .filter(|&b| b > 0)
                 .ok_or_else(|| {
                     MultibootError::Usage(format!(
@@ -504,9 +504,15 @@ fn build(
             )
         }
         None => {
-            let plan = FatImage::plan_files(&files, &data_options(&record, None))?;
-            let total = (DATA_START + plan.size_bytes() + trailer).div_ceil(MIB) * MIB;
-            (total, plan)
+            // The fitted size, grown to whole MiB so the data partition ends aligned too;
+            // the backup table gets the last MiB.
+            let fitted = FatImage::plan_files(&files, &data_options(&record, None))?;
+            let data_bytes = fitted.size_bytes().div_ceil(MIB) * MIB;
+            let total = DATA_START + data_bytes + MIB;
+            (
+                total,
+                FatImage::plan_files(&files, &data_options(&record, Some(data_bytes)))?,
+            )
         }
     };
     let data_bytes = plan.size_bytes();
