@@ -62,6 +62,10 @@ pub enum MultibootError {
         offset: u64,
         source: std::io::Error,
     },
+    /// The output could not be created (it exists without `--force`, or its folder is not
+    /// writable); the text of the error names the file.
+    #[error("{0}")]
+    Output(std::io::Error),
     #[error("{}: {problem}", tool.display())]
     Tool { tool: PathBuf, problem: String },
     #[error("{}: {problem}", path.display())]
@@ -539,7 +543,7 @@ fn build(
         BIOS_BOOT_BYTES,
         ESP_INDEX,
     )?;
-    let atomic = AtomicFile::create(out, overwrite).map_err(io_err(out, 0))?;
+    let atomic = AtomicFile::create(out, overwrite).map_err(MultibootError::Output)?;
     let file = atomic.file();
     let path = atomic.temp_path().to_path_buf();
     file.set_len(total).map_err(io_err(&path, 0))?;
