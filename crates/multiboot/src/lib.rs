@@ -374,6 +374,28 @@ pub fn set_default(
     grub: &GrubTools,
 ) -> Result<StickRecord, MultibootError> {
     let report = list(stick)?;
+    // Written in place: only where this version's layout puts the ESP and the record.
+    for (guid, start, bytes, what) in [
+        (gpt::TYPE_ESP, ESP_START, ESP_BYTES, "EFI system"),
+        (
+            gpt::TYPE_VMEDIA_RECORD,
+            RECORD_START,
+            RECORD_BYTES,
+            "record",
+        ),
+    ] {
+        let found = report.partitions.iter().any(|p| {
+            p.type_guid == gpt::type_guid(guid).to_string()
+                && p.offset == start
+                && p.size_bytes == bytes
+        });
+        if !found {
+            return Err(MultibootError::BadTable {
+                offset: gpt::SECTOR,
+                problem: format!("the {what} partition is not where this vmedia puts it ({start:#x}, {bytes} bytes); recreate the stick"),
+            });
+        }
+    }
     let mut record = report.record;
     if let Some(name) = name {
         if !record.isos.iter().any(|i| i.name == name) {
