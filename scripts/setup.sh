@@ -12,6 +12,8 @@ PACKAGES=(
   dnsmasq-base atftp atftpd tftp-hpa curl wrk nginx
   linux-image-amd64 busybox-static isolinux syslinux syslinux-common pxelinux
   grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools
+  # vmedia multiboot: its tests check the stick's partition table with sgdisk and fdisk
+  gdisk fdisk
   debian-installer-12-netboot-amd64
   cpio xz-utils bzip2 gzip iproute2 procps e2fsprogs kmod python3 file openssl util-linux
   python3-venv restic borgbackup rsync

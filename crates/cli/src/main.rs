@@ -12,6 +12,7 @@ mod library;
 mod logging;
 mod manuals;
 mod mkisofs;
+mod multiboot;
 mod netboot;
 mod progress;
 mod serve;
@@ -50,6 +51,9 @@ enum Command {
     /// Write an ISO image with xorriso -as mkisofs / genisoimage options
     #[command(disable_help_flag = true)]
     Mkisofs(mkisofs::Args),
+    /// Multi-ISO boot sticks: one disk image, a GRUB menu of ISO files (BIOS and UEFI)
+    #[command(subcommand)]
+    Multiboot(multiboot::MultibootCommand),
     /// Create, inspect, check, compare and convert virtual disks (qemu-img commands)
     #[command(subcommand)]
     Disk(disk::DiskCommand),
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Iso(cmd) => iso::run(cmd),
         Command::Mkisofs(args) => mkisofs::run(args),
+        Command::Multiboot(cmd) => multiboot::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Boot(args) => boot::run(args),
         Command::Vm(cmd) => vm::run(cmd),

@@ -97,6 +97,27 @@ pub struct FatSummary {
     pub label: String,
 }
 
+/// A file of a flat image planned by [`FatImage::plan_files`]: `size` bytes of `source` from
+/// byte `offset` (a whole ISO, or an ISO inside an older disk image).
+#[derive(Debug, Clone)]
+pub struct RangeFile {
+    pub name: String,
+    pub source: PathBuf,
+    pub offset: u64,
+    pub size: u64,
+    /// Modification time (Unix seconds) used unless the options fix a date.
+    pub mtime: i64,
+}
+
+/// Where a root file's data lies inside the image (one contiguous run, as this writer lays
+/// out every file); `offset` is 0 for an empty file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileExtent {
+    pub name: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
 /// A planned image: the checked tree and its layout, ready to write.
 #[derive(Debug)]
 pub struct FatImage {
@@ -128,6 +149,45 @@ impl FatImage {
             date: opts.date,
             used_clusters,
         })
+    }
+
+    /// Plans an image whose root holds exactly `files` (no folders), each copied from a byte
+    /// range of its source; nothing is written yet.
+    pub fn plan_files(files: &[RangeFile], opts: &FatOptions) -> Result<FatImage, FatError> {
+        let (label, has_label) = parse_label(opts.label.as_deref())?;
+        let root = tree::from_ranges(files)?;
+        let geometry = choose_geometry(&root, opts, has_label)?;
+        let used_clusters = clusters_needed(&root, &geometry, has_label);
+        let volume_id = opts
+            .volume_id
+            .unwrap_or_else(|| default_volume_id(opts.date));
+        Ok(FatImage {
+            root,
+            geometry,
+            label,
+            has_label,
+            volume_id,
+            date: opts.date,
+            used_clusters,
+        })
+    }
+
+    /// Where each file of the root folder will lie inside the image.
+    pub fn root_file_extents(&self) -> Vec<FileExtent> {
+        write::root_file_extents(self)
+    }
+
+    /// Writes the image into `out` starting at byte `base` (a partition of a disk image); the
+    /// file is neither truncated nor extended beyond what the image covers.
+    pub fn write_into(
+        &self,
+        out: &File,
+        base: u64,
+        progress: &dyn Progress,
+    ) -> Result<FatSummary, FatError> {
+        let mut sink = write::OffsetSink { file: out, base };
+        write::write_image(self, &mut sink, progress)?;
+        Ok(self.summary())
     }
 
     /// Image size in bytes.
@@ -447,5 +507,64 @@ mod tests {
             FatImage::plan(&file, &FatOptions::default()),
             Err(FatError::NotAFolder(_))
         ));
+    }
+
+    #[test]
+    fn range_files_land_where_root_file_extents_says() {
+        let src = tempfile::tempdir().unwrap();
+        let blob = src.path().join("blob");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&blob, &data).unwrap();
+        let files = vec![
+            RangeFile {
+                name: "second.iso".into(),
+                source: blob.clone(),
+                offset: 100_000,
+                size: 150_000,
+                mtime: 1_700_000_000,
+            },
+            RangeFile {
+                name: "first.iso".into(),
+                source: blob.clone(),
+                offset: 7,
+                size: 5000,
+                mtime: 1_700_000_000,
+            },
+        ];
+        let opts = FatOptions {
+            fat_type: Some(FatType::Fat32),
+            date: Some(1_700_000_000),
+            ..Default::default()
+        };
+        let plan = FatImage::plan_files(&files, &opts).unwrap();
+        let image = plan.to_vec(&vmedia_io::NoProgress).unwrap();
+        let extents = plan.root_file_extents();
+        assert_eq!(extents.len(), 2);
+        for extent in &extents {
+            let file = files.iter().find(|f| f.name == extent.name).unwrap();
+            assert_eq!(extent.size, file.size);
+            let at = extent.offset as usize;
+            let from = file.offset as usize;
+            assert_eq!(
+                &image[at..at + file.size as usize],
+                &data[from..from + file.size as usize]
+            );
+        }
+    }
+
+    #[test]
+    fn range_past_the_source_end_is_refused() {
+        let src = tempfile::tempdir().unwrap();
+        let blob = src.path().join("blob");
+        std::fs::write(&blob, [1u8; 100]).unwrap();
+        let files = [RangeFile {
+            name: "a.iso".into(),
+            source: blob,
+            offset: 50,
+            size: 51,
+            mtime: 0,
+        }];
+        let err = FatImage::plan_files(&files, &FatOptions::default()).unwrap_err();
+        assert!(matches!(err, FatError::SourceChanged { .. }), "{err}");
     }
 }

@@ -18,6 +18,8 @@ pub const MAX_FILE_SIZE: u64 = u32::MAX as u64;
 #[derive(Debug)]
 pub struct Node {
     pub name: StoredName,
+    /// The name as the source gave it (reported back by `root_file_extents`).
+    pub source_name: String,
     /// Modification time (Unix seconds) of the source, used unless a fixed date is given.
     pub mtime: i64,
     pub kind: NodeKind,
@@ -25,7 +27,14 @@ pub struct Node {
 
 #[derive(Debug)]
 pub enum NodeKind {
-    File { source: PathBuf, size: u64 },
+    /// `size` bytes of `source` starting at byte `offset`; `whole` when that is the entire
+    /// file (as `scan` finds it), so a file that grew meanwhile is caught.
+    File {
+        source: PathBuf,
+        offset: u64,
+        size: u64,
+        whole: bool,
+    },
     Dir(Dir),
 }
 
@@ -121,13 +130,16 @@ fn scan_dir(dir: &Path, depth: usize) -> Result<Dir, FatError> {
             }
             NodeKind::File {
                 source: path,
+                offset: 0,
                 size: meta.len(),
+                whole: true,
             }
         } else {
             return Err(FatError::Unsupported(path));
         };
         children.push(Node {
             name: stored,
+            source_name: name,
             mtime,
             kind,
         });
@@ -136,6 +148,65 @@ fn scan_dir(dir: &Path, depth: usize) -> Result<Dir, FatError> {
     if result.entry_count(false) > MAX_DIR_ENTRIES {
         return Err(FatError::TooManyEntries {
             path: dir.into(),
+            max: MAX_DIR_ENTRIES,
+        });
+    }
+    Ok(result)
+}
+
+/// A flat root of files, each a byte range of a source file (see [`crate::RangeFile`]). The
+/// names are checked and aliased as `scan` does; every range must lie inside its source.
+pub fn from_ranges(files: &[crate::RangeFile]) -> Result<Dir, FatError> {
+    let mut sorted: Vec<&crate::RangeFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut taken_aliases = HashSet::new();
+    let mut taken_long = HashSet::new();
+    let mut children = Vec::with_capacity(sorted.len());
+    for file in sorted {
+        let path = file.source.clone();
+        if !taken_long.insert(file.name.to_uppercase()) {
+            return Err(FatError::BadName {
+                path: PathBuf::from(&file.name),
+                problem: "another name differs only in case, which FAT cannot tell apart".into(),
+            });
+        }
+        let stored = store_name(&file.name, &mut taken_aliases).map_err(|p| FatError::BadName {
+            path: PathBuf::from(&file.name),
+            problem: p.to_string(),
+        })?;
+        if file.size > MAX_FILE_SIZE {
+            return Err(FatError::FileTooLarge {
+                path,
+                size: file.size,
+            });
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| FatError::Source {
+            path: path.clone(),
+            source: e,
+        })?;
+        let end = file.offset.checked_add(file.size);
+        if !meta.is_file() || end.is_none_or(|end| end > meta.len()) {
+            return Err(FatError::SourceChanged {
+                path,
+                expected: end.unwrap_or(u64::MAX),
+            });
+        }
+        children.push(Node {
+            name: stored,
+            source_name: file.name.clone(),
+            mtime: file.mtime,
+            kind: NodeKind::File {
+                source: path,
+                offset: file.offset,
+                size: file.size,
+                whole: false,
+            },
+        });
+    }
+    let result = Dir { children };
+    if result.entry_count(true) > MAX_DIR_ENTRIES {
+        return Err(FatError::TooManyEntries {
+            path: PathBuf::from("/"),
             max: MAX_DIR_ENTRIES,
         });
     }

@@ -5,14 +5,14 @@
 //! is one contiguous run, so its FAT chain is simply `n -> n + 1`.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 
 use vmedia_io::Progress;
 
 use crate::geometry::{FatType, Geometry, FAT_COUNT, SECTOR_SIZE};
 use crate::names::lfn_entries;
-use crate::tree::{Dir, Node, NodeKind};
+use crate::tree::{Dir, NodeKind};
 use crate::{FatError, FatImage};
 
 /// Bytes copied per read from a source file: large enough to keep syscalls out of the way.
@@ -48,6 +48,22 @@ pub struct FileSink<'f> {
 impl Sink for FileSink<'_> {
     fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(data, offset)
+    }
+}
+
+/// Writes the image `base` bytes into a larger file (a partition inside a disk image).
+pub struct OffsetSink<'f> {
+    pub file: &'f File,
+    pub base: u64,
+}
+
+impl Sink for OffsetSink<'_> {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        let at = self
+            .base
+            .checked_add(offset)
+            .ok_or_else(|| io::Error::other("partition offset overflows"))?;
+        self.file.write_all_at(data, at)
     }
 }
 
@@ -88,11 +104,9 @@ struct PlacedDir<'a> {
     children: Vec<(Run, Option<PlacedDir<'a>>)>,
 }
 
-pub fn write_image(
-    image: &FatImage,
-    sink: &mut dyn Sink,
-    progress: &dyn Progress,
-) -> Result<(), FatError> {
+/// Where every cluster run goes: the root's run, the placed tree and the next free cluster.
+/// The one walk both the writer and [`root_file_extents`] use, so they cannot disagree.
+fn layout(image: &FatImage) -> (Run, PlacedDir<'_>, u64, i64) {
     let geometry = &image.geometry;
     let cluster = geometry.cluster_bytes();
     let dir_clusters = |dir: &Dir, is_root: bool, has_label: bool| {
@@ -121,6 +135,40 @@ pub fn write_image(
         cluster,
         &dir_clusters,
     );
+    (root_run, root, next, now)
+}
+
+/// The byte offset (inside the image) and size of each file in the root folder, by long name.
+pub fn root_file_extents(image: &FatImage) -> Vec<crate::FileExtent> {
+    let (_, root, _, _) = layout(image);
+    image
+        .root
+        .children
+        .iter()
+        .zip(&root.children)
+        .filter_map(|(node, (run, _))| match &node.kind {
+            NodeKind::File { size, .. } => Some(crate::FileExtent {
+                name: node.source_name.clone(),
+                offset: if *size == 0 {
+                    0
+                } else {
+                    image.geometry.cluster_offset(run.start)
+                },
+                size: *size,
+            }),
+            NodeKind::Dir(_) => None,
+        })
+        .collect()
+}
+
+pub fn write_image(
+    image: &FatImage,
+    sink: &mut dyn Sink,
+    progress: &dyn Progress,
+) -> Result<(), FatError> {
+    let geometry = &image.geometry;
+    let cluster = geometry.cluster_bytes();
+    let (root_run, root, next, now) = layout(image);
     let used = next - FIRST_CLUSTER;
     if used > geometry.cluster_count {
         // The plan already checked this; reaching it means the plan and the writer disagree.
@@ -492,12 +540,24 @@ fn copy_files(
 ) -> Result<(), FatError> {
     for (node, (run, sub)) in placed.dir.children.iter().zip(&placed.children) {
         match (&node.kind, sub) {
-            (NodeKind::File { source, size }, _) => {
+            (
+                NodeKind::File {
+                    source,
+                    offset,
+                    size,
+                    whole,
+                },
+                _,
+            ) => {
                 if *size > 0 {
+                    let range = SourceRange {
+                        path: source,
+                        offset: *offset,
+                        size: *size,
+                        whole: *whole,
+                    };
                     copy_file(
-                        node,
-                        source,
-                        *size,
+                        &range,
                         image.geometry.cluster_offset(run.start),
                         sink,
                         buffer,
@@ -512,15 +572,23 @@ fn copy_files(
     Ok(())
 }
 
-fn copy_file(
-    _node: &Node,
-    source: &std::path::Path,
+/// The bytes of one file: a range of its source.
+struct SourceRange<'a> {
+    path: &'a std::path::Path,
+    offset: u64,
     size: u64,
+    whole: bool,
+}
+
+fn copy_file(
+    range: &SourceRange<'_>,
     offset: u64,
     sink: &mut dyn Sink,
     buffer: &mut [u8],
     progress: &dyn Progress,
 ) -> Result<(), FatError> {
+    let source = range.path;
+    let size = range.size;
     let read_err = |e| FatError::Source {
         path: source.to_path_buf(),
         source: e,
@@ -529,14 +597,18 @@ fn copy_file(
         path: source.to_path_buf(),
         expected: size,
     };
-    let mut file = File::open(source).map_err(read_err)?;
+    let file = File::open(source).map_err(read_err)?;
     let mut done = 0u64;
     while done < size {
         let want = (size - done).min(buffer.len() as u64) as usize;
         let chunk = &mut buffer[..want];
         let mut filled = 0;
         while filled < want {
-            match file.read(&mut chunk[filled..]) {
+            let at = range
+                .offset
+                .checked_add(done + filled as u64)
+                .ok_or_else(changed)?;
+            match file.read_at(&mut chunk[filled..], at) {
                 Ok(0) => return Err(changed()),
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -549,7 +621,7 @@ fn copy_file(
     }
     // A file that grew since the scan would be cut short silently; refuse instead.
     let mut probe = [0u8; 1];
-    if file.read(&mut probe).map_err(read_err)? != 0 {
+    if range.whole && file.read_at(&mut probe, size).map_err(read_err)? != 0 {
         return Err(changed());
     }
     Ok(())
