@@ -69,6 +69,15 @@ if ! "$VENV/bin/python" -c "import redfish_service_validator, sushy" 2>/dev/null
   "$VENV/bin/pip" install -q --disable-pip-version-check "redfish-service-validator==3.1.8" "sushy==5.14.0"
 fi
 
+# Ansible (PyPI `ansible`, which bundles the community.general collection and its
+# redfish_command module) for the Redfish playbook test; same virtual environment, offline once
+# installed (the collection ships inside the package).
+if [ ! -x "$VENV/bin/ansible-playbook" ] || ! "$VENV/bin/python" -c "import ansible_collections.community.general" 2>/dev/null; then
+  need_root
+  echo "setup: installing ansible into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "ansible==12.3.0"
+fi
+
 # openapi-spec-validator (PyPI), which the REST API tests run over /api/v1/openapi.json; same
 # virtual environment (the tests find it there or at $VMEDIA_OPENAPI_VALIDATOR).
 if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then

@@ -16,6 +16,7 @@ use vmedia_library::{
 
 use crate::progress::Bar;
 
+pub(crate) mod remote;
 mod sync;
 
 /// What `library:` in front of an image argument means: the rest is `NAME[@V]` in the library.
@@ -66,6 +67,22 @@ static GLOBAL: OnceLock<GlobalArgs> = OnceLock::new();
 
 /// `vmedia library`'s own `--key` (not global to every command: `iso verify --key` is taken).
 static LIBRARY_KEY: OnceLock<PathBuf> = OnceLock::new();
+
+/// `--server` and friends of this run: commands that can act through a daemon do so when set.
+static REMOTE: OnceLock<remote::RemoteArgs> = OnceLock::new();
+
+/// The daemon to act through, when `--server` (or an https:// VMEDIA_SERVER) names one.
+fn remote_client() -> Result<Option<vmedia_server::client::Client>> {
+    REMOTE.get().cloned().unwrap_or_default().client()
+}
+
+/// Refuses a flag that has no meaning through the REST API.
+fn local_only(flag: &str, given: bool) -> Result<()> {
+    if given {
+        bail!("{flag} works on a local library only, not through --server");
+    }
+    Ok(())
+}
 
 /// Records the global library options for this run (main calls it once, before any command).
 pub fn set_global(args: GlobalArgs) {
@@ -243,6 +260,8 @@ pub struct LibraryArgs {
         help_heading = "Library options"
     )]
     key: Option<PathBuf>,
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     command: LibraryCommand,
 }
@@ -313,6 +332,20 @@ but left something to do (run it again: it resumes).";
 pub fn run(args: LibraryArgs) -> Result<ExitCode> {
     if let Some(key) = args.key {
         let _ = LIBRARY_KEY.set(key);
+    }
+    let _ = REMOTE.set(args.remote);
+    if remote_client()?.is_some()
+        && !matches!(
+            args.command,
+            LibraryCommand::Add(_)
+                | LibraryCommand::Ls(_)
+                | LibraryCommand::Show(_)
+                | LibraryCommand::History(_)
+                | LibraryCommand::Get(_)
+                | LibraryCommand::Rollback(_)
+        )
+    {
+        bail!("through --server: add, ls, show, history, get and rollback; run this command where the library is");
     }
     match args.command {
         LibraryCommand::Init(a) => run_init(a),
@@ -678,6 +711,9 @@ fn add_source(text: &str) -> Result<(AddSource, Option<u64>)> {
 }
 
 fn run_add(a: AddArgs) -> Result<ExitCode> {
+    if let Some(client) = remote_client()? {
+        return remote::add(&client, a);
+    }
     let library = open_library()?;
     let sign_key_pem = a
         .sign_key
@@ -701,9 +737,12 @@ fn run_add(a: AddArgs) -> Result<ExitCode> {
         .add(&a.name, source, &options, &bar)
         .with_context(|| format!("cannot add {} as {}", a.source, a.name));
     bar.finish();
-    let report = report?;
-    if a.json.json {
-        print_json(&report)?;
+    print_added(a.json, &report?)
+}
+
+fn print_added(json: JsonArg, report: &vmedia_library::AddReport) -> Result<ExitCode> {
+    if json.json {
+        print_json(report)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("Added {}@{} {}", report.name, report.version, report.digest);
@@ -739,8 +778,10 @@ pub struct LsArgs {
 }
 
 fn run_ls(a: LsArgs) -> Result<ExitCode> {
-    let library = open_library()?;
-    let items = library.list(a.all)?;
+    let items = match remote_client()? {
+        Some(client) => client.items(a.all)?,
+        None => open_library()?.list(a.all)?,
+    };
     if a.json.json {
         print_json(&items)?;
         return Ok(ExitCode::SUCCESS);
@@ -789,8 +830,10 @@ pub struct ShowArgs {
 }
 
 fn run_show(a: ShowArgs) -> Result<ExitCode> {
-    let library = open_library()?;
-    let report = library.show(&VersionSpec::parse(&a.spec)?)?;
+    let report = match remote_client()? {
+        Some(client) => client.show(&a.spec)?,
+        None => open_library()?.show(&VersionSpec::parse(&a.spec)?)?,
+    };
     print_report(a.json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -807,8 +850,10 @@ pub struct HistoryArgs {
 }
 
 fn run_history(a: HistoryArgs) -> Result<ExitCode> {
-    let library = open_library()?;
-    let report = library.history(&a.name)?;
+    let report = match remote_client()? {
+        Some(client) => client.history(&a.name)?,
+        None => open_library()?.history(&a.name)?,
+    };
     if a.json.json {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -890,7 +935,6 @@ pub struct GetArgs {
 }
 
 fn run_get(a: GetArgs) -> Result<ExitCode> {
-    let library = open_library()?;
     let spec = VersionSpec::parse(&a.spec)?;
     let overwrite = if a.force {
         OverwritePolicy::Replace
@@ -898,7 +942,15 @@ fn run_get(a: GetArgs) -> Result<ExitCode> {
         OverwritePolicy::Refuse
     };
     let bar = Bar::bytes(a.json.json);
-    let report = library.get(&spec, &a.output, overwrite, &bar);
+    let report = match remote_client()? {
+        // Resumable: a broken or interrupted download continues where it stopped.
+        Some(client) => client
+            .download(&a.spec, &a.output, overwrite, &bar)
+            .map_err(anyhow::Error::from),
+        None => open_library()?
+            .get(&spec, &a.output, overwrite, &bar)
+            .map_err(anyhow::Error::from),
+    };
     bar.finish();
     let report = report.with_context(|| format!("cannot get {}", a.spec))?;
     if a.json.json {
@@ -968,6 +1020,17 @@ pub struct RollbackArgs {
 }
 
 fn run_rollback(a: RollbackArgs) -> Result<ExitCode> {
+    if let Some(client) = remote_client()? {
+        local_only("--now", a.now.is_some())?;
+        let at = a.at.as_deref().map(parse_time).transpose()?;
+        let request = vmedia_server::api::library::RollbackRequest {
+            to: a.to,
+            at: at.map(|t| t.to_string()),
+            note: a.note.clone(),
+        };
+        let report = client.rollback(&a.name, &request)?;
+        return print_event(a.json, &report);
+    }
     let library = open_library()?;
     let target = match (a.to, a.at.as_deref()) {
         (Some(version), _) => RollbackTarget::Version(version),

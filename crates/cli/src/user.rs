@@ -1,13 +1,16 @@
 //! `vmedia user add/ls/rm` and `vmedia token create/ls/rm`: the daemon's users and API tokens,
 //! managed offline on its state folder (`--state DIR`, default the one `vmedia serve` uses).
-//! A running daemon sees the change on its next request. Flags, printing and exit codes only;
-//! the store is `vmedia_server::auth::UserStore`, and each change is written to the audit log.
+//! A running daemon sees the change on its next request. With `--server URL` the same commands
+//! go through that daemon's REST API instead (which records them in its audit log). Flags,
+//! printing and exit codes only; the store is `vmedia_server::auth::UserStore`, the remote
+//! client `vmedia_server::client`, and each change is written to the audit log.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use vmedia_server::api::accounts::{NewUser, TokenRequest};
 use vmedia_server::audit::{AuditLog, Outcome};
 use vmedia_server::auth::{Principal, Role, UserStore};
 
@@ -21,8 +24,10 @@ const TOKEN_EXAMPLES: &str = "Examples:\n  vmedia token create ci --role readonl
 #[derive(clap::Args)]
 pub struct StateArg {
     /// The daemon's state folder [default: the one `vmedia serve` uses]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
     state: Option<PathBuf>,
+    #[command(flatten)]
+    remote: crate::library::remote::RemoteArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -166,6 +171,15 @@ pub fn run_user(command: UserCommand) -> Result<ExitCode> {
         } => {
             let role: Role = role.parse()?;
             let password = read_password(&password_file)?;
+            if let Some(client) = state.remote.client()? {
+                let user = client.add_user(&NewUser {
+                    name,
+                    role,
+                    password,
+                })?;
+                writeln!(out, "added {} ({})", user.name, user.role.as_str())?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let (store, audit) = open(&state)?;
             let added = store.add_user(&name, role, &password);
             record(&audit, "user.add", &name, &added);
@@ -173,8 +187,10 @@ pub fn run_user(command: UserCommand) -> Result<ExitCode> {
             writeln!(out, "added {} ({})", user.name, user.role.as_str())?;
         }
         UserCommand::Ls { json, state } => {
-            let (store, _) = open(&state)?;
-            let users = store.users();
+            let users = match state.remote.client()? {
+                Some(client) => client.users()?,
+                None => open(&state)?.0.users(),
+            };
             if json {
                 crate::print_json(&users)?;
             } else {
@@ -190,6 +206,11 @@ pub fn run_user(command: UserCommand) -> Result<ExitCode> {
             }
         }
         UserCommand::Rm { name, state } => {
+            if let Some(client) = state.remote.client()? {
+                client.remove_user(&name)?;
+                writeln!(out, "removed {name}")?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let (store, audit) = open(&state)?;
             let removed = store.remove_user(&name);
             record(&audit, "user.remove", &name, &removed);
@@ -215,10 +236,19 @@ pub fn run_token(command: TokenCommand) -> Result<ExitCode> {
                 Some(text) => Some(vmedia_server::config::parse_duration("expires-in", text)?),
                 None => None,
             };
-            let (store, audit) = open(&state)?;
-            let created = store.create_token(&name, role, lifetime);
-            record(&audit, "token.create", &name, &created);
-            let token = created?;
+            let token = match state.remote.client()? {
+                Some(client) => client.create_token(&TokenRequest {
+                    name,
+                    role,
+                    expires_in: lifetime.map(|l| l.as_secs()),
+                })?,
+                None => {
+                    let (store, audit) = open(&state)?;
+                    let created = store.create_token(&name, role, lifetime);
+                    record(&audit, "token.create", &name, &created);
+                    created?
+                }
+            };
             if json {
                 crate::print_json(&token)?;
             } else {
@@ -226,8 +256,10 @@ pub fn run_token(command: TokenCommand) -> Result<ExitCode> {
             }
         }
         TokenCommand::Ls { json, state } => {
-            let (store, _) = open(&state)?;
-            let tokens = store.tokens();
+            let tokens = match state.remote.client()? {
+                Some(client) => client.tokens()?,
+                None => open(&state)?.0.tokens(),
+            };
             if json {
                 crate::print_json(&tokens)?;
             } else {
@@ -244,6 +276,11 @@ pub fn run_token(command: TokenCommand) -> Result<ExitCode> {
             }
         }
         TokenCommand::Rm { id, state } => {
+            if let Some(client) = state.remote.client()? {
+                client.revoke_token(&id)?;
+                writeln!(out, "revoked {id}")?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let (store, audit) = open(&state)?;
             let removed = store.revoke_token(&id);
             record(&audit, "token.remove", &id, &removed);

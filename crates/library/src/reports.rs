@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::ImageKind;
 use crate::timeline::EventKind;
 
 /// What `add` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct AddReport {
     pub name: String,
@@ -32,7 +32,7 @@ pub struct AddReport {
 }
 
 /// One item in `ls`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct ItemSummary {
     pub name: String,
@@ -49,7 +49,7 @@ pub struct ItemSummary {
 }
 
 /// `show`: one version in full.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct VersionReport {
     pub name: String,
@@ -69,7 +69,7 @@ pub struct VersionReport {
 }
 
 /// One version in `history`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct HistoryVersion {
     pub version: u64,
@@ -84,7 +84,7 @@ pub struct HistoryVersion {
 }
 
 /// One event in `history`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct HistoryEvent {
     pub time: String,
@@ -96,7 +96,7 @@ pub struct HistoryEvent {
 }
 
 /// `history NAME`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct HistoryReport {
     pub name: String,
@@ -107,7 +107,7 @@ pub struct HistoryReport {
 }
 
 /// `get`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct GetReport {
     pub name: String,
@@ -122,7 +122,7 @@ pub struct GetReport {
 }
 
 /// `rollback` and `rm`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct EventReport {
     pub name: String,

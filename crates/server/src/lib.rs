@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod client;
 pub mod clones;
 pub mod config;
 pub mod daemon;

@@ -21,13 +21,17 @@ fn write(path: &Path, text: &str) {
 }
 
 /// A Linux ISO whose boot entries (isolinux and GRUB) pass `vmedia.from=TAG` to the kernel,
-/// bootable from a CD and from a disk, under BIOS and UEFI.
+/// bootable from a CD and from a disk, under BIOS and UEFI. GRUB finds its own file system by
+/// a file only this image has (`/boot/vmedia-TAG`): with a second such image attached (a disk
+/// booted while a CD is inserted), a search for a file every one has (`/boot/vmlinuz`) took
+/// whichever GRUB listed first, and the disk's boot loader started the CD's kernel.
 pub fn hybrid_iso(tag: &str) -> PathBuf {
-    let dir = cached_fixture(&format!("boot-hybrid-{tag}"), |dir| {
+    let dir = cached_fixture(&format!("boot-hybrid-v2-{tag}"), |dir| {
         let p = payload();
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("isolinux")).unwrap();
         fs::create_dir_all(tree.join("boot/grub")).unwrap();
+        write(&tree.join(format!("boot/vmedia-{tag}")), tag);
         fs::copy(
             "/usr/lib/ISOLINUX/isolinux.bin",
             tree.join("isolinux/isolinux.bin"),
@@ -55,7 +59,7 @@ pub fn hybrid_iso(tag: &str) -> PathBuf {
         let early = dir.join("early.cfg");
         write(
             &early,
-            "search --no-floppy --file /boot/vmlinuz --set=root\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n",
+            &format!("search --no-floppy --file /boot/vmedia-{tag} --set=root\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n"),
         );
         let efi = dir.join("BOOTX64.EFI");
         run_ok(
@@ -195,7 +199,7 @@ pub fn live_iso_finding_its_medium() -> PathBuf {
 pub fn bootable_disk(format: &str) -> PathBuf {
     let iso = hybrid_iso("disk");
     let name = format!("disk.{format}");
-    let dir = cached_fixture(&format!("boot-disk-{format}"), |dir| {
+    let dir = cached_fixture(&format!("boot-disk-v2-{format}"), |dir| {
         run_ok(
             Command::new(require_tool("qemu-img"))
                 .args(["convert", "-f", "raw", "-O", format])

@@ -16,7 +16,7 @@ use crate::auth::{NewToken, Principal, Role, TokenInfo, UserInfo};
 use crate::http::{ErrorBody, Peer};
 
 /// Who the credentials of this request belong to.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     pub name: String,
     pub role: Role,
@@ -65,7 +65,7 @@ pub async fn users_list(
 }
 
 /// `POST /api/v1/users`.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,
@@ -129,7 +129,7 @@ pub async fn tokens_list(
 }
 
 /// `POST /api/v1/tokens`.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The name requests with the token are recorded under.

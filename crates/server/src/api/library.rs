@@ -37,7 +37,7 @@ pub struct ItemsQuery {
 }
 
 /// A page of items.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemPage {
     pub items: Vec<ItemSummary>,
     /// The next page's URL, when there is one.
@@ -45,7 +45,7 @@ pub struct ItemPage {
 }
 
 /// A page of versions.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionPage {
     pub items: Vec<HistoryVersion>,
     pub next: Option<String>,
@@ -53,7 +53,7 @@ pub struct VersionPage {
 
 /// `POST /api/v1/library/items/NAME/rollback`: `to` a version, or the version current `at` a
 /// time (RFC 3339).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     pub to: Option<u64>,

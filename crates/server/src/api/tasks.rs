@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vmedia_io::Progress;
 
 use super::{ApiState, Problem};
@@ -22,7 +22,7 @@ use crate::http::ErrorBody;
 pub const MAX_FINISHED_TASKS: usize = 1024;
 
 /// Where a task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     Running,
@@ -31,7 +31,7 @@ pub enum TaskState {
 }
 
 /// Work done out of the total (bytes, or items where bytes make no sense).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskProgress {
     pub done: u64,
     /// 0 while unknown.
@@ -40,7 +40,7 @@ pub struct TaskProgress {
 }
 
 /// `GET /api/v1/tasks/ID`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskInfo {
     pub id: String,
     /// `verify`, `upload`, ...
