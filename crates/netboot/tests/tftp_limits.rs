@@ -98,7 +98,7 @@ fn windowed_get(server: SocketAddrV4, file: &str, blksize: usize, window: u16) -
         }
         out.extend_from_slice(&buf[4..n]);
         let last = n - 4 < blksize;
-        if last || block % window == 0 {
+        if last || block.is_multiple_of(window) {
             socket.send_to(&[0, 4, buf[2], buf[3]], peer).unwrap();
         }
         if last {

@@ -247,7 +247,7 @@ fn length_prefixed(data: &[u8], code: u16, offset: usize) -> Result<Vec<Vec<u8>>
 }
 
 fn u16_list(data: &[u8], code: u16, offset: usize) -> Result<Vec<u16>, Dhcp6Error> {
-    if data.len() % 2 != 0 || data.len() / 2 > MAX_LIST {
+    if !data.len().is_multiple_of(2) || data.len() / 2 > MAX_LIST {
         return Err(Dhcp6Error::BadOption {
             code,
             offset,
@@ -369,7 +369,7 @@ fn parse_option(code: u16, data: &[u8], offset: usize) -> Result<Dhcp6Option, Dh
             }
         }
         code::DNS_SERVERS => {
-            if data.len() % 16 != 0 || data.len() / 16 > MAX_LIST {
+            if !data.len().is_multiple_of(16) || data.len() / 16 > MAX_LIST {
                 return Err(bad("not a list of IPv6 addresses within the limit"));
             }
             Dhcp6Option::DnsServers(
