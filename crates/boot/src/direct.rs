@@ -595,10 +595,152 @@ impl Files for IsoFiles<'_> {
     }
 }
 
+/// Default size limit of the `--direct` cache (uncompressed kernels and plain initrds): a few
+/// distributions' worth (a kernel is tens of MiB, a plain initrd up to a few hundred).
+pub const DEFAULT_CACHE_LIMIT: u64 = 2 << 30;
+/// Files looked at in one cache folder; far more than any real cache, and a bound on the work
+/// a folder filled by something else can cause.
+const MAX_CACHE_FILES: usize = 100_000;
+
+/// What pruning or clearing the `--direct` cache did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheReport {
+    /// Files removed and their bytes.
+    pub removed: usize,
+    pub freed: u64,
+    /// Files and bytes left.
+    pub kept: usize,
+    pub kept_bytes: u64,
+}
+
+/// Marks a cached file as just used: its modification time is the "last used" that pruning
+/// orders by (access times are often not kept: `noatime`, `relatime`).
+pub fn touch_cached(path: &Path) -> Result<()> {
+    let file = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| BootError::io(path, e))?;
+    file.set_modified(std::time::SystemTime::now())
+        .map_err(|e| BootError::io(path, e))
+}
+
+struct CachedFile {
+    path: PathBuf,
+    size: u64,
+    used: std::time::SystemTime,
+}
+
+fn cached_files(dir: &Path) -> Result<Vec<CachedFile>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(BootError::io(dir, e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries.take(MAX_CACHE_FILES) {
+        let entry = entry.map_err(|e| BootError::io(dir, e))?;
+        // A name starting with '.' is a file being written (an AtomicFile temporary) by a
+        // boot running now: never ours to remove.
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) if m.is_file() => m,
+            _ => continue,
+        };
+        files.push(CachedFile {
+            path: entry.path(),
+            size: meta.len(),
+            used: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+        });
+    }
+    Ok(files)
+}
+
+/// Removes the least recently used files of the cache folders `dirs` until they hold at most
+/// `limit` bytes; the files in `keep` (the ones the current boot uses) stay whatever their
+/// size. Folders that do not exist are empty.
+pub fn prune_cache(dirs: &[PathBuf], limit: u64, keep: &[&Path]) -> Result<CacheReport> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        files.extend(cached_files(dir)?);
+    }
+    let mut total: u64 = files.iter().map(|f| f.size).fold(0, u64::saturating_add);
+    files.sort_by_key(|f| f.used);
+    let mut report = CacheReport::default();
+    for file in files {
+        if total > limit && !keep.iter().any(|k| *k == file.path) {
+            match std::fs::remove_file(&file.path) {
+                Ok(()) => {
+                    total = total.saturating_sub(file.size);
+                    report.removed += 1;
+                    report.freed = report.freed.saturating_add(file.size);
+                    continue;
+                }
+                // Another boot pruned it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    total = total.saturating_sub(file.size);
+                    continue;
+                }
+                Err(e) => return Err(BootError::io(&file.path, e)),
+            }
+        }
+        report.kept += 1;
+        report.kept_bytes = report.kept_bytes.saturating_add(file.size);
+    }
+    Ok(report)
+}
+
+/// Empties the cache folders `dirs` (`vmedia boot --clear-cache`).
+pub fn clear_cache(dirs: &[PathBuf]) -> Result<CacheReport> {
+    prune_cache(dirs, 0, &[])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    fn cache_file(dir: &Path, name: &str, size: usize, age_secs: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; size]).unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn cache_prune_removes_least_recently_used_first_and_keeps_the_files_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernels = dir.path().join("kernels");
+        let initrds = dir.path().join("initrds");
+        std::fs::create_dir_all(&kernels).unwrap();
+        std::fs::create_dir_all(&initrds).unwrap();
+        let oldest = cache_file(&kernels, "a.vmlinux", 1000, 400);
+        let in_use = cache_file(&initrds, "b.cpio", 1000, 300);
+        let middle = cache_file(&kernels, "c.vmlinux", 1000, 200);
+        let newest = cache_file(&initrds, "d.cpio", 1000, 100);
+        let writing = cache_file(&initrds, ".e.cpio.vmedia-tmp-1-0", 5000, 500);
+        // Used just now: the oldest becomes the newest.
+        touch_cached(&oldest).unwrap();
+        let dirs = [kernels.clone(), initrds.clone(), dir.path().join("absent")];
+        let report = prune_cache(&dirs, 2500, &[&in_use]).unwrap();
+        assert_eq!(report.removed, 2);
+        assert_eq!(report.freed, 2000);
+        assert_eq!((report.kept, report.kept_bytes), (2, 2000));
+        assert!(oldest.exists() && in_use.exists() && writing.exists());
+        assert!(!middle.exists() && !newest.exists());
+        // Under the limit: nothing to do.
+        assert_eq!(prune_cache(&dirs, 2500, &[]).unwrap().removed, 0);
+        let cleared = clear_cache(&dirs).unwrap();
+        assert_eq!((cleared.removed, cleared.freed, cleared.kept), (2, 2000, 0));
+        assert!(!oldest.exists() && !in_use.exists() && writing.exists());
+    }
 
     struct MapFiles(HashMap<&'static str, &'static str>);
 

@@ -142,6 +142,14 @@ pub struct Args {
     /// decompressed once on the host, three boot-time kernel parameters; see docs/boot.md)
     #[arg(long, requires = "direct")]
     pub no_lean: bool,
+    /// With --direct: size limit of the host cache of uncompressed kernels and plain initrds
+    /// (bytes, or with K/M/G/T); the least recently used files beyond it are removed after
+    /// each direct boot [default: 2G]
+    #[arg(long, value_name = "SIZE", requires = "direct", value_parser = parse_cache_limit)]
+    pub cache_limit: Option<u64>,
+    /// Empty the --direct kernel and initrd cache and exit
+    #[arg(long, exclusive = true)]
+    pub clear_cache: bool,
     /// Regular expression that means "booted" on the serial console (matched within a line);
     /// without it the boot is interactive
     #[arg(long, value_name = "REGEX")]
@@ -380,7 +388,52 @@ fn parse_net(options: &VmOptions) -> anyhow::Result<Net> {
     }
 }
 
+fn parse_cache_limit(text: &str) -> Result<u64, String> {
+    crate::disk::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// Marks the cache files this boot uses as just used, then prunes the cache to its limit
+/// (never removing them).
+fn prune_direct_cache(
+    config: &vmedia_boot::store::BootConfig,
+    in_use: &[PathBuf],
+    limit: Option<u64>,
+) -> anyhow::Result<()> {
+    for path in in_use {
+        vmedia_boot::direct::touch_cached(path)?;
+    }
+    let keep: Vec<&Path> = in_use.iter().map(PathBuf::as_path).collect();
+    let limit = limit.unwrap_or(vmedia_boot::direct::DEFAULT_CACHE_LIMIT);
+    let dirs = [config.kernel_cache(), config.initrd_cache()];
+    let report = vmedia_boot::direct::prune_cache(&dirs, limit, &keep)?;
+    if report.removed > 0 {
+        eprintln!(
+            "vmedia: note: removed {} least recently used file(s) ({} bytes) from the --direct cache (limit {limit} bytes)",
+            report.removed, report.freed
+        );
+    }
+    Ok(())
+}
+
+/// `vmedia boot --clear-cache`: empties the --direct cache.
+fn clear_cache() -> anyhow::Result<ExitCode> {
+    let config = crate::env::boot_config()?;
+    let dirs = [config.kernel_cache(), config.initrd_cache()];
+    let report = vmedia_boot::direct::clear_cache(&dirs)?;
+    println!(
+        "removed {} cached file(s), {} bytes, from {} and {}",
+        report.removed,
+        report.freed,
+        dirs[0].display(),
+        dirs[1].display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.clear_cache {
+        return clear_cache();
+    }
     let cancel = install_stop_signals();
     if args.timeout == 0 || args.timeout > MAX_TIMEOUT_SECS {
         bail!(
@@ -416,13 +469,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         bail!("nothing to boot: give --cdrom, --disk, --net or --kernel");
     }
-    // Resolved first: the fast path's kernel parameters depend on it.
-    let config = crate::env::boot_config()?;
-    let (accel, note) = vmedia_boot::kvm::resolve_accel(spec.accel, &config);
-    if let Some(note) = note {
-        eprintln!("vmedia: note: {note}");
-    }
-    let _extracted = if args.direct {
+    // Argument errors first: probing KVM can take seconds (it boots a tiny VM).
+    let direct_iso = if args.direct {
         if spec.kernel.is_some() {
             bail!("--direct takes the kernel from the ISO; do not give --kernel too");
         }
@@ -434,7 +482,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let iso = medium.as_path().map(Path::to_path_buf).with_context(|| {
             format!("--direct reads the kernel from a local ISO; {medium} is a network medium")
         })?;
+        Some(iso)
+    } else {
+        None
+    };
+    // Resolved before the fast path: its kernel parameters depend on it.
+    let config = crate::env::boot_config()?;
+    let (accel, note) = vmedia_boot::kvm::resolve_accel(spec.accel, &config);
+    if let Some(note) = note {
+        eprintln!("vmedia: note: {note}");
+    }
+    let _extracted = if let Some(iso) = direct_iso {
         let found = vmedia_boot::direct::extract(&iso)?;
+        let mut cached: Vec<PathBuf> = Vec::new();
         let mut kernel = found.kernel.clone();
         if spec.firmware == Firmware::Uefi && !args.bzimage {
             // OVMF starts a -kernel through its EFI stub, which only the bzImage has.
@@ -445,7 +505,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else if !args.bzimage {
             let cache = config.kernel_cache();
             match vmedia_boot::kernel::pvh_kernel(&kernel.kernel, &cache)? {
-                vmedia_boot::kernel::PvhKernel::Ready(vmlinux) => kernel.kernel = vmlinux,
+                vmedia_boot::kernel::PvhKernel::Ready(vmlinux) => {
+                    cached.push(vmlinux.clone());
+                    kernel.kernel = vmlinux;
+                }
                 vmedia_boot::kernel::PvhKernel::NotApplicable(reason) => {
                     eprintln!("vmedia: note: booting the compressed kernel: {reason}");
                 }
@@ -468,6 +531,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let cache = config.initrd_cache();
                 match vmedia_boot::initrd::plain_initrd(&initrd, &cache, spec.memory_mib)? {
                     PlainInitrd::Ready(plain) => {
+                        cached.push(plain.clone());
                         kernel.initrd = Some(plain);
                         lean_notes.push("initrd decompressed on the host".into());
                     }
@@ -498,6 +562,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("vmedia: lean machine: {}", lean_notes.join(", "));
             }
         }
+        prune_direct_cache(&config, &cached, args.cache_limit)?;
         spec.kernel = Some(kernel);
         Some(found)
     } else {

@@ -1,6 +1,6 @@
 //! `vmedia netboot`: the network boot server (`serve`) and its status view (`status`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use vmedia_netboot::status::{format_time, StatusSnapshot};
-use vmedia_netboot::{Bound, DhcpConfig, Server, ServerConfig};
+use vmedia_netboot::{Bound, Dhcp6Config, DhcpConfig, Ipv6Config, Server, ServerConfig};
 
 use crate::logging;
 
@@ -119,6 +119,67 @@ pub struct ServeArgs {
     /// HTTP port (0 disables HTTP)
     #[arg(long, value_name = "PORT", default_value_t = 80)]
     http_port: u16,
+    /// DHCPv6 on --interface for UEFI PXE and HTTP boot over IPv6: proxy (boot options only)
+    /// or full (addresses from --dhcp6-range too)
+    #[arg(long, value_name = "MODE", requires = "interface")]
+    dhcp6: Option<Dhcp6Mode>,
+    /// Full DHCPv6: hand out addresses from this range (FIRST-LAST)
+    #[arg(long, value_name = "FIRST-LAST")]
+    dhcp6_range: Option<String>,
+    /// DNS server handed out in full-DHCPv6 mode (repeatable)
+    #[arg(long, value_name = "ADDR")]
+    dns6: Vec<Ipv6Addr>,
+    /// Where DHCPv6 leases are kept across restarts (full-DHCPv6 mode)
+    #[arg(long, value_name = "FILE", default_value = "vmedia-leases6.json")]
+    lease_file6: PathBuf,
+    /// Address the IPv6 HTTP listener binds (default with --dhcp6: :: , all)
+    #[arg(long, value_name = "ADDR")]
+    listen6: Option<Ipv6Addr>,
+    /// IPv6 address put in boot URLs (default: the interface's global or unique-local one)
+    #[arg(long, value_name = "ADDR")]
+    server_ip6: Option<Ipv6Addr>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Dhcp6Mode {
+    Proxy,
+    Full,
+}
+
+/// The IPv6 side of `serve`, when any IPv6 flag is given.
+fn ipv6_config(args: &ServeArgs) -> anyhow::Result<Option<Ipv6Config>> {
+    let dhcp6 = match (args.dhcp6, &args.dhcp6_range) {
+        (None, None) => Dhcp6Config::Off,
+        (Some(Dhcp6Mode::Full), Some(range)) => {
+            let (a, b) = range
+                .split_once('-')
+                .with_context(|| format!("--dhcp6-range {range:?} must be FIRST-LAST"))?;
+            let parse = |t: &str| -> anyhow::Result<Ipv6Addr> {
+                t.trim()
+                    .parse()
+                    .with_context(|| format!("--dhcp6-range: {t:?} is not an IPv6 address"))
+            };
+            Dhcp6Config::Full {
+                first: parse(a)?,
+                last: parse(b)?,
+                dns: args.dns6.clone(),
+                lease_secs: args.lease_time,
+                lease_file: Some(args.lease_file6.clone()),
+            }
+        }
+        (Some(Dhcp6Mode::Full), None) => bail!("--dhcp6 full needs --dhcp6-range FIRST-LAST"),
+        (Some(Dhcp6Mode::Proxy), None) => Dhcp6Config::Proxy,
+        (_, Some(_)) => bail!("--dhcp6-range goes with --dhcp6 full"),
+    };
+    if matches!(dhcp6, Dhcp6Config::Off) && args.listen6.is_none() && args.server_ip6.is_none() {
+        return Ok(None);
+    }
+    let listen = args.listen6.or(Some(Ipv6Addr::UNSPECIFIED));
+    Ok(Some(Ipv6Config {
+        dhcp6,
+        listen,
+        server_ip: args.server_ip6,
+    }))
 }
 
 #[derive(clap::Args)]
@@ -163,6 +224,7 @@ fn parse_range(text: &str) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let ipv6 = ipv6_config(&args)?;
     let dhcp = if args.no_dhcp {
         DhcpConfig::Off
     } else if let Some(range) = &args.dhcp_range {
@@ -211,15 +273,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     runtime.block_on(async {
-        let (mut server, from) = match library {
-            Some((library, location)) => {
+        let (mut server, from) = match (library, ipv6) {
+            (library, Some(ipv6)) => {
+                let (images, from) = match library {
+                    Some((library, location)) => {
+                        let images: Arc<dyn vmedia_netboot::files::ImageSource> =
+                            Arc::new(vmedia_server::netboot::LibraryImages::new(library));
+                        (Some(images), format!(" and library {location}"))
+                    }
+                    None => (None, String::new()),
+                };
+                let server = Server::start_with_ipv6(config, ipv6, images)
+                    .await
+                    .context("netboot server")?;
+                (server, from)
+            }
+            (Some((library, location)), None) => {
                 let images = Arc::new(vmedia_server::netboot::LibraryImages::new(library));
                 let server = Server::start_with_images(config, images)
                     .await
                     .context("netboot server")?;
                 (server, format!(" and library {location}"))
             }
-            None => (
+            (None, None) => (
                 Server::start(config).await.context("netboot server")?,
                 String::new(),
             ),
@@ -267,6 +343,15 @@ fn banner(bound: &Bound, interface: Option<&str>, root: &std::path::Path) -> Str
     }
     if let Some(h) = bound.http {
         parts.push(format!("HTTP on {h}"));
+    }
+    if bound.dhcp6 {
+        parts.push(format!("DHCPv6 on {} (port 547)", interface.unwrap_or("-")));
+    }
+    if let Some(h) = bound.http6 {
+        parts.push(format!("HTTP on {h}"));
+    }
+    if let Some(ip6) = bound.server_ip6 {
+        parts.push(format!("IPv6 boot URLs at [{ip6}]"));
     }
     let advertised = bound
         .server_ip

@@ -655,3 +655,97 @@ fn auto_accel_never_hangs_the_first_boot_and_caches_the_kvm_verdict() {
         assert_eq!(report["accel"], "kvm");
     }
 }
+
+#[test]
+fn direct_argument_errors_come_before_the_kvm_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("README.TXT"), "data\n").unwrap();
+    let iso = dir.path().join("data.iso");
+    support::run_ok(
+        vmedia()
+            .args(["iso", "create"])
+            .arg(&tree)
+            .arg("-o")
+            .arg(&iso),
+    );
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, vec![0u8; 4096]).unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    // Any QEMU run (the probe's) would leave this file.
+    let ran = dir.path().join("qemu-ran");
+    let qemu = dir.path().join("qemu");
+    std::fs::write(
+        &qemu,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", ran.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cases: [(Vec<std::ffi::OsString>, &str); 2] = [
+        (
+            vec![
+                "--cdrom".into(),
+                iso.clone().into(),
+                "--kernel".into(),
+                kernel.into(),
+            ],
+            "do not give --kernel too",
+        ),
+        (
+            vec![
+                "--disk".into(),
+                format!("{},format=raw", disk.display()).into(),
+            ],
+            "--direct needs a Linux ISO given with --cdrom",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, _, err) = run_any(
+            vmedia()
+                .env("VMEDIA_HOME", &home)
+                .env("VMEDIA_QEMU", &qemu)
+                .args(["boot", "--accel", "auto", "--direct", "--expect", "x"])
+                .args(&args),
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(expected), "{expected:?} not in {err}");
+        assert!(
+            !home.join("kvm-probe.json").exists() && !ran.exists(),
+            "KVM was probed before the argument error: {err}"
+        );
+    }
+}
+
+#[test]
+fn clear_cache_empties_the_direct_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let kernels = home.path().join("kernels");
+    let initrds = home.path().join("initrds");
+    std::fs::create_dir_all(&kernels).unwrap();
+    std::fs::create_dir_all(&initrds).unwrap();
+    std::fs::write(kernels.join("a.vmlinux"), vec![1u8; 3000]).unwrap();
+    std::fs::write(initrds.join("b.cpio"), vec![2u8; 2000]).unwrap();
+    let (code, out, err) = run_any(
+        vmedia()
+            .env("VMEDIA_HOME", home.path())
+            .args(["boot", "--clear-cache"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("removed 2 cached file(s), 5000 bytes"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(&kernels).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&initrds).unwrap().count(), 0);
+    // Nothing else is allowed beside it.
+    let (code, _, err) = run_any(vmedia().env("VMEDIA_HOME", home.path()).args([
+        "boot",
+        "--clear-cache",
+        "--cdrom",
+        "x.iso",
+    ]));
+    assert_eq!(code, 2, "{err}");
+}

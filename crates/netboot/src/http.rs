@@ -334,10 +334,15 @@ fn vars_for(
     port: u16,
 ) -> Vars {
     let server = local.ip().to_string();
+    // An IPv6 address in a URL goes in brackets (RFC 3986).
+    let host = match local.ip() {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
     let http = if port == 80 {
-        format!("http://{server}")
+        format!("http://{host}")
     } else {
-        format!("http://{server}:{port}")
+        format!("http://{host}:{port}")
     };
     let mac = mac.unwrap_or_default().to_string();
     let hostname = rule.and_then(|r| r.hostname.clone()).unwrap_or_else(|| {

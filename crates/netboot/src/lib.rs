@@ -10,6 +10,7 @@
 //! fields on spans) for the caller's subscriber, and the status board keeps the latest steps.
 
 pub mod dhcp;
+pub mod dhcp6;
 pub mod files;
 pub mod http;
 pub mod net;
@@ -21,7 +22,7 @@ pub mod wire;
 
 pub use server::{Bound, Server, ServerHandle};
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use thiserror::Error;
@@ -82,4 +83,31 @@ pub struct ServerConfig {
     /// `--ipxe-script`: a URL handed to iPXE, or a template file served at /boot.ipxe.
     pub ipxe_script: Option<String>,
     pub rules_file: Option<PathBuf>,
+}
+
+/// How DHCPv6 runs.
+#[derive(Debug, Clone)]
+pub enum Dhcp6Config {
+    Off,
+    /// Boot options only (option 59); addresses come from the network's own DHCPv6 server.
+    Proxy,
+    /// Addresses (IA_NA) from `first..=last` too.
+    Full {
+        first: Ipv6Addr,
+        last: Ipv6Addr,
+        dns: Vec<Ipv6Addr>,
+        lease_secs: u32,
+        lease_file: Option<PathBuf>,
+    },
+}
+
+/// Network boot over IPv6, given to [`Server::start_with_ipv6`] beside the [`ServerConfig`]
+/// (whose interface, ports, boot files and rules it shares).
+#[derive(Debug, Clone)]
+pub struct Ipv6Config {
+    pub dhcp6: Dhcp6Config,
+    /// Address the IPv6 HTTP listener binds (`::` = all); `None`: no IPv6 listener.
+    pub listen: Option<Ipv6Addr>,
+    /// Address put in boot file URLs; found from the interface when `None`.
+    pub server_ip: Option<Ipv6Addr>,
 }

@@ -333,3 +333,115 @@ pub fn writable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
 pub fn path_mtu(fd: impl AsFd) -> io::Result<usize> {
     Ok(sockopt::ip_mtu(fd)? as usize)
 }
+
+/// An IPv6 UDP socket on `port` of every address, restricted to `interface` and joined to the
+/// link-scoped multicast group `group` there (DHCPv6 clients send to ff02::1:2). IPv6 only
+/// (IPV6_V6ONLY), so it never takes an IPv4 port.
+pub fn udp6_multicast_socket(
+    port: u16,
+    interface: &str,
+    group: std::net::Ipv6Addr,
+) -> io::Result<tokio::net::UdpSocket> {
+    let socket: OwnedFd = rustix::net::socket_with(
+        AddressFamily::INET6,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    sockopt::set_ipv6_v6only(&socket, true)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    bind_to_device(&socket, interface)?;
+    let index = rustix::net::netdevice::name_to_index(&socket, interface).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("interface {interface}: {e}"),
+        )
+    })?;
+    let addr = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0);
+    rustix::net::bind(&socket, &addr).map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("cannot bind UDP [::]:{port}: {e}"))
+    })?;
+    sockopt::set_ipv6_add_membership(&socket, &group, index).map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("cannot join {group} on {interface}: {e}"))
+    })?;
+    sockopt::set_ipv6_multicast_if(&socket, index)?;
+    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(socket))
+}
+
+/// An IPv6-only TCP listener (IPV6_V6ONLY: it shares its port number with an IPv4 listener).
+pub fn tcp6_listener(addr: std::net::SocketAddrV6) -> io::Result<tokio::net::TcpListener> {
+    let socket: OwnedFd = rustix::net::socket_with(
+        AddressFamily::INET6,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    sockopt::set_ipv6_v6only(&socket, true)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr).map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("cannot bind TCP {addr}: {e}"))
+    })?;
+    rustix::net::listen(&socket, 1024)?;
+    tokio::net::TcpListener::from_std(std::net::TcpListener::from(socket))
+}
+
+/// The address an interface is reached at over IPv6 for boot URLs: its first global or
+/// unique-local address, else its link-local one (getifaddrs is not in rustix).
+pub fn interface_ipv6(interface: &str) -> io::Result<std::net::Ipv6Addr> {
+    let mut found: Vec<std::net::Ipv6Addr> = Vec::new();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free once.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        check(libc::getifaddrs(&mut list))?;
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null()
+                && (*ifa.ifa_addr).sa_family as libc::c_int == libc::AF_INET6
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy() == interface
+            {
+                let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                found.push(std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr));
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    let link_local = |a: &std::net::Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
+    found
+        .iter()
+        .find(|a| !link_local(a))
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {interface} has no IPv6 address"),
+            )
+        })
+}
+
+/// An interface's hardware (MAC) address, from sysfs.
+pub fn interface_mac(interface: &str) -> io::Result<[u8; 6]> {
+    if interface.contains('/') || interface.starts_with('.') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{interface:?} is not an interface name"),
+        ));
+    }
+    let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    bytes.try_into().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("interface {interface} has no Ethernet address"),
+        )
+    })
+}

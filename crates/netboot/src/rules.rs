@@ -4,7 +4,7 @@
 //! (`{{server}}`, `{{http}}`, `{{mac}}`, `{{hostname}}`, `{{preseed}}`...) are checked when the
 //! file is loaded, so a typo fails at start-up, not at 3 a.m. during an install.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -75,6 +75,8 @@ pub struct Rule {
     pub hostname: Option<String>,
     /// Reserved address in full-DHCP mode.
     pub ip: Option<Ipv4Addr>,
+    /// Reserved IPv6 address in full-DHCPv6 mode (for a client whose DUID carries its MAC).
+    pub ip6: Option<Ipv6Addr>,
     /// Boot file handed out by DHCP to this machine's firmware (not to iPXE).
     pub bootfile: Option<String>,
     pub boot: Option<BootKind>,
@@ -380,6 +382,14 @@ impl Rules {
             .iter()
             .find(|r| r.matches(client))
             .or(self.default.as_ref())
+    }
+
+    /// MAC -> reserved IPv6 address, for full-DHCPv6 mode.
+    pub fn reservations6(&self) -> Vec<(String, Ipv6Addr)> {
+        self.machines
+            .iter()
+            .filter_map(|r| Some((normalize_mac(r.mac.as_deref()?)?, r.ip6?)))
+            .collect()
     }
 
     /// MAC -> reserved address, for full-DHCP mode.

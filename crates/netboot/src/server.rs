@@ -4,7 +4,7 @@
 //! [`ServerHandle`]; [`ServerHandle::shutdown`] stops them, waits for a lease save under way
 //! and for running TFTP transfers to end.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,11 +12,16 @@ use tokio::task::JoinSet;
 
 use crate::dhcp::leases::{LeaseFile, LeaseTable};
 use crate::dhcp::policy::{BootFiles, IpxeScript, Mode, Policy};
+use crate::dhcp6::leases::{LeaseFile6, LeaseTable6};
+use crate::dhcp6::policy::{Mode6, Policy6};
 use crate::files::{FileRoot, ImageSource};
 use crate::rules::{self, Rules};
 use crate::status::Status;
 use crate::tftp::server::{TftpServer, TransferControl};
-use crate::{dhcp, http, io_err, net, DhcpConfig, NetbootError, ServerConfig, MAX_LEASE_FILE};
+use crate::{
+    dhcp, dhcp6, http, io_err, net, Dhcp6Config, DhcpConfig, Ipv6Config, NetbootError,
+    ServerConfig, MAX_LEASE_FILE,
+};
 
 /// How long `shutdown` waits for running TFTP transfers to notice and end: each checks
 /// between windows and at least every `tftp::server::STOP_CHECK` while waiting for an ACK.
@@ -29,6 +34,11 @@ pub struct Bound {
     pub tftp: Option<SocketAddrV4>,
     pub http: Option<SocketAddrV4>,
     pub dhcp: bool,
+    /// With [`Server::start_with_ipv6`]: the IPv6 address in boot URLs, the IPv6 HTTP
+    /// listener, and whether DHCPv6 runs.
+    pub server_ip6: Option<Ipv6Addr>,
+    pub http6: Option<SocketAddrV6>,
+    pub dhcp6: bool,
 }
 
 /// The network boot server (namespace for [`Server::start`]).
@@ -70,11 +80,12 @@ fn prepare(
         None => Rules::default(),
     };
     let (interface_ip, netmask) = match &config.interface {
-        Some(ifname) => {
-            let (ip, mask) =
-                net::interface_ipv4(ifname).map_err(io_err(format!("--interface {ifname}")))?;
-            (Some(ip), Some(mask))
-        }
+        Some(ifname) => match net::interface_ipv4(ifname) {
+            Ok((ip, mask)) => (Some(ip), Some(mask)),
+            // An IPv6-only link (DHCPv6 and no DHCPv4) needs no IPv4 address.
+            Err(_) if matches!(config.dhcp, DhcpConfig::Off) => (None, None),
+            Err(e) => return Err(io_err(format!("--interface {ifname}"))(e)),
+        },
         None => (None, None),
     };
     let ipxe_template = match &config.ipxe_script {
@@ -123,6 +134,27 @@ fn read_lease_file(path: &std::path::Path) -> Result<Option<LeaseFile>, NetbootE
     Ok(Some(file))
 }
 
+/// The saved DHCPv6 leases, or `None` when there is no file yet.
+fn read_lease_file6(path: &std::path::Path) -> Result<Option<LeaseFile6>, NetbootError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(None);
+    };
+    if meta.len() > MAX_LEASE_FILE {
+        return Err(NetbootError::Config(format!(
+            "lease file {} is larger than {MAX_LEASE_FILE} bytes",
+            path.display()
+        )));
+    }
+    let text = std::fs::read(path).map_err(io_err(format!("lease file {}", path.display())))?;
+    let file = serde_json::from_slice(&text).map_err(|e| {
+        NetbootError::Config(format!(
+            "DHCPv6 lease file {} is not valid: {e}; move it away to start afresh",
+            path.display()
+        ))
+    })?;
+    Ok(Some(file))
+}
+
 fn task_error(context: &str, e: tokio::task::JoinError) -> NetbootError {
     NetbootError::Task {
         context: context.to_string(),
@@ -135,7 +167,18 @@ impl Server {
     /// runtime (multi-threaded; TFTP transfers also run on dedicated threads). Returns once
     /// everything is bound, so a caller can announce the addresses.
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, NetbootError> {
-        Server::start_inner(config, None).await
+        Server::start_inner(config, None, None).await
+    }
+
+    /// [`Server::start`] that also serves network boot over IPv6: DHCPv6 (proxy or full) on
+    /// the configured interface and HTTP on an IPv6 listener; `library:` paths served from
+    /// `images` when given.
+    pub async fn start_with_ipv6(
+        config: ServerConfig,
+        ipv6: Ipv6Config,
+        images: Option<Arc<dyn ImageSource>>,
+    ) -> Result<ServerHandle, NetbootError> {
+        Server::start_inner(config, images, Some(ipv6)).await
     }
 
     /// [`Server::start`] with `library:` paths (in rules and requests) served from `images`.
@@ -143,19 +186,34 @@ impl Server {
         config: ServerConfig,
         images: Arc<dyn ImageSource>,
     ) -> Result<ServerHandle, NetbootError> {
-        Server::start_inner(config, Some(images)).await
+        Server::start_inner(config, Some(images), None).await
     }
 
     async fn start_inner(
         config: ServerConfig,
         images: Option<Arc<dyn ImageSource>>,
+        ipv6: Option<Ipv6Config>,
     ) -> Result<ServerHandle, NetbootError> {
         let config = Arc::new(config);
-        let mut prepared = {
+        let (mut prepared, saved_leases6) = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || prepare(&config, images))
-                .await
-                .map_err(|e| task_error("reading the configuration", e))??
+            let lease_file6 = match ipv6.as_ref().map(|v6| &v6.dhcp6) {
+                Some(Dhcp6Config::Full {
+                    lease_file: Some(path),
+                    ..
+                }) => Some(path.clone()),
+                _ => None,
+            };
+            tokio::task::spawn_blocking(move || {
+                let prepared = prepare(&config, images)?;
+                let saved6 = match lease_file6 {
+                    Some(path) => read_lease_file6(&path)?,
+                    None => None,
+                };
+                Ok::<_, NetbootError>((prepared, saved6))
+            })
+            .await
+            .map_err(|e| task_error("reading the configuration", e))??
         };
         let status = Arc::new(Status::new());
         let server_ip = config
@@ -168,6 +226,9 @@ impl Server {
                 tftp: None,
                 http: None,
                 dhcp: false,
+                server_ip6: None,
+                http6: None,
+                dhcp6: false,
             },
             status: status.clone(),
             serving: JoinSet::new(),
@@ -215,6 +276,11 @@ impl Server {
             handle
                 .serving
                 .spawn(async move { http::run(listener, ctx).await.map_err(io_err("HTTP")) });
+        }
+        if let Some(ipv6) = ipv6 {
+            handle
+                .start_ipv6(&config, &ipv6, &prepared, saved_leases6)
+                .await?;
         }
         if handle.serving.is_empty() {
             return Err(NetbootError::Config(
@@ -316,6 +382,126 @@ impl ServerHandle {
         self.serving
             .spawn(async move { server.run().await.map_err(io_err("DHCP")) });
         self.bound.dhcp = true;
+        Ok(())
+    }
+
+    async fn start_ipv6(
+        &mut self,
+        config: &ServerConfig,
+        ipv6: &Ipv6Config,
+        prepared: &Prepared,
+        saved_leases: Option<LeaseFile6>,
+    ) -> Result<(), NetbootError> {
+        let server_ip = match (ipv6.server_ip, &config.interface) {
+            (Some(ip), _) => Some(ip),
+            (None, Some(ifname)) => {
+                Some(net::interface_ipv6(ifname).map_err(io_err(format!("--interface {ifname}")))?)
+            }
+            (None, None) => ipv6.listen.filter(|ip| !ip.is_unspecified()),
+        };
+        self.bound.server_ip6 = server_ip;
+        if let (Some(listen), Some(port)) = (ipv6.listen, config.http_port) {
+            let listener = net::tcp6_listener(SocketAddrV6::new(listen, port, 0, 0))
+                .map_err(io_err(format!("HTTP port {port} (IPv6)")))?;
+            let local = match listener.local_addr().map_err(io_err("HTTP socket"))? {
+                std::net::SocketAddr::V6(a) => a,
+                std::net::SocketAddr::V4(_) => SocketAddrV6::new(listen, port, 0, 0),
+            };
+            self.bound.http6 = Some(local);
+            let ctx = Arc::new(http::HttpContext {
+                root: prepared.root.clone(),
+                status: self.status.clone(),
+                rules: prepared.rules.clone(),
+                ipxe_template: prepared.ipxe_template.clone(),
+                port: local.port(),
+            });
+            self.serving.spawn(async move {
+                http::run(listener, ctx)
+                    .await
+                    .map_err(io_err("HTTP (IPv6)"))
+            });
+        }
+        let mode = match &ipv6.dhcp6 {
+            Dhcp6Config::Off => return Ok(()),
+            Dhcp6Config::Proxy => Mode6::Proxy,
+            Dhcp6Config::Full {
+                first,
+                last,
+                dns,
+                lease_secs,
+                ..
+            } => {
+                let mut leases =
+                    LeaseTable6::new(*first, *last, *lease_secs).map_err(NetbootError::Config)?;
+                for (mac, ip) in prepared.rules.reservations6() {
+                    leases.reserve(&mac, ip);
+                }
+                if let Some(saved) = saved_leases {
+                    leases.load(saved);
+                }
+                Mode6::Full {
+                    leases,
+                    dns: dns.clone(),
+                }
+            }
+        };
+        let Some(ifname) = config.interface.clone() else {
+            return Err(NetbootError::Config(
+                "DHCPv6 answers multicasts on one link: pass --interface IF".into(),
+            ));
+        };
+        let Some(server_ip) = server_ip else {
+            return Err(NetbootError::Config(
+                "DHCPv6 needs the server's IPv6 address for boot URLs: give it an address".into(),
+            ));
+        };
+        let mac = net::interface_mac(&ifname).map_err(io_err(format!("--interface {ifname}")))?;
+        let ipxe = match (&config.ipxe_script, &config.rules_file) {
+            (Some(s), _) if s.contains("://") => IpxeScript::Url(s.clone()),
+            (Some(_), _) | (None, Some(_)) => IpxeScript::Generated,
+            (None, None) => IpxeScript::None,
+        };
+        let policy = Policy6 {
+            mode,
+            server_duid: crate::wire::dhcp6::duid_ll(mac),
+            server_ip,
+            boot: BootFiles {
+                bios: config.bios_bootfile.clone(),
+                uefi_x64: config.uefi_bootfile.clone(),
+                arm64: config.arm64_bootfile.clone(),
+                http_port: config.http_port,
+                ipxe,
+            },
+            rules: prepared.rules.clone(),
+        };
+        let socket = net::udp6_multicast_socket(
+            crate::wire::dhcp6::SERVER_PORT,
+            &ifname,
+            crate::wire::dhcp6::ALL_SERVERS,
+        )
+        .map_err(io_err("DHCPv6 port 547"))?;
+        let leases = match &ipv6.dhcp6 {
+            Dhcp6Config::Full {
+                lease_file: Some(path),
+                ..
+            } => {
+                let lock = self
+                    .lease_lock
+                    .get_or_insert_with(|| Arc::new(Mutex::new(())))
+                    .clone();
+                Some((path.clone(), lock))
+            }
+            _ => None,
+        };
+        let server = dhcp6::server::Dhcp6Server {
+            policy,
+            socket,
+            status: self.status.clone(),
+            leases,
+        };
+        self.serving
+            .spawn(async move { server.run().await.map_err(io_err("DHCPv6")) });
+        self.bound.dhcp6 = true;
         Ok(())
     }
 

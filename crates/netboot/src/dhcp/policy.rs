@@ -34,6 +34,22 @@ pub struct BootFiles {
     pub ipxe: IpxeScript,
 }
 
+impl BootFiles {
+    /// The boot file configured for an architecture type (RFC 4578 / RFC 5970 numbers, the
+    /// same in DHCPv4 option 93 and DHCPv6 option 61), and whether the type is an HTTP-boot
+    /// one that needs a URL.
+    pub fn for_arch(&self, arch: u16) -> (Option<String>, bool) {
+        match arch {
+            0 => (self.bios.clone(), false),
+            6 | 7 | 9 => (self.uefi_x64.clone(), false),
+            11 => (self.arm64.clone(), false),
+            15 | 16 => (self.uefi_x64.clone(), true),
+            19 => (self.arm64.clone(), true),
+            _ => (None, false),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum IpxeScript {
     /// iPXE is treated like any other client (gets the architecture's boot file).
@@ -158,14 +174,7 @@ impl Policy {
             return Ok(file);
         }
         let arch = kind.arch.unwrap_or(0);
-        let (file, http) = match arch {
-            0 => (self.boot.bios.clone(), false),
-            6 | 7 | 9 => (self.boot.uefi_x64.clone(), false),
-            11 => (self.boot.arm64.clone(), false),
-            15 | 16 => (self.boot.uefi_x64.clone(), true),
-            19 => (self.boot.arm64.clone(), true),
-            _ => (None, false),
-        };
+        let (file, http) = self.boot.for_arch(arch);
         let Some(file) = file else {
             return Err(Ignored::NoBootFile(format!(
                 "no boot file configured for architecture {arch} ({})",

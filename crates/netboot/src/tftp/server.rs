@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,10 @@ pub struct TftpServer {
 pub struct TransferControl {
     active: AtomicUsize,
     stopping: AtomicBool,
+    /// Set by `disable_offload`: new transfers send with plain sendmmsg from the start.
+    no_offload: AtomicBool,
+    /// Windows sent with plain sendmmsg (offload off or refused by the kernel).
+    batched_windows: AtomicU64,
 }
 
 impl TransferControl {
@@ -83,6 +87,18 @@ impl TransferControl {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Makes new transfers skip UDP segmentation offload and send each window with plain
+    /// sendmmsg, the path taken where the kernel or route refuses offload (a configuration
+    /// for such hosts, and how tests reach that path on hosts that offload).
+    pub fn disable_offload(&self) {
+        self.no_offload.store(true, Ordering::Relaxed);
+    }
+
+    /// Windows sent with plain sendmmsg so far.
+    pub fn batched_windows(&self) -> u64 {
+        self.batched_windows.load(Ordering::Relaxed)
     }
 
     /// Transfers running now.
@@ -600,7 +616,7 @@ fn run_session(
     }
     .to_vec();
     let fd = socket.as_fd();
-    let mut offload = true;
+    let mut offload = !control.no_offload.load(Ordering::Relaxed);
     // Set at the first retransmission (a partial ACK or a timeout): the client drops what a
     // whole window at once brings, so later windows go out in bursts.
     let mut paced = false;
@@ -639,6 +655,9 @@ fn run_session(
                 paced |= first <= highest_sent;
                 highest_sent = highest_sent.max(last);
                 send_window(socket, &session, data, first, last, paced, &mut offload)?;
+                if !offload {
+                    control.batched_windows.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         // Stale ACKs do not extend the deadline: a client repeating an old ACK still gets a

@@ -1,7 +1,8 @@
-//! Codecs (no I/O, no state): DHCPv4 and TFTP packets, each a bounds-checked view plus a
+//! Codecs (no I/O, no state): DHCPv4, DHCPv6 and TFTP packets, each a bounds-checked view plus a
 //! `Repr`, and HTTP/1.1 request heads.
 
 pub mod dhcp;
+pub mod dhcp6;
 pub mod http;
 pub mod tftp;
 
@@ -66,6 +67,55 @@ mod robustness {
             });
         }
         assert!(parsed > 0);
+    }
+
+    #[test]
+    fn dhcp6_parser_and_policy_survive_corpus_mutations() {
+        use crate::dhcp::policy::{BootFiles, IpxeScript};
+        use crate::dhcp6::leases::LeaseTable6;
+        use crate::dhcp6::policy::{Mode6, Policy6};
+        let mut parsed = 0;
+        let mut answered = 0;
+        let mut policy = Policy6 {
+            mode: Mode6::Full {
+                leases: LeaseTable6::new(
+                    "fd00::100".parse().unwrap(),
+                    "fd00::1ff".parse().unwrap(),
+                    600,
+                )
+                .unwrap(),
+                dns: vec![],
+            },
+            server_duid: super::dhcp6::duid_ll([2, 0, 0, 0, 0, 1]),
+            server_ip: "fd00::1".parse().unwrap(),
+            boot: BootFiles {
+                bios: None,
+                uefi_x64: Some("grubx64.efi".into()),
+                arm64: None,
+                http_port: Some(80),
+                ipxe: IpxeScript::Generated,
+            },
+            rules: crate::rules::Rules::default(),
+        };
+        for seed in corpus("dhcp6") {
+            mutations(&seed, 3000, |bytes| {
+                if let Ok(repr) = super::dhcp6::Dhcp6Repr::parse(bytes) {
+                    parsed += 1;
+                    let again = super::dhcp6::Dhcp6Repr::parse(&repr.emit())
+                        .expect("emitted message parses");
+                    assert_eq!(again, repr);
+                    if let Ok(reply) = policy.handle(&repr, 0) {
+                        answered += 1;
+                        super::dhcp6::Dhcp6Repr::parse(&reply.packet.emit())
+                            .expect("a reply parses");
+                    }
+                }
+            });
+        }
+        assert!(
+            parsed > 0 && answered > 0,
+            "{parsed} parsed, {answered} answered"
+        );
     }
 
     #[test]
