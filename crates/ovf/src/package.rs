@@ -46,6 +46,19 @@ pub struct Package {
     archive: Option<(Arc<dyn ReadAt>, Vec<Member>)>,
 }
 
+/// Whether `source` starts like an OVA: a ustar header whose member is a `.ovf` descriptor.
+/// Cheap (one block), for callers that sort unknown files.
+pub fn probe_ova(source: &dyn ReadAt) -> bool {
+    let mut block = [0u8; tar::BLOCK as usize];
+    if source.read_exact_at(&mut block, 0).is_err() || &block[257..262] != b"ustar" {
+        return false;
+    }
+    block[..100]
+        .split(|&b| b == 0)
+        .next()
+        .is_some_and(|name| name.ends_with(b".ovf"))
+}
+
 /// Whether `head` (the first bytes of a file) looks like an XML document rather than a tar.
 fn looks_like_xml(head: &[u8]) -> bool {
     let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
@@ -66,6 +79,12 @@ impl Package {
         } else {
             Self::open_ova(path, source)
         }
+    }
+
+    /// Opens an OVA from any byte source (a library object, a network export); `path` names
+    /// it in errors.
+    pub fn open_ova_source(path: &Path, source: Arc<dyn ReadAt>) -> Result<Package> {
+        Self::open_ova(path, source)
     }
 
     fn open_ova(path: &Path, source: Arc<dyn ReadAt>) -> Result<Package> {
