@@ -224,7 +224,7 @@ pub fn parse(bytes: &[u8], file: &str) -> Result<Descriptor> {
         }
     }
     let mut systems = Vec::new();
-    collect_systems(&root, &mut systems, file, 0)?;
+    collect_systems(&root, &mut systems, file)?;
     if systems.is_empty() {
         return Err(bad("VirtualSystem", "the descriptor has none".into()));
     }
@@ -250,12 +250,7 @@ pub fn parse(bytes: &[u8], file: &str) -> Result<Descriptor> {
 }
 
 /// VirtualSystems directly in the envelope or in (nested) VirtualSystemCollections.
-fn collect_systems(
-    parent: &Element,
-    out: &mut Vec<VirtualSystem>,
-    file: &str,
-    depth: usize,
-) -> Result<()> {
+fn collect_systems(parent: &Element, out: &mut Vec<VirtualSystem>, file: &str) -> Result<()> {
     for c in &parent.children {
         match c.name.as_str() {
             "VirtualSystem" => {
@@ -263,7 +258,7 @@ fn collect_systems(
                 limit(out.len(), "VirtualSystem", file)?;
             }
             // The XML depth limit bounds the recursion.
-            "VirtualSystemCollection" => collect_systems(c, out, file, depth + 1)?,
+            "VirtualSystemCollection" => collect_systems(c, out, file)?,
             _ => {}
         }
     }
