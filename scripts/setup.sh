@@ -9,6 +9,8 @@ need_root() { if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get)"; 
 PACKAGES=(
   qemu-system-x86 ovmf seabios ipxe-qemu
   xorriso genisoimage p7zip-full libarchive-tools isomd5sum
+  # ovf tests: xmllint validates exported descriptors against the DMTF schema
+  libxml2-utils
   dnsmasq-base atftp atftpd tftp-hpa curl wrk nginx
   linux-image-amd64 busybox-static isolinux syslinux syslinux-common pxelinux
   grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools

@@ -14,6 +14,7 @@ mod manuals;
 mod mkisofs;
 mod multiboot;
 mod netboot;
+mod ovf;
 mod progress;
 mod serve;
 mod top;
@@ -57,6 +58,9 @@ enum Command {
     /// Create, inspect, check, compare and convert virtual disks (qemu-img commands)
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Export disks as an OVA; read, check and import OVA/OVF packages (VMware, VirtualBox)
+    #[command(subcommand)]
+    Ovf(ovf::OvfCommand),
     /// Boot a VM from an ISO, a disk or the network and wait for a console marker
     Boot(boot::Args),
     /// Managed virtual machines: create, start, stop, media, console
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Mkisofs(args) => mkisofs::run(args),
         Command::Multiboot(cmd) => multiboot::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Ovf(cmd) => ovf::run(cmd),
         Command::Boot(args) => boot::run(args),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Netboot(cmd) => netboot::run(cmd),

@@ -1006,3 +1006,71 @@ fn hfsplus_volume_beside_a_partition_offset_is_read_by_7z_and_grub() {
     let x = run("xorriso", &["-indev", s(&cut), "-find", "/hello.txt"]);
     assert!(x.contains("/hello.txt"), "{x}");
 }
+
+/// Regression: level 4 wrote 207-byte names but no ISO 9660:1999 enhanced volume descriptor,
+/// so readers that look for it (libisofs, Linux) took the tree for a plain level-3 one.
+#[test]
+fn level4_writes_the_enhanced_volume_descriptor_readers_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let long_dir = "a folder with a long name and spaces";
+    let long_file = "A very long file name, well beyond thirty-one characters.txt";
+    fs::create_dir_all(src.join(long_dir)).unwrap();
+    fs::write(src.join(long_dir).join(long_file), b"level four\n").unwrap();
+    let ours = dir.path().join("ours.iso");
+    let theirs = dir.path().join("theirs.iso");
+    let mut spec = IsoSpec::default();
+    spec.sources.push(GraftPoint {
+        iso_path: "/".into(),
+        host_path: src.clone(),
+    });
+    spec.naming.iso_level = 4;
+    write(&spec, &ours);
+    run(
+        "genisoimage",
+        &["-quiet", "-iso-level", "4", "-o", s(&theirs), s(&src)],
+    );
+    // The descriptor set: (type, version, file structure version) per sector, as genisoimage.
+    let set = |iso: &Path| {
+        let d = fs::read(iso).unwrap();
+        let mut v = Vec::new();
+        for sector in 16.. {
+            let b = &d[sector * 2048..(sector + 1) * 2048];
+            assert_eq!(&b[1..6], b"CD001");
+            v.push((b[0], b[6], b[881]));
+            if b[0] == 255 {
+                break;
+            }
+        }
+        v
+    };
+    assert_eq!(set(&ours), [(1, 1, 1), (2, 2, 2), (255, 1, 0)]);
+    assert_eq!(set(&ours), set(&theirs));
+    // Without Rock Ridge or Joliet the writer's level-4 names are d-characters (upper case,
+    // `_` for a space) but keep their full length: far past level 3's 31.
+    let path = format!("/{long_dir}/{long_file}")
+        .to_uppercase()
+        .replace(' ', "_");
+    assert!(path.rsplit('/').next().unwrap().len() > 31);
+    let x = run("xorriso", &["-indev", s(&ours), "-find", "/"]);
+    assert!(x.contains(&format!("'{path}'")), "xorriso:\n{x}");
+    let i = run("isoinfo", &["-f", "-i", s(&ours)]);
+    assert!(i.lines().any(|l| l == path), "isoinfo:\n{i}");
+    let cat = run(
+        "xorriso",
+        &[
+            "-indev",
+            s(&ours),
+            "-osirrox",
+            "on",
+            "-extract",
+            &path,
+            s(&dir.path().join("out.txt")),
+        ],
+    );
+    assert!(!cat.contains("FAILURE"), "{cat}");
+    assert_eq!(
+        fs::read(dir.path().join("out.txt")).unwrap(),
+        b"level four\n"
+    );
+}

@@ -132,6 +132,9 @@ pub(crate) fn inspect(
     if vmedia_iso::read::is_iso(source.as_ref()) {
         return inspect_iso(name, source, embedded);
     }
+    if vmedia_ovf::package::probe_ova(source.as_ref()) {
+        return Ok(inspect_ova(path, source));
+    }
     let options = DiskOpenOptions {
         references: ReferencePolicy::None,
         skip_backing: true,
@@ -156,6 +159,40 @@ pub(crate) fn inspect(
             },
             backing: None,
         }),
+    }
+}
+
+/// An OVA is recorded as an OVF package with its disks (from its descriptor; the manifest is
+/// not hashed here: the library keeps the bytes, `vmedia ovf info` checks them).
+fn inspect_ova(path: &Path, source: Arc<dyn ReadAt>) -> Inspection {
+    let kind = match vmedia_ovf::Package::open_ova_source(path, source) {
+        Ok(pkg) => ImageKind::Ovf {
+            name: pkg
+                .descriptor
+                .systems
+                .first()
+                .and_then(|s| s.name.clone().or_else(|| Some(s.id.clone()))),
+            disks: pkg
+                .descriptor
+                .disks
+                .iter()
+                .map(|d| crate::manifest::OvfDiskRecord {
+                    file: pkg
+                        .descriptor
+                        .disk_file(d)
+                        .map(|f| f.href.clone())
+                        .unwrap_or_default(),
+                    capacity: d.capacity,
+                })
+                .collect(),
+        },
+        Err(e) => ImageKind::Raw {
+            note: Some(format!("looks like an OVA but does not open: {e}")),
+        },
+    };
+    Inspection {
+        kind,
+        backing: None,
     }
 }
 

@@ -67,6 +67,14 @@ pub struct EmbeddedCheck {
     pub outcome: String,
 }
 
+/// One disk of an OVA item: the member holding it and its capacity in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct OvfDiskRecord {
+    pub file: String,
+    pub capacity: u64,
+}
+
 /// What vmedia's readers found the image to be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
@@ -85,6 +93,12 @@ pub enum ImageKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         flattened_from: Option<String>,
     },
+    /// An OVA (OVF package in one tar): the VM's name and its disks.
+    Ovf {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        disks: Vec<OvfDiskRecord>,
+    },
     Raw {
         /// Why a more specific reader did not apply, when one was tried and failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +112,7 @@ impl ImageKind {
         match self {
             ImageKind::Iso { .. } => "iso".into(),
             ImageKind::Disk { format, .. } => format.clone(),
+            ImageKind::Ovf { .. } => "ova".into(),
             ImageKind::Raw { .. } => "raw".into(),
         }
     }

@@ -175,6 +175,19 @@ impl Plan {
         vd
     }
 
+    /// The ISO 9660:1999 enhanced volume descriptor of level 4 (ECMA-119 4th edition 8.5):
+    /// a supplementary descriptor (type 2) with descriptor version 2, file structure version 2
+    /// and no escape sequences, describing the same tree as the primary one (whose names are
+    /// already up to 207 bytes at level 4), as genisoimage `-iso-level 4` writes it. libisofs
+    /// (xorriso) and Linux recognise it by those two version bytes.
+    fn enhanced_volume_descriptor(&self, set: &MetaSet) -> Vec<u8> {
+        let mut vd = self.volume_descriptor(set, false);
+        vd[0] = 2;
+        vd[6] = 2;
+        vd[881] = 2;
+        vd
+    }
+
     /// All metadata sectors [0, data_start) as one buffer.
     fn metadata(&self) -> Vec<u8> {
         let sector = SECTOR_SIZE as usize;
@@ -191,6 +204,9 @@ impl Plan {
             put(&mut buf, &self.volume_descriptor(set, false));
             if let Some(c) = self.catalog_lba {
                 put(&mut buf, &super::eltorito::boot_record(c - set.base));
+            }
+            if self.spec.naming.iso_level >= 4 {
+                put(&mut buf, &self.enhanced_volume_descriptor(set));
             }
             if self.joliet.is_some() {
                 put(&mut buf, &self.volume_descriptor(set, true));

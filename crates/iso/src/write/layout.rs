@@ -274,7 +274,9 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
 
     // Metadata sizes do not depend on addresses: measure with placeholder addresses.
     let has_boot = boot.is_some();
-    let vd_count = 1 + u32::from(has_boot) + u32::from(joliet.is_some()) + 1;
+    // Level 4 adds the ISO 9660:1999 enhanced volume descriptor (see emit::metadata).
+    let has_evd = spec.naming.iso_level >= 4;
+    let vd_count = 1 + u32::from(has_boot) + u32::from(has_evd) + u32::from(joliet.is_some()) + 1;
     let offset = spec.hybrid.partition_offset;
     if offset != 0 && offset < 16 {
         return Err(WriteError::InvalidSpec {
