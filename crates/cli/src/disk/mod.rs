@@ -9,6 +9,7 @@ mod info;
 mod map;
 mod measure;
 mod modify;
+mod secret;
 mod wrap;
 
 use std::path::Path;
@@ -73,6 +74,14 @@ pub struct RefArgs {
     /// check lists the ignored mismatches. Env: VMEDIA_IGNORE_CHECKSUMS=1
     #[arg(long = "ignore-checksums")]
     pub ignore_checksums: bool,
+    /// Passphrase of an encrypted (LUKS) qcow2 image, as qemu-img spells it:
+    /// secret,id=ID,file=FILE or secret,id=ID,data=TEXT (repeatable; each is tried on each
+    /// encrypted image; -o encrypt.key-secret=ID picks a new image's)
+    #[arg(long = "object", value_name = "OBJECT")]
+    pub objects: Vec<String>,
+    /// Passphrase of an encrypted image read from FILE (its exact bytes, as qemu's file=)
+    #[arg(long = "secret-file", value_name = "FILE")]
+    pub secret_files: Vec<std::path::PathBuf>,
 }
 
 impl RefArgs {
@@ -92,8 +101,22 @@ impl RefArgs {
             references: self.policy()?,
             format,
             ignore_checksums: self.ignore_checksums || from_env,
+            secrets: self.secrets()?,
             ..OpenOptions::default()
         })
+    }
+
+    /// The secrets of --object and --secret-file.
+    pub fn secrets(&self) -> anyhow::Result<Vec<vmedia_disk::image::Secret>> {
+        secret::collect(&self.objects, &self.secret_files)
+    }
+
+    /// The passphrase of a new image made with `-o encrypt.format=luks` (None otherwise).
+    pub fn create_secret(
+        &self,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Option<vmedia_disk::image::Secret>> {
+        secret::for_create(options, &self.secrets()?)
     }
 }
 
@@ -107,6 +130,21 @@ pub fn parse_format(name: Option<&str>) -> anyhow::Result<Option<Format>> {
 pub fn open_image(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn DiskImage>> {
     crate::library::open_disk(path, opts)
         .with_context(|| format!("Could not open '{}'", path.display()))
+}
+
+/// Opens an image whose data will be read: an encrypted qcow2 given no secret asks for its
+/// passphrase on an interactive terminal.
+pub fn open_data_image(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn DiskImage>> {
+    if opts.secrets.is_empty() && secret::is_encrypted_qcow2(path) {
+        if let Some(s) = secret::prompt(&format!("Passphrase for {}: ", path.display()))? {
+            let opts = OpenOptions {
+                secrets: vec![s],
+                ..opts.clone()
+            };
+            return open_image(path, &opts);
+        }
+    }
+    open_image(path, opts)
 }
 
 /// Parses qemu-img -o "k=v,k2=v2" lists (several -o are merged; ",," escapes a comma).
