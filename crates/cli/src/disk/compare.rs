@@ -30,6 +30,8 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     refs: RefArgs,
+    #[command(flatten)]
+    bare: super::BareSizeArg,
     first: PathBuf,
     second: PathBuf,
 }
@@ -45,6 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn run_inner(a: &Args) -> anyhow::Result<ExitCode> {
+    a.bare.apply()?;
     let img_a = super::open_data_image(
         &a.first,
         &a.refs.open_options(parse_format(a.format_a.as_deref())?)?,

@@ -22,10 +22,13 @@ pub struct Args {
     backing_chain: bool,
     #[command(flatten)]
     refs: RefArgs,
+    #[command(flatten)]
+    bare: super::BareSizeArg,
     file: PathBuf,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    a.bare.apply()?;
     let format = parse_format(a.format.as_deref())?;
     let mut infos: Vec<ImageInfo> = Vec::new();
     if a.backing_chain {

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use vmedia_disk::image::{CreateOptions, DiskImage, Format, OpenOptions, ReferencePolicy};
+use vmedia_disk::vmdk;
 
 #[derive(clap::Subcommand)]
 pub enum DiskCommand {
@@ -84,6 +85,31 @@ pub struct RefArgs {
     pub secret_files: Vec<std::path::PathBuf>,
 }
 
+/// `--size` of the commands that read a bare seSparse extent.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BareSizeArg {
+    /// Virtual size of a bare ESXi seSparse extent opened with -f sesparse (it has no
+    /// descriptor; default: the capacity its header records)
+    #[arg(long = "size", value_name = "SIZE")]
+    pub size: Option<String>,
+}
+
+impl BareSizeArg {
+    /// Records the size for the images this command opens.
+    pub fn apply(&self) -> anyhow::Result<()> {
+        if let Some(size) = &self.size {
+            let _ = BARE_SIZE.set(parse_size(size)?);
+        }
+        Ok(())
+    }
+}
+
+/// `-f sesparse` was given: the image is read as a seSparse extent whatever its first bytes.
+static NAMED_SESPARSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The --size of a bare seSparse extent, for the one command this process runs.
+static BARE_SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 impl RefArgs {
     pub fn policy(&self) -> anyhow::Result<ReferencePolicy> {
         let from_env = crate::env::allow_references();
@@ -120,14 +146,46 @@ impl RefArgs {
     }
 }
 
-/// Parses a -f/-O/-F format name.
+/// Parses a -f/-O/-F format name. `sesparse` (a bare ESXi seSparse extent, no descriptor)
+/// is a VMDK layer.
 pub fn parse_format(name: Option<&str>) -> anyhow::Result<Option<Format>> {
+    if name == Some("sesparse") {
+        NAMED_SESPARSE.store(true, std::sync::atomic::Ordering::Relaxed);
+        return Ok(Some(Format::Vmdk));
+    }
     name.map(|n| Format::from_name(n).map_err(anyhow::Error::from))
         .transpose()
 }
 
+/// A bare seSparse extent named as VMDK (`-f sesparse` or `-f vmdk`): opened as a disk of
+/// --size bytes or its header's capacity.
+fn open_bare_sesparse(
+    path: &Path,
+    opts: &OpenOptions,
+) -> Option<anyhow::Result<Box<dyn DiskImage>>> {
+    if opts.format != Some(Format::Vmdk) {
+        return None;
+    }
+    let mut head = [0u8; 16];
+    let file = std::fs::File::open(path).ok()?;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).ok()?;
+    let named = NAMED_SESPARSE.load(std::sync::atomic::Ordering::Relaxed);
+    if !named && u64::from_le_bytes(head[..8].try_into().ok()?) != vmdk::sesparse::CONST_MAGIC {
+        return None;
+    }
+    let source: std::sync::Arc<dyn vmedia_io::ReadAt> = std::sync::Arc::new(file);
+    Some(
+        vmdk::VmdkImage::open_bare_sesparse(path, source, BARE_SIZE.get().copied())
+            .map(|img| Box::new(img) as Box<dyn DiskImage>)
+            .with_context(|| format!("Could not open '{}'", path.display())),
+    )
+}
+
 /// Opens an image with the shared options.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn DiskImage>> {
+    if let Some(opened) = open_bare_sesparse(path, opts) {
+        return opened;
+    }
     crate::library::open_disk(path, opts)
         .with_context(|| format!("Could not open '{}'", path.display()))
 }
