@@ -46,9 +46,9 @@ impl IvGen {
 
 #[derive(Clone)]
 enum Pair {
-    A128(Aes128, Aes128),
-    A192(Aes192, Aes192),
-    A256(Aes256, Aes256),
+    A128(Box<(Aes128, Aes128)>),
+    A192(Box<(Aes192, Aes192)>),
+    A256(Box<(Aes256, Aes256)>),
 }
 
 /// An AES-XTS key (two AES keys of equal size) with its IV generator.
@@ -76,18 +76,18 @@ impl XtsCipher {
         let half = key.len() / 2;
         let (k1, k2) = key.split_at(half);
         let pair = match key.len() {
-            32 => Pair::A128(
+            32 => Pair::A128(Box::new((
                 Aes128::new_from_slice(k1).ok()?,
                 Aes128::new_from_slice(k2).ok()?,
-            ),
-            48 => Pair::A192(
+            ))),
+            48 => Pair::A192(Box::new((
                 Aes192::new_from_slice(k1).ok()?,
                 Aes192::new_from_slice(k2).ok()?,
-            ),
-            64 => Pair::A256(
+            ))),
+            64 => Pair::A256(Box::new((
                 Aes256::new_from_slice(k1).ok()?,
                 Aes256::new_from_slice(k2).ok()?,
-            ),
+            ))),
             _ => return None,
         };
         Some(XtsCipher { pair, iv })
@@ -135,9 +135,9 @@ impl XtsCipher {
         for (i, sector) in buf.chunks_exact_mut(SECTOR).enumerate() {
             let number = first_sector.wrapping_add(i as u64);
             match &self.pair {
-                Pair::A128(k1, k2) => sector_op(k1, k2, sector, self.iv.tweak(number), encrypt),
-                Pair::A192(k1, k2) => sector_op(k1, k2, sector, self.iv.tweak(number), encrypt),
-                Pair::A256(k1, k2) => sector_op(k1, k2, sector, self.iv.tweak(number), encrypt),
+                Pair::A128(k) => sector_op(&k.0, &k.1, sector, self.iv.tweak(number), encrypt),
+                Pair::A192(k) => sector_op(&k.0, &k.1, sector, self.iv.tweak(number), encrypt),
+                Pair::A256(k) => sector_op(&k.0, &k.1, sector, self.iv.tweak(number), encrypt),
             }
         }
     }

@@ -387,7 +387,7 @@ impl VmdkImage {
     ) -> Result<VmdkImage> {
         let extent = sesparse::SeSparseExtent::open(path, source)?;
         let len = size.unwrap_or(extent.capacity_bytes());
-        if len > extent.capacity_bytes() || len % SECTOR != 0 {
+        if len > extent.capacity_bytes() || !len.is_multiple_of(SECTOR) {
             return Err(DiskError::InvalidOption {
                 key: "size".into(),
                 value: len.to_string(),
