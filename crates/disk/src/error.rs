@@ -85,6 +85,10 @@ pub enum DiskError {
         size: u64,
     },
 
+    /// An encrypted image whose secret is missing or does not unlock it.
+    #[error("{}: {reason}", path.display())]
+    Secret { path: PathBuf, reason: String },
+
     /// A format name that is not known.
     #[error("unknown disk format {0:?} (known: raw, qcow2, vmdk, vpc (alias vhd), vhdx)")]
     UnknownFormat(String),

@@ -421,6 +421,36 @@ pub struct OpenOptions {
     /// sets it from `--ignore-checksums` or `VMEDIA_IGNORE_CHECKSUMS=1`; the library never
     /// reads the environment. Applies to the whole chain.
     pub ignore_checksums: bool,
+    /// Secrets (passphrases) for encrypted images in the chain, tried in order on each
+    /// encrypted layer; an encrypted image opened without one reports its metadata but refuses
+    /// data reads.
+    pub secrets: Vec<Secret>,
+}
+
+/// A passphrase for an encrypted image (qemu's `secret` object); `Debug` shows only its id.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub id: String,
+    data: Arc<[u8]>,
+}
+
+impl Secret {
+    pub fn new(id: impl Into<String>, data: &[u8]) -> Secret {
+        Secret {
+            id: id.into(),
+            data: Arc::from(data),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({:?}, {} bytes)", self.id, self.data.len())
+    }
 }
 
 /// The signature of an image opener: a format module's `open`, or the factory's
@@ -502,6 +532,8 @@ pub struct CreateOptions {
     /// convert's default cache mode ("unsafe") does not flush; `-t writeback` and the other
     /// modes do. Writers finish through `AtomicFile::commit_with(durability(flush))`.
     pub flush: bool,
+    /// The passphrase of a new encrypted image (`-o encrypt.format=luks`).
+    pub secret: Option<Secret>,
 }
 
 impl CreateOptions {
@@ -514,6 +546,7 @@ impl CreateOptions {
             compress: false,
             overwrite: OverwritePolicy::Replace,
             flush: true,
+            secret: None,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::progress::Bar;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia disk compare disk.raw disk.qcow2\n  vmedia disk compare -f qcow2 -F vmdk -s a.qcow2 b.vmdk\n\nExit codes: 0 identical, 1 different, 2 an image could not be read."
+    after_help = "Examples:\n  vmedia disk compare disk.raw disk.qcow2\n  vmedia disk compare -f qcow2 -F vmdk -s a.qcow2 b.vmdk\n  vmedia disk compare --object secret,id=a,file=pa --object secret,id=b,file=pb x.qcow2 y.qcow2\n\nExit codes: 0 identical, 1 different, 2 an image could not be read."
 )]
 pub struct Args {
     /// Format of the first image
@@ -30,6 +30,8 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     refs: RefArgs,
+    #[command(flatten)]
+    bare: super::BareSizeArg,
     first: PathBuf,
     second: PathBuf,
 }
@@ -45,11 +47,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn run_inner(a: &Args) -> anyhow::Result<ExitCode> {
-    let img_a = super::open_image(
+    a.bare.apply()?;
+    let img_a = super::open_data_image(
         &a.first,
         &a.refs.open_options(parse_format(a.format_a.as_deref())?)?,
     )?;
-    let img_b = super::open_image(
+    let img_b = super::open_data_image(
         &a.second,
         &a.refs.open_options(parse_format(a.format_b.as_deref())?)?,
     )?;

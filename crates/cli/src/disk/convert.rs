@@ -16,7 +16,7 @@ use vmedia_io::Progress;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia disk convert -O qcow2 disk.raw disk.qcow2\n  vmedia disk convert -c -O qcow2 -o compression_type=zstd disk.raw small.qcow2\n  vmedia disk convert -p -O vmdk -o subformat=streamOptimized disk.qcow2 disk.vmdk\n  vmedia disk convert -O vmdk /dev/sdb physical.vmdk      (capture a whole disk)\n  vmedia disk convert -O qcow2 -B base.qcow2 -F qcow2 overlay.qcow2 new-overlay.qcow2\n  vmedia disk convert --target azure disk.qcow2 azure.vhd   (fixed VHD, whole MiB)\n  vmedia disk convert --target esxi disk.raw esxi.vmdk     (streamOptimized for vSphere)\n  vmedia disk convert --target hyperv disk.raw hyperv.vhdx\n\nThe output replaces an existing file, as qemu-img does; it appears only when complete.\nReading, compression and writing overlap on all cores (-m limits the threads); -W is\naccepted for compatibility."
+    after_help = "Examples:\n  vmedia disk convert -O qcow2 disk.raw disk.qcow2\n  vmedia disk convert -c -O qcow2 -o compression_type=zstd disk.raw small.qcow2\n  vmedia disk convert -p -O vmdk -o subformat=streamOptimized disk.qcow2 disk.vmdk\n  vmedia disk convert -O vmdk /dev/sdb physical.vmdk      (capture a whole disk)\n  vmedia disk convert -O qcow2 -B base.qcow2 -F qcow2 overlay.qcow2 new-overlay.qcow2\n  vmedia disk convert --target azure disk.qcow2 azure.vhd   (fixed VHD, whole MiB)\n  vmedia disk convert --target esxi disk.raw esxi.vmdk     (streamOptimized for vSphere)\n  vmedia disk convert --target hyperv disk.raw hyperv.vhdx\n  vmedia disk convert -O qcow2 --object secret,id=s,file=pass.txt -o encrypt.format=luks,encrypt.key-secret=s disk.raw secret.qcow2\n  vmedia disk convert --secret-file pass.txt -O raw secret.qcow2 disk.raw\n  vmedia disk convert -f sesparse --size 16M -O raw delta-sesparse.vmdk delta.raw   (bare ESXi seSparse extent)\n\nThe output replaces an existing file, as qemu-img does; it appears only when complete.\nReading, compression and writing overlap on all cores (-m limits the threads); -W is\naccepted for compatibility."
 )]
 pub struct Args {
     /// Format of the inputs (probed when absent)
@@ -66,12 +66,15 @@ pub struct Args {
     target: Option<String>,
     #[command(flatten)]
     refs: RefArgs,
+    #[command(flatten)]
+    bare: super::BareSizeArg,
     /// Input images, then the output
     #[arg(required = true, num_args = 2..)]
     files: Vec<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    a.bare.apply()?;
     let _ = a.out_of_order;
     let (output, inputs) = match a.files.split_last() {
         Some((o, i)) if !i.is_empty() => (o.clone(), i.to_vec()),
@@ -88,7 +91,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         {
             bail!("{}: the output is also an input", output.display());
         }
-        images.push(super::open_image(input, &open_opts)?);
+        images.push(super::open_data_image(input, &open_opts)?);
     }
     let mut source = Concat::new(&images)?;
     let mut opts = CreateOptions::new(out_format, source.size());
@@ -107,6 +110,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         source.pad_to(opts.virtual_size)?;
     }
     opts.compress = a.compress;
+    opts.secret = a.refs.create_secret(&opts.options)?;
     opts.flush = match a.cache.as_deref() {
         None | Some("unsafe") => false,
         Some("writeback" | "writethrough" | "directsync" | "none") => true,

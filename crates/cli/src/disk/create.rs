@@ -11,7 +11,7 @@ use super::{parse_format, parse_o_options, parse_size, RefArgs};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia disk create -f qcow2 disk.qcow2 20G\n  vmedia disk create -f qcow2 -o cluster_size=2M,lazy_refcounts=on disk.qcow2 100G\n  vmedia disk create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk create -f vmdk -o subformat=streamOptimized disk.vmdk 8G\n\nThe new file replaces an existing one, as qemu-img does."
+    after_help = "Examples:\n  vmedia disk create -f qcow2 disk.qcow2 20G\n  vmedia disk create -f qcow2 -o cluster_size=2M,lazy_refcounts=on disk.qcow2 100G\n  vmedia disk create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2\n  vmedia disk create -f vmdk -o subformat=streamOptimized disk.vmdk 8G\n  vmedia disk create -f qcow2 --object secret,id=sec0,file=pass.txt -o encrypt.format=luks,encrypt.key-secret=sec0 secret.qcow2 20G\n\nThe new file replaces an existing one, as qemu-img does."
 )]
 pub struct Args {
     /// Image format: raw (default), qcow2, vmdk, vpc (or vhd), vhdx
@@ -76,6 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         bail!("Image creation needs a size parameter")
     };
     opts.virtual_size = size;
+    opts.secret = a.refs.create_secret(&opts.options)?;
     if !a.quiet {
         let mut line = format!(
             "Formatting '{}', fmt={}",

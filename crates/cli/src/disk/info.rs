@@ -22,10 +22,13 @@ pub struct Args {
     backing_chain: bool,
     #[command(flatten)]
     refs: RefArgs,
+    #[command(flatten)]
+    bare: super::BareSizeArg,
     file: PathBuf,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    a.bare.apply()?;
     let format = parse_format(a.format.as_deref())?;
     let mut infos: Vec<ImageInfo> = Vec::new();
     if a.backing_chain {
@@ -57,6 +60,28 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One format-specific field; objects and lists nest as qemu-img prints them (the "encrypt"
+/// object of a LUKS qcow2 and its slot list).
+fn human_value(s: &mut String, depth: usize, key: &str, v: &serde_json::Value) {
+    let pad = "    ".repeat(depth);
+    match v {
+        serde_json::Value::Object(map) => {
+            s.push_str(&format!("{pad}{key}:\n"));
+            for (k, v) in map {
+                human_value(s, depth + 1, &k.replace('-', " "), v);
+            }
+        }
+        serde_json::Value::Array(items) if items.iter().all(|i| i.is_object()) => {
+            s.push_str(&format!("{pad}{key}:\n"));
+            for (i, item) in items.iter().enumerate() {
+                human_value(s, depth + 1, &format!("[{i}]"), item);
+            }
+        }
+        serde_json::Value::String(t) => s.push_str(&format!("{pad}{key}: {t}\n")),
+        other => s.push_str(&format!("{pad}{key}: {other}\n")),
+    }
+}
+
 /// qemu-img info's text layout.
 fn human(info: &ImageInfo) -> String {
     let mut s = String::new();
@@ -69,6 +94,9 @@ fn human(info: &ImageInfo) -> String {
     ));
     if let Some(a) = info.actual_size {
         s.push_str(&format!("disk size: {}\n", human_size(a)));
+    }
+    if info.encrypted == Some(true) {
+        s.push_str("encrypted: yes\n");
     }
     if let Some(c) = info.cluster_size {
         s.push_str(&format!("cluster_size: {c}\n"));
@@ -109,11 +137,7 @@ fn human(info: &ImageInfo) -> String {
         if let Some(data) = spec.get("data").and_then(|d| d.as_object()) {
             s.push_str("Format specific information:\n");
             for (k, v) in data {
-                let value = match v {
-                    serde_json::Value::String(t) => t.clone(),
-                    other => other.to_string(),
-                };
-                s.push_str(&format!("    {}: {}\n", k.replace('-', " "), value));
+                human_value(&mut s, 1, &k.replace('-', " "), v);
             }
         }
     }

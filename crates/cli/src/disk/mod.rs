@@ -9,6 +9,7 @@ mod info;
 mod map;
 mod measure;
 mod modify;
+mod secret;
 mod wrap;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use vmedia_disk::image::{CreateOptions, DiskImage, Format, OpenOptions, ReferencePolicy};
+use vmedia_disk::vmdk;
 
 #[derive(clap::Subcommand)]
 pub enum DiskCommand {
@@ -73,7 +75,40 @@ pub struct RefArgs {
     /// check lists the ignored mismatches. Env: VMEDIA_IGNORE_CHECKSUMS=1
     #[arg(long = "ignore-checksums")]
     pub ignore_checksums: bool,
+    /// Passphrase of an encrypted (LUKS) qcow2 image, as qemu-img spells it:
+    /// secret,id=ID,file=FILE or secret,id=ID,data=TEXT (repeatable; each is tried on each
+    /// encrypted image; -o encrypt.key-secret=ID picks a new image's)
+    #[arg(long = "object", value_name = "OBJECT")]
+    pub objects: Vec<String>,
+    /// Passphrase of an encrypted image read from FILE (its exact bytes, as qemu's file=)
+    #[arg(long = "secret-file", value_name = "FILE")]
+    pub secret_files: Vec<std::path::PathBuf>,
 }
+
+/// `--size` of the commands that read a bare seSparse extent.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BareSizeArg {
+    /// Virtual size of a bare ESXi seSparse extent opened with -f sesparse (it has no
+    /// descriptor; default: the capacity its header records)
+    #[arg(long = "size", value_name = "SIZE")]
+    pub size: Option<String>,
+}
+
+impl BareSizeArg {
+    /// Records the size for the images this command opens.
+    pub fn apply(&self) -> anyhow::Result<()> {
+        if let Some(size) = &self.size {
+            let _ = BARE_SIZE.set(parse_size(size)?);
+        }
+        Ok(())
+    }
+}
+
+/// `-f sesparse` was given: the image is read as a seSparse extent whatever its first bytes.
+static NAMED_SESPARSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The --size of a bare seSparse extent, for the one command this process runs.
+static BARE_SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 impl RefArgs {
     pub fn policy(&self) -> anyhow::Result<ReferencePolicy> {
@@ -92,21 +127,82 @@ impl RefArgs {
             references: self.policy()?,
             format,
             ignore_checksums: self.ignore_checksums || from_env,
+            secrets: self.secrets()?,
             ..OpenOptions::default()
         })
     }
+
+    /// The secrets of --object and --secret-file.
+    pub fn secrets(&self) -> anyhow::Result<Vec<vmedia_disk::image::Secret>> {
+        secret::collect(&self.objects, &self.secret_files)
+    }
+
+    /// The passphrase of a new image made with `-o encrypt.format=luks` (None otherwise).
+    pub fn create_secret(
+        &self,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Option<vmedia_disk::image::Secret>> {
+        secret::for_create(options, &self.secrets()?)
+    }
 }
 
-/// Parses a -f/-O/-F format name.
+/// Parses a -f/-O/-F format name. `sesparse` (a bare ESXi seSparse extent, no descriptor)
+/// is a VMDK layer.
 pub fn parse_format(name: Option<&str>) -> anyhow::Result<Option<Format>> {
+    if name == Some("sesparse") {
+        NAMED_SESPARSE.store(true, std::sync::atomic::Ordering::Relaxed);
+        return Ok(Some(Format::Vmdk));
+    }
     name.map(|n| Format::from_name(n).map_err(anyhow::Error::from))
         .transpose()
 }
 
+/// A bare seSparse extent named as VMDK (`-f sesparse` or `-f vmdk`): opened as a disk of
+/// --size bytes or its header's capacity.
+fn open_bare_sesparse(
+    path: &Path,
+    opts: &OpenOptions,
+) -> Option<anyhow::Result<Box<dyn DiskImage>>> {
+    if opts.format != Some(Format::Vmdk) {
+        return None;
+    }
+    let mut head = [0u8; 16];
+    let file = std::fs::File::open(path).ok()?;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).ok()?;
+    let named = NAMED_SESPARSE.load(std::sync::atomic::Ordering::Relaxed);
+    if !named && u64::from_le_bytes(head[..8].try_into().ok()?) != vmdk::sesparse::CONST_MAGIC {
+        return None;
+    }
+    let source: std::sync::Arc<dyn vmedia_io::ReadAt> = std::sync::Arc::new(file);
+    Some(
+        vmdk::VmdkImage::open_bare_sesparse(path, source, BARE_SIZE.get().copied())
+            .map(|img| Box::new(img) as Box<dyn DiskImage>)
+            .with_context(|| format!("Could not open '{}'", path.display())),
+    )
+}
+
 /// Opens an image with the shared options.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn DiskImage>> {
+    if let Some(opened) = open_bare_sesparse(path, opts) {
+        return opened;
+    }
     crate::library::open_disk(path, opts)
         .with_context(|| format!("Could not open '{}'", path.display()))
+}
+
+/// Opens an image whose data will be read: an encrypted qcow2 given no secret asks for its
+/// passphrase on an interactive terminal.
+pub fn open_data_image(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn DiskImage>> {
+    if opts.secrets.is_empty() && secret::is_encrypted_qcow2(path) {
+        if let Some(s) = secret::prompt(&format!("Passphrase for {}: ", path.display()))? {
+            let opts = OpenOptions {
+                secrets: vec![s],
+                ..opts.clone()
+            };
+            return open_image(path, &opts);
+        }
+    }
+    open_image(path, opts)
 }
 
 /// Parses qemu-img -o "k=v,k2=v2" lists (several -o are merged; ",," escapes a comma).

@@ -140,6 +140,9 @@ pub(crate) fn check_with_counts(
     };
     progress.set_total(u64::from(h.l1_size) + img.snapshots.len() as u64 * u64::from(h.l1_size));
     c.add(0, cs, "header");
+    if let Some((offset, len)) = h.crypto {
+        c.add(offset, len, "encryption header");
+    }
     // Active L1 with fragmentation statistics and COPIED-flag checks.
     let stored = stored_refcounts(img)?;
     walk_l1(

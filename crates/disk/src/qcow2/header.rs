@@ -31,6 +31,10 @@ pub const MAX_BACKING_NAME: u32 = 1023;
 pub const MAX_EXTENSIONS: usize = 1024;
 /// qemu's QCOW_MAX_SNAPSHOTS.
 pub const MAX_SNAPSHOTS: u32 = 65536;
+/// crypt_method values: none, the legacy AES-CBC scheme, LUKS.
+pub const CRYPT_NONE: u32 = 0;
+pub const CRYPT_AES: u32 = 1;
+pub const CRYPT_LUKS: u32 = 2;
 
 pub const INCOMPAT_DIRTY: u64 = 1 << 0;
 pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
@@ -90,6 +94,8 @@ pub struct Header {
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
     pub data_file: Option<String>,
+    /// The full disk encryption header extension: offset and length of the LUKS region.
+    pub crypto: Option<(u64, u64)>,
     /// Bytes from offset 0 that the header, its extensions and backing name occupy.
     pub used_len: u64,
 }
@@ -176,6 +182,7 @@ impl Header {
             backing_file: None,
             backing_format: None,
             data_file: None,
+            crypto: None,
             used_len: V2_HEADER_LEN as u64,
         };
         if version == 3 {
@@ -262,12 +269,22 @@ impl Header {
                 why: "qemu's own maximum virtual size",
             });
         }
-        if h.crypt_method != 0 {
-            return Err(DiskError::Unsupported {
-                path: path.into(),
-                format: "qcow2",
-                feature: format!("encryption (crypt_method {})", h.crypt_method),
-            });
+        match h.crypt_method {
+            CRYPT_NONE | CRYPT_LUKS => {}
+            CRYPT_AES => {
+                return Err(DiskError::Unsupported {
+                    path: path.into(),
+                    format: "qcow2",
+                    feature: "legacy AES encryption (crypt_method 1; qemu refuses it too: convert it with qemu-img 2.x)".into(),
+                })
+            }
+            other => {
+                return Err(corrupt(
+                    32,
+                    "crypt_method",
+                    format!("{other} is not 0 (none), 1 (aes) or 2 (luks)"),
+                ))
+            }
         }
         // L1 must cover the virtual size.
         let l2_span = cluster_size
@@ -390,11 +407,16 @@ impl Header {
                 EXT_BACKING_FORMAT => h.backing_format = Some(text()),
                 EXT_DATA_FILE => h.data_file = Some(text()),
                 EXT_CRYPTO => {
-                    return Err(DiskError::Unsupported {
-                        path: path.into(),
-                        format: "qcow2",
-                        feature: "encryption header".into(),
-                    })
+                    let (Some(offset), Some(len), 16) =
+                        (bytes::be64(data, 0), bytes::be64(data, 8), data.len())
+                    else {
+                        return Err(corrupt(
+                            pos as u64,
+                            "encryption header extension",
+                            format!("{} bytes, must be 16", data.len()),
+                        ));
+                    };
+                    h.crypto = Some((offset, len));
                 }
                 _ => {}
             }
@@ -429,6 +451,44 @@ impl Header {
             };
             h.backing_file = Some(String::from_utf8_lossy(name).into_owned());
             h.used_len = h.used_len.max(end);
+        }
+        match (h.crypt_method, h.crypto) {
+            (CRYPT_LUKS, Some((offset, len))) => {
+                if len == 0 || len > super::luks::MAX_REGION_LEN {
+                    return Err(DiskError::Limit {
+                        path: path.into(),
+                        offset: 0,
+                        field: "encryption header length",
+                        value: len,
+                        limit: super::luks::MAX_REGION_LEN,
+                        why: "8 LUKS key slots of the largest key need far less",
+                    });
+                }
+                check_table(
+                    path,
+                    0,
+                    "encryption header offset",
+                    offset,
+                    len,
+                    cluster_size,
+                    file_len,
+                )?;
+            }
+            (CRYPT_LUKS, None) => {
+                return Err(corrupt(
+                    32,
+                    "crypt_method",
+                    "LUKS encryption without the encryption header extension".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(corrupt(
+                    32,
+                    "crypt_method",
+                    "encryption header extension in an image that is not LUKS-encrypted".into(),
+                ))
+            }
+            _ => {}
         }
         if h.incompatible_features & INCOMPAT_DATA_FILE != 0 && h.data_file.is_none() {
             return Err(corrupt(
@@ -465,6 +525,11 @@ impl Header {
                 exts.push(0);
             }
         };
+        if let Some((offset, len)) = self.crypto {
+            let mut data = offset.to_be_bytes().to_vec();
+            data.extend_from_slice(&len.to_be_bytes());
+            push_ext(EXT_CRYPTO, &data);
+        }
         if let Some(f) = &self.backing_format {
             push_ext(EXT_BACKING_FORMAT, f.as_bytes());
         }
@@ -600,6 +665,7 @@ mod tests {
             backing_file: Some("base.qcow2".into()),
             backing_format: Some("qcow2".into()),
             data_file: None,
+            crypto: None,
             used_len: 0,
         }
     }

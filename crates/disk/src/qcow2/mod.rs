@@ -2,14 +2,17 @@
 //!
 //! `header` parses/emits the header and its extensions, `reader` maps guest clusters and reads
 //! them, `writer` lays out new images, `check` rebuilds refcounts, `modify` changes existing
-//! images in place (resize, commit, rebase).
+//! images in place (resize, commit, rebase). `luks` and `xts` are the LUKS encryption
+//! (crypt_method 2) of data clusters.
 
 pub mod check;
 pub mod header;
+pub mod luks;
 pub mod modify;
 pub mod reader;
 mod refcount;
 pub mod writer;
+pub mod xts;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -58,6 +58,15 @@ impl Qcow2Editor {
                 feature: "changing an image that has internal snapshots".into(),
             });
         }
+        if h.crypto.is_some() && !for_repair {
+            // Resize, commit and rebase write guest data in place; encrypting it there is
+            // not implemented, and plaintext in an encrypted image must never happen.
+            return Err(DiskError::Unsupported {
+                path: path.into(),
+                format: "qcow2",
+                feature: "changing an encrypted image in place (convert it instead)".into(),
+            });
+        }
         if h.extended_l2() || h.data_file.is_some() {
             return Err(DiskError::Unsupported {
                 path: path.into(),

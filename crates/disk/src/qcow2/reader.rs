@@ -73,6 +73,8 @@ pub struct Qcow2Image {
     backing_ref: Option<BackingRef>,
     data_file: Option<(PathBuf, Arc<dyn ReadAt>)>,
     pub(crate) snapshots: Vec<(SnapshotInfo, u64, u32)>,
+    /// LUKS encryption (crypt_method 2): data clusters are decrypted as they are read.
+    pub(crate) encryption: Option<super::luks::Encryption>,
 }
 
 pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<Qcow2Image> {
@@ -85,6 +87,16 @@ pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<
         .read_exact_at(&mut head, 0)
         .map_err(|e| DiskError::io(path, 0, e))?;
     let header = Header::parse(path, &head, file_len)?;
+    let encryption = match header.crypto {
+        Some((offset, len)) => Some(super::luks::Encryption::open(
+            path,
+            source.as_ref(),
+            offset,
+            len,
+            &opts.secrets,
+        )?),
+        None => None,
+    };
     let l1_bytes = header.l1_size as usize * 8;
     let mut raw_l1 = vec![0u8; l1_bytes];
     source
@@ -137,6 +149,7 @@ pub fn open(path: &Path, source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<
         backing_ref,
         data_file,
         snapshots: Vec::new(),
+        encryption,
     };
     img.snapshots = img.read_snapshots()?;
     Ok(img)
@@ -228,6 +241,13 @@ impl Qcow2Image {
         let (entry, bitmap) = self.l2_entry(guest_offset)?;
         let cluster = self.header.cluster_size();
         if entry & OFLAG_COMPRESSED != 0 {
+            if self.encryption.is_some() {
+                return Err(self.corrupt(
+                    guest_offset,
+                    "L2 entry",
+                    "compressed cluster in an encrypted image (qemu never writes one)".into(),
+                ));
+            }
             if self.data_file.is_some() {
                 return Err(self.corrupt(
                     guest_offset,
@@ -266,8 +286,32 @@ impl Qcow2Image {
         Ok(Mapping::Data(host))
     }
 
-    /// Reads data-cluster bytes; reads past the end of the file give zeros, as in qemu.
+    /// Reads data-cluster bytes (decrypted when the image is encrypted).
     fn read_host(&self, buf: &mut [u8], host_offset: u64) -> Result<()> {
+        let Some(encryption) = &self.encryption else {
+            return self.read_host_plain(buf, host_offset);
+        };
+        let cipher = encryption.cipher(&self.path)?;
+        // Sectors are the unit of encryption; the sector number is the host offset / 512.
+        let sector = super::xts::SECTOR as u64;
+        let start = host_offset - host_offset % sector;
+        let end = (host_offset + buf.len() as u64).div_ceil(sector) * sector;
+        if start == host_offset && end == host_offset + buf.len() as u64 {
+            self.read_host_plain(buf, host_offset)?;
+            cipher.decrypt(buf, host_offset / sector);
+            return Ok(());
+        }
+        let mut whole = vec![0u8; (end - start) as usize];
+        self.read_host_plain(&mut whole, start)?;
+        cipher.decrypt(&mut whole, start / sector);
+        let skip = (host_offset - start) as usize;
+        buf.copy_from_slice(&whole[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    /// Reads data-cluster bytes as stored; reads past the end of the file give zeros, as in
+    /// qemu.
+    fn read_host_plain(&self, buf: &mut [u8], host_offset: u64) -> Result<()> {
         let (path, src): (&Path, &dyn ReadAt) = match &self.data_file {
             Some((p, f)) => (p.as_path(), f.as_ref()),
             None => (self.path.as_path(), self.source.as_ref()),
@@ -459,6 +503,11 @@ impl Qcow2Image {
     /// The end of the highest allocation in the file, as qemu-img check's image-end-offset.
     pub fn file_len(&self) -> u64 {
         self.file_len
+    }
+
+    /// The LUKS encryption of the image, if any.
+    pub fn encryption(&self) -> Option<&super::luks::Encryption> {
+        self.encryption.as_ref()
     }
 
     pub fn is_compressed_format(&self) -> Compression {
@@ -665,6 +714,9 @@ impl DiskImage for Qcow2Image {
         let mut info = ImageInfo::basic(&self.path, Format::Qcow2, h.size);
         info.cluster_size = Some(h.cluster_size());
         info.dirty_flag = h.dirty();
+        if self.encryption.is_some() {
+            info.encrypted = Some(true);
+        }
         info.snapshots = self.snapshots.iter().map(|s| s.0.clone()).collect();
         if let Some(r) = &self.backing_ref {
             info.backing_filename = Some(r.name.clone());
@@ -690,6 +742,10 @@ impl DiskImage for Qcow2Image {
             }
             d
         };
+        let mut data = data;
+        if let Some(e) = &self.encryption {
+            data["encrypt"] = e.header.format_specific();
+        }
         info.format_specific = Some(serde_json::json!({"type": "qcow2", "data": data}));
         Ok(info)
     }

@@ -54,6 +54,8 @@ pub struct Qcow2Params {
     pub compression: Compression,
     pub lazy_refcounts: bool,
     pub refcount_order: u32,
+    /// LUKS encryption (`-o encrypt.format=luks`).
+    pub luks: Option<super::luks::LuksParams>,
 }
 
 fn invalid(key: &str, value: &str, reason: &str) -> DiskError {
@@ -100,7 +102,12 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 impl Qcow2Params {
     pub fn from_options(opts: &CreateOptions) -> Result<Qcow2Params> {
-        opts.reject_unknown_options(KNOWN_OPTIONS)?;
+        let known: Vec<&str> = KNOWN_OPTIONS
+            .iter()
+            .chain(super::luks::OPTION_KEYS)
+            .copied()
+            .collect();
+        opts.reject_unknown_options(&known)?;
         let o = &opts.options;
         let version = match o.get("compat").map(String::as_str) {
             None | Some("1.1") | Some("v3") => 3,
@@ -175,7 +182,16 @@ impl Qcow2Params {
                 ));
             }
         }
+        let luks = super::luks::LuksParams::from_options(o)?;
+        if luks.is_some() && opts.compress {
+            return Err(invalid(
+                "encrypt.format",
+                "luks",
+                "compressed clusters cannot be encrypted (qemu refuses them too); drop -c",
+            ));
+        }
         Ok(Qcow2Params {
+            luks,
             version,
             cluster_bits,
             compression,
@@ -299,6 +315,9 @@ pub struct Qcow2Writer {
     pack_start: u64,
     has_backing: bool,
     flush: bool,
+    /// The data cipher of an encrypted image, and the buffer data is encrypted in.
+    cipher: Option<super::xts::XtsCipher>,
+    crypt_buf: Vec<u8>,
 }
 
 pub fn create(path: &Path, opts: &CreateOptions) -> Result<Qcow2Writer> {
@@ -351,7 +370,29 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Qcow2Writer> {
         backing_file: backing.as_ref().map(|b| b.0.clone()),
         backing_format: backing.as_ref().and_then(|b| b.1.clone()),
         data_file: None,
+        crypto: None,
         used_len: 0,
+    };
+    let mut header = header;
+    // The LUKS region sits right after the header, in clusters of its own.
+    let (luks_region, cipher) = match &p.luks {
+        Some(params) => {
+            let secret = opts.secret.as_ref().ok_or_else(|| {
+                invalid(
+                    "encrypt.key-secret",
+                    opts.options
+                        .get("encrypt.key-secret")
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                    "an encrypted image needs its passphrase (a secret object)",
+                )
+            })?;
+            let (_, region, cipher) = super::luks::create(params, secret.bytes())?;
+            header.crypt_method = super::header::CRYPT_LUKS;
+            header.crypto = Some((cluster_size, region.len() as u64));
+            (Some(region), Some(cipher))
+        }
+        None => (None, None),
     };
     let file = AtomicFile::create(path, opts.overwrite).map_err(|source| DiskError::Open {
         path: path.to_path_buf(),
@@ -372,13 +413,23 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<Qcow2Writer> {
             cluster_size: cluster_size as usize,
         })
     });
+    let region_clusters = luks_region
+        .as_ref()
+        .map_or(0, |r| (r.len() as u64).div_ceil(cluster_size));
+    if let Some(region) = &luks_region {
+        file.file()
+            .write_all_at(region, cluster_size)
+            .map_err(|e| DiskError::io(file.temp_path(), cluster_size, e))?;
+    }
     Ok(Qcow2Writer {
+        cipher,
+        crypt_buf: Vec::new(),
         file,
         header,
         cluster_size,
         l2: (0..l1_size).map(|_| None).collect(),
-        next_free: cluster_size,
-        refcounts: vec![1],
+        next_free: cluster_size * (1 + region_clusters),
+        refcounts: vec![1; 1 + region_clusters as usize],
         compressor,
         pack: Vec::new(),
         pack_start: 0,
@@ -475,10 +526,23 @@ impl ImageWriter for Qcow2Writer {
         self.check_range(guest_offset, data.len() as u64)?;
         self.align()?;
         let host = self.next_free;
-        self.file
-            .file()
-            .write_all_at(data, host)
-            .map_err(|e| self.io(host, e))?;
+        if let Some(cipher) = &self.cipher {
+            // Whole sectors: a partial last cluster is padded with zeros before encrypting.
+            let padded = (data.len() as u64).div_ceil(512) * 512;
+            self.crypt_buf.clear();
+            self.crypt_buf.extend_from_slice(data);
+            self.crypt_buf.resize(padded as usize, 0);
+            cipher.encrypt(&mut self.crypt_buf, host / 512);
+            self.file
+                .file()
+                .write_all_at(&self.crypt_buf, host)
+                .map_err(|e| DiskError::io(self.file.temp_path(), host, e))?;
+        } else {
+            self.file
+                .file()
+                .write_all_at(data, host)
+                .map_err(|e| self.io(host, e))?;
+        }
         let clusters = (data.len() as u64).div_ceil(self.cluster_size);
         self.alloc_clusters(clusters);
         for i in 0..clusters {
@@ -687,9 +751,13 @@ pub fn measure(
         }
     }
     let fully = prealloc_size(virtual_aligned, cs, p.refcount_order);
+    // The LUKS region takes whole clusters of its own.
+    let luks = p.luks.map_or(0, |l| {
+        super::luks::region_len(l.key_bytes).div_ceil(cs) * cs
+    });
     Ok(Measurement {
-        required: fully - virtual_aligned.div_ceil(cs) * cs + required,
-        fully_allocated: fully,
+        required: fully - virtual_aligned.div_ceil(cs) * cs + required + luks,
+        fully_allocated: fully + luks,
         bitmaps: 0,
     })
 }

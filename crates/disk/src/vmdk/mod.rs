@@ -8,6 +8,7 @@
 pub mod descriptor;
 pub mod edit;
 pub mod header;
+pub mod sesparse;
 pub mod sparse;
 mod stream;
 mod writer;
@@ -55,6 +56,7 @@ enum ExtentData {
     },
     Zero,
     Sparse(Box<SparseExtent>),
+    SeSparse(Box<sesparse::SeSparseExtent>),
 }
 
 struct Extent {
@@ -161,7 +163,7 @@ impl VmdkImage {
             read_exact(source.as_ref(), path, &mut first, 0)?;
             if header::has_sesparse_magic(&first, SESPARSE_VERSION) {
                 return Err(DiskError::Unsupported { path: path.to_path_buf(), format: FORMAT,
-                    feature: "ESXi seSparse extents (snapshot deltas of ESXi 6.5+); consolidate the snapshot on the host first".into() });
+                    feature: "a bare ESXi seSparse extent without its descriptor: name the format (-f sesparse, optionally --size N), or open the snapshot's descriptor .vmdk".into() });
             }
         }
         let (descriptor, own_sparse) = if &head == b"KDMV" || &head == b"COWD" {
@@ -276,7 +278,25 @@ impl VmdkImage {
                     }
                     ExtentData::Sparse(Box::new(extent))
                 }
-                ExtentKind::VmfsSparse | ExtentKind::SeSparse => {
+                ExtentKind::SeSparse => {
+                    let name = line.file_name.clone().unwrap_or_default();
+                    let (path, source) = self.open_extent_file(&name, opts)?;
+                    let extent = sesparse::SeSparseExtent::open(&path, source)?;
+                    if extent.capacity_bytes() < len {
+                        return Err(DiskError::corrupt(
+                            &path,
+                            FORMAT,
+                            16,
+                            "capacity",
+                            format!(
+                                "extent holds {} bytes but the descriptor gives it {len}",
+                                extent.capacity_bytes()
+                            ),
+                        ));
+                    }
+                    ExtentData::SeSparse(Box::new(extent))
+                }
+                ExtentKind::VmfsSparse => {
                     return Err(DiskError::Unsupported { path: self.path.clone(), format: FORMAT,
                         feature: format!("{} extents (ESXi snapshot formats); consolidate the snapshot on the host or export with ovftool", line.kind.as_str()) });
                 }
@@ -357,6 +377,49 @@ impl VmdkImage {
         &self.descriptor
     }
 
+    /// A bare seSparse extent file (no descriptor) as a disk of `size` bytes (default: the
+    /// header's capacity), what `-f sesparse [--size N]` opens. No parent: unallocated grains
+    /// read as zeros.
+    pub fn open_bare_sesparse(
+        path: &Path,
+        source: Arc<dyn ReadAt>,
+        size: Option<u64>,
+    ) -> Result<VmdkImage> {
+        let extent = sesparse::SeSparseExtent::open(path, source)?;
+        let len = size.unwrap_or(extent.capacity_bytes());
+        if len > extent.capacity_bytes() || !len.is_multiple_of(SECTOR) {
+            return Err(DiskError::InvalidOption {
+                key: "size".into(),
+                value: len.to_string(),
+                reason: format!(
+                    "a multiple of 512 up to the extent's capacity ({} bytes)",
+                    extent.capacity_bytes()
+                ),
+            });
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let descriptor = Descriptor::parse(
+            format!("# Disk DescriptorFile\nversion=1\nCID=ffffffff\nparentCID=ffffffff\ncreateType=\"seSparse\"\nRW {} SESPARSE \"{name}\"\n", len / SECTOR).as_bytes(),
+        )
+        .map_err(|e| e.into_disk(path, FORMAT, 0))?;
+        Ok(VmdkImage {
+            path: path.to_path_buf(),
+            descriptor,
+            extents: vec![Extent {
+                start: 0,
+                len,
+                access: Access::ReadWrite,
+                data: ExtentData::SeSparse(Box::new(extent)),
+            }],
+            virtual_size: len,
+            parent: None,
+            parent_ref: None,
+        })
+    }
+
     fn extent_at(&self, guest_offset: u64) -> Option<&Extent> {
         let i = self
             .extents
@@ -411,6 +474,9 @@ impl VmdkImage {
                 buf[inside..].fill(0);
                 Ok(())
             }
+            ExtentData::SeSparse(se) => se.read(buf, rel, &mut |chunk, at| {
+                self.read_parent(chunk, e.start + at)
+            }),
             ExtentData::Sparse(sp) => {
                 let grain_bytes = sp.grain_bytes();
                 let mut done = 0usize;
@@ -447,6 +513,7 @@ impl DiskImage for VmdkImage {
     fn cluster_size(&self) -> Option<u64> {
         self.extents.iter().find_map(|e| match &e.data {
             ExtentData::Sparse(s) => Some(s.grain_bytes()),
+            ExtentData::SeSparse(s) => Some(s.grain_bytes()),
             _ => None,
         })
     }
@@ -493,6 +560,7 @@ impl DiskImage for VmdkImage {
                 kind: BlockKind::Data,
                 host_offset: Some(HostOffset(offset + rel)),
             },
+            ExtentData::SeSparse(se) => se.block_status(rel, len)?,
             ExtentData::Sparse(sp) => {
                 let grain_bytes = sp.grain_bytes();
                 let first = sp.lookup(rel)?;
@@ -561,6 +629,11 @@ impl DiskImage for VmdkImage {
                         v["format"] = json!("FLAT");
                     }
                     ExtentData::Zero => v["format"] = json!("ZERO"),
+                    ExtentData::SeSparse(s) => {
+                        v["filename"] = json!(s.path.display().to_string());
+                        v["cluster-size"] = json!(s.grain_bytes());
+                        v["format"] = json!("SESPARSE");
+                    }
                     ExtentData::Sparse(s) => {
                         v["filename"] = json!(s.path.display().to_string());
                         v["cluster-size"] = json!(s.grain_bytes());
@@ -663,6 +736,18 @@ impl DiskImage for VmdkImage {
                     }
                 }
                 ExtentData::Zero => {}
+                ExtentData::SeSparse(se) => {
+                    let (n, errors) = se.count_allocated();
+                    for err in errors {
+                        report.corruptions += 1;
+                        report
+                            .messages
+                            .push(format!("ERROR: {}: {err}", se.path.display()));
+                    }
+                    total += e.len.div_ceil(se.grain_bytes());
+                    allocated += n;
+                    end = end.max(se.file_size());
+                }
             }
         }
         if let (Some(parent), Ok(Some(want))) = (&self.parent, self.descriptor.parent_cid()) {
