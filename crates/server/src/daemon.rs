@@ -170,6 +170,10 @@ impl Server {
             Some((ctx, auth)) => https_app.merge(crate::redfish::router(ctx, auth)),
             None => https_app,
         };
+        // The web console at `/`, and its session cookie turned into the API's bearer token.
+        let https_router = https_router
+            .merge(crate::console::router())
+            .layer(axum::middleware::from_fn(crate::console::cookie_session));
         let mut tls_fingerprint = None;
         let tls_config = match &options.tls {
             Some((cert, key)) => Some(tls::server_config(cert, key)?),

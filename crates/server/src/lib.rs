@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cache;
 pub mod clones;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod export;
 pub mod exports;

@@ -13,6 +13,8 @@
 pub mod accounts;
 pub mod idempotency;
 pub mod library;
+pub mod replication;
+pub mod stats;
 pub mod tasks;
 pub mod uploads;
 
@@ -284,6 +286,10 @@ pub fn router(state: Arc<ApiState>, clones: Option<Router>) -> Router {
             post(library::item_rollback),
         )
         .route("/api/v1/library/prune-preview", get(library::prune_preview))
+        .route(
+            "/api/v1/library/sync-status",
+            get(replication::sync_status),
+        )
         .route("/api/v1/library/verify", post(library::verify_start))
         .route("/api/v1/tasks", get(tasks::tasks_list))
         .route("/api/v1/tasks/{id}", get(tasks::task_show))
@@ -312,6 +318,7 @@ pub fn router(state: Arc<ApiState>, clones: Option<Router>) -> Router {
         .route("/api/v1/sessions", post(accounts::session_login))
         .route("/api/v1/sessions/{id}", delete(accounts::session_logout))
         .route("/api/v1/audit", get(accounts::audit_list))
+        .route("/api/v1/stats/stream", get(stats::stats_stream))
         .with_state(Arc::clone(&state))
         .merge(
             Router::new()
@@ -393,6 +400,8 @@ impl utoipa::Modify for Security {
         accounts::session_login,
         accounts::session_logout,
         accounts::audit_list,
+        stats::stats_stream,
+        replication::sync_status,
         library::clones_list_doc,
         library::clones_create_doc,
         library::clones_show_doc,
@@ -409,6 +418,7 @@ impl utoipa::Modify for Security {
         (name = "tasks", description = "Long work: state, progress, result"),
         (name = "clones", description = "Per-VM copy-on-write clones of library versions"),
         (name = "accounts", description = "Users, API tokens, sessions, the audit log"),
+        (name = "stats", description = "Live I/O per image and client, as server-sent events"),
     )
 )]
 pub struct ApiDoc;
@@ -480,5 +490,6 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         assert!(paths.contains_key("/api/v1/uploads/{id}"));
         assert!(paths.contains_key("/api/v1/clones"));
+        assert!(paths.contains_key("/api/v1/stats/stream"));
     }
 }
