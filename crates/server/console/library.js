@@ -135,6 +135,8 @@ function timeline(history, onPick) {
 /** One item: versions, timeline, rollback, download, upload of a new version. */
 export async function itemPage(name) {
   const root = h('div', {});
+  // Made once: a reload after an upload keeps its progress and result on screen.
+  const upload = session.who.may_change ? uploadPanel(name, () => reload()) : null;
   async function load() {
     const history = await api(`/api/v1/library/items/${enc(name)}`);
     const etag = history.etag;
@@ -227,7 +229,7 @@ export async function itemPage(name) {
           (i) => ({ class: rows[i].current ? 'current' : null, dataset: { version: rows[i].version } }))),
       detail,
       usagePanel,
-      session.who.may_change ? uploadPanel(name, reload) : null);
+      upload);
     if (currentVersion) showVersion(currentVersion.version);
     loadUsage();
   }
