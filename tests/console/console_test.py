@@ -88,7 +88,9 @@ class Run:
         self.wait = WebDriverWait(driver, WAIT)
         self.axe_pages = []
 
-    def shot(self, name):
+    def shot(self, name, top=True):
+        if top:
+            self.driver.execute_script("window.scrollTo(0, 0)")
         os.makedirs(SHOTS, exist_ok=True)
         path = os.path.join(SHOTS, f"{name}.png")
         self.driver.save_screenshot(path)
@@ -151,15 +153,17 @@ def case_login(run):
     run.text_in("#login-error", "wrong password")
     run.driver.find_element(By.CSS_SELECTOR, "#login-name").clear()
     run.login(ADMIN)
-    cookies = {c["name"]: c for c in run.driver.get_cookies()}
-    # The session token is in an HttpOnly cookie, never in script's reach.
+    # The session token is in an HttpOnly, Secure, SameSite=Strict cookie, never in script's reach.
     assert run.driver.execute_script("return document.cookie") == "", "a cookie is visible to script"
+    cookies = {c["name"]: c for c in run.driver.execute_cdp_cmd("Network.getAllCookies", {})["cookies"]}
+    session = cookies.get("vmedia_session")
+    assert session and session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict", cookies
     run.go("library")
     run.find("table")
     run.text_in("#page", ITEM)
     run.axe("library")
     run.shot("library")
-    return f"cookie flags {sorted(k for k in cookies.get('vmedia_session', {}) if k in ('httpOnly', 'secure', 'sameSite'))}"
+    return "session cookie HttpOnly, Secure, SameSite=Strict; a wrong password is refused in words"
 
 
 def case_upload(run):
@@ -184,7 +188,7 @@ def case_rollback(run):
     run.find("#rollback-button").click()
     run.find("#confirm[open]")
     run.text_in("#confirm-body", "Version 1 becomes current instead of version 2")
-    run.shot("rollback-confirm")
+    run.shot("rollback-confirm", top=False)
     run.driver.find_element(By.CSS_SELECTOR, "#confirm-ok").click()
     run.text_in("#current-version", "Current version: 1")
     run.shot("rolled-back")

@@ -85,5 +85,9 @@ export function explain(error) {
     428: 'Reload the page and try again.',
     429: 'Too many attempts: wait a minute before trying again.',
   }[status] || (status >= 500 ? 'The daemon failed: see its log (journalctl -u vmedia) and try again.' : 'Try again.');
+  // The API's own fallback: a route this daemon does not have (an older vmedia).
+  if (status === 404 && /^no such resource: \/api\/v1\//.test(what)) {
+    return { what, todo: 'This daemon does not offer it: update vmedia serve to a version that does.', status };
+  }
   return { what, todo, status };
 }

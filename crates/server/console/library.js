@@ -82,7 +82,7 @@ function timeline(history, onPick) {
     const start = end - span * HOUR;
     const x = (t) => left + ((t - start) / (end - start)) * (W - left - right);
     const y = (v) => top + (1 - (v - 1) / Math.max(1, maxVersion - 1)) * (H - top - bottom);
-    const svg = h('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `Timeline of ${history.name}` });
+    const svg = h('svg', { class: 'plot', viewBox: `0 0 ${W} ${H}`, role: 'group', 'aria-label': `Timeline of ${history.name}` });
     const axis = h('g', { class: 'axis' });
     const ticks = 6;
     for (let i = 0; i <= ticks; i++) {

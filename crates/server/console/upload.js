@@ -19,7 +19,7 @@ function saved() {
 /** A panel to upload a file as a new version of `item` (or of a name typed in). */
 export function uploadPanel(item, onDone) {
   const nameInput = h('input', { id: 'upload-item', value: item || '', placeholder: 'item name', required: true });
-  const file = h('input', { id: 'upload-file', type: 'file', 'aria-describedby': 'upload-hint' });
+  const file = h('input', { id: 'upload-file', type: 'file', 'aria-label': 'Image file to upload', 'aria-describedby': 'upload-hint' });
   const progress = h('progress', { id: 'upload-progress', max: 100, value: 0, hidden: true, 'aria-label': 'Upload progress' });
   const status = h('div', { id: 'upload-status', 'aria-live': 'polite' });
   const drop = h('div', { class: 'drop', id: 'upload-drop' },
