@@ -8,6 +8,7 @@ which starts the daemon and passes everything through the environment:
   CONSOLE_VIEWER     name:password of a readonly user
   CONSOLE_ITEM       the library item that holds version 1
   CONSOLE_ISO        an ISO to upload as its version 2
+  CONSOLE_ISO_V1     the ISO of version 1 (uploaded again, interrupted and resumed)
   CONSOLE_SHOTS      folder for screenshots; CONSOLE_DOCS a second copy for docs (optional)
 
 Prints one line per case ("PASS name ..." or "SKIP name: why") and exits non-zero on the
@@ -38,6 +39,7 @@ ADMIN = os.environ["CONSOLE_ADMIN"].split(":", 1)
 VIEWER = os.environ["CONSOLE_VIEWER"].split(":", 1)
 ITEM = os.environ["CONSOLE_ITEM"]
 ISO = os.environ["CONSOLE_ISO"]
+ISO_V1 = os.environ["CONSOLE_ISO_V1"]
 SHOTS = os.environ["CONSOLE_SHOTS"]
 DOCS = os.environ.get("CONSOLE_DOCS")
 # How long one step may take on a busy 2-core machine.
@@ -198,6 +200,51 @@ def case_rollback(run):
     return "current went 2 -> 1 in the page and through the API"
 
 
+def audit_count(action):
+    status, page = rest("GET", f"/api/v1/audit?user={ADMIN[0]}&target=/api/v1/uploads&limit=1000")
+    assert status == 200, page
+    return sum(1 for r in page["items"] if r["action"] == action)
+
+
+def case_resume(run):
+    """An upload interrupted halfway (the page reloaded) resumes at the daemon's offset."""
+    size = os.path.getsize(ISO_V1)
+    modified = int(os.stat(ISO_V1).st_mtime * 1000)
+    item = ITEM + "-resumed"
+    upload = run.driver.execute_async_script("""
+        const [item, size, file, modified, content, done] = arguments;
+        import('/console/api.js').then(async ({ api }) => {
+          const bytes = await (await fetch(content, { credentials: 'same-origin' })).blob();
+          const up = await api('/api/v1/uploads', { method: 'POST', body: { item, length: size } });
+          await api(`/api/v1/uploads/${up.id}`, { method: 'PATCH', raw: true, body: bytes.slice(0, Math.floor(size / 2)),
+            headers: { 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream' } });
+          localStorage.setItem('vmedia.upload', JSON.stringify({ id: up.id, item, file, size, modified }));
+          done(up.id);
+        }).catch((e) => done('error ' + e.message));
+    """, item, size, os.path.basename(ISO_V1), modified, f"/api/v1/library/items/{ITEM}/versions/1/content")
+    assert not upload.startswith("error"), upload
+    creations = audit_count("POST /api/v1/uploads")
+    run.driver.refresh()
+    run.go("library")
+    run.text_in("#upload-status", "was interrupted")
+    assert run.find("#upload-item").get_attribute("value") == item
+    run.shot("upload-resume")
+    run.find("#upload-file").send_keys(ISO_V1)
+    run.text_in("#upload-done", f"Added {item} version 1")
+    assert run.driver.execute_script("return localStorage.getItem('vmedia.upload')") is None
+    status, page = rest("GET", f"/api/v1/audit?user={ADMIN[0]}&target={upload}&limit=1000")
+    assert status == 200, page
+    actions = [r["action"] for r in page["items"]]
+    patches = [a for a in actions if a == f"PATCH /api/v1/uploads/{upload}"]
+    assert len(patches) == 2, actions
+    # The same upload went on: the console made no new one.
+    assert audit_count("POST /api/v1/uploads") == creations
+    _, v1 = rest("GET", f"/api/v1/library/items/{ITEM}/versions/1")
+    _, resumed = rest("GET", f"/api/v1/library/items/{item}/versions/1")
+    assert resumed["digest"] == v1["digest"], (resumed, v1)
+    return f"resumed upload {upload} at {size // 2} of {size} bytes after a reload; same digest"
+
+
 def case_live_io(run):
     stop = threading.Event()
     reads = [0]
@@ -350,7 +397,7 @@ def main():
     started = time.time()
     driver = browser()
     run = Run(driver)
-    cases = [case_login, case_upload, case_rollback, case_live_io, case_audit_replication,
+    cases = [case_login, case_upload, case_rollback, case_resume, case_live_io, case_audit_replication,
              case_batch, case_readonly, case_layouts]
     try:
         for case in cases:

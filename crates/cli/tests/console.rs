@@ -2,7 +2,7 @@
 //! holding one ISO version, an administrator and a readonly user, and
 //! tests/console/console_test.py driving headless Debian Chromium through Selenium: log in,
 //! upload an ISO by the file input, roll back from the timeline (checked through the API too),
-//! live I/O while a load generator reads, audit and replication pages, batch attach to 50
+//! an upload interrupted by a page reload resumed at the daemon's offset, live I/O while a load generator reads, audit and replication pages, batch attach to 50
 //! systems (when the daemon has the systems API), the readonly user's view and refusals, dark
 //! theme and phone width; axe-core on every page. Screenshots go to
 //! target/console-screenshots/ and docs/console/.
@@ -116,6 +116,7 @@ fn the_console_works_in_a_real_browser() {
         .env("CONSOLE_VIEWER", "viewer:viewer-password-1")
         .env("CONSOLE_ITEM", ITEM)
         .env("CONSOLE_ISO", &v2)
+        .env("CONSOLE_ISO_V1", &v1)
         .env("CONSOLE_SHOTS", &shots)
         .env("CONSOLE_DOCS", root.join("docs/console"))
         .output()
@@ -132,14 +133,29 @@ fn the_console_works_in_a_real_browser() {
         shots.display(),
         daemon.log()
     );
-    for case in ["login", "upload", "rollback", "live_io", "readonly", "layouts"] {
+    for case in [
+        "login",
+        "upload",
+        "rollback",
+        "resume",
+        "live_io",
+        "audit_replication",
+        "readonly",
+        "layouts",
+    ] {
         assert!(
             text.contains(&format!("PASS {case} ")),
             "case {case} did not pass:\n{text}"
         );
     }
-    assert!(text.contains("axe: no serious or critical violation"), "{text}");
+    assert!(
+        text.contains("axe: no serious or critical violation"),
+        "{text}"
+    );
     assert!(daemon.alive(), "the daemon died:\n{}", daemon.log());
     daemon.stop();
-    println!("console test wall time: {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "console test wall time: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -31,7 +31,7 @@ export async function auditPage() {
       next = page.next;
       const rows = page.items.map((r) => [time(r.time), r.user || '–', r.role || '', r.peer, r.action, h('span', { class: 'mono' }, r.target),
         h('span', { class: r.outcome === 'success' ? 'ok' : r.outcome === 'denied' ? 'error-text' : '' }, r.outcome), r.detail || '']);
-      fill(results, rows.length ? table(`${rows.length} records, oldest first`, ['Time', 'User', 'Role', 'From', 'Action', 'Target', 'Outcome', 'Detail'], rows)
+      fill(results, rows.length ? table(`${rows.length} record${rows.length === 1 ? "" : "s"}, oldest first`, ['Time', 'User', 'Role', 'From', 'Action', 'Target', 'Outcome', 'Detail'], rows)
         : h('p', {}, 'No record matches these filters.'),
       next ? h('button', { type: 'button', class: 'ghost', onclick: () => load(true) }, 'Next page') : null);
     } catch (e) {

@@ -286,10 +286,7 @@ pub fn router(state: Arc<ApiState>, clones: Option<Router>) -> Router {
             post(library::item_rollback),
         )
         .route("/api/v1/library/prune-preview", get(library::prune_preview))
-        .route(
-            "/api/v1/library/sync-status",
-            get(replication::sync_status),
-        )
+        .route("/api/v1/library/sync-status", get(replication::sync_status))
         .route("/api/v1/library/verify", post(library::verify_start))
         .route("/api/v1/tasks", get(tasks::tasks_list))
         .route("/api/v1/tasks/{id}", get(tasks::task_show))

@@ -88,7 +88,10 @@ fn security_headers(headers: &mut axum::http::HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
@@ -119,7 +122,10 @@ mod tests {
     #[test]
     fn every_module_the_page_imports_is_embedded() {
         let names: Vec<&str> = ASSETS.iter().map(|a| a.name).collect();
-        for asset in ASSETS.iter().filter(|a| a.media_type == JS || a.name == "index.html") {
+        for asset in ASSETS
+            .iter()
+            .filter(|a| a.media_type == JS || a.name == "index.html")
+        {
             let text = std::str::from_utf8(asset.body).unwrap();
             for (at, _) in text.match_indices("./") {
                 let rest = &text[at + 2..];
@@ -127,8 +133,7 @@ mod tests {
                     .find(|c: char| c == '"' || c == '\'')
                     .unwrap_or(rest.len());
                 let target = &rest[..end];
-                if target.ends_with(".js") || target.ends_with(".css") || target.ends_with(".svg")
-                {
+                if target.ends_with(".js") || target.ends_with(".css") || target.ends_with(".svg") {
                     assert!(
                         names.contains(&target),
                         "{} refers to {target}, which is not embedded",

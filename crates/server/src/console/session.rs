@@ -90,9 +90,7 @@ pub async fn cookie_session(mut request: Request, next: Next) -> Response {
     let logout = method == Method::DELETE && path.starts_with("/api/v1/sessions/");
     let mut response = next.run(request).await;
     // A logged-out or expired session: the browser forgets the cookie.
-    if (logout && response.status().is_success())
-        || response.status() == StatusCode::UNAUTHORIZED
-    {
+    if (logout && response.status().is_success()) || response.status() == StatusCode::UNAUTHORIZED {
         if let Some(clear) = cookie("", Some(0)) {
             response.headers_mut().append(header::SET_COOKIE, clear);
         }
