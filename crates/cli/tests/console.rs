@@ -7,6 +7,8 @@
 //! theme and phone width; axe-core on every page. Screenshots go to
 //! target/console-screenshots/ and docs/console/.
 
+#[path = "support/boot.rs"]
+mod boot_fixtures;
 #[path = "support/redfish.rs"]
 mod redfish_support;
 mod support;
@@ -15,12 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use boot_fixtures::hybrid_iso;
 use redfish_support::venv_python;
 use support::serve::{Daemon, ServeOptions};
-use support::{require_tool, run_ok, vmedia};
+use support::{require_tool, run_ok, vmedia, BOOT_MARKER};
 
 /// The item the test library holds.
 const ITEM: &str = "console-demo";
+/// The bootable ISO's item, which a managed VM boots once from CD.
+const BOOT_ITEM: &str = "live";
 
 /// A small ISO of `files` (name, content) made by vmedia itself.
 fn iso(dir: &Path, name: &str, files: &[(&str, String)]) -> PathBuf {
@@ -80,6 +85,11 @@ fn the_console_works_in_a_real_browser() {
         &[("readme.txt", body), ("version", "2\n".into())],
     );
     run_ok(with_env(vmedia()).args(["library", "add", ITEM]).arg(&v1));
+    run_ok(
+        with_env(vmedia())
+            .args(["library", "add", BOOT_ITEM])
+            .arg(hybrid_iso("cdrom")),
+    );
 
     let https_port = support::serve::free_port();
     let daemon = Daemon::start(
@@ -117,6 +127,8 @@ fn the_console_works_in_a_real_browser() {
         .env("CONSOLE_ITEM", ITEM)
         .env("CONSOLE_ISO", &v2)
         .env("CONSOLE_ISO_V1", &v1)
+        .env("CONSOLE_BOOT_ITEM", BOOT_ITEM)
+        .env("CONSOLE_MARKER", BOOT_MARKER)
         .env("CONSOLE_SHOTS", &shots)
         .env("CONSOLE_DOCS", root.join("docs/console"))
         .output()
@@ -140,6 +152,8 @@ fn the_console_works_in_a_real_browser() {
         "resume",
         "live_io",
         "audit_replication",
+        "batch",
+        "boot",
         "readonly",
         "layouts",
     ] {
