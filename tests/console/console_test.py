@@ -102,7 +102,7 @@ class Run:
         os.makedirs(SHOTS, exist_ok=True)
         path = os.path.join(SHOTS, f"{name}.png")
         self.driver.save_screenshot(path)
-        if DOCS:
+        if DOCS and not name.startswith("FAILED"):
             os.makedirs(DOCS, exist_ok=True)
             shutil.copy(path, os.path.join(DOCS, f"{name}.png"))
 
