@@ -129,9 +129,7 @@ mod tests {
             let text = std::str::from_utf8(asset.body).unwrap();
             for (at, _) in text.match_indices("./") {
                 let rest = &text[at + 2..];
-                let end = rest
-                    .find(|c: char| c == '"' || c == '\'')
-                    .unwrap_or(rest.len());
+                let end = rest.find(['"', '\'']).unwrap_or(rest.len());
                 let target = &rest[..end];
                 if target.ends_with(".js") || target.ends_with(".css") || target.ends_with(".svg") {
                     assert!(
