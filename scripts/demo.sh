@@ -169,3 +169,23 @@ kill -TERM "$SERVE_PID"; wait "$SERVE_PID"
 echo "--- daemon log"; cat serve.log
 
 step "Done: everything above ran from $(basename "$VMEDIA") in $OUT"
+
+step "The web console: vmedia serve with HTTPS, an administrator, the console left running"
+CONSOLE_PORT=${VMEDIA_CONSOLE_PORT:-8443}
+CONSOLE_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+printf '%s\n' "$CONSOLE_PASSWORD" > console-admin.pw
+chmod 600 console-admin.pw
+run "$VMEDIA" user add admin --role administrator --password-file console-admin.pw \
+  --state "$OUT/serve-state"
+# Detached (setsid), so it outlives this script; its log is console-serve.log.
+setsid "$VMEDIA" serve --listen 127.0.0.1 --http-port "$(free_port)" --nbd-port 0 \
+  --https-port "$CONSOLE_PORT" --state "$OUT/serve-state" 2> console-serve.log < /dev/null &
+CONSOLE_PID=$!
+for _ in $(seq 100); do grep -q "listening for https" console-serve.log && break; sleep 0.1; done
+grep -E "listening for https|SHA-256" console-serve.log || { cat console-serve.log; exit 1; }
+run curl -sk -o /dev/null -w '%{http_code} %{content_type}\n' "https://127.0.0.1:$CONSOLE_PORT/"
+echo
+echo "The console is running: https://127.0.0.1:$CONSOLE_PORT/"
+echo "  log in as admin, password $CONSOLE_PASSWORD (also in $OUT/console-admin.pw)"
+echo "  the certificate is self-signed: compare its SHA-256 above with what the browser shows"
+echo "  stop it with: kill $CONSOLE_PID"

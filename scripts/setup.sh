@@ -23,6 +23,8 @@ PACKAGES=(
   qemu-block-extra prometheus nbdkit libnbd-bin python3-libnbd
   # the packaging test reads the installed man pages
   man-db
+  # the web console's browser tests: headless Chromium driven by Selenium
+  chromium chromium-driver
 )
 
 missing=()
@@ -86,6 +88,14 @@ if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
   need_root
   echo "setup: installing openapi-spec-validator into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==0.9.0"
+fi
+
+# The web console's browser tests: Selenium (drives the Debian chromium-driver) and
+# axe-selenium-python, which bundles axe-core, so the accessibility check runs offline.
+if ! "$VENV/bin/python" -c "import selenium, axe_selenium_python" 2>/dev/null; then
+  need_root
+  echo "setup: installing selenium and axe-selenium-python into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "selenium==4.27.1" "axe-selenium-python==2.1.6"
 fi
 
 # Rust tools: make test also runs rustfmt and clippy.

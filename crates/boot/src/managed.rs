@@ -4,6 +4,7 @@
 //! `qemu.pid`. Whether a VM runs is always read from the live process, never from a flag in a
 //! file, so a guest that powers itself off simply shows as stopped.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +39,10 @@ pub struct VmConfig {
     /// Redfish's BootSourceOverrideEnabled=Continuous); the stored order stays as it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_continuous: Option<BootDevice>,
+    /// Free-form `key = value` labels that select VMs in batches (e.g. a batch attach by
+    /// `rack=a`); they do not change how the VM runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(flatten)]
     pub spec: VmSpec,
 }
@@ -268,6 +273,7 @@ impl VmStore {
             &VmConfig {
                 boot_once: None,
                 boot_continuous: None,
+                labels: BTreeMap::new(),
                 spec: spec.clone(),
             },
             OverwritePolicy::Refuse,
@@ -670,6 +676,14 @@ impl VmStore {
         Ok(live)
     }
 
+    /// Replaces the VM's labels (each key and value checked against `MAX_LABEL`).
+    pub fn set_labels(&self, name: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        check_labels(&labels)?;
+        let mut config = self.load(name)?;
+        config.labels = labels;
+        self.save(&config, OverwritePolicy::Replace)
+    }
+
     /// Sets or clears the boot override. A device class the VM does not have is refused; a CD
     /// slot may still be empty (media usually go in after the override is set).
     pub fn set_boot_override(&self, name: &str, wanted: BootOverride) -> Result<()> {
@@ -862,6 +876,38 @@ impl VmStore {
             .and_then(|s| s.as_str())
             .map(str::to_string)
     }
+}
+
+/// Longest label key or value, and most labels on one VM: labels are short selectors.
+pub const MAX_LABEL: usize = 128;
+pub const MAX_LABELS: usize = 64;
+
+/// Label keys are names (letters, digits, `.`, `_`, `-`, `/`); values are printable without
+/// `,` or `=` (the selector syntax `k=v,k2=v2` splits on them).
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(BootError::Invalid(format!(
+            "{} labels: at most {MAX_LABELS}",
+            labels.len()
+        )));
+    }
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        let value_ok = value.len() <= MAX_LABEL
+            && value
+                .chars()
+                .all(|c| !c.is_control() && !matches!(c, ',' | '='));
+        if !key_ok || !value_ok {
+            return Err(BootError::Invalid(format!(
+                "label {key:?}={value:?}: keys are 1 to {MAX_LABEL} letters, digits, '.', '_', '-' or '/'; values at most {MAX_LABEL} printable characters without ',' or '='"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_slot(name: &str, spec: &VmSpec, slot: usize) -> Result<()> {

@@ -47,6 +47,18 @@ pub enum ServeError {
 /// Starts the daemon.
 pub struct Server;
 
+/// The netboot config and the rules file it names: where "where used" looks for `library:`.
+fn netboot_files(config: Option<&std::path::Path>) -> Vec<std::path::PathBuf> {
+    let Some(config) = config else {
+        return Vec::new();
+    };
+    let mut files = vec![config.to_path_buf()];
+    if let Ok(loaded) = crate::netboot::load_netboot_config(config) {
+        files.extend(loaded.rules_file);
+    }
+    files
+}
+
 /// A running daemon: its bound addresses and shared pieces; `shutdown` drains it.
 pub struct ServerHandle {
     pub http: Option<SocketAddr>,
@@ -121,7 +133,7 @@ impl Server {
                 .map(|c| (c.name, c.bytes_written))
                 .collect()
         }));
-        let clones_router = crate::clones::api::router(store);
+        let clones_router = crate::clones::api::router(Arc::clone(&store));
         let state_error = |what: &'static str| {
             move |e: &dyn std::fmt::Display| ServeError::State {
                 what,
@@ -166,9 +178,24 @@ impl Server {
             uploads,
             idempotency: Arc::new(crate::api::idempotency::Replies::default()),
             replication: replication.clone(),
+            systems: options.systems.clone(),
+            access: Arc::new(
+                crate::api::access::AccessList::open(&options.state_dir)
+                    .map_err(|e| state_error("access rules")(&e))?,
+            ),
+            attachments: Arc::new(
+                crate::api::attachments::Attachments::open(&options.state_dir)
+                    .map_err(|e| state_error("attachments")(&e))?,
+            ),
+            events: Arc::default(),
+            clones: Some(Arc::clone(&store)),
+            netboot_files: netboot_files(options.netboot.as_deref()),
+            media_base: std::sync::OnceLock::new(),
         });
-        let https_app =
-            http::public_router(state).merge(crate::api::router(api_state, Some(clones_router)));
+        let https_app = http::public_router(state).merge(crate::api::router(
+            Arc::clone(&api_state),
+            Some(clones_router),
+        ));
         // Redfish for the VM store's systems, checked against the daemon's users unless the
         // caller brings its own authenticator.
         let redfish = redfish.or_else(|| {
@@ -183,6 +210,10 @@ impl Server {
             Some((ctx, auth)) => https_app.merge(crate::redfish::router(ctx, auth)),
             None => https_app,
         };
+        // The web console at `/`, and its session cookie turned into the API's bearer token.
+        let https_router = https_router
+            .merge(crate::console::router())
+            .layer(axum::middleware::from_fn(crate::console::cookie_session));
         let mut tls_fingerprint = None;
         let tls_config = match &options.tls {
             Some((cert, key)) => Some(tls::server_config(cert, key)?),
@@ -204,6 +235,18 @@ impl Server {
         if options.http_port != 0 {
             let listener = bind("HTTP", SocketAddr::new(options.listen, options.http_port)).await?;
             http_addr = listener.local_addr().ok();
+            if let Some(addr) = http_addr {
+                // QEMU on this machine reads attached media here; a wildcard listen address
+                // is reached on loopback.
+                let host = if addr.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    addr.ip()
+                };
+                let _ = api_state
+                    .media_base
+                    .set(format!("http://{}", SocketAddr::new(host, addr.port())));
+            }
             tasks.push(tokio::spawn(http::serve_http(
                 listener,
                 None,

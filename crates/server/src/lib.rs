@@ -12,6 +12,7 @@ pub mod cache;
 pub mod client;
 pub mod clones;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod export;
 pub mod exports;

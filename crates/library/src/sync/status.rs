@@ -34,11 +34,34 @@ pub struct SyncStatusReport {
 /// only for the lag of outgoing peers; without it the records are shown as stored.
 pub fn sync_status(config: &OpenConfig) -> Result<SyncStatusReport> {
     let store = open_store(config)?;
-    let site = site_id(store.as_ref(), false)?;
     let library = Library::open(config).ok();
+    report(
+        store.as_ref(),
+        library.as_ref(),
+        config.location.to_string(),
+    )
+}
+
+impl Library {
+    /// `sync-status` of this open library (the daemon's replication view).
+    pub fn sync_status(&self) -> Result<SyncStatusReport> {
+        report(
+            self.inner.store.as_ref(),
+            Some(self),
+            self.inner.location.clone(),
+        )
+    }
+}
+
+fn report(
+    store: &dyn crate::store::Store,
+    library: Option<&Library>,
+    location: String,
+) -> Result<SyncStatusReport> {
+    let site = site_id(store, false)?;
     // Every event's time (the events' own clocks), read once.
     let mut times: Vec<jiff::Timestamp> = Vec::new();
-    if let Some(library) = &library {
+    if let Some(library) = library {
         for key in library.item_keys()? {
             if let Some(timeline) = library.load_timeline_key(&key)? {
                 times.extend(timeline.events.iter().map(|e| e.time));
@@ -82,7 +105,7 @@ pub fn sync_status(config: &OpenConfig) -> Result<SyncStatusReport> {
         });
     }
     Ok(SyncStatusReport {
-        location: config.location.to_string(),
+        location,
         site,
         peers,
     })

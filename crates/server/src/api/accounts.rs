@@ -335,8 +335,12 @@ pub struct AuditQuery {
     pub user: Option<String>,
     /// Only records whose target contains this.
     pub target: Option<String>,
+    /// Only records about this library item (target `NAME` or `NAME@...`).
+    pub item: Option<String>,
     /// Only records at or after this time (RFC 3339).
     pub since: Option<String>,
+    /// Only records at or before this time (RFC 3339).
+    pub until: Option<String>,
     /// `success`, `denied` or `failed`.
     pub outcome: Option<Outcome>,
 }
@@ -361,13 +365,15 @@ pub async fn audit_list(
 ) -> Result<Response, Problem> {
     administrator(&who)?;
     let Query(query) = query?;
-    let since =
-        match &query.since {
-            Some(text) => Some(text.parse::<jiff::Timestamp>().map_err(|e| {
-                Problem::new(StatusCode::BAD_REQUEST, format!("since {text:?}: {e}"))
-            })?),
-            None => None,
-        };
+    let time = |name: &str, value: &Option<String>| match value {
+        Some(text) => text
+            .parse::<jiff::Timestamp>()
+            .map(Some)
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("{name} {text:?}: {e}"))),
+        None => Ok(None),
+    };
+    let since = time("since", &query.since)?;
+    let until = time("until", &query.until)?;
     let page = PageQuery {
         limit: query.limit,
         cursor: query.cursor.clone(),
@@ -387,6 +393,17 @@ pub async fn audit_list(
                     .is_none_or(|t| r.target.contains(t.as_str()))
             })
             .filter(|(_, r)| query.outcome.is_none_or(|o| r.outcome == o))
+            .filter(|(_, r)| {
+                query.item.as_ref().is_none_or(|item| {
+                    r.target == *item
+                        || r.target
+                            .strip_prefix(item.as_str())
+                            .is_some_and(|rest| rest.starts_with('@'))
+                })
+            })
+            .filter(|(_, r)| {
+                until.is_none_or(|u| r.time.parse::<jiff::Timestamp>().is_ok_and(|t| t <= u))
+            })
             .filter(|(_, r)| {
                 since.is_none_or(|s| r.time.parse::<jiff::Timestamp>().is_ok_and(|t| t >= s))
             })

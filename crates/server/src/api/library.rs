@@ -101,6 +101,7 @@ pub fn item_etag(history: &HistoryReport) -> String {
         (status = 400, body = ErrorBody, content_type = "application/problem+json")))]
 pub async fn items_list(
     State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
     query: Result<Query<ItemsQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
@@ -121,9 +122,12 @@ pub async fn items_list(
     let (items, next) = blocking(move || {
         let library = st.library();
         let needle = query.q.as_deref().map(str::to_ascii_lowercase);
+        let access = st.access.current();
         let mut items: Vec<ItemSummary> = library
             .list(query.removed)?
             .into_iter()
+            // Items the caller may not see are left out (per-item access, `access.rs`).
+            .filter(|i| access.visible(&who, &i.name))
             .filter(|i| {
                 needle
                     .as_deref()

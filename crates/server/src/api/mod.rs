@@ -10,12 +10,18 @@
 //! header; updates honour `If-Match` (412 on a mismatch, 428 where it is required);
 //! creates honour `Idempotency-Key` (`idempotency.rs`); long work answers 202 with a task.
 
+pub mod access;
 pub mod accounts;
+pub mod attachments;
 pub mod idempotency;
 pub mod library;
+pub mod replication;
+pub mod stats;
 pub mod store;
+pub mod systems;
 pub mod tasks;
 pub mod uploads;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -51,6 +57,21 @@ pub struct ApiState {
     pub idempotency: Arc<idempotency::Replies>,
     /// Continuous replication, when the daemon runs any.
     pub replication: Option<Arc<crate::replicate::Replication>>,
+    /// The VM store whose VMs are the systems; None: no systems routes (503).
+    pub systems: Option<vmedia_boot::store::BootConfig>,
+    /// Per-item access rules (`STATE/access.json`).
+    pub access: Arc<access::AccessList>,
+    /// Which library version each system has attached (`STATE/attachments/`).
+    pub attachments: Arc<attachments::Attachments>,
+    /// Per-system events for the boot timeline (in memory).
+    pub events: Arc<systems::Events>,
+    /// The clone store, for "where used".
+    pub clones: Option<Arc<crate::clones::CloneStore>>,
+    /// The netboot files whose `library:` references "where used" reports.
+    pub netboot_files: Vec<std::path::PathBuf>,
+    /// `http://HOST:PORT` of the daemon's plain HTTP listener once bound: attached media are
+    /// given to QEMU as `{media_base}/images/NAME@V`.
+    pub media_base: std::sync::OnceLock<String>,
 }
 
 impl ApiState {
@@ -287,6 +308,7 @@ pub fn router(state: Arc<ApiState>, clones: Option<Router>) -> Router {
             post(library::item_rollback),
         )
         .route("/api/v1/library/prune-preview", get(library::prune_preview))
+        .route("/api/v1/library/sync-status", get(replication::sync_status))
         .route("/api/v1/library/verify", post(library::verify_start))
         .route("/api/v1/tasks", get(tasks::tasks_list))
         .route("/api/v1/tasks/{id}", get(tasks::task_show))
@@ -325,6 +347,58 @@ pub fn router(state: Arc<ApiState>, clones: Option<Router>) -> Router {
         .route("/api/v1/store/list", get(store::list))
         .route("/api/v1/replication", get(store::replication))
         .route("/api/v1/store/flush", post(store::flush))
+        .route(
+            "/api/v1/access",
+            get(access::access_show).put(access::access_replace),
+        )
+        .route("/api/v1/library/items/{name}/usage", get(usage::item_usage))
+        .route(
+            "/api/v1/systems",
+            get(systems::systems_list).post(systems::system_create),
+        )
+        .route(
+            "/api/v1/systems/{id}",
+            get(systems::system_show)
+                .patch(systems::system_patch)
+                .delete(systems::system_delete),
+        )
+        .route(
+            "/api/v1/systems/{id}/actions/start",
+            post(systems::system_start),
+        )
+        .route(
+            "/api/v1/systems/{id}/actions/stop",
+            post(systems::system_stop),
+        )
+        .route(
+            "/api/v1/systems/{id}/actions/reset",
+            post(systems::system_reset),
+        )
+        .route(
+            "/api/v1/systems/{id}/media",
+            post(systems::media_insert).delete(systems::media_eject),
+        )
+        .route(
+            "/api/v1/systems/{id}/media/content",
+            get(systems::media_content),
+        )
+        .route("/api/v1/systems/{id}/console", get(systems::console))
+        .route("/api/v1/systems/{id}/boot", get(systems::boot_timeline))
+        .route("/api/v1/systems/{id}/usage", get(usage::system_usage))
+        .route(
+            "/api/v1/attachments",
+            get(attachments::attachments_list).post(attachments::attach_batch),
+        )
+        .route(
+            "/api/v1/attachments/detach",
+            post(attachments::detach_batch),
+        )
+        .route("/api/v1/attachments/{id}", delete(attachments::detach))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            access::item_routes,
+        ))
+        .route("/api/v1/stats/stream", get(stats::stats_stream))
         .with_state(Arc::clone(&state))
         .merge(
             Router::new()
@@ -373,7 +447,7 @@ impl utoipa::Modify for Security {
 #[openapi(
     info(
         title = "vmedia",
-        description = "The vmedia daemon's REST API: the image library, uploads, tasks, clones, users and the audit log. Errors are RFC 9457 problem documents.",
+        description = "The vmedia daemon's REST API: the image library, uploads, tasks, clones, systems and attachments, users, access rules and the audit log. Errors are RFC 9457 problem documents.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
     ),
     paths(
@@ -406,6 +480,29 @@ impl utoipa::Modify for Security {
         accounts::session_login,
         accounts::session_logout,
         accounts::audit_list,
+        stats::stats_stream,
+        replication::sync_status,
+        access::access_show,
+        access::access_replace,
+        usage::item_usage,
+        usage::system_usage,
+        systems::systems_list,
+        systems::system_create,
+        systems::system_show,
+        systems::system_patch,
+        systems::system_delete,
+        systems::system_start,
+        systems::system_stop,
+        systems::system_reset,
+        systems::media_insert,
+        systems::media_eject,
+        systems::media_content,
+        systems::console,
+        systems::boot_timeline,
+        attachments::attachments_list,
+        attachments::attach_batch,
+        attachments::detach_batch,
+        attachments::detach,
         library::clones_list_doc,
         library::clones_create_doc,
         library::clones_show_doc,
@@ -428,8 +525,10 @@ impl utoipa::Modify for Security {
         (name = "uploads", description = "Resumable uploads that end in a library add"),
         (name = "tasks", description = "Long work: state, progress, result"),
         (name = "clones", description = "Per-VM copy-on-write clones of library versions"),
+        (name = "systems", description = "Managed VMs: power, boot override, media, console; attachments and where used"),
         (name = "accounts", description = "Users, API tokens, sessions, the audit log"),
         (name = "replication", description = "The library's object store, for another site's sync (administrators)"),
+        (name = "stats", description = "Live I/O per image and client, as server-sent events"),
     )
 )]
 pub struct ApiDoc;
@@ -501,5 +600,6 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         assert!(paths.contains_key("/api/v1/uploads/{id}"));
         assert!(paths.contains_key("/api/v1/clones"));
+        assert!(paths.contains_key("/api/v1/stats/stream"));
     }
 }

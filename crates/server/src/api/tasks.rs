@@ -62,6 +62,8 @@ pub struct TaskInfo {
 
 struct Task {
     info: Mutex<TaskInfo>,
+    /// The result so far of a task that publishes as it goes (a batch's per-system results).
+    partial: Mutex<Option<serde_json::Value>>,
     done: AtomicU64,
     total: AtomicU64,
     phase: Mutex<Option<String>>,
@@ -82,6 +84,13 @@ impl Progress for Task {
 impl Task {
     fn snapshot(&self) -> TaskInfo {
         let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if info.result.is_none() && info.state == TaskState::Running {
+            info.result = self
+                .partial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
         info.progress = TaskProgress {
             done: self.done.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
@@ -103,9 +112,31 @@ pub struct Tasks {
 /// A task's work: blocking, reporting progress; a JSON report or a problem.
 pub type Work = Box<dyn FnOnce(&dyn Progress) -> Result<serde_json::Value, Problem> + Send>;
 
+/// Publishes a running task's result so far (shown as its `result` until it ends).
+pub type Publish<'a> = &'a (dyn Fn(serde_json::Value) + Sync);
+/// A task's work that publishes partial results as it goes.
+pub type PublishingWork =
+    Box<dyn FnOnce(&dyn Progress, Publish<'_>) -> Result<serde_json::Value, Problem> + Send>;
+
 impl Tasks {
     /// Starts `work` and answers 202 with the task.
     pub fn start(&self, kind: &str, target: &str, owner: &Principal, work: Work) -> Response {
+        self.start_publishing(
+            kind,
+            target,
+            owner,
+            Box::new(move |progress, _| work(progress)),
+        )
+    }
+
+    /// `start` for work that publishes its result so far while it runs.
+    pub fn start_publishing(
+        &self,
+        kind: &str,
+        target: &str,
+        owner: &Principal,
+        work: PublishingWork,
+    ) -> Response {
         let mut bytes = [0u8; 8];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
         let id = hex::encode(bytes);
@@ -126,6 +157,7 @@ impl Tasks {
                 result: None,
                 error: None,
             }),
+            partial: Mutex::new(None),
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             phase: Mutex::new(None),
@@ -149,7 +181,10 @@ impl Tasks {
         }
         let runner = Arc::clone(&task);
         tokio::task::spawn_blocking(move || {
-            let outcome = work(runner.as_ref());
+            let publish = |value: serde_json::Value| {
+                *runner.partial.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+            };
+            let outcome = work(runner.as_ref(), &publish);
             let mut info = runner.info.lock().unwrap_or_else(|p| p.into_inner());
             info.finished = Some(jiff::Timestamp::now().to_string());
             match outcome {

@@ -1,0 +1,524 @@
+//! Systems, attachments, where-used and per-item access in the REST API, on one daemon shared
+//! by every test here: one call attaches a library ISO to 500 registered systems (a task with
+//! 500 results, p99 per attach printed), "where used" lists the 500, then 500 concurrent
+//! clients read their systems' attached media over HTTP and verify the bytes; systems created,
+//! patched (If-Match) and their console read through the API; hidden items answer 404 and
+//! every refused attempt is audited; hostile inputs get clear 4xx answers.
+
+mod support_http;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support_http::{add, curl, free_port, make_iso, new_library, options, Daemon, Reply};
+use vmedia_boot::managed::VmStore;
+use vmedia_boot::spec::{CdromSlot, VmSpec};
+use vmedia_boot::store::BootConfig;
+use vmedia_server::auth::Role;
+
+/// Systems the batch attaches to, and systems the selector must leave out.
+const FLEET: usize = 500;
+const OTHERS: usize = 3;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    daemon: Daemon,
+    base: String,
+    admin: String,
+    iso: Vec<u8>,
+    vms: BootConfig,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let iso = make_iso(dir.path());
+        let library = new_library(dir.path());
+        add(&library, "deb", &iso);
+        add(&library, "secret", &iso);
+        let vms = BootConfig::new(&dir.path().join("vmstate"));
+        let store = VmStore::new(&vms);
+        // Registered definitions: none of them runs.
+        for n in 0..FLEET + OTHERS {
+            let name = format!("node{n:03}");
+            let mut spec = VmSpec::new(&name);
+            spec.cdroms = vec![CdromSlot::default()];
+            store.create(&spec).unwrap();
+            let fleet = if n < FLEET { "a" } else { "b" };
+            store
+                .set_labels(
+                    &name,
+                    BTreeMap::from([("fleet".to_string(), fleet.to_string())]),
+                )
+                .unwrap();
+        }
+        let mut opts = options(&dir.path().join("state"));
+        opts.https_port = free_port();
+        opts.systems = Some(vms.clone());
+        let daemon = Daemon::start(library, opts);
+        let handle = daemon.handle.as_ref().unwrap();
+        let base = format!("https://{}", handle.https.unwrap());
+        let admin = handle
+            .users
+            .create_token("root", Role::Administrator, None)
+            .unwrap()
+            .token;
+        Fixture {
+            iso: std::fs::read(&iso).unwrap(),
+            _dir: dir,
+            daemon,
+            base,
+            admin,
+            vms,
+        }
+    })
+}
+
+impl Fixture {
+    fn token(&self, name: &str, role: Role) -> String {
+        let handle = self.daemon.handle.as_ref().unwrap();
+        handle.users.create_token(name, role, None).unwrap().token
+    }
+
+    fn call(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let auth = format!("Authorization: Bearer {token}");
+        let url = format!("{}{path}", self.base);
+        let text = body.map(|b| b.to_string());
+        let mut args = vec!["-k", "-H", &auth, "-X", method];
+        if let Some(text) = &text {
+            args.extend([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                text,
+            ]);
+        }
+        args.push(&url);
+        curl(&args)
+    }
+
+    fn json(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let reply = self.call(token, method, path, body);
+        let value = if reply.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {} {}",
+                    reply.status,
+                    String::from_utf8_lossy(&reply.body)
+                )
+            })
+        };
+        (reply.status, value)
+    }
+
+    fn wait_task(&self, location: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let (status, task) = self.json(&self.admin, "GET", location, None);
+            assert_eq!(status, 200, "{task}");
+            if task["state"] != "running" {
+                return task;
+            }
+            assert!(Instant::now() < deadline, "task {location} still running");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn p99(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let at = (values.len() * 99).div_ceil(100).saturating_sub(1);
+    values[at.min(values.len() - 1)]
+}
+
+#[test]
+fn one_call_attaches_an_iso_to_500_systems_and_500_clients_read_it() {
+    let f = fixture();
+    let started = Instant::now();
+    let reply = f.call(
+        &f.admin,
+        "POST",
+        "/api/v1/attachments",
+        Some(&json!({"image": "deb", "selector": "fleet=a"})),
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let location = reply.header("location").unwrap().to_string();
+    let task = f.wait_task(&location);
+    let wall = started.elapsed();
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let result = &task["result"];
+    assert_eq!(result["total"], FLEET, "{result}");
+    assert_eq!(result["succeeded"], FLEET, "{result}");
+    assert_eq!(result["failed"], 0);
+    assert_eq!(result["image"], "deb@1");
+    let results = result["results"].as_array().unwrap();
+    assert_eq!(results.len(), FLEET);
+    assert!(results.iter().all(|r| r["ok"] == true));
+    assert_eq!(task["progress"]["done"], FLEET);
+    let times: Vec<f64> = results.iter().map(|r| r["ms"].as_f64().unwrap()).collect();
+    println!(
+        "batch attach: {FLEET} systems in {:.2} s, p99 per attach {:.2} ms",
+        wall.as_secs_f64(),
+        p99(times)
+    );
+
+    // Where used: all 500, none of the others.
+    let (status, usage) = f.json(&f.admin, "GET", "/api/v1/library/items/deb/usage", None);
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["systems"], FLEET, "{usage}");
+    let listed = usage["versions"][0]["systems"].as_array().unwrap();
+    assert_eq!(listed.len(), FLEET);
+    assert!(!listed
+        .iter()
+        .any(|s| s == &json!(format!("node{FLEET:03}"))));
+    let (status, mine) = f.json(&f.admin, "GET", "/api/v1/systems/node007/usage", None);
+    assert_eq!(status, 200);
+    assert_eq!(mine["attachment"]["item"], "deb");
+    // The attachment survives in the state folder and the VM's CD points at the daemon.
+    let store = VmStore::new(&f.vms);
+    let medium = store.load("node007").unwrap().spec.cdroms[0]
+        .medium
+        .clone()
+        .unwrap()
+        .to_string();
+    assert!(medium.ends_with("/images/deb@1"), "{medium}");
+
+    // Each client finds its system's attachment and reads a piece of it over plain HTTP.
+    let (status, page) = f.json(&f.admin, "GET", "/api/v1/attachments?limit=1000", None);
+    assert_eq!(status, 200);
+    let attachments = page["items"].as_array().unwrap().clone();
+    assert_eq!(attachments.len(), FLEET);
+    let http = f.daemon.url.clone();
+    let iso = &f.iso;
+    let started = Instant::now();
+    let verified: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = attachments
+            .iter()
+            .enumerate()
+            .map(|(n, a)| {
+                let url = format!("{http}{}", a["http_path"].as_str().unwrap());
+                scope.spawn(move || {
+                    let len = iso.len();
+                    let start = (n * 7919 * 512) % (len - 4096);
+                    let end = start + 4095;
+                    let mut response = ureq::get(&url)
+                        .header("Range", &format!("bytes={start}-{end}"))
+                        .call()
+                        .unwrap();
+                    assert_eq!(response.status(), 206);
+                    let body = response.body_mut().read_to_vec().unwrap();
+                    assert_eq!(body, iso[start..=end], "client {n}");
+                    1
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert_eq!(verified, FLEET);
+    println!(
+        "{FLEET} concurrent clients verified their media in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    // The authenticated route serves the same bytes.
+    let auth = format!("Authorization: Bearer {}", f.admin);
+    let url = format!("{}/api/v1/systems/node042/media/content", f.base);
+    let reply = curl(&["-k", "-H", &auth, "-H", "Range: bytes=100-199", &url]);
+    assert_eq!(reply.status, 206);
+    assert_eq!(reply.body, f.iso[100..200]);
+}
+
+#[test]
+fn a_system_is_created_patched_with_if_match_and_its_console_read() {
+    let f = fixture();
+    let (status, system) = f.json(
+        &f.admin,
+        "POST",
+        "/api/v1/systems",
+        Some(&json!({"id": "web1", "labels": {"role": "web"}, "memory_mib": 256, "firmware": "uefi"})),
+    );
+    assert_eq!(status, 201, "{system}");
+    assert_eq!(system["power"], "off");
+    assert_eq!(system["firmware"], "uefi");
+    assert_eq!(system["cdrom_slots"], 1);
+    let (status, _) = f.json(
+        &f.admin,
+        "POST",
+        "/api/v1/systems",
+        Some(&json!({"id": "web1"})),
+    );
+    assert_eq!(status, 409);
+    let (_, page) = f.json(&f.admin, "GET", "/api/v1/systems?label=role=web", None);
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["web1"]);
+
+    let show = f.call(&f.admin, "GET", "/api/v1/systems/web1", None);
+    let etag = show.header("etag").unwrap().to_string();
+    let auth = format!("Authorization: Bearer {}", f.admin);
+    let patch = |tag: &str, body: &Value| {
+        let text = body.to_string();
+        let url = format!("{}/api/v1/systems/web1", f.base);
+        let if_match = format!("If-Match: {tag}");
+        curl(&[
+            "-k",
+            "-H",
+            &auth,
+            "-H",
+            &if_match,
+            "-H",
+            "Content-Type: application/json",
+            "-X",
+            "PATCH",
+            "--data-binary",
+            &text,
+            &url,
+        ])
+    };
+    let body =
+        json!({"boot_override": {"mode": "once", "target": "uefihttp"}, "labels": {"role": "db"}});
+    let reply = patch(&etag, &body);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let patched: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(patched["boot_override"]["mode"], "once");
+    assert_eq!(patched["labels"]["role"], "db");
+    // The old ETag is stale now.
+    assert_eq!(patch(&etag, &body).status, 412);
+
+    // Media by URL, then eject; the console of a VM that never ran is empty.
+    let (status, system) = f.json(
+        &f.admin,
+        "POST",
+        "/api/v1/systems/web1/media",
+        Some(&json!({"url": "http://127.0.0.1:9/x.iso"})),
+    );
+    assert_eq!(status, 200, "{system}");
+    assert_eq!(system["media"][0]["image"], "http://127.0.0.1:9/x.iso");
+    let (status, system) = f.json(&f.admin, "DELETE", "/api/v1/systems/web1/media", None);
+    assert_eq!(status, 200);
+    assert_eq!(system["media"][0]["image"], Value::Null);
+    let store = VmStore::new(&f.vms);
+    std::fs::write(
+        store.serial_log("web1"),
+        b"SeaBIOS\nBooting from DVD/CD...\nmarker\n",
+    )
+    .unwrap();
+    let (status, chunk) = f.json(
+        &f.admin,
+        "GET",
+        "/api/v1/systems/web1/console?offset=8&limit=5",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(chunk["text"], "Booti");
+    assert_eq!(chunk["next"], 13);
+    let (status, timeline) = f.json(&f.admin, "GET", "/api/v1/systems/web1/boot", None);
+    assert_eq!(status, 200, "{timeline}");
+    assert_eq!(
+        timeline["console"]["phases"][1]["phase"],
+        "firmware_handover"
+    );
+    let (status, _) = f.json(&f.admin, "DELETE", "/api/v1/systems/web1", None);
+    assert_eq!(status, 204);
+    assert_eq!(f.json(&f.admin, "GET", "/api/v1/systems/web1", None).0, 404);
+}
+
+#[test]
+fn hidden_items_are_404_to_users_without_access_and_every_attempt_is_audited() {
+    let f = fixture();
+    let (status, doc) = f.json(
+        &f.admin,
+        "PUT",
+        "/api/v1/access",
+        Some(&json!({"groups": {"ops": ["alice"]}, "rules": [{"pattern": "secr*", "groups": ["ops"]}]})),
+    );
+    assert_eq!(status, 200, "{doc}");
+    let alice = f.token("alice", Role::Operator);
+    let bob = f.token("bob", Role::Operator);
+    let names = |token: &str| -> Vec<String> {
+        let (_, page) = f.json(token, "GET", "/api/v1/library/items", None);
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&alice), ["deb", "secret"]);
+    assert_eq!(names(&bob), ["deb"]);
+    let tries = [
+        ("GET", "/api/v1/library/items/secret", None),
+        (
+            "GET",
+            "/api/v1/library/items/secret/versions/1/content",
+            None,
+        ),
+        ("GET", "/api/v1/library/items/secret/usage", None),
+        (
+            "POST",
+            "/api/v1/attachments",
+            Some(json!({"image": "secret", "systems": ["node500"]})),
+        ),
+        (
+            "POST",
+            "/api/v1/systems/node501/media",
+            Some(json!({"image": "secret@1"})),
+        ),
+    ];
+    for (method, path, body) in &tries {
+        let (status, problem) = f.json(&bob, method, path, body.as_ref());
+        assert_eq!(status, 404, "{method} {path}: {problem}");
+        // Alice may.
+        let expected = if *method == "POST" && path.ends_with("attachments") {
+            202
+        } else {
+            200
+        };
+        let (status, answer) = f.json(&alice, method, path, body.as_ref());
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+    }
+    let (status, audit) = f.json(
+        &f.admin,
+        "GET",
+        "/api/v1/audit?user=bob&item=secret&outcome=denied&since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        audit["items"].as_array().unwrap().len(),
+        tries.len(),
+        "{audit}"
+    );
+    // Only administrators read or change the rules.
+    assert_eq!(f.json(&alice, "GET", "/api/v1/access", None).0, 403);
+}
+
+#[test]
+fn hostile_inputs_get_clear_4xx_answers() {
+    let f = fixture();
+    let cases = [
+        (
+            "POST",
+            "/api/v1/attachments",
+            json!({"image": "deb", "selector": "fleet"}),
+        ),
+        (
+            "POST",
+            "/api/v1/attachments",
+            json!({"image": "deb", "selector": "a=b,,c=d"}),
+        ),
+        (
+            "POST",
+            "/api/v1/attachments",
+            json!({"image": "deb", "selector": "a=b", "systems": ["node001"]}),
+        ),
+        (
+            "POST",
+            "/api/v1/attachments",
+            json!({"image": "deb", "systems": []}),
+        ),
+        (
+            "POST",
+            "/api/v1/attachments",
+            json!({"image": "../../etc/passwd", "systems": ["node001"]}),
+        ),
+        (
+            "POST",
+            "/api/v1/attachments",
+            json!({"image": "deb", "systems": ["../node001"]}),
+        ),
+        ("POST", "/api/v1/systems", json!({"id": "../escape"})),
+        (
+            "POST",
+            "/api/v1/systems",
+            json!({"id": "ok1", "disks": ["/etc/passwd"]}),
+        ),
+        (
+            "POST",
+            "/api/v1/systems",
+            json!({"id": "ok2", "disks": ["../../../etc/passwd"]}),
+        ),
+        (
+            "POST",
+            "/api/v1/systems",
+            json!({"id": "ok3", "labels": {"k": "a,b"}}),
+        ),
+        (
+            "POST",
+            "/api/v1/systems/node001/media",
+            json!({"url": "file:///etc/passwd"}),
+        ),
+        (
+            "POST",
+            "/api/v1/systems/node001/media",
+            json!({"image": "deb", "url": "http://h/x"}),
+        ),
+        (
+            "PATCH",
+            "/api/v1/systems/node001",
+            json!({"boot_override": {"mode": "once", "target": "floppy"}}),
+        ),
+        (
+            "PUT",
+            "/api/v1/access",
+            json!({"rules": [{"pattern": "../*"}]}),
+        ),
+    ];
+    for (method, path, body) in &cases {
+        let (status, problem) = f.json(&f.admin, method, path, Some(body));
+        assert_eq!(status, 400, "{method} {path} {body}: {problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    for path in [
+        "/api/v1/systems/..%2F..%2Fetc",
+        "/api/v1/systems/%2e%2e/console",
+        "/api/v1/systems?label=%3D%3D",
+    ] {
+        let status = f.json(&f.admin, "GET", path, None).0;
+        assert!(matches!(status, 400 | 404), "{path}: {status}");
+    }
+    // Oversized and malformed bodies.
+    let big = json!({"image": "deb", "systems": vec!["node001"; 20_000]});
+    assert_eq!(
+        f.call(&f.admin, "POST", "/api/v1/attachments", Some(&big))
+            .status,
+        413
+    );
+    let auth = format!("Authorization: Bearer {}", f.admin);
+    let url = format!("{}/api/v1/systems", f.base);
+    let reply = curl(&[
+        "-k",
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        "{\"id\":",
+        &url,
+    ]);
+    assert_eq!(reply.status, 400);
+    // Nothing leaked out of the VM store, and the daemon still answers.
+    assert!(!f.vms.state_dir.join("escape").exists());
+    assert_eq!(
+        f.json(&f.admin, "GET", "/api/v1/systems/node001", None).0,
+        200
+    );
+}
