@@ -8,7 +8,7 @@ need_root() { if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get)"; 
 # Debian packages: payloads for bootable fixtures and the peer programs the tests compare with.
 PACKAGES=(
   qemu-system-x86 ovmf seabios ipxe-qemu
-  xorriso genisoimage p7zip-full libarchive-tools isomd5sum
+  xorriso genisoimage p7zip-full libarchive-tools isomd5sum udftools
   # ovf tests: xmllint validates exported descriptors against the DMTF schema
   libxml2-utils
   dnsmasq-base atftp atftpd tftp-hpa curl wrk nginx

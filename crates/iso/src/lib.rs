@@ -1,4 +1,5 @@
-//! ISO 9660 disc images: write (Joliet, Rock Ridge, El Torito, hybrid MBR/GPT), read, verify,
+//! ISO 9660 disc images: write (Joliet, Rock Ridge, El Torito, hybrid MBR/GPT, a UDF bridge),
+//! read (UDF too), verify,
 //! extract into a folder, repack with changes.
 //!
 //! Architecture invariant: this crate knows nothing about QEMU, disks or the network, and
@@ -12,4 +13,5 @@ pub mod read;
 pub mod repack;
 pub mod report;
 pub mod spec;
+pub mod udf;
 pub mod write;

@@ -49,7 +49,12 @@ impl InfoReport {
         let boot_catalog = image.boot_catalog().map_err(InfoError::BootCatalog)?;
         let partitions = image.partitions().map_err(InfoError::Partitions)?;
         let recorded_bytes = image.recorded_size().map_err(InfoError::RecordedSize)?;
-        let checksums = integrity::read_implant(&**image.source()).map_err(InfoError::Checksums)?;
+        // A UDF-only volume (mkudffs) has no ISO 9660 descriptor to carry checksums.
+        let checksums = if image.volume().descriptors.is_empty() {
+            None
+        } else {
+            integrity::read_implant(&**image.source()).map_err(InfoError::Checksums)?
+        };
         let mkisofs_boot_args = boot_catalog.as_ref().map(|c| c.as_mkisofs_args(name));
         Ok(InfoReport {
             boot_catalog,

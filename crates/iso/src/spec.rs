@@ -58,6 +58,9 @@ pub struct IsoSpec {
     /// `-hfsplus`: an HFS+ filesystem over the same file data, described by an Apple
     /// Partition Map (and the GPT when there is one), as xorriso writes for Intel Macs.
     pub hfsplus: Option<HfsPlusSpec>,
+    /// `-udf` / `--udf`: a UDF file system over the same file data (an ISO 9660 + UDF bridge,
+    /// as Windows installation media and DVDs are made).
+    pub udf: Option<UdfSpec>,
     /// Whether the image is flushed to stable storage before it is renamed into place.
     /// Default `PageCache`, as genisoimage and xorriso; the CLI asks for `Flush` with `--sync`
     /// or `VMEDIA_SYNC=1`. The image appears under its name only when complete either way.
@@ -83,6 +86,7 @@ impl Default for IsoSpec {
             pad_sectors: DEFAULT_PAD_SECTORS,
             integrity: IntegritySpec::default(),
             hfsplus: None,
+            udf: None,
             durability: Durability::PageCache,
         }
     }
@@ -743,4 +747,47 @@ mod tests {
             Some(0xEF)
         );
     }
+}
+
+/// The UDF revision written by `--udf-revision`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub enum UdfRevision {
+    /// UDF 1.02 (NSR02), what Windows installation media and genisoimage write.
+    #[default]
+    V102,
+    /// UDF 2.01 (NSR03).
+    V201,
+}
+
+impl UdfRevision {
+    /// Parses "1.02" or "2.01".
+    pub fn parse(text: &str) -> Option<UdfRevision> {
+        match text.trim() {
+            "1.02" | "102" => Some(UdfRevision::V102),
+            "2.01" | "201" => Some(UdfRevision::V201),
+            _ => None,
+        }
+    }
+
+    /// The revision as UDF records it (0x0102, 0x0201).
+    pub fn bcd(self) -> u16 {
+        match self {
+            UdfRevision::V102 => 0x0102,
+            UdfRevision::V201 => 0x0201,
+        }
+    }
+
+    /// "1.02" or "2.01".
+    pub fn label(self) -> &'static str {
+        match self {
+            UdfRevision::V102 => "1.02",
+            UdfRevision::V201 => "2.01",
+        }
+    }
+}
+
+/// The UDF side of an ISO 9660 + UDF bridge image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdfSpec {
+    pub revision: UdfRevision,
 }

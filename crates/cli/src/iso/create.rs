@@ -75,6 +75,13 @@ pub struct Args {
     /// No Joliet tree.
     #[arg(long)]
     no_joliet: bool,
+    /// Also write a UDF file system over the same file data (an ISO 9660 + UDF bridge, as
+    /// Windows installation media are made): what Windows, 7z and bsdtar read first.
+    #[arg(long)]
+    udf: bool,
+    /// UDF revision: 1.02 (as Windows media, default) or 2.01; implies --udf.
+    #[arg(long, value_name = "1.02|2.01", value_parser = parse_udf_revision)]
+    udf_revision: Option<vmedia_iso::spec::UdfRevision>,
     /// ISO 9660 level 1-4 (default 3: long names and files over 4 GiB).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=4))]
     iso_level: u8,
@@ -122,6 +129,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.out.write(spec, &out, policy)
 }
 
+fn parse_udf_revision(text: &str) -> Result<vmedia_iso::spec::UdfRevision, String> {
+    vmedia_iso::spec::UdfRevision::parse(text).ok_or_else(|| format!("{text}: use 1.02 or 2.01"))
+}
+
 fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
     let mut spec = IsoSpec::default();
     spec.volume.volume_id = args.volume_id.clone();
@@ -131,6 +142,11 @@ fn build_spec(args: &Args) -> anyhow::Result<IsoSpec> {
     spec.volume.system_id = args.system_id.clone();
     spec.volume.volume_set_id = args.volume_set.clone();
     spec.naming.iso_level = args.iso_level;
+    if args.udf || args.udf_revision.is_some() {
+        spec.udf = Some(vmedia_iso::spec::UdfSpec {
+            revision: args.udf_revision.unwrap_or_default(),
+        });
+    }
     // Deep folders stay where they are, as xorriso does by default.
     spec.naming.no_deep_relocation = true;
     spec.naming.joliet = !args.no_joliet;

@@ -20,9 +20,11 @@ use crate::progress::Bar;
 /// Which directory tree supplies the names.
 #[derive(Debug, Clone, Copy, clap::ValueEnum, Default)]
 pub enum NameSpaceArg {
-    /// Rock Ridge, else Joliet, else ISO 9660 (like xorriso and Linux)
+    /// UDF (like 7z and bsdtar), else Rock Ridge, else Joliet, else ISO 9660 (like xorriso
+    /// and Linux)
     #[default]
     Auto,
+    Udf,
     RockRidge,
     Joliet,
     Iso9660,
@@ -32,6 +34,7 @@ impl From<NameSpaceArg> for NameSpace {
     fn from(a: NameSpaceArg) -> NameSpace {
         match a {
             NameSpaceArg::Auto => NameSpace::Auto,
+            NameSpaceArg::Udf => NameSpace::Udf,
             NameSpaceArg::RockRidge => NameSpace::RockRidge,
             NameSpaceArg::Joliet => NameSpace::Joliet,
             NameSpaceArg::Iso9660 => NameSpace::Iso9660,
@@ -134,6 +137,15 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
         );
     }
     let mut spaces = Vec::new();
+    if let Some(u) = &volume.udf {
+        spaces.push(format!(
+            "UDF {} (label {:?})",
+            u.revision
+                .as_deref()
+                .unwrap_or(if u.nsr == 2 { "1.x" } else { "2.x" }),
+            u.label
+        ));
+    }
     if let Some(rr) = &volume.rock_ridge {
         if rr.extensions.is_empty() {
             spaces.push("Rock Ridge".to_string());
@@ -147,7 +159,9 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
             j.level, j.fields.volume_id
         ));
     }
-    spaces.push("ISO 9660".to_string());
+    if !volume.descriptors.is_empty() {
+        spaces.push("ISO 9660".to_string());
+    }
     let _ = writeln!(
         out,
         "Name spaces:        {}; in use: {}",
@@ -160,6 +174,20 @@ pub fn run_info(args: InfoArgs) -> Result<ExitCode> {
         .map(|d| format!("{} {}", d.lba, d.kind.label()))
         .collect();
     let _ = writeln!(out, "Descriptors:        {}", descriptors.join(", "));
+    if let Some(u) = &volume.udf {
+        let _ = writeln!(
+            out,
+            "UDF:                NSR0{}, anchor at {}, partition at {} ({} blocks){}",
+            u.nsr,
+            u.anchor_lba,
+            u.partition_start,
+            u.partition_blocks,
+            match (u.files, u.directories) {
+                (Some(f), Some(d)) => format!(", {f} files, {d} folders"),
+                _ => String::new(),
+            }
+        );
+    }
     match catalog {
         None => {
             let _ = writeln!(out, "El Torito:          none (not bootable from CD)");

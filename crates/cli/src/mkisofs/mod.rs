@@ -173,6 +173,9 @@ fn translate(inv: &Invocation) -> Result<IsoSpec, Failure> {
             matcher: Matcher::Glob(pattern.clone()),
         });
     }
+    if let Some(revision) = inv.udf {
+        spec.udf = Some(vmedia_iso::spec::UdfSpec { revision });
+    }
     if inv.hfsplus.enabled {
         spec.hfsplus = Some(HfsPlusSpec {
             serial_number: inv.hfsplus.serial_number,
@@ -364,6 +367,9 @@ Hybrid (USB) layout
   -iso_mbr_part_type default|0xNN|GUID, -partition_offset N,
   -append_partition N TYPE FILE, -appended_part_as_gpt,
   -efi-boot-part FILE|--efi-boot-image
+UDF bridge (Windows media, DVDs)
+  -udf                    a UDF 1.02 file system over the same file data (ISO 9660 + UDF)
+  -udf-revision 1.02|2.01 the UDF revision (implies -udf)
 HFS+ hybrid (Intel Macs; what grub-mkrescue passes)
   -hfsplus                an HFS+ volume over the same file data, in an Apple Partition Map
                           (and in the GPT when there is one)

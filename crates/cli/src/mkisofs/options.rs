@@ -130,6 +130,8 @@ pub struct Invocation {
     pub rock_ridge: RockRidge,
     pub joliet: bool,
     pub joliet_long: bool,
+    /// `-udf`: an ISO 9660 + UDF bridge; `-udf-revision 1.02|2.01` picks the revision.
+    pub udf: Option<vmedia_iso::spec::UdfRevision>,
     pub iso_level: Option<u8>,
     pub names: NameRules,
     pub volume_id: Option<String>,
@@ -217,6 +219,7 @@ impl Default for Invocation {
             rock_ridge: RockRidge::Off,
             joliet: false,
             joliet_long: false,
+            udf: None,
             iso_level: None,
             names: NameRules::default(),
             volume_id: None,
@@ -768,6 +771,16 @@ fn apply<'a>(
             flag(inline)?;
             inv.joliet = true;
             inv.joliet_long = true;
+        }
+        "udf" => {
+            flag(inline)?;
+            inv.udf.get_or_insert_default();
+        }
+        "udf-revision" => {
+            let text = value_str(words, option, inline)?;
+            let rev = vmedia_iso::spec::UdfRevision::parse(text)
+                .ok_or_else(|| usage(format!("-udf-revision {text}: use 1.02 or 2.01")))?;
+            inv.udf = Some(rev);
         }
         "iso-level" => {
             let level: u8 = number(value_str(words, option, inline)?, option)?;

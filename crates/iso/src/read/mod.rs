@@ -5,8 +5,9 @@
 //! without bound has a named limit below, and a walk of the tree refuses to enter a directory
 //! twice. Nothing here panics on any input; errors name the byte offset and the field.
 //!
-//! Name spaces are chosen like xorriso and the Linux kernel: Rock Ridge names when the image
-//! has Rock Ridge, else Joliet, else plain ISO 9660 names (without the `;1` version).
+//! Name spaces are chosen like 7z and bsdtar: the UDF tree when the image has one (an ISO 9660
+//! + UDF bridge, or UDF alone), then as xorriso and the Linux kernel: Rock Ridge names when the
+//! image has Rock Ridge, else Joliet, else plain ISO 9660 names (without the `;1` version).
 
 mod eltorito;
 mod error;
@@ -63,9 +64,11 @@ pub const MAX_SYMLINK_HOPS: usize = 40;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NameSpace {
-    /// Rock Ridge if present, then Joliet, then ISO 9660 (what xorriso and Linux do).
+    /// UDF if present (as 7z and bsdtar), then Rock Ridge, then Joliet, then ISO 9660
+    /// (what xorriso and Linux do).
     #[default]
     Auto,
+    Udf,
     RockRidge,
     Joliet,
     Iso9660,
@@ -76,6 +79,7 @@ impl NameSpace {
     pub fn label(self) -> &'static str {
         match self {
             NameSpace::Auto => "auto",
+            NameSpace::Udf => "UDF",
             NameSpace::RockRidge => "Rock Ridge",
             NameSpace::Joliet => "Joliet",
             NameSpace::Iso9660 => "ISO 9660",
@@ -165,6 +169,8 @@ pub struct VolumeInfo {
     pub joliet: Option<JolietInfo>,
     pub rock_ridge: Option<RockRidgeInfo>,
     pub el_torito: Option<ElToritoRecord>,
+    /// The UDF volume of a bridge (or UDF-only) image.
+    pub udf: Option<crate::udf::read::UdfVolume>,
     pub descriptors: Vec<DescriptorSummary>,
     /// The name space in use for this `IsoImage` (never `Auto`).
     pub namespace: NameSpace,
@@ -232,8 +238,12 @@ pub struct Entry {
     pub rock_ridge: bool,
     /// A directory reached through a Rock Ridge CL (relocated to rr_moved by the writer).
     pub relocated: bool,
-    /// Byte offset of the directory record in the image.
+    /// Byte offset of the directory record in the image (of the file identifier in UDF).
     pub record_offset: u64,
+    /// UDF: the file's bytes as byte ranges of the image when they are not whole sectors
+    /// (data embedded in the file entry); `extents` is then empty.
+    #[serde(skip)]
+    pub(crate) pieces: Option<Vec<(u64, u64)>>,
 }
 
 const S_IFMT: u32 = 0o170_000;
@@ -351,6 +361,8 @@ pub struct IsoImage {
     /// Directories read by path lookups, shared by clones: a boot or netboot server resolves
     /// the same few paths for every client.
     lookup_cache: DirectoryCache,
+    /// The UDF volume when the UDF tree is the one in use.
+    udf: Option<Arc<crate::udf::read::UdfVolume>>,
 }
 
 /// Directory contents by (block, length), shared by clones of an `IsoImage`.
@@ -459,6 +471,16 @@ impl IsoImage {
     /// Opens the image in `source`, reading the volume descriptors and the root directory.
     pub fn open(source: Arc<dyn ReadAt>, opts: OpenOptions) -> Result<IsoImage, ReadError> {
         let source = Source::new(source)?;
+        let udf_nsr = crate::udf::read::detect(&*source.inner);
+        let has_iso = is_iso(&*source.inner);
+        if let (Some(nsr), false) = (udf_nsr, has_iso) {
+            if matches!(opts.prefer, NameSpace::Auto | NameSpace::Udf) {
+                return Self::open_udf_only(source, nsr);
+            }
+        }
+        if opts.prefer == NameSpace::Udf && udf_nsr.is_none() {
+            return Err(ReadError::MissingNamespace { namespace: "UDF" });
+        }
         if source.size < 17 * SECTOR_BYTES {
             return Err(ReadError::NotIso {
                 reason: format!(
@@ -491,7 +513,16 @@ impl IsoImage {
             }),
             None => None,
         };
+        let udf = match (opts.prefer, udf_nsr) {
+            (NameSpace::Udf, Some(nsr)) => Some(crate::udf::read::open(&source, nsr)?),
+            // A damaged UDF side leaves the ISO 9660 trees readable, as 7z falls back.
+            // A damaged UDF side leaves the ISO 9660 trees readable, as 7z falls back; with
+            // another tree asked for, the UDF volume is still described.
+            (_, Some(nsr)) => crate::udf::read::open(&source, nsr).ok(),
+            _ => None,
+        };
         let namespace = match opts.prefer {
+            NameSpace::Auto if udf.is_some() => NameSpace::Udf,
             NameSpace::Auto if rock_ridge.is_some() => NameSpace::RockRidge,
             NameSpace::Auto if set.joliet.is_some() => NameSpace::Joliet,
             NameSpace::Auto => NameSpace::Iso9660,
@@ -538,6 +569,7 @@ impl IsoImage {
             rock_ridge: false,
             relocated: false,
             record_offset: u64::from(root_location.lba) * SECTOR_BYTES,
+            pieces: None,
         };
         if rock_ridge_skip.is_some() {
             apply_rock_ridge(&mut root, &su);
@@ -548,6 +580,7 @@ impl IsoImage {
             primary: set.primary,
             joliet: set.joliet,
             rock_ridge,
+            udf: udf.clone(),
             el_torito: set.boot_catalog_lba.map(|catalog_lba| ElToritoRecord {
                 catalog_lba,
                 boot_system_id: set.boot_system_id.unwrap_or_default(),
@@ -556,14 +589,232 @@ impl IsoImage {
             namespace,
             image_bytes: source.size,
         };
-        Ok(IsoImage {
+        IsoImage {
             source,
             volume,
             root,
             rock_ridge_skip,
             joliet_tree: namespace == NameSpace::Joliet,
             lookup_cache: Arc::new(Mutex::new(HashMap::new())),
+            udf: None,
+        }
+        .with_udf_root(if namespace == NameSpace::Udf {
+            udf
+        } else {
+            None
         })
+    }
+
+    /// Switches an opened image to its UDF tree (when `udf` is given).
+    fn with_udf_root(
+        mut self,
+        udf: Option<crate::udf::read::UdfVolume>,
+    ) -> Result<IsoImage, ReadError> {
+        if let Some(vol) = udf {
+            let node = crate::udf::read::read_node(&self.source, &vol, vol.root_lba)?;
+            if !crate::udf::read::is_directory(&node) {
+                return Err(ReadError::corrupt(
+                    u64::from(vol.root_lba) * SECTOR_BYTES,
+                    "UDF root",
+                    "the file set's root is not a folder",
+                ));
+            }
+            self.root = self.udf_entry(&node, String::new(), 0, false);
+            self.rock_ridge_skip = None;
+            self.joliet_tree = false;
+            self.udf = Some(Arc::new(vol));
+        }
+        Ok(self)
+    }
+
+    /// Opens an image that holds UDF and no ISO 9660 volume (what mkudffs makes).
+    fn open_udf_only(source: Source, nsr: u8) -> Result<IsoImage, ReadError> {
+        let vol = crate::udf::read::open(&source, nsr)?;
+        let dummy_root = RootLocation {
+            lba: vol.root_lba,
+            size: 0,
+        };
+        let primary = VolumeFields {
+            system_id: String::new(),
+            volume_id: vol.label.clone(),
+            volume_set_id: vol.volume_set_id.clone(),
+            publisher_id: String::new(),
+            data_preparer_id: String::new(),
+            application_id: String::new(),
+            copyright_file_id: String::new(),
+            abstract_file_id: String::new(),
+            bibliographic_file_id: String::new(),
+            volume_space_size: u32::try_from(source.size / SECTOR_BYTES).unwrap_or(u32::MAX),
+            volume_set_size: 1,
+            volume_sequence_number: 1,
+            logical_block_size: SECTOR as u16,
+            path_table_size: 0,
+            path_table_lba_le: 0,
+            path_table_lba_be: 0,
+            root: dummy_root,
+            creation: vol.recorded,
+            modification: vol.recorded,
+            expiration: None,
+            effective: None,
+            file_structure_version: 0,
+        };
+        let volume = VolumeInfo {
+            volume_bytes: source.size / SECTOR_BYTES * SECTOR_BYTES,
+            primary,
+            joliet: None,
+            rock_ridge: None,
+            udf: Some(vol.clone()),
+            el_torito: None,
+            descriptors: Vec::new(),
+            namespace: NameSpace::Udf,
+            image_bytes: source.size,
+        };
+        let image = IsoImage {
+            source,
+            volume,
+            root: Entry {
+                name: String::new(),
+                iso_name: String::new(),
+                kind: EntryKind::Directory,
+                size: 0,
+                mode: S_IFDIR | 0o555,
+                uid: 0,
+                gid: 0,
+                nlink: 1,
+                inode: None,
+                mtime: None,
+                atime: None,
+                ctime: None,
+                created: None,
+                extents: Vec::new(),
+                zisofs: None,
+                hidden: false,
+                rock_ridge: false,
+                relocated: false,
+                record_offset: 0,
+                pieces: None,
+            },
+            rock_ridge_skip: None,
+            joliet_tree: false,
+            lookup_cache: Arc::new(Mutex::new(HashMap::new())),
+            udf: None,
+        };
+        image.with_udf_root(Some(vol))
+    }
+
+    /// An entry for the UDF file entry `node` named `name`.
+    fn udf_entry(
+        &self,
+        node: &crate::udf::read::Node,
+        name: String,
+        record_offset: u64,
+        hidden: bool,
+    ) -> Entry {
+        use crate::udf::{file_type, read as udf};
+        let perm = udf::unix_mode(node.permissions);
+        let (kind, mode) = match node.file_type {
+            file_type::DIRECTORY => (EntryKind::Directory, S_IFDIR | perm),
+            file_type::SYMLINK => (
+                EntryKind::Symlink {
+                    target: udf::symlink_target(&self.source, node).unwrap_or_default(),
+                },
+                S_IFLNK | 0o777,
+            ),
+            _ => (EntryKind::File, S_IFREG | perm),
+        };
+        // Folders are keyed by their file entry (loops, the lookup cache); file data by its
+        // extents, or by byte ranges when embedded in the file entry.
+        let sector_aligned = !node.inline
+            && node
+                .ranges
+                .iter()
+                .all(|&(start, _)| start % SECTOR_BYTES == 0)
+            && node
+                .ranges
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|&(_, len)| len % SECTOR_BYTES == 0);
+        let (extents, pieces) = if kind == EntryKind::Directory {
+            (
+                vec![Extent {
+                    lba: node.lba,
+                    length: node.size,
+                }],
+                None,
+            )
+        } else if sector_aligned {
+            (
+                node.ranges
+                    .iter()
+                    .filter_map(|&(start, length)| {
+                        u32::try_from(start / SECTOR_BYTES)
+                            .ok()
+                            .map(|lba| Extent { lba, length })
+                    })
+                    .collect(),
+                None,
+            )
+        } else {
+            (Vec::new(), Some(node.ranges.clone()))
+        };
+        let size = match &kind {
+            EntryKind::Symlink { target } => target.len() as u64,
+            _ => node.size,
+        };
+        Entry {
+            iso_name: name.clone(),
+            name,
+            kind,
+            size,
+            mode,
+            uid: if node.uid == u32::MAX { 0 } else { node.uid },
+            gid: if node.gid == u32::MAX { 0 } else { node.gid },
+            nlink: u32::from(node.links.max(1)),
+            inode: u32::try_from(node.unique_id).ok(),
+            mtime: node.mtime,
+            atime: node.atime,
+            ctime: node.ctime,
+            created: None,
+            extents,
+            zisofs: None,
+            hidden,
+            rock_ridge: false,
+            relocated: false,
+            record_offset,
+            pieces,
+        }
+    }
+
+    /// `read_dir` of the UDF tree: the folder's file entry is read again (it is keyed by it).
+    fn udf_read_dir(
+        &self,
+        vol: &crate::udf::read::UdfVolume,
+        dir: &Entry,
+    ) -> Result<Vec<Entry>, ReadError> {
+        let Some(first) = dir.extents.first() else {
+            return Ok(Vec::new());
+        };
+        let node = crate::udf::read::read_node(&self.source, vol, first.lba)?;
+        let ids = crate::udf::read::read_dir(&self.source, vol, &node)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let child = crate::udf::read::read_node(&self.source, vol, id.lba)?;
+            let is_dir_fid = id.characteristics & crate::udf::fid_flag::DIRECTORY != 0;
+            if is_dir_fid != crate::udf::read::is_directory(&child) {
+                return Err(ReadError::corrupt(
+                    id.offset,
+                    "file identifier",
+                    format!(
+                        "{:?}: the directory flag disagrees with its file entry",
+                        id.name
+                    ),
+                ));
+            }
+            let hidden = id.characteristics & crate::udf::fid_flag::HIDDEN != 0;
+            out.push(self.udf_entry(&child, id.name, id.offset, hidden));
+        }
+        Ok(out)
     }
 
     /// Reads the first record (".") of the directory at `lba`: (record offset, system use
@@ -605,6 +856,9 @@ impl IsoImage {
             return Err(ReadError::NotADirectory {
                 path: dir.name.clone(),
             });
+        }
+        if let Some(vol) = &self.udf {
+            return self.udf_read_dir(vol, dir);
         }
         let Some(extent) = dir.extents.first() else {
             return Ok(Vec::new());
@@ -709,6 +963,7 @@ impl IsoImage {
                 rock_ridge: false,
                 relocated: false,
                 record_offset: offset,
+                pieces: None,
             };
             if let Some(skip) = self.rock_ridge_skip {
                 let area = rec.system_use.get(skip..).unwrap_or(&[]);
@@ -896,6 +1151,12 @@ impl IsoImage {
             return Err(ReadError::NotAFile {
                 path: entry.name.clone(),
             });
+        }
+        if let Some(pieces) = &entry.pieces {
+            for &(start, len) in pieces {
+                self.source.check_range(start, len, "file data")?;
+            }
+            return FileReader::new(&self.source, pieces, None, &entry.name);
         }
         let mut ranges = Vec::with_capacity(entry.extents.len());
         for e in &entry.extents {
@@ -1250,7 +1511,12 @@ pub fn exercise(data: &[u8]) -> usize {
     let source: Arc<dyn ReadAt> = Arc::new(data.to_vec());
     let _ = is_iso(&*source);
     let mut ok = 0;
-    for prefer in [NameSpace::Auto, NameSpace::Joliet, NameSpace::Iso9660] {
+    for prefer in [
+        NameSpace::Auto,
+        NameSpace::Udf,
+        NameSpace::Joliet,
+        NameSpace::Iso9660,
+    ] {
         let Ok(image) = IsoImage::open(source.clone(), OpenOptions { prefer }) else {
             continue;
         };

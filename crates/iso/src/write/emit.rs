@@ -189,7 +189,7 @@ impl Plan {
     }
 
     /// All metadata sectors [0, data_start) as one buffer.
-    fn metadata(&self) -> Vec<u8> {
+    fn metadata(&self) -> Result<Vec<u8>, WriteError> {
         let sector = SECTOR_SIZE as usize;
         let mut buf = vec![0u8; self.data_start as usize * sector];
         let sa = self.hybrid.system_area();
@@ -274,7 +274,20 @@ impl Plan {
             let o = c as usize * sector;
             buf[o..o + sector].copy_from_slice(&b.catalog());
         }
-        buf
+        if let Some((udf, vrs)) = &self.udf {
+            udf.render_volume(&mut buf, *vrs, self.now);
+            let data: Vec<(u64, u32)> = self
+                .tree
+                .data
+                .iter()
+                .zip(&self.data_lba)
+                .map(|(d, &lba)| (d.size, lba))
+                .collect();
+            let part = udf.render_partition(&self.tree, &data, self.catalog_lba, self.now)?;
+            let o = crate::udf::write::PARTITION_START as usize * sector;
+            buf[o..o + part.len()].copy_from_slice(&part);
+        }
+        Ok(buf)
     }
 
     /// Writes the planned image into `file` (which is truncated to the image size first).
@@ -318,7 +331,7 @@ impl Plan {
             .sum();
         progress.phase("writing");
         progress.set_total(data_bytes + u64::from(self.data_start) * SECTOR_SIZE);
-        let meta = self.metadata();
+        let meta = self.metadata()?;
         file.write_all_at(&meta, 0).map_err(werr(0))?;
         report(0, meta.len() as u64);
         progress.advance(meta.len() as u64);
@@ -339,6 +352,12 @@ impl Plan {
             let offset = u64::from(h.tail_lba) * SECTOR_SIZE;
             file.write_all_at(&tail, offset).map_err(werr(offset))?;
             report(offset, tail.len() as u64);
+        }
+        if let Some((udf, _)) = &self.udf {
+            let offset = u64::from(udf.end_anchor_lba) * SECTOR_SIZE;
+            let anchor = udf.anchor(udf.end_anchor_lba);
+            file.write_all_at(&anchor, offset).map_err(werr(offset))?;
+            report(offset, SECTOR_SIZE);
         }
         self.write_data(file, name, progress, task)?;
         for a in &self.hybrid.appended {

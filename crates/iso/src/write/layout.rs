@@ -65,6 +65,8 @@ pub struct Plan {
     pub(crate) hybrid: HybridPlan,
     /// The HFS+ hybrid volume, when `-hfsplus` asked for one.
     pub(crate) hfsplus: Option<super::hfsplus::HfsPlan>,
+    /// The UDF bridge (`--udf`) and the sector of its recognition sequence.
+    pub(crate) udf: Option<(crate::udf::write::UdfPlan, u32)>,
     /// First sector of file data.
     pub(crate) data_start: u32,
     /// Sectors of the ISO 9660 volume (descriptors to end of padding).
@@ -287,6 +289,24 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
         });
     }
     let mut cursor: u64 = 16 + u64::from(vd_count);
+    let mut udf = match &spec.udf {
+        Some(u) => {
+            if offset != 0 {
+                return Err(WriteError::InvalidSpec {
+                    field: "hybrid.partition_offset",
+                    reason: "a UDF bridge needs the descriptors at sector 16; use no partition offset with --udf".into(),
+                });
+            }
+            let label = spec.volume.volume_id.as_deref().unwrap_or("CDROM");
+            let plan = crate::udf::write::UdfPlan::prepare(&tree, u.revision, label)?;
+            // The recognition sequence follows the ISO descriptors; the UDF volume
+            // descriptors, the anchor at 256 and the partition's metadata come next.
+            let vrs = cursor as u32;
+            cursor = u64::from(crate::udf::write::PARTITION_START) + u64::from(plan.meta_blocks());
+            Some((plan, vrs))
+        }
+        None => None,
+    };
     let mut sets = vec![MetaSet {
         base: 0,
         vd_lba: 16,
@@ -386,10 +406,22 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
             return Err(too_large("the HFS+ volume ends beyond 2^32 sectors".into()));
         }
     }
+    if let Some((u, _)) = udf.as_mut() {
+        let end = u32::try_from(cursor)
+            .map_err(|_| too_large("the UDF volume ends beyond 2^32 sectors".into()))?;
+        cursor += u64::from(u.close(end));
+    }
     if let Some(b) = boot.as_mut() {
         b.resolve(&tree, &data_lba)?;
     }
     let iso_end = cursor + u64::from(spec.pad_sectors);
+    if let Some((u, _)) = udf.as_mut() {
+        // Readers look for the second anchor in the volume's last sector: with padding, it
+        // goes there (the padding is the volume's end).
+        if spec.pad_sectors > 0 {
+            u.end_anchor_lba = (iso_end - 1) as u32;
+        }
+    }
     let hybrid = super::hybrid::plan(spec, iso_end, boot.as_ref(), hfs_region)?;
     let volume_sectors = u32::try_from(hybrid.volume_sectors)
         .map_err(|_| too_large("volume exceeds 2^32 sectors".into()))?;
@@ -419,6 +451,7 @@ pub(crate) fn plan(spec: &IsoSpec, progress: &dyn Progress) -> Result<Plan, Writ
         boot,
         hybrid,
         hfsplus,
+        udf,
         data_start: data_start as u32,
         volume_sectors,
         image_bytes,
@@ -454,6 +487,7 @@ fn spec_without_payloads(spec: &IsoSpec) -> IsoSpec {
         pad_sectors: spec.pad_sectors,
         integrity: spec.integrity.clone(),
         hfsplus: spec.hfsplus.clone(),
+        udf: spec.udf.clone(),
         durability: spec.durability,
     }
 }

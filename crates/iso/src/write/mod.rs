@@ -34,7 +34,7 @@ mod layout;
 mod names;
 mod records;
 mod rrip;
-mod tree;
+pub(crate) mod tree;
 
 pub use layout::Plan;
 
