@@ -139,7 +139,7 @@ fn udfinfo_accepts_the_bridge_and_reports_label_and_revision() {
         vmedia()
             .args(["mkisofs", "-udf-revision", "2.01", "-V", "REV201", "-o"])
             .arg(&v201)
-            .arg(&f.tree.join("boot")),
+            .arg(f.tree.join("boot")),
     );
     let out = run_ok(Command::new(&udfinfo).arg(&v201));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -420,8 +420,7 @@ fn hostile_udf_gives_clean_errors() {
         let root_block = u32::from_le_bytes(b[fsd + 404..fsd + 408].try_into().unwrap());
         let sub = (257..b.len() / 2048)
             .map(|s| s * 2048)
-            .filter(|&o| u16::from_le_bytes([b[o], b[o + 1]]) == 257)
-            .nth(0)
+            .find(|&o| u16::from_le_bytes([b[o], b[o + 1]]) == 257)
             .unwrap();
         // Walk the root's identifiers to its first child folder and point that at the root.
         let mut o = sub;

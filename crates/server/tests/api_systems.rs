@@ -39,7 +39,7 @@ fn fixture() -> &'static Fixture {
         let library = new_library(dir.path());
         add(&library, "deb", &iso);
         add(&library, "secret", &iso);
-        let vms = BootConfig::new(&dir.path().join("vmstate"));
+        let vms = BootConfig::new(dir.path().join("vmstate"));
         let store = VmStore::new(&vms);
         // Registered definitions: none of them runs.
         for n in 0..FLEET + OTHERS {

@@ -5,9 +5,9 @@
 //! without bound has a named limit below, and a walk of the tree refuses to enter a directory
 //! twice. Nothing here panics on any input; errors name the byte offset and the field.
 //!
-//! Name spaces are chosen like 7z and bsdtar: the UDF tree when the image has one (an ISO 9660
-//! + UDF bridge, or UDF alone), then as xorriso and the Linux kernel: Rock Ridge names when the
-//! image has Rock Ridge, else Joliet, else plain ISO 9660 names (without the `;1` version).
+//! Name spaces are chosen like 7z and bsdtar: the UDF tree when the image has one (an ISO
+//! 9660 and UDF bridge, or UDF alone), then as xorriso and the Linux kernel: Rock Ridge names
+//! when the image has Rock Ridge, else Joliet, else plain ISO 9660 names (without the `;1` version).
 
 mod eltorito;
 mod error;
@@ -1562,6 +1562,7 @@ mod tests {
             rock_ridge: true,
             relocated: false,
             record_offset: 0,
+            pieces: None,
         };
         assert_eq!(e.mode_string(), "-rwsr-xr-x");
         e.kind = EntryKind::Directory;

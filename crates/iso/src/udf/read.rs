@@ -229,10 +229,8 @@ fn read_sequence(src: &Source, start: u32, length: u32) -> Result<Sequence, Read
                     seq.volume_set_id = dstring_decode(&buf[72..200]);
                     seq.recorded = timestamp_decode(&buf[376..388]);
                 }
-                tag_id::PARTITION => {
-                    if seq.partitions.len() < 16 {
-                        seq.partitions.push((f.le16(22), f.le32(188), f.le32(192)));
-                    }
+                tag_id::PARTITION if seq.partitions.len() < 16 => {
+                    seq.partitions.push((f.le16(22), f.le32(188), f.le32(192)));
                 }
                 tag_id::LOGICAL_VOLUME => {
                     let block_size = f.le32(212);
