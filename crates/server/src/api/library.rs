@@ -352,6 +352,7 @@ pub async fn verify_start(
     let Json(request) = body?;
     if let Some(item) = &request.item {
         item_name(item)?;
+        super::access::require(&state, &who, "-", "POST /api/v1/library/verify", item)?;
     }
     let target = request.item.clone().unwrap_or_else(|| "library".into());
     let st = Arc::clone(&state);

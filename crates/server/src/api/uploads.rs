@@ -362,6 +362,8 @@ pub async fn upload_create(
     body: Result<Json<UploadRequest>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Json(request) = body?;
+    // An item hidden from the caller (per-item access) takes no new version from it either.
+    super::access::require(&state, &who, "-", "POST /api/v1/uploads", &request.item)?;
     let uploads = Arc::clone(&state.uploads);
     let info = super::blocking(move || uploads.create(request, &who.name)).await?;
     let mut headers = offset_headers(&info);
