@@ -89,6 +89,7 @@ const ACTING_COMMANDS: &[&str] = &[
     "vm insert",
     "vm eject",
     "netboot serve",
+    "multiboot default",
     "serve",
     "top",
     "completions",
