@@ -110,36 +110,19 @@ pub fn s3_settings(endpoint_flag: Option<&str>) -> S3Settings {
     }
 }
 
-/// How to reach a peer daemon used as a library location (`https://HOST:PORT`):
-/// VMEDIA_PEER_TOKEN (an administrator's API token there), VMEDIA_PEER_CA_CERT (a PEM file
-/// to trust, e.g. the peer's self-signed certificate) and VMEDIA_PEER_INSECURE=1 (accept any
-/// certificate). `library sync`'s --peer-* flags win over these.
-pub fn remote_settings() -> anyhow::Result<vmedia_library::store::RemoteSettings> {
-    peer_settings(
-        text("VMEDIA_PEER_TOKEN"),
-        text("VMEDIA_PEER_CA_CERT").map(std::path::PathBuf::from),
-        text("VMEDIA_PEER_INSECURE").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes")),
-    )
+/// A peer daemon's token from VMEDIA_PEER_TOKEN (an administrator's API token there).
+pub fn peer_token() -> Option<String> {
+    text("VMEDIA_PEER_TOKEN")
 }
 
-/// The settings for a peer daemon from a token, a CA file and the insecure switch.
-pub fn peer_settings(
-    token: Option<String>,
-    ca_cert: Option<std::path::PathBuf>,
-    insecure: bool,
-) -> anyhow::Result<vmedia_library::store::RemoteSettings> {
-    use anyhow::Context;
-    let ca_pem = ca_cert
-        .map(|path| {
-            std::fs::read(&path)
-                .with_context(|| format!("cannot read the peer CA certificate {}", path.display()))
-        })
-        .transpose()?;
-    Ok(vmedia_library::store::RemoteSettings {
-        token,
-        ca_pem,
-        insecure,
-    })
+/// A PEM file to trust for peer daemons, from VMEDIA_PEER_CA_CERT.
+pub fn peer_ca_cert() -> Option<std::path::PathBuf> {
+    text("VMEDIA_PEER_CA_CERT").map(std::path::PathBuf::from)
+}
+
+/// VMEDIA_PEER_INSECURE=1: accept any certificate from peer daemons.
+pub fn peer_insecure() -> bool {
+    text("VMEDIA_PEER_INSECURE").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
 }
 
 /// The user name recorded in library events (`USER`, else `LOGNAME`).

@@ -17,7 +17,7 @@ use vmedia_library::{
 use crate::progress::Bar;
 
 pub(crate) mod remote;
-mod sync;
+pub mod sync;
 
 /// What `library:` in front of an image argument means: the rest is `NAME[@V]` in the library.
 pub const LIBRARY_PATH_PREFIX: &str = "library:";
@@ -137,13 +137,17 @@ fn config_for(location: Option<&str>, key: Option<&Path>) -> Result<OpenConfig> 
             .or_else(crate::env::library_key),
     };
     let key = key_path.as_deref().map(read_key_file).transpose()?;
-    Ok(OpenConfig {
+    let mut config = OpenConfig {
         location,
         s3: crate::env::s3_settings(options.s3_endpoint.as_deref()),
-        remote: crate::env::remote_settings()?,
+        store: None,
         key,
         actor: actor(),
-    })
+    };
+    // A peer daemon as the location: reached with the VMEDIA_PEER_* settings unless the
+    // command's --peer-* flags attach it again.
+    sync::PeerArgs::default().attach(&mut config)?;
+    Ok(config)
 }
 
 fn open_library() -> Result<Library> {
@@ -173,14 +177,11 @@ pub fn open_library_for_serve(configured: Option<&str>) -> Result<(Library, Open
     Ok((Library::open(&config)?, config))
 }
 
-/// A replication peer's library location, opened with `remote` for a peer daemon and the
-/// run's S3 settings and key (replicas share one key).
-pub fn peer_config(
-    location: &str,
-    remote: vmedia_library::store::RemoteSettings,
-) -> Result<OpenConfig> {
+/// A replication peer's library location, with the run's S3 settings and key (replicas share
+/// one key), a peer daemon reached as `peer` says.
+pub fn peer_config(location: &str, peer: &sync::PeerArgs) -> Result<OpenConfig> {
     let mut config = config_for(Some(location), None)?;
-    config.remote = remote;
+    peer.attach(&mut config)?;
     Ok(config)
 }
 

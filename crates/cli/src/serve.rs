@@ -76,15 +76,8 @@ pub struct Args {
     /// How often each replication peer is synced [default: 30s]
     #[arg(long = "replicate-interval", value_name = "DURATION")]
     replicate_interval: Option<String>,
-    /// API token of an administrator on peer daemons (default: VMEDIA_PEER_TOKEN)
-    #[arg(long, value_name = "TOKEN")]
-    peer_token: Option<String>,
-    /// PEM certificate to trust for peer daemons (default: VMEDIA_PEER_CA_CERT)
-    #[arg(long, value_name = "FILE")]
-    peer_ca_cert: Option<PathBuf>,
-    /// Accept any certificate from peer daemons
-    #[arg(long)]
-    peer_insecure: bool,
+    #[command(flatten)]
+    peer: crate::library::sync::PeerArgs,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -116,14 +109,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let replication = if settings.replicate_to.is_empty() && settings.mirror_from.is_empty() {
         None
     } else {
-        let mut remote = crate::env::remote_settings()?;
-        if args.peer_token.is_some() {
-            remote.token = args.peer_token.clone();
-        }
-        if let Some(path) = &args.peer_ca_cert {
-            remote.ca_pem = crate::env::peer_settings(None, Some(path.clone()), false)?.ca_pem;
-        }
-        remote.insecure |= args.peer_insecure;
         let mut peers = Vec::new();
         for (direction, locations) in [
             (Direction::Push, &settings.replicate_to),
@@ -132,7 +117,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             for location in locations {
                 peers.push(Peer {
                     direction,
-                    config: crate::library::peer_config(location, remote.clone())?,
+                    config: crate::library::peer_config(location, &args.peer)?,
                 });
             }
         }

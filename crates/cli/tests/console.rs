@@ -118,7 +118,13 @@ fn the_console_works_in_a_real_browser() {
 
     let root = workspace_root();
     let shots = root.join("target/console-screenshots");
-    let out = Command::new(&python)
+    let mut script = Command::new(&python);
+    // The docs' copies are refreshed only when asked (VMEDIA_UPDATE_CONSOLE_DOCS=1): a test run
+    // leaves the source tree as it was.
+    if std::env::var_os("VMEDIA_UPDATE_CONSOLE_DOCS").is_some() {
+        script.env("CONSOLE_DOCS", root.join("docs/console"));
+    }
+    let out = script
         .arg(root.join("tests/console/console_test.py"))
         .env("CONSOLE_URL", format!("https://127.0.0.1:{https_port}"))
         .env("CONSOLE_HTTP", daemon.http_url())
@@ -130,9 +136,13 @@ fn the_console_works_in_a_real_browser() {
         .env("CONSOLE_BOOT_ITEM", BOOT_ITEM)
         .env("CONSOLE_MARKER", BOOT_MARKER)
         .env("CONSOLE_SHOTS", &shots)
-        .env("CONSOLE_DOCS", root.join("docs/console"))
         .output()
         .expect("cannot run the browser test script");
+    // The script stops the VM it boots when it gets that far; after a failure midway the
+    // QEMU it started would outlive the test, so kill it in any case (not running is fine).
+    let _ = with_env(vmedia())
+        .args(["vm", "kill", "console-vm"])
+        .output();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

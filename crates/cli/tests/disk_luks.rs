@@ -23,6 +23,17 @@ fn qemu_img() -> Command {
 }
 
 /// qemu's `--image-opts` spelling of an encrypted qcow2 with secret `id`.
+/// `qemu-img info` and `vmedia disk info` of one image, both as JSON.
+fn info_json_both(path: &Path) -> (Value, Value) {
+    let json = |cmd: &mut Command| -> Value {
+        serde_json::from_slice(&run_ok(cmd.args(["--output", "json"]).arg(path)).stdout).unwrap()
+    };
+    (
+        json(qemu_img().arg("info")),
+        json(vmedia().args(["disk", "info"])),
+    )
+}
+
 fn image_opts(path: &Path, id: &str) -> String {
     format!(
         "driver=qcow2,file.filename={},encrypt.key-secret={id}",
@@ -219,19 +230,7 @@ fn vmedia_encrypted_image_is_identical_for_qemu() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("No errors were found"), "{stdout}");
     // info agrees: the encryption block and the encrypted flag.
-    let qemu: Value = serde_json::from_slice(
-        &run_ok(qemu_img().args(["info", "--output", "json"]).arg(&ours)).stdout,
-    )
-    .unwrap();
-    let mine: Value = serde_json::from_slice(
-        &run_ok(
-            vmedia()
-                .args(["disk", "info", "--output", "json"])
-                .arg(&ours),
-        )
-        .stdout,
-    )
-    .unwrap();
+    let (qemu, mine) = info_json_both(&ours);
     assert_eq!(qemu["encrypted"], Value::Bool(true));
     assert_eq!(mine["encrypted"], qemu["encrypted"]);
     assert_eq!(
@@ -530,19 +529,7 @@ fn sesparse_delta_with_parent_agrees_with_qemu() {
     let (code, stdout, stderr) =
         run_any(vmedia().args(["disk", "compare"]).arg(&delta).arg(&theirs));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let qemu: Value = serde_json::from_slice(
-        &run_ok(qemu_img().args(["info", "--output", "json"]).arg(&delta)).stdout,
-    )
-    .unwrap();
-    let mine: Value = serde_json::from_slice(
-        &run_ok(
-            vmedia()
-                .args(["disk", "info", "--output", "json"])
-                .arg(&delta),
-        )
-        .stdout,
-    )
-    .unwrap();
+    let (qemu, mine) = info_json_both(&delta);
     assert_eq!(mine["virtual-size"], qemu["virtual-size"]);
     assert_eq!(mine["backing-filename"], qemu["backing-filename"]);
     assert_eq!(

@@ -240,11 +240,23 @@ fn an_interrupted_sync_resumes_without_resending_and_never_shows_a_half_arrived_
             }
         }
         assert!(killed_runs > 0, "the sync finished before any kill");
-        let before: BTreeSet<String> = dest
-            .objects()
-            .into_iter()
-            .filter(|k| k.starts_with("chunks/"))
-            .collect();
+        // An S3 server can still finish a PUT whose body arrived before the kill, so the
+        // destination's chunks are listed once the listing has settled.
+        let chunks = || -> BTreeSet<String> {
+            dest.objects()
+                .into_iter()
+                .filter(|k| k.starts_with("chunks/"))
+                .collect()
+        };
+        let mut before = chunks();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let again = chunks();
+            if again == before {
+                break;
+            }
+            before = again;
+        }
         assert!(!before.is_empty(), "no chunk arrived before the kill");
         let resumed = sync(lib, &dest, &[]);
         stop.store(true, Ordering::Relaxed);

@@ -239,9 +239,15 @@ fn dhcp6_full_and_proxy_boot_uefi_pxe_and_http_clients_on_an_ipv6_only_link() {
             run_ok(Command::new("curl").args(["-gsf", "--max-time", "10", &url])).stdout
         });
         assert_eq!(fetched, b"MZ pretend EFI application\n");
+        // The server logs the transfer once the response is finished, which can be just after
+        // curl has read the last byte.
+        assert!(
+            server.wait_log("done grubx64.efi (27 bytes)", Duration::from_secs(10)),
+            "{}",
+            server.log()
+        );
         let log = server.log();
         assert!(log.contains("SOLICIT -> ADVERTISE fd00:6::100"), "{log}");
-        assert!(log.contains("done grubx64.efi (27 bytes)"), "{log}");
     }
     // Restarted with the same lease file: the machine keeps its address.
     {

@@ -133,29 +133,18 @@ pub struct FatImage {
 impl FatImage {
     /// Reads `src_dir` and chooses the layout; nothing is written yet.
     pub fn plan(src_dir: &Path, opts: &FatOptions) -> Result<FatImage, FatError> {
-        let (label, has_label) = parse_label(opts.label.as_deref())?;
-        let root = tree::scan(src_dir)?;
-        let geometry = choose_geometry(&root, opts, has_label)?;
-        let used_clusters = clusters_needed(&root, &geometry, has_label);
-        let volume_id = opts
-            .volume_id
-            .unwrap_or_else(|| default_volume_id(opts.date));
-        Ok(FatImage {
-            root,
-            geometry,
-            label,
-            has_label,
-            volume_id,
-            date: opts.date,
-            used_clusters,
-        })
+        Self::plan_tree(tree::scan(src_dir)?, opts)
     }
 
     /// Plans an image whose root holds exactly `files` (no folders), each copied from a byte
     /// range of its source; nothing is written yet.
     pub fn plan_files(files: &[RangeFile], opts: &FatOptions) -> Result<FatImage, FatError> {
+        Self::plan_tree(tree::from_ranges(files)?, opts)
+    }
+
+    /// The layout for a scanned or listed root folder.
+    fn plan_tree(root: Dir, opts: &FatOptions) -> Result<FatImage, FatError> {
         let (label, has_label) = parse_label(opts.label.as_deref())?;
-        let root = tree::from_ranges(files)?;
         let geometry = choose_geometry(&root, opts, has_label)?;
         let used_clusters = clusters_needed(&root, &geometry, has_label);
         let volume_id = opts

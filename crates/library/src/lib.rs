@@ -36,7 +36,8 @@ pub use add::{AddOptions, AddSource};
 pub use error::{LibraryError, Result};
 pub use library::{Library, CHUNKING};
 pub use location::{
-    InitOptions, Location, OpenConfig, S3Settings, DEFAULT_KEEP_WITHIN, S3_READ_DEADLINE,
+    InitOptions, Location, OpenConfig, ProvidedStore, S3Settings, DEFAULT_KEEP_WITHIN,
+    S3_READ_DEADLINE,
 };
 pub use manifest::{BootEntryRecord, EmbeddedCheck, ImageKind};
 pub use naming::{VersionSelector, VersionSpec};

@@ -61,12 +61,20 @@ impl std::fmt::Debug for Library {
 }
 
 pub(crate) fn open_store(config: &OpenConfig) -> Result<Arc<dyn Store>> {
+    if let Some(provided) = &config.store {
+        return Ok(Arc::clone(&provided.0));
+    }
     Ok(match &config.location {
         Location::Folder(path) => Arc::new(FolderStore::new(path)),
         Location::S3 { bucket, prefix } => Arc::new(S3Store::new(&crate::store::s3_config(
             bucket, prefix, &config.s3,
         ))?),
-        Location::Daemon { url } => Arc::new(crate::store::RemoteStore::new(url, &config.remote)?),
+        Location::Daemon { url } => {
+            return Err(LibraryError::InvalidLocation {
+                text: url.clone(),
+                problem: "a daemon's store is opened by the caller (OpenConfig::store)".into(),
+            })
+        }
     })
 }
 

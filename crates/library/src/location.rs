@@ -13,8 +13,8 @@ pub enum Location {
         bucket: String,
         prefix: String,
     },
-    /// Another site's `vmedia serve`: `https://HOST:PORT` (or `http://` on a trusted link),
-    /// reached through its store routes with an administrator's token.
+    /// Another site's `vmedia serve`: `https://HOST:PORT`, reached through its store routes;
+    /// the caller opens that store (`OpenConfig::store`).
     Daemon {
         url: String,
     },
@@ -61,10 +61,12 @@ impl Location {
                 prefix: prefix.to_string(),
             });
         }
-        if let Some(rest) = text
-            .strip_prefix("https://")
-            .or_else(|| text.strip_prefix("http://"))
-        {
+        if text.starts_with("http://") {
+            return Err(fail(
+                "a daemon is reached over https:// only (its token never travels in clear)",
+            ));
+        }
+        if let Some(rest) = text.strip_prefix("https://") {
             let host = rest.trim_end_matches('/');
             if host.is_empty() || host.contains('/') || host.contains('?') || host.contains('@') {
                 return Err(fail(
@@ -118,13 +120,25 @@ pub struct S3Settings {
     pub allow_http: bool,
 }
 
+/// A store opened by the caller (see `OpenConfig::store`).
+#[derive(Clone)]
+pub struct ProvidedStore(pub std::sync::Arc<dyn crate::store::Store>);
+
+impl std::fmt::Debug for ProvidedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProvidedStore({})", self.0.describe())
+    }
+}
+
 /// How to open a library.
 #[derive(Debug, Clone)]
 pub struct OpenConfig {
     pub location: Location,
     pub s3: S3Settings,
-    /// How to reach a peer daemon (a `Location::Daemon`).
-    pub remote: crate::store::RemoteSettings,
+    /// A store the caller opened itself, used instead of opening `location`: a peer daemon's
+    /// (`Location::Daemon`), which the server crate reaches over HTTPS; the library speaks no
+    /// HTTP of its own.
+    pub store: Option<ProvidedStore>,
     /// The key file's bytes, for an encrypted library.
     pub key: Option<Vec<u8>>,
     /// Who acts (e.g. `user@host`), recorded in events and manifests.
@@ -137,7 +151,7 @@ impl OpenConfig {
         OpenConfig {
             location: Location::Folder(path.into()),
             s3: S3Settings::default(),
-            remote: Default::default(),
+            store: None,
             key: None,
             actor: actor.to_string(),
         }
@@ -194,7 +208,22 @@ mod tests {
             Location::parse("/srv/lib").unwrap(),
             Location::Folder("/srv/lib".into())
         );
-        for bad in ["", "s3://", "s3://A", "s3://b/../x", "http://x/y"] {
+        assert_eq!(
+            Location::parse("https://site-b:8443/").unwrap(),
+            Location::Daemon {
+                url: "https://site-b:8443".into()
+            }
+        );
+        for bad in [
+            "",
+            "s3://",
+            "s3://A",
+            "s3://b/../x",
+            "http://x/y",
+            "http://site-b:8080",
+            "https://site-b:8443/api",
+            "https://user@site-b",
+        ] {
             assert!(Location::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

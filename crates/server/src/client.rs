@@ -85,6 +85,17 @@ pub enum Trust {
     Insecure,
 }
 
+impl Trust {
+    /// A CA file wins; else `insecure` turns checking off; else the system's roots.
+    pub fn chosen(ca_cert: Option<PathBuf>, insecure: bool) -> Trust {
+        match (ca_cert, insecure) {
+            (Some(path), _) => Trust::CaFile(path),
+            (None, true) => Trust::Insecure,
+            (None, false) => Trust::System,
+        }
+    }
+}
+
 /// Where the daemon is and who is asking.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -216,11 +227,16 @@ impl Client {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    /// The configured agent (TLS trust, timeouts), for the peer store's requests.
+    pub(crate) fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
+    pub(crate) fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         match &self.token {
             Some(token) => request.header("Authorization", &format!("Bearer {token}")),
             None => request,

@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod nbd;
 pub mod netboot;
+pub mod peer;
 pub mod preload;
 pub mod redfish;
 pub mod replicate;

@@ -233,9 +233,11 @@ async fn run_peer(
             retry = FIRST_RETRY;
             interval
         } else {
-            let peer = lock(&state).peer.clone();
-            let error = lock(&state).last_error.clone().unwrap_or_default();
-            tracing::warn!(peer, %error, retry_in = ?retry, "replication round failed");
+            {
+                let s = lock(&state);
+                let error = s.last_error.as_deref().unwrap_or_default();
+                tracing::warn!(peer = s.peer, %error, retry_in = ?retry, "replication round failed");
+            }
             let wait = retry;
             retry = (retry * 2).min(interval);
             wait

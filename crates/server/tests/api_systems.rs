@@ -526,7 +526,8 @@ fn hostile_inputs_get_clear_4xx_answers() {
     }
     // Oversized and malformed bodies.
     // The daemon answers 413 from the first 64 KiB and closes; curl, still sending, may see
-    // the reset before it reads the answer (exit 55/56): both mean the body was refused.
+    // the reset before it reads the answer (exit 55/56). Either way the daemon's own record of
+    // the answer must say 413 (below), so a reset without that answer fails.
     let big = json!({"image": "deb", "systems": vec!["node001"; 20_000]});
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.json");
@@ -554,6 +555,21 @@ fn hostile_inputs_get_clear_4xx_answers() {
         "oversized body: {code} {:?} {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, audit) = f.json(
+        &f.admin,
+        "GET",
+        "/api/v1/audit?target=/api/v1/attachments&outcome=failed&limit=1000",
+        None,
+    );
+    assert_eq!(status, 200, "{audit}");
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "POST /api/v1/attachments" && r["detail"] == "413"),
+        "the daemon recorded no 413 for the oversized body: {audit}"
     );
     let auth = format!("Authorization: Bearer {}", f.admin);
     let url = format!("{}/api/v1/systems", f.base);

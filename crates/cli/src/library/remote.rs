@@ -72,11 +72,7 @@ impl RemoteArgs {
                     .filter(|t| !t.trim().is_empty())
             })
             .or_else(|| crate::config::file_value(|s| s.token.as_ref()));
-        let trust = match (&self.ca_cert, self.insecure) {
-            (Some(path), _) => Trust::CaFile(path.clone()),
-            (None, true) => Trust::Insecure,
-            (None, false) => Trust::System,
-        };
+        let trust = Trust::chosen(self.ca_cert.clone(), self.insecure);
         let client = Client::new(&ClientConfig {
             server: server.clone(),
             token: token.map(|t| t.trim().to_string()),

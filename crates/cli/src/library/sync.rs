@@ -57,19 +57,49 @@ pub struct SyncArgs {
     /// Key file of the destination when it differs from --key's (replicas share one key)
     #[arg(long = "to-key", value_name = "FILE")]
     to_key: Option<PathBuf>,
+    #[command(flatten)]
+    peer: PeerArgs,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+/// How a peer daemon (a library location `https://HOST:PORT`) is reached, for `library sync`
+/// and `serve --replicate-to/--mirror-from`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PeerArgs {
     /// API token of an administrator on a peer daemon given as https://HOST:PORT
     /// (default: VMEDIA_PEER_TOKEN)
     #[arg(long, value_name = "TOKEN")]
-    peer_token: Option<String>,
+    pub peer_token: Option<String>,
     /// PEM certificate to trust for a peer daemon, e.g. its self-signed cert.pem
     /// (default: VMEDIA_PEER_CA_CERT)
-    #[arg(long, value_name = "FILE")]
-    peer_ca_cert: Option<PathBuf>,
-    /// Accept any certificate from a peer daemon (tests, first contact)
+    #[arg(long, value_name = "FILE", conflicts_with = "peer_insecure")]
+    pub peer_ca_cert: Option<PathBuf>,
+    /// Accept any certificate from a peer daemon (tests, first contact;
+    /// default: VMEDIA_PEER_INSECURE=1)
     #[arg(long)]
-    peer_insecure: bool,
-    #[command(flatten)]
-    json: JsonArg,
+    pub peer_insecure: bool,
+}
+
+impl PeerArgs {
+    /// Opens the peer daemon's store into `config` when its location is a daemon (the library
+    /// speaks no HTTP: the server crate's client does); other locations are left as they are.
+    pub fn attach(&self, config: &mut vmedia_library::OpenConfig) -> Result<()> {
+        let vmedia_library::Location::Daemon { url } = &config.location else {
+            return Ok(());
+        };
+        let client = vmedia_server::client::ClientConfig {
+            server: url.clone(),
+            token: self.peer_token.clone().or_else(crate::env::peer_token),
+            trust: vmedia_server::client::Trust::chosen(
+                self.peer_ca_cert.clone().or_else(crate::env::peer_ca_cert),
+                self.peer_insecure || crate::env::peer_insecure(),
+            ),
+        };
+        let store = vmedia_server::peer::RemoteStore::new(&client)?;
+        config.store = Some(vmedia_library::ProvidedStore(std::sync::Arc::new(store)));
+        Ok(())
+    }
 }
 
 /// `20M` -> 20 MiB/s.
@@ -102,16 +132,8 @@ pub fn run_sync(a: SyncArgs) -> Result<ExitCode> {
     }
     let mut from = config_for(a.from.as_deref(), None)?;
     let mut to = config_for(Some(&a.to), a.to_key.as_deref())?;
-    let mut peer = crate::env::remote_settings()?;
-    if a.peer_token.is_some() {
-        peer.token = a.peer_token.clone();
-    }
-    if let Some(path) = &a.peer_ca_cert {
-        peer.ca_pem = crate::env::peer_settings(None, Some(path.clone()), false)?.ca_pem;
-    }
-    peer.insecure |= a.peer_insecure;
-    from.remote = peer.clone();
-    to.remote = peer;
+    a.peer.attach(&mut from)?;
+    a.peer.attach(&mut to)?;
     let options = SyncOptions {
         items: a.items.clone(),
         remove_vanished: a.remove_vanished,

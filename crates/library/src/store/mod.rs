@@ -6,11 +6,9 @@
 //! never a mix), and the two conditional writes are the only coordination between hosts.
 
 mod folder;
-mod remote;
 mod s3;
 
 pub use folder::FolderStore;
-pub use remote::{ListedObject, RemoteSettings, RemoteStore, MAX_LISTING_BYTES};
 pub use s3::{S3Config, S3Store};
 
 /// The S3 store configuration for a location and the caller's explicit settings.
@@ -67,7 +65,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn new(store: &str, action: &'static str, key: &str, message: String) -> Self {
+    pub fn new(store: &str, action: &'static str, key: &str, message: String) -> Self {
         StoreError {
             store: store.to_string(),
             action,
@@ -105,8 +103,9 @@ pub trait Store: Send + Sync {
 }
 
 /// Checks that a key is one the library builds (no `..`, no empty or hidden segment), so a
-/// folder store can never be led outside its root.
-pub(crate) fn check_key(store: &str, key: &str) -> Result<(), StoreError> {
+/// folder store can never be led outside its root. Also checked by the daemon's store routes
+/// and its peer-store client, which carry keys over the network.
+pub fn check_key(store: &str, key: &str) -> Result<(), StoreError> {
     let valid = !key.is_empty()
         && key.len() <= 1024
         && key.split('/').all(|segment| {

@@ -269,15 +269,7 @@ pub async fn item_routes(
 }
 
 fn administrator(who: &Principal) -> Result<(), Problem> {
-    if who.role.may_administer() {
-        Ok(())
-    } else {
-        Err(Problem::forbidden(format!(
-            "{} is {}: only administrators read and change access rules",
-            who.name,
-            who.role.as_str()
-        )))
-    }
+    super::require_administrator(who, "read and change access rules")
 }
 
 fn with_etag(doc: &AccessDoc) -> Response {

@@ -27,15 +27,7 @@ pub struct WhoAmI {
 }
 
 fn administrator(who: &Principal) -> Result<(), Problem> {
-    if who.role.may_administer() {
-        Ok(())
-    } else {
-        Err(Problem::forbidden(format!(
-            "{} is {}: only administrators manage accounts and read the audit log",
-            who.name,
-            who.role.as_str()
-        )))
-    }
+    super::require_administrator(who, "manage accounts and read the audit log")
 }
 
 /// The caller's name and role.

@@ -153,6 +153,21 @@ impl From<QueryRejection> for Problem {
     }
 }
 
+/// Refuses a caller who is not an administrator, saying what only administrators may do.
+pub fn require_administrator(
+    who: &crate::auth::Principal,
+    only_they_may: &str,
+) -> Result<(), Problem> {
+    if who.role.may_administer() {
+        return Ok(());
+    }
+    Err(Problem::forbidden(format!(
+        "{} is {}: only administrators {only_they_may}",
+        who.name,
+        who.role.as_str()
+    )))
+}
+
 /// Runs blocking work (library I/O, argon2) off the runtime's workers.
 pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Problem> + Send + 'static,

@@ -13,11 +13,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use vmedia_library::store::{Etag, ListedObject, PutOutcome, StoreError};
+use vmedia_library::store::{check_key, Etag, PutOutcome, Store, StoreError};
 
-use super::{blocking, ApiState, Problem};
+use super::{blocking, require_administrator, ApiState, Problem};
 use crate::auth::Principal;
 use crate::http::ErrorBody;
+use crate::peer::ListedObject;
 
 /// Largest object accepted or served: a manifest at its limit is the largest object a
 /// library writes (chunks are at most 16 MiB sealed).
@@ -31,23 +32,25 @@ pub const MAX_STORE_OBJECT: u64 = {
     }
 };
 
-fn administrator(who: &Principal) -> Result<(), Problem> {
-    if who.role.may_administer() {
-        Ok(())
-    } else {
-        Err(Problem::forbidden(format!(
-            "{} is {}: the store routes are for replication, with an administrator's token",
-            who.name,
-            who.role.as_str()
-        )))
+/// One store operation for an administrator, off the runtime's workers, the key checked first
+/// (400 for a key no library builds); a failing store is 502.
+async fn on_store<T: Send + 'static>(
+    state: &ApiState,
+    who: &Principal,
+    key: Option<&str>,
+    operation: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Problem> {
+    require_administrator(who, "use the store routes (replication)")?;
+    if let Some(key) = key {
+        check_key("store", key)
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     }
-}
-
-fn store_problem(error: StoreError) -> Problem {
-    if error.message.contains("not a valid object key") {
-        return Problem::new(StatusCode::BAD_REQUEST, error.to_string());
-    }
-    Problem::new(StatusCode::BAD_GATEWAY, error.to_string())
+    let library = state.library().clone();
+    blocking(move || {
+        operation(library.raw_store())
+            .map_err(|e| Problem::new(StatusCode::BAD_GATEWAY, e.to_string()))
+    })
+    .await
 }
 
 fn quoted(etag: &Etag) -> String {
@@ -65,14 +68,9 @@ pub async fn object_get(
     Extension(who): Extension<Principal>,
     Path(key): Path<String>,
 ) -> Result<Response, Problem> {
-    administrator(&who)?;
-    let library = state.library().clone();
     let lookup = key.clone();
-    let object = blocking(move || {
-        library
-            .raw_store()
-            .get_tagged(&lookup, MAX_STORE_OBJECT)
-            .map_err(store_problem)
+    let object = on_store(&state, &who, Some(&key), move |store| {
+        store.get_tagged(&lookup, MAX_STORE_OBJECT)
     })
     .await?;
     let Some(object) = object else {
@@ -102,9 +100,8 @@ pub async fn object_head(
     Extension(who): Extension<Principal>,
     Path(key): Path<String>,
 ) -> Result<Response, Problem> {
-    administrator(&who)?;
-    let library = state.library().clone();
-    let meta = blocking(move || library.raw_store().head(&key).map_err(store_problem)).await?;
+    let lookup = key.clone();
+    let meta = on_store(&state, &who, Some(&key), move |store| store.head(&lookup)).await?;
     let Some(meta) = meta else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
@@ -137,7 +134,7 @@ pub async fn object_put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    administrator(&who)?;
+    require_administrator(&who, "use the store routes (replication)")?;
     let text = |name: header::HeaderName| -> Result<Option<String>, Problem> {
         headers
             .get(&name)
@@ -183,15 +180,11 @@ pub async fn object_put(
                 format!("the object is over {MAX_STORE_OBJECT} bytes or its body broke: {e}"),
             )
         })?;
-    let library = state.library().clone();
-    let outcome = blocking(move || {
-        let store = library.raw_store();
-        match condition {
-            Condition::None => store.put(&key, &bytes).map(|_| PutOutcome::Written),
-            Condition::Absent => store.put_if_absent(&key, &bytes),
-            Condition::Matches(etag) => store.put_if_match(&key, &bytes, &etag),
-        }
-        .map_err(store_problem)
+    let lookup = key.clone();
+    let outcome = on_store(&state, &who, Some(&key), move |store| match condition {
+        Condition::None => store.put(&lookup, &bytes).map(|_| PutOutcome::Written),
+        Condition::Absent => store.put_if_absent(&lookup, &bytes),
+        Condition::Matches(etag) => store.put_if_match(&lookup, &bytes, &etag),
     })
     .await?;
     match outcome {
@@ -213,9 +206,8 @@ pub async fn object_delete(
     Extension(who): Extension<Principal>,
     Path(key): Path<String>,
 ) -> Result<Response, Problem> {
-    administrator(&who)?;
-    let library = state.library().clone();
-    blocking(move || library.raw_store().delete(&key).map_err(store_problem)).await?;
+    let lookup = key.clone();
+    on_store(&state, &who, Some(&key), move |store| store.delete(&lookup)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -236,15 +228,7 @@ pub async fn list(
     Extension(who): Extension<Principal>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, Problem> {
-    administrator(&who)?;
-    let library = state.library().clone();
-    let listed = blocking(move || {
-        library
-            .raw_store()
-            .list(&query.prefix)
-            .map_err(store_problem)
-    })
-    .await?;
+    let listed = on_store(&state, &who, None, move |store| store.list(&query.prefix)).await?;
     let listed: Vec<ListedObject> = listed
         .into_iter()
         .map(|meta| ListedObject {
@@ -264,9 +248,7 @@ pub async fn flush(
     State(state): State<Arc<ApiState>>,
     Extension(who): Extension<Principal>,
 ) -> Result<Response, Problem> {
-    administrator(&who)?;
-    let library = state.library().clone();
-    blocking(move || library.raw_store().flush().map_err(store_problem)).await?;
+    on_store(&state, &who, None, |store| store.flush()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

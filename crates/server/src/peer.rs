@@ -1,6 +1,8 @@
 //! A library's store reached through another site's `vmedia serve` over HTTP(S): the daemon's
-//! store routes (`/api/v1/store/...`, administrators only) give the same operations as a
-//! folder or S3 store, so `sync` replicates to and from a daemon with no special case.
+//! store routes (`api/store.rs`, administrators only) give the same operations as a folder or
+//! S3 store, so `sync` replicates to and from a daemon with no special case. It lives here, not
+//! in the library crate, which speaks no HTTP: callers hand the opened store to the library in
+//! `OpenConfig::store`.
 //!
 //! The wire (docs/replication.md): `GET|HEAD|PUT|DELETE /api/v1/store/objects/KEY` with the
 //! object's tag in `ETag`; `PUT` with `If-None-Match: *` is `put_if_absent` and with
@@ -8,97 +10,46 @@
 //! `GET /api/v1/store/list?prefix=P` answers `[{"key", "size", "modified"}]`;
 //! `POST /api/v1/store/flush`.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
+use vmedia_library::store::{check_key, Etag, Object, ObjectMeta, PutOutcome, Store, StoreError};
 
-use super::{check_key, Etag, Object, ObjectMeta, PutOutcome, Store, StoreError};
+use crate::client::{Client, ClientConfig};
 
-/// How long connecting to the peer daemon may take.
-pub const REMOTE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one request may take in all: a chunk is at most 16 MiB, which a slow WAN link
-/// still moves in this time.
-pub const REMOTE_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest listing answer read: about 2.5 million objects.
 pub const MAX_LISTING_BYTES: u64 = 256 << 20;
 /// Largest error body kept for a message.
 const MAX_ERROR_BODY: u64 = 4 << 10;
 
-/// How to reach a peer daemon: the binary fills these from flags and variables; the crate
-/// reads no environment.
-#[derive(Debug, Clone, Default)]
-pub struct RemoteSettings {
-    /// An API token of an administrator on the peer (`vmedia token create`).
-    pub token: Option<String>,
-    /// PEM certificates to trust for the peer (its self-signed certificate, or a private CA);
-    /// without them the system's web roots are used.
-    pub ca_pem: Option<Vec<u8>>,
-    /// Accept any certificate (tests, first contact); never the default.
-    pub insecure: bool,
-}
-
 /// One object as a listing shows it (the store routes' JSON).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListedObject {
     pub key: String,
     pub size: u64,
     pub modified: Option<String>,
 }
 
+/// A peer daemon's library store, reached with the API client's URL rules (https only: the
+/// token never travels in clear), certificate trust and bearer token.
 pub struct RemoteStore {
-    /// `https://host:port` without a trailing slash.
+    client: Client,
+    /// `https://HOST:PORT`, for messages.
     base: String,
-    agent: ureq::Agent,
-    token: Option<String>,
 }
 
 impl RemoteStore {
-    pub fn new(base: &str, settings: &RemoteSettings) -> Result<RemoteStore, StoreError> {
-        let base = base.trim_end_matches('/').to_string();
-        let fail = |message: String| StoreError::new(&base, "connect", "", message);
-        let mut tls = ureq::tls::TlsConfig::builder().disable_verification(settings.insecure);
-        if let Some(pem) = &settings.ca_pem {
-            let mut certs = Vec::new();
-            for item in ureq::tls::parse_pem(pem) {
-                match item.map_err(|e| fail(format!("the CA certificate file: {e}")))? {
-                    ureq::tls::PemItem::Certificate(cert) => certs.push(cert),
-                    _ => continue,
-                }
-            }
-            if certs.is_empty() {
-                return Err(fail("the CA certificate file holds no certificate".into()));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
-        }
-        let agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(REMOTE_CONNECT_TIMEOUT))
-            .timeout_global(Some(REMOTE_REQUEST_TIMEOUT))
-            .http_status_as_error(false)
-            .tls_config(tls.build())
-            .build()
-            .into();
-        Ok(RemoteStore {
-            base,
-            agent,
-            token: settings.token.clone(),
-        })
+    pub fn new(config: &ClientConfig) -> Result<RemoteStore, StoreError> {
+        let base = config.server.trim().trim_end_matches('/').to_string();
+        let client = Client::new(config)
+            .map_err(|e| StoreError::new(&base, "connect", "", e.to_string()))?;
+        Ok(RemoteStore { client, base })
     }
 
     fn object_url(&self, key: &str) -> String {
-        format!("{}/api/v1/store/objects/{key}", self.base)
+        self.client.url(&format!("/api/v1/store/objects/{key}"))
     }
 
     fn error(&self, action: &'static str, key: &str, message: String) -> StoreError {
         StoreError::new(&self.describe(), action, key, message)
-    }
-
-    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.token {
-            Some(token) => request.header("Authorization", format!("Bearer {token}")),
-            None => request,
-        }
     }
 
     /// Turns a non-success answer into an error carrying the daemon's own words.
@@ -144,7 +95,8 @@ impl RemoteStore {
         check_key(&self.describe(), key)?;
         let io = |e: ureq::Error| self.error("get", key, e.to_string());
         let mut response = self
-            .authorize(self.agent.get(self.object_url(key)))
+            .client
+            .authorize(self.client.agent().get(self.object_url(key)))
             .call()
             .map_err(io)?;
         match response.status().as_u16() {
@@ -192,7 +144,9 @@ impl RemoteStore {
         condition: Option<(&str, String)>,
     ) -> Result<PutOutcome, StoreError> {
         check_key(&self.describe(), key)?;
-        let mut request = self.authorize(self.agent.put(self.object_url(key)));
+        let mut request = self
+            .client
+            .authorize(self.client.agent().put(self.object_url(key)));
         if let Some((name, value)) = condition {
             request = request.header(name, value);
         }
@@ -249,7 +203,12 @@ impl Store for RemoteStore {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let io = |e: ureq::Error| self.error("list", prefix, e.to_string());
         let mut response = self
-            .authorize(self.agent.get(format!("{}/api/v1/store/list", self.base)))
+            .client
+            .authorize(
+                self.client
+                    .agent()
+                    .get(self.client.url("/api/v1/store/list")),
+            )
             .query("prefix", prefix)
             .call()
             .map_err(io)?;
@@ -287,7 +246,8 @@ impl Store for RemoteStore {
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(&self.describe(), key)?;
         let response = self
-            .authorize(self.agent.delete(self.object_url(key)))
+            .client
+            .authorize(self.client.agent().delete(self.object_url(key)))
             .call()
             .map_err(|e| self.error("delete", key, e.to_string()))?;
         match response.status().as_u16() {
@@ -299,7 +259,8 @@ impl Store for RemoteStore {
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         check_key(&self.describe(), key)?;
         let response = self
-            .authorize(self.agent.head(self.object_url(key)))
+            .client
+            .authorize(self.client.agent().head(self.object_url(key)))
             .call()
             .map_err(|e| self.error("head", key, e.to_string()))?;
         match response.status().as_u16() {
@@ -327,7 +288,12 @@ impl Store for RemoteStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let response = self
-            .authorize(self.agent.post(format!("{}/api/v1/store/flush", self.base)))
+            .client
+            .authorize(
+                self.client
+                    .agent()
+                    .post(self.client.url("/api/v1/store/flush")),
+            )
             .send_empty()
             .map_err(|e| self.error("flush", "", e.to_string()))?;
         match response.status().as_u16() {
