@@ -5,10 +5,10 @@
 //! Per-client series live while the client's connection does, so thousands of short clients
 //! do not grow `/metrics` forever.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::cache::{Histogram, SharedCache, LATENCY_BUCKETS};
@@ -20,43 +20,120 @@ pub type CloneGauges = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 const PROTOCOLS: [Protocol; 3] = [Protocol::Http, Protocol::Https, Protocol::Nbd];
 
+/// Every op, in the order `/metrics` lists them (by name).
+const OPS: [Op; 6] = [
+    Op::BlockStatus,
+    Op::Flush,
+    Op::Read,
+    Op::Trim,
+    Op::Write,
+    Op::WriteZeroes,
+];
+
+/// Where an op's counters sit in a series.
+fn op_slot(op: Op) -> usize {
+    match op {
+        Op::BlockStatus => 0,
+        Op::Flush => 1,
+        Op::Read => 2,
+        Op::Trim => 3,
+        Op::Write => 4,
+        Op::WriteZeroes => 5,
+    }
+}
+
+fn protocol_slot(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Http => 0,
+        Protocol::Https => 1,
+        Protocol::Nbd => 2,
+    }
+}
+
+/// One export's or one client's counters. A request only reads the maps that hold series (a
+/// shared lock) and counts with atomics, so serving allocates nothing and two cores do not
+/// queue on one lock per request; only a new export or client takes the lock exclusively.
 #[derive(Default)]
 struct Series {
-    in_flight: i64,
-    /// Per op: (operations, bytes).
-    ops: BTreeMap<&'static str, (u64, u64)>,
-    /// Per op (read, write): latency.
-    latency: BTreeMap<&'static str, Histogram>,
+    /// Started minus finished; read as at least zero (a finish can race its start's count).
+    in_flight: AtomicI64,
+    /// Per op (indexed by `op_slot`): operations and bytes. An op never done is not listed.
+    ops: [(AtomicU64, AtomicU64); OPS.len()],
+    /// Read and write latency.
+    read_latency: Histogram,
+    write_latency: Histogram,
 }
 
 impl Series {
-    fn finish(&mut self, op: Op, bytes: u64, latency: Duration) {
-        self.in_flight = (self.in_flight - 1).max(0);
-        let slot = self.ops.entry(op.as_str()).or_default();
-        slot.0 += 1;
-        slot.1 = slot.1.saturating_add(bytes);
-        if matches!(op, Op::Read | Op::Write) {
-            self.latency
-                .entry(op.as_str())
-                .or_default()
-                .observe(latency);
+    fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finish(&self, op: Op, bytes: u64, latency: Duration) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let (count, moved) = &self.ops[op_slot(op)];
+        count.fetch_add(1, Ordering::Relaxed);
+        // Saturating: a counter that wrapped would read as a reset to Prometheus.
+        let _ = moved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some(b.saturating_add(bytes))
+        });
+        match op {
+            Op::Read => self.read_latency.observe(latency),
+            Op::Write => self.write_latency.observe(latency),
+            _ => {}
         }
+    }
+
+    fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed).max(0)
+    }
+
+    /// The ops done at least once: (name, operations, bytes).
+    fn ops(&self) -> impl Iterator<Item = (&'static str, u64, u64)> + '_ {
+        OPS.iter().filter_map(|&op| {
+            let (count, bytes) = &self.ops[op_slot(op)];
+            let count = count.load(Ordering::Relaxed);
+            (count > 0).then(|| (op.as_str(), count, bytes.load(Ordering::Relaxed)))
+        })
+    }
+
+    /// The latency histograms of ops done at least once.
+    fn latencies(&self) -> impl Iterator<Item = (&'static str, &Histogram)> + '_ {
+        [
+            (Op::Read, &self.read_latency),
+            (Op::Write, &self.write_latency),
+        ]
+        .into_iter()
+        .filter(|(op, _)| self.ops[op_slot(*op)].0.load(Ordering::Relaxed) > 0)
+        .map(|(op, h)| (op.as_str(), h))
     }
 }
 
 #[derive(Default)]
 struct State {
-    open: HashMap<Protocol, i64>,
-    total: HashMap<Protocol, u64>,
-    exports: BTreeMap<String, Series>,
-    clients: BTreeMap<(String, String), Series>,
-    /// Client -> the exports it has series for (removed with the client).
-    client_exports: HashMap<String, HashSet<String>>,
+    exports: HashMap<String, Arc<Series>>,
+    /// Client -> export -> series (a client's series go with its connection).
+    clients: HashMap<String, HashMap<String, Arc<Series>>>,
+}
+
+impl State {
+    /// The export's series and the client's for that export, where they exist.
+    fn lookup(&self, export: &str, client: &str) -> (Option<Arc<Series>>, Option<Arc<Series>>) {
+        (
+            self.exports.get(export).cloned(),
+            self.clients
+                .get(client)
+                .and_then(|by_export| by_export.get(export))
+                .cloned(),
+        )
+    }
 }
 
 /// The daemon's metrics.
 pub struct Metrics {
-    state: Mutex<State>,
+    state: RwLock<State>,
+    open: [AtomicI64; PROTOCOLS.len()],
+    total: [AtomicU64; PROTOCOLS.len()],
     cache: Arc<SharedCache>,
     exports: Mutex<Option<Arc<LibraryExports>>>,
     clones: Mutex<Option<CloneGauges>>,
@@ -66,7 +143,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(cache: Arc<SharedCache>) -> Metrics {
         Metrics {
-            state: Mutex::new(State::default()),
+            state: RwLock::new(State::default()),
+            open: Default::default(),
+            total: Default::default(),
             cache,
             exports: Mutex::new(None),
             clones: Mutex::new(None),
@@ -93,7 +172,6 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 << 10);
         {
-            let state = lock(&self.state);
             family(
                 &mut out,
                 "vmedia_connections_open",
@@ -101,7 +179,7 @@ impl Metrics {
                 "Open client connections.",
             );
             for p in PROTOCOLS {
-                let v = state.open.get(&p).copied().unwrap_or(0);
+                let v = self.open[protocol_slot(p)].load(Ordering::Relaxed).max(0);
                 sample(
                     &mut out,
                     "vmedia_connections_open",
@@ -116,7 +194,7 @@ impl Metrics {
                 "Client connections accepted.",
             );
             for p in PROTOCOLS {
-                let v = state.total.get(&p).copied().unwrap_or(0);
+                let v = self.total[protocol_slot(p)].load(Ordering::Relaxed);
                 sample(
                     &mut out,
                     "vmedia_connections_total",
@@ -124,18 +202,40 @@ impl Metrics {
                     v,
                 );
             }
+            // Sorted by name, as a scrape diff expects; taken under the shared lock, rendered
+            // after it (the series are shared).
+            let (exports, clients) = {
+                let state = read(&self.state);
+                let mut exports: Vec<(String, Arc<Series>)> = state
+                    .exports
+                    .iter()
+                    .map(|(name, s)| (name.clone(), s.clone()))
+                    .collect();
+                let mut clients: Vec<(String, String, Arc<Series>)> = state
+                    .clients
+                    .iter()
+                    .flat_map(|(client, by_export)| {
+                        by_export
+                            .iter()
+                            .map(|(export, s)| (export.clone(), client.clone(), s.clone()))
+                    })
+                    .collect();
+                exports.sort_by(|a, b| a.0.cmp(&b.0));
+                clients.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+                (exports, clients)
+            };
             family(
                 &mut out,
                 "vmedia_export_requests_in_flight",
                 "gauge",
                 "Requests being served per export (queue depth).",
             );
-            for (export, s) in &state.exports {
+            for (export, s) in &exports {
                 sample(
                     &mut out,
                     "vmedia_export_requests_in_flight",
                     &[("export", export)],
-                    s.in_flight,
+                    s.in_flight(),
                 );
             }
             family(
@@ -144,8 +244,8 @@ impl Metrics {
                 "counter",
                 "Operations per export and op.",
             );
-            for (export, s) in &state.exports {
-                for (op, (count, _)) in &s.ops {
+            for (export, s) in &exports {
+                for (op, count, _) in s.ops() {
                     sample(
                         &mut out,
                         "vmedia_export_operations_total",
@@ -160,8 +260,8 @@ impl Metrics {
                 "counter",
                 "Bytes moved per export and op.",
             );
-            for (export, s) in &state.exports {
-                for (op, (_, bytes)) in &s.ops {
+            for (export, s) in &exports {
+                for (op, _, bytes) in s.ops() {
                     sample(
                         &mut out,
                         "vmedia_export_bytes_total",
@@ -176,8 +276,8 @@ impl Metrics {
                 "histogram",
                 "Read and write latency per export.",
             );
-            for (export, s) in &state.exports {
-                for (op, h) in &s.latency {
+            for (export, s) in &exports {
+                for (op, h) in s.latencies() {
                     histogram(
                         &mut out,
                         "vmedia_export_latency_seconds",
@@ -192,12 +292,12 @@ impl Metrics {
                 "gauge",
                 "Requests being served per client (queue depth).",
             );
-            for ((export, client), s) in &state.clients {
+            for (export, client, s) in &clients {
                 sample(
                     &mut out,
                     "vmedia_client_requests_in_flight",
                     &[("export", export), ("client", client)],
-                    s.in_flight,
+                    s.in_flight(),
                 );
             }
             family(
@@ -206,8 +306,8 @@ impl Metrics {
                 "counter",
                 "Operations per client and op.",
             );
-            for ((export, client), s) in &state.clients {
-                for (op, (count, _)) in &s.ops {
+            for (export, client, s) in &clients {
+                for (op, count, _) in s.ops() {
                     sample(
                         &mut out,
                         "vmedia_client_operations_total",
@@ -222,8 +322,8 @@ impl Metrics {
                 "counter",
                 "Bytes moved per client and op.",
             );
-            for ((export, client), s) in &state.clients {
-                for (op, (_, bytes)) in &s.ops {
+            for (export, client, s) in &clients {
+                for (op, _, bytes) in s.ops() {
                     sample(
                         &mut out,
                         "vmedia_client_bytes_total",
@@ -238,8 +338,8 @@ impl Metrics {
                 "histogram",
                 "Read and write latency per client.",
             );
-            for ((export, client), s) in &state.clients {
-                for (op, h) in &s.latency {
+            for (export, client, s) in &clients {
+                for (op, h) in s.latencies() {
                     histogram(
                         &mut out,
                         "vmedia_client_latency_seconds",
@@ -468,39 +568,36 @@ fn replication_families(out: &mut String, report: &crate::replicate::Replication
 
 impl IoObserver for Metrics {
     fn connection_opened(&self, protocol: Protocol, _client: &str) {
-        let mut state = lock(&self.state);
-        *state.open.entry(protocol).or_default() += 1;
-        *state.total.entry(protocol).or_default() += 1;
+        self.open[protocol_slot(protocol)].fetch_add(1, Ordering::Relaxed);
+        self.total[protocol_slot(protocol)].fetch_add(1, Ordering::Relaxed);
     }
 
     fn connection_closed(&self, protocol: Protocol, client: &str) {
-        let mut state = lock(&self.state);
-        let open = state.open.entry(protocol).or_default();
-        *open = (*open - 1).max(0);
-        if let Some(exports) = state.client_exports.remove(client) {
-            for export in exports {
-                state.clients.remove(&(export, client.to_string()));
-            }
-        }
+        self.open[protocol_slot(protocol)].fetch_sub(1, Ordering::Relaxed);
+        write(&self.state).clients.remove(client);
     }
 
     fn request_started(&self, export: &str, client: &str) {
-        let mut state = lock(&self.state);
-        state
-            .exports
-            .entry(export.to_string())
-            .or_default()
-            .in_flight += 1;
-        state
-            .clients
-            .entry((export.to_string(), client.to_string()))
-            .or_default()
-            .in_flight += 1;
-        state
-            .client_exports
-            .entry(client.to_string())
-            .or_default()
-            .insert(export.to_string());
+        // Looked up in a statement of its own: the shared guard must be gone before the
+        // exclusive lock below is taken.
+        let found = read(&self.state).lookup(export, client);
+        let (export_series, client_series) = match found {
+            (Some(e), Some(c)) => (e, c),
+            _ => {
+                let mut state = write(&self.state);
+                let e = state.exports.entry(export.to_string()).or_default().clone();
+                let c = state
+                    .clients
+                    .entry(client.to_string())
+                    .or_default()
+                    .entry(export.to_string())
+                    .or_default()
+                    .clone();
+                (e, c)
+            }
+        };
+        export_series.start();
+        client_series.start();
     }
 
     fn request_finished(
@@ -512,17 +609,17 @@ impl IoObserver for Metrics {
         latency: Duration,
         _ok: bool,
     ) {
-        let mut state = lock(&self.state);
-        state
-            .exports
-            .entry(export.to_string())
-            .or_default()
-            .finish(op, bytes, latency);
+        let (export_series, client_series) = read(&self.state).lookup(export, client);
+        let export_series = export_series.unwrap_or_else(|| {
+            write(&self.state)
+                .exports
+                .entry(export.to_string())
+                .or_default()
+                .clone()
+        });
+        export_series.finish(op, bytes, latency);
         // Only a client still connected has series (a late finish must not resurrect one).
-        if let Some(series) = state
-            .clients
-            .get_mut(&(export.to_string(), client.to_string()))
-        {
+        if let Some(series) = client_series {
             series.finish(op, bytes, latency);
         }
     }
@@ -589,6 +686,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,6 +734,44 @@ mod tests {
         assert!(!text.contains("client=\"10.0.0.1:5000\""));
         assert!(text.contains("vmedia_export_bytes_total{export=\"deb@1\",op=\"read\"} 4096"));
         assert!(text.contains("vmedia_connections_open{protocol=\"nbd\"} 0"));
+    }
+
+    #[test]
+    fn requests_from_many_threads_are_all_counted_and_new_series_do_not_deadlock() {
+        let m = Arc::new(metrics());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        // New exports and clients appear while others are served.
+                        let export = format!("e{}", i % 7);
+                        let client = format!("10.0.0.{t}:{}", i % 5);
+                        m.request_started(&export, &client);
+                        m.request_finished(
+                            &export,
+                            &client,
+                            Op::Read,
+                            512,
+                            Duration::from_micros(50),
+                            true,
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render();
+        let total: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("vmedia_export_operations_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, 4 * 2000);
+        assert!(text.contains("vmedia_export_requests_in_flight{export=\"e0\"} 0"));
+        assert!(!text.contains("op=\"write\""), "an op never done is listed");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use vmedia_nbd::{
 };
 
 use super::execute::{error_reply, execute, op_of, read_now, Executed};
-use super::{shutdown_signalled, NbdContext};
+use super::{shutdown_now, shutdown_signalled, NbdContext};
 use crate::export::{Export, Op, Protocol};
 
 /// Read buffer for requests: many small requests per system call.
@@ -293,14 +293,25 @@ async fn transmit<S: AsyncRead + AsyncWrite + Send + 'static>(
 
     let ended = loop {
         let mut header = [0u8; REQUEST_HEADER_LEN];
-        tokio::select! {
-            biased;
-            _ = shutdown_signalled(&mut shutdown) => break Ok(()),
-            read = reader.read_exact(&mut header) => match read {
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
-                Err(error) => break Err(error),
-            },
+        // Shutdown is checked before every request; a future that watches for it is set up
+        // only where the connection would wait (a request not yet here, no free slot), so a
+        // pipelined client's requests cost no waker registration each.
+        if shutdown_now(&shutdown) {
+            break Ok(());
+        }
+        let read = if reader.buffer().len() >= REQUEST_HEADER_LEN {
+            reader.read_exact(&mut header).await
+        } else {
+            tokio::select! {
+                biased;
+                _ = shutdown_signalled(&mut shutdown) => break Ok(()),
+                read = reader.read_exact(&mut header) => read,
+            }
+        };
+        match read {
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
+            Err(error) => break Err(error),
         }
         let header = match RequestHeader::parse(&header) {
             Ok(header) => header,
@@ -309,10 +320,13 @@ async fn transmit<S: AsyncRead + AsyncWrite + Send + 'static>(
         };
         let validated = connection.session.validate(&header);
         // Every reply holds a slot until written: this is the in-flight cap.
-        let slot = tokio::select! {
-            biased;
-            _ = shutdown_signalled(&mut shutdown) => break Ok(()),
-            slot = slots.clone().acquire_owned() => slot.map_err(io::Error::other)?,
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::select! {
+                biased;
+                _ = shutdown_signalled(&mut shutdown) => break Ok(()),
+                slot = slots.clone().acquire_owned() => slot.map_err(io::Error::other)?,
+            },
         };
         let cost = match validated {
             Ok(Request::Read { length, .. }) | Ok(Request::Write { length, .. }) => {
@@ -322,12 +336,15 @@ async fn transmit<S: AsyncRead + AsyncWrite + Send + 'static>(
         };
         let held = if cost > 0 {
             let permits = u32::try_from(cost).unwrap_or(u32::MAX);
-            tokio::select! {
-                biased;
-                _ = shutdown_signalled(&mut shutdown) => break Ok(()),
-                held = budget.clone().acquire_many_owned(permits) => {
-                    Some(held.map_err(io::Error::other)?)
-                }
+            match budget.clone().try_acquire_many_owned(permits) {
+                Ok(held) => Some(held),
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = shutdown_signalled(&mut shutdown) => break Ok(()),
+                    held = budget.clone().acquire_many_owned(permits) => {
+                        Some(held.map_err(io::Error::other)?)
+                    }
+                },
             }
         } else {
             None

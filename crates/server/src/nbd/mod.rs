@@ -114,6 +114,11 @@ pub async fn serve_nbd(
     }
 }
 
+/// True when shutdown has been asked for, without waiting; a dropped sender counts as asked.
+fn shutdown_now(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
 /// Resolves when shutdown is asked for; a dropped sender counts as a request to stop.
 async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
