@@ -187,7 +187,8 @@ pub fn push(
     let layer_uploaded = !registry.blob_exists(&layer_digest)?;
     if layer_uploaded {
         progress.phase("uploading");
-        progress.set_total(layer_size);
+        // The bar continues from the hashing pass: two passes over the layer in all.
+        progress.set_total(layer_size.saturating_mul(2));
         let mut stream = LayerStream::new(source)?;
         let mut location = registry.start_upload()?;
         let mut offset = 0u64;
