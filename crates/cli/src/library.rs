@@ -314,6 +314,8 @@ Examples:
   vmedia library init --keep-within 72h
   vmedia library add debian debian-12.iso --note 'point release'
   vmedia library add debian https://example.org/debian-12.iso
+  vmedia library add fedora oci://quay.io/containerdisks/fedora:41
+  vmedia library push debian oci://registry.example/vm/debian:12
   vmedia library ls
   vmedia library history debian
   vmedia library rollback debian --to 1
@@ -671,7 +673,7 @@ fn run_init(a: InitArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia library add debian debian-12.8.0-amd64-netinst.iso --note 'point release'\n  vmedia library add web-disk /dev/vg0/web --label role=web --label os=debian12\n  vmedia library add alpine https://dl-cdn.example.org/alpine-virt.iso --sign-key release.pem\n  curl -sL https://example.org/disk.qcow2 | vmedia library add disk -\n\nA URL and stdin are streamed: the image is never held whole in memory or on disk.\nPrints the new version's number and SHA-256, and how many bytes were new."
+    after_help = "Examples:\n  vmedia library add debian debian-12.8.0-amd64-netinst.iso --note 'point release'\n  vmedia library add web-disk /dev/vg0/web --label role=web --label os=debian12\n  vmedia library add alpine https://dl-cdn.example.org/alpine-virt.iso --sign-key release.pem\n  curl -sL https://example.org/disk.qcow2 | vmedia library add disk -\n  vmedia library add fedora oci://quay.io/containerdisks/fedora:41\n\nA URL, a registry image (its one disk under disk/, checked against the layer digest) and stdin are streamed: the image is never held whole in memory or on disk.\nPrints the new version's number and SHA-256, and how many bytes were new."
 )]
 pub struct AddArgs {
     /// Item name (letters, digits, . _ -)
