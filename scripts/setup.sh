@@ -25,6 +25,8 @@ PACKAGES=(
   man-db
   # the web console's browser tests: headless Chromium driven by Selenium
   chromium chromium-driver
+  # library push/add oci://: the reference registry on loopback and the peer that reads it
+  docker-registry skopeo
 )
 
 missing=()

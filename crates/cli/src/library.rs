@@ -16,6 +16,7 @@ use vmedia_library::{
 
 use crate::progress::Bar;
 
+pub mod push;
 pub(crate) mod remote;
 pub mod sync;
 
@@ -271,8 +272,10 @@ pub struct LibraryArgs {
 pub enum LibraryCommand {
     /// Create a library (folder or s3://BUCKET/PREFIX) with its retention, signing and encryption
     Init(InitArgs),
-    /// Add a file, block device, http(s) URL or stdin as a new version of an item
+    /// Add a file, block device, http(s) URL, oci:// registry image or stdin as a new version
     Add(AddArgs),
+    /// Publish a version to an OCI registry as a KubeVirt containerDisk
+    Push(push::PushArgs),
     /// List the items and their current versions
     Ls(LsArgs),
     /// Show one version: digest, size, what vmedia recognised, signature
@@ -311,6 +314,8 @@ Examples:
   vmedia library init --keep-within 72h
   vmedia library add debian debian-12.iso --note 'point release'
   vmedia library add debian https://example.org/debian-12.iso
+  vmedia library add fedora oci://quay.io/containerdisks/fedora:41
+  vmedia library push debian oci://registry.example/vm/debian:12
   vmedia library ls
   vmedia library history debian
   vmedia library rollback debian --to 1
@@ -351,6 +356,7 @@ pub fn run(args: LibraryArgs) -> Result<ExitCode> {
     match args.command {
         LibraryCommand::Init(a) => run_init(a),
         LibraryCommand::Add(a) => run_add(a),
+        LibraryCommand::Push(a) => push::run_push(a),
         LibraryCommand::Ls(a) => run_ls(a),
         LibraryCommand::Show(a) => run_show(a),
         LibraryCommand::History(a) => run_history(a),
@@ -667,12 +673,13 @@ fn run_init(a: InitArgs) -> Result<ExitCode> {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  vmedia library add debian debian-12.8.0-amd64-netinst.iso --note 'point release'\n  vmedia library add web-disk /dev/vg0/web --label role=web --label os=debian12\n  vmedia library add alpine https://dl-cdn.example.org/alpine-virt.iso --sign-key release.pem\n  curl -sL https://example.org/disk.qcow2 | vmedia library add disk -\n\nA URL and stdin are streamed: the image is never held whole in memory or on disk.\nPrints the new version's number and SHA-256, and how many bytes were new."
+    after_help = "Examples:\n  vmedia library add debian debian-12.8.0-amd64-netinst.iso --note 'point release'\n  vmedia library add web-disk /dev/vg0/web --label role=web --label os=debian12\n  vmedia library add alpine https://dl-cdn.example.org/alpine-virt.iso --sign-key release.pem\n  curl -sL https://example.org/disk.qcow2 | vmedia library add disk -\n  vmedia library add fedora oci://quay.io/containerdisks/fedora:41\n\nA URL, a registry image (its one disk under disk/, checked against the layer digest) and stdin are streamed: the image is never held whole in memory or on disk.\nPrints the new version's number and SHA-256, and how many bytes were new."
 )]
 pub struct AddArgs {
     /// Item name (letters, digits, . _ -)
     name: String,
-    /// A file, a block device, an http(s):// URL, or - for stdin
+    /// A file, a block device, an http(s):// URL, oci://REGISTRY/REPO:TAG (a containerDisk), or
+    /// - for stdin
     source: String,
     /// A note recorded with the event
     #[arg(long)]
@@ -689,6 +696,8 @@ pub struct AddArgs {
     /// The time the add is recorded at (RFC 3339); for tests of the retention policy
     #[arg(long, hide = true, value_name = "TIME")]
     now: Option<String>,
+    #[command(flatten)]
+    oci: push::OciArgs,
     #[command(flatten)]
     json: JsonArg,
 }
@@ -712,6 +721,9 @@ fn add_source(text: &str) -> Result<(AddSource, Option<u64>)> {
 }
 
 fn run_add(a: AddArgs) -> Result<ExitCode> {
+    if push::is_oci(&a.source) {
+        return run_add_oci(a);
+    }
     if let Some(client) = remote_client()? {
         return remote::add(&client, a);
     }
@@ -739,6 +751,47 @@ fn run_add(a: AddArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot add {} as {}", a.source, a.name));
     bar.finish();
     print_added(a.json, &report?)
+}
+
+/// `add NAME oci://...`: the registry image's disk, streamed into a local library.
+fn run_add_oci(a: AddArgs) -> Result<ExitCode> {
+    if remote_client()?.is_some() {
+        bail!("oci:// sources are pulled into a local library; run add where the library is");
+    }
+    let library = open_library()?;
+    let sign_key_pem = a
+        .sign_key
+        .as_deref()
+        .map(|p| read_text_file(p, "signing key"))
+        .transpose()?;
+    let now = a.now.as_deref().map(parse_time).transpose()?;
+    let options = AddOptions {
+        note: a.note.clone(),
+        labels: a.labels.clone(),
+        sign_key_pem,
+        flatten: a.flatten,
+        now,
+    };
+    let (source, length, pulled) = push::pull_source(&a.source, &a.oci)?;
+    let bar = Bar::bytes(a.json.json);
+    if let Some(length) = length {
+        vmedia_io::Progress::set_total(&bar, length);
+    }
+    let report = library
+        .add(&a.name, source, &options, &bar)
+        .with_context(|| format!("cannot add {} as {}", a.source, a.name));
+    bar.finish();
+    let report = report?;
+    if a.json.json {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("registry".into(), serde_json::to_value(&pulled)?);
+        }
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    push::print_pulled(&pulled);
+    print_added(a.json, &report)
 }
 
 fn print_added(json: JsonArg, report: &vmedia_library::AddReport) -> Result<ExitCode> {
