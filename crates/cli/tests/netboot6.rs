@@ -409,7 +409,12 @@ fn tftp_over_ipv6_serves_the_dhcp6_boot_url_to_atftp_tftp_hpa_and_curl() {
             root.to_str().unwrap(),
         ],
     );
-    assert!(server.log().contains("TFTP on [::]:69"), "{}", server.log());
+    // The banner line reaches the log just after Server::start sees it.
+    assert!(
+        server.wait_log("TFTP on [::]:69", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
     // The URL a UEFI PXE client gets over DHCPv6 is fetchable as it stands.
     let adv = exchange6(
         &client,
