@@ -3,7 +3,9 @@
 //! tap device on an IPv6-only bridge inside a network namespace the test creates. UEFI PXE over
 //! IPv6: DHCPv6 (full mode) hands out an address and `tftp://[fd00:6::1]/grubx64.efi`, the
 //! firmware fetches GRUB over TFTP/IPv6, GRUB fetches the payload kernel and initramfs over
-//! TFTP/IPv6, and the payload prints its marker.
+//! TFTP/IPv6, and the payload prints its marker. UEFI HTTP boot over IPv6: a second machine
+//! gets `http://[fd00:6::1]/grubx64.efi` as an HTTP-boot client (architecture 16) and boots
+//! GRUB, then the payload, over HTTP/IPv6. Both boots share one namespace and one server.
 
 #[path = "support/netboot.rs"]
 mod nb;
@@ -17,8 +19,9 @@ use std::time::Duration;
 use nb::{Netns, Server};
 use support::{cached_fixture, payload, qemu_boot, require_tool, run_ok, Firmware, BOOT_MARKER};
 
-/// TCG is slow and the machine is shared: a boot may take minutes.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+/// TCG is slow and the machine is shared: a boot may take minutes (each of these took
+/// 270-420 s while the host's load average was 28 on 2 cores).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A namespace with br0 (fd00:6::1/64, no IPv4 address) and tap0 on it; DAD off so the
 /// address is usable at once.
@@ -45,7 +48,8 @@ fn copy(from: &Path, to: &Path) {
 }
 
 /// GRUB EFI with an embedded config that loads the payload from where GRUB itself came from:
-/// after a PXEv6 boot GRUB's `$root` is `tftp,fd00:6::1` (the server of the DHCPv6 boot URL).
+/// after a PXEv6 boot GRUB's `$root` is `tftp,fd00:6::1` (the server of the DHCPv6 boot URL),
+/// after an HTTPv6 boot `http,fd00:6::1` (port 80).
 fn grub_root6() -> PathBuf {
     cached_fixture("netboot6-grub-root", |dir| {
         require_tool("grub-mkimage");
@@ -64,18 +68,53 @@ fn grub_root6() -> PathBuf {
                 .arg(&cfg)
                 .arg("-o")
                 .arg(dir.join("grubx64.efi"))
-                .args(["efinet", "tftp", "net", "linux", "normal", "echo"]),
+                .args(["efinet", "tftp", "http", "net", "linux", "normal", "echo"]),
         );
         fs::remove_file(&cfg).unwrap();
     })
 }
 
+/// QEMU arguments for a machine on tap0 with `mac`, no option ROM (romfile=: OVMF's own
+/// virtio-net driver and NetworkPkg PXE and HTTP boot run), and OVMF fw_cfg knobs.
+fn vm_args(mac: &str, knobs: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "-netdev".to_string(),
+        "tap,id=n0,ifname=tap0,script=no,downscript=no".to_string(),
+        "-device".to_string(),
+        format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+        "-boot".to_string(),
+        "order=n".to_string(),
+    ];
+    for knob in knobs {
+        args.push("-fw_cfg".to_string());
+        args.push(format!("name=opt/org.tianocore/{knob},string=n"));
+    }
+    args
+}
+
+fn boot(ns: &Netns, args: Vec<String>) -> String {
+    ns.run(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        qemu_boot(Firmware::Uefi, &refs, BOOT_MARKER, BOOT_TIMEOUT)
+    })
+}
+
 #[test]
-fn ovmf_pxe_boots_over_ipv6_with_dhcp6_and_tftp() {
+fn ovmf_boots_over_ipv6_by_pxe_with_tftp_and_by_http_boot() {
     require_tool("qemu-system-x86_64");
     let root = grub_root6();
     let ns = ipv6_lab("vm6");
     let scratch = tempfile::tempdir().unwrap();
+    // OVMF's HTTP-boot driver gives up at once when the link-local address is still in
+    // duplicate address detection (it never sends its SOLICIT), which on a TCG machine it
+    // always is right after start. PXEv6 waits for it, so the HTTP machine tries PXEv6
+    // first, and this rule makes that attempt fail (no such file) before HTTPv6 runs.
+    let rules = scratch.path().join("rules.toml");
+    fs::write(
+        &rules,
+        "[[machine]]\nmac = \"52:54:00:66:00:02\"\narch = 7\nbootfile = \"no-such-file.efi\"\n",
+    )
+    .unwrap();
     let server = Server::start(
         &ns,
         &[
@@ -90,35 +129,21 @@ fn ovmf_pxe_boots_over_ipv6_with_dhcp6_and_tftp() {
             scratch.path().join("leases6.json").to_str().unwrap(),
             "--root",
             root.to_str().unwrap(),
+            "--config",
+            rules.to_str().unwrap(),
             "--uefi-bootfile",
             "grubx64.efi",
             "--tftp-port",
             "69",
+            // GRUB's http module connects to port 80.
             "--http-port",
-            "8080",
+            "80",
         ],
     );
-    // No option ROM (romfile=): OVMF's own virtio-net driver and NetworkPkg PXE run. The
-    // fw_cfg knob turns off its PXEv4 boot option, which on an IPv6-only link would only wait
-    // out DHCPv4 before the PXEv6 option is tried.
-    let args: Vec<String> = [
-        "-netdev",
-        "tap,id=n0,ifname=tap0,script=no,downscript=no",
-        "-device",
-        "virtio-net-pci,netdev=n0,mac=52:54:00:66:00:01,romfile=",
-        "-fw_cfg",
-        "name=opt/org.tianocore/IPv4PXESupport,string=n",
-        "-boot",
-        "order=n",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let console = ns.run(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        qemu_boot(Firmware::Uefi, &refs, BOOT_MARKER, BOOT_TIMEOUT)
-    });
-    assert!(console.contains(BOOT_MARKER));
+
+    // UEFI PXE over IPv6. The PXEv4 option comes first and would only wait out DHCPv4 on
+    // this IPv6-only link; the fw_cfg knob removes it.
+    let console = boot(&ns, vm_args("52:54:00:66:00:01", &["IPv4PXESupport"]));
     assert!(
         console.contains("UEFI PXEv6 (MAC:525400660001)"),
         "not the firmware's PXEv6 boot option:\n{console}"
@@ -126,17 +151,51 @@ fn ovmf_pxe_boots_over_ipv6_with_dhcp6_and_tftp() {
     assert!(console.contains("root=tftp,fd00:6::1"), "{console}");
     let log = server.log();
     assert!(
-        log.contains(
-            "DHCPv6 REQUEST -> REPLY fd00:6::100 boot tftp://[fd00:6::1]/grubx64.efi arch=7"
-        ),
+        log.contains("52:54:00:66:00:01 DHCPv6 REQUEST -> REPLY fd00:6::100 boot tftp://[fd00:6::1]/grubx64.efi arch=7"),
         "{log}"
     );
     assert!(
         log.contains("tftp 52:54:00:66:00:01 done grubx64.efi"),
         "{log}"
     );
-    assert!(log.contains("done vmlinuz"), "{log}");
-    assert!(log.contains("done initrd.gz"), "{log}");
+    assert!(log.contains("tftp 52:54:00:66:00:01 done vmlinuz"), "{log}");
+    assert!(
+        log.contains("tftp 52:54:00:66:00:01 done initrd.gz"),
+        "{log}"
+    );
+
+    // UEFI HTTP boot over IPv6: no IPv4 (so no HTTPv4 option either).
+    let console = boot(
+        &ns,
+        vm_args("52:54:00:66:00:02", &["IPv4PXESupport", "IPv4Support"]),
+    );
+    assert!(
+        console.contains("UEFI HTTPv6 (MAC:525400660002)"),
+        "not the firmware's HTTPv6 boot option:\n{console}"
+    );
+    assert!(
+        console.contains("URI: http://[fd00:6::1]/grubx64.efi"),
+        "{console}"
+    );
+    assert!(console.contains("root=http,fd00:6::1"), "{console}");
+    let log = server.log();
+    // Its address may be the one its failed PXEv6 attempt released, or the next one.
+    assert!(
+        log.lines().any(
+            |line| line.contains("52:54:00:66:00:02 DHCPv6 REQUEST -> REPLY fd00:6::")
+                && line.contains("boot http://[fd00:6::1]/grubx64.efi arch=16 (x64 UEFI HTTP)")
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("http 52:54:00:66:00:02 done grubx64.efi"),
+        "{log}"
+    );
+    assert!(log.contains("http 52:54:00:66:00:02 done vmlinuz"), "{log}");
+    assert!(
+        log.contains("http 52:54:00:66:00:02 done initrd.gz"),
+        "{log}"
+    );
     assert!(
         !log.contains("ipxe"),
         "iPXE answered instead of the firmware:\n{log}"
