@@ -132,7 +132,7 @@ pub struct ServeArgs {
     /// Where DHCPv6 leases are kept across restarts (full-DHCPv6 mode)
     #[arg(long, value_name = "FILE", default_value = "vmedia-leases6.json")]
     lease_file6: PathBuf,
-    /// Address the IPv6 HTTP listener binds (default with --dhcp6: :: , all)
+    /// Address the IPv6 TFTP and HTTP listeners bind (default with --dhcp6: :: , all)
     #[arg(long, value_name = "ADDR")]
     listen6: Option<Ipv6Addr>,
     /// IPv6 address put in boot URLs (default: the interface's global or unique-local one)
@@ -346,6 +346,9 @@ fn banner(bound: &Bound, interface: Option<&str>, root: &std::path::Path) -> Str
     }
     if bound.dhcp6 {
         parts.push(format!("DHCPv6 on {} (port 547)", interface.unwrap_or("-")));
+    }
+    if let Some(t) = bound.tftp6 {
+        parts.push(format!("TFTP on {t}"));
     }
     if let Some(h) = bound.http6 {
         parts.push(format!("HTTP on {h}"));

@@ -2,7 +2,9 @@
 //! proxy) answers UEFI PXE and HTTP-boot clients sent from another network namespace, over a
 //! veth pair, with the boot file URL (option 59) chosen by the client architecture (option 61);
 //! the HTTP boot URL is fetched over IPv6 with curl; and dnsmasq's DHCPv6 server reads the
-//! SOLICIT our codec writes while our codec reads its ADVERTISE (a peer cross-check).
+//! SOLICIT our codec writes while our codec reads its ADVERTISE (a peer cross-check); TFTP
+//! over IPv6 serves the DHCPv6 boot URL to atftp, tftp-hpa and curl byte-identical, with
+//! blksize capped by the link's IPv6 MTU.
 
 #[path = "support/netboot.rs"]
 mod nb;
@@ -13,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nb::{Netns, Server};
-use support::{require_tool, run_ok};
+use support::{require_tool, run_any, run_ok};
 use vmedia_netboot::wire::dhcp6::{
     code, duid_ll, status, Dhcp6Option, Dhcp6Repr, IaNa, MessageType, ALL_SERVERS,
 };
@@ -374,4 +376,125 @@ fn dnsmasq_dhcp6_reads_our_solicit_and_we_read_its_advertise() {
         "{addr}"
     );
     assert_eq!(boot_url(&adv), Some("tftp://[fd00:6::1]/grubx64.efi"));
+}
+
+#[test]
+fn tftp_over_ipv6_serves_the_dhcp6_boot_url_to_atftp_tftp_hpa_and_curl() {
+    require_tool("atftp");
+    require_tool("tftp");
+    require_tool("curl");
+    let (ns, client) = ipv6_link("tftp6");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    nb::random_file(&root.join("grubx64.efi"), 300_000, 61);
+    nb::random_file(&root.join("empty"), 0, 1);
+    nb::random_file(&root.join("b512"), 512, 2);
+    nb::random_file(&root.join("sub/big.bin"), (1 << 20) + 3, 3);
+    let server = Server::start(
+        &ns,
+        &[
+            "--interface",
+            "vs0",
+            "--no-dhcp",
+            "--dhcp6",
+            "proxy",
+            "--tftp-port",
+            "69",
+            "--http-port",
+            "8080",
+            "--uefi-bootfile",
+            "grubx64.efi",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+    );
+    // The banner line reaches the log just after Server::start sees it.
+    assert!(
+        server.wait_log("TFTP on [::]:69", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    // The URL a UEFI PXE client gets over DHCPv6 is fetchable as it stands.
+    let adv = exchange6(
+        &client,
+        client_message(
+            MessageType::Solicit,
+            [0x52, 0x54, 0, 0x66, 0, 5],
+            7,
+            Some("PXEClient:Arch:00007:UNDI:003016"),
+            None,
+        ),
+    )
+    .unwrap_or_else(|| panic!("no ADVERTISE\n{}", server.log()));
+    let url = boot_url(&adv).unwrap().to_string();
+    assert_eq!(url, "tftp://[fd00:6::1]/grubx64.efi");
+    let fetched = client
+        .run(move || run_ok(Command::new("curl").args(["-gsf", "--max-time", "20", &url])).stdout);
+    assert_eq!(fetched, std::fs::read(root.join("grubx64.efi")).unwrap());
+
+    let out = dir.path().join("out");
+    for name in ["empty", "b512", "sub/big.bin", "grubx64.efi"] {
+        let original = std::fs::read(root.join(name)).unwrap();
+        // tftp-hpa over IPv6, plain RFC 1350 (512-byte blocks, no options).
+        let _ = std::fs::remove_file(&out);
+        run_ok(
+            client
+                .command("tftp")
+                .args(["-6", "-m", "binary", "fd00:6::1", "-c", "get", name])
+                .arg(&out),
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), original, "tftp-hpa: {name}");
+        // atftp over IPv6 with blksize, tsize and windowsize.
+        let _ = std::fs::remove_file(&out);
+        let (code, stdout, stderr) = run_any(client.command("atftp").args([
+            "--option",
+            "blksize 1428",
+            "--option",
+            "tsize 0",
+            "--option",
+            "windowsize 8",
+            "-g",
+            "-r",
+            name,
+            "-l",
+            out.to_str().unwrap(),
+            "fd00:6::1",
+            "69",
+        ]));
+        assert_eq!(code, 0, "atftp {name}:\n{stdout}\n{stderr}");
+        assert_eq!(std::fs::read(&out).unwrap(), original, "atftp: {name}");
+    }
+    // blksize is capped by the IPv6 path MTU: 1500 less 40 (IPv6), 8 (UDP) and 4 (TFTP).
+    let _ = std::fs::remove_file(&out);
+    let (code, stdout, stderr) = run_any(client.command("atftp").args([
+        "--option",
+        "blksize 65464",
+        "--option",
+        "windowsize 16",
+        "--trace",
+        "-g",
+        "-r",
+        "sub/big.bin",
+        "-l",
+        out.to_str().unwrap(),
+        "fd00:6::1",
+        "69",
+    ]));
+    assert_eq!(code, 0, "atftp:\n{stdout}\n{stderr}");
+    let trace = format!("{stdout}{stderr}");
+    assert!(trace.contains("blksize: 1448"), "{trace}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(root.join("sub/big.bin")).unwrap()
+    );
+    // Each transfer is logged under the client's IPv6 address, with its options.
+    assert!(
+        server.wait_log("done sub/big.bin (1048579 bytes", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(log.contains("tftp fd00:6::7 send sub/big.bin"), "{log}");
+    assert!(log.contains("options blksize=1448,windowsize=16"), "{log}");
 }

@@ -1,16 +1,17 @@
 //! Linux socket plumbing the standard library lacks: the local address a datagram arrived on
-//! (IP_PKTINFO), batched and segmentation-offload sends (sendmmsg, UDP_SEGMENT), binding to an
+//! (IP_PKTINFO, IPV6_PKTINFO), batched and segmentation-offload sends (sendmmsg, UDP_SEGMENT), binding to an
 //! interface, interface addresses, non-blocking receive, poll and the route's MTU.
 //!
 //! System calls go through rustix where it covers them (socket, bind, socket options, sendmmsg,
 //! recv, poll, IP_MTU). Raw libc remains, each in one small function, only where rustix 1.1 has
-//! no safe API: IP_PKTINFO (the option and its control message), SO_BINDTODEVICE, the
+//! no safe API: IP_PKTINFO and IPV6_RECVPKTINFO (the options and their control messages),
+//! SO_BINDTODEVICE, the
 //! UDP_SEGMENT control message on sendmmsg, and getifaddrs.
 
 use std::io;
 use std::io::IoSlice;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -27,15 +28,22 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Asks the kernel to report each datagram's local address (IP_PKTINFO; not in rustix).
+/// Asks the kernel to report each datagram's local address: IP_PKTINFO on an IPv4 socket,
+/// IPV6_RECVPKTINFO on an IPv6 one (neither is in rustix).
 pub fn enable_pktinfo(fd: impl AsFd) -> io::Result<()> {
+    let ipv6 = rustix::net::getsockname(&fd)?.address_family() == AddressFamily::INET6;
+    let (level, option) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
     let value: libc::c_int = 1;
     // SAFETY: passes a pointer to a live c_int with its size, on a descriptor we borrow.
     check(unsafe {
         libc::setsockopt(
             fd.as_fd().as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
+            level,
+            option,
             &value as *const libc::c_int as *const libc::c_void,
             size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -72,24 +80,31 @@ pub fn bind_to_device(fd: impl AsFd, interface: &str) -> io::Result<()> {
     })
 }
 
-/// Receives one datagram; returns its length, sender and the local address it was sent to.
-/// rustix's `recvmsg` decodes only SCM_RIGHTS and SCM_CREDENTIALS, not IP_PKTINFO.
+/// True for fe80::/10, whose addresses mean something only with an interface (scope) index.
+fn is_link_local6(ip: &Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Receives one datagram; returns its length, sender and the local address it was sent to
+/// (port 0; an IPv6 link-local one carries the interface it arrived on as its scope).
+/// rustix's `recvmsg` decodes only SCM_RIGHTS and SCM_CREDENTIALS, not the PKTINFO messages.
 pub fn recv_with_local(
     fd: impl AsFd,
     buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+) -> io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
     // SAFETY: all structures are zero-initialised and sized; recvmsg writes within them; the
-    // control messages are walked with the kernel's CMSG macros within `control`.
+    // sender is read as the family the kernel reports; the control messages are walked with
+    // the kernel's CMSG macros within `control`.
     unsafe {
-        let mut name: libc::sockaddr_in = zeroed();
+        let mut name: libc::sockaddr_storage = zeroed();
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
         };
         let mut control = [0u64; 16];
         let mut msg: libc::msghdr = zeroed();
-        msg.msg_name = &mut name as *mut libc::sockaddr_in as *mut libc::c_void;
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_name = &mut name as *mut libc::sockaddr_storage as *mut libc::c_void;
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
@@ -104,14 +119,41 @@ pub fn recv_with_local(
             if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
                 let info =
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
-                local = Some(Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr)));
+                let ip = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                local = Some(SocketAddr::V4(SocketAddrV4::new(ip, 0)));
+            } else if (*cmsg).cmsg_level == libc::IPPROTO_IPV6
+                && (*cmsg).cmsg_type == libc::IPV6_PKTINFO
+            {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
+                let ip = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                let scope = if is_link_local6(&ip) {
+                    info.ipi6_ifindex
+                } else {
+                    0
+                };
+                local = Some(SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, scope)));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        let from = SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
-            u16::from_be(name.sin_port),
-        ));
+        let from = match i32::from(name.ss_family) {
+            libc::AF_INET6 => {
+                let sin6 = &*(&name as *const libc::sockaddr_storage as *const libc::sockaddr_in6);
+                SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                    u16::from_be(sin6.sin6_port),
+                    u32::from_be(sin6.sin6_flowinfo),
+                    sin6.sin6_scope_id,
+                ))
+            }
+            _ => {
+                let sin = &*(&name as *const libc::sockaddr_storage as *const libc::sockaddr_in);
+                SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                    u16::from_be(sin.sin_port),
+                ))
+            }
+        };
         Ok((n as usize, from, local))
     }
 }
@@ -184,27 +226,35 @@ pub fn interface_ipv4(interface: &str) -> io::Result<(Ipv4Addr, Ipv4Addr)> {
 
 /// A bound UDP socket as a tokio socket, with options set before binding.
 pub fn udp_socket(
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     interface: Option<&str>,
     broadcast: bool,
 ) -> io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(bind_udp(addr, interface, broadcast, true)?)
 }
 
-/// A bound UDP socket, with options set before binding; blocking unless `nonblocking`.
+/// A bound UDP socket, with options set before binding; blocking unless `nonblocking`. An
+/// IPv6 socket is IPv6 only (IPV6_V6ONLY), so it shares its port number with an IPv4 one.
 pub fn bind_udp(
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     interface: Option<&str>,
     broadcast: bool,
     nonblocking: bool,
 ) -> io::Result<std::net::UdpSocket> {
+    let addr = addr.into();
     let flags = if nonblocking {
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK
     } else {
         SocketFlags::CLOEXEC
     };
-    let socket: OwnedFd =
-        rustix::net::socket_with(AddressFamily::INET, SocketType::DGRAM, flags, None)?;
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let socket: OwnedFd = rustix::net::socket_with(family, SocketType::DGRAM, flags, None)?;
+    if addr.is_ipv6() {
+        sockopt::set_ipv6_v6only(&socket, true)?;
+    }
     sockopt::set_socket_reuseaddr(&socket, true)?;
     if broadcast {
         sockopt::set_socket_broadcast(&socket, true)?;
@@ -334,6 +384,11 @@ pub fn path_mtu(fd: impl AsFd) -> io::Result<usize> {
     Ok(sockopt::ip_mtu(fd)? as usize)
 }
 
+/// The MTU of the route a connected IPv6 socket sends on (IPV6_MTU).
+pub fn path_mtu6(fd: impl AsFd) -> io::Result<usize> {
+    Ok(sockopt::ipv6_mtu(fd)? as usize)
+}
+
 /// An IPv6 UDP socket on `port` of every address, restricted to `interface` and joined to the
 /// link-scoped multicast group `group` there (DHCPv6 clients send to ff02::1:2). IPv6 only
 /// (IPV6_V6ONLY), so it never takes an IPv4 port.
@@ -410,10 +465,9 @@ pub fn interface_ipv6(interface: &str) -> io::Result<std::net::Ipv6Addr> {
         }
         libc::freeifaddrs(list);
     }
-    let link_local = |a: &std::net::Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
     found
         .iter()
-        .find(|a| !link_local(a))
+        .find(|a| !is_link_local6(a))
         .or(found.first())
         .copied()
         .ok_or_else(|| {

@@ -34,9 +34,10 @@ pub struct Bound {
     pub tftp: Option<SocketAddrV4>,
     pub http: Option<SocketAddrV4>,
     pub dhcp: bool,
-    /// With [`Server::start_with_ipv6`]: the IPv6 address in boot URLs, the IPv6 HTTP
-    /// listener, and whether DHCPv6 runs.
+    /// With [`Server::start_with_ipv6`]: the IPv6 address in boot URLs, the IPv6 TFTP and
+    /// HTTP listeners, and whether DHCPv6 runs.
     pub server_ip6: Option<Ipv6Addr>,
+    pub tftp6: Option<SocketAddrV6>,
     pub http6: Option<SocketAddrV6>,
     pub dhcp6: bool,
 }
@@ -227,6 +228,7 @@ impl Server {
                 http: None,
                 dhcp: false,
                 server_ip6: None,
+                tftp6: None,
                 http6: None,
                 dhcp6: false,
             },
@@ -239,23 +241,8 @@ impl Server {
             handle.start_dhcp(&config, &mut prepared, server_ip)?;
         }
         if let Some(port) = config.tftp_port {
-            let socket = net::udp_socket(SocketAddrV4::new(config.listen, port), None, false)
-                .map_err(io_err(format!("TFTP port {port}")))?;
-            let local = match socket.local_addr().map_err(io_err("TFTP socket"))? {
-                std::net::SocketAddr::V4(a) => a,
-                std::net::SocketAddr::V6(_) => SocketAddrV4::new(config.listen, port),
-            };
-            handle.bound.tftp = Some(local);
-            let server = TftpServer::new(
-                socket,
-                prepared.root.clone(),
-                status.clone(),
-                server_ip.unwrap_or(config.listen),
-            );
-            handle.transfers = Some(server.control());
-            handle
-                .serving
-                .spawn(async move { server.run().await.map_err(io_err("TFTP")) });
+            let listen6 = ipv6.as_ref().and_then(|v6| v6.listen);
+            handle.start_tftp(&config, &prepared, port, server_ip, listen6)?;
         }
         if let Some(port) = config.http_port {
             let listener = tokio::net::TcpListener::bind(SocketAddrV4::new(config.listen, port))
@@ -292,6 +279,50 @@ impl Server {
 }
 
 impl ServerHandle {
+    /// TFTP on `port` of the IPv4 listen address and, with `listen6`, of that IPv6 address too:
+    /// one server whose transfers from either family share one limit and one stop flag.
+    fn start_tftp(
+        &mut self,
+        config: &ServerConfig,
+        prepared: &Prepared,
+        port: u16,
+        server_ip: Option<Ipv4Addr>,
+        listen6: Option<Ipv6Addr>,
+    ) -> Result<(), NetbootError> {
+        let socket = net::udp_socket(SocketAddrV4::new(config.listen, port), None, false)
+            .map_err(io_err(format!("TFTP port {port}")))?;
+        let local = match socket.local_addr().map_err(io_err("TFTP socket"))? {
+            std::net::SocketAddr::V4(a) => a,
+            std::net::SocketAddr::V6(_) => SocketAddrV4::new(config.listen, port),
+        };
+        self.bound.tftp = Some(local);
+        let server = TftpServer::new(
+            socket,
+            prepared.root.clone(),
+            self.status.clone(),
+            server_ip.unwrap_or(config.listen),
+        );
+        self.transfers = Some(server.control());
+        if let Some(listen6) = listen6 {
+            // The same port number as IPv4 (69 by default): the DHCPv6 boot URL
+            // tftp://[ADDR]/FILE names no port.
+            let socket6 =
+                net::udp_socket(SocketAddrV6::new(listen6, local.port(), 0, 0), None, false)
+                    .map_err(io_err(format!("TFTP port {} (IPv6)", local.port())))?;
+            let local6 = match socket6.local_addr().map_err(io_err("TFTP socket (IPv6)"))? {
+                std::net::SocketAddr::V6(a) => a,
+                std::net::SocketAddr::V4(_) => SocketAddrV6::new(listen6, local.port(), 0, 0),
+            };
+            self.bound.tftp6 = Some(local6);
+            let server6 = server.beside(socket6, listen6);
+            self.serving
+                .spawn(async move { server6.run().await.map_err(io_err("TFTP (IPv6)")) });
+        }
+        self.serving
+            .spawn(async move { server.run().await.map_err(io_err("TFTP")) });
+        Ok(())
+    }
+
     fn start_dhcp(
         &mut self,
         config: &ServerConfig,

@@ -1,5 +1,6 @@
-//! The TFTP server: one listening socket reporting each request's local address (IP_PKTINFO),
-//! and per transfer a dedicated thread with its own blocking socket bound to that address
+//! The TFTP server: one listening socket reporting each request's local address (IP_PKTINFO,
+//! or IPV6_PKTINFO on an IPv6 socket; an IPv4 and an IPv6 listener can share one set of
+//! transfers and its limit), and per transfer a dedicated thread with its own blocking socket bound to that address
 //! (RFC 1350's transfer ID) and connected to the client. A window is sent with one system call
 //! (UDP segmentation offload, else sendmmsg) from a buffer filled by large positional reads; the
 //! ACK is taken straight from the socket when it is already there, else after sleeping in poll.
@@ -7,7 +8,7 @@
 //! (peer, MAC when known, file, negotiated options); the server's stop flag is checked between
 //! windows and while waiting for an ACK.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub const MAX_ACTIVE_TRANSFERS: usize = 2048;
 const TRANSFER_STACK: usize = 256 * 1024;
 /// IPv4 and UDP headers plus the TFTP DATA header: what a block adds on the wire.
 const DATA_OVERHEAD: usize = 20 + 8 + 4;
+/// The same over IPv6, whose fixed header is 40 bytes.
+const DATA_OVERHEAD_V6: usize = 40 + 8 + 4;
 /// How long a transfer keeps checking for the client's ACK (yielding the CPU between checks)
 /// before it sleeps in poll. On an idle virtual machine a sleeping thread's CPU halts, and
 /// waking it costs tens of microseconds per window: measured on this kind of 2-vCPU guest, a
@@ -62,7 +65,7 @@ pub const STOP_CHECK: Duration = Duration::from_millis(50);
 pub struct TftpServer {
     socket: UdpSocket,
     /// Local address used when the kernel does not report one.
-    fallback_local: Ipv4Addr,
+    fallback_local: IpAddr,
     shared: Arc<Shared>,
 }
 
@@ -137,20 +140,32 @@ impl Drop for ActiveSlot<'_> {
 }
 
 impl TftpServer {
+    /// A server on `socket` (IPv4 or IPv6); `fallback_local` (of the socket's family) is the
+    /// transfer sockets' address when the kernel does not report where a request arrived.
     pub fn new(
         socket: UdpSocket,
         root: Arc<FileRoot>,
         status: Arc<Status>,
-        fallback_local: Ipv4Addr,
+        fallback_local: impl Into<IpAddr>,
     ) -> TftpServer {
         TftpServer {
             socket,
-            fallback_local,
+            fallback_local: fallback_local.into(),
             shared: Arc::new(Shared {
                 root,
                 status,
                 control: Arc::new(TransferControl::default()),
             }),
+        }
+    }
+
+    /// A second listener (the other address family) serving the same files into the same
+    /// status board, whose transfers count against this server's limit and stop with it.
+    pub fn beside(&self, socket: UdpSocket, fallback_local: impl Into<IpAddr>) -> TftpServer {
+        TftpServer {
+            socket,
+            fallback_local: fallback_local.into(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -170,8 +185,7 @@ impl TftpServer {
                 .socket
                 .async_io(Interest::READABLE, || net::recv_with_local(fd, &mut buf))
                 .await?;
-            let SocketAddr::V4(from) = from else { continue };
-            let local = local.unwrap_or(self.fallback_local);
+            let local = local.unwrap_or(SocketAddr::new(self.fallback_local, 0));
             match TftpRepr::parse(&buf[..len]) {
                 Ok(TftpRepr::ReadRequest(req)) => {
                     let running = active.fetch_add(1, Ordering::AcqRel);
@@ -198,7 +212,7 @@ impl TftpServer {
                     let name = String::from_utf8_lossy(&req.filename).into_owned();
                     shared.status.event(
                         "tftp",
-                        &shared.status.client_key(IpAddr::V4(*from.ip())),
+                        &shared.status.client_key(from.ip()),
                         format!("refused write of {name:?}: read-only server"),
                     );
                     self.reply_error(
@@ -216,7 +230,7 @@ impl TftpServer {
                 Err(e) => {
                     shared.status.event(
                         "tftp",
-                        &shared.status.client_key(IpAddr::V4(*from.ip())),
+                        &shared.status.client_key(from.ip()),
                         format!("malformed packet ignored with an error reply: {e}"),
                     );
                     self.reply_error(from, error_code::ILLEGAL_OPERATION, &e.to_string())
@@ -226,11 +240,11 @@ impl TftpServer {
         }
     }
 
-    async fn refuse_busy(&self, to: SocketAddrV4, running: usize) {
+    async fn refuse_busy(&self, to: SocketAddr, running: usize) {
         let status = &self.shared.status;
         status.event(
             "tftp",
-            &status.client_key(IpAddr::V4(*to.ip())),
+            &status.client_key(to.ip()),
             format!(
                 "refused a request: {running} transfers are running (limit {MAX_ACTIVE_TRANSFERS})"
             ),
@@ -243,7 +257,7 @@ impl TftpServer {
         .await;
     }
 
-    async fn reply_error(&self, to: SocketAddrV4, code: u16, message: &str) {
+    async fn reply_error(&self, to: SocketAddr, code: u16, message: &str) {
         let packet = TftpRepr::Error {
             code,
             message: message.to_string(),
@@ -295,18 +309,22 @@ fn send_error(socket: &std::net::UdpSocket, code: u16, message: &str) {
 }
 
 /// Largest block that crosses the path to the client without IP fragmentation: the route's
-/// MTU (IP_MTU on the connected socket) less the headers, as tftp-hpa and dnsmasq cap it.
-/// Loopback's 64 KiB MTU leaves the RFC 2348 maximum.
-fn blksize_limit(socket: &std::net::UdpSocket) -> usize {
-    match net::path_mtu(socket) {
-        Ok(mtu) => mtu.saturating_sub(DATA_OVERHEAD).min(MAX_BLKSIZE),
+/// MTU (IP_MTU, or IPV6_MTU, on the connected socket) less the headers, as tftp-hpa and dnsmasq
+/// cap it. Loopback's 64 KiB MTU leaves the RFC 2348 maximum.
+fn blksize_limit(socket: &std::net::UdpSocket, client: SocketAddr) -> usize {
+    let (mtu, overhead) = match client {
+        SocketAddr::V4(_) => (net::path_mtu(socket), DATA_OVERHEAD),
+        SocketAddr::V6(_) => (net::path_mtu6(socket), DATA_OVERHEAD_V6),
+    };
+    match mtu {
+        Ok(mtu) => mtu.saturating_sub(overhead).min(MAX_BLKSIZE),
         Err(_) => MAX_BLKSIZE,
     }
 }
 
-fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared) {
+fn transfer(req: Request, client: SocketAddr, local: SocketAddr, shared: &Shared) {
     let status = &shared.status;
-    let key_ip = IpAddr::V4(*client.ip());
+    let key_ip = client.ip();
     let name = String::from_utf8_lossy(&req.filename).into_owned();
     let span = tracing::info_span!(
         "tftp",
@@ -320,7 +338,7 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
         span.record("mac", mac.as_str());
     }
     let _entered = span.enter();
-    let socket = match net::bind_udp(SocketAddrV4::new(local, 0), None, false, false) {
+    let socket = match net::bind_udp(local, None, false, false) {
         Ok(s) => s,
         Err(e) => {
             status.event(
@@ -370,7 +388,7 @@ fn transfer(req: Request, client: SocketAddrV4, local: Ipv4Addr, shared: &Shared
             return;
         }
     };
-    let negotiated = negotiate(&req.options, file.size, blksize_limit(&socket));
+    let negotiated = negotiate(&req.options, file.size, blksize_limit(&socket, client));
     let detail = if negotiated.oack.is_empty() {
         String::new()
     } else {
