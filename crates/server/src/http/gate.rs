@@ -27,7 +27,7 @@ use crate::export::{Export, ExportError, ExportListing, ExportResolver};
 
 /// The key's file inside the state folder.
 pub const MEDIA_KEY_FILE: &str = "media.key";
-/// Key length: HMAC-SHA256's block-sized security needs no more than its output size.
+/// Key length: 256 bits, the strength of HMAC-SHA256 itself.
 pub const KEY_BYTES: usize = 32;
 /// How long an attachment's signed URL lasts: QEMU reads the medium for as long as the VM runs,
 /// so it must outlive a long-running VM; attaching again hands out a fresh one.
