@@ -161,10 +161,24 @@ impl Server {
         }
 
         let resolver: Arc<dyn ExportResolver> = exports.clone();
+        let access = Arc::new(
+            crate::api::access::AccessList::open(&options.state_dir)
+                .map_err(|e| state_error("access rules")(&e))?,
+        );
+        // Restricted items on the ports without credentials: capabilities only.
+        let gate = Arc::new(
+            http::gate::MediaGate::open(
+                &options.state_dir,
+                Arc::clone(&access),
+                Arc::clone(&audit),
+            )
+            .map_err(|e| state_error("media signing key")(&e))?,
+        );
         let state = Arc::new(AppState {
             exports: Arc::clone(&exports),
             observer: Arc::clone(&observer),
             metrics: Arc::clone(&metrics),
+            gate: Arc::clone(&gate),
         });
         let app = http::router(Arc::clone(&state), Some(clones_router.clone()));
         // HTTPS: images and metrics as on HTTP, and the API (with the clone API and preload)
@@ -179,10 +193,7 @@ impl Server {
             idempotency: Arc::new(crate::api::idempotency::Replies::default()),
             replication: replication.clone(),
             systems: options.systems.clone(),
-            access: Arc::new(
-                crate::api::access::AccessList::open(&options.state_dir)
-                    .map_err(|e| state_error("access rules")(&e))?,
-            ),
+            access,
             attachments: Arc::new(
                 crate::api::attachments::Attachments::open(&options.state_dir)
                     .map_err(|e| state_error("attachments")(&e))?,
@@ -207,7 +218,14 @@ impl Server {
             })
         });
         let https_router = match redfish {
-            Some((ctx, auth)) => https_app.merge(crate::redfish::router(ctx, auth)),
+            Some((ctx, auth)) => https_app.merge(crate::redfish::router_with_media(
+                ctx,
+                auth,
+                Some(crate::redfish::MediaAccess {
+                    gate: Arc::clone(&gate),
+                    api: Arc::clone(&api_state),
+                }),
+            )),
             None => https_app,
         };
         // The web console at `/`, and its session cookie turned into the API's bearer token.
@@ -273,7 +291,10 @@ impl Server {
             let listener = bind("NBD", SocketAddr::new(options.listen, options.nbd_port)).await?;
             nbd_addr = listener.local_addr().ok();
             let ctx = NbdContext {
-                resolver: Arc::clone(&resolver),
+                resolver: Arc::new(http::gate::GatedResolver {
+                    inner: Arc::clone(&resolver),
+                    gate: Arc::clone(&gate),
+                }),
                 observer: Arc::clone(&observer),
                 tls: tls_config.as_ref().map(tls::plain_acceptor),
                 limits: NbdLimits::default(),

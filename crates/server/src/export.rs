@@ -101,6 +101,10 @@ pub enum ExportError {
 pub trait ExportResolver: Send + Sync {
     fn list(&self) -> io::Result<Vec<ExportListing>>;
     fn open(&self, name: &str) -> Result<Arc<dyn Export>, ExportError>;
+    /// `open` for a network client (its address, for the audit of a refusal).
+    fn open_for(&self, name: &str, _client: &str) -> Result<Arc<dyn Export>, ExportError> {
+        self.open(name)
+    }
 }
 
 /// The front end an operation came through.

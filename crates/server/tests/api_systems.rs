@@ -29,6 +29,7 @@ struct Fixture {
     admin: String,
     iso: Vec<u8>,
     vms: BootConfig,
+    state: std::path::PathBuf,
 }
 
 fn fixture() -> &'static Fixture {
@@ -58,6 +59,7 @@ fn fixture() -> &'static Fixture {
         let mut opts = options(&dir.path().join("state"));
         opts.https_port = free_port();
         opts.systems = Some(vms.clone());
+        opts.nbd_port = free_port();
         let daemon = Daemon::start(library, opts);
         let handle = daemon.handle.as_ref().unwrap();
         let base = format!("https://{}", handle.https.unwrap());
@@ -68,6 +70,7 @@ fn fixture() -> &'static Fixture {
             .token;
         Fixture {
             iso: std::fs::read(&iso).unwrap(),
+            state: dir.path().join("state"),
             _dir: dir,
             daemon,
             base,
@@ -590,4 +593,206 @@ fn hostile_inputs_get_clear_4xx_answers() {
         f.json(&f.admin, "GET", "/api/v1/systems/node001", None).0,
         200
     );
+}
+
+/// The access document the per-item tests share: `secr*` is limited to the group `ops`, whose
+/// one member is alice (bob is in no group). Every test puts the same one, so their order
+/// does not matter.
+fn limit_secret(f: &Fixture) {
+    let (status, doc) = f.json(
+        &f.admin,
+        "PUT",
+        "/api/v1/access",
+        Some(&json!({"groups": {"ops": ["alice"]}, "rules": [{"pattern": "secr*", "groups": ["ops"]}]})),
+    );
+    assert_eq!(status, 200, "{doc}");
+}
+
+/// The exports named in the `stats` events `token` receives for about two seconds.
+fn streamed_exports(f: &Fixture, token: &str) -> std::collections::BTreeSet<String> {
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "-k", "-N", "--max-time", "2", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{}/api/v1/stats/stream?interval_ms=250", f.base))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut events = 0;
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        events += 1;
+        let event: Value = serde_json::from_str(data.trim()).unwrap();
+        for export in event["exports"].as_array().unwrap() {
+            names.insert(export["export"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(events >= 2, "no stats events: {text}");
+    names
+}
+
+#[test]
+fn the_stats_stream_names_a_restricted_items_exports_to_members_only() {
+    let f = fixture();
+    limit_secret(f);
+    let alice = f.token("alice", Role::Operator);
+    let bob = f.token("bob", Role::Readonly);
+    // Reads of both items, so both have rows in the daemon's metrics.
+    for item in ["deb", "secret"] {
+        let reply = f.call(
+            &alice,
+            "GET",
+            &format!("/api/v1/library/items/{item}/versions/1/content"),
+            None,
+        );
+        assert_eq!(reply.status, 200);
+    }
+    let is_secret = |name: &String| name.starts_with("secret");
+    let seen_by_bob = streamed_exports(f, &bob);
+    assert!(
+        seen_by_bob.iter().any(|n| n.starts_with("deb")),
+        "{seen_by_bob:?}"
+    );
+    assert!(!seen_by_bob.iter().any(is_secret), "{seen_by_bob:?}");
+    let seen_by_alice = streamed_exports(f, &alice);
+    assert!(seen_by_alice.iter().any(is_secret), "{seen_by_alice:?}");
+    assert!(streamed_exports(f, &f.admin).iter().any(is_secret));
+}
+
+/// `/images/PATH?exp=EXP&sig=...` signed with the daemon's key as the docs say.
+fn signed(f: &Fixture, path: &str, exp: u64) -> String {
+    use hmac::Mac;
+    let key = std::fs::read_to_string(f.state.join("media.key")).unwrap();
+    let key = hex::decode(key.trim()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("GET\n{path}\n{exp}").as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    format!("{path}?exp={exp}&sig={sig}")
+}
+
+#[test]
+fn restricted_items_need_a_signed_url_on_http_and_a_capability_name_on_nbd() {
+    let f = fixture();
+    limit_secret(f);
+    let handle = f.daemon.handle.as_ref().unwrap();
+    let http = format!("http://{}", handle.http.unwrap());
+    let nbd = handle.nbd.unwrap();
+    let get = |path: &str| curl(&[&format!("{http}{path}")]);
+    // Anonymous: the restricted item is missing, the unrestricted one unchanged.
+    assert_eq!(get("/images/secret@1").status, 404);
+    assert_eq!(get("/images/%73ecret@1").status, 404);
+    assert_eq!(get("/images/secret@1/disk").status, 404);
+    let open = get("/images/deb@1");
+    assert_eq!(open.status, 200);
+    assert_eq!(open.body, f.iso);
+    let nbdinfo = |name: &str| {
+        std::process::Command::new("nbdinfo")
+            .args(["--size", &format!("nbd://{nbd}/{name}")])
+            .output()
+            .unwrap()
+    };
+    assert!(!nbdinfo("secret@1").status.success());
+    let deb = nbdinfo("deb@1");
+    assert!(
+        deb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deb.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&deb.stdout).trim(),
+        f.iso.len().to_string()
+    );
+
+    // A member's attachment hands the VM a signed URL and a capability export name.
+    let alice = f.token("alice", Role::Operator);
+    let (status, body) = f.json(
+        &alice,
+        "POST",
+        "/api/v1/systems/node502/media",
+        Some(&json!({"image": "secret@1"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, page) = f.json(&alice, "GET", "/api/v1/attachments?limit=1000", None);
+    assert_eq!(status, 200);
+    let attachment = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["system"] == "node502")
+        .unwrap_or_else(|| panic!("no attachment of node502: {page}"))
+        .clone();
+    let http_path = attachment["http_path"].as_str().unwrap();
+    assert!(
+        http_path.starts_with("/images/secret@1?exp="),
+        "{http_path}"
+    );
+    let reply = get(http_path);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, f.iso);
+    // The VM's definition holds that URL; readers of the system see it without the signature.
+    let (_, system) = f.json(
+        &f.token("bob", Role::Readonly),
+        "GET",
+        "/api/v1/systems/node502",
+        None,
+    );
+    assert_eq!(
+        system["media"][0]["image"],
+        format!("{http}/images/secret@1")
+    );
+    let export = attachment["nbd_export"].as_str().unwrap();
+    assert!(export.starts_with("secret@1/cap/node502/"), "{export}");
+    let by_capability = nbdinfo(export);
+    assert!(
+        by_capability.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_capability.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&by_capability.stdout).trim(),
+        f.iso.len().to_string()
+    );
+    let forged = export.replace("/cap/node502/", "/cap/node501/");
+    assert!(!nbdinfo(&forged).status.success());
+
+    // Altered, expired, and a fresh signature made with the key as docs/serve.md says.
+    let altered = http_path.replace("secret@1?", "secret@sha256:00?");
+    assert_eq!(get(&altered).status, 404);
+    let mut flipped = http_path.to_string();
+    let last = flipped.pop().unwrap();
+    flipped.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(get(&flipped).status, 404);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(get(&signed(f, "/images/secret@1", now - 10)).status, 404);
+    let fresh = get(&signed(f, "/images/secret@1", now + 600));
+    assert_eq!(fresh.status, 200);
+    let later = signed(f, "/images/secret@1", now + 600).replace(
+        &format!("exp={}", now + 600),
+        &format!("exp={}", now + 6000),
+    );
+    assert_eq!(get(&later).status, 404);
+
+    // Every refusal is in the audit log, and no record carries a signature or a token.
+    let (status, audit) = f.json(
+        &f.admin,
+        "GET",
+        "/api/v1/audit?item=secret&outcome=denied&limit=1000",
+        None,
+    );
+    assert_eq!(status, 200);
+    let records = audit["items"].as_array().unwrap();
+    let count = |prefix: &str| {
+        records
+            .iter()
+            .filter(|r| r["action"].as_str().unwrap_or("").starts_with(prefix))
+            .count()
+    };
+    assert!(count("GET /images/secret@1") >= 6, "{audit}");
+    assert!(count("nbd open") >= 2, "{audit}");
+    assert!(!audit.to_string().contains("sig="), "{audit}");
 }

@@ -136,6 +136,12 @@ impl AccessDoc {
         !limited
     }
 
+    /// Does a rule limit `item` (to anyone)? Such an item is served on the plain HTTP and NBD
+    /// ports only through a capability (`http::gate`).
+    pub fn restricted(&self, item: &str) -> bool {
+        self.rules.iter().any(|r| r.matches(item))
+    }
+
     fn etag(&self) -> String {
         let text = serde_json::to_string(self).unwrap_or_default();
         format!(
@@ -207,6 +213,23 @@ impl AccessList {
         file.commit().map_err(fail)?;
         *self.doc.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(doc);
         Ok(())
+    }
+}
+
+/// The library item an export or image name belongs to: `NAME`, `NAME@V`, `NAME@sha256:...`,
+/// `NAME@V/disk`, `NAME@V/files/PATH` all name `NAME`. A clone export (`clone/NAME`) is not
+/// an item name: its base says which item it shows (`export_item`).
+pub fn item_of_spec(spec: &str) -> &str {
+    let end = spec.find(['@', '/']).unwrap_or(spec.len());
+    &spec[..end]
+}
+
+/// The item whose bytes an export shows: the item itself, or a clone's base item (looked up
+/// in `clones`, clone name to base `NAME@V`). None: a clone the store no longer knows.
+pub fn export_item<'a>(export: &'a str, clones: &'a BTreeMap<String, String>) -> Option<&'a str> {
+    match export.strip_prefix(crate::clones::CLONE_EXPORT_PREFIX) {
+        Some(clone) => clones.get(clone).map(|base| item_of_spec(base)),
+        None => Some(item_of_spec(export)),
     }
 }
 
@@ -374,5 +397,30 @@ mod tests {
             Some("deb")
         );
         assert_eq!(item_of_path("/api/v1/library/items"), None);
+    }
+
+    #[test]
+    fn exports_name_their_item_and_clones_their_base() {
+        let clones = BTreeMap::from([("web1".to_string(), "secret@2".to_string())]);
+        for (export, item) in [
+            ("deb", Some("deb")),
+            ("deb@3", Some("deb")),
+            ("deb@sha256:ab12", Some("deb")),
+            ("deb@3/disk", Some("deb")),
+            ("deb/disk", Some("deb")),
+            ("clone/web1", Some("secret")),
+            ("clone/gone", None),
+        ] {
+            assert_eq!(export_item(export, &clones), item, "{export}");
+        }
+        let doc = AccessDoc {
+            rules: vec![AccessRule {
+                pattern: "team-a.*".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(doc.restricted("team-a.web"));
+        assert!(!doc.restricted("deb"));
     }
 }

@@ -207,7 +207,8 @@ pub fn attach_one(
         ));
     }
     let spec = pinned.spec();
-    let http_path = format!("/images/{spec}");
+    // A restricted item: the VM gets a signed URL and a capability export name.
+    let http_path = state.app.gate.attachment_path(&spec);
     if let Some(base) = state.media_base.get() {
         let url = RemoteUrl::parse(&format!("{base}{http_path}")).map_err(boot_problem)?;
         let medium = Medium::Remote(Remote {
@@ -228,7 +229,7 @@ pub fn attach_one(
         attached: jiff::Timestamp::now().to_string(),
         by: who.name.clone(),
         http_path,
-        nbd_export: spec.clone(),
+        nbd_export: state.app.gate.attachment_export(&spec, system),
         content: format!("/api/v1/systems/{system}/media/content"),
     };
     state.attachments.put(&attachment)?;

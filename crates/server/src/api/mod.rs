@@ -13,6 +13,7 @@
 pub mod access;
 pub mod accounts;
 pub mod attachments;
+pub mod boot_override;
 pub mod idempotency;
 pub mod library;
 pub mod replication;

@@ -3,6 +3,10 @@
 //! each tick renders the daemon's `/metrics` text (`metrics.rs`), arranges it
 //! (`scrape::Snapshot`) and takes the difference from the previous tick (`scrape::View`), as
 //! `vmedia top` does over HTTP.
+//!
+//! Each caller sees only the exports of items the per-item access rules let them see (the
+//! rule the library listings use; a clone counts as its base item); administrators see all.
+//! The daemon-wide totals name no item and are sent to everyone.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,9 +15,11 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiState, Problem};
+use crate::auth::Principal;
 use crate::http::ErrorBody;
 use crate::metrics::Metrics;
 use crate::scrape::{Row, Snapshot, View};
@@ -127,6 +133,23 @@ impl StatsEvent {
     }
 }
 
+/// Drops the exports (with their clients) of items `who` may not see.
+fn visible_only(view: &mut View, state: &ApiState, who: &Principal) {
+    if who.role.may_administer() {
+        return;
+    }
+    let access = state.access.current();
+    let clones: std::collections::BTreeMap<String, String> = state
+        .clones
+        .as_ref()
+        .map(|store| store.list().into_iter().map(|c| (c.name, c.base)).collect())
+        .unwrap_or_default();
+    view.exports.retain(|export| {
+        super::access::export_item(&export.row.export, &clones)
+            .is_some_and(|item| access.visible(who, item))
+    });
+}
+
 /// The daemon's own exposition, arranged. The text is ours, so a parse failure is a bug;
 /// it yields an empty snapshot rather than ending the stream.
 fn snapshot(metrics: &Metrics) -> Snapshot {
@@ -142,6 +165,7 @@ fn snapshot(metrics: &Metrics) -> Snapshot {
         (status = 401, body = ErrorBody, content_type = "application/problem+json")))]
 pub async fn stats_stream(
     State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Principal>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(query) = query?;
@@ -155,23 +179,24 @@ pub async fn stats_stream(
     let interval = Duration::from_millis(millis);
     let metrics = Arc::clone(&state.app.metrics);
     let first = (snapshot(&metrics), Instant::now());
-    let events = futures::stream::unfold(
-        (metrics, first),
-        move |(metrics, (before, taken))| async move {
+    let events = futures::stream::unfold((metrics, first), move |(metrics, (before, taken))| {
+        let (state, who) = (Arc::clone(&state), who.clone());
+        async move {
             tokio::time::sleep(interval).await;
             let render = Arc::clone(&metrics);
             let after = tokio::task::spawn_blocking(move || snapshot(&render))
                 .await
                 .unwrap_or_default();
             let now = Instant::now();
-            let view = View::between(&before, &after, now.duration_since(taken));
+            let mut view = View::between(&before, &after, now.duration_since(taken));
+            visible_only(&mut view, &state, &who);
             let event = Event::default()
                 .event("stats")
                 .json_data(StatsEvent::from_view(&view))
                 .unwrap_or_else(|_| Event::default().comment("unserialisable"));
             Some((Ok::<Event, Infallible>(event), (metrics, (after, now))))
-        },
-    );
+        }
+    });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -23,9 +23,10 @@ use vmedia_boot::error::BootError;
 use vmedia_boot::kvm::resolve_accel;
 use vmedia_boot::managed::{BootOverride, VmConfig, VmStore};
 use vmedia_boot::remote::{Medium, Remote, RemoteUrl};
-use vmedia_boot::spec::{validate_name, BootDevice, CdromSlot, Disk, Firmware, Net, VmSpec};
+use vmedia_boot::spec::{validate_name, CdromSlot, Disk, Firmware, Net, VmSpec};
 
 use super::attachments::{attach_one, detach_one, pin, Attachment};
+use super::boot_override::{Dialect, OverrideError, OverrideRequest, Target};
 use super::{blocking, check_if_match, page_response, paginate, ApiState, PageQuery, Problem};
 use crate::auth::Principal;
 use crate::http::{ErrorBody, Peer};
@@ -166,14 +167,42 @@ impl Events {
     }
 }
 
-/// `{"mode": "once", "target": "cd"}`.
+/// `{"mode": "once", "target": "cd"}`: Redfish's Boot object in this API's spelling, parsed
+/// and applied by the one model both share (`boot_override.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootOverrideBody {
     /// `disabled`, `once` (the next start only) or `continuous`.
     pub mode: String,
-    /// `cd`, `hdd`, `pxe` or `uefihttp` (UEFI firmware only); null with `disabled`.
+    /// `cd`, `hdd`, `pxe`, `uefihttp` (UEFI firmware only) or `none`; null with `disabled`,
+    /// or to keep the current target.
     pub target: Option<String>,
+    /// `bios` or `uefi`: switches the system's firmware (Redfish's BootSourceOverrideMode;
+    /// only while it is off). Absent: kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+}
+
+impl BootOverrideBody {
+    /// The shared model's request.
+    pub fn request(&self) -> Result<OverrideRequest, Problem> {
+        OverrideRequest::parse(
+            Dialect::Rest,
+            Some(&self.mode),
+            self.target.as_deref(),
+            self.firmware.as_deref(),
+        )
+        .map_err(override_problem)
+    }
+}
+
+/// The status of a boot-override refusal.
+pub fn override_problem(error: OverrideError) -> Problem {
+    match error {
+        OverrideError::Store(e) => boot_problem(e),
+        OverrideError::Running(_) => Problem::new(StatusCode::CONFLICT, error.to_string()),
+        _ => Problem::new(StatusCode::BAD_REQUEST, error.to_string()),
+    }
 }
 
 /// One CD slot and what is in it.
@@ -205,31 +234,15 @@ pub struct System {
     pub attachment: Option<Attachment>,
 }
 
-fn target_name(device: BootDevice) -> &'static str {
-    match device {
-        BootDevice::Cdrom => "cd",
-        BootDevice::Disk => "hdd",
-        BootDevice::Net => "pxe",
-    }
-}
-
 fn system_body(state: &ApiState, store: &VmStore, config: &VmConfig) -> System {
     let id = config.spec.name.clone();
     let pid = store.state(&id).pid();
     let spec = &config.spec;
-    let boot_override = match config.boot_override() {
-        BootOverride::Disabled => BootOverrideBody {
-            mode: "disabled".into(),
-            target: None,
-        },
-        BootOverride::Once(d) => BootOverrideBody {
-            mode: "once".into(),
-            target: Some(target_name(d).into()),
-        },
-        BootOverride::Continuous(d) => BootOverrideBody {
-            mode: "continuous".into(),
-            target: Some(target_name(d).into()),
-        },
+    let now = super::boot_override::current(config);
+    let boot_override = BootOverrideBody {
+        mode: now.enabled.name(Dialect::Rest).into(),
+        target: (now.target != Target::None).then(|| now.target.name(Dialect::Rest).into()),
+        firmware: None,
     };
     System {
         labels: config.labels.clone(),
@@ -252,10 +265,18 @@ fn system_body(state: &ApiState, store: &VmStore, config: &VmConfig) -> System {
             .enumerate()
             .map(|(slot, s)| SlotMedium {
                 slot,
-                image: s.medium.as_ref().map(|m| m.to_string()),
+                // Signed URLs and capability names are for the VM, not for readers.
+                image: s
+                    .medium
+                    .as_ref()
+                    .map(|m| crate::http::gate::without_capability(&m.to_string())),
             })
             .collect(),
-        attachment: state.attachments.get(&id),
+        attachment: state.attachments.get(&id).map(|mut a| {
+            a.http_path = crate::http::gate::without_capability(&a.http_path);
+            a.nbd_export = crate::http::gate::without_capability(&a.nbd_export);
+            a
+        }),
         id,
     }
 }
@@ -544,29 +565,18 @@ pub struct SystemPatch {
     pub boot_override: Option<BootOverrideBody>,
 }
 
-/// The override a request asks for, checked against the VM: `uefihttp` needs UEFI firmware
-/// (then, as in Redfish, it is the network device under OVMF).
+/// The override `body` asks for on a system with no override and `firmware` (the shared
+/// model's resolution): `uefihttp` needs UEFI firmware (then, as in Redfish, it is the
+/// network device under OVMF).
 pub fn wanted_override(
     body: &BootOverrideBody,
     firmware: Firmware,
 ) -> Result<BootOverride, Problem> {
-    let bad = |why: String| Problem::new(StatusCode::BAD_REQUEST, why);
-    let device = match body.target.as_deref() {
-        None => None,
-        Some("cd") => Some(BootDevice::Cdrom),
-        Some("hdd") => Some(BootDevice::Disk),
-        Some("pxe") => Some(BootDevice::Net),
-        Some("uefihttp") if firmware == Firmware::Uefi => Some(BootDevice::Net),
-        Some("uefihttp") => return Err(bad("target uefihttp needs uefi firmware".into())),
-        Some(other) => return Err(bad(format!("target {other:?}: cd, hdd, pxe or uefihttp"))),
-    };
-    match (body.mode.as_str(), device) {
-        ("disabled", _) => Ok(BootOverride::Disabled),
-        ("once", Some(d)) => Ok(BootOverride::Once(d)),
-        ("continuous", Some(d)) => Ok(BootOverride::Continuous(d)),
-        ("once" | "continuous", None) => Err(bad(format!("mode {} needs a target", body.mode))),
-        (other, _) => Err(bad(format!("mode {other:?}: disabled, once or continuous"))),
-    }
+    let resolved = body
+        .request()?
+        .resolve(BootOverride::Disabled, firmware)
+        .map_err(override_problem)?;
+    Ok(resolved.boot_override.unwrap_or(BootOverride::Disabled))
 }
 
 /// Changes labels and the boot override; `If-Match` is honoured (412 on a stale ETag).
@@ -591,10 +601,14 @@ pub async fn system_patch(
         let config = load(&store, &id)?;
         check_if_match(&headers, &etag(&system_body(&st, &store, &config)), false)?;
         if let Some(wanted) = &patch.boot_override {
-            let wanted = wanted_override(wanted, config.spec.firmware)?;
-            store.set_boot_override(&id, wanted).map_err(boot_problem)?;
-            st.events
-                .record(&id, "boot_override", &format!("{wanted:?}").to_lowercase());
+            let applied = wanted
+                .request()?
+                .apply(&store, &id)
+                .map_err(override_problem)?;
+            if let Some(wanted) = applied.boot_override {
+                st.events
+                    .record(&id, "boot_override", &format!("{wanted:?}").to_lowercase());
+            }
         }
         if let Some(labels) = patch.labels {
             store.set_labels(&id, labels).map_err(boot_problem)?;
@@ -905,7 +919,8 @@ pub async fn media_content(
     Ok(crate::http::images::image(
         State(Arc::clone(&state.app)),
         Extension(peer),
-        Path(attachment.nbd_export),
+        // The version itself: the attachment's names may be capabilities for the VM.
+        Path(format!("{}@{}", attachment.item, attachment.version)),
         method,
         headers,
     )
@@ -1153,6 +1168,7 @@ pub async fn boot_timeline(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmedia_boot::spec::BootDevice;
 
     #[test]
     fn selectors_need_key_value_pairs_and_match_all() {
@@ -1172,6 +1188,7 @@ mod tests {
         let body = |mode: &str, target: Option<&str>| BootOverrideBody {
             mode: mode.into(),
             target: target.map(str::to_string),
+            firmware: None,
         };
         assert_eq!(
             wanted_override(&body("once", Some("cd")), Firmware::Bios).unwrap(),

@@ -48,6 +48,27 @@ struct Representation {
     direct: Option<Arc<dyn Export>>,
 }
 
+/// `/images/...` on the ports without credentials: a restricted item needs a signed URL
+/// (`gate.rs`); without one it is a missing image (404), audited.
+pub(crate) async fn public_image(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    Path(path): Path<String>,
+    uri: axum::http::Uri,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let full = format!("/images/{path}");
+    if state
+        .gate
+        .admit_http(&method, &full, uri.query(), &peer.addr)
+        .is_err()
+    {
+        return error_response(StatusCode::NOT_FOUND, &format!("no such image: {path}"));
+    }
+    image(State(state), Extension(peer), Path(path), method, headers).await
+}
+
 pub(crate) async fn image(
     State(state): State<Arc<AppState>>,
     Extension(peer): Extension<Peer>,

@@ -4,6 +4,7 @@
 //! Every body is streamed in `PIECE_BYTES` pieces, each read on a blocking thread when the
 //! client is ready for it: a slow client holds only its own connection, never a thread.
 
+pub mod gate;
 pub(crate) mod images;
 pub mod range;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub exports: Arc<LibraryExports>,
     pub observer: Arc<dyn IoObserver>,
     pub metrics: Arc<Metrics>,
+    /// Who may read restricted items on `/images/` without credentials (`gate.rs`).
+    pub gate: Arc<gate::MediaGate>,
 }
 
 /// The peer of a request, put in its extensions by the connection loop.
@@ -74,7 +77,7 @@ pub fn router(state: Arc<AppState>, clones: Option<Router>) -> Router {
 /// Images, files, disks and `/metrics`: what every listener serves without credentials.
 pub fn public_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/images/{*path}", get(images::image))
+        .route("/images/{*path}", get(images::public_image))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

@@ -96,7 +96,7 @@ async fn serve(
 
     let first = tokio::select! {
         _ = shutdown_signalled(&mut shutdown) => return Ok(()),
-        result = tokio::time::timeout_at(deadline, negotiate(&mut stream, &mut handshake, ctx)) => {
+        result = tokio::time::timeout_at(deadline, negotiate(&mut stream, &mut handshake, ctx, client)) => {
             result.map_err(|_| timed_out())??
         }
     };
@@ -114,7 +114,7 @@ async fn serve(
                 handshake
                     .tls_started()
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-                let negotiation = negotiate(&mut tls, &mut handshake, ctx).await?;
+                let negotiation = negotiate(&mut tls, &mut handshake, ctx, client).await?;
                 Ok::<_, io::Error>((tls, negotiation))
             };
             let (tls, second) = tokio::select! {
@@ -157,6 +157,7 @@ async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     handshake: &mut Handshake,
     ctx: &Arc<NbdContext>,
+    client: &str,
 ) -> io::Result<Negotiation> {
     let mut buffer = vec![0u8; 16 * 1024];
     let mut opened: Option<Arc<dyn Export>> = None;
@@ -197,11 +198,12 @@ async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
             }
             Action::OpenExport { name } => {
-                let resolver = ctx.resolver.clone();
-                let opened_now = tokio::task::spawn_blocking(move || resolver.open(&name))
-                    .await
-                    .map_err(|error| error.to_string())
-                    .and_then(|opened| opened.map_err(|error| error.to_string()));
+                let (resolver, client) = (ctx.resolver.clone(), client.to_string());
+                let opened_now =
+                    tokio::task::spawn_blocking(move || resolver.open_for(&name, &client))
+                        .await
+                        .map_err(|error| error.to_string())
+                        .and_then(|opened| opened.map_err(|error| error.to_string()));
                 let answer = match opened_now {
                     Ok(export) => {
                         let info = export_info(&*export, ctx.limits.max_payload);

@@ -4,6 +4,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Value};
 use vmedia_boot::managed::MediumLogin;
@@ -11,7 +12,11 @@ use vmedia_boot::remote::{Medium, Remote, RemoteUrl};
 
 use super::resources::collection_body;
 use super::systems::{load_vm, Vm, MANAGERS, SYSTEMS};
-use super::{object_body, RedfishError, Shared};
+use super::{object_body, MediaAccess, RedfishError, Shared};
+use crate::api::access::item_of_spec;
+use crate::audit::Outcome;
+use crate::auth::Principal;
+use crate::http::Peer;
 
 /// The CD slot Redfish's `Cd` device is.
 const CD_SLOT: usize = 0;
@@ -74,7 +79,8 @@ fn protocol(medium: &Medium) -> Option<&'static str> {
 fn image_uri(medium: &Medium) -> String {
     match medium {
         Medium::File(path) => format!("file://{}", path.display()),
-        Medium::Remote(remote) => remote.url.to_string(),
+        // A signed URL is a capability: readers see the URL without it.
+        Medium::Remote(remote) => crate::http::gate::without_capability(&remote.url.to_string()),
     }
 }
 
@@ -239,8 +245,74 @@ fn insert_request(
     Ok((medium, login))
 }
 
+/// A library image on this daemon's plain HTTP port (`http://ANY-NAME:PORT/images/SPEC`,
+/// unsigned): a restricted item becomes its signed URL for a caller who may see it, and is a
+/// missing resource (404, audited) for anyone else. Other URLs pass unchanged.
+fn sign_own_image(
+    media: &MediaAccess,
+    who: &Principal,
+    peer: &str,
+    action: &str,
+    medium: Medium,
+) -> Result<Medium, RedfishError> {
+    let Medium::Remote(Remote {
+        url:
+            RemoteUrl::Http {
+                secure: false,
+                host,
+                port: Some(port),
+                path_and_query,
+            },
+        tls_verify,
+    }) = &medium
+    else {
+        return Ok(medium);
+    };
+    let ours = media
+        .api
+        .media_base
+        .get()
+        .and_then(|base| base.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let Some(spec) = path_and_query.strip_prefix("/images/") else {
+        return Ok(medium);
+    };
+    let item = item_of_spec(spec);
+    if ours != Some(*port) || spec.contains('?') || !media.gate.restricted(item) {
+        return Ok(medium);
+    }
+    if !media.api.access.visible(who, item) {
+        media.api.audit.record(
+            Some(who),
+            peer,
+            action,
+            item,
+            Outcome::Denied,
+            Some("no access to this item"),
+        );
+        return Err(RedfishError::NotFound(path_and_query.clone()));
+    }
+    let expires = jiff::Timestamp::now()
+        .as_second()
+        .saturating_add(crate::http::gate::ATTACHMENT_URL_LIFETIME.as_secs() as i64);
+    let signed = media
+        .gate
+        .sign_path(path_and_query, u64::try_from(expires).unwrap_or(0));
+    Ok(Medium::Remote(Remote {
+        url: RemoteUrl::Http {
+            secure: false,
+            host: host.clone(),
+            port: Some(*port),
+            path_and_query: signed,
+        },
+        tls_verify: *tls_verify,
+    }))
+}
+
 pub(crate) async fn insert(
     State(service): State<Shared>,
+    Extension(who): Extension<Principal>,
+    peer: Option<Extension<Peer>>,
     request: Uri,
     Path((id, device)): Path<(String, String)>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
@@ -254,6 +326,13 @@ pub(crate) async fn insert(
     }
     let body = object_body(body)?;
     let (medium, login) = insert_request(&body)?;
+    let medium = match &service.media {
+        Some(media) => {
+            let peer = peer.map_or_else(|| "-".to_string(), |Extension(p)| p.addr);
+            sign_own_image(media, &who, &peer, &format!("POST {uri}"), medium)?
+        }
+        None => medium,
+    };
     service
         .blocking(move |store, _| {
             load_vm(store, &id, &uri)?;

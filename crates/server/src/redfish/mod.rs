@@ -37,6 +37,14 @@ pub struct Context {
     pub vms: BootConfig,
 }
 
+/// What InsertMedia needs to hand a VM a restricted library image of this daemon: the
+/// capability gate and the API state (access rules, audit log, the plain HTTP port's address).
+#[derive(Clone)]
+pub struct MediaAccess {
+    pub gate: Arc<crate::http::gate::MediaGate>,
+    pub api: Arc<crate::api::ApiState>,
+}
+
 /// A session opened through the SessionService: who, under which id.
 #[derive(Debug, Clone)]
 struct SessionRecord {
@@ -47,6 +55,8 @@ struct SessionRecord {
 pub(crate) struct Service {
     pub(crate) boot: BootConfig,
     pub(crate) auth: Arc<dyn Authenticate>,
+    /// None: image URLs are passed on as given (no daemon images to sign).
+    pub(crate) media: Option<MediaAccess>,
     sessions: Mutex<BTreeMap<String, SessionRecord>>,
 }
 
@@ -72,9 +82,19 @@ pub(crate) type Shared = Arc<Service>;
 
 /// The Redfish routes (`/redfish` and everything under it).
 pub fn router(ctx: Context, auth: Arc<dyn Authenticate>) -> Router {
+    router_with_media(ctx, auth, None)
+}
+
+/// `router`, with InsertMedia turning this daemon's restricted library images into signed URLs.
+pub fn router_with_media(
+    ctx: Context,
+    auth: Arc<dyn Authenticate>,
+    media: Option<MediaAccess>,
+) -> Router {
     let service: Shared = Arc::new(Service {
         boot: ctx.vms,
         auth,
+        media,
         sessions: Mutex::new(BTreeMap::new()),
     });
     Router::new()

@@ -7,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 use vmedia_boot::kvm::resolve_accel;
-use vmedia_boot::managed::{BootOverride, VmConfig, VmStore};
-use vmedia_boot::spec::{validate_name, BootDevice, Firmware};
-use vmedia_io::OverwritePolicy;
+use vmedia_boot::managed::{VmConfig, VmStore};
+use vmedia_boot::spec::validate_name;
 
 use super::resources::{collection_body, name_uuid};
 use super::{object_body, RedfishError, Shared};
+use crate::api::boot_override::{self, Dialect, OverrideError, OverrideRequest, Target};
 
 pub(crate) const SYSTEMS: &str = "/redfish/v1/Systems";
 pub(crate) const CHASSIS: &str = "/redfish/v1/Chassis";
@@ -20,10 +20,6 @@ pub(crate) const MANAGERS: &str = "/redfish/v1/Managers";
 
 /// The reset types offered, each mapped to a VM store operation.
 const RESET_TYPES: [&str; 4] = ["On", "ForceOff", "GracefulShutdown", "ForceRestart"];
-/// Boot targets offered (Redfish BootSource values).
-const TARGETS: [&str; 5] = ["None", "Pxe", "Cd", "Hdd", "UefiHttp"];
-const ENABLED: [&str; 3] = ["Disabled", "Once", "Continuous"];
-const MODES: [&str; 2] = ["Legacy", "UEFI"];
 
 /// A VM's stored definition and whether it runs.
 pub(crate) struct Vm {
@@ -49,29 +45,13 @@ fn power_state(running: bool) -> &'static str {
     }
 }
 
-fn target_name(device: BootDevice) -> &'static str {
-    match device {
-        BootDevice::Cdrom => "Cd",
-        BootDevice::Disk => "Hdd",
-        BootDevice::Net => "Pxe",
-    }
-}
-
 fn boot_body(config: &VmConfig) -> Value {
-    let (enabled, target) = match config.boot_override() {
-        BootOverride::Disabled => ("Disabled", "None"),
-        BootOverride::Once(d) => ("Once", target_name(d)),
-        BootOverride::Continuous(d) => ("Continuous", target_name(d)),
-    };
-    let mode = match config.spec.firmware {
-        Firmware::Bios => "Legacy",
-        Firmware::Uefi => "UEFI",
-    };
+    let now = boot_override::current(config);
     json!({
-        "BootSourceOverrideEnabled": enabled,
-        "BootSourceOverrideTarget": target,
-        "BootSourceOverrideTarget@Redfish.AllowableValues": TARGETS,
-        "BootSourceOverrideMode": mode,
+        "BootSourceOverrideEnabled": now.enabled.name(Dialect::Redfish),
+        "BootSourceOverrideTarget": now.target.name(Dialect::Redfish),
+        "BootSourceOverrideTarget@Redfish.AllowableValues": Target::allowed(Dialect::Redfish),
+        "BootSourceOverrideMode": now.mode.name(Dialect::Redfish),
     })
 }
 
@@ -167,23 +147,8 @@ pub(crate) async fn system(
     Ok(with_etag(system_body(&id, &vm)))
 }
 
-/// The override a PATCH asks for, from its `Boot` object and the current state.
-fn wanted_override(
-    boot: &Map<String, Value>,
-    config: &VmConfig,
-) -> Result<(Option<BootOverride>, Option<Firmware>), RedfishError> {
-    let text = |key: &str, allowed: &[&str]| -> Result<Option<String>, RedfishError> {
-        match boot.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(Some(s.clone())),
-            Some(other) => Err(RedfishError::PropertyValueNotInList {
-                property: key.into(),
-                value: other
-                    .as_str()
-                    .map_or_else(|| other.to_string(), str::to_string),
-            }),
-        }
-    };
+/// The override a PATCH's `Boot` object asks for, in the shared model (`api/boot_override.rs`).
+fn boot_request(boot: &Map<String, Value>) -> Result<OverrideRequest, RedfishError> {
     for key in boot.keys() {
         if !matches!(
             key.as_str(),
@@ -192,50 +157,52 @@ fn wanted_override(
             return Err(RedfishError::PropertyUnknown(format!("Boot/{key}")));
         }
     }
-    let enabled = text("BootSourceOverrideEnabled", &ENABLED)?;
-    let target = text("BootSourceOverrideTarget", &TARGETS)?;
-    let mode = text("BootSourceOverrideMode", &MODES)?;
-    let firmware = mode.as_deref().map(|m| match m {
-        "UEFI" => Firmware::Uefi,
-        _ => Firmware::Bios,
-    });
-    let uefi = firmware.unwrap_or(config.spec.firmware) == Firmware::Uefi;
-    if enabled.is_none() && target.is_none() {
-        return Ok((None, firmware));
-    }
-    let current = config.boot_override();
-    let device = match target.as_deref() {
-        Some("None") => None,
-        Some("Pxe") => Some(BootDevice::Net),
-        Some("UefiHttp") if uefi => Some(BootDevice::Net),
-        Some("UefiHttp") => {
-            return Err(RedfishError::PropertyValueNotInList {
-                property: "BootSourceOverrideTarget".into(),
-                value: "UefiHttp (needs BootSourceOverrideMode UEFI)".into(),
-            })
+    let text = |key: &str| -> Result<Option<&str>, RedfishError> {
+        match boot.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(RedfishError::PropertyValueNotInList {
+                property: key.into(),
+                value: other.to_string(),
+            }),
         }
-        Some("Cd") => Some(BootDevice::Cdrom),
-        Some("Hdd") => Some(BootDevice::Disk),
-        Some(_) => None,
-        None => match current {
-            BootOverride::Once(d) | BootOverride::Continuous(d) => Some(d),
-            BootOverride::Disabled => None,
+    };
+    OverrideRequest::parse(
+        Dialect::Redfish,
+        text("BootSourceOverrideEnabled")?,
+        text("BootSourceOverrideTarget")?,
+        text("BootSourceOverrideMode")?,
+    )
+    .map_err(override_error)
+}
+
+/// A refusal of the shared model as a Redfish error.
+fn override_error(error: OverrideError) -> RedfishError {
+    match error {
+        OverrideError::NotInList {
+            property, value, ..
+        } => RedfishError::PropertyValueNotInList {
+            property: property.into(),
+            value,
         },
-    };
-    // A target without Enabled on a VM with no override means the next boot (what BMCs do).
-    let enabled = enabled.unwrap_or_else(|| {
-        match current {
-            BootOverride::Continuous(_) => "Continuous",
-            _ => "Once",
+        OverrideError::UefiHttpNeedsUefi { property, value } => {
+            RedfishError::PropertyValueNotInList {
+                property: property.into(),
+                value: format!("{value} (needs BootSourceOverrideMode UEFI)"),
+            }
         }
-        .to_string()
-    });
-    let wanted = match (enabled.as_str(), device) {
-        ("Disabled", _) | (_, None) => BootOverride::Disabled,
-        ("Continuous", Some(d)) => BootOverride::Continuous(d),
-        (_, Some(d)) => BootOverride::Once(d),
-    };
-    Ok((Some(wanted), firmware))
+        OverrideError::NeedsTarget { property, value } => RedfishError::PropertyValueNotInList {
+            property: property.into(),
+            value: format!("{value} (needs a BootSourceOverrideTarget)"),
+        },
+        OverrideError::Running(name) => RedfishError::Boot(vmedia_boot::BootError::Vm {
+            name,
+            reason:
+                "is running: BootSourceOverrideMode (its firmware) changes only while it is off"
+                    .into(),
+        }),
+        OverrideError::Store(e) => RedfishError::Boot(e),
+    }
 }
 
 pub(crate) async fn patch_system(
@@ -283,21 +250,9 @@ pub(crate) async fn patch_system(
                 }
             }
             if let Some(boot) = boot {
-                let (wanted, firmware) = wanted_override(&boot, &vm.config)?;
-                if let Some(firmware) = firmware.filter(|f| *f != vm.config.spec.firmware) {
-                    if vm.running {
-                        return Err(RedfishError::Boot(vmedia_boot::BootError::Vm {
-                            name: id.clone(),
-                            reason: "is running: BootSourceOverrideMode (its firmware) changes only while it is off".into(),
-                        }));
-                    }
-                    let mut config = store.load(&id)?;
-                    config.spec.firmware = firmware;
-                    store.save(&config, OverwritePolicy::Replace)?;
-                }
-                if let Some(wanted) = wanted {
-                    store.set_boot_override(&id, wanted)?;
-                }
+                boot_request(&boot)?
+                    .apply(store, &id)
+                    .map_err(override_error)?;
             }
             load_vm(store, &id, &uri).map(|vm| (id, vm))
         })
