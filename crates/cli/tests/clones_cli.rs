@@ -10,23 +10,14 @@ use vmedia_io::{NoProgress, ReadAt};
 use vmedia_library::{AddOptions, AddSource, InitOptions, Library, OpenConfig, VersionSpec};
 use vmedia_server::clones::{CloneInfo, CloneStore, LibraryBases};
 
+// The clone API test server the server crate's own clone tests use.
+#[path = "../../server/tests/support_clones.rs"]
+mod support_clones;
+
+/// The in-process daemon's base URL (the CLI adds /api/v1/clones itself).
 fn serve(store: Arc<CloneStore>) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new()
-                .nest("/api/v1/clones", vmedia_server::clones::api::router(store));
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
+    let api = support_clones::serve_api(store);
+    api.trim_end_matches("/api/v1/clones").to_string()
 }
 
 fn vmedia(server: &str, args: &[&str]) -> Output {

@@ -352,7 +352,7 @@ fn grub_esp_boots_a_linux_kernel_under_ovmf() {
     let cfg = dir.path().join("grub.cfg");
     fs::write(
         &cfg,
-        "set timeout=0\nsearch --no-floppy --file --set=root /vmlinuz\nlinux /vmlinuz console=ttyS0 panic=-1\ninitrd /initrd.gz\nboot\n",
+        "set timeout=0\nsearch --no-floppy --file --set=root /vmlinuz\nlinux /vmlinuz console=ttyS0 no_timer_check panic=-1\ninitrd /initrd.gz\nboot\n",
     )
     .unwrap();
     run_ok(

@@ -773,7 +773,7 @@ fn linux_hfsplus_driver_mounts_the_volume_and_reads_every_file() {
             "-initrd",
             &initrd.to_string_lossy(),
             "-append",
-            "console=ttyS0 panic=-1 loglevel=4",
+            "console=ttyS0 no_timer_check panic=-1 loglevel=4",
         ],
         HFS_DONE,
         BOOT_TIMEOUT,

@@ -78,11 +78,11 @@ fn fixture() -> &'static Fixture {
             write(&a.join("isolinux/isolinux.cfg"), "prompt 0\ntimeout 0\ninclude live.cfg\ndefault live\n");
             write(
                 &a.join("isolinux/live.cfg"),
-                "label live\n kernel /live/vmlinuz\n append initrd=/live/initrd.img boot=live components console=ttyS0 vmedia.iso=live\n",
+                "label live\n kernel /live/vmlinuz\n append initrd=/live/initrd.img boot=live components console=ttyS0 no_timer_check vmedia.iso=live\n",
             );
             write(
                 &a.join("boot/grub/grub.cfg"),
-                "set timeout=0\nmenuentry 'Live' {\n linux /live/vmlinuz boot=live components console=ttyS0 vmedia.iso=live findiso=${iso_path}\n initrd /live/initrd.img\n}\n",
+                "set timeout=0\nmenuentry 'Live' {\n linux /live/vmlinuz boot=live components console=ttyS0 no_timer_check vmedia.iso=live findiso=${iso_path}\n initrd /live/initrd.img\n}\n",
             );
             run_ok(
                 vmedia()
@@ -99,7 +99,7 @@ fn fixture() -> &'static Fixture {
             fs::copy(&initrd, b.join("boot/x86_64/loader/initrd")).unwrap();
             write(
                 &b.join("boot/grub/loopback.cfg"),
-                "set timeout=0\nset default=0\nmenuentry 'Other layout' {\n linux /boot/x86_64/loader/linux console=ttyS0 vmedia.iso=other iso_path=${iso_path}\n initrd /boot/x86_64/loader/initrd\n}\n",
+                "set timeout=0\nset default=0\nmenuentry 'Other layout' {\n linux /boot/x86_64/loader/linux console=ttyS0 no_timer_check vmedia.iso=other iso_path=${iso_path}\n initrd /boot/x86_64/loader/initrd\n}\n",
             );
             run_ok(
                 Command::new(require_tool("xorriso"))

@@ -59,7 +59,7 @@ fn grub_root6() -> PathBuf {
         let cfg = dir.join("embedded.cfg");
         fs::write(
             &cfg,
-            "echo vmedia-grub root=$root\nlinux ($root)/vmlinuz console=ttyS0 panic=-1\ninitrd ($root)/initrd.gz\nboot\n",
+            "echo vmedia-grub root=$root\nlinux ($root)/vmlinuz console=ttyS0 no_timer_check panic=-1\ninitrd ($root)/initrd.gz\nboot\n",
         )
         .unwrap();
         run_ok(

@@ -68,7 +68,7 @@ fn pxelinux_root() -> PathBuf {
         copy(&p.kernel, &dir.join("vmlinuz"));
         copy(&p.initrd, &dir.join("initrd.gz"));
         fs::create_dir_all(dir.join("pxelinux.cfg")).unwrap();
-        fs::write(dir.join("pxelinux.cfg/default"), "DEFAULT vm\nPROMPT 0\nLABEL vm\n  KERNEL vmlinuz\n  APPEND initrd=initrd.gz console=ttyS0 panic=-1\n").unwrap();
+        fs::write(dir.join("pxelinux.cfg/default"), "DEFAULT vm\nPROMPT 0\nLABEL vm\n  KERNEL vmlinuz\n  APPEND initrd=initrd.gz console=ttyS0 no_timer_check panic=-1\n").unwrap();
     })
 }
 
@@ -82,7 +82,7 @@ fn grub_root(server: &str) -> PathBuf {
         let cfg = dir.join("embedded.cfg");
         fs::write(
             &cfg,
-            format!("echo vmedia-grub\nlinux (tftp,{server})/vmlinuz console=ttyS0 panic=-1\ninitrd (tftp,{server})/initrd.gz\nboot\n"),
+            format!("echo vmedia-grub\nlinux (tftp,{server})/vmlinuz console=ttyS0 no_timer_check panic=-1\ninitrd (tftp,{server})/initrd.gz\nboot\n"),
         )
         .unwrap();
         run_ok(
@@ -206,7 +206,7 @@ fn bios_ipxe_script_boots_kernel_from_an_iso_over_http_in_proxy_mode_beside_dnsm
     let rules = scratch.path().join("rules.toml");
     fs::write(
         &rules,
-        "[default]\nkernel = \"payload.iso:/boot/vmlinuz\"\ninitrd = [\"payload.iso:/boot/initrd.gz\"]\ncmdline = \"console=ttyS0 panic=-1 vmedia.host={{hostname}}\"\n",
+        "[default]\nkernel = \"payload.iso:/boot/vmlinuz\"\ninitrd = [\"payload.iso:/boot/initrd.gz\"]\ncmdline = \"console=ttyS0 no_timer_check panic=-1 vmedia.host={{hostname}}\"\n",
     )
     .unwrap();
     let server = Server::start(
@@ -337,7 +337,7 @@ fn debian_installer_starts_from_its_netboot_tree() {
     let rules = scratch.path().join("rules.toml");
     fs::write(
         &rules,
-        "[default]\nkernel = \"debian-installer/amd64/linux\"\ninitrd = [\"debian-installer/amd64/initrd.gz\"]\ncmdline = \"console=ttyS0,115200n8 priority=low hostname={{hostname}}\"\n",
+        "[default]\nkernel = \"debian-installer/amd64/linux\"\ninitrd = [\"debian-installer/amd64/initrd.gz\"]\ncmdline = \"console=ttyS0,115200n8 no_timer_check priority=low hostname={{hostname}}\"\n",
     )
     .unwrap();
     let server = Server::start(

@@ -350,7 +350,7 @@ fn ten_clones_boot_over_nbd_keep_their_own_writes_across_a_restart_and_commit_on
             "--initrd".into(),
             initrd.display().to_string(),
             "--append".into(),
-            format!("console=ttyS0 vmedia.token={name}"),
+            format!("console=ttyS0 no_timer_check vmedia.token={name}"),
             "--disk-rw".into(),
             url,
         ];

@@ -210,7 +210,7 @@ fn vm_network_boots_kernel_and_initrd_out_of_a_library_iso_from_serve_netboot() 
              tftp_port = 69\nhttp_port = 8080\n\n\
              [default]\nkernel = \"library:demo@1:/boot/vmlinuz\"\n\
              initrd = [\"library:demo@1:/boot/initrd.gz\"]\n\
-             cmdline = \"console=ttyS0 panic=-1 vmedia.from=netboot\"\n",
+             cmdline = \"console=ttyS0 no_timer_check panic=-1 vmedia.from=netboot\"\n",
     )
     .unwrap();
     // The daemon runs inside the namespace: its netboot server binds br0 there.

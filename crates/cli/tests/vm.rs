@@ -226,7 +226,7 @@ fn shell_vm(home: &Home, name: &str, extra: &[&str]) -> GuestShell {
         "--initrd",
         initrd.to_str().unwrap(),
         "--append",
-        "console=ttyS0 vmedia.shell",
+        "console=ttyS0 no_timer_check vmedia.shell",
     ];
     args.extend_from_slice(extra);
     home.ok(&args);
@@ -451,7 +451,7 @@ fn reboot_after_a_one_time_boot_uses_the_stored_order_again() {
     }
     std::fs::write(
         tftp.join("pxelinux.cfg/default"),
-        "serial 0 115200\ndefault linux\nprompt 0\ntimeout 0\nlabel linux\n kernel vmlinuz\n append initrd=initrd.gz console=ttyS0 vmedia.from=net rdinit=/nonexistent panic=1\n",
+        "serial 0 115200\ndefault linux\nprompt 0\ntimeout 0\nlabel linux\n kernel vmlinuz\n append initrd=initrd.gz console=ttyS0 no_timer_check vmedia.from=net rdinit=/nonexistent panic=1\n",
     )
     .unwrap();
     let disk = bootable_disk("qcow2");

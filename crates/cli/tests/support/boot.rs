@@ -47,13 +47,13 @@ pub fn hybrid_iso(tag: &str) -> PathBuf {
         write(
             &tree.join("isolinux/isolinux.cfg"),
             &format!(
-                "serial 0 115200\ndefault linux\nprompt 0\ntimeout 0\nlabel linux\n kernel /boot/vmlinuz\n append initrd=/boot/initrd.gz console=ttyS0 vmedia.from={tag}\n"
+                "serial 0 115200\ndefault linux\nprompt 0\ntimeout 0\nlabel linux\n kernel /boot/vmlinuz\n append initrd=/boot/initrd.gz console=ttyS0 no_timer_check vmedia.from={tag}\n"
             ),
         );
         write(
             &tree.join("boot/grub/grub.cfg"),
             &format!(
-                "set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry 'vmedia' {{\n linux /boot/vmlinuz console=ttyS0 vmedia.from={tag}\n initrd /boot/initrd.gz\n}}\n"
+                "set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry 'vmedia' {{\n linux /boot/vmlinuz console=ttyS0 no_timer_check vmedia.from={tag}\n initrd /boot/initrd.gz\n}}\n"
             ),
         );
         let early = dir.join("early.cfg");
@@ -177,7 +177,7 @@ pub fn live_iso_finding_its_medium() -> PathBuf {
         fs::write(tree.join("boot/initrd.gz"), joined).unwrap();
         write(
             &tree.join("isolinux/isolinux.cfg"),
-            "default live\nprompt 0\ntimeout 0\nlabel live\n kernel /boot/vmlinuz\n append initrd=/boot/initrd.gz console=ttyS0 quiet vmedia.from=direct\n",
+            "default live\nprompt 0\ntimeout 0\nlabel live\n kernel /boot/vmlinuz\n append initrd=/boot/initrd.gz console=ttyS0 quiet no_timer_check vmedia.from=direct\n",
         );
         run_ok(
             Command::new(require_tool("xorriso"))
@@ -227,12 +227,12 @@ pub fn tftp_root() -> PathBuf {
         fs::create_dir_all(dir.join("pxelinux.cfg")).unwrap();
         write(
             &dir.join("pxelinux.cfg/default"),
-            "serial 0 115200\ndefault linux\nprompt 0\ntimeout 0\nlabel linux\n kernel vmlinuz\n append initrd=initrd.gz console=ttyS0 vmedia.from=net\n",
+            "serial 0 115200\ndefault linux\nprompt 0\ntimeout 0\nlabel linux\n kernel vmlinuz\n append initrd=initrd.gz console=ttyS0 no_timer_check vmedia.from=net\n",
         );
         fs::create_dir_all(dir.join("grub")).unwrap();
         write(
             &dir.join("grub/grub.cfg"),
-            "set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry 'net' {\n linux (tftp)/vmlinuz console=ttyS0 vmedia.from=net\n initrd (tftp)/initrd.gz\n}\n",
+            "set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry 'net' {\n linux (tftp)/vmlinuz console=ttyS0 no_timer_check vmedia.from=net\n initrd (tftp)/initrd.gz\n}\n",
         );
         run_ok(
             Command::new(require_tool("grub-mkimage"))

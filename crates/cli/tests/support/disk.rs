@@ -16,7 +16,7 @@ pub const PARTITION_START_LBA: u64 = 2048;
 /// Partition size: room for the Debian kernel, the initramfs and syslinux.
 pub const PARTITION_MIB: u64 = 64;
 
-const SYSLINUX_CFG: &str = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  APPEND initrd=initrd.gz console=ttyS0\n";
+const SYSLINUX_CFG: &str = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  APPEND initrd=initrd.gz console=ttyS0 no_timer_check\n";
 
 /// The bootable raw disk image (built once per target dir).
 pub fn bootable_raw_disk() -> PathBuf {

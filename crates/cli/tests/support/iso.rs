@@ -367,7 +367,10 @@ pub fn peer_fat_image(out: &Path, kib: u32, files: &[(&Path, &str)]) {
 }
 
 /// The kernel command line every boot test uses.
-pub const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 quiet";
+/// `no_timer_check` (as `boot --direct` adds it, boot/tune.rs): under TCG on a loaded host the
+/// kernel's IO-APIC timer check can fail and panic ("IO-APIC + timer doesn't work"); every
+/// test payload's command line carries it.
+pub const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 quiet no_timer_check";
 
 /// The GRUB configuration that boots the payload (serial console, no menu delay).
 pub fn grub_cfg() -> String {

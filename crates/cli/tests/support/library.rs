@@ -722,7 +722,7 @@ pub fn demo_iso() -> DemoIso {
         .expect("syslinux-common not installed: run scripts/setup.sh");
         fs::write(
             tree.join("isolinux/isolinux.cfg"),
-            "SERIAL 0 115200\nDEFAULT live\nTIMEOUT 1\nLABEL live\n  KERNEL /live/vmlinuz\n  APPEND initrd=/live/initrd.gz console=ttyS0\n",
+            "SERIAL 0 115200\nDEFAULT live\nTIMEOUT 1\nLABEL live\n  KERNEL /live/vmlinuz\n  APPEND initrd=/live/initrd.gz console=ttyS0 no_timer_check\n",
         )
         .unwrap();
         let payload = super::payload();
