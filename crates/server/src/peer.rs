@@ -10,6 +10,8 @@
 //! `GET /api/v1/store/list?prefix=P` answers `[{"key", "size", "modified"}]`;
 //! `POST /api/v1/store/flush`.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use vmedia_library::store::{check_key, Etag, Object, ObjectMeta, PutOutcome, Store, StoreError};
 
@@ -19,6 +21,10 @@ use crate::client::{Client, ClientConfig};
 pub const MAX_LISTING_BYTES: u64 = 256 << 20;
 /// Largest error body kept for a message.
 const MAX_ERROR_BODY: u64 = 4 << 10;
+/// A peer that sends (or takes) nothing for this long on an open connection is gone, e.g. its
+/// link was cut: the request fails and the sync round is retried, instead of waiting the ~15
+/// minutes TCP takes to give up. Every read and write restarts it, so big slow transfers pass.
+pub const PEER_IDLE_TIMEOUT: Duration = crate::client::IO_TIMEOUT;
 
 /// One object as a listing shows it (the store routes' JSON).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -34,6 +40,8 @@ pub struct RemoteStore {
     client: Client,
     /// `https://HOST:PORT`, for messages.
     base: String,
+    /// `PEER_IDLE_TIMEOUT` (shorter in tests).
+    idle: Duration,
 }
 
 impl RemoteStore {
@@ -41,7 +49,29 @@ impl RemoteStore {
         let base = config.server.trim().trim_end_matches('/').to_string();
         let client = Client::new(config)
             .map_err(|e| StoreError::new(&base, "connect", "", e.to_string()))?;
-        Ok(RemoteStore { client, base })
+        Ok(RemoteStore {
+            client,
+            base,
+            idle: PEER_IDLE_TIMEOUT,
+        })
+    }
+
+    /// The same store with another idle timeout (tests wait less than a real link would).
+    #[cfg(test)]
+    fn with_idle_timeout(mut self, idle: Duration) -> RemoteStore {
+        self.idle = idle;
+        self
+    }
+
+    /// A request with the token and the idle timeout on every read and write (which also
+    /// covers the TLS handshake and the wait for the answer's headers).
+    fn prepare<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        self.client
+            .authorize(request)
+            .config()
+            .timeout_per_read(Some(self.idle))
+            .timeout_per_write(Some(self.idle))
+            .build()
     }
 
     fn object_url(&self, key: &str) -> String {
@@ -95,8 +125,7 @@ impl RemoteStore {
         check_key(&self.describe(), key)?;
         let io = |e: ureq::Error| self.error("get", key, e.to_string());
         let mut response = self
-            .client
-            .authorize(self.client.agent().get(self.object_url(key)))
+            .prepare(self.client.agent().get(self.object_url(key)))
             .call()
             .map_err(io)?;
         match response.status().as_u16() {
@@ -144,9 +173,7 @@ impl RemoteStore {
         condition: Option<(&str, String)>,
     ) -> Result<PutOutcome, StoreError> {
         check_key(&self.describe(), key)?;
-        let mut request = self
-            .client
-            .authorize(self.client.agent().put(self.object_url(key)));
+        let mut request = self.prepare(self.client.agent().put(self.object_url(key)));
         if let Some((name, value)) = condition {
             request = request.header(name, value);
         }
@@ -203,8 +230,7 @@ impl Store for RemoteStore {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let io = |e: ureq::Error| self.error("list", prefix, e.to_string());
         let mut response = self
-            .client
-            .authorize(
+            .prepare(
                 self.client
                     .agent()
                     .get(self.client.url("/api/v1/store/list")),
@@ -246,8 +272,7 @@ impl Store for RemoteStore {
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(&self.describe(), key)?;
         let response = self
-            .client
-            .authorize(self.client.agent().delete(self.object_url(key)))
+            .prepare(self.client.agent().delete(self.object_url(key)))
             .call()
             .map_err(|e| self.error("delete", key, e.to_string()))?;
         match response.status().as_u16() {
@@ -259,8 +284,7 @@ impl Store for RemoteStore {
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         check_key(&self.describe(), key)?;
         let response = self
-            .client
-            .authorize(self.client.agent().head(self.object_url(key)))
+            .prepare(self.client.agent().head(self.object_url(key)))
             .call()
             .map_err(|e| self.error("head", key, e.to_string()))?;
         match response.status().as_u16() {
@@ -288,8 +312,7 @@ impl Store for RemoteStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let response = self
-            .client
-            .authorize(
+            .prepare(
                 self.client
                     .agent()
                     .post(self.client.url("/api/v1/store/flush")),
@@ -300,5 +323,59 @@ impl Store for RemoteStore {
             200 | 204 => Ok(()),
             _ => Err(self.refused("flush", "", response)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Trust;
+    use std::time::Instant;
+
+    /// Regression (sites proof, cut links): a peer whose link died after it took a request
+    /// (connection open, nothing arriving) held the sync round until TCP gave up.
+    #[test]
+    fn a_request_to_a_peer_gone_silent_fails_after_the_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = crate::tls::self_signed(dir.path()).unwrap();
+        let acceptor = crate::tls::http_acceptor(&crate::tls::server_config(&cert, &key).unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                // TLS completes and the request arrives; then the peer falls silent.
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut request).await;
+                let _ = released.recv();
+                drop(tls);
+            })
+        });
+        let store = RemoteStore::new(&ClientConfig {
+            server: format!("https://127.0.0.1:{port}"),
+            token: Some("vmt_test".into()),
+            trust: Trust::CaFile(cert),
+        })
+        .unwrap()
+        .with_idle_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let outcome = store.get("library.json", 1 << 20);
+        let waited = started.elapsed();
+        release.send(()).unwrap();
+        server.join().unwrap();
+        let error = outcome.expect_err("a silent peer answered");
+        assert!(
+            waited < Duration::from_secs(10),
+            "the request waited {waited:?} on a silent peer: {error}"
+        );
+        assert!(error.to_string().contains("127.0.0.1"), "{error}");
     }
 }
