@@ -35,7 +35,14 @@ fn dry_run(from: &Site, to: &Site) -> Value {
     cmd.args(["library", "sync", "--from", &from.url(), "--to"])
         .arg(&to.library)
         .args(["--dry-run", "--json"]);
-    serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap()
+    // Exit 4: something is pending, which is what a plan before a sync shows.
+    let out = cmd.output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 4)),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Waits until `done` holds, failing with `what` and both daemons' logs after `limit`.
@@ -249,6 +256,20 @@ fn a_gigabyte_library_replicates_across_a_link_cut_three_times_and_a_repack_move
         || b.listed() == a_items,
     );
     let second_seconds = second_started.elapsed();
+    // The version is visible once its timeline merged; the round's counters land when the
+    // round ends (its first success since the restart).
+    wait_for(
+        "the restarted daemon's first successful round",
+        Duration::from_secs(60),
+        [&a, &b],
+        || {
+            metric_with(
+                &b.metrics(),
+                "vmedia_replication_last_success_timestamp_seconds",
+                "direction=\"pull\"",
+            ) > 0.0
+        },
+    );
     let metrics = b.metrics();
     let second_bytes = metric_with(&metrics, "vmedia_replication_sent_bytes_total", "pull") as u64;
     let second_chunks =

@@ -71,13 +71,23 @@ impl Site {
         fs::create_dir_all(&state).unwrap();
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");
-        // A certificate for the site's address, so the peer checks it (no --peer-insecure).
+        // A certificate for the site's address, so the peer checks it (no --peer-insecure);
+        // an end-entity one (CA:FALSE), which is what TLS clients accept from a server.
+        let openssl_config = dir.path().join("openssl.cnf");
+        fs::write(
+            &openssl_config,
+            format!(
+                "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
+                 [dn]\nCN = site-{name}\n\
+                 [ext]\nsubjectAltName = IP:{addr}\nbasicConstraints = critical,CA:FALSE\n"
+            ),
+        )
+        .unwrap();
         run_ok(
             Command::new(crate::support::require_tool("openssl"))
                 .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-                .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-                .args(["-subj", &format!("/CN=site-{name}"), "-addext"])
-                .arg(format!("subjectAltName=IP:{addr}"))
+                .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-config"])
+                .arg(&openssl_config)
                 .arg("-keyout")
                 .arg(&key)
                 .arg("-out")
