@@ -10,6 +10,8 @@
 //! `GET /api/v1/store/list?prefix=P` answers `[{"key", "size", "modified"}]`;
 //! `POST /api/v1/store/flush`.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use vmedia_library::store::{check_key, Etag, Object, ObjectMeta, PutOutcome, Store, StoreError};
 
@@ -19,6 +21,10 @@ use crate::client::{Client, ClientConfig};
 pub const MAX_LISTING_BYTES: u64 = 256 << 20;
 /// Largest error body kept for a message.
 const MAX_ERROR_BODY: u64 = 4 << 10;
+/// A peer that sends (or takes) nothing for this long on an open connection is gone, e.g. its
+/// link was cut: the request fails and the sync round is retried, instead of waiting the ~15
+/// minutes TCP takes to give up. Every read and write restarts it, so big slow transfers pass.
+pub const PEER_IDLE_TIMEOUT: Duration = crate::client::IO_TIMEOUT;
 
 /// One object as a listing shows it (the store routes' JSON).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -34,6 +40,8 @@ pub struct RemoteStore {
     client: Client,
     /// `https://HOST:PORT`, for messages.
     base: String,
+    /// `PEER_IDLE_TIMEOUT`.
+    idle: Duration,
 }
 
 impl RemoteStore {
@@ -41,7 +49,22 @@ impl RemoteStore {
         let base = config.server.trim().trim_end_matches('/').to_string();
         let client = Client::new(config)
             .map_err(|e| StoreError::new(&base, "connect", "", e.to_string()))?;
-        Ok(RemoteStore { client, base })
+        Ok(RemoteStore {
+            client,
+            base,
+            idle: PEER_IDLE_TIMEOUT,
+        })
+    }
+
+    /// A request with the token and the idle timeout on every read and write (which also
+    /// covers the TLS handshake and the wait for the answer's headers).
+    fn prepare<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        self.client
+            .authorize(request)
+            .config()
+            .timeout_per_read(Some(self.idle))
+            .timeout_per_write(Some(self.idle))
+            .build()
     }
 
     fn object_url(&self, key: &str) -> String {
@@ -95,8 +118,7 @@ impl RemoteStore {
         check_key(&self.describe(), key)?;
         let io = |e: ureq::Error| self.error("get", key, e.to_string());
         let mut response = self
-            .client
-            .authorize(self.client.agent().get(self.object_url(key)))
+            .prepare(self.client.agent().get(self.object_url(key)))
             .call()
             .map_err(io)?;
         match response.status().as_u16() {
@@ -144,9 +166,7 @@ impl RemoteStore {
         condition: Option<(&str, String)>,
     ) -> Result<PutOutcome, StoreError> {
         check_key(&self.describe(), key)?;
-        let mut request = self
-            .client
-            .authorize(self.client.agent().put(self.object_url(key)));
+        let mut request = self.prepare(self.client.agent().put(self.object_url(key)));
         if let Some((name, value)) = condition {
             request = request.header(name, value);
         }
@@ -203,8 +223,7 @@ impl Store for RemoteStore {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let io = |e: ureq::Error| self.error("list", prefix, e.to_string());
         let mut response = self
-            .client
-            .authorize(
+            .prepare(
                 self.client
                     .agent()
                     .get(self.client.url("/api/v1/store/list")),
@@ -246,8 +265,7 @@ impl Store for RemoteStore {
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(&self.describe(), key)?;
         let response = self
-            .client
-            .authorize(self.client.agent().delete(self.object_url(key)))
+            .prepare(self.client.agent().delete(self.object_url(key)))
             .call()
             .map_err(|e| self.error("delete", key, e.to_string()))?;
         match response.status().as_u16() {
@@ -259,8 +277,7 @@ impl Store for RemoteStore {
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         check_key(&self.describe(), key)?;
         let response = self
-            .client
-            .authorize(self.client.agent().head(self.object_url(key)))
+            .prepare(self.client.agent().head(self.object_url(key)))
             .call()
             .map_err(|e| self.error("head", key, e.to_string()))?;
         match response.status().as_u16() {
@@ -288,8 +305,7 @@ impl Store for RemoteStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let response = self
-            .client
-            .authorize(
+            .prepare(
                 self.client
                     .agent()
                     .post(self.client.url("/api/v1/store/flush")),
