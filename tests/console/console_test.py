@@ -193,6 +193,8 @@ def case_upload(run):
     v1, v2 = (next(v for v in item["versions"] if v["version"] == n) for n in (1, 2))
     assert v1["new_bytes"] == v1["size"] and v1["shared_bytes"] == 0, v1
     assert v2["new_bytes"] is not None and v2["new_bytes"] + v2["shared_bytes"] == v2["size"], v2
+    run.driver.execute_script("document.getElementById('versions').scrollIntoView()")
+    run.shot("item-versions", top=False)
     run.axe("item")
     run.shot("item-uploaded")
     status, item = rest("GET", f"/api/v1/library/items/{ITEM}")
