@@ -31,6 +31,7 @@ import urllib.request
 from axe_selenium_python import Axe
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -115,7 +116,11 @@ class Run:
     def until(self, what, check, timeout=WAIT):
         end = time.time() + timeout
         while time.time() < end:
-            value = check()
+            try:
+                value = check()
+            except StaleElementReferenceException:
+                # The page re-rendered (live pages do every tick) between find and read: retry.
+                value = None
             if value:
                 return value
             time.sleep(0.2)
