@@ -31,6 +31,7 @@ import urllib.request
 from axe_selenium_python import Axe
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -115,7 +116,11 @@ class Run:
     def until(self, what, check, timeout=WAIT):
         end = time.time() + timeout
         while time.time() < end:
-            value = check()
+            try:
+                value = check()
+            except StaleElementReferenceException:
+                # The page re-rendered (live pages do every tick) between find and read: retry.
+                value = None
             if value:
                 return value
             time.sleep(0.2)
@@ -185,6 +190,16 @@ def case_upload(run):
     run.text_in("#upload-done", "version 2")
     run.text_in("#current-version", "Current version: 2")
     run.find("#timeline svg")
+    # Versions show new vs shared bytes (version 1's are all new: nothing came before it).
+    run.find('#versions tr[data-version="2"]')
+    head = run.find("#versions thead").text
+    assert "New" in head and "Shared" in head, head
+    status, item = rest("GET", f"/api/v1/library/items/{ITEM}")
+    v1, v2 = (next(v for v in item["versions"] if v["version"] == n) for n in (1, 2))
+    assert v1["new_bytes"] == v1["size"] and v1["shared_bytes"] == 0, v1
+    assert v2["new_bytes"] is not None and v2["new_bytes"] + v2["shared_bytes"] == v2["size"], v2
+    run.driver.execute_script("document.getElementById('versions').scrollIntoView()")
+    run.shot("item-versions", top=False)
     run.axe("item")
     run.shot("item-uploaded")
     status, item = rest("GET", f"/api/v1/library/items/{ITEM}")
@@ -302,13 +317,29 @@ def case_audit_replication(run):
     run.text_in("#page table", "rollback")
     run.axe("audit")
     run.shot("audit")
-    run.go("replication")
-    run.text_in("#page", "Library")
+    # The daemon replicates to a second folder library every 2 s: its peer shows from both
+    # sources (the daemon's own state and the library's peer record, joined in one row), and
+    # the item, changed by the upload and rollback above, comes to agree with the replica.
+    def replicated():
+        run.go("replication")
+        rows = run.driver.find_elements(By.CSS_SELECTOR, f'#items-0 tr[data-item="{ITEM}"][data-state="agree"]')
+        peers = run.driver.find_elements(By.CSS_SELECTOR, "#peers")
+        return rows and peers and "daemon" in peers[0].text and rows[0]
+    row = run.until("the replica to agree on the item", replicated, timeout=60)
+    peers = run.find("#peers").text
+    assert "library record" in peers and "sends to" in peers and "current" in peers, peers
+    assert "yes" in row.text, row.text
+    state, status = rest("GET", "/api/v1/library/sync-status")
+    assert state == 200, status
+    item = next(i for i in status["peers"][0]["items"] if i["name"] == ITEM)
+    assert item["same_current"] and item["state"] == "agree", item
+    assert item["decided_by"]["side"] == "here", item
     run.axe("replication")
     run.shot("replication")
     run.go("prune")
     run.axe("prune")
-    return "audit filtered by user and item shows the rollback; replication and prune pages pass axe"
+    return ("audit filtered by user and item shows the rollback; the replica peer from both sources, "
+            f"{ITEM} agrees (decided by this site); replication and prune pages pass axe")
 
 
 def systems_api():

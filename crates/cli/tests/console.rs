@@ -2,7 +2,8 @@
 //! holding one ISO version, an administrator and a readonly user, and
 //! tests/console/console_test.py driving headless Debian Chromium through Selenium: log in,
 //! upload an ISO by the file input, roll back from the timeline (checked through the API too),
-//! an upload interrupted by a page reload resumed at the daemon's offset, live I/O while a load generator reads, audit and replication pages, batch attach to 50
+//! an upload interrupted by a page reload resumed at the daemon's offset, live I/O while a load generator reads, audit and replication pages (the daemon replicating to a second
+//! folder library), batch attach to 50
 //! systems (when the daemon has the systems API), the readonly user's view and refusals, dark
 //! theme and phone width; axe-core on every page. Screenshots go to
 //! target/console-screenshots/ and docs/console/.
@@ -62,6 +63,7 @@ fn the_console_works_in_a_real_browser() {
 
     let dir = tempfile::tempdir().unwrap();
     let library = dir.path().join("library");
+    let replica = dir.path().join("replica");
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let with_env = |mut cmd: Command| {
@@ -97,7 +99,16 @@ fn the_console_works_in_a_real_browser() {
         &ServeOptions {
             cache_size: "64M".into(),
             nbd: false,
-            extra: vec!["--https-port".into(), https_port.to_string()],
+            // A second folder library as the replica, synced every 2 s: the replication
+            // page shows it from both sources and the item's dual-active state.
+            extra: vec![
+                "--https-port".into(),
+                https_port.to_string(),
+                "--replicate-to".into(),
+                replica.display().to_string(),
+                "--replicate-interval".into(),
+                "2s".into(),
+            ],
         },
     );
     let state = daemon.state.path().to_path_buf();

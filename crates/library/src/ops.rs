@@ -1,12 +1,14 @@
 //! Reading and changing timelines: `list`, `show`, `history`, `rollback`, `remove`.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::error::{LibraryError, Result};
 use crate::library::{resolve_in, Library};
 use crate::naming::{check_name, VersionSpec};
 use crate::reports::{
     EventReport, HistoryEvent, HistoryReport, HistoryVersion, ItemSummary, VersionReport,
 };
-use crate::timeline::{Event, EventKind, Timeline, MAX_EVENTS};
+use crate::timeline::{Event, EventKind, Timeline, VersionRecord, MAX_EVENTS};
 
 /// Where `rollback` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,10 @@ impl Library {
     pub fn show(&self, spec: &VersionSpec) -> Result<VersionReport> {
         let (timeline, record) = self.resolve(spec)?;
         let manifest = self.load_version_manifest(&timeline, &record)?;
+        let sharing = self
+            .sharing(&timeline, Some(record.version))
+            .get(&record.version)
+            .copied();
         let header = &manifest.header;
         Ok(VersionReport {
             name: timeline.name.clone(),
@@ -68,6 +74,8 @@ impl Library {
             signed_by: record.signed_by.clone(),
             chunks: manifest.entries.iter().filter(|e| !e.zero).count() as u64,
             stored_bytes: manifest.stored_bytes(),
+            new_bytes: sharing.map(|(new, _)| new),
+            shared_bytes: sharing.map(|(_, shared)| shared),
             manifest: record.manifest.clone(),
         })
     }
@@ -77,6 +85,7 @@ impl Library {
         let timeline = self.timeline(name)?;
         let state = timeline.current();
         let current = timeline.visible_current();
+        let sharing = self.sharing(&timeline, None);
         Ok(HistoryReport {
             name: timeline.name.clone(),
             current: state.version,
@@ -96,6 +105,8 @@ impl Library {
                         .pruned
                         .as_ref()
                         .map(|p| format!("{} ({})", p.reason, p.time)),
+                    new_bytes: sharing.get(&r.version).map(|(new, _)| *new),
+                    shared_bytes: sharing.get(&r.version).map(|(_, shared)| *shared),
                 })
                 .collect(),
             events: timeline
@@ -114,6 +125,45 @@ impl Library {
                 })
                 .collect(),
         })
+    }
+
+    /// New and shared bytes of the kept versions of `timeline` (by version number), up to and
+    /// including `until` when given. A version's new bytes are those of its chunks that no
+    /// earlier kept version uses; "earlier" is by creation time, then manifest name, which
+    /// replicas copy unchanged, so both sites of a dual-active pair compute the same figures
+    /// whatever numbers they gave the versions. Pruned versions take no part (their chunks
+    /// are released). A manifest that cannot be read ends the computation: the versions from
+    /// there on are left out rather than shown with a wrong split.
+    fn sharing(&self, timeline: &Timeline, until: Option<u64>) -> HashMap<u64, (u64, u64)> {
+        let mut order: Vec<&VersionRecord> = timeline
+            .versions
+            .iter()
+            .filter(|r| r.pruned.is_none())
+            .collect();
+        order.sort_by(|a, b| {
+            (a.created, &a.manifest, a.version).cmp(&(b.created, &b.manifest, b.version))
+        });
+        let mut seen: HashSet<[u8; 32]> = HashSet::new();
+        let mut figures = HashMap::new();
+        for record in order {
+            let Ok(manifest) = self.load_version_manifest(timeline, record) else {
+                break;
+            };
+            let new_bytes: u64 = manifest
+                .entries
+                .iter()
+                .filter(|e| !seen.contains(&e.digest))
+                .fold(0u64, |sum, e| sum.saturating_add(u64::from(e.length)));
+            seen.extend(manifest.entries.iter().map(|e| e.digest));
+            figures.insert(
+                record.version,
+                (new_bytes, record.size.saturating_sub(new_bytes)),
+            );
+            if until == Some(record.version) {
+                break;
+            }
+        }
+        figures
     }
 
     /// Makes an earlier version current again (a `restore` when the item was removed).

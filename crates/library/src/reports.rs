@@ -65,6 +65,14 @@ pub struct VersionReport {
     pub signed_by: Option<String>,
     pub chunks: u64,
     pub stored_bytes: u64,
+    /// Image bytes in chunks no earlier version of the item uses (earlier by creation time,
+    /// then manifest name: the same order at every site); `None` when an earlier version's
+    /// manifest could not be read.
+    #[serde(default)]
+    pub new_bytes: Option<u64>,
+    /// The rest of `size`: bytes in chunks (and zero runs) an earlier version already uses.
+    #[serde(default)]
+    pub shared_bytes: Option<u64>,
     pub manifest: String,
 }
 
@@ -81,6 +89,13 @@ pub struct HistoryVersion {
     pub signed_by: Option<String>,
     /// Why prune released it, when it did.
     pub pruned: Option<String>,
+    /// As in `show`: bytes in chunks no earlier kept version uses. `None` for a pruned
+    /// version (its chunks are released) or when an earlier manifest could not be read.
+    #[serde(default)]
+    pub new_bytes: Option<u64>,
+    /// The rest of `size` (`None` with `new_bytes`).
+    #[serde(default)]
+    pub shared_bytes: Option<u64>,
 }
 
 /// One event in `history`.

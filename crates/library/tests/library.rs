@@ -959,3 +959,52 @@ fn init_twice_and_opening_nothing_are_clear_errors() {
         Err(LibraryError::NotALibrary { .. })
     ));
 }
+
+#[test]
+fn new_bytes_of_a_version_count_only_chunks_no_earlier_version_uses() {
+    let fx = Fixture::new();
+    let library = fx.init("lib");
+    let v1 = content(7, 6 << 20);
+    // Version 2: one 100 KiB region in the middle rewritten; the rest is shared.
+    let mut v2 = v1.clone();
+    let changed = 100 << 10;
+    v2[3 << 20..(3 << 20) + changed].copy_from_slice(&content(8, changed));
+    add_at(&library, "disk.img", v1.clone(), "2026-03-01T00:00:00Z");
+    add_at(&library, "disk.img", v2.clone(), "2026-03-02T00:00:00Z");
+    // Version 3 brings version 1's bytes back: nothing in it is new to the item.
+    add_at(&library, "disk.img", v1.clone(), "2026-03-03T00:00:00Z");
+
+    let history = library.history("disk.img").unwrap();
+    let figures: Vec<(u64, Option<u64>, Option<u64>)> = history
+        .versions
+        .iter()
+        .map(|v| (v.size, v.new_bytes, v.shared_bytes))
+        .collect();
+    assert_eq!(
+        figures[0],
+        (v1.len() as u64, Some(v1.len() as u64), Some(0))
+    );
+    let (size, new, shared) = figures[1];
+    let (new, shared) = (new.unwrap(), shared.unwrap());
+    assert_eq!(new + shared, size);
+    // The changed region plus at most the chunks it touches (1 MiB max each, two of them
+    // when the region straddles a boundary).
+    assert!(
+        new >= changed as u64 && new <= changed as u64 + (2 << 20),
+        "version 2 has {new} new bytes for a {changed}-byte change"
+    );
+    assert!(shared >= (3 << 20), "version 2 shares only {shared} bytes");
+    assert_eq!(
+        figures[2],
+        (v1.len() as u64, Some(0), Some(v1.len() as u64))
+    );
+
+    // `show` gives the same split as `history`.
+    let shown = library.show(&spec("disk.img@2")).unwrap();
+    assert_eq!(
+        (shown.new_bytes, shown.shared_bytes),
+        (Some(new), Some(shared))
+    );
+    let shown = library.show(&spec("disk.img@1")).unwrap();
+    assert_eq!(shown.new_bytes, Some(v1.len() as u64));
+}

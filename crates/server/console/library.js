@@ -132,6 +132,12 @@ function timeline(history, onPick) {
   return h('div', { class: 'timeline', id: 'timeline' }, controls, svgBox, legend, caption);
 }
 
+/** A part of a version's size (new or shared bytes), with its share on hover. */
+function sharePart(n, size) {
+  if (n === null || n === undefined) return h('span', { class: 'muted', title: 'pruned, or an earlier manifest cannot be read' }, '–');
+  return h('span', { title: size ? `${((n / size) * 100).toFixed(1)} % of ${bytes(size)}` : '' }, bytes(n));
+}
+
 /** One item: versions, timeline, rollback, download, upload of a new version. */
 export async function itemPage(name) {
   const root = h('div', {});
@@ -186,6 +192,8 @@ export async function itemPage(name) {
           h('dl', { class: 'kv' },
             h('dt', {}, 'Digest'), h('dd', { class: 'mono' }, v.digest),
             h('dt', {}, 'Size'), h('dd', {}, bytes(v.size)),
+            h('dt', {}, 'New / shared'), h('dd', {}, v.new_bytes == null ? h('span', { class: 'muted' }, 'unknown (an earlier version’s manifest cannot be read)')
+              : `${bytes(v.new_bytes)} new, ${bytes(v.shared_bytes)} shared with earlier versions of ${name}`),
             h('dt', {}, 'Stored'), h('dd', {}, `${bytes(v.stored_bytes)} in ${v.chunks} chunks (compressed; chunks shared with other versions are stored once)`),
             h('dt', {}, 'Signature'), h('dd', {}, signature(v.signed_by)),
             h('dt', {}, 'Created'), h('dd', {}, time(v.created), ` by ${v.actor}`),
@@ -221,9 +229,10 @@ export async function itemPage(name) {
       h('h1', {}, name, history.removed ? ' (removed)' : ''),
       h('p', { id: 'current-version' }, history.current ? `Current version: ${history.current}` : 'No current version'),
       h('div', { class: 'panel' }, h('h2', {}, 'Timeline'), timeline(history, onPick), pick),
-      h('div', { class: 'panel' }, h('h2', {}, 'Versions'),
-        table(null, [['Version', 'num'], 'Created', ['Size', 'num'], 'Kind', 'Digest', 'Signature', 'State', ''],
-          rows.map((v) => [v.version, time(v.created), bytes(v.size), v.kind, h('span', { class: 'mono', title: v.digest }, `${v.digest.slice(0, 19)}…`),
+      h('div', { class: 'panel', id: 'versions' }, h('h2', {}, 'Versions'),
+        h('p', { class: 'muted' }, 'New: bytes in chunks no earlier version of this item uses (what this version added). Shared: the rest, already held for an earlier version.'),
+        table(null, [['Version', 'num'], 'Created', ['Size', 'num'], ['New', 'num'], ['Shared', 'num'], 'Kind', 'Digest', 'Signature', 'State', ''],
+          rows.map((v) => [v.version, time(v.created), bytes(v.size), sharePart(v.new_bytes, v.size), sharePart(v.shared_bytes, v.size), v.kind, h('span', { class: 'mono', title: v.digest }, `${v.digest.slice(0, 19)}…`),
             signature(v.signed_by), v.current ? 'current' : v.pruned ? `pruned: ${v.pruned}` : 'kept',
             h('button', { type: 'button', class: 'ghost', onclick: () => showVersion(v.version) }, 'Details')]),
           (i) => ({ class: rows[i].current ? 'current' : null, dataset: { version: rows[i].version } }))),

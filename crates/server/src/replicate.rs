@@ -94,6 +94,8 @@ pub struct ReplicationReport {
 /// The running replication: one task per peer and their shared states.
 pub struct Replication {
     interval: Duration,
+    /// The peers' libraries (credentials included), for reading their timelines.
+    configs: Vec<OpenConfig>,
     states: Vec<Arc<Mutex<PeerState>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -109,6 +111,7 @@ impl Replication {
     pub fn start(options: ReplicationOptions, shutdown: watch::Receiver<bool>) -> Arc<Replication> {
         let mut states = Vec::new();
         let mut tasks = Vec::new();
+        let configs = options.peers.iter().map(|p| p.config.clone()).collect();
         for peer in options.peers {
             let state = Arc::new(Mutex::new(PeerState {
                 peer: peer.config.location.to_string(),
@@ -141,6 +144,7 @@ impl Replication {
         }
         Arc::new(Replication {
             interval: options.interval,
+            configs,
             states,
             tasks: Mutex::new(tasks),
         })
@@ -151,6 +155,11 @@ impl Replication {
             interval_seconds: self.interval.as_secs(),
             peers: self.states.iter().map(|s| lock(s).clone()).collect(),
         }
+    }
+
+    /// The peers' library configurations (`sync-status` reads their timelines with them).
+    pub fn peer_configs(&self) -> &[OpenConfig] {
+        &self.configs
     }
 
     /// Waits for every peer task to end (after shutdown was signalled).

@@ -16,11 +16,11 @@ use std::collections::HashMap;
 use crate::timeline::{Event, EventKind, Timeline};
 
 /// A version's identity across sites: manifest name and occurrence among equal manifests.
-type VersionId = (String, usize);
+pub(super) type VersionId = (String, usize);
 
 /// An event as both sites name it; `Ord` is the merge order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct EventId {
+pub(super) struct EventId {
     time: jiff::Timestamp,
     site: String,
     actor: String,
@@ -29,7 +29,7 @@ struct EventId {
     note: Option<String>,
 }
 
-fn version_ids(timeline: &Timeline) -> Vec<VersionId> {
+pub(super) fn version_ids(timeline: &Timeline) -> Vec<VersionId> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     timeline
         .versions
@@ -43,7 +43,7 @@ fn version_ids(timeline: &Timeline) -> Vec<VersionId> {
         .collect()
 }
 
-fn event_ids(timeline: &Timeline, owner_site: &str) -> Vec<EventId> {
+pub(super) fn event_ids(timeline: &Timeline, owner_site: &str) -> Vec<EventId> {
     let versions = version_ids(timeline);
     timeline
         .events

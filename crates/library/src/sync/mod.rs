@@ -40,7 +40,10 @@ use crate::store::{PutOutcome, Store};
 use crate::timeline::{Event, EventKind, Timeline, MAX_EVENTS, MAX_TIMELINE_BYTES, MAX_VERSIONS};
 
 pub use merge::{convergence_view, merge_timelines};
-pub use status::{sync_status, PeerStatus, SyncStatusReport};
+pub use status::{
+    item_peer_state, sync_status, DecidingEvent, ItemAgreement, ItemPeerState, PeerStatus,
+    SyncStatusReport,
+};
 
 /// Requests in flight by default: enough to keep a 50 ms link busy with 256 KiB chunks.
 pub const DEFAULT_PARALLEL: usize = 8;
