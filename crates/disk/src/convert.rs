@@ -54,6 +54,9 @@ impl Default for ConvertOptions {
 pub struct Concat<'a> {
     parts: Vec<(u64, &'a dyn DiskImage)>,
     size: u64,
+    /// The output's backing file when units that read the same there are left unallocated
+    /// (`skip_units_equal_to`).
+    delta_base: Option<&'a dyn DiskImage>,
 }
 
 impl<'a> Concat<'a> {
@@ -71,7 +74,50 @@ impl<'a> Concat<'a> {
                     size: u64::MAX,
                 })?;
         }
-        Ok(Concat { parts, size })
+        Ok(Concat {
+            parts,
+            size,
+            delta_base: None,
+        })
+    }
+
+    /// Converting into a differencing image over `base` (-B): every unit whose content equals
+    /// what `base` reads there (zeros over zeros, or the same data) is skipped, so the output
+    /// leaves it unallocated and reads it through its parent. Costs one read of `base` per
+    /// unit the source allocates; the four-MiB read spans are off while it is set.
+    pub fn skip_units_equal_to(&mut self, base: &'a dyn DiskImage) {
+        self.delta_base = Some(base);
+    }
+
+    /// True when `base` reads exactly `buf` at `offset` (zeros past its end).
+    fn base_reads_the_same(base: &dyn DiskImage, buf: &[u8], offset: u64) -> Result<bool> {
+        let len = buf.len() as u64;
+        let base_size = base.virtual_size();
+        let inside = base_size.saturating_sub(offset).min(len);
+        if inside < len && !is_zero(&buf[inside as usize..]) {
+            return Ok(false);
+        }
+        if inside == 0 {
+            return Ok(true);
+        }
+        // A range the base chain does not hold reads as zeros: no read needed.
+        let mut pos = offset;
+        let mut holds_data = false;
+        while pos < offset + inside {
+            let (n, data) = chain_data_status(base, pos, offset + inside - pos)?;
+            if data {
+                holds_data = true;
+                break;
+            }
+            pos += n.max(1);
+        }
+        let head = &buf[..inside as usize];
+        if !holds_data {
+            return Ok(is_zero(head));
+        }
+        let mut theirs = vec![0u8; inside as usize];
+        base.read_at(&mut theirs, offset)?;
+        Ok(theirs == head)
     }
 
     pub fn size(&self) -> u64 {
@@ -207,7 +253,8 @@ pub fn convert(
                 let end = (offset + batch).min(size);
                 let result = plan_batch(source, offset, end, unit, opts.target_has_backing)
                     .and_then(|plan| {
-                        let jobs = group_spans(&plan, unit, end, compressor.is_none());
+                        let spans = compressor.is_none() && source.delta_base.is_none();
+                        let jobs = group_spans(&plan, unit, end, spans);
                         let work = |(start, units, need): (u64, u64, Option<BlockKind>)| {
                             if units > 1 {
                                 return read_span(
@@ -461,12 +508,21 @@ fn make_piece(
 ) -> Result<Piece> {
     match known {
         Some(BlockKind::Unallocated) => return Ok(Piece::Skip),
-        Some(_) if detect_zero => return Ok(Piece::Zero),
+        Some(_) if detect_zero && source.delta_base.is_none() => return Ok(Piece::Zero),
         _ => {}
     }
     let mut buf = vec![0u8; (end - start) as usize];
     if known.is_none() {
         source.read_at(&mut buf, start)?;
+    }
+    if let Some(base) = source.delta_base {
+        // The -B delta decision: what the parent already reads needs no block of its own.
+        if Concat::base_reads_the_same(base, &buf, start)? {
+            return Ok(Piece::Skip);
+        }
+        if known.is_some() && detect_zero {
+            return Ok(Piece::Zero);
+        }
     }
     if detect_zero && is_zero(&buf) {
         return Ok(Piece::Zero);

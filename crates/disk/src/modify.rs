@@ -528,7 +528,8 @@ fn copy_cluster_if_different(
     Ok(())
 }
 
-/// qemu-img resize: raw files change length; qcow2 images change their virtual size.
+/// qemu-img resize: raw files change length; qcow2 images change their virtual size; VMDK
+/// hosted sparse and flat disks grow (`VmdkEditor::grow`; qemu-img 7.2 resizes no VMDK).
 pub fn resize(path: &Path, new_size: u64, opts: &OpenOptions) -> Result<()> {
     let _span = tracing::info_span!("resize", path = %path.display(), new_size).entered();
     let img = factory::open(
@@ -551,6 +552,22 @@ pub fn resize(path: &Path, new_size: u64, opts: &OpenOptions) -> Result<()> {
             let mut editor = Qcow2Editor::open(path)?;
             editor.set_size(new_size)?;
             editor.finish()
+        }
+        Format::Vmdk => {
+            let create_type = crate::vmdk::edit::read_descriptor(path)?
+                .create_type()
+                .unwrap_or("")
+                .to_string();
+            if create_type.eq_ignore_ascii_case("streamOptimized") {
+                return Err(DiskError::NotSupportedFor {
+                    path: path.into(),
+                    format: "vmdk",
+                    operation: "resizing a streamOptimized disk (a compressed stream, as qemu-img refuses it too); convert it to monolithicSparse, resize that, and convert back",
+                });
+            }
+            let mut editor = VmdkEditor::open(path)?;
+            editor.grow(new_size)?;
+            Box::new(editor).finish()
         }
         other => Err(DiskError::NotSupportedFor {
             path: path.into(),

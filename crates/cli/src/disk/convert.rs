@@ -131,11 +131,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .or(opts.options.get("backing_fmt").map(String::as_str)),
     )?;
     opts.options.remove("backing_fmt");
+    let mut backing_img = None;
     if let Some(name) = &backing_name {
         // The new backing file must exist and be allowed, as qemu-img checks it.
         let b = factory::open_reference(&output, name, open_opts.format, &open_opts)
             .with_context(|| format!("Could not open backing file '{name}'"))?;
         opts.backing = Some((name.clone(), backing_fmt.or(Some(b.format()))));
+        backing_img = Some(b);
+    }
+    // VHD and VHDX deltas leave every unit that reads the same in the parent unallocated
+    // (qemu-img cannot write these deltas at all); qcow2 and VMDK keep qemu's -B layout.
+    if let Some(b) = &backing_img {
+        if matches!(opts.format, Format::Vhd | Format::Vhdx) {
+            source.skip_units_equal_to(b.as_ref());
+        }
     }
     let sparse_size = match &a.sparse_size {
         Some(s) => {

@@ -101,6 +101,31 @@ pub struct ExtentLine {
     pub offset: u64,
 }
 
+impl ExtentLine {
+    /// The line as VMware writes it (no line break).
+    pub fn emit(&self) -> String {
+        let mut out = format!(
+            "{} {} {}",
+            self.access.as_str(),
+            self.sectors,
+            self.kind.as_str()
+        );
+        if let Some(name) = &self.file_name {
+            out.push_str(&format!(" \"{name}\""));
+            if matches!(self.kind, ExtentKind::Flat | ExtentKind::Vmfs) {
+                out.push_str(&format!(" {}", self.offset));
+            }
+        }
+        out
+    }
+
+    /// True when a descriptor line is an extent line (starts with an access mode).
+    pub fn is_extent_line(line: &str) -> bool {
+        let first = line.split_whitespace().next().unwrap_or("");
+        Access::parse(first).is_some()
+    }
+}
+
 /// A parsed descriptor. `entries` keeps every `key = value` pair in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Descriptor {
@@ -273,18 +298,7 @@ impl Descriptor {
         }
         out.push_str("\n# Extent description\n");
         for e in &self.extents {
-            out.push_str(&format!(
-                "{} {} {}",
-                e.access.as_str(),
-                e.sectors,
-                e.kind.as_str()
-            ));
-            if let Some(name) = &e.file_name {
-                out.push_str(&format!(" \"{name}\""));
-                if matches!(e.kind, ExtentKind::Flat | ExtentKind::Vmfs) {
-                    out.push_str(&format!(" {}", e.offset));
-                }
-            }
+            out.push_str(&e.emit());
             out.push('\n');
         }
         out.push_str("\n# The Disk Data Base\n#DDB\n\n");

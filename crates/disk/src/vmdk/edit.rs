@@ -21,7 +21,8 @@ use vmedia_io::{AtomicFile, OverwritePolicy};
 
 use super::descriptor::{self, Access, Descriptor, ExtentKind, NO_PARENT_CID};
 use super::header::{
-    SparseHeader, FLAG_REDUNDANT_GT, FLAG_ZEROED_GTE, MAX_DESCRIPTOR_SECTORS, SECTOR,
+    SparseHeader, FLAG_REDUNDANT_GT, FLAG_ZEROED_GTE, MAX_DESCRIPTOR_SECTORS, MAX_GD_ENTRIES,
+    SECTOR,
 };
 use super::sparse::{load_directory, read_directory};
 use crate::editor::{InPlaceEditor, ParentRef};
@@ -68,6 +69,8 @@ struct SparseEdit {
     marked_unclean: bool,
     /// `empty` asked for the file to end after its metadata.
     truncate: bool,
+    /// `grow` changed capacity or the directory offsets: `finish` rewrites those header fields.
+    header_changed: bool,
 }
 
 enum EditData {
@@ -99,6 +102,8 @@ pub struct VmdkEditor {
     cluster: u64,
     /// Key changes for the descriptor (None removes the key).
     updates: Vec<(String, Option<String>)>,
+    /// Extent lines replacing the descriptor's after `grow` (None: unchanged).
+    extent_lines: Option<Vec<descriptor::ExtentLine>>,
     content_changed: bool,
     keep_content_id: bool,
 }
@@ -173,6 +178,31 @@ fn format_line(key: &str, value: &str) -> String {
     } else {
         format!("{key}={value}")
     }
+}
+
+/// Replaces the extent lines of descriptor text with `lines` (in order; extra lines go after
+/// the last existing one) and keeps every other line as it was.
+fn replace_extent_lines(text: &str, lines: &[descriptor::ExtentLine]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut next = 0usize;
+    let mut last_at = None;
+    for line in text.lines() {
+        if descriptor::ExtentLine::is_extent_line(line.trim()) {
+            if let Some(l) = lines.get(next) {
+                out.push(l.emit());
+                last_at = Some(out.len());
+            }
+            next += 1;
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    let rest: Vec<String> = lines.iter().skip(next).map(|l| l.emit()).collect();
+    let at = last_at.unwrap_or(out.len());
+    out.splice(at..at, rest);
+    let mut joined = out.join("\n");
+    joined.push('\n');
+    joined
 }
 
 /// The key of a `key = value` line, if it is one.
@@ -332,6 +362,7 @@ impl SparseEdit {
             dirty: BTreeSet::new(),
             marked_unclean: false,
             truncate: false,
+            header_changed: false,
         })
     }
 
@@ -534,6 +565,81 @@ impl SparseEdit {
         Ok(())
     }
 
+    /// Grows the extent to `capacity` sectors, as VMware's disk expansion does: the new
+    /// directory entries get grain tables at once (both copies, appended as holes that read as
+    /// empty tables), as qemu and VMware lay out hosted sparse extents; a directory that no
+    /// longer fits its sectors moves to the end of the file. A partly used last grain gets zeros
+    /// past the old end, so the grown range reads as zeros.
+    fn grow(&mut self, capacity: u64) -> Result<()> {
+        let old_capacity = self.header.capacity;
+        if capacity <= old_capacity {
+            return Ok(());
+        }
+        let mut grown = self.header.clone();
+        grown.capacity = capacity;
+        let entries = grown.gd_entries();
+        if capacity > super::header::MAX_CAPACITY_SECTORS || entries > MAX_GD_ENTRIES {
+            return Err(DiskError::Limit {
+                path: self.path.clone(),
+                offset: 12,
+                field: "capacity",
+                value: capacity.saturating_mul(SECTOR),
+                limit: super::header::MAX_CAPACITY_SECTORS * SECTOR,
+                why: "VMDK disks are limited to 64 TiB",
+            });
+        }
+        let entries = entries as usize;
+        self.mark_unclean()?;
+        let grain_bytes = self.grain_bytes();
+        let old_end = old_capacity * SECTOR;
+        if !old_end.is_multiple_of(grain_bytes) {
+            let (gi, ti) = self.locate(old_end);
+            let entry = self.table(gi, false)?.map(|t| t[ti]).unwrap_or(0);
+            if let Some(host) = self.data_grain(entry, old_end)? {
+                let used = old_end % grain_bytes;
+                let zeros = vec![0u8; (grain_bytes - used) as usize];
+                self.file
+                    .write_all_at(&zeros, host + used)
+                    .map_err(|e| DiskError::io(&self.path, host + used, e))?;
+            }
+        }
+        let old_entries = self.gd.len();
+        let sectors_of = |n: usize| (n as u64 * 4).div_ceil(SECTOR);
+        if sectors_of(entries) > sectors_of(old_entries) {
+            // The directory is followed by grain tables: a larger one goes to the end.
+            let dir_bytes = entries as u64 * 4;
+            let at = self.append(dir_bytes)?;
+            self.add_metadata(at, dir_bytes);
+            self.header.gd_offset = at / SECTOR;
+            if self.rgd.is_some() {
+                let rat = self.append(dir_bytes)?;
+                self.add_metadata(rat, dir_bytes);
+                self.header.rgd_offset = rat / SECTOR;
+            }
+        }
+        self.gd.resize(entries, 0);
+        if let Some(rgd) = self.rgd.as_mut() {
+            rgd.resize(entries, 0);
+        }
+        let table_bytes = self.table_bytes();
+        for index in old_entries..entries {
+            let at = self.append(table_bytes)?;
+            self.add_metadata(at, table_bytes);
+            self.gd[index] = (at / SECTOR) as u32;
+            if self.rgd.is_some() {
+                let rat = self.append(table_bytes)?;
+                self.add_metadata(rat, table_bytes);
+                if let Some(rgd) = self.rgd.as_mut() {
+                    rgd[index] = (rat / SECTOR) as u32;
+                }
+            }
+        }
+        self.header.capacity = capacity;
+        self.gd_changed = true;
+        self.header_changed = true;
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<()> {
         let table_bytes = self.table_bytes() as usize;
         for index in std::mem::take(&mut self.dirty) {
@@ -584,6 +690,16 @@ impl SparseEdit {
             let len = self.file.metadata().map_err(|e| io(0, e))?.len();
             if len < self.end {
                 self.file.set_len(self.end).map_err(|e| io(self.end, e))?;
+            }
+        }
+        if self.header_changed {
+            // Written after the directories and tables they point to; the fields sit at fixed
+            // offsets of the header (capacity 12, rgdOffset 48, gdOffset 56).
+            let h = &self.header;
+            for (at, value) in [(12u64, h.capacity), (48, h.rgd_offset), (56, h.gd_offset)] {
+                self.file
+                    .write_all_at(&value.to_le_bytes(), at)
+                    .map_err(|e| io(at, e))?;
             }
         }
         self.file.sync_data().map_err(|e| io(0, e))?;
@@ -724,6 +840,7 @@ impl VmdkEditor {
             virtual_size: start,
             cluster,
             updates: Vec::new(),
+            extent_lines: None,
             content_changed: false,
             keep_content_id: false,
         })
@@ -771,7 +888,11 @@ impl VmdkEditor {
 
     /// The new descriptor text with `updates` applied, checked to fit where it lives.
     fn new_text(&self, updates: &[(String, Option<String>)]) -> Result<String> {
-        let text = edit_descriptor_text(&self.text, updates);
+        let text = match &self.extent_lines {
+            Some(lines) => replace_extent_lines(&self.text, lines),
+            None => self.text.clone(),
+        };
+        let text = edit_descriptor_text(&text, updates);
         if let DescriptorHome::Embedded { reserved, .. } = self.home {
             if text.len() as u64 > reserved {
                 return Err(DiskError::Limit {
@@ -821,6 +942,170 @@ impl VmdkEditor {
                 out.commit().map_err(|e| DiskError::io(&self.path, 0, e))
             }
         }
+    }
+
+    /// Grows the virtual size to `new_size` bytes in place, as `vmware-vdiskmanager -x` does
+    /// (qemu-img 7.2 resizes no VMDK): a sparse last extent gets a larger capacity and grain
+    /// tables for it, a flat last extent a longer file; twoGbMaxExtentFlat images fill their
+    /// last piece up to the piece size, then get new `-fNNN` pieces. The descriptor records
+    /// the new extent sizes and geometry, and the disk a new CID.
+    ///
+    /// Refused: shrinking (VMware only grows disks, qemu resizes no VMDK), sizes that are not
+    /// whole sectors, delta disks (a delta must keep its parent's size), and streamOptimized
+    /// or ESXi extents (refused already by `open`).
+    pub fn grow(&mut self, new_size: u64) -> Result<()> {
+        if new_size < self.virtual_size {
+            return Err(DiskError::NotSupportedFor {
+                path: self.path.clone(),
+                format: FORMAT,
+                operation: "shrinking (VMware only expands virtual disks and qemu-img resizes no VMDK; convert to a smaller image instead)",
+            });
+        }
+        if !new_size.is_multiple_of(SECTOR) {
+            return Err(DiskError::InvalidOption {
+                key: "size".into(),
+                value: new_size.to_string(),
+                reason: "a VMDK size is a whole number of 512-byte sectors".into(),
+            });
+        }
+        if new_size > super::header::MAX_CAPACITY_SECTORS * SECTOR {
+            return Err(DiskError::Limit {
+                path: self.path.clone(),
+                offset: 0,
+                field: "virtual size",
+                value: new_size,
+                limit: super::header::MAX_CAPACITY_SECTORS * SECTOR,
+                why: "VMDK disks are limited to 64 TiB",
+            });
+        }
+        if self.has_parent() {
+            return Err(DiskError::NotSupportedFor {
+                path: self.path.clone(),
+                format: FORMAT,
+                operation: "resizing a delta disk (it must keep its parent's size; commit it first, or resize a standalone copy)",
+            });
+        }
+        if new_size == self.virtual_size {
+            return Ok(());
+        }
+        let mut lines = self.descriptor.extents.clone();
+        if lines.len() != self.extents.len() || lines.is_empty() {
+            return Err(DiskError::corrupt(
+                &self.path,
+                FORMAT,
+                0,
+                "extent description",
+                "the extent lines changed while the image was open",
+            ));
+        }
+        let create_type = self.descriptor.create_type().unwrap_or("").to_string();
+        let split_flat = create_type.eq_ignore_ascii_case("twoGbMaxExtentFlat");
+        // Pieces of a split disk keep the size its first piece has (qemu: 2 GiB, VMware and
+        // vmedia: 2 GiB - 1 MiB).
+        let piece_limit = if split_flat || create_type.eq_ignore_ascii_case("twoGbMaxExtentSparse")
+        {
+            lines[0].sectors.max(super::writer::SPLIT_EXTENT_SECTORS)
+        } else {
+            u64::MAX
+        };
+        let mut extra = (new_size - self.virtual_size) / SECTOR;
+        let last = lines.len() - 1;
+        let room = piece_limit.saturating_sub(lines[last].sectors);
+        let step = extra.min(room);
+        let grown_sectors = lines[last].sectors + step;
+        let last_extent = self.extents.len() - 1;
+        let e = &mut self.extents[last_extent];
+        if e.access != Access::ReadWrite {
+            return Err(DiskError::NotSupportedFor {
+                path: self.path.clone(),
+                format: FORMAT,
+                operation: "resizing an image whose last extent is not RW",
+            });
+        }
+        match &mut e.data {
+            EditData::Sparse(sparse) => sparse.grow(grown_sectors)?,
+            EditData::Flat { path, file, offset } => {
+                let need = *offset + grown_sectors * SECTOR;
+                let have = file
+                    .metadata()
+                    .map_err(|err| DiskError::io(path.as_path(), 0, err))?
+                    .len();
+                if have < need {
+                    file.set_len(need)
+                        .map_err(|err| DiskError::io(path.as_path(), need, err))?;
+                }
+            }
+            EditData::Zero => {}
+        }
+        e.len = grown_sectors * SECTOR;
+        lines[last].sectors = grown_sectors;
+        extra -= step;
+        if extra > 0 && !split_flat {
+            return Err(DiskError::NotSupportedFor {
+                path: self.path.clone(),
+                format: FORMAT,
+                operation: "growing a twoGbMaxExtentSparse disk past its last piece (convert it to monolithicSparse, or resize within the last piece)",
+            });
+        }
+        let mut index = lines.len();
+        while extra > 0 {
+            index += 1;
+            let sectors = extra.min(piece_limit);
+            let name = self.new_piece_name(index)?;
+            let piece = self.path.with_file_name(&name);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&piece)
+                .map_err(|source| DiskError::Open {
+                    path: piece.clone(),
+                    action: "create a new extent piece",
+                    source,
+                })?;
+            file.set_len(sectors * SECTOR)
+                .map_err(|err| DiskError::io(&piece, sectors * SECTOR, err))?;
+            lines.push(descriptor::ExtentLine {
+                access: Access::ReadWrite,
+                sectors,
+                kind: ExtentKind::Flat,
+                file_name: Some(name),
+                offset: 0,
+            });
+            extra -= sectors;
+        }
+        let total: u64 = lines.iter().map(|l| l.sectors).sum();
+        if self.descriptor.get("ddb.geometry.cylinders").is_some() {
+            let adapter = self.descriptor.get("ddb.adapterType").unwrap_or("ide");
+            let (cylinders, _, _) = super::writer::geometry(total, adapter);
+            self.updates
+                .push(("ddb.geometry.cylinders".into(), Some(cylinders.to_string())));
+        }
+        self.extent_lines = Some(lines);
+        self.virtual_size = new_size;
+        // Checked now so a descriptor that no longer fits fails before anything is committed.
+        self.new_text(&self.updates)?;
+        self.content_changed = true;
+        Ok(())
+    }
+
+    /// The file name of split piece `index` (`disk-f003.vmdk` next to `disk.vmdk`).
+    fn new_piece_name(&self, index: usize) -> Result<String> {
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "disk".into());
+        if index > 999 {
+            return Err(DiskError::Limit {
+                path: self.path.clone(),
+                offset: 0,
+                field: "extent pieces",
+                value: index as u64,
+                limit: 999,
+                why: "split pieces are numbered with three digits",
+            });
+        }
+        Ok(format!("{stem}-f{index:03}.vmdk"))
     }
 
     /// Descriptor updates giving the image a new content ID.
@@ -1086,6 +1371,35 @@ mod tests {
             .unwrap();
         assert_eq!(lines[ct + 1], "parentFileNameHint=\"p.vmdk\"");
         assert!(out.contains(&format!("ddb.longContentID = \"{}\"", "f".repeat(32))));
+    }
+
+    #[test]
+    fn extent_lines_are_replaced_in_place_and_new_ones_follow_the_last() {
+        let text = "# Disk DescriptorFile\nCID=1\n\n# Extent description\nRW 8 FLAT \"a-f001.vmdk\" 0\n\n# The Disk Data Base\nddb.adapterType = \"ide\"\n";
+        let lines = [
+            descriptor::ExtentLine {
+                access: Access::ReadWrite,
+                sectors: 16,
+                kind: ExtentKind::Flat,
+                file_name: Some("a-f001.vmdk".into()),
+                offset: 0,
+            },
+            descriptor::ExtentLine {
+                access: Access::ReadWrite,
+                sectors: 4,
+                kind: ExtentKind::Flat,
+                file_name: Some("a-f002.vmdk".into()),
+                offset: 0,
+            },
+        ];
+        let out = replace_extent_lines(text, &lines);
+        assert!(
+            out.contains("RW 16 FLAT \"a-f001.vmdk\" 0\nRW 4 FLAT \"a-f002.vmdk\" 0\n\n# The Disk"),
+            "{out}"
+        );
+        let d = Descriptor::parse(out.as_bytes()).unwrap();
+        assert_eq!(d.extents, lines);
+        assert_eq!(d.get("ddb.adapterType"), Some("ide"));
     }
 
     #[test]
@@ -1360,6 +1674,45 @@ mod editor_tests {
         assert!(data[2 * MIB as usize..2 * MIB as usize + GRAIN]
             .iter()
             .all(|b| *b == 0x44));
+    }
+
+    #[test]
+    fn grow_refuses_shrinking_partial_sectors_and_deltas() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), "a.vmdk", "monolithicSparse", None);
+        let mut e = VmdkEditor::open(&p).unwrap();
+        assert!(e
+            .grow(2 * MIB)
+            .unwrap_err()
+            .to_string()
+            .contains("shrinking"));
+        assert!(matches!(
+            e.grow(8 * MIB + 1).unwrap_err(),
+            DiskError::InvalidOption { .. }
+        ));
+        make(dir.path(), "base.vmdk", "monolithicSparse", None);
+        let child = make(dir.path(), "c.vmdk", "monolithicSparse", Some("base.vmdk"));
+        let mut e = VmdkEditor::open(&child).unwrap();
+        assert!(e.grow(8 * MIB).unwrap_err().to_string().contains("delta"));
+    }
+
+    #[test]
+    fn grown_sparse_disk_reads_old_data_and_zeros_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), "a.vmdk", "monolithicSparse", None);
+        let mut e = VmdkEditor::open(&p).unwrap();
+        e.grow(6 * MIB).unwrap();
+        Box::new(e).finish().unwrap();
+        let data = read_all(&p);
+        assert_eq!(data.len() as u64, 6 * MIB);
+        assert!(data[..GRAIN].iter().all(|b| *b == 0x11));
+        assert!(data[GRAIN..].iter().all(|b| *b == 0));
+        let mut e: Box<dyn InPlaceEditor> = Box::new(VmdkEditor::open(&p).unwrap());
+        e.write_cluster(6 * MIB - GRAIN as u64, &vec![0x66u8; GRAIN])
+            .unwrap();
+        e.finish().unwrap();
+        let data = read_all(&p);
+        assert!(data[data.len() - GRAIN..].iter().all(|b| *b == 0x66));
     }
 
     #[test]

@@ -367,9 +367,18 @@ impl VmdkImage {
         if opts.skip_backing {
             return Ok(());
         }
-        self.parent = Some(crate::reference::open_reference_with(
-            &self.path, &hint, opts, open,
-        )?);
+        // VMware and qemu follow only VMDK parents; a delta whose parent was converted to
+        // another format (qcow2, VHD, raw) is still read here, the parent's format probed, so
+        // its data can be recovered with convert. Without the factory's opener (a VMDK opened
+        // directly), the parent must be a VMDK.
+        let parent = match opts.opener {
+            Some(_) => crate::reference::open_reference(&self.path, &hint, None, opts)?,
+            None => crate::reference::open_reference_with(&self.path, &hint, opts, open)?,
+        };
+        if let Some(r) = self.parent_ref.as_mut() {
+            r.format = Some(parent.format());
+        }
+        self.parent = Some(parent);
         Ok(())
     }
 

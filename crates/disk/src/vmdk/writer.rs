@@ -159,8 +159,7 @@ impl Plan {
         let mut parent_image: Option<Arc<dyn DiskImage>> = None;
         let parent = match &opts.backing {
             None => None,
-            Some((name, format)) => {
-                crate::image::require_parent_format(*format, Format::Vmdk)?;
+            Some((given_name, format)) => {
                 if subformat != Subformat::MonolithicSparse
                     && subformat != Subformat::TwoGbMaxExtentSparse
                 {
@@ -170,6 +169,17 @@ impl Plan {
                         operation: "a parent disk with a flat or stream subformat",
                     });
                 }
+                let name = &match format {
+                    None | Some(Format::Vmdk) => given_name.clone(),
+                    Some(Format::Raw) => wrap_raw_parent(path, given_name, opts.overwrite)?,
+                    Some(other) => {
+                        return Err(DiskError::InvalidOption {
+                            key: "backing_fmt".into(),
+                            value: other.qemu_name().into(),
+                            reason: "a VMDK delta disk can only name a VMDK parent: VMware links deltas by the parent's CID, qemu-img create refuses any other parent (\"backing_file must be a vmdk image\") and qemu refuses reads through one; make the overlay a qcow2 (-f qcow2), or convert the parent to VMDK first (a raw parent, -F raw, is wrapped in a flat VMDK descriptor)".into(),
+                        })
+                    }
+                };
                 let parent_path = crate::reference::resolve_reference(path, name);
                 // The user named the parent: follow its chain wherever it is.
                 let parent_opts = OpenOptions {
@@ -263,6 +273,24 @@ fn create_file(path: &Path, policy: OverwritePolicy) -> Result<AtomicFile> {
         action: "create",
         source,
     })
+}
+
+/// A raw parent of a new delta disk: VMware and qemu follow only VMDK parents, so the raw
+/// file is wrapped in a descriptor-only monolithicFlat VMDK next to the delta
+/// (`delta-parent.vmdk`, nothing copied), which the delta then names. Returns the wrapper's
+/// name. The raw file is found beneath the delta's folder, as every reference.
+fn wrap_raw_parent(path: &Path, name: &str, overwrite: OverwritePolicy) -> Result<String> {
+    let raw = crate::reference::resolve_reference(path, name);
+    let (wrapper, wrapper_name) = sibling(path, "-parent");
+    wrap_flat(
+        &raw,
+        &wrapper,
+        &WrapOptions {
+            overwrite,
+            ..WrapOptions::default()
+        },
+    )?;
+    Ok(wrapper_name)
 }
 
 /// "dir/disk.vmdk" + "-flat" -> "dir/disk-flat.vmdk".
