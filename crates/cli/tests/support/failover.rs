@@ -39,6 +39,9 @@ pub struct Logged {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     lines: mpsc::Receiver<String>,
+    /// SIGTERM first on drop (keepalived: its children stop with it); false for processes
+    /// that fork nothing and whose graceful drain would only wait on the cut-off clients.
+    terminate_first: bool,
 }
 
 impl Logged {
@@ -72,7 +75,14 @@ impl Logged {
             child: Some(child),
             log,
             lines,
+            terminate_first: true,
         }
+    }
+
+    /// Drop sends SIGKILL at once instead of SIGTERM first.
+    pub fn killed_on_drop(mut self) -> Logged {
+        self.terminate_first = false;
+        self
     }
 
     pub fn log(&self) -> String {
@@ -123,6 +133,11 @@ impl Logged {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        if !self.terminate_first {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
         // SAFETY: kill(2) on the pid of a child we have not reaped yet.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -191,7 +206,7 @@ pub fn start_site_daemon(
         .arg("--state")
         .arg(state)
         .args(["--cache-size", "128M"]);
-    let daemon = Logged::spawn(&format!("vmedia serve in {}", ns.name), cmd);
+    let daemon = Logged::spawn(&format!("vmedia serve in {}", ns.name), cmd).killed_on_drop();
     daemon.wait_line("listening for nbd on", Duration::from_secs(60));
     daemon
 }
