@@ -21,6 +21,8 @@ PACKAGES=(
   python3-venv restic borgbackup rsync
   # vmedia serve's clients and peers: QEMU's curl block driver (a module), promtool, NBD tools
   qemu-block-extra prometheus nbdkit libnbd-bin python3-libnbd
+  # the failover proof: VRRP moves a virtual address between two vmedia serve sites
+  keepalived
   # the packaging test reads the installed man pages
   man-db
   # the web console's browser tests: headless Chromium driven by Selenium

@@ -15,10 +15,12 @@ pub const DEFAULT_LOG_FILTER: &str = "warn,vmedia=info,vmedia_server=info";
 #[derive(clap::Args)]
 #[command(
     about = "Serve library images over HTTP(S) and NBD from one shared cache",
-    after_help = "Examples:\n  vmedia serve --library /srv/library --http-port 8080\n  vmedia serve --config /etc/vmedia/serve.toml\n  vmedia serve --netboot /etc/vmedia/netboot.toml\n  vmedia serve --https-port 8443 --replicate-to https://site-b:8443 --peer-token \"$T\" --peer-ca-cert b.pem\n  qemu-img info nbd://localhost:10809/debian@2\n  curl -r 0-2047 http://localhost:8080/images/debian@sha256:1f2e3d4c\n\n\
+    after_help = "Examples:\n  vmedia serve --library /srv/library --http-port 8080\n  vmedia serve --config /etc/vmedia/serve.toml\n  vmedia serve --netboot /etc/vmedia/netboot.toml\n  vmedia serve --https-port 8443 --replicate-to https://site-b:8443 --peer-token \"$T\" --peer-ca-cert b.pem\n  vmedia serve --health http://127.0.0.1:8080/health   # keepalived's vrrp_script\n  qemu-img info nbd://localhost:10809/debian@2\n  curl -r 0-2047 http://localhost:8080/images/debian@sha256:1f2e3d4c\n\n\
 A port of 0 turns that listener off. --config reads a TOML file with the same keys as the\n\
 flags (http-port = 8080, cache-size = \"1G\", preload = [\"debian\"]); flags win over it.\n\
-SIGTERM or SIGINT stops accepting, lets responses in progress finish, and exits 0."
+SIGTERM or SIGINT stops accepting, lets responses in progress finish, and exits 0.\n\
+--health URL serves nothing: it asks a running daemon's /health and exits 0 when it is\n\
+healthy, 1 when it is not, does not answer within --health-timeout, or is not a vmedia daemon."
 )]
 pub struct Args {
     /// Address to listen on [default: 0.0.0.0]
@@ -78,9 +80,47 @@ pub struct Args {
     replicate_interval: Option<String>,
     #[command(flatten)]
     peer: crate::library::sync::PeerArgs,
+    /// Serve nothing: check the daemon whose health URL this is (e.g.
+    /// http://127.0.0.1:8080/health) and exit 0 healthy, 1 not (for keepalived's vrrp_script)
+    #[arg(long, value_name = "URL")]
+    health: Option<String>,
+    /// How long --health waits for the whole answer [default: 3s]
+    #[arg(long = "health-timeout", value_name = "DURATION", requires = "health")]
+    health_timeout: Option<String>,
+}
+
+/// `--health URL`: one probe, its verdict as the exit code (0 healthy, 1 not).
+fn check_health(url: &str, timeout: Option<&str>) -> Result<ExitCode> {
+    let timeout = match timeout {
+        Some(text) => vmedia_server::config::parse_duration("health-timeout", text)?,
+        None => vmedia_server::health::PROBE_TIMEOUT,
+    };
+    match vmedia_server::health::probe(url, timeout) {
+        Ok(report) if report.healthy => {
+            let checks: Vec<String> = report
+                .checks
+                .iter()
+                .map(|c| format!("{} ok ({})", c.name, c.detail))
+                .collect();
+            println!("healthy: {}", checks.join("; "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(report) => {
+            let reason = report.reason.unwrap_or_else(|| "no reason given".into());
+            eprintln!("vmedia serve --health: unhealthy: {reason}");
+            Ok(ExitCode::from(1))
+        }
+        Err(error) => {
+            eprintln!("vmedia serve --health: unhealthy: {error}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    if let Some(url) = &args.health {
+        return check_health(url, args.health_timeout.as_deref());
+    }
     let file = match &args.config {
         Some(path) => Settings::load(path)?,
         None => Settings::default(),

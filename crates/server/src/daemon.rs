@@ -174,11 +174,13 @@ impl Server {
             )
             .map_err(|e| state_error("media signing key")(&e))?,
         );
+        let health = Arc::new(crate::health::Health::new(Arc::clone(&exports)));
         let state = Arc::new(AppState {
             exports: Arc::clone(&exports),
             observer: Arc::clone(&observer),
             metrics: Arc::clone(&metrics),
             gate: Arc::clone(&gate),
+            health: Arc::clone(&health),
         });
         let app = http::router(Arc::clone(&state), Some(clones_router.clone()));
         // HTTPS: images and metrics as on HTTP, and the API (with the clone API and preload)
@@ -265,26 +267,34 @@ impl Server {
                     .media_base
                     .set(format!("http://{}", SocketAddr::new(host, addr.port())));
             }
-            tasks.push(tokio::spawn(http::serve_http(
+            let task = tokio::spawn(http::serve_http(
                 listener,
                 None,
                 app.clone(),
                 Arc::clone(&observer),
                 shutdown_rx.clone(),
-            )));
+            ));
+            if let Some(addr) = http_addr {
+                health.watch_listener("http", addr, task.abort_handle());
+            }
+            tasks.push(task);
         }
         let mut https_addr = None;
         if let (Some(config), true) = (&tls_config, options.https_port != 0) {
             let listener =
                 bind("HTTPS", SocketAddr::new(options.listen, options.https_port)).await?;
             https_addr = listener.local_addr().ok();
-            tasks.push(tokio::spawn(http::serve_http(
+            let task = tokio::spawn(http::serve_http(
                 listener,
                 Some(tls::http_acceptor(config)),
                 https_router.clone(),
                 Arc::clone(&observer),
                 shutdown_rx.clone(),
-            )));
+            ));
+            if let Some(addr) = https_addr {
+                health.watch_listener("https", addr, task.abort_handle());
+            }
+            tasks.push(task);
         }
         let mut nbd_addr = None;
         if options.nbd_port != 0 {
@@ -299,7 +309,11 @@ impl Server {
                 tls: tls_config.as_ref().map(tls::plain_acceptor),
                 limits: NbdLimits::default(),
             };
-            tasks.push(tokio::spawn(serve_nbd(listener, ctx, shutdown_rx.clone())));
+            let task = tokio::spawn(serve_nbd(listener, ctx, shutdown_rx.clone()));
+            if let Some(addr) = nbd_addr {
+                health.watch_listener("nbd", addr, task.abort_handle());
+            }
+            tasks.push(task);
         }
         let netboot = match &options.netboot {
             Some(config) => Some(

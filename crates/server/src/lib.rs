@@ -16,6 +16,7 @@ pub mod console;
 pub mod daemon;
 pub mod export;
 pub mod exports;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod nbd;

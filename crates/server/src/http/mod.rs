@@ -52,6 +52,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Who may read restricted items on `/images/` without credentials (`gate.rs`).
     pub gate: Arc<gate::MediaGate>,
+    /// What `/health` checks (the store, the listeners).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// The peer of a request, put in its extensions by the connection loop.
@@ -74,11 +76,13 @@ pub fn router(state: Arc<AppState>, clones: Option<Router>) -> Router {
     }
 }
 
-/// Images, files, disks and `/metrics`: what every listener serves without credentials.
+/// Images, files, disks, `/metrics` and `/health`: what every listener serves without
+/// credentials.
 pub fn public_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/images/{*path}", get(images::public_image))
         .route("/metrics", get(metrics))
+        .route("/health", get(health))
         .with_state(state)
 }
 
@@ -92,6 +96,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// `/health` (crates/server/src/health.rs): unauthenticated, so a failover manager needs no
+/// credentials; it reveals only whether the store and listeners work.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    crate::health::endpoint(State(Arc::clone(&state.health))).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
