@@ -1,7 +1,9 @@
 //! ISO 9660 + UDF bridge images (`iso create --udf`, `mkisofs -udf`) checked by the peers:
 //! udfinfo (udftools) accepts them, 7z and bsdtar list and extract them as the source tree,
-//! a 5 GiB sparse file reads back identically; vmedia reads genisoimage -udf and mkudffs
-//! images; hostile UDF gives clean errors. One fixture (tree and images) for every case.
+//! a 5 GiB sparse file reads back identically; the Linux kernel's own UDF driver (a QEMU guest,
+//! one boot) mounts a 1.02 and a 2.01 image and reads every file as the host has it; vmedia
+//! reads genisoimage -udf and mkudffs images; hostile UDF gives clean errors. One fixture (tree
+//! and images) for every case.
 
 mod support;
 
@@ -29,6 +31,8 @@ struct Fixture {
     image: PathBuf,
     /// `iso create --udf` of the small tree only (the peers extract it whole).
     small: PathBuf,
+    /// `mkisofs -udf-revision 2.01` of the small tree only.
+    v201: PathBuf,
 }
 
 fn big_block(at: u64) -> Vec<u8> {
@@ -72,6 +76,13 @@ fn fixture() -> &'static Fixture {
                 .arg(&small)
                 .args(["--udf", "-V", "WIN_UDF", "--date", "2024-01-02T03:04:05Z"]),
         );
+        let v201 = dir.path().join("v201.iso");
+        run_ok(
+            vmedia()
+                .args(["mkisofs", "-udf-revision", "2.01", "-V", "REV201", "-o"])
+                .arg(&v201)
+                .arg(&tree),
+        );
         let big = File::create(tree.join("sources/big.bin")).unwrap();
         big.set_len(BIG).unwrap();
         for at in BIG_DATA {
@@ -93,6 +104,7 @@ fn fixture() -> &'static Fixture {
             tree,
             image,
             small,
+            v201,
         }
     })
 }
@@ -133,21 +145,14 @@ fn udfinfo_accepts_the_bridge_and_reports_label_and_revision() {
         assert!(text.contains(&format!("udfrev={rev}")), "{text}");
     }
     // 2.01 on request, through the mkisofs spelling too.
-    let dir = tempfile::tempdir().unwrap();
-    let v201 = dir.path().join("v201.iso");
-    run_ok(
-        vmedia()
-            .args(["mkisofs", "-udf-revision", "2.01", "-V", "REV201", "-o"])
-            .arg(&v201)
-            .arg(f.tree.join("boot")),
-    );
-    let out = run_ok(Command::new(&udfinfo).arg(&v201));
+    let v201 = &f.v201;
+    let out = run_ok(Command::new(&udfinfo).arg(v201));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("udfrev=2.01") && text.contains("label=REV201"),
         "{text}"
     );
-    let image = open(&v201, NameSpace::Auto);
+    let image = open(v201, NameSpace::Auto);
     assert_eq!(image.namespace(), NameSpace::Udf);
     assert_eq!(
         image.volume().udf.as_ref().unwrap().revision.as_deref(),
@@ -458,4 +463,163 @@ fn hostile_udf_gives_clean_errors() {
         b[last..].fill(0);
     });
     assert!(e.contains("anchor"), "{e}");
+}
+
+/// Kernel modules the guest loads, in an order that satisfies their dependencies once
+/// `modprobe --show-depends` has expanded each: the virtio disk and the UDF file system.
+const GUEST_MODULES: [&str; 3] = ["virtio_pci", "virtio_blk", "udf"];
+/// Printed by the guest once it has tried both drives.
+const UDF_PROOF_DONE: &str = "VMEDIA-UDF-PROOF-DONE";
+/// A TCG boot of the Debian kernel takes 5-20 s; the listing and hashing a few seconds more.
+const KERNEL_PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// A busybox initramfs (its own, not the payload's) whose /init loads `GUEST_MODULES`, mounts
+/// /dev/vda and /dev/vdb with the kernel's UDF driver (`-t udf -o ro`), lists each and hashes
+/// every file, then prints `UDF_PROOF_DONE`.
+fn udf_guest_initrd(dir: &Path) -> PathBuf {
+    let release = fs::read_dir("/lib/modules")
+        .expect("no /lib/modules: install linux-image-amd64 (scripts/setup.sh)")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("modules.dep").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+        .expect("no /lib/modules/<release>: install linux-image-amd64");
+    let root = dir.join("initramfs");
+    for sub in ["bin", "proc", "sys", "dev", "mnt", "mods"] {
+        fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    fs::copy(require_tool("busybox"), root.join("bin/busybox")).unwrap();
+    let mut ordered: Vec<String> = Vec::new();
+    for module in GUEST_MODULES {
+        let out = run_ok(Command::new(require_tool("modprobe")).args([
+            "-S",
+            &release,
+            "--show-depends",
+            module,
+        ]));
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // Built-in modules show as "builtin NAME": nothing to load.
+            if let Some(path) = line.strip_prefix("insmod ") {
+                let path = path.split_whitespace().next().unwrap().to_string();
+                if !ordered.contains(&path) {
+                    ordered.push(path);
+                }
+            }
+        }
+    }
+    assert!(
+        ordered.iter().any(|m| m.contains("/fs/udf/")),
+        "the kernel has no udf module: {ordered:?}"
+    );
+    for (index, module) in ordered.iter().enumerate() {
+        let name = Path::new(module).file_name().unwrap().to_string_lossy();
+        fs::copy(module, root.join(format!("mods/{index:02}-{name}"))).unwrap();
+    }
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sys /sys\n\
+         mount -t devtmpfs dev /dev\n\
+         echo\n\
+         for m in /mods/*.ko; do insmod $m || echo \"INSMOD-FAILED $m\"; done\n\
+         i=0\n\
+         while [ ! -e /dev/vdb ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+         for d in vda vdb; do\n\
+         \x20 mkdir -p /mnt/$d\n\
+         \x20 if mount -t udf -o ro /dev/$d /mnt/$d; then\n\
+         \x20   echo \"UDF-MOUNTED $d $(grep \"/dev/$d \" /proc/mounts)\"\n\
+         \x20   cd /mnt/$d\n\
+         \x20   find . | sed \"s|^|UDF-LS $d |\"\n\
+         \x20   find . -type f -exec sha256sum {{}} \\; | sed \"s|^|UDF-SUM $d |\"\n\
+         \x20   cd /\n\
+         \x20 else\n\
+         \x20   echo \"UDF-MOUNT-FAILED $d\"\n\
+         \x20 fi\n\
+         done\n\
+         dmesg | grep -i udf | sed 's|^|DMESG |'\n\
+         echo {UDF_PROOF_DONE}\n\
+         poweroff -f\n"
+    );
+    fs::write(root.join("init"), init).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("cd initramfs && find . | cpio -o -H newc --quiet | gzip -1 > ../udf-initrd.gz")
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "building the initramfs failed (need cpio and gzip)"
+    );
+    dir.join("udf-initrd.gz")
+}
+
+#[test]
+fn linux_udf_driver_mounts_both_revisions_and_reads_every_file() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = udf_guest_initrd(dir.path());
+    let kernel = support::payload().kernel;
+    let drive = |image: &Path| format!("file={},format=raw,if=virtio,readonly=on", image.display());
+    let args = [
+        "-kernel".to_string(),
+        kernel.display().to_string(),
+        "-initrd".to_string(),
+        initrd.display().to_string(),
+        "-append".to_string(),
+        "console=ttyS0 quiet".to_string(),
+        "-drive".to_string(),
+        drive(&f.small),
+        "-drive".to_string(),
+        drive(&f.v201),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = support::qemu_boot(
+        support::Firmware::Bios,
+        &args,
+        &format!("\n{UDF_PROOF_DONE}"),
+        KERNEL_PROOF_TIMEOUT,
+    );
+    // Firmware and kernel write terminal escapes without a newline: a guest line may follow
+    // one on the same console line, so each line is taken from its "UDF-" tag on.
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .map(|l| l.find("UDF-").map_or(l, |at| &l[at..]))
+        .collect();
+    let expected = tree_paths(&f.tree);
+    for (drive, image, revision) in [("vda", &f.small, "1.02"), ("vdb", &f.v201, "2.01")] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!(
+                "UDF-MOUNTED {drive} /dev/{drive} /mnt/{drive} udf ro"
+            ))),
+            "the kernel did not mount the UDF {revision} image {}:\n{log}",
+            image.display()
+        );
+        let listed: BTreeSet<String> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("UDF-LS {drive} ./")))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "UDF {revision}: the kernel lists another tree"
+        );
+        let sums: BTreeSet<(String, String)> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("UDF-SUM {drive} ")))
+            .filter_map(|l| l.split_once("  ./"))
+            .map(|(sum, path)| (path.to_string(), sum.to_string()))
+            .collect();
+        let want: BTreeSet<(String, String)> = expected
+            .iter()
+            .filter(|p| f.tree.join(p).is_file())
+            .map(|p| (p.clone(), support::sha256_file(&f.tree.join(p))))
+            .collect();
+        assert!(want.len() >= 10);
+        assert_eq!(sums, want, "UDF {revision}: the kernel read other bytes");
+    }
 }

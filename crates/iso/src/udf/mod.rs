@@ -51,26 +51,32 @@ pub(crate) mod fid_flag {
 /// CRC-ITU-T (polynomial 0x1021, initial value 0, not reflected): the descriptor CRC of
 /// ECMA-167 1/7.2.6.
 pub fn crc_itu_t(bytes: &[u8]) -> u16 {
-    static TABLE: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u16; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = (i as u16) << 8;
-            for _ in 0..8 {
-                c = if c & 0x8000 != 0 {
-                    (c << 1) ^ 0x1021
-                } else {
-                    c << 1
-                };
-            }
-            *slot = c;
-        }
-        t
-    });
     bytes.iter().fold(0u16, |crc, &b| {
-        (crc << 8) ^ table[usize::from(((crc >> 8) as u8) ^ b)]
+        (crc << 8) ^ CRC_TABLE[usize::from(((crc >> 8) as u8) ^ b)]
     })
 }
+
+/// The byte-at-a-time table of `crc_itu_t`, built at compile time (every descriptor of an
+/// image is checksummed: one per file when writing).
+const CRC_TABLE: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 0x8000 != 0 {
+                (c << 1) ^ 0x1021
+            } else {
+                c << 1
+            };
+            bit += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
 
 /// The tag checksum: the sum of bytes 0..=3 and 5..=15, modulo 256.
 pub(crate) fn tag_checksum(tag: &[u8]) -> u8 {

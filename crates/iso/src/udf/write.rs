@@ -17,6 +17,7 @@ use super::{
 use crate::spec::UdfRevision;
 use crate::write::tree::{NodeId, NodeKind, Tree, ROOT};
 use crate::write::WriteError;
+use rayon::prelude::*;
 
 /// First sector of the main volume descriptor sequence (after the ISO descriptors and the
 /// volume recognition sequence, which end before sector 32 without a partition offset).
@@ -352,18 +353,29 @@ impl UdfPlan {
         put(super::ANCHOR_LBA, &self.anchor(super::ANCHOR_LBA));
     }
 
-    /// The partition's metadata blocks (`meta_blocks` sectors): file set descriptor,
-    /// terminator, file entries, identifier lists. `data_lba` and `catalog_lba` are absolute.
+    /// Renders the partition's metadata blocks (`meta_blocks` sectors) into `out`, which
+    /// holds exactly those sectors and reads as zeros: file set descriptor, terminator, file
+    /// entries, identifier lists. `data_lba` and `catalog_lba` are absolute.
+    ///
+    /// Each descriptor is written in place (a small-file tree has one file entry sector per
+    /// file, tens of megabytes for a DVD's worth of files): no buffer per descriptor and no
+    /// copy of the whole area, and the file entries and folders are split over both cores.
     pub(crate) fn render_partition(
         &self,
         tree: &Tree,
         data: &[(u64, u32)],
         catalog_lba: Option<u32>,
         now: i64,
-    ) -> Result<Vec<u8>, WriteError> {
-        let mut out = vec![0u8; self.meta_blocks as usize * BLOCK];
+        out: &mut [u8],
+    ) -> Result<(), WriteError> {
+        let node_blocks = 2 + self.nodes.len();
+        if out.len() != self.meta_blocks as usize * BLOCK || node_blocks * BLOCK > out.len() {
+            return Err(too_large());
+        }
+        let (head, rest) = out.split_at_mut(node_blocks * BLOCK);
+        let (fixed, entries) = head.split_at_mut(2 * BLOCK);
         // File set descriptor.
-        let mut d = vec![0u8; 512];
+        let d = &mut fixed[..512];
         d[16..28].copy_from_slice(&timestamp(now));
         d[28..30].copy_from_slice(&3u16.to_le_bytes());
         d[30..32].copy_from_slice(&3u16.to_le_bytes());
@@ -375,40 +387,60 @@ impl UdfPlan {
         d[304..336].copy_from_slice(&dstring(&self.label, 32));
         d[400..416].copy_from_slice(&long_ad(BLOCK as u32, 2, 0));
         d[416..448].copy_from_slice(&self.domain());
-        self.tag(&mut d, tag_id::FILE_SET, 0);
-        out[..512].copy_from_slice(&d);
-        let mut t = vec![0u8; 512];
-        self.tag(&mut t, tag_id::TERMINATING, 1);
-        out[BLOCK..BLOCK + 512].copy_from_slice(&t);
+        self.tag(d, tag_id::FILE_SET, 0);
+        self.tag(&mut fixed[BLOCK..BLOCK + 512], tag_id::TERMINATING, 1);
 
-        for (i, n) in self.nodes.iter().enumerate() {
-            let block = 2 + i as u32;
-            let (ftype, size, start) = match n.what {
-                What::Dir => (file_type::DIRECTORY, n.dir_bytes, n.dir_block),
-                What::Data(d) => {
-                    let (size, lba) = data[d];
-                    (
+        entries
+            .par_chunks_mut(BLOCK)
+            .enumerate()
+            .try_for_each(|(i, sector)| {
+                let n = &self.nodes[i];
+                let (ftype, size, start) = match n.what {
+                    What::Dir => (file_type::DIRECTORY, n.dir_bytes, n.dir_block),
+                    What::Data(d) => {
+                        let (size, lba) = data[d];
+                        (
+                            file_type::REGULAR,
+                            size,
+                            lba.saturating_sub(PARTITION_START),
+                        )
+                    }
+                    What::Catalog => (
                         file_type::REGULAR,
-                        size,
-                        lba.saturating_sub(PARTITION_START),
-                    )
-                }
-                What::Catalog => (
-                    file_type::REGULAR,
-                    BLOCK as u64,
-                    catalog_lba.unwrap_or(0).saturating_sub(PARTITION_START),
-                ),
-            };
-            let fe = self.file_entry(tree, i, block, ftype, size, start)?;
-            let at = block as usize * BLOCK;
-            out[at..at + fe.len()].copy_from_slice(&fe);
-            if matches!(n.what, What::Dir) {
-                let fids = self.identifiers(i);
-                let at = n.dir_block as usize * BLOCK;
-                out[at..at + fids.len()].copy_from_slice(&fids);
+                        BLOCK as u64,
+                        catalog_lba.unwrap_or(0).saturating_sub(PARTITION_START),
+                    ),
+                };
+                self.file_entry(tree, i, sector, ftype, size, start)
+            })?;
+
+        // The identifier lists follow the file entries in node order: carve one slice per
+        // folder, then fill them in parallel.
+        let mut lists: Vec<(usize, &mut [u8])> = Vec::with_capacity(self.dirs as usize);
+        let mut rest = rest;
+        let mut next_block = node_blocks;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !matches!(n.what, What::Dir) {
+                continue;
             }
+            let skip = (n.dir_block as usize)
+                .checked_sub(next_block)
+                .ok_or_else(too_large)?
+                * BLOCK;
+            let blocks = n.dir_bytes.div_ceil(BLOCK as u64) as usize;
+            let tail = std::mem::take(&mut rest);
+            if skip + blocks * BLOCK > tail.len() {
+                return Err(too_large());
+            }
+            let (mine, tail) = tail[skip..].split_at_mut(blocks * BLOCK);
+            lists.push((i, mine));
+            rest = tail;
+            next_block = n.dir_block as usize + blocks;
         }
-        Ok(out)
+        lists
+            .into_par_iter()
+            .for_each(|(i, list)| self.identifiers(i, list));
+        Ok(())
     }
 
     fn unique_id(i: usize) -> u64 {
@@ -419,13 +451,14 @@ impl UdfPlan {
         }
     }
 
-    /// The folder's identifier list: the parent entry, then one per child.
-    fn identifiers(&self, i: usize) -> Vec<u8> {
+    /// Writes the folder's identifier list into `out` (its sectors, zeroed): the parent
+    /// entry, then one per child.
+    fn identifiers(&self, i: usize, out: &mut [u8]) {
         let n = &self.nodes[i];
-        let mut out = Vec::with_capacity(n.dir_bytes as usize);
-        let push = |out: &mut Vec<u8>, target: usize, flags: u8, name: &[u8]| {
+        let mut pos = 0usize;
+        let mut push = |target: usize, flags: u8, name: &[u8]| {
             let len = fid_len(name.len()) as usize;
-            let mut f = vec![0u8; len];
+            let f = &mut out[pos..pos + len];
             f[16..18].copy_from_slice(&1u16.to_le_bytes());
             f[18] = flags;
             f[19] = name.len() as u8;
@@ -434,36 +467,33 @@ impl UdfPlan {
             icb[12..16].copy_from_slice(&(Self::unique_id(target) as u32).to_le_bytes());
             f[20..36].copy_from_slice(&icb);
             f[38..38 + name.len()].copy_from_slice(name);
-            let block = n.dir_block + (out.len() / BLOCK) as u32;
-            self.tag(&mut f, tag_id::FILE_IDENTIFIER, block);
-            out.extend_from_slice(&f);
+            let block = n.dir_block + (pos / BLOCK) as u32;
+            self.tag(f, tag_id::FILE_IDENTIFIER, block);
+            pos += len;
         };
-        push(
-            &mut out,
-            n.parent,
-            fid_flag::DIRECTORY | fid_flag::PARENT,
-            &[],
-        );
+        push(n.parent, fid_flag::DIRECTORY | fid_flag::PARENT, &[]);
         for (c, name) in &n.children {
             let flags = if matches!(self.nodes[*c].what, What::Dir) {
                 fid_flag::DIRECTORY
             } else {
                 0
             };
-            push(&mut out, *c, flags, name);
+            push(*c, flags, name);
         }
-        out
     }
 
+    /// Writes node `i`'s file entry into `sector` (its one zeroed block at partition block
+    /// `block`).
     fn file_entry(
         &self,
         tree: &Tree,
         i: usize,
-        block: u32,
+        sector: &mut [u8],
         ftype: u8,
         size: u64,
         start: u32,
-    ) -> Result<Vec<u8>, WriteError> {
+    ) -> Result<(), WriteError> {
+        let block = 2 + i as u32;
         let n = &self.nodes[i];
         let node = &tree.nodes[n.node];
         let extents = size.div_ceil(EXTENT_BYTES) as usize;
@@ -476,7 +506,7 @@ impl UdfPlan {
                 ),
             });
         }
-        let mut fe = vec![0u8; FE_HEADER + extents * SHORT_AD];
+        let fe = &mut sector[..FE_HEADER + extents * SHORT_AD];
         // ICB tag: strategy 4, one entry, short allocation descriptors.
         fe[20..22].copy_from_slice(&4u16.to_le_bytes());
         fe[24..26].copy_from_slice(&1u16.to_le_bytes());
@@ -501,9 +531,12 @@ impl UdfPlan {
         fe[48..50].copy_from_slice(&(links.min(usize::from(u16::MAX)) as u16).to_le_bytes());
         fe[56..64].copy_from_slice(&size.to_le_bytes());
         fe[64..72].copy_from_slice(&size.div_ceil(BLOCK as u64).to_le_bytes());
-        fe[72..84].copy_from_slice(&timestamp(meta.atime));
-        fe[84..96].copy_from_slice(&timestamp(meta.mtime));
-        fe[96..108].copy_from_slice(&timestamp(meta.ctime));
+        // The three times are usually equal (a copied tree, or --date): convert once.
+        let mtime = timestamp(meta.mtime);
+        let convert = |t: i64| if t == meta.mtime { mtime } else { timestamp(t) };
+        fe[72..84].copy_from_slice(&convert(meta.atime));
+        fe[84..96].copy_from_slice(&mtime);
+        fe[96..108].copy_from_slice(&convert(meta.ctime));
         fe[108..112].copy_from_slice(&1u32.to_le_bytes());
         fe[128..160].copy_from_slice(&Self::implementation());
         fe[160..168].copy_from_slice(&Self::unique_id(i).to_le_bytes());
@@ -518,8 +551,8 @@ impl UdfPlan {
             left -= len;
             at += (len / BLOCK as u64) as u32;
         }
-        self.tag(&mut fe, tag_id::FILE_ENTRY, block);
-        Ok(fe)
+        self.tag(fe, tag_id::FILE_ENTRY, block);
+        Ok(())
     }
 }
 

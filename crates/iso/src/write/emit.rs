@@ -283,9 +283,15 @@ impl Plan {
                 .zip(&self.data_lba)
                 .map(|(d, &lba)| (d.size, lba))
                 .collect();
-            let part = udf.render_partition(&self.tree, &data, self.catalog_lba, self.now)?;
             let o = crate::udf::write::PARTITION_START as usize * sector;
-            buf[o..o + part.len()].copy_from_slice(&part);
+            let len = udf.meta_blocks() as usize * sector;
+            udf.render_partition(
+                &self.tree,
+                &data,
+                self.catalog_lba,
+                self.now,
+                &mut buf[o..o + len],
+            )?;
         }
         Ok(buf)
     }
