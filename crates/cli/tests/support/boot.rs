@@ -177,7 +177,7 @@ pub fn live_iso_finding_its_medium() -> PathBuf {
         fs::write(tree.join("boot/initrd.gz"), joined).unwrap();
         write(
             &tree.join("isolinux/isolinux.cfg"),
-            "default live\nprompt 0\ntimeout 0\nlabel live\n kernel /boot/vmlinuz\n append initrd=/boot/initrd.gz console=ttyS0 quiet no_timer_check vmedia.from=direct\n",
+            "default live\nprompt 0\ntimeout 0\nlabel live\n kernel /boot/vmlinuz\n append initrd=/boot/initrd.gz console=ttyS0 quiet vmedia.from=direct\n",
         );
         run_ok(
             Command::new(require_tool("xorriso"))
