@@ -728,29 +728,9 @@ fn run_add(a: AddArgs) -> Result<ExitCode> {
         return remote::add(&client, a);
     }
     let library = open_library()?;
-    let sign_key_pem = a
-        .sign_key
-        .as_deref()
-        .map(|p| read_text_file(p, "signing key"))
-        .transpose()?;
-    let now = a.now.as_deref().map(parse_time).transpose()?;
-    let options = AddOptions {
-        note: a.note.clone(),
-        labels: a.labels.clone(),
-        sign_key_pem,
-        flatten: a.flatten,
-        now,
-    };
     let (source, length) = add_source(&a.source)?;
-    let bar = Bar::bytes(a.json.json);
-    if let Some(length) = length {
-        vmedia_io::Progress::set_total(&bar, length);
-    }
-    let report = library
-        .add(&a.name, source, &options, &bar)
-        .with_context(|| format!("cannot add {} as {}", a.source, a.name));
-    bar.finish();
-    print_added(a.json, &report?)
+    let report = add_with_progress(&library, &a, source, length)?;
+    print_added(a.json, &report)
 }
 
 /// `add NAME oci://...`: the registry image's disk, streamed into a local library.
@@ -759,6 +739,26 @@ fn run_add_oci(a: AddArgs) -> Result<ExitCode> {
         bail!("oci:// sources are pulled into a local library; run add where the library is");
     }
     let library = open_library()?;
+    let (source, length, pulled) = push::pull_source(&a.source, &a.oci)?;
+    let report = add_with_progress(&library, &a, source, length)?;
+    if a.json.json {
+        print_json(&vmedia_oci::PulledAdd {
+            added: report,
+            registry: pulled,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    push::print_pulled(&pulled);
+    print_added(a.json, &report)
+}
+
+/// The one local add: `a`'s options, a byte progress bar sized by `length` when known.
+fn add_with_progress(
+    library: &Library,
+    a: &AddArgs,
+    source: AddSource,
+    length: Option<u64>,
+) -> Result<vmedia_library::AddReport> {
     let sign_key_pem = a
         .sign_key
         .as_deref()
@@ -772,7 +772,6 @@ fn run_add_oci(a: AddArgs) -> Result<ExitCode> {
         flatten: a.flatten,
         now,
     };
-    let (source, length, pulled) = push::pull_source(&a.source, &a.oci)?;
     let bar = Bar::bytes(a.json.json);
     if let Some(length) = length {
         vmedia_io::Progress::set_total(&bar, length);
@@ -781,17 +780,7 @@ fn run_add_oci(a: AddArgs) -> Result<ExitCode> {
         .add(&a.name, source, &options, &bar)
         .with_context(|| format!("cannot add {} as {}", a.source, a.name));
     bar.finish();
-    let report = report?;
-    if a.json.json {
-        let mut value = serde_json::to_value(&report)?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("registry".into(), serde_json::to_value(&pulled)?);
-        }
-        print_json(&value)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    push::print_pulled(&pulled);
-    print_added(a.json, &report)
+    report
 }
 
 fn print_added(json: JsonArg, report: &vmedia_library::AddReport) -> Result<ExitCode> {

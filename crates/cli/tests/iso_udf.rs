@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use support::{require_tool, run_any, run_ok, vmedia};
+use support::{
+    module_closure, newest_module_release, pack_initramfs, require_tool, run_any, run_ok, vmedia,
+};
 use vmedia_iso::read::{IsoImage, NameSpace, OpenOptions};
 
 /// Size of the big sparse file: over 4 GiB, so its UDF entry needs six extents of
@@ -477,36 +479,14 @@ const KERNEL_PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// /dev/vda and /dev/vdb with the kernel's UDF driver (`-t udf -o ro`), lists each and hashes
 /// every file, then prints `UDF_PROOF_DONE`.
 fn udf_guest_initrd(dir: &Path) -> PathBuf {
-    let release = fs::read_dir("/lib/modules")
-        .expect("no /lib/modules: install linux-image-amd64 (scripts/setup.sh)")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("modules.dep").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .max()
-        .expect("no /lib/modules/<release>: install linux-image-amd64");
+    let release =
+        newest_module_release().expect("no /lib/modules/<release>: install linux-image-amd64");
     let root = dir.join("initramfs");
     for sub in ["bin", "proc", "sys", "dev", "mnt", "mods"] {
         fs::create_dir_all(root.join(sub)).unwrap();
     }
     fs::copy(require_tool("busybox"), root.join("bin/busybox")).unwrap();
-    let mut ordered: Vec<String> = Vec::new();
-    for module in GUEST_MODULES {
-        let out = run_ok(Command::new(require_tool("modprobe")).args([
-            "-S",
-            &release,
-            "--show-depends",
-            module,
-        ]));
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            // Built-in modules show as "builtin NAME": nothing to load.
-            if let Some(path) = line.strip_prefix("insmod ") {
-                let path = path.split_whitespace().next().unwrap().to_string();
-                if !ordered.contains(&path) {
-                    ordered.push(path);
-                }
-            }
-        }
-    }
+    let ordered = module_closure(&release, &GUEST_MODULES);
     assert!(
         ordered.iter().any(|m| m.contains("/fs/udf/")),
         "the kernel has no udf module: {ordered:?}"
@@ -541,19 +521,7 @@ fn udf_guest_initrd(dir: &Path) -> PathBuf {
          echo {UDF_PROOF_DONE}\n\
          poweroff -f\n"
     );
-    fs::write(root.join("init"), init).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("cd initramfs && find . | cpio -o -H newc --quiet | gzip -1 > ../udf-initrd.gz")
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "building the initramfs failed (need cpio and gzip)"
-    );
+    pack_initramfs(dir, "initramfs", Some(init.as_str()), "udf-initrd.gz");
     dir.join("udf-initrd.gz")
 }
 

@@ -22,7 +22,10 @@ use std::sync::Mutex;
 use boot_fixtures::{hybrid_iso, initrd_with_block_drivers};
 use serve_boot::{python_nbd, Daemon};
 use support::library::{add, library_json, Backend, TestLibrary};
-use support::{cached_fixture, payload, require_tool, run_any, run_ok, sha256_file, BOOT_MARKER};
+use support::{
+    cached_fixture, pack_initramfs, payload, require_tool, run_any, run_ok, sha256_file,
+    BOOT_MARKER,
+};
 
 /// TCG boots take 5-60 s here, more with several VMs on 2 cores; firmware adds some.
 const BOOT_TIMEOUT: &str = "240";
@@ -255,16 +258,7 @@ fn token_writing_initrd() -> PathBuf {
              dd if=/token of=/dev/vda bs=512 seek=$((sectors - {TOKEN_SECTORS_FROM_END})) conv=notrunc,sync,fsync 2>/dev/null && sync && echo \"{TOKEN_MARKER} $token\"\n\
              poweroff -f\n"
         );
-        fs::write(overlay.join("init"), init).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(overlay.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg("cd overlay && find . | cpio -o -H newc --quiet | gzip -1 > ../init.cpio.gz")
-            .current_dir(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the /init overlay failed");
+        pack_initramfs(dir, "overlay", Some(init.as_str()), "init.cpio.gz");
         // Linux unpacks concatenated archives in order: this /init replaces the earlier ones.
         let mut joined = fs::read(&modules).unwrap();
         joined.extend(fs::read(dir.join("init.cpio.gz")).unwrap());

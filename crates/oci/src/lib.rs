@@ -22,7 +22,7 @@ pub mod tar;
 
 pub use client::{Credentials, Registry, RegistryOptions};
 pub use error::{OciError, Result};
-pub use pull::{pull, PullReport, PulledDisk};
+pub use pull::{pull, PullReport, PulledAdd, PulledDisk};
 pub use push::{push, PushReport, PushSource};
 pub use reference::Reference;
 

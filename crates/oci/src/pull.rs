@@ -143,6 +143,15 @@ fn open_layer(registry: &Registry, layer: &Descriptor) -> Result<LayerReader> {
     Ok(LayerReader(decoder))
 }
 
+/// `library add NAME oci://...` as one document: what the add reported (the library's own
+/// report, generic so this crate needs no library) and what the pull found.
+#[derive(Debug, Clone, Serialize)]
+pub struct PulledAdd<A> {
+    #[serde(flatten)]
+    pub added: A,
+    pub registry: PullReport,
+}
+
 /// The disk of a pulled image, as a stream (see the module text for what it checks).
 pub struct PulledDisk {
     pub report: PullReport,

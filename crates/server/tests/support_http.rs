@@ -168,6 +168,37 @@ impl Reply {
     }
 }
 
+/// POSTs the JSON file `body` to `url` as `token`, for a body over the daemon's limit. The daemon
+/// answers 413 from the first bytes past the limit and closes; curl, still sending, may see
+/// the reset before it reads the answer (exit 55/56). Either is accepted here: the caller must
+/// then find the daemon's own audit record of the 413, so a reset without that answer fails.
+pub fn post_oversized(url: &str, token: &str, body: &std::path::Path) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        code == "413" || matches!(out.status.code(), Some(55 | 56)),
+        "oversized body: {code} {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs curl with `args` (plus silent, headers and body captured).
 pub fn curl(args: &[&str]) -> Reply {
     let dir = tempfile::tempdir().unwrap();

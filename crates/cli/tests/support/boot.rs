@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{cached_fixture, payload, require_tool, run_ok};
+use crate::support::{
+    cached_fixture, module_closure, newest_module_release, pack_initramfs, payload, require_tool,
+    run_ok,
+};
 
 /// Kernel modules the test guest loads so it sees CD drives (AHCI) and virtio disks.
 const GUEST_MODULES: [&str; 5] = ["virtio_pci", "ahci", "sr_mod", "virtio_blk", "isofs"];
@@ -143,19 +146,7 @@ pub fn live_iso_finding_its_medium() -> PathBuf {
         let overlay = dir.join("overlay");
         fs::create_dir_all(&overlay).unwrap();
         let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev 2>/dev/null\nfor m in /mods/*.ko; do insmod $m; done\ni=0\nwhile [ ! -e /dev/sr0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\necho\necho VMEDIA-BOOT-OK\nmkdir -p /cdrom\nmount -t iso9660 -o ro /dev/sr0 /cdrom && echo \"CDFILE $(cat /cdrom/live/token.txt)\"\necho \"CDSIZE $(cat /sys/block/sr0/size) sectors\"\npoweroff -f\n";
-        write(&overlay.join("init"), init);
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(overlay.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg("cd overlay && find . | cpio -o -H newc --quiet | gzip -1 > ../init.cpio.gz")
-            .current_dir(dir)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "building the /init overlay failed (need cpio and gzip)"
-        );
+        pack_initramfs(dir, "overlay", Some(init), "init.cpio.gz");
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("isolinux")).unwrap();
         fs::create_dir_all(tree.join("boot")).unwrap();
@@ -263,23 +254,7 @@ pub fn initrd_with_block_drivers() -> PathBuf {
             newest_module_release().expect("no /lib/modules/<release>: install linux-image-amd64");
         let overlay = dir.join("overlay");
         fs::create_dir_all(overlay.join("mods")).unwrap();
-        let mut ordered: Vec<String> = Vec::new();
-        for module in GUEST_MODULES {
-            let out = run_ok(Command::new(require_tool("modprobe")).args([
-                "-S",
-                &release,
-                "--show-depends",
-                module,
-            ]));
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(path) = line.strip_prefix("insmod ") {
-                    let path = path.split_whitespace().next().unwrap().to_string();
-                    if !ordered.contains(&path) {
-                        ordered.push(path);
-                    }
-                }
-            }
-        }
+        let ordered = module_closure(&release, &GUEST_MODULES);
         for (index, module) in ordered.iter().enumerate() {
             let name = Path::new(module)
                 .file_name()
@@ -289,19 +264,7 @@ pub fn initrd_with_block_drivers() -> PathBuf {
             fs::copy(module, overlay.join(format!("mods/{index:02}-{name}"))).unwrap();
         }
         let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev 2>/dev/null\nfor m in /mods/*.ko; do insmod $m; done\nsleep 1\necho\necho VMEDIA-BOOT-OK\nfor f in /sys/block/sr*/size /sys/block/vd*/size; do [ -e \"$f\" ] && echo \"BLOCKDEV $f $(cat $f)\"; done\nif grep -q vmedia.shell /proc/cmdline; then exec sh; fi\npoweroff -f\n";
-        write(&overlay.join("init"), init);
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(overlay.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg("cd overlay && find . | cpio -o -H newc --quiet | gzip -1 > ../overlay.cpio.gz")
-            .current_dir(dir)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "building the module overlay failed (need cpio and gzip)"
-        );
+        pack_initramfs(dir, "overlay", Some(init), "overlay.cpio.gz");
         // Linux unpacks concatenated archives in order; the overlay's /init replaces the payload's.
         let mut joined = fs::read(&p.initrd).unwrap();
         joined.extend(fs::read(dir.join("overlay.cpio.gz")).unwrap());
@@ -309,17 +272,6 @@ pub fn initrd_with_block_drivers() -> PathBuf {
         fs::remove_dir_all(&overlay).unwrap();
     });
     dir.join("initrd-modules.gz")
-}
-
-fn newest_module_release() -> Option<String> {
-    let mut releases: Vec<String> = fs::read_dir("/lib/modules")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("modules.dep").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    releases.sort();
-    releases.pop()
 }
 
 /// Lists running QEMU processes whose command line contains `needle`.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::nb::Netns;
-use super::support::{cached_fixture, require_tool, run_ok};
+use super::support::{cached_fixture, pack_initramfs, require_tool, run_ok};
 
 /// What the failover guest prints once its disk is read whole (after the checksum line).
 pub const FAILOVER_MARKER: &str = "VMEDIA-FAILOVER-OK";
@@ -326,15 +326,7 @@ pub fn failover_disk() -> PathBuf {
     let dir = cached_fixture("failover-disk-v1", |dir| {
         let overlay = dir.join("overlay");
         fs::create_dir_all(&overlay).unwrap();
-        fs::write(overlay.join("init"), FAILOVER_INIT).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(overlay.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
-        run_ok(
-            Command::new("sh")
-                .arg("-c")
-                .arg("cd overlay && find . | cpio -o -H newc --quiet | gzip -1 > ../init.cpio.gz")
-                .current_dir(dir),
-        );
+        pack_initramfs(dir, "overlay", Some(FAILOVER_INIT), "init.cpio.gz");
         // Linux unpacks concatenated archives in order: this /init replaces the earlier ones.
         let mut initrd = fs::read(&modules).unwrap();
         initrd.extend(fs::read(dir.join("init.cpio.gz")).unwrap());

@@ -97,6 +97,64 @@ pub fn fixture_root() -> PathBuf {
     dir
 }
 
+/// Packs the folder `dir/tree` as a gzip-compressed newc cpio archive `dir/out`, the form Linux
+/// unpacks as an initramfs (concatenated archives unpack in order, so a later one's files win).
+/// `init`, when given, is written to the tree first as an executable `/init`.
+pub fn pack_initramfs(dir: &Path, tree: &str, init: Option<&str>, out: &str) -> PathBuf {
+    if let Some(init) = init {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(tree).join("init");
+        fs::write(&path, init).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{tree}' && find . | cpio -o -H newc --quiet | gzip -1 > '../{out}'"
+        ))
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "packing {tree} as an initramfs failed (need cpio and gzip)"
+    );
+    dir.join(out)
+}
+
+/// The newest kernel release under /lib/modules that has its modules.dep.
+pub fn newest_module_release() -> Option<String> {
+    fs::read_dir("/lib/modules")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("modules.dep").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+}
+
+/// The module files `modules` need under kernel `release`, each after what it depends on and
+/// each once (`modprobe --show-depends`; built-in modules need no file).
+pub fn module_closure(release: &str, modules: &[&str]) -> Vec<String> {
+    let mut ordered: Vec<String> = Vec::new();
+    for module in modules {
+        let out = run_ok(Command::new(require_tool("modprobe")).args([
+            "-S",
+            release,
+            "--show-depends",
+            module,
+        ]));
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(path) = line.strip_prefix("insmod ") {
+                let path = path.split_whitespace().next().unwrap().to_string();
+                if !ordered.contains(&path) {
+                    ordered.push(path);
+                }
+            }
+        }
+    }
+    ordered
+}
+
 /// Runs `build` once per machine for fixture `name` (a directory under `fixture_root`), holding
 /// an exclusive lock so parallel tests and test binaries wait for one builder. The directory
 /// appears under its final name only when `build` succeeded.
@@ -153,19 +211,7 @@ pub fn payload() -> Payload {
              if grep -q vmedia.shell /proc/cmdline; then exec sh; fi\n\
              poweroff -f\n"
         );
-        fs::write(root.join("init"), init).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg("cd initramfs-root && find . | cpio -o -H newc --quiet | gzip -1 > ../initrd.gz")
-            .current_dir(dir)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "building the initramfs failed (need cpio and gzip)"
-        );
+        pack_initramfs(dir, "initramfs-root", Some(init.as_str()), "initrd.gz");
         fs::remove_dir_all(&root).unwrap();
     });
     Payload {
