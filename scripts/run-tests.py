@@ -6,7 +6,7 @@ time in one QEMU guest (TCG keeps one core busy) or waiting on a server, so the 
 idles; running two binaries at once keeps both busy. Each binary still runs its own tests in
 parallel, as cargo would run them.
 
-usage: scripts/run-tests.py [--jobs N] [--profile P] [-- CARGO_TEST_ARGS...]
+usage: scripts/run-tests.py [--jobs N] [--profile P] [--dry-run] [-- CARGO_TEST_ARGS...]
   Builds with `cargo test --no-run` and the given arguments, then runs each test executable
   from its package's folder with the environment cargo gives it, printing each binary's output
   as one block when it ends. Exits 1 when any binary fails (all of them run regardless).
@@ -23,18 +23,25 @@ import sys
 import threading
 import time
 
-# Seconds each binary took in a full run on 2 cores (the order matters, not the figures):
-# the longest start first so the pool does not end waiting on one of them.
+# Seconds each binary took in a full `make test` on 2 cores (CI, session 8), keyed by
+# "package/target" as target/test-times.json is; only the order matters. Without that file (a
+# fresh clone) these order the run, so the QEMU boot binaries and the other slow ones start
+# first and the pool does not end waiting on one of them. A binary missing here counts as
+# UNKNOWN_ESTIMATE, a unit-test binary "(lib)"/"(bin)" as 1.
 ESTIMATES = {
-    "netboot_vm": 107, "serve_boot": 103, "boot": 90, "vm": 81, "iso_read": 80,
-    "serve_load": 77, "iso_boot": 72, "library": 61, "disk_formats": 60, "disk_qemu": 52,
-    "packaging": 40, "redfish": 82, "serve_clients": 105, "library_integrity": 37,
-    "iso_hfsplus": 33, "iso_peers": 25, "iso_integrity": 19, "fat_esp": 17,
-    "library_sync": 16,
+    "vmedia/netboot_vm": 238, "vmedia/boot": 172, "vmedia/serve_boot": 167,
+    "vmedia/iso_boot": 133, "vmedia/vm": 118, "vmedia/serve_clients": 105,
+    "vmedia/netboot6_vm": 103, "vmedia/iso_read": 97, "vmedia/disk_formats": 94,
+    "vmedia/library": 93, "vmedia/disk_qemu": 83, "vmedia/redfish": 79,
+    "vmedia/serve_load": 75, "vmedia/packaging": 40, "vmedia-server/clones_scale": 38,
+    "vmedia/library_integrity": 37, "vmedia/iso_hfsplus": 33, "vmedia-server/api_https": 30,
+    "vmedia/iso_peers": 25, "vmedia/iso_integrity": 19, "vmedia/fat_esp": 17,
+    "vmedia/library_sync": 16,
 }
-# A binary not in ESTIMATES nor in the times file is assumed this long: new test files tend
-# to be the heavier ones, so they start early rather than last.
-UNKNOWN_ESTIMATE = 45
+# A binary not in ESTIMATES nor in the times file is assumed this long: ESTIMATES holds every
+# binary that took 15 s or more, so one missing there is quick (fuzz corpora, parsers) or new,
+# and a new heavy one is timed by its first run. Above the unit tests, below the known slow.
+UNKNOWN_ESTIMATE = 15
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -76,10 +83,25 @@ def load_times(path):
         return {}
 
 
+def expected_seconds(name, known):
+    """The recorded wall time of binary `name` ("package/target" or "crate (lib)"), else its
+    estimate."""
+    if name in known:
+        return known[name]
+    return ESTIMATES.get(name, 1 if " (" in name else UNKNOWN_ESTIMATE)
+
+
+def run_order(binaries, known):
+    """Longest expected first (ties by name, so the order is the same on every run)."""
+    return sorted(binaries, key=lambda e: (-expected_seconds(e[0], known), e[0]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="test binaries at once (default 2)")
     parser.add_argument("--profile", default="ci")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build, then print the run order with each expected time")
     parser.add_argument("cargo_args", nargs="*")
     args = parser.parse_args()
     cargo = os.environ.get("CARGO", "cargo")
@@ -88,12 +110,13 @@ def main():
     times_path = ROOT / "target" / "test-times.json"
     known = load_times(times_path)
 
-    def expected(entry):
-        name, crate = entry[0], entry[4]
-        guess = ESTIMATES.get(crate, UNKNOWN_ESTIMATE if " (" not in name else 1)
-        return known.get(name, guess)
-
-    queue = sorted(binaries, key=expected, reverse=True)
+    queue = run_order(binaries, known)
+    if args.dry_run:
+        source = "target/test-times.json" if known else "built-in estimates"
+        print(f"run-tests: order ({source}):")
+        for entry in queue:
+            print(f"  {expected_seconds(entry[0], known):7.1f}s  {entry[0]}")
+        return
     lock = threading.Lock()
     results = {}
     started = time.monotonic()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use boot_fixtures::{
     bootable_disk, hybrid_iso, initrd_with_block_drivers, qemu_processes, tftp_root, GuestShell,
 };
-use support::{payload, require_tool, run_any, run_ok, BOOT_MARKER};
+use support::{payload_vmlinux, require_tool, run_any, run_ok, BOOT_MARKER};
 
 /// A TCG boot here takes 5-30 s; guests get this long to reach their marker.
 const GUEST_WAIT: Duration = Duration::from_secs(240);
@@ -214,7 +214,9 @@ fn boot_once_network_then_disk_under_uefi() {
 }
 
 fn shell_vm(home: &Home, name: &str, extra: &[&str]) -> GuestShell {
-    let p = payload();
+    // The uncompressed kernel: these guests prove what the VM's drives do, and the bzImage
+    // would spend ~5 CPU seconds of TCG decompressing itself first.
+    let kernel = payload_vmlinux();
     let initrd = initrd_with_block_drivers();
     let mut args = vec![
         "create",
@@ -222,7 +224,7 @@ fn shell_vm(home: &Home, name: &str, extra: &[&str]) -> GuestShell {
         "--accel",
         "tcg",
         "--kernel",
-        p.kernel.to_str().unwrap(),
+        kernel.to_str().unwrap(),
         "--initrd",
         initrd.to_str().unwrap(),
         "--append",
@@ -343,18 +345,41 @@ fn read_only_disk_is_write_protected_in_the_guest() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Stdin stays open until the answer came back (or GUEST_WAIT passed): closing it ends
+    // `vm console`, and a fixed pause was either too short on a loaded host or wasted time.
+    let stdin = console.stdin.take().unwrap();
+    let stdout = console.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdout = stdout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+                }
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
     {
         use std::io::Write;
-        let mut stdin = console.stdin.take().unwrap();
+        let mut stdin = stdin;
         stdin.write_all(b"echo CONSOLE-$((6*7))\n").unwrap();
-        std::thread::sleep(Duration::from_secs(3));
+        let deadline = Instant::now() + GUEST_WAIT;
+        while let Ok(seen) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if seen.contains("CONSOLE-42") {
+                break;
+            }
+        }
     }
-    let out = console.wait_with_output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("CONSOLE-42"),
-        "console: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    console.wait().unwrap();
+    let out = reader.join().unwrap();
+    assert!(out.contains("CONSOLE-42"), "console: {out}");
     home.ok(&["kill", "disks"]);
     assert_eq!(home.state("disks"), "stopped");
     no_qemu_left(&home, "disks");
