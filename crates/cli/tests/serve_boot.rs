@@ -26,8 +26,7 @@ use serve_boot::{python_nbd, Daemon};
 use support::library::{add, library_json, Backend, TestLibrary};
 use support::{
     cached_fixture, module_closure, newest_module_release, pack_initramfs, payload,
-    payload_vmlinux, require_tool, run_any, run_ok, sha256_file,
-    BOOT_MARKER,
+    payload_vmlinux, require_tool, run_any, run_ok, sha256_file, BOOT_MARKER,
 };
 
 /// TCG boots take 5-60 s here, more with several VMs on 2 cores; firmware adds some.
