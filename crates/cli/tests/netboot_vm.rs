@@ -1,6 +1,8 @@
 //! Real machines boot through `vmedia netboot serve`: QEMU (TCG) VMs with QEMU's own iPXE ROM
 //! (ipxe-qemu) or OVMF's PXE stack, on a tap device on a private bridge inside a network
-//! namespace the test creates (never the host's network).
+//! namespace the test creates (never the host's network). Every bridge also carries IPv6
+//! router advertisements (dnsmasq): iPXE does not finish configuring its interface until IPv6
+//! router discovery is over, which without a router costs ~16 s per boot.
 
 #[path = "support/netboot.rs"]
 mod nb;
@@ -17,12 +19,54 @@ use support::{cached_fixture, payload, qemu_boot, require_tool, run_ok, Firmware
 /// TCG is slow and the machine is shared: a boot may take minutes.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
-/// A namespace with br0 (10.N.0.1/24) and tap0 on it.
+/// A namespace with br0 (10.N.0.1/24, and fd00:N::1/64 for router advertisements) and tap0
+/// on it.
 fn lab(tag: &str, subnet: u8) -> Netns {
     let ns = Netns::new(tag);
     ns.bridge(&format!("10.{subnet}.0.1/24"));
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("fd00:{subnet}::1/64"),
+        "dev",
+        "br0",
+        "nodad",
+    ]);
     ns.tap("tap0");
     ns
+}
+
+/// dnsmasq's arguments that make it send IPv6 router advertisements (SLAAC only, no DHCPv6)
+/// on br0. iPXE configures IPv4 and IPv6 together and reports "Configuring ... ok" only when
+/// both are done: on a link without a router it waits out its router solicitations, ~16 s of
+/// busy polling under TCG on a loaded host, before it even fetches the boot file. With an
+/// advertisement it goes on at once.
+const ROUTER_ADVERTISEMENTS: [&str; 2] = ["--enable-ra", "--dhcp-range=::,constructor:br0,ra-only"];
+
+/// dnsmasq sending router advertisements only (no DHCP), for the iPXE machines whose DHCP
+/// comes from vmedia.
+fn router_advertiser(ns: &Netns, dir: &Path) -> Killed {
+    require_tool("dnsmasq");
+    let child = ns
+        .command("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .args(ROUTER_ADVERTISEMENTS)
+        .arg(format!("--pid-file={}", dir.join("radvd.pid").display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start dnsmasq");
+    Killed(child)
 }
 
 fn nic_args(mac: &str) -> Vec<String> {
@@ -130,6 +174,7 @@ fn bios_boots_pxelinux_over_tftp_with_full_dhcp() {
     let root = pxelinux_root();
     let ns = lab("vmpxe", 79);
     let leases = tempfile::tempdir().unwrap();
+    let _router = router_advertiser(&ns, leases.path());
     let server = Server::start(
         &ns,
         &[
@@ -161,7 +206,11 @@ fn bios_boots_pxelinux_over_tftp_with_full_dhcp() {
     assert!(log.contains("done initrd.gz"), "{log}");
 }
 
-/// dnsmasq as the network's plain DHCP server (addresses only, no PXE options).
+/// dnsmasq as the network's plain DHCP server (addresses only, no PXE options) and IPv6
+/// router (see ROUTER_ADVERTISEMENTS). `--no-ping`:
+/// by default dnsmasq pings an address before it offers it and holds the OFFER until the
+/// ping times out (seconds, then the client's retransmission), a wait that proves nothing on
+/// a private bridge with one machine.
 fn plain_dhcp_server(ns: &Netns, dir: &Path, subnet: u8) -> Child {
     require_tool("dnsmasq");
     ns.command("dnsmasq")
@@ -173,7 +222,9 @@ fn plain_dhcp_server(ns: &Netns, dir: &Path, subnet: u8) -> Child {
             "--bind-interfaces",
             "--no-resolv",
             "--no-hosts",
+            "--no-ping",
         ])
+        .args(ROUTER_ADVERTISEMENTS)
         .arg(format!(
             "--dhcp-range=10.{subnet}.0.100,10.{subnet}.0.150,255.255.255.0,1h"
         ))
@@ -257,6 +308,7 @@ fn uefi_boots_grub_efi_over_tftp_with_full_dhcp() {
     let root = grub_root("10.77.0.1");
     let ns = lab("vmefi", 77);
     let leases = tempfile::tempdir().unwrap();
+    let _router = router_advertiser(&ns, leases.path());
     let server = Server::start(
         &ns,
         &[
@@ -334,6 +386,7 @@ fn debian_installer_starts_from_its_netboot_tree() {
     );
     let ns = lab("vmdi", 76);
     let scratch = tempfile::tempdir().unwrap();
+    let _router = router_advertiser(&ns, scratch.path());
     let rules = scratch.path().join("rules.toml");
     fs::write(
         &rules,
