@@ -530,7 +530,7 @@ fn hostile_inputs_get_clear_4xx_answers() {
         assert!(matches!(status, 400 | 404), "{path}: {status}");
     }
     // Oversized and malformed bodies.
-    // Answered 413, or reset while curl still sends: the audit record below decides.
+    // Answered 413 (never a reset: the daemon reads and discards the rest), and audited.
     let big = json!({"image": "deb", "systems": vec!["node001"; 20_000]});
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.json");
