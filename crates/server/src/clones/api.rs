@@ -204,12 +204,16 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
     let caller = Caller::new(who, peer);
-    let item = item_of_spec(&request.base);
+    // Refused as a missing base is, word for word: the answer must not tell the item exists.
+    let missing = CloneError::Base {
+        spec: request.base.clone(),
+        source: crate::export::ExportError::NotFound(request.base.clone()),
+    };
     clones.admit(
         &caller,
         "POST /api/v1/clones",
-        item,
-        &format!("no such item: {item}"),
+        item_of_spec(&request.base),
+        &missing.to_string(),
     )?;
     let store = Arc::clone(&clones.store);
     let info =
