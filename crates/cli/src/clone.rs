@@ -183,14 +183,18 @@ fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         return print_json(&info);
     }
+    // The daemon names the export: a clone of a restricted item opens only by a capability.
+    let export = info
+        .nbd_export
+        .clone()
+        .unwrap_or_else(|| format!("clone/{}", info.name));
     println!(
-        "clone {} of {} ({}), {}{}; NBD export clone/{}",
+        "clone {} of {} ({}), {}{}; NBD export {export}",
         info.name,
         info.base,
         short_digest(&info.base_digest),
         bytes_text(info.size),
         if info.ephemeral { ", ephemeral" } else { "" },
-        info.name
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -133,7 +133,6 @@ impl Server {
                 .map(|c| (c.name, c.bytes_written))
                 .collect()
         }));
-        let clones_router = crate::clones::api::router(Arc::clone(&store));
         let state_error = |what: &'static str| {
             move |e: &dyn std::fmt::Display| ServeError::State {
                 what,
@@ -174,6 +173,8 @@ impl Server {
             )
             .map_err(|e| state_error("media signing key")(&e))?,
         );
+        gate.set_clones(Arc::clone(&store));
+        let clones_router = crate::clones::api::gated_router(Arc::clone(&store), Arc::clone(&gate));
         let health = Arc::new(crate::health::Health::new(Arc::clone(&exports)));
         let state = Arc::new(AppState {
             exports: Arc::clone(&exports),
@@ -317,10 +318,11 @@ impl Server {
         }
         let netboot = match &options.netboot {
             Some(config) => Some(
-                crate::netboot::start_netboot_cached(
+                crate::netboot::start_netboot_gated(
                     config,
                     exports.library().clone(),
                     Arc::clone(exports.cache()) as Arc<dyn vmedia_library::ChunkCache>,
+                    Arc::clone(&gate),
                 )
                 .await
                 .map_err(ServeError::Netboot)?,

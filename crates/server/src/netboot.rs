@@ -20,6 +20,13 @@
 //! kernel = "library:debian@3:/install.amd/vmlinuz"
 //! initrd = ["library:debian@3:/install.amd/initrd.gz"]
 //! ```
+//!
+//! Restricted items (those an access rule limits, `api::access`) are never served here: TFTP
+//! and the netboot HTTP port ask for no credentials, and a rule's paths are handed to any
+//! machine that asks, so a capability in them would be given to everyone. The daemon refuses
+//! to start with a rules file naming one, `PUT /api/v1/access` refuses to restrict an item the
+//! rules name, and a request naming one (or a rules file changed since) is answered as a
+//! missing file and audited.
 
 use std::collections::HashMap;
 use std::io;
@@ -162,6 +169,16 @@ pub enum NetbootStartError {
     Config { path: String, message: String },
     #[error("netboot server: {0}")]
     Netboot(#[from] NetbootError),
+    #[error(
+        "netboot file {path} names {reference}, but an access rule restricts {item}: network \
+         boot has no credentials and gives a rule's paths to any machine that asks, so it \
+         cannot serve a restricted item; remove the reference, or the access rule for {item}"
+    )]
+    Restricted {
+        path: String,
+        reference: String,
+        item: String,
+    },
 }
 
 /// How DHCP runs, as `vmedia netboot serve` chooses it with `--no-dhcp`, `--proxy` or
@@ -340,4 +357,75 @@ pub async fn start_netboot_with_images(
             message: format!("reading it failed: {e}"),
         })??;
     Ok(Server::start_with_images(server_config, images).await?)
+}
+
+/// The library as the daemon's netboot server sees it: restricted items are missing (and every
+/// request for one is an audit record); everything else comes from `inner`.
+pub struct GatedImages {
+    pub inner: Arc<dyn ImageSource>,
+    pub gate: Arc<crate::http::gate::MediaGate>,
+}
+
+impl ImageSource for GatedImages {
+    fn open_image(&self, spec: &str) -> io::Result<(Arc<dyn ReadAt>, ImageKey)> {
+        let item = crate::api::access::item_of_spec(spec);
+        if self.gate.restricted(item) {
+            // The netboot server does not tell the client's address to its image source.
+            self.gate
+                .record_denied(None, "-", &format!("netboot open library:{spec}"), item);
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no such image: {spec}"),
+            ));
+        }
+        self.inner.open_image(spec)
+    }
+}
+
+/// The daemon's netboot server: [`start_netboot_cached`] with restricted items refused
+/// (module docs). A rules file naming a restricted item is refused before anything starts.
+pub async fn start_netboot_gated(
+    config: &Path,
+    library: Library,
+    cache: Arc<dyn ChunkCache>,
+    gate: Arc<crate::http::gate::MediaGate>,
+) -> Result<ServerHandle, NetbootStartError> {
+    let files = netboot_rule_files(config);
+    let check = Arc::clone(&gate);
+    let found = tokio::task::spawn_blocking(move || {
+        for reference in crate::api::usage::netboot_references(&files) {
+            if let Some((item, _)) = crate::api::usage::reference_target(&reference) {
+                if check.restricted(item) {
+                    return Some((reference.clone(), item.to_string()));
+                }
+            }
+        }
+        None
+    })
+    .await
+    .map_err(|e| NetbootStartError::Config {
+        path: config.display().to_string(),
+        message: format!("reading it failed: {e}"),
+    })?;
+    if let Some((reference, item)) = found {
+        return Err(NetbootStartError::Restricted {
+            path: config.display().to_string(),
+            reference,
+            item,
+        });
+    }
+    let images = Arc::new(GatedImages {
+        inner: Arc::new(LibraryImages::with_cache(library, cache)),
+        gate,
+    });
+    start_netboot_with_images(config, images).await
+}
+
+/// The netboot file and the rules file it names (where `library:` references are).
+pub fn netboot_rule_files(config: &Path) -> Vec<PathBuf> {
+    let mut files = vec![config.to_path_buf()];
+    if let Ok(loaded) = load_netboot_config(config) {
+        files.extend(loaded.rules_file);
+    }
+    files
 }

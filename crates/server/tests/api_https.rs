@@ -465,6 +465,40 @@ fn rollback_needs_if_match_and_creates_replay_their_idempotency_key() {
     let (_, rest) = api.get_json(&op, &next);
     assert_eq!(rest["items"][0]["name"], "zeta");
     assert!(rest["next"].is_null());
+
+    // Tasks: a user sees only their own (another's is 404, as a missing one); an
+    // administrator sees all.
+    let started = api.post_json(
+        &op,
+        "/api/v1/library/verify",
+        &serde_json::json!({"item": "zeta"}),
+        &[],
+    );
+    assert_eq!(started.status, 202);
+    let location = started.header("location").unwrap().to_string();
+    let id = json(&started)["id"].as_str().unwrap().to_string();
+    let finished = api.wait_task(&location);
+    assert_eq!(finished["owner"], "op");
+    let ids = |token: &str| -> Vec<String> {
+        let (status, tasks) = api.get_json(token, "/api/v1/tasks");
+        assert_eq!(status, 200, "{tasks}");
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&op), vec![id.clone()]);
+    assert!(ids(&api.admin).contains(&id));
+    let stranger = api.token("stranger", Role::Operator);
+    assert!(ids(&stranger).is_empty());
+    let reader = api.token("reader", Role::Readonly);
+    assert!(ids(&reader).is_empty());
+    let (status, body) = api.get_json(&stranger, &location);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(api.get_json(&reader, &location).0, 404);
+    assert_eq!(api.get_json(&op, &location).0, 200);
 }
 
 #[test]
@@ -552,8 +586,9 @@ fn hostile_requests_get_clear_4xx_and_the_daemon_goes_on() {
         )
     };
     let big = dir.path().join("big.json");
-    std::fs::write(&big, format!("{{\"item\":\"{}\"}}", "a".repeat(200 << 10))).unwrap();
-    // Answered 413, or reset while curl still sends: the audit record below decides.
+    // 8 MiB: far past the 64 KiB limit, so curl is still sending when the 413 comes; the
+    // daemon's lingering close lets it read that answer (a reset here is the regression).
+    std::fs::write(&big, format!("{{\"item\":\"{}\"}}", "a".repeat(8 << 20))).unwrap();
     post_oversized(&api.url("/api/v1/uploads"), &op, &big);
     let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
     assert!(

@@ -530,7 +530,7 @@ fn hostile_inputs_get_clear_4xx_answers() {
         assert!(matches!(status, 400 | 404), "{path}: {status}");
     }
     // Oversized and malformed bodies.
-    // Answered 413, or reset while curl still sends: the audit record below decides.
+    // Answered 413 (never a reset: the daemon reads and discards the rest), and audited.
     let big = json!({"image": "deb", "systems": vec!["node001"; 20_000]});
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.json");
@@ -772,4 +772,270 @@ fn restricted_items_need_a_signed_url_on_http_and_a_capability_name_on_nbd() {
     assert!(count("GET /images/secret@1") >= 6, "{audit}");
     assert!(count("nbd open") >= 2, "{audit}");
     assert!(!audit.to_string().contains("sig="), "{audit}");
+}
+
+/// A Redfish session for `user` (created with `password` and `role`), as Ironic opens one:
+/// `POST SessionService/Sessions`, then `X-Auth-Token` on every call.
+fn redfish_session(f: &Fixture, user: &str, role: Role) -> String {
+    let handle = f.daemon.handle.as_ref().unwrap();
+    let password = format!("{user} pass phrase");
+    handle.users.add_user(user, role, &password).unwrap();
+    let body = json!({"UserName": user, "Password": password}).to_string();
+    let reply = curl(&[
+        "-k",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+        &format!("{}/redfish/v1/SessionService/Sessions", f.base),
+    ]);
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.header("x-auth-token").unwrap().to_string()
+}
+
+/// A Redfish call with a session token and an optional JSON body.
+fn redfish(f: &Fixture, token: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
+    let auth = format!("X-Auth-Token: {token}");
+    let url = format!("{}{path}", f.base);
+    let text = body.map(Value::to_string);
+    let mut args = vec!["-k", "-H", &auth, "-X", method];
+    if let Some(text) = &text {
+        args.extend([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            text,
+        ]);
+    }
+    args.push(&url);
+    curl(&args)
+}
+
+#[test]
+fn redfish_insert_media_of_a_restricted_item_stores_a_signed_url_that_alone_serves_it() {
+    let f = fixture();
+    limit_secret(f);
+    let handle = f.daemon.handle.as_ref().unwrap();
+    let http = format!("http://{}", handle.http.unwrap());
+    let port = handle.http.unwrap().port();
+    let cd = "/redfish/v1/Managers/node501/VirtualMedia/Cd";
+    let insert = format!("{cd}/Actions/VirtualMedia.InsertMedia");
+    let eject = format!("{cd}/Actions/VirtualMedia.EjectMedia");
+    // Ironic's InsertMedia body for the daemon's own unsigned URL of the restricted item.
+    let body = json!({
+        "Image": format!("http://127.0.0.1:{port}/images/secret@1"),
+        "Inserted": true,
+        "WriteProtected": true,
+    });
+    let stored = || {
+        let config = VmStore::new(&f.vms).load("node501").unwrap();
+        config.spec.cdroms[0].medium.as_ref().map(|m| m.to_string())
+    };
+
+    // A user the access rule does not name: ResourceNotFound, nothing stored, audited.
+    let carol = redfish_session(f, "carol-rf", Role::Operator);
+    assert_eq!(
+        redfish(f, &carol, "POST", &eject, Some(&json!({}))).status,
+        204
+    );
+    let refused = redfish(f, &carol, "POST", &insert, Some(&body));
+    assert_eq!(
+        refused.status,
+        404,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert!(String::from_utf8_lossy(&refused.body).contains("ResourceNotFound"));
+    assert_eq!(stored(), None);
+
+    // A member (alice is in `ops`): Ironic's calls in its order, then the stored URL.
+    let alice = redfish_session(f, "alice", Role::Operator);
+    assert_eq!(
+        redfish(f, &alice, "POST", &eject, Some(&json!({}))).status,
+        204
+    );
+    let done = redfish(f, &alice, "POST", &insert, Some(&body));
+    assert_eq!(done.status, 204, "{}", String::from_utf8_lossy(&done.body));
+    let url = stored().expect("InsertMedia stored no medium");
+    let signed = url
+        .strip_prefix(&format!("http://127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("not the daemon's own URL: {url}"));
+    assert!(
+        signed.starts_with("/images/secret@1?exp=") && signed.contains("&sig="),
+        "{signed}"
+    );
+    // What QEMU reads: the signed URL serves the image, the unsigned one is missing.
+    let reply = curl(&[&format!("{http}{signed}")]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, f.iso);
+    assert_eq!(curl(&[&format!("{http}/images/secret@1")]).status, 404);
+    // Readers of the VirtualMedia resource see the URL without its signature.
+    let shown = redfish(f, &alice, "GET", cd, None);
+    assert_eq!(shown.status, 200);
+    let shown: Value = serde_json::from_slice(&shown.body).unwrap();
+    assert_eq!(shown["Inserted"], true);
+    assert_eq!(
+        shown["Image"],
+        format!("http://127.0.0.1:{port}/images/secret@1")
+    );
+    assert!(!shown.to_string().contains("sig="), "{shown}");
+
+    // The refusal is in the audit log under carol's name.
+    let (status, audit) = f.json(
+        &f.admin,
+        "GET",
+        "/api/v1/audit?item=secret&outcome=denied&limit=1000",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        audit["items"].as_array().unwrap().iter().any(|r| {
+            r["user"] == "carol-rf" && r["action"].as_str().unwrap_or("").contains("InsertMedia")
+        }),
+        "{audit}"
+    );
+    assert_eq!(
+        redfish(f, &alice, "POST", &eject, Some(&json!({}))).status,
+        204
+    );
+}
+
+#[test]
+fn clones_of_a_restricted_item_open_only_by_the_capability_their_create_answer_gives() {
+    let f = fixture();
+    limit_secret(f);
+    let handle = f.daemon.handle.as_ref().unwrap();
+    let http = format!("http://{}", handle.http.unwrap());
+    let nbd = handle.nbd.unwrap();
+    let nbdinfo = |name: &str| {
+        std::process::Command::new("nbdinfo")
+            .args(["--size", &format!("nbd://{nbd}/{name}")])
+            .output()
+            .unwrap()
+    };
+    let size_of = |name: &str| {
+        let out = nbdinfo(name);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let alice = f.token("alice", Role::Operator);
+    let dave = f.token("dave", Role::Operator);
+
+    // Creating needs access to the base item: dave is not in `ops`, anonymous has no one.
+    let create = |token: &str, base: &str, name: &str| {
+        f.json(
+            token,
+            "POST",
+            "/api/v1/clones",
+            Some(&json!({"base": base, "name": name})),
+        )
+    };
+    let (status, body) = create(&dave, "secret@1", "sc-dave");
+    assert_eq!(status, 404, "{body}");
+    let anonymous = |method: &str, path: &str, body: Option<&Value>| {
+        let text = body.map(Value::to_string);
+        let url = format!("{http}{path}");
+        let mut args = vec!["-X", method];
+        if let Some(text) = &text {
+            args.extend([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                text,
+            ]);
+        }
+        args.push(&url);
+        curl(&args)
+    };
+    let plain = anonymous(
+        "POST",
+        "/api/v1/clones",
+        Some(&json!({"base": "secret@1", "name": "sc-anon"})),
+    );
+    assert_eq!(plain.status, 404);
+
+    // alice may: the answer's export is a capability name.
+    let (status, info) = create(&alice, "secret@1", "sc1");
+    assert_eq!(status, 201, "{info}");
+    let capability = info["nbd_export"].as_str().unwrap().to_string();
+    assert!(capability.starts_with("clone/sc1/cap/sc1/"), "{capability}");
+    let (status, shown) = f.json(&alice, "GET", "/api/v1/clones/sc1", None);
+    assert_eq!(status, 200);
+    assert_eq!(shown["nbd_export"], capability.as_str());
+
+    // NBD: the plain name is missing and unlisted, the capability opens it, a forged one not.
+    assert!(!nbdinfo("clone/sc1").status.success());
+    assert_eq!(size_of(&capability), f.iso.len().to_string());
+    let mut forged = capability.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    assert!(!nbdinfo(&forged).status.success());
+    let listing = std::process::Command::new("nbdinfo")
+        .args(["--list", &format!("nbd://{nbd}")])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains("clone/sc1"));
+    // No HTTP path serves a clone.
+    assert_eq!(anonymous("GET", "/images/clone/sc1", None).status, 404);
+
+    // Anyone without access sees no such clone, by any route of either port.
+    let (_, listed) = f.json(&dave, "GET", "/api/v1/clones", None);
+    assert!(!listed.to_string().contains("sc1"), "{listed}");
+    assert_eq!(f.json(&dave, "GET", "/api/v1/clones/sc1", None).0, 404);
+    assert_eq!(f.json(&dave, "DELETE", "/api/v1/clones/sc1", None).0, 404);
+    let stolen = json!({"as": "stolen"});
+    let commit = f.json(&dave, "POST", "/api/v1/clones/sc1/commit", Some(&stolen));
+    assert_eq!(commit.0, 404);
+    let listed = anonymous("GET", "/api/v1/clones", None);
+    assert_eq!(listed.status, 200);
+    assert!(!String::from_utf8_lossy(&listed.body).contains("sc1"));
+    assert_eq!(anonymous("GET", "/api/v1/clones/sc1", None).status, 404);
+    assert_eq!(anonymous("DELETE", "/api/v1/clones/sc1", None).status, 404);
+    assert_eq!(
+        anonymous("POST", "/api/v1/clones/sc1/commit", Some(&stolen)).status,
+        404
+    );
+    // alice still has it (nothing above removed it).
+    assert_eq!(f.json(&alice, "GET", "/api/v1/clones/sc1", None).0, 200);
+
+    // A clone of an unrestricted item stays as it was: its plain name, open to anyone.
+    let (status, open) = create(&dave, "deb@1", "dc1");
+    assert_eq!(status, 201, "{open}");
+    assert_eq!(open["nbd_export"], "clone/dc1");
+    assert_eq!(size_of("clone/dc1"), f.iso.len().to_string());
+
+    // Every refusal is audited under the base item.
+    let (status, audit) = f.json(
+        &f.admin,
+        "GET",
+        "/api/v1/audit?item=secret&outcome=denied&limit=1000",
+        None,
+    );
+    assert_eq!(status, 200);
+    let records = audit["items"].as_array().unwrap();
+    let count = |needle: &str| {
+        records
+            .iter()
+            .filter(|r| r["action"].as_str().unwrap_or("").contains(needle))
+            .count()
+    };
+    assert!(count("/api/v1/clones") >= 8, "{audit}");
+    assert!(count("nbd open") >= 2, "{audit}");
+    assert!(!audit.to_string().contains(&capability[18..]), "{audit}");
+
+    for (token, name) in [(&alice, "sc1"), (&dave, "dc1")] {
+        let path = format!("/api/v1/clones/{name}");
+        assert_eq!(f.json(token, "DELETE", &path, None).0, 204);
+    }
 }

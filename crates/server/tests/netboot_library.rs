@@ -18,7 +18,9 @@ use support_netboot::{
 use vmedia_io::NoProgress;
 use vmedia_library::{AddOptions, AddSource, InitOptions, Library, OpenConfig};
 use vmedia_netboot::{DhcpConfig, Server, ServerConfig};
-use vmedia_server::netboot::{load_netboot_config, start_netboot, NetbootStartError};
+use vmedia_server::netboot::{
+    load_netboot_config, start_netboot, start_netboot_gated, NetbootStartError,
+};
 
 /// A kernel spanning several TFTP blocks and a short last one.
 const KERNEL_LEN: usize = 5 * 512 + 100;
@@ -292,4 +294,121 @@ fn netboot_file_settings_map_to_the_netboot_server_config() {
     )
     .unwrap();
     assert!(load_netboot_config(&file).is_err());
+}
+
+/// The daemon's netboot server with per-item access: `secret` is limited by an access rule,
+/// so it is never served over TFTP or the netboot HTTP port (not found, audited), a rules file
+/// naming it is refused before anything starts, and `debian` is served as before.
+#[test]
+fn restricted_items_are_never_served_by_netboot_and_rules_naming_them_are_refused() {
+    use std::sync::Arc;
+    use vmedia_server::api::access::{AccessList, ACCESS_FILE};
+    use vmedia_server::audit::AuditLog;
+    use vmedia_server::cache::{CacheOptions, SharedCache};
+    use vmedia_server::http::gate::MediaGate;
+
+    let dir = tempfile::tempdir().unwrap();
+    let library = Library::init(
+        &OpenConfig::folder(dir.path().join("library"), "tester@host"),
+        &InitOptions::default(),
+    )
+    .unwrap();
+    let kernel = pattern(3, KERNEL_LEN);
+    let iso = add_version(&library, dir.path(), "one", &kernel);
+    let iso_path = dir.path().join("secret.iso");
+    std::fs::write(&iso_path, &iso).unwrap();
+    library
+        .add(
+            "secret",
+            AddSource::File(iso_path),
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(
+        state.join(ACCESS_FILE),
+        r#"{"rules":[{"pattern":"secret","users":["alice"]}]}"#,
+    )
+    .unwrap();
+    let access = Arc::new(AccessList::open(&state).unwrap());
+    let audit = Arc::new(AuditLog::open(&state).unwrap());
+    let gate = Arc::new(MediaGate::open(&state, access, audit).unwrap());
+    let cache = || -> Arc<dyn vmedia_library::ChunkCache> {
+        Arc::new(
+            SharedCache::new(&CacheOptions {
+                memory_bytes: 16 << 20,
+                disk: None,
+            })
+            .unwrap(),
+        )
+    };
+    let root = dir.path().join("boot-root");
+    std::fs::create_dir(&root).unwrap();
+    let (tftp_port, http_port) = free_ports();
+    let server_table = format!(
+        "[server]\nroot = \"boot-root\"\nlisten = \"127.0.0.1\"\ntftp_port = {tftp_port}\nhttp_port = {http_port}\n"
+    );
+    let refused = dir.path().join("refused.toml");
+    std::fs::write(
+        &refused,
+        format!("{server_table}[default]\nkernel = \"library:secret@1:/boot/vmlinuz\"\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("netboot.toml");
+    std::fs::write(
+        &config,
+        format!("{server_table}[default]\nkernel = \"library:debian@1:/boot/vmlinuz\"\n"),
+    )
+    .unwrap();
+
+    runtime().block_on(async {
+        // A rules file naming the restricted item: refused with what to do, nothing bound.
+        let error = start_netboot_gated(&refused, library.clone(), cache(), Arc::clone(&gate))
+            .await
+            .err()
+            .expect("a rules file naming a restricted item was accepted");
+        assert!(
+            matches!(&error, NetbootStartError::Restricted { item, .. } if item == "secret"),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("library:secret@1:/boot/vmlinuz") && message.contains("remove"),
+            "{message}"
+        );
+
+        let server = start_netboot_gated(&config, library.clone(), cache(), Arc::clone(&gate))
+            .await
+            .unwrap();
+        let bound = server.bound().clone();
+        let tftp = bound.tftp.unwrap();
+        let http = format!("http://{}", bound.http.unwrap());
+        // The unrestricted item as before.
+        assert_eq!(
+            curl(&format!("{http}/library:debian@1:/boot/vmlinuz")),
+            kernel
+        );
+        assert_eq!(
+            tftp_get(tftp, "library:debian:/boot/vmlinuz").unwrap(),
+            kernel
+        );
+        // The restricted one, asked for by name: missing on both protocols.
+        for path in ["library:secret@1:/boot/vmlinuz", "library:secret"] {
+            assert_eq!(curl_status(&format!("{http}/{path}")), 404, "{path}");
+            assert_eq!(
+                tftp_get(tftp, path).unwrap_err().0,
+                TFTP_FILE_NOT_FOUND,
+                "{path}"
+            );
+        }
+        server.shutdown().await.unwrap();
+    });
+    let log = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    let denied = log
+        .lines()
+        .filter(|line| line.contains("netboot open library:secret") && line.contains("denied"))
+        .count();
+    assert!(denied >= 4, "{log}");
 }

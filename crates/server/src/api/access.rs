@@ -291,6 +291,31 @@ pub async fn item_routes(
     }
 }
 
+/// Refuses a document that would restrict an item the daemon's netboot rules name: network
+/// boot (TFTP, the netboot HTTP port) asks for no credentials and hands a rule's paths to any
+/// machine that asks, so it cannot serve a restricted item (docs/serve.md, "Network boot and
+/// restricted items").
+fn refuse_restricting_netboot(doc: &AccessDoc, netboot_files: &[PathBuf]) -> Result<(), Problem> {
+    for reference in super::usage::netboot_references(netboot_files) {
+        let Some((item, _)) = super::usage::reference_target(&reference) else {
+            continue;
+        };
+        if doc.restricted(item) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the daemon's netboot rules name {reference}, and this document would \
+                     restrict {item}: network boot has no credentials and gives a rule's paths \
+                     to any machine that asks, so it cannot serve a restricted item; remove the \
+                     reference from the netboot rules (and restart the daemon), or leave {item} \
+                     unrestricted"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn administrator(who: &Principal) -> Result<(), Problem> {
     super::require_administrator(who, "read and change access rules")
 }
@@ -331,6 +356,7 @@ pub async fn access_replace(
     let st = Arc::clone(&state);
     blocking(move || {
         check_if_match(&headers, &st.access.current().etag(), false)?;
+        refuse_restricting_netboot(&doc, &st.netboot_files)?;
         st.access.replace(doc)
     })
     .await?;
@@ -397,6 +423,42 @@ mod tests {
             Some("deb")
         );
         assert_eq!(item_of_path("/api/v1/library/items"), None);
+    }
+
+    #[test]
+    fn restricting_an_item_the_netboot_rules_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("netboot.toml");
+        std::fs::write(
+            &rules,
+            "[default]\nkernel = \"library:deb@3:/boot/vmlinuz\"\ninitrd = [\"library:tools\"]\n",
+        )
+        .unwrap();
+        let files = [rules];
+        let limiting = |pattern: &str| AccessDoc {
+            rules: vec![AccessRule {
+                pattern: pattern.into(),
+                users: vec!["alice".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for pattern in ["deb", "de*", "tools", "*"] {
+            let refused = refuse_restricting_netboot(&limiting(pattern), &files).unwrap_err();
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{pattern}");
+            assert!(
+                refused.detail.contains("netboot rules"),
+                "{}",
+                refused.detail
+            );
+        }
+        for pattern in ["secret", "debian", "deb.*"] {
+            assert!(
+                refuse_restricting_netboot(&limiting(pattern), &files).is_ok(),
+                "{pattern}"
+            );
+        }
+        assert!(refuse_restricting_netboot(&limiting("deb"), &[]).is_ok());
     }
 
     #[test]

@@ -223,30 +223,41 @@ impl Tasks {
     }
 }
 
-/// One task.
+/// May `who` read a task `owner` started? Its owner and administrators; a task's target and
+/// result name items and systems its owner was allowed, so nobody else sees them.
+fn may_read(who: &Principal, owner: &str) -> bool {
+    who.role.may_administer() || who.name == owner
+}
+
+/// One task: its owner's, or any for an administrator; another user's task answers 404 as a
+/// missing one does (its existence does not leak).
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
     params(("id" = String, Path, description = "The task id from a 202's Location")),
     responses((status = 200, body = TaskInfo),
         (status = 404, body = ErrorBody, content_type = "application/problem+json")))]
 pub async fn task_show(
     State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     match state.tasks.get(&id) {
-        Some(info) => Ok(Json(info).into_response()),
-        None => Err(Problem::new(
+        Some(info) if may_read(&who, &info.owner) => Ok(Json(info).into_response()),
+        _ => Err(Problem::new(
             StatusCode::NOT_FOUND,
             format!("no such task: {id}"),
         )),
     }
 }
 
-/// Every task this daemon ran since it started, oldest first.
+/// The tasks this daemon ran since it started, oldest first: the caller's own, or every
+/// task for an administrator.
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
     responses((status = 200, body = Vec<TaskInfo>)))]
 pub async fn tasks_list(
     State(state): State<Arc<ApiState>>,
-    Extension(_who): Extension<Principal>,
+    Extension(who): Extension<Principal>,
 ) -> Response {
-    Json(state.tasks.list()).into_response()
+    let mut tasks = state.tasks.list();
+    tasks.retain(|t| may_read(&who, &t.owner));
+    Json(tasks).into_response()
 }

@@ -88,7 +88,7 @@ pub fn netboot_references(files: &[PathBuf]) -> Vec<String> {
 }
 
 /// The item and version selector (`None`: the current one) a `library:` reference names.
-fn reference_target(reference: &str) -> Option<(&str, Option<&str>)> {
+pub fn reference_target(reference: &str) -> Option<(&str, Option<&str>)> {
     let spec = reference.strip_prefix("library:")?;
     let spec = spec.split(":/").next()?;
     Some(match spec.split_once('@') {

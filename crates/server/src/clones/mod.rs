@@ -75,6 +75,11 @@ pub struct CloneInfo {
     pub ephemeral: bool,
     /// RFC 3339.
     pub created: String,
+    /// The NBD export to open it by: `clone/NAME`; for a clone of a restricted item, the
+    /// capability name the daemon's API hands to whoever may see that item
+    /// (`clone/NAME/cap/NAME/TOKEN`, `http::gate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd_export: Option<String>,
 }
 
 /// Why a clone operation failed. `api.rs` maps these to HTTP statuses.
@@ -402,6 +407,7 @@ impl CloneStore {
             bytes_written: overlay.bytes_written(),
             ephemeral: meta.ephemeral,
             created: meta.created.clone(),
+            nbd_export: Some(format!("{CLONE_EXPORT_PREFIX}{}", meta.name)),
         }
     }
 

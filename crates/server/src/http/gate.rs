@@ -7,6 +7,10 @@
 //! - NBD: an unguessable per-attachment export name, `NAME@V/cap/HOLDER/TOKEN`, the token being
 //!   the first 128 bits of HMAC-SHA256 over `NBD`, the export and the holder (the system).
 //!
+//! A clone (`clone/NAME`) shows its base's bytes, so it is restricted when its base item is:
+//! its capability is `clone/NAME/cap/NAME/TOKEN`, the token also covering the clone's base and
+//! creation time, so a later clone of the same name does not open with an old token.
+//!
 //! The key (`STATE/media.key`, 32 random bytes, mode 0600) is made on the first start; removing
 //! it (and restarting) revokes every capability handed out. Every refusal answers as a missing
 //! image does and is an audit record.
@@ -23,6 +27,8 @@ use vmedia_io::{AtomicFile, OverwritePolicy};
 
 use crate::api::access::{item_of_spec, AccessList};
 use crate::audit::{AuditLog, Outcome};
+use crate::auth::Principal;
+use crate::clones::{CloneStore, CLONE_EXPORT_PREFIX};
 use crate::export::{Export, ExportError, ExportListing, ExportResolver};
 
 /// The key's file inside the state folder.
@@ -68,11 +74,13 @@ impl Refusal {
     }
 }
 
-/// The gate: the key, the access rules it asks "restricted?", the audit log it writes to.
+/// The gate: the key, the access rules it asks "restricted?", the audit log it writes to,
+/// and the clone store it asks which item a clone shows.
 pub struct MediaGate {
     key: [u8; KEY_BYTES],
     access: Arc<AccessList>,
     audit: Arc<AuditLog>,
+    clones: std::sync::OnceLock<Arc<CloneStore>>,
 }
 
 fn now_unix() -> u64 {
@@ -111,12 +119,73 @@ impl MediaGate {
             }
             Err(e) => return Err(fail(e.to_string())),
         };
-        Ok(MediaGate { key, access, audit })
+        Ok(MediaGate {
+            key,
+            access,
+            audit,
+            clones: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The clone store whose clones' bases decide whether a `clone/NAME` export is restricted
+    /// (set once by the daemon; without it a clone export counts as its base unknown).
+    pub fn set_clones(&self, clones: Arc<CloneStore>) {
+        let _ = self.clones.set(clones);
     }
 
     /// Is `item` limited by an access rule (and so not anonymous on HTTP and NBD)?
     pub fn restricted(&self, item: &str) -> bool {
         self.access.current().restricted(item)
+    }
+
+    /// A clone's base (`NAME@V`) and creation time, when the store knows the clone.
+    fn clone_of(&self, clone: &str) -> Option<(String, String)> {
+        let info = self.clones.get()?.get(clone).ok()?;
+        Some((info.base, info.created))
+    }
+
+    /// Is the export `export` restricted: its item's, or for `clone/NAME` its base item's? A
+    /// clone the store does not know is not restricted here: opening it fails as missing.
+    pub fn restricted_export(&self, export: &str) -> bool {
+        match export.strip_prefix(CLONE_EXPORT_PREFIX) {
+            Some(clone) => self
+                .clone_of(clone)
+                .is_some_and(|(base, _)| self.restricted(item_of_spec(&base))),
+            None => self.restricted(item_of_spec(export)),
+        }
+    }
+
+    /// The item an export's audit records name: its own, a clone's base item, or the export
+    /// itself for a clone the store does not know.
+    pub fn item_of_export(&self, export: &str) -> String {
+        match export.strip_prefix(CLONE_EXPORT_PREFIX) {
+            Some(clone) => self.clone_of(clone).map_or_else(
+                || export.to_string(),
+                |(base, _)| item_of_spec(&base).to_string(),
+            ),
+            None => item_of_spec(export).to_string(),
+        }
+    }
+
+    /// May `who` (None: an anonymous request, on the plain HTTP port) use `item`? An
+    /// unrestricted item, anyone; a restricted one, whoever its rules let see it.
+    pub fn may_use(&self, who: Option<&Principal>, item: &str) -> bool {
+        if !self.restricted(item) {
+            return true;
+        }
+        who.is_some_and(|who| self.access.visible(who, item))
+    }
+
+    /// Writes the audit record of a refused request for `item`.
+    pub fn record_denied(&self, who: Option<&Principal>, peer: &str, action: &str, item: &str) {
+        self.audit.record(
+            who,
+            peer,
+            action,
+            item,
+            Outcome::Denied,
+            Some("no access to this item"),
+        );
     }
 
     fn mac(&self, parts: &[&str]) -> Hmac<Sha256> {
@@ -220,7 +289,17 @@ impl MediaGate {
     }
 
     fn nbd_token(&self, export: &str, holder: &str) -> String {
-        let mac = self.mac(&["NBD", export, holder]).finalize().into_bytes();
+        let mac = match export
+            .strip_prefix(CLONE_EXPORT_PREFIX)
+            .and_then(|clone| self.clone_of(clone))
+        {
+            // A clone's token also names what it was made from and when: a clone removed and
+            // made again under the same name is another clone.
+            Some((base, created)) => self.mac(&["NBD", export, holder, &base, &created]),
+            None => self.mac(&["NBD", export, holder]),
+        }
+        .finalize()
+        .into_bytes();
         let mut token = hex::encode(mac);
         token.truncate(NBD_TOKEN_HEX);
         token
@@ -229,7 +308,7 @@ impl MediaGate {
     /// The NBD export name an attachment of `export` to `holder` hands to its VM: a capability
     /// name when the item is restricted, the export itself otherwise.
     pub fn attachment_export(&self, export: &str, holder: &str) -> String {
-        if self.restricted(item_of_spec(export)) {
+        if self.restricted_export(export) {
             format!(
                 "{export}{NBD_CAP_INFIX}{holder}/{}",
                 self.nbd_token(export, holder)
@@ -237,6 +316,12 @@ impl MediaGate {
         } else {
             export.to_string()
         }
+    }
+
+    /// The export name a clone's create answer gives: `clone/NAME` itself, or for a clone of a
+    /// restricted item its capability name, `clone/NAME/cap/NAME/TOKEN`.
+    pub fn clone_export(&self, clone: &str) -> String {
+        self.attachment_export(&format!("{CLONE_EXPORT_PREFIX}{clone}"), clone)
     }
 
     /// The export an NBD client may open by `name`: a capability name gives its export when
@@ -259,7 +344,7 @@ impl MediaGate {
                 };
             }
         }
-        if self.restricted(item_of_spec(name)) {
+        if self.restricted_export(name) {
             Err(Refusal::Unsigned)
         } else {
             Ok(name.to_string())
@@ -300,7 +385,7 @@ pub struct GatedResolver {
 impl ExportResolver for GatedResolver {
     fn list(&self) -> std::io::Result<Vec<ExportListing>> {
         let mut listed = self.inner.list()?;
-        listed.retain(|e| !self.gate.restricted(item_of_spec(&e.name)));
+        listed.retain(|e| !self.gate.restricted_export(&e.name));
         Ok(listed)
     }
 
@@ -318,7 +403,7 @@ impl ExportResolver for GatedResolver {
                     None,
                     client,
                     "nbd open",
-                    item_of_spec(shown),
+                    &self.gate.item_of_export(shown),
                     Outcome::Denied,
                     Some(refusal.as_str()),
                 );

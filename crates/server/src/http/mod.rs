@@ -44,6 +44,13 @@ pub const MAX_HEAD_BYTES: usize = 64 << 10;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, responses in progress get this long to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lingering close: a request body the answer did not read (a 413, any early error) is read
+/// and discarded up to this many bytes, so the client, still sending, reads the answer
+/// instead of a reset; a larger body is cut off (the connection closes).
+pub const LINGER_BYTES: u64 = 64 << 20;
+/// ... and for at most this long (nginx's `lingering_time` is 30 s; ours is shorter because
+/// our limits are small and an honest client sends them in well under this).
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 pub struct AppState {
@@ -393,7 +400,12 @@ async fn serve_connection<I>(io: I, peer: Peer, app: Router, mut shutdown: watch
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let expects_continue = request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let mut request = request.map(|body| Lingering::new(body, expects_continue));
         request.extensions_mut().insert(peer.clone());
         let mut app = app.clone();
         async move {
@@ -420,4 +432,103 @@ where
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, connection.as_mut()).await;
         }
     }
+}
+
+/// A request body that, dropped before its end (the handler answered without reading it
+/// all: a 413 from the body limit, a 401, a 400 on its first bytes), is read to its end and
+/// discarded by a task of its own, bounded by `LINGER_BYTES` and `LINGER_TIME`. Hyper keeps
+/// feeding a body whose receiver lives, and closes the reading side of the connection as soon
+/// as it is dropped unread; the kernel then answers the client's next bytes with a reset that
+/// can discard the error answer before the client reads it. Reading on lets the client finish
+/// sending and read the answer (nginx's lingering close); the discard is an async task, so it
+/// never holds a runtime worker.
+struct Lingering {
+    inner: Option<Incoming>,
+    /// The request said `Expect: 100-continue`: its client sends the body only once invited.
+    expects_continue: bool,
+    /// Whether the handler ever asked for the body (which invites such a client).
+    polled: bool,
+}
+
+impl Lingering {
+    fn new(inner: Incoming, expects_continue: bool) -> Lingering {
+        Lingering {
+            inner: Some(inner),
+            expects_continue,
+            polled: false,
+        }
+    }
+}
+
+impl hyper::body::Body for Lingering {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        this.polled = true;
+        let Some(inner) = this.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
+        if matches!(
+            polled,
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))
+        ) {
+            this.inner = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if hyper::body::Body::is_end_stream(&body) {
+            return;
+        }
+        if self.expects_continue && !self.polled {
+            // Hyper sends `100 Continue` only when the body is first asked for: never asked,
+            // the client was never invited to send it, so there is nothing to wait for.
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(discard(body));
+        }
+    }
+}
+
+/// Reads and drops what is left of a request body, within `LINGER_BYTES` and `LINGER_TIME`.
+async fn discard(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut seen: u64 = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen = seen.saturating_add(data.len() as u64);
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
