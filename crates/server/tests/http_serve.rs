@@ -676,3 +676,53 @@ fn a_boot_trace_still_recording_when_the_daemon_stops_is_kept() {
     }
     assert!(!trace.with_extension("trace.part").exists());
 }
+
+/// Regression: an answer given before the request body was read (here a 405 to a 32 MiB
+/// upload) used to be followed by a close with the body unread, so the kernel reset the
+/// connection under the client's next bytes and the client saw a reset, not the answer. The
+/// daemon now reads and discards the rest (lingering close): the whole body goes out without
+/// an error and the answer is there to read after it.
+#[test]
+fn an_early_answer_to_a_large_upload_reaches_the_client_instead_of_a_reset() {
+    use std::io::{Read, Write};
+    const BODY: usize = 32 << 20; // far beyond what socket buffers absorb, within LINGER_BYTES
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(new_library(dir.path()), options(&dir.path().join("state")));
+    let address = daemon.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        write!(
+            writer,
+            "PUT /images/nothing HTTP/1.1\r\nHost: {address}\r\nContent-Length: {BODY}\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )?;
+        let piece = vec![0u8; 64 << 10];
+        for _ in 0..BODY / piece.len() {
+            writer.write_all(&piece)?;
+        }
+        writer.flush()
+    });
+    let sent = sender.join().unwrap();
+    assert!(
+        sent.is_ok(),
+        "the upload was cut off by the daemon: {sent:?}"
+    );
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&answer);
+    assert!(
+        head.starts_with("HTTP/1.1 4"),
+        "expected the daemon's 4xx answer, got {head:?}"
+    );
+}
