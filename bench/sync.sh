@@ -6,7 +6,7 @@
 # env:   BENCH_DIR       scratch folder (default: a new temp dir, removed at exit)
 #        BENCH_DATA_MIB  MiB of real file content in the image (default 1600)
 #        BENCH_HOLE_MIB  MiB of zeros (a sparse file in the tree) in the image (default 448)
-#        BENCH_RELAY_MIB MiB of the raw image of case 3 (default 64: its one-chunk-at-a-time
+#        BENCH_RELAY_MIB MiB of the raw image of case 3 (default 128: its one-chunk-at-a-time
 #                        run costs one round trip per chunk, ~0.1 s each at 50 ms)
 #        BENCH_RELAY_MS  one-way delay of the relay in milliseconds (default 50)
 #        BENCH_NO_S3=1   skip every relay case (they need SeaweedFS from scripts/setup.sh)
@@ -37,7 +37,7 @@ set -euo pipefail
 bench_binary "$0" "$@"
 DATA_MIB=${BENCH_DATA_MIB:-1600}
 HOLE_MIB=${BENCH_HOLE_MIB:-448}
-RELAY_MIB=${BENCH_RELAY_MIB:-64}
+RELAY_MIB=${BENCH_RELAY_MIB:-128}
 RELAY_MS=${BENCH_RELAY_MS:-50}
 NO_S3=${BENCH_NO_S3:-0}
 bench_require restic rsync python3 curl

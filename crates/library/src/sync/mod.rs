@@ -368,8 +368,7 @@ struct Side {
     config_bytes: Vec<u8>,
 }
 
-fn open_side(config: &OpenConfig) -> Result<(Side, bool)> {
-    let store = open_store(config)?;
+fn open_side(store: Arc<dyn Store>, config: &OpenConfig) -> Result<(Side, bool)> {
     let location = config.location.to_string();
     let Some(bytes) = store
         .get(CONFIG_KEY, MAX_CONFIG_BYTES)
@@ -672,7 +671,22 @@ pub fn sync(
     };
     // Every step below that has no order with another runs beside it: on a 50 ms link each
     // request is a round trip, and a sync of a small change is mostly such requests.
-    let (opened_a, opened_b) = join(|| open_side(from), || open_side(to));
+    // The site ids are read beside the configurations (made below only when missing).
+    let (store_a, store_b) = (open_store(from)?, open_store(to)?);
+    let ((opened_a, opened_b), (read_a_site, read_b_site)) = join(
+        || {
+            join(
+                || open_side(Arc::clone(&store_a), from),
+                || open_side(Arc::clone(&store_b), to),
+            )
+        },
+        || {
+            join(
+                || site_id(store_a.as_ref(), false),
+                || site_id(store_b.as_ref(), false),
+            )
+        },
+    );
     let (a, a_exists) = opened_a?;
     if !a_exists {
         return Err(LibraryError::NotALibrary {
@@ -688,7 +702,7 @@ pub fn sync(
                 created = true;
             }
             b.store.flush()?;
-            let (reopened, _) = open_side(to)?;
+            let (reopened, _) = open_side(Arc::clone(&b.store), to)?;
             b = reopened;
         } else {
             b.config = a.config.clone();
@@ -730,9 +744,16 @@ pub fn sync(
         ));
     }
 
+    let create = !options.dry_run;
     let (a_site, b_site) = join(
-        || site_id(a.store.as_ref(), !options.dry_run),
-        || site_id(b.store.as_ref(), !options.dry_run),
+        || match read_a_site? {
+            Some(site) => Ok(Some(site)),
+            None => site_id(a.store.as_ref(), create),
+        },
+        || match read_b_site? {
+            Some(site) => Ok(Some(site)),
+            None => site_id(b.store.as_ref(), create),
+        },
     );
     let a_site = a_site?.unwrap_or_else(|| "(none yet)".into());
     let b_site = b_site?.unwrap_or_else(|| "(none yet)".into());
@@ -1438,6 +1459,100 @@ mod tests {
         assert!(!glob_match("debian", "debian-12"));
         assert!(!glob_match("*.qcow2", "debian-12.iso"));
         assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn parallel_map_keeps_the_order_of_its_items() {
+        let items: Vec<u64> = (0..200).collect();
+        let doubled = parallel_map(&items, 16, |&n| {
+            std::thread::sleep(Duration::from_micros(200 - n));
+            n * 2
+        });
+        assert_eq!(doubled, items.iter().map(|n| n * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_the_bytes_in_flight() {
+        let budget = ByteBudget::new(250);
+        let held = AtomicU64::new(0);
+        let most = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let taken = budget.take(100);
+                        let now = held.fetch_add(taken, Ordering::SeqCst) + taken;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(2));
+                        held.fetch_sub(taken, Ordering::SeqCst);
+                        budget.give(taken);
+                    }
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 200);
+        // A chunk larger than the whole budget still passes, alone.
+        assert_eq!(budget.take(1000), 250);
+        budget.give(250);
+    }
+
+    #[test]
+    fn a_merge_planned_on_a_stale_timeline_keeps_what_the_destination_wrote_since() {
+        const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let dir = tempfile::tempdir().unwrap();
+        let config = OpenConfig::folder(dir.path().join("b"), "test@b");
+        let lib = Library::init(&config, &crate::location::InitOptions::default()).unwrap();
+        let event = |minute: i64, note: &str, site: Option<&str>| Event {
+            time: jiff::Timestamp::from_second(1_700_000_000 + minute * 60).unwrap(),
+            actor: "test".into(),
+            kind: EventKind::Remove,
+            version: None,
+            note: Some(note.into()),
+            site: site.map(str::to_string),
+        };
+        let notes = |lib: &Library| -> Vec<String> {
+            let (timeline, _) = lib.load_timeline("disk").unwrap().unwrap();
+            timeline.events.iter().filter_map(|e| e.note.clone()).collect()
+        };
+        let mut remote = Timeline::new("disk");
+        remote.events.push(event(2, "from a", Some(A)));
+
+        // Planned while the item was absent on B; B created it meanwhile.
+        lib.update_timeline("disk", |_| {
+            let mut timeline = Timeline::new("disk");
+            timeline.events.push(event(0, "created meanwhile", None));
+            Ok((timeline, ()))
+        })
+        .unwrap();
+        merge_into(&lib, B, &remote, A, None).unwrap().unwrap();
+        assert_eq!(notes(&lib), ["created meanwhile", "from a"]);
+
+        // Planned on B's timeline as it was; B changed it before the swap.
+        let known = lib.load_timeline("disk").unwrap().unwrap();
+        lib.update_timeline("disk", |current| {
+            let mut timeline = current.unwrap();
+            timeline.events.push(event(3, "changed meanwhile", None));
+            Ok((timeline, ()))
+        })
+        .unwrap();
+        remote.events.push(event(4, "again from a", Some(A)));
+        merge_into(&lib, B, &remote, A, Some(known)).unwrap().unwrap();
+        assert_eq!(
+            notes(&lib),
+            ["created meanwhile", "from a", "changed meanwhile", "again from a"]
+        );
+
+        // Planned on the current timeline: one conditional write, nothing lost either.
+        let known = lib.load_timeline("disk").unwrap().unwrap();
+        remote.events.push(event(5, "third from a", Some(A)));
+        merge_into(&lib, B, &remote, A, Some(known)).unwrap().unwrap();
+        assert_eq!(notes(&lib).len(), 5);
+        // Nothing new: no write at all.
+        let known = lib.load_timeline("disk").unwrap().unwrap();
+        assert!(merge_into(&lib, B, &remote, A, Some(known))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
