@@ -1513,7 +1513,11 @@ mod tests {
         };
         let notes = |lib: &Library| -> Vec<String> {
             let (timeline, _) = lib.load_timeline("disk").unwrap().unwrap();
-            timeline.events.iter().filter_map(|e| e.note.clone()).collect()
+            timeline
+                .events
+                .iter()
+                .filter_map(|e| e.note.clone())
+                .collect()
         };
         let mut remote = Timeline::new("disk");
         remote.events.push(event(2, "from a", Some(A)));
@@ -1537,16 +1541,25 @@ mod tests {
         })
         .unwrap();
         remote.events.push(event(4, "again from a", Some(A)));
-        merge_into(&lib, B, &remote, A, Some(known)).unwrap().unwrap();
+        merge_into(&lib, B, &remote, A, Some(known))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             notes(&lib),
-            ["created meanwhile", "from a", "changed meanwhile", "again from a"]
+            [
+                "created meanwhile",
+                "from a",
+                "changed meanwhile",
+                "again from a"
+            ]
         );
 
         // Planned on the current timeline: one conditional write, nothing lost either.
         let known = lib.load_timeline("disk").unwrap().unwrap();
         remote.events.push(event(5, "third from a", Some(A)));
-        merge_into(&lib, B, &remote, A, Some(known)).unwrap().unwrap();
+        merge_into(&lib, B, &remote, A, Some(known))
+            .unwrap()
+            .unwrap();
         assert_eq!(notes(&lib).len(), 5);
         // Nothing new: no write at all.
         let known = lib.load_timeline("disk").unwrap().unwrap();
