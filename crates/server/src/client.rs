@@ -218,6 +218,11 @@ impl Client {
             .timeout_recv_body(Some(IO_TIMEOUT))
             .timeout_send_body(Some(IO_TIMEOUT))
             .timeout_connect(Some(Duration::from_secs(30)))
+            // A sync to a peer daemon keeps `--parallel` requests in flight: with ureq's
+            // default of 3 idle connections per host the others were closed after each
+            // answer and the next request paid a new TCP and TLS handshake (2-3 round trips).
+            .max_idle_connections(vmedia_library::sync::MAX_PARALLEL)
+            .max_idle_connections_per_host(vmedia_library::sync::MAX_PARALLEL)
             .build()
             .into();
         Ok(Client {

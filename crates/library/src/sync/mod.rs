@@ -34,9 +34,9 @@ use crate::config::{LibraryConfig, CONFIG_KEY, MAX_CONFIG_BYTES};
 use crate::crypto::SEAL_OVERHEAD;
 use crate::error::{LibraryError, Result};
 use crate::library::{open_store, Library, CODEC_STORED, CODEC_ZSTD};
-use crate::location::OpenConfig;
+use crate::location::{OpenConfig, ProvidedStore};
 use crate::manifest::{max_stored_bytes, Manifest, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES};
-use crate::store::{PutOutcome, Store};
+use crate::store::{Etag, PutOutcome, Store};
 use crate::timeline::{Event, EventKind, Timeline, MAX_EVENTS, MAX_TIMELINE_BYTES, MAX_VERSIONS};
 
 pub use merge::{convergence_view, merge_timelines};
@@ -45,10 +45,20 @@ pub use status::{
     SyncStatusReport,
 };
 
-/// Requests in flight by default: enough to keep a 50 ms link busy with 256 KiB chunks.
-pub const DEFAULT_PARALLEL: usize = 8;
-/// More threads than this only adds memory (each holds a chunk of up to 16 MiB).
+/// Chunk requests in flight by default. A chunk put costs one round trip; at 100 ms (50 ms
+/// each way) and ~120 KiB stored per chunk, 8 in flight moved ~10 MiB/s and left the link idle
+/// between answers; 32 keep it busy while a loopback peer is not slowed by the extra threads.
+/// Memory stays bounded by `MAX_INFLIGHT_BYTES`, not by this count.
+pub const DEFAULT_PARALLEL: usize = 32;
+/// More threads than this only adds scheduling: the byte budget bounds memory anyway.
 pub const MAX_PARALLEL: usize = 256;
+/// Stored chunk bytes held by the copying threads at once, whatever `--parallel` says: 32
+/// threads of average chunks use a few MiB, but chunks of up to 16 MiB could otherwise make
+/// 256 threads hold 4 GiB.
+pub const MAX_INFLIGHT_BYTES: u64 = 256 << 20;
+/// Concurrent small requests (timelines, manifests, listings) of one sync: each is a round trip
+/// on a high-latency link and they have no order among them.
+const METADATA_PARALLEL: usize = 16;
 /// The object naming this library as a site: `{"site": "<32 hex>"}`, made at the first sync.
 pub const SITE_KEY: &str = "site.json";
 /// A site record is a few dozen bytes.
@@ -238,6 +248,86 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Runs two independent steps at once (each is a round trip or more on a high-latency link and
+/// neither needs the other's result).
+fn join<A: Send, B: Send>(
+    first: impl FnOnce() -> A + Send,
+    second: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    std::thread::scope(|scope| {
+        let other = scope.spawn(second);
+        let a = first();
+        let b = other
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (a, b)
+    })
+}
+
+/// `f` over `items` with up to `parallel` threads, results in the order of `items`.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    parallel: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = parallel.clamp(1, MAX_PARALLEL).min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(index) else { break };
+                let result = f(item);
+                results.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(result);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every index was taken by one thread"))
+        .collect()
+}
+
+/// A budget of bytes shared by the copying threads: each reserves its chunk's stored size
+/// before reading it and gives it back once the chunk is written.
+struct ByteBudget {
+    free: Mutex<u64>,
+    freed: std::sync::Condvar,
+    total: u64,
+}
+
+impl ByteBudget {
+    fn new(total: u64) -> Self {
+        ByteBudget {
+            free: Mutex::new(total),
+            freed: std::sync::Condvar::new(),
+            total,
+        }
+    }
+
+    /// Waits for `bytes` (at most the whole budget, so one huge chunk still passes alone).
+    fn take(&self, bytes: u64) -> u64 {
+        let bytes = bytes.min(self.total);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free < bytes {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= bytes;
+        bytes
+    }
+
+    fn give(&self, bytes: u64) {
+        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += bytes;
+        self.freed.notify_all();
+    }
+}
+
 /// A bandwidth limit shared by every copying thread: each transfer reserves its slot on a
 /// virtual clock and starts when the slot comes.
 struct Throttle {
@@ -278,8 +368,7 @@ struct Side {
     config_bytes: Vec<u8>,
 }
 
-fn open_side(config: &OpenConfig) -> Result<(Side, bool)> {
-    let store = open_store(config)?;
+fn open_side(store: Arc<dyn Store>, config: &OpenConfig) -> Result<(Side, bool)> {
     let location = config.location.to_string();
     let Some(bytes) = store
         .get(CONFIG_KEY, MAX_CONFIG_BYTES)
@@ -321,6 +410,9 @@ fn empty_config() -> LibraryConfig {
     }
 }
 
+/// A manifest read from the source: its key, its stored bytes (what is copied), its contents.
+type LoadedManifest = (String, Vec<u8>, Manifest);
+
 /// Checks a chunk's stored bytes before it counts; `Err` names the problem.
 type ChunkCheck<'a> = dyn Fn(&ChunkJob, &[u8]) -> std::result::Result<(), String> + Sync + 'a;
 
@@ -333,6 +425,7 @@ struct Copier<'a> {
     check: &'a ChunkCheck<'a>,
     throttle: Option<Throttle>,
     parallel: usize,
+    budget: ByteBudget,
     progress: &'a dyn Progress,
     sent: AtomicU64,
     bytes: AtomicU64,
@@ -356,6 +449,7 @@ impl<'a> Copier<'a> {
                 next: Mutex::new(Instant::now()),
             }),
             parallel: options.parallel,
+            budget: ByteBudget::new(MAX_INFLIGHT_BYTES),
             progress,
             sent: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -394,6 +488,13 @@ impl<'a> Copier<'a> {
     }
 
     fn copy_one(&self, job: &ChunkJob) -> std::result::Result<(), String> {
+        let held = self.budget.take(job.size);
+        let result = self.copy_held(job);
+        self.budget.give(held);
+        result
+    }
+
+    fn copy_held(&self, job: &ChunkJob) -> std::result::Result<(), String> {
         let limit = match job.plain {
             Some((_, length)) => max_stored_bytes(length) as u64 + SEAL_OVERHEAD as u64,
             None => max_stored_bytes(MAX_CHUNK_BYTES) as u64 + SEAL_OVERHEAD as u64,
@@ -568,13 +669,31 @@ pub fn sync(
         to: to.location.to_string(),
         problem,
     };
-    let (a, a_exists) = open_side(from)?;
+    // Every step below that has no order with another runs beside it: on a 50 ms link each
+    // request is a round trip, and a sync of a small change is mostly such requests.
+    // The site ids are read beside the configurations (made below only when missing).
+    let (store_a, store_b) = (open_store(from)?, open_store(to)?);
+    let ((opened_a, opened_b), (read_a_site, read_b_site)) = join(
+        || {
+            join(
+                || open_side(Arc::clone(&store_a), from),
+                || open_side(Arc::clone(&store_b), to),
+            )
+        },
+        || {
+            join(
+                || site_id(store_a.as_ref(), false),
+                || site_id(store_b.as_ref(), false),
+            )
+        },
+    );
+    let (a, a_exists) = opened_a?;
     if !a_exists {
         return Err(LibraryError::NotALibrary {
             location: a.location.clone(),
         });
     }
-    let (mut b, b_exists) = open_side(to)?;
+    let (mut b, b_exists) = opened_b?;
     let mut created = false;
     if !b_exists {
         if !options.dry_run {
@@ -583,7 +702,7 @@ pub fn sync(
                 created = true;
             }
             b.store.flush()?;
-            let (reopened, _) = open_side(to)?;
+            let (reopened, _) = open_side(Arc::clone(&b.store), to)?;
             b = reopened;
         } else {
             b.config = a.config.clone();
@@ -625,10 +744,19 @@ pub fn sync(
         ));
     }
 
-    let a_site =
-        site_id(a.store.as_ref(), !options.dry_run)?.unwrap_or_else(|| "(none yet)".into());
-    let b_site =
-        site_id(b.store.as_ref(), !options.dry_run)?.unwrap_or_else(|| "(none yet)".into());
+    let create = !options.dry_run;
+    let (a_site, b_site) = join(
+        || match read_a_site? {
+            Some(site) => Ok(Some(site)),
+            None => site_id(a.store.as_ref(), create),
+        },
+        || match read_b_site? {
+            Some(site) => Ok(Some(site)),
+            None => site_id(b.store.as_ref(), create),
+        },
+    );
+    let a_site = a_site?.unwrap_or_else(|| "(none yet)".into());
+    let b_site = b_site?.unwrap_or_else(|| "(none yet)".into());
     if a_site == b_site && !options.dry_run {
         return Err(refuse(format!(
             "both locations are site {a_site} (one library, or a copy of its {SITE_KEY}); delete {SITE_KEY} in the copy so it gets its own id"
@@ -662,22 +790,42 @@ pub fn sync(
     let snapshot = now_text();
     let to_key = peer_key("from", &a_site);
     let from_key = peer_key("to", &b_site);
-    let mut b_record = read_peer(b.store.as_ref(), &to_key);
-
-    let outcome = if readable {
-        sync_readable(
-            from,
-            to,
+    let read_records = || {
+        join(
+            || read_peer(a.store.as_ref(), &from_key),
+            || read_peer(b.store.as_ref(), &to_key),
+        )
+    };
+    // The destination's marker (gc waits while it exists), released beside the peer records.
+    let mut held: Option<Box<dyn Send>> = None;
+    let ((mut a_record, mut b_record), outcome) = if readable {
+        // Peer records are read while the sync starts (a key-less sync needs its own first).
+        join(read_records, || {
+            sync_readable(
+                from,
+                to,
+                &a,
+                &b,
+                &a_site,
+                &b_site,
+                options,
+                progress,
+                &mut report,
+                &mut held,
+            )
+        })
+    } else {
+        let (a_record, mut b_record) = read_records();
+        let outcome = sync_opaque(
             &a,
             &b,
-            &a_site,
-            &b_site,
             options,
             progress,
             &mut report,
-        )
-    } else {
-        sync_opaque(&a, &b, options, progress, &mut report, &mut b_record)
+            &mut b_record,
+            &mut held,
+        );
+        ((a_record, b_record), outcome)
     };
     report.seconds = started.elapsed().as_secs_f64();
     if options.dry_run {
@@ -715,15 +863,25 @@ pub fn sync(
         }
     };
     update(&mut b_record, "from", &a_site, &a.location);
-    let _ = b.store.put(
-        &to_key,
-        &serde_json::to_vec_pretty(&b_record).expect("a peer record serialises"),
-    );
-    let mut a_record = read_peer(a.store.as_ref(), &from_key);
     update(&mut a_record, "to", &b_site, &b.location);
-    let _ = a.store.put(
-        &from_key,
-        &serde_json::to_vec_pretty(&a_record).expect("a peer record serialises"),
+    join(
+        || drop(held.take()),
+        || {
+            join(
+                || {
+                    let _ = b.store.put(
+                        &to_key,
+                        &serde_json::to_vec_pretty(&b_record).expect("a peer record serialises"),
+                    );
+                },
+                || {
+                    let _ = a.store.put(
+                        &from_key,
+                        &serde_json::to_vec_pretty(&a_record).expect("a peer record serialises"),
+                    );
+                },
+            )
+        },
     );
     outcome.map(|()| report)
 }
@@ -740,6 +898,7 @@ fn sync_readable(
     options: &SyncOptions,
     progress: &dyn Progress,
     report: &mut SyncReport,
+    held: &mut Option<Box<dyn Send>>,
 ) -> Result<()> {
     let mut from = from.clone();
     let mut to = to.clone();
@@ -749,46 +908,123 @@ fn sync_readable(
         from.key = key.clone();
         to.key = key;
     }
-    let lib_a = Library::open(&from)?;
+    // The stores opened already: one client (and its kept-alive connections) per side.
+    from.store = Some(ProvidedStore(Arc::clone(&a.store)));
+    to.store = Some(ProvidedStore(Arc::clone(&b.store)));
     // A dry run into a location that does not exist yet reads it as empty.
-    let lib_b = if options.dry_run && b.config_bytes.is_empty() {
-        None
-    } else {
-        Some(Library::open(&to)?)
-    };
-    let _marker = match (&lib_b, options.dry_run) {
-        (Some(lib), false) => Some(lib.begin_add(progress)?),
-        _ => None,
-    };
+    let open_b = options.dry_run && b.config_bytes.is_empty();
+    let (lib_a, lib_b) = join(
+        || Library::open(&from),
+        || (!open_b).then(|| Library::open(&to)).transpose(),
+    );
+    let (lib_a, lib_b) = (lib_a?, lib_b?);
 
     progress.phase("reading timelines");
-    let mut a_items: Vec<Timeline> = Vec::new();
-    for key in lib_a.item_keys()? {
-        if let Some(timeline) = lib_a.load_timeline_key(&key)? {
-            if options
-                .items
-                .as_deref()
-                .is_none_or(|glob| glob_match(glob, &timeline.name))
-            {
-                a_items.push(timeline);
+    // The source's timelines while the destination's marker goes up (gc waits for it).
+    let (a_items, marker) = join(
+        || -> Result<Vec<Timeline>> {
+            let keys = lib_a.item_keys()?;
+            let loaded = parallel_map(&keys, METADATA_PARALLEL, |key| lib_a.load_timeline_key(key));
+            let mut items = Vec::new();
+            for timeline in loaded {
+                if let Some(timeline) = timeline? {
+                    if options
+                        .items
+                        .as_deref()
+                        .is_none_or(|glob| glob_match(glob, &timeline.name))
+                    {
+                        items.push(timeline);
+                    }
+                }
             }
-        }
+            items.sort_by(|x, y| x.name.cmp(&y.name));
+            Ok(items)
+        },
+        || match (&lib_b, options.dry_run) {
+            (Some(lib), false) => lib.begin_add(progress).map(Some),
+            _ => Ok(None),
+        },
+    );
+    if let Some(marker) = marker? {
+        *held = Some(Box::new(marker));
     }
-    a_items.sort_by(|x, y| x.name.cmp(&y.name));
-    let mut b_chunks: HashSet<String> = HashSet::new();
-    let mut b_manifests: HashSet<String> = HashSet::new();
-    if !b.config_bytes.is_empty() {
-        for meta in b.store.list("chunks/")? {
-            b_chunks.insert(meta.key);
-        }
-        for meta in b.store.list("manifests/")? {
-            b_manifests.insert(meta.key);
-        }
-    }
+    let a_items = a_items?;
 
-    // Plan every item first, so progress has a total and the report counts what is needed.
+    // Once the marker holds gc off: one listing of the destination's chunks and one of its
+    // manifests are the existence check for all of them, and its timelines of the same items
+    // (kept with their tags for the merge) are read beside them.
+    let listed = !b.config_bytes.is_empty();
+    let list = |prefix: &'static str| -> Result<HashSet<String>> {
+        if !listed {
+            return Ok(HashSet::new());
+        }
+        Ok(b.store.list(prefix)?.into_iter().map(|m| m.key).collect())
+    };
+    let ((b_chunks, b_manifests), b_timelines) = join(
+        || join(|| list("chunks/"), || list("manifests/")),
+        || -> Vec<Result<Option<(Timeline, Etag)>>> {
+            match &lib_b {
+                Some(lib) => {
+                    parallel_map(&a_items, METADATA_PARALLEL, |t| lib.load_timeline(&t.name))
+                }
+                None => a_items.iter().map(|_| Ok(None)).collect(),
+            }
+        },
+    );
+    let (b_chunks, b_manifests) = (b_chunks?, b_manifests?);
+    let b_timelines = b_timelines.into_iter().collect::<Result<Vec<_>>>()?;
+
+    // The manifests of the versions the destination lacks, read from the source at once.
+    let wanted: Vec<(usize, usize)> = a_items
+        .iter()
+        .zip(&b_timelines)
+        .enumerate()
+        .flat_map(|(item, (timeline, b_timeline))| {
+            let b_known: HashSet<&str> = b_timeline
+                .iter()
+                .flat_map(|(t, _)| t.versions.iter().map(|r| r.manifest.as_str()))
+                .collect();
+            timeline
+                .versions
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.pruned.is_none())
+                // Known at the destination (its retention may have released it: its
+                // choice), or its manifest already there (written only after its chunks).
+                .filter(|(_, r)| {
+                    !b_known.contains(r.manifest.as_str())
+                        && !b_manifests.contains(&format!("manifests/{}", r.manifest))
+                })
+                .map(|(index, _)| (item, index))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let loaded = parallel_map(&wanted, METADATA_PARALLEL, |&(item, index)| {
+        let timeline = &a_items[item];
+        let record = &timeline.versions[index];
+        let what = format!("{}@{}", timeline.name, record.version);
+        let key = format!("manifests/{}", record.manifest);
+        let stored = a
+            .store
+            .get(&key, MAX_MANIFEST_BYTES + SEAL_OVERHEAD as u64)?
+            .ok_or_else(|| LibraryError::Missing {
+                what: "a manifest",
+                key: key.clone(),
+            })?;
+        let manifest = version_manifest(&lib_a, timeline, record, &key, &stored)?;
+        if let Some(lib) = &lib_b {
+            lib.check_trusted(&manifest, &what)?;
+        }
+        Ok::<_, LibraryError>((key, stored, manifest))
+    });
+    let mut loaded: HashMap<(usize, usize), Result<LoadedManifest>> =
+        wanted.into_iter().zip(loaded).collect();
+
+    // Plan every item, so progress has a total and the report counts what is needed.
     struct Plan {
         timeline: Timeline,
+        /// The destination's timeline of the item and its tag, as read above.
+        b_timeline: Option<(Timeline, Etag)>,
         manifests: Vec<(String, Vec<u8>)>,
         chunks: Vec<ChunkJob>,
         error: Option<String>,
@@ -796,47 +1032,22 @@ fn sync_readable(
     let mut plans = Vec::new();
     let mut planned_chunks: HashSet<String> = HashSet::new();
     let mut total_bytes = 0u64;
-    for timeline in a_items {
-        let b_timeline = match &lib_b {
-            Some(lib) => lib.load_timeline(&timeline.name)?.map(|(t, _)| t),
-            None => None,
-        };
-        let b_known: HashSet<&str> = b_timeline
-            .iter()
-            .flat_map(|t| t.versions.iter().map(|r| r.manifest.as_str()))
-            .collect();
+    for (item, (timeline, b_timeline)) in a_items.into_iter().zip(b_timelines).enumerate() {
         let mut plan = Plan {
             manifests: Vec::new(),
             chunks: Vec::new(),
             error: None,
-            timeline: timeline.clone(),
+            b_timeline,
+            timeline,
         };
-        for record in timeline.versions.iter().filter(|r| r.pruned.is_none()) {
-            let key = format!("manifests/{}", record.manifest);
-            // Known at the destination (its retention may have released it: its choice), or
-            // its manifest already there (written only after all its chunks).
-            if b_known.contains(record.manifest.as_str()) || b_manifests.contains(&key) {
+        for (index, record) in plan.timeline.versions.iter().enumerate() {
+            let Some(found) = loaded.remove(&(item, index)) else {
                 continue;
-            }
-            let what = format!("{}@{}", timeline.name, record.version);
-            let loaded = (|| -> Result<(Vec<u8>, Manifest)> {
-                let stored = a
-                    .store
-                    .get(&key, MAX_MANIFEST_BYTES + SEAL_OVERHEAD as u64)?
-                    .ok_or_else(|| LibraryError::Missing {
-                        what: "a manifest",
-                        key: key.clone(),
-                    })?;
-                let manifest = lib_a.load_version_manifest(&timeline, record)?;
-                if let Some(lib) = &lib_b {
-                    lib.check_trusted(&manifest, &what)?;
-                }
-                Ok((stored, manifest))
-            })();
-            let (stored, manifest) = match loaded {
+            };
+            let (key, stored, manifest) = match found {
                 Ok(found) => found,
                 Err(e) => {
-                    plan.error = Some(format!("{what}: {e}"));
+                    plan.error = Some(format!("{}@{}: {e}", plan.timeline.name, record.version));
                     break;
                 }
             };
@@ -902,6 +1113,7 @@ fn sync_readable(
             continue;
         }
         let (arrived, failed) = copier.copy(&plan.chunks);
+        let arrived: HashSet<String> = arrived.into_iter().collect();
         let arrived_bytes: u64 = plan
             .chunks
             .iter()
@@ -920,13 +1132,16 @@ fn sync_readable(
         }
         // Chunks durable before the manifests that name them, manifests before the timeline.
         b.store.flush()?;
-        for (key, stored) in &plan.manifests {
-            if b.store.put_if_absent(key, stored)? == PutOutcome::Written {
+        // The manifests of one item have no order among them, only before its timeline.
+        for outcome in parallel_map(&plan.manifests, METADATA_PARALLEL, |(key, stored)| {
+            b.store.put_if_absent(key, stored)
+        }) {
+            if outcome? == PutOutcome::Written {
                 report.manifests_copied += 1;
             }
         }
         b.store.flush()?;
-        match merge_into(&lib_b, b_site, &plan.timeline, a_site) {
+        match merge_into(&lib_b, b_site, &plan.timeline, a_site, plan.b_timeline) {
             Ok(Some(item)) => {
                 report.versions_copied += item.versions_added;
                 report.items.push(item);
@@ -978,23 +1193,17 @@ fn sync_readable(
 
 /// Merges the source's timeline of an item into the destination's by compare-and-swap (a
 /// concurrent add or rollback there is re-read and kept). `None` when nothing changed.
+/// `known` is the destination's timeline and tag as read when the sync planned: when nobody
+/// changed it since, the merge costs one conditional write and no read.
 fn merge_into(
     lib_b: &Library,
     b_site: &str,
     remote: &Timeline,
     a_site: &str,
+    known: Option<(Timeline, Etag)>,
 ) -> Result<Option<ItemSync>> {
     let name = remote.name.clone();
-    let mut summary = None;
-    // Stamping this site's own events changes no fact (an unstamped event is this site's):
-    // such a merge is not written, so a converged pair of sites writes nothing.
-    let unchanged = lib_b.load_timeline(&name)?.is_some_and(|(local, _)| {
-        unstamp(merge_timelines(&local, b_site, remote, a_site), b_site) == unstamp(local, b_site)
-    });
-    if unchanged {
-        return Ok(None);
-    }
-    lib_b.update_timeline(&name, |current| {
+    let merge = |current: Option<Timeline>| -> Result<(Timeline, ItemSync)> {
         let local = current.unwrap_or_else(|| Timeline::new(&name));
         let merged = merge_timelines(&local, b_site, remote, a_site);
         if merged.versions.len() > MAX_VERSIONS || merged.events.len() > MAX_EVENTS {
@@ -1005,16 +1214,91 @@ fn merge_into(
             });
         }
         let state = merged.current();
-        summary = Some(ItemSync {
+        let summary = ItemSync {
             name: name.clone(),
             versions_added: (merged.versions.len() - local.versions.len()) as u64,
             events_added: merged.events.len().saturating_sub(local.events.len()) as u64,
             current: state.version,
             removed: state.removed,
-        });
+        };
+        Ok((merged, summary))
+    };
+    // Stamping this site's own events changes no fact (an unstamped event is this site's):
+    // such a merge is not written, so a converged pair of sites writes nothing.
+    let unchanged = |local: &Timeline| {
+        unstamp(merge_timelines(local, b_site, remote, a_site), b_site)
+            == unstamp(local.clone(), b_site)
+    };
+    let (local, tag) = match known {
+        Some((local, tag)) => (Some(local), Some(tag)),
+        None => (None, None),
+    };
+    if local.as_ref().is_some_and(unchanged) {
+        return Ok(None);
+    }
+    // The one write when the timeline is still as planned; anything else (changed, created
+    // or removed meanwhile) falls back to the read-merge-swap loop below.
+    let (merged, summary) = merge(local)?;
+    let key = lib_b.item_key(&name);
+    let bytes = lib_b.seal(&key, merged.to_bytes());
+    if bytes.len() as u64 <= MAX_TIMELINE_BYTES {
+        let outcome = match &tag {
+            None => lib_b.store().put_if_absent(&key, &bytes)?,
+            Some(tag) => lib_b.store().put_if_match(&key, &bytes, tag)?,
+        };
+        if outcome == PutOutcome::Written {
+            lib_b.store().flush()?;
+            return Ok(Some(summary));
+        }
+    }
+    if lib_b
+        .load_timeline(&name)?
+        .is_some_and(|(local, _)| unchanged(&local))
+    {
+        return Ok(None);
+    }
+    let mut summary = None;
+    lib_b.update_timeline(&name, |current| {
+        let (merged, item) = merge(current)?;
+        summary = Some(item);
         Ok((merged, ()))
     })?;
     Ok(summary)
+}
+
+/// A version's manifest from its stored bytes (read once: they are also what is copied),
+/// checked as the library checks it when it loads one: it opens under its key, hashes to its
+/// name and describes the version its timeline records.
+fn version_manifest(
+    library: &Library,
+    timeline: &Timeline,
+    record: &crate::timeline::VersionRecord,
+    key: &str,
+    stored: &[u8],
+) -> Result<Manifest> {
+    let plain = library.unseal(key, stored.to_vec())?;
+    if library.manifest_name(&plain) != record.manifest {
+        return Err(LibraryError::Tampered {
+            key: key.to_string(),
+        });
+    }
+    let manifest = Manifest::parse(key, &plain)?;
+    if manifest.header.name != timeline.name
+        || manifest.header.digest != record.digest
+        || manifest.header.size != record.size
+    {
+        return Err(LibraryError::Corrupt {
+            key: key.to_string(),
+            offset: 0,
+            field: "header",
+            problem: format!(
+                "does not describe {}@{} as its timeline records it",
+                timeline.name, record.version
+            ),
+        });
+    }
+    library.check_trusted(&manifest, &format!("{}@{}", timeline.name, record.version))?;
+    Ok(manifest)
 }
 
 /// `timeline` with the stamps of `site`'s own events removed (how that site writes them).
@@ -1036,23 +1320,18 @@ fn sync_opaque(
     progress: &dyn Progress,
     report: &mut SyncReport,
     record: &mut PeerRecord,
+    held: &mut Option<Box<dyn Send>>,
 ) -> Result<()> {
-    let _marker = if options.dry_run {
-        None
-    } else {
-        Some(PlainMarker::write(Arc::clone(&b.store))?)
-    };
+    if !options.dry_run {
+        *held = Some(Box::new(PlainMarker::write(Arc::clone(&b.store))?));
+    }
     progress.phase("listing");
     // Timelines first: every chunk a listed timeline names was stored before it.
     let a_items = a.store.list("items/")?;
-    let b_chunks: HashMap<String, u64> = b
-        .store
-        .list("chunks/")?
-        .into_iter()
-        .map(|m| (m.key, m.size))
-        .collect();
+    let (b_chunks, a_chunks) = join(|| b.store.list("chunks/"), || a.store.list("chunks/"));
+    let b_chunks: HashMap<String, u64> = b_chunks?.into_iter().map(|m| (m.key, m.size)).collect();
     let mut jobs = Vec::new();
-    for meta in a.store.list("chunks/")? {
+    for meta in a_chunks? {
         if let Some(size) = b_chunks.get(&meta.key) {
             report.chunks_skipped += 1;
             report.bytes_skipped += size;
@@ -1100,23 +1379,25 @@ fn sync_opaque(
         return Ok(());
     }
     b.store.flush()?;
-    let b_manifests: HashSet<String> = b
-        .store
-        .list("manifests/")?
+    let (b_manifests, a_manifests) =
+        join(|| b.store.list("manifests/"), || a.store.list("manifests/"));
+    let b_manifests: HashSet<String> = b_manifests?.into_iter().map(|m| m.key).collect();
+    let missing: Vec<String> = a_manifests?
         .into_iter()
         .map(|m| m.key)
+        .filter(|key| !b_manifests.contains(key))
         .collect();
-    for meta in a.store.list("manifests/")? {
-        if b_manifests.contains(&meta.key) {
-            continue;
-        }
-        if let Some(bytes) = a
+    for outcome in parallel_map(&missing, METADATA_PARALLEL, |key| {
+        match a
             .store
-            .get(&meta.key, MAX_MANIFEST_BYTES + SEAL_OVERHEAD as u64)?
+            .get(key, MAX_MANIFEST_BYTES + SEAL_OVERHEAD as u64)?
         {
-            if b.store.put_if_absent(&meta.key, &bytes)? == PutOutcome::Written {
-                report.manifests_copied += 1;
-            }
+            Some(bytes) => b.store.put_if_absent(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }) {
+        if outcome? == Some(PutOutcome::Written) {
+            report.manifests_copied += 1;
         }
     }
     b.store.flush()?;
@@ -1178,6 +1459,113 @@ mod tests {
         assert!(!glob_match("debian", "debian-12"));
         assert!(!glob_match("*.qcow2", "debian-12.iso"));
         assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn parallel_map_keeps_the_order_of_its_items() {
+        let items: Vec<u64> = (0..200).collect();
+        let doubled = parallel_map(&items, 16, |&n| {
+            std::thread::sleep(Duration::from_micros(200 - n));
+            n * 2
+        });
+        assert_eq!(doubled, items.iter().map(|n| n * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_the_bytes_in_flight() {
+        let budget = ByteBudget::new(250);
+        let held = AtomicU64::new(0);
+        let most = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let taken = budget.take(100);
+                        let now = held.fetch_add(taken, Ordering::SeqCst) + taken;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(2));
+                        held.fetch_sub(taken, Ordering::SeqCst);
+                        budget.give(taken);
+                    }
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 200);
+        // A chunk larger than the whole budget still passes, alone.
+        assert_eq!(budget.take(1000), 250);
+        budget.give(250);
+    }
+
+    #[test]
+    fn a_merge_planned_on_a_stale_timeline_keeps_what_the_destination_wrote_since() {
+        const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let dir = tempfile::tempdir().unwrap();
+        let config = OpenConfig::folder(dir.path().join("b"), "test@b");
+        let lib = Library::init(&config, &crate::location::InitOptions::default()).unwrap();
+        let event = |minute: i64, note: &str, site: Option<&str>| Event {
+            time: jiff::Timestamp::from_second(1_700_000_000 + minute * 60).unwrap(),
+            actor: "test".into(),
+            kind: EventKind::Remove,
+            version: None,
+            note: Some(note.into()),
+            site: site.map(str::to_string),
+        };
+        let notes = |lib: &Library| -> Vec<String> {
+            let (timeline, _) = lib.load_timeline("disk").unwrap().unwrap();
+            timeline
+                .events
+                .iter()
+                .filter_map(|e| e.note.clone())
+                .collect()
+        };
+        let mut remote = Timeline::new("disk");
+        remote.events.push(event(2, "from a", Some(A)));
+
+        // Planned while the item was absent on B; B created it meanwhile.
+        lib.update_timeline("disk", |_| {
+            let mut timeline = Timeline::new("disk");
+            timeline.events.push(event(0, "created meanwhile", None));
+            Ok((timeline, ()))
+        })
+        .unwrap();
+        merge_into(&lib, B, &remote, A, None).unwrap().unwrap();
+        assert_eq!(notes(&lib), ["created meanwhile", "from a"]);
+
+        // Planned on B's timeline as it was; B changed it before the swap.
+        let known = lib.load_timeline("disk").unwrap().unwrap();
+        lib.update_timeline("disk", |current| {
+            let mut timeline = current.unwrap();
+            timeline.events.push(event(3, "changed meanwhile", None));
+            Ok((timeline, ()))
+        })
+        .unwrap();
+        remote.events.push(event(4, "again from a", Some(A)));
+        merge_into(&lib, B, &remote, A, Some(known))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            notes(&lib),
+            [
+                "created meanwhile",
+                "from a",
+                "changed meanwhile",
+                "again from a"
+            ]
+        );
+
+        // Planned on the current timeline: one conditional write, nothing lost either.
+        let known = lib.load_timeline("disk").unwrap().unwrap();
+        remote.events.push(event(5, "third from a", Some(A)));
+        merge_into(&lib, B, &remote, A, Some(known))
+            .unwrap()
+            .unwrap();
+        assert_eq!(notes(&lib).len(), 5);
+        // Nothing new: no write at all.
+        let known = lib.load_timeline("disk").unwrap().unwrap();
+        assert!(merge_into(&lib, B, &remote, A, Some(known))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
