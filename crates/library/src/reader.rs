@@ -309,9 +309,8 @@ impl VersionReader {
             self.inner.library.inner.pool.spawn(move || {
                 // A failed read-ahead costs only speed: the client's own read of the chunk
                 // reports the error. A panic must not take the worker pool down.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    reader.chunk(index)
-                }));
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.chunk(index)));
             });
         }
     }
@@ -676,7 +675,10 @@ mod tests {
         let far = 3000 * CHUNK;
         for i in 0..3 {
             let got = streams.read(far + i * step, step, COUNT, &chunk_at);
-            assert!(got.is_empty(), "read ahead {got:?} right after a random access");
+            assert!(
+                got.is_empty(),
+                "read ahead {got:?} right after a random access"
+            );
         }
         // Random 4 KiB reads (a fixed sequence) never read ahead.
         let mut streams = Streams::default();
@@ -687,7 +689,10 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             let offset = (seed >> 33) % (COUNT as u64 * CHUNK / 4096) * 4096;
             let got = streams.read(offset, 4096, COUNT, &chunk_at);
-            assert!(got.is_empty(), "random read at {offset:#x} read ahead {got:?}");
+            assert!(
+                got.is_empty(),
+                "random read at {offset:#x} read ahead {got:?}"
+            );
         }
     }
 
@@ -706,7 +711,10 @@ mod tests {
             }
         }
         for (which, count) in ahead.iter().enumerate() {
-            assert!(*count > READ_AHEAD_CHUNKS, "stream {which} read {count} chunks ahead");
+            assert!(
+                *count > READ_AHEAD_CHUNKS,
+                "stream {which} read {count} chunks ahead"
+            );
         }
     }
 
