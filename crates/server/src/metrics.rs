@@ -109,11 +109,16 @@ impl Series {
     }
 }
 
+/// The series maps' hasher: looked up twice per request (start and finish) on every core,
+/// so a fast non-cryptographic one; the keys are export names and peer addresses, which
+/// collide only by the daemon's own choice.
+type Fast = quick_cache::DefaultHashBuilder;
+
 #[derive(Default)]
 struct State {
-    exports: HashMap<String, Arc<Series>>,
+    exports: HashMap<String, Arc<Series>, Fast>,
     /// Client -> export -> series (a client's series go with its connection).
-    clients: HashMap<String, HashMap<String, Arc<Series>>>,
+    clients: HashMap<String, HashMap<String, Arc<Series>, Fast>, Fast>,
 }
 
 impl State {

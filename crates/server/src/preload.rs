@@ -81,6 +81,10 @@ impl Traces {
 
     fn version(&self, digest: &str) -> Arc<VersionTrace> {
         let mut versions = lock(&self.versions);
+        // Every HTTP request attaches: the usual case (known digest) allocates nothing.
+        if let Some(known) = versions.get(digest) {
+            return Arc::clone(known);
+        }
         Arc::clone(versions.entry(digest.to_string()).or_insert_with(|| {
             Arc::new(VersionTrace {
                 digest: digest.to_string(),

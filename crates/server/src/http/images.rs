@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -37,36 +37,90 @@ enum Target {
 
 /// A representation ready to serve.
 struct Representation {
-    source: Arc<dyn ReadAt>,
+    /// The export reads are reported under, and read from unless `file` is set: pieces it
+    /// holds in memory are sent from the event loop, without a blocking thread or a copy.
+    export: Arc<dyn Export>,
+    /// A file inside the export (`/files/PATH`), read through the ISO reader instead.
+    file: Option<Arc<dyn ReadAt>>,
     size: u64,
-    etag: String,
-    last_modified: Option<String>,
-    /// The export name reads are reported under.
-    export: String,
-    /// The export itself when `source` reads it directly: pieces it holds in memory are sent
-    /// from the event loop, without a blocking thread or a copy.
-    direct: Option<Arc<dyn Export>>,
+    validators: Validators,
+}
+
+/// A representation's ETag and Last-Modified as ready header values: made once per version
+/// (per worker thread), not per request.
+#[derive(Clone)]
+struct Validators {
+    etag: HeaderValue,
+    last_modified: Option<HeaderValue>,
+}
+
+/// Versions whose validators each worker thread keeps: the versions being served at once.
+const KEPT_VALIDATORS: usize = 8;
+
+/// (name, version, disk) -> validators, at most `KEPT_VALIDATORS`, and the slot to replace.
+type KeptValidators = (Vec<(String, u64, bool, Validators)>, usize);
+
+thread_local! {
+    static VALIDATORS: std::cell::RefCell<KeptValidators> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+fn validators(version: &OpenedVersion, disk: bool) -> Validators {
+    VALIDATORS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let (list, next) = &mut *kept;
+        if let Some((_, _, _, found)) = list
+            .iter()
+            .find(|(n, v, d, _)| *v == version.version && *d == disk && *n == version.name)
+        {
+            return found.clone();
+        }
+        let etag = if disk {
+            format!("\"{}-disk\"", hex_of(&version.digest))
+        } else {
+            format!("\"{}\"", hex_of(&version.digest))
+        };
+        let made = Validators {
+            etag: header_value(etag),
+            last_modified: version.last_modified.clone().map(header_value),
+        };
+        let entry = (version.name.clone(), version.version, disk, made.clone());
+        if list.len() < KEPT_VALIDATORS {
+            list.push(entry);
+        } else {
+            list[*next % KEPT_VALIDATORS] = entry;
+            *next = next.wrapping_add(1);
+        }
+        made
+    })
+}
+
+/// A header value from text the daemon made (hex digests, dates, numbers): valid by
+/// construction; anything else becomes an empty value rather than a panic.
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(text)).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// `/images/...` on the ports without credentials: a restricted item needs a signed URL
 /// (`gate.rs`); without one it is a missing image (404), audited.
 pub(crate) async fn public_image(
     State(state): State<Arc<AppState>>,
-    Extension(peer): Extension<Peer>,
     Path(path): Path<String>,
-    uri: axum::http::Uri,
-    method: Method,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Response {
+    // Borrowed from the request: the hot path clones neither the headers nor the peer.
+    let Some(peer) = request.extensions().get::<Peer>() else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no peer address");
+    };
     let full = format!("/images/{path}");
     if state
         .gate
-        .admit_http(&method, &full, uri.query(), &peer.addr)
+        .admit_http(request.method(), &full, request.uri().query(), &peer.addr)
         .is_err()
     {
         return error_response(StatusCode::NOT_FOUND, &format!("no such image: {path}"));
     }
-    image(State(state), Extension(peer), Path(path), method, headers).await
+    serve(&state, peer, path, request.method(), request.headers()).await
 }
 
 pub(crate) async fn image(
@@ -76,30 +130,41 @@ pub(crate) async fn image(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
+    serve(&state, &peer, path, &method, &headers).await
+}
+
+async fn serve(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    path: String,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
     let (spec, target) = if let Some((spec, file)) = path.split_once(FILES_INFIX) {
-        (spec.to_string(), Target::File(format!("/{file}")))
+        (spec, Target::File(format!("/{file}")))
     } else if let Some(spec) = path.strip_suffix(DISK_SUFFIX) {
-        (spec.to_string(), Target::Disk)
+        (spec, Target::Disk)
     } else {
-        (path.clone(), Target::Bytes)
+        (path.as_str(), Target::Bytes)
     };
     let immutable = spec.contains("@sha256:");
     // An open version (the usual case after the first request) needs no blocking thread.
     let now = match &target {
-        Target::Bytes => state.exports.open_version_now(&spec).map(|version| {
+        Target::Bytes => state.exports.open_version_now(spec).map(|version| {
             state.exports.attached(&version);
             bytes_representation(&version)
         }),
-        Target::Disk => state.exports.open_disk_now(&spec).map(|(version, disk)| {
+        Target::Disk => state.exports.open_disk_now(spec).map(|(version, disk)| {
             state.exports.attached(&version);
             disk_representation(&version, disk)
         }),
         Target::File(_) => None,
     };
     if let Some(rep) = now {
-        return respond(&state, &peer, rep, &method, &headers, immutable);
+        return respond(state, peer, rep, method, headers, immutable);
     }
     let exports = Arc::clone(&state.exports);
+    let spec = spec.to_string();
     let opened = tokio::task::spawn_blocking(move || -> Result<Representation, Response> {
         let open = |spec: &str| exports.open_version(spec).map_err(export_error);
         match target {
@@ -126,12 +191,15 @@ pub(crate) async fn image(
                 let file_reader = iso.file_reader(&entry).map_err(not_found)?;
                 let path_digest = hex::encode(&Sha256::digest(file.as_bytes())[..8]);
                 let etag = format!("\"{}-{path_digest}\"", hex_of(&version.digest));
-                let size = file_reader.len();
-                let mut rep = representation(&version, Arc::clone(&version.export), etag);
-                rep.source = Arc::new(file_reader);
-                rep.size = size;
-                rep.direct = None;
-                Ok(rep)
+                Ok(Representation {
+                    export: Arc::clone(&version.export),
+                    size: file_reader.len(),
+                    file: Some(Arc::new(file_reader)),
+                    validators: Validators {
+                        etag: header_value(etag),
+                        last_modified: validators(&version, false).last_modified,
+                    },
+                })
             }
         }
     })
@@ -141,13 +209,17 @@ pub(crate) async fn image(
         Ok(Err(response)) => return response,
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    respond(&state, &peer, rep, &method, &headers, immutable)
+    respond(state, peer, rep, method, headers, immutable)
 }
 
 /// A version's bytes.
 fn bytes_representation(version: &OpenedVersion) -> Representation {
-    let etag = format!("\"{}\"", hex_of(&version.digest));
-    representation(version, Arc::clone(&version.export), etag)
+    Representation {
+        size: version.export.size(),
+        export: Arc::clone(&version.export),
+        file: None,
+        validators: validators(version, false),
+    }
 }
 
 /// A disk image's virtual content.
@@ -155,31 +227,29 @@ fn disk_representation(
     version: &OpenedVersion,
     disk: Arc<crate::exports::DiskExport>,
 ) -> Representation {
-    let etag = format!("\"{}-disk\"", hex_of(&version.digest));
-    let name = disk.name().to_string();
-    let mut rep = representation(version, disk, etag);
-    rep.export = name;
-    rep
-}
-
-fn representation(
-    version: &OpenedVersion,
-    export: Arc<dyn crate::export::Export>,
-    etag: String,
-) -> Representation {
-    let last_modified = version.last_modified.clone();
     Representation {
-        size: export.size(),
-        export: export.name().to_string(),
-        source: Arc::new(ExportReader(Arc::clone(&export))),
-        direct: Some(export),
-        etag,
-        last_modified,
+        size: disk.size(),
+        export: disk,
+        file: None,
+        validators: validators(version, true),
     }
 }
 
 fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// A response with no body (304, 416, HEAD).
+fn bare(status: StatusCode, headers: HeaderMap) -> Response {
+    with_body(status, headers, Body::empty())
+}
+
+/// A response built in place: the header map is moved in, not merged header by header.
+fn with_body(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 fn respond(
@@ -190,26 +260,23 @@ fn respond(
     headers: &HeaderMap,
     immutable: bool,
 ) -> Response {
-    let mut common = HeaderMap::new();
-    let put = |map: &mut HeaderMap, name: header::HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            map.insert(name, value);
-        }
-    };
-    put(&mut common, header::ETAG, &rep.etag);
-    if let Some(modified) = &rep.last_modified {
-        put(&mut common, header::LAST_MODIFIED, modified);
+    const OCTETS: HeaderValue = HeaderValue::from_static("application/octet-stream");
+    let mut common = HeaderMap::with_capacity(8);
+    let etag = rep.validators.etag.clone();
+    let etag_text = std::str::from_utf8(etag.as_bytes()).unwrap_or("");
+    common.insert(header::ETAG, etag.clone());
+    if let Some(modified) = &rep.validators.last_modified {
+        common.insert(header::LAST_MODIFIED, modified.clone());
     }
-    put(&mut common, header::ACCEPT_RANGES, "bytes");
-    put(
-        &mut common,
+    common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    common.insert(
         header::CACHE_CONTROL,
-        if immutable { IMMUTABLE } else { REVALIDATE },
+        HeaderValue::from_static(if immutable { IMMUTABLE } else { REVALIDATE }),
     );
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(tags) = text(header::IF_NONE_MATCH) {
-        if none_match_hits(tags, &rep.etag) {
-            return (StatusCode::NOT_MODIFIED, common).into_response();
+        if none_match_hits(tags, etag_text) {
+            return bare(StatusCode::NOT_MODIFIED, common);
         }
     }
     let mut ranges = match text(header::RANGE) {
@@ -217,26 +284,26 @@ fn respond(
         None => RangeRequest::Full,
     };
     if let Some(condition) = text(header::IF_RANGE) {
-        if !if_range_holds(condition, &rep.etag, rep.last_modified.as_deref()) {
+        let modified = rep
+            .validators
+            .last_modified
+            .as_ref()
+            .and_then(|v| v.to_str().ok());
+        if !if_range_holds(condition, etag_text, modified) {
             ranges = RangeRequest::Full;
         }
     }
     let head = method == Method::HEAD;
     match ranges {
         RangeRequest::Unsatisfiable => {
-            put(
-                &mut common,
+            common.insert(
                 header::CONTENT_RANGE,
-                &format!("bytes */{}", rep.size),
+                header_value(format!("bytes */{}", rep.size)),
             );
-            (StatusCode::RANGE_NOT_SATISFIABLE, common).into_response()
+            bare(StatusCode::RANGE_NOT_SATISFIABLE, common)
         }
         RangeRequest::Full => {
-            put(
-                &mut common,
-                header::CONTENT_TYPE,
-                "application/octet-stream",
-            );
+            common.insert(header::CONTENT_TYPE, OCTETS);
             let segments = VecDeque::from([Segment::Read(0, rep.size)]);
             body_response(
                 state,
@@ -251,16 +318,11 @@ fn respond(
         }
         RangeRequest::Ranges(list) if list.len() == 1 => {
             let (start, end) = list[0];
-            put(
-                &mut common,
+            common.insert(
                 header::CONTENT_RANGE,
-                &format!("bytes {start}-{end}/{}", rep.size),
+                header_value(format!("bytes {start}-{end}/{}", rep.size)),
             );
-            put(
-                &mut common,
-                header::CONTENT_TYPE,
-                "application/octet-stream",
-            );
+            common.insert(header::CONTENT_TYPE, OCTETS);
             let segments = VecDeque::from([Segment::Read(start, end - start + 1)]);
             let length = end - start + 1;
             body_response(
@@ -275,11 +337,10 @@ fn respond(
             )
         }
         RangeRequest::Ranges(list) => {
-            let boundary = boundary(&rep.etag);
-            put(
-                &mut common,
+            let boundary = boundary(etag_text);
+            common.insert(
                 header::CONTENT_TYPE,
-                &format!("multipart/byteranges; boundary={boundary}"),
+                header_value(format!("multipart/byteranges; boundary={boundary}")),
             );
             let mut segments = VecDeque::new();
             let mut length = 0u64;
@@ -364,29 +425,30 @@ fn body_response(
 ) -> Response {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if head {
-        return (status, headers).into_response();
+        return bare(status, headers);
     }
-    state.observer.request_started(&rep.export, &peer.addr);
+    let export_name = rep.export.name();
+    state.observer.request_started(export_name, &peer.addr);
     let started = Instant::now();
     // One piece held in one cached chunk (a small Range, the usual case): the body is that
     // slice, sent as is.
     let mut segments = segments;
     let mut sent = 0;
-    if let (Some(export), [Segment::Read(offset, size)]) = (&rep.direct, segments.as_slices().0) {
+    if let (None, [Segment::Read(offset, size)]) = (&rep.file, segments.as_slices().0) {
         let (offset, size) = (*offset, *size);
         if size > 0 && size <= PIECE_BYTES {
-            if let Some(mut parts) = export.read_cached(offset, size as usize) {
+            if let Some(mut parts) = rep.export.read_cached(offset, size as usize) {
                 if parts.len() == 1 {
                     if let Some(part) = parts.pop() {
                         state.observer.request_finished(
-                            &rep.export,
+                            export_name,
                             &peer.addr,
                             Op::Read,
                             size,
                             started.elapsed(),
                             true,
                         );
-                        return (status, headers, Body::from(part)).into_response();
+                        return with_body(status, headers, Body::from(part));
                     }
                 }
                 // Slices of several chunks: streamed as they are.
@@ -395,14 +457,17 @@ fn body_response(
             }
         }
     }
+    let source = match &rep.file {
+        Some(file) => Source::File(Arc::clone(file)),
+        None => Source::Export(Arc::clone(&rep.export)),
+    };
     let stream = BodyStream {
-        source: Arc::clone(&rep.source),
-        direct: rep.direct.clone(),
+        source,
         segments,
         ahead: None,
         report: Report {
             observer: Arc::clone(&state.observer),
-            export: rep.export.clone(),
+            export: export_name.to_string(),
             client: peer.addr.clone(),
             started,
             bytes: sent,
@@ -429,23 +494,13 @@ fn body_response(
                 let pending = match stream.ahead.take() {
                     Some((at, handle)) if at == offset => handle,
                     _ => {
-                        let cached = stream
-                            .direct
-                            .as_ref()
-                            .and_then(|export| export.read_cached(offset, n as usize));
-                        if let Some(mut parts) = cached {
-                            // Slices of cached chunks go out one by one, in order.
-                            let first = if parts.is_empty() {
-                                Bytes::new()
-                            } else {
-                                parts.remove(0)
-                            };
-                            for part in parts.into_iter().rev() {
-                                stream.segments.push_front(Segment::Literal(part));
-                            }
+                        let cached = match &stream.source {
+                            Source::Export(export) => export.read_cached(offset, n as usize),
+                            Source::File(_) => None,
+                        };
+                        if let Some(parts) = cached {
                             stream.report.bytes += n;
-                            stream.finished_if_done();
-                            return Some((Ok(first), stream));
+                            return Some((Ok(stream.send(parts)), stream));
                         }
                         read_piece(&stream.source, offset, n)
                     }
@@ -458,10 +513,9 @@ fn body_response(
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
                 match read {
-                    Ok(bytes) => {
-                        stream.report.bytes += bytes.len() as u64;
-                        stream.finished_if_done();
-                        Some((Ok(bytes), stream))
+                    Ok(parts) => {
+                        stream.report.bytes += n;
+                        Some((Ok(stream.send(parts)), stream))
                     }
                     Err(error) => {
                         // The status line went out already: end the body early, so the
@@ -474,31 +528,62 @@ fn body_response(
             }
         }
     });
-    (status, headers, Body::from_stream(body)).into_response()
+    with_body(status, headers, Body::from_stream(body))
 }
 
-/// Reads `length` bytes at `offset` on a blocking thread.
+/// Where a streamed body's bytes come from.
+enum Source {
+    /// The export itself: slices of its cached chunks, without a copy.
+    Export(Arc<dyn Export>),
+    /// A file inside it, through the ISO reader.
+    File(Arc<dyn ReadAt>),
+}
+
+/// Reads `length` bytes at `offset` on a blocking thread: slices of the decoded chunks for an
+/// export (no copy into a fresh buffer), one buffer for a file.
 fn read_piece(
-    source: &Arc<dyn ReadAt>,
+    source: &Source,
     offset: u64,
     length: u64,
-) -> tokio::task::JoinHandle<io::Result<Bytes>> {
-    let source = Arc::clone(source);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; length as usize];
-        source
-            .read_exact_at(&mut buf, offset)
-            .map(|()| Bytes::from(buf))
-    })
+) -> tokio::task::JoinHandle<io::Result<Vec<Bytes>>> {
+    match source {
+        Source::Export(export) => {
+            let export = Arc::clone(export);
+            tokio::task::spawn_blocking(move || export.read_bytes(offset, length as usize))
+        }
+        Source::File(file) => {
+            let file = Arc::clone(file);
+            tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; length as usize];
+                file.read_exact_at(&mut buf, offset)
+                    .map(|()| vec![Bytes::from(buf)])
+            })
+        }
+    }
 }
 
 struct BodyStream {
-    source: Arc<dyn ReadAt>,
-    direct: Option<Arc<dyn Export>>,
+    source: Source,
     segments: VecDeque<Segment>,
     /// The next piece, being read ahead (its offset and the read).
-    ahead: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
+    ahead: Option<(u64, tokio::task::JoinHandle<io::Result<Vec<Bytes>>>)>,
     report: Report,
+}
+
+impl BodyStream {
+    /// The first of `parts` to send now; the rest go out next, in order, before anything else.
+    fn send(&mut self, mut parts: Vec<Bytes>) -> Bytes {
+        let first = if parts.is_empty() {
+            Bytes::new()
+        } else {
+            parts.remove(0)
+        };
+        for part in parts.into_iter().rev() {
+            self.segments.push_front(Segment::Literal(part));
+        }
+        self.finished_if_done();
+        first
+    }
 }
 
 impl BodyStream {
