@@ -388,13 +388,7 @@ impl Plan {
     }
 
     fn report(&self, name: &Path, data_bytes: u64) -> WriteReport {
-        let files = self
-            .tree
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| matches!(n.kind, NodeKind::File(_)) && self.reachable(*i))
-            .count() as u64;
+        let files = self.reachable_files();
         WriteReport {
             path: name.to_path_buf(),
             bytes: self.image_bytes,
@@ -423,17 +417,21 @@ impl Plan {
         }
     }
 
-    fn reachable(&self, mut id: NodeId) -> bool {
-        while id != tree::ROOT {
-            let parent = self.tree.nodes[id].parent;
-            let name = &self.tree.nodes[id].name;
-            match &self.tree.nodes[parent].kind {
-                NodeKind::Dir(c) if c.get(name) == Some(&id) => {}
-                _ => return false,
+    /// Regular files reachable from the root (replaced nodes stay in the arena, unreachable):
+    /// one walk down the tree.
+    fn reachable_files(&self) -> u64 {
+        let mut files = 0u64;
+        let mut stack: Vec<NodeId> = vec![tree::ROOT];
+        while let Some(id) = stack.pop() {
+            for child in self.tree.children(id) {
+                match self.tree.nodes[child].kind {
+                    NodeKind::File(_) => files += 1,
+                    NodeKind::Dir(_) => stack.push(child),
+                    _ => {}
+                }
             }
-            id = parent;
         }
-        true
+        files
     }
 
     /// Streams file data: a reader thread fills windows (small files read in parallel) and
