@@ -769,7 +769,21 @@ fn build_hierarchy(
     for (new, &old) in order.iter().enumerate() {
         rank[old] = new;
     }
-    let mut out: Vec<Dir> = order.iter().map(|&old| dirs[old].clone()).collect();
+    // Each folder appears once in `order`: move it, do not copy its entries.
+    let mut out: Vec<Dir> = order
+        .iter()
+        .map(|&old| {
+            let empty = Dir {
+                node: ROOT,
+                parent: 0,
+                ident: Vec::new(),
+                entries: Vec::new(),
+                original_parent: None,
+                subdirs: 0,
+            };
+            std::mem::replace(&mut dirs[old], empty)
+        })
+        .collect();
     for d in &mut out {
         d.parent = rank[d.parent];
         d.original_parent = d.original_parent.map(|p| rank[p]);

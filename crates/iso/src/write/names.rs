@@ -2,6 +2,7 @@
 //! suffixes and the record order ECMA-119 9.3 prescribes.
 
 use crate::spec::Naming;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashSet;
 
@@ -184,60 +185,64 @@ fn with_counter(base: &str, counter: u32, max: usize) -> String {
 /// Makes the ISO identifiers of one folder's entries unique. `entries` are (host name, is_dir)
 /// in a deterministic order; returns the identifiers in the same order.
 pub(crate) fn iso_names_for_dir(entries: &[(&str, bool)], rules: &IsoRules) -> Vec<String> {
-    let mut used: HashSet<String> = HashSet::new();
-    let mut out = Vec::with_capacity(entries.len());
     let split: Vec<(String, Option<String>)> = entries
         .iter()
         .map(|(n, d)| iso_base_ext(n, *d, rules))
         .collect();
-    // First pass: names that are unique as converted keep them, in entry order.
-    let mut first: Vec<Option<String>> = Vec::with_capacity(entries.len());
-    for ((base, ext), (_, is_dir)) in split.iter().zip(entries) {
-        let id = iso_identifier(base, ext.as_deref(), *is_dir, rules);
-        let key = compare_key(&id);
-        if used.insert(key) {
-            first.push(Some(id));
-        } else {
-            first.push(None);
+    let mut out: Vec<String> = split
+        .iter()
+        .zip(entries)
+        .map(|((base, ext), (_, is_dir))| iso_identifier(base, ext.as_deref(), *is_dir, rules))
+        .collect();
+    // First pass: names that are unique as converted keep them, in entry order. The keys
+    // borrow the identifiers; only the rare renamed ones own theirs.
+    let mut renamed: Vec<(usize, String)> = Vec::new();
+    {
+        let mut used: HashSet<&str> = HashSet::with_capacity(out.len());
+        let unique: Vec<bool> = out.iter().map(|id| used.insert(compare_key(id))).collect();
+        let mut used_renamed: HashSet<String> = HashSet::new();
+        for (i, &keep) in unique.iter().enumerate() {
+            if keep {
+                continue;
+            }
+            let (base, ext) = &split[i];
+            let is_dir = entries[i].1;
+            let base_max = if is_dir {
+                rules.dir_max
+            } else if rules.eight_three {
+                8
+            } else {
+                rules.file_max - 1 - ext.as_ref().map_or(0, |e| e.chars().count())
+            };
+            let mut counter = 0;
+            let id = loop {
+                let candidate = iso_identifier(
+                    &with_counter(base, counter, base_max),
+                    ext.as_deref(),
+                    is_dir,
+                    rules,
+                );
+                let key = compare_key(&candidate);
+                let fresh = !used.contains(key) && used_renamed.insert(key.to_string());
+                if fresh || counter >= MAX_COLLISION_SUFFIX {
+                    break candidate;
+                }
+                counter += 1;
+            };
+            renamed.push((i, id));
         }
     }
-    for (i, slot) in first.into_iter().enumerate() {
-        if let Some(id) = slot {
-            out.push(id);
-            continue;
-        }
-        let (base, ext) = &split[i];
-        let is_dir = entries[i].1;
-        let base_max = if is_dir {
-            rules.dir_max
-        } else if rules.eight_three {
-            8
-        } else {
-            rules.file_max - 1 - ext.as_ref().map_or(0, |e| e.chars().count())
-        };
-        let mut counter = 0;
-        let id = loop {
-            let candidate = iso_identifier(
-                &with_counter(base, counter, base_max),
-                ext.as_deref(),
-                is_dir,
-                rules,
-            );
-            if used.insert(compare_key(&candidate)) || counter >= MAX_COLLISION_SUFFIX {
-                break candidate;
-            }
-            counter += 1;
-        };
-        out.push(id);
+    for (i, id) in renamed {
+        out[i] = id;
     }
     out
 }
 
 /// Identifiers are compared without version for uniqueness.
-fn compare_key(id: &str) -> String {
+fn compare_key(id: &str) -> &str {
     match id.rfind(';') {
-        Some(i) => id[..i].to_string(),
-        None => id.to_string(),
+        Some(i) => &id[..i],
+        None => id,
     }
 }
 
@@ -314,10 +319,11 @@ pub(crate) fn joliet_names_for_dir(
     versions: bool,
 ) -> Vec<Vec<u16>> {
     let base: Vec<Vec<u16>> = entries.iter().map(|(n, _)| joliet_units(n, max)).collect();
-    let mut used: HashSet<Vec<u16>> = HashSet::new();
+    // The names as converted are borrowed; only renamed candidates are owned.
+    let mut used: HashSet<Cow<'_, [u16]>> = HashSet::with_capacity(base.len());
     let mut taken: Vec<bool> = Vec::with_capacity(base.len());
     for b in &base {
-        taken.push(used.insert(b.clone()));
+        taken.push(used.insert(Cow::Borrowed(b.as_slice())));
     }
     let mut out = Vec::with_capacity(entries.len());
     for (i, b) in base.iter().enumerate() {
@@ -338,7 +344,7 @@ pub(crate) fn joliet_names_for_dir(
                 let mut candidate = stem[..keep].to_vec();
                 candidate.extend_from_slice(&digits);
                 candidate.extend_from_slice(&ext);
-                if used.insert(candidate.clone()) || counter >= MAX_COLLISION_SUFFIX {
+                if used.insert(Cow::Owned(candidate.clone())) || counter >= MAX_COLLISION_SUFFIX {
                     name = candidate;
                     break;
                 }

@@ -3,11 +3,12 @@
 //! emit stage writes them with the final addresses; HFS+ reuses its Rock Ridge attributes.
 
 use super::hierarchy::{record_len, EntryKind, Hierarchy, MAX_EXTENT_BYTES};
-use super::rrip::{self, CeArea};
+use super::rrip::{self, CeArea, SuList};
 use super::tree::{self, NodeId, NodeKind, Tree};
 use super::{WriteError, SECTOR_SIZE};
 use crate::spec::{IsoSpec, RockRidgeMode};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// The largest directory record.
 const MAX_RECORD: usize = 255;
@@ -104,20 +105,22 @@ impl<'a> MeasureCtx<'a> {
         (mode, uid, gid)
     }
 
-    /// Rock Ridge entries of one record (the CE entry is added by `rrip::pack`).
+    /// Rock Ridge entries of one record, appended to `su` (the CE entry is added by
+    /// `rrip::pack`).
     fn rr_entries(
         &self,
+        scratch: &mut Scratch,
         h: &Hierarchy,
         node: NodeId,
         role: Role,
         addrs: &Addrs<'_>,
         first_root: bool,
-    ) -> Vec<Vec<u8>> {
+    ) {
+        let Scratch { su, dates } = scratch;
         let n = &self.tree.nodes[node];
-        let mut out = Vec::new();
         let is_dir = matches!(role, Role::Dot(_) | Role::DotDot(_) | Role::Dir(_));
         if first_root {
-            out.push(rrip::sp());
+            su.push(&rrip::sp());
         }
         let (mode, uid, gid) = self.rr_attrs(node, is_dir);
         let nlink = match role {
@@ -128,37 +131,44 @@ impl<'a> MeasureCtx<'a> {
             },
             Role::Placeholder(_) => 1,
         };
-        let mut flags = 0x01 | 0x80;
-        let mut tail: Vec<Vec<u8>> = Vec::new();
         let mode = if let Role::Placeholder(_) = role {
             tree::S_IFDIR | (mode & 0o7777)
         } else {
             mode
         };
-        tail.push(rrip::px(mode, nlink, uid, gid, self.serial[node]));
-        tail.push(rrip::tf(n.meta.mtime, n.meta.atime, n.meta.ctime));
+        // The RR flags name every entry that follows, so they are worked out first.
+        let mut flags = 0x01 | 0x80;
         if let Role::Leaf | Role::Dir(_) | Role::Placeholder(_) = role {
             flags |= 0x08;
         }
         match (&n.kind, role) {
+            (NodeKind::Symlink(_), Role::Leaf) => flags |= 0x04,
+            (NodeKind::Device(_), Role::Leaf) => flags |= 0x02,
+            _ => {}
+        }
+        if let Role::Placeholder(_) = role {
+            flags |= 0x10;
+        }
+        rrip::rr_into(su, flags);
+        rrip::px_into(su, mode, nlink, uid, gid, self.serial[node]);
+        let m = &n.meta;
+        rrip::tf_into(
+            su,
+            [dates.get(m.mtime), dates.get(m.atime), dates.get(m.ctime)],
+        );
+        match (&n.kind, role) {
             (NodeKind::Symlink(target), Role::Leaf) => {
-                flags |= 0x04;
-                tail.extend(rrip::sl(target));
+                for e in rrip::sl(target) {
+                    su.push(&e);
+                }
             }
-            (NodeKind::Device(rdev), Role::Leaf) => {
-                flags |= 0x02;
-                tail.push(rrip::pn(*rdev));
-            }
+            (NodeKind::Device(rdev), Role::Leaf) => su.push(&rrip::pn(*rdev)),
             _ => {}
         }
         // PL (on a relocated folder's "..") is added by the caller, which knows the folder.
         if let Role::Placeholder(c) = role {
-            flags |= 0x10;
-            tail.push(rrip::cl(addrs.dir_lba[c].wrapping_sub(addrs.base)));
+            su.push(&rrip::cl(addrs.dir_lba[c].wrapping_sub(addrs.base)));
         }
-        out.push(rrip::rr(flags));
-        out.extend(tail);
-        out
     }
 
     /// Serialises folder `di` of `h`: its sectors, and its continuation area.
@@ -172,8 +182,10 @@ impl<'a> MeasureCtx<'a> {
         let dir = &h.dirs[di];
         let rr = self.rr.is_some() && !h.joliet;
         let mut ce = CeArea::new(ce_lba.wrapping_sub(addrs.base));
-        let mut records: Vec<Vec<u8>> = Vec::with_capacity(dir.entries.len() + 2);
-        let date_of = |node: NodeId| rrip::dir_date(self.tree.nodes[node].meta.mtime);
+        let sector = SECTOR_SIZE as usize;
+        // Records go straight into the folder's sectors; one record never straddles two.
+        let mut out: Vec<u8> = Vec::with_capacity(sector * (1 + dir.entries.len() / 16));
+        let mut scratch = Scratch::default();
         let dir_extent = |d: usize| {
             (
                 addrs.dir_lba[d].wrapping_sub(addrs.base),
@@ -191,44 +203,37 @@ impl<'a> MeasureCtx<'a> {
             ),
         ] {
             let (lba, size) = dir_extent(target);
-            let mut su = Vec::new();
+            scratch.su.clear();
             if rr {
                 let first_root = di == 0 && ident == 0;
-                su = self.rr_entries(h, role_node, role, addrs, first_root);
+                self.rr_entries(&mut scratch, h, role_node, role, addrs, first_root);
+                let su = &mut scratch.su;
                 if ident == 1 {
                     if let Some(orig) = dir.original_parent {
-                        su.push(rrip::pl(addrs.dir_lba[orig].wrapping_sub(addrs.base)));
-                        if let Some(rr_flags) = su.iter_mut().find(|e| &e[..2] == b"RR") {
+                        su.push(&rrip::pl(addrs.dir_lba[orig].wrapping_sub(addrs.base)));
+                        if let Some(rr_flags) = su.find_mut(b"RR") {
                             rr_flags[4] |= 0x20;
                         }
                     }
                 }
                 if first_root {
-                    su.push(rrip::er());
+                    su.push(&rrip::er());
                 }
             }
             let room = MAX_RECORD - 1 - record_len(1, 0);
-            let su = if rr {
-                rrip::pack(&su, room, &mut ce)
+            let date = scratch.dates.get(self.tree.nodes[role_node].meta.mtime);
+            let packed = if rr {
+                rrip::pack_list(&scratch.su, room, &mut ce)
             } else {
-                su.concat()
+                Cow::Borrowed(&scratch.su.bytes[..])
             };
-            records.push(dir_record(
-                &[ident],
-                lba,
-                size,
-                0x02,
-                date_of(role_node),
-                &su,
-            ));
+            push_record(&mut out, &[ident], lba, size, 0x02, date, &packed);
         }
         for e in &dir.entries {
             let node = e.node;
-            let (role, extents, flags): (Role, Vec<(u32, u64)>, u8) = match e.kind {
-                EntryKind::Dir(c) => (Role::Dir(c), vec![dir_extent(c)], 0x02),
-                EntryKind::Placeholder(c) => {
-                    (Role::Placeholder(c), vec![(dir_extent(c).0, 0)], 0x00)
-                }
+            let (role, first, flags): (Role, (u32, u64), u8) = match e.kind {
+                EntryKind::Dir(c) => (Role::Dir(c), dir_extent(c), 0x02),
+                EntryKind::Placeholder(c) => (Role::Placeholder(c), (dir_extent(c).0, 0), 0x00),
                 EntryKind::File(d) => {
                     let size = self.tree.data[d].size;
                     let lba = if size == 0 {
@@ -236,55 +241,106 @@ impl<'a> MeasureCtx<'a> {
                     } else {
                         addrs.data_lba[d].wrapping_sub(addrs.base)
                     };
-                    (Role::Leaf, file_extents(lba, size), 0x00)
+                    (Role::Leaf, (lba, size), 0x00)
                 }
                 EntryKind::Catalog => (
                     Role::Leaf,
-                    vec![(addrs.catalog_lba.wrapping_sub(addrs.base), SECTOR_SIZE)],
+                    (addrs.catalog_lba.wrapping_sub(addrs.base), SECTOR_SIZE),
                     0x00,
                 ),
-                EntryKind::Special => (Role::Leaf, vec![(0, 0)], 0x00),
+                EntryKind::Special => (Role::Leaf, (0, 0), 0x00),
             };
-            let su_entries = if rr {
-                let mut v = self.rr_entries(h, node, role, addrs, false);
-                v.extend(rrip::nm(e.rr_name.as_bytes()));
+            scratch.su.clear();
+            if rr {
+                self.rr_entries(&mut scratch, h, node, role, addrs, false);
+                let su = &mut scratch.su;
+                rrip::nm_into(su, e.rr_name.as_bytes());
                 if e.relocated {
-                    v.push(rrip::re());
-                    if let Some(rr_flags) = v.iter_mut().find(|x| &x[..2] == b"RR") {
+                    su.push(&rrip::re());
+                    if let Some(rr_flags) = su.find_mut(b"RR") {
                         rr_flags[4] |= 0x40;
                     }
                 }
-                v
-            } else {
-                Vec::new()
+            }
+            let date = scratch.dates.get(self.tree.nodes[node].meta.mtime);
+            let room = MAX_RECORD - 1 - record_len(e.ident.len(), 0);
+            // Only files split into extents, and only at 4 GiB and more.
+            let split;
+            let extents: &[(u32, u64)] = match e.kind {
+                EntryKind::File(_) if first.1 > u64::from(u32::MAX) => {
+                    split = file_extents(first.0, first.1);
+                    &split
+                }
+                _ => std::slice::from_ref(&first),
             };
             let last = extents.len() - 1;
-            let date = date_of(node);
-            for (k, (lba, size)) in extents.into_iter().enumerate() {
-                let room = MAX_RECORD - 1 - record_len(e.ident.len(), 0);
-                let su = if rr {
-                    rrip::pack(&su_entries, room, &mut ce)
+            for (k, &(lba, size)) in extents.iter().enumerate() {
+                let packed = if rr {
+                    rrip::pack_list(&scratch.su, room, &mut ce)
                 } else {
-                    Vec::new()
+                    Cow::Borrowed(&[][..])
                 };
                 let f = if k < last { flags | 0x80 } else { flags };
-                records.push(dir_record(&e.ident, lba, size, f, date, &su));
+                push_record(&mut out, &e.ident, lba, size, f, date, &packed);
             }
-        }
-        let mut out: Vec<u8> =
-            Vec::with_capacity(records.iter().map(Vec::len).sum::<usize>() + 2048);
-        let sector = SECTOR_SIZE as usize;
-        for r in records {
-            let used = out.len() % sector;
-            if used + r.len() > sector {
-                out.resize(out.len() + sector - used, 0);
-            }
-            out.extend_from_slice(&r);
         }
         let padded = out.len().div_ceil(sector).max(1) * sector;
         out.resize(padded, 0);
         (out, ce)
     }
+}
+
+/// What one folder's records are built in, reused from record to record.
+#[derive(Default)]
+struct Scratch {
+    su: SuList,
+    dates: DateCache,
+}
+
+/// The 7-byte dates of recently seen times: the files of a folder mostly share a handful of
+/// times, and the calendar conversion ran four times per record (record date and TF).
+#[derive(Default)]
+struct DateCache {
+    slots: [Option<(i64, [u8; 7])>; DATE_CACHE_SLOTS],
+}
+
+/// Slots of `DateCache`, direct-mapped by the time's low bits.
+const DATE_CACHE_SLOTS: usize = 16;
+
+impl DateCache {
+    fn get(&mut self, unix: i64) -> [u8; 7] {
+        let slot = &mut self.slots[(unix as u64 % DATE_CACHE_SLOTS as u64) as usize];
+        match slot {
+            Some((t, d)) if *t == unix => *d,
+            _ => {
+                let d = rrip::dir_date(unix);
+                *slot = Some((unix, d));
+                d
+            }
+        }
+    }
+}
+
+/// Appends one directory record to a folder's bytes, first padding to the next sector when
+/// the record would cross a sector boundary (ECMA-119 6.8.1.1).
+fn push_record(
+    out: &mut Vec<u8>,
+    ident: &[u8],
+    lba: u32,
+    size: u64,
+    flags: u8,
+    date: [u8; 7],
+    su: &[u8],
+) {
+    let sector = SECTOR_SIZE as usize;
+    let len = record_len(ident.len(), su.len());
+    let used = out.len() % sector;
+    if used + len > sector {
+        out.resize(out.len() + sector - used, 0);
+    }
+    let at = out.len();
+    out.resize(at + len, 0);
+    write_record(&mut out[at..], ident, lba, size, flags, date, su);
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -336,8 +392,22 @@ pub(crate) fn dir_record(
     date: [u8; 7],
     su: &[u8],
 ) -> Vec<u8> {
-    let len = record_len(ident.len(), su.len());
-    let mut r = vec![0u8; len];
+    let mut r = vec![0u8; record_len(ident.len(), su.len())];
+    write_record(&mut r, ident, lba, size, flags, date, su);
+    r
+}
+
+/// Fills `r` (zeroed, exactly `record_len` bytes) with one directory record.
+fn write_record(
+    r: &mut [u8],
+    ident: &[u8],
+    lba: u32,
+    size: u64,
+    flags: u8,
+    date: [u8; 7],
+    su: &[u8],
+) {
+    let len = r.len();
     r[0] = len as u8;
     r[2..10].copy_from_slice(&both32(lba));
     r[10..18].copy_from_slice(&both32(size as u32));
@@ -348,7 +418,6 @@ pub(crate) fn dir_record(
     r[33..33 + ident.len()].copy_from_slice(ident);
     let su_at = 33 + ident.len() + usize::from(ident.len() & 1 == 0);
     r[su_at..su_at + su.len()].copy_from_slice(su);
-    r
 }
 
 #[cfg(test)]

@@ -24,12 +24,81 @@ fn both32(v: u32) -> [u8; 8] {
 }
 
 fn entry(sig: &[u8; 2], version: u8, payload: &[u8]) -> Vec<u8> {
-    let mut e = Vec::with_capacity(4 + payload.len());
-    e.extend_from_slice(sig);
-    e.push((4 + payload.len()) as u8);
-    e.push(version);
-    e.extend_from_slice(payload);
-    e
+    let mut su = SuList::default();
+    su.push_entry(sig, version, &[payload]);
+    su.bytes
+}
+
+/// The System Use entries of one record, laid end to end in one buffer (with where each ends)
+/// and reused from record to record: the writer builds tens of thousands of records, and one
+/// allocation per entry was a large share of its time.
+#[derive(Debug, Default)]
+pub(crate) struct SuList {
+    /// The entries' bytes, in order.
+    pub bytes: Vec<u8>,
+    /// End offset of each entry in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl SuList {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Appends one whole entry.
+    pub fn push(&mut self, entry: &[u8]) {
+        self.bytes.extend_from_slice(entry);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Appends an entry made of a header and `parts` (payload pieces, concatenated).
+    fn push_entry(&mut self, sig: &[u8; 2], version: u8, parts: &[&[u8]]) {
+        let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+        self.bytes.extend_from_slice(sig);
+        self.bytes.push(len as u8);
+        self.bytes.push(version);
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Each entry's bytes, in order.
+    pub fn entries(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(s, &e)| &self.bytes[s..e])
+    }
+
+    /// The first entry with signature `sig`, to change its flags.
+    pub fn find_mut(&mut self, sig: &[u8; 2]) -> Option<&mut [u8]> {
+        let mut start = 0;
+        for &end in &self.ends {
+            if self.bytes[start..end].starts_with(sig) {
+                return Some(&mut self.bytes[start..end]);
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// The entries as separate buffers (for `pack` when they spill into a continuation area).
+    pub fn to_vecs(&self) -> Vec<Vec<u8>> {
+        self.entries().map(<[u8]>::to_vec).collect()
+    }
+}
+
+/// The System Use bytes of a record from `su`: the entries themselves when they fit `room`
+/// (no copy), else what `pack` makes of them.
+pub(crate) fn pack_list<'a>(
+    su: &'a SuList,
+    room: usize,
+    area: &mut CeArea,
+) -> std::borrow::Cow<'a, [u8]> {
+    if su.bytes.len() <= room {
+        return std::borrow::Cow::Borrowed(&su.bytes);
+    }
+    std::borrow::Cow::Owned(pack(&su.to_vecs(), room, area))
 }
 
 /// SUSP "SP": marks the root's "." record as carrying SUSP, no bytes skipped.
@@ -38,8 +107,14 @@ pub(crate) fn sp() -> Vec<u8> {
 }
 
 /// RRIP 1.09 "RR" flags entry, still read by old readers to detect Rock Ridge.
+#[cfg(test)]
 pub(crate) fn rr(flags: u8) -> Vec<u8> {
     entry(b"RR", 1, &[flags])
+}
+
+/// `rr`, appended to `su`.
+pub(crate) fn rr_into(su: &mut SuList, flags: u8) {
+    su.push_entry(b"RR", 1, &[&[flags]]);
 }
 
 /// SUSP "ER" naming the RRIP extension.
@@ -57,12 +132,17 @@ pub(crate) fn er() -> Vec<u8> {
 }
 
 /// "PX": mode, links, uid, gid and the file serial number (RRIP 1.12, 44 bytes).
+#[cfg(test)]
 pub(crate) fn px(mode: u32, nlink: u32, uid: u32, gid: u32, serial: u32) -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    for v in [mode, nlink, uid, gid, serial] {
-        p.extend_from_slice(&both32(v));
-    }
-    entry(b"PX", 1, &p)
+    let mut su = SuList::default();
+    px_into(&mut su, mode, nlink, uid, gid, serial);
+    su.bytes
+}
+
+/// `px`, appended to `su`.
+pub(crate) fn px_into(su: &mut SuList, mode: u32, nlink: u32, uid: u32, gid: u32, serial: u32) {
+    let [a, b, c, d, e] = [mode, nlink, uid, gid, serial].map(both32);
+    su.push_entry(b"PX", 1, &[&a, &b, &c, &d, &e]);
 }
 
 /// "PN": device number of a block or character device.
@@ -100,30 +180,37 @@ pub(crate) fn dir_date(unix: i64) -> [u8; 7] {
 }
 
 /// "TF": modify, access and attribute-change times in 7-byte form.
+#[cfg(test)]
 pub(crate) fn tf(mtime: i64, atime: i64, ctime: i64) -> Vec<u8> {
-    let mut p = vec![0x0E];
-    for t in [mtime, atime, ctime] {
-        p.extend_from_slice(&dir_date(t));
-    }
-    entry(b"TF", 1, &p)
+    let mut su = SuList::default();
+    tf_into(&mut su, [mtime, atime, ctime].map(dir_date));
+    su.bytes
+}
+
+/// `tf` from the three times already in 7-byte form, appended to `su`.
+pub(crate) fn tf_into(su: &mut SuList, dates: [[u8; 7]; 3]) {
+    su.push_entry(b"TF", 1, &[&[0x0E], &dates[0], &dates[1], &dates[2]]);
 }
 
 /// "NM" entries for a long name, split with the CONTINUE flag.
+#[cfg(test)]
 pub(crate) fn nm(name: &[u8]) -> Vec<Vec<u8>> {
+    let mut su = SuList::default();
+    nm_into(&mut su, name);
+    su.to_vecs()
+}
+
+/// `nm`, appended to `su`.
+pub(crate) fn nm_into(su: &mut SuList, name: &[u8]) {
     if name.is_empty() {
-        return vec![entry(b"NM", 1, &[0])];
+        su.push_entry(b"NM", 1, &[&[0]]);
+        return;
     }
-    let chunks: Vec<&[u8]> = name.chunks(MAX_ENTRY_PAYLOAD).collect();
+    let chunks = name.chunks(MAX_ENTRY_PAYLOAD);
     let last = chunks.len() - 1;
-    chunks
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let mut p = vec![if i < last { 0x01 } else { 0x00 }];
-            p.extend_from_slice(c);
-            entry(b"NM", 1, &p)
-        })
-        .collect()
+    for (i, c) in chunks.enumerate() {
+        su.push_entry(b"NM", 1, &[&[if i < last { 0x01 } else { 0x00 }], c]);
+    }
 }
 
 /// "SL" entries for a symbolic link target, split into components, long ones continued.

@@ -228,7 +228,7 @@ struct ScanCtx<'a> {
 
 fn scan_entry(
     ctx: &ScanCtx<'_>,
-    path: &Path,
+    path: PathBuf,
     name: String,
     depth: usize,
     ancestors: &[(u64, u64)],
@@ -236,10 +236,10 @@ fn scan_entry(
 ) -> Result<Option<Scanned>, WriteError> {
     let lmeta = match known {
         Some(m) => m,
-        None => std::fs::symlink_metadata(path).map_err(|e| read_err(path, e))?,
+        None => std::fs::symlink_metadata(&path).map_err(|e| read_err(&path, e))?,
     };
     let meta = if ctx.follow && lmeta.file_type().is_symlink() {
-        match std::fs::metadata(path) {
+        match std::fs::metadata(&path) {
             Ok(m) => m,
             // A dangling link under -f is kept as a link, as mkisofs does.
             Err(_) => lmeta,
@@ -265,7 +265,7 @@ fn scan_entry(
         }
         let mut chain = ancestors.to_vec();
         chain.push(key);
-        ScannedKind::Dir(scan_dir(ctx, path, depth + 1, &chain)?)
+        ScannedKind::Dir(scan_dir(ctx, &path, depth + 1, &chain)?)
     } else if ft.is_file() {
         ScannedKind::File {
             size: meta.len(),
@@ -273,7 +273,7 @@ fn scan_entry(
             ino: meta.ino(),
         }
     } else if ft.is_symlink() {
-        let target = std::fs::read_link(path).map_err(|e| read_err(path, e))?;
+        let target = std::fs::read_link(&path).map_err(|e| read_err(&path, e))?;
         let target = target.to_string_lossy().into_owned();
         if target.len() > MAX_SYMLINK_TARGET {
             return Err(WriteError::InvalidSpec {
@@ -294,7 +294,7 @@ fn scan_entry(
     };
     Ok(Some(Scanned {
         name,
-        path: path.to_path_buf(),
+        path,
         meta: meta_of(&meta),
         kind,
     }))
@@ -321,7 +321,7 @@ fn scan_dir(
         .into_par_iter()
         .map(|(name, path, entry)| {
             let meta = entry.metadata().map_err(|e| read_err(&path, e))?;
-            scan_entry(ctx, &path, name, depth, ancestors, Some(meta))
+            scan_entry(ctx, path, name, depth, ancestors, Some(meta))
         })
         .collect();
     Ok(scanned?.into_iter().flatten().collect())
@@ -667,7 +667,7 @@ pub(crate) fn build(spec: &IsoSpec, now: i64) -> Result<Tree, WriteError> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            scan_entry(&ctx, &g.host_path, name, 0, &[], None)
+            scan_entry(&ctx, g.host_path.clone(), name, 0, &[], None)
         })
         .collect();
     for (graft, item) in spec.sources.iter().zip(scanned) {
