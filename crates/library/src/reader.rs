@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
-use std::ops::Range;
 use std::sync::{mpsc, Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -23,17 +22,6 @@ use crate::naming::VersionSpec;
 pub const CACHE_CHUNKS: usize = 16;
 /// Chunks fetched ahead in `get` and `cat`: keeps both cores and the store busy.
 pub const FETCH_WINDOW: usize = 32;
-/// Chunks fetched and decoded ahead of a sequential stream of reads (through a shared cache,
-/// on the library's worker threads): enough that both cores decode while the reader consumes,
-/// few enough that a stream pins little of the shared cache ahead of itself.
-pub const READ_AHEAD_CHUNKS: usize = 8;
-/// A stream must have read this many contiguous bytes (in at least two reads) before chunks
-/// are read ahead of it: scattered small reads (a boot, random I/O) never trigger read-ahead,
-/// so they cost the backend nothing they do not read themselves.
-pub const READ_AHEAD_AFTER_BYTES: u64 = 1 << 20;
-/// Sequential streams tracked per reader: several clients (VMs, nbdcopy's connections) read
-/// one version at once, each in order; a read that continues none replaces the oldest.
-pub const READ_AHEAD_STREAMS: usize = 4;
 
 /// A cache of decoded chunks shared by many readers (a daemon's, across every version and
 /// client). Chunks are content-addressed, so one entry serves every version that holds it.
@@ -58,90 +46,6 @@ pub trait ChunkCache: Send + Sync {
 
     /// `hits` chunks were served through `get_if_cached`.
     fn served_from_cache(&self, _hits: u64) {}
-
-    /// Whether the cache holds the chunk now, without counting a use (read-ahead asks this
-    /// before queueing a load, so a warm stream costs no worker thread).
-    fn contains(&self, _digest: &[u8; 32]) -> bool {
-        false
-    }
-}
-
-/// One sequential stream: the contiguous bytes `[start, end)` it has read, in `reads` reads,
-/// and the chunks below `ahead` already queued for read-ahead.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stream {
-    start: u64,
-    end: u64,
-    reads: u32,
-    ahead: usize,
-    /// When it was last continued (a tick of `Streams`), to replace the oldest.
-    used: u64,
-}
-
-/// Detects sequential streams among a reader's reads and says which chunks to read ahead.
-/// Pure bookkeeping (no I/O), so its bounds are unit-tested.
-#[derive(Debug, Default)]
-pub(crate) struct Streams {
-    streams: [Stream; READ_AHEAD_STREAMS],
-    tick: u64,
-}
-
-impl Streams {
-    /// A read of `length` bytes at `offset`; `chunk_at(byte)` is the index of the chunk that
-    /// holds `byte` (`count` when past the end). Returns the chunks to read ahead now: never
-    /// beyond `READ_AHEAD_CHUNKS` past the chunk the stream reads next, never one queued
-    /// before, and nothing for a read that does not continue a stream.
-    pub(crate) fn read(
-        &mut self,
-        offset: u64,
-        length: u64,
-        count: usize,
-        chunk_at: &dyn Fn(u64) -> usize,
-    ) -> Range<usize> {
-        if length == 0 {
-            return 0..0;
-        }
-        self.tick += 1;
-        let end = offset.saturating_add(length);
-        // Continues a stream when it starts within one read's length of the bytes the stream
-        // covers: requests in flight on several threads arrive slightly out of order.
-        let found = self.streams.iter().position(|s| {
-            s.reads > 0
-                && offset >= s.start.saturating_sub(length)
-                && offset <= s.end.saturating_add(length)
-        });
-        let Some(slot) = found else {
-            // A new stream in the slot used longest ago: a random read starts one and reads
-            // nothing ahead.
-            let oldest = (0..READ_AHEAD_STREAMS)
-                .min_by_key(|&i| self.streams[i].used)
-                .unwrap_or(0);
-            self.streams[oldest] = Stream {
-                start: offset,
-                end,
-                reads: 1,
-                ahead: 0,
-                used: self.tick,
-            };
-            return 0..0;
-        };
-        let stream = &mut self.streams[slot];
-        stream.start = stream.start.min(offset);
-        stream.end = stream.end.max(end);
-        stream.reads = stream.reads.saturating_add(1);
-        stream.used = self.tick;
-        if stream.end - stream.start < READ_AHEAD_AFTER_BYTES {
-            return 0..0;
-        }
-        let next = chunk_at(stream.end).min(count);
-        let from = stream.ahead.max(next);
-        let to = next.saturating_add(READ_AHEAD_CHUNKS).min(count);
-        if from >= to {
-            return 0..0;
-        }
-        stream.ahead = to;
-        from..to
-    }
 }
 
 /// Part of a read answered by reference to decoded chunks: `length` bytes of `data` from
@@ -174,8 +78,6 @@ struct ReaderInner {
     /// The shared cache; when set, the reader keeps no chunks of its own (they would outlive
     /// the shared cache's evictions and escape its size bound).
     shared: Option<Arc<dyn ChunkCache>>,
-    /// Sequential streams of reads seen through the shared cache, for read-ahead.
-    streams: Mutex<Streams>,
 }
 
 impl std::fmt::Debug for VersionReader {
@@ -206,7 +108,6 @@ impl VersionReader {
                 created: None,
                 cache: Mutex::new(VecDeque::with_capacity(CACHE_CHUNKS)),
                 shared: None,
-                streams: Mutex::new(Streams::default()),
             }),
         }
     }
@@ -286,35 +187,6 @@ impl VersionReader {
 }
 
 impl VersionReader {
-    /// Notes a read for sequential-stream detection and queues the chunks to read ahead of a
-    /// stream on the library's worker threads. Only with a shared cache (read-ahead fills it);
-    /// never blocks: the event loop calls this for reads it serves from memory.
-    fn note_read(&self, offset: u64, length: u64) {
-        let Some(shared) = &self.inner.shared else {
-            return;
-        };
-        let entries = &self.inner.entries;
-        let chunks = {
-            let mut streams = self.inner.streams.lock().unwrap_or_else(|p| p.into_inner());
-            streams.read(offset, length, entries.len(), &|byte| {
-                entries.partition_point(|e| e.end() <= byte)
-            })
-        };
-        for index in chunks {
-            let entry = &entries[index];
-            if entry.zero || shared.contains(&entry.digest) {
-                continue;
-            }
-            let reader = self.clone();
-            self.inner.library.inner.pool.spawn(move || {
-                // A failed read-ahead costs only speed: the client's own read of the chunk
-                // reports the error. A panic must not take the worker pool down.
-                let _ =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.chunk(index)));
-            });
-        }
-    }
-
     /// `[offset, offset + length)` as pieces of the decoded chunks, without copying them, if
     /// every chunk it needs is in the shared cache now; `None` if one is not (or the reader
     /// has no shared cache). Never blocks on the store: safe on an event loop.
@@ -329,15 +201,12 @@ impl VersionReader {
             .flatten()?;
         let hits = pieces.iter().filter(|piece| piece.data.is_some()).count();
         shared.served_from_cache(hits as u64);
-        // Hits count too: a stream the read-ahead keeps warm must keep it going.
-        self.note_read(offset, length as u64);
         Some(pieces)
     }
 
     /// `[offset, offset + length)` as pieces of the decoded chunks, loading (and checking)
     /// those not cached: the read path without a copy into a caller's buffer. Blocks.
     pub fn read_pieces(&self, offset: u64, length: usize) -> io::Result<Vec<ReadPiece>> {
-        self.note_read(offset, length as u64);
         let got = self.pieces(offset, length, &mut |index| {
             self.chunk(index)
                 .map(Some)
@@ -418,7 +287,6 @@ impl ReadAt for VersionReader {
             return Ok(0);
         }
         let want = (size - offset).min(buf.len() as u64) as usize;
-        self.note_read(offset, want as u64);
         let entries = &self.inner.entries;
         let mut done = 0usize;
         while done < want {
@@ -491,7 +359,6 @@ impl Library {
                 created: Some(record.created),
                 cache: Mutex::new(VecDeque::with_capacity(CACHE_CHUNKS)),
                 shared: cache,
-                streams: Mutex::new(Streams::default()),
             }),
         })
     }
@@ -537,9 +404,11 @@ impl Library {
                         let tx = tx.clone();
                         let index = next_spawn;
                         scope.spawn(move |_| {
-                            let fetched = self.load_chunk(&entry, label).and_then(|data| {
-                                each(&entry, &data)?;
-                                Ok(data)
+                            let fetched = unwound(label, || {
+                                self.load_chunk(&entry, label).and_then(|data| {
+                                    each(&entry, &data)?;
+                                    Ok(data)
+                                })
                             });
                             let _ = tx.send((index, fetched));
                         });
@@ -616,118 +485,39 @@ impl Library {
     }
 }
 
+/// Runs one fetch job of a pipeline whose collector waits on a channel, turning a panic into
+/// an error. The collector holds a sender of its own (it clones one per job), so a job that
+/// unwound without sending would leave it waiting forever, the process alive and idle.
+pub(crate) fn unwound<T>(label: &str, job: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        Err(LibraryError::Io {
+            what: format!("reading {label}"),
+            source: io::Error::other(format!("a fetch worker failed: {why}")),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Uniform chunks of this size for the bookkeeping tests.
-    const CHUNK: u64 = 256 << 10;
-    const COUNT: usize = 4096;
-
-    fn chunk_at(byte: u64) -> usize {
-        usize::try_from(byte / CHUNK).unwrap().min(COUNT)
-    }
-
     #[test]
-    fn read_ahead_stays_within_its_bound_and_queues_each_chunk_once() {
-        let mut streams = Streams::default();
-        let mut queued = vec![false; COUNT];
-        let mut first_queued_at = None;
-        let step = 64 << 10;
-        for read in 0..2000u64 {
-            let offset = read * step;
-            let got = streams.read(offset, step, COUNT, &chunk_at);
-            let next = chunk_at(offset + step);
-            assert!(
-                got.end <= next + READ_AHEAD_CHUNKS,
-                "read {read}: {got:?} runs more than {READ_AHEAD_CHUNKS} chunks past chunk {next}"
-            );
-            for index in got.clone() {
-                assert!(!queued[index], "chunk {index} queued twice");
-                queued[index] = true;
+    fn a_fetch_job_that_panics_is_an_error_for_the_collector_not_a_silent_hang() {
+        let outcome: Result<()> = unwound("item@1", || panic!("store client broke"));
+        match outcome {
+            Err(LibraryError::Io { what, source }) => {
+                assert_eq!(what, "reading item@1");
+                assert!(
+                    source.to_string().contains("store client broke"),
+                    "{source}"
+                );
             }
-            if !got.is_empty() && first_queued_at.is_none() {
-                first_queued_at = Some(offset + step);
-            }
-        }
-        // Read-ahead starts once the stream has read READ_AHEAD_AFTER_BYTES, and then covers
-        // every chunk from there to the bound without a gap.
-        assert_eq!(first_queued_at, Some(READ_AHEAD_AFTER_BYTES));
-        let last = chunk_at(2000 * step) + READ_AHEAD_CHUNKS;
-        let start = chunk_at(READ_AHEAD_AFTER_BYTES);
-        assert!(queued[start..last].iter().all(|&q| q));
-        assert!(queued[last..].iter().all(|&q| !q));
-        assert!(queued[..start].iter().all(|&q| !q));
-    }
-
-    #[test]
-    fn read_ahead_stops_on_a_random_access_and_never_starts_for_random_reads() {
-        let mut streams = Streams::default();
-        let step = 256 << 10;
-        let mut offset = 0;
-        let mut any = false;
-        for _ in 0..16 {
-            any |= !streams.read(offset, step, COUNT, &chunk_at).is_empty();
-            offset += step;
-        }
-        assert!(any, "a sequential stream read nothing ahead");
-        // A jump far away: nothing ahead, and nothing until the new place is a stream itself.
-        let far = 3000 * CHUNK;
-        for i in 0..3 {
-            let got = streams.read(far + i * step, step, COUNT, &chunk_at);
-            assert!(
-                got.is_empty(),
-                "read ahead {got:?} right after a random access"
-            );
-        }
-        // Random 4 KiB reads (a fixed sequence) never read ahead.
-        let mut streams = Streams::default();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..20_000 {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let offset = (seed >> 33) % (COUNT as u64 * CHUNK / 4096) * 4096;
-            let got = streams.read(offset, 4096, COUNT, &chunk_at);
-            assert!(
-                got.is_empty(),
-                "random read at {offset:#x} read ahead {got:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn streams_of_several_clients_and_reordered_requests_each_read_ahead() {
-        let mut streams = Streams::default();
-        let step = 256 << 10;
-        let bases = [0u64, 1000 * CHUNK, 2000 * CHUNK];
-        let mut ahead = [0usize; 3];
-        for i in 0..32u64 {
-            // Pairs of requests swapped, as several requests in flight arrive.
-            let n = if i % 2 == 0 { i + 1 } else { i - 1 };
-            for (which, base) in bases.iter().enumerate() {
-                let got = streams.read(base + n * step, step, COUNT, &chunk_at);
-                ahead[which] += got.len();
-            }
-        }
-        for (which, count) in ahead.iter().enumerate() {
-            assert!(
-                *count > READ_AHEAD_CHUNKS,
-                "stream {which} read {count} chunks ahead"
-            );
-        }
-    }
-
-    #[test]
-    fn read_ahead_ends_at_the_last_chunk() {
-        let mut streams = Streams::default();
-        let step = 512 << 10;
-        let size = COUNT as u64 * CHUNK;
-        let mut offset = size - 4 * step;
-        while offset < size {
-            let got = streams.read(offset, step, COUNT, &chunk_at);
-            assert!(got.end <= COUNT);
-            offset += step;
+            other => panic!("expected an I/O error, got {other:?}"),
         }
     }
 }

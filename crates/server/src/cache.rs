@@ -289,10 +289,6 @@ impl ChunkCache for SharedCache {
     fn served_from_cache(&self, hits: u64) {
         self.count_hits(hits);
     }
-
-    fn contains(&self, digest: &[u8; 32]) -> bool {
-        SharedCache::contains(self, digest)
-    }
 }
 
 /// Per-export hit and miss counts in front of the shared cache.
@@ -332,10 +328,6 @@ impl ChunkCache for ExportCache {
     fn served_from_cache(&self, hits: u64) {
         self.shared.count_hits(hits);
         self.stats.hits.fetch_add(hits, Ordering::Relaxed);
-    }
-
-    fn contains(&self, digest: &[u8; 32]) -> bool {
-        self.shared.contains(digest)
     }
 }
 

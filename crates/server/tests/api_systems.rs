@@ -755,23 +755,28 @@ fn restricted_items_need_a_signed_url_on_http_and_a_capability_name_on_nbd() {
     assert_eq!(get(&later).status, 404);
 
     // Every refusal is in the audit log, and no record carries a signature or a token.
-    let (status, audit) = f.json(
-        &f.admin,
-        "GET",
-        "/api/v1/audit?item=secret&outcome=denied&limit=1000",
-        None,
-    );
-    assert_eq!(status, 200);
-    let records = audit["items"].as_array().unwrap();
-    let count = |prefix: &str| {
-        records
-            .iter()
-            .filter(|r| r["action"].as_str().unwrap_or("").starts_with(prefix))
-            .count()
-    };
+    let audit = denied_records(f, "secret");
+    let count = |prefix: &str| actions(&audit).filter(|a| a.starts_with(prefix)).count();
     assert!(count("GET /images/secret@1") >= 6, "{audit}");
     assert!(count("nbd open") >= 2, "{audit}");
     assert!(!audit.to_string().contains("sig="), "{audit}");
+}
+
+/// The audit log's refusals concerning `item`, as the administrator reads them.
+fn denied_records(f: &Fixture, item: &str) -> Value {
+    let query = format!("/api/v1/audit?item={item}&outcome=denied&limit=1000");
+    let (status, audit) = f.json(&f.admin, "GET", &query, None);
+    assert_eq!(status, 200, "{audit}");
+    audit
+}
+
+/// The actions of the records of an audit answer.
+fn actions(audit: &Value) -> impl Iterator<Item = &str> {
+    audit["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["action"].as_str().unwrap_or(""))
 }
 
 /// A Redfish session for `user` (created with `password` and `role`), as Ironic opens one:
@@ -888,13 +893,7 @@ fn redfish_insert_media_of_a_restricted_item_stores_a_signed_url_that_alone_serv
     assert!(!shown.to_string().contains("sig="), "{shown}");
 
     // The refusal is in the audit log under carol's name.
-    let (status, audit) = f.json(
-        &f.admin,
-        "GET",
-        "/api/v1/audit?item=secret&outcome=denied&limit=1000",
-        None,
-    );
-    assert_eq!(status, 200);
+    let audit = denied_records(f, "secret");
     assert!(
         audit["items"].as_array().unwrap().iter().any(|r| {
             r["user"] == "carol-rf" && r["action"].as_str().unwrap_or("").contains("InsertMedia")
@@ -1016,20 +1015,8 @@ fn clones_of_a_restricted_item_open_only_by_the_capability_their_create_answer_g
     assert_eq!(size_of("clone/dc1"), f.iso.len().to_string());
 
     // Every refusal is audited under the base item.
-    let (status, audit) = f.json(
-        &f.admin,
-        "GET",
-        "/api/v1/audit?item=secret&outcome=denied&limit=1000",
-        None,
-    );
-    assert_eq!(status, 200);
-    let records = audit["items"].as_array().unwrap();
-    let count = |needle: &str| {
-        records
-            .iter()
-            .filter(|r| r["action"].as_str().unwrap_or("").contains(needle))
-            .count()
-    };
+    let audit = denied_records(f, "secret");
+    let count = |needle: &str| actions(&audit).filter(|a| a.contains(needle)).count();
     assert!(count("/api/v1/clones") >= 8, "{audit}");
     assert!(count("nbd open") >= 2, "{audit}");
     assert!(!audit.to_string().contains(&capability[18..]), "{audit}");
