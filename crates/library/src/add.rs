@@ -4,14 +4,18 @@
 //! 1. the caller's thread reads the source in large batches and cuts them with FastCDC
 //!    (boundaries are sequential; `chunker` cuts in place, no copy or allocation per chunk);
 //! 2. a second thread hashes the whole image in order (SHA-256, the digest users compare);
-//! 3. the CPU pool hashes each chunk, recognises zero runs and compresses (zstd) in parallel;
-//!    a chunk the item's previous version holds is recognised in an in-memory map and goes no
-//!    further (no compression, no store request);
+//! 3. the CPU pool hashes the chunks, a few consecutive ones per task, two at a time in
+//!    lockstep (`vmedia_io::sha256x2::digest_many`), recognises zero runs and compresses (zstd)
+//!    in parallel; a chunk the item's previous version holds is recognised in an in-memory map
+//!    and goes no further (no compression, no store request);
 //! 4. I/O threads check whether each new chunk is already stored and write the missing ones.
 //!
-//! An ISO's embedded checksums (vmedia's SHA-256, isomd5sum's MD5) are hashed on another thread
-//! from the very buffers the chunker reads, so every byte is read once; a matching SHA-256 stands
-//! for the MD5 over the same bytes (`inspect::MD5_POLICY`). When the item already has a verified
+//! An ISO's embedded checksums (vmedia's SHA-256, isomd5sum's MD5) are hashed by the whole-image
+//! thread from the very buffers the chunker reads, so every byte is read once: the embedded
+//! SHA-256 covers the same bytes as the image digest but the 512-byte application-use area
+//! (hashed as spaces), so the two advance in lockstep over each buffer, two SHA-256 streams on
+//! one core for little more than the cost of one. A matching SHA-256 stands for the MD5 over
+//! the same bytes (`inspect::MD5_POLICY`). When the item already has a verified
 //! version of the same size, the check waits for the image digest instead: equal digests mean
 //! the same bytes, whose recorded outcome is reused; a different digest is checked then. A
 //! mismatch refuses the add before any manifest names the chunks written meanwhile.
@@ -29,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use sha2::{Digest, Sha256};
+use vmedia_io::sha256x2;
 use vmedia_io::{Progress, ReadAt};
 
 use crate::chunker::{is_all_zero, Batch, BatchChunker, Span, BATCH_BUFFERS, BATCH_BYTES};
@@ -226,7 +230,8 @@ impl Library {
                 streamed_check,
                 StreamedCheck::Undecided | StreamedCheck::Verifying(_)
             );
-            let mut tap = |data: &[u8]| streamed_check.feed(name, data);
+            let mut tap =
+                |data: &[u8], whole: &mut sha256x2::Sha256| streamed_check.feed(name, data, whole);
             let tap: Option<&mut Tap<'_>> = match wanted {
                 true => Some(&mut tap),
                 false => None,
@@ -437,7 +442,8 @@ impl Library {
 
     /// Cuts, hashes, compresses and stores a stream; returns its index.
     ///
-    /// `tap`, when given, sees every byte in order on its own thread (the embedded checksums).
+    /// `tap`, when given, sees every byte in order on the whole-image thread, with the
+    /// whole-image hash to advance (the embedded checksums, hashed in lockstep with it).
     pub(crate) fn stage(
         &self,
         reader: &mut (dyn Read + Send),
@@ -461,30 +467,20 @@ impl Library {
         let io_rx = Mutex::new(io_rx);
         // The batch buffers bound what these queues hold.
         let (whole_tx, whole_rx) = mpsc::channel::<Arc<Batch>>();
-        let (tap_tx, tap_rx) = match tap {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel::<Arc<Batch>>();
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
         let mut total = 0u64;
 
         let whole_digest = std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
-                let mut hasher = Sha256::new();
+                let mut whole = sha256x2::Sha256::new();
+                let mut tap = tap;
                 for batch in whole_rx {
-                    hasher.update(batch.bytes());
-                }
-                <[u8; 32]>::from(hasher.finalize())
-            });
-            if let (Some(tap), Some(tap_rx)) = (tap, tap_rx) {
-                scope.spawn(move || {
-                    for batch in tap_rx {
-                        tap(batch.bytes());
+                    match &mut tap {
+                        Some(tap) => tap(batch.bytes(), &mut whole),
+                        None => whole.update(batch.bytes()),
                     }
-                });
-            }
+                }
+                whole.finalize()
+            });
             for _ in 0..IO_THREADS {
                 let done_tx = done_tx.clone();
                 let (io_rx, fail, failed, stored_bytes) = (&io_rx, &fail, &failed, &stored_bytes);
@@ -533,22 +529,19 @@ impl Library {
                     if whole_tx.send(Arc::clone(&batch)).is_err() {
                         break;
                     }
-                    if let Some(tap_tx) = &tap_tx {
-                        if tap_tx.send(Arc::clone(&batch)).is_err() {
-                            break;
-                        }
-                    }
                     progress.advance(covered);
-                    for span in batch.chunks.iter().copied() {
+                    for group in 0..batch.chunks.len().div_ceil(CHUNKS_PER_TASK) {
                         let (done_tx, io_tx) = (done_tx.clone(), io_tx.clone());
                         let (batch, claimed) = (Arc::clone(&batch), &claimed);
-                        let chunk_index = index;
-                        index += 1;
+                        let first_index = index;
+                        let spans = group * CHUNKS_PER_TASK
+                            ..((group + 1) * CHUNKS_PER_TASK).min(batch.chunks.len());
+                        index += spans.len();
                         cpu.spawn(move |_| {
-                            self.place_chunk(
-                                chunk_index,
+                            self.place_chunks(
+                                first_index,
                                 &batch,
-                                span,
+                                &batch.chunks[spans],
                                 known,
                                 claimed,
                                 |p| {
@@ -563,7 +556,6 @@ impl Library {
                 }
             });
             drop(whole_tx);
-            drop(tap_tx);
             drop(io_tx);
             hasher.join().unwrap_or([0; 32])
         });
@@ -634,61 +626,81 @@ impl Library {
         })
     }
 
-    /// One chunk on a CPU thread: a zero run, a chunk stored already (by an earlier version,
-    /// or earlier in this image: its index entry is completed at assembly), or a new chunk,
-    /// encoded here and handed to the I/O threads.
+    /// Consecutive chunks on a CPU thread (`first_index` is the first one's index): each is a
+    /// zero run, a chunk stored already (by an earlier version, or earlier in this image: its
+    /// index entry is completed at assembly), or a new chunk, encoded here and handed to the
+    /// I/O threads. The digests of the group's other chunks are computed two at a time.
     #[allow(clippy::too_many_arguments)]
-    fn place_chunk(
+    fn place_chunks(
         &self,
-        index: usize,
+        first_index: usize,
         batch: &Batch,
-        span: Span,
+        spans: &[Span],
         known: &HashMap<[u8; 32], u32>,
         claimed: &Mutex<HashSet<[u8; 32]>>,
-        done: impl FnOnce(Placed),
-        store: impl FnOnce(StoreJob),
+        done: impl Fn(Placed),
+        store: impl Fn(StoreJob),
     ) {
-        let data = batch.chunk(&span);
-        let mut entry = ChunkEntry {
-            offset: batch.offset + span.start as u64,
-            length: span.length as u32,
-            stored_length: 0,
-            zero: false,
-            digest: [0; 32],
-        };
-        if span.zero || is_all_zero(data) {
-            entry.zero = true;
-            return done(Placed {
+        let zero: Vec<bool> = spans
+            .iter()
+            .map(|span| span.zero || is_all_zero(batch.chunk(span)))
+            .collect();
+        let data: Vec<&[u8]> = spans
+            .iter()
+            .zip(&zero)
+            .filter(|(_, &zero)| !zero)
+            .map(|(span, _)| batch.chunk(span))
+            .collect();
+        let mut digests = sha256x2::digest_many(&data).into_iter();
+        for (i, (span, zero)) in spans.iter().zip(zero).enumerate() {
+            let index = first_index + i;
+            let mut entry = ChunkEntry {
+                offset: batch.offset + span.start as u64,
+                length: span.length as u32,
+                stored_length: 0,
+                zero,
+                digest: [0; 32],
+            };
+            if zero {
+                done(Placed {
+                    index,
+                    entry,
+                    written: false,
+                });
+                continue;
+            }
+            let Some(digest) = digests.next() else {
+                // digest_many gives one digest per message; a shortfall is a bug, reported by
+                // assembly as the missing chunk it leaves.
+                return;
+            };
+            entry.digest = digest;
+            if let Some(&stored_length) = known.get(&entry.digest) {
+                entry.stored_length = stored_length;
+            }
+            let first = entry.stored_length == 0
+                && claimed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(entry.digest);
+            if !first {
+                done(Placed {
+                    index,
+                    entry,
+                    written: false,
+                });
+                continue;
+            }
+            let key = self.chunk_key(&entry.digest);
+            let encoded = self.encode_chunk(&key, batch.chunk(span));
+            entry.stored_length = encoded.len() as u32;
+            store(StoreJob {
                 index,
                 entry,
-                written: false,
+                key,
+                encoded,
             });
         }
-        entry.digest = Sha256::digest(data).into();
-        if let Some(&stored_length) = known.get(&entry.digest) {
-            entry.stored_length = stored_length;
-        }
-        let first = entry.stored_length == 0
-            && claimed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(entry.digest);
-        if !first {
-            return done(Placed {
-                index,
-                entry,
-                written: false,
-            });
-        }
-        let key = self.chunk_key(&entry.digest);
-        let encoded = self.encode_chunk(&key, data);
-        entry.stored_length = encoded.len() as u32;
-        store(StoreJob {
-            index,
-            entry,
-            key,
-            encoded,
-        });
     }
 
     /// Writes one chunk unless the store has it: (written, stored length).
@@ -710,8 +722,13 @@ impl Library {
 /// same size are where a re-added image is found; more would only cost manifest reads.
 const MAX_REUSE_CANDIDATES: usize = 4;
 
-/// A consumer of every byte of an image, in order (see `stage`).
-type Tap<'a> = dyn FnMut(&[u8]) + Send + 'a;
+/// Chunks per CPU task: their digests are computed two at a time (`sha256x2::digest_many`);
+/// a batch of ~32 chunks still makes 8 tasks for the pool to spread.
+const CHUNKS_PER_TASK: usize = 4;
+
+/// A consumer of every byte of an image, in order, that advances the whole-image hash over
+/// them too (see `stage`).
+type Tap<'a> = dyn FnMut(&[u8], &mut sha256x2::Sha256) + Send + 'a;
 
 /// The embedded-checksum check of an add, fed as the image streams past.
 enum StreamedCheck {
@@ -727,7 +744,8 @@ enum StreamedCheck {
 }
 
 impl StreamedCheck {
-    fn feed(&mut self, name: &str, data: &[u8]) {
+    /// The next bytes of the image: into the embedded check (when there is one) and `whole`.
+    fn feed(&mut self, name: &str, data: &[u8], whole: &mut sha256x2::Sha256) {
         match self {
             StreamedCheck::Undecided => {
                 // The first chunk (at least CHUNKING.min bytes) holds the primary volume
@@ -735,15 +753,17 @@ impl StreamedCheck {
                 let head = data.to_vec();
                 *self = match EmbeddedVerifier::new(name, &head) {
                     Ok(Some(mut verifier)) => {
-                        verifier.feed(data);
+                        verifier.feed_paired(data, whole);
                         StreamedCheck::Verifying(Box::new(verifier))
                     }
-                    Ok(None) => StreamedCheck::Unusable,
-                    Err(_) => StreamedCheck::Unusable,
+                    Ok(None) | Err(_) => {
+                        whole.update(data);
+                        StreamedCheck::Unusable
+                    }
                 };
             }
-            StreamedCheck::Verifying(verifier) => verifier.feed(data),
-            StreamedCheck::Nothing | StreamedCheck::Unusable => {}
+            StreamedCheck::Verifying(verifier) => verifier.feed_paired(data, whole),
+            StreamedCheck::Nothing | StreamedCheck::Unusable => whole.update(data),
         }
     }
 }

@@ -1,24 +1,38 @@
 //! `library get`: a version written to a file by a parallel pipeline.
 //!
-//! The pool's threads (one per core) fetch, open and decompress chunks and write each at its
-//! offset (positional writes, in any order); zero runs are never written, so they stay holes
-//! of the sparse output. The caller's thread hashes the image in order as chunks complete
-//! (SHA-256 is sequential, so it runs beside the pool's work, not in it). The output is a
+//! The caller's thread hashes the image in order (SHA-256 is one sequential chain, the floor
+//! of this command); workers (one fewer than the pool's threads, at least one) fetch, open and
+//! decompress chunks and write each at its offset (positional writes, in any order); zero runs
+//! are never written, so they stay holes of the sparse output. Whenever the next chunk in image
+//! order has not arrived, the hashing thread takes the next unclaimed chunk itself instead of
+//! waiting, so both cores stay busy with no third thread preempting the hash. Claims never run
+//! more than `GET_WINDOW` chunks ahead of the hash, which bounds memory. The output is a
 //! temporary file renamed into place only when the whole-image digest matches the version's
 //! recorded one: the file appears whole and right, or not at all.
 //!
-//! The chunks' own digests are not computed on this path: the whole-image SHA-256 covers every
-//! byte the chunks supply and is compared with the digest the manifest (and its signature)
-//! records, a strictly stronger check than the chunk digests, for one SHA-256 pass instead of
-//! two. A chunk that is missing, fails authentication (encrypted libraries), does not
-//! decompress or has the wrong length still fails at once, named. When only the whole digest
-//! disagrees, every chunk is then checked against its digest to name the damaged one.
+//! Why the whole-image digest and not the chunk digests (which could be checked in parallel,
+//! two SHA-256 streams per core, zero runs needing none). The manifest binds its entries (the
+//! chunk digests) and its header digest (the whole image's, the number users compare with a
+//! published SHA256SUMS) together: its name is a hash of its bytes, the timeline names it, a
+//! signature covers both, and an encrypted library authenticates it. None of these proves that
+//! the entries *describe an image with that digest*: that is only true if whoever wrote the
+//! manifest computed both from the same bytes. With checked chunk digests alone, a `get`
+//! proves "these are the bytes the entries name", not "these bytes have the digest shown to
+//! the user". A writer of an unsigned, unencrypted store (or the holder of a trusted signing
+//! key, or a bug in an add) can pair a vendor's published digest with the chunks of another
+//! image; chunk checks pass and the user's comparison with SHA256SUMS is fooled. The
+//! whole-image SHA-256 computed here over the bytes written catches exactly that, so it stays,
+//! and the chunks' own digests are not computed on this path: a strictly stronger check for
+//! one SHA-256 pass instead of two. A chunk that is missing, fails authentication (encrypted
+//! libraries), does not decompress or has the wrong length still fails at once, named. When
+//! only the whole digest disagrees, every chunk is then checked against its digest to name the
+//! damaged one.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -30,11 +44,49 @@ use crate::manifest::{format_digest, ChunkEntry};
 use crate::naming::VersionSpec;
 use crate::reports::GetReport;
 
-/// Chunks between the oldest not yet hashed and the newest being fetched: enough to keep both
-/// cores and the store busy while the hash waits for a slow fetch, at most 32 MiB decoded.
+/// Chunks claimed ahead of the oldest not yet hashed: enough to keep both cores and the store
+/// busy while the hash waits for a slow fetch, at most 32 MiB decoded.
 pub const GET_WINDOW: usize = 32;
 /// Zeros hashed per step for a zero run (a static-size buffer instead of the run's length).
 const ZERO_BLOCK: usize = 1 << 20;
+
+/// What the hashing thread and the workers of one `get` share.
+struct Plan {
+    /// Next entry a worker (or the hashing thread) may claim.
+    next_claim: usize,
+    /// Entries hashed so far; claims stay below `next_hash + GET_WINDOW`.
+    next_hash: usize,
+    /// Claimed chunks done, by entry index, until hashed.
+    ready: BTreeMap<usize, Result<Vec<u8>>>,
+    /// The get failed or finished: workers stop claiming.
+    stop: bool,
+}
+
+impl Plan {
+    /// Claims the next stored chunk within the window, if any (zero runs are skipped: nothing
+    /// to fetch or write).
+    fn claim(&mut self, entries: &[ChunkEntry]) -> Option<usize> {
+        while entries.get(self.next_claim).is_some_and(|e| e.zero) {
+            self.next_claim += 1;
+        }
+        if self.stop
+            || self.next_claim >= entries.len()
+            || self.next_claim >= self.next_hash.saturating_add(GET_WINDOW)
+        {
+            return None;
+        }
+        self.next_claim += 1;
+        Some(self.next_claim - 1)
+    }
+
+    /// Nothing is left for workers: every stored chunk claimed, or the get ended.
+    fn exhausted(&mut self, entries: &[ChunkEntry]) -> bool {
+        while entries.get(self.next_claim).is_some_and(|e| e.zero) {
+            self.next_claim += 1;
+        }
+        self.stop || self.next_claim >= entries.len()
+    }
+}
 
 impl Library {
     /// Writes a version to `out` atomically: the file appears only when complete and its
@@ -60,39 +112,56 @@ impl Library {
         progress.set_total(manifest.header.size);
         progress.phase("writing");
         let entries = &manifest.entries;
-        let write = |entry: &ChunkEntry, data: &[u8]| -> Result<()> {
+        // Fetch, open, decompress and write one stored chunk.
+        let fetch = |index: usize| -> Result<Vec<u8>> {
+            let entry = &entries[index];
+            let data = self.open_chunk(&entry.digest, entry.length, entry.offset, &label)?;
             file.file()
-                .write_all_at(data, entry.offset)
-                .map_err(output_error)
+                .write_all_at(&data, entry.offset)
+                .map_err(output_error)?;
+            Ok(data)
         };
+        let plan = Mutex::new(Plan {
+            next_claim: 0,
+            next_hash: 0,
+            ready: BTreeMap::new(),
+            stop: false,
+        });
+        let changed = Condvar::new();
+        let lock = || plan.lock().unwrap_or_else(|p| p.into_inner());
+        let workers = self
+            .inner
+            .pool
+            .current_num_threads()
+            .saturating_sub(1)
+            .max(1);
         let mut hasher = Sha256::new();
-        let zeros = vec![0u8; ZERO_BLOCK];
         let mut written = 0u64;
         let mut holes = 0u64;
-        let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>>)>();
         self.inner.pool.in_place_scope(|scope| -> Result<()> {
-            let mut next_spawn = 0usize;
-            let mut next_hash = 0usize;
-            let mut ready: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-            while next_hash < entries.len() {
-                while next_spawn < entries.len() && next_spawn < next_hash + GET_WINDOW {
-                    let entry = entries[next_spawn];
-                    if !entry.zero {
-                        let (tx, label, write) = (tx.clone(), &label, &write);
-                        let index = next_spawn;
-                        scope.spawn(move |_| {
-                            let fetched = self
-                                .open_chunk(&entry.digest, entry.length, entry.offset, label)
-                                .and_then(|data| {
-                                    write(&entry, &data)?;
-                                    Ok(data)
-                                });
-                            let _ = tx.send((index, fetched));
-                        });
-                    }
-                    next_spawn += 1;
-                }
-                // Hash what is next in image order, as far as it has arrived.
+            for _ in 0..workers {
+                let (fetch, changed, lock) = (&fetch, &changed, &lock);
+                scope.spawn(move |_| loop {
+                    let mut state = lock();
+                    let index = loop {
+                        if let Some(index) = state.claim(entries) {
+                            break index;
+                        }
+                        if state.exhausted(entries) {
+                            return;
+                        }
+                        // The window is full: wait for the hash to move on.
+                        state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                    };
+                    drop(state);
+                    let result = fetch(index);
+                    lock().ready.insert(index, result);
+                    changed.notify_all();
+                });
+            }
+            let zeros = vec![0u8; ZERO_BLOCK];
+            let mut hash_all = || -> Result<()> {
+                let mut next_hash = 0usize;
                 while let Some(entry) = entries.get(next_hash) {
                     if entry.zero {
                         let mut left = entry.length as usize;
@@ -102,25 +171,41 @@ impl Library {
                             left -= n;
                         }
                         holes += entry.length as u64;
-                    } else if let Some(data) = ready.remove(&next_hash) {
+                    } else {
+                        let mut state = lock();
+                        let data = loop {
+                            if let Some(data) = state.ready.remove(&next_hash) {
+                                break data;
+                            }
+                            // Not there yet: do a chunk rather than wait, when one is left.
+                            if let Some(index) = state.claim(entries) {
+                                drop(state);
+                                let result = fetch(index);
+                                state = lock();
+                                state.ready.insert(index, result);
+                                continue;
+                            }
+                            // Claimed by a worker (next_hash is always within the window),
+                            // which inserts it and notifies.
+                            state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                        };
+                        drop(state);
+                        let data = data?;
                         hasher.update(&data);
                         written += data.len() as u64;
-                    } else {
-                        break;
                     }
                     progress.advance(entry.length as u64);
                     next_hash += 1;
+                    lock().next_hash = next_hash;
+                    changed.notify_all();
                 }
-                if next_hash == entries.len() {
-                    break;
-                }
-                let (index, fetched) = rx.recv().map_err(|_| LibraryError::Io {
-                    what: format!("reading {label}"),
-                    source: io::Error::other("a fetch worker vanished"),
-                })?;
-                ready.insert(index, fetched?);
-            }
-            Ok(())
+                Ok(())
+            };
+            let hashed = hash_all();
+            // Workers waiting on a full window (after an error) must not wait forever.
+            lock().stop = true;
+            changed.notify_all();
+            hashed
         })?;
         let actual = format_digest(&hasher.finalize().into());
         if actual != record.digest {

@@ -170,6 +170,37 @@ fn an_image_with_holes_round_trips_through_get_cat_and_read_at() {
     assert_eq!(reader.read_at(&mut past, image.len() as u64).unwrap(), 0);
 }
 
+/// `get` used to wait forever when its hash, having caught up with every fetched chunk, ran
+/// over a zero run past the fetch window onto a chunk nobody had fetched. Here zero runs
+/// alternate with short data chunks for well over one window, and the version is got a few
+/// times (the hang depended on timing).
+#[test]
+fn get_never_waits_forever_when_zero_runs_alternate_with_chunks() {
+    let fx = Fixture::new();
+    let library = fx.init("lib");
+    let mut image = Vec::new();
+    for cycle in 0..48u64 {
+        image.extend(content(100 + cycle, 70 << 10));
+        // Past the data chunk's end, at least one maximal chunk of zeros: a zero entry.
+        image.extend(std::iter::repeat_n(0u8, 3 << 20));
+    }
+    let source = fx.file("alternating.raw", &image);
+    add_file(&library, "alternating", &source);
+    let out = fx.path("out.raw");
+    for _ in 0..3 {
+        let got = library
+            .get(
+                &spec("alternating"),
+                &out,
+                OverwritePolicy::Replace,
+                &NoProgress,
+            )
+            .unwrap();
+        assert!(got.hole_bytes >= 48 << 20, "{got:?}");
+        assert_eq!(fs::read(&out).unwrap(), image);
+    }
+}
+
 #[test]
 fn a_stream_of_unknown_length_stores_the_same_version_as_the_file() {
     let fx = Fixture::new();

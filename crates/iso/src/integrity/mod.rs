@@ -27,8 +27,7 @@ use std::path::PathBuf;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use vmedia_io::{Progress, ReadAt};
+use vmedia_io::{sha256x2, Progress, ReadAt};
 
 pub use appdata::{Md5Record, Sha256Record, SignatureRecord};
 pub use keys::{
@@ -497,7 +496,7 @@ impl CheckPlan {
 pub struct StreamVerifier {
     plan: CheckPlan,
     md5: Option<hasher::Md5Runner>,
-    sha: Option<Sha256>,
+    sha: Option<sha256x2::Sha256>,
     /// Bytes seen so far.
     offset: u64,
 }
@@ -511,7 +510,7 @@ impl StreamVerifier {
         };
         Ok(Some(StreamVerifier {
             md5: plan.md5.as_ref().map(hasher::Md5Runner::new),
-            sha: plan.sha_length.map(|_| Sha256::new()),
+            sha: plan.sha_length.map(|_| sha256x2::Sha256::new()),
             plan,
             offset: 0,
         }))
@@ -519,33 +518,54 @@ impl StreamVerifier {
 
     /// The bytes that follow those fed so far.
     pub fn feed(&mut self, data: &[u8]) {
+        self.feed_inner(data, None);
+    }
+
+    /// `feed`, and `data` appended to `whole` as well, for a caller that hashes the image
+    /// itself: the embedded SHA-256 covers the same bytes (but the application-use area), so
+    /// the two computations advance in lockstep on one core (`sha256x2::update_pair`).
+    pub fn feed_paired(&mut self, data: &[u8], whole: &mut sha256x2::Sha256) {
+        self.feed_inner(data, Some(whole));
+    }
+
+    fn feed_inner(&mut self, data: &[u8], whole: Option<&mut sha256x2::Sha256>) {
         let start = self.offset;
         self.offset = start.saturating_add(data.len() as u64);
         let needed = self.plan.needed();
         if start >= needed {
+            if let Some(whole) = whole {
+                whole.update(data);
+            }
             return;
         }
-        let data = &data[..(needed - start).min(data.len() as u64) as usize];
+        let ours = &data[..(needed - start).min(data.len() as u64) as usize];
         // Only the piece holding the application-use area is copied, to hash it as spaces.
         let blanked;
-        let data = if start < self.plan.blank.end && self.plan.blank.start < self.offset {
-            let mut copy = data.to_vec();
+        let ours = if start < self.plan.blank.end && self.plan.blank.start < self.offset {
+            let mut copy = ours.to_vec();
             hasher::blank_out(&mut copy, start, &self.plan.blank);
             blanked = copy;
             &blanked[..]
         } else {
-            data
+            ours
         };
         if let (Some(runner), Some(plan)) = (&mut self.md5, &self.plan.md5) {
             let take = plan
                 .length
                 .saturating_sub(runner.offset())
-                .min(data.len() as u64);
-            runner.feed(&data[..take as usize]);
+                .min(ours.len() as u64);
+            runner.feed(&ours[..take as usize]);
         }
-        if let (Some(sha), Some(length)) = (&mut self.sha, self.plan.sha_length) {
-            let take = length.saturating_sub(start).min(data.len() as u64);
-            sha.update(&data[..take as usize]);
+        match (&mut self.sha, self.plan.sha_length, whole) {
+            (Some(sha), Some(length), whole) => {
+                let take = length.saturating_sub(start).min(ours.len() as u64) as usize;
+                match whole {
+                    Some(whole) => sha256x2::update_pair(whole, data, sha, &ours[..take]),
+                    None => sha.update(&ours[..take]),
+                }
+            }
+            (_, _, Some(whole)) => whole.update(data),
+            _ => {}
         }
     }
 
@@ -553,7 +573,7 @@ impl StreamVerifier {
     pub fn finish(self) -> Result<VerifyReport, IntegrityError> {
         self.plan.check_size(self.offset)?;
         let md5 = self.md5.map(hasher::Md5Runner::finish);
-        let sha: Option<[u8; 32]> = self.sha.map(|h| h.finalize().into());
+        let sha: Option<[u8; 32]> = self.sha.map(sha256x2::Sha256::finalize);
         Ok(self.plan.judge(md5.as_ref(), sha.as_ref(), None))
     }
 }
@@ -884,6 +904,39 @@ mod tests {
         let report = stream(&damaged, Md5Policy::Always, 100_000);
         assert!(report.md5.is_mismatch() && report.sha256.is_mismatch());
         assert_eq!(report, verify(&damaged, None, &NoProgress).unwrap());
+    }
+
+    #[test]
+    fn paired_feeding_gives_the_same_report_and_the_whole_image_digest() {
+        let (dir, file) = write_temp(&tiny_iso(3000));
+        implant_file(&file, &ImplantOptions::default(), &NoProgress).unwrap();
+        let image = std::fs::read(dir.path().join("t.iso")).unwrap();
+        let expected = verify(&file, None, &NoProgress).unwrap();
+        assert_eq!(expected.sha256, CheckOutcome::Ok);
+        use sha2::{Digest, Sha256};
+        let whole_expected: [u8; 32] = Sha256::digest(&image).into();
+        for cut in [777usize, 65_536, image.len()] {
+            for policy in [Md5Policy::Always, Md5Policy::UnlessSha256Covers] {
+                let mut verifier = StreamVerifier::new(&image, policy).unwrap().unwrap();
+                let mut whole = sha256x2::Sha256::new();
+                for piece in image.chunks(cut) {
+                    verifier.feed_paired(piece, &mut whole);
+                }
+                assert_eq!(whole.finalize(), whole_expected, "pieces of {cut}");
+                let report = verifier.finish().unwrap();
+                assert_eq!(report.sha256, CheckOutcome::Ok, "pieces of {cut}");
+                assert_eq!(report, stream(&image, policy, cut), "pieces of {cut}");
+            }
+        }
+        let mut damaged = image.clone();
+        damaged[2500 * 2048] ^= 1;
+        let mut verifier = StreamVerifier::new(&damaged, Md5Policy::Always)
+            .unwrap()
+            .unwrap();
+        let mut whole = sha256x2::Sha256::new();
+        verifier.feed_paired(&damaged, &mut whole);
+        assert_eq!(whole.finalize(), <[u8; 32]>::from(Sha256::digest(&damaged)));
+        assert!(verifier.finish().unwrap().sha256.is_mismatch());
     }
 
     #[test]
