@@ -140,7 +140,7 @@ impl Library {
         let mut holes = 0u64;
         self.inner.pool.in_place_scope(|scope| -> Result<()> {
             for _ in 0..workers {
-                let (fetch, changed, lock) = (&fetch, &changed, &lock);
+                let (fetch, changed, lock, label) = (&fetch, &changed, &lock, &label);
                 scope.spawn(move |_| loop {
                     let mut state = lock();
                     let index = loop {
@@ -154,7 +154,8 @@ impl Library {
                         state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
                     };
                     drop(state);
-                    let result = fetch(index);
+                    // A panic would leave the hashing thread waiting for this chunk forever.
+                    let result = crate::reader::unwound(label, || fetch(index));
                     lock().ready.insert(index, result);
                     changed.notify_all();
                 });
@@ -180,7 +181,7 @@ impl Library {
                             // Not there yet: do a chunk rather than wait, when one is left.
                             if let Some(index) = state.claim(entries) {
                                 drop(state);
-                                let result = fetch(index);
+                                let result = crate::reader::unwound(&label, || fetch(index));
                                 state = lock();
                                 state.ready.insert(index, result);
                                 continue;
