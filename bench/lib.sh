@@ -85,3 +85,31 @@ wait_port() {
 }
 start_bg() { local port=$1; shift; "$@" >"$WORK/server.log" 2>&1 & LAST=$!; PIDS+=("$LAST"); wait_port "$port" "$LAST"; }
 bench_stop_servers() { local pid; for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
+
+# bench_start_seaweedfs: SeaweedFS (S3 on a free loopback port, data under $WORK/weed) with
+# bucket "bench" created; sets S3 (its port) and exports the AWS_* credentials it accepts.
+bench_start_seaweedfs() {
+  local weed=${VMEDIA_WEED:-/opt/vmedia-venv/bin/weed} code i
+  [ -x "$weed" ] || { echo "bench: SeaweedFS ($weed) missing; run scripts/setup.sh or set BENCH_NO_S3=1" >&2; exit 1; }
+  export AWS_ACCESS_KEY_ID=vmedia-bench AWS_SECRET_ACCESS_KEY=vmedia-bench-secret AWS_REGION=us-east-1
+  export AWS_DEFAULT_REGION=$AWS_REGION
+  rm -rf "$WORK/weed"
+  mkdir -p "$WORK/weed/data"
+  cat > "$WORK/weed/s3.json" <<JSON
+{"identities":[{"name":"bench","credentials":[{"accessKey":"$AWS_ACCESS_KEY_ID","secretKey":"$AWS_SECRET_ACCESS_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+JSON
+  S3=$(free_port)
+  start_bg "$S3" "$weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$WORK/weed/data" \
+    -master.port="$(free_port)" -master.port.grpc="$(free_port)" -master.volumeSizeLimitMB=256 -volume.max=0 \
+    -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" \
+    -filer -filer.port="$(free_port)" -filer.port.grpc="$(free_port)" -filer.localSocket="$WORK/weed/filer.sock" \
+    -s3 -s3.port="$S3" -s3.port.grpc="$(free_port)" -s3.localSocket="$WORK/weed/s3.sock" \
+    -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$WORK/weed/s3.json"
+  for i in $(seq 100); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --aws-sigv4 "aws:amz:$AWS_REGION:s3" \
+      --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "http://127.0.0.1:$S3/bench") || true
+    [ "$code" = 200 ] && break
+    sleep 0.2
+  done
+  [ "$code" = 200 ] || { echo "bench: SeaweedFS did not create the bucket (HTTP $code)" >&2; exit 1; }
+}

@@ -166,30 +166,8 @@ per_chunk() { # per_chunk BEFORE_STATS AFTER_STATS REPORT_JSON: requests per chu
     r = y[2] - x[2]; printf "%d requests on %d connections for %d chunks sent: %.2f requests per chunk", r, y[1] - x[1], c, (c > 0) ? r / c : 0 }'
 }
 
-WEED=${VMEDIA_WEED:-/opt/vmedia-venv/bin/weed}
 if [ "$NO_S3" != 1 ]; then
-  [ -x "$WEED" ] || { echo "bench: SeaweedFS ($WEED) missing; run scripts/setup.sh or set BENCH_NO_S3=1" >&2; exit 1; }
-  export AWS_ACCESS_KEY_ID=vmedia-bench AWS_SECRET_ACCESS_KEY=vmedia-bench-secret AWS_REGION=us-east-1
-  export AWS_DEFAULT_REGION=$AWS_REGION
-  rm -rf "$WORK/weed"
-  mkdir -p "$WORK/weed/data"
-  cat > "$WORK/weed/s3.json" <<JSON
-{"identities":[{"name":"bench","credentials":[{"accessKey":"$AWS_ACCESS_KEY_ID","secretKey":"$AWS_SECRET_ACCESS_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
-JSON
-  S3=$(free_port)
-  start_bg "$S3" "$WEED" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$WORK/weed/data" \
-    -master.port="$(free_port)" -master.port.grpc="$(free_port)" -master.volumeSizeLimitMB=256 -volume.max=0 \
-    -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" \
-    -filer -filer.port="$(free_port)" -filer.port.grpc="$(free_port)" -filer.localSocket="$WORK/weed/filer.sock" \
-    -s3 -s3.port="$S3" -s3.port.grpc="$(free_port)" -s3.localSocket="$WORK/weed/s3.sock" \
-    -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$WORK/weed/s3.json"
-  for i in $(seq 100); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --aws-sigv4 "aws:amz:$AWS_REGION:s3" \
-      --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "http://127.0.0.1:$S3/bench") || true
-    [ "$code" = 200 ] && break
-    sleep 0.2
-  done
-  [ "$code" = 200 ] || { echo "bench: SeaweedFS did not create the bucket (HTTP $code)" >&2; exit 1; }
+  bench_start_seaweedfs
   start_relay s3 "$S3"
   S3_URL="http://127.0.0.1:$RELAY_PORT_s3"
 fi

@@ -808,9 +808,19 @@ fn redfish_session(f: &Fixture, user: &str, role: Role) -> String {
 /// A Redfish call with a session token and an optional JSON body.
 fn redfish(f: &Fixture, token: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
     let auth = format!("X-Auth-Token: {token}");
-    let url = format!("{}{path}", f.base);
+    curl_json(
+        &["-k", "-H", &auth],
+        method,
+        &format!("{}{path}", f.base),
+        body,
+    )
+}
+
+/// curl with `first` arguments, `method` on `url`, and `body` sent as JSON when given.
+fn curl_json(first: &[&str], method: &str, url: &str, body: Option<&Value>) -> Reply {
     let text = body.map(Value::to_string);
-    let mut args = vec!["-k", "-H", &auth, "-X", method];
+    let mut args = first.to_vec();
+    args.extend(["-X", method]);
     if let Some(text) = &text {
         args.extend([
             "-H",
@@ -819,7 +829,7 @@ fn redfish(f: &Fixture, token: &str, method: &str, path: &str, body: Option<&Val
             text,
         ]);
     }
-    args.push(&url);
+    args.push(url);
     curl(&args)
 }
 
@@ -943,19 +953,7 @@ fn clones_of_a_restricted_item_open_only_by_the_capability_their_create_answer_g
     let (status, body) = create(&dave, "secret@1", "sc-dave");
     assert_eq!(status, 404, "{body}");
     let anonymous = |method: &str, path: &str, body: Option<&Value>| {
-        let text = body.map(Value::to_string);
-        let url = format!("{http}{path}");
-        let mut args = vec!["-X", method];
-        if let Some(text) = &text {
-            args.extend([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                text,
-            ]);
-        }
-        args.push(&url);
-        curl(&args)
+        curl_json(&[], method, &format!("{http}{path}"), body)
     };
     let plain = anonymous(
         "POST",
