@@ -107,6 +107,8 @@ pub(crate) fn compress(plain: &[u8]) -> Option<Vec<u8>> {
 struct Placed {
     index: usize,
     entry: ChunkEntry,
+    /// BLAKE3 of the plain bytes (all zero for a zero run).
+    fingerprint: [u8; 32],
     /// True when this add wrote it.
     written: bool,
 }
@@ -115,6 +117,7 @@ struct Placed {
 struct StoreJob {
     index: usize,
     entry: ChunkEntry,
+    fingerprint: [u8; 32],
     key: String,
     encoded: Vec<u8>,
 }
@@ -122,6 +125,8 @@ struct StoreJob {
 /// The chunks of a streamed image, in order.
 pub(crate) struct Staged {
     pub entries: Vec<ChunkEntry>,
+    /// One per entry (see `Manifest::fingerprints`).
+    pub fingerprints: Vec<[u8; 32]>,
     pub digest: [u8; 32],
     pub size: u64,
     pub new_bytes: u64,
@@ -230,8 +235,7 @@ impl Library {
                 streamed_check,
                 StreamedCheck::Undecided | StreamedCheck::Verifying(_)
             );
-            let mut tap =
-                |data: &[u8], whole: &mut sha256x2::Sha256| streamed_check.feed(name, data, whole);
+            let mut tap = |data: &[u8]| streamed_check.feed(name, data);
             let tap: Option<&mut Tap<'_>> = match wanted {
                 true => Some(&mut tap),
                 false => None,
@@ -319,6 +323,7 @@ impl Library {
                 chunking: CHUNKING,
             },
             entries: staged.entries,
+            fingerprints: Some(staged.fingerprints),
             signature: None,
         };
         if let Some(key) = &signing_key {
@@ -422,32 +427,39 @@ impl Library {
 
     /// Chunks of the item's newest kept version: they are stored (gc cannot run during an
     /// add), so the add skips even the existence check for them.
-    fn known_chunks(&self, name: &str) -> HashMap<[u8; 32], u32> {
+    fn known_chunks(&self, name: &str) -> Known {
+        let mut known = Known::default();
         let Ok(Some((timeline, _))) = self.load_timeline(name) else {
-            return HashMap::new();
+            return known;
         };
         let Some(record) = timeline.versions.iter().rev().find(|r| r.pruned.is_none()) else {
-            return HashMap::new();
+            return known;
         };
-        match self.load_manifest(&record.manifest) {
-            Ok(manifest) => manifest
-                .entries
-                .iter()
-                .filter(|e| !e.zero)
-                .map(|e| (e.digest, e.stored_length))
-                .collect(),
-            Err(_) => HashMap::new(),
+        let Ok(manifest) = self.load_manifest(&record.manifest) else {
+            return known;
+        };
+        for (index, entry) in manifest.entries.iter().enumerate() {
+            if entry.zero {
+                continue;
+            }
+            known.by_digest.insert(entry.digest, entry.stored_length);
+            if let Some(fingerprint) = manifest.fingerprints.as_ref().and_then(|f| f.get(index)) {
+                known
+                    .by_fingerprint
+                    .insert(*fingerprint, (entry.digest, entry.stored_length));
+            }
         }
+        known
     }
 
     /// Cuts, hashes, compresses and stores a stream; returns its index.
     ///
-    /// `tap`, when given, sees every byte in order on the whole-image thread, with the
-    /// whole-image hash to advance (the embedded checksums, hashed in lockstep with it).
+    /// `tap`, when given, sees every byte in order on a thread of its own (the embedded
+    /// checksums), beside the whole-image thread.
     pub(crate) fn stage(
         &self,
         reader: &mut (dyn Read + Send),
-        known: &HashMap<[u8; 32], u32>,
+        known: &Known,
         tap: Option<&mut Tap<'_>>,
         progress: &dyn Progress,
     ) -> Result<Staged> {
@@ -467,20 +479,29 @@ impl Library {
         let io_rx = Mutex::new(io_rx);
         // The batch buffers bound what these queues hold.
         let (whole_tx, whole_rx) = mpsc::channel::<Arc<Batch>>();
+        let (tap_tx, tap_rx) = mpsc::channel::<Arc<Batch>>();
+        let tap_tx = tap.is_some().then_some(tap_tx);
         let mut total = 0u64;
 
         let whole_digest = std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
                 let mut whole = sha256x2::Sha256::new();
-                let mut tap = tap;
                 for batch in whole_rx {
-                    match &mut tap {
-                        Some(tap) => tap(batch.bytes(), &mut whole),
-                        None => whole.update(batch.bytes()),
-                    }
+                    whole.update(batch.bytes());
                 }
                 whole.finalize()
             });
+            // The tap on a thread of its own: a second SHA-256 chain (the embedded check) in
+            // lockstep with the first on one core runs no faster than the two one after the
+            // other (the SHA unit is the limit, not the chain's latency), so each chain gets a
+            // core and the scheduler spreads them with the chunk work.
+            if let Some(tap) = tap {
+                scope.spawn(move || {
+                    for batch in tap_rx {
+                        tap(batch.bytes());
+                    }
+                });
+            }
             for _ in 0..IO_THREADS {
                 let done_tx = done_tx.clone();
                 let (io_rx, fail, failed, stored_bytes) = (&io_rx, &fail, &failed, &stored_bytes);
@@ -500,6 +521,7 @@ impl Library {
                             let _ = done_tx.send(Placed {
                                 index: job.index,
                                 entry,
+                                fingerprint: job.fingerprint,
                                 written,
                             });
                         }
@@ -529,6 +551,11 @@ impl Library {
                     if whole_tx.send(Arc::clone(&batch)).is_err() {
                         break;
                     }
+                    if let Some(tap_tx) = &tap_tx {
+                        if tap_tx.send(Arc::clone(&batch)).is_err() {
+                            break;
+                        }
+                    }
                     progress.advance(covered);
                     for group in 0..batch.chunks.len().div_ceil(CHUNKS_PER_TASK) {
                         let (done_tx, io_tx) = (done_tx.clone(), io_tx.clone());
@@ -556,6 +583,7 @@ impl Library {
                 }
             });
             drop(whole_tx);
+            drop(tap_tx);
             drop(io_tx);
             hasher.join().unwrap_or([0; 32])
         });
@@ -579,6 +607,7 @@ impl Library {
             .map(|p| (p.entry.digest, p.entry.stored_length))
             .collect();
         let mut entries: Vec<ChunkEntry> = Vec::with_capacity(placed.len());
+        let mut fingerprints: Vec<[u8; 32]> = Vec::with_capacity(placed.len());
         let mut new_bytes = 0u64;
         let mut new_chunks = 0u64;
         for p in &placed {
@@ -615,9 +644,11 @@ impl Library {
                 }
             }
             entries.push(entry);
+            fingerprints.push(p.fingerprint);
         }
         Ok(Staged {
             entries,
+            fingerprints,
             digest: whole_digest,
             size: total,
             new_bytes,
@@ -629,54 +660,75 @@ impl Library {
     /// Consecutive chunks on a CPU thread (`first_index` is the first one's index): each is a
     /// zero run, a chunk stored already (by an earlier version, or earlier in this image: its
     /// index entry is completed at assembly), or a new chunk, encoded here and handed to the
-    /// I/O threads. The digests of the group's other chunks are computed two at a time.
+    /// I/O threads. Every chunk's BLAKE3 fingerprint is computed; one the previous version
+    /// recorded gives the SHA-256 digest, the others' digests are computed two at a time.
     #[allow(clippy::too_many_arguments)]
     fn place_chunks(
         &self,
         first_index: usize,
         batch: &Batch,
         spans: &[Span],
-        known: &HashMap<[u8; 32], u32>,
+        known: &Known,
         claimed: &Mutex<HashSet<[u8; 32]>>,
         done: impl Fn(Placed),
         store: impl Fn(StoreJob),
     ) {
-        let zero: Vec<bool> = spans
+        let fingerprints: Vec<Option<[u8; 32]>> = spans
             .iter()
-            .map(|span| span.zero || is_all_zero(batch.chunk(span)))
+            .map(|span| {
+                let data = batch.chunk(span);
+                (!(span.zero || is_all_zero(data))).then(|| *blake3::hash(data).as_bytes())
+            })
             .collect();
-        let data: Vec<&[u8]> = spans
+        let recognised: Vec<Option<([u8; 32], u32)>> = fingerprints
             .iter()
-            .zip(&zero)
-            .filter(|(_, &zero)| !zero)
+            .map(|f| f.and_then(|f| known.by_fingerprint.get(&f).copied()))
+            .collect();
+        let unrecognised: Vec<&[u8]> = spans
+            .iter()
+            .zip(fingerprints.iter().zip(&recognised))
+            .filter(|(_, (f, r))| f.is_some() && r.is_none())
             .map(|(span, _)| batch.chunk(span))
             .collect();
-        let mut digests = sha256x2::digest_many(&data).into_iter();
-        for (i, (span, zero)) in spans.iter().zip(zero).enumerate() {
+        let mut digests = sha256x2::digest_many(&unrecognised).into_iter();
+        for (i, (span, (fingerprint, recognised))) in spans
+            .iter()
+            .zip(fingerprints.into_iter().zip(recognised))
+            .enumerate()
+        {
             let index = first_index + i;
             let mut entry = ChunkEntry {
                 offset: batch.offset + span.start as u64,
                 length: span.length as u32,
                 stored_length: 0,
-                zero,
+                zero: fingerprint.is_none(),
                 digest: [0; 32],
             };
-            if zero {
+            let Some(fingerprint) = fingerprint else {
                 done(Placed {
                     index,
                     entry,
+                    fingerprint: [0; 32],
                     written: false,
                 });
                 continue;
-            }
-            let Some(digest) = digests.next() else {
-                // digest_many gives one digest per message; a shortfall is a bug, reported by
-                // assembly as the missing chunk it leaves.
-                return;
             };
-            entry.digest = digest;
-            if let Some(&stored_length) = known.get(&entry.digest) {
-                entry.stored_length = stored_length;
+            match recognised {
+                Some((digest, stored_length)) => {
+                    entry.digest = digest;
+                    entry.stored_length = stored_length;
+                }
+                None => {
+                    let Some(digest) = digests.next() else {
+                        // digest_many gives one digest per message; a shortfall is a bug,
+                        // reported by assembly as the missing chunk it leaves.
+                        return;
+                    };
+                    entry.digest = digest;
+                    if let Some(&stored_length) = known.by_digest.get(&entry.digest) {
+                        entry.stored_length = stored_length;
+                    }
+                }
             }
             let first = entry.stored_length == 0
                 && claimed
@@ -687,6 +739,7 @@ impl Library {
                 done(Placed {
                     index,
                     entry,
+                    fingerprint,
                     written: false,
                 });
                 continue;
@@ -697,6 +750,7 @@ impl Library {
             store(StoreJob {
                 index,
                 entry,
+                fingerprint,
                 key,
                 encoded,
             });
@@ -718,6 +772,14 @@ impl Library {
     }
 }
 
+/// What the item's previous version holds: stored lengths by digest, and digests with stored
+/// lengths by fingerprint (when its manifest recorded fingerprints).
+#[derive(Default)]
+pub(crate) struct Known {
+    by_digest: HashMap<[u8; 32], u32>,
+    by_fingerprint: HashMap<[u8; 32], ([u8; 32], u32)>,
+}
+
 /// Kept versions whose recorded embedded-check outcome an add may reuse: the newest few of the
 /// same size are where a re-added image is found; more would only cost manifest reads.
 const MAX_REUSE_CANDIDATES: usize = 4;
@@ -726,9 +788,8 @@ const MAX_REUSE_CANDIDATES: usize = 4;
 /// a batch of ~32 chunks still makes 8 tasks for the pool to spread.
 const CHUNKS_PER_TASK: usize = 4;
 
-/// A consumer of every byte of an image, in order, that advances the whole-image hash over
-/// them too (see `stage`).
-type Tap<'a> = dyn FnMut(&[u8], &mut sha256x2::Sha256) + Send + 'a;
+/// A consumer of every byte of an image, in order (see `stage`).
+type Tap<'a> = dyn FnMut(&[u8]) + Send + 'a;
 
 /// The embedded-checksum check of an add, fed as the image streams past.
 enum StreamedCheck {
@@ -744,8 +805,8 @@ enum StreamedCheck {
 }
 
 impl StreamedCheck {
-    /// The next bytes of the image: into the embedded check (when there is one) and `whole`.
-    fn feed(&mut self, name: &str, data: &[u8], whole: &mut sha256x2::Sha256) {
+    /// The next bytes of the image: into the embedded check (when there is one).
+    fn feed(&mut self, name: &str, data: &[u8]) {
         match self {
             StreamedCheck::Undecided => {
                 // The first chunk (at least CHUNKING.min bytes) holds the primary volume
@@ -753,17 +814,14 @@ impl StreamedCheck {
                 let head = data.to_vec();
                 *self = match EmbeddedVerifier::new(name, &head) {
                     Ok(Some(mut verifier)) => {
-                        verifier.feed_paired(data, whole);
+                        verifier.feed(data);
                         StreamedCheck::Verifying(Box::new(verifier))
                     }
-                    Ok(None) | Err(_) => {
-                        whole.update(data);
-                        StreamedCheck::Unusable
-                    }
+                    Ok(None) | Err(_) => StreamedCheck::Unusable,
                 };
             }
-            StreamedCheck::Verifying(verifier) => verifier.feed_paired(data, whole),
-            StreamedCheck::Nothing | StreamedCheck::Unusable => whole.update(data),
+            StreamedCheck::Verifying(verifier) => verifier.feed(data),
+            StreamedCheck::Nothing | StreamedCheck::Unusable => {}
         }
     }
 }

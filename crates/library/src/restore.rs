@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
+use vmedia_io::sha256x2::Sha256;
 use vmedia_io::{AtomicFile, Durability, OverwritePolicy, Progress};
 
 use crate::error::{LibraryError, Result};
@@ -208,7 +208,7 @@ impl Library {
             changed.notify_all();
             hashed
         })?;
-        let actual = format_digest(&hasher.finalize().into());
+        let actual = format_digest(&hasher.finalize());
         if actual != record.digest {
             return Err(self.name_damaged_chunk(entries, &label).unwrap_or(
                 LibraryError::DigestMismatch {
