@@ -4,10 +4,13 @@
 //! 1. the caller's thread reads the source in large batches and cuts them with FastCDC
 //!    (boundaries are sequential; `chunker` cuts in place, no copy or allocation per chunk);
 //! 2. a second thread hashes the whole image in order (SHA-256, the digest users compare);
-//! 3. the CPU pool hashes the chunks, a few consecutive ones per task, two at a time in
-//!    lockstep (`vmedia_io::sha256x2::digest_many`), recognises zero runs and compresses (zstd)
-//!    in parallel; a chunk the item's previous version holds is recognised in an in-memory map
-//!    and goes no further (no compression, no store request);
+//! 3. the CPU pool fingerprints the chunks (BLAKE3, a few consecutive ones per task) and
+//!    recognises zero runs; a fingerprint the item's previous version recorded gives the
+//!    chunk's SHA-256 digest from that version's index, and the chunk goes no further (no
+//!    SHA-256, no compression, no store request); the other chunks' digests are computed two
+//!    at a time in lockstep (`vmedia_io::sha256x2::digest_many`) and new chunks compressed
+//!    (zstd). So a new version of an image pays SHA-256 only where it changed, and the one
+//!    SHA-256 pass every add needs (the whole image, with its embedded check) has a core.
 //! 4. I/O threads check whether each new chunk is already stored and write the missing ones.
 //!
 //! An ISO's embedded checksums (vmedia's SHA-256, isomd5sum's MD5) are hashed by the whole-image
@@ -235,7 +238,8 @@ impl Library {
                 streamed_check,
                 StreamedCheck::Undecided | StreamedCheck::Verifying(_)
             );
-            let mut tap = |data: &[u8]| streamed_check.feed(name, data);
+            let mut tap =
+                |data: &[u8], whole: &mut sha256x2::Sha256| streamed_check.feed(name, data, whole);
             let tap: Option<&mut Tap<'_>> = match wanted {
                 true => Some(&mut tap),
                 false => None,
@@ -454,8 +458,8 @@ impl Library {
 
     /// Cuts, hashes, compresses and stores a stream; returns its index.
     ///
-    /// `tap`, when given, sees every byte in order on a thread of its own (the embedded
-    /// checksums), beside the whole-image thread.
+    /// `tap`, when given, sees every byte in order on the whole-image thread, with the
+    /// whole-image hash to advance (the embedded checksums, hashed in lockstep with it).
     pub(crate) fn stage(
         &self,
         reader: &mut (dyn Read + Send),
@@ -479,29 +483,20 @@ impl Library {
         let io_rx = Mutex::new(io_rx);
         // The batch buffers bound what these queues hold.
         let (whole_tx, whole_rx) = mpsc::channel::<Arc<Batch>>();
-        let (tap_tx, tap_rx) = mpsc::channel::<Arc<Batch>>();
-        let tap_tx = tap.is_some().then_some(tap_tx);
         let mut total = 0u64;
 
         let whole_digest = std::thread::scope(|scope| {
             let hasher = scope.spawn(move || {
                 let mut whole = sha256x2::Sha256::new();
+                let mut tap = tap;
                 for batch in whole_rx {
-                    whole.update(batch.bytes());
+                    match &mut tap {
+                        Some(tap) => tap(batch.bytes(), &mut whole),
+                        None => whole.update(batch.bytes()),
+                    }
                 }
                 whole.finalize()
             });
-            // The tap on a thread of its own: a second SHA-256 chain (the embedded check) in
-            // lockstep with the first on one core runs no faster than the two one after the
-            // other (the SHA unit is the limit, not the chain's latency), so each chain gets a
-            // core and the scheduler spreads them with the chunk work.
-            if let Some(tap) = tap {
-                scope.spawn(move || {
-                    for batch in tap_rx {
-                        tap(batch.bytes());
-                    }
-                });
-            }
             for _ in 0..IO_THREADS {
                 let done_tx = done_tx.clone();
                 let (io_rx, fail, failed, stored_bytes) = (&io_rx, &fail, &failed, &stored_bytes);
@@ -551,11 +546,6 @@ impl Library {
                     if whole_tx.send(Arc::clone(&batch)).is_err() {
                         break;
                     }
-                    if let Some(tap_tx) = &tap_tx {
-                        if tap_tx.send(Arc::clone(&batch)).is_err() {
-                            break;
-                        }
-                    }
                     progress.advance(covered);
                     for group in 0..batch.chunks.len().div_ceil(CHUNKS_PER_TASK) {
                         let (done_tx, io_tx) = (done_tx.clone(), io_tx.clone());
@@ -583,7 +573,6 @@ impl Library {
                 }
             });
             drop(whole_tx);
-            drop(tap_tx);
             drop(io_tx);
             hasher.join().unwrap_or([0; 32])
         });
@@ -788,8 +777,9 @@ const MAX_REUSE_CANDIDATES: usize = 4;
 /// a batch of ~32 chunks still makes 8 tasks for the pool to spread.
 const CHUNKS_PER_TASK: usize = 4;
 
-/// A consumer of every byte of an image, in order (see `stage`).
-type Tap<'a> = dyn FnMut(&[u8]) + Send + 'a;
+/// A consumer of every byte of an image, in order, that advances the whole-image hash over
+/// them too (see `stage`).
+type Tap<'a> = dyn FnMut(&[u8], &mut sha256x2::Sha256) + Send + 'a;
 
 /// The embedded-checksum check of an add, fed as the image streams past.
 enum StreamedCheck {
@@ -805,8 +795,8 @@ enum StreamedCheck {
 }
 
 impl StreamedCheck {
-    /// The next bytes of the image: into the embedded check (when there is one).
-    fn feed(&mut self, name: &str, data: &[u8]) {
+    /// The next bytes of the image: into the embedded check (when there is one) and `whole`.
+    fn feed(&mut self, name: &str, data: &[u8], whole: &mut sha256x2::Sha256) {
         match self {
             StreamedCheck::Undecided => {
                 // The first chunk (at least CHUNKING.min bytes) holds the primary volume
@@ -814,14 +804,17 @@ impl StreamedCheck {
                 let head = data.to_vec();
                 *self = match EmbeddedVerifier::new(name, &head) {
                     Ok(Some(mut verifier)) => {
-                        verifier.feed(data);
+                        verifier.feed_paired(data, whole);
                         StreamedCheck::Verifying(Box::new(verifier))
                     }
-                    Ok(None) | Err(_) => StreamedCheck::Unusable,
+                    Ok(None) | Err(_) => {
+                        whole.update(data);
+                        StreamedCheck::Unusable
+                    }
                 };
             }
-            StreamedCheck::Verifying(verifier) => verifier.feed(data),
-            StreamedCheck::Nothing | StreamedCheck::Unusable => {}
+            StreamedCheck::Verifying(verifier) => verifier.feed_paired(data, whole),
+            StreamedCheck::Nothing | StreamedCheck::Unusable => whole.update(data),
         }
     }
 }

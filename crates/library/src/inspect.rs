@@ -58,9 +58,10 @@ impl EmbeddedVerifier {
         Ok(verifier.map(EmbeddedVerifier))
     }
 
-    /// The image's next bytes, in order.
-    pub(crate) fn feed(&mut self, data: &[u8]) {
-        self.0.feed(data);
+    /// `feed`, and `data` appended to the whole-image hash in lockstep with the embedded
+    /// SHA-256 (two streams on one core, see `vmedia_io::sha256x2`).
+    pub(crate) fn feed_paired(&mut self, data: &[u8], whole: &mut vmedia_io::sha256x2::Sha256) {
+        self.0.feed_paired(data, whole);
     }
 
     /// Reads `source` from the start and feeds all of it (when the stream was not fed).

@@ -1039,3 +1039,52 @@ fn new_bytes_of_a_version_count_only_chunks_no_earlier_version_uses() {
     let shown = library.show(&spec("disk.img@1")).unwrap();
     assert_eq!(shown.new_bytes, Some(v1.len() as u64));
 }
+
+#[test]
+fn a_version_added_over_its_predecessor_is_indexed_as_a_fresh_add_would_index_it() {
+    // The second add takes the digests of unchanged chunks from the first version's
+    // fingerprints instead of computing them: its index must equal the one an add into an
+    // empty library computes with a SHA-256 of every chunk.
+    let fx = Fixture::new();
+    let v1 = content(11, 5 << 20);
+    let mut v2 = v1.clone();
+    v2[2 << 20..(2 << 20) + 4096].copy_from_slice(&content(12, 4096));
+    v2.extend_from_slice(&[0u8; 3 << 20]);
+    v2.extend_from_slice(&v1[..1 << 20]);
+    let library = fx.init("lib");
+    add_at(&library, "img", v1, "2026-03-01T00:00:00Z");
+    let second = add_at(&library, "img", v2.clone(), "2026-03-02T00:00:00Z");
+    // The changed chunk and the appended tail's first chunks (cut differently after the zeros)
+    // are new; the rest of the 9 MiB is not.
+    assert!(
+        second.new_bytes < (4 << 20),
+        "{} new bytes for a 4 KiB change and a 1 MiB tail",
+        second.new_bytes
+    );
+    let fresh = fx.init("fresh");
+    add_at(&fresh, "img", v2.clone(), "2026-03-02T00:00:00Z");
+
+    let parse = |library: &Library, version: &str| {
+        let bytes = library.export_manifest(&spec(version)).unwrap();
+        vmedia_library::manifest::Manifest::parse(version, &bytes).unwrap()
+    };
+    let over = parse(&library, "img@2");
+    let alone = parse(&fresh, "img@1");
+    assert_eq!(over.entries, alone.entries);
+    assert_eq!(over.fingerprints, alone.fingerprints);
+    let fingerprints = alone.fingerprints.expect("an add records fingerprints");
+    assert_eq!(fingerprints.len(), alone.entries.len());
+    assert!(alone.entries.iter().any(|e| e.zero));
+    for (entry, fingerprint) in alone.entries.iter().zip(&fingerprints) {
+        let bytes = &v2[entry.offset as usize..entry.end() as usize];
+        if entry.zero {
+            assert_eq!(*fingerprint, [0; 32]);
+            continue;
+        }
+        assert_eq!(
+            format!("sha256:{}", hex::encode(entry.digest)),
+            sha256_hex(bytes)
+        );
+        assert_eq!(fingerprint, blake3::hash(bytes).as_bytes());
+    }
+}
