@@ -15,6 +15,7 @@
 mod atomic;
 pub mod bytes;
 pub mod cache;
+mod ordered_writer;
 mod progress;
 mod read_at;
 #[allow(unsafe_code)] // the SHA-NI kernels; nowhere else in this crate
@@ -22,5 +23,6 @@ pub mod sha256x2;
 
 pub use atomic::{sync_file_system, AtomicFile, Durability, OverwritePolicy};
 pub use cache::{BlockCache, CacheError, CacheStats, CachedSource};
+pub use ordered_writer::{OrderedWriter, MAX_DIRECT_ALIGN, STAGING_BYTES};
 pub use progress::{NoProgress, Progress};
 pub use read_at::{ReadAt, SliceSource};

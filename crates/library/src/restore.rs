@@ -2,12 +2,15 @@
 //!
 //! The caller's thread hashes the image in order (SHA-256 is one sequential chain, the floor
 //! of this command); workers (one fewer than the pool's threads, at least one) fetch, open and
-//! decompress chunks and write each at its offset (positional writes, in any order); zero runs
-//! are never written, so they stay holes of the sparse output. Whenever the next chunk in image
-//! order has not arrived, the hashing thread takes the next unclaimed chunk itself instead of
-//! waiting, so both cores stay busy with no third thread preempting the hash. Claims never run
-//! more than `GET_WINDOW` chunks ahead of the hash, which bounds memory. The output is a
-//! temporary file renamed into place only when the whole-image digest matches the version's
+//! decompress chunks. Whenever the next chunk in image order has not arrived, the hashing
+//! thread takes the next unclaimed chunk itself instead of waiting, so both cores stay busy.
+//! Claims never run more than `GET_WINDOW` chunks ahead of the hash, which bounds memory.
+//! Hashed chunks go, in image order, to a writing thread outside the pool
+//! ([`vmedia_io::OrderedWriter`]: direct I/O from an aligned staging buffer where the file
+//! system supports it, so the gigabytes written neither pass through the page cache nor queue
+//! on the file's lock; positional writes through the cache elsewhere); it mostly waits for the
+//! device. Zero runs are never written, so they stay holes of the sparse output. The output is
+//! a temporary file renamed into place only when the whole-image digest matches the version's
 //! recorded one: the file appears whole and right, or not at all.
 //!
 //! Why the whole-image digest and not the chunk digests (which could be checked in parallel,
@@ -30,13 +33,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::mpsc::sync_channel;
 use std::sync::{Condvar, Mutex};
 
 use rayon::prelude::*;
 use vmedia_io::sha256x2::Sha256;
-use vmedia_io::{AtomicFile, Durability, OverwritePolicy, Progress};
+use vmedia_io::{AtomicFile, Durability, OrderedWriter, OverwritePolicy, Progress};
 
 use crate::error::{LibraryError, Result};
 use crate::library::Library;
@@ -47,6 +50,9 @@ use crate::reports::GetReport;
 /// Chunks claimed ahead of the oldest not yet hashed: enough to keep both cores and the store
 /// busy while the hash waits for a slow fetch, at most 32 MiB decoded.
 pub const GET_WINDOW: usize = 32;
+/// Hashed chunks queued for the writing thread (at most 16 MiB): enough to cover one write
+/// of the staging buffer to the device while the hash goes on.
+pub const WRITE_QUEUE: usize = 64;
 /// Zeros hashed per step for a zero run (a static-size buffer instead of the run's length).
 const ZERO_BLOCK: usize = 1 << 20;
 
@@ -112,15 +118,15 @@ impl Library {
         progress.set_total(manifest.header.size);
         progress.phase("writing");
         let entries = &manifest.entries;
-        // Fetch, open, decompress and write one stored chunk.
+        // Fetch, open and decompress one stored chunk.
         let fetch = |index: usize| -> Result<Vec<u8>> {
             let entry = &entries[index];
-            let data = self.open_chunk(&entry.digest, entry.length, entry.offset, &label)?;
-            file.file()
-                .write_all_at(&data, entry.offset)
-                .map_err(output_error)?;
-            Ok(data)
+            self.open_chunk(&entry.digest, entry.length, entry.offset, &label)
         };
+        let mut writer = OrderedWriter::new(file.file(), file.temp_path(), manifest.header.size)
+            .map_err(output_error)?;
+        // Hashed chunks on their way to the writing thread.
+        let (to_writer, hashed_chunks) = sync_channel::<(u64, Vec<u8>)>(WRITE_QUEUE);
         let plan = Mutex::new(Plan {
             next_claim: 0,
             next_hash: 0,
@@ -138,76 +144,97 @@ impl Library {
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         let mut holes = 0u64;
-        self.inner.pool.in_place_scope(|scope| -> Result<()> {
-            for _ in 0..workers {
-                let (fetch, changed, lock, label) = (&fetch, &changed, &lock, &label);
-                scope.spawn(move |_| loop {
-                    let mut state = lock();
-                    let index = loop {
-                        if let Some(index) = state.claim(entries) {
-                            break index;
-                        }
-                        if state.exhausted(entries) {
-                            return;
-                        }
-                        // The window is full: wait for the hash to move on.
-                        state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
-                    };
-                    drop(state);
-                    // A panic would leave the hashing thread waiting for this chunk forever.
-                    let result = crate::reader::unwound(label, || fetch(index));
-                    lock().ready.insert(index, result);
-                    changed.notify_all();
-                });
-            }
-            let zeros = vec![0u8; ZERO_BLOCK];
-            let mut hash_all = || -> Result<()> {
-                let mut next_hash = 0usize;
-                while let Some(entry) = entries.get(next_hash) {
-                    if entry.zero {
-                        let mut left = entry.length as usize;
-                        while left > 0 {
-                            let n = left.min(zeros.len());
-                            hasher.update(&zeros[..n]);
-                            left -= n;
-                        }
-                        holes += entry.length as u64;
-                    } else {
+        let (hashed, wrote) = std::thread::scope(|threads| {
+            // The writing thread is mostly waiting for the device; it takes no pool thread.
+            let writing = threads.spawn(move || -> io::Result<()> {
+                for (offset, data) in hashed_chunks {
+                    writer.write(offset, &data)?;
+                }
+                writer.finish()
+            });
+            let hashed = self.inner.pool.in_place_scope(|scope| -> Result<()> {
+                for _ in 0..workers {
+                    let (fetch, changed, lock, label) = (&fetch, &changed, &lock, &label);
+                    scope.spawn(move |_| loop {
                         let mut state = lock();
-                        let data = loop {
-                            if let Some(data) = state.ready.remove(&next_hash) {
-                                break data;
-                            }
-                            // Not there yet: do a chunk rather than wait, when one is left.
+                        let index = loop {
                             if let Some(index) = state.claim(entries) {
-                                drop(state);
-                                let result = crate::reader::unwound(&label, || fetch(index));
-                                state = lock();
-                                state.ready.insert(index, result);
-                                continue;
+                                break index;
                             }
-                            // Claimed by a worker (next_hash is always within the window),
-                            // which inserts it and notifies.
+                            if state.exhausted(entries) {
+                                return;
+                            }
+                            // The window is full: wait for the hash to move on.
                             state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
                         };
                         drop(state);
-                        let data = data?;
-                        hasher.update(&data);
-                        written += data.len() as u64;
-                    }
-                    progress.advance(entry.length as u64);
-                    next_hash += 1;
-                    lock().next_hash = next_hash;
-                    changed.notify_all();
+                        // A panic would leave the hashing thread waiting for this chunk forever.
+                        let result = crate::reader::unwound(label, || fetch(index));
+                        lock().ready.insert(index, result);
+                        changed.notify_all();
+                    });
                 }
-                Ok(())
-            };
-            let hashed = hash_all();
-            // Workers waiting on a full window (after an error) must not wait forever.
-            lock().stop = true;
-            changed.notify_all();
-            hashed
-        })?;
+                let zeros = vec![0u8; ZERO_BLOCK];
+                let mut hash_all = || -> Result<()> {
+                    let mut next_hash = 0usize;
+                    while let Some(entry) = entries.get(next_hash) {
+                        if entry.zero {
+                            let mut left = entry.length as usize;
+                            while left > 0 {
+                                let n = left.min(zeros.len());
+                                hasher.update(&zeros[..n]);
+                                left -= n;
+                            }
+                            holes += entry.length as u64;
+                        } else {
+                            let mut state = lock();
+                            let data = loop {
+                                if let Some(data) = state.ready.remove(&next_hash) {
+                                    break data;
+                                }
+                                // Not there yet: do a chunk rather than wait, when one is left.
+                                if let Some(index) = state.claim(entries) {
+                                    drop(state);
+                                    let result = crate::reader::unwound(&label, || fetch(index));
+                                    state = lock();
+                                    state.ready.insert(index, result);
+                                    continue;
+                                }
+                                // Claimed by a worker (next_hash is always within the window),
+                                // which inserts it and notifies.
+                                state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                            };
+                            drop(state);
+                            let data = data?;
+                            hasher.update(&data);
+                            written += data.len() as u64;
+                            if to_writer.send((entry.offset, data)).is_err() {
+                                // The writer stopped on an error, reported after the join.
+                                return Err(output_error(io::Error::other("writing stopped")));
+                            }
+                        }
+                        progress.advance(entry.length as u64);
+                        next_hash += 1;
+                        lock().next_hash = next_hash;
+                        changed.notify_all();
+                    }
+                    Ok(())
+                };
+                let hashed = hash_all();
+                // Workers waiting on a full window (after an error) must not wait forever.
+                lock().stop = true;
+                changed.notify_all();
+                hashed
+            });
+            drop(to_writer);
+            let wrote = writing
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the writing thread panicked")));
+            (hashed, wrote)
+        });
+        // A writer's error explains a hash that stopped because the writer had gone.
+        wrote.map_err(output_error)?;
+        hashed?;
         let actual = format_digest(&hasher.finalize());
         if actual != record.digest {
             return Err(self.name_damaged_chunk(entries, &label).unwrap_or(
