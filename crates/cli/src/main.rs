@@ -97,7 +97,31 @@ enum Command {
     Man(manuals::ManArgs),
 }
 
+/// Allocations up to this size come from glibc's heap, not from their own `mmap`.
+const MALLOC_MMAP_THRESHOLD: i32 = 4 << 20;
+/// Free memory at the top of a heap kept for reuse before glibc hands it back to the kernel.
+const MALLOC_TRIM_THRESHOLD: i32 = 32 << 20;
+
+/// Fixes glibc's allocator thresholds. The library and disk commands stream gigabytes through
+/// short-lived buffers of up to a few MiB (a chunk read, decrypted, decompressed, written);
+/// with glibc's adaptive defaults those pages keep going back to the kernel and faulting in
+/// again zeroed (a 2 GiB `library get`: 57-125 thousand page faults, 5-17 thousand with these
+/// values, and half the system time). Retention stays bounded by the trim threshold per heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets two numeric allocator parameters; it is called first thing in
+    // main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let default_filter = match &cli.command {
         Command::Netboot(cmd) => netboot::default_log_filter(cmd),

@@ -11,8 +11,8 @@
 //!   under another name fails to open.
 //! - `config`: HMAC-SHA256 key authenticating `library.json`, and its key check value.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand_core::RngCore;
@@ -139,25 +139,33 @@ impl Keys {
         out
     }
 
-    /// Opens an object sealed under `object_key`; any change to it (or another key) fails.
-    pub fn open(&self, object_key: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    /// Opens an object sealed under `object_key`, in place; any change to it (or another key)
+    /// fails.
+    pub fn open(&self, object_key: &str, mut sealed: Vec<u8>) -> Result<Vec<u8>> {
         let tampered = || LibraryError::Tampered {
             key: object_key.to_string(),
         };
-        if sealed.len() < SEAL_OVERHEAD {
+        let Some(tag_at) = sealed
+            .len()
+            .checked_sub(TAG_BYTES)
+            .filter(|&at| at >= NONCE_BYTES)
+        else {
             return Err(tampered());
-        }
-        let (nonce, body) = sealed.split_at(NONCE_BYTES);
+        };
+        let (head, tag) = sealed.split_at_mut(tag_at);
+        let (nonce, body) = head.split_at_mut(NONCE_BYTES);
         let cipher = XChaCha20Poly1305::new(Key::from_slice(&self.seal));
         cipher
-            .decrypt(
+            .decrypt_in_place_detached(
                 XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: object_key.as_bytes(),
-                },
+                object_key.as_bytes(),
+                body,
+                Tag::from_slice(tag),
             )
-            .map_err(|_| tampered())
+            .map_err(|_| tampered())?;
+        sealed.truncate(tag_at);
+        sealed.drain(..NONCE_BYTES);
+        Ok(sealed)
     }
 }
 
@@ -174,11 +182,11 @@ mod tests {
         let keys = keys();
         let sealed = keys.seal("chunks/ab/abcd", b"secret content");
         assert_eq!(
-            keys.open("chunks/ab/abcd", &sealed).unwrap(),
+            keys.open("chunks/ab/abcd", sealed.clone()).unwrap(),
             b"secret content"
         );
         assert!(matches!(
-            keys.open("chunks/cd/cdef", &sealed),
+            keys.open("chunks/cd/cdef", sealed),
             Err(LibraryError::Tampered { .. })
         ));
     }
@@ -189,8 +197,10 @@ mod tests {
         let mut sealed = keys.seal("k", b"secret content");
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
-        assert!(keys.open("k", &sealed).is_err());
-        assert!(keys.open("k", &sealed[..10]).is_err());
+        assert!(keys.open("k", sealed.clone()).is_err());
+        assert!(keys.open("k", sealed[..10].to_vec()).is_err());
+        assert!(keys.open("k", sealed[..SEAL_OVERHEAD].to_vec()).is_err());
+        assert!(keys.open("k", Vec::new()).is_err());
     }
 
     #[test]
@@ -202,7 +212,7 @@ mod tests {
         assert_ne!(a.chunk_name(&digest), b.chunk_name(&digest));
         assert_ne!(a.chunk_name(&digest), c.chunk_name(&digest));
         assert_ne!(a.key_check(), b.key_check());
-        assert!(b.open("k", &a.seal("k", b"x")).is_err());
+        assert!(b.open("k", a.seal("k", b"x")).is_err());
     }
 
     #[test]

@@ -242,7 +242,7 @@ impl Library {
 
     pub(crate) fn unseal(&self, key: &str, stored: Vec<u8>) -> Result<Vec<u8>> {
         match &self.inner.keys {
-            Some(keys) => keys.open(key, &stored),
+            Some(keys) => keys.open(key, stored),
             None => Ok(stored),
         }
     }
