@@ -50,8 +50,8 @@ use crate::reports::GetReport;
 /// Chunks claimed ahead of the oldest not yet hashed: enough to keep both cores and the store
 /// busy while the hash waits for a slow fetch, at most 32 MiB decoded.
 pub const GET_WINDOW: usize = 32;
-/// Hashed chunks queued for the writing thread (at most 16 MiB): enough to cover one write
-/// of the staging buffer to the device while the hash goes on.
+/// Hashed chunks queued for the writing thread (16 MiB at the average chunk size, 64 MiB at
+/// most): enough that the hash goes on through a slow write to the device.
 pub const WRITE_QUEUE: usize = 64;
 /// Zeros hashed per step for a zero run (a static-size buffer instead of the run's length).
 const ZERO_BLOCK: usize = 1 << 20;
