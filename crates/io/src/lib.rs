@@ -23,6 +23,8 @@ pub mod sha256x2;
 
 pub use atomic::{sync_file_system, AtomicFile, Durability, OverwritePolicy};
 pub use cache::{BlockCache, CacheError, CacheStats, CachedSource};
-pub use ordered_writer::{OrderedWriter, MAX_DIRECT_ALIGN, STAGING_BYTES};
+pub use ordered_writer::{
+    OrderedWriter, MAX_DIRECT_ALIGN, MIN_DIRECT_RATE, RATE_WINDOW, STAGING_BYTES,
+};
 pub use progress::{NoProgress, Progress};
 pub use read_at::{ReadAt, SliceSource};

@@ -9,7 +9,10 @@
 //! staging buffer and writes that buffer with `O_DIRECT` from one thread: one copy, no cache
 //! pages, and the device writes while the other threads go on computing. Everywhere else
 //! (tmpfs, network and FUSE file systems, older kernels) it writes each piece at its offset
-//! through the page cache, as before.
+//! through the page cache, as before. Direct writes wait for the device, so a device slower
+//! than `MIN_DIRECT_RATE` (a hard disk, a network volume) would make the command wait on it
+//! where the page cache would not: once `RATE_WINDOW` bytes have gone out, a writer whose
+//! direct writes ran slower than that continues through the page cache.
 //!
 //! Pieces arrive in ascending order and do not overlap. What lies between them, and after the
 //! last one, is zeros: whole aligned blocks of a gap are never written (they stay holes of a
@@ -28,8 +31,17 @@ pub const STAGING_BYTES: usize = 2 << 20;
 /// the page cache.
 pub const MAX_DIRECT_ALIGN: u32 = 64 << 10;
 
+/// Direct writes must average at least this many bytes per second of waiting for them, or
+/// the writer goes on through the page cache: solid-state disks write faster, a hard disk or
+/// a network volume does not.
+pub const MIN_DIRECT_RATE: u64 = 256 << 20;
+/// Bytes written directly before their rate is judged (and between judgements): long enough
+/// that one stall of the device (a few hundred milliseconds) does not decide it.
+pub const RATE_WINDOW: u64 = 256 << 20;
+
 /// Writes pieces of a file of known size in ascending offset order (see the module docs).
 pub struct OrderedWriter {
+    /// Written through the page cache (and used to set the length).
     file: File,
     size: u64,
     /// Where the last piece ended: the next may start here or later.
@@ -39,6 +51,11 @@ pub struct OrderedWriter {
 
 /// The direct-I/O state: content for `base..base + len`, `base` aligned, in an aligned buffer.
 struct Staging {
+    /// The same file, opened with `O_DIRECT`.
+    file: File,
+    /// Bytes written directly in the current rate window, and the time spent writing them.
+    window_bytes: u64,
+    window_time: std::time::Duration,
     align: usize,
     /// Over-allocated by `align` so that an aligned window of `STAGING_BYTES` fits in it.
     storage: Vec<u8>,
@@ -53,12 +70,13 @@ impl OrderedWriter {
     /// I/O if the file system reports an alignment for it; through the page cache otherwise.
     /// `path` is opened a second time, with `O_DIRECT`; `file` is not written.
     pub fn new(file: &File, path: &Path, size: u64) -> io::Result<OrderedWriter> {
+        let mut writer = OrderedWriter::buffered(file, size)?;
         if let Some(align) = direct_alignment(file) {
             if let Ok(direct) = open_direct(file, path) {
-                return Ok(OrderedWriter::with_direct(direct, size, align));
+                writer.direct = Some(Staging::new(direct, align));
             }
         }
-        OrderedWriter::buffered(file, size)
+        Ok(writer)
     }
 
     /// A writer that writes each piece through the page cache, whatever the file system.
@@ -69,23 +87,6 @@ impl OrderedWriter {
             end: 0,
             direct: None,
         })
-    }
-
-    fn with_direct(file: File, size: u64, align: usize) -> OrderedWriter {
-        let storage = vec![0u8; STAGING_BYTES + align];
-        let window = storage.as_ptr().align_offset(align);
-        OrderedWriter {
-            file,
-            size,
-            end: 0,
-            direct: Some(Staging {
-                align,
-                storage,
-                window,
-                base: 0,
-                len: 0,
-            }),
-        }
     }
 
     /// True when the pieces bypass the page cache.
@@ -121,25 +122,35 @@ impl OrderedWriter {
                     let piece_block = offset / align * align;
                     if piece_block > gap_start_block {
                         // At least one whole block of zeros between: leave it a hole.
-                        staging.flush_padded(&self.file)?;
+                        staging.flush_padded()?;
                         staging.base = piece_block;
-                        staging.push(&self.file, Piece::Zeros((offset - piece_block) as usize))?;
+                        staging.push(Piece::Zeros((offset - piece_block) as usize))?;
                     } else {
-                        staging.push(&self.file, Piece::Zeros((offset - run_end) as usize))?;
+                        staging.push(Piece::Zeros((offset - run_end) as usize))?;
                     }
                 }
-                staging.push(&self.file, Piece::Data(data))?;
+                staging.push(Piece::Data(data))?;
+                if staging.too_slow() {
+                    self.leave_direct()?;
+                }
             }
         }
         self.end = end;
         Ok(())
     }
 
+    /// Writes what is staged and goes on through the page cache. The last staged block is
+    /// written completed with zeros; a later piece in that block overwrites its part of them.
+    pub fn leave_direct(&mut self) -> io::Result<()> {
+        if let Some(mut staging) = self.direct.take() {
+            staging.flush_padded()?;
+        }
+        Ok(())
+    }
+
     /// Writes what is still staged and sets the file's length to its size.
     pub fn finish(mut self) -> io::Result<()> {
-        if let Some(staging) = &mut self.direct {
-            staging.flush_padded(&self.file)?;
-        }
+        self.leave_direct()?;
         self.file.set_len(self.size)
     }
 }
@@ -150,12 +161,50 @@ enum Piece<'a> {
 }
 
 impl Staging {
+    fn new(file: File, align: usize) -> Staging {
+        let storage = vec![0u8; STAGING_BYTES + align];
+        let window = storage.as_ptr().align_offset(align);
+        Staging {
+            file,
+            window_bytes: 0,
+            window_time: std::time::Duration::ZERO,
+            align,
+            storage,
+            window,
+            base: 0,
+            len: 0,
+        }
+    }
+
+    /// Writes `len` bytes of the buffer at `base`, timing the device.
+    fn write_out(&mut self, len: usize) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let (file, base) = (&self.file, self.base);
+        file.write_all_at(&self.storage[self.window..self.window + len], base)?;
+        self.window_time += started.elapsed();
+        self.window_bytes += len as u64;
+        Ok(())
+    }
+
+    /// After a full rate window: whether its direct writes ran slower than `MIN_DIRECT_RATE`
+    /// (a new window starts either way).
+    fn too_slow(&mut self) -> bool {
+        if self.window_bytes < RATE_WINDOW {
+            return false;
+        }
+        let seconds = self.window_time.as_secs_f64();
+        let slow = seconds > 0.0 && (self.window_bytes as f64 / seconds) < MIN_DIRECT_RATE as f64;
+        self.window_bytes = 0;
+        self.window_time = std::time::Duration::ZERO;
+        slow
+    }
+
     fn buffer(&mut self) -> &mut [u8] {
         &mut self.storage[self.window..self.window + STAGING_BYTES]
     }
 
     /// Appends to the staged content, writing the buffer whenever it is full.
-    fn push(&mut self, file: &File, mut piece: Piece<'_>) -> io::Result<()> {
+    fn push(&mut self, mut piece: Piece<'_>) -> io::Result<()> {
         loop {
             let room = STAGING_BYTES - self.len;
             let len = self.len;
@@ -175,8 +224,7 @@ impl Staging {
             };
             self.len += taken;
             if self.len == STAGING_BYTES {
-                let base = self.base;
-                file.write_all_at(self.buffer(), base)?;
+                self.write_out(STAGING_BYTES)?;
                 self.base += STAGING_BYTES as u64;
                 self.len = 0;
             }
@@ -191,15 +239,14 @@ impl Staging {
     }
 
     /// Writes the staged content, its last block completed with zeros; leaves nothing staged.
-    fn flush_padded(&mut self, file: &File) -> io::Result<()> {
+    fn flush_padded(&mut self) -> io::Result<()> {
         if self.len == 0 {
             return Ok(());
         }
         let padded = self.len.div_ceil(self.align) * self.align;
-        let (len, base) = (self.len, self.base);
-        let buffer = self.buffer();
-        buffer[len..padded].fill(0);
-        file.write_all_at(&buffer[..padded], base)?;
+        let len = self.len;
+        self.buffer()[len..padded].fill(0);
+        self.write_out(padded)?;
         self.base += padded as u64;
         self.len = 0;
         Ok(())
@@ -268,6 +315,14 @@ mod tests {
     }
 
     fn write_and_check(writer: impl FnOnce(&File, &Path, u64) -> OrderedWriter) -> bool {
+        write_and_check_leaving_at(writer, None)
+    }
+
+    /// Writes the layout, going through the page cache from piece `leave_at` on, if given.
+    fn write_and_check_leaving_at(
+        writer: impl FnOnce(&File, &Path, u64) -> OrderedWriter,
+        leave_at: Option<usize>,
+    ) -> bool {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         let file = File::create(&path).unwrap();
@@ -276,7 +331,11 @@ mod tests {
         let mut w = writer(&file, &path, size);
         let direct = w.is_direct();
         let mut expected = vec![0u8; size as usize];
-        for &(offset, len) in &pieces {
+        for (i, &(offset, len)) in pieces.iter().enumerate() {
+            if leave_at == Some(i) {
+                w.leave_direct().unwrap();
+                assert!(!w.is_direct());
+            }
             let data = pattern(offset, len);
             expected[offset as usize..offset as usize + len].copy_from_slice(&data);
             w.write(offset, &data).unwrap();
@@ -310,16 +369,46 @@ mod tests {
     fn every_alignment_gives_the_same_bytes() {
         for align in [512, 4096, 65_536] {
             write_and_check(|f, p, size| {
-                let file = open_direct(f, p).unwrap_or_else(|_| f.try_clone().unwrap());
-                let mut w = OrderedWriter::with_direct(file, size, align);
                 // The staging logic is what is under test: on a file system without direct
-                // I/O, the same writes go through the page cache unaligned.
-                if direct_alignment(f).is_none_or(|a| a > align) {
-                    w.file = f.try_clone().unwrap();
-                }
+                // I/O (or with a larger alignment), the same writes go through the page
+                // cache unaligned.
+                let file = match direct_alignment(f) {
+                    Some(a) if a <= align => open_direct(f, p).unwrap(),
+                    _ => f.try_clone().unwrap(),
+                };
+                let mut w = OrderedWriter::buffered(f, size).unwrap();
+                w.direct = Some(Staging::new(file, align));
                 w
             });
         }
+    }
+
+    #[test]
+    fn leaving_direct_io_at_any_piece_keeps_every_byte() {
+        for at in 0..=layout().1.len() {
+            write_and_check_leaving_at(
+                |f, p, size| OrderedWriter::new(f, p, size).unwrap(),
+                Some(at),
+            );
+        }
+    }
+
+    #[test]
+    fn a_slow_device_is_left_after_a_whole_window() {
+        let file = tempfile::tempfile().unwrap();
+        let mut staging = Staging::new(file, 4096);
+        staging.window_bytes = RATE_WINDOW - 1;
+        staging.window_time = std::time::Duration::from_secs(100);
+        assert!(!staging.too_slow(), "judged before the window is full");
+        staging.window_bytes = RATE_WINDOW;
+        staging.window_time =
+            std::time::Duration::from_secs_f64(RATE_WINDOW as f64 / MIN_DIRECT_RATE as f64 * 0.9);
+        assert!(!staging.too_slow(), "faster than the minimum");
+        assert_eq!(staging.window_bytes, 0, "a new window starts");
+        staging.window_bytes = RATE_WINDOW;
+        staging.window_time =
+            std::time::Duration::from_secs_f64(RATE_WINDOW as f64 / MIN_DIRECT_RATE as f64 * 1.1);
+        assert!(staging.too_slow(), "slower than the minimum");
     }
 
     #[test]
