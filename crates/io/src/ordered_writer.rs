@@ -4,12 +4,11 @@
 //! through the page cache: every byte is copied into a newly allocated cache page, and the
 //! kernel's flusher writes those pages back later, both on the cores that decompress and hash.
 //! Several threads writing one file also queue on its inode lock. So where the file system
-//! reports its direct-I/O alignment (`statx` with `STATX_DIOALIGN`, Linux 6.1 and later: ext4,
-//! xfs, btrfs, f2fs, ...), [`OrderedWriter`] gathers the pieces it is given in an aligned
-//! staging buffer and writes that buffer with `O_DIRECT` from one thread: one copy, no cache
-//! pages, and the device writes while the other threads go on computing. Everywhere else
-//! (tmpfs, network and FUSE file systems, older kernels) it writes each piece at its offset
-//! through the page cache, as before. Direct writes wait for the device, so a device slower
+//! reports its direct-I/O alignment (`statx` with `STATX_DIOALIGN`, Linux 6.1 and later; ext4
+//! does), [`OrderedWriter`] gathers the pieces it is given in an aligned staging buffer and
+//! writes that buffer with `O_DIRECT` from one thread: one copy, no cache pages, and the device
+//! writes while the other threads go on computing. Everywhere else (tmpfs, which reports no
+//! alignment; older kernels) it writes each piece at its offset through the page cache. Direct writes wait for the device, so a device slower
 //! than `MIN_DIRECT_RATE` (a hard disk, a network volume) would make the command wait on it
 //! where the page cache would not: once `RATE_WINDOW` bytes have gone out, a writer whose
 //! direct writes ran slower than that continues through the page cache.
@@ -23,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Bytes gathered before one direct write: large enough that the device sees few, long
 /// writes; small enough to stay in cache while it fills.
@@ -55,7 +55,7 @@ struct Staging {
     file: File,
     /// Bytes written directly in the current rate window, and the time spent writing them.
     window_bytes: u64,
-    window_time: std::time::Duration,
+    window_time: Duration,
     align: usize,
     /// Over-allocated by `align` so that an aligned window of `STAGING_BYTES` fits in it.
     storage: Vec<u8>,
@@ -167,7 +167,7 @@ impl Staging {
         Staging {
             file,
             window_bytes: 0,
-            window_time: std::time::Duration::ZERO,
+            window_time: Duration::ZERO,
             align,
             storage,
             window,
@@ -178,7 +178,7 @@ impl Staging {
 
     /// Writes `len` bytes of the buffer at `base`, timing the device.
     fn write_out(&mut self, len: usize) -> io::Result<()> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (file, base) = (&self.file, self.base);
         file.write_all_at(&self.storage[self.window..self.window + len], base)?;
         self.window_time += started.elapsed();
@@ -195,7 +195,7 @@ impl Staging {
         let seconds = self.window_time.as_secs_f64();
         let slow = seconds > 0.0 && (self.window_bytes as f64 / seconds) < MIN_DIRECT_RATE as f64;
         self.window_bytes = 0;
-        self.window_time = std::time::Duration::ZERO;
+        self.window_time = Duration::ZERO;
         slow
     }
 
@@ -398,16 +398,16 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let mut staging = Staging::new(file, 4096);
         staging.window_bytes = RATE_WINDOW - 1;
-        staging.window_time = std::time::Duration::from_secs(100);
+        staging.window_time = Duration::from_secs(100);
         assert!(!staging.too_slow(), "judged before the window is full");
         staging.window_bytes = RATE_WINDOW;
         staging.window_time =
-            std::time::Duration::from_secs_f64(RATE_WINDOW as f64 / MIN_DIRECT_RATE as f64 * 0.9);
+            Duration::from_secs_f64(RATE_WINDOW as f64 / MIN_DIRECT_RATE as f64 * 0.9);
         assert!(!staging.too_slow(), "faster than the minimum");
         assert_eq!(staging.window_bytes, 0, "a new window starts");
         staging.window_bytes = RATE_WINDOW;
         staging.window_time =
-            std::time::Duration::from_secs_f64(RATE_WINDOW as f64 / MIN_DIRECT_RATE as f64 * 1.1);
+            Duration::from_secs_f64(RATE_WINDOW as f64 / MIN_DIRECT_RATE as f64 * 1.1);
         assert!(staging.too_slow(), "slower than the minimum");
     }
 
